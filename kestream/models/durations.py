@@ -26,7 +26,9 @@ def parse_duration(text: str) -> timedelta:
     match = _PATTERN.match(text.strip())
     if match is None or text.strip().upper() in {"P", "PT"} or text.strip().upper().endswith("T"):
         raise DurationError(f"'{text}' is not an ISO-8601 duration (for example PT30S, PT1H, P1D)")
-    parts = {k: float(v.replace(",", ".")) for k, v in match.groupdict().items() if v and k != "sign"}
+    parts = {
+        k: float(v.replace(",", ".")) for k, v in match.groupdict().items() if v and k != "sign"
+    }
     delta = timedelta(
         days=parts.get("days", 0.0),
         hours=parts.get("hours", 0.0),

@@ -43,7 +43,13 @@ class LogLevel(StrEnum):
     ERROR = "ERROR"
 
 
-LOG_LEVEL_ORDER = {LogLevel.TRACE: 0, LogLevel.DEBUG: 1, LogLevel.INFO: 2, LogLevel.WARN: 3, LogLevel.ERROR: 4}
+LOG_LEVEL_ORDER = {
+    LogLevel.TRACE: 0,
+    LogLevel.DEBUG: 1,
+    LogLevel.INFO: 2,
+    LogLevel.WARN: 3,
+    LogLevel.ERROR: 4,
+}
 
 
 def _duration_or_expression(value: Any) -> Any:

@@ -97,7 +97,9 @@ class Switch(FlowableTask):
     def plan(self, props: dict[str, Any]) -> ChildPlan:
         value = str(props["value"])
         if value in self.cases:
-            return ChildPlan(one_lane(self.cases[value]), outputs={"value": value, "defaults": False})
+            return ChildPlan(
+                one_lane(self.cases[value]), outputs={"value": value, "defaults": False}
+            )
         if self.defaults:
             return ChildPlan(one_lane(self.defaults), outputs={"value": value, "defaults": True})
         raise TaskError(f"Switch value '{value}' matches no case and there is no 'defaults' branch")

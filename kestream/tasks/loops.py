@@ -62,7 +62,7 @@ def _enabled(tasks: list[Task]) -> list[Task]:
 
 
 class ForEach(FlowableTask):
-    """Each value is a lane running ``tasks`` in order; ``concurrencyLimit`` lanes at once (0 = all)."""
+    """Each value is a lane running ``tasks`` in order; ``concurrencyLimit`` lanes at once."""
 
     type_name: ClassVar[str] = "io.kestra.plugin.core.flow.ForEach"
     dynamic: ClassVar[tuple[str, ...]] = ("values",)
@@ -100,7 +100,7 @@ class EachSequential(FlowableTask):
 
 
 class EachParallel(FlowableTask):
-    """Deprecated: every (value, task) pair in a lane of its own; ``concurrent`` at once (0 = all)."""
+    """Deprecated: each (value, task) pair is a lane; ``concurrent`` lanes at once (0 = all)."""
 
     type_name: ClassVar[str] = "io.kestra.plugin.core.flow.EachParallel"
     aliases: ClassVar[tuple[str, ...]] = ("io.kestra.core.tasks.flows.EachParallel",)

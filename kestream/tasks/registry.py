@@ -1,4 +1,4 @@
-"""Task type names (Kestra's current ``io.kestra.plugin.core.*`` and the older aliases) to classes."""
+"""Task type names (``io.kestra.plugin.core.*`` and the older aliases) to their classes."""
 
 from __future__ import annotations
 
@@ -35,4 +35,6 @@ def task_class(type_name: str) -> type[Task] | None:
 
 def known_types() -> list[str]:
     """Every accepted type name, current names first (for error messages and docs)."""
-    return [cls.type_name for cls in TASK_CLASSES] + [a for cls in TASK_CLASSES for a in cls.aliases]
+    return [cls.type_name for cls in TASK_CLASSES] + [
+        a for cls in TASK_CLASSES for a in cls.aliases
+    ]

@@ -1,0 +1,1 @@
+"""kestream's benchmarks (see ../shared/BENCHMARKS.md). Figures are printed, never asserted."""

@@ -1,0 +1,101 @@
+"""What the executor step produces. The runtime turns each command into records (or, in the
+broker-free driver, into calls); the step itself never does I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kestream.executor.events import Event, ExecutionCreated
+from kestream.models.state import StateType
+from kestream.tasks.base import RunnableTask
+
+
+@dataclass(slots=True)
+class RunTask:
+    """Run one attempt of a runnable task on a worker, with its properties already rendered."""
+
+    execution_id: str
+    task_run_id: str
+    attempt: int
+    namespace: str
+    flow_id: str
+    revision: int
+    task: RunnableTask
+    props: dict[str, Any]
+    timeout_s: float | None = None
+
+
+@dataclass(slots=True)
+class KillTask:
+    execution_id: str
+    task_run_id: str
+
+
+@dataclass(slots=True)
+class CreateExecution:
+    created: ExecutionCreated
+
+
+@dataclass(slots=True)
+class SendEvent:
+    """An event for another execution (a subflow's end to its parent, a kill to a child)."""
+
+    event: Event
+
+
+@dataclass(slots=True)
+class SetTimer:
+    execution_id: str
+    timer_id: str
+    due: datetime
+
+
+@dataclass(slots=True)
+class CancelTimer:
+    execution_id: str
+    timer_id: str
+
+
+@dataclass(slots=True)
+class LogLine:
+    execution_id: str
+    task_run_id: str | None
+    task_id: str | None
+    attempt: int | None
+    level: str
+    message: str
+    timestamp: datetime
+
+
+@dataclass(slots=True)
+class EmitLogs:
+    namespace: str
+    flow_id: str
+    lines: list[LogLine]
+
+
+@dataclass(slots=True)
+class ExecutionChanged:
+    """The execution moved: its state and the task runs that changed in this step.
+
+    ``terminal`` is set exactly once per execution attempt (DESIGN.md section 3).
+    """
+
+    execution_id: str
+    state: StateType
+    changed_task_runs: list[str]
+    terminal: bool
+
+
+Command = (
+    RunTask
+    | KillTask
+    | CreateExecution
+    | SendEvent
+    | SetTimer
+    | CancelTimer
+    | EmitLogs
+    | ExecutionChanged
+)

@@ -1,0 +1,94 @@
+"""The variables a task run's expressions see, built from the execution state in O(depth).
+
+The execution-wide part is built once per execution and shared (the ``outputs`` map inside it is
+the state's own dict, merged in place), so rendering a task never copies the execution.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kestream.executor.state import ExecutionState, TaskRunState
+from kestream.models.clock import Clock
+
+
+def nested_labels(labels: dict[str, str]) -> dict[str, Any]:
+    """Dotted label keys nested, as Kestra exposes them: ``labels.system.correlationId``."""
+    out: dict[str, Any] = {}
+    for key, value in labels.items():
+        node = out
+        *heads, last = key.split(".")
+        for head in heads:
+            child = node.get(head)
+            if not isinstance(child, dict):
+                child = node[head] = {}
+            node = child
+        node[last] = value
+    return out
+
+
+def execution_context(
+    st: ExecutionState, flow: Any, clock: Clock, cache: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Variables shared by every task run of the execution (cached per execution id)."""
+    base = cache.get(st.id)
+    if base is not None and base["outputs"] is st.outputs:
+        return base
+    base = {
+        "flow": {"id": flow.id, "namespace": flow.namespace, "revision": st.revision},
+        "execution": {
+            "id": st.id,
+            "startDate": st.state.start,
+            "originalId": st.original_id,
+        },
+        "outputs": st.outputs,
+        "labels": nested_labels(st.labels),
+        "@error_logs": st.error_logs,
+        "@now": clock,
+    }
+    if flow.variables:
+        base["vars"] = flow.variables
+    if st.inputs or flow.inputs:
+        base["inputs"] = st.inputs or {}
+    if st.trigger is not None:
+        base["trigger"] = st.trigger.get("variables", {})
+    cache[st.id] = base
+    return base
+
+
+def task_run_context(base: dict[str, Any], tr: TaskRunState) -> dict[str, Any]:
+    """Add ``task``, ``taskrun``, ``parent``/``parents`` and the loop path for one task run."""
+    ctx = dict(base)
+    ctx["task"] = {"id": tr.task.id, "type": tr.task.type}
+    taskrun: dict[str, Any] = {
+        "id": tr.id,
+        "startDate": tr.state.start,
+        "attemptsCount": max(len(tr.attempts) - 1, 0),
+    }
+    if tr.value is not None:
+        taskrun["value"] = tr.value
+    if tr.parent is not None:
+        taskrun["parentId"] = tr.parent.id
+        parents = _parents(tr)
+        if parents:
+            ctx["parents"] = parents
+            ctx["parent"] = parents[0]
+    ctx["taskrun"] = taskrun
+    ctx["@each_path"] = list(tr.path)
+    return ctx
+
+
+def _parents(tr: TaskRunState) -> list[dict[str, Any]]:
+    """Ancestors that carry a loop value or outputs, nearest first (Kestra's ``parents``)."""
+    parents: list[dict[str, Any]] = []
+    node = tr.parent
+    while node is not None:
+        entry: dict[str, Any] = {}
+        if node.value is not None:
+            entry["taskrun"] = {"value": node.value}
+        if node.outputs:
+            entry["outputs"] = node.outputs
+        if entry:
+            parents.append(entry)
+        node = node.parent
+    return parents

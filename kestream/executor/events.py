@@ -1,0 +1,101 @@
+"""What the executor step consumes. Every event is keyed by execution id.
+
+Each event carries what makes it idempotent: a worker result names its task run and attempt, a
+timer names its timer id, a subflow result names the parent task run and attempt. The step applies
+an event only when the state shows it has not been applied yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from kestream.models.state import StateType
+
+
+@dataclass(slots=True)
+class SubflowLink:
+    """Ties a child execution to the Subflow task run that started it."""
+
+    execution_id: str
+    task_run_id: str
+    attempt: int
+    outputs: dict[str, Any] | None = None  # the deprecated task-level outputs template
+    wait: bool = True
+
+
+@dataclass(slots=True)
+class ExecutionCreated:
+    """A new execution (CLI, API, trigger, Subflow, or a retry that creates a new execution)."""
+
+    execution_id: str
+    namespace: str
+    flow_id: str
+    revision: int | None = None
+    inputs: dict[str, Any] | None = None
+    validate_inputs: bool = True
+    labels: dict[str, str] = field(default_factory=dict)
+    trigger: dict[str, Any] | None = None
+    schedule_date: datetime | None = None
+    original_id: str | None = None
+    attempt_number: int = 1
+    original_created: datetime | None = None
+    parent: SubflowLink | None = None
+
+
+@dataclass(slots=True)
+class WorkerResult:
+    """The outcome of one attempt of a task run, from a worker."""
+
+    execution_id: str
+    task_run_id: str
+    attempt: int
+    state: StateType
+    outputs: dict[str, Any] | None = None
+    error: str | None = None
+    #: ERROR-level lines the task logged, kept for ``errorLogs()``.
+    error_logs: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Kill:
+    execution_id: str
+
+
+@dataclass(slots=True)
+class Resume:
+    """Resume paused task runs (all of them, or the one named) with ``onResume`` inputs."""
+
+    execution_id: str
+    inputs: dict[str, Any] | None = None
+    task_run_id: str | None = None
+
+
+@dataclass(slots=True)
+class Restart:
+    """Restart an ended execution in place: failed task runs get a new attempt."""
+
+    execution_id: str
+
+
+@dataclass(slots=True)
+class SubflowFinished:
+    """A child execution started by a Subflow task ended (sent to the parent's key)."""
+
+    execution_id: str
+    task_run_id: str
+    attempt: int
+    child_id: str
+    child_state: StateType
+    outputs: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class TimerFired:
+    execution_id: str
+    timer_id: str
+
+
+Event = ExecutionCreated | WorkerResult | Kill | Resume | Restart | SubflowFinished | TimerFired

@@ -1,0 +1,867 @@
+"""The executor step: ``(state, event) -> (state, commands)``, with no I/O.
+
+One :class:`Executor` serves many executions; :meth:`Executor.step` applies one event to one
+execution's state. Work inside a step is driven by a small queue of task runs to start and task
+runs that ended, so a long chain of inline tasks never recurses, and every operation touches only
+the task run named by the event, its parent and the parent's :class:`~kestream.executor.state.Group`
+counters: the cost of an event does not grow with the size of the execution.
+
+Phases of one step:
+
+1. dispatch the event (created, worker result, kill, resume, restart, subflow finished, timer);
+2. drain the queue: START creates and runs a task run (runnable: render and dispatch, or run
+   inline; flowable: plan children; subflow: create the child execution), DONE advances the
+   parent's lanes, starts the errors branch, or ends the parent (and, at the root, the execution);
+3. emit one ``ExecutionChanged`` listing the task runs that changed, plus collected log lines.
+
+The state object is updated in place and returned: copying it would make each event cost as much
+as the whole execution.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from kestream.models.flow import Flow
+from kestream.models.inputs import InputValidationError, coerce_output, parse_inputs
+
+from kestream.executor import commands as cmd
+from kestream.executor import events as ev
+from kestream.executor.context import execution_context, task_run_context
+from kestream.executor.retry import next_attempt_due
+from kestream.executor.state import ExecutionState, Group, StateRecord, TaskRunState, Timer
+from kestream.expressions import RenderError, is_truthy, render, render_value
+from kestream.models.clock import Clock, utc_now
+from kestream.models.durations import DurationError, parse_duration
+from kestream.models.ids import new_id
+from kestream.models.state import StateType, worst
+from kestream.tasks.base import (
+    LOG_LEVEL_ORDER,
+    FlowableTask,
+    LogLevel,
+    Retry,
+    RetryBehavior,
+    RunInfo,
+    RunnableTask,
+    Task,
+    TaskError,
+    TaskKind,
+    TaskOutcome,
+)
+from kestream.tasks.flow import one_lane
+from kestream.tasks.pause import Pause
+from kestream.tasks.subflow import Subflow
+
+S = StateType
+_START, _DONE = 0, 1
+_MAX_ERROR_LOGS = 100
+
+
+class FlowSource(Protocol):
+    """Where the executor finds flows (the flows table in the runtime, a dict in the driver)."""
+
+    def get(self, namespace: str, flow_id: str, revision: int | None = None) -> Flow | None: ...
+
+
+class UnknownFlow(LookupError):
+    """An event names a flow (or revision) the executor does not know (yet)."""
+
+
+@dataclass(slots=True)
+class StepResult:
+    state: ExecutionState | None
+    commands: list[cmd.Command]
+
+
+class Executor:
+    """Holds what every step needs: the flows, the clock, and the inline-task switch."""
+
+    def __init__(
+        self,
+        flows: FlowSource,
+        *,
+        clock: Clock = utc_now,
+        inline_tasks: bool = True,
+        id_factory: Callable[[], str] = new_id,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.flows = flows
+        self.clock = clock
+        self.inline_tasks = inline_tasks
+        self.new_id = id_factory
+        self.rng = rng or random.Random()
+        self.context_cache: dict[str, dict[str, Any]] = {}
+
+    def step(self, state: ExecutionState | None, event: ev.Event) -> StepResult:
+        """Apply ``event`` to ``state`` (None for an execution not seen yet)."""
+        now = self.clock()
+        if state is None:
+            if not isinstance(event, ev.ExecutionCreated):
+                return StepResult(None, [])
+            flow = self._flow(event.namespace, event.flow_id, event.revision)
+            run = _Step(self, _new_state(event, flow, now), flow, now)
+            run.created(event)
+        else:
+            if isinstance(event, ev.ExecutionCreated):
+                return StepResult(state, [])
+            flow = self._flow(state.namespace, state.flow_id, state.revision)
+            run = _Step(self, state, flow, now)
+            run.dispatch(event)
+        run.drain()
+        return StepResult(run.st, run.finish())
+
+    def forget(self, execution_id: str) -> None:
+        """Drop caches kept for an execution that left the state table."""
+        self.context_cache.pop(execution_id, None)
+
+    def _flow(self, namespace: str, flow_id: str, revision: int | None) -> Flow:
+        flow = self.flows.get(namespace, flow_id, revision)
+        if flow is None:
+            rev = f" revision {revision}" if revision is not None else ""
+            raise UnknownFlow(f"Unknown flow '{namespace}.{flow_id}'{rev}")
+        return flow
+
+
+def _new_state(event: ev.ExecutionCreated, flow: Flow, now: datetime) -> ExecutionState:
+    labels = {**flow.labels, **event.labels}
+    labels.setdefault("system.correlationId", event.execution_id)
+    return ExecutionState(
+        id=event.execution_id,
+        namespace=event.namespace,
+        flow_id=event.flow_id,
+        revision=flow.revision or 1,
+        original_id=event.original_id or event.execution_id,
+        attempt_number=event.attempt_number,
+        original_created=event.original_created or now,
+        labels=labels,
+        inputs=event.inputs,
+        trigger=event.trigger,
+        schedule_date=event.schedule_date,
+        parent_link=event.parent,
+        state=StateRecord.new(S.CREATED, now),
+    )
+
+
+def _effective_retry(tr: TaskRunState, flow: Flow) -> Retry | None:
+    """A task's own retry, else the nearest flowable ancestor's, else the flow's."""
+    if tr.task.retry is not None:
+        return tr.task.retry
+    node = tr.parent
+    while node is not None:
+        if node.task.retry is not None:
+            return node.task.retry
+        node = node.parent
+    return flow.retry
+
+
+def _allowed(task: Task, state: StateType) -> StateType:
+    """Apply ``allowFailure`` / ``allowWarning`` to a task run's final state."""
+    if state is S.FAILED and task.allowFailure:
+        state = S.WARNING
+    if state is S.WARNING and task.allowWarning:
+        state = S.SUCCESS
+    return state
+
+
+class _Step:
+    """The work of one event on one execution (short-lived; holds the step's scratch state)."""
+
+    def __init__(self, ex: Executor, st: ExecutionState, flow: Flow, now: datetime) -> None:
+        self.ex = ex
+        self.st = st
+        self.flow = flow
+        self.now = now
+        self.queue: deque[tuple[int, TaskRunState]] = deque()
+        self.commands: list[cmd.Command] = []
+        self.changed: dict[str, None] = {}
+        self.logs: list[cmd.LogLine] = []
+        self.moved = False
+        self.terminal = False
+
+    # -- events --------------------------------------------------------------------------
+
+    def dispatch(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Restart):
+            self.restart()
+            return
+        if self.st.terminal:
+            return  # late results, timers or kills of an ended execution change nothing
+        if isinstance(event, ev.WorkerResult):
+            self.worker_result(event)
+        elif isinstance(event, ev.TimerFired):
+            self.timer_fired(event.timer_id)
+        elif isinstance(event, ev.SubflowFinished):
+            self.subflow_finished(event)
+        elif isinstance(event, ev.Resume):
+            self.resume(event)
+        elif isinstance(event, ev.Kill):
+            self.kill()
+
+    def created(self, event: ev.ExecutionCreated) -> None:
+        self.moved = True
+        if event.validate_inputs:
+            try:
+                self.st.inputs = parse_inputs(self.flow.inputs, event.inputs or {})
+            except InputValidationError as exc:
+                self.log(None, LogLevel.ERROR, str(exc))
+                self.move_execution(S.FAILED)
+                self.end_execution(S.FAILED, render_outputs=False)
+                return
+        if event.schedule_date is not None and event.schedule_date > self.now:
+            self.set_timer("start", Timer(event.schedule_date, "start"))
+            return
+        self.start_execution()
+
+    def start_execution(self) -> None:
+        self.move_execution(S.RUNNING)
+        self.st.root = Group(
+            one_lane(self.flow.tasks), 1, [t for t in self.flow.errors if not t.disabled]
+        )
+        self.fill(self.st.root, None)
+        if self.st.root.finished:
+            self.finish_group(self.st.root, None)
+
+    def worker_result(self, result: ev.WorkerResult) -> None:
+        tr = self.current_attempt(result.task_run_id, result.attempt)
+        if tr is None:
+            return
+        for line in result.error_logs:
+            self.remember_error(tr, line)
+        outcome = TaskOutcome(result.state, result.outputs, error=result.error)
+        self.apply_outcome(tr, outcome)
+
+    def subflow_finished(self, done: ev.SubflowFinished) -> None:
+        tr = self.current_attempt(done.task_run_id, done.attempt)
+        if tr is None:
+            return
+        task = tr.task
+        assert isinstance(task, Subflow)
+        outputs: dict[str, Any] = {"executionId": done.child_id, "state": done.child_state.value}
+        if done.outputs is not None:
+            outputs["outputs"] = done.outputs
+        self.set_outputs(tr, outputs)
+        if done.error:
+            self.attempt_failed(tr, done.error)
+        elif done.child_state.is_failed and task.transmitFailed:
+            self.attempt_failed(
+                tr, f"Subflow execution '{done.child_id}' ended in state {done.child_state}"
+            )
+        else:
+            final = S.WARNING if done.child_state is S.WARNING else S.SUCCESS
+            tr.attempts[-1].move_task_run(final, self.now, tr.task.id)
+            self.complete(tr, final)
+
+    def timer_fired(self, timer_id: str) -> None:
+        timer = self.st.timers.pop(timer_id, None)
+        if timer is None:
+            return
+        if timer.kind == "start":
+            self.start_execution()
+            return
+        tr = self.st.task_runs.get(timer.task_run_id or "")
+        if tr is None:
+            return
+        if timer.kind == "retry" and tr.state.current is S.RETRYING:
+            self.run_attempt(tr)
+        elif timer.kind == "pause-delay" and tr.state.current is S.PAUSED:
+            self.resume_pause(tr, None)
+        elif timer.kind == "pause-timeout" and tr.state.current is S.PAUSED:
+            self.unpause(tr)
+            self.fail_task_run(tr, f"Pause timed out after {tr.task.timeout}")
+        elif timer.kind == "task-timeout" and self.current_attempt(tr.id, timer.attempt):
+            self.commands.append(cmd.KillTask(self.st.id, tr.id))
+            self.attempt_failed(tr, f"Task timed out after {tr.task.timeout}")
+
+    def resume(self, resume: ev.Resume) -> None:
+        ids = list(self.st.paused_runs)
+        for task_run_id in ids:
+            if resume.task_run_id is None or task_run_id == resume.task_run_id:
+                self.resume_pause(self.st.task_runs[task_run_id], resume.inputs or {})
+
+    def kill(self) -> None:
+        self.move_execution(S.KILLING)
+        for tr in self.st.task_runs.values():
+            if tr.state.current.is_terminal:
+                continue
+            if tr.attempts and not tr.attempts[-1].current.is_terminal:
+                tr.attempts[-1].move_task_run(S.KILLED, self.now, tr.task.id)
+                if isinstance(tr.task, RunnableTask):
+                    self.commands.append(cmd.KillTask(self.st.id, tr.id))
+            if tr.child_execution_id and isinstance(tr.task, Subflow):
+                self.commands.append(cmd.SendEvent(ev.Kill(tr.child_execution_id)))
+            tr.state.move_task_run(S.KILLED, self.now, tr.task.id)
+            self.changed[tr.id] = None
+        self.st.paused_runs.clear()
+        self.move_execution(S.KILLED)
+        self.end_execution(S.KILLED, render_outputs=False)
+
+    # -- the queue -----------------------------------------------------------------------
+
+    def drain(self) -> None:
+        queue = self.queue
+        while queue:
+            op, tr = queue.popleft()
+            if op == _START:
+                self.start(tr)
+            else:
+                self.child_done(tr)
+
+    def start(self, tr: TaskRunState) -> None:
+        task = tr.task
+        if task.runIf is not None:
+            try:
+                condition = render(task.runIf, self.context(tr))
+            except RenderError as exc:
+                self.fail_task_run(tr, str(exc))
+                return
+            if not is_truthy(condition):
+                self.move(tr, S.SKIPPED)
+                self.queue.append((_DONE, tr))
+                return
+        if task.kind is TaskKind.RUNNABLE:
+            self.run_attempt(tr)
+        elif isinstance(task, Pause):
+            self.start_pause(tr)
+        elif task.kind is TaskKind.FLOWABLE:
+            self.start_flowable(tr)
+        else:
+            self.run_subflow(tr)
+
+    def child_done(self, tr: TaskRunState) -> None:
+        """A task run ended: advance its lane, fill lanes, maybe run errors or end the parent."""
+        parent = tr.parent
+        group = parent.group if parent is not None else self.st.root
+        assert group is not None
+        state = tr.state.current
+        group.worst = worst(group.worst, S.SUCCESS if state is S.SKIPPED else state)
+        if tr.errors_branch:
+            self.errors_child_done(group, parent, tr)
+            return
+        if state.is_failed:
+            group.failed = True
+            group.active -= 1
+        elif tr.pos + 1 < len(group.lanes[tr.lane]) and not group.failed:
+            self.create_child(group, parent, tr.lane, tr.pos + 1)
+        else:
+            group.active -= 1
+        self.fill(group, parent)
+        if group.finished:
+            if group.failed and group.errors and group.errors_pos < 0:
+                group.errors_pos = 0
+                self.create_errors_child(group, parent)
+            else:
+                self.finish_group(group, parent)
+
+    def errors_child_done(
+        self, group: Group, parent: TaskRunState | None, tr: TaskRunState
+    ) -> None:
+        group.errors_pos += 1
+        if not tr.state.current.is_failed and group.errors_pos < len(group.errors):
+            self.create_errors_child(group, parent)
+        else:
+            self.finish_group(group, parent)
+
+    def fill(self, group: Group, parent: TaskRunState | None) -> None:
+        while group.can_start_lane():
+            lane = group.next_lane
+            group.next_lane += 1
+            group.active += 1
+            self.create_child(group, parent, lane, 0)
+
+    def finish_group(self, group: Group, parent: TaskRunState | None) -> None:
+        if group.failed:
+            if group.worst is S.KILLED:
+                final = S.KILLED
+            else:
+                final = S.WARNING if group.failure_is_warning else S.FAILED
+        else:
+            final = S.WARNING if group.worst is S.WARNING else S.SUCCESS
+        if parent is None:
+            self.end_execution(final, render_outputs=True)
+        else:
+            self.complete(parent, final)
+
+    # -- task runs -----------------------------------------------------------------------
+
+    def create_child(self, group: Group, parent: TaskRunState | None, lane: int, pos: int) -> None:
+        task, value = group.lanes[lane][pos]
+        self.new_task_run(task, parent, value, lane, pos, errors_branch=False)
+
+    def create_errors_child(self, group: Group, parent: TaskRunState | None) -> None:
+        task = group.errors[group.errors_pos]
+        self.new_task_run(task, parent, None, -1, group.errors_pos, errors_branch=True)
+
+    def new_task_run(
+        self,
+        task: Task,
+        parent: TaskRunState | None,
+        value: str | None,
+        lane: int,
+        pos: int,
+        *,
+        errors_branch: bool,
+    ) -> None:
+        base_path = parent.path if parent is not None else ()
+        tr = TaskRunState(
+            id=self.ex.new_id(),
+            task=task,
+            parent=parent,
+            value=value,
+            path=(*base_path, value) if value is not None else base_path,
+            lane=lane,
+            pos=pos,
+            errors_branch=errors_branch,
+            state=StateRecord.new(S.CREATED, self.now),
+        )
+        self.st.task_runs[tr.id] = tr
+        self.changed[tr.id] = None
+        self.queue.append((_START, tr))
+
+    def run_attempt(self, tr: TaskRunState) -> None:
+        """Start a new attempt of a runnable task: render, then run inline or dispatch."""
+        task = tr.task
+        assert isinstance(task, RunnableTask)
+        self.move(tr, S.RUNNING)
+        tr.attempts.append(StateRecord.new(S.RUNNING, self.now))
+        try:
+            props = self.render_props(tr)
+        except RenderError as exc:
+            self.attempt_failed(tr, str(exc))
+            return
+        attempt = len(tr.attempts)
+        if self.ex.inline_tasks and task.inline:
+            try:
+                outcome = task.execute(props, RunInfo(self.st.id, tr.id, attempt))
+            except TaskError as exc:
+                self.attempt_failed(tr, str(exc))
+                return
+            self.emit_task_logs(tr, outcome)
+            self.apply_outcome(tr, outcome)
+            return
+        timeout = self.timeout_seconds(tr)
+        self.commands.append(
+            cmd.RunTask(
+                self.st.id,
+                tr.id,
+                attempt,
+                self.st.namespace,
+                self.st.flow_id,
+                self.st.revision,
+                task,
+                props,
+                timeout,
+            )
+        )
+        if timeout is not None:
+            due = self.now + parse_duration(str(task.timeout))
+            timer = Timer(due, "task-timeout", tr.id, attempt)
+            self.set_timer(f"timeout:{tr.id}:{attempt}", timer)
+
+    def apply_outcome(self, tr: TaskRunState, outcome: TaskOutcome) -> None:
+        if outcome.error is not None or outcome.state.is_failed:
+            self.attempt_failed(tr, outcome.error or f"Task ended in state {outcome.state}")
+            return
+        attempt = len(tr.attempts)
+        self.cancel_timer(f"timeout:{tr.id}:{attempt}")
+        tr.attempts[-1].move_task_run(outcome.state, self.now, tr.task.id)
+        if outcome.outputs is not None:
+            self.set_outputs(tr, outcome.outputs)
+        final = outcome.state
+        retry = _effective_retry(tr, self.flow)
+        if final is S.SUCCESS and attempt > 1 and retry is not None and retry.warningOnRetry:
+            final = S.WARNING
+        self.complete(tr, final)
+
+    def attempt_failed(self, tr: TaskRunState, message: str) -> None:
+        """The current attempt failed: retry it, retry the execution, or fail the task run."""
+        self.log(tr, LogLevel.ERROR, message)
+        attempt = len(tr.attempts)
+        if tr.attempts and not tr.attempts[-1].current.is_terminal:
+            tr.attempts[-1].move_task_run(S.FAILED, self.now, tr.task.id)
+        self.cancel_timer(f"timeout:{tr.id}:{attempt}")
+        retry = _effective_retry(tr, self.flow)
+        if retry is not None and self.retry(tr, retry):
+            return
+        self.complete(tr, S.FAILED)
+
+    def retry(self, tr: TaskRunState, retry: Retry) -> bool:
+        if retry.behavior is RetryBehavior.CREATE_NEW_EXECUTION:
+            due = next_attempt_due(
+                retry, self.st.attempt_number, self.st.original_created, self.now, self.ex.rng
+            )
+            if due is None:
+                return False
+            self.move(tr, S.FAILED)
+            self.retry_as_new_execution(due)
+            return True
+        first = tr.attempts[0].start if tr.attempts else self.now
+        due = next_attempt_due(retry, len(tr.attempts), first, self.now, self.ex.rng)
+        if due is None:
+            return False
+        self.move(tr, S.RETRYING)
+        self.set_timer(f"retry:{tr.id}", Timer(due, "retry", tr.id, len(tr.attempts) + 1))
+        return True
+
+    def fail_task_run(self, tr: TaskRunState, message: str) -> None:
+        """Fail a task run that could not start (no attempt to retry)."""
+        self.log(tr, LogLevel.ERROR, message)
+        self.complete(tr, S.FAILED)
+
+    def complete(self, tr: TaskRunState, state: StateType) -> None:
+        """End a task run (``allowFailure``/``allowWarning`` applied); queue its parent's turn."""
+        self.move(tr, _allowed(tr.task, state))
+        self.queue.append((_DONE, tr))
+
+    def start_flowable(self, tr: TaskRunState) -> None:
+        task = tr.task
+        assert isinstance(task, FlowableTask)
+        self.move(tr, S.RUNNING)
+        self.plan_children(tr, task)
+
+    def plan_children(self, tr: TaskRunState, task: FlowableTask) -> None:
+        try:
+            plan = task.plan(self.render_props(tr))
+        except (RenderError, TaskError) as exc:
+            self.fail_task_run(tr, str(exc))
+            return
+        if plan.outputs is not None:
+            self.set_outputs(tr, plan.outputs)
+        errors = [t for t in task.errors if not t.disabled]
+        group = Group(plan.lanes, plan.concurrency, errors, plan.failure_is_warning)
+        tr.group = group
+        self.fill(group, tr)
+        if group.finished:
+            self.finish_group(group, tr)
+
+    # -- pause ---------------------------------------------------------------------------
+
+    def start_pause(self, tr: TaskRunState) -> None:
+        self.move(tr, S.RUNNING)
+        try:
+            props = self.render_props(tr)
+            delay = _optional_duration(props.get("delay"))
+            timeout = _optional_duration(props.get("timeout"))
+        except (RenderError, DurationError) as exc:
+            self.fail_task_run(tr, str(exc))
+            return
+        self.move(tr, S.PAUSED)
+        self.st.paused_runs[tr.id] = None
+        if self.st.state.current is S.RUNNING:
+            self.move_execution(S.PAUSED)
+        if delay is not None:
+            self.set_timer(f"pause:{tr.id}", Timer(self.now + delay, "pause-delay", tr.id))
+        if timeout is not None:
+            due = self.now + timeout
+            self.set_timer(f"pause-timeout:{tr.id}", Timer(due, "pause-timeout", tr.id))
+
+    def unpause(self, tr: TaskRunState) -> None:
+        self.st.paused_runs.pop(tr.id, None)
+        self.cancel_timer(f"pause:{tr.id}")
+        self.cancel_timer(f"pause-timeout:{tr.id}")
+        if not self.st.paused_runs and self.st.state.current is S.PAUSED:
+            self.move_execution(S.RUNNING)
+
+    def resume_pause(self, tr: TaskRunState, inputs: dict[str, Any] | None) -> None:
+        task = tr.task
+        assert isinstance(task, Pause)
+        self.unpause(tr)
+        self.move(tr, S.RUNNING)
+        if task.onResume:
+            try:
+                self.set_outputs(tr, {"onResume": parse_inputs(task.onResume, inputs or {})})
+            except InputValidationError as exc:
+                self.fail_task_run(tr, str(exc))
+                return
+        self.plan_children(tr, task)
+
+    # -- subflows ------------------------------------------------------------------------
+
+    def run_subflow(self, tr: TaskRunState) -> None:
+        task = tr.task
+        assert isinstance(task, Subflow)
+        self.move(tr, S.RUNNING)
+        tr.attempts.append(StateRecord.new(S.RUNNING, self.now))
+        try:
+            props = self.render_props(tr)
+        except RenderError as exc:
+            self.attempt_failed(tr, str(exc))
+            return
+        namespace, flow_id = str(props["namespace"]), str(props["flowId"])
+        child_flow = self.ex.flows.get(namespace, flow_id, task.revision)
+        if child_flow is None:
+            self.attempt_failed(tr, f"Unable to find the subflow '{namespace}.{flow_id}'")
+            return
+        child_id = self.ex.new_id()
+        tr.child_execution_id = child_id
+        attempt = len(tr.attempts)
+        link = ev.SubflowLink(self.st.id, tr.id, attempt, task.outputs) if task.wait else None
+        created = ev.ExecutionCreated(
+            execution_id=child_id,
+            namespace=namespace,
+            flow_id=flow_id,
+            revision=task.revision,
+            inputs=props.get("inputs") or {},
+            labels=self.child_labels(task, props.get("labels")),
+            trigger={
+                "id": task.id,
+                "type": Subflow.type_name,
+                "variables": {
+                    "executionId": self.st.id,
+                    "namespace": self.st.namespace,
+                    "flowId": self.st.flow_id,
+                    "flowRevision": self.st.revision,
+                },
+            },
+            parent=link,
+        )
+        self.commands.append(cmd.CreateExecution(created))
+        if not task.wait:
+            self.set_outputs(tr, {"executionId": child_id})
+            tr.attempts[-1].move_task_run(S.SUCCESS, self.now, task.id)
+            self.complete(tr, S.SUCCESS)
+
+    def child_labels(self, task: Subflow, rendered: Any) -> dict[str, str]:
+        labels: dict[str, str] = {}
+        if task.inheritLabels:
+            labels.update(self.st.labels)
+        if isinstance(rendered, dict):
+            labels.update({str(k): str(v) for k, v in rendered.items()})
+        elif isinstance(rendered, list):
+            labels.update({str(i["key"]): str(i["value"]) for i in rendered if "key" in i})
+        labels["system.correlationId"] = self.st.labels.get("system.correlationId", self.st.id)
+        return labels
+
+    # -- restart -------------------------------------------------------------------------
+
+    def restart(self) -> None:
+        """Restart in place: drop errors-branch runs, give failed task runs a new attempt."""
+        st = self.st
+        if st.state.current not in (S.FAILED, S.KILLED, S.WARNING) or st.root is None:
+            return
+        self.move_execution(S.RESTARTED)
+        st.attempt_number += 1
+        dropped = {tid for tid, tr in st.task_runs.items() if _in_errors_branch(tr)}
+        for tid in dropped:
+            del st.task_runs[tid]
+            self.changed[tid] = None
+        rerun: list[TaskRunState] = []
+        for tr in st.task_runs.values():
+            if tr.state.current in (S.FAILED, S.KILLED):
+                if tr.group is not None:
+                    self.move(tr, S.RUNNING)
+                else:
+                    self.move(tr, S.RESTARTED)
+                    rerun.append(tr)
+        self.reset_group(st.root, None)
+        for tr in st.task_runs.values():
+            if tr.group is not None and tr.state.current is S.RUNNING:
+                self.reset_group(tr.group, tr)
+        self.move_execution(S.RUNNING)
+        for tr in rerun:
+            self.queue.append((_START, tr))
+
+    def reset_group(self, group: Group, owner: TaskRunState | None) -> None:
+        """Recount a group's lanes from its remaining children after a restart."""
+        group.failed, group.errors_pos, group.worst = False, -1, S.SUCCESS
+        active = 0
+        for tr in self.st.task_runs.values():
+            if tr.parent is owner and not tr.errors_branch:
+                state = tr.state.current
+                if state.is_terminal:
+                    group.worst = worst(group.worst, S.SUCCESS if state is S.SKIPPED else state)
+                else:
+                    active += 1
+        group.active = active
+
+    # -- execution end -------------------------------------------------------------------
+
+    def end_execution(self, final: StateType, *, render_outputs: bool) -> None:
+        st = self.st
+        if render_outputs and final in (S.SUCCESS, S.WARNING) and self.flow.outputs:
+            try:
+                st.flow_outputs = self.render_flow_outputs()
+            except (RenderError, ValueError) as exc:
+                self.log(None, LogLevel.ERROR, f"Unable to render the flow outputs: {exc}")
+                final = S.FAILED
+        if not st.state.current.is_terminal:
+            self.move_execution(final)
+        for timer_id in list(st.timers):
+            self.cancel_timer(timer_id)
+        self.terminal = True
+        self.notify_parent()
+
+    def render_flow_outputs(self) -> dict[str, Any]:
+        base = execution_context(self.st, self.flow, self.ex.clock, self.ex.context_cache)
+        return {
+            output.id: coerce_output(output, render_value(output.value, base))
+            for output in self.flow.outputs
+        }
+
+    def notify_parent(self) -> None:
+        link = self.st.parent_link
+        if link is None:
+            return
+        outputs: dict[str, Any] | None = self.st.flow_outputs
+        error = None
+        if link.outputs is not None:
+            base = execution_context(self.st, self.flow, self.ex.clock, self.ex.context_cache)
+            try:
+                outputs = render_value(link.outputs, base)
+            except RenderError as exc:
+                outputs, error = None, f"Unable to render the subflow outputs: {exc}"
+        done = ev.SubflowFinished(
+            link.execution_id, link.task_run_id, link.attempt, self.st.id,
+            self.st.state.current, outputs, error,
+        )  # fmt: skip
+        self.commands.append(cmd.SendEvent(done))
+
+    def retry_as_new_execution(self, due: datetime) -> None:
+        st = self.st
+        created = ev.ExecutionCreated(
+            execution_id=self.ex.new_id(),
+            namespace=st.namespace,
+            flow_id=st.flow_id,
+            revision=st.revision,
+            inputs=st.inputs,
+            validate_inputs=False,
+            labels=dict(st.labels),
+            trigger=st.trigger,
+            schedule_date=due,
+            original_id=st.original_id,
+            attempt_number=st.attempt_number + 1,
+            original_created=st.original_created,
+            parent=st.parent_link,
+        )
+        self.commands.append(cmd.CreateExecution(created))
+        self.move_execution(S.RETRIED)
+        for timer_id in list(st.timers):
+            self.cancel_timer(timer_id)
+        self.terminal = True
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def current_attempt(self, task_run_id: str, attempt: int) -> TaskRunState | None:
+        """The task run if ``attempt`` is its current, running attempt; None for a stale event."""
+        tr = self.st.task_runs.get(task_run_id)
+        if tr is None or len(tr.attempts) != attempt or tr.state.current is not S.RUNNING:
+            return None
+        if tr.attempts[-1].current is not S.RUNNING:
+            return None
+        return tr
+
+    def context(self, tr: TaskRunState) -> dict[str, Any]:
+        base = execution_context(self.st, self.flow, self.ex.clock, self.ex.context_cache)
+        return task_run_context(base, tr)
+
+    def render_props(self, tr: TaskRunState) -> dict[str, Any]:
+        task = tr.task
+        if not task.dynamic:
+            return {}
+        ctx = self.context(tr)
+        props: dict[str, Any] = {}
+        for name in task.dynamic:
+            value = getattr(task, name)
+            if value is not None:
+                props[name] = render_value(value, ctx)
+        return props
+
+    def timeout_seconds(self, tr: TaskRunState) -> float | None:
+        if tr.task.timeout is None:
+            return None
+        try:
+            return parse_duration(str(tr.task.timeout)).total_seconds()
+        except DurationError:
+            return None
+
+    def set_outputs(self, tr: TaskRunState, outputs: dict[str, Any]) -> None:
+        tr.outputs = outputs
+        self.changed[tr.id] = None
+        node = self.st.outputs
+        key = tr.task.id
+        for value in tr.path:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = node[key] = {}
+            node, key = child, value
+        node[key] = outputs
+
+    def move(self, tr: TaskRunState, state: StateType) -> None:
+        if tr.state.move_task_run(state, self.now, tr.task.id):
+            self.changed[tr.id] = None
+
+    def move_execution(self, state: StateType) -> None:
+        if self.st.state.move_execution(state, self.now, f"execution {self.st.id}"):
+            self.moved = True
+
+    def set_timer(self, timer_id: str, timer: Timer) -> None:
+        self.st.timers[timer_id] = timer
+        self.commands.append(cmd.SetTimer(self.st.id, timer_id, timer.due))
+
+    def cancel_timer(self, timer_id: str) -> None:
+        if self.st.timers.pop(timer_id, None) is not None:
+            self.commands.append(cmd.CancelTimer(self.st.id, timer_id))
+
+    def emit_task_logs(self, tr: TaskRunState, outcome: TaskOutcome) -> None:
+        floor = LOG_LEVEL_ORDER[tr.task.logLevel] if tr.task.logLevel else 0
+        for level, message in outcome.logs:
+            if LOG_LEVEL_ORDER[level] >= floor:
+                self.log(tr, level, message)
+
+    def log(self, tr: TaskRunState | None, level: LogLevel, message: str) -> None:
+        line = cmd.LogLine(
+            self.st.id,
+            tr.id if tr else None,
+            tr.task.id if tr else None,
+            len(tr.attempts) if tr and tr.attempts else None,
+            level.value,
+            message,
+            self.now,
+        )
+        self.logs.append(line)
+        if level is LogLevel.ERROR and tr is not None:
+            self.remember_error(tr, message)
+
+    def remember_error(self, tr: TaskRunState, message: str) -> None:
+        errors = self.st.error_logs
+        if len(errors) < _MAX_ERROR_LOGS:
+            errors.append(
+                {
+                    "taskId": tr.task.id,
+                    "taskRunId": tr.id,
+                    "message": message,
+                    "level": "ERROR",
+                    "timestamp": self.now,
+                }
+            )
+
+    def finish(self) -> list[cmd.Command]:
+        out = self.commands
+        if self.logs:
+            out.append(cmd.EmitLogs(self.st.namespace, self.st.flow_id, self.logs))
+        if self.changed or self.moved:
+            out.append(
+                cmd.ExecutionChanged(
+                    self.st.id, self.st.state.current, list(self.changed), self.terminal
+                )
+            )
+        return out
+
+
+def _in_errors_branch(tr: TaskRunState) -> bool:
+    node: TaskRunState | None = tr
+    while node is not None:
+        if node.errors_branch:
+            return True
+        node = node.parent
+    return False
+
+
+def _optional_duration(value: Any) -> Any:
+    if value is None or value == "":
+        return None
+    return parse_duration(str(value))

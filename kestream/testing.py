@@ -1,0 +1,353 @@
+"""Run flows in one process, without a broker: the real executor step and the real task runner.
+
+Like Kafka Streams' ``TopologyTestDriver``: events go in, the commands the step produces are carried
+out in memory (tasks run on the worker's runner, timers wait in a heap, child executions are fed
+back as events). Time is real by default: Pause delays, retry intervals and Sleep really wait.
+
+``run`` returns at the execution's first stop: an end state, or PAUSED when a Pause waits for a
+resume or for its delay. :class:`Driver` gives the rest: resume, restart, kill, wait, logs and the
+executions a run created (subflows, retries as new executions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from kestream.models.flow import Flow, parse_flow
+from kestream.models.inputs import parse_inputs
+
+from kestream.executor import commands as cmd
+from kestream.executor import events as ev
+from kestream.executor.flow_registry import FlowRegistry
+from kestream.executor.snapshot import execution_model
+from kestream.executor.state import ExecutionState
+from kestream.executor.step import Executor
+from kestream.models.clock import Clock, utc_now
+from kestream.models.execution import Execution, LogEntry
+from kestream.models.ids import new_id
+from kestream.models.state import StateType
+from kestream.worker.runner import TaskRunner
+
+__all__ = ["Driver", "arun", "run"]
+
+_PAUSE_TIMERS = ("pause-delay", "pause-timeout")
+
+
+class Driver:
+    """An in-process kestream: deploy flows, start executions, act on them, read the results.
+
+    The synchronous methods run a private event loop; inside a running loop use the ``a``-prefixed
+    coroutines (``astart``, ``aresume``, ...) instead.
+    """
+
+    def __init__(self, *, inline_tasks: bool = True, clock: Clock = utc_now) -> None:
+        self.flows = FlowRegistry()
+        self.clock = clock
+        self.executor = Executor(self.flows, clock=clock, inline_tasks=inline_tasks)
+        self.runner = TaskRunner(clock=clock)
+        self.states: dict[str, ExecutionState] = {}
+        self._logs: dict[str, list[cmd.LogLine]] = {}
+        self._events: deque[ev.Event] = deque()
+        self._timers: list[tuple[datetime, int, str, str]] = []
+        self._timer_due: dict[tuple[str, str], datetime] = {}
+        self._seq = itertools.count()
+        self._inflight: set[asyncio.Task[tuple[ev.WorkerResult, list[cmd.LogLine]]]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- flows ---------------------------------------------------------------------------
+
+    def deploy(self, flow_yaml: str) -> Flow:
+        """Validate a flow (every problem listed, with lines) and make it runnable."""
+        return self.flows.put(parse_flow(flow_yaml))
+
+    # -- async API -----------------------------------------------------------------------
+
+    async def astart(
+        self,
+        namespace: str,
+        flow_id: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        validate_inputs: bool = True,
+        labels: dict[str, Any] | None = None,
+    ) -> Execution:
+        flow = self.flows.get(namespace, flow_id)
+        if flow is None:
+            raise LookupError(f"Unknown flow '{namespace}.{flow_id}': deploy it first")
+        given = dict(inputs or {})
+        if validate_inputs:
+            given = parse_inputs(flow.inputs, given)  # raises, naming each bad input
+        execution_id = new_id()
+        self._events.append(
+            ev.ExecutionCreated(
+                execution_id=execution_id,
+                namespace=namespace,
+                flow_id=flow_id,
+                revision=flow.revision,
+                inputs=given,
+                validate_inputs=False,
+                labels={str(k): str(v) for k, v in (labels or {}).items()},
+            )
+        )
+        await self._run_until(lambda: self._stopped(execution_id))
+        return self.get(execution_id)
+
+    async def aresume(self, execution_id: str, inputs: dict[str, Any] | None = None) -> Execution:
+        self._events.append(ev.Resume(execution_id, inputs))
+        await self._run_until(lambda: self._stopped(execution_id))
+        return self.get(execution_id)
+
+    async def arestart(self, execution_id: str) -> Execution:
+        self._events.append(ev.Restart(execution_id))
+        await self._run_until(lambda: self._stopped(execution_id))
+        return self.get(execution_id)
+
+    async def akill(self, execution_id: str) -> Execution:
+        self._events.append(ev.Kill(execution_id))
+        await self._run_until(lambda: self._stopped(execution_id))
+        return self.get(execution_id)
+
+    async def await_(self, execution_id: str, timeout: float = 30.0) -> Execution:
+        """Let time pass until the execution ends, or pauses with nothing left to wait for."""
+        await self._run_until(lambda: self._settled(execution_id), timeout=timeout)
+        return self.get(execution_id)
+
+    async def asettle(self, timeout: float = 60.0) -> None:
+        """Run until nothing is left to do for any execution."""
+        await self._run_until(lambda: False, timeout=timeout)
+
+    # -- sync API ------------------------------------------------------------------------
+
+    def start(
+        self,
+        namespace: str,
+        flow_id: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        validate_inputs: bool = True,
+        labels: dict[str, Any] | None = None,
+    ) -> Execution:
+        coro = self.astart(
+            namespace, flow_id, inputs, validate_inputs=validate_inputs, labels=labels
+        )
+        return self._sync(coro)
+
+    def resume(self, execution_id: str, inputs: dict[str, Any] | None = None) -> Execution:
+        return self._sync(self.aresume(execution_id, inputs))
+
+    def restart(self, execution_id: str) -> Execution:
+        return self._sync(self.arestart(execution_id))
+
+    def kill(self, execution_id: str) -> Execution:
+        return self._sync(self.akill(execution_id))
+
+    def wait(self, execution_id: str, timeout: float = 30.0) -> Execution:
+        return self._sync(self.await_(execution_id, timeout))
+
+    def settle(self, timeout: float = 60.0) -> None:
+        self._sync(self.asettle(timeout))
+
+    # -- reading -------------------------------------------------------------------------
+
+    def get(self, execution_id: str) -> Execution:
+        return execution_model(self.states[execution_id])
+
+    def executions(self) -> list[Execution]:
+        """Every execution this driver ran, in creation order."""
+        return [execution_model(st) for st in self.states.values()]
+
+    def children(self, execution_id: str) -> list[Execution]:
+        """Executions started by Subflow tasks of this execution, and theirs (descendants)."""
+        found: list[Execution] = []
+        parents = {execution_id}
+        for st in self.states.values():
+            trigger = st.trigger or {}
+            parent = trigger.get("variables", {}).get("executionId")
+            if trigger.get("type", "").endswith(".Subflow") and parent in parents:
+                parents.add(st.id)
+                found.append(execution_model(st))
+        return found
+
+    def logs(self, execution_id: str) -> list[LogEntry]:
+        st = self.states[execution_id]
+        return [
+            LogEntry(
+                executionId=line.execution_id,
+                namespace=st.namespace,
+                flowId=st.flow_id,
+                taskId=line.task_id,
+                taskRunId=line.task_run_id,
+                attemptNumber=line.attempt,
+                level=line.level,
+                message=line.message,
+                timestamp=line.timestamp,
+            )
+            for line in self._logs.get(execution_id, [])
+        ]
+
+    def close(self) -> None:
+        for task in self._inflight:
+            task.cancel()
+        self.runner.close()
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+
+    def __enter__(self) -> Driver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _sync(self, coro: Any) -> Any:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(coro)
+
+    async def _run_until(self, done: Callable[[], bool], timeout: float = 120.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            self._process_events()
+            if done():
+                return
+            if not self._inflight and not self._timers:
+                return  # idle: nothing can change any more
+            wait = self._next_timer_wait()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"Executions still running after {timeout}s")
+            wait = remaining if wait is None else min(wait, remaining)
+            if self._inflight:
+                finished, _ = await asyncio.wait(
+                    self._inflight, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in finished:
+                    self._inflight.discard(task)
+                    result, lines = task.result()
+                    self._keep_logs(result.execution_id, lines)
+                    self._events.append(result)
+            elif wait > 0:
+                await asyncio.sleep(wait)
+            self._fire_due_timers()
+
+    def _process_events(self) -> None:
+        while self._events:
+            event = self._events.popleft()
+            state = self.states.get(event.execution_id)
+            result = self.executor.step(state, event)
+            if result.state is not None and state is None:
+                self.states[result.state.id] = result.state
+            for command in result.commands:
+                self._carry_out(command)
+
+    def _carry_out(self, command: cmd.Command) -> None:
+        if isinstance(command, cmd.RunTask):
+            task = asyncio.ensure_future(self.runner.run(command))
+            self._inflight.add(task)
+        elif isinstance(command, cmd.KillTask):
+            self.runner.kill(command.execution_id, command.task_run_id)
+        elif isinstance(command, cmd.CreateExecution):
+            self._events.append(command.created)
+        elif isinstance(command, cmd.SendEvent):
+            self._events.append(command.event)
+        elif isinstance(command, cmd.SetTimer):
+            key = (command.execution_id, command.timer_id)
+            self._timer_due[key] = command.due
+            heapq.heappush(self._timers, (command.due, next(self._seq), *key))
+        elif isinstance(command, cmd.CancelTimer):
+            self._timer_due.pop((command.execution_id, command.timer_id), None)
+        elif isinstance(command, cmd.EmitLogs):
+            self._keep_logs(command.lines[0].execution_id, command.lines)
+
+    def _keep_logs(self, execution_id: str, lines: list[cmd.LogLine]) -> None:
+        if lines:
+            self._logs.setdefault(execution_id, []).extend(lines)
+
+    def _next_timer_wait(self) -> float | None:
+        while self._timers:
+            due, _, execution_id, timer_id = self._timers[0]
+            if self._timer_due.get((execution_id, timer_id)) != due:
+                heapq.heappop(self._timers)  # cancelled or replaced
+                continue
+            return max((due - self.clock()).total_seconds(), 0.0)
+        return None
+
+    def _fire_due_timers(self) -> None:
+        now = self.clock()
+        while self._timers and self._timers[0][0] <= now:
+            due, _, execution_id, timer_id = heapq.heappop(self._timers)
+            if self._timer_due.get((execution_id, timer_id)) == due:
+                del self._timer_due[(execution_id, timer_id)]
+                self._events.append(ev.TimerFired(execution_id, timer_id))
+
+    def _busy(self) -> bool:
+        """Work other than waiting for a pause is pending somewhere."""
+        if self._events or self._inflight:
+            return True
+        for execution_id, timer_id in self._timer_due:
+            timer = self.states[execution_id].timers.get(timer_id)
+            if timer is not None and timer.kind not in _PAUSE_TIMERS:
+                return True
+        return False
+
+    def _stopped(self, execution_id: str) -> bool:
+        st = self.states.get(execution_id)
+        if st is None:
+            return False
+        if st.terminal:
+            return True
+        return st.state.current is StateType.PAUSED and not self._busy()
+
+    def _settled(self, execution_id: str) -> bool:
+        st = self.states.get(execution_id)
+        if st is None:
+            return False
+        if st.terminal:
+            return True
+        return st.state.current is StateType.PAUSED and not st.timers and not self._busy()
+
+
+async def arun(
+    flow_yaml: str,
+    inputs: dict[str, Any] | None = None,
+    *,
+    flows: Sequence[str] = (),
+    validate_inputs: bool = True,
+    labels: dict[str, Any] | None = None,
+) -> Execution:
+    """Deploy ``flows`` and ``flow_yaml``, run one execution to its first stop, return it."""
+    driver = Driver()
+    try:
+        for other in flows:
+            driver.deploy(other)
+        flow = driver.deploy(flow_yaml)
+        return await driver.astart(
+            flow.namespace, flow.id, inputs, validate_inputs=validate_inputs, labels=labels
+        )
+    finally:
+        for task in driver._inflight:
+            task.cancel()
+        driver.runner.close()
+
+
+def run(
+    flow_yaml: str,
+    inputs: dict[str, Any] | None = None,
+    *,
+    flows: Sequence[str] = (),
+    validate_inputs: bool = True,
+    labels: dict[str, Any] | None = None,
+) -> Execution:
+    """Synchronous :func:`arun`."""
+    return asyncio.run(
+        arun(flow_yaml, inputs, flows=flows, validate_inputs=validate_inputs, labels=labels)
+    )

@@ -1,0 +1,97 @@
+"""Runs one attempt of a runnable task: no Kafka here, a task run in, a result out.
+
+Async tasks (Sleep) are awaited on the event loop and hold no thread while they wait. Blocking task
+code runs in a thread pool of ``threads`` slots; tasks marked ``inline`` (pure rendering, cheap)
+run directly on the loop. Every running attempt can be cancelled by a kill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+
+from kestream.executor.commands import LogLine, RunTask
+from kestream.executor.events import WorkerResult
+from kestream.models.clock import Clock, utc_now
+from kestream.models.state import StateType
+from kestream.tasks.base import LOG_LEVEL_ORDER, LogLevel, RunInfo, TaskError, TaskOutcome
+
+
+class TaskRunner:
+    """Executes :class:`RunTask` commands and keeps the running ones cancellable."""
+
+    def __init__(self, *, threads: int = 8, clock: Clock = utc_now) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max(threads, 1), thread_name_prefix="task")
+        self._clock = clock
+        self._running: dict[tuple[str, str], asyncio.Task[Any]] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    async def run(self, job: RunTask) -> tuple[WorkerResult, list[LogLine]]:
+        """Run the attempt; always returns a result (failures and kills included)."""
+        key = (job.execution_id, job.task_run_id)
+        body = asyncio.ensure_future(self._execute(job))
+        self._running[key] = body
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(body), job.timeout_s)
+        except TimeoutError:
+            body.cancel()
+            outcome = TaskOutcome(StateType.FAILED, error=f"Task timed out after {job.timeout_s}s")
+        except asyncio.CancelledError:
+            if not body.cancelled():
+                raise
+            outcome = TaskOutcome(StateType.KILLED, error="Task was killed")
+        finally:
+            self._running.pop(key, None)
+        return self._result(job, outcome)
+
+    def kill(self, execution_id: str, task_run_id: str) -> bool:
+        """Cancel a running attempt; its result reports KILLED."""
+        body = self._running.get((execution_id, task_run_id))
+        if body is None:
+            return False
+        body.cancel()
+        return True
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _execute(self, job: RunTask) -> TaskOutcome:
+        task, info = job.task, RunInfo(job.execution_id, job.task_run_id, job.attempt)
+        try:
+            if task.is_async:
+                return await task.arun(job.props, info)
+            if task.inline:
+                return task.execute(job.props, info)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, task.execute, job.props, info)
+        except TaskError as exc:
+            return TaskOutcome(StateType.FAILED, error=str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a task's own bug must fail its task run, not the worker
+            return TaskOutcome(StateType.FAILED, error=f"{type(exc).__name__}: {exc}")
+
+    def _result(self, job: RunTask, outcome: TaskOutcome) -> tuple[WorkerResult, list[LogLine]]:
+        now: datetime = self._clock()
+        floor = LOG_LEVEL_ORDER[job.task.logLevel] if job.task.logLevel else 0
+        lines = [
+            LogLine(job.execution_id, job.task_run_id, job.task.id, job.attempt, lvl, msg, now)
+            for lvl, msg in outcome.logs
+            if LOG_LEVEL_ORDER[lvl] >= floor
+        ]
+        errors = [line.message for line in lines if line.level == LogLevel.ERROR.value]
+        if outcome.error is not None:
+            # The executor logs the failure message itself (also for inline tasks), once.
+            state = StateType.KILLED if outcome.state is StateType.KILLED else StateType.FAILED
+        else:
+            state = outcome.state
+        result = WorkerResult(
+            job.execution_id, job.task_run_id, job.attempt, state, outcome.outputs,
+            outcome.error, errors,
+        )  # fmt: skip
+        return result, lines
