@@ -16,7 +16,7 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from kestream.models.flow import Flow, parse_flow
@@ -28,7 +28,7 @@ from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.snapshot import execution_model
 from kestream.executor.state import ExecutionState
 from kestream.executor.step import Executor
-from kestream.models.clock import Clock, utc_now
+from kestream.models.clock import Clock, ManualClock, utc_now
 from kestream.models.execution import Execution, LogEntry
 from kestream.models.ids import new_id
 from kestream.models.state import StateType
@@ -59,6 +59,7 @@ class Driver:
         self._seq = itertools.count()
         self._inflight: set[asyncio.Task[tuple[ev.WorkerResult, list[cmd.LogLine]]]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._manual_time = isinstance(clock, ManualClock)
 
     # -- flows ---------------------------------------------------------------------------
 
@@ -118,6 +119,14 @@ class Driver:
         await self._run_until(lambda: self._settled(execution_id), timeout=timeout)
         return self.get(execution_id)
 
+    async def aadvance(self, delta: timedelta) -> None:
+        """Move a :class:`ManualClock` forward, fire what fell due, and run until idle."""
+        if not isinstance(self.clock, ManualClock):
+            raise TypeError("advance() needs a Driver built with clock=ManualClock()")
+        self.clock.advance(delta)
+        self._fire_due_timers()
+        await self._run_until(lambda: False)
+
     async def asettle(self, timeout: float = 60.0) -> None:
         """Run until nothing is left to do for any execution."""
         await self._run_until(lambda: False, timeout=timeout)
@@ -149,6 +158,9 @@ class Driver:
 
     def wait(self, execution_id: str, timeout: float = 30.0) -> Execution:
         return self._sync(self.await_(execution_id, timeout))
+
+    def advance(self, delta: timedelta) -> None:
+        self._sync(self.aadvance(delta))
 
     def settle(self, timeout: float = 60.0) -> None:
         self._sync(self.asettle(timeout))
@@ -219,8 +231,8 @@ class Driver:
             self._process_events()
             if done():
                 return
-            if not self._inflight and not self._timers:
-                return  # idle: nothing can change any more
+            if not self._inflight and (not self._timers or self._manual_time):
+                return  # idle: nothing can change until time passes (or ever)
             wait = self._next_timer_wait()
             remaining = deadline - loop.time()
             if remaining <= 0:

@@ -1,0 +1,166 @@
+"""kestream's configuration: one frozen model, the only place that reads the environment.
+
+Every field reads ``KESTREAM_<FIELD NAME IN UPPER CASE>`` (for example ``executor_stream_threads``
+reads ``KESTREAM_EXECUTOR_STREAM_THREADS``), and nothing else: faust's own settings are built from
+this model explicitly (``kestream.runtime``), so unprefixed variables such as ``BROKER_URL`` or
+``WEB_PORT`` never change what kestream does.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from functools import cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class SaslMechanism(StrEnum):
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+
+
+class Settings(BaseSettings):
+    """All ``KESTREAM_*`` variables, with their defaults. See the README's table."""
+
+    model_config = SettingsConfigDict(env_prefix="KESTREAM_", frozen=True, extra="ignore")
+
+    # -- broker ----------------------------------------------------------------------------
+    broker: str | None = Field(
+        default=None,
+        description="KESTREAM_BROKER: Kafka bootstrap servers, host:port[,host:port]. "
+        "Unset: start the embedded Tansu broker on loopback (memory only).",
+    )
+    broker_security_protocol: SecurityProtocol = Field(
+        default=SecurityProtocol.PLAINTEXT,
+        description="KESTREAM_BROKER_SECURITY_PROTOCOL: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL.",
+    )
+    broker_sasl_mechanism: SaslMechanism | None = Field(
+        default=None, description="KESTREAM_BROKER_SASL_MECHANISM: PLAIN, SCRAM-SHA-256/512."
+    )
+    broker_sasl_username: str | None = Field(
+        default=None, description="KESTREAM_BROKER_SASL_USERNAME."
+    )
+    broker_sasl_password: SecretStr | None = Field(
+        default=None, description="KESTREAM_BROKER_SASL_PASSWORD (masked in dumps)."
+    )
+    broker_ssl_cafile: str | None = Field(
+        default=None, description="KESTREAM_BROKER_SSL_CAFILE: CA bundle for SSL."
+    )
+    broker_ssl_certfile: str | None = Field(
+        default=None, description="KESTREAM_BROKER_SSL_CERTFILE: client certificate."
+    )
+    broker_ssl_keyfile: str | None = Field(
+        default=None, description="KESTREAM_BROKER_SSL_KEYFILE: client key."
+    )
+    topic_prefix: str = Field(
+        default="kestream.", description="KESTREAM_TOPIC_PREFIX: prefix of every topic name."
+    )
+    partitions: int = Field(
+        default=16,
+        ge=1,
+        description="KESTREAM_PARTITIONS: partitions of every executor topic (at least the "
+        "largest stream-thread count you run).",
+    )
+    replication_factor: int = Field(
+        default=1, ge=1, description="KESTREAM_REPLICATION_FACTOR: for topics kestream creates."
+    )
+    consumer_fetch_max_wait_ms: int | None = Field(
+        default=None,
+        ge=0,
+        description="KESTREAM_CONSUMER_FETCH_MAX_WAIT_MS: unset = 10 on the embedded broker "
+        "(its fetches are not woken by new data), 100 on Kafka.",
+    )
+    producer_linger_ms: int = Field(
+        default=5, ge=0, description="KESTREAM_PRODUCER_LINGER_MS: batch produces this long."
+    )
+    session_timeout_ms: int = Field(
+        default=10_000, description="KESTREAM_SESSION_TIMEOUT_MS: consumer group session."
+    )
+    heartbeat_interval_ms: int = Field(
+        default=1_000, description="KESTREAM_HEARTBEAT_INTERVAL_MS: consumer group heartbeat."
+    )
+
+    # -- executor ----------------------------------------------------------------------------
+    executor_stream_threads: int = Field(
+        default=0,
+        ge=0,
+        description="KESTREAM_EXECUTOR_STREAM_THREADS: executor stream processors (processes); "
+        "0 = one per CPU core.",
+    )
+    executor_inline_tasks: bool = Field(
+        default=True,
+        description="KESTREAM_EXECUTOR_INLINE_TASKS: run Log, Return, Echo, OutputValues and "
+        "Fail inside the executor step (same task runs and logs, fewer broker hops).",
+    )
+    executor_flow_wait_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="KESTREAM_EXECUTOR_FLOW_WAIT_S: how long an execution naming an unknown "
+        "flow revision is held before it goes to the dead-letter topic.",
+    )
+    executor_ended_retention_h: float = Field(
+        default=24.0,
+        gt=0,
+        description="KESTREAM_EXECUTOR_ENDED_RETENTION_H: how long ended executions are "
+        "remembered, so a redelivered creation never runs twice.",
+    )
+
+    # -- worker ------------------------------------------------------------------------------
+    worker_threads: int = Field(
+        default=0,
+        ge=0,
+        description="KESTREAM_WORKER_THREADS: task runs per worker process that may run code at "
+        "once; 0 = 8 x CPU cores. Waiting tasks (Sleep) take no slot.",
+    )
+    worker_max_in_flight: int = Field(
+        default=10_000,
+        ge=1,
+        description="KESTREAM_WORKER_MAX_IN_FLIGHT: cap on task runs in flight per worker.",
+    )
+
+    # -- API and operations ------------------------------------------------------------------
+    web_port: int = Field(default=8080, description="KESTREAM_WEB_PORT: the API's HTTP port.")
+    web_host: str = Field(default="127.0.0.1", description="KESTREAM_WEB_HOST: bind address.")
+    tenant: str = Field(default="main", description="KESTREAM_TENANT: tenant in API paths.")
+    index_url: str | None = Field(
+        default=None,
+        description="KESTREAM_INDEX_URL: execution index database; unset = embedded SQLite.",
+    )
+    data_dir: str = Field(
+        default=".kestream",
+        description="KESTREAM_DATA_DIR: local files (index database, process state).",
+    )
+    log_level: str = Field(default="INFO", description="KESTREAM_LOG_LEVEL.")
+    log_format: str = Field(
+        default="text", description="KESTREAM_LOG_FORMAT: text (readable) or json."
+    )
+
+    @property
+    def stream_threads(self) -> int:
+        """Executor processes to run: the setting, or one per core."""
+        return self.executor_stream_threads or (os.cpu_count() or 1)
+
+    @property
+    def task_threads(self) -> int:
+        """Worker thread-pool slots: the setting, or 8 per core."""
+        return self.worker_threads or 8 * (os.cpu_count() or 1)
+
+    def topic(self, name: str) -> str:
+        """The full name of one of kestream's topics."""
+        return f"{self.topic_prefix}{name}"
+
+
+@cache
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()
