@@ -5,6 +5,10 @@ result per Log task run, fed back in the order the tasks were dispatched. Prints
 of step time per event for each size and their ratio; the target is a ratio of at most 1.5
 (DESIGN.md section 3: the work per event must not grow with the size of the execution).
 
+Each figure is printed twice: with CPython's default garbage-collector thresholds, and with the
+thresholds kestream's processes set at start (``kestream.runtime.process.tune_gc``), because the
+interpreter's full collections scan the whole live state and are part of what an event costs.
+
     python -m bench.step_cost [--repeat 5]
 """
 
@@ -22,6 +26,7 @@ from kestream.executor.step import Executor
 from kestream.models.flow import parse_flow
 from kestream.models.ids import new_id
 from kestream.models.state import StateType
+from kestream.runtime.process import GC_THRESHOLDS
 
 FLOW = """
 id: foreach_{n}
@@ -79,14 +84,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    for limit in (0, 1):
-        small_events, small = measure(160, limit, args.repeat)
-        big_events, big = measure(10_000, limit, args.repeat)
-        print(
-            f"concurrencyLimit={limit}: ForEach 160: {small:.1f} us/event ({small_events} events); "
-            f"ForEach 10000: {big:.1f} us/event ({big_events} events); "
-            f"ratio {big / small:.2f} (target <= 1.5)"
-        )
+    default_thresholds = gc.get_threshold()
+    for gc_label, thresholds in (
+        ("default gc", default_thresholds),
+        ("runtime gc", GC_THRESHOLDS),
+    ):
+        gc.set_threshold(*thresholds)
+        for limit in (0, 1):
+            small_events, small = measure(160, limit, args.repeat)
+            big_events, big = measure(10_000, limit, args.repeat)
+            print(
+                f"{gc_label} {thresholds}, concurrencyLimit={limit}: "
+                f"ForEach 160: {small:.1f} us/event ({small_events} events); "
+                f"ForEach 10000: {big:.1f} us/event ({big_events} events); "
+                f"ratio {big / small:.2f} (target <= 1.5)"
+            )
+    gc.set_threshold(*default_thresholds)
 
 
 if __name__ == "__main__":

@@ -27,18 +27,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from kestream.models.flow import Flow
-from kestream.models.inputs import InputValidationError, coerce_output, parse_inputs
-
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.context import execution_context, task_run_context
 from kestream.executor.retry import next_attempt_due
 from kestream.executor.state import ExecutionState, Group, StateRecord, TaskRunState, Timer
-from kestream.expressions import RenderError, is_truthy, render, render_value
+from kestream.expressions import (
+    RenderError,
+    TemplateSyntaxError,
+    is_truthy,
+    render,
+    render_value,
+)
 from kestream.models.clock import Clock, utc_now
 from kestream.models.durations import DurationError, parse_duration
+from kestream.models.flow import Flow
 from kestream.models.ids import new_id
+from kestream.models.inputs import InputValidationError, coerce_output, parse_inputs
 from kestream.models.state import StateType, worst
 from kestream.tasks.base import (
     LOG_LEVEL_ORDER,
@@ -212,10 +217,24 @@ class _Step:
                 self.move_execution(S.FAILED)
                 self.end_execution(S.FAILED, render_outputs=False)
                 return
+        else:
+            self.st.inputs = self.with_default_inputs(event.inputs)
         if event.schedule_date is not None and event.schedule_date > self.now:
             self.set_timer("start", Timer(event.schedule_date, "start"))
             return
         self.start_execution()
+
+    def with_default_inputs(self, given: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Inputs taken as given still see the flow's defaults for the ones left out (as Kestra)."""
+        missing = [
+            i for i in self.flow.inputs if i.defaults is not None and i.id not in (given or {})
+        ]
+        if not missing:
+            return given
+        inputs = dict(given or {})
+        for definition in missing:
+            inputs[definition.id] = definition.parse(definition.defaults)
+        return inputs
 
     def start_execution(self) -> None:
         self.move_execution(S.RUNNING)
@@ -267,7 +286,7 @@ class _Step:
         if tr is None:
             return
         if timer.kind == "retry" and tr.state.current is S.RETRYING:
-            self.run_attempt(tr)
+            self.new_attempt(tr)
         elif timer.kind == "pause-delay" and tr.state.current is S.PAUSED:
             self.resume_pause(tr, None)
         elif timer.kind == "pause-timeout" and tr.state.current is S.PAUSED:
@@ -316,19 +335,24 @@ class _Step:
         if task.runIf is not None:
             try:
                 condition = render(task.runIf, self.context(tr))
-            except RenderError as exc:
+            except (RenderError, TemplateSyntaxError) as exc:
                 self.fail_task_run(tr, str(exc))
                 return
             if not is_truthy(condition):
                 self.move(tr, S.SKIPPED)
                 self.queue.append((_DONE, tr))
                 return
-        if task.kind is TaskKind.RUNNABLE:
-            self.run_attempt(tr)
-        elif isinstance(task, Pause):
+        if isinstance(task, Pause):
             self.start_pause(tr)
         elif task.kind is TaskKind.FLOWABLE:
             self.start_flowable(tr)
+        else:
+            self.new_attempt(tr)
+
+    def new_attempt(self, tr: TaskRunState) -> None:
+        """Run (again) a task that has attempts: a runnable task or a Subflow."""
+        if tr.task.kind is TaskKind.RUNNABLE:
+            self.run_attempt(tr)
         else:
             self.run_subflow(tr)
 
@@ -430,7 +454,7 @@ class _Step:
         tr.attempts.append(StateRecord.new(S.RUNNING, self.now))
         try:
             props = self.render_props(tr)
-        except RenderError as exc:
+        except (RenderError, TemplateSyntaxError) as exc:
             self.attempt_failed(tr, str(exc))
             return
         attempt = len(tr.attempts)
@@ -526,7 +550,7 @@ class _Step:
     def plan_children(self, tr: TaskRunState, task: FlowableTask) -> None:
         try:
             plan = task.plan(self.render_props(tr))
-        except (RenderError, TaskError) as exc:
+        except (RenderError, TemplateSyntaxError, TaskError) as exc:
             self.fail_task_run(tr, str(exc))
             return
         if plan.outputs is not None:
@@ -546,7 +570,7 @@ class _Step:
             props = self.render_props(tr)
             delay = _optional_duration(props.get("delay"))
             timeout = _optional_duration(props.get("timeout"))
-        except (RenderError, DurationError) as exc:
+        except (RenderError, TemplateSyntaxError, DurationError) as exc:
             self.fail_task_run(tr, str(exc))
             return
         self.move(tr, S.PAUSED)
@@ -588,7 +612,7 @@ class _Step:
         tr.attempts.append(StateRecord.new(S.RUNNING, self.now))
         try:
             props = self.render_props(tr)
-        except RenderError as exc:
+        except (RenderError, TemplateSyntaxError) as exc:
             self.attempt_failed(tr, str(exc))
             return
         namespace, flow_id = str(props["namespace"]), str(props["flowId"])
@@ -685,7 +709,7 @@ class _Step:
         if render_outputs and final in (S.SUCCESS, S.WARNING) and self.flow.outputs:
             try:
                 st.flow_outputs = self.render_flow_outputs()
-            except (RenderError, ValueError) as exc:
+            except (RenderError, TemplateSyntaxError, ValueError) as exc:
                 self.log(None, LogLevel.ERROR, f"Unable to render the flow outputs: {exc}")
                 final = S.FAILED
         if not st.state.current.is_terminal:
@@ -712,7 +736,7 @@ class _Step:
             base = execution_context(self.st, self.flow, self.ex.clock, self.ex.context_cache)
             try:
                 outputs = render_value(link.outputs, base)
-            except RenderError as exc:
+            except (RenderError, TemplateSyntaxError) as exc:
                 outputs, error = None, f"Unable to render the subflow outputs: {exc}"
         done = ev.SubflowFinished(
             link.execution_id, link.task_run_id, link.attempt, self.st.id,
