@@ -11,10 +11,10 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator
 
 from kestream.expressions import is_truthy
-from kestream.tasks.base import AnyTask, ChildPlan, FlowableTask, Task, TaskError
+from kestream.tasks.base import AnyTask, ChildPlan, FlowableTask, Lane, Task, TaskError
 
 
-def one_lane(tasks: list[Task]) -> list[list[tuple[Task, str | None]]]:
+def one_lane(tasks: list[Task]) -> list[Lane]:
     """A single lane running ``tasks`` in order, without loop values."""
     return [[(task, None) for task in tasks if not task.disabled]] if tasks else []
 
@@ -53,7 +53,7 @@ class Parallel(FlowableTask):
         return [self.tasks]
 
     def plan(self, props: dict[str, Any]) -> ChildPlan:
-        lanes = [[(task, None)] for task in self.tasks if not task.disabled]
+        lanes: list[Lane] = [[(task, None)] for task in self.tasks if not task.disabled]
         return ChildPlan(lanes, concurrency=self.concurrent)
 
 

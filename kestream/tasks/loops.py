@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import orjson
 from pydantic import Field
 
-from kestream.tasks.base import AnyTask, ChildPlan, FlowableTask, Task, TaskError
+from kestream.tasks.base import AnyTask, ChildPlan, FlowableTask, Lane, Task, TaskError
 
 
 def loop_values(raw: Any) -> list[str]:
@@ -76,7 +76,9 @@ class ForEach(FlowableTask):
 
     def plan(self, props: dict[str, Any]) -> ChildPlan:
         tasks = _enabled(self.tasks)
-        lanes = [[(task, value) for task in tasks] for value in loop_values(props["values"])]
+        lanes: list[Lane] = [
+            [(task, value) for task in tasks] for value in loop_values(props["values"])
+        ]
         return ChildPlan([lane for lane in lanes if lane], concurrency=self.concurrencyLimit)
 
 
@@ -95,7 +97,7 @@ class EachSequential(FlowableTask):
 
     def plan(self, props: dict[str, Any]) -> ChildPlan:
         tasks = _enabled(self.tasks)
-        lane = [(task, value) for value in loop_values(props["value"]) for task in tasks]
+        lane: Lane = [(task, value) for value in loop_values(props["value"]) for task in tasks]
         return ChildPlan([lane] if lane else [])
 
 
@@ -115,5 +117,7 @@ class EachParallel(FlowableTask):
 
     def plan(self, props: dict[str, Any]) -> ChildPlan:
         tasks = _enabled(self.tasks)
-        lanes = [[(task, value)] for value in loop_values(props["value"]) for task in tasks]
+        lanes: list[Lane] = [
+            [(task, value)] for value in loop_values(props["value"]) for task in tasks
+        ]
         return ChildPlan(lanes, concurrency=self.concurrent)
