@@ -3,7 +3,7 @@ broker-free driver, into calls); the step itself never does I/O."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -80,13 +80,18 @@ class EmitLogs:
 class ExecutionChanged:
     """The execution moved: its state and the task runs that changed in this step.
 
-    ``terminal`` is set exactly once per execution attempt (DESIGN.md section 3).
+    ``terminal`` is set exactly once per execution attempt (DESIGN.md section 3). ``created``,
+    ``counters_changed`` (flowables whose lanes advanced) and ``planned`` (flowables whose lanes
+    were planned in this step) tell the changelog which records to write.
     """
 
     execution_id: str
     state: StateType
     changed_task_runs: list[str]
     terminal: bool
+    created: bool = False
+    counters_changed: list[str] = field(default_factory=list)
+    planned: set[str] = field(default_factory=set)
 
 
 Command = (

@@ -96,6 +96,8 @@ class TaskRunState:
     outputs: dict[str, Any] | None = None
     group: Group | None = None
     child_execution_id: str | None = None
+    #: Creation order within the execution (the changelog restores the task run list by it).
+    number: int = 0
 
 
 @dataclass(slots=True)
@@ -130,9 +132,25 @@ class ExecutionState:
     timers: dict[str, Timer] = field(default_factory=dict)
     #: Task runs waiting in PAUSED (ids), so a resume never scans the execution.
     paused_runs: dict[str, None] = field(default_factory=dict)
-    #: Lazily built nested ``labels`` variable for expressions.
-    labels_var: dict[str, Any] | None = None
+    #: Task runs created so far (the next task run's creation number).
+    created_runs: int = 0
 
     @property
     def terminal(self) -> bool:
         return self.state.current.is_terminal
+
+    def add_task_run(self, tr: TaskRunState) -> None:
+        tr.number = self.created_runs
+        self.created_runs += 1
+        self.task_runs[tr.id] = tr
+
+    def merge_outputs(self, tr: TaskRunState) -> None:
+        """Put a task run's outputs into the ``outputs`` variable, keyed by task id then by the
+        loop values on its path (``outputs['t']['v1']['v2']``): O(depth), never a rebuild."""
+        node, key = self.outputs, tr.task.id
+        for value in tr.path:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = node[key] = {}
+            node, key = child, value
+        node[key] = tr.outputs

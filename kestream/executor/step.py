@@ -187,6 +187,11 @@ class _Step:
         self.logs: list[cmd.LogLine] = []
         self.moved = False
         self.terminal = False
+        #: Flowable task runs whose lanes were planned, and whose counters moved, in this step
+        #: (the changelog writes a plan once and counters with the task run).
+        self.new_groups: set[str] = set()
+        self.created_now = False
+        self.group_changed: dict[str, None] = {}
 
     # -- events --------------------------------------------------------------------------
 
@@ -209,6 +214,7 @@ class _Step:
 
     def created(self, event: ev.ExecutionCreated) -> None:
         self.moved = True
+        self.created_now = True
         if event.validate_inputs:
             try:
                 self.st.inputs = parse_inputs(self.flow.inputs, event.inputs or {})
@@ -241,6 +247,7 @@ class _Step:
         self.st.root = Group(
             one_lane(self.flow.tasks), 1, [t for t in self.flow.errors if not t.disabled]
         )
+        self.new_groups.add("")  # codec.ROOT: the execution's own lanes were planned
         self.fill(self.st.root, None)
         if self.st.root.finished:
             self.finish_group(self.st.root, None)
@@ -363,6 +370,8 @@ class _Step:
         assert group is not None
         state = tr.state.current
         group.worst = worst(group.worst, S.SUCCESS if state is S.SKIPPED else state)
+        if parent is not None:
+            self.group_changed[parent.id] = None
         if tr.errors_branch:
             self.errors_child_done(group, parent, tr)
             return
@@ -442,7 +451,7 @@ class _Step:
             errors_branch=errors_branch,
             state=StateRecord.new(S.CREATED, self.now),
         )
-        self.st.task_runs[tr.id] = tr
+        self.st.add_task_run(tr)
         self.changed[tr.id] = None
         self.queue.append((_START, tr))
 
@@ -558,6 +567,7 @@ class _Step:
         errors = [t for t in task.errors if not t.disabled]
         group = Group(plan.lanes, plan.concurrency, errors, plan.failure_is_warning)
         tr.group = group
+        self.new_groups.add(tr.id)
         self.fill(group, tr)
         if group.finished:
             self.finish_group(group, tr)
@@ -805,14 +815,7 @@ class _Step:
     def set_outputs(self, tr: TaskRunState, outputs: dict[str, Any]) -> None:
         tr.outputs = outputs
         self.changed[tr.id] = None
-        node = self.st.outputs
-        key = tr.task.id
-        for value in tr.path:
-            child = node.get(key)
-            if not isinstance(child, dict):
-                child = node[key] = {}
-            node, key = child, value
-        node[key] = outputs
+        self.st.merge_outputs(tr)
 
     def move(self, tr: TaskRunState, state: StateType) -> None:
         if tr.state.move_task_run(state, self.now, tr.task.id):
@@ -867,10 +870,16 @@ class _Step:
         out = self.commands
         if self.logs:
             out.append(cmd.EmitLogs(self.st.namespace, self.st.flow_id, self.logs))
-        if self.changed or self.moved:
+        if self.changed or self.moved or self.group_changed:
             out.append(
                 cmd.ExecutionChanged(
-                    self.st.id, self.st.state.current, list(self.changed), self.terminal
+                    self.st.id,
+                    self.st.state.current,
+                    list(self.changed),
+                    self.terminal,
+                    created=self.created_now,
+                    counters_changed=[k for k in self.group_changed if k not in self.changed],
+                    planned=self.new_groups,
                 )
             )
         return out

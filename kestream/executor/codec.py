@@ -1,0 +1,316 @@
+"""The executor state as changelog records, and back.
+
+The changelog carries the change, not the execution (DESIGN.md section 3). Records are keyed so
+that a compacted topic keeps exactly what recovery needs:
+
+- ``<execution id>``            what never changes (flow, inputs, labels, trigger, parent link);
+- ``<execution id>#``           what changes per step (state, timers, paused runs, root lanes'
+                                counters, flow outputs, error logs);
+- ``<execution id>/<run id>``   one task run (state, attempts, outputs, its group's counters);
+- ``<execution id>/<run id>+``  a flowable's planned lanes, written once when planned;
+- ``<execution id>!``           a tombstone marker written last, when the execution ends.
+
+When an execution ends, every one of its keys gets a tombstone (``None``), so state stays bounded
+by the executions in flight. Task runs carry their creation number, because compaction reorders
+records: recovery collects an execution's records first, then rebuilds in creation order.
+
+Values are plain JSON-ready dicts; dates, times and durations are tagged so typed inputs and
+outputs come back with their types.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+from kestream.executor.events import SubflowLink
+from kestream.executor.state import ExecutionState, Group, StateRecord, TaskRunState, Timer
+from kestream.models.state import StateType
+from kestream.tasks.base import Task
+
+HEADER, DYNAMIC, PLAN, ENDED = "", "#", "+", "!"
+#: The name the step uses, in its set of newly planned groups, for the execution's own lanes.
+ROOT = ""
+
+
+class CodecError(ValueError):
+    """A changelog record that cannot be turned back into state."""
+
+
+# -- tagged values ---------------------------------------------------------------------------
+
+
+def encode_value(value: Any) -> Any:
+    """JSON-ready copy of ``value`` with datetimes, dates, times and durations tagged."""
+    if isinstance(value, dict):
+        return {str(k): encode_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [encode_value(v) for v in value]
+    if isinstance(value, datetime):
+        return {"$dt": value.isoformat()}
+    if isinstance(value, date):
+        return {"$d": value.isoformat()}
+    if isinstance(value, time):
+        return {"$t": value.isoformat()}
+    if isinstance(value, timedelta):
+        return {"$td": value.total_seconds()}
+    return value
+
+
+def decode_value(value: Any) -> Any:
+    """Inverse of :func:`encode_value`."""
+    if isinstance(value, list):
+        return [decode_value(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if len(value) == 1:
+        ((tag, raw),) = value.items()
+        if tag == "$dt":
+            return datetime.fromisoformat(raw)
+        if tag == "$d":
+            return date.fromisoformat(raw)
+        if tag == "$t":
+            return time.fromisoformat(raw)
+        if tag == "$td":
+            return timedelta(seconds=raw)
+    return {k: decode_value(v) for k, v in value.items()}
+
+
+def _record(state: StateRecord) -> list[Any]:
+    return [state.current.value, [[s.value, d.isoformat()] for s, d in state.history]]
+
+
+def _state(raw: list[Any]) -> StateRecord:
+    return StateRecord(
+        StateType(raw[0]), [(StateType(s), datetime.fromisoformat(d)) for s, d in raw[1]]
+    )
+
+
+def _group(group: Group) -> dict[str, Any]:
+    return {
+        "c": group.concurrency,
+        "w": group.failure_is_warning,
+        "n": group.next_lane,
+        "a": group.active,
+        "f": group.failed,
+        "s": group.worst.value,
+        "e": group.errors_pos,
+        "er": [t.id for t in group.errors],
+    }
+
+
+def _lanes(group: Group) -> list[list[list[Any]]]:
+    return [[[task.id, value] for task, value in lane] for lane in group.lanes]
+
+
+# -- encoding --------------------------------------------------------------------------------
+
+
+def header_key(execution_id: str, part: str = HEADER) -> str:
+    return execution_id + part
+
+
+def task_run_key(execution_id: str, task_run_id: str, part: str = "") -> str:
+    return f"{execution_id}/{task_run_id}{part}"
+
+
+def encode_header(st: ExecutionState) -> dict[str, Any]:
+    link = st.parent_link
+    return {
+        "ns": st.namespace,
+        "flow": st.flow_id,
+        "rev": st.revision,
+        "orig": st.original_id,
+        "created": st.original_created.isoformat(),
+        "labels": st.labels,
+        "inputs": encode_value(st.inputs),
+        "trigger": encode_value(st.trigger),
+        "sched": st.schedule_date.isoformat() if st.schedule_date else None,
+        "parent": None
+        if link is None
+        else [link.execution_id, link.task_run_id, link.attempt, link.outputs, link.wait],
+    }
+
+
+def encode_dynamic(st: ExecutionState) -> dict[str, Any]:
+    return {
+        "attempt": st.attempt_number,
+        "state": _record(st.state),
+        "root": _group(st.root) if st.root is not None else None,
+        "outputs": encode_value(st.flow_outputs),
+        "errors": encode_value(st.error_logs),
+        "paused": list(st.paused_runs),
+        "timers": {
+            tid: [t.due.isoformat(), t.kind, t.task_run_id, t.attempt]
+            for tid, t in st.timers.items()
+        },
+        "created": st.created_runs,
+    }
+
+
+def encode_task_run(tr: TaskRunState) -> dict[str, Any]:
+    return {
+        "n": tr.number,
+        "t": tr.task.id,
+        "p": tr.parent.id if tr.parent is not None else None,
+        "v": tr.value,
+        "l": tr.lane,
+        "o": tr.pos,
+        "e": tr.errors_branch,
+        "s": _record(tr.state),
+        "a": [_record(a) for a in tr.attempts],
+        "out": encode_value(tr.outputs),
+        "c": tr.child_execution_id,
+        "g": _group(tr.group) if tr.group is not None else None,
+    }
+
+
+def encode_changes(
+    st: ExecutionState,
+    changed: list[str],
+    *,
+    created: bool,
+    new_groups: set[str],
+) -> list[tuple[str, dict[str, Any] | None]]:
+    """The records for one step: headers, changed task runs, and plans of new groups.
+
+    A task run listed in ``changed`` that no longer exists (dropped by a restart) gets a tombstone.
+    """
+    out: list[tuple[str, dict[str, Any] | None]] = []
+    if created:
+        out.append((header_key(st.id), encode_header(st)))
+    if ROOT in new_groups and st.root is not None:
+        out.append((header_key(st.id, PLAN), {"lanes": _lanes(st.root)}))
+    for run_id in changed:
+        tr = st.task_runs.get(run_id)
+        if tr is None:
+            out.append((task_run_key(st.id, run_id), None))
+            out.append((task_run_key(st.id, run_id, PLAN), None))
+            continue
+        out.append((task_run_key(st.id, run_id), encode_task_run(tr)))
+        if tr.group is not None and run_id in new_groups:
+            out.append((task_run_key(st.id, run_id, PLAN), {"lanes": _lanes(tr.group)}))
+    out.append((header_key(st.id, DYNAMIC), encode_dynamic(st)))
+    return out
+
+
+def tombstones(st: ExecutionState) -> list[tuple[str, None]]:
+    """Every key the execution wrote, cleared (it leaves the state table)."""
+    keys = [header_key(st.id), header_key(st.id, DYNAMIC), header_key(st.id, PLAN)]
+    for run_id, tr in st.task_runs.items():
+        keys.append(task_run_key(st.id, run_id))
+        if tr.group is not None:
+            keys.append(task_run_key(st.id, run_id, PLAN))
+    return [(key, None) for key in keys]
+
+
+def execution_of(key: str) -> str:
+    """The execution id a changelog key belongs to."""
+    for sep in ("/", "#", "+", "!"):
+        head, found, _ = key.partition(sep)
+        if found:
+            return head
+    return key
+
+
+# -- decoding --------------------------------------------------------------------------------
+
+
+def _group_from(raw: dict[str, Any], lanes: list[list[Any]], tasks: dict[str, Task]) -> Group:
+    group = Group(
+        [[(tasks[t], v) for t, v in lane] for lane in lanes],
+        raw["c"],
+        [tasks[t] for t in raw["er"]],
+        raw["w"],
+    )
+    group.next_lane, group.active, group.failed = raw["n"], raw["a"], raw["f"]
+    group.worst, group.errors_pos = StateType(raw["s"]), raw["e"]
+    return group
+
+
+def rebuild(
+    execution_id: str, records: dict[str, dict[str, Any]], tasks: dict[str, Task]
+) -> ExecutionState:
+    """Build one execution's state from its latest records (``key -> value``, no tombstones).
+
+    ``tasks`` is the flow's task index (every task by id).
+    """
+    try:
+        head = records[header_key(execution_id)]
+        dyn = records[header_key(execution_id, DYNAMIC)]
+    except KeyError as exc:
+        raise CodecError(f"execution {execution_id}: missing header record {exc}") from None
+    parent = head["parent"]
+    st = ExecutionState(
+        id=execution_id,
+        namespace=head["ns"],
+        flow_id=head["flow"],
+        revision=head["rev"],
+        original_id=head["orig"],
+        attempt_number=dyn["attempt"],
+        original_created=datetime.fromisoformat(head["created"]),
+        labels=head["labels"],
+        inputs=decode_value(head["inputs"]),
+        trigger=decode_value(head["trigger"]),
+        schedule_date=datetime.fromisoformat(head["sched"]) if head["sched"] else None,
+        parent_link=SubflowLink(*parent) if parent else None,
+        state=_state(dyn["state"]),
+    )
+    root_plan = records.get(header_key(execution_id, PLAN))
+    if dyn["root"] is not None and root_plan is not None:
+        st.root = _group_from(dyn["root"], root_plan["lanes"], tasks)
+    st.flow_outputs = decode_value(dyn["outputs"])
+    st.error_logs = decode_value(dyn["errors"])
+    st.paused_runs = dict.fromkeys(dyn["paused"])
+    st.timers = {
+        tid: Timer(datetime.fromisoformat(due), kind, run, attempt)
+        for tid, (due, kind, run, attempt) in dyn["timers"].items()
+    }
+    _rebuild_task_runs(st, execution_id, records, tasks)
+    st.created_runs = dyn["created"]
+    return st
+
+
+def _rebuild_task_runs(
+    st: ExecutionState,
+    execution_id: str,
+    records: dict[str, dict[str, Any]],
+    tasks: dict[str, Task],
+) -> None:
+    prefix = execution_id + "/"
+    raw_runs = sorted(
+        (
+            (value["n"], key[len(prefix) :], value)
+            for key, value in records.items()
+            if key.startswith(prefix) and not key.endswith(PLAN)
+        ),
+        key=lambda item: item[0],
+    )
+    for number, run_id, raw in raw_runs:
+        parent = st.task_runs.get(raw["p"]) if raw["p"] else None
+        if raw["p"] and parent is None:
+            raise CodecError(f"execution {execution_id}: task run {run_id} has no parent record")
+        base = parent.path if parent is not None else ()
+        tr = TaskRunState(
+            id=run_id,
+            task=tasks[raw["t"]],
+            parent=parent,
+            value=raw["v"],
+            path=(*base, raw["v"]) if raw["v"] is not None else base,
+            lane=raw["l"],
+            pos=raw["o"],
+            errors_branch=raw["e"],
+            state=_state(raw["s"]),
+            attempts=[_state(a) for a in raw["a"]],
+            outputs=decode_value(raw["out"]),
+            child_execution_id=raw["c"],
+            number=number,
+        )
+        if raw["g"] is not None:
+            plan = records.get(task_run_key(execution_id, run_id, PLAN))
+            if plan is None:
+                raise CodecError(f"execution {execution_id}: task run {run_id} lost its plan")
+            tr.group = _group_from(raw["g"], plan["lanes"], tasks)
+        st.task_runs[run_id] = tr
+        if tr.outputs is not None:
+            st.merge_outputs(tr)
