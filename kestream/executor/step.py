@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -42,7 +41,7 @@ from kestream.expressions import (
 from kestream.models.clock import Clock, utc_now
 from kestream.models.durations import DurationError, parse_duration
 from kestream.models.flow import Flow
-from kestream.models.ids import new_id
+from kestream.models.ids import derived_id
 from kestream.models.inputs import InputValidationError, coerce_output, parse_inputs
 from kestream.models.state import StateType, worst
 from kestream.tasks.base import (
@@ -92,13 +91,11 @@ class Executor:
         *,
         clock: Clock = utc_now,
         inline_tasks: bool = True,
-        id_factory: Callable[[], str] = new_id,
         rng: random.Random | None = None,
     ) -> None:
         self.flows = flows
         self.clock = clock
         self.inline_tasks = inline_tasks
-        self.new_id = id_factory
         self.rng = rng or random.Random()
         self.context_cache: dict[str, dict[str, Any]] = {}
 
@@ -441,7 +438,7 @@ class _Step:
     ) -> None:
         base_path = parent.path if parent is not None else ()
         tr = TaskRunState(
-            id=self.ex.new_id(),
+            id=derived_id(self.st.id, "run", self.st.attempt_number, self.st.created_runs),
             task=task,
             parent=parent,
             value=value,
@@ -630,9 +627,9 @@ class _Step:
         if child_flow is None:
             self.attempt_failed(tr, f"Unable to find the subflow '{namespace}.{flow_id}'")
             return
-        child_id = self.ex.new_id()
-        tr.child_execution_id = child_id
         attempt = len(tr.attempts)
+        child_id = derived_id(self.st.id, "subflow", tr.id, attempt)
+        tr.child_execution_id = child_id
         link = ev.SubflowLink(self.st.id, tr.id, attempt, task.outputs) if task.wait else None
         created = ev.ExecutionCreated(
             execution_id=child_id,
@@ -757,7 +754,7 @@ class _Step:
     def retry_as_new_execution(self, due: datetime) -> None:
         st = self.st
         created = ev.ExecutionCreated(
-            execution_id=self.ex.new_id(),
+            execution_id=derived_id(st.original_id, "retry", st.attempt_number + 1),
             namespace=st.namespace,
             flow_id=st.flow_id,
             revision=st.revision,

@@ -1,7 +1,8 @@
-"""ISO-8601 durations as Kestra writes them (Java's ``Duration``: ``PT1S``, ``PT0.25S``, ``P1DT2H``).
+"""ISO-8601 durations as Kestra writes them (Java's ``Duration``: ``PT1S``, ``P1DT2H``).
 
-Kept here, dependency-free, because flows, inputs, retries, pauses and the scheduler all need the same
-parse and the same canonical text: a duration rendered into an expression must read back unchanged.
+Kept here, dependency-free, because flows, inputs, retries, pauses and the scheduler all need
+the same parse and the same canonical text: a duration rendered into an expression must read back
+unchanged.
 """
 
 from __future__ import annotations

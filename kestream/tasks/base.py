@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    SerializeAsAny,
+    field_validator,
+)
 
 from kestream.models.durations import DurationError, parse_duration
 from kestream.models.state import StateType
@@ -99,7 +106,13 @@ class Retry(BaseModel):
 class Task(BaseModel):
     """Properties every task accepts. Unknown properties are rejected, as Kestra rejects them."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        arbitrary_types_allowed=True,
+        serialize_by_alias=True,
+        coerce_numbers_to_str=True,
+    )
 
     kind: ClassVar[TaskKind]
     type_name: ClassVar[str] = ""
@@ -215,5 +228,5 @@ def _parse_task(value: Any) -> Task:
     return cls.model_validate(value)
 
 
-AnyTask = Annotated[Task, PlainValidator(_parse_task)]
+AnyTask = Annotated[SerializeAsAny[Task], PlainValidator(_parse_task)]
 FlowableTask.model_rebuild()

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
+from kestream.models.inputs import AnyInput
 from kestream.tasks.base import AnyTask, ChildPlan, DurationText, FlowableTask, Task
 from kestream.tasks.flow import one_lane
 
@@ -20,7 +21,7 @@ class Pause(FlowableTask):
     dynamic: ClassVar[tuple[str, ...]] = ("delay", "timeout")
 
     delay: DurationText | None = None
-    onResume: list[dict[str, Any]] = Field(default_factory=list)
+    onResume: list[AnyInput] = Field(default_factory=list)
     tasks: list[AnyTask] = Field(default_factory=list)
 
     def branches(self) -> list[list[Task]]:

@@ -1,0 +1,813 @@
+"""Kestra's typed flow inputs (and the types of flow outputs).
+
+Inputs arrive as text from forms, the CLI or the API, or as JSON values from a parent flow. Each
+input type turns such a value into a typed Python value, then checks its constraints:
+
+=============  ==============================================================================
+type           accepted value -> result
+=============  ==============================================================================
+STRING         text -> str (a number or boolean becomes its text); ``validator`` regex must
+               match the whole text
+SECRET         text -> str. kestream has no secret store or encryption: the value is kept as
+               plain text in the execution. Do not use it for real secrets
+INT            integer, or text of one (``-12``) -> int; ``min``/``max``
+FLOAT          number, or text of one (``1.5``, ``1e3``) -> float; ``min``/``max``
+BOOLEAN, BOOL  boolean, or ``true``/``false`` in any case -> bool
+DATETIME       ISO-8601 date-time with a zone (``2024-01-31T10:00:00Z``) -> aware datetime in
+               UTC; ``after``/``before``
+DATE           ``2024-01-31`` -> date; TIME ``10:15:30`` -> time; both with ``after``/``before``
+DURATION       ISO-8601 duration (``PT1M30S``) -> timedelta; ``min``/``max``
+JSON           JSON text -> the parsed value; an already parsed value is kept
+YAML           YAML text -> the parsed value; an already parsed value is kept
+ARRAY          a list, or JSON array text -> list whose items are parsed as ``itemType``
+ENUM           text that is one of ``values``
+SELECT         text that is one of ``values`` (any text with ``allowCustomValue``)
+MULTISELECT    a list or JSON array text, each item one of ``values`` (or ``options``)
+URI            text of an absolute URI with a scheme and a host (``https://kestra.io/x``)
+EMAIL          text of an e-mail address
+FILE           text naming the file (``kestra:///ns/flow/file.csv``, ``file:///tmp/x``), kept
+               as text: kestream has no internal storage and does not upload files
+=============  ==============================================================================
+
+Inputs are required unless ``required: false`` (Kestra 0.21). A missing value takes ``defaults``
+(a literal, parsed like a given value; templates in defaults are not rendered). Undeclared
+inputs are dropped, as Kestra ignores them; an optional input with no value and no default is
+absent from the result. Input ids with dots nest (``user.name`` -> ``inputs.user.name``).
+
+Not implemented: ``dependsOn`` conditions (every input is enabled) and the ``expression`` that
+computes SELECT/MULTISELECT values at run time (with it, any value is accepted).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar
+
+import orjson
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from kestream.models.durations import DurationError, format_duration, parse_duration
+
+#: Unknown properties are errors, as in Kestra; numbers given for text properties become text, as
+#: Jackson makes them for Kestra (``id: 123``, ``values: [1, 2]``).
+_STRICT_FROZEN = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+INPUT_ID_PATTERN = r"^[a-zA-Z0-9][.a-zA-Z0-9_-]*$"
+OUTPUT_ID_PATTERN = INPUT_ID_PATTERN
+
+_INT_TEXT = re.compile(r"^[+-]?[0-9]+$")
+_FLOAT_TEXT = re.compile(r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/?#]+[^\s]*$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class InputType(StrEnum):
+    """Kestra's input (and output) types."""
+
+    STRING = "STRING"
+    ENUM = "ENUM"
+    SELECT = "SELECT"
+    MULTISELECT = "MULTISELECT"
+    INT = "INT"
+    FLOAT = "FLOAT"
+    BOOLEAN = "BOOLEAN"
+    BOOL = "BOOL"
+    DATETIME = "DATETIME"
+    DATE = "DATE"
+    TIME = "TIME"
+    DURATION = "DURATION"
+    FILE = "FILE"
+    JSON = "JSON"
+    YAML = "YAML"
+    URI = "URI"
+    EMAIL = "EMAIL"
+    SECRET = "SECRET"
+    ARRAY = "ARRAY"
+
+
+class InputValueError(ValueError):
+    """A value that does not fit an input's type or constraints (the message says why)."""
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return str(value)
+
+
+def _mismatch(type_name: str, value: Any, hint: str = "") -> InputValueError:
+    article = "an" if type_name[0] in "AEIO" else "a"  # "a URI", "an INT"
+    return InputValueError(f"expected {article} {type_name}{hint}, got {_describe(value)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# one parser per type: given value -> typed value
+# ---------------------------------------------------------------------------------------------
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    raise _mismatch("STRING", value)
+
+
+def _only_text(type_name: str, hint: str = "") -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if not isinstance(value, str):
+            raise _mismatch(type_name, value, hint)
+        return value
+
+    return parse
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _INT_TEXT.match(value):
+        return int(value)
+    raise _mismatch("INT", value)
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and _FLOAT_TEXT.match(value):
+        return float(value)
+    raise _mismatch("FLOAT", value)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise _mismatch("BOOLEAN", value, " (true or false)")
+
+
+def _datetime(value: Any) -> datetime:
+    hint = " (ISO-8601 with a time zone, such as 2024-01-31T10:00:00Z)"
+    parsed = value
+    if isinstance(value, str) and "T" in value.upper():
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise _mismatch("DATETIME", value, hint) from None
+    if not isinstance(parsed, datetime) or parsed.tzinfo is None:
+        raise _mismatch("DATETIME", value, hint)
+    return parsed.astimezone(UTC)
+
+
+def _date(value: Any) -> date:
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise _mismatch("DATE", value, " (such as 2024-01-31)")
+
+
+def _time(value: Any) -> time:
+    if isinstance(value, time):
+        return value
+    if isinstance(value, str):
+        try:
+            return time.fromisoformat(value)
+        except ValueError:
+            pass
+    raise _mismatch("TIME", value, " (such as 10:15:30)")
+
+
+def _duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except DurationError:
+            pass
+    raise _mismatch("DURATION", value, " (ISO-8601, such as PT30S)")
+
+
+def _json(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InputValueError(f"expected a JSON text, got {_describe(value)}: {exc}") from None
+
+
+def _yaml(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise InputValueError(f"expected a YAML text, got {_describe(value)}: {exc}") from None
+
+
+def _list(type_name: str, value: Any) -> list[Any]:
+    if isinstance(value, list | tuple):
+        return list(value)
+    if isinstance(value, str):
+        try:
+            parsed = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, list):
+            return parsed
+    raise _mismatch(type_name, value, " (a list or a JSON array)")
+
+
+def _uri(value: Any) -> str:
+    if isinstance(value, str) and _URI.match(value):
+        return value
+    raise _mismatch("URI", value, " (such as https://example.com/path)")
+
+
+def _email(value: Any) -> str:
+    if isinstance(value, str) and _EMAIL.match(value):
+        return value
+    raise _mismatch("EMAIL", value)
+
+
+_PARSERS: dict[InputType, Callable[[Any], Any]] = {
+    InputType.STRING: _text,
+    InputType.SECRET: _only_text("SECRET"),
+    InputType.ENUM: _text,
+    InputType.SELECT: _text,
+    InputType.MULTISELECT: lambda value: _list("MULTISELECT", value),
+    InputType.INT: _int,
+    InputType.FLOAT: _float,
+    InputType.BOOLEAN: _bool,
+    InputType.BOOL: _bool,
+    InputType.DATETIME: _datetime,
+    InputType.DATE: _date,
+    InputType.TIME: _time,
+    InputType.DURATION: _duration,
+    InputType.FILE: _only_text("FILE", " (a file URI such as kestra:///ns/flow/file.csv)"),
+    InputType.JSON: _json,
+    InputType.YAML: _yaml,
+    InputType.URI: _uri,
+    InputType.EMAIL: _email,
+    InputType.ARRAY: lambda value: _list("ARRAY", value),
+}
+
+
+def parse_typed(type_name: InputType, value: Any) -> Any:
+    """Parse ``value`` as ``type_name`` with no constraints; raise :class:`InputValueError`."""
+    return _PARSERS[type_name](value)
+
+
+# ---------------------------------------------------------------------------------------------
+# input models
+# ---------------------------------------------------------------------------------------------
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _iso_text(value: Any) -> Any:
+    """Bounds may come from YAML loaders that build dates; keep them as the ISO text."""
+    if isinstance(value, date | time | datetime):
+        return value.isoformat()
+    return value
+
+
+class DependsOn(BaseModel):
+    """Kestra's ``dependsOn``: accepted, not evaluated (every input is enabled in kestream)."""
+
+    model_config = _STRICT_FROZEN
+
+    inputs: list[str] = Field(default_factory=list)
+    condition: str | None = None
+
+
+class Input(BaseModel):
+    """What every input type declares. Subclasses add their constraints."""
+
+    model_config = _STRICT_FROZEN
+
+    type_names: ClassVar[tuple[InputType, ...]] = ()
+
+    id: str = Field(pattern=INPUT_ID_PATTERN)
+    type: InputType
+    description: str | None = None
+    displayName: str | None = Field(default=None, max_length=64)
+    required: bool = True
+    defaults: Any = None
+    dependsOn: DependsOn | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_is_id(cls, data: Any) -> Any:
+        # Kestra 0.x named inputs with `name`; it still reads `name` when `id` is absent.
+        if isinstance(data, Mapping) and "name" in data:
+            data = dict(data)
+            name = data.pop("name")
+            data.setdefault("id", name)
+        return data
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _type_upper(cls, value: Any) -> Any:
+        return _upper(value)
+
+    @model_validator(mode="after")
+    def _type_matches_class(self) -> Input:
+        if self.type_names and self.type not in self.type_names:
+            raise ValueError(f"type {self.type} is not a {type(self).__name__}")
+        return self
+
+    def parse(self, value: Any) -> Any:
+        """The typed value for a given ``value``; raise :class:`InputValueError` naming why."""
+        typed = self._convert(value)
+        self._check(typed)
+        return typed
+
+    def _convert(self, value: Any) -> Any:
+        return parse_typed(self.type, value)
+
+    def _check(self, typed: Any) -> None:
+        """Constraints beyond the type (ranges, allowed values); raise InputValueError."""
+
+    def _definition_problems(self) -> list[tuple[str, str]]:
+        return []
+
+    def definition_problems(self) -> list[tuple[str, str]]:
+        """``(property, message)`` for each inconsistency of the definition itself.
+
+        The type-specific checks come first; the default value is then parsed like a given value
+        (without rendering), so a default that could never be used is caught at deploy time.
+        """
+        problems = self._definition_problems()
+        if self.defaults is not None and not problems:
+            try:
+                self.parse(self.defaults)
+            except InputValueError as exc:
+                problems.append(("defaults", f"invalid default value: {exc}"))
+        return problems
+
+
+class StringInput(Input):
+    type_names: ClassVar[tuple[InputType, ...]] = (InputType.STRING,)
+
+    validator: str | None = None
+
+    def _definition_problems(self) -> list[tuple[str, str]]:
+        if self.validator is None:
+            return []
+        try:
+            re.compile(self.validator)
+        except re.error as exc:
+            return [("validator", f"invalid regular expression: {exc}")]
+        return []
+
+    def _check(self, typed: Any) -> None:
+        if self.validator is not None and not re.fullmatch(self.validator, typed):
+            raise InputValueError(f"it must match the pattern `{self.validator}`")
+
+
+class SecretInput(StringInput):
+    """Accepted and parsed as text; kestream does not encrypt or hide it (see the module doc)."""
+
+    type_names: ClassVar[tuple[InputType, ...]] = (InputType.SECRET,)
+
+
+class _Bounded(Input):
+    """Inputs with ``min``/``max`` or ``after``/``before`` bounds of their own type."""
+
+    lower_name: ClassVar[str] = "min"
+    upper_name: ClassVar[str] = "max"
+
+    def _bounds(self) -> tuple[Any, Any]:
+        lower = getattr(self, self.lower_name)
+        upper = getattr(self, self.upper_name)
+        return (
+            None if lower is None else self._convert(lower),
+            None if upper is None else self._convert(upper),
+        )
+
+    def _definition_problems(self) -> list[tuple[str, str]]:
+        try:
+            lower, upper = self._bounds()
+        except InputValueError as exc:
+            return [(self.lower_name, f"invalid bound: {exc}")]
+        if lower is not None and upper is not None and lower > upper:
+            return [(self.upper_name, f"'{self.upper_name}' is below '{self.lower_name}'")]
+        return []
+
+    def _check(self, typed: Any) -> None:
+        lower, upper = self._bounds()
+        if lower is not None and typed < lower:
+            raise InputValueError(self._too_low())
+        if upper is not None and typed > upper:
+            raise InputValueError(self._too_high())
+
+    def _too_low(self) -> str:
+        return f"it must be at least {getattr(self, self.lower_name)}"
+
+    def _too_high(self) -> str:
+        return f"it must be at most {getattr(self, self.upper_name)}"
+
+
+class IntInput(_Bounded):
+    type_names: ClassVar[tuple[InputType, ...]] = (InputType.INT,)
+
+    min: int | None = None
+    max: int | None = None
+
+
+class FloatInput(_Bounded):
+    type_names: ClassVar[tuple[InputType, ...]] = (InputType.FLOAT,)
+
+    min: float | None = None
+    max: float | None = None
+
+
+class DurationInput(_Bounded):
+    type_names: ClassVar[tuple[InputType, ...]] = (InputType.DURATION,)
+
+    min: str | None = None
+    max: str | None = None
+
+
+class _Dated(_Bounded):
+    lower_name: ClassVar[str] = "after"
+    upper_name: ClassVar[str] = "before"
+
+    after: str | None = None
+    before: str | None = None
+
+    _bound_text = field_validator("after", "before", mode="before")(_iso_text)
+
+    def _too_low(self) -> str:
+        return f"it must be after {self.after}"
+
+    def _too_high(self) -> str:
+        return f"it must be before {self.before}"
+
+
+class DateTimeInput(_Dated):
+    type_names: ClassVar[tuple[InputType, ...]] = (InputType.DATETIME,)
+
+
+class DateInput(_Dated):
+    type_names: ClassVar[tuple[InputType, ...]] = (InputType.DATE,)
+
+
+class TimeInput(_Dated):
+    type_names: ClassVar[tuple[InputType, ...]] = (InputType.TIME,)
+
+
+class BooleanInput(Input):
+    type_names: ClassVar[tuple[InputType, ...]] = (InputType.BOOLEAN, InputType.BOOL)
+
+
+class JsonInput(Input):
+    type_names: ClassVar[tuple[InputType, ...]] = (InputType.JSON,)
+
+
+class YamlInput(Input):
+    type_names: ClassVar[tuple[InputType, ...]] = (InputType.YAML,)
+
+
+class UriInput(Input):
+    type_names: ClassVar[tuple[InputType, ...]] = (InputType.URI,)
+
+
+class EmailInput(Input):
+    type_names: ClassVar[tuple[InputType, ...]] = (InputType.EMAIL,)
+
+
+class FileInput(Input):
+    """The value is kept as the file's URI text; nothing is uploaded (see the module doc)."""
+
+    type_names: ClassVar[tuple[InputType, ...]] = (InputType.FILE,)
+
+    extension: str | None = None
+
+
+class EnumInput(Input):
+    type_names: ClassVar[tuple[InputType, ...]] = (InputType.ENUM,)
+
+    values: list[str] = Field(min_length=1)
+
+    def _check(self, typed: Any) -> None:
+        if typed not in self.values:
+            raise InputValueError(f"it must be one of {self.values}, got {_describe(typed)}")
+
+
+class SelectInput(Input):
+    type_names: ClassVar[tuple[InputType, ...]] = (InputType.SELECT,)
+
+    values: list[str] | None = None
+    expression: str | None = None
+    allowCustomValue: bool = False
+    isRadio: bool = False
+
+    def _definition_problems(self) -> list[tuple[str, str]]:
+        if self.values is None and self.expression is None:
+            return [("values", "a SELECT input needs 'values' (or an 'expression')")]
+        return []
+
+    def _check(self, typed: Any) -> None:
+        if self.values is not None and not self.allowCustomValue and typed not in self.values:
+            raise InputValueError(f"it must be one of {self.values}, got {_describe(typed)}")
+
+
+class _ItemTyped(Input):
+    """Lists whose items are parsed as ``itemType``."""
+
+    itemType: InputType | None = InputType.STRING
+
+    _item_upper = field_validator("itemType", mode="before")(_upper)
+
+    def _definition_problems(self) -> list[tuple[str, str]]:
+        if self.itemType in (InputType.ARRAY, InputType.MULTISELECT):
+            return [("itemType", f"'itemType' cannot be {self.itemType}")]
+        return []
+
+    def _convert(self, value: Any) -> list[Any]:
+        items = parse_typed(self.type, value)
+        if self.itemType is None:
+            return list(items)
+        parsed = []
+        for index, item in enumerate(items):
+            try:
+                parsed.append(parse_typed(self.itemType, item))
+            except InputValueError as exc:
+                raise InputValueError(f"item {index}: {exc}") from None
+        return parsed
+
+
+class ArrayInput(_ItemTyped):
+    type_names: ClassVar[tuple[InputType, ...]] = (InputType.ARRAY,)
+
+    itemType: InputType | None = None
+
+    def _definition_problems(self) -> list[tuple[str, str]]:
+        if self.itemType is None:
+            return [("itemType", "an ARRAY input needs an 'itemType' (STRING, INT, ...)")]
+        return super()._definition_problems()
+
+
+class MultiselectInput(_ItemTyped):
+    type_names: ClassVar[tuple[InputType, ...]] = (InputType.MULTISELECT,)
+
+    values: list[str] | None = None
+    options: list[str] | None = None
+    expression: str | None = None
+    allowCustomValue: bool = False
+
+    def _definition_problems(self) -> list[tuple[str, str]]:
+        if self.values is not None and self.options is not None:
+            return [("options", "give 'values' or the deprecated 'options', not both")]
+        if self.values is None and self.options is None and self.expression is None:
+            return [("values", "a MULTISELECT input needs 'values' (or an 'expression')")]
+        return super()._definition_problems()
+
+    def _check(self, typed: Any) -> None:
+        allowed = self.values if self.values is not None else self.options
+        if allowed is None or self.allowCustomValue:
+            return
+        for item in typed:
+            if str(item) not in allowed:
+                raise InputValueError(f"it must be one of {allowed}, got {_describe(item)}")
+
+
+INPUT_CLASSES: tuple[type[Input], ...] = (
+    StringInput, SecretInput, IntInput, FloatInput, BooleanInput, DateTimeInput, DateInput,
+    TimeInput, DurationInput, JsonInput, YamlInput, UriInput, EmailInput, FileInput, EnumInput,
+    SelectInput, ArrayInput, MultiselectInput,
+)  # fmt: skip
+
+_BY_TYPE: dict[InputType, type[Input]] = {
+    name: cls for cls in INPUT_CLASSES for name in cls.type_names
+}
+
+
+def input_class_for(type_name: Any) -> type[Input] | None:
+    """The model class for an input ``type`` (case-insensitive), or None when unknown."""
+    if not isinstance(type_name, str):
+        return None
+    try:
+        return _BY_TYPE[InputType(type_name.upper())]
+    except ValueError:
+        return None
+
+
+def unknown_input_type_message(type_name: Any) -> str:
+    """Name the bad type and list the good ones."""
+    known = ", ".join(t.value for t in InputType)
+    return f"unknown input type {_describe(type_name)}; expected one of {known}"
+
+
+def _short_errors(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(key) for key in error["loc"])
+        parts.append(f"{where}: {error['msg']}" if where else str(error["msg"]))
+    return "; ".join(parts)
+
+
+def input_model_for(data: Any) -> Input:
+    """Build the input model named by ``data['type']`` (``name:`` accepted for ``id:``).
+
+    Raises ValueError with one readable line when the definition is invalid (so it can be used as
+    a pydantic validator, as ``Flow.inputs`` and ``Pause.onResume`` do).
+    """
+    if isinstance(data, Input):
+        return data
+    if not isinstance(data, Mapping):
+        raise ValueError(f"an input must be a mapping with 'id' and 'type', got {_describe(data)}")
+    if data.get("type") is None:
+        raise ValueError("an input needs a 'type'")
+    cls = input_class_for(data["type"])
+    if cls is None:
+        raise ValueError(unknown_input_type_message(data["type"]))
+    try:
+        model = cls.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"invalid input definition: {_short_errors(exc)}") from None
+    problems = model.definition_problems()
+    if problems:
+        detail = "; ".join(f"'{name}': {message}" for name, message in problems)
+        raise ValueError(f"invalid input '{model.id}': {detail}")
+    return model
+
+
+#: A flow (or Pause ``onResume``) input of any type, built from its ``type``.
+AnyInput = Annotated[SerializeAsAny[Input], PlainValidator(input_model_for)]
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing given values
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InputProblem:
+    input_id: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"Invalid input '{self.input_id}': {self.message}"
+
+
+class InputValidationError(ValueError):
+    """Every input that is missing or does not parse, each naming the input and the reason."""
+
+    def __init__(self, problems: Sequence[InputProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(problem) for problem in self.problems))
+
+
+_ABSENT = object()
+
+
+def _resolve(model: Input, given: Any) -> Any:
+    value = model.defaults if given is None else given
+    if value is None:
+        if model.required:
+            raise InputValueError("missing required input")
+        return _ABSENT
+    return model.parse(value)
+
+
+def _nest(values: dict[str, Any]) -> dict[str, Any]:
+    """Kestra exposes ``a.b`` as ``inputs.a.b``: dotted ids become nested maps."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        parts = key.split(".")
+        target = nested
+        for part in parts[:-1]:
+            child = target.setdefault(part, {})
+            if not isinstance(child, dict):
+                target = nested
+                parts = [key]
+                break
+            target = child
+        target[parts[-1]] = value
+    return nested
+
+
+def parse_inputs(
+    flow_inputs: Sequence[Input | Mapping[str, Any]], given: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Typed values for the declared inputs, from ``given`` (text or JSON values) and defaults.
+
+    Raises :class:`InputValidationError` listing every bad input (``Invalid input 'count':
+    expected an INT, got 'abc'``). Undeclared names in ``given`` are ignored; optional inputs
+    with neither a value nor a default are left out of the result.
+    """
+    values: dict[str, Any] = {}
+    problems: list[InputProblem] = []
+    for declared in flow_inputs:
+        model = input_model_for(declared)
+        try:
+            value = _resolve(model, given.get(model.id))
+        except InputValueError as exc:
+            problems.append(InputProblem(model.id, str(exc)))
+            continue
+        if value is not _ABSENT:
+            values[model.id] = value
+    if problems:
+        raise InputValidationError(problems)
+    return _nest(values)
+
+
+# ---------------------------------------------------------------------------------------------
+# flow outputs
+# ---------------------------------------------------------------------------------------------
+
+
+class FlowOutput(BaseModel):
+    """One entry of a flow's ``outputs``: ``value`` is rendered when the execution ends."""
+
+    model_config = _STRICT_FROZEN
+
+    id: str = Field(pattern=OUTPUT_ID_PATTERN)
+    type: InputType
+    value: Any
+    description: str | None = None
+    displayName: str | None = None
+    required: bool = True
+
+    _type_upper = field_validator("type", mode="before")(_upper)
+
+    @field_validator("value")
+    @classmethod
+    def _value_given(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("an output needs a 'value'")
+        return value
+
+
+class OutputValueError(ValueError):
+    """A rendered flow output that does not fit its declared type."""
+
+
+def _json_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value, default=str).decode()
+
+
+#: Output types whose typed value is not JSON data are kept as their canonical text.
+_OUTPUT_TEXT: dict[InputType, Callable[[Any], Any]] = {
+    InputType.STRING: _json_text,
+    InputType.SECRET: _json_text,
+    InputType.DATETIME: lambda v: _datetime(v).isoformat().replace("+00:00", "Z"),
+    InputType.DATE: lambda v: _date(v).isoformat(),
+    InputType.TIME: lambda v: _time(v).isoformat(),
+    InputType.DURATION: lambda v: format_duration(_duration(v)),
+}
+
+
+def coerce_output(output: FlowOutput, rendered: Any) -> Any:
+    """The rendered ``value`` of a flow output as JSON data of the output's type.
+
+    STRING keeps text (anything else becomes its JSON text); INT, FLOAT, BOOLEAN parse text; JSON
+    and YAML parse text and keep parsed values; ARRAY keeps a list or parses JSON array text;
+    DATETIME, DATE, TIME and DURATION are checked and kept as canonical text, as Kestra stores
+    them. Raises :class:`OutputValueError` naming the output.
+    """
+    if rendered is None:
+        if output.required:
+            raise OutputValueError(f"Invalid output '{output.id}': the value rendered to null")
+        return None
+    parser = _OUTPUT_TEXT.get(output.type, _PARSERS[output.type])
+    try:
+        return parser(rendered)
+    except InputValueError as exc:
+        raise OutputValueError(f"Invalid output '{output.id}': {exc}") from None
