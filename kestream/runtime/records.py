@@ -1,0 +1,291 @@
+"""What travels on kestream's topics: events, worker jobs, results, updates, logs, flows.
+
+Every value is JSON (one orjson pass each way). Keys are execution ids on every topic the
+executor reads, so one execution's records always meet in one stream processor, in order.
+A record that cannot be decoded raises :class:`RecordError`, which the processors send to the
+dead-letter topic with the reason instead of stopping.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from kestream.executor import commands as cmd
+from kestream.executor import events as ev
+from kestream.executor.codec import decode_value, encode_value
+from kestream.executor.snapshot import execution_model, task_run_model
+from kestream.executor.state import ExecutionState
+from kestream.models.execution import format_instant
+from kestream.models.state import StateType
+from kestream.tasks.base import RunnableTask
+
+
+class RecordError(ValueError):
+    """A record that cannot be understood; ``reason`` goes to the dead-letter topic."""
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def loads(data: bytes | None) -> Any:
+    if data is None:
+        raise RecordError("empty record value")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise RecordError(f"not JSON: {exc}") from None
+
+
+def _when(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _parse_when(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+# -- events (executions and worker-results topics) --------------------------------------------
+
+
+def event_value(event: ev.Event) -> dict[str, Any]:
+    """The JSON body of an executor event."""
+    if isinstance(event, ev.ExecutionCreated):
+        link = event.parent
+        return {
+            "type": "created",
+            "id": event.execution_id,
+            "namespace": event.namespace,
+            "flowId": event.flow_id,
+            "revision": event.revision,
+            "inputs": encode_value(event.inputs),
+            "validate": event.validate_inputs,
+            "labels": event.labels,
+            "trigger": encode_value(event.trigger),
+            "scheduleDate": _when(event.schedule_date),
+            "originalId": event.original_id,
+            "attempt": event.attempt_number,
+            "originalCreated": _when(event.original_created),
+            "parent": None
+            if link is None
+            else [link.execution_id, link.task_run_id, link.attempt, link.outputs, link.wait],
+        }
+    if isinstance(event, ev.WorkerResult):
+        return {
+            "type": "result",
+            "id": event.execution_id,
+            "run": event.task_run_id,
+            "attempt": event.attempt,
+            "state": event.state.value,
+            "outputs": encode_value(event.outputs),
+            "error": event.error,
+            "errorLogs": event.error_logs,
+        }
+    if isinstance(event, ev.SubflowFinished):
+        return {
+            "type": "subflow",
+            "id": event.execution_id,
+            "run": event.task_run_id,
+            "attempt": event.attempt,
+            "child": event.child_id,
+            "state": event.child_state.value,
+            "outputs": encode_value(event.outputs),
+            "error": event.error,
+        }
+    if isinstance(event, ev.Resume):
+        return {
+            "type": "resume",
+            "id": event.execution_id,
+            "inputs": encode_value(event.inputs),
+            "run": event.task_run_id,
+        }
+    if isinstance(event, ev.Kill):
+        return {"type": "kill", "id": event.execution_id}
+    if isinstance(event, ev.Restart):
+        return {"type": "restart", "id": event.execution_id}
+    raise TypeError(f"timers never travel on a topic: {event!r}")
+
+
+def encode_event(event: ev.Event) -> bytes:
+    return dumps(event_value(event))
+
+
+def decode_event(data: bytes | None) -> ev.Event:
+    """Decode an executor event; :class:`RecordError` says what is wrong with it."""
+    body = loads(data)
+    if not isinstance(body, dict):
+        raise RecordError("an event must be a JSON object")
+    kind = str(body.get("type"))
+    try:
+        return _EVENT_DECODERS[kind](body)
+    except KeyError as exc:
+        if kind not in _EVENT_DECODERS:
+            raise RecordError(f"unknown event type {kind!r}") from None
+        raise RecordError(f"{kind} event without {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise RecordError(f"bad {kind} event: {exc}") from None
+
+
+def _created(body: dict[str, Any]) -> ev.Event:
+    parent = body.get("parent")
+    return ev.ExecutionCreated(
+        execution_id=body["id"],
+        namespace=body["namespace"],
+        flow_id=body["flowId"],
+        revision=body.get("revision"),
+        inputs=decode_value(body.get("inputs")),
+        validate_inputs=bool(body.get("validate", True)),
+        labels={str(k): str(v) for k, v in (body.get("labels") or {}).items()},
+        trigger=decode_value(body.get("trigger")),
+        schedule_date=_parse_when(body.get("scheduleDate")),
+        original_id=body.get("originalId"),
+        attempt_number=int(body.get("attempt") or 1),
+        original_created=_parse_when(body.get("originalCreated")),
+        parent=ev.SubflowLink(*parent) if parent else None,
+    )
+
+
+def _result(body: dict[str, Any]) -> ev.Event:
+    return ev.WorkerResult(
+        body["id"],
+        body["run"],
+        int(body["attempt"]),
+        StateType(body["state"]),
+        decode_value(body.get("outputs")),
+        body.get("error"),
+        list(body.get("errorLogs") or []),
+    )
+
+
+def _subflow(body: dict[str, Any]) -> ev.Event:
+    return ev.SubflowFinished(
+        body["id"],
+        body["run"],
+        int(body["attempt"]),
+        body["child"],
+        StateType(body["state"]),
+        decode_value(body.get("outputs")),
+        body.get("error"),
+    )
+
+
+_EVENT_DECODERS = {
+    "created": _created,
+    "result": _result,
+    "subflow": _subflow,
+    "resume": lambda b: ev.Resume(b["id"], decode_value(b.get("inputs")), b.get("run")),
+    "kill": lambda b: ev.Kill(b["id"]),
+    "restart": lambda b: ev.Restart(b["id"]),
+}
+
+
+# -- worker jobs (worker-tasks topic) ---------------------------------------------------------
+
+
+def encode_job(job: cmd.RunTask) -> bytes:
+    """A task run for a worker: the task is named by flow revision and task id, not copied."""
+    return dumps(
+        {
+            "type": "run",
+            "id": job.execution_id,
+            "run": job.task_run_id,
+            "attempt": job.attempt,
+            "namespace": job.namespace,
+            "flowId": job.flow_id,
+            "revision": job.revision,
+            "taskId": job.task.id,
+            "props": encode_value(job.props),
+            "timeout": job.timeout_s,
+        }
+    )
+
+
+def encode_kill_job(kill: cmd.KillTask) -> bytes:
+    return dumps({"type": "kill", "id": kill.execution_id, "run": kill.task_run_id})
+
+
+def decode_job(body: dict[str, Any], task: RunnableTask) -> cmd.RunTask:
+    """Build the job once the worker has looked ``task`` up in its flows table."""
+    return cmd.RunTask(
+        body["id"],
+        body["run"],
+        int(body["attempt"]),
+        body["namespace"],
+        body["flowId"],
+        int(body["revision"]),
+        task,
+        decode_value(body.get("props") or {}),
+        body.get("timeout"),
+    )
+
+
+# -- logs and execution updates --------------------------------------------------------------
+
+
+def log_values(namespace: str, flow_id: str, lines: list[cmd.LogLine]) -> list[dict[str, Any]]:
+    """Kestra's LogEntry JSON for each line."""
+    return [
+        {
+            "executionId": line.execution_id,
+            "namespace": namespace,
+            "flowId": flow_id,
+            "taskId": line.task_id,
+            "taskRunId": line.task_run_id,
+            "attemptNumber": line.attempt,
+            "level": line.level,
+            "message": line.message,
+            "timestamp": format_instant(line.timestamp),
+        }
+        for line in lines
+    ]
+
+
+def update_value(
+    st: ExecutionState, changed: list[str], *, terminal: bool, full: bool
+) -> dict[str, Any]:
+    """An execution update: the execution without its task runs, plus the task runs that changed.
+
+    Consumers (the client, the API, the index) merge task runs by id, so a step costs what it
+    changed. When the execution stops (ends or pauses) the whole task run list is sent, so a
+    reader that joins late still gets the full picture in one record.
+    """
+    if full or terminal:
+        body = execution_model(st).model_dump(mode="json", by_alias=True)
+        return {"execution": body, "full": True, "terminal": terminal}
+    header = execution_model(_without_runs(st)).model_dump(mode="json", by_alias=True)
+    runs = [
+        task_run_model(st, st.task_runs[run_id]).model_dump(mode="json", by_alias=True)
+        for run_id in changed
+        if run_id in st.task_runs
+    ]
+    return {"execution": header, "taskRuns": runs, "full": False, "terminal": False}
+
+
+def _without_runs(st: ExecutionState) -> ExecutionState:
+    """A shallow view of the state with no task runs (for the execution's own fields)."""
+    view = ExecutionState.__new__(ExecutionState)
+    for name in ExecutionState.__dataclass_fields__:
+        setattr(view, name, getattr(st, name))
+    view.task_runs = {}
+    return view
+
+
+# -- dead letters ----------------------------------------------------------------------------
+
+
+def dead_letter_value(
+    topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, reason: str
+) -> bytes:
+    return dumps(
+        {
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "key": key.decode("utf-8", "replace") if key is not None else None,
+            "value": value.decode("utf-8", "replace") if value is not None else None,
+            "reason": reason,
+        }
+    )

@@ -1,0 +1,88 @@
+"""kestream's topics: their names, partition counts, and their creation at start."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from kestream.runtime.kafka import client_options
+from kestream.settings import Settings
+
+log = logging.getLogger("kestream.topics")
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Full topic names under ``KESTREAM_TOPIC_PREFIX``.
+
+    ``executions``, ``results`` and ``changelog`` are keyed by execution id and co-partitioned
+    (the executor reads the first two as streams and writes the third per input partition).
+    """
+
+    executions: str
+    results: str
+    worker_tasks: str
+    updates: str
+    logs: str
+    flows: str
+    changelog: str
+    dead_letter: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> Topics:
+        return cls(
+            executions=settings.topic("executions"),
+            results=settings.topic("worker-results"),
+            worker_tasks=settings.topic("worker-tasks"),
+            updates=settings.topic("execution-updates"),
+            logs=settings.topic("logs"),
+            flows=settings.topic("flows"),
+            changelog=settings.topic("executor-state-changelog"),
+            dead_letter=settings.topic("dead-letter"),
+        )
+
+    def specs(self, partitions: int) -> list[tuple[str, int, bool]]:
+        """``(name, partitions, compacted)`` of every topic."""
+        return [
+            (self.executions, partitions, False),
+            (self.results, partitions, False),
+            (self.worker_tasks, partitions, False),
+            (self.updates, partitions, False),
+            (self.logs, partitions, False),
+            (self.changelog, partitions, True),
+            (self.flows, 1, True),
+            (self.dead_letter, 1, False),
+        ]
+
+
+async def ensure_topics(settings: Settings, bootstrap: str, kind: str) -> Topics:
+    """Create kestream's topics with the configured partitions (existing ones are kept)."""
+    topics = Topics.of(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(
+                name,
+                num_partitions=count,
+                replication_factor=settings.replication_factor,
+                # Compaction only where the broker applies it (Tansu accepts and ignores it).
+                topic_configs={"cleanup.policy": "compact"}
+                if compacted and kind == "kafka"
+                else {},
+            )
+            for name, count, compacted in topics.specs(settings.partitions)
+            if name not in existing
+        ]
+        if wanted:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
+                await admin.create_topics(wanted)
+            log.info("created topics: %s", ", ".join(t.name for t in wanted))
+    finally:
+        await admin.close()
+    return topics
