@@ -1,0 +1,32 @@
+"""What every runtime role needs to talk to the broker: where it is, what kind it is, the topics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kestream.runtime.tansu_compat import probe_broker
+from kestream.runtime.topics import Topics, ensure_topics
+from kestream.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerContext:
+    settings: Settings
+    bootstrap: str
+    #: "tansu" (the embedded broker: workarounds on) or "kafka".
+    kind: str
+    topics: Topics
+
+
+async def connect(settings: Settings, bootstrap: str | None = None) -> BrokerContext:
+    """Identify the broker and make sure kestream's topics exist.
+
+    ``bootstrap`` defaults to ``KESTREAM_BROKER``; starting the embedded broker when neither is
+    given is the job of the process that owns it (the CLI or the supervisor), not of each role.
+    """
+    address = bootstrap or settings.broker
+    if not address:
+        raise ValueError("no broker: set KESTREAM_BROKER, or start kestream through its CLI")
+    traits = await probe_broker(address)
+    topics = await ensure_topics(settings, address, traits.kind)
+    return BrokerContext(settings, address, traits.kind, topics)
