@@ -1,9 +1,30 @@
-"""Pebble-compatible ``{{ }}`` / ``{% %}`` templates, sandboxed (placeholder until the engine lands)."""
+"""Pebble-compatible ``{{ }}`` / ``{% %}`` templates as Kestra configures them, sandboxed.
 
+Strict variables, Kestra's ``??`` operator, its filters and functions; templates can only read map
+keys and list items and call the functions registered in this package.
+"""
 
-def is_truthy(rendered: object) -> bool:
-    """Kestra's truthiness of a rendered condition: '', '0', '-0', 'false' (any case) are false."""
-    if rendered is None:
-        return False
-    text = str(rendered).strip() if not isinstance(rendered, bool) else str(rendered).lower()
-    return not (text == "" or text.lower() == "false" or text in ("0", "-0"))
+from .api import (
+    Template,
+    compile_template,
+    is_template,
+    is_truthy,
+    render,
+    render_value,
+    validate_template,
+)
+from .errors import RenderError, TemplateSyntaxError
+from .text import to_text
+
+__all__ = [
+    "RenderError",
+    "Template",
+    "TemplateSyntaxError",
+    "compile_template",
+    "is_template",
+    "is_truthy",
+    "render",
+    "render_value",
+    "to_text",
+    "validate_template",
+]
