@@ -31,13 +31,7 @@ from kestream.executor import events as ev
 from kestream.executor.context import execution_context, task_run_context
 from kestream.executor.retry import next_attempt_due
 from kestream.executor.state import ExecutionState, Group, StateRecord, TaskRunState, Timer
-from kestream.expressions import (
-    RenderError,
-    TemplateSyntaxError,
-    is_truthy,
-    render,
-    render_value,
-)
+from kestream.expressions import RenderError, is_truthy, render, render_value
 from kestream.models.clock import Clock, utc_now
 from kestream.models.durations import DurationError, parse_duration
 from kestream.models.flow import Flow
@@ -339,7 +333,7 @@ class _Step:
         if task.runIf is not None:
             try:
                 condition = render(task.runIf, self.context(tr))
-            except (RenderError, TemplateSyntaxError) as exc:
+            except RenderError as exc:
                 self.fail_task_run(tr, str(exc))
                 return
             if not is_truthy(condition):
@@ -460,7 +454,7 @@ class _Step:
         tr.attempts.append(StateRecord.new(S.RUNNING, self.now))
         try:
             props = self.render_props(tr)
-        except (RenderError, TemplateSyntaxError) as exc:
+        except RenderError as exc:
             self.attempt_failed(tr, str(exc))
             return
         attempt = len(tr.attempts)
@@ -556,7 +550,7 @@ class _Step:
     def plan_children(self, tr: TaskRunState, task: FlowableTask) -> None:
         try:
             plan = task.plan(self.render_props(tr))
-        except (RenderError, TemplateSyntaxError, TaskError) as exc:
+        except (RenderError, TaskError) as exc:
             self.fail_task_run(tr, str(exc))
             return
         if plan.outputs is not None:
@@ -577,7 +571,7 @@ class _Step:
             props = self.render_props(tr)
             delay = _optional_duration(props.get("delay"))
             timeout = _optional_duration(props.get("timeout"))
-        except (RenderError, TemplateSyntaxError, DurationError) as exc:
+        except (RenderError, DurationError) as exc:
             self.fail_task_run(tr, str(exc))
             return
         self.move(tr, S.PAUSED)
@@ -619,7 +613,7 @@ class _Step:
         tr.attempts.append(StateRecord.new(S.RUNNING, self.now))
         try:
             props = self.render_props(tr)
-        except (RenderError, TemplateSyntaxError) as exc:
+        except RenderError as exc:
             self.attempt_failed(tr, str(exc))
             return
         namespace, flow_id = str(props["namespace"]), str(props["flowId"])
@@ -716,7 +710,7 @@ class _Step:
         if render_outputs and final in (S.SUCCESS, S.WARNING) and self.flow.outputs:
             try:
                 st.flow_outputs = self.render_flow_outputs()
-            except (RenderError, TemplateSyntaxError, ValueError) as exc:
+            except (RenderError, ValueError) as exc:
                 self.log(None, LogLevel.ERROR, f"Unable to render the flow outputs: {exc}")
                 final = S.FAILED
         if not st.state.current.is_terminal:
@@ -743,7 +737,7 @@ class _Step:
             base = execution_context(self.st, self.flow, self.ex.clock, self.ex.context_cache)
             try:
                 outputs = render_value(link.outputs, base)
-            except (RenderError, TemplateSyntaxError) as exc:
+            except RenderError as exc:
                 outputs, error = None, f"Unable to render the subflow outputs: {exc}"
         done = ev.SubflowFinished(
             link.execution_id, link.task_run_id, link.attempt, self.st.id,
