@@ -1,0 +1,475 @@
+"""The executor stream processor: one member of the executor's consumer group.
+
+It reads the co-partitioned ``executions`` and ``worker-results`` topics, keeps the state of the
+executions of its partitions in memory (a table backed by the changelog topic, one changelog
+partition per input partition), runs the pure step for each event, and writes what the step
+commands. ``KESTREAM_EXECUTOR_STREAM_THREADS`` processes run one each, sharing the partitions.
+
+One loop iteration, in this order (at-least-once, DESIGN.md section 3):
+
+1. fetch a batch (``getmany``), decode each record (undecodable -> dead-letter topic), step it;
+   fire the timers that fell due; retry executions held for a flow revision not yet seen;
+2. produce the commands (worker jobs, new executions, subflow results, logs, execution updates)
+   and wait for the broker's acks;
+3. only then produce the changelog records of the states the batch changed, and wait again;
+4. only then commit the input offsets.
+
+A crash between 2 and 3 replays the batch from a state without its changes: the step produces
+the same commands with the same (derived) ids, and every consumer downstream ignores repeats.
+A crash between 3 and 4 replays events the restored state has already applied: no-ops.
+
+Recovery: when partitions are assigned, the processor reads their changelog partitions up to
+the high watermark taken from a Fetch (``end_offsets`` is wrong on the embedded broker), rebuilds
+each execution's state (:mod:`kestream.executor.codec`) and its timers, and only then processes
+events. Executions that ended leave the table; a small marker per ended execution stays for
+``KESTREAM_EXECUTOR_ENDED_RETENTION_H`` so a redelivered creation never runs it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+
+from kestream.executor import codec
+from kestream.executor import commands as cmd
+from kestream.executor import events as ev
+from kestream.executor.flow_registry import FlowRegistry
+from kestream.executor.state import ExecutionState
+from kestream.executor.step import Executor, StepResult, UnknownFlow
+from kestream.models.clock import Clock, utc_now
+from kestream.models.state import StateType
+from kestream.runtime import records
+from kestream.runtime.context import BrokerContext
+from kestream.runtime.kafka import make_consumer, make_producer
+from kestream.runtime.tansu_compat import fetch_highwaters
+
+log = logging.getLogger("kestream.executor")
+
+_MAX_POLL_MS = 200
+_BATCH = 2000
+
+
+@dataclass(slots=True)
+class Outbox:
+    """Records produced by one batch: commands first, then the changelog (see the module doc)."""
+
+    commands: list[tuple[str, str, bytes | None, int | None]] = field(default_factory=list)
+    changelog: list[tuple[str, bytes | None, int]] = field(default_factory=list)
+
+    def send(self, topic: str, key: str, value: bytes | None, partition: int | None = None) -> None:
+        self.commands.append((topic, key, value, partition))
+
+
+@dataclass(slots=True)
+class Held:
+    """An event waiting for its flow revision to appear in the flows table."""
+
+    partition: int
+    offset: int | None
+    event: ev.Event
+    deadline: datetime
+    reason: str
+
+
+class ExecutorService:
+    """One executor stream processor (see the module docstring)."""
+
+    def __init__(
+        self, ctx: BrokerContext, registry: FlowRegistry, *, clock: Clock = utc_now
+    ) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.topics = ctx.topics
+        self.clock = clock
+        self.executor = Executor(
+            registry, clock=clock, inline_tasks=self.settings.executor_inline_tasks
+        )
+        self.registry = registry
+        self.states: dict[str, ExecutionState] = {}
+        self.partition_of: dict[str, int] = {}
+        self.ended: dict[str, tuple[datetime, int]] = {}
+        self.held: dict[str, list[Held]] = {}
+        self.owned: set[int] = set()
+        self.ready = asyncio.Event()
+        self._timers: list[tuple[datetime, int, str, str]] = []
+        self._seq = itertools.count()
+        self._lock = asyncio.Lock()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._last_prune = clock()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._producer = make_producer(self.settings, self.ctx.bootstrap, self.ctx.kind)
+        await self._producer.start()
+        self._consumer = make_consumer(
+            self.settings,
+            self.ctx.bootstrap,
+            self.ctx.kind,
+            group_id=f"{self.settings.topic_prefix}executor",
+            max_poll_records=_BATCH,
+        )
+        self._consumer.subscribe(
+            [self.topics.executions, self.topics.results], listener=_Rebalance(self)
+        )
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name="executor-loop")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    def partitions(self) -> set[int]:
+        """The input partitions this processor owns now."""
+        return set(self.owned)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while not self._stopping:
+            batch = await self._consumer.getmany(timeout_ms=self._poll_ms(), max_records=_BATCH)
+            async with self._lock:
+                out = Outbox()
+                for tp, recs in batch.items():
+                    if tp.partition in self.owned:
+                        for rec in recs:
+                            self._handle(tp, rec, out)
+                self._fire_timers(out)
+                self._retry_held(out)
+                self._prune_ended(out)
+                await self._flush(out)
+                await self._commit(batch)
+
+    def _poll_ms(self) -> int:
+        if not self._timers:
+            return _MAX_POLL_MS
+        wait = (self._timers[0][0] - self.clock()).total_seconds() * 1000
+        return max(1, min(_MAX_POLL_MS, int(wait)))
+
+    def _handle(self, tp: TopicPartition, rec: ConsumerRecord[Any, Any], out: Outbox) -> None:
+        try:
+            event = records.decode_event(rec.value)
+        except records.RecordError as exc:
+            self._dead_letter(out, tp.topic, tp.partition, rec.offset, rec.key, rec.value, str(exc))
+            return
+        self._apply(tp.partition, event, out, rec.offset)
+
+    def _apply(self, partition: int, event: ev.Event, out: Outbox, offset: int | None) -> None:
+        execution_id = event.execution_id
+        if execution_id in self.held:  # keep this execution's events in order behind the held one
+            self.held[execution_id].append(self._held(partition, offset, event, "queued"))
+            return
+        state = self.states.get(execution_id)
+        if state is None and isinstance(event, ev.ExecutionCreated) and execution_id in self.ended:
+            return  # a redelivered creation of an execution that already ran
+        try:
+            result = self.executor.step(state, event)
+        except UnknownFlow as exc:
+            self.held[execution_id] = [self._held(partition, offset, event, str(exc))]
+            return
+        except Exception as exc:  # an engine bug must not stop the processor: say it, go on
+            log.exception("step failed for execution %s", execution_id)
+            value = records.encode_event(event) if not isinstance(event, ev.TimerFired) else None
+            self._dead_letter(
+                out, self.topics.executions, partition, offset or -1,
+                execution_id.encode(), value, f"executor error: {exc!r}",
+            )  # fmt: skip
+            return
+        self._after_step(partition, state, result, out)
+
+    def _held(self, partition: int, offset: int | None, event: ev.Event, reason: str) -> Held:
+        deadline = self.clock() + timedelta(seconds=self.settings.executor_flow_wait_s)
+        return Held(partition, offset, event, deadline, reason)
+
+    def _after_step(
+        self, partition: int, before: ExecutionState | None, result: StepResult, out: Outbox
+    ) -> None:
+        st = result.state
+        if st is None:
+            return
+        if before is None:
+            self.states[st.id] = st
+            self.partition_of[st.id] = partition
+        for command in result.commands:
+            self._command(partition, st, command, out)
+
+    def _command(
+        self, partition: int, st: ExecutionState, command: cmd.Command, out: Outbox
+    ) -> None:
+        topics = self.topics
+        if isinstance(command, cmd.RunTask):
+            out.send(topics.worker_tasks, st.id, records.encode_job(command))
+        elif isinstance(command, cmd.KillTask):
+            out.send(topics.worker_tasks, st.id, records.encode_kill_job(command))
+        elif isinstance(command, cmd.CreateExecution):
+            created = command.created
+            out.send(topics.executions, created.execution_id, records.encode_event(created))
+        elif isinstance(command, cmd.SendEvent):
+            event = command.event
+            out.send(topics.executions, event.execution_id, records.encode_event(event))
+        elif isinstance(command, cmd.SetTimer):
+            heapq.heappush(
+                self._timers, (command.due, next(self._seq), command.execution_id, command.timer_id)
+            )
+        elif isinstance(command, cmd.EmitLogs):
+            body = records.log_values(command.namespace, command.flow_id, command.lines)
+            out.send(topics.logs, st.id, records.dumps(body))
+        elif isinstance(command, cmd.ExecutionChanged):
+            self._changed(partition, st, command, out)
+        # CancelTimer: the heap entry is skipped when it falls due (the state no longer has it).
+
+    def _changed(
+        self, partition: int, st: ExecutionState, change: cmd.ExecutionChanged, out: Outbox
+    ) -> None:
+        full = change.terminal or st.state.current is StateType.PAUSED
+        update = records.update_value(
+            st, change.changed_task_runs, terminal=change.terminal, full=full
+        )
+        out.send(self.topics.updates, st.id, records.dumps(update))
+        if not change.terminal:
+            changed = change.changed_task_runs + change.counters_changed
+            for key, value in codec.encode_changes(
+                st, changed, created=change.created, new_groups=change.planned
+            ):
+                out.changelog.append((key, records.dumps(value) if value else None, partition))
+            return
+        if not change.created:  # it has records to clear
+            for key, _ in codec.tombstones(st):
+                out.changelog.append((key, None, partition))
+        marker = {"state": st.state.current.value, "attempt": st.attempt_number}
+        marker["at"] = self.clock().isoformat()
+        out.changelog.append(
+            (codec.header_key(st.id, codec.ENDED), records.dumps(marker), partition)
+        )
+        self.ended[st.id] = (self.clock(), partition)
+        del self.states[st.id]
+        self.partition_of.pop(st.id, None)
+        self.executor.forget(st.id)
+
+    def _fire_timers(self, out: Outbox) -> None:
+        now = self.clock()
+        while self._timers and self._timers[0][0] <= now:
+            due, _, execution_id, timer_id = heapq.heappop(self._timers)
+            st = self.states.get(execution_id)
+            timer = st.timers.get(timer_id) if st is not None else None
+            if timer is None or timer.due != due:
+                continue  # cancelled, replaced, or the execution moved away
+            self._apply(
+                self.partition_of[execution_id], ev.TimerFired(execution_id, timer_id), out, None
+            )
+
+    def _retry_held(self, out: Outbox) -> None:
+        if not self.held:
+            return
+        now = self.clock()
+        for execution_id in list(self.held):
+            queue = self.held.pop(execution_id)
+            first = queue[0]
+            if not self._flow_known(first.event) and now < first.deadline:
+                self.held[execution_id] = queue
+                continue
+            for item in queue:
+                if self._flow_known(item.event) or isinstance(item.event, ev.TimerFired):
+                    self._apply(item.partition, item.event, out, item.offset)
+                else:
+                    self._dead_letter(
+                        out, self.topics.executions, item.partition, item.offset or -1,
+                        execution_id.encode(), records.encode_event(item.event),
+                        f"{item.reason}: not deployed within "
+                        f"{self.settings.executor_flow_wait_s:g}s",
+                    )  # fmt: skip
+
+    def _flow_known(self, event: ev.Event) -> bool:
+        if isinstance(event, ev.ExecutionCreated):
+            found = self.registry.get(event.namespace, event.flow_id, event.revision)
+            return found is not None
+        return True
+
+    def _prune_ended(self, out: Outbox) -> None:
+        now = self.clock()
+        if now - self._last_prune < timedelta(minutes=1):
+            return
+        self._last_prune = now
+        horizon = now - timedelta(hours=self.settings.executor_ended_retention_h)
+        for execution_id, (at, partition) in list(self.ended.items()):
+            if at < horizon:
+                del self.ended[execution_id]
+                key = codec.header_key(execution_id, codec.ENDED)
+                out.changelog.append((key, None, partition))
+
+    def _dead_letter(
+        self,
+        out: Outbox,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        reason: str,
+    ) -> None:
+        log.warning("dead letter from %s[%d]@%d: %s", topic, partition, offset, reason)
+        body = records.dead_letter_value(topic, partition, offset, key, value, reason)
+        out.send(self.topics.dead_letter, key.decode() if key else "", body)
+
+    async def _flush(self, out: Outbox) -> None:
+        producer = self._producer
+        assert producer is not None
+        sent = [
+            await producer.send(topic, value, key=key.encode(), partition=partition)
+            for topic, key, value, partition in out.commands
+        ]
+        if sent:
+            await asyncio.gather(*sent)
+        logged = [
+            await producer.send(self.topics.changelog, value, key=key.encode(), partition=part)
+            for key, value, part in out.changelog
+        ]
+        if logged:
+            await asyncio.gather(*logged)
+
+    async def _commit(self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
+        if not batch:
+            return
+        assert self._consumer is not None
+        held_min: dict[int, int] = defaultdict(lambda: 1 << 62)
+        for queue in self.held.values():
+            for item in queue:
+                if item.offset is not None:
+                    held_min[item.partition] = min(held_min[item.partition], item.offset)
+        offsets = {}
+        for tp, recs in batch.items():
+            if recs and tp.partition in self.owned:
+                upto = recs[-1].offset + 1
+                if tp.topic == self.topics.executions:
+                    upto = min(upto, held_min[tp.partition])
+                offsets[tp] = OffsetAndMetadata(upto, "")
+        if offsets:
+            await self._consumer.commit(offsets)
+
+    # -- partitions ----------------------------------------------------------------------
+
+    async def assigned(self, partitions: set[int]) -> None:
+        async with self._lock:
+            new = partitions - self.owned
+            if new:
+                await self._recover(new)
+            self.owned = set(partitions)
+            self.ready.set()
+            log.info("executor owns partitions %s", sorted(self.owned))
+
+    async def revoked(self, partitions: set[int]) -> None:
+        async with self._lock:
+            self.ready.clear()
+            gone = partitions & self.owned
+            for execution_id in [e for e, p in self.partition_of.items() if p in gone]:
+                self.states.pop(execution_id, None)
+                self.partition_of.pop(execution_id, None)
+                self.held.pop(execution_id, None)
+                self.executor.forget(execution_id)
+            self.ended = {e: v for e, v in self.ended.items() if v[1] not in gone}
+            self.owned -= gone
+
+    async def _recover(self, partitions: set[int]) -> None:
+        """Rebuild the states of ``partitions`` from their changelog partitions."""
+        started = self.clock()
+        latest = await self._read_changelog(partitions)
+        restored = 0
+        for partition, by_execution in latest.items():
+            for execution_id, recs in by_execution.items():
+                restored += self._restore(partition, execution_id, recs)
+        elapsed = (self.clock() - started).total_seconds()
+        log.info(
+            "recovered %d executions from partitions %s in %.2fs",
+            restored,
+            sorted(partitions),
+            elapsed,
+        )
+
+    def _restore(self, partition: int, execution_id: str, recs: dict[str, Any]) -> int:
+        marker = recs.get(codec.header_key(execution_id, codec.ENDED))
+        if marker is not None:
+            self.ended[execution_id] = (datetime.fromisoformat(marker["at"]), partition)
+            return 0
+        head = recs.get(codec.header_key(execution_id))
+        if head is None:
+            return 0  # leftovers of an execution whose end was recorded and later pruned
+        flow = self.registry.get(head["ns"], head["flow"], head["rev"])
+        if flow is None:
+            log.error("cannot restore %s: flow %s.%s revision %s is unknown",
+                      execution_id, head["ns"], head["flow"], head["rev"])  # fmt: skip
+            return 0
+        st = codec.rebuild(execution_id, recs, flow.task_index())
+        self.states[execution_id] = st
+        self.partition_of[execution_id] = partition
+        for timer_id, timer in st.timers.items():
+            heapq.heappush(self._timers, (timer.due, next(self._seq), execution_id, timer_id))
+        return 1
+
+    async def _read_changelog(self, partitions: set[int]) -> dict[int, dict[str, dict[str, Any]]]:
+        consumer = make_consumer(self.settings, self.ctx.bootstrap, self.ctx.kind, group_id=None)
+        await consumer.start()
+        latest: dict[int, dict[str, dict[str, Any]]] = {p: {} for p in partitions}
+        try:
+            tps = [TopicPartition(self.topics.changelog, p) for p in partitions]
+            consumer.assign(tps)
+            highwaters = await fetch_highwaters(consumer, tps)
+            pending = {tp for tp in tps if highwaters.get(tp, 0) > 0}
+            for tp in pending:
+                consumer.seek(tp, 0)
+            while pending:
+                batch = await consumer.getmany(*pending, timeout_ms=500, max_records=10_000)
+                for tp, recs in batch.items():
+                    for rec in recs:
+                        _keep_latest(latest[tp.partition], rec)
+                for tp in list(pending):
+                    if await consumer.position(tp) >= highwaters[tp]:
+                        pending.discard(tp)
+        finally:
+            await consumer.stop()
+        return latest
+
+
+def _keep_latest(by_execution: dict[str, dict[str, Any]], rec: ConsumerRecord[Any, Any]) -> None:
+    key = rec.key.decode()
+    execution_id = codec.execution_of(key)
+    recs = by_execution.setdefault(execution_id, {})
+    if rec.value is None:
+        recs.pop(key, None)
+        if not recs:
+            by_execution.pop(execution_id, None)
+    else:
+        recs[key] = records.loads(rec.value)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Routes aiokafka's rebalance callbacks to the processor (input partition numbers)."""
+
+    def __init__(self, service: ExecutorService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.service.revoked({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.service.assigned({tp.partition for tp in assigned})
