@@ -1,0 +1,201 @@
+"""The executor stream processor on a real broker: runs, dead letters, recovery, stream threads."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from aiokafka import TopicPartition
+from executor_harness import Harness, wait_for
+
+from kestream.executor import events as ev
+from kestream.runtime import records
+from kestream.runtime.kafka import make_consumer
+
+pytestmark = pytest.mark.integration
+
+W1 = """
+id: w1
+namespace: test.runtime
+inputs:
+  - id: name
+    type: STRING
+    defaults: World
+tasks:
+  - id: concatenate
+    type: io.kestra.plugin.core.output.OutputValues
+    values:
+      message: "Hello {{ inputs.name }}"
+  - id: log
+    type: io.kestra.plugin.core.log.Log
+    message: "{{ outputs.concatenate.values.message }}"
+"""
+
+PAUSED = """
+id: paused
+namespace: test.runtime
+tasks:
+  - id: before
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{ execution.id }}"
+  - id: each
+    type: io.kestra.plugin.core.flow.ForEach
+    values: ["a", "b", "c"]
+    concurrencyLimit: 0
+    tasks:
+      - id: inner
+        type: io.kestra.plugin.core.debug.Return
+        format: "{{ taskrun.value }}"
+  - id: wait
+    type: io.kestra.plugin.core.flow.Pause
+    delay: PT3S
+  - id: after
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{ outputs.before.value }} {{ outputs.inner.b.value }}"
+"""
+
+MANUAL = """
+id: manual
+namespace: test.runtime
+tasks:
+  - id: wait
+    type: io.kestra.plugin.core.flow.Pause
+  - id: after
+    type: io.kestra.plugin.core.debug.Return
+    format: "resumed"
+"""
+
+
+def _created(execution_id: str, flow: str) -> ev.ExecutionCreated:
+    return ev.ExecutionCreated(execution_id, "test.runtime", flow, inputs={"name": "Kafka"})
+
+
+async def test_inline_flow_runs_to_success_once(broker, topic_prefix) -> None:  # type: ignore[no-untyped-def]
+    harness = await Harness.open(broker.bootstrap, topic_prefix)
+    try:
+        harness.deploy(W1)
+        service = await harness.start_executor()
+        await asyncio.wait_for(service.ready.wait(), 30)
+        await harness.send(_created("w1-a", "w1"))
+        await harness.send(_created("w1-a", "w1"))  # redelivered creation
+        await wait_for(lambda: harness.state_of("w1-a") == "SUCCESS")
+        await asyncio.sleep(1.0)
+        terminal = [u for u in harness.updates["w1-a"] if u["terminal"]]
+        assert len(terminal) == 1
+        runs = terminal[0]["execution"]["taskRunList"]
+        assert runs[0]["outputs"] == {"values": {"message": "Hello Kafka"}}
+        assert service.states == {}  # the ended execution left the table
+        assert "w1-a" in service.ended
+    finally:
+        await harness.close()
+
+
+async def test_undecodable_records_go_to_the_dead_letter_topic(broker, topic_prefix) -> None:  # type: ignore[no-untyped-def]
+    harness = await Harness.open(broker.bootstrap, topic_prefix, executor_flow_wait_s=1.0)
+    dlq = make_consumer(harness.ctx.settings, broker.bootstrap, broker.kind, group_id=None)
+    try:
+        harness.deploy(W1)
+        service = await harness.start_executor()
+        await asyncio.wait_for(service.ready.wait(), 30)
+        await harness.send_raw(b"bad-1", b"{not json")
+        await harness.send_raw(b"bad-2", b'{"type": "teleport", "id": "x"}')
+        await harness.send(ev.ExecutionCreated("ghost", "test.runtime", "nope"))
+        await harness.send(_created("after-bad", "w1"))
+        await wait_for(lambda: harness.state_of("after-bad") == "SUCCESS")
+        await dlq.start()
+        dlq.assign([TopicPartition(harness.ctx.topics.dead_letter, 0)])
+        reasons: list[str] = []
+
+        async def collect() -> bool:
+            batch = await dlq.getmany(timeout_ms=200)
+            reasons.extend(records.loads(r.value)["reason"] for rs in batch.values() for r in rs)
+            return len(reasons) >= 3
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while not await collect():
+            assert loop.time() < deadline, reasons
+        assert any("not JSON" in r for r in reasons)
+        assert any("unknown event type 'teleport'" in r for r in reasons)
+        assert any("test.runtime.nope" in r and "not deployed within" in r for r in reasons)
+    finally:
+        await dlq.stop()
+        await harness.close()
+
+
+async def test_restart_resumes_in_flight_executions_with_their_state(broker, topic_prefix) -> None:  # type: ignore[no-untyped-def]
+    harness = await Harness.open(broker.bootstrap, topic_prefix)
+    try:
+        harness.deploy(PAUSED)
+        harness.deploy(MANUAL)
+        first = await harness.start_executor()
+        await asyncio.wait_for(first.ready.wait(), 30)
+        for i in range(3):
+            await harness.send(_created(f"manual-{i}", "manual"))
+        await harness.send(_created("delayed", "paused"))
+        await wait_for(
+            lambda: (
+                all(harness.state_of(f"manual-{i}") == "PAUSED" for i in range(3))
+                and harness.state_of("delayed") == "PAUSED"
+            )
+        )
+        paused_at = datetime.now(UTC)
+        before = {e: st.task_runs.keys() for e, st in first.states.items()}
+        delayed_runs = {
+            tr.task.id: (tr.value, tr.state.current, tr.outputs)
+            for tr in first.states["delayed"].task_runs.values()
+        }
+        await first.stop()
+        harness.services.remove(first)
+
+        second = await harness.start_executor()
+        await asyncio.wait_for(second.ready.wait(), 60)
+        ready_at = datetime.now(UTC)
+        assert {e: st.task_runs.keys() for e, st in second.states.items()} == before
+        assert {
+            tr.task.id: (tr.value, tr.state.current, tr.outputs)
+            for tr in second.states["delayed"].task_runs.values()
+        } == delayed_runs
+        await wait_for(lambda: harness.state_of("delayed") == "SUCCESS", timeout=30)
+        resumed_at = datetime.now(UTC)
+        # On time: at its due time, or at once when no processor owned it then.
+        due = paused_at + timedelta(seconds=3)
+        expected = max(due, ready_at)
+        print(
+            f"[facts] executor handover took {(ready_at - paused_at).total_seconds():.1f}s; "
+            f"resumed {(resumed_at - expected).total_seconds():.2f}s after it was due"
+        )
+        assert resumed_at >= due - timedelta(seconds=0.5)
+        assert (resumed_at - expected).total_seconds() < 2.0
+        final = harness.last("delayed")["execution"]  # type: ignore[index]
+        after = next(r for r in final["taskRunList"] if r["taskId"] == "after")
+        assert after["outputs"]["value"] == "delayed b"
+        await harness.send(ev.Resume("manual-1"))
+        await wait_for(lambda: harness.state_of("manual-1") == "SUCCESS")
+        assert harness.state_of("manual-0") == "PAUSED"
+    finally:
+        await harness.close()
+
+
+async def test_two_stream_processors_share_partitions_and_finish_each_once(
+    broker, topic_prefix
+) -> None:  # type: ignore[no-untyped-def]
+    harness = await Harness.open(broker.bootstrap, topic_prefix)
+    try:
+        harness.deploy(W1)
+        one = await harness.start_executor()
+        two = await harness.start_executor()
+        await wait_for(lambda: len(one.owned) + len(two.owned) == 4 and one.owned and two.owned, 60)
+        assert not one.owned & two.owned
+        ids = [f"spread-{i}" for i in range(40)]
+        for execution_id in ids:
+            await harness.send(_created(execution_id, "w1"))
+        await wait_for(lambda: all(harness.state_of(e) == "SUCCESS" for e in ids), 60)
+        await asyncio.sleep(1.0)
+        for execution_id in ids:
+            assert sum(1 for u in harness.updates[execution_id] if u["terminal"]) == 1
+        assert one.ended and two.ended
+        assert not set(one.ended) & set(two.ended)
+    finally:
+        await harness.close()
