@@ -111,7 +111,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _pdeathsig_preexec() -> Callable[[], None] | None:
+def die_with_parent() -> Callable[[], None] | None:
     """Build a ``preexec_fn`` that makes the child receive SIGKILL when its parent dies.
 
     Runs in the forked child before ``exec``. If the parent already died between ``fork`` and
@@ -149,7 +149,7 @@ def run_checked(
             capture_output=True,
             text=True,
             timeout=timeout,
-            preexec_fn=_pdeathsig_preexec(),  # fork-safe: only a prctl call
+            preexec_fn=die_with_parent(),  # fork-safe: only a prctl call
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
@@ -439,7 +439,7 @@ class BrokerProcess:
             # Own session: a terminal's Ctrl-C reaches kestream, which then stops its roles
             # before the broker instead of the broker vanishing under them.
             start_new_session=True,
-            preexec_fn=_pdeathsig_preexec(),  # fork-safe: only a prctl call
+            preexec_fn=die_with_parent(),  # fork-safe: only a prctl call
         )
         if not self._atexit_registered:
             atexit.register(self.stop)

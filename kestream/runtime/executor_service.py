@@ -85,8 +85,17 @@ class ExecutorService:
     """One executor stream processor (see the module docstring)."""
 
     def __init__(
-        self, ctx: BrokerContext, registry: FlowRegistry, *, clock: Clock = utc_now
+        self,
+        ctx: BrokerContext,
+        registry: FlowRegistry,
+        *,
+        clock: Clock = utc_now,
+        own_all_partitions: bool = False,
     ) -> None:
+        """``own_all_partitions``: take every partition without a consumer group (a one-shot
+        ``kestream run`` on its own embedded broker: nobody to share with, no join to wait for).
+        """
+        self.own_all_partitions = own_all_partitions
         self.ctx = ctx
         self.settings = ctx.settings
         self.topics = ctx.topics
@@ -115,17 +124,25 @@ class ExecutorService:
     async def start(self) -> None:
         self._producer = make_producer(self.settings, self.ctx.bootstrap, self.ctx.kind)
         await self._producer.start()
+        group = None if self.own_all_partitions else f"{self.settings.topic_prefix}executor"
         self._consumer = make_consumer(
             self.settings,
             self.ctx.bootstrap,
             self.ctx.kind,
-            group_id=f"{self.settings.topic_prefix}executor",
+            group_id=group,
             max_poll_records=_BATCH,
         )
-        self._consumer.subscribe(
-            [self.topics.executions, self.topics.results], listener=_Rebalance(self)
-        )
-        await self._consumer.start()
+        if self.own_all_partitions:
+            await self._consumer.start()
+            inputs = (self.topics.executions, self.topics.results)
+            count = self.settings.partitions
+            self._consumer.assign([TopicPartition(t, p) for t in inputs for p in range(count)])
+            await self.assigned(set(range(count)))
+        else:
+            self._consumer.subscribe(
+                [self.topics.executions, self.topics.results], listener=_Rebalance(self)
+            )
+            await self._consumer.start()
         self._task = asyncio.create_task(self._run(), name="executor-loop")
 
     async def stop(self) -> None:
@@ -364,7 +381,7 @@ class ExecutorService:
                 if tp.topic == self.topics.executions:
                     upto = min(upto, held_min[tp.partition])
                 offsets[tp] = OffsetAndMetadata(upto, "")
-        if offsets:
+        if offsets and not self.own_all_partitions:
             await self._consumer.commit(offsets)
 
     # -- partitions ----------------------------------------------------------------------

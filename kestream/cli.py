@@ -1,0 +1,323 @@
+"""The ``kestream`` command.
+
+``run`` executes one flow and prints what happened; ``standalone`` runs every role on one machine;
+``executor`` and ``worker`` run one role process (a faust worker); ``validate`` and ``flows deploy``
+manage flows. Exit codes of ``run``: 0 SUCCESS, 1 FAILED or KILLED, 2 WARNING, 3 PAUSED, 4 the
+flow, inputs or broker were unusable (nothing ran).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from kestream.models.execution import Execution, LogEntry
+from kestream.models.state import StateType
+from kestream.settings import get_settings
+
+app = typer.Typer(
+    name="kestream",
+    help="Kestra-style workflows on Kafka, as a stream topology.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+flows_app = typer.Typer(help="Manage deployed flows.", no_args_is_help=True)
+app.add_typer(flows_app, name="flows")
+
+EXIT_CODES = {
+    StateType.SUCCESS: 0,
+    StateType.FAILED: 1,
+    StateType.KILLED: 1,
+    StateType.WARNING: 2,
+    StateType.PAUSED: 3,
+}
+EXIT_UNUSABLE = 4
+
+log = logging.getLogger("kestream.cli")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else getattr(logging, get_settings().log_level.upper(), 20)
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("aiokafka", "faust", "mode", "kafka"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def _say(message: str) -> None:
+    """Progress for people: always on stderr, so ``--json`` keeps stdout clean."""
+    typer.echo(message, err=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(message, err=True, fg=typer.colors.RED)
+    return typer.Exit(EXIT_UNUSABLE)
+
+
+def parse_input_pairs(pairs: Sequence[str]) -> dict[str, str]:
+    """``["a=1", "b=x=y"]`` -> ``{"a": "1", "b": "x=y"}``; typed parsing is the flow's job."""
+    inputs: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--input expects key=value, got {pair!r}")
+        inputs[key.strip()] = value
+    return inputs
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    flow: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Flow YAML file.")],
+    inputs: Annotated[
+        list[str] | None, typer.Option("--input", "-i", help="An input, key=value (repeat).")
+    ] = None,
+    flows: Annotated[
+        Path | None,
+        typer.Option(file_okay=False, exists=True, help="Directory of flows it may call."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print only the execution JSON on stdout.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the end.")] = 600.0,
+) -> None:
+    """Run one execution of FLOW until it ends or pauses, and print what happened."""
+    _setup_logging()
+    try:
+        given = parse_input_pairs(inputs or [])
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    extra = [p.read_text() for p in _flow_files(flows)] if flows else []
+    execution, logs = asyncio.run(_run(flow.read_text(), extra, given, timeout))
+    if as_json:
+        typer.echo(execution.model_dump_json(by_alias=True))
+    else:
+        _print_execution(execution, logs)
+    raise typer.Exit(EXIT_CODES.get(execution.state.current, 1))
+
+
+async def _run(
+    flow_yaml: str, others: list[str], inputs: dict[str, str], timeout: float
+) -> tuple[Execution, list[LogEntry]]:
+    from kestream.models.flow import parse_flow
+    from kestream.models.inputs import InputValidationError, parse_inputs
+    from kestream.models.validation import FlowValidationError
+
+    try:
+        flow = parse_flow(flow_yaml)
+        parse_inputs(flow.inputs, inputs)  # fail fast, before any broker starts
+        for other in others:
+            parse_flow(other)
+    except (FlowValidationError, InputValidationError) as exc:
+        raise _fail(str(exc)) from None
+    started = time.monotonic()
+    async with _LocalRuntime() as runtime:
+        _say(f"broker ready ({runtime.describe()}) in {time.monotonic() - started:.2f}s")
+        client = runtime.client
+        for other in others:
+            await client.deploy(other)
+        deployed = await client.deploy(flow_yaml)
+        execution_id = await client.submit(deployed.namespace, deployed.id, inputs)
+        _say(f"execution {execution_id} of {deployed.namespace}.{deployed.id} submitted")
+        execution = await client.wait(execution_id, timeout=timeout)
+        elapsed = time.monotonic() - started
+        _say(f"execution {execution_id} {execution.state.current} after {elapsed:.2f}s")
+        logs = await client.logs(execution_id)
+    return execution, logs
+
+
+class _LocalRuntime:
+    """The broker (embedded unless configured), an executor, a worker and a client in-process."""
+
+    def __init__(self) -> None:
+        self.settings = get_settings()
+        self.parts: list[Any] = []
+        self.broker: Any = None
+        self.ctx: Any = None
+        self.client: Any = None
+
+    def describe(self) -> str:
+        kind = "embedded Tansu" if self.broker is not None else self.ctx.kind
+        return f"{kind} at {self.ctx.bootstrap}"
+
+    async def __aenter__(self) -> _LocalRuntime:
+        from kestream.client import Client
+        from kestream.executor.flow_registry import FlowRegistry
+        from kestream.runtime.context import connect
+        from kestream.runtime.embedded_broker import BrokerUnavailable, EmbeddedBroker
+        from kestream.runtime.executor_service import ExecutorService
+        from kestream.runtime.flows_table import FlowsTable
+        from kestream.runtime.process import tune_gc
+        from kestream.runtime.worker_service import WorkerService
+
+        tune_gc()
+        bootstrap = self.settings.broker
+        try:
+            if bootstrap is None:
+                self.broker = EmbeddedBroker()
+                await self.broker.astart()
+                bootstrap = self.broker.bootstrap
+        except BrokerUnavailable as exc:
+            raise _fail(exc.reason) from None
+        self.ctx = await connect(self.settings, bootstrap)
+        registry = FlowRegistry()
+        table = FlowsTable(self.ctx, registry)
+        await table.start()
+        await table.loaded.wait()
+        private = self.broker is not None  # nobody else on this broker: own every partition
+        executor = ExecutorService(self.ctx, registry, own_all_partitions=private)
+        worker = WorkerService(self.ctx, registry)
+        self.parts = [table, executor, worker]
+        await executor.start()
+        await worker.start()
+        self.client = await Client.connect(self.settings, bootstrap=bootstrap)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.client is not None:
+            await self.client.close()
+        for part in reversed(self.parts):
+            await part.stop()
+        if self.broker is not None:
+            await self.broker.astop()
+
+
+def _print_execution(execution: Execution, logs: list[LogEntry]) -> None:
+    state = execution.state
+    where = f"{execution.namespace}.{execution.flowId}, revision {execution.flowRevision}"
+    typer.echo(f"Execution {execution.id} ({where}): {state.current} in {state.duration}")
+    typer.echo("\nTask runs:")
+    depth: dict[str, int] = {}
+    for run_ in execution.taskRunList:
+        level = depth[run_.parentTaskRunId] + 1 if run_.parentTaskRunId in depth else 0
+        depth[run_.id] = level
+        value = f" [{run_.value}]" if run_.value is not None else ""
+        attempts = len(run_.attempts or [])
+        tries = f" ({attempts} attempts)" if attempts > 1 else ""
+        outputs = f"  outputs: {_short(run_.outputs)}" if run_.outputs else ""
+        typer.echo(f"  {'  ' * level}{run_.taskId}{value}: {run_.state.current}{tries}{outputs}")
+    if execution.outputs:
+        typer.echo(f"\nOutputs: {_short(execution.outputs, 400)}")
+    if logs:
+        typer.echo("\nLogs:")
+        for entry in logs:
+            typer.echo(f"  {entry.level:<5} {entry.taskId or '-'}: {entry.message}")
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    import orjson
+
+    text = orjson.dumps(value, default=str).decode()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _flow_files(directory: Path | None) -> list[Path]:
+    from kestream.runtime.supervisor import flow_files
+
+    return sorted(flow_files(directory)) if directory else []
+
+
+# -- roles -------------------------------------------------------------------------------------
+
+
+@app.command()
+def standalone(
+    flows: Annotated[
+        Path | None,
+        typer.Option(file_okay=False, exists=True, help="Flows to deploy at start."),
+    ] = None,
+) -> None:
+    """Run every role on this machine (broker too if needed) until Ctrl-C."""
+    from kestream.runtime.supervisor import Supervisor
+
+    _setup_logging()
+    code = asyncio.run(Supervisor(get_settings(), flows).run())
+    raise typer.Exit(code)
+
+
+def _faust_role(role: str) -> None:
+    import importlib
+
+    _setup_logging()
+    module = importlib.import_module(f"topologies.{role}")
+    level = "debug" if get_settings().log_level.upper() == "DEBUG" else "warn"
+    sys.argv = [f"kestream {role}", "worker", "--loglevel", level, "--without-web"]
+    module.app.main()
+
+
+@app.command()
+def executor() -> None:
+    """Run one executor stream processor (a faust worker process)."""
+    _faust_role("executor")
+
+
+@app.command()
+def worker() -> None:
+    """Run one worker process (a faust worker process)."""
+    _faust_role("worker")
+
+
+# -- flows -------------------------------------------------------------------------------------
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False)],
+) -> None:
+    """Check flow files; print every problem with its flow, task and line."""
+    from kestream.models.flow import check_flow
+
+    bad = 0
+    for path in files:
+        problems = check_flow(path.read_text(), source_name=str(path))
+        errors = [p for p in problems if getattr(p, "severity", "error") == "error"]
+        for problem in problems:
+            typer.echo(f"{path}: {problem}", err=True)
+        if errors:
+            bad += 1
+        else:
+            typer.echo(f"{path}: valid")
+    raise typer.Exit(1 if bad else 0)
+
+
+@flows_app.command("deploy")
+def deploy(
+    directory: Annotated[Path, typer.Argument(file_okay=False, exists=True)],
+) -> None:
+    """Deploy every flow of DIRECTORY to the broker named by KESTREAM_BROKER."""
+    _setup_logging()
+    settings = get_settings()
+    if not settings.broker:
+        raise _fail("KESTREAM_BROKER is not set: deploy to a running kestream's broker")
+
+    async def _deploy() -> None:
+        from kestream.client import Client
+
+        async with await Client.connect(settings) as client:
+            for path in _flow_files(directory):
+                flow = await client.deploy(path.read_text())
+                typer.echo(f"{path}: {flow.namespace}.{flow.id} revision {flow.revision}")
+
+    asyncio.run(_deploy())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

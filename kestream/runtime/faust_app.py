@@ -1,0 +1,120 @@
+"""faust apps for kestream's roles: the process model, lifecycle and web server of each role.
+
+faust's settings are built here explicitly from kestream's :class:`~kestream.settings.Settings`,
+never from faust's own environment variables (``BROKER_URL``, ``WEB_PORT``, ...). The hot loops
+are kestream's own services (:mod:`kestream.runtime.executor_service`, the worker service) on
+aiokafka, hosted by the faust worker: faust's per-event stream machinery costs about ten times a
+plain consumer loop (DESIGN.md section 5), and the executor needs batched reads and its own
+changelog format.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+import faust
+from mode import Service
+
+from kestream.executor.flow_registry import FlowRegistry
+from kestream.runtime.context import BrokerContext, connect
+from kestream.runtime.process import tune_gc
+from kestream.settings import SecurityProtocol, Settings, get_settings
+
+log = logging.getLogger("kestream.app")
+
+
+def faust_settings(settings: Settings, role: str) -> dict[str, Any]:
+    """faust.App keyword arguments, from kestream's settings only."""
+    if not settings.broker:
+        raise SystemExit(
+            "KESTREAM_BROKER is not set: start the roles with `kestream standalone` (which starts "
+            "the embedded broker), or point KESTREAM_BROKER at Kafka"
+        )
+    servers = ";".join(f"kafka://{server}" for server in settings.broker.split(","))
+    options: dict[str, Any] = {
+        "broker": servers,
+        "datadir": f"{settings.data_dir}/{role}",
+        "web_enabled": True,
+        "web_port": 0,  # every role but the API serves its /metrics and /health on a free port
+        "web_bind": "127.0.0.1",
+        "broker_session_timeout": settings.session_timeout_ms / 1000,
+        "broker_heartbeat_interval": settings.heartbeat_interval_ms / 1000,
+        "producer_linger": settings.producer_linger_ms / 1000,
+        "consumer_auto_offset_reset": "earliest",
+        "topic_partitions": 1,
+    }
+    if settings.broker_security_protocol is not SecurityProtocol.PLAINTEXT:
+        options["broker_credentials"] = _credentials(settings)
+    return options
+
+
+def _credentials(settings: Settings) -> Any:
+    if settings.broker_sasl_mechanism is not None:
+        password = settings.broker_sasl_password
+        return faust.SASLCredentials(
+            username=settings.broker_sasl_username,
+            password=password.get_secret_value() if password else None,
+            mechanism=settings.broker_sasl_mechanism.value,
+        )
+    import ssl
+
+    context = ssl.create_default_context(cafile=settings.broker_ssl_cafile)
+    if settings.broker_ssl_certfile:
+        context.load_cert_chain(settings.broker_ssl_certfile, settings.broker_ssl_keyfile)
+    return faust.SSLCredentials(context)
+
+
+class RoleService(Service):
+    """Hosts one of kestream's processors inside a faust worker."""
+
+    def __init__(self, role: str, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.role = role
+        self.settings = settings
+        self.parts: list[Any] = []
+
+    async def on_start(self) -> None:
+        tune_gc()
+        ctx = await connect(self.settings)
+        if ctx.kind == "tansu":
+            from kestream.runtime.tansu_compat import patch_faust_for_tansu
+
+            patch_faust_for_tansu()
+        self.parts = await start_role(self.role, ctx)
+        log.info("%s started (broker %s, %s)", self.role, ctx.bootstrap, ctx.kind)
+
+    async def on_stop(self) -> None:
+        for part in reversed(self.parts):
+            await part.stop()
+
+
+async def start_role(role: str, ctx: BrokerContext) -> list[Any]:
+    """Start the flows table and the processor of ``role``; returns them, in start order."""
+    from kestream.runtime.executor_service import ExecutorService
+    from kestream.runtime.flows_table import FlowsTable
+    from kestream.runtime.worker_service import WorkerService
+
+    registry = FlowRegistry()
+    table = FlowsTable(ctx, registry)
+    await table.start()
+    await table.loaded.wait()
+    processor: Any
+    if role == "executor":
+        processor = ExecutorService(ctx, registry)
+        table.add_listener(lambda _flow: None)  # held executions are retried every loop
+    elif role == "worker":
+        processor = WorkerService(ctx, registry)
+    else:
+        raise ValueError(f"unknown role {role!r}")
+    await processor.start()
+    return [table, processor]
+
+
+def make_app(role: str, settings: Settings | None = None) -> faust.App:
+    """The faust app of one role (``faust -A topologies.<role> worker`` runs it)."""
+    settings = settings or get_settings()
+    app = faust.App(f"{settings.topic_prefix}{role}-app", **faust_settings(settings, role))
+    # faust accepts an instance too (App._prepare_subservice), though it is typed for classes.
+    app.service(cast(Any, RoleService(role, settings)))
+    return app

@@ -1,0 +1,1 @@
+"""faust app modules, one per kestream role (``faust -A topologies.executor worker``)."""
