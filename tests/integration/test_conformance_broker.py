@@ -1,0 +1,94 @@
+"""The conformance corpus run through a real broker: executor, worker and client as processes use
+them. Every entry without phases runs here (phases, children and the executions a retry creates
+are covered through the broker-free driver in ``tests/conformance``); its ``expect`` is checked
+with the same checker, minus ``executionStates``, which needs a listing of executions."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
+
+from conformance_checks import Observed, check_expect, dump_execution
+from conformance_corpus import Entry, load_entries
+from test_conformance import portable_expect
+
+from kestream.client import Client
+from kestream.executor.flow_registry import FlowRegistry
+from kestream.models.state import StateType
+from kestream.runtime.context import connect
+from kestream.runtime.executor_service import ExecutorService
+from kestream.runtime.flows_table import FlowsTable
+from kestream.runtime.worker_service import WorkerService
+from kestream.settings import Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+ENTRIES = [e for e in load_entries() if not e.phases]
+NOT_THROUGH_BROKER = {"executionStates"}  # needs a listing of every execution of a flow
+MAX_AUTO_WAITS = 5
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def runtime(broker: Any, request: pytest.FixtureRequest) -> AsyncIterator[Client]:
+    prefix = f"conf-{broker.backend}-{request.node.name[:8]}-{id(request)}."
+    settings = Settings(broker=broker.bootstrap, topic_prefix=prefix, partitions=4)
+    ctx = await connect(settings)
+    registry = FlowRegistry()
+    table = FlowsTable(ctx, registry)
+    await table.start()
+    await table.loaded.wait()
+    executor = ExecutorService(ctx, registry)
+    worker = WorkerService(ctx, registry)
+    await executor.start()
+    await worker.start()
+    client = await Client.connect(settings)
+    try:
+        yield client
+    finally:
+        await client.close()
+        await worker.stop()
+        await executor.stop()
+        await table.stop()
+
+
+@pytest.mark.parametrize("entry", [pytest.param(e, id=e.case_id()) for e in ENTRIES])
+async def test_conformance_through_the_broker(entry: Entry, runtime: Client) -> None:
+    for text in entry.required_texts():
+        await runtime.deploy(text)
+    flow = await runtime.deploy(entry.flow_text())
+    execution_id = await runtime.submit(
+        flow.namespace,
+        flow.id,
+        dict(entry.inputs),
+        labels=dict(entry.labels or {}),
+        validate_inputs=entry.inputs_validated,
+    )
+    execution = await runtime.wait(execution_id, timeout=60)
+    expected_state = entry.expect.get("state")
+    waits = 0
+    while (
+        execution.state.current is StateType.PAUSED
+        and expected_state != "PAUSED"
+        and waits < MAX_AUTO_WAITS
+    ):
+        waits += 1
+        execution = await runtime.wait(execution_id, timeout=60, until_paused=False)
+    logs = await runtime.logs(execution_id)
+    expect = {
+        k: v
+        for k, v in portable_expect(entry.expect, flow.id).items()
+        if k not in NOT_THROUGH_BROKER
+    }
+    failures = check_expect(expect, Observed(execution=execution, logs=logs))
+    if failures:
+        pytest.fail(
+            "\n".join([f"entry {entry.case_id()}", *failures, dump_execution(execution, logs)]),
+            pytrace=False,
+        )
