@@ -19,9 +19,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from kestream.models.flow import Flow, parse_flow
-from kestream.models.inputs import parse_inputs
-
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
@@ -30,7 +27,9 @@ from kestream.executor.state import ExecutionState
 from kestream.executor.step import Executor
 from kestream.models.clock import Clock, ManualClock, utc_now
 from kestream.models.execution import Execution, LogEntry
+from kestream.models.flow import Flow, parse_flow
 from kestream.models.ids import new_id
+from kestream.models.inputs import parse_inputs
 from kestream.models.state import StateType
 from kestream.worker.runner import TaskRunner
 
