@@ -48,10 +48,11 @@ class Settings(BaseSettings):
         default=None, description="KESTREAM_BROKER_SASL_MECHANISM: PLAIN, SCRAM-SHA-256/512."
     )
     broker_sasl_username: str | None = Field(
-        default=None, description="KESTREAM_BROKER_SASL_USERNAME."
+        default=None, description="KESTREAM_BROKER_SASL_USERNAME: SASL user name."
     )
     broker_sasl_password: SecretStr | None = Field(
-        default=None, description="KESTREAM_BROKER_SASL_PASSWORD (masked in dumps)."
+        default=None,
+        description="KESTREAM_BROKER_SASL_PASSWORD: SASL password (masked in dumps and logs).",
     )
     broker_ssl_cafile: str | None = Field(
         default=None, description="KESTREAM_BROKER_SSL_CAFILE: CA bundle for SSL."
@@ -140,7 +141,9 @@ class Settings(BaseSettings):
         default=".kestream",
         description="KESTREAM_DATA_DIR: local files (index database, process state).",
     )
-    log_level: str = Field(default="INFO", description="KESTREAM_LOG_LEVEL.")
+    log_level: str = Field(
+        default="INFO", description="KESTREAM_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."
+    )
     log_format: str = Field(
         default="text", description="KESTREAM_LOG_FORMAT: text (readable) or json."
     )
