@@ -38,15 +38,6 @@ ENV_HEADER = """\
 """
 
 
-#: What a field is, for the few whose description is only their variable's name (or a remark in
-#: brackets). Used only while ``kestream/settings.py`` says nothing more: a description there wins.
-SUBJECTS = {
-    "broker_sasl_username": "SASL user name",
-    "broker_sasl_password": "SASL password",
-    "log_level": "level of kestream's log records: DEBUG, INFO, WARNING or ERROR",
-}
-
-
 def env_name(field: str) -> str:
     """The environment variable that sets ``field``."""
     prefix = Settings.model_config.get("env_prefix", "")
@@ -60,10 +51,7 @@ def describe(field: str) -> str:
     if text.startswith(name):
         text = text[len(name) :].lstrip(":").strip()
     if text in ("", ".") or text.startswith("("):
-        subject = SUBJECTS.get(field)
-        if subject is None:
-            raise ValueError(f"Settings.{field} has no description after its name ({name})")
-        text = f"{subject} {text}" if text.startswith("(") else f"{subject}."
+        raise ValueError(f"Settings.{field} has no description after its name ({name})")
     text = " ".join(text.split())
     return text[:1].upper() + text[1:]
 
