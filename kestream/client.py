@@ -1,0 +1,468 @@
+"""kestream's public Python API: deploy flows, start executions, wait for them, act on them.
+
+```python
+from kestream.client import Client
+
+async with await Client.connect(bootstrap="127.0.0.1:9092") as client:
+    await client.deploy(flow_yaml)
+    execution_id = await client.submit("company.team", "hello", {"name": "world"})
+    execution = await client.wait(execution_id, timeout=60)
+```
+
+A client holds one producer, a :class:`~kestream.runtime.flows_table.FlowsTable` (so it validates
+inputs against the flow revision it submits) and one *updates follower*: a group-less consumer
+of every partition of ``execution-updates``, positioned at the high watermark taken when the
+client connected. ``wait`` and ``follow`` therefore see every update produced after
+:meth:`Client.connect`, never the ones before; hundreds of concurrent waiters share that one
+consumer (a dict of futures and queues by execution id).
+
+Updates carry the execution without its task runs plus the task runs that changed; when the
+execution stops (ends or pauses) the whole list (``full``). The client merges them per execution
+(:func:`merge_update`). It keeps state only for executions it was asked about: submitted by this
+client (kept, once ended, until someone waits on them), waited on or followed (until they end);
+at most ``max_watches`` of them (:data:`MAX_WATCHES`), the oldest idle ones forgotten first. For
+other executions it keeps only their last *stop* update (terminal or paused), for
+:data:`RECENT_TTL_S` (at most ``recent_max``, :data:`RECENT_MAX`), so a ``wait`` that starts
+after the execution ended still returns. An execution that ended before the client connected
+is not known to it (the API's index answers that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.structs import ConsumerRecord
+
+from kestream.executor import events as ev
+from kestream.executor.flow_registry import FlowRegistry
+from kestream.models.execution import Execution, LogEntry
+from kestream.models.flow import Flow
+from kestream.models.ids import new_id
+from kestream.models.inputs import parse_inputs
+from kestream.models.state import StateType
+from kestream.runtime import records
+from kestream.runtime.context import BrokerContext
+from kestream.runtime.context import connect as connect_broker
+from kestream.runtime.flows_table import FlowsTable, topic_partitions
+from kestream.runtime.kafka import make_consumer, make_producer
+from kestream.runtime.tansu_compat import fetch_highwaters
+from kestream.settings import Settings, get_settings
+
+__all__ = ["Client", "MergedExecution", "merge_update"]
+
+log = logging.getLogger("kestream.client")
+
+#: Executions the client follows at once (submitted, waited on, followed); the oldest idle ones
+#: are forgotten first.
+MAX_WATCHES = 50_000
+#: Stop updates (terminal or paused) of executions nobody watched, kept for a late ``wait``.
+RECENT_MAX = 2_000
+RECENT_TTL_S = 300.0
+_FETCH_TIMEOUT_MS = 200
+_ERROR_BACKOFF_S = 0.5
+
+
+# -- merging updates (pure) --------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class MergedExecution:
+    """What one reader knows of an execution: its fields, and its task runs by id (in order)."""
+
+    header: dict[str, Any]
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    terminal: bool = False
+
+    @property
+    def state(self) -> str:
+        return str(self.header.get("state", {}).get("current", ""))
+
+    @property
+    def paused(self) -> bool:
+        return self.state == StateType.PAUSED.value
+
+    @property
+    def stopped(self) -> bool:
+        """Ended, or paused (a :meth:`Client.wait` returns here by default)."""
+        return self.terminal or self.paused
+
+    def model(self) -> Execution:
+        return Execution.model_validate({**self.header, "taskRunList": list(self.runs.values())})
+
+
+def merge_update(current: MergedExecution | None, update: Mapping[str, Any]) -> MergedExecution:
+    """Merge one ``records.update_value`` body into what is known of the execution.
+
+    A ``full`` update replaces everything (its ``taskRunList`` is the whole list, in order).
+    Otherwise the execution's fields are replaced and the changed task runs are merged by id
+    into ``current``, which is updated in place (O(changed), not O(execution)); task runs keep
+    the order in which they first appeared. With no ``current``, a partial update starts from
+    the task runs it carries.
+    """
+    header = dict(update["execution"])
+    listed = header.pop("taskRunList", None) or []
+    terminal = bool(update.get("terminal"))
+    if update.get("full") or current is None:
+        runs = listed if update.get("full") else update.get("taskRuns") or []
+        return MergedExecution(header, {run["id"]: run for run in runs}, terminal)
+    current.header = header
+    current.terminal = terminal
+    for run in update.get("taskRuns") or []:
+        current.runs[run["id"]] = run
+    return current
+
+
+# -- the client --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class _Watch:
+    merged: MergedExecution | None = None
+    #: Futures of ``wait`` calls, with their ``until_paused``.
+    waiters: list[tuple[asyncio.Future[Execution], bool]] = field(default_factory=list)
+    #: Queues of ``follow`` calls: (execution, terminal).
+    queues: list[asyncio.Queue[tuple[Execution, bool] | None]] = field(default_factory=list)
+    #: Set by kill/resume from this client: the last stop no longer answers ``wait``.
+    stale: bool = False
+    #: Someone waited on or followed it. An execution this client submitted keeps its end
+    #: state here until then (a ``wait`` long after ``submit`` still returns).
+    claimed: bool = False
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiters and not self.queues
+
+
+class Client:
+    """A connection to a kestream installation (see the module docs).
+
+    Build it with :meth:`connect`; use it as an async context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self, ctx: BrokerContext, *, max_watches: int = MAX_WATCHES, recent_max: int = RECENT_MAX
+    ) -> None:
+        self.ctx = ctx
+        self.max_watches = max_watches
+        self.recent_max = recent_max
+        self.registry = FlowRegistry()
+        self.flows = FlowsTable(ctx, self.registry)
+        self._producer: AIOKafkaProducer | None = None
+        self._updates: AIOKafkaConsumer | None = None
+        self._follower: asyncio.Task[None] | None = None
+        self._watches: OrderedDict[str, _Watch] = OrderedDict()
+        self._recent: OrderedDict[str, tuple[MergedExecution, float]] = OrderedDict()
+        self._closed = False
+
+    @classmethod
+    async def connect(
+        cls, settings: Settings | None = None, *, bootstrap: str | None = None
+    ) -> Client:
+        """Connect to the broker (``bootstrap``, else ``KESTREAM_BROKER``) and load the flows."""
+        ctx = await connect_broker(settings or get_settings(), bootstrap)
+        client = cls(ctx)
+        try:
+            await client.start()
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def start(self) -> None:
+        ctx = self.ctx
+        self._producer = make_producer(ctx.settings, ctx.bootstrap, ctx.kind)
+        await self._producer.start()
+        await self.flows.start()
+        consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=None)
+        self._updates = consumer
+        await consumer.start()
+        tps = await topic_partitions(consumer, ctx.topics.updates)
+        consumer.assign(tps)
+        for tp, highwater in (await fetch_highwaters(consumer, tps)).items():
+            consumer.seek(tp, highwater)
+        self._follower = asyncio.create_task(self._follow_updates(), name="client-updates")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+        for watch in self._watches.values():
+            for future, _ in watch.waiters:
+                if not future.done():
+                    future.set_exception(RuntimeError("the kestream client was closed"))
+            for queue in watch.queues:
+                queue.put_nowait(None)
+        self._watches.clear()
+        if self._updates is not None:
+            await self._updates.stop()
+        await self.flows.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- flows and executions ----------------------------------------------------------------
+
+    async def deploy(self, flow_yaml: str) -> Flow:
+        """Validate and publish a flow; returns it with its revision (unchanged source: same)."""
+        return await self.flows.publish(flow_yaml, self._require_producer())
+
+    async def submit(
+        self,
+        namespace: str,
+        flow_id: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        labels: dict[str, Any] | None = None,
+        validate_inputs: bool = True,
+        execution_id: str | None = None,
+    ) -> str:
+        """Start an execution of the flow's newest revision; returns its id.
+
+        Inputs are checked here (raises :class:`~kestream.models.inputs.InputValidationError`
+        naming every bad input), so the executor receives typed values. Raises
+        :class:`LookupError` for a flow this client's flows table does not have.
+        """
+        flow = self.flows.latest(namespace, flow_id)
+        if flow is None:
+            raise LookupError(f"Unknown flow '{namespace}.{flow_id}': deploy it first")
+        given: dict[str, Any] = dict(inputs or {})
+        if validate_inputs:
+            given = parse_inputs(flow.inputs, given)
+        execution_id = execution_id or new_id()
+        created = ev.ExecutionCreated(
+            execution_id=execution_id,
+            namespace=namespace,
+            flow_id=flow_id,
+            revision=flow.revision,
+            inputs=given,
+            validate_inputs=False,
+            labels={str(k): str(v) for k, v in (labels or {}).items()},
+        )
+        self._watch(execution_id)  # interest before the first update can exist
+        await self._send(created)
+        return execution_id
+
+    async def kill(self, execution_id: str) -> None:
+        await self._act(ev.Kill(execution_id))
+
+    async def resume(self, execution_id: str, inputs: dict[str, Any] | None = None) -> None:
+        await self._act(ev.Resume(execution_id, inputs))
+
+    async def _act(self, event: ev.Event) -> None:
+        watch = self._watch(event.execution_id)
+        watch.claimed = True  # acted on: no longer just submitted
+        watch.stale = True  # the next wait waits for what this changes
+        await self._send(event)
+
+    async def _send(self, event: ev.Event) -> None:
+        key = event.execution_id.encode()
+        topic = self.ctx.topics.executions
+        await self._require_producer().send_and_wait(topic, records.encode_event(event), key=key)
+
+    def _require_producer(self) -> AIOKafkaProducer:
+        if self._producer is None or self._closed:
+            raise RuntimeError("the kestream client is not connected")
+        return self._producer
+
+    # -- waiting and following --------------------------------------------------------------
+
+    async def wait(
+        self, execution_id: str, timeout: float | None = None, *, until_paused: bool = True
+    ) -> Execution:
+        """The execution at its first stop: an end state, or PAUSED (unless ``until_paused``
+        is false). Raises :class:`TimeoutError` after ``timeout`` seconds."""
+        watch = self._watch(execution_id)
+        watch.claimed = True
+        known = watch.merged
+        if (
+            known is not None
+            and not watch.stale
+            and (known.terminal or (until_paused and known.paused))
+        ):
+            self._release(execution_id, watch)
+            return known.model()
+        future: asyncio.Future[Execution] = asyncio.get_running_loop().create_future()
+        entry = (future, until_paused)
+        watch.waiters.append(entry)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            if entry in watch.waiters:
+                watch.waiters.remove(entry)
+            self._release(execution_id, watch)
+
+    async def follow(self, execution_id: str) -> AsyncIterator[Execution]:
+        """Every update of the execution, merged, ending after the terminal one.
+
+        Starts with what the client already knows of it, if anything.
+        """
+        watch = self._watch(execution_id)
+        watch.claimed = True
+        queue: asyncio.Queue[tuple[Execution, bool] | None] = asyncio.Queue()
+        if watch.merged is not None:
+            queue.put_nowait((watch.merged.model(), watch.merged.terminal and not watch.stale))
+        watch.queues.append(queue)
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    raise RuntimeError("the kestream client was closed")
+                execution, terminal = item
+                yield execution
+                if terminal:
+                    return
+        finally:
+            if queue in watch.queues:
+                watch.queues.remove(queue)
+            self._release(execution_id, watch)
+
+    def _watch(self, execution_id: str) -> _Watch:
+        watch = self._watches.get(execution_id)
+        if watch is not None:
+            self._watches.move_to_end(execution_id)
+            return watch
+        watch = _Watch()
+        recent = self._recent.pop(execution_id, None)
+        if recent is not None:
+            watch.merged = recent[0]
+        self._watches[execution_id] = watch
+        self._evict_watches()
+        return watch
+
+    def _release(self, execution_id: str, watch: _Watch) -> None:
+        """Forget an ended execution nobody waits on any more (it stays in the recent cache)."""
+        merged = watch.merged
+        if watch.claimed and watch.idle and merged is not None and merged.terminal:
+            if self._watches.get(execution_id) is watch:
+                del self._watches[execution_id]
+            self._remember(execution_id, merged)
+
+    def _evict_watches(self) -> None:
+        if len(self._watches) <= self.max_watches:
+            return
+        for execution_id in list(self._watches):
+            if len(self._watches) <= self.max_watches:
+                return
+            if self._watches[execution_id].idle:
+                del self._watches[execution_id]
+
+    def _remember(self, execution_id: str, merged: MergedExecution) -> None:
+        self._recent.pop(execution_id, None)
+        now = time.monotonic()
+        self._recent[execution_id] = (merged, now + RECENT_TTL_S)
+        while self._recent and (
+            len(self._recent) > self.recent_max or next(iter(self._recent.values()))[1] <= now
+        ):
+            self._recent.popitem(last=False)
+
+    # -- the updates follower -----------------------------------------------------------------
+
+    async def _follow_updates(self) -> None:
+        consumer = self._updates
+        assert consumer is not None
+        while True:
+            try:
+                batch = await consumer.getmany(timeout_ms=_FETCH_TIMEOUT_MS)
+            except KafkaError as exc:
+                log.warning("reading execution updates failed (%s); retrying", exc)
+                await asyncio.sleep(_ERROR_BACKOFF_S)
+                continue
+            for recs in batch.values():
+                for record in recs:
+                    self._on_update(record)
+
+    def _on_update(self, record: ConsumerRecord[Any, Any]) -> None:
+        if record.key is None or record.value is None:
+            return
+        execution_id = record.key.decode("utf-8", "replace")
+        try:
+            update = records.loads(record.value)
+            watch = self._watches.get(execution_id)
+            if watch is None:
+                if update.get("full"):  # a stop: keep it a while for a late wait()
+                    self._remember(execution_id, merge_update(None, update))
+                return
+            watch.merged = merge_update(watch.merged, update)
+            watch.stale = False
+            self._deliver(execution_id, watch)
+        except Exception:  # one bad record must not stop the follower
+            log.exception("cannot read the execution update at offset %d", record.offset)
+
+    def _deliver(self, execution_id: str, watch: _Watch) -> None:
+        merged = watch.merged
+        assert merged is not None
+        model: Execution | None = None
+        if watch.queues:
+            model = merged.model()
+            for queue in watch.queues:
+                queue.put_nowait((model, merged.terminal))
+        if merged.stopped and watch.waiters:
+            model = model or merged.model()
+            keep: list[tuple[asyncio.Future[Execution], bool]] = []
+            for future, until_paused in watch.waiters:
+                if future.done():
+                    continue
+                if merged.terminal or until_paused:
+                    future.set_result(model)
+                else:
+                    keep.append((future, until_paused))
+            watch.waiters = keep
+        self._release(execution_id, watch)
+
+    # -- logs --------------------------------------------------------------------------------
+
+    async def logs(self, execution_id: str) -> list[LogEntry]:
+        """The execution's log lines written so far, oldest first.
+
+        Reads the execution's partition of the logs topic from the beginning up to its high
+        watermark: O(partition), fine for the CLI and tests; the API serves logs from its index.
+        Lines written after an execution's update may lag it by one produce; read after ``wait``.
+        """
+        ctx = self.ctx
+        key = execution_id.encode()
+        consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=None)
+        await consumer.start()
+        try:
+            partitions = [tp.partition for tp in await topic_partitions(consumer, ctx.topics.logs)]
+            tp = TopicPartition(ctx.topics.logs, DefaultPartitioner()(key, partitions, partitions))
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            highwater = (await fetch_highwaters(consumer, [tp]))[tp]
+            entries: list[LogEntry] = []
+            while await consumer.position(tp) < highwater:
+                batch = await consumer.getmany(tp, timeout_ms=_FETCH_TIMEOUT_MS)
+                for record in batch.get(tp, []):
+                    if record.key == key:
+                        entries.extend(_log_entries(record))
+        finally:
+            await consumer.stop()
+        entries.sort(key=lambda entry: entry.timestamp)  # stable: a task's lines keep their order
+        return entries
+
+
+def _log_entries(record: ConsumerRecord[Any, Any]) -> list[LogEntry]:
+    try:
+        body = records.loads(record.value)
+        return [LogEntry.model_validate(line) for line in body]
+    except Exception as exc:
+        log.warning("skipping the unreadable log record at offset %d: %s", record.offset, exc)
+        return []

@@ -1,0 +1,540 @@
+"""The worker role: runs the task runs the executor sends on ``worker-tasks``.
+
+One consumer in the group ``<prefix>worker`` reads ``worker-tasks`` in batches (``getmany``).
+Each ``run`` record names its task by flow revision and task id (:func:`records.encode_job`); the
+worker finds the task in the flows table (:class:`FlowRegistry`), runs the attempt as an asyncio
+task on a :class:`TaskRunner` and produces the result to ``worker-results`` and the task's log
+lines to ``logs`` (one record per job, keyed by execution id). ``kill`` records cancel a running
+attempt, whose result then says KILLED.
+
+**Concurrency.** Async tasks (Sleep) await on the loop and take no thread; blocking task code runs
+in a pool of ``threads`` slots (``KESTREAM_WORKER_THREADS``). ``max_in_flight``
+(``KESTREAM_WORKER_MAX_IN_FLIGHT``) caps the jobs this process holds (running, or waiting for
+their flow revision): when it is reached the consumer pauses its partitions and fetches again
+only when a job ends.
+
+**Offsets: at-least-once.** A partition's committed offset never passes a record whose job has
+not finished, where finished means its result (and logs) were acknowledged by the broker. A
+worker that dies mid-Sleep therefore loses nothing: the new owner runs the job again. Jobs that
+finished after the last commit may run twice; the executor applies a result once per (task run,
+attempt) (DESIGN.md section 3), so that is harmless. Commits happen every
+:data:`COMMIT_INTERVAL_S`, on partition revocation, and at stop.
+
+**Duplicates.** The executor may send a job again after a crash (its ids are derived, so the
+repeat is recognisable). A job whose (execution id, task run id, attempt) is running here, or
+finished within :data:`DEDUP_TTL_S` (at most :data:`DEDUP_MAX` keys remembered), is not run again:
+a repeat of a running job waits for that job (its offset is committed only when the job ends), a
+repeat of a finished one is skipped at once.
+
+**Rebalances.** When partitions are revoked the worker commits what is done and forgets the jobs
+of those partitions that still wait for their flow (the new owner will get them again). Jobs of
+revoked partitions that are *running* keep running and still report their result: killing them
+would waste the work, and a partition revoked and assigned straight back (the common eager
+rebalance) finds them through the duplicate check and commits them when they end. The cost is
+that a job may also run on the new owner at the same time; its result is idempotent.
+
+**Bad records** (not JSON, unknown type, missing fields, a task id the flow does not have, a flow
+revision still unknown after ``KESTREAM_EXECUTOR_FLOW_WAIT_S``) go to the dead-letter topic with
+the reason (:func:`records.dead_letter_value`); the loop never stops for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
+
+from kestream.executor import commands as cmd
+from kestream.executor import events as ev
+from kestream.executor.flow_registry import FlowRegistry
+from kestream.models.state import StateType
+from kestream.runtime import records
+from kestream.runtime.context import BrokerContext
+from kestream.runtime.kafka import make_consumer, make_producer
+from kestream.tasks.base import RunnableTask
+from kestream.worker.runner import TaskRunner
+
+log = logging.getLogger("kestream.worker")
+
+#: How often done offsets are committed (also on revocation and at stop).
+COMMIT_INTERVAL_S = 0.2
+#: How long a finished job is remembered, so a re-sent copy is not run again.
+DEDUP_TTL_S = 600.0
+#: At most this many finished jobs are remembered (the oldest are forgotten first).
+DEDUP_MAX = 100_000
+#: How long ``getmany`` waits for records when there are none (held jobs are retried as often).
+FETCH_TIMEOUT_MS = 100
+#: Default time :meth:`WorkerService.stop` lets running jobs finish before giving them up.
+DRAIN_TIMEOUT_S = 10.0
+_PRODUCE_ATTEMPTS = 5
+_ERROR_BACKOFF_S = 0.5
+
+JobKey = tuple[str, str, int]  # execution id, task run id, attempt
+
+
+@dataclass(slots=True, eq=False)
+class _Mark:
+    """One fetched record; ``done`` once its work is acknowledged by the broker."""
+
+    offset: int
+    done: bool = False
+
+
+class _PartitionLog:
+    """Fetched offsets of one partition, in order; the commit point is the first not done."""
+
+    __slots__ = ("committed", "next_offset", "pending")
+
+    def __init__(self) -> None:
+        self.pending: deque[_Mark] = deque()
+        self.next_offset: int | None = None
+        self.committed: int | None = None
+
+    def add(self, offset: int) -> _Mark:
+        mark = _Mark(offset)
+        self.pending.append(mark)
+        self.next_offset = offset + 1
+        return mark
+
+    def commit_point(self) -> int | None:
+        """The offset to commit (the next record to process after a restart), if any."""
+        while self.pending and self.pending[0].done:
+            self.pending.popleft()
+        return self.pending[0].offset if self.pending else self.next_offset
+
+
+class _RecentKeys:
+    """A bounded set of keys that expire after ``ttl`` seconds (insertion-ordered)."""
+
+    def __init__(self, ttl: float = DEDUP_TTL_S, limit: int = DEDUP_MAX) -> None:
+        self.ttl, self.limit = ttl, limit
+        self._expiry: OrderedDict[JobKey, float] = OrderedDict()
+
+    def add(self, key: JobKey) -> None:
+        self._expiry.pop(key, None)
+        self._expiry[key] = time.monotonic() + self.ttl
+        self._trim()
+
+    def __contains__(self, key: object) -> bool:
+        self._trim()
+        return key in self._expiry
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def _trim(self) -> None:
+        now = time.monotonic()
+        while self._expiry and (
+            len(self._expiry) > self.limit or next(iter(self._expiry.values())) <= now
+        ):
+            self._expiry.popitem(last=False)
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    key: JobKey
+    #: namespace, flow id, revision
+    where: tuple[str, str, int]
+    task_id: str
+    body: dict[str, Any]
+    record: ConsumerRecord[Any, Any]
+    marks: list[_Mark]
+    deadline: float
+    task: asyncio.Task[None] | None = None
+    kill_requested: bool = False
+    #: Given up at stop: its result is not produced (the job runs again elsewhere).
+    abandoned: bool = False
+
+    @property
+    def partition(self) -> TopicPartition:
+        return TopicPartition(self.record.topic, self.record.partition)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, service: WorkerService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.service._on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self.service._on_assigned(set(assigned))
+
+
+class WorkerService:
+    """One worker process's task-running loop (see the module docs for its guarantees)."""
+
+    def __init__(
+        self,
+        ctx: BrokerContext,
+        registry: FlowRegistry,
+        *,
+        threads: int | None = None,
+        max_in_flight: int | None = None,
+    ) -> None:
+        settings = ctx.settings
+        self.ctx = ctx
+        self.registry = registry
+        self.threads = threads if threads is not None else settings.task_threads
+        self.max_in_flight = (
+            max_in_flight if max_in_flight is not None else settings.worker_max_in_flight
+        )
+        self.group_id = f"{settings.topic_prefix}worker"
+        self.flow_wait_s = settings.executor_flow_wait_s
+        #: Counters: received, started, finished, duplicates, killed, dead_lettered, held.
+        self.stats: Counter[str] = Counter()
+        #: Set when the group has assigned partitions to this worker (cleared while revoked).
+        self.assigned = asyncio.Event()
+        self._runner = TaskRunner(threads=self.threads)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._partitions: dict[TopicPartition, _PartitionLog] = {}
+        self._jobs: dict[JobKey, _Job] = {}  # running or held
+        self._runs: dict[tuple[str, str], _Job] = {}  # by (execution id, task run id)
+        self._held: dict[JobKey, _Job] = {}  # waiting for their flow revision
+        self._finished = _RecentKeys()
+        self._side_tasks: set[asyncio.Task[None]] = set()  # dead letters, KILLED results
+        self._slot_freed = asyncio.Event()
+        self._last_commit = 0.0
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs held by this worker: running, or waiting for their flow revision."""
+        return len(self._jobs)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the clients, join the group, and run the loop in a background task."""
+        ctx = self.ctx
+        self._producer = make_producer(ctx.settings, ctx.bootstrap, ctx.kind)
+        await self._producer.start()
+        self._consumer = make_consumer(
+            ctx.settings, ctx.bootstrap, ctx.kind, group_id=self.group_id
+        )
+        self._consumer.subscribe([ctx.topics.worker_tasks], listener=_Rebalance(self))
+        await self._consumer.start()
+        self._task = asyncio.create_task(self.run(), name="worker-loop")
+
+    async def run(self) -> None:
+        """The loop: fetch, dispatch, retry held jobs, commit; until :meth:`stop`."""
+        while not self._stopping:
+            try:
+                await self._iteration()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never stop the loop: log, back off, carry on
+                log.exception("worker loop iteration failed")
+                await asyncio.sleep(_ERROR_BACKOFF_S)
+
+    async def stop(self, drain_timeout: float = DRAIN_TIMEOUT_S) -> None:
+        """Stop fetching, let running jobs finish (bounded), commit what is done, close."""
+        self._stopping = True
+        consumer = self._consumer
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if consumer is not None and consumer.assignment():
+            consumer.pause(*consumer.assignment())
+        for job in list(self._held.values()):  # never started: the next owner gets them
+            self._forget(job)
+        await self._drain(drain_timeout)
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._commit(force=True)
+            await consumer.stop()
+            self._consumer = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        self._runner.close()
+
+    async def _drain(self, timeout: float) -> None:
+        running = [job.task for job in self._jobs.values() if job.task is not None]
+        if running:
+            _, pending = await asyncio.wait(running, timeout=timeout)
+            if pending:
+                log.warning(
+                    "stopping with %d jobs still running; they will run again", len(pending)
+                )
+                for job in list(self._jobs.values()):
+                    job.abandoned = True
+                    self._runner.kill(job.key[0], job.key[1])
+                await asyncio.wait(pending, timeout=1.0)
+        if self._side_tasks:
+            await asyncio.wait(list(self._side_tasks), timeout=timeout)
+
+    async def __aenter__(self) -> WorkerService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def _iteration(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None, "WorkerService is not started"
+        if self._held:
+            self._retry_held()
+        room = self.max_in_flight - self.in_flight
+        if room <= 0:
+            consumer.pause(*consumer.assignment())
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), FETCH_TIMEOUT_MS / 1000)
+        else:
+            if consumer.paused():
+                consumer.resume(*consumer.paused())
+            batch = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=room)
+            for recs in batch.values():
+                for record in recs:
+                    self._handle(record)
+        await self._commit()
+
+    def _handle(self, record: ConsumerRecord[Any, Any]) -> None:
+        tp = TopicPartition(record.topic, record.partition)
+        mark = self._partitions.setdefault(tp, _PartitionLog()).add(record.offset)
+        self.stats["received"] += 1
+        try:
+            body = records.loads(record.value)
+            if not isinstance(body, dict):
+                raise records.RecordError("a job must be a JSON object")
+            kind = body.get("type")
+            if kind == "run":
+                self._accept(body, record, mark)
+            elif kind == "kill":
+                self._kill(str(body["id"]), str(body["run"]))
+                mark.done = True
+            else:
+                raise records.RecordError(f"unknown job type {kind!r}")
+        except records.RecordError as exc:
+            self._dead_letter(record, str(exc), [mark])
+        except (KeyError, TypeError, ValueError) as exc:
+            self._dead_letter(record, f"bad job record: {type(exc).__name__}: {exc}", [mark])
+
+    def _accept(self, body: dict[str, Any], record: ConsumerRecord[Any, Any], mark: _Mark) -> None:
+        key: JobKey = (str(body["id"]), str(body["run"]), int(body["attempt"]))
+        where = (str(body["namespace"]), str(body["flowId"]), int(body["revision"]))
+        task_id = str(body["taskId"])
+        current = self._jobs.get(key)
+        if current is not None:  # running (or held) here: commit it when that job ends
+            current.marks.append(mark)
+            self.stats["duplicates"] += 1
+            return
+        if key in self._finished:
+            mark.done = True
+            self.stats["duplicates"] += 1
+            return
+        job = _Job(key, where, task_id, body, record, [mark], time.monotonic() + self.flow_wait_s)
+        self._jobs[key] = job
+        self._runs[key[:2]] = job
+        if not self._try_start(job):
+            self._held[key] = job
+            self.stats["held"] += 1
+
+    def _try_start(self, job: _Job) -> bool:
+        """Start the job if its flow revision is known (``False``: hold it for later)."""
+        (namespace, flow_id, revision), task_id = job.where, job.task_id
+        flow = self.registry.get(namespace, flow_id, revision)
+        if flow is None:
+            return False
+        task = flow.task_index().get(task_id)
+        if not isinstance(task, RunnableTask):
+            what = "no task" if task is None else "not a runnable task:"
+            self._give_up(job, f"{what} {task_id!r} in flow {namespace}.{flow_id} rev {revision}")
+            return True
+        try:
+            run = records.decode_job(job.body, task)
+        except (KeyError, TypeError, ValueError) as exc:
+            self._give_up(job, f"bad job record: {type(exc).__name__}: {exc}")
+            return True
+        job.task = asyncio.create_task(self._execute(job, run), name=f"job-{job.key[1]}")
+        self.stats["started"] += 1
+        return True
+
+    def _retry_held(self) -> None:
+        now = time.monotonic()
+        for key, job in list(self._held.items()):
+            if self._try_start(job):
+                self._held.pop(key, None)
+            elif now >= job.deadline:
+                namespace, flow_id, revision = job.where
+                self._give_up(
+                    job,
+                    f"flow {namespace}.{flow_id} revision {revision} "
+                    f"unknown after {self.flow_wait_s:g}s",
+                )
+
+    def _give_up(self, job: _Job, reason: str) -> None:
+        self._forget(job)
+        self._dead_letter(job.record, reason, job.marks)
+
+    def _forget(self, job: _Job) -> None:
+        self._jobs.pop(job.key, None)
+        self._held.pop(job.key, None)
+        if self._runs.get(job.key[:2]) is job:
+            del self._runs[job.key[:2]]
+        self._slot_freed.set()
+
+    def _kill(self, execution_id: str, task_run_id: str) -> None:
+        job = self._runs.get((execution_id, task_run_id))
+        if self._runner.kill(execution_id, task_run_id):
+            self.stats["killed"] += 1
+        elif job is not None and job.task is not None:  # started, not yet in the runner
+            job.kill_requested = True
+            self.stats["killed"] += 1
+        elif job is not None:  # held for its flow: report it killed without running it
+            self._forget(job)
+            result = ev.WorkerResult(
+                job.key[0], job.key[1], job.key[2], StateType.KILLED, error="Task was killed"
+            )
+            self._spawn(self._report_killed(job, result))
+            self.stats["killed"] += 1
+
+    async def _report_killed(self, job: _Job, result: ev.WorkerResult) -> None:
+        if await self._publish(job, result, []):
+            self._done(job)
+
+    # -- running a job -----------------------------------------------------------------------
+
+    async def _execute(self, job: _Job, run: cmd.RunTask) -> None:
+        try:
+            if job.kill_requested:
+                result = ev.WorkerResult(
+                    run.execution_id, run.task_run_id, run.attempt, StateType.KILLED,
+                    error="Task was killed",
+                )  # fmt: skip
+                lines: list[cmd.LogLine] = []
+            else:
+                result, lines = await self._runner.run(run)
+            if not job.abandoned and await self._publish(job, result, lines):
+                self._done(job)
+                self.stats["finished"] += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug here must not kill the loop; the job runs again later
+            log.exception("job %s failed in the worker", job.key)
+        finally:
+            self._forget(job)
+
+    def _done(self, job: _Job) -> None:
+        self._finished.add(job.key)
+        for mark in job.marks:
+            mark.done = True
+
+    async def _publish(self, job: _Job, result: ev.WorkerResult, lines: list[cmd.LogLine]) -> bool:
+        """Produce the logs and the result, and wait for the acks (retried a few times)."""
+        producer, topics = self._producer, self.ctx.topics
+        assert producer is not None
+        key = result.execution_id.encode()
+        logs = None
+        if lines:
+            body = records.log_values(job.where[0], job.where[1], lines)
+            logs = records.dumps(body)
+        value = records.encode_event(result)
+        for attempt in range(1, _PRODUCE_ATTEMPTS + 1):
+            try:
+                acks = []
+                if logs is not None:
+                    acks.append(await producer.send(topics.logs, logs, key=key))
+                acks.append(await producer.send(topics.results, value, key=key))
+                await asyncio.gather(*acks)
+                return True
+            except KafkaError as exc:
+                log.warning("producing the result of %s failed (%s), try %d", job.key, exc, attempt)
+                await asyncio.sleep(_ERROR_BACKOFF_S * attempt)
+        log.error("giving up on the result of %s: it runs again after a restart", job.key)
+        return False
+
+    # -- dead letters --------------------------------------------------------------------------
+
+    def _dead_letter(
+        self, record: ConsumerRecord[Any, Any], reason: str, marks: list[_Mark]
+    ) -> None:
+        log.warning(
+            "dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
+        )
+        self.stats["dead_lettered"] += 1
+        value = records.dead_letter_value(
+            record.topic, record.partition, record.offset, record.key, record.value, reason
+        )
+        self._spawn(self._send_dead_letter(record.key, value, marks))
+
+    async def _send_dead_letter(self, key: bytes | None, value: bytes, marks: list[_Mark]) -> None:
+        producer = self._producer
+        assert producer is not None
+        for attempt in range(1, _PRODUCE_ATTEMPTS + 1):
+            try:
+                await producer.send_and_wait(self.ctx.topics.dead_letter, value, key=key)
+            except KafkaError as exc:
+                log.warning("dead-letter produce failed (%s), try %d", exc, attempt)
+                await asyncio.sleep(_ERROR_BACKOFF_S * attempt)
+                continue
+            for mark in marks:
+                mark.done = True
+            return
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    # -- offsets and rebalances -------------------------------------------------------------
+
+    async def _commit(
+        self, *, force: bool = False, only: set[TopicPartition] | None = None
+    ) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_commit < COMMIT_INTERVAL_S:
+            return
+        self._last_commit = now
+        consumer = self._consumer
+        if consumer is None:
+            return
+        offsets: dict[TopicPartition, int] = {}
+        for tp, plog in self._partitions.items():
+            point = plog.commit_point()
+            if point is not None and point != plog.committed and (only is None or tp in only):
+                offsets[tp] = point
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:  # rebalancing, or a transient error: done work stays done
+            log.info("offset commit failed (%s); retrying later", exc)
+            return
+        for tp, point in offsets.items():
+            if tp in self._partitions:
+                self._partitions[tp].committed = point
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.assigned.clear()
+        await self._commit(force=True, only=revoked)
+        for tp in revoked:
+            self._partitions.pop(tp, None)
+        for job in list(self._held.values()):
+            if job.partition in revoked:
+                self._forget(job)
+        log.info("worker: partitions revoked: %s", sorted(tp.partition for tp in revoked))
+
+    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        for tp in assigned:
+            self._partitions.setdefault(tp, _PartitionLog())
+        log.info("worker: partitions assigned: %s", sorted(tp.partition for tp in assigned))
+        if assigned:
+            self.assigned.set()
