@@ -180,7 +180,7 @@ class _LocalRuntime:
         await table.loaded.wait()
         private = self.broker is not None  # nobody else on this broker: own every partition
         executor = ExecutorService(self.ctx, registry, own_all_partitions=private)
-        worker = WorkerService(self.ctx, registry)
+        worker = WorkerService(self.ctx, registry, own_all_partitions=private)
         self.parts = [table, executor, worker]
         await executor.start()
         await worker.start()

@@ -180,8 +180,12 @@ class WorkerService:
         *,
         threads: int | None = None,
         max_in_flight: int | None = None,
+        own_all_partitions: bool = False,
     ) -> None:
+        """``own_all_partitions``: take every partition without a consumer group, as the executor
+        does for a one-shot ``kestream run`` on its own embedded broker (no group join to wait)."""
         settings = ctx.settings
+        self.own_all_partitions = own_all_partitions
         self.ctx = ctx
         self.registry = registry
         self.threads = threads if threads is not None else settings.task_threads
@@ -220,11 +224,17 @@ class WorkerService:
         ctx = self.ctx
         self._producer = make_producer(ctx.settings, ctx.bootstrap, ctx.kind)
         await self._producer.start()
-        self._consumer = make_consumer(
-            ctx.settings, ctx.bootstrap, ctx.kind, group_id=self.group_id
-        )
-        self._consumer.subscribe([ctx.topics.worker_tasks], listener=_Rebalance(self))
-        await self._consumer.start()
+        group = None if self.own_all_partitions else self.group_id
+        self._consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=group)
+        if self.own_all_partitions:
+            await self._consumer.start()
+            count = ctx.settings.partitions
+            owned = {TopicPartition(ctx.topics.worker_tasks, p) for p in range(count)}
+            self._consumer.assign(list(owned))
+            self._on_assigned(owned)
+        else:
+            self._consumer.subscribe([ctx.topics.worker_tasks], listener=_Rebalance(self))
+            await self._consumer.start()
         self._task = asyncio.create_task(self.run(), name="worker-loop")
 
     async def run(self) -> None:
@@ -504,8 +514,8 @@ class WorkerService:
             return
         self._last_commit = now
         consumer = self._consumer
-        if consumer is None:
-            return
+        if consumer is None or self.own_all_partitions:
+            return  # no group: nothing to commit to
         offsets: dict[TopicPartition, int] = {}
         for tp, plog in self._partitions.items():
             point = plog.commit_point()
