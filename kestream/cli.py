@@ -254,7 +254,11 @@ def _faust_role(role: str) -> None:
 
     _setup_logging()
     module = importlib.import_module(f"topologies.{role}")
-    level = "debug" if get_settings().log_level.upper() == "DEBUG" else "warn"
+    # faust configures logging from --loglevel; kestream's own level rules, and RoleService
+    # quietens faust's, mode's and aiokafka's loggers to WARNING once started.
+    level = {"DEBUG": "debug", "WARNING": "warn", "ERROR": "error"}.get(
+        get_settings().log_level.upper(), "info"
+    )
     sys.argv = [f"kestream {role}", "worker", "--loglevel", level, "--without-web"]
     module.app.main()
 

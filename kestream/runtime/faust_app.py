@@ -10,7 +10,11 @@ changelog format.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -34,7 +38,7 @@ def faust_settings(settings: Settings, role: str) -> dict[str, Any]:
     servers = ";".join(f"kafka://{server}" for server in settings.broker.split(","))
     options: dict[str, Any] = {
         "broker": servers,
-        "datadir": f"{settings.data_dir}/{role}",
+        "datadir": _process_dir(settings, role),
         # The roles' own /metrics and /health endpoints come with the API issue; until then the
         # faust web server stays off (faust also refuses port 0 for "any free port").
         "web_enabled": False,
@@ -47,6 +51,16 @@ def faust_settings(settings: Settings, role: str) -> dict[str, Any]:
     if settings.broker_security_protocol is not SecurityProtocol.PLAINTEXT:
         options["broker_credentials"] = _credentials(settings)
     return options
+
+
+def _process_dir(settings: Settings, role: str) -> str:
+    """A directory of this process's own for faust (it keeps no state there: kestream's state is
+    in the changelog topic), removed when the process exits."""
+    base = Path(settings.data_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    path = tempfile.mkdtemp(prefix=f"faust-{role}-", dir=base)
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def _credentials(settings: Settings) -> Any:
@@ -75,6 +89,8 @@ class RoleService(Service):
         self.parts: list[Any] = []
 
     async def on_start(self) -> None:
+        for noisy in ("faust", "mode", "aiokafka", "kafka"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         tune_gc()
         ctx = await connect(self.settings)
         if ctx.kind == "tansu":
