@@ -446,16 +446,25 @@ class _Step:
         self.changed[tr.id] = None
         self.queue.append((_START, tr))
 
+    def begin_attempt(self, tr: TaskRunState) -> dict[str, Any] | None:
+        """Open a new attempt and render the task's properties for it.
+
+        Returns None when rendering failed (the attempt has then failed, and may be retried).
+        """
+        self.move(tr, S.RUNNING)
+        tr.attempts.append(StateRecord.new(S.RUNNING, self.now))
+        try:
+            return self.render_props(tr)
+        except RenderError as exc:
+            self.attempt_failed(tr, str(exc))
+            return None
+
     def run_attempt(self, tr: TaskRunState) -> None:
         """Start a new attempt of a runnable task: render, then run inline or dispatch."""
         task = tr.task
         assert isinstance(task, RunnableTask)
-        self.move(tr, S.RUNNING)
-        tr.attempts.append(StateRecord.new(S.RUNNING, self.now))
-        try:
-            props = self.render_props(tr)
-        except RenderError as exc:
-            self.attempt_failed(tr, str(exc))
+        props = self.begin_attempt(tr)
+        if props is None:
             return
         attempt = len(tr.attempts)
         if self.ex.inline_tasks and task.inline:
@@ -609,12 +618,8 @@ class _Step:
     def run_subflow(self, tr: TaskRunState) -> None:
         task = tr.task
         assert isinstance(task, Subflow)
-        self.move(tr, S.RUNNING)
-        tr.attempts.append(StateRecord.new(S.RUNNING, self.now))
-        try:
-            props = self.render_props(tr)
-        except RenderError as exc:
-            self.attempt_failed(tr, str(exc))
+        props = self.begin_attempt(tr)
+        if props is None:
             return
         namespace, flow_id = str(props["namespace"]), str(props["flowId"])
         child_flow = self.ex.flows.get(namespace, flow_id, task.revision)

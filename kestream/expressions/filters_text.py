@@ -198,52 +198,45 @@ def ends_with(value: Any, suffix: Any) -> Any:
     return None if value is None else _text(value).endswith(java_text(suffix))
 
 
-@template_filter("substringBefore")
-def substring_before(value: Any, separator: str) -> Any:
-    """Text before the first separator; all of it when absent; empty for an empty separator."""
+def _cut(value: Any, separator: str, *, last: bool, after: bool) -> Any:
+    """Kestra's substring filters: the text before or after the first or last separator.
+
+    When the separator is missing, "before" keeps the whole text and "after" gives "" (an empty
+    separator gives "" for the first-separator forms and for "after last", as Kestra does).
+    """
     if value is None:
         return None
     text = _text(value)
     if not separator:
-        return ""
-    index = text.find(separator)
-    return text if index < 0 else text[:index]
+        return text if last and not after else ""
+    index = text.rfind(separator) if last else text.find(separator)
+    if index < 0:
+        return "" if after else text
+    return text[index + len(separator) :] if after else text[:index]
+
+
+@template_filter("substringBefore")
+def substring_before(value: Any, separator: str) -> Any:
+    """Text before the first separator; all of it when absent."""
+    return _cut(value, separator, last=False, after=False)
 
 
 @template_filter("substringAfter")
 def substring_after(value: Any, separator: str) -> Any:
     """Text after the first separator; empty when absent."""
-    if value is None:
-        return None
-    text = _text(value)
-    if not separator:
-        return ""
-    index = text.find(separator)
-    return "" if index < 0 else text[index + len(separator) :]
+    return _cut(value, separator, last=False, after=True)
 
 
 @template_filter("substringBeforeLast")
 def substring_before_last(value: Any, separator: str) -> Any:
     """Text before the last separator; all of it when absent or separator empty."""
-    if value is None:
-        return None
-    text = _text(value)
-    if not separator:
-        return text
-    index = text.rfind(separator)
-    return text if index < 0 else text[:index]
+    return _cut(value, separator, last=True, after=False)
 
 
 @template_filter("substringAfterLast")
 def substring_after_last(value: Any, separator: str) -> Any:
     """Text after the last separator; empty when absent or separator empty."""
-    if value is None:
-        return None
-    text = _text(value)
-    if not separator:
-        return ""
-    index = text.rfind(separator)
-    return "" if index < 0 else text[index + len(separator) :]
+    return _cut(value, separator, last=True, after=True)
 
 
 @template_filter("slugify")
