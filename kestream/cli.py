@@ -133,11 +133,44 @@ async def _run(
         deployed = await client.deploy(flow_yaml)
         execution_id = await client.submit(deployed.namespace, deployed.id, inputs)
         _say(f"execution {execution_id} of {deployed.namespace}.{deployed.id} submitted")
-        execution = await client.wait(execution_id, timeout=timeout)
+        execution = await asyncio.wait_for(_follow(client, execution_id), timeout)
         elapsed = time.monotonic() - started
         _say(f"execution {execution_id} {execution.state.current} after {elapsed:.2f}s")
         logs = await client.logs(execution_id)
     return execution, logs
+
+
+_DETAILED_CHANGES = 50
+
+
+async def _follow(client: Any, execution_id: str) -> Execution:
+    """Report progress on stderr until the execution's first stop (end, or pause).
+
+    The first task-run changes are printed one by one; past that, a summary at most once a
+    second, so a 10 000-iteration loop does not flood the terminal.
+    """
+    seen: dict[str, StateType] = {}
+    printed, last_summary = 0, 0.0
+    execution: Execution | None = None
+    async for execution in client.follow(execution_id):
+        for task_run in execution.taskRunList:
+            state = task_run.state.current
+            if seen.get(task_run.id) is state:
+                continue
+            seen[task_run.id] = state
+            if printed < _DETAILED_CHANGES and state is not StateType.CREATED:
+                printed += 1
+                value = f" [{task_run.value}]" if task_run.value is not None else ""
+                _say(f"  {task_run.taskId}{value}: {state}")
+        if printed >= _DETAILED_CHANGES and time.monotonic() - last_summary >= 1.0:
+            last_summary = time.monotonic()
+            ended = sum(1 for s in seen.values() if s.is_terminal)
+            _say(f"  ... {ended} of {len(seen)} task runs ended")
+        if execution.state.current.is_terminal or execution.state.current is StateType.PAUSED:
+            return execution
+    if execution is None:
+        raise RuntimeError(f"no update received for execution {execution_id}")
+    return execution
 
 
 class _LocalRuntime:
