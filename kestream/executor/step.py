@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
+from kestream.executor.codec import ROOT
 from kestream.executor.context import execution_context, task_run_context
 from kestream.executor.retry import next_attempt_due
 from kestream.executor.state import ExecutionState, Group, StateRecord, TaskRunState, Timer
@@ -238,7 +239,7 @@ class _Step:
         self.st.root = Group(
             one_lane(self.flow.tasks), 1, [t for t in self.flow.errors if not t.disabled]
         )
-        self.new_groups.add("")  # codec.ROOT: the execution's own lanes were planned
+        self.new_groups.add(ROOT)  # the execution's own lanes were planned
         self.fill(self.st.root, None)
         if self.st.root.finished:
             self.finish_group(self.st.root, None)
