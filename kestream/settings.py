@@ -130,12 +130,20 @@ class Settings(BaseSettings):
     )
 
     # -- API and operations ------------------------------------------------------------------
-    web_port: int = Field(default=8080, description="KESTREAM_WEB_PORT: the API's HTTP port.")
-    web_host: str = Field(default="127.0.0.1", description="KESTREAM_WEB_HOST: bind address.")
-    tenant: str = Field(default="main", description="KESTREAM_TENANT: tenant in API paths.")
+    web_port: int = Field(
+        default=8080, description="KESTREAM_WEB_PORT: the API's HTTP port (API role: to come)."
+    )
+    web_host: str = Field(
+        default="127.0.0.1",
+        description="KESTREAM_WEB_HOST: the API's bind address (API role: to come).",
+    )
+    tenant: str = Field(
+        default="main", description="KESTREAM_TENANT: tenant in API paths (API role: to come)."
+    )
     index_url: str | None = Field(
         default=None,
-        description="KESTREAM_INDEX_URL: execution index database; unset = embedded SQLite.",
+        description="KESTREAM_INDEX_URL: execution index database; unset = embedded SQLite "
+        "(API role: to come).",
     )
     data_dir: str = Field(
         default=".kestream",
@@ -145,7 +153,8 @@ class Settings(BaseSettings):
         default="INFO", description="KESTREAM_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."
     )
     log_format: str = Field(
-        default="text", description="KESTREAM_LOG_FORMAT: text (readable) or json."
+        default="text",
+        description="KESTREAM_LOG_FORMAT: text (readable) or json (json: to come).",
     )
 
     @property
