@@ -1,0 +1,171 @@
+"""``python -m bench``: kestream's benchmarks W1-W4 (../shared/BENCHMARKS.md), open loop.
+
+    python -m bench W1 --rate 6000 --duration 60
+    python -m bench W1 --rates 1000,2000,4000,6000,12000 --json
+    python -m bench W2 --rate 6000 --no-inline
+    python -m bench W3                      # 5 x ForEach 160, then ForEach 10 000
+    python -m bench W4 --rate 600 --profile
+    python -m bench W1 --rate 6000 --kafka  # a fresh Apache Kafka instead of Tansu
+
+Every rate runs on a fresh broker with kestream's roles as separate processes
+(``KESTREAM_EXECUTOR_STREAM_THREADS`` executors, 0 = one per core, and a worker). The readable
+table goes to stderr; ``--json`` prints one JSON line per rate on stdout and nothing else.
+Figures are printed, never asserted: the exit code says only whether every run completed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import harness, report, workloads
+
+RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def _rates(text: str) -> list[float]:
+    return [float(part) for part in text.split(",") if part.strip()]
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("workloads", nargs="+", help="W1, W2, W3 or W4 (several run in turn)")
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument("--rate", type=float, help="executions per minute")
+    rate.add_argument("--rates", type=_rates, help="a sweep, e.g. 1000,2000,4000,6000,12000")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of offering per rate")
+    parser.add_argument("--json", action="store_true", help="only JSON lines on stdout")
+    parser.add_argument(
+        "--inline",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="KESTREAM_EXECUTOR_INLINE_TASKS for the roles (default: the environment's, true)",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--kafka", action="store_true", help="fresh Apache Kafka from Maven jars")
+    where.add_argument("--broker", metavar="HOST:PORT", help="use this running Kafka")
+    parser.add_argument("--stream-threads", type=int, default=0, help="executors; 0 = cores")
+    parser.add_argument("--profile", action="store_true", help="run the roles under cProfile")
+    parser.add_argument("--drain", type=float, default=20.0, help="extra seconds for a backlog")
+    parser.add_argument("--w3-runs", type=int, default=5, help="ForEach 160 executions")
+    parser.add_argument("--w3-big-runs", type=int, default=1, help="ForEach 10 000 executions")
+    parser.add_argument("--w3-timeout", type=float, help="seconds per W3 execution")
+    parser.add_argument("--floor", type=Path, help="floor_bench.py's results.jsonl, for ratios")
+    parser.add_argument("--write-results", action="store_true", help="merge into bench/RESULTS.md")
+    parser.add_argument("--results", type=Path, default=RESULTS_MD, help=argparse.SUPPRESS)
+    parser.add_argument("--run-dir", type=Path, help="logs and profiles (default: a /tmp dir)")
+    return parser.parse_args(argv)
+
+
+def _options(args: argparse.Namespace) -> harness.RunOptions:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    broker = "external" if args.broker else "kafka" if args.kafka else "embedded"
+    return harness.RunOptions(
+        duration_s=args.duration,
+        drain_s=args.drain,
+        w3_runs=args.w3_runs,
+        w3_big_runs=args.w3_big_runs,
+        w3_timeout_s=args.w3_timeout,
+        broker=broker,
+        bootstrap=args.broker,
+        stream_threads=args.stream_threads,
+        inline=args.inline,
+        profile=args.profile,
+        run_root=args.run_dir or Path("/tmp/kestream-bench") / stamp,
+    )
+
+
+def _plan(args: argparse.Namespace) -> list[tuple[workloads.Workload, float | None]]:
+    """(workload, rate) pairs in order; W3 has no rate and adds its 10 000 variant."""
+    plan: list[tuple[workloads.Workload, float | None]] = []
+    for name in args.workloads:
+        workload = workloads.get(name)
+        if workload.sequential:
+            if args.w3_runs > 0:
+                plan.append((workload, None))
+            if args.w3_big_runs > 0:
+                plan.append((workloads.W3_BIG, None))
+            continue
+        rates = [args.rate] if args.rate else args.rates or list(workload.default_rates)
+        plan += [(workload, rate) for rate in rates]
+    return plan
+
+
+async def _run_one(
+    workload: workloads.Workload, rate: float | None, options: harness.RunOptions
+) -> report.Row:
+    if rate is None:
+        runs = options.w3_big_runs if workload is workloads.W3_BIG else options.w3_runs
+        return await harness.run_series(workload, options, runs)
+    return await harness.run_rate(workload, rate, options)
+
+
+def _emit(row: report.Row, as_json: bool, floor: list[dict[str, Any]]) -> None:
+    if as_json:
+        print(json.dumps(row.to_json()), flush=True)
+    report.print_row(row, floor)
+
+
+def run(args: argparse.Namespace) -> tuple[list[report.Row], int]:
+    """Every planned run, one after another; a failed run is reported and the next one goes on."""
+    options = _options(args)
+    floor = report.load_floor(args.floor)
+    rows: list[report.Row] = []
+    failures = 0
+    print(f"logs and profiles: {options.run_root}", file=sys.stderr)
+    for workload, rate in _plan(args):
+        label = f"{workload.name} {'' if rate is None else f'{rate:g}/min'}".strip()
+        print(f"\n== {label} ({workload.flow_file})", file=sys.stderr, flush=True)
+        try:
+            row = asyncio.run(_run_one(workload, rate, options))
+        except Exception as exc:
+            failures += 1
+            print(f"!! {label} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            continue
+        rows.append(row)
+        _emit(row, args.json, floor)
+    _summary(rows, floor)
+    return rows, failures
+
+
+def _summary(rows: list[report.Row], floor: list[dict[str, Any]]) -> None:
+    if len(rows) > 1:
+        print("\n== all runs\n" + report.markdown_table(rows), file=sys.stderr)
+    for line in report.per_iteration_lines(rows):
+        print(f"W3 {line}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        plan_ok = bool(_plan(args))
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    rows, failures = run(args) if plan_ok else ([], 0)
+    if args.write_results and rows:
+        command = "python -m bench " + shlex.join(argv)
+        date = time.strftime("%Y-%m-%d %H:%M")
+        report.write_results(args.results, rows, report.load_floor(args.floor), command, date)
+        print(f"wrote {args.results}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,582 @@
+"""Turn measured samples into rows, and rows into JSON lines, tables, ratios and RESULTS.md.
+
+Percentiles are nearest-rank over *every* offered execution, with the ones that never ended
+counted as infinitely late (so a run that drops work cannot show a good p99); a percentile that
+lands on one of those is printed as ``never`` and is ``null`` in JSON.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import platform
+import pstats
+import re
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench import reference, workloads
+
+if TYPE_CHECKING:
+    from bench.harness import Sample
+    from bench.stack import Usage
+
+#: The fields of a JSON row, in BENCHMARKS.md's order (W3 rows add ``iterations``).
+JSON_FIELDS = (
+    "workload",
+    "rate_per_min",
+    "duration_s",
+    "inline_tasks",
+    "offered",
+    "completed",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "max_ms",
+    "backlog_at_end",
+    "kept_up",
+    "submit_lag_max_ms",
+    "cpu_s",
+    "rss_mb",
+    "broker_cpu_s",
+    "commit",
+)
+_PROFILE_TOP = 25
+
+
+# -- statistics ------------------------------------------------------------------------------------
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list (``inf`` entries never ended); nan if empty."""
+    if not sorted_values:
+        return math.nan
+    rank = math.ceil(q / 100.0 * len(sorted_values)) - 1
+    return sorted_values[max(0, min(len(sorted_values) - 1, rank))]
+
+
+def _ms(seconds: float | None) -> float | None:
+    """Seconds -> milliseconds for output; infinite or unknown -> None (``null``, ``never``)."""
+    if seconds is None or math.isinf(seconds) or math.isnan(seconds):
+        return None
+    return round(seconds * 1000, 1)
+
+
+def _rate(rate: float | None) -> float | int | None:
+    return int(rate) if rate is not None and float(rate).is_integer() else rate
+
+
+@dataclass(slots=True)
+class Row:
+    """One line of results: BENCHMARKS.md's JSON fields, plus ``extra`` for the readable side."""
+
+    workload: str
+    rate_per_min: float | int | None
+    duration_s: float
+    inline_tasks: bool
+    offered: int
+    completed: int
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    backlog_at_end: int
+    kept_up: bool | None
+    submit_lag_max_ms: float | None
+    cpu_s: dict[str, float]
+    rss_mb: dict[str, float]
+    broker_cpu_s: float | None
+    commit: str
+    iterations: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Exactly the fields BENCHMARKS.md lists, in its order."""
+        body = {name: getattr(self, name) for name in JSON_FIELDS}
+        if self.iterations is not None:
+            body["iterations"] = self.iterations
+        return body
+
+    def key(self) -> tuple[Any, ...]:
+        """What a later run of the same thing replaces in RESULTS.md."""
+        broker = self.extra.get("broker", "embedded")
+        return (self.workload, self.rate_per_min, self.inline_tasks, self.iterations, broker)
+
+
+def _latencies(samples: Iterable[Sample], end_of: str) -> list[float]:
+    values = []
+    for sample in samples:
+        end = getattr(sample, end_of)
+        values.append(math.inf if end is None else end - sample.due)
+    return sorted(values)
+
+
+def _common(samples: list[Sample]) -> dict[str, Any]:
+    """Percentiles (executor's end stamp and client-seen) and failures of a list of samples."""
+    lats = _latencies(samples, "end")
+    seen = _latencies(samples, "seen")
+    failed = [s for s in samples if s.state is not None and s.state != "SUCCESS"]
+    errors = [s.error for s in samples if s.error]
+    return {
+        "p50_ms": _ms(percentile(lats, 50)),
+        "p95_ms": _ms(percentile(lats, 95)),
+        "p99_ms": _ms(percentile(lats, 99)),
+        "max_ms": _ms(lats[-1]) if lats else None,
+        "extra": {
+            "seen_p50_ms": _ms(percentile(seen, 50)),
+            "seen_p99_ms": _ms(percentile(seen, 99)),
+            "not_success": len(failed),
+            "submit_errors": errors[:3],
+        },
+    }
+
+
+def rate_row(
+    workload: workloads.Workload,
+    rate: float,
+    duration_s: float,
+    inline: bool,
+    samples: list[Sample],
+    window_close: float,
+    usage: Usage,
+) -> Row:
+    """The row of an open-loop run (see the module docs of :mod:`bench.harness`)."""
+    stats = _common(samples)
+    completed = sum(1 for s in samples if s.end is not None and s.end <= window_close)
+    lags = sorted(s.lag for s in samples if s.lag is not None)
+    p99 = stats["p99_ms"]
+    limit = workload.p99_limit_s or math.inf
+    kept_up = bool(samples) and completed == len(samples) and p99 is not None and p99 < limit * 1000
+    stats["extra"]["submit_lag_p50_ms"] = _ms(percentile(lags, 50)) if lags else None
+    return Row(
+        workload=workload.name,
+        rate_per_min=_rate(rate),
+        duration_s=duration_s,
+        inline_tasks=inline,
+        offered=len(samples),
+        completed=completed,
+        backlog_at_end=len(samples) - completed,
+        kept_up=kept_up,
+        submit_lag_max_ms=_ms(lags[-1]) if lags else None,
+        cpu_s=usage.cpu_s,
+        rss_mb=usage.rss_mb,
+        broker_cpu_s=usage.broker_cpu_s,
+        commit=git_commit(),
+        **stats,
+    )
+
+
+def series_row(
+    workload: workloads.Workload,
+    elapsed_s: float,
+    inline: bool,
+    samples: list[Sample],
+    usage: Usage,
+) -> Row:
+    """The row of W3's executions run one after another: wall time of each, from its submit."""
+    stats = _common(samples)
+    completed = sum(1 for s in samples if s.end is not None)
+    return Row(
+        workload=workload.name,
+        rate_per_min=None,
+        duration_s=round(elapsed_s, 2),
+        inline_tasks=inline,
+        offered=len(samples),
+        completed=completed,
+        backlog_at_end=len(samples) - completed,
+        kept_up=None,
+        submit_lag_max_ms=None,
+        cpu_s=usage.cpu_s,
+        rss_mb=usage.rss_mb,
+        broker_cpu_s=usage.broker_cpu_s,
+        commit=git_commit(),
+        iterations=workload.iterations,
+        **stats,
+    )
+
+
+def git_commit() -> str:
+    """HEAD of the repository, with ``-dirty`` when tracked files differ from it."""
+    try:
+        head = _git("rev-parse", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head}-dirty" if dirty else head
+
+
+def _git(*args: str) -> str:
+    out = subprocess.run(
+        ["git", *args], cwd=workloads.REPO, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+# -- the readable table ----------------------------------------------------------------------------
+
+
+def _fmt_ms(value: float | None) -> str:
+    if value is None:
+        return "never"
+    return f"{value / 1000:.2f} s" if value >= 10_000 else f"{value:.0f} ms"
+
+
+def _fmt_map(values: dict[str, float], keys: Sequence[str]) -> str:
+    return " / ".join(f"{values[k]:g}" if k in values else "-" for k in keys)
+
+
+_TABLE_HEAD = (
+    "| workload | rate/min | inline | offered | completed | p50 | p95 | p99 | max | backlog "
+    "| kept up | submit lag max | CPU s exec / worker / loadgen | broker CPU s "
+    "| peak RSS MB exec / worker / broker |"
+)
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    """The rows as a Markdown table (stderr and RESULTS.md show the same thing)."""
+    lines = [_TABLE_HEAD, "|" + "---|" * _TABLE_HEAD.count(" | ") + "---|"]
+    for row in rows:
+        name = row.workload + (f" ({row.iterations})" if row.iterations else "")
+        kept = {True: "yes", False: "**no**", None: "-"}[row.kept_up]
+        cells = (
+            name,
+            "-" if row.rate_per_min is None else str(row.rate_per_min),
+            "on" if row.inline_tasks else "off",
+            str(row.offered),
+            str(row.completed),
+            _fmt_ms(row.p50_ms),
+            _fmt_ms(row.p95_ms),
+            _fmt_ms(row.p99_ms),
+            _fmt_ms(row.max_ms),
+            str(row.backlog_at_end),
+            kept,
+            "-" if row.submit_lag_max_ms is None else _fmt_ms(row.submit_lag_max_ms),
+            _fmt_map(row.cpu_s, ("executor", "worker", "loadgen")),
+            "-" if row.broker_cpu_s is None else f"{row.broker_cpu_s:g}",
+            _fmt_map(row.rss_mb, ("executor", "worker", "broker")),
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _ours(row: Row, stat: str) -> float | None:
+    value = row.p99_ms if stat == "p99" else row.p50_ms
+    return None if value is None else value / 1000
+
+
+def comparison_lines(row: Row, floor: Sequence[dict[str, Any]] = ()) -> list[str]:
+    """Beside Kestra's and the peers' figures (ratio ours/theirs), the target, the live floor."""
+    lines = []
+    for fig in reference.figures_for(row.workload, row.rate_per_min, row.iterations):
+        ours = _ours(row, fig.stat)
+        ratio = "-" if ours is None else f"{ours / fig.seconds:.3g}x"
+        note = f" ({fig.note})" if fig.note else ""
+        lines.append(f"{fig.source}{note}: {fig.seconds:g} s {fig.stat}; ours/theirs {ratio}")
+    for peer in floor_matches(row, floor):
+        lines.append(peer)
+    target = reference.target_for(row.workload, row.rate_per_min, row.iterations)
+    if target is not None:
+        max_s = None if row.max_ms is None else row.max_ms / 1000
+        misses = reference.target_misses(
+            target, _ours(row, "p50"), _ours(row, "p99"), max_s, bool(row.kept_up)
+        )
+        lines.append("target: met" if not misses else "target missed: " + "; ".join(misses))
+    return lines
+
+
+def row_heading(row: Row) -> str:
+    rate = f"{row.rate_per_min}/min" if row.rate_per_min is not None else f"{row.iterations} iter"
+    return f"{row.workload} {rate}, inline {'on' if row.inline_tasks else 'off'}"
+
+
+def print_row(row: Row, floor: Sequence[dict[str, Any]] = ()) -> None:
+    """One finished run, readable, on stderr."""
+    out = sys.stderr
+    print("\n" + markdown_table([row]), file=out)
+    extra = row.extra
+    print(
+        f"  client saw the end: p50 {_fmt_ms(extra.get('seen_p50_ms'))}, "
+        f"p99 {_fmt_ms(extra.get('seen_p99_ms'))}; not SUCCESS: {extra.get('not_success', 0)}; "
+        f"broker {extra.get('broker_kind', '?')}, {extra.get('executors', '?')} executor "
+        f"process(es); logs in {extra.get('run_dir', '?')}",
+        file=out,
+    )
+    for line in comparison_lines(row, floor):
+        print(f"  {line}", file=out)
+    for line in extra.get("role_errors") or []:
+        print(f"  role error: {line}", file=out)
+    profiles = extra.get("profiles") or {}
+    if profiles:
+        print("  (profiled run: its latency and CPU figures include cProfile's overhead)", file=out)
+    for role, text in profiles.items():
+        print(f"\n  profile of the {role} role (CPU time, measured window only):\n{text}", file=out)
+    out.flush()
+
+
+# -- W3: cost per iteration ------------------------------------------------------------------------
+
+
+def per_iteration_lines(rows: Sequence[Row]) -> list[str]:
+    """ForEach 10 000's wall and executor CPU per iteration against ForEach 160's."""
+    by_size = {r.iterations: r for r in rows if r.workload == "W3" and r.iterations}
+    small, big = by_size.get(160), by_size.get(10_000)
+    if small is None or big is None:
+        return []
+    lines = []
+    for what, per in (("wall", _wall_per_iteration), ("executor CPU", _cpu_per_iteration)):
+        a, b = per(small), per(big)
+        if a is None or b is None:
+            lines.append(f"{what} per iteration: not measured (a run did not end)")
+            continue
+        verdict = "ok" if b / a <= reference.W3_PER_ITERATION_RATIO else "over the 1.5x target"
+        lines.append(
+            f"{what} per iteration: ForEach 160 {a * 1e6:.0f} us, ForEach 10 000 "
+            f"{b * 1e6:.0f} us, ratio {b / a:.2f} ({verdict})"
+        )
+    return lines
+
+
+def _wall_per_iteration(row: Row) -> float | None:
+    if row.p50_ms is None or not row.iterations:
+        return None
+    return row.p50_ms / 1000 / row.iterations
+
+
+def _cpu_per_iteration(row: Row) -> float | None:
+    cpu = row.cpu_s.get("executor")
+    if cpu is None or not row.completed or not row.iterations:
+        return None
+    return cpu / (row.completed * row.iterations)
+
+
+# -- the floor, measured in the same sitting -------------------------------------------------------
+
+
+def load_floor(path: Path | None) -> list[dict[str, Any]]:
+    """The rows ``floor_bench.py`` appended to its ``results.jsonl`` (seconds, "inf" strings)."""
+    if path is None or not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rows.append(json.loads(line))
+    return rows
+
+
+def _seconds(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isinf(number) or math.isnan(number) else number
+
+
+def floor_matches(row: Row, floor: Sequence[dict[str, Any]]) -> list[str]:
+    """Lines comparing a row with the floor runs of the same workload and rate (newest last)."""
+    lines = []
+    for peer in floor:
+        if str(peer.get("workload", "")).upper() != row.workload:
+            continue
+        rate = float(peer.get("rate_per_min") or -1)
+        if row.rate_per_min is not None and rate != row.rate_per_min:
+            continue
+        name = f"floor ({peer.get('config', '?')}, same sitting {peer.get('time', '')})"
+        lines.append(name + ": " + _floor_ratio(row, peer))
+    return lines
+
+
+def _floor_ratio(row: Row, peer: dict[str, Any]) -> str:
+    parts = []
+    stats = ("p50", "p99") if row.rate_per_min is not None else ("median",)
+    for stat in stats:
+        theirs = _seconds(peer.get(stat))
+        ours = _ours(row, "p50" if stat == "median" else stat)
+        ratio = "-" if theirs is None or ours is None or theirs == 0 else f"{ours / theirs:.3g}x"
+        shown = "never" if theirs is None else f"{theirs * 1000:.0f} ms"
+        parts.append(f"{stat} {shown}, ours/floor {ratio}")
+    parts.append(f"kept up {peer.get('kept_up', '?')}")
+    return "; ".join(parts)
+
+
+# -- profiles --------------------------------------------------------------------------------------
+
+
+def profile_summary(profiles: dict[str, list[Path]], run_dir: Path) -> dict[str, str]:
+    """Top functions by own and by cumulative time per role (every process of the role merged).
+
+    The full listing is written next to the logs (``profile-<role>.txt``); the summary keeps
+    paths short (from the package on) so that it reads in a terminal.
+    """
+    summaries = {}
+    for role, paths in profiles.items():
+        stats = pstats.Stats(*(str(p) for p in paths), stream=io.StringIO())
+        text = _profile_text(stats, len(paths))
+        (run_dir / f"profile-{role}.txt").write_text(text)
+        summaries[role] = text
+    return summaries
+
+
+def _profile_text(stats: pstats.Stats, processes: int) -> str:
+    entries: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    total = sum(tt for (_cc, _nc, tt, _ct, _callers) in entries.values())
+    lines = [f"  {processes} process(es), {total:.2f} s profiled (own time summed)"]
+    for title, index in (("own time", 2), ("cumulative time", 3)):
+        lines.append(f"  top {_PROFILE_TOP} by {title}:   own s    cum s     calls  function")
+        ranked = sorted(entries.items(), key=lambda item: item[1][index], reverse=True)
+        for (path, line, func), (_cc, calls, tt, ct, _callers) in ranked[:_PROFILE_TOP]:
+            where = f"{_short_path(path)}:{line}({func})"
+            lines.append(f"    {tt:9.2f} {ct:8.2f} {calls:9d}  {where}")
+    return "\n".join(lines)
+
+
+def _short_path(path: str) -> str:
+    for marker in ("site-packages/", str(workloads.REPO) + "/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return re.sub(r".*/lib/python3\.\d+/", "", path)
+
+
+# -- RESULTS.md ------------------------------------------------------------------------------------
+
+_DATA_START, _DATA_END = "<!-- data:start -->", "<!-- data:end -->"
+_NOTES_START, _NOTES_END = "<!-- notes:start -->", "<!-- notes:end -->"
+_STORED_EXTRA = (
+    "role_errors",
+    "seen_p50_ms",
+    "seen_p99_ms",
+    "not_success",
+    "submit_lag_p50_ms",
+    "broker",
+    "broker_kind",
+    "executors",
+    "workers",
+)
+
+
+@dataclass(slots=True)
+class Results:
+    """RESULTS.md's data: every row kept (the newest per key), the commands, the floor runs."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    commands: list[dict[str, str]] = field(default_factory=list)
+    floor: list[dict[str, Any]] = field(default_factory=list)
+    notes: str = ""
+
+
+def _read_results(path: Path) -> Results:
+    if not path.exists():
+        return Results()
+    text = path.read_text()
+    data_match = re.search(
+        re.escape(_DATA_START) + r"\s*```json\n(.*?)\n```\s*" + re.escape(_DATA_END), text, re.S
+    )
+    notes_re = re.escape(_NOTES_START) + r"\n?(.*?)" + re.escape(_NOTES_END)
+    notes_match = re.search(notes_re, text, re.S)
+    data = json.loads(data_match.group(1)) if data_match else {}
+    return Results(
+        rows=data.get("rows", []),
+        commands=data.get("commands", []),
+        floor=data.get("floor", []),
+        notes=notes_match.group(1).strip() if notes_match else "",
+    )
+
+
+def _stored(row: Row, command: str, date: str) -> dict[str, Any]:
+    extra = {k: row.extra[k] for k in _STORED_EXTRA if k in row.extra}
+    body = {**row.to_json(), "iterations": row.iterations, "extra": extra}
+    return {**body, "command": command, "date": date}
+
+
+def _row_from_stored(stored: dict[str, Any]) -> Row:
+    names = (*JSON_FIELDS, "iterations", "extra")
+    fields: dict[str, Any] = {k: stored.get(k) for k in names}
+    return Row(**fields)
+
+
+def write_results(
+    path: Path,
+    rows: Sequence[Row],
+    floor: Sequence[dict[str, Any]],
+    command: str,
+    date: str,
+) -> None:
+    """Merge this invocation's rows (and floor runs) into RESULTS.md and render it again.
+
+    A row replaces an earlier one with the same workload, rate, inline switch, size and broker,
+    so re-running one command refreshes its rows; the notes between the notes markers are kept.
+    """
+    results = _read_results(path)
+    keys = {row.key() for row in rows}
+    kept = [r for r in results.rows if _row_from_stored(r).key() not in keys]
+    results.rows = kept + [_stored(row, command, date) for row in rows]
+    commit = rows[0].commit if rows else git_commit()
+    results.commands = [c for c in results.commands if c["command"] != command]
+    results.commands.append({"command": command, "date": date, "commit": commit})
+    known = {_floor_key(f) for f in results.floor}
+    results.floor += [peer for peer in floor if _floor_key(peer) not in known]
+    path.write_text(render_results(results))
+
+
+def _floor_key(peer: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(peer.get(k) for k in ("workload", "rate_per_min", "config", "time"))
+
+
+def _sort_key(row: Row) -> tuple[Any, ...]:
+    return (row.workload, row.iterations or 0, not row.inline_tasks, row.rate_per_min or 0)
+
+
+def render_results(results: Results) -> str:
+    rows = sorted((_row_from_stored(r) for r in results.rows), key=_sort_key)
+    out = [
+        "# kestream benchmark results",
+        "",
+        "Written by `python -m bench ... --write-results` (bench/report.py); everything below "
+        "the notes is generated from the JSON data at the end, where each run replaces its own "
+        'rows. Workloads, latency and "kept up" are defined in ../shared/BENCHMARKS.md. '
+        "Latency: from the moment an execution was due (open loop) to its terminal state as the "
+        "executor stamped it; percentiles over everything offered.",
+        "",
+        f"Machine: {_machine()}.",
+    ]
+    short = sorted({r.duration_s for r in rows if r.rate_per_min is not None and r.duration_s < 60})
+    if short:
+        out += [
+            "",
+            f"**Short first run: {', '.join(f'{d:g}' for d in short)} s per rate, not the "
+            "60 s of the full protocol.**",
+        ]
+    out += ["", "## Notes", "", _NOTES_START, results.notes, _NOTES_END]
+    out += ["", "## Commands", "", "| date | commit | command |", "|---|---|---|"]
+    out += [f"| {c['date']} | `{c['commit'][:12]}` | `{c['command']}` |" for c in results.commands]
+    out += ["", "## Results", "", markdown_table(rows)]
+    out += ["", "## Beside Kestra, the peers and the targets", ""]
+    for row in rows:
+        out.append(f"- **{row_heading(row)}**")
+        out += [f"  - {line}" for line in comparison_lines(row, results.floor)]
+        out += [f"  - role error: `{line}`" for line in row.extra.get("role_errors") or []]
+    per_iteration = per_iteration_lines(rows)
+    if per_iteration:
+        out += ["", "## W3: cost per iteration", ""] + [f"- {line}" for line in per_iteration]
+    data = {"rows": results.rows, "commands": results.commands, "floor": results.floor}
+    block = ["```json", json.dumps(data, indent=1), "```"]
+    out += ["", "## Data", "", _DATA_START, *block, _DATA_END, ""]
+    return "\n".join(out)
+
+
+def _machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    python = platform.python_version()
+    return f"{os.cpu_count()} cores ({model}), Python {python}, {platform.system()}"

@@ -1,0 +1,78 @@
+"""The benchmark workloads W1-W4 of ../shared/BENCHMARKS.md, as the harness runs them.
+
+The flows themselves live in ``config/bench/`` (one YAML per workload) so that users can run
+exactly what was measured with ``kestream run``; this module only says how each one is offered
+(open loop at a rate, or a few executions one after another) and what "kept up" allows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+FLOWS_DIR = REPO / "config" / "bench"
+
+#: Window after the last offer in which everything offered must have ended (BENCHMARKS.md).
+COLLECT_WINDOW_S = 10.0
+
+#: A flow that crosses the worker (Sleep is never inline) and the executor's inline path, run
+#: before the clock starts: with inline tasks on, W1 and W4 never reach the worker, so warming
+#: up with them alone would not prove the worker's group join is done.
+WARMUP_FLOW = """
+id: bench_warmup
+namespace: bench.warmup
+tasks:
+  - id: nap
+    type: io.kestra.plugin.core.flow.Sleep
+    duration: PT0.01S
+  - id: log
+    type: io.kestra.plugin.core.log.Log
+    message: warm
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """One benchmark workload.
+
+    ``p99_limit_s`` is the "kept up" bound on p99 (None for W3, which has no rate);
+    ``warmup_own`` is how many executions of the workload's own flow run before the clock starts
+    (its templates compiled, its code paths hot), 0 where one would cost seconds (W2's sleep).
+    """
+
+    name: str
+    flow_file: str
+    p99_limit_s: float | None
+    default_rates: tuple[int, ...]
+    warmup_own: int
+    #: ForEach size for W3 rows (the ``iterations`` field), None for rate workloads.
+    iterations: int | None = None
+
+    @property
+    def sequential(self) -> bool:
+        """W3 is offered as a few executions one after another, not at a rate."""
+        return self.iterations is not None
+
+    def flow_source(self) -> str:
+        return (FLOWS_DIR / self.flow_file).read_text()
+
+
+WORKLOADS: dict[str, Workload] = {
+    "W1": Workload("W1", "w1.yaml", 1.0, (1000, 2000, 4000, 6000, 12000), warmup_own=32),
+    "W2": Workload("W2", "w2.yaml", 6.0, (500, 1000, 2000, 6000), warmup_own=0),
+    "W3": Workload("W3", "w3.yaml", None, (), warmup_own=1, iterations=160),
+    "W4": Workload("W4", "w4.yaml", 1.0, (600,), warmup_own=32),
+}
+
+#: W3's large variant, run after W3 on a fresh stack: its cost per iteration is compared with
+#: ForEach 160's (the cost of a state change must not grow with the execution).
+W3_BIG = Workload("W3", "w3_10000.yaml", None, (), warmup_own=0, iterations=10_000)
+
+
+def get(name: str) -> Workload:
+    """The workload called ``name`` (case-insensitive), or a ValueError listing the choices."""
+    try:
+        return WORKLOADS[name.upper()]
+    except KeyError:
+        raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}") from None
