@@ -82,6 +82,8 @@ class MergedExecution:
     header: dict[str, Any]
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     terminal: bool = False
+    #: False while the records of one update are still arriving (``more``).
+    complete: bool = True
 
     @property
     def state(self) -> str:
@@ -93,15 +95,15 @@ class MergedExecution:
 
     @property
     def stopped(self) -> bool:
-        """Ended, or paused (a :meth:`Client.wait` returns here by default)."""
-        return self.terminal or self.paused
+        """Ended, or paused (a :meth:`Client.wait` returns here by default), and complete."""
+        return self.complete and (self.terminal or self.paused)
 
     def model(self) -> Execution:
         return Execution.model_validate({**self.header, "taskRunList": list(self.runs.values())})
 
 
 def merge_update(current: MergedExecution | None, update: Mapping[str, Any]) -> MergedExecution:
-    """Merge one ``records.update_value`` body into what is known of the execution.
+    """Merge one ``records.update_values`` record into what is known of the execution.
 
     A ``full`` update replaces everything (its ``taskRunList`` is the whole list, in order).
     Otherwise the execution's fields are replaced and the changed task runs are merged by id
@@ -112,11 +114,13 @@ def merge_update(current: MergedExecution | None, update: Mapping[str, Any]) -> 
     header = dict(update["execution"])
     listed = header.pop("taskRunList", None) or []
     terminal = bool(update.get("terminal"))
+    complete = not update.get("more")
     if update.get("full") or current is None:
         runs = listed if update.get("full") else update.get("taskRuns") or []
-        return MergedExecution(header, {run["id"]: run for run in runs}, terminal)
+        return MergedExecution(header, {run["id"]: run for run in runs}, terminal, complete)
     current.header = header
     current.terminal = terminal
+    current.complete = complete
     for run in update.get("taskRuns") or []:
         current.runs[run["id"]] = run
     return current
@@ -411,7 +415,7 @@ class Client:
         merged = watch.merged
         assert merged is not None
         model: Execution | None = None
-        if watch.queues:
+        if watch.queues and merged.complete:  # followers see whole updates, not chunks
             model = merged.model()
             for queue in watch.queues:
                 queue.put_nowait((model, merged.terminal))

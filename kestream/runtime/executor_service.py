@@ -33,6 +33,7 @@ import heapq
 import itertools
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -91,11 +92,15 @@ class ExecutorService:
         *,
         clock: Clock = utc_now,
         own_all_partitions: bool = False,
+        on_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         """``own_all_partitions``: take every partition without a consumer group (a one-shot
         ``kestream run`` on its own embedded broker: nobody to share with, no join to wait for).
         """
         self.own_all_partitions = own_all_partitions
+        #: Called once if the loop fails; the host stops the process (see :meth:`_run`).
+        self.on_failure = on_failure
+        self.failure: BaseException | None = None
         self.ctx = ctx
         self.settings = ctx.settings
         self.topics = ctx.topics
@@ -163,6 +168,25 @@ class ExecutorService:
     # -- the loop ------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        """The loop; a failure stops it, loudly.
+
+        After a batch fails half-way (a produce refused, say), the states in memory are ahead of
+        the changelog and of the committed offsets: carrying on could commit past commands that
+        were never written. So the processor stops and reports; its process exits, and the
+        next owner of the partitions restores the last committed state and replays the batch.
+        """
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("executor stream processor failed; stopping it (a restart replays)")
+            self.failure = exc
+            if self.on_failure is not None:
+                self.on_failure(exc)
+            raise
+
+    async def _loop(self) -> None:
         assert self._consumer is not None
         while not self._stopping:
             batch = await self._consumer.getmany(timeout_ms=self._poll_ms(), max_records=_BATCH)
@@ -250,8 +274,11 @@ class ExecutorService:
                 self._timers, (command.due, next(self._seq), command.execution_id, command.timer_id)
             )
         elif isinstance(command, cmd.EmitLogs):
-            body = records.log_values(command.namespace, command.flow_id, command.lines)
-            out.send(topics.logs, st.id, records.dumps(body))
+            lines = command.lines
+            for start in range(0, len(lines), records.LOG_CHUNK):
+                chunk = lines[start : start + records.LOG_CHUNK]
+                body = records.log_values(command.namespace, command.flow_id, chunk)
+                out.send(topics.logs, st.id, records.dumps(body))
         elif isinstance(command, cmd.ExecutionChanged):
             self._changed(partition, st, command, out)
         # CancelTimer: the heap entry is skipped when it falls due (the state no longer has it).
@@ -260,10 +287,10 @@ class ExecutorService:
         self, partition: int, st: ExecutionState, change: cmd.ExecutionChanged, out: Outbox
     ) -> None:
         full = change.terminal or st.state.current is StateType.PAUSED
-        update = records.update_value(
+        for update in records.update_values(
             st, change.changed_task_runs, terminal=change.terminal, full=full
-        )
-        out.send(self.topics.updates, st.id, records.dumps(update))
+        ):
+            out.send(self.topics.updates, st.id, records.dumps(update))
         if not change.terminal:
             changed = change.changed_task_runs + change.counters_changed
             for key, value in codec.encode_changes(

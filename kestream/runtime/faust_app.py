@@ -10,10 +10,12 @@ changelog format.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -87,6 +89,7 @@ class RoleService(Service):
         self.role = role
         self.settings = settings
         self.parts: list[Any] = []
+        self._crashing: asyncio.Future[Any] | None = None
 
     async def on_start(self) -> None:
         for noisy in ("faust", "mode", "aiokafka", "kafka"):
@@ -97,15 +100,21 @@ class RoleService(Service):
             from kestream.runtime.tansu_compat import patch_faust_for_tansu
 
             patch_faust_for_tansu()
-        self.parts = await start_role(self.role, ctx)
+        self.parts = await start_role(self.role, ctx, on_failure=self._failed)
         log.info("%s started (broker %s, %s)", self.role, ctx.bootstrap, ctx.kind)
+
+    def _failed(self, exc: BaseException) -> None:
+        """A processor failed: crash the faust worker, so the process exits and is replaced."""
+        self._crashing = asyncio.ensure_future(self.crash(exc))
 
     async def on_stop(self) -> None:
         for part in reversed(self.parts):
             await part.stop()
 
 
-async def start_role(role: str, ctx: BrokerContext) -> list[Any]:
+async def start_role(
+    role: str, ctx: BrokerContext, on_failure: Callable[[BaseException], None] | None = None
+) -> list[Any]:
     """Start the flows table and the processor of ``role``; returns them, in start order."""
     from kestream.runtime.executor_service import ExecutorService
     from kestream.runtime.flows_table import FlowsTable
@@ -117,8 +126,8 @@ async def start_role(role: str, ctx: BrokerContext) -> list[Any]:
     await table.loaded.wait()
     processor: Any
     if role == "executor":
-        processor = ExecutorService(ctx, registry)
-        table.add_listener(lambda _flow: None)  # held executions are retried every loop
+        # Held executions are retried on every loop pass, so no flows-table listener is needed.
+        processor = ExecutorService(ctx, registry, on_failure=on_failure)
     elif role == "worker":
         processor = WorkerService(ctx, registry)
     else:

@@ -6,16 +6,22 @@ beginning up to the high watermark taken from a Fetch (``end_offsets()`` is wron
 broker, docs/brokers.md), sets :attr:`FlowsTable.loaded`, then keeps following the topic in a
 background task, so a flow deployed anywhere reaches every process within one fetch wait.
 
-Records: key ``namespace/id``; value ``{"source": <yaml>, "revision": int}``, or a tombstone
-(``None``) when the flow is deleted. Each value is parsed with :func:`parse_flow` and stored in
-the :class:`FlowRegistry` under its revision (the registry keeps every revision, so executions
-and worker jobs that name an older revision still resolve). A record that does not parse is
-logged (naming flow and revision) and skipped: one bad record never stops a process.
+Records, keyed so that a compacted topic keeps everything a reader needs:
 
-Deletion: ``FlowRegistry`` has no way to forget a flow, so a tombstone is tracked here
-(:meth:`FlowsTable.latest` answers ``None`` for a deleted flow, :meth:`FlowsTable.flows` leaves it
-out); the registry keeps its revisions, so executions in flight finish, and a later deploy of
-the same id continues the revision numbering instead of reusing revision 1.
+- ``namespace/id/revision`` -> ``{"source": <yaml>, "revision": int}``: one record per revision,
+  never cleared, so executions and worker jobs that name an older revision still resolve after
+  compaction (a single ``namespace/id`` key would keep only the newest revision);
+- ``namespace/id`` -> ``{"revision": int, "deleted": bool}``: the flow's head, rewritten by every
+  deploy and by a delete.
+
+Each revision is parsed with :func:`parse_flow` and stored in the :class:`FlowRegistry` (which
+keeps every revision). A record that does not parse is logged (naming flow and revision) and
+skipped: one bad record never stops a process.
+
+Deletion: ``FlowRegistry`` has no way to forget a flow, so the head's ``deleted`` flag is tracked
+here (:meth:`FlowsTable.latest` answers ``None`` for a deleted flow, :meth:`FlowsTable.flows`
+leaves it out); the registry keeps its revisions, so executions in flight finish, and a later
+deploy of the same id continues the revision numbering instead of reusing revision 1.
 
 Revisions are assigned by the publisher (:meth:`FlowsTable.publish`): the newest revision plus
 one, or the newest revision itself when the source is unchanged. Before choosing, the publisher
@@ -77,9 +83,15 @@ async def topic_partitions(
         await asyncio.sleep(0.1)
 
 
-def flow_key(namespace: str, flow_id: str) -> str:
-    """The flows topic's record key."""
-    return f"{namespace}/{flow_id}"
+def flow_key(namespace: str, flow_id: str, revision: int | None = None) -> str:
+    """The flows topic's record key: a revision's, or (without one) the flow's head."""
+    head = f"{namespace}/{flow_id}"
+    return head if revision is None else f"{head}/{revision}"
+
+
+def head_value(revision: int, *, deleted: bool) -> bytes:
+    """The flow's head record: its newest revision, and whether it is deleted."""
+    return records.dumps({"revision": revision, "deleted": deleted})
 
 
 def flow_value(source: str, revision: int) -> bytes:
@@ -204,20 +216,31 @@ class FlowsTable:
 
     def _apply(self, record: ConsumerRecord[Any, Any]) -> None:
         key = record.key.decode("utf-8", "replace") if record.key is not None else ""
-        namespace, _, flow_id = key.rpartition("/")
-        if record.value is None:
-            if namespace and flow_id:
-                self._deleted.add((namespace, flow_id))
-                log.info("flow %s.%s deleted", namespace, flow_id)
+        if key.count("/") == 1:
+            self._apply_head(key, record)
             return
         flow = self._decode(key, record)
         if flow is None:
             return
         known = self.registry.get(flow.namespace, flow.id, flow.revision)
-        self._deleted.discard((flow.namespace, flow.id))
         self.registry.put(flow)
         if known is None or known.source != flow.source:
             self._notify(flow)
+
+    def _apply_head(self, key: str, record: ConsumerRecord[Any, Any]) -> None:
+        namespace, _, flow_id = key.partition("/")
+        try:
+            head = records.loads(record.value) if record.value is not None else {}
+        except records.RecordError as exc:
+            log.warning(
+                "flows table: skipping the head of %s (offset %d): %s", key, record.offset, exc
+            )
+            return
+        if isinstance(head, dict) and head.get("deleted"):
+            self._deleted.add((namespace, flow_id))
+            log.info("flow %s.%s deleted", namespace, flow_id)
+        else:
+            self._deleted.discard((namespace, flow_id))
 
     def _decode(self, key: str, record: ConsumerRecord[Any, Any]) -> Flow | None:
         """The record's flow with its revision, or ``None`` (logged) when it cannot be used."""
@@ -231,8 +254,8 @@ class FlowsTable:
             if not isinstance(source, str):
                 raise ValueError("no YAML source")
             flow = parse_flow(source, source_name=key)
-            if flow_key(flow.namespace, flow.id) != key:
-                raise ValueError(f"the YAML names {flow.namespace}.{flow.id}")
+            if flow_key(flow.namespace, flow.id, revision) != key:
+                raise ValueError(f"the YAML names {flow.namespace}.{flow.id} revision {revision}")
         except Exception as exc:  # never fatal: one bad record must not stop a process
             log.warning(
                 "flows table: skipping flow %s revision %s (offset %d): %s",
@@ -269,7 +292,10 @@ class FlowsTable:
                 return latest
             revision = (latest.revision or 0) + 1 if latest is not None else 1
             await self._write(
-                flow_key(namespace, flow_id), flow_value(flow_yaml, revision), producer
+                flow_key(namespace, flow_id, revision), flow_value(flow_yaml, revision), producer
+            )
+            await self._write(
+                flow_key(namespace, flow_id), head_value(revision, deleted=False), producer
             )
         stored = self.registry.get(namespace, flow_id, revision)
         return stored if stored is not None else flow.model_copy(update={"revision": revision})
@@ -280,9 +306,11 @@ class FlowsTable:
         """Write a tombstone for a flow; ``False`` if the table does not know it (or it is gone)."""
         async with self._publish_lock:
             await self.catch_up()
-            if self.latest(namespace, flow_id) is None:
+            latest = self.latest(namespace, flow_id)
+            if latest is None:
                 return False
-            await self._write(flow_key(namespace, flow_id), None, producer)
+            head = head_value(latest.revision or 1, deleted=True)
+            await self._write(flow_key(namespace, flow_id), head, producer)
         return True
 
     async def _write(

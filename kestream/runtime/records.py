@@ -243,25 +243,42 @@ def log_values(namespace: str, flow_id: str, lines: list[cmd.LogLine]) -> list[d
     ]
 
 
-def update_value(
-    st: ExecutionState, changed: list[str], *, terminal: bool, full: bool
-) -> dict[str, Any]:
-    """An execution update: the execution without its task runs, plus the task runs that changed.
+#: Task runs per execution-update record, and log lines per log record: a 10 000-iteration
+#: loop ends in one step, and a single record of it would pass the brokers' 1 MB limit.
+UPDATE_CHUNK = 200
+LOG_CHUNK = 500
 
-    Consumers (the client, the API, the index) merge task runs by id, so a step costs what it
-    changed. When the execution stops (ends or pauses) the whole task run list is sent, so a
-    reader that joins late still gets the full picture in one record.
+
+def update_values(
+    st: ExecutionState, changed: list[str], *, terminal: bool, full: bool
+) -> list[dict[str, Any]]:
+    """An execution update as records: the execution's own fields plus task runs.
+
+    Usually the task runs that changed in the step (consumers merge them by id, so a step costs
+    what it changed). When the execution stops (ends or pauses) every task run is sent, so a
+    reader that joins late still gets the whole picture; the first record then has ``full``
+    (replace what you know). Task runs go ``UPDATE_CHUNK`` to a record: every record but the
+    last has ``more``, and only the last carries ``terminal``.
     """
-    if full or terminal:
-        body = execution_model(st).model_dump(mode="json", by_alias=True)
-        return {"execution": body, "full": True, "terminal": terminal}
+    send_all = full or terminal
     header = execution_model(_without_runs(st)).model_dump(mode="json", by_alias=True)
+    header.pop("taskRunList", None)
+    ids = list(st.task_runs) if send_all else [r for r in changed if r in st.task_runs]
     runs = [
         task_run_model(st, st.task_runs[run_id]).model_dump(mode="json", by_alias=True)
-        for run_id in changed
-        if run_id in st.task_runs
+        for run_id in ids
     ]
-    return {"execution": header, "taskRuns": runs, "full": False, "terminal": False}
+    chunks = [runs[i : i + UPDATE_CHUNK] for i in range(0, len(runs), UPDATE_CHUNK)] or [[]]
+    out: list[dict[str, Any]] = []
+    for index, chunk in enumerate(chunks):
+        last = index == len(chunks) - 1
+        body: dict[str, Any] = {"more": not last, "terminal": terminal and last}
+        if index == 0 and send_all:
+            body.update(execution={**header, "taskRunList": chunk}, full=True)
+        else:
+            body.update(execution=header, taskRuns=chunk, full=False)
+        out.append(body)
+    return out
 
 
 def _without_runs(st: ExecutionState) -> ExecutionState:

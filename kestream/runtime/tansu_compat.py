@@ -94,17 +94,30 @@ async def probe_broker(bootstrap: str, *, timeout: float = 10.0) -> BrokerTraits
             raise kafka_errors.KafkaConnectionError(f"no broker listed by {bootstrap}")
         metadata = await asyncio.wait_for(client.send(node, MetadataRequest([])), timeout)
         cluster_id = getattr(metadata, "cluster_id", None)
-        reply = await asyncio.wait_for(
-            client.send(node, InitProducerIdRequest(None, 60_000)),
-            timeout,
-        )
-        idempotent = reply.error_code == 0
+        idempotent = await _init_producer_id_works(client, node, timeout)
     finally:
         await client.close()
     kind: BrokerKind = (
         "tansu" if cluster_id == TANSU_DEFAULT_CLUSTER_ID or not idempotent else "kafka"
     )
     return BrokerTraits(kind=kind, cluster_id=cluster_id, idempotent_producer=idempotent)
+
+
+#: InitProducerId errors a Kafka broker gives while it is still starting (coordinator not yet
+#: available or loading): asked again until the deadline, so a fresh Kafka is never taken for Tansu.
+_STARTING_ERRORS = frozenset({14, 15, 16, 51})  # LOAD_IN_PROGRESS, NOT_AVAILABLE, NOT_COORDINATOR,
+# CONCURRENT_TRANSACTIONS
+
+
+async def _init_producer_id_works(client: AIOKafkaClient, node: int, timeout: float) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        request = InitProducerIdRequest(None, 60_000)
+        reply = await asyncio.wait_for(client.send(node, request), timeout)
+        if reply.error_code not in _STARTING_ERRORS or loop.time() >= deadline:
+            return bool(reply.error_code == 0)
+        await asyncio.sleep(0.2)
 
 
 def producer_options(kind: str) -> dict[str, Any]:

@@ -75,17 +75,20 @@ async def test_revisions_bad_records_and_a_late_reader(
         with pytest.raises(FlowValidationError, match="NoSuchTask"):
             await table.publish(BROKEN)
 
-        # Records no publisher would write: a flow that does not validate, not JSON, no revision.
+        # Records no publisher would write: a flow that does not validate, not JSON, no revision,
+        # and a head record that is not JSON.
         flows = ctx.topics.flows
-        await producer.send_and_wait(flows, flow_value(BROKEN, 1), key=b"test.flows/broken")
-        await producer.send_and_wait(flows, b"{not json", key=b"test.flows/garbage")
-        await producer.send_and_wait(flows, b'{"source": "x"}', key=b"test.flows/norev")
+        await producer.send_and_wait(flows, flow_value(BROKEN, 1), key=b"test.flows/broken/1")
+        await producer.send_and_wait(flows, b"{not json", key=b"test.flows/garbage/1")
+        await producer.send_and_wait(flows, b'{"source": "x"}', key=b"test.flows/norev/1")
+        await producer.send_and_wait(flows, b"{not json", key=b"test.flows/badhead")
         with caplog.at_level(logging.WARNING, logger="kestream.flows"):
             other = await table.publish(OTHER)  # read back past the bad records
         assert other.revision == 1
         warned = "\n".join(r.getMessage() for r in caplog.records)
-        assert "test.flows/broken revision 1" in warned and "NoSuchTask" in warned
-        assert "test.flows/garbage" in warned and "test.flows/norev" in warned
+        assert "test.flows/broken/1 revision 1" in warned and "NoSuchTask" in warned
+        assert "test.flows/garbage/1" in warned and "test.flows/norev/1" in warned
+        assert "the head of test.flows/badhead" in warned
 
         assert [(f.id, f.revision) for f in heard] == [("hello", 1), ("hello", 2), ("other", 1)]
         assert table.latest("test.flows", "hello") == second

@@ -56,14 +56,14 @@ def test_partial_updates_merge_by_id_in_order_of_first_appearance() -> None:
         a, b, c = (run.id for run in done.taskRunList)
 
         merged = merge_update(
-            None, _wire(records.update_value(st, [b], terminal=False, full=False))
+            None, _wire(records.update_values(st, [b], terminal=False, full=False)[0])
         )
         assert list(merged.runs) == [b] and not merged.terminal
         merged = merge_update(
-            merged, _wire(records.update_value(st, [a], terminal=False, full=False))
+            merged, _wire(records.update_values(st, [a], terminal=False, full=False)[0])
         )
         merged = merge_update(
-            merged, _wire(records.update_value(st, [b, c], terminal=False, full=False))
+            merged, _wire(records.update_values(st, [b, c], terminal=False, full=False)[0])
         )
         assert list(merged.runs) == [b, a, c]  # b first seen first; b updated in place
         model = merged.model()
@@ -71,7 +71,9 @@ def test_partial_updates_merge_by_id_in_order_of_first_appearance() -> None:
         assert model.id == done.id and model.flowRevision == flow.revision
 
         # A full (terminal) update replaces the picture with the executor's own order.
-        final = merge_update(merged, _wire(records.update_value(st, [], terminal=True, full=True)))
+        final = merge_update(
+            merged, _wire(records.update_values(st, [], terminal=True, full=True)[0])
+        )
     assert final.terminal and final.stopped
     # Equal as JSON (instants travel with millisecond precision, as Kestra prints them).
     assert _json(final.model()) == _json(execution_model(st))
@@ -215,3 +217,33 @@ async def test_stops_of_unwatched_executions_are_kept_briefly() -> None:
     with pytest.raises(TimeoutError):
         await client.wait("x1", timeout=0.05)
     client._on_update(SimpleNamespace(key=b"bad", value=b"{not json", offset=7))  # logged only
+
+
+def test_a_large_stop_update_is_chunked_and_stops_only_when_complete() -> None:
+    from kestream.executor import events as ev
+    from kestream.executor.flow_registry import FlowRegistry
+    from kestream.executor.step import Executor
+    from kestream.models.flow import parse_flow
+
+    flows = FlowRegistry()
+    flow = flows.put(
+        parse_flow(
+            "id: big\nnamespace: t\ntasks:\n  - id: each\n"
+            "    type: io.kestra.plugin.core.flow.ForEach\n"
+            '    values: "{{ range(1, 450) }}"\n    concurrencyLimit: 0\n    tasks:\n'
+            "      - id: log\n        type: io.kestra.plugin.core.log.Log\n"
+            '        message: "{{ taskrun.value }}"\n'
+        )
+    )
+    st = Executor(flows).step(None, ev.ExecutionCreated("x", "t", "big", flow.revision)).state
+    assert st is not None and st.state.current.value == "SUCCESS"
+    bodies = records.update_values(st, list(st.task_runs), terminal=True, full=True)
+    assert len(bodies) == 3  # 451 task runs, 200 a record
+    assert [b["more"] for b in bodies] == [True, True, False]
+    assert [b["terminal"] for b in bodies] == [False, False, True]
+    assert all(len(records.dumps(b)) < 1_000_000 for b in bodies)
+    merged = None
+    for body in bodies:
+        merged = merge_update(merged, _wire(body))
+        assert merged.stopped is (body is bodies[-1])
+    assert merged is not None and len(merged.model().taskRunList) == 451
