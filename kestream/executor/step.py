@@ -712,6 +712,9 @@ class _Step:
     # -- execution end -------------------------------------------------------------------
 
     def end_execution(self, final: StateType, *, render_outputs: bool) -> None:
+        # A step reads the clock once, but one step can run a whole loop of inline tasks: the
+        # end is stamped with the time it really happened, not the time the step began.
+        self.now = self.ex.clock()
         st = self.st
         if render_outputs and final in (S.SUCCESS, S.WARNING) and self.flow.outputs:
             try:
