@@ -319,16 +319,9 @@ class BrokerProcess:
                 self._setup_attempt()
                 self._spawn()
                 _run_blocking(self._wait_ready)
-            except _ExitedEarly as exc:
-                self._cleanup_after_failure()
-                if self._requested_port is None and attempt < 2:
-                    log.warning("%s exited during start (%s); retrying on a new port", self, exc)
+            except BaseException as exc:
+                if self._start_failed(exc, attempt):
                     continue
-                self._finish_stop()
-                raise BrokerStartError(str(exc)) from None
-            except BaseException:
-                self._cleanup_after_failure()
-                self._finish_stop()
                 raise
             self._started(t0)
             return self
@@ -344,20 +337,30 @@ class BrokerProcess:
                 await asyncio.to_thread(self._setup_attempt)
                 self._spawn()
                 await self._wait_ready()
-            except _ExitedEarly as exc:
-                self._cleanup_after_failure()
-                if self._requested_port is None and attempt < 2:
-                    log.warning("%s exited during start (%s); retrying on a new port", self, exc)
+            except BaseException as exc:
+                if self._start_failed(exc, attempt):
                     continue
-                self._finish_stop()
-                raise BrokerStartError(str(exc)) from None
-            except BaseException:
-                self._cleanup_after_failure()
-                self._finish_stop()
                 raise
             self._started(t0)
             return self
         raise AssertionError("unreachable")
+
+    def _start_failed(self, exc: BaseException, attempt: int) -> bool:
+        """Clean up after a failed start attempt; True when it is worth another try.
+
+        Only a child that exited early (usually: its port was taken in the meantime) is tried
+        again, on a new port, twice at most; that failure, exhausted, becomes a
+        :class:`BrokerStartError`. Anything else is left to propagate.
+        """
+        self._cleanup_after_failure()
+        if isinstance(exc, _ExitedEarly):
+            if self._requested_port is None and attempt < 2:
+                log.warning("%s exited during start (%s); retrying on a new port", self, exc)
+                return True
+            self._finish_stop()
+            raise BrokerStartError(str(exc)) from None
+        self._finish_stop()
+        return False
 
     def stop(self) -> None:
         """SIGTERM, wait up to ``stop_timeout``, then SIGKILL; idempotent."""
