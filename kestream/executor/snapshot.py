@@ -40,7 +40,8 @@ def task_run_model(st: ExecutionState, tr: TaskRunState) -> TaskRun:
     )
 
 
-def execution_model(st: ExecutionState) -> Execution:
+def execution_model(st: ExecutionState, *, with_task_runs: bool = True) -> Execution:
+    """The execution JSON; without its task runs when only the execution's own fields matter."""
     trigger = ExecutionTrigger.model_validate(st.trigger) if st.trigger else None
     return Execution(
         id=st.id,
@@ -57,5 +58,7 @@ def execution_model(st: ExecutionState) -> Execution:
             attemptNumber=st.attempt_number, originalCreatedDate=st.original_created
         ),
         state=state_model(st.state),
-        taskRunList=[task_run_model(st, tr) for tr in st.task_runs.values()],
+        taskRunList=[task_run_model(st, tr) for tr in st.task_runs.values()]
+        if with_task_runs
+        else [],
     )

@@ -261,7 +261,7 @@ def update_values(
     last has ``more``, and only the last carries ``terminal``.
     """
     send_all = full or terminal
-    header = execution_model(_without_runs(st)).model_dump(mode="json", by_alias=True)
+    header = execution_model(st, with_task_runs=False).model_dump(mode="json", by_alias=True)
     header.pop("taskRunList", None)
     ids = list(st.task_runs) if send_all else [r for r in changed if r in st.task_runs]
     runs = [
@@ -279,15 +279,6 @@ def update_values(
             body.update(execution=header, taskRuns=chunk, full=False)
         out.append(body)
     return out
-
-
-def _without_runs(st: ExecutionState) -> ExecutionState:
-    """A shallow view of the state with no task runs (for the execution's own fields)."""
-    view = ExecutionState.__new__(ExecutionState)
-    for name in ExecutionState.__dataclass_fields__:
-        setattr(view, name, getattr(st, name))
-    view.task_runs = {}
-    return view
 
 
 # -- dead letters ----------------------------------------------------------------------------
