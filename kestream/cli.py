@@ -308,6 +308,18 @@ def worker() -> None:
     _faust_role("worker")
 
 
+@app.command()
+def scheduler() -> None:
+    """Run the scheduler: Schedule and Flow triggers (a faust worker process)."""
+    _faust_role("scheduler")
+
+
+@app.command()
+def api() -> None:
+    """Run the HTTP API on KESTREAM_WEB_PORT: REST, webhooks, follow, the index (faust worker)."""
+    _faust_role("api")
+
+
 # -- flows -------------------------------------------------------------------------------------
 
 

@@ -262,7 +262,7 @@ class Client:
             labels={str(k): str(v) for k, v in (labels or {}).items()},
         )
         self._watch(execution_id)  # interest before the first update can exist
-        await self._send(created)
+        await self.send(created)
         return execution_id
 
     async def kill(self, execution_id: str) -> None:
@@ -275,9 +275,10 @@ class Client:
         watch = self._watch(event.execution_id)
         watch.claimed = True  # acted on: no longer just submitted
         watch.stale = True  # the next wait waits for what this changes
-        await self._send(event)
+        await self.send(event)
 
-    async def _send(self, event: ev.Event) -> None:
+    async def send(self, event: ev.Event) -> None:
+        """Produce one event to the executions topic, keyed by its execution id."""
         key = event.execution_id.encode()
         topic = self.ctx.topics.executions
         await self._require_producer().send_and_wait(topic, records.encode_event(event), key=key)
@@ -338,6 +339,23 @@ class Client:
             if queue in watch.queues:
                 watch.queues.remove(queue)
             self._release(execution_id, watch)
+
+    def seed(self, execution_id: str, execution: Mapping[str, Any], *, terminal: bool) -> None:
+        """Tell the client what is already known of an execution (the API's index snapshot).
+
+        A client only sees updates produced after it connected, and most updates carry only the
+        task runs that changed; a follower of an execution that started earlier needs the rest.
+        Task runs the client already has are newer than the snapshot's and are kept.
+        """
+        watch = self._watch(execution_id)
+        snapshot = merge_update(None, {"execution": dict(execution), "full": True})
+        snapshot.terminal = terminal
+        known = watch.merged
+        if known is None:
+            watch.merged = snapshot
+            return
+        for run_id, run in snapshot.runs.items():
+            known.runs.setdefault(run_id, run)
 
     def _watch(self, execution_id: str) -> _Watch:
         watch = self._watches.get(execution_id)

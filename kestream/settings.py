@@ -131,19 +131,35 @@ class Settings(BaseSettings):
 
     # -- API and operations ------------------------------------------------------------------
     web_port: int = Field(
-        default=8080, description="KESTREAM_WEB_PORT: the API's HTTP port (API role: to come)."
+        default=8080, ge=1, le=65535, description="KESTREAM_WEB_PORT: the API's HTTP port."
     )
     web_host: str = Field(
         default="127.0.0.1",
-        description="KESTREAM_WEB_HOST: the API's bind address (API role: to come).",
+        description="KESTREAM_WEB_HOST: bind address of the API and of every role's "
+        "/metrics and /health (the other roles listen on a free port they log).",
     )
-    tenant: str = Field(
-        default="main", description="KESTREAM_TENANT: tenant in API paths (API role: to come)."
-    )
+    tenant: str = Field(default="main", description="KESTREAM_TENANT: tenant in API paths.")
     index_url: str | None = Field(
         default=None,
-        description="KESTREAM_INDEX_URL: execution index database; unset = embedded SQLite "
-        "(API role: to come).",
+        description="KESTREAM_INDEX_URL: execution index database: unset = SQLite in "
+        "KESTREAM_DATA_DIR, sqlite:///path, or postgresql://user:pass@host/db.",
+    )
+    api_max_body_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=1024,
+        description="KESTREAM_API_MAX_BODY_BYTES: largest request body the API accepts (413).",
+    )
+    scheduler_tick_ms: int = Field(
+        default=1000,
+        ge=10,
+        description="KESTREAM_SCHEDULER_TICK_MS: longest sleep of the scheduler between "
+        "evaluations (it wakes earlier when a trigger is due).",
+    )
+    scheduler_late_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="KESTREAM_SCHEDULER_LATE_AFTER_S: a trigger due longer ago than this is "
+        "reported late by the scheduler's monitoring loop.",
     )
     data_dir: str = Field(
         default=".kestream",

@@ -103,9 +103,17 @@ class Driver:
         await self._run_until(lambda: self._stopped(execution_id))
         return self.get(execution_id)
 
-    async def arestart(self, execution_id: str) -> Execution:
-        self._events.append(ev.Restart(execution_id))
+    async def arestart(
+        self, execution_id: str, *, snapshot: Execution | dict[str, Any] | None = None
+    ) -> Execution:
+        """Restart an ended execution; see :meth:`restart`."""
+        body = snapshot
+        if isinstance(body, Execution):
+            body = body.model_dump(mode="json", by_alias=True)
+        self._events.append(ev.Restart(execution_id, body))
         await self._run_until(lambda: self._stopped(execution_id))
+        if execution_id not in self.states and body is not None:
+            return Execution.model_validate(body)  # not restartable: nothing changed
         return self.get(execution_id)
 
     async def akill(self, execution_id: str) -> Execution:
@@ -149,8 +157,30 @@ class Driver:
     def resume(self, execution_id: str, inputs: dict[str, Any] | None = None) -> Execution:
         return self._sync(self.aresume(execution_id, inputs))
 
-    def restart(self, execution_id: str) -> Execution:
-        return self._sync(self.arestart(execution_id))
+    def restart(
+        self, execution_id: str, *, snapshot: Execution | dict[str, Any] | None = None
+    ) -> Execution:
+        """Restart an ended execution in place (same id, failed task runs get a new attempt).
+
+        With ``snapshot`` (the execution's JSON, or its model) and no state for the execution
+        (see :meth:`forget`), the state is rebuilt from the snapshot first, as the executor does
+        over Kafka once an ended execution has left its state table. A snapshot that cannot be
+        rebuilt raises :class:`~kestream.executor.restore.RestoreError`.
+        """
+        return self._sync(self.arestart(execution_id, snapshot=snapshot))
+
+    def forget(self, execution_id: str) -> Execution:
+        """Drop an ended execution's state, as the runtime's state table does; return its JSON.
+
+        A later :meth:`restart` of it needs the returned snapshot.
+        """
+        st = self.states[execution_id]
+        if not st.terminal:
+            raise ValueError(f"execution {execution_id} is {st.state.current}: not ended")
+        snapshot = execution_model(st)
+        del self.states[execution_id]
+        self.executor.forget(execution_id)
+        return snapshot
 
     def kill(self, execution_id: str) -> Execution:
         return self._sync(self.akill(execution_id))

@@ -74,9 +74,17 @@ class Resume:
 
 @dataclass(slots=True)
 class Restart:
-    """Restart an ended execution in place: failed task runs get a new attempt."""
+    """Restart an ended execution in place: failed task runs get a new attempt.
+
+    ``snapshot`` is the execution's last JSON (Kestra 1.x shape, with ``taskRunList``: what the
+    execution-updates topic and the index hold). The executor rebuilds the state from it when it
+    no longer has one (an ended execution left the state table); with the state at hand, a
+    snapshot of another attempt than the state's marks a stale restart (already applied, or
+    overtaken by another one), which changes nothing.
+    """
 
     execution_id: str
+    snapshot: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

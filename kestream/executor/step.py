@@ -30,6 +30,12 @@ from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.codec import ROOT
 from kestream.executor.context import execution_context, task_run_context
+from kestream.executor.restore import (
+    RESTARTABLE,
+    RestoreError,
+    execution_from_snapshot,
+    state_from_execution,
+)
 from kestream.executor.retry import next_attempt_due
 from kestream.executor.state import ExecutionState, Group, StateRecord, TaskRunState, Timer
 from kestream.expressions import RenderError, is_truthy, render, render_value
@@ -98,6 +104,8 @@ class Executor:
         """Apply ``event`` to ``state`` (None for an execution not seen yet)."""
         now = self.clock()
         if state is None:
+            if isinstance(event, ev.Restart) and event.snapshot is not None:
+                return self._restart_from_snapshot(event.execution_id, event.snapshot, now)
             if not isinstance(event, ev.ExecutionCreated):
                 return StepResult(None, [])
             flow = self._flow(event.namespace, event.flow_id, event.revision)
@@ -109,6 +117,35 @@ class Executor:
             flow = self._flow(state.namespace, state.flow_id, state.revision)
             run = _Step(self, state, flow, now)
             run.dispatch(event)
+        run.drain()
+        return StepResult(run.st, run.finish())
+
+    def _restart_from_snapshot(
+        self, execution_id: str, snapshot: dict[str, Any], now: datetime
+    ) -> StepResult:
+        """Restart an execution that left the state table, from its last snapshot.
+
+        A snapshot of an execution that is not restartable changes nothing (as in place). One
+        that cannot be rebuilt raises :class:`~kestream.executor.restore.RestoreError` (the
+        runtime dead-letters the event): its flow revision is unknown, or it does not fit it.
+        """
+        execution = execution_from_snapshot(snapshot)
+        if execution.id != execution_id:
+            raise RestoreError(f"restart of {execution_id} carries a snapshot of {execution.id}")
+        if execution.state.current not in RESTARTABLE:
+            return StepResult(None, [])
+        flow = self.flows.get(execution.namespace, execution.flowId, execution.flowRevision)
+        if flow is None:  # not UnknownFlow: an old revision that is gone will not come back
+            raise RestoreError(
+                f"cannot restart {execution_id}: flow '{execution.namespace}."
+                f"{execution.flowId}' revision {execution.flowRevision} is unknown"
+            )
+        st = state_from_execution(execution, flow, clock=self.clock)
+        if st.root is None:  # it never started (its inputs failed): as in place, nothing to do
+            return StepResult(None, [])
+        run = _Step(self, st, flow, now)
+        run.restored()
+        run.restart()
         run.drain()
         return StepResult(run.st, run.finish())
 
@@ -189,7 +226,8 @@ class _Step:
 
     def dispatch(self, event: ev.Event) -> None:
         if isinstance(event, ev.Restart):
-            self.restart()
+            if event.snapshot is None or _same_attempt(self.st, event.snapshot):
+                self.restart()
             return
         if self.st.terminal:
             return  # late results, timers or kills of an ended execution change nothing
@@ -370,7 +408,11 @@ class _Step:
         if state.is_failed:
             group.failed = True
             group.active -= 1
-        elif tr.pos + 1 < len(group.lanes[tr.lane]) and not group.failed:
+        elif (
+            tr.pos + 1 < len(group.lanes[tr.lane])
+            and not group.failed
+            and not _reopened_after_warning(tr)
+        ):
             self.create_child(group, parent, tr.lane, tr.pos + 1)
         else:
             group.active -= 1
@@ -669,45 +711,108 @@ class _Step:
 
     # -- restart -------------------------------------------------------------------------
 
+    def restored(self) -> None:
+        """The state was rebuilt from a snapshot: the changelog has none of it, write it all."""
+        self.created_now = True
+        self.changed.update(dict.fromkeys(self.st.task_runs))
+        self.new_groups.add(ROOT)
+        self.new_groups.update(t for t, tr in self.st.task_runs.items() if tr.group is not None)
+
     def restart(self) -> None:
-        """Restart in place: drop errors-branch runs, give failed task runs a new attempt."""
+        """Restart in place: drop errors-branch runs, give failed task runs a new attempt.
+
+        The parents of what runs again wait again (a FAILED or KILLED flowable, and one that an
+        allowed failure inside ended WARNING); their lanes are recounted, and the lanes that
+        another lane's failure cut short go on where they stopped. A failure that a parent
+        turned into SUCCESS (``allowFailure`` with ``allowWarning``) stays as it is.
+        """
         st = self.st
-        if st.state.current not in (S.FAILED, S.KILLED, S.WARNING) or st.root is None:
+        if st.state.current not in RESTARTABLE or st.root is None:
             return
         self.move_execution(S.RESTARTED)
         st.attempt_number += 1
-        dropped = {tid for tid, tr in st.task_runs.items() if _in_errors_branch(tr)}
-        for tid in dropped:
-            del st.task_runs[tid]
+        for tid in [tid for tid, tr in st.task_runs.items() if _in_errors_branch(tr)]:
+            self.forget_outputs(st.task_runs.pop(tid))
             self.changed[tid] = None
-        rerun: list[TaskRunState] = []
+        rerun = self.reopen_failed()
+        children: dict[str | None, list[TaskRunState]] = {}
         for tr in st.task_runs.values():
-            if tr.state.current in (S.FAILED, S.KILLED):
+            children.setdefault(tr.parent.id if tr.parent else None, []).append(tr)
+        cut = self.reset_group(st.root, None, children.get(None, []))
+        for tr in st.task_runs.values():
+            if tr.group is not None and tr.state.current is S.RUNNING:
+                cut += self.reset_group(tr.group, tr, children.get(tr.id, []))
+        self.move_execution(S.RUNNING)
+        for tr in rerun:
+            self.queue.append((_START, tr))
+        for group, owner, last in cut:
+            group.active += 1
+            self.create_child(group, owner, last.lane, last.pos + 1)
+        if not rerun and not cut and st.root.finished:  # nothing failed: it ends again
+            self.finish_group(st.root, None)
+
+    def reopen_failed(self) -> list[TaskRunState]:
+        """Move failed task runs and their parents back; return the ones to run again."""
+        rerun: list[TaskRunState] = []
+        for tr in self.st.task_runs.values():
+            if tr.state.current in (S.FAILED, S.KILLED) and not _allowed_away(tr):
                 if tr.group is not None:
                     self.move(tr, S.RUNNING)
                 else:
                     self.move(tr, S.RESTARTED)
                     rerun.append(tr)
-        self.reset_group(st.root, None)
-        for tr in st.task_runs.values():
-            if tr.group is not None and tr.state.current is S.RUNNING:
-                self.reset_group(tr.group, tr)
-        self.move_execution(S.RUNNING)
         for tr in rerun:
-            self.queue.append((_START, tr))
+            node = tr.parent
+            while node is not None:
+                if node.state.current is S.WARNING:
+                    self.move(node, S.RUNNING)
+                node = node.parent
+        return rerun
 
-    def reset_group(self, group: Group, owner: TaskRunState | None) -> None:
-        """Recount a group's lanes from its remaining children after a restart."""
+    def reset_group(
+        self, group: Group, owner: TaskRunState | None, children: list[TaskRunState]
+    ) -> list[tuple[Group, TaskRunState | None, TaskRunState]]:
+        """Recount a group's lanes from its remaining children after a restart.
+
+        Returns the lanes cut short (their last task run ended well before the lane's end: the
+        group had failed), each as its last task run, for the restart to go on with.
+        """
         group.failed, group.errors_pos, group.worst = False, -1, S.SUCCESS
-        active = 0
-        for tr in self.st.task_runs.values():
-            if tr.parent is owner and not tr.errors_branch:
-                state = tr.state.current
-                if state.is_terminal:
-                    group.worst = worst(group.worst, S.SUCCESS if state is S.SKIPPED else state)
-                else:
-                    active += 1
-        group.active = active
+        group.active = 0
+        last: dict[int, TaskRunState] = {}
+        for tr in children:
+            state = tr.state.current
+            if state.is_terminal:
+                group.worst = worst(group.worst, S.SUCCESS if state is S.SKIPPED else state)
+            else:
+                group.active += 1
+            if tr.lane not in last or tr.pos > last[tr.lane].pos:
+                last[tr.lane] = tr
+        return [
+            (group, owner, tr)
+            for tr in last.values()
+            if tr.state.current.is_terminal
+            and not tr.state.current.is_failed
+            and tr.pos + 1 < len(group.lanes[tr.lane])
+        ]
+
+    def forget_outputs(self, tr: TaskRunState) -> None:
+        """Take a dropped task run's outputs out of the ``outputs`` variable."""
+        if tr.outputs is None:
+            return
+        trail: list[tuple[dict[str, Any], str]] = []
+        node, key = self.st.outputs, tr.task.id
+        for value in tr.path:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                return
+            trail.append((node, key))
+            node, key = child, value
+        node.pop(key, None)
+        for parent, name in reversed(trail):  # maps left empty go too
+            if parent[name]:
+                break
+            del parent[name]
 
     # -- execution end -------------------------------------------------------------------
 
@@ -883,6 +988,33 @@ class _Step:
                 )
             )
         return out
+
+
+def _allowed_away(tr: TaskRunState) -> bool:
+    """Whether a parent ended SUCCESS over this failure (``allowFailure`` + ``allowWarning``):
+    the restart leaves it as it is."""
+    node = tr.parent
+    while node is not None:
+        if node.state.current is S.SUCCESS:
+            return True
+        node = node.parent
+    return False
+
+
+def _reopened_after_warning(tr: TaskRunState) -> bool:
+    """A flowable that a restart reopened after it ended WARNING (an allowed failure inside).
+
+    Its lane went on after it the first time, so its second end must not start the next task.
+    """
+    history = tr.state.history
+    return len(history) > 3 and any(s is S.WARNING for s, _ in history[:-1])
+
+
+def _same_attempt(st: ExecutionState, snapshot: dict[str, Any]) -> bool:
+    """Whether a restart's snapshot shows the state's attempt (else the restart is stale)."""
+    metadata = snapshot.get("metadata")
+    attempt = metadata.get("attemptNumber", 1) if isinstance(metadata, dict) else 1
+    return bool(attempt == st.attempt_number)
 
 
 def _in_errors_branch(tr: TaskRunState) -> bool:

@@ -32,6 +32,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from kestream.models.state import StateType
 from kestream.runtime import records
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.kafka import make_consumer, make_producer
+from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.tansu_compat import fetch_highwaters
 
 log = logging.getLogger("kestream.executor")
@@ -93,9 +95,11 @@ class ExecutorService:
         clock: Clock = utc_now,
         own_all_partitions: bool = False,
         on_failure: Callable[[BaseException], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """``own_all_partitions``: take every partition without a consumer group (a one-shot
         ``kestream run`` on its own embedded broker: nobody to share with, no join to wait for).
+        ``metrics``: where to count (default: the process's :func:`process_metrics`).
         """
         self.own_all_partitions = own_all_partitions
         #: Called once if the loop fails; the host stops the process (see :meth:`_run`).
@@ -123,6 +127,13 @@ class ExecutorService:
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._last_prune = clock()
+        self.metrics = metrics if metrics is not None else process_metrics()
+        self._held_share = self.metrics.share(self.metrics.executor_held)
+        self._in_flight_share = self.metrics.share(self.metrics.executor_in_flight)
+        self._lag_share = self.metrics.share(self.metrics.consumer_lag, "executor")
+        #: ``created_runs`` of the execution before the current step: task runs numbered from
+        #: here on were created by the step (counted without a scan, see :meth:`_count`).
+        self._runs_before = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -149,13 +160,18 @@ class ExecutorService:
             )
             await self._consumer.start()
         self._task = asyncio.create_task(self._run(), name="executor-loop")
+        self.metrics.executor_threads.inc()
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            self.metrics.executor_threads.dec()
+            for share in (self._held_share, self._in_flight_share, self._lag_share):
+                share.report(0)
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         if self._consumer is not None:
             await self._consumer.stop()
         if self._producer is not None:
@@ -164,6 +180,28 @@ class ExecutorService:
     def partitions(self) -> set[int]:
         """The input partitions this processor owns now."""
         return set(self.owned)
+
+    # -- health (kestream.runtime.health.HealthPart) -----------------------------------------
+
+    health_name = "executor"
+
+    @property
+    def is_live(self) -> bool:
+        """The loop task runs (it stops only on a failure, which also stops the process)."""
+        return self._task is not None and not self._task.done()
+
+    @property
+    def is_ready(self) -> bool:
+        """Partitions assigned and their state recovered; false from a revocation until the
+        next assignment's recovery has finished (the :attr:`ready` event, as a bool)."""
+        return self.is_live and self.ready.is_set()
+
+    def health_detail(self) -> dict[str, Any]:
+        detail: dict[str, Any] = {"partitions": sorted(self.owned), "executions": len(self.states)}
+        detail["held"] = len(self.held)
+        if self.failure is not None:
+            detail["failure"] = repr(self.failure)
+        return detail
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -190,6 +228,7 @@ class ExecutorService:
         assert self._consumer is not None
         while not self._stopping:
             batch = await self._consumer.getmany(timeout_ms=self._poll_ms(), max_records=_BATCH)
+            started = time.perf_counter()
             async with self._lock:
                 out = Outbox()
                 for tp, recs in batch.items():
@@ -201,6 +240,26 @@ class ExecutorService:
                 self._prune_ended(out)
                 await self._flush(out)
                 await self._commit(batch)
+            self._report(batch, started)
+
+    def _report(
+        self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]], started: float
+    ) -> None:
+        """Per-batch metrics: events, batch time, held and in-flight executions, lag (the
+        high watermark of the last fetch minus what this batch reached: no extra request)."""
+        assert self._consumer is not None
+        events = lag = 0
+        for tp, recs in batch.items():
+            if recs:
+                events += len(recs)
+                highwater = self._consumer.highwater(tp)
+                if highwater is not None:
+                    lag += max(0, highwater - recs[-1].offset - 1)
+        if events:
+            self.metrics.executor_batch_done(events, time.perf_counter() - started)
+        self._lag_share.report(lag)
+        self._held_share.report(len(self.held))
+        self._in_flight_share.report(len(self.states))
 
     def _poll_ms(self) -> int:
         if not self._timers:
@@ -224,6 +283,7 @@ class ExecutorService:
         state = self.states.get(execution_id)
         if state is None and isinstance(event, ev.ExecutionCreated) and execution_id in self.ended:
             return  # a redelivered creation of an execution that already ran
+        self._runs_before = state.created_runs if state is not None else 0
         try:
             result = self.executor.step(state, event)
         except UnknownFlow as exc:
@@ -286,12 +346,16 @@ class ExecutorService:
     def _changed(
         self, partition: int, st: ExecutionState, change: cmd.ExecutionChanged, out: Outbox
     ) -> None:
+        self._count(st, change)
         full = change.terminal or st.state.current is StateType.PAUSED
         for update in records.update_values(
             st, change.changed_task_runs, terminal=change.terminal, full=full
         ):
             out.send(self.topics.updates, st.id, records.dumps(update))
         if not change.terminal:
+            if change.created and self.ended.pop(st.id, None) is not None:
+                # restarted from its snapshot: the end marker would hide it from recovery
+                out.changelog.append((codec.header_key(st.id, codec.ENDED), None, partition))
             changed = change.changed_task_runs + change.counters_changed
             for key, value in codec.encode_changes(
                 st, changed, created=change.created, new_groups=change.planned
@@ -310,6 +374,33 @@ class ExecutorService:
         del self.states[st.id]
         self.partition_of.pop(st.id, None)
         self.executor.forget(st.id)
+
+    def _count(self, st: ExecutionState, change: cmd.ExecutionChanged) -> None:
+        """Kestra's executor metrics for one step, in O(task runs changed) like the step.
+
+        A task run counts as created when its number is past the execution's count before the
+        step, and as ended when it is listed changed in a terminal state (a restart moves it out
+        of that state first, so its next end is a new one).
+        """
+        metrics, namespace, flow_id = self.metrics, st.namespace, st.flow_id
+        if change.created:
+            metrics.execution_started(namespace, flow_id)
+        runs, first_new = st.task_runs, self._runs_before
+        for run_id in change.changed_task_runs:
+            tr = runs.get(run_id)
+            if tr is None:
+                continue
+            if tr.number >= first_new:
+                metrics.task_run_created(namespace, flow_id, tr.task.type)
+            state = tr.state
+            if state.current.is_terminal:
+                seconds = (state.history[-1][1] - state.history[0][1]).total_seconds()
+                metrics.task_run_ended(
+                    namespace, flow_id, tr.task.type, state.current.value, seconds
+                )
+        if change.terminal:
+            seconds = (self.clock() - st.state.start).total_seconds()
+            metrics.execution_ended(namespace, flow_id, st.state.current.value, seconds)
 
     def _fire_timers(self, out: Outbox) -> None:
         now = self.clock()
@@ -373,6 +464,7 @@ class ExecutorService:
         reason: str,
     ) -> None:
         log.warning("dead letter from %s[%d]@%d: %s", topic, partition, offset, reason)
+        self.metrics.dead_letter("executor")
         body = records.dead_letter_value(topic, partition, offset, key, value, reason)
         out.send(self.topics.dead_letter, key.decode() if key else "", body)
 

@@ -22,8 +22,14 @@ from typing import Any, cast
 import faust
 from mode import Service
 
+from kestream.api.handle import ApiHandle
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.runtime.context import BrokerContext, connect
+from kestream.runtime.embedded_broker import free_port
+from kestream.runtime.health import Check, Health, LoopMonitor, flows_table_check
+from kestream.runtime.members import MemberBoard, MemberPublisher
+from kestream.runtime.metrics import process_metrics
+from kestream.runtime.ops_routes import metrics_middleware, ops_routes
 from kestream.runtime.process import tune_gc
 from kestream.settings import SecurityProtocol, Settings, get_settings
 
@@ -41,9 +47,18 @@ def faust_settings(settings: Settings, role: str) -> dict[str, Any]:
     options: dict[str, Any] = {
         "broker": servers,
         "datadir": _process_dir(settings, role),
-        # The roles' own /metrics and /health endpoints come with the API issue; until then the
-        # faust web server stays off (faust also refuses port 0 for "any free port").
-        "web_enabled": False,
+        # Every role serves /metrics and /health on faust's web server: the API on
+        # KESTREAM_WEB_PORT, the others on a free port they log and publish (faust refuses 0).
+        "web_enabled": True,
+        "web_bind": settings.web_host,
+        "web_host": settings.web_host,
+        "web_port": settings.web_port if role == "api" else free_port(settings.web_host),
+        "web_application_options": {"client_max_size": settings.api_max_body_bytes},
+        "web_stats_enabled": False,
+        "web_graph_enabled": False,
+        "web_router_enabled": False,
+        "web_tables_enabled": False,
+        "web_metrics_enabled": False,
         "broker_session_timeout": settings.session_timeout_ms / 1000,
         "broker_heartbeat_interval": settings.heartbeat_interval_ms / 1000,
         "producer_linger": settings.producer_linger_ms / 1000,
@@ -82,14 +97,34 @@ def _credentials(settings: Settings) -> Any:
 
 
 class RoleService(Service):
-    """Hosts one of kestream's processors inside a faust worker."""
+    """Hosts one of kestream's processors inside a faust worker, with its health and metrics.
 
-    def __init__(self, role: str, settings: Settings, **kwargs: Any) -> None:
+    Every role process publishes its status (ready, live, ops port) to the members topic; the API
+    role also reads that topic, so its ``/health/ready`` answers for the whole installation.
+    """
+
+    def __init__(self, role: str, settings: Settings, port: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.role = role
         self.settings = settings
+        self.port = port
         self.parts: list[Any] = []
+        self.metrics = process_metrics()
+        self.monitor = LoopMonitor(metrics=self.metrics)
+        self.health = Health(role, [self.monitor])
+        self.board = MemberBoard() if role == "api" else None
+        self.api = ApiHandle(settings) if role == "api" else None
+        self.publisher: MemberPublisher | None = None
         self._crashing: asyncio.Future[Any] | None = None
+
+    def install_routes(self, web_app: Any) -> None:
+        """faust's web server is being set up: add /metrics, /health/* and (API) the API."""
+        web_app.middlewares.append(metrics_middleware(self.metrics))
+        web_app.router.add_routes(ops_routes(self.metrics, self.health, self.board))
+        if self.api is not None:
+            from kestream.api.app import install_api
+
+            install_api(web_app, self.api)
 
     async def on_start(self) -> None:
         for noisy in ("faust", "mode", "aiokafka", "kafka"):
@@ -100,26 +135,66 @@ class RoleService(Service):
             from kestream.runtime.tansu_compat import patch_faust_for_tansu
 
             patch_faust_for_tansu()
-        self.parts = await start_role(self.role, ctx, on_failure=self._failed)
-        log.info("%s started (broker %s, %s)", self.role, ctx.bootstrap, ctx.kind)
+        await self.monitor.start()
+        self.parts = await start_role(
+            self.role, ctx, on_failure=self._failed, health=self.health, api=self.api
+        )
+        if self.board is not None:
+            await self.board.start(ctx)
+        self.publisher = MemberPublisher(
+            ctx, self.role, self.health, port=self.port, metrics=self.metrics
+        )
+        await self.publisher.start()
+        log.info(
+            "%s started (broker %s, %s); /metrics and /health on http://%s:%d",
+            self.role,
+            ctx.bootstrap,
+            ctx.kind,
+            self.settings.web_host,
+            self.port,
+        )
 
     def _failed(self, exc: BaseException) -> None:
         """A processor failed: crash the faust worker, so the process exits and is replaced."""
         self._crashing = asyncio.ensure_future(self.crash(exc))
 
     async def on_stop(self) -> None:
+        if self.publisher is not None:
+            await self.publisher.stop()
+        if self.board is not None:
+            await self.board.stop()
         for part in reversed(self.parts):
             await part.stop()
+        await self.monitor.stop()
 
 
 async def start_role(
-    role: str, ctx: BrokerContext, on_failure: Callable[[BaseException], None] | None = None
+    role: str,
+    ctx: BrokerContext,
+    on_failure: Callable[[BaseException], None] | None = None,
+    *,
+    health: Health | None = None,
+    api: ApiHandle | None = None,
 ) -> list[Any]:
-    """Start the flows table and the processor of ``role``; returns them, in start order."""
+    """Start what ``role`` runs; returns the parts to stop, in start order.
+
+    The executor, the worker and the scheduler each get a flows table and their processor; the
+    API's service holds its own (through its client). Parts that say whether they are ready are
+    added to ``health``.
+    """
     from kestream.runtime.executor_service import ExecutorService
     from kestream.runtime.flows_table import FlowsTable
     from kestream.runtime.worker_service import WorkerService
 
+    health = health or Health(role)
+    if role == "api":
+        from kestream.api.service import ApiService
+
+        service = await ApiService.start(ctx)
+        if api is not None:
+            api.service = service
+        health.add(flows_table_check(service.client.flows), Check("index", lambda: service.ready))
+        return [service]
     registry = FlowRegistry()
     table = FlowsTable(ctx, registry)
     await table.start()
@@ -130,16 +205,39 @@ async def start_role(
         processor = ExecutorService(ctx, registry, on_failure=on_failure)
     elif role == "worker":
         processor = WorkerService(ctx, registry)
+    elif role == "scheduler":
+        from kestream.runtime.scheduler_service import SchedulerService
+
+        processor = SchedulerService(ctx, table, on_failure=on_failure)
     else:
         raise ValueError(f"unknown role {role!r}")
     await processor.start()
+    health.add(flows_table_check(table), processor)
     return [table, processor]
+
+
+class RoleApp(faust.App):
+    """A faust app that lets its role service add routes when the web server is set up."""
+
+    role_service: RoleService | None = None
+
+    def on_webserver_init(self, web: Any) -> None:
+        if self.role_service is not None:
+            self.role_service.install_routes(web.web_app)
+
+
+ROLES = ("executor", "worker", "scheduler", "api")
 
 
 def make_app(role: str, settings: Settings | None = None) -> faust.App:
     """The faust app of one role (``faust -A topologies.<role> worker`` runs it)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r} (roles: {', '.join(ROLES)})")
     settings = settings or get_settings()
-    app = faust.App(f"{settings.topic_prefix}{role}-app", **faust_settings(settings, role))
+    options = faust_settings(settings, role)
+    app = RoleApp(f"{settings.topic_prefix}{role}-app", **options)
+    service = RoleService(role, settings, port=options["web_port"])
+    app.role_service = service
     # faust accepts an instance too (App._prepare_subservice), though it is typed for classes.
-    app.service(cast(Any, RoleService(role, settings)))
+    app.service(cast(Any, service))
     return app

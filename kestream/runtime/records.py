@@ -105,7 +105,10 @@ def event_value(event: ev.Event) -> dict[str, Any]:
     if isinstance(event, ev.Kill):
         return {"type": "kill", "id": event.execution_id}
     if isinstance(event, ev.Restart):
-        return {"type": "restart", "id": event.execution_id}
+        body: dict[str, Any] = {"type": "restart", "id": event.execution_id}
+        if event.snapshot is not None:
+            body["snapshot"] = event.snapshot  # already JSON (the execution's model dump)
+        return body
     raise TypeError(f"timers never travel on a topic: {event!r}")
 
 
@@ -172,13 +175,20 @@ def _subflow(body: dict[str, Any]) -> ev.Event:
     )
 
 
+def _restart(body: dict[str, Any]) -> ev.Event:
+    snapshot = body.get("snapshot")
+    if snapshot is not None and not isinstance(snapshot, dict):
+        raise ValueError("the snapshot must be an execution JSON object")  # -> RecordError
+    return ev.Restart(body["id"], snapshot)
+
+
 _EVENT_DECODERS = {
     "created": _created,
     "result": _result,
     "subflow": _subflow,
     "resume": lambda b: ev.Resume(b["id"], decode_value(b.get("inputs")), b.get("run")),
     "kill": lambda b: ev.Kill(b["id"]),
-    "restart": lambda b: ev.Restart(b["id"]),
+    "restart": _restart,
 }
 
 

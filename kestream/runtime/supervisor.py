@@ -1,8 +1,9 @@
 """``kestream standalone``: one machine, every role, stopped together.
 
 Starts the embedded broker when ``KESTREAM_BROKER`` is unset, deploys the flows of a directory,
-then runs one process per role instance (``KESTREAM_EXECUTOR_STREAM_THREADS`` executor processes
-and a worker), each a faust worker as ``kestream executor`` / ``kestream worker`` would start it.
+then runs one process per role instance (``KESTREAM_EXECUTOR_STREAM_THREADS`` executor processes,
+a worker, the scheduler and the API), each a faust worker as ``kestream executor`` (``worker``,
+``scheduler``, ``api``) would start it.
 Children are started so that they die with the supervisor, even if it is killed outright; on
 Ctrl-C (or SIGTERM) it stops the children, then the broker it started.
 """
@@ -48,8 +49,12 @@ class Supervisor:
             await self._deploy(bootstrap)
             self._spawn(bootstrap)
             log.info(
-                "standalone running: %d executor process(es), 1 worker, broker %s. Ctrl-C stops.",
+                "standalone running: %d executor process(es), a worker, the scheduler and the API "
+                "(http://%s:%d/api/v1/%s/), broker %s. Ctrl-C stops.",
                 self.settings.stream_threads,
+                self.settings.web_host,
+                self.settings.web_port,
+                self.settings.tenant,
                 bootstrap,
             )
             return await self._watch(stop)
@@ -83,7 +88,7 @@ class Supervisor:
 
     def _spawn(self, bootstrap: str) -> None:
         env = {**os.environ, "KESTREAM_BROKER": bootstrap}
-        roles = ["executor"] * self.settings.stream_threads + ["worker"]
+        roles = ["executor"] * self.settings.stream_threads + ["worker", "scheduler", "api"]
         for role in roles:
             child = subprocess.Popen(role_command(role), env=env, preexec_fn=die_with_parent())
             self.children.append((role, child))

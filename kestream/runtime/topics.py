@@ -21,6 +21,8 @@ class Topics:
 
     ``executions``, ``results`` and ``changelog`` are keyed by execution id and co-partitioned
     (the executor reads the first two as streams and writes the third per input partition).
+    ``triggers`` holds the scheduler's trigger state (keyed ``namespace/flowId/triggerId``) and
+    ``members`` each role process's status (keyed by role and process): both compacted tables.
     """
 
     executions: str
@@ -31,6 +33,8 @@ class Topics:
     flows: str
     changelog: str
     dead_letter: str
+    triggers: str
+    members: str
 
     @classmethod
     def of(cls, settings: Settings) -> Topics:
@@ -43,6 +47,8 @@ class Topics:
             flows=settings.topic("flows"),
             changelog=settings.topic("executor-state-changelog"),
             dead_letter=settings.topic("dead-letter"),
+            triggers=settings.topic("triggers"),
+            members=settings.topic("members"),
         )
 
     def specs(self, partitions: int) -> list[tuple[str, int, bool]]:
@@ -56,6 +62,8 @@ class Topics:
             (self.changelog, partitions, True),
             (self.flows, 1, True),
             (self.dead_letter, 1, False),
+            (self.triggers, 1, True),
+            (self.members, 1, True),
         ]
 
 

@@ -60,6 +60,7 @@ from kestream.models.state import StateType
 from kestream.runtime import records
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.kafka import make_consumer, make_producer
+from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.tasks.base import RunnableTask
 from kestream.worker.runner import TaskRunner
 
@@ -181,9 +182,11 @@ class WorkerService:
         threads: int | None = None,
         max_in_flight: int | None = None,
         own_all_partitions: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         """``own_all_partitions``: take every partition without a consumer group, as the executor
-        does for a one-shot ``kestream run`` on its own embedded broker (no group join to wait)."""
+        does for a one-shot ``kestream run`` on its own embedded broker (no group join to wait).
+        ``metrics``: where to count (default: the process's :func:`process_metrics`)."""
         settings = ctx.settings
         self.own_all_partitions = own_all_partitions
         self.ctx = ctx
@@ -211,11 +214,35 @@ class WorkerService:
         self._side_tasks: set[asyncio.Task[None]] = set()  # dead letters, KILLED results
         self._slot_freed = asyncio.Event()
         self._last_commit = 0.0
+        self.metrics = metrics if metrics is not None else process_metrics()
+        self._pending_share = self.metrics.share(self.metrics.worker_job_pending)
+        self._lag_share = self.metrics.share(self.metrics.consumer_lag, "worker")
+        #: In the group with an assignment (possibly empty: more workers than partitions).
+        self._in_group = False
 
     @property
     def in_flight(self) -> int:
         """Jobs held by this worker: running, or waiting for their flow revision."""
         return len(self._jobs)
+
+    # -- health (kestream.runtime.health.HealthPart) ---------------------------------------
+
+    health_name = "worker"
+
+    @property
+    def is_live(self) -> bool:
+        """The loop task runs (it survives failed iterations; only :meth:`stop` ends it)."""
+        return self._task is not None and not self._task.done()
+
+    @property
+    def is_ready(self) -> bool:
+        """Joined the group and holding an assignment (even an empty one); false while a
+        rebalance has revoked it."""
+        return self.is_live and self._in_group
+
+    def health_detail(self) -> dict[str, Any]:
+        partitions = sorted(tp.partition for tp in self._partitions)
+        return {"partitions": partitions, "jobs": len(self._jobs), "held": len(self._held)}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -236,6 +263,7 @@ class WorkerService:
             self._consumer.subscribe([ctx.topics.worker_tasks], listener=_Rebalance(self))
             await self._consumer.start()
         self._task = asyncio.create_task(self.run(), name="worker-loop")
+        self.metrics.worker_job_thread.inc(self.threads)
 
     async def run(self) -> None:
         """The loop: fetch, dispatch, retry held jobs, commit; until :meth:`stop`."""
@@ -257,6 +285,7 @@ class WorkerService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+            self.metrics.worker_job_thread.dec(self.threads)
         if consumer is not None and consumer.assignment():
             consumer.pause(*consumer.assignment())
         for job in list(self._held.values()):  # never started: the next owner gets them
@@ -271,6 +300,8 @@ class WorkerService:
             await self._producer.stop()
             self._producer = None
         self._runner.close()
+        self._pending_share.report(0)
+        self._lag_share.report(0)
 
     async def _drain(self, timeout: float) -> None:
         running = [job.task for job in self._jobs.values() if job.task is not None]
@@ -311,9 +342,15 @@ class WorkerService:
             if consumer.paused():
                 consumer.resume(*consumer.paused())
             batch = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=room)
-            for recs in batch.values():
+            lag = 0
+            for tp, recs in batch.items():
                 for record in recs:
                     self._handle(record)
+                highwater = consumer.highwater(tp) if recs else None
+                if highwater is not None:  # the last fetch's high watermark: no extra request
+                    lag += max(0, highwater - recs[-1].offset - 1)
+            self._lag_share.report(lag)
+        self._pending_share.report(len(self._held))
         await self._commit()
 
     def _handle(self, record: ConsumerRecord[Any, Any]) -> None:
@@ -423,6 +460,9 @@ class WorkerService:
     # -- running a job -----------------------------------------------------------------------
 
     async def _execute(self, job: _Job, run: cmd.RunTask) -> None:
+        labels = (job.where[0], job.where[1], run.task.type)
+        self.metrics.job_started(*labels)
+        started, counted = time.monotonic(), False
         try:
             if job.kill_requested:
                 result = ev.WorkerResult(
@@ -432,14 +472,19 @@ class WorkerService:
                 lines: list[cmd.LogLine] = []
             else:
                 result, lines = await self._runner.run(run)
+            seconds = time.monotonic() - started
             if not job.abandoned and await self._publish(job, result, lines):
                 self._done(job)
                 self.stats["finished"] += 1
+                self.metrics.job_ended(*labels, result.state.value, seconds)
+                counted = True
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug here must not kill the loop; the job runs again later
             log.exception("job %s failed in the worker", job.key)
         finally:
+            if not counted:  # no result produced: out of the running gauges, not ended
+                self.metrics.job_abandoned(*labels)
             self._forget(job)
 
     def _done(self, job: _Job) -> None:
@@ -480,6 +525,7 @@ class WorkerService:
             "dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
         )
         self.stats["dead_lettered"] += 1
+        self.metrics.dead_letter("worker")
         value = records.dead_letter_value(
             record.topic, record.partition, record.offset, record.key, record.value, reason
         )
@@ -534,6 +580,7 @@ class WorkerService:
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         self.assigned.clear()
+        self._in_group = False
         await self._commit(force=True, only=revoked)
         for tp in revoked:
             self._partitions.pop(tp, None)
@@ -546,5 +593,6 @@ class WorkerService:
         for tp in assigned:
             self._partitions.setdefault(tp, _PartitionLog())
         log.info("worker: partitions assigned: %s", sorted(tp.partition for tp in assigned))
+        self._in_group = True
         if assigned:
             self.assigned.set()

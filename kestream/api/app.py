@@ -1,0 +1,72 @@
+"""The API's routes on an aiohttp application (faust's web server in the API role).
+
+:func:`install_api` adds every route (flows, executions, webhook, logs, the OpenAPI document)
+and a middleware that answers aiohttp's own errors and unexpected failures (logged with the
+request) as JSON. Requests are counted for ``/metrics`` by the role's metrics middleware.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import yaml
+from aiohttp import web
+
+from kestream.api.execution_routes import ExecutionRoutes
+from kestream.api.flow_routes import FlowRoutes
+from kestream.api.handle import ApiHandle
+from kestream.api.http import ApiError
+from kestream.api.log_routes import LogRoutes
+from kestream.api.openapi import OPENAPI_JSON_PATH, OPENAPI_YAML_PATH, openapi_document
+from kestream.api.webhook_routes import WebhookRoutes
+
+log = logging.getLogger("kestream.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def api_routes(handle: ApiHandle) -> list[web.RouteDef]:
+    """Every API route, in match order (fixed segments before path variables)."""
+    routes = [
+        *WebhookRoutes(handle).routes(),
+        *ExecutionRoutes(handle).routes(),
+        *FlowRoutes(handle).routes(),
+        *LogRoutes(handle).routes(),
+    ]
+    return routes
+
+
+def install_api(app: web.Application, handle: ApiHandle) -> None:
+    routes = api_routes(handle)
+    document = openapi_document(routes)
+    as_yaml = yaml.safe_dump(document, sort_keys=False)
+
+    async def openapi_json(_: web.Request) -> web.Response:
+        return web.json_response(document)
+
+    async def openapi_yaml(_: web.Request) -> web.Response:
+        return web.Response(text=as_yaml, content_type="application/yaml")
+
+    app.router.add_routes(
+        [
+            *routes,
+            web.get(OPENAPI_YAML_PATH, openapi_yaml),
+            web.get(OPENAPI_JSON_PATH, openapi_json),
+        ]
+    )
+    app.middlewares.append(json_errors)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own errors (404, 405) and unexpected failures as Kestra's JSON error body."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if isinstance(exc, ApiError) or exc.status < 400:
+            raise
+        raise ApiError(exc.status, exc.reason) from None
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        raise ApiError(500, "Internal server error: see the API's log") from None

@@ -1,0 +1,204 @@
+"""Execution routes: create, get, kill, resume, restart, delete, follow, search (Kestra 1.x).
+
+Routes with a fixed last segment (``/search``, ``/{id}/kill``, ``/{id}/resume``, ...) are
+registered before ``/{namespace}/{flowId}``, which would otherwise match them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from kestream.api import sse
+from kestream.api.handle import ApiHandle
+from kestream.api.http import (
+    ApiError,
+    invalid,
+    json_response,
+    not_found,
+    parse_labels,
+    query_flag,
+    query_int,
+    read_form,
+)
+from kestream.api.index.query import QueryError, parse_search_params
+from kestream.api.service import ApiService, dump
+from kestream.models.inputs import InputValidationError
+from kestream.models.state import StateType
+
+PREFIX = "/api/v1/{tenant}/executions"
+
+#: How long ``?wait=true`` waits before answering with the execution as it is.
+WAIT_TIMEOUT_S = 300.0
+_RESTARTABLE = frozenset({StateType.FAILED, StateType.KILLED, StateType.WARNING})
+
+
+def input_errors(exc: InputValidationError) -> ApiError:
+    problems = [{"path": f"inputs.{p.input_id}", "message": str(p)} for p in exc.problems]
+    return invalid(f"Invalid inputs: {exc}", problems)
+
+
+def execution_url(request: web.Request, execution: dict[str, Any]) -> str:
+    """Where a person looks at the execution: its JSON here (kestream has no UI)."""
+    tenant = request.match_info["tenant"]
+    return str(
+        request.url.with_path(f"/api/v1/{tenant}/executions/{execution['id']}").with_query(None)
+    )
+
+
+def current_state(execution: dict[str, Any]) -> StateType:
+    return StateType(execution["state"]["current"])
+
+
+class ExecutionRoutes:
+    def __init__(self, api: ApiHandle) -> None:
+        self.api = api
+
+    def routes(self) -> list[web.RouteDef]:
+        one = PREFIX + "/{executionId}"
+        return [
+            web.get(PREFIX + "/search", self.search),
+            web.get(PREFIX, self.search),
+            web.get(one + "/follow", self.follow),
+            web.delete(one + "/kill", self.kill),
+            web.post(one + "/resume", self.resume),
+            web.post(one + "/restart", self.restart),
+            web.get(one, self.get),
+            web.delete(one, self.delete),
+            web.post(PREFIX + "/{namespace}/{flowId}", self.create),
+        ]
+
+    def _service(self, request: web.Request) -> ApiService:
+        self.api.tenant(request.match_info["tenant"])
+        return self.api.get()
+
+    async def _known(self, request: web.Request) -> tuple[ApiService, dict[str, Any]]:
+        service = self._service(request)
+        execution_id = request.match_info["executionId"]
+        execution = await service.execution(execution_id)
+        if execution is None or execution.get("deleted"):
+            raise not_found(f"Execution '{execution_id}'")
+        return service, execution
+
+    async def create(self, request: web.Request) -> web.Response:
+        """Start an execution of the flow's newest revision (or ``?revision=``).
+
+        Inputs are form fields (multipart or url-encoded; JSON is accepted too), ``labels`` are
+        repeated ``key:value`` query parameters, and ``?wait=true`` answers when the execution
+        ends or pauses.
+        """
+        service = self._service(request)
+        namespace, flow_id = request.match_info["namespace"], request.match_info["flowId"]
+        number = query_int(request, "revision", 0, low=1, high=10**9) or None
+        if request.query.get("scheduleDate"):
+            raise invalid("'scheduleDate' is not supported: executions start at once")
+        flow = service.flow(namespace, flow_id, number)
+        if flow is None:
+            raise not_found(
+                f"Flow '{namespace}.{flow_id}'" + (f" revision {number}" if number else "")
+            )
+        if flow.disabled:
+            raise ApiError(409, f"Illegal state: Flow '{namespace}.{flow_id}' is disabled")
+        labels = parse_labels(request.query.getall("labels", []))
+        reserved = [k for k in labels if k.startswith("system.") and k != "system.correlationId"]
+        if reserved:
+            raise invalid(
+                f"Labels starting with 'system.' are reserved: {', '.join(reserved)}",
+                [{"path": "labels", "message": f"reserved label '{k}'"} for k in reserved],
+            )
+        inputs = await read_form(request, self.api.max_body)
+        try:
+            created = await service.create_execution(flow, inputs, labels)
+        except InputValidationError as exc:
+            raise input_errors(exc) from None
+        if query_flag(request, "wait"):
+            with contextlib.suppress(TimeoutError):  # then answer with what is known
+                created = await service.wait(created["id"], WAIT_TIMEOUT_S)
+        return json_response({**created, "url": execution_url(request, created)})
+
+    async def get(self, request: web.Request) -> web.Response:
+        _, execution = await self._known(request)
+        return json_response(execution)
+
+    async def kill(self, request: web.Request) -> web.Response:
+        """202: the kill is on its way (the execution goes KILLING, then KILLED, its running
+        subflows with it). An ended execution is left as it is: 202 as well, or 409 with
+        ``?isOnKillCascade=false``, as Kestra answers."""
+        service, execution = await self._known(request)
+        if current_state(execution).is_terminal:
+            if not query_flag(request, "isOnKillCascade", default=True):
+                raise ApiError(
+                    409,
+                    f"Illegal state: Execution '{execution['id']}' is already "
+                    "finished, can't kill it",
+                )
+            return web.Response(status=202)
+        await service.kill(execution["id"])
+        return web.Response(status=202)
+
+    async def resume(self, request: web.Request) -> web.Response:
+        """204: resumed with the form's inputs (the Pause's ``onResume``); 409 if not paused."""
+        service, execution = await self._known(request)
+        if current_state(execution) is not StateType.PAUSED:
+            raise ApiError(409, f"Execution '{execution['id']}' is not paused")
+        inputs = await read_form(request, self.api.max_body)
+        await service.resume(execution["id"], inputs)
+        return web.Response(status=204)
+
+    async def restart(self, request: web.Request) -> web.Response:
+        """Restart an execution that ended FAILED, KILLED or WARNING: its failed task runs get a
+        new attempt. Answers the execution as restarted."""
+        service, execution = await self._known(request)
+        state = current_state(execution)
+        if state not in _RESTARTABLE:
+            raise ApiError(
+                409,
+                f"Execution '{execution['id']}' is {state.value}: only FAILED, KILLED or "
+                "WARNING executions can be restarted",
+            )
+        await service.restart(execution)
+        restarted = dict(execution)
+        restarted["state"] = {**execution["state"], "current": StateType.RESTARTED.value}
+        return json_response(restarted)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        """204: the execution is marked deleted in the index (it no longer lists or answers).
+        An execution still running is refused with 409: kill it first."""
+        service, execution = await self._known(request)
+        if not current_state(execution).is_terminal:
+            raise ApiError(409, f"Execution '{execution['id']}' is still running: kill it first")
+        await service.delete_execution(execution["id"])
+        return web.Response(status=204)
+
+    async def follow(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events: the execution now, then each change, ``end`` at its last state."""
+        service, execution = await self._known(request)
+        return await sse.pump(request, _follow_frames(service, execution))
+
+    async def search(self, request: web.Request) -> web.Response:
+        """``{results, total}`` for Kestra's ``filters[field][OPERATION]=value`` parameters (and
+        the older ``namespace=``/``flowId=``/``state=`` ones); the total is counted apart."""
+        service = self._service(request)
+        try:
+            query = parse_search_params(request.query)
+        except QueryError as exc:
+            raise invalid(str(exc)) from None
+        results, total = await service.search(query)
+        return json_response({"results": results, "total": total})
+
+
+async def _follow_frames(service: ApiService, known: dict[str, Any]) -> AsyncIterator[bytes]:
+    """Kestra's frames: ``start`` (the id), the execution as it is (``progress``), each change
+    (``progress``), and the last state (``end``); an ended execution gets ``end`` at once."""
+    execution_id = known["id"]
+    yield sse.frame({"id": execution_id, "deleted": False}, event_id="start")
+    if current_state(known).is_terminal:
+        yield sse.frame(known, event_id="end")
+        return
+    yield sse.frame(known, event_id="progress")
+    async for execution in service.follow(execution_id, known):
+        kind = "end" if execution.state.current.is_terminal else "progress"
+        yield sse.frame(dump(execution), event_id=kind)

@@ -1,0 +1,172 @@
+"""What every route shares: JSON responses, errors with Kestra's body, bounded request bodies.
+
+Errors are JSON, shaped as Kestra's ``JsonError``: a ``message`` that names the field or the id,
+and, for invalid input, ``_embedded.errors`` with one ``{message, path}`` per problem, so a client
+written for Kestra shows them as it does Kestra's. Request bodies are read up to
+``KESTREAM_API_MAX_BODY_BYTES``; a larger one is refused with 413 before it is buffered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+from multidict import MultiDictProxy
+
+JSON = "application/json"
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    """A JSON response serialised in one orjson pass (datetimes as ISO-8601)."""
+    return web.Response(body=orjson.dumps(body), status=status, content_type=JSON)
+
+
+class ApiError(web.HTTPException):
+    """An error answered as Kestra's JSON error body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        errors: Iterable[Mapping[str, Any]] = (),
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.status_code = status
+        body: dict[str, Any] = {"message": message}
+        problems = [dict(error) for error in errors]
+        if problems:
+            body["_embedded"] = {"errors": problems}
+        super().__init__(
+            headers=headers, body=orjson.dumps(body), content_type=JSON, reason=_reason(status)
+        )
+
+
+def _reason(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(404, f"{what} not found")
+
+
+def invalid(message: str, errors: Iterable[Mapping[str, Any]] = ()) -> ApiError:
+    """422: the request is well formed but what it names is invalid (flow, inputs, filters)."""
+    return ApiError(422, message, errors)
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, message)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes (checked before buffering)."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise _too_large(limit)
+    data = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        data.extend(chunk)
+        if len(data) > limit:
+            raise _too_large(limit)
+    return bytes(data)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"Request body is larger than the limit of {limit} bytes")
+
+
+async def read_text(request: web.Request, limit: int) -> str:
+    data = await read_body(request, limit)
+    try:
+        return data.decode(request.charset or "utf-8")
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise bad_request(f"Request body is not valid text: {exc}") from None
+
+
+async def read_form(request: web.Request, limit: int) -> dict[str, Any]:
+    """Form fields of a multipart or url-encoded body (Kestra's execution inputs).
+
+    A repeated field gives a list; an uploaded file's content is read as text (kestream has no
+    internal storage, so FILE inputs carry their content, bounded by the body limit).
+    """
+    if not request.body_exists:
+        return {}
+    kind = request.content_type
+    if kind == JSON:
+        body = await read_body(request, limit)
+        try:
+            value = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError as exc:
+            raise bad_request(f"Request body is not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise bad_request("Request body must be a JSON object of inputs")
+        return value
+    if kind not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        await read_body(request, limit)  # enforce the limit, then ignore an unknown body
+        return {}
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    request._client_max_size = limit  # aiohttp's own bound for post()
+    try:
+        form = await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(limit) from None
+    return _fields(form)
+
+
+def _fields(form: MultiDictProxy[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in form:
+        values = [_field_value(v) for v in form.getall(key)]
+        out[key] = values[0] if len(values) == 1 else values
+    return out
+
+
+def _field_value(value: Any) -> Any:
+    if isinstance(value, web.FileField):
+        return value.file.read().decode("utf-8", "replace")
+    return value
+
+
+def query_flag(request: web.Request, name: str, default: bool = False) -> bool:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    lowered = raw.strip().lower()
+    if lowered in ("", "true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise bad_request(f"Query parameter '{name}' must be true or false, not '{raw}'")
+
+
+def query_int(request: web.Request, name: str, default: int, *, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"Query parameter '{name}' must be an integer, not '{raw}'") from None
+    if not low <= value <= high:
+        raise bad_request(f"Query parameter '{name}' must be between {low} and {high}")
+    return value
+
+
+def parse_labels(values: Iterable[str], source: str = "labels") -> dict[str, str]:
+    """Kestra's ``key:value`` label parameters (repeated), as a dict."""
+    labels: dict[str, str] = {}
+    for raw in values:
+        key, sep, value = raw.partition(":")
+        if not sep or not key:
+            raise bad_request(f"Parameter '{source}' must be 'key:value', not '{raw}'")
+        labels[key] = value
+    return labels

@@ -1,0 +1,97 @@
+"""Log routes: an execution's log lines, and a live follow of them (Kestra 1.x paths).
+
+Lines come from the execution index, which the index feed fills from the logs topic. The follow
+stream (frames ``start``, then ``progress`` per line, as Kestra's) reads the index again every
+:data:`FOLLOW_POLL_S` for lines past the last it sent, and, unlike Kestra's, which never ends,
+closes once the execution has ended and a last read found nothing new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from kestream.api import sse
+from kestream.api.handle import ApiHandle
+from kestream.api.http import bad_request, json_response, not_found
+from kestream.api.service import ApiService
+from kestream.models.state import StateType
+
+PREFIX = "/api/v1/{tenant}/logs/{executionId}"
+FOLLOW_POLL_S = 0.25
+LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
+
+
+class LogRoutes:
+    def __init__(self, api: ApiHandle) -> None:
+        self.api = api
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get(PREFIX + "/follow", self.follow), web.get(PREFIX, self.list)]
+
+    async def _context(self, request: web.Request) -> tuple[ApiService, dict[str, Any]]:
+        self.api.tenant(request.match_info["tenant"])
+        service = self.api.get()
+        execution_id = request.match_info["executionId"]
+        execution = await service.execution(execution_id)
+        if execution is None or execution.get("deleted"):
+            raise not_found(f"Execution '{execution_id}'")
+        return service, execution
+
+    async def list(self, request: web.Request) -> web.Response:
+        """``?minLevel=``, ``?taskRunId=``, ``?taskId=``, ``?attempt=`` narrow the lines."""
+        service, execution = await self._context(request)
+        lines = await service.logs(
+            execution["id"], _min_level(request), request.query.get("taskRunId")
+        )
+        return json_response(_narrow(request, lines))
+
+    async def follow(self, request: web.Request) -> web.StreamResponse:
+        service, execution = await self._context(request)
+        return await sse.pump(request, self._frames(request, service, execution["id"]))
+
+    async def _frames(
+        self, request: web.Request, service: ApiService, execution_id: str
+    ) -> AsyncIterator[bytes]:
+        yield sse.frame({"executionId": execution_id}, event_id="start")
+        sent = 0
+        min_level = _min_level(request)
+        task_run_id = request.query.get("taskRunId")
+        while True:
+            execution = await service.execution(execution_id)
+            ended = execution is None or StateType(execution["state"]["current"]).is_terminal
+            lines = _narrow(request, await service.logs(execution_id, min_level, task_run_id))
+            for line in lines[sent:]:
+                yield sse.frame(line, event_id="progress")
+            sent = max(sent, len(lines))
+            if ended:
+                return
+            await asyncio.sleep(FOLLOW_POLL_S)
+
+
+def _min_level(request: web.Request) -> str | None:
+    level = request.query.get("minLevel")
+    if level is None or level == "":
+        return None
+    if level.upper() not in LEVELS:
+        raise bad_request(f"Query parameter 'minLevel' must be one of {', '.join(LEVELS)}")
+    return level.upper()
+
+
+def _narrow(request: web.Request, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    task_id = request.query.get("taskId")
+    attempt = request.query.get("attempt")
+    if task_id:
+        lines = [line for line in lines if line.get("taskId") == task_id]
+    if attempt:
+        try:
+            number = int(attempt)
+        except ValueError:
+            raise bad_request(
+                f"Query parameter 'attempt' must be an integer, not '{attempt}'"
+            ) from None
+        lines = [line for line in lines if line.get("attemptNumber") == number]
+    return lines

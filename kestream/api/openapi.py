@@ -1,0 +1,218 @@
+"""The OpenAPI 3.1 document of the API, built from the routes themselves.
+
+Each route's operation comes from :data:`OPERATIONS` (its id, query parameters, request body and
+responses, in Kestra 1.x's names); path parameters come from the route's path and the summary
+from the handler's docstring. A route without an entry here, or an entry without a route, is an
+error when the document is built, so the document cannot drift from the routes (a test builds
+it from the real route table).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+#: Where Kestra serves its document, and the same as JSON.
+OPENAPI_YAML_PATH = "/swagger/kestra.yml"
+OPENAPI_JSON_PATH = "/swagger/kestra.json"
+
+_JSON = "application/json"
+_YAML = "application/x-yaml"
+_FORM = "multipart/form-data"
+_SSE = "text/event-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    type: str = "string"
+    description: str = ""
+    repeated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    operation_id: str
+    tag: str
+    query: tuple[Param, ...] = ()
+    body: str | None = None  # a content type
+    responses: dict[int, tuple[str, str | None]] = field(default_factory=dict)
+
+
+_OK_JSON = (_JSON, "OK")
+_ERRORS = {404: (_JSON, "Not found"), 422: (_JSON, "Invalid input")}
+_PAGE = (
+    Param("page", "integer", "1-based page number"),
+    Param("size", "integer", "page size"),
+)
+
+_T = "/api/v1/{tenant}"
+
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("POST", _T + "/flows"): Operation(
+        "createFlow", "Flows", body=_YAML, responses={200: _OK_JSON, 422: _ERRORS[422]}
+    ),
+    ("POST", _T + "/flows/validate"): Operation(
+        "validateFlows", "Flows", body=_YAML, responses={200: _OK_JSON}
+    ),
+    ("GET", _T + "/flows/search"): Operation(
+        "searchFlows",
+        "Flows",
+        query=(*_PAGE, Param("namespace", description="namespace and its children"), Param("q")),
+        responses={200: _OK_JSON},
+    ),
+    ("GET", _T + "/flows/{namespace}"): Operation(
+        "listFlowsByNamespace", "Flows", responses={200: _OK_JSON}
+    ),
+    ("GET", _T + "/flows/{namespace}/{id}"): Operation(
+        "getFlow",
+        "Flows",
+        query=(Param("source", "boolean"), Param("revision", "integer")),
+        responses={200: _OK_JSON, 404: _ERRORS[404]},
+    ),
+    ("PUT", _T + "/flows/{namespace}/{id}"): Operation(
+        "updateFlow", "Flows", body=_YAML, responses={200: _OK_JSON, **_ERRORS}
+    ),
+    ("DELETE", _T + "/flows/{namespace}/{id}"): Operation(
+        "deleteFlow", "Flows", responses={204: (_JSON, "Deleted"), 404: _ERRORS[404]}
+    ),
+    ("POST", _T + "/executions/{namespace}/{flowId}"): Operation(
+        "createExecution",
+        "Executions",
+        query=(
+            Param("labels", description="key:value", repeated=True),
+            Param("wait", "boolean", "answer when the execution ends or pauses"),
+            Param("revision", "integer"),
+        ),
+        body=_FORM,
+        responses={200: _OK_JSON, **_ERRORS},
+    ),
+    ("GET", _T + "/executions/search"): Operation(
+        "searchExecutions",
+        "Executions",
+        query=(
+            *_PAGE,
+            Param("sort", description="field:asc|desc"),
+            Param("filters[field][OPERATION]", description="Kestra query filters"),
+        ),
+        responses={200: _OK_JSON, 422: _ERRORS[422]},
+    ),
+    ("GET", _T + "/executions"): Operation(
+        "listExecutions",
+        "Executions",
+        query=(*_PAGE, Param("namespace"), Param("flowId"), Param("state", repeated=True)),
+        responses={200: _OK_JSON, 422: _ERRORS[422]},
+    ),
+    ("GET", _T + "/executions/{executionId}"): Operation(
+        "getExecution", "Executions", responses={200: _OK_JSON, 404: _ERRORS[404]}
+    ),
+    ("DELETE", _T + "/executions/{executionId}"): Operation(
+        "deleteExecution",
+        "Executions",
+        responses={204: (_JSON, "Deleted"), 404: _ERRORS[404], 409: (_JSON, "Running")},
+    ),
+    ("DELETE", _T + "/executions/{executionId}/kill"): Operation(
+        "killExecution",
+        "Executions",
+        responses={202: (_JSON, "Accepted"), 404: _ERRORS[404], 409: (_JSON, "Ended")},
+    ),
+    ("POST", _T + "/executions/{executionId}/resume"): Operation(
+        "resumeExecution",
+        "Executions",
+        body=_FORM,
+        responses={204: (_JSON, "Resumed"), 404: _ERRORS[404], 409: (_JSON, "Not paused")},
+    ),
+    ("POST", _T + "/executions/{executionId}/restart"): Operation(
+        "restartExecution",
+        "Executions",
+        responses={200: _OK_JSON, 404: _ERRORS[404], 409: (_JSON, "Not restartable")},
+    ),
+    ("GET", _T + "/executions/{executionId}/follow"): Operation(
+        "followExecution", "Executions", responses={200: (_SSE, "Server-sent events")}
+    ),
+    ("GET", _T + "/logs/{executionId}"): Operation(
+        "listLogsFromExecution",
+        "Logs",
+        query=(Param("minLevel"), Param("taskRunId"), Param("taskId"), Param("attempt", "integer")),
+        responses={200: _OK_JSON, 404: _ERRORS[404]},
+    ),
+    ("GET", _T + "/logs/{executionId}/follow"): Operation(
+        "followLogsFromExecution",
+        "Logs",
+        query=(Param("minLevel"), Param("taskRunId")),
+        responses={200: (_SSE, "Server-sent events")},
+    ),
+    **{
+        (method, _T + "/executions/webhook/{namespace}/{flowId}/{key}"): Operation(
+            f"webhookTrigger{method.title()}",
+            "Executions",
+            body=None if method == "GET" else "*/*",
+            responses={200: _OK_JSON, 404: _ERRORS[404]},
+        )
+        for method in ("GET", "POST", "PUT")
+    },
+}
+
+_PATH_PARAM = re.compile(r"\{(\w+)\}")
+
+
+def openapi_document(routes: list[web.RouteDef]) -> dict[str, Any]:
+    """The document of ``routes``; raises ValueError when a route and OPERATIONS disagree."""
+    paths: dict[str, dict[str, Any]] = {}
+    seen: set[tuple[str, str]] = set()
+    for route in routes:
+        key = (route.method, route.path)
+        operation = OPERATIONS.get(key)
+        if operation is None:
+            raise ValueError(f"route {route.method} {route.path} has no OpenAPI entry")
+        seen.add(key)
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, operation)
+    missing = set(OPERATIONS) - seen
+    if missing:
+        raise ValueError(f"OpenAPI entries without a route: {sorted(missing)}")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "kestream",
+            "version": "1",
+            "description": "Kestra 1.x-compatible REST API of a kestream installation",
+        },
+        "paths": paths,
+    }
+
+
+def _operation(route: web.RouteDef, operation: Operation) -> dict[str, Any]:
+    doc = inspect.getdoc(route.handler) or ""
+    params: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _PATH_PARAM.findall(route.path)
+    ]
+    for param in operation.query:
+        schema: dict[str, Any] = {"type": param.type}
+        if param.repeated:
+            schema = {"type": "array", "items": schema}
+        entry = {"name": param.name, "in": "query", "required": False, "schema": schema}
+        if param.description:
+            entry["description"] = param.description
+        params.append(entry)
+    out: dict[str, Any] = {
+        "operationId": operation.operation_id,
+        "tags": [operation.tag],
+        "summary": doc.split("\n", 1)[0] if doc else operation.operation_id,
+        "parameters": params,
+        "responses": {
+            str(code): {"description": text, "content": {kind: {}}}
+            if kind and code != 204
+            else {"description": text}
+            for code, (kind, text) in sorted(operation.responses.items())
+        },
+    }
+    if len(doc.split("\n", 1)) > 1:
+        out["description"] = doc
+    if operation.body is not None:
+        out["requestBody"] = {"content": {operation.body: {}}}
+    return out

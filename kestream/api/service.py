@@ -1,0 +1,215 @@
+"""The API role's state: a client of the installation, the execution index and its feed.
+
+Routes are thin; what they do to the installation is here. Writes go to Kafka through a
+:class:`~kestream.client.Client` (flows to the flows topic, executions, kills, resumes and
+restarts to the executions topic). Reads of executions and logs come from the execution index,
+which the :class:`~kestream.api.index.feed.IndexFeed` fills from the execution-updates and logs
+topics; live follows come from the client's updates follower, seeded from the index.
+
+An execution this API created is answered from a small cache until the index has it, so a
+``GET`` straight after the ``POST`` that created it never says 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from kestream.api.index.feed import IndexFeed
+from kestream.api.index.query import SearchQuery
+from kestream.api.index.store import open_index
+from kestream.client import Client
+from kestream.executor import events as ev
+from kestream.models.clock import utc_now
+from kestream.models.execution import Execution, format_instant
+from kestream.models.flow import Flow
+from kestream.models.ids import new_id
+from kestream.models.inputs import parse_inputs
+from kestream.models.state import StateType
+from kestream.runtime.context import BrokerContext
+
+log = logging.getLogger("kestream.api")
+
+#: Executions this API created, answered from memory until the index has them.
+CREATED_CACHE_MAX = 10_000
+CREATED_CACHE_TTL_S = 60.0
+
+
+class ApiService:
+    """Everything the routes act on. Build with :meth:`start`; :meth:`stop` closes it."""
+
+    def __init__(self, ctx: BrokerContext, client: Client, feed: IndexFeed) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.client = client
+        self.feed = feed
+        self.index = feed.store
+        self._created: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
+
+    @classmethod
+    async def start(cls, ctx: BrokerContext) -> ApiService:
+        client = Client(ctx)
+        await client.start()
+        store = open_index(ctx.settings)
+        feed = IndexFeed(ctx, store)
+        try:
+            await feed.start()
+        except BaseException:
+            await client.close()
+            store.close()
+            raise
+        return cls(ctx, client, feed)
+
+    async def stop(self) -> None:
+        await self.feed.stop()
+        await self.client.close()
+        self.index.close()
+
+    @property
+    def ready(self) -> bool:
+        """The index has caught up with the updates that existed when the API started."""
+        return self.feed.caught_up.is_set()
+
+    # -- flows --------------------------------------------------------------------------------
+
+    def flow(self, namespace: str, flow_id: str, revision: int | None = None) -> Flow | None:
+        table = self.client.flows
+        if revision is None:
+            return table.latest(namespace, flow_id)
+        return table.get(namespace, flow_id, revision)
+
+    def flows(self) -> list[Flow]:
+        return self.client.flows.flows()
+
+    async def deploy(self, source: str) -> Flow:
+        return await self.client.deploy(source)
+
+    async def delete_flow(self, namespace: str, flow_id: str) -> bool:
+        return await self.client.flows.delete(namespace, flow_id)
+
+    # -- executions ---------------------------------------------------------------------------
+
+    async def create_execution(
+        self,
+        flow: Flow,
+        inputs: dict[str, Any],
+        labels: dict[str, str],
+        *,
+        trigger: dict[str, Any] | None = None,
+        schedule_date: datetime | None = None,
+        validate: bool = True,
+    ) -> dict[str, Any]:
+        """Start an execution of ``flow``; returns its JSON as created (state CREATED).
+
+        Inputs are checked here (an :class:`~kestream.models.inputs.InputValidationError` names
+        every bad one) unless ``validate`` is false, when the executor checks them.
+        """
+        typed = parse_inputs(flow.inputs, inputs) if validate else inputs
+        execution_id = new_id()
+        event = ev.ExecutionCreated(
+            execution_id=execution_id,
+            namespace=flow.namespace,
+            flow_id=flow.id,
+            revision=flow.revision,
+            inputs=typed,
+            validate_inputs=not validate,
+            labels=labels,
+            trigger=trigger,
+            schedule_date=schedule_date,
+        )
+        return await self.submit_event(event, flow)
+
+    async def submit_event(self, event: ev.ExecutionCreated, flow: Flow) -> dict[str, Any]:
+        """Send a prepared creation event (a webhook's); returns the execution as created."""
+        await self.client.send(event)
+        body = created_execution(event, flow)
+        self._remember(event.execution_id, body)
+        return body
+
+    async def wait(self, execution_id: str, timeout: float | None) -> dict[str, Any]:
+        execution = await self.client.wait(execution_id, timeout)
+        return dump(execution)
+
+    async def execution(self, execution_id: str) -> dict[str, Any] | None:
+        found = await asyncio.to_thread(self.index.get, execution_id)
+        if found is not None:
+            self._created.pop(execution_id, None)
+            return found
+        cached = self._created.get(execution_id)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        return None
+
+    async def kill(self, execution_id: str) -> None:
+        await self.client.kill(execution_id)
+
+    async def resume(self, execution_id: str, inputs: dict[str, Any]) -> None:
+        await self.client.resume(execution_id, inputs or None)
+
+    async def restart(self, snapshot: dict[str, Any]) -> None:
+        """Restart an ended execution: its last snapshot goes back to the executor with the
+        restart, since an ended execution has left the executor's state (DESIGN.md section 3)."""
+        await self.client.send(ev.Restart(snapshot["id"], snapshot=snapshot))
+
+    async def delete_execution(self, execution_id: str) -> bool:
+        return await asyncio.to_thread(self.index.delete, execution_id)
+
+    async def search(self, query: SearchQuery) -> tuple[list[dict[str, Any]], int]:
+        return await asyncio.to_thread(self.index.search, query)
+
+    async def logs(
+        self, execution_id: str, min_level: str | None, task_run_id: str | None
+    ) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.index.logs, execution_id, min_level, task_run_id)
+
+    async def follow(self, execution_id: str, known: dict[str, Any]) -> AsyncIterator[Execution]:
+        """Each change of the execution, merged, from what the index knows of it to its end."""
+        state = known.get("state", {}).get("current")
+        terminal = state is not None and StateType(state).is_terminal
+        self.client.seed(execution_id, known, terminal=terminal)
+        async for execution in self.client.follow(execution_id):
+            yield execution
+
+    def _remember(self, execution_id: str, body: dict[str, Any]) -> None:
+        now = time.monotonic()
+        self._created[execution_id] = (body, now + CREATED_CACHE_TTL_S)
+        while self._created and (
+            len(self._created) > CREATED_CACHE_MAX or next(iter(self._created.values()))[1] <= now
+        ):
+            self._created.popitem(last=False)
+
+
+def dump(execution: Execution) -> dict[str, Any]:
+    return execution.model_dump(mode="json", by_alias=True)
+
+
+def created_execution(event: ev.ExecutionCreated, flow: Flow) -> dict[str, Any]:
+    """The JSON of an execution as it is created, before the executor has seen it (labels as
+    the executor will set them: the flow's, the request's, and the correlation id)."""
+    labels = {**flow.labels, **event.labels}
+    labels.setdefault("system.correlationId", event.execution_id)
+    now = utc_now()
+    stamp = format_instant(now)
+    body = Execution.model_validate(
+        {
+            "id": event.execution_id,
+            "namespace": event.namespace,
+            "flowId": event.flow_id,
+            "flowRevision": event.revision or 1,
+            "originalId": event.original_id or event.execution_id,
+            "labels": [{"key": k, "value": v} for k, v in labels.items()],
+            "inputs": event.inputs or None,
+            "trigger": event.trigger,
+            "scheduleDate": event.schedule_date,
+            "metadata": {"attemptNumber": 1, "originalCreatedDate": now},
+            "state": {"current": "CREATED", "histories": [{"state": "CREATED", "date": now}]},
+        }
+    )
+    out = dump(body)
+    out["state"]["startDate"] = stamp
+    return out

@@ -1,0 +1,66 @@
+"""The Webhook trigger's route, ``/api/v1/{tenant}/executions/webhook/{ns}/{id}/{key}``.
+
+The key is compared in constant time; an unknown flow, a flow without that key and a disabled
+trigger all get the same 404 ("Webhook not found") and create nothing, so the route does not
+reveal which flows exist; a disabled flow gets 409, as in Kestra. The answer is Kestra's
+``WebhookResponse``: the execution as created (its ``id`` is the one to follow) and its ``url``.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from kestream.api.execution_routes import execution_url
+from kestream.api.handle import ApiHandle
+from kestream.api.http import ApiError, json_response, not_found, read_body
+from kestream.models.ids import new_id
+from kestream.scheduler.webhooks import find_webhook, webhook_execution
+
+PATH = "/api/v1/{tenant}/executions/webhook/{namespace}/{flowId}/{key}"
+#: Kestra's ``WebhookResponse``: the execution as created, without its inputs and task runs.
+_RESPONSE_FIELDS = (
+    "id",
+    "namespace",
+    "flowId",
+    "flowRevision",
+    "trigger",
+    "outputs",
+    "labels",
+    "state",
+)
+
+
+class WebhookRoutes:
+    def __init__(self, api: ApiHandle) -> None:
+        self.api = api
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.route(method, PATH, self.trigger) for method in ("GET", "POST", "PUT")]
+
+    async def trigger(self, request: web.Request) -> web.Response:
+        self.api.tenant(request.match_info["tenant"])
+        service = self.api.get()
+        namespace, flow_id = request.match_info["namespace"], request.match_info["flowId"]
+        flow = service.flow(namespace, flow_id)
+        trigger = find_webhook(flow, request.match_info["key"]) if flow is not None else None
+        if flow is None or trigger is None:
+            raise not_found("Webhook not found")
+        if flow.disabled:
+            raise ApiError(409, "Illegal state: Cannot execute a disabled flow")
+        body = await read_body(request, self.api.max_body)
+        headers = {name: request.headers.getall(name) for name in request.headers}
+        parameters = {name: request.query.getall(name) for name in request.query}
+        event = webhook_execution(
+            flow,
+            trigger,
+            body=body,
+            content_type=request.content_type,
+            headers=headers,
+            parameters=parameters,
+            execution_id=new_id(),
+        )
+        created = await service.submit_event(event, flow)
+        body = {key: created.get(key) for key in _RESPONSE_FIELDS}
+        body["tenantId"] = self.api.settings.tenant
+        body["url"] = execution_url(request, created)
+        return json_response(body)

@@ -1,0 +1,380 @@
+"""Member status: who is running in this installation, and is every one of them ready?
+
+Each role process runs a :class:`MemberPublisher`: every :data:`HEARTBEAT_S` seconds, and at once
+whenever its readiness changes, it writes a record to the compacted, one-partition ``members``
+topic, keyed ``<role>/<hostname>/<pid>``, saying what its :class:`~kestream.runtime.health.Health`
+says (:class:`MemberStatus`). At a clean stop it writes a tombstone, so it leaves the table at once.
+
+The API role runs a :class:`MemberBoard`: it reads the topic from the beginning without a
+consumer group (every reader sees every member), keeps the latest record per key in a
+:class:`Roster`, and answers whether the installation is ready:
+
+- a member counts while it has been heard from within :data:`STALE_BEATS` heartbeats; one that
+  fell silent longer (killed, or its host is gone) is ignored, as if it had written a tombstone;
+- the installation is ready when every member that counts is ready and live, and the roles
+  :data:`REQUIRED_ROLES` (an executor and a worker) are each present at least once.
+
+Freshness compares the record's ``ts`` (the publisher's wall clock) with the reader's wall clock:
+processes on several hosts need synchronised clocks (NTP), which a Kafka installation has anyway.
+A silent member cannot be told apart from a member whose event loop is blocked: both stop
+counting after three beats, and that member's own ``/health/live`` is what shows the block.
+
+On the embedded broker (Tansu) nothing is ever compacted, so a board that starts late reads every
+heartbeat ever written (about 0.5 records per second per process): a few seconds of reading after
+a day of uptime, which the board does before it first says "ready".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from kestream.runtime import records
+from kestream.runtime.context import BrokerContext
+from kestream.runtime.flows_table import topic_partitions
+from kestream.runtime.health import Health
+from kestream.runtime.kafka import make_consumer, make_producer
+from kestream.runtime.metrics import Metrics
+from kestream.runtime.tansu_compat import fetch_highwaters
+
+log = logging.getLogger("kestream.members")
+
+#: A member writes its status this often (seconds), and at once when its readiness changes.
+HEARTBEAT_S = 2.0
+#: A member silent for this many heartbeats no longer counts.
+STALE_BEATS = 3
+#: How often a publisher looks at its own readiness (a change is published at once).
+CHECK_S = 0.2
+#: Roles an installation cannot be ready without.
+REQUIRED_ROLES = ("executor", "worker")
+_FETCH_TIMEOUT_MS = 200
+_RETRY_BACKOFF_S = 0.5
+
+WallClock = Callable[[], float]
+
+
+def member_key(role: str, host: str, pid: int) -> str:
+    """The members topic's record key of one process."""
+    return f"{role}/{host}/{pid}"
+
+
+@dataclass(frozen=True, slots=True)
+class MemberStatus:
+    """One process's status as it last published it (times are Unix seconds)."""
+
+    role: str
+    host: str
+    pid: int
+    #: Its ops HTTP port (``/metrics``, ``/health/*``), if it serves one.
+    port: int | None
+    ready: bool
+    live: bool
+    started: float
+    ts: float
+    #: Names of its health parts that are not ready (empty when ready).
+    not_ready: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return member_key(self.role, self.host, self.pid)
+
+    def encode(self) -> bytes:
+        return records.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, data: bytes | None) -> MemberStatus:
+        """Parse a record value; raises :class:`records.RecordError` when it is not a status."""
+        body = records.loads(data)
+        if not isinstance(body, dict):
+            raise records.RecordError("a member status must be a JSON object")
+        try:
+            port = body.get("port")
+            return cls(
+                role=str(body["role"]),
+                host=str(body["host"]),
+                pid=int(body["pid"]),
+                port=int(port) if port is not None else None,
+                ready=bool(body["ready"]),
+                live=bool(body["live"]),
+                started=float(body["started"]),
+                ts=float(body["ts"]),
+                not_ready=tuple(str(name) for name in body.get("not_ready") or ()),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise records.RecordError(f"bad member status: {type(exc).__name__}: {exc}") from None
+
+
+class Roster:
+    """The latest status per member, and the installation's readiness (pure: no I/O).
+
+    Args:
+        interval: the members' heartbeat period; members silent for ``STALE_BEATS`` of them no
+            longer count.
+        required_roles: roles that must each have a member that counts.
+        clock: wall clock (Unix seconds), injected by tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        interval: float = HEARTBEAT_S,
+        required_roles: Iterable[str] = REQUIRED_ROLES,
+        clock: WallClock = time.time,
+    ) -> None:
+        self.stale_after = STALE_BEATS * interval
+        self.required_roles = tuple(required_roles)
+        self.clock = clock
+        self._latest: dict[str, MemberStatus] = {}
+
+    def apply(self, key: str, value: bytes | None) -> None:
+        """One record of the members topic: a status, or a tombstone (``None``)."""
+        if value is None:
+            self._latest.pop(key, None)
+            return
+        try:
+            status = MemberStatus.decode(value)
+        except records.RecordError as exc:  # one bad record never stops the board
+            log.warning("members: skipping the record of %s: %s", key or "<no key>", exc)
+            return
+        self._latest[key] = status
+
+    def put(self, status: MemberStatus) -> None:
+        self._latest[status.key] = status
+
+    def members(self, now: float | None = None) -> list[MemberStatus]:
+        """Members heard from recently enough to count, by key."""
+        now = self.clock() if now is None else now
+        horizon = now - self.stale_after
+        return [s for _, s in sorted(self._latest.items()) if s.ts >= horizon]
+
+    def status(self, now: float | None = None) -> tuple[bool, dict[str, Any]]:
+        """``(ready, details)`` of the installation (see the module doc for the rule)."""
+        now = self.clock() if now is None else now
+        members = self.members(now)
+        roles = {m.role for m in members}
+        missing = [role for role in self.required_roles if role not in roles]
+        not_ready = [m.key for m in members if not (m.ready and m.live)]
+        ok = not missing and not not_ready
+        return ok, {
+            "status": "UP" if ok else "DOWN",
+            "members": [_describe(m, now) for m in members],
+            "notReady": not_ready,
+            "missingRoles": missing,
+        }
+
+
+def _describe(member: MemberStatus, now: float) -> dict[str, Any]:
+    out = asdict(member)
+    out["key"] = member.key
+    out["ageS"] = round(max(0.0, now - member.ts), 3)
+    out["not_ready"] = list(member.not_ready)
+    return out
+
+
+class MemberPublisher:
+    """Publishes this process's :class:`MemberStatus` (see the module doc).
+
+    Args:
+        ctx: the broker and topics.
+        role: ``executor``, ``worker``, ``scheduler`` or ``api``.
+        health: this process's health; its ``ready()`` is what is published.
+        port: the process's ops HTTP port, published so tools can find ``/metrics``.
+        metrics: if given, its ``kestream_ready`` gauge follows the published readiness.
+    """
+
+    def __init__(
+        self,
+        ctx: BrokerContext,
+        role: str,
+        health: Health,
+        *,
+        port: int | None = None,
+        metrics: Metrics | None = None,
+        interval: float = HEARTBEAT_S,
+        check_every: float = CHECK_S,
+        host: str | None = None,
+        pid: int | None = None,
+        clock: WallClock = time.time,
+    ) -> None:
+        self.ctx = ctx
+        self.role = role
+        self.health = health
+        self.port = port
+        self.metrics = metrics
+        self.interval = interval
+        self.check_every = check_every
+        self.host = host or socket.gethostname()
+        self.pid = pid if pid is not None else os.getpid()
+        self.clock = clock
+        self.started = clock()
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._last: tuple[bool, bool, tuple[str, ...]] | None = None
+        self._last_sent = 0.0
+        self._failing = False
+
+    @property
+    def key(self) -> str:
+        return member_key(self.role, self.host, self.pid)
+
+    def status(self) -> MemberStatus:
+        """What this process would publish now."""
+        ready, _ = self.health.ready()
+        live, _ = self.health.live()
+        not_ready = () if ready else tuple(self.health.not_ready())
+        return MemberStatus(
+            self.role, self.host, self.pid, self.port, ready, live, self.started, self.clock(),
+            not_ready,
+        )  # fmt: skip
+
+    async def start(self) -> None:
+        """Publish a first status, then keep publishing in a background task."""
+        ctx = self.ctx
+        self._producer = make_producer(ctx.settings, ctx.bootstrap, ctx.kind)
+        await self._producer.start()
+        await self.publish()
+        self._task = asyncio.create_task(self._run(), name="member-publisher")
+
+    async def stop(self) -> None:
+        """Stop publishing and leave the table (a tombstone), best effort."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            await producer.send_and_wait(self.ctx.topics.members, None, key=self.key.encode())
+        except KafkaError as exc:  # the board forgets a silent member after a few beats anyway
+            log.warning("members: could not write the tombstone of %s: %s", self.key, exc)
+        finally:
+            await producer.stop()
+
+    async def publish(self) -> MemberStatus:
+        """Write the current status now (also what the loop calls)."""
+        status = self.status()
+        self._last = (status.ready, status.live, status.not_ready)
+        self._last_sent = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.ready_gauge.set(1 if status.ready else 0)
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError("the member publisher is not started")
+        try:
+            await producer.send_and_wait(
+                self.ctx.topics.members, status.encode(), key=self.key.encode()
+            )
+        except KafkaError as exc:
+            if not self._failing:  # say it once per outage, not every beat
+                log.warning("members: publishing the status of %s failed: %s", self.key, exc)
+            self._failing = True
+        else:
+            self._failing = False
+        return status
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_every)
+            ready, _ = self.health.ready()
+            live, _ = self.health.live()
+            now = (ready, live, () if ready else tuple(self.health.not_ready()))
+            if now != self._last or time.monotonic() - self._last_sent >= self.interval:
+                try:
+                    await self.publish()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # never let the heartbeat die: its silence reads as "gone"
+                    log.exception("members: publishing failed")
+                    await asyncio.sleep(_RETRY_BACKOFF_S)
+
+
+class MemberBoard:
+    """Follows the members topic and says whether the installation is ready (the API uses it).
+
+    :meth:`status` is "not ready" until the topic has been read up to the high watermark found at
+    start: before that, the board cannot know who is running. ``ctx`` may be given to
+    :meth:`start` instead, so the board can exist (and be handed to the HTTP routes) before the
+    process has connected to the broker.
+    """
+
+    def __init__(self, ctx: BrokerContext | None = None, roster: Roster | None = None) -> None:
+        self.ctx = ctx
+        self.roster = roster if roster is not None else Roster()
+        #: Set once the topic has been read to the end found at start.
+        self.loaded = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, ctx: BrokerContext | None = None) -> None:
+        """Read the topic from the beginning in the background (:attr:`loaded` when caught up)."""
+        ctx = self.ctx = ctx or self.ctx
+        if ctx is None:
+            raise ValueError("MemberBoard.start needs a broker context")
+        consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=None)
+        await consumer.start()
+        self._consumer = consumer
+        try:
+            tps = await topic_partitions(consumer, ctx.topics.members)
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            targets = await fetch_highwaters(consumer, tps)
+        except BaseException:
+            await self.stop()
+            raise
+        self._task = asyncio.create_task(self._run(consumer, targets), name="member-board")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    def status(self) -> tuple[bool, dict[str, Any]]:
+        """``(ready, details)`` of the whole installation."""
+        if not self.loaded.is_set():
+            return False, {"status": "DOWN", "reason": "reading the members topic"}
+        return self.roster.status()
+
+    async def _run(self, consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int]) -> None:
+        while True:
+            try:
+                await self._poll(consumer)
+                if not self.loaded.is_set() and await _reached(consumer, targets):
+                    self.loaded.set()
+                    log.info("members table loaded: %d members", len(self.roster.members()))
+            except asyncio.CancelledError:
+                raise
+            except KafkaError as exc:  # transient broker trouble: keep following
+                log.warning("members: fetch failed (%s); retrying", exc)
+                await asyncio.sleep(_RETRY_BACKOFF_S)
+
+    async def _poll(self, consumer: AIOKafkaConsumer) -> None:
+        batch = await consumer.getmany(timeout_ms=_FETCH_TIMEOUT_MS)
+        for recs in batch.values():
+            for record in recs:
+                key = record.key.decode("utf-8", "replace") if record.key is not None else ""
+                self.roster.apply(key, record.value)
+
+
+async def _reached(consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int]) -> bool:
+    """Has ``consumer`` read every partition up to its target offset?"""
+    for tp, highwater in targets.items():
+        if await consumer.position(tp) < highwater:
+            return False
+    return True

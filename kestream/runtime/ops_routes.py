@@ -1,0 +1,101 @@
+"""The operations endpoints every role serves: ``/metrics``, ``/health/live``, ``/health/ready``.
+
+They are plain aiohttp handlers because faust's web server is aiohttp: the role's faust app mounts
+them on its own web application (``app.web.web_app.router.add_routes(...)``), next to the API's
+routes in the API role.
+
+- ``GET /metrics``: Prometheus text (:meth:`Metrics.render`).
+- ``GET /health/live``: 200 while the process's loops run, else 503; JSON details.
+- ``GET /health/ready``: 200 when this process is ready, and, given a
+  :class:`~kestream.runtime.members.MemberBoard` (the API role), when the whole installation is
+  ready; else 503. The JSON names the members and which of them are not ready.
+
+Ports: the API listens on ``KESTREAM_WEB_PORT``; every other role takes an ephemeral port and
+publishes it in its member record. faust refuses ``web_port=0``, so :func:`free_port` asks the
+kernel for a free port and closes it again. Another process may take the port between that and
+faust's bind; the role then fails to start with "address in use" and the supervisor starts it
+again, with a fresh port. That window is a few milliseconds at process start.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from kestream.runtime.embedded_broker import free_port
+from kestream.runtime.health import Health
+from kestream.runtime.members import MemberBoard
+from kestream.runtime.metrics import Metrics
+
+__all__ = ["free_port", "metrics_middleware", "ops_routes"]
+
+#: The route label of requests that matched no route (so unknown paths cannot add series).
+UNMATCHED = "unmatched"
+
+
+def _answer(ok: bool, details: dict[str, Any]) -> web.Response:
+    return web.json_response(details, status=200 if ok else 503)
+
+
+def ops_routes(
+    metrics: Metrics, health: Health, board: MemberBoard | None = None
+) -> list[web.RouteDef]:
+    """The three routes, bound to this process's metrics, health and (API role) member board."""
+
+    async def get_metrics(_: web.Request) -> web.Response:
+        body, content_type = metrics.render()
+        # Not ``content_type=``: aiohttp rejects a content type that carries parameters.
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def get_live(_: web.Request) -> web.Response:
+        return _answer(*health.live())
+
+    async def get_ready(_: web.Request) -> web.Response:
+        ok, details = health.ready()
+        if board is not None:
+            installation_ok, installation = board.status()
+            details["installation"] = installation
+            ok = ok and installation_ok
+            details["status"] = "UP" if ok else "DOWN"
+        return _answer(ok, details)
+
+    return [
+        web.get("/metrics", get_metrics),
+        web.get("/health/live", get_live),
+        web.get("/health/ready", get_ready),
+    ]
+
+
+def metrics_middleware(metrics: Metrics) -> Middleware:
+    """An aiohttp middleware that records every request in ``kestream_http_server_requests``.
+
+    The route label is the matched route's pattern (``/api/v1/{tenant}/executions/{id}``), never
+    the raw path, so series stay bounded by the routes.
+    """
+
+    @web.middleware
+    async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            metrics.http_request(
+                _route_of(request), request.method, status, time.perf_counter() - started
+            )
+
+    return record
+
+
+def _route_of(request: web.Request) -> str:
+    route = request.match_info.route
+    resource = route.resource if route is not None else None
+    return resource.canonical if resource is not None else UNMATCHED
