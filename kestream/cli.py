@@ -292,7 +292,7 @@ def _faust_role(role: str) -> None:
     level = {"DEBUG": "debug", "WARNING": "warn", "ERROR": "error"}.get(
         get_settings().log_level.upper(), "info"
     )
-    sys.argv = [f"kestream {role}", "worker", "--loglevel", level, "--without-web"]
+    sys.argv = [f"kestream {role}", "worker", "--loglevel", level]
     module.app.main()
 
 

@@ -32,6 +32,7 @@ def flow_json(flow: Flow, *, with_source: bool) -> dict[str, Any]:
     """Kestra's Flow (``FlowWithSource`` with the source) JSON of a flow."""
     body: dict[str, Any] = flow.model_dump(mode="json", by_alias=True, exclude_none=True)
     body["revision"] = flow.revision
+    body["labels"] = [{"key": k, "value": v} for k, v in flow.labels.items()]
     body.setdefault("deleted", False)
     body.setdefault("disabled", False)
     if with_source:

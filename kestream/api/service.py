@@ -20,9 +20,9 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
+from kestream.api.index import open_index
 from kestream.api.index.feed import IndexFeed
 from kestream.api.index.query import SearchQuery
-from kestream.api.index.store import open_index
 from kestream.client import Client
 from kestream.executor import events as ev
 from kestream.models.clock import utc_now

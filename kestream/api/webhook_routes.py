@@ -47,13 +47,13 @@ class WebhookRoutes:
             raise not_found("Webhook not found")
         if flow.disabled:
             raise ApiError(409, "Illegal state: Cannot execute a disabled flow")
-        body = await read_body(request, self.api.max_body)
+        payload = await read_body(request, self.api.max_body)
         headers = {name: request.headers.getall(name) for name in request.headers}
         parameters = {name: request.query.getall(name) for name in request.query}
         event = webhook_execution(
             flow,
             trigger,
-            body=body,
+            body=payload,
             content_type=request.content_type,
             headers=headers,
             parameters=parameters,

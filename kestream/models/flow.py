@@ -17,12 +17,15 @@ scheduler runs them.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import time, timedelta
 from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,12 +36,14 @@ from pydantic import (
     SerializeAsAny,
     SerializerFunctionWrapHandler,
     ValidationError,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_serializer,
     model_validator,
 )
 
+from kestream.models.durations import DurationError, parse_duration
 from kestream.models.inputs import (
     AnyInput,
     FlowOutput,
@@ -52,9 +57,12 @@ from kestream.models.validation import (
     FlowValidationError,
     ProblemSink,
     TaskBuilder,
+    describe_error,
     describe_value,
     did_you_mean,
+    format_path,
     replace_children,
+    resolve_loc,
     task_slots,
 )
 from kestream.models.yaml_source import Path, SourceMap, YamlDocument, YamlSyntaxError, load_yaml
@@ -210,8 +218,384 @@ def check_cron(expression: str, *, with_seconds: bool = False) -> str:
     return expression
 
 
+# -- conditions ---------------------------------------------------------------------------------
+#
+# A trigger keeps its ``conditions`` (and a Flow trigger its ``preconditions``) as the raw
+# mappings the YAML gave, so a dump reads back unchanged; each one is checked here against the
+# typed model below when the flow is validated, and the scheduler reads the typed form
+# (``Trigger.condition_models``, ``FlowTrigger.precondition_model``). What kestream does not
+# evaluate is refused at validation, never skipped at run time.
+
+_CONDITION_PACKAGES = (
+    "io.kestra.plugin.core.condition.",
+    "io.kestra.core.models.conditions.types.",
+)
+
+
+def _condition_names(short: str) -> tuple[str, ...]:
+    """Kestra's names for one condition: the current one and its ``...Condition`` aliases."""
+    names = (short, short + "Condition")
+    return tuple(f"{package}{name}" for package in _CONDITION_PACKAGES for name in names)
+
+
+class Condition(BaseModel):
+    """A trigger condition that kestream evaluates. Only Flow triggers take them today."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        coerce_numbers_to_str=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+    )
+
+    type_names: ClassVar[tuple[str, ...]] = ()
+    short_name: ClassVar[str] = ""
+
+    type: str
+
+
+class ExecutionFlowCondition(Condition):
+    """The ended execution belongs to this flow (``namespace`` and ``flowId`` both match)."""
+
+    short_name: ClassVar[str] = "ExecutionFlow"
+    type_names: ClassVar[tuple[str, ...]] = _condition_names("ExecutionFlow")
+
+    namespace: str
+    flowId: str
+
+
+class ExecutionNamespaceCondition(Condition):
+    """The ended execution's namespace matches: ``comparison`` EQUALS (default), PREFIX or SUFFIX.
+
+    ``prefix: true`` is the older spelling of ``comparison: PREFIX``, read only when
+    ``comparison`` is not given (as in Kestra).
+    """
+
+    short_name: ClassVar[str] = "ExecutionNamespace"
+    type_names: ClassVar[tuple[str, ...]] = _condition_names("ExecutionNamespace")
+
+    namespace: str
+    comparison: Literal["EQUALS", "PREFIX", "SUFFIX"] | None = None
+    prefix: bool = False
+
+    @property
+    def effective_comparison(self) -> str:
+        if self.comparison is not None:
+            return self.comparison
+        return "PREFIX" if self.prefix else "EQUALS"
+
+
+class ExecutionStatusCondition(Condition):
+    """The ended execution's state is in ``in`` and not in ``notIn`` (an empty list is ignored)."""
+
+    short_name: ClassVar[str] = "ExecutionStatus"
+    type_names: ClassVar[tuple[str, ...]] = _condition_names("ExecutionStatus")
+
+    in_: list[StateType] = Field(default_factory=list, alias="in")
+    notIn: list[StateType] = Field(default_factory=list)
+
+
+class ExecutionLabelsCondition(Condition):
+    """The ended execution carries every one of these labels (a map or a list of key/value)."""
+
+    short_name: ClassVar[str] = "ExecutionLabels"
+    type_names: ClassVar[tuple[str, ...]] = _condition_names("ExecutionLabels")
+
+    labels: dict[str, str]
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, value: Any) -> dict[str, str]:
+        return normalize_labels(value)
+
+
+#: The conditions a Flow trigger may use; they all look at the execution that ended.
+EXECUTION_CONDITIONS: tuple[type[Condition], ...] = (
+    ExecutionFlowCondition,
+    ExecutionNamespaceCondition,
+    ExecutionStatusCondition,
+    ExecutionLabelsCondition,
+)
+_CONDITIONS_BY_TYPE = {name: cls for cls in EXECUTION_CONDITIONS for name in cls.type_names}
+#: Kestra conditions kestream knows by name but does not evaluate (yet): refused with that reason.
+_UNSUPPORTED_CONDITIONS = frozenset(
+    name
+    for short in (
+        "DateTimeBetween",
+        "DayWeek",
+        "DayWeekInMonth",
+        "ExecutionOutputs",
+        "Expression",
+        "Flow",
+        "FlowNamespace",
+        "HasRetryAttempt",
+        "MultipleCondition",
+        "Not",
+        "Or",
+        "PublicHoliday",
+        "TimeBetween",
+        "Variable",
+        "Weekend",
+    )
+    for name in _condition_names(short)
+)
+
+
+def condition_model_for(data: Mapping[str, Any]) -> Condition:
+    """The typed model of one raw condition (raises ValueError or ValidationError)."""
+    type_name = data.get("type")
+    cls = _CONDITIONS_BY_TYPE.get(type_name) if isinstance(type_name, str) else None
+    if cls is None:
+        raise ValueError(unknown_condition_message(type_name))
+    return cls.model_validate(data)
+
+
+def unknown_condition_message(type_name: Any) -> str:
+    if type_name is None:
+        return "a condition needs a 'type'"
+    if type_name in _UNSUPPORTED_CONDITIONS:
+        known = ", ".join(cls.short_name for cls in EXECUTION_CONDITIONS)
+        return f"condition type '{type_name}' is not supported by kestream yet ({known} are)"
+    hint = did_you_mean(str(type_name), list(_CONDITIONS_BY_TYPE))
+    return f"unknown condition type {describe_value(type_name)}{hint}"
+
+
+def _nested_problems(exc: ValidationError, raw: Any, model: type[BaseModel]) -> str:
+    """A nested model's errors as one line (``flows[0]: missing required property ...; ...``).
+
+    The messages name their property already, so only the path above it is added; a failed
+    check of a whole block (a value error) gets the block's full path instead.
+    """
+    parts: list[str] = []
+    for error in exc.errors(include_url=False):
+        path = resolve_loc(raw, error["loc"], missing_last=error["type"] == "missing")
+        if error["type"] == "value_error":
+            message = str(error["msg"]).removeprefix("Value error, ")
+            where = format_path(path)
+        else:
+            message = describe_error(error, path, model if len(path) <= 1 else None)
+            last = max((i for i, key in enumerate(path) if isinstance(key, str)), default=0)
+            where = format_path(path[:last])
+        line = f"{where}: {message}" if where else message
+        if line not in parts:
+            parts.append(line)
+    return "; ".join(parts)
+
+
+def _trigger_name(info: ValidationInfo) -> str:
+    return f"trigger '{info.data.get('id', '?')}'"
+
+
+def _check_condition(raw: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    """Refuse, with the trigger's name, a condition that kestream would not evaluate as written."""
+    who = _trigger_name(info)
+    trigger_type = info.data.get("type")
+    if trigger_type not in FlowTrigger.type_names:
+        # Schedule conditions (DayWeek, TimeBetween, ...) and Webhook conditions are not
+        # evaluated by kestream's scheduler: refuse them rather than fire when they say not to.
+        kind = str(trigger_type).rsplit(".", 1)[-1]
+        raise ValueError(f"{who}: kestream does not evaluate conditions on {kind} triggers yet")
+    try:
+        condition_model_for(raw)
+    except ValidationError as exc:
+        detail = _nested_problems(exc, raw, _CONDITIONS_BY_TYPE[raw["type"]])
+        raise ValueError(f"{who}: condition {describe_value(raw.get('type'))}: {detail}") from None
+    except ValueError as exc:
+        raise ValueError(f"{who}: {exc}") from None
+    return raw
+
+
+RawCondition = Annotated[dict[str, Any], AfterValidator(_check_condition)]
+
+
+# -- Flow trigger preconditions -----------------------------------------------------------------
+
+
+def _duration(value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO-8601 duration such as PT1H")
+    try:
+        if parse_duration(value) <= timedelta(0):
+            raise ValueError(f"'{value}' must be a positive duration")
+    except DurationError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+def _time_of_day(value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        time.fromisoformat(str(value))
+    except ValueError:
+        raise ValueError(f"{describe_value(value)} is not a time of day such as 09:00:00") from None
+    return str(value)
+
+
+PositiveDuration = Annotated[str, PlainValidator(_duration)]
+TimeOfDay = Annotated[str, PlainValidator(_time_of_day)]
+
+
+class TimeWindow(BaseModel):
+    """When the preconditions must be met together (Kestra's ``timeWindow``, times in UTC).
+
+    ``DURATION_WINDOW`` (default): consecutive windows of ``window`` (default one day) starting
+    at midnight plus ``windowAdvance``. ``SLIDING_WINDOW``: the last ``window`` before now.
+    ``DAILY_TIME_DEADLINE``: from midnight to ``deadline`` each day. ``DAILY_TIME_WINDOW``: from
+    ``startTime`` to ``endTime`` each day.
+    """
+
+    model_config = _STRICT_FROZEN
+
+    type: Literal[
+        "DURATION_WINDOW", "SLIDING_WINDOW", "DAILY_TIME_DEADLINE", "DAILY_TIME_WINDOW"
+    ] = "DURATION_WINDOW"
+    window: PositiveDuration | None = None
+    windowAdvance: PositiveDuration | None = None
+    deadline: TimeOfDay | None = None
+    startTime: TimeOfDay | None = None
+    endTime: TimeOfDay | None = None
+
+    @model_validator(mode="after")
+    def _fits_its_type(self) -> TimeWindow:
+        allowed = {
+            "DURATION_WINDOW": {"window", "windowAdvance"},
+            "SLIDING_WINDOW": {"window"},
+            "DAILY_TIME_DEADLINE": {"deadline"},
+            "DAILY_TIME_WINDOW": {"startTime", "endTime"},
+        }[self.type]
+        given = {
+            name
+            for name in ("window", "windowAdvance", "deadline", "startTime", "endTime")
+            if getattr(self, name) is not None
+        }
+        extra = sorted(given - allowed)
+        if extra:
+            raise ValueError(f"'{extra[0]}' does not apply to a {self.type} time window")
+        if self.type == "DAILY_TIME_DEADLINE" and self.deadline is None:
+            raise ValueError("a DAILY_TIME_DEADLINE time window needs a 'deadline'")
+        if self.type == "DAILY_TIME_WINDOW" and (self.startTime is None or self.endTime is None):
+            raise ValueError("a DAILY_TIME_WINDOW time window needs 'startTime' and 'endTime'")
+        return self
+
+
+class UpstreamFlow(BaseModel):
+    """One upstream flow whose execution must end (in one of ``states``, with ``labels``)."""
+
+    model_config = _STRICT_FROZEN
+
+    namespace: str
+    flowId: str | None = None
+    states: list[StateType] | None = None
+    labels: dict[str, Any] | None = None
+
+
+class PreconditionFilter(BaseModel):
+    """One test on the ended execution: its ``field`` compared by ``type`` to ``value(s)``."""
+
+    model_config = _STRICT_FROZEN
+
+    field: Literal["FLOW_ID", "NAMESPACE", "STATE", "EXPRESSION"]
+    type: Literal[
+        "EQUAL_TO",
+        "NOT_EQUAL_TO",
+        "IN",
+        "NOT_IN",
+        "IS_TRUE",
+        "IS_FALSE",
+        "IS_NULL",
+        "IS_NOT_NULL",
+        "STARTS_WITH",
+        "ENDS_WITH",
+        "REGEX",
+        "CONTAINS",
+    ]
+    value: str | None = None
+    values: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _has_its_operand(self) -> PreconditionFilter:
+        if self.field == "EXPRESSION":
+            # An EXPRESSION filter renders a Pebble template against the upstream execution;
+            # the scheduler does not render templates, so refuse it rather than guess.
+            raise ValueError("EXPRESSION filters are not supported by kestream yet")
+        if self.type in ("IN", "NOT_IN") and self.values is None:
+            raise ValueError(f"a {self.type} filter needs 'values'")
+        no_operand = ("IS_TRUE", "IS_FALSE", "IS_NULL", "IS_NOT_NULL", "IN", "NOT_IN")
+        if self.type not in no_operand and self.value is None:
+            raise ValueError(f"a {self.type} filter needs a 'value'")
+        if self.type == "REGEX":
+            try:
+                re.compile(str(self.value))
+            except re.error as exc:
+                raise ValueError(f"invalid REGEX {describe_value(self.value)}: {exc}") from None
+        return self
+
+
+class ExecutionFilter(BaseModel):
+    """A named group of filters joined by ``operand`` (AND by default)."""
+
+    model_config = _STRICT_FROZEN
+
+    id: str = Field(min_length=1)
+    operand: Literal["AND", "OR"] = "AND"
+    filters: list[PreconditionFilter] = Field(min_length=1)
+
+
+class Preconditions(BaseModel):
+    """A Flow trigger's ``preconditions``: every listed flow and filter met within the window.
+
+    Each entry of ``flows`` and of ``where`` is one precondition; the trigger fires when every
+    one of them has been met by some ended execution inside the same ``timeWindow``. With
+    ``resetOnSuccess`` (default) the record starts over after a fire.
+    """
+
+    model_config = _STRICT_FROZEN
+
+    id: str = Field(pattern=TRIGGER_ID_PATTERN)
+    flows: list[UpstreamFlow] = Field(default_factory=list)
+    where: list[ExecutionFilter] = Field(default_factory=list)
+    timeWindow: TimeWindow = Field(default_factory=TimeWindow)
+    resetOnSuccess: bool = True
+
+    @field_validator("flows", "where", mode="before")
+    @classmethod
+    def _empty_list(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Preconditions:
+        if not self.flows and not self.where:
+            raise ValueError("preconditions need 'flows' or 'where'")
+        return self
+
+    def condition_ids(self) -> list[str]:
+        """Stable names for each precondition, in order (Kestra's ``condition_N[_id]``)."""
+        ids = [f"condition_{n}" for n in range(1, len(self.flows) + 1)]
+        offset = len(self.flows)
+        ids += [f"condition_{offset + n}_{w.id}" for n, w in enumerate(self.where, start=1)]
+        return ids
+
+
+def _check_preconditions(raw: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        Preconditions.model_validate(raw)
+    except ValidationError as exc:
+        detail = _nested_problems(exc, raw, Preconditions)
+        raise ValueError(f"{_trigger_name(info)}: preconditions: {detail}") from None
+    return raw
+
+
+# -- the triggers -------------------------------------------------------------------------------
+
+
 class Trigger(BaseModel):
-    """What every trigger declares. The scheduler evaluates ``conditions``; they stay raw here."""
+    """What every trigger declares. ``conditions`` stay raw, checked by :func:`_check_condition`."""
 
     model_config = _STRICT_FROZEN
 
@@ -221,16 +605,34 @@ class Trigger(BaseModel):
     type: str
     description: str | None = None
     disabled: bool = False
-    conditions: list[dict[str, Any]] = Field(default_factory=list)
+    conditions: list[RawCondition] = Field(default_factory=list)
     stopAfter: list[StateType] | None = None
     workerGroup: dict[str, Any] | None = None
     logLevel: LogLevel | None = None
     minLogLevel: LogLevel | None = None
     logToFile: bool = False
 
+    _condition_models: tuple[Condition, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="after")
+    def _type_conditions(self) -> Trigger:
+        # Built with the trigger (not on first use) so that equal triggers stay equal.
+        self._condition_models = tuple(condition_model_for(c) for c in self.conditions)
+        return self
+
+    @property
+    def condition_models(self) -> tuple[Condition, ...]:
+        """The typed form of ``conditions``, in order."""
+        return self._condition_models
+
 
 class ScheduleTrigger(Trigger):
-    """Start an execution on a cron schedule (``timezone`` None means the server's zone)."""
+    """Start an execution on a cron schedule.
+
+    ``timezone`` None means UTC in kestream (Kestra uses the server's zone; UTC makes a schedule
+    mean the same on every host). ``backfill`` and ``scheduleConditions`` (both deprecated in
+    Kestra) are refused: the scheduler does not run them.
+    """
 
     type_names: ClassVar[tuple[str, ...]] = (
         "io.kestra.plugin.core.trigger.Schedule",
@@ -263,6 +665,14 @@ class ScheduleTrigger(Trigger):
             raise ValueError(f"unknown time zone '{value}' ({hint})") from None
         return value
 
+    @field_validator("backfill", "scheduleConditions")
+    @classmethod
+    def _not_run(cls, value: Any, info: ValidationInfo) -> Any:
+        if value:
+            name = info.field_name
+            raise ValueError(f"{_trigger_name(info)}: '{name}' is not supported by kestream")
+        return value
+
 
 class WebhookTrigger(Trigger):
     """Start an execution when ``/api/v1/executions/webhook/{namespace}/{flowId}/{key}`` is hit."""
@@ -277,7 +687,10 @@ class WebhookTrigger(Trigger):
 
 
 class FlowTrigger(Trigger):
-    """Start an execution when other executions end (``conditions``/``preconditions``)."""
+    """Start an execution when other executions end (``states``, ``conditions``, ``preconditions``).
+
+    ``states`` None means Kestra's default: every terminal state and PAUSED.
+    """
 
     type_names: ClassVar[tuple[str, ...]] = (
         "io.kestra.plugin.core.trigger.Flow",
@@ -285,8 +698,21 @@ class FlowTrigger(Trigger):
     )
 
     inputs: dict[str, Any] = Field(default_factory=dict)
-    preconditions: dict[str, Any] | None = None
+    preconditions: Annotated[dict[str, Any] | None, AfterValidator(_check_preconditions)] = None
     states: list[StateType] | None = None
+
+    _precondition_model: Preconditions | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _type_preconditions(self) -> FlowTrigger:
+        if self.preconditions is not None:
+            self._precondition_model = Preconditions.model_validate(self.preconditions)
+        return self
+
+    @property
+    def precondition_model(self) -> Preconditions | None:
+        """The typed form of ``preconditions`` (None when the trigger has none)."""
+        return self._precondition_model
 
 
 TRIGGER_CLASSES: tuple[type[Trigger], ...] = (ScheduleTrigger, WebhookTrigger, FlowTrigger)

@@ -42,7 +42,11 @@ def make_consumer(
     settings: Settings, bootstrap: str, kind: str, *, group_id: str | None, **extra: Any
 ) -> AIOKafkaConsumer:
     """A consumer with kestream's defaults: manual commits, earliest offsets, short fetch wait."""
-    options = consumer_options(kind)
+    options: dict[str, Any] = {
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        **consumer_options(kind),
+    }
     options["session_timeout_ms"] = settings.session_timeout_ms
     options["heartbeat_interval_ms"] = settings.heartbeat_interval_ms
     if settings.consumer_fetch_max_wait_ms is not None:
@@ -51,10 +55,5 @@ def make_consumer(
         options["fetch_max_wait_ms"] = 100
     options.update(extra)
     return AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **options,
-        **client_options(settings),
+        bootstrap_servers=bootstrap, group_id=group_id, **options, **client_options(settings)
     )

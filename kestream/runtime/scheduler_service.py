@@ -1,0 +1,424 @@
+"""The scheduler role: Schedule triggers on a due-time index, Flow triggers on ended executions.
+
+Three loops, so that no one of them can hold up another:
+
+- **tick**: sleeps until the next due slot (at most ``KESTREAM_SCHEDULER_TICK_MS``), asks the
+  :class:`~kestream.scheduler.schedules.ScheduleBook` for the fires owed, produces each execution
+  to the executions topic, waits for the broker's acks, and only then writes the triggers' new
+  records to the compacted triggers topic. A crash between the two fires those slots again
+  after restart, with the same derived execution ids, which the executor drops as repeats
+  (DESIGN.md section 3): no slot is lost and none runs twice.
+- **ended executions**: a consumer group on the execution-updates topic reads the stop updates
+  (``full``: ended or paused), feeds them to the :class:`~kestream.scheduler.flow_triggers.
+  FlowTriggerBook` (executions to start, precondition windows to keep) and to the schedules'
+  ``stopAfter``; its offsets are committed after what they caused has been acknowledged.
+- **monitoring**: every few seconds, counts the triggers that are late (overdue by more than
+  ``KESTREAM_SCHEDULER_LATE_AFTER_S``) into the metrics and the log.
+
+State at start: the triggers topic is read whole (the last record per key wins; tombstones
+delete), then the flows table's flows are synced into the books, which also writes the records
+of new triggers and tombstones those of removed ones. Run one scheduler per installation: a
+second one would fire the same slots with the same ids (harmless, but wasted work).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
+
+from kestream.executor import events as ev
+from kestream.models.clock import Clock, utc_now
+from kestream.models.flow import Flow
+from kestream.models.state import StateType
+from kestream.runtime import records
+from kestream.runtime.context import BrokerContext
+from kestream.runtime.flows_table import FlowsTable, topic_partitions
+from kestream.runtime.kafka import make_consumer, make_producer
+from kestream.runtime.metrics import Metrics, process_metrics
+from kestream.runtime.tansu_compat import fetch_highwaters
+from kestream.scheduler.flow_triggers import FlowTriggerBook
+from kestream.scheduler.monitor import late_triggers
+from kestream.scheduler.preconditions import EndedExecution, PreconditionWindow
+from kestream.scheduler.schedules import ScheduleBook
+from kestream.scheduler.trigger_state import TriggerState, split_trigger_key
+
+log = logging.getLogger("kestream.scheduler")
+
+MONITOR_EVERY_S = 5.0
+_FETCH_TIMEOUT_MS = 200
+_ERROR_BACKOFF_S = 0.5
+
+
+def _is_window_key(key: str) -> bool:
+    """Trigger records are keyed ``ns/flow/trigger``; precondition windows add ``/<id>``."""
+    return key.count("/") >= 3
+
+
+class SchedulerService:
+    """The scheduler's processor (see the module docs). ``start``, then ``stop``."""
+
+    def __init__(
+        self,
+        ctx: BrokerContext,
+        table: FlowsTable,
+        *,
+        clock: Clock = utc_now,
+        on_failure: Callable[[BaseException], None] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.topics = ctx.topics
+        self.table = table
+        self.clock = clock
+        self.on_failure = on_failure
+        self.metrics = metrics or process_metrics()
+        self.schedules = ScheduleBook(clock)
+        self.flow_triggers = FlowTriggerBook(clock)
+        self._producer: AIOKafkaProducer | None = None
+        self._updates: AIOKafkaConsumer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._synced: dict[str, int | None] = {}  # flow uid -> revision synced
+        # Records to write to the triggers topic, collected by the books' callers.
+        self._pending_states: list[TriggerState] = []
+        self._pending_deletes: list[str] = []
+        self._pending_windows: list[PreconditionWindow] = []
+        self._assigned = False
+        self._started = False
+        self.health_name = "scheduler"
+
+    # -- health -------------------------------------------------------------------------------
+
+    @property
+    def is_live(self) -> bool:
+        return self._started and all(not t.done() for t in self._tasks)
+
+    @property
+    def is_ready(self) -> bool:
+        return self.is_live and self._assigned
+
+    def health_detail(self) -> dict[str, Any]:
+        return {
+            "schedules": len(self.schedules),
+            "flowTriggers": len(self.flow_triggers),
+            "ended-executions consumer assigned": self._assigned,
+        }
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        ctx = self.ctx
+        self._producer = make_producer(ctx.settings, ctx.bootstrap, ctx.kind)
+        await self._producer.start()
+        await self._load_state()
+        self._sync_all()
+        await self._flush_sync()
+        self.table.add_listener(self._flow_changed)
+        self._updates = make_consumer(
+            ctx.settings,
+            ctx.bootstrap,
+            ctx.kind,
+            group_id=self.settings.topic("scheduler"),
+            # A new group starts at the end, so a first start does not run the flow triggers of
+            # every execution in the topic's history; on Tansu, whose offset listing is not
+            # exact (DESIGN.md section 5), from the start (its topics live only as long as it).
+            auto_offset_reset="latest" if ctx.kind == "kafka" else "earliest",
+        )
+        await self._updates.start()
+        self._updates.subscribe([self.topics.updates], listener=_Assigned(self))
+        self._tasks = [
+            asyncio.create_task(self._guard(self._tick_loop()), name="scheduler-tick"),
+            asyncio.create_task(self._guard(self._ended_loop()), name="scheduler-ended"),
+            asyncio.create_task(self._guard(self._monitor_loop()), name="scheduler-monitor"),
+        ]
+        self._started = True
+        log.info(
+            "scheduler started: %d schedule(s), %d flow trigger(s)",
+            len(self.schedules),
+            len(self.flow_triggers),
+        )
+
+    async def stop(self) -> None:
+        self._started = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._updates is not None:
+            await self._updates.stop()
+            self._updates = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def _guard(self, loop: Any) -> None:
+        try:
+            await loop
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            log.exception("scheduler loop failed")
+            if self.on_failure is not None:
+                self.on_failure(exc)
+            raise
+
+    # -- state at start -----------------------------------------------------------------------
+
+    async def _load_state(self) -> None:
+        """Read the triggers topic whole: the last record of each key, tombstones deleting."""
+        ctx = self.ctx
+        consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=None)
+        await consumer.start()
+        latest: dict[str, bytes | None] = {}
+        try:
+            tps = await topic_partitions(consumer, self.topics.triggers)
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            highwaters = await fetch_highwaters(consumer, tps)
+            while [tp for tp in tps if await consumer.position(tp) < highwaters[tp]]:
+                batch = await consumer.getmany(timeout_ms=_FETCH_TIMEOUT_MS)
+                for recs in batch.values():
+                    for rec in recs:
+                        if rec.key is not None:
+                            latest[rec.key.decode("utf-8", "replace")] = rec.value
+        finally:
+            await consumer.stop()
+        for key, value in latest.items():
+            if value is None:
+                continue
+            try:
+                if _is_window_key(key):
+                    self.flow_triggers.load_window(PreconditionWindow.from_json(value))
+                else:
+                    self.schedules.load_state(TriggerState.from_json(value))
+            except ValueError as exc:
+                log.warning("skipping the unreadable trigger record %s: %s", key, exc)
+        log.info("trigger state loaded: %d record(s)", len(latest))
+
+    # -- flows ------------------------------------------------------------------------------
+
+    def _sync_all(self) -> None:
+        current = {flow.uid: flow for flow in self.table.flows()}
+        for uid in [u for u in self._synced if u not in current]:
+            namespace, _, flow_id = uid.partition("/")
+            self._remove(namespace, flow_id)
+        for flow in current.values():
+            if self._synced.get(flow.uid, -1) != flow.revision:
+                self._sync(flow)
+
+    def _flow_changed(self, flow: Flow) -> None:
+        """A flow revision arrived in the flows table (deletions are found on the next tick)."""
+        latest = self.table.latest(flow.namespace, flow.id)
+        if latest is not None and latest.revision == flow.revision:
+            self._sync(flow)
+            self._wake.set()
+
+    def _sync(self, flow: Flow) -> None:
+        result = self.schedules.sync_flow(flow)
+        self._pending_states.extend(result.states)
+        self._pending_deletes.extend(result.removed)
+        self._pending_deletes.extend(self.flow_triggers.sync_flow(flow))
+        self._synced[flow.uid] = flow.revision
+
+    def _remove(self, namespace: str, flow_id: str) -> None:
+        result = self.schedules.remove_flow(namespace, flow_id)
+        self._pending_states.extend(result.states)
+        self._pending_deletes.extend(result.removed)
+        self._pending_deletes.extend(self.flow_triggers.remove_flow(namespace, flow_id))
+        self._synced.pop(f"{namespace}/{flow_id}", None)
+        log.info("flow %s.%s deleted: its triggers are removed", namespace, flow_id)
+
+    async def _flush_sync(self) -> None:
+        """Write the records that flow changes produced (new triggers, removed ones)."""
+        states, deletes = self._pending_states, self._pending_deletes
+        self._pending_states, self._pending_deletes = [], []
+        if not states and not deletes:
+            return
+        producer = self._require_producer()
+        acks = [
+            await producer.send(self.topics.triggers, state.to_json(), key=state.key.encode())
+            for state in states
+        ]
+        acks += [
+            await producer.send(self.topics.triggers, None, key=key.encode()) for key in deletes
+        ]
+        await asyncio.gather(*acks)
+
+    # -- the tick ---------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        longest = self.settings.scheduler_tick_ms / 1000
+        while True:
+            self._sync_all()
+            await self._flush_sync()
+            started = time.perf_counter()
+            fires = self.schedules.tick(self.clock())
+            if fires:
+                await self._emit_fires(fires)
+            self.metrics.evaluate_duration(time.perf_counter() - started)
+            await self._sleep_until_due(longest)
+
+    async def _sleep_until_due(self, longest: float) -> None:
+        due = self.schedules.next_due()
+        wait = longest
+        if due is not None:
+            wait = min(longest, max(0.0, (due - self.clock()).total_seconds()))
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _emit_fires(self, fires: list[Any]) -> None:
+        """Executions first (acknowledged), then the trigger records."""
+        producer = self._require_producer()
+        now = self.clock()
+        acks = []
+        for fire in fires:
+            event = fire.event
+            acks.append(
+                await producer.send(
+                    self.topics.executions,
+                    records.encode_event(event),
+                    key=event.execution_id.encode(),
+                )
+            )
+            namespace, flow_id, trigger_id = split_trigger_key(fire.key)
+            self.metrics.trigger_fired(namespace, flow_id, trigger_id)
+            self.metrics.trigger_delay(
+                namespace, flow_id, trigger_id, max(0.0, (now - fire.slot).total_seconds())
+            )
+        await asyncio.gather(*acks)
+        latest = {fire.key: fire.state for fire in fires}  # a catch-up fires a key many times
+        self._pending_states.extend(latest.values())
+        await self._flush_sync()
+        log.debug("fired %d schedule(s)", len(fires))
+
+    # -- ended executions ---------------------------------------------------------------------
+
+    async def _ended_loop(self) -> None:
+        consumer = self._updates
+        assert consumer is not None
+        while True:
+            try:
+                batch = await consumer.getmany(timeout_ms=_FETCH_TIMEOUT_MS)
+            except KafkaError as exc:
+                log.warning("reading execution updates failed (%s); retrying", exc)
+                await asyncio.sleep(_ERROR_BACKOFF_S)
+                continue
+            if not batch:
+                continue
+            events: list[ev.ExecutionCreated] = []
+            for recs in batch.values():
+                for rec in recs:
+                    events.extend(self._on_update(rec))
+            await self._send_events(events)
+            await self._flush_sync()
+            offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs}
+            await consumer.commit(offsets)
+
+    def _on_update(self, rec: ConsumerRecord[Any, Any]) -> list[ev.ExecutionCreated]:
+        """The executions a stop update starts, and its ``stopAfter`` effect."""
+        try:
+            update = records.loads(rec.value)
+            if not update.get("full"):
+                return []  # not a stop (an ended or paused execution sends its full list)
+            ended = ended_execution(update["execution"], self.clock)
+        except Exception as exc:  # one bad record must not stop the scheduler
+            log.warning(
+                "skipping the unreadable execution update at offset %d: %s", rec.offset, exc
+            )
+            return []
+        result = self.flow_triggers.on_execution_end(ended)
+        self._pending_windows.extend(result.windows)
+        self._pending_deletes.extend(result.removed_windows)
+        trigger = update["execution"].get("trigger") or {}
+        if trigger.get("id") and ended.state.is_terminal:
+            key = f"{ended.namespace}/{ended.flow_id}/{trigger['id']}"
+            stopped = self.schedules.on_execution_end(key, ended.execution_id, ended.state)
+            if stopped is not None:
+                self._pending_states.append(stopped)
+        return result.events
+
+    async def _send_events(self, events: list[ev.ExecutionCreated]) -> None:
+        if not events and not self._pending_windows:
+            return
+        producer = self._require_producer()
+        acks = [
+            await producer.send(
+                self.topics.executions, records.encode_event(e), key=e.execution_id.encode()
+            )
+            for e in events
+        ]
+        windows, self._pending_windows = self._pending_windows, []
+        acks += [
+            await producer.send(self.topics.triggers, w.to_json(), key=w.record_key.encode())
+            for w in windows
+        ]
+        await asyncio.gather(*acks)
+        for event in events:
+            trigger = event.trigger or {}
+            self.metrics.trigger_fired(event.namespace, event.flow_id, str(trigger.get("id")))
+
+    # -- monitoring ----------------------------------------------------------------------------
+
+    async def _monitor_loop(self) -> None:
+        threshold = timedelta(seconds=self.settings.scheduler_late_after_s)
+        while True:
+            await asyncio.sleep(MONITOR_EVERY_S)
+            late = late_triggers(self.schedules, self.clock(), threshold)
+            self.metrics.late_triggers(len(late))
+            if late:
+                worst = late[0]
+                log.warning(
+                    "%d trigger(s) late; the latest behind is %s, due %s (%s late)",
+                    len(late),
+                    worst.key,
+                    worst.due.isoformat(),
+                    worst.late_by,
+                )
+
+    def _require_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("the scheduler is not started")
+        return self._producer
+
+
+def ended_execution(execution: dict[str, Any], clock: Clock) -> EndedExecution:
+    """What the trigger books need of an execution's JSON (a stop update's)."""
+    state = execution["state"]
+    end = state.get("endDate")
+    return EndedExecution(
+        execution_id=execution["id"],
+        namespace=execution["namespace"],
+        flow_id=execution["flowId"],
+        state=StateType(state["current"]),
+        labels={label["key"]: label["value"] for label in execution.get("labels") or []},
+        outputs=execution.get("outputs"),
+        attempt=int((execution.get("metadata") or {}).get("attemptNumber", 1)),
+        flow_revision=execution.get("flowRevision"),
+        end_date=datetime.fromisoformat(end) if end else clock(),
+    )
+
+
+class _Assigned(ConsumerRebalanceListener):
+    """Tracks whether the ended-executions consumer holds its partitions (for readiness)."""
+
+    def __init__(self, service: SchedulerService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.service._assigned = False
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.service._assigned = True

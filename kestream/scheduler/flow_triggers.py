@@ -1,0 +1,262 @@
+"""Flow triggers: the executions to start when another execution ends.
+
+For every flow with an ``io.kestra.plugin.core.trigger.Flow`` trigger, an ended execution is
+checked as Kestra checks it (its ``FlowTriggerService``):
+
+1. a flow is never started by its own executions (Kestra refuses recursive flow triggers), and
+   disabled flows and triggers are skipped;
+2. the execution's state must be in the trigger's ``states`` (default: every terminal state and
+   PAUSED);
+3. every one of ``conditions`` must hold (ExecutionFlow, ExecutionNamespace, ExecutionStatus,
+   ExecutionLabels; others are refused when the flow is validated);
+4. with ``preconditions``, the execution's met preconditions are added to the trigger's window
+   (:mod:`kestream.scheduler.preconditions`) and the trigger fires once all are met; with
+   ``resetOnSuccess`` (default) the window then starts over.
+
+The created execution's id is derived from the trigger and the source execution *attempt*, so a
+redelivered "ended" event creates the same execution, which the executor recognises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from kestream.executor.context import nested_labels
+from kestream.executor.events import ExecutionCreated
+from kestream.models.clock import Clock, utc_now
+from kestream.models.flow import (
+    Condition,
+    ExecutionFlowCondition,
+    ExecutionLabelsCondition,
+    ExecutionNamespaceCondition,
+    ExecutionStatusCondition,
+    Flow,
+    FlowTrigger,
+    Preconditions,
+)
+from kestream.models.ids import derived_id
+from kestream.models.state import TERMINAL, StateType
+from kestream.scheduler.preconditions import (
+    EndedExecution,
+    PreconditionWindow,
+    deep_merge,
+    met_preconditions,
+    sliding_length,
+    window_bounds,
+)
+from kestream.scheduler.trigger_state import trigger_key
+
+__all__ = [
+    "DEFAULT_STATES",
+    "EndedExecution",
+    "FlowTriggerBook",
+    "FlowTriggerResult",
+    "condition_holds",
+    "flow_trigger_event",
+    "trigger_accepts",
+]
+
+#: Kestra's default ``states``: every terminal state, and PAUSED.
+DEFAULT_STATES = frozenset(TERMINAL | {StateType.PAUSED})
+_CORRELATION_ID = "system.correlationId"
+
+
+def condition_holds(condition: Condition, ended: EndedExecution) -> bool:
+    """Whether one typed condition holds for the ended execution (Kestra's semantics)."""
+    if isinstance(condition, ExecutionFlowCondition):
+        return (ended.namespace, ended.flow_id) == (condition.namespace, condition.flowId)
+    if isinstance(condition, ExecutionNamespaceCondition):
+        comparison = condition.effective_comparison
+        if comparison == "PREFIX":
+            return ended.namespace.startswith(condition.namespace)
+        if comparison == "SUFFIX":
+            return ended.namespace.endswith(condition.namespace)
+        return ended.namespace == condition.namespace
+    if isinstance(condition, ExecutionStatusCondition):
+        if condition.in_ and ended.state not in condition.in_:
+            return False
+        return ended.state not in condition.notIn
+    if isinstance(condition, ExecutionLabelsCondition):
+        return all(ended.labels.get(k) == v for k, v in condition.labels.items())
+    raise TypeError(f"no evaluation for condition {type(condition).__name__}")
+
+
+def trigger_accepts(flow: Flow, trigger: FlowTrigger, ended: EndedExecution) -> bool:
+    """Steps 1-3 of the module's list: everything but the preconditions' window."""
+    if flow.disabled or trigger.disabled:
+        return False
+    if (flow.namespace, flow.id) == (ended.namespace, ended.flow_id):
+        return False  # Kestra never lets a flow trigger itself (FlowService.removeUnwanted)
+    states = DEFAULT_STATES if trigger.states is None else trigger.states
+    if ended.state not in states:
+        return False
+    return all(condition_holds(c, ended) for c in trigger.condition_models)
+
+
+def flow_trigger_event(
+    flow: Flow,
+    trigger: FlowTrigger,
+    ended: EndedExecution,
+    outputs: dict[str, Any] | None = None,
+) -> ExecutionCreated:
+    """The execution a Flow trigger starts for ``ended`` (``outputs``: the merged outputs)."""
+    labels = {k: v for k, v in ended.labels.items() if k != _CORRELATION_ID}
+    variables: dict[str, Any] = {
+        "executionId": ended.execution_id,
+        "namespace": ended.namespace,
+        "flowId": ended.flow_id,
+        "flowRevision": ended.flow_revision,
+        "state": str(ended.state),
+        "executionLabels": nested_labels(labels),
+    }
+    merged = dict(ended.outputs or {}) if outputs is None else outputs
+    if merged:
+        variables["outputs"] = merged
+    execution_id = derived_id(
+        "flow-trigger", flow.namespace, flow.id, trigger.id, ended.execution_id, ended.attempt
+    )
+    correlation = ended.labels.get(_CORRELATION_ID)
+    return ExecutionCreated(
+        execution_id=execution_id,
+        namespace=flow.namespace,
+        flow_id=flow.id,
+        revision=flow.revision,
+        inputs=dict(trigger.inputs),
+        validate_inputs=True,
+        labels={_CORRELATION_ID: correlation} if correlation else {},
+        trigger={"id": trigger.id, "type": trigger.type, "variables": variables},
+    )
+
+
+@dataclass(slots=True)
+class FlowTriggerResult:
+    """What one ended execution causes: executions to create, window records to write/delete."""
+
+    events: list[ExecutionCreated] = field(default_factory=list)
+    windows: list[PreconditionWindow] = field(default_factory=list)
+    removed_windows: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Listener:
+    flow: Flow
+    trigger: FlowTrigger
+
+    @property
+    def key(self) -> str:
+        return trigger_key(self.flow.namespace, self.flow.id, self.trigger.id)
+
+
+class FlowTriggerBook:
+    """The deployed Flow triggers and their precondition windows.
+
+    Args:
+        clock: the time for windows when an ended execution carries no ``end_date``.
+    """
+
+    def __init__(self, clock: Clock = utc_now) -> None:
+        self._clock = clock
+        self._by_flow: dict[str, list[_Listener]] = {}
+        self._windows: dict[str, PreconditionWindow] = {}
+
+    def __len__(self) -> int:
+        return sum(len(listeners) for listeners in self._by_flow.values())
+
+    def windows(self) -> Iterator[PreconditionWindow]:
+        yield from self._windows.values()
+
+    def sync_flow(self, flow: Flow) -> list[str]:
+        """Take a deployed flow's Flow triggers; returns window records made obsolete."""
+        old = {listener.key: listener for listener in self._by_flow.get(flow.uid, [])}
+        listeners = (
+            []
+            if flow.deleted
+            else [_Listener(flow, t) for t in flow.triggers if isinstance(t, FlowTrigger)]
+        )
+        if listeners:
+            self._by_flow[flow.uid] = listeners
+        else:
+            self._by_flow.pop(flow.uid, None)
+        kept = {
+            listener.key: listener.trigger.preconditions
+            for listener in listeners
+            if listener.trigger.preconditions is not None
+        }
+        removed = []
+        for key, listener in old.items():
+            if key not in kept or kept[key] != listener.trigger.preconditions:
+                removed.extend(self._drop_windows(key))
+        return removed
+
+    def remove_flow(self, namespace: str, flow_id: str) -> list[str]:
+        """Forget a deleted flow's Flow triggers; returns the window records to delete."""
+        removed: list[str] = []
+        for listener in self._by_flow.pop(f"{namespace}/{flow_id}", []):
+            removed.extend(self._drop_windows(listener.key))
+        return removed
+
+    def _drop_windows(self, key: str) -> list[str]:
+        gone = [k for k, w in self._windows.items() if w.key == key]
+        for record_key in gone:
+            del self._windows[record_key]
+        return gone
+
+    def load_window(self, window: PreconditionWindow) -> None:
+        """Take up a window record read from the runtime's store at start."""
+        self._windows[window.record_key] = window
+
+    def on_execution_end(self, ended: EndedExecution) -> FlowTriggerResult:
+        """The executions to start because ``ended`` changed state, and the window changes."""
+        result = FlowTriggerResult()
+        now = ended.end_date or self._clock()
+        for listeners in self._by_flow.values():
+            for listener in listeners:
+                if trigger_accepts(listener.flow, listener.trigger, ended):
+                    self._evaluate(listener, ended, now, result)
+        return result
+
+    def _evaluate(
+        self, listener: _Listener, ended: EndedExecution, now: datetime, result: FlowTriggerResult
+    ) -> None:
+        preconditions = listener.trigger.precondition_model
+        if preconditions is None:
+            result.events.append(flow_trigger_event(listener.flow, listener.trigger, ended))
+            return
+        window = self._window(listener.key, preconditions, now)
+        if window is None:
+            return  # outside a daily window or past its deadline: not evaluated, as in Kestra
+        met = met_preconditions(preconditions, ended)
+        if not met:
+            return
+        for condition_id in met:
+            window.met[condition_id] = now
+        window.outputs = deep_merge(window.outputs, dict(ended.outputs or {}))
+        if preconditions.timeWindow.type == "SLIDING_WINDOW":
+            oldest = now - sliding_length(preconditions.timeWindow)
+            window.met = {k: at for k, at in window.met.items() if at >= oldest}
+        if set(window.met) >= set(preconditions.condition_ids()):
+            event = flow_trigger_event(listener.flow, listener.trigger, ended, window.outputs)
+            result.events.append(event)
+            if preconditions.resetOnSuccess:
+                if self._windows.pop(window.record_key, None) is not None:
+                    result.removed_windows.append(window.record_key)
+                return
+        self._windows[window.record_key] = window
+        result.windows.append(window)
+
+    def _window(
+        self, key: str, preconditions: Preconditions, now: datetime
+    ) -> PreconditionWindow | None:
+        bounds = window_bounds(preconditions.timeWindow, now)
+        if bounds is None:
+            return None
+        start, end = bounds
+        record_key = f"{key}/{preconditions.id}"
+        current = self._windows.get(record_key)
+        sliding = start is None
+        if current is not None and (sliding or (current.start, current.end) == (start, end)):
+            return current
+        return PreconditionWindow(key, preconditions.id, start, None if sliding else end)
