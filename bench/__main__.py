@@ -6,6 +6,9 @@
     python -m bench W3                      # 5 x ForEach 160, then ForEach 10 000
     python -m bench W4 --rate 600 --profile
     python -m bench W1 --rate 6000 --kafka  # a fresh Apache Kafka instead of Tansu
+    python -m bench W1 --rate 6000 --via webhook  # enter through the API's webhook route
+    python -m bench W5 --triggers 100000    # the scheduler's loop (bench/w5.py)
+    python -m bench W6 --executions 1000000 # the execution index (bench/w6.py)
 
 Every rate runs on a fresh broker with kestream's roles as separate processes
 (``KESTREAM_EXECUTOR_STREAM_THREADS`` executors, 0 = one per core, and a worker). The readable
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import shlex
@@ -54,6 +58,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     where.add_argument("--broker", metavar="HOST:PORT", help="use this running Kafka")
     parser.add_argument("--stream-threads", type=int, default=0, help="executors; 0 = cores")
     parser.add_argument("--profile", action="store_true", help="run the roles under cProfile")
+    parser.add_argument(
+        "--via",
+        choices=("client", "webhook"),
+        default="client",
+        help="submit through kestream's Python API (default) or the API role's webhook route",
+    )
     parser.add_argument("--drain", type=float, default=20.0, help="extra seconds for a backlog")
     parser.add_argument("--w3-runs", type=int, default=5, help="ForEach 160 executions")
     parser.add_argument("--w3-big-runs", type=int, default=1, help="ForEach 10 000 executions")
@@ -79,6 +89,7 @@ def _options(args: argparse.Namespace) -> harness.RunOptions:
         stream_threads=args.stream_threads,
         inline=args.inline,
         profile=args.profile,
+        via=args.via,
         run_root=args.run_dir or Path("/tmp/kestream-bench") / stamp,
     )
 
@@ -144,8 +155,16 @@ def _summary(rows: list[report.Row], floor: list[dict[str, Any]]) -> None:
     sys.stderr.flush()
 
 
+#: Workloads with a harness of their own (no stack of role processes): W5 the scheduler's
+#: evaluation loop, W6 the execution index.
+DEDICATED = {"W5": "bench.w5", "W6": "bench.w6"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].upper() in DEDICATED:
+        module = importlib.import_module(DEDICATED[argv[0].upper()])
+        return int(module.main(argv[1:]))
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING,

@@ -19,12 +19,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import aiohttp
 
 from bench import report, workloads
 from bench.stack import Stack, StackConfig, Usage, describe, role_errors
 from kestream.client import Client
+from kestream.models.flow import WebhookTrigger, parse_flow
 
 log = logging.getLogger("bench")
 
@@ -63,6 +67,8 @@ class RunOptions:
     inline: bool | None = None
     profile: bool = False
     run_root: Path = Path("/tmp/kestream-bench")
+    #: "client" (kestream's Python API: a produce) or "webhook" (HTTP to the API role).
+    via: str = "client"
 
     def stack_config(self, tag: str) -> StackConfig:
         return StackConfig(
@@ -72,16 +78,53 @@ class RunOptions:
             inline=self.inline,
             profile=self.profile,
             run_dir=self.run_root / tag,
+            api=self.via == "webhook",
         )
 
 
 # -- open loop -------------------------------------------------------------------------------------
 
 
-async def _submit(client: Client, flow: tuple[str, str], sample: Sample) -> str | None:
+#: Starts one execution of the workload's flow; returns its id.
+Submit = Callable[[], Awaitable[str]]
+
+
+def client_submit(client: Client, flow: tuple[str, str]) -> Submit:
+    """Through kestream's Python API: one produce to the executions topic."""
+
+    async def submit() -> str:
+        return await client.submit(*flow)
+
+    return submit
+
+
+def webhook_submit(session: aiohttp.ClientSession, url: str) -> Submit:
+    """Through the API role's webhook route: an HTTP POST whose answer names the execution."""
+
+    async def submit() -> str:
+        async with session.post(url, json={}) as response:
+            if response.status != 200:
+                raise RuntimeError(f"webhook answered {response.status}: {await response.text()}")
+            body = await response.json()
+            return str(body["id"])
+
+    return submit
+
+
+def webhook_url(stack: Stack, workload: workloads.Workload) -> str:
+    """The workload flow's webhook route on the stack's API role."""
+    flow = parse_flow(workload.flow_source())
+    keys = [t.key for t in flow.triggers if isinstance(t, WebhookTrigger)]
+    if not keys or stack.api_port is None:
+        raise ValueError(f"{workload.name}: its flow has no Webhook trigger to enter through")
+    path = f"/api/v1/main/executions/webhook/{flow.namespace}/{flow.id}/{keys[0]}"
+    return f"http://127.0.0.1:{stack.api_port}{path}"
+
+
+async def _submit(submit: Submit, sample: Sample) -> str | None:
     sample.lag = time.time() - sample.due
     try:
-        execution_id = await client.submit(*flow)
+        execution_id = await submit()
     except Exception as exc:  # counted as never ended; the run goes on
         sample.error = f"submit: {exc}"
         return None
@@ -97,15 +140,15 @@ async def _await_end(client: Client, execution_id: str, sample: Sample) -> None:
 
 
 async def _offer_one(
-    client: Client, flow: tuple[str, str], sample: Sample, waits: list[asyncio.Task[None]]
+    client: Client, submit: Submit, sample: Sample, waits: list[asyncio.Task[None]]
 ) -> None:
-    execution_id = await _submit(client, flow, sample)
+    execution_id = await _submit(submit, sample)
     if execution_id is not None:
         waits.append(asyncio.create_task(_await_end(client, execution_id, sample)))
 
 
 async def offer(
-    client: Client, flow: tuple[str, str], rate_per_min: float, duration_s: float
+    client: Client, submit: Submit, rate_per_min: float, duration_s: float
 ) -> tuple[list[Sample], list[asyncio.Task[None]]]:
     """Submit ``rate * duration`` executions on schedule; returns the samples and their waits.
 
@@ -121,7 +164,7 @@ async def offer(
         delay = sample.due - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        submits.append(asyncio.create_task(_offer_one(client, flow, sample, waits)))
+        submits.append(asyncio.create_task(_offer_one(client, submit, sample, waits)))
     await asyncio.gather(*submits)
     return samples, waits
 
@@ -164,10 +207,15 @@ async def run_rate(workload: workloads.Workload, rate: float, options: RunOption
     """One workload at one rate on a fresh stack."""
     tag = f"{workload.name}-{int(rate)}-{_inline_tag(options.inline)}"
     config = options.stack_config(tag)
-    async with Stack(config, [workload]) as stack:
-        flow = stack.deployed[workload.flow_file]
+    async with Stack(config, [workload]) as stack, aiohttp.ClientSession() as session:
+        client = stack.require_client()
+        submit = (
+            webhook_submit(session, webhook_url(stack, workload))
+            if options.via == "webhook"
+            else client_submit(client, stack.deployed[workload.flow_file])
+        )
         stack.mark()
-        samples, waits = await offer(stack.require_client(), flow, rate, options.duration_s)
+        samples, waits = await offer(client, submit, rate, options.duration_s)
         window_close, usage = await collect(stack, samples, waits, options.drain_s)
         profiles = await stack.end_profiles()
         where = describe(stack)
@@ -206,7 +254,7 @@ async def run_series(workload: workloads.Workload, options: RunOptions, runs: in
 
 async def _one_after_another(client: Client, flow: tuple[str, str], timeout: float) -> Sample:
     sample = Sample(time.time())
-    execution_id = await _submit(client, flow, sample)
+    execution_id = await _submit(client_submit(client, flow), sample)
     if execution_id is not None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(_await_end(client, execution_id, sample), timeout)

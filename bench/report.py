@@ -101,12 +101,15 @@ class Row:
         body = {name: getattr(self, name) for name in JSON_FIELDS}
         if self.iterations is not None:
             body["iterations"] = self.iterations
+        if self.extra.get("via", "client") != "client":
+            body["via"] = self.extra["via"]
         return body
 
     def key(self) -> tuple[Any, ...]:
         """What a later run of the same thing replaces in RESULTS.md."""
         broker = self.extra.get("broker", "embedded")
-        return (self.workload, self.rate_per_min, self.inline_tasks, self.iterations, broker)
+        via = self.extra.get("via", "client")
+        return (self.workload, self.rate_per_min, self.inline_tasks, self.iterations, broker, via)
 
 
 def _latencies(samples: Iterable[Sample], end_of: str) -> list[float]:

@@ -29,7 +29,12 @@ from typing import Any
 from bench import workloads
 from kestream.client import Client
 from kestream.runtime.apache_kafka import ApacheKafka
-from kestream.runtime.embedded_broker import BrokerProcess, EmbeddedBroker, die_with_parent
+from kestream.runtime.embedded_broker import (
+    BrokerProcess,
+    EmbeddedBroker,
+    die_with_parent,
+    free_port,
+)
 from kestream.runtime.tansu_compat import probe_broker
 from kestream.settings import Settings
 
@@ -39,6 +44,7 @@ _WARMUP_TIMEOUT_S = 90.0
 _STOP_GRACE_S = 20.0
 _OWNS = re.compile(r"executor owns partitions \[([\d, ]*)\]")
 _WORKER_ASSIGNED = re.compile(r"worker: partitions assigned: \[[\d, ]+\]")
+_API_STARTED = re.compile(r"api started \(broker")
 _ROLE_KIND = re.compile(r"(?:executor|worker) started \(broker \S+, (\w+)\)")
 _KAFKA_SETTLE_S = 60.0
 _PROFILE_WAIT_S = 15.0
@@ -114,6 +120,8 @@ class StackConfig:
     inline: bool | None = None
     profile: bool = False
     run_dir: Path = Path("/tmp")
+    #: Also run the API role (submissions through its webhook route).
+    api: bool = False
 
     def executors(self) -> int:
         return self.stream_threads or (os.cpu_count() or 1)
@@ -163,6 +171,8 @@ class Stack:
         self.partitions = 0
         self._broker_cpu_base = 0.0
         self._own_cpu_base = 0.0
+        #: The API role's port, when it runs.
+        self.api_port = free_port() if config.api else None
 
     @property
     def settings(self) -> Settings:
@@ -224,11 +234,15 @@ class Stack:
         }
         if self.config.inline is not None:
             env["KESTREAM_EXECUTOR_INLINE_TASKS"] = "true" if self.config.inline else "false"
+        if self.api_port is not None:
+            env["KESTREAM_WEB_PORT"] = str(self.api_port)
         return env
 
     def _spawn_roles(self) -> None:
         env = self._role_env()
         names = ["executor"] * self.config.executors() + ["worker"]
+        if self.config.api:
+            names.append("api")
         for index, role in enumerate(names):
             log_path = self.config.run_dir / f"{role}-{index}.log"
             profile = self.config.run_dir / f"{role}-{index}.prof" if self.config.profile else None
@@ -259,8 +273,9 @@ class Stack:
         owned: list[set[int]] = []
         for role in self.roles:
             text = role.log_path.read_text(errors="replace")
-            if role.role == "worker":
-                if not _WORKER_ASSIGNED.search(text):
+            if role.role in ("worker", "api"):
+                started = _WORKER_ASSIGNED if role.role == "worker" else _API_STARTED
+                if not started.search(text):
                     return False
                 continue
             claims = _OWNS.findall(text)
@@ -418,5 +433,6 @@ def describe(stack: Stack) -> dict[str, Any]:
         "broker_kind": "/".join(kinds),
         "executors": stack.config.executors(),
         "workers": 1,
+        "via": "webhook" if stack.config.api else "client",
         "run_dir": str(stack.config.run_dir),
     }
