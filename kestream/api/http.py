@@ -40,7 +40,10 @@ class ApiError(web.HTTPException):
         if problems:
             body["_embedded"] = {"errors": problems}
         super().__init__(
-            headers=headers, body=orjson.dumps(body), content_type=JSON, reason=_reason(status)
+            headers=headers,
+            text=orjson.dumps(body).decode(),
+            content_type=JSON,
+            reason=_reason(status),
         )
 
 

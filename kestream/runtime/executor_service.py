@@ -115,7 +115,7 @@ class ExecutorService:
         self.registry = registry
         self.states: dict[str, ExecutionState] = {}
         self.partition_of: dict[str, int] = {}
-        self.ended: dict[str, tuple[datetime, int]] = {}
+        self.ended: dict[str, tuple[datetime, int, int]] = {}  # at, partition, attempt
         self.held: dict[str, list[Held]] = {}
         self.owned: set[int] = set()
         self.ready = asyncio.Event()
@@ -281,8 +281,12 @@ class ExecutorService:
             self.held[execution_id].append(self._held(partition, offset, event, "queued"))
             return
         state = self.states.get(execution_id)
-        if state is None and isinstance(event, ev.ExecutionCreated) and execution_id in self.ended:
-            return  # a redelivered creation of an execution that already ran
+        if state is None and execution_id in self.ended:
+            if isinstance(event, ev.ExecutionCreated):
+                return  # a redelivered creation of an execution that already ran
+            if isinstance(event, ev.Restart) and _stale_restart(event, self.ended[execution_id][2]):
+                log.info("ignoring a restart of %s from an older attempt's snapshot", execution_id)
+                return
         self._runs_before = state.created_runs if state is not None else 0
         try:
             result = self.executor.step(state, event)
@@ -370,7 +374,7 @@ class ExecutorService:
         out.changelog.append(
             (codec.header_key(st.id, codec.ENDED), records.dumps(marker), partition)
         )
-        self.ended[st.id] = (self.clock(), partition)
+        self.ended[st.id] = (self.clock(), partition, st.attempt_number)
         del self.states[st.id]
         self.partition_of.pop(st.id, None)
         self.executor.forget(st.id)
@@ -447,7 +451,7 @@ class ExecutorService:
             return
         self._last_prune = now
         horizon = now - timedelta(hours=self.settings.executor_ended_retention_h)
-        for execution_id, (at, partition) in list(self.ended.items()):
+        for execution_id, (at, partition, _) in list(self.ended.items()):
             if at < horizon:
                 del self.ended[execution_id]
                 key = codec.header_key(execution_id, codec.ENDED)
@@ -545,7 +549,8 @@ class ExecutorService:
     def _restore(self, partition: int, execution_id: str, recs: dict[str, Any]) -> int:
         marker = recs.get(codec.header_key(execution_id, codec.ENDED))
         if marker is not None:
-            self.ended[execution_id] = (datetime.fromisoformat(marker["at"]), partition)
+            at = datetime.fromisoformat(marker["at"])
+            self.ended[execution_id] = (at, partition, int(marker.get("attempt", 1)))
             return 0
         head = recs.get(codec.header_key(execution_id))
         if head is None:
@@ -584,6 +589,15 @@ class ExecutorService:
         finally:
             await consumer.stop()
         return latest
+
+
+def _stale_restart(event: ev.Restart, ended_attempt: int) -> bool:
+    """A restart whose snapshot is of an attempt older than the one that ended last: replaying
+    it would run that older attempt again (a redelivered restart, or a lagging index)."""
+    if event.snapshot is None:
+        return False
+    metadata = event.snapshot.get("metadata") or {}
+    return int(metadata.get("attemptNumber", 1)) < ended_attempt
 
 
 def _keep_latest(by_execution: dict[str, dict[str, Any]], rec: ConsumerRecord[Any, Any]) -> None:

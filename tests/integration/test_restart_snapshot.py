@@ -103,9 +103,11 @@ async def test_restart_from_snapshot_after_the_state_left_the_table(broker, topi
         assert runs["uses"].outputs == {"value": "r-1"}
         assert "r-1" not in service.states and "r-1" in service.ended
 
-        # a redelivered creation is still a no-op; a restart of a successful end too
+        # a redelivered creation is still a no-op; a restart of a successful end too, and so is
+        # a restart replayed with the first attempt's snapshot (it would run attempt 2 again)
         await harness.send(ev.ExecutionCreated("r-1", "test.restore", "fails-once"))
         await harness.send(ev.Restart("r-1", _snapshot(_merged(harness, "r-1"))))
+        await harness.send(ev.Restart("r-1", _snapshot(failed)))
         await harness.send(ev.ExecutionCreated("r-2", "test.restore", "fails-once"))
         await wait_for(lambda: len(_ends(harness, "r-2")) == 1)
         await asyncio.sleep(1.0)  # r-2 may sit on another partition: give r-1's events time
