@@ -340,6 +340,20 @@ class Client:
                 watch.queues.remove(queue)
             self._release(execution_id, watch)
 
+    def last_stop(self, execution_id: str) -> Execution | None:
+        """The last stop (end or pause) this client saw of an execution, if it still has it.
+
+        The API answers with it when its index, which follows the same topic, lags behind.
+        """
+        watch = self._watches.get(execution_id)
+        merged = watch.merged if watch is not None else None
+        if merged is None:
+            recent = self._recent.get(execution_id)
+            merged = recent[0] if recent is not None else None
+        if merged is None or not merged.stopped:
+            return None
+        return merged.model()
+
     def seed(self, execution_id: str, execution: Mapping[str, Any], *, terminal: bool) -> None:
         """Tell the client what is already known of an execution (the API's index snapshot).
 

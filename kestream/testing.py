@@ -98,6 +98,12 @@ class Driver:
         await self._run_until(lambda: self._stopped(execution_id))
         return self.get(execution_id)
 
+    async def asubmit(self, event: ev.ExecutionCreated) -> Execution:
+        """Run a prepared creation event (a trigger's, say) until the execution stops."""
+        self._events.append(event)
+        await self._run_until(lambda: self._stopped(event.execution_id))
+        return self.get(event.execution_id)
+
     async def aresume(self, execution_id: str, inputs: dict[str, Any] | None = None) -> Execution:
         self._events.append(ev.Resume(execution_id, inputs))
         await self._run_until(lambda: self._stopped(execution_id))
@@ -139,6 +145,9 @@ class Driver:
         await self._run_until(lambda: False, timeout=timeout)
 
     # -- sync API ------------------------------------------------------------------------
+
+    def submit(self, event: ev.ExecutionCreated) -> Execution:
+        return self._sync(self.asubmit(event))
 
     def start(
         self,

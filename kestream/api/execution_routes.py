@@ -21,6 +21,7 @@ from kestream.api.http import (
     not_found,
     parse_labels,
     query_flag,
+    query_instant,
     query_int,
     read_form,
 )
@@ -87,14 +88,15 @@ class ExecutionRoutes:
         """Start an execution of the flow's newest revision (or ``?revision=``).
 
         Inputs are form fields (multipart or url-encoded; JSON is accepted too), ``labels`` are
-        repeated ``key:value`` query parameters, and ``?wait=true`` answers when the execution
-        ends or pauses.
+        repeated ``key:value`` query parameters, ``?scheduleDate=`` (ISO-8601 with an offset)
+        starts it later (it waits as CREATED, its timer kept in the executor's state), and
+        ``?wait=true`` answers when the execution ends or pauses.
         """
         service = self._service(request)
         namespace, flow_id = request.match_info["namespace"], request.match_info["flowId"]
         number = query_int(request, "revision", 0, low=1, high=10**9) or None
-        if request.query.get("scheduleDate"):
-            raise invalid("'scheduleDate' is not supported: executions start at once")
+        wait = query_flag(request, "wait")  # checked before anything starts
+        schedule_date = query_instant(request, "scheduleDate")
         flow = service.flow(namespace, flow_id, number)
         if flow is None:
             raise not_found(
@@ -111,10 +113,12 @@ class ExecutionRoutes:
             )
         inputs = await read_form(request, self.api.max_body)
         try:
-            created = await service.create_execution(flow, inputs, labels)
+            created = await service.create_execution(
+                flow, inputs, labels, schedule_date=schedule_date
+            )
         except InputValidationError as exc:
             raise input_errors(exc) from None
-        if query_flag(request, "wait"):
+        if wait:
             with contextlib.suppress(TimeoutError):  # then answer with what is known
                 created = await service.wait(created["id"], WAIT_TIMEOUT_S)
         return json_response({**created, "url": execution_url(request, created)})

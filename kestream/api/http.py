@@ -9,6 +9,7 @@ written for Kestra shows them as it does Kestra's. Request bodies are read up to
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -57,7 +58,8 @@ def _reason(status: int) -> str:
 
 
 def not_found(what: str) -> ApiError:
-    return ApiError(404, f"{what} not found")
+    """404 naming what was looked for: ``Not Found: Execution 'x' not found``."""
+    return ApiError(404, f"Not Found: {what} not found")
 
 
 def invalid(message: str, errors: Iterable[Mapping[str, Any]] = ()) -> ApiError:
@@ -149,6 +151,22 @@ def query_flag(request: web.Request, name: str, default: bool = False) -> bool:
     if lowered in ("false", "0", "no"):
         return False
     raise bad_request(f"Query parameter '{name}' must be true or false, not '{raw}'")
+
+
+def query_instant(request: web.Request, name: str) -> datetime | None:
+    """An ISO-8601 date-time query parameter with an offset (``2026-01-01T10:00:00+01:00``)."""
+    raw = request.query.get(name)
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None:
+        raise bad_request(
+            f"Query parameter '{name}' must be an ISO-8601 date-time with an offset, not '{raw}'"
+        )
+    return value
 
 
 def query_int(request: web.Request, name: str, default: int, *, low: int, high: int) -> int:

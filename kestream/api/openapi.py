@@ -87,6 +87,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             Param("labels", description="key:value", repeated=True),
             Param("wait", "boolean", "answer when the execution ends or pauses"),
             Param("revision", "integer"),
+            Param("scheduleDate", description="ISO-8601 date-time: start then, not now"),
         ),
         body=_FORM,
         responses={200: _OK_JSON, **_ERRORS},

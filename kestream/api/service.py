@@ -136,9 +136,19 @@ class ApiService:
         return dump(execution)
 
     async def execution(self, execution_id: str) -> dict[str, Any] | None:
-        found = await asyncio.to_thread(self.index.get, execution_id)
+        """The execution as the index has it, or fresher: the index follows the updates topic a
+        little behind this API's own client, which may already have its end (or its pause)."""
+        found = await asyncio.to_thread(self.index.get, execution_id, include_deleted=True)
         if found is not None:
             self._created.pop(execution_id, None)
+            if found.get("deleted"):
+                return found  # the routes answer 404
+        stop = self.client.last_stop(execution_id)
+        if stop is not None:
+            fresher = dump(stop)
+            if found is None or _progress(fresher) > _progress(found):
+                return fresher
+        if found is not None:
             return found
         cached = self._created.get(execution_id)
         if cached is not None and cached[1] > time.monotonic():
@@ -182,6 +192,11 @@ class ApiService:
             len(self._created) > CREATED_CACHE_MAX or next(iter(self._created.values()))[1] <= now
         ):
             self._created.popitem(last=False)
+
+
+def _progress(execution: dict[str, Any]) -> int:
+    """How far an execution has come: its state history only grows (restarts included)."""
+    return len(execution["state"].get("histories") or ())
 
 
 def dump(execution: Execution) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from kestream.api.execution_routes import execution_url
 from kestream.api.handle import ApiHandle
-from kestream.api.http import ApiError, json_response, not_found, read_body
+from kestream.api.http import ApiError, json_response, read_body
 from kestream.models.ids import new_id
 from kestream.scheduler.webhooks import find_webhook, webhook_execution
 
@@ -44,7 +44,7 @@ class WebhookRoutes:
         flow = service.flow(namespace, flow_id)
         trigger = find_webhook(flow, request.match_info["key"]) if flow is not None else None
         if flow is None or trigger is None:
-            raise not_found("Webhook not found")
+            raise ApiError(404, "Not Found: Webhook not found")
         if flow.disabled:
             raise ApiError(409, "Illegal state: Cannot execute a disabled flow")
         payload = await read_body(request, self.api.max_body)

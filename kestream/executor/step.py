@@ -41,7 +41,7 @@ from kestream.executor.state import ExecutionState, Group, StateRecord, TaskRunS
 from kestream.expressions import RenderError, is_truthy, render, render_value
 from kestream.models.clock import Clock, utc_now
 from kestream.models.durations import DurationError, parse_duration
-from kestream.models.flow import Flow
+from kestream.models.flow import Flow, trigger_class_for
 from kestream.models.ids import derived_id
 from kestream.models.inputs import InputValidationError, coerce_output, parse_inputs
 from kestream.models.state import StateType, worst
@@ -247,8 +247,9 @@ class _Step:
         self.created_now = True
         if event.validate_inputs:
             try:
-                self.st.inputs = parse_inputs(self.flow.inputs, event.inputs or {})
-            except InputValidationError as exc:
+                given = self.trigger_inputs(event.inputs or {})
+                self.st.inputs = parse_inputs(self.flow.inputs, given)
+            except (InputValidationError, RenderError) as exc:
                 self.log(None, LogLevel.ERROR, str(exc))
                 self.move_execution(S.FAILED)
                 self.end_execution(S.FAILED, render_outputs=False)
@@ -259,6 +260,20 @@ class _Step:
             self.set_timer("start", Timer(event.schedule_date, "start"))
             return
         self.start_execution()
+
+    def trigger_inputs(self, given: dict[str, Any]) -> dict[str, Any]:
+        """A trigger's ``inputs`` rendered with its variables (``{{ trigger.body.name }}``,
+        ``{{ trigger.date }}``), as Kestra renders them when the trigger fires. Inputs given by
+        a person or a parent are values, never templates, and are taken as they are."""
+        trigger = self.st.trigger
+        if trigger is None or not given or trigger_class_for(trigger.get("type")) is None:
+            return given  # not a flow trigger's (a subflow's inputs come rendered by its parent)
+        ctx = execution_context(self.st, self.flow, self.ex.clock, {})
+        try:
+            return {key: render_value(value, ctx) for key, value in given.items()}
+        except RenderError as exc:
+            trigger_id = trigger.get("id")
+            raise RenderError(f"Trigger '{trigger_id}': cannot render its inputs: {exc}") from exc
 
     def with_default_inputs(self, given: dict[str, Any] | None) -> dict[str, Any] | None:
         """Inputs taken as given still see the flow's defaults for the ones left out (as Kestra)."""

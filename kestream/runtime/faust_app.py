@@ -115,10 +115,18 @@ class RoleService(Service):
         self.board = MemberBoard() if role == "api" else None
         self.api = ApiHandle(settings) if role == "api" else None
         self.publisher: MemberPublisher | None = None
+        self._routes_installed = False
         self._crashing: asyncio.Future[Any] | None = None
 
     def install_routes(self, web_app: Any) -> None:
-        """faust's web server is being set up: add /metrics, /health/* and (API) the API."""
+        """faust's web server is being set up: add /metrics, /health/* and (API) the API.
+
+        faust sets its server up more than once (each call of ``init_server``): the routes and
+        middlewares go in once, or every request would be counted and handled several times.
+        """
+        if self._routes_installed:
+            return
+        self._routes_installed = True
         web_app.middlewares.append(metrics_middleware(self.metrics))
         web_app.router.add_routes(ops_routes(self.metrics, self.health, self.board))
         if self.api is not None:

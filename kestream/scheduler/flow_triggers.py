@@ -13,8 +13,9 @@ checked as Kestra checks it (its ``FlowTriggerService``):
    (:mod:`kestream.scheduler.preconditions`) and the trigger fires once all are met; with
    ``resetOnSuccess`` (default) the window then starts over.
 
-The created execution's id is derived from the trigger and the source execution *attempt*, so a
-redelivered "ended" event creates the same execution, which the executor recognises.
+The created execution's id is derived from the trigger, the source execution *attempt* and its
+state, so a redelivered "ended" event creates the same execution, which the executor
+recognises, while a PAUSED and the later end of one attempt each start their own.
 """
 
 from __future__ import annotations
@@ -115,8 +116,16 @@ def flow_trigger_event(
     merged = dict(ended.outputs or {}) if outputs is None else outputs
     if merged:
         variables["outputs"] = merged
+    # The state is part of the id: an execution that pauses, then ends, fires once for each
+    # (when both states are listened to); a redelivered update of either fires nothing new.
     execution_id = derived_id(
-        "flow-trigger", flow.namespace, flow.id, trigger.id, ended.execution_id, ended.attempt
+        "flow-trigger",
+        flow.namespace,
+        flow.id,
+        trigger.id,
+        ended.execution_id,
+        ended.attempt,
+        str(ended.state),
     )
     correlation = ended.labels.get(_CORRELATION_ID)
     return ExecutionCreated(

@@ -10,7 +10,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -192,6 +192,24 @@ def test_errors_name_what_is_wrong(stack: Stack, ns: str) -> None:
     assert huge.status == 413
     reserved = stack.post_form(f"/executions/{ns}/hello?labels=system.x:y", {})
     assert reserved.status == 422
+    assert stack.post_form(f"/executions/{ns}/hello?wait=maybe", {}).status == 400
+    time.sleep(1)
+    page = stack.get(f"/executions/search?filters[namespace][EQUALS]={ns}").json()
+    assert page["total"] == 0  # nothing refused was started
+
+
+def test_schedule_date_starts_the_execution_later(stack: Stack, ns: str) -> None:
+    deploy(stack, hello(ns))
+    when = datetime.now(UTC) + timedelta(seconds=3)
+    stamp = urllib.parse.quote(when.isoformat())
+    created = stack.post_form(f"/executions/{ns}/hello?scheduleDate={stamp}", {}).json()
+    assert created["state"]["current"] == "CREATED"
+    time.sleep(1.5)
+    assert stack.wait_state(created["id"], {"CREATED"})["state"]["current"] == "CREATED"
+    done = stack.wait_state(created["id"], DONE)
+    assert done["state"]["current"] == "SUCCESS"
+    started = datetime.fromisoformat(done["state"]["histories"][1]["date"].replace("Z", "+00:00"))
+    assert started >= when - timedelta(milliseconds=50)
 
 
 def test_follow_streams_each_change_to_the_end(stack: Stack, ns: str) -> None:
@@ -298,7 +316,7 @@ triggers:
     assert done["trigger"]["variables"]["body"] == {"name": "Grace"}
 
     wrong = stack.request("POST", f"/executions/webhook/{ns}/hook/wrong", "{}")
-    assert wrong.status == 404
+    assert wrong.status == 404 and wrong.json()["message"] == "Not Found: Webhook not found"
     time.sleep(1)
     page = stack.get(f"/executions/search?filters[namespace][EQUALS]={ns}").json()
     assert page["total"] == 1
@@ -397,12 +415,19 @@ def test_openapi_health_and_metrics(stack: Stack) -> None:
     ready = stack.get(stack.base + "/health/ready").json()
     roles = {member["role"] for member in ready["installation"]["members"]}
     assert {"executor", "worker", "scheduler", "api"} <= roles
-    metrics = stack.get(stack.base + "/metrics").body.decode()
-    assert "kestream_http_server_requests_seconds" in metrics
+    before = _live_requests(stack)
+    stack.get(stack.base + "/health/live")
+    assert _live_requests(stack) == before + 1  # counted once, not once per server setup
     scheduler = next(m for m in ready["installation"]["members"] if m["role"] == "scheduler")
     scraped = stack.get(f"http://127.0.0.1:{scheduler['port']}/metrics").body.decode()
     assert "kestream_scheduler_evaluation_loop_duration_seconds" in scraped
 
 
-def _unused(path: Path) -> None:  # keeps the Path import for type checkers of fixtures
-    del path
+def _live_requests(stack: Stack) -> float:
+    text = stack.get(stack.base + "/metrics").body.decode()
+    for line in text.splitlines():
+        if line.startswith("kestream_http_server_requests_seconds_count") and (
+            'route="/health/live"' in line
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

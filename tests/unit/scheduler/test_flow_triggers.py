@@ -61,7 +61,7 @@ def test_the_created_execution() -> None:
     )
     (event,) = book.on_execution_end(source).events
     assert event.execution_id == derived_id(
-        "flow-trigger", "company.team", "downstream", "on-upstream", "exec-1", 2
+        "flow-trigger", "company.team", "downstream", "on-upstream", "exec-1", 2, "SUCCESS"
     )
     assert (event.namespace, event.flow_id, event.revision) == ("company.team", "downstream", 3)
     assert event.inputs == {"date": "{{ trigger.outputs.date }}"} and event.validate_inputs
@@ -212,3 +212,13 @@ def test_removed_flows_stop_listening() -> None:
     assert len(book) == 1
     book.remove_flow("company.team", "downstream")
     assert book.on_execution_end(ended()).events == [] and len(book) == 0
+
+
+def test_a_pause_and_the_later_end_of_one_attempt_each_fire_once() -> None:
+    book = FlowTriggerBook()
+    book.sync_flow(listener())
+    (paused,) = book.on_execution_end(ended(S.PAUSED)).events
+    (succeeded,) = book.on_execution_end(ended(S.SUCCESS)).events
+    (again,) = book.on_execution_end(ended(S.SUCCESS)).events  # a redelivered update
+    assert paused.execution_id != succeeded.execution_id
+    assert again.execution_id == succeeded.execution_id

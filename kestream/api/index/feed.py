@@ -1,0 +1,283 @@
+"""The index feed: keeps a :class:`~kestream.api.index.store.Store` up to date from Kafka.
+
+One group-less consumer is assigned every partition of ``execution-updates`` and ``logs``
+(manual assignment, like :class:`~kestream.runtime.flows_table.FlowsTable`), and positioned at
+the next offsets the store has recorded (:meth:`Store.offsets`), or at the beginning of a
+partition the store has never seen. No consumer group, and no committed offsets: the store's
+offsets are written in the same transaction as the data, so they are the only truth, and any
+number of API processes can each keep their own index.
+
+Each fetch (``getmany``, at most ``max_records``) becomes one :class:`Batch`: records are
+decoded and checked here; one that cannot be read is logged, sent to the dead-letter topic with
+the reason (:func:`records.dead_letter_value`) and stepped over. The batch is applied in a worker
+thread (``asyncio.to_thread``: sqlite3 and psycopg block), so the event loop keeps serving HTTP
+while the database writes. A failed apply (database down, disk full) is retried with a back-off,
+never skipped: the consumer does not fetch further until the batch is in.
+
+:attr:`IndexFeed.caught_up` is set once every partition has been applied up to the high
+watermark it had when the feed started (read from a Fetch, :func:`fetch_highwaters`): from then
+on the index answers for everything that happened before the start. The store's statistics
+are refreshed once at that moment (:meth:`Store.maintain`), since a first catch-up is a bulk load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
+
+from kestream.api.index.store import Batch, FeedRecord, RecordKind, Store
+from kestream.runtime import records
+from kestream.runtime.context import BrokerContext
+from kestream.runtime.flows_table import topic_partitions
+from kestream.runtime.kafka import make_consumer, make_producer
+from kestream.runtime.tansu_compat import fetch_highwaters
+
+__all__ = ["FeedStats", "IndexFeed"]
+
+log = logging.getLogger("kestream.index")
+
+#: Records per fetch, and so per transaction: large enough that a catch-up over millions of
+#: updates is a few hundred transactions, small enough that one takes well under a second.
+MAX_RECORDS = 5_000
+_FETCH_TIMEOUT_MS = 200
+_RETRY_FIRST_S = 0.5
+_RETRY_MAX_S = 10.0
+
+
+@dataclass(slots=True)
+class FeedStats:
+    """Counters since :meth:`IndexFeed.start` (for logs, metrics and tests)."""
+
+    batches: int = 0
+    updates: int = 0
+    log_lines: int = 0
+    skipped: int = 0
+    dead_letters: int = 0
+    failed_applies: int = 0
+
+
+class IndexFeed:
+    """Consume ``execution-updates`` and ``logs`` into ``store`` (see the module docs).
+
+    The store is the caller's: :meth:`stop` leaves it open.
+    """
+
+    def __init__(
+        self,
+        ctx: BrokerContext,
+        store: Store,
+        *,
+        max_records: int = MAX_RECORDS,
+        fetch_timeout_ms: int = _FETCH_TIMEOUT_MS,
+        maintain_on_catch_up: bool = True,
+    ) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.max_records = max_records
+        self.fetch_timeout_ms = fetch_timeout_ms
+        self.maintain_on_catch_up = maintain_on_catch_up
+        #: Set once the index holds everything the topics held when the feed started.
+        self.caught_up = asyncio.Event()
+        self.stats = FeedStats()
+        self._kinds = {ctx.topics.updates: RecordKind.UPDATE, ctx.topics.logs: RecordKind.LOGS}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._targets: dict[TopicPartition, int] = {}
+        #: Next offset applied (or stepped over), per partition.
+        self._positions: dict[TopicPartition, int] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Position the consumer from the store's offsets and start following the topics."""
+        ctx = self.ctx
+        consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=None)
+        await consumer.start()
+        self._consumer = consumer
+        try:
+            tps = [tp for topic in self._kinds for tp in await topic_partitions(consumer, topic)]
+            consumer.assign(tps)
+            for topic in self._kinds:
+                stored = await asyncio.to_thread(self.store.offsets, topic)
+                for tp in (tp for tp in tps if tp.topic == topic):
+                    if tp.partition in stored:
+                        consumer.seek(tp, stored[tp.partition])
+                    else:
+                        await consumer.seek_to_beginning(tp)
+            self._targets = await fetch_highwaters(consumer, tps)
+            if await self._topics_replaced(tps):
+                for tp in tps:
+                    await consumer.seek_to_beginning(tp)
+            for tp in tps:
+                self._positions[tp] = await consumer.position(tp)
+        except BaseException:
+            await self._close_clients()
+            raise
+        behind = sum(max(0, hw - self._positions[tp]) for tp, hw in self._targets.items())
+        log.info("index feed: %d records behind on %d partitions", behind, len(tps))
+        self._task = asyncio.create_task(self._run(), name="index-feed")
+
+    async def _topics_replaced(self, tps: list[TopicPartition]) -> bool:
+        """Whether the index followed other topics of the same names: an offset it recorded is
+        past the topic's end. That happens when the embedded broker (memory only) restarted
+        with the index file kept; the index is emptied and filled again from the topics."""
+        beyond = []
+        for topic in self._kinds:
+            stored = await asyncio.to_thread(self.store.offsets, topic)
+            beyond += [
+                tp
+                for tp in tps
+                if tp.topic == topic and stored.get(tp.partition, 0) > self._targets.get(tp, 0)
+            ]
+        if not beyond:
+            return False
+        log.warning(
+            "index feed: the index holds offsets past the end of %d partition(s) (%s...): the "
+            "topics were created anew; emptying the index and reading them from the start",
+            len(beyond),
+            beyond[0],
+        )
+        await asyncio.to_thread(self.store.reset)
+        return True
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._close_clients()
+
+    async def _close_clients(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def __aenter__(self) -> IndexFeed:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def positions(self) -> Mapping[TopicPartition, int]:
+        """The next offset the index holds, per partition (read-only view)."""
+        return dict(self._positions)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        await self._check_caught_up()
+        while True:
+            consumer = self._consumer
+            assert consumer is not None
+            try:
+                fetched = await consumer.getmany(
+                    timeout_ms=self.fetch_timeout_ms, max_records=self.max_records
+                )
+            except KafkaError as exc:  # transient broker trouble: keep following
+                log.warning("index feed: fetch failed (%s); retrying", exc)
+                await asyncio.sleep(_RETRY_FIRST_S)
+                continue
+            if fetched:
+                await self._handle(fetched)
+            await self._check_caught_up()
+
+    async def _handle(
+        self, fetched: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]]
+    ) -> None:
+        batch = Batch()
+        dead: list[tuple[ConsumerRecord[Any, Any], str]] = []
+        for tp, recs in fetched.items():
+            kind = self._kinds[tp.topic]
+            for rec in recs:
+                try:
+                    batch.add(
+                        FeedRecord.decode(
+                            kind, tp.topic, tp.partition, rec.offset, rec.key, rec.value
+                        )
+                    )
+                except records.RecordError as exc:
+                    dead.append((rec, str(exc)))
+                    batch.advance(tp.topic, tp.partition, rec.offset)
+        if dead:
+            await self._dead_letter(dead)
+        await self._apply(batch)
+        for (topic, partition), offset in batch.positions.items():
+            self._positions[TopicPartition(topic, partition)] = offset
+
+    async def _apply(self, batch: Batch) -> None:
+        """Apply in a worker thread, retrying until it succeeds (never skip data)."""
+        delay = _RETRY_FIRST_S
+        while True:
+            try:
+                result = await asyncio.to_thread(self.store.apply, batch)
+                break
+            except Exception:
+                self.stats.failed_applies += 1
+                log.exception("index feed: applying %d records failed; retrying", len(batch))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+        stats = self.stats
+        stats.batches += 1
+        stats.updates += result.updates
+        stats.log_lines += result.log_lines
+        stats.skipped += result.skipped
+
+    async def _dead_letter(self, dead: list[tuple[ConsumerRecord[Any, Any], str]]) -> None:
+        """Send unreadable records to the dead-letter topic; a failed send is logged, not fatal."""
+        ctx = self.ctx
+        for rec, reason in dead:
+            log.warning(
+                "index feed: dead letter from %s[%d]@%d: %s",
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                reason,
+            )
+            self.stats.dead_letters += 1
+        try:
+            if self._producer is None:
+                producer = make_producer(ctx.settings, ctx.bootstrap, ctx.kind)
+                await producer.start()
+                self._producer = producer
+            sends = [
+                await self._producer.send(
+                    ctx.topics.dead_letter,
+                    records.dead_letter_value(
+                        rec.topic, rec.partition, rec.offset, rec.key, rec.value, reason
+                    ),
+                    key=rec.key,
+                )
+                for rec, reason in dead
+            ]
+            await asyncio.gather(*sends)
+        except KafkaError as exc:
+            log.error("index feed: could not send %d dead letters: %s", len(dead), exc)
+
+    async def _check_caught_up(self) -> None:
+        if self.caught_up.is_set():
+            return
+        if any(self._positions.get(tp, 0) < hw for tp, hw in self._targets.items()):
+            return
+        if self.maintain_on_catch_up and self.stats.batches:
+            await asyncio.to_thread(self.store.maintain)
+        self.caught_up.set()
+        log.info(
+            "index feed caught up: %d updates, %d log lines",
+            self.stats.updates,
+            self.stats.log_lines,
+        )

@@ -1,0 +1,431 @@
+"""SQL shared by the SQLite and PostgreSQL stores: the search statements.
+
+Both engines get the same tables, partial indexes (``WHERE NOT deleted``) and statements, written
+with ``?`` placeholders; a :class:`Dialect` says what differs. Why the tables look as they do:
+
+- ``executions``: one row per execution, the filterable columns plus its JSON (without task
+  runs). Every index serving a listing ends in ``start_date, id`` (the default sort and its
+  tie-break), so a page is an index range read backwards and ``LIMIT``-ed, and its count is an
+  index-only range count (SQLite's indexes also carry ``deleted`` for that).
+- ``task_runs``: one row per task run, so a partial update costs what changed (DESIGN.md
+  section 3), not a rewrite of the whole execution; ``seq`` keeps the order of first appearance.
+- ``labels`` repeats each execution's start date: "label = value, newest first" is one range of
+  ``(key, value, start_date, execution_id)``, its count another, and "has this label" is one
+  seek of the same key. Rows exist only for executions that are not deleted.
+- ``namespaces``: every namespace seen. Namespace filters other than ``EQUALS`` (Kestra's
+  ``PREFIX``, ``STARTS_WITH``, ``CONTAINS``...) are resolved against it into a list of
+  namespaces first, so they become index lookups instead of scans.
+- ``feed_offsets``: written in the same transaction as the data.
+
+**Fan-out.** ``namespace IN (a, b)`` or ``state IN (FAILED, KILLED)`` ordered by start date is
+not one ordered index range, and an engine would sort every match to return 25. When the sort is
+by start date, the page query is instead a ``UNION ALL`` of one ordered, ``LIMIT``-ed range per
+value (and per namespace x state, while the product stays small), merged and cut: the work is
+(values x page end), whatever the number of matches. The count needs no such help.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from kestream.api.index.query import (
+    ChildFilter,
+    DateField,
+    DateFilter,
+    LabelFilter,
+    Op,
+    SearchQuery,
+    SortField,
+    TextField,
+    TextFilter,
+)
+from kestream.models.state import StateType
+
+#: Most branches in a fan-out, and most rows all branches may read (branches x page end).
+FAN_OUT_MAX = 64
+FAN_OUT_ROWS_MAX = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What differs between the engines in otherwise shared SQL."""
+
+    name: str
+    #: How a ``?`` placeholder is written ("?" for sqlite3, "%s" for psycopg).
+    placeholder: str
+    #: ``instr`` (SQLite) or ``strpos`` (PostgreSQL): position of a substring, 0 when absent.
+    find: str
+    #: Appended to a document column to read it as text ("::text": PostgreSQL keeps JSONB).
+    doc_cast: str
+    #: A date as a query parameter (an ISO string for SQLite, a datetime for psycopg).
+    date: Callable[[datetime], Any]
+    #: SQL for the ``labels.start_date`` of an execution without a start date (never NULL there).
+    no_date: str
+    _cache: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def sql(self, text: str) -> str:
+        """``text`` with its ``?`` placeholders in this engine's style."""
+        if self.placeholder == "?":
+            return text
+        converted = self._cache.get(text)
+        if converted is None:
+            converted = text.replace("%", "%%").replace("?", self.placeholder)
+            self._cache[text] = converted
+        return converted
+
+
+def marks(count: int) -> str:
+    """``?, ?, ...`` for an ``IN`` list."""
+    return ", ".join("?" * count)
+
+
+_TEXT_COLUMNS = {
+    TextField.NAMESPACE: "e.namespace",
+    TextField.FLOW_ID: "e.flow_id",
+    TextField.TRIGGER_EXECUTION_ID: "e.parent_id",
+}
+_DATE_COLUMNS = {DateField.START_DATE: "e.start_date", DateField.END_DATE: "e.end_date"}
+_SORT_COLUMNS = {
+    SortField.ID: "e.id",
+    SortField.NAMESPACE: "e.namespace",
+    SortField.FLOW_ID: "e.flow_id",
+    SortField.STATE: "e.state",
+    SortField.START_DATE: "e.start_date",
+    SortField.END_DATE: "e.end_date",
+}
+_COMPARISONS = {
+    Op.EQUALS: "=",
+    Op.NOT_EQUALS: "<>",
+    Op.GREATER_THAN: ">",
+    Op.GREATER_THAN_OR_EQUAL_TO: ">=",
+    Op.LESS_THAN: "<",
+    Op.LESS_THAN_OR_EQUAL_TO: "<=",
+}
+
+
+# -- namespaces and states as value sets ------------------------------------------------------
+
+
+def _text_matches(flt: TextFilter, value: str) -> bool:
+    """``flt`` evaluated in Python (same semantics as :meth:`_Where.text`)."""
+    first = flt.values[0]
+    checks: dict[Op, Callable[[], bool]] = {
+        Op.EQUALS: lambda: value == first,
+        Op.NOT_EQUALS: lambda: value != first,
+        Op.IN: lambda: value in flt.values,
+        Op.NOT_IN: lambda: value not in flt.values,
+        Op.STARTS_WITH: lambda: value.startswith(first),
+        Op.PREFIX: lambda: value == first or value.startswith(f"{first}."),
+        Op.ENDS_WITH: lambda: value.endswith(first),
+        Op.CONTAINS: lambda: first in value,
+    }
+    return checks[flt.op]()
+
+
+def needs_namespaces(query: SearchQuery) -> bool:
+    """True when the namespace filters must be resolved against the ``namespaces`` table."""
+    return any(t.field is TextField.NAMESPACE and t.op is not Op.EQUALS for t in query.texts)
+
+
+def matching_namespaces(query: SearchQuery, known: Iterable[str]) -> list[str]:
+    """The namespaces among ``known`` that pass every namespace filter of ``query``."""
+    filters = [t for t in query.texts if t.field is TextField.NAMESPACE]
+    return sorted(ns for ns in known if all(_text_matches(t, ns) for t in filters))
+
+
+def _namespaces(query: SearchQuery, resolved: Sequence[str] | None) -> list[str] | None:
+    """The namespaces allowed, or ``None`` for "no namespace filter"."""
+    filters = [t for t in query.texts if t.field is TextField.NAMESPACE]
+    if not filters:
+        return None
+    if resolved is not None:
+        return sorted(resolved)
+    if any(t.op is not Op.EQUALS for t in filters):
+        raise ValueError("namespace filters other than EQUALS need the known namespaces")
+    values = {t.values[0] for t in filters}
+    return sorted(values) if len(values) == 1 else []
+
+
+def _states(query: SearchQuery) -> list[str] | None:
+    """The states allowed by every state filter, or ``None`` when there is none."""
+    if not query.states:
+        return None
+    allowed = set(StateType)
+    for flt in query.states:
+        allowed = allowed - flt.states if flt.negate else allowed & flt.states
+    return sorted(s.value for s in allowed)
+
+
+# -- WHERE --------------------------------------------------------------------------------------
+
+
+def _next_string(text: str) -> str | None:
+    """The smallest string above every string that starts with ``text`` (binary order)."""
+    last = ord(text[-1])
+    return None if last >= 0x10FFFF else text[:-1] + chr(last + 1)
+
+
+class _Where:
+    """AND-ed clauses and their parameters, in text order."""
+
+    def __init__(self, dialect: Dialect, clauses: Iterable[str] = ("NOT e.deleted",)) -> None:
+        self.dialect = dialect
+        self.clauses: list[str] = list(clauses)
+        self.params: list[Any] = []
+
+    def copy(self) -> _Where:
+        other = _Where(self.dialect, self.clauses)
+        other.params = list(self.params)
+        return other
+
+    def add(self, clause: str, *params: Any) -> None:
+        self.clauses.append(clause)
+        self.params.extend(params)
+
+    def one_of(self, column: str, values: Sequence[str]) -> None:
+        if len(values) == 1:
+            self.add(f"{column} = ?", values[0])
+        else:
+            self.add(f"{column} IN ({marks(len(values))})", *values)
+
+    def text(self, flt: TextFilter) -> None:
+        column = _TEXT_COLUMNS[flt.field]
+        value = flt.values[0]
+        if flt.op is Op.EQUALS:
+            self.add(f"{column} = ?", value)
+        elif flt.op is Op.NOT_EQUALS:
+            self.add(f"{column} <> ?", value)
+        elif flt.op in (Op.IN, Op.NOT_IN):
+            negation = "NOT " if flt.op is Op.NOT_IN else ""
+            self.add(f"{column} {negation}IN ({marks(len(flt.values))})", *flt.values)
+        elif flt.op is Op.PREFIX:  # Kestra: the value itself or anything under "value."
+            self.add(f"({column} = ? OR ({column} >= ? AND {column} < ?))", value, *_dot(value))
+        elif flt.op is Op.STARTS_WITH:
+            upper = _next_string(value)
+            if upper is None:
+                self.add(f"{column} >= ?", value)
+            else:
+                self.add(f"{column} >= ? AND {column} < ?", value, upper)
+        elif flt.op is Op.ENDS_WITH:
+            self.add(
+                f"length({column}) >= ? AND substr({column}, length({column}) - ? + 1) = ?",
+                len(value),
+                len(value),
+                value,
+            )
+        elif flt.op is Op.CONTAINS:
+            self.add(f"{self.dialect.find}({column}, ?) > 0", value)
+        else:  # the parser never builds one
+            raise ValueError(f"text operation {flt.op} is not evaluated")
+
+    def date(self, flt: DateFilter) -> None:
+        column = _DATE_COLUMNS[flt.field]
+        self.add(f"{column} {_COMPARISONS[flt.op]} ?", self.dialect.date(flt.value))
+
+    def label(self, flt: LabelFilter, start: str | None = None, execution: str = "e.id") -> None:
+        """The execution (``start``, ``execution``: its start date and id) has the label.
+
+        The start date completes the labels key: one index seek per candidate row.
+        """
+        start = start or f"coalesce(e.start_date, {self.dialect.no_date})"
+        negation = "NOT " if flt.negate else ""
+        self.add(
+            f"{negation}EXISTS (SELECT 1 FROM labels x WHERE x.key = ? AND x.value = ? "
+            f"AND x.start_date = {start} AND x.execution_id = {execution})",
+            flt.key,
+            flt.value,
+        )
+
+    def q(self, text: str) -> None:
+        needle = text.lower()
+        find = self.dialect.find
+        self.add(
+            f"({find}(lower(e.id), ?) > 0 OR {find}(lower(e.namespace), ?) > 0 "
+            f"OR {find}(lower(e.flow_id), ?) > 0)",
+            needle,
+            needle,
+            needle,
+        )
+
+    @property
+    def empty(self) -> bool:
+        """Only the ``NOT deleted`` every search has."""
+        return len(self.clauses) == 1
+
+    def sql(self) -> str:
+        return " AND ".join(self.clauses)
+
+
+def _dot(namespace: str) -> tuple[str, str]:
+    """Bounds of "everything under ``namespace.``": ``[ns., ns/)`` ('/' follows '.')."""
+    return f"{namespace}.", f"{namespace}/"
+
+
+def _rest(query: SearchQuery, dialect: Dialect) -> _Where:
+    """Every filter but namespaces, states and labels."""
+    where = _Where(dialect)
+    for text in query.texts:
+        if text.field is not TextField.NAMESPACE:
+            where.text(text)
+    for date in query.dates:
+        where.date(date)
+    if query.q:
+        where.q(query.q)
+    if query.child is ChildFilter.CHILD:
+        where.add("e.parent_id IS NOT NULL")
+    elif query.child is ChildFilter.MAIN:
+        where.add("e.parent_id IS NULL")
+    return where
+
+
+# -- the statements -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SearchSQL:
+    """The page query and its count (same FROM and WHERE, separate statements)."""
+
+    page: str
+    page_params: list[Any]
+    count: str
+    count_params: list[Any]
+
+
+@dataclass(slots=True)
+class _Plan:
+    rest: _Where
+    #: ``(column, values)`` of the namespace and state sets, when filtered.
+    dims: list[tuple[str, list[str]]]
+    labels: list[LabelFilter]
+    #: The label whose index drives the page (only labels filter, sorted by start date).
+    drive: LabelFilter | None
+    order: list[tuple[str, bool]]
+
+
+def _plan(query: SearchQuery, dialect: Dialect, namespaces: Sequence[str] | None) -> _Plan | None:
+    """``None`` when nothing can match (an empty namespace or state set)."""
+    dims: list[tuple[str, list[str]]] = []
+    for column, values in (
+        ("e.namespace", _namespaces(query, namespaces)),
+        ("e.state", _states(query)),
+    ):
+        if values is not None:
+            if not values:
+                return None
+            dims.append((column, values))
+    rest = _rest(query, dialect)
+    by_start = [k.field for k in query.sort] == [SortField.START_DATE]
+    positive = [label for label in query.labels if not label.negate]
+    drive = positive[0] if positive and by_start and not dims and rest.empty else None
+    descending = query.sort[0].descending
+    if drive is not None:
+        order = [("l.start_date", descending), ("l.execution_id", descending)]
+    else:
+        order = [(_SORT_COLUMNS[k.field], k.descending) for k in query.sort]
+        if SortField.ID not in {k.field for k in query.sort}:
+            order.append(("e.id", descending))  # the tie-break: pages never overlap
+    labels = [label for label in query.labels if label is not drive]
+    return _Plan(rest, dims, labels, drive, order)
+
+
+def _order_by(columns: Sequence[str], order: Sequence[tuple[str, bool]]) -> str:
+    return ", ".join(
+        f"{column} {'DESC' if desc else 'ASC'}"
+        for column, (_, desc) in zip(columns, order, strict=True)
+    )
+
+
+def _fan_out(plan: _Plan, query: SearchQuery) -> list[int]:
+    """Indexes into ``plan.dims`` to fan out on (empty: one plain ordered query)."""
+    if plan.drive is not None or [k.field for k in query.sort] != [SortField.START_DATE]:
+        return []
+    wide = [i for i, (_, values) in enumerate(plan.dims) if len(values) > 1]
+    page_end = query.offset + query.size
+    for chosen in (wide, wide[:1]):
+        branches = 1
+        for i in chosen:
+            branches *= len(plan.dims[i][1])
+        if chosen and branches <= FAN_OUT_MAX and branches * page_end <= FAN_OUT_ROWS_MAX:
+            return chosen
+    return []
+
+
+def search_sql(
+    query: SearchQuery, dialect: Dialect, namespaces: Sequence[str] | None = None
+) -> SearchSQL | None:
+    """The page and count statements of ``query``; ``None`` when nothing can match.
+
+    ``namespaces`` are the namespaces that pass the query's namespace filters
+    (:func:`matching_namespaces`); needed when :func:`needs_namespaces` says so. The page is
+    chosen on indexes alone (ids and sort keys, ``LIMIT``/``OFFSET``), then only its rows'
+    documents are read, so a sort or a deep page never drags thousands of documents along.
+    """
+    plan = _plan(query, dialect, namespaces)
+    if plan is None:
+        return None
+    where = plan.rest.copy()
+    for column, values in plan.dims:
+        where.one_of(column, values)
+    for label in plan.labels:
+        where.label(label)
+    if plan.drive is not None:
+        # Label rows exist only for executions that are not deleted, and carry the start
+        # date: other labels are checked from them, with no join.
+        source, id_column = "labels l", "l.execution_id"
+        where = _Where(dialect, ["l.key = ?", "l.value = ?"])
+        where.params = [plan.drive.key, plan.drive.value]
+        for label in plan.labels:
+            where.label(label, "l.start_date", "l.execution_id")
+    else:
+        source, id_column = "executions e", "e.id"
+
+    keys = ", ".join(f"{column} AS s{i}" for i, (column, _) in enumerate(plan.order))
+    outer_keys = [f"s{i}" for i in range(len(plan.order))]
+    select = f"SELECT {id_column} AS pid, {keys} FROM {source}"
+    order = _order_by([column for column, _ in plan.order], plan.order)
+    fanned = _fan_out(plan, query)
+    if fanned:
+        inner, inner_params = _branches(plan, fanned, select, order, query)
+    else:
+        inner = f"{select} WHERE {where.sql()} ORDER BY {order} LIMIT ? OFFSET ?"
+        inner_params = [*where.params, query.size, query.offset]
+    page = (
+        f"SELECT e.doc{dialect.doc_cast} FROM ({inner}) p JOIN executions e ON e.id = p.pid "
+        f"ORDER BY {_order_by([f'p.{k}' for k in outer_keys], plan.order)}"
+    )
+    return SearchSQL(
+        page=dialect.sql(page),
+        page_params=inner_params,
+        count=dialect.sql(f"SELECT COUNT(*) FROM {source} WHERE {where.sql()}"),
+        count_params=list(where.params),
+    )
+
+
+def _branches(
+    plan: _Plan, fanned: list[int], select: str, order: str, query: SearchQuery
+) -> tuple[str, list[Any]]:
+    """The fan-out: one ordered, limited range per combination of the fanned values."""
+    page_end = query.offset + query.size
+    parts: list[str] = []
+    params: list[Any] = []
+    for combo in itertools.product(*(plan.dims[i][1] for i in fanned)):
+        where = plan.rest.copy()
+        chosen = dict(zip(fanned, combo, strict=True))
+        for i, (column, values) in enumerate(plan.dims):
+            where.one_of(column, [chosen[i]] if i in chosen else values)
+        for label in plan.labels:
+            where.label(label)
+        parts.append(
+            f"SELECT * FROM ({select} WHERE {where.sql()} ORDER BY {order} LIMIT ?) b{len(parts)}"
+        )
+        params.extend([*where.params, page_end])
+    outer = _order_by([f"s{i}" for i in range(len(plan.order))], plan.order)
+    union = " UNION ALL ".join(parts)
+    return (
+        f"SELECT * FROM ({union}) u ORDER BY {outer} LIMIT ? OFFSET ?",
+        [*params, query.size, query.offset],
+    )

@@ -1,0 +1,596 @@
+"""The execution index's store: what the feed writes and what the API reads.
+
+The feed hands the store *batches* of decoded records from the ``execution-updates`` and
+``logs`` topics, each with its Kafka ``(topic, partition, offset)``. :meth:`Store.apply` writes a
+batch and the partitions' next offsets in **one transaction**, and skips records below the
+offsets already stored. So the feed resumes from the database's own offsets
+(:meth:`Store.offsets`), a crash between a write and a commit loses nothing, and a replay never
+counts anything twice. Updates are upserts keyed by execution id, so even a duplicate produced
+upstream (at-least-once) leaves one row.
+
+Updates are merged with :func:`kestream.client.merge_update`'s rules, first within the batch
+(several updates of one execution become one write) and then into what is stored: a ``full``
+update replaces the execution's task runs, a partial one upserts the task runs it carries by id.
+Log lines are appended (offsets make replays harmless; an upstream duplicate of a log record
+would show twice, as in Kestra).
+
+The API is **synchronous**: sqlite3 and psycopg's sync connections block, so async callers
+(the feed, the HTTP API) run these methods in a worker thread (``asyncio.to_thread``). One
+writer at a time (a lock); readers never wait for it (SQLite's WAL, PostgreSQL's MVCC), and a
+search's page and count are read from one snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+import orjson
+
+from kestream.api.index.query import SearchQuery
+from kestream.api.index.sql import (
+    Dialect,
+    marks,
+    matching_namespaces,
+    needs_namespaces,
+    search_sql,
+)
+from kestream.client import MergedExecution, merge_update
+from kestream.runtime.records import RecordError, loads
+
+__all__ = [
+    "LOG_LEVELS",
+    "ApplyResult",
+    "Batch",
+    "FeedRecord",
+    "RecordKind",
+    "Store",
+    "log_level_rank",
+]
+
+#: Kestra's log levels, lowest first; ``min_level`` keeps this level and the ones after it.
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
+_LEVEL_ALIASES = {"WARNING": "WARN"}
+#: Ids per ``IN (...)`` list: far below SQLite's and PostgreSQL's parameter limits.
+_ID_CHUNK = 500
+
+
+def log_level_rank(level: str) -> int:
+    """The position of ``level`` in :data:`LOG_LEVELS`; :class:`ValueError` if unknown."""
+    name = level.strip().upper()
+    name = _LEVEL_ALIASES.get(name, name)
+    try:
+        return LOG_LEVELS.index(name)
+    except ValueError:
+        raise ValueError(f"unknown log level '{level}'; levels: {', '.join(LOG_LEVELS)}") from None
+
+
+class RecordKind(StrEnum):
+    UPDATE = "update"
+    LOGS = "logs"
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRecord:
+    """One decoded record with its position in Kafka.
+
+    ``value`` is an execution update (``records.update_values``) for :attr:`RecordKind.UPDATE`,
+    a list of Kestra LogEntry dicts for :attr:`RecordKind.LOGS`.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    kind: RecordKind
+    execution_id: str
+    value: Any
+
+    @classmethod
+    def decode(
+        cls,
+        kind: RecordKind,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        data: bytes | None,
+    ) -> FeedRecord:
+        """Decode and check a raw record; :class:`RecordError` says what is wrong with it.
+
+        Checked here, before the store sees it, so one malformed record goes to the dead-letter
+        topic instead of failing (and endlessly retrying) a whole batch's transaction.
+        """
+        value = loads(data)
+        if kind is RecordKind.UPDATE:
+            execution_id = _check_update(value)
+        else:
+            execution_id = _check_logs(value, key)
+        return cls(topic, partition, offset, kind, execution_id, value)
+
+
+def _check_update(value: Any) -> str:
+    if not isinstance(value, dict):
+        raise RecordError("an execution update must be a JSON object")
+    header = value.get("execution")
+    if not isinstance(header, dict) or not isinstance(header.get("id"), str):
+        raise RecordError("an execution update needs execution.id")
+    for name in ("namespace", "flowId"):
+        if not isinstance(header.get(name), str):
+            raise RecordError(f"an execution update needs execution.{name}")
+    if not isinstance(header.get("state"), dict):
+        raise RecordError("an execution update needs execution.state")
+    runs = header.get("taskRunList") if value.get("full") else value.get("taskRuns")
+    if runs is not None and (
+        not isinstance(runs, list)
+        or not all(isinstance(r, dict) and isinstance(r.get("id"), str) for r in runs)
+    ):
+        raise RecordError("task runs must be objects with an id")
+    return str(header["id"])
+
+
+def _check_logs(value: Any, key: bytes | None) -> str:
+    if not isinstance(value, list) or not all(isinstance(line, dict) for line in value):
+        raise RecordError("a log record must be a JSON list of log entries")
+    for line in value:
+        if not isinstance(line.get("timestamp"), str) or not isinstance(line.get("level"), str):
+            raise RecordError("a log entry needs a timestamp and a level")
+    if key is not None:
+        return key.decode("utf-8", "replace")
+    ids = {line.get("executionId") for line in value}
+    if len(ids) != 1 or not isinstance(next(iter(ids)), str):
+        raise RecordError("a log record without a key must name one executionId")
+    return str(next(iter(ids)))
+
+
+@dataclass(slots=True)
+class Batch:
+    """Records to apply together, and the next offset of every partition they advance.
+
+    :meth:`advance` alone moves a partition past a record that is not applied (undecodable,
+    dead-lettered), so it is not read again either.
+    """
+
+    records: list[FeedRecord] = field(default_factory=list)
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def add(self, record: FeedRecord) -> None:
+        self.records.append(record)
+        self.advance(record.topic, record.partition, record.offset)
+
+    def advance(self, topic: str, partition: int, offset: int) -> None:
+        key = (topic, partition)
+        self.positions[key] = max(self.positions.get(key, 0), offset + 1)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What one :meth:`Store.apply` wrote."""
+
+    #: Update records applied, and the distinct executions they touched.
+    updates: int = 0
+    executions: int = 0
+    log_lines: int = 0
+    #: Records at offsets the store had already applied (a replay).
+    skipped: int = 0
+
+
+class Cursor(Protocol):
+    """The DB-API cursor subset both sqlite3 and psycopg provide."""
+
+    def execute(self, query: Any, params: Any = ..., /) -> Any: ...
+
+    def executemany(self, query: Any, params_seq: Any, /) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def fetchone(self) -> Any: ...
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One execution's updates of a batch, folded with ``merge_update``."""
+
+    merged: MergedExecution
+    #: A full update was among them: the stored task runs are replaced, not merged into.
+    replace: bool
+
+
+def _fold(records: Iterable[FeedRecord]) -> dict[str, _Pending]:
+    pending: dict[str, _Pending] = {}
+    for record in records:
+        update = record.value
+        known = pending.get(record.execution_id)
+        full = bool(update.get("full"))
+        if known is None:
+            pending[record.execution_id] = _Pending(merge_update(None, update), full)
+        else:
+            known.merged = merge_update(known.merged, update)
+            known.replace = known.replace or full
+    return pending
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _labels_of(header: dict[str, Any]) -> list[tuple[str, str]]:
+    pairs: dict[tuple[str, str], None] = {}
+    for label in header.get("labels") or []:
+        if isinstance(label, dict) and "key" in label:
+            pairs[(str(label["key"]), str(label.get("value", "")))] = None
+    return list(pairs)
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """The columns of one execution, taken from its merged header."""
+
+    id: str
+    namespace: str
+    flow_id: str
+    state: str
+    start_date: str | None
+    end_date: str | None
+    parent_id: str | None
+    labels: list[tuple[str, str]]
+    #: What the labels rows depend on (start date and pairs): rewritten only when it changes.
+    signature: str
+    doc: str
+
+    @classmethod
+    def of(cls, execution_id: str, header: dict[str, Any]) -> _Row:
+        state = header.get("state") or {}
+        trigger = header.get("trigger") or {}
+        variables = trigger.get("variables") if isinstance(trigger, dict) else None
+        parent = header.get("parentId") or (
+            variables.get("executionId") if isinstance(variables, dict) else None
+        )
+        labels = _labels_of(header)
+        start = state.get("startDate")
+        return cls(
+            id=execution_id,
+            namespace=str(header.get("namespace")),
+            flow_id=str(header.get("flowId")),
+            state=str(state.get("current") or ""),
+            start_date=start,
+            end_date=state.get("endDate"),
+            parent_id=str(parent) if parent else None,
+            labels=labels,
+            signature=_dumps([start, labels]),
+            doc=_dumps(header),
+        )
+
+
+class Store(ABC):
+    """The execution index (see the module docs). Backends: SQLite, PostgreSQL.
+
+    A backend provides connections (:meth:`_writing`, :meth:`_reading`), its schema and
+    :meth:`maintain`; the statements are shared (:mod:`kestream.api.index.sql`).
+    """
+
+    dialect: Dialect
+
+    def __init__(self) -> None:
+        self._write_lock = threading.Lock()
+
+    # -- backend hooks ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def _writing(self) -> contextlib.AbstractContextManager[Cursor]:
+        """A cursor in a write transaction, committed on exit (rolled back on an exception)."""
+
+    @abstractmethod
+    def _reading(self) -> contextlib.AbstractContextManager[Cursor]:
+        """A cursor in a read-only transaction: every statement sees one snapshot."""
+
+    @abstractmethod
+    def maintain(self) -> None:
+        """Refresh the planner's statistics: after a bulk load, and once the feed caught up."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close every connection; the store cannot be used afterwards."""
+
+    def _sql(self, text: str) -> str:
+        return self.dialect.sql(text)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    #: Every table the feed fills, emptied by :meth:`reset`.
+    _TABLES = ("logs", "labels", "task_runs", "executions", "namespaces", "feed_offsets")
+
+    def reset(self) -> None:
+        """Forget everything: the topics this index followed are gone (see the feed)."""
+        with self._write_lock, self._writing() as cur:
+            for table in self._TABLES:
+                cur.execute(f"DELETE FROM {table}")  # fixed names, no input
+
+    def apply(self, batch: Batch) -> ApplyResult:
+        """Apply ``batch`` and its partitions' next offsets in one transaction (module docs)."""
+        if not batch.positions:
+            return ApplyResult()
+        with self._write_lock, self._writing() as cur:
+            stored = self._stored_offsets(cur, batch.positions)
+            fresh = [r for r in batch.records if r.offset >= stored.get((r.topic, r.partition), 0)]
+            updates = [r for r in fresh if r.kind is RecordKind.UPDATE]
+            pending = _fold(updates)
+            if pending:
+                self._write_executions(cur, pending)
+            lines = self._write_logs(cur, [r for r in fresh if r.kind is RecordKind.LOGS])
+            moved = [
+                (topic, partition, offset)
+                for (topic, partition), offset in batch.positions.items()
+                if offset > stored.get((topic, partition), 0)
+            ]
+            if moved:
+                cur.executemany(
+                    self._sql(
+                        'INSERT INTO feed_offsets (topic, "partition", next_offset) '
+                        'VALUES (?, ?, ?) ON CONFLICT (topic, "partition") '
+                        "DO UPDATE SET next_offset = excluded.next_offset"
+                    ),
+                    moved,
+                )
+        return ApplyResult(
+            updates=len(updates),
+            executions=len(pending),
+            log_lines=lines,
+            skipped=len(batch.records) - len(fresh),
+        )
+
+    def _stored_offsets(
+        self, cur: Cursor, positions: dict[tuple[str, int], int]
+    ) -> dict[tuple[str, int], int]:
+        topics = sorted({topic for topic, _ in positions})
+        cur.execute(
+            self._sql(
+                f'SELECT topic, "partition", next_offset FROM feed_offsets '
+                f"WHERE topic IN ({marks(len(topics))})"
+            ),
+            topics,
+        )
+        return {(str(t), int(p)): int(o) for t, p, o in cur.fetchall()}
+
+    def _existing(self, cur: Cursor, ids: Sequence[str]) -> dict[str, tuple[str, bool]]:
+        """``id -> (labels signature, deleted)`` of the executions already stored."""
+        found: dict[str, tuple[str, bool]] = {}
+        for start in range(0, len(ids), _ID_CHUNK):
+            chunk = ids[start : start + _ID_CHUNK]
+            cur.execute(
+                self._sql(
+                    f"SELECT id, labels, deleted FROM executions WHERE id IN ({marks(len(chunk))})"
+                ),
+                chunk,
+            )
+            for execution_id, signature, deleted in cur.fetchall():
+                found[str(execution_id)] = (str(signature), bool(deleted))
+        return found
+
+    def _write_executions(self, cur: Cursor, pending: dict[str, _Pending]) -> None:
+        rows = [_Row.of(execution_id, p.merged.header) for execution_id, p in pending.items()]
+        existing = self._existing(cur, [row.id for row in rows])
+        cur.executemany(
+            self._sql(
+                "INSERT INTO executions (id, namespace, flow_id, state, start_date, end_date, "
+                "parent_id, labels, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET namespace = excluded.namespace, "
+                "flow_id = excluded.flow_id, state = excluded.state, "
+                "start_date = excluded.start_date, end_date = excluded.end_date, "
+                "parent_id = excluded.parent_id, labels = excluded.labels, doc = excluded.doc"
+            ),
+            [
+                (
+                    r.id,
+                    r.namespace,
+                    r.flow_id,
+                    r.state,
+                    r.start_date,
+                    r.end_date,
+                    r.parent_id,
+                    r.signature,
+                    r.doc,
+                )
+                for r in rows
+            ],
+        )
+        cur.executemany(
+            self._sql(
+                "INSERT INTO namespaces (namespace) VALUES (?) ON CONFLICT (namespace) DO NOTHING"
+            ),
+            [(namespace,) for namespace in sorted({row.namespace for row in rows})],
+        )
+        replaced = [(i,) for i, p in pending.items() if p.replace and i in existing]
+        if replaced:
+            cur.executemany(self._sql("DELETE FROM task_runs WHERE execution_id = ?"), replaced)
+        runs = [
+            (execution_id, run_id, _dumps(run))
+            for execution_id, p in pending.items()
+            for run_id, run in p.merged.runs.items()
+        ]
+        if runs:
+            cur.executemany(
+                self._sql(
+                    "INSERT INTO task_runs (execution_id, run_id, doc) VALUES (?, ?, ?) "
+                    "ON CONFLICT (execution_id, run_id) DO UPDATE SET doc = excluded.doc"
+                ),
+                runs,
+            )
+        self._write_labels(cur, rows, existing)
+
+    def _write_labels(
+        self, cur: Cursor, rows: list[_Row], existing: dict[str, tuple[str, bool]]
+    ) -> None:
+        changed = [
+            row
+            for row in rows
+            if row.id not in existing
+            or (not existing[row.id][1] and existing[row.id][0] != row.signature)
+        ]
+        stale = [(row.id,) for row in changed if row.id in existing]
+        if stale:
+            cur.executemany(self._sql("DELETE FROM labels WHERE execution_id = ?"), stale)
+        pairs = [
+            (key, value, self._label_date(row.start_date), row.id)
+            for row in changed
+            for key, value in row.labels
+        ]
+        if pairs:
+            cur.executemany(
+                self._sql(
+                    "INSERT INTO labels (key, value, start_date, execution_id) VALUES (?, ?, ?, ?)"
+                ),
+                pairs,
+            )
+
+    def _label_date(self, start_date: str | None) -> Any:
+        """The start date as stored in ``labels`` (SQLite's primary key wants no NULL)."""
+        return start_date
+
+    def _write_logs(self, cur: Cursor, records: list[FeedRecord]) -> int:
+        rows = [
+            (
+                record.execution_id,
+                line.get("taskRunId"),
+                _rank_or_info(line.get("level")),
+                line["timestamp"],
+                _dumps(line),
+            )
+            for record in records
+            for line in record.value
+        ]
+        if rows:
+            cur.executemany(
+                self._sql(
+                    "INSERT INTO logs (execution_id, task_run_id, level, timestamp, doc) "
+                    "VALUES (?, ?, ?, ?, ?)"
+                ),
+                rows,
+            )
+        return len(rows)
+
+    def delete(self, execution_id: str) -> bool:
+        """Mark an execution deleted (Kestra's soft delete): gone from search and :meth:`get`.
+
+        Later updates of it keep it deleted. ``False`` when it is unknown or already deleted.
+        """
+        with self._write_lock, self._writing() as cur:
+            cur.execute(self._sql("SELECT deleted FROM executions WHERE id = ?"), (execution_id,))
+            row = cur.fetchone()
+            if row is None or bool(row[0]):
+                return False
+            cur.execute(
+                self._sql("UPDATE executions SET deleted = ? WHERE id = ?"), (True, execution_id)
+            )
+            cur.execute(self._sql("DELETE FROM labels WHERE execution_id = ?"), (execution_id,))
+        return True
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def offsets(self, topic: str) -> dict[int, int]:
+        """``partition -> next offset`` the store has applied for ``topic`` (empty: none)."""
+        with self._reading() as cur:
+            cur.execute(
+                self._sql('SELECT "partition", next_offset FROM feed_offsets WHERE topic = ?'),
+                (topic,),
+            )
+            return {int(p): int(o) for p, o in cur.fetchall()}
+
+    def get(self, execution_id: str, *, include_deleted: bool = False) -> dict[str, Any] | None:
+        """The execution's Kestra JSON with its ``taskRunList`` (first-appearance order).
+
+        ``None`` when unknown, or deleted (unless ``include_deleted``: then ``deleted`` is true).
+        """
+        doc = f"doc{self.dialect.doc_cast}"
+        with self._reading() as cur:
+            cur.execute(
+                self._sql(f"SELECT {doc}, deleted FROM executions WHERE id = ?"), (execution_id,)
+            )
+            row = cur.fetchone()
+            if row is None or (bool(row[1]) and not include_deleted):
+                return None
+            execution: dict[str, Any] = orjson.loads(row[0])
+            cur.execute(
+                self._sql(f"SELECT {doc} FROM task_runs WHERE execution_id = ? ORDER BY seq"),
+                (execution_id,),
+            )
+            execution["taskRunList"] = [orjson.loads(r[0]) for r in cur.fetchall()]
+        execution["deleted"] = bool(row[1])
+        return execution
+
+    def search(self, query: SearchQuery) -> tuple[list[dict[str, Any]], int]:
+        """One page of executions (without task runs) and the total that match.
+
+        The total comes from its own ``COUNT(*)`` over the same filters, never from fetching
+        rows (BENCHMARKS.md W6), in the same read snapshot as the page.
+        """
+        if query.nothing:
+            return [], 0
+        with self._reading() as cur:
+            namespaces = None
+            if needs_namespaces(query):
+                cur.execute("SELECT namespace FROM namespaces")
+                namespaces = matching_namespaces(query, (row[0] for row in cur.fetchall()))
+            statements = search_sql(query, self.dialect, namespaces)
+            if statements is None:
+                return [], 0
+            cur.execute(statements.page, statements.page_params)
+            page = [orjson.loads(row[0]) for row in cur.fetchall()]
+            cur.execute(statements.count, statements.count_params)
+            total = int(cur.fetchone()[0])
+        return page, total
+
+    def logs(
+        self,
+        execution_id: str,
+        min_level: str | None = None,
+        task_run_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The execution's log lines, oldest first (lines of one timestamp in arrival order).
+
+        ``min_level`` (``INFO``, ``WARN``...) keeps that level and above; ``task_run_id`` keeps
+        one task run's lines. Raises :class:`ValueError` for an unknown level.
+        """
+        clauses = ["execution_id = ?"]
+        params: list[Any] = [execution_id]
+        if min_level is not None:
+            clauses.append("level >= ?")
+            params.append(log_level_rank(min_level))
+        if task_run_id is not None:
+            clauses.append("task_run_id = ?")
+            params.append(task_run_id)
+        doc = f"doc{self.dialect.doc_cast}"
+        with self._reading() as cur:
+            cur.execute(
+                self._sql(
+                    f"SELECT {doc} FROM logs WHERE {' AND '.join(clauses)} ORDER BY timestamp, seq"
+                ),
+                params,
+            )
+            return [orjson.loads(row[0]) for row in cur.fetchall()]
+
+    def count(self) -> int:
+        """Executions that are not deleted (a convenience for tests and the benchmark)."""
+        with self._reading() as cur:
+            cur.execute("SELECT COUNT(*) FROM executions e WHERE NOT e.deleted")
+            return int(cur.fetchone()[0])
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _rank_or_info(level: Any) -> int:
+    try:
+        return log_level_rank(str(level))
+    except ValueError:
+        return LOG_LEVELS.index("INFO")

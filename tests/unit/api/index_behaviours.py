@@ -1,0 +1,588 @@
+"""What every execution-index store must do, whatever its database.
+
+Not a test module by itself: ``test_index_sqlite.py`` (unit) and ``test_index_postgres.py``
+(integration) import these tests and provide the ``make_store`` fixture, a factory that opens a
+store on that test's own database (called again, it reopens the same database).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from kestream.api.index.query import parse_search_params
+from kestream.api.index.store import Batch, FeedRecord, RecordKind, Store
+from kestream.executor.snapshot import execution_model
+from kestream.models.execution import format_instant
+from kestream.runtime import records
+from kestream.testing import Driver
+
+MakeStore = Callable[[], Store]
+UPDATES = "it.execution-updates"
+LOGS = "it.logs"
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+TERMINAL = {"SUCCESS", "WARNING", "FAILED", "KILLED"}
+
+
+@pytest.fixture
+def store(make_store: MakeStore) -> Store:
+    return make_store()
+
+
+# -- building records -------------------------------------------------------------------------
+
+
+def header(
+    execution_id: str,
+    *,
+    namespace: str = "company.team",
+    flow_id: str = "hello",
+    state: str = "RUNNING",
+    start: datetime = T0,
+    end: datetime | None = None,
+    labels: dict[str, str] | None = None,
+    parent: str | None = None,
+) -> dict[str, Any]:
+    """An execution's own JSON, shaped like ``records.update_values``' ``execution``."""
+    histories = [{"state": "CREATED", "date": format_instant(start)}]
+    if state != "CREATED":
+        histories.append({"state": state, "date": format_instant(end or start)})
+    ended = state in TERMINAL
+    return {
+        "id": execution_id,
+        "namespace": namespace,
+        "flowId": flow_id,
+        "flowRevision": 1,
+        "originalId": execution_id,
+        "deleted": False,
+        "parentId": parent,
+        "labels": [{"key": k, "value": v} for k, v in (labels or {}).items()],
+        "inputs": {},
+        "outputs": None,
+        "trigger": None,
+        "scheduleDate": None,
+        "metadata": {"attemptNumber": 1, "originalCreatedDate": format_instant(start)},
+        "state": {
+            "current": state,
+            "histories": histories,
+            "startDate": format_instant(start),
+            "endDate": format_instant(end or start) if ended else None,
+            "duration": "PT1S",
+        },
+    }
+
+
+def run(execution_id: str, run_id: str, state: str = "SUCCESS") -> dict[str, Any]:
+    return {
+        "id": run_id,
+        "executionId": execution_id,
+        "taskId": run_id,
+        "state": {"current": state},
+    }
+
+
+def partial(execution: dict[str, Any], *runs: dict[str, Any]) -> dict[str, Any]:
+    return {"more": False, "terminal": False, "execution": execution, "taskRuns": list(runs)}
+
+
+def full(execution: dict[str, Any], *runs: dict[str, Any]) -> dict[str, Any]:
+    terminal = execution["state"]["current"] in TERMINAL
+    body = {**execution, "taskRunList": list(runs)}
+    return {"more": False, "terminal": terminal, "execution": body, "full": True}
+
+
+def log_line(execution_id: str, at: datetime, level: str, message: str, run_id: str = "r1") -> Any:
+    return {
+        "executionId": execution_id,
+        "namespace": "company.team",
+        "flowId": "hello",
+        "taskId": run_id,
+        "taskRunId": run_id,
+        "attemptNumber": 1,
+        "level": level,
+        "message": message,
+        "timestamp": format_instant(at),
+    }
+
+
+@dataclass
+class Feed:
+    """Hands out Kafka positions as a topic would: per partition, increasing."""
+
+    partitions: int = 3
+    next: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def record(self, kind: RecordKind, execution_id: str, value: Any) -> FeedRecord:
+        topic = UPDATES if kind is RecordKind.UPDATE else LOGS
+        partition = hash(execution_id) % self.partitions
+        offset = self.next.get((topic, partition), 0)
+        self.next[(topic, partition)] = offset + 1
+        wire = records.dumps(value)  # through JSON, as the feed decodes it
+        return FeedRecord.decode(kind, topic, partition, offset, execution_id.encode(), wire)
+
+    def updates(self, *values: dict[str, Any]) -> Batch:
+        batch = Batch()
+        for value in values:
+            batch.add(self.record(RecordKind.UPDATE, value["execution"]["id"], value))
+        return batch
+
+    def logs(self, execution_id: str, *lines: Any) -> Batch:
+        batch = Batch()
+        batch.add(self.record(RecordKind.LOGS, execution_id, list(lines)))
+        return batch
+
+
+def ids(results: list[dict[str, Any]]) -> list[str]:
+    return [r["id"] for r in results]
+
+
+def search(store: Store, **params: Any) -> tuple[list[str], int]:
+    page, total = store.search(parse_search_params(params, now=T0 + timedelta(days=400)))
+    assert all("taskRunList" not in r for r in page)
+    return ids(page), total
+
+
+# -- applying -----------------------------------------------------------------------------------
+
+
+def test_partial_then_full_updates_from_the_executor(store: Store) -> None:
+    flow = """
+id: three
+namespace: test.index
+labels:
+  team: a
+tasks:
+  - id: a
+    type: io.kestra.plugin.core.debug.Return
+    format: one
+  - id: b
+    type: io.kestra.plugin.core.debug.Return
+    format: two
+  - id: c
+    type: io.kestra.plugin.core.log.Log
+    message: three
+"""
+    feed = Feed()
+    with Driver() as driver:
+        deployed = driver.deploy(flow)
+        done = driver.start(deployed.namespace, deployed.id, labels={"x": "y"})
+        st = driver.states[done.id]
+        a, b, c = (r.id for r in done.taskRunList)
+        for changed in ([b], [a, b]):
+            store.apply(
+                feed.updates(*records.update_values(st, changed, terminal=False, full=False))
+            )
+        got = store.get(done.id)
+        assert got is not None
+        assert [r["id"] for r in got["taskRunList"]] == [b, a]  # order of first appearance
+        store.apply(feed.updates(*records.update_values(st, [], terminal=True, full=True)))
+    got = store.get(done.id)
+    want = execution_model(st).model_dump(mode="json", by_alias=True)
+    assert got is not None
+    assert [r["id"] for r in got["taskRunList"]] == [a, b, c]  # the executor's order
+    assert orjson.loads(orjson.dumps(got)) == orjson.loads(orjson.dumps(want))
+    assert search(store, **{"filters[labels][EQUALS][x]": "y"}) == ([done.id], 1)
+
+
+def test_a_full_update_replaces_the_task_runs(store: Store) -> None:
+    feed = Feed()
+    running = header("e1")
+    store.apply(feed.updates(partial(running, run("e1", "r1"), run("e1", "r2", "RUNNING"))))
+    ended = header("e1", state="SUCCESS")
+    store.apply(feed.updates(full(ended, run("e1", "r2"), run("e1", "r3"))))
+    got = store.get("e1")
+    assert got is not None
+    assert [(r["id"], r["state"]["current"]) for r in got["taskRunList"]] == [
+        ("r2", "SUCCESS"),
+        ("r3", "SUCCESS"),
+    ]
+    assert got["state"]["current"] == "SUCCESS"
+    # A partial update after a stop (a restart) merges into the replaced list.
+    store.apply(feed.updates(partial(header("e1", state="RUNNING"), run("e1", "r4", "RUNNING"))))
+    got = store.get("e1")
+    assert got is not None
+    assert [r["id"] for r in got["taskRunList"]] == ["r2", "r3", "r4"]
+
+
+def test_updates_of_one_batch_fold_like_merge_update(store: Store) -> None:
+    feed = Feed()
+    first = partial(header("e1"), run("e1", "r1", "RUNNING"))
+    stop = full(header("e1", state="FAILED"), run("e1", "r1", "FAILED"))
+    late = partial(header("e1", state="FAILED"), run("e1", "r2", "SKIPPED"))
+    result = store.apply(feed.updates(first, stop, late))
+    assert (result.updates, result.executions) == (3, 1)
+    got = store.get("e1")
+    assert got is not None
+    assert [(r["id"], r["state"]["current"]) for r in got["taskRunList"]] == [
+        ("r1", "FAILED"),
+        ("r2", "SKIPPED"),
+    ]
+
+
+def test_replays_are_skipped_and_duplicates_do_not_count_twice(store: Store) -> None:
+    feed = Feed()
+    batch = feed.updates(*(partial(header(f"e{i}"), run(f"e{i}", "r1")) for i in range(10)))
+    assert store.apply(batch).updates == 10
+    again = store.apply(batch)  # the same offsets: a replay after a crash
+    assert (again.updates, again.skipped) == (0, 10)
+    # An upstream duplicate at new offsets (at-least-once producer) is an upsert.
+    store.apply(feed.updates(partial(header("e3"), run("e3", "r1"))))
+    assert search(store)[1] == 10
+    assert store.count() == 10
+
+
+def test_offsets_are_stored_per_partition_with_the_data(make_store: MakeStore) -> None:
+    store = make_store()
+    assert store.offsets(UPDATES) == {}
+    feed = Feed(partitions=2)
+    batch = Batch()
+    batch.add(feed.record(RecordKind.UPDATE, "e1", partial(header("e1"))))
+    batch.advance(UPDATES, 7, 41)  # a dead-lettered record: stepped over, not applied
+    store.apply(batch)
+    expected = {p: o for (t, p), o in feed.next.items() if t == UPDATES}
+    assert store.offsets(UPDATES) == {**expected, 7: 42}
+    assert store.offsets(LOGS) == {}
+    store.close()
+    reopened = make_store()  # what a restarted feed reads
+    assert reopened.offsets(UPDATES) == {**expected, 7: 42}
+    assert reopened.get("e1") is not None
+
+
+def test_a_batch_that_overlaps_what_was_applied_applies_only_the_new_part(store: Store) -> None:
+    feed = Feed(partitions=1)
+    first = feed.updates(partial(header("e1")), partial(header("e2")))
+    store.apply(first)
+    second = feed.updates(partial(header("e3")))
+    overlap = Batch()
+    for record in [*first.records, *second.records]:
+        overlap.add(record)
+    result = store.apply(overlap)
+    assert (result.updates, result.skipped) == (1, 2)
+    assert search(store)[1] == 3
+
+
+def test_label_changes_follow_the_execution(store: Store) -> None:
+    feed = Feed()
+    store.apply(feed.updates(partial(header("e1", labels={"team": "a"}))))
+    assert search(store, labels="team:a")[1] == 1
+    store.apply(feed.updates(partial(header("e1", labels={"team": "b", "env": "prod"}))))
+    assert search(store, labels="team:a")[1] == 0
+    assert search(store, labels=["team:b", "env:prod"]) == (["e1"], 1)
+
+
+def test_unknown_and_deleted_executions(store: Store) -> None:
+    feed = Feed()
+    assert store.get("nope") is None
+    assert store.delete("nope") is False
+    store.apply(feed.updates(partial(header("e1", labels={"team": "a"})), partial(header("e2"))))
+    assert store.delete("e1") is True
+    assert store.delete("e1") is False
+    assert store.get("e1") is None
+    deleted = store.get("e1", include_deleted=True)
+    assert deleted is not None and deleted["deleted"] is True
+    assert search(store) == (["e2"], 1)
+    assert search(store, labels="team:a") == ([], 0)
+    # Kestra semantics: a deleted execution stays deleted when updates keep coming.
+    store.apply(feed.updates(full(header("e1", state="SUCCESS", labels={"team": "a"}))))
+    assert store.get("e1") is None
+    assert search(store, labels="team:a") == ([], 0)
+    assert store.count() == 1
+
+
+def test_logs_in_time_order_with_level_and_task_run_filters(store: Store) -> None:
+    feed = Feed()
+    t = T0
+    store.apply(
+        feed.logs(
+            "e1",
+            log_line("e1", t + timedelta(seconds=2), "INFO", "second", "r1"),
+            log_line("e1", t, "DEBUG", "first", "r1"),
+        )
+    )
+    store.apply(
+        feed.logs(
+            "e1",
+            log_line("e1", t + timedelta(seconds=3), "WARN", "third", "r2"),
+            log_line("e1", t + timedelta(seconds=3), "ERROR", "fourth", "r2"),
+        )
+    )
+    store.apply(feed.logs("e2", log_line("e2", t, "INFO", "other")))
+    messages = [line["message"] for line in store.logs("e1")]
+    assert messages == ["first", "second", "third", "fourth"]
+    assert [line["message"] for line in store.logs("e1", min_level="WARN")] == ["third", "fourth"]
+    assert [line["message"] for line in store.logs("e1", min_level="warning")] == [
+        "third",
+        "fourth",
+    ]
+    assert [line["message"] for line in store.logs("e1", task_run_id="r1")] == ["first", "second"]
+    assert store.logs("nope") == []
+    with pytest.raises(ValueError, match="unknown log level"):
+        store.logs("e1", min_level="LOUD")
+
+
+def test_log_replays_do_not_duplicate_lines(store: Store) -> None:
+    feed = Feed()
+    batch = feed.logs("e1", log_line("e1", T0, "INFO", "once"))
+    store.apply(batch)
+    result = store.apply(batch)
+    assert (result.log_lines, result.skipped) == (0, 1)
+    assert [line["message"] for line in store.logs("e1")] == ["once"]
+
+
+def test_bad_records_are_refused_before_the_store() -> None:
+    with pytest.raises(records.RecordError):
+        FeedRecord.decode(RecordKind.UPDATE, UPDATES, 0, 0, b"e1", b"not json")
+    with pytest.raises(records.RecordError, match=r"execution\.id"):
+        FeedRecord.decode(RecordKind.UPDATE, UPDATES, 0, 0, b"e1", b'{"execution": {}}')
+    with pytest.raises(records.RecordError, match="list"):
+        FeedRecord.decode(RecordKind.LOGS, LOGS, 0, 0, b"e1", b'{"a": 1}')
+    with pytest.raises(records.RecordError, match="empty"):
+        FeedRecord.decode(RecordKind.UPDATE, UPDATES, 0, 0, b"e1", None)
+
+
+# -- searching ----------------------------------------------------------------------------------
+
+NAMESPACES = ["a", "a.b", "a.b.c", "ab", "b", "system"]
+STATES = ["SUCCESS", "SUCCESS", "SUCCESS", "FAILED", "RUNNING", "KILLED", "PAUSED", "WARNING"]
+
+
+@pytest.fixture
+def population(store: Store) -> list[dict[str, Any]]:
+    """240 executions over namespaces, flows, states, dates, labels and parents (seeded)."""
+    rng = random.Random(20250101)
+    feed = Feed(partitions=4)
+    headers = []
+    for i in range(240):
+        namespace = rng.choice(NAMESPACES)
+        state = rng.choice(STATES)
+        start = T0 + timedelta(hours=rng.randrange(24 * 60), milliseconds=rng.randrange(1000))
+        if i % 17 == 0:
+            start = T0 + timedelta(days=10)  # ties on the start date: the id decides
+        labels = {"team": rng.choice("xyz"), "env": rng.choice("pq")}
+        if i % 5 == 0:
+            labels["rare"] = "yes"
+        headers.append(
+            header(
+                f"ex{i:03d}{rng.choice('AbC')}",
+                namespace=namespace,
+                flow_id=f"flow{rng.randrange(4)}",
+                state=state,
+                start=start,
+                end=start + timedelta(minutes=rng.randrange(1, 90)),
+                labels=labels,
+                parent=f"ex{i - 1:03d}" if i % 7 == 3 else None,
+            )
+        )
+    for start in range(0, len(headers), 50):
+        store.apply(feed.updates(*(full(h) for h in headers[start : start + 50])))
+    return headers
+
+
+def _start(h: dict[str, Any]) -> str:
+    return str(h["state"]["startDate"])
+
+
+def _labels(h: dict[str, Any]) -> dict[str, str]:
+    return {label["key"]: label["value"] for label in h["labels"]}
+
+
+Predicate = Callable[[dict[str, Any]], bool]
+_MID = format_instant(T0 + timedelta(days=30))
+_LATE = format_instant(T0 + timedelta(days=45))
+
+QUERIES: list[tuple[str, dict[str, Any], Predicate]] = [
+    ("everything", {}, lambda h: True),
+    (
+        "namespace equals",
+        {"filters[namespace][EQUALS]": "a.b"},
+        lambda h: h["namespace"] == "a.b",
+    ),
+    (
+        "namespace prefix",
+        {"filters[namespace][PREFIX]": "a"},
+        lambda h: h["namespace"] in ("a", "a.b", "a.b.c"),
+    ),
+    (
+        "legacy namespace is a prefix",
+        {"namespace": "a.b"},
+        lambda h: h["namespace"] in ("a.b", "a.b.c"),
+    ),
+    (
+        "namespace starts with",
+        {"filters[namespace][STARTS_WITH]": "a"},
+        lambda h: h["namespace"].startswith("a"),
+    ),
+    (
+        "namespace contains",
+        {"filters[namespace][CONTAINS]": "b"},
+        lambda h: "b" in h["namespace"],
+    ),
+    (
+        "namespace ends with",
+        {"filters[namespace][ENDS_WITH]": ".c"},
+        lambda h: h["namespace"].endswith(".c"),
+    ),
+    (
+        "namespace in",
+        {"filters[namespace][IN]": "ab,b"},
+        lambda h: h["namespace"] in ("ab", "b"),
+    ),
+    (
+        "namespace not in",
+        {"filters[namespace][NOT_IN]": "ab,b"},
+        lambda h: h["namespace"] not in ("ab", "b"),
+    ),
+    ("user scope", {"filters[scope][EQUALS]": "USER"}, lambda h: h["namespace"] != "system"),
+    ("flow", {"filters[flowId][EQUALS]": "flow2"}, lambda h: h["flowId"] == "flow2"),
+    (
+        "flow starts with",
+        {"filters[flowId][STARTS_WITH]": "flow1"},
+        lambda h: h["flowId"] == "flow1",
+    ),
+    (
+        "namespace and flow",
+        {"filters[namespace][EQUALS]": "a", "flowId": "flow1"},
+        lambda h: h["namespace"] == "a" and h["flowId"] == "flow1",
+    ),
+    (
+        "state",
+        {"filters[state][EQUALS]": "FAILED"},
+        lambda h: h["state"]["current"] == "FAILED",
+    ),
+    (
+        "states in",
+        {"filters[state][IN]": "FAILED,KILLED,WARNING"},
+        lambda h: h["state"]["current"] in ("FAILED", "KILLED", "WARNING"),
+    ),
+    (
+        "states not in",
+        {"filters[state][NOT_IN]": "SUCCESS"},
+        lambda h: h["state"]["current"] != "SUCCESS",
+    ),
+    (
+        "prefix and states",
+        {"filters[namespace][PREFIX]": "a", "state": ["FAILED", "RUNNING"]},
+        lambda h: (
+            h["namespace"].split(".")[0] == "a" and h["state"]["current"] in ("FAILED", "RUNNING")
+        ),
+    ),
+    (
+        "start range",
+        {
+            "filters[startDate][GREATER_THAN_OR_EQUAL_TO]": _MID,
+            "filters[startDate][LESS_THAN]": _LATE,
+        },
+        lambda h: _MID <= _start(h) < _LATE,
+    ),
+    (
+        "end before",
+        {"filters[endDate][LESS_THAN_OR_EQUAL_TO]": _MID},
+        lambda h: h["state"]["endDate"] is not None and h["state"]["endDate"] <= _MID,
+    ),
+    ("label", {"filters[labels][EQUALS][team]": "x"}, lambda h: _labels(h)["team"] == "x"),
+    (
+        "two labels",
+        {"filters[labels][EQUALS][team]": "y", "labels": "env:p"},
+        lambda h: _labels(h)["team"] == "y" and _labels(h)["env"] == "p",
+    ),
+    (
+        "label not equals",
+        {"filters[labels][NOT_EQUALS][team]": "x"},
+        lambda h: _labels(h)["team"] != "x",
+    ),
+    (
+        "label and namespace",
+        {"filters[labels][EQUALS][rare]": "yes", "filters[namespace][PREFIX]": "a"},
+        lambda h: _labels(h).get("rare") == "yes" and h["namespace"].split(".")[0] == "a",
+    ),
+    (
+        "label and state",
+        {"filters[labels][EQUALS][team]": "z", "filters[state][IN]": "SUCCESS,PAUSED"},
+        lambda h: _labels(h)["team"] == "z" and h["state"]["current"] in ("SUCCESS", "PAUSED"),
+    ),
+    ("q", {"q": "A.B"}, lambda h: "a.b" in h["namespace"]),
+    ("q on ids", {"filters[q][EQUALS]": "x01"}, lambda h: "x01" in h["id"].lower()),
+    ("children", {"filters[childFilter][EQUALS]": "CHILD"}, lambda h: h["parentId"] is not None),
+    (
+        "children of",
+        {"filters[triggerExecutionId][EQUALS]": "ex002"},
+        lambda h: h["parentId"] == "ex002",
+    ),
+    ("main only", {"childFilter": "MAIN"}, lambda h: h["parentId"] is None),
+    ("nothing", {"filters[namespace][EQUALS]": "zzz"}, lambda h: False),
+    ("no such prefix", {"filters[namespace][PREFIX]": "zzz"}, lambda h: False),
+    ("kind TEST", {"filters[kind][EQUALS]": "TEST"}, lambda h: False),
+]
+
+
+def _expected(
+    population: list[dict[str, Any]], predicate: Predicate, sort: tuple[str, bool]
+) -> list[str]:
+    column, descending = sort
+    keys = {
+        "state.startDate": _start,
+        "state.endDate": lambda h: h["state"]["endDate"] or "",
+        "namespace": lambda h: h["namespace"],
+        "state.current": lambda h: h["state"]["current"],
+    }
+    chosen = [h for h in population if predicate(h)]
+    chosen.sort(key=lambda h: (keys[column](h), h["id"]), reverse=descending)
+    return ids(chosen)
+
+
+@pytest.mark.parametrize(("name", "params", "predicate"), QUERIES, ids=[q[0] for q in QUERIES])
+@pytest.mark.parametrize("descending", [True, False], ids=["newest", "oldest"])
+def test_search_pages_and_counts_match_a_brute_force_scan(
+    store: Store,
+    population: list[dict[str, Any]],
+    name: str,
+    params: dict[str, Any],
+    predicate: Predicate,
+    descending: bool,
+) -> None:
+    direction = "desc" if descending else "asc"
+    expected = _expected(population, predicate, ("state.startDate", descending))
+    seen: list[str] = []
+    for page in itertools.count(1):
+        got, total = search(
+            store, **params, page=str(page), size="9", sort=f"state.startDate:{direction}"
+        )
+        assert total == len(expected), name
+        seen.extend(got)
+        if len(got) < 9:
+            break
+    assert seen == expected, name
+
+
+@pytest.mark.parametrize("sort", ["namespace:asc", "state.current:desc", "state.endDate:desc"])
+def test_other_sort_orders(store: Store, population: list[dict[str, Any]], sort: str) -> None:
+    column, _, direction = sort.partition(":")
+    # Ended executions only: engines order the running ones' NULL end dates differently.
+    ended = ",".join(sorted(TERMINAL))
+    predicate: Predicate = lambda h: h["state"]["current"] in TERMINAL  # noqa: E731
+    expected = _expected(population, predicate, (column, direction == "desc"))
+    got, total = search(store, **{"filters[state][IN]": ended}, sort=sort, size="1000")
+    assert total == len(expected)
+    assert got == expected
+
+
+def test_a_page_past_the_end_still_counts(store: Store, population: list[dict[str, Any]]) -> None:
+    got, total = search(store, **{"filters[state][EQUALS]": "FAILED"}, page="100")
+    assert got == []
+    assert total == sum(1 for h in population if h["state"]["current"] == "FAILED")
+
+
+def test_search_results_are_the_executions_without_task_runs(store: Store) -> None:
+    feed = Feed()
+    store.apply(feed.updates(full(header("e1", state="SUCCESS"), run("e1", "r1"))))
+    page, total = store.search(parse_search_params({}))
+    assert total == 1
+    assert page[0]["id"] == "e1" and page[0]["state"]["current"] == "SUCCESS"
+    assert "taskRunList" not in page[0]
