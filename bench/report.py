@@ -235,7 +235,7 @@ def _fmt_map(values: dict[str, float], keys: Sequence[str]) -> str:
 
 
 _TABLE_HEAD = (
-    "| workload | rate/min | inline | offered | completed | p50 | p95 | p99 | max | backlog "
+    "| workload | broker / entry | rate/min | inline | offered | completed | p50 | p95 | p99 | max | backlog "
     "| kept up | submit lag max | CPU s exec / worker / loadgen | broker CPU s "
     "| peak RSS MB exec / worker / broker |"
 )
@@ -249,6 +249,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
         kept = {True: "yes", False: "**no**", None: "-"}[row.kept_up]
         cells = (
             name,
+            where(row),
             "-" if row.rate_per_min is None else str(row.rate_per_min),
             "on" if row.inline_tasks else "off",
             str(row.offered),
@@ -293,9 +294,17 @@ def comparison_lines(row: Row, floor: Sequence[dict[str, Any]] = ()) -> list[str
     return lines
 
 
+def where(row: Row) -> str:
+    """The broker the row ran on (``embedded`` Tansu, ``kafka``) and, unless it was kestream's
+    Python API, the way executions entered (``webhook``)."""
+    broker = str(row.extra.get("broker", "embedded"))
+    via = row.extra.get("via", "client")
+    return broker if via == "client" else f"{broker}, {via}"
+
+
 def row_heading(row: Row) -> str:
     rate = f"{row.rate_per_min}/min" if row.rate_per_min is not None else f"{row.iterations} iter"
-    return f"{row.workload} {rate}, inline {'on' if row.inline_tasks else 'off'}"
+    return f"{row.workload} {rate}, inline {'on' if row.inline_tasks else 'off'}, {where(row)}"
 
 
 def print_row(row: Row, floor: Sequence[dict[str, Any]] = ()) -> None:
@@ -459,6 +468,7 @@ _STORED_EXTRA = (
     "broker_kind",
     "executors",
     "workers",
+    "via",
 )
 
 
@@ -499,6 +509,8 @@ def _stored(row: Row, command: str, date: str) -> dict[str, Any]:
 def _row_from_stored(stored: dict[str, Any]) -> Row:
     names = (*JSON_FIELDS, "iterations", "extra")
     fields: dict[str, Any] = {k: stored.get(k) for k in names}
+    if stored.get("via"):  # rows stored before "via" was kept among the extras
+        fields["extra"] = {**(fields["extra"] or {}), "via": stored["via"]}
     return Row(**fields)
 
 
@@ -531,7 +543,14 @@ def _floor_key(peer: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _sort_key(row: Row) -> tuple[Any, ...]:
-    return (row.workload, row.iterations or 0, not row.inline_tasks, row.rate_per_min or 0)
+    return (
+        row.workload,
+        row.iterations or 0,
+        where(row) != "embedded",
+        where(row),
+        not row.inline_tasks,
+        row.rate_per_min or 0,
+    )
 
 
 def render_results(results: Results) -> str:
