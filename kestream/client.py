@@ -268,8 +268,16 @@ class Client:
     async def kill(self, execution_id: str) -> None:
         await self._act(ev.Kill(execution_id))
 
-    async def resume(self, execution_id: str, inputs: dict[str, Any] | None = None) -> None:
-        await self._act(ev.Resume(execution_id, inputs))
+    async def resume(
+        self,
+        execution_id: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        task_run_id: str | None = None,
+    ) -> None:
+        """Resume the paused task runs of an execution, or only ``task_run_id``: naming the run
+        makes a repeated resume harmless (it cannot resume the next Pause)."""
+        await self._act(ev.Resume(execution_id, inputs, task_run_id))
 
     async def _act(self, event: ev.Event) -> None:
         watch = self._watch(event.execution_id)
@@ -436,6 +444,10 @@ class Client:
             if watch is None:
                 if update.get("full"):  # a stop: keep it a while for a late wait()
                     self._remember(execution_id, merge_update(None, update))
+                else:  # the next records of a stop that came in several
+                    recent = self._recent.get(execution_id)
+                    if recent is not None and not recent[0].complete:
+                        merge_update(recent[0], update)
                 return
             watch.merged = merge_update(watch.merged, update)
             watch.stale = False

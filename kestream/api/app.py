@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import yaml
 from aiohttp import web
+from aiokafka.errors import MessageSizeTooLargeError
 
 from kestream.api.execution_routes import ExecutionRoutes
 from kestream.api.flow_routes import FlowRoutes
@@ -60,13 +61,31 @@ def install_api(app: web.Application, handle: ApiHandle) -> None:
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """aiohttp's own errors (404, 405) and unexpected failures as Kestra's JSON error body."""
+    """aiohttp's own errors (404, 405) and unexpected failures as Kestra's JSON error body.
+
+    Failures are logged with the route's pattern, never the path: a webhook's path carries its
+    key. A record the broker refuses as too large is the request's size, answered 413.
+    """
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if isinstance(exc, ApiError) or exc.status < 400:
             raise
-        raise ApiError(exc.status, exc.reason) from None
+        allow = exc.headers.get("Allow")
+        raise ApiError(
+            exc.status, exc.reason, headers={"Allow": allow} if allow else None
+        ) from None
+    except MessageSizeTooLargeError:
+        raise ApiError(
+            413,
+            "Request Entity Too Large: the execution it would create is larger than the "
+            "broker accepts in one record",
+        ) from None
     except Exception:
-        log.exception("%s %s failed", request.method, request.path)
+        log.exception("%s %s failed", request.method, _route(request))
         raise ApiError(500, "Internal server error: see the API's log") from None
+
+
+def _route(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "(no route)"

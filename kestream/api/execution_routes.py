@@ -16,6 +16,7 @@ from kestream.api import sse
 from kestream.api.handle import ApiHandle
 from kestream.api.http import (
     ApiError,
+    bad_request,
     invalid,
     json_response,
     not_found,
@@ -27,6 +28,7 @@ from kestream.api.http import (
 )
 from kestream.api.index.query import QueryError, parse_search_params
 from kestream.api.service import ApiService, dump
+from kestream.executor.restore import RESTARTABLE
 from kestream.models.inputs import InputValidationError
 from kestream.models.state import StateType
 
@@ -34,7 +36,6 @@ PREFIX = "/api/v1/{tenant}/executions"
 
 #: How long ``?wait=true`` waits before answering with the execution as it is.
 WAIT_TIMEOUT_S = 300.0
-_RESTARTABLE = frozenset({StateType.FAILED, StateType.KILLED, StateType.WARNING})
 
 
 def input_errors(exc: InputValidationError) -> ApiError:
@@ -147,9 +148,9 @@ class ExecutionRoutes:
         """204: resumed with the form's inputs (the Pause's ``onResume``); 409 if not paused."""
         service, execution = await self._known(request)
         if current_state(execution) is not StateType.PAUSED:
-            raise ApiError(409, f"Execution '{execution['id']}' is not paused")
+            raise ApiError(409, f"Illegal state: Execution '{execution['id']}' is not paused")
         inputs = await read_form(request, self.api.max_body)
-        await service.resume(execution["id"], inputs)
+        await service.resume(execution, inputs)
         return web.Response(status=204)
 
     async def restart(self, request: web.Request) -> web.Response:
@@ -157,11 +158,11 @@ class ExecutionRoutes:
         new attempt. Answers the execution as restarted."""
         service, execution = await self._known(request)
         state = current_state(execution)
-        if state not in _RESTARTABLE:
+        if state not in RESTARTABLE:
             raise ApiError(
                 409,
-                f"Execution '{execution['id']}' is {state.value}: only FAILED, KILLED or "
-                "WARNING executions can be restarted",
+                f"Illegal state: Execution '{execution['id']}' is {state.value}: only FAILED, "
+                "KILLED or WARNING executions can be restarted",
             )
         await service.restart(execution)
         restarted = dict(execution)
@@ -173,7 +174,9 @@ class ExecutionRoutes:
         An execution still running is refused with 409: kill it first."""
         service, execution = await self._known(request)
         if not current_state(execution).is_terminal:
-            raise ApiError(409, f"Execution '{execution['id']}' is still running: kill it first")
+            raise ApiError(
+                409, f"Illegal state: Execution '{execution['id']}' is still running: kill it first"
+            )
         await service.delete_execution(execution["id"])
         return web.Response(status=204)
 
@@ -189,7 +192,7 @@ class ExecutionRoutes:
         try:
             query = parse_search_params(request.query)
         except QueryError as exc:
-            raise invalid(str(exc)) from None
+            raise bad_request(f"Invalid query filters: {exc}") from None
         results, total = await service.search(query)
         return json_response({"results": results, "total": total})
 

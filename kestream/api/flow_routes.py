@@ -7,6 +7,8 @@ revision; an unchanged source keeps it.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -15,6 +17,7 @@ from aiohttp import web
 from kestream.api.handle import ApiHandle
 from kestream.api.http import (
     ApiError,
+    bad_request,
     invalid,
     json_response,
     not_found,
@@ -114,23 +117,13 @@ class FlowRoutes:
         return json_response([flow_json(f, with_source=False) for f in flows])
 
     async def search(self, request: web.Request) -> web.Response:
-        """``GET .../flows/search``: ``namespace`` (and its children), ``q`` in the id, pages."""
+        """``GET .../flows/search``: ``{results, total}`` by namespace (and its children), id
+        or text (``q``), as ``filters[field][OPERATION]=`` or the older plain parameters."""
         service = self._service(request)
-        page = query_int(request, "page", 1, low=1, high=10**6)
+        page = query_int(request, "page", 1, low=1, high=1_000_000)
         size = query_int(request, "size", 10, low=1, high=1000)
-        namespace = request.query.get("namespace") or request.query.get(
-            "filters[namespace][PREFIX]"
-        )
-        text = (request.query.get("q") or "").lower()
-        flows = [
-            f
-            for f in service.flows()
-            if (
-                not namespace or f.namespace == namespace or f.namespace.startswith(namespace + ".")
-            )
-            and (not text or text in f.id.lower() or text in f.namespace.lower())
-        ]
-        flows.sort(key=lambda f: (f.namespace, f.id))
+        match = _flow_filter(request)
+        flows = sorted((f for f in service.flows() if match(f)), key=lambda f: (f.namespace, f.id))
         start = (page - 1) * size
         results = [flow_json(f, with_source=False) for f in flows[start : start + size]]
         return json_response({"results": results, "total": len(flows)})
@@ -151,6 +144,35 @@ class FlowRoutes:
     def _service(self, request: web.Request) -> Any:
         self.api.tenant(request.match_info["tenant"])
         return self.api.get()
+
+
+_FLOW_FILTER = re.compile(r"filters\[(\w+)\]\[(\w+)\]")
+
+
+def _flow_filter(request: web.Request) -> Callable[[Flow], bool]:
+    """The flow search's filters as one predicate; a filter it cannot apply is refused (400)
+    rather than ignored, which would widen the listing."""
+    tests: list[Callable[[Flow], bool]] = []
+    for name, value in request.query.items():
+        found = _FLOW_FILTER.fullmatch(name)
+        field, op = found.groups() if found else (name, "LEGACY")
+        if found is None and name not in ("namespace", "q"):
+            continue  # page, size, sort and the like
+        tests.append(_flow_test(name, field, op, value))
+    return lambda flow: all(test(flow) for test in tests)
+
+
+def _flow_test(name: str, field: str, op: str, value: str) -> Callable[[Flow], bool]:
+    text = value.lower()
+    if field == "namespace" and op in ("PREFIX", "STARTS_WITH", "LEGACY"):
+        return lambda f: f.namespace == value or f.namespace.startswith(value + ".")
+    if field == "namespace" and op == "EQUALS":
+        return lambda f: f.namespace == value
+    if field == "flowId" and op == "EQUALS":
+        return lambda f: f.id == value
+    if field == "q" and op in ("EQUALS", "LEGACY"):
+        return lambda f: text in f.id.lower() or text in f.namespace.lower()
+    raise bad_request(f"Invalid query filters: '{name}' is not supported by the flow search")
 
 
 def _parse(source: str) -> Flow:

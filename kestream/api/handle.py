@@ -19,11 +19,13 @@ class ApiHandle:
     service: ApiService | None = None
 
     def get(self) -> ApiService:
-        if self.service is None:
+        service = self.service
+        if service is None or not service.ready:
+            what = "starting" if service is None else "reading the executions it indexes"
             raise ApiError(
-                503, "The API is starting; try again shortly", headers={"Retry-After": "1"}
+                503, f"The API is {what}; try again shortly", headers={"Retry-After": "1"}
             )
-        return self.service
+        return service
 
     def tenant(self, tenant: str) -> None:
         """Refuse a path whose tenant is not this installation's (``KESTREAM_TENANT``)."""

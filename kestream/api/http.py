@@ -16,6 +16,8 @@ import orjson
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from kestream.api.index.query import QueryError, label_pair, parse_instant
+
 JSON = "application/json"
 
 
@@ -154,19 +156,14 @@ def query_flag(request: web.Request, name: str, default: bool = False) -> bool:
 
 
 def query_instant(request: web.Request, name: str) -> datetime | None:
-    """An ISO-8601 date-time query parameter with an offset (``2026-01-01T10:00:00+01:00``)."""
+    """An ISO-8601 date-time query parameter (no offset: UTC), as the search filters read them."""
     raw = request.query.get(name)
     if not raw:
         return None
     try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "+"))
-    except ValueError:
-        value = None
-    if value is None or value.tzinfo is None:
-        raise bad_request(
-            f"Query parameter '{name}' must be an ISO-8601 date-time with an offset, not '{raw}'"
-        )
-    return value
+        return parse_instant(name, raw)
+    except QueryError as exc:
+        raise bad_request(str(exc)) from None
 
 
 def query_int(request: web.Request, name: str, default: int, *, low: int, high: int) -> int:
@@ -184,10 +181,7 @@ def query_int(request: web.Request, name: str, default: int, *, low: int, high: 
 
 def parse_labels(values: Iterable[str], source: str = "labels") -> dict[str, str]:
     """Kestra's ``key:value`` label parameters (repeated), as a dict."""
-    labels: dict[str, str] = {}
-    for raw in values:
-        key, sep, value = raw.partition(":")
-        if not sep or not key:
-            raise bad_request(f"Parameter '{source}' must be 'key:value', not '{raw}'")
-        labels[key] = value
-    return labels
+    try:
+        return dict(label_pair(source, raw) for raw in values)
+    except QueryError as exc:
+        raise bad_request(str(exc)) from None

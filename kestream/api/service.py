@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-from kestream.api.index import open_index
+from kestream.api.index import Store, open_index
 from kestream.api.index.feed import IndexFeed
 from kestream.api.index.query import SearchQuery
 from kestream.client import Client
@@ -54,26 +54,34 @@ class ApiService:
     @classmethod
     async def start(cls, ctx: BrokerContext) -> ApiService:
         client = Client(ctx)
-        await client.start()
-        store = open_index(ctx.settings)
-        feed = IndexFeed(ctx, store)
+        store: Store | None = None
         try:
+            await client.start()
+            store = await asyncio.to_thread(open_index, ctx.settings)
+            feed = IndexFeed(ctx, store)
             await feed.start()
         except BaseException:
             await client.close()
-            store.close()
+            if store is not None:
+                store.close()
             raise
         return cls(ctx, client, feed)
 
     async def stop(self) -> None:
         await self.feed.stop()
         await self.client.close()
-        self.index.close()
+        await asyncio.to_thread(self.index.close)
 
     @property
     def ready(self) -> bool:
-        """The index has caught up with the updates that existed when the API started."""
+        """The index has caught up with the updates that existed when the API started (until
+        then it would answer 404 for executions it has not read yet)."""
         return self.feed.caught_up.is_set()
+
+    @property
+    def live(self) -> bool:
+        """The index feed still runs (a dead feed would leave the index behind for good)."""
+        return self.feed.running
 
     # -- flows --------------------------------------------------------------------------------
 
@@ -158,8 +166,16 @@ class ApiService:
     async def kill(self, execution_id: str) -> None:
         await self.client.kill(execution_id)
 
-    async def resume(self, execution_id: str, inputs: dict[str, Any]) -> None:
-        await self.client.resume(execution_id, inputs or None)
+    async def resume(self, execution: dict[str, Any], inputs: dict[str, Any]) -> None:
+        """Resume the task runs that are paused in ``execution`` (as the caller saw it), each
+        by id: a double submit, or a lagging view, can never resume a later Pause."""
+        paused = [
+            run["id"]
+            for run in execution.get("taskRunList") or []
+            if run["state"]["current"] == StateType.PAUSED.value
+        ]
+        for run_id in paused or [None]:
+            await self.client.resume(execution["id"], inputs or None, task_run_id=run_id)
 
     async def restart(self, snapshot: dict[str, Any]) -> None:
         """Restart an ended execution: its last snapshot goes back to the executor with the

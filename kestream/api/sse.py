@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+log = logging.getLogger("kestream.api")
 
 #: A comment frame this often keeps proxies from closing an idle stream.
 KEEPALIVE_S = 15.0
@@ -61,6 +64,9 @@ async def pump(
             await response.write(chunk)
     except ConnectionResetError:
         return response  # the client went away
+    except Exception:  # the stream has started: it can only end, not become an error answer
+        log.exception("event stream of %s failed", request.match_info.route.resource)
+        return response
     finally:
         if pending is not None:
             pending.cancel()

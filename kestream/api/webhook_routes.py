@@ -17,6 +17,9 @@ from kestream.models.ids import new_id
 from kestream.scheduler.webhooks import find_webhook, webhook_execution
 
 PATH = "/api/v1/{tenant}/executions/webhook/{namespace}/{flowId}/{key}"
+#: Headers kept out of ``trigger.headers``: the execution, its index entry and every reader of
+#: the API would otherwise hold the caller's credentials.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 #: Kestra's ``WebhookResponse``: the execution as created, without its inputs and task runs.
 _RESPONSE_FIELDS = (
     "id",
@@ -48,7 +51,11 @@ class WebhookRoutes:
         if flow.disabled:
             raise ApiError(409, "Illegal state: Cannot execute a disabled flow")
         payload = await read_body(request, self.api.max_body)
-        headers = {name: request.headers.getall(name) for name in request.headers}
+        headers = {
+            name: request.headers.getall(name)
+            for name in request.headers
+            if name.lower() not in _CREDENTIAL_HEADERS
+        }
         parameters = {name: request.query.getall(name) for name in request.query}
         event = webhook_execution(
             flow,
@@ -60,7 +67,7 @@ class WebhookRoutes:
             execution_id=new_id(),
         )
         created = await service.submit_event(event, flow)
-        body = {key: created.get(key) for key in _RESPONSE_FIELDS}
+        body = {key: created[key] for key in _RESPONSE_FIELDS if created.get(key) is not None}
         body["tenantId"] = self.api.settings.tenant
         body["url"] = execution_url(request, created)
         return json_response(body)

@@ -89,6 +89,25 @@ class RestoreError(ValueError):
     """A snapshot that cannot be turned back into executor state (the reason says why)."""
 
 
+def snapshot_attempt(snapshot: Mapping[str, Any]) -> int:
+    """The attempt a restart's snapshot shows (``metadata.attemptNumber``, 1 when absent).
+
+    Raises :class:`RestoreError` for anything but a positive integer, so a malformed restart
+    is refused where it is read (a dead letter), never deep in the executor's loop.
+    """
+    metadata = snapshot.get("metadata")
+    if metadata is None:
+        return 1
+    if not isinstance(metadata, Mapping):
+        raise RestoreError("the snapshot's 'metadata' must be an object")
+    attempt = metadata.get("attemptNumber", 1)
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        raise RestoreError(
+            f"the snapshot's 'metadata.attemptNumber' is not a positive integer: {attempt!r}"
+        )
+    return attempt
+
+
 def execution_from_snapshot(snapshot: Mapping[str, Any]) -> Execution:
     """Validate a snapshot (``Execution.model_dump(mode="json", by_alias=True)``)."""
     try:

@@ -34,6 +34,7 @@ from kestream.executor.restore import (
     RESTARTABLE,
     RestoreError,
     execution_from_snapshot,
+    snapshot_attempt,
     state_from_execution,
 )
 from kestream.executor.retry import next_attempt_due
@@ -1027,9 +1028,7 @@ def _reopened_after_warning(tr: TaskRunState) -> bool:
 
 def _same_attempt(st: ExecutionState, snapshot: dict[str, Any]) -> bool:
     """Whether a restart's snapshot shows the state's attempt (else the restart is stale)."""
-    metadata = snapshot.get("metadata")
-    attempt = metadata.get("attemptNumber", 1) if isinstance(metadata, dict) else 1
-    return bool(attempt == st.attempt_number)
+    return snapshot_attempt(snapshot) == st.attempt_number
 
 
 def _in_errors_branch(tr: TaskRunState) -> bool:

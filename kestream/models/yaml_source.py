@@ -154,6 +154,10 @@ def _syntax_error(exc: yaml.MarkedYAMLError) -> YamlSyntaxError:
     return YamlSyntaxError(message, mark.line + 1, mark.column + 1)
 
 
+#: The most values one flow document may expand to, its aliases expanded.
+MAX_NODES = 200_000
+
+
 class _Builder:
     """Constructs plain values from composed nodes, recording each path's line on the way."""
 
@@ -162,8 +166,17 @@ class _Builder:
         self.source_map = SourceMap()
         self.duplicates: list[DuplicateKey] = []
         self._active: set[int] = set()
+        self._built = 0
 
     def build(self, node: yaml.Node, path: Path) -> Any:
+        # Aliases are expanded where they are used: a few hundred bytes of nested anchors
+        # ("billion laughs") would otherwise build billions of values.
+        self._built += 1
+        if self._built > MAX_NODES:
+            raise YamlSyntaxError(
+                f"the document expands to more than {MAX_NODES} values (nested aliases?)",
+                _line_of(node),
+            )
         self.source_map.lines.setdefault(path, _line_of(node))
         if id(node) in self._active:
             raise YamlSyntaxError("a YAML alias refers to itself", _line_of(node))

@@ -46,6 +46,7 @@ from kestream.executor import codec
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
+from kestream.executor.restore import snapshot_attempt
 from kestream.executor.state import ExecutionState
 from kestream.executor.step import Executor, StepResult, UnknownFlow
 from kestream.models.clock import Clock, utc_now
@@ -594,10 +595,7 @@ class ExecutorService:
 def _stale_restart(event: ev.Restart, ended_attempt: int) -> bool:
     """A restart whose snapshot is of an attempt older than the one that ended last: replaying
     it would run that older attempt again (a redelivered restart, or a lagging index)."""
-    if event.snapshot is None:
-        return False
-    metadata = event.snapshot.get("metadata") or {}
-    return int(metadata.get("attemptNumber", 1)) < ended_attempt
+    return event.snapshot is not None and snapshot_attempt(event.snapshot) < ended_attempt
 
 
 def _keep_latest(by_execution: dict[str, dict[str, Any]], rec: ConsumerRecord[Any, Any]) -> None:

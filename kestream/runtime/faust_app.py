@@ -190,9 +190,7 @@ async def start_role(
     API's service holds its own (through its client). Parts that say whether they are ready are
     added to ``health``.
     """
-    from kestream.runtime.executor_service import ExecutorService
     from kestream.runtime.flows_table import FlowsTable
-    from kestream.runtime.worker_service import WorkerService
 
     health = health or Health(role)
     if role == "api":
@@ -201,12 +199,34 @@ async def start_role(
         service = await ApiService.start(ctx)
         if api is not None:
             api.service = service
-        health.add(flows_table_check(service.client.flows), Check("index", lambda: service.ready))
+        health.add(
+            flows_table_check(service.client.flows),
+            Check("index", lambda: service.ready, live=lambda: service.live),
+        )
         return [service]
     registry = FlowRegistry()
     table = FlowsTable(ctx, registry)
-    await table.start()
-    await table.loaded.wait()
+    try:
+        await table.start()
+        await table.loaded.wait()
+        processor = await _start_processor(role, ctx, registry, table, on_failure)
+    except BaseException:
+        await table.stop()
+        raise
+    health.add(flows_table_check(table), processor)
+    return [table, processor]
+
+
+async def _start_processor(
+    role: str,
+    ctx: BrokerContext,
+    registry: FlowRegistry,
+    table: Any,
+    on_failure: Callable[[BaseException], None] | None,
+) -> Any:
+    from kestream.runtime.executor_service import ExecutorService
+    from kestream.runtime.worker_service import WorkerService
+
     processor: Any
     if role == "executor":
         # Held executions are retried on every loop pass, so no flows-table listener is needed.
@@ -220,8 +240,7 @@ async def start_role(
     else:
         raise ValueError(f"unknown role {role!r}")
     await processor.start()
-    health.add(flows_table_check(table), processor)
-    return [table, processor]
+    return processor
 
 
 class RoleApp(faust.App):

@@ -34,6 +34,8 @@ __all__ = ["free_port", "metrics_middleware", "ops_routes"]
 
 #: The route label of requests that matched no route (so unknown paths cannot add series).
 UNMATCHED = "unmatched"
+#: Methods that get a series of their own; any other (a client may send anything) is "OTHER".
+_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
 
 
 def _answer(ok: bool, details: dict[str, Any]) -> web.Response:
@@ -88,9 +90,8 @@ def metrics_middleware(metrics: Metrics) -> Middleware:
             status = exc.status
             raise
         finally:
-            metrics.http_request(
-                _route_of(request), request.method, status, time.perf_counter() - started
-            )
+            method = request.method if request.method in _METHODS else "OTHER"
+            metrics.http_request(_route_of(request), method, status, time.perf_counter() - started)
 
     return record
 

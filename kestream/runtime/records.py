@@ -16,6 +16,7 @@ import orjson
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.codec import decode_value, encode_value
+from kestream.executor.restore import snapshot_attempt
 from kestream.executor.snapshot import execution_model, task_run_model
 from kestream.executor.state import ExecutionState
 from kestream.models.execution import format_instant
@@ -177,8 +178,10 @@ def _subflow(body: dict[str, Any]) -> ev.Event:
 
 def _restart(body: dict[str, Any]) -> ev.Event:
     snapshot = body.get("snapshot")
-    if snapshot is not None and not isinstance(snapshot, dict):
-        raise ValueError("the snapshot must be an execution JSON object")  # -> RecordError
+    if snapshot is not None:
+        if not isinstance(snapshot, dict):
+            raise ValueError("the snapshot must be an execution JSON object")  # -> RecordError
+        snapshot_attempt(snapshot)  # a RestoreError (a ValueError) -> RecordError
     return ev.Restart(body["id"], snapshot)
 
 

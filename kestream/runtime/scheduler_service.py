@@ -54,6 +54,10 @@ from kestream.scheduler.trigger_state import TriggerState, split_trigger_key
 log = logging.getLogger("kestream.scheduler")
 
 MONITOR_EVERY_S = 5.0
+#: How often every flow is compared with the books, to find deleted flows (the flows table
+#: tells about new revisions at once, not about deletions); not every tick, which stays
+#: O(due triggers).
+FULL_SYNC_EVERY_S = 5.0
 _FETCH_TIMEOUT_MS = 200
 _ERROR_BACKOFF_S = 0.5
 
@@ -89,10 +93,16 @@ class SchedulerService:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._synced: dict[str, int | None] = {}  # flow uid -> revision synced
-        # Records to write to the triggers topic, collected by the books' callers.
-        self._pending_states: list[TriggerState] = []
-        self._pending_deletes: list[str] = []
-        self._pending_windows: list[PreconditionWindow] = []
+        # Records to write to the triggers topic: the keys whose current state is due (written
+        # as the book has it at flush time, so a later change, a stopAfter say, is never
+        # overwritten by an older record), precondition windows, and keys to delete.
+        self._dirty: set[str] = set()
+        self._windows: dict[str, PreconditionWindow] = {}
+        self._deletes: set[str] = set()
+        # Held from producing executions to writing the records they imply, by each loop in
+        # turn: no loop commits or records what another loop has not had acknowledged yet.
+        self._produce_lock = asyncio.Lock()
+        self._last_full_sync = 0.0
         self._assigned = False
         self._started = False
         self.health_name = "scheduler"
@@ -117,12 +127,20 @@ class SchedulerService:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         ctx = self.ctx
         self._producer = make_producer(ctx.settings, ctx.bootstrap, ctx.kind)
         await self._producer.start()
         await self._load_state()
         self._sync_all()
-        await self._flush_sync()
+        self._deletes.update(self.schedules.drop_orphans())
+        await self._flush()
         self.table.add_listener(self._flow_changed)
         self._updates = make_consumer(
             ctx.settings,
@@ -219,7 +237,7 @@ class SchedulerService:
                 self._sync(flow)
 
     def _flow_changed(self, flow: Flow) -> None:
-        """A flow revision arrived in the flows table (deletions are found on the next tick)."""
+        """A flow revision arrived in the flows table (deletions: see FULL_SYNC_EVERY_S)."""
         latest = self.table.latest(flow.namespace, flow.id)
         if latest is not None and latest.revision == flow.revision:
             self._sync(flow)
@@ -227,47 +245,55 @@ class SchedulerService:
 
     def _sync(self, flow: Flow) -> None:
         result = self.schedules.sync_flow(flow)
-        self._pending_states.extend(result.states)
-        self._pending_deletes.extend(result.removed)
-        self._pending_deletes.extend(self.flow_triggers.sync_flow(flow))
+        self._dirty.update(state.key for state in result.states)
+        self._deletes.update(result.removed)
+        self._deletes.update(self.flow_triggers.sync_flow(flow))
         self._synced[flow.uid] = flow.revision
 
     def _remove(self, namespace: str, flow_id: str) -> None:
         result = self.schedules.remove_flow(namespace, flow_id)
-        self._pending_states.extend(result.states)
-        self._pending_deletes.extend(result.removed)
-        self._pending_deletes.extend(self.flow_triggers.remove_flow(namespace, flow_id))
+        self._dirty.update(state.key for state in result.states)
+        self._deletes.update(result.removed)
+        self._deletes.update(self.flow_triggers.remove_flow(namespace, flow_id))
         self._synced.pop(f"{namespace}/{flow_id}", None)
         log.info("flow %s.%s deleted: its triggers are removed", namespace, flow_id)
 
-    async def _flush_sync(self) -> None:
-        """Write the records that flow changes produced (new triggers, removed ones)."""
-        states, deletes = self._pending_states, self._pending_deletes
-        self._pending_states, self._pending_deletes = [], []
-        if not states and not deletes:
-            return
+    async def _flush(self) -> None:
+        """Write what the books changed: current trigger states, windows, deletions; wait for
+        the acks. Callers hold :attr:`_produce_lock` (or run before the loops start)."""
+        dirty, self._dirty = self._dirty, set()
+        windows, self._windows = self._windows, {}
+        deletes, self._deletes = self._deletes, set()
         producer = self._require_producer()
-        acks = [
-            await producer.send(self.topics.triggers, state.to_json(), key=state.key.encode())
-            for state in states
-        ]
-        acks += [
-            await producer.send(self.topics.triggers, None, key=key.encode()) for key in deletes
-        ]
-        await asyncio.gather(*acks)
+        topic = self.topics.triggers
+        acks = []
+        for key in sorted(dirty - deletes):
+            state = self.schedules.state(key)
+            if state is not None:
+                acks.append(await producer.send(topic, state.to_json(), key=key.encode()))
+        for key, window in windows.items():
+            if key not in deletes:
+                acks.append(await producer.send(topic, window.to_json(), key=key.encode()))
+        for key in sorted(deletes):
+            acks.append(await producer.send(topic, None, key=key.encode()))
+        if acks:
+            await asyncio.gather(*acks)
 
     # -- the tick ---------------------------------------------------------------------------
 
     async def _tick_loop(self) -> None:
         longest = self.settings.scheduler_tick_ms / 1000
         while True:
-            self._sync_all()
-            await self._flush_sync()
-            started = time.perf_counter()
-            fires = self.schedules.tick(self.clock())
-            if fires:
-                await self._emit_fires(fires)
-            self.metrics.evaluate_duration(time.perf_counter() - started)
+            async with self._produce_lock:
+                if time.monotonic() - self._last_full_sync > FULL_SYNC_EVERY_S:
+                    self._sync_all()  # deleted flows (changes come through the listener)
+                    self._last_full_sync = time.monotonic()
+                started = time.perf_counter()
+                fires = self.schedules.tick(self.clock())
+                if fires:
+                    await self._emit_fires(fires)
+                await self._flush()
+                self.metrics.evaluate_duration(time.perf_counter() - started)
             await self._sleep_until_due(longest)
 
     async def _sleep_until_due(self, longest: float) -> None:
@@ -299,9 +325,7 @@ class SchedulerService:
                 namespace, flow_id, trigger_id, max(0.0, (now - fire.slot).total_seconds())
             )
         await asyncio.gather(*acks)
-        latest = {fire.key: fire.state for fire in fires}  # a catch-up fires a key many times
-        self._pending_states.extend(latest.values())
-        await self._flush_sync()
+        self._dirty.update(fire.key for fire in fires)
         log.debug("fired %d schedule(s)", len(fires))
 
     # -- ended executions ---------------------------------------------------------------------
@@ -318,12 +342,13 @@ class SchedulerService:
                 continue
             if not batch:
                 continue
-            events: list[ev.ExecutionCreated] = []
-            for recs in batch.values():
-                for rec in recs:
-                    events.extend(self._on_update(rec))
-            await self._send_events(events)
-            await self._flush_sync()
+            async with self._produce_lock:
+                events: list[ev.ExecutionCreated] = []
+                for recs in batch.values():
+                    for rec in recs:
+                        events.extend(self._on_update(rec))
+                await self._send_events(events)
+                await self._flush()
             offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs}
             await consumer.commit(offsets)
 
@@ -340,18 +365,20 @@ class SchedulerService:
             )
             return []
         result = self.flow_triggers.on_execution_end(ended)
-        self._pending_windows.extend(result.windows)
-        self._pending_deletes.extend(result.removed_windows)
+        for window in result.windows:
+            self._windows[window.record_key] = window
+        for key in result.removed_windows:
+            self._windows.pop(key, None)
+            self._deletes.add(key)
         trigger = update["execution"].get("trigger") or {}
         if trigger.get("id") and ended.state.is_terminal:
             key = f"{ended.namespace}/{ended.flow_id}/{trigger['id']}"
-            stopped = self.schedules.on_execution_end(key, ended.execution_id, ended.state)
-            if stopped is not None:
-                self._pending_states.append(stopped)
+            if self.schedules.on_execution_end(key, ended.execution_id, ended.state) is not None:
+                self._dirty.add(key)
         return result.events
 
     async def _send_events(self, events: list[ev.ExecutionCreated]) -> None:
-        if not events and not self._pending_windows:
+        if not events:
             return
         producer = self._require_producer()
         acks = [
@@ -359,11 +386,6 @@ class SchedulerService:
                 self.topics.executions, records.encode_event(e), key=e.execution_id.encode()
             )
             for e in events
-        ]
-        windows, self._pending_windows = self._pending_windows, []
-        acks += [
-            await producer.send(self.topics.triggers, w.to_json(), key=w.record_key.encode())
-            for w in windows
         ]
         await asyncio.gather(*acks)
         for event in events:

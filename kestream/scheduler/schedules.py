@@ -146,6 +146,17 @@ class ScheduleBook:
         """Stored records whose flow or trigger is gone: the runtime may delete them."""
         return sorted(self._stored)
 
+    def drop_orphans(self) -> list[str]:
+        """Forget the stored records no deployed flow claimed; returns their keys to delete.
+
+        Called once the flows are synced at start: the record of a trigger whose flow was
+        deleted while the scheduler was down must not survive, or deploying that flow again
+        later would take it up and recover every slot since.
+        """
+        keys = sorted(self._stored)
+        self._stored.clear()
+        return keys
+
     # -- flows ------------------------------------------------------------------------------
 
     def sync_flow(self, flow: Flow) -> SyncResult:

@@ -170,7 +170,7 @@ def test_create_with_inputs_and_labels_then_get_search_and_logs(stack: Stack, ns
     assert paged["total"] == 3 and len(paged["results"]) == 1
     legacy = stack.get(f"/executions?namespace={ns}&flowId=boom").json()
     assert legacy["total"] == 1 and legacy["results"][0]["state"]["current"] == "FAILED"
-    assert stack.get("/executions/search?filters[nope][EQUALS]=x").status == 422
+    assert stack.get("/executions/search?filters[nope][EQUALS]=x").status == 400
 
     logs = stack.get(f"/logs/{done['id']}").json()
     assert [line["message"] for line in logs] == ["Hello Ada"]

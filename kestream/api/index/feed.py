@@ -52,6 +52,13 @@ _RETRY_FIRST_S = 0.5
 _RETRY_MAX_S = 10.0
 
 
+def _report_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "index feed stopped: the index no longer follows the topics", exc_info=task.exception()
+        )
+
+
 @dataclass(slots=True)
 class FeedStats:
     """Counters since :meth:`IndexFeed.start` (for logs, metrics and tests)."""
@@ -125,6 +132,7 @@ class IndexFeed:
         behind = sum(max(0, hw - self._positions[tp]) for tp, hw in self._targets.items())
         log.info("index feed: %d records behind on %d partitions", behind, len(tps))
         self._task = asyncio.create_task(self._run(), name="index-feed")
+        self._task.add_done_callback(_report_end)
 
     async def _topics_replaced(self, tps: list[TopicPartition]) -> bool:
         """Whether the index followed other topics of the same names: an offset it recorded is
@@ -171,6 +179,11 @@ class IndexFeed:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    @property
+    def running(self) -> bool:
+        """The feed's loop runs: false once it failed (the API's health says not live)."""
+        return self._task is not None and not self._task.done()
 
     @property
     def positions(self) -> Mapping[TopicPartition, int]:

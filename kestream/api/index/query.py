@@ -49,12 +49,16 @@ __all__ = [
     "StateFilter",
     "TextField",
     "TextFilter",
+    "label_pair",
+    "parse_instant",
     "parse_search_params",
 ]
 
 DEFAULT_PAGE_SIZE = 25
 #: A page larger than this is refused: the API answers a page from one query, in memory.
 MAX_PAGE_SIZE = 1000
+#: Beyond any listing, and small enough that an offset fits a database integer.
+MAX_PAGE = 1_000_000
 #: Kestra's default ``kestra.system-flows.namespace``; ``filters[scope]`` splits on it.
 SYSTEM_NAMESPACE = "system"
 
@@ -271,7 +275,7 @@ def _split_list(values: Iterable[str]) -> list[str]:
     return out
 
 
-def _instant(parameter: str, text: str) -> datetime:
+def parse_instant(parameter: str, text: str) -> datetime:
     """An ISO-8601 instant; no offset means UTC. A ``+`` decoded as a space is put back."""
     raw = text.strip().replace(" ", "+")
     try:
@@ -296,7 +300,7 @@ def _states(parameter: str, values: Iterable[str]) -> frozenset[StateType]:
         raise QueryError(parameter, f"unknown state in {names}; states are {known}") from None
 
 
-def _label_pair(parameter: str, text: str) -> tuple[str, str]:
+def label_pair(parameter: str, text: str) -> tuple[str, str]:
     key, sep, value = text.partition(":")
     if not sep or not key:
         raise QueryError(parameter, f"'{text}' is not a label as key:value")
@@ -369,7 +373,9 @@ class _Builder:
 
     def _date(self, name: str, op: Op, values: list[str], field: DateField) -> None:
         for value in values:
-            self.fields["dates"].append(DateFilter(field=field, op=op, value=_instant(name, value)))
+            self.fields["dates"].append(
+                DateFilter(field=field, op=op, value=parse_instant(name, value))
+            )
 
     def _start(self, name: str, op: Op, values: list[str], _nested: str | None) -> None:
         self._date(name, op, values, DateField.START_DATE)
@@ -379,7 +385,7 @@ class _Builder:
 
     def _labels(self, name: str, op: Op, values: list[str], nested: str | None) -> None:
         negate = op is Op.NOT_EQUALS
-        pairs = [(nested, values[0])] if nested else [_label_pair(name, v) for v in values]
+        pairs = [(nested, values[0])] if nested else [label_pair(name, v) for v in values]
         for key, value in pairs:
             self.fields["labels"].append(LabelFilter(key=key, value=value, negate=negate))
 
@@ -475,8 +481,8 @@ class _Builder:
             number = int(text)
         except ValueError:
             raise QueryError(name, f"'{text}' is not a whole number") from None
-        if name == "page" and number < 1:
-            raise QueryError(name, "pages are numbered from 1")
+        if name == "page" and not 1 <= number <= MAX_PAGE:
+            raise QueryError(name, f"pages are numbered from 1 to {MAX_PAGE}")
         if name == "size" and not 1 <= number <= MAX_PAGE_SIZE:
             raise QueryError(name, f"the page size must be between 1 and {MAX_PAGE_SIZE}")
         self.fields[name] = number
@@ -513,7 +519,7 @@ def _legacy_namespace(b: _Builder, name: str, values: list[str]) -> None:
 
 def _legacy_labels(b: _Builder, name: str, values: list[str]) -> None:
     for value in values:
-        key, label = _label_pair(name, value)
+        key, label = label_pair(name, value)
         b.fields["labels"].append(LabelFilter(key=key, value=label))
 
 

@@ -727,3 +727,13 @@ def test_snapshot_of_an_execution_that_never_started_changes_nothing() -> None:
     assert executor.step(None, ev.Restart("bad", snapshot)) == executor.step(None, ev.Restart("x"))
     with pytest.raises(RestoreError, match="carries a snapshot of bad"):
         executor.step(None, ev.Restart("other", snapshot))
+
+
+@pytest.mark.parametrize(
+    "metadata", [[1], {"attemptNumber": "2"}, {"attemptNumber": 0}, {"attemptNumber": True}]
+)
+def test_a_restart_with_a_malformed_attempt_is_refused_where_it_is_read(metadata: Any) -> None:
+    """Refused when decoded (the runtime dead-letters it), never in the executor's loop."""
+    wire = records.encode_event(ev.Restart("x", {"id": "x", "metadata": metadata}))
+    with pytest.raises(records.RecordError, match=r"attemptNumber|metadata"):
+        records.decode_event(wire)

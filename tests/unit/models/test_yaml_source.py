@@ -107,3 +107,13 @@ def test_syntax_errors_are_located(text: str, line: int) -> None:
         load_yaml(text)
     assert caught.value.line == line
     assert str(caught.value).startswith(f"line {line}: ")
+
+
+def test_nested_aliases_cannot_expand_without_bound() -> None:
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for level in range(1, 9):
+        refs = ", ".join([f"*a{level - 1}"] * 9)
+        lines.append(f"a{level}: &a{level} [{refs}]")
+    bomb = "\n".join(lines) + "\n"  # about 600 bytes, 9**9 values once expanded
+    with pytest.raises(YamlSyntaxError, match="expands to more than"):
+        load_yaml(bomb)
