@@ -45,8 +45,8 @@ def test_a_short_w1_run_prints_one_json_row(tmp_path: Path) -> None:
     assert row["completed"] == row["offered"] > 0
     assert row["backlog_at_end"] == 0
     assert set(row["cpu_s"]) >= {"executor", "worker"}
-    assert "| W1 | 120 |" in done.stderr  # the readable table goes to stderr
-    assert "| W1 | 120 |" in results.read_text()
+    assert "| W1 | embedded | 120 |" in done.stderr  # the readable table goes to stderr
+    assert "| W1 | embedded | 120 |" in results.read_text()
 
 
 def _sample(due: float, end: float | None) -> Sample:
@@ -77,4 +77,4 @@ def test_results_md_keeps_notes_and_replaces_a_rerun_row(tmp_path: Path) -> None
     text = path.read_text()
     assert "kept note" in text
     assert "Short first run: 30 s per rate" in text
-    assert text.count("| W4 | 600 |") == 1 and "| 40 ms |" in text
+    assert text.count("| W4 | embedded | 600 |") == 1 and "| 40 ms |" in text
