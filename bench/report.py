@@ -235,8 +235,8 @@ def _fmt_map(values: dict[str, float], keys: Sequence[str]) -> str:
 
 
 _TABLE_HEAD = (
-    "| workload | broker / entry | rate/min | inline | offered | completed | p50 | p95 | p99 | max | backlog "
-    "| kept up | submit lag max | CPU s exec / worker / loadgen | broker CPU s "
+    "| workload | broker / entry | rate/min | inline | offered | completed | p50 | p95 | p99 "
+    "| max | backlog | kept up | submit lag max | CPU s exec / worker / loadgen | broker CPU s "
     "| peak RSS MB exec / worker / broker |"
 )
 
