@@ -98,8 +98,12 @@ class MergedExecution:
         """Ended, or paused (a :meth:`Client.wait` returns here by default), and complete."""
         return self.complete and (self.terminal or self.paused)
 
+    def json(self) -> dict[str, Any]:
+        """The execution's JSON as the updates carried it, with its task runs in order."""
+        return {**self.header, "taskRunList": list(self.runs.values())}
+
     def model(self) -> Execution:
-        return Execution.model_validate({**self.header, "taskRunList": list(self.runs.values())})
+        return Execution.model_validate(self.json())
 
 
 def merge_update(current: MergedExecution | None, update: Mapping[str, Any]) -> MergedExecution:
@@ -348,10 +352,11 @@ class Client:
                 watch.queues.remove(queue)
             self._release(execution_id, watch)
 
-    def last_stop(self, execution_id: str) -> Execution | None:
-        """The last stop (end or pause) this client saw of an execution, if it still has it.
+    def last_stop(self, execution_id: str) -> dict[str, Any] | None:
+        """The execution JSON at the last stop (end or pause) this client saw, if it has it.
 
-        The API answers with it when its index, which follows the same topic, lags behind.
+        The API answers with it when its index, which follows the same topic, lags behind. It
+        is the updates' own JSON, merged (:meth:`MergedExecution.json`), not re-validated.
         """
         watch = self._watches.get(execution_id)
         merged = watch.merged if watch is not None else None
@@ -360,7 +365,7 @@ class Client:
             merged = recent[0] if recent is not None else None
         if merged is None or not merged.stopped:
             return None
-        return merged.model()
+        return merged.json()
 
     def seed(self, execution_id: str, execution: Mapping[str, Any], *, terminal: bool) -> None:
         """Tell the client what is already known of an execution (the API's index snapshot).

@@ -73,18 +73,6 @@ class ExecutionRoutes:
             web.post(PREFIX + "/{namespace}/{flowId}", self.create),
         ]
 
-    def _service(self, request: web.Request) -> ApiService:
-        self.api.tenant(request.match_info["tenant"])
-        return self.api.get()
-
-    async def _known(self, request: web.Request) -> tuple[ApiService, dict[str, Any]]:
-        service = self._service(request)
-        execution_id = request.match_info["executionId"]
-        execution = await service.execution(execution_id)
-        if execution is None or execution.get("deleted"):
-            raise not_found(f"Execution '{execution_id}'")
-        return service, execution
-
     async def create(self, request: web.Request) -> web.Response:
         """Start an execution of the flow's newest revision (or ``?revision=``).
 
@@ -93,7 +81,7 @@ class ExecutionRoutes:
         starts it later (it waits as CREATED, its timer kept in the executor's state), and
         ``?wait=true`` answers when the execution ends or pauses.
         """
-        service = self._service(request)
+        service = self.api.service_for(request)
         namespace, flow_id = request.match_info["namespace"], request.match_info["flowId"]
         number = query_int(request, "revision", 0, low=1, high=10**9) or None
         wait = query_flag(request, "wait")  # checked before anything starts
@@ -125,14 +113,14 @@ class ExecutionRoutes:
         return json_response({**created, "url": execution_url(request, created)})
 
     async def get(self, request: web.Request) -> web.Response:
-        _, execution = await self._known(request)
+        _, execution = await self.api.execution_for(request)
         return json_response(execution)
 
     async def kill(self, request: web.Request) -> web.Response:
         """202: the kill is on its way (the execution goes KILLING, then KILLED, its running
         subflows with it). An ended execution is left as it is: 202 as well, or 409 with
         ``?isOnKillCascade=false``, as Kestra answers."""
-        service, execution = await self._known(request)
+        service, execution = await self.api.execution_for(request)
         if current_state(execution).is_terminal:
             if not query_flag(request, "isOnKillCascade", default=True):
                 raise ApiError(
@@ -146,7 +134,7 @@ class ExecutionRoutes:
 
     async def resume(self, request: web.Request) -> web.Response:
         """204: resumed with the form's inputs (the Pause's ``onResume``); 409 if not paused."""
-        service, execution = await self._known(request)
+        service, execution = await self.api.execution_for(request)
         if current_state(execution) is not StateType.PAUSED:
             raise ApiError(409, f"Illegal state: Execution '{execution['id']}' is not paused")
         inputs = await read_form(request, self.api.max_body)
@@ -156,7 +144,7 @@ class ExecutionRoutes:
     async def restart(self, request: web.Request) -> web.Response:
         """Restart an execution that ended FAILED, KILLED or WARNING: its failed task runs get a
         new attempt. Answers the execution as restarted."""
-        service, execution = await self._known(request)
+        service, execution = await self.api.execution_for(request)
         state = current_state(execution)
         if state not in RESTARTABLE:
             raise ApiError(
@@ -172,7 +160,7 @@ class ExecutionRoutes:
     async def delete(self, request: web.Request) -> web.Response:
         """204: the execution is marked deleted in the index (it no longer lists or answers).
         An execution still running is refused with 409: kill it first."""
-        service, execution = await self._known(request)
+        service, execution = await self.api.execution_for(request)
         if not current_state(execution).is_terminal:
             raise ApiError(
                 409, f"Illegal state: Execution '{execution['id']}' is still running: kill it first"
@@ -182,13 +170,13 @@ class ExecutionRoutes:
 
     async def follow(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: the execution now, then each change, ``end`` at its last state."""
-        service, execution = await self._known(request)
+        service, execution = await self.api.execution_for(request)
         return await sse.pump(request, _follow_frames(service, execution))
 
     async def search(self, request: web.Request) -> web.Response:
         """``{results, total}`` for Kestra's ``filters[field][OPERATION]=value`` parameters (and
         the older ``namespace=``/``flowId=``/``state=`` ones); the total is counted apart."""
-        service = self._service(request)
+        service = self.api.service_for(request)
         try:
             query = parse_search_params(request.query)
         except QueryError as exc:

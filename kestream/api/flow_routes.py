@@ -69,7 +69,7 @@ class FlowRoutes:
 
     async def create(self, request: web.Request) -> web.Response:
         """``POST /api/v1/{tenant}/flows``: a new flow (422 if the id exists in the namespace)."""
-        service = self._service(request)
+        service = self.api.service_for(request)
         source = await read_text(request, self.api.max_body)
         flow = _parse(source)
         if service.flow(flow.namespace, flow.id) is not None:
@@ -82,7 +82,7 @@ class FlowRoutes:
 
     async def update(self, request: web.Request) -> web.Response:
         """``PUT .../flows/{namespace}/{id}``: a new revision of an existing flow."""
-        service = self._service(request)
+        service = self.api.service_for(request)
         namespace, flow_id = request.match_info["namespace"], request.match_info["id"]
         if service.flow(namespace, flow_id) is None:
             raise not_found(f"Flow '{namespace}.{flow_id}'")
@@ -98,7 +98,7 @@ class FlowRoutes:
         return json_response(flow_json(deployed, with_source=True))
 
     async def get(self, request: web.Request) -> web.Response:
-        service = self._service(request)
+        service = self.api.service_for(request)
         namespace, flow_id = request.match_info["namespace"], request.match_info["id"]
         revision = request.query.get("revision")
         number = query_int(request, "revision", 0, low=1, high=10**9) if revision else None
@@ -110,7 +110,7 @@ class FlowRoutes:
 
     async def list_namespace(self, request: web.Request) -> web.Response:
         """``GET .../flows/{namespace}``: every flow of a namespace (a list, as Kestra's)."""
-        service = self._service(request)
+        service = self.api.service_for(request)
         namespace = request.match_info["namespace"]
         flows = [f for f in service.flows() if f.namespace == namespace]
         flows.sort(key=lambda f: f.id)
@@ -119,7 +119,7 @@ class FlowRoutes:
     async def search(self, request: web.Request) -> web.Response:
         """``GET .../flows/search``: ``{results, total}`` by namespace (and its children), id
         or text (``q``), as ``filters[field][OPERATION]=`` or the older plain parameters."""
-        service = self._service(request)
+        service = self.api.service_for(request)
         page = query_int(request, "page", 1, low=1, high=1_000_000)
         size = query_int(request, "size", 10, low=1, high=1000)
         match = _flow_filter(request)
@@ -129,7 +129,7 @@ class FlowRoutes:
         return json_response({"results": results, "total": len(flows)})
 
     async def delete(self, request: web.Request) -> web.Response:
-        service = self._service(request)
+        service = self.api.service_for(request)
         namespace, flow_id = request.match_info["namespace"], request.match_info["id"]
         if not await service.delete_flow(namespace, flow_id):
             raise not_found(f"Flow '{namespace}.{flow_id}'")
@@ -140,10 +140,6 @@ class FlowRoutes:
         self.api.tenant(request.match_info["tenant"])
         source = await read_text(request, self.api.max_body)
         return json_response([_validation(i, doc) for i, doc in enumerate(_documents(source))])
-
-    def _service(self, request: web.Request) -> Any:
-        self.api.tenant(request.match_info["tenant"])
-        return self.api.get()
 
 
 _FLOW_FILTER = re.compile(r"filters\[(\w+)\]\[(\w+)\]")

@@ -7,8 +7,11 @@ services start, so a route holds this handle and answers 503 until the service i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from kestream.api.http import ApiError
+from aiohttp import web
+
+from kestream.api.http import ApiError, not_found
 from kestream.api.service import ApiService
 from kestream.settings import Settings
 
@@ -37,3 +40,18 @@ class ApiHandle:
     @property
     def max_body(self) -> int:
         return self.settings.api_max_body_bytes
+
+    def service_for(self, request: web.Request) -> ApiService:
+        """The service, for a request whose path names this installation's tenant."""
+        self.tenant(request.match_info["tenant"])
+        return self.get()
+
+    async def execution_for(self, request: web.Request) -> tuple[ApiService, dict[str, Any]]:
+        """The service and the execution the path's ``executionId`` names (404 if unknown or
+        deleted)."""
+        service = self.service_for(request)
+        execution_id = request.match_info["executionId"]
+        execution = await service.execution(execution_id)
+        if execution is None or execution.get("deleted"):
+            raise not_found(f"Execution '{execution_id}'")
+        return service, execution

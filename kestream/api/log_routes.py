@@ -16,7 +16,7 @@ from aiohttp import web
 
 from kestream.api import sse
 from kestream.api.handle import ApiHandle
-from kestream.api.http import bad_request, json_response, not_found
+from kestream.api.http import bad_request, json_response
 from kestream.api.index.store import LOG_LEVELS, log_level_rank
 from kestream.api.service import ApiService
 from kestream.models.state import StateType
@@ -34,25 +34,16 @@ class LogRoutes:
     def routes(self) -> list[web.RouteDef]:
         return [web.get(PREFIX + "/follow", self.follow), web.get(PREFIX, self.list)]
 
-    async def _context(self, request: web.Request) -> tuple[ApiService, dict[str, Any]]:
-        self.api.tenant(request.match_info["tenant"])
-        service = self.api.get()
-        execution_id = request.match_info["executionId"]
-        execution = await service.execution(execution_id)
-        if execution is None or execution.get("deleted"):
-            raise not_found(f"Execution '{execution_id}'")
-        return service, execution
-
     async def list(self, request: web.Request) -> web.Response:
         """``?minLevel=``, ``?taskRunId=``, ``?taskId=``, ``?attempt=`` narrow the lines."""
-        service, execution = await self._context(request)
+        service, execution = await self.api.execution_for(request)
         lines = await service.logs(
             execution["id"], _min_level(request), request.query.get("taskRunId")
         )
         return json_response(_narrow(request, lines))
 
     async def follow(self, request: web.Request) -> web.StreamResponse:
-        service, execution = await self._context(request)
+        service, execution = await self.api.execution_for(request)
         return await sse.pump(request, self._frames(request, service, execution["id"]))
 
     async def _frames(

@@ -152,10 +152,8 @@ class ApiService:
             if found.get("deleted"):
                 return found  # the routes answer 404
         stop = self.client.last_stop(execution_id)
-        if stop is not None:
-            fresher = dump(stop)
-            if found is None or _progress(fresher) > _progress(found):
-                return fresher
+        if stop is not None and (found is None or _progress(stop) > _progress(found)):
+            return stop
         if found is not None:
             return found
         cached = self._created.get(execution_id)

@@ -41,8 +41,7 @@ class WebhookRoutes:
         return [web.route(method, PATH, self.trigger) for method in ("GET", "POST", "PUT")]
 
     async def trigger(self, request: web.Request) -> web.Response:
-        self.api.tenant(request.match_info["tenant"])
-        service = self.api.get()
+        service = self.api.service_for(request)
         namespace, flow_id = request.match_info["namespace"], request.match_info["flowId"]
         flow = service.flow(namespace, flow_id)
         trigger = find_webhook(flow, request.match_info["key"]) if flow is not None else None

@@ -83,6 +83,15 @@ async def topic_partitions(
         await asyncio.sleep(0.1)
 
 
+async def assign_from_start(consumer: AIOKafkaConsumer, topic: str) -> dict[TopicPartition, int]:
+    """Assign every partition of ``topic`` at its first offset (a table read whole); returns
+    each partition's high watermark now, read from a Fetch: the end of "whole"."""
+    tps = await topic_partitions(consumer, topic)
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    return await fetch_highwaters(consumer, tps)
+
+
 def flow_key(namespace: str, flow_id: str, revision: int | None = None) -> str:
     """The flows topic's record key: a revision's, or (without one) the flow's head."""
     head = f"{namespace}/{flow_id}"
@@ -126,11 +135,8 @@ class FlowsTable:
         await consumer.start()
         self._consumer = consumer
         try:
-            tps = await topic_partitions(consumer, ctx.topics.flows)
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            targets = await fetch_highwaters(consumer, tps)
-            self._positions = dict.fromkeys(tps, 0)
+            targets = await assign_from_start(consumer, ctx.topics.flows)
+            self._positions = dict.fromkeys(targets, 0)
             while any(self._positions[tp] < hw for tp, hw in targets.items()):
                 await self._poll()
         except BaseException:

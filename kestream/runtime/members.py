@@ -41,11 +41,10 @@ from aiokafka.errors import KafkaError
 
 from kestream.runtime import records
 from kestream.runtime.context import BrokerContext
-from kestream.runtime.flows_table import topic_partitions
+from kestream.runtime.flows_table import assign_from_start
 from kestream.runtime.health import Health
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.metrics import Metrics
-from kestream.runtime.tansu_compat import fetch_highwaters
 
 log = logging.getLogger("kestream.members")
 
@@ -326,10 +325,7 @@ class MemberBoard:
         await consumer.start()
         self._consumer = consumer
         try:
-            tps = await topic_partitions(consumer, ctx.topics.members)
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            targets = await fetch_highwaters(consumer, tps)
+            targets = await assign_from_start(consumer, ctx.topics.members)
         except BaseException:
             await self.stop()
             raise

@@ -41,10 +41,9 @@ from kestream.models.flow import Flow
 from kestream.models.state import StateType
 from kestream.runtime import records
 from kestream.runtime.context import BrokerContext
-from kestream.runtime.flows_table import FlowsTable, topic_partitions
+from kestream.runtime.flows_table import FlowsTable, assign_from_start
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.metrics import Metrics, process_metrics
-from kestream.runtime.tansu_compat import fetch_highwaters
 from kestream.scheduler.flow_triggers import FlowTriggerBook
 from kestream.scheduler.monitor import late_triggers
 from kestream.scheduler.preconditions import EndedExecution, PreconditionWindow
@@ -201,11 +200,8 @@ class SchedulerService:
         await consumer.start()
         latest: dict[str, bytes | None] = {}
         try:
-            tps = await topic_partitions(consumer, self.topics.triggers)
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            highwaters = await fetch_highwaters(consumer, tps)
-            while [tp for tp in tps if await consumer.position(tp) < highwaters[tp]]:
+            highwaters = await assign_from_start(consumer, self.topics.triggers)
+            while [tp for tp, end in highwaters.items() if await consumer.position(tp) < end]:
                 batch = await consumer.getmany(timeout_ms=_FETCH_TIMEOUT_MS)
                 for recs in batch.values():
                     for rec in recs:

@@ -11,16 +11,14 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
 
 from kestream.client import Client
 from kestream.executor import events as ev
 from kestream.runtime import records
 from kestream.runtime.context import BrokerContext, connect
-from kestream.runtime.flows_table import FlowsTable, topic_partitions
+from kestream.runtime.flows_table import FlowsTable, assign_from_start
 from kestream.runtime.kafka import make_consumer
 from kestream.runtime.scheduler_service import SchedulerService
-from kestream.runtime.tansu_compat import fetch_highwaters
 from kestream.scheduler.trigger_state import TriggerState
 from kestream.settings import Settings
 
@@ -47,11 +45,8 @@ async def _read_all(ctx: BrokerContext, topic: str) -> list[tuple[bytes | None, 
     await consumer.start()
     out: list[tuple[bytes | None, bytes | None]] = []
     try:
-        tps: list[TopicPartition] = await topic_partitions(consumer, topic)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await fetch_highwaters(consumer, tps)
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+        ends = await assign_from_start(consumer, topic)
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
             batch = await consumer.getmany(timeout_ms=200)
             for recs in batch.values():
                 out += [(r.key, r.value) for r in recs]

@@ -24,7 +24,6 @@ from kestream.api.index.store import Cursor, Store
 
 __all__ = ["POSTGRES", "PostgresStore"]
 
-SCHEMA_VERSION = 1
 _CONNECT_TIMEOUT_S = 30
 _VACUUM_PASSES = 5
 _VACUUM_PAUSE_S = 0.5
@@ -134,20 +133,7 @@ class PostgresStore(Store):
         with self._writing() as cur:
             # Two processes creating the schema at once would race on the catalog.
             cur.execute("SELECT pg_advisory_xact_lock(7051120913)")
-            for statement in _SCHEMA:
-                cur.execute(statement)
-            cur.execute("SELECT value FROM index_meta WHERE key = 'schema'")
-            row = cur.fetchone()
-            if row is None:
-                cur.execute(
-                    "INSERT INTO index_meta (key, value) VALUES ('schema', %s)",
-                    (str(SCHEMA_VERSION),),
-                )
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"the index database has schema {row[0]}, this kestream needs "
-                    f"{SCHEMA_VERSION}: drop its tables (the feed rebuilds them from Kafka)"
-                )
+            self._create_tables(cur, _SCHEMA, "drop its tables")
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Cursor]:

@@ -26,7 +26,6 @@ __all__ = ["DEFAULT_FILE", "SQLiteStore"]
 
 #: The index file's name under ``KESTREAM_DATA_DIR``.
 DEFAULT_FILE = "index.sqlite"
-SCHEMA_VERSION = 1
 _BUSY_TIMEOUT_S = 30.0
 _CACHE_KIB = 65_536
 _MMAP_BYTES = 256 * 1024 * 1024
@@ -134,20 +133,7 @@ class SQLiteStore(Store):
 
     def _create_schema(self) -> None:
         with self._writing() as cur:
-            for statement in _SCHEMA:
-                cur.execute(statement)
-            cur.execute("SELECT value FROM index_meta WHERE key = 'schema'")
-            row = cur.fetchone()
-            if row is None:
-                cur.execute(
-                    "INSERT INTO index_meta (key, value) VALUES ('schema', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{self.path} has index schema {row[0]}, this kestream needs "
-                    f"{SCHEMA_VERSION}: delete the file (the feed rebuilds it from Kafka)"
-                )
+            self._create_tables(cur, _SCHEMA, f"delete {self.path}")
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Cursor]:

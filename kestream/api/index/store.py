@@ -54,6 +54,8 @@ __all__ = [
 ]
 
 #: Kestra's log levels, lowest first; ``min_level`` keeps this level and the ones after it.
+#: Version of the tables' layout, kept in ``index_meta`` by both backends.
+SCHEMA_VERSION = 1
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
 _LEVEL_ALIASES = {"WARNING": "WARN"}
 #: Ids per ``IN (...)`` list: far below SQLite's and PostgreSQL's parameter limits.
@@ -301,6 +303,24 @@ class Store(ABC):
 
     def _sql(self, text: str) -> str:
         return self.dialect.sql(text)
+
+    def _create_tables(self, cur: Cursor, statements: Sequence[str], remedy: str) -> None:
+        """Create the schema (idempotent) and check the version it was made with; ``remedy``
+        says what to drop when it is another one (the feed rebuilds everything from Kafka)."""
+        for statement in statements:
+            cur.execute(statement)
+        cur.execute("SELECT value FROM index_meta WHERE key = 'schema'")
+        row = cur.fetchone()
+        if row is None:
+            cur.execute(
+                self._sql("INSERT INTO index_meta (key, value) VALUES ('schema', ?)"),
+                (str(SCHEMA_VERSION),),
+            )
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the index has schema {row[0]}, this kestream needs {SCHEMA_VERSION}: "
+                f"{remedy} (the feed rebuilds it from Kafka)"
+            )
 
     # -- writing ---------------------------------------------------------------------------------
 
