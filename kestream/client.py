@@ -30,7 +30,6 @@ is not known to it (the API's index answers that).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -51,6 +50,7 @@ from kestream.models.ids import new_id
 from kestream.models.inputs import parse_inputs
 from kestream.models.state import StateType
 from kestream.runtime import records
+from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.context import connect as connect_broker
 from kestream.runtime.flows_table import FlowsTable, topic_partitions
@@ -204,10 +204,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
-        if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
+        await cancel_and_wait(self._follower)
         for watch in self._watches.values():
             for future, _ in watch.waiters:
                 if not future.done():

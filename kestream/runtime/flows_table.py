@@ -34,7 +34,6 @@ flows topic has one partition, so every reader sees the same order) wins in ever
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +45,7 @@ from aiokafka.structs import ConsumerRecord
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.models.flow import Flow, parse_flow
 from kestream.runtime import records
+from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.tansu_compat import fetch_highwaters
@@ -147,11 +147,8 @@ class FlowsTable:
         self._task = asyncio.create_task(self._follow(), name="flows-table")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         await self._close_clients()
 
     async def _close_clients(self) -> None:

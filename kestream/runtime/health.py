@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -134,11 +135,8 @@ class LoopMonitor:
         self._task = asyncio.create_task(self._run(), name="loop-monitor")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:

@@ -27,7 +27,6 @@ a day of uptime, which the board does before it first says "ready".
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -40,6 +39,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from kestream.runtime import records
+from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.flows_table import assign_from_start
 from kestream.runtime.health import Health
@@ -246,11 +246,8 @@ class MemberPublisher:
 
     async def stop(self) -> None:
         """Stop publishing and leave the table (a tombstone), best effort."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         producer, self._producer = self._producer, None
         if producer is None:
             return
@@ -332,11 +329,8 @@ class MemberBoard:
         self._task = asyncio.create_task(self._run(consumer, targets), name="member-board")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await consumer.stop()

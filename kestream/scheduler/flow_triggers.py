@@ -40,6 +40,7 @@ from kestream.models.flow import (
 )
 from kestream.models.ids import derived_id
 from kestream.models.state import TERMINAL, StateType
+from kestream.scheduler.executions import trigger_execution
 from kestream.scheduler.preconditions import (
     EndedExecution,
     PreconditionWindow,
@@ -128,16 +129,8 @@ def flow_trigger_event(
         str(ended.state),
     )
     correlation = ended.labels.get(_CORRELATION_ID)
-    return ExecutionCreated(
-        execution_id=execution_id,
-        namespace=flow.namespace,
-        flow_id=flow.id,
-        revision=flow.revision,
-        inputs=dict(trigger.inputs),
-        validate_inputs=True,
-        labels={_CORRELATION_ID: correlation} if correlation else {},
-        trigger={"id": trigger.id, "type": trigger.type, "variables": variables},
-    )
+    labels = {_CORRELATION_ID: correlation} if correlation else {}
+    return trigger_execution(flow, trigger, execution_id, variables, labels=labels)
 
 
 @dataclass(slots=True)

@@ -40,6 +40,7 @@ from kestream.models.ids import derived_id
 from kestream.models.state import StateType
 from kestream.scheduler.cron import Cron, SlotView, cron_for
 from kestream.scheduler.due_index import DueIndex
+from kestream.scheduler.executions import trigger_execution
 from kestream.scheduler.trigger_state import TriggerState, trigger_key
 
 __all__ = ["DEFAULT_RECOVERY_CAP", "Fire", "Recovery", "ScheduleBook", "SyncResult"]
@@ -364,16 +365,7 @@ class ScheduleBook:
         flow, trigger = entry.flow, entry.trigger
         execution_id = derived_id("schedule", flow.namespace, flow.id, trigger.id, view.utc_text)
         variables = {"date": view.date, "next": view.next, "previous": view.previous}
-        return ExecutionCreated(
-            execution_id=execution_id,
-            namespace=flow.namespace,
-            flow_id=flow.id,
-            revision=flow.revision,
-            inputs=dict(trigger.inputs),
-            validate_inputs=True,
-            trigger={"id": trigger.id, "type": trigger.type, "variables": variables},
-            schedule_date=slot,
-        )
+        return trigger_execution(flow, trigger, execution_id, variables, schedule_date=slot)
 
     # -- ended executions -----------------------------------------------------------------------
 

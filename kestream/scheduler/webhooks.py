@@ -22,6 +22,7 @@ import orjson
 
 from kestream.executor.events import ExecutionCreated
 from kestream.models.flow import Flow, WebhookTrigger
+from kestream.scheduler.executions import trigger_execution
 
 __all__ = ["MultiValues", "find_webhook", "multi_values", "parse_body", "webhook_execution"]
 
@@ -109,20 +110,11 @@ def webhook_execution(
 ) -> ExecutionCreated:
     """The execution a webhook call starts.
 
-    ``inputs`` are the trigger's own, unrendered: the executor renders them (they may read
-    ``trigger.body``) and applies the flow's input defaults and checks.
+    Its inputs are the trigger's (see :func:`~kestream.scheduler.executions.trigger_execution`).
     """
     variables = {
         "body": parse_body(body, content_type),
         "headers": multi_values(headers),
         "parameters": multi_values(parameters),
     }
-    return ExecutionCreated(
-        execution_id=execution_id,
-        namespace=flow.namespace,
-        flow_id=flow.id,
-        revision=flow.revision,
-        inputs=dict(trigger.inputs),
-        validate_inputs=True,
-        trigger={"id": trigger.id, "type": trigger.type, "variables": variables},
-    )
+    return trigger_execution(flow, trigger, execution_id, variables)

@@ -23,7 +23,6 @@ are refreshed once at that moment (:meth:`Store.maintain`), since a first catch-
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from aiokafka.structs import ConsumerRecord
 
 from kestream.api.index.store import Batch, FeedRecord, RecordKind, Store
 from kestream.runtime import records
+from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.flows_table import topic_partitions
 from kestream.runtime.kafka import make_consumer, make_producer
@@ -158,11 +158,8 @@ class IndexFeed:
         return True
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         await self._close_clients()
 
     async def _close_clients(self) -> None:
