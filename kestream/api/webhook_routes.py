@@ -12,8 +12,9 @@ from aiohttp import web
 
 from kestream.api.execution_routes import execution_url
 from kestream.api.handle import ApiHandle
-from kestream.api.http import ApiError, json_response, read_body
+from kestream.api.http import ApiError, invalid, json_response, read_body
 from kestream.models.ids import new_id
+from kestream.models.values import UnportableValue
 from kestream.scheduler.webhooks import find_webhook, webhook_execution
 
 PATH = "/api/v1/{tenant}/executions/webhook/{namespace}/{flowId}/{key}"
@@ -56,15 +57,19 @@ class WebhookRoutes:
             if name.lower() not in _CREDENTIAL_HEADERS
         }
         parameters = {name: request.query.getall(name) for name in request.query}
-        event = webhook_execution(
-            flow,
-            trigger,
-            body=payload,
-            content_type=request.content_type,
-            headers=headers,
-            parameters=parameters,
-            execution_id=new_id(),
-        )
+        try:
+            event = webhook_execution(
+                flow,
+                trigger,
+                body=payload,
+                content_type=request.content_type,
+                headers=headers,
+                parameters=parameters,
+                execution_id=new_id(),
+            )
+        except UnportableValue as exc:
+            problem = [{"path": exc.path, "message": str(exc)}]
+            raise invalid(f"Invalid webhook call: {exc}", problem) from None
         created = await service.submit_event(event, flow)
         body = {key: created[key] for key in _RESPONSE_FIELDS if created.get(key) is not None}
         body["tenantId"] = self.api.settings.tenant

@@ -40,10 +40,22 @@ class CodecError(ValueError):
 # -- tagged values ---------------------------------------------------------------------------
 
 
+#: Wraps a user's map whose only key starts with ``$``, so that it can never be read as a tag.
+ESCAPE = "$esc"
+
+
 def encode_value(value: Any) -> Any:
-    """JSON-ready copy of ``value`` with datetimes, dates, times and durations tagged."""
+    """JSON-ready copy of ``value`` with datetimes, dates, times and durations tagged.
+
+    A tag is a map with one ``$``-key. A user's map of that shape (a webhook body
+    ``{"$td": 1e300}``) is wrapped in ``{"$esc": ...}``, so data always comes back as the data
+    it was, never as a tag.
+    """
     if isinstance(value, dict):
-        return {str(k): encode_value(v) for k, v in value.items()}
+        encoded = {str(k): encode_value(v) for k, v in value.items()}
+        if len(encoded) == 1 and next(iter(encoded)).startswith("$"):
+            return {ESCAPE: encoded}
+        return encoded
     if isinstance(value, list | tuple):
         return [encode_value(v) for v in value]
     if isinstance(value, datetime):
@@ -57,22 +69,32 @@ def encode_value(value: Any) -> Any:
     return value
 
 
+_TAGS: dict[str, Any] = {
+    "$dt": datetime.fromisoformat,
+    "$d": date.fromisoformat,
+    "$t": time.fromisoformat,
+    "$td": lambda seconds: timedelta(seconds=seconds),
+}
+
+
 def decode_value(value: Any) -> Any:
-    """Inverse of :func:`encode_value`."""
+    """Inverse of :func:`encode_value`; a malformed tag raises :class:`CodecError`."""
     if isinstance(value, list):
         return [decode_value(v) for v in value]
     if not isinstance(value, dict):
         return value
     if len(value) == 1:
         ((tag, raw),) = value.items()
-        if tag == "$dt":
-            return datetime.fromisoformat(raw)
-        if tag == "$d":
-            return date.fromisoformat(raw)
-        if tag == "$t":
-            return time.fromisoformat(raw)
-        if tag == "$td":
-            return timedelta(seconds=raw)
+        if tag == ESCAPE:
+            if not isinstance(raw, dict):
+                raise CodecError(f"{ESCAPE} must wrap a map, not {type(raw).__name__}")
+            return {k: decode_value(v) for k, v in raw.items()}
+        decode = _TAGS.get(tag)
+        if decode is not None:
+            try:
+                return decode(raw)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise CodecError(f"bad {tag} value {str(raw)[:40]!r}: {exc}") from None
     return {k: decode_value(v) for k, v in value.items()}
 
 

@@ -61,6 +61,7 @@ from pydantic import (
 )
 
 from kestream.models.durations import DurationError, format_duration, parse_duration
+from kestream.models.values import MAX_DEPTH, UnportableValue, check_portable, loads_json
 
 #: Unknown properties are errors, as in Kestra; numbers given for text properties become text, as
 #: Jackson makes them for Kestra (``id: 123``, ``values: [1, 2]``).
@@ -220,8 +221,10 @@ def _json(value: Any) -> Any:
     if not isinstance(value, str):
         return value
     try:
-        return orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
+        return loads_json(value)  # exact: a 30-digit integer is refused, not rounded
+    except UnportableValue:
+        raise  # parse_inputs names the input and the path
+    except ValueError as exc:
         raise InputValueError(f"expected a JSON text, got {_describe(value)}: {exc}") from None
 
 
@@ -232,6 +235,8 @@ def _yaml(value: Any) -> Any:
         return yaml.safe_load(value)
     except yaml.YAMLError as exc:
         raise InputValueError(f"expected a YAML text, got {_describe(value)}: {exc}") from None
+    except RecursionError:
+        raise InputValueError(f"a YAML text nested deeper than {MAX_DEPTH} levels") from None
 
 
 def _list(type_name: str, value: Any) -> list[Any]:
@@ -736,8 +741,13 @@ def parse_inputs(
         model = input_model_for(declared)
         try:
             value = _resolve(model, given.get(model.id))
+            if value is not _ABSENT:
+                check_portable(value)  # what every record downstream must carry
         except InputValueError as exc:
             problems.append(InputProblem(model.id, str(exc)))
+            continue
+        except UnportableValue as exc:
+            problems.append(InputProblem(model.id, str(exc.under(model.id))))
             continue
         if value is not _ABSENT:
             values[model.id] = value

@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from kestream.models.values import MAX_DEPTH, find_unportable
+
 try:
     from yaml import CSafeLoader as _BaseLoader
 except ImportError:  # PyYAML built without libyaml: same results, slower
@@ -178,6 +180,8 @@ class _Builder:
                 _line_of(node),
             )
         self.source_map.lines.setdefault(path, _line_of(node))
+        if len(path) > MAX_DEPTH:  # PyYAML's own composer allows more than Python's stack
+            raise YamlSyntaxError(f"nested deeper than {MAX_DEPTH} levels", _line_of(node))
         if id(node) in self._active:
             raise YamlSyntaxError("a YAML alias refers to itself", _line_of(node))
         self._active.add(id(node))
@@ -188,12 +192,12 @@ class _Builder:
 
     def _build(self, node: yaml.Node, path: Path) -> Any:
         if isinstance(node, yaml.ScalarNode):
-            return self._scalar(node, path)
+            return _portable(self._scalar(node, path), node)
         if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ:
             return [self._item(child, (*path, i)) for i, child in enumerate(node.value)]
         if isinstance(node, yaml.MappingNode) and node.tag == _MAP:
             return self._mapping(node, path)
-        return self._other(node)
+        return _portable(self._other(node), node)
 
     def _item(self, node: yaml.Node, path: Path) -> Any:
         self.source_map.lines[path] = _line_of(node)
@@ -251,6 +255,19 @@ class _Builder:
             return self.loader.construct_object(node, deep=True)
         except yaml.MarkedYAMLError as exc:
             raise _syntax_error(exc) from None
+
+
+def _portable(value: Any, node: yaml.Node) -> Any:
+    """``value`` if every record can carry it: a flow is refused before it runs, with the line,
+    rather than failing whichever task would hand the value on. ``.inf`` and ``.nan`` stay:
+    they are YAML numbers, and an output that holds one fails its task run with the reason."""
+    if isinstance(value, float):
+        return value
+    problem = find_unportable(value)
+    if problem is not None:
+        shown = f"'{node.value}': " if isinstance(node, yaml.ScalarNode) else ""
+        raise YamlSyntaxError(f"{shown}{problem}", _line_of(node))
+    return value
 
 
 def _line_of(node: yaml.Node) -> int:

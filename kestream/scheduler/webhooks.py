@@ -18,10 +18,9 @@ import hmac
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import orjson
-
 from kestream.executor.events import ExecutionCreated
 from kestream.models.flow import Flow, WebhookTrigger
+from kestream.models.values import UnportableValue, check_portable, loads_json
 from kestream.scheduler.executions import trigger_execution
 
 __all__ = ["MultiValues", "find_webhook", "multi_values", "parse_body", "webhook_execution"]
@@ -67,8 +66,10 @@ def parse_body(body: bytes | str | None, content_type: str | None = None) -> Any
         text = body
     if text.lstrip()[:1] in ("{", "["):
         try:
-            parsed = orjson.loads(text)
-        except orjson.JSONDecodeError:
+            parsed = loads_json(text, "body")  # exact; what cannot be carried is refused
+        except UnportableValue:
+            raise
+        except ValueError:
             return text
         if isinstance(parsed, dict | list):
             return parsed
@@ -111,10 +112,13 @@ def webhook_execution(
     """The execution a webhook call starts.
 
     Its inputs are the trigger's (see :func:`~kestream.scheduler.executions.trigger_execution`).
+    Raises :class:`~kestream.models.values.UnportableValue` (with the path, such as
+    ``body.items[2]``) for a call that holds what no record can carry.
     """
     variables = {
         "body": parse_body(body, content_type),
         "headers": multi_values(headers),
         "parameters": multi_values(parameters),
     }
+    check_portable(variables)
     return trigger_execution(flow, trigger, execution_id, variables)
