@@ -7,17 +7,27 @@ install, where there are none).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 
 import pytest
 from postgres_fixture import PostgresServer, postgres  # noqa: F401 - the session fixture
 
 from kestream.api.index import open_index
+from kestream.api.index.feed import apply_isolating
 from kestream.api.index.postgres import PostgresStore
-from kestream.api.index.store import Store
+from kestream.api.index.store import Batch, RecordKind, Store
 from kestream.settings import Settings
 from tests.unit.api.index_behaviours import *  # noqa: F403
-from tests.unit.api.index_behaviours import MakeStore
+from tests.unit.api.index_behaviours import (
+    T0,
+    UPDATES,
+    Feed,
+    MakeStore,
+    header,
+    log_line,
+    partial,
+)
 
 
 @pytest.fixture
@@ -51,3 +61,24 @@ def test_two_stores_may_create_the_schema_on_one_database(
     first, second = PostgresStore(url), PostgresStore(url)
     first.close()
     second.close()
+
+
+def test_a_record_postgres_refuses_is_set_aside_and_the_rest_applied(
+    make_store: MakeStore,
+) -> None:
+    """A label value past PostgreSQL's B-tree row limit (about 2.7 kB compressed; random bytes
+    do not compress) cannot be indexed: its record is found and returned with the reason, and
+    the others of the batch are applied."""
+    store = make_store()
+    feed = Feed(partitions=1)
+    batch = Batch()
+    for i in range(12):
+        labels = {"big": random.randbytes(6_000).hex()} if i == 5 else {"team": "a"}
+        batch.add(feed.record(RecordKind.UPDATE, f"e{i}", partial(header(f"e{i}", labels=labels))))
+    batch.add(feed.record(RecordKind.LOGS, "e1", [log_line("e1", T0, "INFO", "nul \x00 kept")]))
+    result, refused = apply_isolating(store, batch)
+    assert [(r.execution_id, "ProgramLimitExceeded" in why) for r, why in refused] == [("e5", True)]
+    assert (result.updates, result.log_lines) == (11, 1)
+    assert store.count() == 11 and store.get("e5") is None
+    assert [line["message"] for line in store.logs("e1")] == ["nul \x00 kept"]
+    assert store.offsets(UPDATES) == {0: 12}

@@ -12,7 +12,11 @@ decoded and checked here; one that cannot be read is logged, sent to the dead-le
 the reason (:func:`records.dead_letter_value`) and stepped over. The batch is applied in a worker
 thread (``asyncio.to_thread``: sqlite3 and psycopg block), so the event loop keeps serving HTTP
 while the database writes. A failed apply (database down, disk full) is retried with a back-off,
-never skipped: the consumer does not fetch further until the batch is in.
+never skipped: the consumer does not fetch further until the batch is in. A batch the database
+*refuses* (a value it cannot hold, an index row too large) is split in halves until the records
+it refuses are found (:func:`apply_isolating`); those are logged, sent to the dead-letter topic
+with the database's reason, counted in the health details, and stepped over, so one record
+never stops the index for good.
 
 :attr:`IndexFeed.caught_up` is set once every partition has been applied up to the high
 watermark it had when the feed started (read from a Fetch, :func:`fetch_highwaters`): from then
@@ -32,15 +36,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
-from kestream.api.index.store import Batch, FeedRecord, RecordKind, Store
+from kestream.api.index.store import ApplyResult, Batch, FeedRecord, RecordKind, Store
 from kestream.runtime import records
 from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.flows_table import topic_partitions
 from kestream.runtime.kafka import make_consumer, make_producer
+from kestream.runtime.metrics import process_metrics
 from kestream.runtime.tansu_compat import fetch_highwaters
 
-__all__ = ["FeedStats", "IndexFeed"]
+__all__ = ["FeedStats", "IndexFeed", "apply_isolating"]
 
 log = logging.getLogger("kestream.index")
 
@@ -50,6 +55,53 @@ MAX_RECORDS = 5_000
 _FETCH_TIMEOUT_MS = 200
 _RETRY_FIRST_S = 0.5
 _RETRY_MAX_S = 10.0
+#: Longest database reason kept for a dead letter and the health details.
+_REASON_MAX = 500
+
+
+def _reason(exc: BaseException) -> str:
+    text = f"the execution index refused it: {type(exc).__name__}: {exc}"
+    return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 3] + "..."
+
+
+def apply_isolating(store: Store, batch: Batch) -> tuple[ApplyResult, list[tuple[FeedRecord, str]]]:
+    """Apply ``batch``; when the database refuses it, apply what it takes and return the records
+    it refuses, each with the reason (blocking: run it in a worker thread).
+
+    The refused records are found by halves (two transactions per level, so a few bad records
+    among thousands cost tens of transactions). A record is only called refused when the
+    database is otherwise writable (:meth:`Store.ping`); an error the store calls transient
+    (:meth:`Store.is_transient`), or a failing ping, is raised for the caller to retry. At the
+    end every partition of ``batch`` is moved past its last offset, refused records included.
+    """
+    try:
+        return store.apply(batch), []
+    except Exception as exc:
+        if store.is_transient(exc):
+            raise
+    refused: list[tuple[FeedRecord, str]] = []
+    result = _apply_halves(store, batch.records, refused)
+    return result + store.apply(Batch(positions=dict(batch.positions))), refused
+
+
+def _apply_halves(
+    store: Store, part: list[FeedRecord], refused: list[tuple[FeedRecord, str]]
+) -> ApplyResult:
+    batch = Batch()
+    for record in part:  # halves keep each partition's records in offset order
+        batch.add(record)
+    try:
+        return store.apply(batch)
+    except Exception as exc:
+        if store.is_transient(exc):
+            raise
+        if len(part) > 1:
+            middle = len(part) // 2
+            first = _apply_halves(store, part[:middle], refused)
+            return first + _apply_halves(store, part[middle:], refused)
+        store.ping()  # raises when the database, not the record, is the trouble
+        refused.append((part[0], _reason(exc)))
+        return ApplyResult()
 
 
 def _report_end(task: asyncio.Task[None]) -> None:
@@ -69,6 +121,9 @@ class FeedStats:
     skipped: int = 0
     dead_letters: int = 0
     failed_applies: int = 0
+    #: Records the database refused (each also dead-lettered), and the last reason.
+    refused: int = 0
+    last_refusal: str | None = None
 
 
 class IndexFeed:
@@ -99,6 +154,9 @@ class IndexFeed:
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
         self._targets: dict[TopicPartition, int] = {}
+        #: The current batch failed to apply and is being retried (the index falls behind).
+        self.retrying = False
+        self.last_error: str | None = None
         #: Next offset applied (or stepped over), per partition.
         self._positions: dict[TopicPartition, int] = {}
 
@@ -211,9 +269,11 @@ class IndexFeed:
     ) -> None:
         batch = Batch()
         dead: list[tuple[ConsumerRecord[Any, Any], str]] = []
+        raw: dict[tuple[str, int, int], ConsumerRecord[Any, Any]] = {}
         for tp, recs in fetched.items():
             kind = self._kinds[tp.topic]
             for rec in recs:
+                raw[(tp.topic, tp.partition, rec.offset)] = rec
                 try:
                     batch.add(
                         FeedRecord.decode(
@@ -225,27 +285,56 @@ class IndexFeed:
                     batch.advance(tp.topic, tp.partition, rec.offset)
         if dead:
             await self._dead_letter(dead)
-        await self._apply(batch)
+        refused = await self._apply(batch)
+        if refused:
+            await self._dead_letter(
+                [(raw[(r.topic, r.partition, r.offset)], why) for r, why in refused]
+            )
         for (topic, partition), offset in batch.positions.items():
             self._positions[TopicPartition(topic, partition)] = offset
 
-    async def _apply(self, batch: Batch) -> None:
-        """Apply in a worker thread, retrying until it succeeds (never skip data)."""
+    async def _apply(self, batch: Batch) -> list[tuple[FeedRecord, str]]:
+        """Apply in a worker thread, retrying until the database is back when it cannot write
+        (never skip data); returns the records it refused (:func:`apply_isolating`)."""
         delay = _RETRY_FIRST_S
         while True:
             try:
-                result = await asyncio.to_thread(self.store.apply, batch)
+                result, refused = await asyncio.to_thread(apply_isolating, self.store, batch)
                 break
-            except Exception:
+            except Exception as exc:
                 self.stats.failed_applies += 1
+                self.retrying = True
+                self.last_error = f"{type(exc).__name__}: {exc}"[:_REASON_MAX]
                 log.exception("index feed: applying %d records failed; retrying", len(batch))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_S)
+        self.retrying = False
         stats = self.stats
         stats.batches += 1
         stats.updates += result.updates
         stats.log_lines += result.log_lines
         stats.skipped += result.skipped
+        if refused:
+            stats.refused += len(refused)
+            stats.last_refusal = refused[-1][1]
+        return refused
+
+    def health_detail(self) -> dict[str, Any]:
+        """What the API's health shows of the feed: counters, and why it is behind, if it is."""
+        stats = self.stats
+        detail: dict[str, Any] = {
+            "log_lines": stats.log_lines,
+            "updates": stats.updates,
+            "dead_letters": stats.dead_letters,
+            "refused": stats.refused,
+            "failed_applies": stats.failed_applies,
+            "retrying": self.retrying,
+        }
+        if stats.last_refusal is not None:
+            detail["last_refusal"] = stats.last_refusal
+        if self.retrying and self.last_error is not None:
+            detail["error"] = self.last_error
+        return detail
 
     async def _dead_letter(self, dead: list[tuple[ConsumerRecord[Any, Any], str]]) -> None:
         """Send unreadable records to the dead-letter topic; a failed send is logged, not fatal."""
@@ -259,6 +348,7 @@ class IndexFeed:
                 reason,
             )
             self.stats.dead_letters += 1
+            process_metrics().dead_letter("index")
         try:
             if self._producer is None:
                 producer = make_producer(ctx.settings, ctx.bootstrap, ctx.kind)

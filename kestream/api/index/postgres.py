@@ -3,7 +3,8 @@
 Same tables, indexes and statements as the SQLite store (:mod:`kestream.api.index.sql`), with
 PostgreSQL types: documents are ``jsonb``, dates ``timestamptz``. Text columns that are compared
 by range (namespace prefixes, ``STARTS_WITH``) use the ``"C"`` collation, so they order by code
-point whatever the database's locale (and compare faster).
+point whatever the database's locale (and compare faster). PostgreSQL refuses NUL in ``text``
+and in ``jsonb`` strings, so this dialect escapes it (:mod:`kestream.api.index.nul`).
 
 Connections: one writer (under the store's lock), one reader per thread; reads run in a
 ``REPEATABLE READ, READ ONLY`` transaction so a page and its count see one snapshot. psycopg is
@@ -45,6 +46,7 @@ POSTGRES = Dialect(
     doc_cast="::text",
     date=_identity,
     no_date=f"'{NO_DATE}'::timestamptz",
+    escapes_nul=True,
 )
 
 _C = 'COLLATE "C"'
@@ -92,6 +94,7 @@ _SCHEMA = (
         timestamp timestamptz NOT NULL,
         doc jsonb NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS logs_execution ON logs (execution_id, timestamp, seq)",
+    "CREATE INDEX IF NOT EXISTS logs_follow ON logs (execution_id, seq)",
     f"CREATE TABLE IF NOT EXISTS namespaces (namespace text {_C} PRIMARY KEY)",
     """CREATE TABLE IF NOT EXISTS feed_offsets (
         topic text NOT NULL,
@@ -122,12 +125,15 @@ class PostgresStore(Store):
         self._readers: list[Any] = []
         self._readers_lock = threading.Lock()
         self._closed = False
-        self._writer = psycopg.connect(url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S)
+        self._writer = self._connect()
         try:
             self._create_schema()
         except BaseException:
             self._writer.close()
             raise
+
+    def _connect(self) -> Any:
+        return self._psycopg.connect(self.url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S)
 
     def _create_schema(self) -> None:
         with self._writing() as cur:
@@ -139,8 +145,19 @@ class PostgresStore(Store):
     def _writing(self) -> Iterator[Cursor]:
         if self._closed:
             raise RuntimeError("the execution index is closed")
+        if self._writer.broken:  # the server restarted or the network dropped: the next try
+            self._writer.close()  # gets a new connection instead of failing for good
+            self._writer = self._connect()
         with self._writer.transaction(), self._writer.cursor() as cur:
             yield cur
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Connection and server trouble; not a limit a value exceeds (an index row too
+        large is a ``ProgramLimitExceeded``, an ``OperationalError`` by its class)."""
+        errors = self._psycopg.errors
+        if isinstance(exc, errors.ProgramLimitExceeded):
+            return False
+        return isinstance(exc, self._psycopg.OperationalError | self._psycopg.InterfaceError)
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Cursor]:
@@ -154,9 +171,7 @@ class PostgresStore(Store):
         connection = getattr(self._local, "connection", None)
         if connection is None:
             psycopg = self._psycopg
-            connection = psycopg.connect(
-                self.url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S
-            )
+            connection = self._connect()
             connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             connection.read_only = True
             self._local.connection = connection

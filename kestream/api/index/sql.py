@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from kestream.api.index.nul import escape
 from kestream.api.index.query import (
     ChildFilter,
     DateField,
@@ -65,6 +66,8 @@ class Dialect:
     date: Callable[[datetime], Any]
     #: SQL for the ``labels.start_date`` of an execution without a start date (never NULL there).
     no_date: str
+    #: The engine refuses NUL in text: user text is escaped (:mod:`kestream.api.index.nul`).
+    escapes_nul: bool = False
     _cache: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def sql(self, text: str) -> str:
@@ -76,6 +79,10 @@ class Dialect:
             converted = text.replace("%", "%%").replace("?", self.placeholder)
             self._cache[text] = converted
         return converted
+
+    def text(self, value: str) -> str:
+        """User text (a label, a search needle) as this engine stores and compares it."""
+        return escape(value) if self.escapes_nul else value
 
 
 def marks(count: int) -> str:
@@ -194,14 +201,15 @@ class _Where:
 
     def text(self, flt: TextFilter) -> None:
         column = _TEXT_COLUMNS[flt.field]
-        value = flt.values[0]
+        values = [self.dialect.text(v) for v in flt.values]
+        value = values[0]
         if flt.op is Op.EQUALS:
             self.add(f"{column} = ?", value)
         elif flt.op is Op.NOT_EQUALS:
             self.add(f"{column} <> ?", value)
         elif flt.op in (Op.IN, Op.NOT_IN):
             negation = "NOT " if flt.op is Op.NOT_IN else ""
-            self.add(f"{column} {negation}IN ({marks(len(flt.values))})", *flt.values)
+            self.add(f"{column} {negation}IN ({marks(len(values))})", *values)
         elif flt.op is Op.PREFIX:  # Kestra: the value itself or anything under "value."
             self.add(f"({column} = ? OR ({column} >= ? AND {column} < ?))", value, *_dot(value))
         elif flt.op is Op.STARTS_WITH:
@@ -236,12 +244,12 @@ class _Where:
         self.add(
             f"{negation}EXISTS (SELECT 1 FROM labels x WHERE x.key = ? AND x.value = ? "
             f"AND x.start_date = {start} AND x.execution_id = {execution})",
-            flt.key,
-            flt.value,
+            self.dialect.text(flt.key),
+            self.dialect.text(flt.value),
         )
 
     def q(self, text: str) -> None:
-        needle = text.lower()
+        needle = self.dialect.text(text.lower())
         find = self.dialect.find
         self.add(
             f"({find}(lower(e.id), ?) > 0 OR {find}(lower(e.namespace), ?) > 0 "
@@ -377,7 +385,7 @@ def search_sql(
         # date: other labels are checked from them, with no join.
         source, id_column = "labels l", "l.execution_id"
         where = _Where(dialect, ["l.key = ?", "l.value = ?"])
-        where.params = [plan.drive.key, plan.drive.value]
+        where.params = [dialect.text(plan.drive.key), dialect.text(plan.drive.value)]
         for label in plan.labels:
             where.label(label, "l.start_date", "l.execution_id")
     else:

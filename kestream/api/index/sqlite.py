@@ -88,6 +88,8 @@ _SCHEMA = (
         timestamp TEXT NOT NULL,
         doc TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS logs_execution ON logs (execution_id, timestamp, seq)",
+    # seq is the rowid, which every index carries: this one is (execution_id, seq).
+    "CREATE INDEX IF NOT EXISTS logs_follow ON logs (execution_id)",
     "CREATE TABLE IF NOT EXISTS namespaces (namespace TEXT PRIMARY KEY)",
     """CREATE TABLE IF NOT EXISTS feed_offsets (
         topic TEXT NOT NULL,
@@ -176,6 +178,11 @@ class SQLiteStore(Store):
 
     def _label_date(self, start_date: str | None) -> str:
         return start_date or ""
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Locked, busy, full or unreadable: ``OperationalError``; a value SQLite cannot hold
+        is a ``DataError``, an ``IntegrityError`` or Python's ``OverflowError``."""
+        return isinstance(exc, sqlite3.OperationalError)
 
     def maintain(self) -> None:
         """``ANALYZE`` with a sampling limit: lets SQLite pick the most selective index."""

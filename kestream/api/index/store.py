@@ -12,7 +12,13 @@ Updates are merged with :func:`kestream.client.merge_update`'s rules, first with
 (several updates of one execution become one write) and then into what is stored: a ``full``
 update replaces the execution's task runs, a partial one upserts the task runs it carries by id.
 Log lines are appended (offsets make replays harmless; an upstream duplicate of a log record
-would show twice, as in Kestra).
+would show twice, as in Kestra), each with a sequence number that only grows: a live follow
+reads the lines after the last one it sent (:meth:`Store.logs_after`), one index range per poll.
+
+Text the database refuses (PostgreSQL and NUL) is escaped in one place, :mod:`.nul`: documents
+through :meth:`Store._doc` and :meth:`Store._load`, the other user text through
+:meth:`Dialect.text`. A record the database still refuses is the feed's to isolate and set
+aside (:func:`kestream.api.index.feed.apply_isolating`).
 
 The API is **synchronous**: sqlite3 and psycopg's sync connections block, so async callers
 (the feed, the HTTP API) run these methods in a worker thread (``asyncio.to_thread``). One
@@ -25,13 +31,14 @@ from __future__ import annotations
 import contextlib
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
 import orjson
 
+from kestream.api.index import nul
 from kestream.api.index.query import SearchQuery
 from kestream.api.index.sql import (
     Dialect,
@@ -48,14 +55,21 @@ __all__ = [
     "ApplyResult",
     "Batch",
     "FeedRecord",
+    "LogPage",
     "RecordKind",
     "Store",
     "log_level_rank",
 ]
 
+#: Version of the tables' layout, kept in ``index_meta`` by both backends. 2: the logs'
+#: ``(execution_id, seq)`` index, and NUL escaped in PostgreSQL's text (:mod:`.nul`).
+SCHEMA_VERSION = 2
+#: Versions upgraded in place: what 2 adds to 1 is an index the schema statements create, and
+#: a version-1 PostgreSQL index holds no NUL (it could not store one).
+UPGRADED_IN_PLACE = frozenset({1})
+#: Rows a :meth:`Store.logs_after` reads at most: what a follow holds per poll.
+LOG_PAGE = 1_000
 #: Kestra's log levels, lowest first; ``min_level`` keeps this level and the ones after it.
-#: Version of the tables' layout, kept in ``index_meta`` by both backends.
-SCHEMA_VERSION = 1
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
 _LEVEL_ALIASES = {"WARNING": "WARN"}
 #: Ids per ``IN (...)`` list: far below SQLite's and PostgreSQL's parameter limits.
@@ -183,6 +197,25 @@ class ApplyResult:
     #: Records at offsets the store had already applied (a replay).
     skipped: int = 0
 
+    def __add__(self, other: ApplyResult) -> ApplyResult:
+        return ApplyResult(
+            self.updates + other.updates,
+            self.executions + other.executions,
+            self.log_lines + other.log_lines,
+            self.skipped + other.skipped,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    """Log lines read after a cursor (:meth:`Store.logs_after`)."""
+
+    lines: list[dict[str, Any]]
+    #: The sequence number of the last row read: the cursor of the next read.
+    cursor: int
+    #: The read stopped at its limit: more rows may follow at once.
+    full: bool
+
 
 class Cursor(Protocol):
     """The DB-API cursor subset both sqlite3 and psycopg provide."""
@@ -248,7 +281,7 @@ class _Row:
     doc: str
 
     @classmethod
-    def of(cls, execution_id: str, header: dict[str, Any]) -> _Row:
+    def of(cls, execution_id: str, header: dict[str, Any], doc: Callable[[Any], str]) -> _Row:
         state = header.get("state") or {}
         trigger = header.get("trigger") or {}
         variables = trigger.get("variables") if isinstance(trigger, dict) else None
@@ -267,7 +300,7 @@ class _Row:
             parent_id=str(parent) if parent else None,
             labels=labels,
             signature=_dumps([start, labels]),
-            doc=_dumps(header),
+            doc=doc(header),
         )
 
 
@@ -304,6 +337,26 @@ class Store(ABC):
     def _sql(self, text: str) -> str:
         return self.dialect.sql(text)
 
+    def _doc(self, value: Any) -> str:
+        """A JSON document as this database stores it (NUL escaped where it must be)."""
+        return nul.dumps_doc(value, escaped=self.dialect.escapes_nul)
+
+    def _load(self, text: str | bytes) -> Any:
+        """A document as :meth:`_doc` stored it."""
+        return nul.loads_doc(text, escaped=self.dialect.escapes_nul)
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says the database cannot work now (down, locked, full), rather than
+        that it refuses what it was given: the feed retries the first, and isolates the records
+        behind the second (:func:`kestream.api.index.feed.apply_isolating`)."""
+        return False
+
+    def ping(self) -> None:
+        """Open and commit a write transaction that writes nothing: raises when the database
+        cannot take writes now, whatever the data."""
+        with self._write_lock, self._writing() as cur:
+            cur.execute("SELECT 1")
+
     def _create_tables(self, cur: Cursor, statements: Sequence[str], remedy: str) -> None:
         """Create the schema (idempotent) and check the version it was made with; ``remedy``
         says what to drop when it is another one (the feed rebuilds everything from Kafka)."""
@@ -314,6 +367,11 @@ class Store(ABC):
         if row is None:
             cur.execute(
                 self._sql("INSERT INTO index_meta (key, value) VALUES ('schema', ?)"),
+                (str(SCHEMA_VERSION),),
+            )
+        elif int(row[0]) in UPGRADED_IN_PLACE:
+            cur.execute(
+                self._sql("UPDATE index_meta SET value = ? WHERE key = 'schema'"),
                 (str(SCHEMA_VERSION),),
             )
         elif int(row[0]) != SCHEMA_VERSION:
@@ -395,7 +453,9 @@ class Store(ABC):
         return found
 
     def _write_executions(self, cur: Cursor, pending: dict[str, _Pending]) -> None:
-        rows = [_Row.of(execution_id, p.merged.header) for execution_id, p in pending.items()]
+        rows = [
+            _Row.of(execution_id, p.merged.header, self._doc) for execution_id, p in pending.items()
+        ]
         existing = self._existing(cur, [row.id for row in rows])
         cur.executemany(
             self._sql(
@@ -431,7 +491,7 @@ class Store(ABC):
         if replaced:
             cur.executemany(self._sql("DELETE FROM task_runs WHERE execution_id = ?"), replaced)
         runs = [
-            (execution_id, run_id, _dumps(run))
+            (execution_id, run_id, self._doc(run))
             for execution_id, p in pending.items()
             for run_id, run in p.merged.runs.items()
         ]
@@ -457,8 +517,9 @@ class Store(ABC):
         stale = [(row.id,) for row in changed if row.id in existing]
         if stale:
             cur.executemany(self._sql("DELETE FROM labels WHERE execution_id = ?"), stale)
+        text = self.dialect.text
         pairs = [
-            (key, value, self._label_date(row.start_date), row.id)
+            (text(key), text(value), self._label_date(row.start_date), row.id)
             for row in changed
             for key, value in row.labels
         ]
@@ -481,7 +542,7 @@ class Store(ABC):
                 line.get("taskRunId"),
                 _rank_or_info(line.get("level")),
                 line["timestamp"],
-                _dumps(line),
+                self._doc(line),
             )
             for record in records
             for line in record.value
@@ -536,12 +597,12 @@ class Store(ABC):
             row = cur.fetchone()
             if row is None or (bool(row[1]) and not include_deleted):
                 return None
-            execution: dict[str, Any] = orjson.loads(row[0])
+            execution: dict[str, Any] = self._load(row[0])
             cur.execute(
                 self._sql(f"SELECT {doc} FROM task_runs WHERE execution_id = ? ORDER BY seq"),
                 (execution_id,),
             )
-            execution["taskRunList"] = [orjson.loads(r[0]) for r in cur.fetchall()]
+            execution["taskRunList"] = [self._load(r[0]) for r in cur.fetchall()]
         execution["deleted"] = bool(row[1])
         return execution
 
@@ -562,7 +623,7 @@ class Store(ABC):
             if statements is None:
                 return [], 0
             cur.execute(statements.page, statements.page_params)
-            page = [orjson.loads(row[0]) for row in cur.fetchall()]
+            page = [self._load(row[0]) for row in cur.fetchall()]
             cur.execute(statements.count, statements.count_params)
             total = int(cur.fetchone()[0])
         return page, total
@@ -594,7 +655,44 @@ class Store(ABC):
                 ),
                 params,
             )
-            return [orjson.loads(row[0]) for row in cur.fetchall()]
+            return [self._load(row[0]) for row in cur.fetchall()]
+
+    def logs_after(
+        self,
+        execution_id: str,
+        cursor: int = 0,
+        *,
+        min_level: str | None = None,
+        task_run_id: str | None = None,
+        limit: int = LOG_PAGE,
+    ) -> LogPage:
+        """The execution's lines indexed after ``cursor`` (0: from the first), in the order the
+        index received them: what a live follow sends next.
+
+        One range of the ``(execution_id, seq)`` index, at most ``limit`` rows: a poll costs
+        the new rows, never the lines already sent. ``min_level`` and ``task_run_id`` filter
+        those rows here, so the cursor moves past the rows they leave out as well. Sequence
+        numbers only grow while the store is open (rows are only ever appended; :meth:`reset`
+        empties the table before any reader exists).
+        """
+        minimum = log_level_rank(min_level) if min_level is not None else None
+        doc = f"doc{self.dialect.doc_cast}"
+        with self._reading() as cur:
+            cur.execute(
+                self._sql(
+                    f"SELECT seq, level, task_run_id, {doc} FROM logs "
+                    "WHERE execution_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+                ),
+                (execution_id, cursor, limit),
+            )
+            rows = cur.fetchall()
+        lines = [
+            self._load(text)
+            for _, level, run_id, text in rows
+            if (minimum is None or level >= minimum)
+            and (task_run_id is None or run_id == task_run_id)
+        ]
+        return LogPage(lines, int(rows[-1][0]) if rows else cursor, len(rows) >= limit)
 
     def count(self) -> int:
         """Executions that are not deleted (a convenience for tests and the benchmark)."""

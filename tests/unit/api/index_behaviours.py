@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from kestream.api.index.query import parse_search_params
-from kestream.api.index.store import Batch, FeedRecord, RecordKind, Store
+from kestream.api.index.store import SCHEMA_VERSION, Batch, FeedRecord, RecordKind, Store
 from kestream.executor.snapshot import execution_model
 from kestream.models.execution import format_instant
 from kestream.runtime import records
@@ -586,3 +586,102 @@ def test_search_results_are_the_executions_without_task_runs(store: Store) -> No
     assert total == 1
     assert page[0]["id"] == "e1" and page[0]["state"]["current"] == "SUCCESS"
     assert "taskRunList" not in page[0]
+
+
+# -- the log follow's cursor -------------------------------------------------------------------
+
+
+def test_logs_after_a_cursor_reads_only_the_new_lines(store: Store) -> None:
+    feed = Feed()
+    t = T0 + timedelta(seconds=10)
+    store.apply(feed.logs("e1", *(log_line("e1", t, "INFO", f"old{i}") for i in range(5))))
+    store.apply(feed.logs("e2", log_line("e2", t, "INFO", "other execution")))
+    first = store.logs_after("e1")
+    assert [line["message"] for line in first.lines] == [f"old{i}" for i in range(5)]
+    assert not first.full
+    assert store.logs_after("e1", first.cursor).lines == []  # nothing new: nothing read
+    # New lines, one of them stamped before every line already sent: it is new all the same.
+    store.apply(
+        feed.logs(
+            "e1",
+            log_line("e1", t + timedelta(seconds=1), "INFO", "new1"),
+            log_line("e1", T0, "ERROR", "late but new"),
+        )
+    )
+    store.apply(feed.logs("e2", log_line("e2", t, "INFO", "other again")))
+    second = store.logs_after("e1", first.cursor)
+    assert [line["message"] for line in second.lines] == ["new1", "late but new"]
+    assert second.cursor > first.cursor
+    assert store.logs_after("e1", second.cursor).lines == []
+
+
+def test_logs_after_pages_and_filters_move_the_cursor(store: Store) -> None:
+    feed = Feed()
+    lines = [
+        log_line("e1", T0, "DEBUG" if i % 2 else "ERROR", f"m{i}", f"r{i % 3}") for i in range(7)
+    ]
+    store.apply(feed.logs("e1", *lines))
+    pages = []
+    cursor = 0
+    while True:
+        page = store.logs_after("e1", cursor, limit=3)
+        pages.append([line["message"] for line in page.lines])
+        cursor = page.cursor
+        if not page.full:
+            break
+    assert pages == [["m0", "m1", "m2"], ["m3", "m4", "m5"], ["m6"]]
+    errors = store.logs_after("e1", min_level="ERROR", limit=3)
+    assert [line["message"] for line in errors.lines] == ["m0", "m2"]
+    # The cursor passed the DEBUG row the filter left out: the next read starts after it.
+    rest = store.logs_after("e1", errors.cursor, min_level="ERROR", task_run_id="r0")
+    assert [line["message"] for line in rest.lines] == ["m6"]
+    assert store.logs_after("nope").lines == []
+    with pytest.raises(ValueError, match="unknown log level"):
+        store.logs_after("e1", min_level="LOUD")
+
+
+# -- text the database would refuse -------------------------------------------------------------
+
+#: NUL, the escape character kestream uses for it, and both next to each other and to "0".
+AWKWARD = ["a\x00b", "\x00", "\ufdd0", "\ufdd00", "\ufdd0\x00\ufdd0\ufdd0", "x\\u0000y", "\x01\x1f"]
+
+
+def test_text_with_nul_round_trips_through_documents_labels_and_logs(store: Store) -> None:
+    feed = Feed()
+    running = header("e1", labels={"k\x00ey": "v\x00al", "plain": "\ufdd0"})
+    running["outputs"] = {text: [text, {text: text}] for text in AWKWARD}
+    runs = [{**run("e1", "r1"), "outputs": {"value": AWKWARD}}]
+    store.apply(feed.updates(full(running, *runs)))
+    store.apply(feed.logs("e1", *(log_line("e1", T0, "INFO", text) for text in AWKWARD)))
+    got = store.get("e1")
+    assert got is not None
+    assert got["outputs"] == running["outputs"]
+    assert got["labels"] == running["labels"]
+    assert got["taskRunList"][0]["outputs"] == {"value": AWKWARD}
+    assert [line["message"] for line in store.logs("e1")] == AWKWARD
+    assert [line["message"] for line in store.logs_after("e1").lines] == AWKWARD
+    page, total = store.search(parse_search_params({"labels": "k\x00ey:v\x00al"}))
+    assert (ids(page), total) == (["e1"], 1)
+    assert page[0]["outputs"] == running["outputs"]
+    assert search(store, labels="plain:\ufdd0") == (["e1"], 1)
+    assert search(store, labels="plain:\ufdd0\ufdd0") == ([], 0)
+    assert search(store, q="\x00") == ([], 0)  # a needle with NUL finds nothing, and no error
+    assert search(store, **{"filters[namespace][STARTS_WITH]": "\x00"}) == ([], 0)
+
+
+def test_an_index_of_schema_1_is_upgraded_in_place(make_store: MakeStore) -> None:
+    store = make_store()
+    store.apply(Feed().logs("e1", log_line("e1", T0, "INFO", "kept")))
+    with store._writing() as cur:
+        cur.execute("UPDATE index_meta SET value = '1' WHERE key = 'schema'")
+    store.close()
+    reopened = make_store()
+    with reopened._reading() as cur:
+        cur.execute("SELECT value FROM index_meta WHERE key = 'schema'")
+        assert cur.fetchone()[0] == str(SCHEMA_VERSION)
+    assert [line["message"] for line in reopened.logs_after("e1").lines] == ["kept"]
+    with reopened._writing() as cur:
+        cur.execute("UPDATE index_meta SET value = '99' WHERE key = 'schema'")
+    reopened.close()
+    with pytest.raises(RuntimeError, match="schema 99"):
+        make_store()

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kestream.api.index import open_index
+from kestream.api.index.feed import apply_isolating
 from kestream.api.index.postgres import PostgresStore
 from kestream.api.index.sqlite import DEFAULT_FILE, SQLiteStore
-from kestream.api.index.store import Store
+from kestream.api.index.store import Batch, RecordKind, Store
 from kestream.settings import Settings
 from tests.unit.api.index_behaviours import *  # noqa: F403
-from tests.unit.api.index_behaviours import MakeStore
+from tests.unit.api.index_behaviours import (
+    LOGS,
+    T0,
+    Feed,
+    MakeStore,
+    header,
+    log_line,
+    partial,
+)
 
 
 @pytest.fixture
@@ -68,3 +78,77 @@ def test_a_closed_store_refuses_work(tmp_path: Path) -> None:
     store.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
         store.get("e1")
+
+
+def test_a_follow_poll_is_one_index_range_of_the_new_rows(tmp_path: Path) -> None:
+    """The cursor's read seeks ``(execution_id, seq)``: its cost is the new rows, printed here
+    against reading every line of the execution as the follow did before."""
+    with SQLiteStore(tmp_path / "index.sqlite") as store:
+        feed = Feed(partitions=1)
+        for chunk in range(20):
+            lines = [log_line("big", T0, "INFO", f"{chunk}-{i}") for i in range(1_000)]
+            store.apply(feed.logs("big", *lines))
+        cursor = 0
+        while (page := store.logs_after("big", cursor)).full:
+            cursor = page.cursor
+        store.apply(feed.logs("big", log_line("big", T0, "INFO", "the new one")))
+        started = time.perf_counter()
+        new = store.logs_after("big", page.cursor)
+        after_s = time.perf_counter() - started
+        started = time.perf_counter()
+        everything = store.logs("big")
+        all_s = time.perf_counter() - started
+        assert [line["message"] for line in new.lines] == ["the new one"]
+        assert len(everything) == 20_001
+        print(f"\n20 001 lines: a cursor poll {after_s * 1e3:.2f} ms, all {all_s * 1e3:.1f} ms")
+        connection = sqlite3.connect(tmp_path / "index.sqlite")
+        try:
+            plan = connection.execute(
+                "EXPLAIN QUERY PLAN SELECT seq, level, task_run_id, doc FROM logs "
+                "WHERE execution_id = ? AND seq > ? ORDER BY seq LIMIT 10",
+                ("big", cursor),
+            ).fetchall()
+        finally:
+            connection.close()
+        assert plan[0][-1] == "SEARCH logs USING INDEX logs_follow (execution_id=? AND rowid>?)"
+
+
+def test_a_record_the_database_refuses_is_set_aside_and_the_rest_applied(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "index.sqlite") as store:
+        with store._writing() as cur:  # the database itself refuses one line
+            cur.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON logs WHEN NEW.doc LIKE '%poison%' "
+                "BEGIN SELECT RAISE(ABORT, 'poison refused'); END"
+            )
+        feed = Feed(partitions=1)
+        batch = Batch()
+        for i in range(40):
+            message = "poison" if i in (7, 31) else f"line {i}"
+            batch.add(feed.record(RecordKind.LOGS, "e1", [log_line("e1", T0, "INFO", message)]))
+            batch.add(feed.record(RecordKind.UPDATE, f"x{i}", partial(header(f"x{i}"))))
+        batch.advance(LOGS, 0, 200)  # a record dead-lettered before the store: stepped over
+        result, refused = apply_isolating(store, batch)
+        assert [(r.offset, "poison refused" in why) for r, why in refused] == [
+            (7, True),
+            (31, True),
+        ]
+        assert (result.log_lines, result.updates) == (38, 40)
+        assert len(store.logs("e1")) == 38 and store.count() == 40
+        assert store.offsets(LOGS) == {0: 201}  # past the refused records and the stepped over
+
+
+def test_a_database_that_cannot_write_is_retried_not_blamed_on_a_record(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "index.sqlite") as store:
+        feed = Feed(partitions=1)
+        batch = feed.logs("e1", log_line("e1", T0, "INFO", "kept for the retry"))
+        blocker = sqlite3.connect(tmp_path / "index.sqlite", timeout=0)
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the file
+        store._writer.execute("PRAGMA busy_timeout = 50")
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                apply_isolating(store, batch)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        result, refused = apply_isolating(store, batch)
+        assert (result.log_lines, refused) == (1, [])
