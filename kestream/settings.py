@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from functools import cache
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -149,6 +150,35 @@ class Settings(BaseSettings):
         ge=1024,
         description="KESTREAM_API_MAX_BODY_BYTES: largest request body the API accepts (413).",
     )
+    api_username: str | None = Field(
+        default=None,
+        min_length=1,
+        description="KESTREAM_API_USERNAME: user name of the API's HTTP Basic authentication "
+        "(with KESTREAM_API_PASSWORD). No credentials set: the web servers bind to loopback "
+        "only and refuse to start on another address.",
+    )
+    api_password: SecretStr | None = Field(
+        default=None,
+        description="KESTREAM_API_PASSWORD: password of the API's HTTP Basic authentication "
+        "(masked in dumps and logs).",
+    )
+    api_tokens: SecretStr | None = Field(
+        default=None,
+        description="KESTREAM_API_TOKENS: bearer tokens the API accepts "
+        "(Authorization: Bearer ...), comma-separated (masked in dumps and logs).",
+    )
+    metrics_auth: bool = Field(
+        default=True,
+        description="KESTREAM_METRICS_AUTH: /metrics (every role) needs the API's credentials "
+        "when they are set, as the other routes do: its labels name namespaces and flows. "
+        "false: open to a scraper without credentials.",
+    )
+    api_cors_origins: str | None = Field(
+        default=None,
+        description="KESTREAM_API_CORS_ORIGINS: origins (scheme://host[:port], comma-separated) "
+        "whose web pages may call the API from a browser; other origins' state-changing "
+        "requests get 403.",
+    )
     scheduler_tick_ms: int = Field(
         default=1000,
         ge=10,
@@ -172,6 +202,51 @@ class Settings(BaseSettings):
         default="text",
         description="KESTREAM_LOG_FORMAT: text (readable) or json (json: to come).",
     )
+
+    @field_validator("api_cors_origins")
+    @classmethod
+    def _origins(cls, value: str | None) -> str | None:
+        """Each origin as a browser sends it in ``Origin``: lower case, no path, no slash."""
+        if value is None:
+            return None
+        origins = []
+        for raw in value.split(","):
+            origin = raw.strip().rstrip("/").lower()
+            if not origin:
+                continue
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+                raise ValueError(
+                    f"KESTREAM_API_CORS_ORIGINS: {raw.strip()!r} is not an origin: give "
+                    "scheme://host[:port] (no path, no wildcard)"
+                )
+            origins.append(origin)
+        return ",".join(origins)
+
+    @model_validator(mode="after")
+    def _credentials_pair(self) -> Settings:
+        if (self.api_username is None) != (self.api_password is None):
+            raise ValueError(
+                "KESTREAM_API_USERNAME and KESTREAM_API_PASSWORD go together: set both or neither"
+            )
+        if self.api_password is not None and not self.api_password.get_secret_value():
+            raise ValueError("KESTREAM_API_PASSWORD is empty")
+        return self
+
+    @property
+    def api_bearer_tokens(self) -> tuple[str, ...]:
+        """The tokens of ``KESTREAM_API_TOKENS``, without blanks."""
+        raw = self.api_tokens.get_secret_value() if self.api_tokens else ""
+        return tuple(token.strip() for token in raw.split(",") if token.strip())
+
+    @property
+    def api_credentials_set(self) -> bool:
+        """The API has credentials to require (Basic, a bearer token, or both)."""
+        return self.api_password is not None or bool(self.api_bearer_tokens)
+
+    @property
+    def cors_origins(self) -> frozenset[str]:
+        return frozenset((self.api_cors_origins or "").split(",")) - {""}
 
     @property
     def stream_threads(self) -> int:

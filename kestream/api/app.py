@@ -2,7 +2,9 @@
 
 :func:`install_api` adds every route (flows, executions, webhook, logs, the OpenAPI document)
 and a middleware that answers aiohttp's own errors and unexpected failures (logged with the
-request) as JSON. Requests are counted for ``/metrics`` by the role's metrics middleware.
+request) as JSON. Every route is behind the server's guard (:mod:`kestream.api.guard`), which
+requires credentials unless the route's OpenAPI entry says otherwise (the webhooks). Requests
+are counted for ``/metrics`` by the role's metrics middleware.
 """
 
 from __future__ import annotations
@@ -16,10 +18,16 @@ from aiokafka.errors import MessageSizeTooLargeError
 
 from kestream.api.execution_routes import ExecutionRoutes
 from kestream.api.flow_routes import FlowRoutes
+from kestream.api.guard import install_guard
 from kestream.api.handle import ApiHandle
 from kestream.api.http import ApiError
 from kestream.api.log_routes import LogRoutes
-from kestream.api.openapi import OPENAPI_JSON_PATH, OPENAPI_YAML_PATH, openapi_document
+from kestream.api.openapi import (
+    OPENAPI_JSON_PATH,
+    OPENAPI_YAML_PATH,
+    openapi_document,
+    route_access,
+)
 from kestream.api.webhook_routes import WebhookRoutes
 
 log = logging.getLogger("kestream.api")
@@ -39,6 +47,7 @@ def api_routes(handle: ApiHandle) -> list[web.RouteDef]:
 
 
 def install_api(app: web.Application, handle: ApiHandle) -> None:
+    guard = install_guard(app, handle.settings)
     routes = api_routes(handle)
     document = openapi_document(routes)
     as_yaml = yaml.safe_dump(document, sort_keys=False)
@@ -49,13 +58,14 @@ def install_api(app: web.Application, handle: ApiHandle) -> None:
     async def openapi_yaml(_: web.Request) -> web.Response:
         return web.Response(text=as_yaml, content_type="application/yaml")
 
-    app.router.add_routes(
-        [
-            *routes,
-            web.get(OPENAPI_YAML_PATH, openapi_yaml),
-            web.get(OPENAPI_JSON_PATH, openapi_json),
-        ]
-    )
+    served = [
+        *routes,
+        web.get(OPENAPI_YAML_PATH, openapi_yaml),
+        web.get(OPENAPI_JSON_PATH, openapi_json),
+    ]
+    app.router.add_routes(served)
+    for route in served:
+        guard.grant([route.path], route_access(route))
     app.middlewares.append(json_errors)
 
 

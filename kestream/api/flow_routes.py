@@ -2,7 +2,8 @@
 
 Flows are YAML (``Content-Type: application/x-yaml``); a flow that does not validate is refused
 with 422 and every problem located (``path`` and line). Each change of the source bumps the
-revision; an unchanged source keeps it.
+revision; an unchanged source keeps it. Webhook keys are masked for callers without credentials
+(:mod:`kestream.api.webhook_keys`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from kestream.api.guard import authenticated
 from kestream.api.handle import ApiHandle
 from kestream.api.http import (
     ApiError,
@@ -25,14 +27,16 @@ from kestream.api.http import (
     query_int,
     read_text,
 )
+from kestream.api.webhook_keys import mask_webhook_keys
 from kestream.models.flow import Flow, check_flow
 from kestream.models.validation import FlowProblem, FlowValidationError
 
 PREFIX = "/api/v1/{tenant}/flows"
 
 
-def flow_json(flow: Flow, *, with_source: bool) -> dict[str, Any]:
-    """Kestra's Flow (``FlowWithSource`` with the source) JSON of a flow."""
+def flow_json(flow: Flow, *, with_source: bool, show_keys: bool) -> dict[str, Any]:
+    """Kestra's Flow (``FlowWithSource`` with the source) JSON of a flow; Webhook keys masked
+    unless ``show_keys`` (the caller is authenticated)."""
     body: dict[str, Any] = flow.model_dump(mode="json", by_alias=True, exclude_none=True)
     body["revision"] = flow.revision
     body["labels"] = [{"key": k, "value": v} for k, v in flow.labels.items()]
@@ -40,7 +44,7 @@ def flow_json(flow: Flow, *, with_source: bool) -> dict[str, Any]:
     body.setdefault("disabled", False)
     if with_source:
         body["source"] = flow.source
-    return body
+    return body if show_keys else mask_webhook_keys(body, flow)
 
 
 def problem_json(problem: FlowProblem) -> dict[str, Any]:
@@ -78,7 +82,8 @@ class FlowRoutes:
                 [{"path": "id", "message": "flow id already exists"}],
             )
         deployed = await service.deploy(source)
-        return json_response(flow_json(deployed, with_source=True))
+        keys = authenticated(request)
+        return json_response(flow_json(deployed, with_source=True, show_keys=keys))
 
     async def update(self, request: web.Request) -> web.Response:
         """``PUT .../flows/{namespace}/{id}``: a new revision of an existing flow."""
@@ -95,7 +100,8 @@ class FlowRoutes:
                 [{"path": "id", "message": "namespace and id cannot change"}],
             )
         deployed = await service.deploy(source)
-        return json_response(flow_json(deployed, with_source=True))
+        keys = authenticated(request)
+        return json_response(flow_json(deployed, with_source=True, show_keys=keys))
 
     async def get(self, request: web.Request) -> web.Response:
         service = self.api.service_for(request)
@@ -106,7 +112,13 @@ class FlowRoutes:
         if flow is None:
             which = f" revision {number}" if number else ""
             raise not_found(f"Flow '{namespace}.{flow_id}'{which}")
-        return json_response(flow_json(flow, with_source=query_flag(request, "source")))
+        return json_response(
+            flow_json(
+                flow,
+                with_source=query_flag(request, "source"),
+                show_keys=authenticated(request),
+            )
+        )
 
     async def list_namespace(self, request: web.Request) -> web.Response:
         """``GET .../flows/{namespace}``: every flow of a namespace (a list, as Kestra's)."""
@@ -114,7 +126,8 @@ class FlowRoutes:
         namespace = request.match_info["namespace"]
         flows = [f for f in service.flows() if f.namespace == namespace]
         flows.sort(key=lambda f: f.id)
-        return json_response([flow_json(f, with_source=False) for f in flows])
+        keys = authenticated(request)
+        return json_response([flow_json(f, with_source=False, show_keys=keys) for f in flows])
 
     async def search(self, request: web.Request) -> web.Response:
         """``GET .../flows/search``: ``{results, total}`` by namespace (and its children), id
@@ -125,7 +138,10 @@ class FlowRoutes:
         match = _flow_filter(request)
         flows = sorted((f for f in service.flows() if match(f)), key=lambda f: (f.namespace, f.id))
         start = (page - 1) * size
-        results = [flow_json(f, with_source=False) for f in flows[start : start + size]]
+        keys = authenticated(request)
+        results = [
+            flow_json(f, with_source=False, show_keys=keys) for f in flows[start : start + size]
+        ]
         return json_response({"results": results, "total": len(flows)})
 
     async def delete(self, request: web.Request) -> web.Response:

@@ -4,7 +4,9 @@ Each route's operation comes from :data:`OPERATIONS` (its id, query parameters, 
 responses, in Kestra 1.x's names); path parameters come from the route's path and the summary
 from the handler's docstring. A route without an entry here, or an entry without a route, is an
 error when the document is built, so the document cannot drift from the routes (a test builds
-it from the real route table).
+it from the real route table). Each operation also says what it asks of its caller
+(:class:`~kestream.api.guard.Access`): the guard protects the routes from this same table, and
+the document states it as OpenAPI security (Basic or bearer; none for the webhooks).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from kestream.api.guard import Access
 
 #: Where Kestra serves its document, and the same as JSON.
 OPENAPI_YAML_PATH = "/swagger/kestra.yml"
@@ -41,6 +45,7 @@ class Operation:
     query: tuple[Param, ...] = ()
     body: str | None = None  # a content type
     responses: dict[int, tuple[str, str | None]] = field(default_factory=dict)
+    access: Access = Access.CREDENTIALS
 
 
 _OK_JSON = (_JSON, "OK")
@@ -153,12 +158,27 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             "Executions",
             body=None if method == "GET" else "*/*",
             responses={200: _OK_JSON, 404: _ERRORS[404]},
+            access=Access.KEY,
         )
         for method in ("GET", "POST", "PUT")
     },
 }
 
 _PATH_PARAM = re.compile(r"\{(\w+)\}")
+
+#: The credentials every operation takes unless it says otherwise (Kestra's names).
+_SECURITY_SCHEMES = {
+    "basicAuth": {"type": "http", "scheme": "basic"},
+    "bearerAuth": {"type": "http", "scheme": "bearer"},
+}
+_UNAUTHORIZED = {"description": "Credentials missing or invalid", "content": {_JSON: {}}}
+
+
+def route_access(route: web.RouteDef) -> Access:
+    """What a route asks of its caller, from :data:`OPERATIONS` (credentials if it has no
+    entry, as the OpenAPI document's own routes)."""
+    operation = OPERATIONS.get((route.method, route.path))
+    return operation.access if operation is not None else Access.CREDENTIALS
 
 
 def openapi_document(routes: list[web.RouteDef]) -> dict[str, Any]:
@@ -183,6 +203,8 @@ def openapi_document(routes: list[web.RouteDef]) -> dict[str, Any]:
             "description": "Kestra 1.x-compatible REST API of a kestream installation",
         },
         "paths": paths,
+        "components": {"securitySchemes": _SECURITY_SCHEMES},
+        "security": [{name: []} for name in _SECURITY_SCHEMES],
     }
 
 
@@ -216,4 +238,8 @@ def _operation(route: web.RouteDef, operation: Operation) -> dict[str, Any]:
         out["description"] = doc
     if operation.body is not None:
         out["requestBody"] = {"content": {operation.body: {}}}
+    if operation.access is Access.CREDENTIALS:
+        out["responses"]["401"] = _UNAUTHORIZED
+    else:
+        out["security"] = []  # the key in the path is the credential
     return out

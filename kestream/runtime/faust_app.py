@@ -22,6 +22,8 @@ from typing import Any, cast
 import faust
 from mode import Service
 
+from kestream.api.auth import bind_refusal
+from kestream.api.guard import Access, install_guard
 from kestream.api.handle import ApiHandle
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.runtime.context import BrokerContext, connect
@@ -29,7 +31,12 @@ from kestream.runtime.embedded_broker import free_port
 from kestream.runtime.health import Check, Health, LoopMonitor, flows_table_check
 from kestream.runtime.members import MemberBoard, MemberPublisher
 from kestream.runtime.metrics import process_metrics
-from kestream.runtime.ops_routes import metrics_middleware, ops_routes
+from kestream.runtime.ops_routes import (
+    HEALTH_PATHS,
+    METRICS_PATH,
+    metrics_middleware,
+    ops_routes,
+)
 from kestream.runtime.process import tune_gc
 from kestream.settings import SecurityProtocol, Settings, get_settings
 
@@ -37,7 +44,14 @@ log = logging.getLogger("kestream.app")
 
 
 def faust_settings(settings: Settings, role: str) -> dict[str, Any]:
-    """faust.App keyword arguments, from kestream's settings only."""
+    """faust.App keyword arguments, from kestream's settings only.
+
+    Raises SystemExit, before anything listens, when the web server would be open to the
+    network (:func:`~kestream.api.auth.bind_refusal`) or no broker is named.
+    """
+    refusal = bind_refusal(settings)
+    if refusal is not None:
+        raise SystemExit(refusal)
     if not settings.broker:
         raise SystemExit(
             "KESTREAM_BROKER is not set: start the roles with `kestream standalone` (which starts "
@@ -121,14 +135,20 @@ class RoleService(Service):
     def install_routes(self, web_app: Any) -> None:
         """faust's web server is being set up: add /metrics, /health/* and (API) the API.
 
-        faust sets its server up more than once (each call of ``init_server``): the routes and
-        middlewares go in once, or every request would be counted and handled several times.
+        Every route is behind the guard (credentials unless granted otherwise): the health
+        routes are open, ``/metrics`` is as ``KESTREAM_METRICS_AUTH`` says. faust sets its
+        server up more than once (each call of ``init_server``): the routes and middlewares go
+        in once, or every request would be counted and handled several times.
         """
         if self._routes_installed:
             return
         self._routes_installed = True
         web_app.middlewares.append(metrics_middleware(self.metrics))
+        guard = install_guard(web_app, self.settings)
         web_app.router.add_routes(ops_routes(self.metrics, self.health, self.board))
+        guard.grant(HEALTH_PATHS, Access.OPEN)
+        metrics_access = Access.CREDENTIALS if self.settings.metrics_auth else Access.OPEN
+        guard.grant([METRICS_PATH], metrics_access)
         if self.api is not None:
             from kestream.api.app import install_api
 

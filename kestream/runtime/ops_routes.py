@@ -30,7 +30,10 @@ from kestream.runtime.health import Health
 from kestream.runtime.members import MemberBoard
 from kestream.runtime.metrics import Metrics
 
-__all__ = ["free_port", "metrics_middleware", "ops_routes"]
+__all__ = ["HEALTH_PATHS", "METRICS_PATH", "free_port", "metrics_middleware", "ops_routes"]
+
+METRICS_PATH = "/metrics"
+HEALTH_PATHS = ("/health/live", "/health/ready")
 
 #: The route label of requests that matched no route (so unknown paths cannot add series).
 UNMATCHED = "unmatched"
@@ -65,9 +68,9 @@ def ops_routes(
         return _answer(ok, details)
 
     return [
-        web.get("/metrics", get_metrics),
-        web.get("/health/live", get_live),
-        web.get("/health/ready", get_ready),
+        web.get(METRICS_PATH, get_metrics),
+        web.get(HEALTH_PATHS[0], get_live),
+        web.get(HEALTH_PATHS[1], get_ready),
     ]
 
 

@@ -40,6 +40,14 @@ class Supervisor:
         self.broker: EmbeddedBroker | None = None
 
     async def run(self) -> int:
+        """Run until Ctrl-C or a child's exit; 2 without starting anything when the settings
+        would open the API to the network (:func:`~kestream.api.auth.bind_refusal`)."""
+        from kestream.api.auth import bind_refusal
+
+        refusal = bind_refusal(self.settings)
+        if refusal is not None:
+            log.error("%s", refusal)
+            return 2
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -2,11 +2,14 @@
 
 The stack is the real thing: the supervisor starts the executor, worker, scheduler and API role
 processes (faust workers), and the API answers on faust's web server. Requests go through the
-standard library, so what is tested is the HTTP a user's curl or Kestra client sends.
+standard library, so what is tested is the HTTP a user's curl or Kestra client sends. The API
+requires credentials (:data:`USERNAME`/:data:`PASSWORD` and the bearer :data:`TOKEN`); every
+request sends them, unless told otherwise (``auth=None``).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -24,6 +27,17 @@ from typing import Any
 from kestream.runtime.embedded_broker import free_port
 
 READY_TIMEOUT_S = 120.0
+USERNAME = "kestream-test"
+PASSWORD = "s3cret: with spaces"
+TOKEN = "test-token-5b1f0c2e9d"
+
+
+def basic_auth(username: str = USERNAME, password: str = PASSWORD) -> str:
+    """An ``Authorization`` header value for HTTP Basic."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+BASIC = basic_auth()
 
 
 @dataclass
@@ -55,12 +69,17 @@ class Stack:
         *,
         content_type: str | None = None,
         timeout: float = 60.0,
+        auth: str | None = BASIC,
+        headers: dict[str, str] | None = None,
     ) -> Reply:
+        """``auth`` is the ``Authorization`` header (None: send none)."""
         url = path if path.startswith("http") else self.api + path
         data = body.encode() if isinstance(body, str) else body
-        req = urllib.request.Request(url, data=data, method=method)
+        req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
         if content_type:
             req.add_header("Content-Type", content_type)
+        if auth is not None:
+            req.add_header("Authorization", auth)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return Reply(resp.status, resp.read(), dict(resp.headers))
@@ -87,7 +106,8 @@ class Stack:
     def events(self, path: str, timeout: float = 60.0) -> list[tuple[str, Any]]:
         """Read a server-sent event stream to its end: ``(id, data)`` per frame."""
         frames: list[tuple[str, Any]] = []
-        with urllib.request.urlopen(self.api + path, timeout=timeout) as resp:
+        req = urllib.request.Request(self.api + path, headers={"Authorization": BASIC})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             assert resp.headers["Content-Type"].startswith("text/event-stream")
             frame_id = ""
             for raw in resp:
@@ -127,6 +147,9 @@ def start_stack(bootstrap: str, prefix: str, workdir: Path) -> Iterator[Stack]:
         KESTREAM_EXECUTOR_STREAM_THREADS="1",
         KESTREAM_DATA_DIR=str(workdir / "data"),
         KESTREAM_SCHEDULER_TICK_MS="200",
+        KESTREAM_API_USERNAME=USERNAME,
+        KESTREAM_API_PASSWORD=PASSWORD,
+        KESTREAM_API_TOKENS=f"another-token,{TOKEN}",
     )
     log_path = workdir / "standalone.log"
     with log_path.open("wb") as log_file:

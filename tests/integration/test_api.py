@@ -1,7 +1,8 @@
 """The HTTP API, the triggers and the follow streams, end to end on a running standalone.
 
 One ``kestream standalone`` (executor, worker, scheduler and API processes) per broker serves
-every test of the module; each test uses a namespace of its own.
+every test of the module; each test uses a namespace of its own. The API requires credentials
+(``api_stack``); requests send them unless a test says otherwise.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from api_stack import Stack, start_stack
+from api_stack import PASSWORD, TOKEN, USERNAME, Stack, basic_auth, start_stack
 
 pytestmark = pytest.mark.integration
 
@@ -308,7 +309,10 @@ triggers:
 """,
     )
     path = f"/executions/webhook/{ns}/hook/s3cr3t-key?tag=blue"
-    reply = stack.request("POST", path, '{"name": "Grace"}', content_type="application/json")
+    # No credentials: the key is the webhook's credential.
+    reply = stack.request(
+        "POST", path, '{"name": "Grace"}', content_type="application/json", auth=None
+    )
     assert reply.status == 200, reply.body
     body = reply.json()
     assert body["flowId"] == "hook" and body["trigger"]["id"] == "web"
@@ -317,7 +321,7 @@ triggers:
     assert done["taskRunList"][0]["outputs"] == {"values": {"name": "Grace", "tag": "blue"}}
     assert done["trigger"]["variables"]["body"] == {"name": "Grace"}
 
-    wrong = stack.request("POST", f"/executions/webhook/{ns}/hook/wrong", "{}")
+    wrong = stack.request("POST", f"/executions/webhook/{ns}/hook/wrong", "{}", auth=None)
     assert wrong.status == 404 and wrong.json()["message"] == "Not Found: Webhook not found"
     time.sleep(1)
     page = stack.get(f"/executions/search?filters[namespace][EQUALS]={ns}").json()
@@ -433,3 +437,93 @@ def _live_requests(stack: Stack) -> float:
         ):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+# -- authentication ------------------------------------------------------------------------------
+
+
+def test_every_api_route_needs_credentials_and_accepts_basic_or_a_token(stack: Stack) -> None:
+    anonymous = stack.get("/flows/search", auth=None)
+    assert anonymous.status == 401
+    assert anonymous.headers["WWW-Authenticate"] == 'Basic realm="kestream"'
+    assert anonymous.json()["message"].startswith("Unauthorized")
+    assert stack.get("/flows/search", auth=basic_auth(USERNAME, "wrong")).status == 401
+    assert stack.get("/flows/search").status == 200
+    assert stack.get("/flows/search", auth=f"Bearer {TOKEN}").status == 200
+    assert stack.get(stack.base + "/swagger/kestra.json", auth=None).status == 401
+    assert stack.get(stack.base + "/metrics", auth=None).status == 401
+    assert stack.get(stack.base + "/health/live", auth=None).status == 200
+    ready = stack.get(stack.base + "/health/ready", auth=None).json()
+    # Every role's ops server follows KESTREAM_METRICS_AUTH (on by default).
+    for member in ready["installation"]["members"]:
+        scrape = f"http://127.0.0.1:{member['port']}/metrics"
+        assert stack.get(scrape, auth=None).status == 401, member
+        assert stack.get(scrape, auth=f"Bearer {TOKEN}").status == 200, member
+
+
+def test_a_cross_origin_deploy_is_refused_and_a_same_origin_one_passes(
+    stack: Stack, ns: str
+) -> None:
+    source = hello(ns, "from-a-page")
+    refused = stack.request(
+        "POST",
+        "/flows",
+        source,
+        content_type="application/x-yaml",
+        headers={"Origin": "https://evil.example"},
+    )
+    assert refused.status == 403, refused.body
+    assert stack.get(f"/flows/{ns}/from-a-page").status == 404
+    same = stack.request(
+        "POST",
+        "/flows",
+        source,
+        content_type="application/x-yaml",
+        headers={"Origin": stack.base, "Sec-Fetch-Site": "same-origin"},
+    )
+    assert same.status == 200, same.body
+    assert stack.get(f"/flows/{ns}/from-a-page").json()["revision"] == 1
+
+
+def test_authenticated_callers_get_webhook_keys(stack: Stack, ns: str) -> None:
+    deploy(
+        stack,
+        f"""
+id: keyed
+namespace: {ns}
+tasks:
+  - id: hello
+    type: io.kestra.plugin.core.log.Log
+    message: hi
+triggers:
+  - id: web
+    type: io.kestra.plugin.core.trigger.Webhook
+    key: visible-to-callers-with-credentials
+""",
+    )
+    flow = stack.get(f"/flows/{ns}/keyed?source=true").json()
+    assert flow["triggers"][0]["key"] == "visible-to-callers-with-credentials"
+    assert "key: visible-to-callers-with-credentials" in flow["source"]
+
+
+def test_kestras_python_client_with_username_and_password(stack: Stack, ns: str) -> None:
+    import kestrapy  # the test extra's; imported here so the module loads without it
+    from kestrapy.rest import ApiException
+
+    client = kestrapy.KestraClient(host=stack.base, username=USERNAME, password=PASSWORD)
+    created = client.flows.create_flow(stack.tenant, hello(ns, "from-kestrapy"))
+    assert (created.namespace, created.id, created.revision) == (ns, "from-kestrapy", 1)
+    flow = client.flows.flow(ns, "from-kestrapy", stack.tenant, source=True)
+    assert flow.source is not None and "from-kestrapy" in flow.source
+    started = client.executions.create_execution(
+        stack.tenant, ns, "from-kestrapy", wait=True, inputs={"name": "Kestra"}
+    )
+    execution = client.executions.execution(started.id, stack.tenant)
+    assert execution.state is not None and str(execution.state.current.value) == "SUCCESS"
+    assert execution.inputs == {"name": "Kestra", "count": 1}
+    with_token = kestrapy.KestraClient(host=stack.base, token=TOKEN)
+    assert with_token.executions.execution(started.id, stack.tenant).id == started.id
+    wrong = kestrapy.KestraClient(host=stack.base, username=USERNAME, password="wrong")
+    with pytest.raises(ApiException) as refused:
+        wrong.flows.flow(ns, "from-kestrapy", stack.tenant)
+    assert refused.value.status == 401
