@@ -7,6 +7,11 @@ their own so that nothing from an earlier run is read. The broker is started fre
 run (Tansu's fetch cost grows with the batches ever written, so a reused broker would make each
 run slower than the one before), unless ``--broker`` names one to use.
 
+Broker security (``KESTREAM_BROKER_SECURITY_PROTOCOL`` and the SASL/SSL settings) reaches the
+client and every role process from one place, :attr:`Stack.security`: the environment's for
+``--broker``; with ``--kafka`` and ``SASL_SSL`` (PLAIN) in the environment, the fresh Kafka
+accepts only SASL_SSL for that user, with a CA made for the run replacing the environment's.
+
 CPU and peak RSS come from ``/proc`` (no psutil: the harness adds no dependency): utime+stime of
 each process, read at the start and end of the measured window, and ``VmHWM``.
 """
@@ -29,14 +34,16 @@ from typing import Any
 from bench import workloads
 from kestream.client import Client
 from kestream.runtime.apache_kafka import ApacheKafka
+from kestream.runtime.apache_kafka_sasl import SaslSslListener
 from kestream.runtime.embedded_broker import (
     BrokerProcess,
     EmbeddedBroker,
     die_with_parent,
     free_port,
 )
+from kestream.runtime.kafka_connection import SecurityFields, security_fields, with_security
 from kestream.runtime.tansu_compat import probe_broker
-from kestream.settings import Settings
+from kestream.settings import SaslMechanism, SecurityProtocol, Settings
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _READY_TIMEOUT_S = 90.0
@@ -173,10 +180,13 @@ class Stack:
         self._own_cpu_base = 0.0
         #: The API role's port, when it runs.
         self.api_port = free_port() if config.api else None
+        #: How the client and every role connect: the environment's, until a fresh secured
+        #: Kafka hands out its own.
+        self.security: SecurityFields = security_fields(Settings())
 
     @property
     def settings(self) -> Settings:
-        return Settings(broker=self.bootstrap, topic_prefix=self.prefix)
+        return Settings(broker=self.bootstrap, topic_prefix=self.prefix, **self.security)
 
     async def __aenter__(self) -> Stack:
         try:
@@ -210,21 +220,29 @@ class Stack:
             self.bootstrap = self.config.bootstrap
             return
         work_dir = self.config.run_dir / "broker"
-        self.broker = (
-            ApacheKafka(work_dir=work_dir)
-            if self.config.broker == "kafka"
-            else EmbeddedBroker(work_dir=work_dir)
-        )
-        await self.broker.astart()
+        if self.config.broker == "kafka":
+            kafka = ApacheKafka(work_dir=work_dir, sasl_ssl=fresh_kafka_listener(self.security))
+            self.broker = kafka
+            await kafka.astart()
+            self.security = kafka.client_security() or self.security
+        else:
+            protocol = self.security["broker_security_protocol"]
+            if protocol is not SecurityProtocol.PLAINTEXT:
+                raise ValueError(
+                    f"KESTREAM_BROKER_SECURITY_PROTOCOL={protocol.value}: the embedded broker "
+                    "speaks PLAINTEXT only; use --kafka (SASL_SSL) or --broker"
+                )
+            self.broker = EmbeddedBroker(work_dir=work_dir)
+            await self.broker.astart()
         self.bootstrap = self.broker.bootstrap
         if self.config.broker == "kafka":
-            await _until_kafka_answers_as_kafka(self.bootstrap)
+            await _until_kafka_answers_as_kafka(self.settings)
 
     # -- roles -----------------------------------------------------------------------------------
 
     def _role_env(self) -> dict[str, str]:
         env = {
-            **os.environ,
+            **with_security(os.environ, self.security),
             "KESTREAM_BROKER": self.bootstrap,
             "KESTREAM_TOPIC_PREFIX": self.prefix,
             "KESTREAM_DATA_DIR": str(self.config.run_dir / "data"),
@@ -385,7 +403,27 @@ class Stack:
                 role.proc.wait()
 
 
-async def _until_kafka_answers_as_kafka(bootstrap: str) -> None:
+def fresh_kafka_listener(security: SecurityFields) -> SaslSslListener | None:
+    """The listener ``--kafka`` starts for the environment's security: PLAINTEXT, or SASL_SSL
+    with PLAIN for the configured user; anything else needs a broker of the user's own."""
+    protocol = security["broker_security_protocol"]
+    if protocol is SecurityProtocol.PLAINTEXT:
+        return None
+    username, password = security["broker_sasl_username"], security["broker_sasl_password"]
+    if (
+        protocol is not SecurityProtocol.SASL_SSL
+        or security["broker_sasl_mechanism"] is not SaslMechanism.PLAIN
+        or username is None
+        or password is None
+    ):
+        raise ValueError(
+            f"--kafka starts a PLAINTEXT or a SASL_SSL (PLAIN, with a user name and password) "
+            f"Kafka; for KESTREAM_BROKER_SECURITY_PROTOCOL={protocol.value} use --broker"
+        )
+    return SaslSslListener(username=username, password=password.get_secret_value())
+
+
+async def _until_kafka_answers_as_kafka(settings: Settings) -> None:
     """Wait until a fresh Apache Kafka answers ``InitProducerId``.
 
     Just after start it refuses it for a moment, and kestream's probe then takes it for Tansu
@@ -393,7 +431,8 @@ async def _until_kafka_answers_as_kafka(bootstrap: str) -> None:
     while the roles, started later, see Kafka. Measuring that mix would mean nothing.
     """
     deadline = time.monotonic() + _KAFKA_SETTLE_S
-    while (await probe_broker(bootstrap)).kind != "kafka":
+    bootstrap = settings.broker or ""
+    while (await probe_broker(bootstrap, settings=settings)).kind != "kafka":
         if time.monotonic() > deadline:
             raise TimeoutError(f"Kafka at {bootstrap} still refuses InitProducerId")
         await asyncio.sleep(0.5)

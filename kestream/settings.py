@@ -43,10 +43,14 @@ class Settings(BaseSettings):
     )
     broker_security_protocol: SecurityProtocol = Field(
         default=SecurityProtocol.PLAINTEXT,
-        description="KESTREAM_BROKER_SECURITY_PROTOCOL: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL.",
+        description="KESTREAM_BROKER_SECURITY_PROTOCOL: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL; "
+        "every client (roles, client, bench) uses it, and SASL/SSL settings the protocol would "
+        "not use are refused.",
     )
     broker_sasl_mechanism: SaslMechanism | None = Field(
-        default=None, description="KESTREAM_BROKER_SASL_MECHANISM: PLAIN, SCRAM-SHA-256/512."
+        default=None,
+        description="KESTREAM_BROKER_SASL_MECHANISM: PLAIN, SCRAM-SHA-256/512; required, with "
+        "the user name and password, by the SASL_* protocols.",
     )
     broker_sasl_username: str | None = Field(
         default=None, description="KESTREAM_BROKER_SASL_USERNAME: SASL user name."
@@ -56,13 +60,18 @@ class Settings(BaseSettings):
         description="KESTREAM_BROKER_SASL_PASSWORD: SASL password (masked in dumps and logs).",
     )
     broker_ssl_cafile: str | None = Field(
-        default=None, description="KESTREAM_BROKER_SSL_CAFILE: CA bundle for SSL."
+        default=None,
+        description="KESTREAM_BROKER_SSL_CAFILE: PEM CA bundle the broker's certificate is "
+        "checked against (host name included); unset = the system's CAs.",
     )
     broker_ssl_certfile: str | None = Field(
-        default=None, description="KESTREAM_BROKER_SSL_CERTFILE: client certificate."
+        default=None,
+        description="KESTREAM_BROKER_SSL_CERTFILE: PEM client certificate (mutual TLS).",
     )
     broker_ssl_keyfile: str | None = Field(
-        default=None, description="KESTREAM_BROKER_SSL_KEYFILE: client key."
+        default=None,
+        description="KESTREAM_BROKER_SSL_KEYFILE: PEM key of the client certificate, if not "
+        "in the certificate file.",
     )
     topic_prefix: str = Field(
         default="kestream.", description="KESTREAM_TOPIC_PREFIX: prefix of every topic name."

@@ -13,8 +13,12 @@ Kafka (idempotent producers, exact offsets, fetches woken by data). :class:`Apac
    answers a metadata request, and stops it like the embedded broker does (SIGTERM, then
    SIGKILL; ``PR_SET_PDEATHSIG`` so it never outlives us).
 
-Without ``java`` or ``mvn`` it raises :class:`BrokerUnavailable` ("skipped: ..."), which the
-integration fixtures turn into a skip with the reason printed.
+With ``sasl_ssl=`` its client listener accepts only SASL_SSL (PLAIN, TLS material made at
+prepare time; :mod:`kestream.runtime.apache_kafka_sasl`), and :meth:`ApacheKafka.client_settings`
+/ :meth:`ApacheKafka.client_security` give what a client needs to get in.
+
+Without ``java`` or ``mvn`` (or ``keytool``, for SASL_SSL) it raises :class:`BrokerUnavailable`
+("skipped: ..."), which the integration fixtures turn into a skip with the reason printed.
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import ClassVar
 
+from kestream.runtime.apache_kafka_sasl import (
+    LISTENER,
+    SaslSslListener,
+    TlsMaterial,
+    make_tls_material,
+)
 from kestream.runtime.embedded_broker import (
     BrokerProcess,
     BrokerUnavailable,
@@ -37,6 +47,8 @@ from kestream.runtime.embedded_broker import (
     log,
     run_checked,
 )
+from kestream.runtime.kafka_connection import SecurityFields
+from kestream.settings import Settings
 
 #: The Kafka release kestream is tested against (newest 4.x on Maven Central, Nov 2026).
 KAFKA_VERSION = "4.4.0"
@@ -178,6 +190,7 @@ class ApacheKafka(BrokerProcess):
         stop_timeout: float = 20.0,
         properties: Mapping[str, str] | None = None,
         work_dir: str | os.PathLike[str] | None = None,
+        sasl_ssl: SaslSslListener | None = None,
     ) -> None:
         super().__init__(
             host=host,
@@ -194,6 +207,10 @@ class ApacheKafka(BrokerProcess):
         self.cluster_id = random_cluster_id()
         self.libs: Path | None = None
         self.java = "java"
+        self.sasl_ssl = sasl_ssl
+        #: Made at the first prepare when ``sasl_ssl`` is set.
+        self.tls: TlsMaterial | None = None
+        self._keytool = "keytool"
 
     def _check_available(self) -> None:
         java = shutil.which("java")
@@ -203,6 +220,14 @@ class ApacheKafka(BrokerProcess):
                 "or set KESTREAM_BROKER to a running Kafka"
             )
         self.java = java
+        if self.sasl_ssl is not None:
+            keytool = shutil.which("keytool")
+            if keytool is None:
+                raise BrokerUnavailable(
+                    "skipped: `keytool` not found on PATH (it makes the TLS material of a "
+                    "SASL_SSL Kafka; it comes with every JDK)"
+                )
+            self._keytool = keytool
         self.libs = ensure_kafka_jars(self.version, self.cache_root)
 
     def _choose_ports(self) -> None:
@@ -216,15 +241,16 @@ class ApacheKafka(BrokerProcess):
         assert self.work_dir is not None
         broker = f"{self.host}:{self.port}"
         controller = f"{self.host}:{self.controller_port}"
+        client = "PLAINTEXT" if self.sasl_ssl is None else LISTENER
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": controller,
-            "listeners": f"PLAINTEXT://{broker},CONTROLLER://{controller}",
-            "advertised.listeners": f"PLAINTEXT://{broker},CONTROLLER://{controller}",
+            "listeners": f"{client}://{broker},CONTROLLER://{controller}",
+            "advertised.listeners": f"{client}://{broker},CONTROLLER://{controller}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "inter.broker.listener.name": client,
+            "listener.security.protocol.map": f"CONTROLLER:PLAINTEXT,{client}:{client}",
             "log.dirs": str(self.work_dir / "data"),
             "num.partitions": "1",
             "default.replication.factor": "1",
@@ -243,13 +269,30 @@ class ApacheKafka(BrokerProcess):
             "num.io.threads": "4",
             "log.retention.check.interval.ms": "300000",
         }
+        if self.sasl_ssl is not None:
+            assert self.tls is not None, "TLS material is made in _prepare"
+            props.update(self.sasl_ssl.broker_properties(self.tls))
         props.update(self.extra_properties)
         return props
+
+    def client_settings(self) -> Settings | None:
+        """Settings that get a client in: the SASL_SSL user and CA; None when PLAINTEXT."""
+        fields = self.client_security()
+        return None if fields is None else Settings(broker=self.bootstrap, **fields)
+
+    def client_security(self) -> SecurityFields | None:
+        """The security fields of a client that gets in; None when the listener is PLAINTEXT
+        (then clients must use PLAINTEXT whatever their environment says)."""
+        if self.sasl_ssl is None or self.tls is None:
+            return None
+        return self.sasl_ssl.client_fields(self.tls)
 
     def _prepare(self) -> None:
         assert self.work_dir is not None and self.libs is not None
         data = self.work_dir / "data"
         shutil.rmtree(data, ignore_errors=True)  # a retry after a port clash re-formats
+        if self.sasl_ssl is not None and self.tls is None:
+            self.tls = make_tls_material(self.work_dir / "tls", keytool=self._keytool)
         config = self.work_dir / "server.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in self.server_properties().items()))
         run_checked(

@@ -27,6 +27,6 @@ async def connect(settings: Settings, bootstrap: str | None = None) -> BrokerCon
     address = bootstrap or settings.broker
     if not address:
         raise ValueError("no broker: set KESTREAM_BROKER, or start kestream through its CLI")
-    traits = await probe_broker(address)
+    traits = await probe_broker(address, settings=settings)
     topics = await ensure_topics(settings, address, traits.kind)
     return BrokerContext(settings, address, traits.kind, topics)

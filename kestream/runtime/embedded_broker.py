@@ -43,7 +43,10 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
+
+if TYPE_CHECKING:
+    from kestream.settings import Settings
 
 log = logging.getLogger("kestream.broker")
 
@@ -197,19 +200,24 @@ async def _port_open(host: str, port: int) -> bool:
     return True
 
 
-async def kafka_answers(bootstrap: str, *, timeout: float = 5.0) -> bool:
+async def kafka_answers(
+    bootstrap: str, *, timeout: float = 5.0, settings: Settings | None = None
+) -> bool:
     """True if ``bootstrap`` answers a Kafka metadata request listing at least one broker.
 
     The TCP probe first keeps aiokafka from logging a connection error on every poll while
-    the broker is still starting.
+    the broker is still starting. ``settings`` gives the connection's security (None:
+    PLAINTEXT); a broker that refuses it (TLS handshake, SASL authentication) does not answer.
     """
-    from aiokafka import AIOKafkaClient  # lazy: keeps `kestream --help` from importing aiokafka
+    # lazy: keeps `kestream --help` from importing aiokafka
     from aiokafka.errors import KafkaError
+
+    from kestream.runtime.kafka_connection import make_client
 
     host, _, port = bootstrap.rpartition(":")
     if not await _port_open(host, int(port)):
         return False
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    client = make_client(settings, bootstrap, timeout=timeout)
     try:
         await asyncio.wait_for(client.bootstrap(), timeout=timeout)
         return bool(client.cluster.brokers())
@@ -219,15 +227,19 @@ async def kafka_answers(bootstrap: str, *, timeout: float = 5.0) -> bool:
         await client.close()
 
 
-async def wait_for_kafka(bootstrap: str, *, timeout: float = 30.0) -> None:
+async def wait_for_kafka(
+    bootstrap: str, *, timeout: float = 30.0, settings: Settings | None = None
+) -> None:
     """Poll ``bootstrap`` until it answers a metadata request; raise TimeoutError at the deadline.
 
     For brokers kestream did not start itself (``KESTREAM_BROKER``, containers): the role
     processes start together with the broker in compose files and must wait for it.
+    ``settings`` gives the connection's security, as for :func:`kafka_answers`.
     """
     deadline = time.monotonic() + timeout
     delay = 0.02
-    while not await kafka_answers(bootstrap, timeout=min(5.0, max(timeout, 0.5))):
+    probe_timeout = min(5.0, max(timeout, 0.5))
+    while not await kafka_answers(bootstrap, timeout=probe_timeout, settings=settings):
         if time.monotonic() >= deadline:
             raise TimeoutError(f"no Kafka broker answered on {bootstrap} within {timeout:.0f} s")
         await asyncio.sleep(delay)
@@ -284,6 +296,10 @@ class BrokerProcess:
 
     def _choose_ports(self) -> None:
         self.port = self._requested_port or free_port(self.host)
+
+    def client_settings(self) -> Settings | None:
+        """Settings whose ``KESTREAM_BROKER_*`` security reaches this broker; None: PLAINTEXT."""
+        return None
 
     # -- public API ----------------------------------------------------------------------
 
@@ -463,7 +479,10 @@ class BrokerProcess:
                     f"{self.label} did not answer Kafka requests on {self.bootstrap} within "
                     f"{self.startup_timeout:.0f} s; log tail:\n{self._log_tail()}"
                 )
-            if await kafka_answers(self.bootstrap, timeout=min(2.0, max(remaining, 0.5))):
+            probe_timeout = min(2.0, max(remaining, 0.5))
+            if await kafka_answers(
+                self.bootstrap, timeout=probe_timeout, settings=self.client_settings()
+            ):
                 return
             await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
             delay = min(delay * 2, 0.25)

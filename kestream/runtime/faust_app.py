@@ -29,6 +29,7 @@ from kestream.executor.flow_registry import FlowRegistry
 from kestream.runtime.context import BrokerContext, connect
 from kestream.runtime.embedded_broker import free_port
 from kestream.runtime.health import Check, Health, LoopMonitor, flows_table_check
+from kestream.runtime.kafka_connection import client_options
 from kestream.runtime.members import MemberBoard, MemberPublisher
 from kestream.runtime.metrics import process_metrics
 from kestream.runtime.ops_routes import (
@@ -95,18 +96,20 @@ def _process_dir(settings: Settings, role: str) -> str:
 
 
 def _credentials(settings: Settings) -> Any:
-    if settings.broker_sasl_mechanism is not None:
-        password = settings.broker_sasl_password
-        return faust.SASLCredentials(
-            username=settings.broker_sasl_username,
-            password=password.get_secret_value() if password else None,
-            mechanism=settings.broker_sasl_mechanism.value,
-        )
-    import ssl
+    """faust's credentials for the security :func:`client_options` gives every other client.
 
-    context = ssl.create_default_context(cafile=settings.broker_ssl_cafile)
-    if settings.broker_ssl_certfile:
-        context.load_cert_chain(settings.broker_ssl_certfile, settings.broker_ssl_keyfile)
+    faust derives the protocol from the credentials' type: SASL with a TLS context is SASL_SSL,
+    without one SASL_PLAINTEXT; SSL credentials are SSL.
+    """
+    options = client_options(settings)
+    context = options.get("ssl_context")
+    if "sasl_mechanism" in options:
+        return faust.SASLCredentials(
+            username=options["sasl_plain_username"],
+            password=options["sasl_plain_password"],
+            mechanism=options["sasl_mechanism"],
+            ssl_context=context,
+        )
     return faust.SSLCredentials(context)
 
 

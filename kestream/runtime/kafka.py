@@ -2,34 +2,19 @@
 
 The broker-specific choices (no idempotent producer and a 10 ms fetch wait on the embedded Tansu;
 idempotence on Kafka) come from :mod:`kestream.runtime.tansu_compat`; connection security
-(TLS, SASL) from the settings.
+(TLS, SASL) from :func:`kestream.runtime.kafka_connection.client_options`, the one place every
+client kestream opens takes it from.
 """
 
 from __future__ import annotations
 
-import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from kestream.runtime.kafka_connection import client_options
 from kestream.runtime.tansu_compat import consumer_options, producer_options
-from kestream.settings import SecurityProtocol, Settings
-
-
-def client_options(settings: Settings) -> dict[str, Any]:
-    """Security options shared by producers, consumers and the admin client."""
-    options: dict[str, Any] = {"security_protocol": settings.broker_security_protocol.value}
-    if settings.broker_security_protocol in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL):
-        context = ssl.create_default_context(cafile=settings.broker_ssl_cafile)
-        if settings.broker_ssl_certfile:
-            context.load_cert_chain(settings.broker_ssl_certfile, settings.broker_ssl_keyfile)
-        options["ssl_context"] = context
-    if settings.broker_sasl_mechanism is not None:
-        options["sasl_mechanism"] = settings.broker_sasl_mechanism.value
-        options["sasl_plain_username"] = settings.broker_sasl_username
-        password = settings.broker_sasl_password
-        options["sasl_plain_password"] = password.get_secret_value() if password else None
-    return options
+from kestream.settings import Settings
 
 
 def make_producer(settings: Settings, bootstrap: str, kind: str) -> AIOKafkaProducer:

@@ -33,6 +33,9 @@ from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.transaction import InitProducerIdRequest
 
+from kestream.runtime.kafka_connection import client_options, make_client
+from kestream.settings import Settings
+
 log = logging.getLogger("kestream.broker")
 
 BrokerKind = Literal["tansu", "kafka"]
@@ -78,15 +81,18 @@ class BrokerTraits:
         return self.kind == "kafka"
 
 
-async def probe_broker(bootstrap: str, *, timeout: float = 10.0) -> BrokerTraits:
+async def probe_broker(
+    bootstrap: str, *, settings: Settings | None = None, timeout: float = 10.0
+) -> BrokerTraits:
     """Ask a running broker what it is: cluster id from Metadata, and a real InitProducerId.
 
     Tansu advertises ``InitProducerId`` in ApiVersions yet answers it with error -1, so the
     only trustworthy check is to call it (with no transactional id it merely allocates an
     unused producer id on Kafka). Used when ``KESTREAM_BROKER`` points at a broker of unknown
-    kind, to switch the Tansu workarounds on only where needed.
+    kind, to switch the Tansu workarounds on only where needed. ``settings`` gives the
+    connection's security (:func:`~kestream.runtime.kafka_connection.client_options`).
     """
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    client = make_client(settings, bootstrap, timeout=timeout)
     try:
         await asyncio.wait_for(client.bootstrap(), timeout)
         node = client.get_random_node()
@@ -244,14 +250,18 @@ async def _fetch_once(
     return found, {**retry, **missing}
 
 
-async def read_highwaters(bootstrap: str, partitions: Iterable[TopicPartition]) -> dict[Any, int]:
+async def read_highwaters(
+    bootstrap: str, partitions: Iterable[TopicPartition], *, settings: Settings | None = None
+) -> dict[Any, int]:
     """:func:`fetch_highwaters` with a throwaway consumer, for tools and tests."""
     tps = list(partitions)
     if not tps:
         # Also sidesteps an aiokafka 0.14 quirk: stopping a group-less consumer before the
         # event loop ran once re-raises the CancelledError of its internal task.
         return {}
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **client_options(settings)
+    )
     await consumer.start()
     try:
         return dict(await fetch_highwaters(consumer, tps))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from kestream.runtime.kafka import client_options
+from kestream.runtime.kafka_connection import client_options
 from kestream.settings import Settings
 
 log = logging.getLogger("kestream.topics")

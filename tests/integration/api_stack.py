@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,8 +136,13 @@ class Stack:
         return self.log_path.read_text(errors="replace")[-6000:]
 
 
-def start_stack(bootstrap: str, prefix: str, workdir: Path) -> Iterator[Stack]:
-    """Start ``kestream standalone`` on ``bootstrap``; yields once the API says it is ready."""
+def start_stack(
+    bootstrap: str, prefix: str, workdir: Path, extra_env: Mapping[str, str] | None = None
+) -> Iterator[Stack]:
+    """Start ``kestream standalone`` on ``bootstrap``; yields once the API says it is ready.
+
+    ``extra_env`` adds ``KESTREAM_*`` variables (the others come from the process's own environment
+    minus every ``KESTREAM_*`` one, so the caller's shell cannot change what is tested)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KESTREAM_")}
     env.update(
@@ -151,6 +156,7 @@ def start_stack(bootstrap: str, prefix: str, workdir: Path) -> Iterator[Stack]:
         KESTREAM_API_PASSWORD=PASSWORD,
         KESTREAM_API_TOKENS=f"another-token,{TOKEN}",
     )
+    env.update(extra_env or {})
     log_path = workdir / "standalone.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(

@@ -43,6 +43,7 @@ from kestream.runtime.embedded_broker import (
     wait_for_kafka,
 )
 from kestream.runtime.tansu_compat import probe_broker
+from kestream.settings import Settings
 
 BACKENDS = ("tansu", "apache", "testcontainers", "env")
 
@@ -100,9 +101,10 @@ def _env_broker() -> Iterator[BrokerHandle]:
     bootstrap = os.environ.get("KESTREAM_BROKER", "").strip()
     if not bootstrap:
         pytest.skip("env backend: KESTREAM_BROKER is not set")
+    settings = Settings()  # the environment's KESTREAM_BROKER_* security, as the roles read it
     try:
-        asyncio.run(wait_for_kafka(bootstrap, timeout=30.0))
-        traits = asyncio.run(probe_broker(bootstrap))
+        asyncio.run(wait_for_kafka(bootstrap, timeout=30.0, settings=settings))
+        traits = asyncio.run(probe_broker(bootstrap, settings=settings))
     except Exception as exc:  # the user's broker: report, don't crash the session
         pytest.fail(f"env backend: KESTREAM_BROKER={bootstrap} does not answer: {exc}")
     yield BrokerHandle(bootstrap, traits.kind, "env")
