@@ -91,6 +91,21 @@ async def test_inline_flow_runs_to_success_once(broker, topic_prefix) -> None:  
         await harness.close()
 
 
+#: Records that decode as JSON but not as an event: each a dead letter, none a stopped processor.
+HOSTILE_RECORDS = [
+    b'{"type": "created", "id": "h1", "namespace": "test.runtime", "flowId": "w1",'
+    b' "inputs": {"$td": 1e300}}',
+    b'{"type": "created", "id": "h2", "namespace": "test.runtime", "flowId": "w1",'
+    b' "trigger": {"$dt": 12}}',
+    b'{"type": "result", "id": "h3", "run": "r", "attempt": "one", "state": "SUCCESS"}',
+    b'{"type": "result", "id": "h4", "run": "r", "attempt": 1, "state": "EXPLODED"}',
+    b'{"type": "created", "id": 5}',
+    b'{"type": "resume", "id": "h6", "inputs": {"$esc": [1]}}',
+    b"[1, 2, 3]",
+    b"null",
+]
+
+
 async def test_undecodable_records_go_to_the_dead_letter_topic(broker, topic_prefix) -> None:  # type: ignore[no-untyped-def]
     harness = await Harness.open(broker.bootstrap, topic_prefix, executor_flow_wait_s=1.0)
     dlq = make_consumer(harness.ctx.settings, broker.bootstrap, broker.kind, group_id=None)
@@ -100,6 +115,8 @@ async def test_undecodable_records_go_to_the_dead_letter_topic(broker, topic_pre
         await asyncio.wait_for(service.ready.wait(), 30)
         await harness.send_raw(b"bad-1", b"{not json")
         await harness.send_raw(b"bad-2", b'{"type": "teleport", "id": "x"}')
+        for i, hostile in enumerate(HOSTILE_RECORDS):  # what anyone with topic access can write
+            await harness.send_raw(f"hostile-{i}".encode(), hostile)
         await harness.send(ev.ExecutionCreated("ghost", "test.runtime", "nope"))
         await harness.send(_created("after-bad", "w1"))
         await wait_for(lambda: harness.state_of("after-bad") == "SUCCESS")
@@ -110,7 +127,7 @@ async def test_undecodable_records_go_to_the_dead_letter_topic(broker, topic_pre
         async def collect() -> bool:
             batch = await dlq.getmany(timeout_ms=200)
             reasons.extend(records.loads(r.value)["reason"] for rs in batch.values() for r in rs)
-            return len(reasons) >= 3
+            return len(reasons) >= 3 + len(HOSTILE_RECORDS)
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 20
@@ -119,6 +136,10 @@ async def test_undecodable_records_go_to_the_dead_letter_topic(broker, topic_pre
         assert any("not JSON" in r for r in reasons)
         assert any("unknown event type 'teleport'" in r for r in reasons)
         assert any("test.runtime.nope" in r and "not deployed within" in r for r in reasons)
+        assert sum(r.startswith(("bad ", "an event", "created event")) for r in reasons) >= len(
+            HOSTILE_RECORDS
+        ), reasons
+        assert service.is_live
     finally:
         await dlq.stop()
         await harness.close()
