@@ -194,11 +194,15 @@ class _LocalRuntime:
         from kestream.runtime.embedded_broker import BrokerUnavailable, EmbeddedBroker
         from kestream.runtime.executor_service import ExecutorService
         from kestream.runtime.flows_table import FlowsTable
+        from kestream.runtime.kafka_connection import embedded_refusal
         from kestream.runtime.process import tune_gc
         from kestream.runtime.worker_service import WorkerService
 
         tune_gc()
         bootstrap = self.settings.broker
+        refusal = embedded_refusal(self.settings)
+        if refusal is not None:
+            raise _fail(refusal)
         try:
             if bootstrap is None:
                 self.broker = EmbeddedBroker()

@@ -125,6 +125,22 @@ def _refuse_unused(protocol: SecurityProtocol, values: Mapping[str, object], wan
         )
 
 
+def embedded_refusal(settings: Settings) -> str | None:
+    """Why the embedded broker cannot serve these settings, or None when it can.
+
+    It listens PLAINTEXT on loopback only; secured settings without ``KESTREAM_BROKER`` are a
+    forgotten broker address, and every client would fail its TLS or SASL handshake with it.
+    """
+    protocol = settings.broker_security_protocol
+    if settings.broker or protocol is SecurityProtocol.PLAINTEXT:
+        return None
+    return (
+        f"KESTREAM_BROKER_SECURITY_PROTOCOL={protocol.value} but KESTREAM_BROKER is unset, and "
+        "the embedded broker speaks PLAINTEXT only: set KESTREAM_BROKER to your Kafka, or "
+        "unset the KESTREAM_BROKER_* security settings"
+    )
+
+
 def ssl_context(settings: Settings) -> ssl.SSLContext:
     """A client TLS context: the broker's certificate checked against ``broker_ssl_cafile``
     (the system's CAs when unset) including its host name, and the client certificate if any."""

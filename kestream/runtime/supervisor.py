@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from kestream.runtime.embedded_broker import EmbeddedBroker, die_with_parent
+from kestream.runtime.kafka_connection import embedded_refusal
 from kestream.settings import Settings
 
 log = logging.getLogger("kestream.standalone")
@@ -41,10 +42,11 @@ class Supervisor:
 
     async def run(self) -> int:
         """Run until Ctrl-C or a child's exit; 2 without starting anything when the settings
-        would open the API to the network (:func:`~kestream.api.auth.bind_refusal`)."""
+        would open the API to the network (:func:`~kestream.api.auth.bind_refusal`) or ask the
+        embedded broker for security it lacks (:func:`embedded_refusal`)."""
         from kestream.api.auth import bind_refusal
 
-        refusal = bind_refusal(self.settings)
+        refusal = bind_refusal(self.settings) or embedded_refusal(self.settings)
         if refusal is not None:
             log.error("%s", refusal)
             return 2

@@ -14,10 +14,12 @@ from kestream.runtime.faust_app import faust_settings
 from kestream.runtime.kafka_connection import (
     BrokerSecurityError,
     client_options,
+    embedded_refusal,
     security_environment,
     security_fields,
     with_security,
 )
+from kestream.runtime.supervisor import Supervisor
 from kestream.settings import Settings
 
 
@@ -138,3 +140,18 @@ def test_faust_gets_tls_alone_for_ssl_and_nothing_for_plaintext(tmp_path: Path) 
     assert isinstance(credentials, faust.SSLCredentials)
     assert credentials.protocol is AuthProtocol.SSL
     assert _faust_credentials(make(), tmp_path) is None
+
+
+def test_the_embedded_broker_refuses_secured_settings() -> None:
+    secured = Settings.model_validate({"broker_security_protocol": "SASL_SSL", **SASL})
+    refusal = embedded_refusal(secured)
+    assert refusal is not None and "KESTREAM_BROKER is unset" in refusal
+    assert embedded_refusal(secured.model_copy(update={"broker": "kafka:9093"})) is None
+    assert embedded_refusal(Settings.model_validate({})) is None
+
+
+async def test_standalone_stops_before_starting_anything_on_secured_settings_alone() -> None:
+    secured = Settings.model_validate({"broker_security_protocol": "SASL_SSL", **SASL})
+    supervisor = Supervisor(secured, None)
+    assert await supervisor.run() == 2
+    assert supervisor.broker is None and not supervisor.children
