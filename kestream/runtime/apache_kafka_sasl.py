@@ -46,7 +46,8 @@ def make_tls_material(
 
     The CA carries a critical ``basicConstraints`` and ``keyUsage``, the broker certificate a
     subject alternative name per host and an authority key identifier, so that strict X.509
-    verification (Python 3.13's default context) accepts the chain too.
+    verification accepts the chain too (``openssl verify -x509_strict`` does; Python 3.13's
+    default context sets the same flag).
     """
     directory.mkdir(parents=True, exist_ok=True)
     password = secrets.token_hex(16)
