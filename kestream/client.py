@@ -287,10 +287,15 @@ class Client:
         await self.send(event)
 
     async def send(self, event: ev.Event) -> None:
-        """Produce one event to the executions topic, keyed by its execution id."""
+        """Produce one event to the executions topic, keyed by its execution id.
+
+        Raises :class:`~kestream.runtime.record_limit.RecordTooLarge` (the API's 413) for an
+        event larger than the record limit, before anything is produced.
+        """
         key = event.execution_id.encode()
         topic = self.ctx.topics.executions
-        await self._require_producer().send_and_wait(topic, records.encode_event(event), key=key)
+        value = self.ctx.record_limit.check(records.encode_event(event), "the request's record")
+        await self._require_producer().send_and_wait(topic, value, key=key)
 
     def _require_producer(self) -> AIOKafkaProducer:
         if self._producer is None or self._closed:

@@ -85,6 +85,14 @@ class Settings(BaseSettings):
     replication_factor: int = Field(
         default=1, ge=1, description="KESTREAM_REPLICATION_FACTOR: for topics kestream creates."
     )
+    max_record_bytes: int = Field(
+        default=1024 * 1024,
+        # Above the producer's 16 KiB batch size, so a batch of small records always fits too.
+        ge=32 * 1024,
+        description="KESTREAM_MAX_RECORD_BYTES: largest record kestream produces; set as "
+        "max.message.bytes on the topics it creates on Kafka. The topics' max.message.bytes, "
+        "where the broker tells it, lowers it. Larger step outputs fail their task run.",
+    )
     consumer_fetch_max_wait_ms: int | None = Field(
         default=None,
         ge=0,

@@ -29,6 +29,7 @@ from kestream.api.openapi import (
     route_access,
 )
 from kestream.api.webhook_routes import WebhookRoutes
+from kestream.runtime.record_limit import RecordTooLarge
 
 log = logging.getLogger("kestream.api")
 
@@ -85,6 +86,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         raise ApiError(
             exc.status, exc.reason, headers={"Allow": allow} if allow else None
         ) from None
+    except RecordTooLarge as exc:  # the Client's and the flows table's check of the limit
+        raise ApiError(413, f"Request Entity Too Large: {exc}") from None
     except MessageSizeTooLargeError:
         raise ApiError(
             413,

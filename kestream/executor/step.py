@@ -38,6 +38,7 @@ from kestream.executor.restore import (
     state_from_execution,
 )
 from kestream.executor.retry import next_attempt_due
+from kestream.executor.sizes import outputs_too_large, too_large
 from kestream.executor.state import ExecutionState, Group, StateRecord, TaskRunState, Timer
 from kestream.expressions import RenderError, is_truthy, render, render_value
 from kestream.models.clock import Clock, utc_now
@@ -85,7 +86,9 @@ class StepResult:
 
 
 class Executor:
-    """Holds what every step needs: the flows, the clock, and the inline-task switch."""
+    """Holds what every step needs: the flows, the clock, the inline-task switch, and the
+    largest outputs a task run may have (``max_output_bytes``, see :mod:`.sizes`; None: no
+    limit, as in the broker-free driver)."""
 
     def __init__(
         self,
@@ -94,10 +97,12 @@ class Executor:
         clock: Clock = utc_now,
         inline_tasks: bool = True,
         rng: random.Random | None = None,
+        max_output_bytes: int | None = None,
     ) -> None:
         self.flows = flows
         self.clock = clock
         self.inline_tasks = inline_tasks
+        self.max_output_bytes = max_output_bytes
         self.rng = rng or random.Random()
         self.context_cache: dict[str, dict[str, Any]] = {}
 
@@ -558,6 +563,10 @@ class _Step:
         if outcome.error is not None or outcome.state.is_failed:
             self.attempt_failed(tr, outcome.error or f"Task ended in state {outcome.state}")
             return
+        too_large = outputs_too_large(tr.task.id, outcome.outputs, self.ex.max_output_bytes)
+        if too_large is not None:  # no record could hold the task run: fail it, unapplied
+            self.attempt_failed(tr, too_large)
+            return
         attempt = len(tr.attempts)
         self.cancel_timer(f"timeout:{tr.id}:{attempt}")
         tr.attempts[-1].move_task_run(outcome.state, self.now, tr.task.id)
@@ -852,10 +861,14 @@ class _Step:
 
     def render_flow_outputs(self) -> dict[str, Any]:
         base = execution_context(self.st, self.flow, self.ex.clock, self.ex.context_cache)
-        return {
+        outputs = {
             output.id: coerce_output(output, render_value(output.value, base))
             for output in self.flow.outputs
         }
+        problem = too_large("the flow's outputs", outputs, self.ex.max_output_bytes)
+        if problem is not None:  # the execution's records could not hold them
+            raise ValueError(problem)
+        return outputs
 
     def notify_parent(self) -> None:
         link = self.st.parent_link

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kestream.runtime.record_limit import RecordLimit
 from kestream.runtime.tansu_compat import probe_broker
 from kestream.runtime.topics import Topics, ensure_topics
 from kestream.settings import Settings
@@ -16,6 +17,13 @@ class BrokerContext:
     #: "tansu" (the embedded broker: workarounds on) or "kafka".
     kind: str
     topics: Topics
+    #: The largest record this process produces, learnt at :func:`connect`; unset (a context
+    #: built by hand), the setting's.
+    learnt_limit: RecordLimit | None = None
+
+    @property
+    def record_limit(self) -> RecordLimit:
+        return self.learnt_limit or RecordLimit.of(self.settings)
 
 
 async def connect(settings: Settings, bootstrap: str | None = None) -> BrokerContext:
@@ -28,5 +36,5 @@ async def connect(settings: Settings, bootstrap: str | None = None) -> BrokerCon
     if not address:
         raise ValueError("no broker: set KESTREAM_BROKER, or start kestream through its CLI")
     traits = await probe_broker(address, settings=settings)
-    topics = await ensure_topics(settings, address, traits.kind)
-    return BrokerContext(settings, address, traits.kind, topics)
+    topics, limit = await ensure_topics(settings, address, traits.kind)
+    return BrokerContext(settings, address, traits.kind, topics, limit)

@@ -47,6 +47,7 @@ from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.restore import snapshot_attempt
+from kestream.executor.sizes import human_size
 from kestream.executor.state import ExecutionState
 from kestream.executor.step import Executor, StepResult, UnknownFlow
 from kestream.models.clock import Clock, utc_now
@@ -110,8 +111,12 @@ class ExecutorService:
         self.settings = ctx.settings
         self.topics = ctx.topics
         self.clock = clock
+        self.limit = ctx.record_limit
         self.executor = Executor(
-            registry, clock=clock, inline_tasks=self.settings.executor_inline_tasks
+            registry,
+            clock=clock,
+            inline_tasks=self.settings.executor_inline_tasks,
+            max_output_bytes=self.limit.output_bytes,
         )
         self.registry = registry
         self.states: dict[str, ExecutionState] = {}
@@ -317,15 +322,27 @@ class ExecutorService:
         if before is None:
             self.states[st.id] = st
             self.partition_of[st.id] = partition
+        refused: list[ev.WorkerResult] = []
         for command in result.commands:
-            self._command(partition, st, command, out)
+            self._command(partition, st, command, out, refused)
+        for failed in refused:  # after the step's own commands, as if a worker had answered
+            self._apply(partition, failed, out, None)
 
     def _command(
-        self, partition: int, st: ExecutionState, command: cmd.Command, out: Outbox
+        self,
+        partition: int,
+        st: ExecutionState,
+        command: cmd.Command,
+        out: Outbox,
+        refused: list[ev.WorkerResult],
     ) -> None:
         topics = self.topics
         if isinstance(command, cmd.RunTask):
-            out.send(topics.worker_tasks, st.id, records.encode_job(command))
+            job = records.encode_job(command)
+            if self.limit.fits(job):
+                out.send(topics.worker_tasks, st.id, job)
+            else:  # no worker could receive it: the task run fails, the execution goes on
+                refused.append(_job_refused(command, len(job), self.limit.value_bytes))
         elif isinstance(command, cmd.KillTask):
             out.send(topics.worker_tasks, st.id, records.encode_kill_job(command))
         elif isinstance(command, cmd.CreateExecution):
@@ -339,11 +356,10 @@ class ExecutorService:
                 self._timers, (command.due, next(self._seq), command.execution_id, command.timer_id)
             )
         elif isinstance(command, cmd.EmitLogs):
-            lines = command.lines
-            for start in range(0, len(lines), records.LOG_CHUNK):
-                chunk = lines[start : start + records.LOG_CHUNK]
-                body = records.log_values(command.namespace, command.flow_id, chunk)
-                out.send(topics.logs, st.id, records.dumps(body))
+            for value in records.log_records(
+                command.namespace, command.flow_id, command.lines, max_bytes=self.limit.value_bytes
+            ):
+                out.send(topics.logs, st.id, value)
         elif isinstance(command, cmd.ExecutionChanged):
             self._changed(partition, st, command, out)
         # CancelTimer: the heap entry is skipped when it falls due (the state no longer has it).
@@ -353,10 +369,14 @@ class ExecutorService:
     ) -> None:
         self._count(st, change)
         full = change.terminal or st.state.current is StateType.PAUSED
-        for update in records.update_values(
-            st, change.changed_task_runs, terminal=change.terminal, full=full
+        for update in records.update_records(
+            st,
+            change.changed_task_runs,
+            terminal=change.terminal,
+            full=full,
+            max_bytes=self.limit.value_bytes,
         ):
-            out.send(self.topics.updates, st.id, records.dumps(update))
+            out.send(self.topics.updates, st.id, update)
         if not change.terminal:
             if change.created and self.ended.pop(st.id, None) is not None:
                 # restarted from its snapshot: the end marker would hide it from recovery
@@ -470,24 +490,59 @@ class ExecutorService:
     ) -> None:
         log.warning("dead letter from %s[%d]@%d: %s", topic, partition, offset, reason)
         self.metrics.dead_letter("executor")
-        body = records.dead_letter_value(topic, partition, offset, key, value, reason)
-        out.send(self.topics.dead_letter, key.decode() if key else "", body)
+        body = records.dead_letter_value(
+            topic, partition, offset, key, value, reason, max_bytes=self.limit.value_bytes
+        )
+        out.send(self.topics.dead_letter, key.decode("utf-8", "replace") if key else "", body)
 
     async def _flush(self, out: Outbox) -> None:
         producer = self._producer
         assert producer is not None
         sent = [
             await producer.send(topic, value, key=key.encode(), partition=partition)
-            for topic, key, value, partition in out.commands
+            for topic, key, value, partition in self._sized(out.commands)
         ]
         if sent:
             await asyncio.gather(*sent)
-        logged = [
-            await producer.send(self.topics.changelog, value, key=key.encode(), partition=part)
-            for key, value, part in out.changelog
+        changelog = self.topics.changelog
+        logged = [  # (a record over the limit goes to the dead-letter topic instead)
+            await producer.send(topic, value, key=key.encode(), partition=part)
+            for topic, key, value, part in self._sized([(changelog, *r) for r in out.changelog])
         ]
         if logged:
             await asyncio.gather(*logged)
+
+    def _sized(
+        self, recs: list[tuple[str, str, bytes | None, int | None]]
+    ) -> list[tuple[str, str, bytes | None, int | None]]:
+        """``recs``, with any record over the limit replaced by its (cut) dead letter.
+
+        The step's rules keep records within the limit (outputs, jobs, updates and logs are
+        sized where they are made); this is the last guard, for combinations no rule foresaw
+        (a huge execution header, say): a record the broker would refuse must not stop the
+        processor and block its partitions. A changelog record left out this way is missing
+        after a restart of the partition: the log says which.
+        """
+        if all(self.limit.fits(value) for _, _, value, _ in recs):
+            return recs
+        kept: list[tuple[str, str, bytes | None, int | None]] = []
+        for topic, key, value, partition in recs:
+            if self.limit.fits(value):
+                kept.append((topic, key, value, partition))
+                continue
+            assert value is not None
+            reason = (
+                f"not produced: {human_size(len(value))}, over the "
+                f"{human_size(self.limit.value_bytes)} record limit"
+            )
+            log.error("record for %s key %s %s", topic, key, reason)
+            self.metrics.dead_letter("executor")
+            letter = records.dead_letter_value(
+                topic, partition if partition is not None else -1, -1, key.encode(), value,
+                reason, max_bytes=self.limit.value_bytes,
+            )  # fmt: skip
+            kept.append((self.topics.dead_letter, key, letter, None))
+        return kept
 
     async def _commit(self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
         if not batch:
@@ -590,6 +645,17 @@ class ExecutorService:
         finally:
             await consumer.stop()
         return latest
+
+
+def _job_refused(job: cmd.RunTask, size: int, limit: int) -> ev.WorkerResult:
+    """The failed result of a job too large to send to a worker (its rendered properties)."""
+    error = (
+        f"properties of task '{job.task.id}' are {human_size(size)} rendered, over the "
+        f"{human_size(limit)} record limit"
+    )
+    return ev.WorkerResult(
+        job.execution_id, job.task_run_id, job.attempt, StateType.FAILED, error=error
+    )
 
 
 def _stale_restart(event: ev.Restart, ended_attempt: int) -> bool:

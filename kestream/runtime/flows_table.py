@@ -324,6 +324,8 @@ class FlowsTable:
             raise RuntimeError("the flows table is not started")
         if producer is None:
             producer = await self._producer()
+        if value is not None:
+            self.ctx.record_limit.check(value, "the flow's record")
         meta = await producer.send_and_wait(self.ctx.topics.flows, value, key=key.encode())
         tp = TopicPartition(meta.topic, meta.partition)
         await self.wait_for_offset(tp, meta.offset, PUBLISH_READ_BACK_S)

@@ -20,6 +20,7 @@ from kestream.settings import Settings
 def make_producer(settings: Settings, bootstrap: str, kind: str) -> AIOKafkaProducer:
     options = producer_options(kind)
     options["linger_ms"] = settings.producer_linger_ms
+    options["max_request_size"] = settings.max_record_bytes  # see kestream.runtime.record_limit
     return AIOKafkaProducer(bootstrap_servers=bootstrap, **options, **client_options(settings))
 
 

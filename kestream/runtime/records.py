@@ -8,6 +8,8 @@ dead-letter topic with the reason instead of stopping.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -17,11 +19,16 @@ from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.codec import decode_value, encode_value
 from kestream.executor.restore import snapshot_attempt
+from kestream.executor.sizes import human_size
 from kestream.executor.snapshot import execution_model, task_run_model
 from kestream.executor.state import ExecutionState
 from kestream.models.execution import format_instant
 from kestream.models.state import StateType
+from kestream.runtime.record_limit import RecordLimit
+from kestream.settings import Settings
 from kestream.tasks.base import RunnableTask
+
+log = logging.getLogger("kestream.records")
 
 
 class RecordError(ValueError):
@@ -256,22 +263,79 @@ def log_values(namespace: str, flow_id: str, lines: list[cmd.LogLine]) -> list[d
     ]
 
 
-#: Task runs per execution-update record, and log lines per log record: a 10 000-iteration
-#: loop ends in one step, and a single record of it would pass the brokers' 1 MB limit.
-UPDATE_CHUNK = 200
-LOG_CHUNK = 500
+def log_records(
+    namespace: str, flow_id: str, lines: list[cmd.LogLine], *, max_bytes: int
+) -> list[bytes]:
+    """Log lines as records (JSON lists of :func:`log_values`), each at most ``max_bytes``.
+
+    A line too large for a record on its own is cut, with a marker saying how large it was.
+    """
+    if not lines:
+        return []
+    values = log_values(namespace, flow_id, lines)
+    whole = dumps(values)
+    if len(whole) <= max_bytes:  # the usual case: one encoding, one record
+        return [whole]
+    encoded = [_fitted_line(value, max_bytes - 2) for value in values]  # 2: the list's []
+    return [
+        b"[" + b",".join(encoded[i:j]) + b"]" for i, j in pack(map(len, encoded), max_bytes - 2)
+    ]
 
 
-def update_values(
-    st: ExecutionState, changed: list[str], *, terminal: bool, full: bool
-) -> list[dict[str, Any]]:
-    """An execution update as records: the execution's own fields plus task runs.
+def _fitted_line(value: dict[str, Any], max_bytes: int) -> bytes:
+    """One log line's JSON, its message cut (and marked) if the line passes ``max_bytes``."""
+    encoded = dumps(value)
+    if len(encoded) <= max_bytes:
+        return encoded
+    message = str(value["message"])
+    raw = message.encode()
+    marker = f" [... cut: the line was {human_size(len(encoded))}, over the record limit]"
+    escaped = len(dumps(message)) - 2  # JSON escapes: a '"' takes 2 bytes, a '\x01' 6
+    room = max_bytes - (len(encoded) - escaped) - len(dumps(marker))
+    keep = int(room * len(raw) / max(escaped, 1))
+    while True:  # escapes are not spread evenly: shrink until it fits
+        text = raw[: max(keep, 0)].decode("utf-8", "ignore") + marker
+        encoded = dumps({**value, "message": text})
+        if len(encoded) <= max_bytes or keep <= 0:
+            return encoded
+        keep -= max(len(encoded) - max_bytes, keep // 8)
+
+
+def pack(sizes: Iterable[int], max_bytes: int) -> list[tuple[int, int]]:
+    """Split items of ``sizes`` bytes, in order, into ``[start, end)`` runs whose JSON list
+    body (items and the commas between them) holds at most ``max_bytes``; an item larger than
+    that on its own gets a run of its own. Greedy, so every run but the last is full."""
+    runs: list[tuple[int, int]] = []
+    start = used = 0
+    index = -1
+    for index, size in enumerate(sizes):
+        cost = size if index == start else size + 1
+        if index > start and used + cost > max_bytes:
+            runs.append((start, index))
+            start, cost = index, size
+            used = 0
+        used += cost
+    if index >= start:
+        runs.append((start, index + 1))
+    return runs
+
+
+def update_records(
+    st: ExecutionState, changed: list[str], *, terminal: bool, full: bool, max_bytes: int
+) -> list[bytes]:
+    """An execution update as records of at most ``max_bytes``: the execution's own fields
+    plus task runs.
 
     Usually the task runs that changed in the step (consumers merge them by id, so a step costs
     what it changed). When the execution stops (ends or pauses) every task run is sent, so a
     reader that joins late still gets the whole picture; the first record then has ``full``
-    (replace what you know). Task runs go ``UPDATE_CHUNK`` to a record: every record but the
-    last has ``more``, and only the last carries ``terminal``.
+    (replace what you know). Task runs are split across records by their encoded size: every
+    record carries the execution's fields, every record but the last has ``more``, and only the
+    last carries ``terminal``, so readers act on an update only once it is whole.
+
+    A task run that cannot share a record with the execution's fields (both large; outputs
+    alone never pass the limit, :mod:`kestream.executor.sizes`) travels without its outputs,
+    its id listed in the record's ``outputsLeftOut``; the changelog keeps them.
     """
     send_all = full or terminal
     header = execution_model(st, with_task_runs=False).model_dump(mode="json", by_alias=True)
@@ -281,32 +345,126 @@ def update_values(
         task_run_model(st, st.task_runs[run_id]).model_dump(mode="json", by_alias=True)
         for run_id in ids
     ]
-    chunks = [runs[i : i + UPDATE_CHUNK] for i in range(0, len(runs), UPDATE_CHUNK)] or [[]]
-    out: list[dict[str, Any]] = []
-    for index, chunk in enumerate(chunks):
-        last = index == len(chunks) - 1
-        body: dict[str, Any] = {"more": not last, "terminal": terminal and last}
-        if index == 0 and send_all:
-            body.update(execution={**header, "taskRunList": chunk}, full=True)
-        else:
-            body.update(execution=header, taskRuns=chunk, full=False)
-        out.append(body)
+    whole = dumps(
+        _update_body(header, runs, first=True, last=True, full=send_all, terminal=terminal)
+    )
+    if len(whole) <= max_bytes:  # the usual case: one encoding, one record
+        return [whole]
+    envelope = max(  # the longest shape: "more":false,"terminal":false
+        len(dumps(_update_body(header, [], first=first, last=True, full=send_all, terminal=False)))
+        for first in (True, False)
+    )
+    room = max_bytes - envelope
+    spans = pack((len(dumps(run)) for run in runs), room) or [(0, 0)]
+    out: list[bytes] = []
+    for index, (i, j) in enumerate(spans):
+        chunk = runs[i:j]
+        body = _update_body(
+            header, chunk, first=index == 0, last=index == len(spans) - 1,
+            full=send_all, terminal=terminal,
+        )  # fmt: skip
+        value = dumps(body)
+        if len(value) > max_bytes and len(chunk) == 1:
+            body["outputsLeftOut"] = [chunk[0]["id"]]
+            _runs_of(body)[0] = {**chunk[0], "outputs": None}
+            log.warning(
+                "execution %s: task run %s goes in its update without its outputs (%s with "
+                "the execution's fields, over the record limit)",
+                st.id, chunk[0]["id"], human_size(len(value)),
+            )  # fmt: skip
+            value = dumps(body)
+        out.append(value)
     return out
+
+
+def _update_body(
+    header: dict[str, Any],
+    runs: list[dict[str, Any]],
+    *,
+    first: bool,
+    last: bool,
+    full: bool,
+    terminal: bool,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"more": not last, "terminal": terminal and last}
+    if first and full:
+        body.update(execution={**header, "taskRunList": runs}, full=True)
+    else:
+        body.update(execution=header, taskRuns=runs, full=False)
+    return body
+
+
+def _runs_of(body: dict[str, Any]) -> list[dict[str, Any]]:
+    runs: list[dict[str, Any]] = (
+        body["execution"]["taskRunList"] if body["full"] else body["taskRuns"]
+    )
+    return runs
+
+
+#: A value of ``KESTREAM_MAX_RECORD_BYTES``' default, for callers without a broker context.
+DEFAULT_VALUE_BYTES = RecordLimit.of(Settings.model_construct()).value_bytes
+
+
+def update_values(
+    st: ExecutionState,
+    changed: list[str],
+    *,
+    terminal: bool,
+    full: bool,
+    max_bytes: int = DEFAULT_VALUE_BYTES,
+) -> list[dict[str, Any]]:
+    """:func:`update_records`, decoded (what a reader gets from the topic)."""
+    return [
+        loads(value)
+        for value in update_records(st, changed, terminal=terminal, full=full, max_bytes=max_bytes)
+    ]
 
 
 # -- dead letters ----------------------------------------------------------------------------
 
 
+#: At most this much of a dead letter's reason is kept (it may quote the record).
+_REASON_BYTES = 4096
+
+
 def dead_letter_value(
-    topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, reason: str
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    reason: str,
+    *,
+    max_bytes: int = DEFAULT_VALUE_BYTES,
 ) -> bytes:
-    return dumps(
-        {
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "key": key.decode("utf-8", "replace") if key is not None else None,
-            "value": value.decode("utf-8", "replace") if value is not None else None,
-            "reason": reason,
-        }
-    )
+    """The dead letter of a record: where it was, why, and its key and value as text.
+
+    The record may be as large as the limit (or larger: one refused for its size), so the
+    letter keeps as much of its value as fits in ``max_bytes``; ``valueBytes`` says how large
+    it was, and ``valueCut`` whether the copy is cut.
+    """
+    body: dict[str, Any] = {
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "key": _cut(key, _REASON_BYTES) if key is not None else None,
+        "value": None,
+        "valueBytes": len(value) if value is not None else None,
+        "valueCut": False,
+        "reason": _cut(reason.encode(), _REASON_BYTES),
+    }
+    if value is None:
+        return dumps(body)
+    rest = len(dumps({**body, "value": ""}))  # (with "valueCut": false, the longer)
+    room = cut = max_bytes - rest
+    while True:  # escapes and replaced bytes make the copy larger than the bytes it holds
+        body.update(value=_cut(value, cut), valueCut=cut < len(value))
+        letter = dumps(body)
+        if len(letter) <= max_bytes or cut <= 0:
+            return letter
+        cut = min(cut - 1, cut * room // (len(letter) - rest))
+
+
+def _cut(data: bytes, max_bytes: int) -> str:
+    """At most ``max_bytes`` of ``data`` as text (invalid UTF-8 replaced)."""
+    return data[: max(max_bytes, 0)].decode("utf-8", "replace")

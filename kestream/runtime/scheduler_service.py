@@ -308,13 +308,13 @@ class SchedulerService:
         acks = []
         for fire in fires:
             event = fire.event
-            acks.append(
-                await producer.send(
-                    self.topics.executions,
-                    records.encode_event(event),
-                    key=event.execution_id.encode(),
+            value = self._sized(event)
+            if value is not None:
+                acks.append(
+                    await producer.send(
+                        self.topics.executions, value, key=event.execution_id.encode()
+                    )
                 )
-            )
             namespace, flow_id, trigger_id = split_trigger_key(fire.key)
             self.metrics.trigger_fired(namespace, flow_id, trigger_id)
             self.metrics.trigger_delay(
@@ -377,16 +377,30 @@ class SchedulerService:
         if not events:
             return
         producer = self._require_producer()
+        sized = [(e, self._sized(e)) for e in events]
         acks = [
-            await producer.send(
-                self.topics.executions, records.encode_event(e), key=e.execution_id.encode()
-            )
-            for e in events
+            await producer.send(self.topics.executions, value, key=e.execution_id.encode())
+            for e, value in sized
+            if value is not None
         ]
         await asyncio.gather(*acks)
         for event in events:
             trigger = event.trigger or {}
             self.metrics.trigger_fired(event.namespace, event.flow_id, str(trigger.get("id")))
+
+    def _sized(self, event: ev.ExecutionCreated) -> bytes | None:
+        """The event's record, or None (logged) when it is over the record limit: a trigger's
+        variables (a Flow trigger's outputs, say) can make an execution nobody can create, and
+        that must not stop the scheduler."""
+        value = records.encode_event(event)
+        if self.ctx.record_limit.fits(value):
+            return value
+        log.error(
+            "not starting %s.%s for its trigger: its execution's record is %d bytes, over the "
+            "record limit of %d", event.namespace, event.flow_id, len(value),
+            self.ctx.record_limit.value_bytes,
+        )  # fmt: skip
+        return None
 
     # -- monitoring ----------------------------------------------------------------------------
 

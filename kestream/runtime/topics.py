@@ -10,6 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from kestream.runtime.kafka_connection import client_options
+from kestream.runtime.record_limit import RecordLimit, read_topics_max, topic_configs
 from kestream.settings import Settings
 
 log = logging.getLogger("kestream.topics")
@@ -67,22 +68,32 @@ class Topics:
         ]
 
 
-async def ensure_topics(settings: Settings, bootstrap: str, kind: str) -> Topics:
-    """Create kestream's topics with the configured partitions (existing ones are kept)."""
+async def ensure_topics(
+    settings: Settings, bootstrap: str, kind: str
+) -> tuple[Topics, RecordLimit]:
+    """Create kestream's topics with the configured partitions (existing ones are kept), and
+    learn the record limit they impose (:mod:`kestream.runtime.record_limit`).
+
+    On Kafka the topics are created with ``max.message.bytes`` set to
+    ``KESTREAM_MAX_RECORD_BYTES``; topics that already existed keep theirs, so the limit is
+    read back from the broker either way.
+    """
     topics = Topics.of(settings)
+    limit = RecordLimit.of(settings)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        record_configs = topic_configs(settings, kind)
         wanted = [
             NewTopic(
                 name,
                 num_partitions=count,
                 replication_factor=settings.replication_factor,
                 # Compaction only where the broker applies it (Tansu accepts and ignores it).
-                topic_configs={"cleanup.policy": "compact"}
+                topic_configs={"cleanup.policy": "compact", **record_configs}
                 if compacted and kind == "kafka"
-                else {},
+                else record_configs,
             )
             for name, count, compacted in topics.specs(settings.partitions)
             if name not in existing
@@ -91,6 +102,10 @@ async def ensure_topics(settings: Settings, bootstrap: str, kind: str) -> Topics
             with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
                 await admin.create_topics(wanted)
             log.info("created topics: %s", ", ".join(t.name for t in wanted))
+        if kind == "kafka":  # Tansu closes the connection on DescribeConfigs
+            names = [name for name, _, _ in topics.specs(settings.partitions)]
+            limit = RecordLimit.of(settings, await read_topics_max(admin, names))
     finally:
         await admin.close()
-    return topics
+    log.info("record limit: %d bytes (%s)", limit.max_bytes, limit.source)
+    return topics, limit

@@ -56,6 +56,7 @@ from aiokafka.structs import ConsumerRecord
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
+from kestream.executor.sizes import human_size
 from kestream.models.state import StateType
 from kestream.runtime import records
 from kestream.runtime.context import BrokerContext
@@ -201,7 +202,8 @@ class WorkerService:
         self.stats: Counter[str] = Counter()
         #: Set when the group has assigned partitions to this worker (cleared while revoked).
         self.assigned = asyncio.Event()
-        self._runner = TaskRunner(threads=self.threads)
+        self.limit = ctx.record_limit
+        self._runner = TaskRunner(threads=self.threads, max_output_bytes=self.limit.output_bytes)
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -497,16 +499,14 @@ class WorkerService:
         producer, topics = self._producer, self.ctx.topics
         assert producer is not None
         key = result.execution_id.encode()
-        logs = None
-        if lines:
-            body = records.log_values(job.where[0], job.where[1], lines)
-            logs = records.dumps(body)
+        room = self.limit.value_bytes
+        logs = records.log_records(job.where[0], job.where[1], lines, max_bytes=room)
         value = records.encode_event(result)
+        if not self.limit.fits(value):  # outputs fit (the runner checks): errors too large
+            value = records.encode_event(_result_refused(result, job.task_id, len(value), room))
         for attempt in range(1, _PRODUCE_ATTEMPTS + 1):
             try:
-                acks = []
-                if logs is not None:
-                    acks.append(await producer.send(topics.logs, logs, key=key))
+                acks = [await producer.send(topics.logs, part, key=key) for part in logs]
                 acks.append(await producer.send(topics.results, value, key=key))
                 await asyncio.gather(*acks)
                 return True
@@ -527,8 +527,9 @@ class WorkerService:
         self.stats["dead_lettered"] += 1
         self.metrics.dead_letter("worker")
         value = records.dead_letter_value(
-            record.topic, record.partition, record.offset, record.key, record.value, reason
-        )
+            record.topic, record.partition, record.offset, record.key, record.value, reason,
+            max_bytes=self.limit.value_bytes,
+        )  # fmt: skip
         self._spawn(self._send_dead_letter(record.key, value, marks))
 
     async def _send_dead_letter(self, key: bytes | None, value: bytes, marks: list[_Mark]) -> None:
@@ -596,3 +597,16 @@ class WorkerService:
         self._in_group = True
         if assigned:
             self.assigned.set()
+
+
+def _result_refused(
+    result: ev.WorkerResult, task_id: str, size: int, limit: int
+) -> ev.WorkerResult:
+    """The result that replaces one too large to send: FAILED, saying why, without outputs."""
+    error = (
+        f"the result of task '{task_id}' is {human_size(size)}, over the "
+        f"{human_size(limit)} record limit"
+    )
+    return ev.WorkerResult(
+        result.execution_id, result.task_run_id, result.attempt, StateType.FAILED, error=error
+    )

@@ -14,6 +14,7 @@ from typing import Any
 
 from kestream.executor.commands import LogLine, RunTask
 from kestream.executor.events import WorkerResult
+from kestream.executor.sizes import outputs_too_large
 from kestream.models.clock import Clock, utc_now
 from kestream.models.state import StateType
 from kestream.tasks.base import LOG_LEVEL_ORDER, LogLevel, RunInfo, TaskError, TaskOutcome
@@ -22,9 +23,15 @@ from kestream.tasks.base import LOG_LEVEL_ORDER, LogLevel, RunInfo, TaskError, T
 class TaskRunner:
     """Executes :class:`RunTask` commands and keeps the running ones cancellable."""
 
-    def __init__(self, *, threads: int = 8, clock: Clock = utc_now) -> None:
+    def __init__(
+        self, *, threads: int = 8, clock: Clock = utc_now, max_output_bytes: int | None = None
+    ) -> None:
+        """``max_output_bytes``: the largest outputs a task run may have (the executor step's
+        rule, :mod:`kestream.executor.sizes`); larger ones fail the run here, on the worker,
+        so the result is never too large to send."""
         self._pool = ThreadPoolExecutor(max_workers=max(threads, 1), thread_name_prefix="task")
         self._clock = clock
+        self.max_output_bytes = max_output_bytes
         self._running: dict[tuple[str, str], asyncio.Task[Any]] = {}
 
     @property
@@ -78,6 +85,10 @@ class TaskRunner:
 
     def _result(self, job: RunTask, outcome: TaskOutcome) -> tuple[WorkerResult, list[LogLine]]:
         now: datetime = self._clock()
+        if outcome.error is None:
+            oversized = outputs_too_large(job.task.id, outcome.outputs, self.max_output_bytes)
+            if oversized is not None:
+                outcome = TaskOutcome(StateType.FAILED, logs=outcome.logs, error=oversized)
         floor = LOG_LEVEL_ORDER[job.task.logLevel] if job.task.logLevel else 0
         lines = [
             LogLine(job.execution_id, job.task_run_id, job.task.id, job.attempt, lvl, msg, now)
