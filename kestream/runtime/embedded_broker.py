@@ -58,7 +58,7 @@ _PR_SET_PDEATHSIG = 1
 #: Where users go when kestream cannot start a broker by itself.
 BROKER_HELP = (
     "Point kestream at a Kafka broker with KESTREAM_BROKER=host:9092, or start Apache Kafka "
-    "with `docker compose -f docker/compose.yaml up -d kafka`."
+    "with `docker compose -f docker/kafka.yaml -f docker/kafka.host.yaml up -d`."
 )
 
 

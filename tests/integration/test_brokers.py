@@ -449,7 +449,7 @@ def test_missing_embedded_broker_says_what_to_do(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(embedded_broker.BrokerUnavailable) as info:
         EmbeddedBroker().start()
     reason = info.value.reason
-    assert "KESTREAM_BROKER" in reason and "docker/compose.yaml" in reason
+    assert "KESTREAM_BROKER" in reason and "docker/kafka.yaml" in reason
     assert "Linux x86_64" in reason and "\n" not in reason
 
 
