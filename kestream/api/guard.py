@@ -4,9 +4,9 @@ Every route needs credentials (:class:`Access.CREDENTIALS`) unless it was grante
 a route added to the application without a word is protected, so a new route cannot forget
 it. The exceptions are granted by path where the routes are registered: ``/health/*`` and,
 with ``KESTREAM_METRICS_AUTH=false``, ``/metrics`` are :attr:`Access.OPEN`; the webhook routes
-are :attr:`Access.KEY` (the key in their path is their credential, and they are meant to be
-called from anywhere, browsers included). A path that matches no route needs credentials too,
-so an anonymous caller cannot tell which paths exist.
+are :attr:`Access.KEY` (the key in their path is their credential, and whoever holds it may
+call them from anywhere, so their calls are not refused by origin either). A path that matches
+no route needs credentials too, so an anonymous caller cannot tell which paths exist.
 
 Browsers send a user's cached Basic credentials, and reach a developer's ``127.0.0.1``, from
 any web page. So a state-changing request (POST, PUT, PATCH, DELETE) that a browser sends from
