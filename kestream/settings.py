@@ -133,6 +133,13 @@ class Settings(BaseSettings):
         description="KESTREAM_EXECUTOR_ENDED_RETENTION_H: how long ended executions are "
         "remembered, so a redelivered creation never runs twice.",
     )
+    render_timeout_ms: int = Field(
+        default=1000,
+        ge=1,
+        description="KESTREAM_RENDER_TIMEOUT_MS: CPU time one render (a property, a condition, "
+        "an output) may use; past it the task run fails with 'render exceeded ...', so a "
+        "hostile template or input cannot hold the executor.",
+    )
 
     # -- worker ------------------------------------------------------------------------------
     worker_threads: int = Field(

@@ -13,18 +13,22 @@ from .api import (
     render_value,
     validate_template,
 )
-from .errors import RenderError, TemplateSyntaxError
+from .budget import render_timeout_ms, set_render_timeout_ms
+from .errors import RenderError, RenderLimitError, TemplateSyntaxError
 from .text import to_text
 
 __all__ = [
     "RenderError",
+    "RenderLimitError",
     "Template",
     "TemplateSyntaxError",
     "compile_template",
     "is_template",
     "is_truthy",
     "render",
+    "render_timeout_ms",
     "render_value",
+    "set_render_timeout_ms",
     "to_text",
     "validate_template",
 ]

@@ -10,24 +10,33 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .budget import RenderBudget
 from .errors import UndefinedError
+from .limits import MAX_TEXT, text_too_long
 from .text import to_text
 from .values import SEQUENCES, Entry
 
 
 class Scope:
-    """The render-time state: the caller's context, local frames (``set``/``for``), a step budget.
+    """The render-time state: the caller's context, local frames (``set``/``for``), the budget.
 
     Frames are plain dicts, innermost last; most templates never push one, so lookups go straight
     to the context.
     """
 
-    __slots__ = ("ctx", "frames", "steps")
+    __slots__ = ("budget", "ctx", "frames", "output_size")
 
-    def __init__(self, ctx: Mapping[str, Any]) -> None:
+    def __init__(self, ctx: Mapping[str, Any], budget: RenderBudget) -> None:
         self.ctx = ctx
+        self.budget = budget
         self.frames: list[dict[str, Any]] = []
-        self.steps = 0
+        self.output_size = 0
+
+    def add_output(self, size: int) -> None:
+        """Count a long output against the render's text limit."""
+        self.output_size += size
+        if self.output_size > MAX_TEXT:
+            raise text_too_long()
 
     def lookup(self, name: str, line: int) -> Any:
         """A root variable: innermost frame first, then the context; strict."""

@@ -7,7 +7,7 @@ from functools import lru_cache
 from typing import Any
 
 # Importing these modules fills the filter/function/test registries.
-from . import (  # noqa: F401  # noqa: F401
+from . import (  # noqa: F401
     filters_collections,
     filters_data,
     filters_dates,
@@ -18,8 +18,15 @@ from . import (  # noqa: F401  # noqa: F401
     predicates,
 )
 from .access import Scope
-from .compiler import StmtFn, compile_body
-from .errors import RenderError, TemplateSyntaxError, UndefinedError, undefined_message
+from .budget import RenderBudget, close_budget, current_budget, open_budget
+from .compiler import StmtFn, compile_body, is_metered
+from .errors import (
+    RenderError,
+    RenderLimitError,
+    TemplateSyntaxError,
+    UndefinedError,
+    undefined_message,
+)
 from .lexer import tokenize
 from .parser import parse
 
@@ -29,16 +36,34 @@ CACHE_SIZE = 4096
 class Template:
     """A compiled template: ``render(ctx)`` only runs closures."""
 
-    __slots__ = ("_fn", "source")
+    __slots__ = ("_fn", "_metered", "source")
 
-    def __init__(self, source: str, fn: StmtFn) -> None:
+    def __init__(self, source: str, fn: StmtFn, metered: bool = True) -> None:
         self.source = source
         self._fn = fn
+        self._metered = metered
 
     def render(self, ctx: Mapping[str, Any]) -> str:
-        """Render with ``ctx``; every failure is a RenderError carrying Kestra's message."""
+        """Render with ``ctx`` within one budget (the caller's, when it opened one).
+
+        Every failure is a RenderError carrying Kestra's message; past the budget or a size
+        limit, a RenderLimitError whose message begins "render exceeded" and names the task.
+        """
+        if not self._metered:
+            return self._run(ctx, current_budget())
+        budget, opened = open_budget()
         try:
-            return self._fn(Scope(ctx))
+            return self._run(ctx, budget)
+        finally:
+            close_budget(opened)
+
+    def _run(self, ctx: Mapping[str, Any], budget: RenderBudget) -> str:
+        try:
+            return self._fn(Scope(ctx, budget))
+        except RenderLimitError as exc:
+            where = f" in task '{_task_id(ctx)}'" if _task_id(ctx) is not None else ""
+            message = f"{exc.message}{where} (expression `{_excerpt(self.source)}`)"
+            raise RenderLimitError(message, exc.line, self.source) from None
         except UndefinedError as exc:
             line = exc.line or 1
             message = undefined_message(exc.name, self.source, line)
@@ -59,11 +84,23 @@ class Template:
         return f"Template({self.source!r})"
 
 
+def _task_id(ctx: Mapping[str, Any]) -> str | None:
+    """The id of the task whose property is rendered (the executor puts ``task`` in the context)."""
+    task = ctx.get("task")
+    return task.get("id") if isinstance(task, Mapping) else None
+
+
+def _excerpt(source: str, limit: int = 200) -> str:
+    """The start of a template for an error message (a bomb may be a long text)."""
+    return source if len(source) <= limit else source[:limit] + "..."
+
+
 @lru_cache(maxsize=CACHE_SIZE)
 def compile_template(text: str) -> Template:
     """Parse and compile ``text``; raises TemplateSyntaxError."""
     try:
-        return Template(text, compile_body(parse(tokenize(text), text)))
+        stmts = parse(tokenize(text), text)
+        return Template(text, compile_body(stmts), is_metered(stmts))
     except RecursionError:
         raise TemplateSyntaxError("Template nested too deeply", 1, text) from None
 
@@ -81,15 +118,26 @@ def render(text: str, ctx: Mapping[str, Any]) -> str:
 
 
 def render_value(value: Any, ctx: Mapping[str, Any]) -> Any:
-    """Render every string inside dicts/lists (keys too); other values are returned as is."""
+    """Render every string inside dicts/lists (keys too); other values are returned as is.
+
+    The whole value (one property, one output) shares one render budget.
+    """
+    if isinstance(value, str):
+        return render(value, ctx)
+    _, opened = open_budget()
+    try:
+        return _render_nested(value, ctx)
+    finally:
+        close_budget(opened)
+
+
+def _render_nested(value: Any, ctx: Mapping[str, Any]) -> Any:
     if isinstance(value, str):
         return render(value, ctx)
     if isinstance(value, dict):
-        return {render_value(k, ctx): render_value(v, ctx) for k, v in value.items()}
-    if isinstance(value, list):
-        return [render_value(item, ctx) for item in value]
-    if isinstance(value, tuple):
-        return [render_value(item, ctx) for item in value]
+        return {_render_nested(k, ctx): _render_nested(v, ctx) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_render_nested(item, ctx) for item in value]
     return value
 
 

@@ -7,18 +7,24 @@ specialised joins for the shapes that dominate real flows (text followed by one 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import fields, is_dataclass
 from typing import Any
 
 from . import nodes as n
 from .access import Scope
 from .errors import RenderError
 from .expr_compiler import ExprFn, compile_expr, raiser
-from .limits import MAX_LOOP_STEPS
+from .limits import MAX_TEXT, text_too_long
 from .operators import check_text, to_bool, type_name
 from .text import to_text
 from .values import SEQUENCES, Entry
 
 StmtFn = Callable[[Scope], str]
+
+#: Outputs longer than this count towards the render's text limit as they are produced, so that
+#: ``{{ s }}{{ s }}...`` with a long ``s`` is refused before the parts are joined; the rest is
+#: bounded by the template's own length or by the loop that repeats it (which counts everything).
+_BIG_OUTPUT = 4096
 
 
 def compile_body(stmts: list[n.Stmt]) -> StmtFn:
@@ -47,6 +53,24 @@ def _join(parts: list[str | StmtFn]) -> StmtFn:
     return lambda scope: "".join([fn(scope) for fn in fns])
 
 
+def is_metered(node: object) -> bool:
+    """Whether a template needs a time budget: it loops, or calls filters or functions.
+
+    Anything else evaluates each node once, at a cost linear in the template and its inputs
+    (reading variables, operators, methods, tests), so such renders skip the budget entirely:
+    ``Hello {{ inputs.name }}`` pays nothing for it.
+    """
+    if isinstance(node, n.For | n.FilterCall | n.Call):
+        return True
+    if isinstance(node, n.Binary) and node.op == "..":
+        return True
+    if isinstance(node, list | tuple):
+        return any(is_metered(item) for item in node)
+    if isinstance(node, n.Literal | n.Text) or not is_dataclass(node):
+        return False
+    return any(is_metered(getattr(node, f.name)) for f in fields(node))
+
+
 def _compile_stmt(stmt: n.Stmt) -> str | StmtFn:
     """A statement as constant text or a closure."""
     if isinstance(stmt, n.Text):
@@ -69,7 +93,10 @@ def _output(fn: ExprFn) -> StmtFn:
 
     def output(scope: Scope) -> str:
         value = fn(scope)
-        return value if type(value) is str else to_text(value)
+        text = value if type(value) is str else to_text(value)
+        if len(text) > _BIG_OUTPUT:
+            scope.add_output(len(text))
+        return text
 
     return output
 
@@ -116,21 +143,27 @@ def _for(stmt: n.For) -> StmtFn:
         items = _iterable(value, line)
         if not items:
             return otherwise(scope) if otherwise is not None else ""
-        scope.steps += len(items)
-        if scope.steps > MAX_LOOP_STEPS:
-            raise RenderError(f"Too many loop iterations (limit {MAX_LOOP_STEPS})", line)
         length = len(items)
         state = {"index": 0, "revindex": 0, "first": True, "last": False, "length": length}
         frame: dict[str, Any] = {"loop": state}
         scope.frames.append(frame)
+        budget = scope.budget
         out: list[str] = []
+        size = 0
         try:
             for index, item in enumerate(items):
                 # One loop map updated in place, as Pebble does.
                 state["index"], state["revindex"] = index, length - index - 1
                 state["first"], state["last"] = index == 0, index == length - 1
                 frame[var] = item
-                out.append(body(scope))
+                text = body(scope)
+                size += len(text)
+                if size > MAX_TEXT:
+                    raise text_too_long()
+                out.append(text)
+                budget.left -= 1  # budget.spend() inlined: this is the hottest loop
+                if budget.left <= 0:
+                    budget.check()
         finally:
             scope.frames.pop()
         return check_text("".join(out))

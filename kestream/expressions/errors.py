@@ -34,6 +34,16 @@ class TemplateSyntaxError(RenderError):
         self.template: str = template
 
 
+class RenderLimitError(RenderError):
+    """A render went past its CPU-time budget or its size limit (:mod:`.budget`, :mod:`.limits`).
+
+    Raised deep inside the evaluator with ``message`` reading "render exceeded ..."; every layer
+    that rewraps errors with a filter's name or a line lets this type through unchanged, so the
+    task run's log line always begins with those words and the template boundary only adds which
+    task and which expression.
+    """
+
+
 class UndefinedError(RenderError):
     """A variable, key or index that does not exist (Pebble's strict-variables failure).
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from . import nodes as n
 from .access import Scope, get_item
-from .errors import RenderError, UndefinedError
+from .errors import RenderError, RenderLimitError, UndefinedError
 from .functions import range_function
 from .methods import call_method
 from .operators import (
@@ -171,9 +171,10 @@ def _method(node: n.MethodCall) -> ExprFn:
     def call(scope: Scope) -> Any:
         obj = obj_fn(scope)
         args = [fn(scope) for fn in arg_fns]
+        scope.budget.spend(_weight(obj))
         try:
             return call_method(obj, name, args)
-        except UndefinedError:
+        except (UndefinedError, RenderLimitError):
             raise
         except RenderError as exc:
             raise RenderError(exc.message, line) from None
@@ -181,8 +182,18 @@ def _method(node: n.MethodCall) -> ExprFn:
     return call
 
 
+_SIZED = frozenset((str, list, dict))
+
+
+def _weight(value: Any) -> int:
+    """Budget steps for one call on ``value``: one, plus one per 256 items or characters."""
+    return 1 + (len(value) >> 8 if type(value) in _SIZED else 0)
+
+
 def _failure(title: str, exc: Exception, line: int) -> RenderError:
-    """The RenderError reported when a registered callable raises."""
+    """The RenderError reported when a registered callable raises (limits pass unchanged)."""
+    if isinstance(exc, RenderLimitError):
+        return exc
     if isinstance(exc, RenderError):
         return RenderError(f"{title}: {exc.message}", line)
     if isinstance(exc, RecursionError):
@@ -208,6 +219,7 @@ def _invoke(builtin: Builtin, args: n.Args, line: int, first: ExprFn | None = No
 
     def call(scope: Scope) -> Any:
         values = [fn(scope) for fn in positional]
+        scope.budget.spend(_weight(values[0]) if values else 1)
         if uses_ctx:
             values.insert(0, scope.ctx)
         kwargs = {name: fn(scope) for name, fn in named}
@@ -227,6 +239,10 @@ def _invoke_one(builtin: Builtin, argument: ExprFn, line: int) -> ExprFn:
 
     def call(scope: Scope) -> Any:
         value = argument(scope)
+        budget = scope.budget  # budget.spend(_weight(value)) inlined: the hottest call path
+        budget.left -= 1 + (len(value) >> 8 if type(value) in _SIZED else 0)
+        if budget.left <= 0:
+            budget.check()
         try:
             return impl(value)
         except UndefinedError:
@@ -295,7 +311,7 @@ def _range_operator(left: ExprFn, right: ExprFn, line: int) -> ExprFn:
     def make_range(scope: Scope) -> list[Any]:
         try:
             return range_function(left(scope), right(scope))
-        except UndefinedError:
+        except (UndefinedError, RenderLimitError):
             raise
         except RenderError as exc:
             raise RenderError(exc.message, line) from None
@@ -321,6 +337,8 @@ def _binary(node: n.Binary) -> ExprFn:
         b = right(scope)
         try:
             return function(a, b)
+        except RenderLimitError:
+            raise
         except RenderError as exc:
             raise RenderError(exc.message, line) from None
 

@@ -11,10 +11,12 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from .budget import current_budget
+from .equality import EqualitySet
 from .errors import RenderError
-from .operators import check_items, check_text, equals, greater, is_number, less, type_name
+from .operators import check_items, equals, greater, is_number, less, type_name
 from .registry import template_filter
-from .text import java_text
+from .text import bounded_join, java_text
 
 
 def _require_list(value: Any, name: str) -> list[Any]:
@@ -70,12 +72,26 @@ def _compare(a: Any, b: Any) -> int:
     return 1 if greater(a, b) else 0
 
 
+def _sorted(items: list[Any], reverse: bool) -> list[Any]:
+    """Natural order; lists of only strings or only numbers sort natively (same order, C speed),
+    others compare pair by pair within the render budget."""
+    if all(type(item) is str for item in items) or all(is_number(item) for item in items):
+        return sorted(items, reverse=reverse)
+    budget = current_budget()
+
+    def compare(a: Any, b: Any) -> int:
+        budget.spend()
+        return _compare(a, b)
+
+    return sorted(items, key=functools.cmp_to_key(compare), reverse=reverse)
+
+
 @template_filter("sort")
 def sort(value: Any) -> Any:
     """Ascending natural order."""
     if value is None:
         return None
-    return sorted(_require_list(value, "sort"), key=functools.cmp_to_key(_compare))
+    return _sorted(_require_list(value, "sort"), reverse=False)
 
 
 @template_filter("rsort")
@@ -83,7 +99,7 @@ def rsort(value: Any) -> Any:
     """Descending natural order."""
     if value is None:
         return None
-    return sorted(_require_list(value, "rsort"), key=functools.cmp_to_key(_compare), reverse=True)
+    return _sorted(_require_list(value, "rsort"), reverse=True)
 
 
 @template_filter("join")
@@ -92,7 +108,7 @@ def join(value: Any, separator: str = "") -> Any:
     if value is None:
         return None
     items = value.values() if isinstance(value, Mapping) else _require_list(value, "join")
-    return check_text(java_text(separator).join(java_text(item) for item in items))
+    return bounded_join(java_text(separator), map(java_text, items))
 
 
 @template_filter("keys")
@@ -140,14 +156,11 @@ def chunk(value: Any, size: int) -> Any:
 
 @template_filter("distinct", "unique", "uniq")
 def distinct(value: Any) -> Any:
-    """Items without duplicates, first occurrence kept."""
+    """Items without duplicates (Pebble's ``==``: 1 and 1.0 are one), first occurrence kept."""
     if value is None:
         return None
-    out: list[Any] = []
-    for item in _require_list(value, "distinct"):
-        if not any(equals(item, seen) for seen in out):
-            out.append(item)
-    return out
+    seen = EqualitySet(equals)
+    return [item for item in _require_list(value, "distinct") if seen.add(item)]
 
 
 @template_filter("flatten")

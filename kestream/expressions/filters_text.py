@@ -1,8 +1,8 @@
 """String filters: Pebble's core ones and Kestra's additions (substring*, startsWith, slugify...).
 
 Every filter passes ``null`` through unchanged, as Pebble's and Kestra's filters do. Regular
-expressions supplied by templates (``split``, ``replace(regexp=true)``) go through ``safe_regex``,
-which rejects the nested-quantifier shapes that make backtracking explode.
+expressions supplied by templates (``split``, ``replace(regexp=true)``) are matched by
+:mod:`.patterns`, within the render's time budget.
 """
 
 from __future__ import annotations
@@ -12,55 +12,31 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any
 from urllib.parse import quote_plus, unquote_plus
 
+from . import patterns
 from .errors import RenderError
+from .limits import MAX_TEXT, text_too_long
 from .operators import check_text
 from .registry import template_filter
 from .text import java_text, to_text
 
-_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)\s*[+*{]")
-MAX_PATTERN = 1000
-
-
-@lru_cache(maxsize=256)
-def safe_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a template-supplied regex, refusing catastrophic-backtracking shapes."""
-    if len(pattern) > MAX_PATTERN or _NESTED_QUANTIFIER.search(pattern):
-        raise RenderError(
-            f"Regular expression rejected (too long or nested quantifiers): {pattern}"
-        )
-    try:
-        return re.compile(_python_named_groups(pattern))
-    except re.error as exc:
-        raise RenderError(f"Invalid regular expression '{pattern}': {exc}") from None
-
-
-def _python_named_groups(pattern: str) -> str:
-    """Java and Python regex syntax agree on everything Kestra flows use; named groups differ."""
-    return re.sub(r"\(\?<([A-Za-z]\w*)>", r"(?P<\1>", pattern)
+_REPLACEMENT_TOKEN = re.compile(r"\\(.)|\$(\d+|\{\w+\})|\\", re.DOTALL)
 
 
 def _java_replacement(replacement: str) -> str:
-    """Java's ``$1`` / ``${name}`` group references as Python's ``\\g<1>``."""
-    out = []
-    index = 0
-    while index < len(replacement):
-        char = replacement[index]
-        if char == "\\" and index + 1 < len(replacement):
-            out.append(replacement[index + 1].replace("\\", "\\\\"))
-            index += 2
-            continue
-        match = re.match(r"\$(\d+|\{\w+\})", replacement[index:])
-        if match:
-            out.append(f"\\g<{match.group(1).strip('{}')}>")
-            index += match.end()
-            continue
-        out.append("\\\\" if char == "\\" else char)
-        index += 1
-    return "".join(out)
+    """Java's replacement text (``$1``, ``${name}``, ``\\$`` escapes) as a Python template."""
+    return _REPLACEMENT_TOKEN.sub(_replacement_token, replacement)
+
+
+def _replacement_token(match: re.Match[str]) -> str:
+    escaped, group = match.group(1), match.group(2)
+    if escaped is not None:  # ``\x`` is the character x itself
+        return escaped.replace("\\", "\\\\")
+    if group is not None:
+        return f"\\g<{group.strip('{}')}>"
+    return "\\\\"  # a lone trailing backslash
 
 
 def _text(value: Any) -> str:
@@ -114,8 +90,7 @@ def abbreviate(value: Any, length: int) -> Any:
 def _replace_text(text: str, pairs: Mapping[Any, Any], regexp: bool) -> str:
     for search, replacement in pairs.items():
         if regexp:
-            pattern = safe_regex(java_text(search))
-            text = pattern.sub(_java_replacement(java_text(replacement)), text)
+            text = patterns.sub(java_text(search), _java_replacement(java_text(replacement)), text)
         else:
             text = text.replace(java_text(search), java_text(replacement))
         check_text(text)
@@ -151,11 +126,11 @@ def replace(value: Any, replace_pairs: Any, replacement: Any = None, regexp: Any
 _REGEX_META = frozenset(".$|()[]{}^?*+\\")
 
 
-def _regex_split(pattern: re.Pattern[str], text: str, limit: int) -> list[str]:
+def _regex_split(pattern: str, text: str, limit: int) -> list[str]:
     """Split on regex matches without Python's captured-group extras (Java semantics)."""
     parts: list[str] = []
     start = 0
-    for match in pattern.finditer(text):
+    for match in patterns.finditer(pattern, text):
         if limit > 0 and len(parts) == limit - 1:
             break
         if match.end() == 0:
@@ -181,7 +156,7 @@ def split(value: Any, delimiter: Any, limit: int = 0) -> Any:
     elif _REGEX_META.isdisjoint(delimiter):
         parts = text.split(delimiter, limit - 1) if limit > 0 else text.split(delimiter)
     else:
-        parts = _regex_split(safe_regex(delimiter), text, limit)
+        parts = _regex_split(delimiter, text, limit)
     if limit == 0:
         while parts and parts[-1] == "":
             parts.pop()
@@ -329,7 +304,9 @@ def _indent(value: Any, amount: Any, prefix: str, leading: bool) -> Any:
     newline = _line_separator(text)
     if leading:
         text = newline + text
-    return check_text(text.replace(newline, newline + prefix * amount))
+    if len(text) + text.count(newline) * len(java_text(prefix)) * amount > MAX_TEXT:
+        raise text_too_long()  # refused before building it: lines x amount can be huge
+    return text.replace(newline, newline + prefix * amount)
 
 
 @template_filter("indent")

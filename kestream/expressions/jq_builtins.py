@@ -6,6 +6,7 @@ import itertools
 import math
 from typing import Any
 
+from .budget import current_budget
 from .jq_parser import JqError, Node
 from .jq_runtime import (
     BUILTINS,
@@ -94,10 +95,24 @@ def _contains(a: Any, b: Any) -> bool:
     if isinstance(a, dict):
         return all(k in a and _contains(a[k], v) for k, v in b.items())
     if isinstance(a, list):
-        return all(any(jq_type(x) == jq_type(y) and _contains(x, y) for x in a) for y in b)
+        return _array_contains(a, b)
     if isinstance(a, str):
         return b in a
     return bool(a == b)
+
+
+def _array_contains(a: list[Any], b: list[Any]) -> bool:
+    """Every item of ``b`` contained in some item of ``a``: containment, not equality (strings
+    match as substrings), so pair by pair, each pair counted against the render budget."""
+    budget = current_budget()
+    for wanted in b:
+        for item in a:
+            budget.spend()
+            if jq_type(item) == jq_type(wanted) and _contains(item, wanted):
+                break
+        else:
+            return False
+    return True
 
 
 with_argument("contains")(_contains)
@@ -150,23 +165,25 @@ def _recurse_with(ev: Evaluator, args: list[Node], value: Any) -> Gen:
 @builtin("range", 1)
 def _range(ev: Evaluator, args: list[Node], value: Any) -> Gen:
     for end in ev.run(args[0], value):
-        yield from _bounded_range(0, end)
+        yield from _bounded_range(ev, 0, end)
 
 
 @builtin("range", 2)
 def _range2(ev: Evaluator, args: list[Node], value: Any) -> Gen:
     for start in ev.run(args[0], value):
         for end in ev.run(args[1], value):
-            yield from _bounded_range(start, end)
+            yield from _bounded_range(ev, start, end)
 
 
-def _bounded_range(start: Any, end: Any) -> Gen:
+def _bounded_range(ev: Evaluator, start: Any, end: Any) -> Gen:
     if jq_type(start) != "number" or jq_type(end) != "number":
         raise JqError("Range bounds must be numeric")
     if end - start > MAX_ITEMS:
         raise JqError(f"range larger than {MAX_ITEMS} values")
+    budget = ev.budget
     current = start
     while current < end:
+        budget.spend()
         yield current
         current += 1
 

@@ -6,7 +6,7 @@ import json
 import math
 from typing import Any
 
-from .filters_text import safe_regex
+from . import patterns
 from .jq_parser import JqError, Node
 from .jq_runtime import (
     Evaluator,
@@ -93,7 +93,7 @@ def _split(value: Any, separator: Any) -> Any:
 @with_argument("test")
 def _test(value: Any, pattern: Any) -> Any:
     _strings(value, pattern, "test")
-    return safe_regex(pattern).search(value) is not None
+    return patterns.search(pattern, value) is not None
 
 
 @builtin("sub", 2)
@@ -111,7 +111,7 @@ def _substitute(ev: Evaluator, args: list[Node], value: Any, count: int) -> Gen:
     replacement = ev.first(args[1], value)
     _strings(value, pattern, "sub")
     _strings(value, replacement, "sub")
-    yield safe_regex(pattern).sub(lambda m: replacement, value, count=count)
+    yield patterns.sub(pattern, lambda match: replacement, value, count)
 
 
 @with_argument("index")

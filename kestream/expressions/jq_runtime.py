@@ -11,6 +11,8 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .budget import current_budget
+from .equality import EqualitySet, json_key
 from .jq_parser import JqError, Node
 from .limits import MAX_ITEMS, MAX_TEXT
 from .text import java_double, to_json
@@ -91,7 +93,8 @@ def _subtract(a: Any, b: Any) -> Any:
     if jq_type(a) == jq_type(b) == "number":
         return a - b
     if isinstance(a, list) and isinstance(b, list):
-        return [x for x in a if not any(jq_compare(x, y) == 0 for y in b)]
+        removed = EqualitySet(jq_equal, b, key=json_key)
+        return [x for x in a if x not in removed]
     raise JqError(f"{jq_type(a)} and {jq_type(b)} cannot be subtracted")
 
 
@@ -187,9 +190,20 @@ def iterate(value: Any) -> Gen:
         raise JqError(f"Cannot iterate over {jq_type(value)}")
 
 
+def jq_equal(a: Any, b: Any) -> bool:
+    """jq's ``==``."""
+    return jq_compare(a, b) == 0
+
+
+def _counted_compare(a: Any, b: Any) -> int:
+    """jq_compare counted against the render budget (sorting calls it n log n times)."""
+    current_budget().spend()
+    return jq_compare(a, b)
+
+
 def sort_key(value: Any) -> Any:
     """A key function implementing jq's total order."""
-    return functools.cmp_to_key(jq_compare)(value)
+    return functools.cmp_to_key(_counted_compare)(value)
 
 
 def jq_tostring(value: Any) -> str:
@@ -211,14 +225,16 @@ BUILTINS: dict[tuple[str, int], Builtin] = {}
 
 
 class Evaluator:
-    """Runs a parsed program against one input, counting produced values."""
+    """Runs a parsed program against one input, counting produced values and evaluations."""
 
     def __init__(self, handlers: dict[str, Handler]) -> None:
         self.handlers = handlers
         self.produced = 0
+        self.budget = current_budget()
 
     def run(self, node: Node, value: Any) -> Gen:
         """All outputs of ``node`` applied to ``value``."""
+        self.budget.spend()
         return self.handlers[node[0]](self, node, value)
 
     def first(self, node: Node, value: Any) -> Any:
@@ -230,6 +246,7 @@ class Evaluator:
     def count(self) -> None:
         """Count one produced value against the render limit."""
         self.produced += 1
+        self.budget.spend()
         if self.produced > MAX_ITEMS:
             raise JqError(f"jq produced more than {MAX_ITEMS} values")
 

@@ -1,11 +1,28 @@
 """Resource ceilings for one render, so a template cannot exhaust memory or CPU.
 
 Kestra caps ``range()`` at one million elements; the same ceiling applies here to every list a
-template builds and to loop iterations, and a separate one to the length of produced text.
+template builds, and a separate one to the length of produced text. Time is bounded by the render
+budget (:mod:`.budget`), whose default is here: the executor sets the configured value at start.
 """
 
 from __future__ import annotations
 
+from .errors import RenderLimitError
+
 MAX_ITEMS = 1_000_000
-MAX_LOOP_STEPS = 1_000_000
 MAX_TEXT = 10_000_000
+#: Default CPU-time budget of one render (one property, one condition, one output).
+RENDER_TIMEOUT_MS = 1000
+#: Largest regular expression, counted once its counted repetitions are expanded: the matcher
+#: expands ``x{n}`` while compiling, which no timeout interrupts (a million units is about 0.5 s).
+MAX_PATTERN_UNITS = 100_000
+
+
+def text_too_long() -> RenderLimitError:
+    """The error for text past :data:`MAX_TEXT`."""
+    return RenderLimitError(f"render exceeded its size limit of {MAX_TEXT} characters of text")
+
+
+def too_many_items() -> RenderLimitError:
+    """The error for a list past :data:`MAX_ITEMS`."""
+    return RenderLimitError(f"render exceeded its size limit of {MAX_ITEMS} list items")

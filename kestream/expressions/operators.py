@@ -12,12 +12,16 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
+from .budget import current_budget
+from .equality import EqualitySet
 from .errors import RenderError
-from .limits import MAX_ITEMS, MAX_TEXT
+from .limits import MAX_ITEMS, MAX_TEXT, text_too_long, too_many_items
 from .text import java_text
 from .values import CONTAINERS, NUMBERS, SEQUENCES
 
 _LONG_MIN = -(2**63)
+#: Items compared between two looks at the render budget when comparing long lists.
+_CHUNK = 4096
 _LONG_SPAN = 2**64
 
 
@@ -55,7 +59,16 @@ def equals(left: Any, right: Any) -> bool:
     if isinstance(left, bool) or isinstance(right, bool):
         return type(left) is type(right) and left == right
     if isinstance(left, SEQUENCES) and isinstance(right, SEQUENCES):
-        return len(left) == len(right) and all(map(equals, left, right))
+        if len(left) != len(right):
+            return False
+        if len(left) <= _CHUNK:
+            return all(map(equals, left, right))
+        budget = current_budget()
+        for start in range(0, len(left), _CHUNK):  # long lists: counted chunk by chunk
+            budget.spend(_CHUNK >> 6)
+            if not all(map(equals, left[start : start + _CHUNK], right[start : start + _CHUNK])):
+                return False
+        return True
     try:
         return bool(left == right)
     except Exception:  # pragma: no cover - exotic values whose __eq__ fails
@@ -116,16 +129,22 @@ def _numbers(left: Any, right: Any, op: str) -> None:
 
 
 def check_text(text: str) -> str:
-    """Refuse strings past the render size limit."""
-    if len(text) > MAX_TEXT:
-        raise RenderError(f"Rendered text exceeds the limit of {MAX_TEXT} characters")
+    """Refuse strings past the render size limit; building big text counts against the budget."""
+    size = len(text)
+    if size > MAX_TEXT:
+        raise text_too_long()
+    if size > 4096:
+        current_budget().spend(size >> 12)
     return text
 
 
 def check_items(items: list[Any]) -> list[Any]:
-    """Refuse lists past the render size limit."""
-    if len(items) > MAX_ITEMS:
-        raise RenderError(f"A list exceeds the limit of {MAX_ITEMS} items")
+    """Refuse lists past the render size limit; building big lists counts against the budget."""
+    size = len(items)
+    if size > MAX_ITEMS:
+        raise too_many_items()
+    if size > 512:
+        current_budget().spend(size >> 9)
     return items
 
 
@@ -155,7 +174,8 @@ def subtract(left: Any, right: Any) -> Any:
     """``-``: list removal or numeric subtraction."""
     if isinstance(left, SEQUENCES):
         if isinstance(right, SEQUENCES):
-            return [item for item in left if not any(equals(item, r) for r in right)]
+            removed = EqualitySet(equals, right)
+            return [item for item in left if item not in removed]
         out = list(left)
         for index, item in enumerate(out):
             if equals(item, right):
@@ -229,7 +249,11 @@ def contains(container: Any, item: Any) -> bool:
         return item in container
     if isinstance(container, SEQUENCES):
         if isinstance(item, SEQUENCES):
-            return all(any(equals(c, i) for c in container) for i in item)
+            if not item:
+                return True
+            present = EqualitySet(equals, container)
+            return all(i in present for i in item)
+        current_budget().spend(1 + (len(container) >> 6))
         return any(equals(c, item) for c in container)
     raise RenderError(f"contains cannot be applied to a {type_name(container)}")
 

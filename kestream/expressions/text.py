@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -18,6 +18,8 @@ from typing import Any
 
 from kestream.models.durations import format_duration
 
+from .budget import RenderBudget, current_budget
+from .limits import MAX_TEXT, text_too_long
 from .values import CONTAINERS, NUMBERS, SEQUENCES, Entry
 
 _encode_str = json.encoder.encode_basestring  # C-accelerated, does not escape non-ASCII
@@ -127,52 +129,108 @@ def java_text(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, Mapping):
-        inner = ", ".join(f"{java_text(k)}={java_text(v)}" for k, v in value.items())
-        return "{" + inner + "}"
+        items = (f"{java_text(k)}={java_text(v)}" for k, v in value.items())
+        return "{" + bounded_join(", ", items) + "}"
     if isinstance(value, SEQUENCES):
-        return "[" + ", ".join(java_text(v) for v in value) + "]"
+        return "[" + bounded_join(", ", map(java_text, value)) + "]"
     return to_text(value)
 
 
-def to_json(value: Any) -> str:
-    """Compact JSON like Kestra's Jackson mapper (Java number formats, ISO dates)."""
+def bounded_join(separator: str, texts: Iterator[str]) -> str:
+    """``separator.join(texts)``, refused as soon as it would pass the render's text limit."""
+    budget = current_budget()
     parts: list[str] = []
-    _write_json(value, parts)
-    return "".join(parts)
+    size = 0
+    for text in texts:
+        size += len(text) + len(separator)
+        if size > MAX_TEXT:
+            raise text_too_long()
+        parts.append(text)
+        budget.left -= 1  # budget.spend() inlined: once per item
+        if budget.left <= 0:
+            budget.check()
+    return separator.join(parts)
 
 
-def _write_json(value: Any, out: list[str]) -> None:
-    """Append the JSON of ``value`` to ``out`` (iterative joins keep big lists fast)."""
-    if isinstance(value, str):
-        out.append(_encode_str(value))
-    elif value is None:
-        out.append("null")
-    elif isinstance(value, Mapping):
+def to_json(value: Any) -> str:
+    """Compact JSON like Kestra's Jackson mapper (Java number formats, ISO dates).
+
+    Bounded by the render's text limit while it is written: a list holding the same long string
+    a million times is refused before it is built.
+    """
+    writer = _JsonWriter(current_budget())
+    writer.write(value)
+    return writer.text()
+
+
+class _JsonWriter:
+    """Appends JSON tokens to ``out``, counting strings' sizes and containers' items."""
+
+    __slots__ = ("budget", "out", "size")
+
+    def __init__(self, budget: RenderBudget) -> None:
+        self.budget = budget
+        self.out: list[str] = []
+        self.size = 0
+
+    def text(self) -> str:
+        if sum(map(len, self.out)) > MAX_TEXT:
+            raise text_too_long()
+        return "".join(self.out)
+
+    def string(self, text: str) -> None:
+        encoded = _encode_str(text)
+        self.size += len(encoded)
+        if self.size > MAX_TEXT:
+            raise text_too_long()
+        self.out.append(encoded)
+
+    def write(self, value: Any) -> None:
+        """Append the JSON of ``value`` (iterative joins keep big lists fast)."""
+        if isinstance(value, str):
+            self.string(value)
+        elif value is None:
+            self.out.append("null")
+        elif isinstance(value, Mapping):
+            self.mapping(value)
+        elif isinstance(value, (*SEQUENCES, set, frozenset)):
+            self.sequence(value)
+        elif isinstance(value, Entry):  # Jackson writes a Map.Entry as a one-key object
+            self.mapping({value.key: value.value})
+        elif isinstance(value, float) and not math.isfinite(value):
+            self.out.append(_encode_str(java_double(value)))
+        elif isinstance(value, NUMBERS):
+            self.out.append(to_text(value))
+        else:
+            self.string(to_text(value))
+
+    def mapping(self, value: Mapping[Any, Any]) -> None:
+        out, budget = self.out, self.budget
         out.append("{")
         first = True
         for key, item in value.items():
             if not first:
                 out.append(",")
             first = False
-            out.append(_encode_str(key if isinstance(key, str) else to_text(key)))
+            self.string(key if isinstance(key, str) else to_text(key))
             out.append(":")
-            _write_json(item, out)
+            self.write(item)
+            budget.left -= 1  # budget.spend() inlined: once per item
+            if budget.left <= 0:
+                budget.check()
         out.append("}")
-    elif isinstance(value, (*SEQUENCES, set, frozenset)):
+
+    def sequence(self, value: Iterable[Any]) -> None:
+        out, budget = self.out, self.budget
         out.append("[")
         for index, item in enumerate(value):
             if index:
                 out.append(",")
-            _write_json(item, out)
+            self.write(item)
+            budget.left -= 1
+            if budget.left <= 0:
+                budget.check()
         out.append("]")
-    elif isinstance(value, Entry):  # Jackson writes a Map.Entry as a one-key object
-        _write_json({value.key: value.value}, out)
-    elif isinstance(value, float) and not math.isfinite(value):
-        out.append(_encode_str(java_double(value)))
-    elif isinstance(value, NUMBERS):
-        out.append(to_text(value))
-    else:
-        out.append(_encode_str(to_text(value)))
 
 
 def parse_json(text: str) -> Any:

@@ -398,7 +398,18 @@ class StringInput(Input):
         return []
 
     def _check(self, typed: Any) -> None:
-        if self.validator is not None and not re.fullmatch(self.validator, typed):
+        if self.validator is None:
+            return
+        # Imported here: the template engine imports the models. Its matcher has a timeout, so a
+        # value built to make the validator backtrack cannot hold the API or the executor.
+        from kestream.expressions import RenderError
+        from kestream.expressions.patterns import fullmatch_within_budget
+
+        try:
+            matched = fullmatch_within_budget(self.validator, typed)
+        except RenderError as exc:
+            raise InputValueError(f"checking the pattern `{self.validator}`: {exc}") from None
+        if not matched:
             raise InputValueError(f"it must match the pattern `{self.validator}`")
 
 

@@ -50,6 +50,7 @@ from kestream.executor.restore import snapshot_attempt
 from kestream.executor.sizes import human_size
 from kestream.executor.state import ExecutionState
 from kestream.executor.step import Executor, StepResult, UnknownFlow
+from kestream.expressions import set_render_timeout_ms
 from kestream.models.clock import Clock, utc_now
 from kestream.models.state import StateType
 from kestream.runtime import records
@@ -119,6 +120,7 @@ class ExecutorService:
             max_output_bytes=self.limit.output_bytes,
         )
         self.registry = registry
+        set_render_timeout_ms(self.settings.render_timeout_ms)  # every render in this process
         self.states: dict[str, ExecutionState] = {}
         self.partition_of: dict[str, int] = {}
         self.ended: dict[str, tuple[datetime, int, int]] = {}  # at, partition, attempt

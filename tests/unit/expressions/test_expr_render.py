@@ -342,13 +342,9 @@ def validate_at_sign() -> object:
 def test_limits() -> None:
     with pytest.raises(RenderError, match="cannot produce more than 1000000"):
         render("{{ range(1, 2000000) }}", {})
-    with pytest.raises(RenderError, match="Too many loop iterations"):
-        render(
-            "{% for a in range(1, 1001) %}{% for b in range(1, 1001) %}{% endfor %}{% endfor %}", {}
-        )
-    with pytest.raises(RenderError, match="exceeds the limit"):
+    with pytest.raises(RenderError, match=r"^render exceeded its size limit of 10000000 char"):
         render("{% set s = 'xx' %}{% for i in range(1, 40) %}{% set s = s ~ s %}{% endfor %}", {})
-    with pytest.raises(RenderError, match="exceeds the limit"):
+    with pytest.raises(RenderError, match=r"^render exceeded its size limit of 1000000 list"):
         render("{% set l = [1] %}{% for i in range(1, 40) %}{% set l = l + l %}{% endfor %}", {})
 
 

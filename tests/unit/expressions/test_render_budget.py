@@ -1,0 +1,289 @@
+"""The render budget: CPU time and size bombs fail their render with "render exceeded ...".
+
+Each bomb would run for minutes (or exhaust memory) without the budget; the tests assert the
+message and print the CPU time the failing render took (no timed assertion: the machine may be
+busy). Quadratic filters now run in linear time and finish well inside the default budget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from kestream.expressions import (
+    RenderError,
+    RenderLimitError,
+    render,
+    render_timeout_ms,
+    render_value,
+    set_render_timeout_ms,
+)
+from kestream.expressions.budget import RenderBudget, current_budget
+from kestream.expressions.patterns import expanded_units
+from kestream.models.inputs import InputValueError, StringInput
+from kestream.models.state import StateType
+from kestream.testing import Driver
+
+BUDGET_MS = 250
+CTX: dict[str, Any] = {"task": {"id": "bomb", "type": "io.kestra.plugin.core.log.Log"}}
+A40_B = "a" * 40 + "b"
+
+
+@pytest.fixture
+def small_budget() -> Iterator[None]:
+    """A quarter-second budget keeps the bomb tests short."""
+    before = render_timeout_ms()
+    set_render_timeout_ms(BUDGET_MS)
+    try:
+        yield
+    finally:
+        set_render_timeout_ms(before)
+
+
+def _fails(template: str, ctx: dict[str, Any] | None = None) -> tuple[str, float]:
+    """The error message of a render that must fail, and the CPU seconds it took."""
+    started = time.thread_time()
+    with pytest.raises(RenderLimitError) as info:
+        render(template, CTX if ctx is None else ctx)
+    return str(info.value), time.thread_time() - started
+
+
+TIME_BOMBS = {
+    "nested loops": "{% for a in range(1,1000000) %}{% for b in range(1,1000000) %}"
+    "{% endfor %}{% endfor %}",
+    "regex replace": "{{ '" + A40_B + "' | replace('(a|aa)+$', 'x', regexp=true) }}",
+    "regex split": "{{ '" + A40_B + "' | split('(a|aa)+$') }}",
+    "jq test": "{{ '\"" + A40_B + "\"' | jq('test(\"(a|aa)+$\")') }}",
+    "jq gsub": "{{ '\"" + A40_B + '"\' | jq(\'gsub("(a|aa)+$"; "x")\') }}',
+    "jq huge range": "{{ 1 | jq('[range(1000000) | range(1000000)] | length') }}",
+    "jq sort": "{{ 1 | jq('[range(1000000) | tostring] | sort | length') }}",
+    "string building": "{% set s = '' %}{% for i in range(1, 1000000) %}"
+    "{% set s = s ~ 'xxxxxxxxxx' %}{% endfor %}",
+    "list building": "{% set l = [] %}{% for i in range(1, 1000000) %}{% set l = l + [i] %}"
+    "{% endfor %}",
+    "filter in a loop": "{% set s = range(1, 1000000) | join(',') %}"
+    "{% for i in range(1, 100000) %}{% set t = s | upper %}{% endfor %}",
+    "list equality in a loop": "{% set l = range(1, 1000000) %}"
+    "{% for i in range(1, 100000) %}{% if l == l %}{% endif %}{% endfor %}",
+    "yaml dump": "{{ range(1, 1000000) | toYaml | length }}",
+    "yaml parse": "{% set y = range(1, 1000000) | join('\n- ') %}{{ yaml('- ' ~ y) | length }}",
+    "mixed sort": "{% set l = ['a'] %}{% for i in range(1, 1000000) %}{% set l = l | sort %}"
+    "{% endfor %}",
+}
+
+
+@pytest.mark.usefixtures("small_budget")
+@pytest.mark.parametrize("template", list(TIME_BOMBS.values()), ids=list(TIME_BOMBS))
+def test_time_bombs_fail_past_the_budget(template: str) -> None:
+    message, cpu = _fails(template)
+    print(f"failed after {cpu * 1000:.0f} ms of CPU (budget {BUDGET_MS} ms)")
+    assert message.startswith(
+        f"render exceeded its CPU-time budget of {BUDGET_MS} ms (KESTREAM_RENDER_TIMEOUT_MS) "
+        "in task 'bomb' (expression `"
+    ), message
+
+
+SIZE_BOMBS = {
+    "string doubling": "{% set s = 'xx' %}{% for i in range(1, 64) %}{% set s = s ~ s %}"
+    "{% endfor %}",
+    "outputs of a long text": "{% set s = range(1, 1000000) | join(',') %}{{ s }}{{ s }}",
+    "json of repeated text": "{% set l = [range(1, 1000000) | join(',')] %}"
+    "{% for i in range(1, 10) %}{% set l = l + l %}{% endfor %}{{ l }}",
+    "java text of repeated text": "{% set l = [range(1, 1000000) | join(',')] %}"
+    "{% for i in range(1, 10) %}{% set l = l + l %}{% endfor %}{{ 'x' ~ l }}",
+    "join of repeated text": "{% set l = [range(1, 1000000) | join(',')] %}"
+    "{% for i in range(1, 10) %}{% set l = l + l %}{% endfor %}{{ l | join }}",
+    "loop output": "{% set s = range(1, 100000) | join(',') %}"
+    "{% for i in range(1, 1000) %}{{ s }}{% endfor %}",
+    "indent": "{{ range(1, 100000) | join('\n') | indent(1000) }}",
+}
+
+
+@pytest.mark.parametrize("template", list(SIZE_BOMBS.values()), ids=list(SIZE_BOMBS))
+def test_size_bombs_fail_at_the_size_limit(template: str) -> None:
+    message, cpu = _fails(template)
+    print(f"failed after {cpu * 1000:.0f} ms of CPU")
+    assert message.startswith("render exceeded its size limit of 10000000 characters"), message
+    assert "in task 'bomb'" in message
+
+
+def test_list_size_limit() -> None:
+    message, _ = _fails(
+        "{% set l = [1] %}{% for i in range(1, 40) %}{% set l = l + l %}{% endfor %}"
+    )
+    assert message.startswith("render exceeded its size limit of 1000000 list items in task 'bomb'")
+
+
+def test_the_limit_passes_through_filters_unchanged() -> None:
+    """A filter's failure is prefixed with its name; a spent budget is not, wherever it is met."""
+    with pytest.raises(RenderError) as info:
+        render("{{ 'x' | slice(0, 5) }}", CTX)
+    assert str(info.value).startswith("Filter [slice]:")
+    message, _ = _fails("{% set s = range(1, 1000000) | join(',') %}{{ [s, s] | join }}")
+    assert message.startswith("render exceeded its size limit"), message
+
+
+def test_without_a_task_the_message_names_the_expression_only() -> None:
+    message, _ = _fails("{% set s = range(1, 1000000) | join(',') %}{{ s }}{{ s }}", {})
+    assert message.startswith("render exceeded its size limit of 10000000 characters of text (")
+    assert "in task" not in message
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("{{ range(1, 100000) | distinct | length }}", "100000"),
+        ("{{ range(1, 1000000) | unique | length }}", "1000000"),
+        ("{{ (range(1, 100000) - range(2, 100000)) }}", "[1]"),
+        ("{{ range(1, 100000) contains range(1, 100000) }}", "true"),
+        ("{{ range(1, 100000) contains range(1, 100001) }}", "false"),
+        ("{{ range(1, 1000000) | rsort | first }}", "1000000"),
+        ("{{ 1 | jq('[range(100000)] - [range(1; 100000)]') }}", "[[0]]"),
+    ],
+)
+def test_former_quadratic_filters_finish_within_the_default_budget(
+    template: str, expected: str
+) -> None:
+    started = time.thread_time()
+    assert render(template, CTX) == expected
+    print(f"{(time.thread_time() - started) * 1000:.0f} ms of CPU")
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        # Pebble's ==: numbers by value, booleans apart from numbers, lists item by item.
+        (
+            "{{ [1, 1.0, true, '1', [1], [1.0], {'a': 1}, {'a': 1.0}, null, null, false]"
+            " | distinct }}",
+            '[1,true,"1",[1],{"a":1},null,false]',
+        ),
+        ("{{ [1, 2.0, true, [1], [2]] - [1.0, [1.0]] }}", "[2.0,true,[2]]"),
+        ("{{ [1, [2], 'a'] contains [1.0, [2.0]] }}", "true"),
+        ("{{ [true] contains [1] }}", "false"),
+        ("{{ [1] contains [true] }}", "false"),
+        ("{{ [] contains [] }}", "true"),
+        ("{{ [{'a': [1, 2]}] contains [{'a': [1, 2]}] }}", "true"),
+    ],
+)
+def test_linear_filters_keep_pebble_equality(template: str, expected: str) -> None:
+    assert render(template, CTX) == expected
+
+
+def test_values_without_a_hash_key_are_compared_one_by_one() -> None:
+    ctx = {"items": [{"s": {1, 2}}, {"s": {2, 1}}, {"s": {3}}], "nan": float("nan")}
+    assert render("{{ items | distinct | length }}", ctx) == "2"
+    assert render("{{ (items - [{'x': 1}]) | length }}", ctx) == "3"
+    assert render("{{ [nan, nan] | distinct | length }}", ctx) == "2"  # NaN equals nothing
+
+
+def test_jq_subtraction_keeps_booleans_apart_from_numbers() -> None:
+    program = '[1, true, {"a": true}, {"a": 1}, [1.0]] - [1.0, {"a": 1}, [1]]'
+    assert render("{{ 1 | jq(program) }}", {"program": program}) == '[[true,{"a":true}]]'
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        (
+            r"{{ '2024-05' | replace('(?<y>\\d{4})-(?<m>\\d+)', '${m}/${y}', regexp=true) }}",
+            "05/2024",
+        ),
+        ("{{ 'aaab' | replace('a++b', 'x', regexp=true) }}", "x"),  # possessive (Java)
+        ("{{ 'aab' | replace('(?>a+)b', 'x', regexp=true) }}", "x"),  # atomic group (Java)
+        (r"{{ 'a1b22c' | split('\\d+') }}", '["a","b","c"]'),
+        ("{{ 'a' | replace('(a+)+$', 'b', regexp=true) }}", "b"),  # once refused by a guard
+        (r"{{ 'x$y' | replace('\\$', '\\$\\$', regexp=true) }}", "x$$y"),
+    ],
+)
+def test_regexes_keep_java_syntax(template: str, expected: str) -> None:
+    assert render(template, CTX) == expected
+
+
+def test_patterns_too_large_to_compile_are_refused_before_compiling() -> None:
+    assert expanded_units("(?:x{1000}){1000}") > 100_000
+    assert expanded_units("a{200000,300000}") > 100_000
+    assert expanded_units("a{1,100000}") <= 2  # only the minimum is expanded
+    assert expanded_units("[ab]{3}(c|d){2}") <= 20
+    assert expanded_units(r"\p{L}{2}\{5}") <= 10
+    with pytest.raises(RenderError, match="too large once its counted repetitions are expanded"):
+        render("{{ 'x' | replace('(?:x{1000}){1000}', 'y', regexp=true) }}", CTX)
+
+
+@pytest.mark.usefixtures("small_budget")
+def test_budget_is_shared_by_one_property() -> None:
+    """render_value renders a property's strings under one budget: two halves do not fit."""
+    half = "{% for i in range(1, 1000000) %}{% endfor %}"
+    started = time.thread_time()
+    with pytest.raises(RenderLimitError):
+        render_value({"a": [half, half, half, half], "b": half}, CTX)
+    print(f"failed after {(time.thread_time() - started) * 1000:.0f} ms of CPU")
+
+
+def test_no_budget_outside_a_render() -> None:
+    budget = current_budget()
+    assert budget.timeout_ms == float("inf")
+    assert isinstance(budget, RenderBudget)
+
+
+def test_the_budget_setting_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        set_render_timeout_ms(0)
+
+
+@pytest.mark.usefixtures("small_budget")
+def test_input_validator_has_the_budget_too() -> None:
+    """A value crafted to make a flow's validator backtrack is refused, not matched for minutes."""
+    definition = StringInput(id="name", type="STRING", validator="(a|aa)+")
+    with pytest.raises(InputValueError, match="render exceeded its CPU-time budget"):
+        definition.parse(A40_B)
+    assert definition.parse("aaaa") == "aaaa"
+
+
+@pytest.mark.usefixtures("small_budget")
+def test_a_bomb_in_a_log_task_fails_that_task_run_and_names_it() -> None:
+    flow = """id: bombs
+namespace: test.budget
+inputs:
+  - id: text
+    type: STRING
+tasks:
+  - id: before
+    type: io.kestra.plugin.core.log.Log
+    message: "fine {{ range(1, 10) | distinct | length }}"
+  - id: bomb
+    type: io.kestra.plugin.core.log.Log
+    message: "{{ inputs.text | replace('(a|aa)+$', '', regexp=true) }}"
+  - id: after
+    type: io.kestra.plugin.core.log.Log
+    message: never
+"""
+    normal = """id: normal
+namespace: test.budget
+tasks:
+  - id: hello
+    type: io.kestra.plugin.core.log.Log
+    message: "hello {{ range(1, 1000) | distinct | length }}"
+"""
+    with Driver() as driver:
+        driver.deploy(flow)
+        driver.deploy(normal)
+        started = time.thread_time()
+        execution = driver.start("test.budget", "bombs", {"text": A40_B})
+        print(f"bomb execution took {(time.thread_time() - started) * 1000:.0f} ms of CPU")
+        runs = {run.taskId: run.state.current for run in execution.taskRunList}
+        errors = [line for line in driver.logs(execution.id) if line.level == "ERROR"]
+        after = driver.start("test.budget", "normal")
+        hello = [line.message for line in driver.logs(after.id) if line.taskId == "hello"]
+    assert execution.state.current is StateType.FAILED
+    assert runs == {"before": StateType.SUCCESS, "bomb": StateType.FAILED}
+    assert [line.taskId for line in errors] == ["bomb"]
+    assert errors[0].message.startswith(
+        f"render exceeded its CPU-time budget of {BUDGET_MS} ms (KESTREAM_RENDER_TIMEOUT_MS) "
+        "in task 'bomb'"
+    ), errors[0].message
+    assert after.state.current is StateType.SUCCESS
+    assert hello == ["hello 1000"]
