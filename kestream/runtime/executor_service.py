@@ -57,6 +57,7 @@ from kestream.runtime import records
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.metrics import Metrics, process_metrics
+from kestream.runtime.record_limit import RecordLimit
 from kestream.runtime.tansu_compat import fetch_highwaters
 
 log = logging.getLogger("kestream.executor")
@@ -324,7 +325,7 @@ class ExecutorService:
         if before is None:
             self.states[st.id] = st
             self.partition_of[st.id] = partition
-        refused: list[ev.WorkerResult] = []
+        refused: list[ev.Event] = []
         for command in result.commands:
             self._command(partition, st, command, out, refused)
         for failed in refused:  # after the step's own commands, as if a worker had answered
@@ -336,7 +337,7 @@ class ExecutorService:
         st: ExecutionState,
         command: cmd.Command,
         out: Outbox,
-        refused: list[ev.WorkerResult],
+        refused: list[ev.Event],
     ) -> None:
         topics = self.topics
         if isinstance(command, cmd.RunTask):
@@ -349,7 +350,11 @@ class ExecutorService:
             out.send(topics.worker_tasks, st.id, records.encode_kill_job(command))
         elif isinstance(command, cmd.CreateExecution):
             created = command.created
-            out.send(topics.executions, created.execution_id, records.encode_event(created))
+            value = records.encode_event(created)
+            if self.limit.fits(value) or created.parent is None:  # (else: the guard's letter)
+                out.send(topics.executions, created.execution_id, value)
+            else:  # a subflow whose inputs no record can hold: its task run fails
+                refused.append(_child_refused(created, created.parent, len(value), self.limit))
         elif isinstance(command, cmd.SendEvent):
             event = command.event
             out.send(topics.executions, event.execution_id, records.encode_event(event))
@@ -658,6 +663,20 @@ def _job_refused(job: cmd.RunTask, size: int, limit: int) -> ev.WorkerResult:
     return ev.WorkerResult(
         job.execution_id, job.task_run_id, job.attempt, StateType.FAILED, error=error
     )
+
+
+def _child_refused(
+    created: ev.ExecutionCreated, parent: ev.SubflowLink, size: int, limit: RecordLimit
+) -> ev.SubflowFinished:
+    """What the parent hears of a subflow execution too large to create (its inputs)."""
+    error = (
+        f"the subflow execution of {created.namespace}.{created.flow_id} is "
+        f"{human_size(size)}, over the {human_size(limit.value_bytes)} record limit"
+    )
+    return ev.SubflowFinished(
+        parent.execution_id, parent.task_run_id, parent.attempt, created.execution_id,
+        StateType.FAILED, error=error,
+    )  # fmt: skip
 
 
 def _stale_restart(event: ev.Restart, ended_attempt: int) -> bool:

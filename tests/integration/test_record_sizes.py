@@ -83,6 +83,34 @@ tasks:
     message: "{{ range(1, 20000) | join(',') }}"
 """
 
+#: A subflow whose inputs no record can hold.
+CHILD = """
+id: child
+namespace: test.sizes
+inputs:
+  - id: blob
+    type: STRING
+tasks:
+  - id: took
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{ inputs.blob | length }}"
+"""
+PARENT = """
+id: parent
+namespace: test.sizes
+tasks:
+  - id: call
+    type: io.kestra.plugin.core.flow.Subflow
+    namespace: test.sizes
+    flowId: child
+    inputs:
+      blob: "{{ range(1, 20000) | join(',') }}"
+errors:
+  - id: handler
+    type: io.kestra.plugin.core.log.Log
+    message: "handled"
+"""
+
 SMALL = """
 id: small
 namespace: test.sizes
@@ -202,6 +230,18 @@ async def test_oversized_values_fail_their_task_run_and_the_processes_go_on(
             line.startswith("properties of task 'shout' are") and "record limit" in line
             for line in lines
         ), lines
+
+    child = await stack.client.deploy(CHILD)
+    stack.registry.put(child)
+    parent = await stack.run(PARENT)
+    states = {run.taskId: run.state.current for run in parent.taskRunList}
+    assert parent.state.current is StateType.FAILED
+    assert states == {"call": StateType.FAILED, "handler": StateType.SUCCESS}
+    errors = [e.message for e in await stack.client.logs(parent.id) if e.level == "ERROR"]
+    assert any(
+        m.startswith("the subflow execution of test.sizes.child is") and "record limit" in m
+        for m in errors
+    ), errors
 
     small = await stack.run(SMALL)
     assert small.state.current is StateType.SUCCESS

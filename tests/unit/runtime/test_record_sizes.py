@@ -271,3 +271,28 @@ async def test_the_api_answers_413_for_a_record_over_the_limit() -> None:
     assert message == (
         "Request Entity Too Large: the request's record is 70.0 kB, over the 64.5 kB record limit"
     )
+
+
+def test_the_executor_turns_a_record_no_rule_foresaw_into_its_dead_letter() -> None:
+    """The last guard before the producer: a record over the limit never reaches it (it would
+    stop the processor); its cut copy goes to the dead-letter topic instead."""
+    from kestream.runtime.context import BrokerContext
+    from kestream.runtime.executor_service import ExecutorService
+    from kestream.runtime.metrics import Metrics
+    from kestream.runtime.topics import Topics
+
+    settings = Settings(broker="unused:9092", max_record_bytes=32 * 1024)
+    ctx = BrokerContext(settings, "unused:9092", "tansu", Topics.of(settings))
+    service = ExecutorService(ctx, FlowRegistry(), metrics=Metrics())
+    fine = (ctx.topics.updates, "ex1", b"{}", 3)
+    huge = (ctx.topics.changelog, "ex1/run", b'{"x":"' + b"y" * 100_000 + b'"}', 3)
+    assert service._sized([fine]) == [fine]
+    kept = service._sized([fine, huge])
+    assert kept[0] == fine and len(kept) == 2
+    topic, key, letter, partition = kept[1]
+    assert (topic, key, partition) == (ctx.topics.dead_letter, "ex1/run", None)
+    assert letter is not None and len(letter) <= ctx.record_limit.value_bytes
+    body = orjson.loads(letter)
+    assert body["topic"] == ctx.topics.changelog and body["partition"] == 3
+    assert body["valueBytes"] == len(huge[2]) and body["valueCut"] is True
+    assert body["reason"] == "not produced: 100 kB, over the 31.7 kB record limit"
