@@ -358,7 +358,13 @@ class IndexFeed:
                 await self._producer.send(
                     ctx.topics.dead_letter,
                     records.dead_letter_value(
-                        rec.topic, rec.partition, rec.offset, rec.key, rec.value, reason
+                        rec.topic,
+                        rec.partition,
+                        rec.offset,
+                        rec.key,
+                        rec.value,
+                        reason,
+                        max_bytes=ctx.record_limit.value_bytes,
                     ),
                     key=rec.key,
                 )
