@@ -73,6 +73,18 @@ errors:
     message: "handled"
 """
 
+#: An output of ~52 kB: over the outputs' budget (48.4 kB at this limit), yet its rendered
+#: property still fits a job, so it runs (on the worker when not inline) and its outputs are
+#: refused there, with the same message either way.
+MEDIUM_OUTPUT = """
+id: medium-output
+namespace: test.sizes
+tasks:
+  - id: medium
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{ range(1, 10500) | join(',') }}"
+"""
+
 #: One log message of ~109 kB.
 HUGE_LOG = """
 id: huge-log
@@ -217,6 +229,15 @@ async def test_oversized_values_fail_their_task_run_and_the_processes_go_on(
             message.startswith("properties of task 'huge' are 109 kB rendered, over the")
             for message in errors
         ), errors
+
+    medium = await stack.run(MEDIUM_OUTPUT)
+    assert medium.state.current is StateType.FAILED
+    errors = [e.message for e in await stack.client.logs(medium.id) if e.level == "ERROR"]
+    size = encoded_size({"value": ",".join(str(i) for i in range(1, 10501))})
+    assert errors == [
+        f"outputs of task 'medium' are {human_size(size)}, over the "
+        f"{human_size(limit.output_bytes)} record limit for outputs"
+    ]
 
     shout = await stack.run(HUGE_LOG)
     lines = [e.message for e in await stack.client.logs(shout.id) if e.taskId == "shout"]
