@@ -47,6 +47,7 @@ from kestream.models.flow import Flow, trigger_class_for
 from kestream.models.ids import derived_id
 from kestream.models.inputs import InputValidationError, coerce_output, parse_inputs
 from kestream.models.state import StateType, worst
+from kestream.models.values import check_portable, find_unportable, safe_text
 from kestream.tasks.base import (
     LOG_LEVEL_ORDER,
     FlowableTask,
@@ -518,10 +519,15 @@ class _Step:
         self.move(tr, S.RUNNING)
         tr.attempts.append(StateRecord.new(S.RUNNING, self.now))
         try:
-            return self.render_props(tr)
+            props = self.render_props(tr)
         except RenderError as exc:
             self.attempt_failed(tr, str(exc))
             return None
+        problem = find_unportable(props, "properties")
+        if problem is not None:  # the job record could not be written
+            self.attempt_failed(tr, f"Task '{tr.task.id}' properties cannot be stored: {problem}")
+            return None
+        return props
 
     def run_attempt(self, tr: TaskRunState) -> None:
         """Start a new attempt of a runnable task: render, then run inline or dispatch."""
@@ -562,6 +568,10 @@ class _Step:
     def apply_outcome(self, tr: TaskRunState, outcome: TaskOutcome) -> None:
         if outcome.error is not None or outcome.state.is_failed:
             self.attempt_failed(tr, outcome.error or f"Task ended in state {outcome.state}")
+            return
+        problem = find_unportable(outcome.outputs, "outputs")
+        if problem is not None:  # it would stop whoever has to write it: the task run fails
+            self.attempt_failed(tr, f"Task '{tr.task.id}' outputs cannot be stored: {problem}")
             return
         too_large = outputs_too_large(tr.task.id, outcome.outputs, self.ex.max_output_bytes)
         if too_large is not None:  # no record could hold the task run: fail it, unapplied
@@ -865,6 +875,7 @@ class _Step:
             output.id: coerce_output(output, render_value(output.value, base))
             for output in self.flow.outputs
         }
+        check_portable(outputs, "outputs")  # an UnportableValue is a ValueError: the flow fails
         problem = too_large("the flow's outputs", outputs, self.ex.max_output_bytes)
         if problem is not None:  # the execution's records could not hold them
             raise ValueError(problem)
@@ -880,7 +891,8 @@ class _Step:
             base = execution_context(self.st, self.flow, self.ex.clock, self.ex.context_cache)
             try:
                 outputs = render_value(link.outputs, base)
-            except RenderError as exc:
+                check_portable(outputs, "outputs")
+            except (RenderError, ValueError) as exc:
                 outputs, error = None, f"Unable to render the subflow outputs: {exc}"
         done = ev.SubflowFinished(
             link.execution_id, link.task_run_id, link.attempt, self.st.id,
@@ -980,7 +992,7 @@ class _Step:
             tr.task.id if tr else None,
             len(tr.attempts) if tr and tr.attempts else None,
             level.value,
-            message,
+            safe_text(message),
             self.now,
         )
         self.logs.append(line)

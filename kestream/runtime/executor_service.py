@@ -623,7 +623,12 @@ class ExecutorService:
             log.error("cannot restore %s: flow %s.%s revision %s is unknown",
                       execution_id, head["ns"], head["flow"], head["rev"])  # fmt: skip
             return 0
-        st = codec.rebuild(execution_id, recs, flow.task_index())
+        try:
+            st = codec.rebuild(execution_id, recs, flow.task_index())
+        except Exception:  # one bad record must not stop the recovery of every other execution
+            log.exception("cannot restore %s from its changelog records; left out", execution_id)
+            self.metrics.dead_letter("executor")
+            return 0
         self.states[execution_id] = st
         self.partition_of[execution_id] = partition
         for timer_id, timer in st.timers.items():

@@ -130,13 +130,17 @@ def decode_event(data: bytes | None) -> ev.Event:
     if not isinstance(body, dict):
         raise RecordError("an event must be a JSON object")
     kind = str(body.get("type"))
+    if not isinstance(body.get("id"), str):
+        raise RecordError(f"{kind} event without a text id")
     try:
         return _EVENT_DECODERS[kind](body)
     except KeyError as exc:
         if kind not in _EVENT_DECODERS:
             raise RecordError(f"unknown event type {kind!r}") from None
         raise RecordError(f"{kind} event without {exc}") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        # Anyone who can write to the topic can write anything: every way a field can be
+        # malformed is a dead letter, never a stopped processor.
         raise RecordError(f"bad {kind} event: {exc}") from None
 
 

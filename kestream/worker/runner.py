@@ -17,6 +17,7 @@ from kestream.executor.events import WorkerResult
 from kestream.executor.sizes import outputs_too_large
 from kestream.models.clock import Clock, utc_now
 from kestream.models.state import StateType
+from kestream.models.values import find_unportable, safe_text
 from kestream.tasks.base import LOG_LEVEL_ORDER, LogLevel, RunInfo, TaskError, TaskOutcome
 
 
@@ -85,16 +86,23 @@ class TaskRunner:
 
     def _result(self, job: RunTask, outcome: TaskOutcome) -> tuple[WorkerResult, list[LogLine]]:
         now: datetime = self._clock()
-        if outcome.error is None:
+        problem = find_unportable(outcome.outputs, "outputs")
+        if problem is not None:  # the result record could not even be written: fail the run
+            error = f"Task '{job.task.id}' outputs cannot be stored: {problem}"
+            outcome = TaskOutcome(StateType.FAILED, logs=outcome.logs, error=error)
+        elif outcome.error is None:
             oversized = outputs_too_large(job.task.id, outcome.outputs, self.max_output_bytes)
             if oversized is not None:
                 outcome = TaskOutcome(StateType.FAILED, logs=outcome.logs, error=oversized)
         floor = LOG_LEVEL_ORDER[job.task.logLevel] if job.task.logLevel else 0
         lines = [
-            LogLine(job.execution_id, job.task_run_id, job.task.id, job.attempt, lvl, msg, now)
+            LogLine(
+                job.execution_id, job.task_run_id, job.task.id, job.attempt, lvl, safe_text(msg),
+                now,
+            )
             for lvl, msg in outcome.logs
             if LOG_LEVEL_ORDER[lvl] >= floor
-        ]
+        ]  # fmt: skip
         errors = [line.message for line in lines if line.level == LogLevel.ERROR.value]
         if outcome.error is not None:
             # The executor logs the failure message itself (also for inline tasks), once.
@@ -103,6 +111,6 @@ class TaskRunner:
             state = outcome.state
         result = WorkerResult(
             job.execution_id, job.task_run_id, job.attempt, state, outcome.outputs,
-            outcome.error, errors,
+            None if outcome.error is None else safe_text(outcome.error), errors,
         )  # fmt: skip
         return result, lines

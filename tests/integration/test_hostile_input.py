@@ -11,6 +11,7 @@ no role process has exited (``standalone`` stops everything, and exits, when one
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -53,7 +54,13 @@ def stack(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
 @pytest.fixture(scope="module")
 def ns(stack: Stack) -> str:
     namespace = f"it.hostile.n{uuid.uuid4().hex[:8]}"
-    for source in (_probe(namespace), _hook(namespace), _typed(namespace), _pause(namespace)):
+    for source in (
+        _probe(namespace),
+        _hook(namespace),
+        _typed(namespace),
+        _pause(namespace),
+        _out(namespace),
+    ):
         reply = stack.post_yaml("/flows", source)
         assert reply.status == 200, reply.body
     return namespace
@@ -115,6 +122,27 @@ outputs:
 """
 
 
+def _out(ns: str) -> str:
+    """Outputs built at run time from text: the task-output and flow-output doors."""
+    return f"""
+id: out
+namespace: {ns}
+inputs:
+  - id: text
+    type: STRING
+tasks:
+  - id: values
+    type: io.kestra.plugin.core.output.OutputValues
+    values:
+      text: "{{{{ inputs.text }}}}"
+      parsed: "{{{{ fromJson(inputs.text) }}}}"
+outputs:
+  - id: doc
+    type: JSON
+    value: "{{{{ inputs.text }}}}"
+"""
+
+
 def _pause(ns: str) -> str:
     return f"""
 id: pause
@@ -140,6 +168,20 @@ def _alive(stack: Stack, ns: str) -> None:
     health = stack.get(stack.base + "/health/ready")
     assert health.status == 200, health.body
     assert stack.process.poll() is None, f"standalone exited:\n{stack.log_tail()}"
+
+
+def _log_line(stack: Stack, execution_id: str, texts: tuple[str, ...]) -> str:
+    """The first log line of the execution holding one of ``texts`` (the index fills a little
+    behind the execution)."""
+    deadline = time.monotonic() + 30
+    logs: Any = None
+    while time.monotonic() < deadline:
+        logs = stack.get(f"/logs/{execution_id}").json()
+        found = [line["message"] for line in logs if any(t in line["message"] for t in texts)]
+        if found:
+            return str(found[0])
+        time.sleep(0.2)
+    raise AssertionError(f"no log line with {texts!r}: {logs}")
 
 
 def _refused(reply: Any, path: str) -> None:
@@ -249,6 +291,29 @@ def test_labels_and_query_parameters_that_are_hostile_are_refused_or_kept(
     for labels in ("labels=%ED%A0%80:x", "labels=k:%00", "labels=nocolon", "labels=" + "k" * 5000):
         reply = stack.post_form(f"/executions/{ns}/probe?{labels}", {})
         assert reply.status in (200, 400, 422), (labels, reply.status, reply.body)
+    _alive(stack, ns)
+
+
+# -- task and flow outputs --------------------------------------------------------------------
+
+
+def test_outputs_built_at_run_time_are_data_or_fail_their_execution(stack: Stack, ns: str) -> None:
+    for value in LOOKALIKES:
+        reply = stack.post_form(f"/executions/{ns}/out?wait=true", {"text": json.dumps(value)})
+        assert reply.status == 200, reply.body
+        done = reply.json()
+        assert done["state"]["current"] == "SUCCESS", done
+        assert done["outputs"]["doc"] == value
+        run = done["taskRunList"][0]
+        assert json.loads(run["outputs"]["values"]["text"]) == value
+    for text, _path in UNPORTABLE_JSON[:4]:
+        reply = stack.post_form(f"/executions/{ns}/out?wait=true", {"text": text})
+        assert reply.status == 200, reply.body
+        done = reply.json()
+        assert done["state"]["current"] == "FAILED", done
+        # fromJson's surrogate fails the task (its rendered properties); the others its outputs
+        message = _log_line(stack, done["id"], ("Unable to render the flow", "cannot be stored"))
+        assert "outputs" in message or "properties" in message
     _alive(stack, ns)
 
 
