@@ -538,11 +538,13 @@ class _Step:
             return
         attempt = len(tr.attempts)
         if self.ex.inline_tasks and task.inline:
+            info = RunInfo(self.st.id, tr.id, attempt)
             try:
-                outcome = task.execute(props, RunInfo(self.st.id, tr.id, attempt))
+                outcome = task.execute(props, info)
             except TaskError as exc:
                 self.attempt_failed(tr, str(exc))
                 return
+            outcome.logs[:0] = info.lines  # what the task logged as it ran comes first
             self.emit_task_logs(tr, outcome)
             self.apply_outcome(tr, outcome)
             return

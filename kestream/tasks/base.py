@@ -16,6 +16,7 @@ before the task runs; the worker therefore never needs the execution's whole con
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
@@ -153,11 +154,25 @@ class TaskError(Exception):
 
 @dataclass(slots=True)
 class RunInfo:
-    """What a runnable task may know about the run it belongs to (no execution context)."""
+    """What a runnable task may know about the run it belongs to (no execution context).
+
+    :meth:`log` is how a task logs while it runs: where the runner gives an ``emit`` callback
+    (the worker), each line goes out at once, so a long script's output is seen as it comes;
+    elsewhere (the executor's inline path, tests) lines are kept in ``lines`` and the runner puts
+    them before the outcome's own ``logs``.
+    """
 
     execution_id: str
     task_run_id: str
     attempt: int
+    emit: Callable[[LogLevel, str], None] | None = None
+    lines: list[tuple[LogLevel, str]] = field(default_factory=list)
+
+    def log(self, level: LogLevel, message: str) -> None:
+        if self.emit is not None:
+            self.emit(level, message)
+        else:
+            self.lines.append((level, message))
 
 
 class RunnableTask(Task):
