@@ -18,7 +18,7 @@ from . import (  # noqa: F401
     predicates,
 )
 from .access import Scope
-from .budget import RenderBudget, close_budget, current_budget, open_budget
+from .budget import UNBOUNDED, close_budget, open_budget
 from .compiler import StmtFn, compile_body, is_metered
 from .errors import (
     RenderError,
@@ -49,15 +49,8 @@ class Template:
         Every failure is a RenderError carrying Kestra's message; past the budget or a size
         limit, a RenderLimitError whose message begins "render exceeded" and names the task.
         """
-        if not self._metered:
-            return self._run(ctx, current_budget())
-        budget, opened = open_budget()
-        try:
-            return self._run(ctx, budget)
-        finally:
-            close_budget(opened)
-
-    def _run(self, ctx: Mapping[str, Any], budget: RenderBudget) -> str:
+        # A template that neither loops nor calls anything needs no budget (see is_metered).
+        budget, opened = open_budget() if self._metered else (UNBOUNDED, False)
         try:
             return self._fn(Scope(ctx, budget))
         except RenderLimitError as exc:
@@ -79,6 +72,9 @@ class Template:
         except Exception as exc:  # a bug or an exotic value must still fail only this render
             message = f"Unable to render `{self.source}`: {type(exc).__name__}: {exc}"
             raise RenderError(message, 1, self.source) from None
+        finally:
+            if opened:
+                close_budget()
 
     def __repr__(self) -> str:
         return f"Template({self.source!r})"
@@ -128,7 +124,8 @@ def render_value(value: Any, ctx: Mapping[str, Any]) -> Any:
     try:
         return _render_nested(value, ctx)
     finally:
-        close_budget(opened)
+        if opened:
+            close_budget()
 
 
 def _render_nested(value: Any, ctx: Mapping[str, Any]) -> Any:

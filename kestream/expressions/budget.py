@@ -142,7 +142,8 @@ def current_budget() -> RenderBudget:
 
 
 def open_budget() -> tuple[RenderBudget, bool]:
-    """The render in progress's budget, or a restarted one; pass the flag to close_budget."""
+    """The render in progress's budget, or a restarted one; True when this call started it
+    (the caller then ends it with :func:`close_budget`)."""
     renders = _RENDERS
     current = renders.current
     if current is not None:
@@ -153,7 +154,6 @@ def open_budget() -> tuple[RenderBudget, bool]:
     return budget, True
 
 
-def close_budget(opened: bool) -> None:
-    """End the render :func:`open_budget` started (no-op when it joined the caller's)."""
-    if opened:
-        _RENDERS.current = None
+def close_budget() -> None:
+    """End the render in progress on this thread (the one :func:`open_budget` started)."""
+    _RENDERS.current = None

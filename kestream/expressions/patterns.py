@@ -89,7 +89,8 @@ def fullmatch_within_budget(pattern: str, text: str) -> bool:
         except TimeoutError:
             raise budget.exceeded() from None
     finally:
-        close_budget(opened)
+        if opened:
+            close_budget()
 
 
 def _timeout(budget: RenderBudget) -> float | None:
