@@ -391,9 +391,14 @@ class StringInput(Input):
     def _definition_problems(self) -> list[tuple[str, str]]:
         if self.validator is None:
             return []
+        # Compiled by the matcher that checks values (see _check), imported here for the same
+        # reason; it reads Java's syntax and refuses patterns too large to compile.
+        from kestream.expressions import RenderError
+        from kestream.expressions.patterns import compile_pattern
+
         try:
-            re.compile(self.validator)
-        except re.error as exc:
+            compile_pattern(self.validator)
+        except RenderError as exc:
             return [("validator", f"invalid regular expression: {exc}")]
         return []
 

@@ -23,7 +23,7 @@ from kestream.expressions import (
 )
 from kestream.expressions.budget import RenderBudget, current_budget
 from kestream.expressions.patterns import expanded_units
-from kestream.models.inputs import InputValueError, StringInput
+from kestream.models.inputs import InputValueError, StringInput, input_model_for
 from kestream.models.state import StateType
 from kestream.testing import Driver
 
@@ -241,6 +241,14 @@ def test_input_validator_has_the_budget_too() -> None:
     with pytest.raises(InputValueError, match="render exceeded its CPU-time budget"):
         definition.parse(A40_B)
     assert definition.parse("aaaa") == "aaaa"
+
+
+def test_input_validators_compile_with_the_matcher_that_checks_values() -> None:
+    """Java's named groups are accepted at deploy time; patterns too large to compile are not."""
+    named = input_model_for({"id": "y", "type": "STRING", "validator": r"(?<year>\d{4})"})
+    assert named.parse("2024") == "2024"
+    with pytest.raises(ValueError, match="too large once its counted repetitions are expanded"):
+        input_model_for({"id": "x", "type": "STRING", "validator": "(?:x{1000}){1000}"})
 
 
 @pytest.mark.usefixtures("small_budget")
