@@ -25,6 +25,10 @@ other executions it keeps only their last *stop* update (terminal or paused), fo
 :data:`RECENT_TTL_S` (at most ``recent_max``, :data:`RECENT_MAX`), so a ``wait`` that starts
 after the execution ended still returns. An execution that ended before the client connected
 is not known to it (the API's index answers that).
+
+A follower that reads more slowly than updates come keeps only the last
+:data:`FOLLOW_QUEUE_MAX` states (each is the whole execution, so the older ones are dropped and
+the latest is never lost); the terminal one is always kept.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,7 +62,7 @@ from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.tansu_compat import fetch_highwaters
 from kestream.settings import Settings, get_settings
 
-__all__ = ["Client", "MergedExecution", "merge_update"]
+__all__ = ["Client", "FollowQueue", "MergedExecution", "merge_update"]
 
 log = logging.getLogger("kestream.client")
 
@@ -68,6 +72,8 @@ MAX_WATCHES = 50_000
 #: Stop updates (terminal or paused) of executions nobody watched, kept for a late ``wait``.
 RECENT_MAX = 2_000
 RECENT_TTL_S = 300.0
+#: States a slow follower may have pending; past it the oldest pending one is dropped.
+FOLLOW_QUEUE_MAX = 8
 _FETCH_TIMEOUT_MS = 200
 _ERROR_BACKOFF_S = 0.5
 
@@ -133,13 +139,55 @@ def merge_update(current: MergedExecution | None, update: Mapping[str, Any]) -> 
 # -- the client --------------------------------------------------------------------------------
 
 
+class FollowQueue:
+    """The states one follower has not read yet, at most ``maxsize`` of them.
+
+    Each state is the whole execution, so when the follower falls behind the oldest pending
+    state is dropped (counted in :attr:`dropped`): it still gets the latest one, and the memory
+    a follower that never reads holds is ``maxsize`` states. Nothing is taken after a terminal
+    state (the follow ends there), so the end is never pushed out.
+    """
+
+    def __init__(self, maxsize: int = FOLLOW_QUEUE_MAX) -> None:
+        self._items: deque[tuple[Execution, bool]] = deque(maxlen=maxsize)
+        self._ready = asyncio.Event()
+        self._ended = False
+        self._closed = False
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, execution: Execution, terminal: bool) -> None:
+        if self._ended or self._closed:
+            return
+        if len(self._items) == self._items.maxlen:
+            self.dropped += 1
+        self._items.append((execution, terminal))
+        self._ended = terminal
+        self._ready.set()
+
+    def close(self) -> None:
+        """The client is closing: :meth:`get` answers ``None`` once the queue is empty."""
+        self._closed = True
+        self._ready.set()
+
+    async def get(self) -> tuple[Execution, bool] | None:
+        while not self._items:
+            if self._closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+
 @dataclass(slots=True, eq=False)
 class _Watch:
     merged: MergedExecution | None = None
     #: Futures of ``wait`` calls, with their ``until_paused``.
     waiters: list[tuple[asyncio.Future[Execution], bool]] = field(default_factory=list)
-    #: Queues of ``follow`` calls: (execution, terminal).
-    queues: list[asyncio.Queue[tuple[Execution, bool] | None]] = field(default_factory=list)
+    #: Queues of ``follow`` calls.
+    queues: list[FollowQueue] = field(default_factory=list)
     #: Set by kill/resume from this client: the last stop no longer answers ``wait``.
     stale: bool = False
     #: Someone waited on or followed it. An execution this client submitted keeps its end
@@ -158,11 +206,17 @@ class Client:
     """
 
     def __init__(
-        self, ctx: BrokerContext, *, max_watches: int = MAX_WATCHES, recent_max: int = RECENT_MAX
+        self,
+        ctx: BrokerContext,
+        *,
+        max_watches: int = MAX_WATCHES,
+        recent_max: int = RECENT_MAX,
+        follow_queue_max: int = FOLLOW_QUEUE_MAX,
     ) -> None:
         self.ctx = ctx
         self.max_watches = max_watches
         self.recent_max = recent_max
+        self.follow_queue_max = follow_queue_max
         self.registry = FlowRegistry()
         self.flows = FlowsTable(ctx, self.registry)
         self._producer: AIOKafkaProducer | None = None
@@ -210,7 +264,7 @@ class Client:
                 if not future.done():
                     future.set_exception(RuntimeError("the kestream client was closed"))
             for queue in watch.queues:
-                queue.put_nowait(None)
+                queue.close()
         self._watches.clear()
         if self._updates is not None:
             await self._updates.stop()
@@ -336,9 +390,9 @@ class Client:
         """
         watch = self._watch(execution_id)
         watch.claimed = True
-        queue: asyncio.Queue[tuple[Execution, bool] | None] = asyncio.Queue()
+        queue = FollowQueue(self.follow_queue_max)
         if watch.merged is not None:
-            queue.put_nowait((watch.merged.model(), watch.merged.terminal and not watch.stale))
+            queue.put(watch.merged.model(), watch.merged.terminal and not watch.stale)
         watch.queues.append(queue)
         try:
             while True:
@@ -469,7 +523,7 @@ class Client:
         if watch.queues and merged.complete:  # followers see whole updates, not chunks
             model = merged.model()
             for queue in watch.queues:
-                queue.put_nowait((model, merged.terminal))
+                queue.put(model, merged.terminal)
         if merged.stopped and watch.waiters:
             model = model or merged.model()
             keep: list[tuple[asyncio.Future[Execution], bool]] = []

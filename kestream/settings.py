@@ -174,6 +174,18 @@ class Settings(BaseSettings):
         ge=1024,
         description="KESTREAM_API_MAX_BODY_BYTES: largest request body the API accepts (413).",
     )
+    api_max_follows: int = Field(
+        default=1000,
+        ge=1,
+        description="KESTREAM_API_MAX_FOLLOWS: live follows (execution and log event streams) "
+        "one API process serves at once; past it a follow is answered 503 with Retry-After.",
+    )
+    api_wait_max_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="KESTREAM_API_WAIT_MAX_S: longest wait of ?wait=true on a new execution; "
+        "past it the API answers with the execution as it stands.",
+    )
     api_username: str | None = Field(
         default=None,
         min_length=1,

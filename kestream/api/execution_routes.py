@@ -6,7 +6,6 @@ registered before ``/{namespace}/{flowId}``, which would otherwise match them.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -33,9 +32,6 @@ from kestream.models.inputs import InputValidationError
 from kestream.models.state import StateType
 
 PREFIX = "/api/v1/{tenant}/executions"
-
-#: How long ``?wait=true`` waits before answering with the execution as it is.
-WAIT_TIMEOUT_S = 300.0
 
 
 def input_errors(exc: InputValidationError) -> ApiError:
@@ -79,7 +75,9 @@ class ExecutionRoutes:
         Inputs are form fields (multipart or url-encoded; JSON is accepted too), ``labels`` are
         repeated ``key:value`` query parameters, ``?scheduleDate=`` (ISO-8601 with an offset)
         starts it later (it waits as CREATED, its timer kept in the executor's state), and
-        ``?wait=true`` answers when the execution ends or pauses.
+        ``?wait=true`` answers when the execution ends or pauses, or after
+        ``KESTREAM_API_WAIT_MAX_S`` with the execution as it stands then (not an error: the
+        caller follows it, or gets it, from there).
         """
         service = self.api.service_for(request)
         namespace, flow_id = request.match_info["namespace"], request.match_info["flowId"]
@@ -108,8 +106,8 @@ class ExecutionRoutes:
         except InputValidationError as exc:
             raise input_errors(exc) from None
         if wait:
-            with contextlib.suppress(TimeoutError):  # then answer with what is known
-                created = await service.wait(created["id"], WAIT_TIMEOUT_S)
+            waited = await service.wait(created["id"], self.api.settings.api_wait_max_s)
+            created = waited or created
         return json_response({**created, "url": execution_url(request, created)})
 
     async def get(self, request: web.Request) -> web.Response:
@@ -171,7 +169,7 @@ class ExecutionRoutes:
     async def follow(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: the execution now, then each change, ``end`` at its last state."""
         service, execution = await self.api.execution_for(request)
-        return await sse.pump(request, _follow_frames(service, execution))
+        return await sse.pump(request, _follow_frames(service, execution), service.follows)
 
     async def search(self, request: web.Request) -> web.Response:
         """``{results, total}`` for Kestra's ``filters[field][OPERATION]=value`` parameters (and

@@ -1,9 +1,14 @@
 """Log routes: an execution's log lines, and a live follow of them (Kestra 1.x paths).
 
 Lines come from the execution index, which the index feed fills from the logs topic. The follow
-stream (frames ``start``, then ``progress`` per line, as Kestra's) reads the index again every
-:data:`FOLLOW_POLL_S` and sends the lines it has not sent yet, and, unlike Kestra's, which never
-ends, closes a few reads after the execution has ended.
+stream (frames ``start``, then ``progress`` per line, as Kestra's) reads the lines the index
+received after the last one it sent (a sequence cursor, :meth:`Store.logs_after`: each read
+costs the new lines, not the execution's), every :data:`FOLLOW_POLL_S` when there is nothing
+new, and, unlike Kestra's, which never ends, closes a few reads after the execution has ended.
+
+A slow client gets backpressure, not a buffer: a read is at most a page of lines, and the next
+page is read only once the client has taken the last one (the lines wait in the index, not in
+the process).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from aiohttp import web
 from kestream.api import sse
 from kestream.api.handle import ApiHandle
 from kestream.api.http import bad_request, json_response
-from kestream.api.index.store import LOG_LEVELS, log_level_rank
+from kestream.api.index.store import LOG_LEVELS, LOG_PAGE, log_level_rank
 from kestream.api.service import ApiService
 from kestream.models.state import StateType
 
@@ -44,39 +49,31 @@ class LogRoutes:
 
     async def follow(self, request: web.Request) -> web.StreamResponse:
         service, execution = await self.api.execution_for(request)
-        return await sse.pump(request, self._frames(request, service, execution["id"]))
+        frames = self._frames(request, service, execution["id"])
+        return await sse.pump(request, frames, service.follows)
 
     async def _frames(
         self, request: web.Request, service: ApiService, execution_id: str
     ) -> AsyncIterator[bytes]:
         yield sse.frame({"executionId": execution_id}, event_id="start")
-        sent: set[tuple[Any, ...]] = set()
         min_level = _min_level(request)
         task_run_id = request.query.get("taskRunId")
+        cursor = 0
         ended_reads = 0
         while ended_reads < FINAL_READS:
             execution = await service.execution(execution_id)
             if execution is None or StateType(execution["state"]["current"]).is_terminal:
                 ended_reads += 1  # the last lines may be indexed a moment after the end
-            lines = _narrow(request, await service.logs(execution_id, min_level, task_run_id))
-            for line in lines:
-                key = _line_key(line)
-                if key not in sent:
-                    sent.add(key)
+            while True:  # the new lines, a page at a time, each read once the last is sent
+                page = await service.logs_after(
+                    execution_id, cursor, min_level, task_run_id, LOG_PAGE
+                )
+                cursor = page.cursor
+                for line in _narrow(request, page.lines):
                     yield sse.frame(line, event_id="progress")
+                if not page.full:
+                    break
             await asyncio.sleep(FOLLOW_POLL_S)
-
-
-def _line_key(line: dict[str, Any]) -> tuple[Any, ...]:
-    """What tells two lines apart: a line indexed late, with an earlier timestamp, is still
-    sent once, and a line already sent is never sent again."""
-    return (
-        line.get("taskRunId"),
-        line.get("attemptNumber"),
-        line.get("timestamp"),
-        line.get("level"),
-        line.get("message"),
-    )
 
 
 def _min_level(request: web.Request) -> str | None:

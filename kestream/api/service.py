@@ -13,6 +13,7 @@ An execution this API created is answered from a small cache until the index has
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -23,6 +24,8 @@ from typing import Any
 from kestream.api.index import Store, open_index
 from kestream.api.index.feed import IndexFeed
 from kestream.api.index.query import SearchQuery
+from kestream.api.index.store import LogPage
+from kestream.api.sse import FollowLimit
 from kestream.client import Client
 from kestream.executor import events as ev
 from kestream.models.clock import utc_now
@@ -49,6 +52,8 @@ class ApiService:
         self.client = client
         self.feed = feed
         self.index = feed.store
+        #: The live follows this process serves at once (``KESTREAM_API_MAX_FOLLOWS``).
+        self.follows = FollowLimit(self.settings.api_max_follows)
         self._created: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
 
     @classmethod
@@ -82,6 +87,21 @@ class ApiService:
     def live(self) -> bool:
         """The index feed still runs (a dead feed would leave the index behind for good)."""
         return self.feed.running
+
+    @property
+    def index_ready(self) -> bool:
+        """Ready, and the feed is not stuck retrying a batch the database cannot take now
+        (down, full): the health says so instead of staying green while the index falls
+        behind."""
+        return self.ready and not self.feed.retrying
+
+    def health_detail(self) -> dict[str, Any]:
+        """The index feed's counters (records refused, retries) and the live follows."""
+        return {
+            **self.feed.health_detail(),
+            "follows": self.follows.active,
+            "follows_max": self.follows.limit,
+        }
 
     # -- flows --------------------------------------------------------------------------------
 
@@ -139,13 +159,19 @@ class ApiService:
         self._remember(event.execution_id, body)
         return body
 
-    async def wait(self, execution_id: str, timeout: float | None) -> dict[str, Any]:
-        execution = await self.client.wait(execution_id, timeout)
-        return dump(execution)
+    async def wait(self, execution_id: str, timeout: float) -> dict[str, Any] | None:
+        """The execution at its first stop (end or pause), or, after ``timeout`` seconds, as it
+        stands (:meth:`execution`); ``None`` only if it is not known at all by then."""
+        try:
+            return dump(await self.client.wait(execution_id, timeout))
+        except TimeoutError:
+            return await self.execution(execution_id)
 
     async def execution(self, execution_id: str) -> dict[str, Any] | None:
         """The execution as the index has it, or fresher: the index follows the updates topic a
         little behind this API's own client, which may already have its end (or its pause)."""
+        if "\x00" in execution_id:  # ids are generated and never hold NUL (PostgreSQL refuses it)
+            return None
         found = await asyncio.to_thread(self.index.get, execution_id, include_deleted=True)
         if found is not None:
             self._created.pop(execution_id, None)
@@ -190,6 +216,26 @@ class ApiService:
         self, execution_id: str, min_level: str | None, task_run_id: str | None
     ) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.index.logs, execution_id, min_level, task_run_id)
+
+    async def logs_after(
+        self,
+        execution_id: str,
+        cursor: int,
+        min_level: str | None,
+        task_run_id: str | None,
+        limit: int,
+    ) -> LogPage:
+        """The lines indexed after ``cursor`` (:meth:`Store.logs_after`): a follow's next read."""
+        return await asyncio.to_thread(
+            functools.partial(
+                self.index.logs_after,
+                execution_id,
+                cursor,
+                min_level=min_level,
+                task_run_id=task_run_id,
+                limit=limit,
+            )
+        )
 
     async def follow(self, execution_id: str, known: dict[str, Any]) -> AsyncIterator[Execution]:
         """Each change of the execution, merged, from what the index knows of it to its end."""

@@ -224,7 +224,12 @@ async def start_role(
             api.service = service
         health.add(
             flows_table_check(service.client.flows),
-            Check("index", lambda: service.ready, live=lambda: service.live),
+            Check(
+                "index",
+                lambda: service.index_ready,
+                live=lambda: service.live,
+                detail=service.health_detail,
+            ),
         )
         return [service]
     registry = FlowRegistry()

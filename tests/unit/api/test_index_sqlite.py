@@ -138,7 +138,8 @@ def test_a_record_the_database_refuses_is_set_aside_and_the_rest_applied(tmp_pat
 
 
 def test_a_database_that_cannot_write_is_retried_not_blamed_on_a_record(tmp_path: Path) -> None:
-    with SQLiteStore(tmp_path / "index.sqlite") as store:
+    store = SQLiteStore(tmp_path / "index.sqlite")
+    with store:
         feed = Feed(partitions=1)
         batch = feed.logs("e1", log_line("e1", T0, "INFO", "kept for the retry"))
         blocker = sqlite3.connect(tmp_path / "index.sqlite", timeout=0)
