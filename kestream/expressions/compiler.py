@@ -90,11 +90,12 @@ def _compile_stmt(stmt: n.Stmt) -> str | StmtFn:
 
 def _output(fn: ExprFn) -> StmtFn:
     """``{{ expr }}``: the value as ``to_text`` prints it."""
+    big = _BIG_OUTPUT  # a closure variable: this runs for every output
 
     def output(scope: Scope) -> str:
         value = fn(scope)
         text = value if type(value) is str else to_text(value)
-        if len(text) > 4096:  # _BIG_OUTPUT, written out: this runs for every output
+        if len(text) > big:
             scope.add_output(len(text))
         return text
 
