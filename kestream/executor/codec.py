@@ -5,7 +5,8 @@ that a compacted topic keeps exactly what recovery needs:
 
 - ``<execution id>``            what never changes (flow, inputs, labels, trigger, parent link);
 - ``<execution id>#``           what changes per step (state, timers, paused runs, root lanes'
-                                counters, flow outputs, error logs);
+                                counters, flow outputs, error logs, and the labels once a
+                                Labels task changed them);
 - ``<execution id>/<run id>``   one task run (state, attempts, outputs, its group's counters);
 - ``<execution id>/<run id>+``  a flowable's planned lanes, written once when planned;
 - ``<execution id>!``           a tombstone marker written last, when the execution ends.
@@ -155,7 +156,7 @@ def encode_header(st: ExecutionState) -> dict[str, Any]:
 
 
 def encode_dynamic(st: ExecutionState) -> dict[str, Any]:
-    return {
+    record = {
         "attempt": st.attempt_number,
         "state": _record(st.state),
         "root": _group(st.root) if st.root is not None else None,
@@ -168,6 +169,9 @@ def encode_dynamic(st: ExecutionState) -> dict[str, Any]:
         },
         "created": st.created_runs,
     }
+    if st.labels_changed:  # the header's labels are the creation's; these win on recovery
+        record["labels"] = st.labels
+    return record
 
 
 def encode_task_run(tr: TaskRunState) -> dict[str, Any]:
@@ -271,7 +275,7 @@ def rebuild(
         original_id=head["orig"],
         attempt_number=dyn["attempt"],
         original_created=datetime.fromisoformat(head["created"]),
-        labels=head["labels"],
+        labels=dyn.get("labels", head["labels"]),
         inputs=decode_value(head["inputs"]),
         trigger=decode_value(head["trigger"]),
         schedule_date=datetime.fromisoformat(head["sched"]) if head["sched"] else None,
@@ -290,6 +294,7 @@ def rebuild(
     }
     _rebuild_task_runs(st, execution_id, records, tasks)
     st.created_runs = dyn["created"]
+    st.labels_changed = "labels" in dyn
     return st
 
 

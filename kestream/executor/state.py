@@ -134,6 +134,9 @@ class ExecutionState:
     paused_runs: dict[str, None] = field(default_factory=dict)
     #: Task runs created so far (the next task run's creation number).
     created_runs: int = 0
+    #: Whether a task (Labels) changed ``labels`` since creation: the changelog then carries them
+    #: in the per-step record, as the header record is written once.
+    labels_changed: bool = False
 
     @property
     def terminal(self) -> bool:

@@ -61,6 +61,7 @@ from kestream.tasks.base import (
     TaskKind,
     TaskOutcome,
 )
+from kestream.tasks.execution import ExecutionUpdate, ExecutionUpdatingTask
 from kestream.tasks.flow import one_lane
 from kestream.tasks.pause import Pause
 from kestream.tasks.subflow import Subflow
@@ -537,11 +538,13 @@ class _Step:
         if props is None:
             return
         attempt = len(tr.attempts)
-        if self.ex.inline_tasks and task.inline:
+        # A task that changes the execution (Labels, Exit) runs here whatever the inline switch.
+        if (self.ex.inline_tasks and task.inline) or isinstance(task, ExecutionUpdatingTask):
             info = RunInfo(self.st.id, tr.id, attempt)
             try:
                 outcome = task.execute(props, info)
             except TaskError as exc:
+                self.emit_task_logs(tr, TaskOutcome(S.FAILED, logs=info.lines))
                 self.attempt_failed(tr, str(exc))
                 return
             outcome.logs[:0] = info.lines  # what the task logged as it ran comes first
@@ -581,6 +584,11 @@ class _Step:
             return
         attempt = len(tr.attempts)
         self.cancel_timer(f"timeout:{tr.id}:{attempt}")
+        if isinstance(outcome, ExecutionUpdate) and outcome.exit_state is not None:
+            self.exit_execution(tr, outcome.exit_state)
+            return
+        if isinstance(outcome, ExecutionUpdate) and outcome.labels:
+            self.set_labels(outcome.labels)
         tr.attempts[-1].move_task_run(outcome.state, self.now, tr.task.id)
         if outcome.outputs is not None:
             self.set_outputs(tr, outcome.outputs)
@@ -850,6 +858,37 @@ class _Step:
             if parent[name]:
                 break
             del parent[name]
+
+    # -- execution updates (Labels, Exit) -------------------------------------------------
+
+    def set_labels(self, labels: dict[str, str]) -> None:
+        """Add or override execution labels; later expressions see them (``labels.x``)."""
+        self.st.labels = {**self.st.labels, **labels}
+        self.st.labels_changed = True
+        self.ex.context_cache.pop(self.st.id, None)
+        self.moved = True  # the execution itself changed: its record is written
+
+    def exit_execution(self, tr: TaskRunState, state: StateType) -> None:
+        """Exit: ``tr``, its ancestors (attempts included) and the execution end in ``state``.
+
+        KILLED kills every other task run still going; any other state leaves them running
+        (as Kestra does): their results arrive after the end and change nothing.
+        """
+        self.queue.clear()  # nothing queued in this step may start after the exit
+        node: TaskRunState | None = tr
+        while node is not None:
+            if not node.attempts:
+                node.attempts.append(StateRecord.new(state, self.now))
+            elif not node.attempts[-1].current.is_terminal:
+                node.attempts[-1].move_task_run(state, self.now, node.task.id)
+            self.move(node, state)
+            node = node.parent
+        if state is S.KILLED:
+            self.kill()
+            return
+        self.st.paused_runs.clear()
+        self.move_execution(state)
+        self.end_execution(state, render_outputs=True)
 
     # -- execution end -------------------------------------------------------------------
 

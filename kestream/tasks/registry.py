@@ -5,7 +5,9 @@ from __future__ import annotations
 from functools import cache
 
 from kestream.tasks.base import Task
+from kestream.tasks.execution import Assert, Exit, Labels
 from kestream.tasks.flow import AllowFailure, If, Parallel, Sequential, Switch
+from kestream.tasks.http import Request
 from kestream.tasks.loops import EachParallel, EachSequential, ForEach
 from kestream.tasks.pause import Pause
 from kestream.tasks.simple import Echo, Fail, Log, OutputValues, Return
@@ -16,6 +18,7 @@ TASK_CLASSES: tuple[type[Task], ...] = (
     Log, Return, Echo, OutputValues, Fail, Sleep, Pause,
     Sequential, Parallel, If, Switch, AllowFailure,
     ForEach, EachSequential, EachParallel, Subflow,
+    Request, Labels, Assert, Exit,
 )  # fmt: skip
 
 

@@ -1,0 +1,97 @@
+"""Kestra's own test flows for the execution tasks (Labels, Assert, Exit) run on kestream.
+
+The entries come from the second corpus (``<repo>/../shared/conformance-next``, or
+``$KESTREAM_CONFORMANCE_NEXT_DIR``), which holds Kestra's tests for features built one by one.
+Only the entries whose features are all built here run; their ``expect`` is checked by the same
+checker as the main suite, plus the corpus's ``labelsExact`` and its label placeholders
+(``<execution id>``, ``<taskrun id:TASK_ID>``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conformance_checks import Failures, Observed, check_expect, dump_execution, substitute
+from conformance_corpus import REPO_ROOT, Entry, load_entries
+
+from kestream.models.execution import Execution
+from kestream.testing import Driver
+
+ENV_VAR = "KESTREAM_CONFORMANCE_NEXT_DIR"
+#: The corpus features this module covers; an entry needing any other one is not run here.
+BUILT = frozenset({"Labels", "Assert", "Exit"})
+
+
+def _corpus() -> Path:
+    configured = os.environ.get(ENV_VAR)
+    return Path(configured) if configured else REPO_ROOT.parent / "shared" / "conformance-next"
+
+
+def _features() -> dict[int, set[str]]:
+    import json
+
+    raw = json.loads((_corpus() / "expected.json").read_text(encoding="utf-8"))
+    return {index: set(item.get("features", ())) for index, item in enumerate(raw)}
+
+
+def _entries() -> list[Entry]:
+    features = _features()
+    chosen = [
+        entry
+        for entry in load_entries(_corpus())
+        if features[entry.index] and features[entry.index] <= BUILT
+    ]
+    if not chosen:
+        raise RuntimeError(f"no Labels/Assert/Exit entries in {_corpus()}")
+    return chosen
+
+
+ENTRIES = _entries()
+
+
+@pytest.fixture
+def driver() -> Iterator[Driver]:
+    with Driver() as instance:
+        yield instance
+
+
+@pytest.mark.parametrize("entry", [pytest.param(e, id=e.case_id()) for e in ENTRIES])
+def test_conformance_next(entry: Entry, driver: Driver) -> None:
+    for text in entry.required_texts():
+        driver.deploy(text)
+    driver.deploy(entry.flow_text())
+    execution = driver.start(
+        entry.namespace,
+        entry.flow_id,
+        entry.inputs,
+        validate_inputs=entry.inputs_validated,
+        labels=entry.labels,
+    )
+    expect = dict(entry.expect)
+    exact = expect.pop("labelsExact", None)
+    placeholders = _placeholders(execution)
+    obs = Observed(execution=execution, logs=driver.logs(execution.id), placeholders=placeholders)
+    failures = check_expect(expect, obs)
+    if exact is not None:
+        failures += _labels_exact(substitute(dict(exact), placeholders), execution)
+    if failures:
+        report = "\n".join([f"{entry.case_id()} ({entry.source})", *failures])
+        pytest.fail(report + "\n" + dump_execution(execution, obs.logs), pytrace=False)
+
+
+def _placeholders(execution: Execution) -> dict[str, str]:
+    values = {"<execution id>": execution.id}
+    for run in execution.taskRunList:
+        values[f"<taskrun id:{run.taskId}>"] = run.id
+    return values
+
+
+def _labels_exact(expected: Mapping[str, Any], execution: Execution) -> Failures:
+    actual = execution.label_map()
+    if actual == expected:
+        return []
+    return [f"labelsExact: expected {dict(expected)}, got {actual}"]
