@@ -17,7 +17,6 @@ scheduler runs them.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import time, timedelta
 from typing import Annotated, Any, ClassVar, Literal
@@ -528,9 +527,12 @@ class PreconditionFilter(BaseModel):
         if self.type not in no_operand and self.value is None:
             raise ValueError(f"a {self.type} filter needs a 'value'")
         if self.type == "REGEX":
+            from kestream.expressions.errors import RenderError
+            from kestream.expressions.patterns import compile_pattern
+
             try:
-                re.compile(str(self.value))
-            except re.error as exc:
+                compile_pattern(str(self.value))  # the engine that matches it later
+            except RenderError as exc:
                 raise ValueError(f"invalid REGEX {describe_value(self.value)}: {exc}") from None
         return self
 

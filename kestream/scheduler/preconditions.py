@@ -20,7 +20,6 @@ Windows are computed in UTC (Kestra's documentation states its daily times in UT
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -28,6 +27,8 @@ from typing import Any
 
 import orjson
 
+from kestream.expressions.errors import RenderError
+from kestream.expressions.patterns import fullmatch_within_budget
 from kestream.models.durations import parse_duration
 from kestream.models.flow import PreconditionFilter, Preconditions, TimeWindow, UpstreamFlow
 from kestream.models.state import StateType
@@ -115,7 +116,11 @@ def _filter_met(check: PreconditionFilter, ended: EndedExecution) -> bool:  # no
         return value.endswith(operand)
     if kind == "CONTAINS":
         return operand in value
-    return re.fullmatch(operand, value) is not None  # REGEX: Java's String.matches, whole text
+    # REGEX: Java's String.matches, whole text, with a time budget: the text is anyone's.
+    try:
+        return fullmatch_within_budget(operand, value)
+    except RenderError:  # past the budget: the filter does not match
+        return False
 
 
 def met_preconditions(preconditions: Preconditions, ended: EndedExecution) -> list[str]:

@@ -84,7 +84,8 @@ def test_every_event_with_hostile_values_round_trips_through_its_record() -> Non
 @pytest.mark.parametrize(
     "raw",
     [
-        b'{"type": "created", "id": "x", "namespace": "a", "flowId": "f", "inputs": {"$td": 1e300}}',
+        b'{"type": "created", "id": "x", "namespace": "a", "flowId": "f",'
+        b' "inputs": {"$td": 1e300}}',
         b'{"type": "result", "id": "x", "run": "r", "attempt": 1e400, "state": "SUCCESS"}',
         b'{"type": "result", "id": "x", "run": "r", "attempt": "1", "state": "NOPE"}',
         b'{"type": "created", "id": 5}',
