@@ -236,6 +236,53 @@ async def test_unreadable_records_are_dead_lettered_and_stepped_over(
         store.close()
 
 
+async def test_records_the_database_refuses_are_dead_lettered_and_reported(
+    installation: Installation,
+) -> None:
+    """The database refuses one log record (a trigger stands for any value it cannot hold): the
+    feed sets that record aside with the database's reason, keeps indexing the rest, and says
+    so in its health details instead of retrying the batch forever."""
+    ctx = installation.ctx
+    store = SQLiteStore(installation.path)
+    with store._writing() as cur:
+        cur.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON logs WHEN NEW.doc LIKE '%poison%' "
+            "BEGIN SELECT RAISE(ABORT, 'poison refused'); END"
+        )
+
+    def line(execution_id: str, message: str) -> dict[str, Any]:
+        return {
+            "executionId": execution_id,
+            "taskRunId": "r1",
+            "level": "INFO",
+            "message": message,
+            "timestamp": "2025-01-01T00:00:00.000Z",
+        }
+
+    producer = installation.client._require_producer()
+    for key, message in (("poisoned", "poison"), ("fine", "nul \x00 kept")):
+        value = orjson.dumps([line(key, message)])
+        await producer.send_and_wait(ctx.topics.logs, value, key=key.encode())
+    await _run_all(installation.client)
+    feed = IndexFeed(ctx, store)
+    try:
+        await feed.start()
+        await asyncio.wait_for(feed.caught_up.wait(), CATCH_UP_S)
+        assert (await _search(store))[1] == 6
+        assert [entry["message"] for entry in store.logs("fine")] == ["nul \x00 kept"]
+        assert store.logs("poisoned") == []
+        assert (feed.stats.refused, feed.stats.dead_letters) == (1, 1)
+        detail = feed.health_detail()
+        assert detail["refused"] == 1 and "poison refused" in detail["last_refusal"]
+        assert detail["retrying"] is False
+        (letter,) = await _read_all(ctx, ctx.topics.dead_letter)
+        assert letter["key"] == "poisoned" and "poison refused" in letter["reason"]
+        assert orjson.loads(letter["value"])[0]["message"] == "poison"
+    finally:
+        await feed.stop()
+        store.close()
+
+
 async def _read_all(ctx: BrokerContext, topic: str) -> list[dict[str, Any]]:
     consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=None)
     await consumer.start()
