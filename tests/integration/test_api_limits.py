@@ -76,6 +76,9 @@ def test_a_follow_past_the_cap_is_refused_until_a_slot_is_free(stack: Stack, ns:
             assert refused.status == 503, refused.body
             assert refused.headers["Retry-After"].isdigit()
             assert "at most 1 live follows" in refused.json()["message"]
+        index = stack.get(stack.base + "/health/ready").json()["checks"]["index"]
+        assert (index["follows"], index["follows_max"]) == (1, 1)
+        assert (index["refused"], index["retrying"]) == (0, False)
         assert stack.request("DELETE", f"/executions/{execution_id}/kill").status == 202
         rest = first.read().decode()  # the stream ends with the execution
     assert "id: end" in rest and '"KILLED"' in rest
