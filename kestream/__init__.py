@@ -2,10 +2,12 @@
 
 The public surface is small and pinned by ``tests/unit/test_exports.py``::
 
-    from kestream import Client, Settings, parse_flow, run
+    from kestream import Client, Settings, parse_flow, run, task
 
 ``Client`` deploys flows, submits executions and awaits or follows them on a broker;
-``run`` (from :mod:`kestream.testing`) runs a flow in-process without a broker. Names load on
+``run`` (from :mod:`kestream.testing`) runs a flow in-process without a broker; ``task`` and
+``PythonTask`` declare task types written in Python, ``RunContext`` is what their code sees, and
+``Worker``/``Executor`` run a role inside the user's own process (docs/tasks.md). Names load on
 first use, so importing the engine never imports the Kafka runtime.
 """
 
@@ -19,13 +21,19 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Client": "kestream.client",
     "Execution": "kestream.models.execution",
+    "Executor": "kestream.plugins.embed",
     "Flow": "kestream.models.flow",
     "FlowValidationError": "kestream.models.validation",
     "InputValidationError": "kestream.models.inputs",
     "LogEntry": "kestream.models.execution",
+    "PythonTask": "kestream.plugins.define",
+    "RunContext": "kestream.plugins.context",
     "Settings": "kestream.settings",
     "StateType": "kestream.models.state",
+    "TaskError": "kestream.tasks.base",
+    "Worker": "kestream.plugins.embed",
     "parse_flow": "kestream.models.flow",
+    "task": "kestream.plugins.define",
     "run": "kestream.testing",
     "arun": "kestream.testing",
 }
@@ -33,16 +41,22 @@ _EXPORTS = {
 __all__ = [
     "Client",
     "Execution",
+    "Executor",
     "Flow",
     "FlowValidationError",
     "InputValidationError",
     "LogEntry",
+    "PythonTask",
+    "RunContext",
     "Settings",
     "StateType",
+    "TaskError",
+    "Worker",
     "__version__",
     "arun",
     "parse_flow",
     "run",
+    "task",
 ]
 
 if TYPE_CHECKING:
@@ -52,7 +66,11 @@ if TYPE_CHECKING:
     from kestream.models.inputs import InputValidationError
     from kestream.models.state import StateType
     from kestream.models.validation import FlowValidationError
+    from kestream.plugins.context import RunContext
+    from kestream.plugins.define import PythonTask, task
+    from kestream.plugins.embed import Executor, Worker
     from kestream.settings import Settings
+    from kestream.tasks.base import TaskError
     from kestream.testing import arun, run
 
 

@@ -66,6 +66,17 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(EXIT_UNUSABLE)
 
 
+@app.callback()
+def _load_plugins() -> None:
+    """Every command validates or runs flows: import the task plugins first (docs/tasks.md)."""
+    from kestream.plugins.loading import PluginError, load_plugins
+
+    try:
+        load_plugins(get_settings())
+    except PluginError as exc:
+        raise _fail(str(exc)) from None
+
+
 def parse_input_pairs(pairs: Sequence[str]) -> dict[str, str]:
     """``["a=1", "b=x=y"]`` -> ``{"a": "1", "b": "x=y"}``; typed parsing is the flow's job."""
     inputs: dict[str, str] = {}

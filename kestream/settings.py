@@ -153,6 +153,12 @@ class Settings(BaseSettings):
         ge=1,
         description="KESTREAM_WORKER_MAX_IN_FLIGHT: cap on task runs in flight per worker.",
     )
+    plugins: str | None = Field(
+        default=None,
+        description="KESTREAM_PLUGINS: Python modules of task types to import (comma-separated, "
+        "e.g. acme.tasks), besides the kestream.tasks entry points of installed packages; "
+        "every process that validates or runs flows imports them (docs/tasks.md).",
+    )
 
     # -- API and operations ------------------------------------------------------------------
     web_port: int = Field(

@@ -31,6 +31,7 @@ from kestream.models.flow import Flow, parse_flow
 from kestream.models.ids import new_id
 from kestream.models.inputs import parse_inputs
 from kestream.models.state import StateType
+from kestream.plugins.loading import load_plugins
 from kestream.worker.runner import TaskRunner
 
 __all__ = ["Driver", "arun", "run"]
@@ -46,6 +47,7 @@ class Driver:
     """
 
     def __init__(self, *, inline_tasks: bool = True, clock: Clock = utc_now) -> None:
+        load_plugins()  # KESTREAM_PLUGINS and the entry points, as every kestream process does
         self.flows = FlowRegistry()
         self.clock = clock
         self.executor = Executor(self.flows, clock=clock, inline_tasks=inline_tasks)

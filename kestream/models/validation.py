@@ -25,7 +25,13 @@ from pydantic import BaseModel, ValidationError
 
 from kestream.models.yaml_source import Path, PathKey, SourceMap
 from kestream.tasks.base import Task
-from kestream.tasks.registry import TASK_CLASSES, known_types, task_class
+from kestream.tasks.registry import (
+    TASK_CLASSES,
+    all_task_classes,
+    known_types,
+    plugin_modules,
+    task_class,
+)
 
 Severity = Literal["error", "warning"]
 
@@ -350,25 +356,35 @@ def _looks_like_tasks(value: Any) -> bool:
     )
 
 
+def _known_slots() -> tuple[TaskSlot, ...]:
+    """Every property name that holds tasks in some known task class (``tasks``, ``then``...)."""
+    found: dict[tuple[str, str], TaskSlot] = {}
+    for cls in all_task_classes():
+        for slot in task_slots(cls):
+            found.setdefault((slot.key, slot.kind), slot)
+    return tuple(found.values())
+
+
 def child_task_lists(raw: Mapping[str, Any]) -> Iterator[tuple[Path, list[Any]]]:
     """Each list of nested task definitions in a raw task, with its path inside the task.
 
-    For a type kestream does not know, lists of mappings that carry a ``type`` are taken for
-    tasks, so problems deeper in the flow (duplicate ids, their own errors) are still reported.
+    Only the properties a task class declares as task lists hold tasks: a mapping with a ``type``
+    key anywhere else (an HTTP ``options``, a plugin's ``inputs: [{id, type}]``) is a property
+    value. For a type kestream does not know, the property names that hold tasks in the known
+    classes are taken for task lists when they look like one, so problems deeper in the flow
+    (duplicate ids, their own errors) are still reported.
     """
     cls = task_class(raw["type"]) if isinstance(raw.get("type"), str) else None
-    if cls is None:
-        for key, value in raw.items():
-            if _looks_like_tasks(value):
-                yield (key,), value
-        return
-    for slot in task_slots(cls):
+    slots = task_slots(cls) if cls is not None else _known_slots()
+    for slot in slots:
         value = raw.get(slot.key)
+        if cls is None and slot.kind == "list" and not _looks_like_tasks(value):
+            continue
         if slot.kind == "list" and isinstance(value, list):
             yield (slot.key,), value
         elif slot.kind == "map" and isinstance(value, Mapping):
             for case, branch in value.items():
-                if isinstance(branch, list):
+                if isinstance(branch, list) and (cls is not None or _looks_like_tasks(branch)):
                     yield (slot.key, case), branch
 
 
@@ -407,12 +423,20 @@ def placeholder_task(raw: Any) -> Task:
 
 
 def unknown_type_message(type_name: str) -> str:
-    """Name the type and the closest types kestream knows."""
+    """Name the type, the closest types known, and the plugin modules loaded (or how to load)."""
     hint = did_you_mean(type_name, known_types())
     if not hint:
-        current = ", ".join(sorted(cls.type_name.rsplit(".", 1)[-1] for cls in TASK_CLASSES))
-        hint = f"; kestream runs the core task types only ({current})"
-    return f"unknown task type '{type_name}'{hint}"
+        current = ", ".join(sorted({cls.type_name.rsplit(".", 1)[-1] for cls in TASK_CLASSES}))
+        hint = f"; kestream's own task types are {current}"
+    modules = plugin_modules()
+    if modules:
+        plugins = f"; plugin modules loaded: {', '.join(modules)}"
+    else:
+        plugins = (
+            "; no plugin modules loaded (name them in KESTREAM_PLUGINS or install a package "
+            "with a 'kestream.tasks' entry point)"
+        )
+    return f"unknown task type '{type_name}'{hint}{plugins}"
 
 
 @dataclass(slots=True)

@@ -26,6 +26,7 @@ from kestream.api.auth import bind_refusal
 from kestream.api.guard import Access, install_guard
 from kestream.api.handle import ApiHandle
 from kestream.executor.flow_registry import FlowRegistry
+from kestream.plugins.loading import PluginError, load_plugins
 from kestream.runtime.context import BrokerContext, connect
 from kestream.runtime.embedded_broker import free_port
 from kestream.runtime.health import Check, Health, LoopMonitor, flows_table_check
@@ -289,6 +290,10 @@ def make_app(role: str, settings: Settings | None = None) -> faust.App:
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r} (roles: {', '.join(ROLES)})")
     settings = settings or get_settings()
+    try:
+        load_plugins(settings)  # before any flow is read: flows may use the plugins' task types
+    except PluginError as exc:
+        raise SystemExit(str(exc)) from None
     options = faust_settings(settings, role)
     app = RoleApp(f"{settings.topic_prefix}{role}-app", **options)
     service = RoleService(role, settings, port=options["web_port"])

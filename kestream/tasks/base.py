@@ -16,6 +16,7 @@ before the task runs; the worker therefore never needs the execution's whole con
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -160,6 +161,9 @@ class RunInfo:
     (the worker), each line goes out at once, so a long script's output is seen as it comes;
     elsewhere (the executor's inline path, tests) lines are kept in ``lines`` and the runner puts
     them before the outcome's own ``logs``.
+
+    ``killed`` is set by the runner when the attempt is killed or times out: code running in a
+    thread, which cancellation cannot reach, looks at it to stop early.
     """
 
     execution_id: str
@@ -167,6 +171,7 @@ class RunInfo:
     attempt: int
     emit: Callable[[LogLevel, str], None] | None = None
     lines: list[tuple[LogLevel, str]] = field(default_factory=list)
+    killed: threading.Event = field(default_factory=threading.Event)
 
     def log(self, level: LogLevel, message: str) -> None:
         if self.emit is not None:

@@ -80,6 +80,7 @@ class TaskRunner:
         except TaskError as exc:
             return TaskOutcome(StateType.FAILED, error=str(exc))
         except asyncio.CancelledError:
+            info.killed.set()  # code still running in a pool thread can see it and stop
             raise
         except Exception as exc:  # a task's own bug must fail its task run, not the worker
             return TaskOutcome(StateType.FAILED, error=f"{type(exc).__name__}: {exc}")

@@ -48,9 +48,10 @@ def test_unknown_task_type_suggests_the_closest_names() -> None:
 
 
 def test_unknown_plugin_type_lists_what_kestream_runs() -> None:
-    problem = only(HEAD + "tasks:\n  - id: sh\n    type: io.kestra.plugin.scripts.shell.Commands\n")
-    assert "kestream runs the core task types only" in problem.message
+    problem = only(HEAD + "tasks:\n  - id: sh\n    type: acme.tasks.Unheard\n")
+    assert "kestream's own task types are" in problem.message
     assert "ForEach" in problem.message
+    assert "plugin modules loaded" in problem.message  # which ones, or how to load them
 
 
 def test_duplicate_task_ids_name_both_lines() -> None:

@@ -1,0 +1,1 @@
+"""Slack notifications for kestream flows: ``SlackIncomingWebhook`` (see ``tasks``)."""

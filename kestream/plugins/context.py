@@ -1,0 +1,118 @@
+"""What a Python task sees of the run it belongs to: :class:`RunContext`.
+
+It wraps the engine's :class:`~kestream.tasks.base.RunInfo` (ids, attempt, ``log``) and adds what
+user code needs: a logger whose lines become the task run's log lines, a working directory of its
+own, and the kill signal. The working directory is created on first use only, so a task that never
+asks for one costs nothing; whoever creates the context removes it with :meth:`RunContext.close`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import traceback
+from pathlib import Path
+
+from kestream.tasks.base import LogLevel, RunInfo, TaskError
+
+__all__ = ["RunContext", "TaskKilled", "TaskLogger"]
+
+
+class TaskKilled(TaskError):
+    """Raised by :meth:`RunContext.check_killed` once the task run was killed or timed out."""
+
+
+class TaskLogger:
+    """A :mod:`logging`-like logger whose lines become the task run's log lines.
+
+    ``%``-style arguments are applied as :mod:`logging` applies them. Python's levels map onto
+    Kestra's: ``warning`` is WARN, ``critical`` and ``exception`` are ERROR (``exception`` adds the
+    traceback being handled).
+    """
+
+    __slots__ = ("_info",)
+
+    def __init__(self, info: RunInfo) -> None:
+        self._info = info
+
+    def log(self, level: LogLevel | str, message: object, *args: object) -> None:
+        text = str(message) % args if args else str(message)
+        self._info.log(LogLevel(level), text)
+
+    def trace(self, message: object, *args: object) -> None:
+        self.log(LogLevel.TRACE, message, *args)
+
+    def debug(self, message: object, *args: object) -> None:
+        self.log(LogLevel.DEBUG, message, *args)
+
+    def info(self, message: object, *args: object) -> None:
+        self.log(LogLevel.INFO, message, *args)
+
+    def warning(self, message: object, *args: object) -> None:
+        self.log(LogLevel.WARN, message, *args)
+
+    warn = warning
+
+    def error(self, message: object, *args: object) -> None:
+        self.log(LogLevel.ERROR, message, *args)
+
+    critical = error
+
+    def exception(self, message: object, *args: object) -> None:
+        """ERROR, followed by the traceback of the exception being handled."""
+        text = str(message) % args if args else str(message)
+        self.log(LogLevel.ERROR, f"{text}\n{traceback.format_exc().rstrip()}")
+
+
+class RunContext:
+    """The run a Python task belongs to. Ask for it with a keyword-only ``run`` parameter.
+
+    ``execution_id``, ``task_run_id`` and ``attempt`` (1 for the first) name the attempt;
+    ``logger`` writes its log lines; ``working_dir`` is an empty directory of this attempt's own,
+    removed when the attempt ends; ``killed`` is set once the attempt is killed or times out
+    (blocking code that runs long should look at it, or call :meth:`check_killed`, now and then).
+    Storage (files in internal storage) is not available yet.
+    """
+
+    __slots__ = ("_info", "_working_dir", "logger")
+
+    def __init__(self, info: RunInfo) -> None:
+        self._info = info
+        self._working_dir: Path | None = None
+        self.logger = TaskLogger(info)
+
+    @property
+    def execution_id(self) -> str:
+        return self._info.execution_id
+
+    @property
+    def task_run_id(self) -> str:
+        return self._info.task_run_id
+
+    @property
+    def attempt(self) -> int:
+        return self._info.attempt
+
+    @property
+    def killed(self) -> threading.Event:
+        """A :class:`threading.Event`: ``run.killed.is_set()`` once killed or timed out."""
+        return self._info.killed
+
+    def check_killed(self) -> None:
+        """Raise :class:`TaskKilled` if the attempt was killed or timed out; else return."""
+        if self._info.killed.is_set():
+            raise TaskKilled("Task was killed")
+
+    @property
+    def working_dir(self) -> Path:
+        """A fresh, empty directory for this attempt (created on first use)."""
+        if self._working_dir is None:
+            self._working_dir = Path(tempfile.mkdtemp(prefix=f"kestream-{self.task_run_id}-"))
+        return self._working_dir
+
+    def close(self) -> None:
+        """Remove the working directory, if the task asked for one."""
+        if self._working_dir is not None:
+            shutil.rmtree(self._working_dir, ignore_errors=True)
+            self._working_dir = None
