@@ -24,7 +24,6 @@ from kestream.api.handle import ApiHandle
 from kestream.api.http import bad_request, json_response
 from kestream.api.index.store import LOG_LEVELS, LOG_PAGE, log_level_rank
 from kestream.api.service import ApiService
-from kestream.models.state import StateType
 
 PREFIX = "/api/v1/{tenant}/logs/{executionId}"
 FOLLOW_POLL_S = 0.25
@@ -61,8 +60,7 @@ class LogRoutes:
         cursor = 0
         ended_reads = 0
         while ended_reads < FINAL_READS:
-            execution = await service.execution(execution_id)
-            if execution is None or StateType(execution["state"]["current"]).is_terminal:
+            if await service.ended(execution_id):
                 ended_reads += 1  # the last lines may be indexed a moment after the end
             while True:  # the new lines, a page at a time, each read once the last is sent
                 page = await service.logs_after(

@@ -187,6 +187,19 @@ class ApiService:
             return cached[0]
         return None
 
+    async def ended(self, execution_id: str) -> bool:
+        """Whether the execution has ended (or is not known at all): what a log follow asks at
+        each poll, answered from the client's last stop or the index's state column, not from
+        the whole execution (whose task runs would make each poll cost the execution's size)."""
+        stop = self.client.last_stop(execution_id)
+        if stop is not None and StateType(stop["state"]["current"]).is_terminal:
+            return True
+        state = await asyncio.to_thread(self.index.state, execution_id)
+        if state is None:  # not indexed yet: maybe just created here
+            known = await self.execution(execution_id)
+            return known is None or StateType(known["state"]["current"]).is_terminal
+        return StateType(state).is_terminal
+
     async def kill(self, execution_id: str) -> None:
         await self.client.kill(execution_id)
 

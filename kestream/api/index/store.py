@@ -606,6 +606,14 @@ class Store(ABC):
         execution["deleted"] = bool(row[1])
         return execution
 
+    def state(self, execution_id: str) -> str | None:
+        """The execution's current state, from its column (``None`` when unknown): what a
+        poll that only asks "has it ended?" reads, instead of the whole execution."""
+        with self._reading() as cur:
+            cur.execute(self._sql("SELECT state FROM executions WHERE id = ?"), (execution_id,))
+            row = cur.fetchone()
+        return str(row[0]) if row is not None else None
+
     def search(self, query: SearchQuery) -> tuple[list[dict[str, Any]], int]:
         """One page of executions (without task runs) and the total that match.
 

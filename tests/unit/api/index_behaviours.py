@@ -615,6 +615,15 @@ def test_logs_after_a_cursor_reads_only_the_new_lines(store: Store) -> None:
     assert store.logs_after("e1", second.cursor).lines == []
 
 
+def test_the_state_column_answers_whether_an_execution_ended(store: Store) -> None:
+    feed = Feed()
+    assert store.state("e1") is None
+    store.apply(feed.updates(partial(header("e1"), run("e1", "r1", "RUNNING"))))
+    assert store.state("e1") == "RUNNING"
+    store.apply(feed.updates(full(header("e1", state="FAILED"), run("e1", "r1", "FAILED"))))
+    assert store.state("e1") == "FAILED"
+
+
 def test_logs_after_pages_and_filters_move_the_cursor(store: Store) -> None:
     feed = Feed()
     lines = [
