@@ -136,7 +136,10 @@ class ExecutionRoutes:
         if current_state(execution) is not StateType.PAUSED:
             raise ApiError(409, f"Illegal state: Execution '{execution['id']}' is not paused")
         inputs = await read_form(request, self.api.max_body)
-        await service.resume(execution, inputs)
+        try:
+            await service.resume(execution, inputs)
+        except InputValidationError as exc:
+            raise input_errors(exc) from None
         return web.Response(status=204)
 
     async def restart(self, request: web.Request) -> web.Response:

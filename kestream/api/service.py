@@ -35,6 +35,7 @@ from kestream.models.ids import new_id
 from kestream.models.inputs import parse_inputs
 from kestream.models.state import StateType
 from kestream.runtime.context import BrokerContext
+from kestream.tasks.pause import Pause
 
 log = logging.getLogger("kestream.api")
 
@@ -205,12 +206,20 @@ class ApiService:
 
     async def resume(self, execution: dict[str, Any], inputs: dict[str, Any]) -> None:
         """Resume the task runs that are paused in ``execution`` (as the caller saw it), each
-        by id: a double submit, or a lagging view, can never resume a later Pause."""
-        paused = [
-            run["id"]
+        by id: a double submit, or a lagging view, can never resume a later Pause. Inputs that
+        do not fit a Pause's ``onResume`` raise :class:`InputValidationError`."""
+        runs = [
+            run
             for run in execution.get("taskRunList") or []
             if run["state"]["current"] == StateType.PAUSED.value
         ]
+        flow = self.flow(execution["namespace"], execution["flowId"], execution["flowRevision"])
+        tasks = flow.task_index() if flow is not None else {}
+        for run in runs:  # refused here, as in Kestra, before anything is sent
+            task = tasks.get(run["taskId"])
+            if isinstance(task, Pause) and task.onResume:
+                parse_inputs(task.onResume, inputs)
+        paused = [run["id"] for run in runs]
         for run_id in paused or [None]:
             await self.client.resume(execution["id"], inputs or None, task_run_id=run_id)
 
