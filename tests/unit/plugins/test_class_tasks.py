@@ -38,8 +38,8 @@ def test_fields_are_properties_with_aliases_and_async_execute_is_awaited() -> No
         "  - id: g\n    type: acme.Greet\n    name: '{{ inputs.who }}'\n    times: '{{ 1 + 1 }}'\n"
         "    closingWord: '?'\n"
     )
-    execution = kestream.run(source.replace("tasks:", "inputs:\n  - id: who\n    type: STRING\ntasks:"),
-                             {"who": "Ada"})  # fmt: skip
+    inputs = "inputs:\n  - id: who\n    type: STRING\ntasks:"
+    execution = kestream.run(source.replace("tasks:", inputs), {"who": "Ada"})
     assert execution.state.current is StateType.SUCCESS
     assert execution.taskRunList[0].outputs == {"text": "Hello Ada Hello Ada?"}
     assert task_class("acme.Greet") is task_class("acme.tasks.Greet")

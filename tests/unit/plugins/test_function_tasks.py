@@ -1,5 +1,6 @@
 """``@kestream.task`` on functions: properties from the signature, coercion after rendering,
-the run context, outputs; run through :mod:`kestream.testing` (the real executor step and runner)."""
+the run context, outputs; run through :mod:`kestream.testing` (the real executor step and
+runner)."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def test_defaults_apply_and_a_coercion_failure_names_task_and_property() -> None
         return {"sum": a + b}
 
     source = flow(
-        "  - id: adder\n    type: acme.tasks.Add\n    a: \"{{ inputs.x }}\"\n",
+        '  - id: adder\n    type: acme.tasks.Add\n    a: "{{ inputs.x }}"\n',
         "inputs:\n  - id: x\n    type: STRING\n",
     )
     assert kestream.run(source, {"x": "5"}).taskRunList[0].outputs == {"sum": 7}
@@ -89,9 +90,7 @@ def test_deploy_refuses_missing_unknown_and_mistyped_literal_properties() -> Non
         found
     )
     assert any("task 'one' (line 6, tasks[0].c): unknown property 'c'" in p for p in found)
-    assert any(
-        "task 'two' (line 9, tasks[1].a): 'a' should be a valid integer" in p for p in found
-    )
+    assert any("task 'two' (line 9, tasks[1].a): 'a' should be a valid integer" in p for p in found)
     assert len(found) == 3, found
 
 
@@ -135,7 +134,8 @@ def test_logger_lines_become_log_lines_with_kestra_levels() -> None:
         LogLevel.DEBUG, LogLevel.INFO, LogLevel.WARN, LogLevel.ERROR, LogLevel.ERROR
     ]  # fmt: skip
     assert info.lines[0][1] == "d 1"
-    assert info.lines[4][1].startswith("failed\nTraceback") and "ValueError: boom" in info.lines[4][1]
+    assert info.lines[4][1].startswith("failed\nTraceback")
+    assert "ValueError: boom" in info.lines[4][1]
 
 
 def test_logger_streams_through_the_runners_emit_callback() -> None:

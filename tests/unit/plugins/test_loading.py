@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 import uuid
 from pathlib import Path
 
@@ -90,7 +89,9 @@ def test_entry_points_of_installed_packages_are_loaded_by_every_command(tmp_path
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-ep\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(f"[kestream.tasks]\ndouble = {module}\n")
     good = tmp_path / "good.yaml"
-    good.write_text("id: f\nnamespace: acme\ntasks:\n  - id: d\n    type: acme.ep.Double\n    n: 2\n")
+    good.write_text(
+        "id: f\nnamespace: acme\ntasks:\n  - id: d\n    type: acme.ep.Double\n    n: 2\n"
+    )
     bad = tmp_path / "bad.yaml"
     bad.write_text("id: g\nnamespace: acme\ntasks:\n  - id: d\n    type: acme.ep.Doubel\n")
     env = _env(PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
@@ -111,7 +112,10 @@ def test_entry_points_of_installed_packages_are_loaded_by_every_command(tmp_path
 
 def test_a_broken_plugin_stops_the_command_with_a_clear_message(tmp_path: Path) -> None:
     flow = tmp_path / "flow.yaml"
-    flow.write_text("id: f\nnamespace: acme\ntasks:\n  - id: l\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n")  # noqa: E501
+    flow.write_text(
+        "id: f\nnamespace: acme\ntasks:\n  - id: l\n"
+        "    type: io.kestra.plugin.core.log.Log\n    message: hi\n"
+    )
     env = _env(KESTREAM_PLUGINS="acme_missing_module", PYTHONPATH=str(ROOT))
     result = subprocess.run(
         [sys.executable, "-m", "kestream.cli", "validate", str(flow)],
