@@ -2,12 +2,18 @@
 
 The key is compared in constant time; an unknown flow, a flow without that key and a disabled
 trigger all get the same 404 ("Webhook not found") and create nothing, so the route does not
-reveal which flows exist; a disabled flow gets 409, as in Kestra. The answer is Kestra's
-``WebhookResponse``: the execution as created (its ``id`` is the one to follow) and its ``url``.
+reveal which flows exist; a disabled flow gets 409, as in Kestra. A call that does not pass the
+trigger's ``conditions`` gets 204 and creates nothing; one whose conditions cannot be evaluated
+gets 422. The answer is Kestra's ``WebhookResponse``: the execution as created (its ``id`` is
+the one to follow) and its ``url``. With ``wait: true`` the answer waits for the execution's
+first stop (its end, or a pause), at most ``KESTREAM_API_WAIT_MAX_S`` (then the execution as it
+stands); with ``returnOutputs: true`` as well, the answer is the flow's outputs alone, as JSON,
+sent with ``responseContentType``.
 """
 
 from __future__ import annotations
 
+import orjson
 from aiohttp import web
 
 from kestream.api.execution_routes import execution_url
@@ -15,7 +21,8 @@ from kestream.api.handle import ApiHandle
 from kestream.api.http import ApiError, invalid, json_response, read_body
 from kestream.models.ids import new_id
 from kestream.models.values import UnportableValue
-from kestream.scheduler.webhooks import find_webhook, webhook_execution
+from kestream.scheduler.conditions import ConditionError
+from kestream.scheduler.webhooks import find_webhook, webhook_accepts, webhook_execution
 
 PATH = "/api/v1/{tenant}/executions/webhook/{namespace}/{flowId}/{key}"
 #: Headers kept out of ``trigger.headers``: the execution, its index entry and every reader of
@@ -70,7 +77,20 @@ class WebhookRoutes:
         except UnportableValue as exc:
             problem = [{"path": exc.path, "message": str(exc)}]
             raise invalid(f"Invalid webhook call: {exc}", problem) from None
+        try:
+            if not webhook_accepts(flow, trigger, event):
+                return web.Response(status=204)
+        except ConditionError as exc:
+            raise invalid(f"Invalid webhook call: {exc}", [{"message": str(exc)}]) from None
         created = await service.submit_event(event, flow)
+        if trigger.wait:
+            waited = await service.wait(created["id"], self.api.settings.api_wait_max_s)
+            created = waited or created
+            if trigger.returnOutputs:
+                return web.Response(
+                    body=orjson.dumps(created.get("outputs") or {}),
+                    headers={"Content-Type": trigger.responseContentType},
+                )
         body = {key: created[key] for key in _RESPONSE_FIELDS if created.get(key) is not None}
         body["tenantId"] = self.api.settings.tenant
         body["url"] = execution_url(request, created)

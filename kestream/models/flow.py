@@ -42,6 +42,13 @@ from pydantic import (
     model_validator,
 )
 
+from kestream.models.conditions import (
+    TIME_CONDITIONS,
+    TIME_CONDITIONS_BY_TYPE,
+    Condition,
+    condition_names,
+    time_condition_for,
+)
 from kestream.models.durations import DurationError, parse_duration
 from kestream.models.inputs import (
     AnyInput,
@@ -225,40 +232,12 @@ def check_cron(expression: str, *, with_seconds: bool = False) -> str:
 # (``Trigger.condition_models``, ``FlowTrigger.precondition_model``). What kestream does not
 # evaluate is refused at validation, never skipped at run time.
 
-_CONDITION_PACKAGES = (
-    "io.kestra.plugin.core.condition.",
-    "io.kestra.core.models.conditions.types.",
-)
-
-
-def _condition_names(short: str) -> tuple[str, ...]:
-    """Kestra's names for one condition: the current one and its ``...Condition`` aliases."""
-    names = (short, short + "Condition")
-    return tuple(f"{package}{name}" for package in _CONDITION_PACKAGES for name in names)
-
-
-class Condition(BaseModel):
-    """A trigger condition that kestream evaluates. Only Flow triggers take them today."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        coerce_numbers_to_str=True,
-        validate_by_name=True,
-        validate_by_alias=True,
-    )
-
-    type_names: ClassVar[tuple[str, ...]] = ()
-    short_name: ClassVar[str] = ""
-
-    type: str
-
 
 class ExecutionFlowCondition(Condition):
     """The ended execution belongs to this flow (``namespace`` and ``flowId`` both match)."""
 
     short_name: ClassVar[str] = "ExecutionFlow"
-    type_names: ClassVar[tuple[str, ...]] = _condition_names("ExecutionFlow")
+    type_names: ClassVar[tuple[str, ...]] = condition_names("ExecutionFlow")
 
     namespace: str
     flowId: str
@@ -272,7 +251,7 @@ class ExecutionNamespaceCondition(Condition):
     """
 
     short_name: ClassVar[str] = "ExecutionNamespace"
-    type_names: ClassVar[tuple[str, ...]] = _condition_names("ExecutionNamespace")
+    type_names: ClassVar[tuple[str, ...]] = condition_names("ExecutionNamespace")
 
     namespace: str
     comparison: Literal["EQUALS", "PREFIX", "SUFFIX"] | None = None
@@ -289,7 +268,7 @@ class ExecutionStatusCondition(Condition):
     """The ended execution's state is in ``in`` and not in ``notIn`` (an empty list is ignored)."""
 
     short_name: ClassVar[str] = "ExecutionStatus"
-    type_names: ClassVar[tuple[str, ...]] = _condition_names("ExecutionStatus")
+    type_names: ClassVar[tuple[str, ...]] = condition_names("ExecutionStatus")
 
     in_: list[StateType] = Field(default_factory=list, alias="in")
     notIn: list[StateType] = Field(default_factory=list)
@@ -299,7 +278,7 @@ class ExecutionLabelsCondition(Condition):
     """The ended execution carries every one of these labels (a map or a list of key/value)."""
 
     short_name: ClassVar[str] = "ExecutionLabels"
-    type_names: ClassVar[tuple[str, ...]] = _condition_names("ExecutionLabels")
+    type_names: ClassVar[tuple[str, ...]] = condition_names("ExecutionLabels")
 
     labels: dict[str, str]
 
@@ -317,32 +296,31 @@ EXECUTION_CONDITIONS: tuple[type[Condition], ...] = (
     ExecutionLabelsCondition,
 )
 _CONDITIONS_BY_TYPE = {name: cls for cls in EXECUTION_CONDITIONS for name in cls.type_names}
-#: Kestra conditions kestream knows by name but does not evaluate (yet): refused with that reason.
+#: Kestra conditions kestream knows by name but does not evaluate (yet) on Flow triggers: refused
+#: with that reason. (The date and expression conditions are for Schedule and Webhook triggers.)
 _UNSUPPORTED_CONDITIONS = frozenset(
     name
     for short in (
-        "DateTimeBetween",
-        "DayWeek",
-        "DayWeekInMonth",
         "ExecutionOutputs",
-        "Expression",
         "Flow",
         "FlowNamespace",
         "HasRetryAttempt",
         "MultipleCondition",
-        "Not",
-        "Or",
-        "PublicHoliday",
-        "TimeBetween",
+        *(cls.short_name for cls in TIME_CONDITIONS),
         "Variable",
-        "Weekend",
     )
-    for name in _condition_names(short)
+    for name in condition_names(short)
 )
 
 
-def condition_model_for(data: Mapping[str, Any]) -> Condition:
-    """The typed model of one raw condition (raises ValueError or ValidationError)."""
+def condition_model_for(data: Mapping[str, Any], *, on_time: bool = False) -> Condition:
+    """The typed model of one raw condition (raises ValueError or ValidationError).
+
+    ``on_time``: the condition belongs to a Schedule or Webhook trigger (date and expression
+    conditions), else to a Flow trigger (execution conditions).
+    """
+    if on_time:
+        return time_condition_for(dict(data))
     type_name = data.get("type")
     cls = _CONDITIONS_BY_TYPE.get(type_name) if isinstance(type_name, str) else None
     if cls is None:
@@ -353,6 +331,8 @@ def condition_model_for(data: Mapping[str, Any]) -> Condition:
 def unknown_condition_message(type_name: Any) -> str:
     if type_name is None:
         return "a condition needs a 'type'"
+    if type_name in TIME_CONDITIONS_BY_TYPE:
+        return f"condition type '{type_name}' applies to Schedule and Webhook triggers only"
     if type_name in _UNSUPPORTED_CONDITIONS:
         known = ", ".join(cls.short_name for cls in EXECUTION_CONDITIONS)
         return f"condition type '{type_name}' is not supported by kestream yet ({known} are)"
@@ -389,16 +369,12 @@ def _trigger_name(info: ValidationInfo) -> str:
 def _check_condition(raw: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
     """Refuse, with the trigger's name, a condition that kestream would not evaluate as written."""
     who = _trigger_name(info)
-    trigger_type = info.data.get("type")
-    if trigger_type not in FlowTrigger.type_names:
-        # Schedule conditions (DayWeek, TimeBetween, ...) and Webhook conditions are not
-        # evaluated by kestream's scheduler: refuse them rather than fire when they say not to.
-        kind = str(trigger_type).rsplit(".", 1)[-1]
-        raise ValueError(f"{who}: kestream does not evaluate conditions on {kind} triggers yet")
+    on_time = info.data.get("type") not in FlowTrigger.type_names
     try:
-        condition_model_for(raw)
+        condition_model_for(raw, on_time=on_time)
     except ValidationError as exc:
-        detail = _nested_problems(exc, raw, _CONDITIONS_BY_TYPE[raw["type"]])
+        table = TIME_CONDITIONS_BY_TYPE if on_time else _CONDITIONS_BY_TYPE
+        detail = _nested_problems(exc, raw, table[raw["type"]])
         raise ValueError(f"{who}: condition {describe_value(raw.get('type'))}: {detail}") from None
     except ValueError as exc:
         raise ValueError(f"{who}: {exc}") from None
@@ -619,7 +595,10 @@ class Trigger(BaseModel):
     @model_validator(mode="after")
     def _type_conditions(self) -> Trigger:
         # Built with the trigger (not on first use) so that equal triggers stay equal.
-        self._condition_models = tuple(condition_model_for(c) for c in self.conditions)
+        on_time = not isinstance(self, FlowTrigger)
+        self._condition_models = tuple(
+            condition_model_for(c, on_time=on_time) for c in self.conditions
+        )
         return self
 
     @property
@@ -686,6 +665,11 @@ class WebhookTrigger(Trigger):
 
     key: str = Field(min_length=1)
     inputs: dict[str, Any] = Field(default_factory=dict)
+    #: Answer once the execution ends (or pauses), capped by ``KESTREAM_API_WAIT_MAX_S``.
+    wait: bool = False
+    #: With ``wait``: answer with the flow's outputs only, as ``responseContentType``.
+    returnOutputs: bool = False
+    responseContentType: str = "application/json"
 
 
 class FlowTrigger(Trigger):

@@ -21,7 +21,8 @@ once when a stored record is taken up: ``ALL`` (Kestra's default) fires every mi
 most recent one, ``NONE`` none. A trigger the book has never seen starts at its next slot after
 now: no backfill. While running, a tick that comes late (a slow loop) fires every slot it owes,
 whatever the policy: those were not missed, only delayed. ``lateMaximumDelay`` skips a slot
-owed for longer than that delay.
+owed for longer than that delay. A slot whose ``conditions`` (DayWeek, PublicHoliday, ...) do not
+hold is skipped: no execution, and the trigger moves on to its next slot.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from kestream.models.durations import DurationError, parse_duration
 from kestream.models.flow import Flow, ScheduleTrigger
 from kestream.models.ids import derived_id
 from kestream.models.state import StateType
+from kestream.scheduler.conditions import ConditionError, condition_context, conditions_hold
 from kestream.scheduler.cron import Cron, SlotView, cron_for
 from kestream.scheduler.due_index import DueIndex
 from kestream.scheduler.executions import trigger_execution
@@ -319,6 +321,8 @@ class ScheduleBook:
             if entry.late_delay is not None and slot + entry.late_delay < now:
                 continue  # owed for longer than lateMaximumDelay: skipped, as in Kestra
             view = cron.view(slot)
+            if entry.trigger.conditions and not _slot_passes(entry, view):
+                continue  # its conditions say no: this slot is skipped, as in Kestra
             event = self._event(entry, slot, view)
             # Built directly, not with dataclasses.replace: this is the hot path at a boundary.
             state = TriggerState(
@@ -364,8 +368,7 @@ class ScheduleBook:
     def _event(self, entry: _Entry, slot: datetime, view: SlotView) -> ExecutionCreated:
         flow, trigger = entry.flow, entry.trigger
         execution_id = derived_id("schedule", flow.namespace, flow.id, trigger.id, view.utc_text)
-        variables = {"date": view.date, "next": view.next, "previous": view.previous}
-        return trigger_execution(flow, trigger, execution_id, variables, schedule_date=slot)
+        return trigger_execution(flow, trigger, execution_id, _variables(view), schedule_date=slot)
 
     # -- ended executions -----------------------------------------------------------------------
 
@@ -400,6 +403,22 @@ class ScheduleBook:
         if entry.active:
             self._plan(entry, _later(self._clock(), entry.state.date))
         return entry.state
+
+
+def _variables(view: SlotView) -> dict[str, str | None]:
+    """A slot's ``trigger.*`` variables."""
+    return {"date": view.date, "next": view.next, "previous": view.previous}
+
+
+def _slot_passes(entry: _Entry, view: SlotView) -> bool:
+    """Whether the trigger's conditions hold for the slot; one that cannot be evaluated
+    skips the slot, with a warning naming the trigger."""
+    ctx = condition_context(entry.flow, _variables(view))
+    try:
+        return conditions_hold(entry.trigger.condition_models, ctx)
+    except ConditionError as exc:
+        log.warning("trigger %s: slot %s skipped: %s", entry.state.key, view.date, exc)
+        return False
 
 
 def _later(now: datetime, last: datetime | None) -> datetime:

@@ -21,9 +21,17 @@ from typing import Any
 from kestream.executor.events import ExecutionCreated
 from kestream.models.flow import Flow, WebhookTrigger
 from kestream.models.values import UnportableValue, check_portable, loads_json
+from kestream.scheduler.conditions import condition_context, conditions_hold
 from kestream.scheduler.executions import trigger_execution
 
-__all__ = ["MultiValues", "find_webhook", "multi_values", "parse_body", "webhook_execution"]
+__all__ = [
+    "MultiValues",
+    "find_webhook",
+    "multi_values",
+    "parse_body",
+    "webhook_accepts",
+    "webhook_execution",
+]
 
 #: Headers or query parameters: a map of one value or a list of values per name, or the
 #: ``(name, value)`` pairs of a multi-dict (repeated names keep every value).
@@ -122,3 +130,13 @@ def webhook_execution(
     }
     check_portable(variables)
     return trigger_execution(flow, trigger, execution_id, variables)
+
+
+def webhook_accepts(flow: Flow, trigger: WebhookTrigger, event: ExecutionCreated) -> bool:
+    """Whether the call passes the trigger's ``conditions``, which see its variables
+    (``trigger.body``...). Raises :class:`~kestream.scheduler.conditions.ConditionError` for a
+    condition that cannot be evaluated."""
+    if not trigger.condition_models:
+        return True
+    variables = (event.trigger or {}).get("variables", {})
+    return conditions_hold(trigger.condition_models, condition_context(flow, variables))

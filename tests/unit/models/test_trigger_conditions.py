@@ -89,8 +89,8 @@ def test_preconditions_stay_raw_and_have_a_typed_form() -> None:
             f"    conditions:\n      - type: {COND}Weekend\n",
             11,
             "triggers[0].conditions[0]",
-            "trigger 'up': condition type 'io.kestra.plugin.core.condition.Weekend' is not"
-            " supported by kestream yet",
+            "trigger 'up': condition type 'io.kestra.plugin.core.condition.Weekend' applies to"
+            " Schedule and Webhook triggers only",
         ),
         (
             "    conditions:\n      - in: [SUCCESS]\n",
@@ -166,14 +166,16 @@ def test_refused_conditions_name_the_flow_trigger_and_place(
     ("trigger", "needle"),
     [
         (
-            "  - id: s\n    type: io.kestra.plugin.core.trigger.Schedule\n    cron: '@daily'\n"
-            f"    conditions:\n      - type: {COND}Weekend\n",
-            "trigger 's': kestream does not evaluate conditions on Schedule triggers yet",
-        ),
-        (
             "  - id: h\n    type: io.kestra.plugin.core.trigger.Webhook\n    key: k\n"
             f"    conditions:\n      - type: {COND}ExecutionStatus\n        in: [FAILED]\n",
-            "trigger 'h': kestream does not evaluate conditions on Webhook triggers yet",
+            "trigger 'h': condition type 'io.kestra.plugin.core.condition.ExecutionStatus'"
+            " does not apply to Schedule and Webhook triggers",
+        ),
+        (
+            "  - id: s\n    type: io.kestra.plugin.core.trigger.Schedule\n    cron: '@daily'\n"
+            f"    conditions:\n      - type: {COND}MultipleCondition\n",
+            "trigger 's': condition type 'io.kestra.plugin.core.condition.MultipleCondition'"
+            " does not apply",
         ),
         (
             "  - id: s\n    type: io.kestra.plugin.core.trigger.Schedule\n    cron: '@daily'\n"
