@@ -33,6 +33,8 @@ Inputs are required unless ``required: false`` (Kestra 0.21). A missing value ta
 (a literal, parsed like a given value; templates in defaults are not rendered). Undeclared
 inputs are dropped, as Kestra ignores them; an optional input with no value and no default is
 absent from the result. Input ids with dots nest (``user.name`` -> ``inputs.user.name``).
+``prefill`` (Kestra 1.1) is what a form starts with: checked like a default, refused together
+with ``defaults``, shown in the flow JSON, and never used as a value.
 
 Not implemented: ``dependsOn`` conditions (every input is enabled) and the ``expression`` that
 computes SELECT/MULTISELECT values at run time (with it, any value is accepted).
@@ -330,6 +332,9 @@ class Input(BaseModel):
     displayName: str | None = Field(default=None, max_length=64)
     required: bool = True
     defaults: Any = None
+    #: Kestra 1.1: a value a form starts with, that the person may clear. Never used as a value
+    #: by the engine (a missing input stays missing); kept, checked and shown in the flow JSON.
+    prefill: Any = None
     dependsOn: DependsOn | None = None
 
     @model_validator(mode="before")
@@ -375,11 +380,15 @@ class Input(BaseModel):
         (without rendering), so a default that could never be used is caught at deploy time.
         """
         problems = self._definition_problems()
-        if self.defaults is not None and not problems:
-            try:
-                self.parse(self.defaults)
-            except InputValueError as exc:
-                problems.append(("defaults", f"invalid default value: {exc}"))
+        if self.defaults is not None and self.prefill is not None:
+            problems.append(("prefill", "prefill and defaults cannot be used on the same input"))
+        for name, value in (("defaults", self.defaults), ("prefill", self.prefill)):
+            if value is not None and not problems:
+                try:
+                    self.parse(value)
+                except InputValueError as exc:
+                    label = "default" if name == "defaults" else "prefill"
+                    problems.append((name, f"invalid {label} value: {exc}"))
         return problems
 
 
