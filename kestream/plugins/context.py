@@ -82,6 +82,27 @@ class RunContext:
         self._working_dir: Path | None = None
         self.logger = TaskLogger(info)
 
+    @classmethod
+    def detached(
+        cls, *, execution_id: str = "local", task_run_id: str = "local", attempt: int = 1
+    ) -> RunContext:
+        """A context outside any execution, to call a task's code directly (tests, notebooks):
+        use it as a context manager (the working directory is removed at the end); what the code
+        logged is in :attr:`log_lines`."""
+        return cls(RunInfo(execution_id, task_run_id, attempt))
+
+    @property
+    def log_lines(self) -> list[tuple[str, str]]:
+        """``(level, message)`` of the lines logged so far, where they are kept (a detached
+        context; in a run they go to the task run's log as they come)."""
+        return [(level.value, message) for level, message in self._info.lines]
+
+    def __enter__(self) -> RunContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def execution_id(self) -> str:
         return self._info.execution_id

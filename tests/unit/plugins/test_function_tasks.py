@@ -111,9 +111,13 @@ def test_run_context_gives_ids_logger_working_dir_and_removes_it() -> None:
         )
         return {"ok": True}
 
-    execution = kestream.run(flow("  - id: look\n    type: acme.tasks.Inspect\n"))
+    with Driver() as driver:
+        driver.deploy(flow("  - id: look\n    type: acme.tasks.Inspect\n"))
+        execution = driver.start("acme.team", "f")
+        logs = [(entry.level, entry.taskId, entry.message) for entry in driver.logs(execution.id)]
     task_run = execution.taskRunList[0]
     assert execution.state.current is StateType.SUCCESS
+    assert logs == [("INFO", "look", "hello there"), ("WARN", "look", "careful")]
     assert (seen["execution"], seen["task_run"]) == (execution.id, task_run.id)
     assert seen["attempt"] == 1 and seen["killed"] is False
     assert isinstance(seen["dir"], Path) and not seen["dir"].exists()  # removed afterwards
@@ -136,6 +140,20 @@ def test_logger_lines_become_log_lines_with_kestra_levels() -> None:
     assert info.lines[0][1] == "d 1"
     assert info.lines[4][1].startswith("failed\nTraceback")
     assert "ValueError: boom" in info.lines[4][1]
+
+
+def test_a_detached_context_calls_a_task_function_directly() -> None:
+    @kestream.task("acme.tasks.Touch")
+    def touch(name: str, *, run: RunContext) -> dict[str, Any]:
+        run.logger.info("touching %s", name)
+        (run.working_dir / name).write_text("x")
+        return {"files": sorted(p.name for p in run.working_dir.iterdir())}
+
+    with RunContext.detached() as run:
+        assert touch("a.txt", run=run) == {"files": ["a.txt"]}
+        directory = run.working_dir
+    assert run.log_lines == [("INFO", "touching a.txt")]
+    assert not directory.exists()
 
 
 def test_logger_streams_through_the_runners_emit_callback() -> None:
