@@ -209,7 +209,7 @@ def test_exit_ends_the_execution_and_kills_others_only_when_killed(
     result = executor.step(None, ev.ExecutionCreated("x3", flow.namespace, flow.id, 1))
     st = result.state
     assert st is not None
-    expected = S.CANCELLED if state == "CANCELED" else S[state]
+    expected = S.CANCELLED if state == "CANCELED" else StateType(state)
     assert st.state.current is expected
     runs = {tr.task.id: tr for tr in st.task_runs.values()}
     assert "never" not in runs
