@@ -15,9 +15,10 @@ from __future__ import annotations
 import inspect
 import traceback
 import typing
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, TypeVar, overload
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -84,9 +85,10 @@ class PythonTask(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Property:
-    """One property of a Python task: its Python name, its YAML key and its type check."""
+    """One property of a Python task: where the task holds its raw value, its YAML key, whether
+    it is required, and its type check."""
 
-    field: str  # the field holding the raw value on the task (``p0``, ``p1``...)
+    field: str  # ``p0``, ``p1``...: never clashes with a name of Task or of pydantic
     key: str
     required: bool
     check: TypeAdapter[Any]
@@ -172,35 +174,36 @@ class PluginTask(RunnableTask):
 
     def execute(self, props: dict[str, Any], run: RunInfo) -> TaskOutcome:
         values = self.spec.values(self.id, props)
-        context = RunContext(run)
-        try:
+        with _attempt(run) as context:
             return self._outcome(self.spec.call(values, context))
-        except TaskError:
-            raise
-        except Exception:
-            run.log(LogLevel.ERROR, traceback.format_exc().rstrip())
-            raise
-        finally:
-            context.close()
 
     async def arun(self, props: dict[str, Any], run: RunInfo) -> TaskOutcome:
         if not self.spec.is_async:
             return self.execute(props, run)
         values = self.spec.values(self.id, props)
-        context = RunContext(run)
-        try:
+        with _attempt(run) as context:
             result: Awaitable[Any] = self.spec.call(values, context)
             return self._outcome(await result)
-        except TaskError:
-            raise
-        except Exception:
-            run.log(LogLevel.ERROR, traceback.format_exc().rstrip())
-            raise
-        finally:
-            context.close()
 
     def _outcome(self, result: Any) -> TaskOutcome:
         return TaskOutcome(StateType.SUCCESS, outputs=task_outputs(self.id, result))
+
+
+@contextmanager
+def _attempt(run: RunInfo) -> Iterator[RunContext]:
+    """The run context of one attempt. An unexpected error of the user's code leaves its
+    traceback in the task run's log (a :class:`TaskError` is a message, not a bug); the working
+    directory goes with the attempt, also when it is cancelled."""
+    context = RunContext(run)
+    try:
+        yield context
+    except TaskError:
+        raise
+    except Exception:
+        run.log(LogLevel.ERROR, traceback.format_exc().rstrip())
+        raise
+    finally:
+        context.close()
 
 
 def task_outputs(task_id: str, result: Any) -> dict[str, Any] | None:
@@ -241,13 +244,7 @@ def build_task_class(spec: TaskSpec) -> type[PluginTask]:
     return cls
 
 
-@overload
-def task(type_name: str, *, aliases: tuple[str, ...] = ()) -> Callable[[F], F]: ...
-@overload
-def task(type_name: F) -> F: ...  # a forgotten type name: refused below, with a message
-
-
-def task(type_name: Any, *, aliases: tuple[str, ...] = ()) -> Any:
+def task(type_name: str, *, aliases: Sequence[str] = ()) -> Callable[[F], F]:
     """Register a function as the task type ``type_name``.
 
     The parameters are the task's properties (type hints and defaults apply after rendering);
@@ -260,11 +257,13 @@ def task(type_name: Any, *, aliases: tuple[str, ...] = ()) -> Any:
         raise TypeError('kestream.task needs the task type name: @kestream.task("acme.tasks.Add")')
 
     def decorate(fn: F) -> F:
-        if not callable(fn) or isinstance(fn, type):
+        if not inspect.isfunction(fn):
             raise TypeError(
-                f"@kestream.task decorates functions; subclass kestream.PythonTask for {fn!r}"
+                f"@kestream.task decorates functions (def or async def), not {fn!r}; "
+                "subclass kestream.PythonTask for a class"
             )
-        register(build_task_class(TaskSpec.for_function(fn, type_name, tuple(aliases))))
+        names = (aliases,) if isinstance(aliases, str) else tuple(aliases)
+        register(build_task_class(TaskSpec.for_function(fn, type_name, names)))
         return fn
 
     return decorate

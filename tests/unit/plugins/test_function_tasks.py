@@ -274,6 +274,21 @@ def test_a_raised_error_fails_the_run_with_its_message() -> None:
     assert "refused: 2" in messages
 
 
+def test_a_bug_fails_the_run_and_logs_its_traceback() -> None:
+    @kestream.task("acme.tasks.Buggy")
+    def buggy(*, run: RunContext) -> None:
+        (run.working_dir / "left.txt").write_text("x")
+        raise ValueError("boom")
+
+    with Driver() as driver:
+        driver.deploy(flow("  - id: b\n    type: acme.tasks.Buggy\n"))
+        execution = driver.start("acme.team", "f")
+        messages = [entry.message for entry in driver.logs(execution.id)]
+    assert execution.state.current is StateType.FAILED
+    assert "ValueError: boom" in messages
+    assert any(m.startswith("Traceback") and 'raise ValueError("boom")' in m for m in messages)
+
+
 def test_aliases_name_the_same_task() -> None:
     @kestream.task("acme.tasks.New", aliases=("acme.tasks.Old",))
     def new() -> dict[str, Any]:
@@ -302,5 +317,7 @@ def test_signatures_that_cannot_be_tasks_are_refused_when_declared() -> None:
         def star(**rest: Any) -> None: ...
 
     with pytest.raises(TypeError, match="needs the task type name"):
-        kestream.task(lambda: None)  # type: ignore[call-overload]
+        kestream.task(lambda: None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="decorates functions"):
+        kestream.task("acme.tasks.Cls")(dict)
     assert task_class("acme.tasks.Clash") is None
