@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from functools import cache
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -236,6 +237,12 @@ class Settings(BaseSettings):
     data_dir: str = Field(
         default=".kestream",
         description="KESTREAM_DATA_DIR: local files (index database, process state).",
+    )
+    docker_runner: Literal["docker", "process"] = Field(
+        default="docker",
+        description="KESTREAM_DOCKER_RUNNER: where script tasks that ask for the Docker task "
+        "runner run: docker (a reachable Docker engine, else the task fails saying so) or "
+        "process (local processes, so published flows run unchanged without Docker).",
     )
     log_level: str = Field(
         default="INFO", description="KESTREAM_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."

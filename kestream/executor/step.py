@@ -571,16 +571,19 @@ class _Step:
             self.set_timer(f"timeout:{tr.id}:{attempt}", timer)
 
     def apply_outcome(self, tr: TaskRunState, outcome: TaskOutcome) -> None:
+        unportable = find_unportable(outcome.outputs, "outputs")
+        problem: str | None
+        if unportable is not None:  # it would stop whoever has to write it: the task run fails
+            problem = f"Task '{tr.task.id}' outputs cannot be stored: {unportable}"
+        else:  # no record could hold the task run: fail it, unapplied
+            problem = outputs_too_large(tr.task.id, outcome.outputs, self.ex.max_output_bytes)
         if outcome.error is not None or outcome.state.is_failed:
+            if outcome.outputs is not None and problem is None:
+                self.set_outputs(tr, outcome.outputs)  # a failed script keeps its exitCode
             self.attempt_failed(tr, outcome.error or f"Task ended in state {outcome.state}")
             return
-        problem = find_unportable(outcome.outputs, "outputs")
-        if problem is not None:  # it would stop whoever has to write it: the task run fails
-            self.attempt_failed(tr, f"Task '{tr.task.id}' outputs cannot be stored: {problem}")
-            return
-        too_large = outputs_too_large(tr.task.id, outcome.outputs, self.ex.max_output_bytes)
-        if too_large is not None:  # no record could hold the task run: fail it, unapplied
-            self.attempt_failed(tr, too_large)
+        if problem is not None:
+            self.attempt_failed(tr, problem)
             return
         attempt = len(tr.attempts)
         self.cancel_timer(f"timeout:{tr.id}:{attempt}")
@@ -984,6 +987,7 @@ class _Step:
         if not task.dynamic:
             return {}
         ctx = self.context(tr)
+        ctx.update(task.worker_vars)
         props: dict[str, Any] = {}
         for name in task.dynamic:
             value = getattr(task, name)

@@ -4,8 +4,9 @@ One consumer in the group ``<prefix>worker`` reads ``worker-tasks`` in batches (
 Each ``run`` record names its task by flow revision and task id (:func:`records.encode_job`); the
 worker finds the task in the flows table (:class:`FlowRegistry`), runs the attempt as an asyncio
 task on a :class:`TaskRunner` and produces the result to ``worker-results`` and the task's log
-lines to ``logs`` (one record per job, keyed by execution id). ``kill`` records cancel a running
-attempt, whose result then says KILLED.
+lines to ``logs`` (keyed by execution id). Lines a task logs while it runs (a script's output) go
+out every ~200 ms through a :class:`LogStream`; the rest go with the result. ``kill`` records
+cancel a running attempt, whose result then says KILLED.
 
 **Concurrency.** Async tasks (Sleep) await on the loop and take no thread; blocking task code runs
 in a pool of ``threads`` slots (``KESTREAM_WORKER_THREADS``). ``max_in_flight``
@@ -45,7 +46,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,7 @@ from kestream.models.state import StateType
 from kestream.runtime import records
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.kafka import make_consumer, make_producer
+from kestream.runtime.log_stream import LogStream
 from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.tasks.base import RunnableTask
 from kestream.worker.runner import TaskRunner
@@ -204,6 +206,8 @@ class WorkerService:
         self.assigned = asyncio.Event()
         self.limit = ctx.record_limit
         self._runner = TaskRunner(threads=self.threads, max_output_bytes=self.limit.output_bytes)
+        #: Lines tasks log while they run, produced every ~200 ms rather than with the result.
+        self.log_stream = LogStream(self._send_lines)
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -293,6 +297,7 @@ class WorkerService:
         for job in list(self._held.values()):  # never started: the next owner gets them
             self._forget(job)
         await self._drain(drain_timeout)
+        await self.log_stream.close()
         if consumer is not None:
             with contextlib.suppress(Exception):
                 await self._commit(force=True)
@@ -473,7 +478,7 @@ class WorkerService:
                 )  # fmt: skip
                 lines: list[cmd.LogLine] = []
             else:
-                result, lines = await self._runner.run(run)
+                result, lines = await self._runner.run(run, on_line=self._line_sink(job))
             seconds = time.monotonic() - started
             if not job.abandoned and await self._publish(job, result, lines):
                 self._done(job)
@@ -489,6 +494,19 @@ class WorkerService:
                 self.metrics.job_abandoned(*labels)
             self._forget(job)
 
+    def _line_sink(self, job: _Job) -> Callable[[cmd.LogLine], None]:
+        namespace, flow_id, _ = job.where
+        return lambda line: self.log_stream.add(job.key, namespace, flow_id, line)
+
+    async def _send_lines(self, namespace: str, flow_id: str, lines: list[cmd.LogLine]) -> None:
+        """Produce lines logged by a running job and wait for the acks (:class:`LogStream`)."""
+        producer = self._producer
+        assert producer is not None
+        key = lines[0].execution_id.encode()
+        parts = records.log_records(namespace, flow_id, lines, max_bytes=self.limit.value_bytes)
+        acks = [await producer.send(self.ctx.topics.logs, part, key=key) for part in parts]
+        await asyncio.gather(*acks)
+
     def _done(self, job: _Job) -> None:
         self._finished.add(job.key)
         for mark in job.marks:
@@ -498,6 +516,7 @@ class WorkerService:
         """Produce the logs and the result, and wait for the acks (retried a few times)."""
         producer, topics = self._producer, self.ctx.topics
         assert producer is not None
+        lines = [*await self.log_stream.take(job.key), *lines]  # queued, not yet produced
         key = result.execution_id.encode()
         room = self.limit.value_bytes
         logs = records.log_records(job.where[0], job.where[1], lines, max_bytes=room)

@@ -120,6 +120,9 @@ class Task(BaseModel):
     type_name: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
     dynamic: ClassVar[tuple[str, ...]] = ()
+    #: Render variables only the worker knows (a script's ``workingDir``): the executor renders
+    #: these placeholder values in their place and the task replaces them when it runs.
+    worker_vars: ClassVar[dict[str, str]] = {}
 
     id: str = Field(pattern=TASK_ID_PATTERN, max_length=256)
     type: str

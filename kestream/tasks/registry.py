@@ -16,6 +16,7 @@ from kestream.tasks.flow import AllowFailure, If, Parallel, Sequential, Switch
 from kestream.tasks.http import Request
 from kestream.tasks.loops import EachParallel, EachSequential, ForEach
 from kestream.tasks.pause import Pause
+from kestream.tasks.scripts import PythonCommands, PythonScript, ShellCommands, ShellScript
 from kestream.tasks.simple import Echo, Fail, Log, OutputValues, Return
 from kestream.tasks.sleep import Sleep
 from kestream.tasks.subflow import Subflow
@@ -25,6 +26,7 @@ TASK_CLASSES: tuple[type[Task], ...] = (
     Sequential, Parallel, If, Switch, AllowFailure,
     ForEach, EachSequential, EachParallel, Subflow,
     Request, Labels, Assert, Exit,
+    ShellCommands, ShellScript, PythonCommands, PythonScript,
 )  # fmt: skip
 
 

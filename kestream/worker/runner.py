@@ -8,6 +8,8 @@ run directly on the loop. Every running attempt can be cancelled by a kill.
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -19,6 +21,11 @@ from kestream.models.clock import Clock, utc_now
 from kestream.models.state import StateType
 from kestream.models.values import find_unportable, safe_text
 from kestream.tasks.base import LOG_LEVEL_ORDER, LogLevel, RunInfo, TaskError, TaskOutcome
+
+#: How long a timed-out attempt may take to clean up (stop its processes) before its result.
+STOP_WAIT_S = 10.0
+#: ERROR lines a result carries for ``errorLogs()`` (the executor keeps 100 per execution).
+ERROR_LINES_KEPT = 100
 
 
 class TaskRunner:
@@ -39,15 +46,26 @@ class TaskRunner:
     def in_flight(self) -> int:
         return len(self._running)
 
-    async def run(self, job: RunTask) -> tuple[WorkerResult, list[LogLine]]:
-        """Run the attempt; always returns a result (failures and kills included)."""
+    async def run(
+        self, job: RunTask, on_line: Callable[[LogLine], None] | None = None
+    ) -> tuple[WorkerResult, list[LogLine]]:
+        """Run the attempt; always returns a result (failures and kills included).
+
+        ``on_line``: where the lines the task logs while it runs go, at once (on the event
+        loop's thread, whichever thread logs them); they are then not among the returned lines.
+        Without it they come first in the returned lines.
+        """
         key = (job.execution_id, job.task_run_id)
-        body = asyncio.ensure_future(self._execute(job))
+        streamed_errors: list[str] = []
+        emit = None if on_line is None else self._emitter(job, on_line, streamed_errors)
+        info = RunInfo(job.execution_id, job.task_run_id, job.attempt, emit=emit)
+        body = asyncio.ensure_future(self._execute(job, info))
         self._running[key] = body
         try:
             outcome = await asyncio.wait_for(asyncio.shield(body), job.timeout_s)
         except TimeoutError:
             body.cancel()
+            await asyncio.wait([body], timeout=STOP_WAIT_S)  # its clean-up (a process group)
             outcome = TaskOutcome(StateType.FAILED, error=f"Task timed out after {job.timeout_s}s")
         except asyncio.CancelledError:
             if not body.cancelled():
@@ -55,7 +73,31 @@ class TaskRunner:
             outcome = TaskOutcome(StateType.KILLED, error="Task was killed")
         finally:
             self._running.pop(key, None)
-        return self._result(job, outcome)
+        outcome.logs[:0] = info.lines  # what the task logged as it ran comes first
+        return self._result(job, outcome, streamed_errors)
+
+    def _emitter(
+        self, job: RunTask, on_line: Callable[[LogLine], None], errors: list[str]
+    ) -> Callable[[LogLevel, str], None]:
+        """``RunInfo.emit`` for one attempt: the task's level floor applied, the line handed to
+        ``on_line`` on the loop's thread (task code in a pool thread logs through it too), the
+        first ERROR lines kept in ``errors`` for the result (``errorLogs()``)."""
+        loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
+        floor = _floor(job)
+
+        def emit(level: LogLevel, message: str) -> None:
+            if LOG_LEVEL_ORDER[level] < floor:
+                return
+            line = _line(job, level, message, self._clock())
+            if level is LogLevel.ERROR and len(errors) < ERROR_LINES_KEPT:
+                errors.append(line.message)
+            if threading.get_ident() == loop_thread:
+                on_line(line)
+            else:
+                loop.call_soon_threadsafe(on_line, line)
+
+        return emit
 
     def kill(self, execution_id: str, task_run_id: str) -> bool:
         """Cancel a running attempt; its result reports KILLED."""
@@ -68,8 +110,8 @@ class TaskRunner:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _execute(self, job: RunTask) -> TaskOutcome:
-        task, info = job.task, RunInfo(job.execution_id, job.task_run_id, job.attempt)
+    async def _execute(self, job: RunTask, info: RunInfo) -> TaskOutcome:
+        task = job.task
         try:
             if task.is_async:
                 return await task.arun(job.props, info)
@@ -85,7 +127,9 @@ class TaskRunner:
         except Exception as exc:  # a task's own bug must fail its task run, not the worker
             return TaskOutcome(StateType.FAILED, error=f"{type(exc).__name__}: {exc}")
 
-    def _result(self, job: RunTask, outcome: TaskOutcome) -> tuple[WorkerResult, list[LogLine]]:
+    def _result(
+        self, job: RunTask, outcome: TaskOutcome, streamed_errors: list[str]
+    ) -> tuple[WorkerResult, list[LogLine]]:
         now: datetime = self._clock()
         problem = find_unportable(outcome.outputs, "outputs")
         if problem is not None:  # the result record could not even be written: fail the run
@@ -95,16 +139,12 @@ class TaskRunner:
             oversized = outputs_too_large(job.task.id, outcome.outputs, self.max_output_bytes)
             if oversized is not None:
                 outcome = TaskOutcome(StateType.FAILED, logs=outcome.logs, error=oversized)
-        floor = LOG_LEVEL_ORDER[job.task.logLevel] if job.task.logLevel else 0
+        floor = _floor(job)
         lines = [
-            LogLine(
-                job.execution_id, job.task_run_id, job.task.id, job.attempt, lvl, safe_text(msg),
-                now,
-            )
-            for lvl, msg in outcome.logs
-            if LOG_LEVEL_ORDER[lvl] >= floor
-        ]  # fmt: skip
+            _line(job, lvl, msg, now) for lvl, msg in outcome.logs if LOG_LEVEL_ORDER[lvl] >= floor
+        ]
         errors = [line.message for line in lines if line.level == LogLevel.ERROR.value]
+        errors = [*streamed_errors, *errors][:ERROR_LINES_KEPT]
         if outcome.error is not None:
             # The executor logs the failure message itself (also for inline tasks), once.
             state = StateType.KILLED if outcome.state is StateType.KILLED else StateType.FAILED
@@ -115,3 +155,14 @@ class TaskRunner:
             None if outcome.error is None else safe_text(outcome.error), errors,
         )  # fmt: skip
         return result, lines
+
+
+def _floor(job: RunTask) -> int:
+    """The lowest level logged for the task (its ``logLevel``; everything when unset)."""
+    return LOG_LEVEL_ORDER[job.task.logLevel] if job.task.logLevel else 0
+
+
+def _line(job: RunTask, level: LogLevel, message: str, now: datetime) -> LogLine:
+    return LogLine(
+        job.execution_id, job.task_run_id, job.task.id, job.attempt, level, safe_text(message), now
+    )

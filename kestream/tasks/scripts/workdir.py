@@ -1,0 +1,131 @@
+"""The directories of one script attempt: its working directory, its output directory, its files.
+
+Each attempt gets a fresh directory under the system temp dir, removed when the attempt ends; it
+holds ``work`` (the process's current directory, ``{{ workingDir }}``, ``WORKING_DIR``) and
+``output`` (``{{ outputDir }}``, ``OUTPUT_DIR``).
+
+The executor renders a script's properties before the job reaches a worker, when the directory
+does not exist yet: ``{{ workingDir }}`` and ``{{ outputDir }}`` render to the placeholders
+:data:`WORKING_DIR_MARK` and :data:`OUTPUT_DIR_MARK`, which :func:`fill` replaces here.
+
+**Output files without a storage.** kestream has no internal storage yet, so the files an attempt
+exports (``outputFiles`` globs, and everything written to the output directory) are copied to
+``<KESTREAM_DATA_DIR>/script-outputs/<execution>/<task run>/<attempt>/`` on the worker and the
+``outputFiles`` output maps each name to that file's absolute path. A later task on the same
+machine reads it (``cat {{ outputs.t.outputFiles['a.txt'] }}``, or as an ``inputFiles`` value,
+which copies it); nothing removes these files yet.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from kestream.tasks.base import TaskError
+
+WORKING_DIR_MARK = "@@kestream.workingDir@@"
+OUTPUT_DIR_MARK = "@@kestream.outputDir@@"
+#: Render variables that only the worker can know: what the executor renders in their place.
+WORKER_VARS = {"workingDir": WORKING_DIR_MARK, "outputDir": OUTPUT_DIR_MARK}
+_STORAGE_SCHEME = "kestra://"
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptDirs:
+    work: Path
+    output: Path
+
+
+@contextmanager
+def attempt_dirs() -> Iterator[AttemptDirs]:
+    """A fresh working and output directory, removed (with everything in them) afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="kestream-script-"))
+    try:
+        dirs = AttemptDirs(root / "work", root / "output")
+        dirs.work.mkdir()
+        dirs.output.mkdir()
+        yield dirs
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def fill(value: Any, dirs: AttemptDirs) -> Any:
+    """``value`` with the directory placeholders replaced by the attempt's real paths."""
+    if isinstance(value, str):
+        return value.replace(WORKING_DIR_MARK, str(dirs.work)).replace(
+            OUTPUT_DIR_MARK, str(dirs.output)
+        )
+    if isinstance(value, dict):
+        return {fill(k, dirs): fill(v, dirs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fill(item, dirs) for item in value]
+    return value
+
+
+def inside(base: Path, name: str, what: str) -> Path:
+    """``base / name`` for a relative ``name`` that stays inside ``base``."""
+    relative = PurePosixPath(name)
+    if not name or relative.is_absolute() or ".." in relative.parts:
+        raise TaskError(f"{what} '{name}': give a relative path inside the working directory")
+    return base.joinpath(*relative.parts)
+
+
+def write_input_files(files: Mapping[str, Any], dirs: AttemptDirs, kept_root: Path) -> None:
+    """Write each ``name: contents`` into the working directory.
+
+    A value that is the path of a file exported by an earlier script (under ``kept_root``) is
+    copied, as Kestra copies a storage file; ``kestra://`` URIs are refused until kestream has a
+    storage.
+    """
+    for name, value in files.items():
+        target = inside(dirs.work, str(name), "inputFiles")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        text = "" if value is None else str(value)
+        if text.strip().startswith(_STORAGE_SCHEME):
+            raise TaskError(
+                f"inputFiles '{name}': storage URIs ({_STORAGE_SCHEME}...) are not supported yet, "
+                "kestream has no internal storage; give the file's contents instead"
+            )
+        kept = _kept_file(text.strip(), kept_root)
+        if kept is not None:
+            shutil.copyfile(kept, target)
+        else:
+            target.write_text(text, encoding="utf-8")
+
+
+def _kept_file(text: str, kept_root: Path) -> Path | None:
+    if "\n" in text or not text.startswith("/"):
+        return None
+    path = Path(text)
+    try:
+        path.resolve().relative_to(kept_root.resolve())
+    except ValueError:
+        return None
+    return path if path.is_file() else None
+
+
+def collect_output_files(globs: list[str], dirs: AttemptDirs, keep_in: Path) -> dict[str, str]:
+    """Copy the files matching ``globs`` (relative to the working directory) and every file of
+    the output directory to ``keep_in``; map each relative name to its kept path."""
+    found: dict[str, Path] = {}
+    work = dirs.work.resolve()
+    for pattern in globs:
+        inside(dirs.work, pattern, "outputFiles")  # the same rule as input names
+        for path in sorted(dirs.work.glob(pattern)):
+            if path.is_file() and path.resolve().is_relative_to(work):
+                found.setdefault(path.relative_to(dirs.work).as_posix(), path)
+    for path in sorted(dirs.output.rglob("*")):
+        if path.is_file():
+            found.setdefault(path.relative_to(dirs.output).as_posix(), path)
+    kept: dict[str, str] = {}
+    for name, path in found.items():
+        target = keep_in.joinpath(*PurePosixPath(name).parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        kept[name] = str(target)
+    return kept
