@@ -32,7 +32,7 @@ from kestream.models.ids import new_id
 from kestream.models.inputs import parse_inputs
 from kestream.models.state import StateType
 from kestream.plugins.loading import load_plugins
-from kestream.worker.runner import TaskRunner
+from kestream.worker.runner import STOP_WAIT_S, TaskRunner
 
 __all__ = ["Driver", "arun", "run"]
 
@@ -246,10 +246,17 @@ class Driver:
     def close(self) -> None:
         for task in self._inflight:
             task.cancel()
+        if self._inflight and self._loop is not None and not self._loop.is_running():
+            self._loop.run_until_complete(self._stopped_tasks())
         self.runner.close()
         if self._loop is not None:
             self._loop.close()
             self._loop = None
+
+    async def _stopped_tasks(self) -> None:
+        """Let cancelled attempts clean up (a script's process group) before the loop goes."""
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=STOP_WAIT_S)
 
     def __enter__(self) -> Driver:
         return self
@@ -388,6 +395,7 @@ async def arun(
     finally:
         for task in driver._inflight:
             task.cancel()
+        await driver._stopped_tasks()
         driver.runner.close()
 
 

@@ -68,7 +68,9 @@ class TaskRunner:
             await asyncio.wait([body], timeout=STOP_WAIT_S)  # its clean-up (a process group)
             outcome = TaskOutcome(StateType.FAILED, error=f"Task timed out after {job.timeout_s}s")
         except asyncio.CancelledError:
-            if not body.cancelled():
+            if not body.cancelled():  # this call was cancelled, not the attempt: stop it too
+                body.cancel()
+                await asyncio.wait([body], timeout=STOP_WAIT_S)
                 raise
             outcome = TaskOutcome(StateType.KILLED, error="Task was killed")
         finally:

@@ -1,0 +1,158 @@
+"""A killed or timed-out script stops with everything it started: no process is left behind.
+
+Each script starts a background ``sleep 1000`` and prints its process group id (``$$``: the shell
+leads a session of its own) and the child's pid; after the attempt ends, no process of that group
+may still run. Zombies do not count: a killed child is re-parented to init, which reaps it when
+it likes, but it runs nothing any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kestream.executor.commands import LogLine, RunTask
+from kestream.models.flow import parse_flow
+from kestream.models.state import StateType
+from kestream.tasks.base import RunnableTask
+from kestream.tasks.scripts.process import group_alive, live_members
+from kestream.testing import Driver
+from kestream.worker.runner import TaskRunner
+
+S = StateType
+SPAWN = """id: t
+namespace: test.kill
+tasks:
+  - id: sh
+    type: io.kestra.plugin.scripts.shell.Commands
+    {extra}
+    commands:
+      - sleep 1000 &
+      - echo "group $$ child $!"
+      - {last}
+"""
+
+
+def _job(last: str = "wait", extra: str = "", timeout_s: float | None = None) -> RunTask:
+    flow = parse_flow(SPAWN.format(last=last, extra=extra))
+    task = flow.task_index()["sh"]
+    assert isinstance(task, RunnableTask)
+    props = {name: getattr(task, name) for name in task.dynamic if getattr(task, name) is not None}
+    return RunTask("ex", "run", 1, flow.namespace, flow.id, 1, task, props, timeout_s)
+
+
+async def _until(condition: Callable[[], Any], within: float = 30.0) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not (value := condition()):
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+    return value
+
+
+def _spawned(lines: list[LogLine]) -> tuple[int, int] | None:
+    for line in lines:
+        if line.message.startswith("group "):
+            _, group, _, child = line.message.split()
+            return int(group), int(child)
+    return None
+
+
+def _runs(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+
+
+def _assert_nothing_left(group: int, child: int) -> None:
+    assert live_members(group) == []
+    assert not group_alive(group)
+    assert not _runs(child)
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        pass  # gone, zombies reaped too
+    else:  # only reaped-later zombies may remain: nothing of the group runs
+        assert live_members(group) == []
+
+
+async def test_a_kill_through_the_worker_runner_stops_the_whole_group() -> None:
+    runner = TaskRunner(threads=1)
+    lines: list[LogLine] = []
+    job = _job()
+    running = asyncio.ensure_future(runner.run(job, on_line=lines.append))
+    group, child = await _until(lambda: _spawned(lines))
+    assert group_alive(group) and _runs(child)
+    assert runner.kill(job.execution_id, job.task_run_id)
+    result, _ = await running
+    assert result.state is S.KILLED
+    _assert_nothing_left(group, child)
+    runner.close()
+
+
+async def test_a_child_that_ignores_sigterm_is_killed_too() -> None:
+    runner = TaskRunner(threads=1)
+    lines: list[LogLine] = []
+    job = _job(extra="beforeCommands: [\"trap '' TERM\"]")
+    running = asyncio.ensure_future(runner.run(job, on_line=lines.append))
+    group, child = await _until(lambda: _spawned(lines))
+    runner.kill(job.execution_id, job.task_run_id)
+    result, _ = await running
+    assert result.state is S.KILLED
+    _assert_nothing_left(group, child)
+    runner.close()
+
+
+async def test_a_timeout_stops_the_whole_group_before_the_result() -> None:
+    runner = TaskRunner(threads=1)
+    lines: list[LogLine] = []
+    result, _ = await runner.run(_job(timeout_s=0.5), on_line=lines.append)
+    assert result.state is S.FAILED and result.error == "Task timed out after 0.5s"
+    spawned = _spawned(lines)
+    assert spawned is not None
+    _assert_nothing_left(*spawned)
+    runner.close()
+
+
+async def test_what_a_finished_script_left_running_is_stopped() -> None:
+    runner = TaskRunner(threads=1)
+    result, lines = await runner.run(_job(last="echo done"))  # no emit: lines come back
+    assert result.state is S.SUCCESS
+    assert [line.message for line in lines][-1] == "done"
+    spawned = _spawned(lines)
+    assert spawned is not None
+    _assert_nothing_left(*spawned)
+    runner.close()
+
+
+def test_a_task_timeout_through_the_driver(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    flow_yaml = SPAWN.format(last="wait", extra="timeout: PT0.5S").replace(
+        'echo "group $$ child $!"', f'echo "group $$ child $!" > {pids}'
+    )
+    with Driver() as driver:
+        flow = driver.deploy(flow_yaml)
+        execution = driver.start(flow.namespace, flow.id)
+        assert execution.state.current is S.FAILED
+        messages = [line.message for line in driver.logs(execution.id)]
+        assert any(message.startswith("Task timed out after") for message in messages)
+    # The execution ends at the timeout; closing the driver waits for the clean-up.
+    _, group, _, child = pids.read_text().split()
+    _assert_nothing_left(int(group), int(child))
+
+
+@pytest.mark.parametrize("signal_exit", ["kill -TERM $$", "kill -KILL $$"])
+def test_a_script_ended_by_a_signal_reports_128_plus_the_signal(signal_exit: str) -> None:
+    with Driver() as driver:
+        flow = driver.deploy(SPAWN.format(last=signal_exit, extra=""))
+        execution = driver.start(flow.namespace, flow.id)
+        (run,) = execution.taskRunList
+        expected = 143 if "TERM" in signal_exit else 137
+        assert run.state.current is S.FAILED and run.outputs["exitCode"] == expected
