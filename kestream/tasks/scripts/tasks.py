@@ -270,7 +270,7 @@ async def _in_docker(
     placement: runners.Placement,
     capture: Capture,
 ) -> int:
-    name = f"kestream-{run.task_run_id}-{run.attempt}".lower()
+    name = f"kestream-{run.task_run_id}-{run.attempt}"
     argv = runners.docker_argv(
         name=name, image=image, dirs=dirs, env=env, command=command, options=placement.options
     )

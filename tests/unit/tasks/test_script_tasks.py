@@ -56,6 +56,7 @@ def test_shell_commands_outputs_env_before_commands_and_log_levels() -> None:
         HEAD
         + """  - id: sh
     type: io.kestra.plugin.scripts.shell.Commands
+    containerImage: alpine:3
     env:
       GREETING: "hello {{ flow.id }}"
       COUNT: 3
@@ -83,7 +84,8 @@ def test_shell_commands_outputs_env_before_commands_and_log_levels() -> None:
     }
     assert _task(execution, "after").outputs == {"value": "value-3-0"}
     mine = [(level, message) for task, level, message in logs if task == "sh"]
-    assert mine[0] == ("INFO", "hello t 3 yes")
+    assert mine[0] == ("DEBUG", "containerImage 'alpine:3' ignored by the Process task runner")
+    assert mine[1] == ("INFO", "hello t 3 yes")
     assert ("ERROR", "to stderr") in mine
     assert ("DEBUG", 'Metric counter \'rows\' = 5 {"t":"x"}') in mine
     assert ("WARN", "from the protocol") in mine
