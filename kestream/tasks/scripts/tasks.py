@@ -99,14 +99,7 @@ class ScriptTask(RunnableTask):
             get_settings().docker_runner,
         )  # fmt: skip
         image = str(props.get("containerImage") or self.default_image)
-        if placement.substituted:
-            run.log(
-                LogLevel.INFO,
-                f"Docker task runner replaced by a local process (KESTREAM_DOCKER_RUNNER=process)"
-                f"; image '{image}' not used",
-            )
-        elif placement.kind is RunnerKind.PROCESS and props.get("containerImage"):
-            run.log(LogLevel.DEBUG, f"containerImage '{image}' ignored by the Process task runner")
+        _note_placement(run, placement, image, given_image=bool(props.get("containerImage")))
         kept_root = _kept_root()
         kept = kept_root / run.execution_id / run.task_run_id / str(run.attempt)
         capture = Capture()
@@ -231,6 +224,20 @@ SCRIPT_TASKS: tuple[type[ScriptTask], ...] = (
 
 
 # -- running ---------------------------------------------------------------------------------
+
+
+def _note_placement(
+    run: RunInfo, placement: runners.Placement, image: str, *, given_image: bool
+) -> None:
+    """Say when the image a flow names is not used (Kestra logs it at DEBUG under Process)."""
+    if placement.substituted:
+        run.log(
+            LogLevel.INFO,
+            "Docker task runner replaced by a local process (KESTREAM_DOCKER_RUNNER=process); "
+            f"image '{image}' not used",
+        )
+    elif placement.kind is RunnerKind.PROCESS and given_image:
+        run.log(LogLevel.DEBUG, f"containerImage '{image}' ignored by the Process task runner")
 
 
 async def _run(
