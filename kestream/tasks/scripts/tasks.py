@@ -229,7 +229,7 @@ SCRIPT_TASKS: tuple[type[ScriptTask], ...] = (
 def _note_placement(
     run: RunInfo, placement: runners.Placement, image: str, *, given_image: bool
 ) -> None:
-    """Say when the image a flow names is not used (Kestra logs it at DEBUG under Process)."""
+    """Say when the image a flow names is not used (DEBUG under Process, INFO when substituted)."""
     if placement.substituted:
         run.log(
             LogLevel.INFO,
