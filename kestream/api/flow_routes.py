@@ -12,7 +12,6 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import yaml
 from aiohttp import web
 
 from kestream.api.guard import authenticated
@@ -30,6 +29,7 @@ from kestream.api.http import (
 from kestream.api.webhook_keys import mask_webhook_keys
 from kestream.models.flow import Flow, check_flow
 from kestream.models.validation import FlowProblem, FlowValidationError
+from kestream.models.yaml_source import YamlSyntaxError, load_yaml
 
 PREFIX = "/api/v1/{tenant}/flows"
 
@@ -218,8 +218,8 @@ def _validation(index: int, source: str) -> dict[str, Any]:
     errors = [p for p in problems if p.severity == "error"]
     warnings = [str(p) for p in problems if p.severity == "warning"]
     try:
-        head = yaml.safe_load(source)
-    except yaml.YAMLError:
+        head = load_yaml(source).data  # the flow's own loader: bounded depth and size
+    except YamlSyntaxError:
         head = None
     head = head if isinstance(head, dict) else {}
     body: dict[str, Any] = {

@@ -143,6 +143,8 @@ def _counted(pattern: str, index: int) -> tuple[int, int]:
     low, _, high = pattern[index + 1 : close].partition(",")
     if not low.isdigit() or not (high == "" or high.isdigit()):
         return 0, 0
+    if len(low) > 9:  # past any limit (and int() refuses thousands of digits)
+        return 10**9, close + 1
     return int(low), close + 1
 
 

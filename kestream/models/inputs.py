@@ -817,6 +817,9 @@ def parse_inputs(
         except UnportableValue as exc:
             problems.append(InputProblem(model.id, str(exc.under(model.id))))
             continue
+        except (ValueError, ArithmeticError) as exc:  # a parser's own limit (5000 digits...)
+            problems.append(InputProblem(model.id, f"invalid value: {exc}"))
+            continue
         if value is not _ABSENT:
             values[model.id] = value
     if problems:

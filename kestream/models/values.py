@@ -41,6 +41,8 @@ class UnportableValue(ValueError):
         """The same problem, its path seen from ``root`` (an input id, ``body``)."""
         if not root:
             return self
+        if not self.path:
+            return UnportableValue(self.reason, root)
         if self.path.startswith("["):
             return UnportableValue(self.reason, root + self.path)
         return UnportableValue(self.reason, _join(root, self.path))

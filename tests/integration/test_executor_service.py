@@ -103,6 +103,18 @@ HOSTILE_RECORDS = [
     b'{"type": "resume", "id": "h6", "inputs": {"$esc": [1]}}',
     b"[1, 2, 3]",
     b"null",
+    # nested past Python's recursion limit, or past what orjson can write back
+    b'{"type": "created", "id": "h7", "namespace": "test.runtime", "flowId": "w1",'
+    b' "inputs": {"a": ' + b"[" * 900 + b"]" * 900 + b"}}",
+    b'{"type": "created", "id": "h8", "namespace": "test.runtime", "flowId": "w1",'
+    b' "trigger": {"id": "t", "type": "x", "variables": {"a": ' + b"[" * 300 + b"]" * 300 + b"}}}",
+    # triggers in shapes no execution record has
+    b'{"type": "created", "id": "h9", "namespace": "test.runtime", "flowId": "w1",'
+    b' "trigger": {"variables": {"a": 1}}}',
+    b'{"type": "created", "id": "h10", "namespace": "test.runtime", "flowId": "w1",'
+    b' "trigger": {"id": "a", "type": "b", "variables": [1]}}',
+    b'{"type": "created", "id": "h11", "namespace": "test.runtime", "flowId": "w1",'
+    b' "labels": [1, 2]}',
 ]
 
 

@@ -109,6 +109,18 @@ inputs:
   - id: s
     type: STRING
     defaults: x
+  - id: d
+    type: DURATION
+    defaults: PT1S
+  - id: t
+    type: DATETIME
+    defaults: "2024-01-01T00:00:00Z"
+  - id: u
+    type: URI
+    defaults: "https://example.org"
+  - id: e
+    type: EMAIL
+    defaults: "a@example.org"
 tasks:
   - id: out
     type: io.kestra.plugin.core.output.OutputValues
@@ -267,9 +279,28 @@ def test_inputs_no_record_can_carry_are_refused_naming_the_input(stack: Stack, n
         _refused(reply, "inputs.doc")
         if path and not path.startswith("["):
             assert f"doc.{path}" in reply.body.decode()
-    for field, value in (("n", str(2**70)), ("n", "-" + "9" * 40), ("f", "1e400")):
+    for field, value in (
+        ("n", str(2**70)),
+        ("n", "-" + "9" * 40),
+        ("n", "1" * 5000),  # past Python's own digit limit
+        ("f", "1e400"),
+        ("d", "PT" + "9" * 30 + "S"),
+        ("t", "9999-12-31T23:59:59-23:59"),
+        # almost-matching texts that would backtrack a naive pattern for seconds
+        ("f", "1" * 32_000 + "x"),
+        ("u", "a://" + "x" * 32_000 + " y"),
+        ("e", "a@" + "." * 32_000 + " "),
+    ):
         reply = stack.post_form(f"/executions/{ns}/typed", {field: value})
         _refused(reply, f"inputs.{field}")
+    # the same through a JSON body, read exactly
+    reply = stack.request(
+        "POST",
+        f"/executions/{ns}/typed",
+        '{"doc": {"a": 123456789012345678901234567890}}',
+        content_type="application/json",
+    )
+    _refused(reply, "inputs.doc.a")
     _alive(stack, ns)
 
 
@@ -332,9 +363,9 @@ def test_flow_sources_no_record_can_carry_are_refused_with_the_line(
     stack: Stack, ns: str, extra: str, message: str
 ) -> None:
     source = _probe(ns).replace("id: probe", "id: bad") + extra + "\n"
-    for route in ("/flows", "/flows/validate"):
+    for route, status in (("/flows", 422), ("/flows/validate", 200)):  # validate: 200 + list
         reply = stack.post_yaml(route, source)
-        assert reply.status in (200, 422), reply.body
+        assert reply.status == status, reply.body
         assert message in reply.body.decode()
         assert "line 8" in reply.body.decode()  # the line of the bad value
     assert stack.get(f"/flows/{ns}/bad").status == 404
@@ -350,6 +381,10 @@ def test_flow_sources_that_are_bombs_or_not_text_are_refused(stack: Stack, ns: s
     for body in (bomb.encode(), b"id: x\nnamespace: \xff\xfe\n", b"id: x\x00\n", b"- [ {"):
         reply = stack.request("POST", "/flows", body, content_type="application/x-yaml")
         assert reply.status in (400, 422), (body[:40], reply.status, reply.body)
+    deep = "id: x\nnamespace: n\ndeep: " + "[" * 5000 + "]" * 5000
+    checked = stack.post_yaml("/flows/validate", deep)
+    assert checked.status == 200, checked.body
+    assert "nesting depth" in checked.json()[0]["constraints"]
     _alive(stack, ns)
 
 

@@ -271,6 +271,18 @@ async def test_kill_bad_records_and_unknown_revisions(
     assert dead["offset"] == offset and dead["key"] == "some-key"
     assert "not JSON" in dead["reason"]
 
+    # A job nested past Python's recursion limit (only a foreign writer makes one): a dead
+    # letter, and the partition goes on.
+    deep = harness.job(flow, "ret", {"format": "deep"})
+    raw = records.encode_job(deep).replace(b'"deep"', b"[" * 900 + b"]" * 900)
+    await harness.send(raw, deep.execution_id)
+    after_deep = harness.job(flow, "ret", {"format": "after deep"})
+    await harness.send_job(after_deep)
+    await eventually(lambda: harness.collector.results(after_deep.task_run_id), 10.0)
+    await eventually(lambda: len(harness.collector.dead_letters()) == 2, 10.0)
+    assert "bad job record" in harness.collector.dead_letters()[1]["reason"]
+    assert not harness.collector.results(deep.task_run_id)
+
     # A revision not (yet) in the flows table is held: run once it is deployed ...
     later = harness.job(flow, "ret", {"format": "v2"}, revision=2)
     await harness.send_job(later)
@@ -293,8 +305,8 @@ async def test_kill_bad_records_and_unknown_revisions(
     # ... or dead-lettered when it stays unknown for KESTREAM_EXECUTOR_FLOW_WAIT_S.
     never = harness.job(flow, "ret", {"format": "x"}, revision=9)
     await harness.send_job(never)
-    await eventually(lambda: len(harness.collector.dead_letters()) == 2, 10.0)
-    reason = harness.collector.dead_letters()[1]["reason"]
+    await eventually(lambda: len(harness.collector.dead_letters()) == 3, 10.0)
+    reason = harness.collector.dead_letters()[2]["reason"]
     assert "test.worker.work revision 9" in reason
     assert not harness.collector.results(never.task_run_id)
     assert worker.in_flight == 0

@@ -71,11 +71,20 @@ def test_a_malformed_tag_from_the_wire_is_a_codec_error_not_a_crash() -> None:
 def test_every_event_with_hostile_values_round_trips_through_its_record() -> None:
     for value in LOOKALIKES:
         created = ev.ExecutionCreated(
-            "x1", "a.b", "f", 1, inputs={"v": value}, trigger={"body": value}
+            "x1",
+            "a.b",
+            "f",
+            1,
+            inputs={"v": value},
+            trigger={"id": "w", "type": "t", "variables": {"body": value}},
         )
         back = records.decode_event(records.encode_event(created))
         assert isinstance(back, ev.ExecutionCreated)
-        assert back.inputs == {"v": value} and back.trigger == {"body": value}
+        assert back.inputs == {"v": value} and back.trigger == {
+            "id": "w",
+            "type": "t",
+            "variables": {"body": value},
+        }
         result = ev.WorkerResult("x1", "r1", 1, StateType.SUCCESS, {"v": value}, None, [])
         back_result = records.decode_event(records.encode_event(result))
         assert isinstance(back_result, ev.WorkerResult) and back_result.outputs == {"v": value}
@@ -182,9 +191,7 @@ def test_inputs_refuse_what_records_cannot_carry_naming_input_and_path() -> None
         ("a: !!binary aGVsbG8=", "type bytes"),
     ],
 )
-def test_flow_yaml_refuses_what_records_cannot_carry_with_the_line(
-    text: str, message: str
-) -> None:
+def test_flow_yaml_refuses_what_records_cannot_carry_with_the_line(text: str, message: str) -> None:
     with pytest.raises(YamlSyntaxError, match=message) as exc:
         load_yaml("id: x\n" + text)
     assert exc.value.line == 2
@@ -202,3 +209,41 @@ tasks:
 """
     with pytest.raises(ValueError, match=r"line 8.*64 bits"):
         parse_flow(flow)
+
+
+@pytest.mark.parametrize(
+    ("declared", "value"),
+    [
+        ("INT", "1" * 5000),
+        ("DURATION", "PT" + "9" * 30 + "S"),
+        ("DATETIME", "9999-12-31T23:59:59-23:59"),
+        ("FLOAT", "1e400"),
+    ],
+)
+def test_inputs_past_a_parsers_own_limits_are_invalid_inputs(declared: str, value: str) -> None:
+    with pytest.raises(InputValidationError) as exc:
+        parse_inputs([{"id": "x", "type": declared}], {"x": value})
+    assert "Invalid input 'x'" in str(exc.value)
+    assert not str(exc.value).rstrip().endswith(".")  # a path, when given, is whole
+
+
+def test_deep_records_are_record_errors_not_recursion() -> None:
+    deep = b"[" * 900 + b"]" * 900
+    body = b'{"type": "created", "id": "x", "namespace": "a", "flowId": "f", "inputs": {"a": '
+    with pytest.raises(records.RecordError, match="nested"):
+        records.decode_event(body + deep + b"}}")
+
+
+@pytest.mark.parametrize(
+    "trigger",
+    [
+        {"variables": {"a": 1}},
+        {"id": "a", "type": "b", "variables": [1]},
+        {"id": 1, "type": "b"},
+        [1, 2],
+    ],
+)
+def test_a_trigger_in_no_records_shape_is_a_record_error(trigger: Any) -> None:
+    body = {"type": "created", "id": "x", "namespace": "a", "flowId": "f", "trigger": trigger}
+    with pytest.raises(records.RecordError, match="trigger"):
+        records.decode_event(orjson.dumps(body))
