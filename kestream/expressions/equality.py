@@ -7,6 +7,10 @@ share a key, as Python's numeric hashes already agree), booleans apart from numb
 their items' keys, maps by their entries. Values with no such key (a map holding something
 unhashable, a signalling NaN) fall back to a per-type bucket compared item by item, which stays
 correct and is only slow for inputs made of such values.
+
+Building a key walks the whole value, so every list or map walked spends its length on the render
+budget: a list holding the same million-item list forty times is forty million steps of work, not
+one (references make such values cheap to build and costly to key).
 """
 
 from __future__ import annotations
@@ -14,17 +18,19 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
-from .budget import current_budget
+from .budget import RenderBudget, current_budget
 from .values import NUMBERS, SEQUENCES
 
 Equal = Callable[[Any, Any], bool]
+#: A key function: the value, and the budget its walk spends on.
+Key = Callable[[Any, RenderBudget], Hashable]
 
 
 class _Unkeyable(Exception):
     """The value has no exact key; the caller buckets it by type instead."""
 
 
-def equality_key(value: Any) -> Hashable:
+def equality_key(value: Any, budget: RenderBudget) -> Hashable:
     """A key equal for values Pebble's ``==`` calls equal (raises _Unkeyable when there is none)."""
     kind = type(value)
     if kind is str or value is None:
@@ -36,34 +42,41 @@ def equality_key(value: Any) -> Hashable:
             return object()
         return _hashed(value)
     if isinstance(value, SEQUENCES):
-        return (list, tuple([equality_key(item) for item in value]))
+        budget.spend(len(value))
+        return (list, tuple([equality_key(item, budget) for item in value]))
     if isinstance(value, Mapping):
-        return (dict, frozenset([(key, _python_key(item)) for key, item in value.items()]))
+        budget.spend(len(value))
+        return (dict, frozenset([(key, _python_key(item, budget)) for key, item in value.items()]))
     return _hashed(value)
 
 
-def json_key(value: Any) -> Hashable:
+def json_key(value: Any, budget: RenderBudget) -> Hashable:
     """A key for jq's equality on JSON values: booleans apart from numbers at every depth."""
     kind = type(value)
     if kind is bool:
         return (bool, value)
     if kind is list:
-        return (list, tuple([json_key(item) for item in value]))
+        budget.spend(len(value))
+        return (list, tuple([json_key(item, budget) for item in value]))
     if kind is dict:
-        return (dict, frozenset([(key, json_key(item)) for key, item in value.items()]))
+        budget.spend(len(value))
+        return (dict, frozenset([(key, json_key(item, budget)) for key, item in value.items()]))
     if kind is float and value != value:
         return object()
     return _hashed(value)
 
 
-def _python_key(value: Any) -> Hashable:
+def _python_key(value: Any, budget: RenderBudget) -> Hashable:
     """A key for Python's own ``==`` (what map values are compared with, as in Java's equals)."""
     if isinstance(value, list):
-        return (list, tuple([_python_key(item) for item in value]))
+        budget.spend(len(value))
+        return (list, tuple([_python_key(item, budget) for item in value]))
     if isinstance(value, tuple):
-        return (tuple, tuple([_python_key(item) for item in value]))
+        budget.spend(len(value))
+        return (tuple, tuple([_python_key(item, budget) for item in value]))
     if isinstance(value, Mapping):
-        return (dict, frozenset([(key, _python_key(item)) for key, item in value.items()]))
+        budget.spend(len(value))
+        return (dict, frozenset([(key, _python_key(item, budget)) for key, item in value.items()]))
     if isinstance(value, float) and value != value:
         return object()
     return _hashed(value)
@@ -90,7 +103,7 @@ class EqualitySet:
         self,
         equal: Equal,
         items: Iterable[Any] = (),
-        key: Callable[[Any], Hashable] = equality_key,
+        key: Key = equality_key,
     ) -> None:
         self._budget = current_budget()
         self._key = key
@@ -104,7 +117,7 @@ class EqualitySet:
         """Add ``item``; False when an equal value was already there."""
         self._budget.spend()
         try:
-            key = self._key(item)
+            key = self._key(item, self._budget)
         except _Unkeyable:
             bucket = self._rest.setdefault(_category(item), [])
             if any(self._equal(item, seen) for seen in bucket):
@@ -119,7 +132,7 @@ class EqualitySet:
     def __contains__(self, item: Any) -> bool:
         self._budget.spend()
         try:
-            return self._key(item) in self._keys
+            return self._key(item, self._budget) in self._keys
         except _Unkeyable:
             return any(self._equal(item, seen) for seen in self._rest.get(_category(item), ()))
 

@@ -18,7 +18,7 @@ from urllib.parse import quote_plus, unquote_plus
 from . import patterns
 from .errors import RenderError
 from .limits import MAX_TEXT, text_too_long
-from .operators import check_text
+from .operators import check_text, replaced
 from .registry import template_filter
 from .text import java_text, to_text
 
@@ -90,10 +90,10 @@ def abbreviate(value: Any, length: int) -> Any:
 def _replace_text(text: str, pairs: Mapping[Any, Any], regexp: bool) -> str:
     for search, replacement in pairs.items():
         if regexp:
-            text = patterns.sub(java_text(search), _java_replacement(java_text(replacement)), text)
+            pattern, template = java_text(search), _java_replacement(java_text(replacement))
+            text = check_text(patterns.sub(pattern, template, text))
         else:
-            text = text.replace(java_text(search), java_text(replacement))
-        check_text(text)
+            text = replaced(text, java_text(search), java_text(replacement))
     return text
 
 

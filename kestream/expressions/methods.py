@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import RenderError
-from .operators import equals, type_name
+from .operators import equals, replaced, type_name
 from .text import java_text
 
 Method = Callable[..., Any]
@@ -40,7 +40,7 @@ STRING_METHODS: dict[str, Method] = {
     "substring": _substring,
     "indexOf": lambda s, x: s.find(java_text(x)),
     "lastIndexOf": lambda s, x: s.rfind(java_text(x)),
-    "replace": lambda s, a, b: s.replace(java_text(a), java_text(b)),
+    "replace": lambda s, a, b: replaced(s, java_text(a), java_text(b)),
     "equals": lambda s, x: s == x,
     "equalsIgnoreCase": lambda s, x: isinstance(x, str) and s.lower() == x.lower(),
     "toString": lambda s: s,

@@ -138,6 +138,18 @@ def check_text(text: str) -> str:
     return text
 
 
+def replaced(text: str, old: str, new: str) -> str:
+    """``text.replace(old, new)``, refused before it is built when it would pass the size limit.
+
+    Replacing ``""`` inserts ``new`` between every two characters: a 100 kB value replaced into
+    itself asks for 10^10 characters, so the length is computed first (``count`` is linear, and
+    ``text.count("")`` is ``len(text) + 1``, the number of insertions).
+    """
+    if len(text) + text.count(old) * (len(new) - len(old)) > MAX_TEXT:
+        raise text_too_long()
+    return check_text(text.replace(old, new))
+
+
 def check_items(items: list[Any]) -> list[Any]:
     """Refuse lists past the render size limit; building big lists counts against the budget."""
     size = len(items)

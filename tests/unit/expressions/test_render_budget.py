@@ -8,6 +8,7 @@ busy). Quadratic filters now run in linear time and finish well inside the defau
 from __future__ import annotations
 
 import time
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -72,6 +73,19 @@ TIME_BOMBS = {
     "yaml parse": "{% set y = range(1, 1000000) | join('\n- ') %}{{ yaml('- ' ~ y) | length }}",
     "mixed sort": "{% set l = ['a'] %}{% for i in range(1, 1000000) %}{% set l = l | sort %}"
     "{% endfor %}",
+    # Keys of values that repeat one big list by reference: cheap to build, costly to walk.
+    "distinct of repeated lists": "{% set big = range(0, 999999) %}"
+    "{{ [" + ",".join(["big"] * 40) + "] | distinct | length }}",
+    "contains of repeated lists": "{% set big = range(0, 999999) %}"
+    "{% set l = [" + ",".join(["big"] * 30) + "] %}{{ l contains big }}",
+    "list minus repeated lists": "{% set big = range(0, 999999) %}"
+    "{% set l = [" + ",".join(["big"] * 30) + "] %}{{ (l - [big]) | length }}",
+    "in of nested references": "{% set big = range(0, 999999) %}{% set a = [big,big,big,big,big] %}"
+    "{% set b = [a,a,a,a,a] %}{{ b in [b, 1] }}",
+    "distinct of nested references": "{% set big = range(0, 999999) %}"
+    "{% set a = [big,big,big,big,big] %}{% set b = [a,a,a,a,a] %}{{ [b, b] | distinct }}",
+    "jq minus of repeated lists": "{% set big = range(0, 999999) %}"
+    "{{ [" + ",".join(["big"] * 30) + "] | jq('. - [.[0]] | length') }}",
 }
 
 
@@ -123,6 +137,55 @@ def test_the_limit_passes_through_filters_unchanged() -> None:
         render("{{ 'x' | slice(0, 5) }}", CTX)
     assert str(info.value).startswith("Filter [slice]:")
     message, _ = _fails("{% set s = range(1, 1000000) | join(',') %}{{ [s, s] | join }}")
+    assert message.startswith("render exceeded its size limit"), message
+
+
+#: Replacing into a value anyone may send: with 4 000 characters the result would be 16 million
+#: characters, with a 100 kB webhook field 10^10 (memory, not time, runs out). The result's length
+#: is computed before it is built.
+REPLACE_BOMBS = {
+    "replace method": "{{ inputs.a.replace('', inputs.a) }}",
+    "replace method of a repeated text": "{{ inputs.a.replace('x', inputs.a) }}",
+    "replace filter": "{{ inputs.a | replace('', inputs.a) }}",
+    "replace filter with pairs": "{{ inputs.a | replace({'x': inputs.a}) }}",
+}
+
+
+@pytest.mark.parametrize("template", list(REPLACE_BOMBS.values()), ids=list(REPLACE_BOMBS))
+def test_replace_past_the_size_limit_is_refused_before_it_is_built(template: str) -> None:
+    ctx = {**CTX, "inputs": {"a": "x" * 4000}}
+    tracemalloc.start()
+    try:
+        message, _ = _fails(template, ctx)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"peak allocation {peak / 1e6:.2f} MB")
+    assert message.startswith("render exceeded its size limit of 10000000 characters"), message
+    assert peak < 1_000_000  # the 16-million-character result was never built
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("{{ 'abc'.replace('', '-') }}", "-a-b-c-"),
+        ("{{ 'abc' | replace('', '-') }}", "-a-b-c-"),
+        ("{{ 'aXbX'.replace('X', 'yy') }}", "ayybyy"),
+        ("{{ 'aXXb' | replace({'XX': '', 'a': 'c'}) }}", "cb"),
+    ],
+)
+def test_replace_within_the_limit_is_unchanged(template: str, expected: str) -> None:
+    assert render(template, CTX) == expected
+
+
+def test_replace_up_to_the_size_limit_is_allowed() -> None:
+    """The computed length is exact: a result of exactly the limit is built, one more is not."""
+    ctx = {**CTX, "inputs": {"a": "x" * 1_000_000, "b": "y" * 9}}
+    assert len(render("{{ inputs.a.replace('x', inputs.b) }}", ctx)) == 9_000_000
+    ctx["inputs"]["b"] = "y" * 10
+    assert len(render("{{ inputs.a.replace('x', inputs.b) }}", ctx)) == 10_000_000
+    ctx["inputs"]["a"] += "x"
+    message, _ = _fails("{{ inputs.a.replace('x', inputs.b) }}", ctx)
     assert message.startswith("render exceeded its size limit"), message
 
 
