@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 from api_stack import Stack, start_stack
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = Path(__file__).resolve().parent / "plugin_modules"
 WAIT_S = 90.0
+T = TypeVar("T")
 
 
 def flow(namespace: str) -> str:
@@ -122,6 +124,125 @@ async def test_an_embedded_worker_runs_the_users_tasks(
     assert execution.state.current is StateType.SUCCESS
     check_outputs([run.model_dump() for run in execution.taskRunList])
     assert any(entry.message == "adding 20 and 22 on attempt 1" for entry in logs), logs
+
+
+WORKER_PROCESS = """
+import kestream
+kestream.Worker(plugins=["acme_tasks"]).run()
+print("worker stopped")
+"""
+
+
+async def test_worker_run_serves_until_sigterm_in_a_users_process(
+    broker: BrokerHandle, topic_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kestream.Worker(...).run()`` in a process of the user's own: it runs the task runs an
+    executor sends, and stops cleanly on SIGTERM."""
+    env = _env(
+        KESTREAM_BROKER=broker.bootstrap,
+        KESTREAM_TOPIC_PREFIX=topic_prefix,
+        KESTREAM_PARTITIONS="2",
+        KESTREAM_DATA_DIR=str(tmp_path / "data"),
+        PYTHONPATH=os.pathsep.join([str(MODULES), str(ROOT)]),
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", WORKER_PROCESS],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    monkeypatch.syspath_prepend(str(MODULES))
+    settings = Settings(broker=broker.bootstrap, topic_prefix=topic_prefix, partitions=2)
+    executor = kestream.Executor(settings, plugins=["acme_tasks"])  # it validates the flow too
+    try:
+        async with executor, await Client.connect(settings) as client:
+            deployed = await client.deploy(flow("acme.process"))
+            execution_id = await client.submit(deployed.namespace, deployed.id, {"x": "20"})
+            execution = await asyncio.wait_for(client.wait(execution_id), WAIT_S)
+        assert execution.state.current is StateType.SUCCESS
+        check_outputs([run.model_dump() for run in execution.taskRunList])
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, output[-3000:]
+    assert output.rstrip().endswith("worker stopped"), output[-3000:]
+
+
+FAUST_APP = """
+import sys
+import faust
+import kestream
+
+settings = kestream.Settings()
+app = faust.App(
+    "acme-app", broker="kafka://" + settings.broker, datadir=sys.argv[1], web_enabled=False
+)
+kestream.Worker(settings, plugins=["acme_tasks"]).attach(app)
+sys.argv = ["acme-app", "worker", "--loglevel", "warn"]
+app.main()
+"""
+
+
+async def test_an_attached_worker_runs_with_the_users_faust_app(
+    broker: BrokerHandle, topic_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Worker.attach(app)``: the worker starts and stops with the user's own faust app."""
+    env = _env(
+        KESTREAM_BROKER=broker.bootstrap,
+        KESTREAM_TOPIC_PREFIX=topic_prefix,
+        KESTREAM_PARTITIONS="2",
+        KESTREAM_DATA_DIR=str(tmp_path / "data"),
+        PYTHONPATH=os.pathsep.join([str(MODULES), str(ROOT)]),
+    )
+    log_path = tmp_path / "app.log"
+    with log_path.open("wb") as log_file:  # a file: faust's output never blocks on a full pipe
+        process = subprocess.Popen(
+            [sys.executable, "-c", FAUST_APP, str(tmp_path)],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    monkeypatch.syspath_prepend(str(MODULES))
+    settings = Settings(broker=broker.bootstrap, topic_prefix=topic_prefix, partitions=2)
+    executor = kestream.Executor(settings, plugins=["acme_tasks"])
+    try:
+        async with executor, await Client.connect(settings) as client:
+            deployed = await client.deploy(flow("acme.faust"))
+            execution_id = await client.submit(deployed.namespace, deployed.id, {"x": "20"})
+            # faust's own group join comes first (about 30 s on the embedded broker)
+            execution = await _unless_exited(process, log_path, client.wait(execution_id))
+        assert execution.state.current is StateType.SUCCESS, log_path.read_text()[-3000:]
+        check_outputs([run.model_dump() for run in execution.taskRunList])
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, log_path.read_text()[-3000:]
+
+
+async def _unless_exited(
+    process: subprocess.Popen[bytes], log_path: Path, waiting: Coroutine[Any, Any, T]
+) -> T:
+    """``waiting``'s result, or an assertion error with the app's log as soon as it exits."""
+
+    async def exited() -> None:
+        while process.poll() is None:
+            await asyncio.sleep(0.2)
+
+    result = asyncio.ensure_future(asyncio.wait_for(waiting, 3 * WAIT_S))
+    watcher = asyncio.ensure_future(exited())
+    await asyncio.wait({result, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    watcher.cancel()
+    if not result.done():
+        result.cancel()
+        raise AssertionError(f"the app exited early:\n{log_path.read_text()[-3000:]}")
+    return result.result()
 
 
 @pytest.fixture(scope="module")
