@@ -138,8 +138,19 @@ class Settings(BaseSettings):
         default=1000,
         ge=1,
         description="KESTREAM_RENDER_TIMEOUT_MS: CPU time one render (a property, a condition, "
-        "an output) may use; past it the task run fails with 'render exceeded ...', so a "
-        "hostile template or input cannot hold the executor.",
+        "an output, an input validator's match) may use, in every role and in kestream run; "
+        "past it the render fails with 'render exceeded ...' (in the executor, its task run "
+        "fails), so a hostile template or input cannot hold a process.",
+    )
+    step_render_budget_ms: int = Field(
+        default=5000,
+        ge=1,
+        description="KESTREAM_STEP_RENDER_BUDGET_MS: wall time from the start of one executor "
+        "step within which all its renders must end (a ForEach starting every lane, a task "
+        "with many properties); a render still running then, or started later, fails its task "
+        "run with 'render exceeded the step budget ...', so one event cannot hold the event "
+        "loop for many render budgets. Far above normal steps: one that starts 10 000 inline "
+        "Log tasks takes about 1 s.",
     )
 
     # -- worker ------------------------------------------------------------------------------

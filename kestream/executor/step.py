@@ -41,6 +41,7 @@ from kestream.executor.retry import next_attempt_due
 from kestream.executor.sizes import outputs_too_large, too_large
 from kestream.executor.state import ExecutionState, Group, StateRecord, TaskRunState, Timer
 from kestream.expressions import RenderError, is_truthy, render, render_value
+from kestream.expressions.budget import step_budget
 from kestream.models.clock import Clock, utc_now
 from kestream.models.durations import DurationError, parse_duration
 from kestream.models.flow import Flow, trigger_class_for
@@ -109,7 +110,16 @@ class Executor:
         self.context_cache: dict[str, dict[str, Any]] = {}
 
     def step(self, state: ExecutionState | None, event: ev.Event) -> StepResult:
-        """Apply ``event`` to ``state`` (None for an execution not seen yet)."""
+        """Apply ``event`` to ``state`` (None for an execution not seen yet).
+
+        The step holds its caller (the executor's event loop) until it returns, so every render it
+        makes shares one deadline besides its own budget: past it, the task run being rendered
+        fails with "render exceeded ... step budget" (see :mod:`kestream.expressions.budget`).
+        """
+        with step_budget():
+            return self._step(state, event)
+
+    def _step(self, state: ExecutionState | None, event: ev.Event) -> StepResult:
         now = self.clock()
         if state is None:
             if isinstance(event, ev.Restart) and event.snapshot is not None:

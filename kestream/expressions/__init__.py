@@ -13,7 +13,12 @@ from .api import (
     render_value,
     validate_template,
 )
-from .budget import render_timeout_ms, set_render_timeout_ms
+from .budget import (
+    render_timeout_ms,
+    set_render_timeout_ms,
+    set_step_render_budget_ms,
+    step_render_budget_ms,
+)
 from .errors import RenderError, RenderLimitError, TemplateSyntaxError
 from .text import to_text
 
@@ -29,6 +34,8 @@ __all__ = [
     "render_timeout_ms",
     "render_value",
     "set_render_timeout_ms",
+    "set_step_render_budget_ms",
+    "step_render_budget_ms",
     "to_text",
     "validate_template",
 ]

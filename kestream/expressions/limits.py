@@ -2,7 +2,7 @@
 
 Kestra caps ``range()`` at one million elements; the same ceiling applies here to every list a
 template builds, and a separate one to the length of produced text. Time is bounded by the render
-budget (:mod:`.budget`), whose default is here: the executor sets the configured value at start.
+budget (:mod:`.budget`), whose defaults are here: every process sets the configured values at start.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ MAX_ITEMS = 1_000_000
 MAX_TEXT = 10_000_000
 #: Default CPU-time budget of one render (one property, one condition, one output).
 RENDER_TIMEOUT_MS = 1000
+#: Default wall time that all the renders of one executor step share (see :mod:`.budget`).
+STEP_RENDER_BUDGET_MS = 5000
 #: Largest regular expression, counted once its counted repetitions are expanded: the matcher
 #: expands ``x{n}`` while compiling, which no timeout interrupts (a million units is about 0.5 s).
 MAX_PATTERN_UNITS = 100_000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kestream.expressions import set_render_timeout_ms, set_step_render_budget_ms
 from kestream.runtime.record_limit import RecordLimit
 from kestream.runtime.tansu_compat import probe_broker
 from kestream.runtime.topics import Topics, ensure_topics
@@ -31,7 +32,12 @@ async def connect(settings: Settings, bootstrap: str | None = None) -> BrokerCon
 
     ``bootstrap`` defaults to ``KESTREAM_BROKER``; starting the embedded broker when neither is
     given is the job of the process that owns it (the CLI or the supervisor), not of each role.
+
+    Every role (executor, worker, scheduler, API, embedded or not) and ``kestream run`` start
+    here, so this is also where the process takes its render budgets from ``settings``.
     """
+    set_render_timeout_ms(settings.render_timeout_ms)
+    set_step_render_budget_ms(settings.step_render_budget_ms)
     address = bootstrap or settings.broker
     if not address:
         raise ValueError("no broker: set KESTREAM_BROKER, or start kestream through its CLI")

@@ -17,6 +17,12 @@ from typing import TYPE_CHECKING
 import pytest
 
 from kestream.client import Client
+from kestream.expressions import (
+    render_timeout_ms,
+    set_render_timeout_ms,
+    set_step_render_budget_ms,
+    step_render_budget_ms,
+)
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.models.execution import Execution
 from kestream.models.state import StateType
@@ -147,3 +153,24 @@ async def test_a_bomb_fails_its_task_run_while_other_executions_flow(
     ), errors[0].message
     assert [n.state.current for n in normals] == [StateType.SUCCESS] * len(normals)
     assert executor.is_live and executor.failure is None
+
+
+async def test_every_process_takes_its_budgets_from_the_settings_it_connects_with(
+    broker: BrokerHandle, topic_prefix: str
+) -> None:
+    """Every role (the API, the scheduler and workers too, not only the executor) and
+    ``kestream run`` connect through :func:`connect`, which applies the render budgets."""
+    before = render_timeout_ms(), step_render_budget_ms()
+    settings = Settings(
+        broker=broker.bootstrap,
+        topic_prefix=topic_prefix,
+        partitions=1,
+        render_timeout_ms=1234,
+        step_render_budget_ms=4321,
+    )
+    try:
+        await connect(settings)
+        assert (render_timeout_ms(), step_render_budget_ms()) == (1234, 4321)
+    finally:
+        set_render_timeout_ms(before[0])
+        set_step_render_budget_ms(before[1])

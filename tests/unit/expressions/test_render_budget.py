@@ -21,8 +21,10 @@ from kestream.expressions import (
     render_timeout_ms,
     render_value,
     set_render_timeout_ms,
+    set_step_render_budget_ms,
+    step_render_budget_ms,
 )
-from kestream.expressions.budget import RenderBudget, current_budget
+from kestream.expressions.budget import RenderBudget, current_budget, step_budget
 from kestream.expressions.patterns import expanded_units
 from kestream.models.inputs import InputValueError, StringInput, input_model_for
 from kestream.models.state import StateType
@@ -42,6 +44,20 @@ def small_budget() -> Iterator[None]:
         yield
     finally:
         set_render_timeout_ms(before)
+
+
+STEP_BUDGET_MS = 100
+
+
+@pytest.fixture
+def small_step_budget() -> Iterator[None]:
+    """A tenth of a second for the renders of one step, less than one render's budget."""
+    before = step_render_budget_ms()
+    set_step_render_budget_ms(STEP_BUDGET_MS)
+    try:
+        yield
+    finally:
+        set_step_render_budget_ms(before)
 
 
 def _fails(template: str, ctx: dict[str, Any] | None = None) -> tuple[str, float]:
@@ -358,3 +374,84 @@ tasks:
     ), errors[0].message
     assert after.state.current is StateType.SUCCESS
     assert hello == ["hello 1000"]
+
+
+STEP_BUDGET_MESSAGE = (
+    f"render exceeded the step budget of {STEP_BUDGET_MS} ms (KESTREAM_STEP_RENDER_BUDGET_MS) "
+    "shared by the renders of one executor step"
+)
+
+
+@pytest.mark.usefixtures("small_budget", "small_step_budget")
+@pytest.mark.parametrize("name", ["nested loops", "regex replace", "jq huge range"])
+def test_inside_a_step_a_render_ends_at_the_step_deadline(name: str) -> None:
+    """The step's deadline (earlier than the render's own budget here) stops a bomb, regex
+    timeouts included, and the message names the step budget."""
+    started = time.monotonic()
+    with step_budget():
+        message, _ = _fails(TIME_BOMBS[name])
+    print(f"failed after {(time.monotonic() - started) * 1000:.0f} ms (step budget 100 ms)")
+    assert message.startswith(STEP_BUDGET_MESSAGE + " in task 'bomb'"), message
+
+
+@pytest.mark.usefixtures("small_step_budget")
+def test_outside_a_step_only_the_render_budget_applies() -> None:
+    """Renders made by the API or a worker have no step: a render longer than the step budget
+    but within its own succeeds."""
+    started = time.thread_time()
+    assert render("{{ range(1, 1000000) | distinct | length }}", CTX) == "1000000"
+    print(f"{(time.thread_time() - started) * 1000:.0f} ms of CPU, step budget 100 ms")
+
+
+def test_budgets_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="the step render budget must be positive"):
+        set_step_render_budget_ms(0)
+    assert step_render_budget_ms() > 0
+
+
+WIDE_FLOW = """id: wide
+namespace: test.budget
+inputs:
+  - id: size
+    type: INT
+tasks:
+  - id: each
+    type: io.kestra.plugin.core.flow.ForEach
+    values: "{{ range(1, inputs.size) }}"
+    concurrencyLimit: 0
+    tasks:
+      - id: log
+        type: io.kestra.plugin.core.log.Log
+        message: "MESSAGE"
+"""
+
+
+@pytest.mark.usefixtures("small_step_budget")
+def test_a_step_of_many_renders_fails_the_task_runs_past_its_deadline() -> None:
+    """A ForEach starting every lane in one step: each lane's render stays within its own budget,
+    together they pass the step's; the lanes rendered after its deadline fail, saying so."""
+    flow = WIDE_FLOW.replace("MESSAGE", "{{ range(1, 10000) | distinct | length }}")
+    with Driver() as driver:
+        driver.deploy(flow)
+        execution = driver.start("test.budget", "wide", {"size": 200})
+        logs = driver.logs(execution.id)
+    runs = [run for run in execution.taskRunList if run.taskId == "log"]
+    failed = [run for run in runs if run.state.current is StateType.FAILED]
+    errors = [line.message for line in logs if line.level == "ERROR" and line.taskId == "log"]
+    print(f"{len(runs) - len(failed)} of {len(runs)} lanes rendered within the step budget")
+    assert execution.state.current is StateType.FAILED
+    assert len(runs) == 200
+    assert failed, "200 renders of a few ms each cannot all end within 100 ms"
+    assert errors and all(message.startswith(STEP_BUDGET_MESSAGE) for message in errors)
+
+
+def test_a_wide_step_of_legitimate_renders_is_within_the_default_step_budget() -> None:
+    """10 000 inline Log tasks started by one step: far within the default budget of 5 s."""
+    flow = WIDE_FLOW.replace("MESSAGE", "item {{ taskrun.value | upper }}")
+    with Driver() as driver:
+        driver.deploy(flow)
+        started = time.monotonic()
+        execution = driver.start("test.budget", "wide", {"size": 10_000})
+        print(f"execution of 10 000 lanes took {time.monotonic() - started:.2f} s")
+    assert execution.state.current is StateType.SUCCESS
+    assert sum(1 for run in execution.taskRunList if run.taskId == "log") == 10_000
