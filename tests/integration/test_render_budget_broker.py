@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 from kestream.client import Client
+from kestream.executor.flow_registry import FlowRegistry
 from kestream.expressions import (
     render_timeout_ms,
     set_render_timeout_ms,
     set_step_render_budget_ms,
     step_render_budget_ms,
 )
-from kestream.executor.flow_registry import FlowRegistry
 from kestream.models.execution import Execution
 from kestream.models.state import StateType
 from kestream.runtime.context import connect
