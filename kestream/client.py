@@ -344,11 +344,18 @@ class Client:
         """Produce one event to the executions topic, keyed by its execution id.
 
         Raises :class:`~kestream.runtime.record_limit.RecordTooLarge` (the API's 413) for an
-        event larger than the record limit, before anything is produced.
+        event larger than the record limit, before anything is produced; for a creation, the
+        limit less the room its updates need for task runs (every one repeats its inputs,
+        trigger and labels: :meth:`~kestream.runtime.record_limit.RecordLimit.check_header`).
         """
         key = event.execution_id.encode()
         topic = self.ctx.topics.executions
-        value = self.ctx.record_limit.check(records.encode_event(event), "the request's record")
+        value = records.encode_event(event)
+        limit = self.ctx.record_limit
+        if isinstance(event, ev.ExecutionCreated):
+            limit.check_header(value, "the execution's record (inputs, trigger and labels)")
+        else:
+            limit.check(value, "the request's record")
         await self._require_producer().send_and_wait(topic, value, key=key)
 
     def _require_producer(self) -> AIOKafkaProducer:

@@ -126,6 +126,12 @@ def _lanes(group: Group) -> list[list[list[Any]]]:
     return [[[task.id, value] for task, value in lane] for lane in group.lanes]
 
 
+def encode_plan(group: Group) -> dict[str, Any]:
+    """A group's plan record: every lane's task ids and values, written once when planned (the
+    step measures it against the record limit before it keeps the group)."""
+    return {"lanes": _lanes(group)}
+
+
 # -- encoding --------------------------------------------------------------------------------
 
 
@@ -206,7 +212,7 @@ def encode_changes(
     if created:
         out.append((header_key(st.id), encode_header(st)))
     if ROOT in new_groups and st.root is not None:
-        out.append((header_key(st.id, PLAN), {"lanes": _lanes(st.root)}))
+        out.append((header_key(st.id, PLAN), encode_plan(st.root)))
     for run_id in changed:
         tr = st.task_runs.get(run_id)
         if tr is None:
@@ -215,7 +221,7 @@ def encode_changes(
             continue
         out.append((task_run_key(st.id, run_id), encode_task_run(tr)))
         if tr.group is not None and run_id in new_groups:
-            out.append((task_run_key(st.id, run_id, PLAN), {"lanes": _lanes(tr.group)}))
+            out.append((task_run_key(st.id, run_id, PLAN), encode_plan(tr.group)))
     out.append((header_key(st.id, DYNAMIC), encode_dynamic(st)))
     return out
 

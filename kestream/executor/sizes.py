@@ -8,8 +8,14 @@ are refused where they appear instead, with the same rule on a worker (:mod:`kes
 and in the executor step (inline tasks, and results from anywhere): the task run fails with a
 message naming the task and the size, and the execution goes on (its errors branch runs).
 
+The same room is kept by an execution's header (its inputs, trigger and labels), which every
+update record carries: :func:`header_budget`. A flowable's plan (every lane's task ids and
+values) is one changelog record of its own, and each value travels again in its task runs: a
+plan over :func:`outputs_budget` fails the flowable's task run (:func:`plan_too_large`).
+
 The runtime learns the limit from the broker (``kestream.runtime.record_limit``) and hands the
-pure layers a plain number of bytes: :func:`outputs_budget` of that limit.
+pure layers a plain number of bytes: :func:`outputs_budget` of that limit. Every record is
+written by :func:`record_json`, so a size measured here is the size on the topic.
 """
 
 from __future__ import annotations
@@ -25,15 +31,39 @@ from kestream.executor.codec import encode_value
 TASK_RUN_ROOM = 16 * 1024
 
 
+def record_json(value: Any) -> bytes:
+    """The JSON bytes of a record's value: the one encoder of every record kestream writes
+    (``kestream.runtime.records.dumps`` is this function), so sizes measured here hold there."""
+    return orjson.dumps(value)
+
+
 def encoded_size(value: Any) -> int:
-    """Bytes of ``value`` in a record: the changelog codec's form, written by orjson as the
-    runtime's records are (``kestream.runtime.records.dumps``)."""
-    return len(orjson.dumps(encode_value(value)))
+    """Bytes of ``value`` in a record: the changelog codec's form, as :func:`record_json`
+    writes it."""
+    return len(record_json(encode_value(value)))
 
 
 def outputs_budget(record_bytes: int) -> int:
     """The largest outputs a task run may have when a record's value holds ``record_bytes``."""
     return record_bytes - min(TASK_RUN_ROOM, record_bytes // 4)
+
+
+def header_budget(record_bytes: int) -> int:
+    """The largest creation record (inputs, trigger, labels, ids) an execution may start with:
+    every update record repeats them with at least one task run, so they get what outputs get."""
+    return outputs_budget(record_bytes)
+
+
+def over_limit(what: str, size: int, limit: int, *, plural: bool = False, of: str = "") -> str:
+    """The one wording of a refusal for size: ``{what} is|are 1.6 MB, over the 1.0 MB record
+    limit[ for {of}]``. ``what`` names the thing (and the task) so people know what to shrink.
+    Sizes that round alike ("1.0 MB, over the 1.0 MB") are given in bytes instead."""
+    verb = "are" if plural else "is"
+    scope = f" for {of}" if of else ""
+    said, bound = human_size(size), human_size(limit)
+    if said == bound:
+        said, bound = f"{size:,} bytes", f"{limit:,} bytes"
+    return f"{what} {verb} {said}, over the {bound} record limit{scope}"
 
 
 def human_size(size: int) -> str:
@@ -58,11 +88,22 @@ def too_large(what: str, value: Any, max_bytes: int | None) -> str | None:
         return None
     if size <= max_bytes:
         return None
-    return (
-        f"{what} are {human_size(size)}, over the {human_size(max_bytes)} record limit for outputs"
-    )
+    return over_limit(what, size, max_bytes, plural=True, of="outputs")
 
 
 def outputs_too_large(task_id: str, outputs: Any, max_bytes: int | None) -> str | None:
     """:func:`too_large` for a task run's outputs."""
     return too_large(f"outputs of task '{task_id}'", outputs, max_bytes)
+
+
+def plan_too_large(task_id: str, plan: Any, lanes: int, max_bytes: int | None) -> str | None:
+    """Why a flowable's plan record (``plan``, the changelog's form, of ``lanes`` lanes) cannot
+    be stored; None when it fits or there is no limit. ``max_bytes``: :func:`outputs_budget`
+    of the limit (each lane's value also travels in its task runs)."""
+    if max_bytes is None:
+        return None
+    size = len(record_json(plan))
+    if size <= max_bytes:
+        return None
+    what = f"the {lanes} lanes planned by task '{task_id}'"
+    return over_limit(what, size, max_bytes, plural=True)

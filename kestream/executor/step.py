@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
-from kestream.executor.codec import ROOT
+from kestream.executor.codec import ROOT, encode_plan
 from kestream.executor.context import execution_context, task_run_context
 from kestream.executor.restore import (
     RESTARTABLE,
@@ -38,7 +38,7 @@ from kestream.executor.restore import (
     state_from_execution,
 )
 from kestream.executor.retry import next_attempt_due
-from kestream.executor.sizes import outputs_too_large, too_large
+from kestream.executor.sizes import outputs_too_large, plan_too_large, too_large
 from kestream.executor.state import ExecutionState, Group, StateRecord, TaskRunState, Timer
 from kestream.expressions import RenderError, is_truthy, render, render_value
 from kestream.expressions.budget import step_budget
@@ -663,10 +663,18 @@ class _Step:
         except (RenderError, TaskError) as exc:
             self.fail_task_run(tr, str(exc))
             return
-        if plan.outputs is not None:
-            self.set_outputs(tr, plan.outputs)
         errors = [t for t in task.errors if not t.disabled]
         group = Group(plan.lanes, plan.concurrency, errors, plan.failure_is_warning)
+        # The plan is one changelog record: one no record can hold would be lost, and with it
+        # the execution on the next recovery. The task run fails instead, saying why.
+        problem = plan_too_large(
+            tr.task.id, encode_plan(group), len(plan.lanes), self.ex.max_output_bytes
+        )
+        if problem is not None:
+            self.fail_task_run(tr, problem)
+            return
+        if plan.outputs is not None:
+            self.set_outputs(tr, plan.outputs)
         tr.group = group
         self.new_groups.add(tr.id)
         self.fill(group, tr)

@@ -47,7 +47,7 @@ from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.restore import snapshot_attempt
-from kestream.executor.sizes import human_size
+from kestream.executor.sizes import over_limit
 from kestream.executor.state import ExecutionState
 from kestream.executor.step import Executor, StepResult, UnknownFlow
 from kestream.expressions import set_render_timeout_ms
@@ -351,7 +351,7 @@ class ExecutorService:
         elif isinstance(command, cmd.CreateExecution):
             created = command.created
             value = records.encode_event(created)
-            if self.limit.fits(value) or created.parent is None:  # (else: the guard's letter)
+            if self.limit.fits_header(value) or created.parent is None:  # (else: guard's letter)
                 out.send(topics.executions, created.execution_id, value)
             else:  # a subflow whose inputs no record can hold: its task run fails
                 refused.append(_child_refused(created, created.parent, len(value), self.limit))
@@ -538,10 +538,7 @@ class ExecutorService:
                 kept.append((topic, key, value, partition))
                 continue
             assert value is not None
-            reason = (
-                f"not produced: {human_size(len(value))}, over the "
-                f"{human_size(self.limit.value_bytes)} record limit"
-            )
+            reason = "not produced: " + over_limit("the record", len(value), self.limit.value_bytes)
             log.error("record for %s key %s %s", topic, key, reason)
             self.metrics.dead_letter("executor")
             letter = records.dead_letter_value(
@@ -661,10 +658,7 @@ class ExecutorService:
 
 def _job_refused(job: cmd.RunTask, size: int, limit: int) -> ev.WorkerResult:
     """The failed result of a job too large to send to a worker (its rendered properties)."""
-    error = (
-        f"properties of task '{job.task.id}' are {human_size(size)} rendered, over the "
-        f"{human_size(limit)} record limit"
-    )
+    error = over_limit(f"the rendered properties of task '{job.task.id}'", size, limit, plural=True)
     return ev.WorkerResult(
         job.execution_id, job.task_run_id, job.attempt, StateType.FAILED, error=error
     )
@@ -674,10 +668,8 @@ def _child_refused(
     created: ev.ExecutionCreated, parent: ev.SubflowLink, size: int, limit: RecordLimit
 ) -> ev.SubflowFinished:
     """What the parent hears of a subflow execution too large to create (its inputs)."""
-    error = (
-        f"the subflow execution of {created.namespace}.{created.flow_id} is "
-        f"{human_size(size)}, over the {human_size(limit.value_bytes)} record limit"
-    )
+    what = f"the subflow execution of {created.namespace}.{created.flow_id}"
+    error = over_limit(what, size, limit.header_bytes, of="a new execution")
     return ev.SubflowFinished(
         parent.execution_id, parent.task_run_id, parent.attempt, created.execution_id,
         StateType.FAILED, error=error,

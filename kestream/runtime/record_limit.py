@@ -30,7 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import MessageSizeTooLargeError
 
-from kestream.executor.sizes import human_size, outputs_budget
+from kestream.executor.sizes import header_budget, outputs_budget, over_limit
 from kestream.settings import Settings
 
 log = logging.getLogger("kestream.records")
@@ -50,8 +50,8 @@ class RecordTooLarge(MessageSizeTooLargeError):
     413) handles this one the same way.
     """
 
-    def __init__(self, what: str, size: int, limit: int) -> None:
-        super().__init__(f"{what} is {human_size(size)}, over the {human_size(limit)} record limit")
+    def __init__(self, what: str, size: int, limit: int, *, of: str = "") -> None:
+        super().__init__(over_limit(what, size, limit, of=of))
         self.what, self.size, self.limit = what, size, limit
 
     def __str__(self) -> str:  # without aiokafka's "[Error 10] ..." prefix: people read it
@@ -85,14 +85,31 @@ class RecordLimit:
         """The largest outputs a task run may have (:func:`.sizes.outputs_budget`)."""
         return outputs_budget(self.value_bytes)
 
+    @property
+    def header_bytes(self) -> int:
+        """The largest creation record an execution may start with (:func:`.sizes.header_budget`):
+        its inputs, trigger and labels travel again in every one of its update records."""
+        return header_budget(self.value_bytes)
+
     def fits(self, value: bytes | None) -> bool:
         return value is None or len(value) <= self.value_bytes
+
+    def fits_header(self, created: bytes) -> bool:
+        """Whether an execution created by the record ``created`` can have its updates written."""
+        return len(created) <= self.header_bytes
 
     def check(self, value: bytes, what: str) -> bytes:
         """``value``, or :class:`RecordTooLarge` naming ``what`` when it does not fit."""
         if len(value) > self.value_bytes:
             raise RecordTooLarge(what, len(value), self.value_bytes)
         return value
+
+    def check_header(self, created: bytes, what: str) -> bytes:
+        """``created`` (an execution's creation record), or :class:`RecordTooLarge` naming
+        ``what`` when its execution's updates could not be written (:meth:`fits_header`)."""
+        if not self.fits_header(created):
+            raise RecordTooLarge(what, len(created), self.header_bytes, of="a new execution")
+        return created
 
 
 def topic_configs(settings: Settings, kind: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ dead-letter topic with the reason instead of stopping.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +19,7 @@ from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.codec import decode_value, encode_value
 from kestream.executor.restore import snapshot_attempt
-from kestream.executor.sizes import human_size
+from kestream.executor.sizes import human_size, record_json
 from kestream.executor.snapshot import execution_model, task_run_model
 from kestream.executor.state import ExecutionState
 from kestream.models.execution import format_instant
@@ -35,8 +35,9 @@ class RecordError(ValueError):
     """A record that cannot be understood; ``reason`` goes to the dead-letter topic."""
 
 
-def dumps(value: Any) -> bytes:
-    return orjson.dumps(value)
+#: Every record's value is written by :func:`kestream.executor.sizes.record_json`, the encoder
+#: the engine measures sizes with.
+dumps: Callable[[Any], bytes] = record_json
 
 
 def loads(data: bytes | None) -> Any:
@@ -291,18 +292,32 @@ def _fitted_line(value: dict[str, Any], max_bytes: int) -> bytes:
     encoded = dumps(value)
     if len(encoded) <= max_bytes:
         return encoded
-    message = str(value["message"])
-    raw = message.encode()
+    raw = str(value["message"]).encode()
     marker = f" [... cut: the line was {human_size(len(encoded))}, over the record limit]"
-    escaped = len(dumps(message)) - 2  # JSON escapes: a '"' takes 2 bytes, a '\x01' 6
-    room = max_bytes - (len(encoded) - escaped) - len(dumps(marker))
-    keep = int(room * len(raw) / max(escaped, 1))
-    while True:  # escapes are not spread evenly: shrink until it fits
-        text = raw[: max(keep, 0)].decode("utf-8", "ignore") + marker
-        encoded = dumps({**value, "message": text})
+    return largest_fit(
+        lambda keep: dumps({**value, "message": raw[:keep].decode("utf-8", "ignore") + marker}),
+        len(raw),
+        max_bytes,
+    )
+
+
+def largest_fit(render: Callable[[int], bytes], length: int, max_bytes: int) -> bytes:
+    """``render(keep)`` for about the largest ``keep <= length`` whose result fits ``max_bytes``
+    (``render(0)`` when none does): the one way records cut a text (a log line, a dead letter's
+    copy) to fit.
+
+    ``render(keep)`` encodes the first ``keep`` bytes of the text with everything around it.
+    JSON escapes and replaced bytes make the encoding larger than the bytes kept, and not evenly,
+    so ``keep`` shrinks in proportion to the overflow until the result fits: a few encodings.
+    """
+    fixed = len(render(0))
+    room = max_bytes - fixed
+    keep = max(min(length, room), 0)
+    while True:
+        encoded = render(keep)
         if len(encoded) <= max_bytes or keep <= 0:
             return encoded
-        keep -= max(len(encoded) - max_bytes, keep // 8)
+        keep = max(min(keep - 1, keep * room // (len(encoded) - fixed)), 0)
 
 
 def pack(sizes: Iterable[int], max_bytes: int) -> list[tuple[int, int]]:
@@ -459,14 +474,11 @@ def dead_letter_value(
     }
     if value is None:
         return dumps(body)
-    rest = len(dumps({**body, "value": ""}))  # (with "valueCut": false, the longer)
-    room = cut = max_bytes - rest
-    while True:  # escapes and replaced bytes make the copy larger than the bytes it holds
-        body.update(value=_cut(value, cut), valueCut=cut < len(value))
-        letter = dumps(body)
-        if len(letter) <= max_bytes or cut <= 0:
-            return letter
-        cut = min(cut - 1, cut * room // (len(letter) - rest))
+    return largest_fit(
+        lambda cut: dumps({**body, "value": _cut(value, cut), "valueCut": cut < len(value)}),
+        len(value),
+        max_bytes,
+    )
 
 
 def _cut(data: bytes, max_bytes: int) -> str:

@@ -36,6 +36,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from kestream.executor import events as ev
+from kestream.executor.sizes import over_limit
 from kestream.models.clock import Clock, utc_now
 from kestream.models.flow import Flow
 from kestream.models.state import StateType
@@ -393,12 +394,13 @@ class SchedulerService:
         variables (a Flow trigger's outputs, say) can make an execution nobody can create, and
         that must not stop the scheduler."""
         value = records.encode_event(event)
-        if self.ctx.record_limit.fits(value):
+        limit = self.ctx.record_limit
+        if limit.fits_header(value):  # (its updates repeat inputs and trigger: the same rule)
             return value
         log.error(
-            "not starting %s.%s for its trigger: its execution's record is %d bytes, over the "
-            "record limit of %d", event.namespace, event.flow_id, len(value),
-            self.ctx.record_limit.value_bytes,
+            "not starting %s.%s for its trigger: %s", event.namespace, event.flow_id,
+            over_limit("its execution's record", len(value), limit.header_bytes,
+                       of="a new execution"),
         )  # fmt: skip
         return None
 

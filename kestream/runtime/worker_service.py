@@ -57,7 +57,7 @@ from aiokafka.structs import ConsumerRecord
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
-from kestream.executor.sizes import human_size
+from kestream.executor.sizes import over_limit
 from kestream.models.state import StateType
 from kestream.runtime import records
 from kestream.runtime.context import BrokerContext
@@ -622,10 +622,7 @@ def _result_refused(
     result: ev.WorkerResult, task_id: str, size: int, limit: int
 ) -> ev.WorkerResult:
     """The result that replaces one too large to send: FAILED, saying why, without outputs."""
-    error = (
-        f"the result of task '{task_id}' is {human_size(size)}, over the "
-        f"{human_size(limit)} record limit"
-    )
+    error = over_limit(f"the result of task '{task_id}'", size, limit)
     return ev.WorkerResult(
         result.execution_id, result.task_run_id, result.attempt, StateType.FAILED, error=error
     )

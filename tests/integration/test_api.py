@@ -7,6 +7,7 @@ every test of the module; each test uses a namespace of its own. The API require
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.parse
 import uuid
@@ -199,6 +200,51 @@ def test_errors_name_what_is_wrong(stack: Stack, ns: str) -> None:
     time.sleep(1)
     page = stack.get(f"/executions/search?filters[namespace][EQUALS]={ns}").json()
     assert page["total"] == 0  # nothing refused was started
+
+
+def test_inputs_that_leave_updates_no_room_are_refused_with_the_size(stack: Stack, ns: str) -> None:
+    """Inputs (or a webhook's body) just under the 1 MiB record limit: the creation record
+    would fit, but no update of the execution could (each repeats them with a task run)."""
+    deploy(stack, hello(ns))
+    hook = f"""
+id: hook
+namespace: {ns}
+tasks:
+  - id: echo
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ trigger.body.name | length }}}}"
+triggers:
+  - id: web
+    type: io.kestra.plugin.core.trigger.Webhook
+    key: big-hook-key
+"""
+    deploy(stack, hook)
+    name = "n" * 1_040_000  # the record: about 1.04 MB of the 1,047,552 bytes a value may have
+    refused = [
+        stack.post_form(f"/executions/{ns}/hello", {"name": name}),
+        stack.request(
+            "POST", f"/executions/webhook/{ns}/hook/big-hook-key", f'{{"name": "{name}"}}',
+            content_type="application/json", auth=None,
+        ),
+    ]  # fmt: skip
+    for reply in refused:
+        assert reply.status == 413, reply.body
+        message = reply.json()["message"]
+        print(message)
+        assert message.startswith("Request Entity Too Large: the execution's record (inputs,")
+        found = re.search(
+            r"is ([\d,]+) bytes, over the 1,031,168 bytes record limit for a new execution$",
+            message,
+        )  # the limit less 16 KiB of room for task runs
+        assert found is not None, message
+        assert 1_040_000 < int(found[1].replace(",", "")) <= 1_047_552
+    ok = stack.post_form(f"/executions/{ns}/hello", {"name": "n" * 1_000_000})
+    assert ok.status == 200, ok.body
+    done = stack.wait_state(ok.json()["id"], DONE)
+    assert done["state"]["current"] == "SUCCESS"
+    time.sleep(1)
+    page = stack.get(f"/executions/search?filters[namespace][EQUALS]={ns}").json()
+    assert page["total"] == 1  # only the one that fits was started
 
 
 def test_schedule_date_starts_the_execution_later(stack: Stack, ns: str) -> None:

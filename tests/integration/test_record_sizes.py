@@ -25,8 +25,10 @@ from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.sizes import encoded_size, human_size
 from kestream.models.execution import Execution
 from kestream.models.state import StateType
+from kestream.runtime import records
 from kestream.runtime.context import BrokerContext, connect
 from kestream.runtime.executor_service import ExecutorService
+from kestream.runtime.metrics import Metrics
 from kestream.runtime.record_limit import RecordLimit, RecordTooLarge
 from kestream.runtime.worker_service import WorkerService
 from kestream.settings import Settings
@@ -123,6 +125,25 @@ errors:
     message: "handled"
 """
 
+#: A ForEach of 5000 lanes: a plan of ~75 kB, over the outputs budget (48.4 kB at this limit)
+#: and over the limit itself. Its errors branch pauses, so the execution stays in the
+#: executor's state across a restart.
+WIDE_PLAN = """
+id: wide-plan
+namespace: test.sizes
+tasks:
+  - id: each
+    type: io.kestra.plugin.core.flow.ForEach
+    values: "{{ range(1, 5000) }}"
+    tasks:
+      - id: say
+        type: io.kestra.plugin.core.log.Log
+        message: "{{ taskrun.value }}"
+errors:
+  - id: hold
+    type: io.kestra.plugin.core.flow.Pause
+"""
+
 SMALL = """
 id: small
 namespace: test.sizes
@@ -173,19 +194,23 @@ async def stack(
     executor = ExecutorService(ctx, registry, own_all_partitions=True)
     worker = WorkerService(ctx, registry, own_all_partitions=True, threads=2)
     client = Client(ctx)
+    stack_of: Stack | None = None
     await executor.start()
     try:
         await worker.start()
         try:
             await client.start()
             try:
-                yield Stack(ctx, registry, executor, worker, client)
+                stack_of = Stack(ctx, registry, executor, worker, client)
+                yield stack_of
             finally:
                 await client.close()
         finally:
             await worker.stop(drain_timeout=1.0)
     finally:
         await executor.stop()
+        if stack_of is not None and stack_of.executor is not executor:  # a test restarted it
+            await stack_of.executor.stop()
 
 
 async def test_outputs_and_logs_several_times_the_limit_arrive_whole(stack: Stack) -> None:
@@ -226,7 +251,7 @@ async def test_oversized_values_fail_their_task_run_and_the_processes_go_on(
         ) in errors
     else:  # its rendered format, as large as the output, makes a job too large to send
         assert any(
-            message.startswith("properties of task 'huge' are 109 kB rendered, over the")
+            message.startswith("the rendered properties of task 'huge' are 109 kB, over the")
             for message in errors
         ), errors
 
@@ -248,7 +273,7 @@ async def test_oversized_values_fail_their_task_run_and_the_processes_go_on(
     else:  # the rendered message makes a job no worker could receive: the task run fails
         assert shout.state.current is StateType.FAILED
         assert any(
-            line.startswith("properties of task 'shout' are") and "record limit" in line
+            line.startswith("the rendered properties of task 'shout' are") and "limit" in line
             for line in lines
         ), lines
 
@@ -270,15 +295,64 @@ async def test_oversized_values_fail_their_task_run_and_the_processes_go_on(
     stack.assert_alive()
 
 
+async def test_a_plan_over_the_limit_fails_its_task_and_survives_an_executor_restart(
+    stack: Stack,
+) -> None:
+    """The plan record was dead-lettered before, and the execution lost on the next recovery
+    ("lost its plan"). Now the ForEach fails with the size, nothing is dead-lettered, and a new
+    executor recovers the paused execution from the changelog and ends it on resume."""
+    letters = "kestream_dead_letter_count_total"
+    before = stack.executor.metrics.value(letters, {"source": "executor"}) or 0.0
+    flow = await stack.client.deploy(WIDE_PLAN)
+    stack.registry.put(flow)
+    execution_id = await stack.client.submit(flow.namespace, flow.id)
+    paused = await stack.client.wait(execution_id, timeout=WAIT_S)
+    assert paused.state.current is StateType.PAUSED
+    states = {run.taskId: run.state.current for run in paused.taskRunList}
+    assert states == {"each": StateType.FAILED, "hold": StateType.PAUSED}
+    errors = [e.message for e in await stack.client.logs(execution_id) if e.level == "ERROR"]
+    plan = {"lanes": [[["say", str(i)]] for i in range(1, 5001)]}
+    size = len(records.dumps(plan))
+    budget = stack.ctx.record_limit.output_bytes
+    print(f"plan {size} bytes, outputs budget {budget} bytes: {errors}")
+    assert size > stack.ctx.record_limit.value_bytes
+    assert errors == [
+        f"the 5000 lanes planned by task 'each' are {human_size(size)}, over the "
+        f"{human_size(budget)} record limit"
+    ]
+    assert (stack.executor.metrics.value(letters, {"source": "executor"}) or 0.0) == before
+
+    await stack.executor.stop()  # a new owner recovers the partitions from the changelog
+    metrics = Metrics()
+    stack.executor = ExecutorService(
+        stack.ctx, stack.registry, own_all_partitions=True, metrics=metrics
+    )
+    await stack.executor.start()
+    assert execution_id in stack.executor.states
+    await stack.client.resume(execution_id)
+    done = await stack.client.wait(execution_id, timeout=WAIT_S)
+    assert done.state.current is StateType.FAILED
+    states = {run.taskId: run.state.current for run in done.taskRunList}
+    assert states == {"each": StateType.FAILED, "hold": StateType.SUCCESS}
+    assert metrics.value(letters, {"source": "executor"}) is None  # nothing dead-lettered
+    small = await stack.run(SMALL)
+    assert small.state.current is StateType.SUCCESS
+    stack.assert_alive()
+
+
 async def test_requests_over_the_limit_are_refused_before_anything_is_produced(
     stack: Stack,
 ) -> None:
     flow = await stack.client.deploy(SMALL.replace("id: small", "id: door"))
     stack.registry.put(flow)
-    with pytest.raises(RecordTooLarge, match=r"the request's record is .* record limit"):
-        await stack.client.submit(
-            flow.namespace, flow.id, {"x": "y" * LIMIT}, validate_inputs=False
-        )
+    limit = stack.ctx.record_limit
+    for size in (LIMIT, limit.header_bytes + 1_000):  # the second: under the limit itself
+        with pytest.raises(RecordTooLarge, match=r"record limit for a new execution$"):
+            await stack.client.submit(
+                flow.namespace, flow.id, {"x": "y" * size}, validate_inputs=False
+            )
+    with pytest.raises(RecordTooLarge, match=r"the request's record is .* record limit$"):
+        await stack.client.resume("some-execution", {"x": "y" * LIMIT})
     with pytest.raises(RecordTooLarge, match=r"the flow's record is .* record limit"):
         await stack.client.deploy(SMALL + "description: " + "z" * LIMIT + "\n")
     after = await stack.run(SMALL)  # and the installation carries on

@@ -295,4 +295,4 @@ def test_the_executor_turns_a_record_no_rule_foresaw_into_its_dead_letter() -> N
     body = orjson.loads(letter)
     assert body["topic"] == ctx.topics.changelog and body["partition"] == 3
     assert body["valueBytes"] == len(huge[2]) and body["valueCut"] is True
-    assert body["reason"] == "not produced: 100 kB, over the 31.7 kB record limit"
+    assert body["reason"] == "not produced: the record is 100 kB, over the 31.7 kB record limit"
