@@ -182,10 +182,11 @@ class Settings(BaseSettings):
         "/metrics and /health (the other roles listen on a free port they log).",
     )
     tenant: str = Field(default="main", description="KESTREAM_TENANT: tenant in API paths.")
-    index_url: str | None = Field(
+    index_url: SecretStr | None = Field(
         default=None,
         description="KESTREAM_INDEX_URL: execution index database: unset = SQLite in "
-        "KESTREAM_DATA_DIR, sqlite:///path, or postgresql://user:pass@host/db.",
+        "KESTREAM_DATA_DIR, sqlite:///path, or postgresql://user:pass@host/db (masked in dumps "
+        "and logs: it may carry the database password).",
     )
     api_max_body_bytes: int = Field(
         default=10 * 1024 * 1024,
@@ -291,6 +292,9 @@ class Settings(BaseSettings):
             )
         if self.api_password is not None and not self.api_password.get_secret_value():
             raise ValueError("KESTREAM_API_PASSWORD is empty")
+        if self.api_username is not None and ":" in self.api_username:
+            # HTTP Basic splits user and password at the first colon: this user could never log in.
+            raise ValueError("KESTREAM_API_USERNAME cannot contain ':' (HTTP Basic's separator)")
         return self
 
     @property

@@ -29,6 +29,7 @@ from kestream.api.openapi import (
     route_access,
 )
 from kestream.api.webhook_routes import WebhookRoutes
+from kestream.runtime.ops_routes import route_pattern
 from kestream.runtime.record_limit import RecordTooLarge
 
 log = logging.getLogger("kestream.api")
@@ -95,10 +96,5 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             "broker accepts in one record",
         ) from None
     except Exception:
-        log.exception("%s %s failed", request.method, _route(request))
+        log.exception("%s %s failed", request.method, route_pattern(request))
         raise ApiError(500, "Internal server error: see the API's log") from None
-
-
-def _route(request: web.Request) -> str:
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "(no route)"

@@ -1,9 +1,12 @@
 """Who may call the web servers: the credentials check and the bind rule.
 
 Credentials are Kestra OSS's HTTP Basic (``KESTREAM_API_USERNAME``/``KESTREAM_API_PASSWORD``)
-and bearer tokens (``KESTREAM_API_TOKENS``). They are compared with :func:`hmac.compare_digest`,
-every one of them whatever matched first, so the time an answer takes tells nothing about how
-much of a guess was right. Nothing here logs a credential.
+and bearer tokens (``KESTREAM_API_TOKENS``). What a request presents is hashed (SHA-256) and
+the digest compared with :func:`hmac.compare_digest` against every known one, whatever matched
+first: digests all have one length, so the time an answer takes tells nothing about how much of
+a guess was right, nor how long a credential is. Header bytes that are not UTF-8 (aiohttp keeps
+them as surrogates) are hashed as the bytes they were: they simply match nothing. Nothing here
+logs a credential.
 
 Without credentials a web server is open, so it must be reachable from this machine only: a
 server asked to bind another address refuses to start (:func:`bind_refusal`), and an open server
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import ipaddress
 from dataclasses import dataclass
@@ -27,7 +31,8 @@ __all__ = ["Credentials", "bind_refusal", "host_is_loopback", "is_loopback"]
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    """The credentials a request may present; build with :meth:`of` (None: none are set)."""
+    """The SHA-256 digests of the credentials a request may present; build with :meth:`of`
+    (None: none are set)."""
 
     username: bytes | None
     password: bytes | None
@@ -37,26 +42,27 @@ class Credentials:
     def of(cls, settings: Settings) -> Credentials | None:
         if not settings.api_credentials_set:
             return None
-        password = settings.api_password
+        username, password = settings.api_username, settings.api_password
         return cls(
-            username=settings.api_username.encode() if settings.api_username else None,
-            password=password.get_secret_value().encode() if password else None,
-            tokens=tuple(token.encode() for token in settings.api_bearer_tokens),
+            username=_digest(username.encode()) if username else None,
+            password=_digest(password.get_secret_value().encode()) if password else None,
+            tokens=tuple(_digest(token.encode()) for token in settings.api_bearer_tokens),
         )
 
     def accept(self, authorization: str | None) -> bool:
         """Whether an ``Authorization`` header carries valid credentials."""
         if not authorization:
             return False
-        scheme, _, value = authorization.strip().partition(" ")
+        raw = authorization.encode("utf-8", "surrogateescape")  # the bytes as sent
+        scheme, _, value = raw.strip().partition(b" ")
         scheme = scheme.lower()
-        if scheme == "basic":
+        if scheme == b"basic":
             return self._basic(value.strip())
-        if scheme == "bearer":
-            return self._bearer(value.strip().encode())
+        if scheme == b"bearer":
+            return self._bearer(_digest(value.strip()))
         return False
 
-    def _basic(self, value: str) -> bool:
+    def _basic(self, value: bytes) -> bool:
         if self.username is None or self.password is None:
             return False
         try:
@@ -65,15 +71,19 @@ class Credentials:
             return False
         user, sep, password = decoded.partition(b":")
         # Both compared, always: a wrong user name takes as long as a wrong password.
-        user_ok = hmac.compare_digest(user, self.username)
-        password_ok = hmac.compare_digest(password, self.password)
+        user_ok = hmac.compare_digest(_digest(user), self.username)
+        password_ok = hmac.compare_digest(_digest(password), self.password)
         return bool(sep) and user_ok and password_ok
 
-    def _bearer(self, token: bytes) -> bool:
+    def _bearer(self, digest: bytes) -> bool:
         matched = False
         for known in self.tokens:
-            matched |= hmac.compare_digest(token, known)
+            matched |= hmac.compare_digest(digest, known)
         return matched
+
+
+def _digest(secret: bytes) -> bytes:
+    return hashlib.sha256(secret).digest()
 
 
 def is_loopback(host: str) -> bool:

@@ -24,6 +24,8 @@ loopback name, which is what a DNS-rebinding page would send.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Iterable
 from enum import StrEnum
 from typing import Final
@@ -34,6 +36,7 @@ from aiohttp.typedefs import Handler
 
 from kestream.api.auth import Credentials, host_is_loopback
 from kestream.api.http import ApiError
+from kestream.runtime.ops_routes import route_pattern
 from kestream.settings import Settings
 
 __all__ = ["GUARD", "Access", "Guard", "authenticated", "install_guard"]
@@ -46,6 +49,8 @@ _PREFLIGHT_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE"
 _PREFLIGHT_MAX_AGE_S = "600"
 #: Longest part of a caller's ``Origin`` repeated in an error message.
 _ORIGIN_ECHO = 200
+#: Invalid credentials are logged at INFO at most this often (seconds); DEBUG in between.
+REFUSAL_LOG_EVERY_S = 60.0
 
 
 class Access(StrEnum):
@@ -63,6 +68,10 @@ class Guard:
         self.credentials = credentials
         self.origins = origins
         self._access: dict[str, Access] = {}
+        #: Requests refused for invalid credentials since start.
+        self.refused = 0
+        self._reported = 0
+        self._reported_at = -math.inf
 
     @classmethod
     def of(cls, settings: Settings) -> Guard:
@@ -76,10 +85,8 @@ class Guard:
                 raise ValueError(f"{path} is granted both {given} and {access}")
 
     def access(self, request: web.Request) -> Access:
-        resource = request.match_info.route.resource
-        if resource is None:  # no route: 404 or 405
-            return Access.CREDENTIALS
-        return self._access.get(resource.canonical, Access.CREDENTIALS)
+        # No route (404 or 405): UNMATCHED is no path, so it needs credentials.
+        return self._access.get(route_pattern(request), Access.CREDENTIALS)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -141,11 +148,8 @@ class Guard:
             )
 
     def _unauthorized(self, request: web.Request, *, given: bool) -> ApiError:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "(no route)"
         if given:
-            # The route's pattern, never the path or the header: neither is ours to log.
-            log.info("%s %s from %s: invalid credentials", request.method, route, request.remote)
+            self._log_refusal(request)
         scheme = "Basic" if self.credentials and self.credentials.password else "Bearer"
         what = "invalid credentials" if given else "credentials are required"
         return ApiError(
@@ -153,6 +157,26 @@ class Guard:
             f"Unauthorized: {what} (HTTP Basic or a bearer token)",
             headers={hdrs.WWW_AUTHENTICATE: f'{scheme} realm="kestream"'},
         )
+
+    def _log_refusal(self, request: web.Request) -> None:
+        """Log invalid credentials at INFO at most once per :data:`REFUSAL_LOG_EVERY_S` (with
+        how many were refused meanwhile), else at DEBUG: a guesser cannot flood the log. Every
+        401 is counted in ``/metrics`` (``kestream_http_server_requests``, by route).
+
+        The route's pattern, never the path or the header: neither is ours to log.
+        """
+        self.refused += 1
+        where = (request.method, route_pattern(request), request.remote)
+        now = time.monotonic()
+        if now - self._reported_at < REFUSAL_LOG_EVERY_S:
+            log.debug("%s %s from %s: invalid credentials", *where)
+            return
+        log.info(
+            "%s %s from %s: invalid credentials (%d refused since the last such line)",
+            *where,
+            self.refused - self._reported,
+        )
+        self._reported_at, self._reported = now, self.refused
 
 
 GUARD: Final = web.AppKey("kestream.guard", Guard)

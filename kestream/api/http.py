@@ -17,6 +17,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from kestream.api.index.query import QueryError, label_pair, parse_instant
+from kestream.models.values import safe_text
 
 JSON = "application/json"
 
@@ -27,7 +28,13 @@ def json_response(body: Any, status: int = 200) -> web.Response:
 
 
 class ApiError(web.HTTPException):
-    """An error answered as Kestra's JSON error body."""
+    """An error answered as Kestra's JSON error body.
+
+    Messages often repeat what the caller sent (an id from the path, an ``Origin``), which
+    aiohttp decodes with ``surrogateescape``: every text is passed through
+    :func:`~kestream.models.values.safe_text`, so a non-UTF-8 byte is escaped instead of
+    making the error itself fail to serialise (a 500).
+    """
 
     def __init__(
         self,
@@ -38,8 +45,8 @@ class ApiError(web.HTTPException):
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self.status_code = status
-        body: dict[str, Any] = {"message": message}
-        problems = [dict(error) for error in errors]
+        body: dict[str, Any] = {"message": safe_text(message)}
+        problems = [_safe_problem(error) for error in errors]
         if problems:
             body["_embedded"] = {"errors": problems}
         super().__init__(
@@ -48,6 +55,10 @@ class ApiError(web.HTTPException):
             content_type=JSON,
             reason=_reason(status),
         )
+
+
+def _safe_problem(error: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: safe_text(v) if isinstance(v, str) else v for key, v in error.items()}
 
 
 def _reason(status: int) -> str:

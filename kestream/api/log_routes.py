@@ -1,10 +1,20 @@
 """Log routes: an execution's log lines, and a live follow of them (Kestra 1.x paths).
 
-Lines come from the execution index, which the index feed fills from the logs topic. The follow
-stream (frames ``start``, then ``progress`` per line, as Kestra's) reads the lines the index
-received after the last one it sent (a sequence cursor, :meth:`Store.logs_after`: each read
-costs the new lines, not the execution's), every :data:`FOLLOW_POLL_S` when there is nothing
-new, and, unlike Kestra's, which never ends, closes a few reads after the execution has ended.
+Lines come from the execution index, which the index feed fills from the logs topic.
+
+``GET .../logs/{executionId}`` answers Kestra's JSON array of lines, oldest first, at most
+:data:`LOG_LIST_MAX` of them: an execution's lines are unbounded, the answer is not. When more
+lines follow, the answer carries ``Link: <...?page=N+1>; rel="next"`` (RFC 8288) and
+``X-Kestream-Truncated: true``; ``?page=`` (from 1) reads the next ones. An execution with fewer
+lines gets exactly Kestra's answer.
+
+The follow stream (frames ``start``, then ``progress`` per line, as Kestra's) reads the lines
+the index received after the last one it sent (a sequence cursor, :meth:`Store.logs_after`: each
+read costs the new lines, not the execution's), every :data:`FOLLOW_POLL_S` when there is
+nothing new. Unlike Kestra's, which never ends, it closes once the index holds every line of the
+ended execution (:meth:`ApiService.logs_end`): the index's state column says the execution has
+ended, the feed has applied the logs topic up to its end as it stood then, and one more read
+found what remained. The query parameters are checked before the stream starts (400).
 
 A slow client gets backpressure, not a buffer: a read is at most a page of lines, and the next
 page is read only once the client has taken the last one (the lines wait in the index, not in
@@ -14,21 +24,58 @@ the process).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiokafka import TopicPartition
 
 from kestream.api import sse
 from kestream.api.handle import ApiHandle
-from kestream.api.http import bad_request, json_response
+from kestream.api.http import bad_request, json_response, query_int
 from kestream.api.index.store import LOG_LEVELS, LOG_PAGE, log_level_rank
 from kestream.api.service import ApiService
 
 PREFIX = "/api/v1/{tenant}/logs/{executionId}"
 FOLLOW_POLL_S = 0.25
-#: Reads after the execution is seen ended, for lines indexed after its end.
-FINAL_READS = 3
+#: Most lines in one answer of ``GET .../logs/{executionId}`` (then ``Link: rel="next"``).
+LOG_LIST_MAX = 10_000
+#: Set to ``true`` on an answer that holds only the first :data:`LOG_LIST_MAX` lines.
+TRUNCATED_HEADER = "X-Kestream-Truncated"
+_MAX_PAGE = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class LogFilter:
+    """``?minLevel=``, ``?taskRunId=``, ``?taskId=``, ``?attempt=``: which lines a caller wants.
+
+    Parsed from the request at once (:meth:`of`), so a bad value is a 400 before anything is
+    read or streamed.
+    """
+
+    min_level: str | None
+    task_run_id: str | None
+    task_id: str | None
+    attempt: int | None
+
+    @classmethod
+    def of(cls, request: web.Request) -> LogFilter:
+        query = request.query
+        return cls(
+            min_level=_min_level(query.get("minLevel")),
+            task_run_id=query.get("taskRunId") or None,
+            task_id=query.get("taskId") or None,
+            attempt=_attempt(query.get("attempt")),
+        )
+
+    def narrow(self, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The lines of the task and attempt asked for (level and task run are the index's)."""
+        if self.task_id is not None:
+            lines = [line for line in lines if line.get("taskId") == self.task_id]
+        if self.attempt is not None:
+            lines = [line for line in lines if line.get("attemptNumber") == self.attempt]
+        return lines
 
 
 class LogRoutes:
@@ -39,44 +86,59 @@ class LogRoutes:
         return [web.get(PREFIX + "/follow", self.follow), web.get(PREFIX, self.list)]
 
     async def list(self, request: web.Request) -> web.Response:
-        """``?minLevel=``, ``?taskRunId=``, ``?taskId=``, ``?attempt=`` narrow the lines."""
+        """One page of at most :data:`LOG_LIST_MAX` lines (see the module doc)."""
+        wanted = LogFilter.of(request)
+        page = query_int(request, "page", 1, low=1, high=_MAX_PAGE)
         service, execution = await self.api.execution_for(request)
         lines = await service.logs(
-            execution["id"], _min_level(request), request.query.get("taskRunId")
+            execution["id"],
+            wanted.min_level,
+            wanted.task_run_id,
+            limit=LOG_LIST_MAX + 1,
+            offset=(page - 1) * LOG_LIST_MAX,
         )
-        return json_response(_narrow(request, lines))
+        more = len(lines) > LOG_LIST_MAX
+        response = json_response(wanted.narrow(lines[:LOG_LIST_MAX]))
+        if more:
+            following = request.rel_url.update_query(page=str(page + 1))
+            response.headers["Link"] = f'<{following}>; rel="next"'
+            response.headers[TRUNCATED_HEADER] = "true"
+        return response
 
     async def follow(self, request: web.Request) -> web.StreamResponse:
+        wanted = LogFilter.of(request)
         service, execution = await self.api.execution_for(request)
-        frames = self._frames(request, service, execution["id"])
+        frames = self._frames(service, execution["id"], wanted)
         return await sse.pump(request, frames, service.follows)
 
     async def _frames(
-        self, request: web.Request, service: ApiService, execution_id: str
+        self, service: ApiService, execution_id: str, wanted: LogFilter
     ) -> AsyncIterator[bytes]:
         yield sse.frame({"executionId": execution_id}, event_id="start")
-        min_level = _min_level(request)
-        task_run_id = request.query.get("taskRunId")
         cursor = 0
-        ended_reads = 0
-        while ended_reads < FINAL_READS:
-            if await service.ended(execution_id):
-                ended_reads += 1  # the last lines may be indexed a moment after the end
+        end: Mapping[TopicPartition, int] | None = None
+        while True:
+            # Decided before the read: a read that starts once the feed is past the end
+            # finds every remaining line.
+            complete = end is not None and service.feed.reached(end)
             while True:  # the new lines, a page at a time, each read once the last is sent
                 page = await service.logs_after(
-                    execution_id, cursor, min_level, task_run_id, LOG_PAGE
+                    execution_id, cursor, wanted.min_level, wanted.task_run_id, LOG_PAGE
                 )
                 cursor = page.cursor
-                for line in _narrow(request, page.lines):
+                for line in wanted.narrow(page.lines):
                     yield sse.frame(line, event_id="progress")
                 if not page.full:
                     break
+            if complete:
+                return
+            if end is None:
+                end = await service.logs_end(execution_id)
             await asyncio.sleep(FOLLOW_POLL_S)
 
 
-def _min_level(request: web.Request) -> str | None:
-    level = request.query.get("minLevel")
-    if level is None or level == "":
+def _min_level(level: str | None) -> str | None:
+    if not level:
         return None
     try:
         return LOG_LEVELS[log_level_rank(level)]
@@ -86,17 +148,10 @@ def _min_level(request: web.Request) -> str | None:
         ) from None
 
 
-def _narrow(request: web.Request, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    task_id = request.query.get("taskId")
-    attempt = request.query.get("attempt")
-    if task_id:
-        lines = [line for line in lines if line.get("taskId") == task_id]
-    if attempt:
-        try:
-            number = int(attempt)
-        except ValueError:
-            raise bad_request(
-                f"Query parameter 'attempt' must be an integer, not '{attempt}'"
-            ) from None
-        lines = [line for line in lines if line.get("attemptNumber") == number]
-    return lines
+def _attempt(raw: str | None) -> int | None:
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise bad_request(f"Query parameter 'attempt' must be an integer, not '{raw}'") from None

@@ -56,6 +56,13 @@ _PAGE = (
 )
 
 _T = "/api/v1/{tenant}"
+#: What both log routes take to narrow the lines (``LogFilter``).
+_LOG_FILTERS = (
+    Param("minLevel"),
+    Param("taskRunId"),
+    Param("taskId"),
+    Param("attempt", "integer"),
+)
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", _T + "/flows"): Operation(
@@ -143,13 +150,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", _T + "/logs/{executionId}"): Operation(
         "listLogsFromExecution",
         "Logs",
-        query=(Param("minLevel"), Param("taskRunId"), Param("taskId"), Param("attempt", "integer")),
+        query=(*_LOG_FILTERS, Param("page", "integer")),
         responses={200: _OK_JSON, 404: _ERRORS[404]},
     ),
     ("GET", _T + "/logs/{executionId}/follow"): Operation(
         "followLogsFromExecution",
         "Logs",
-        query=(Param("minLevel"), Param("taskRunId")),
+        query=_LOG_FILTERS,
         responses={200: (_SSE, "Server-sent events")},
     ),
     **{

@@ -17,9 +17,12 @@ import functools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from kestream.api.index import Store, open_index
 from kestream.api.index.feed import IndexFeed
@@ -188,18 +191,28 @@ class ApiService:
             return cached[0]
         return None
 
-    async def ended(self, execution_id: str) -> bool:
-        """Whether the execution has ended (or is not known at all): what a log follow asks at
-        each poll, answered from the client's last stop or the index's state column, not from
-        the whole execution (whose task runs would make each poll cost the execution's size)."""
-        stop = self.client.last_stop(execution_id)
-        if stop is not None and StateType(stop["state"]["current"]).is_terminal:
-            return True
+    async def logs_end(self, execution_id: str) -> Mapping[TopicPartition, int] | None:
+        """Where the index holds all of an ended execution's lines: the logs topic's high
+        watermarks, taken once the index's own state column says it has ended (None before).
+
+        An execution's lines are produced before its last update (a worker produces a task's
+        lines before its result; the executor sends its own with the update), so once the
+        index has the end, the lines are below these marks, and once the feed has
+        :meth:`~IndexFeed.reached` them, they are in the index. The client's view of the end
+        (:meth:`Client.last_stop`) would not do: the index may be far behind it. An execution
+        the index does not have and this API does not know at all has nothing to wait for.
+        """
         state = await asyncio.to_thread(self.index.state, execution_id)
-        if state is None:  # not indexed yet: maybe just created here
-            known = await self.execution(execution_id)
-            return known is None or StateType(known["state"]["current"]).is_terminal
-        return StateType(state).is_terminal
+        if state is None:
+            if await self.execution(execution_id) is not None:
+                return None  # created here, not indexed yet
+        elif not StateType(state).is_terminal:
+            return None
+        try:
+            return await self.feed.logs_end()
+        except KafkaError as exc:  # asked again at the next poll
+            log.warning("log follow: the logs topic's end is unknown for now: %s", exc)
+            return None
 
     async def kill(self, execution_id: str) -> None:
         await self.client.kill(execution_id)
@@ -235,9 +248,20 @@ class ApiService:
         return await asyncio.to_thread(self.index.search, query)
 
     async def logs(
-        self, execution_id: str, min_level: str | None, task_run_id: str | None
+        self,
+        execution_id: str,
+        min_level: str | None,
+        task_run_id: str | None,
+        *,
+        limit: int,
+        offset: int = 0,
     ) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self.index.logs, execution_id, min_level, task_run_id)
+        """One page of the execution's lines, oldest first (:meth:`Store.logs`)."""
+        return await asyncio.to_thread(
+            functools.partial(
+                self.index.logs, execution_id, min_level, task_run_id, limit=limit, offset=offset
+            )
+        )
 
     async def logs_after(
         self,

@@ -46,7 +46,13 @@ class WebhookRoutes:
         self.api = api
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.route(method, PATH, self.trigger) for method in ("GET", "POST", "PUT")]
+        # No HEAD (aiohttp adds one to every GET): a link checker or a preview bot sends HEAD,
+        # and the handler would start the flow. HEAD is answered 405.
+        return [
+            web.get(PATH, self.trigger, allow_head=False),
+            web.post(PATH, self.trigger),
+            web.put(PATH, self.trigger),
+        ]
 
     async def trigger(self, request: web.Request) -> web.Response:
         service = self.api.service_for(request)

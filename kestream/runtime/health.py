@@ -60,7 +60,12 @@ class HealthPart(Protocol):
         ...
 
     def health_detail(self) -> dict[str, Any]:
-        """Small facts worth showing a person (partitions, counts); JSON-serialisable."""
+        """Small facts worth showing a person: counts, flags, partition numbers.
+
+        ``/health`` answers without credentials, so only numbers and booleans (and lists of
+        them) are shown (:func:`public_facts`): an error's text or repr names hosts, users and
+        data, and belongs in the log.
+        """
         ...
 
 
@@ -212,11 +217,23 @@ class Health:
             out: dict[str, Any] = {"live": bool(part.is_live)}
             if ready:
                 out["ready"] = bool(part.is_ready)
-            out.update(part.health_detail())
-        except Exception as exc:  # a broken part must not break the probe: it is just down
+            out.update(public_facts(part.health_detail()))
+        except Exception:  # a broken part must not break the probe: it is just down
             log.exception("health check of %s failed", part.health_name)
-            return {"live": False, "ready": False, "error": repr(exc)}
+            return {"live": False, "ready": False, "checkFailed": True}
         return out
+
+
+def public_facts(detail: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a part's ``detail`` that are numbers or booleans, or lists of numbers:
+    what an open ``/health`` may show. Text (an error, a reason) is left to the log."""
+    return {key: value for key, value in detail.items() if _is_fact(value)}
+
+
+def _is_fact(value: Any) -> bool:
+    if isinstance(value, list | tuple):
+        return all(isinstance(item, bool | int | float) for item in value)
+    return isinstance(value, bool | int | float) or value is None
 
 
 def flows_table_check(table: FlowsTable) -> Check:

@@ -30,7 +30,15 @@ from kestream.runtime.health import Health
 from kestream.runtime.members import MemberBoard
 from kestream.runtime.metrics import Metrics
 
-__all__ = ["HEALTH_PATHS", "METRICS_PATH", "free_port", "metrics_middleware", "ops_routes"]
+__all__ = [
+    "HEALTH_PATHS",
+    "METRICS_PATH",
+    "UNMATCHED",
+    "free_port",
+    "metrics_middleware",
+    "ops_routes",
+    "route_pattern",
+]
 
 METRICS_PATH = "/metrics"
 HEALTH_PATHS = ("/health/live", "/health/ready")
@@ -94,12 +102,17 @@ def metrics_middleware(metrics: Metrics) -> Middleware:
             raise
         finally:
             method = request.method if request.method in _METHODS else "OTHER"
-            metrics.http_request(_route_of(request), method, status, time.perf_counter() - started)
+            metrics.http_request(
+                route_pattern(request), method, status, time.perf_counter() - started
+            )
 
     return record
 
 
-def _route_of(request: web.Request) -> str:
+def route_pattern(request: web.Request) -> str:
+    """The pattern of the route ``request`` matched (``/api/v1/{tenant}/executions/{id}``), or
+    :data:`UNMATCHED`: what metrics, logs and access rules name a request by. Never the raw
+    path, which is unbounded and may carry a secret (a webhook's key)."""
     route = request.match_info.route
     resource = route.resource if route is not None else None
     return resource.canonical if resource is not None else UNMATCHED

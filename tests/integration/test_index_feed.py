@@ -13,11 +13,17 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
+from kestream.api import log_routes
+from kestream.api.handle import ApiHandle
 from kestream.api.index.feed import IndexFeed
 from kestream.api.index.query import parse_search_params
 from kestream.api.index.sqlite import SQLiteStore
 from kestream.api.index.store import Store
+from kestream.api.log_routes import LogFilter, LogRoutes
+from kestream.api.service import ApiService
 from kestream.client import Client
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.models.state import StateType
@@ -54,6 +60,19 @@ inputs:
   - id: who
     type: STRING
     defaults: world
+"""
+
+CHATTY_FLOW = f"""
+id: chatty
+namespace: {NAMESPACE}
+tasks:
+  - id: talk
+    type: io.kestra.plugin.core.flow.ForEach
+    values: [1, 2, 3, 4, 5, 6, 7]
+    tasks:
+      - id: say
+        type: io.kestra.plugin.core.log.Log
+        message: "line {{{{ taskrun.value }}}}"
 """
 
 BOOM_FLOW = f"""
@@ -176,6 +195,92 @@ async def test_the_feed_indexes_what_the_executor_produced(
         store.close()
 
 
+async def test_a_log_follow_ends_only_once_the_index_has_the_last_lines(
+    installation: Installation,
+) -> None:
+    """The executions have ended before the index reads a record: the client that ran them
+    knows the end, the index does not yet. A follow opened then waits for the index (its
+    state column, then the logs topic's end), however long the index lags, and then sends
+    every line before it closes."""
+    client = installation.client
+    ok, boom = await _run_all(client)
+    assert client.last_stop(ok[0]) is not None  # what the API's own client knows
+    store = SQLiteStore(installation.path)
+    feed = IndexFeed(installation.ctx, store)
+    service = ApiService(installation.ctx, client, feed)
+    everything = LogFilter(min_level=None, task_run_id=None, task_id=None, attempt=None)
+    routes = LogRoutes(ApiHandle(installation.ctx.settings))
+
+    async def follow(execution_id: str) -> list[dict[str, Any]]:
+        frames = routes._frames(service, execution_id, everything)
+        return [orjson.loads(frame.split(b"data:", 1)[1]) async for frame in frames]
+
+    following = asyncio.create_task(follow(ok[0]))
+    try:
+        await asyncio.sleep(2.0)  # eight polls of an index that holds nothing
+        assert not following.done()
+        assert await service.logs_end(ok[0]) is None
+        await feed.start()
+        (start, *lines) = await asyncio.wait_for(following, CATCH_UP_S)
+        assert start == {"executionId": ok[0]}
+        assert "hello w0" in [line["message"] for line in lines]
+        indexed = await asyncio.to_thread(store.logs, ok[0])
+        assert sorted(line["message"] for line in lines) == sorted(
+            line["message"] for line in indexed
+        )
+        end = await service.logs_end(boom[0])
+        assert end is not None and feed.reached(end)
+        (_, *warned) = await follow(boom[0])
+        assert "about to fail" in [line["message"] for line in warned]
+    finally:
+        following.cancel()
+        await feed.stop()
+        store.close()
+
+
+async def test_the_logs_of_an_execution_come_in_bounded_pages(
+    installation: Installation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past :data:`LOG_LIST_MAX` lines an answer says so (``Link: rel="next"``) and the pages
+    together are the execution's lines in order; a smaller answer is Kestra's plain list."""
+    client = installation.client
+    await client.deploy(CHATTY_FLOW)
+    chatty = await client.submit(NAMESPACE, "chatty")
+    assert (await client.wait(chatty, timeout=60)).state.current is StateType.SUCCESS
+    store = SQLiteStore(installation.path)
+    feed = IndexFeed(installation.ctx, store)
+    handle = ApiHandle(installation.ctx.settings)
+    handle.service = ApiService(installation.ctx, client, feed)
+    app = web.Application()
+    app.router.add_routes(LogRoutes(handle).routes())
+    http = TestClient(TestServer(app))
+    try:
+        await feed.start()
+        await asyncio.wait_for(feed.caught_up.wait(), CATCH_UP_S)
+        whole = await asyncio.to_thread(store.logs, chatty)
+        assert len(whole) >= 5
+        monkeypatch.setattr(log_routes, "LOG_LIST_MAX", 2)
+        await http.start_server()
+        url: str | None = f"/api/v1/main/logs/{chatty}?minLevel=TRACE"
+        pages: list[list[dict[str, Any]]] = []
+        while url is not None:
+            reply = await http.get(url)
+            assert reply.status == 200
+            pages.append(await reply.json())
+            link = reply.headers.get("Link")
+            assert (link is None) == (reply.headers.get(log_routes.TRUNCATED_HEADER) is None)
+            url = link[1 : link.index(">")] if link else None
+        assert [len(page) for page in pages[:-1]] == [2] * (len(pages) - 1)
+        assert [line for page in pages for line in page] == whole
+        monkeypatch.setattr(log_routes, "LOG_LIST_MAX", len(whole))
+        small = await http.get(f"/api/v1/main/logs/{chatty}")
+        assert await small.json() == whole and "Link" not in small.headers
+    finally:
+        await http.close()
+        await feed.stop()
+        store.close()
+
+
 async def test_a_restarted_feed_resumes_from_the_database(
     installation: Installation, eventually: Eventually
 ) -> None:
@@ -273,8 +378,12 @@ async def test_records_the_database_refuses_are_dead_lettered_and_reported(
         assert store.logs("poisoned") == []
         assert (feed.stats.refused, feed.stats.dead_letters) == (1, 1)
         detail = feed.health_detail()
-        assert detail["refused"] == 1 and "poison refused" in detail["last_refusal"]
-        assert detail["retrying"] is False
+        assert detail["refused"] == 1 and detail["retrying"] is False
+        # The open health never shows the database's reason (hosts, users, row values) ...
+        assert "poison" not in str(detail)
+        assert all(isinstance(value, bool | int) for value in detail.values())
+        # ... the feed keeps it for the log and the dead letter.
+        assert feed.stats.last_refusal is not None and "poison refused" in feed.stats.last_refusal
         (letter,) = await _read_all(ctx, ctx.topics.dead_letter)
         assert letter["key"] == "poisoned" and "poison refused" in letter["reason"]
         assert orjson.loads(letter["value"])[0]["message"] == "poison"

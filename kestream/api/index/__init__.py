@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from kestream.api.index.query import QueryError, SearchQuery, parse_search_params
 from kestream.api.index.store import ApplyResult, Batch, FeedRecord, RecordKind, Store
 from kestream.settings import Settings
@@ -42,7 +44,8 @@ def open_index(settings: Settings) -> Store:
     ``sqlite:////abs/path``: SQLite there; ``postgresql://...``: PostgreSQL (psycopg 3, the
     ``postgres`` extra). Anything else is a :class:`ValueError`.
     """
-    url = (settings.index_url or "").strip()
+    secret = settings.index_url
+    url = secret.get_secret_value().strip() if secret is not None else ""
     if not url:
         from kestream.api.index.sqlite import DEFAULT_FILE, SQLiteStore
 
@@ -57,5 +60,10 @@ def open_index(settings: Settings) -> Store:
     if url.startswith(_POSTGRES_SCHEMES):
         from kestream.api.index.postgres import PostgresStore
 
-        return PostgresStore(url)
-    raise ValueError(f"KESTREAM_INDEX_URL={url}: expected sqlite:///<path> or postgresql://<...>")
+        return PostgresStore(SecretStr(url))
+    # Only the scheme is repeated: the rest may hold a password.
+    scheme = url.partition("://")[0][:20] if "://" in url else "(none)"
+    raise ValueError(
+        f"KESTREAM_INDEX_URL has the scheme {scheme!r}: expected sqlite:///<path> or "
+        "postgresql://<...>"
+    )

@@ -55,7 +55,7 @@ MAX_RECORDS = 5_000
 _FETCH_TIMEOUT_MS = 200
 _RETRY_FIRST_S = 0.5
 _RETRY_MAX_S = 10.0
-#: Longest database reason kept for a dead letter and the health details.
+#: Longest database reason kept for a dead letter and the log.
 _REASON_MAX = 500
 
 
@@ -245,6 +245,19 @@ class IndexFeed:
         """The next offset the index holds, per partition (read-only view)."""
         return dict(self._positions)
 
+    async def logs_end(self) -> dict[TopicPartition, int]:
+        """The logs topic's high watermarks now: once :meth:`reached`, the index holds every
+        line produced before this call (raises :class:`KafkaError` when the broker cannot say)."""
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError("the index feed is not running")
+        logs = [tp for tp in self._positions if tp.topic == self.ctx.topics.logs]
+        return await fetch_highwaters(consumer, logs)
+
+    def reached(self, marks: Mapping[TopicPartition, int]) -> bool:
+        """The index has applied every partition of ``marks`` up to its offset."""
+        return all(self._positions.get(tp, 0) >= offset for tp, offset in marks.items())
+
     # -- the loop --------------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -320,9 +333,14 @@ class IndexFeed:
         return refused
 
     def health_detail(self) -> dict[str, Any]:
-        """What the API's health shows of the feed: counters, and why it is behind, if it is."""
+        """What the API's open health shows of the feed: counters and whether it is retrying.
+
+        Never the database's reasons (:attr:`last_error`, :attr:`FeedStats.last_refusal`): they
+        name hosts, users and row values, and ``/health`` needs no credentials. The reasons are
+        in the log, and in the dead letters.
+        """
         stats = self.stats
-        detail: dict[str, Any] = {
+        return {
             "log_lines": stats.log_lines,
             "updates": stats.updates,
             "dead_letters": stats.dead_letters,
@@ -330,11 +348,6 @@ class IndexFeed:
             "failed_applies": stats.failed_applies,
             "retrying": self.retrying,
         }
-        if stats.last_refusal is not None:
-            detail["last_refusal"] = stats.last_refusal
-        if self.retrying and self.last_error is not None:
-            detail["error"] = self.last_error
-        return detail
 
     async def _dead_letter(self, dead: list[tuple[ConsumerRecord[Any, Any], str]]) -> None:
         """Send unreadable records to the dead-letter topic; a failed send is logged, not fatal."""

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from pydantic import SecretStr
+
 from kestream.api.index.sql import Dialect
 from kestream.api.index.store import Cursor, Store
 
@@ -110,7 +112,7 @@ class PostgresStore(Store):
 
     dialect = POSTGRES
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str | SecretStr) -> None:
         try:
             import psycopg
         except ImportError:  # pragma: no cover - depends on the install
@@ -120,7 +122,8 @@ class PostgresStore(Store):
             ) from None
         super().__init__()
         self._psycopg = psycopg
-        self.url = url
+        #: Masked: it may carry the database password (repr, logs, tracebacks' locals).
+        self.url = url if isinstance(url, SecretStr) else SecretStr(url)
         self._local = threading.local()
         self._readers: list[Any] = []
         self._readers_lock = threading.Lock()
@@ -133,7 +136,9 @@ class PostgresStore(Store):
             raise
 
     def _connect(self) -> Any:
-        return self._psycopg.connect(self.url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S)
+        return self._psycopg.connect(
+            self.url.get_secret_value(), autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S
+        )
 
     def _create_schema(self) -> None:
         with self._writing() as cur:

@@ -59,13 +59,16 @@ __all__ = [
     "RecordKind",
     "Store",
     "log_level_rank",
+    "upgrades_in_place",
 ]
 
 #: Version of the tables' layout, kept in ``index_meta`` by both backends. 2: the logs'
 #: ``(execution_id, seq)`` index, and NUL escaped in PostgreSQL's text (:mod:`.nul`).
 SCHEMA_VERSION = 2
-#: Versions upgraded in place: what 2 adds to 1 is an index the schema statements create, and
-#: a version-1 PostgreSQL index holds no NUL (it could not store one).
+#: Versions upgraded in place where text is stored as it is (SQLite): what 2 adds to 1 is an
+#: index the schema statements create. Not where NUL is escaped (PostgreSQL): a version-1 index
+#: holds U+FDD0 unescaped, which version 2 would read back as an escape, silently changing
+#: the text (:func:`upgrades_in_place`).
 UPGRADED_IN_PLACE = frozenset({1})
 #: Rows a :meth:`Store.logs_after` reads at most: what a follow holds per poll.
 LOG_PAGE = 1_000
@@ -74,6 +77,13 @@ LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
 _LEVEL_ALIASES = {"WARNING": "WARN"}
 #: Ids per ``IN (...)`` list: far below SQLite's and PostgreSQL's parameter limits.
 _ID_CHUNK = 500
+
+
+def upgrades_in_place(version: int, dialect: Dialect) -> bool:
+    """Whether an index of schema ``version`` is upgraded where it is rather than refused (the
+    feed then rebuilds a dropped one from Kafka): only where the new version reads the old text
+    unchanged (:data:`UPGRADED_IN_PLACE`)."""
+    return version in UPGRADED_IN_PLACE and not dialect.escapes_nul
 
 
 def log_level_rank(level: str) -> int:
@@ -369,7 +379,7 @@ class Store(ABC):
                 self._sql("INSERT INTO index_meta (key, value) VALUES ('schema', ?)"),
                 (str(SCHEMA_VERSION),),
             )
-        elif int(row[0]) in UPGRADED_IN_PLACE:
+        elif upgrades_in_place(int(row[0]), self.dialect):
             cur.execute(
                 self._sql("UPDATE index_meta SET value = ? WHERE key = 'schema'"),
                 (str(SCHEMA_VERSION),),
@@ -641,11 +651,16 @@ class Store(ABC):
         execution_id: str,
         min_level: str | None = None,
         task_run_id: str | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[dict[str, Any]]:
         """The execution's log lines, oldest first (lines of one timestamp in arrival order).
 
         ``min_level`` (``INFO``, ``WARN``...) keeps that level and above; ``task_run_id`` keeps
-        one task run's lines. Raises :class:`ValueError` for an unknown level.
+        one task run's lines; ``limit`` and ``offset`` take one page of them (what the API
+        serves: an execution's lines are unbounded). Raises :class:`ValueError` for an unknown
+        level.
         """
         clauses = ["execution_id = ?"]
         params: list[Any] = [execution_id]
@@ -655,11 +670,16 @@ class Store(ABC):
         if task_run_id is not None:
             clauses.append("task_run_id = ?")
             params.append(task_run_id)
+        page = ""
+        if limit is not None:
+            page = " LIMIT ? OFFSET ?"
+            params += [limit, offset]
         doc = f"doc{self.dialect.doc_cast}"
         with self._reading() as cur:
             cur.execute(
                 self._sql(
-                    f"SELECT {doc} FROM logs WHERE {' AND '.join(clauses)} ORDER BY timestamp, seq"
+                    f"SELECT {doc} FROM logs WHERE {' AND '.join(clauses)} "
+                    f"ORDER BY timestamp, seq{page}"
                 ),
                 params,
             )

@@ -327,6 +327,20 @@ def test_logs_in_time_order_with_level_and_task_run_filters(store: Store) -> Non
         store.logs("e1", min_level="LOUD")
 
 
+def test_logs_by_page_keep_time_order_across_pages(store: Store) -> None:
+    feed = Feed()
+    lines = [log_line("e1", T0 + timedelta(seconds=9 - i), "INFO", f"m{9 - i}") for i in range(10)]
+    store.apply(feed.logs("e1", *lines))
+    pages = [store.logs("e1", limit=4, offset=offset) for offset in (0, 4, 8, 12)]
+    assert [[line["message"] for line in page] for page in pages] == [
+        ["m0", "m1", "m2", "m3"],
+        ["m4", "m5", "m6", "m7"],
+        ["m8", "m9"],
+        [],
+    ]
+    assert [line["message"] for line in store.logs("e1", min_level="WARN", limit=4)] == []
+
+
 def test_log_replays_do_not_duplicate_lines(store: Store) -> None:
     feed = Feed()
     batch = feed.logs("e1", log_line("e1", T0, "INFO", "once"))
@@ -678,17 +692,27 @@ def test_text_with_nul_round_trips_through_documents_labels_and_logs(store: Stor
     assert search(store, **{"filters[namespace][STARTS_WITH]": "\x00"}) == ([], 0)
 
 
-def test_an_index_of_schema_1_is_upgraded_in_place(make_store: MakeStore) -> None:
+def test_an_index_of_schema_1_is_upgraded_in_place_unless_it_escapes_nul(
+    make_store: MakeStore,
+) -> None:
+    """Version 2 escapes NUL with U+FDD0; a version-1 index of such a store holds U+FDD0 as it
+    is, which version 2 would read as an escape: it is refused (dropped and rebuilt), never
+    read differently."""
     store = make_store()
-    store.apply(Feed().logs("e1", log_line("e1", T0, "INFO", "kept")))
+    escapes = store.dialect.escapes_nul
+    store.apply(Feed().logs("e1", log_line("e1", T0, "INFO", "kept \ufdd00")))
     with store._writing() as cur:
         cur.execute("UPDATE index_meta SET value = '1' WHERE key = 'schema'")
     store.close()
+    if escapes:
+        with pytest.raises(RuntimeError, match="schema 1"):
+            make_store()
+        return
     reopened = make_store()
     with reopened._reading() as cur:
         cur.execute("SELECT value FROM index_meta WHERE key = 'schema'")
         assert cur.fetchone()[0] == str(SCHEMA_VERSION)
-    assert [line["message"] for line in reopened.logs_after("e1").lines] == ["kept"]
+    assert [line["message"] for line in reopened.logs_after("e1").lines] == ["kept \ufdd00"]
     with reopened._writing() as cur:
         cur.execute("UPDATE index_meta SET value = '99' WHERE key = 'schema'")
     reopened.close()

@@ -6,8 +6,10 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from kestream.api.index import open_index
 from kestream.api.index.feed import apply_isolating
@@ -64,12 +66,31 @@ def test_open_index_picks_the_backend_from_the_url(
         assert isinstance(named, SQLiteStore) and named.path == tmp_path / "other.sqlite"
     finally:
         named.close()
-    opened: list[str] = []
+    opened: list[SecretStr] = []
     monkeypatch.setattr(PostgresStore, "__init__", lambda self, url: opened.append(url))
     assert isinstance(open_index(Settings(index_url="postgresql://u@h/db")), PostgresStore)
-    assert opened == ["postgresql://u@h/db"]
-    with pytest.raises(ValueError, match="KESTREAM_INDEX_URL"):
-        open_index(Settings(index_url="mysql://h/db"))
+    assert [url.get_secret_value() for url in opened] == ["postgresql://u@h/db"]
+    with pytest.raises(ValueError, match="KESTREAM_INDEX_URL") as refused:
+        open_index(Settings(index_url="mysql://u:s3cret-pw@h/db"))
+    assert "'mysql'" in str(refused.value) and "s3cret-pw" not in str(refused.value)
+
+
+def test_the_index_url_is_masked_wherever_it_is_kept() -> None:
+    """It may carry the database password: neither the settings nor the store show it."""
+    url = "postgresql://kestream:s3cret-pw@db.internal/index"
+    settings = Settings(index_url=url)
+    assert "s3cret-pw" not in repr(settings) and "s3cret-pw" not in str(settings.model_dump())
+    kept: list[PostgresStore] = []
+
+    class Probe(PostgresStore):
+        def _connect(self) -> Any:  # no database: what the store keeps is the point
+            kept.append(self)
+            raise ConnectionRefusedError("no database here")
+
+    with pytest.raises(ConnectionRefusedError):
+        Probe(url)
+    assert "s3cret-pw" not in repr(vars(kept[0]))  # what a traceback's locals would show
+    assert kept[0].url.get_secret_value() == url
 
 
 def test_a_closed_store_refuses_work(tmp_path: Path) -> None:
