@@ -91,10 +91,34 @@ def _replace_text(text: str, pairs: Mapping[Any, Any], regexp: bool) -> str:
     for search, replacement in pairs.items():
         if regexp:
             pattern, template = java_text(search), _java_replacement(java_text(replacement))
-            text = check_text(patterns.sub(pattern, template, text))
+            text = _regex_replaced(pattern, template, text)
         else:
             text = replaced(text, java_text(search), java_text(replacement))
     return text
+
+
+def _regex_replaced(pattern: str, template: str, text: str) -> str:
+    """Every match of ``pattern`` replaced by ``template``, refused before the result passes the
+    size limit.
+
+    With at most ``len(text) + 1`` matches, each replaced by the template's text plus at most all
+    of ``text`` per group reference, most results are known to fit and are built at C speed. The
+    others (an empty pattern replaced by a long text) count their length match by match instead.
+    """
+    size = len(text)
+    longest_piece = len(template) + template.count("\\g<") * size
+    if size + (size + 1) * longest_piece <= MAX_TEXT:
+        return check_text(patterns.sub(pattern, template, text))
+
+    def expand(match: patterns.Match) -> str:
+        nonlocal size
+        piece: str = match.expand(template)
+        size += len(piece) - (match.end() - match.start())
+        if size > MAX_TEXT:
+            raise text_too_long()
+        return piece
+
+    return check_text(patterns.sub(pattern, expand, text))
 
 
 def _replace_value(value: Any, pairs: Mapping[Any, Any], regexp: bool) -> Any:
