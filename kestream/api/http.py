@@ -17,7 +17,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from kestream.api.index.query import QueryError, label_pair, parse_instant
-from kestream.models.values import safe_text
+from kestream.models.values import UnportableValue, loads_json, safe_text
 
 JSON = "application/json"
 
@@ -121,8 +121,12 @@ async def read_form(request: web.Request, limit: int) -> dict[str, Any]:
     if kind == JSON:
         body = await read_body(request, limit)
         try:
-            value = orjson.loads(body) if body else {}
-        except orjson.JSONDecodeError as exc:
+            value = loads_json(body, "inputs") if body else {}  # exact, or refused with the path
+        except UnportableValue as exc:
+            raise invalid(
+                f"Invalid inputs: {exc}", [{"path": exc.path, "message": str(exc)}]
+            ) from None
+        except ValueError as exc:
             raise bad_request(f"Request body is not valid JSON: {exc}") from None
         if not isinstance(value, dict):
             raise bad_request("Request body must be a JSON object of inputs")

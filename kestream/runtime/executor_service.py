@@ -304,13 +304,28 @@ class ExecutorService:
             return
         except Exception as exc:  # an engine bug must not stop the processor: say it, go on
             log.exception("step failed for execution %s", execution_id)
-            value = records.encode_event(event) if not isinstance(event, ev.TimerFired) else None
+            value = _event_bytes(event)
             self._dead_letter(
                 out, self.topics.executions, partition, offset or -1,
                 execution_id.encode(), value, f"executor error: {exc!r}",
             )  # fmt: skip
             return
-        self._after_step(partition, state, result, out)
+        staged = Outbox()  # all of the step's records, or none of them
+        try:
+            self._after_step(partition, state, result, staged)
+        except Exception as exc:  # a state no record can hold must not stop the processor
+            log.exception("cannot write the step of execution %s; it is dropped", execution_id)
+            self.states.pop(execution_id, None)
+            self.partition_of.pop(execution_id, None)
+            self.executor.forget(execution_id)
+            value = _event_bytes(event)
+            self._dead_letter(
+                out, self.topics.executions, partition, offset or -1,
+                execution_id.encode(), value, f"executor error while writing the step: {exc!r}",
+            )  # fmt: skip
+            return
+        out.commands.extend(staged.commands)
+        out.changelog.extend(staged.changelog)
 
     def _held(self, partition: int, offset: int | None, event: ev.Event, reason: str) -> Held:
         deadline = self.clock() + timedelta(seconds=self.settings.executor_flow_wait_s)
@@ -674,6 +689,16 @@ def _child_refused(
         parent.execution_id, parent.task_run_id, parent.attempt, created.execution_id,
         StateType.FAILED, error=error,
     )  # fmt: skip
+
+
+def _event_bytes(event: ev.Event) -> bytes | None:
+    """The event as a dead letter shows it; None for a timer, or one that cannot be encoded."""
+    if isinstance(event, ev.TimerFired):
+        return None
+    try:
+        return records.encode_event(event)
+    except Exception:  # the dead letter still goes, with its reason
+        return None
 
 
 def _stale_restart(event: ev.Restart, ended_attempt: int) -> bool:

@@ -24,6 +24,7 @@ from kestream.executor.snapshot import execution_model, task_run_model
 from kestream.executor.state import ExecutionState
 from kestream.models.execution import format_instant
 from kestream.models.state import StateType
+from kestream.models.values import find_unportable
 from kestream.runtime.record_limit import RecordLimit
 from kestream.settings import Settings
 from kestream.tasks.base import RunnableTask
@@ -143,19 +144,55 @@ def decode_event(data: bytes | None) -> ev.Event:
         # Anyone who can write to the topic can write anything: every way a field can be
         # malformed is a dead letter, never a stopped processor.
         raise RecordError(f"bad {kind} event: {exc}") from None
+    except RecursionError:
+        raise RecordError(f"bad {kind} event: nested too deep") from None
+
+
+def _carried(value: Any, where: str) -> Any:
+    """``value`` if the executor can write it back (its state, its updates), else RecordError."""
+    problem = find_unportable(value, where)
+    if problem is not None:
+        raise RecordError(f"{problem}")
+    return value
+
+
+def _trigger(raw: Any) -> dict[str, Any] | None:
+    """A creation's trigger in the shape every execution record gives it, or RecordError."""
+    trigger = _carried(decode_value(raw), "trigger")
+    if trigger is None:
+        return None
+    if not (
+        isinstance(trigger, dict)
+        and isinstance(trigger.get("id"), str)
+        and isinstance(trigger.get("type"), str)
+        and isinstance(trigger.get("variables", {}), dict)
+    ):
+        raise RecordError("a trigger needs a text id and type, and a map of variables")
+    return trigger
+
+
+def _outputs(raw: Any) -> dict[str, Any] | None:
+    outputs = decode_value(raw)
+    if not isinstance(outputs, dict | None):
+        raise RecordError("outputs must be a map")
+    return outputs
 
 
 def _created(body: dict[str, Any]) -> ev.Event:
     parent = body.get("parent")
+    labels = body.get("labels") or {}
+    inputs = _carried(decode_value(body.get("inputs")), "inputs")
+    if not isinstance(labels, dict) or not isinstance(inputs, dict | None):
+        raise RecordError("labels and inputs must be maps")
     return ev.ExecutionCreated(
         execution_id=body["id"],
-        namespace=body["namespace"],
-        flow_id=body["flowId"],
+        namespace=str(body["namespace"]),
+        flow_id=str(body["flowId"]),
         revision=body.get("revision"),
-        inputs=decode_value(body.get("inputs")),
+        inputs=inputs,
         validate_inputs=bool(body.get("validate", True)),
-        labels={str(k): str(v) for k, v in (body.get("labels") or {}).items()},
-        trigger=decode_value(body.get("trigger")),
+        labels={str(k): str(v) for k, v in labels.items()},
+        trigger=_trigger(body.get("trigger")),
         schedule_date=_parse_when(body.get("scheduleDate")),
         original_id=body.get("originalId"),
         attempt_number=int(body.get("attempt") or 1),
@@ -170,7 +207,7 @@ def _result(body: dict[str, Any]) -> ev.Event:
         body["run"],
         int(body["attempt"]),
         StateType(body["state"]),
-        decode_value(body.get("outputs")),
+        _outputs(body.get("outputs")),  # what a task returned: the step judges it (fails the run)
         body.get("error"),
         list(body.get("errorLogs") or []),
     )

@@ -378,7 +378,7 @@ class WorkerService:
                 raise records.RecordError(f"unknown job type {kind!r}")
         except records.RecordError as exc:
             self._dead_letter(record, str(exc), [mark])
-        except (KeyError, TypeError, ValueError) as exc:
+        except Exception as exc:  # any malformed job (deep, huge numbers...): a dead letter
             self._dead_letter(record, f"bad job record: {type(exc).__name__}: {exc}", [mark])
 
     def _accept(self, body: dict[str, Any], record: ConsumerRecord[Any, Any], mark: _Mark) -> None:
@@ -414,7 +414,7 @@ class WorkerService:
             return True
         try:
             run = records.decode_job(job.body, task)
-        except (KeyError, TypeError, ValueError) as exc:
+        except Exception as exc:  # the job fails, the partition goes on
             self._give_up(job, f"bad job record: {type(exc).__name__}: {exc}")
             return True
         job.task = asyncio.create_task(self._execute(job, run), name=f"job-{job.key[1]}")
