@@ -1,4 +1,4 @@
-"""``python -m bench``: kestream's benchmarks W1-W4 (../shared/BENCHMARKS.md), open loop.
+"""``python -m bench``: kestream's benchmarks W1-W4 (../shared/BENCHMARKS.md) and W7-W8, open loop.
 
     python -m bench W1 --rate 6000 --duration 60
     python -m bench W1 --rates 1000,2000,4000,6000,12000 --json
@@ -9,6 +9,9 @@
     python -m bench W1 --rate 6000 --via webhook  # enter through the API's webhook route
     python -m bench W5 --triggers 100000    # the scheduler's loop (bench/w5.py)
     python -m bench W6 --executions 1000000 # the execution index (bench/w6.py)
+    python -m bench W7 --rate 600           # a shell Commands task (config/bench/w7.yaml)
+    python -m bench W7 --rates 600,1200,2400,4800  # where it stops keeping up
+    python -m bench W8 --rate 6000          # a function-form Python task (bench/w8_tasks.py)
 
 Every rate runs on a fresh broker with kestream's roles as separate processes
 (``KESTREAM_EXECUTOR_STREAM_THREADS`` executors, 0 = one per core, and a worker). The readable
@@ -41,7 +44,7 @@ def _rates(text: str) -> list[float]:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("workloads", nargs="+", help="W1, W2, W3 or W4 (several run in turn)")
+    parser.add_argument("workloads", nargs="+", help="W1-W4, W7 or W8 (several in turn)")
     rate = parser.add_mutually_exclusive_group()
     rate.add_argument("--rate", type=float, help="executions per minute")
     rate.add_argument("--rates", type=_rates, help="a sweep, e.g. 1000,2000,4000,6000,12000")
@@ -152,6 +155,8 @@ def _summary(rows: list[report.Row], floor: list[dict[str, Any]]) -> None:
         print("\n== all runs\n" + report.markdown_table(rows), file=sys.stderr)
     for line in report.per_iteration_lines(rows):
         print(f"W3 {line}", file=sys.stderr)
+    for line in report.ceiling_lines(rows):
+        print(line, file=sys.stderr)
     sys.stderr.flush()
 
 

@@ -319,6 +319,10 @@ def print_row(row: Row, floor: Sequence[dict[str, Any]] = ()) -> None:
         f"process(es); logs in {extra.get('run_dir', '?')}",
         file=out,
     )
+    cost = cpu_per_execution(row)
+    if cost:
+        shown = ", ".join(f"{role} {ms:.2f} ms" for role, ms in cost.items())
+        print(f"  CPU per completed execution: {shown}", file=out)
     for line in comparison_lines(row, floor):
         print(f"  {line}", file=out)
     for line in extra.get("role_errors") or []:
@@ -329,6 +333,43 @@ def print_row(row: Row, floor: Sequence[dict[str, Any]] = ()) -> None:
     for role, text in profiles.items():
         print(f"\n  profile of the {role} role (CPU time, measured window only):\n{text}", file=out)
     out.flush()
+
+
+def cpu_per_execution(row: Row) -> dict[str, float]:
+    """CPU milliseconds per completed execution of a rate row, per role and the broker (empty for
+    W3 or a run where nothing completed): what one task run costs each process (W7's shell
+    process, W8's Python call). It includes what the processes spend idle (fetch polling), which
+    dominates at low rates: compare settings at the same rate."""
+    if row.rate_per_min is None or not row.completed:
+        return {}
+    spent = {role: cpu for role, cpu in row.cpu_s.items() if role != "loadgen"}
+    if row.broker_cpu_s is not None:
+        spent["broker"] = row.broker_cpu_s
+    return {role: round(cpu * 1000 / row.completed, 3) for role, cpu in spent.items()}
+
+
+# -- a sweep: where a workload stops keeping up ----------------------------------------------------
+
+
+def ceiling_lines(rows: Sequence[Row]) -> list[str]:
+    """For each workload swept over several rates (``--rates``), the highest rate it kept up
+    with and the lowest it did not; rows of different brokers, entries or inline switches are
+    separate sweeps."""
+    sweeps: dict[tuple[str, str, bool], list[Row]] = {}
+    for row in rows:
+        if row.rate_per_min is not None:
+            sweeps.setdefault((row.workload, where(row), row.inline_tasks), []).append(row)
+    lines = []
+    for (name, place, inline), swept in sweeps.items():
+        if len({r.rate_per_min for r in swept}) < 2:
+            continue
+        kept = [float(r.rate_per_min or 0) for r in swept if r.kept_up]
+        lost = [float(r.rate_per_min or 0) for r in swept if not r.kept_up]
+        tried = f"{name} ({place}, inline {'on' if inline else 'off'})"
+        best = f"kept up at {max(kept):g}/min" if kept else "kept up at no rate tried"
+        worst = f"stopped keeping up at {min(lost):g}/min" if lost else "no rate tried was too high"
+        lines.append(f"{tried}: {best}; {worst}")
+    return lines
 
 
 # -- W3: cost per iteration ------------------------------------------------------------------------

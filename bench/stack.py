@@ -27,12 +27,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench import workloads
 from kestream.client import Client
+from kestream.plugins.loading import load_plugins
 from kestream.runtime.apache_kafka import ApacheKafka
 from kestream.runtime.apache_kafka_sasl import SaslSslListener
 from kestream.runtime.embedded_broker import (
@@ -205,6 +207,7 @@ class Stack:
         self.client = await Client.connect(self.settings)
         self.kind = self.client.ctx.kind
         self.partitions = self.client.ctx.settings.partitions
+        load_plugins(self.settings, self.plugin_modules())  # deploying validates the types
         warm = await self.client.deploy(workloads.WARMUP_FLOW)
         self.deployed["warmup"] = (warm.namespace, warm.id)
         for workload in self.flows:
@@ -250,11 +253,16 @@ class Stack:
             "KESTREAM_LOG_LEVEL": "INFO",
             "KESTREAM_EXECUTOR_STREAM_THREADS": str(self.config.executors()),
         }
+        env.update(plugin_env(os.environ, self.plugin_modules()))
         if self.config.inline is not None:
             env["KESTREAM_EXECUTOR_INLINE_TASKS"] = "true" if self.config.inline else "false"
         if self.api_port is not None:
             env["KESTREAM_WEB_PORT"] = str(self.api_port)
         return env
+
+    def plugin_modules(self) -> list[str]:
+        """The plugin modules this run's flows need (W8's task module), each once, in order."""
+        return list(dict.fromkeys(m for workload in self.flows for m in workload.plugins))
 
     def _spawn_roles(self) -> None:
         env = self._role_env()
@@ -401,6 +409,23 @@ class Stack:
             except subprocess.TimeoutExpired:
                 role.proc.kill()
                 role.proc.wait()
+
+
+def plugin_env(environ: Mapping[str, str], modules: Sequence[str]) -> dict[str, str]:
+    """``KESTREAM_PLUGINS`` and ``PYTHONPATH`` for roles that must load ``modules``.
+
+    The user's own plugin modules stay first; the repository goes on ``PYTHONPATH`` so that the
+    bench's modules import whatever directory the harness was started from. Nothing when no
+    module is needed, so the other workloads' roles see the user's environment unchanged.
+    """
+    if not modules:
+        return {}
+    plugins = [m.strip() for m in environ.get("KESTREAM_PLUGINS", "").split(",") if m.strip()]
+    paths = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {
+        "KESTREAM_PLUGINS": ",".join(dict.fromkeys([*plugins, *modules])),
+        "PYTHONPATH": os.pathsep.join(dict.fromkeys([str(workloads.REPO), *paths])),
+    }
 
 
 def fresh_kafka_listener(security: SecurityFields) -> SaslSslListener | None:

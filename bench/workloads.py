@@ -1,8 +1,12 @@
-"""The benchmark workloads W1-W4 of ../shared/BENCHMARKS.md, as the harness runs them.
+"""The benchmark workloads W1-W4 of ../shared/BENCHMARKS.md and W7-W8, as the harness runs them.
 
 The flows themselves live in ``config/bench/`` (one YAML per workload) so that users can run
 exactly what was measured with ``kestream run``; this module only says how each one is offered
 (open loop at a rate, or a few executions one after another) and what "kept up" allows.
+
+W7 (a shell ``Commands`` task printing one output line) and W8 (a function-form Python task,
+bench/w8_tasks.py) measure kestream's script and Python task paths; they are not Kestra benchmarks,
+so they have kestream targets (bench/reference.py) and no Kestra figures to compare with.
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ class Workload:
     warmup_own: int
     #: ForEach size for W3 rows (the ``iterations`` field), None for rate workloads.
     iterations: int | None = None
+    #: Plugin modules the flow's task types come from: imported by the load generator before it
+    #: deploys the flow, and given to every role through ``KESTREAM_PLUGINS`` (W8).
+    plugins: tuple[str, ...] = ()
 
     @property
     def sequential(self) -> bool:
@@ -63,6 +70,8 @@ WORKLOADS: dict[str, Workload] = {
     "W2": Workload("W2", "w2.yaml", 6.0, (500, 1000, 2000, 6000), warmup_own=0),
     "W3": Workload("W3", "w3.yaml", None, (), warmup_own=1, iterations=160),
     "W4": Workload("W4", "w4.yaml", 1.0, (600,), warmup_own=32),
+    "W7": Workload("W7", "w7.yaml", 1.0, (600,), warmup_own=8),
+    "W8": Workload("W8", "w8.yaml", 1.0, (6000,), warmup_own=32, plugins=("bench.w8_tasks",)),
 }
 
 #: W3's large variant, run after W3 on a fresh stack: its cost per iteration is compared with
