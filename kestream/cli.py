@@ -318,8 +318,28 @@ def executor() -> None:
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    group: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve this worker group: run the tasks whose workerGroup.key is GROUP "
+            "(default: KESTREAM_WORKER_GROUP; unset, the tasks without a workerGroup).",
+        ),
+    ] = None,
+) -> None:
     """Run one worker process (a faust worker process)."""
+    if group is not None:
+        import os
+        import re
+
+        from kestream.tasks.worker_group import WORKER_GROUP_KEY_PATTERN
+
+        if not re.fullmatch(WORKER_GROUP_KEY_PATTERN, group):
+            raise _fail(
+                f"--group {group!r}: a worker group key must match {WORKER_GROUP_KEY_PATTERN}"
+            )
+        os.environ["KESTREAM_WORKER_GROUP"] = group  # what the role's settings will read
+        get_settings.cache_clear()
     _faust_role("worker")
 
 

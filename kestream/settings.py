@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kestream.tasks.worker_group import WORKER_GROUP_KEY_PATTERN
+
 
 class SecurityProtocol(StrEnum):
     PLAINTEXT = "PLAINTEXT"
@@ -164,6 +166,13 @@ class Settings(BaseSettings):
         default=10_000,
         ge=1,
         description="KESTREAM_WORKER_MAX_IN_FLIGHT: cap on task runs in flight per worker.",
+    )
+    worker_group: str | None = Field(
+        default=None,
+        pattern=WORKER_GROUP_KEY_PATTERN,
+        description="KESTREAM_WORKER_GROUP: the worker group a worker process serves (as "
+        "`kestream worker --group`): it runs only the tasks whose workerGroup.key is this key; "
+        "unset, it runs the tasks without a workerGroup (docs/tasks.md, Worker groups).",
     )
     plugins: str | None = Field(
         default=None,

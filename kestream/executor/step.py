@@ -548,8 +548,10 @@ class _Step:
         if props is None:
             return
         attempt = len(tr.attempts)
-        # A task that changes the execution (Labels, Exit) runs here whatever the inline switch.
-        if (self.ex.inline_tasks and task.inline) or isinstance(task, ExecutionUpdatingTask):
+        # A task that changes the execution (Labels, Exit) runs here whatever the inline switch;
+        # one that names a worker group runs on that group's workers, even if it could inline.
+        inline = self.ex.inline_tasks and task.inline and task.workerGroup is None
+        if inline or isinstance(task, ExecutionUpdatingTask):
             info = RunInfo(self.st.id, tr.id, attempt)
             try:
                 outcome = task.execute(props, info)

@@ -59,6 +59,7 @@ from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.record_limit import RecordLimit
 from kestream.runtime.tansu_compat import fetch_highwaters
+from kestream.runtime.worker_groups import WorkerGroupRouter, refused_job
 
 log = logging.getLogger("kestream.executor")
 
@@ -121,6 +122,8 @@ class ExecutorService:
             max_output_bytes=self.limit.output_bytes,
         )
         self.registry = registry
+        #: Where jobs go (their worker group's topic), and the groups' fallbacks.
+        self.groups = WorkerGroupRouter(ctx)
         set_render_timeout_ms(self.settings.render_timeout_ms)  # every render in this process
         self.states: dict[str, ExecutionState] = {}
         self.partition_of: dict[str, int] = {}
@@ -147,6 +150,7 @@ class ExecutorService:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.groups.start()
         self._producer = make_producer(self.settings, self.ctx.bootstrap, self.ctx.kind)
         await self._producer.start()
         group = None if self.own_all_partitions else f"{self.settings.topic_prefix}executor"
@@ -185,6 +189,7 @@ class ExecutorService:
             await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
+        await self.groups.stop()
 
     def partitions(self) -> set[int]:
         """The input partitions this processor owns now."""
@@ -356,13 +361,11 @@ class ExecutorService:
     ) -> None:
         topics = self.topics
         if isinstance(command, cmd.RunTask):
-            job = records.encode_job(command)
-            if self.limit.fits(job):
-                out.send(topics.worker_tasks, st.id, job)
-            else:  # no worker could receive it: the task run fails, the execution goes on
-                refused.append(_job_refused(command, len(job), self.limit.value_bytes))
-        elif isinstance(command, cmd.KillTask):
-            out.send(topics.worker_tasks, st.id, records.encode_kill_job(command))
+            self._dispatch(partition, st, command, out, refused)
+        elif isinstance(command, cmd.KillTask):  # to the topic (the worker) its job went to
+            run = st.task_runs.get(command.task_run_id)
+            topic = self.groups.topic_for(run.task.workerGroup if run is not None else None)
+            out.send(topic, st.id, records.encode_kill_job(command))
         elif isinstance(command, cmd.CreateExecution):
             created = command.created
             value = records.encode_event(created)
@@ -385,6 +388,30 @@ class ExecutorService:
         elif isinstance(command, cmd.ExecutionChanged):
             self._changed(partition, st, command, out)
         # CancelTimer: the heap entry is skipped when it falls due (the state no longer has it).
+
+    def _dispatch(
+        self,
+        partition: int,
+        st: ExecutionState,
+        job: cmd.RunTask,
+        out: Outbox,
+        refused: list[ev.Event],
+    ) -> None:
+        """Send a job to its worker group's topic, or end its task run now: its group has no
+        live worker and a FAIL or CANCEL fallback (:mod:`kestream.runtime.worker_groups`), or
+        the job is too large for any worker to receive."""
+        group = job.task.workerGroup
+        if (refusal := self.groups.refusal(group)) is not None:
+            logs, event = refused_job(job, *refusal, self.clock())
+            if logs is not None:
+                self._command(partition, st, logs, out, refused)
+            refused.append(event)
+            return
+        value = records.encode_job(job)
+        if self.limit.fits(value):
+            out.send(self.groups.topic_for(group), st.id, value)
+        else:  # no worker could receive it: the task run fails, the execution goes on
+            refused.append(_job_refused(job, len(value), self.limit.value_bytes))
 
     def _changed(
         self, partition: int, st: ExecutionState, change: cmd.ExecutionChanged, out: Outbox
@@ -520,6 +547,7 @@ class ExecutorService:
     async def _flush(self, out: Outbox) -> None:
         producer = self._producer
         assert producer is not None
+        await self.groups.create_topics()  # a worker group's first job: its topic first
         sent = [
             await producer.send(topic, value, key=key.encode(), partition=partition)
             for topic, key, value, partition in self._sized(out.commands)

@@ -173,9 +173,12 @@ class RoleService(Service):
         )
         if self.board is not None:
             await self.board.start(ctx)
+        worker = self.parts[-1] if self.role == "worker" else None  # (its group and types)
         self.publisher = MemberPublisher(
-            ctx, self.role, self.health, port=self.port, metrics=self.metrics
-        )
+            ctx, self.role, self.health, port=self.port, metrics=self.metrics,
+            group=worker.group if worker is not None else None,
+            task_types=sorted(worker.task_types) if worker is not None else (),
+        )  # fmt: skip
         await self.publisher.start()
         log.info(
             "%s started (broker %s, %s); /metrics and /health on http://%s:%d",

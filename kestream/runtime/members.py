@@ -82,6 +82,11 @@ class MemberStatus:
     ts: float
     #: Names of its health parts that are not ready (empty when ready).
     not_ready: tuple[str, ...] = ()
+    #: A worker's group (``kestream worker --group``); ``None`` for the default workers and
+    #: for the other roles.
+    group: str | None = None
+    #: The task types a worker can run (built-ins and its plugins); empty for other roles.
+    task_types: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -108,6 +113,8 @@ class MemberStatus:
                 started=float(body["started"]),
                 ts=float(body["ts"]),
                 not_ready=tuple(str(name) for name in body.get("not_ready") or ()),
+                group=str(group) if (group := body.get("group")) is not None else None,
+                task_types=tuple(str(name) for name in body.get("task_types") or ()),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise records.RecordError(f"bad member status: {type(exc).__name__}: {exc}") from None
@@ -134,21 +141,55 @@ class Roster:
         self.required_roles = tuple(required_roles)
         self.clock = clock
         self._latest: dict[str, MemberStatus] = {}
+        #: Live workers' last heartbeat by group and member key: what :meth:`group_alive` reads.
+        self._workers: dict[str | None, dict[str, float]] = {}
 
     def apply(self, key: str, value: bytes | None) -> None:
         """One record of the members topic: a status, or a tombstone (``None``)."""
         if value is None:
-            self._latest.pop(key, None)
+            self._forget(key)
             return
         try:
             status = MemberStatus.decode(value)
         except records.RecordError as exc:  # one bad record never stops the board
             log.warning("members: skipping the record of %s: %s", key or "<no key>", exc)
             return
-        self._latest[key] = status
+        self._store(key, status)
 
     def put(self, status: MemberStatus) -> None:
-        self._latest[status.key] = status
+        self._store(status.key, status)
+
+    def _store(self, key: str, status: MemberStatus) -> None:
+        self._forget(key)
+        self._latest[key] = status
+        if status.role == "worker" and status.live:
+            self._workers.setdefault(status.group, {})[key] = status.ts
+
+    def _forget(self, key: str) -> None:
+        old = self._latest.pop(key, None)
+        if old is not None and old.role == "worker":
+            group = self._workers.get(old.group)
+            if group is not None:
+                group.pop(key, None)
+                if not group:
+                    del self._workers[old.group]
+
+    def group_alive(self, group: str | None, now: float | None = None) -> bool:
+        """Has a live worker of ``group`` been heard from recently enough to count?
+
+        Costs at most the number of the group's workers (silent ones are dropped as they are
+        met), not the size of the installation: the executor asks this for every job of a
+        worker group it dispatches.
+        """
+        beats = self._workers.get(group)
+        if not beats:
+            return False
+        horizon = (self.clock() if now is None else now) - self.stale_after
+        for key, ts in list(beats.items()):
+            if ts >= horizon:
+                return True
+            del beats[key]  # silent too long (killed): back if it beats again
+        return False
 
     def members(self, now: float | None = None) -> list[MemberStatus]:
         """Members heard from recently enough to count, by key."""
@@ -189,6 +230,9 @@ class MemberPublisher:
         health: this process's health; its ``ready()`` is what is published.
         port: the process's ops HTTP port, published so tools can find ``/metrics``.
         metrics: if given, its ``kestream_ready`` gauge follows the published readiness.
+        group: a worker's group (``None``: the default workers), published so executors know
+            whether the group has a live worker (:meth:`Roster.group_alive`).
+        task_types: the task types a worker can run, published for operators.
     """
 
     def __init__(
@@ -204,9 +248,13 @@ class MemberPublisher:
         host: str | None = None,
         pid: int | None = None,
         clock: WallClock = time.time,
+        group: str | None = None,
+        task_types: Iterable[str] = (),
     ) -> None:
         self.ctx = ctx
         self.role = role
+        self.group = group
+        self.task_types = tuple(task_types)
         self.health = health
         self.port = port
         self.metrics = metrics
@@ -233,7 +281,7 @@ class MemberPublisher:
         not_ready = () if ready else tuple(self.health.not_ready())
         return MemberStatus(
             self.role, self.host, self.pid, self.port, ready, live, self.started, self.clock(),
-            not_ready,
+            not_ready, self.group, self.task_types,
         )  # fmt: skip
 
     async def start(self) -> None:

@@ -259,6 +259,8 @@ def encode_job(job: cmd.RunTask) -> bytes:
             "flowId": job.flow_id,
             "revision": job.revision,
             "taskId": job.task.id,
+            # So a worker that lacks the type (a plugin it has not) can refuse the job at once.
+            "taskType": job.task.type,
             "props": encode_value(job.props),
             "timeout": job.timeout_s,
         }

@@ -52,6 +52,15 @@ class Topics:
             members=settings.topic("members"),
         )
 
+    def group_tasks(self, key: str) -> str:
+        """The jobs topic of worker group ``key`` (:mod:`kestream.tasks.worker_group`), named
+        after ``worker_tasks``; ``None``-group jobs stay on ``worker_tasks`` itself."""
+        return f"{self.worker_tasks}-{key}"
+
+    def jobs_topic(self, group: str | None) -> str:
+        """Where the jobs (and kills) of a task of worker group ``group`` go."""
+        return self.worker_tasks if group is None else self.group_tasks(group)
+
     def specs(self, partitions: int) -> list[tuple[str, int, bool]]:
         """``(name, partitions, compacted)`` of every topic."""
         return [
@@ -80,32 +89,58 @@ async def ensure_topics(
     """
     topics = Topics.of(settings)
     limit = RecordLimit.of(settings)
+    specs = topics.specs(settings.partitions)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options(settings))
     await admin.start()
     try:
-        existing = set(await admin.list_topics())
-        record_configs = topic_configs(settings, kind)
-        wanted = [
-            NewTopic(
-                name,
-                num_partitions=count,
-                replication_factor=settings.replication_factor,
-                # Compaction only where the broker applies it (Tansu accepts and ignores it).
-                topic_configs={"cleanup.policy": "compact", **record_configs}
-                if compacted and kind == "kafka"
-                else record_configs,
-            )
-            for name, count, compacted in topics.specs(settings.partitions)
-            if name not in existing
-        ]
-        if wanted:
-            with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
-                await admin.create_topics(wanted)
-            log.info("created topics: %s", ", ".join(t.name for t in wanted))
+        await _create_missing(admin, settings, kind, specs)
         if kind == "kafka":  # Tansu closes the connection on DescribeConfigs
-            names = [name for name, _, _ in topics.specs(settings.partitions)]
+            names = [name for name, _, _ in specs]
             limit = RecordLimit.of(settings, await read_topics_max(admin, names))
     finally:
         await admin.close()
     log.info("record limit: %d bytes (%s)", limit.max_bytes, limit.source)
     return topics, limit
+
+
+async def ensure_group_topics(
+    settings: Settings, bootstrap: str, kind: str, names: list[str]
+) -> None:
+    """Create worker groups' jobs topics (:meth:`Topics.group_tasks`) that do not exist yet.
+
+    They are made like ``worker-tasks`` (same partitions, same record limit; jobs are keyed by
+    execution id, so a run and its kill share a partition), by whichever comes first: a worker
+    of the group when it starts, or the executor before it sends the group's first job.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options(settings))
+    await admin.start()
+    try:
+        await _create_missing(
+            admin, settings, kind, [(n, settings.partitions, False) for n in names]
+        )
+    finally:
+        await admin.close()
+
+
+async def _create_missing(
+    admin: AIOKafkaAdminClient, settings: Settings, kind: str, specs: list[tuple[str, int, bool]]
+) -> None:
+    existing = set(await admin.list_topics())
+    record_configs = topic_configs(settings, kind)
+    wanted = [
+        NewTopic(
+            name,
+            num_partitions=count,
+            replication_factor=settings.replication_factor,
+            # Compaction only where the broker applies it (Tansu accepts and ignores it).
+            topic_configs={"cleanup.policy": "compact", **record_configs}
+            if compacted and kind == "kafka"
+            else record_configs,
+        )
+        for name, count, compacted in specs
+        if name not in existing
+    ]
+    if wanted:
+        with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
+            await admin.create_topics(wanted)
+        log.info("created topics: %s", ", ".join(t.name for t in wanted))

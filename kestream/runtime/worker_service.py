@@ -34,6 +34,13 @@ would waste the work, and a partition revoked and assigned straight back (the co
 rebalance) finds them through the duplicate check and commits them when they end. The cost is
 that a job may also run on the new owner at the same time; its result is idempotent.
 
+**Worker groups.** A worker started with a group (``kestream worker --group KEY``,
+``KESTREAM_WORKER_GROUP``) reads that group's own jobs topic in the consumer group
+``<prefix>worker-KEY`` (creating the topic if it is the first); the others read ``worker-tasks``.
+A worker runs only the task types it knows (built-ins and the plugins loaded in its process): a
+job of another type fails at once, its error naming the worker group and the missing type,
+rather than waiting for a flow revision this worker cannot parse.
+
 **Bad records** (not JSON, unknown type, missing fields, a task id the flow does not have, a flow
 revision still unknown after ``KESTREAM_EXECUTOR_FLOW_WAIT_S``) go to the dead-letter topic with
 the reason (:func:`records.dead_letter_value`); the loop never stops for them.
@@ -44,6 +51,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -64,7 +73,9 @@ from kestream.runtime.context import BrokerContext
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.log_stream import LogStream
 from kestream.runtime.metrics import Metrics, process_metrics
+from kestream.runtime.topics import ensure_group_topics
 from kestream.tasks.base import RunnableTask
+from kestream.tasks.registry import known_types
 from kestream.worker.runner import TaskRunner
 
 log = logging.getLogger("kestream.worker")
@@ -186,10 +197,15 @@ class WorkerService:
         max_in_flight: int | None = None,
         own_all_partitions: bool = False,
         metrics: Metrics | None = None,
+        group: str | None = None,
+        task_types: Iterable[str] | None = None,
     ) -> None:
         """``own_all_partitions``: take every partition without a consumer group, as the executor
         does for a one-shot ``kestream run`` on its own embedded broker (no group join to wait).
-        ``metrics``: where to count (default: the process's :func:`process_metrics`)."""
+        ``metrics``: where to count (default: the process's :func:`process_metrics`).
+        ``group``: the worker group served (default ``KESTREAM_WORKER_GROUP``; unset, the
+        default workers). ``task_types``: the types this worker runs (default: every type
+        this process knows, :func:`known_types`)."""
         settings = ctx.settings
         self.own_all_partitions = own_all_partitions
         self.ctx = ctx
@@ -198,9 +214,15 @@ class WorkerService:
         self.max_in_flight = (
             max_in_flight if max_in_flight is not None else settings.worker_max_in_flight
         )
-        self.group_id = f"{settings.topic_prefix}worker"
+        #: The worker group served (``None``: the default workers) and the topic it reads.
+        self.group = group if group is not None else settings.worker_group
+        self.topic = ctx.topics.jobs_topic(self.group)
+        suffix = f"-{self.group}" if self.group is not None else ""
+        self.group_id = f"{settings.topic_prefix}worker{suffix}"
+        self.task_types = frozenset(task_types if task_types is not None else known_types())
         self.flow_wait_s = settings.executor_flow_wait_s
-        #: Counters: received, started, finished, duplicates, killed, dead_lettered, held.
+        #: Counters: received, started, finished, duplicates, killed, refused, dead_lettered,
+        #: held.
         self.stats: Counter[str] = Counter()
         #: Set when the group has assigned partitions to this worker (cleared while revoked).
         self.assigned = asyncio.Event()
@@ -255,6 +277,8 @@ class WorkerService:
     async def start(self) -> None:
         """Start the clients, join the group, and run the loop in a background task."""
         ctx = self.ctx
+        if self.group is not None:  # the first worker of its group may come before any job
+            await ensure_group_topics(ctx.settings, ctx.bootstrap, ctx.kind, [self.topic])
         self._producer = make_producer(ctx.settings, ctx.bootstrap, ctx.kind)
         await self._producer.start()
         group = None if self.own_all_partitions else self.group_id
@@ -262,11 +286,11 @@ class WorkerService:
         if self.own_all_partitions:
             await self._consumer.start()
             count = ctx.settings.partitions
-            owned = {TopicPartition(ctx.topics.worker_tasks, p) for p in range(count)}
+            owned = {TopicPartition(self.topic, p) for p in range(count)}
             self._consumer.assign(list(owned))
             self._on_assigned(owned)
         else:
-            self._consumer.subscribe([ctx.topics.worker_tasks], listener=_Rebalance(self))
+            self._consumer.subscribe([self.topic], listener=_Rebalance(self))
             await self._consumer.start()
         self._task = asyncio.create_task(self.run(), name="worker-loop")
         self.metrics.worker_job_thread.inc(self.threads)
@@ -397,7 +421,10 @@ class WorkerService:
         job = _Job(key, where, task_id, body, record, [mark], time.monotonic() + self.flow_wait_s)
         self._jobs[key] = job
         self._runs[key[:2]] = job
-        if not self._try_start(job):
+        task_type = body.get("taskType")  # (absent from jobs sent by older executors)
+        if task_type is not None and str(task_type) not in self.task_types:
+            self._refuse_type(job, str(task_type))
+        elif not self._try_start(job):
             self._held[key] = job
             self.stats["held"] += 1
 
@@ -457,10 +484,26 @@ class WorkerService:
             result = ev.WorkerResult(
                 job.key[0], job.key[1], job.key[2], StateType.KILLED, error="Task was killed"
             )
-            self._spawn(self._report_killed(job, result))
+            self._spawn(self._report(job, result))
             self.stats["killed"] += 1
 
-    async def _report_killed(self, job: _Job, result: ev.WorkerResult) -> None:
+    def _refuse_type(self, job: _Job, task_type: str) -> None:
+        """Fail a job of a type this worker lacks: it cannot be handed to another worker (its
+        partition is this worker's), and holding it would hold its execution for ever."""
+        group = f"worker group '{self.group}'" if self.group else "the default worker group"
+        where = f"{socket.gethostname()}/{os.getpid()}"
+        error = (
+            f"task type '{task_type}' cannot run on {group}: worker {where} does not have it "
+            "(install its plugin on the group's workers, or set the task's workerGroup)"
+        )
+        log.warning("refusing job %s: %s", job.key, error)
+        self._forget(job)
+        result = ev.WorkerResult(job.key[0], job.key[1], job.key[2], StateType.FAILED, error=error)
+        self._spawn(self._report(job, result))
+        self.stats["refused"] += 1
+
+    async def _report(self, job: _Job, result: ev.WorkerResult) -> None:
+        """Produce the result of a job that did not run (killed while held, or refused)."""
         if await self._publish(job, result, []):
             self._done(job)
 

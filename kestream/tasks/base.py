@@ -33,6 +33,7 @@ from pydantic import (
 
 from kestream.models.durations import DurationError, parse_duration
 from kestream.models.state import StateType
+from kestream.tasks.worker_group import WorkerGroup
 
 TASK_ID_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$"
 _TEMPLATE = re.compile(r"\{\{|\{%")
@@ -135,7 +136,8 @@ class Task(BaseModel):
     runIf: str | None = None
     logLevel: LogLevel | None = None
     logToFile: bool = False
-    workerGroup: dict[str, Any] | None = None
+    #: Which workers run this task (:mod:`kestream.tasks.worker_group`).
+    workerGroup: WorkerGroup | None = None
 
     def children(self) -> list[Task]:
         """Every task nested directly in this one (branches, loops, errors): for indexing."""
