@@ -32,6 +32,8 @@ from kestream.models.ids import new_id
 from kestream.models.inputs import parse_inputs
 from kestream.models.state import StateType
 from kestream.plugins.loading import load_plugins
+from kestream.settings import get_settings
+from kestream.worker.pool import shared_pool
 from kestream.worker.runner import STOP_WAIT_S, TaskRunner
 
 __all__ = ["Driver", "arun", "run"]
@@ -51,7 +53,9 @@ class Driver:
         self.flows = FlowRegistry()
         self.clock = clock
         self.executor = Executor(self.flows, clock=clock, inline_tasks=inline_tasks)
-        self.runner = TaskRunner(clock=clock)
+        # Blocking Python tasks run in worker processes as on a worker (a kill stops them); all
+        # drivers of a process share them, ended when it exits.
+        self.runner = TaskRunner(clock=clock, processes=shared_pool(get_settings().task_threads))
         self.states: dict[str, ExecutionState] = {}
         self._logs: dict[str, list[cmd.LogLine]] = {}
         self._events: deque[ev.Event] = deque()

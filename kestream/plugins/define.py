@@ -6,19 +6,20 @@ fields. At deploy time every property is accepted as written, and a value with n
 already checked against its type hint, so a typo fails the flow with the task id and the line as for
 kestream's own tasks; every property is dynamic, so the executor renders it; after rendering, the
 worker validates and coerces the values with the type hints (a rendered ``"20"`` becomes ``20``) and
-only then calls the user's code. The user's code is called in one place, :meth:`TaskSpec.call`, so
-another way of running it (a process pool) changes that method only.
+only then calls the user's code. The user's code is called in one place, :meth:`TaskSpec.call`.
+Blocking code runs in one of the worker's processes (:mod:`kestream.worker.pool`), where a kill can
+stop it; the task instance travels there pickled, rebuilt from its type name (its class is made at
+run time, so it has no importable name).
 """
 
 from __future__ import annotations
 
 import inspect
-import traceback
 import typing
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -37,8 +38,8 @@ from kestream.expressions import is_template
 from kestream.models.state import StateType
 from kestream.models.validation import describe_error, format_path, resolve_loc
 from kestream.plugins.context import RunContext
-from kestream.tasks.base import LogLevel, RunInfo, RunnableTask, Task, TaskError, TaskOutcome
-from kestream.tasks.registry import register
+from kestream.tasks.base import RunInfo, RunnableTask, Task, TaskError, TaskOutcome
+from kestream.tasks.registry import register, task_class
 
 __all__ = ["PluginTask", "PythonTask", "TaskSpec", "task"]
 
@@ -72,6 +73,9 @@ class PythonTask(BaseModel):
 
     type_name: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
+    #: ``"thread"`` runs a blocking ``execute`` in a thread of the worker, sharing its memory;
+    #: a kill cannot stop it there. The default, ``"process"``, runs it in a worker process.
+    isolation: ClassVar[Literal["process", "thread"]] = "process"
 
     def execute(self, run: RunContext) -> Mapping[str, Any] | BaseModel | None:
         raise NotImplementedError(f"{type(self).__name__} has no execute()")
@@ -111,10 +115,15 @@ class TaskSpec:
     properties: tuple[Property, ...]
     is_async: bool
     invoke: Callable[[BaseModel, RunContext], Any]
+    isolation: Literal["process", "thread"] = "process"
 
     @classmethod
     def for_function(
-        cls, fn: Callable[..., Any], type_name: str, aliases: tuple[str, ...]
+        cls,
+        fn: Callable[..., Any],
+        type_name: str,
+        aliases: tuple[str, ...],
+        isolation: Literal["process", "thread"] = "process",
     ) -> TaskSpec:
         fields, context_param = _signature_fields(fn, type_name)
         model = pydantic_model(
@@ -132,7 +141,7 @@ class TaskSpec:
 
         return cls(
             type_name, aliases, fn.__module__, _origin(fn), inspect.getdoc(fn), model,
-            _properties(model, type_name), inspect.iscoroutinefunction(fn), invoke,
+            _properties(model, type_name), inspect.iscoroutinefunction(fn), invoke, isolation,
         )  # fmt: skip
 
     @classmethod
@@ -145,7 +154,7 @@ class TaskSpec:
         return cls(
             model.type_name, tuple(model.aliases), model.__module__, _origin(model),
             inspect.getdoc(model), model,
-            _properties(model, model.type_name), is_async, invoke,
+            _properties(model, model.type_name), is_async, invoke, model.isolation,
         )  # fmt: skip
 
     def values(self, task_id: str, props: Mapping[str, Any]) -> BaseModel:
@@ -188,20 +197,26 @@ class PluginTask(RunnableTask):
     def _outcome(self, result: Any) -> TaskOutcome:
         return TaskOutcome(StateType.SUCCESS, outputs=task_outputs(self.id, result))
 
+    def __reduce__(self) -> tuple[Callable[[str, dict[str, Any]], PluginTask], tuple[Any, ...]]:
+        """Pickled as its type name and properties: a worker process rebuilds it from the
+        registry it inherited."""
+        return _rebuild, (self.type_name, self.model_dump(by_alias=True, exclude_unset=True))
+
+
+def _rebuild(type_name: str, data: dict[str, Any]) -> PluginTask:
+    cls = task_class(type_name)
+    if cls is None or not issubclass(cls, PluginTask):
+        raise TaskError(f"task type '{type_name}' is not known in this process")
+    return cls.model_validate(data)
+
 
 @contextmanager
 def _attempt(run: RunInfo) -> Iterator[RunContext]:
-    """The run context of one attempt. An unexpected error of the user's code leaves its
-    traceback in the task run's log (a :class:`TaskError` is a message, not a bug); the working
-    directory goes with the attempt, also when it is cancelled."""
+    """The run context of one attempt; the working directory goes with the attempt, also when it
+    is cancelled. (The runner logs an unexpected error's traceback: kestream.worker.blocking.)"""
     context = RunContext(run)
     try:
         yield context
-    except TaskError:
-        raise
-    except Exception:
-        run.log(LogLevel.ERROR, traceback.format_exc().rstrip())
-        raise
     finally:
         context.close()
 
@@ -227,6 +242,10 @@ def task_outputs(task_id: str, result: Any) -> dict[str, Any] | None:
 
 def build_task_class(spec: TaskSpec) -> type[PluginTask]:
     """The runnable task class of ``spec``: one raw-value field per property, all dynamic."""
+    if spec.isolation not in ("process", "thread"):
+        raise TypeError(
+            f"task {spec.type_name}: isolation is 'process' or 'thread', not {spec.isolation!r}"
+        )
     fields: dict[str, Any] = {}
     for prop in spec.properties:
         checked = Annotated[Any, AfterValidator(_literal_check(prop.check))]
@@ -238,20 +257,28 @@ def build_task_class(spec: TaskSpec) -> type[PluginTask]:
     cls.aliases = spec.aliases
     cls.dynamic = tuple(prop.field for prop in spec.properties)
     cls.is_async = spec.is_async
+    cls.isolation = spec.isolation
     cls.spec = spec
     cls.origin = spec.origin
     cls.__doc__ = spec.description
     return cls
 
 
-def task(type_name: str, *, aliases: Sequence[str] = ()) -> Callable[[F], F]:
+def task(
+    type_name: str,
+    *,
+    aliases: Sequence[str] = (),
+    isolation: Literal["process", "thread"] = "process",
+) -> Callable[[F], F]:
     """Register a function as the task type ``type_name``.
 
     The parameters are the task's properties (type hints and defaults apply after rendering);
     a keyword-only parameter annotated :class:`RunContext` receives the run. The function returns
     a mapping, a pydantic model or None: the task run's outputs. ``async def`` functions are
-    awaited on the worker's event loop; others run in its thread pool. The function itself is
-    returned unchanged, so it can still be called and tested directly.
+    awaited on the worker's event loop; others run in one of its worker processes, where a kill
+    or a timeout stops them, or with ``isolation="thread"`` in a thread of the worker (sharing its
+    memory; a kill only sets ``run.killed`` there). The function itself is returned unchanged, so
+    it can still be called and tested directly.
     """
     if not isinstance(type_name, str) or not type_name:
         raise TypeError('kestream.task needs the task type name: @kestream.task("acme.tasks.Add")')
@@ -263,7 +290,7 @@ def task(type_name: str, *, aliases: Sequence[str] = ()) -> Callable[[F], F]:
                 "subclass kestream.PythonTask for a class"
             )
         names = (aliases,) if isinstance(aliases, str) else tuple(aliases)
-        register(build_task_class(TaskSpec.for_function(fn, type_name, names)))
+        register(build_task_class(TaskSpec.for_function(fn, type_name, names, isolation)))
         return fn
 
     return decorate

@@ -191,6 +191,10 @@ class RunnableTask(Task):
     inline: ClassVar[bool] = False
     #: ``arun`` awaits (timers, I/O) and takes no worker thread while it waits.
     is_async: ClassVar[bool] = False
+    #: Where the worker runs blocking ``execute`` code: ``"process"``, a worker process that a
+    #: kill or a timeout stops (:mod:`kestream.worker.pool`); ``"thread"``, a thread of the
+    #: worker's own, sharing its memory, which a kill cannot stop (``run.killed`` only).
+    isolation: ClassVar[Literal["process", "thread"]] = "process"
 
     def execute(self, props: dict[str, Any], run: RunInfo) -> TaskOutcome:
         """Run synchronously with rendered ``props``. Raise :class:`TaskError` to fail."""

@@ -45,6 +45,8 @@ class TaskTypeConflict(ValueError):
 
 #: Plugin task classes by every name they answer to, in registration order.
 _plugins: dict[str, type[Task]] = {}
+#: Counts the changes to ``_plugins``: a worker process forked before a change lacks it.
+_generation = 0
 #: Modules imported as plugins (:mod:`kestream.plugins.loading`), whether or not they had tasks.
 _plugin_modules: list[str] = []
 
@@ -71,8 +73,10 @@ def register(cls: type[Task]) -> None:
             raise TaskTypeConflict(
                 f"task type '{name}' of {origin(cls)} is already provided by {origin(taken)}"
             )
+    global _generation
     for name in names:
         _plugins[name] = cls
+    _generation += 1
 
 
 def unregister(cls: type[Task]) -> None:
@@ -80,6 +84,13 @@ def unregister(cls: type[Task]) -> None:
     for name in (cls.type_name, *cls.aliases):
         if _plugins.get(name) is cls:
             del _plugins[name]
+    global _generation
+    _generation += 1
+
+
+def generation() -> int:
+    """Changes whenever a plugin task class is registered or forgotten (see ``_generation``)."""
+    return _generation
 
 
 def note_plugin_module(name: str) -> None:

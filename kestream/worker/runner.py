@@ -1,8 +1,11 @@
 """Runs one attempt of a runnable task: no Kafka here, a task run in, a result out.
 
-Async tasks (Sleep) are awaited on the event loop and hold no thread while they wait. Blocking task
-code runs in a thread pool of ``threads`` slots; tasks marked ``inline`` (pure rendering, cheap)
-run directly on the loop. Every running attempt can be cancelled by a kill.
+Async tasks (Sleep, scripts, HTTP) are awaited on the event loop and hold no slot while they wait;
+tasks marked ``inline`` (pure rendering, cheap) run directly on the loop. Blocking task code (Python
+tasks' ``def`` functions and classes) runs in a pool of ``threads`` worker processes
+(:mod:`kestream.worker.pool`), where a kill or a timeout stops it; a task with ``isolation =
+"thread"`` runs in a thread pool of as many slots instead, where a kill only sets ``run.killed``.
+Every running attempt can be cancelled by a kill.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from kestream.models.clock import Clock, utc_now
 from kestream.models.state import StateType
 from kestream.models.values import find_unportable, safe_text
 from kestream.tasks.base import LOG_LEVEL_ORDER, LogLevel, RunInfo, TaskError, TaskOutcome
+from kestream.worker.blocking import run_blocking, task_bug
+from kestream.worker.pool import ProcessPool
 
 #: How long a timed-out attempt may take to clean up (stop its processes) before its result.
 STOP_WAIT_S = 10.0
@@ -32,12 +37,20 @@ class TaskRunner:
     """Executes :class:`RunTask` commands and keeps the running ones cancellable."""
 
     def __init__(
-        self, *, threads: int = 8, clock: Clock = utc_now, max_output_bytes: int | None = None
+        self,
+        *,
+        threads: int = 8,
+        clock: Clock = utc_now,
+        max_output_bytes: int | None = None,
+        processes: ProcessPool | None = None,
     ) -> None:
         """``max_output_bytes``: the largest outputs a task run may have (the executor step's
         rule, :mod:`kestream.executor.sizes`); larger ones fail the run here, on the worker,
-        so the result is never too large to send."""
+        so the result is never too large to send. ``processes``: a pool shared with other
+        runners (kept open by :meth:`close`); else the runner has its own of ``threads``."""
         self._pool = ThreadPoolExecutor(max_workers=max(threads, 1), thread_name_prefix="task")
+        self._owns_processes = processes is None
+        self._processes = ProcessPool(threads) if processes is None else processes
         self._clock = clock
         self.max_output_bytes = max_output_bytes
         self._running: dict[tuple[str, str], asyncio.Task[Any]] = {}
@@ -110,7 +123,11 @@ class TaskRunner:
         return True
 
     def close(self) -> None:
+        """Stop the threads and, if the runner's own, the worker processes (running attempts
+        are killed: call it once they are done or given up)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._owns_processes:
+            self._processes.close()
 
     async def _execute(self, job: RunTask, info: RunInfo) -> TaskOutcome:
         task = job.task
@@ -119,15 +136,17 @@ class TaskRunner:
                 return await task.arun(job.props, info)
             if task.inline:
                 return task.execute(job.props, info)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, task.execute, job.props, info)
+            if task.isolation == "thread":
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._pool, run_blocking, task, job.props, info)
+            return await self._processes.run(task, job.props, info)
         except TaskError as exc:
             return TaskOutcome(StateType.FAILED, error=str(exc))
         except asyncio.CancelledError:
             info.killed.set()  # code still running in a pool thread can see it and stop
             raise
         except Exception as exc:  # a task's own bug must fail its task run, not the worker
-            return TaskOutcome(StateType.FAILED, error=f"{type(exc).__name__}: {exc}")
+            return task_bug(exc, info)
 
     def _result(
         self, job: RunTask, outcome: TaskOutcome, streamed_errors: list[str]

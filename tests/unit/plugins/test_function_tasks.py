@@ -32,7 +32,7 @@ def errors(source: str) -> list[str]:
 def test_rendered_text_is_coerced_by_the_type_hints() -> None:
     seen: list[tuple[Any, Any]] = []
 
-    @kestream.task("acme.tasks.Add")
+    @kestream.task("acme.tasks.Add", isolation="thread")  # in-process: ``seen`` is shared
     def add(a: int, b: int = 2) -> dict[str, Any]:
         seen.append((a, b))
         return {"sum": a + b}
@@ -95,32 +95,30 @@ def test_deploy_refuses_missing_unknown_and_mistyped_literal_properties() -> Non
 
 
 def test_run_context_gives_ids_logger_working_dir_and_removes_it() -> None:
-    seen: dict[str, Any] = {}
-
     @kestream.task("acme.tasks.Inspect")
     def inspect_run(*, run: RunContext) -> dict[str, Any]:
         run.logger.info("hello %s", "there")
         run.logger.warning("careful")
         (run.working_dir / "scratch.txt").write_text("x")
-        seen.update(
-            dir=run.working_dir,
-            execution=run.execution_id,
-            task_run=run.task_run_id,
-            attempt=run.attempt,
-            killed=run.killed.is_set(),
-        )
-        return {"ok": True}
+        return {
+            "dir": str(run.working_dir),
+            "execution": run.execution_id,
+            "task_run": run.task_run_id,
+            "attempt": run.attempt,
+            "killed": run.killed.is_set(),
+        }
 
     with Driver() as driver:
         driver.deploy(flow("  - id: look\n    type: acme.tasks.Inspect\n"))
         execution = driver.start("acme.team", "f")
         logs = [(entry.level, entry.taskId, entry.message) for entry in driver.logs(execution.id)]
     task_run = execution.taskRunList[0]
+    seen = task_run.outputs or {}
     assert execution.state.current is StateType.SUCCESS
     assert logs == [("INFO", "look", "hello there"), ("WARN", "look", "careful")]
     assert (seen["execution"], seen["task_run"]) == (execution.id, task_run.id)
     assert seen["attempt"] == 1 and seen["killed"] is False
-    assert isinstance(seen["dir"], Path) and not seen["dir"].exists()  # removed afterwards
+    assert seen["dir"] and not Path(seen["dir"]).exists()  # removed afterwards
 
 
 def test_logger_lines_become_log_lines_with_kestra_levels() -> None:
@@ -172,13 +170,14 @@ def test_check_killed_raises_once_the_attempt_is_killed() -> None:
         run.check_killed()
 
 
-async def test_a_killed_blocking_task_sees_the_kill_flag() -> None:
+async def test_a_killed_thread_task_sees_the_kill_flag() -> None:
+    """On the thread path a kill cannot stop the code: it sets the flag the code looks at."""
     started = asyncio.Event()
     loop = asyncio.get_running_loop()
     stopped_by_flag: list[bool] = []
     finished = threading.Event()
 
-    @kestream.task("acme.tasks.Busy")
+    @kestream.task("acme.tasks.Busy", isolation="thread")
     def busy(*, run: RunContext) -> None:
         loop.call_soon_threadsafe(started.set)
         stopped_by_flag.append(run.killed.wait(60))
@@ -197,11 +196,11 @@ async def test_a_killed_blocking_task_sees_the_kill_flag() -> None:
     driver.runner.close()
 
 
-def test_a_timeout_sets_the_kill_flag_and_fails_the_run() -> None:
+def test_a_timeout_sets_the_kill_flag_of_a_thread_task_and_fails_the_run() -> None:
     flags: list[bool] = []
     finished = threading.Event()
 
-    @kestream.task("acme.tasks.Slow")
+    @kestream.task("acme.tasks.Slow", isolation="thread")
     def slow(*, run: RunContext) -> None:
         flags.append(run.killed.wait(60))
         finished.set()
