@@ -160,7 +160,9 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         description="KESTREAM_WORKER_THREADS: task runs per worker process that may run code at "
-        "once; 0 = 8 x CPU cores. Waiting tasks (Sleep) take no slot.",
+        "once; 0 = 8 x CPU cores. Waiting tasks (Sleep) take no slot. Blocking Python tasks run "
+        "in as many task processes, forked on demand, which a kill or a timeout stops "
+        "(docs/tasks.md).",
     )
     worker_max_in_flight: int = Field(
         default=10_000,
