@@ -227,7 +227,10 @@ class _LocalRuntime:
         await table.start()
         await table.loaded.wait()
         private = self.broker is not None  # nobody else on this broker: own every partition
-        executor = ExecutorService(self.ctx, registry, own_all_partitions=private)
+        # On its own broker this process's worker is the only one: it runs every worker group.
+        executor = ExecutorService(
+            self.ctx, registry, own_all_partitions=private, route_worker_groups=not private
+        )
         worker = WorkerService(self.ctx, registry, own_all_partitions=private)
         self.parts = [table, executor, worker]
         await executor.start()

@@ -9,7 +9,9 @@ A team whose task code lives in its own service starts a worker there instead of
 or, inside a running event loop, ``await worker.start()`` ... ``await worker.stop()`` (or
 ``async with``), or ``worker.attach(app)`` to start and stop it with an existing faust app.
 The role is the same one ``kestream worker`` runs (:func:`~kestream.runtime.faust_app.start_role`),
-sharing the work with the other workers through their consumer group.
+sharing the work with the other workers through their consumer group, and it publishes its
+member record as ``kestream worker`` does (a worker's says its group, which executors read to
+apply a ``workerGroup.fallback``).
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Sequence
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from kestream.plugins.loading import load_plugins
 from kestream.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from kestream.runtime.members import MemberPublisher
 
 __all__ = ["Executor", "Worker"]
 
@@ -44,6 +49,7 @@ class _EmbeddedRole:
         self.plugins = tuple(plugins)
         self.broker = broker
         self._parts: list[Any] = []
+        self._publisher: MemberPublisher | None = None
         self._failed: asyncio.Future[BaseException] | None = None
 
     @property
@@ -53,18 +59,25 @@ class _EmbeddedRole:
     async def start(self) -> None:
         """Import the plugins, connect, and start the role; returns once it runs."""
         from kestream.runtime.context import connect
-        from kestream.runtime.faust_app import start_role
+        from kestream.runtime.faust_app import role_publisher, start_role
+        from kestream.runtime.health import Health
 
         if self._parts:
             return
         load_plugins(self.settings, self.plugins)
         ctx = await connect(self.settings, self.broker)
         self._failed = asyncio.get_running_loop().create_future()
-        self._parts = await start_role(self.role, ctx, on_failure=self._on_failure)
+        health = Health(self.role)
+        self._parts = await start_role(self.role, ctx, on_failure=self._on_failure, health=health)
+        self._publisher = role_publisher(ctx, self.role, health, self._parts)
+        await self._publisher.start()
 
     async def stop(self) -> None:
         """Stop the role (running task runs get their drain time, as in ``kestream worker``)."""
         parts, self._parts = self._parts, []
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            await publisher.stop()
         for part in reversed(parts):
             await part.stop()
 

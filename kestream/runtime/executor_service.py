@@ -101,10 +101,13 @@ class ExecutorService:
         own_all_partitions: bool = False,
         on_failure: Callable[[BaseException], None] | None = None,
         metrics: Metrics | None = None,
+        route_worker_groups: bool = True,
     ) -> None:
         """``own_all_partitions``: take every partition without a consumer group (a one-shot
         ``kestream run`` on its own embedded broker: nobody to share with, no join to wait for).
         ``metrics``: where to count (default: the process's :func:`process_metrics`).
+        ``route_worker_groups=False``: send every job to the default workers, whatever its
+        ``workerGroup`` (that ``kestream run``, whose own worker is the only one).
         """
         self.own_all_partitions = own_all_partitions
         #: Called once if the loop fails; the host stops the process (see :meth:`_run`).
@@ -123,7 +126,7 @@ class ExecutorService:
         )
         self.registry = registry
         #: Where jobs go (their worker group's topic), and the groups' fallbacks.
-        self.groups = WorkerGroupRouter(ctx)
+        self.groups = WorkerGroupRouter(ctx, routed=route_worker_groups)
         set_render_timeout_ms(self.settings.render_timeout_ms)  # every render in this process
         self.states: dict[str, ExecutionState] = {}
         self.partition_of: dict[str, int] = {}

@@ -32,7 +32,7 @@ from kestream.runtime.embedded_broker import free_port
 from kestream.runtime.health import Check, Health, LoopMonitor, flows_table_check
 from kestream.runtime.kafka_connection import client_options
 from kestream.runtime.members import MemberBoard, MemberPublisher
-from kestream.runtime.metrics import process_metrics
+from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.ops_routes import (
     HEALTH_PATHS,
     METRICS_PATH,
@@ -173,12 +173,9 @@ class RoleService(Service):
         )
         if self.board is not None:
             await self.board.start(ctx)
-        worker = self.parts[-1] if self.role == "worker" else None  # (its group and types)
-        self.publisher = MemberPublisher(
-            ctx, self.role, self.health, port=self.port, metrics=self.metrics,
-            group=worker.group if worker is not None else None,
-            task_types=sorted(worker.task_types) if worker is not None else (),
-        )  # fmt: skip
+        self.publisher = role_publisher(
+            ctx, self.role, self.health, self.parts, port=self.port, metrics=self.metrics
+        )
         await self.publisher.start()
         log.info(
             "%s started (broker %s, %s); /metrics and /health on http://%s:%d",
@@ -247,6 +244,25 @@ async def start_role(
         raise
     health.add(flows_table_check(table), processor)
     return [table, processor]
+
+
+def role_publisher(
+    ctx: BrokerContext,
+    role: str,
+    health: Health,
+    parts: list[Any],
+    *,
+    port: int | None = None,
+    metrics: Metrics | None = None,
+) -> MemberPublisher:
+    """The member publisher of a role started by :func:`start_role` (``parts`` its parts): a
+    worker's record says its group and task types, which executors route and fall back by."""
+    worker = parts[-1] if role == "worker" else None
+    return MemberPublisher(
+        ctx, role, health, port=port, metrics=metrics,
+        group=worker.group if worker is not None else None,
+        task_types=sorted(worker.task_types) if worker is not None else (),
+    )  # fmt: skip
 
 
 async def _start_processor(

@@ -36,8 +36,13 @@ from kestream.tasks.worker_group import WorkerGroup, no_worker_outcome
 class WorkerGroupRouter:
     """Routes jobs to their worker group's topic and applies the group's fallback (module doc)."""
 
-    def __init__(self, ctx: BrokerContext, board: MemberBoard | None = None) -> None:
+    def __init__(
+        self, ctx: BrokerContext, board: MemberBoard | None = None, *, routed: bool = True
+    ) -> None:
+        """``routed=False``: every job goes to the default workers and no fallback applies
+        (``kestream run`` on its own broker, whose one worker is the only one there is)."""
         self.ctx = ctx
+        self.routed = routed
         self.board = board if board is not None else MemberBoard(ctx)
         self._created: set[str] = set()
         self._to_create: set[str] = set()
@@ -45,14 +50,17 @@ class WorkerGroupRouter:
     async def start(self) -> None:
         """Follow the members topic; return once it is read up to its end at start, so the
         first fallback decisions already know every worker that is up."""
-        await self.board.start()
-        await self.board.loaded.wait()
+        if self.routed:
+            await self.board.start()
+            await self.board.loaded.wait()
 
     async def stop(self) -> None:
         await self.board.stop()
 
     def topic_for(self, group: WorkerGroup | None) -> str:
         """The topic of the jobs of ``group`` (noted for :meth:`create_topics` if new)."""
+        if not self.routed:
+            group = None
         topic = self.ctx.topics.jobs_topic(group.key if group is not None else None)
         if group is not None and topic not in self._created:
             self._to_create.add(topic)
@@ -61,7 +69,7 @@ class WorkerGroupRouter:
     def refusal(self, group: WorkerGroup | None) -> tuple[StateType, str] | None:
         """``None`` to send the job; else the state and error its task run ends with, because
         its group has no live worker and its fallback says not to wait."""
-        if group is None:
+        if group is None or not self.routed:
             return None
         outcome = no_worker_outcome(group)
         if outcome is None or self.board.roster.group_alive(group.key):

@@ -135,12 +135,12 @@ def test_a_group_is_alive_while_one_of_its_live_workers_beats() -> None:
 # -- the executor's routing ------------------------------------------------------------------
 
 
-def _executor(yaml_text: str) -> tuple[ExecutorService, Roster, Topics]:
+def _executor(yaml_text: str, *, routed: bool = True) -> tuple[ExecutorService, Roster, Topics]:
     settings = Settings(broker="unused:9092", executor_inline_tasks=True)
     ctx = BrokerContext(settings, "unused:9092", "tansu", Topics.of(settings))
     registry = FlowRegistry()
     registry.put(parse_flow(yaml_text))
-    service = ExecutorService(ctx, registry, metrics=Metrics())
+    service = ExecutorService(ctx, registry, metrics=Metrics(), route_worker_groups=routed)
     return service, service.groups.board.roster, ctx.topics
 
 
@@ -214,3 +214,21 @@ def test_a_group_with_a_live_worker_gets_the_job(fallback: str) -> None:
     roster.put(_worker(1, roster.clock(), "gpu"))
     out = _start(service)
     assert _jobs(out) == [(topics.group_tasks("gpu"), "run")]
+
+
+def test_kestream_run_on_its_own_broker_sends_every_job_to_its_one_worker() -> None:
+    flow = _flow("    workerGroup: {key: gpu, fallback: FAIL}")
+    service, _, topics = _executor(flow, routed=False)  # no gpu worker, and no fallback either
+    out = _start(service)
+    assert _jobs(out) == [(topics.worker_tasks, "run")]
+    assert service.groups._to_create == set()
+
+
+def test_kestream_worker_refuses_a_group_that_is_no_topic_name() -> None:
+    from typer.testing import CliRunner
+
+    from kestream.cli import EXIT_UNUSABLE, app
+
+    result = CliRunner().invoke(app, ["worker", "--group", "gpu/a"])
+    assert result.exit_code == EXIT_UNUSABLE
+    assert "--group 'gpu/a': a worker group key must match" in result.output
