@@ -270,7 +270,11 @@ class WorkerService:
 
     def health_detail(self) -> dict[str, Any]:
         partitions = sorted(tp.partition for tp in self._partitions)
-        return {"partitions": partitions, "jobs": len(self._jobs), "held": len(self._held)}
+        detail: dict[str, Any] = {"partitions": partitions, "jobs": len(self._jobs)}
+        detail["held"] = len(self._held)
+        if self.group is not None:
+            detail["group"] = self.group
+        return detail
 
     # -- lifecycle -------------------------------------------------------------------------
 
