@@ -12,6 +12,7 @@
     python -m bench W7 --rate 600           # a shell Commands task (config/bench/w7.yaml)
     python -m bench W7 --rates 600,1200,2400,4800  # where it stops keeping up
     python -m bench W8 --rate 6000          # a function-form Python task (bench/w8_tasks.py)
+    python -m bench W8 --rate 6000 --isolation process,thread  # a worker process's cost per task
 
 Every rate runs on a fresh broker with kestream's roles as separate processes
 (``KESTREAM_EXECUTOR_STREAM_THREADS`` executors, 0 = one per core, and a worker). The readable
@@ -42,6 +43,10 @@ def _rates(text: str) -> list[float]:
     return [float(part) for part in text.split(",") if part.strip()]
 
 
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("workloads", nargs="+", help="W1-W4, W7 or W8 (several in turn)")
@@ -66,6 +71,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         choices=("client", "webhook"),
         default="client",
         help="submit through kestream's Python API (default) or the API role's webhook route",
+    )
+    parser.add_argument(
+        "--isolation",
+        type=_names,
+        help="W8: where its Python task runs, process (the default) and/or thread, e.g. "
+        "process,thread (each in turn, then the process's cost per task over the thread)",
     )
     parser.add_argument("--drain", type=float, default=20.0, help="extra seconds for a backlog")
     parser.add_argument("--w3-runs", type=int, default=5, help="ForEach 160 executions")
@@ -109,7 +120,8 @@ def _plan(args: argparse.Namespace) -> list[tuple[workloads.Workload, float | No
                 plan.append((workloads.W3_BIG, None))
             continue
         rates = [args.rate] if args.rate else args.rates or list(workload.default_rates)
-        plan += [(workload, rate) for rate in rates]
+        variants = [workloads.with_isolation(workload, i) for i in args.isolation or ()]
+        plan += [(variant, rate) for variant in variants or [workload] for rate in rates]
     return plan
 
 
@@ -155,7 +167,7 @@ def _summary(rows: list[report.Row], floor: list[dict[str, Any]]) -> None:
         print("\n== all runs\n" + report.markdown_table(rows), file=sys.stderr)
     for line in report.per_iteration_lines(rows):
         print(f"W3 {line}", file=sys.stderr)
-    for line in report.ceiling_lines(rows):
+    for line in report.ceiling_lines(rows) + report.isolation_lines(rows):
         print(line, file=sys.stderr)
     sys.stderr.flush()
 

@@ -205,7 +205,8 @@ async def collect(
 
 async def run_rate(workload: workloads.Workload, rate: float, options: RunOptions) -> report.Row:
     """One workload at one rate on a fresh stack."""
-    tag = f"{workload.name}-{int(rate)}-{_inline_tag(options.inline)}"
+    isolation = f"-{workload.isolation}" if workload.isolation else ""
+    tag = f"{workload.name}{isolation}-{int(rate)}-{_inline_tag(options.inline)}"
     config = options.stack_config(tag)
     async with Stack(config, [workload]) as stack, aiohttp.ClientSession() as session:
         client = stack.require_client()

@@ -103,13 +103,29 @@ class Row:
             body["iterations"] = self.iterations
         if self.extra.get("via", "client") != "client":
             body["via"] = self.extra["via"]
+        if self.extra.get("isolation"):
+            body["isolation"] = self.extra["isolation"]
         return body
 
     def key(self) -> tuple[Any, ...]:
         """What a later run of the same thing replaces in RESULTS.md."""
         broker = self.extra.get("broker", "embedded")
         via = self.extra.get("via", "client")
-        return (self.workload, self.rate_per_min, self.inline_tasks, self.iterations, broker, via)
+        isolation = self.extra.get("isolation")
+        return (
+            self.workload,
+            self.rate_per_min,
+            self.inline_tasks,
+            self.iterations,
+            broker,
+            via,
+            isolation,
+        )
+
+    def name(self) -> str:
+        """The workload as tables show it: W3 with its size, W8 with its task's isolation."""
+        detail = self.iterations or self.extra.get("isolation")
+        return self.workload + (f" ({detail})" if detail else "")
 
 
 def _latencies(samples: Iterable[Sample], end_of: str) -> list[float]:
@@ -157,6 +173,8 @@ def rate_row(
     limit = workload.p99_limit_s or math.inf
     kept_up = bool(samples) and completed == len(samples) and p99 is not None and p99 < limit * 1000
     stats["extra"]["submit_lag_p50_ms"] = _ms(percentile(lags, 50)) if lags else None
+    if workload.isolation:
+        stats["extra"]["isolation"] = workload.isolation
     return Row(
         workload=workload.name,
         rate_per_min=_rate(rate),
@@ -245,7 +263,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
     """The rows as a Markdown table (stderr and RESULTS.md show the same thing)."""
     lines = [_TABLE_HEAD, "|" + "---|" * _TABLE_HEAD.count(" | ") + "---|"]
     for row in rows:
-        name = row.workload + (f" ({row.iterations})" if row.iterations else "")
+        name = row.name()
         kept = {True: "yes", False: "**no**", None: "-"}[row.kept_up]
         cells = (
             name,
@@ -304,7 +322,7 @@ def where(row: Row) -> str:
 
 def row_heading(row: Row) -> str:
     rate = f"{row.rate_per_min}/min" if row.rate_per_min is not None else f"{row.iterations} iter"
-    return f"{row.workload} {rate}, inline {'on' if row.inline_tasks else 'off'}, {where(row)}"
+    return f"{row.name()} {rate}, inline {'on' if row.inline_tasks else 'off'}, {where(row)}"
 
 
 def print_row(row: Row, floor: Sequence[dict[str, Any]] = ()) -> None:
@@ -370,6 +388,41 @@ def ceiling_lines(rows: Sequence[Row]) -> list[str]:
         worst = f"stopped keeping up at {min(lost):g}/min" if lost else "no rate tried was too high"
         lines.append(f"{tried}: {best}; {worst}")
     return lines
+
+
+# -- W8: what isolating a Python task in a process costs -------------------------------------------
+
+
+def isolation_lines(rows: Sequence[Row]) -> list[str]:
+    """For each rate W8 ran at with its task both in a worker process and in a worker thread
+    (``--isolation process,thread``, same broker, entry and inline switch): what the process
+    adds per task, in latency and in the worker's CPU per completed execution."""
+    pairs: dict[tuple[Any, ...], dict[str, Row]] = {}
+    for row in rows:
+        isolation = row.extra.get("isolation")
+        if isolation and row.rate_per_min is not None:
+            key = (row.workload, row.rate_per_min, where(row), row.inline_tasks)
+            pairs.setdefault(key, {})[isolation] = row
+    lines = []
+    for (name, rate, place, _), pair in pairs.items():
+        process, thread = pair.get("process"), pair.get("thread")
+        if process is None or thread is None:
+            continue
+        parts = [
+            f"{stat} {_delta_ms(getattr(process, f'{stat}_ms'), getattr(thread, f'{stat}_ms'))}"
+            for stat in ("p50", "p99")
+        ]
+        cpu = cpu_per_execution(process).get("worker"), cpu_per_execution(thread).get("worker")
+        parts.append(f"worker CPU per execution {_delta_ms(*cpu)}")
+        head = f"{name} {rate}/min ({place}): a worker process per task instead of a thread costs"
+        lines.append(f"{head} {', '.join(parts)}")
+    return lines
+
+
+def _delta_ms(process_ms: float | None, thread_ms: float | None) -> str:
+    if process_ms is None or thread_ms is None:
+        return "unknown (a run did not end)"
+    return f"{process_ms - thread_ms:+.2f} ms ({thread_ms:g} -> {process_ms:g})"
 
 
 # -- W3: cost per iteration ------------------------------------------------------------------------
@@ -510,6 +563,7 @@ _STORED_EXTRA = (
     "executors",
     "workers",
     "via",
+    "isolation",
 )
 
 
@@ -626,6 +680,9 @@ def render_results(results: Results) -> str:
     per_iteration = per_iteration_lines(rows)
     if per_iteration:
         out += ["", "## W3: cost per iteration", ""] + [f"- {line}" for line in per_iteration]
+    isolation = isolation_lines(rows)
+    if isolation:
+        out += ["", "## W8: a worker process per task", ""] + [f"- {line}" for line in isolation]
     data = {"rows": results.rows, "commands": results.commands, "floor": results.floor}
     block = ["```json", json.dumps(data, indent=1), "```"]
     out += ["", "## Data", "", _DATA_START, *block, _DATA_END, ""]

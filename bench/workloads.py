@@ -55,6 +55,9 @@ class Workload:
     #: Plugin modules the flow's task types come from: imported by the load generator before it
     #: deploys the flow, and given to every role through ``KESTREAM_PLUGINS`` (W8).
     plugins: tuple[str, ...] = ()
+    #: Where the flow's blocking Python task runs, as it declares (``isolation``): "process" or
+    #: "thread" for W8, None for workloads without one.
+    isolation: str | None = None
 
     @property
     def sequential(self) -> bool:
@@ -65,13 +68,26 @@ class Workload:
         return (FLOWS_DIR / self.flow_file).read_text()
 
 
+_W8_PLUGINS = ("bench.w8_tasks",)
+
 WORKLOADS: dict[str, Workload] = {
     "W1": Workload("W1", "w1.yaml", 1.0, (1000, 2000, 4000, 6000, 12000), warmup_own=32),
     "W2": Workload("W2", "w2.yaml", 6.0, (500, 1000, 2000, 6000), warmup_own=0),
     "W3": Workload("W3", "w3.yaml", None, (), warmup_own=1, iterations=160),
     "W4": Workload("W4", "w4.yaml", 1.0, (600,), warmup_own=32),
     "W7": Workload("W7", "w7.yaml", 1.0, (600,), warmup_own=8),
-    "W8": Workload("W8", "w8.yaml", 1.0, (6000,), warmup_own=32, plugins=("bench.w8_tasks",)),
+    "W8": Workload(
+        "W8", "w8.yaml", 1.0, (6000,), warmup_own=32, plugins=_W8_PLUGINS, isolation="process"
+    ),
+}
+
+#: W8 by the isolation its task declares (``--isolation``): the same body in a worker process
+#: (the default of a blocking Python task) or in a worker thread.
+W8_BY_ISOLATION: dict[str, Workload] = {
+    "process": WORKLOADS["W8"],
+    "thread": Workload(
+        "W8", "w8_thread.yaml", 1.0, (6000,), warmup_own=32, plugins=_W8_PLUGINS, isolation="thread"
+    ),
 }
 
 #: W3's large variant, run after W3 on a fresh stack: its cost per iteration is compared with
@@ -85,3 +101,21 @@ def get(name: str) -> Workload:
         return WORKLOADS[name.upper()]
     except KeyError:
         raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}") from None
+
+
+def with_isolation(workload: Workload, isolation: str) -> Workload:
+    """``workload`` with its Python task run as ``isolation`` says; a ValueError for a workload
+    that has no Python task, or an isolation it has no variant for."""
+    if workload.isolation is None:
+        raise ValueError(f"--isolation applies to W8 only, not {workload.name}")
+    try:
+        return W8_BY_ISOLATION[isolation]
+    except KeyError:
+        choices = ", ".join(W8_BY_ISOLATION)
+        raise ValueError(f"unknown isolation {isolation!r}; choose from {choices}") from None
+
+
+def every() -> list[Workload]:
+    """Every workload the harness can run, variants included (each flow file once)."""
+    found = [*WORKLOADS.values(), W3_BIG, *W8_BY_ISOLATION.values()]
+    return list({w.flow_file: w for w in found}.values())

@@ -49,11 +49,14 @@ def test_w7_sweep_gives_a_row_per_rate_and_where_it_stopped_keeping_up(tmp_path:
     assert re.search(r"^W7 \(embedded, inline on\): kept up at ", stderr, re.M), stderr[-2000:]
 
 
-def test_w8_runs_its_python_task_in_roles_that_load_it_as_a_plugin(tmp_path: Path) -> None:
-    rows, stderr = _bench(tmp_path, "W8", "--rate", "120", "--duration", "3")
-    (row,) = rows
-    assert row["workload"] == "W8" and row["rate_per_min"] == 120
-    # A role without the module would skip the flow: nothing would end.
-    assert row["completed"] == row["offered"] > 0
+def test_w8_runs_its_python_task_in_a_process_and_in_a_thread(tmp_path: Path) -> None:
+    args = ("W8", "--rate", "120", "--duration", "2", "--isolation", "process,thread")
+    rows, stderr = _bench(tmp_path, *args)
+    assert [(r["workload"], r["isolation"]) for r in rows] == [("W8", "process"), ("W8", "thread")]
+    for row in rows:
+        assert set(row) == {*report.JSON_FIELDS, "isolation"}
+        # A role without the task module would skip the flow: nothing would end.
+        assert row["completed"] == row["offered"] > 0
     assert "not SUCCESS: 0" in stderr
-    assert "role error" not in stderr
+    overhead = r"^W8 120/min \(embedded\): a worker process per task instead of a thread costs p50 "
+    assert re.search(overhead, stderr, re.M), stderr[-2000:]

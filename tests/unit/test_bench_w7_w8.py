@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench import report, workloads
+from bench.__main__ import _plan, parse_args
 from bench.harness import Sample
 from bench.stack import Stack, StackConfig, Usage, plugin_env
 
@@ -79,3 +80,29 @@ def test_a_sweep_names_the_highest_rate_kept_up_and_the_lowest_not() -> None:
     assert report.ceiling_lines(never) == [
         "W7 (embedded, inline on): kept up at no rate tried; stopped keeping up at 600/min"
     ]
+
+
+def test_isolation_runs_w8_once_per_choice_and_applies_to_w8_only() -> None:
+    plan = _plan(parse_args(["W8", "--rate", "600", "--isolation", "process,thread"]))
+    assert [(w.flow_file, w.isolation, rate) for w, rate in plan] == [
+        ("w8.yaml", "process", 600),
+        ("w8_thread.yaml", "thread", 600),
+    ]
+    with pytest.raises(ValueError, match="W8 only, not W7"):
+        _plan(parse_args(["W7", "--isolation", "thread"]))
+    with pytest.raises(ValueError, match="unknown isolation 'fork'"):
+        _plan(parse_args(["W8", "--isolation", "fork"]))
+
+
+def test_isolation_rows_are_kept_apart_and_compared_per_task() -> None:
+    process = _row(workloads.W8_BY_ISOLATION["process"], 6000, 0.030)
+    thread = _row(workloads.W8_BY_ISOLATION["thread"], 6000, 0.020)
+    assert process.key() != thread.key()  # RESULTS.md keeps both
+    assert (process.name(), thread.to_json()["isolation"]) == ("W8 (process)", "thread")
+    thread.cpu_s["worker"] = 1.5
+    assert report.isolation_lines([process, thread, _row(W7, 600, 0.05)]) == [
+        "W8 6000/min (embedded): a worker process per task instead of a thread costs "
+        "p50 +10.00 ms (20 -> 30), p99 +10.00 ms (20 -> 30), "
+        "worker CPU per execution +50.00 ms (150 -> 200)"
+    ]
+    assert report.isolation_lines([process]) == []  # nothing to compare with

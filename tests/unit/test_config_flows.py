@@ -27,7 +27,7 @@ def _text(path: Path) -> str:
 
 
 #: The plugin modules a bench flow's task types come from (W8's), as the bench loads them.
-BENCH_PLUGINS = {w.flow_file: w.plugins for w in workloads.WORKLOADS.values()}
+BENCH_PLUGINS = {w.flow_file: w.plugins for w in workloads.every()}
 
 
 @contextmanager
