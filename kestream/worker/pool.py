@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Callable
@@ -90,7 +91,8 @@ class ProcessPool:
         child = await self._acquire()
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[TaskOutcome] = loop.create_future()
-        loop.add_reader(child.conn.fileno(), _reader(child.conn, info, answer))
+        fd = child.conn.fileno()  # kept: close() may close the connection meanwhile
+        loop.add_reader(fd, _reader(child.conn, info, answer))
         reusable = False
         try:
             try:
@@ -102,14 +104,14 @@ class ProcessPool:
             try:
                 outcome = await answer
             except _ChildDied:
-                loop.remove_reader(child.conn.fileno())
+                loop.remove_reader(fd)
                 status = await _reap(child)
                 error = f"Task '{task.id}': its worker process {_exit_text(status)}"
                 return TaskOutcome(StateType.FAILED, error=error)
             reusable = True
             return outcome
         finally:
-            loop.remove_reader(child.conn.fileno())
+            loop.remove_reader(fd)
             if reusable:
                 self._release(child)
             else:
@@ -161,9 +163,15 @@ class ProcessPool:
                     self._waiters.append(waiter)
             for old in stale:
                 await _stop(old)
+                old.conn.close()
             if child is not None:
                 return child
-            await waiter
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                with self._lock:  # a wake meant for this attempt goes to the next one
+                    self._wake_one()
+                raise
 
     def _fork(self, current: int) -> _Child:
         """A new child (under the lock: its siblings' pipe ends, which it must close, are
@@ -259,7 +267,10 @@ async def _stop(child: _Child) -> None:
             await asyncio.sleep(_POLL_S)
         else:
             _signal_group(child.pid, signal.SIGKILL)
-    _signal_group(child.pid, signal.SIGKILL)  # what the task started, if anything outlived it
+    # What the task started, if anything outlived the child: the group only (a pid in use as a
+    # group id is never given to a new process, so this reaches no one else's).
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)
     await _reap(child)
 
 
@@ -271,7 +282,8 @@ async def _reap(child: _Child) -> int:
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    """Signal the child's process group; the child itself if it has not made one yet."""
+    """Signal the (unreaped) child's process group; the child itself if it has not made one
+    yet."""
     try:
         os.killpg(pid, sig)
     except ProcessLookupError:
@@ -295,7 +307,7 @@ def _child_main(conn: Connection, inherited: list[Connection], worker_pid: int) 
     """Take attempts from ``conn`` until told to stop (None) or the worker is gone."""
     for other in inherited:  # siblings' pipe ends: held here, they would hide a sibling's death
         other.close()
-    _detach(worker_pid)
+    _detach(worker_pid, conn)
     lock = threading.Lock()
 
     def send(message: tuple[Any, ...]) -> None:
@@ -329,11 +341,12 @@ def _child_main(conn: Connection, inherited: list[Connection], worker_pid: int) 
             send(("done", TaskOutcome(StateType.FAILED, error=error)))
 
 
-def _detach(worker_pid: int) -> None:
+def _detach(worker_pid: int, conn: Connection) -> None:
     """Make the forked child a process of its own: its own process group (a kill takes what
     the task starts too), default signals, no event loop of the parent's, and death with the
     parent (Linux), so no child outlives its worker."""
     os.setpgid(0, 0)
+    _release_inherited_pipes(conn.fileno())
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to handle
@@ -344,3 +357,24 @@ def _detach(worker_pid: int) -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != worker_pid:  # the worker died before prctl took effect
         os._exit(0)
+
+
+def _release_inherited_pipes(keep: int) -> None:
+    """Point the sockets and pipes the worker had open when it forked (its Kafka connections, its
+    listening ports, a script's stdin) at /dev/null: held here, a connection the worker closes
+    would stay open, and a pipe's reader would never see its end. Closing them instead would let
+    a later ``open`` reuse a number that an inherited object may still close."""
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for name in os.listdir("/proc/self/fd" if sys.platform == "linux" else "/dev/fd"):
+            fd = int(name)
+            if fd in (0, 1, 2, keep, null):
+                continue
+            try:
+                mode = os.fstat(fd).st_mode
+            except OSError:  # the listing's own descriptor, closed by now
+                continue
+            if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
+                os.dup2(null, fd, inheritable=False)
+    finally:
+        os.close(null)

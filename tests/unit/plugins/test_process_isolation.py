@@ -228,3 +228,16 @@ async def test_attempts_beyond_the_pool_size_wait_for_a_free_child() -> None:
         runner.close()
         pool.close()
     assert pool.pids() == [] and not any(_alive(child) for child in pids)
+
+
+async def test_a_child_does_not_hold_the_workers_pipes_and_sockets(runner: TaskRunner) -> None:
+    """A pipe the worker had open when the child forked still ends when the worker closes it."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    try:
+        result, _ = await runner.run(_job("acme.tasks.Pid"))  # forks the child now
+        assert result.state is S.SUCCESS and runner._processes.pids()
+        os.close(write_end)
+        assert os.read(read_end, 1) == b""  # end of file: no child keeps the write end open
+    finally:
+        os.close(read_end)
