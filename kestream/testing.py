@@ -318,6 +318,8 @@ class Driver:
             self._inflight.add(task)
         elif isinstance(command, cmd.KillTask):
             self.runner.kill(command.execution_id, command.task_run_id)
+        elif isinstance(command, cmd.ReleaseWorkdir):
+            self.runner.release_workdir(command.execution_id, command.owner_id)
         elif isinstance(command, cmd.CreateExecution):
             self._events.append(command.created)
         elif isinstance(command, cmd.SendEvent):

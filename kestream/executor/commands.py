@@ -10,6 +10,7 @@ from typing import Any
 from kestream.executor.events import Event, ExecutionCreated
 from kestream.models.state import StateType
 from kestream.tasks.base import RunnableTask
+from kestream.tasks.worker_group import WorkerGroup
 
 
 @dataclass(slots=True)
@@ -25,12 +26,39 @@ class RunTask:
     task: RunnableTask
     props: dict[str, Any]
     timeout_s: float | None = None
+    #: Set when the task runs inside a ``WorkingDirectory``: the directory it shares with its
+    #: siblings on the worker (:mod:`kestream.worker.workdirs`).
+    workdir: SharedWorkdir | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class SharedWorkdir:
+    """The working directory a ``WorkingDirectory`` task run gives its children.
+
+    ``owner_id`` is that task run's id; ``input_files`` (its rendered ``inputFiles``) are written
+    by the worker when it creates the directory, that is for the first child it runs.
+    """
+
+    owner_id: str
+    input_files: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
 class KillTask:
     execution_id: str
     task_run_id: str
+
+
+@dataclass(slots=True)
+class ReleaseWorkdir:
+    """A ``WorkingDirectory`` task run ended: its worker removes the directory it shared.
+
+    It goes to the topic (hence the worker) its children's jobs went to: ``worker_group``.
+    """
+
+    execution_id: str
+    owner_id: str
+    worker_group: WorkerGroup | None = None
 
 
 @dataclass(slots=True)
@@ -97,6 +125,7 @@ class ExecutionChanged:
 Command = (
     RunTask
     | KillTask
+    | ReleaseWorkdir
     | CreateExecution
     | SendEvent
     | SetTimer

@@ -66,6 +66,7 @@ from kestream.tasks.execution import ExecutionUpdate, ExecutionUpdatingTask
 from kestream.tasks.flow import one_lane
 from kestream.tasks.pause import Pause
 from kestream.tasks.subflow import Subflow
+from kestream.tasks.working_directory import WorkingDirectory, input_files
 
 S = StateType
 _START, _DONE = 0, 1
@@ -374,6 +375,7 @@ class _Step:
 
     def kill(self) -> None:
         self.move_execution(S.KILLING)
+        killed: list[TaskRunState] = []
         for tr in self.st.task_runs.values():
             if tr.state.current.is_terminal:
                 continue
@@ -385,6 +387,9 @@ class _Step:
                 self.commands.append(cmd.SendEvent(ev.Kill(tr.child_execution_id)))
             tr.state.move_task_run(S.KILLED, self.now, tr.task.id)
             self.changed[tr.id] = None
+            killed.append(tr)
+        for tr in killed:  # after the kills, which reach the worker first
+            self.release_workdir(tr)
         self.st.paused_runs.clear()
         self.move_execution(S.KILLED)
         self.end_execution(S.KILLED, render_outputs=False)
@@ -563,6 +568,11 @@ class _Step:
             self.emit_task_logs(tr, outcome)
             self.apply_outcome(tr, outcome)
             return
+        try:
+            workdir = self.shared_workdir(tr)
+        except (RenderError, TaskError) as exc:
+            self.attempt_failed(tr, str(exc))
+            return
         timeout = self.timeout_seconds(tr)
         self.commands.append(
             cmd.RunTask(
@@ -575,12 +585,25 @@ class _Step:
                 task,
                 props,
                 timeout,
+                workdir,
             )
         )
         if timeout is not None:
             due = self.now + parse_duration(str(task.timeout))
             timer = Timer(due, "task-timeout", tr.id, attempt)
             self.set_timer(f"timeout:{tr.id}:{attempt}", timer)
+
+    def shared_workdir(self, tr: TaskRunState) -> cmd.SharedWorkdir | None:
+        """The directory of the nearest enclosing WorkingDirectory, for a job that uses files
+        (inline tasks do not); its ``inputFiles`` rendered with that task run's context."""
+        if not isinstance(tr.task, RunnableTask) or tr.task.inline:
+            return None
+        owner = tr.parent
+        while owner is not None and not isinstance(owner.task, WorkingDirectory):
+            owner = owner.parent
+        if owner is None:
+            return None
+        return cmd.SharedWorkdir(owner.id, input_files(self.render_props(owner)))
 
     def apply_outcome(self, tr: TaskRunState, outcome: TaskOutcome) -> None:
         unportable = find_unportable(outcome.outputs, "outputs")
@@ -652,6 +675,14 @@ class _Step:
         """End a task run (``allowFailure``/``allowWarning`` applied); queue its parent's turn."""
         self.move(tr, _allowed(tr.task, state))
         self.queue.append((_DONE, tr))
+        self.release_workdir(tr)
+
+    def release_workdir(self, tr: TaskRunState) -> None:
+        """A WorkingDirectory task run ended (its children too, or they were killed): the
+        worker that ran them removes their directory."""
+        task = tr.task
+        if isinstance(task, WorkingDirectory) and tr.group is not None and task.runs_on_workers():
+            self.commands.append(cmd.ReleaseWorkdir(self.st.id, tr.id, task.worker_group()))
 
     def start_flowable(self, tr: TaskRunState) -> None:
         task = tr.task

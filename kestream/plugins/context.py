@@ -70,8 +70,9 @@ class RunContext:
 
     ``execution_id``, ``task_run_id`` and ``attempt`` (1 for the first) name the attempt;
     ``logger`` writes its log lines; ``working_dir`` is an empty directory of this attempt's own,
-    removed when the attempt ends; ``killed`` is set once the attempt is killed or times out
-    (blocking code that runs long should look at it, or call :meth:`check_killed`, now and then).
+    removed when the attempt ends (inside a ``WorkingDirectory``: the one its tasks share);
+    ``killed`` is set once the attempt is killed or times out (blocking code that runs long
+    should look at it, or call :meth:`check_killed`, now and then).
     Storage (files in internal storage) is not available yet.
     """
 
@@ -127,7 +128,10 @@ class RunContext:
 
     @property
     def working_dir(self) -> Path:
-        """A fresh, empty directory for this attempt (created on first use)."""
+        """A fresh, empty directory for this attempt (created on first use); inside a
+        ``WorkingDirectory``, the directory its tasks share (kept when the attempt ends)."""
+        if self._info.working_dir is not None:
+            return self._info.working_dir
         if self._working_dir is None:
             self._working_dir = Path(tempfile.mkdtemp(prefix=f"kestream-{self.task_run_id}-"))
         return self._working_dir

@@ -369,6 +369,9 @@ class ExecutorService:
             run = st.task_runs.get(command.task_run_id)
             topic = self.groups.topic_for(run.task.workerGroup if run is not None else None)
             out.send(topic, st.id, records.encode_kill_job(command))
+        elif isinstance(command, cmd.ReleaseWorkdir):  # to the worker its children's jobs went to
+            topic = self.groups.topic_for(command.worker_group)
+            out.send(topic, st.id, records.encode_release_job(command))
         elif isinstance(command, cmd.CreateExecution):
             created = command.created
             value = records.encode_event(created)

@@ -263,8 +263,24 @@ def encode_job(job: cmd.RunTask) -> bytes:
             "taskType": job.task.type,
             "props": encode_value(job.props),
             "timeout": job.timeout_s,
+            **({} if job.workdir is None else {"workdir": _workdir_value(job.workdir)}),
         }
     )
+
+
+def _workdir_value(shared: cmd.SharedWorkdir) -> dict[str, Any]:
+    return {"run": shared.owner_id, "inputFiles": encode_value(shared.input_files)}
+
+
+def _workdir(raw: Any) -> cmd.SharedWorkdir | None:
+    if raw is None:
+        return None
+    return cmd.SharedWorkdir(str(raw["run"]), decode_value(raw.get("inputFiles") or {}))
+
+
+def encode_release_job(release: cmd.ReleaseWorkdir) -> bytes:
+    """The end of a WorkingDirectory task run: the worker removes the directory it shared."""
+    return dumps({"type": "release", "id": release.execution_id, "run": release.owner_id})
 
 
 def encode_kill_job(kill: cmd.KillTask) -> bytes:
@@ -283,6 +299,7 @@ def decode_job(body: dict[str, Any], task: RunnableTask) -> cmd.RunTask:
         task,
         decode_value(body.get("props") or {}),
         body.get("timeout"),
+        _workdir(body.get("workdir")),
     )
 
 

@@ -6,7 +6,8 @@ worker finds the task in the flows table (:class:`FlowRegistry`), runs the attem
 task on a :class:`TaskRunner` and produces the result to ``worker-results`` and the task's log
 lines to ``logs`` (keyed by execution id). Lines a task logs while it runs (a script's output) go
 out every ~200 ms through a :class:`LogStream`; the rest go with the result. ``kill`` records
-cancel a running attempt, whose result then says KILLED.
+cancel a running attempt, whose result then says KILLED; ``release`` records remove the directory
+the children of a ``WorkingDirectory`` shared (:mod:`kestream.worker.workdirs`).
 
 **Concurrency.** Async tasks (Sleep) await on the loop and take no thread; blocking task code runs
 in a pool of ``threads`` slots (``KESTREAM_WORKER_THREADS``). ``max_in_flight``
@@ -401,6 +402,9 @@ class WorkerService:
                 self._accept(body, record, mark)
             elif kind == "kill":
                 self._kill(str(body["id"]), str(body["run"]))
+                mark.done = True
+            elif kind == "release":  # a WorkingDirectory ended: remove its shared directory
+                self._runner.release_workdir(str(body["id"]), str(body["run"]))
                 mark.done = True
             else:
                 raise records.RecordError(f"unknown job type {kind!r}")

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -177,6 +178,9 @@ class RunInfo:
     emit: Callable[[LogLevel, str], None] | None = None
     lines: list[tuple[LogLevel, str]] = field(default_factory=list)
     killed: threading.Event = field(default_factory=threading.Event)
+    #: The directory the task shares with its siblings of a ``WorkingDirectory``; None: the task
+    #: makes a fresh one of its own if it needs one.
+    working_dir: Path | None = None
 
     def log(self, level: LogLevel, message: str) -> None:
         if self.emit is not None:

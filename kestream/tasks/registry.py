@@ -20,10 +20,11 @@ from kestream.tasks.scripts import PythonCommands, PythonScript, ShellCommands, 
 from kestream.tasks.simple import Echo, Fail, Log, OutputValues, Return
 from kestream.tasks.sleep import Sleep
 from kestream.tasks.subflow import Subflow
+from kestream.tasks.working_directory import WorkingDirectory
 
 TASK_CLASSES: tuple[type[Task], ...] = (
     Log, Return, Echo, OutputValues, Fail, Sleep, Pause,
-    Sequential, Parallel, If, Switch, AllowFailure,
+    Sequential, Parallel, If, Switch, AllowFailure, WorkingDirectory,
     ForEach, EachSequential, EachParallel, Subflow,
     Request, Labels, Assert, Exit,
     ShellCommands, ShellScript, PythonCommands, PythonScript,

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from kestream.models.state import StateType
@@ -96,7 +97,7 @@ class ProcessPool:
         reusable = False
         try:
             try:
-                child.conn.send((task, props, (info.execution_id, info.task_run_id, info.attempt)))
+                child.conn.send((task, props, _run_ids(info)))
             except (pickle.PicklingError, TypeError, AttributeError) as exc:
                 reusable = True  # nothing was written: pickling comes first
                 error = f"Task '{task.id}' cannot be sent to a worker process: {exc}"
@@ -327,18 +328,23 @@ def _child_main(conn: Connection, inherited: list[Connection], worker_pid: int) 
             continue
         if job is None:
             return
-        task, props, (execution_id, task_run_id, attempt) = job
+        task, props, (execution_id, task_run_id, attempt, working_dir) = job
 
         def emit(level: LogLevel, message: str) -> None:
             send(("log", level.value, message))
 
-        info = RunInfo(execution_id, task_run_id, attempt, emit=emit)
+        info = RunInfo(execution_id, task_run_id, attempt, emit=emit, working_dir=working_dir)
         outcome = run_blocking(task, props, info)
         try:
             send(("done", outcome))
         except Exception as exc:  # what cannot be pickled fails the run, clearly
             error = f"Task '{task.id}' outputs cannot be sent back from its worker process: {exc}"
             send(("done", TaskOutcome(StateType.FAILED, error=error)))
+
+
+def _run_ids(info: RunInfo) -> tuple[str, str, int, Path | None]:
+    """What the child rebuilds its :class:`RunInfo` from (the rest stays in this process)."""
+    return info.execution_id, info.task_run_id, info.attempt, info.working_dir
 
 
 def _detach(worker_pid: int, conn: Connection) -> None:

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from kestream.executor.commands import LogLine, RunTask
@@ -24,8 +25,10 @@ from kestream.models.clock import Clock, utc_now
 from kestream.models.state import StateType
 from kestream.models.values import find_unportable, safe_text
 from kestream.tasks.base import LOG_LEVEL_ORDER, LogLevel, RunInfo, TaskError, TaskOutcome
+from kestream.tasks.scripts.workdir import AttemptDirs, kept_root, write_input_files
 from kestream.worker.blocking import run_blocking, task_bug
 from kestream.worker.pool import ProcessPool
+from kestream.worker.workdirs import SharedWorkdirs
 
 #: How long a timed-out attempt may take to clean up (stop its processes) before its result.
 STOP_WAIT_S = 10.0
@@ -43,17 +46,20 @@ class TaskRunner:
         clock: Clock = utc_now,
         max_output_bytes: int | None = None,
         processes: ProcessPool | None = None,
+        workdirs: SharedWorkdirs | None = None,
     ) -> None:
         """``max_output_bytes``: the largest outputs a task run may have (the executor step's
         rule, :mod:`kestream.executor.sizes`); larger ones fail the run here, on the worker,
         so the result is never too large to send. ``processes``: a pool shared with other
-        runners (kept open by :meth:`close`); else the runner has its own of ``threads``."""
+        runners (kept open by :meth:`close`); else the runner has its own of ``threads``.
+        ``workdirs``: where the directories of ``WorkingDirectory`` groups are kept."""
         self._pool = ThreadPoolExecutor(max_workers=max(threads, 1), thread_name_prefix="task")
         self._owns_processes = processes is None
         self._processes = ProcessPool(threads) if processes is None else processes
         self._clock = clock
         self.max_output_bytes = max_output_bytes
         self._running: dict[tuple[str, str], asyncio.Task[Any]] = {}
+        self.workdirs = SharedWorkdirs() if workdirs is None else workdirs
 
     @property
     def in_flight(self) -> int:
@@ -122,16 +128,23 @@ class TaskRunner:
         body.cancel()
         return True
 
+    def release_workdir(self, execution_id: str, owner_id: str) -> bool:
+        """A ``WorkingDirectory`` task run ended: remove the directory its children shared."""
+        return self.workdirs.release(execution_id, owner_id)
+
     def close(self) -> None:
         """Stop the threads and, if the runner's own, the worker processes (running attempts
-        are killed: call it once they are done or given up)."""
+        are killed: call it once they are done or given up); remove the shared directories."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.workdirs.close()
         if self._owns_processes:
             self._processes.close()
 
     async def _execute(self, job: RunTask, info: RunInfo) -> TaskOutcome:
         task = job.task
         try:
+            if job.workdir is not None:
+                info.working_dir = self._shared_dir(job)
             if task.is_async:
                 return await task.arun(job.props, info)
             if task.inline:
@@ -147,6 +160,16 @@ class TaskRunner:
             raise
         except Exception as exc:  # a task's own bug must fail its task run, not the worker
             return task_bug(exc, info)
+
+    def _shared_dir(self, job: RunTask) -> Path:
+        """The directory of the job's ``WorkingDirectory``, its ``inputFiles`` written if it
+        is new here (see :mod:`kestream.worker.workdirs` for when that is not the first child)."""
+        assert job.workdir is not None
+        path, created = self.workdirs.acquire(job.execution_id, job.workdir)
+        if created and job.workdir.input_files:
+            dirs = AttemptDirs(path, path)  # inputFiles go to the working directory only
+            write_input_files(job.workdir.input_files, dirs, kept_root())
+        return path
 
     def _result(
         self, job: RunTask, outcome: TaskOutcome, streamed_errors: list[str]

@@ -21,7 +21,6 @@ import asyncio
 import os
 import shutil
 import tempfile
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import orjson
@@ -40,6 +39,7 @@ from kestream.tasks.scripts.workdir import (
     attempt_dirs,
     collect_output_files,
     fill,
+    kept_root,
     write_input_files,
 )
 
@@ -100,12 +100,12 @@ class ScriptTask(RunnableTask):
         )  # fmt: skip
         image = str(props.get("containerImage") or self.default_image)
         _note_placement(run, placement, image, given_image=bool(props.get("containerImage")))
-        kept_root = _kept_root()
-        kept = kept_root / run.execution_id / run.task_run_id / str(run.attempt)
+        kept_base = kept_root()
+        kept = kept_base / run.execution_id / run.task_run_id / str(run.attempt)
         capture = Capture()
-        with attempt_dirs() as dirs:
+        with attempt_dirs(run.working_dir) as dirs:
             props = fill(props, dirs)
-            write_input_files(_mapping(props.get("inputFiles"), "inputFiles"), dirs, kept_root)
+            write_input_files(_mapping(props.get("inputFiles"), "inputFiles"), dirs, kept_base)
             command = [*_strings(props["interpreter"], "interpreter"), self._script(props, dirs)]
             env = self._env(props, dirs)
             if placement.kind is RunnerKind.DOCKER:
@@ -298,11 +298,6 @@ async def _remove_container(name: str) -> None:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def _kept_root() -> Path:
-    """Where output files are kept, by execution, task run and attempt (see :mod:`.workdir`)."""
-    return Path(get_settings().data_dir).expanduser().resolve() / "script-outputs"
 
 
 def _worker_env() -> dict[str, str]:

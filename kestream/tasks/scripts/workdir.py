@@ -2,7 +2,8 @@
 
 Each attempt gets a fresh directory under the system temp dir, removed when the attempt ends; it
 holds ``work`` (the process's current directory, ``{{ workingDir }}``, ``WORKING_DIR``) and
-``output`` (``{{ outputDir }}``, ``OUTPUT_DIR``).
+``output`` (``{{ outputDir }}``, ``OUTPUT_DIR``). Inside a ``WorkingDirectory`` the working
+directory is the one the group shares (:mod:`kestream.worker.workdirs`) instead.
 
 The executor renders a script's properties before the job reaches a worker, when the directory
 does not exist yet: ``{{ workingDir }}`` and ``{{ outputDir }}`` render to the placeholders
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from kestream.settings import get_settings
 from kestream.tasks.base import TaskError
 
 WORKING_DIR_MARK = "@@kestream.workingDir@@"
@@ -42,12 +44,17 @@ class AttemptDirs:
 
 
 @contextmanager
-def attempt_dirs() -> Iterator[AttemptDirs]:
-    """A fresh working and output directory, removed (with everything in them) afterwards."""
+def attempt_dirs(shared: Path | None = None) -> Iterator[AttemptDirs]:
+    """A fresh working and output directory, removed (with everything in them) afterwards.
+
+    ``shared``: the working directory of an enclosing ``WorkingDirectory``
+    (:attr:`~kestream.tasks.base.RunInfo.working_dir`), used as is and left in place for the
+    next sibling; the output directory is still the attempt's own.
+    """
     root = Path(tempfile.mkdtemp(prefix="kestream-script-"))
     try:
-        dirs = AttemptDirs(root / "work", root / "output")
-        dirs.work.mkdir()
+        dirs = AttemptDirs(shared if shared is not None else root / "work", root / "output")
+        dirs.work.mkdir(exist_ok=shared is not None)
         dirs.output.mkdir()
         yield dirs
     finally:
@@ -65,6 +72,11 @@ def fill(value: Any, dirs: AttemptDirs) -> Any:
     if isinstance(value, list):
         return [fill(item, dirs) for item in value]
     return value
+
+
+def kept_root() -> Path:
+    """Where output files are kept, by execution, task run and attempt (see the module doc)."""
+    return Path(get_settings().data_dir).expanduser().resolve() / "script-outputs"
 
 
 def inside(base: Path, name: str, what: str) -> Path:

@@ -1,0 +1,129 @@
+"""WorkingDirectory: children that run one after the other in one directory, on one worker.
+
+Files one child writes are there for the next (a shell command writes ``data.csv``, a Python
+script reads it). The task is a Sequential for the executor: it plans its ``tasks`` as one lane.
+What makes the directory shared is the job of each runnable descendant: it names the enclosing
+``WorkingDirectory`` task run (:class:`~kestream.executor.commands.SharedWorkdir`), and the worker
+gives every job naming it the same directory (:mod:`kestream.worker.workdirs`), where script tasks
+run and where a Python task's ``run.working_dir`` points. All jobs of an execution are keyed by
+its id, hence go to one partition and one worker; the executor sends a ``release`` to that worker
+when the task run ends, which removes the directory. The module doc of
+:mod:`kestream.worker.workdirs` says what a rebalance mid-way does.
+
+Tasks that run inline in the executor (Log, Return, ...) do not touch files and still run there.
+The ``errors`` tasks run in the same directory (it is released after them).
+
+Not supported yet, refused when the flow is deployed rather than silently ignored:
+``namespaceFiles`` (kestream has no namespace files), ``cache`` (no storage to keep the cached
+files in between executions), ``outputFiles`` (nothing collects files after the last child: give
+``outputFiles`` to the child script that writes them), ``finally``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+from pydantic import Field, model_validator
+
+from kestream.tasks.base import AnyTask, ChildPlan, FlowableTask, RunnableTask, Task, TaskError
+from kestream.tasks.flow import one_lane
+from kestream.tasks.worker_group import WorkerGroup
+
+_REFUSED = {
+    "namespaceFiles": "kestream has no namespace files yet",
+    "cache": "kestream has no storage to keep cached files between executions yet",
+    "outputFiles": (
+        "nothing collects the directory's files after the last task yet; "
+        "set 'outputFiles' on the script task that writes them"
+    ),
+    "finally": "'finally' is not supported by kestream yet",
+}
+
+
+class WorkingDirectory(FlowableTask):
+    type_name: ClassVar[str] = "io.kestra.plugin.core.flow.WorkingDirectory"
+    aliases: ClassVar[tuple[str, ...]] = ("io.kestra.core.tasks.flows.WorkingDirectory",)
+    dynamic: ClassVar[tuple[str, ...]] = ("inputFiles",)
+
+    tasks: list[AnyTask] = Field(min_length=1)
+    #: Files written into the directory before the first child runs: ``{name: contents}``.
+    inputFiles: dict[str, Any] | str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            for key, why in _REFUSED.items():
+                if _set(values.get(key)):
+                    raise ValueError(f"WorkingDirectory '{key}' is not supported: {why}")
+            values = {k: v for k, v in values.items() if k not in _REFUSED}
+        return values
+
+    @model_validator(mode="after")
+    def _one_worker_group(self) -> WorkingDirectory:
+        """Every child that reaches a worker must reach the same workers: they share files."""
+        groups = {
+            None if task.workerGroup is None else task.workerGroup.key
+            for task in _worker_tasks(self.tasks + list(self.errors))
+        }
+        if len(groups) > 1:
+            named = ", ".join(sorted("(none)" if g is None else repr(g) for g in groups))
+            raise ValueError(
+                f"the tasks of WorkingDirectory '{self.id}' share a directory on one worker, so "
+                f"they must share one workerGroup; they name several: {named}"
+            )
+        return self
+
+    def branches(self) -> list[list[Task]]:
+        return [self.tasks]
+
+    def plan(self, props: dict[str, Any]) -> ChildPlan:
+        input_files(props)  # a bad value fails the task run before any child runs
+        return ChildPlan(one_lane(self.tasks))
+
+    def runs_on_workers(self) -> bool:
+        """Whether any child reaches a worker (else there is no directory to release)."""
+        return next(_worker_tasks(self.tasks + list(self.errors)), None) is not None
+
+    def worker_group(self) -> WorkerGroup | None:
+        """The workerGroup of the children that run on workers (where the directory is)."""
+        task = next(_worker_tasks(self.tasks + list(self.errors)), None)
+        return None if task is None else task.workerGroup
+
+
+def input_files(props: dict[str, Any]) -> dict[str, Any]:
+    """The rendered ``inputFiles`` as a mapping (a JSON object rendered from a string works)."""
+    value = props.get("inputFiles")
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, dict):
+        raise TaskError("WorkingDirectory 'inputFiles' must be a map of file names to contents")
+    return value
+
+
+def _set(value: Any) -> bool:
+    """Whether a refused property is really asked for (``namespaceFiles: {enabled: false}``,
+    an empty list or map, ``false`` are not)."""
+    if isinstance(value, dict) and "enabled" in value:
+        return value["enabled"] not in (False, "false")
+    return value not in (None, False, [], {})
+
+
+def _worker_tasks(tasks: list[Task]) -> Iterator[RunnableTask]:
+    """The runnable tasks among ``tasks`` and their descendants that may reach a worker (tasks
+    inlined in the executor, and those of a nested WorkingDirectory, do not count here)."""
+    for task in tasks:
+        if isinstance(task, WorkingDirectory) or task.disabled:
+            continue
+        if isinstance(task, RunnableTask):
+            if not (task.inline and task.workerGroup is None):
+                yield task
+        else:
+            yield from _worker_tasks(task.children())
