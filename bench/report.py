@@ -321,8 +321,9 @@ def where(row: Row) -> str:
 
 
 def row_heading(row: Row) -> str:
-    rate = f"{row.rate_per_min}/min" if row.rate_per_min is not None else f"{row.iterations} iter"
-    return f"{row.name()} {rate}, inline {'on' if row.inline_tasks else 'off'}, {where(row)}"
+    # name() already carries a W3 row's size: "W3 (160), inline on", not "W3 (160) 160 iter".
+    rate = f" {row.rate_per_min}/min" if row.rate_per_min is not None else ""
+    return f"{row.name()}{rate}, inline {'on' if row.inline_tasks else 'off'}, {where(row)}"
 
 
 def print_row(row: Row, floor: Sequence[dict[str, Any]] = ()) -> None:
