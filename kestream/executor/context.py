@@ -10,6 +10,7 @@ from typing import Any
 
 from kestream.executor.state import ExecutionState, TaskRunState
 from kestream.models.clock import Clock
+from kestream.tasks.working_directory import WorkingDirectory
 
 
 def nested_labels(labels: dict[str, str]) -> dict[str, Any]:
@@ -60,6 +61,23 @@ def task_run_context(base: dict[str, Any], tr: TaskRunState) -> dict[str, Any]:
     """Add ``task``, ``taskrun``, ``parent``/``parents`` and the loop path for one task run."""
     ctx = dict(base)
     ctx["task"] = {"id": tr.task.id, "type": tr.task.type}
+    taskrun = _taskrun(tr)
+    if tr.parent is not None:
+        parents = _parents(tr)
+        if parents:
+            ctx["parents"] = parents
+            ctx["parent"] = parents[0]
+    owner = working_directory_of(tr)
+    if owner is not None:  # Kestra's ``workerTaskrun``: the enclosing WorkingDirectory's run
+        ctx["workerTaskrun"] = _taskrun(owner)
+        if owner.value is not None:
+            taskrun.setdefault("value", owner.value)
+    ctx["taskrun"] = taskrun
+    ctx["@each_path"] = list(tr.path)
+    return ctx
+
+
+def _taskrun(tr: TaskRunState) -> dict[str, Any]:
     taskrun: dict[str, Any] = {
         "id": tr.id,
         "startDate": tr.state.start,
@@ -69,13 +87,15 @@ def task_run_context(base: dict[str, Any], tr: TaskRunState) -> dict[str, Any]:
         taskrun["value"] = tr.value
     if tr.parent is not None:
         taskrun["parentId"] = tr.parent.id
-        parents = _parents(tr)
-        if parents:
-            ctx["parents"] = parents
-            ctx["parent"] = parents[0]
-    ctx["taskrun"] = taskrun
-    ctx["@each_path"] = list(tr.path)
-    return ctx
+    return taskrun
+
+
+def working_directory_of(tr: TaskRunState) -> TaskRunState | None:
+    """The nearest WorkingDirectory task run above ``tr``, if any."""
+    node = tr.parent
+    while node is not None and not isinstance(node.task, WorkingDirectory):
+        node = node.parent
+    return node
 
 
 def _parents(tr: TaskRunState) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.codec import ROOT, encode_plan
-from kestream.executor.context import execution_context, task_run_context
+from kestream.executor.context import execution_context, task_run_context, working_directory_of
 from kestream.executor.restore import (
     RESTARTABLE,
     RestoreError,
@@ -598,9 +598,7 @@ class _Step:
         (inline tasks do not); its ``inputFiles`` rendered with that task run's context."""
         if not isinstance(tr.task, RunnableTask) or tr.task.inline:
             return None
-        owner = tr.parent
-        while owner is not None and not isinstance(owner.task, WorkingDirectory):
-            owner = owner.parent
+        owner = working_directory_of(tr)
         if owner is None:
             return None
         return cmd.SharedWorkdir(owner.id, input_files(self.render_props(owner)))

@@ -269,3 +269,23 @@ def test_shared_workdirs_hand_out_one_directory_per_key_and_remove_it(tmp_path: 
     assert not dirs.release("e1", "wd1")
     dirs.close()
     assert not other.exists() and len(dirs) == 0
+
+
+def test_children_see_the_working_directory_run_as_worker_taskrun() -> None:
+    execution = _run(
+        HEAD
+        + """  - id: each
+    type: io.kestra.plugin.core.flow.ForEach
+    values: ["v1"]
+    tasks:
+      - id: workdir
+        type: io.kestra.plugin.core.flow.WorkingDirectory
+        tasks:
+          - id: show
+            type: io.kestra.plugin.core.debug.Return
+            format: "{{ workerTaskrun.id }} {{ taskrun.value }}"
+"""
+    )
+    assert execution.state.current is S.SUCCESS, execution
+    owner = _task(execution, "workdir")
+    assert _task(execution, "show").outputs["value"] == f"{owner.id} v1"

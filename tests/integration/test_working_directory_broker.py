@@ -1,0 +1,99 @@
+"""WorkingDirectory on a real broker: the children run on a real worker, in one directory.
+
+Executor, worker, flows table and client run as in ``kestream standalone``. A shell child writes
+a file and reports the directory it ran in; a Python child reads the file; once the execution
+ends, the executor's ``release`` record reaches the worker, which removes the directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from kestream.client import Client
+from kestream.executor.flow_registry import FlowRegistry
+from kestream.models.state import StateType
+from kestream.runtime.context import connect
+from kestream.runtime.executor_service import ExecutorService
+from kestream.runtime.flows_table import FlowsTable
+from kestream.runtime.worker_service import WorkerService
+from kestream.settings import Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+SHARED = """
+id: shared
+namespace: test.workdir
+tasks:
+  - id: workdir
+    type: io.kestra.plugin.core.flow.WorkingDirectory
+    inputFiles:
+      seed.txt: "seed {{ flow.id }}"
+    tasks:
+      - id: write
+        type: io.kestra.plugin.scripts.shell.Commands
+        commands:
+          - echo "$(cat seed.txt)" > data.txt
+          - echo "rows=3" >> data.txt
+          - echo "::{\\"outputs\\":{\\"dir\\":\\"$PWD\\"}}::"
+      - id: read
+        type: io.kestra.plugin.scripts.python.Script
+        script: |
+          import json, pathlib
+          lines = pathlib.Path("data.txt").read_text().splitlines()
+          print("::" + json.dumps({"outputs": {"lines": lines}}) + "::")
+  - id: outside
+    type: io.kestra.plugin.scripts.shell.Commands
+    commands:
+      - test ! -e data.txt
+"""
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def runtime(broker: Any, request: pytest.FixtureRequest) -> AsyncIterator[Client]:
+    prefix = f"workdir-{broker.backend}-{id(request)}."
+    settings = Settings(broker=broker.bootstrap, topic_prefix=prefix, partitions=4)
+    ctx = await connect(settings)
+    registry = FlowRegistry()
+    table = FlowsTable(ctx, registry)
+    await table.start()
+    await table.loaded.wait()
+    executor = ExecutorService(ctx, registry)
+    worker = WorkerService(ctx, registry)
+    await executor.start()
+    await worker.start()
+    client = await Client.connect(settings)
+    try:
+        yield client
+    finally:
+        await client.close()
+        await worker.stop()
+        await executor.stop()
+        await table.stop()
+
+
+async def _until(check: Callable[[], bool], within: float = 60.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not check():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_children_share_files_on_the_worker_and_the_directory_is_removed(
+    runtime: Client,
+) -> None:
+    flow = await runtime.deploy(SHARED)
+    execution_id = await runtime.submit(flow.namespace, flow.id, {})
+    execution = await runtime.wait(execution_id, timeout=120)
+    assert execution.state.current is StateType.SUCCESS, execution
+    runs = {run.taskId: run for run in execution.taskRunList}
+    assert runs["read"].outputs["vars"] == {"lines": ["seed shared", "rows=3"]}
+    shared = Path(runs["write"].outputs["vars"]["dir"])
+    assert shared.name.startswith("kestream-wd-")
+    await _until(lambda: not shared.exists())  # the release record reached the worker
