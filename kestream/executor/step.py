@@ -831,6 +831,7 @@ class _Step:
         for tid in [tid for tid, tr in st.task_runs.items() if _in_errors_branch(tr)]:
             self.forget_outputs(st.task_runs.pop(tid))
             self.changed[tid] = None
+        emptied = self.reopen_working_directories()
         rerun = self.reopen_failed()
         children: dict[str | None, list[TaskRunState]] = {}
         for tr in st.task_runs.values():
@@ -840,6 +841,9 @@ class _Step:
             if tr.group is not None and tr.state.current is S.RUNNING:
                 cut += self.reset_group(tr.group, tr, children.get(tr.id, []))
         self.move_execution(S.RUNNING)
+        for tr in emptied:
+            assert tr.group is not None
+            self.fill(tr.group, tr)
         for tr in rerun:
             self.queue.append((_START, tr))
         for group, owner, last in cut:
@@ -847,6 +851,30 @@ class _Step:
             self.create_child(group, owner, last.lane, last.pos + 1)
         if not rerun and not cut and st.root.finished:  # nothing failed: it ends again
             self.finish_group(st.root, None)
+
+    def reopen_working_directories(self) -> list[TaskRunState]:
+        """Empty the failed WorkingDirectory task runs, to run again from their first task:
+        their directory, with what the tasks that succeeded wrote there, was removed when they
+        ended. Their task runs are dropped and their lanes start over (the plan stays); returns
+        them, for :meth:`restart` to fill once the groups are recounted."""
+        st = self.st
+        failed = {
+            tr.id
+            for tr in st.task_runs.values()
+            if isinstance(tr.task, WorkingDirectory)
+            and tr.group is not None
+            and tr.state.current in (S.FAILED, S.KILLED)
+            and not _allowed_away(tr)
+        }
+        for tid in [tid for tid, tr in st.task_runs.items() if _below_any(tr, failed)]:
+            self.forget_outputs(st.task_runs.pop(tid))
+            self.changed[tid] = None
+        emptied = [st.task_runs[tid] for tid in failed if tid in st.task_runs]
+        for tr in emptied:  # (one inside another was dropped with it)
+            assert tr.group is not None
+            tr.group.next_lane = 0
+            self.changed[tr.id] = None
+        return emptied
 
     def reopen_failed(self) -> list[TaskRunState]:
         """Move failed task runs and their parents back; return the ones to run again."""
@@ -1148,6 +1176,16 @@ def _reopened_after_warning(tr: TaskRunState) -> bool:
 def _same_attempt(st: ExecutionState, snapshot: dict[str, Any]) -> bool:
     """Whether a restart's snapshot shows the state's attempt (else the restart is stale)."""
     return snapshot_attempt(snapshot) == st.attempt_number
+
+
+def _below_any(tr: TaskRunState, ids: set[str]) -> bool:
+    """Whether one of ``tr``'s ancestors is among ``ids``."""
+    node = tr.parent
+    while node is not None:
+        if node.id in ids:
+            return True
+        node = node.parent
+    return False
 
 
 def _in_errors_branch(tr: TaskRunState) -> bool:

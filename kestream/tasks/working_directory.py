@@ -11,7 +11,9 @@ when the task run ends, which removes the directory. The module doc of
 :mod:`kestream.worker.workdirs` says what a rebalance mid-way does.
 
 Tasks that run inline in the executor (Log, Return, ...) do not touch files and still run there.
-The ``errors`` tasks run in the same directory (it is released after them).
+The ``errors`` tasks run in the same directory (it is released after them). A restart runs a
+failed WorkingDirectory again from its first task, in a new directory (the executor's
+``reopen_working_directories``).
 
 Not supported yet, refused when the flow is deployed rather than silently ignored:
 ``namespaceFiles`` (kestream has no namespace files), ``cache`` (no storage to keep the cached

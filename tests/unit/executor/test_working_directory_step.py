@@ -4,9 +4,15 @@ tasks excepted), then one ``release`` when the task run ends, also when the exec
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
+
+from kestream.executor import codec
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
+from kestream.executor.snapshot import execution_model
 from kestream.executor.state import ExecutionState
 from kestream.executor.step import Executor, StepResult
 from kestream.models.flow import parse_flow
@@ -87,3 +93,71 @@ def test_a_kill_releases_the_directory_after_killing_the_running_child() -> None
         cmd.ReleaseWorkdir("x1", _owner_id(st), None),
     ]
     assert st.state.current is S.KILLED
+
+
+def _changelog(store: dict[str, Any], st: ExecutionState, result: StepResult) -> None:
+    for command in result.commands:
+        if isinstance(command, cmd.ExecutionChanged):
+            changed = command.changed_task_runs + command.counters_changed
+            for key, value in codec.encode_changes(
+                st, changed, created=command.created, new_groups=command.planned
+            ):
+                if value is None:
+                    store.pop(key, None)
+                else:
+                    store[key] = orjson.loads(orjson.dumps(value))
+
+
+def _json(state: ExecutionState) -> Any:
+    """The execution as JSON, without durations (computed from the clock)."""
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k != "duration"}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    return strip(execution_model(state).model_dump(mode="json"))
+
+
+def test_a_restart_runs_a_failed_working_directory_again_from_its_first_task() -> None:
+    """Its directory went with its end: the task that wrote the files must run again too."""
+    flows = FlowRegistry()
+    flow = flows.put(parse_flow(FLOW))
+    executor = Executor(flows)
+    store: dict[str, Any] = {}
+    result = executor.step(None, ev.ExecutionCreated("x1", flow.namespace, flow.id, 1))
+    st = result.state
+    assert st is not None
+    _changelog(store, st, result)
+    (first,) = _jobs(result)
+    result = _succeed(executor, st, first)
+    _changelog(store, st, result)
+    (second,) = _jobs(result)
+    result = executor.step(st, ev.WorkerResult("x1", second.task_run_id, 1, S.FAILED, None, "no"))
+    _changelog(store, st, result)
+    assert st.state.current is S.FAILED
+    owner = _owner_id(st)
+    assert [c for c in result.commands if isinstance(c, cmd.ReleaseWorkdir)]
+
+    result = executor.step(st, ev.Restart("x1"))
+    _changelog(store, st, result)
+    (again,) = _jobs(result)
+    assert again.task.id == "first"
+    assert again.task_run_id not in (first.task_run_id, second.task_run_id)
+    assert again.workdir == cmd.SharedWorkdir(owner, {"a.txt": "wd"})
+    assert {tr.task.id for tr in st.task_runs.values()} == {"workdir", "first"}
+    rebuilt = codec.rebuild("x1", store, flow.task_index())
+    assert _json(rebuilt) == _json(st)
+
+    state = rebuilt
+    for task_id in ("first", "second"):
+        (job,) = _jobs(result)
+        assert job.task.id == task_id
+        result = _succeed(executor, state, job)
+    (after,) = _jobs(result)
+    result = _succeed(executor, state, after)
+    assert state.state.current is S.SUCCESS
+    ran = sorted(tr.task.id for tr in state.task_runs.values())
+    assert ran == ["after", "first", "note", "second", "workdir"]

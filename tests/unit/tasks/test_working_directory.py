@@ -289,3 +289,30 @@ def test_children_see_the_working_directory_run_as_worker_taskrun() -> None:
     assert execution.state.current is S.SUCCESS, execution
     owner = _task(execution, "workdir")
     assert _task(execution, "show").outputs["value"] == f"{owner.id} v1"
+
+
+def test_a_restart_runs_the_whole_group_again_in_a_new_directory(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    with Driver() as driver:
+        deployed = driver.deploy(
+            HEAD
+            + f"""  - id: workdir
+    type: io.kestra.plugin.core.flow.WorkingDirectory
+    tasks:
+      - id: write
+        type: io.kestra.plugin.scripts.shell.Commands
+        commands:
+          - echo line >> data.txt
+      - id: check
+        type: io.kestra.plugin.scripts.shell.Commands
+        commands:
+          - test -e {gate}
+          - echo "::{{\\"outputs\\":{{\\"lines\\":$(wc -l < data.txt)}}}}::"
+"""
+        )
+        failed = driver.start(deployed.namespace, deployed.id)
+        assert failed.state.current is S.FAILED
+        gate.touch()
+        execution = driver.restart(failed.id)
+    assert execution.state.current is S.SUCCESS, execution
+    assert _task(execution, "check").outputs["vars"] == {"lines": 1}  # written once, anew
