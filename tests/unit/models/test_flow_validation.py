@@ -147,13 +147,13 @@ def test_tasks_under_an_unknown_type_are_still_checked() -> None:
     found = problems(
         HEAD
         + "tasks:\n"
-        + "  - id: wd\n"
-        + "    type: io.kestra.plugin.core.flow.WorkingDirectory\n"
+        + "  - id: group\n"
+        + "    type: acme.flow.UnknownGroup\n"
         + "    tasks:\n"
         + "      - id: inside\n"  # 7
         + "        type: io.kestra.plugin.core.log.Log\n"
     )
-    assert [(p.line, p.task_id) for p in found] == [(5, "wd"), (7, "inside")]
+    assert [(p.line, p.task_id) for p in found] == [(5, "group"), (7, "inside")]
 
 
 def test_switch_cases_are_checked_with_their_lines() -> None:
