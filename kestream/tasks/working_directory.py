@@ -40,11 +40,13 @@ _REFUSED = {
         "nothing collects the directory's files after the last task yet; "
         "set 'outputFiles' on the script task that writes them"
     ),
-    "finally": "'finally' is not supported by kestream yet",
+    "finally": "kestream runs no 'finally' tasks yet",
 }
 
 
 class WorkingDirectory(FlowableTask):
+    """Runs ``tasks`` one after the other in one directory on one worker (see the module doc)."""
+
     type_name: ClassVar[str] = "io.kestra.plugin.core.flow.WorkingDirectory"
     aliases: ClassVar[tuple[str, ...]] = ("io.kestra.core.tasks.flows.WorkingDirectory",)
     dynamic: ClassVar[tuple[str, ...]] = ("inputFiles",)
@@ -75,6 +77,14 @@ class WorkingDirectory(FlowableTask):
             raise ValueError(
                 f"the tasks of WorkingDirectory '{self.id}' share a directory on one worker, so "
                 f"they must share one workerGroup; they name several: {named}"
+            )
+        own = None if self.workerGroup is None else self.workerGroup.key
+        if own is not None and groups and groups != {own}:
+            # The jobs go where their own tasks say: a group on the WorkingDirectory alone
+            # would silently not apply.
+            raise ValueError(
+                f"WorkingDirectory '{self.id}' has workerGroup '{own}': its tasks run on the "
+                f"workers their own workerGroup names, so give them workerGroup '{own}' too"
             )
         return self
 

@@ -257,6 +257,28 @@ def test_children_that_name_different_worker_groups_are_refused_at_deploy() -> N
         driver.deploy(flow)
 
 
+def test_a_worker_group_on_the_working_directory_alone_is_refused_at_deploy() -> None:
+    flow = (
+        HEAD
+        + """  - id: workdir
+    type: io.kestra.plugin.core.flow.WorkingDirectory
+    workerGroup: {key: gpu}
+    tasks:
+      - id: plain
+        type: io.kestra.plugin.scripts.shell.Commands
+        commands: [echo b]
+"""
+    )
+    with Driver() as driver:
+        with pytest.raises(FlowValidationError, match="give them workerGroup 'gpu' too"):
+            driver.deploy(flow)
+        driver.deploy(
+            flow.replace(
+                "commands: [echo b]", "workerGroup: {key: gpu}\n        commands: [echo b]"
+            )
+        )
+
+
 def test_shared_workdirs_hand_out_one_directory_per_key_and_remove_it(tmp_path: Path) -> None:
     dirs = SharedWorkdirs(tmp_path)
     first, created = dirs.acquire("e1", cmd.SharedWorkdir("wd1"))
