@@ -182,7 +182,8 @@ app = faust.App(
     "acme-app", broker="kafka://" + settings.broker, datadir=sys.argv[1], web_enabled=False
 )
 kestream.Worker(settings, plugins=["acme_tasks"]).attach(app)
-sys.argv = ["acme-app", "worker", "--loglevel", "warn"]
+# no web server: two such apps (one per broker under pytest -n 2) would both take port 6066
+sys.argv = ["acme-app", "worker", "--loglevel", "warn", "--without-web"]
 app.main()
 """
 
