@@ -9,6 +9,13 @@ go out with the result, and nothing already sent goes again.
 
 A batch the broker refuses is put back in front of the job's next lines and sent again (with the
 next batch, or with the result): lines are produced at least once.
+
+**Bounded.** A script can print far faster than the broker acknowledges (``yes``, ``cat`` of a
+big file), so what waits for one job is capped: at most ``max_lines`` lines and ``max_chars``
+characters (a line longer than ``max_line_chars`` is cut, with a marker saying so). Lines past
+the cap are dropped, not queued, and counted: the job's next batch ends with one ``WARN`` line
+saying how many were dropped. Dropping rather than blocking the script keeps a chatty script's
+cost on its own log, and the worker's memory bounded whatever the broker does.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kestream.executor.commands import LogLine
 
@@ -24,6 +31,12 @@ log = logging.getLogger("kestream.worker")
 
 #: How long lines gather before they are produced (a batch per job per interval).
 FLUSH_INTERVAL_S = 0.2
+#: At most this many lines wait for one job.
+MAX_QUEUED_LINES = 20_000
+#: At most this many characters of messages wait for one job.
+MAX_QUEUED_CHARS = 16 << 20
+#: A longer message is cut to this many characters.
+MAX_LINE_CHARS = 64 << 10
 
 #: Produces one job's lines and waits for the broker's acknowledgement.
 Send = Callable[[str, str, list[LogLine]], Awaitable[None]]
@@ -34,14 +47,38 @@ class _Pending:
     namespace: str
     flow_id: str
     lines: list[LogLine] = field(default_factory=list)
+    chars: int = 0
+    #: Lines dropped over the cap since the last batch, and the last of them (for its fields).
+    dropped: int = 0
+    last_dropped: LogLine | None = None
+
+    def batch(self) -> list[LogLine]:
+        """The lines to produce, ended by one ``WARN`` line if some were dropped."""
+        if self.last_dropped is None:
+            return self.lines
+        note = (
+            f"{self.dropped} log lines dropped: the task logged faster than they could be produced"
+        )
+        return [*self.lines, replace(self.last_dropped, level="WARN", message=note)]
 
 
 class LogStream:
     """Lines of running jobs, flushed every ``interval`` seconds through ``send``."""
 
-    def __init__(self, send: Send, interval: float = FLUSH_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        send: Send,
+        interval: float = FLUSH_INTERVAL_S,
+        *,
+        max_lines: int = MAX_QUEUED_LINES,
+        max_chars: int = MAX_QUEUED_CHARS,
+        max_line_chars: int = MAX_LINE_CHARS,
+    ) -> None:
         self._send = send
         self.interval = interval
+        self.max_lines = max_lines
+        self.max_chars = max_chars
+        self.max_line_chars = max_line_chars
         self._pending: dict[Hashable, _Pending] = {}
         self._flushing = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
@@ -53,15 +90,34 @@ class LogStream:
         pending = self._pending.get(job)
         if pending is None:
             pending = self._pending[job] = _Pending(namespace, flow_id)
-        pending.lines.append(line)
+        line = self._cut(line)
+        size = len(line.message)
+        if len(pending.lines) >= self.max_lines or pending.chars + size > self.max_chars:
+            pending.dropped += 1
+            pending.last_dropped = line
+        else:
+            pending.lines.append(line)
+            pending.chars += size
         if self._timer is None:
             self._timer = asyncio.create_task(self._flush_later(), name="log-stream")
+
+    def queued(self, job: Hashable) -> tuple[int, int]:
+        """How many lines and characters wait for ``job``."""
+        pending = self._pending.get(job)
+        return (0, 0) if pending is None else (len(pending.lines), pending.chars)
 
     async def take(self, job: Hashable) -> list[LogLine]:
         """The job's lines not produced yet, once the batch in flight is acknowledged."""
         async with self._flushing:
             pending = self._pending.pop(job, None)
-        return [] if pending is None else pending.lines
+        return [] if pending is None else pending.batch()
+
+    def _cut(self, line: LogLine) -> LogLine:
+        over = len(line.message) - self.max_line_chars
+        if over <= 0:
+            return line
+        marker = f" [... cut: {over} more characters]"
+        return replace(line, message=line.message[: self.max_line_chars] + marker)
 
     async def close(self) -> None:
         """Stop the timer; lines still queued are dropped (their jobs run again elsewhere)."""
@@ -83,14 +139,16 @@ class LogStream:
         """Produce every queued line now (one batch per job)."""
         async with self._flushing:
             batches, self._pending = self._pending, {}
-            for job, batch in batches.items():
+            for job, pending in batches.items():
+                lines = pending.batch()
                 try:
-                    await self._send(batch.namespace, batch.flow_id, batch.lines)
+                    await self._send(pending.namespace, pending.flow_id, lines)
                 except Exception as exc:  # put back: sent again with the next batch or result
-                    log.warning(
-                        "producing %d log lines failed (%s); retrying", len(batch.lines), exc
+                    log.warning("producing %d log lines failed (%s); retrying", len(lines), exc)
+                    later = self._pending.setdefault(
+                        job, _Pending(pending.namespace, pending.flow_id)
                     )
-                    later = self._pending.setdefault(job, _Pending(batch.namespace, batch.flow_id))
-                    later.lines[:0] = batch.lines
+                    later.lines[:0] = lines
+                    later.chars += sum(len(line.message) for line in lines)
                 else:
-                    self.streamed += len(batch.lines)
+                    self.streamed += len(lines)

@@ -5,8 +5,11 @@ starts share one process group whose id is its pid. Stopping means the group: SI
 it, then SIGKILL to whatever is still there after :data:`TERM_GRACE_S`. That happens when the
 attempt is cancelled (a kill, a timeout) and also when the command exits by itself, so a
 background child (``sleep 1000 &``) never outlives its attempt nor holds its output pipes open.
-A process that leaves the group on purpose (``setsid``) escapes this; nothing short of a
-container or a cgroup can follow it.
+A process that leaves the group on purpose (``setsid``, a daemon that double-forks) escapes
+this; nothing short of a container or a cgroup can follow it, and it keeps running. It does not
+keep the attempt: once the command has exited (or been stopped), output is read for at most
+:data:`DETACHED_GRACE_S` more, then the pipes are closed and the attempt ends; whatever the
+detached process writes afterwards is lost.
 
 Nothing here takes a thread: the process is awaited with asyncio's subprocess support.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -27,6 +31,9 @@ TERM_GRACE_S = 2.0
 KILL_WAIT_S = 2.0
 #: How long the output pipes may stay open after the process exits before its group is stopped.
 LINGER_S = 0.05
+#: How long output is still read, once the group is stopped, from a pipe that a process outside
+#: the group keeps open; then the pipes are closed and the attempt ends without it.
+DETACHED_GRACE_S = 1.0
 #: A longer line is passed on in pieces of this size.
 MAX_LINE_BYTES = 1 << 20
 _CHUNK = 1 << 16
@@ -37,6 +44,8 @@ _PROC = Path("/proc")
 LineSink = Callable[[str, bool], None]
 
 T = TypeVar("T")
+
+log = logging.getLogger("kestream.worker")
 
 
 async def run_process(
@@ -66,9 +75,17 @@ async def run_process(
     waiter = asyncio.ensure_future(proc.wait())
 
     async def finish() -> int:
-        with contextlib.suppress(TimeoutError):  # the usual case: the pipes close with it
-            await asyncio.wait_for(asyncio.shield(waiter), LINGER_S)
+        await asyncio.wait(pumps, timeout=LINGER_S)  # the usual case: the pipes close with it
         await stop_group(proc.pid)  # what it left running goes with it
+        _, held = await asyncio.wait(pumps, timeout=DETACHED_GRACE_S)
+        if held:  # a process outside the group (``setsid``, a daemon) holds the pipes open
+            await _reaped(proc)
+            log.warning(
+                "pid %d exited but a detached process keeps its output open; "
+                "no longer reading its output",
+                proc.pid,
+            )
+            _close_pipes(proc)
         code = await waiter
         await asyncio.gather(*pumps, return_exceptions=True)
         return code
@@ -135,6 +152,23 @@ async def _exited(pid: int, waiter: asyncio.Future[int]) -> None:
         loop.remove_reader(handle)
         os.close(handle)
         readable.cancel()
+
+
+async def _reaped(proc: asyncio.subprocess.Process) -> None:
+    """Wait (briefly) until asyncio has reaped the exited ``proc`` and knows its return code.
+
+    Closing the pipes before that would make asyncio kill the pid, which may be reused by then.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + KILL_WAIT_S
+    while proc.returncode is None and loop.time() < deadline:
+        await asyncio.sleep(_POLL_S)
+
+
+def _close_pipes(proc: asyncio.subprocess.Process) -> None:
+    """Close the output pipes of ``proc`` so that its pumps see EOF and ``wait()`` returns."""
+    transport = proc._transport  # type: ignore[attr-defined]  # the pipes are only reachable here
+    transport.close()
 
 
 def _running(pid: int) -> bool:

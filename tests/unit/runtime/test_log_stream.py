@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import UTC, datetime
+from pathlib import Path
 
 from kestream.executor.commands import LogLine
 from kestream.runtime.log_stream import LogStream
+from kestream.tasks.scripts.process import run_process
 
 
 def _line(job: str, text: str) -> LogLine:
@@ -78,4 +81,56 @@ async def test_a_refused_batch_is_sent_again_before_later_lines() -> None:
     while len(sent()) < 2:
         await asyncio.sleep(0.01)
     assert sent() == ["one", "two"]  # in order, once each
+    await stream.close()
+
+
+async def test_a_script_printing_fast_keeps_the_queue_bounded(tmp_path: Path) -> None:
+    """``yes`` prints far faster than any broker acks: past the cap, lines are counted, not kept."""
+    stream = LogStream(Sink().send, interval=3600, max_lines=1000)  # nothing flushed meanwhile
+    most = 0
+
+    def on_line(text: str, is_stderr: bool) -> None:
+        nonlocal most
+        stream.add("a", "ns", "f", _line("a", text))
+        most = max(most, stream.queued("a")[0])
+
+    total = 200_000
+    argv = ["/bin/sh", "-c", f"yes | head -n {total}"]
+    code = await run_process(argv, cwd=tmp_path, env={"PATH": os.defpath}, on_line=on_line)
+    assert code == 0
+    assert most == 1000
+    lines = await stream.take("a")
+    assert [line.message for line in lines[:-1]] == ["y"] * 1000
+    assert lines[-1].level == "WARN"
+    assert lines[-1].message.startswith(f"{total - 1000} log lines dropped")
+    assert stream.queued("a") == (0, 0)
+    await stream.close()
+
+
+async def test_the_queue_is_capped_in_characters_and_long_lines_are_cut() -> None:
+    stream = LogStream(Sink().send, interval=3600, max_chars=150, max_line_chars=40)
+    stream.add("a", "ns", "f", _line("a", "x" * 1000))
+    stream.add("a", "ns", "f", _line("a", "y" * 50))
+    stream.add("a", "ns", "f", _line("a", "z" * 30))  # past 150 characters queued: dropped
+    lines = await stream.take("a")
+    cut = "x" * 40 + " [... cut: 960 more characters]"
+    assert [line.message for line in lines[:2]] == [
+        cut,
+        "y" * 40 + " [... cut: 10 more characters]",
+    ]
+    assert len(lines) == 3 and lines[2].level == "WARN"
+    assert lines[2].message.startswith("1 log lines dropped")
+    await stream.close()
+
+
+async def test_the_dropped_count_goes_out_with_the_next_batch() -> None:
+    sink = Sink()
+    stream = LogStream(sink.send, interval=0.01, max_lines=2)
+    for text in "abcde":
+        stream.add("a", "ns", "f", _line("a", text))
+    while not sink.batches:
+        await asyncio.sleep(0.01)
+    ((_, _, messages),) = sink.batches
+    assert messages[:2] == ["a", "b"] and messages[2].startswith("3 log lines dropped")
+    assert await stream.take("a") == []
     await stream.close()

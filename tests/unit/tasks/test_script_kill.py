@@ -9,7 +9,9 @@ it likes, but it runs nothing any more.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -156,3 +158,58 @@ def test_a_script_ended_by_a_signal_reports_128_plus_the_signal(signal_exit: str
         (run,) = execution.taskRunList
         expected = 143 if "TERM" in signal_exit else 137
         assert run.state.current is S.FAILED and run.outputs["exitCode"] == expected
+
+
+def _detached(lines: list[LogLine]) -> int | None:
+    for line in lines:
+        if line.message.startswith("detached "):
+            return int(line.message.split()[1])
+    return None
+
+
+def _stop(pid: int | None) -> None:
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+#: A process in a session of its own, out of the group's reach, holding the output pipes open.
+DETACH = 'setsid sleep 1000 & echo "detached $!"'
+
+
+async def test_a_detached_process_holding_the_output_does_not_keep_the_attempt() -> None:
+    runner = TaskRunner(threads=1)
+    lines: list[LogLine] = []
+    try:
+        # a hang guard, not a timing: without the fix this waits for ``sleep 1000``
+        result, _ = await asyncio.wait_for(
+            runner.run(_job(last=f"{DETACH}; echo done"), on_line=lines.append), 60
+        )
+        assert result.state is S.SUCCESS
+        assert [line.message for line in lines][-1] == "done"
+        detached = _detached(lines)
+        assert detached is not None and _runs(detached)  # it escaped, as documented
+        spawned = _spawned(lines)
+        assert spawned is not None
+        _assert_nothing_left(*spawned)
+    finally:
+        _stop(_detached(lines))
+        runner.close()
+
+
+async def test_a_kill_ends_the_attempt_despite_a_detached_process_holding_the_output() -> None:
+    runner = TaskRunner(threads=1)
+    lines: list[LogLine] = []
+    job = _job(last=f"{DETACH}; wait")
+    try:
+        running = asyncio.ensure_future(runner.run(job, on_line=lines.append))
+        detached = await _until(lambda: _detached(lines))
+        group, child = await _until(lambda: _spawned(lines))
+        assert runner.kill(job.execution_id, job.task_run_id)
+        result, _ = await asyncio.wait_for(running, 60)  # a hang guard, as above
+        assert result.state is S.KILLED
+        _assert_nothing_left(group, child)
+        assert _runs(detached)
+    finally:
+        _stop(_detached(lines))
+        runner.close()
