@@ -103,9 +103,10 @@ class ScriptTask(RunnableTask):
         kept_base = kept_root()
         kept = kept_base / run.execution_id / run.task_run_id / str(run.attempt)
         capture = Capture()
-        with attempt_dirs(run.working_dir) as dirs:
+        async with attempt_dirs(run.working_dir) as dirs:
             props = fill(props, dirs)
-            write_input_files(_mapping(props.get("inputFiles"), "inputFiles"), dirs, kept_base)
+            inputs = _mapping(props.get("inputFiles"), "inputFiles")
+            await asyncio.to_thread(write_input_files, inputs, dirs, kept_base)
             command = [*_strings(props["interpreter"], "interpreter"), self._script(props, dirs)]
             env = self._env(props, dirs)
             if placement.kind is RunnerKind.DOCKER:

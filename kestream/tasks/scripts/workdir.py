@@ -15,17 +15,28 @@ exports (``outputFiles`` globs, and everything written to the output directory) 
 ``outputFiles`` output maps each name to that file's absolute path. A later task on the same
 machine reads it (``cat {{ outputs.t.outputFiles['a.txt'] }}``, or as an ``inputFiles`` value,
 which copies it); nothing removes these files yet.
+
+**Symlinks.** A script (in a container, too) can leave symlinks in its directories; the worker
+never follows one. Collecting outputs skips a symlink, and any file whose real path is not inside
+the directory it was found in, so a link to a host file is never copied out. An ``inputFiles``
+name must be relative without ``..``, and is refused when a folder on its way, or the file
+itself, is a symlink, so nothing is written outside the working directory.
+
+Creating and removing directories and copying files may take long (many files, a large kept
+file): the async callers run them in a thread, off the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from kestream.settings import get_settings
 from kestream.tasks.base import TaskError
@@ -43,8 +54,8 @@ class AttemptDirs:
     output: Path
 
 
-@contextmanager
-def attempt_dirs(shared: Path | None = None) -> Iterator[AttemptDirs]:
+@asynccontextmanager
+async def attempt_dirs(shared: Path | None = None) -> AsyncIterator[AttemptDirs]:
     """A fresh working and output directory, removed (with everything in them) afterwards.
 
     ``shared``: the working directory of an enclosing ``WorkingDirectory``
@@ -58,7 +69,7 @@ def attempt_dirs(shared: Path | None = None) -> Iterator[AttemptDirs]:
         dirs.output.mkdir()
         yield dirs
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, root, ignore_errors=True)
 
 
 def fill(value: Any, dirs: AttemptDirs) -> Any:
@@ -95,8 +106,6 @@ def write_input_files(files: Mapping[str, Any], dirs: AttemptDirs, kept_root: Pa
     storage.
     """
     for name, value in files.items():
-        target = inside(dirs.work, str(name), "inputFiles")
-        target.parent.mkdir(parents=True, exist_ok=True)
         text = "" if value is None else str(value)
         if text.strip().startswith(_STORAGE_SCHEME):
             raise TaskError(
@@ -104,10 +113,33 @@ def write_input_files(files: Mapping[str, Any], dirs: AttemptDirs, kept_root: Pa
                 "kestream has no internal storage; give the file's contents instead"
             )
         kept = _kept_file(text.strip(), kept_root)
-        if kept is not None:
-            shutil.copyfile(kept, target)
-        else:
-            target.write_text(text, encoding="utf-8")
+        with _open_input(dirs.work, str(name)) as target:
+            if kept is not None:
+                with kept.open("rb") as source:
+                    shutil.copyfileobj(source, target)
+            else:
+                target.write(text.encode("utf-8"))
+
+
+def _open_input(base: Path, name: str) -> BinaryIO:
+    """Create (or truncate) the file ``name`` under ``base`` for writing, never through a symlink.
+
+    Each folder on the way is created when missing and refused when it is a symlink; the file is
+    opened with ``O_NOFOLLOW``, so a symlink planted in its place is refused too.
+    """
+    target = inside(base, name, "inputFiles")
+    folder = base
+    for part in target.relative_to(base).parts[:-1]:
+        folder = folder / part
+        if folder.is_symlink():
+            raise TaskError(f"inputFiles '{name}': '{part}' is a symlink; refusing to write there")
+        folder.mkdir(exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    try:
+        handle = os.open(target, flags, 0o644)
+    except OSError as exc:  # ELOOP: the file itself is a symlink
+        raise TaskError(f"inputFiles '{name}': cannot write it ({exc.strerror})") from exc
+    return os.fdopen(handle, "wb")
 
 
 def _kept_file(text: str, kept_root: Path) -> Path | None:
@@ -126,18 +158,29 @@ def collect_output_files(globs: list[str], dirs: AttemptDirs, keep_in: Path) -> 
     the output directory to ``keep_in``; map each relative name to its kept path."""
     found: dict[str, Path] = {}
     work = dirs.work.resolve()
+    output = dirs.output.resolve()
     for pattern in globs:
         inside(dirs.work, pattern, "outputFiles")  # the same rule as input names
         for path in sorted(dirs.work.glob(pattern)):
-            if path.is_file() and path.resolve().is_relative_to(work):
+            if _plain_file_in(path, work):
                 found.setdefault(path.relative_to(dirs.work).as_posix(), path)
     for path in sorted(dirs.output.rglob("*")):
-        if path.is_file():
+        if _plain_file_in(path, output):
             found.setdefault(path.relative_to(dirs.output).as_posix(), path)
     kept: dict[str, str] = {}
     for name, path in found.items():
         target = keep_in.joinpath(*PurePosixPath(name).parts)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
+        try:  # O_NOFOLLOW: a file swapped for a symlink since it was looked at is not read
+            handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise TaskError(f"outputFiles '{name}': cannot read it ({exc.strerror})") from exc
+        with os.fdopen(handle, "rb") as source, target.open("wb") as copy:
+            shutil.copyfileobj(source, copy)
         kept[name] = str(target)
     return kept
+
+
+def _plain_file_in(path: Path, base: Path) -> bool:
+    """``path`` is a regular file, not a symlink, whose real path is inside ``base`` (resolved)."""
+    return not path.is_symlink() and path.is_file() and path.resolve().is_relative_to(base)

@@ -157,7 +157,8 @@ def test_a_script_ended_by_a_signal_reports_128_plus_the_signal(signal_exit: str
         execution = driver.start(flow.namespace, flow.id)
         (run,) = execution.taskRunList
         expected = 143 if "TERM" in signal_exit else 137
-        assert run.state.current is S.FAILED and run.outputs["exitCode"] == expected
+        assert run.state.current is S.FAILED and run.outputs is not None
+        assert run.outputs["exitCode"] == expected
 
 
 def _detached(lines: list[LogLine]) -> int | None:
