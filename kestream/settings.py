@@ -33,6 +33,10 @@ class SaslMechanism(StrEnum):
     SCRAM_SHA_512 = "SCRAM-SHA-512"
 
 
+#: Secret settings that may also be read from a file named by ``KESTREAM_<NAME>_FILE``.
+_SECRET_FILE_FIELDS = ("broker_sasl_password", "api_password", "api_tokens", "index_url")
+
+
 class Settings(BaseSettings):
     """All ``KESTREAM_*`` variables, with their defaults. See the README's table."""
 
@@ -61,6 +65,11 @@ class Settings(BaseSettings):
     broker_sasl_password: SecretStr | None = Field(
         default=None,
         description="KESTREAM_BROKER_SASL_PASSWORD: SASL password (masked in dumps and logs).",
+    )
+    broker_sasl_password_file: str | None = Field(
+        default=None,
+        description="KESTREAM_BROKER_SASL_PASSWORD_FILE: file holding the SASL password "
+        "(instead of KESTREAM_BROKER_SASL_PASSWORD, which keeps it out of the environment).",
     )
     broker_ssl_cafile: str | None = Field(
         default=None,
@@ -199,6 +208,10 @@ class Settings(BaseSettings):
         "KESTREAM_DATA_DIR, sqlite:///path, or postgresql://user:pass@host/db (masked in dumps "
         "and logs: it may carry the database password).",
     )
+    index_url_file: str | None = Field(
+        default=None,
+        description="KESTREAM_INDEX_URL_FILE: file holding KESTREAM_INDEX_URL (instead of it).",
+    )
     api_max_body_bytes: int = Field(
         default=10 * 1024 * 1024,
         ge=1024,
@@ -228,10 +241,20 @@ class Settings(BaseSettings):
         description="KESTREAM_API_PASSWORD: password of the API's HTTP Basic authentication "
         "(masked in dumps and logs).",
     )
+    api_password_file: str | None = Field(
+        default=None,
+        description="KESTREAM_API_PASSWORD_FILE: file holding KESTREAM_API_PASSWORD (instead "
+        "of it).",
+    )
     api_tokens: SecretStr | None = Field(
         default=None,
         description="KESTREAM_API_TOKENS: bearer tokens the API accepts "
         "(Authorization: Bearer ...), comma-separated (masked in dumps and logs).",
+    )
+    api_tokens_file: str | None = Field(
+        default=None,
+        description="KESTREAM_API_TOKENS_FILE: file holding KESTREAM_API_TOKENS (instead of "
+        "it; commas or new lines separate the tokens).",
     )
     metrics_auth: bool = Field(
         default=True,
@@ -267,6 +290,18 @@ class Settings(BaseSettings):
         "runner run: docker (a reachable Docker engine, else the task fails saying so) or "
         "process (local processes, so published flows run unchanged without Docker).",
     )
+    docker_allow_volumes: bool = Field(
+        default=False,
+        description="KESTREAM_DOCKER_ALLOW_VOLUMES: let flows mount host paths in Docker task "
+        "runner containers (its volumes option); off, such a task fails: a flow author could "
+        "mount any path the engine reaches.",
+    )
+    docker_allow_privileged: bool = Field(
+        default=False,
+        description="KESTREAM_DOCKER_ALLOW_PRIVILEGED: let flows run privileged Docker task "
+        "runner containers (its privileged option: root on the engine's host); off, such a task "
+        "fails.",
+    )
     log_level: str = Field(
         default="INFO", description="KESTREAM_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."
     )
@@ -295,6 +330,33 @@ class Settings(BaseSettings):
             origins.append(origin)
         return ",".join(origins)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: object) -> object:
+        """Read each secret given as ``KESTREAM_<NAME>_FILE`` (the Docker and Kubernetes
+        secrets convention), so that the secret never sits in a process environment, where
+        other processes of the same user might read it (``/proc/<pid>/environ``)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name in _SECRET_FILE_FIELDS:
+            path = data.get(f"{name}_file")
+            if not path:
+                continue
+            if data.get(name) is not None:
+                raise ValueError(
+                    f"KESTREAM_{name.upper()} and KESTREAM_{name.upper()}_FILE are both set: "
+                    "give one"
+                )
+            try:
+                with open(path, encoding="utf-8") as secret:
+                    data[name] = secret.read().strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"KESTREAM_{name.upper()}_FILE: cannot read {path}: {exc.strerror}"
+                ) from None
+        return data
+
     @model_validator(mode="after")
     def _credentials_pair(self) -> Settings:
         if (self.api_username is None) != (self.api_password is None):
@@ -312,7 +374,7 @@ class Settings(BaseSettings):
     def api_bearer_tokens(self) -> tuple[str, ...]:
         """The tokens of ``KESTREAM_API_TOKENS``, without blanks."""
         raw = self.api_tokens.get_secret_value() if self.api_tokens else ""
-        return tuple(token.strip() for token in raw.split(",") if token.strip())
+        return tuple(token.strip() for token in raw.replace("\n", ",").split(",") if token.strip())
 
     @property
     def api_credentials_set(self) -> bool:

@@ -212,10 +212,13 @@ async def start_role(
 
     The executor, the worker and the scheduler each get a flows table and their processor; the
     API's service holds its own (through its client). Parts that say whether they are ready are
-    added to ``health``.
+    added to ``health``. The process is first marked non-dumpable, so that scripts (run under
+    the same user) cannot read its secrets from ``/proc`` (:mod:`kestream.runtime.secrecy`).
     """
     from kestream.runtime.flows_table import FlowsTable
+    from kestream.runtime.secrecy import make_non_dumpable
 
+    make_non_dumpable()
     health = health or Health(role)
     if role == "api":
         from kestream.api.service import ApiService

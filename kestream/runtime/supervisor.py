@@ -45,7 +45,9 @@ class Supervisor:
         would open the API to the network (:func:`~kestream.api.auth.bind_refusal`) or ask the
         embedded broker for security it lacks (:func:`embedded_refusal`)."""
         from kestream.api.auth import bind_refusal
+        from kestream.runtime.secrecy import make_non_dumpable
 
+        make_non_dumpable()  # its environment holds the children's secrets too
         refusal = bind_refusal(self.settings) or embedded_refusal(self.settings)
         if refusal is not None:
             log.error("%s", refusal)

@@ -9,16 +9,27 @@ The body is read in chunks and the task fails as soon as it passes ``options.max
 (10 MiB by default, as in Kestra). That limit is itself capped by :data:`MAX_CONTENT_CEILING`:
 the body becomes a task output that must travel in one record, so reading more than any record
 can hold would only let one response take the worker's memory.
+
+Time is bounded twice: ``options.readTimeout`` (10 s by default) is the longest wait for the next
+bytes, and the whole request, body included, must end within :data:`DEADLINE_READS` read
+timeouts (5 minutes by default), so that a server trickling a byte now and then cannot hold the
+task run for ever (kestream tasks have no default ``timeout``). A flow that downloads for longer
+raises ``readTimeout``; a null ``readTimeout`` lifts both bounds.
+
+A password in the URI (``https://user:pass@host/``) is sent, but masked as ``***`` wherever the
+URI is shown: log lines, error messages and the ``uri`` output.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any, ClassVar, Literal
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from yarl import URL
 
 from kestream.models.durations import DurationError, parse_duration
 from kestream.models.state import StateType
@@ -38,6 +49,10 @@ MAX_CONTENT_CEILING = 64 * 1024 * 1024
 #: How much of a failed response's body the error message quotes.
 ERROR_BODY_CHARS = 1000
 _CHUNK = 64 * 1024
+#: The whole request must end within this many ``readTimeout``\ s.
+DEADLINE_READS = 30
+#: ``scheme://user:password@``, for a URI yarl cannot parse.
+_USERINFO_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*):[^/?#]*@")
 
 
 class HttpAuth(BaseModel):
@@ -110,6 +125,7 @@ class Request(RunnableTask):
         except ValidationError as exc:
             raise TaskError(f"Invalid options: {exc}") from None
         uri = str(props["uri"])
+        shown = masked(uri)
         method = str(props.get("method") or "GET").upper()
         headers = {str(k): str(v) for k, v in (props.get("headers") or {}).items()}
         content_type = str(props.get("contentType") or "application/json")
@@ -132,22 +148,22 @@ class Request(RunnableTask):
                 text = raw.decode(response.charset or options.defaultCharset, errors="replace")
                 code = response.status
                 outputs = {
-                    "uri": str(response.url),
+                    "uri": masked(str(response.url)),
                     "code": code,
                     "headers": _headers(response.headers),
                     "body": text,
                 }
         except TimeoutError:
-            raise TaskError(f"HTTP {method} {uri} timed out") from None
+            raise TaskError(f"HTTP {method} {shown} timed out") from None
         except aiohttp.ClientError as exc:
-            raise TaskError(f"HTTP {method} {uri} failed: {exc}") from None
+            raise TaskError(f"HTTP {method} {shown} failed: {_masked_in(str(exc), uri)}") from None
         except LookupError:
             raise TaskError(f"Unknown charset '{options.defaultCharset}'") from None
         if not 200 <= code < 300 and not options.allowFailed:
             raise TaskError(
                 f"Request failed with response code '{code}' and body: {text[:ERROR_BODY_CHARS]}"
             )
-        run.log(LogLevel.DEBUG, f"HTTP {method} {uri}: {code}")
+        run.log(LogLevel.DEBUG, f"HTTP {method} {shown}: {code}")
         return TaskOutcome(StateType.SUCCESS, outputs=outputs)
 
 
@@ -172,11 +188,37 @@ def _seconds(text: str | None) -> float | None:
 
 
 def _timeout(options: HttpOptions) -> aiohttp.ClientTimeout:
+    """``readTimeout`` between reads, and :data:`DEADLINE_READS` of them for the whole request."""
+    read = _seconds(options.readTimeout)
     return aiohttp.ClientTimeout(
-        total=None,
+        total=None if read is None else read * DEADLINE_READS,
         sock_connect=_seconds(options.connectTimeout),
-        sock_read=_seconds(options.readTimeout),
+        sock_read=read,
     )
+
+
+def masked(uri: str) -> str:
+    """``uri`` with the password of its user information (if any) replaced by ``***``."""
+    try:
+        url = URL(uri)
+    except (ValueError, TypeError):
+        return _USERINFO_PASSWORD.sub(r"\1:***@", uri)
+    if url.password is None:
+        return uri
+    return str(url.with_password("***"))
+
+
+def _masked_in(text: str, uri: str) -> str:
+    """``text`` (a client error's message, which may quote the URL) with the URI's password
+    masked."""
+    try:
+        url = URL(uri)
+    except (ValueError, TypeError):
+        return text
+    for password in (url.raw_password, url.password):
+        if password:
+            text = text.replace(password, "***")
+    return text
 
 
 def _payload(

@@ -10,6 +10,13 @@
 Kestra runs scripts on Docker by default; kestream runs them as processes unless a flow asks for
 Docker, so that published flows run on a machine without Docker. The Docker path cannot be tested
 where no engine runs: the command it builds is (:func:`docker_argv`).
+
+What a flow may ask of the engine is bounded by the operator: ``volumes`` (a host path mounted in
+the container) and ``privileged`` (root on the engine's host) are refused unless
+``KESTREAM_DOCKER_ALLOW_VOLUMES`` / ``KESTREAM_DOCKER_ALLOW_PRIVILEGED`` allow them, as Kestra
+keeps volume mounts off unless its plugin configuration enables them. The task's environment
+goes through an ``--env-file`` (mode 0600, in the attempt's own directory, which is not mounted
+and is removed with the attempt), never on the command line, which every local user can read.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from kestream.settings import Settings, get_settings
 from kestream.tasks.base import TaskError
 from kestream.tasks.scripts.workdir import AttemptDirs
 
@@ -31,6 +39,8 @@ PROCESS_RUNNER = "io.kestra.plugin.core.runner.Process"
 DOCKER_RUNNER = "io.kestra.plugin.scripts.runner.docker.Docker"
 _DOCKER_SOCKET = Path("/var/run/docker.sock")
 _PULL = {"IF_NOT_PRESENT": "missing", "ALWAYS": "always", "NEVER": "never"}
+#: The env file's name, in the attempt's root (the parent of its mounted output directory).
+ENV_FILE_NAME = "docker.env"
 
 
 class RunnerKind(StrEnum):
@@ -116,21 +126,24 @@ def docker_argv(
     env: Mapping[str, str],
     command: Sequence[str],
     options: Mapping[str, Any],
+    settings: Settings | None = None,
 ) -> list[str]:
-    """The ``docker run`` command line of one attempt.
+    """The ``docker run`` command line of one attempt; writes the attempt's env file.
 
     The working and output directories are mounted at their own paths, so ``{{ workingDir }}``
     means the same inside and outside the container; only the task's environment goes in (not
-    the worker's). Options follow Kestra's Docker runner (and the legacy ``docker`` block):
-    ``image``, ``pullPolicy``, ``user``, ``entryPoint``, ``networkMode``, ``volumes``,
-    ``memory.memory``, ``cpu.cpus``, ``shmSize``, ``privileged``, ``extraHosts``.
+    the worker's), through :func:`write_env_file`. Options follow Kestra's Docker runner (and the
+    legacy ``docker`` block): ``image``, ``pullPolicy``, ``user``, ``entryPoint``,
+    ``networkMode``, ``volumes``, ``memory.memory``, ``cpu.cpus``, ``shmSize``, ``privileged``,
+    ``extraHosts``; ``volumes`` and ``privileged`` only where ``settings`` (the worker's by
+    default) allow them, else a :class:`TaskError`.
     """
+    flags = _container_flags(options, settings or get_settings())
     argv = ["docker", "run", "--rm", "--name", name, "--init"]
     argv += ["-v", f"{dirs.work}:{dirs.work}", "-v", f"{dirs.output}:{dirs.output}"]
     argv += ["-w", str(dirs.work)]
-    for key, value in env.items():
-        argv += ["-e", f"{key}={value}"]
-    argv += _container_flags(options)
+    argv += ["--env-file", str(write_env_file(dirs.output.parent / ENV_FILE_NAME, env))]
+    argv += flags
     entry = options.get("entryPoint")
     if entry is not None:  # Kestra's default is no entry point: the command runs as given
         argv += ["--entrypoint", str(entry[0]) if isinstance(entry, list) and entry else ""]
@@ -143,7 +156,43 @@ def docker_argv(
     return argv
 
 
-def _container_flags(options: Mapping[str, Any]) -> list[str]:
+def write_env_file(path: Path, env: Mapping[str, str]) -> Path:
+    """Write ``env`` as a Docker env file readable only by this user; returns ``path``.
+
+    Docker's format has no quoting: one ``KEY=VALUE`` a line, taken as is. A value with a line
+    break (or a name Docker would misread) cannot be written, and is refused rather than cut.
+    """
+    lines = []
+    for key, value in env.items():
+        if not key or "=" in key or key[0] == "#" or any(c.isspace() or c == "\0" for c in key):
+            raise TaskError(f"Environment variable name {key!r} cannot be passed to Docker")
+        if any(c in value for c in "\n\r\0"):
+            raise TaskError(
+                f"Environment variable {key}: the Docker task runner cannot pass a value with a "
+                "line break (Docker's env file has one variable a line)"
+            )
+        lines.append(f"{key}={value}\n")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.writelines(lines)
+    return path
+
+
+def _container_flags(options: Mapping[str, Any], settings: Settings) -> list[str]:
+    volumes = list(options.get("volumes") or [])
+    if volumes and not settings.docker_allow_volumes:
+        raise TaskError(
+            "The Docker task runner's 'volumes' are disabled on this worker (they mount host "
+            "paths into the container); the operator enables them with "
+            "KESTREAM_DOCKER_ALLOW_VOLUMES=true"
+        )
+    privileged = str(options.get("privileged", "")).lower() == "true"
+    if privileged and not settings.docker_allow_privileged:
+        raise TaskError(
+            "The Docker task runner's 'privileged' is disabled on this worker (it gives the "
+            "container root on the engine's host); the operator enables it with "
+            "KESTREAM_DOCKER_ALLOW_PRIVILEGED=true"
+        )
     flags: list[str] = []
     pull = _PULL.get(str(options.get("pullPolicy", "IF_NOT_PRESENT")).upper())
     if pull is not None:
@@ -155,7 +204,7 @@ def _container_flags(options: Mapping[str, Any]) -> list[str]:
     ):
         if options.get(option):
             flags += [flag, str(options[option])]
-    for volume in options.get("volumes") or []:
+    for volume in volumes:
         flags += ["-v", str(volume)]
     for host in options.get("extraHosts") or []:
         flags += ["--add-host", str(host)]
@@ -164,7 +213,7 @@ def _container_flags(options: Mapping[str, Any]) -> list[str]:
         flags += ["--memory", str(memory["memory"])]
     if isinstance(cpu, Mapping) and cpu.get("cpus"):
         flags += ["--cpus", str(cpu["cpus"])]
-    if str(options.get("privileged", "")).lower() == "true":
+    if privileged:
         flags.append("--privileged")
     return flags
 

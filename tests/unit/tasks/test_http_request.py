@@ -17,6 +17,7 @@ from aiohttp import web
 
 from kestream.models.flow import FlowValidationError, parse_flow
 from kestream.models.state import StateType
+from kestream.tasks import http
 from kestream.tasks.base import RunInfo, TaskError
 from kestream.tasks.http import Request
 from kestream.testing import Driver
@@ -66,6 +67,15 @@ async def _big(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _trickle(request: web.Request) -> web.StreamResponse:
+    """A byte well within every read timeout, for ever: only a total deadline ends the read."""
+    response = web.StreamResponse()
+    await response.prepare(request)
+    while True:
+        await response.write(b"t")
+        await asyncio.sleep(0.02)
+
+
 async def _protected(request: web.Request) -> web.Response:
     expected = "Basic " + base64.b64encode(b"ann:s3cret").decode()
     if request.headers.get("Authorization") != expected:
@@ -81,6 +91,7 @@ def _app() -> web.Application:
     app.router.add_get("/hang", _hang)
     app.router.add_get("/big", _big)
     app.router.add_get("/protected", _protected)
+    app.router.add_get("/trickle", _trickle)
     return app
 
 
@@ -201,6 +212,36 @@ async def test_404_allowed_gives_the_outputs(base: str) -> None:
 async def test_read_timeout_fails_the_task(base: str) -> None:
     with pytest.raises(TaskError, match="timed out"):
         await _call(_task(uri=f"{base}/hang", options={"readTimeout": "PT0.2S"}))
+
+
+async def test_a_trickling_body_ends_at_the_total_deadline(
+    base: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http, "DEADLINE_READS", 3)  # 3 x 0.2 s instead of 30 x 10 s
+    with pytest.raises(TaskError, match="timed out"):
+        await _call(_task(uri=f"{base}/trickle", options={"readTimeout": "PT0.2S"}))
+
+
+async def test_a_password_in_the_uri_is_sent_but_never_shown(base: str) -> None:
+    uri = base.replace("http://", "http://ann:s3cret@") + "/protected"
+    run = RunInfo("e", "r", 1)
+    outcome = await _task(uri=uri).arun({"uri": uri}, run)
+    assert outcome.outputs is not None and outcome.outputs["body"] == "welcome"  # it was sent
+    shown = [outcome.outputs["uri"], *(message for _, message in run.lines)]
+    assert "s3cret" not in " ".join(shown)
+    refused = base.replace("http://", "http://ann:s3cret@").replace(
+        base.rsplit(":", 1)[1], "1"
+    )  # nothing listens on port 1
+    with pytest.raises(TaskError) as failed:
+        await _task(uri=refused).arun({"uri": refused}, RunInfo("e", "r", 1))
+    assert "s3cret" not in str(failed.value) and "ann:***@" in str(failed.value)
+
+
+def test_masked_hides_only_the_password() -> None:
+    assert http.masked("https://u:p%40ss@h.io/x?q=1") == "https://u:***@h.io/x?q=1"
+    assert http.masked("https://u@h.io/") == "https://u@h.io/"
+    assert http.masked("https://h.io/a") == "https://h.io/a"
+    assert http.masked("https://u:pw@[::1:80/") == "https://u:***@[::1:80/"  # unparseable
 
 
 async def test_a_body_over_max_content_length_fails_while_reading(base: str) -> None:

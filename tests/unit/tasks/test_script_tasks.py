@@ -346,8 +346,8 @@ def test_the_docker_runner_can_be_run_as_local_processes(
         assert any("replaced by a local process" in message for _, _, message in logs)
 
 
-def test_docker_command_line() -> None:
-    dirs = AttemptDirs(Path("/tmp/a/work"), Path("/tmp/a/output"))
+def test_docker_command_line(tmp_path: Path) -> None:
+    dirs = AttemptDirs(tmp_path / "work", tmp_path / "output")
     argv = runners.docker_argv(
         name="kestream-run-1",
         image="python:3.12-slim",
@@ -359,25 +359,24 @@ def test_docker_command_line() -> None:
             "user": "1000",
             "memory": {"memory": "512Mb"},
             "cpu": {"cpus": 1},
-            "volumes": ["/data:/data"],
         },
     )
     assert argv[:6] == ["docker", "run", "--rm", "--name", "kestream-run-1", "--init"]
     assert argv[-4:] == ["python:3.12-slim", "/bin/sh", "-c", "set -e\necho hi"]
     joined = " ".join(argv[:-4])
     for part in [
-        "-v /tmp/a/work:/tmp/a/work",
-        "-v /tmp/a/output:/tmp/a/output",
-        "-w /tmp/a/work",
-        "-e A=1",
+        f"-v {tmp_path}/work:{tmp_path}/work",
+        f"-v {tmp_path}/output:{tmp_path}/output",
+        f"-w {tmp_path}/work",
+        f"--env-file {tmp_path}/docker.env",
         "--pull never",
         "--user 1000",
         "--memory 512Mb",
         "--cpus 1",
-        "-v /data:/data",
         "--entrypoint ",
     ]:
         assert part in joined
+    (tmp_path / "docker.env").unlink()  # each attempt has its own directory, hence its file
     legacy = runners.docker_argv(
         name="n", image="ubuntu", dirs=dirs, env={}, command=["ls"], options={"image": "php"}
     )
