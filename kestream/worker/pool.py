@@ -11,6 +11,8 @@ The parent sends ``(task, props, ids)`` over a pipe (pickled: task properties ar
 child answers with ``("log", level, message)`` lines as the task logs them, so they stream while it
 runs, then ``("done", outcome)``. A child that dies mid-attempt (``os._exit``, a segfault, the OOM
 killer) fails that attempt with its exit status; the pool goes on without it.
+A thread per attempt reads the answer (a large message never stalls the event loop); one that
+cannot be read or unpickled here fails the attempt, and the child is replaced.
 
 A child forked before a plugin task type was registered does not know it: children remember the
 registry's generation and an idle child of an older one is replaced before it takes an attempt.
@@ -29,7 +31,7 @@ import signal
 import stat
 import sys
 import threading
-from collections.abc import Callable
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -65,6 +67,10 @@ class _ChildDied(Exception):
     """The child's end of the pipe closed before it answered."""
 
 
+class _Unreadable(Exception):
+    """The child's answer could not be read or unpickled here."""
+
+
 class ProcessPool:
     """Up to ``size`` child processes running blocking task attempts, one at a time each.
 
@@ -91,9 +97,7 @@ class ProcessPool:
         come. Cancelling this call stops the child (within :data:`KILL_GRACE_S` and a bit)."""
         child = await self._acquire()
         loop = asyncio.get_running_loop()
-        answer: asyncio.Future[TaskOutcome] = loop.create_future()
-        fd = child.conn.fileno()  # kept: close() may close the connection meanwhile
-        loop.add_reader(fd, _reader(child.conn, info, answer))
+        reading: asyncio.Future[TaskOutcome] | None = None
         reusable = False
         try:
             try:
@@ -102,36 +106,48 @@ class ProcessPool:
                 reusable = True  # nothing was written: pickling comes first
                 error = f"Task '{task.id}' cannot be sent to a worker process: {exc}"
                 return TaskOutcome(StateType.FAILED, error=error)
+            reading = _read_answer(loop, child.conn, info)
             try:
-                outcome = await answer
+                outcome = await asyncio.shield(reading)
             except _ChildDied:
-                loop.remove_reader(fd)
                 status = await _reap(child)
                 error = f"Task '{task.id}': its worker process {_exit_text(status)}"
+                return TaskOutcome(StateType.FAILED, error=error)
+            except _Unreadable as exc:  # the child is replaced: it may be mid-message
+                error = f"Task '{task.id}': its worker process's answer cannot be read: {exc}"
                 return TaskOutcome(StateType.FAILED, error=error)
             reusable = True
             return outcome
         finally:
-            loop.remove_reader(fd)
             if reusable:
                 self._release(child)
             else:
                 await _stop(child)
+                if reading is not None:  # the child is gone: its reader sees the end, then stops
+                    await asyncio.wait([reading])
                 self._forget(child)
 
     def close(self) -> None:
-        """End every child: idle ones are told to exit, busy ones are killed."""
+        """End every child: idle ones are told to exit, busy ones get SIGTERM, all at once; those
+        still there after one :data:`KILL_GRACE_S` get SIGKILL."""
         with self._lock:
             self._closed = True
-            children = [*self._idle, *self._busy.values()]
+            idle, busy = list(self._idle), list(self._busy.values())
             self._idle.clear()
             self._busy.clear()
             waiters, self._waiters = self._waiters, []
-        for child in children:
+        for child in idle:
             with contextlib.suppress(OSError):
                 child.conn.send(None)
+        for child in busy:
+            _signal_group(child.pid, signal.SIGTERM)
+        # Polled, not ``join(timeout)``: a child points its own sentinel pipe at /dev/null
+        # (_release_inherited_pipes), so the sentinel is ready at once and join would block.
+        deadline = time.monotonic() + KILL_GRACE_S
+        children = (*idle, *busy)
+        while time.monotonic() < deadline and any(c.process.exitcode is None for c in children):
+            time.sleep(_POLL_S)
         for child in children:
-            child.process.join(KILL_GRACE_S)
             if child.process.exitcode is None:
                 _signal_group(child.pid, signal.SIGKILL)
                 child.process.join()
@@ -237,25 +253,44 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.get_loop().call_soon_threadsafe(wake)
 
 
-def _reader(
-    conn: Connection, info: RunInfo, answer: asyncio.Future[TaskOutcome]
-) -> Callable[[], None]:
-    """The loop's callback for a readable pipe: log lines to ``info``, the outcome to
-    ``answer``, end of file (the child died) as :class:`_ChildDied`."""
+def _read_answer(
+    loop: asyncio.AbstractEventLoop, conn: Connection, info: RunInfo
+) -> asyncio.Future[TaskOutcome]:
+    """The child's answer to one attempt, read and unpickled by a thread of its own, so a large
+    message never stalls the loop: log lines go to ``info.log`` on the loop as they come, then
+    the outcome. End of file (the child died) fails the future with :class:`_ChildDied`, any other
+    failure to read or unpickle a message with :class:`_Unreadable`. The thread ends with the
+    answer or with the child: stop the child before closing ``conn``."""
+    answer: asyncio.Future[TaskOutcome] = loop.create_future()
 
-    def readable() -> None:
+    def settle(outcome: TaskOutcome | None, error: Exception | None) -> None:
+        if answer.done():
+            return
+        if error is None:
+            answer.set_result(outcome)  # type: ignore[arg-type]
+        else:
+            answer.set_exception(error)
+
+    def deliver(outcome: TaskOutcome | None, error: Exception | None = None) -> None:
+        with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, outcome, error)
+
+    def read() -> None:
         try:
-            while not answer.done() and conn.poll():
+            while True:
                 kind, *body = conn.recv()
                 if kind == "log":
-                    info.log(LogLevel(body[0]), body[1])
+                    loop.call_soon_threadsafe(info.log, LogLevel(body[0]), body[1])
                 else:
-                    answer.set_result(body[0])
+                    deliver(body[0])
+                    return
         except (EOFError, OSError):
-            if not answer.done():
-                answer.set_exception(_ChildDied())
+            deliver(None, _ChildDied())
+        except Exception as exc:  # unpicklable: a class the parent lacks, a failing __reduce__
+            deliver(None, _Unreadable(f"{type(exc).__name__}: {exc}"))
 
-    return readable
+    threading.Thread(target=read, name="kestream-task-answer", daemon=True).start()
+    return answer
 
 
 async def _stop(child: _Child) -> None:

@@ -175,14 +175,7 @@ class TaskRunner:
         self, job: RunTask, outcome: TaskOutcome, streamed_errors: list[str]
     ) -> tuple[WorkerResult, list[LogLine]]:
         now: datetime = self._clock()
-        problem = find_unportable(outcome.outputs, "outputs")
-        if problem is not None:  # the result record could not even be written: fail the run
-            error = f"Task '{job.task.id}' outputs cannot be stored: {problem}"
-            outcome = TaskOutcome(StateType.FAILED, logs=outcome.logs, error=error)
-        elif outcome.error is None:
-            oversized = outputs_too_large(job.task.id, outcome.outputs, self.max_output_bytes)
-            if oversized is not None:
-                outcome = TaskOutcome(StateType.FAILED, logs=outcome.logs, error=oversized)
+        outcome = self._checked_outputs(job, outcome)
         floor = _floor(job)
         lines = [
             _line(job, lvl, msg, now) for lvl, msg in outcome.logs if LOG_LEVEL_ORDER[lvl] >= floor
@@ -199,6 +192,22 @@ class TaskRunner:
             None if outcome.error is None else safe_text(outcome.error), errors,
         )  # fmt: skip
         return result, lines
+
+    def _checked_outputs(self, job: RunTask, outcome: TaskOutcome) -> TaskOutcome:
+        """``outcome`` with outputs the result record can carry: unportable or oversized ones
+        fail a successful run; a failed run keeps its own error and loses only the outputs,
+        with a WARN line saying why (a size error must not hide why the task failed)."""
+        unportable = find_unportable(outcome.outputs, "outputs")
+        if unportable is not None:
+            problem: str | None = f"Task '{job.task.id}' outputs cannot be stored: {unportable}"
+        else:
+            problem = outputs_too_large(job.task.id, outcome.outputs, self.max_output_bytes)
+        if problem is None:
+            return outcome
+        if outcome.error is None:
+            return TaskOutcome(StateType.FAILED, logs=outcome.logs, error=problem)
+        note = (LogLevel.WARN, f"{problem}; the failed run's outputs were dropped")
+        return TaskOutcome(outcome.state, logs=[*outcome.logs, note], error=outcome.error)
 
 
 def _floor(job: RunTask) -> int:

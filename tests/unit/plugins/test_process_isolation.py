@@ -13,7 +13,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -22,7 +22,7 @@ from kestream.executor.commands import LogLine, RunTask
 from kestream.models.flow import parse_flow
 from kestream.models.state import StateType
 from kestream.plugins.context import RunContext
-from kestream.tasks.base import RunnableTask
+from kestream.tasks.base import RunInfo, RunnableTask, TaskOutcome
 from kestream.tasks.scripts.process import group_alive, live_members
 from kestream.worker.pool import ProcessPool
 from kestream.worker.runner import TaskRunner
@@ -66,6 +66,27 @@ def handshake(ready: str, *, run: RunContext) -> dict[str, Any]:
     while not Path(ready).exists():
         time.sleep(0.01)
     return {"done": True}
+
+
+def _refuse_to_load() -> None:
+    raise RuntimeError("only the child can build this")
+
+
+class Unloadable:
+    """Pickles fine in the child; unpickling it (in the worker) raises."""
+
+    def __reduce__(self) -> tuple[Callable[[], None], tuple[()]]:
+        return _refuse_to_load, ()
+
+
+class UnloadableAnswer(RunnableTask):
+    """Answers with an outcome the worker cannot unpickle (a Python task's outputs are JSON by
+    then: a task type of kestream's own kind is needed to send anything else)."""
+
+    type_name: ClassVar[str] = "acme.tasks.UnloadableAnswer"
+
+    def execute(self, props: dict[str, Any], run: RunInfo) -> TaskOutcome:
+        return TaskOutcome(StateType.SUCCESS, outputs={"value": Unloadable()})
 
 
 TASKS: dict[str, Callable[..., Any]] = {
@@ -166,6 +187,42 @@ async def test_a_crashing_child_fails_its_run_and_the_pool_recovers(runner: Task
     assert result.error == "Task 't': its worker process exited with code 3"
     assert runner._processes.pids() == []
     await _the_next_task_runs(runner, 0)
+
+
+async def test_an_answer_the_worker_cannot_unpickle_fails_the_run_and_replaces_the_child(
+    runner: TaskRunner,
+) -> None:
+    task = UnloadableAnswer(id="t", type=UnloadableAnswer.type_name)
+    running = runner._processes.run(task, {}, RunInfo("ex", "r", 1))
+    outcome = await asyncio.wait_for(running, 30)  # a hang guard
+    assert outcome.state is S.FAILED and outcome.outputs is None
+    assert outcome.error == (
+        "Task 't': its worker process's answer cannot be read: "
+        "RuntimeError: only the child can build this"
+    )
+    assert runner._processes.pids() == []  # the child was stopped, not reused
+    await _the_next_task_runs(runner, 0)
+
+
+async def test_closing_stops_busy_children_together(tmp_path: Path) -> None:
+    """Both children are signalled at once and both are gone when close returns, the one that
+    ignores SIGTERM included (SIGKILL after the one grace)."""
+    pool = ProcessPool(2)
+    runner = TaskRunner(threads=2, processes=pool)
+    lines: list[LogLine] = []
+    running = [
+        asyncio.ensure_future(runner.run(_job(name, run_id=name), on_line=lines.append))
+        for name in ("acme.tasks.Nap", "acme.tasks.Stubborn")
+    ]
+    await _until(lambda: len(lines) == 2)  # both run (the stubborn one ignores SIGTERM now)
+    children = pool.pids()
+    assert len(children) == 2 and all(_alive(child) for child in children)
+    pool.close()
+    assert pool.pids() == [] and not any(_alive(child) for child in children)
+    results = await asyncio.wait_for(asyncio.gather(*running), 30)  # a hang guard
+    assert [result.state for result, _ in results] == [S.FAILED, S.FAILED]
+    assert all("its worker process was killed by signal" in (r.error or "") for r, _ in results)
+    runner.close()
 
 
 async def test_an_exception_fails_the_run_with_its_last_line_and_logs_the_traceback(
