@@ -15,7 +15,6 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from kestream.executor.commands import LogLine, RunTask
@@ -141,18 +140,17 @@ class TaskRunner:
             self._processes.close()
 
     async def _execute(self, job: RunTask, info: RunInfo) -> TaskOutcome:
-        task = job.task
         try:
-            if job.workdir is not None:
-                info.working_dir = self._shared_dir(job)
-            if task.is_async:
-                return await task.arun(job.props, info)
-            if task.inline:
-                return task.execute(job.props, info)
-            if task.isolation == "thread":
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._pool, run_blocking, task, job.props, info)
-            return await self._processes.run(task, job.props, info)
+            if job.workdir is None:
+                return await self._call(job, info)
+            shared = job.workdir
+            # The directory outlives a release that comes while this job runs (a kill first).
+            with self.workdirs.use(job.execution_id, shared, job.task_run_id) as (path, new):
+                if new and shared.input_files:
+                    dirs = AttemptDirs(path, path)  # inputFiles go to the working directory only
+                    write_input_files(shared.input_files, dirs, kept_root())
+                info.working_dir = path
+                return await self._call(job, info)
         except TaskError as exc:
             return TaskOutcome(StateType.FAILED, error=str(exc))
         except asyncio.CancelledError:
@@ -161,15 +159,17 @@ class TaskRunner:
         except Exception as exc:  # a task's own bug must fail its task run, not the worker
             return task_bug(exc, info)
 
-    def _shared_dir(self, job: RunTask) -> Path:
-        """The directory of the job's ``WorkingDirectory``, its ``inputFiles`` written if it
-        is new here (see :mod:`kestream.worker.workdirs` for when that is not the first child)."""
-        assert job.workdir is not None
-        path, created = self.workdirs.acquire(job.execution_id, job.workdir)
-        if created and job.workdir.input_files:
-            dirs = AttemptDirs(path, path)  # inputFiles go to the working directory only
-            write_input_files(job.workdir.input_files, dirs, kept_root())
-        return path
+    async def _call(self, job: RunTask, info: RunInfo) -> TaskOutcome:
+        """The task's code, where its kind runs (see the module's doc)."""
+        task = job.task
+        if task.is_async:
+            return await task.arun(job.props, info)
+        if task.inline:
+            return task.execute(job.props, info)
+        if task.isolation == "thread":
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, run_blocking, task, job.props, info)
+        return await self._processes.run(task, job.props, info)
 
     def _result(
         self, job: RunTask, outcome: TaskOutcome, streamed_errors: list[str]

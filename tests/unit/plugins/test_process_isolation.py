@@ -8,6 +8,7 @@ attempt leaves no process behind, and the pool goes on with a fresh child.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import time
@@ -18,7 +19,7 @@ from typing import Any, ClassVar
 import pytest
 
 import kestream
-from kestream.executor.commands import LogLine, RunTask
+from kestream.executor.commands import LogLine, RunTask, SharedWorkdir
 from kestream.models.flow import parse_flow
 from kestream.models.state import StateType
 from kestream.plugins.context import RunContext
@@ -161,6 +162,26 @@ async def test_a_kill_stops_the_blocking_code_and_frees_the_slot(
     assert result.state is S.KILLED
     assert not _alive(child) and child not in runner._processes.pids()
     await _the_next_task_runs(runner, child)
+
+
+async def test_a_release_after_a_kill_waits_for_the_child_to_end(runner: TaskRunner) -> None:
+    """The worker handles a kill and its group's release one after the other: the directory is
+    removed only once the killed child (here ignoring SIGTERM, so in its grace) is gone."""
+    lines: list[LogLine] = []
+    job = dataclasses.replace(_job("acme.tasks.Stubborn"), workdir=SharedWorkdir("wd"))
+    running = asyncio.ensure_future(runner.run(job, on_line=lines.append))
+    await _until(lambda: lines)
+    directory = runner.workdirs.path("ex", "wd")
+    assert directory is not None and directory.is_dir()
+    (child,) = runner._processes.pids()
+    assert runner.kill("ex", job.task_run_id) and runner.release_workdir("ex", "wd")
+    await asyncio.sleep(0)  # the kill reaches the pool: SIGTERM, ignored
+    assert directory.is_dir()
+    result, _ = await asyncio.wait_for(running, 30)  # a hang guard
+    assert result.state is S.KILLED and not _alive(child)
+    assert not directory.exists()
+    late, _ = await runner.run(dataclasses.replace(job, attempt=2))  # redelivered
+    assert late.state is S.FAILED and late.error is not None and "already ended" in late.error
 
 
 @pytest.mark.parametrize("type_name", ["acme.tasks.Spin", "acme.tasks.Nap"])

@@ -23,7 +23,9 @@ from kestream.plugins import loading
 from kestream.plugins.context import RunContext
 from kestream.settings import get_settings
 from kestream.tasks import registry
+from kestream.tasks.base import TaskError
 from kestream.testing import Driver
+from kestream.worker import workdirs
 from kestream.worker.workdirs import SharedWorkdirs
 
 S = StateType
@@ -281,9 +283,9 @@ def test_a_worker_group_on_the_working_directory_alone_is_refused_at_deploy() ->
 
 def test_shared_workdirs_hand_out_one_directory_per_key_and_remove_it(tmp_path: Path) -> None:
     dirs = SharedWorkdirs(tmp_path)
-    first, created = dirs.acquire("e1", cmd.SharedWorkdir("wd1"))
-    again, created_again = dirs.acquire("e1", cmd.SharedWorkdir("wd1"))
-    other, _ = dirs.acquire("e2", cmd.SharedWorkdir("wd1"))
+    first, created = dirs.acquire("e1", cmd.SharedWorkdir("wd1"), "c1")
+    again, created_again = dirs.acquire("e1", cmd.SharedWorkdir("wd1"), "c2")
+    other, _ = dirs.acquire("e2", cmd.SharedWorkdir("wd1"), "c1")
     assert (created, created_again) == (True, False)
     assert first == again != other
     (first / "f.txt").write_text("x")
@@ -291,6 +293,56 @@ def test_shared_workdirs_hand_out_one_directory_per_key_and_remove_it(tmp_path: 
     assert not dirs.release("e1", "wd1")
     dirs.close()
     assert not other.exists() and len(dirs) == 0
+
+
+def test_a_child_that_comes_after_the_release_is_refused(tmp_path: Path) -> None:
+    """A redelivered child of an ended group would create a directory nobody removes; a new
+    child task run of the group (a restart runs the group again) gets a new directory."""
+    dirs = SharedWorkdirs(tmp_path)
+    dirs.acquire("e1", cmd.SharedWorkdir("wd1"), "c1")
+    assert dirs.release("e1", "wd1")
+    with pytest.raises(TaskError, match=r"'wd1' has already ended.*task run 'c1' came late"):
+        dirs.acquire("e1", cmd.SharedWorkdir("wd1"), "c1")
+    assert not dirs.release("e1", "wd1")  # a second release record: nothing held
+    with pytest.raises(TaskError):
+        dirs.acquire("e1", cmd.SharedWorkdir("wd1"), "c1")
+    assert list(tmp_path.iterdir()) == [] and len(dirs) == 0
+    restarted, created = dirs.acquire("e1", cmd.SharedWorkdir("wd1"), "c1-restarted")
+    assert created and restarted.is_dir()
+    dirs.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_released_children_are_remembered_up_to_a_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workdirs, "RELEASED_KEPT", 2)
+    dirs = SharedWorkdirs(tmp_path)
+    for child in ("c1", "c2", "c3"):
+        dirs.acquire("e1", cmd.SharedWorkdir(f"wd-{child}"), child)
+        dirs.release("e1", f"wd-{child}")
+    _, created = dirs.acquire("e1", cmd.SharedWorkdir("wd-c1"), "c1")  # forgotten: the oldest
+    assert created
+    for child in ("c2", "c3"):
+        with pytest.raises(TaskError):
+            dirs.acquire("e1", cmd.SharedWorkdir(f"wd-{child}"), child)
+    dirs.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_release_while_a_child_runs_removes_the_directory_once_it_ended(tmp_path: Path) -> None:
+    dirs = SharedWorkdirs(tmp_path)
+    with dirs.use("e1", cmd.SharedWorkdir("wd1"), "c1") as (path, created):
+        assert created
+        assert dirs.release("e1", "wd1")
+        assert path.is_dir() and dirs.path("e1", "wd1") is None  # a killed child may still write
+        (path / "late.txt").write_text("x")
+    assert not path.exists()
+    with dirs.use("e1", cmd.SharedWorkdir("wd2"), "c2") as (kept, _):
+        pass
+    assert kept.is_dir()  # no release: the directory stays for the next child
+    dirs.close()
+    assert not kept.exists()
 
 
 def test_children_see_the_working_directory_run_as_worker_taskrun() -> None:
