@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,18 +58,59 @@ def test_a_forked_child_stays_non_dumpable_and_an_exec_does_not() -> None:
     assert _python(code) == "False True"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every process's /proc/<pid>/environ")
+#: The helper's own file, loaded by path: the probe may run under an interpreter without
+#: kestream's dependencies (the system Python, when the test runs as root; see below).
+SECRECY = Path(__file__).resolve().parents[3] / "kestream" / "runtime" / "secrecy.py"
+NOBODY = 65534
+
+
+def _as_a_plain_user() -> dict[str, object]:
+    """How to run the probe as a non-root user: root reads every process's environment, so as
+    root the probe runs as ``nobody`` under an interpreter that user can execute."""
+    if os.geteuid() != 0:
+        return {"executable": sys.executable}
+    candidates = [sys.executable, "/usr/bin/python3", "/bin/python3"]
+    for path in candidates:
+        try:
+            probe = subprocess.run(
+                [path, "-c", "print('ok')"],
+                user=NOBODY,
+                group=NOBODY,
+                capture_output=True,
+                text=True,
+                cwd="/",
+            )
+        except OSError:  # not executable by that user (under /root, for instance)
+            continue
+        if probe.stdout.strip() == "ok":
+            return {"executable": path, "user": NOBODY, "group": NOBODY}
+    raise AssertionError(f"no Python that user {NOBODY} can run among {candidates}")
+
+
 def test_a_child_cannot_read_a_non_dumpable_parents_environment() -> None:
+    how = _as_a_plain_user()
     code = (
-        "import os, subprocess, sys\n"
-        "from kestream.runtime.secrecy import make_non_dumpable\n"
+        "import importlib.util, os, subprocess, sys\n"
+        f"spec = importlib.util.spec_from_file_location('secrecy', {str(SECRECY)!r})\n"
+        "secrecy = importlib.util.module_from_spec(spec); spec.loader.exec_module(secrecy)\n"
         "def child():\n"
         "    probe = \"import os; open(f'/proc/{os.getppid()}/environ', 'rb').read(); \"\n"
         "    probe += \"print('read')\"\n"
         "    r = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True)\n"
         "    return r.stdout.strip() or r.stderr.strip().splitlines()[-1].split(':')[0]\n"
         "before = child()\n"
-        "make_non_dumpable()\n"
+        "secrecy.make_non_dumpable()\n"
         "print(before, child())\n"
     )
-    assert _python(code, KESTREAM_API_PASSWORD="probe") == "read PermissionError"
+    executable = str(how.pop("executable"))
+    done = subprocess.run(
+        [executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"KESTREAM_API_PASSWORD": "probe", "PATH": os.environ.get("PATH", "")},
+        timeout=60,
+        cwd="/",
+        **how,  # type: ignore[arg-type]
+    )
+    assert done.stdout.strip() == "read PermissionError"
