@@ -9,8 +9,10 @@ as root, what is checked is that the helper sets the flag the kernel's check rea
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -89,9 +91,15 @@ def _as_a_plain_user() -> dict[str, object]:
 
 def test_a_child_cannot_read_a_non_dumpable_parents_environment() -> None:
     how = _as_a_plain_user()
+    # A copy that user can read, wherever the checkout is (a folder under /root is not).
+    shared = Path(tempfile.mkdtemp(prefix="kestream-secrecy-"))
+    shared.chmod(0o755)
+    helper = shared / "secrecy.py"
+    helper.write_text(SECRECY.read_text())
+    helper.chmod(0o644)
     code = (
         "import importlib.util, os, subprocess, sys\n"
-        f"spec = importlib.util.spec_from_file_location('secrecy', {str(SECRECY)!r})\n"
+        f"spec = importlib.util.spec_from_file_location('secrecy', {str(helper)!r})\n"
         "secrecy = importlib.util.module_from_spec(spec); spec.loader.exec_module(secrecy)\n"
         "def child():\n"
         "    probe = \"import os; open(f'/proc/{os.getppid()}/environ', 'rb').read(); \"\n"
@@ -103,14 +111,17 @@ def test_a_child_cannot_read_a_non_dumpable_parents_environment() -> None:
         "print(before, child())\n"
     )
     executable = str(how.pop("executable"))
-    done = subprocess.run(
-        [executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={"KESTREAM_API_PASSWORD": "probe", "PATH": os.environ.get("PATH", "")},
-        timeout=60,
-        cwd="/",
-        **how,  # type: ignore[arg-type]
-    )
+    try:
+        done = subprocess.run(
+            [executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"KESTREAM_API_PASSWORD": "probe", "PATH": os.environ.get("PATH", "")},
+            timeout=60,
+            cwd="/",
+            **how,  # type: ignore[arg-type]
+        )
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
     assert done.stdout.strip() == "read PermissionError"
