@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiokafka import TopicPartition
 
+from kestream.client import Client
 from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.models.flow import parse_flow
 from kestream.runtime import records
 from kestream.runtime.context import BrokerContext, connect
 from kestream.runtime.executor_service import ExecutorService
+from kestream.runtime.flows_table import FlowsTable
 from kestream.runtime.kafka import make_consumer, make_producer
+from kestream.runtime.worker_service import WorkerService
 from kestream.settings import Settings
 
 
@@ -95,3 +99,30 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None
         if loop.time() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running_roles(
+    bootstrap: str, prefix: str, *, partitions: int = 4, **worker: Any
+) -> AsyncIterator[Client]:
+    """A flows table, an executor and a worker (``worker`` options, such as ``threads``) in this
+    process on ``bootstrap``, and a connected Client: the whole path a flow takes, minus the
+    process boundaries."""
+    settings = Settings(broker=bootstrap, topic_prefix=prefix, partitions=partitions)
+    ctx = await connect(settings)
+    registry = FlowRegistry()
+    table = FlowsTable(ctx, registry)
+    await table.start()
+    await table.loaded.wait()
+    executor = ExecutorService(ctx, registry)
+    worker_service = WorkerService(ctx, registry, **worker)
+    await executor.start()
+    await worker_service.start()
+    client = await Client.connect(settings)
+    try:
+        yield client
+    finally:
+        await client.close()
+        await worker_service.stop()
+        await executor.stop()
+        await table.stop()

@@ -17,16 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
 
 from conformance_checks import Observed, check_expect, dump_execution
 from conformance_corpus import Entry, load_entries
+from executor_harness import running_roles
 from test_conformance import portable_expect
 
 from kestream.client import Client
-from kestream.executor.flow_registry import FlowRegistry
 from kestream.models.state import StateType
-from kestream.runtime.context import connect
-from kestream.runtime.executor_service import ExecutorService
-from kestream.runtime.flows_table import FlowsTable
-from kestream.runtime.worker_service import WorkerService
-from kestream.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -38,24 +33,8 @@ MAX_AUTO_WAITS = 5
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def runtime(broker: Any, request: pytest.FixtureRequest) -> AsyncIterator[Client]:
     prefix = f"conf-{broker.backend}-{request.node.name[:8]}-{id(request)}."
-    settings = Settings(broker=broker.bootstrap, topic_prefix=prefix, partitions=4)
-    ctx = await connect(settings)
-    registry = FlowRegistry()
-    table = FlowsTable(ctx, registry)
-    await table.start()
-    await table.loaded.wait()
-    executor = ExecutorService(ctx, registry)
-    worker = WorkerService(ctx, registry)
-    await executor.start()
-    await worker.start()
-    client = await Client.connect(settings)
-    try:
+    async with running_roles(broker.bootstrap, prefix) as client:
         yield client
-    finally:
-        await client.close()
-        await worker.stop()
-        await executor.stop()
-        await table.stop()
 
 
 @pytest.mark.parametrize("entry", [pytest.param(e, id=e.case_id()) for e in ENTRIES])

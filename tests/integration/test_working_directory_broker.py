@@ -14,15 +14,10 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from executor_harness import running_roles
 
 from kestream.client import Client
-from kestream.executor.flow_registry import FlowRegistry
 from kestream.models.state import StateType
-from kestream.runtime.context import connect
-from kestream.runtime.executor_service import ExecutorService
-from kestream.runtime.flows_table import FlowsTable
-from kestream.runtime.worker_service import WorkerService
-from kestream.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -57,24 +52,8 @@ tasks:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def runtime(broker: Any, request: pytest.FixtureRequest) -> AsyncIterator[Client]:
     prefix = f"workdir-{broker.backend}-{id(request)}."
-    settings = Settings(broker=broker.bootstrap, topic_prefix=prefix, partitions=4)
-    ctx = await connect(settings)
-    registry = FlowRegistry()
-    table = FlowsTable(ctx, registry)
-    await table.start()
-    await table.loaded.wait()
-    executor = ExecutorService(ctx, registry)
-    worker = WorkerService(ctx, registry)
-    await executor.start()
-    await worker.start()
-    client = await Client.connect(settings)
-    try:
+    async with running_roles(broker.bootstrap, prefix) as client:
         yield client
-    finally:
-        await client.close()
-        await worker.stop()
-        await executor.stop()
-        await table.stop()
 
 
 async def _until(check: Callable[[], bool], within: float = 60.0) -> None:
