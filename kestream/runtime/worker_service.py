@@ -20,7 +20,9 @@ not finished, where finished means its result (and logs) were acknowledged by th
 worker that dies mid-Sleep therefore loses nothing: the new owner runs the job again. Jobs that
 finished after the last commit may run twice; the executor applies a result once per (task run,
 attempt) (DESIGN.md section 3), so that is harmless. Commits happen every
-:data:`COMMIT_INTERVAL_S`, on partition revocation, and at stop.
+:data:`COMMIT_INTERVAL_S`, on partition revocation, and at stop. A result the broker keeps
+refusing never holds the commit point: after a few tries the task run is failed with the
+broker's reason (a small result without logs or outputs) and the partition moves on.
 
 **Duplicates.** The executor may send a job again after a crash (its ids are derived, so the
 repeat is recognisable). A job whose (execution id, task run id, attempt) is running here, or
@@ -93,6 +95,8 @@ FETCH_TIMEOUT_MS = 100
 DRAIN_TIMEOUT_S = 10.0
 _PRODUCE_ATTEMPTS = 5
 _ERROR_BACKOFF_S = 0.5
+#: The longest pause between two tries of a result that must get through.
+_MAX_BACKOFF_S = 5.0
 
 JobKey = tuple[str, str, int]  # execution id, task run id, attempt
 
@@ -512,7 +516,7 @@ class WorkerService:
 
     async def _report(self, job: _Job, result: ev.WorkerResult) -> None:
         """Produce the result of a job that did not run (killed while held, or refused)."""
-        if await self._publish(job, result, []):
+        if await self._publish(job, result, []) is not None:
             self._done(job)
 
     # -- running a job -----------------------------------------------------------------------
@@ -531,10 +535,11 @@ class WorkerService:
             else:
                 result, lines = await self._runner.run(run, on_line=self._line_sink(job))
             seconds = time.monotonic() - started
-            if not job.abandoned and await self._publish(job, result, lines):
+            sent = None if job.abandoned else await self._publish(job, result, lines)
+            if sent is not None:
                 self._done(job)
                 self.stats["finished"] += 1
-                self.metrics.job_ended(*labels, result.state.value, seconds)
+                self.metrics.job_ended(*labels, sent.state.value, seconds)
                 counted = True
         except asyncio.CancelledError:
             raise
@@ -563,8 +568,17 @@ class WorkerService:
         for mark in job.marks:
             mark.done = True
 
-    async def _publish(self, job: _Job, result: ev.WorkerResult, lines: list[cmd.LogLine]) -> bool:
-        """Produce the logs and the result, and wait for the acks (retried a few times)."""
+    async def _publish(
+        self, job: _Job, result: ev.WorkerResult, lines: list[cmd.LogLine]
+    ) -> ev.WorkerResult | None:
+        """Produce the logs and the result and wait for the acks; the result sent, or ``None``
+        when the worker stops first (the job then runs again on the partition's next owner).
+
+        A result the broker keeps refusing (:data:`_PRODUCE_ATTEMPTS` tries) is replaced by a
+        FAILED one that names the reason and carries neither logs nor outputs, sent until it is
+        acknowledged: the task run ends, and the partition's commit point moves past the job,
+        instead of the execution waiting for a result that never comes.
+        """
         producer, topics = self._producer, self.ctx.topics
         assert producer is not None
         lines = [*await self.log_stream.take(job.key), *lines]  # queued, not yet produced
@@ -573,17 +587,42 @@ class WorkerService:
         logs = records.log_records(job.where[0], job.where[1], lines, max_bytes=room)
         value = records.encode_event(result)
         if not self.limit.fits(value):  # outputs fit (the runner checks): errors too large
-            value = records.encode_event(_result_refused(result, job.task_id, len(value), room))
+            result = _result_refused(result, job.task_id, len(value), room)
+            value = records.encode_event(result)
+        failure: Exception | None = None
         for attempt in range(1, _PRODUCE_ATTEMPTS + 1):
             try:
                 acks = [await producer.send(topics.logs, part, key=key) for part in logs]
                 acks.append(await producer.send(topics.results, value, key=key))
                 await asyncio.gather(*acks)
-                return True
+                return result
             except KafkaError as exc:
+                failure = exc
                 log.warning("producing the result of %s failed (%s), try %d", job.key, exc, attempt)
                 await asyncio.sleep(_ERROR_BACKOFF_S * attempt)
-        log.error("giving up on the result of %s: it runs again after a restart", job.key)
+        assert failure is not None
+        failed = _result_unpublishable(result, job.task_id, failure)
+        log.error("the result of %s cannot be published: %s", job.key, failed.error)
+        if await self._send_until_acked(topics.results, records.encode_event(failed), key):
+            return failed
+        return None
+
+    async def _send_until_acked(self, topic: str, value: bytes, key: bytes) -> bool:
+        """Produce one record, retrying with a capped backoff until the broker acknowledges it
+        (``True``) or the worker stops (``False``). Used for the small FAILED result of
+        :meth:`_publish`: only an unreachable broker refuses it, and waiting for the broker is
+        then all a worker can do."""
+        producer = self._producer
+        assert producer is not None
+        tries = 0
+        while not self._stopping:
+            try:
+                await producer.send_and_wait(topic, value, key=key)
+                return True
+            except KafkaError as exc:
+                tries += 1
+                log.warning("producing to %s failed (%s), try %d", topic, exc, tries)
+                await asyncio.sleep(min(_ERROR_BACKOFF_S * tries, _MAX_BACKOFF_S))
         return False
 
     # -- dead letters --------------------------------------------------------------------------
@@ -667,6 +706,20 @@ class WorkerService:
         self._in_group = True
         if assigned:
             self.assigned.set()
+
+
+def _result_unpublishable(
+    result: ev.WorkerResult, task_id: str, failure: Exception
+) -> ev.WorkerResult:
+    """The result that replaces one the broker keeps refusing: FAILED, with the broker's reason
+    (and the state the task had reached), without logs or outputs."""
+    error = (
+        f"the result of task '{task_id}' ({result.state.value}) could not be published after "
+        f"{_PRODUCE_ATTEMPTS} tries: {type(failure).__name__}: {failure}"
+    )
+    return ev.WorkerResult(
+        result.execution_id, result.task_run_id, result.attempt, StateType.FAILED, error=error
+    )
 
 
 def _result_refused(
