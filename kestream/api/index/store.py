@@ -11,9 +11,11 @@ upstream (at-least-once) leaves one row.
 Updates are merged with :func:`kestream.client.merge_update`'s rules, first within the batch
 (several updates of one execution become one write) and then into what is stored: a ``full``
 update replaces the execution's task runs, a partial one upserts the task runs it carries by id.
-Log lines are appended (offsets make replays harmless; an upstream duplicate of a log record
-would show twice, as in Kestra), each with a sequence number that only grows: a live follow
-reads the lines after the last one it sent (:meth:`Store.logs_after`), one index range per poll.
+Log lines are appended, each once: offsets make the feed's own replays harmless, and a line
+the index already holds is recognised by its identity (:meth:`Store._new_lines`), so a log
+record produced twice upstream shows once. Each line gets a sequence number that only grows: a
+live follow reads the lines after the last one it sent (:meth:`Store.logs_after`), one index
+range per poll.
 
 Text the database refuses (PostgreSQL and NUL) is escaped in one place, :mod:`.nul`: documents
 through :meth:`Store._doc` and :meth:`Store._load`, the other user text through
@@ -31,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -548,14 +551,13 @@ class Store(ABC):
     def _write_logs(self, cur: Cursor, records: list[FeedRecord]) -> int:
         rows = [
             (
-                record.execution_id,
+                execution_id,
                 line.get("taskRunId"),
                 _rank_or_info(line.get("level")),
                 line["timestamp"],
                 self._doc(line),
             )
-            for record in records
-            for line in record.value
+            for execution_id, line in self._new_lines(cur, records)
         ]
         if rows:
             cur.executemany(
@@ -566,6 +568,48 @@ class Store(ABC):
                 rows,
             )
         return len(rows)
+
+    def _new_lines(
+        self, cur: Cursor, records: list[FeedRecord]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The lines of ``records`` that the index does not hold yet, by their identity.
+
+        A record produced twice upstream (a worker's retried send, a producer retry without
+        idempotence, a step replayed after a crash) has other offsets but the same lines, so
+        offsets alone would show them twice. A line is identified by :func:`_line_identity`
+        and its rank among the identical lines of its own record (a task may log one text twice
+        in one microsecond); it is new when the index holds fewer lines of that identity than
+        its rank, counting the lines this batch already took. The stored lines compared are
+        the execution's lines at the batch's timestamps: one range of the
+        ``(execution_id, timestamp)`` index per execution.
+        """
+        wanted: dict[str, list[tuple[tuple[Any, ...], int, dict[str, Any]]]] = {}
+        for record in records:
+            ranks: Counter[tuple[Any, ...]] = Counter()
+            for line in record.value:
+                identity = _line_identity(line)
+                wanted.setdefault(record.execution_id, []).append((identity, ranks[identity], line))
+                ranks[identity] += 1
+        doc = f"doc{self.dialect.doc_cast}"
+        fresh: list[tuple[str, dict[str, Any]]] = []
+        for execution_id, lines in wanted.items():
+            stamps = sorted({str(line["timestamp"]) for _, _, line in lines})
+            held: Counter[tuple[Any, ...]] = Counter()
+            for start in range(0, len(stamps), _ID_CHUNK):
+                chunk = stamps[start : start + _ID_CHUNK]
+                cur.execute(
+                    self._sql(
+                        f"SELECT {doc} FROM logs WHERE execution_id = ? "
+                        f"AND timestamp IN ({marks(len(chunk))})"
+                    ),
+                    [execution_id, *chunk],
+                )
+                held.update(_line_identity(self._load(row[0])) for row in cur.fetchall())
+            for identity, rank, line in lines:
+                if rank >= held[identity]:
+                    held[identity] = rank + 1
+                    fresh.append((execution_id, line))
+        return fresh
 
     def delete(self, execution_id: str) -> bool:
         """Mark an execution deleted (Kestra's soft delete): gone from search and :meth:`get`.
@@ -733,6 +777,18 @@ class Store(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _line_identity(line: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two log lines the same line: who logged it (task run and attempt), when, at
+    which level, and what it says. The execution is the caller's grouping."""
+    return (
+        line.get("taskRunId"),
+        line.get("attemptNumber"),
+        str(line.get("timestamp")),
+        line.get("level"),
+        line.get("message"),
+    )
 
 
 def _rank_or_info(level: Any) -> int:

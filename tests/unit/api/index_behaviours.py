@@ -350,6 +350,46 @@ def test_log_replays_do_not_duplicate_lines(store: Store) -> None:
     assert [line["message"] for line in store.logs("e1")] == ["once"]
 
 
+def test_a_log_record_produced_twice_upstream_shows_its_lines_once(store: Store) -> None:
+    """Another offset, the same lines (a retried send): kept once, by each line's identity."""
+    feed = Feed()
+    lines = [
+        log_line("e1", T0, "INFO", "twice in one millisecond"),
+        log_line("e1", T0, "INFO", "twice in one millisecond"),
+        log_line("e1", T0 + timedelta(seconds=1), "WARN", "later"),
+    ]
+    first = feed.logs("e1", *lines)
+    assert store.apply(first).log_lines == 3
+    again = feed.logs("e1", *lines)  # the next offset: not the feed's replay
+    also_in_one_batch = feed.logs("e1", *lines[:2])
+    also_in_one_batch.add(feed.record(RecordKind.LOGS, "e1", lines[:2]))
+    assert store.apply(again).log_lines == 0
+    assert store.apply(also_in_one_batch).log_lines == 0
+    messages = [line["message"] for line in store.logs("e1")]
+    assert messages == ["twice in one millisecond", "twice in one millisecond", "later"]
+
+
+def test_log_lines_that_differ_in_identity_are_all_kept(store: Store) -> None:
+    """A new attempt, another task run, another level or another time is another line; a
+    line of the same identity in another execution is that execution's."""
+    feed = Feed()
+    base = log_line("e1", T0, "INFO", "same text")
+    variants = [
+        base,
+        {**base, "attemptNumber": 2},
+        {**base, "taskRunId": "r2"},
+        {**base, "level": "WARN"},
+        {**base, "timestamp": format_instant(T0 + timedelta(milliseconds=1))},
+    ]
+    batch = feed.logs("e1", *variants)
+    batch.add(feed.record(RecordKind.LOGS, "e2", [{**base, "executionId": "e2"}]))
+    assert store.apply(batch).log_lines == 6
+    assert len(store.logs("e1")) == 5 and len(store.logs("e2")) == 1
+    one_more = feed.logs("e1", base, base)  # a record holding the line twice: one more
+    assert store.apply(one_more).log_lines == 1
+    assert len(store.logs("e1")) == 6
+
+
 def test_bad_records_are_refused_before_the_store() -> None:
     with pytest.raises(records.RecordError):
         FeedRecord.decode(RecordKind.UPDATE, UPDATES, 0, 0, b"e1", b"not json")
