@@ -18,3 +18,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             "Docker), env (KESTREAM_BROKER); default: tansu"
         ),
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the long chaos runs unless ``-m`` names the ``chaos`` marker (``pytest -m
+    chaos``): they take minutes each, and their short versions run by default."""
+    if "chaos" in (config.getoption("markexpr") or ""):
+        return
+    kept = [item for item in items if item.get_closest_marker("chaos") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The chaos tests' rows (``record_property("chaos", row)``) as one table at the end."""
+    rows = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == "chaos"
+    ]
+    if rows:
+        from tests.integration.chaos_harness import render_table
+
+        terminalreporter.write_sep("=", "chaos")
+        terminalreporter.write_line(render_table(rows))

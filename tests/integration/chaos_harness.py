@@ -1,0 +1,426 @@
+"""Chaos tests' harness: kestream's roles as separate OS processes on the broker under test,
+killed with SIGKILL while executions run, and a tally of what that did to each execution.
+
+The roles run as ``kestream standalone`` runs them (``python -m kestream.cli executor``,
+``worker``, ``scheduler``, :func:`kestream.runtime.supervisor.role_command`), each configured
+only through ``KESTREAM_*`` variables, with a topic prefix of the test's own. The test process
+holds a :class:`~kestream.client.Client` (deploys, submits) and an :class:`UpdatesWatch` that
+reads ``execution-updates`` from the beginning and notes when each (execution, attempt) ended,
+with the record's own timestamp (its producer's clock: this machine's).
+
+What is counted, per (execution, attempt) (:class:`Tally`):
+
+- **lost**: submitted (acknowledged by the broker), never ended, or ended without the effect its
+  task must leave;
+- **doubled**: two different end states, or two effects of one task-run attempt (the
+  ``chaos.tasks.Effect`` task appends one line per attempt; two lines are two effects);
+- **stuck**: ended, but later than a bound after its submission;
+- **recovery** of a kill: from the kill to the first end, after it, of an execution whose
+  partition the killed process owned (as its last "owns partitions" / "partitions assigned"
+  log line said): how long those partitions went unserved. For the scheduler, which owns no
+  partition: to the first end of an execution created after the kill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+
+from kestream.client import Client
+from kestream.runtime.embedded_broker import die_with_parent
+from kestream.runtime.kafka import make_consumer
+from kestream.runtime.supervisor import role_command
+from kestream.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULES = Path(__file__).resolve().parent / "plugin_modules"
+
+#: How long a role may take to join its group and own partitions.
+READY_TIMEOUT_S = 120.0
+#: A role's claim of partitions, as it logs it (executor and worker).
+_CLAIMS = {
+    "executor": re.compile(r"executor owns partitions \[([\d, ]*)\]"),
+    "worker": re.compile(r"worker: partitions assigned: \[([\d, ]*)\]"),
+}
+_STARTED = re.compile(r"(executor|worker|scheduler) started \(broker")
+
+
+@dataclass
+class Role:
+    """One role process; ``generation`` counts its restarts (each has its own log file)."""
+
+    name: str
+    index: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    generation: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-{self.index}"
+
+    def claimed(self) -> set[int] | None:
+        """The partitions this process last said it owns (None: no claim yet)."""
+        pattern = _CLAIMS.get(self.name)
+        text = self.log_path.read_text(errors="replace")
+        if pattern is None:
+            return set() if _STARTED.search(text) else None
+        claims = pattern.findall(text)
+        if not claims:
+            return None
+        return {int(p) for p in claims[-1].split(",") if p.strip()}
+
+
+@dataclass
+class Kill:
+    """One SIGKILL: when, which process, and the partitions it owned then."""
+
+    at: float
+    role: str
+    pid: int
+    partitions: set[int]
+
+
+class Cluster:
+    """The role processes of one chaos test: start, kill -9, restart, stop."""
+
+    def __init__(self, bootstrap: str, prefix: str, workdir: Path, effects: Path) -> None:
+        self.bootstrap = bootstrap
+        self.prefix = prefix
+        self.workdir = workdir
+        self.effects = effects
+        self.settings = Settings(broker=bootstrap, topic_prefix=prefix)
+        self.roles: list[Role] = []
+        self.kills: list[Kill] = []
+        self.client: Client | None = None
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KESTREAM_")}
+        env.update(
+            KESTREAM_BROKER=self.bootstrap,
+            KESTREAM_TOPIC_PREFIX=self.prefix,
+            KESTREAM_DATA_DIR=str(self.workdir / "data"),
+            KESTREAM_LOG_LEVEL="INFO",
+            KESTREAM_SCHEDULER_TICK_MS="200",
+            KESTREAM_PLUGINS="chaos_tasks",
+            PYTHONPATH=os.pathsep.join([str(MODULES), str(ROOT)]),
+        )
+        return env
+
+    async def __aenter__(self) -> Cluster:
+        sys.path.insert(0, str(MODULES))  # the client validates the flows' task types too
+        import chaos_tasks  # noqa: F401
+
+        self.client = await Client.connect(self.settings)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                await self.client.close()
+        await asyncio.to_thread(self.stop)
+
+    def require_client(self) -> Client:
+        assert self.client is not None, "the cluster is not entered"
+        return self.client
+
+    # -- processes -------------------------------------------------------------------------
+
+    def spawn(self, name: str, index: int, generation: int = 0) -> Role:
+        log_path = self.workdir / f"{name}-{index}.{generation}.log"
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                role_command(name),
+                env=self.env(),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent(),
+            )
+        return Role(name, index, proc, log_path, generation)
+
+    async def start(self, **counts: int) -> None:
+        """Start ``executor=2, worker=1, ...`` processes; return once each is ready."""
+        for name, count in counts.items():
+            for index in range(count):
+                self.roles.append(self.spawn(name, index))
+        await self.ready(self.roles)
+
+    async def ready(self, roles: Iterable[Role]) -> None:
+        """Until every role claimed partitions (the scheduler: started), and together the
+        executors and the workers each own every partition."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        waiting = list(roles)
+        while True:
+            for role in self.roles:
+                code = role.proc.poll()
+                if code is not None and role in waiting:
+                    tail = role.log_path.read_text(errors="replace")[-3000:]
+                    raise AssertionError(f"{role.label} exited with {code}:\n{tail}")
+            if all(role.claimed() is not None for role in waiting) and self._covered():
+                return
+            if time.monotonic() > deadline:
+                states = {r.label: r.claimed() for r in waiting}
+                raise AssertionError(f"roles not ready in {READY_TIMEOUT_S:.0f} s: {states}")
+            await asyncio.sleep(0.2)
+
+    def _covered(self) -> bool:
+        for name in _CLAIMS:
+            live = [r for r in self.roles if r.name == name and r.proc.poll() is None]
+            if live:
+                owned = [r.claimed() or set() for r in live]
+                if set().union(*owned) != set(range(self.settings.partitions)):
+                    return False
+        return True
+
+    def live(self, name: str) -> list[Role]:
+        return [r for r in self.roles if r.name == name and r.proc.poll() is None]
+
+    def kill(self, role: Role) -> Kill:
+        """SIGKILL ``role`` now; the kill, with the partitions the role owned, is recorded."""
+        partitions = role.claimed() or set()
+        at = time.time()
+        role.proc.send_signal(signal.SIGKILL)
+        role.proc.wait()
+        kill = Kill(at, role.label, role.proc.pid, partitions)
+        self.kills.append(kill)
+        return kill
+
+    def kill_random(self, name: str, rng: random.Random) -> Role:
+        role = rng.choice(self.live(name))
+        self.kill(role)
+        return role
+
+    def restart(self, role: Role) -> Role:
+        """A new process in ``role``'s place (what a supervisor does after a crash)."""
+        fresh = self.spawn(role.name, role.index, role.generation + 1)
+        self.roles[self.roles.index(role)] = fresh
+        return fresh
+
+    def stop(self) -> None:
+        for role in self.roles:
+            if role.proc.poll() is None:
+                role.proc.send_signal(signal.SIGTERM)
+        for role in self.roles:
+            try:
+                role.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                role.proc.kill()
+                role.proc.wait()
+
+    def errors(self, limit: int = 8) -> list[str]:
+        """ERROR lines of every role log (a reason to read when a count is off)."""
+        found: list[str] = []
+        for path in sorted(self.workdir.glob("*.log")):
+            for line in path.read_text(errors="replace").splitlines():
+                if "[ERROR]" in line and len(found) < limit:
+                    found.append(f"{path.name}: {line[-300:]}")
+        return found
+
+
+class UpdatesWatch:
+    """Reads ``execution-updates`` from the beginning in the background: the end states of
+    each (execution, attempt), with the timestamps of the records that said so."""
+
+    def __init__(self, settings: Settings, kind: str) -> None:
+        self.settings = settings
+        self.kind = kind
+        #: (execution id, attempt) -> [(state, record timestamp in seconds)]
+        self.ends: dict[tuple[str, int], list[tuple[str, float]]] = defaultdict(list)
+        #: execution id -> the timestamp of its first update (created, by whichever role)
+        self.created: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> UpdatesWatch:
+        settings = self.settings
+        consumer = make_consumer(settings, settings.broker or "", self.kind, group_id=None)
+        await consumer.start()
+        topic = settings.topic("execution-updates")
+        parts = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        self._task = asyncio.create_task(self._read(consumer))
+        return self
+
+    async def _read(self, consumer: Any) -> None:
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=100)
+                for recs in batch.values():
+                    for record in recs:
+                        self._note(record.value, record.timestamp / 1000)
+        finally:
+            await consumer.stop()
+
+    def _note(self, value: bytes, at: float) -> None:
+        body = orjson.loads(value)
+        execution = body["execution"]
+        self.created.setdefault(execution["id"], at)
+        if not body.get("terminal"):
+            return
+        attempt = int((execution.get("metadata") or {}).get("attemptNumber") or 1)
+        self.ends[(execution["id"], attempt)].append((execution["state"]["current"], at))
+
+    def ended(self, execution_id: str) -> bool:
+        return any(eid == execution_id for eid, _ in self.ends)
+
+    def first_end(self, execution_id: str) -> float | None:
+        times = [
+            at for (eid, _), seen in self.ends.items() if eid == execution_id for _, at in seen
+        ]
+        return min(times) if times else None
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def read_effects(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def partition_of(execution_id: str, partitions: int) -> int:
+    """The partition of an execution's records (keyed by its id; the default partitioner)."""
+    every = list(range(partitions))
+    return int(DefaultPartitioner()(execution_id.encode(), every, every))
+
+
+@dataclass
+class Tally:
+    """The counts of one chaos test (see the module docs)."""
+
+    test: str
+    broker: str
+    executions: int = 0
+    lost: int = 0
+    doubled: int = 0
+    stuck: int = 0
+    failed: int = 0
+    kills: int = 0
+    kill_list: list[Kill] = field(default_factory=list)
+    recoveries: list[float] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)
+
+    @property
+    def worst_recovery(self) -> float | None:
+        return max(self.recoveries) if self.recoveries else None
+
+    def row(self) -> dict[str, Any]:
+        worst = self.worst_recovery
+        return {
+            "test": self.test,
+            "broker": self.broker,
+            "executions": self.executions,
+            "kills": self.kills,
+            "lost": self.lost,
+            "doubled": self.doubled,
+            "stuck": self.stuck,
+            "failed": self.failed,
+            "worst_recovery_s": None if worst is None else round(worst, 2),
+        }
+
+    def table(self) -> str:
+        return render_table([self.row()])
+
+    def assert_clean(self) -> None:
+        assert (self.lost, self.doubled, self.stuck, self.failed) == (0, 0, 0, 0), (
+            f"{self.table()}\n" + "\n".join(self.details[:20])
+        )
+
+
+COLUMNS = ("test", "broker", "executions", "kills", "lost", "doubled", "stuck", "failed")
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    """Rows as a Markdown table (the chaos summary at the end of a run prints it too)."""
+    head = [*COLUMNS, "worst recovery"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        worst = row.get("worst_recovery_s")
+        cells = [str(row[c]) for c in COLUMNS] + ["-" if worst is None else f"{worst:.2f} s"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def tally_executions(
+    test: str,
+    broker: str,
+    submitted: dict[str, float],
+    watch: UpdatesWatch,
+    effects: list[dict[str, Any]],
+    kills: list[Kill],
+    *,
+    partitions: int,
+    bound_s: float,
+) -> Tally:
+    """Count lost, doubled, stuck and failed executions of ``submitted`` (id -> submit time),
+    and each kill's recovery."""
+    tally = Tally(test, broker, executions=len(submitted), kills=len(kills), kill_list=kills)
+    per_attempt = Counter((e["execution"], e["taskRun"], e["attempt"]) for e in effects)
+    with_effect = {e["execution"] for e in effects}
+    for key, count in per_attempt.items():
+        if count > 1:
+            tally.doubled += 1
+            tally.details.append(f"doubled effect {key}: {count} lines")
+    for execution_id, sent_at in submitted.items():
+        ends = [(a, seen) for (eid, a), seen in watch.ends.items() if eid == execution_id]
+        if not ends:
+            tally.lost += 1
+            tally.details.append(f"lost {execution_id} (never ended)")
+            continue
+        for attempt, seen in ends:
+            states = {state for state, _ in seen}
+            if len(states) > 1:
+                tally.doubled += 1
+                tally.details.append(f"doubled end {execution_id}/{attempt}: {sorted(states)}")
+            if states != {"SUCCESS"}:
+                tally.failed += 1
+                tally.details.append(f"{execution_id}/{attempt} ended {sorted(states)}")
+        first = watch.first_end(execution_id)
+        assert first is not None
+        if execution_id not in with_effect:
+            tally.lost += 1
+            tally.details.append(f"lost effect of {execution_id} (ended, no effect line)")
+        if first - sent_at > bound_s:
+            tally.stuck += 1
+            tally.details.append(f"stuck {execution_id}: ended {first - sent_at:.1f} s after")
+    for kill in kills:
+        after = [
+            at
+            for execution_id, sent_at in submitted.items()
+            if _served_by(kill, execution_id, sent_at, partitions)
+            and (at := watch.first_end(execution_id)) is not None
+            and at > kill.at
+        ]
+        if after:
+            tally.recoveries.append(min(after) - kill.at)
+    return tally
+
+
+def _served_by(kill: Kill, execution_id: str, sent_at: float, partitions: int) -> bool:
+    """Whether the killed process stood in the execution's way: it owned the execution's
+    partition, or (a process without partitions: the scheduler) the execution was created
+    after the kill."""
+    if kill.partitions:
+        return partition_of(execution_id, partitions) in kill.partitions
+    return sent_at > kill.at
