@@ -70,8 +70,11 @@ class If(FlowableTask):
         return [self.then, self.else_ or []]
 
     def plan(self, props: dict[str, Any]) -> ChildPlan:
-        branch = self.then if is_truthy(props["condition"]) else (self.else_ or [])
-        return ChildPlan(one_lane(branch))
+        """The branch the rendered condition picks; its truth is the ``evaluationResult``
+        output, as Kestra gives it."""
+        result = is_truthy(props["condition"])
+        branch = self.then if result else (self.else_ or [])
+        return ChildPlan(one_lane(branch), outputs={"evaluationResult": result})
 
 
 class Switch(FlowableTask):
