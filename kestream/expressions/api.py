@@ -16,9 +16,10 @@ from . import (  # noqa: F401
     jq,
     jq_builtins,
     predicates,
+    render_function,
 )
 from .access import Scope
-from .budget import UNBOUNDED, close_budget, open_budget
+from .budget import UNBOUNDED, close_budget, current_budget, open_budget
 from .compiler import StmtFn, compile_body, is_metered
 from .errors import (
     RenderError,
@@ -75,6 +76,16 @@ class Template:
         finally:
             if opened:
                 close_budget()
+
+    def render_nested(self, ctx: Mapping[str, Any]) -> str:
+        """Render inside a render in progress (``render()``): its budget, and its error handling,
+        so limit errors reach the outer template unchanged; only a missing variable is named
+        here, with this template's own text."""
+        try:
+            return self._fn(Scope(ctx, current_budget()))
+        except UndefinedError as exc:
+            line = exc.line or 1
+            raise RenderError(undefined_message(exc.name, self.source, line), line) from None
 
     def __repr__(self) -> str:
         return f"Template({self.source!r})"

@@ -18,6 +18,12 @@ STEP_RENDER_BUDGET_MS = 5000
 #: Largest regular expression, counted once its counted repetitions are expanded: the matcher
 #: expands ``x{n}`` while compiling, which no timeout interrupts (a million units is about 0.5 s).
 MAX_PATTERN_UNITS = 100_000
+#: ``render()`` inside text that ``render()`` renders, at most this deep (a variable that renders
+#: itself would otherwise recurse until the interpreter's stack runs out).
+MAX_RENDER_DEPTH = 10
+#: Passes of one recursive ``render()``: text that keeps producing new expressions is refused
+#: past this many instead of being rendered for as long as the budget lasts.
+MAX_RENDER_PASSES = 100
 
 
 def text_too_long() -> RenderLimitError:

@@ -79,7 +79,6 @@ PAYLOADS = [
     "{{ kv('key') }}",
     "{{ fileURI('file.txt') }}",
     "{{ printContext() }}",
-    "{{ render('{{ 1 }}') }}",
     "{{ http('http://example.com') }}",
     "{{ inputs.x | className }}",
     "{{ env.HOME }}",
