@@ -46,6 +46,7 @@ from kestream.models.clock import Clock, utc_now
 from kestream.models.durations import DurationError, parse_duration
 from kestream.models.flow import Flow, trigger_class_for
 from kestream.models.ids import derived_id
+from kestream.models.input_resolution import fill_defaults
 from kestream.models.inputs import InputValidationError, coerce_output, parse_inputs
 from kestream.models.state import StateType, worst
 from kestream.models.values import check_portable, find_unportable, safe_text
@@ -295,16 +296,9 @@ class _Step:
             raise RenderError(f"Trigger '{trigger_id}': cannot render its inputs: {exc}") from exc
 
     def with_default_inputs(self, given: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Inputs taken as given still see the flow's defaults for the ones left out (as Kestra)."""
-        missing = [
-            i for i in self.flow.inputs if i.defaults is not None and i.id not in (given or {})
-        ]
-        if not missing:
-            return given
-        inputs = dict(given or {})
-        for definition in missing:
-            inputs[definition.id] = definition.parse(definition.defaults)
-        return inputs
+        """Inputs taken as given still see the flow's defaults for the enabled ones left out
+        (as Kestra); templated defaults are rendered with the inputs before them."""
+        return fill_defaults(self.flow.inputs, given)
 
     def start_execution(self) -> None:
         self.move_execution(S.RUNNING)

@@ -50,6 +50,7 @@ from kestream.models.conditions import (
     time_condition_for,
 )
 from kestream.models.durations import DurationError, parse_duration
+from kestream.models.input_resolution import dependency_problems
 from kestream.models.inputs import (
     AnyInput,
     FlowOutput,
@@ -1110,7 +1111,11 @@ class _FlowChecker:
             return raw
         built = [self._input(item, ("inputs", index)) for index, item in enumerate(raw)]
         self._unique_ids("input", raw, ("inputs",))
-        return [model for model in built if model is not None]
+        models = [model for model in built if model is not None]
+        if len(models) == len(built):  # names are checked once every input is understood
+            for index, message in dependency_problems(models):
+                self.sink.add(("inputs", index, "dependsOn"), message)
+        return models
 
     def _input(self, raw: Any, loc: Path) -> Input | None:
         if not isinstance(raw, Mapping):

@@ -63,7 +63,7 @@ from pydantic import (
 )
 
 from kestream.models.durations import DurationError, format_duration, parse_duration
-from kestream.models.values import MAX_DEPTH, UnportableValue, check_portable, loads_json
+from kestream.models.values import MAX_DEPTH, UnportableValue, loads_json
 
 #: Unknown properties are errors, as in Kestra; numbers given for text properties become text, as
 #: Jackson makes them for Kestra (``id: 123``, ``values: [1, 2]``).
@@ -189,6 +189,25 @@ def _datetime(value: Any) -> datetime:
     if not isinstance(parsed, datetime) or parsed.tzinfo is None:
         raise _mismatch("DATETIME", value, hint)
     return parsed.astimezone(UTC)
+
+
+def instant_text(moment: datetime) -> str:
+    """Java's ``Instant.toString`` of an aware datetime: UTC, ``Z``, and a fraction only when it is
+    not zero, in groups of three digits (``2024-02-29T12:00:00Z``, ``...12:00:00.500Z``).
+
+    Kestra keeps a DATETIME input as an ``Instant``, and the execution carries it as this text,
+    so this is what ``{{ inputs.when }}`` prints there.
+    """
+    utc = moment.astimezone(UTC)
+    text = utc.replace(tzinfo=None, microsecond=0).isoformat()
+    if utc.microsecond:
+        fraction = f"{utc.microsecond:06d}"
+        text += "." + (fraction[:3] if fraction.endswith("000") else fraction)
+    return text + "Z"
+
+
+def _instant(value: Any) -> str:
+    return instant_text(_datetime(value))
 
 
 def _date(value: Any) -> date:
@@ -319,7 +338,7 @@ _PARSERS: dict[InputType, Callable[[Any], Any]] = {
     InputType.FLOAT: _float,
     InputType.BOOLEAN: _bool,
     InputType.BOOL: _bool,
-    InputType.DATETIME: _datetime,
+    InputType.DATETIME: _instant,
     InputType.DATE: _date,
     InputType.TIME: _time,
     InputType.DURATION: _duration,
@@ -354,12 +373,21 @@ def _iso_text(value: Any) -> Any:
 
 
 class DependsOn(BaseModel):
-    """Kestra's ``dependsOn``: accepted, not evaluated (every input is enabled in kestream)."""
+    """Kestra's ``dependsOn``: the input is enabled only when every input named in ``inputs`` is
+    enabled and ``condition`` (a template seeing the inputs resolved before) renders true.
+    A disabled input is neither required nor validated, and is left out of the execution's
+    inputs even when a value was sent for it (see :mod:`kestream.models.input_resolution`)."""
 
     model_config = _STRICT_FROZEN
 
     inputs: list[str] = Field(default_factory=list)
     condition: str | None = None
+
+
+def is_dynamic_default(value: Any) -> bool:
+    """Whether a ``defaults`` is a template, rendered when the execution is created with the
+    inputs resolved before it (``"{{ inputs.start | dateAdd(1, 'DAYS') }}"``), as Kestra does."""
+    return isinstance(value, str) and "{" in value and ("{{" in value or "{%" in value)
 
 
 class Input(BaseModel):
@@ -419,14 +447,15 @@ class Input(BaseModel):
     def definition_problems(self) -> list[tuple[str, str]]:
         """``(property, message)`` for each inconsistency of the definition itself.
 
-        The type-specific checks come first; the default value is then parsed like a given value
-        (without rendering), so a default that could never be used is caught at deploy time.
+        The type-specific checks come first; the default value is then parsed like a given value,
+        so a default that could never be used is caught at deploy time (a templated default is
+        rendered when the execution is created, and checked then).
         """
         problems = self._definition_problems()
         if self.defaults is not None and self.prefill is not None:
             problems.append(("prefill", "prefill and defaults cannot be used on the same input"))
         for name, value in (("defaults", self.defaults), ("prefill", self.prefill)):
-            if value is not None and not problems:
+            if value is not None and not problems and not is_dynamic_default(value):
                 try:
                     self.parse(value)
                 except InputValueError as exc:
@@ -486,9 +515,14 @@ class _Bounded(Input):
         lower = getattr(self, self.lower_name)
         upper = getattr(self, self.upper_name)
         return (
-            None if lower is None else self._convert(lower),
-            None if upper is None else self._convert(upper),
+            None if lower is None else self._ordered(self._convert(lower)),
+            None if upper is None else self._ordered(self._convert(upper)),
         )
+
+    def _ordered(self, typed: Any) -> Any:
+        """``typed`` as a value that compares in the type's order (the typed value itself, but
+        for types kept as text)."""
+        return typed
 
     def _definition_problems(self) -> list[tuple[str, str]]:
         try:
@@ -501,9 +535,10 @@ class _Bounded(Input):
 
     def _check(self, typed: Any) -> None:
         lower, upper = self._bounds()
-        if lower is not None and typed < lower:
+        ordered = self._ordered(typed)
+        if lower is not None and ordered < lower:
             raise InputValueError(self._too_low())
-        if upper is not None and typed > upper:
+        if upper is not None and ordered > upper:
             raise InputValueError(self._too_high())
 
     def _too_low(self) -> str:
@@ -551,7 +586,12 @@ class _Dated(_Bounded):
 
 
 class DateTimeInput(_Dated):
+    """The value is kept as Java's ``Instant`` text (see :func:`instant_text`)."""
+
     type_names: ClassVar[tuple[InputType, ...]] = (InputType.DATETIME,)
+
+    def _ordered(self, typed: Any) -> Any:
+        return _datetime(typed)
 
 
 class DateInput(_Dated):
@@ -604,9 +644,12 @@ class SelectInput(Input):
     type_names: ClassVar[tuple[InputType, ...]] = (InputType.SELECT,)
 
     values: list[str] | None = None
+    #: Rendered when the execution is created (seeing the inputs resolved before): the choices.
     expression: str | None = None
     allowCustomValue: bool = False
     isRadio: bool = False
+    #: Without a value or a default, take the first choice.
+    autoSelectFirst: bool = False
 
     def _definition_problems(self) -> list[tuple[str, str]]:
         if self.values is None and self.expression is None:
@@ -614,8 +657,21 @@ class SelectInput(Input):
         return []
 
     def _check(self, typed: Any) -> None:
-        if self.values is not None and not self.allowCustomValue and typed not in self.values:
-            raise InputValueError(f"it must be one of {self.values}, got {_describe(typed)}")
+        if self.values is not None:
+            self.check_choices(typed, self.values)
+
+    def check_choices(self, typed: Any, choices: Sequence[str]) -> None:
+        """Refuse a value that is not one of ``choices`` (unless ``allowCustomValue``)."""
+        if not self.allowCustomValue and typed not in choices:
+            raise InputValueError(f"it must be one of {list(choices)}, got {_describe(typed)}")
+
+    def first_choice(self, choices: Sequence[str]) -> Any:
+        """The value ``autoSelectFirst`` picks."""
+        return choices[0]
+
+    def static_choices(self) -> list[str] | None:
+        """The choices written in the flow (None when only an ``expression`` gives them)."""
+        return self.values
 
 
 class _ItemTyped(Input):
@@ -661,6 +717,7 @@ class MultiselectInput(_ItemTyped):
     options: list[str] | None = None
     expression: str | None = None
     allowCustomValue: bool = False
+    autoSelectFirst: bool = False
 
     def _definition_problems(self) -> list[tuple[str, str]]:
         if self.values is not None and self.options is not None:
@@ -671,11 +728,24 @@ class MultiselectInput(_ItemTyped):
 
     def _check(self, typed: Any) -> None:
         allowed = self.values if self.values is not None else self.options
-        if allowed is None or self.allowCustomValue:
+        if allowed is not None:
+            self.check_choices(typed, allowed)
+
+    def check_choices(self, typed: Any, choices: Sequence[str]) -> None:
+        """Refuse an item that is not one of ``choices`` (unless ``allowCustomValue``)."""
+        if self.allowCustomValue:
             return
         for item in typed:
-            if str(item) not in allowed:
-                raise InputValueError(f"it must be one of {allowed}, got {_describe(item)}")
+            if str(item) not in choices:
+                raise InputValueError(f"it must be one of {list(choices)}, got {_describe(item)}")
+
+    def first_choice(self, choices: Sequence[str]) -> Any:
+        """The value ``autoSelectFirst`` picks: a list of the first choice."""
+        return [choices[0]]
+
+    def static_choices(self) -> list[str] | None:
+        """The choices written in the flow (None when only an ``expression`` gives them)."""
+        return self.values if self.values is not None else self.options
 
 
 INPUT_CLASSES: tuple[type[Input], ...] = (
@@ -765,19 +835,7 @@ class InputValidationError(ValueError):
         super().__init__("\n".join(str(problem) for problem in self.problems))
 
 
-_ABSENT = object()
-
-
-def _resolve(model: Input, given: Any) -> Any:
-    value = model.defaults if given is None else given
-    if value is None:
-        if model.required:
-            raise InputValueError("missing required input")
-        return _ABSENT
-    return model.parse(value)
-
-
-def _nest(values: dict[str, Any]) -> dict[str, Any]:
+def nest_inputs(values: Mapping[str, Any]) -> dict[str, Any]:
     """Kestra exposes ``a.b`` as ``inputs.a.b``: dotted ids become nested maps."""
     nested: dict[str, Any] = {}
     for key, value in values.items():
@@ -795,36 +853,26 @@ def _nest(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_inputs(
-    flow_inputs: Sequence[Input | Mapping[str, Any]], given: Mapping[str, Any]
+    flow_inputs: Sequence[Input | Mapping[str, Any]],
+    given: Mapping[str, Any],
+    *,
+    variables: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Typed values for the declared inputs, from ``given`` (text or JSON values) and defaults.
 
-    Raises :class:`InputValidationError` listing every bad input (``Invalid input 'count':
-    expected an INT, got 'abc'``). Undeclared names in ``given`` are ignored; optional inputs
-    with neither a value nor a default are left out of the result.
+    Inputs disabled by their ``dependsOn`` are left out, whatever was given for them. Templates
+    (conditions, templated defaults, SELECT expressions) see the inputs resolved before and
+    ``variables`` (``flow``, ``execution``...). Raises :class:`InputValidationError` listing
+    every bad input (``Invalid input 'count': expected an INT, got 'abc'``). Undeclared names in
+    ``given`` are ignored; optional inputs with neither a value nor a default are left out.
     """
-    values: dict[str, Any] = {}
-    problems: list[InputProblem] = []
-    for declared in flow_inputs:
-        model = input_model_for(declared)
-        try:
-            value = _resolve(model, given.get(model.id))
-            if value is not _ABSENT:
-                check_portable(value)  # what every record downstream must carry
-        except InputValueError as exc:
-            problems.append(InputProblem(model.id, str(exc)))
-            continue
-        except UnportableValue as exc:
-            problems.append(InputProblem(model.id, str(exc.under(model.id))))
-            continue
-        except (ValueError, ArithmeticError) as exc:  # a parser's own limit (5000 digits...)
-            problems.append(InputProblem(model.id, f"invalid value: {exc}"))
-            continue
-        if value is not _ABSENT:
-            values[model.id] = value
+    from kestream.models.input_resolution import resolve_inputs
+
+    resolved = resolve_inputs(flow_inputs, given, variables=variables)
+    problems = [InputProblem(r.model.id, r.problem) for r in resolved if r.problem is not None]
     if problems:
         raise InputValidationError(problems)
-    return _nest(values)
+    return nest_inputs({r.model.id: r.value for r in resolved if r.has_value})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -868,7 +916,7 @@ def _json_text(value: Any) -> str:
 _OUTPUT_TEXT: dict[InputType, Callable[[Any], Any]] = {
     InputType.STRING: _json_text,
     InputType.SECRET: _json_text,
-    InputType.DATETIME: lambda v: _datetime(v).isoformat().replace("+00:00", "Z"),
+    InputType.DATETIME: _instant,
     InputType.DATE: lambda v: _date(v).isoformat(),
     InputType.TIME: lambda v: _time(v).isoformat(),
     InputType.DURATION: lambda v: format_duration(_duration(v)),

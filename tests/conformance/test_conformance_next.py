@@ -23,7 +23,7 @@ from kestream.testing import Driver
 
 ENV_VAR = "KESTREAM_CONFORMANCE_NEXT_DIR"
 #: The corpus features this module covers; an entry needing any other one is not run here.
-BUILT = frozenset({"Labels", "Assert", "Exit"})
+BUILT = frozenset({"Labels", "Assert", "Exit", "inputs.dependsOn"})
 
 
 def _corpus() -> Path:

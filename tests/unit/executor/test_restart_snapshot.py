@@ -477,7 +477,7 @@ def test_outputs_used_by_later_tasks() -> None:
     assert summary(restored) == summary(in_place)
     assert restored.state.current is S.SUCCESS
     assert restored.outputs == in_place.outputs
-    when = "2024-01-31T10:00:00.000Z"
+    when = "2024-01-31T10:00:00Z"  # a DATETIME input prints as Java's Instant text
     assert restored.outputs == {"joined": f"{when} | hello {when} x | hello {when} y"}
 
 
