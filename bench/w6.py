@@ -125,7 +125,7 @@ def _task_run(execution: dict[str, Any], task_id: str, state: str, run_id: str) 
 
 
 def synthetic_update(index: int, rng: random.Random, expected: Expected) -> dict[str, Any]:
-    """One realistic ``records.update_values`` record: a stop (full) or a partial update."""
+    """One realistic execution update (``update_values``): a stop (full) or a partial one."""
     namespace = rng.choice(NAMESPACES)
     flow_id = rng.choice(_flow_ids(namespace))
     state = rng.choices([s for s, _ in STATES], weights=[w for _, w in STATES])[0]
@@ -169,7 +169,7 @@ def synthetic_update(index: int, rng: random.Random, expected: Expected) -> dict
     expected.by_flow[flow_id] += 1
     expected.by_team[team] += 1
     expected.starts.append(histories[0]["date"])
-    if ended or state == "PAUSED":  # a stop: the whole list (records.update_values' full)
+    if ended or state == "PAUSED":  # a stop: the whole list (execution_updates.update_values' full)
         body = {**header, "taskRunList": runs}
         return {"more": False, "terminal": ended, "execution": body, "full": True}
     return {"more": False, "terminal": False, "execution": header, "taskRuns": runs, "full": False}

@@ -52,12 +52,13 @@ from kestream.models.execution import Execution, LogEntry
 from kestream.models.flow import Flow
 from kestream.models.ids import new_id
 from kestream.models.inputs import parse_inputs
-from kestream.models.state import StateType
 from kestream.runtime import records
 from kestream.runtime.aio import cancel_and_wait
+from kestream.runtime.compacted import read_partitions, topic_partitions
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.context import connect as connect_broker
-from kestream.runtime.flows_table import FlowsTable, topic_partitions
+from kestream.runtime.execution_updates import MergedExecution, merge_update
+from kestream.runtime.flows_table import FlowsTable
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.tansu_compat import fetch_highwaters
 from kestream.settings import Settings, get_settings
@@ -76,64 +77,6 @@ RECENT_TTL_S = 300.0
 FOLLOW_QUEUE_MAX = 8
 _FETCH_TIMEOUT_MS = 200
 _ERROR_BACKOFF_S = 0.5
-
-
-# -- merging updates (pure) --------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class MergedExecution:
-    """What one reader knows of an execution: its fields, and its task runs by id (in order)."""
-
-    header: dict[str, Any]
-    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    terminal: bool = False
-    #: False while the records of one update are still arriving (``more``).
-    complete: bool = True
-
-    @property
-    def state(self) -> str:
-        return str(self.header.get("state", {}).get("current", ""))
-
-    @property
-    def paused(self) -> bool:
-        return self.state == StateType.PAUSED.value
-
-    @property
-    def stopped(self) -> bool:
-        """Ended, or paused (a :meth:`Client.wait` returns here by default), and complete."""
-        return self.complete and (self.terminal or self.paused)
-
-    def json(self) -> dict[str, Any]:
-        """The execution's JSON as the updates carried it, with its task runs in order."""
-        return {**self.header, "taskRunList": list(self.runs.values())}
-
-    def model(self) -> Execution:
-        return Execution.model_validate(self.json())
-
-
-def merge_update(current: MergedExecution | None, update: Mapping[str, Any]) -> MergedExecution:
-    """Merge one ``records.update_values`` record into what is known of the execution.
-
-    A ``full`` update replaces everything (its ``taskRunList`` is the whole list, in order).
-    Otherwise the execution's fields are replaced and the changed task runs are merged by id
-    into ``current``, which is updated in place (O(changed), not O(execution)); task runs keep
-    the order in which they first appeared. With no ``current``, a partial update starts from
-    the task runs it carries.
-    """
-    header = dict(update["execution"])
-    listed = header.pop("taskRunList", None) or []
-    terminal = bool(update.get("terminal"))
-    complete = not update.get("more")
-    if update.get("full") or current is None:
-        runs = listed if update.get("full") else update.get("taskRuns") or []
-        return MergedExecution(header, {run["id"]: run for run in runs}, terminal, complete)
-    current.header = header
-    current.terminal = terminal
-    current.complete = complete
-    for run in update.get("taskRuns") or []:
-        current.runs[run["id"]] = run
-    return current
 
 
 # -- the client --------------------------------------------------------------------------------
@@ -320,8 +263,11 @@ class Client:
         await self.send(created)
         return execution_id
 
-    async def kill(self, execution_id: str) -> None:
-        await self._act(ev.Kill(execution_id))
+    async def kill(self, execution_id: str, *, attempt: int | None = None) -> None:
+        """Kill an execution. ``attempt``: the execution attempt seen by the caller (its
+        ``metadata.attemptNumber``), so that this kill, replayed after a restart, leaves the
+        restarted attempt alone; None kills whatever attempt runs."""
+        await self._act(ev.Kill(execution_id, attempt))
 
     async def resume(
         self,
@@ -329,10 +275,12 @@ class Client:
         inputs: dict[str, Any] | None = None,
         *,
         task_run_id: str | None = None,
+        attempt: int | None = None,
     ) -> None:
         """Resume the paused task runs of an execution, or only ``task_run_id``: naming the run
-        makes a repeated resume harmless (it cannot resume the next Pause)."""
-        await self._act(ev.Resume(execution_id, inputs, task_run_id))
+        makes a repeated resume harmless (it cannot resume the next Pause). ``attempt``: as
+        :meth:`kill`'s."""
+        await self._act(ev.Resume(execution_id, inputs, task_run_id, attempt))
 
     async def _act(self, event: ev.Event) -> None:
         watch = self._watch(event.execution_id)
@@ -560,15 +508,13 @@ class Client:
         try:
             partitions = [tp.partition for tp in await topic_partitions(consumer, ctx.topics.logs)]
             tp = TopicPartition(ctx.topics.logs, DefaultPartitioner()(key, partitions, partitions))
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            highwater = (await fetch_highwaters(consumer, [tp]))[tp]
             entries: list[LogEntry] = []
-            while await consumer.position(tp) < highwater:
-                batch = await consumer.getmany(tp, timeout_ms=_FETCH_TIMEOUT_MS)
-                for record in batch.get(tp, []):
-                    if record.key == key:
-                        entries.extend(_log_entries(record))
+
+            def keep(record: ConsumerRecord[Any, Any]) -> None:
+                if record.key == key:
+                    entries.extend(_log_entries(record))
+
+            await read_partitions(consumer, [tp], keep)
         finally:
             await consumer.stop()
         entries.sort(key=lambda entry: entry.timestamp)  # stable: a task's lines keep their order

@@ -145,6 +145,13 @@ class Settings(BaseSettings):
         description="KESTREAM_EXECUTOR_ENDED_RETENTION_H: how long ended executions are "
         "remembered, so a redelivered creation never runs twice.",
     )
+    executor_ended_max: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="KESTREAM_EXECUTOR_ENDED_MAX: at most this many ended executions are "
+        "remembered per executor stream processor (about 200 bytes each), the oldest "
+        "forgotten first, within KESTREAM_EXECUTOR_ENDED_RETENTION_H.",
+    )
     render_timeout_ms: int = Field(
         default=1000,
         ge=1,

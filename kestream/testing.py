@@ -12,11 +12,9 @@ executions a run created (subflows, retries as new executions).
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from kestream.executor import commands as cmd
@@ -25,6 +23,7 @@ from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.snapshot import execution_model
 from kestream.executor.state import ExecutionState
 from kestream.executor.step import Executor
+from kestream.executor.timers import TimerQueue
 from kestream.models.clock import Clock, ManualClock, utc_now
 from kestream.models.execution import Execution, LogEntry
 from kestream.models.flow import Flow, parse_flow
@@ -59,9 +58,7 @@ class Driver:
         self.states: dict[str, ExecutionState] = {}
         self._logs: dict[str, list[cmd.LogLine]] = {}
         self._events: deque[ev.Event] = deque()
-        self._timers: list[tuple[datetime, int, str, str]] = []
-        self._timer_due: dict[tuple[str, str], datetime] = {}
-        self._seq = itertools.count()
+        self._timers = TimerQueue()  # the executor's own (one piece of code for both)
         self._inflight: set[asyncio.Task[tuple[ev.WorkerResult, list[cmd.LogLine]]]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._manual_time = isinstance(clock, ManualClock)
@@ -325,11 +322,9 @@ class Driver:
         elif isinstance(command, cmd.SendEvent):
             self._events.append(command.event)
         elif isinstance(command, cmd.SetTimer):
-            key = (command.execution_id, command.timer_id)
-            self._timer_due[key] = command.due
-            heapq.heappush(self._timers, (command.due, next(self._seq), *key))
+            self._timers.set(command.execution_id, command.timer_id, command.due)
         elif isinstance(command, cmd.CancelTimer):
-            self._timer_due.pop((command.execution_id, command.timer_id), None)
+            self._timers.cancel(command.execution_id, command.timer_id)
         elif isinstance(command, cmd.EmitLogs):
             self._keep_logs(command.lines[0].execution_id, command.lines)
 
@@ -338,27 +333,18 @@ class Driver:
             self._logs.setdefault(execution_id, []).extend(lines)
 
     def _next_timer_wait(self) -> float | None:
-        while self._timers:
-            due, _, execution_id, timer_id = self._timers[0]
-            if self._timer_due.get((execution_id, timer_id)) != due:
-                heapq.heappop(self._timers)  # cancelled or replaced
-                continue
-            return max((due - self.clock()).total_seconds(), 0.0)
-        return None
+        due = self._timers.next_due()
+        return None if due is None else max((due - self.clock()).total_seconds(), 0.0)
 
     def _fire_due_timers(self) -> None:
-        now = self.clock()
-        while self._timers and self._timers[0][0] <= now:
-            due, _, execution_id, timer_id = heapq.heappop(self._timers)
-            if self._timer_due.get((execution_id, timer_id)) == due:
-                del self._timer_due[(execution_id, timer_id)]
-                self._events.append(ev.TimerFired(execution_id, timer_id))
+        for execution_id, timer_id, _ in self._timers.pop_due(self.clock()):
+            self._events.append(ev.TimerFired(execution_id, timer_id))
 
     def _busy(self) -> bool:
         """Work other than waiting for a pause is pending somewhere."""
         if self._events or self._inflight:
             return True
-        for execution_id, timer_id in self._timer_due:
+        for execution_id, timer_id in self._timers.pending():
             timer = self.states[execution_id].timers.get(timer_id)
             if timer is not None and timer.kind not in _PAUSE_TIMERS:
                 return True

@@ -127,7 +127,7 @@ class ExecutionRoutes:
                     "finished, can't kill it",
                 )
             return web.Response(status=202)
-        await service.kill(execution["id"])
+        await service.kill(execution)
         return web.Response(status=202)
 
     async def resume(self, request: web.Request) -> web.Response:

@@ -31,6 +31,7 @@ from kestream.api.index.store import LogPage
 from kestream.api.sse import FollowLimit
 from kestream.client import Client
 from kestream.executor import events as ev
+from kestream.executor.restore import RestoreError, snapshot_attempt
 from kestream.models.clock import utc_now
 from kestream.models.execution import Execution, format_instant
 from kestream.models.flow import Flow
@@ -214,8 +215,9 @@ class ApiService:
             log.warning("log follow: the logs topic's end is unknown for now: %s", exc)
             return None
 
-    async def kill(self, execution_id: str) -> None:
-        await self.client.kill(execution_id)
+    async def kill(self, execution: dict[str, Any]) -> None:
+        """Kill the attempt of ``execution`` the caller saw (a replay cannot kill a restart)."""
+        await self.client.kill(execution["id"], attempt=_attempt_of(execution))
 
     async def resume(self, execution: dict[str, Any], inputs: dict[str, Any]) -> None:
         """Resume the task runs that are paused in ``execution`` (as the caller saw it), each
@@ -234,7 +236,9 @@ class ApiService:
                 parse_inputs(task.onResume, inputs)
         paused = [run["id"] for run in runs]
         for run_id in paused or [None]:
-            await self.client.resume(execution["id"], inputs or None, task_run_id=run_id)
+            await self.client.resume(
+                execution["id"], inputs or None, task_run_id=run_id, attempt=_attempt_of(execution)
+            )
 
     async def restart(self, snapshot: dict[str, Any]) -> None:
         """Restart an ended execution: its last snapshot goes back to the executor with the
@@ -298,6 +302,15 @@ class ApiService:
             len(self._created) > CREATED_CACHE_MAX or next(iter(self._created.values()))[1] <= now
         ):
             self._created.popitem(last=False)
+
+
+def _attempt_of(execution: dict[str, Any]) -> int | None:
+    """The execution attempt an execution's JSON shows (``metadata.attemptNumber``), None if it
+    shows none that can be read (the kill or resume then applies to any attempt)."""
+    try:
+        return snapshot_attempt(execution)
+    except RestoreError:
+        return None
 
 
 def _progress(execution: dict[str, Any]) -> int:

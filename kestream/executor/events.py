@@ -60,16 +60,23 @@ class WorkerResult:
 
 @dataclass(slots=True)
 class Kill:
+    """Kill the execution. ``attempt`` is the execution attempt (its restart counter) the
+    sender saw: a kill of an older attempt, replayed after a restart, changes nothing. None
+    (a subflow's parent, an older record) kills whatever attempt runs."""
+
     execution_id: str
+    attempt: int | None = None
 
 
 @dataclass(slots=True)
 class Resume:
-    """Resume paused task runs (all of them, or the one named) with ``onResume`` inputs."""
+    """Resume paused task runs (all of them, or the one named) with ``onResume`` inputs.
+    ``attempt``: as :class:`Kill`'s, so a replayed resume cannot resume a later attempt."""
 
     execution_id: str
     inputs: dict[str, Any] | None = None
     task_run_id: str | None = None
+    attempt: int | None = None
 
 
 @dataclass(slots=True)

@@ -46,6 +46,7 @@ from kestream.executor.flow_registry import FlowRegistry
 from kestream.models.flow import Flow, parse_flow
 from kestream.runtime import records
 from kestream.runtime.aio import cancel_and_wait
+from kestream.runtime.compacted import assign_from_start, read_to_end
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.tansu_compat import fetch_highwaters
@@ -57,39 +58,8 @@ FlowListener = Callable[[Flow], None]
 #: How long :meth:`FlowsTable.publish` waits for the table to read its own record back.
 PUBLISH_READ_BACK_S = 30.0
 #: How long to wait for a topic to appear in the broker's metadata.
-METADATA_TIMEOUT_S = 30.0
 _FETCH_TIMEOUT_MS = 200
 _RETRY_BACKOFF_S = 0.5
-
-
-async def topic_partitions(
-    consumer: AIOKafkaConsumer, topic: str, timeout: float = METADATA_TIMEOUT_S
-) -> list[TopicPartition]:
-    """Every partition of ``topic``, waiting until the broker's metadata lists it.
-
-    A topic created a moment ago (``ensure_topics``) may not be in a Kafka broker's metadata
-    yet. Also lets the event loop run once after ``consumer.start()`` (an aiokafka 0.14 quirk
-    when a group-less consumer is stopped right away).
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        cluster = await consumer._client.fetch_all_metadata()
-        partitions = cluster.partitions_for_topic(topic)
-        if partitions:
-            return [TopicPartition(topic, p) for p in sorted(partitions)]
-        if loop.time() >= deadline:
-            raise RuntimeError(f"topic {topic} is not in the broker's metadata after {timeout}s")
-        await asyncio.sleep(0.1)
-
-
-async def assign_from_start(consumer: AIOKafkaConsumer, topic: str) -> dict[TopicPartition, int]:
-    """Assign every partition of ``topic`` at its first offset (a table read whole); returns
-    each partition's high watermark now, read from a Fetch: the end of "whole"."""
-    tps = await topic_partitions(consumer, topic)
-    consumer.assign(tps)
-    await consumer.seek_to_beginning(*tps)
-    return await fetch_highwaters(consumer, tps)
 
 
 def flow_key(namespace: str, flow_id: str, revision: int | None = None) -> str:
@@ -135,10 +105,9 @@ class FlowsTable:
         await consumer.start()
         self._consumer = consumer
         try:
-            targets = await assign_from_start(consumer, ctx.topics.flows)
-            self._positions = dict.fromkeys(targets, 0)
-            while any(self._positions[tp] < hw for tp, hw in targets.items()):
-                await self._poll()
+            ends = await assign_from_start(consumer, ctx.topics.flows)
+            await read_to_end(consumer, ends, self._apply)
+            self._positions = {tp: await consumer.position(tp) for tp in ends}
         except BaseException:
             await self._close_clients()
             raise

@@ -40,8 +40,8 @@ from aiokafka.errors import KafkaError
 
 from kestream.runtime import records
 from kestream.runtime.aio import cancel_and_wait
+from kestream.runtime.compacted import assign_from_start, reached
 from kestream.runtime.context import BrokerContext
-from kestream.runtime.flows_table import assign_from_start
 from kestream.runtime.health import Health
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.metrics import Metrics
@@ -393,7 +393,7 @@ class MemberBoard:
         while True:
             try:
                 await self._poll(consumer)
-                if not self.loaded.is_set() and await _reached(consumer, targets):
+                if not self.loaded.is_set() and await reached(consumer, targets):
                     self.loaded.set()
                     log.info("members table loaded: %d members", len(self.roster.members()))
             except asyncio.CancelledError:
@@ -408,11 +408,3 @@ class MemberBoard:
             for record in recs:
                 key = record.key.decode("utf-8", "replace") if record.key is not None else ""
                 self.roster.apply(key, record.value)
-
-
-async def _reached(consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int]) -> bool:
-    """Has ``consumer`` read every partition up to its target offset?"""
-    for tp, highwater in targets.items():
-        if await consumer.position(tp) < highwater:
-            return False
-    return True

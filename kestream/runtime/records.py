@@ -20,8 +20,6 @@ from kestream.executor import events as ev
 from kestream.executor.codec import decode_value, encode_value
 from kestream.executor.restore import snapshot_attempt
 from kestream.executor.sizes import human_size, record_json
-from kestream.executor.snapshot import execution_model, task_run_model
-from kestream.executor.state import ExecutionState
 from kestream.models.execution import format_instant
 from kestream.models.state import StateType
 from kestream.models.values import find_unportable
@@ -111,9 +109,10 @@ def event_value(event: ev.Event) -> dict[str, Any]:
             "id": event.execution_id,
             "inputs": encode_value(event.inputs),
             "run": event.task_run_id,
+            "attempt": event.attempt,
         }
     if isinstance(event, ev.Kill):
-        return {"type": "kill", "id": event.execution_id}
+        return {"type": "kill", "id": event.execution_id, "attempt": event.attempt}
     if isinstance(event, ev.Restart):
         body: dict[str, Any] = {"type": "restart", "id": event.execution_id}
         if event.snapshot is not None:
@@ -225,6 +224,16 @@ def _subflow(body: dict[str, Any]) -> ev.Event:
     )
 
 
+def _attempt(raw: Any) -> int | None:
+    """A kill's or resume's execution attempt: absent (records written before attempts were
+    carried, or a sender that does not know it), or a positive integer."""
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+        raise ValueError(f"'attempt' must be a positive integer, not {raw!r}")  # -> RecordError
+    return raw
+
+
 def _restart(body: dict[str, Any]) -> ev.Event:
     snapshot = body.get("snapshot")
     if snapshot is not None:
@@ -238,8 +247,10 @@ _EVENT_DECODERS = {
     "created": _created,
     "result": _result,
     "subflow": _subflow,
-    "resume": lambda b: ev.Resume(b["id"], decode_value(b.get("inputs")), b.get("run")),
-    "kill": lambda b: ev.Kill(b["id"]),
+    "resume": lambda b: ev.Resume(
+        b["id"], decode_value(b.get("inputs")), b.get("run"), _attempt(b.get("attempt"))
+    ),
+    "kill": lambda b: ev.Kill(b["id"], _attempt(b.get("attempt"))),
     "restart": _restart,
 }
 
@@ -395,104 +406,8 @@ def pack(sizes: Iterable[int], max_bytes: int) -> list[tuple[int, int]]:
     return runs
 
 
-def update_records(
-    st: ExecutionState, changed: list[str], *, terminal: bool, full: bool, max_bytes: int
-) -> list[bytes]:
-    """An execution update as records of at most ``max_bytes``: the execution's own fields
-    plus task runs.
-
-    Usually the task runs that changed in the step (consumers merge them by id, so a step costs
-    what it changed). When the execution stops (ends or pauses) every task run is sent, so a
-    reader that joins late still gets the whole picture; the first record then has ``full``
-    (replace what you know). Task runs are split across records by their encoded size: every
-    record carries the execution's fields, every record but the last has ``more``, and only the
-    last carries ``terminal``, so readers act on an update only once it is whole.
-
-    A task run that cannot share a record with the execution's fields (both large; outputs
-    alone never pass the limit, :mod:`kestream.executor.sizes`) travels without its outputs,
-    its id listed in the record's ``outputsLeftOut``; the changelog keeps them.
-    """
-    send_all = full or terminal
-    header = execution_model(st, with_task_runs=False).model_dump(mode="json", by_alias=True)
-    header.pop("taskRunList", None)
-    ids = list(st.task_runs) if send_all else [r for r in changed if r in st.task_runs]
-    runs = [
-        task_run_model(st, st.task_runs[run_id]).model_dump(mode="json", by_alias=True)
-        for run_id in ids
-    ]
-    whole = dumps(
-        _update_body(header, runs, first=True, last=True, full=send_all, terminal=terminal)
-    )
-    if len(whole) <= max_bytes:  # the usual case: one encoding, one record
-        return [whole]
-    envelope = max(  # the longest shape: "more":false,"terminal":false
-        len(dumps(_update_body(header, [], first=first, last=True, full=send_all, terminal=False)))
-        for first in (True, False)
-    )
-    room = max_bytes - envelope
-    spans = pack((len(dumps(run)) for run in runs), room) or [(0, 0)]
-    out: list[bytes] = []
-    for index, (i, j) in enumerate(spans):
-        chunk = runs[i:j]
-        body = _update_body(
-            header, chunk, first=index == 0, last=index == len(spans) - 1,
-            full=send_all, terminal=terminal,
-        )  # fmt: skip
-        value = dumps(body)
-        if len(value) > max_bytes and len(chunk) == 1:
-            body["outputsLeftOut"] = [chunk[0]["id"]]
-            _runs_of(body)[0] = {**chunk[0], "outputs": None}
-            log.warning(
-                "execution %s: task run %s goes in its update without its outputs (%s with "
-                "the execution's fields, over the record limit)",
-                st.id, chunk[0]["id"], human_size(len(value)),
-            )  # fmt: skip
-            value = dumps(body)
-        out.append(value)
-    return out
-
-
-def _update_body(
-    header: dict[str, Any],
-    runs: list[dict[str, Any]],
-    *,
-    first: bool,
-    last: bool,
-    full: bool,
-    terminal: bool,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {"more": not last, "terminal": terminal and last}
-    if first and full:
-        body.update(execution={**header, "taskRunList": runs}, full=True)
-    else:
-        body.update(execution=header, taskRuns=runs, full=False)
-    return body
-
-
-def _runs_of(body: dict[str, Any]) -> list[dict[str, Any]]:
-    runs: list[dict[str, Any]] = (
-        body["execution"]["taskRunList"] if body["full"] else body["taskRuns"]
-    )
-    return runs
-
-
 #: A value of ``KESTREAM_MAX_RECORD_BYTES``' default, for callers without a broker context.
 DEFAULT_VALUE_BYTES = RecordLimit.of(Settings.model_construct()).value_bytes
-
-
-def update_values(
-    st: ExecutionState,
-    changed: list[str],
-    *,
-    terminal: bool,
-    full: bool,
-    max_bytes: int = DEFAULT_VALUE_BYTES,
-) -> list[dict[str, Any]]:
-    """:func:`update_records`, decoded (what a reader gets from the topic)."""
-    return [
-        loads(value)
-        for value in update_records(st, changed, terminal=terminal, full=full, max_bytes=max_bytes)
-    ]
 
 
 # -- dead letters ----------------------------------------------------------------------------

@@ -200,14 +200,13 @@ class SchedulerService:
         consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=None)
         await consumer.start()
         latest: dict[str, bytes | None] = {}
+
+        def keep(rec: ConsumerRecord[Any, Any]) -> None:
+            if rec.key is not None:
+                latest[rec.key.decode("utf-8", "replace")] = rec.value
+
         try:
-            highwaters = await assign_from_start(consumer, self.topics.triggers)
-            while [tp for tp, end in highwaters.items() if await consumer.position(tp) < end]:
-                batch = await consumer.getmany(timeout_ms=_FETCH_TIMEOUT_MS)
-                for recs in batch.values():
-                    for rec in recs:
-                        if rec.key is not None:
-                            latest[rec.key.decode("utf-8", "replace")] = rec.value
+            await assign_from_start(consumer, self.topics.triggers, keep)
         finally:
             await consumer.stop()
         for key, value in latest.items():

@@ -27,9 +27,10 @@ from kestream.api.service import ApiService
 from kestream.client import Client
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.models.state import StateType
+from kestream.runtime.compacted import topic_partitions
 from kestream.runtime.context import BrokerContext, connect
 from kestream.runtime.executor_service import ExecutorService
-from kestream.runtime.flows_table import FlowsTable, topic_partitions
+from kestream.runtime.flows_table import FlowsTable
 from kestream.runtime.kafka import make_consumer
 from kestream.runtime.tansu_compat import fetch_highwaters
 from kestream.runtime.worker_service import WorkerService

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from executor_harness import Harness, wait_for
 
-from kestream.client import MergedExecution, merge_update
 from kestream.executor import events as ev
+from kestream.runtime.execution_updates import MergedExecution, merge_update
 
 pytestmark = pytest.mark.integration
 

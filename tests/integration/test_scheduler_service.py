@@ -15,8 +15,9 @@ import pytest
 from kestream.client import Client
 from kestream.executor import events as ev
 from kestream.runtime import records
+from kestream.runtime.compacted import assign_from_start
 from kestream.runtime.context import BrokerContext, connect
-from kestream.runtime.flows_table import FlowsTable, assign_from_start
+from kestream.runtime.flows_table import FlowsTable
 from kestream.runtime.kafka import make_consumer
 from kestream.runtime.scheduler_service import SchedulerService
 from kestream.scheduler.trigger_state import TriggerState

@@ -22,8 +22,9 @@ from kestream.models.flow import Flow
 from kestream.models.ids import new_id
 from kestream.models.state import StateType
 from kestream.runtime import records
+from kestream.runtime.compacted import topic_partitions
 from kestream.runtime.context import BrokerContext, connect
-from kestream.runtime.flows_table import FlowsTable, topic_partitions
+from kestream.runtime.flows_table import FlowsTable
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.worker_service import WorkerService
 from kestream.settings import Settings

@@ -39,8 +39,8 @@ from aiokafka.structs import ConsumerRecord
 from kestream.api.index.store import ApplyResult, Batch, FeedRecord, RecordKind, Store
 from kestream.runtime import records
 from kestream.runtime.aio import cancel_and_wait
+from kestream.runtime.compacted import topic_partitions
 from kestream.runtime.context import BrokerContext
-from kestream.runtime.flows_table import topic_partitions
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.metrics import process_metrics
 from kestream.runtime.tansu_compat import fetch_highwaters

@@ -8,9 +8,10 @@ offsets already stored. So the feed resumes from the database's own offsets
 counts anything twice. Updates are upserts keyed by execution id, so even a duplicate produced
 upstream (at-least-once) leaves one row.
 
-Updates are merged with :func:`kestream.client.merge_update`'s rules, first within the batch
-(several updates of one execution become one write) and then into what is stored: a ``full``
-update replaces the execution's task runs, a partial one upserts the task runs it carries by id.
+Updates are merged with :func:`kestream.runtime.execution_updates.merge_update`'s rules, first
+within the batch (several updates of one execution become one write) and then into what is
+stored: a ``full`` update replaces the execution's task runs, a partial one upserts the task
+runs it carries by id.
 Log lines are appended, each once: offsets make the feed's own replays harmless, and a line
 the index already holds is recognised by its identity (:meth:`Store._new_lines`), so a log
 record produced twice upstream shows once. Each line gets a sequence number that only grows: a
@@ -50,7 +51,7 @@ from kestream.api.index.sql import (
     needs_namespaces,
     search_sql,
 )
-from kestream.client import MergedExecution, merge_update
+from kestream.runtime.execution_updates import MergedExecution, merge_update
 from kestream.runtime.records import RecordError, loads
 
 __all__ = [
@@ -108,8 +109,8 @@ class RecordKind(StrEnum):
 class FeedRecord:
     """One decoded record with its position in Kafka.
 
-    ``value`` is an execution update (``records.update_values``) for :attr:`RecordKind.UPDATE`,
-    a list of Kestra LogEntry dicts for :attr:`RecordKind.LOGS`.
+    ``value`` is an execution update (``execution_updates.update_values``) for
+    :attr:`RecordKind.UPDATE`, a list of Kestra LogEntry dicts for :attr:`RecordKind.LOGS`.
     """
 
     topic: str

@@ -21,7 +21,7 @@ from kestream.api.index.query import parse_search_params
 from kestream.api.index.store import SCHEMA_VERSION, Batch, FeedRecord, RecordKind, Store
 from kestream.executor.snapshot import execution_model
 from kestream.models.execution import format_instant
-from kestream.runtime import records
+from kestream.runtime import execution_updates, records
 from kestream.testing import Driver
 
 MakeStore = Callable[[], Store]
@@ -50,7 +50,7 @@ def header(
     labels: dict[str, str] | None = None,
     parent: str | None = None,
 ) -> dict[str, Any]:
-    """An execution's own JSON, shaped like ``records.update_values``' ``execution``."""
+    """An execution's own JSON, shaped like ``execution_updates.update_values``' ``execution``."""
     histories = [{"state": "CREATED", "date": format_instant(start)}]
     if state != "CREATED":
         histories.append({"state": state, "date": format_instant(end or start)})
@@ -177,12 +177,16 @@ tasks:
         a, b, c = (r.id for r in done.taskRunList)
         for changed in ([b], [a, b]):
             store.apply(
-                feed.updates(*records.update_values(st, changed, terminal=False, full=False))
+                feed.updates(
+                    *execution_updates.update_values(st, changed, terminal=False, full=False)
+                )
             )
         got = store.get(done.id)
         assert got is not None
         assert [r["id"] for r in got["taskRunList"]] == [b, a]  # order of first appearance
-        store.apply(feed.updates(*records.update_values(st, [], terminal=True, full=True)))
+        store.apply(
+            feed.updates(*execution_updates.update_values(st, [], terminal=True, full=True))
+        )
     got = store.get(done.id)
     want = execution_model(st).model_dump(mode="json", by_alias=True)
     assert got is not None

@@ -16,7 +16,7 @@ from kestream.models.execution import Execution
 from kestream.models.flow import parse_flow
 from kestream.models.inputs import InputValidationError
 from kestream.models.state import StateType
-from kestream.runtime import records
+from kestream.runtime import execution_updates, records
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.topics import Topics
 from kestream.settings import Settings
@@ -56,14 +56,15 @@ def test_partial_updates_merge_by_id_in_order_of_first_appearance() -> None:
         a, b, c = (run.id for run in done.taskRunList)
 
         merged = merge_update(
-            None, _wire(records.update_values(st, [b], terminal=False, full=False)[0])
+            None, _wire(execution_updates.update_values(st, [b], terminal=False, full=False)[0])
         )
         assert list(merged.runs) == [b] and not merged.terminal
         merged = merge_update(
-            merged, _wire(records.update_values(st, [a], terminal=False, full=False)[0])
+            merged, _wire(execution_updates.update_values(st, [a], terminal=False, full=False)[0])
         )
         merged = merge_update(
-            merged, _wire(records.update_values(st, [b, c], terminal=False, full=False)[0])
+            merged,
+            _wire(execution_updates.update_values(st, [b, c], terminal=False, full=False)[0]),
         )
         assert list(merged.runs) == [b, a, c]  # b first seen first; b updated in place
         model = merged.model()
@@ -72,7 +73,7 @@ def test_partial_updates_merge_by_id_in_order_of_first_appearance() -> None:
 
         # A full (terminal) update replaces the picture with the executor's own order.
         final = merge_update(
-            merged, _wire(records.update_values(st, [], terminal=True, full=True)[0])
+            merged, _wire(execution_updates.update_values(st, [], terminal=True, full=True)[0])
         )
     assert final.terminal and final.stopped
     # Equal as JSON (instants travel with millisecond precision, as Kestra prints them).
@@ -238,7 +239,7 @@ def test_a_large_stop_update_is_chunked_and_stops_only_when_complete() -> None:
     st = Executor(flows).step(None, ev.ExecutionCreated("x", "t", "big", flow.revision)).state
     assert st is not None and st.state.current.value == "SUCCESS"
     limit = 64 * 1024
-    values = records.update_records(
+    values = execution_updates.update_records(
         st, list(st.task_runs), terminal=True, full=True, max_bytes=limit
     )
     sizes = [len(value) for value in values]

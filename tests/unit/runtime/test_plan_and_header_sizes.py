@@ -31,7 +31,7 @@ from kestream.executor.state import ExecutionState
 from kestream.executor.step import Executor, StepResult
 from kestream.models.flow import Flow, parse_flow
 from kestream.models.state import StateType
-from kestream.runtime import executor_service, records, worker_service
+from kestream.runtime import command_router, execution_updates, records, worker_service
 from kestream.runtime.record_limit import RecordLimit, RecordTooLarge
 from kestream.settings import Settings
 from kestream.tasks.base import RunnableTask
@@ -118,7 +118,7 @@ def test_a_plan_no_record_can_hold_fails_its_flowable_and_the_execution_stays_re
     assert not [key for key in changelog if key.endswith(codec.PLAN) and key != st.id + codec.PLAN]
     sizes = [len(value) for value in changelog.values() if value is not None]
     assert max(sizes) <= DEFAULT.value_bytes
-    updates = records.update_records(
+    updates = execution_updates.update_records(
         st, list(st.task_runs), terminal=True, full=True, max_bytes=DEFAULT.value_bytes
     )
     assert all(len(value) <= DEFAULT.value_bytes for value in updates)
@@ -198,7 +198,7 @@ def test_inputs_that_leave_their_updates_room_are_accepted_and_every_record_fits
     st = result.state
     assert st is not None and st.state.current is StateType.SUCCESS
     for terminal in (False, True):
-        updates = records.update_records(
+        updates = execution_updates.update_records(
             st, list(st.task_runs), terminal=terminal, full=terminal, max_bytes=limit.value_bytes
         )
         assert all(len(update) <= limit.value_bytes for update in updates)
@@ -222,7 +222,7 @@ def test_inputs_that_would_leave_no_room_for_task_runs_are_refused_at_creation()
     near = _blob_for(limit.value_bytes - 100)
     _, result = _start(_INPUTS, limit.output_bytes, blob=near)
     assert result.state is not None
-    updates = records.update_records(
+    updates = execution_updates.update_records(
         result.state, list(result.state.task_runs), terminal=True, full=True,
         max_bytes=limit.value_bytes,
     )  # fmt: skip
@@ -263,8 +263,8 @@ def test_every_size_refusal_uses_the_one_wording() -> None:
     messages = [
         too_large("outputs of task 'a'", {"v": "x" * 100}, 50),
         str(RecordTooLarge("the flow's record", 70_000, 65_000)),
-        executor_service._job_refused(job, 70_000, limit.value_bytes).error,
-        executor_service._child_refused(created, parent, 70_000, limit).error,
+        command_router._job_refused(job, 70_000, limit.value_bytes).error,
+        command_router._child_refused(created, parent, 70_000, limit).error,
         worker_service._result_refused(result, "a", 70_000, limit.value_bytes).error,
         over_limit("the record", 1, 0),
     ]

@@ -10,7 +10,6 @@ from typing import Any
 import orjson
 import pytest
 
-from kestream.client import merge_update
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
@@ -18,7 +17,8 @@ from kestream.executor.sizes import encoded_size, human_size, outputs_budget, ou
 from kestream.executor.step import Executor
 from kestream.models.flow import parse_flow
 from kestream.models.state import StateType
-from kestream.runtime import records
+from kestream.runtime import execution_updates, records
+from kestream.runtime.execution_updates import merge_update
 from kestream.runtime.record_limit import RECORD_MARGIN, RecordLimit, RecordTooLarge
 from kestream.settings import Settings
 from kestream.testing import Driver
@@ -119,7 +119,7 @@ tasks:
 def test_an_update_is_split_by_bytes_and_merges_back_whole() -> None:
     st = _state(_OUTPUTS_FLOW, pad="p")
     limit = 32 * 1024
-    values = records.update_records(
+    values = execution_updates.update_records(
         st, list(st.task_runs), terminal=True, full=True, max_bytes=limit
     )
     assert len(values) > 2 and all(len(value) <= limit for value in values)
@@ -136,7 +136,7 @@ def test_an_update_is_split_by_bytes_and_merges_back_whole() -> None:
 def test_a_task_run_that_cannot_share_a_record_with_a_large_header_loses_only_its_outputs() -> None:
     st = _state(_OUTPUTS_FLOW, pad="p" * 30_000)  # the execution's own fields: ~30 kB
     limit = 32 * 1024
-    values = records.update_records(
+    values = execution_updates.update_records(
         st, list(st.task_runs), terminal=True, full=True, max_bytes=limit
     )
     bodies = [orjson.loads(value) for value in values]
@@ -152,7 +152,7 @@ def test_a_task_run_that_cannot_share_a_record_with_a_large_header_loses_only_it
 
 def test_a_small_update_is_one_record_as_before() -> None:
     st = _state(_OUTPUTS_FLOW, pad="p")
-    values = records.update_records(st, [], terminal=True, full=True, max_bytes=1 << 20)
+    values = execution_updates.update_records(st, [], terminal=True, full=True, max_bytes=1 << 20)
     assert len(values) == 1 and orjson.loads(values[0])["terminal"] is True
 
 

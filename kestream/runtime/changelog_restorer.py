@@ -1,0 +1,190 @@
+"""The executor's state table, read back from its changelog topic.
+
+Recovery (a partition assigned to this processor) reads the partition's changelog to its end
+(:mod:`kestream.runtime.compacted`), keeps the last record of each key, and rebuilds each
+execution in flight (:func:`kestream.executor.codec.rebuild`) and each ended-execution marker.
+One execution whose records cannot be rebuilt is logged and left out; it never stops the others.
+
+A read that fails (the broker away, a leader moving) is tried again a few times; if it still
+fails, :class:`RecoveryFailed` is raised and the processor stops its process loudly: carrying on
+without the partition's state would drop or replay its executions.
+
+:class:`ChangelogMirror` keeps, for each execution in flight, the records the changelog holds
+for it (written, or about to be by the current batch). It is what an event that failed half-way
+is rolled back to: the state is rebuilt from the mirror exactly as recovery would rebuild it.
+It costs memory of the order of the states themselves, and no work per event beyond keeping
+references to the values the changelog encoding makes anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from kestream.executor import codec
+from kestream.executor.flow_registry import FlowRegistry
+from kestream.executor.state import ExecutionState
+from kestream.runtime import records
+from kestream.runtime.compacted import read_partitions
+from kestream.runtime.context import BrokerContext
+from kestream.runtime.kafka import make_consumer
+
+__all__ = ["ChangelogMirror", "ChangelogRestorer", "Recovered", "RecoveryFailed"]
+
+log = logging.getLogger("kestream.executor")
+
+#: Records of one execution, by changelog key.
+ExecutionRecords = dict[str, Any]
+
+
+class RecoveryFailed(RuntimeError):
+    """The changelog of assigned partitions could not be read, after retries."""
+
+
+class ChangelogMirror:
+    """The changelog's records of each execution in flight (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, ExecutionRecords] = {}
+
+    def put(self, key: str, value: Any) -> None:
+        """Follow one changelog record (``None``: a tombstone)."""
+        execution_id = codec.execution_of(key)
+        if value is None:
+            recs = self._records.get(execution_id)
+            if recs is not None:
+                recs.pop(key, None)
+                if not recs:
+                    del self._records[execution_id]
+        elif key != codec.header_key(execution_id, codec.ENDED):  # ended: not in flight
+            self._records.setdefault(execution_id, {})[key] = value
+
+    def load(self, execution_id: str, recs: ExecutionRecords) -> None:
+        self._records[execution_id] = dict(recs)
+
+    def forget(self, execution_ids: Iterable[str]) -> None:
+        for execution_id in execution_ids:
+            self._records.pop(execution_id, None)
+
+    def records_of(self, execution_id: str) -> ExecutionRecords | None:
+        return self._records.get(execution_id)
+
+    def __contains__(self, execution_id: object) -> bool:
+        return execution_id in self._records
+
+
+@dataclass(slots=True)
+class Recovered:
+    """What one changelog partition gave back."""
+
+    states: list[tuple[ExecutionState, ExecutionRecords]] = field(default_factory=list)
+    ended: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    left_out: int = 0
+
+
+class ChangelogRestorer:
+    """Reads changelog partitions and rebuilds their executions (see the module docstring)."""
+
+    def __init__(
+        self,
+        ctx: BrokerContext,
+        registry: FlowRegistry,
+        *,
+        attempts: int = 4,
+        backoff_s: float = 0.5,
+    ) -> None:
+        self.ctx = ctx
+        self.registry = registry
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+
+    async def recover(self, partitions: set[int]) -> dict[int, Recovered]:
+        """Rebuild ``partitions`` from their changelog, retrying a failed read; raises
+        :class:`RecoveryFailed` once the attempts are spent."""
+        delay = self.backoff_s
+        for attempt in range(1, self.attempts + 1):
+            try:
+                latest = await self.read(partitions)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if attempt == self.attempts:
+                    raise RecoveryFailed(
+                        f"cannot read the changelog of partitions {sorted(partitions)} "
+                        f"after {attempt} attempts: {exc!r}"
+                    ) from exc
+                log.warning(
+                    "reading the changelog of partitions %s failed (attempt %d of %d): %r; "
+                    "retrying in %.1fs",
+                    sorted(partitions), attempt, self.attempts, exc, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                delay *= 2
+        return {p: self.rebuild(p, by_execution) for p, by_execution in latest.items()}
+
+    async def read(self, partitions: set[int]) -> dict[int, dict[str, ExecutionRecords]]:
+        """The last record of each key of each changelog partition, by execution."""
+        ctx = self.ctx
+        latest: dict[int, dict[str, ExecutionRecords]] = {p: {} for p in partitions}
+
+        def keep(rec: ConsumerRecord[Any, Any]) -> None:
+            _keep_latest(latest[rec.partition], rec)
+
+        consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=None)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(ctx.topics.changelog, p) for p in sorted(partitions)]
+            await read_partitions(consumer, tps, keep, max_records=10_000)
+        finally:
+            await consumer.stop()
+        return latest
+
+    def rebuild(self, partition: int, by_execution: dict[str, ExecutionRecords]) -> Recovered:
+        """Executions in flight and ended markers from one partition's latest records."""
+        found = Recovered()
+        for execution_id, recs in by_execution.items():
+            marker = recs.get(codec.header_key(execution_id, codec.ENDED))
+            if marker is not None:
+                found.ended.append((execution_id, marker))
+                continue
+            st = self.rebuild_one(execution_id, recs)
+            if st is None:
+                found.left_out += 1 if codec.header_key(execution_id) in recs else 0
+            else:
+                found.states.append((st, recs))
+        return found
+
+    def rebuild_one(self, execution_id: str, recs: ExecutionRecords) -> ExecutionState | None:
+        """One execution from its records; None (logged) when that cannot be done."""
+        head = recs.get(codec.header_key(execution_id))
+        if head is None:
+            return None  # leftovers of an execution whose end was recorded and later pruned
+        flow = self.registry.get(head["ns"], head["flow"], head["rev"])
+        if flow is None:
+            log.error("cannot restore %s: flow %s.%s revision %s is unknown",
+                      execution_id, head["ns"], head["flow"], head["rev"])  # fmt: skip
+            return None
+        try:
+            return codec.rebuild(execution_id, recs, flow.task_index())
+        except Exception:  # one bad record must not stop the recovery of every other execution
+            log.exception("cannot restore %s from its changelog records; left out", execution_id)
+            return None
+
+
+def _keep_latest(by_execution: dict[str, ExecutionRecords], rec: ConsumerRecord[Any, Any]) -> None:
+    key = rec.key.decode()
+    execution_id = codec.execution_of(key)
+    recs = by_execution.setdefault(execution_id, {})
+    if rec.value is None:
+        recs.pop(key, None)
+        if not recs:
+            by_execution.pop(execution_id, None)
+    else:
+        recs[key] = records.loads(rec.value)

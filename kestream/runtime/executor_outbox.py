@@ -1,0 +1,47 @@
+"""What one batch of the executor writes, in the order it must be written.
+
+Commands (worker jobs, new executions, events, updates, logs, dead letters) go first, then the
+changelog records of the states the batch changed (DESIGN.md section 3): a crash between the two
+replays the batch from a state without its changes, and its commands carry derived ids that
+every consumer downstream ignores when repeated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kestream.runtime.records import dumps
+
+__all__ = ["ChangelogRecord", "CommandRecord", "Outbox"]
+
+CommandRecord = tuple[str, str, bytes | None, int | None]
+"""``(topic, key, value, partition or None for the key's partition)``."""
+
+ChangelogRecord = tuple[str, bytes | None, int]
+"""``(key, value or None for a tombstone, changelog partition)``."""
+
+
+@dataclass(slots=True)
+class Outbox:
+    """Records produced by one batch (or staged by one event): commands, then the changelog."""
+
+    commands: list[CommandRecord] = field(default_factory=list)
+    changelog: list[ChangelogRecord] = field(default_factory=list)
+    #: The changelog records as values (before encoding), for the processor's mirror of the
+    #: changelog (:class:`~kestream.runtime.changelog_restorer.ChangelogMirror`).
+    logged: list[tuple[str, Any]] = field(default_factory=list)
+
+    def send(self, topic: str, key: str, value: bytes | None, partition: int | None = None) -> None:
+        self.commands.append((topic, key, value, partition))
+
+    def log(self, key: str, value: Any, partition: int) -> None:
+        """A changelog record: ``value`` is JSON-ready (encoded here), None a tombstone."""
+        self.changelog.append((key, dumps(value) if value is not None else None, partition))
+        self.logged.append((key, value))
+
+    def extend(self, other: Outbox) -> None:
+        """Take ``other``'s records after this one's (an event's staged records, once whole)."""
+        self.commands.extend(other.commands)
+        self.changelog.extend(other.changelog)
+        self.logged.extend(other.logged)

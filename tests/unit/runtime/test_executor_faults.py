@@ -1,0 +1,248 @@
+"""One record never stops the executor processor, and a step that fails leaves nothing half
+applied; recovery that keeps failing stops the processor loudly; held executions leave with
+their partition. The processor runs here without a broker: events go straight to its step."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka import errors as kafka_errors
+
+from kestream.executor import events as ev
+from kestream.executor.flow_registry import FlowRegistry
+from kestream.executor.snapshot import execution_model
+from kestream.models.flow import parse_flow
+from kestream.models.state import StateType
+from kestream.runtime import command_router, records
+from kestream.runtime.changelog_restorer import ChangelogRestorer, RecoveryFailed
+from kestream.runtime.context import BrokerContext
+from kestream.runtime.executor_service import ExecutorService, Outbox, _Rebalance
+from kestream.runtime.metrics import Metrics
+from kestream.runtime.topics import Topics
+from kestream.settings import Settings
+
+PAUSED = """
+id: paused
+namespace: test.faults
+tasks:
+  - id: hello
+    type: io.kestra.plugin.core.log.Log
+    message: hi
+  - id: wait
+    type: io.kestra.plugin.core.flow.Pause
+  - id: after
+    type: io.kestra.plugin.core.log.Log
+    message: resumed
+"""
+
+
+def _service(*flows: str) -> ExecutorService:
+    settings = Settings(broker="unused:9092", executor_inline_tasks=True)
+    ctx = BrokerContext(settings, "unused:9092", "tansu", Topics.of(settings))
+    registry = FlowRegistry()
+    for flow in flows:
+        registry.put(parse_flow(flow))
+    service = ExecutorService(ctx, registry, metrics=Metrics())
+    service.owned = {0, 1}
+    return service
+
+
+def _paused(service: ExecutorService) -> Outbox:
+    out = Outbox()
+    service._apply(0, ev.ExecutionCreated("e1", "test.faults", "paused"), out, ("executions", 0))
+    for key, _ in out.logged:
+        assert key.startswith("e1")
+    assert service.states["e1"].state.current is StateType.PAUSED
+    return out
+
+
+def _letters(service: ExecutorService, out: Outbox) -> list[dict[str, Any]]:
+    return [records.loads(v) for t, _, v, _ in out.commands if t == service.topics.dead_letter]
+
+
+def _json(service: ExecutorService, execution_id: str) -> Any:
+    """The execution's JSON without durations (a paused state's grows with the clock)."""
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k != "duration"}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    return strip(execution_model(service.states[execution_id]).model_dump(mode="json"))
+
+
+def test_a_step_that_raises_half_way_is_rolled_back_and_dead_lettered() -> None:
+    service = _service(PAUSED)
+    _paused(service)
+    before = _json(service, "e1")
+    real_step = service.executor.step
+
+    def half_applied(state: Any, event: ev.Event) -> Any:
+        real_step(state, event)  # changes the state in place (resumes the Pause) ...
+        raise RuntimeError("engine bug")  # ... then fails
+
+    service.executor.step = half_applied  # type: ignore[method-assign]
+    out = Outbox()
+    service._apply(0, ev.Resume("e1"), out, ("executions", 5))
+    assert _json(service, "e1") == before  # the resume left no trace
+    (letter,) = _letters(service, out)
+    assert letter["offset"] == 5 and "engine bug" in letter["reason"]
+    assert [t for t, *_ in out.commands] == [service.topics.dead_letter]
+    assert out.changelog == []
+
+    service.executor.step = real_step  # type: ignore[method-assign]
+    out = Outbox()
+    service._apply(0, ev.Resume("e1"), out, ("executions", 6))  # the next event applies
+    assert "e1" not in service.states and "e1" in service.ended  # resumed, and ran to its end
+
+
+def test_a_failure_while_writing_the_step_rolls_back_its_execution(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service = _service(PAUSED)
+    _paused(service)
+    before = _json(service, "e1")
+    timers_before = sorted(service.timers.pending())
+
+    def chunking_fails(*args: Any, **kwargs: Any) -> list[bytes]:
+        raise ValueError("cannot chunk")
+
+    monkeypatch.setattr(command_router, "update_records", chunking_fails)
+    out = Outbox()
+    service._apply(0, ev.Resume("e1"), out, ("executions", 9))
+    assert _json(service, "e1") == before
+    assert sorted(service.timers.pending()) == timers_before
+    (letter,) = _letters(service, out)
+    assert "cannot chunk" in letter["reason"]
+    monkeypatch.undo()
+    service._apply(0, ev.Resume("e1"), Outbox(), ("executions", 10))
+    assert "e1" in service.ended
+
+
+def test_a_creation_that_fails_leaves_no_execution_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    service = _service(PAUSED)
+
+    def chunking_fails(*args: Any, **kwargs: Any) -> list[bytes]:
+        raise ValueError("cannot chunk")
+
+    monkeypatch.setattr(command_router, "update_records", chunking_fails)
+    out = Outbox()
+    service._apply(0, ev.ExecutionCreated("e2", "test.faults", "paused"), out, ("executions", 1))
+    assert "e2" not in service.states and "e2" not in service.partition_of
+    assert "e2" not in service.mirror and not list(service.timers.pending())
+    assert len(_letters(service, out)) == 1
+
+
+def test_an_event_that_cannot_be_decoded_in_any_way_is_dead_lettered() -> None:
+    service = _service(PAUSED)
+    out = Outbox()
+    tp = TopicPartition(service.topics.executions, 0)
+    for offset, value in enumerate([b"\xff", b'{"type": "kill", "id": "e", "attempt": -1}']):
+        rec = _Record(offset, b"e", value)
+        service._handle(tp, rec, out)  # type: ignore[arg-type]
+    assert [letter["offset"] for letter in _letters(service, out)] == [0, 1]
+
+
+class _Record:
+    def __init__(self, offset: int, key: bytes, value: bytes) -> None:
+        self.offset, self.key, self.value = offset, key, value
+
+
+def test_held_executions_leave_with_their_partition() -> None:
+    late = PAUSED.replace("id: paused", "id: late")
+    service = _service(PAUSED)
+    out = Outbox()
+    created = ev.ExecutionCreated("h1", "test.faults", "late")
+    service._apply(1, created, out, ("executions", 3))
+    service._apply(1, ev.Kill("h1"), out, ("worker-results", 8))
+    assert "h1" in service.held and out.commands == []
+    asyncio.run(service.revoked({1}))
+    assert "h1" not in service.held
+    service.registry.put(parse_flow(late))  # the revision arrives after the partition left
+    out = Outbox()
+    service._release_held(service.clock(), out)
+    assert "h1" not in service.states and out.commands == [] and out.changelog == []
+
+
+def test_a_recovery_that_keeps_failing_stops_the_processor_loudly() -> None:
+    service = _service(PAUSED)
+    service.owned = set()
+    reads: list[set[int]] = []
+
+    async def unreadable(partitions: set[int]) -> Any:
+        reads.append(set(partitions))
+        raise kafka_errors.KafkaConnectionError("broker away")
+
+    service.restorer = ChangelogRestorer(service.ctx, service.registry, attempts=3, backoff_s=0)
+    service.restorer.read = unreadable  # type: ignore[method-assign]
+    failures: list[BaseException] = []
+    service.on_failure = failures.append
+    tps = [TopicPartition(service.topics.executions, p) for p in (0, 1)]
+    asyncio.run(_Rebalance(service).on_partitions_assigned(tps))  # never raises into aiokafka
+    assert reads == [{0, 1}] * 3  # retried
+    (failure,) = failures
+    assert isinstance(failure, RecoveryFailed) and "broker away" in str(failure)
+    assert service.owned == set() and not service.ready.is_set()
+    assert service.failure is failure and not service.is_live
+    assert service.health_detail()["failure"].startswith("RecoveryFailed")
+
+
+def test_a_recovery_that_fails_once_is_retried() -> None:
+    service = _service(PAUSED)
+    service.owned = set()
+    calls: list[int] = []
+
+    async def flaky(partitions: set[int]) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise kafka_errors.KafkaConnectionError("blip")
+        return {p: {} for p in partitions}
+
+    service.restorer = ChangelogRestorer(service.ctx, service.registry, attempts=3, backoff_s=0)
+    service.restorer.read = flaky  # type: ignore[method-assign]
+    asyncio.run(service.assigned({0}))
+    assert len(calls) == 2 and service.owned == {0} and service.ready.is_set()
+    assert service.failure is None
+
+
+class _Producer:
+    """Acks every record but those whose value is ``refused``; ``broken`` fails every send
+    the way a broker that went away does."""
+
+    def __init__(self, refused: bytes, *, broken: bool = False) -> None:
+        self.refused, self.broken = refused, broken
+        self.acked: list[tuple[str, bytes | None]] = []
+
+    async def send(self, topic: str, value: bytes | None, **_: Any) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.broken:
+            future.set_exception(kafka_errors.KafkaConnectionError("gone"))
+        elif value == self.refused:
+            future.set_exception(kafka_errors.MessageSizeTooLargeError("too large for the topic"))
+        else:
+            self.acked.append((topic, value))
+            future.set_result(None)
+        return future
+
+
+def test_a_record_the_broker_refuses_is_dead_lettered_and_the_rest_is_written() -> None:
+    service = _service(PAUSED)
+    producer = _Producer(refused=b"bad")
+    service._producer = producer  # type: ignore[assignment]
+    recs = [("t", "k1", b"good", None), ("t", "k2", b"bad", None), ("t", "k3", b"fine", None)]
+    asyncio.run(service._produce(recs))
+    assert [v for t, v in producer.acked if t == "t"] == [b"good", b"fine"]
+    (letter,) = [records.loads(v) for t, v in producer.acked if t == service.topics.dead_letter]
+    assert letter["key"] == "k2" and "MessageSizeTooLarge" in letter["reason"]
+
+
+def test_a_broker_failure_while_flushing_stops_the_processor() -> None:
+    service = _service(PAUSED)
+    service._producer = _Producer(refused=b"", broken=True)  # type: ignore[assignment]
+    with pytest.raises(kafka_errors.KafkaConnectionError):
+        asyncio.run(service._produce([("t", "k", b"v", None)]))
