@@ -25,7 +25,14 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from kestream.executor.events import SubflowLink
-from kestream.executor.state import ExecutionState, Group, StateRecord, TaskRunState, Timer
+from kestream.executor.state import (
+    Block,
+    ExecutionState,
+    Group,
+    StateRecord,
+    TaskRunState,
+    Timer,
+)
 from kestream.models.state import StateType
 from kestream.tasks.base import Task
 
@@ -110,7 +117,7 @@ def _state(raw: list[Any]) -> StateRecord:
 
 
 def _group(group: Group) -> dict[str, Any]:
-    return {
+    record: dict[str, Any] = {
         "c": group.concurrency,
         "w": group.failure_is_warning,
         "n": group.next_lane,
@@ -120,6 +127,13 @@ def _group(group: Group) -> dict[str, Any]:
         "e": group.errors_pos,
         "er": [t.id for t in group.errors],
     }
+    if group.finally_:  # written only where there is one: older records stay readable
+        record["fi"] = [t.id for t in group.finally_]
+        record["fp"] = group.finally_pos
+    if group.depends is not None:
+        record["st"] = sorted(group.started)
+        record["dn"] = sorted(group.done)
+    return record
 
 
 def _lanes(group: Group) -> list[list[list[Any]]]:
@@ -127,9 +141,13 @@ def _lanes(group: Group) -> list[list[list[Any]]]:
 
 
 def encode_plan(group: Group) -> dict[str, Any]:
-    """A group's plan record: every lane's task ids and values, written once when planned (the
-    step measures it against the record limit before it keeps the group)."""
-    return {"lanes": _lanes(group)}
+    """A group's plan record: every lane's task ids and values (and a graph's dependencies),
+    written once when planned (the step measures it against the record limit before it keeps
+    the group)."""
+    plan: dict[str, Any] = {"lanes": _lanes(group)}
+    if group.depends is not None:
+        plan["deps"] = [list(needs) for needs in group.depends]
+    return plan
 
 
 # -- encoding --------------------------------------------------------------------------------
@@ -177,6 +195,8 @@ def encode_dynamic(st: ExecutionState) -> dict[str, Any]:
     }
     if st.labels_changed:  # the header's labels are the creation's; these win on recovery
         record["labels"] = st.labels
+    if st.after is not None:  # the afterExecution tasks run: a short list, kept inline
+        record["after"] = {**_group(st.after), "lanes": _lanes(st.after)}
     return record
 
 
@@ -189,6 +209,7 @@ def encode_task_run(tr: TaskRunState) -> dict[str, Any]:
         "l": tr.lane,
         "o": tr.pos,
         "e": tr.errors_branch,
+        **({"b": tr.block.value} if tr.block not in (Block.TASKS, Block.ERRORS) else {}),
         "s": _record(tr.state),
         "a": [_record(a) for a in tr.attempts],
         "out": encode_value(tr.outputs),
@@ -248,15 +269,24 @@ def execution_of(key: str) -> str:
 # -- decoding --------------------------------------------------------------------------------
 
 
-def _group_from(raw: dict[str, Any], lanes: list[list[Any]], tasks: dict[str, Task]) -> Group:
+def _group_from(
+    raw: dict[str, Any],
+    lanes: list[list[Any]],
+    tasks: dict[str, Task],
+    deps: list[list[int]] | None = None,
+) -> Group:
     group = Group(
         [[(tasks[t], v) for t, v in lane] for lane in lanes],
         raw["c"],
         [tasks[t] for t in raw["er"]],
         raw["w"],
+        [tasks[t] for t in raw.get("fi", ())],
+        None if deps is None else [tuple(needs) for needs in deps],
     )
     group.next_lane, group.active, group.failed = raw["n"], raw["a"], raw["f"]
     group.worst, group.errors_pos = StateType(raw["s"]), raw["e"]
+    group.finally_pos = raw.get("fp", -1)
+    group.started, group.done = set(raw.get("st", ())), set(raw.get("dn", ()))
     return group
 
 
@@ -291,6 +321,8 @@ def rebuild(
     root_plan = records.get(header_key(execution_id, PLAN))
     if dyn["root"] is not None and root_plan is not None:
         st.root = _group_from(dyn["root"], root_plan["lanes"], tasks)
+    if dyn.get("after") is not None:
+        st.after = _group_from(dyn["after"], dyn["after"]["lanes"], tasks)
     st.flow_outputs = decode_value(dyn["outputs"])
     st.error_logs = decode_value(dyn["errors"])
     st.paused_runs = dict.fromkeys(dyn["paused"])
@@ -332,7 +364,7 @@ def _rebuild_task_runs(
             path=(*base, raw["v"]) if raw["v"] is not None else base,
             lane=raw["l"],
             pos=raw["o"],
-            errors_branch=raw["e"],
+            block=Block(raw["b"]) if "b" in raw else Block.ERRORS if raw["e"] else Block.TASKS,
             state=_state(raw["s"]),
             attempts=[_state(a) for a in raw["a"]],
             outputs=decode_value(raw["out"]),
@@ -343,7 +375,7 @@ def _rebuild_task_runs(
             plan = records.get(task_run_key(execution_id, run_id, PLAN))
             if plan is None:
                 raise CodecError(f"execution {execution_id}: task run {run_id} lost its plan")
-            tr.group = _group_from(raw["g"], plan["lanes"], tasks)
+            tr.group = _group_from(raw["g"], plan["lanes"], tasks, plan.get("deps"))
         st.task_runs[run_id] = tr
         if tr.outputs is not None:
             st.merge_outputs(tr)

@@ -81,7 +81,9 @@ def _taskrun(tr: TaskRunState) -> dict[str, Any]:
     taskrun: dict[str, Any] = {
         "id": tr.id,
         "startDate": tr.state.start,
-        "attemptsCount": max(len(tr.attempts) - 1, 0),
+        # attempts that ended: 0 in the first one, 1 in a retry, and 1 when a restart runs the
+        # task again (its ``runIf`` sees it before the new attempt begins)
+        "attemptsCount": sum(1 for attempt in tr.attempts if attempt.current.is_terminal),
     }
     if tr.value is not None:
         taskrun["value"] = tr.value

@@ -61,7 +61,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from kestream.executor.context import execution_context, task_run_context
-from kestream.executor.state import ExecutionState, Group, StateRecord, TaskRunState
+from kestream.executor.state import (
+    Block,
+    ExecutionState,
+    Group,
+    StateRecord,
+    TaskRunState,
+    plan_group,
+)
 from kestream.expressions import RenderError, render_value
 from kestream.models.clock import Clock, utc_now
 from kestream.models.execution import Execution, State, TaskRun
@@ -170,8 +177,18 @@ def _header(execution: Execution, flow: Flow) -> ExecutionState:
     if started or execution.taskRunList:
         # The execution's own lanes exist once it started (an execution that failed on its
         # inputs never did, and a restart leaves it alone, as in place).
-        st.root = Group(one_lane(flow.tasks), 1, [t for t in flow.errors if not t.disabled])
+        st.root = flow_group(flow)
     return st
+
+
+def flow_group(flow: Flow) -> Group:
+    """The execution's own lanes: the flow's tasks, its ``errors`` and its ``finally``."""
+    return Group(
+        one_lane(flow.tasks),
+        1,
+        [t for t in flow.errors if not t.disabled],
+        finally_=[t for t in flow.finally_ if not t.disabled],
+    )
 
 
 def _typed_inputs(flow: Flow, inputs: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -253,7 +270,7 @@ def _add_task_runs(st: ExecutionState, flow: Flow, runs: list[TaskRun]) -> None:
             path=(*base, run.value) if run.value is not None else base,
             lane=0,  # lane, position and errors flag come with the parent's plan
             pos=0,
-            errors_branch=False,
+            block=Block.TASKS,
             state=_record(run.state, st.state.start),
             attempts=[_record(a.state, st.state.start) for a in run.attempts or []],
             outputs=run.outputs,
@@ -292,10 +309,28 @@ def _plan_groups(st: ExecutionState, flow: Flow, clock: Clock) -> None:
             group = st.root
             if group is None:
                 raise RestoreError(f"execution {st.id} has task runs but never started")
+            kids = _after_execution_runs(st, flow, kids)
         else:
             group = owner.group = _replan(st, flow, owner, clock, cache)
         _place(group, owner, kids)
         _count(group, kids)
+
+
+def _after_execution_runs(
+    st: ExecutionState, flow: Flow, kids: list[TaskRunState]
+) -> list[TaskRunState]:
+    """Mark the flow's ``afterExecution`` task runs as such; return the other root runs.
+
+    (A restart drops them; they only need to be told from the flow's own tasks.)
+    """
+    after = {task.id for task in flow.afterExecution}
+    rest = []
+    for tr in kids:
+        if tr.task.id in after and tr.value is None:
+            tr.block, tr.lane = Block.AFTER_EXECUTION, -1
+        else:
+            rest.append(tr)
+    return rest
 
 
 def _replan(
@@ -321,8 +356,7 @@ def _replan(
         raise RestoreError(
             f"cannot plan the children of '{task.id}' ({tr.id}) again: {exc}"
         ) from exc
-    errors = [t for t in task.errors if not t.disabled]
-    return Group(plan.lanes, plan.concurrency, errors, plan.failure_is_warning)
+    return plan_group(task, plan)
 
 
 def _place(group: Group, owner: TaskRunState | None, kids: Iterable[TaskRunState]) -> None:
@@ -333,6 +367,7 @@ def _place(group: Group, owner: TaskRunState | None, kids: Iterable[TaskRunState
         for pos, (task, value) in enumerate(tasks)
     }
     errors = {task.id: pos for pos, task in enumerate(group.errors)}
+    finals = {task.id: pos for pos, task in enumerate(group.finally_)}
     taken: set[tuple[int, int]] = set()
     for tr in kids:
         found = where.get((tr.task.id, tr.value))
@@ -340,7 +375,9 @@ def _place(group: Group, owner: TaskRunState | None, kids: Iterable[TaskRunState
             taken.add(found)
             tr.lane, tr.pos = found
         elif tr.task.id in errors and tr.value is None:
-            tr.lane, tr.pos, tr.errors_branch = -1, errors[tr.task.id], True
+            tr.lane, tr.pos, tr.block = -1, errors[tr.task.id], Block.ERRORS
+        elif tr.task.id in finals and tr.value is None:
+            tr.lane, tr.pos, tr.block = -1, finals[tr.task.id], Block.FINALLY
         else:
             name = f"'{owner.task.id}' ({owner.id})" if owner else "the flow"
             value = f" with value {tr.value!r}" if tr.value is not None else ""
@@ -351,18 +388,31 @@ def _place(group: Group, owner: TaskRunState | None, kids: Iterable[TaskRunState
 
 def _count(group: Group, kids: list[TaskRunState]) -> None:
     """The lane counters as the step leaves them (see ``_Step.child_done``)."""
-    lanes = [tr for tr in kids if not tr.errors_branch]
+    lanes = [tr for tr in kids if tr.block is Block.TASKS]
     errors = [tr for tr in kids if tr.errors_branch]
+    finals = [tr for tr in kids if tr.block is Block.FINALLY]
     group.next_lane = max((tr.lane for tr in lanes), default=-1) + 1
+    group.recount_graph((tr.lane, _ended_well(tr)) for tr in lanes)
     group.active = sum(1 for tr in lanes if not tr.state.current.is_terminal)
-    group.failed = any(tr.state.current.is_failed for tr in lanes)
-    for tr in kids:
+    group.failed = any(tr.state.current.is_failed for tr in [*lanes, *finals])
+    for tr in [*lanes, *errors]:
         state = tr.state.current
         if state.is_terminal:
             group.worst = worst(group.worst, S.SUCCESS if state is S.SKIPPED else state)
     if errors:
         done = sum(1 for tr in errors if tr.state.current.is_terminal)
         group.errors_pos = done if done == len(errors) else len(errors) - 1
+    if finals:
+        done = sum(1 for tr in finals if tr.state.current.is_terminal)
+        group.finally_pos = done if done == len(finals) else len(finals) - 1
+        for tr in finals:  # only a failure there counts (see ``_Step.finally_child_done``)
+            if tr.state.current.is_failed:
+                group.worst = worst(group.worst, tr.state.current)
+
+
+def _ended_well(tr: TaskRunState) -> bool:
+    state = tr.state.current
+    return state.is_terminal and not state.is_failed
 
 
 # -- creation numbers --------------------------------------------------------------------------

@@ -7,8 +7,10 @@ what keeps the cost of an event independent of the size of the execution (DESIGN
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from kestream.executor.events import SubflowLink
@@ -18,7 +20,7 @@ from kestream.models.state import (
     StateType,
     check_transition,
 )
-from kestream.tasks.base import Lane, Task
+from kestream.tasks.base import ChildPlan, FlowableTask, Lane, Task
 
 
 @dataclass(slots=True)
@@ -50,35 +52,93 @@ class StateRecord:
         return True
 
 
+class Block(StrEnum):
+    """Which of its parent's task lists a task run comes from (Kestra's YAML keys)."""
+
+    TASKS = "tasks"
+    ERRORS = "errors"
+    FINALLY = "finally"
+    #: The flow's ``afterExecution`` tasks (no parent): they run once the execution has ended.
+    AFTER_EXECUTION = "afterExecution"
+
+
 @dataclass(slots=True)
 class Group:
     """The children of a flowable task run (or of the execution itself), as lanes.
 
     A lane runs its ``(task, value)`` pairs one after another; up to ``concurrency`` lanes run at
     once (0 = all). After a failure no new lane starts; once the running lanes have ended, the
-    ``errors`` branch runs, one task after another.
+    ``errors`` branch runs, one task after another, then the ``finally`` branch, whatever the
+    outcome.
+
+    ``depends`` makes the lanes a graph (a Dag): lane ``i`` starts only once every lane in
+    ``depends[i]`` has ended without failing, in any order, so ``started`` and ``done`` name
+    lanes (``next_lane`` still counts the lanes started). Graphs are written by hand in flows:
+    looking for a startable lane scans them, which stays cheap at their size.
     """
 
     lanes: list[Lane]
     concurrency: int
     errors: list[Task]
     failure_is_warning: bool = False
+    finally_: list[Task] = field(default_factory=list)
+    depends: list[tuple[int, ...]] | None = None
     next_lane: int = 0
     active: int = 0
     failed: bool = False
     worst: StateType = StateType.SUCCESS
     errors_pos: int = -1  # -1: the errors branch has not started
+    finally_pos: int = -1  # -1: the finally branch has not started
+    started: set[int] = field(default_factory=set)
+    done: set[int] = field(default_factory=set)
 
-    def can_start_lane(self) -> bool:
-        return (
-            not self.failed
-            and self.next_lane < len(self.lanes)
-            and (self.concurrency == 0 or self.active < self.concurrency)
-        )
+    def next_startable(self) -> int | None:
+        """The lane to start now, if any (none after a failure, or at the concurrency limit)."""
+        if self.failed or (self.concurrency and self.active >= self.concurrency):
+            return None
+        if self.depends is None:
+            return self.next_lane if self.next_lane < len(self.lanes) else None
+        for lane, needs in enumerate(self.depends):
+            if lane not in self.started and all(need in self.done for need in needs):
+                return lane
+        return None
+
+    def mark_started(self, lane: int) -> None:
+        self.next_lane += 1
+        if self.depends is not None:
+            self.started.add(lane)
+
+    def lane_ended(self, lane: int) -> None:
+        """A lane ran to its end without failing: the lanes waiting for it may start."""
+        if self.depends is not None:
+            self.done.add(lane)
+
+    def recount_graph(self, lanes: Iterable[tuple[int, bool]]) -> None:
+        """A graph's ``started``/``done`` from its children's ``(lane, ended well)``."""
+        if self.depends is None:
+            return
+        self.started, self.done = set(), set()
+        for lane, ended_well in lanes:
+            self.started.add(lane)
+            if ended_well:
+                self.done.add(lane)
+        self.next_lane = len(self.started)
 
     @property
     def finished(self) -> bool:
         return self.active == 0 and (self.failed or self.next_lane >= len(self.lanes))
+
+
+def plan_group(task: FlowableTask, plan: ChildPlan) -> Group:
+    """The lanes a flowable planned, with its ``errors`` and ``finally`` branches."""
+    return Group(
+        plan.lanes,
+        plan.concurrency,
+        [t for t in task.errors if not t.disabled],
+        plan.failure_is_warning,
+        [t for t in task.finally_ if not t.disabled],
+        plan.depends,
+    )
 
 
 @dataclass(slots=True)
@@ -88,9 +148,9 @@ class TaskRunState:
     parent: TaskRunState | None
     value: str | None
     path: tuple[str, ...]  # loop values from the root down to this task run, outermost first
-    lane: int  # lane index in the parent's group (-1 in an errors branch)
-    pos: int  # position in that lane (or in the errors branch)
-    errors_branch: bool
+    lane: int  # lane index in the parent's group (-1 in an errors or finally branch)
+    pos: int  # position in that lane (or in the errors or finally branch)
+    block: Block
     state: StateRecord
     attempts: list[StateRecord] = field(default_factory=list)
     outputs: dict[str, Any] | None = None
@@ -99,11 +159,15 @@ class TaskRunState:
     #: Creation order within the execution (the changelog restores the task run list by it).
     number: int = 0
 
+    @property
+    def errors_branch(self) -> bool:
+        return self.block is Block.ERRORS
+
 
 @dataclass(slots=True)
 class Timer:
     due: datetime
-    kind: str  # "retry" | "pause-delay" | "pause-timeout" | "task-timeout" | "start"
+    kind: str  # "retry" | "pause-delay" | "pause-timeout" | "task-timeout" | "start" | "loop"
     task_run_id: str | None = None
     attempt: int = 0
 
@@ -137,10 +201,14 @@ class ExecutionState:
     #: Whether a task (Labels) changed ``labels`` since creation: the changelog then carries them
     #: in the per-step record, as the header record is written once.
     labels_changed: bool = False
+    #: The flow's ``afterExecution`` tasks, once the execution reached its end state; the
+    #: execution is over when they have ended too (``terminal``).
+    after: Group | None = None
 
     @property
     def terminal(self) -> bool:
-        return self.state.current.is_terminal
+        """The execution is over: an end state, and no ``afterExecution`` task left to run."""
+        return self.state.current.is_terminal and (self.after is None or self.after.finished)
 
     def add_task_run(self, tr: TaskRunState) -> None:
         tr.number = self.created_runs

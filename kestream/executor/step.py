@@ -34,12 +34,21 @@ from kestream.executor.restore import (
     RESTARTABLE,
     RestoreError,
     execution_from_snapshot,
+    flow_group,
     snapshot_attempt,
     state_from_execution,
 )
 from kestream.executor.retry import next_attempt_due
 from kestream.executor.sizes import outputs_too_large, plan_too_large, too_large
-from kestream.executor.state import ExecutionState, Group, StateRecord, TaskRunState, Timer
+from kestream.executor.state import (
+    Block,
+    ExecutionState,
+    Group,
+    StateRecord,
+    TaskRunState,
+    Timer,
+    plan_group,
+)
 from kestream.expressions import RenderError, is_truthy, render, render_value
 from kestream.expressions.budget import step_budget
 from kestream.models.clock import Clock, utc_now
@@ -52,6 +61,7 @@ from kestream.models.state import StateType, worst
 from kestream.models.values import check_portable, find_unportable, safe_text
 from kestream.tasks.base import (
     LOG_LEVEL_ORDER,
+    ChildPlan,
     FlowableTask,
     LogLevel,
     Retry,
@@ -65,6 +75,7 @@ from kestream.tasks.base import (
 )
 from kestream.tasks.execution import ExecutionUpdate, ExecutionUpdatingTask
 from kestream.tasks.flow import one_lane
+from kestream.tasks.loop_until import LoopUntil
 from kestream.tasks.pause import Pause
 from kestream.tasks.subflow import Subflow
 from kestream.tasks.working_directory import WorkingDirectory, input_files
@@ -307,13 +318,11 @@ class _Step:
 
     def start_execution(self) -> None:
         self.move_execution(S.RUNNING)
-        self.st.root = Group(
-            one_lane(self.flow.tasks), 1, [t for t in self.flow.errors if not t.disabled]
-        )
+        self.st.root = flow_group(self.flow)
         self.new_groups.add(ROOT)  # the execution's own lanes were planned
         self.fill(self.st.root, None)
         if self.st.root.finished:
-            self.finish_group(self.st.root, None)
+            self.branches_done(self.st.root, None)
 
     def worker_result(self, result: ev.WorkerResult) -> None:
         tr = self.current_attempt(result.task_run_id, result.attempt)
@@ -361,10 +370,12 @@ class _Step:
             self.resume_pause(tr, None)
         elif timer.kind == "pause-timeout" and tr.state.current is S.PAUSED:
             self.unpause(tr)
-            self.fail_task_run(tr, f"Pause timed out after {tr.task.timeout}")
+            self.fail_flowable(tr, f"Pause timed out after {tr.task.timeout}")
         elif timer.kind == "task-timeout" and self.current_attempt(tr.id, timer.attempt):
             self.commands.append(cmd.KillTask(self.st.id, tr.id))
             self.attempt_failed(tr, f"Task timed out after {tr.task.timeout}")
+        elif timer.kind == "loop" and tr.state.current is S.RUNNING:
+            self.next_iteration(tr)
 
     def resume(self, resume: ev.Resume) -> None:
         ids = list(self.st.paused_runs)
@@ -373,25 +384,50 @@ class _Step:
                 self.resume_pause(self.st.task_runs[task_run_id], resume.inputs or {})
 
     def kill(self) -> None:
-        self.move_execution(S.KILLING)
+        """Kill what runs. Where ``finally`` blocks wait, the kill goes through them: the
+        execution is KILLING while they run (a second kill stops them too); the tasks still
+        running after the end (``afterExecution``) are killed without changing its state."""
+        current = self.st.state.current
+        # After the end, the afterExecution tasks end through the queue (and with them the
+        # execution); before it, the queue takes the kill through the finally blocks.
+        if current.is_terminal or (current is not S.KILLING and _has_finally(self.flow)):
+            self.kill_running(leaves_only=True)
+        else:
+            self.kill_running()
+            self.st.paused_runs.clear()
+            self.move_execution(S.KILLED)
+            self.end_execution(S.KILLED, render_outputs=False)
+
+    def kill_running(self, *, leaves_only: bool = False) -> None:
+        """Move the task runs still going to KILLED, and stop their work. ``leaves_only``: kill
+        the ones that hold no lanes, and let their parents end through the queue (their
+        ``finally`` blocks run); a loop waiting for its next iteration ends there too."""
+        if not self.st.state.current.is_terminal:
+            self.move_execution(S.KILLING)
         killed: list[TaskRunState] = []
-        for tr in self.st.task_runs.values():
+        for tr in list(self.st.task_runs.values()):
             if tr.state.current.is_terminal:
                 continue
+            waiting_loop = self.st.timers.get(f"loop:{tr.id}") is not None
+            if leaves_only and tr.group is not None and not waiting_loop:
+                continue  # it ends when its children have
             if tr.attempts and not tr.attempts[-1].current.is_terminal:
                 tr.attempts[-1].move_task_run(S.KILLED, self.now, tr.task.id)
                 if isinstance(tr.task, RunnableTask):
                     self.commands.append(cmd.KillTask(self.st.id, tr.id))
             if tr.child_execution_id and isinstance(tr.task, Subflow):
                 self.commands.append(cmd.SendEvent(ev.Kill(tr.child_execution_id)))
+            if leaves_only:
+                self.unpause(tr)
+                self.cancel_timer(f"loop:{tr.id}")
+                self.cancel_timer(f"retry:{tr.id}")
+                self.complete(tr, S.KILLED)  # its parent goes on through the queue
+                continue
             tr.state.move_task_run(S.KILLED, self.now, tr.task.id)
             self.changed[tr.id] = None
             killed.append(tr)
         for tr in killed:  # after the kills, which reach the worker first
             self.release_workdir(tr)
-        self.st.paused_runs.clear()
-        self.move_execution(S.KILLED)
-        self.end_execution(S.KILLED, render_outputs=False)
 
     # -- the queue -----------------------------------------------------------------------
 
@@ -433,33 +469,45 @@ class _Step:
     def child_done(self, tr: TaskRunState) -> None:
         """A task run ended: advance its lane, fill lanes, maybe run errors or end the parent."""
         parent = tr.parent
-        group = parent.group if parent is not None else self.st.root
-        assert group is not None
+        group = self.group_of(tr)
         state = tr.state.current
-        group.worst = worst(group.worst, S.SUCCESS if state is S.SKIPPED else state)
         if parent is not None:
             self.group_changed[parent.id] = None
+        if tr.block is Block.FINALLY:
+            self.finally_child_done(group, parent, tr)
+            return
+        group.worst = worst(group.worst, S.SUCCESS if state is S.SKIPPED else state)
         if tr.errors_branch:
             self.errors_child_done(group, parent, tr)
             return
+        last = tr.pos + 1 >= len(group.lanes[tr.lane])
         if state.is_failed:
             group.failed = True
             group.active -= 1
-        elif (
-            tr.pos + 1 < len(group.lanes[tr.lane])
-            and not group.failed
-            and not _reopened_after_warning(tr)
-        ):
+        elif not last and not group.failed and not _reopened_after_warning(tr):
             self.create_child(group, parent, tr.lane, tr.pos + 1)
         else:
             group.active -= 1
+            if last:
+                group.lane_ended(tr.lane)
         self.fill(group, parent)
         if group.finished:
-            if group.failed and group.errors and group.errors_pos < 0:
+            killing = self.st.state.current is S.KILLING
+            if group.failed and group.errors and group.errors_pos < 0 and not killing:
                 group.errors_pos = 0
                 self.create_errors_child(group, parent)
             else:
-                self.finish_group(group, parent)
+                self.branches_done(group, parent)
+
+    def group_of(self, tr: TaskRunState) -> Group:
+        if tr.parent is not None:
+            group = tr.parent.group
+        elif tr.block is Block.AFTER_EXECUTION:
+            group = self.st.after
+        else:
+            group = self.st.root
+        assert group is not None
+        return group
 
     def errors_child_done(
         self, group: Group, parent: TaskRunState | None, tr: TaskRunState
@@ -468,12 +516,46 @@ class _Step:
         if not tr.state.current.is_failed and group.errors_pos < len(group.errors):
             self.create_errors_child(group, parent)
         else:
-            self.finish_group(group, parent)
+            self.branches_done(group, parent)
+
+    def branches_done(self, group: Group, parent: TaskRunState | None) -> None:
+        """The lanes (and the errors branch, if it ran) ended: loop again, run the ``finally``
+        branch, or end the owner."""
+        if group is self.st.after:
+            self.after_execution_done()
+            return
+        if (
+            parent is not None
+            and isinstance(parent.task, LoopUntil)
+            and not group.failed
+            and self.st.state.current is not S.KILLING
+            and self.loop_again(parent, group)
+        ):
+            return
+        if group.finally_ and group.finally_pos < 0:
+            group.finally_pos = 0
+            self.create_finally_child(group, parent)
+            return
+        self.finish_group(group, parent)
+
+    def finally_child_done(
+        self, group: Group, parent: TaskRunState | None, tr: TaskRunState
+    ) -> None:
+        """A ``finally`` task ended: only a failure changes the owner's end state (and stops
+        the branch, as in ``errors``)."""
+        group.finally_pos += 1
+        state = tr.state.current
+        if state.is_failed:
+            group.failed = True
+            group.worst = worst(group.worst, state)
+        elif group.finally_pos < len(group.finally_):
+            self.create_finally_child(group, parent)
+            return
+        self.finish_group(group, parent)
 
     def fill(self, group: Group, parent: TaskRunState | None) -> None:
-        while group.can_start_lane():
-            lane = group.next_lane
-            group.next_lane += 1
+        while (lane := group.next_startable()) is not None:
+            group.mark_started(lane)
             group.active += 1
             self.create_child(group, parent, lane, 0)
 
@@ -494,11 +576,16 @@ class _Step:
 
     def create_child(self, group: Group, parent: TaskRunState | None, lane: int, pos: int) -> None:
         task, value = group.lanes[lane][pos]
-        self.new_task_run(task, parent, value, lane, pos, errors_branch=False)
+        block = Block.AFTER_EXECUTION if group is self.st.after else Block.TASKS
+        self.new_task_run(task, parent, value, lane, pos, block=block)
 
     def create_errors_child(self, group: Group, parent: TaskRunState | None) -> None:
         task = group.errors[group.errors_pos]
-        self.new_task_run(task, parent, None, -1, group.errors_pos, errors_branch=True)
+        self.new_task_run(task, parent, None, -1, group.errors_pos, block=Block.ERRORS)
+
+    def create_finally_child(self, group: Group, parent: TaskRunState | None) -> None:
+        task = group.finally_[group.finally_pos]
+        self.new_task_run(task, parent, None, -1, group.finally_pos, block=Block.FINALLY)
 
     def new_task_run(
         self,
@@ -508,7 +595,7 @@ class _Step:
         lane: int,
         pos: int,
         *,
-        errors_branch: bool,
+        block: Block,
     ) -> None:
         base_path = parent.path if parent is not None else ()
         tr = TaskRunState(
@@ -519,7 +606,7 @@ class _Step:
             path=(*base_path, value) if value is not None else base_path,
             lane=lane,
             pos=pos,
-            errors_branch=errors_branch,
+            block=block,
             state=StateRecord.new(S.CREATED, self.now),
         )
         self.st.add_task_run(tr)
@@ -691,10 +778,9 @@ class _Step:
         try:
             plan = task.plan(self.render_props(tr))
         except (RenderError, TaskError) as exc:
-            self.fail_task_run(tr, str(exc))
+            self.fail_flowable(tr, str(exc))
             return
-        errors = [t for t in task.errors if not t.disabled]
-        group = Group(plan.lanes, plan.concurrency, errors, plan.failure_is_warning)
+        group = plan_group(task, plan)
         # The plan is one changelog record: one no record can hold would be lost, and with it
         # the execution on the next recovery. The task run fails instead, saying why.
         problem = plan_too_large(
@@ -709,7 +795,81 @@ class _Step:
         self.new_groups.add(tr.id)
         self.fill(group, tr)
         if group.finished:
-            self.finish_group(group, tr)
+            self.branches_done(group, tr)
+
+    def fail_flowable(self, tr: TaskRunState, message: str) -> None:
+        """A flowable fails before any child ran (its plan did not render, a Pause timed out):
+        its own ``errors`` branch, then its ``finally`` branch, still run."""
+        task = tr.task
+        assert isinstance(task, FlowableTask)
+        group = plan_group(task, ChildPlan([]))
+        if not group.errors and not group.finally_:
+            self.fail_task_run(tr, message)
+            return
+        self.log(tr, LogLevel.ERROR, message)
+        group.failed, group.worst = True, S.FAILED
+        tr.group = group
+        self.new_groups.add(tr.id)
+        if group.errors:
+            group.errors_pos = 0
+            self.create_errors_child(group, tr)
+        else:
+            self.branches_done(group, tr)
+
+    # -- LoopUntil -----------------------------------------------------------------------
+
+    def loop_again(self, tr: TaskRunState, group: Group) -> bool:
+        """An iteration of a LoopUntil ended well: True when another one follows (after the
+        interval) or its ``errors`` branch runs; False when the loop ends (``group.failed``
+        says how, see :mod:`kestream.tasks.loop_until`)."""
+        task = tr.task
+        assert isinstance(task, LoopUntil)
+        if not group.lanes:
+            return False  # every child disabled: nothing could ever change
+        try:
+            met = is_truthy(render(task.condition, self.context(tr)))
+        except RenderError as exc:
+            self.log(tr, LogLevel.ERROR, str(exc))
+            return self.loop_failed(group, tr)
+        if met:
+            return False
+        iteration = int((tr.outputs or {}).get("iterationCount", 1)) + 1
+        self.set_outputs(tr, {"iterationCount": iteration})
+        end = task.limit_reached(iteration, self.now - tr.state.start)
+        if end is S.FAILED:
+            message = f"LoopUntil '{task.id}' reached its limit before its condition held"
+            self.log(tr, LogLevel.ERROR, message)
+            return self.loop_failed(group, tr)
+        if end is not None:
+            return False
+        due = self.now + task.checkFrequency.interval
+        self.set_timer(f"loop:{tr.id}", Timer(due, "loop", tr.id))
+        return True
+
+    def loop_failed(self, group: Group, tr: TaskRunState) -> bool:
+        group.failed, group.worst = True, worst(group.worst, S.FAILED)
+        if not group.errors:
+            return False
+        group.errors_pos = 0
+        self.create_errors_child(group, tr)
+        return True
+
+    def next_iteration(self, tr: TaskRunState) -> None:
+        """Drop the task runs of the iteration before (and their outputs), run the children
+        again with the same plan."""
+        st, group = self.st, tr.group
+        assert group is not None
+        for tid in [tid for tid, run in st.task_runs.items() if _below_any(run, {tr.id})]:
+            self.forget_outputs(st.task_runs.pop(tid))
+            self.changed[tid] = None
+        group.next_lane, group.active, group.failed, group.worst = 0, 0, False, S.SUCCESS
+        group.errors_pos = group.finally_pos = -1
+        group.started.clear()
+        group.done.clear()
+        self.group_changed[tr.id] = None
+        self.fill(group, tr)
+        if group.finished:
+            self.branches_done(group, tr)
 
     # -- pause ---------------------------------------------------------------------------
 
@@ -827,9 +987,10 @@ class _Step:
             return
         self.move_execution(S.RESTARTED)
         st.attempt_number += 1
-        for tid in [tid for tid, tr in st.task_runs.items() if _in_errors_branch(tr)]:
+        for tid in [tid for tid, tr in st.task_runs.items() if _in_side_branch(tr)]:
             self.forget_outputs(st.task_runs.pop(tid))
             self.changed[tid] = None
+        st.after = None  # the afterExecution tasks run again after the new end
         emptied = self.reopen_working_directories()
         rerun = self.reopen_failed()
         children: dict[str | None, list[TaskRunState]] = {}
@@ -849,7 +1010,7 @@ class _Step:
             group.active += 1
             self.create_child(group, owner, last.lane, last.pos + 1)
         if not rerun and not cut and st.root.finished:  # nothing failed: it ends again
-            self.finish_group(st.root, None)
+            self.branches_done(st.root, None)
 
     def reopen_working_directories(self) -> list[TaskRunState]:
         """Empty the failed WorkingDirectory task runs, to run again from their first task:
@@ -902,7 +1063,7 @@ class _Step:
         group had failed), each as its last task run, for the restart to go on with.
         """
         group.failed, group.errors_pos, group.worst = False, -1, S.SUCCESS
-        group.active = 0
+        group.active, group.finally_pos = 0, -1
         last: dict[int, TaskRunState] = {}
         for tr in children:
             state = tr.state.current
@@ -912,6 +1073,10 @@ class _Step:
                 group.active += 1
             if tr.lane not in last or tr.pos > last[tr.lane].pos:
                 last[tr.lane] = tr
+        group.recount_graph(
+            (tr.lane, tr.state.current.is_terminal and not tr.state.current.is_failed)
+            for tr in children
+        )
         return [
             (group, owner, tr)
             for tr in last.values()
@@ -986,8 +1151,26 @@ class _Step:
             self.move_execution(final)
         for timer_id in list(st.timers):
             self.cancel_timer(timer_id)
-        self.terminal = True
         self.notify_parent()
+        if not self.start_after_execution():
+            self.terminal = True
+
+    def start_after_execution(self) -> bool:
+        """Start the flow's ``afterExecution`` tasks, one after the other, now that the execution
+        has its end state (which they read as ``execution.state`` and never change); False when
+        there are none to run."""
+        tasks = [task for task in self.flow.afterExecution if not task.disabled]
+        if not tasks or self.st.after is not None:
+            return False
+        self.st.after = after = Group(one_lane(tasks), 1, [])
+        self.moved = True  # the execution's record carries the group
+        self.fill(after, None)
+        return not after.finished
+
+    def after_execution_done(self) -> None:
+        """The ``afterExecution`` tasks ended (or were killed): the execution is over."""
+        self.terminal = True
+        self.moved = True
 
     def render_flow_outputs(self) -> dict[str, Any]:
         base = execution_context(self.st, self.flow, self.ex.clock, self.ex.context_cache)
@@ -1056,7 +1239,14 @@ class _Step:
 
     def context(self, tr: TaskRunState) -> dict[str, Any]:
         base = execution_context(self.st, self.flow, self.ex.clock, self.ex.context_cache)
-        return task_run_context(base, tr)
+        ctx = task_run_context(base, tr)
+        # The execution's state, and once it ended its flow outputs (what ``afterExecution``
+        # tasks read): they change during the execution, so they are not in the shared part.
+        execution = {**base["execution"], "state": self.st.state.current.value}
+        if self.st.flow_outputs is not None:
+            execution["outputs"] = self.st.flow_outputs
+        ctx["execution"] = execution
+        return ctx
 
     def render_props(self, tr: TaskRunState) -> dict[str, Any]:
         task = tr.task
@@ -1187,13 +1377,24 @@ def _below_any(tr: TaskRunState, ids: set[str]) -> bool:
     return False
 
 
-def _in_errors_branch(tr: TaskRunState) -> bool:
+def _in_side_branch(tr: TaskRunState) -> bool:
+    """Whether ``tr`` runs in an ``errors``, ``finally`` or ``afterExecution`` block (or below
+    one): a restart drops those task runs, and runs the blocks again as needed."""
     node: TaskRunState | None = tr
     while node is not None:
-        if node.errors_branch:
+        if node.block is not Block.TASKS:
             return True
         node = node.parent
     return False
+
+
+def _has_finally(flow: Flow) -> bool:
+    """Whether a kill must go through ``finally`` blocks (the flow's, or a flowable's)."""
+    if flow.finally_:
+        return True
+    return any(
+        isinstance(task, FlowableTask) and task.finally_ for task in flow.task_index().values()
+    )
 
 
 def _optional_duration(value: Any) -> Any:

@@ -1080,7 +1080,7 @@ class _FlowChecker:
             )
             self.sink.add(("listeners",), message)
             values.pop("listeners")
-        for key in ("finally", "afterExecution", "concurrency", "sla"):
+        for key in ("concurrency", "sla"):
             if values.get(key):
                 # Parsed by the model, but the executor does not enforce these blocks yet:
                 # refuse them rather than accept a flow whose cleanup or limits silently vanish.

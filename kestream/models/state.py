@@ -16,7 +16,7 @@ Task run::
     CREATED -> SKIPPED (runIf false) | FAILED (could not even be rendered)
     RUNNING -> RETRYING -> RUNNING        (a new attempt)
     RUNNING -> PAUSED -> RUNNING | FAILED (Pause task: resumed, or timed out)
-    FAILED | KILLED | WARNING -> RESTARTED -> RUNNING    (restart of the execution)
+    FAILED | KILLED | WARNING -> RESTARTED -> RUNNING | SKIPPED (restart; runIf false now)
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ TASK_RUN_TRANSITIONS: dict[StateType, frozenset[StateType]] = {
     S.RETRYING: frozenset({S.RUNNING, S.FAILED, S.KILLED}),
     S.PAUSED: frozenset({S.RUNNING, S.FAILED, S.KILLED, S.SUCCESS, S.WARNING}),
     S.KILLING: frozenset({S.KILLED}),
-    S.RESTARTED: frozenset({S.RUNNING, S.KILLED}),
+    S.RESTARTED: frozenset({S.RUNNING, S.KILLED, S.SKIPPED}),
     S.FAILED: frozenset({S.RESTARTED, S.RUNNING}),
     S.KILLED: frozenset({S.RESTARTED, S.RUNNING}),
     S.WARNING: frozenset({S.RESTARTED, S.RUNNING}),

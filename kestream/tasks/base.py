@@ -219,18 +219,23 @@ class ChildPlan:
     Each lane is a list of ``(task, loop value)`` run one after the other; up to ``concurrency``
     lanes run at once (0 = all). ``outputs`` become the flowable task run's outputs (Switch's
     ``{value, defaults}``). ``failure_is_warning`` is the deprecated AllowFailure wrapper.
+    ``depends`` makes the lanes a graph (Dag): lane ``i`` waits for the lanes ``depends[i]``.
     """
 
     lanes: list[Lane]
     concurrency: int = 1
     outputs: dict[str, Any] | None = None
     failure_is_warning: bool = False
+    depends: list[tuple[int, ...]] | None = None
 
 
 class FlowableTask(Task):
     kind: ClassVar[TaskKind] = TaskKind.FLOWABLE
 
     errors: list[AnyTask] = Field(default_factory=list)
+    #: Run one after the other once the children (and ``errors``) ended, whatever the outcome;
+    #: they change the task's end state only when one of them fails.
+    finally_: list[AnyTask] = Field(default_factory=list, alias="finally")
 
     def plan(self, props: dict[str, Any]) -> ChildPlan:
         """Decide the children from rendered ``props``. Raise :class:`TaskError` to fail."""
@@ -241,7 +246,7 @@ class FlowableTask(Task):
         return []
 
     def children(self) -> list[Task]:
-        return [t for branch in self.branches() for t in branch] + list(self.errors)
+        return [t for branch in self.branches() for t in branch] + [*self.errors, *self.finally_]
 
 
 def _parse_task(value: Any) -> Task:

@@ -11,9 +11,11 @@ from __future__ import annotations
 from functools import cache
 
 from kestream.tasks.base import Task
+from kestream.tasks.dag import Dag
 from kestream.tasks.execution import Assert, Exit, Labels
 from kestream.tasks.flow import AllowFailure, If, Parallel, Sequential, Switch
 from kestream.tasks.http import Request
+from kestream.tasks.loop_until import LoopUntil
 from kestream.tasks.loops import EachParallel, EachSequential, ForEach
 from kestream.tasks.pause import Pause
 from kestream.tasks.scripts import PythonCommands, PythonScript, ShellCommands, ShellScript
@@ -25,7 +27,7 @@ from kestream.tasks.working_directory import WorkingDirectory
 TASK_CLASSES: tuple[type[Task], ...] = (
     Log, Return, Echo, OutputValues, Fail, Sleep, Pause,
     Sequential, Parallel, If, Switch, AllowFailure, WorkingDirectory,
-    ForEach, EachSequential, EachParallel, Subflow,
+    ForEach, EachSequential, EachParallel, Subflow, LoopUntil, Dag,
     Request, Labels, Assert, Exit,
     ShellCommands, ShellScript, PythonCommands, PythonScript,
 )  # fmt: skip

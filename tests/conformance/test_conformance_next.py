@@ -19,11 +19,15 @@ from conformance_checks import Failures, Observed, check_expect, dump_execution,
 from conformance_corpus import REPO_ROOT, Entry, load_entries
 
 from kestream.models.execution import Execution
+from kestream.models.state import StateType
 from kestream.testing import Driver
 
 ENV_VAR = "KESTREAM_CONFORMANCE_NEXT_DIR"
 #: The corpus features this module covers; an entry needing any other one is not run here.
-BUILT = frozenset({"Labels", "Assert", "Exit", "inputs.dependsOn"})
+BUILT = frozenset(
+    {"Labels", "Assert", "Exit", "inputs.dependsOn"}
+    | {"finally", "afterExecution", "LoopUntil", "Dag", "restart"}
+)
 
 
 def _corpus() -> Path:
@@ -71,16 +75,61 @@ def test_conformance_next(entry: Entry, driver: Driver) -> None:
         validate_inputs=entry.inputs_validated,
         labels=entry.labels,
     )
-    expect = dict(entry.expect)
+    if execution.state.current is StateType.PAUSED and entry.expect.get("state") != "PAUSED":
+        execution = driver.wait(execution.id)  # a Pause that times out or resumes by itself
+    failures = _check(entry.expect, execution, driver)
+    for position, phase in enumerate(entry.phases):
+        if phase.get("action") != "restart":
+            raise ValueError(f"{entry.case_id()}: phase action {phase.get('action')!r}")
+        execution = driver.restart(execution.id)
+        failures += [
+            f"phases[{position}] restart: {line}"
+            for line in _check(phase.get("expect", {}), execution, driver)
+        ]
+    if failures:
+        report = "\n".join([f"{entry.case_id()} ({entry.source})", *failures])
+        logs = driver.logs(execution.id)
+        pytest.fail(report + "\n" + dump_execution(execution, logs), pytrace=False)
+
+
+def _check(expect: Mapping[str, Any], execution: Execution, driver: Driver) -> list[str]:
+    """``expect`` with the second corpus's own fields (``labelsExact``, ``sequence``,
+    ``allTaskRunsStateIn``) checked here, the rest by the main suite's checker."""
+    expect = dict(expect)
     exact = expect.pop("labelsExact", None)
+    sequence = expect.pop("sequence", None)
+    states = expect.pop("allTaskRunsStateIn", None)
     placeholders = _placeholders(execution)
     obs = Observed(execution=execution, logs=driver.logs(execution.id), placeholders=placeholders)
     failures = check_expect(expect, obs)
     if exact is not None:
         failures += _labels_exact(substitute(dict(exact), placeholders), execution)
-    if failures:
-        report = "\n".join([f"{entry.case_id()} ({entry.source})", *failures])
-        pytest.fail(report + "\n" + dump_execution(execution, obs.logs), pytrace=False)
+    if sequence is not None:
+        failures += _sequence(sequence, execution)
+    if states is not None:
+        failures += [
+            f"allTaskRunsStateIn: {run.taskId} is {run.state.current}, not one of {states}"
+            for run in execution.taskRunList
+            if run.state.current.value not in states
+        ]
+    return failures
+
+
+def _sequence(pairs: list[list[str]], execution: Execution) -> list[str]:
+    """Each ``[later, earlier]``: ``later`` starts no earlier than ``earlier`` ends."""
+    runs = {run.taskId: run for run in execution.taskRunList}
+    failures = []
+    for later, earlier in pairs:
+        if later not in runs or earlier not in runs:
+            failures.append(f"sequence: no task run of {later!r} or {earlier!r}")
+            continue
+        start = runs[later].state.histories[0].date
+        end = runs[earlier].state.histories[-1].date
+        if start < end:
+            failures.append(
+                f"sequence: {later!r} started at {start}, before {earlier!r} ended ({end})"
+            )
+    return failures
 
 
 def _placeholders(execution: Execution) -> dict[str, str]:

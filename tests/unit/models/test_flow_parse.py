@@ -246,9 +246,6 @@ retry:
     [
         "concurrency:\n  limit: 2\n  behavior: CANCEL\n",
         "sla:\n  - id: slow\n    type: MAX_DURATION\n    duration: PT1H\n",
-        "finally:\n  - id: cleanup\n    type: io.kestra.plugin.core.log.Log\n    message: done\n",
-        "afterExecution:\n  - id: notify\n    type: io.kestra.plugin.core.log.Log\n"
-        "    message: after\n",
     ],
 )
 def test_blocks_the_executor_does_not_run_are_refused(block: str) -> None:
