@@ -275,6 +275,12 @@ class Settings(BaseSettings):
         "whose web pages may call the API from a browser; other origins' state-changing "
         "requests get 403.",
     )
+    api_url: str | None = Field(
+        default=None,
+        description="KESTREAM_API_URL: where workers reach the API for the tasks that work on "
+        "its execution index (PurgeExecutions, PurgeLogs), with the API's credentials; unset: "
+        "http://KESTREAM_WEB_HOST:KESTREAM_WEB_PORT (127.0.0.1 for a wildcard host).",
+    )
     scheduler_tick_ms: int = Field(
         default=1000,
         ge=10,

@@ -12,6 +12,7 @@ executions a run created (subflows, retries as new executions).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -32,6 +33,8 @@ from kestream.models.inputs import parse_inputs
 from kestream.models.state import StateType
 from kestream.plugins.loading import load_plugins
 from kestream.settings import get_settings
+from kestream.tasks.purge import PURGER
+from kestream.testing_purge import DriverPurger
 from kestream.worker.pool import shared_pool
 from kestream.worker.runner import STOP_WAIT_S, TaskRunner
 
@@ -55,6 +58,7 @@ class Driver:
         # Blocking Python tasks run in worker processes as on a worker (a kill stops them); all
         # drivers of a process share them, ended when it exits.
         self.runner = TaskRunner(clock=clock, processes=shared_pool(get_settings().task_threads))
+        self._purger = DriverPurger(self)
         self.states: dict[str, ExecutionState] = {}
         self._logs: dict[str, list[cmd.LogLine]] = {}
         self._events: deque[ev.Event] = deque()
@@ -311,7 +315,10 @@ class Driver:
 
     def _carry_out(self, command: cmd.Command) -> None:
         if isinstance(command, cmd.RunTask):
-            task = asyncio.ensure_future(self.runner.run(command))
+            # The purge tasks it runs delete from this driver (kestream.testing_purge).
+            context = contextvars.copy_context()
+            context.run(PURGER.set, self._purger)
+            task = asyncio.get_running_loop().create_task(self.runner.run(command), context=context)
             self._inflight.add(task)
         elif isinstance(command, cmd.KillTask):
             self.runner.kill(command.execution_id, command.task_run_id)

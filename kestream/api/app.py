@@ -28,6 +28,7 @@ from kestream.api.openapi import (
     openapi_document,
     route_access,
 )
+from kestream.api.purge import PurgeRoutes
 from kestream.api.webhook_routes import WebhookRoutes
 from kestream.runtime.ops_routes import route_pattern
 from kestream.runtime.record_limit import RecordTooLarge
@@ -41,6 +42,7 @@ def api_routes(handle: ApiHandle) -> list[web.RouteDef]:
     """Every API route, in match order (fixed segments before path variables)."""
     routes = [
         *WebhookRoutes(handle).routes(),
+        *PurgeRoutes(handle).routes(),  # before /executions/{executionId}
         *ExecutionRoutes(handle).routes(),
         *FlowRoutes(handle).routes(),
         *LogRoutes(handle).routes(),

@@ -26,6 +26,7 @@ from kestream.api.http import (
     read_form,
 )
 from kestream.api.index.query import QueryError, parse_search_params
+from kestream.api.purge import delete_execution
 from kestream.api.service import ApiService, dump
 from kestream.executor.restore import RESTARTABLE
 from kestream.models.inputs import InputValidationError
@@ -159,14 +160,17 @@ class ExecutionRoutes:
         return json_response(restarted)
 
     async def delete(self, request: web.Request) -> web.Response:
-        """204: the execution is marked deleted in the index (it no longer lists or answers).
-        An execution still running is refused with 409: kill it first."""
+        """204: the execution is deleted, with its lines unless ``deleteLogs=false``, through
+        Kafka, so every API's index drops it (:func:`kestream.api.purge.delete_execution`); it
+        no longer lists nor answers. An execution still running is refused with 409: kill it
+        first."""
         service, execution = await self.api.execution_for(request)
         if not current_state(execution).is_terminal:
             raise ApiError(
                 409, f"Illegal state: Execution '{execution['id']}' is still running: kill it first"
             )
-        await service.delete_execution(execution["id"])
+        logs = query_flag(request, "deleteLogs", default=True)
+        await delete_execution(service, execution["id"], logs=logs)
         return web.Response(status=204)
 
     async def follow(self, request: web.Request) -> web.StreamResponse:

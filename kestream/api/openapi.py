@@ -147,6 +147,15 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", _T + "/executions/{executionId}/follow"): Operation(
         "followExecution", "Executions", responses={200: (_SSE, "Server-sent events")}
     ),
+    ("POST", _T + "/executions/purge"): Operation(
+        "purgeExecutions",
+        "Executions",
+        body=_JSON,
+        responses={200: _OK_JSON, 422: _ERRORS[422]},
+    ),
+    ("POST", _T + "/logs/purge"): Operation(
+        "purgeLogs", "Logs", body=_JSON, responses={200: _OK_JSON, 422: _ERRORS[422]}
+    ),
     ("GET", _T + "/logs/{executionId}"): Operation(
         "listLogsFromExecution",
         "Logs",

@@ -245,9 +245,6 @@ class ApiService:
         restart, since an ended execution has left the executor's state (DESIGN.md section 3)."""
         await self.client.send(ev.Restart(snapshot["id"], snapshot=snapshot))
 
-    async def delete_execution(self, execution_id: str) -> bool:
-        return await asyncio.to_thread(self.index.delete, execution_id)
-
     async def search(self, query: SearchQuery) -> tuple[list[dict[str, Any]], int]:
         return await asyncio.to_thread(self.index.search, query)
 

@@ -18,6 +18,7 @@ from kestream.tasks.http import Request
 from kestream.tasks.loop_until import LoopUntil
 from kestream.tasks.loops import EachParallel, EachSequential, ForEach
 from kestream.tasks.pause import Pause
+from kestream.tasks.purge import PurgeExecutions, PurgeLogs
 from kestream.tasks.scripts import PythonCommands, PythonScript, ShellCommands, ShellScript
 from kestream.tasks.simple import Echo, Fail, Log, OutputValues, Return
 from kestream.tasks.sleep import Sleep
@@ -28,7 +29,7 @@ TASK_CLASSES: tuple[type[Task], ...] = (
     Log, Return, Echo, OutputValues, Fail, Sleep, Pause,
     Sequential, Parallel, If, Switch, AllowFailure, WorkingDirectory,
     ForEach, EachSequential, EachParallel, Subflow, LoopUntil, Dag,
-    Request, Labels, Assert, Exit,
+    Request, Labels, Assert, Exit, PurgeExecutions, PurgeLogs,
     ShellCommands, ShellScript, PythonCommands, PythonScript,
 )  # fmt: skip
 

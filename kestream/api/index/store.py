@@ -43,6 +43,7 @@ from typing import Any, Protocol
 import orjson
 
 from kestream.api.index import nul
+from kestream.api.index.purges import PurgeRecord, apply_purge, is_purge_value
 from kestream.api.index.query import SearchQuery
 from kestream.api.index.sql import (
     Dialect,
@@ -103,6 +104,8 @@ def log_level_rank(level: str) -> int:
 class RecordKind(StrEnum):
     UPDATE = "update"
     LOGS = "logs"
+    #: A purge record on the logs topic (:mod:`kestream.api.index.purges`).
+    PURGE = "purge"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +141,11 @@ class FeedRecord:
         value = loads(data)
         if kind is RecordKind.UPDATE:
             execution_id = _check_update(value)
+        elif is_purge_value(value):
+            if key is None:
+                raise RecordError("a purge record needs the execution id as its key")
+            purge = PurgeRecord.from_value(value)
+            return cls(topic, partition, offset, RecordKind.PURGE, key.decode(), purge)
         else:
             execution_id = _check_logs(value, key)
         return cls(topic, partition, offset, kind, execution_id, value)
@@ -416,7 +424,9 @@ class Store(ABC):
             pending = _fold(updates)
             if pending:
                 self._write_executions(cur, pending)
-            lines = self._write_logs(cur, [r for r in fresh if r.kind is RecordKind.LOGS])
+            lines = self._write_logs_and_purges(
+                cur, [r for r in fresh if r.kind is not RecordKind.UPDATE]
+            )
             moved = [
                 (topic, partition, offset)
                 for (topic, partition), offset in batch.positions.items()
@@ -548,6 +558,18 @@ class Store(ABC):
     def _label_date(self, start_date: str | None) -> Any:
         """The start date as stored in ``labels`` (SQLite's primary key wants no NULL)."""
         return start_date
+
+    def _write_logs_and_purges(self, cur: Cursor, records: list[FeedRecord]) -> int:
+        """Append the lines of log records and apply purge records where they come, in order:
+        a purge deletes the lines its execution had before it, never the ones after."""
+        written = 0
+        start = 0
+        for n, record in enumerate(records):
+            if record.kind is RecordKind.PURGE:
+                written += self._write_logs(cur, records[start:n])
+                apply_purge(self, cur, record.execution_id, record.value)
+                start = n + 1
+        return written + self._write_logs(cur, records[start:])
 
     def _write_logs(self, cur: Cursor, records: list[FeedRecord]) -> int:
         rows = [

@@ -1,0 +1,158 @@
+"""The purge routes: what the PurgeExecutions and PurgeLogs tasks ask of the API.
+
+``POST /api/v1/{tenant}/executions/purge`` takes an :class:`ExecutionPurge` (the task's
+filters, as JSON) and answers ``{"executionsCount", "logsCount"}``; ``POST
+/api/v1/{tenant}/logs/purge`` takes a :class:`LogPurge` and answers ``{"count"}``. Neither is a
+Kestra route (Kestra runs these tasks next to its repositories); the tasks call them from the
+worker (:mod:`kestream.tasks.purge_api`).
+
+The API picks what to purge from its own index, then sends one purge record per execution to
+the logs topic (:mod:`kestream.api.index.purges`): every API process's index feed applies it,
+this one's included. The answer waits until this API's feed has applied them, so a read that
+follows the task (``GET .../executions/{id}``) already finds them gone here; other API
+processes follow as their feeds read the records. Executions are taken a page at a time, oldest
+end first, until none is left, so one purge never holds more than a page of ids.
+
+Counts are what this API's index held when it chose: a line of a purged execution still on its
+way to the index is deleted too (the record comes after it in the partition) but not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from aiokafka import TopicPartition
+from pydantic import ValidationError
+
+from kestream.api.handle import ApiHandle
+from kestream.api.http import ApiError, bad_request, invalid, json_response, read_body
+from kestream.api.index.purges import (
+    PurgeRecord,
+    execution_candidates,
+    line_counts,
+    purgeable_lines,
+)
+from kestream.api.service import ApiService
+from kestream.runtime.kafka import make_producer
+from kestream.tasks.purge import ExecutionPurge, ExecutionPurgeCounts, LogPurge
+
+__all__ = ["PurgeRoutes", "delete_execution", "purge_executions", "purge_logs"]
+
+#: Executions chosen per round: the ids one round holds, and the records it sends at once.
+PAGE = 500
+#: How long an answer waits for this API's own index to apply the records it sent.
+APPLY_WAIT_S = 120.0
+_POLL_S = 0.05
+
+
+async def _send(service: ApiService, records: list[tuple[str, PurgeRecord]]) -> None:
+    """Produce the records, then wait until this API's index has applied them (module docs)."""
+    if not records:
+        return
+    ctx = service.ctx
+    producer = make_producer(ctx.settings, ctx.bootstrap, ctx.kind)
+    await producer.start()
+    try:
+        sent = [
+            await producer.send(
+                ctx.topics.logs, orjson.dumps(record.to_value()), key=execution_id.encode()
+            )
+            for execution_id, record in records
+        ]
+        acks = await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+    marks: dict[TopicPartition, int] = {}
+    for ack in acks:
+        tp = TopicPartition(ack.topic, ack.partition)
+        marks[tp] = max(marks.get(tp, 0), ack.offset + 1)
+    deadline = asyncio.get_running_loop().time() + APPLY_WAIT_S
+    while not service.feed.reached(marks):
+        if asyncio.get_running_loop().time() > deadline:
+            raise ApiError(
+                503,
+                f"The purge was sent, but this API's index has not applied it within "
+                f"{APPLY_WAIT_S:g}s; it will",
+            )
+        await asyncio.sleep(_POLL_S)
+
+
+async def delete_execution(service: ApiService, execution_id: str, *, logs: bool) -> None:
+    """Delete one ended execution (``DELETE .../executions/{id}``), with its lines if ``logs``:
+    the same record a purge sends, so every API's index drops it, not only this one's."""
+    await _send(service, [(execution_id, PurgeRecord(True, all_logs=logs))])
+
+
+async def purge_executions(service: ApiService, query: ExecutionPurge) -> ExecutionPurgeCounts:
+    """Purge what ``query`` names, a page at a time (module docs)."""
+    counts = ExecutionPurgeCounts()
+    if not (query.purgeExecution or query.purgeLog):
+        return counts
+    store = service.index
+    purged: set[str] = set()
+    while True:
+        ids = await asyncio.to_thread(execution_candidates, store, query, PAGE + len(purged))
+        ids = [i for i in ids if i not in purged]  # purgeLog alone leaves them listed
+        if not ids:
+            return counts
+        if query.purgeLog:
+            counts.logsCount += await asyncio.to_thread(line_counts, store, ids)
+        if query.purgeExecution:
+            counts.executionsCount += len(ids)
+        record = PurgeRecord(query.purgeExecution, all_logs=query.purgeLog)
+        await _send(service, [(execution_id, record) for execution_id in ids])
+        purged.update(ids)
+
+
+async def purge_logs(service: ApiService, query: LogPurge) -> int:
+    """Purge the lines ``query`` names; returns how many the index held."""
+    counts = await asyncio.to_thread(purgeable_lines, service.index, query)
+    record = PurgeRecord(False, lines=query)
+    await _send(service, [(execution_id, record) for execution_id in sorted(counts)])
+    return sum(counts.values())
+
+
+_M = TypeVar("_M", ExecutionPurge, LogPurge)
+
+
+async def _query_of(request: web.Request, model: type[_M], limit: int) -> _M:
+    body = await read_body(request, limit)
+    try:
+        data: Any = orjson.loads(body or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"Request body is not valid JSON: {exc}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            {"path": ".".join(str(p) for p in error["loc"]), "message": error["msg"]}
+            for error in exc.errors()
+        ]
+        raise invalid(f"Invalid purge: {exc.error_count()} problem(s)", problems) from None
+
+
+class PurgeRoutes:
+    def __init__(self, api: ApiHandle) -> None:
+        self.api = api
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/api/v1/{tenant}/executions/purge", self.executions),
+            web.post("/api/v1/{tenant}/logs/purge", self.logs),
+        ]
+
+    async def executions(self, request: web.Request) -> web.Response:
+        """Purge ended executions (and their lines): the counts."""
+        service = self.api.service_for(request)
+        query = await _query_of(request, ExecutionPurge, self.api.max_body)
+        counts = await purge_executions(service, query)
+        return json_response(counts.model_dump())
+
+    async def logs(self, request: web.Request) -> web.Response:
+        """Purge log lines: ``{"count": N}``."""
+        service = self.api.service_for(request)
+        query = await _query_of(request, LogPurge, self.api.max_body)
+        return json_response({"count": await purge_logs(service, query)})

@@ -1,0 +1,84 @@
+"""The purger of a broker installation: the API, which keeps the execution index.
+
+A worker has no index of its own, and must not write into any API process's database: each API
+process keeps its own index, fed from Kafka. So the purge tasks ask one API (``KESTREAM_API_URL``,
+with the API's credentials) to purge; that API picks the executions and lines from its index and
+sends the deletions through Kafka, where every API process's index applies them
+(:mod:`kestream.api.purge`). The counts are what the asked API's index deleted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from kestream.settings import Settings, get_settings
+from kestream.tasks.base import TaskError
+from kestream.tasks.purge import ExecutionPurge, ExecutionPurgeCounts, LogPurge
+
+#: The API paths of the purges (relative to ``/api/v1/{tenant}``).
+EXECUTIONS_PATH = "/executions/purge"
+LOGS_PATH = "/logs/purge"
+#: A purge of many executions is many records and one wait for the index: generous.
+_TIMEOUT_S = 300.0
+
+
+def api_base(settings: Settings) -> str:
+    """The API's root URL as seen from this process (module docs)."""
+    if settings.api_url:
+        return settings.api_url.rstrip("/")
+    host = settings.web_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.web_port}"
+
+
+def _auth_headers(settings: Settings) -> dict[str, str]:
+    if settings.api_username is not None and settings.api_password is not None:
+        auth = aiohttp.BasicAuth(settings.api_username, settings.api_password.get_secret_value())
+        return {"Authorization": auth.encode()}
+    tokens = settings.api_bearer_tokens
+    return {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
+
+
+class ApiPurger:
+    """Purges through the API's purge routes (module docs)."""
+
+    def __init__(self, base: str, tenant: str, headers: dict[str, str]) -> None:
+        self.root = f"{base}/api/v1/{tenant}"
+        self.headers = headers
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> ApiPurger:
+        settings = settings or get_settings()
+        return cls(api_base(settings), settings.tenant, _auth_headers(settings))
+
+    async def purge_executions(self, query: ExecutionPurge) -> ExecutionPurgeCounts:
+        answer = await self._post(EXECUTIONS_PATH, query.model_dump(mode="json"))
+        return ExecutionPurgeCounts.model_validate(answer)
+
+    async def purge_logs(self, query: LogPurge) -> int:
+        answer = await self._post(LOGS_PATH, query.model_dump(mode="json"))
+        return int(answer["count"])
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        url = self.root + path
+        timeout = aiohttp.ClientTimeout(total=_TIMEOUT_S)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.post(url, json=body, headers=self.headers) as response,
+            ):
+                if response.status != 200:
+                    text = (await response.text())[:500]
+                    raise TaskError(f"The API refused the purge ({response.status}): {text}")
+                answer: dict[str, Any] = await response.json()
+                return answer
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TaskError(
+                f"Cannot reach the API at {url} to purge ({type(exc).__name__}: {exc}); "
+                "set KESTREAM_API_URL where the workers run"
+            ) from None
