@@ -10,7 +10,7 @@ checker as the main suite, plus the corpus's ``labelsExact`` and its label place
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import pytest
 from conformance_checks import Failures, Observed, check_expect, dump_execution, substitute
 from conformance_corpus import REPO_ROOT, Entry, load_entries
 
-from kestream.models.execution import Execution
+from kestream.models.execution import Execution, LogEntry
 from kestream.models.state import StateType
 from kestream.testing import Driver
 
@@ -42,19 +42,20 @@ def _features() -> dict[int, set[str]]:
     return {index: set(item.get("features", ())) for index, item in enumerate(raw)}
 
 
-def _entries() -> list[Entry]:
+def entries_for(built: frozenset[str]) -> list[Entry]:
+    """The entries whose features are all in ``built`` (an entry with none is never chosen)."""
     features = _features()
     chosen = [
         entry
         for entry in load_entries(_corpus())
-        if features[entry.index] and features[entry.index] <= BUILT
+        if features[entry.index] and features[entry.index] <= built
     ]
     if not chosen:
-        raise RuntimeError(f"no Labels/Assert/Exit entries in {_corpus()}")
+        raise RuntimeError(f"no entries for {sorted(built)} in {_corpus()}")
     return chosen
 
 
-ENTRIES = _entries()
+ENTRIES = entries_for(BUILT)
 
 
 @pytest.fixture
@@ -77,14 +78,15 @@ def test_conformance_next(entry: Entry, driver: Driver) -> None:
     )
     if execution.state.current is StateType.PAUSED and entry.expect.get("state") != "PAUSED":
         execution = driver.wait(execution.id)  # a Pause that times out or resumes by itself
-    failures = _check(entry.expect, execution, driver)
+    failures = check_next(entry.expect, execution, driver.logs(execution.id))
     for position, phase in enumerate(entry.phases):
         if phase.get("action") != "restart":
             raise ValueError(f"{entry.case_id()}: phase action {phase.get('action')!r}")
         execution = driver.restart(execution.id)
+        logs = driver.logs(execution.id)
         failures += [
             f"phases[{position}] restart: {line}"
-            for line in _check(phase.get("expect", {}), execution, driver)
+            for line in check_next(phase.get("expect", {}), execution, logs)
         ]
     if failures:
         report = "\n".join([f"{entry.case_id()} ({entry.source})", *failures])
@@ -92,7 +94,9 @@ def test_conformance_next(entry: Entry, driver: Driver) -> None:
         pytest.fail(report + "\n" + dump_execution(execution, logs), pytrace=False)
 
 
-def _check(expect: Mapping[str, Any], execution: Execution, driver: Driver) -> list[str]:
+def check_next(
+    expect: Mapping[str, Any], execution: Execution, logs: Sequence[LogEntry]
+) -> list[str]:
     """``expect`` with the second corpus's own fields (``labelsExact``, ``sequence``,
     ``allTaskRunsStateIn``) checked here, the rest by the main suite's checker."""
     expect = dict(expect)
@@ -100,7 +104,7 @@ def _check(expect: Mapping[str, Any], execution: Execution, driver: Driver) -> l
     sequence = expect.pop("sequence", None)
     states = expect.pop("allTaskRunsStateIn", None)
     placeholders = _placeholders(execution)
-    obs = Observed(execution=execution, logs=driver.logs(execution.id), placeholders=placeholders)
+    obs = Observed(execution=execution, logs=logs, placeholders=placeholders)
     failures = check_expect(expect, obs)
     if exact is not None:
         failures += _labels_exact(substitute(dict(exact), placeholders), execution)

@@ -1,7 +1,11 @@
 """The conformance corpus run through a real broker: executor, worker and client as processes use
 them. Every entry without phases runs here (phases, children and the executions a retry creates
 are covered through the broker-free driver in ``tests/conformance``); its ``expect`` is checked
-with the same checker, minus ``executionStates``, which needs a listing of executions."""
+with the same checker, minus ``executionStates``, which needs a listing of executions.
+
+Entries of the second corpus (``conformance-next``) for the flow blocks and flowables built so far
+(``THROUGH_BROKER_NEXT``) run here the same way, checked as ``test_conformance_next`` checks them.
+"""
 
 from __future__ import annotations
 
@@ -19,13 +23,18 @@ from conformance_checks import Observed, check_expect, dump_execution
 from conformance_corpus import Entry, load_entries
 from executor_harness import running_roles
 from test_conformance import portable_expect
+from test_conformance_next import check_next, entries_for
 
 from kestream.client import Client
+from kestream.models.execution import Execution, LogEntry
 from kestream.models.state import StateType
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 ENTRIES = [e for e in load_entries() if not e.phases]
+#: conformance-next features whose entries without phases run through the broker too.
+THROUGH_BROKER_NEXT = frozenset({"finally", "afterExecution", "LoopUntil", "Dag"})
+NEXT_ENTRIES = [e for e in entries_for(THROUGH_BROKER_NEXT) if not e.phases]
 NOT_THROUGH_BROKER = {"executionStates"}  # needs a listing of every execution of a flow
 MAX_AUTO_WAITS = 5
 
@@ -39,6 +48,33 @@ async def runtime(broker: Any, request: pytest.FixtureRequest) -> AsyncIterator[
 
 @pytest.mark.parametrize("entry", [pytest.param(e, id=e.case_id()) for e in ENTRIES])
 async def test_conformance_through_the_broker(entry: Entry, runtime: Client) -> None:
+    execution, logs = await _run(entry, runtime)
+    expect = {
+        k: v
+        for k, v in portable_expect(entry.expect, entry.flow_id).items()
+        if k not in NOT_THROUGH_BROKER
+    }
+    failures = check_expect(expect, Observed(execution=execution, logs=logs))
+    if failures:
+        pytest.fail(
+            "\n".join([f"entry {entry.case_id()}", *failures, dump_execution(execution, logs)]),
+            pytrace=False,
+        )
+
+
+@pytest.mark.parametrize("entry", [pytest.param(e, id=e.case_id()) for e in NEXT_ENTRIES])
+async def test_conformance_next_through_the_broker(entry: Entry, runtime: Client) -> None:
+    execution, logs = await _run(entry, runtime)
+    failures = check_next(entry.expect, execution, logs)
+    if failures:
+        pytest.fail(
+            "\n".join([f"entry {entry.case_id()}", *failures, dump_execution(execution, logs)]),
+            pytrace=False,
+        )
+
+
+async def _run(entry: Entry, runtime: Client) -> tuple[Execution, list[LogEntry]]:
+    """Deploy the entry's flows, run it to its end (through pauses that end by themselves)."""
     for text in entry.required_texts():
         await runtime.deploy(text)
     flow = await runtime.deploy(entry.flow_text())
@@ -59,15 +95,4 @@ async def test_conformance_through_the_broker(entry: Entry, runtime: Client) -> 
     ):
         waits += 1
         execution = await runtime.wait(execution_id, timeout=60, until_paused=False)
-    logs = await runtime.logs(execution_id)
-    expect = {
-        k: v
-        for k, v in portable_expect(entry.expect, flow.id).items()
-        if k not in NOT_THROUGH_BROKER
-    }
-    failures = check_expect(expect, Observed(execution=execution, logs=logs))
-    if failures:
-        pytest.fail(
-            "\n".join([f"entry {entry.case_id()}", *failures, dump_execution(execution, logs)]),
-            pytrace=False,
-        )
+    return execution, list(await runtime.logs(execution_id))

@@ -1,0 +1,370 @@
+"""finally, afterExecution, LoopUntil and Dag: the semantics the conformance corpus does not pin
+(kills, failing finally tasks, limits, the graph's checks), through the broker-free driver."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from kestream.models.clock import ManualClock
+from kestream.models.execution import Execution, TaskRun
+from kestream.models.flow import parse_flow
+from kestream.models.state import StateType
+from kestream.models.validation import FlowValidationError
+from kestream.testing import Driver
+
+S = StateType
+NS = "test.blocks"
+
+
+def _runs(execution: Execution, task_id: str) -> list[TaskRun]:
+    return [run for run in execution.taskRunList if run.taskId == task_id]
+
+
+def _state(execution: Execution, task_id: str) -> StateType:
+    (run,) = _runs(execution, task_id)
+    return run.state.current
+
+
+def _history(execution: Execution) -> list[StateType]:
+    return [h.state for h in execution.state.histories]
+
+
+# -- finally ------------------------------------------------------------------------------------
+
+KILLED_IN_SEQUENTIAL = f"""
+id: killed
+namespace: {NS}
+tasks:
+  - id: seq
+    type: io.kestra.plugin.core.flow.Sequential
+    tasks:
+      - id: wait
+        type: io.kestra.plugin.core.flow.Pause
+      - id: never
+        type: io.kestra.plugin.core.debug.Return
+        format: never
+    errors:
+      - id: on_error
+        type: io.kestra.plugin.core.debug.Return
+        format: error
+    finally:
+      - id: inner_cleanup
+        type: io.kestra.plugin.core.debug.Return
+        format: "{{{{ execution.state }}}}"
+finally:
+  - id: cleanup
+    type: io.kestra.plugin.core.debug.Return
+    format: cleaned
+"""
+
+
+def test_a_kill_runs_the_finally_blocks_from_the_inside_out() -> None:
+    with Driver() as driver:
+        driver.deploy(KILLED_IN_SEQUENTIAL)
+        paused = driver.start(NS, "killed")
+        assert paused.state.current is S.PAUSED
+        done = driver.kill(paused.id)
+    assert done.state.current is S.KILLED
+    assert _history(done)[-2:] == [S.KILLING, S.KILLED]
+    assert _state(done, "wait") is S.KILLED
+    assert _state(done, "seq") is S.KILLED
+    assert not _runs(done, "never") and not _runs(done, "on_error")  # a kill is no error
+    (inner,) = _runs(done, "inner_cleanup")
+    assert inner.state.current is S.SUCCESS
+    assert inner.outputs == {"value": "KILLING"}  # it ran while the execution was KILLING
+    assert _state(done, "cleanup") is S.SUCCESS
+    order = [run.taskId for run in done.taskRunList]
+    assert order.index("inner_cleanup") < order.index("cleanup")
+
+
+FINALLY_WAITS = f"""
+id: finally-waits
+namespace: {NS}
+tasks:
+  - id: wait
+    type: io.kestra.plugin.core.flow.Pause
+finally:
+  - id: slow_cleanup
+    type: io.kestra.plugin.core.flow.Pause
+  - id: after_it
+    type: io.kestra.plugin.core.debug.Return
+    format: x
+"""
+
+
+def test_a_second_kill_stops_the_finally_block() -> None:
+    with Driver() as driver:
+        driver.deploy(FINALLY_WAITS)
+        paused = driver.start(NS, "finally-waits")
+        killing = driver.kill(paused.id)
+        assert killing.state.current is S.KILLING  # its finally waits in a Pause
+        assert _state(killing, "slow_cleanup") is S.PAUSED
+        done = driver.kill(paused.id)
+    assert done.state.current is S.KILLED
+    assert _state(done, "slow_cleanup") is S.KILLED
+    assert not _runs(done, "after_it")
+
+
+FINALLY_FAILS = f"""
+id: finally-fails
+namespace: {NS}
+tasks:
+  - id: ok
+    type: io.kestra.plugin.core.debug.Return
+    format: ok
+finally:
+  - id: warn
+    type: io.kestra.plugin.core.execution.Fail
+    allowFailure: true
+  - id: broken
+    type: io.kestra.plugin.core.execution.Fail
+  - id: skipped_after_failure
+    type: io.kestra.plugin.core.debug.Return
+    format: x
+"""
+
+
+def test_only_a_failing_finally_task_changes_the_end_state() -> None:
+    with Driver() as driver:
+        driver.deploy(FINALLY_FAILS)
+        done = driver.start(NS, "finally-fails")
+    assert _state(done, "warn") is S.WARNING  # a WARNING there changes nothing...
+    assert _state(done, "broken") is S.FAILED  # ...a failure fails the execution
+    assert done.state.current is S.FAILED
+    assert not _runs(done, "skipped_after_failure")  # and stops the block, as errors does
+
+
+# -- afterExecution -----------------------------------------------------------------------------
+
+AFTER = f"""
+id: after
+namespace: {NS}
+tasks:
+  - id: fail
+    type: io.kestra.plugin.core.execution.Fail
+afterExecution:
+  - id: seen
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ execution.state }}}}"
+  - id: broken
+    type: io.kestra.plugin.core.execution.Fail
+  - id: not_reached
+    type: io.kestra.plugin.core.debug.Return
+    format: x
+"""
+
+
+def test_after_execution_reads_the_end_state_and_never_changes_it() -> None:
+    with Driver() as driver:
+        driver.deploy(AFTER)
+        done = driver.start(NS, "after")
+    assert done.state.current is S.FAILED
+    assert _history(done).count(S.FAILED) == 1
+    (seen,) = _runs(done, "seen")
+    assert seen.outputs == {"value": "FAILED"}
+    assert seen.state.histories[0].date >= done.state.histories[-1].date  # after the end
+    assert _state(done, "broken") is S.FAILED
+    assert not _runs(done, "not_reached")
+
+
+AFTER_WAITS = f"""
+id: after-waits
+namespace: {NS}
+tasks:
+  - id: ok
+    type: io.kestra.plugin.core.debug.Return
+    format: ok
+afterExecution:
+  - id: wait
+    type: io.kestra.plugin.core.flow.Pause
+"""
+
+
+def test_an_execution_is_over_once_its_after_execution_tasks_are() -> None:
+    with Driver() as driver:
+        driver.deploy(AFTER_WAITS)
+        running = driver.start(NS, "after-waits")
+        assert running.state.current is S.SUCCESS
+        assert not driver.states[running.id].terminal  # its afterExecution Pause still waits
+        done = driver.kill(running.id)
+        assert driver.states[running.id].terminal
+    assert done.state.current is S.SUCCESS  # the kill reached the afterExecution task only
+    assert _state(done, "wait") is S.KILLED
+
+
+# -- LoopUntil ----------------------------------------------------------------------------------
+
+
+def _loop(check: str, *, fail: bool = False) -> str:
+    return f"""
+id: loop
+namespace: {NS}
+tasks:
+  - id: loop
+    type: io.kestra.plugin.core.flow.LoopUntil
+    condition: "{{{{ outputs.count.value == 'never' }}}}"
+    failOnMaxReached: {str(fail).lower()}
+    checkFrequency:
+{check}
+    tasks:
+      - id: count
+        type: io.kestra.plugin.core.debug.Return
+        format: "{{{{ outputs.loop.iterationCount }}}}"
+"""
+
+
+def test_loop_until_waits_the_interval_and_keeps_only_the_last_iteration() -> None:
+    clock = ManualClock()
+    with Driver(clock=clock) as driver:
+        driver.deploy(_loop("      interval: PT10S\n      maxIterations: 3"))
+        first = driver.start(NS, "loop")
+        assert first.state.current is S.RUNNING  # waiting for the interval
+        assert _runs(first, "count")[0].outputs == {"value": "1"}
+        driver.advance(timedelta(seconds=9))
+        assert _runs(driver.get(first.id), "count")[0].outputs == {"value": "1"}
+        driver.advance(timedelta(seconds=1))
+        second = driver.get(first.id)
+        (count,) = _runs(second, "count")  # the first iteration's run was dropped
+        assert count.outputs == {"value": "2"}
+        driver.advance(timedelta(seconds=10))
+        done = driver.get(first.id)
+    assert done.state.current is S.SUCCESS  # no failOnMaxReached: the limit ends it well
+    assert _runs(done, "loop")[0].outputs == {"iterationCount": 4}
+    assert [run.outputs for run in _runs(done, "count")] == [{"value": "3"}]
+
+
+def test_loop_until_max_duration_fails_with_fail_on_max_reached() -> None:
+    clock = ManualClock()
+    with Driver(clock=clock) as driver:
+        driver.deploy(_loop("      interval: PT1M\n      maxDuration: PT90S", fail=True))
+        first = driver.start(NS, "loop")
+        driver.advance(timedelta(minutes=1))
+        assert driver.get(first.id).state.current is S.RUNNING  # 60 s < 90 s: once more
+        driver.advance(timedelta(minutes=1))
+        done = driver.get(first.id)
+    assert done.state.current is S.FAILED  # after the 3rd iteration, 120 s in
+    assert _runs(done, "loop")[0].outputs == {"iterationCount": 4}
+    assert any("reached its limit" in line.message for line in driver.logs(first.id))
+
+
+def test_loop_until_check_frequency_is_checked_at_deploy() -> None:
+    with pytest.raises(FlowValidationError) as caught:
+        parse_flow(_loop("      interval: soon"))
+    assert any("interval" in problem.path for problem in caught.value.problems)
+
+
+# -- Dag ----------------------------------------------------------------------------------------
+
+
+def _dag(nodes: str, concurrent: int = 0) -> str:
+    return f"""
+id: dag
+namespace: {NS}
+tasks:
+  - id: dag
+    type: io.kestra.plugin.core.flow.Dag
+    concurrent: {concurrent}
+    tasks:
+{nodes}
+"""
+
+
+def _node(task_id: str, *needs: str, task_type: str = "io.kestra.plugin.core.debug.Return") -> str:
+    text = f"""      - task:
+          id: {task_id}
+          type: {task_type}
+"""
+    if task_type.endswith("Return"):
+        text += "          format: x\n"
+    if needs:
+        text += "        dependsOn:\n" + "".join(f"          - {need}\n" for need in needs)
+    return text
+
+
+def test_a_dag_naming_an_unknown_task_is_refused_at_its_line() -> None:
+    source = _dag(_node("a") + _node("b", "a", "ghost"))
+    with pytest.raises(FlowValidationError) as caught:
+        parse_flow(source)
+    (problem,) = caught.value.problems
+    assert problem.flow == f"{NS}.dag" and problem.task_id == "dag"
+    assert "'ghost'" in problem.message and "not a task of this Dag" in problem.message
+    assert problem.line is not None
+    assert source.splitlines()[problem.line - 1].strip() == "- ghost"
+
+
+def test_a_dag_with_a_cycle_is_refused_naming_it() -> None:
+    source = _dag(_node("a", "c") + _node("b", "a") + _node("c", "b") + _node("d"))
+    with pytest.raises(FlowValidationError) as caught:
+        parse_flow(source)
+    (problem,) = caught.value.problems
+    assert "cycle" in problem.message
+    assert "'a' -> 'c' -> 'b' -> 'a'" in problem.message
+    assert problem.line is not None and problem.path.endswith("dependsOn")
+
+
+def test_a_task_depending_on_itself_is_a_cycle() -> None:
+    with pytest.raises(FlowValidationError, match="cycle: 'a' -> 'a'"):
+        parse_flow(_dag(_node("a", "a")))
+
+
+def test_a_dag_failure_stops_what_depends_on_it_and_lets_the_rest_end() -> None:
+    fail = "io.kestra.plugin.core.execution.Fail"
+    nodes = _node("root") + _node("bad", "root", task_type=fail) + _node("after_bad", "bad")
+    nodes += _node("side", "root")
+    with Driver() as driver:
+        driver.deploy(_dag(nodes))
+        done = driver.start(NS, "dag")
+    assert done.state.current is S.FAILED
+    assert _state(done, "bad") is S.FAILED
+    assert not _runs(done, "after_bad")
+    assert _state(done, "side") is S.SUCCESS  # started with bad, once root had ended
+
+
+def test_a_dag_starts_tasks_in_dependency_order_within_its_concurrency() -> None:
+    nodes = _node("c", "b") + _node("b", "a") + _node("a") + _node("d", "a")
+    with Driver() as driver:
+        driver.deploy(_dag(nodes, concurrent=1))
+        done = driver.start(NS, "dag")
+    assert done.state.current is S.SUCCESS
+    order = [run.taskId for run in done.taskRunList][1:]
+    assert order.index("a") < order.index("b") < order.index("c")
+    assert order.index("a") < order.index("d")
+
+
+# -- restart from a snapshot ---------------------------------------------------------------------
+
+RESTART_FINALLY = f"""
+id: restart-finally
+namespace: {NS}
+tasks:
+  - id: flaky
+    type: io.kestra.plugin.core.execution.Fail
+    runIf: "{{{{ taskrun.attemptsCount == 0 }}}}"
+  - id: next
+    type: io.kestra.plugin.core.debug.Return
+    format: x
+finally:
+  - id: cleanup
+    type: io.kestra.plugin.core.debug.Return
+    format: x
+afterExecution:
+  - id: notify
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ execution.state }}}}"
+"""
+
+
+def test_a_restart_from_a_snapshot_runs_finally_and_after_execution_again() -> None:
+    with Driver() as driver:
+        driver.deploy(RESTART_FINALLY)
+        failed = driver.start(NS, "restart-finally")
+        assert failed.state.current is S.FAILED
+        assert [run.taskId for run in failed.taskRunList] == ["flaky", "cleanup", "notify"]
+        snapshot = driver.forget(failed.id)
+        done = driver.restart(failed.id, snapshot=snapshot)
+    assert done.state.current is S.SUCCESS
+    assert [run.taskId for run in done.taskRunList] == ["flaky", "next", "cleanup", "notify"]
+    assert _state(done, "flaky") is S.SKIPPED  # its runIf sees the attempt that failed
+    assert _runs(done, "notify")[0].outputs == {"value": "SUCCESS"}
