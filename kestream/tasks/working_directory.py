@@ -11,14 +11,14 @@ when the task run ends, which removes the directory. The module doc of
 :mod:`kestream.worker.workdirs` says what a rebalance mid-way does.
 
 Tasks that run inline in the executor (Log, Return, ...) do not touch files and still run there.
-The ``errors`` tasks run in the same directory (it is released after them). A restart runs a
-failed WorkingDirectory again from its first task, in a new directory (the executor's
-``reopen_working_directories``).
+The ``errors`` and ``finally`` tasks run in the same directory (it is released after them). A
+restart runs a failed WorkingDirectory again from its first task, in a new directory (the
+executor's ``reopen_working_directories``).
 
 Not supported yet, refused when the flow is deployed rather than silently ignored:
 ``namespaceFiles`` (kestream has no namespace files), ``cache`` (no storage to keep the cached
 files in between executions), ``outputFiles`` (nothing collects files after the last child: give
-``outputFiles`` to the child script that writes them), ``finally``.
+``outputFiles`` to the child script that writes them).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ _REFUSED = {
         "nothing collects the directory's files after the last task yet; "
         "set 'outputFiles' on the script task that writes them"
     ),
-    "finally": "kestream runs no 'finally' tasks yet",
 }
 
 
@@ -70,7 +69,7 @@ class WorkingDirectory(FlowableTask):
         """Every child that reaches a worker must reach the same workers: they share files."""
         groups = {
             None if task.workerGroup is None else task.workerGroup.key
-            for task in _worker_tasks(self.tasks + list(self.errors))
+            for task in _worker_tasks([*self.tasks, *self.errors, *self.finally_])
         }
         if len(groups) > 1:
             named = ", ".join(sorted("(none)" if g is None else repr(g) for g in groups))

@@ -7,6 +7,10 @@ from datetime import timedelta
 
 import pytest
 
+from kestream.executor import commands as cmd
+from kestream.executor import events as ev
+from kestream.executor.flow_registry import FlowRegistry
+from kestream.executor.step import Executor
 from kestream.models.clock import ManualClock
 from kestream.models.execution import Execution, TaskRun
 from kestream.models.flow import parse_flow
@@ -368,3 +372,43 @@ def test_a_restart_from_a_snapshot_runs_finally_and_after_execution_again() -> N
     assert [run.taskId for run in done.taskRunList] == ["flaky", "next", "cleanup", "notify"]
     assert _state(done, "flaky") is S.SKIPPED  # its runIf sees the attempt that failed
     assert _runs(done, "notify")[0].outputs == {"value": "SUCCESS"}
+
+
+# -- finally in a WorkingDirectory ---------------------------------------------------------------
+
+WORKDIR_FINALLY = f"""
+id: wd-finally
+namespace: {NS}
+tasks:
+  - id: workdir
+    type: io.kestra.plugin.core.flow.WorkingDirectory
+    tasks:
+      - id: write
+        type: io.kestra.plugin.scripts.shell.Commands
+        commands: [exit 1]
+    finally:
+      - id: cleanup
+        type: io.kestra.plugin.scripts.shell.Commands
+        commands: [rm -f data.csv]
+"""
+
+
+def test_finally_tasks_share_the_working_directory_which_is_released_after_them() -> None:
+    flows = FlowRegistry()
+    flow = flows.put(parse_flow(WORKDIR_FINALLY))
+    executor = Executor(flows)
+    result = executor.step(None, ev.ExecutionCreated("x1", flow.namespace, flow.id, 1))
+    st = result.state
+    assert st is not None
+    (write,) = [c for c in result.commands if isinstance(c, cmd.RunTask)]
+    failed = ev.WorkerResult("x1", write.task_run_id, write.attempt, S.FAILED, {}, "exit 1")
+    result = executor.step(st, failed)
+    (cleanup,) = [c for c in result.commands if isinstance(c, cmd.RunTask)]
+    assert cleanup.task.id == "cleanup" and cleanup.workdir == write.workdir is not None
+    assert not [c for c in result.commands if isinstance(c, cmd.ReleaseWorkdir)]
+    done = ev.WorkerResult("x1", cleanup.task_run_id, cleanup.attempt, S.SUCCESS, {})
+    result = executor.step(st, done)
+    assert [c.owner_id for c in result.commands if isinstance(c, cmd.ReleaseWorkdir)] == [
+        write.workdir.owner_id
+    ]
+    assert st.state.current is S.FAILED
