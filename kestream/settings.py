@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from functools import cache
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kestream.executor.instance_variables import check_env_prefix
 from kestream.tasks.worker_group import WORKER_GROUP_KEY_PATTERN
 
 
@@ -170,6 +171,18 @@ class Settings(BaseSettings):
         "loop for many render budgets. Far above normal steps: one that starts 10 000 inline "
         "Log tasks takes about 1 s.",
     )
+    env_vars_prefix: str = Field(
+        default="ENV_",
+        description="KESTREAM_ENV_VARS_PREFIX: environment variables whose names start with it "
+        "are what flows see as envs (ENV_MY_NAME is {{ envs.my_name }}), as Kestra's "
+        "kestra.variables.env-vars-prefix; it may be neither empty nor reach KESTREAM_* "
+        "settings.",
+    )
+    globals: dict[str, Any] = Field(
+        default_factory=dict,
+        description="KESTREAM_GLOBALS: a JSON object every flow sees as globals "
+        "({{ globals.name }}), as Kestra's kestra.variables.globals.",
+    )
 
     # -- worker ------------------------------------------------------------------------------
     worker_threads: int = Field(
@@ -322,6 +335,14 @@ class Settings(BaseSettings):
         default="text",
         description="KESTREAM_LOG_FORMAT: text (readable) or json (json: to come).",
     )
+
+    @field_validator("env_vars_prefix")
+    @classmethod
+    def _env_prefix(cls, value: str) -> str:
+        try:
+            return check_env_prefix(value)
+        except ValueError as exc:
+            raise ValueError(f"KESTREAM_ENV_VARS_PREFIX: {exc}") from None
 
     @field_validator("api_cors_origins")
     @classmethod

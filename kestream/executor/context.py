@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kestream.executor.instance_variables import instance_variables
 from kestream.executor.state import ExecutionState, TaskRunState
 from kestream.models.clock import Clock
 from kestream.tasks.working_directory import WorkingDirectory
@@ -47,6 +48,9 @@ def execution_context(
         "@error_logs": st.error_logs,
         "@now": clock,
     }
+    instance = instance_variables()  # ``envs`` and ``globals``, set for the whole process
+    base["envs"] = instance.envs
+    base["globals"] = instance.globals
     if flow.variables:
         base["vars"] = flow.variables
     if st.inputs or flow.inputs:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+from kestream.executor.instance_variables import InstanceVariables, set_instance_variables
 from kestream.expressions import set_render_timeout_ms, set_step_render_budget_ms
 from kestream.runtime.record_limit import RecordLimit
 from kestream.runtime.tansu_compat import probe_broker
@@ -34,10 +36,14 @@ async def connect(settings: Settings, bootstrap: str | None = None) -> BrokerCon
     given is the job of the process that owns it (the CLI or the supervisor), not of each role.
 
     Every role (executor, worker, scheduler, API, embedded or not) and ``kestream run`` start
-    here, so this is also where the process takes its render budgets from ``settings``.
+    here, so this is also where the process takes its render budgets, and the ``envs`` and
+    ``globals`` its flows see, from ``settings``.
     """
     set_render_timeout_ms(settings.render_timeout_ms)
     set_step_render_budget_ms(settings.step_render_budget_ms)
+    set_instance_variables(
+        InstanceVariables.from_environ(os.environ, settings.env_vars_prefix, settings.globals)
+    )
     address = bootstrap or settings.broker
     if not address:
         raise ValueError("no broker: set KESTREAM_BROKER, or start kestream through its CLI")

@@ -18,6 +18,7 @@ import pytest
 from conformance_checks import Failures, Observed, check_expect, dump_execution, substitute
 from conformance_corpus import REPO_ROOT, Entry, load_entries
 
+from kestream.executor.instance_variables import InstanceVariables, set_instance_variables
 from kestream.models.execution import Execution, LogEntry
 from kestream.models.state import StateType
 from kestream.testing import Driver
@@ -25,7 +26,7 @@ from kestream.testing import Driver
 ENV_VAR = "KESTREAM_CONFORMANCE_NEXT_DIR"
 #: The corpus features this module covers; an entry needing any other one is not run here.
 BUILT = frozenset(
-    {"Labels", "Assert", "Exit", "inputs.dependsOn"}
+    {"Labels", "Assert", "Exit", "inputs.dependsOn", "render()"}
     | {"finally", "afterExecution", "LoopUntil", "Dag", "restart"}
 )
 
@@ -56,6 +57,31 @@ def entries_for(built: frozenset[str]) -> list[Entry]:
 
 
 ENTRIES = entries_for(BUILT)
+
+
+def _runtimes() -> dict[int, dict[str, Any]]:
+    import json
+
+    raw = json.loads((_corpus() / "expected.json").read_text(encoding="utf-8"))
+    return {index: item["runtime"] for index, item in enumerate(raw) if "runtime" in item}
+
+
+RUNTIMES = _runtimes()
+#: The prefix of the environment variables Kestra's test configuration reads as ``envs``.
+KESTRA_TEST_ENV_PREFIX = "KESTRA_"
+
+
+@pytest.fixture(autouse=True)
+def runtime(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The entry's ``runtime``: its ``KESTRA_`` variables as ``envs``, its ``globals``."""
+    entry = request.node.callspec.params["entry"]
+    runtime = RUNTIMES.get(entry.index, {})
+    variables = InstanceVariables.from_environ(
+        runtime.get("env", {}), KESTRA_TEST_ENV_PREFIX, runtime.get("globals")
+    )
+    previous = set_instance_variables(variables)
+    yield
+    set_instance_variables(previous)
 
 
 @pytest.fixture
