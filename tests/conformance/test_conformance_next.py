@@ -71,15 +71,18 @@ RUNTIMES = _runtimes()
 KESTRA_TEST_ENV_PREFIX = "KESTRA_"
 
 
-@pytest.fixture(autouse=True)
-def runtime(request: pytest.FixtureRequest) -> Iterator[None]:
+def entry_variables(entry: Entry) -> InstanceVariables:
     """The entry's ``runtime``: its ``KESTRA_`` variables as ``envs``, its ``globals``."""
-    entry = request.node.callspec.params["entry"]
     runtime = RUNTIMES.get(entry.index, {})
-    variables = InstanceVariables.from_environ(
+    return InstanceVariables.from_environ(
         runtime.get("env", {}), KESTRA_TEST_ENV_PREFIX, runtime.get("globals")
     )
-    previous = set_instance_variables(variables)
+
+
+@pytest.fixture(autouse=True)
+def runtime(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Run each entry with the ``envs`` and ``globals`` of its ``runtime``."""
+    previous = set_instance_variables(entry_variables(request.node.callspec.params["entry"]))
     yield
     set_instance_variables(previous)
 

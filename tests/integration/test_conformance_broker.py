@@ -23,9 +23,10 @@ from conformance_checks import Observed, check_expect, dump_execution
 from conformance_corpus import Entry, load_entries
 from executor_harness import running_roles
 from test_conformance import portable_expect
-from test_conformance_next import check_next, entries_for
+from test_conformance_next import check_next, entries_for, entry_variables
 
 from kestream.client import Client
+from kestream.executor.instance_variables import set_instance_variables
 from kestream.models.execution import Execution, LogEntry
 from kestream.models.state import StateType
 
@@ -33,7 +34,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 ENTRIES = [e for e in load_entries() if not e.phases]
 #: conformance-next features whose entries without phases run through the broker too.
-THROUGH_BROKER_NEXT = frozenset({"finally", "afterExecution", "LoopUntil", "Dag"})
+THROUGH_BROKER_NEXT = frozenset(
+    {"finally", "afterExecution", "LoopUntil", "Dag", "inputs.dependsOn", "render()"}
+)
 NEXT_ENTRIES = [e for e in entries_for(THROUGH_BROKER_NEXT) if not e.phases]
 NOT_THROUGH_BROKER = {"executionStates"}  # needs a listing of every execution of a flow
 MAX_AUTO_WAITS = 5
@@ -64,7 +67,12 @@ async def test_conformance_through_the_broker(entry: Entry, runtime: Client) -> 
 
 @pytest.mark.parametrize("entry", [pytest.param(e, id=e.case_id()) for e in NEXT_ENTRIES])
 async def test_conformance_next_through_the_broker(entry: Entry, runtime: Client) -> None:
-    execution, logs = await _run(entry, runtime)
+    # the executor runs in this process: it sees the entry's envs and globals
+    previous = set_instance_variables(entry_variables(entry))
+    try:
+        execution, logs = await _run(entry, runtime)
+    finally:
+        set_instance_variables(previous)
     failures = check_next(entry.expect, execution, logs)
     if failures:
         pytest.fail(
