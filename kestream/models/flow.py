@@ -168,7 +168,10 @@ def merge_defaults(raw: dict[str, Any], defaults: Sequence[PluginDefault]) -> di
 
 
 def apply_plugin_defaults(items: Any, defaults: Sequence[PluginDefault]) -> Any:
-    """A raw task list with defaults applied to every task at any depth (built tasks kept)."""
+    """A raw task list (or a Dag node's one task) with defaults applied to every task at any
+    depth (built tasks kept)."""
+    if defaults and isinstance(items, Mapping):
+        return _apply_one(dict(items), defaults)
     if not defaults or not isinstance(items, list):
         return items
     return [
@@ -822,6 +825,14 @@ def task_to_data(task: Task, **options: Any) -> dict[str, Any]:
             data[slot.key] = None
         elif slot.kind == "list":
             data[slot.key] = [task_to_data(child, **options) for child in value]
+        elif slot.kind == "nodes":
+            data[slot.key] = [
+                {
+                    **node.model_dump(by_alias=True, exclude={"task"}, **options),
+                    "task": task_to_data(node.task, **options),
+                }
+                for node in value
+            ]
         else:
             data[slot.key] = {
                 case: [task_to_data(child, **options) for child in branch]

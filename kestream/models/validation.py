@@ -309,11 +309,12 @@ def _strings(value: Any, loc: Path) -> Iterator[tuple[Path, str]]:
 
 @dataclass(frozen=True, slots=True)
 class TaskSlot:
-    """A property of a task class that holds tasks: a list, or a map of lists (Switch cases)."""
+    """A property of a task class that holds tasks: a list, a map of lists (Switch cases), or
+    a list of nodes each holding one task under ``task`` (a Dag's ``{task, dependsOn}``)."""
 
     field_name: str
     key: str
-    kind: Literal["list", "map"]
+    kind: Literal["list", "map", "nodes"]
 
 
 def _holds_task(annotation: Any) -> bool:
@@ -322,10 +323,22 @@ def _holds_task(annotation: Any) -> bool:
     return any(_holds_task(arg) for arg in get_args(annotation) if not isinstance(arg, str))
 
 
-def _slot_kind(annotation: Any) -> Literal["list", "map"] | None:
+def _is_node(annotation: Any) -> bool:
+    """A model (not a task) whose ``task`` field holds one task."""
+    if not isinstance(annotation, type) or not issubclass(annotation, BaseModel):
+        return False
+    if issubclass(annotation, Task):
+        return False
+    field = annotation.model_fields.get("task")
+    return field is not None and _holds_task(field.annotation)
+
+
+def _slot_kind(annotation: Any) -> Literal["list", "map", "nodes"] | None:
     origin = get_origin(annotation)
     if origin is Annotated:
         return _slot_kind(get_args(annotation)[0])
+    if origin is list and any(_is_node(arg) for arg in get_args(annotation)):
+        return "nodes"
     if origin is list and _holds_task(annotation):
         return "list"
     if origin is dict and _holds_task(annotation):
@@ -365,8 +378,9 @@ def _known_slots() -> tuple[TaskSlot, ...]:
     return tuple(found.values())
 
 
-def child_task_lists(raw: Mapping[str, Any]) -> Iterator[tuple[Path, list[Any]]]:
-    """Each list of nested task definitions in a raw task, with its path inside the task.
+def child_task_lists(raw: Mapping[str, Any]) -> Iterator[tuple[Path, Any]]:
+    """Each list of nested task definitions in a raw task, with its path inside the task; a
+    node's one task (``("tasks", 2, "task")``) comes alone, not in a list.
 
     Only the properties a task class declares as task lists hold tasks: a mapping with a ``type``
     key anywhere else (an HTTP ``options``, a plugin's ``inputs: [{id, type}]``) is a property
@@ -382,6 +396,10 @@ def child_task_lists(raw: Mapping[str, Any]) -> Iterator[tuple[Path, list[Any]]]
             continue
         if slot.kind == "list" and isinstance(value, list):
             yield (slot.key,), value
+        elif slot.kind == "nodes" and isinstance(value, list):
+            for index, node in enumerate(value):
+                if isinstance(node, Mapping) and isinstance(node.get("task"), Mapping):
+                    yield (slot.key, index, "task"), node["task"]
         elif slot.kind == "map" and isinstance(value, Mapping):
             for case, branch in value.items():
                 if isinstance(branch, list) and (cls is not None or _looks_like_tasks(branch)):
@@ -393,13 +411,20 @@ def slot_keys(raw: Mapping[str, Any]) -> set[str]:
     return {path[0] for path, _ in child_task_lists(raw) if isinstance(path[0], str)}
 
 
-def replace_children(raw: Mapping[str, Any], build: Callable[[Path, list[Any]], Any]) -> dict:
-    """A copy of ``raw`` whose nested task lists are replaced by ``build(path, items)``."""
+def replace_children(raw: Mapping[str, Any], build: Callable[[Path, Any], Any]) -> dict:
+    """A copy of ``raw`` whose nested task lists (and nodes' tasks) are replaced by
+    ``build(path, items)``."""
     result = dict(raw)
     for path, items in list(child_task_lists(raw)):
         key = str(path[0])
         if len(path) == 1:
             result[key] = build(path, items)
+            continue
+        if len(path) == 3:  # a node's task: the node is copied, its task replaced
+            if result[key] is raw[key]:
+                result[key] = list(raw[key])
+            index = int(path[1])
+            result[key][index] = {**result[key][index], "task": build(path, items)}
             continue
         if result[key] is raw[key]:
             result[key] = dict(raw[key])
@@ -482,8 +507,12 @@ class TaskBuilder:
         data = self.apply_defaults(dict(raw))
         children_ok = True
 
-        def build_children(path: Path, items: list[Any]) -> list[Task]:
+        def build_children(path: Path, items: Any) -> Any:
             nonlocal children_ok
+            if not isinstance(items, list):  # a node's one task
+                task = self.build(items, (*loc, *path))
+                children_ok = children_ok and task is not None
+                return task if task is not None else placeholder_task(items)
             built = self.build_list(items, (*loc, *path))
             children_ok = children_ok and not any(type(t) is Task for t in built)
             return built

@@ -13,7 +13,7 @@ from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.step import Executor
 from kestream.models.clock import ManualClock
 from kestream.models.execution import Execution, TaskRun
-from kestream.models.flow import parse_flow
+from kestream.models.flow import Flow, parse_flow
 from kestream.models.state import StateType
 from kestream.models.validation import FlowValidationError
 from kestream.testing import Driver
@@ -311,6 +311,27 @@ def test_a_dag_with_a_cycle_is_refused_naming_it() -> None:
 def test_a_task_depending_on_itself_is_a_cycle() -> None:
     with pytest.raises(FlowValidationError, match="cycle: 'a' -> 'a'"):
         parse_flow(_dag(_node("a", "a")))
+
+
+def test_a_dags_tasks_are_built_like_any_nested_task() -> None:
+    defaults = """pluginDefaults:
+  - type: io.kestra.plugin.core.log.Log
+    values:
+      message: from defaults
+"""
+    log = "          type: io.kestra.plugin.core.log.Log\n"
+    nodes = f"      - task:\n          id: a\n{log}"
+    flow = parse_flow(_dag(nodes + _node("b", "a")) + defaults)
+    dag = flow.tasks[0]
+    assert dag.tasks[0].task.message == "from defaults"  # type: ignore[attr-defined]
+    assert Flow.model_validate(flow.model_dump()) == flow
+    bad = _dag(_node("a") + _node("b", "a").replace("format: x", "format: x\n          nope: 1"))
+    dup = bad + "  - id: a\n    type: io.kestra.plugin.core.debug.Return\n    format: x\n"
+    with pytest.raises(FlowValidationError) as caught:
+        parse_flow(dup)
+    found = {(p.task_id, p.message.split(":")[0]) for p in caught.value.problems}
+    assert ("b", "unknown property 'nope'") in found  # named by the nested task itself
+    assert ("a", "duplicate task id 'a'") in found
 
 
 def test_a_dag_failure_stops_what_depends_on_it_and_lets_the_rest_end() -> None:

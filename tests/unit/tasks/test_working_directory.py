@@ -202,8 +202,6 @@ def test_two_working_directories_do_not_share_files() -> None:
         ("namespaceFiles:\n      enabled: true\n", "no namespace files"),
         ("cache:\n      ttl: PT5M\n      patterns: ['*.txt']\n", "'cache' is not supported"),
         ("outputFiles:\n      - out.txt\n", "set 'outputFiles' on the script task"),
-        ("finally:\n      - id: f\n        type: io.kestra.plugin.core.log.Log\n"
-         "        message: x\n", "'finally' is not supported"),
     ],
 )  # fmt: skip
 def test_unsupported_properties_are_refused_at_deploy(extra: str, message: str) -> None:
