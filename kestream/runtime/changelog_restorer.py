@@ -104,14 +104,23 @@ class ChangelogRestorer:
         self.attempts = attempts
         self.backoff_s = backoff_s
 
-    async def recover(self, partitions: set[int]) -> dict[int, Recovered]:
-        """Rebuild ``partitions`` from their changelog, retrying a failed read; raises
+    async def recover(self, partitions: set[int]) -> tuple[dict[int, Recovered], dict[int, int]]:
+        """Rebuild ``partitions`` from their whole changelog (retried, see :meth:`read`);
+        returns what each gave back and each one's end offset (the checkpoint it was read to)."""
+        latest, ends = await self.read(partitions)
+        return {p: self.rebuild(p, by_execution) for p, by_execution in latest.items()}, ends
+
+    async def read(
+        self, partitions: set[int], start: dict[int, int] | None = None
+    ) -> tuple[dict[int, dict[str, ExecutionRecords]], dict[int, int]]:
+        """The last record of each key of each changelog partition, by execution, read from
+        ``start[p]`` (a checkpoint: tombstones are kept, as None, to apply to what was known
+        there) or from the beginning; and each partition's end. A failed read is retried;
         :class:`RecoveryFailed` once the attempts are spent."""
         delay = self.backoff_s
         for attempt in range(1, self.attempts + 1):
             try:
-                latest = await self.read(partitions)
-                break
+                return await self._read(partitions, start or {})
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -127,24 +136,31 @@ class ChangelogRestorer:
                 )  # fmt: skip
                 await asyncio.sleep(delay)
                 delay *= 2
-        return {p: self.rebuild(p, by_execution) for p, by_execution in latest.items()}
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def read(self, partitions: set[int]) -> dict[int, dict[str, ExecutionRecords]]:
-        """The last record of each key of each changelog partition, by execution."""
+    async def _read(
+        self, partitions: set[int], start: dict[int, int]
+    ) -> tuple[dict[int, dict[str, ExecutionRecords]], dict[int, int]]:
         ctx = self.ctx
         latest: dict[int, dict[str, ExecutionRecords]] = {p: {} for p in partitions}
 
         def keep(rec: ConsumerRecord[Any, Any]) -> None:
-            _keep_latest(latest[rec.partition], rec)
+            _keep_latest(latest[rec.partition], rec, tombstones=rec.partition in start)
 
+        topic = ctx.topics.changelog
         consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=None)
         await consumer.start()
         try:
-            tps = [TopicPartition(ctx.topics.changelog, p) for p in sorted(partitions)]
-            await read_partitions(consumer, tps, keep, max_records=10_000)
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            from_offsets = {
+                TopicPartition(topic, p): o for p, o in start.items() if p in partitions
+            }
+            ends = await read_partitions(
+                consumer, tps, keep, start=from_offsets, max_records=10_000
+            )
         finally:
             await consumer.stop()
-        return latest
+        return latest, {tp.partition: end for tp, end in ends.items()}
 
     def rebuild(self, partition: int, by_execution: dict[str, ExecutionRecords]) -> Recovered:
         """Executions in flight and ended markers from one partition's latest records."""
@@ -178,13 +194,22 @@ class ChangelogRestorer:
             return None
 
 
-def _keep_latest(by_execution: dict[str, ExecutionRecords], rec: ConsumerRecord[Any, Any]) -> None:
+def _keep_latest(
+    by_execution: dict[str, ExecutionRecords],
+    rec: ConsumerRecord[Any, Any],
+    *,
+    tombstones: bool = False,
+) -> None:
+    """Keep ``rec`` as its key's latest record; a tombstone deletes the key, or, read from a
+    checkpoint (``tombstones``), is kept as None to delete it from what was known there."""
     key = rec.key.decode()
     execution_id = codec.execution_of(key)
     recs = by_execution.setdefault(execution_id, {})
-    if rec.value is None:
+    if rec.value is not None:
+        recs[key] = records.loads(rec.value)
+    elif tombstones:
+        recs[key] = None
+    else:
         recs.pop(key, None)
         if not recs:
             by_execution.pop(execution_id, None)
-    else:
-        recs[key] = records.loads(rec.value)

@@ -91,7 +91,10 @@ class EndedExecutions:
             out.append((codec.header_key(execution_id, codec.ENDED), marker.partition))
         return out
 
-    def leave(self, partitions: Iterable[int]) -> None:
-        """Forget the markers of revoked partitions (their next owner restores them)."""
+    def leave(self, partitions: Iterable[int]) -> dict[str, Ended]:
+        """Forget the markers of revoked partitions (their next owner restores them); returns
+        them (a processor parks them, :mod:`kestream.runtime.parked_partitions`)."""
         gone = set(partitions)
+        left = {e: m for e, m in self._markers.items() if m.partition in gone}
         self._markers = {e: m for e, m in self._markers.items() if m.partition not in gone}
+        return left

@@ -28,7 +28,8 @@ retries) stop the processor loudly: its process exits and the partitions' next o
 The parts, each tested on its own: :class:`~kestream.executor.timers.TimerQueue` (shared with
 ``kestream.testing.Driver``), :class:`~kestream.runtime.held_events.HeldEvents`,
 :class:`~kestream.runtime.ended_executions.EndedExecutions`,
-:class:`~kestream.runtime.changelog_restorer.ChangelogRestorer` and
+:class:`~kestream.runtime.changelog_restorer.ChangelogRestorer` (with the partitions parked at a
+checkpoint by a rebalance, :class:`~kestream.runtime.parked_partitions.ParkedPartitions`) and
 :class:`~kestream.runtime.command_router.CommandRouter`.
 """
 
@@ -46,6 +47,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka import errors as kafka_errors
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
+from kestream.executor import codec
 from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.restore import snapshot_attempt
@@ -56,7 +58,12 @@ from kestream.executor.timers import TimerQueue
 from kestream.expressions import set_render_timeout_ms
 from kestream.models.clock import Clock, utc_now
 from kestream.runtime import records
-from kestream.runtime.changelog_restorer import ChangelogMirror, ChangelogRestorer, RecoveryFailed
+from kestream.runtime.changelog_restorer import (
+    ChangelogMirror,
+    ChangelogRestorer,
+    ExecutionRecords,
+    RecoveryFailed,
+)
 from kestream.runtime.command_router import CommandRouter
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.ended_executions import Ended, EndedExecutions
@@ -64,6 +71,7 @@ from kestream.runtime.executor_outbox import CommandRecord, Outbox
 from kestream.runtime.held_events import HeldEvents
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.metrics import Metrics, process_metrics
+from kestream.runtime.parked_partitions import Parked, ParkedPartitions
 from kestream.runtime.worker_groups import WorkerGroupRouter
 
 __all__ = ["ExecutorService", "Outbox"]
@@ -141,6 +149,10 @@ class ExecutorService:
         self.router = CommandRouter(
             self.topics, self.limit, self.groups, self.timers, self.ended, self.metrics, clock
         )
+        self.parked = ParkedPartitions()
+        #: Per changelog partition owned, the offset after the last record it is known to hold
+        #: (read at recovery, then acknowledged to this processor): the checkpoint it is parked at.
+        self._checkpoints: dict[int, int] = {}
         self.owned: set[int] = set()
         self.ready = asyncio.Event()
         # -- the loop
@@ -433,6 +445,7 @@ class ExecutorService:
         if now - self._last_prune < _PRUNE_EVERY:
             return
         self._last_prune = now
+        self.parked.expire(time.monotonic())
         for key, partition in self.ended.prune(now):
             out.log(key, None, partition)
 
@@ -459,12 +472,16 @@ class ExecutorService:
         await self.groups.create_topics()  # a worker group's first job: its topic first
         await self._produce(out.commands)
         changelog = self.topics.changelog
-        await self._produce([(changelog, *r) for r in out.changelog])
+        for meta in await self._produce([(changelog, *r) for r in out.changelog]):
+            if meta.topic == changelog:
+                known = self._checkpoints.get(meta.partition, 0)
+                self._checkpoints[meta.partition] = max(known, meta.offset + 1)
 
-    async def _produce(self, recs: list[CommandRecord]) -> None:
+    async def _produce(self, recs: list[CommandRecord]) -> list[Any]:
         """Produce ``recs`` and wait for every ack. A record the broker refuses for what it is
         (:data:`_RECORD_FAULTS`, or one that cannot be sent at all) goes to the dead-letter
-        topic instead; any other failure is the broker's and raises (the processor stops)."""
+        topic instead; any other failure is the broker's and raises (the processor stops).
+        Returns the acknowledgements (``RecordMetadata``) of the records written."""
         producer = self._producer
         assert producer is not None
         refused: list[tuple[CommandRecord, BaseException]] = []
@@ -480,11 +497,14 @@ class ExecutorService:
                     raise
                 refused.append((rec, exc))
         results = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+        acks = []
         for (rec, _), outcome in zip(sent, results, strict=True):
             if isinstance(outcome, BaseException):
                 if not _record_fault(outcome):
                     raise outcome
                 refused.append((rec, outcome))
+            else:
+                acks.append(outcome)
         if refused:
             letters = Outbox()
             for (topic, key, value, partition), why in refused:
@@ -492,11 +512,12 @@ class ExecutorService:
                     letters, topic, partition if partition is not None else -1, -1,
                     key.encode(), value, f"not produced: {why!r}",
                 )  # fmt: skip
-            acks = [
+            letter_acks = [
                 await producer.send(topic, value, key=key.encode(), partition=partition)
                 for topic, key, value, partition in letters.commands
             ]
-            await asyncio.gather(*acks)
+            await asyncio.gather(*letter_acks)
+        return acks
 
     def _sized(self, recs: list[CommandRecord]) -> list[CommandRecord]:
         """``recs``, with any record over the limit replaced by its (cut) dead letter.
@@ -565,37 +586,106 @@ class ExecutorService:
             log.info("executor owns partitions %s", sorted(self.owned))
 
     async def revoked(self, partitions: set[int]) -> None:
-        """Let go of the partitions' executions, held events, timers and ended markers."""
+        """Let go of the partitions' executions, held events, timers and ended markers; the
+        state of each one is parked at its checkpoint, for a quick recovery if it comes back."""
         async with self._lock:
             self.ready.clear()
             gone = partitions & self.owned
-            self._leave_table([e for e, p in self.partition_of.items() if p in gone])
+            now = time.monotonic()
+            parked: dict[int, Parked] = {}
+            for partition in gone:
+                checkpoint = self._checkpoints.pop(partition, None)
+                if checkpoint is not None:
+                    parked[partition] = Parked(checkpoint, now)
+            leaving = [e for e, p in self.partition_of.items() if p in gone]
+            for execution_id in leaving:
+                into = parked.get(self.partition_of[execution_id])
+                recs = self.mirror.records_of(execution_id)
+                if into is not None and recs is not None:
+                    into.states[execution_id] = self.states[execution_id]
+                    into.records[execution_id] = recs
+            for execution_id, marker in self.ended.leave(gone).items():
+                if (into := parked.get(marker.partition)) is not None:
+                    into.ended[execution_id] = marker
+            for partition, state in parked.items():
+                self.parked.park(partition, state)
+            self._leave_table(leaving)
             self.held.leave(gone)
-            self.ended.leave(gone)
             self.owned -= gone
 
     async def _recover(self, partitions: set[int]) -> None:
-        """Rebuild the states of ``partitions`` from their changelog partitions."""
+        """Rebuild the states of ``partitions``: from their parked state and what their
+        changelog got since (:mod:`kestream.runtime.parked_partitions`), else from the whole
+        changelog partition."""
         started = time.perf_counter()
+        now = time.monotonic()
+        warm = {p: k for p in partitions if (k := self.parked.take(p, now)) is not None}
+        cold = partitions - set(warm)
         restored = 0
-        for partition, found in (await self.restorer.recover(partitions)).items():
-            for execution_id, marker in found.ended:
-                self.ended.restore(execution_id, partition, marker)
-            for st, recs in found.states:
-                self.states[st.id] = st
-                self.partition_of[st.id] = partition
-                self.mirror.load(st.id, recs)
-                for timer_id, timer in st.timers.items():
-                    self.timers.set(st.id, timer_id, timer.due)
-            for _ in range(found.left_out):
-                self.metrics.dead_letter("executor")
-            restored += len(found.states)
+        if warm:
+            checkpoints = {p: k.checkpoint for p, k in warm.items()}
+            deltas, ends = await self.restorer.read(set(warm), checkpoints)
+            for partition, parked in warm.items():
+                if ends[partition] < parked.checkpoint:  # not the topic it was parked on
+                    cold.add(partition)
+                    continue
+                restored += self._unpark(partition, parked, deltas[partition])
+                self._checkpoints[partition] = ends[partition]
+        if cold:
+            found_by_partition, ends = await self.restorer.recover(cold)
+            for partition, found in found_by_partition.items():
+                for execution_id, marker in found.ended:
+                    self.ended.restore(execution_id, partition, marker)
+                for st, recs in found.states:
+                    self._install(partition, st, recs)
+                for _ in range(found.left_out):
+                    self.metrics.dead_letter("executor")
+                restored += len(found.states)
+            self._checkpoints.update(ends)
         log.info(
-            "recovered %d executions from partitions %s in %.2fs",
+            "recovered %d executions from partitions %s (%d from their checkpoint) in %.2fs",
             restored,
             sorted(partitions),
+            len(partitions) - len(cold),
             time.perf_counter() - started,
         )
+
+    def _unpark(self, partition: int, parked: Parked, delta: dict[str, ExecutionRecords]) -> int:
+        """Take a parked partition back, with the changelog records written after its
+        checkpoint applied; only the executions those records touch are rebuilt."""
+        states, by_execution = parked.states, parked.records
+        for execution_id, marker in parked.ended.items():
+            self.ended.put(execution_id, marker)
+        for execution_id, recs in delta.items():
+            marker_key = codec.header_key(execution_id, codec.ENDED)
+            known = by_execution.setdefault(execution_id, {})
+            for key, value in recs.items():
+                if key == marker_key:
+                    if value is None:
+                        self.ended.unmark(execution_id)
+                    else:
+                        self.ended.restore(execution_id, partition, value)
+                elif value is None:
+                    known.pop(key, None)
+                else:
+                    known[key] = value
+            st = self.restorer.rebuild_one(execution_id, known) if known else None
+            if st is None:
+                states.pop(execution_id, None)
+                by_execution.pop(execution_id, None)
+            else:
+                states[execution_id] = st
+        for execution_id, st in states.items():
+            self._install(partition, st, by_execution[execution_id])
+        return len(states)
+
+    def _install(self, partition: int, st: ExecutionState, recs: ExecutionRecords) -> None:
+        """Put a recovered execution in the table, with its records and its timers."""
+        self.states[st.id] = st
+        self.partition_of[st.id] = partition
+        self.mirror.load(st.id, recs)
+        for timer_id, timer in st.timers.items():
+            self.timers.set(st.id, timer_id, timer.due)
 
 
 def _record_fault(exc: BaseException) -> bool:

@@ -174,12 +174,12 @@ def test_a_recovery_that_keeps_failing_stops_the_processor_loudly() -> None:
     service.owned = set()
     reads: list[set[int]] = []
 
-    async def unreadable(partitions: set[int]) -> Any:
+    async def unreadable(partitions: set[int], start: dict[int, int]) -> Any:
         reads.append(set(partitions))
         raise kafka_errors.KafkaConnectionError("broker away")
 
     service.restorer = ChangelogRestorer(service.ctx, service.registry, attempts=3, backoff_s=0)
-    service.restorer.read = unreadable  # type: ignore[method-assign]
+    service.restorer._read = unreadable  # type: ignore[method-assign]
     failures: list[BaseException] = []
     service.on_failure = failures.append
     tps = [TopicPartition(service.topics.executions, p) for p in (0, 1)]
@@ -197,14 +197,14 @@ def test_a_recovery_that_fails_once_is_retried() -> None:
     service.owned = set()
     calls: list[int] = []
 
-    async def flaky(partitions: set[int]) -> Any:
+    async def flaky(partitions: set[int], start: dict[int, int]) -> Any:
         calls.append(1)
         if len(calls) == 1:
             raise kafka_errors.KafkaConnectionError("blip")
-        return {p: {} for p in partitions}
+        return {p: {} for p in partitions}, dict.fromkeys(partitions, 0)
 
     service.restorer = ChangelogRestorer(service.ctx, service.registry, attempts=3, backoff_s=0)
-    service.restorer.read = flaky  # type: ignore[method-assign]
+    service.restorer._read = flaky  # type: ignore[method-assign]
     asyncio.run(service.assigned({0}))
     assert len(calls) == 2 and service.owned == {0} and service.ready.is_set()
     assert service.failure is None
