@@ -224,6 +224,36 @@ class Cluster:
                 role.proc.kill()
                 role.proc.wait()
 
+    async def dump_records(self, execution_ids: Iterable[str], path: Path) -> None:
+        """Every record of the executions' own topics keyed by one of ``execution_ids``, in
+        topic and offset order, to ``path``: what to read when the tally names a lost one."""
+        wanted = {execution_id.encode() for execution_id in execution_ids}
+        if not wanted:
+            return
+        settings = self.settings
+        kind = self.require_client().ctx.kind
+        consumer = make_consumer(settings, self.bootstrap, kind, group_id=None)
+        await consumer.start()
+        lines: list[str] = []
+        try:
+            for name in ("executions", "worker-tasks", "worker-results", "execution-updates"):
+                topic = settings.topic(name)
+                parts = [TopicPartition(topic, p) for p in range(settings.partitions)]
+                consumer.assign(parts)
+                await consumer.seek_to_beginning(*parts)
+                ends = await consumer.end_offsets(parts)
+                while any(await consumer.position(tp) < ends[tp] for tp in parts):
+                    batch = await consumer.getmany(timeout_ms=500)
+                    found = [r for recs in batch.values() for r in recs if r.key in wanted]
+                    lines += [
+                        f"{name}[{r.partition}]@{r.offset} {r.timestamp} {r.value!r}" for r in found
+                    ]
+                    if not batch:
+                        break
+        finally:
+            await consumer.stop()
+        path.write_text("\n".join(lines) + "\n")
+
     def errors(self, limit: int = 8) -> list[str]:
         """ERROR lines of every role log (a reason to read when a count is off)."""
         found: list[str] = []
@@ -320,6 +350,8 @@ class Tally:
     kill_list: list[Kill] = field(default_factory=list)
     recoveries: list[float] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
+    #: The executions counted as lost (the records they left are worth reading).
+    lost_ids: list[str] = field(default_factory=list)
 
     @property
     def worst_recovery(self) -> float | None:
@@ -386,6 +418,7 @@ def tally_executions(
         ends = [(a, seen) for (eid, a), seen in watch.ends.items() if eid == execution_id]
         if not ends:
             tally.lost += 1
+            tally.lost_ids.append(execution_id)
             tally.details.append(f"lost {execution_id} (never ended)")
             continue
         for attempt, seen in ends:

@@ -171,6 +171,7 @@ async def _executor_chaos(
                 partitions=cluster.settings.partitions, bound_s=STUCK_BOUND_S,
             )  # fmt: skip
             tally.details.extend(cluster.errors())
+            await cluster.dump_records(tally.lost_ids, tmp_path / "lost-records.txt")
     return tally
 
 
@@ -233,6 +234,7 @@ async def _worker_chaos(
                 bound_s=STUCK_BOUND_S + plan.seconds,
             )  # fmt: skip
             tally.details.extend(cluster.errors())
+            await cluster.dump_records(tally.lost_ids, tmp_path / "lost-records.txt")
     return tally
 
 
@@ -308,6 +310,7 @@ async def _scheduler_chaos(
             tally.details += [f"missed slot {slot}" for slot in missed]
             tally.details += [f"slot fired {slots[slot]} times: {slot}" for slot in twice]
             tally.details.extend(cluster.errors())
+            await cluster.dump_records(tally.lost_ids, tmp_path / "lost-records.txt")
     return tally, sorted(slots)
 
 
