@@ -262,6 +262,8 @@ class _Step:
             return
         if self.st.terminal:
             return  # late results, timers or kills of an ended execution change nothing
+        if self.st.state.current.is_terminal and not self.for_after_execution(event):
+            return  # only the afterExecution tasks still run: the rest is over
         if isinstance(event, ev.Kill | ev.Resume) and event.attempt not in (
             None,
             self.st.attempt_number,
@@ -277,6 +279,23 @@ class _Step:
             self.resume(event)
         elif isinstance(event, ev.Kill):
             self.kill()
+
+    def for_after_execution(self, event: ev.Event) -> bool:
+        """Whether an event that reaches an execution whose afterExecution tasks run is theirs
+        (a kill is: it stops them); a late result of a task that an Exit left running is not."""
+        if isinstance(event, ev.Kill):
+            return True
+        if isinstance(event, ev.WorkerResult | ev.SubflowFinished):
+            run_id: str | None = event.task_run_id
+        elif isinstance(event, ev.TimerFired):
+            timer = self.st.timers.get(event.timer_id)
+            run_id = timer.task_run_id if timer is not None else None
+        else:
+            return isinstance(event, ev.Resume)
+        tr = self.st.task_runs.get(run_id or "")
+        while tr is not None and tr.parent is not None:
+            tr = tr.parent
+        return tr is not None and tr.block is Block.AFTER_EXECUTION
 
     def created(self, event: ev.ExecutionCreated) -> None:
         self.moved = True
@@ -390,7 +409,8 @@ class _Step:
         current = self.st.state.current
         # After the end, the afterExecution tasks end through the queue (and with them the
         # execution); before it, the queue takes the kill through the finally blocks.
-        if current.is_terminal or (current is not S.KILLING and _has_finally(self.flow)):
+        graceful = current is not S.KILLING and self.st.root is not None
+        if current.is_terminal or (graceful and _has_finally(self.flow)):
             self.kill_running(leaves_only=True)
         else:
             self.kill_running()

@@ -433,3 +433,68 @@ def test_finally_tasks_share_the_working_directory_which_is_released_after_them(
         write.workdir.owner_id
     ]
     assert st.state.current is S.FAILED
+
+
+# -- events that reach an execution after its end -------------------------------------------------
+
+EXIT_WITH_AFTER = f"""
+id: exit-after
+namespace: {NS}
+tasks:
+  - id: both
+    type: io.kestra.plugin.core.flow.Parallel
+    tasks:
+      - id: slow
+        type: io.kestra.plugin.scripts.shell.Commands
+        commands: [sleep 1]
+      - id: stop
+        type: io.kestra.plugin.core.execution.Exit
+afterExecution:
+  - id: notify
+    type: io.kestra.plugin.scripts.shell.Commands
+    commands: [echo done]
+"""
+
+
+def test_a_late_result_of_a_task_an_exit_left_running_does_not_end_after_execution() -> None:
+    flows = FlowRegistry()
+    flow = flows.put(parse_flow(EXIT_WITH_AFTER))
+    executor = Executor(flows)
+    result = executor.step(None, ev.ExecutionCreated("x1", flow.namespace, flow.id, 1))
+    st = result.state
+    assert st is not None and st.state.current is S.SUCCESS  # the Exit ended it
+    jobs = {c.task.id: c for c in result.commands if isinstance(c, cmd.RunTask)}
+    assert set(jobs) == {"slow", "notify"}
+    slow, notify = jobs["slow"], jobs["notify"]
+    late = executor.step(st, ev.WorkerResult("x1", slow.task_run_id, 1, S.FAILED, {}, "late"))
+    assert late.commands == [] and not st.terminal  # neither applied nor ending anything
+    done = executor.step(st, ev.WorkerResult("x1", notify.task_run_id, 1, S.SUCCESS, {}))
+    (change,) = [c for c in done.commands if isinstance(c, cmd.ExecutionChanged)]
+    assert change.terminal and st.terminal and st.state.current is S.SUCCESS
+
+
+SCHEDULED_WITH_FINALLY = f"""
+id: scheduled
+namespace: {NS}
+tasks:
+  - id: work
+    type: io.kestra.plugin.core.debug.Return
+    format: x
+finally:
+  - id: cleanup
+    type: io.kestra.plugin.core.debug.Return
+    format: x
+"""
+
+
+def test_killing_an_execution_that_has_not_started_ends_it_at_once() -> None:
+    clock = ManualClock()
+    flows = FlowRegistry()
+    flow = flows.put(parse_flow(SCHEDULED_WITH_FINALLY))
+    executor = Executor(flows, clock=clock)
+    later = clock() + timedelta(hours=1)
+    created = ev.ExecutionCreated("x1", flow.namespace, flow.id, 1, schedule_date=later)
+    st = executor.step(None, created).state
+    assert st is not None and st.state.current is S.CREATED
+    executor.step(st, ev.Kill("x1"))
+    assert st.state.current is S.KILLED and st.terminal and not st.task_runs
