@@ -1,4 +1,5 @@
-"""Execution routes: create, get, kill, resume, restart, delete, follow, search (Kestra 1.x).
+"""Execution routes: create, validate inputs, get, kill, resume, restart, delete, follow, search
+(Kestra 1.x).
 
 Routes with a fixed last segment (``/search``, ``/{id}/kill``, ``/{id}/resume``, ...) are
 registered before ``/{namespace}/{flowId}``, which would otherwise match them.
@@ -10,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
+from pydantic_core import to_jsonable_python
 
 from kestream.api import sse
 from kestream.api.handle import ApiHandle
@@ -29,6 +31,7 @@ from kestream.api.index.query import QueryError, parse_search_params
 from kestream.api.purge import delete_execution
 from kestream.api.service import ApiService, dump
 from kestream.executor.restore import RESTARTABLE
+from kestream.models.input_resolution import ResolvedInput, resolve_inputs
 from kestream.models.inputs import InputValidationError
 from kestream.models.state import StateType
 
@@ -38,6 +41,19 @@ PREFIX = "/api/v1/{tenant}/executions"
 def input_errors(exc: InputValidationError) -> ApiError:
     problems = [{"path": f"inputs.{p.input_id}", "message": str(p)} for p in exc.problems]
     return invalid(f"Invalid inputs: {exc}", problems)
+
+
+def input_json(resolved: ResolvedInput) -> dict[str, Any]:
+    """One input of a ``validate`` answer: Kestra's ``{input, value, enabled, errors}``."""
+    definition = resolved.model.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if resolved.choices is not None:
+        definition["values"] = resolved.choices
+    return {
+        "input": definition,
+        "value": to_jsonable_python(resolved.value) if resolved.has_value else None,
+        "enabled": resolved.enabled,
+        "errors": [] if resolved.problem is None else [{"message": resolved.problem}],
+    }
 
 
 def execution_url(request: web.Request, execution: dict[str, Any]) -> str:
@@ -67,6 +83,7 @@ class ExecutionRoutes:
             web.post(one + "/restart", self.restart),
             web.get(one, self.get),
             web.delete(one, self.delete),
+            web.post(PREFIX + "/{namespace}/{flowId}/validate", self.validate_inputs),
             web.post(PREFIX + "/{namespace}/{flowId}", self.create),
         ]
 
@@ -110,6 +127,24 @@ class ExecutionRoutes:
             waited = await service.wait(created["id"], self.api.settings.api_wait_max_s)
             created = waited or created
         return json_response({**created, "url": execution_url(request, created)})
+
+    async def validate_inputs(self, request: web.Request) -> web.Response:
+        """The inputs a form would send, resolved as a new execution would resolve them, and
+        nothing started (Kestra's ``validate``): for each declared input, whether its
+        ``dependsOn`` enables it, the value it would take and why it is refused; a SELECT's
+        ``values`` are the ones its ``expression`` renders to."""
+        service = self.api.service_for(request)
+        namespace, flow_id = request.match_info["namespace"], request.match_info["flowId"]
+        number = query_int(request, "revision", 0, low=1, high=10**9) or None
+        flow = service.flow(namespace, flow_id, number)
+        if flow is None:
+            raise not_found(
+                f"Flow '{namespace}.{flow_id}'" + (f" revision {number}" if number else "")
+            )
+        given = await read_form(request, self.api.max_body)
+        resolved = resolve_inputs(flow.inputs, given)
+        inputs = [input_json(one) for one in resolved]
+        return json_response({"id": flow.id, "namespace": flow.namespace, "inputs": inputs})
 
     async def get(self, request: web.Request) -> web.Response:
         _, execution = await self.api.execution_for(request)

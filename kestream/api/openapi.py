@@ -104,6 +104,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         body=_FORM,
         responses={200: _OK_JSON, **_ERRORS},
     ),
+    ("POST", _T + "/executions/{namespace}/{flowId}/validate"): Operation(
+        "validateNewExecutionInputs",
+        "Executions",
+        query=(Param("revision", "integer"),),
+        body=_FORM,
+        responses={200: _OK_JSON, 404: _ERRORS[404]},
+    ),
     ("GET", _T + "/executions/search"): Operation(
         "searchExecutions",
         "Executions",
