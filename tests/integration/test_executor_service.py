@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -230,5 +231,54 @@ async def test_two_stream_processors_share_partitions_and_finish_each_once(
             assert sum(1 for u in harness.updates[execution_id] if u["terminal"]) == 1
         assert one.ended and two.ended
         assert not set(one.ended) & set(two.ended)
+    finally:
+        await harness.close()
+
+
+async def test_partitions_handed_back_are_recovered_from_their_checkpoint(
+    broker, topic_prefix, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    """Paused executions survive partitions going to a second processor and back: the first
+    takes them back from the checkpoint it parked them at, applying what the second wrote."""
+    caplog.set_level("INFO", logger="kestream.executor")
+    harness = await Harness.open(broker.bootstrap, topic_prefix)
+    try:
+        harness.deploy(MANUAL)
+        first = await harness.start_executor()
+        await asyncio.wait_for(first.ready.wait(), 30)
+        ids = [f"handed-{i}" for i in range(12)]
+        for execution_id in ids:
+            await harness.send(_created(execution_id, "manual"))
+        await wait_for(lambda: all(harness.state_of(e) == "PAUSED" for e in ids), 60)
+
+        second = await harness.start_executor()
+        await wait_for(
+            lambda: first.owned and second.owned and first.is_ready and second.is_ready, 60
+        )
+        moved = sorted(second.states)
+        assert moved and set(moved) | set(first.states) == set(ids)
+        for execution_id in moved:  # they end while the second processor owns them
+            await harness.send(ev.Resume(execution_id))
+        await wait_for(lambda: all(harness.state_of(e) == "SUCCESS" for e in moved), 60)
+
+        caplog.clear()
+        await second.stop()
+        harness.services.remove(second)
+        await wait_for(lambda: first.owned == {0, 1, 2, 3} and first.is_ready, 60)
+        warm = [
+            int(m.group(1))
+            for r in caplog.records
+            if (m := re.search(r"\((\d+) from their checkpoint\)", r.getMessage()))
+        ]
+        assert warm and warm[-1] == 4  # every partition came back from its checkpoint
+        assert sorted(first.states) == sorted(set(ids) - set(moved))
+        assert all(e in first.ended for e in moved)
+
+        for execution_id in ids:  # a resume of an ended one changes nothing
+            await harness.send(ev.Resume(execution_id))
+        await wait_for(lambda: all(harness.state_of(e) == "SUCCESS" for e in ids), 60)
+        await asyncio.sleep(1.0)
+        for execution_id in ids:
+            assert sum(1 for u in harness.updates[execution_id] if u["terminal"]) == 1
     finally:
         await harness.close()
