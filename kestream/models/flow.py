@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -309,7 +310,6 @@ _UNSUPPORTED_CONDITIONS = frozenset(
         "Flow",
         "FlowNamespace",
         "HasRetryAttempt",
-        "MultipleCondition",
         *(cls.short_name for cls in TIME_CONDITIONS),
         "Variable",
     )
@@ -562,6 +562,82 @@ class Preconditions(BaseModel):
         return ids
 
 
+class MultipleCondition(Condition):
+    """Kestra's deprecated ``MultipleCondition`` on a Flow trigger: every one of ``conditions``
+    (a map: its keys name them) held for some ended execution within one time window.
+
+    It is the older form of ``preconditions``, and kestream evaluates it with the same window
+    machinery (:mod:`kestream.scheduler.preconditions`): the window is ``timeWindow`` (or its
+    older name ``sla``), else a ``DURATION_WINDOW`` of ``window`` (default one day) shifted by
+    ``windowAdvance``, as Kestra maps the two deprecated properties. The inner conditions are
+    the execution conditions a Flow trigger takes.
+    """
+
+    short_name: ClassVar[str] = "MultipleCondition"
+    type_names: ClassVar[tuple[str, ...]] = (
+        "io.kestra.plugin.core.condition.MultipleCondition",
+        "io.kestra.core.models.conditions.types.MultipleCondition",
+    )
+
+    id: str = Field(pattern=TRIGGER_ID_PATTERN)
+    conditions: dict[str, dict[str, Any]] = Field(min_length=1)
+    window: PositiveDuration | None = None
+    windowAdvance: str | None = None
+    timeWindow: TimeWindow | None = Field(
+        default=None, validation_alias=AliasChoices("timeWindow", "sla")
+    )
+    resetOnSuccess: bool = True
+
+    _typed: dict[str, Condition] = PrivateAttr(default_factory=dict)
+
+    @field_validator("windowAdvance")
+    @classmethod
+    def _advance(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            advance = parse_duration(value)
+        except DurationError as exc:
+            raise ValueError(str(exc)) from None
+        if advance < timedelta(0):
+            raise ValueError(f"'{value}' must not be negative")
+        return value if advance else None  # P0D, Kestra's example, is no advance
+
+    @model_validator(mode="after")
+    def _one_window_and_known_conditions(self) -> MultipleCondition:
+        if self.timeWindow is not None and (self.window or self.windowAdvance):
+            raise ValueError("give 'timeWindow' or the older 'window'/'windowAdvance', not both")
+        typed: dict[str, Condition] = {}
+        for key, raw in self.conditions.items():
+            if raw.get("type") in self.type_names:
+                raise ValueError(f"conditions.{key}: a MultipleCondition cannot nest another")
+            try:
+                typed[key] = condition_model_for(raw)
+            except ValidationError as exc:
+                cls = _CONDITIONS_BY_TYPE[raw["type"]]
+                raise ValueError(f"conditions.{key}: {_nested_problems(exc, raw, cls)}") from None
+            except ValueError as exc:
+                raise ValueError(f"conditions.{key}: {exc}") from None
+        self._typed = typed
+        return self
+
+    @property
+    def typed_conditions(self) -> dict[str, Condition]:
+        """The inner conditions, typed, by their key."""
+        return self._typed
+
+    @property
+    def time_window(self) -> TimeWindow:
+        """The window the conditions must all hold within (class docs)."""
+        if self.timeWindow is not None:
+            return self.timeWindow
+        return TimeWindow(window=self.window or "P1D", windowAdvance=self.windowAdvance)
+
+
+# A Flow trigger condition too, windowed: the scheduler keeps its state (``window_specs``).
+_CONDITIONS_BY_TYPE.update(dict.fromkeys(MultipleCondition.type_names, MultipleCondition))
+
+
 def _check_preconditions(raw: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
     if raw is None:
         return None
@@ -703,6 +779,25 @@ class FlowTrigger(Trigger):
     def precondition_model(self) -> Preconditions | None:
         """The typed form of ``preconditions`` (None when the trigger has none)."""
         return self._precondition_model
+
+    @property
+    def multiple_conditions(self) -> tuple[MultipleCondition, ...]:
+        """The MultipleCondition entries of ``conditions``: windowed, like ``preconditions``."""
+        return tuple(c for c in self.condition_models if isinstance(c, MultipleCondition))
+
+    @model_validator(mode="after")
+    def _distinct_window_ids(self) -> FlowTrigger:
+        # Each window is kept under its id: two of one trigger must not share one.
+        ids = [c.id for c in self.multiple_conditions]
+        if self.preconditions is not None:
+            ids.append(str(self.preconditions.get("id")))
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise ValueError(
+                f"trigger '{self.id}': id '{twice[0]}' names two windows (preconditions and "
+                "each MultipleCondition need ids of their own)"
+            )
+        return self
 
 
 TRIGGER_CLASSES: tuple[type[Trigger], ...] = (ScheduleTrigger, WebhookTrigger, FlowTrigger)

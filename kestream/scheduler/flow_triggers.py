@@ -11,7 +11,10 @@ checked as Kestra checks it (its ``FlowTriggerService``):
    ExecutionLabels; others are refused when the flow is validated);
 4. with ``preconditions``, the execution's met preconditions are added to the trigger's window
    (:mod:`kestream.scheduler.preconditions`) and the trigger fires once all are met; with
-   ``resetOnSuccess`` (default) the window then starts over.
+   ``resetOnSuccess`` (default) the window then starts over. A ``MultipleCondition`` among the
+   conditions (Kestra's older form of preconditions) is a window of its own, kept the same way
+   under its ``id``, each key of its ``conditions`` one precondition; with several windows, the
+   trigger fires once all of them are complete.
 
 The created execution's id is derived from the trigger, the source execution *attempt* and its
 state, so a redelivered "ended" event creates the same execution, which the executor
@@ -23,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from kestream.executor.context import nested_labels
@@ -36,7 +40,7 @@ from kestream.models.flow import (
     ExecutionStatusCondition,
     Flow,
     FlowTrigger,
-    Preconditions,
+    MultipleCondition,
 )
 from kestream.models.ids import derived_id
 from kestream.models.state import TERMINAL, StateType
@@ -44,6 +48,7 @@ from kestream.scheduler.executions import trigger_execution
 from kestream.scheduler.preconditions import (
     EndedExecution,
     PreconditionWindow,
+    WindowSpec,
     deep_merge,
     met_preconditions,
     sliding_length,
@@ -59,6 +64,7 @@ __all__ = [
     "condition_holds",
     "flow_trigger_event",
     "trigger_accepts",
+    "window_specs",
 ]
 
 #: Kestra's default ``states``: every terminal state, and PAUSED.
@@ -95,7 +101,47 @@ def trigger_accepts(flow: Flow, trigger: FlowTrigger, ended: EndedExecution) -> 
     states = DEFAULT_STATES if trigger.states is None else trigger.states
     if ended.state not in states:
         return False
-    return all(condition_holds(c, ended) for c in trigger.condition_models)
+    return all(
+        condition_holds(c, ended)
+        for c in trigger.condition_models
+        if not isinstance(c, MultipleCondition)  # windowed: step 4
+    )
+
+
+def _multiple_met(condition: MultipleCondition, ended: EndedExecution) -> list[str]:
+    return [key for key, c in condition.typed_conditions.items() if condition_holds(c, ended)]
+
+
+def window_specs(trigger: FlowTrigger) -> list[WindowSpec]:
+    """The trigger's windows: its ``preconditions`` and each ``MultipleCondition``."""
+    specs = []
+    preconditions = trigger.precondition_model
+    if preconditions is not None:
+        specs.append(
+            WindowSpec(
+                preconditions.id,
+                preconditions.timeWindow,
+                preconditions.resetOnSuccess,
+                tuple(preconditions.condition_ids()),
+                partial(met_preconditions, preconditions),
+            )
+        )
+    for multiple in trigger.multiple_conditions:
+        specs.append(
+            WindowSpec(
+                multiple.id,
+                multiple.time_window,
+                multiple.resetOnSuccess,
+                tuple(multiple.typed_conditions),
+                partial(_multiple_met, multiple),
+            )
+        )
+    return specs
+
+
+def _window_definitions(trigger: FlowTrigger) -> tuple[Any, ...]:
+    """What the trigger's windows are made of, as written: a change starts them over."""
+    return (trigger.preconditions, *(c.model_dump() for c in trigger.multiple_conditions))
 
 
 def flow_trigger_event(
@@ -146,10 +192,30 @@ class FlowTriggerResult:
 class _Listener:
     flow: Flow
     trigger: FlowTrigger
+    windows: list[WindowSpec] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.windows = window_specs(self.trigger)
 
     @property
     def key(self) -> str:
         return trigger_key(self.flow.namespace, self.flow.id, self.trigger.id)
+
+
+def _record(
+    spec: WindowSpec, window: PreconditionWindow, ended: EndedExecution, now: datetime
+) -> bool:
+    """Note in ``window`` what ``ended`` meets of ``spec``; False when it meets nothing."""
+    met = spec.met(ended)
+    if not met:
+        return False
+    for condition_id in met:
+        window.met[condition_id] = now
+    window.outputs = deep_merge(window.outputs, dict(ended.outputs or {}))
+    if spec.time_window.type == "SLIDING_WINDOW":
+        oldest = now - sliding_length(spec.time_window)
+        window.met = {k: at for k, at in window.met.items() if at >= oldest}
+    return True
 
 
 class FlowTriggerBook:
@@ -183,13 +249,13 @@ class FlowTriggerBook:
         else:
             self._by_flow.pop(flow.uid, None)
         kept = {
-            listener.key: listener.trigger.preconditions
+            listener.key: _window_definitions(listener.trigger)
             for listener in listeners
-            if listener.trigger.preconditions is not None
+            if listener.windows
         }
         removed = []
         for key, listener in old.items():
-            if key not in kept or kept[key] != listener.trigger.preconditions:
+            if key not in kept or kept[key] != _window_definitions(listener.trigger):
                 removed.extend(self._drop_windows(key))
         return removed
 
@@ -223,42 +289,49 @@ class FlowTriggerBook:
     def _evaluate(
         self, listener: _Listener, ended: EndedExecution, now: datetime, result: FlowTriggerResult
     ) -> None:
-        preconditions = listener.trigger.precondition_model
-        if preconditions is None:
+        if not listener.windows:
             result.events.append(flow_trigger_event(listener.flow, listener.trigger, ended))
             return
-        window = self._window(listener.key, preconditions, now)
-        if window is None:
-            return  # outside a daily window or past its deadline: not evaluated, as in Kestra
-        met = met_preconditions(preconditions, ended)
-        if not met:
-            return
-        for condition_id in met:
-            window.met[condition_id] = now
-        window.outputs = deep_merge(window.outputs, dict(ended.outputs or {}))
-        if preconditions.timeWindow.type == "SLIDING_WINDOW":
-            oldest = now - sliding_length(preconditions.timeWindow)
-            window.met = {k: at for k, at in window.met.items() if at >= oldest}
-        if set(window.met) >= set(preconditions.condition_ids()):
-            event = flow_trigger_event(listener.flow, listener.trigger, ended, window.outputs)
+        windows: dict[str, PreconditionWindow] = {}
+        touched: set[str] = set()
+        for spec in listener.windows:
+            window = self._window(listener.key, spec, now)
+            if window is None:  # outside a daily window or past its deadline: not evaluated
+                continue
+            windows[spec.id] = window
+            if _record(spec, window, ended, now):
+                touched.add(spec.id)
+        if not touched:
+            return  # this execution meets none of them: nothing changes, nothing fires
+        complete = all(
+            spec.id in windows and set(windows[spec.id].met) >= set(spec.condition_ids)
+            for spec in listener.windows
+        )
+        if complete:
+            outputs: dict[str, Any] = {}
+            for window in windows.values():
+                outputs = deep_merge(outputs, window.outputs)
+            event = flow_trigger_event(listener.flow, listener.trigger, ended, outputs)
             result.events.append(event)
-            if preconditions.resetOnSuccess:
-                if self._windows.pop(window.record_key, None) is not None:
-                    result.removed_windows.append(window.record_key)
-                return
-        self._windows[window.record_key] = window
-        result.windows.append(window)
+            for spec in listener.windows:
+                if spec.reset_on_success:
+                    touched.discard(spec.id)
+                    record_key = windows[spec.id].record_key
+                    if self._windows.pop(record_key, None) is not None:
+                        result.removed_windows.append(record_key)
+        for spec_id in sorted(touched):
+            window = windows[spec_id]
+            self._windows[window.record_key] = window
+            result.windows.append(window)
 
-    def _window(
-        self, key: str, preconditions: Preconditions, now: datetime
-    ) -> PreconditionWindow | None:
-        bounds = window_bounds(preconditions.timeWindow, now)
+    def _window(self, key: str, spec: WindowSpec, now: datetime) -> PreconditionWindow | None:
+        bounds = window_bounds(spec.time_window, now)
         if bounds is None:
             return None
         start, end = bounds
-        record_key = f"{key}/{preconditions.id}"
+        record_key = f"{key}/{spec.id}"
         current = self._windows.get(record_key)
         sliding = start is None
         if current is not None and (sliding or (current.start, current.end) == (start, end)):
             return current
-        return PreconditionWindow(key, preconditions.id, start, None if sliding else end)
+        return PreconditionWindow(key, spec.id, start, None if sliding else end)

@@ -20,7 +20,7 @@ Windows are computed in UTC (Kestra's documentation states its daily times in UT
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -36,6 +36,7 @@ from kestream.models.state import StateType
 __all__ = [
     "EndedExecution",
     "PreconditionWindow",
+    "WindowSpec",
     "deep_merge",
     "met_preconditions",
     "window_bounds",
@@ -178,6 +179,20 @@ def window_bounds(window: TimeWindow, now: datetime) -> tuple[datetime | None, d
 
 def sliding_length(window: TimeWindow) -> timedelta:
     return parse_duration(window.window) if window.window else _DAY
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpec:
+    """One windowed condition of a Flow trigger, whatever its form: ``preconditions`` or a
+    ``MultipleCondition``. Its window is kept under ``id``; the trigger's part is complete once
+    every one of ``condition_ids`` was met (``met`` says which an ended execution meets)
+    within ``time_window``."""
+
+    id: str
+    time_window: TimeWindow
+    reset_on_success: bool
+    condition_ids: tuple[str, ...]
+    met: Callable[[EndedExecution], list[str]]
 
 
 @dataclass(slots=True)
