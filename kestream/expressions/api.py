@@ -102,14 +102,20 @@ def _excerpt(source: str, limit: int = 200) -> str:
     return source if len(source) <= limit else source[:limit] + "..."
 
 
-@lru_cache(maxsize=CACHE_SIZE)
-def compile_template(text: str) -> Template:
-    """Parse and compile ``text``; raises TemplateSyntaxError."""
+def compile_uncached(text: str) -> Template:
+    """Parse and compile ``text`` without keeping it (text that anyone may send, which a cache
+    of thousands of entries would otherwise keep in memory); raises TemplateSyntaxError."""
     try:
         stmts = parse(tokenize(text), text)
         return Template(text, compile_body(stmts), is_metered(stmts))
     except RecursionError:
         raise TemplateSyntaxError("Template nested too deeply", 1, text) from None
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def compile_template(text: str) -> Template:
+    """Parse and compile ``text``, kept for the next render of the same text."""
+    return compile_uncached(text)
 
 
 def is_template(text: str) -> bool:

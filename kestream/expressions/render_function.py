@@ -21,6 +21,10 @@ from .limits import MAX_RENDER_DEPTH, MAX_RENDER_PASSES
 from .operators import to_bool
 from .registry import template_function
 
+#: Longer text given to ``render()`` (a webhook body, say) is compiled for this render only, so
+#: the template cache cannot be filled with large texts that anyone may send.
+MAX_CACHED_TEXT = 4096
+
 #: Context key holding how many ``render()`` calls enclose the current render (templates cannot
 #: name ``@`` keys).
 _DEPTH = "@render_depth"
@@ -31,7 +35,7 @@ def render_function(ctx: Mapping[str, Any], toRender: Any, recursive: Any = True
     """``toRender`` rendered (until it settles, unless ``recursive`` is false)."""
     if not isinstance(toRender, str):
         return toRender
-    from .api import compile_template, is_template  # the engine imports this module
+    from .api import compile_template, compile_uncached, is_template  # imports this module
 
     depth = ctx.get(_DEPTH, 0) + 1
     if depth > MAX_RENDER_DEPTH:
@@ -45,7 +49,8 @@ def render_function(ctx: Mapping[str, Any], toRender: Any, recursive: Any = True
         if not is_template(text):
             return text
         current_budget().spend(1 + (len(text) >> 8))
-        rendered = compile_template(text).render_nested(inner)
+        compile_ = compile_template if len(text) <= MAX_CACHED_TEXT else compile_uncached
+        rendered = compile_(text).render_nested(inner)
         if rendered == text:
             return text
         text = rendered

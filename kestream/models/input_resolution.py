@@ -63,16 +63,15 @@ def resolve_inputs(
     flow_inputs: Sequence[Input | Mapping[str, Any]],
     given: Mapping[str, Any],
     *,
-    variables: Mapping[str, Any] | None = None,
     typed: bool = False,
 ) -> list[ResolvedInput]:
     """Resolve every declared input, in declaration order.
 
     ``given`` maps input ids to values (a dotted id may also be given nested, as executions
     carry them). With ``typed``, given values are taken as they are (already parsed); only the
-    missing ones get their defaults. ``variables`` are seen by every template besides ``inputs``.
+    missing ones get their defaults.
     """
-    return _Resolver(flow_inputs, given, variables or {}, typed).run()
+    return _Resolver(flow_inputs, given, typed).run()
 
 
 def fill_defaults(
@@ -172,13 +171,11 @@ class _Resolver:
         self,
         flow_inputs: Sequence[Input | Mapping[str, Any]],
         given: Mapping[str, Any],
-        variables: Mapping[str, Any],
         typed: bool,
     ) -> None:
         self.models = [input_model_for(declared) for declared in flow_inputs]
         self.by_id = {model.id: model for model in self.models}
         self.given = given
-        self.variables = variables
         self.typed = typed
         self.done: dict[str, ResolvedInput] = {}
         self.values: dict[str, Any] = {}  # enabled inputs with a value, in resolution order
@@ -294,4 +291,4 @@ class _Resolver:
             raise InputValueError(f"unable to render its {what}: {exc}") from None
 
     def _context(self) -> dict[str, Any]:
-        return {**self.variables, "inputs": nest_inputs(self.values)}
+        return {"inputs": nest_inputs(self.values)}

@@ -853,22 +853,19 @@ def nest_inputs(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def parse_inputs(
-    flow_inputs: Sequence[Input | Mapping[str, Any]],
-    given: Mapping[str, Any],
-    *,
-    variables: Mapping[str, Any] | None = None,
+    flow_inputs: Sequence[Input | Mapping[str, Any]], given: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Typed values for the declared inputs, from ``given`` (text or JSON values) and defaults.
 
     Inputs disabled by their ``dependsOn`` are left out, whatever was given for them. Templates
-    (conditions, templated defaults, SELECT expressions) see the inputs resolved before and
-    ``variables`` (``flow``, ``execution``...). Raises :class:`InputValidationError` listing
-    every bad input (``Invalid input 'count': expected an INT, got 'abc'``). Undeclared names in
-    ``given`` are ignored; optional inputs with neither a value nor a default are left out.
+    (conditions, templated defaults, SELECT expressions) see the inputs resolved before them.
+    Raises :class:`InputValidationError` listing every bad input (``Invalid input 'count':
+    expected an INT, got 'abc'``). Undeclared names in ``given`` are ignored; optional inputs
+    with neither a value nor a default are left out.
     """
     from kestream.models.input_resolution import resolve_inputs
 
-    resolved = resolve_inputs(flow_inputs, given, variables=variables)
+    resolved = resolve_inputs(flow_inputs, given)
     problems = [InputProblem(r.model.id, r.problem) for r in resolved if r.problem is not None]
     if problems:
         raise InputValidationError(problems)

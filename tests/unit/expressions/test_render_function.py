@@ -20,8 +20,10 @@ from kestream.expressions import (
     render_timeout_ms,
     set_render_timeout_ms,
 )
+from kestream.expressions.api import compile_template
 from kestream.expressions.errors import RenderLimitError
 from kestream.expressions.limits import MAX_RENDER_DEPTH, MAX_RENDER_PASSES
+from kestream.expressions.render_function import MAX_CACHED_TEXT
 
 VARS = {
     "first": "1",
@@ -128,3 +130,12 @@ def test_payloads_sent_to_render_fail_cleanly(
 def test_rendered_text_cannot_reach_the_nesting_counter() -> None:
     with pytest.raises(RenderError, match=r"Unexpected character \[@\]"):
         render("{{ render(inputs.body) }}", ctx(body="{{ @render_depth }}"))
+
+
+def test_long_text_sent_to_render_is_not_kept_in_the_template_cache() -> None:
+    long_text = "{{ vars.first }}" + "x" * MAX_CACHED_TEXT
+    compile_template.cache_clear()
+    assert render("{{ render(inputs.t) }}", ctx(t=long_text)) == "1" + "x" * MAX_CACHED_TEXT
+    assert compile_template.cache_info().currsize == 1  # the calling template only
+    assert render("{{ render(inputs.t) }}", ctx(t="{{ vars.first }} short")) == "1 short"
+    assert compile_template.cache_info().currsize == 2  # short text is kept
