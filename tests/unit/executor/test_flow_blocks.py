@@ -498,3 +498,24 @@ def test_killing_an_execution_that_has_not_started_ends_it_at_once() -> None:
     assert st is not None and st.state.current is S.CREATED
     executor.step(st, ev.Kill("x1"))
     assert st.state.current is S.KILLED and st.terminal and not st.task_runs
+
+
+def test_a_dag_restarted_from_its_snapshot_goes_on_past_the_task_that_failed() -> None:
+    flaky = (
+        "      - task:\n          id: flaky\n"
+        "          type: io.kestra.plugin.core.execution.Fail\n"
+        '          runIf: "{{ taskrun.attemptsCount == 0 }}"\n'
+        "        dependsOn: [first]\n"
+    )
+    nodes = _node("first") + flaky + _node("then", "flaky") + _node("side", "first")
+    cleanup = "    finally:\n      - id: cleanup\n        type: io.kestra.plugin.core.log.Log\n"
+    cleanup += "        message: x\n"  # the Dag's own finally block
+    with Driver() as driver:
+        driver.deploy(_dag(nodes) + cleanup)
+        failed = driver.start(NS, "dag")
+        assert failed.state.current is S.FAILED and not _runs(failed, "then")
+        snapshot = driver.forget(failed.id)
+        done = driver.restart(failed.id, snapshot=snapshot)
+    assert done.state.current is S.SUCCESS
+    assert _state(done, "flaky") is S.SKIPPED and _state(done, "then") is S.SUCCESS
+    assert len(_runs(done, "side")) == 1 and len(_runs(done, "cleanup")) == 1
