@@ -178,3 +178,60 @@ def test_a_flow_id_without_its_namespace_fails_the_task(driver: Driver) -> None:
 def test_end_date_is_required_at_deploy(driver: Driver) -> None:
     with pytest.raises(Exception, match="endDate"):
         driver.deploy(purging("    type: io.kestra.plugin.core.log.PurgeLogs\n"))
+
+
+#: The examples of Kestra's PurgeExecutions and PurgeLogs pages, in one flow.
+DOCS_EXAMPLES = """id: purge
+namespace: system
+tasks:
+  - id: purge_executions
+    type: io.kestra.plugin.core.execution.PurgeExecutions
+    endDate: "{{ now() | dateAdd(-1, 'MONTHS') }}"
+    states:
+      - KILLED
+      - FAILED
+      - WARNING
+      - SUCCESS
+  - id: purge_logs
+    type: io.kestra.plugin.core.log.PurgeLogs
+    endDate: "{{ now() | dateAdd(-1, 'MONTHS') }}"
+  - id: purge_logs_but_errors
+    type: io.kestra.plugin.core.log.PurgeLogs
+    endDate: "{{ now() | dateAdd(-1, 'MONTHS') }}"
+    logLevels:
+      - TRACE
+      - DEBUG
+      - INFO
+      - WARN
+"""
+
+
+def test_kestras_documentation_examples_leave_what_is_younger_than_a_month(
+    driver: Driver,
+) -> None:
+    recent = driver.start("company.team", "target")
+    flow = driver.deploy(DOCS_EXAMPLES)
+    execution = driver.start(flow.namespace, flow.id)
+    assert execution.state.current is S.SUCCESS
+    outputs = {run.taskId: run.outputs for run in execution.taskRunList}
+    assert outputs == {
+        "purge_executions": {
+            "executionsCount": 0,
+            "logsCount": 0,
+            "metricsCount": 0,
+            "storagesCount": 0,
+        },
+        "purge_logs": {"count": 0},
+        "purge_logs_but_errors": {"count": 0},
+    }
+    assert len(driver.logs(recent.id)) == 2
+    # The same example a month later (its endDate moved to now) takes the ended executions.
+    later = driver.deploy(
+        DOCS_EXAMPLES.replace("id: purge\n", "id: purge-now\n").replace(
+            "dateAdd(-1, 'MONTHS')", "dateAdd(1, 'SECONDS')"
+        )
+    )
+    done = driver.start(later.namespace, later.id)
+    counts = {run.taskId: run.outputs for run in done.taskRunList}
+    assert counts["purge_executions"]["executionsCount"] == 2  # type: ignore[index]
+    assert recent.id not in {e.id for e in driver.executions()}
