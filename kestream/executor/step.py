@@ -1029,7 +1029,12 @@ class _Step:
         for group, owner, last in cut:
             group.active += 1
             self.create_child(group, owner, last.lane, last.pos + 1)
-        if not rerun and not cut and st.root.finished:  # nothing failed: it ends again
+        # A flowable that failed in its finally block alone (or at a LoopUntil's limit) has no
+        # child to run again: it goes on from its branches (its finally runs again).
+        for tr in [tr for tr in st.task_runs.values() if tr.state.current is S.RUNNING]:
+            if tr.group is not None and tr.group.finished:
+                self.branches_done(tr.group, tr)
+        if st.root.finished:  # nothing else to run again: it ends again
             self.branches_done(st.root, None)
 
     def reopen_working_directories(self) -> list[TaskRunState]:
@@ -1061,9 +1066,10 @@ class _Step:
         rerun: list[TaskRunState] = []
         for tr in self.st.task_runs.values():
             if tr.state.current in (S.FAILED, S.KILLED) and not _allowed_away(tr):
-                if tr.group is not None:
+                if tr.group is not None and tr.group.lanes:
                     self.move(tr, S.RUNNING)
-                else:
+                else:  # a flowable that failed before planning any child plans again
+                    tr.group = None
                     self.move(tr, S.RESTARTED)
                     rerun.append(tr)
         for tr in rerun:

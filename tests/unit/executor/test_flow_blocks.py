@@ -519,3 +519,57 @@ def test_a_dag_restarted_from_its_snapshot_goes_on_past_the_task_that_failed() -
     assert done.state.current is S.SUCCESS
     assert _state(done, "flaky") is S.SKIPPED and _state(done, "then") is S.SUCCESS
     assert len(_runs(done, "side")) == 1 and len(_runs(done, "cleanup")) == 1
+
+
+FINALLY_FAILS_INSIDE = f"""
+id: finally-fails-inside
+namespace: {NS}
+tasks:
+  - id: seq
+    type: io.kestra.plugin.core.flow.Sequential
+    tasks:
+      - id: ok
+        type: io.kestra.plugin.core.debug.Return
+        format: ok
+    finally:
+      - id: broken
+        type: io.kestra.plugin.core.execution.Fail
+"""
+
+
+def test_a_restart_runs_again_a_finally_block_that_alone_failed() -> None:
+    with Driver() as driver:
+        driver.deploy(FINALLY_FAILS_INSIDE)
+        failed = driver.start(NS, "finally-fails-inside")
+        assert failed.state.current is S.FAILED and _state(failed, "seq") is S.FAILED
+        again = driver.restart(failed.id)
+    assert again.state.current is S.FAILED  # it ends (again) rather than waiting for nothing
+    assert len(_runs(again, "broken")) == 1 and len(_runs(again, "ok")) == 1
+    assert _runs(again, "broken")[0].id != _runs(failed, "broken")[0].id
+
+
+PAUSE_TIMES_OUT = f"""
+id: pause-times-out
+namespace: {NS}
+tasks:
+  - id: approve
+    type: io.kestra.plugin.core.flow.Pause
+    timeout: PT1M
+    errors:
+      - id: late
+        type: io.kestra.plugin.core.debug.Return
+        format: late
+"""
+
+
+def test_a_restarted_pause_that_timed_out_waits_again() -> None:
+    clock = ManualClock()
+    with Driver(clock=clock) as driver:
+        driver.deploy(PAUSE_TIMES_OUT)
+        paused = driver.start(NS, "pause-times-out")
+        driver.advance(timedelta(minutes=1))
+        failed = driver.get(paused.id)
+        assert failed.state.current is S.FAILED and _state(failed, "late") is S.SUCCESS
+        again = driver.restart(paused.id)
+    assert again.state.current is S.PAUSED
+    assert _state(again, "approve") is S.PAUSED and not _runs(again, "late")
