@@ -573,3 +573,18 @@ def test_a_restarted_pause_that_timed_out_waits_again() -> None:
         again = driver.restart(paused.id)
     assert again.state.current is S.PAUSED
     assert _state(again, "approve") is S.PAUSED and not _runs(again, "late")
+
+
+def test_a_kill_ends_a_loop_waiting_for_its_next_iteration_then_runs_finally() -> None:
+    cleanup = "finally:\n  - id: cleanup\n    type: io.kestra.plugin.core.debug.Return\n"
+    cleanup += "    format: x\n"
+    clock = ManualClock()
+    with Driver(clock=clock) as driver:
+        driver.deploy(_loop("      interval: PT1M") + cleanup)
+        waiting = driver.start(NS, "loop")
+        assert waiting.state.current is S.RUNNING
+        done = driver.kill(waiting.id)
+        assert not driver.states[waiting.id].timers  # the next iteration will not come
+    assert done.state.current is S.KILLED
+    assert _state(done, "loop") is S.KILLED
+    assert _state(done, "cleanup") is S.SUCCESS
