@@ -44,7 +44,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
@@ -305,6 +305,15 @@ class Client:
         else:
             limit.check(value, "the request's record")
         await self._require_producer().send_and_wait(topic, value, key=key)
+
+    async def send_records(
+        self, topic: str, keyed: list[tuple[bytes, bytes]]
+    ) -> list[RecordMetadata]:
+        """Produce ``(key, value)`` records to one of kestream's topics and wait for every ack
+        (the API's purge records, :mod:`kestream.api.purge`); their positions, in order."""
+        producer = self._require_producer()
+        sent = [await producer.send(topic, value, key=key) for key, value in keyed]
+        return list(await asyncio.gather(*sent))
 
     def _require_producer(self) -> AIOKafkaProducer:
         if self._producer is None or self._closed:

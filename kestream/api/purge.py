@@ -36,7 +36,6 @@ from kestream.api.index.purges import (
     purgeable_lines,
 )
 from kestream.api.service import ApiService
-from kestream.runtime.kafka import make_producer
 from kestream.tasks.purge import ExecutionPurge, ExecutionPurgeCounts, LogPurge
 
 __all__ = ["PurgeRoutes", "delete_execution", "purge_executions", "purge_logs"]
@@ -52,19 +51,13 @@ async def _send(service: ApiService, records: list[tuple[str, PurgeRecord]]) -> 
     """Produce the records, then wait until this API's index has applied them (module docs)."""
     if not records:
         return
-    ctx = service.ctx
-    producer = make_producer(ctx.settings, ctx.bootstrap, ctx.kind)
-    await producer.start()
-    try:
-        sent = [
-            await producer.send(
-                ctx.topics.logs, orjson.dumps(record.to_value()), key=execution_id.encode()
-            )
+    acks = await service.client.send_records(
+        service.ctx.topics.logs,
+        [
+            (execution_id.encode(), orjson.dumps(record.to_value()))
             for execution_id, record in records
-        ]
-        acks = await asyncio.gather(*sent)
-    finally:
-        await producer.stop()
+        ],
+    )
     marks: dict[TopicPartition, int] = {}
     for ack in acks:
         tp = TopicPartition(ack.topic, ack.partition)
