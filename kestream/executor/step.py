@@ -4,14 +4,17 @@ One :class:`Executor` serves many executions; :meth:`Executor.step` applies one 
 execution's state. Work inside a step is driven by a small queue of task runs to start and task
 runs that ended, so a long chain of inline tasks never recurses, and every operation touches only
 the task run named by the event, its parent and the parent's :class:`~kestream.executor.state.Group`
-counters: the cost of an event does not grow with the size of the execution.
+counters: the cost of an event does not grow with the size of the execution. The exceptions are
+rare events that walk the execution once: a kill, a restart, and a LoopUntil's next iteration
+(which drops the task runs of the one before); a Dag looks through its own (hand-written) graph.
 
 Phases of one step:
 
 1. dispatch the event (created, worker result, kill, resume, restart, subflow finished, timer);
 2. drain the queue: START creates and runs a task run (runnable: render and dispatch, or run
    inline; flowable: plan children; subflow: create the child execution), DONE advances the
-   parent's lanes, starts the errors branch, or ends the parent (and, at the root, the execution);
+   parent's lanes, starts the errors branch, then the finally branch, or ends the parent (and,
+   at the root, the execution, whose afterExecution tasks then run the same way);
 3. emit one ``ExecutionChanged`` listing the task runs that changed, plus collected log lines.
 
 The state object is updated in place and returned: copying it would make each event cost as much
