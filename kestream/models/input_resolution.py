@@ -90,12 +90,17 @@ def fill_defaults(
     }
     if not added:
         return given
-    merged = dict(given or {})
-    for key, value in nest_inputs(added).items():
+    return _merged(given or {}, nest_inputs(added))
+
+
+def _merged(given: Mapping[str, Any], added: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` with ``added`` laid over it, nested maps merged at every level (``a.b.c``
+    added next to a given ``a.b.d``)."""
+    merged = dict(given)
+    for key, value in added.items():
         existing = merged.get(key)
-        if isinstance(existing, dict) and isinstance(value, dict):
-            value = {**existing, **value}
-        merged[key] = value
+        both_maps = isinstance(existing, Mapping) and isinstance(value, Mapping)
+        merged[key] = _merged(existing, value) if both_maps else value
     return merged
 
 

@@ -199,6 +199,18 @@ def test_fill_defaults_adds_only_the_enabled_missing_defaults() -> None:
     assert fill_defaults(flow_inputs, typed) is typed  # nothing missing: kept as given
 
 
+def test_fill_defaults_merges_nested_ids_at_every_level() -> None:
+    flow_inputs = inputs_of(
+        "  - id: a.b.given\n    type: STRING\n"
+        "  - id: a.b.added\n    type: STRING\n    defaults: new\n"
+        "  - id: a.top\n    type: INT\n    defaults: 1\n"
+    )
+    given = {"a": {"b": {"given": "kept"}}}
+    assert fill_defaults(flow_inputs, given) == {
+        "a": {"b": {"given": "kept", "added": "new"}, "top": 1}
+    }
+
+
 DEPENDENT_FLOW = """
 id: dependent
 namespace: company.team
