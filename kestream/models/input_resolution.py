@@ -99,8 +99,9 @@ def _merged(given: Mapping[str, Any], added: Mapping[str, Any]) -> dict[str, Any
     merged = dict(given)
     for key, value in added.items():
         existing = merged.get(key)
-        both_maps = isinstance(existing, Mapping) and isinstance(value, Mapping)
-        merged[key] = _merged(existing, value) if both_maps else value
+        if isinstance(existing, Mapping) and isinstance(value, Mapping):
+            value = _merged(existing, value)
+        merged[key] = value
     return merged
 
 
