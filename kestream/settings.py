@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from functools import cache
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -34,6 +35,10 @@ class SaslMechanism(StrEnum):
     SCRAM_SHA_512 = "SCRAM-SHA-512"
 
 
+#: Per user, as the XDG base directory spec puts data (``$XDG_DATA_HOME`` wins, see
+#: :attr:`Settings.data_path`), so a restart from any working directory finds the same state.
+DEFAULT_DATA_DIR = "~/.local/share/kestream"
+
 #: Secret settings that may also be read from a file named by ``KESTREAM_<NAME>_FILE``.
 _SECRET_FILE_FIELDS = ("broker_sasl_password", "api_password", "api_tokens", "index_url")
 
@@ -47,7 +52,7 @@ class Settings(BaseSettings):
     broker: str | None = Field(
         default=None,
         description="KESTREAM_BROKER: Kafka bootstrap servers, host:port[,host:port]. "
-        "Unset: start the embedded Tansu broker on loopback (memory only).",
+        "Unset: start the embedded Tansu broker on loopback (see KESTREAM_STANDALONE_DURABLE).",
     )
     broker_security_protocol: SecurityProtocol = Field(
         default=SecurityProtocol.PLAINTEXT,
@@ -307,8 +312,36 @@ class Settings(BaseSettings):
         "reported late by the scheduler's monitoring loop.",
     )
     data_dir: str = Field(
-        default=".kestream",
-        description="KESTREAM_DATA_DIR: local files (index database, process state).",
+        default=DEFAULT_DATA_DIR,
+        description="KESTREAM_DATA_DIR: local files (index database, process state, the "
+        "embedded broker's records); the default is $XDG_DATA_HOME/kestream when "
+        "XDG_DATA_HOME is set. `kestream standalone` prints it at start.",
+    )
+    standalone_durable: bool = Field(
+        default=True,
+        description="KESTREAM_STANDALONE_DURABLE: `kestream standalone` on the embedded broker "
+        "records every record of kestream's topics and the consumer groups' offsets in "
+        "KESTREAM_DATA_DIR/broker and writes them back into the fresh broker at its next start; "
+        "false: memory only, everything is lost when it stops.",
+    )
+    standalone_crash_limit: int = Field(
+        default=5,
+        ge=1,
+        description="KESTREAM_STANDALONE_CRASH_LIMIT: `kestream standalone` restarts a role "
+        "process that exits (after 0.5 s, doubling per recent crash); this many crashes of one "
+        "role within KESTREAM_STANDALONE_CRASH_WINDOW_S stop it, naming the role.",
+    )
+    standalone_crash_window_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="KESTREAM_STANDALONE_CRASH_WINDOW_S: the window of "
+        "KESTREAM_STANDALONE_CRASH_LIMIT, in seconds.",
+    )
+    standalone_restart_max_delay_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="KESTREAM_STANDALONE_RESTART_MAX_DELAY_S: the longest wait before "
+        "`kestream standalone` starts a crashed role again.",
     )
     docker_runner: Literal["docker", "process"] = Field(
         default="docker",
@@ -432,6 +465,15 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """The full name of one of kestream's topics."""
         return f"{self.topic_prefix}{name}"
+
+    @property
+    def data_path(self) -> Path:
+        """``KESTREAM_DATA_DIR`` as a path: ``~`` expanded, and the default under
+        ``$XDG_DATA_HOME`` when that is set (the XDG base directory rule)."""
+        xdg = os.environ.get("XDG_DATA_HOME")
+        if self.data_dir == DEFAULT_DATA_DIR and xdg:
+            return Path(xdg) / "kestream"
+        return Path(self.data_dir).expanduser()
 
 
 @cache

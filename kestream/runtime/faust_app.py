@@ -16,7 +16,6 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -40,6 +39,7 @@ from kestream.runtime.ops_routes import (
     ops_routes,
 )
 from kestream.runtime.process import tune_gc
+from kestream.runtime.restarts import expose_supervisor_crashes
 from kestream.settings import SecurityProtocol, Settings, get_settings
 
 log = logging.getLogger("kestream.app")
@@ -89,7 +89,7 @@ def faust_settings(settings: Settings, role: str) -> dict[str, Any]:
 def _process_dir(settings: Settings, role: str) -> str:
     """A directory of this process's own for faust (it keeps no state there: kestream's state is
     in the changelog topic), removed when the process exits."""
-    base = Path(settings.data_dir)
+    base = settings.data_path
     base.mkdir(parents=True, exist_ok=True)
     path = tempfile.mkdtemp(prefix=f"faust-{role}-", dir=base)
     atexit.register(shutil.rmtree, path, True)
@@ -128,6 +128,8 @@ class RoleService(Service):
         self.port = port
         self.parts: list[Any] = []
         self.metrics = process_metrics()
+        if role == "api":  # the supervisor's crash counts, when standalone started this API
+            expose_supervisor_crashes(self.metrics)
         self.monitor = LoopMonitor(metrics=self.metrics)
         self.health = Health(role, [self.monitor])
         self.board = MemberBoard() if role == "api" else None

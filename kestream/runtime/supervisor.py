@@ -1,9 +1,21 @@
-"""``kestream standalone``: one machine, every role, stopped together.
+"""``kestream standalone``: one machine, every role, kept running.
 
 Starts the embedded broker when ``KESTREAM_BROKER`` is unset, deploys the flows of a directory,
 then runs one process per role instance (``KESTREAM_EXECUTOR_STREAM_THREADS`` executor processes,
 a worker, the scheduler and the API), each a faust worker as ``kestream executor`` (``worker``,
 ``scheduler``, ``api``) would start it.
+
+It supervises them: a role process that exits is started again after a delay that doubles with
+its recent crashes (:class:`~kestream.runtime.restarts.CrashPolicy`), and each crash is logged
+with its cause and counted in the API's ``/metrics``
+(:class:`~kestream.runtime.restarts.CrashLedger`). It stops on Ctrl-C or SIGTERM, or when one
+role keeps crashing, which it names. The embedded broker keeps its state in
+``KESTREAM_DATA_DIR`` (:mod:`~kestream.runtime.broker_store`): a new start on the same
+directory writes it back before any role starts, and if the broker process itself dies, the
+roles are stopped, the broker is started and restored, and the roles start again. Without that
+durability (``KESTREAM_STANDALONE_DURABLE=false``) a dead broker has lost everything, and
+standalone stops, saying so.
+
 Children are started so that they die with the supervisor, even if it is killed outright; on
 Ctrl-C (or SIGTERM) it stops the children, then the broker it started.
 """
@@ -12,20 +24,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import signal
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
+from kestream.runtime.broker_store import BrokerStore
 from kestream.runtime.embedded_broker import EmbeddedBroker, die_with_parent
 from kestream.runtime.kafka_connection import embedded_refusal
+from kestream.runtime.restarts import CRASHES_FILE_ENV, CrashLedger, CrashPolicy, describe_exit
 from kestream.settings import Settings
 
 log = logging.getLogger("kestream.standalone")
 
 _STOP_GRACE_S = 15.0
+_POLL_S = 0.2
 
 
 def role_command(role: str) -> list[str]:
@@ -33,17 +52,43 @@ def role_command(role: str) -> list[str]:
     return [sys.executable, "-m", "kestream.cli", role]
 
 
+@dataclass
+class RoleProcess:
+    """One role instance the supervisor keeps running (``executor-2``: the second executor)."""
+
+    name: str
+    role: str
+    policy: CrashPolicy
+    process: subprocess.Popen[bytes] | None = None
+    start_at: float = 0.0  # monotonic time of the next start, while ``process`` is None
+
+
+class _BrokerDied(Exception):
+    """The embedded broker process exited while the roles ran."""
+
+
 class Supervisor:
     def __init__(self, settings: Settings, flows_dir: Path | None) -> None:
         self.settings = settings
         self.flows_dir = flows_dir
-        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.slots: list[RoleProcess] = []
         self.broker: EmbeddedBroker | None = None
+        self.store: BrokerStore | None = None
+        self.ledger: CrashLedger | None = None
+        #: The role that kept crashing, when that is why it stopped.
+        self.gave_up: str | None = None
+
+    def _policy(self) -> CrashPolicy:
+        s = self.settings
+        return CrashPolicy(
+            s.standalone_crash_limit, s.standalone_crash_window_s, s.standalone_restart_max_delay_s
+        )
 
     async def run(self) -> int:
-        """Run until Ctrl-C or a child's exit; 2 without starting anything when the settings
-        would open the API to the network (:func:`~kestream.api.auth.bind_refusal`) or ask the
-        embedded broker for security it lacks (:func:`embedded_refusal`)."""
+        """Run until Ctrl-C, SIGTERM or a role that keeps crashing; 2 without starting anything
+        when the settings would open the API to the network
+        (:func:`~kestream.api.auth.bind_refusal`), ask the embedded broker for security it lacks
+        (:func:`embedded_refusal`), or the data dir is another standalone's."""
         from kestream.api.auth import bind_refusal
         from kestream.runtime.secrecy import make_non_dumpable
 
@@ -52,40 +97,109 @@ class Supervisor:
         if refusal is not None:
             log.error("%s", refusal)
             return 2
+        data = self.settings.data_path
+        lock = _lock_data_dir(data)
+        if isinstance(lock, str):
+            log.error("%s", lock)
+            return 2
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        self.ledger = CrashLedger(data / "standalone" / "crashes.json")
+        broker_policy = self._policy()
         try:
-            bootstrap = await self._broker()
-            await self._deploy(bootstrap)
-            self._spawn(bootstrap)
-            log.info(
-                "standalone running: %d executor process(es), a worker, the scheduler and the API "
-                "(http://%s:%d/api/v1/%s/), broker %s. Ctrl-C stops.",
-                self.settings.stream_threads,
-                self.settings.web_host,
-                self.settings.web_port,
-                self.settings.tenant,
-                bootstrap,
-            )
-            return await self._watch(stop)
+            first = True
+            while True:
+                bootstrap = await self._broker(data, first)
+                if first:
+                    await self._deploy(bootstrap)
+                self._spawn_all(bootstrap)
+                if first:
+                    log.info(
+                        "standalone running: %d executor process(es), a worker, the scheduler "
+                        "and the API (http://%s:%d/api/v1/%s/), broker %s, data in %s. "
+                        "Ctrl-C stops.",
+                        self.settings.stream_threads,
+                        self.settings.web_host,
+                        self.settings.web_port,
+                        self.settings.tenant,
+                        bootstrap,
+                        data,
+                    )
+                first = False
+                try:
+                    return await self._watch(stop, bootstrap)
+                except _BrokerDied as died:
+                    if not await self._after_broker_death(str(died), broker_policy):
+                        return 1
         finally:
-            self._stop_children()
+            self._stop_children(graceful=True)
+            if self.store is not None:
+                await self.store.stop_mirror()
             if self.broker is not None:
                 await self.broker.astop()
+            lock.close()
 
-    async def _broker(self) -> str:
+    async def _broker(self, data: Path, first: bool) -> str:
         if self.settings.broker:
             return self.settings.broker
         self.broker = EmbeddedBroker()
         await self.broker.astart()
-        log.warning(
-            "embedded broker at %s is memory-only: executions do not survive stopping it "
-            "(set KESTREAM_BROKER to use Kafka)",
-            self.broker.bootstrap,
-        )
+        if not self.settings.standalone_durable:
+            log.warning(
+                "embedded broker at %s is memory-only (KESTREAM_STANDALONE_DURABLE=false): "
+                "executions do not survive stopping it",
+                self.broker.bootstrap,
+            )
+            return self.broker.bootstrap
+        if self.store is None:
+            self.store = BrokerStore(self.settings, data / "broker")
+        if first:
+            log.info("embedded broker state in %s (KESTREAM_DATA_DIR)", self.store.directory)
+        report = await self.store.restore(self.broker.bootstrap)
+        if report.records or report.topics:
+            log.info(
+                "restored %d records of %d topics and the offsets of %d consumer groups "
+                "from %s in %.2f s",
+                report.records,
+                report.topics,
+                report.groups,
+                self.store.directory,
+                report.seconds,
+            )
+        await self.store.start_mirror(self.broker.bootstrap)
         return self.broker.bootstrap
+
+    async def _after_broker_death(self, why: str, policy: CrashPolicy) -> bool:
+        """The broker died: True when it may be started again from the data dir."""
+        assert self.ledger is not None
+        self.ledger.crashed("broker", why)
+        if self.store is None:
+            log.error(
+                "%s; it kept everything in memory (KESTREAM_STANDALONE_DURABLE=false), so every "
+                "flow, execution and trigger state is gone: standalone stops",
+                why,
+            )
+            return False
+        delay = policy.crashed(time.monotonic())
+        if delay is None:
+            log.error("the embedded broker keeps dying (%s); standalone stops", why)
+            self.gave_up = "broker"
+            return False
+        log.error(
+            "%s; stopping the roles, then starting the broker again from %s",
+            why,
+            self.store.directory,
+        )
+        self._stop_children(graceful=False)  # nothing to flush to a dead broker
+        await self.store.stop_mirror(catch_up=False)
+        if self.broker is not None:
+            await self.broker.astop()
+            self.broker = None
+        await asyncio.sleep(delay)
+        self.ledger.restarted("broker")
+        return True
 
     async def _deploy(self, bootstrap: str) -> None:
         if self.flows_dir is None:
@@ -98,36 +212,110 @@ class Supervisor:
                 flow = await client.deploy(path.read_text())
                 log.info("deployed %s.%s revision %s", flow.namespace, flow.id, flow.revision)
 
-    def _spawn(self, bootstrap: str) -> None:
-        env = {**os.environ, "KESTREAM_BROKER": bootstrap}
-        roles = ["executor"] * self.settings.stream_threads + ["worker", "scheduler", "api"]
-        for role in roles:
-            child = subprocess.Popen(role_command(role), env=env, preexec_fn=die_with_parent())
-            self.children.append((role, child))
+    def _spawn_all(self, bootstrap: str) -> None:
+        if not self.slots:
+            executors = self.settings.stream_threads
+            names = [f"executor-{i + 1}" if executors > 1 else "executor" for i in range(executors)]
+            roles = [("executor", n) for n in names] + [
+                (r, r) for r in ("worker", "scheduler", "api")
+            ]
+            self.slots = [RoleProcess(name, role, self._policy()) for role, name in roles]
+        for slot in self.slots:
+            self._spawn(slot, bootstrap)
 
-    async def _watch(self, stop: asyncio.Event) -> int:
+    def _spawn(self, slot: RoleProcess, bootstrap: str) -> int:
+        """Start ``slot``'s process; its pid."""
+        assert self.ledger is not None
+        env = {**os.environ, "KESTREAM_BROKER": bootstrap, CRASHES_FILE_ENV: str(self.ledger.path)}
+        process = subprocess.Popen(role_command(slot.role), env=env, preexec_fn=die_with_parent())
+        slot.process = process
+        return process.pid
+
+    async def _watch(self, stop: asyncio.Event, bootstrap: str) -> int:
+        """Restart what exits; 0 on a stop, 1 when a role keeps crashing.
+
+        Raises :class:`_BrokerDied` when the embedded broker's process exits."""
+        assert self.ledger is not None
         while not stop.is_set():
-            for role, child in self.children:
-                if child.poll() is not None:
+            broker = self.broker
+            if broker is not None and not broker.running:
+                code = broker.returncode
+                cause = describe_exit(code) if code is not None else "an unknown cause"
+                raise _BrokerDied(f"the embedded broker (pid {broker.pid}) exited with {cause}")
+            now = time.monotonic()
+            for slot in self.slots:
+                if slot.process is None:
+                    if now >= slot.start_at:
+                        pid = self._spawn(slot, bootstrap)
+                        self.ledger.restarted(slot.role)
+                        log.info("%s started again (pid %d)", slot.name, pid)
+                    continue
+                code = slot.process.poll()
+                if code is None:
+                    continue
+                cause = describe_exit(code)
+                self.ledger.crashed(slot.role, cause)
+                delay = slot.policy.crashed(now)
+                if delay is None:
+                    self.gave_up = slot.name
                     log.error(
-                        "%s process %d exited with %s; stopping", role, child.pid, child.returncode
+                        "%s keeps crashing: %d crashes within %.0f s, the last with %s "
+                        "(its log is above); standalone stops",
+                        slot.name,
+                        slot.policy.recent,
+                        slot.policy.window_s,
+                        cause,
                     )
                     return 1
+                log.error(
+                    "%s process %d exited with %s; starting it again in %.1f s",
+                    slot.name,
+                    slot.process.pid,
+                    cause,
+                    delay,
+                )
+                slot.process = None
+                slot.start_at = now + delay
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
+                await asyncio.wait_for(stop.wait(), _POLL_S)
         return 0
 
-    def _stop_children(self) -> None:
-        for _, child in self.children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for role, child in self.children:
+    def _stop_children(self, *, graceful: bool) -> None:
+        running = [s for s in self.slots if s.process is not None and s.process.poll() is None]
+        for slot in running:
+            assert slot.process is not None
+            slot.process.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
+        for slot in running:
+            assert slot.process is not None
             try:
-                child.wait(_STOP_GRACE_S)
+                slot.process.wait(_STOP_GRACE_S)
             except subprocess.TimeoutExpired:
-                log.warning("%s process %d did not stop in time; killing it", role, child.pid)
-                child.kill()
-                child.wait()
+                log.warning(
+                    "%s (pid %d) did not stop in time; killing it", slot.name, slot.process.pid
+                )
+                slot.process.kill()
+                slot.process.wait()
+        for slot in self.slots:
+            slot.process = None
+
+
+def _lock_data_dir(data: Path) -> IO[str] | str:
+    """Hold ``data``'s lock for this process's life (the kernel drops it on any exit), or say
+    which process holds it: two standalones mirroring one broker state would corrupt it."""
+    data.mkdir(parents=True, exist_ok=True)
+    handle = open(data / "standalone.lock", "a+")  # noqa: SIM115 - held until we exit
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        return f"{data} is in use by another kestream standalone (pid {holder}); stop it first"
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 def flow_files(directory: Path) -> list[Path]:

@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import SecretStr
 
 from kestream.api.index.query import QueryError, SearchQuery, parse_search_params
@@ -49,7 +47,7 @@ def open_index(settings: Settings) -> Store:
     if not url:
         from kestream.api.index.sqlite import DEFAULT_FILE, SQLiteStore
 
-        return SQLiteStore(Path(settings.data_dir) / DEFAULT_FILE)
+        return SQLiteStore(settings.data_path / DEFAULT_FILE)
     if url.startswith(_SQLITE_SCHEME):
         from kestream.api.index.sqlite import SQLiteStore
 

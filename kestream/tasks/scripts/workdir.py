@@ -87,7 +87,7 @@ def fill(value: Any, dirs: AttemptDirs) -> Any:
 
 def kept_root() -> Path:
     """Where output files are kept, by execution, task run and attempt (see the module doc)."""
-    return Path(get_settings().data_dir).expanduser().resolve() / "script-outputs"
+    return get_settings().data_path.resolve() / "script-outputs"
 
 
 def inside(base: Path, name: str, what: str) -> Path:

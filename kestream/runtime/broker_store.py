@@ -1,0 +1,424 @@
+"""The embedded broker's durability: kestream's topics mirrored into ``KESTREAM_DATA_DIR``.
+
+The packaged Tansu keeps everything in memory (its only other engine, ``s3://``, needs an S3
+endpoint with correct conditional writes, which nothing installable from PyPI provides). So
+``kestream standalone`` keeps the state itself, below the roles, at the level of the broker:
+
+* **Mirror.** While the broker runs, a consumer in the supervisor's process reads every
+  partition of kestream's topics and the worker groups' jobs topics (not the members topic,
+  whose records describe processes that will not exist after a restart) and appends each
+  record, with its offset, timestamp, key, value and headers, to that partition's file
+  (:mod:`.broker_log`).
+* **Offsets.** About once a second it also records the consumer groups' committed offsets, but
+  only as a *consistent* snapshot: offsets read at time T are kept once the mirror holds every
+  record the broker had at a fetch made after T. The roles write their output before they commit
+  the input that caused it, so no snapshot points past an effect the files lack.
+* **Restore.** When standalone starts a fresh (empty) broker on a data dir that has files, it
+  creates the topics with their partition counts, produces every record again, in order, and
+  checks that each lands at its recorded offset (a fresh Tansu partition numbers records from 0,
+  one by one); then it commits the snapshot's offsets for each group. Only then do roles start:
+  they, the changelog restore and the index see the same world, at the same offsets, as before.
+
+What is lost on a kill: records the mirror had not written yet (it trails the broker by one
+fetch, milliseconds), and offsets committed after the last snapshot. Both mean work done again:
+delivery is at-least-once and effects are idempotent, as after any role crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.structs import OffsetAndMetadata
+
+from kestream.runtime.broker_log import PartitionLog, StoredRecord
+from kestream.runtime.kafka import make_consumer, make_producer
+from kestream.runtime.kafka_connection import client_options, make_client
+from kestream.runtime.topics import Topics
+from kestream.settings import Settings
+
+log = logging.getLogger("kestream.broker_store")
+
+#: How often the committed offsets are snapshot, and the topic list refreshed.
+SNAPSHOT_EVERY_S = 1.0
+TOPICS_EVERY_S = 2.0
+_OFFSETS_TIMEOUT_S = 5.0
+_SEND_WINDOW = 2000  # records produced before their acks are checked, during a restore
+
+
+class RestoreError(RuntimeError):
+    """The data dir's records could not be written back as they were (the message says why)."""
+
+
+@dataclass
+class RestoreReport:
+    topics: int = 0
+    records: int = 0
+    groups: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class _Snapshot:
+    """Offsets read at ``taken_ms``, waiting for the mirror to hold what the broker had then."""
+
+    taken_ms: int
+    offsets: dict[str, dict[TopicPartition, int]]
+    targets: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+class BrokerStore:
+    """The files of one data dir's broker state, and the mirror that fills them."""
+
+    def __init__(self, settings: Settings, directory: Path) -> None:
+        self.settings = settings
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._logs: dict[TopicPartition, PartitionLog] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.snapshots = 0  # consistent offset snapshots written since start
+        self._readers: dict[str, AIOKafkaConsumer] = {}
+        topics = Topics.of(settings)
+        self._kept = {name for name, _, _ in topics.specs(1)} - {topics.members}
+        self._group_jobs = topics.group_tasks("")
+        self._bootstrap = ""
+        self._metadata: AIOKafkaClient
+
+    # -- files ---------------------------------------------------------------------------
+
+    @property
+    def _topics_file(self) -> Path:
+        return self.directory / "topics.json"
+
+    @property
+    def _groups_file(self) -> Path:
+        return self.directory / "groups.json"
+
+    def topics(self) -> dict[str, int]:
+        """Recorded topics and their partition counts."""
+        with contextlib.suppress(FileNotFoundError):
+            return dict(json.loads(self._topics_file.read_text()))
+        return {}
+
+    def group_offsets(self) -> dict[str, dict[TopicPartition, int]]:
+        """The last consistent snapshot of committed offsets, per group."""
+        try:
+            raw = json.loads(self._groups_file.read_text())
+        except FileNotFoundError:
+            return {}
+        return {
+            group: {
+                TopicPartition(topic, int(p)): offset
+                for topic, parts in topics.items()
+                for p, offset in parts.items()
+            }
+            for group, topics in raw.items()
+        }
+
+    def is_empty(self) -> bool:
+        return not self.topics()
+
+    def _log(self, tp: TopicPartition) -> PartitionLog:
+        part = self._logs.get(tp)
+        if part is None:
+            part = PartitionLog(self.directory / "log" / tp.topic / f"{tp.partition}.log")
+            self._logs[tp] = part
+        return part
+
+    def _write_json(self, path: Path, data: Any) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+
+    def _mirrored_topic(self, name: str) -> bool:
+        """kestream's topics and the worker groups' jobs topics; not the members topic, nor the
+        topics faust keeps for its own group assignment."""
+        return name in self._kept or name.startswith(self._group_jobs)
+
+    # -- restore -------------------------------------------------------------------------
+
+    async def restore(self, bootstrap: str) -> RestoreReport:
+        """Write the recorded topics, records and group offsets into the empty broker."""
+        started = time.monotonic()
+        report = RestoreReport()
+        topics = self.topics()
+        if not topics:
+            return report
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options(self.settings))
+        await admin.start()
+        try:
+            new = [NewTopic(n, num_partitions=c, replication_factor=1) for n, c in topics.items()]
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+        finally:
+            await admin.close()
+        report.topics = len(topics)
+        producer = make_producer(self.settings, bootstrap, "tansu")
+        await producer.start()
+        try:
+            for topic, count in sorted(topics.items()):
+                for partition in range(count):
+                    report.records += await self._restore_partition(
+                        producer, TopicPartition(topic, partition)
+                    )
+        finally:
+            await producer.stop()
+        report.groups = await self._restore_offsets(bootstrap)
+        report.seconds = time.monotonic() - started
+        return report
+
+    async def _restore_partition(self, producer: Any, tp: TopicPartition) -> int:
+        part = self._log(tp)
+        pending: list[tuple[int, asyncio.Future[Any]]] = []
+        total = 0
+
+        async def check() -> None:
+            for recorded, ack in pending:
+                landed = (await ack).offset
+                if landed != recorded:
+                    raise RestoreError(
+                        f"{tp.topic}[{tp.partition}]: record {recorded} landed at offset "
+                        f"{landed}; the data dir's records do not line up with a fresh broker. "
+                        f"Move {self.directory} aside to start with an empty broker."
+                    )
+            pending.clear()
+
+        for record in part.records():
+            ack = await producer.send(
+                tp.topic,
+                value=record.value,
+                key=record.key,
+                partition=tp.partition,
+                timestamp_ms=record.timestamp,
+                headers=list(record.headers),
+            )
+            pending.append((record.offset, ack))
+            total += 1
+            if len(pending) >= _SEND_WINDOW:
+                await check()
+        await check()
+        return total
+
+    async def _restore_offsets(self, bootstrap: str) -> int:
+        snapshot = {group: offsets for group, offsets in self.group_offsets().items() if offsets}
+        for group, offsets in snapshot.items():
+            # Never past what the files hold (they are what the broker now has).
+            safe = {
+                tp: OffsetAndMetadata(min(offset, self._log(tp).next_offset), "")
+                for tp, offset in offsets.items()
+            }
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=bootstrap,
+                group_id=group,
+                enable_auto_commit=False,
+                **client_options(self.settings),
+            )
+            await consumer.start()
+            try:
+                consumer.assign(list(safe))
+                await consumer.commit(safe)
+            finally:
+                await consumer.stop()
+        return len(snapshot)
+
+    # -- mirror --------------------------------------------------------------------------
+
+    async def start_mirror(self, bootstrap: str) -> None:
+        """Start following the broker from where the files end."""
+        self._stopping.clear()
+        self._bootstrap = bootstrap
+        consumer = make_consumer(self.settings, bootstrap, "tansu", group_id=None)
+        await consumer.start()
+        self._metadata = make_client(self.settings, bootstrap, timeout=10.0)
+        await self._metadata.bootstrap()
+        self._task = asyncio.create_task(self._follow(consumer), name="broker-mirror")
+        self._task.add_done_callback(_report_failure)
+
+    async def stop_mirror(self, *, catch_up: bool = True) -> None:
+        """Stop following the broker: after catching up with it one last time (a final offset
+        snapshot), or at once (``catch_up=False``: the broker is gone)."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        task, self._task = self._task, None
+        if not catch_up:
+            task.cancel()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), 10.0)
+        except asyncio.CancelledError:
+            if catch_up:
+                raise
+        except TimeoutError:
+            log.warning("the broker mirror did not catch up within 10 s; stopping it")
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        except (KafkaError, OSError) as exc:
+            log.warning("the broker mirror stopped with %r", exc)
+        self.close()
+
+    def close(self) -> None:
+        for part in self._logs.values():
+            part.close()
+        self._logs.clear()
+
+    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        snapshot: _Snapshot | None = None
+        next_topics = next_snapshot = 0.0
+        assigned: set[TopicPartition] = set()
+        final: _Snapshot | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= next_topics:
+                    assigned = await self._assign(consumer, assigned)
+                    next_topics = now + TOPICS_EVERY_S
+                if snapshot is None and (now >= next_snapshot or self._stopping.is_set()):
+                    try:
+                        snapshot = await self._take_snapshot(assigned)
+                    except (TimeoutError, KafkaError) as exc:
+                        log.warning("cannot read the committed offsets (%r); trying again", exc)
+                        next_snapshot = now + SNAPSHOT_EVERY_S
+                    else:
+                        if self._stopping.is_set():
+                            final = snapshot
+                if not assigned:  # getmany waits for an assignment that ``assign`` never wakes
+                    await asyncio.sleep(0.05)
+                    next_topics = 0.0
+                    continue
+                batch = await consumer.getmany(timeout_ms=50)
+                for tp, records in batch.items():
+                    self._log(tp).append(
+                        [
+                            StoredRecord(
+                                r.offset, r.timestamp, r.key, r.value, tuple(r.headers or ())
+                            )
+                            for r in records
+                        ]
+                    )
+                if snapshot is not None and self._settle(consumer, snapshot, assigned):
+                    snapshot = None
+                    next_snapshot = time.monotonic() + SNAPSHOT_EVERY_S
+                    if final is not None:
+                        return
+        finally:
+            await consumer.stop()
+            await self._metadata.close()
+            for reader in self._readers.values():
+                await reader.stop()
+            self._readers.clear()
+
+    async def _assign(
+        self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]
+    ) -> set[TopicPartition]:
+        # The whole cluster's metadata: the consumer's own covers only what it reads already.
+        cluster = await self._metadata.fetch_all_metadata()
+        names = sorted(t for t in cluster.topics() if self._mirrored_topic(t))
+        counts = {t: len(cluster.partitions_for_topic(t) or ()) for t in names}
+        wanted = {TopicPartition(t, p) for t, count in counts.items() for p in range(count)}
+        if wanted == assigned:
+            return assigned
+        self._write_json(self._topics_file, counts)
+        consumer.assign(sorted(wanted))
+        for tp in wanted:
+            consumer.seek(tp, self._log(tp).next_offset)
+        return wanted
+
+    async def _take_snapshot(self, assigned: set[TopicPartition]) -> _Snapshot:
+        taken_ms = int(time.time() * 1000)
+        offsets: dict[str, dict[TopicPartition, int]] = {}
+        for group in self._groups({tp.topic for tp in assigned}):
+            committed = await self._committed(group, assigned)
+            offsets[group] = {
+                tp: meta.offset
+                for tp, meta in committed.items()
+                if meta.offset >= 0 and self._mirrored_topic(tp.topic)
+            }
+        return _Snapshot(taken_ms, offsets)
+
+    async def _committed(
+        self, group: str, partitions: set[TopicPartition]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The group's committed offsets, in one OffsetFetch through a consumer of that group
+        that never joins it (Tansu cannot answer the admin client's request)."""
+        consumer = self._readers.get(group)
+        if consumer is None:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self._bootstrap,
+                group_id=group,
+                enable_auto_commit=False,
+                **client_options(self.settings),
+            )
+            await consumer.start()
+            self._readers[group] = consumer
+        fetched: dict[TopicPartition, OffsetAndMetadata] = await asyncio.wait_for(
+            consumer._coordinator.fetch_committed_offsets(partitions), _OFFSETS_TIMEOUT_S
+        )
+        return fetched
+
+    def _groups(self, topics: set[str]) -> list[str]:
+        """kestream's consumer groups, by their names (Tansu cannot list groups): the
+        executor's, the scheduler's, and a worker group per jobs topic."""
+        jobs = self.settings.topic("worker-tasks")
+        workers = [
+            self.settings.topic("worker" + t.removeprefix(jobs))
+            for t in topics
+            if t == jobs or t.startswith(jobs + "-")
+        ]
+        return sorted({self.settings.topic("executor"), self.settings.topic("scheduler"), *workers})
+
+    def _settle(
+        self, consumer: AIOKafkaConsumer, snapshot: _Snapshot, assigned: set[TopicPartition]
+    ) -> bool:
+        """Write the snapshot once the files hold all the broker had when it was taken."""
+        for tp in assigned:
+            if tp not in snapshot.targets:
+                polled = consumer.last_poll_timestamp(tp)
+                high = consumer.highwater(tp)
+                if polled is None or polled <= snapshot.taken_ms or high is None:
+                    return False
+                snapshot.targets[tp] = high
+            if self._log(tp).next_offset < snapshot.targets[tp]:
+                return False
+        for part in self._logs.values():
+            part.sync()
+        data = {
+            group: _by_topic({tp: min(o, self._log(tp).next_offset) for tp, o in offsets.items()})
+            for group, offsets in snapshot.offsets.items()
+        }
+        self._write_json(self._groups_file, data)
+        self.snapshots += 1
+        log.debug("offset snapshot %d of %d groups written", self.snapshots, len(data))
+        return True
+
+
+def _by_topic(offsets: dict[TopicPartition, int]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for tp, offset in sorted(offsets.items()):
+        out.setdefault(tp.topic, {})[str(tp.partition)] = offset
+    return out
+
+
+def _report_failure(task: asyncio.Task[None]) -> None:
+    """Say at once when the mirror dies: from then on a restart loses what follows."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "the broker mirror failed: records written from now on are not kept in the data "
+            "dir, and a restart will not bring them back",
+            exc_info=task.exception(),
+        )

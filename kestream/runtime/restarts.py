@@ -1,0 +1,159 @@
+"""How ``kestream standalone`` restarts a role process that died, and how the API reports it.
+
+:class:`CrashPolicy` is the decision (pure, tested without processes): the delay before a
+role's next start grows exponentially with its recent crashes and is capped; a role that
+crashes ``limit`` times within ``window_s`` seconds is given up on, and standalone stops
+saying which.
+
+:class:`CrashLedger` is how the counts reach ``/metrics``. The supervisor is not a role: it
+serves no HTTP and is not on the members topic, and the API role is one of its children (it
+may be the one that crashed). So the supervisor writes its counts to a small JSON file
+(replaced atomically, so a reader never sees half of it) and tells its children where, in
+:data:`CRASHES_FILE_ENV`; the API role registers a :class:`CrashCollector` that reads the
+file at each scrape. That keeps the count current whichever child restarted last, costs
+nothing between scrapes, and needs neither the broker (which may be what crashed) nor a
+restart of the API to publish a new count. A file next to the data rather than the members
+topic also means the counts of one standalone run stay that run's: the file is made anew at
+each start, as a counter of a new process starts at zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import tempfile
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from kestream.runtime.metrics import PREFIX, Metrics
+
+#: Set by ``kestream standalone`` in its children's environment: the ledger's path.
+CRASHES_FILE_ENV = "KESTREAM_STANDALONE_CRASHES_FILE"
+
+#: The first restart's delay; each further crash within the window doubles it.
+FIRST_DELAY_S = 0.5
+
+
+def describe_exit(returncode: int) -> str:
+    """``exit code 1`` or ``signal SIGKILL``, as a person (and a metric label) names it.
+
+    ``subprocess`` reports a death by signal N as ``-N``.
+    """
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+@dataclass
+class CrashPolicy:
+    """Restart delays and the give-up rule for one role.
+
+    ``crashed(now)`` records a crash and returns the delay before the next start, or ``None``
+    when the role has crashed ``limit`` times within the last ``window_s`` seconds.
+    """
+
+    limit: int
+    window_s: float
+    max_delay_s: float
+    first_delay_s: float = FIRST_DELAY_S
+    _recent: deque[float] = field(default_factory=deque)
+
+    def crashed(self, now: float) -> float | None:
+        self._recent.append(now)
+        while self._recent and self._recent[0] <= now - self.window_s:
+            self._recent.popleft()
+        if len(self._recent) >= self.limit:
+            return None
+        return min(self.first_delay_s * 2 ** (len(self._recent) - 1), self.max_delay_s)
+
+    @property
+    def recent(self) -> int:
+        """Crashes within the window as of the last :meth:`crashed`."""
+        return len(self._recent)
+
+
+class CrashLedger:
+    """The supervisor's counts, per role: crashes by cause, and restarts; kept in a JSON file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.crashes: dict[str, dict[str, int]] = {}
+        self.restarts: dict[str, int] = {}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._write()
+
+    def crashed(self, role: str, cause: str) -> None:
+        by_cause = self.crashes.setdefault(role, {})
+        by_cause[cause] = by_cause.get(cause, 0) + 1
+        self._write()
+
+    def restarted(self, role: str) -> None:
+        self.restarts[role] = self.restarts.get(role, 0) + 1
+        self._write()
+
+    def _write(self) -> None:
+        body = json.dumps({"crashes": self.crashes, "restarts": self.restarts}).encode()
+        fd, tmp = tempfile.mkstemp(prefix=".crashes-", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(body)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+class CrashCollector(Collector):
+    """Exposes a :class:`CrashLedger` file as ``kestream_standalone_role_crashes_total{role,
+    cause}`` and ``kestream_standalone_role_restarts_total{role}``, read at each scrape."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        try:
+            data = json.loads(self.path.read_bytes())
+        except (OSError, ValueError):
+            data = {}
+        crashes = CounterMetricFamily(
+            PREFIX + "standalone_role_crashes",
+            "Role processes of kestream standalone that exited unasked, by role and cause",
+            labels=("role", "cause"),
+        )
+        for role, by_cause in sorted(data.get("crashes", {}).items()):
+            for cause, count in sorted(by_cause.items()):
+                crashes.add_metric((role, cause), count)
+        restarts = CounterMetricFamily(
+            PREFIX + "standalone_role_restarts",
+            "Role processes kestream standalone started again after a crash, by role",
+            labels=("role",),
+        )
+        for role, count in sorted(data.get("restarts", {}).items()):
+            restarts.add_metric((role,), count)
+        yield crashes
+        yield restarts
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return iter(())
+
+
+def expose_supervisor_crashes(metrics: Metrics) -> bool:
+    """In a child of ``kestream standalone`` (:data:`CRASHES_FILE_ENV` set), add the ledger's
+    counts to ``metrics``; True when it did. A process registers it once."""
+    path = os.environ.get(CRASHES_FILE_ENV)
+    if not path:
+        return False
+    with contextlib.suppress(ValueError):  # already registered in this registry
+        metrics.registry.register(CrashCollector(Path(path)))
+    return True
