@@ -80,17 +80,18 @@ def fill_defaults(
     """Inputs taken as given (already typed, or not to be validated) with the defaults of the
     enabled inputs left out added, as Kestra fills them; nothing is refused. ``given`` comes
     back as it is when no default is missing."""
-    if not any(_fills(model) for model in flow_inputs):
-        return given
-    resolved = resolve_inputs(flow_inputs, given or {}, typed=True)
+    values = given or {}
+    if all(_given_value(values, m.id) is not None for m in flow_inputs if _fills(m)):
+        return given  # nothing to fill in (the common case: inputs the API already resolved)
+    resolved = resolve_inputs(flow_inputs, values, typed=True)
     added = {
         r.model.id: r.value
         for r in resolved
-        if r.has_value and _given_value(given or {}, r.model.id) is None
+        if r.has_value and _given_value(values, r.model.id) is None
     }
     if not added:
         return given
-    return _merged(given or {}, nest_inputs(added))
+    return _merged(values, nest_inputs(added))
 
 
 def _merged(given: Mapping[str, Any], added: Mapping[str, Any]) -> dict[str, Any]:
