@@ -242,7 +242,7 @@ class Cluster:
                 consumer.assign(parts)
                 await consumer.seek_to_beginning(*parts)
                 ends = await consumer.end_offsets(parts)
-                while any(await consumer.position(tp) < ends[tp] for tp in parts):
+                while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
                     batch = await consumer.getmany(timeout_ms=500)
                     found = [r for recs in batch.values() for r in recs if r.key in wanted]
                     lines += [
