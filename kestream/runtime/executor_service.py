@@ -30,7 +30,8 @@ The parts, each tested on its own: :class:`~kestream.executor.timers.TimerQueue`
 :class:`~kestream.runtime.ended_executions.EndedExecutions`,
 :class:`~kestream.runtime.changelog_restorer.ChangelogRestorer` (with the partitions parked at a
 checkpoint by a rebalance, :class:`~kestream.runtime.parked_partitions.ParkedPartitions`) and
-:class:`~kestream.runtime.command_router.CommandRouter`.
+:class:`~kestream.runtime.command_router.CommandRouter`; the flush and the dead letters are
+:mod:`kestream.runtime.executor_writer`'s.
 """
 
 from __future__ import annotations
@@ -43,15 +44,13 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka import errors as kafka_errors
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from kestream.executor import codec
 from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.restore import snapshot_attempt
-from kestream.executor.sizes import over_limit
 from kestream.executor.state import ExecutionState
 from kestream.executor.step import Executor, StepResult, UnknownFlow
 from kestream.executor.timers import TimerQueue
@@ -67,7 +66,8 @@ from kestream.runtime.changelog_restorer import (
 from kestream.runtime.command_router import CommandRouter
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.ended_executions import Ended, EndedExecutions
-from kestream.runtime.executor_outbox import CommandRecord, Outbox
+from kestream.runtime.executor_outbox import Outbox
+from kestream.runtime.executor_writer import DeadLetters, RecordWriter
 from kestream.runtime.held_events import HeldEvents
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.metrics import Metrics, process_metrics
@@ -81,17 +81,6 @@ log = logging.getLogger("kestream.executor")
 _MAX_POLL_MS = 200
 _BATCH = 2000
 _PRUNE_EVERY = timedelta(minutes=1)
-
-#: Broker answers that are about one record, not the broker: that record is dead-lettered.
-_RECORD_FAULTS = (
-    kafka_errors.MessageSizeTooLargeError,
-    kafka_errors.RecordTooLargeError,
-    kafka_errors.RecordListTooLargeError,
-    kafka_errors.CorruptRecordException,
-    kafka_errors.InvalidTopicError,
-    kafka_errors.UnsupportedForMessageFormatError,
-    kafka_errors.PolicyViolationError,
-)
 
 Batch = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
 
@@ -146,6 +135,8 @@ class ExecutorService:
         )
         self.mirror = ChangelogMirror()
         self.restorer = ChangelogRestorer(ctx, registry)
+        self.letters = DeadLetters(self.topics, self.limit, self.metrics)
+        self.writer = RecordWriter(self.topics, self.limit, self.letters)
         self.router = CommandRouter(
             self.topics, self.limit, self.groups, self.timers, self.ended, self.metrics, clock
         )
@@ -160,7 +151,6 @@ class ExecutorService:
         self._stopping = False
         self._fatal: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
-        self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._last_prune = clock()
         self._held_share = self.metrics.share(self.metrics.executor_held)
@@ -171,8 +161,9 @@ class ExecutorService:
 
     async def start(self) -> None:
         await self.groups.start()
-        self._producer = make_producer(self.settings, self.ctx.bootstrap, self.ctx.kind)
-        await self._producer.start()
+        producer = make_producer(self.settings, self.ctx.bootstrap, self.ctx.kind)
+        await producer.start()
+        self.writer.producer = producer
         group = None if self.own_all_partitions else f"{self.settings.topic_prefix}executor"
         self._consumer = make_consumer(
             self.settings,
@@ -209,8 +200,8 @@ class ExecutorService:
                 await task
         if self._consumer is not None:
             await self._consumer.stop()
-        if self._producer is not None:
-            await self._producer.stop()
+        if self.writer.producer is not None:
+            await self.writer.producer.stop()
         await self.groups.stop()
 
     def partitions(self) -> set[int]:
@@ -322,7 +313,7 @@ class ExecutorService:
         try:
             event = records.decode_event(rec.value)
         except Exception as exc:  # RecordError, or anything else a hostile record provokes
-            self._dead_letter(out, tp.topic, tp.partition, rec.offset, rec.key, rec.value, str(exc))
+            self.letters.add(out, tp.topic, tp.partition, rec.offset, rec.key, rec.value, str(exc))
             return
         self._apply(tp.partition, event, out, (tp.topic, rec.offset))
 
@@ -354,7 +345,7 @@ class ExecutorService:
             log.exception("executor error on an event of execution %s", execution_id)
             self._roll_back(execution_id, state is not None, ended)
             topic, offset = source if source is not None else (self.topics.executions, -1)
-            self._dead_letter(
+            self.letters.add(
                 out, topic, partition, offset, execution_id.encode(), _event_bytes(event),
                 f"executor error: {exc!r}",
             )  # fmt: skip
@@ -430,7 +421,7 @@ class ExecutorService:
                     continue
                 topic, offset = item.source or (self.topics.executions, -1)
                 reason = f"{item.reason}: not deployed within {wait:g}s"
-                self._dead_letter(
+                self.letters.add(
                     out, topic, item.partition, offset, item.event.execution_id.encode(),
                     _event_bytes(item.event), reason,
                 )  # fmt: skip
@@ -449,102 +440,12 @@ class ExecutorService:
         for key, partition in self.ended.prune(now):
             out.log(key, None, partition)
 
-    def _dead_letter(
-        self,
-        out: Outbox,
-        topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes | None,
-        reason: str,
-    ) -> None:
-        log.warning("dead letter from %s[%d]@%d: %s", topic, partition, offset, reason)
-        self.metrics.dead_letter("executor")
-        body = records.dead_letter_value(
-            topic, partition, offset, key, value, reason, max_bytes=self.limit.value_bytes
-        )
-        out.send(self.topics.dead_letter, key.decode("utf-8", "replace") if key else "", body)
-
     # -- flush -----------------------------------------------------------------------------
 
     async def _flush(self, out: Outbox) -> None:
         await self.groups.create_topics()  # a worker group's first job: its topic first
-        await self._produce(out.commands)
-        changelog = self.topics.changelog
-        for meta in await self._produce([(changelog, *r) for r in out.changelog]):
-            if meta.topic == changelog:
-                known = self._checkpoints.get(meta.partition, 0)
-                self._checkpoints[meta.partition] = max(known, meta.offset + 1)
-
-    async def _produce(self, recs: list[CommandRecord]) -> list[Any]:
-        """Produce ``recs`` and wait for every ack. A record the broker refuses for what it is
-        (:data:`_RECORD_FAULTS`, or one that cannot be sent at all) goes to the dead-letter
-        topic instead; any other failure is the broker's and raises (the processor stops).
-        Returns the acknowledgements (``RecordMetadata``) of the records written."""
-        producer = self._producer
-        assert producer is not None
-        refused: list[tuple[CommandRecord, BaseException]] = []
-        sent: list[tuple[CommandRecord, asyncio.Future[Any]]] = []
-        for rec in self._sized(recs):
-            topic, key, value, partition = rec
-            try:
-                sent.append(
-                    (rec, await producer.send(topic, value, key=key.encode(), partition=partition))
-                )
-            except Exception as exc:
-                if not _record_fault(exc):
-                    raise
-                refused.append((rec, exc))
-        results = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
-        acks = []
-        for (rec, _), outcome in zip(sent, results, strict=True):
-            if isinstance(outcome, BaseException):
-                if not _record_fault(outcome):
-                    raise outcome
-                refused.append((rec, outcome))
-            else:
-                acks.append(outcome)
-        if refused:
-            letters = Outbox()
-            for (topic, key, value, partition), why in refused:
-                self._dead_letter(
-                    letters, topic, partition if partition is not None else -1, -1,
-                    key.encode(), value, f"not produced: {why!r}",
-                )  # fmt: skip
-            letter_acks = [
-                await producer.send(topic, value, key=key.encode(), partition=partition)
-                for topic, key, value, partition in letters.commands
-            ]
-            await asyncio.gather(*letter_acks)
-        return acks
-
-    def _sized(self, recs: list[CommandRecord]) -> list[CommandRecord]:
-        """``recs``, with any record over the limit replaced by its (cut) dead letter.
-
-        The step's rules keep records within the limit (outputs, jobs, updates and logs are
-        sized where they are made); this is the last guard, for combinations no rule foresaw
-        (a huge execution header, say): a record the broker would refuse must not stop the
-        processor and block its partitions. A changelog record left out this way is missing
-        after a restart of the partition: the log says which.
-        """
-        if all(self.limit.fits(value) for _, _, value, _ in recs):
-            return recs
-        kept: list[CommandRecord] = []
-        for topic, key, value, partition in recs:
-            if self.limit.fits(value):
-                kept.append((topic, key, value, partition))
-                continue
-            assert value is not None
-            reason = "not produced: " + over_limit("the record", len(value), self.limit.value_bytes)
-            log.error("record for %s key %s %s", topic, key, reason)
-            self.metrics.dead_letter("executor")
-            letter = records.dead_letter_value(
-                topic, partition if partition is not None else -1, -1, key.encode(), value,
-                reason, max_bytes=self.limit.value_bytes,
-            )  # fmt: skip
-            kept.append((self.topics.dead_letter, key, letter, None))
-        return kept
+        for partition, offset in (await self.writer.write(out)).items():
+            self._checkpoints[partition] = max(self._checkpoints.get(partition, 0), offset)
 
     # -- commit ----------------------------------------------------------------------------
 
@@ -686,14 +587,6 @@ class ExecutorService:
         self.mirror.load(st.id, recs)
         for timer_id, timer in st.timers.items():
             self.timers.set(st.id, timer_id, timer.due)
-
-
-def _record_fault(exc: BaseException) -> bool:
-    """Whether a produce failure is about the record itself (dead-letter it) rather than the
-    broker (stop, a restart replays)."""
-    if isinstance(exc, kafka_errors.KafkaError):
-        return isinstance(exc, _RECORD_FAULTS)
-    return isinstance(exc, TypeError | ValueError)  # a value or key the client cannot send
 
 
 def _event_bytes(event: ev.Event) -> bytes | None:

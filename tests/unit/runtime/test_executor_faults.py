@@ -233,9 +233,9 @@ class _Producer:
 def test_a_record_the_broker_refuses_is_dead_lettered_and_the_rest_is_written() -> None:
     service = _service(PAUSED)
     producer = _Producer(refused=b"bad")
-    service._producer = producer  # type: ignore[assignment]
+    service.writer.producer = producer  # type: ignore[assignment]
     recs = [("t", "k1", b"good", None), ("t", "k2", b"bad", None), ("t", "k3", b"fine", None)]
-    asyncio.run(service._produce(recs))
+    asyncio.run(service.writer.produce(recs))
     assert [v for t, v in producer.acked if t == "t"] == [b"good", b"fine"]
     (letter,) = [records.loads(v) for t, v in producer.acked if t == service.topics.dead_letter]
     assert letter["key"] == "k2" and "MessageSizeTooLarge" in letter["reason"]
@@ -243,6 +243,6 @@ def test_a_record_the_broker_refuses_is_dead_lettered_and_the_rest_is_written() 
 
 def test_a_broker_failure_while_flushing_stops_the_processor() -> None:
     service = _service(PAUSED)
-    service._producer = _Producer(refused=b"", broken=True)  # type: ignore[assignment]
+    service.writer.producer = _Producer(refused=b"", broken=True)  # type: ignore[assignment]
     with pytest.raises(kafka_errors.KafkaConnectionError):
-        asyncio.run(service._produce([("t", "k", b"v", None)]))
+        asyncio.run(service.writer.produce([("t", "k", b"v", None)]))

@@ -286,8 +286,8 @@ def test_the_executor_turns_a_record_no_rule_foresaw_into_its_dead_letter() -> N
     service = ExecutorService(ctx, FlowRegistry(), metrics=Metrics())
     fine = (ctx.topics.updates, "ex1", b"{}", 3)
     huge = (ctx.topics.changelog, "ex1/run", b'{"x":"' + b"y" * 100_000 + b'"}', 3)
-    assert service._sized([fine]) == [fine]
-    kept = service._sized([fine, huge])
+    assert service.writer.sized([fine]) == [fine]
+    kept = service.writer.sized([fine, huge])
     assert kept[0] == fine and len(kept) == 2
     topic, key, letter, partition = kept[1]
     assert (topic, key, partition) == (ctx.topics.dead_letter, "ex1/run", None)

@@ -1,0 +1,169 @@
+"""How one batch of the executor reaches the broker: its dead letters, and the flush.
+
+:class:`DeadLetters` turns a record that cannot be handled into a record of the dead-letter
+topic (where it was, why, as much of it as fits), logged and counted.
+
+:class:`RecordWriter` writes a batch's :class:`~kestream.runtime.executor_outbox.Outbox` in its
+order: the commands, waiting for every ack, then the changelog, waiting again. A record the
+broker refuses for what it is (too large for the topic, say: :data:`RECORD_FAULTS`), or that
+cannot be sent at all, goes to the dead-letter topic instead and the rest is written; a
+failure of the broker itself raises, and the processor stops (its partitions' next owner
+replays from the last commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka import errors as kafka_errors
+
+from kestream.executor.sizes import over_limit
+from kestream.runtime import records
+from kestream.runtime.executor_outbox import CommandRecord, Outbox
+from kestream.runtime.metrics import Metrics
+from kestream.runtime.record_limit import RecordLimit
+from kestream.runtime.topics import Topics
+
+__all__ = ["RECORD_FAULTS", "DeadLetters", "RecordWriter", "record_fault"]
+
+log = logging.getLogger("kestream.executor")
+
+#: Broker answers that are about one record, not the broker: that record is dead-lettered.
+RECORD_FAULTS = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.CorruptRecordException,
+    kafka_errors.InvalidTopicError,
+    kafka_errors.UnsupportedForMessageFormatError,
+    kafka_errors.PolicyViolationError,
+)
+
+
+def record_fault(exc: BaseException) -> bool:
+    """Whether a produce failure is about the record itself (dead-letter it) rather than the
+    broker (stop, a restart replays)."""
+    if isinstance(exc, kafka_errors.KafkaError):
+        return isinstance(exc, RECORD_FAULTS)
+    return isinstance(exc, TypeError | ValueError)  # a value or key the client cannot send
+
+
+class DeadLetters:
+    """Makes the dead letters of the executor's records."""
+
+    def __init__(self, topics: Topics, limit: RecordLimit, metrics: Metrics) -> None:
+        self.topics = topics
+        self.limit = limit
+        self.metrics = metrics
+
+    def add(
+        self,
+        out: Outbox,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        reason: str,
+    ) -> None:
+        """Send the dead letter of the record at ``topic[partition]@offset`` with ``out``."""
+        log.warning("dead letter from %s[%d]@%d: %s", topic, partition, offset, reason)
+        self.metrics.dead_letter("executor")
+        body = records.dead_letter_value(
+            topic, partition, offset, key, value, reason, max_bytes=self.limit.value_bytes
+        )
+        out.send(self.topics.dead_letter, key.decode("utf-8", "replace") if key else "", body)
+
+
+class RecordWriter:
+    """Writes a batch's outbox (see the module docstring)."""
+
+    def __init__(self, topics: Topics, limit: RecordLimit, letters: DeadLetters) -> None:
+        self.topics = topics
+        self.limit = limit
+        self.letters = letters
+        self.producer: AIOKafkaProducer | None = None
+
+    async def write(self, out: Outbox) -> dict[int, int]:
+        """Write the commands, then the changelog; returns, per changelog partition written,
+        the offset after its last record (the checkpoint the partition's state reflects)."""
+        await self.produce(out.commands)
+        changelog = self.topics.changelog
+        checkpoints: dict[int, int] = {}
+        for meta in await self.produce([(changelog, *r) for r in out.changelog]):
+            if meta.topic == changelog:
+                checkpoints[meta.partition] = max(
+                    checkpoints.get(meta.partition, 0), meta.offset + 1
+                )
+        return checkpoints
+
+    async def produce(self, recs: list[CommandRecord]) -> list[Any]:
+        """Produce ``recs`` and wait for every ack; a record the broker refuses for what it
+        is goes to the dead-letter topic instead, any other failure raises. Returns the acks
+        (``RecordMetadata``) of the records written."""
+        producer = self.producer
+        assert producer is not None, "the writer has no producer"
+        refused: list[tuple[CommandRecord, BaseException]] = []
+        sent: list[tuple[CommandRecord, asyncio.Future[Any]]] = []
+        for rec in self.sized(recs):
+            topic, key, value, partition = rec
+            try:
+                future = await producer.send(topic, value, key=key.encode(), partition=partition)
+            except Exception as exc:
+                if not record_fault(exc):
+                    raise
+                refused.append((rec, exc))
+                continue
+            sent.append((rec, future))
+        results = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+        acks = []
+        for (rec, _), outcome in zip(sent, results, strict=True):
+            if isinstance(outcome, BaseException):
+                if not record_fault(outcome):
+                    raise outcome
+                refused.append((rec, outcome))
+            else:
+                acks.append(outcome)
+        if refused:
+            letters = Outbox()
+            for (topic, key, value, partition), why in refused:
+                self.letters.add(
+                    letters, topic, partition if partition is not None else -1, -1,
+                    key.encode(), value, f"not produced: {why!r}",
+                )  # fmt: skip
+            letter_acks = [
+                await producer.send(topic, value, key=key.encode(), partition=partition)
+                for topic, key, value, partition in letters.commands
+            ]
+            await asyncio.gather(*letter_acks)
+        return acks
+
+    def sized(self, recs: list[CommandRecord]) -> list[CommandRecord]:
+        """``recs``, with any record over the limit replaced by its (cut) dead letter.
+
+        The step's rules keep records within the limit (outputs, jobs, updates and logs are
+        sized where they are made); this is the last guard, for combinations no rule foresaw
+        (a huge execution header, say): a record the broker would refuse must not stop the
+        processor and block its partitions. A changelog record left out this way is missing
+        after a restart of the partition: the log says which.
+        """
+        if all(self.limit.fits(value) for _, _, value, _ in recs):
+            return recs
+        kept: list[CommandRecord] = []
+        for topic, key, value, partition in recs:
+            if self.limit.fits(value):
+                kept.append((topic, key, value, partition))
+                continue
+            assert value is not None
+            reason = "not produced: " + over_limit("the record", len(value), self.limit.value_bytes)
+            log.error("record for %s key %s %s", topic, key, reason)
+            letter = Outbox()
+            self.letters.add(
+                letter, topic, partition if partition is not None else -1, -1, key.encode(),
+                value, reason,
+            )  # fmt: skip
+            kept.extend(letter.commands)
+        return kept
