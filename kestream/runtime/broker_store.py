@@ -247,7 +247,21 @@ class BrokerStore:
         self._metadata = make_client(self.settings, bootstrap, timeout=10.0)
         await self._metadata.bootstrap()
         self._task = asyncio.create_task(self._follow(consumer), name="broker-mirror")
-        self._task.add_done_callback(_report_failure)
+
+    @property
+    def mirror_error(self) -> BaseException | None:
+        """Why the mirror stopped on its own (None while it runs, or after :meth:`stop_mirror`)."""
+        task = self._task
+        if task is None or not task.done() or task.cancelled():
+            return None
+        return task.exception()
+
+    async def restart_mirror(self, bootstrap: str) -> None:
+        """Start a mirror that failed again, from where the files end (the broker still has
+        what it missed: Tansu deletes nothing)."""
+        self._task = None
+        self.close()
+        await self.start_mirror(bootstrap)
 
     async def stop_mirror(self, *, catch_up: bool = True) -> None:
         """Stop following the broker: after catching up with it one last time (a final offset
@@ -412,13 +426,3 @@ def _by_topic(offsets: dict[TopicPartition, int]) -> dict[str, dict[str, int]]:
     for tp, offset in sorted(offsets.items()):
         out.setdefault(tp.topic, {})[str(tp.partition)] = offset
     return out
-
-
-def _report_failure(task: asyncio.Task[None]) -> None:
-    """Say at once when the mirror dies: from then on a restart loses what follows."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error(
-            "the broker mirror failed: records written from now on are not kept in the data "
-            "dir, and a restart will not bring them back",
-            exc_info=task.exception(),
-        )

@@ -64,7 +64,11 @@ class RoleProcess:
 
 
 class _BrokerDied(Exception):
-    """The embedded broker process exited while the roles ran."""
+    """The embedded broker process exited while the roles ran (``cause``: how)."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class Supervisor:
@@ -77,6 +81,7 @@ class Supervisor:
         self.ledger: CrashLedger | None = None
         #: The role that kept crashing, when that is why it stopped.
         self.gave_up: str | None = None
+        self._mirror_policy = self._policy()
 
     def _policy(self) -> CrashPolicy:
         s = self.settings
@@ -131,7 +136,7 @@ class Supervisor:
                 try:
                     return await self._watch(stop, bootstrap)
                 except _BrokerDied as died:
-                    if not await self._after_broker_death(str(died), broker_policy):
+                    if not await self._after_broker_death(died, broker_policy):
                         return 1
         finally:
             self._stop_children(graceful=True)
@@ -147,6 +152,8 @@ class Supervisor:
         self.broker = EmbeddedBroker()
         await self.broker.astart()
         if not self.settings.standalone_durable:
+            if (data / "broker" / "topics.json").exists():
+                log.warning("the broker state in %s is left as it is", data / "broker")
             log.warning(
                 "embedded broker at %s is memory-only (KESTREAM_STANDALONE_DURABLE=false): "
                 "executions do not survive stopping it",
@@ -171,10 +178,11 @@ class Supervisor:
         await self.store.start_mirror(self.broker.bootstrap)
         return self.broker.bootstrap
 
-    async def _after_broker_death(self, why: str, policy: CrashPolicy) -> bool:
+    async def _after_broker_death(self, died: _BrokerDied, policy: CrashPolicy) -> bool:
         """The broker died: True when it may be started again from the data dir."""
         assert self.ledger is not None
-        self.ledger.crashed("broker", why)
+        self.ledger.crashed("broker", died.cause)
+        why = str(died)
         if self.store is None:
             log.error(
                 "%s; it kept everything in memory (KESTREAM_STANDALONE_DURABLE=false), so every "
@@ -241,8 +249,12 @@ class Supervisor:
             if broker is not None and not broker.running:
                 code = broker.returncode
                 cause = describe_exit(code) if code is not None else "an unknown cause"
-                raise _BrokerDied(f"the embedded broker (pid {broker.pid}) exited with {cause}")
+                raise _BrokerDied(
+                    f"the embedded broker (pid {broker.pid}) exited with {cause}", cause
+                )
             now = time.monotonic()
+            if not await self._mirror_kept(now, bootstrap):
+                return 1
             for slot in self.slots:
                 if slot.process is None:
                     if now >= slot.start_at:
@@ -279,6 +291,25 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), _POLL_S)
         return 0
+
+    async def _mirror_kept(self, now: float, bootstrap: str) -> bool:
+        """Start the broker mirror again if it failed (logged, counted as role ``mirror``);
+        False when it keeps failing."""
+        assert self.ledger is not None
+        store = self.store
+        error = store.mirror_error if store is not None else None
+        if store is None or error is None:
+            return True
+        cause = type(error).__name__
+        self.ledger.crashed("mirror", cause)
+        if self._mirror_policy.crashed(now) is None:
+            self.gave_up = "mirror"
+            log.error("the broker mirror keeps failing (%r); standalone stops", error)
+            return False
+        log.error("the broker mirror failed (%r); starting it again", error)
+        await store.restart_mirror(bootstrap)
+        self.ledger.restarted("mirror")
+        return True
 
     def _stop_children(self, *, graceful: bool) -> None:
         running = [s for s in self.slots if s.process is not None and s.process.poll() is None]
