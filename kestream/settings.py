@@ -40,7 +40,13 @@ class SaslMechanism(StrEnum):
 DEFAULT_DATA_DIR = "~/.local/share/kestream"
 
 #: Secret settings that may also be read from a file named by ``KESTREAM_<NAME>_FILE``.
-_SECRET_FILE_FIELDS = ("broker_sasl_password", "api_password", "api_tokens", "index_url")
+_SECRET_FILE_FIELDS = (
+    "broker_sasl_password",
+    "api_password",
+    "api_tokens",
+    "index_url",
+    "storage_s3_secret_access_key",
+)
 
 
 class Settings(BaseSettings):
@@ -316,6 +322,32 @@ class Settings(BaseSettings):
         description="KESTREAM_DATA_DIR: local files (index database, process state, the "
         "embedded broker's records); the default is $XDG_DATA_HOME/kestream when "
         "XDG_DATA_HOME is set. `kestream standalone` prints it at start.",
+    )
+    storage_url: str | None = Field(
+        default=None,
+        description="KESTREAM_STORAGE_URL: the internal storage (files as kestra:// URIs): "
+        "unset, KESTREAM_DATA_DIR/storage; a directory (path or file:///path); or "
+        "s3://bucket/prefix. Every role (workers, executor, API) must name the same one.",
+    )
+    storage_s3_endpoint: str | None = Field(
+        default=None,
+        description="KESTREAM_STORAGE_S3_ENDPOINT: an S3-compatible server's URL (MinIO, "
+        "Ceph...), addressed path-style; unset: AWS S3. http:// is allowed when given.",
+    )
+    storage_s3_region: str | None = Field(
+        default=None, description="KESTREAM_STORAGE_S3_REGION: the bucket's region."
+    )
+    storage_s3_access_key_id: str | None = Field(
+        default=None, description="KESTREAM_STORAGE_S3_ACCESS_KEY_ID: S3 access key id."
+    )
+    storage_s3_secret_access_key: SecretStr | None = Field(
+        default=None,
+        description="KESTREAM_STORAGE_S3_SECRET_ACCESS_KEY: S3 secret key (masked in dumps); "
+        "or KESTREAM_STORAGE_S3_SECRET_ACCESS_KEY_FILE, a file holding it.",
+    )
+    storage_s3_secret_access_key_file: str | None = Field(
+        default=None,
+        description="KESTREAM_STORAGE_S3_SECRET_ACCESS_KEY_FILE: file holding the S3 secret key.",
     )
     standalone_durable: bool = Field(
         default=True,

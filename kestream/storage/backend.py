@@ -1,0 +1,166 @@
+"""The internal storage: one small interface over an object store, local or S3-compatible.
+
+Both backends are obstore stores (``LocalStore`` for a
+directory, ``S3Store`` for S3 and the servers that speak its protocol), so the code above them is
+one: puts stream from files or readers (multipart on S3 for large ones), reads stream in chunks,
+listing and deleting go by key prefix. obstore is a thin binding of the Rust ``object_store``
+crate: synchronous and asynchronous calls, no dependency on botocore or on an aiohttp version of
+its own (faust and the API already pin aiohttp).
+
+Callers on an event loop run these calls in a thread (``asyncio.to_thread``); the executor's
+template functions call them directly (they are small, bounded reads).
+
+A missing file is :class:`FileNotFoundError` on every call that reads one.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import obstore
+from obstore.store import ClientConfig, LocalStore, S3Store
+
+from kestream.storage.keys import check_relative
+
+#: Chunk size of streamed reads and copies.
+CHUNK_BYTES = 1 << 20
+
+
+class Writer(Protocol):
+    def write(self, data: bytes, /) -> Any: ...
+
+
+class Storage:
+    """Files by key (``ns/flow/executions/...``; see :mod:`kestream.storage.keys`)."""
+
+    def __init__(self, store: Any, description: str, local_root: Path | None = None) -> None:
+        self._store = store
+        self.description = description
+        #: The directory of a local store: emptied folders are removed with their files.
+        self.local_root = local_root
+
+    @classmethod
+    def local(cls, directory: Path) -> Storage:
+        directory.mkdir(parents=True, exist_ok=True)
+        root = directory.resolve()
+        return cls(LocalStore(root, mkdir=True), f"local directory {root}", root)
+
+    @classmethod
+    def s3(
+        cls,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+    ) -> Storage:
+        """An S3 bucket (or a folder of it). With ``endpoint`` (MinIO, a test server), requests
+        use path-style addressing, and plain HTTP is allowed when the endpoint says ``http://``."""
+        config: dict[str, Any] = {}
+        if region:
+            config["region"] = region
+        if access_key_id:
+            config["access_key_id"] = access_key_id
+        if secret_access_key:
+            config["secret_access_key"] = secret_access_key
+        options: ClientConfig = {}
+        if endpoint:
+            config["endpoint"] = endpoint
+            config["virtual_hosted_style_request"] = False
+            options["allow_http"] = endpoint.startswith("http://")
+        store = S3Store(bucket, prefix=prefix.strip("/") or None, client_options=options, **config)
+        where = f"s3://{bucket}/{prefix.strip('/')}" + (f" at {endpoint}" if endpoint else "")
+        return cls(store, where)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def put(self, key: str, data: bytes | Path | IO[bytes]) -> int:
+        """Store ``data`` (bytes, a file path, or a binary reader, streamed) under ``key``;
+        returns the stored size."""
+        check_relative(key)
+        if isinstance(data, Path):
+            with data.open("rb") as source:
+                obstore.put(self._store, key, source)
+        else:
+            obstore.put(self._store, key, data)
+        return self.size(key)
+
+    @contextmanager
+    def writer(self, key: str) -> Iterator[Writer]:
+        """A stream to write ``key`` piece by piece (buffered, multipart on S3); the file
+        appears when the block ends without an error."""
+        check_relative(key)
+        with obstore.open_writer(self._store, key) as stream:
+            yield stream
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def chunks(self, key: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+        """The file's bytes in chunks, never whole in memory."""
+        result = obstore.get(self._store, check_relative(key))
+        for chunk in result.stream(min_chunk_size=chunk_bytes):
+            yield bytes(chunk)
+
+    def get(self, key: str) -> bytes:
+        return bytes(obstore.get(self._store, check_relative(key)).bytes())
+
+    def head(self, key: str, length: int) -> bytes:
+        """The first ``length`` bytes (fewer for a shorter file): previews."""
+        size = self.size(key)
+        if size == 0:
+            return b""
+        return bytes(obstore.get_range(self._store, key, start=0, end=min(length, size)))
+
+    def download(self, key: str, target: Path) -> int:
+        """Copy the file to ``target`` (a local path), streamed; returns its size."""
+        written = 0
+        with target.open("wb") as out:
+            for chunk in self.chunks(key):
+                out.write(chunk)
+                written += len(chunk)
+        return written
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.size(key)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def size(self, key: str) -> int:
+        return int(obstore.head(self._store, check_relative(key))["size"])
+
+    def list(self, prefix: str) -> list[str]:
+        """Every key under the folder ``prefix`` (``a/b/`` or ``a/b``), sorted."""
+        folder = prefix.rstrip("/")
+        keys = [
+            str(meta["path"])
+            for batch in obstore.list(self._store, prefix=folder or None)
+            for meta in batch
+        ]
+        return sorted(keys)
+
+    # -- deleting ------------------------------------------------------------------------------
+
+    def delete(self, key: str) -> bool:
+        """Remove one file; False when there was none."""
+        if not self.exists(key):
+            return False
+        obstore.delete(self._store, key)
+        return True
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every file under the folder ``prefix``; returns how many."""
+        folder = check_relative(prefix.rstrip("/"))
+        keys = self.list(folder)
+        if keys:
+            obstore.delete(self._store, keys)
+        if self.local_root is not None:
+            shutil.rmtree(self.local_root / folder, ignore_errors=True)
+        return len(keys)
