@@ -19,12 +19,15 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import obstore
-from obstore.store import ClientConfig, LocalStore, S3Store
+from obstore.store import LocalStore, S3Store
 
 from kestream.storage.keys import check_relative
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig
 
 #: Chunk size of streamed reads and copies.
 CHUNK_BYTES = 1 << 20
