@@ -11,6 +11,7 @@ from typing import Any
 from kestream.executor.instance_variables import instance_variables
 from kestream.executor.state import ExecutionState, TaskRunState
 from kestream.models.clock import Clock
+from kestream.storage.access import ExecutionFiles
 from kestream.tasks.working_directory import WorkingDirectory
 
 
@@ -47,6 +48,9 @@ def execution_context(
         "labels": nested_labels(st.labels),
         "@error_logs": st.error_logs,
         "@now": clock,
+        "@files": ExecutionFiles.of(
+            flow.namespace, flow.id, st.id, (st.trigger or {}).get("variables")
+        ),
     }
     instance = instance_variables()  # ``envs`` and ``globals``, set for the whole process
     base["envs"] = instance.envs

@@ -8,6 +8,7 @@ from typing import Any
 
 # Importing these modules fills the filter/function/test registries.
 from . import (  # noqa: F401
+    file_functions,
     filters_collections,
     filters_data,
     filters_dates,

@@ -34,6 +34,7 @@ from pydantic import (
 
 from kestream.models.durations import DurationError, parse_duration
 from kestream.models.state import StateType
+from kestream.storage.keys import TaskRunFiles
 from kestream.tasks.worker_group import WorkerGroup
 
 TASK_ID_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$"
@@ -181,6 +182,8 @@ class RunInfo:
     #: The directory the task shares with its siblings of a ``WorkingDirectory``; None: the task
     #: makes a fresh one of its own if it needs one.
     working_dir: Path | None = None
+    #: The run's folder in the internal storage, where its files go (the worker sets it).
+    files: TaskRunFiles | None = None
 
     def log(self, level: LogLevel, message: str) -> None:
         if self.emit is not None:

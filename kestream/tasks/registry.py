@@ -15,6 +15,7 @@ from kestream.tasks.dag import Dag
 from kestream.tasks.execution import Assert, Exit, Labels
 from kestream.tasks.flow import AllowFailure, If, Parallel, Sequential, Switch
 from kestream.tasks.http import Request
+from kestream.tasks.http_download import Download
 from kestream.tasks.loop_until import LoopUntil
 from kestream.tasks.loops import EachParallel, EachSequential, ForEach
 from kestream.tasks.pause import Pause
@@ -22,6 +23,9 @@ from kestream.tasks.purge import PurgeExecutions, PurgeLogs
 from kestream.tasks.scripts import PythonCommands, PythonScript, ShellCommands, ShellScript
 from kestream.tasks.simple import Echo, Fail, Log, OutputValues, Return
 from kestream.tasks.sleep import Sleep
+from kestream.tasks.storage import Concat, Split, Write
+from kestream.tasks.storage import Delete as StorageDelete
+from kestream.tasks.storage import Size as StorageSize
 from kestream.tasks.subflow import Subflow
 from kestream.tasks.working_directory import WorkingDirectory
 
@@ -31,6 +35,7 @@ TASK_CLASSES: tuple[type[Task], ...] = (
     ForEach, EachSequential, EachParallel, Subflow, LoopUntil, Dag,
     Request, Labels, Assert, Exit, PurgeExecutions, PurgeLogs,
     ShellCommands, ShellScript, PythonCommands, PythonScript,
+    Write, Concat, Split, StorageSize, StorageDelete, Download,
 )  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from kestream.executor.sizes import outputs_too_large
 from kestream.models.clock import Clock, utc_now
 from kestream.models.state import StateType
 from kestream.models.values import find_unportable, safe_text
+from kestream.storage.keys import TaskRunFiles
 from kestream.tasks.base import LOG_LEVEL_ORDER, LogLevel, RunInfo, TaskError, TaskOutcome
 from kestream.tasks.scripts.workdir import AttemptDirs, kept_root, write_input_files
 from kestream.worker.blocking import run_blocking, task_bug
@@ -76,7 +77,10 @@ class TaskRunner:
         key = (job.execution_id, job.task_run_id)
         streamed_errors: list[str] = []
         emit = None if on_line is None else self._emitter(job, on_line, streamed_errors)
-        info = RunInfo(job.execution_id, job.task_run_id, job.attempt, emit=emit)
+        files = TaskRunFiles(
+            job.namespace, job.flow_id, job.execution_id, job.task.id, job.task_run_id
+        )
+        info = RunInfo(job.execution_id, job.task_run_id, job.attempt, emit=emit, files=files)
         body = asyncio.ensure_future(self._execute(job, info))
         self._running[key] = body
         try:
