@@ -26,7 +26,7 @@ def run_files(run: RunInfo) -> TaskRunFiles:
     return run.files
 
 
-def readable_key(run: RunInfo, uri: object, what: str) -> str:
+def readable_key(run: RunInfo, uri: object, what: str = "uri") -> str:
     """The key of ``uri`` when the run's execution may read it; TaskError naming ``what``."""
     files = run_files(run)
     access = ExecutionFiles(files.namespace, files.flow_id, files.execution_id)

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from kestream.executor.commands import LogLine, RunTask
@@ -25,7 +26,8 @@ from kestream.models.state import StateType
 from kestream.models.values import find_unportable, safe_text
 from kestream.storage.keys import TaskRunFiles
 from kestream.tasks.base import LOG_LEVEL_ORDER, LogLevel, RunInfo, TaskError, TaskOutcome
-from kestream.tasks.scripts.workdir import AttemptDirs, kept_root, write_input_files
+from kestream.tasks.files import readable_key
+from kestream.tasks.scripts.workdir import AttemptDirs, write_input_files
 from kestream.worker.blocking import run_blocking, task_bug
 from kestream.worker.pool import ProcessPool
 from kestream.worker.workdirs import SharedWorkdirs
@@ -152,7 +154,8 @@ class TaskRunner:
             with self.workdirs.use(job.execution_id, shared, job.task_run_id) as (path, new):
                 if new and shared.input_files:
                     dirs = AttemptDirs(path, path)  # inputFiles go to the working directory only
-                    write_input_files(shared.input_files, dirs, kept_root())
+                    readable = partial(readable_key, info, what="inputFiles")
+                    write_input_files(shared.input_files, dirs, readable)
                 info.working_dir = path
                 return await self._call(job, info)
         except TaskError as exc:

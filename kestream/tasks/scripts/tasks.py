@@ -4,7 +4,8 @@ One attempt: a fresh working directory; ``inputFiles`` written into it; the inte
 (``/bin/sh -c`` by default) given ``beforeCommands`` and the commands (or the script) joined by
 line breaks, after ``set -e`` when ``failFast`` (the default); stdout logged at INFO and stderr at
 ERROR line by line while the process runs; ``::{json}::`` protocol lines turned into ``vars``,
-metrics and logs (:mod:`.protocol`); ``outputFiles`` kept (:mod:`.workdir`); the directory removed.
+metrics and logs (:mod:`.protocol`); ``outputFiles`` stored (:mod:`.workdir`); the directory
+removed.
 
 Outputs: ``exitCode``, ``vars`` and, when the task exports files, ``outputFiles``. A non-zero exit
 fails the attempt with Kestra's message ("Command failed with code N") and keeps these outputs.
@@ -21,6 +22,7 @@ import asyncio
 import os
 import shutil
 import tempfile
+from functools import partial
 from typing import Any, ClassVar, Literal
 
 import orjson
@@ -29,6 +31,7 @@ from pydantic import Field, field_validator
 from kestream.models.state import StateType
 from kestream.settings import get_settings
 from kestream.tasks.base import LogLevel, RunInfo, RunnableTask, TaskError, TaskOutcome
+from kestream.tasks.files import readable_key, run_files
 from kestream.tasks.scripts import runners
 from kestream.tasks.scripts.process import run_process, run_to_end
 from kestream.tasks.scripts.protocol import Capture, ProtocolError, parse_line
@@ -39,7 +42,7 @@ from kestream.tasks.scripts.workdir import (
     attempt_dirs,
     collect_output_files,
     fill,
-    kept_root,
+    localize_uris,
     write_input_files,
 )
 
@@ -48,6 +51,8 @@ _PYTHON_ENV = {
     "PIP_ROOT_USER_ACTION": "ignore",
     "PIP_DISABLE_PIP_VERSION_CHECK": "1",
 }
+#: The properties whose ``kestra://`` URIs become paths of local copies (as in Kestra).
+_LOCALIZED = ("beforeCommands", "commands", "script")
 #: The worker's own settings (credentials among them) are not passed on to scripts.
 _PRIVATE_ENV_PREFIX = "KESTREAM_"
 
@@ -100,13 +105,17 @@ class ScriptTask(RunnableTask):
         )  # fmt: skip
         image = str(props.get("containerImage") or self.default_image)
         _note_placement(run, placement, image, given_image=bool(props.get("containerImage")))
-        kept_base = kept_root()
-        kept = kept_base / run.execution_id / run.task_run_id / str(run.attempt)
         capture = Capture()
         async with attempt_dirs(run.working_dir) as dirs:
             props = fill(props, dirs)
             inputs = _mapping(props.get("inputFiles"), "inputFiles")
-            await asyncio.to_thread(write_input_files, inputs, dirs, kept_base)
+            readable = partial(readable_key, run, what="inputFiles")
+            await asyncio.to_thread(write_input_files, inputs, dirs, readable)
+            for name in _LOCALIZED:
+                if props.get(name) is not None:
+                    props[name] = await asyncio.to_thread(
+                        localize_uris, props[name], dirs, readable
+                    )
             command = [*_strings(props["interpreter"], "interpreter"), self._script(props, dirs)]
             env = self._env(props, dirs)
             if placement.kind is RunnerKind.DOCKER:
@@ -115,7 +124,7 @@ class ScriptTask(RunnableTask):
                 local_env = {**_worker_env(), **env}
                 code = await _run(command, dirs, local_env, run, capture)
             globs = _strings(props.get("outputFiles"), "outputFiles")
-            files = await asyncio.to_thread(collect_output_files, globs, dirs, kept)
+            files = await asyncio.to_thread(collect_output_files, globs, dirs, run_files(run))
         outputs: dict[str, Any] = {"exitCode": code, "vars": capture.vars}
         if files or globs:
             outputs["outputFiles"] = files

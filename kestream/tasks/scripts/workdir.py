@@ -9,12 +9,11 @@ The executor renders a script's properties before the job reaches a worker, when
 does not exist yet: ``{{ workingDir }}`` and ``{{ outputDir }}`` render to the placeholders
 :data:`WORKING_DIR_MARK` and :data:`OUTPUT_DIR_MARK`, which :func:`fill` replaces here.
 
-**Output files without a storage.** kestream has no internal storage yet, so the files an attempt
-exports (``outputFiles`` globs, and everything written to the output directory) are copied to
-``<KESTREAM_DATA_DIR>/script-outputs/<execution>/<task run>/<attempt>/`` on the worker and the
-``outputFiles`` output maps each name to that file's absolute path. A later task on the same
-machine reads it (``cat {{ outputs.t.outputFiles['a.txt'] }}``, or as an ``inputFiles`` value,
-which copies it); nothing removes these files yet.
+**Files through the internal storage.** The files an attempt exports (``outputFiles`` globs, and
+everything written to the output directory) are stored under the task run's folder of the
+internal storage, and the ``outputFiles`` output maps each relative name to its ``kestra://``
+URI, as in Kestra. An ``inputFiles`` value that is such a URI (of the execution, or a namespace
+file) is downloaded into the working directory; any other value is the file's contents.
 
 **Symlinks.** A script (in a container, too) can leave symlinks in its directories; the worker
 never follows one. Collecting outputs skips a symlink, and any file whose real path is not inside
@@ -30,22 +29,25 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from kestream.settings import get_settings
+from kestream.storage.current import get_storage
+from kestream.storage.keys import StorageUriError, TaskRunFiles, file_name, is_uri, to_uri
 from kestream.tasks.base import TaskError
 
 WORKING_DIR_MARK = "@@kestream.workingDir@@"
 OUTPUT_DIR_MARK = "@@kestream.outputDir@@"
 #: Render variables that only the worker can know: what the executor renders in their place.
 WORKER_VARS = {"workingDir": WORKING_DIR_MARK, "outputDir": OUTPUT_DIR_MARK}
-_STORAGE_SCHEME = "kestra://"
+#: A storage URI inside a command (Kestra's pattern for the URIs its script tasks download).
+_URI_IN_TEXT = re.compile(r"kestra://[-a-zA-Z0-9%._+~#=/]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +87,6 @@ def fill(value: Any, dirs: AttemptDirs) -> Any:
     return value
 
 
-def kept_root() -> Path:
-    """Where output files are kept, by execution, task run and attempt (see the module doc)."""
-    return get_settings().data_path.resolve() / "script-outputs"
-
-
 def inside(base: Path, name: str, what: str) -> Path:
     """``base / name`` for a relative ``name`` that stays inside ``base``."""
     relative = PurePosixPath(name)
@@ -98,27 +95,59 @@ def inside(base: Path, name: str, what: str) -> Path:
     return base.joinpath(*relative.parts)
 
 
-def write_input_files(files: Mapping[str, Any], dirs: AttemptDirs, kept_root: Path) -> None:
+def write_input_files(
+    files: Mapping[str, Any], dirs: AttemptDirs, readable: Callable[[str], str]
+) -> None:
     """Write each ``name: contents`` into the working directory.
 
-    A value that is the path of a file exported by an earlier script (under ``kept_root``) is
-    copied, as Kestra copies a storage file; ``kestra://`` URIs are refused until kestream has a
-    storage.
+    A value that is a ``kestra://`` URI is the stored file it names, streamed from the storage;
+    ``readable`` turns it into its key, or raises :class:`TaskError` when the execution may not
+    read it.
     """
+    storage = get_storage()
     for name, value in files.items():
         text = "" if value is None else str(value)
-        if text.strip().startswith(_STORAGE_SCHEME):
-            raise TaskError(
-                f"inputFiles '{name}': storage URIs ({_STORAGE_SCHEME}...) are not supported yet, "
-                "kestream has no internal storage; give the file's contents instead"
-            )
-        kept = _kept_file(text.strip(), kept_root)
+        key = readable(text.strip()) if is_uri(text.strip()) else None
         with _open_input(dirs.work, str(name)) as target:
-            if kept is not None:
-                with kept.open("rb") as source:
-                    shutil.copyfileobj(source, target)
-            else:
+            if key is None:
                 target.write(text.encode("utf-8"))
+                continue
+            try:
+                for chunk in storage.chunks(key):
+                    target.write(chunk)
+            except FileNotFoundError:
+                raise TaskError(f"inputFiles '{name}': the file '{text}' does not exist") from None
+
+
+def localize_uris(value: Any, dirs: AttemptDirs, readable: Callable[[str], str]) -> Any:
+    """``value`` (a command, a script, lists of them) with each ``kestra://`` URI in its text
+    replaced by the path of a local copy, as Kestra's script tasks do: ``cat {{ outputs.t.uri }}``
+    reads the stored file. Copies go beside the working directory (``dirs.output``'s parent,
+    the attempt's own), so ``outputFiles`` globs never pick them up."""
+    copies: dict[str, str] = {}
+    storage = get_storage()
+
+    def local(match: re.Match[str]) -> str:
+        uri = match.group(0)
+        if uri not in copies:
+            key = readable(uri)
+            target = dirs.output.parent / "inputs" / str(len(copies)) / file_name(key)
+            target.parent.mkdir(parents=True)
+            try:
+                storage.download(key, target)
+            except FileNotFoundError:
+                raise TaskError(f"the file '{uri}' does not exist") from None
+            copies[uri] = str(target)
+        return copies[uri]
+
+    def walk(item: Any) -> Any:
+        if isinstance(item, str):
+            return _URI_IN_TEXT.sub(local, item)
+        if isinstance(item, list):
+            return [walk(part) for part in item]
+        return item
+
+    return walk(value)
 
 
 def _open_input(base: Path, name: str) -> BinaryIO:
@@ -142,20 +171,11 @@ def _open_input(base: Path, name: str) -> BinaryIO:
     return os.fdopen(handle, "wb")
 
 
-def _kept_file(text: str, kept_root: Path) -> Path | None:
-    if "\n" in text or not text.startswith("/"):
-        return None
-    path = Path(text)
-    try:
-        path.resolve().relative_to(kept_root.resolve())
-    except ValueError:
-        return None
-    return path if path.is_file() else None
-
-
-def collect_output_files(globs: list[str], dirs: AttemptDirs, keep_in: Path) -> dict[str, str]:
-    """Copy the files matching ``globs`` (relative to the working directory) and every file of
-    the output directory to ``keep_in``; map each relative name to its kept path."""
+def collect_output_files(
+    globs: list[str], dirs: AttemptDirs, files: TaskRunFiles
+) -> dict[str, str]:
+    """Store the files matching ``globs`` (relative to the working directory) and every file of
+    the output directory under the task run's folder; map each relative name to its URI."""
     found: dict[str, Path] = {}
     work = dirs.work.resolve()
     output = dirs.output.resolve()
@@ -167,18 +187,21 @@ def collect_output_files(globs: list[str], dirs: AttemptDirs, keep_in: Path) -> 
     for path in sorted(dirs.output.rglob("*")):
         if _plain_file_in(path, output):
             found.setdefault(path.relative_to(dirs.output).as_posix(), path)
-    kept: dict[str, str] = {}
+    storage = get_storage()
+    stored: dict[str, str] = {}
     for name, path in found.items():
-        target = keep_in.joinpath(*PurePosixPath(name).parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
         try:  # O_NOFOLLOW: a file swapped for a symlink since it was looked at is not read
             handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError as exc:
             raise TaskError(f"outputFiles '{name}': cannot read it ({exc.strerror})") from exc
-        with os.fdopen(handle, "rb") as source, target.open("wb") as copy:
-            shutil.copyfileobj(source, copy)
-        kept[name] = str(target)
-    return kept
+        try:
+            key = files.key(name)
+        except StorageUriError as exc:
+            raise TaskError(f"outputFiles '{name}': {exc}") from None
+        with os.fdopen(handle, "rb") as source:
+            storage.put(key, source)
+        stored[name] = to_uri(key)
+    return stored
 
 
 def _plain_file_in(path: Path, base: Path) -> bool:

@@ -18,6 +18,7 @@ from kestream.models.execution import Execution
 from kestream.models.flow import FlowValidationError
 from kestream.models.state import StateType
 from kestream.settings import get_settings
+from kestream.storage import get_storage, parse_uri, set_storage
 from kestream.tasks.scripts import runners
 from kestream.tasks.scripts.workdir import AttemptDirs
 from kestream.testing import Driver
@@ -34,8 +35,10 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("KESTREAM_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     get_settings.cache_clear()
+    set_storage(None)  # the storage is built again from these settings
     yield tmp_path / "data"
     get_settings.cache_clear()
+    set_storage(None)
 
 
 def _run(flow: str) -> tuple[Execution, list[tuple[str | None, str, str]]]:
@@ -161,17 +164,21 @@ def test_input_files_output_files_and_output_dir(data_dir: Path) -> None:
     type: io.kestra.plugin.scripts.shell.Commands
     inputFiles:
       again.txt: "{{ outputs.make.outputFiles['copy.txt'] }}"
+      extra.txt: "{{ outputs.make.outputFiles['from-output-dir.txt'] }}"
     commands:
-      - cat {{ outputs.make.outputFiles['from-output-dir.txt'] }}
+      - cat extra.txt
       - cat again.txt
 """
     )
     assert execution.state.current is S.SUCCESS, logs
     files = _task(execution, "make").outputs["outputFiles"]
     assert set(files) == {"copy.txt", "data/in.txt", "from-output-dir.txt"}
-    for path in files.values():
-        assert Path(path).is_file() and Path(path).is_relative_to(data_dir.resolve())
-    assert Path(files["copy.txt"]).read_text() == "input of t"
+    run_id = _task(execution, "make").id
+    folder = f"kestra:///test/scripts/t/executions/{execution.id}/tasks/make/{run_id}/"
+    assert files == {name: folder + name for name in files}
+    stored = data_dir / "storage" / folder.removeprefix("kestra:///")
+    assert (stored / "copy.txt").read_text() == "input of t"
+    assert (stored / "data" / "in.txt").read_text() == "input of t"
     used = [message for task, _, message in logs if task == "use"]
     assert used == ["extra", "input of t"]
 
@@ -254,7 +261,8 @@ def test_python_commands_and_a_failing_python_script() -> None:
             """inputFiles:
       data.csv: kestra:///company/team/file.csv
     commands: [cat data.csv]""",
-            "inputFiles 'data.csv': storage URIs (kestra://...) are not supported yet",
+            "inputFiles: Unable to read the file 'kestra:///company/team/file.csv' as it didn't "
+            "belong to the current execution",
         ),
         (
             """inputFiles:
@@ -393,7 +401,9 @@ def test_examples_from_kestras_documentation_run_unchanged(example: Path) -> Non
 
 
 def _files(outputs: dict[str, Any], task: str) -> dict[str, str]:
-    return {name: Path(path).read_text() for name, path in outputs[task]["outputFiles"].items()}
+    storage = get_storage()
+    files = outputs[task]["outputFiles"].items()
+    return {name: storage.get(parse_uri(uri)).decode() for name, uri in files}
 
 
 EXAMPLE_CHECKS: dict[str, Any] = {

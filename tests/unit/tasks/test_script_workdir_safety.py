@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kestream.settings import get_settings
+from kestream.storage import Storage, TaskRunFiles, parse_uri, set_storage, using_storage
 from kestream.tasks.base import TaskError
 from kestream.tasks.scripts.workdir import (
     AttemptDirs,
@@ -22,6 +23,12 @@ from kestream.tasks.scripts.workdir import (
     write_input_files,
 )
 from kestream.testing import Driver
+
+FILES = TaskRunFiles("ns", "flow", "E1", "task", "R1")
+
+
+def _no_uris(uri: str) -> str:
+    raise AssertionError(f"no storage URI expected here, got {uri}")
 
 
 @pytest.fixture()
@@ -46,7 +53,7 @@ def test_input_names_must_be_relative_without_parent_steps(
     dirs: AttemptDirs, tmp_path: Path, name: str
 ) -> None:
     with pytest.raises(TaskError, match="give a relative path inside the working directory"):
-        write_input_files({name: "x"}, dirs, tmp_path / "kept")
+        write_input_files({name: "x"}, dirs, _no_uris)
 
 
 def test_an_input_is_not_written_through_a_symlinked_folder(
@@ -54,7 +61,7 @@ def test_an_input_is_not_written_through_a_symlinked_folder(
 ) -> None:
     (dirs.work / "sub").symlink_to(secret.parent, target_is_directory=True)
     with pytest.raises(TaskError, match="'sub' is a symlink"):
-        write_input_files({"sub/planted.txt": "x"}, dirs, tmp_path / "kept")
+        write_input_files({"sub/planted.txt": "x"}, dirs, _no_uris)
     assert sorted(path.name for path in secret.parent.iterdir()) == ["secret.txt"]
 
 
@@ -63,14 +70,14 @@ def test_an_input_is_not_written_through_a_symlinked_file(
 ) -> None:
     (dirs.work / "in.txt").symlink_to(secret)
     with pytest.raises(TaskError, match=re.escape("inputFiles 'in.txt': cannot write it")):
-        write_input_files({"in.txt": "overwritten"}, dirs, tmp_path / "kept")
+        write_input_files({"in.txt": "overwritten"}, dirs, _no_uris)
     assert secret.read_text() == "hunter2"
 
 
 def test_inputs_in_new_and_existing_folders_are_written(dirs: AttemptDirs, tmp_path: Path) -> None:
     (dirs.work / "old").mkdir()
     (dirs.work / "old" / "a.txt").write_text("previous, longer contents")
-    write_input_files({"old/a.txt": "new", "x/y/b.txt": "b"}, dirs, tmp_path / "kept")
+    write_input_files({"old/a.txt": "new", "x/y/b.txt": "b"}, dirs, _no_uris)
     assert (dirs.work / "old" / "a.txt").read_text() == "new"
     assert (dirs.work / "x" / "y" / "b.txt").read_text() == "b"
 
@@ -85,9 +92,10 @@ def test_output_symlinks_are_never_followed(
     (dirs.work / "w-dir").symlink_to(secret.parent, target_is_directory=True)
     (dirs.work / "w.txt").write_text("work")
     keep = tmp_path / "kept"
-    kept = collect_output_files(["*.txt", "w-dir/*", "**/*.txt"], dirs, keep)
-    assert sorted(kept) == ["plain.txt", "w.txt"]
-    assert Path(kept["plain.txt"]).read_text() == "mine"
+    with using_storage(Storage.local(keep)) as storage:
+        kept = collect_output_files(["*.txt", "w-dir/*", "**/*.txt"], dirs, FILES)
+        assert sorted(kept) == ["plain.txt", "w.txt"]
+        assert storage.get(parse_uri(kept["plain.txt"])) == b"mine"
     assert "hunter2" not in {path.read_text() for path in keep.rglob("*") if path.is_file()}
 
 
@@ -96,7 +104,7 @@ def test_output_globs_that_leave_the_working_directory_are_refused(
     dirs: AttemptDirs, tmp_path: Path, pattern: str
 ) -> None:
     with pytest.raises(TaskError, match=re.escape(f"outputFiles '{pattern}'")):
-        collect_output_files([pattern], dirs, tmp_path / "kept")
+        collect_output_files([pattern], dirs, FILES)
 
 
 async def test_attempt_dirs_are_removed_afterwards_even_with_many_files() -> None:
@@ -111,8 +119,10 @@ async def test_attempt_dirs_are_removed_afterwards_even_with_many_files() -> Non
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("KESTREAM_DATA_DIR", str(tmp_path / "data"))
     get_settings.cache_clear()
+    set_storage(None)  # the storage is built again from these settings
     yield tmp_path / "data"
     get_settings.cache_clear()
+    set_storage(None)
 
 
 def test_a_script_linking_a_host_file_into_its_output_exports_nothing_of_it(

@@ -22,6 +22,7 @@ from kestream.models.state import StateType
 from kestream.plugins import loading
 from kestream.plugins.context import RunContext
 from kestream.settings import get_settings
+from kestream.storage import get_storage, parse_uri, set_storage
 from kestream.tasks import registry
 from kestream.tasks.base import TaskError
 from kestream.testing import Driver
@@ -37,8 +38,10 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("KESTREAM_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     get_settings.cache_clear()
+    set_storage(None)  # the storage is built again from these settings
     yield tmp_path / "data"
     get_settings.cache_clear()
+    set_storage(None)
 
 
 @pytest.fixture
@@ -102,7 +105,7 @@ def test_a_shell_child_writes_a_file_a_python_child_reads_it_a_third_exports_it(
     assert _task(execution, "read").outputs["vars"] == {"text": "rows=3"}
     files = _task(execution, "export").outputs["outputFiles"]
     assert sorted(files) == ["data.txt", "more.txt"]
-    assert Path(files["more.txt"]).read_text() == "rows=3;read"
+    assert get_storage().get(parse_uri(files["more.txt"])) == b"rows=3;read"
     shared = Path(_task(execution, "write").outputs["vars"]["dir"])
     assert not shared.exists()  # the directory itself was removed
     assert _task(execution, "log").state.current is S.SUCCESS
