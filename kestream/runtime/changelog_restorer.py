@@ -19,10 +19,11 @@ references to the values the changelog encoding makes anyway.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
@@ -35,9 +36,17 @@ from kestream.runtime.compacted import read_partitions
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.kafka import make_consumer
 
-__all__ = ["ChangelogMirror", "ChangelogRestorer", "Recovered", "RecoveryFailed"]
+__all__ = [
+    "ChangelogMirror",
+    "ChangelogRestorer",
+    "Recovered",
+    "RecoveryFailed",
+    "RecoveryStopped",
+]
 
 log = logging.getLogger("kestream.executor")
+
+T = TypeVar("T")
 
 #: Records of one execution, by changelog key.
 ExecutionRecords = dict[str, Any]
@@ -45,6 +54,10 @@ ExecutionRecords = dict[str, Any]
 
 class RecoveryFailed(RuntimeError):
     """The changelog of assigned partitions could not be read, after retries."""
+
+
+class RecoveryStopped(Exception):
+    """The processor is stopping: a recovery under way gave up (not a failure)."""
 
 
 class ChangelogMirror:
@@ -98,11 +111,17 @@ class ChangelogRestorer:
         *,
         attempts: int = 4,
         backoff_s: float = 0.5,
+        request_timeout_ms: int | None = None,
     ) -> None:
+        """``attempts`` reads, ``backoff_s`` before the second, doubling; each read's broker
+        requests wait ``request_timeout_ms`` (default: the client's, 40 s)."""
         self.ctx = ctx
         self.registry = registry
         self.attempts = attempts
         self.backoff_s = backoff_s
+        self.request_timeout_ms = request_timeout_ms
+        #: Set when the processor stops: a read under way, or a wait before the next, ends.
+        self.stopping = asyncio.Event()
 
     async def recover(self, partitions: set[int]) -> tuple[dict[int, Recovered], dict[int, int]]:
         """Rebuild ``partitions`` from their whole changelog (retried, see :meth:`read`);
@@ -116,12 +135,13 @@ class ChangelogRestorer:
         """The last record of each key of each changelog partition, by execution, read from
         ``start[p]`` (a checkpoint: tombstones are kept, as None, to apply to what was known
         there) or from the beginning; and each partition's end. A failed read is retried;
-        :class:`RecoveryFailed` once the attempts are spent."""
+        :class:`RecoveryFailed` once the attempts are spent, :class:`RecoveryStopped` when
+        :attr:`stopping` is set meanwhile."""
         delay = self.backoff_s
         for attempt in range(1, self.attempts + 1):
             try:
-                return await self._read(partitions, start or {})
-            except asyncio.CancelledError:
+                return await self._unless_stopping(self._read(partitions, start or {}))
+            except (asyncio.CancelledError, RecoveryStopped):
                 raise
             except Exception as exc:
                 if attempt == self.attempts:
@@ -134,9 +154,25 @@ class ChangelogRestorer:
                     "retrying in %.1fs",
                     sorted(partitions), attempt, self.attempts, exc, delay,
                 )  # fmt: skip
-                await asyncio.sleep(delay)
+                await self._unless_stopping(asyncio.sleep(delay))
                 delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _unless_stopping(self, work: Coroutine[Any, Any, T]) -> T:
+        """``work``'s result, or :class:`RecoveryStopped` as soon as :attr:`stopping` is set
+        (``work`` is cancelled: a stopping processor never waits for a slow broker)."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            raise RecoveryStopped()
+        return task.result()
 
     async def _read(
         self, partitions: set[int], start: dict[int, int]
@@ -148,7 +184,8 @@ class ChangelogRestorer:
             _keep_latest(latest[rec.partition], rec, tombstones=rec.partition in start)
 
         topic = ctx.topics.changelog
-        consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=None)
+        extra = {"request_timeout_ms": self.request_timeout_ms} if self.request_timeout_ms else {}
+        consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=None, **extra)
         await consumer.start()
         try:
             tps = [TopicPartition(topic, p) for p in sorted(partitions)]
@@ -201,12 +238,20 @@ def _keep_latest(
     tombstones: bool = False,
 ) -> None:
     """Keep ``rec`` as its key's latest record; a tombstone deletes the key, or, read from a
-    checkpoint (``tombstones``), is kept as None to delete it from what was known there."""
-    key = rec.key.decode()
+    checkpoint (``tombstones``), is kept as None to delete it from what was known there.
+    A record no processor could have written (no key, a value that is not JSON) is skipped
+    and logged: one bad record must not stop the recovery of the whole partition."""
+    try:
+        key = rec.key.decode()
+        value = records.loads(rec.value) if rec.value is not None else None
+    except (AttributeError, UnicodeDecodeError, records.RecordError) as exc:
+        log.error("skipping the unreadable changelog record at %s[%d]@%d: %s",
+                  rec.topic, rec.partition, rec.offset, exc)  # fmt: skip
+        return
     execution_id = codec.execution_of(key)
     recs = by_execution.setdefault(execution_id, {})
-    if rec.value is not None:
-        recs[key] = records.loads(rec.value)
+    if value is not None:
+        recs[key] = value
     elif tombstones:
         recs[key] = None
     else:

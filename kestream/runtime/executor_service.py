@@ -62,6 +62,7 @@ from kestream.runtime.changelog_restorer import (
     ChangelogRestorer,
     ExecutionRecords,
     RecoveryFailed,
+    RecoveryStopped,
 )
 from kestream.runtime.command_router import CommandRouter
 from kestream.runtime.context import BrokerContext
@@ -190,6 +191,7 @@ class ExecutorService:
 
     async def stop(self) -> None:
         self._stopping = True
+        self.restorer.stopping.set()  # a recovery under way gives up
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -476,6 +478,8 @@ class ExecutorService:
             if new:
                 try:
                     await self._recover(new)
+                except RecoveryStopped:
+                    return  # stopping: the partitions' next owner recovers them
                 except RecoveryFailed as exc:
                     log.error("executor cannot recover partitions %s; stopping: %s",
                               sorted(new), exc)  # fmt: skip

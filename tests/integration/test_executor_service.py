@@ -12,6 +12,8 @@ from executor_harness import Harness, wait_for
 
 from kestream.executor import events as ev
 from kestream.runtime import records
+from kestream.runtime.changelog_restorer import RecoveryFailed
+from kestream.runtime.executor_service import ExecutorService
 from kestream.runtime.kafka import make_consumer
 
 pytestmark = pytest.mark.integration
@@ -280,5 +282,34 @@ async def test_partitions_handed_back_are_recovered_from_their_checkpoint(
         await asyncio.sleep(1.0)
         for execution_id in ids:
             assert sum(1 for u in harness.updates[execution_id] if u["terminal"]) == 1
+    finally:
+        await harness.close()
+
+
+async def test_a_changelog_that_cannot_be_read_stops_the_processor_loudly(
+    broker, topic_prefix, make_topic
+) -> None:  # type: ignore[no-untyped-def]
+    """Recovery of a partition whose changelog partition does not exist (a changelog topic made
+    with too few partitions) fails after its retries: the processor reports the failure, is no
+    longer live, and owns nothing; it does not go on without the state."""
+    await make_topic("executor-state-changelog", 1)  # the inputs get 4 partitions
+    harness = await Harness.open(broker.bootstrap, topic_prefix)
+    failures: list[BaseException] = []
+    try:
+        harness.deploy(W1)
+        service = ExecutorService(harness.ctx, harness.registry, on_failure=failures.append)
+        service.restorer.backoff_s = 0.05
+        service.restorer.attempts = 2
+        service.restorer.request_timeout_ms = 3000  # each read fails in seconds, not 40 s
+        harness.services.append(service)
+        await service.start()
+        await wait_for(lambda: bool(failures), 60)
+        (failure,) = failures
+        assert isinstance(failure, RecoveryFailed)
+        assert "after 2 attempts" in str(failure)
+        assert service.failure is failure
+        assert not service.is_live and not service.is_ready and service.owned == set()
+        await wait_for(lambda: service._task is not None and service._task.done(), 30)
+        assert isinstance(service._task.exception(), RecoveryFailed)  # type: ignore[union-attr]
     finally:
         await harness.close()

@@ -246,3 +246,45 @@ def test_a_broker_failure_while_flushing_stops_the_processor() -> None:
     service.writer.producer = _Producer(refused=b"", broken=True)  # type: ignore[assignment]
     with pytest.raises(kafka_errors.KafkaConnectionError):
         asyncio.run(service.writer.produce([("t", "k", b"v", None)]))
+
+
+def test_a_stop_ends_a_recovery_under_way_without_calling_it_a_failure() -> None:
+    service = _service(PAUSED)
+    service.owned = set()
+    failures: list[BaseException] = []
+    service.on_failure = failures.append
+    started = asyncio.Event()
+
+    async def slow(partitions: set[int], start: dict[int, int]) -> Any:
+        started.set()
+        await asyncio.sleep(3600)  # a broker that does not answer
+
+    service.restorer._read = slow  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        assigning = asyncio.create_task(service.assigned({0}))
+        await started.wait()
+        await service.stop()  # no loop, consumer or producer started: only the recovery
+        await asyncio.wait_for(assigning, 5)
+
+    asyncio.run(scenario())
+    assert failures == [] and service.failure is None and service.owned == set()
+
+
+def test_unreadable_changelog_records_are_skipped_not_fatal() -> None:
+    from aiokafka.structs import ConsumerRecord
+
+    from kestream.runtime.changelog_restorer import _keep_latest
+
+    def rec(offset: int, key: bytes | None, value: bytes | None) -> ConsumerRecord[Any, Any]:
+        return ConsumerRecord("changelog", 0, offset, 0, 0, key, value, None, 0, 0, [])
+
+    latest: dict[str, Any] = {}
+    for record in (
+        rec(0, b"e1", b'{"ns": "a"}'),
+        rec(1, None, b"{}"),  # no key
+        rec(2, b"e1#", b"\xff not json"),
+        rec(3, b"e1/run", b'{"n": 1}'),
+    ):
+        _keep_latest(latest, record)
+    assert latest == {"e1": {"e1": {"ns": "a"}, "e1/run": {"n": 1}}}
