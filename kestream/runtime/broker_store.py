@@ -52,6 +52,10 @@ log = logging.getLogger("kestream.broker_store")
 
 #: How often the committed offsets are snapshot, and the topic list refreshed.
 SNAPSHOT_EVERY_S = 1.0
+#: How long the mirror's Fetch waits on Tansu, which answers it only then (no wake-up on new
+#: data): the mirror's lag behind the broker, so what a kill -9 of everything can lose. Tansu's
+#: 10 ms (the roles' value) cost the mirror 5.8 % of a core when idle, 50 ms 2.0 %.
+MIRROR_FETCH_WAIT_MS = 50
 TOPICS_EVERY_S = 2.0
 _OFFSETS_TIMEOUT_S = 5.0
 _SEND_WINDOW = 2000  # records produced before their acks are checked, during a restore
@@ -242,7 +246,9 @@ class BrokerStore:
         """Start following the broker from where the files end."""
         self._stopping.clear()
         self._bootstrap = bootstrap
-        consumer = make_consumer(self.settings, bootstrap, "tansu", group_id=None)
+        consumer = make_consumer(
+            self.settings, bootstrap, "tansu", group_id=None, fetch_max_wait_ms=MIRROR_FETCH_WAIT_MS
+        )
         await consumer.start()
         self._metadata = make_client(self.settings, bootstrap, timeout=10.0)
         await self._metadata.bootstrap()
