@@ -206,6 +206,7 @@ class _LocalRuntime:
         from kestream.runtime.executor_service import ExecutorService
         from kestream.runtime.flows_table import FlowsTable
         from kestream.runtime.kafka_connection import embedded_refusal
+        from kestream.runtime.kv_table import KVTablePart
         from kestream.runtime.process import tune_gc
         from kestream.runtime.worker_service import WorkerService
 
@@ -222,6 +223,8 @@ class _LocalRuntime:
         except BrokerUnavailable as exc:
             raise _fail(exc.reason) from None
         self.ctx = await connect(self.settings, bootstrap)
+        kv = await KVTablePart.start(self.ctx)
+        self.parts = [kv]
         registry = FlowRegistry()
         table = FlowsTable(self.ctx, registry)
         await table.start()
@@ -232,7 +235,7 @@ class _LocalRuntime:
             self.ctx, registry, own_all_partitions=private, route_worker_groups=not private
         )
         worker = WorkerService(self.ctx, registry, own_all_partitions=private)
-        self.parts = [table, executor, worker]
+        self.parts = [kv, table, executor, worker]
         await executor.start()
         await worker.start()
         self.client = await Client.connect(self.settings, bootstrap=bootstrap)

@@ -46,6 +46,7 @@ _SECRET_FILE_FIELDS = (
     "api_tokens",
     "index_url",
     "storage_s3_secret_access_key",
+    "encryption_key",
 )
 
 
@@ -304,6 +305,29 @@ class Settings(BaseSettings):
         description="KESTREAM_API_URL: where workers reach the API for the tasks that work on "
         "its execution index (PurgeExecutions, PurgeLogs), with the API's credentials; unset: "
         "http://KESTREAM_WEB_HOST:KESTREAM_WEB_PORT (127.0.0.1 for a wildcard host).",
+    )
+    kv_sync_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="KESTREAM_KV_SYNC_TIMEOUT_S: longest wait of a KV read or write for the "
+        "KV table to catch up with the broker (every acknowledged write is read back); past "
+        "it, kv() or the KV task fails saying the KV store did not answer.",
+    )
+    secrets_file: str | None = Field(
+        default=None,
+        description="KESTREAM_SECRETS_FILE: a YAML or JSON map of secret names to plain values, "
+        "read by workers for secret(); names found here win over SECRET_<NAME> variables "
+        "(base64, Kestra's convention).",
+    )
+    encryption_key: SecretStr | None = Field(
+        default=None,
+        description="KESTREAM_ENCRYPTION_KEY: key that encrypts SECRET inputs at rest (any text "
+        "of 32 characters or more; masked in dumps); without it a flow with a SECRET input "
+        "is refused when an execution starts. Or KESTREAM_ENCRYPTION_KEY_FILE.",
+    )
+    encryption_key_file: str | None = Field(
+        default=None,
+        description="KESTREAM_ENCRYPTION_KEY_FILE: file holding KESTREAM_ENCRYPTION_KEY.",
     )
     scheduler_tick_ms: int = Field(
         default=1000,

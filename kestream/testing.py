@@ -25,6 +25,8 @@ from kestream.executor.snapshot import execution_model
 from kestream.executor.state import ExecutionState
 from kestream.executor.step import Executor
 from kestream.executor.timers import TimerQueue
+from kestream.kv.memory import MemoryKVStore
+from kestream.kv.store import KV_STORE, use_store
 from kestream.models.clock import Clock, ManualClock, utc_now
 from kestream.models.execution import Execution, LogEntry
 from kestream.models.flow import Flow, parse_flow
@@ -59,6 +61,8 @@ class Driver:
         # drivers of a process share them, ended when it exits.
         self.runner = TaskRunner(clock=clock, processes=shared_pool(get_settings().task_threads))
         self._purger = DriverPurger(self)
+        #: The driver's KV store: ``kv()`` and the KV tasks of its executions read and write it.
+        self.kv = MemoryKVStore(clock)
         self.states: dict[str, ExecutionState] = {}
         self._logs: dict[str, list[cmd.LogLine]] = {}
         self._events: deque[ev.Event] = deque()
@@ -307,7 +311,8 @@ class Driver:
         while self._events:
             event = self._events.popleft()
             state = self.states.get(event.execution_id)
-            result = self.executor.step(state, event)
+            with use_store(self.kv):  # kv() renders in the step
+                result = self.executor.step(state, event)
             if result.state is not None and state is None:
                 self.states[result.state.id] = result.state
             for command in result.commands:
@@ -318,6 +323,7 @@ class Driver:
             # The purge tasks it runs delete from this driver (kestream.testing_purge).
             context = contextvars.copy_context()
             context.run(PURGER.set, self._purger)
+            context.run(KV_STORE.set, self.kv)
             task = asyncio.get_running_loop().create_task(self.runner.run(command), context=context)
             self._inflight.add(task)
         elif isinstance(command, cmd.KillTask):

@@ -17,10 +17,12 @@ from aiohttp import web
 from aiokafka.errors import MessageSizeTooLargeError
 
 from kestream.api.execution_routes import ExecutionRoutes
+from kestream.api.file_routes import FileRoutes
 from kestream.api.flow_routes import FlowRoutes
 from kestream.api.guard import install_guard
 from kestream.api.handle import ApiHandle
 from kestream.api.http import ApiError
+from kestream.api.kv_routes import KVRoutes
 from kestream.api.log_routes import LogRoutes
 from kestream.api.openapi import (
     OPENAPI_JSON_PATH,
@@ -43,9 +45,11 @@ def api_routes(handle: ApiHandle) -> list[web.RouteDef]:
     routes = [
         *WebhookRoutes(handle).routes(),
         *PurgeRoutes(handle).routes(),  # before /executions/{executionId}
+        *FileRoutes(handle).routes(),
         *ExecutionRoutes(handle).routes(),
         *FlowRoutes(handle).routes(),
         *LogRoutes(handle).routes(),
+        *KVRoutes(handle).routes(),
     ]
     return routes
 

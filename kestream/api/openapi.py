@@ -127,6 +127,24 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         query=(*_PAGE, Param("namespace"), Param("flowId"), Param("state", repeated=True)),
         responses={200: _OK_JSON, 422: _ERRORS[422]},
     ),
+    ("GET", _T + "/executions/{executionId}/file"): Operation(
+        "downloadFileFromExecution",
+        "Executions",
+        query=(Param("path", description="kestra:// URI of a file of the execution"),),
+        responses={200: ("application/octet-stream", "The file"), 404: _ERRORS[404]},
+    ),
+    ("GET", _T + "/executions/{executionId}/file/metas"): Operation(
+        "getFileMetadatasFromExecution",
+        "Executions",
+        query=(Param("path"),),
+        responses={200: _OK_JSON, 404: _ERRORS[404]},
+    ),
+    ("GET", _T + "/executions/{executionId}/file/preview"): Operation(
+        "previewFileFromExecution",
+        "Executions",
+        query=(Param("path"), Param("maxRows", "integer"), Param("encoding")),
+        responses={200: _OK_JSON, 404: _ERRORS[404]},
+    ),
     ("GET", _T + "/executions/{executionId}"): Operation(
         "getExecution", "Executions", responses={200: _OK_JSON, 404: _ERRORS[404]}
     ),
@@ -174,6 +192,18 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Logs",
         query=_LOG_FILTERS,
         responses={200: (_SSE, "Server-sent events")},
+    ),
+    ("GET", _T + "/namespaces/{namespace}/kv"): Operation(
+        "listKeys", "KV", responses={200: _OK_JSON}
+    ),
+    ("GET", _T + "/namespaces/{namespace}/kv/{key}"): Operation(
+        "getKeyValue", "KV", responses={200: _OK_JSON, 404: _ERRORS[404]}
+    ),
+    ("PUT", _T + "/namespaces/{namespace}/kv/{key}"): Operation(
+        "setKeyValue", "KV", body="text/plain", responses={200: (_JSON, "Set")}
+    ),
+    ("DELETE", _T + "/namespaces/{namespace}/kv/{key}"): Operation(
+        "deleteKeyValue", "KV", responses={200: _OK_JSON}
     ),
     **{
         (method, _T + "/executions/webhook/{namespace}/{flowId}/{key}"): Operation(

@@ -10,6 +10,8 @@ from typing import Any
 
 from kestream.executor.instance_variables import instance_variables
 from kestream.executor.state import ExecutionState, TaskRunState
+from kestream.expressions import RenderError
+from kestream.kv.store import KVUnavailable, current_store
 from kestream.models.clock import Clock
 from kestream.storage.access import ExecutionFiles
 from kestream.tasks.working_directory import WorkingDirectory
@@ -28,6 +30,15 @@ def nested_labels(labels: dict[str, str]) -> dict[str, Any]:
             node = child
         node[last] = value
     return out
+
+
+def kv_lookup(namespace: str, key: str) -> tuple[bool, Any]:
+    """What ``kv()`` reads: ``(found, value)`` from the process's KV store, read as of now."""
+    try:
+        entry = current_store().get(namespace, key)
+    except KVUnavailable as exc:
+        raise RenderError(str(exc)) from None
+    return (False, None) if entry is None else (True, entry.value)
 
 
 def execution_context(
@@ -51,6 +62,7 @@ def execution_context(
         "@files": ExecutionFiles.of(
             flow.namespace, flow.id, st.id, (st.trigger or {}).get("variables")
         ),
+        "@kv": kv_lookup,
     }
     instance = instance_variables()  # ``envs`` and ``globals``, set for the whole process
     base["envs"] = instance.envs

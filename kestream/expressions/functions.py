@@ -2,8 +2,9 @@
 ``currentEachOutput``, ``errorLogs``, ``uuid``, ``randomInt`` (``now`` lives with the date filters).
 
 Context-aware functions read the reserved ``@``-keys of the render context, which templates
-themselves cannot name. Nothing here touches files, the environment or the network, so Kestra's
-``read``, ``secret``, ``kv``, ``fileURI`` and ``printContext`` deliberately do not exist.
+themselves cannot name. Nothing here touches files, the environment or the network: ``kv`` asks
+the lookup its caller put in ``@kv`` (the executor's: the process's KV store), and ``secret`` the
+resolver in ``@secret`` (only the worker has one; :mod:`kestream.secrets`).
 """
 
 from __future__ import annotations
@@ -155,3 +156,42 @@ def random_int(lower: Any, upper: Any) -> int:
     if not (isinstance(lower, int) and isinstance(upper, int)) or lower >= upper:
         raise RenderError("expects integers with lower < upper")
     return random.randrange(lower, upper)
+
+
+@template_function("kv", uses_ctx=True)
+def kv(ctx: Mapping[str, Any], key: Any, namespace: Any = None, errorOnMissing: Any = False) -> Any:
+    """A KV entry's value, of the flow's namespace unless ``namespace`` names another.
+
+    A missing key gives ``null``, or fails the render when ``errorOnMissing`` is true (Kestra
+    0.21's default is false).
+    """
+    lookup = ctx.get("@kv")
+    if lookup is None:
+        raise RenderError("the KV store cannot be read here")
+    if namespace is None:
+        flow = ctx.get("flow")
+        namespace = flow.get("namespace") if isinstance(flow, Mapping) else None
+    if not isinstance(key, str) or not isinstance(namespace, str):
+        raise RenderError("expects a key and a namespace given as strings")
+    found, value = lookup(namespace, key)
+    if not found:
+        if errorOnMissing is True:
+            raise RenderError(f"The key '{key}' does not exist in the namespace '{namespace}'.")
+        return None
+    return value
+
+
+@template_function("secret", uses_ctx=True)
+def secret(ctx: Mapping[str, Any], key: Any) -> Any:
+    """A secret's value: only where a resolver is in ``@secret`` (the worker, at the last moment).
+
+    Elsewhere (the executor) a template that calls ``secret`` is never rendered: its text travels
+    to the worker unrendered (:mod:`kestream.secrets.deferred`), so this error means a caller
+    rendered it where it must not.
+    """
+    resolve = ctx.get("@secret")
+    if resolve is None:
+        raise RenderError("secret() is only resolved on a worker, when the task runs")
+    if not isinstance(key, str):
+        raise RenderError("expects a secret name given as a string")
+    return resolve(key)

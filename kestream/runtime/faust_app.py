@@ -217,11 +217,29 @@ async def start_role(
     added to ``health``. The process is first marked non-dumpable, so that scripts (run under
     the same user) cannot read its secrets from ``/proc`` (:mod:`kestream.runtime.secrecy`).
     """
-    from kestream.runtime.flows_table import FlowsTable
+    from kestream.runtime.kv_table import KVTablePart
     from kestream.runtime.secrecy import make_non_dumpable
 
     make_non_dumpable()
     health = health or Health(role)
+    if role == "scheduler":
+        return await _start_table_and_processor(role, ctx, on_failure, health)
+    kv = await KVTablePart.start(ctx)  # kv() in the executor, the KV tasks, the API's KV routes
+    try:
+        parts = await _start_role_parts(role, ctx, on_failure, health, api)
+    except BaseException:
+        await kv.stop()
+        raise
+    return [kv, *parts]
+
+
+async def _start_role_parts(
+    role: str,
+    ctx: BrokerContext,
+    on_failure: Callable[[BaseException], None] | None,
+    health: Health,
+    api: ApiHandle | None,
+) -> list[Any]:
     if role == "api":
         from kestream.api.service import ApiService
 
@@ -238,6 +256,17 @@ async def start_role(
             ),
         )
         return [service]
+    return await _start_table_and_processor(role, ctx, on_failure, health)
+
+
+async def _start_table_and_processor(
+    role: str,
+    ctx: BrokerContext,
+    on_failure: Callable[[BaseException], None] | None,
+    health: Health,
+) -> list[Any]:
+    from kestream.runtime.flows_table import FlowsTable
+
     registry = FlowRegistry()
     table = FlowsTable(ctx, registry)
     try:

@@ -36,6 +36,8 @@ class Topics:
     dead_letter: str
     triggers: str
     members: str
+    #: The KV store (:mod:`kestream.runtime.kv_table`): compacted, keyed ``namespace/key``.
+    kv: str
 
     @classmethod
     def of(cls, settings: Settings) -> Topics:
@@ -50,6 +52,7 @@ class Topics:
             dead_letter=settings.topic("dead-letter"),
             triggers=settings.topic("triggers"),
             members=settings.topic("members"),
+            kv=settings.topic("kv"),
         )
 
     def group_tasks(self, key: str) -> str:
@@ -74,6 +77,7 @@ class Topics:
             (self.dead_letter, 1, False),
             (self.triggers, 1, True),
             (self.members, 1, True),
+            (self.kv, 1, True),
         ]
 
 

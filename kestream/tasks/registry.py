@@ -16,6 +16,11 @@ from kestream.tasks.execution import Assert, Exit, Labels
 from kestream.tasks.flow import AllowFailure, If, Parallel, Sequential, Switch
 from kestream.tasks.http import Request
 from kestream.tasks.http_download import Download
+from kestream.tasks.kv import Delete as KVDelete
+from kestream.tasks.kv import Get as KVGet
+from kestream.tasks.kv import GetKeys as KVGetKeys
+from kestream.tasks.kv import PurgeKV
+from kestream.tasks.kv import Set as KVSet
 from kestream.tasks.loop_until import LoopUntil
 from kestream.tasks.loops import EachParallel, EachSequential, ForEach
 from kestream.tasks.pause import Pause
@@ -35,6 +40,7 @@ TASK_CLASSES: tuple[type[Task], ...] = (
     ForEach, EachSequential, EachParallel, Subflow, LoopUntil, Dag,
     Request, Labels, Assert, Exit, PurgeExecutions, PurgeLogs,
     ShellCommands, ShellScript, PythonCommands, PythonScript,
+    KVSet, KVGet, KVGetKeys, KVDelete, PurgeKV,
     Write, Concat, Split, StorageSize, StorageDelete, Download,
 )  # fmt: skip
 

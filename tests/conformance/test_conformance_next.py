@@ -9,6 +9,7 @@ checker as the main suite, plus the corpus's ``labelsExact`` and its label place
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,8 @@ from conformance_checks import Failures, Observed, check_expect, dump_execution,
 from conformance_corpus import REPO_ROOT, Entry, load_entries
 
 from kestream.executor.instance_variables import InstanceVariables, set_instance_variables
+from kestream.kv.values import KVEntry, infer_value
+from kestream.models.clock import utc_now
 from kestream.models.execution import Execution, LogEntry
 from kestream.models.state import StateType
 from kestream.testing import Driver
@@ -28,6 +31,7 @@ ENV_VAR = "KESTREAM_CONFORMANCE_NEXT_DIR"
 BUILT = frozenset(
     {"Labels", "Assert", "Exit", "inputs.dependsOn", "render()"}
     | {"finally", "afterExecution", "LoopUntil", "Dag", "restart"}
+    | {"kv()", "kv tasks"}
 )
 
 
@@ -67,6 +71,18 @@ def _runtimes() -> dict[int, dict[str, Any]]:
 
 
 RUNTIMES = _runtimes()
+
+
+def _kv_seeds() -> dict[int, list[dict[str, Any]]]:
+    import json
+
+    raw = json.loads((_corpus() / "expected.json").read_text(encoding="utf-8"))
+    return {index: item["kvSeed"] for index, item in enumerate(raw) if "kvSeed" in item}
+
+
+#: ``kvSeed`` per entry: written to the driver's KV store before the run (its store starts
+#: empty, which is every entry's ``kvReset``).
+KV_SEEDS = _kv_seeds()
 #: The prefix of the environment variables Kestra's test configuration reads as ``envs``.
 KESTRA_TEST_ENV_PREFIX = "KESTRA_"
 
@@ -95,6 +111,8 @@ def driver() -> Iterator[Driver]:
 
 @pytest.mark.parametrize("entry", [pytest.param(e, id=e.case_id()) for e in ENTRIES])
 def test_conformance_next(entry: Entry, driver: Driver) -> None:
+    for seed in KV_SEEDS.get(entry.index, []):
+        seed_kv(driver, seed["namespace"], seed["key"], seed["value"])
     for text in entry.required_texts():
         driver.deploy(text)
     driver.deploy(entry.flow_text())
@@ -121,6 +139,16 @@ def test_conformance_next(entry: Entry, driver: Driver) -> None:
         report = "\n".join([f"{entry.case_id()} ({entry.source})", *failures])
         logs = driver.logs(execution.id)
         pytest.fail(report + "\n" + dump_execution(execution, logs), pytrace=False)
+
+
+def seed_kv(driver: Driver, namespace: str, key: str, value: Any) -> None:
+    """One ``kvSeed`` entry, typed as the API types a value (JSON data keeps its type)."""
+    kv_type, typed = infer_value(value)
+    now = utc_now()
+    entry = KVEntry(
+        namespace=namespace, key=key, type=kv_type, value=typed, creationDate=now, updateDate=now
+    )
+    asyncio.run(driver.kv.aput(entry))
 
 
 def check_next(

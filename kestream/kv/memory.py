@@ -1,0 +1,43 @@
+"""The KV store of one process (``kestream.testing``): a dict, read and written at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from kestream.kv.values import KVEntry
+from kestream.models.clock import utc_now
+
+__all__ = ["MemoryKVStore"]
+
+
+class MemoryKVStore:
+    """:class:`~kestream.kv.store.KVStore` in memory; ``clock`` decides what has expired."""
+
+    def __init__(self, clock: Callable[[], datetime] = utc_now) -> None:
+        self.clock = clock
+        self._entries: dict[tuple[str, str], KVEntry] = {}
+
+    def get(self, namespace: str, key: str) -> KVEntry | None:
+        entry = self._entries.get((namespace, key))
+        return None if entry is None or entry.expired(self.clock()) else entry
+
+    async def aget(self, namespace: str, key: str) -> KVEntry | None:
+        return self.get(namespace, key)
+
+    async def alist(self, namespace: str) -> list[KVEntry]:
+        now = self.clock()
+        return [
+            entry
+            for (ns, _), entry in sorted(self._entries.items())
+            if ns == namespace and not entry.expired(now)
+        ]
+
+    async def aall(self) -> list[KVEntry]:
+        return [entry for _, entry in sorted(self._entries.items())]
+
+    async def aput(self, entry: KVEntry) -> None:
+        self._entries[(entry.namespace, entry.key)] = entry
+
+    async def adelete(self, namespace: str, key: str) -> None:
+        self._entries.pop((namespace, key), None)

@@ -1,0 +1,95 @@
+"""What a KV store does, and which store the code running now uses.
+
+A store answers reads *as of now*: a value whose write was acknowledged before the read began is
+seen (the broker store waits, bounded, until its table has read the topic up to the end it
+asks the broker for; :mod:`kestream.runtime.kv_table`). That is what makes a value written by
+one execution visible to the next one, wherever the two run.
+
+Every method has a blocking form (the executor renders ``kv()`` inside its synchronous step) and
+an ``a``-prefixed coroutine (tasks on the worker, the API).
+
+The store in use: ``kestream.testing`` sets one per driver around everything it runs
+(:func:`use_store`, a context variable); a role installs its broker store for the whole process
+at start (:func:`install_store`). Without either, :func:`current_store` raises
+:class:`KVUnavailable` naming what is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Protocol
+
+from kestream.kv.values import KVEntry
+
+__all__ = [
+    "KV_STORE",
+    "KVStore",
+    "KVUnavailable",
+    "current_store",
+    "install_store",
+    "use_store",
+]
+
+
+class KVUnavailable(RuntimeError):
+    """No KV store in this process, or the store could not answer in time."""
+
+
+class KVStore(Protocol):
+    """A namespace-scoped key -> typed value store (module docs). Expired entries are absent."""
+
+    def get(self, namespace: str, key: str) -> KVEntry | None: ...
+
+    async def aget(self, namespace: str, key: str) -> KVEntry | None: ...
+
+    async def alist(self, namespace: str) -> list[KVEntry]:
+        """Live entries of one namespace, by key."""
+        ...
+
+    async def aall(self) -> list[KVEntry]:
+        """Every entry, expired ones included (what PurgeKV looks through)."""
+        ...
+
+    async def aput(self, entry: KVEntry) -> None:
+        """Write ``entry``; returns once every later read of this store sees it."""
+        ...
+
+    async def adelete(self, namespace: str, key: str) -> None:
+        """Remove a key (nothing happens for a missing one); returns once reads see it."""
+        ...
+
+
+#: The store of this context (``kestream.testing`` sets it); unset: the process's store.
+KV_STORE: ContextVar[KVStore | None] = ContextVar("kestream_kv_store", default=None)
+_PROCESS: list[KVStore] = []
+
+
+def install_store(store: KVStore | None) -> None:
+    """Make ``store`` the process's KV store (a role at start); ``None`` removes it."""
+    _PROCESS.clear()
+    if store is not None:
+        _PROCESS.append(store)
+
+
+@contextmanager
+def use_store(store: KVStore) -> Iterator[None]:
+    """Use ``store`` in this context (``kestream.testing``: one store per driver)."""
+    token = KV_STORE.set(store)
+    try:
+        yield
+    finally:
+        KV_STORE.reset(token)
+
+
+def current_store() -> KVStore:
+    store = KV_STORE.get()
+    if store is None and _PROCESS:
+        store = _PROCESS[0]
+    if store is None:
+        raise KVUnavailable(
+            "no KV store in this process: the KV store is served by the executor, worker and "
+            "API roles on a broker, and by kestream.testing"
+        )
+    return store
