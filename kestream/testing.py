@@ -21,6 +21,7 @@ from typing import Any
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
+from kestream.executor.sla import TIMER_KIND as SLA_TIMER
 from kestream.executor.snapshot import execution_model
 from kestream.executor.state import ExecutionState
 from kestream.executor.step import Executor
@@ -42,7 +43,8 @@ from kestream.worker.runner import STOP_WAIT_S, TaskRunner
 
 __all__ = ["Driver", "arun", "run"]
 
-_PAUSE_TIMERS = ("pause-delay", "pause-timeout")
+#: Timers that are no work of their own: what they end waits for them (a pause, an SLA).
+_WAITING_TIMERS = ("pause-delay", "pause-timeout", SLA_TIMER)
 
 
 class Driver:
@@ -359,7 +361,7 @@ class Driver:
             return True
         for execution_id, timer_id in self._timers.pending():
             timer = self.states[execution_id].timers.get(timer_id)
-            if timer is not None and timer.kind not in _PAUSE_TIMERS:
+            if timer is not None and timer.kind not in _WAITING_TIMERS:
                 return True
         return False
 

@@ -43,6 +43,14 @@ from kestream.executor.restore import (
 )
 from kestream.executor.retry import next_attempt_due
 from kestream.executor.sizes import outputs_too_large, plan_too_large, too_large
+from kestream.executor.sla import TIMER_KIND as SLA_TIMER
+from kestream.executor.sla import (
+    Violation,
+    assertion_violations,
+    duration_violation,
+    has_assertions,
+    max_durations,
+)
 from kestream.executor.state import (
     Block,
     ExecutionState,
@@ -85,6 +93,9 @@ from kestream.tasks.working_directory import WorkingDirectory, input_files
 
 S = StateType
 _START, _DONE = 0, 1
+#: The execution states in which SLAs are enforced (not before it starts, nor while a kill or
+#: an end is under way).
+_SLA_STATES = frozenset({S.RUNNING, S.PAUSED})
 _MAX_ERROR_LOGS = 100
 
 
@@ -152,6 +163,8 @@ class Executor:
             run = _Step(self, state, flow, now)
             run.dispatch(event)
         run.drain()
+        if run.check_assertions():
+            run.drain()  # the afterExecution tasks of an execution an SLA ended
         return StepResult(run.st, run.finish())
 
     def _restart_from_snapshot(
@@ -340,8 +353,11 @@ class _Step:
 
     def start_execution(self) -> None:
         self.move_execution(S.RUNNING)
+        self.arm_max_durations()
         self.st.root = flow_group(self.flow)
         self.new_groups.add(ROOT)  # the execution's own lanes were planned
+        if self.enforce_assertions():  # their first look, before any task starts
+            return
         self.fill(self.st.root, None)
         if self.st.root.finished:
             self.branches_done(self.st.root, None)
@@ -383,6 +399,11 @@ class _Step:
         if timer.kind == "start":
             self.start_execution()
             return
+        if timer.kind == SLA_TIMER:
+            violation = duration_violation(self.flow, timer_id)
+            if violation is not None and self.st.state.current in _SLA_STATES:
+                self.apply_violations([violation])
+            return
         tr = self.st.task_runs.get(timer.task_run_id or "")
         if tr is None:
             return
@@ -421,11 +442,12 @@ class _Step:
             self.move_execution(S.KILLED)
             self.end_execution(S.KILLED, render_outputs=False)
 
-    def kill_running(self, *, leaves_only: bool = False) -> None:
+    def kill_running(self, *, leaves_only: bool = False, killing: bool = True) -> None:
         """Move the task runs still going to KILLED, and stop their work. ``leaves_only``: kill
         the ones that hold no lanes, and let their parents end through the queue (their
-        ``finally`` blocks run); a loop waiting for its next iteration ends there too."""
-        if not self.st.state.current.is_terminal:
+        ``finally`` blocks run); a loop waiting for its next iteration ends there too.
+        ``killing``: the execution goes KILLING (not when an SLA ends it in another state)."""
+        if killing and not self.st.state.current.is_terminal:
             self.move_execution(S.KILLING)
         killed: list[TaskRunState] = []
         for tr in list(self.st.task_runs.values()):
@@ -591,6 +613,8 @@ class _Step:
         else:
             final = S.WARNING if group.worst is S.WARNING else S.SUCCESS
         if parent is None:
+            if self.enforce_assertions():  # their last look before the end state
+                return
             self.end_execution(final, render_outputs=True)
         else:
             self.complete(parent, final)
@@ -1024,6 +1048,7 @@ class _Step:
             if tr.group is not None and tr.state.current is S.RUNNING:
                 cut += self.reset_group(tr.group, tr, children.get(tr.id, []))
         self.move_execution(S.RUNNING)
+        self.arm_max_durations()
         for tr in emptied:
             assert tr.group is not None
             self.fill(tr.group, tr)
@@ -1255,6 +1280,51 @@ class _Step:
             self.cancel_timer(timer_id)
         self.terminal = True
 
+    # -- SLA (see kestream.executor.sla) ---------------------------------------------------
+
+    def arm_max_durations(self) -> None:
+        """Set the MAX_DURATION timers: the execution starts (or starts again) running."""
+        for timer_id, duration in max_durations(self.flow):
+            self.set_timer(timer_id, Timer(self.now + duration, SLA_TIMER))
+
+    def check_assertions(self) -> bool:
+        """After a step that changed an execution still running: its assertions, if any."""
+        if not (self.moved or self.changed) or self.st.state.current not in _SLA_STATES:
+            return False
+        return self.enforce_assertions()
+
+    def enforce_assertions(self) -> bool:
+        """Evaluate the EXECUTION_ASSERTION SLAs; True when a violation ended the execution."""
+        if not has_assertions(self.flow) or self.st.state.current not in _SLA_STATES:
+            return False
+        violations = assertion_violations(self.flow, self.execution_scope())
+        return bool(violations) and self.apply_violations(violations)
+
+    def apply_violations(self, violations: list[Violation]) -> bool:
+        """The first violation acts (its behavior, its labels), the others are only logged, as
+        in Kestra. True when the execution ended (FAIL, CANCEL)."""
+        labels = violations[0].sla.labels
+        added = {k: v for k, v in labels.items() if self.st.labels.get(k) != v}
+        for violation in violations:
+            sla = violation.sla
+            if sla.behavior != "NONE" or not sla.labels or (violation is violations[0] and added):
+                # a NONE with labels is logged once, when it adds them
+                self.log(None, LogLevel.WARN, f"SLA '{sla.id}' violated: {violation.reason}")
+        if added:
+            self.set_labels(added)
+        first = violations[0].sla
+        if first.behavior == "NONE":
+            return False
+        final = S.FAILED if first.behavior == "FAIL" else S.CANCELLED
+        verb = "failed" if final is S.FAILED else "cancelled"
+        self.log(None, LogLevel.ERROR, f"Execution {verb} due to SLA '{first.id}' violated")
+        self.queue.clear()  # nothing queued in this step may start after the end
+        self.kill_running(killing=False)
+        self.st.paused_runs.clear()
+        self.move_execution(final)
+        self.end_execution(final, render_outputs=False)
+        return True
+
     # -- helpers -------------------------------------------------------------------------
 
     def current_attempt(self, task_run_id: str, attempt: int) -> TaskRunState | None:
@@ -1269,13 +1339,22 @@ class _Step:
     def context(self, tr: TaskRunState) -> dict[str, Any]:
         base = execution_context(self.st, self.flow, self.ex.clock, self.ex.context_cache)
         ctx = task_run_context(base, tr)
-        # The execution's state, and once it ended its flow outputs (what ``afterExecution``
-        # tasks read): they change during the execution, so they are not in the shared part.
+        ctx["execution"] = self.execution_variable(base)
+        return ctx
+
+    def execution_scope(self) -> dict[str, Any]:
+        """What expressions outside any task run see (an SLA's assertion)."""
+        base = execution_context(self.st, self.flow, self.ex.clock, self.ex.context_cache)
+        return {**base, "execution": self.execution_variable(base)}
+
+    def execution_variable(self, base: dict[str, Any]) -> dict[str, Any]:
+        """``execution`` with its state, and once it ended its flow outputs (what
+        ``afterExecution`` tasks read): they change during the execution, so they are not in
+        the shared part."""
         execution = {**base["execution"], "state": self.st.state.current.value}
         if self.st.flow_outputs is not None:
             execution["outputs"] = self.st.flow_outputs
-        ctx["execution"] = execution
-        return ctx
+        return execution
 
     def render_props(self, tr: TaskRunState) -> dict[str, Any]:
         task = tr.task

@@ -860,14 +860,31 @@ class Sla(BaseModel):
     id: str = Field(pattern=TRIGGER_ID_PATTERN)
     type: Literal["MAX_DURATION", "EXECUTION_ASSERTION"]
     behavior: Literal["FAIL", "CANCEL", "NONE"] = "FAIL"
-    labels: dict[str, Any] | list[dict[str, Any]] | None = None
+    #: Added to the execution when the SLA is violated (a map, or a list of ``{key, value}``).
+    labels: dict[str, str] = Field(default_factory=dict)
     duration: DurationText | None = None
     assertion: str | None = Field(default=None, alias="assert")
 
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, value: Any) -> dict[str, str]:
+        return normalize_labels(value)
+
+    @field_validator("assertion")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        from kestream.expressions import validate_template
+
+        if value is not None and (problem := validate_template(value)) is not None:
+            raise ValueError(f"'assert' is not a valid expression: {problem}")
+        return value
+
     @model_validator(mode="after")
     def _needs_its_property(self) -> Sla:
-        if self.type == "MAX_DURATION" and self.duration is None:
-            raise ValueError("a MAX_DURATION SLA needs a 'duration'")
+        if self.type == "MAX_DURATION":
+            if self.duration is None:
+                raise ValueError("a MAX_DURATION SLA needs a 'duration'")
+            parse_duration(self.duration)  # a literal: the timer is set before anything renders
         if self.type == "EXECUTION_ASSERTION" and self.assertion is None:
             raise ValueError("an EXECUTION_ASSERTION SLA needs an 'assert' expression")
         return self
@@ -1186,10 +1203,10 @@ class _FlowChecker:
             )
             self.sink.add(("listeners",), message)
             values.pop("listeners")
-        for key in ("concurrency", "sla"):
+        for key in ("concurrency",):
             if values.get(key):
-                # Parsed by the model, but the executor does not enforce these blocks yet:
-                # refuse them rather than accept a flow whose cleanup or limits silently vanish.
+                # Parsed by the model, but the executor does not enforce it yet: refuse it
+                # rather than accept a flow whose limits silently vanish.
                 message = f"'{key}' is not supported by kestream yet"
                 self.sink.add((key,), message)
                 values.pop(key)

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conformance_checks import Failures, Observed, check_expect, dump_execution, substitute
+from conformance_checks import (
+    Failures,
+    Observed,
+    check_children,
+    check_expect,
+    dump_execution,
+    substitute,
+)
 from conformance_corpus import REPO_ROOT, Entry, load_entries
 
 from kestream.executor.instance_variables import InstanceVariables, set_instance_variables
@@ -32,6 +39,7 @@ BUILT = frozenset(
     {"Labels", "Assert", "Exit", "inputs.dependsOn", "render()"}
     | {"finally", "afterExecution", "LoopUntil", "Dag", "restart"}
     | {"kv()", "kv tasks"}
+    | {"sla", "subflow"}
 )
 
 
@@ -126,6 +134,10 @@ def test_conformance_next(entry: Entry, driver: Driver) -> None:
     if execution.state.current is StateType.PAUSED and entry.expect.get("state") != "PAUSED":
         execution = driver.wait(execution.id)  # a Pause that times out or resumes by itself
     failures = check_next(entry.expect, execution, driver.logs(execution.id))
+    if entry.children:
+        children = driver.children(execution.id)
+        child_logs = {child.id: driver.logs(child.id) for child in children}
+        failures += check_children(entry.children, children, child_logs, execution.id)
     for position, phase in enumerate(entry.phases):
         if phase.get("action") != "restart":
             raise ValueError(f"{entry.case_id()}: phase action {phase.get('action')!r}")
@@ -160,6 +172,7 @@ def check_next(
     exact = expect.pop("labelsExact", None)
     sequence = expect.pop("sequence", None)
     states = expect.pop("allTaskRunsStateIn", None)
+    all_terminated = expect.pop("allTaskRunsTerminated", None)
     placeholders = _placeholders(execution)
     obs = Observed(execution=execution, logs=logs, placeholders=placeholders)
     failures = check_expect(expect, obs)
@@ -173,6 +186,21 @@ def check_next(
             for run in execution.taskRunList
             if run.state.current.value not in states
         ]
+    if all_terminated:
+        failures += _all_terminated(execution)
+    return failures
+
+
+def _all_terminated(execution: Execution) -> list[str]:
+    """Every task run, and its last attempt, in an end state."""
+    failures = []
+    for run in execution.taskRunList:
+        attempts = run.attempts or []
+        last = attempts[-1].state.current if attempts else None
+        if not run.state.current.is_terminal or (last is not None and not last.is_terminal):
+            failures.append(
+                f"allTaskRunsTerminated: {run.taskId} is {run.state.current}, last attempt {last}"
+            )
     return failures
 
 

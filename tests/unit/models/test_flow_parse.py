@@ -241,13 +241,7 @@ retry:
     assert Flow.model_validate(dumped) == flow
 
 
-@pytest.mark.parametrize(
-    "block",
-    [
-        "concurrency:\n  limit: 2\n  behavior: CANCEL\n",
-        "sla:\n  - id: slow\n    type: MAX_DURATION\n    duration: PT1H\n",
-    ],
-)
+@pytest.mark.parametrize("block", ["concurrency:\n  limit: 2\n  behavior: CANCEL\n"])
 def test_blocks_the_executor_does_not_run_are_refused(block: str) -> None:
     with pytest.raises(FlowValidationError) as caught:
         parse_flow(MINIMAL + block)

@@ -1,0 +1,276 @@
+"""Flow ``sla``: MAX_DURATION timers and EXECUTION_ASSERTION checks, with their behaviors."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from kestream.executor import commands as cmd
+from kestream.executor import events as ev
+from kestream.executor.flow_registry import FlowRegistry
+from kestream.executor.step import Executor
+from kestream.models.clock import ManualClock
+from kestream.models.execution import Execution
+from kestream.models.flow import parse_flow
+from kestream.models.state import StateType
+from kestream.models.validation import FlowValidationError
+from kestream.testing import Driver
+
+S = StateType
+NS = "test.sla"
+
+
+def _flow(sla: str, tasks: str, flow_id: str = "sla") -> str:
+    return f"id: {flow_id}\nnamespace: {NS}\nsla:\n{sla}\ntasks:\n{tasks}"
+
+
+PAUSE = """
+  - id: wait
+    type: io.kestra.plugin.core.flow.Pause
+  - id: after
+    type: io.kestra.plugin.core.log.Log
+    message: resumed
+"""
+
+
+def _history(execution: Execution) -> list[StateType]:
+    return [h.state for h in execution.state.histories]
+
+
+def _messages(driver: Driver, execution_id: str) -> list[str]:
+    return [line.message for line in driver.logs(execution_id)]
+
+
+# -- MAX_DURATION ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("behavior", "final"), [("FAIL", S.FAILED), ("CANCEL", S.CANCELLED)])
+def test_max_duration_ends_a_paused_execution(behavior: str, final: StateType) -> None:
+    sla = f"""
+  - id: late
+    type: MAX_DURATION
+    duration: PT1H
+    behavior: {behavior}
+    labels:
+      sla: miss
+"""
+    clock = ManualClock()
+    with Driver(clock=clock) as driver:
+        driver.deploy(_flow(sla, PAUSE))
+        paused = driver.start(NS, "sla")
+        assert paused.state.current is S.PAUSED  # the SLA timer is no work of its own
+        driver.advance(timedelta(minutes=59))
+        assert driver.get(paused.id).state.current is S.PAUSED
+        driver.advance(timedelta(minutes=1))
+        done = driver.get(paused.id)
+        messages = _messages(driver, paused.id)
+    assert done.state.current is final
+    assert _history(done) == [S.CREATED, S.RUNNING, S.PAUSED, final]  # never KILLING
+    assert [(run.taskId, run.state.current) for run in done.taskRunList] == [("wait", S.KILLED)]
+    assert done.label_map()["sla"] == "miss"
+    assert "SLA 'late' violated: execution exceeded its maximum duration of PT1H" in messages
+
+
+def test_max_duration_none_adds_labels_and_lets_the_execution_go_on() -> None:
+    sla = """
+  - id: late
+    type: MAX_DURATION
+    duration: PT1M
+    behavior: NONE
+    labels:
+      sla: late
+"""
+    clock = ManualClock()
+    with Driver(clock=clock) as driver:
+        driver.deploy(_flow(sla, PAUSE))
+        paused = driver.start(NS, "sla")
+        driver.advance(timedelta(minutes=2))
+        still = driver.get(paused.id)
+        done = driver.resume(paused.id)
+    assert still.state.current is S.PAUSED
+    assert still.label_map()["sla"] == "late"
+    assert done.state.current is S.SUCCESS
+    assert done.label_map()["sla"] == "late"
+
+
+def test_max_duration_timer_is_cancelled_when_the_execution_ends_first() -> None:
+    sla = "  - id: late\n    type: MAX_DURATION\n    duration: PT1M\n"
+    clock = ManualClock()
+    with Driver(clock=clock) as driver:
+        driver.deploy(_flow(sla, PAUSE))
+        paused = driver.start(NS, "sla")
+        assert paused.id in {key[0] for key in driver._timers.pending()}
+        done = driver.resume(paused.id)
+        assert not list(driver._timers.pending())
+        driver.advance(timedelta(minutes=5))
+        after = driver.get(paused.id)
+    assert done.state.current is S.SUCCESS
+    assert after.state.current is S.SUCCESS
+
+
+def test_max_duration_kills_the_running_task_on_its_worker() -> None:
+    """The step stops what runs: the worker is told to kill the task run (KillTask)."""
+    flows = FlowRegistry()
+    flows.put(
+        parse_flow(
+            _flow(
+                "  - id: late\n    type: MAX_DURATION\n    duration: PT10S\n",
+                "  - id: slow\n    type: io.kestra.plugin.core.flow.Sleep\n    duration: PT1H\n",
+            )
+        )
+    )
+    clock = ManualClock()
+    executor = Executor(flows, clock=clock, inline_tasks=False)
+    created = executor.step(None, ev.ExecutionCreated("e1", NS, "sla", validate_inputs=False))
+    timers = [c for c in created.commands if isinstance(c, cmd.SetTimer)]
+    assert [(t.timer_id, t.due - clock()) for t in timers] == [("sla:0", timedelta(seconds=10))]
+    clock.advance(timedelta(seconds=10))
+    fired = executor.step(created.state, ev.TimerFired("e1", "sla:0"))
+    state = fired.state
+    assert state is not None and state.state.current is S.FAILED
+    (run,) = state.task_runs.values()
+    assert [c.task_run_id for c in fired.commands if isinstance(c, cmd.KillTask)] == [run.id]
+    assert run.state.current is S.KILLED and run.attempts[-1].current is S.KILLED
+    changed = [c for c in fired.commands if isinstance(c, cmd.ExecutionChanged)]
+    assert changed[-1].terminal
+
+
+def test_restart_sets_the_max_duration_timer_again() -> None:
+    sla = "  - id: late\n    type: MAX_DURATION\n    duration: PT1M\n"
+    clock = ManualClock()
+    with Driver(clock=clock) as driver:
+        driver.deploy(_flow(sla, PAUSE))
+        paused = driver.start(NS, "sla")
+        driver.advance(timedelta(minutes=1))
+        failed = driver.get(paused.id)
+        restarted = driver.restart(paused.id)
+        assert restarted.state.current is S.PAUSED
+        driver.advance(timedelta(seconds=59))
+        assert driver.get(paused.id).state.current is S.PAUSED
+        driver.advance(timedelta(seconds=1))
+        again = driver.get(paused.id)
+    assert failed.state.current is S.FAILED
+    assert again.state.current is S.FAILED
+    assert again.metadata.attemptNumber == 2
+
+
+# -- EXECUTION_ASSERTION --------------------------------------------------------------------
+
+TWO_TASKS = """
+  - id: first
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{ inputs.value }}"
+  - id: second
+    type: io.kestra.plugin.core.log.Log
+    message: second
+"""
+
+
+def _assert_flow(assertion: str, behavior: str = "FAIL", labels: str = "") -> str:
+    sla = f"""
+  - id: check
+    type: EXECUTION_ASSERTION
+    behavior: {behavior}
+    assert: "{assertion}"
+{labels}"""
+    inputs = "inputs:\n  - id: value\n    type: STRING\n    defaults: ok\n"
+    return inputs + _flow(sla, TWO_TASKS)
+
+
+def test_an_assertion_is_checked_after_each_step_and_stops_the_execution() -> None:
+    """Checked after each step: the step that applies ``first``'s bad value ends the execution,
+    and ``second``, dispatched in that step, is killed on its worker."""
+    flows = FlowRegistry()
+    assertion = "{{ outputs.first is not defined or outputs.first.value == 'ok' }}"
+    flows.put(parse_flow(_assert_flow(assertion)))
+    executor = Executor(flows, inline_tasks=False)
+    created = ev.ExecutionCreated("e1", NS, "sla", inputs={"value": "bad"}, validate_inputs=False)
+    started = executor.step(None, created)
+    state = started.state
+    assert state is not None and state.state.current is S.RUNNING  # held before first ran
+    (job,) = [c for c in started.commands if isinstance(c, cmd.RunTask)]
+    result = ev.WorkerResult("e1", job.task_run_id, 1, S.SUCCESS, {"value": "bad"})
+    done = executor.step(state, result)
+    assert state.state.current is S.FAILED
+    runs = {tr.task.id: tr for tr in state.task_runs.values()}
+    assert runs["first"].state.current is S.SUCCESS
+    assert runs["second"].state.current is S.KILLED
+    killed = [c.task_run_id for c in done.commands if isinstance(c, cmd.KillTask)]
+    assert killed == [runs["second"].id]
+
+
+def test_an_assertion_holding_changes_nothing() -> None:
+    with Driver() as driver:
+        driver.deploy(_assert_flow("{{ inputs.value == 'ok' }}"))
+        done = driver.start(NS, "sla")
+        messages = _messages(driver, done.id)
+    assert done.state.current is S.SUCCESS
+    assert [run.taskId for run in done.taskRunList] == ["first", "second"]
+    assert not [m for m in messages if "SLA" in m]
+
+
+def test_an_assertion_that_cannot_be_rendered_is_a_violation() -> None:
+    with Driver() as driver:
+        driver.deploy(_assert_flow("{{ nope.missing.thing }}", behavior="CANCEL"))
+        done = driver.start(NS, "sla")
+        messages = _messages(driver, done.id)
+    assert done.state.current is S.CANCELLED
+    assert done.taskRunList == []  # cancelled at its first look, before any task
+    assert any("could not be evaluated" in m for m in messages)
+
+
+def test_none_with_labels_is_logged_once_and_only_the_first_violation_acts() -> None:
+    """Two SLAs violated at once: the first (NONE) acts, the second (FAIL) is only logged."""
+    sla = """
+  - id: soft
+    type: EXECUTION_ASSERTION
+    behavior: NONE
+    assert: "{{ inputs.value == 'ok' }}"
+    labels:
+      - key: sla
+        value: soft
+  - id: hard
+    type: EXECUTION_ASSERTION
+    behavior: FAIL
+    assert: "{{ inputs.value == 'ok' }}"
+"""
+    flow = "inputs:\n  - id: value\n    type: STRING\n" + _flow(sla, TWO_TASKS)
+    with Driver() as driver:
+        driver.deploy(flow)
+        done = driver.start(NS, "sla", {"value": "no"})
+        messages = _messages(driver, done.id)
+    assert done.state.current is S.SUCCESS
+    assert done.label_map()["sla"] == "soft"
+    assert sum("SLA 'soft' violated" in m for m in messages) == 1
+    assert sum("SLA 'hard' violated" in m for m in messages) >= 1
+
+
+# -- validation -----------------------------------------------------------------------------
+
+
+def test_sla_is_validated_at_deploy() -> None:
+    bad = """
+  - id: late
+    type: MAX_DURATION
+    duration: "{{ inputs.d }}"
+  - id: check
+    type: EXECUTION_ASSERTION
+    assert: "{{ unclosed"
+  - id: nothing
+    type: EXECUTION_ASSERTION
+"""
+    with pytest.raises(FlowValidationError) as caught:
+        parse_flow(
+            _flow(bad, "  - id: t\n    type: io.kestra.plugin.core.log.Log\n    message: m\n")
+        )
+    text = str(caught.value)
+    assert "sla[0]" in text and "ISO-8601" in text
+    assert "sla[1]" in text and "not a valid expression" in text
+    assert "sla[2]" in text and "needs an 'assert'" in text
+
+
+def test_a_flow_with_sla_round_trips() -> None:
+    flow = parse_flow(_assert_flow("{{ true }}", labels="    labels:\n      sla: miss\n"))
+    assert flow.sla[0].labels == {"sla": "miss"}
+    assert type(flow).model_validate(flow.model_dump()) == flow
