@@ -58,6 +58,7 @@ SNAPSHOT_EVERY_S = 1.0
 MIRROR_FETCH_WAIT_MS = 50
 TOPICS_EVERY_S = 2.0
 _OFFSETS_TIMEOUT_S = 5.0
+_SNAPSHOT_LATE_S = 30.0  # a snapshot pending this long is said in the log (once)
 _SEND_WINDOW = 2000  # records produced before their acks are checked, during a restore
 
 
@@ -80,6 +81,7 @@ class _Snapshot:
     taken_ms: int
     offsets: dict[str, dict[TopicPartition, int]]
     targets: dict[TopicPartition, int] = field(default_factory=dict)
+    warned: bool = False
 
 
 class BrokerStore:
@@ -321,27 +323,47 @@ class BrokerStore:
                     await asyncio.sleep(0.05)
                     next_topics = 0.0
                     continue
-                batch = await consumer.getmany(timeout_ms=50)
-                for tp, records in batch.items():
-                    self._log(tp).append(
-                        [
-                            StoredRecord(
-                                r.offset, r.timestamp, r.key, r.value, tuple(r.headers or ())
-                            )
-                            for r in records
-                        ]
-                    )
+                self._write(await consumer.getmany(timeout_ms=50))
                 if snapshot is not None and self._settle(consumer, snapshot, assigned):
                     snapshot = None
                     next_snapshot = time.monotonic() + SNAPSHOT_EVERY_S
                     if final is not None:
                         return
+                elif snapshot is not None:
+                    self._warn_if_late(snapshot, assigned)
         finally:
             await consumer.stop()
             await self._metadata.close()
             for reader in self._readers.values():
                 await reader.stop()
             self._readers.clear()
+
+    def _write(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        for tp, records in batch.items():
+            self._log(tp).append(
+                [
+                    StoredRecord(r.offset, r.timestamp, r.key, r.value, tuple(r.headers or ()))
+                    for r in records
+                ]
+            )
+
+    def _warn_if_late(self, snapshot: _Snapshot, assigned: set[TopicPartition]) -> None:
+        """Say once when a snapshot has waited long for the files (a partition that is never
+        fetched, or a mirror that cannot keep up): the kept offsets grow old meanwhile."""
+        age_s = time.time() - snapshot.taken_ms / 1000
+        if snapshot.warned or age_s <= _SNAPSHOT_LATE_S:
+            return
+        snapshot.warned = True
+        behind = sorted(assigned - set(snapshot.targets)) or sorted(
+            tp for tp, target in snapshot.targets.items() if self._log(tp).next_offset < target
+        )
+        log.warning(
+            "the broker mirror has not caught up for %.0f s (%s): the offsets kept in %s are "
+            "getting old",
+            age_s,
+            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in behind[:3]),
+            self._groups_file,
+        )
 
     async def _assign(
         self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]
