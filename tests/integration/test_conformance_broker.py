@@ -36,6 +36,7 @@ ENTRIES = [e for e in load_entries() if not e.phases]
 #: conformance-next features whose entries without phases run through the broker too.
 THROUGH_BROKER_NEXT = frozenset(
     {"finally", "afterExecution", "LoopUntil", "Dag", "inputs.dependsOn", "render()"}
+    | {"sla", "subflow"}
 )
 NEXT_ENTRIES = [e for e in entries_for(THROUGH_BROKER_NEXT) if not e.phases]
 NOT_THROUGH_BROKER = {"executionStates"}  # needs a listing of every execution of a flow
