@@ -21,6 +21,7 @@ from typing import Any
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
+from kestream.executor.replay import replay_event
 from kestream.executor.sla import TIMER_KIND as SLA_TIMER
 from kestream.executor.snapshot import execution_model
 from kestream.executor.state import ExecutionState
@@ -135,6 +136,32 @@ class Driver:
             return Execution.model_validate(body)  # not restartable: nothing changed
         return self.get(execution_id)
 
+    async def areplay(
+        self,
+        execution_id: str,
+        *,
+        task_run_id: str | None = None,
+        revision: int | None = None,
+        inputs: dict[str, Any] | None = None,
+        snapshot: Execution | dict[str, Any] | None = None,
+    ) -> Execution:
+        """Replay an ended execution; see :meth:`replay`."""
+        if snapshot is None:
+            snapshot = self.get(execution_id)
+        body = (
+            snapshot.model_dump(mode="json", by_alias=True)
+            if isinstance(snapshot, Execution)
+            else snapshot
+        )
+        namespace, flow_id = body["namespace"], body["flowId"]
+        flow = self.flows.get(namespace, flow_id, revision or body["flowRevision"])
+        if flow is None:
+            raise LookupError(f"Unknown flow '{namespace}.{flow_id}' revision {revision}")
+        event = replay_event(
+            body, flow, execution_id=new_id(), task_run_id=task_run_id, inputs=inputs
+        )
+        return await self.asubmit(event)
+
     async def akill(self, execution_id: str) -> Execution:
         self._events.append(ev.Kill(execution_id))
         await self._run_until(lambda: self._stopped(execution_id))
@@ -190,6 +217,30 @@ class Driver:
         rebuilt raises :class:`~kestream.executor.restore.RestoreError`.
         """
         return self._sync(self.arestart(execution_id, snapshot=snapshot))
+
+    def replay(
+        self,
+        execution_id: str,
+        *,
+        task_run_id: str | None = None,
+        revision: int | None = None,
+        inputs: dict[str, Any] | None = None,
+        snapshot: Execution | dict[str, Any] | None = None,
+    ) -> Execution:
+        """Replay an ended execution as a new one (:mod:`kestream.executor.replay`): from the
+        task run ``task_run_id`` (the task runs before it are kept), or from the start; on
+        ``revision`` of the flow (default: the same); with ``inputs`` instead of its own.
+        ``snapshot`` replays an execution this driver forgot. Returns the new execution at its
+        first stop."""
+        return self._sync(
+            self.areplay(
+                execution_id,
+                task_run_id=task_run_id,
+                revision=revision,
+                inputs=inputs,
+                snapshot=snapshot,
+            )
+        )
 
     def forget(self, execution_id: str) -> Execution:
         """Drop an ended execution's state, as the runtime's state table does; return its JSON.

@@ -164,6 +164,7 @@ def task_run_key(execution_id: str, task_run_id: str, part: str = "") -> str:
 def encode_header(st: ExecutionState) -> dict[str, Any]:
     link = st.parent_link
     return {
+        **({"pid": st.parent_id} if st.parent_id is not None else {}),
         "ns": st.namespace,
         "flow": st.flow_id,
         "rev": st.revision,
@@ -317,6 +318,7 @@ def rebuild(
         schedule_date=datetime.fromisoformat(head["sched"]) if head["sched"] else None,
         parent_link=SubflowLink(*parent) if parent else None,
         state=_state(dyn["state"]),
+        parent_id=head.get("pid"),
     )
     root_plan = records.get(header_key(execution_id, PLAN))
     if dyn["root"] is not None and root_plan is not None:

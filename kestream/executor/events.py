@@ -26,8 +26,18 @@ class SubflowLink:
 
 
 @dataclass(slots=True)
+class ReplayFrom:
+    """What a replay goes on from: the replayed execution's last JSON (Kestra 1.x shape, with
+    ``taskRunList``) and the task run it runs again (see :mod:`kestream.executor.replay`)."""
+
+    snapshot: dict[str, Any]
+    task_run_id: str
+
+
+@dataclass(slots=True)
 class ExecutionCreated:
-    """A new execution (CLI, API, trigger, Subflow, or a retry that creates a new execution)."""
+    """A new execution (CLI, API, trigger, Subflow, a retry that creates a new execution, or a
+    replay: ``replay`` set when it goes on from a task run of the execution ``parent_id``)."""
 
     execution_id: str
     namespace: str
@@ -42,6 +52,9 @@ class ExecutionCreated:
     attempt_number: int = 1
     original_created: datetime | None = None
     parent: SubflowLink | None = None
+    #: The execution this one replays (Kestra's ``parentId``).
+    parent_id: str | None = None
+    replay: ReplayFrom | None = None
 
 
 @dataclass(slots=True)

@@ -167,11 +167,12 @@ def _header(execution: Execution, flow: Flow) -> ExecutionState:
         attempt_number=execution.metadata.attemptNumber,
         original_created=execution.metadata.originalCreatedDate,
         labels=execution.label_map(),
-        inputs=_typed_inputs(flow, execution.inputs),
+        inputs=typed_inputs(flow, execution.inputs),
         trigger=execution.trigger.model_dump(mode="json") if execution.trigger else None,
         schedule_date=execution.scheduleDate,
         parent_link=None,  # not in the JSON: see the module docstring
         state=state,
+        parent_id=execution.parentId,
     )
     st.flow_outputs = execution.outputs
     if started or execution.taskRunList:
@@ -191,7 +192,7 @@ def flow_group(flow: Flow) -> Group:
     )
 
 
-def _typed_inputs(flow: Flow, inputs: dict[str, Any] | None) -> dict[str, Any] | None:
+def typed_inputs(flow: Flow, inputs: dict[str, Any] | None) -> dict[str, Any] | None:
     """Temporal inputs parsed back from their JSON text (the step saw typed values)."""
     if not inputs:
         return inputs

@@ -49,6 +49,7 @@ def execution_model(st: ExecutionState, *, with_task_runs: bool = True) -> Execu
         flowId=st.flow_id,
         flowRevision=st.revision,
         originalId=st.original_id,
+        parentId=st.parent_id,
         labels=[Label(key=k, value=v) for k, v in st.labels.items()],
         inputs=st.inputs,
         outputs=st.flow_outputs,

@@ -163,6 +163,17 @@ class TaskRunState:
     def errors_branch(self) -> bool:
         return self.block is Block.ERRORS
 
+    @property
+    def in_side_branch(self) -> bool:
+        """Whether it runs in an ``errors``, ``finally`` or ``afterExecution`` block (or below
+        one): a restart drops those task runs, and runs the blocks again as needed."""
+        node: TaskRunState | None = self
+        while node is not None:
+            if node.block is not Block.TASKS:
+                return True
+            node = node.parent
+        return False
+
 
 @dataclass(slots=True)
 class Timer:
@@ -204,6 +215,8 @@ class ExecutionState:
     #: The flow's ``afterExecution`` tasks, once the execution reached its end state; the
     #: execution is over when they have ended too (``terminal``).
     after: Group | None = None
+    #: The execution this one replays (Kestra's ``parentId``), if it is a replay.
+    parent_id: str | None = None
 
     @property
     def terminal(self) -> bool:

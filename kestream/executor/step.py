@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -33,6 +34,7 @@ from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.codec import ROOT, encode_plan
 from kestream.executor.context import execution_context, task_run_context, working_directory_of
+from kestream.executor.replay import replay_state
 from kestream.executor.restore import (
     RESTARTABLE,
     RestoreError,
@@ -154,8 +156,13 @@ class Executor:
             if not isinstance(event, ev.ExecutionCreated):
                 return StepResult(None, [])
             flow = self._flow(event.namespace, event.flow_id, event.revision)
-            run = _Step(self, _new_state(event, flow, now), flow, now)
-            run.created(event)
+            if event.replay is not None:  # goes on from a task run of an ended execution
+                replayed, chosen = replay_state(event, flow, clock=self.clock)
+                run = _Step(self, replayed, flow, now)
+                run.replayed(chosen)
+            else:
+                run = _Step(self, _new_state(event, flow, now), flow, now)
+                run.created(event)
         else:
             if isinstance(event, ev.ExecutionCreated):
                 return StepResult(state, [])
@@ -225,6 +232,7 @@ def _new_state(event: ev.ExecutionCreated, flow: Flow, now: datetime) -> Executi
         schedule_date=event.schedule_date,
         parent_link=event.parent,
         state=StateRecord.new(S.CREATED, now),
+        parent_id=event.parent_id,
     )
 
 
@@ -1034,12 +1042,26 @@ class _Step:
             return
         self.move_execution(S.RESTARTED)
         st.attempt_number += 1
-        for tid in [tid for tid, tr in st.task_runs.items() if _in_side_branch(tr)]:
+        for tid in [tid for tid, tr in st.task_runs.items() if tr.in_side_branch]:
             self.forget_outputs(st.task_runs.pop(tid))
             self.changed[tid] = None
         st.after = None  # the afterExecution tasks run again after the new end
         emptied = self.reopen_working_directories()
         rerun = self.reopen_failed()
+        self.go_on(rerun, emptied)
+
+    def replayed(self, chosen: TaskRunState) -> None:
+        """A replay's first step: its state holds what the replayed execution ran before
+        ``chosen`` (:func:`~kestream.executor.replay.replay_state`); run ``chosen`` again."""
+        self.restored()
+        self.go_on([chosen])
+
+    def go_on(self, rerun: list[TaskRunState], emptied: Iterable[TaskRunState] = ()) -> None:
+        """Set a restarted (or replayed) execution running again: recount the lanes of the
+        execution and of its running flowables, start ``rerun``, fill the emptied
+        WorkingDirectory task runs, go on with the lanes a failure cut short."""
+        st = self.st
+        assert st.root is not None
         children: dict[str | None, list[TaskRunState]] = {}
         for tr in st.task_runs.values():
             children.setdefault(tr.parent.id if tr.parent else None, []).append(tr)
@@ -1480,17 +1502,6 @@ def _below_any(tr: TaskRunState, ids: set[str]) -> bool:
     node = tr.parent
     while node is not None:
         if node.id in ids:
-            return True
-        node = node.parent
-    return False
-
-
-def _in_side_branch(tr: TaskRunState) -> bool:
-    """Whether ``tr`` runs in an ``errors``, ``finally`` or ``afterExecution`` block (or below
-    one): a restart drops those task runs, and runs the blocks again as needed."""
-    node: TaskRunState | None = tr
-    while node is not None:
-        if node.block is not Block.TASKS:
             return True
         node = node.parent
     return False

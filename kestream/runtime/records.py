@@ -80,6 +80,10 @@ def event_value(event: ev.Event) -> dict[str, Any]:
             "parent": None
             if link is None
             else [link.execution_id, link.task_run_id, link.attempt, link.outputs, link.wait],
+            "parentId": event.parent_id,
+            "replay": None
+            if event.replay is None
+            else {"snapshot": event.replay.snapshot, "taskRunId": event.replay.task_run_id},
         }
     if isinstance(event, ev.WorkerResult):
         return {
@@ -197,7 +201,28 @@ def _created(body: dict[str, Any]) -> ev.Event:
         attempt_number=int(body.get("attempt") or 1),
         original_created=_parse_when(body.get("originalCreated")),
         parent=ev.SubflowLink(*parent) if parent else None,
+        parent_id=_optional_text(body.get("parentId"), "parentId"),
+        replay=_replay_from(body.get("replay")),
     )
+
+
+def _optional_text(raw: Any, name: str) -> str | None:
+    if raw is not None and not isinstance(raw, str):
+        raise ValueError(f"'{name}' must be text")  # -> RecordError
+    return raw
+
+
+def _replay_from(raw: Any) -> ev.ReplayFrom | None:
+    """A replay's snapshot and task run, checked where the record is read (a dead letter)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("snapshot"), dict):
+        raise ValueError("a replay needs the replayed execution's JSON as 'snapshot'")
+    snapshot_attempt(raw["snapshot"])  # a RestoreError (a ValueError) -> RecordError
+    task_run_id = _optional_text(raw.get("taskRunId"), "taskRunId")
+    if task_run_id is None:
+        raise ValueError("a replay needs the 'taskRunId' it goes on from")
+    return ev.ReplayFrom(raw["snapshot"], task_run_id)
 
 
 def _result(body: dict[str, Any]) -> ev.Event:
