@@ -88,6 +88,38 @@ def parse_input_pairs(pairs: Sequence[str]) -> dict[str, str]:
     return inputs
 
 
+def file_inputs(inputs: dict[str, str]) -> tuple[dict[str, str], dict[str, Path]]:
+    """Split ``--input`` values: ``@path`` names a file to upload (it must exist), ``@@text``
+    is the text ``@text``; others are kept. The uploads keep their key as a placeholder, so the
+    inputs can be checked before anything is stored."""
+    kept: dict[str, str] = {}
+    uploads: dict[str, Path] = {}
+    for key, value in inputs.items():
+        if value.startswith("@@"):
+            kept[key] = value[1:]
+        elif value.startswith("@"):
+            path = Path(value[1:]).expanduser()
+            if not path.is_file():
+                raise ValueError(f"--input {key}=@{value[1:]}: no such file")
+            uploads[key] = path
+            kept[key] = f"kestra:///{key}"
+        else:
+            kept[key] = value
+    return kept, uploads
+
+
+def store_uploads(uploads: dict[str, Path], flow: Any, execution_id: str) -> dict[str, str]:
+    """Store each ``--input key=@path`` file in the internal storage; its URI per key."""
+    from kestream.storage import get_storage
+    from kestream.storage.uploads import store_input_file
+
+    storage = get_storage()
+    return {
+        key: store_input_file(storage, flow.namespace, flow.id, execution_id, key, path.name, path)
+        for key, path in uploads.items()
+    }
+
+
 # -- run ---------------------------------------------------------------------------------------
 
 
@@ -95,7 +127,13 @@ def parse_input_pairs(pairs: Sequence[str]) -> dict[str, str]:
 def run(
     flow: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Flow YAML file.")],
     inputs: Annotated[
-        list[str] | None, typer.Option("--input", "-i", help="An input, key=value (repeat).")
+        list[str] | None,
+        typer.Option(
+            "--input",
+            "-i",
+            help="An input, key=value (repeat); key=@path uploads that file (FILE inputs), "
+            "key=@@text gives the text @text.",
+        ),
     ] = None,
     flows: Annotated[
         Path | None,
@@ -125,16 +163,20 @@ async def _run(
     flow_yaml: str, others: list[str], inputs: dict[str, str], timeout: float
 ) -> tuple[Execution, list[LogEntry]]:
     from kestream.models.flow import parse_flow
+    from kestream.models.ids import new_id
     from kestream.models.inputs import InputValidationError, parse_inputs
     from kestream.models.validation import FlowValidationError
 
     try:
         flow = parse_flow(flow_yaml)
+        inputs, uploads = file_inputs(inputs)
         parse_inputs(flow.inputs, inputs)  # fail fast, before any broker starts
         for other in others:
             parse_flow(other)
-    except (FlowValidationError, InputValidationError) as exc:
+    except (FlowValidationError, InputValidationError, ValueError) as exc:
         raise _fail(str(exc)) from None
+    execution_id = new_id()
+    inputs = {**inputs, **store_uploads(uploads, flow, execution_id)}
     started = time.monotonic()
     async with _LocalRuntime() as runtime:
         _say(f"broker ready ({runtime.describe()}) in {time.monotonic() - started:.2f}s")
@@ -142,7 +184,7 @@ async def _run(
         for other in others:
             await client.deploy(other)
         deployed = await client.deploy(flow_yaml)
-        execution_id = await client.submit(deployed.namespace, deployed.id, inputs)
+        await client.submit(deployed.namespace, deployed.id, inputs, execution_id=execution_id)
         _say(f"execution {execution_id} of {deployed.namespace}.{deployed.id} submitted")
         execution = await asyncio.wait_for(_follow(client, execution_id), timeout)
         elapsed = time.monotonic() - started

@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic_core import to_jsonable_python
 
 from kestream.api import sse
+from kestream.api.file_routes import store_uploads
 from kestream.api.handle import ApiHandle
 from kestream.api.http import (
     ApiError,
@@ -31,6 +32,7 @@ from kestream.api.index.query import QueryError, parse_search_params
 from kestream.api.purge import delete_execution
 from kestream.api.service import ApiService, dump
 from kestream.executor.restore import RESTARTABLE
+from kestream.models.ids import new_id
 from kestream.models.input_resolution import ResolvedInput, resolve_inputs
 from kestream.models.inputs import InputValidationError
 from kestream.models.state import StateType
@@ -90,7 +92,8 @@ class ExecutionRoutes:
     async def create(self, request: web.Request) -> web.Response:
         """Start an execution of the flow's newest revision (or ``?revision=``).
 
-        Inputs are form fields (multipart or url-encoded; JSON is accepted too), ``labels`` are
+        Inputs are form fields (multipart or url-encoded; JSON is accepted too); an uploaded
+        file is stored and its input is given its ``kestra://`` URI (FILE inputs). ``labels`` are
         repeated ``key:value`` query parameters, ``?scheduleDate=`` (ISO-8601 with an offset)
         starts it later (it waits as CREATED, its timer kept in the executor's state), and
         ``?wait=true`` answers when the execution ends or pauses, or after
@@ -116,10 +119,12 @@ class ExecutionRoutes:
                 f"Labels starting with 'system.' are reserved: {', '.join(reserved)}",
                 [{"path": "labels", "message": f"reserved label '{k}'"} for k in reserved],
             )
-        inputs = await read_form(request, self.api.max_body)
+        execution_id = new_id()
+        form = await read_form(request, self.api.max_body, files=True)
+        inputs = await store_uploads(form, flow, execution_id)
         try:
             created = await service.create_execution(
-                flow, inputs, labels, schedule_date=schedule_date
+                flow, inputs, labels, schedule_date=schedule_date, execution_id=execution_id
             )
         except InputValidationError as exc:
             raise input_errors(exc) from None

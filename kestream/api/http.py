@@ -109,11 +109,11 @@ async def read_text(request: web.Request, limit: int) -> str:
         raise bad_request(f"Request body is not valid text: {exc}") from None
 
 
-async def read_form(request: web.Request, limit: int) -> dict[str, Any]:
+async def read_form(request: web.Request, limit: int, *, files: bool = False) -> dict[str, Any]:
     """Form fields of a multipart or url-encoded body (Kestra's execution inputs).
 
-    A repeated field gives a list; an uploaded file's content is read as text (kestream has no
-    internal storage, so FILE inputs carry their content, bounded by the body limit).
+    A repeated field gives a list. An uploaded file is kept as its ``web.FileField`` with
+    ``files`` (the caller stores it: FILE inputs), else read as text.
     """
     if not request.body_exists:
         return {}
@@ -141,19 +141,19 @@ async def read_form(request: web.Request, limit: int) -> dict[str, Any]:
         form = await request.post()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(limit) from None
-    return _fields(form)
+    return _fields(form, files)
 
 
-def _fields(form: MultiDictProxy[Any]) -> dict[str, Any]:
+def _fields(form: MultiDictProxy[Any], files: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in form:
-        values = [_field_value(v) for v in form.getall(key)]
+        values = [_field_value(v, files) for v in form.getall(key)]
         out[key] = values[0] if len(values) == 1 else values
     return out
 
 
-def _field_value(value: Any) -> Any:
-    if isinstance(value, web.FileField):
+def _field_value(value: Any, files: bool) -> Any:
+    if isinstance(value, web.FileField) and not files:
         return value.file.read().decode("utf-8", "replace")
     return value
 

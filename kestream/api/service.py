@@ -136,14 +136,16 @@ class ApiService:
         trigger: dict[str, Any] | None = None,
         schedule_date: datetime | None = None,
         validate: bool = True,
+        execution_id: str | None = None,
     ) -> dict[str, Any]:
         """Start an execution of ``flow``; returns its JSON as created (state CREATED).
 
         Inputs are checked here (an :class:`~kestream.models.inputs.InputValidationError` names
         every bad one) unless ``validate`` is false, when the executor checks them.
+        ``execution_id``: an id chosen before (uploaded files were stored under it).
         """
         typed = parse_inputs(flow.inputs, inputs) if validate else inputs
-        execution_id = new_id()
+        execution_id = execution_id or new_id()
         event = ev.ExecutionCreated(
             execution_id=execution_id,
             namespace=flow.namespace,

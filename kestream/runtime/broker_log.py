@@ -10,6 +10,7 @@ lost records again from the broker.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import struct
@@ -79,16 +80,26 @@ def read_frames(data: bytes) -> tuple[list[StoredRecord], int]:
     """The intact records at the start of ``data``, and the length they take."""
     records: list[StoredRecord] = []
     pos = 0
-    while pos + _HEAD.size <= len(data):
-        crc, size, offset, timestamp = _HEAD.unpack_from(data, pos)
-        end = pos + _HEAD.size + size
-        if end > len(data):
-            break
-        if zlib.crc32(data[pos + _CRC_FROM : end]) != crc:
-            break
-        records.append(_decode_body(offset, timestamp, data[pos + _HEAD.size : end]))
+    for record, end in _frames(io.BytesIO(data)):
+        records.append(record)
         pos = end
     return records, pos
+
+
+def _frames(source: BinaryIO) -> Iterator[tuple[StoredRecord, int]]:
+    """Each intact record of ``source`` from its position, and where it ends; a file is read a
+    frame at a time, so a partition's history never has to fit in memory."""
+    pos = source.tell()
+    while True:
+        head = source.read(_HEAD.size)
+        if len(head) < _HEAD.size:
+            return
+        crc, size, offset, timestamp = _HEAD.unpack(head)
+        body = source.read(size)
+        if len(body) < size or zlib.crc32(body, zlib.crc32(head[_CRC_FROM:])) != crc:
+            return
+        pos += _HEAD.size + size
+        yield _decode_body(offset, timestamp, body), pos
 
 
 class PartitionLog:
@@ -97,9 +108,12 @@ class PartitionLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        records, intact = read_frames(path.read_bytes()) if path.exists() else ([], 0)
-        self.next_offset = records[-1].offset + 1 if records else 0
-        self.count = len(records)
+        self.next_offset = self.count = intact = 0
+        if path.exists():
+            with path.open("rb") as existing:
+                for record, end in _frames(existing):
+                    self.next_offset, intact = record.offset + 1, end
+                    self.count += 1
         self._file: BinaryIO = open(path, "ab")  # noqa: SIM115 - open as long as the store
         if self._file.tell() != intact:
             log.warning(
@@ -121,8 +135,10 @@ class PartitionLog:
         os.fsync(self._file.fileno())
 
     def records(self) -> Iterator[StoredRecord]:
-        records, _ = read_frames(self.path.read_bytes())
-        yield from records
+        """The records written so far, read from the file one by one."""
+        with self.path.open("rb") as source:
+            for record, _ in _frames(source):
+                yield record
 
     def close(self) -> None:
         self._file.close()

@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 SCHEME = "kestra"
 URI_PREFIX = "kestra:///"
 _SEGMENT_REFUSED = re.compile(r"[\x00-\x1f\\]")
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class StorageUriError(ValueError):
@@ -116,3 +117,11 @@ def parse_uri(uri: str) -> str:
 def file_name(key: str) -> str:
     """The last segment of a key (the file's own name)."""
     return key.rsplit("/", 1)[-1]
+
+
+def safe_file_name(name: str, fallback: str = "file") -> str:
+    """``name`` (a client's file name, a server's) as one safe key segment: its last path
+    segment, characters other than letters, digits, ``.``, ``_``, ``-`` as ``_``."""
+    last = name.replace("\\", "/").rsplit("/", 1)[-1]
+    safe = _UNSAFE_NAME.sub("_", last).strip("._")
+    return safe or fallback

@@ -9,14 +9,11 @@ Storage calls block (a local disk, or an S3 round trip): async tasks run them in
 
 from __future__ import annotations
 
-import re
 import uuid
 
 from kestream.storage.access import ExecutionFiles, FileAccessError
-from kestream.storage.keys import TaskRunFiles
+from kestream.storage.keys import TaskRunFiles, safe_file_name
 from kestream.tasks.base import RunInfo, TaskError
-
-_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def run_files(run: RunInfo) -> TaskRunFiles:
@@ -39,7 +36,7 @@ def readable_key(run: RunInfo, uri: object, what: str = "uri") -> str:
 def new_file_name(extension: str | None = None, stem: str | None = None) -> str:
     """A fresh file name for the task run's folder: ``stem`` (made safe) or a random one,
     with ``extension`` (``.txt`` or ``txt``)."""
-    base = _UNSAFE_NAME.sub("_", stem).strip("._") if stem else ""
-    ext = _UNSAFE_NAME.sub("", (extension or "").lstrip("."))
+    base = safe_file_name(stem, "") if stem else ""
+    ext = safe_file_name((extension or "").lstrip("."), "")
     name = base or uuid.uuid4().hex
     return f"{name}.{ext}" if ext else name
