@@ -72,6 +72,7 @@ from kestream.models.input_resolution import fill_defaults
 from kestream.models.inputs import InputValidationError, coerce_output, parse_inputs
 from kestream.models.state import StateType, worst
 from kestream.models.values import check_portable, find_unportable, safe_text
+from kestream.secrets.deferred import SECRETS_KEY, render_properties
 from kestream.tasks.base import (
     LOG_LEVEL_ORDER,
     ChildPlan,
@@ -676,7 +677,7 @@ class _Step:
         self.move(tr, S.RUNNING)
         tr.attempts.append(StateRecord.new(S.RUNNING, self.now))
         try:
-            props = self.render_props(tr)
+            props = self.render_props(tr, defer_secrets=isinstance(tr.task, RunnableTask))
         except RenderError as exc:
             self.attempt_failed(tr, str(exc))
             return None
@@ -697,7 +698,13 @@ class _Step:
         # A task that changes the execution (Labels, Exit) runs here whatever the inline switch;
         # one that names a worker group runs on that group's workers, even if it could inline.
         inline = self.ex.inline_tasks and task.inline and task.workerGroup is None
-        if inline or isinstance(task, ExecutionUpdatingTask):
+        secrets = SECRETS_KEY in props  # resolved on a worker only (kestream.secrets.deferred)
+        if secrets and isinstance(task, ExecutionUpdatingTask):
+            self.attempt_failed(
+                tr, "secret() is only resolved on a worker; this task runs in the executor"
+            )
+            return
+        if (inline and not secrets) or isinstance(task, ExecutionUpdatingTask):
             info = RunInfo(self.st.id, tr.id, attempt)
             try:
                 outcome = task.execute(props, info)
@@ -1378,18 +1385,17 @@ class _Step:
             execution["outputs"] = self.st.flow_outputs
         return execution
 
-    def render_props(self, tr: TaskRunState) -> dict[str, Any]:
+    def render_props(self, tr: TaskRunState, *, defer_secrets: bool = False) -> dict[str, Any]:
         task = tr.task
         if not task.dynamic:
             return {}
         ctx = self.context(tr)
         ctx.update(task.worker_vars)
-        props: dict[str, Any] = {}
-        for name in task.dynamic:
-            value = getattr(task, name)
-            if value is not None:
-                props[name] = render_value(value, ctx)
-        return props
+        values = {name: getattr(task, name) for name in task.dynamic}
+        values = {name: value for name, value in values.items() if value is not None}
+        if defer_secrets:  # a job's: texts calling secret() are rendered on the worker
+            return render_properties(values, ctx)
+        return {name: render_value(value, ctx) for name, value in values.items()}
 
     def timeout_seconds(self, tr: TaskRunState) -> float | None:
         if tr.task.timeout is None:

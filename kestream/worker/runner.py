@@ -11,6 +11,7 @@ Every running attempt can be cancelled by a kill.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,11 +20,17 @@ from functools import partial
 from typing import Any
 
 from kestream.executor.commands import LogLine, RunTask
+from kestream.executor.context import kv_lookup
 from kestream.executor.events import WorkerResult
 from kestream.executor.sizes import outputs_too_large
+from kestream.expressions import RenderError
 from kestream.models.clock import Clock, utc_now
 from kestream.models.state import StateType
 from kestream.models.values import find_unportable, safe_text
+from kestream.secrets.deferred import SECRETS_KEY, reveal
+from kestream.secrets.masking import Masker
+from kestream.secrets.resolver import process_resolver
+from kestream.settings import get_settings
 from kestream.storage.keys import TaskRunFiles
 from kestream.tasks.base import LOG_LEVEL_ORDER, LogLevel, RunInfo, TaskError, TaskOutcome
 from kestream.tasks.files import readable_key
@@ -78,12 +85,13 @@ class TaskRunner:
         """
         key = (job.execution_id, job.task_run_id)
         streamed_errors: list[str] = []
-        emit = None if on_line is None else self._emitter(job, on_line, streamed_errors)
+        masker = Masker()  # the values of the secrets this attempt resolves
+        emit = None if on_line is None else self._emitter(job, on_line, streamed_errors, masker)
         files = TaskRunFiles(
             job.namespace, job.flow_id, job.execution_id, job.task.id, job.task_run_id
         )
         info = RunInfo(job.execution_id, job.task_run_id, job.attempt, emit=emit, files=files)
-        body = asyncio.ensure_future(self._execute(job, info))
+        body = asyncio.ensure_future(self._execute(job, info, masker))
         self._running[key] = body
         try:
             outcome = await asyncio.wait_for(asyncio.shield(body), job.timeout_s)
@@ -100,10 +108,14 @@ class TaskRunner:
         finally:
             self._running.pop(key, None)
         outcome.logs[:0] = info.lines  # what the task logged as it ran comes first
-        return self._result(job, outcome, streamed_errors)
+        return self._result(job, _masked(outcome, masker), streamed_errors)
 
     def _emitter(
-        self, job: RunTask, on_line: Callable[[LogLine], None], errors: list[str]
+        self,
+        job: RunTask,
+        on_line: Callable[[LogLine], None],
+        errors: list[str],
+        masker: Masker,
     ) -> Callable[[LogLevel, str], None]:
         """``RunInfo.emit`` for one attempt: the task's level floor applied, the line handed to
         ``on_line`` on the loop's thread (task code in a pool thread logs through it too), the
@@ -115,7 +127,7 @@ class TaskRunner:
         def emit(level: LogLevel, message: str) -> None:
             if LOG_LEVEL_ORDER[level] < floor:
                 return
-            line = _line(job, level, message, self._clock())
+            line = _line(job, level, masker.text(message), self._clock())
             if level is LogLevel.ERROR and len(errors) < ERROR_LINES_KEPT:
                 errors.append(line.message)
             if threading.get_ident() == loop_thread:
@@ -145,8 +157,9 @@ class TaskRunner:
         if self._owns_processes:
             self._processes.close()
 
-    async def _execute(self, job: RunTask, info: RunInfo) -> TaskOutcome:
+    async def _execute(self, job: RunTask, info: RunInfo, masker: Masker) -> TaskOutcome:
         try:
+            job = self._revealed(job, masker)
             if job.workdir is None:
                 return await self._call(job, info)
             shared = job.workdir
@@ -158,13 +171,22 @@ class TaskRunner:
                     write_input_files(shared.input_files, dirs, readable)
                 info.working_dir = path
                 return await self._call(job, info)
-        except TaskError as exc:
+        except (TaskError, RenderError) as exc:
             return TaskOutcome(StateType.FAILED, error=str(exc))
         except asyncio.CancelledError:
             info.killed.set()  # code still running in a pool thread can see it and stop
             raise
         except Exception as exc:  # a task's own bug must fail its task run, not the worker
             return task_bug(exc, info)
+
+    def _revealed(self, job: RunTask, masker: Masker) -> RunTask:
+        """The job with the property texts that call ``secret()`` rendered here, at the last
+        moment (:mod:`kestream.secrets.deferred`); their values go to ``masker``."""
+        if SECRETS_KEY not in job.props:
+            return job
+        extra = {"@kv": kv_lookup, "@now": self._clock}
+        resolver = partial(process_resolver, get_settings().secrets_file)
+        return dataclasses.replace(job, props=reveal(job.props, resolver, masker, extra))
 
     async def _call(self, job: RunTask, info: RunInfo) -> TaskOutcome:
         """The task's code, where its kind runs (see the module's doc)."""
@@ -215,6 +237,18 @@ class TaskRunner:
             return TaskOutcome(StateType.FAILED, logs=outcome.logs, error=problem)
         note = (LogLevel.WARN, f"{problem}; the failed run's outputs were dropped")
         return TaskOutcome(outcome.state, logs=[*outcome.logs, note], error=outcome.error)
+
+
+def _masked(outcome: TaskOutcome, masker: Masker) -> TaskOutcome:
+    """``outcome`` with the attempt's secret values masked in its lines, error and outputs."""
+    if not masker:
+        return outcome
+    return TaskOutcome(
+        outcome.state,
+        masker.value(outcome.outputs),
+        [(level, masker.text(message)) for level, message in outcome.logs],
+        None if outcome.error is None else masker.text(outcome.error),
+    )
 
 
 def _floor(job: RunTask) -> int:

@@ -93,8 +93,8 @@ def test_uuid_and_random_int() -> None:
     ("template", "message"),
     [
         ("{{ read('/etc/passwd') }}", "Function or Macro [read] does not exist"),
-        ("{{ secret('KEY') }}", "Function or Macro [secret] does not exist"),
-        ("{{ kv('key') }}", "Function or Macro [kv] does not exist"),
+        ("{{ secret('KEY') }}", "Function [secret]: secret() is only resolved on a worker"),
+        ("{{ kv('key') }}", "Function [kv]: the KV store cannot be read here"),
         ("{{ fileURI('f') }}", "Function or Macro [fileURI] does not exist"),
         ("{{ printContext() }}", "Function or Macro [printContext] does not exist"),
         ("{{ range(1, 2000000) }}", "Function [range]: The range function cannot produce"),
