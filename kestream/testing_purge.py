@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kestream.storage.current import remove_execution_files
 from kestream.tasks.purge import ExecutionPurge, ExecutionPurgeCounts, LogPurge
 
 if TYPE_CHECKING:
@@ -32,6 +33,8 @@ class DriverPurger:
                 continue
             if query.purgeLog:
                 counts.logsCount += len(driver._logs.pop(st.id, []))
+            if query.purgeStorage:
+                counts.storagesCount += remove_execution_files(st.namespace, st.flow_id, st.id)
             if query.purgeExecution:
                 counts.executionsCount += 1
                 del driver.states[st.id]

@@ -7,6 +7,7 @@ registered before ``/{namespace}/{flowId}``, which would otherwise match them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -36,6 +37,7 @@ from kestream.models.ids import new_id
 from kestream.models.input_resolution import ResolvedInput, resolve_inputs
 from kestream.models.inputs import InputValidationError
 from kestream.models.state import StateType
+from kestream.storage.current import remove_execution_files
 
 PREFIX = "/api/v1/{tenant}/executions"
 
@@ -202,15 +204,20 @@ class ExecutionRoutes:
     async def delete(self, request: web.Request) -> web.Response:
         """204: the execution is deleted, with its lines unless ``deleteLogs=false``, through
         Kafka, so every API's index drops it (:func:`kestream.api.purge.delete_execution`); it
-        no longer lists nor answers. An execution still running is refused with 409: kill it
-        first."""
+        no longer lists nor answers. Its stored files go too, unless ``deleteStorage=false``.
+        An execution still running is refused with 409: kill it first."""
         service, execution = await self.api.execution_for(request)
         if not current_state(execution).is_terminal:
             raise ApiError(
                 409, f"Illegal state: Execution '{execution['id']}' is still running: kill it first"
             )
         logs = query_flag(request, "deleteLogs", default=True)
+        files = query_flag(request, "deleteStorage", default=True)
         await delete_execution(service, execution["id"], logs=logs)
+        if files:
+            await asyncio.to_thread(
+                remove_execution_files, execution["namespace"], execution["flowId"], execution["id"]
+            )
         return web.Response(status=204)
 
     async def follow(self, request: web.Request) -> web.StreamResponse:

@@ -36,6 +36,7 @@ from kestream.api.index.purges import (
     purgeable_lines,
 )
 from kestream.api.service import ApiService
+from kestream.storage.current import remove_execution_files
 from kestream.tasks.purge import ExecutionPurge, ExecutionPurgeCounts, LogPurge
 
 __all__ = ["PurgeRoutes", "delete_execution", "purge_executions", "purge_logs"]
@@ -82,7 +83,7 @@ async def delete_execution(service: ApiService, execution_id: str, *, logs: bool
 async def purge_executions(service: ApiService, query: ExecutionPurge) -> ExecutionPurgeCounts:
     """Purge what ``query`` names, a page at a time (module docs)."""
     counts = ExecutionPurgeCounts()
-    if not (query.purgeExecution or query.purgeLog):
+    if not (query.purgeExecution or query.purgeLog or query.purgeStorage):
         return counts
     store = service.index
     purged: set[str] = set()
@@ -95,9 +96,22 @@ async def purge_executions(service: ApiService, query: ExecutionPurge) -> Execut
             counts.logsCount += await asyncio.to_thread(line_counts, store, ids)
         if query.purgeExecution:
             counts.executionsCount += len(ids)
+        if query.purgeStorage:
+            counts.storagesCount += await asyncio.to_thread(_remove_files, store, ids)
         record = PurgeRecord(query.purgeExecution, all_logs=query.purgeLog)
         await _send(service, [(execution_id, record) for execution_id in ids])
         purged.update(ids)
+
+
+def _remove_files(store: Any, ids: list[str]) -> int:
+    """Delete the stored files of the executions ``ids`` (their folders, by the namespace and
+    flow the index knows them by); returns how many files went."""
+    removed = 0
+    for execution_id in ids:
+        found = store.get(execution_id, include_deleted=True)
+        if found is not None:
+            removed += remove_execution_files(found["namespace"], found["flowId"], execution_id)
+    return removed
 
 
 async def purge_logs(service: ApiService, query: LogPurge) -> int:

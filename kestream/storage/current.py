@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from kestream.settings import Settings, get_settings
 from kestream.storage.backend import Storage
+from kestream.storage.keys import execution_prefix
 
 _current: Storage | None = None
 
@@ -39,6 +40,15 @@ def storage_from_settings(settings: Settings) -> Storage:
     if parts.scheme == "file":
         return Storage.local(Path(parts.path))
     return Storage.local(Path(url).expanduser())
+
+
+def remove_execution_files(
+    namespace: str, flow_id: str, execution_id: str, storage: Storage | None = None
+) -> int:
+    """Delete every stored file of one execution (a deletion, a purge); returns how many."""
+    return (storage or get_storage()).delete_prefix(
+        execution_prefix(namespace, flow_id, execution_id)
+    )
 
 
 def get_storage() -> Storage:

@@ -18,8 +18,9 @@ broker it is the API's execution index, and the deletions travel through Kafka s
 API process applies them (:class:`kestream.tasks.purge_api.ApiPurger`, the default);
 ``kestream.testing`` puts its own in-memory purger in :data:`PURGER` for the tasks it runs.
 
-kestream has no internal storage and keeps no metrics per execution, so ``purgeStorage`` and
-``purgeMetric`` are accepted and report 0 (``storagesCount``, ``metricsCount``).
+``purgeStorage`` removes the purged executions' files from the internal storage
+(``storagesCount`` counts them); kestream keeps no metrics per execution, so ``purgeMetric`` is
+accepted and reports 0 (``metricsCount``).
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class ExecutionPurge(_Query):
     states: frozenset[StateType] | None = None
     purgeExecution: bool = True
     purgeLog: bool = True
+    purgeStorage: bool = True
 
     def matches(
         self,
@@ -130,6 +132,7 @@ class ExecutionPurgeCounts(BaseModel):
 
     executionsCount: int = 0
     logsCount: int = 0
+    storagesCount: int = 0
 
 
 class LogPurge(_Query):
@@ -217,6 +220,7 @@ class PurgeExecutions(RunnableTask):
             "states": self.states,
             "purgeExecution": self.purgeExecution,
             "purgeLog": self.purgeLog,
+            "purgeStorage": self.purgeStorage,
         }
         query = _query(ExecutionPurge, props, fixed)
         counts = await _purger().purge_executions(query)
@@ -224,7 +228,7 @@ class PurgeExecutions(RunnableTask):
             LogLevel.INFO,
             f"Purged {counts.executionsCount} executions and {counts.logsCount} log lines",
         )
-        outputs = {**counts.model_dump(), "metricsCount": 0, "storagesCount": 0}
+        outputs = {**counts.model_dump(), "metricsCount": 0}
         return TaskOutcome(StateType.SUCCESS, outputs)
 
 

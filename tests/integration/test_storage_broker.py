@@ -6,7 +6,7 @@ S3-compatible server on loopback (moto's server mode, started by this test). A F
 uploaded through the API (multipart, as Kestra's clients send it); the default worker's script
 reads it and exports a file; a script in the other worker process reads that file and exports
 its own; the executor's ``read()`` sees both; the API downloads, previews and describes the
-files, and refuses paths outside the execution.
+files, refuses paths outside the execution, and deletes them with the execution.
 """
 
 from __future__ import annotations
@@ -174,3 +174,10 @@ def test_a_file_crosses_worker_processes_through_s3_and_the_api_serves_it(
         assert answer.status == 404, (path, answer.body)
     assert api.get(f"{base}?path={quote(folder + 'nothing.txt')}").status == 404
     assert api.get(f"/executions/{other['id']}/file?path={quote(second_uri)}").status == 404
+
+    # Deleting the execution deletes its files (the uploaded input among them).
+    key_folder = folder.removeprefix("kestra:///")
+    assert len(stored.list(key_folder)) == 3
+    api.wait_state(other["id"], {"SUCCESS", "FAILED", "WARNING", "KILLED"}, timeout=120)
+    assert api.request("DELETE", f"/executions/{execution_id}").status == 204
+    assert stored.list(key_folder) == []
