@@ -16,6 +16,7 @@ from kestream.tasks.execution import Assert, Exit, Labels
 from kestream.tasks.flow import AllowFailure, If, Parallel, Sequential, Switch
 from kestream.tasks.http import Request
 from kestream.tasks.http_download import Download
+from kestream.tasks.local_files import LocalFiles
 from kestream.tasks.kv import Delete as KVDelete
 from kestream.tasks.kv import Get as KVGet
 from kestream.tasks.kv import GetKeys as KVGetKeys
@@ -41,7 +42,7 @@ TASK_CLASSES: tuple[type[Task], ...] = (
     Request, Labels, Assert, Exit, PurgeExecutions, PurgeLogs,
     ShellCommands, ShellScript, PythonCommands, PythonScript,
     KVSet, KVGet, KVGetKeys, KVDelete, PurgeKV,
-    Write, Concat, Split, StorageSize, StorageDelete, Download,
+    Write, Concat, Split, StorageSize, StorageDelete, Download, LocalFiles,
 )  # fmt: skip
 
 

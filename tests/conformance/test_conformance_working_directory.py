@@ -2,7 +2,8 @@
 
 The entries tagged ``WorkingDirectory`` in the second corpus (``<repo>/../shared/conformance-next``,
 or ``$KESTREAM_CONFORMANCE_NEXT_DIR``) run through the driver, their ``expect`` checked by the
-main suite's checker. All but one need what kestream does not have yet, and are listed in
+main suite's checker, plus the corpus's ``storedFile`` check (the stored file's content, read
+from the internal storage). Those that need what kestream does not have yet are listed in
 :data:`NOT_RUN` with the reason; a test checks that list against the corpus, so an entry added
 there is either run or explained.
 """
@@ -13,26 +14,25 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conformance_checks import Observed, check_expect, dump_execution
 from conformance_corpus import REPO_ROOT, Entry, load_entries
 
+from kestream.models.execution import Execution
+from kestream.storage import Storage, get_storage, parse_uri, using_storage
 from kestream.testing import Driver
 
 ENV_VAR = "KESTREAM_CONFORMANCE_NEXT_DIR"
 FEATURE = "WorkingDirectory"
-_STORAGE = (
-    "its children are LocalFiles tasks, whose exported files are internal-storage URIs "
-    "(kestra://...): kestream has no internal storage yet"
-)
 #: Entries not run, by flow id, and why.
 NOT_RUN = {
-    "working-directory": _STORAGE,
-    "working-directory-each": _STORAGE,
-    "working-directory-inputs": _STORAGE,
-    "working-directory-outputs": _STORAGE + "; WorkingDirectory outputFiles is refused too",
-    "working-directory-cache": "WorkingDirectory cache needs a storage; it is refused at deploy",
+    "working-directory-outputs": (
+        "WorkingDirectory outputFiles is refused at deploy: nothing collects the directory's "
+        "files after its last task yet"
+    ),
+    "working-directory-cache": "WorkingDirectory cache is refused at deploy (not built yet)",
 }
 
 
@@ -52,8 +52,8 @@ ENTRIES = [entry for entry in TAGGED if entry.flow_id not in NOT_RUN]
 
 
 @pytest.fixture
-def driver() -> Iterator[Driver]:
-    with Driver() as instance:
+def driver(tmp_path: Path) -> Iterator[Driver]:
+    with using_storage(Storage.local(tmp_path / "storage")), Driver() as instance:
         yield instance
 
 
@@ -64,10 +64,31 @@ def test_conformance_working_directory(entry: Entry, driver: Driver) -> None:
         entry.namespace, entry.flow_id, entry.inputs, validate_inputs=entry.inputs_validated
     )
     obs = Observed(execution=execution, logs=driver.logs(execution.id))
-    failures = check_expect(dict(entry.expect), obs)
+    expect = dict(entry.expect)
+    runs = expect.get("taskRuns", [])
+    stored = [(run["taskId"], run.pop("storedFile")) for run in runs if "storedFile" in run]
+    failures = check_expect(expect, obs) + check_stored_files(stored, execution)
     if failures:
         report = "\n".join([f"{entry.case_id()} ({entry.source})", *failures])
         pytest.fail(report + "\n" + dump_execution(execution, obs.logs), pytrace=False)
+
+
+def check_stored_files(stored: list[tuple[str, dict[str, Any]]], execution: Execution) -> list[str]:
+    """The corpus's ``storedFile``: the file at ``outputs[output][key]`` holds ``content``."""
+    failures = []
+    runs = {run.taskId: run for run in execution.taskRunList}
+    for task_id, check in stored:
+        outputs = runs[task_id].outputs if task_id in runs else None
+        uri = ((outputs or {}).get(check["output"]) or {}).get(check["key"])
+        if not isinstance(uri, str):
+            failures.append(
+                f"storedFile: {task_id} has no outputs.{check['output']}[{check['key']}]"
+            )
+            continue
+        content = get_storage().get(parse_uri(uri)).decode()
+        if content != check["content"]:
+            failures.append(f"storedFile: {uri} holds {content!r}, not {check['content']!r}")
+    return failures
 
 
 def test_every_tagged_entry_is_run_or_explained() -> None:
