@@ -32,7 +32,8 @@ from kestream.api.http import (
 from kestream.api.index.query import QueryError, parse_search_params
 from kestream.api.purge import delete_execution
 from kestream.api.service import ApiService, dump
-from kestream.executor.restore import RESTARTABLE
+from kestream.executor.replay import ReplayError
+from kestream.executor.restore import RESTARTABLE, RestoreError
 from kestream.models.ids import new_id
 from kestream.models.input_resolution import ResolvedInput, resolve_inputs
 from kestream.models.inputs import InputValidationError
@@ -85,6 +86,8 @@ class ExecutionRoutes:
             web.delete(one + "/kill", self.kill),
             web.post(one + "/resume", self.resume),
             web.post(one + "/restart", self.restart),
+            web.post(one + "/replay", self.replay),
+            web.post(one + "/replay-with-inputs", self.replay_with_inputs),
             web.get(one, self.get),
             web.delete(one, self.delete),
             web.post(PREFIX + "/{namespace}/{flowId}/validate", self.validate_inputs),
@@ -200,6 +203,51 @@ class ExecutionRoutes:
         restarted = dict(execution)
         restarted["state"] = {**execution["state"], "current": StateType.RESTARTED.value}
         return json_response(restarted)
+
+    async def replay(self, request: web.Request) -> web.Response:
+        """Replay an ended execution as a new one, from ``?taskRunId=`` (the task runs before
+        it are kept) or from its start, on ``?revision=`` (default: its own). Answers the new
+        execution."""
+        return await self._replay(request, None)
+
+    async def replay_with_inputs(self, request: web.Request) -> web.Response:
+        """Replay, as ``replay``, with the form's inputs instead of the execution's own
+        (checked as a new execution's; uploaded files are stored for the new execution)."""
+        return await self._replay(request, {})
+
+    async def _replay(self, request: web.Request, inputs: dict[str, Any] | None) -> web.Response:
+        service, execution = await self.api.execution_for(request)
+        state = current_state(execution)
+        if not state.is_terminal:
+            raise ApiError(
+                409,
+                f"Illegal state: Execution '{execution['id']}' is {state.value}: only an "
+                "ended execution can be replayed",
+            )
+        revision = query_int(request, "revision", 0, low=1, high=10**9) or None
+        number = revision or execution["flowRevision"]
+        flow = service.flow(execution["namespace"], execution["flowId"], number)
+        if flow is None:
+            raise not_found(
+                f"Flow '{execution['namespace']}.{execution['flowId']}' revision {number}"
+            )
+        execution_id = new_id()
+        if inputs is not None:
+            form = await read_form(request, self.api.max_body, files=True)
+            inputs = await store_uploads(form, flow, execution_id)
+        try:
+            replayed = await service.replay(
+                execution,
+                flow,
+                task_run_id=request.query.get("taskRunId") or None,
+                inputs=inputs,
+                execution_id=execution_id,
+            )
+        except InputValidationError as exc:
+            raise input_errors(exc) from None
+        except (ReplayError, RestoreError) as exc:
+            raise invalid(str(exc), [{"path": "taskRunId", "message": str(exc)}]) from None
+        return json_response(replayed)
 
     async def delete(self, request: web.Request) -> web.Response:
         """204: the execution is deleted, with its lines unless ``deleteLogs=false``, through

@@ -169,6 +169,19 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Executions",
         responses={200: _OK_JSON, 404: _ERRORS[404], 409: (_JSON, "Not restartable")},
     ),
+    ("POST", _T + "/executions/{executionId}/replay"): Operation(
+        "replayExecution",
+        "Executions",
+        query=(Param("taskRunId"), Param("revision", "integer")),
+        responses={200: _OK_JSON, 404: _ERRORS[404], 409: (_JSON, "Not ended"), 422: _ERRORS[422]},
+    ),
+    ("POST", _T + "/executions/{executionId}/replay-with-inputs"): Operation(
+        "replayExecutionWithinputs",
+        "Executions",
+        query=(Param("taskRunId"), Param("revision", "integer")),
+        body=_FORM,
+        responses={200: _OK_JSON, 404: _ERRORS[404], 409: (_JSON, "Not ended"), 422: _ERRORS[422]},
+    ),
     ("GET", _T + "/executions/{executionId}/follow"): Operation(
         "followExecution", "Executions", responses={200: (_SSE, "Server-sent events")}
     ),

@@ -31,7 +31,9 @@ from kestream.api.index.store import LogPage
 from kestream.api.sse import FollowLimit
 from kestream.client import Client
 from kestream.executor import events as ev
+from kestream.executor.replay import replay_event, replay_state
 from kestream.executor.restore import RestoreError, snapshot_attempt
+from kestream.executor.snapshot import execution_model
 from kestream.models.clock import utc_now
 from kestream.models.execution import Execution, format_instant
 from kestream.models.flow import Flow
@@ -242,6 +244,33 @@ class ApiService:
                 execution["id"], inputs or None, task_run_id=run_id, attempt=_attempt_of(execution)
             )
 
+    async def replay(
+        self,
+        execution: dict[str, Any],
+        flow: Flow,
+        *,
+        task_run_id: str | None,
+        inputs: dict[str, Any] | None,
+        execution_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Replay an ended execution as a new one (:mod:`kestream.executor.replay`); returns
+        the new execution as the executor will start it. Raises ``ReplayError``,
+        ``RestoreError`` or ``InputValidationError`` before anything is sent."""
+        event = replay_event(
+            execution,
+            flow,
+            execution_id=execution_id or new_id(),
+            task_run_id=task_run_id,
+            inputs=inputs,
+        )
+        if event.replay is None:
+            return await self.submit_event(event, flow)
+        state, _ = replay_state(event, flow)  # what the executor builds, checked here first
+        body = dump(execution_model(state))
+        await self.client.send(event)
+        self._remember(event.execution_id, body)
+        return body
+
     async def restart(self, snapshot: dict[str, Any]) -> None:
         """Restart an ended execution: its last snapshot goes back to the executor with the
         restart, since an ended execution has left the executor's state (DESIGN.md section 3)."""
@@ -335,11 +364,15 @@ def created_execution(event: ev.ExecutionCreated, flow: Flow) -> dict[str, Any]:
             "flowId": event.flow_id,
             "flowRevision": event.revision or 1,
             "originalId": event.original_id or event.execution_id,
+            "parentId": event.parent_id,
             "labels": [{"key": k, "value": v} for k, v in labels.items()],
             "inputs": event.inputs or None,
             "trigger": event.trigger,
             "scheduleDate": event.schedule_date,
-            "metadata": {"attemptNumber": 1, "originalCreatedDate": now},
+            "metadata": {
+                "attemptNumber": event.attempt_number,
+                "originalCreatedDate": event.original_created or now,
+            },
             "state": {"current": "CREATED", "histories": [{"state": "CREATED", "date": now}]},
         }
     )
