@@ -18,13 +18,15 @@ from multidict import MultiDictProxy
 
 from kestream.api.index.query import QueryError, label_pair, parse_instant
 from kestream.models.values import UnportableValue, loads_json, safe_text
+from kestream.secrets.encryption import mask_sealed
 
 JSON = "application/json"
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
     """A JSON response serialised in one orjson pass (datetimes as ISO-8601)."""
-    return web.Response(body=orjson.dumps(body), status=status, content_type=JSON)
+    # SECRET inputs' encrypted values show as ****** (kestream.secrets.encryption)
+    return web.Response(body=mask_sealed(orjson.dumps(body)), status=status, content_type=JSON)
 
 
 class ApiError(web.HTTPException):

@@ -29,6 +29,7 @@ import orjson
 from aiohttp import web
 
 from kestream.api.http import ApiError
+from kestream.secrets.encryption import mask_sealed
 
 log = logging.getLogger("kestream.api")
 
@@ -82,7 +83,8 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
 
 
 def frame(data: Any, *, event_id: str) -> bytes:
-    return b"id: " + event_id.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+    data_json = mask_sealed(orjson.dumps(data))  # SECRET inputs show as ******
+    return b"id: " + event_id.encode() + b"\ndata: " + data_json + b"\n\n"
 
 
 class _Stalled(Exception):

@@ -23,6 +23,7 @@ from kestream.models.ids import new_id
 from kestream.models.values import UnportableValue
 from kestream.scheduler.conditions import ConditionError
 from kestream.scheduler.webhooks import find_webhook, webhook_accepts, webhook_execution
+from kestream.secrets.encryption import mask_sealed
 
 PATH = "/api/v1/{tenant}/executions/webhook/{namespace}/{flowId}/{key}"
 #: Headers kept out of ``trigger.headers``: the execution, its index entry and every reader of
@@ -94,7 +95,7 @@ class WebhookRoutes:
             created = waited or created
             if trigger.returnOutputs:
                 return web.Response(
-                    body=orjson.dumps(created.get("outputs") or {}),
+                    body=mask_sealed(orjson.dumps(created.get("outputs") or {})),
                     headers={"Content-Type": trigger.responseContentType},
                 )
         body = {key: created[key] for key in _RESPONSE_FIELDS if created.get(key) is not None}

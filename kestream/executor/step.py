@@ -73,6 +73,7 @@ from kestream.models.inputs import InputValidationError, coerce_output, parse_in
 from kestream.models.state import StateType, worst
 from kestream.models.values import check_portable, find_unportable, safe_text
 from kestream.secrets.deferred import SECRETS_KEY, render_properties
+from kestream.secrets.encryption import holds_sealed
 from kestream.tasks.base import (
     LOG_LEVEL_ORDER,
     ChildPlan,
@@ -698,8 +699,9 @@ class _Step:
         # A task that changes the execution (Labels, Exit) runs here whatever the inline switch;
         # one that names a worker group runs on that group's workers, even if it could inline.
         inline = self.ex.inline_tasks and task.inline and task.workerGroup is None
-        secrets = SECRETS_KEY in props  # resolved on a worker only (kestream.secrets.deferred)
-        if secrets and isinstance(task, ExecutionUpdatingTask):
+        # secret() and SECRET inputs are resolved on a worker only (kestream.secrets)
+        secrets = SECRETS_KEY in props or holds_sealed(props)
+        if SECRETS_KEY in props and isinstance(task, ExecutionUpdatingTask):
             self.attempt_failed(
                 tr, "secret() is only resolved on a worker; this task runs in the executor"
             )

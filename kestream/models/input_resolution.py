@@ -28,6 +28,7 @@ from kestream.models.inputs import (
     Input,
     InputValueError,
     MultiselectInput,
+    SecretInput,
     SelectInput,
     input_model_for,
     is_dynamic_default,
@@ -228,6 +229,8 @@ class _Resolver:
                 value = model.parse(value)
                 if choices is not None and isinstance(model, _Select) and model.expression:
                     model.check_choices(value, choices)
+            if isinstance(model, SecretInput):  # encrypted before any record holds it
+                value = model.seal(value)
             check_portable(value)  # what every record downstream must carry
         except InputValueError as exc:
             return self._refused(model, str(exc), choices)

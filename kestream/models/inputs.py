@@ -8,8 +8,8 @@ type           accepted value -> result
 =============  ==============================================================================
 STRING         text -> str (a number or boolean becomes its text); ``validator`` regex must
                match the whole text
-SECRET         text -> str. kestream has no secret store or encryption: the value is kept as
-               plain text in the execution. Do not use it for real secrets
+SECRET         text -> str, encrypted with ``KESTREAM_ENCRYPTION_KEY`` before any record holds
+               it (refused without a key; :mod:`kestream.secrets.encryption`)
 INT            integer, or text of one (``-12``) -> int; ``min``/``max``
 FLOAT          number, or text of one (``1.5``, ``1e3``) -> float; ``min``/``max``
 BOOLEAN, BOOL  boolean, or ``true``/``false`` in any case -> bool
@@ -500,9 +500,23 @@ class StringInput(Input):
 
 
 class SecretInput(StringInput):
-    """Accepted and parsed as text; kestream does not encrypt or hide it (see the module doc)."""
+    """Checked as text, then encrypted by the input resolution (:meth:`seal`); a value that is
+    already encrypted (an execution's own input, resolved again) is kept as it is."""
 
     type_names: ClassVar[tuple[InputType, ...]] = (InputType.SECRET,)
+
+    def parse(self, value: Any) -> Any:
+        from kestream.secrets.encryption import is_sealed
+
+        return value if is_sealed(value) else super().parse(value)
+
+    def seal(self, value: Any) -> str:
+        from kestream.secrets.encryption import EncryptionError, seal
+
+        try:
+            return seal(str(value))
+        except EncryptionError as exc:
+            raise InputValueError(str(exc)) from None
 
 
 class _Bounded(Input):

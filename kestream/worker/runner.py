@@ -28,6 +28,7 @@ from kestream.models.clock import Clock, utc_now
 from kestream.models.state import StateType
 from kestream.models.values import find_unportable, safe_text
 from kestream.secrets.deferred import SECRETS_KEY, reveal
+from kestream.secrets.encryption import EncryptionError, holds_sealed, unseal_within
 from kestream.secrets.masking import Masker
 from kestream.secrets.resolver import process_resolver
 from kestream.settings import get_settings
@@ -181,12 +182,19 @@ class TaskRunner:
 
     def _revealed(self, job: RunTask, masker: Masker) -> RunTask:
         """The job with the property texts that call ``secret()`` rendered here, at the last
-        moment (:mod:`kestream.secrets.deferred`); their values go to ``masker``."""
-        if SECRETS_KEY not in job.props:
-            return job
-        extra = {"@kv": kv_lookup, "@now": self._clock}
-        resolver = partial(process_resolver, get_settings().secrets_file)
-        return dataclasses.replace(job, props=reveal(job.props, resolver, masker, extra))
+        moment (:mod:`kestream.secrets.deferred`), and SECRET inputs decrypted
+        (:mod:`kestream.secrets.encryption`); their values go to ``masker``."""
+        props = job.props
+        if SECRETS_KEY in props:
+            extra = {"@kv": kv_lookup, "@now": self._clock}
+            resolver = partial(process_resolver, get_settings().secrets_file)
+            props = reveal(props, resolver, masker, extra)
+        if holds_sealed(props):
+            try:
+                props = unseal_within(props, masker)
+            except EncryptionError as exc:
+                raise TaskError(str(exc)) from None
+        return job if props is job.props else dataclasses.replace(job, props=props)
 
     async def _call(self, job: RunTask, info: RunInfo) -> TaskOutcome:
         """The task's code, where its kind runs (see the module's doc)."""

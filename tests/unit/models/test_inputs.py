@@ -38,7 +38,6 @@ GOOD = [
     ({"type": "STRING"}, 12, "12"),
     ({"type": "STRING"}, True, "true"),
     ({"type": "STRING", "validator": "[a-z]+"}, "abc", "abc"),
-    ({"type": "SECRET"}, "s3cr3t", "s3cr3t"),
     ({"type": "INT"}, "42", 42),
     ({"type": "INT"}, "-7", -7),
     ({"type": "INT"}, 5, 5),
