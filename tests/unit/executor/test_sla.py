@@ -8,6 +8,7 @@ import pytest
 
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
+from kestream.executor.codec import encode_changes, rebuild
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.step import Executor
 from kestream.models.clock import ManualClock
@@ -274,3 +275,22 @@ def test_a_flow_with_sla_round_trips() -> None:
     flow = parse_flow(_assert_flow("{{ true }}", labels="    labels:\n      sla: miss\n"))
     assert flow.sla[0].labels == {"sla": "miss"}
     assert type(flow).model_validate(flow.model_dump()) == flow
+
+
+def test_the_max_duration_timer_is_kept_in_the_changelog() -> None:
+    """The timer is in the execution's state record: an executor that recovers the execution
+    from its changelog arms it again, with the same due time."""
+    flows = FlowRegistry()
+    flow = flows.put(
+        parse_flow(_flow("  - id: late\n    type: MAX_DURATION\n    duration: PT1H\n", PAUSE))
+    )
+    clock = ManualClock()
+    executor = Executor(flows, clock=clock)
+    step = executor.step(None, ev.ExecutionCreated("e1", NS, "sla", validate_inputs=False))
+    state = step.state
+    assert state is not None
+    groups = {"", *(tid for tid, tr in state.task_runs.items() if tr.group is not None)}
+    changes = encode_changes(state, list(state.task_runs), created=True, new_groups=groups)
+    back = rebuild("e1", {k: v for k, v in changes if v is not None}, flow.task_index())
+    timer = back.timers["sla:0"]
+    assert (timer.kind, timer.due) == ("sla", clock() + timedelta(hours=1))
