@@ -92,10 +92,10 @@ def test_uuid_and_random_int() -> None:
 @pytest.mark.parametrize(
     ("template", "message"),
     [
-        ("{{ read('/etc/passwd') }}", "Function or Macro [read] does not exist"),
+        ("{{ read('/etc/passwd') }}", "Function [read]: stored files cannot be read here"),
         ("{{ secret('KEY') }}", "Function [secret]: secret() is only resolved on a worker"),
         ("{{ kv('key') }}", "Function [kv]: the KV store cannot be read here"),
-        ("{{ fileURI('f') }}", "Function or Macro [fileURI] does not exist"),
+        ("{{ fileURI('f') }}", "Function [fileURI]: stored files cannot be read here"),
         ("{{ printContext() }}", "Function or Macro [printContext] does not exist"),
         ("{{ range(1, 2000000) }}", "Function [range]: The range function cannot produce"),
         ("{{ range(1, 2, 0) }}", "Function [range]: The increment of the range function"),

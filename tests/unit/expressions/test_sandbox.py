@@ -73,7 +73,8 @@ PAYLOADS = [
     "{% include '/etc/passwd' %}",
     "{% embed '/etc/passwd' %}{% endembed %}",
     "{{ T(java.lang.Runtime).getRuntime().exec('touch @SENTINEL@') }}",
-    # Kestra functions that read the outside world are not implemented
+    # Kestra functions that read the outside world: refused outside an execution (the storage
+    # sandbox itself is tested in tests/unit/files)
     "{{ read('/etc/passwd') }}",
     "{{ secret('AWS_SECRET') }}",
     "{{ kv('key') }}",
