@@ -265,7 +265,10 @@ class ApiService:
         )
         if event.replay is None:
             return await self.submit_event(event, flow)
-        state, _ = replay_state(event, flow)  # what the executor builds, checked here first
+        ran = event.replay.revision
+        original = self.flow(flow.namespace, flow.id, ran) if ran else None
+        # what the executor builds, checked here first
+        state, _ = replay_state(event, flow, original=original)
         body = dump(execution_model(state))
         await self.client.send(event)
         self._remember(event.execution_id, body)

@@ -33,6 +33,12 @@ class ReplayFrom:
     snapshot: dict[str, Any]
     task_run_id: str
 
+    @property
+    def revision(self) -> int | None:
+        """The flow revision the replayed execution ran (None if the snapshot lacks it)."""
+        revision = self.snapshot.get("flowRevision")
+        return revision if isinstance(revision, int) else None
+
 
 @dataclass(slots=True)
 class ExecutionCreated:

@@ -41,6 +41,7 @@ from kestream.executor import events as ev
 from kestream.executor.restore import execution_from_snapshot, state_from_execution, typed_inputs
 from kestream.executor.state import ExecutionState, Group, StateRecord, TaskRunState
 from kestream.models.clock import Clock, utc_now
+from kestream.models.execution import Execution
 from kestream.models.flow import Flow
 from kestream.models.ids import derived_id
 from kestream.models.inputs import parse_inputs
@@ -101,30 +102,34 @@ def replay_event(
 
 
 def replay_state(
-    event: ev.ExecutionCreated, flow: Flow, *, clock: Clock = utc_now
+    event: ev.ExecutionCreated,
+    flow: Flow,
+    *,
+    original: Flow | None = None,
+    clock: Clock = utc_now,
 ) -> tuple[ExecutionState, TaskRunState]:
-    """The state of a replay from a task run (``event.replay``), and that task run to start.
+    """The state of a replay from a task run (``event.replay``) on ``flow``, and that task run
+    to start. ``original``: the revision the replayed execution ran, when it differs from
+    ``flow`` and is still known; what comes after the chosen task run is then found in the
+    lanes it had, so only the task runs kept must fit ``flow``.
 
     Raises :class:`ReplayError`, or :class:`~kestream.executor.restore.RestoreError` when the
-    replayed task runs do not fit ``flow`` (another revision that lacks one of their tasks).
+    kept task runs do not fit ``flow`` (another revision that lacks one of their tasks).
     """
     replay = event.replay
     if replay is None:
         raise ReplayError(f"execution {event.execution_id} is not a replay from a task run")
     now = clock()
     execution = execution_from_snapshot(replay.snapshot)
-    execution = execution.model_copy(update={"flowRevision": flow.revision or 1})
-    st = state_from_execution(execution, flow, clock=clock)
-    chosen = st.task_runs.get(replay.task_run_id)
-    if chosen is None:
-        raise ReplayError(f"Execution '{execution.id}' has no task run '{replay.task_run_id}'")
-    chosen = _outermost_working_directory(chosen)
-    if chosen.in_side_branch:
-        raise ReplayError(
-            f"task run '{chosen.id}' ({chosen.task.id}) runs in an errors, finally or "
-            "afterExecution block: replay from a task run of the flow's tasks"
+    first = original if original is not None else flow
+    st, chosen, dropped = _chosen_and_after(execution, first, replay.task_run_id, clock)
+    if first is not flow:  # the kept task runs, in the revision to run
+        runs = [run for run in execution.taskRunList if run.id not in dropped]
+        narrowed = execution.model_copy(
+            update={"flowRevision": flow.revision or 1, "taskRunList": runs}
         )
-    dropped = _after(st, chosen)
+        st = state_from_execution(narrowed, flow, clock=clock)
+        chosen, dropped = st.task_runs[chosen.id], set()
     _take_header(st, event, now)
     kept = [tr for tr in st.task_runs.values() if tr.id not in dropped]
     st.task_runs, st.outputs, st.paused_runs = {}, {}, {}
@@ -141,6 +146,25 @@ def replay_state(
         if tr.outputs is not None:
             st.merge_outputs(tr)
     return st, chosen
+
+
+def _chosen_and_after(
+    execution: Execution, flow: Flow, task_run_id: str, clock: Clock
+) -> tuple[ExecutionState, TaskRunState, set[str]]:
+    """The replayed execution's state on ``flow``, the task run to run again, and the ids of
+    the task runs after it."""
+    execution = execution.model_copy(update={"flowRevision": flow.revision or 1})
+    st = state_from_execution(execution, flow, clock=clock)
+    chosen = st.task_runs.get(task_run_id)
+    if chosen is None:
+        raise ReplayError(f"Execution '{execution.id}' has no task run '{task_run_id}'")
+    chosen = _outermost_working_directory(chosen)
+    if chosen.in_side_branch:
+        raise ReplayError(
+            f"task run '{chosen.id}' ({chosen.task.id}) runs in an errors, finally or "
+            "afterExecution block: replay from a task run of the flow's tasks"
+        )
+    return st, chosen, _after(st, chosen)
 
 
 def _take_header(st: ExecutionState, event: ev.ExecutionCreated, now: datetime) -> None:

@@ -159,7 +159,9 @@ class Executor:
                 return StepResult(None, [])
             flow = self._flow(event.namespace, event.flow_id, event.revision)
             if event.replay is not None:  # goes on from a task run of an ended execution
-                replayed, chosen = replay_state(event, flow, clock=self.clock)
+                ran = event.replay.revision
+                original = self.flows.get(event.namespace, event.flow_id, ran) if ran else None
+                replayed, chosen = replay_state(event, flow, original=original, clock=self.clock)
                 run = _Step(self, replayed, flow, now)
                 run.replayed(chosen)
             else:

@@ -185,15 +185,10 @@ def test_replay_in_a_dag_drops_only_the_tasks_that_depend_on_the_chosen_one() ->
         driver.deploy(DAG)
         done = driver.start(NS, "dag")
         b = _run(done, "b")
-        execution = driver.get(done.id)
-        event = replay_event(
-            execution.model_dump(mode="json", by_alias=True),
-            driver.flows.get(NS, "dag"),  # type: ignore[arg-type]
-            execution_id="r1",
-            task_run_id=b.id,
-        )
         flow = driver.flows.get(NS, "dag")
         assert flow is not None
+        snapshot = done.model_dump(mode="json", by_alias=True)
+        event = replay_event(snapshot, flow, execution_id="r1", task_run_id=b.id)
         state, chosen = replay_state(event, flow)
         replayed = driver.replay(done.id, task_run_id=b.id)
     kept = {tr.task.id: tr.state.current for tr in state.task_runs.values()}
@@ -233,27 +228,27 @@ tasks:
 
 
 def test_replay_on_another_revision_runs_the_new_tasks() -> None:
+    """Only the task runs kept must fit the revision: one without the tasks after the chosen
+    task run replays; one without a task that ran before it is refused."""
     with Driver() as driver:
         driver.deploy(SEQUENTIAL)
         failed = driver.start(NS, "seq")
-        newer = driver.deploy(SEQUENTIAL.replace('"after {{ outputs.first.value }}"', "v2"))
         check = _run(failed, "check")
+        newer = driver.deploy(SEQUENTIAL.replace('"after {{ outputs.first.value }}"', "v2"))
         replayed = driver.replay(
             failed.id, task_run_id=check.id, revision=newer.revision, inputs={"ok": True}
         )
-        gone = driver.deploy(SEQUENTIAL.replace("id: first", "id: renamed"))
+        shorter = driver.deploy(SEQUENTIAL.split("  - id: last")[0] + "errors: []\n")
+        short = driver.replay(
+            failed.id, task_run_id=check.id, revision=shorter.revision, inputs={"ok": True}
+        )
+        renamed = driver.deploy(SEQUENTIAL.replace("id: first", "id: renamed"))
         with pytest.raises(RestoreError, match="'first'"):
-            flow = driver.flows.get(NS, "seq", gone.revision)
-            assert flow is not None
-            event = replay_event(
-                failed.model_dump(mode="json", by_alias=True),
-                flow,
-                execution_id="x",
-                task_run_id=check.id,
-            )
-            replay_state(event, flow)
+            driver.replay(failed.id, task_run_id=check.id, revision=renamed.revision)
     assert replayed.flowRevision == newer.revision == 2
     assert _run(replayed, "last").outputs == {"value": "v2"}
+    assert short.flowRevision == 3 and short.state.current is S.SUCCESS
+    assert [run.taskId for run in short.taskRunList] == ["first", "check"]
 
 
 def test_a_replayed_state_survives_the_changelog() -> None:
