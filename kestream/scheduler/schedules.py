@@ -23,6 +23,13 @@ now: no backfill. While running, a tick that comes late (a slow loop) fires ever
 whatever the policy: those were not missed, only delayed. ``lateMaximumDelay`` skips a slot
 owed for longer than that delay. A slot whose ``conditions`` (DayWeek, PublicHoliday, ...) do not
 hold is skipped: no execution, and the trigger moves on to its next slot.
+
+Backfills (:mod:`kestream.scheduler.backfill`) run beside the schedule, paced: a tick fires at
+most ``backfill_slots`` slots of one backfill, then the backfill is due again ``backfill_interval``
+later. Its record's ``currentDate`` moves past each slot fired, and the runtime writes the record
+after the executions, so a crash re-fires at most the last batch, with the same execution ids.
+Commands from the triggers API (disable, enable, backfill, pause, unpause, delete, unlock) reach
+the book through :meth:`ScheduleBook.apply_command`.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ from kestream.models.durations import DurationError, parse_duration
 from kestream.models.flow import Flow, ScheduleTrigger
 from kestream.models.ids import derived_id
 from kestream.models.state import StateType
+from kestream.scheduler.backfill import Backfill, backfill_execution_id
+from kestream.scheduler.commands import CommandError, TriggerCommand, apply_to_state
 from kestream.scheduler.conditions import ConditionError, condition_context, conditions_hold
 from kestream.scheduler.cron import Cron, SlotView, cron_for
 from kestream.scheduler.due_index import DueIndex
@@ -52,6 +61,8 @@ log = logging.getLogger(__name__)
 Recovery = Literal["ALL", "LAST", "NONE"]
 #: At most this many missed slots of one trigger fire after downtime (``ALL``).
 DEFAULT_RECOVERY_CAP = 1000
+#: At most this many slots of one backfill fire per tick (``KESTREAM_SCHEDULER_BACKFILL_SLOTS``).
+DEFAULT_BACKFILL_SLOTS = 10
 _SECOND = timedelta(seconds=1)
 
 
@@ -65,6 +76,8 @@ class Fire:
     state: TriggerState
     #: Set on the first fire of a catch-up that dropped slots (more than the recovery cap).
     warning: str | None = None
+    #: A backfill's slot (its delay says nothing about the scheduler's lateness).
+    backfill: bool = False
 
 
 @dataclass(slots=True)
@@ -86,6 +99,8 @@ class _Entry:
     active: bool
     late_delay: timedelta | None
     schedule: str = ""
+    #: When the backfill may fire its next batch (None: at its next slot).
+    backfill_wait: datetime | None = None
 
     def __post_init__(self) -> None:
         self.schedule = _schedule_text(self.cron)
@@ -109,6 +124,8 @@ class ScheduleBook:
         default_recovery: ``recoverMissedSchedules`` for triggers that do not set it (Kestra's
             global plugin default is ALL).
         recovery_cap: the most missed slots one trigger fires after downtime.
+        backfill_slots: the most slots one backfill fires per tick.
+        backfill_interval: how long a backfill with slots left waits before its next batch.
     """
 
     def __init__(
@@ -117,8 +134,12 @@ class ScheduleBook:
         *,
         default_recovery: Recovery = "ALL",
         recovery_cap: int = DEFAULT_RECOVERY_CAP,
+        backfill_slots: int = DEFAULT_BACKFILL_SLOTS,
+        backfill_interval: timedelta = _SECOND,
     ) -> None:
         self._clock = clock
+        self._backfill_slots = max(1, backfill_slots)
+        self._backfill_interval = backfill_interval
         self._default_recovery: Recovery = default_recovery
         self._cap = max(1, recovery_cap)
         self._entries: dict[str, _Entry] = {}
@@ -248,11 +269,28 @@ class ScheduleBook:
         self._index(entry)
 
     def _index(self, entry: _Entry) -> None:
-        due = entry.state.next_execution_date
-        if entry.active and not entry.state.disabled and due is not None:
-            self.index.update(entry.state.key, due)
+        state = entry.state
+        dues = []
+        if entry.active and not state.disabled:
+            if state.next_execution_date is not None:
+                dues.append(state.next_execution_date)
+            backfill_due = self._backfill_due(entry)
+            if backfill_due is not None:
+                dues.append(backfill_due)
+        if dues:
+            self.index.update(state.key, min(dues))
         else:
-            self.index.remove(entry.state.key)
+            self.index.remove(state.key)
+
+    def _backfill_due(self, entry: _Entry) -> datetime | None:
+        backfill = entry.state.backfill
+        if backfill is None or backfill.paused:
+            return None
+        slot = backfill.next_slot(entry.cron)
+        if slot is None:
+            return None
+        wait = entry.backfill_wait
+        return slot if wait is None or wait < slot else wait
 
     # -- stored records -----------------------------------------------------------------------
 
@@ -309,6 +347,8 @@ class ScheduleBook:
             if entry is None or not entry.active or entry.state.disabled:
                 continue
             fires.extend(self._fire(entry, moment))
+            if entry.state.backfill is not None:
+                fires.extend(self._fire_backfill(entry, moment))
             self._index(entry)
         return fires
 
@@ -335,6 +375,8 @@ class ScheduleBook:
                 flow.revision,
                 event.execution_id,
                 entry.schedule,
+                state.backfill,
+                state.command_offset,
             )
             fires.append(Fire(state.key, slot, event, state, warning if not fires else None))
         if warning is not None:
@@ -369,6 +411,78 @@ class ScheduleBook:
         flow, trigger = entry.flow, entry.trigger
         execution_id = derived_id("schedule", flow.namespace, flow.id, trigger.id, view.utc_text)
         return trigger_execution(flow, trigger, execution_id, _variables(view), schedule_date=slot)
+
+    # -- backfills ----------------------------------------------------------------------------
+
+    def _fire_backfill(self, entry: _Entry, now: datetime) -> list[Fire]:
+        """The next batch of the trigger's backfill owed at ``now`` (none while paused)."""
+        backfill = entry.state.backfill
+        if backfill is None or backfill.paused:
+            return []
+        wait = entry.backfill_wait
+        if wait is not None and wait > now:
+            return []
+        fires: list[Fire] = []
+        slot = backfill.next_slot(entry.cron)
+        while slot is not None and slot <= now and len(fires) < self._backfill_slots:
+            view = entry.cron.view(slot)
+            backfill = backfill.after(slot)
+            if not entry.trigger.conditions or _slot_passes(entry, view):
+                event = self._backfill_event(entry, backfill, slot, view)
+                entry.state = entry.state.evolve(backfill=backfill)
+                fires.append(Fire(entry.state.key, slot, event, entry.state, backfill=True))
+            slot = backfill.next_slot(entry.cron)
+        if slot is None:
+            log.info("trigger %s: backfill %s done", entry.state.key, backfill.id)
+            entry.state = entry.state.evolve(backfill=None)
+            entry.backfill_wait = None
+        else:
+            entry.state = entry.state.evolve(backfill=backfill)
+            entry.backfill_wait = now + self._backfill_interval if fires else None
+        return fires
+
+    def _backfill_event(
+        self, entry: _Entry, backfill: Backfill, slot: datetime, view: SlotView
+    ) -> ExecutionCreated:
+        flow, trigger = entry.flow, entry.trigger
+        execution_id = backfill_execution_id(
+            flow.namespace, flow.id, trigger.id, backfill.id, view.utc_text
+        )
+        return trigger_execution(
+            flow, trigger, execution_id, _variables(view),
+            inputs={**trigger.inputs, **backfill.inputs},
+            labels=dict(backfill.labels),
+            schedule_date=slot,
+        )  # fmt: skip
+
+    # -- commands from the triggers API --------------------------------------------------------
+
+    def apply_command(self, command: TriggerCommand, offset: int) -> TriggerState | None:
+        """Apply a trigger command read at ``offset``; returns the record to write, or None
+        when the command does not change it (an unknown trigger, one already applied, a
+        command that does not apply: logged)."""
+        entry = self._entries.get(command.key)
+        if entry is None:
+            log.warning("trigger command %s for unknown trigger %s ignored", command.action,
+                        command.key)  # fmt: skip
+            return None
+        applied = entry.state.command_offset
+        if applied is not None and offset <= applied:
+            return None  # read again after a restart: already in the record
+        try:
+            changed = apply_to_state(entry.state, command)
+        except CommandError as exc:
+            log.info("trigger command %s on %s: %s", command.action, command.key, exc)
+            return None
+        if command.action == "enable" and entry.state.disabled:
+            entry.state = entry.state.evolve(command_offset=offset)
+            self.set_disabled(command.key, False)
+            return entry.state
+        entry.state = changed.evolve(command_offset=offset)
+        if command.action == "set-backfill":
+            entry.backfill_wait = None
+        self._index(entry)
+        return entry.state
 
     # -- ended executions -----------------------------------------------------------------------
 

@@ -4,7 +4,10 @@ The record is keyed ``namespace/flowId/triggerId`` (:func:`trigger_key`) in a co
 the latest record per trigger is the scheduler's whole memory across restarts: the last slot it
 fired (``date``) keeps a restarted scheduler from firing that slot again, ``nextExecutionDate``
 says what it owes next, and ``disabled`` survives a ``stopAfter``. The JSON field names follow
-Kestra's trigger context, so a reader that knows Kestra's shape recognises them.
+Kestra's trigger context, so a reader that knows Kestra's shape recognises them. ``backfill`` is
+the trigger's backfill in progress (:mod:`kestream.scheduler.backfill`); ``commandOffset`` the
+offset of the last trigger command (:mod:`kestream.scheduler.commands`) applied to the record,
+so a command read again after a crash is not applied twice.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from kestream.scheduler.backfill import Backfill, BackfillError
 
 __all__ = ["TriggerState", "split_trigger_key", "trigger_key"]
 
@@ -47,6 +52,8 @@ class TriggerState:
         execution_id: the execution the last fire created.
         schedule: what the slots were computed from (cron, zone, seconds flag); a loaded record
             whose schedule differs from the flow's is rescheduled from now, not recovered.
+        backfill: the backfill in progress, if any.
+        command_offset: the offset of the last trigger command applied to this record.
     """
 
     namespace: str
@@ -58,6 +65,8 @@ class TriggerState:
     flow_revision: int | None = None
     execution_id: str | None = None
     schedule: str | None = None
+    backfill: Backfill | None = None
+    command_offset: int | None = None
 
     @property
     def key(self) -> str:
@@ -78,6 +87,8 @@ class TriggerState:
             "flowRevision": self.flow_revision,
             "executionId": self.execution_id,
             "schedule": self.schedule,
+            "backfill": None if self.backfill is None else self.backfill.to_dict(),
+            "commandOffset": self.command_offset,
         }
 
     def to_json(self) -> bytes:
@@ -99,6 +110,8 @@ class TriggerState:
                 flow_revision=_int(data, "flowRevision"),
                 execution_id=_optional_text(data, "executionId"),
                 schedule=_optional_text(data, "schedule"),
+                backfill=_backfill(data.get("backfill")),
+                command_offset=_int(data, "commandOffset"),
             )
         except KeyError as exc:
             raise ValueError(f"a trigger state needs '{exc.args[0]}'") from None
@@ -137,6 +150,15 @@ def _int(data: dict[str, Any], name: str) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
         raise ValueError(f"trigger state '{name}' must be an integer, got {value!r}")
     return value
+
+
+def _backfill(value: Any) -> Backfill | None:
+    if value is None:
+        return None
+    try:
+        return Backfill.from_dict(value)
+    except BackfillError as exc:
+        raise ValueError(f"trigger state 'backfill': {exc}") from None
 
 
 def _date(data: dict[str, Any], name: str) -> datetime | None:
