@@ -167,7 +167,8 @@ def test_kv_routes_in_kestra_shapes(stack: Stack) -> None:
     listed = {e["key"]: e for e in stack.get(base).json()}
     assert sorted(listed) == ["doc", "n", "short", "text"]
     assert listed["short"]["expirationDate"] is not None and listed["n"]["expirationDate"] is None
-    assert set(listed["n"]) == {"key", "description", "creationDate", "updateDate", "expirationDate"}
+    fields = {"key", "description", "creationDate", "updateDate", "expirationDate"}
+    assert set(listed["n"]) == fields
     assert stack.request("DELETE", f"{base}/n").json() is True
     assert stack.request("DELETE", f"{base}/n").json() is False
     missing = stack.get(f"{base}/n")
