@@ -194,3 +194,45 @@ def test_namespace_files_by_path(storage: Storage) -> None:
     )
     assert execution.state.current is S.SUCCESS
     assert "select 1|kestra:///company/team/_files/sql/q.sql|false" in logs
+
+
+def test_kestras_size_documentation_example_runs_unchanged(storage: Storage) -> None:
+    with Driver() as driver:
+        flow = driver.deploy(
+            """id: get_file_size
+namespace: company.team
+
+tasks:
+  - id: generate_file
+    type: io.kestra.plugin.scripts.shell.Commands
+    commands:
+      - echo "Hello John" > name.txt
+    outputFiles:
+      - "name.txt"
+
+  - id: get_size
+    type: io.kestra.plugin.core.storage.Size
+    uri: "{{ outputs.generate_file.outputFiles['name.txt'] }}"
+
+  - id: log
+    type: io.kestra.plugin.core.log.Log
+    message: "{{ outputs.get_size.size }} bytes"
+"""
+        )
+        execution = driver.start(flow.namespace, flow.id)
+        logs = [line.message for line in driver.logs(execution.id)]
+    assert execution.state.current is S.SUCCESS, logs
+    assert "11 bytes" in logs
+
+
+def test_kestras_write_documentation_example_runs_unchanged(storage: Storage) -> None:
+    execution, runs, _ = _run(
+        """tasks:
+  - id: write
+    type: io.kestra.plugin.core.storage.Write
+    content: Hello World
+    extension: .txt
+"""
+    )
+    assert execution.state.current is S.SUCCESS
+    assert storage.get(parse_uri(runs["write"].outputs["uri"])) == b"Hello World"
