@@ -30,12 +30,14 @@ finished within :data:`DEDUP_TTL_S` (at most :data:`DEDUP_MAX` keys remembered),
 a repeat of a running job waits for that job (its offset is committed only when the job ends), a
 repeat of a finished one is skipped at once.
 
-**Rebalances.** When partitions are revoked the worker commits what is done and forgets the jobs
-of those partitions that still wait for their flow (the new owner will get them again). Jobs of
-revoked partitions that are *running* keep running and still report their result: killing them
-would waste the work, and a partition revoked and assigned straight back (the common eager
-rebalance) finds them through the duplicate check and commits them when they end. The cost is
-that a job may also run on the new owner at the same time; its result is idempotent.
+**Rebalances.** An attempt runs on one worker at a time, so its side effects happen once. When
+partitions are revoked the worker waits up to :data:`REVOKE_GRACE_S` for the running jobs of
+those partitions to end, commits what is done, and forgets the jobs that still wait for their
+flow (the new owner will get them again). Jobs still running after the grace keep running
+through the rebalance: a partition assigned straight back (the common eager rebalance) finds
+them through the duplicate check and commits them when they end. Those whose partition went to
+another worker are stopped when the new assignment arrives, without a result: the new owner
+runs them again from the committed offset. Before, they ran on both workers at once.
 
 **Worker groups.** A worker started with a group (``kestream worker --group KEY``,
 ``KESTREAM_WORKER_GROUP``) reads that group's own jobs topic in the consumer group
@@ -93,6 +95,9 @@ DEDUP_MAX = 100_000
 FETCH_TIMEOUT_MS = 100
 #: Default time :meth:`WorkerService.stop` lets running jobs finish before giving them up.
 DRAIN_TIMEOUT_S = 10.0
+#: How long a rebalance waits for the running jobs of the partitions it takes away, so that
+#: they end and are committed before another worker reads those partitions.
+REVOKE_GRACE_S = 10.0
 _PRODUCE_ATTEMPTS = 5
 _ERROR_BACKOFF_S = 0.5
 #: The longest pause between two tries of a result that must get through.
@@ -226,6 +231,8 @@ class WorkerService:
         self.group_id = f"{settings.topic_prefix}worker{suffix}"
         self.task_types = frozenset(task_types if task_types is not None else known_types())
         self.flow_wait_s = settings.executor_flow_wait_s
+        #: How long a revocation waits for its partitions' running jobs (:data:`REVOKE_GRACE_S`).
+        self.revoke_grace_s = REVOKE_GRACE_S
         #: Counters: received, started, finished, duplicates, killed, refused, dead_lettered,
         #: held.
         self.stats: Counter[str] = Counter()
@@ -691,6 +698,20 @@ class WorkerService:
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         self.assigned.clear()
         self._in_group = False
+        running = [
+            job.task
+            for job in self._jobs.values()
+            if job.task is not None and job.partition in revoked
+        ]
+        if running:  # let them end and be committed before another member reads the partitions
+            _, pending = await asyncio.wait(running, timeout=self.revoke_grace_s)
+            if pending:
+                log.info(
+                    "worker: %d jobs of revoked partitions still run after %.0f s; they stop "
+                    "if their partitions go to another worker",
+                    len(pending),
+                    self.revoke_grace_s,
+                )
         await self._commit(force=True, only=revoked)
         for tp in revoked:
             self._partitions.pop(tp, None)
@@ -700,6 +721,13 @@ class WorkerService:
         log.info("worker: partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        for job in list(self._jobs.values()):
+            if job.task is not None and job.partition not in assigned and not job.abandoned:
+                # Its partition went to another worker, which runs the job again from the
+                # committed offset: stop this copy, unreported, so the attempt runs once.
+                job.abandoned = job.kill_requested = True
+                self._runner.kill(job.key[0], job.key[1])
+                self.stats["abandoned"] += 1
         for tp in assigned:
             self._partitions.setdefault(tp, _PartitionLog())
         log.info("worker: partitions assigned: %s", sorted(tp.partition for tp in assigned))

@@ -1,0 +1,98 @@
+"""An attempt runs on one worker at a time across a rebalance (broker-free): a revocation lets
+its partitions' running jobs end and commits them before the partitions move; a job still
+running when its partition goes to another worker stops there, unreported; one whose partition
+comes straight back goes on and reports."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from kestream.models.flow import Flow
+from kestream.models.state import StateType
+from kestream.runtime.worker_service import WorkerService
+from tests.unit.runtime.worker_fakes import (
+    JOBS,
+    RecordingConsumer,
+    RefusingProducer,
+    close,
+    job_record,
+    make_worker,
+)
+
+FLOW = """
+id: naps
+namespace: test.worker
+tasks:
+  - id: nap
+    type: io.kestra.plugin.core.flow.Sleep
+    duration: PT1S
+"""
+
+
+@pytest.fixture
+async def service() -> AsyncIterator[
+    tuple[WorkerService, Flow, RefusingProducer, RecordingConsumer]
+]:
+    worker, flow = make_worker(FLOW)
+    producer, consumer = RefusingProducer(), RecordingConsumer()
+    worker._producer = producer
+    worker._consumer = consumer
+    worker._on_assigned({JOBS})
+    yield worker, flow, producer, consumer
+    await close(worker)
+
+
+async def test_a_revocation_lets_running_jobs_end_and_commits_them_first(
+    service: tuple[WorkerService, Flow, RefusingProducer, RecordingConsumer],
+) -> None:
+    worker, flow, producer, consumer = service
+    worker._handle(job_record(flow, "nap", {"duration": "PT0.3S"}, offset=5))
+    assert worker.in_flight == 1 and not producer.results()
+
+    await worker._on_revoked({JOBS})
+
+    (result,) = producer.results()
+    assert result.state is StateType.SUCCESS
+    assert consumer.commits == [{JOBS: 6}]  # past the job, before the partition moves
+    assert worker.in_flight == 0
+
+
+async def test_a_job_whose_partition_goes_elsewhere_stops_unreported(
+    service: tuple[WorkerService, Flow, RefusingProducer, RecordingConsumer],
+) -> None:
+    worker, flow, producer, consumer = service
+    worker.revoke_grace_s = 0.05
+    worker._handle(job_record(flow, "nap", {"duration": "PT30S"}, offset=5))
+    (job,) = worker._jobs.values()
+
+    await worker._on_revoked({JOBS})
+    assert job.task is not None and not job.task.done()  # still running through the rebalance
+    assert consumer.commits == [{JOBS: 5}]  # not past it: the next owner runs it again
+
+    worker._on_assigned(set())  # the partition went to another worker
+    await asyncio.wait_for(job.task, 5.0)
+    assert producer.results() == []
+    assert worker.in_flight == 0 and worker.stats["abandoned"] == 1
+
+
+async def test_a_job_whose_partition_comes_back_goes_on_and_reports(
+    service: tuple[WorkerService, Flow, RefusingProducer, RecordingConsumer],
+) -> None:
+    worker, flow, producer, _ = service
+    worker.revoke_grace_s = 0.05
+    record = job_record(flow, "nap", {"duration": "PT0.5S"}, offset=5)
+    worker._handle(record)
+    (job,) = worker._jobs.values()
+
+    await worker._on_revoked({JOBS})
+    worker._on_assigned({JOBS})  # the common eager rebalance: everything comes back
+    worker._handle(record)  # fetched again from the committed offset: the running job's
+    assert worker.stats["duplicates"] == 1
+    assert job.task is not None
+    await asyncio.wait_for(job.task, 5.0)
+    (result,) = producer.results()
+    assert result.state is StateType.SUCCESS
+    assert worker._partitions[JOBS].commit_point() == 6

@@ -1,0 +1,115 @@
+"""Stand-ins for a worker's broker clients, for broker-free tests of
+:class:`~kestream.runtime.worker_service.WorkerService`: a producer that acknowledges or refuses
+as a broker would, a consumer that records commits, and job records as the executor sends
+them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError
+from aiokafka.structs import ConsumerRecord
+
+from kestream.executor import commands as cmd
+from kestream.executor import events as ev
+from kestream.executor.flow_registry import FlowRegistry
+from kestream.models.flow import Flow, parse_flow
+from kestream.runtime import records
+from kestream.runtime.context import BrokerContext
+from kestream.runtime.topics import Topics
+from kestream.runtime.worker_service import WorkerService
+from kestream.settings import Settings
+from kestream.tasks.base import RunnableTask
+
+JOBS = TopicPartition("t.worker-tasks", 0)
+
+
+class RefusingProducer:
+    """Acknowledges a record only when it is at most ``max_bytes`` and no outage is left;
+    each refusal is the error a broker would answer."""
+
+    def __init__(self, max_bytes: int = 1_000_000, outage: int = 0) -> None:
+        self.max_bytes = max_bytes
+        self.outage = outage  # the next sends refused as if the broker were unreachable
+        self.acked: list[tuple[str, bytes]] = []
+        self.refused = 0
+
+    def _ack(self, topic: str, value: bytes) -> None:
+        if self.outage > 0:
+            self.outage -= 1
+            self.refused += 1
+            raise KafkaConnectionError("broker unreachable")
+        if len(value) > self.max_bytes:
+            self.refused += 1
+            raise MessageSizeTooLargeError(f"{len(value)} bytes")
+        self.acked.append((topic, value))
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        try:
+            self._ack(topic, value)
+        except KafkaError as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
+        return future
+
+    async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        self._ack(topic, value)
+
+    async def stop(self) -> None:
+        pass
+
+    def results(self) -> list[ev.WorkerResult]:
+        found = []
+        for topic, value in self.acked:
+            if topic == "t.worker-results":
+                event = records.decode_event(value)
+                assert isinstance(event, ev.WorkerResult)
+                found.append(event)
+        return found
+
+
+class RecordingConsumer:
+    """Takes commits and remembers them (the only consumer call a revocation makes)."""
+
+    def __init__(self) -> None:
+        self.commits: list[dict[TopicPartition, int]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+
+
+def make_worker(flow_yaml: str) -> tuple[WorkerService, Flow]:
+    """A worker of the group (not owning every partition) with ``flow_yaml`` deployed."""
+    settings = Settings(topic_prefix="t.", partitions=1)
+    ctx = BrokerContext(settings, "unused:9092", "tansu", Topics.of(settings))
+    registry = FlowRegistry()
+    flow = registry.put(parse_flow(flow_yaml))
+    return WorkerService(ctx, registry, threads=1), flow
+
+
+def job_record(
+    flow: Flow, task_id: str, props: dict[str, Any], offset: int, execution_id: str = "exec-1"
+) -> ConsumerRecord[Any, Any]:
+    """The ``run`` record of one attempt of ``task_id``, at ``offset`` of :data:`JOBS`."""
+    task = flow.task_index()[task_id]
+    assert isinstance(task, RunnableTask)
+    revision = flow.revision or 1
+    job = cmd.RunTask(
+        execution_id, f"run-{offset}", 1, flow.namespace, flow.id, revision, task, props
+    )
+    value = records.encode_job(job)
+    key = execution_id.encode()
+    return ConsumerRecord(JOBS.topic, 0, offset, 0, 0, key, value, None, len(key), len(value), [])
+
+
+async def close(worker: WorkerService) -> None:
+    worker._stopping = True
+    for job in list(worker._jobs.values()):
+        if job.task is not None:
+            job.task.cancel()
+            await asyncio.gather(job.task, return_exceptions=True)
+    worker._runner.close()
