@@ -291,3 +291,55 @@ def test_a_replay_travels_on_the_executions_topic() -> None:
     for bad in ({"snapshot": "x", "taskRunId": check}, {"snapshot": snapshot}, [1]):
         with pytest.raises(records.RecordError, match="bad created event"):
             records.decode_event(records.dumps({**body, "replay": bad}))
+
+
+CHILD = f"""
+id: child
+namespace: {NS}
+inputs:
+  - id: ok
+    type: BOOLEAN
+tasks:
+  - id: check
+    type: io.kestra.plugin.core.execution.Assert
+    conditions:
+      - "{{{{ inputs.ok }}}}"
+"""
+
+PARENT = f"""
+id: parent
+namespace: {NS}
+inputs:
+  - id: ok
+    type: BOOLEAN
+    defaults: false
+tasks:
+  - id: each
+    type: io.kestra.plugin.core.flow.ForEach
+    values: ["a", "b"]
+    tasks:
+      - id: call
+        type: io.kestra.plugin.core.flow.Subflow
+        namespace: {NS}
+        flowId: child
+        inputs:
+          ok: "{{{{ taskrun.value == 'a' or inputs.ok }}}}"
+"""
+
+
+def test_replay_of_a_subflow_in_a_loop_starts_a_new_child_for_that_value_only() -> None:
+    with Driver() as driver:
+        driver.deploy(CHILD)
+        driver.deploy(PARENT)
+        failed = driver.start(NS, "parent")
+        calls = {run.value: run for run in failed.taskRunList if run.taskId == "call"}
+        replayed = driver.replay(failed.id, task_run_id=calls["b"].id, inputs={"ok": True})
+        children = driver.children(replayed.id)
+    assert failed.state.current is S.FAILED
+    assert replayed.state.current is S.SUCCESS
+    again = {run.value: run for run in replayed.taskRunList if run.taskId == "call"}
+    assert again["a"].outputs == calls["a"].outputs  # kept: its child is the first one
+    new_child, old_child = again["b"].outputs, calls["b"].outputs
+    assert new_child is not None and old_child is not None
+    assert new_child["executionId"] != old_child["executionId"]
+    assert [child.state.current for child in children] == [S.SUCCESS]  # one new child, for b
