@@ -154,6 +154,10 @@ class KVTable:
                 log.warning("KV table: sync failed (%s); retrying", exc)
                 await asyncio.sleep(_RETRY_BACKOFF_S)
                 continue
+            except Exception:  # never let the table's thread die: readers would all time out
+                log.exception("KV table: sync failed; retrying")
+                await asyncio.sleep(_RETRY_BACKOFF_S)
+                continue
             self._release(started)
             if self._waiters:
                 continue  # someone asked during that sync: their sync begins now
