@@ -132,4 +132,28 @@ class TimerFired:
     timer_id: str
 
 
-Event = ExecutionCreated | WorkerResult | Kill | Resume | Restart | SubflowFinished | TimerFired
+@dataclass(slots=True)
+class Admission:
+    """The answer of the admission stream to an execution's request for a slot (flow
+    concurrency, :mod:`kestream.executor.admission`): ``decision`` RUNNING (the slot is its
+    own), QUEUED, CANCELLED or FAILED; ``at``, when the admission decided (the date the
+    execution's state takes, so the histories show the order of the decisions)."""
+
+    execution_id: str
+    namespace: str
+    flow_id: str
+    attempt: int
+    decision: StateType
+    at: datetime
+
+
+Event = (
+    ExecutionCreated
+    | WorkerResult
+    | Kill
+    | Resume
+    | Restart
+    | SubflowFinished
+    | TimerFired
+    | Admission
+)
