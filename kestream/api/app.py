@@ -24,6 +24,7 @@ from kestream.api.handle import ApiHandle
 from kestream.api.http import ApiError
 from kestream.api.kv_routes import KVRoutes
 from kestream.api.log_routes import LogRoutes
+from kestream.api.namespace_file_routes import NamespaceFileRoutes
 from kestream.api.openapi import (
     OPENAPI_JSON_PATH,
     OPENAPI_YAML_PATH,
@@ -50,6 +51,7 @@ def api_routes(handle: ApiHandle) -> list[web.RouteDef]:
         *FlowRoutes(handle).routes(),
         *LogRoutes(handle).routes(),
         *KVRoutes(handle).routes(),
+        *NamespaceFileRoutes(handle).routes(),
     ]
     return routes
 

@@ -206,6 +206,37 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         query=_LOG_FILTERS,
         responses={200: (_SSE, "Server-sent events")},
     ),
+    ("GET", _T + "/namespaces/{namespace}/files/directory"): Operation(
+        "listNamespaceDirectoryFiles", "Files", query=(Param("path"),), responses={200: _OK_JSON}
+    ),
+    ("GET", _T + "/namespaces/{namespace}/files/stats"): Operation(
+        "getFileMetadatas",
+        "Files",
+        query=(Param("path"),),
+        responses={200: _OK_JSON, 404: _ERRORS[404]},
+    ),
+    ("GET", _T + "/namespaces/{namespace}/files/search"): Operation(
+        "searchNamespaceFiles", "Files", query=(Param("q"),), responses={200: _OK_JSON}
+    ),
+    ("GET", _T + "/namespaces/{namespace}/files"): Operation(
+        "getFileContent",
+        "Files",
+        query=(Param("path"),),
+        responses={200: ("application/octet-stream", "The file"), 404: _ERRORS[404]},
+    ),
+    ("POST", _T + "/namespaces/{namespace}/files"): Operation(
+        "createNamespaceFile",
+        "Files",
+        query=(Param("path"),),
+        body=_FORM,
+        responses={200: (_JSON, "Stored")},
+    ),
+    ("DELETE", _T + "/namespaces/{namespace}/files"): Operation(
+        "deleteFileDirectory",
+        "Files",
+        query=(Param("path"),),
+        responses={204: (_JSON, "Deleted"), 404: _ERRORS[404]},
+    ),
     ("GET", _T + "/namespaces/{namespace}/kv"): Operation(
         "listKeys", "KV", responses={200: _OK_JSON}
     ),

@@ -18,6 +18,8 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
@@ -31,6 +33,13 @@ if TYPE_CHECKING:
 
 #: Chunk size of streamed reads and copies.
 CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    key: str
+    size: int
+    last_modified: datetime
 
 
 class Writer(Protocol):
@@ -139,15 +148,24 @@ class Storage:
     def size(self, key: str) -> int:
         return int(obstore.head(self._store, check_relative(key))["size"])
 
-    def list(self, prefix: str) -> list[str]:
-        """Every key under the folder ``prefix`` (``a/b/`` or ``a/b``), sorted."""
+    def entries(self, prefix: str) -> list[StoredFile]:
+        """Every file under the folder ``prefix``, with its size and date, sorted by key."""
         folder = prefix.rstrip("/")
-        keys = [
-            str(meta["path"])
+        found = [
+            StoredFile(str(meta["path"]), int(meta["size"]), meta["last_modified"])
             for batch in obstore.list(self._store, prefix=folder or None)
             for meta in batch
         ]
-        return sorted(keys)
+        return sorted(found, key=lambda entry: entry.key)
+
+    def stat(self, key: str) -> StoredFile:
+        """The file's size and date (:class:`FileNotFoundError` when missing)."""
+        meta = obstore.head(self._store, check_relative(key))
+        return StoredFile(key, int(meta["size"]), meta["last_modified"])
+
+    def list(self, prefix: str) -> list[str]:
+        """Every key under the folder ``prefix`` (``a/b/`` or ``a/b``), sorted."""
+        return [entry.key for entry in self.entries(prefix)]
 
     # -- deleting ------------------------------------------------------------------------------
 

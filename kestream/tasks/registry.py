@@ -16,12 +16,12 @@ from kestream.tasks.execution import Assert, Exit, Labels
 from kestream.tasks.flow import AllowFailure, If, Parallel, Sequential, Switch
 from kestream.tasks.http import Request
 from kestream.tasks.http_download import Download
-from kestream.tasks.local_files import LocalFiles
 from kestream.tasks.kv import Delete as KVDelete
 from kestream.tasks.kv import Get as KVGet
 from kestream.tasks.kv import GetKeys as KVGetKeys
 from kestream.tasks.kv import PurgeKV
 from kestream.tasks.kv import Set as KVSet
+from kestream.tasks.local_files import LocalFiles
 from kestream.tasks.loop_until import LoopUntil
 from kestream.tasks.loops import EachParallel, EachSequential, ForEach
 from kestream.tasks.pause import Pause

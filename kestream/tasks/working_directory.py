@@ -16,9 +16,9 @@ restart runs a failed WorkingDirectory again from its first task, in a new direc
 executor's ``reopen_working_directories``).
 
 Not supported yet, refused when the flow is deployed rather than silently ignored:
-``namespaceFiles`` (kestream has no namespace files), ``cache`` (no storage to keep the cached
-files in between executions), ``outputFiles`` (nothing collects files after the last child: give
-``outputFiles`` to the child script that writes them).
+``namespaceFiles`` (set it on the script tasks inside instead), ``cache`` (nothing keeps the
+cached files in between executions), ``outputFiles`` (nothing collects files after the last
+child: give ``outputFiles`` to the child script that writes them).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from kestream.tasks.flow import one_lane
 from kestream.tasks.worker_group import WorkerGroup
 
 _REFUSED = {
-    "namespaceFiles": "kestream has no namespace files yet",
+    "namespaceFiles": "not on WorkingDirectory yet: set namespaceFiles on the script tasks in it",
     "cache": "kestream has no storage to keep cached files between executions yet",
     "outputFiles": (
         "nothing collects the directory's files after the last task yet; "

@@ -43,6 +43,7 @@ from kestream.tasks.scripts.workdir import (
     collect_output_files,
     fill,
     localize_uris,
+    mount_namespace_files,
     write_input_files,
 )
 
@@ -108,6 +109,10 @@ class ScriptTask(RunnableTask):
         capture = Capture()
         async with attempt_dirs(run.working_dir) as dirs:
             props = fill(props, dirs)
+            spaces = _mapping(props.get("namespaceFiles"), "namespaceFiles")
+            if _flag(spaces.get("enabled"), default=False):
+                namespace = run_files(run).namespace
+                await asyncio.to_thread(mount_namespace_files, spaces, dirs, namespace)
             inputs = _mapping(props.get("inputFiles"), "inputFiles")
             readable = partial(readable_key, run, what="inputFiles")
             await asyncio.to_thread(write_input_files, inputs, dirs, readable)
@@ -133,6 +138,9 @@ class ScriptTask(RunnableTask):
         warn = _flag(props.get("warningOnStdErr"), default=False) and capture.stderr_lines > 0
         return TaskOutcome(StateType.WARNING if warn else StateType.SUCCESS, outputs)
 
+    def _refuse_unsupported(self, props: dict[str, Any]) -> None:
+        """Fail the run for a property this task type accepts but kestream does not do."""
+
     def _script(self, props: dict[str, Any], dirs: AttemptDirs) -> str:
         lines = _strings(props.get("beforeCommands"), "beforeCommands")
         if _flag(props.get("failFast"), default=True) and self.targetOS != "WINDOWS":
@@ -147,14 +155,6 @@ class ScriptTask(RunnableTask):
             **self.script_env,
             **{str(key): _env_text(value) for key, value in given.items()},
         }
-
-    def _refuse_unsupported(self, props: dict[str, Any]) -> None:
-        spaces = props.get("namespaceFiles") or {}
-        if _flag(spaces.get("enabled"), default=False):
-            raise TaskError(
-                "namespaceFiles are not supported yet (kestream has no namespace file storage); "
-                "give the files with inputFiles"
-            )
 
 
 class ShellCommands(ScriptTask):

@@ -28,6 +28,7 @@ file): the async callers run them in a thread, off the event loop.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import os
 import re
 import shutil
@@ -39,7 +40,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from kestream.storage.current import get_storage
-from kestream.storage.keys import StorageUriError, TaskRunFiles, file_name, is_uri, to_uri
+from kestream.storage.keys import (
+    StorageUriError,
+    TaskRunFiles,
+    file_name,
+    is_uri,
+    namespace_files_prefix,
+    to_uri,
+)
 from kestream.tasks.base import TaskError
 
 WORKING_DIR_MARK = "@@kestream.workingDir@@"
@@ -117,6 +125,49 @@ def write_input_files(
                     target.write(chunk)
             except FileNotFoundError:
                 raise TaskError(f"inputFiles '{name}': the file '{text}' does not exist") from None
+
+
+#: The ``namespaceFiles`` options kestream applies; any other one fails the task run.
+NAMESPACE_FILES_OPTIONS = frozenset({"enabled", "include", "exclude"})
+
+
+def mount_namespace_files(spec: Mapping[str, Any], dirs: AttemptDirs, namespace: str) -> int:
+    """Copy the namespace's files (``include``/``exclude`` globs over their paths, ``**`` and
+    ``*`` crossing folders) into the working directory, at their paths; returns how many."""
+    unknown = sorted(set(spec) - NAMESPACE_FILES_OPTIONS)
+    if unknown:
+        raise TaskError(
+            f"namespaceFiles: {', '.join(unknown)} not supported (only include/exclude)"
+        )
+    include = _globs(spec.get("include"), ["**"])
+    exclude = _globs(spec.get("exclude"), [])
+    storage = get_storage()
+    root = namespace_files_prefix(namespace)
+    copied = 0
+    for key in storage.list(root):
+        path = key[len(root) :]
+        wanted = any(_glob_match(path, g) for g in include)
+        if not wanted or any(_glob_match(path, g) for g in exclude):
+            continue
+        with _open_input(dirs.work, path) as target:
+            for chunk in storage.chunks(key):
+                target.write(chunk)
+        copied += 1
+    return copied
+
+
+def _globs(value: Any, default: list[str]) -> list[str]:
+    if value is None:
+        return default
+    items = value if isinstance(value, list) else [value]
+    return [str(item).lstrip("/") for item in items]
+
+
+def _glob_match(path: str, pattern: str) -> bool:
+    """``**/`` also matches no folder at all (``**/*.py`` takes ``main.py``)."""
+    return fnmatch.fnmatchcase(path, pattern) or (
+        pattern.startswith("**/") and fnmatch.fnmatchcase(path, pattern[3:])
+    )
 
 
 def localize_uris(value: Any, dirs: AttemptDirs, readable: Callable[[str], str]) -> Any:

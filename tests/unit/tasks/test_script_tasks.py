@@ -273,8 +273,9 @@ def test_python_commands_and_a_failing_python_script() -> None:
         (
             """namespaceFiles:
       enabled: true
+      folderPerNamespace: true
     commands: [ls]""",
-            "namespaceFiles are not supported yet",
+            "namespaceFiles: folderPerNamespace not supported",
         ),
     ],
 )

@@ -202,7 +202,7 @@ def test_two_working_directories_do_not_share_files() -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ("namespaceFiles:\n      enabled: true\n", "no namespace files"),
+        ("namespaceFiles:\n      enabled: true\n", "set namespaceFiles on the script tasks"),
         ("cache:\n      ttl: PT5M\n      patterns: ['*.txt']\n", "'cache' is not supported"),
         ("outputFiles:\n      - out.txt\n", "set 'outputFiles' on the script task"),
     ],
