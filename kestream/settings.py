@@ -249,6 +249,13 @@ class Settings(BaseSettings):
         ge=1024,
         description="KESTREAM_API_MAX_BODY_BYTES: largest request body the API accepts (413).",
     )
+    api_max_upload_bytes: int = Field(
+        default=1024 * 1024 * 1024,
+        ge=1024,
+        description="KESTREAM_API_MAX_UPLOAD_BYTES: largest multipart body with files (FILE "
+        "inputs, namespace files) the API accepts (413); the files go to disk, then to the "
+        "internal storage, never whole into memory.",
+    )
     api_max_follows: int = Field(
         default=1000,
         ge=1,
@@ -334,6 +341,12 @@ class Settings(BaseSettings):
         ge=10,
         description="KESTREAM_SCHEDULER_TICK_MS: longest sleep of the scheduler between "
         "evaluations (it wakes earlier when a trigger is due).",
+    )
+    scheduler_backfill_slots: int = Field(
+        default=10,
+        ge=1,
+        description="KESTREAM_SCHEDULER_BACKFILL_SLOTS: most slots one backfill fires per "
+        "scheduler tick (KESTREAM_SCHEDULER_TICK_MS); the schedule itself is never held back.",
     )
     scheduler_late_after_s: float = Field(
         default=60.0,

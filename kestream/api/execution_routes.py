@@ -125,7 +125,7 @@ class ExecutionRoutes:
                 [{"path": "labels", "message": f"reserved label '{k}'"} for k in reserved],
             )
         execution_id = new_id()
-        form = await read_form(request, self.api.max_body, files=True)
+        form = await read_form(request, self.api.settings.api_max_upload_bytes, files=True)
         inputs = await store_uploads(form, flow, execution_id)
         try:
             created = await service.create_execution(

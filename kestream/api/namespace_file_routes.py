@@ -59,7 +59,7 @@ class NamespaceFileRoutes:
     async def upload(self, request: web.Request) -> web.Response:
         """Store the multipart field ``fileContent`` at ``path`` (replacing a file there)."""
         key = self._key(request, required=True)
-        form = await read_form(request, self.api.max_body, files=True)
+        form = await read_form(request, self.api.settings.api_max_upload_bytes, files=True)
         upload = form.get(UPLOAD_FIELD)
         if not isinstance(upload, web.FileField):
             raise bad_request(f"Upload the file as the multipart field '{UPLOAD_FIELD}'")

@@ -107,3 +107,15 @@ async def test_paths_that_leave_the_namespace_are_refused(
     upload = await client.post(f"{base}?path={path}", data=_upload(b"planted"))
     assert upload.status == 400
     assert storage.list("company") == ["company/x/executions/E/secret"]
+
+
+async def test_uploads_past_the_upload_limit_are_refused(storage: Storage) -> None:
+    app = web.Application()
+    settings = Settings(api_max_upload_bytes=4096)
+    app.add_routes(NamespaceFileRoutes(ApiHandle(settings), storage).routes())
+    async with TestClient(TestServer(app)) as small:
+        base = "/api/v1/main/namespaces/company.team/files"
+        assert (await small.post(f"{base}?path=/ok.bin", data=_upload(b"x" * 1000))).status == 200
+        refused = await small.post(f"{base}?path=/big.bin", data=_upload(b"x" * 20_000))
+        assert refused.status == 413
+    assert storage.list(ROOT) == [ROOT + "ok.bin"]
