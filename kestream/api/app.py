@@ -32,6 +32,7 @@ from kestream.api.openapi import (
     route_access,
 )
 from kestream.api.purge import PurgeRoutes
+from kestream.api.trigger_routes import TriggerRoutes
 from kestream.api.webhook_routes import WebhookRoutes
 from kestream.runtime.ops_routes import route_pattern
 from kestream.runtime.record_limit import RecordTooLarge
@@ -52,6 +53,7 @@ def api_routes(handle: ApiHandle) -> list[web.RouteDef]:
         *LogRoutes(handle).routes(),
         *KVRoutes(handle).routes(),
         *NamespaceFileRoutes(handle).routes(),
+        *TriggerRoutes(handle).routes(),
     ]
     return routes
 

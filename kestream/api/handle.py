@@ -13,6 +13,7 @@ from aiohttp import web
 
 from kestream.api.http import ApiError, not_found
 from kestream.api.service import ApiService
+from kestream.runtime.triggers_table import TriggersTable
 from kestream.settings import Settings
 
 
@@ -20,6 +21,8 @@ from kestream.settings import Settings
 class ApiHandle:
     settings: Settings
     service: ApiService | None = None
+    #: The trigger records the triggers API answers from (set when the role starts).
+    triggers: TriggersTable | None = None
 
     def get(self) -> ApiService:
         service = self.service

@@ -249,6 +249,77 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("DELETE", _T + "/namespaces/{namespace}/kv/{key}"): Operation(
         "deleteKeyValue", "KV", responses={200: _OK_JSON}
     ),
+    ("GET", _T + "/triggers/search"): Operation(
+        "searchTriggers",
+        "Triggers",
+        query=(
+            *_PAGE,
+            Param("filters[field][OPERATION]", description="namespace, flowId, triggerId, q"),
+            Param("namespace"),
+            Param("flowId"),
+            Param("q"),
+        ),
+        responses={200: _OK_JSON, 400: (_JSON, "Invalid query filters")},
+    ),
+    ("GET", _T + "/triggers/{namespace}/{flowId}"): Operation(
+        "searchTriggersForFlow", "Triggers", query=_PAGE, responses={200: _OK_JSON}
+    ),
+    ("GET", _T + "/triggers/{namespace}/{flowId}/{triggerId}"): Operation(
+        "getTrigger", "Triggers", responses={200: _OK_JSON, 404: _ERRORS[404]}
+    ),
+    ("PUT", _T + "/triggers"): Operation(
+        "updateTrigger",
+        "Triggers",
+        body=_JSON,
+        responses={200: _OK_JSON, 400: (_JSON, "Invalid backfill"), 404: _ERRORS[404]},
+    ),
+    ("POST", _T + "/triggers/{namespace}/{flowId}/{triggerId}/unlock"): Operation(
+        "unlockTrigger",
+        "Triggers",
+        responses={200: _OK_JSON, 404: _ERRORS[404], 409: (_JSON, "Trigger is not locked")},
+    ),
+    ("POST", _T + "/triggers/set-disabled/by-triggers"): Operation(
+        "disabledTriggersByIds", "Triggers", body=_JSON, responses={200: _OK_JSON}
+    ),
+    ("POST", _T + "/triggers/set-disabled/by-query"): Operation(
+        "disabledTriggersByQuery",
+        "Triggers",
+        query=(Param("disabled", "boolean"), Param("filters[field][OPERATION]")),
+        responses={200: _OK_JSON},
+    ),
+    ("POST", _T + "/triggers/unlock/by-triggers"): Operation(
+        "unlockTriggersByIds", "Triggers", body=_JSON, responses={200: _OK_JSON}
+    ),
+    ("POST", _T + "/triggers/unlock/by-query"): Operation(
+        "unlockTriggersByQuery",
+        "Triggers",
+        query=(Param("filters[field][OPERATION]"),),
+        responses={200: _OK_JSON},
+    ),
+    **{
+        (method, _T + f"/triggers/backfill/{action}"): Operation(
+            f"{action}Backfill",
+            "Triggers",
+            body=_JSON,
+            responses={200: _OK_JSON, 400: (_JSON, "No backfill found"), 404: _ERRORS[404]},
+        )
+        for method, action in (("PUT", "pause"), ("PUT", "unpause"), ("POST", "delete"))
+    },
+    **{
+        ("POST", _T + f"/triggers/backfill/{action}/by-triggers"): Operation(
+            f"{action}BackfillByIds", "Triggers", body=_JSON, responses={200: _OK_JSON}
+        )
+        for action in ("pause", "unpause", "delete")
+    },
+    **{
+        ("POST", _T + f"/triggers/backfill/{action}/by-query"): Operation(
+            f"{action}BackfillByQuery",
+            "Triggers",
+            query=(Param("filters[field][OPERATION]"),),
+            responses={200: _OK_JSON},
+        )
+        for action in ("pause", "unpause", "delete")
+    },
     **{
         (method, _T + "/executions/webhook/{namespace}/{flowId}/{key}"): Operation(
             f"webhookTrigger{method.title()}",

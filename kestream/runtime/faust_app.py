@@ -242,10 +242,18 @@ async def _start_role_parts(
 ) -> list[Any]:
     if role == "api":
         from kestream.api.service import ApiService
+        from kestream.runtime.triggers_table import TriggersTable
 
-        service = await ApiService.start(ctx)
+        triggers = TriggersTable(ctx)
+        await triggers.start()
+        try:
+            service = await ApiService.start(ctx)
+        except BaseException:
+            await triggers.stop()
+            raise
         if api is not None:
             api.service = service
+            api.triggers = triggers
         health.add(
             flows_table_check(service.client.flows),
             Check(
@@ -255,7 +263,7 @@ async def _start_role_parts(
                 detail=service.health_detail,
             ),
         )
-        return [service]
+        return [triggers, service]
     return await _start_table_and_processor(role, ctx, on_failure, health)
 
 

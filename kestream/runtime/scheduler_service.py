@@ -14,6 +14,10 @@ Three loops, so that no one of them can hold up another:
   ``stopAfter``; its offsets are committed after what they caused has been acknowledged.
 - **monitoring**: every few seconds, counts the triggers that are late (overdue by more than
   ``KESTREAM_SCHEDULER_LATE_AFTER_S``) into the metrics and the log.
+- **trigger commands**: a consumer group on the trigger-commands topic reads what the triggers
+  API asks (disable, enable, set, pause, unpause or delete a backfill, unlock), applies it to the
+  book, writes the records (each keeps the offset of the last command it took, so a command
+  read again after a crash is skipped), and only then commits.
 
 State at start: the triggers topic is read whole (the last record per key wins; tombstones
 delete), then the flows table's flows are synced into the books, which also writes the records
@@ -45,6 +49,7 @@ from kestream.runtime.context import BrokerContext
 from kestream.runtime.flows_table import FlowsTable, assign_from_start
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.metrics import Metrics, process_metrics
+from kestream.scheduler.commands import TriggerCommand
 from kestream.scheduler.flow_triggers import FlowTriggerBook
 from kestream.scheduler.monitor import late_triggers
 from kestream.scheduler.preconditions import EndedExecution, PreconditionWindow
@@ -86,10 +91,15 @@ class SchedulerService:
         self.clock = clock
         self.on_failure = on_failure
         self.metrics = metrics or process_metrics()
-        self.schedules = ScheduleBook(clock)
+        self.schedules = ScheduleBook(
+            clock,
+            backfill_slots=self.settings.scheduler_backfill_slots,
+            backfill_interval=timedelta(milliseconds=self.settings.scheduler_tick_ms),
+        )
         self.flow_triggers = FlowTriggerBook(clock)
         self._producer: AIOKafkaProducer | None = None
         self._updates: AIOKafkaConsumer | None = None
+        self._commands: AIOKafkaConsumer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._synced: dict[str, int | None] = {}  # flow uid -> revision synced
@@ -154,10 +164,20 @@ class SchedulerService:
         )
         await self._updates.start()
         self._updates.subscribe([self.topics.updates], listener=_Assigned(self))
+        # Commands are read from the topic's start by a new group: each record says which
+        # command it took last, so old ones are skipped, and none sent before the first start
+        # is lost.
+        self._commands = make_consumer(
+            ctx.settings, ctx.bootstrap, ctx.kind,
+            group_id=self.settings.topic("scheduler-commands"), auto_offset_reset="earliest",
+        )  # fmt: skip
+        await self._commands.start()
+        self._commands.subscribe([self.topics.trigger_commands])
         self._tasks = [
             asyncio.create_task(self._guard(self._tick_loop()), name="scheduler-tick"),
             asyncio.create_task(self._guard(self._ended_loop()), name="scheduler-ended"),
             asyncio.create_task(self._guard(self._monitor_loop()), name="scheduler-monitor"),
+            asyncio.create_task(self._guard(self._commands_loop()), name="scheduler-commands"),
         ]
         self._started = True
         log.info(
@@ -174,9 +194,10 @@ class SchedulerService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
-        if self._updates is not None:
-            await self._updates.stop()
-            self._updates = None
+        for consumer in (self._updates, self._commands):
+            if consumer is not None:
+                await consumer.stop()
+        self._updates = self._commands = None
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -317,9 +338,10 @@ class SchedulerService:
                 )
             namespace, flow_id, trigger_id = split_trigger_key(fire.key)
             self.metrics.trigger_fired(namespace, flow_id, trigger_id)
-            self.metrics.trigger_delay(
-                namespace, flow_id, trigger_id, max(0.0, (now - fire.slot).total_seconds())
-            )
+            if not fire.backfill:  # a backfilled slot is old on purpose
+                self.metrics.trigger_delay(
+                    namespace, flow_id, trigger_id, max(0.0, (now - fire.slot).total_seconds())
+                )
         await asyncio.gather(*acks)
         self._dirty.update(fire.key for fire in fires)
         log.debug("fired %d schedule(s)", len(fires))
@@ -402,6 +424,39 @@ class SchedulerService:
                        of="a new execution"),
         )  # fmt: skip
         return None
+
+    # -- trigger commands ----------------------------------------------------------------------
+
+    async def _commands_loop(self) -> None:
+        consumer = self._commands
+        assert consumer is not None
+        while True:
+            try:
+                batch = await consumer.getmany(timeout_ms=_FETCH_TIMEOUT_MS)
+            except KafkaError as exc:
+                log.warning("reading trigger commands failed (%s); retrying", exc)
+                await asyncio.sleep(_ERROR_BACKOFF_S)
+                continue
+            if not batch:
+                continue
+            async with self._produce_lock:
+                for recs in batch.values():
+                    for rec in recs:
+                        self._on_command(rec)
+                await self._flush()
+            self._wake.set()  # a backfill or an enabled trigger may be due now
+            offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs}
+            await consumer.commit(offsets)
+
+    def _on_command(self, rec: ConsumerRecord[Any, Any]) -> None:
+        try:
+            command = TriggerCommand.from_json(rec.value)
+        except (ValueError, TypeError) as exc:  # one bad record must not stop the scheduler
+            log.warning("skipping the unreadable trigger command at offset %d: %s", rec.offset, exc)
+            return
+        if self.schedules.apply_command(command, rec.offset) is not None:
+            self._dirty.add(command.key)
+            log.info("trigger %s: %s applied", command.key, command.action)
 
     # -- monitoring ----------------------------------------------------------------------------
 

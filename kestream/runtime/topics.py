@@ -24,6 +24,8 @@ class Topics:
     (the executor reads the first two as streams and writes the third per input partition).
     ``triggers`` holds the scheduler's trigger state (keyed ``namespace/flowId/triggerId``) and
     ``members`` each role process's status (keyed by role and process): both compacted tables.
+    ``trigger_commands`` carries the triggers API's changes to the scheduler, which alone writes
+    trigger records (:mod:`kestream.scheduler.commands`).
     """
 
     executions: str
@@ -38,6 +40,7 @@ class Topics:
     members: str
     #: The KV store (:mod:`kestream.runtime.kv_table`): compacted, keyed ``namespace/key``.
     kv: str
+    trigger_commands: str
 
     @classmethod
     def of(cls, settings: Settings) -> Topics:
@@ -53,6 +56,7 @@ class Topics:
             triggers=settings.topic("triggers"),
             members=settings.topic("members"),
             kv=settings.topic("kv"),
+            trigger_commands=settings.topic("trigger-commands"),
         )
 
     def group_tasks(self, key: str) -> str:
@@ -78,6 +82,7 @@ class Topics:
             (self.triggers, 1, True),
             (self.members, 1, True),
             (self.kv, 1, True),
+            (self.trigger_commands, 1, False),
         ]
 
 

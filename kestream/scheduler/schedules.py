@@ -458,9 +458,9 @@ class ScheduleBook:
     # -- commands from the triggers API --------------------------------------------------------
 
     def apply_command(self, command: TriggerCommand, offset: int) -> TriggerState | None:
-        """Apply a trigger command read at ``offset``; returns the record to write, or None
-        when the command does not change it (an unknown trigger, one already applied, a
-        command that does not apply: logged)."""
+        """Apply a trigger command read at ``offset``; returns the record to write (with the
+        command's offset, also when the command does not apply: logged), or None for an
+        unknown trigger and a command already in the record."""
         entry = self._entries.get(command.key)
         if entry is None:
             log.warning("trigger command %s for unknown trigger %s ignored", command.action,
@@ -471,9 +471,10 @@ class ScheduleBook:
             return None  # read again after a restart: already in the record
         try:
             changed = apply_to_state(entry.state, command)
-        except CommandError as exc:
+        except CommandError as exc:  # recorded all the same: its sender learns it was read
             log.info("trigger command %s on %s: %s", command.action, command.key, exc)
-            return None
+            entry.state = entry.state.evolve(command_offset=offset)
+            return entry.state
         if command.action == "enable" and entry.state.disabled:
             entry.state = entry.state.evolve(command_offset=offset)
             self.set_disabled(command.key, False)

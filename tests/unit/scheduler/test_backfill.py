@@ -171,6 +171,8 @@ def test_a_command_read_again_after_a_restart_is_not_applied_twice() -> None:
     fires = _drain(book, clock)
     assert len([f for f in fires if f.backfill]) == 3
     assert book.apply_command(command, 7) is None  # the same offset: already in the record
+    refused = book.apply_command(TriggerCommand(KEY, "pause-backfill"), 8)  # none to pause
+    assert refused is not None and refused.command_offset == 8 and refused.backfill is None
     assert [f for f in _drain(book, clock) if f.backfill] == []
 
 

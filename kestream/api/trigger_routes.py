@@ -1,0 +1,378 @@
+"""The triggers API (Kestra 1.x paths and shapes), on the trigger records of the triggers topic.
+
+Reads answer from the :class:`~kestream.runtime.triggers_table.TriggersTable` (each Schedule
+trigger's latest record, with ``date``: the last slot fired, and ``nextExecutionDate``). Changes
+go to the scheduler as commands (:mod:`kestream.scheduler.commands`), which alone writes trigger
+records; the answer is the record as it will be once applied, computed by the same function the
+scheduler applies, and a later read shows it once the scheduler has written it.
+
+- ``GET .../triggers/search``: ``{results: [{abstractTrigger, triggerContext}], total}``,
+  filtered by ``namespace`` (and its children), ``flowId``, ``triggerId`` or ``q``, as
+  ``filters[field][OPERATION]=`` or the older plain parameters;
+- ``GET .../triggers/{namespace}/{flowId}``: the flow's ``{results: [Trigger], total}``;
+  ``GET .../triggers/{namespace}/{flowId}/{triggerId}``: one ``Trigger``;
+- ``PUT .../triggers``: a ``Trigger`` body; with ``backfill`` it sets a backfill (``end``
+  defaults to now), without it sets ``disabled`` (absent: false, as Kestra);
+- ``POST .../triggers/set-disabled/by-triggers`` (``{triggers, disabled}``) and ``/by-query``
+  (``?disabled=``): ``{count}``;
+- ``POST .../triggers/{namespace}/{flowId}/{triggerId}/unlock``, ``/unlock/by-triggers``,
+  ``/unlock/by-query``: kestream never holds a trigger while its execution runs, so unlocking
+  clears the recorded ``executionId`` and nothing else; 409 "Trigger is not locked" without one;
+- ``PUT .../triggers/backfill/pause`` and ``/unpause``, ``POST .../triggers/backfill/delete``
+  (400 "No backfill found" without one), each also ``/by-triggers`` (a list) and ``/by-query``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from kestream.api.handle import ApiHandle
+from kestream.api.http import (
+    ApiError,
+    bad_request,
+    json_response,
+    not_found,
+    query_flag,
+    query_int,
+    read_body,
+)
+from kestream.models.clock import utc_now
+from kestream.models.flow import Flow, ScheduleTrigger
+from kestream.models.ids import new_id
+from kestream.models.values import UnportableValue, loads_json
+from kestream.runtime.triggers_table import TriggersTable
+from kestream.scheduler.backfill import Backfill, BackfillError
+from kestream.scheduler.commands import Action, CommandError, TriggerCommand, apply_to_state
+from kestream.scheduler.trigger_state import TriggerState, trigger_key
+
+PREFIX = "/api/v1/{tenant}/triggers"
+
+_FILTER = re.compile(r"filters\[(\w+)\]\[(\w+)\]")
+
+
+class TriggerRoutes:
+    def __init__(self, api: ApiHandle) -> None:
+        self.api = api
+
+    def routes(self) -> list[web.RouteDef]:
+        backfill = PREFIX + "/backfill"
+        return [
+            web.get(PREFIX + "/search", self.search),
+            web.put(PREFIX, self.update),
+            web.post(PREFIX + "/set-disabled/by-triggers", self.disable_by_triggers),
+            web.post(PREFIX + "/set-disabled/by-query", self.disable_by_query),
+            web.post(PREFIX + "/unlock/by-triggers", self.unlock_by_triggers),
+            web.post(PREFIX + "/unlock/by-query", self.unlock_by_query),
+            web.put(backfill + "/pause", self.pause_backfill),
+            web.put(backfill + "/unpause", self.unpause_backfill),
+            web.post(backfill + "/delete", self.delete_backfill),
+            web.post(backfill + "/pause/by-triggers", self.pause_by_triggers),
+            web.post(backfill + "/pause/by-query", self.pause_by_query),
+            web.post(backfill + "/unpause/by-triggers", self.unpause_by_triggers),
+            web.post(backfill + "/unpause/by-query", self.unpause_by_query),
+            web.post(backfill + "/delete/by-triggers", self.delete_by_triggers),
+            web.post(backfill + "/delete/by-query", self.delete_by_query),
+            web.get(PREFIX + "/{namespace}/{flowId}", self.list_flow),
+            web.get(PREFIX + "/{namespace}/{flowId}/{triggerId}", self.get),
+            web.post(PREFIX + "/{namespace}/{flowId}/{triggerId}/unlock", self.unlock),
+        ]
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def search(self, request: web.Request) -> web.Response:
+        """Search for triggers: each with its definition and its record."""
+        table = self._table(request)
+        page = query_int(request, "page", 1, low=1, high=1_000_000)
+        size = query_int(request, "size", 10, low=1, high=1000)
+        rows = [
+            (state, trigger)
+            for state in self._matching(request, table)
+            if (trigger := self._definition(state)) is not None
+        ]
+        start = (page - 1) * size
+        results = [
+            {"abstractTrigger": _definition_json(trigger), "triggerContext": self._json(state)}
+            for state, trigger in rows[start : start + size]
+        ]
+        return json_response({"results": results, "total": len(rows)})
+
+    async def list_flow(self, request: web.Request) -> web.Response:
+        """Get all triggers for a flow."""
+        table = self._table(request)
+        namespace, flow_id = request.match_info["namespace"], request.match_info["flowId"]
+        states = sorted(
+            (s for s in table.states() if (s.namespace, s.flow_id) == (namespace, flow_id)),
+            key=lambda s: s.trigger_id,
+        )
+        return json_response({"results": [self._json(s) for s in states], "total": len(states)})
+
+    async def get(self, request: web.Request) -> web.Response:
+        """Get a trigger."""
+        table = self._table(request)
+        return json_response(self._json(self._state(table, _path_key(request))))
+
+    # -- changing -----------------------------------------------------------------------------
+
+    async def update(self, request: web.Request) -> web.Response:
+        """Update a trigger: set a backfill, or enable or disable it."""
+        table = self._table(request)
+        body = await self._body(request)
+        key = _body_key(body)
+        state = self._state(table, key)
+        if body.get("backfill") is not None:
+            try:
+                backfill = Backfill.requested(
+                    body["backfill"], backfill_id=new_id(), now=utc_now(),
+                    next_execution_date=state.next_execution_date,
+                )  # fmt: skip
+            except BackfillError as exc:
+                raise bad_request(str(exc)) from None
+            command = TriggerCommand(key, "set-backfill", backfill)
+        else:
+            command = TriggerCommand(key, "disable" if body.get("disabled") else "enable")
+        return json_response(self._json(await self._send(table, state, command)))
+
+    async def disable_by_triggers(self, request: web.Request) -> web.Response:
+        """Disable or enable the given triggers."""
+        table = self._table(request)
+        body = await self._body(request)
+        triggers, disabled = body.get("triggers"), body.get("disabled")
+        if not isinstance(triggers, list) or not triggers or not isinstance(disabled, bool):
+            raise bad_request('expected {"triggers": [Trigger, ...], "disabled": true|false}')
+        action: Action = "disable" if disabled else "enable"
+        keys = [_body_key(item) for item in triggers]
+        return await self._bulk(table, keys, action)
+
+    async def disable_by_query(self, request: web.Request) -> web.Response:
+        """Disable or enable the triggers a query finds (``disabled``, default true)."""
+        action: Action = "disable" if query_flag(request, "disabled", True) else "enable"
+        return await self._bulk_by_query(request, action)
+
+    async def unlock(self, request: web.Request) -> web.Response:
+        """Unlock a trigger (clears the execution it recorded)."""
+        table = self._table(request)
+        key = _path_key(request)
+        state = self._state(table, key)
+        return json_response(
+            self._json(await self._send(table, state, TriggerCommand(key, "unlock")))
+        )
+
+    async def unlock_by_triggers(self, request: web.Request) -> web.Response:
+        """Unlock the given triggers (those not locked are not counted)."""
+        return await self._bulk_by_triggers(request, "unlock")
+
+    async def unlock_by_query(self, request: web.Request) -> web.Response:
+        """Unlock the triggers a query finds."""
+        return await self._bulk_by_query(request, "unlock")
+
+    async def pause_backfill(self, request: web.Request) -> web.Response:
+        """Pause a backfill."""
+        return await self._one_backfill(request, "pause-backfill")
+
+    async def unpause_backfill(self, request: web.Request) -> web.Response:
+        """Unpause a backfill."""
+        return await self._one_backfill(request, "unpause-backfill")
+
+    async def delete_backfill(self, request: web.Request) -> web.Response:
+        """Delete a backfill."""
+        return await self._one_backfill(request, "delete-backfill")
+
+    async def pause_by_triggers(self, request: web.Request) -> web.Response:
+        """Pause the backfills of the given triggers."""
+        return await self._bulk_by_triggers(request, "pause-backfill")
+
+    async def pause_by_query(self, request: web.Request) -> web.Response:
+        """Pause the backfills of the triggers a query finds."""
+        return await self._bulk_by_query(request, "pause-backfill")
+
+    async def unpause_by_triggers(self, request: web.Request) -> web.Response:
+        """Unpause the backfills of the given triggers."""
+        return await self._bulk_by_triggers(request, "unpause-backfill")
+
+    async def unpause_by_query(self, request: web.Request) -> web.Response:
+        """Unpause the backfills of the triggers a query finds."""
+        return await self._bulk_by_query(request, "unpause-backfill")
+
+    async def delete_by_triggers(self, request: web.Request) -> web.Response:
+        """Delete the backfills of the given triggers."""
+        return await self._bulk_by_triggers(request, "delete-backfill")
+
+    async def delete_by_query(self, request: web.Request) -> web.Response:
+        """Delete the backfills of the triggers a query finds."""
+        return await self._bulk_by_query(request, "delete-backfill")
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _table(self, request: web.Request) -> TriggersTable:
+        self.api.service_for(request)  # the tenant, and a service that is ready
+        table = self.api.triggers
+        if table is None:
+            raise ApiError(503, "The triggers table is starting; try again shortly")
+        return table
+
+    def _state(self, table: TriggersTable, key: str) -> TriggerState:
+        state = table.get(key)
+        if state is None or self._definition(state) is None:
+            raise not_found(f"Trigger '{key}'")
+        return state
+
+    def _definition(self, state: TriggerState) -> ScheduleTrigger | None:
+        """The trigger in its deployed flow (None: the flow or the trigger is gone)."""
+        flow = self.api.get().flow(state.namespace, state.flow_id)
+        return None if flow is None else _schedule(flow, state.trigger_id)
+
+    def _matching(self, request: web.Request, table: TriggersTable) -> list[TriggerState]:
+        match = _trigger_filter(request)
+        states = [s for s in table.states() if match(s)]
+        states.sort(key=lambda s: (s.namespace, s.flow_id, s.trigger_id))
+        return states
+
+    async def _send(
+        self, table: TriggersTable, state: TriggerState, command: TriggerCommand
+    ) -> TriggerState:
+        """Send ``command``; the record as it will be (409/400 when it does not apply)."""
+        try:
+            changed = apply_to_state(state, command)
+        except CommandError as exc:
+            if command.action == "unlock":  # Kestra's IllegalStateException
+                raise ApiError(409, f"Illegal state: {exc}") from None
+            raise bad_request(str(exc)) from None
+        await table.send(command, changed)
+        return changed
+
+    async def _bulk_by_triggers(self, request: web.Request, action: Action) -> web.Response:
+        table = self._table(request)
+        return await self._bulk(table, await self._body_keys(request), action)
+
+    async def _bulk_by_query(self, request: web.Request, action: Action) -> web.Response:
+        table = self._table(request)
+        return await self._bulk(table, [s.key for s in self._matching(request, table)], action)
+
+    async def _bulk(self, table: TriggersTable, keys: list[str], action: Action) -> web.Response:
+        """Apply ``action`` to each trigger it applies to; ``{count}`` of those."""
+        count = 0
+        for key in keys:
+            state = table.get(key)
+            if state is None or self._definition(state) is None:
+                continue
+            command = TriggerCommand(key, action)
+            try:
+                changed = apply_to_state(state, command)
+            except CommandError:
+                continue  # a bulk action skips what it does not apply to, as Kestra's
+            await table.send(command, changed)
+            count += 1
+        return json_response({"count": count})
+
+    async def _one_backfill(self, request: web.Request, action: Action) -> web.Response:
+        table = self._table(request)
+        key = _body_key(await self._body(request))
+        state = self._state(table, key)
+        return json_response(
+            self._json(await self._send(table, state, TriggerCommand(key, action)))
+        )
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        value = await self._json_body(request)
+        if not isinstance(value, dict):
+            raise bad_request("expected a JSON object (a Trigger)")
+        return value
+
+    async def _body_keys(self, request: web.Request) -> list[str]:
+        value = await self._json_body(request)
+        if not isinstance(value, list):
+            raise bad_request("expected a JSON list of triggers")
+        return [_body_key(item) for item in value]
+
+    async def _json_body(self, request: web.Request) -> Any:
+        raw = await read_body(request, self.api.max_body)
+        try:
+            return loads_json(raw, "trigger")
+        except UnportableValue as exc:
+            raise ApiError(422, f"Invalid entity: {exc}") from None
+        except ValueError as exc:
+            raise ApiError(422, f"Invalid json: {exc}") from None
+
+    def _json(self, state: TriggerState) -> dict[str, Any]:
+        """Kestra's ``Trigger``: the trigger context with what the scheduler recorded."""
+        trigger = self._definition(state)
+        return {
+            "tenantId": self.api.settings.tenant,
+            "namespace": state.namespace,
+            "flowId": state.flow_id,
+            "triggerId": state.trigger_id,
+            "flowRevision": state.flow_revision,
+            "date": _iso(state.date),
+            "nextExecutionDate": _iso(state.next_execution_date),
+            "backfill": None if state.backfill is None else state.backfill.to_dict(with_id=False),
+            "stopAfter": None if trigger is None else trigger.stopAfter,
+            "disabled": state.disabled,
+            "executionId": state.execution_id,
+            "evaluateRunningDate": None,
+            "workerId": None,
+        }
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def _definition_json(trigger: ScheduleTrigger) -> dict[str, Any]:
+    return trigger.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _schedule(flow: Flow, trigger_id: str) -> ScheduleTrigger | None:
+    for trigger in flow.triggers:
+        if isinstance(trigger, ScheduleTrigger) and trigger.id == trigger_id:
+            return trigger
+    return None
+
+
+def _path_key(request: web.Request) -> str:
+    info = request.match_info
+    return trigger_key(info["namespace"], info["flowId"], info["triggerId"])
+
+
+def _body_key(body: Any) -> str:
+    """The trigger a ``Trigger`` body names (``namespace``, ``flowId``, ``triggerId``)."""
+    if not isinstance(body, dict):
+        raise bad_request("expected a Trigger object")
+    parts = [body.get(name) for name in ("namespace", "flowId", "triggerId")]
+    if not all(isinstance(part, str) and part and "/" not in part for part in parts):
+        raise bad_request("a Trigger needs 'namespace', 'flowId' and 'triggerId'")
+    namespace, flow_id, trigger_id = (str(part) for part in parts)
+    return trigger_key(namespace, flow_id, trigger_id)
+
+
+def _trigger_filter(request: web.Request) -> Callable[[TriggerState], bool]:
+    """The search's filters as one predicate; a filter it cannot apply is refused (400) rather
+    than ignored, which would widen what a bulk action changes."""
+    tests: list[Callable[[TriggerState], bool]] = []
+    for name, value in request.query.items():
+        found = _FILTER.fullmatch(name)
+        field, op = found.groups() if found else (name, "LEGACY")
+        if found is None and name not in ("namespace", "flowId", "q"):
+            continue  # page, size, sort, disabled and the like
+        tests.append(_trigger_test(name, field, op, value))
+    return lambda state: all(test(state) for test in tests)
+
+
+def _trigger_test(name: str, field: str, op: str, value: str) -> Callable[[TriggerState], bool]:
+    text = value.lower()
+    if field == "namespace" and op in ("PREFIX", "STARTS_WITH", "LEGACY"):
+        return lambda s: s.namespace == value or s.namespace.startswith(value + ".")
+    if field == "namespace" and op == "EQUALS":
+        return lambda s: s.namespace == value
+    if field == "flowId" and op in ("EQUALS", "LEGACY"):
+        return lambda s: s.flow_id == value
+    if field == "triggerId" and op == "EQUALS":
+        return lambda s: s.trigger_id == value
+    if field == "q" and op in ("EQUALS", "LEGACY"):
+        return lambda s: any(
+            text in part.lower() for part in (s.namespace, s.flow_id, s.trigger_id)
+        )
+    raise bad_request(f"Invalid query filters: '{name}' is not supported by the trigger search")

@@ -1,0 +1,246 @@
+"""The triggers API and Schedule backfills through a real ``kestream standalone`` over HTTP.
+
+Backfills are paced at one slot per tick here (``KESTREAM_SCHEDULER_BACKFILL_SLOTS=1``, a tick
+of 200 ms), so a pause sent right after a backfill can land while it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from api_stack import Stack, start_stack
+
+pytestmark = pytest.mark.integration
+
+WAIT_S = 90.0
+
+
+@pytest.fixture(scope="module")
+def stack(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    prefix = f"it.triggers.{uuid.uuid4().hex[:10]}."
+    env = {"KESTREAM_SCHEDULER_BACKFILL_SLOTS": "1"}
+    yield from start_stack(broker.bootstrap, prefix, tmp_path_factory.mktemp("triggers"), env)
+
+
+def _flow(ns: str, flow_id: str, cron: str, *, seconds: bool = False) -> str:
+    return f"""
+id: {flow_id}
+namespace: {ns}
+inputs:
+  - id: day
+    type: STRING
+    defaults: regular
+tasks:
+  - id: log
+    type: io.kestra.plugin.core.log.Log
+    message: "{{{{ inputs.day }}}} {{{{ trigger.date }}}}"
+triggers:
+  - id: schedule
+    type: io.kestra.plugin.core.trigger.Schedule
+    cron: "{cron}"
+    withSeconds: {"true" if seconds else "false"}
+"""
+
+
+def _until(what: str, probe: Callable[[], Any], timeout: float = WAIT_S) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not seen in {timeout:.0f} s (last: {last!r})")
+
+
+def _trigger(stack: Stack, ns: str, flow_id: str) -> dict[str, Any] | None:
+    reply = stack.get(f"/triggers/{ns}/{flow_id}/schedule")
+    return reply.json() if reply.status == 200 else None
+
+
+def _key(ns: str, flow_id: str) -> dict[str, str]:
+    return {"namespace": ns, "flowId": flow_id, "triggerId": "schedule"}
+
+
+def _executions(stack: Stack, ns: str, flow_id: str, label: str) -> list[dict[str, Any]]:
+    key, value = label.split(":")
+    query = (
+        f"filters[namespace][EQUALS]={ns}&filters[flowId][EQUALS]={flow_id}"
+        f"&{quote(f'filters[labels][EQUALS][{key}]')}={value}&size=500"
+    )
+    return list(stack.get("/executions/search?" + query).json()["results"])
+
+
+def _slot_dates(executions: list[dict[str, Any]]) -> Counter[datetime]:
+    return Counter(datetime.fromisoformat(e["trigger"]["variables"]["date"]) for e in executions)
+
+
+def _minutes(start: datetime, count: int) -> list[datetime]:
+    return [start + timedelta(minutes=n) for n in range(count)]
+
+
+def _put(stack: Stack, body: dict[str, Any], path: str = "/triggers") -> Any:
+    return stack.request("PUT", path, json.dumps(body), content_type="application/json")
+
+
+def _post(stack: Stack, path: str, body: Any) -> Any:
+    return stack.request("POST", path, json.dumps(body), content_type="application/json")
+
+
+def _wait_done(stack: Stack, ns: str, flow_id: str, label: str, slots: list[datetime]) -> None:
+    """Until the backfill is over (the record says so) and each of its executions is indexed."""
+    _until("backfill over", lambda: (_trigger(stack, ns, flow_id) or {}).get("backfill") is None)
+    found = _until(
+        f"{len(slots)} executions labelled {label}",
+        lambda: (e := _executions(stack, ns, flow_id, label)) and len(e) >= len(slots) and e,
+    )
+    assert _slot_dates(found) == Counter(slots)  # every slot once, none other
+
+    def ended() -> bool:
+        found = _executions(stack, ns, flow_id, label)
+        return all(x["state"]["current"] == "SUCCESS" for x in found)
+
+    _until("every execution SUCCESS", ended)
+
+
+def test_backfill_through_the_api_fires_each_slot_once_with_its_inputs_and_labels(
+    stack: Stack,
+) -> None:
+    ns = f"it.triggers.b{uuid.uuid4().hex[:8]}"
+    assert stack.post_yaml("/flows", _flow(ns, "hourly_report", "* * * * *")).status == 200
+    record = _until("the trigger's record", lambda: _trigger(stack, ns, "hourly_report"))
+    assert record["nextExecutionDate"] is not None and record["backfill"] is None
+
+    page = stack.get(f"/triggers/search?filters[namespace][EQUALS]={ns}").json()
+    assert page["total"] == 1
+    (row,) = page["results"]
+    assert row["abstractTrigger"]["cron"] == "* * * * *"
+    assert row["triggerContext"]["triggerId"] == "schedule"
+
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    start = now - timedelta(minutes=30)
+    backfill = {
+        "start": start.isoformat().replace("+00:00", "Z"),
+        "end": (start + timedelta(minutes=9)).isoformat().replace("+00:00", "Z"),
+        "inputs": {"day": "backfilled"},
+        "labels": [{"key": "reason", "value": "outage"}],
+    }
+    reply = _put(stack, {**_key(ns, "hourly_report"), "backfill": backfill})
+    assert reply.status == 200, reply.body
+    answered = reply.json()["backfill"]
+    assert answered["paused"] is False
+    assert datetime.fromisoformat(answered["currentDate"]) == start
+    assert "id" not in answered  # kestream's own field stays in the topic
+
+    _wait_done(stack, ns, "hourly_report", "reason:outage", _minutes(start, 10))
+    one = _executions(stack, ns, "hourly_report", "reason:outage")[0]
+    assert one["inputs"]["day"] == "backfilled"
+
+    # A second backfill over the same range runs every slot again, as Kestra's does.
+    again = {**backfill, "labels": {"reason": "again"}}
+    assert _put(stack, {**_key(ns, "hourly_report"), "backfill": again}).status == 200
+    _wait_done(stack, ns, "hourly_report", "reason:again", _minutes(start, 10))
+
+    # Pause right away, then unpause: it goes on where it stopped, each slot once.
+    start = now - timedelta(minutes=120)
+    long = {
+        "start": start.isoformat(),
+        "end": (start + timedelta(minutes=19)).isoformat(),
+        "labels": {"reason": "paused"},
+    }
+    assert _put(stack, {**_key(ns, "hourly_report"), "backfill": long}).status == 200
+    paused = _put(stack, _key(ns, "hourly_report"), "/triggers/backfill/pause")
+    assert paused.status == 200 and paused.json()["backfill"]["paused"] is True
+    _until(
+        "the pause applied",
+        lambda: ((_trigger(stack, ns, "hourly_report") or {}).get("backfill") or {}).get("paused"),
+    )
+    assert _put(stack, _key(ns, "hourly_report"), "/triggers/backfill/unpause").status == 200
+    _wait_done(stack, ns, "hourly_report", "reason:paused", _minutes(start, 20))
+
+    # What does not apply is refused as Kestra refuses it.
+    no_backfill = _post(stack, "/triggers/backfill/delete", _key(ns, "hourly_report"))
+    assert no_backfill.status == 400 and b"No backfill found" in no_backfill.body
+    bad = _put(
+        stack,
+        {
+            **_key(ns, "hourly_report"),
+            "backfill": {"start": backfill["end"], "end": backfill["start"]},
+        },
+    )
+    assert bad.status == 400 and b"before its start" in bad.body
+    assert _put(stack, {**_key(ns, "nope"), "disabled": True}).status == 404
+    assert stack.get(f"/triggers/{ns}/hourly_report/nope").status == 404
+    assert stack.get("/triggers/search?filters[state][EQUALS]=x").status == 400
+
+
+def test_a_disabled_trigger_fires_nothing_until_enabled(stack: Stack) -> None:
+    ns = f"it.triggers.d{uuid.uuid4().hex[:8]}"
+    for flow_id in ("held", "barrier"):
+        assert stack.post_yaml("/flows", _flow(ns, flow_id, "* * * * *")).status == 200
+    _until("both records", lambda: _trigger(stack, ns, "held") and _trigger(stack, ns, "barrier"))
+
+    disabled = _put(stack, {**_key(ns, "held"), "disabled": True})
+    assert disabled.status == 200 and disabled.json()["disabled"] is True
+    _until("disabled", lambda: (_trigger(stack, ns, "held") or {}).get("disabled"))
+
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    start = now - timedelta(minutes=60)
+    held = {"start": start.isoformat(), "end": (start + timedelta(minutes=4)).isoformat(),
+            "labels": {"round": "held"}}  # fmt: skip
+    assert _put(stack, {**_key(ns, "held"), "backfill": held}).status == 200
+    _until("held's backfill recorded", lambda: (_trigger(stack, ns, "held") or {}).get("backfill"))
+    # The barrier: commands are applied in order and both backfills are fired by the same
+    # ticks, so once the barrier's backfill is over, the disabled one would have fired too.
+    barrier = {**held, "labels": {"round": "barrier"}}
+    assert _put(stack, {**_key(ns, "barrier"), "backfill": barrier}).status == 200
+    _wait_done(stack, ns, "barrier", "round:barrier", _minutes(start, 5))
+    assert _executions(stack, ns, "held", "round:held") == []
+    record = _trigger(stack, ns, "held")
+    assert record is not None and record["disabled"] is True and record["nextExecutionDate"] is None
+    assert datetime.fromisoformat(record["backfill"]["currentDate"]) == start
+
+    enabled = _post(
+        stack, "/triggers/set-disabled/by-triggers",
+        {"triggers": [_key(ns, "held")], "disabled": False},
+    )  # fmt: skip
+    assert enabled.status == 200 and enabled.json() == {"count": 1}
+    _wait_done(stack, ns, "held", "round:held", _minutes(start, 5))
+    record = _trigger(stack, ns, "held")
+    assert record is not None and record["disabled"] is False
+    assert record["nextExecutionDate"] is not None  # the schedule goes on from now
+
+    # Bulk actions count only what they apply to: no backfill is left to pause.
+    paused = _post(stack, f"/triggers/backfill/pause/by-query?filters[namespace][EQUALS]={ns}", {})
+    assert paused.json() == {"count": 0}
+
+
+def test_unlock_clears_the_recorded_execution(stack: Stack) -> None:
+    ns = f"it.triggers.u{uuid.uuid4().hex[:8]}"
+    assert (
+        stack.post_yaml("/flows", _flow(ns, "often", "*/2 * * * * *", seconds=True)).status == 200
+    )
+    fired = _until("a fire", lambda: (t := _trigger(stack, ns, "often")) and t["executionId"] and t)
+    reply = stack.request("POST", f"/triggers/{ns}/often/schedule/unlock")
+    assert reply.status == 200 and reply.json()["executionId"] is None
+    _until(
+        "the unlock applied",
+        lambda: (_trigger(stack, ns, "often") or {}).get("executionId") != fired["executionId"],
+    )
+    assert _put(stack, {**_key(ns, "often"), "disabled": True}).status == 200
+    _until("disabled", lambda: (_trigger(stack, ns, "often") or {}).get("disabled"))
+    unlock = f"/triggers/{ns}/often/schedule/unlock"
+    if (_trigger(stack, ns, "often") or {}).get("executionId") is not None:  # fired meanwhile
+        assert stack.request("POST", unlock).status == 200
+        _until("unlocked", lambda: (_trigger(stack, ns, "often") or {}).get("executionId") is None)
+    # Disabled, nothing fires any more: the trigger holds no execution to clear.
+    refused = stack.request("POST", unlock)
+    assert refused.status == 409 and b"Trigger is not locked" in refused.body
