@@ -50,6 +50,10 @@ from kestream.settings import Settings
 
 log = logging.getLogger("kestream.broker_store")
 
+#: The consumer groups of kestream's roles (under ``KESTREAM_TOPIC_PREFIX``) besides the worker
+#: groups (``worker``, ``worker-KEY``), whose offsets are kept. Tansu cannot list groups, so a new
+#: group must be named here; a unit test checks the roles' sources for ``group_id`` names.
+CONSUMER_GROUPS = ("executor", "scheduler", "scheduler-commands")
 #: How often the committed offsets are snapshot, and the topic list refreshed.
 SNAPSHOT_EVERY_S = 1.0
 #: How long the mirror's Fetch waits on Tansu, which answers it only then (no wake-up on new
@@ -414,15 +418,15 @@ class BrokerStore:
         return fetched
 
     def _groups(self, topics: set[str]) -> list[str]:
-        """kestream's consumer groups, by their names (Tansu cannot list groups): the
-        executor's, the scheduler's, and a worker group per jobs topic."""
+        """kestream's consumer groups, by their names (Tansu cannot list groups):
+        :data:`CONSUMER_GROUPS`, and a worker group per jobs topic."""
         jobs = self.settings.topic("worker-tasks")
         workers = [
             self.settings.topic("worker" + t.removeprefix(jobs))
             for t in topics
             if t == jobs or t.startswith(jobs + "-")
         ]
-        return sorted({self.settings.topic("executor"), self.settings.topic("scheduler"), *workers})
+        return sorted({*(self.settings.topic(g) for g in CONSUMER_GROUPS), *workers})
 
     def _settle(
         self, consumer: AIOKafkaConsumer, snapshot: _Snapshot, assigned: set[TopicPartition]
