@@ -29,6 +29,9 @@ class RunTask:
     #: Set when the task runs inside a ``WorkingDirectory``: the directory it shares with its
     #: siblings on the worker (:mod:`kestream.worker.workdirs`).
     workdir: SharedWorkdir | None = None
+    #: ``(namespace, flow id, execution id)`` of the execution that started this one (a
+    #: subflow's parent, a Flow trigger's source), whose stored files the task may read too.
+    source: tuple[str, str, str] | None = None
 
 
 @dataclass(slots=True, frozen=True)

@@ -74,6 +74,7 @@ from kestream.models.state import StateType, worst
 from kestream.models.values import check_portable, find_unportable, safe_text
 from kestream.secrets.deferred import SECRETS_KEY, render_properties
 from kestream.secrets.encryption import holds_sealed
+from kestream.storage.access import ExecutionFiles
 from kestream.tasks.base import (
     LOG_LEVEL_ORDER,
     ChildPlan,
@@ -738,12 +739,18 @@ class _Step:
                 props,
                 timeout,
                 workdir,
+                self.source_execution(),
             )
         )
         if timeout is not None:
             due = self.now + parse_duration(str(task.timeout))
             timer = Timer(due, "task-timeout", tr.id, attempt)
             self.set_timer(f"timeout:{tr.id}:{attempt}", timer)
+
+    def source_execution(self) -> tuple[str, str, str] | None:
+        """The execution that started this one, when its trigger names one (stored files)."""
+        variables = (self.st.trigger or {}).get("variables")
+        return ExecutionFiles.of(self.st.namespace, self.st.flow_id, self.st.id, variables).trigger
 
     def shared_workdir(self, tr: TaskRunState) -> cmd.SharedWorkdir | None:
         """The directory of the nearest enclosing WorkingDirectory, for a job that uses files

@@ -300,6 +300,7 @@ def encode_job(job: cmd.RunTask) -> bytes:
             "props": encode_value(job.props),
             "timeout": job.timeout_s,
             **({} if job.workdir is None else {"workdir": _workdir_value(job.workdir)}),
+            **({} if job.source is None else {"source": list(job.source)}),
         }
     )
 
@@ -336,7 +337,14 @@ def decode_job(body: dict[str, Any], task: RunnableTask) -> cmd.RunTask:
         decode_value(body.get("props") or {}),
         body.get("timeout"),
         _workdir(body.get("workdir")),
+        _source(body.get("source")),
     )
+
+
+def _source(raw: Any) -> tuple[str, str, str] | None:
+    if not (isinstance(raw, list) and len(raw) == 3 and all(isinstance(v, str) for v in raw)):
+        return None
+    return (raw[0], raw[1], raw[2])
 
 
 # -- logs and execution updates --------------------------------------------------------------

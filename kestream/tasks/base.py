@@ -184,6 +184,9 @@ class RunInfo:
     working_dir: Path | None = None
     #: The run's folder in the internal storage, where its files go (the worker sets it).
     files: TaskRunFiles | None = None
+    #: ``(namespace, flow id, execution id)`` of the execution that started this one, whose
+    #: stored files the task may read too (a subflow's FILE input from its parent).
+    source: tuple[str, str, str] | None = None
 
     def log(self, level: LogLevel, message: str) -> None:
         if self.emit is not None:

@@ -1,8 +1,9 @@
 """What a task needs to use the internal storage from a worker: its folder and the rule on reads.
 
 A task writes under its own task run's folder (:attr:`RunInfo.files`) and reads only the files
-its execution may read (:class:`~kestream.storage.access.ExecutionFiles`: the execution's own and
-its namespace's), so a flow cannot hand a task another execution's URI to copy or delete.
+its execution may read (:class:`~kestream.storage.access.ExecutionFiles`: the execution's own,
+those of the execution that started it, and its namespace's), so a flow cannot hand a task
+another execution's URI to copy or delete.
 
 Storage calls block (a local disk, or an S3 round trip): async tasks run them in a thread.
 """
@@ -26,7 +27,7 @@ def run_files(run: RunInfo) -> TaskRunFiles:
 def readable_key(run: RunInfo, uri: object, what: str = "uri") -> str:
     """The key of ``uri`` when the run's execution may read it; TaskError naming ``what``."""
     files = run_files(run)
-    access = ExecutionFiles(files.namespace, files.flow_id, files.execution_id)
+    access = ExecutionFiles(files.namespace, files.flow_id, files.execution_id, run.source)
     try:
         return access.key(uri)
     except FileAccessError as exc:

@@ -91,7 +91,10 @@ class TaskRunner:
         files = TaskRunFiles(
             job.namespace, job.flow_id, job.execution_id, job.task.id, job.task_run_id
         )
-        info = RunInfo(job.execution_id, job.task_run_id, job.attempt, emit=emit, files=files)
+        info = RunInfo(
+            job.execution_id, job.task_run_id, job.attempt, emit=emit, files=files,
+            source=job.source,
+        )  # fmt: skip
         body = asyncio.ensure_future(self._execute(job, info, masker))
         self._running[key] = body
         try:
