@@ -66,8 +66,8 @@ class ExecutionFiles:
         if not isinstance(path, str) or not path:
             raise FileAccessError("expects a file path or a kestra:// URI")
         try:
-            if not is_uri(path):
-                return namespace_files_prefix(self.namespace) + check_relative(path)
+            if not is_uri(path):  # a namespace file: ``scripts/q.sql`` or ``/scripts/q.sql``
+                return namespace_files_prefix(self.namespace) + check_relative(path.lstrip("/"))
             key = parse_uri(path)
         except StorageUriError as exc:
             raise FileAccessError(str(exc)) from None

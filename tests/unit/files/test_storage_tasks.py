@@ -189,7 +189,7 @@ def test_namespace_files_by_path(storage: Storage) -> None:
         """tasks:
   - id: show
     type: io.kestra.plugin.core.log.Log
-    message: "{{ read('sql/q.sql') }}|{{ fileURI('sql/q.sql') }}|{{ fileExists('sql/none.sql') }}"
+    message: "{{ read('/sql/q.sql') }}|{{ fileURI('sql/q.sql') }}|{{ fileExists('sql/none.sql') }}"
 """
     )
     assert execution.state.current is S.SUCCESS
