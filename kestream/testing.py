@@ -12,14 +12,16 @@ executions a run created (subflows, retries as new executions).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
+from kestream.executor.admission import SlotTable
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.replay import replay_event
 from kestream.executor.sla import TIMER_KIND as SLA_TIMER
@@ -44,6 +46,8 @@ from kestream.worker.runner import STOP_WAIT_S, TaskRunner
 
 __all__ = ["Driver", "arun", "run"]
 
+T = TypeVar("T")
+
 #: Timers that are no work of their own: what they end waits for them (a pause, an SLA).
 _WAITING_TIMERS = ("pause-delay", "pause-timeout", SLA_TIMER)
 
@@ -67,6 +71,8 @@ class Driver:
         #: The driver's KV store: ``kv()`` and the KV tasks of its executions read and write it.
         self.kv = MemoryKVStore(clock)
         self.states: dict[str, ExecutionState] = {}
+        #: Flow concurrency: the admission stream's slot table, stepped in process.
+        self.slots = SlotTable()
         self._logs: dict[str, list[cmd.LogLine]] = {}
         self._events: deque[ev.Event] = deque()
         self._timers = TimerQueue()  # the executor's own (one piece of code for both)
@@ -91,6 +97,23 @@ class Driver:
         validate_inputs: bool = True,
         labels: dict[str, Any] | None = None,
     ) -> Execution:
+        execution_id = await self.acreate(
+            namespace, flow_id, inputs, validate_inputs=validate_inputs, labels=labels
+        )
+        await self._run_until(lambda: self._stopped(execution_id))
+        return self.get(execution_id)
+
+    async def acreate(
+        self,
+        namespace: str,
+        flow_id: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        validate_inputs: bool = True,
+        labels: dict[str, Any] | None = None,
+    ) -> str:
+        """Create an execution and step what follows at once, without waiting for anything
+        (Kestra's ``emit``); returns its id. :meth:`await_state` waits for it."""
         flow = self.flows.get(namespace, flow_id)
         if flow is None:
             raise LookupError(f"Unknown flow '{namespace}.{flow_id}': deploy it first")
@@ -109,7 +132,28 @@ class Driver:
                 labels={str(k): str(v) for k, v in (labels or {}).items()},
             )
         )
-        await self._run_until(lambda: self._stopped(execution_id))
+        self._process_events()
+        return execution_id
+
+    async def await_state(
+        self,
+        execution_id: str,
+        states: Collection[StateType] | None = None,
+        timeout: float = 30.0,
+    ) -> Execution:
+        """Let time pass until the execution has reached one of ``states`` (its history shows
+        it: one step can pass through several states), or, with None, until it has ended; or
+        until nothing is left that could change it. Returns it as it is then."""
+
+        def reached() -> bool:
+            st = self.states.get(execution_id)
+            if st is None:
+                return False
+            if states is None:
+                return st.terminal
+            return any(state in states for state, _ in st.state.history)
+
+        await self._run_until(reached, timeout=timeout)
         return self.get(execution_id)
 
     async def asubmit(self, event: ev.ExecutionCreated) -> Execution:
@@ -171,6 +215,14 @@ class Driver:
         """Let time pass until the execution ends, or pauses with nothing left to wait for."""
         await self._run_until(lambda: self._settled(execution_id), timeout=timeout)
         return self.get(execution_id)
+
+    async def apass(self, seconds: float) -> None:
+        """Let ``seconds`` of real time pass, carrying out what happens meanwhile."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        with contextlib.suppress(TimeoutError):
+            await self._run_until(lambda: False, timeout=seconds)
+        await asyncio.sleep(max(0.0, deadline - loop.time()))
 
     async def aadvance(self, delta: timedelta) -> None:
         """Move a :class:`ManualClock` forward, fire what fell due, and run until idle."""
@@ -328,6 +380,12 @@ class Driver:
 
     # -- the loop ------------------------------------------------------------------------
 
+    def drive(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` (a sequence of this driver's ``a``-methods, say) on the driver's own
+        loop, where its task runs live, and return its result."""
+        result: T = self._sync(coro)
+        return result
+
     def _sync(self, coro: Any) -> Any:
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
@@ -387,6 +445,8 @@ class Driver:
             self._events.append(command.created)
         elif isinstance(command, cmd.SendEvent):
             self._events.append(command.event)
+        elif isinstance(command, cmd.RequestSlot):  # the admission stream, in process
+            self._events.extend(self.slots.apply(command.request, self.clock()).answers)
         elif isinstance(command, cmd.SetTimer):
             self._timers.set(command.execution_id, command.timer_id, command.due)
         elif isinstance(command, cmd.CancelTimer):

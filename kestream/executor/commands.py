@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from kestream.executor.admission import SlotRequest
 from kestream.executor.events import Event, ExecutionCreated
 from kestream.models.state import StateType
 from kestream.tasks.base import RunnableTask
@@ -77,6 +78,14 @@ class SendEvent:
 
 
 @dataclass(slots=True)
+class RequestSlot:
+    """Ask for a flow-concurrency slot, or give one back: a request for the admission
+    stream, keyed by flow (:mod:`kestream.executor.admission`)."""
+
+    request: SlotRequest
+
+
+@dataclass(slots=True)
 class SetTimer:
     execution_id: str
     timer_id: str
@@ -131,6 +140,7 @@ Command = (
     | ReleaseWorkdir
     | CreateExecution
     | SendEvent
+    | RequestSlot
     | SetTimer
     | CancelTimer
     | EmitLogs

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
+from kestream.executor.admission import Ask, Release
 from kestream.executor.codec import ROOT, encode_plan
 from kestream.executor.context import execution_context, task_run_context, working_directory_of
 from kestream.executor.replay import replay_state
@@ -156,6 +157,8 @@ class Executor:
         if state is None:
             if isinstance(event, ev.Restart) and event.snapshot is not None:
                 return self._restart_from_snapshot(event.execution_id, event.snapshot, now)
+            if isinstance(event, ev.Admission):  # a slot for an execution that is gone
+                return StepResult(None, _unwanted_slot(event, self.flows))
             if not isinstance(event, ev.ExecutionCreated):
                 return StepResult(None, [])
             flow = self._flow(event.namespace, event.flow_id, event.revision)
@@ -289,6 +292,9 @@ class _Step:
             if event.snapshot is None or _same_attempt(self.st, event.snapshot):
                 self.restart()
             return
+        if isinstance(event, ev.Admission):
+            self.admitted(event)
+            return
         if self.st.terminal:
             return  # late results, timers or kills of an ended execution change nothing
         if self.st.state.current.is_terminal and not self.for_after_execution(event):
@@ -343,7 +349,7 @@ class _Step:
         if event.schedule_date is not None and event.schedule_date > self.now:
             self.set_timer("start", Timer(event.schedule_date, "start"))
             return
-        self.start_execution()
+        self.begin()
 
     def trigger_inputs(self, given: dict[str, Any]) -> dict[str, Any]:
         """A trigger's ``inputs`` rendered with its variables (``{{ trigger.body.name }}``,
@@ -363,6 +369,74 @@ class _Step:
         """Inputs taken as given still see the flow's defaults for the enabled ones left out
         (as Kestra); templated defaults are rendered with the inputs before them."""
         return fill_defaults(self.flow.inputs, given)
+
+    # -- flow concurrency (kestream.executor.admission) ------------------------------------
+
+    def begin(self) -> None:
+        """Start the execution; one of a flow with a concurrency limit asks for a slot first
+        and stays CREATED until the admission answers (:meth:`admitted`)."""
+        if self.flow.concurrency is None:
+            self.start_execution()
+        else:
+            self.ask_slot(queue=False)
+
+    def ask_slot(self, *, queue: bool) -> None:
+        limit = self.flow.concurrency
+        assert limit is not None
+        st = self.st
+        ask = Ask(
+            st.namespace, st.flow_id, st.id, st.attempt_number, limit.limit, limit.behavior, queue
+        )
+        self.commands.append(cmd.RequestSlot(ask))
+
+    def release_slot(self) -> None:
+        limit = self.flow.concurrency
+        assert limit is not None
+        st = self.st
+        release = Release(st.namespace, st.flow_id, st.id, st.attempt_number, limit.limit)
+        self.commands.append(cmd.RequestSlot(release))
+
+    def awaiting_slot(self) -> bool:
+        """Whether the execution asked for a slot and has not started with it: CREATED (not
+        waiting for its scheduled date), QUEUED, or RESTARTED (a restart waits for a slot)."""
+        if self.flow.concurrency is None:
+            return False
+        current = self.st.state.current
+        if current is S.CREATED:
+            return "start" not in self.st.timers
+        return current in (S.QUEUED, S.RESTARTED)
+
+    def admitted(self, answer: ev.Admission) -> None:
+        """The admission's answer. A slot that this attempt no longer waits for (it ended,
+        it was killed, or the answer is an older attempt's) goes back at once; an answer
+        repeated after a replay changes nothing."""
+        st = self.st
+        if answer.attempt != st.attempt_number or not self.awaiting_slot():
+            ours = answer.attempt == st.attempt_number and not st.state.current.is_terminal
+            if answer.decision is S.RUNNING and not ours and self.flow.concurrency is not None:
+                limit = self.flow.concurrency.limit
+                back = Release(st.namespace, st.flow_id, st.id, answer.attempt, limit)
+                self.commands.append(cmd.RequestSlot(back))
+            return
+        # The state takes the admission's date: the histories show the order of its decisions.
+        self.now = max(answer.at, st.state.history[-1][1])
+        decision = answer.decision
+        if decision is S.QUEUED:
+            self.move_execution(S.QUEUED)
+        elif decision is S.RUNNING:
+            if st.root is None:
+                self.start_execution()
+            else:  # a restart that waited for its slot
+                self.rerun()
+        else:  # CANCEL or FAIL at the limit
+            limit = self.flow.concurrency.limit if self.flow.concurrency else 0
+            if decision is S.FAILED:
+                self.log(None, LogLevel.ERROR, "Flow is FAILED due to concurrency limit exceeded")
+            else:
+                self.log(None, LogLevel.INFO, f"Cancelled: the flow's concurrency limit ({limit})"
+                         " is reached")  # fmt: skip
+            self.move_execution(decision)
+            self.end_execution(decision, render_outputs=False)
 
     def start_execution(self) -> None:
         self.move_execution(S.RUNNING)
@@ -410,7 +484,7 @@ class _Step:
         if timer is None:
             return
         if timer.kind == "start":
-            self.start_execution()
+            self.begin()
             return
         if timer.kind == SLA_TIMER:
             violation = duration_violation(self.flow, timer_id)
@@ -445,7 +519,12 @@ class _Step:
         running after the end (``afterExecution``) are killed without changing its state."""
         current = self.st.state.current
         # After the end, the afterExecution tasks end through the queue (and with them the
-        # execution); before it, the queue takes the kill through the finally blocks.
+        # execution); before it, the queue takes the kill through the finally blocks. One that
+        # waits for a concurrency slot runs nothing: it ends at once.
+        if self.awaiting_slot():
+            self.move_execution(S.KILLED)  # nothing of it runs: no KILLING
+            self.end_execution(S.KILLED, render_outputs=False)
+            return
         graceful = current is not S.KILLING and self.st.root is not None
         if current.is_terminal or (graceful and _has_finally(self.flow)):
             self.kill_running(leaves_only=True)
@@ -1060,6 +1139,14 @@ class _Step:
             return
         self.move_execution(S.RESTARTED)
         st.attempt_number += 1
+        if self.flow.concurrency is not None:
+            self.ask_slot(queue=True)  # it runs again once it holds a slot (self.rerun)
+            return
+        self.rerun()
+
+    def rerun(self) -> None:
+        """The restart itself, once the execution may run (see :meth:`restart`)."""
+        st = self.st
         for tid in [tid for tid, tr in st.task_runs.items() if tr.in_side_branch]:
             self.forget_outputs(st.task_runs.pop(tid))
             self.changed[tid] = None
@@ -1428,6 +1515,8 @@ class _Step:
     def move_execution(self, state: StateType) -> None:
         if self.st.state.move_execution(state, self.now, f"execution {self.st.id}"):
             self.moved = True
+            if state.is_terminal and self.flow.concurrency is not None:
+                self.release_slot()  # held or not: a release of what is not held is a no-op
 
     def set_timer(self, timer_id: str, timer: Timer) -> None:
         self.st.timers[timer_id] = timer
@@ -1487,6 +1576,16 @@ class _Step:
                 )
             )
         return out
+
+
+def _unwanted_slot(answer: ev.Admission, flows: FlowSource) -> list[cmd.Command]:
+    """A slot granted to an execution that left the state table goes back at once."""
+    if answer.decision is not S.RUNNING:
+        return []
+    flow = flows.get(answer.namespace, answer.flow_id)
+    limit = flow.concurrency.limit if flow is not None and flow.concurrency is not None else 1
+    back = Release(answer.namespace, answer.flow_id, answer.execution_id, answer.attempt, limit)
+    return [cmd.RequestSlot(back)]
 
 
 def _allowed_away(tr: TaskRunState) -> bool:

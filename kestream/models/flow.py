@@ -1203,13 +1203,6 @@ class _FlowChecker:
             )
             self.sink.add(("listeners",), message)
             values.pop("listeners")
-        for key in ("concurrency",):
-            if values.get(key):
-                # Parsed by the model, but the executor does not enforce it yet: refuse it
-                # rather than accept a flow whose limits silently vanish.
-                message = f"'{key}' is not supported by kestream yet"
-                self.sink.add((key,), message)
-                values.pop(key)
         return values
 
     def _plugin_defaults(self, values: dict[str, Any]) -> list[PluginDefault]:

@@ -65,7 +65,7 @@ EXECUTION_TRANSITIONS: dict[StateType, frozenset[StateType]] = {
     S.PAUSED: frozenset(
         {S.RUNNING, S.KILLING, S.KILLED, S.SUCCESS, S.WARNING, S.FAILED, S.RETRIED, S.CANCELLED}
     ),
-    S.RESTARTED: frozenset({S.RUNNING, S.KILLING, S.KILLED}),
+    S.RESTARTED: frozenset({S.RUNNING, S.KILLING, S.KILLED, S.QUEUED}),  # QUEUED: a limit
     S.KILLING: frozenset({S.KILLED}),
     S.SUCCESS: frozenset(_RESTARTABLE),
     S.WARNING: frozenset(_RESTARTABLE),

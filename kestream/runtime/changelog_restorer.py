@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -137,10 +137,46 @@ class ChangelogRestorer:
         there) or from the beginning; and each partition's end. A failed read is retried;
         :class:`RecoveryFailed` once the attempts are spent, :class:`RecoveryStopped` when
         :attr:`stopping` is set meanwhile."""
+        return await self._retried(partitions, lambda: self._read(partitions, start or {}))
+
+    async def read_table(self, topic: str, partitions: set[int]) -> dict[int, dict[str, Any]]:
+        """The latest value of each key of the partitions of another changelog ``topic`` (the
+        admission slots'), read whole and retried as :meth:`read`; tombstones drop their key,
+        and a record that is not JSON is skipped and logged."""
+        return await self._retried(partitions, lambda: self._read_table(topic, partitions))
+
+    async def _read_table(self, topic: str, partitions: set[int]) -> dict[int, dict[str, Any]]:
+        latest: dict[int, dict[str, Any]] = {p: {} for p in partitions}
+
+        def keep(rec: ConsumerRecord[Any, Any]) -> None:
+            try:
+                key = rec.key.decode()
+                value = records.loads(rec.value) if rec.value is not None else None
+            except (AttributeError, UnicodeDecodeError, records.RecordError) as exc:
+                log.error("skipping the unreadable record at %s[%d]@%d: %s",
+                          rec.topic, rec.partition, rec.offset, exc)  # fmt: skip
+                return
+            if value is None:
+                latest[rec.partition].pop(key, None)
+            else:
+                latest[rec.partition][key] = value
+
+        ctx = self.ctx
+        extra = {"request_timeout_ms": self.request_timeout_ms} if self.request_timeout_ms else {}
+        consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=None, **extra)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            await read_partitions(consumer, tps, keep, max_records=10_000)
+        finally:
+            await consumer.stop()
+        return latest
+
+    async def _retried(self, partitions: set[int], work: Callable[[], Coroutine[Any, Any, T]]) -> T:
         delay = self.backoff_s
         for attempt in range(1, self.attempts + 1):
             try:
-                return await self._unless_stopping(self._read(partitions, start or {}))
+                return await self._unless_stopping(work())
             except (asyncio.CancelledError, RecoveryStopped):
                 raise
             except Exception as exc:

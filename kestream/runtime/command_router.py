@@ -9,6 +9,8 @@ records for one :class:`~kestream.runtime.executor_outbox.Outbox`:
 - kills and working-directory releases to the worker topic the task run's jobs went to;
 - new executions and events for other executions to the executions topic (a subflow whose
   inputs no record can hold fails its parent's task run instead);
+- flow-concurrency requests (ask for a slot, give it back) to the admissions topic, keyed by
+  flow;
 - timers into the :class:`~kestream.executor.timers.TimerQueue`; logs, split by size;
 - an execution's change as update records, its changelog records, Kestra's metrics, and, when
   it ended, its tombstones and an ended marker.
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from kestream.executor import codec
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
+from kestream.executor.admission import flow_key
 from kestream.executor.sizes import over_limit
 from kestream.executor.state import ExecutionState
 from kestream.executor.timers import TimerQueue
@@ -84,7 +87,10 @@ class CommandRouter:
         before the step (task runs numbered from there were created by it)."""
         routed = Routed()
         for command in commands:
-            self._command(partition, st, command, out, routed, runs_before)
+            if isinstance(command, cmd.RequestSlot):
+                self.request_slot(command, out)
+            else:
+                self._command(partition, st, command, out, routed, runs_before)
         return routed
 
     def _command(
@@ -129,6 +135,13 @@ class CommandRouter:
                 out.send(topics.logs, st.id, value)
         elif isinstance(command, cmd.ExecutionChanged):
             self._changed(partition, st, command, out, routed, runs_before)
+
+    def request_slot(self, command: cmd.RequestSlot, out: Outbox) -> None:
+        """A flow-concurrency request to the admissions topic, keyed by its flow (the one
+        command a step of an execution that left the table can give: a slot back)."""
+        request = command.request
+        key = flow_key(request.namespace, request.flow_id)
+        out.send(self.topics.admissions, key, records.encode_slot_request(request))
 
     def _dispatch(
         self,

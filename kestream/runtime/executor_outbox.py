@@ -31,6 +31,9 @@ class Outbox:
     #: The changelog records as values (before encoding), for the processor's mirror of the
     #: changelog (:class:`~kestream.runtime.changelog_restorer.ChangelogMirror`).
     logged: list[tuple[str, Any]] = field(default_factory=list)
+    #: Records of the other changelogs the processor keeps (the admission slot table's,
+    #: :mod:`kestream.runtime.admission_slots`): written with the changelog, after the commands.
+    tables: list[CommandRecord] = field(default_factory=list)
 
     def send(self, topic: str, key: str, value: bytes | None, partition: int | None = None) -> None:
         self.commands.append((topic, key, value, partition))
@@ -45,3 +48,4 @@ class Outbox:
         self.commands.extend(other.commands)
         self.changelog.extend(other.changelog)
         self.logged.extend(other.logged)
+        self.tables.extend(other.tables)

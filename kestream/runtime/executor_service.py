@@ -31,7 +31,8 @@ The parts, each tested on its own: :class:`~kestream.executor.timers.TimerQueue`
 :class:`~kestream.runtime.changelog_restorer.ChangelogRestorer` (with the partitions parked at a
 checkpoint by a rebalance, :class:`~kestream.runtime.parked_partitions.ParkedPartitions`) and
 :class:`~kestream.runtime.command_router.CommandRouter`; the flush and the dead letters are
-:mod:`kestream.runtime.executor_writer`'s.
+:mod:`kestream.runtime.executor_writer`'s. The same consumer reads the admissions topic (flow
+concurrency), whose slot tables are :class:`~kestream.runtime.admission_slots.AdmissionSlots`.
 """
 
 from __future__ import annotations
@@ -45,9 +46,12 @@ from datetime import timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from kestream.executor import codec
+from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.restore import snapshot_attempt
@@ -57,6 +61,7 @@ from kestream.executor.timers import TimerQueue
 from kestream.expressions import set_render_timeout_ms
 from kestream.models.clock import Clock, utc_now
 from kestream.runtime import records
+from kestream.runtime.admission_slots import AdmissionSlots
 from kestream.runtime.changelog_restorer import (
     ChangelogMirror,
     ChangelogRestorer,
@@ -137,6 +142,8 @@ class ExecutorService:
         self.mirror = ChangelogMirror()
         self.restorer = ChangelogRestorer(ctx, registry)
         self.letters = DeadLetters(self.topics, self.limit, self.metrics)
+        #: Flow concurrency: the slot tables of the admissions partitions owned.
+        self.admission = AdmissionSlots(self.topics, self.letters, clock)
         self.writer = RecordWriter(self.topics, self.limit, self.letters)
         self.router = CommandRouter(
             self.topics, self.limit, self.groups, self.timers, self.ended, self.metrics, clock
@@ -172,19 +179,20 @@ class ExecutorService:
             self.ctx.kind,
             group_id=group,
             max_poll_records=_BATCH,
+            # Same partition numbers of every input to one processor, whatever the number of
+            # processors (round robin splits them when it does not divide the partitions).
+            partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
         )
+        inputs = [self.topics.executions, self.topics.results, self.topics.admissions]
         if self.own_all_partitions:
             await self._consumer.start()
-            inputs = (self.topics.executions, self.topics.results)
             count = self.settings.partitions
             self._consumer.assign([TopicPartition(t, p) for t in inputs for p in range(count)])
             await self.assigned(set(range(count)))
             if self._fatal is not None:
                 raise self._fatal
         else:
-            self._consumer.subscribe(
-                [self.topics.executions, self.topics.results], listener=_Rebalance(self)
-            )
+            self._consumer.subscribe(inputs, listener=_Rebalance(self))
             await self._consumer.start()
         self._task = asyncio.create_task(self._run(), name="executor-loop")
         self.metrics.executor_threads.inc()
@@ -268,9 +276,14 @@ class ExecutorService:
 
     def _step_batch(self, batch: Batch, out: Outbox) -> None:
         """Step every record of the batch, then what time brought (timers, held, ended)."""
+        admissions = self.topics.admissions
         for tp, recs in batch.items():
-            if tp.partition in self.owned:
-                for rec in recs:
+            if tp.partition not in self.owned:
+                continue
+            for rec in recs:
+                if tp.topic == admissions:
+                    self.admission.handle(tp.partition, rec, out)
+                else:
                     self._handle(tp, rec, out)
         now = self.clock()
         self._fire_timers(now, out)
@@ -362,7 +375,10 @@ class ExecutorService:
         self, partition: int, before: ExecutionState | None, result: StepResult, staged: Outbox
     ) -> list[ev.Event]:
         st = result.state
-        if st is None:
+        if st is None:  # a slot granted to an execution that left the table goes back
+            for command in result.commands:
+                if isinstance(command, cmd.RequestSlot):
+                    self.router.request_slot(command, staged)
             return []
         if before is None:
             self.states[st.id] = st
@@ -516,6 +532,7 @@ class ExecutorService:
                 self.parked.park(partition, state)
             self._leave_table(leaving)
             self.held.leave(gone)
+            self.admission.leave(gone)
             self.owned -= gone
 
     async def _recover(self, partitions: set[int]) -> None:
@@ -547,6 +564,9 @@ class ExecutorService:
                     self.metrics.dead_letter("executor")
                 restored += len(found.states)
             self._checkpoints.update(ends)
+        # The admission slots of the same partitions (flow concurrency): read whole, small.
+        topic = self.topics.admission_changelog
+        self.admission.install(await self.restorer.read_table(topic, partitions))
         log.info(
             "recovered %d executions from partitions %s (%d from their checkpoint) in %.2fs",
             restored,

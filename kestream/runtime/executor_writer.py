@@ -88,12 +88,12 @@ class RecordWriter:
         self.producer: AIOKafkaProducer | None = None
 
     async def write(self, out: Outbox) -> dict[int, int]:
-        """Write the commands, then the changelog; returns, per changelog partition written,
+        """Write the commands, then the changelogs; returns, per changelog partition written,
         the offset after its last record (the checkpoint the partition's state reflects)."""
         await self.produce(out.commands)
         changelog = self.topics.changelog
         checkpoints: dict[int, int] = {}
-        for meta in await self.produce([(changelog, *r) for r in out.changelog]):
+        for meta in await self.produce([(changelog, *r) for r in out.changelog] + out.tables):
             if meta.topic == changelog:
                 checkpoints[meta.partition] = max(
                     checkpoints.get(meta.partition, 0), meta.offset + 1

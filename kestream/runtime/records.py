@@ -17,6 +17,7 @@ import orjson
 
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
+from kestream.executor.admission import Ask, Release, SlotRequest
 from kestream.executor.codec import decode_value, encode_value
 from kestream.executor.restore import snapshot_attempt
 from kestream.executor.sizes import human_size, record_json
@@ -117,6 +118,16 @@ def event_value(event: ev.Event) -> dict[str, Any]:
         }
     if isinstance(event, ev.Kill):
         return {"type": "kill", "id": event.execution_id, "attempt": event.attempt}
+    if isinstance(event, ev.Admission):
+        return {
+            "type": "admission",
+            "id": event.execution_id,
+            "namespace": event.namespace,
+            "flowId": event.flow_id,
+            "attempt": event.attempt,
+            "decision": event.decision.value,
+            "at": _when(event.at),
+        }
     if isinstance(event, ev.Restart):
         body: dict[str, Any] = {"type": "restart", "id": event.execution_id}
         if event.snapshot is not None:
@@ -268,8 +279,31 @@ def _restart(body: dict[str, Any]) -> ev.Event:
     return ev.Restart(body["id"], snapshot)
 
 
+def _admission(body: dict[str, Any]) -> ev.Event:
+    decision = StateType(body["decision"])
+    if decision not in _DECISIONS:
+        raise ValueError(f"'decision' must be one of {sorted(d.value for d in _DECISIONS)}")
+    at = _parse_when(body["at"])
+    if at is None:
+        raise ValueError("'at' is missing")
+    return ev.Admission(
+        body["id"], str(body["namespace"]), str(body["flowId"]), _positive(body["attempt"]),
+        decision, at,
+    )  # fmt: skip
+
+
+_DECISIONS = frozenset({StateType.RUNNING, StateType.QUEUED, StateType.CANCELLED, StateType.FAILED})
+
+
+def _positive(raw: Any) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+        raise ValueError(f"expected a positive integer, not {raw!r}")  # -> RecordError
+    return raw
+
+
 _EVENT_DECODERS = {
     "created": _created,
+    "admission": _admission,
     "result": _result,
     "subflow": _subflow,
     "resume": lambda b: ev.Resume(
@@ -278,6 +312,47 @@ _EVENT_DECODERS = {
     "kill": lambda b: ev.Kill(b["id"], _attempt(b.get("attempt"))),
     "restart": _restart,
 }
+
+
+# -- slot requests (admissions topic, keyed by flow: kestream.executor.admission) --------------
+
+
+def encode_slot_request(request: SlotRequest) -> bytes:
+    body: dict[str, Any] = {
+        "type": "ask" if isinstance(request, Ask) else "release",
+        "namespace": request.namespace,
+        "flowId": request.flow_id,
+        "id": request.execution_id,
+        "attempt": request.attempt,
+        "limit": request.limit,
+    }
+    if isinstance(request, Ask):
+        body["behavior"] = request.behavior
+        body["queue"] = request.queue
+    return dumps(body)
+
+
+def decode_slot_request(data: bytes | None) -> SlotRequest:
+    """A request of the admissions topic; :class:`RecordError` says what is wrong with it."""
+    body = loads(data)
+    if not isinstance(body, dict):
+        raise RecordError("a slot request must be a JSON object")
+    kind = body.get("type")
+    try:
+        names = (str(body["namespace"]), str(body["flowId"]), str(body["id"]))
+        attempt, limit = _positive(body["attempt"]), _positive(body["limit"])
+        if kind == "release":
+            return Release(*names, attempt, limit)
+        if kind != "ask":
+            raise RecordError(f"unknown slot request type {kind!r}")
+        behavior = body.get("behavior", "QUEUE")
+        if behavior not in ("QUEUE", "CANCEL", "FAIL"):
+            raise ValueError(f"unknown behavior {behavior!r}")
+        return Ask(*names, attempt, limit, behavior, bool(body.get("queue", False)))
+    except KeyError as exc:
+        raise RecordError(f"{kind} slot request without {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise RecordError(f"bad {kind} slot request: {exc}") from None
 
 
 # -- worker jobs (worker-tasks topic) ---------------------------------------------------------

@@ -35,6 +35,10 @@ class Topics:
     logs: str
     flows: str
     changelog: str
+    #: Flow concurrency (:mod:`kestream.executor.admission`): slot requests keyed by flow
+    #: (``namespace/flowId``), and the slot table's changelog, per partition like the inputs.
+    admissions: str
+    admission_changelog: str
     dead_letter: str
     triggers: str
     members: str
@@ -52,6 +56,8 @@ class Topics:
             logs=settings.topic("logs"),
             flows=settings.topic("flows"),
             changelog=settings.topic("executor-state-changelog"),
+            admissions=settings.topic("admissions"),
+            admission_changelog=settings.topic("admission-changelog"),
             dead_letter=settings.topic("dead-letter"),
             triggers=settings.topic("triggers"),
             members=settings.topic("members"),
@@ -77,6 +83,8 @@ class Topics:
             (self.updates, partitions, False),
             (self.logs, partitions, False),
             (self.changelog, partitions, True),
+            (self.admissions, partitions, False),
+            (self.admission_changelog, partitions, True),
             (self.flows, 1, True),
             (self.dead_letter, 1, False),
             (self.triggers, 1, True),

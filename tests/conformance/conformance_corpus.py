@@ -46,6 +46,8 @@ class Entry:
     children: tuple[dict[str, Any], ...]
     source: str
     root: Path = field(repr=False)
+    #: Multi-execution steps (conformance-next's ``scenario``), run in order.
+    scenario: tuple[dict[str, Any], ...] = ()
 
     @property
     def namespace(self) -> str:
@@ -138,6 +140,7 @@ def _entry(index: int, item: Any, root: Path) -> Entry:
         children=tuple(item.get("children", ())),
         source=item["source"],
         root=root,
+        scenario=tuple(item.get("scenario", ())),
     )
 
 

@@ -26,6 +26,7 @@ from conformance_checks import (
     substitute,
 )
 from conformance_corpus import REPO_ROOT, Entry, load_entries
+from conformance_scenarios import DriverBackend, run_scenario
 
 from kestream.executor.instance_variables import InstanceVariables, set_instance_variables
 from kestream.kv.values import KVEntry, infer_value
@@ -42,6 +43,7 @@ BUILT = frozenset(
     | {"finally", "afterExecution", "LoopUntil", "Dag", "restart"}
     | {"kv()", "kv tasks", "secret()"}
     | {"sla", "subflow"}
+    | {"concurrency"}
 )
 
 
@@ -131,6 +133,9 @@ def driver() -> Iterator[Driver]:
 
 @pytest.mark.parametrize("entry", [pytest.param(e, id=e.case_id()) for e in ENTRIES])
 def test_conformance_next(entry: Entry, driver: Driver) -> None:
+    if entry.scenario:
+        _scenario(entry, driver)
+        return
     for seed in KV_SEEDS.get(entry.index, []):
         seed_kv(driver, seed["namespace"], seed["key"], seed["value"])
     for text in entry.required_texts():
@@ -165,6 +170,15 @@ def test_conformance_next(entry: Entry, driver: Driver) -> None:
         pytest.fail(report + "\n" + dump_execution(execution, logs), pytrace=False)
 
 
+def _scenario(entry: Entry, driver: Driver) -> None:
+    """A multi-execution entry (flow concurrency), step by step (:mod:`conformance_scenarios`)."""
+    for text in [*entry.required_texts(), entry.flow_text()]:
+        driver.deploy(text)
+    failures = driver.drive(run_scenario(entry, DriverBackend(driver), check_next))
+    if failures:
+        pytest.fail("\n".join([f"{entry.case_id()} ({entry.source})", *failures]), pytrace=False)
+
+
 def adapted_expect(entry: Entry) -> dict[str, Any]:
     """The entry's ``expect`` with kestream's one documented departure: a task output that holds
     a secret's value is masked (``******``; :mod:`kestream.secrets.masking`), because outputs
@@ -194,6 +208,8 @@ def check_next(
     ``allTaskRunsStateIn``) checked here, the rest by the main suite's checker."""
     expect = dict(expect)
     exact = expect.pop("labelsExact", None)
+    prefix = expect.pop("executionHistoryPrefix", None)
+    excluded = expect.pop("executionHistoryExcludes", None)
     sequence = expect.pop("sequence", None)
     states = expect.pop("allTaskRunsStateIn", None)
     all_terminated = expect.pop("allTaskRunsTerminated", None)
@@ -212,6 +228,11 @@ def check_next(
         ]
     if all_terminated:
         failures += _all_terminated(execution)
+    history = [item.state.value for item in execution.state.histories]
+    if prefix is not None and history[: len(prefix)] != prefix:
+        failures.append(f"executionHistoryPrefix: expected {prefix}, history {history}")
+    if excluded is not None and set(excluded) & set(history):
+        failures.append(f"executionHistoryExcludes: {excluded}, history {history}")
     return failures
 
 

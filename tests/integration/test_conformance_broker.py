@@ -19,8 +19,10 @@ import pytest_asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
 
+from broker_scenarios import BrokerBackend, UpdatesFollower
 from conformance_checks import Observed, check_expect, dump_execution
 from conformance_corpus import Entry, load_entries
+from conformance_scenarios import run_scenario
 from executor_harness import running_roles
 from test_conformance import portable_expect
 from test_conformance_next import check_next, entries_for, entry_variables
@@ -37,6 +39,7 @@ ENTRIES = [e for e in load_entries() if not e.phases]
 THROUGH_BROKER_NEXT = frozenset(
     {"finally", "afterExecution", "LoopUntil", "Dag", "inputs.dependsOn", "render()"}
     | {"sla", "subflow"}
+    | {"concurrency"}
 )
 NEXT_ENTRIES = [e for e in entries_for(THROUGH_BROKER_NEXT) if not e.phases]
 NOT_THROUGH_BROKER = {"executionStates"}  # needs a listing of every execution of a flow
@@ -71,6 +74,9 @@ async def test_conformance_next_through_the_broker(entry: Entry, runtime: Client
     # the executor runs in this process: it sees the entry's envs and globals
     previous = set_instance_variables(entry_variables(entry))
     try:
+        if entry.scenario:
+            await _scenario(entry, runtime)
+            return
         execution, logs = await _run(entry, runtime)
     finally:
         set_instance_variables(previous)
@@ -80,6 +86,16 @@ async def test_conformance_next_through_the_broker(entry: Entry, runtime: Client
             "\n".join([f"entry {entry.case_id()}", *failures, dump_execution(execution, logs)]),
             pytrace=False,
         )
+
+
+async def _scenario(entry: Entry, runtime: Client) -> None:
+    """A multi-execution entry (flow concurrency), step by step, through the broker."""
+    for text in [*entry.required_texts(), entry.flow_text()]:
+        await runtime.deploy(text)
+    async with UpdatesFollower(runtime) as follower:
+        failures = await run_scenario(entry, BrokerBackend(runtime, follower), check_next)
+    if failures:
+        pytest.fail("\n".join([f"entry {entry.case_id()}", *failures]), pytrace=False)
 
 
 async def _run(entry: Entry, runtime: Client) -> tuple[Execution, list[LogEntry]]:

@@ -48,7 +48,11 @@ def _answer(service: ExecutorService, reads: Reads, latest: dict[int, Any], end:
         reads.append((set(partitions), dict(start)))
         return {p: latest.get(p, {}) for p in partitions}, dict.fromkeys(partitions, end)
 
+    async def read_table(topic: str, partitions: set[int]) -> Any:
+        return {p: {} for p in partitions}  # no flow-concurrency slots
+
     service.restorer._read = read  # type: ignore[method-assign]
+    service.restorer._read_table = read_table  # type: ignore[method-assign]
 
 
 def _start(service: ExecutorService, execution_id: str, partition: int = 0) -> None:

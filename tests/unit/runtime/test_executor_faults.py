@@ -39,6 +39,17 @@ tasks:
 """
 
 
+@pytest.fixture(autouse=True)
+def _no_admission_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recoveries here read the executions' changelog through stubs; the admission slots'
+    (flow concurrency, read after it) hold nothing in these tests."""
+
+    async def empty(self: ChangelogRestorer, topic: str, partitions: set[int]) -> Any:
+        return {p: {} for p in partitions}
+
+    monkeypatch.setattr(ChangelogRestorer, "_read_table", empty)
+
+
 def _service(*flows: str) -> ExecutorService:
     settings = Settings(broker="unused:9092", executor_inline_tasks=True)
     ctx = BrokerContext(settings, "unused:9092", "tansu", Topics.of(settings))
