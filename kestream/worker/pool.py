@@ -16,6 +16,10 @@ cannot be read or unpickled here fails the attempt, and the child is replaced.
 
 A child forked before a plugin task type was registered does not know it: children remember the
 registry's generation and an idle child of an older one is replaced before it takes an attempt.
+
+A child drops the ``SECRET_*`` and ``KESTREAM_*`` variables from its environment when it starts
+(:func:`kestream.secrets.environment.forget_secrets`): the worker resolves secrets before the
+attempt is sent, and the settings were read before the fork.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from kestream.models.state import StateType
+from kestream.secrets.environment import forget_secrets
+from kestream.settings import get_settings
 from kestream.tasks.base import LogLevel, RunInfo, RunnableTask, TaskOutcome
 from kestream.tasks.registry import generation
 from kestream.worker.blocking import run_blocking
@@ -193,6 +199,7 @@ class ProcessPool:
     def _fork(self, current: int) -> _Child:
         """A new child (under the lock: its siblings' pipe ends, which it must close, are
         exactly the pool's children now)."""
+        get_settings()  # read here, so the child keeps them once it forgets their variables
         parent_end, child_end = self._context.Pipe(duplex=True)
         inherited = [c.conn for c in (*self._idle, *self._busy.values())] + [parent_end]
         process = self._context.Process(
@@ -344,6 +351,7 @@ def _child_main(conn: Connection, inherited: list[Connection], worker_pid: int) 
     for other in inherited:  # siblings' pipe ends: held here, they would hide a sibling's death
         other.close()
     _detach(worker_pid, conn)
+    forget_secrets()  # nothing task code starts inherits the secrets or the worker's settings
     lock = threading.Lock()
 
     def send(message: tuple[Any, ...]) -> None:

@@ -5,7 +5,8 @@ One attempt: a fresh working directory; ``inputFiles`` written into it; the inte
 line breaks, after ``set -e`` when ``failFast`` (the default); stdout logged at INFO and stderr at
 ERROR line by line while the process runs; ``::{json}::`` protocol lines turned into ``vars``,
 metrics and logs (:mod:`.protocol`); ``outputFiles`` stored (:mod:`.workdir`); the directory
-removed.
+removed. The process gets the task's ``env`` over an allow-list of the worker's environment
+(:mod:`kestream.secrets.environment`): never a ``SECRET_*`` nor a ``KESTREAM_*`` variable.
 
 Outputs: ``exitCode``, ``vars`` and, when the task exports files, ``outputFiles``. A non-zero exit
 fails the attempt with Kestra's message ("Command failed with code N") and keeps these outputs.
@@ -29,6 +30,7 @@ import orjson
 from pydantic import Field, field_validator
 
 from kestream.models.state import StateType
+from kestream.secrets.environment import DOCKER_CLIENT, task_environment
 from kestream.settings import get_settings
 from kestream.tasks.base import LogLevel, RunInfo, RunnableTask, TaskError, TaskOutcome
 from kestream.tasks.files import readable_key, run_files
@@ -54,8 +56,6 @@ _PYTHON_ENV = {
 }
 #: The properties whose ``kestra://`` URIs become paths of local copies (as in Kestra).
 _LOCALIZED = ("beforeCommands", "commands", "script")
-#: The worker's own settings (credentials among them) are not passed on to scripts.
-_PRIVATE_ENV_PREFIX = "KESTREAM_"
 
 
 class ScriptTask(RunnableTask):
@@ -126,7 +126,7 @@ class ScriptTask(RunnableTask):
             if placement.kind is RunnerKind.DOCKER:
                 code = await _in_docker(run, image, dirs, env, command, placement, capture)
             else:
-                local_env = {**_worker_env(), **env}
+                local_env = {**task_environment(), **env}
                 code = await _run(command, dirs, local_env, run, capture)
             globs = _strings(props.get("outputFiles"), "outputFiles")
             files = await asyncio.to_thread(collect_output_files, globs, dirs, run_files(run))
@@ -292,7 +292,7 @@ async def _in_docker(
         name=name, image=image, dirs=dirs, env=env, command=command, options=placement.options
     )
     try:
-        return await _run(argv, dirs, _worker_env(), run, capture)
+        return await _run(argv, dirs, task_environment(also=DOCKER_CLIENT), run, capture)
     except asyncio.CancelledError:  # the CLI's end does not stop the container
         await run_to_end(_remove_container(name))
         raise
@@ -308,10 +308,6 @@ async def _remove_container(name: str) -> None:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def _worker_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIX)}
 
 
 def _python() -> str:
