@@ -60,6 +60,7 @@ from kestream.executor.step import Executor, StepResult, UnknownFlow
 from kestream.executor.timers import TimerQueue
 from kestream.expressions import set_render_timeout_ms
 from kestream.models.clock import Clock, utc_now
+from kestream.models.state import StateType
 from kestream.runtime import records
 from kestream.runtime.admission_slots import AdmissionSlots
 from kestream.runtime.changelog_restorer import (
@@ -73,7 +74,7 @@ from kestream.runtime.command_router import CommandRouter
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.ended_executions import Ended, EndedExecutions
 from kestream.runtime.executor_outbox import Outbox
-from kestream.runtime.executor_writer import DeadLetters, RecordWriter
+from kestream.runtime.executor_writer import DeadLetters, RecordWriter, Refusal
 from kestream.runtime.held_events import HeldEvents
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.metrics import Metrics, process_metrics
@@ -87,6 +88,8 @@ log = logging.getLogger("kestream.executor")
 _MAX_POLL_MS = 200
 _BATCH = 2000
 _PRUNE_EVERY = timedelta(minutes=1)
+#: Writes of one cycle: the batch's, then up to this many more for what refusals undid.
+_FLUSH_ROUNDS = 3
 
 Batch = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
 
@@ -461,9 +464,64 @@ class ExecutorService:
     # -- flush -----------------------------------------------------------------------------
 
     async def _flush(self, out: Outbox) -> None:
-        await self.groups.create_topics()  # a worker group's first job: its topic first
-        for partition, offset in (await self.writer.write(out)).items():
-            self._checkpoints[partition] = max(self._checkpoints.get(partition, 0), offset)
+        """Write the batch's records; then undo, in this same cycle, what the steps of records
+        the broker refused counted on (:meth:`_undo_refused`), and write what that made."""
+        for _ in range(_FLUSH_ROUNDS):
+            await self.groups.create_topics()  # a worker group's first job: its topic first
+            written = await self.writer.write(out)
+            for partition, offset in written.checkpoints.items():
+                self._checkpoints[partition] = max(self._checkpoints.get(partition, 0), offset)
+            if not written.refused:
+                return
+            out = Outbox()
+            self._undo_refused(written.refused, out)
+            if not (out.commands or out.changelog or out.tables):
+                return
+        log.error("records still refused after %d rounds; left dead-lettered", _FLUSH_ROUNDS)
+
+    def _undo_refused(self, refused: list[Refusal], out: Outbox) -> None:
+        """A refused job's task run fails (as one too large to send does), with the broker's
+        reason; a refused changelog record fails its execution, which leaves the table (what
+        memory holds of it is ahead of what the changelog got, so it cannot go on). Other
+        refused commands stay dead-lettered only (the log, and the dead letter, say why)."""
+        failed: set[str] = set()
+        for (topic, key, value, _), reason in refused:
+            if topic == self.topics.changelog:
+                execution_id = codec.execution_of(key)
+                if execution_id not in failed:
+                    failed.add(execution_id)
+                    self._fail_execution(execution_id, reason, out)
+            elif (job := self._job_of(topic, value)) is not None:
+                execution_id, run_id, attempt = job
+                if execution_id in self.states and execution_id not in failed:
+                    result = ev.WorkerResult(
+                        execution_id, run_id, attempt, StateType.FAILED, error=reason
+                    )
+                    self._apply(self.partition_of[execution_id], result, out, None)
+
+    def _job_of(self, topic: str, value: bytes | None) -> tuple[str, str, int] | None:
+        """``(execution id, task run id, attempt)`` of a worker job record, else None."""
+        jobs = self.topics.worker_tasks
+        if value is None or not (topic == jobs or topic.startswith(jobs + "-")):
+            return None
+        body = records.loads(value)
+        if not isinstance(body, dict) or body.get("type") != "run":
+            return None
+        return str(body["id"]), str(body["run"]), int(body["attempt"])
+
+    def _fail_execution(self, execution_id: str, reason: str, out: Outbox) -> None:
+        """End an execution still in the table FAILED, as a terminal step would: its update,
+        its tombstones and its ended marker."""
+        st = self.states.get(execution_id)
+        if st is None:
+            return  # it ended in the same batch: its end record is what was refused
+        log.error("execution %s fails: its changelog record was refused (%s)", execution_id,
+                  reason)  # fmt: skip
+        st.state.move_execution(StateType.FAILED, self.clock(), "execution")
+        change = cmd.ExecutionChanged(execution_id, StateType.FAILED, [], terminal=True)
+        staged = Outbox()
+        self._stage(self.partition_of[execution_id], st, StepResult(st, [change]), staged)
+        out.extend(staged)
 
     # -- commit ----------------------------------------------------------------------------
 

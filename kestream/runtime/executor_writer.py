@@ -9,12 +9,17 @@ broker refuses for what it is (too large for the topic, say: :data:`RECORD_FAULT
 cannot be sent at all, goes to the dead-letter topic instead and the rest is written; a
 failure of the broker itself raises, and the processor stops (its partitions' next owner
 replays from the last commit).
+
+A refused record's step has already been applied in memory, so the writer hands the refused
+records back (:class:`Written`): the processor then fails the task run of a refused job, and
+fails the execution of a refused changelog record, in the same cycle, before it commits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -27,7 +32,7 @@ from kestream.runtime.metrics import Metrics
 from kestream.runtime.record_limit import RecordLimit
 from kestream.runtime.topics import Topics
 
-__all__ = ["RECORD_FAULTS", "DeadLetters", "RecordWriter", "record_fault"]
+__all__ = ["RECORD_FAULTS", "DeadLetters", "RecordWriter", "Refusal", "Written", "record_fault"]
 
 log = logging.getLogger("kestream.executor")
 
@@ -49,6 +54,20 @@ def record_fault(exc: BaseException) -> bool:
     if isinstance(exc, kafka_errors.KafkaError):
         return isinstance(exc, RECORD_FAULTS)
     return isinstance(exc, TypeError | ValueError)  # a value or key the client cannot send
+
+
+Refusal = tuple[CommandRecord, str]
+"""A record that was not written (its dead letter was), and why."""
+
+
+@dataclass(slots=True)
+class Written:
+    """What :meth:`RecordWriter.write` did with a batch's outbox."""
+
+    #: Per changelog partition written, the offset after its last record.
+    checkpoints: dict[int, int] = field(default_factory=dict)
+    #: The records dead-lettered instead of written, in their order.
+    refused: list[Refusal] = field(default_factory=list)
 
 
 class DeadLetters:
@@ -87,28 +106,33 @@ class RecordWriter:
         self.letters = letters
         self.producer: AIOKafkaProducer | None = None
 
-    async def write(self, out: Outbox) -> dict[int, int]:
+    async def write(self, out: Outbox) -> Written:
         """Write the commands, then the changelogs; returns, per changelog partition written,
-        the offset after its last record (the checkpoint the partition's state reflects)."""
-        await self.produce(out.commands)
+        the offset after its last record (the checkpoint the partition's state reflects), and
+        the records refused."""
+        written = Written()
+        await self.produce(out.commands, written.refused)
         changelog = self.topics.changelog
-        checkpoints: dict[int, int] = {}
-        for meta in await self.produce([(changelog, *r) for r in out.changelog] + out.tables):
+        checkpoints = written.checkpoints
+        recs = [(changelog, *r) for r in out.changelog] + out.tables
+        for meta in await self.produce(recs, written.refused):
             if meta.topic == changelog:
                 checkpoints[meta.partition] = max(
                     checkpoints.get(meta.partition, 0), meta.offset + 1
                 )
-        return checkpoints
+        return written
 
-    async def produce(self, recs: list[CommandRecord]) -> list[Any]:
+    async def produce(
+        self, recs: list[CommandRecord], refusals: list[Refusal] | None = None
+    ) -> list[Any]:
         """Produce ``recs`` and wait for every ack; a record the broker refuses for what it
-        is goes to the dead-letter topic instead, any other failure raises. Returns the acks
-        (``RecordMetadata``) of the records written."""
+        is goes to the dead-letter topic instead (and to ``refusals``), any other failure
+        raises. Returns the acks (``RecordMetadata``) of the records written."""
         producer = self.producer
         assert producer is not None, "the writer has no producer"
         refused: list[tuple[CommandRecord, BaseException]] = []
         sent: list[tuple[CommandRecord, asyncio.Future[Any]]] = []
-        for rec in self.sized(recs):
+        for rec in self.sized(recs, refusals):
             topic, key, value, partition = rec
             try:
                 future = await producer.send(topic, value, key=key.encode(), partition=partition)
@@ -129,11 +153,15 @@ class RecordWriter:
                 acks.append(outcome)
         if refused:
             letters = Outbox()
-            for (topic, key, value, partition), why in refused:
+            for rec, why in refused:
+                topic, key, value, partition = rec
+                reason = f"not produced: {why!r}"
                 self.letters.add(
                     letters, topic, partition if partition is not None else -1, -1,
-                    key.encode(), value, f"not produced: {why!r}",
+                    key.encode(), value, reason,
                 )  # fmt: skip
+                if refusals is not None:
+                    refusals.append((rec, reason))
             letter_acks = [
                 await producer.send(topic, value, key=key.encode(), partition=partition)
                 for topic, key, value, partition in letters.commands
@@ -141,14 +169,17 @@ class RecordWriter:
             await asyncio.gather(*letter_acks)
         return acks
 
-    def sized(self, recs: list[CommandRecord]) -> list[CommandRecord]:
-        """``recs``, with any record over the limit replaced by its (cut) dead letter.
+    def sized(
+        self, recs: list[CommandRecord], refusals: list[Refusal] | None = None
+    ) -> list[CommandRecord]:
+        """``recs``, with any record over the limit replaced by its (cut) dead letter (and
+        added to ``refusals``).
 
         The step's rules keep records within the limit (outputs, jobs, updates and logs are
         sized where they are made); this is the last guard, for combinations no rule foresaw
         (a huge execution header, say): a record the broker would refuse must not stop the
-        processor and block its partitions. A changelog record left out this way is missing
-        after a restart of the partition: the log says which.
+        processor and block its partitions. What its step counted on is undone by the
+        processor (see the module docstring).
         """
         if all(self.limit.fits(value) for _, _, value, _ in recs):
             return recs
@@ -160,6 +191,8 @@ class RecordWriter:
             assert value is not None
             reason = "not produced: " + over_limit("the record", len(value), self.limit.value_bytes)
             log.error("record for %s key %s %s", topic, key, reason)
+            if refusals is not None:
+                refusals.append(((topic, key, value, partition), reason))
             letter = Outbox()
             self.letters.add(
                 letter, topic, partition if partition is not None else -1, -1, key.encode(),

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 from aiokafka import errors as kafka_errors
+from aiokafka.structs import RecordMetadata
 
+from kestream.executor import codec
 from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.snapshot import execution_model
@@ -229,15 +231,18 @@ class _Producer:
         self.refused, self.broken = refused, broken
         self.acked: list[tuple[str, bytes | None]] = []
 
-    async def send(self, topic: str, value: bytes | None, **_: Any) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def send(
+        self, topic: str, value: bytes | None, partition: int | None = None, **_: Any
+    ) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.broken:
             future.set_exception(kafka_errors.KafkaConnectionError("gone"))
         elif value == self.refused:
             future.set_exception(kafka_errors.MessageSizeTooLargeError("too large for the topic"))
         else:
             self.acked.append((topic, value))
-            future.set_result(None)
+            offset = len(self.acked)
+            future.set_result(RecordMetadata(topic, partition or 0, None, offset, -1, None, 0))
         return future
 
 
@@ -299,3 +304,61 @@ def test_unreadable_changelog_records_are_skipped_not_fatal() -> None:
     ):
         _keep_latest(latest, record)
     assert latest == {"e1": {"e1": {"ns": "a"}, "e1/run": {"n": 1}}}
+
+
+SLEEPY = """
+id: sleepy
+namespace: test.faults
+tasks:
+  - id: nap
+    type: io.kestra.plugin.core.flow.Sleep
+    duration: PT1H
+errors:
+  - id: said
+    type: io.kestra.plugin.core.log.Log
+    message: failed
+"""
+
+
+def _updates(service: ExecutorService, producer: _Producer) -> list[dict[str, Any]]:
+    return [records.loads(v) for t, v in producer.acked if t == service.topics.updates and v]
+
+
+def test_a_job_the_broker_refuses_fails_its_task_run_in_the_same_cycle() -> None:
+    service = _service(SLEEPY)
+    out = Outbox()
+    service._apply(0, ev.ExecutionCreated("j1", "test.faults", "sleepy"), out, ("executions", 0))
+    (job,) = [v for t, _, v, _ in out.commands if t == service.topics.worker_tasks]
+    assert job is not None
+    producer = _Producer(refused=job)
+    service.writer.producer = producer  # type: ignore[assignment]
+    asyncio.run(service._flush(out))
+    # The task run failed with the broker's reason, so the errors branch ran and the execution
+    # ended, instead of waiting for a result that can never come.
+    assert "j1" not in service.states
+    marker = service.ended.get("j1")
+    assert marker is not None
+    last = _updates(service, producer)[-1]
+    assert last["terminal"] and last["execution"]["state"]["current"] == "FAILED"
+    runs = {tr["taskId"]: tr["state"]["current"] for tr in last["execution"]["taskRunList"]}
+    assert runs == {"nap": "FAILED", "said": "SUCCESS"}
+    (letter,) = [records.loads(v) for t, v in producer.acked if t == service.topics.dead_letter]
+    assert "MessageSizeTooLarge" in letter["reason"]
+
+
+def test_a_changelog_record_the_broker_refuses_fails_its_execution() -> None:
+    service = _service(PAUSED)
+    out = _paused(service)
+    dynamic = codec.header_key("e1", codec.DYNAMIC)
+    (refused,) = [v for k, v, _ in out.changelog if k == dynamic]
+    assert refused is not None
+    producer = _Producer(refused=refused)
+    service.writer.producer = producer  # type: ignore[assignment]
+    asyncio.run(service._flush(out))
+    # Memory was ahead of the changelog: the execution ends FAILED rather than going on from a
+    # state no recovery could rebuild.
+    assert "e1" not in service.states and "e1" not in service.mirror
+    last = _updates(service, producer)[-1]
+    assert last["terminal"] and last["execution"]["state"]["current"] == "FAILED"
+    written = [(t, v) for t, v in producer.acked if t == service.topics.changelog]
+    assert written[-1][1] is not None and b"FAILED" in written[-1][1]  # the ended marker
