@@ -105,12 +105,25 @@ def _excerpt(source: str, limit: int = 200) -> str:
 
 def compile_uncached(text: str) -> Template:
     """Parse and compile ``text`` without keeping it (text that anyone may send, which a cache
-    of thousands of entries would otherwise keep in memory); raises TemplateSyntaxError."""
+    of thousands of entries would otherwise keep in memory); raises TemplateSyntaxError.
+
+    The lexer, parser and compiler charge the render budget in progress: text compiled while
+    rendering (``render()``) spends the caller's budget, and a compile outside any render gets a
+    budget of its own, so no text is compiled for longer than one render may run
+    (RenderLimitError "render exceeded ... while compiling").
+    """
+    _, opened = open_budget()
     try:
         stmts = parse(tokenize(text), text)
         return Template(text, compile_body(stmts), is_metered(stmts))
     except RecursionError:
         raise TemplateSyntaxError("Template nested too deeply", 1, text) from None
+    except RenderLimitError as exc:
+        message = f"{exc.message} while compiling a template of {len(text)} characters"
+        raise RenderLimitError(message, 1, text) from None
+    finally:
+        if opened:
+            close_budget()
 
 
 @lru_cache(maxsize=CACHE_SIZE)
@@ -157,11 +170,14 @@ def _render_nested(value: Any, ctx: Mapping[str, Any]) -> Any:
 
 
 def validate_template(text: str) -> TemplateSyntaxError | None:
-    """The deploy-time check: the syntax error, or None when ``text`` compiles."""
+    """The deploy-time check: the syntax error, or None when ``text`` compiles (a text too long
+    to compile within a render's budget is refused here too, as every render of it would be)."""
     try:
         compile_template(text)
     except TemplateSyntaxError as exc:
         return exc
+    except RenderLimitError as exc:
+        return TemplateSyntaxError(exc.message, 1, text)
     return None
 
 

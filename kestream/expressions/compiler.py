@@ -12,6 +12,7 @@ from typing import Any
 
 from . import nodes as n
 from .access import Scope
+from .budget import current_budget
 from .errors import RenderError
 from .expr_compiler import ExprFn, compile_expr, raiser
 from .limits import MAX_TEXT, text_too_long
@@ -28,9 +29,12 @@ _BIG_OUTPUT = 4096
 
 
 def compile_body(stmts: list[n.Stmt]) -> StmtFn:
-    """One closure producing the concatenated output of ``stmts``."""
+    """One closure producing the concatenated output of ``stmts``; each statement compiled is
+    charged to the render budget in progress (see :mod:`.lexer`)."""
     parts: list[str | StmtFn] = []
+    budget = current_budget()
     for stmt in stmts:
+        budget.spend(1)
         part = _compile_stmt(stmt)
         if isinstance(part, str) and parts and isinstance(parts[-1], str):
             parts[-1] += part

@@ -5,6 +5,10 @@ inside a map literal does not close the expression, ``{{-`` / ``-}}`` trim white
 ``{% raw %}`` / ``{% verbatim %}`` blocks are copied verbatim. A ``{%`` or ``{{`` met *inside* an
 expression is recorded (``nested``) instead of rejected, because Kestra accepts such flows at deploy
 time and only fails when the expression is rendered.
+
+Tokenizing is charged to the render budget in progress (:func:`.budget.current_budget`), one unit
+per token and per 256 characters of string literal, so that text compiled while rendering (what
+``render()`` is handed) stops within the budget however long it is.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .budget import current_budget
 from .errors import TemplateSyntaxError
 
 TEXT = "TEXT"
@@ -65,6 +70,7 @@ class Lexer:
         self.line = 1
         self.tokens: list[Token] = []
         self.trim_next = False
+        self.budget = current_budget()
 
     def error(self, message: str, line: int | None = None) -> TemplateSyntaxError:
         """A syntax error at ``line`` (default: the current line)."""
@@ -92,6 +98,7 @@ class Lexer:
             self.advance_to(end)
             if match is None:
                 break
+            self.budget.spend(1)
             self.lex_delimited(match.group())
         self.tokens.append(Token(EOF, None, self.line))
         return self.tokens
@@ -175,6 +182,7 @@ class Lexer:
     def lex_token(self, brackets: list[tuple[str, int]]) -> None:
         """One expression token at the current position."""
         text, pos = self.text, self.pos
+        self.budget.spend(1)
         char = text[pos]
         match = _OPERATOR_RE.match(text, pos)
         if match:
@@ -238,6 +246,7 @@ class Lexer:
                 buf.append(char)
                 pos += 1
         parts.append("".join(buf))
+        self.budget.spend((pos - self.pos) >> 8)
         token = Token(STRING, "".join(p for p in parts if isinstance(p, str)), line)
         if len(parts) > 1:
             token.parts = [p for p in parts if not (isinstance(p, str) and not p)]

@@ -24,6 +24,10 @@ MAX_RENDER_DEPTH = 10
 #: Passes of one recursive ``render()``: text that keeps producing new expressions is refused
 #: past this many instead of being rendered for as long as the budget lasts.
 MAX_RENDER_PASSES = 100
+#: Longest text one pass of ``render()`` compiles (what it is handed, and what each pass
+#: produces): text anyone may send is refused by its size, before the compile would spend the
+#: budget on it, and a text that doubles at every pass stops here.
+MAX_RENDER_TEXT = 256 * 1024
 
 
 def text_too_long() -> RenderLimitError:

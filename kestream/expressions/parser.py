@@ -3,11 +3,13 @@
 Precedence climbing exactly as Pebble does it (unary operators bind tightest, the ternary only at
 the top of an expression), plus Kestra's ``??`` / ``???`` at 120. Names of filters, functions and
 tests are *not* checked here: Kestra flows may call plugin functions, and an unknown name must fail
-the task run that renders it, not the deployment.
+the task run that renders it, not the deployment. Each token consumed is charged to the render
+budget in progress, as the lexer charges each token it makes.
 """
 
 from __future__ import annotations
 
+from .budget import current_budget
 from .errors import TemplateSyntaxError
 from .lexer import (
     EOF,
@@ -96,6 +98,7 @@ class Parser:
         self.tokens = tokens
         self.index = 0
         self.source = source
+        self.budget = current_budget()
 
     # -- token helpers -------------------------------------------------------------------------
     @property
@@ -112,6 +115,7 @@ class Parser:
         token = self.tokens[self.index]
         if token.kind != EOF:
             self.index += 1
+        self.budget.spend(1)
         return token
 
     def at(self, kind: str, value: str | None = None) -> bool:

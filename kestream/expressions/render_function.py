@@ -7,7 +7,8 @@ rendered with the same variables, in the same sandbox and within the same render
 template calling it: text that came from anyone (an input, a webhook body) can read the variables a
 flow author could, and nothing more. Two bounds stop what a budget would only stop late:
 ``render()`` inside rendered text nests at most ``MAX_RENDER_DEPTH`` deep (a variable that renders
-itself), and one recursive call makes at most ``MAX_RENDER_PASSES`` passes.
+itself), and one recursive call makes at most ``MAX_RENDER_PASSES`` passes. Each pass compiles at
+most ``MAX_RENDER_TEXT`` characters, and the compile itself spends the budget (:mod:`.lexer`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from .budget import current_budget
 from .errors import RenderLimitError
-from .limits import MAX_RENDER_DEPTH, MAX_RENDER_PASSES
+from .limits import MAX_RENDER_DEPTH, MAX_RENDER_PASSES, MAX_RENDER_TEXT
 from .operators import to_bool
 from .registry import template_function
 
@@ -48,6 +49,11 @@ def render_function(ctx: Mapping[str, Any], toRender: Any, recursive: Any = True
     for _ in range(1 if once else MAX_RENDER_PASSES):
         if not is_template(text):
             return text
+        if len(text) > MAX_RENDER_TEXT:
+            raise RenderLimitError(
+                f"render exceeded its size limit of {MAX_RENDER_TEXT} characters of text handed "
+                f"to render() (got {len(text)})"
+            )
         current_budget().spend(1 + (len(text) >> 8))
         compile_ = compile_template if len(text) <= MAX_CACHED_TEXT else compile_uncached
         rendered = compile_(text).render_nested(inner)

@@ -20,9 +20,9 @@ from kestream.expressions import (
     render_timeout_ms,
     set_render_timeout_ms,
 )
-from kestream.expressions.api import compile_template
+from kestream.expressions.api import compile_template, compile_uncached, validate_template
 from kestream.expressions.errors import RenderLimitError
-from kestream.expressions.limits import MAX_RENDER_DEPTH, MAX_RENDER_PASSES
+from kestream.expressions.limits import MAX_RENDER_DEPTH, MAX_RENDER_PASSES, MAX_RENDER_TEXT
 from kestream.expressions.render_function import MAX_CACHED_TEXT
 
 VARS = {
@@ -36,6 +36,7 @@ VARS = {
     "grows": "x{{ vars.grows }}",
     "ping": "{{ render(vars.pong) }}",
     "pong": "{{ render(vars.ping) }}",
+    "doubles": "{{ vars.doubles }}{{ vars.doubles }}",
 }
 
 
@@ -139,3 +140,46 @@ def test_long_text_sent_to_render_is_not_kept_in_the_template_cache() -> None:
     assert compile_template.cache_info().currsize == 1  # the calling template only
     assert render("{{ render(inputs.t) }}", ctx(t="{{ vars.first }} short")) == "1 short"
     assert compile_template.cache_info().currsize == 2  # short text is kept
+
+
+@pytest.fixture
+def tiny_budget() -> Iterator[None]:
+    """A budget that any compile of thousands of expressions overruns."""
+    before = render_timeout_ms()
+    set_render_timeout_ms(1)
+    try:
+        yield
+    finally:
+        set_render_timeout_ms(before)
+
+
+#: 20 000 expressions in 180 000 characters: under MAX_RENDER_TEXT, far over a 1 ms compile.
+MANY_EXPRESSIONS = '{{ "a" }}' * 20_000
+
+
+def test_text_longer_than_the_bound_is_refused_by_its_size() -> None:
+    body = "{{ vars.first }}" + "x" * MAX_RENDER_TEXT
+    with pytest.raises(RenderLimitError, match=f"size limit of {MAX_RENDER_TEXT} characters"):
+        render("{{ render(inputs.body) }}", ctx(body=body))
+
+
+def test_text_that_doubles_at_every_pass_stops_at_the_size_bound() -> None:
+    with pytest.raises(RenderLimitError, match=f"size limit of {MAX_RENDER_TEXT} characters"):
+        render("{{ render(vars.doubles) }}", ctx())
+
+
+@pytest.mark.usefixtures("tiny_budget")
+def test_compiling_the_text_spends_the_callers_budget() -> None:
+    assert len(MANY_EXPRESSIONS) < MAX_RENDER_TEXT
+    with pytest.raises(RenderLimitError, match="CPU-time budget of 1 ms") as caught:
+        render("{{ render(inputs.body) }}", ctx(body=MANY_EXPRESSIONS))
+    assert "while compiling" in str(caught.value)
+
+
+@pytest.mark.usefixtures("tiny_budget")
+def test_a_compile_outside_any_render_has_a_budget_of_its_own() -> None:
+    text = MANY_EXPRESSIONS + "{{ 'outside' }}"
+    with pytest.raises(RenderLimitError, match="while compiling a template of"):
+        compile_uncached(text)
+    problem = validate_template(text)
+    assert problem is not None and "render exceeded" in problem.message
