@@ -10,7 +10,7 @@ from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.snapshot import execution_model
 from kestream.executor.step import Executor
-from kestream.executor.timers import TimerQueue
+from kestream.executor.timers import COMPACT_SLACK, TimerQueue
 from kestream.models.flow import parse_flow
 from kestream.runtime import records
 from kestream.runtime.changelog_restorer import ChangelogMirror, ChangelogRestorer
@@ -53,6 +53,37 @@ def test_forgotten_executions_keep_no_timer() -> None:
     assert sorted(timers.pending()) == [("b", "t1")]
     assert len(timers) == 1
     assert timers.pop_due(at(5)) == [("b", "t1", at(3))]
+
+
+def test_cancelled_far_timers_leave_a_bounded_heap() -> None:
+    timers = TimerQueue()
+    timers.set("keep", "sla", at(10))
+    for n in range(20_000):  # executions that ended long before their hour-long SLA timer
+        timers.set(f"e{n}", "sla", at(3600 + n))
+        timers.set(f"e{n}", "sla", at(7200 + n))  # moved once on the way
+        if n % 2:
+            timers.cancel(f"e{n}", "sla")
+        else:
+            timers.forget([f"e{n}"])
+        assert len(timers._heap) <= 2 * len(timers) + COMPACT_SLACK
+    assert len(timers) == 1 and sorted(timers.pending()) == [("keep", "sla")]
+    assert timers.pop_due(at(100_000)) == [("keep", "sla", at(10))]
+    assert timers._heap == []
+
+
+def test_compaction_keeps_every_live_timer_in_due_order() -> None:
+    timers = TimerQueue()
+    for n in range(3000):
+        timers.set(f"e{n}", "t", at(n))
+    for n in range(0, 3000, 3):
+        timers.set(f"e{n}", "t", at(n))  # set again to the same time: a duplicate entry
+    for n in range(3000):
+        if n % 3:  # two thirds cancelled: the rebuild runs
+            timers.cancel(f"e{n}", "t")
+    assert len(timers._heap) < 3000
+    fired = timers.pop_due(at(3000))
+    assert fired == [(f"e{n}", "t", at(n)) for n in range(0, 3000, 3)]
+    assert not timers
 
 
 # -- held events ---------------------------------------------------------------------------------
