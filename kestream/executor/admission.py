@@ -33,8 +33,10 @@ __all__ = ["Applied", "Ask", "Release", "SlotRequest", "SlotTable", "flow_key"]
 
 Behavior = Literal["QUEUE", "CANCEL", "FAIL"]
 _REFUSED: dict[str, StateType] = {"CANCEL": StateType.CANCELLED, "FAIL": StateType.FAILED}
-#: Answers of one table never share a date: their order is the order of the decisions.
-_TICK = timedelta(microseconds=1)
+#: Answers of one table never share a date (dates show milliseconds, as Kestra's): their order
+#: is the order of the decisions. A burst of more than one decision per millisecond dates the
+#: later ones a little ahead of the clock, never behind it.
+_TICK = timedelta(milliseconds=1)
 
 
 def flow_key(namespace: str, flow_id: str) -> str:
@@ -186,7 +188,7 @@ class SlotTable:
         state: StateType,
         now: datetime,
     ) -> Admission:
-        at = now if self._last is None or now > self._last else self._last + _TICK
+        at = now if self._last is None else max(now, self._last + _TICK)
         self._last = at
         return Admission(execution_id, request.namespace, request.flow_id, attempt, state, at)
 

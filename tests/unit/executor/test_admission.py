@@ -40,10 +40,13 @@ def test_grants_up_to_the_limit_then_queues_and_promotes_in_order() -> None:
     assert table.holders("ns", "f") == ["e3", "e4"] and table.queued("ns", "f") == []
 
 
-def test_answers_of_one_table_are_dated_in_decision_order() -> None:
+def test_answers_of_one_table_are_dated_in_decision_order_a_millisecond_apart() -> None:
     table = SlotTable()
-    dates = [a.at for e in ("a", "b", "c") for a in table.apply(ask(e), T0).answers]
-    assert dates == sorted(dates) and len(set(dates)) == 3
+    now = [T0, T0 + timedelta(microseconds=10), T0 + timedelta(microseconds=20)]
+    dates = [
+        a.at for e, at in zip("abc", now, strict=True) for a in table.apply(ask(e), at).answers
+    ]
+    assert dates == [T0 + timedelta(milliseconds=n) for n in range(3)]
 
 
 def test_repeated_requests_change_nothing() -> None:
