@@ -166,11 +166,13 @@ async def _run(
     from kestream.models.ids import new_id
     from kestream.models.inputs import InputValidationError, parse_inputs
     from kestream.models.validation import FlowValidationError
+    from kestream.secrets.encryption import scope_of
 
     try:
         flow = parse_flow(flow_yaml)
         inputs, uploads = file_inputs(inputs)
-        parse_inputs(flow.inputs, inputs)  # fail fast, before any broker starts
+        scope = scope_of(flow.namespace, flow.id)
+        parse_inputs(flow.inputs, inputs, scope=scope)  # fail fast, before any broker starts
         for other in others:
             parse_flow(other)
     except (FlowValidationError, InputValidationError, ValueError) as exc:

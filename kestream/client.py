@@ -61,6 +61,7 @@ from kestream.runtime.execution_updates import MergedExecution, merge_update
 from kestream.runtime.flows_table import FlowsTable
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.tansu_compat import fetch_highwaters
+from kestream.secrets.encryption import scope_of
 from kestream.settings import Settings, get_settings
 
 __all__ = ["Client", "FollowQueue", "MergedExecution", "merge_update"]
@@ -248,7 +249,7 @@ class Client:
             raise LookupError(f"Unknown flow '{namespace}.{flow_id}': deploy it first")
         given: dict[str, Any] = dict(inputs or {})
         if validate_inputs:
-            given = parse_inputs(flow.inputs, given)
+            given = parse_inputs(flow.inputs, given, scope=scope_of(namespace, flow_id))
         execution_id = execution_id or new_id()
         created = ev.ExecutionCreated(
             execution_id=execution_id,

@@ -38,6 +38,7 @@ from kestream.models.ids import new_id
 from kestream.models.inputs import parse_inputs
 from kestream.models.state import StateType
 from kestream.plugins.loading import load_plugins
+from kestream.secrets.encryption import scope_of
 from kestream.settings import get_settings
 from kestream.tasks.purge import PURGER
 from kestream.testing_purge import DriverPurger
@@ -119,7 +120,8 @@ class Driver:
             raise LookupError(f"Unknown flow '{namespace}.{flow_id}': deploy it first")
         given = dict(inputs or {})
         if validate_inputs:
-            given = parse_inputs(flow.inputs, given)  # raises, naming each bad input
+            scope = scope_of(namespace, flow_id)
+            given = parse_inputs(flow.inputs, given, scope=scope)  # raises, naming each bad one
         execution_id = new_id()
         self._events.append(
             ev.ExecutionCreated(

@@ -38,6 +38,7 @@ from kestream.models.ids import new_id
 from kestream.models.input_resolution import ResolvedInput, resolve_inputs
 from kestream.models.inputs import InputValidationError
 from kestream.models.state import StateType
+from kestream.secrets.encryption import scope_of
 from kestream.storage.current import remove_execution_files
 
 PREFIX = "/api/v1/{tenant}/executions"
@@ -152,7 +153,7 @@ class ExecutionRoutes:
                 f"Flow '{namespace}.{flow_id}'" + (f" revision {number}" if number else "")
             )
         given = await read_form(request, self.api.max_body)
-        resolved = resolve_inputs(flow.inputs, given)
+        resolved = resolve_inputs(flow.inputs, given, scope=scope_of(flow.namespace, flow.id))
         inputs = [input_json(one) for one in resolved]
         return json_response({"id": flow.id, "namespace": flow.namespace, "inputs": inputs})
 

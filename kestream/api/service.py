@@ -41,6 +41,7 @@ from kestream.models.ids import new_id
 from kestream.models.inputs import parse_inputs
 from kestream.models.state import StateType
 from kestream.runtime.context import BrokerContext
+from kestream.secrets.encryption import scope_of
 from kestream.tasks.pause import Pause
 
 log = logging.getLogger("kestream.api")
@@ -146,7 +147,8 @@ class ApiService:
         every bad one) unless ``validate`` is false, when the executor checks them.
         ``execution_id``: an id chosen before (uploaded files were stored under it).
         """
-        typed = parse_inputs(flow.inputs, inputs) if validate else inputs
+        scope = scope_of(flow.namespace, flow.id)
+        typed = parse_inputs(flow.inputs, inputs, scope=scope) if validate else inputs
         execution_id = execution_id or new_id()
         event = ev.ExecutionCreated(
             execution_id=execution_id,
@@ -237,7 +239,8 @@ class ApiService:
         for run in runs:  # refused here, as in Kestra, before anything is sent
             task = tasks.get(run["taskId"])
             if isinstance(task, Pause) and task.onResume:
-                parse_inputs(task.onResume, inputs)
+                scope = scope_of(execution["namespace"], execution["flowId"])
+                parse_inputs(task.onResume, inputs, scope=scope)
         paused = [run["id"] for run in runs]
         for run_id in paused or [None]:
             await self.client.resume(

@@ -46,6 +46,7 @@ from kestream.models.flow import Flow
 from kestream.models.ids import derived_id
 from kestream.models.inputs import parse_inputs
 from kestream.models.state import StateType
+from kestream.secrets.encryption import scope_of
 from kestream.tasks.working_directory import WorkingDirectory
 
 __all__ = ["REPLAY_LABEL", "ReplayError", "replay_event", "replay_state"]
@@ -83,7 +84,8 @@ def replay_event(
         )
     if task_run_id is not None and all(run.id != task_run_id for run in execution.taskRunList):
         raise ReplayError(f"Execution '{execution.id}' has no task run '{task_run_id}'")
-    given = parse_inputs(flow.inputs, inputs) if inputs is not None else None
+    scope = scope_of(execution.namespace, execution.flowId)
+    given = parse_inputs(flow.inputs, inputs, scope=scope) if inputs is not None else None
     return ev.ExecutionCreated(
         execution_id=execution_id,
         namespace=execution.namespace,

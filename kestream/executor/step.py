@@ -74,7 +74,7 @@ from kestream.models.inputs import InputValidationError, coerce_output, parse_in
 from kestream.models.state import StateType, worst
 from kestream.models.values import check_portable, find_unportable, safe_text
 from kestream.secrets.deferred import SECRETS_KEY, render_properties
-from kestream.secrets.encryption import holds_sealed
+from kestream.secrets.encryption import holds_sealed, reseal, scope_of
 from kestream.storage.access import ExecutionFiles
 from kestream.tasks.base import (
     LOG_LEVEL_ORDER,
@@ -338,7 +338,8 @@ class _Step:
         if event.validate_inputs:
             try:
                 given = self.trigger_inputs(event.inputs or {})
-                self.st.inputs = parse_inputs(self.flow.inputs, given)
+                scope = scope_of(self.st.namespace, self.st.flow_id)
+                self.st.inputs = parse_inputs(self.flow.inputs, given, scope=scope)
             except (InputValidationError, RenderError) as exc:
                 self.log(None, LogLevel.ERROR, str(exc))
                 self.move_execution(S.FAILED)
@@ -368,7 +369,8 @@ class _Step:
     def with_default_inputs(self, given: dict[str, Any] | None) -> dict[str, Any] | None:
         """Inputs taken as given still see the flow's defaults for the enabled ones left out
         (as Kestra); templated defaults are rendered with the inputs before them."""
-        return fill_defaults(self.flow.inputs, given)
+        scope = scope_of(self.st.namespace, self.st.flow_id)
+        return fill_defaults(self.flow.inputs, given, scope=scope)
 
     # -- flow concurrency (kestream.executor.admission) ------------------------------------
 
@@ -1058,7 +1060,9 @@ class _Step:
         self.move(tr, S.RUNNING)
         if task.onResume:
             try:
-                self.set_outputs(tr, {"onResume": parse_inputs(task.onResume, inputs or {})})
+                scope = scope_of(self.st.namespace, self.st.flow_id)
+                values = parse_inputs(task.onResume, inputs or {}, scope=scope)
+                self.set_outputs(tr, {"onResume": values})
             except InputValidationError as exc:
                 self.fail_task_run(tr, str(exc))
                 return
@@ -1086,7 +1090,13 @@ class _Step:
             namespace=namespace,
             flow_id=flow_id,
             revision=task.revision,
-            inputs=props.get("inputs") or {},
+            # SECRET inputs handed on are sealed again for the child, the only flow that may
+            # decrypt them there (kestream.secrets.encryption)
+            inputs=reseal(
+                props.get("inputs") or {},
+                scope_of(self.st.namespace, self.st.flow_id),
+                scope_of(namespace, flow_id),
+            ),
             labels=self.child_labels(task, props.get("labels")),
             trigger={
                 "id": task.id,

@@ -65,18 +65,20 @@ def resolve_inputs(
     given: Mapping[str, Any],
     *,
     typed: bool = False,
+    scope: str | None = None,
 ) -> list[ResolvedInput]:
     """Resolve every declared input, in declaration order.
 
     ``given`` maps input ids to values (a dotted id may also be given nested, as executions
     carry them). With ``typed``, given values are taken as they are (already parsed); only the
-    missing ones get their defaults.
+    missing ones get their defaults. ``scope``: the flow SECRET inputs are encrypted for
+    (``kestream.secrets.encryption.scope_of``).
     """
-    return _Resolver(flow_inputs, given, typed).run()
+    return _Resolver(flow_inputs, given, typed, scope).run()
 
 
 def fill_defaults(
-    flow_inputs: Sequence[Input], given: dict[str, Any] | None
+    flow_inputs: Sequence[Input], given: dict[str, Any] | None, *, scope: str | None = None
 ) -> dict[str, Any] | None:
     """Inputs taken as given (already typed, or not to be validated) with the defaults of the
     enabled inputs left out added, as Kestra fills them; nothing is refused. ``given`` comes
@@ -84,7 +86,7 @@ def fill_defaults(
     values = given or {}
     if all(_given_value(values, m.id) is not None for m in flow_inputs if _fills(m)):
         return given  # nothing to fill in (the common case: inputs the API already resolved)
-    resolved = resolve_inputs(flow_inputs, values, typed=True)
+    resolved = resolve_inputs(flow_inputs, values, typed=True, scope=scope)
     added = {
         r.model.id: r.value
         for r in resolved
@@ -180,11 +182,13 @@ class _Resolver:
         flow_inputs: Sequence[Input | Mapping[str, Any]],
         given: Mapping[str, Any],
         typed: bool,
+        scope: str | None,
     ) -> None:
         self.models = [input_model_for(declared) for declared in flow_inputs]
         self.by_id = {model.id: model for model in self.models}
         self.given = given
         self.typed = typed
+        self.scope = scope
         self.done: dict[str, ResolvedInput] = {}
         self.values: dict[str, Any] = {}  # enabled inputs with a value, in resolution order
         self.active: set[str] = set()
@@ -230,7 +234,7 @@ class _Resolver:
                 if choices is not None and isinstance(model, _Select) and model.expression:
                     model.check_choices(value, choices)
             if isinstance(model, SecretInput):  # encrypted before any record holds it
-                value = model.seal(value)
+                value = model.seal(value, self.scope)
             check_portable(value)  # what every record downstream must carry
         except InputValueError as exc:
             return self._refused(model, str(exc), choices)

@@ -500,8 +500,9 @@ class StringInput(Input):
 
 
 class SecretInput(StringInput):
-    """Checked as text, then encrypted by the input resolution (:meth:`seal`); a value that is
-    already encrypted (an execution's own input, resolved again) is kept as it is."""
+    """Checked as text, then encrypted for its flow by the input resolution (:meth:`seal`); a
+    value already encrypted for this flow (an execution's own input, resolved again) is kept as
+    it is, one encrypted for another flow is refused."""
 
     type_names: ClassVar[tuple[InputType, ...]] = (InputType.SECRET,)
 
@@ -510,11 +511,17 @@ class SecretInput(StringInput):
 
         return value if is_sealed(value) else super().parse(value)
 
-    def seal(self, value: Any) -> str:
-        from kestream.secrets.encryption import EncryptionError, seal
+    def seal(self, value: Any, scope: str | None) -> str:
+        """``value`` encrypted for the flow ``scope`` (``scope_of(namespace, flowId)``)."""
+        from kestream.secrets.encryption import EncryptionError, is_sealed, seal, unseal
 
+        if scope is None:  # a caller that did not say whose input this is
+            raise InputValueError("SECRET inputs are encrypted for their flow, which is unknown")
         try:
-            return seal(str(value))
+            if is_sealed(value):
+                unseal(value, scope)
+                return str(value)
+            return seal(str(value), scope)
         except EncryptionError as exc:
             raise InputValueError(str(exc)) from None
 
@@ -867,7 +874,10 @@ def nest_inputs(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def parse_inputs(
-    flow_inputs: Sequence[Input | Mapping[str, Any]], given: Mapping[str, Any]
+    flow_inputs: Sequence[Input | Mapping[str, Any]],
+    given: Mapping[str, Any],
+    *,
+    scope: str | None = None,
 ) -> dict[str, Any]:
     """Typed values for the declared inputs, from ``given`` (text or JSON values) and defaults.
 
@@ -875,11 +885,12 @@ def parse_inputs(
     (conditions, templated defaults, SELECT expressions) see the inputs resolved before them.
     Raises :class:`InputValidationError` listing every bad input (``Invalid input 'count':
     expected an INT, got 'abc'``). Undeclared names in ``given`` are ignored; optional inputs
-    with neither a value nor a default are left out.
+    with neither a value nor a default are left out. ``scope``: the flow SECRET inputs are
+    encrypted for (``kestream.secrets.encryption.scope_of``); needed when the flow has one.
     """
     from kestream.models.input_resolution import resolve_inputs
 
-    resolved = resolve_inputs(flow_inputs, given)
+    resolved = resolve_inputs(flow_inputs, given, scope=scope)
     problems = [InputProblem(r.model.id, r.problem) for r in resolved if r.problem is not None]
     if problems:
         raise InputValidationError(problems)

@@ -7,10 +7,16 @@ key, an execution with a SECRET input is refused (as Kestra refuses one without 
 key). The key is any text of 32 characters or more; its SHA-256 is the AES key, so every
 process with the same setting reads the same values.
 
-The sealed text is what expressions see in the executor. The worker replaces every sealed text
-inside a job's properties with the value (:func:`unseal_within`) right before the task runs,
-and masks the value in what comes back (:class:`~kestream.secrets.masking.Masker`). API answers
-show ``******`` in its place (:func:`mask_sealed`).
+A sealed text is bound to its flow (:func:`scope_of`, the AES-GCM associated data): the worker
+decrypts it only for a task of that flow, so a sealed text pasted into another flow's inputs (a
+STRING input, a webhook body, a KV value) decrypts nowhere, and a SECRET input refuses one sealed
+for another flow. A Subflow hands its child a copy sealed again for the child (:func:`reseal`).
+
+The sealed text is what expressions see in the executor. The worker replaces every sealed text of
+its flow inside a job's properties with the value (:func:`unseal_within`) right before the task
+runs, and masks the value in what comes back (:class:`~kestream.secrets.masking.Masker`). API
+answers show ``******`` wherever a sealed text appears, inside longer texts too
+(:func:`mask_sealed`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import base64
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -32,6 +39,8 @@ __all__ = [
     "EncryptionError",
     "is_sealed",
     "mask_sealed",
+    "reseal",
+    "scope_of",
     "seal",
     "unseal",
     "unseal_within",
@@ -40,7 +49,7 @@ __all__ = [
 PREFIX = "kestream:enc:v1:"
 MIN_KEY_LENGTH = 32
 _SEALED = re.compile(re.escape(PREFIX) + r"[A-Za-z0-9_-]+={0,2}")
-_SEALED_JSON = re.compile(rb'"' + re.escape(PREFIX.encode()) + rb'[A-Za-z0-9_-]+={0,2}"')
+_SEALED_BYTES = re.compile(re.escape(PREFIX.encode()) + rb"[A-Za-z0-9_-]+={0,2}")
 _NONCE = 12
 
 
@@ -68,44 +77,71 @@ def is_sealed(value: Any) -> bool:
     return isinstance(value, str) and _SEALED.fullmatch(value) is not None
 
 
-def seal(text: str, key: str | None = None) -> str:
-    """``text`` encrypted (a sealed text stays as it is)."""
-    if is_sealed(text):
-        return text
+def scope_of(namespace: str, flow_id: str) -> str:
+    """What a sealed text is bound to: its flow (neither part can hold ``/``, so two flows
+    never share a scope)."""
+    return f"{namespace}/{flow_id}"
+
+
+def seal(text: str, scope: str, key: str | None = None) -> str:
+    """``text`` encrypted for the flow ``scope`` (:func:`scope_of`)."""
     nonce = os.urandom(_NONCE)
-    data = _cipher(key).encrypt(nonce, text.encode(), None)
+    data = _cipher(key).encrypt(nonce, text.encode(), scope.encode())
     return PREFIX + base64.urlsafe_b64encode(nonce + data).decode()
 
 
-def unseal(token: str, key: str | None = None) -> str:
+def unseal(token: str, scope: str, key: str | None = None) -> str:
+    """The value of ``token``; :class:`EncryptionError` when it was sealed for another flow or
+    with another key (AES-GCM cannot tell which)."""
     try:
         raw = base64.urlsafe_b64decode(token[len(PREFIX) :])
-        return _cipher(key).decrypt(raw[:_NONCE], raw[_NONCE:], None).decode()
+        return _cipher(key).decrypt(raw[:_NONCE], raw[_NONCE:], scope.encode()).decode()
     except (InvalidTag, ValueError) as exc:
         if isinstance(exc, EncryptionError):
             raise
         raise EncryptionError(
-            "a SECRET input cannot be decrypted with this KESTREAM_ENCRYPTION_KEY"
+            "an encrypted SECRET value cannot be decrypted here: it belongs to another flow, "
+            "or was encrypted with another KESTREAM_ENCRYPTION_KEY"
         ) from None
 
 
-def unseal_within(value: Any, masker: Masker) -> Any:
-    """``value`` with each sealed text inside its texts decrypted, the values added to
-    ``masker`` (the worker, right before a task runs)."""
+def reseal(value: Any, source: str, target: str) -> Any:
+    """``value`` with each sealed text of the flow ``source`` inside its texts sealed again for
+    ``target`` (a Subflow's inputs, handed from parent to child); texts sealed for any other
+    flow stay as they are, and decrypt nowhere in ``target`` either."""
+    if source == target or not holds_sealed(value):
+        return value
+
+    def again(match: re.Match[str]) -> str:
+        try:
+            return seal(unseal(match.group(0), source), target)
+        except EncryptionError:
+            return match.group(0)
+
+    return _map_texts(value, lambda text: _SEALED.sub(again, text))
+
+
+def unseal_within(value: Any, masker: Masker, scope: str) -> Any:
+    """``value`` with each sealed text inside its texts decrypted for the flow ``scope``, the
+    values added to ``masker`` (the worker, right before a task runs). A text sealed for
+    another flow raises :class:`EncryptionError`."""
+
+    def plain(match: re.Match[str]) -> str:
+        text = unseal(match.group(0), scope)
+        masker.add(text)
+        return text
+
+    return _map_texts(value, lambda text: _SEALED.sub(plain, text) if PREFIX in text else text)
+
+
+def _map_texts(value: Any, change: Callable[[str], str]) -> Any:
+    """``value`` with ``change`` applied to every text inside it, map keys included."""
     if isinstance(value, str):
-        if PREFIX not in value:
-            return value
-
-        def plain(match: re.Match[str]) -> str:
-            text = unseal(match.group(0))
-            masker.add(text)
-            return text
-
-        return _SEALED.sub(plain, value)
+        return change(value)
     if isinstance(value, dict):
-        return {unseal_within(k, masker): unseal_within(v, masker) for k, v in value.items()}
+        return {_map_texts(k, change): _map_texts(v, change) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [unseal_within(item, masker) for item in value]
+        return [_map_texts(item, change) for item in value]
     return value
 
 
@@ -121,7 +157,9 @@ def holds_sealed(value: Any) -> bool:
 
 
 def mask_sealed(body: bytes) -> bytes:
-    """A JSON document with every sealed text shown as ``******`` (API answers)."""
+    """A JSON document with every sealed text shown as ``******`` (API answers): a whole JSON
+    string, or part of a longer one (a label ``pw=...``, an error quoting it, JSON inside a
+    string); the mask holds no character JSON escapes, so the document stays valid."""
     if PREFIX.encode() not in body:
         return body
-    return _SEALED_JSON.sub(b'"' + MASK.encode() + b'"', body)
+    return _SEALED_BYTES.sub(MASK.encode(), body)

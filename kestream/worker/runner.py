@@ -28,7 +28,7 @@ from kestream.models.clock import Clock, utc_now
 from kestream.models.state import StateType
 from kestream.models.values import find_unportable, safe_text
 from kestream.secrets.deferred import SECRETS_KEY, reveal
-from kestream.secrets.encryption import EncryptionError, holds_sealed, unseal_within
+from kestream.secrets.encryption import EncryptionError, holds_sealed, scope_of, unseal_within
 from kestream.secrets.masking import Masker
 from kestream.secrets.resolver import process_resolver
 from kestream.settings import get_settings
@@ -185,8 +185,8 @@ class TaskRunner:
 
     def _revealed(self, job: RunTask, masker: Masker) -> RunTask:
         """The job with the property texts that call ``secret()`` rendered here, at the last
-        moment (:mod:`kestream.secrets.deferred`), and SECRET inputs decrypted
-        (:mod:`kestream.secrets.encryption`); their values go to ``masker``."""
+        moment (:mod:`kestream.secrets.deferred`), and SECRET inputs of the job's own flow
+        decrypted (:mod:`kestream.secrets.encryption`); their values go to ``masker``."""
         props = job.props
         if SECRETS_KEY in props:
             extra = {"@kv": kv_lookup, "@now": self._clock}
@@ -194,7 +194,7 @@ class TaskRunner:
             props = reveal(props, resolver, masker, extra)
         if holds_sealed(props):
             try:
-                props = unseal_within(props, masker)
+                props = unseal_within(props, masker, scope_of(job.namespace, job.flow_id))
             except EncryptionError as exc:
                 raise TaskError(str(exc)) from None
         return job if props is job.props else dataclasses.replace(job, props=props)
