@@ -88,6 +88,7 @@ log = logging.getLogger("kestream.executor")
 _MAX_POLL_MS = 200
 _BATCH = 2000
 _PRUNE_EVERY = timedelta(minutes=1)
+_WINDOW_LOG_EVERY = timedelta(hours=1)
 #: Writes of one cycle: the batch's, then up to this many more for what refusals undid.
 _FLUSH_ROUNDS = 3
 
@@ -164,6 +165,7 @@ class ExecutorService:
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._last_prune = clock()
+        self._window_logged = self._last_prune - _WINDOW_LOG_EVERY
         self._held_share = self.metrics.share(self.metrics.executor_held)
         self._in_flight_share = self.metrics.share(self.metrics.executor_in_flight)
         self._lag_share = self.metrics.share(self.metrics.consumer_lag, "executor")
@@ -460,6 +462,14 @@ class ExecutorService:
         self.parked.expire(time.monotonic())
         for key, partition in self.ended.prune(now):
             out.log(key, None, partition)
+        window = self.ended.window(now)
+        if window < self.ended.retention and now - self._window_logged >= _WINDOW_LOG_EVERY:
+            self._window_logged = now
+            log.warning(
+                "ended executions are remembered for %s only (KESTREAM_EXECUTOR_ENDED_MAX=%d "
+                "reached, retention %s): a creation redelivered from before that runs again",
+                window, self.ended.max_count, self.ended.retention,
+            )  # fmt: skip
 
     # -- flush -----------------------------------------------------------------------------
 

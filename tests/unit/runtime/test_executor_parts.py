@@ -133,6 +133,33 @@ def test_ended_markers_are_bounded_by_age_and_count_with_tombstones() -> None:
     assert sorted(ended) == ["b", "c"]
 
 
+def test_ended_markers_prune_oldest_first_whatever_order_they_came_in() -> None:
+    ended = EndedExecutions(timedelta(hours=1), max_count=3)
+    for n in (5, 1, 4, 2, 3, 0):  # restored from several partitions: not in time order
+        ended.restore(f"e{n}", n % 2, {"at": at(n).isoformat(), "attempt": 1})
+    ended.put("e4", None)  # rolled back
+    ended.mark("e1", 1, "SUCCESS", 2, at(10))  # ended again later: its old time no longer counts
+    assert ended.window(at(20)) == timedelta(seconds=20)  # the count bound sets the window
+    dropped = ended.prune(at(20))
+    assert [codec.execution_of(k) for k, _ in dropped] == ["e0", "e2"]
+    assert sorted(ended) == ["e1", "e3", "e5"]
+    assert ended.window(at(20)) == timedelta(seconds=17)  # still full: e3's age
+    assert [codec.execution_of(k) for k, _ in ended.prune(at(3604))] == ["e3"]
+    assert ended.window(at(3604)) == timedelta(hours=1)  # below the count bound again
+    assert ended.prune(at(3604)) == []
+
+
+def test_ended_markers_heap_stays_bounded_as_markers_leave() -> None:
+    ended = EndedExecutions(timedelta(hours=24), max_count=1_000_000)
+    for n in range(10_000):
+        ended.mark(f"e{n}", n % 4, "SUCCESS", 1, at(n))
+        if n % 2:
+            ended.unmark(f"e{n}")
+    ended.leave({0, 2})
+    assert len(ended) == 0 and len(ended._by_time) <= 1024
+    assert ended.prune(at(10**6)) == []
+
+
 def test_ended_markers_come_back_from_the_changelog_and_leave_with_their_partition() -> None:
     first = EndedExecutions(timedelta(hours=24), max_count=10)
     _, value = first.mark("e", 3, "KILLED", 2, at(0))
