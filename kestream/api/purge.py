@@ -11,7 +11,8 @@ the logs topic (:mod:`kestream.api.index.purges`): every API process's index fee
 this one's included. The answer waits until this API's feed has applied them, so a read that
 follows the task (``GET .../executions/{id}``) already finds them gone here; other API
 processes follow as their feeds read the records. Executions are taken a page at a time, oldest
-end first, until none is left, so one purge never holds more than a page of ids.
+end first, by a keyset on the index (log lines, a page of executions' counts at a time), so one
+purge holds at most a page of ids and reads each row once.
 
 Counts are what this API's index held when it chose: a line of a purged execution still on its
 way to the index is deleted too (the record comes after it in the partition) but not counted.
@@ -30,6 +31,7 @@ from pydantic import ValidationError
 from kestream.api.handle import ApiHandle
 from kestream.api.http import ApiError, bad_request, invalid, json_response, read_body
 from kestream.api.index.purges import (
+    PageKey,
     PurgeRecord,
     execution_candidates,
     line_counts,
@@ -86,21 +88,28 @@ async def purge_executions(service: ApiService, query: ExecutionPurge) -> Execut
     if not (query.purgeExecution or query.purgeLog or query.purgeStorage):
         return counts
     store = service.index
-    purged: set[str] = set()
+    after: PageKey | None = None
     while True:
-        ids = await asyncio.to_thread(execution_candidates, store, query, PAGE + len(purged))
-        ids = [i for i in ids if i not in purged]  # purgeLog alone leaves them listed
-        if not ids:
+        ids, after = await asyncio.to_thread(execution_candidates, store, query, PAGE, after)
+        if ids:
+            await _purge_page(service, query, ids, counts)
+        if after is None:
             return counts
-        if query.purgeLog:
-            counts.logsCount += await asyncio.to_thread(line_counts, store, ids)
-        if query.purgeExecution:
-            counts.executionsCount += len(ids)
-        if query.purgeStorage:
-            counts.storagesCount += await asyncio.to_thread(_remove_files, store, ids)
-        record = PurgeRecord(query.purgeExecution, all_logs=query.purgeLog)
-        await _send(service, [(execution_id, record) for execution_id in ids])
-        purged.update(ids)
+
+
+async def _purge_page(
+    service: ApiService, query: ExecutionPurge, ids: list[str], counts: ExecutionPurgeCounts
+) -> None:
+    """Purge one page of the executions ``query`` picked; adds to ``counts``."""
+    store = service.index
+    if query.purgeLog:
+        counts.logsCount += await asyncio.to_thread(line_counts, store, ids)
+    if query.purgeExecution:
+        counts.executionsCount += len(ids)
+    if query.purgeStorage:
+        counts.storagesCount += await asyncio.to_thread(_remove_files, store, ids)
+    record = PurgeRecord(query.purgeExecution, all_logs=query.purgeLog)
+    await _send(service, [(execution_id, record) for execution_id in ids])
 
 
 def _remove_files(store: Any, ids: list[str]) -> int:
@@ -115,11 +124,21 @@ def _remove_files(store: Any, ids: list[str]) -> int:
 
 
 async def purge_logs(service: ApiService, query: LogPurge) -> int:
-    """Purge the lines ``query`` names; returns how many the index held."""
-    counts = await asyncio.to_thread(purgeable_lines, service.index, query)
+    """Purge the lines ``query`` names, a page of executions at a time; returns how many the
+    index held."""
     record = PurgeRecord(False, lines=query)
-    await _send(service, [(execution_id, record) for execution_id in sorted(counts)])
-    return sum(counts.values())
+    total = 0
+    after: str | None = None
+    while True:
+        counts = await asyncio.to_thread(purgeable_lines, service.index, query, PAGE, after)
+        if not counts:
+            return total
+        ids = sorted(counts)
+        await _send(service, [(execution_id, record) for execution_id in ids])
+        total += sum(counts.values())
+        if len(ids) < PAGE:
+            return total
+        after = ids[-1]
 
 
 _M = TypeVar("_M", ExecutionPurge, LogPurge)

@@ -19,7 +19,6 @@ them apart at a glance (:func:`is_purge_value`).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -27,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 from kestream.api.index.sql import marks
 from kestream.models.state import StateType
 from kestream.runtime.records import RecordError
-from kestream.tasks.base import LogLevel
 from kestream.tasks.purge import ExecutionPurge, LogPurge
 
 if TYPE_CHECKING:
     from kestream.api.index.store import Cursor, Store
 
 __all__ = [
+    "PageKey",
     "PurgeRecord",
     "apply_purge",
     "execution_candidates",
@@ -97,20 +96,9 @@ class PurgeRecord:
             raise RecordError(f"purge.logs: {exc}") from None
         return cls(body["execution"], lines=lines)
 
-    def deletes_line(self, level_rank: int, timestamp: str | datetime) -> bool:
-        if self.all_logs:
-            return True
-        if self.lines is None:
-            return False
-        return self.lines.line_matches(_level(level_rank), _instant(timestamp))
-
 
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
-
-
-def _level(rank: int) -> LogLevel:
-    return LogLevel(_LEVELS[rank] if 0 <= rank < len(_LEVELS) else "INFO")
 
 
 def _instant(value: str | datetime) -> datetime:
@@ -128,14 +116,13 @@ def apply_purge(store: Store, cur: Cursor, execution_id: str, record: PurgeRecor
     """Apply one purge record inside the feed's transaction; returns the lines deleted."""
     deleted_lines = 0
     if record.all_logs or record.lines is not None:
-        cur.execute(
-            store._sql("SELECT seq, level, timestamp FROM logs WHERE execution_id = ?"),
-            (execution_id,),
-        )
-        gone = [(seq,) for seq, level, ts in cur.fetchall() if record.deletes_line(level, ts)]
-        if gone:
-            cur.executemany(store._sql("DELETE FROM logs WHERE seq = ?"), gone)
-        deleted_lines = len(gone)
+        clauses, params = ["execution_id = ?"], [execution_id]
+        if not record.all_logs and record.lines is not None:
+            filters, filter_params = _line_filter(store, record.lines, "logs")
+            clauses += filters
+            params += filter_params
+        cur.execute(store._sql(f"DELETE FROM logs WHERE {' AND '.join(clauses)}"), params)
+        deleted_lines = max(cur.rowcount, 0)
     if record.execution:
         _tombstone_row(store, cur, execution_id)
     return deleted_lines
@@ -160,39 +147,72 @@ def _tombstone_row(store: Store, cur: Cursor, execution_id: str) -> None:
     )
 
 
-def execution_candidates(store: Store, query: ExecutionPurge, limit: int) -> list[str]:
-    """Up to ``limit`` ids of the executions ``query`` purges, oldest end first.
+#: Where :func:`execution_candidates` goes on: past the ``(end_date, id)`` it last read.
+PageKey = tuple[Any, str]
 
-    The database narrows by end date (and flow), the query's own :meth:`ExecutionPurge.matches`
-    decides: one definition of what a purge takes, shared with ``kestream.testing``. (Dates
-    go to the database as its dialect writes them; SQLite's text dates have milliseconds, so
-    the text comparison keeps every row the exact check may take.)
-    """
-    clauses = ["NOT deleted", "end_date IS NOT NULL", "end_date <= ?"]
-    params: list[Any] = [store.dialect.date(query.endDate)]
+
+def _scope(query: ExecutionPurge | LogPurge, table: str) -> tuple[list[str], list[Any]]:
+    """The namespace and flow filters as SQL on ``table``'s columns: ``namespace`` or a namespace
+    under it (by prefix, never ``LIKE``, whose ``_`` would match any character)."""
+    clauses: list[str] = []
+    params: list[Any] = []
     if query.flowId is not None:
-        clauses.append("flow_id = ?")
+        clauses.append(f"{table}.flow_id = ?")
         params.append(query.flowId)
-    found: list[str] = []
+    if query.namespace is not None:
+        if query.flowId is not None:
+            clauses.append(f"{table}.namespace = ?")
+            params.append(query.namespace)
+        else:
+            prefix = query.namespace + "."
+            clauses.append(f"({table}.namespace = ? OR substr({table}.namespace, 1, ?) = ?)")
+            params += [query.namespace, len(prefix), prefix]
+    return clauses, params
+
+
+def execution_candidates(
+    store: Store, query: ExecutionPurge, limit: int, after: PageKey | None = None
+) -> tuple[list[str], PageKey | None]:
+    """The ids of the executions ``query`` purges among the next ``limit`` ended executions past
+    ``after``, oldest end first, and where the next page starts (None: no page is left).
+
+    The database filters by end date, namespace, flow and state and reads one page by a keyset
+    on ``(end_date, id)``, so a purge of a large index holds one page at a time and never reads
+    a row twice, whether or not the purged executions stay listed (``purgeExecution: false``).
+    The query's own :meth:`ExecutionPurge.matches` then decides on each row: one definition of
+    what a purge takes, shared with ``kestream.testing``. (Dates go to the database as its
+    dialect writes them; SQLite's text dates have milliseconds, so the text comparison keeps
+    every row the exact check may take.)
+    """
+    clauses = ["NOT e.deleted", "e.end_date IS NOT NULL", "e.end_date <= ?"]
+    params: list[Any] = [store.dialect.date(query.endDate)]
+    scope, scope_params = _scope(query, "e")
+    clauses += scope
+    params += scope_params
+    states = [s.value for s in (query.states or StateType) if s.is_terminal]
+    if not states:
+        return [], None
+    clauses.append(f"e.state IN ({marks(len(states))})")
+    params += states
+    if after is not None:
+        clauses.append("(e.end_date > ? OR (e.end_date = ? AND e.id > ?))")
+        params += [after[0], after[0], after[1]]
     with store._reading() as cur:
         cur.execute(
             store._sql(
-                "SELECT id, namespace, flow_id, state, start_date, end_date FROM executions "
-                f"WHERE {' AND '.join(clauses)} ORDER BY end_date, id"
+                "SELECT e.id, e.namespace, e.flow_id, e.state, e.start_date, e.end_date "
+                f"FROM executions e WHERE {' AND '.join(clauses)} ORDER BY e.end_date, e.id "
+                "LIMIT ?"
             ),
-            params,
+            [*params, limit],
         )
         rows = cur.fetchall()
+    found: list[str] = []
     for execution_id, namespace, flow_id, state, start, end in rows:
-        try:
-            kind = StateType(state)
-        except ValueError:
-            continue
-        if query.matches(namespace, flow_id, kind, _maybe(start), _maybe(end)):
+        if query.matches(namespace, flow_id, StateType(state), _maybe(start), _maybe(end)):
             found.append(str(execution_id))
-            if len(found) >= limit:
-                break
-    return found
+    following = (rows[-1][5], str(rows[-1][0])) if len(rows) >= limit else None
+    return found, following
 
 
 def line_counts(store: Store, execution_ids: list[str]) -> int:
@@ -209,32 +229,48 @@ def line_counts(store: Store, execution_ids: list[str]) -> int:
         return int(cur.fetchone()[0])
 
 
-def purgeable_lines(store: Store, query: LogPurge) -> dict[str, int]:
-    """``execution id -> lines`` that ``query`` purges, as the index holds them now."""
-    clauses = ["l.timestamp <= ?"]
-    params: list[Any] = [store.dialect.date(query.endDate)]
-    if query.startDate is not None:
-        clauses.append("l.timestamp >= ?")
-        params.append(store.dialect.date(query.startDate))
+def _line_filter(store: Store, lines: LogPurge, table: str) -> tuple[list[str], list[Any]]:
+    """The level and date filters of a log purge as SQL on ``table``'s columns: the same
+    clauses pick the lines counted and the lines deleted."""
+    clauses = [f"{table}.timestamp <= ?"]
+    params: list[Any] = [store.dialect.date(lines.endDate)]
+    if lines.startDate is not None:
+        clauses.append(f"{table}.timestamp >= ?")
+        params.append(store.dialect.date(lines.startDate))
+    if lines.logLevels is not None:
+        ranks = [rank for rank, name in enumerate(_LEVELS) if name in lines.logLevels]
+        if not ranks:
+            return ["1 = 0"], []
+        clauses.append(f"{table}.level IN ({marks(len(ranks))})")
+        params += ranks
+    return clauses, params
+
+
+def purgeable_lines(
+    store: Store, query: LogPurge, limit: int, after: str | None = None
+) -> dict[str, int]:
+    """``execution id -> lines`` that ``query`` purges, for at most ``limit`` executions past
+    the id ``after`` (in id order), as the index holds them now: counted by the database, one
+    row per execution, so a purge of millions of lines reads a page of counts at a time."""
+    clauses, params = _line_filter(store, query, "l")
     if query.executionId is not None:
         clauses.append("l.execution_id = ?")
         params.append(query.executionId)
+    if after is not None:
+        clauses.append("l.execution_id > ?")
+        params.append(after)
+    scope, scope_params = _scope(query, "e")
+    join = "JOIN" if scope else "LEFT JOIN"  # lines of an execution the index lacks: no filter
     with store._reading() as cur:
         cur.execute(
             store._sql(
-                "SELECT l.execution_id, e.namespace, e.flow_id, l.level, l.timestamp FROM logs l "
-                f"LEFT JOIN executions e ON e.id = l.execution_id WHERE {' AND '.join(clauses)}"
+                f"SELECT l.execution_id, COUNT(*) FROM logs l {join} executions e "
+                f"ON e.id = l.execution_id WHERE {' AND '.join(clauses + scope)} "
+                "GROUP BY l.execution_id ORDER BY l.execution_id LIMIT ?"
             ),
-            params,
+            [*params, *scope_params, limit],
         )
-        rows = cur.fetchall()
-    counts: dict[str, int] = defaultdict(int)
-    for execution_id, namespace, flow_id, level, timestamp in rows:
-        if not query.execution_matches(str(execution_id), namespace or "", flow_id or ""):
-            continue
-        if query.line_matches(_level(level), _instant(timestamp)):
-            counts[str(execution_id)] += 1
-    return dict(counts)
+        return {str(execution_id): int(count) for execution_id, count in cur.fetchall()}
 
 
 def _maybe(value: Any) -> datetime | None:

@@ -250,6 +250,9 @@ class Cursor(Protocol):
 
     def fetchone(self) -> Any: ...
 
+    @property
+    def rowcount(self) -> int: ...
+
 
 @dataclass(slots=True)
 class _Pending:

@@ -88,10 +88,10 @@ def test_a_line_purge_keeps_other_levels_and_dates(store: Store) -> None:
         )
     )
     query = LogPurge(endDate=T0 + timedelta(hours=1), logLevels=frozenset({"INFO", "WARN"}))
-    assert purgeable_lines(store, query) == {"e1": 1}
+    assert purgeable_lines(store, query, 10) == {"e1": 1}
     store.apply(purge(feed, "e1", PurgeRecord(False, lines=query)))
     assert messages(store, "e1") == ["old error", "new info"]
-    assert purgeable_lines(store, query) == {}
+    assert purgeable_lines(store, query, 10) == {}
 
 
 def test_candidates_are_ended_matching_executions(store: Store) -> None:
@@ -113,7 +113,9 @@ def test_candidates_are_ended_matching_executions(store: Store) -> None:
 
     def picked(**filters: object) -> list[str]:
         query = ExecutionPurge.model_validate({"endDate": bound, **filters})
-        return sorted(execution_candidates(store, query, 100))
+        ids, following = execution_candidates(store, query, 100)
+        assert following is None  # fewer rows than a page: none is left
+        return sorted(ids)
 
     assert picked() == ["bad", "near", "ok", "other", "sub"]
     assert picked(namespace="company.team") == ["bad", "ok", "other", "sub"]  # a prefix
@@ -122,6 +124,63 @@ def test_candidates_are_ended_matching_executions(store: Store) -> None:
     assert picked(states=["RUNNING"]) == []  # never a running execution
     assert picked(startDate=T0 + timedelta(seconds=1)) == []
     assert line_counts(store, ["ok", "bad"]) == 2
-    query = ExecutionPurge(endDate=bound)
-    assert execution_candidates(store, query, 2) == sorted(execution_candidates(store, query, 2))
-    assert len(execution_candidates(store, query, 2)) == 2
+    assert picked(namespace="company.tea") == []  # a prefix of a name is not a parent
+
+
+def _walk(store: Store, query: ExecutionPurge, limit: int) -> list[list[str]]:
+    """Every page :func:`execution_candidates` gives, following its keyset."""
+    pages: list[list[str]] = []
+    ids, following = execution_candidates(store, query, limit)
+    pages.append(ids)
+    while following is not None:
+        ids, following = execution_candidates(store, query, limit, following)
+        pages.append(ids)
+    return pages
+
+
+def test_candidates_come_a_page_at_a_time_filtered_by_the_database(store: Store) -> None:
+    feed = Feed()
+    others = [
+        partial(header(f"o{i:04}", namespace="other.team", state="SUCCESS", end=T0))
+        for i in range(300)
+    ]  # they end first: a filter applied after reading would fill the first pages with them
+    wanted = [
+        partial(
+            header(f"w{i:04}", state="FAILED", end=T0 + timedelta(seconds=1 + i % 7)),
+        )
+        for i in range(120)
+    ]
+    store.apply(feed.updates(*others, *wanted))
+    query = ExecutionPurge(
+        endDate=T0 + timedelta(days=1), namespace="company.team", purgeExecution=False
+    )
+    pages = _walk(store, query, 25)
+    assert [len(page) for page in pages] == [25, 25, 25, 25, 20]  # full pages of matches
+    taken = [execution_id for page in pages for execution_id in page]
+    assert sorted(taken) == sorted(f"w{i:04}" for i in range(120))  # each once, none missed
+    # Executions in another state are not read: one page holds every success.
+    successes = ExecutionPurge(endDate=T0 + timedelta(days=1), states=["SUCCESS"])
+    assert [len(page) for page in _walk(store, successes, 500)] == [300]
+
+
+def test_log_counts_come_a_page_of_executions_at_a_time(store: Store) -> None:
+    feed = Feed()
+    ids = [f"e{i}" for i in range(5)]
+    store.apply(feed.updates(*(partial(header(i, state="SUCCESS", end=T0)) for i in ids)))
+    for execution_id in ids:
+        store.apply(
+            feed.logs(
+                execution_id,
+                log_line(execution_id, T0, "INFO", "a"),
+                log_line(execution_id, T0, "DEBUG", "b"),
+                log_line(execution_id, T0 + timedelta(days=3), "INFO", "late"),
+            )
+        )
+    query = LogPurge(endDate=T0 + timedelta(days=1))
+    assert purgeable_lines(store, query, 2) == {"e0": 2, "e1": 2}
+    assert purgeable_lines(store, query, 2, "e1") == {"e2": 2, "e3": 2}
+    assert purgeable_lines(store, query, 2, "e3") == {"e4": 2}
+    infos = LogPurge(endDate=T0 + timedelta(days=1), logLevels=frozenset({"INFO"}))
+    assert purgeable_lines(store, infos, 10, "e3") == {"e4": 1}
+    elsewhere = LogPurge(endDate=T0 + timedelta(days=1), namespace="other")
+    assert purgeable_lines(store, elsewhere, 10) == {}
