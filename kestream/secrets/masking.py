@@ -7,6 +7,12 @@ URL-encoded (a query string), and, for a secret holding a JSON document, each te
 :data:`MIN_LENGTH` characters or more (``json(secret('x')).password``). Values shorter than
 :data:`MIN_LENGTH` are not masked: masking one or two characters would garble every line.
 
+A script's output becomes one log line per line, so a multi-line value (a PEM key, a service
+account's JSON) never shows whole: each of its lines of :data:`MIN_LINE_LENGTH` characters or
+more is masked on its own, and so is each line of its base64 form wrapped as ``base64`` and PEM
+wrap it (76 and 64 characters). A shorter line of such a value is left alone: ``}`` or ``END``
+would mask ordinary text.
+
 A value the task transforms otherwise (reversed, hashed, cut in pieces) is not recognised: the
 task's author decides what a task prints.
 """
@@ -20,16 +26,26 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-__all__ = ["MASK", "MIN_LENGTH", "Masker"]
+__all__ = ["MASK", "MIN_LENGTH", "MIN_LINE_LENGTH", "Masker"]
 
 MASK = "******"
 MIN_LENGTH = 3
+#: The shortest line of a multi-line value, or of a wrapped base64 form, masked on its own.
+MIN_LINE_LENGTH = 8
+#: The widths ``base64`` (76) and PEM (64) wrap base64 text at.
+_BASE64_WIDTHS = (64, 76)
 
 
 def _forms(value: str) -> Iterable[str]:
     yield value
+    if "\n" in value or "\r" in value:
+        yield from _pieces(line.strip() for line in value.splitlines())
     raw = value.encode()
-    yield base64.b64encode(raw).decode()
+    encoded = base64.b64encode(raw).decode()
+    yield encoded
+    for width in _BASE64_WIDTHS:
+        if len(encoded) > width:
+            yield from _pieces(encoded[at : at + width] for at in range(0, len(encoded), width))
     yield base64.urlsafe_b64encode(raw).decode()
     yield quote(value, safe="")
     yield quote_plus(value)
@@ -39,6 +55,10 @@ def _forms(value: str) -> Iterable[str]:
     except ValueError:
         return
     yield from _texts(document)
+
+
+def _pieces(pieces: Iterable[str]) -> Iterable[str]:
+    return (piece for piece in pieces if len(piece) >= MIN_LINE_LENGTH)
 
 
 def _texts(document: Any) -> Iterable[str]:

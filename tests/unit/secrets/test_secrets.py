@@ -83,6 +83,57 @@ def test_the_masker_masks_the_value_its_encodings_and_json_texts() -> None:
     assert masker.text("nothing secret") == "nothing secret"
 
 
+PEM = (
+    "-----BEGIN PRIVATE KEY-----\n"
+    + "MIIEabcdefSECRETLINE" * 5
+    + "\nQUJD\n-----END PRIVATE KEY-----\n"
+)
+
+
+def test_a_multi_line_value_is_masked_line_by_line_and_wrapped_base64_too() -> None:
+    masker = Masker()
+    masker.add(PEM)
+    for line in PEM.splitlines():
+        if len(line) >= 8:
+            assert masker.text(line) == MASK
+    assert masker.text("QUJD") == "QUJD"  # a short line would mask ordinary text: left alone
+    encoded = _b64(PEM)
+    for width in (64, 76):  # as `base64` and PEM print it, one line at a time
+        chunks = [encoded[at : at + width] for at in range(0, len(encoded), width)]
+        assert all(masker.text(chunk) == MASK for chunk in chunks if len(chunk) >= 8)
+
+
+def test_a_script_printing_a_multi_line_secret_shows_none_of_its_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SECRET_PEM", _b64(PEM))
+    flow = """
+id: pem
+namespace: company.team
+tasks:
+  - id: sh
+    type: io.kestra.plugin.scripts.shell.Commands
+    taskRunner:
+      type: io.kestra.plugin.core.runner.Process
+    env:
+      K: "{{ secret('pem') }}"
+    commands:
+      - printf '%s\\n' "$K"
+      - printf '%s' "$K" | base64
+"""
+    with Driver() as driver:
+        driver.deploy(flow)
+        execution = driver.start("company.team", "pem", {})
+        lines = [line.message for line in driver.logs(execution.id)]
+    assert execution.state.current is StateType.SUCCESS
+    assert lines.count(MASK) >= 3 + len(_b64(PEM)) // 76
+    text = "\n".join(lines)
+    assert "SECRETLINE" not in text and "PRIVATE KEY" not in text
+    encoded = _b64(PEM)
+    wrapped = [encoded[at : at + 76] for at in range(0, len(encoded), 76)]  # as base64 prints it
+    assert not any(chunk in text for chunk in wrapped if len(chunk) >= 8)
+
+
 def test_a_secret_never_travels_in_the_job_and_is_masked_in_what_comes_back(
     driver: Driver,
 ) -> None:
