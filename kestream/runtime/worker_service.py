@@ -28,7 +28,9 @@ broker's reason (a small result without logs or outputs) and the partition moves
 repeat is recognisable). A job whose (execution id, task run id, attempt) is running here, or
 finished within :data:`DEDUP_TTL_S` (at most :data:`DEDUP_MAX` keys remembered), is not run again:
 a repeat of a running job waits for that job (its offset is committed only when the job ends), a
-repeat of a finished one is skipped at once.
+repeat of a finished one is answered with the result that job produced (kept within
+:data:`DEDUP_RESULT_BYTES`), without running it: the executor sends a job again when it replays
+a step after a crash, and its replayed state then waits for that answer.
 
 **Rebalances.** An attempt runs on one worker at a time, so its side effects happen once. When
 partitions are revoked the worker waits up to :data:`REVOKE_GRACE_S` for the running jobs of
@@ -91,6 +93,9 @@ COMMIT_INTERVAL_S = 0.2
 DEDUP_TTL_S = 600.0
 #: At most this many finished jobs are remembered (the oldest are forgotten first).
 DEDUP_MAX = 100_000
+#: At most this many bytes of the results of finished jobs are kept, to answer a job the
+#: executor sends again (the oldest results are dropped first; their jobs are still skipped).
+DEDUP_RESULT_BYTES = 64 * 1024 * 1024
 #: How long ``getmany`` waits for records when there are none (held jobs are retried as often).
 FETCH_TIMEOUT_MS = 100
 #: Default time :meth:`WorkerService.stop` lets running jobs finish before giving them up.
@@ -138,16 +143,34 @@ class _PartitionLog:
 
 
 class _RecentKeys:
-    """A bounded set of keys that expire after ``ttl`` seconds (insertion-ordered)."""
+    """A bounded set of keys that expire after ``ttl`` seconds (insertion-ordered), each with
+    the result record it was answered with while that fits :data:`DEDUP_RESULT_BYTES`."""
 
-    def __init__(self, ttl: float = DEDUP_TTL_S, limit: int = DEDUP_MAX) -> None:
-        self.ttl, self.limit = ttl, limit
+    def __init__(
+        self, ttl: float = DEDUP_TTL_S, limit: int = DEDUP_MAX, budget: int = DEDUP_RESULT_BYTES
+    ) -> None:
+        self.ttl, self.limit, self.budget = ttl, limit, budget
         self._expiry: OrderedDict[JobKey, float] = OrderedDict()
+        self._results: OrderedDict[JobKey, bytes] = OrderedDict()
+        self._bytes = 0
 
-    def add(self, key: JobKey) -> None:
+    def add(self, key: JobKey, result: bytes | None = None) -> None:
         self._expiry.pop(key, None)
         self._expiry[key] = time.monotonic() + self.ttl
+        self._drop_result(key)
+        if result is not None:
+            self._results[key] = result
+            self._bytes += len(result)
         self._trim()
+
+    def result(self, key: JobKey) -> bytes | None:
+        """The result record ``key`` was answered with, if still kept."""
+        return self._results.get(key) if key in self else None
+
+    def _drop_result(self, key: JobKey) -> None:
+        dropped = self._results.pop(key, None)
+        if dropped is not None:
+            self._bytes -= len(dropped)
 
     def __contains__(self, key: object) -> bool:
         self._trim()
@@ -161,7 +184,11 @@ class _RecentKeys:
         while self._expiry and (
             len(self._expiry) > self.limit or next(iter(self._expiry.values())) <= now
         ):
-            self._expiry.popitem(last=False)
+            key, _ = self._expiry.popitem(last=False)
+            self._drop_result(key)
+        while self._bytes > self.budget and self._results:
+            _, dropped = self._results.popitem(last=False)
+            self._bytes -= len(dropped)
 
 
 @dataclass(slots=True, eq=False)
@@ -434,8 +461,12 @@ class WorkerService:
             self.stats["duplicates"] += 1
             return
         if key in self._finished:
-            mark.done = True
             self.stats["duplicates"] += 1
+            answer = self._finished.result(key)
+            if answer is None:
+                mark.done = True
+            else:  # the executor replayed the step that sent it: it waits for this answer
+                self._spawn(self._answer_again(key, answer, mark))
             return
         job = _Job(key, where, task_id, body, record, [mark], time.monotonic() + self.flow_wait_s)
         self._jobs[key] = job
@@ -523,8 +554,17 @@ class WorkerService:
 
     async def _report(self, job: _Job, result: ev.WorkerResult) -> None:
         """Produce the result of a job that did not run (killed while held, or refused)."""
-        if await self._publish(job, result, []) is not None:
-            self._done(job)
+        sent = await self._publish(job, result, [])
+        if sent is not None:
+            self._done(job, sent)
+
+    async def _answer_again(self, key: JobKey, answer: bytes, mark: _Mark) -> None:
+        """Produce a finished job's result again, for a copy of the job the executor sent
+        after replaying its step (its state then lacks the result it had): the attempt does
+        not run twice, and the executor applies the result once."""
+        if await self._send_until_acked(self.ctx.topics.results, answer, key[0].encode()):
+            mark.done = True
+            self.stats["answered_again"] += 1
 
     # -- running a job -----------------------------------------------------------------------
 
@@ -544,7 +584,7 @@ class WorkerService:
             seconds = time.monotonic() - started
             sent = None if job.abandoned else await self._publish(job, result, lines)
             if sent is not None:
-                self._done(job)
+                self._done(job, sent)
                 self.stats["finished"] += 1
                 self.metrics.job_ended(*labels, sent.state.value, seconds)
                 counted = True
@@ -570,8 +610,8 @@ class WorkerService:
         acks = [await producer.send(self.ctx.topics.logs, part, key=key) for part in parts]
         await asyncio.gather(*acks)
 
-    def _done(self, job: _Job) -> None:
-        self._finished.add(job.key)
+    def _done(self, job: _Job, sent: ev.WorkerResult) -> None:
+        self._finished.add(job.key, records.encode_event(sent))
         for mark in job.marks:
             mark.done = True
 

@@ -50,6 +50,9 @@ Record = Callable[[str, object], None]
 STUCK_BOUND_S = 60.0
 #: After the load, how long executions still running get to end before they count as lost.
 DRAIN_S = 90.0
+#: The long runs: only with ``-m chaos``, and past the suite's 300 s test timeout (start, load,
+#: kills and the drain of a run that went wrong).
+LONG = (pytest.mark.chaos, pytest.mark.timeout(900))
 
 W1_FLOW = """
 id: chaos_w1
@@ -186,7 +189,7 @@ async def _executor_chaos(
             "executor-kill-long",
             ExecutorLoad(2000, 70, 10, 10),
             id="long",
-            marks=pytest.mark.chaos,
+            marks=LONG,
         ),
     ],
 )
@@ -245,9 +248,7 @@ async def _worker_chaos(
     ("name", "plan"),
     [
         pytest.param("worker-kill", SleepRounds(1, 30, 4.0), id="short"),
-        pytest.param(
-            "worker-kill-long", SleepRounds(3, 300, 8.0), id="long", marks=pytest.mark.chaos
-        ),
+        pytest.param("worker-kill-long", SleepRounds(3, 300, 8.0), id="long", marks=LONG),
     ],
 )
 async def test_kill_one_of_two_workers_with_sleeps_in_flight(
@@ -323,9 +324,7 @@ async def _scheduler_chaos(
     ("name", "run"),
     [
         pytest.param("scheduler-kill", ScheduleRun(8.0, 3.0, 60.0), id="short"),
-        pytest.param(
-            "scheduler-kill-long", ScheduleRun(90.0, 5.0, 10.0), id="long", marks=pytest.mark.chaos
-        ),
+        pytest.param("scheduler-kill-long", ScheduleRun(90.0, 5.0, 10.0), id="long", marks=LONG),
     ],
 )
 async def test_kill_the_scheduler_while_a_schedule_fires_every_second(

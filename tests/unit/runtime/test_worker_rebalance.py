@@ -96,3 +96,23 @@ async def test_a_job_whose_partition_comes_back_goes_on_and_reports(
     (result,) = producer.results()
     assert result.state is StateType.SUCCESS
     assert worker._partitions[JOBS].commit_point() == 6
+
+
+async def test_a_finished_job_sent_again_is_answered_again_without_running(
+    service: tuple[WorkerService, Flow, RefusingProducer, RecordingConsumer],
+) -> None:
+    """The executor replays a step after a crash and sends the job again; its replayed state
+    waits for the result, so the worker answers with the one it produced, and runs nothing."""
+    worker, flow, producer, _ = service
+    worker._handle(job_record(flow, "nap", {"duration": "PT0.01S"}, offset=5))
+    (job,) = worker._jobs.values()
+    assert job.task is not None
+    await asyncio.wait_for(job.task, 5.0)
+    (first,) = producer.acked
+
+    worker._handle(job_record(flow, "nap", {"duration": "PT0.01S"}, offset=6, run_id="run-5"))
+    await asyncio.gather(*worker._side_tasks)
+
+    assert producer.acked == [first, first]
+    assert worker.stats["started"] == 1 and worker.stats["answered_again"] == 1
+    assert worker._partitions[JOBS].commit_point() == 7

@@ -92,14 +92,19 @@ def make_worker(flow_yaml: str) -> tuple[WorkerService, Flow]:
 
 
 def job_record(
-    flow: Flow, task_id: str, props: dict[str, Any], offset: int, execution_id: str = "exec-1"
+    flow: Flow,
+    task_id: str,
+    props: dict[str, Any],
+    offset: int,
+    execution_id: str = "exec-1",
+    run_id: str | None = None,
 ) -> ConsumerRecord[Any, Any]:
     """The ``run`` record of one attempt of ``task_id``, at ``offset`` of :data:`JOBS`."""
     task = flow.task_index()[task_id]
     assert isinstance(task, RunnableTask)
     revision = flow.revision or 1
     job = cmd.RunTask(
-        execution_id, f"run-{offset}", 1, flow.namespace, flow.id, revision, task, props
+        execution_id, run_id or f"run-{offset}", 1, flow.namespace, flow.id, revision, task, props
     )
     value = records.encode_job(job)
     key = execution_id.encode()
