@@ -33,9 +33,10 @@ def nested_labels(labels: dict[str, str]) -> dict[str, Any]:
 
 
 def kv_lookup(namespace: str, key: str) -> tuple[bool, Any]:
-    """What ``kv()`` reads: ``(found, value)`` from the process's KV store, read as of now."""
+    """What ``kv()`` reads: ``(found, value)`` from the process's KV store as it stands, never
+    waiting (the caller awaited one ``async_sync`` before rendering: :mod:`kestream.kv.store`)."""
     try:
-        entry = current_store().get(namespace, key)
+        entry = current_store().peek(namespace, key)
     except KVUnavailable as exc:
         raise RenderError(str(exc)) from None
     return (False, None) if entry is None else (True, entry.value)

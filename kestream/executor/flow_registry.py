@@ -3,6 +3,7 @@ the compacted flows topic (a global table)."""
 
 from __future__ import annotations
 
+from kestream.kv.store import calls_kv
 from kestream.models.flow import Flow
 
 
@@ -11,6 +12,9 @@ class FlowRegistry:
 
     def __init__(self) -> None:
         self._flows: dict[tuple[str, str], dict[int, Flow]] = {}
+        #: Whether a flow kept here may call ``kv()`` (its source says so): the executor then
+        #: syncs the KV store once before each batch it steps (:mod:`kestream.kv.store`).
+        self.calls_kv = False
 
     def put(self, flow: Flow) -> Flow:
         """Store ``flow``; without a revision it gets the next one (unchanged source: kept)."""
@@ -21,6 +25,7 @@ class FlowRegistry:
                 return latest
             flow = flow.model_copy(update={"revision": max(revisions, default=0) + 1})
         revisions[flow.revision or 1] = flow
+        self.calls_kv = self.calls_kv or calls_kv(flow.source)
         return flow
 
     def get(self, namespace: str, flow_id: str, revision: int | None = None) -> Flow | None:

@@ -18,12 +18,15 @@ class MemoryKVStore:
         self.clock = clock
         self._entries: dict[tuple[str, str], KVEntry] = {}
 
-    def get(self, namespace: str, key: str) -> KVEntry | None:
+    def peek(self, namespace: str, key: str) -> KVEntry | None:
         entry = self._entries.get((namespace, key))
         return None if entry is None or entry.expired(self.clock()) else entry
 
+    async def async_sync(self) -> None:
+        """Nothing to wait for: every write is in the dict when it returns."""
+
     async def aget(self, namespace: str, key: str) -> KVEntry | None:
-        return self.get(namespace, key)
+        return self.peek(namespace, key)
 
     async def alist(self, namespace: str) -> list[KVEntry]:
         now = self.clock()

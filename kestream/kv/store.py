@@ -5,8 +5,12 @@ seen (the broker store waits, bounded, until its table has read the topic up to 
 asks the broker for; :mod:`kestream.runtime.kv_table`). That is what makes a value written by
 one execution visible to the next one, wherever the two run.
 
-Every method has a blocking form (the executor renders ``kv()`` inside its synchronous step) and
-an ``a``-prefixed coroutine (tasks on the worker, the API).
+Nothing here blocks: tasks and the API await the ``a``-prefixed coroutines, each answering as
+of the moment it began. ``kv()`` renders inside synchronous code (the executor's step, the
+worker's last-moment render of ``secret()`` texts), so it reads the store as it stands
+(:meth:`KVStore.peek`) after the caller awaited one :meth:`KVStore.async_sync` begun before the
+render: one sync per executor batch, or per task attempt, however many ``kv()`` calls follow,
+and no event loop ever waits on the broker. :func:`calls_kv` tells whether a text needs it.
 
 The store in use: ``kestream.testing`` sets one per driver around everything it runs
 (:func:`use_store`, a context variable); a role installs its broker store for the whole process
@@ -16,6 +20,7 @@ at start (:func:`install_store`). Without either, :func:`current_store` raises
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -27,6 +32,7 @@ __all__ = [
     "KV_STORE",
     "KVStore",
     "KVUnavailable",
+    "calls_kv",
     "current_store",
     "install_store",
     "use_store",
@@ -40,7 +46,14 @@ class KVUnavailable(RuntimeError):
 class KVStore(Protocol):
     """A namespace-scoped key -> typed value store (module docs). Expired entries are absent."""
 
-    def get(self, namespace: str, key: str) -> KVEntry | None: ...
+    def peek(self, namespace: str, key: str) -> KVEntry | None:
+        """The entry as the store holds it now, without waiting: as of the last
+        :meth:`async_sync` (raises :class:`KVUnavailable` when that one failed)."""
+        ...
+
+    async def async_sync(self) -> None:
+        """Return once later :meth:`peek` calls see every write acknowledged before this call."""
+        ...
 
     async def aget(self, namespace: str, key: str) -> KVEntry | None: ...
 
@@ -59,6 +72,14 @@ class KVStore(Protocol):
     async def adelete(self, namespace: str, key: str) -> None:
         """Remove a key (nothing happens for a missing one); returns once reads see it."""
         ...
+
+
+_KV_CALL = re.compile(r"\bkv\s*\(")
+
+
+def calls_kv(text: str) -> bool:
+    """Whether ``text`` (a flow's source, a template) may call ``kv()``: a cheap scan."""
+    return _KV_CALL.search(text) is not None
 
 
 #: The store of this context (``kestream.testing`` sets it); unset: the process's store.

@@ -59,6 +59,7 @@ from kestream.executor.state import ExecutionState
 from kestream.executor.step import Executor, StepResult, UnknownFlow
 from kestream.executor.timers import TimerQueue
 from kestream.expressions import set_render_timeout_ms
+from kestream.kv.store import KVUnavailable, current_store
 from kestream.models.clock import Clock, utc_now
 from kestream.models.state import StateType
 from kestream.runtime import records
@@ -272,12 +273,23 @@ class ExecutorService:
             if self._fatal is not None:  # set by a rebalance callback that could not recover
                 raise self._fatal
             started = time.perf_counter()
+            await self._sync_kv(batch)
             async with self._lock:
                 out = Outbox()
                 self._step_batch(batch, out)
                 await self._flush(out)
                 await self._commit(batch)
             self._report(batch, started)
+
+    async def _sync_kv(self, batch: Batch) -> None:
+        """One KV sync before a batch of records whose steps may render ``kv()``, which then
+        reads the table without waiting: begun after the batch was read, it holds every write
+        acknowledged before its events were sent. A failed sync makes those reads fail, naming
+        why. (Timers and held events step with the table as it follows the topic.)"""
+        if not self.registry.calls_kv or not any(batch.values()):
+            return
+        with contextlib.suppress(KVUnavailable):
+            await current_store().async_sync()
 
     def _step_batch(self, batch: Batch, out: Outbox) -> None:
         """Step every record of the batch, then what time brought (timers, held, ended)."""

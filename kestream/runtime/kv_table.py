@@ -16,10 +16,11 @@ any execution (on any executor or worker) whose read begins after the write retu
 costs two round trips to the broker (ListOffsets, Fetch), and several readers waiting at once
 share one. Between syncs the table follows the topic by itself every :data:`FOLLOW_S`.
 
-The executor renders ``kv()`` inside its synchronous step, so a read must be able to block. The
-table therefore runs in a thread of its own, with its own event loop, consumer and producer:
-a blocked executor loop cannot stop the sync it waits for. Readers in an event loop (tasks, the
-API) await the same sync without blocking their loop.
+The table runs in a thread of its own, with its own event loop, consumer and producer, and
+readers in any event loop await its syncs without blocking theirs. ``kv()`` renders inside
+synchronous code: its caller awaits :meth:`KVTable.async_sync` first, then ``kv()`` reads the
+table as it stands (:meth:`KVTable.peek`); after a sync that did not answer in time, ``peek``
+raises until one does, so a ``kv()`` never reads a table that may miss an acknowledged write.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ class KVTable:
         self._partitions: list[TopicPartition] = []
         #: Syncs done (tests and the latency figure read it).
         self.syncs = 0
+        #: Why the last sync a reader asked for failed (``peek`` raises it until one succeeds).
+        self._failed: KVUnavailable | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -218,19 +221,18 @@ class KVTable:
             "(KESTREAM_KV_SYNC_TIMEOUT_S): is the broker reachable?"
         )
 
-    def sync(self) -> None:
-        """Block until the table holds every write acknowledged before this call."""
-        try:
-            self._ask().result(self.timeout)
-        except concurrent.futures.TimeoutError:
-            raise self._unavailable() from None
-
     async def async_sync(self) -> None:
-        """:meth:`sync` without blocking the caller's event loop."""
+        """Return once the table holds every write acknowledged before this call, without
+        blocking the caller's event loop."""
         try:
             await asyncio.wait_for(asyncio.wrap_future(self._ask()), self.timeout)
         except TimeoutError:
-            raise self._unavailable() from None
+            self._failed = self._unavailable()
+            raise self._failed from None
+        except KVUnavailable as exc:
+            self._failed = exc
+            raise
+        self._failed = None
 
     async def _on_table_loop(self, coro: Coroutine[Any, Any, T]) -> T:
         loop = self._loop
@@ -249,8 +251,11 @@ class KVTable:
         entry = self._entries.get((namespace, key))
         return None if entry is None or entry.expired(utc_now()) else entry
 
-    def get(self, namespace: str, key: str) -> KVEntry | None:
-        self.sync()
+    def peek(self, namespace: str, key: str) -> KVEntry | None:
+        if self._failed is not None:
+            raise self._failed
+        if self._loop is None:
+            raise KVUnavailable("the KV table is not running")
         return self._live(namespace, key)
 
     async def aget(self, namespace: str, key: str) -> KVEntry | None:

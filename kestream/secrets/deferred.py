@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from kestream.expressions import RenderError, render, render_value
+from kestream.kv.store import calls_kv
 from kestream.secrets.masking import Masker
 from kestream.secrets.resolver import SecretError, SecretResolver
 
@@ -84,8 +85,11 @@ def _defer(value: Any, ctx: Mapping[str, Any], path: Path, out: list[dict[str, A
 
 
 def _variables(template: str, ctx: Mapping[str, Any]) -> dict[str, Any]:
-    """The variables of ``ctx`` that ``template`` names (a superset is harmless)."""
+    """The variables of ``ctx`` that ``template`` names (a superset is harmless); ``flow``
+    too when it calls ``kv()``, which reads the flow's namespace by default."""
     names = set(_NAME.findall(template))
+    if calls_kv(template):
+        names.add("flow")
     picked = {key: value for key, value in ctx.items() if key in names and key[:1] != "@"}
     for key in _ALWAYS:
         if key in ctx:

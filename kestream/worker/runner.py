@@ -24,6 +24,7 @@ from kestream.executor.context import kv_lookup
 from kestream.executor.events import WorkerResult
 from kestream.executor.sizes import outputs_too_large
 from kestream.expressions import RenderError
+from kestream.kv.store import KVUnavailable, calls_kv, current_store
 from kestream.models.clock import Clock, utc_now
 from kestream.models.state import StateType
 from kestream.models.values import find_unportable, safe_text
@@ -163,6 +164,7 @@ class TaskRunner:
 
     async def _execute(self, job: RunTask, info: RunInfo, masker: Masker) -> TaskOutcome:
         try:
+            await _kv_synced(job.props)
             job = self._revealed(job, masker)
             if job.workdir is None:
                 return await self._call(job, info)
@@ -248,6 +250,17 @@ class TaskRunner:
             return TaskOutcome(StateType.FAILED, logs=outcome.logs, error=problem)
         note = (LogLevel.WARN, f"{problem}; the failed run's outputs were dropped")
         return TaskOutcome(outcome.state, logs=[*outcome.logs, note], error=outcome.error)
+
+
+async def _kv_synced(props: dict[str, Any]) -> None:
+    """One KV sync before the texts rendered here at the last moment, when one calls ``kv()``:
+    the render then reads the store without waiting (:mod:`kestream.kv.store`)."""
+    deferred = props.get(SECRETS_KEY) or []
+    if any(calls_kv(str(item.get("template", ""))) for item in deferred):
+        try:
+            await current_store().async_sync()
+        except KVUnavailable as exc:
+            raise TaskError(str(exc)) from None
 
 
 def _masked(outcome: TaskOutcome, masker: Masker) -> TaskOutcome:

@@ -55,7 +55,8 @@ async def test_read_your_writes_across_tables_expiry_and_a_late_reader(
     try:
         # A read in another table right after the write returned sees it: no polling.
         await writer.aput(_entry("cursor", {"at": 1}))
-        got = reader.get("kv.test", "cursor")  # the blocking form, as the executor's kv()
+        await reader.async_sync()  # as the executor before a batch, then kv() peeks
+        got = reader.peek("kv.test", "cursor")
         assert got is not None and got.value == {"at": 1}
         await writer.aput(_entry("cursor", {"at": 2}))
         again = await reader.aget("kv.test", "cursor")
@@ -69,7 +70,8 @@ async def test_read_your_writes_across_tables_expiry_and_a_late_reader(
         assert {e.key for e in await reader.aall()} == {"cursor", "gone-soon", "other"}
 
         await writer.adelete("kv.test", "cursor")
-        assert reader.get("kv.test", "cursor") is None
+        await reader.async_sync()
+        assert reader.peek("kv.test", "cursor") is None
 
         late = KVTable(ctx)
         await late.start()  # reads the whole topic before it answers
@@ -85,7 +87,8 @@ async def test_read_your_writes_across_tables_expiry_and_a_late_reader(
         for round_ in range(20):
             await writer.aput(_entry("latency", str(round_)))
             began = time.perf_counter()
-            seen = reader.get("kv.test", "latency")
+            await reader.async_sync()
+            seen = reader.peek("kv.test", "latency")
             waits.append((time.perf_counter() - began) * 1000)
             assert seen is not None and seen.value == str(round_)
         print(

@@ -67,7 +67,7 @@ tasks:
             "company.team", "write", {"key": "counter", "value": "41", "kind": "NUMBER"}
         )
         assert written.state.current is StateType.SUCCESS
-        entry = driver.kv.get("company.team", "counter")
+        entry = driver.kv.peek("company.team", "counter")
         assert entry is not None and entry.type is KVType.NUMBER and entry.value == 41
         read = driver.start("company.team", "read")
         assert _outputs(read, "same_namespace") == {"value": "42"}
@@ -80,7 +80,7 @@ def test_a_value_not_of_its_kv_type_fails_the_task_naming_the_type() -> None:
         failed = driver.start("company.team", "write", {"key": "k", "value": "x", "kind": "NUMBER"})
         assert failed.state.current is StateType.FAILED
         assert any("is not a NUMBER" in line.message for line in driver.logs(failed.id))
-        assert driver.kv.get("company.team", "k") is None
+        assert driver.kv.peek("company.team", "k") is None
 
 
 def test_ttl_description_and_get_keys_with_prefix() -> None:
@@ -119,7 +119,7 @@ tasks:
         assert execution.state.current is StateType.SUCCESS
         assert _outputs(execution, "keys") == {"keys": ["job_long"]}  # job_short expired
         assert _outputs(execution, "get") == {"value": None}
-        long = driver.kv.get("company.team", "job_long")
+        long = driver.kv.peek("company.team", "job_long")
         assert long is not None and long.type is KVType.JSON and long.value == {"nested": [1, 2]}
         assert long.description == "kept an hour" and long.expirationDate is not None
 
@@ -184,8 +184,8 @@ tasks:
         assert remaining == ["company.team/AI_live", "company.team/live", "elsewhere/old"]
         execution = driver.start("system", "purge_pattern")
         assert _outputs(execution, "purge_kv") == {"size": 1}
-        assert driver.kv.get("company.team", "AI_live") is None
-        assert driver.kv.get("company.team", "live") is not None
+        assert driver.kv.peek("company.team", "AI_live") is None
+        assert driver.kv.peek("company.team", "live") is not None
 
 
 def _all(driver: Driver) -> list[KVEntry]:
