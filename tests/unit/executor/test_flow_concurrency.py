@@ -163,3 +163,17 @@ def test_a_slot_for_an_execution_that_no_longer_waits_goes_back() -> None:
     assert repeated.commands == []  # a repeated grant: the slot is this attempt's already
     stale = executor.step(st, ev.Admission("e", "t", "limited", 1, S.QUEUED, at))
     assert st.state.current is S.PAUSED and stale.commands == []
+
+
+def test_a_restart_from_a_snapshot_asks_for_a_slot_too() -> None:
+    """An ended execution that left the state table is restarted from its last JSON; with a
+    limit it waits for a slot like one restarted in place."""
+    with Driver() as driver:
+        driver.deploy(FAILING)
+        failed = driver.start("t", "failing")
+        snapshot = driver.forget(failed.id)
+        holder = driver.start("t", "failing", {"fail": False})
+        restarted = driver.restart(failed.id, snapshot=snapshot)
+        assert history(restarted)[-2:] == ["RESTARTED", "QUEUED"]
+        driver.resume(holder.id)
+        assert history(driver.get(failed.id))[-3:] == ["QUEUED", "RUNNING", "FAILED"]
