@@ -113,7 +113,13 @@ async def _backfill_chaos(
             for kill in range(run.kills):
                 # Kill once the backfill is under way again, well before it is over.
                 threshold = (kill + 1) * run.slots // (run.kills + 2)
+                deadline = time.monotonic() + DRAIN_S
                 while created() < threshold:
+                    if time.monotonic() > deadline:
+                        raise AssertionError(
+                            f"{created()} of {threshold} backfill executions created before "
+                            f"kill {kill + 1}: {cluster.errors()}"
+                        )
                     await asyncio.sleep(0.05)
                 created_at_kills.append(created())
                 (scheduler,) = cluster.live("scheduler")
