@@ -254,7 +254,8 @@ class ExecutionRoutes:
         """204: the execution is deleted, with its lines unless ``deleteLogs=false``, through
         Kafka, so every API's index drops it (:func:`kestream.api.purge.delete_execution`); it
         no longer lists nor answers. Its stored files go too, unless ``deleteStorage=false``.
-        An execution still running is refused with 409: kill it first."""
+        An execution still running is refused with 409: kill it first; so is one restarted
+        after this API's index saw it ended (the executor refuses the deletion)."""
         service, execution = await self.api.execution_for(request)
         if not current_state(execution).is_terminal:
             raise ApiError(
@@ -262,7 +263,12 @@ class ExecutionRoutes:
             )
         logs = query_flag(request, "deleteLogs", default=True)
         files = query_flag(request, "deleteStorage", default=True)
-        await delete_execution(service, execution["id"], logs=logs)
+        if not await delete_execution(service, execution, logs=logs):
+            raise ApiError(
+                409,
+                f"Illegal state: Execution '{execution['id']}' was restarted while it was being "
+                "deleted; it is kept",
+            )
         if files:
             await asyncio.to_thread(
                 remove_execution_files, execution["namespace"], execution["flowId"], execution["id"]

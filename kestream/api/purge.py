@@ -31,13 +31,18 @@ from pydantic import ValidationError
 from kestream.api.handle import ApiHandle
 from kestream.api.http import ApiError, bad_request, invalid, json_response, read_body
 from kestream.api.index.purges import (
+    Candidate,
     PageKey,
     PurgeRecord,
+    execution_attempt,
     execution_candidates,
     line_counts,
+    purge_fates,
     purgeable_lines,
 )
 from kestream.api.service import ApiService
+from kestream.executor import events as ev
+from kestream.runtime import records
 from kestream.storage.current import remove_execution_files
 from kestream.tasks.purge import ExecutionPurge, ExecutionPurgeCounts, LogPurge
 
@@ -76,10 +81,49 @@ async def _send(service: ApiService, records: list[tuple[str, PurgeRecord]]) -> 
         await asyncio.sleep(_POLL_S)
 
 
-async def delete_execution(service: ApiService, execution_id: str, *, logs: bool) -> None:
+async def _purge_through_executor(
+    service: ApiService, attempts: dict[str, int], record: PurgeRecord
+) -> set[str]:
+    """Delete ended executions (id -> the attempt the index shows ended) through the executor,
+    which refuses any that runs again (:mod:`kestream.runtime.purge_fence`); returns the ids
+    deleted, once this API's index shows each one either deleted or moved on."""
+    if not attempts:
+        return set()
+    value = record.to_value()
+    await service.client.send_records(
+        service.ctx.topics.executions,
+        [
+            (execution_id.encode(), records.encode_event(ev.Purge(execution_id, attempt, value)))
+            for execution_id, attempt in attempts.items()
+        ],
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + APPLY_WAIT_S
+    pending = dict(attempts)
+    deleted: set[str] = set()
+    while True:
+        gone, moved = await asyncio.to_thread(purge_fates, service.index, pending)
+        deleted |= gone
+        for execution_id in gone | moved:
+            del pending[execution_id]
+        if not pending:
+            return deleted
+        if loop.time() > deadline:
+            raise ApiError(
+                503,
+                f"The purge was sent, but this API's index has not shown it applied within "
+                f"{APPLY_WAIT_S:g}s; it will be, unless an execution runs again",
+            )
+        await asyncio.sleep(_POLL_S)
+
+
+async def delete_execution(service: ApiService, execution: dict[str, Any], *, logs: bool) -> bool:
     """Delete one ended execution (``DELETE .../executions/{id}``), with its lines if ``logs``:
-    the same record a purge sends, so every API's index drops it, not only this one's."""
-    await _send(service, [(execution_id, PurgeRecord(True, all_logs=logs))])
+    the record a purge sends, through the executor as a purge does, so every API's index drops
+    it; False when the executor refused it because the execution was restarted meanwhile."""
+    execution_id = execution["id"]
+    attempts = {execution_id: execution_attempt(execution)}
+    return bool(await _purge_through_executor(service, attempts, PurgeRecord(True, logs)))
 
 
 async def purge_executions(service: ApiService, query: ExecutionPurge) -> ExecutionPurgeCounts:
@@ -90,37 +134,41 @@ async def purge_executions(service: ApiService, query: ExecutionPurge) -> Execut
     store = service.index
     after: PageKey | None = None
     while True:
-        ids, after = await asyncio.to_thread(execution_candidates, store, query, PAGE, after)
-        if ids:
-            await _purge_page(service, query, ids, counts)
+        page, after = await asyncio.to_thread(execution_candidates, store, query, PAGE, after)
+        if page:
+            await _purge_page(service, query, page, counts)
         if after is None:
             return counts
 
 
 async def _purge_page(
-    service: ApiService, query: ExecutionPurge, ids: list[str], counts: ExecutionPurgeCounts
+    service: ApiService, query: ExecutionPurge, page: list[Candidate], counts: ExecutionPurgeCounts
 ) -> None:
-    """Purge one page of the executions ``query`` picked; adds to ``counts``."""
+    """Purge one page of the executions ``query`` picked; adds to ``counts``.
+
+    Deleting executions goes through the executor, and their files go only once it accepted
+    (a restarted execution keeps both); lines and files alone are deleted directly.
+    """
     store = service.index
-    if query.purgeLog:
-        counts.logsCount += await asyncio.to_thread(line_counts, store, ids)
-    if query.purgeExecution:
-        counts.executionsCount += len(ids)
-    if query.purgeStorage:
-        counts.storagesCount += await asyncio.to_thread(_remove_files, store, ids)
+    lines = await asyncio.to_thread(line_counts, store, [c.id for c in page])
     record = PurgeRecord(query.purgeExecution, all_logs=query.purgeLog)
-    await _send(service, [(execution_id, record) for execution_id in ids])
+    if query.purgeExecution:
+        attempts = {c.id: c.attempt for c in page}
+        deleted = await _purge_through_executor(service, attempts, record)
+        page = [c for c in page if c.id in deleted]
+        counts.executionsCount += len(page)
+    elif query.purgeLog:
+        await _send(service, [(c.id, record) for c in page])
+    if query.purgeLog:
+        counts.logsCount += sum(lines.get(c.id, 0) for c in page)
+    if query.purgeStorage:
+        counts.storagesCount += await asyncio.to_thread(_remove_files, page)
 
 
-def _remove_files(store: Any, ids: list[str]) -> int:
-    """Delete the stored files of the executions ``ids`` (their folders, by the namespace and
-    flow the index knows them by); returns how many files went."""
-    removed = 0
-    for execution_id in ids:
-        found = store.get(execution_id, include_deleted=True)
-        if found is not None:
-            removed += remove_execution_files(found["namespace"], found["flowId"], execution_id)
-    return removed
+def _remove_files(page: list[Candidate]) -> int:
+    """Delete the stored files of these executions (their folders, by the namespace and flow
+    the index knew them by); returns how many files went."""
+    return sum(remove_execution_files(c.namespace, c.flow_id, c.id) for c in page)
 
 
 async def purge_logs(service: ApiService, query: LogPurge) -> int:

@@ -114,6 +114,24 @@ class Restart:
 
 
 @dataclass(slots=True)
+class Purge:
+    """Delete what the installation keeps of an ended execution (a purge, ``DELETE``), if it is
+    still the attempt that ended when the sender chose it.
+
+    The sender (the API) chooses from its index, which may lag: the execution may have been
+    restarted since. Going through the executor orders the purge with any restart of the same
+    execution (one key, one partition): the executor refuses it while the execution runs or once
+    a later attempt ended, and otherwise fences the attempt off (a restart from a snapshot of it
+    is then ignored) and sends ``record``, the purge record every index applies
+    (:mod:`kestream.api.index.purges`), to the logs topic.
+    """
+
+    execution_id: str
+    attempt: int
+    record: dict[str, Any]
+
+
+@dataclass(slots=True)
 class SubflowFinished:
     """A child execution started by a Subflow task ended (sent to the parent's key)."""
 
@@ -153,6 +171,7 @@ Event = (
     | Kill
     | Resume
     | Restart
+    | Purge
     | SubflowFinished
     | TimerFired
     | Admission

@@ -80,6 +80,7 @@ from kestream.runtime.held_events import HeldEvents
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.parked_partitions import Parked, ParkedPartitions
+from kestream.runtime.purge_fence import apply_purge_event
 from kestream.runtime.worker_groups import WorkerGroupRouter
 
 __all__ = ["ExecutorService", "Outbox"]
@@ -359,6 +360,15 @@ class ExecutorService:
             self.held.hold(partition, source, event, "queued", self.clock())
             return
         state = self.states.get(execution_id)
+        if isinstance(event, ev.Purge):  # decided here, in order with restarts (purge_fence)
+            staged = Outbox()
+            apply_purge_event(
+                event, state, self.ended, partition, self.clock(), self.topics.logs, staged
+            )
+            out.extend(staged)
+            for key, value in staged.logged:
+                self.mirror.put(key, value)
+            return
         ended = self.ended.get(execution_id)
         if state is None and ended is not None:
             if isinstance(event, ev.ExecutionCreated):

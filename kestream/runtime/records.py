@@ -128,6 +128,13 @@ def event_value(event: ev.Event) -> dict[str, Any]:
             "decision": event.decision.value,
             "at": _when(event.at),
         }
+    if isinstance(event, ev.Purge):
+        return {
+            "type": "purge",
+            "id": event.execution_id,
+            "attempt": event.attempt,
+            "record": event.record,
+        }
     if isinstance(event, ev.Restart):
         body: dict[str, Any] = {"type": "restart", "id": event.execution_id}
         if event.snapshot is not None:
@@ -279,6 +286,13 @@ def _restart(body: dict[str, Any]) -> ev.Event:
     return ev.Restart(body["id"], snapshot)
 
 
+def _purge(body: dict[str, Any]) -> ev.Event:
+    record = body["record"]
+    if not isinstance(record, dict) or not isinstance(record.get("purge"), dict):
+        raise ValueError("'record' must be a purge record object")  # -> RecordError
+    return ev.Purge(body["id"], _positive(body["attempt"]), record)
+
+
 def _admission(body: dict[str, Any]) -> ev.Event:
     decision = StateType(body["decision"])
     if decision not in _DECISIONS:
@@ -311,6 +325,7 @@ _EVENT_DECODERS = {
     ),
     "kill": lambda b: ev.Kill(b["id"], _attempt(b.get("attempt"))),
     "restart": _restart,
+    "purge": _purge,
 }
 
 

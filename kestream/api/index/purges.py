@@ -12,6 +12,12 @@ itself the order does not matter: a purged execution keeps a *tombstone row* (``
 task runs and labels gone, a header of ids only), and an update read after it, from a lagging
 updates partition, leaves it deleted, as :meth:`Store.delete` always has.
 
+A purge that deletes executions does not come straight from the API: it goes to the executor
+as a :class:`~kestream.executor.events.Purge` event, which refuses it for an execution restarted
+since the index saw it ended and otherwise sends the record here
+(:mod:`kestream.runtime.purge_fence`); the API reads the outcome back from its index
+(:func:`purge_fates`).
+
 The value is ``{"purge": {"execution": bool, "logs": "all" | {"levels", "startDate",
 "endDate"} | null}}``: a plain JSON object where log records are JSON lists, so the feed tells
 them apart at a glance (:func:`is_purge_value`).
@@ -24,6 +30,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from kestream.api.index.sql import marks
+from kestream.executor.restore import RestoreError, snapshot_attempt
 from kestream.models.state import StateType
 from kestream.runtime.records import RecordError
 from kestream.tasks.purge import ExecutionPurge, LogPurge
@@ -32,12 +39,15 @@ if TYPE_CHECKING:
     from kestream.api.index.store import Cursor, Store
 
 __all__ = [
+    "Candidate",
     "PageKey",
     "PurgeRecord",
     "apply_purge",
+    "execution_attempt",
     "execution_candidates",
     "is_purge_value",
     "line_counts",
+    "purge_fates",
     "purgeable_lines",
 ]
 
@@ -170,11 +180,23 @@ def _scope(query: ExecutionPurge | LogPurge, table: str) -> tuple[list[str], lis
     return clauses, params
 
 
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """An execution a purge takes, as the index shows it: its folder in the storage, and the
+    attempt that ended (the executor refuses the purge once another one ran, :class:`ev.Purge
+    <kestream.executor.events.Purge>`)."""
+
+    id: str
+    namespace: str
+    flow_id: str
+    attempt: int
+
+
 def execution_candidates(
     store: Store, query: ExecutionPurge, limit: int, after: PageKey | None = None
-) -> tuple[list[str], PageKey | None]:
-    """The ids of the executions ``query`` purges among the next ``limit`` ended executions past
-    ``after``, oldest end first, and where the next page starts (None: no page is left).
+) -> tuple[list[Candidate], PageKey | None]:
+    """The executions ``query`` purges among the next ``limit`` ended executions past ``after``,
+    oldest end first, and where the next page starts (None: no page is left).
 
     The database filters by end date, namespace, flow and state and reads one page by a keyset
     on ``(end_date, id)``, so a purge of a large index holds one page at a time and never reads
@@ -200,33 +222,72 @@ def execution_candidates(
     with store._reading() as cur:
         cur.execute(
             store._sql(
-                "SELECT e.id, e.namespace, e.flow_id, e.state, e.start_date, e.end_date "
-                f"FROM executions e WHERE {' AND '.join(clauses)} ORDER BY e.end_date, e.id "
-                "LIMIT ?"
+                "SELECT e.id, e.namespace, e.flow_id, e.state, e.start_date, e.end_date, "
+                f"e.doc{store.dialect.doc_cast} FROM executions e "
+                f"WHERE {' AND '.join(clauses)} ORDER BY e.end_date, e.id LIMIT ?"
             ),
             [*params, limit],
         )
         rows = cur.fetchall()
-    found: list[str] = []
-    for execution_id, namespace, flow_id, state, start, end in rows:
+    found: list[Candidate] = []
+    for execution_id, namespace, flow_id, state, start, end, doc in rows:
         if query.matches(namespace, flow_id, StateType(state), _maybe(start), _maybe(end)):
-            found.append(str(execution_id))
+            attempt = execution_attempt(store._load(doc))
+            found.append(Candidate(str(execution_id), namespace, flow_id, attempt))
     following = (rows[-1][5], str(rows[-1][0])) if len(rows) >= limit else None
     return found, following
 
 
-def line_counts(store: Store, execution_ids: list[str]) -> int:
-    """How many lines these executions have in the index."""
-    if not execution_ids:
-        return 0
+def execution_attempt(execution: dict[str, Any]) -> int:
+    """The attempt an execution's JSON shows (1 for one written before attempts were kept)."""
+    try:
+        return snapshot_attempt(execution)
+    except RestoreError:
+        return 1
+
+
+def purge_fates(store: Store, attempts: dict[str, int]) -> tuple[set[str], set[str]]:
+    """Of the executions whose purge was sent (id -> the attempt it purges), which the index
+    shows deleted, and which moved on instead (restarted: running, or a later attempt), so the
+    executor refused their purge; the others are still on their way."""
+    if not attempts:
+        return set(), set()
+    ids = list(attempts)
     with store._reading() as cur:
         cur.execute(
             store._sql(
-                f"SELECT COUNT(*) FROM logs WHERE execution_id IN ({marks(len(execution_ids))})"
+                f"SELECT id, deleted, state, doc{store.dialect.doc_cast} FROM executions "
+                f"WHERE id IN ({marks(len(ids))})"
+            ),
+            ids,
+        )
+        rows = cur.fetchall()
+    deleted: set[str] = set()
+    moved: set[str] = set()
+    for execution_id, gone, state, doc in rows:
+        key = str(execution_id)
+        if gone:
+            deleted.add(key)
+        elif (
+            not StateType(state).is_terminal or execution_attempt(store._load(doc)) > attempts[key]
+        ):
+            moved.add(key)
+    return deleted, moved
+
+
+def line_counts(store: Store, execution_ids: list[str]) -> dict[str, int]:
+    """How many lines each of these executions has in the index (those with none are absent)."""
+    if not execution_ids:
+        return {}
+    with store._reading() as cur:
+        cur.execute(
+            store._sql(
+                "SELECT execution_id, COUNT(*) FROM logs "
+                f"WHERE execution_id IN ({marks(len(execution_ids))}) GROUP BY execution_id"
             ),
             execution_ids,
         )
-        return int(cur.fetchone()[0])
+        return {str(execution_id): int(count) for execution_id, count in cur.fetchall()}
 
 
 def _line_filter(store: Store, lines: LogPurge, table: str) -> tuple[list[str], list[Any]]:

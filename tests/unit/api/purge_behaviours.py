@@ -9,6 +9,7 @@ from kestream.api.index.purges import (
     PurgeRecord,
     execution_candidates,
     line_counts,
+    purge_fates,
     purgeable_lines,
 )
 from kestream.api.index.store import Batch, FeedRecord, RecordKind, Store
@@ -113,9 +114,9 @@ def test_candidates_are_ended_matching_executions(store: Store) -> None:
 
     def picked(**filters: object) -> list[str]:
         query = ExecutionPurge.model_validate({"endDate": bound, **filters})
-        ids, following = execution_candidates(store, query, 100)
+        found, following = execution_candidates(store, query, 100)
         assert following is None  # fewer rows than a page: none is left
-        return sorted(ids)
+        return sorted(c.id for c in found)
 
     assert picked() == ["bad", "near", "ok", "other", "sub"]
     assert picked(namespace="company.team") == ["bad", "ok", "other", "sub"]  # a prefix
@@ -123,18 +124,18 @@ def test_candidates_are_ended_matching_executions(store: Store) -> None:
     assert picked(states=["FAILED"]) == ["bad"]
     assert picked(states=["RUNNING"]) == []  # never a running execution
     assert picked(startDate=T0 + timedelta(seconds=1)) == []
-    assert line_counts(store, ["ok", "bad"]) == 2
+    assert line_counts(store, ["ok", "bad"]) == {"ok": 2}
     assert picked(namespace="company.tea") == []  # a prefix of a name is not a parent
 
 
 def _walk(store: Store, query: ExecutionPurge, limit: int) -> list[list[str]]:
     """Every page :func:`execution_candidates` gives, following its keyset."""
     pages: list[list[str]] = []
-    ids, following = execution_candidates(store, query, limit)
-    pages.append(ids)
+    found, following = execution_candidates(store, query, limit)
+    pages.append([c.id for c in found])
     while following is not None:
-        ids, following = execution_candidates(store, query, limit, following)
-        pages.append(ids)
+        found, following = execution_candidates(store, query, limit, following)
+        pages.append([c.id for c in found])
     return pages
 
 
@@ -184,3 +185,29 @@ def test_log_counts_come_a_page_of_executions_at_a_time(store: Store) -> None:
     assert purgeable_lines(store, infos, 10, "e3") == {"e4": 1}
     elsewhere = LogPurge(endDate=T0 + timedelta(days=1), namespace="other")
     assert purgeable_lines(store, elsewhere, 10) == {}
+
+
+def _attempt(execution: dict[str, object], attempt: int) -> dict[str, object]:
+    return {**execution, "metadata": {"attemptNumber": attempt}}
+
+
+def test_a_purge_reads_back_which_executions_went_and_which_ran_again(store: Store) -> None:
+    feed = Feed()
+    end = T0 + timedelta(minutes=1)
+    failed = [header(i, state="FAILED", end=end) for i in ("gone", "restarted", "again", "slow")]
+    store.apply(feed.updates(*(partial(_attempt(e, 1)) for e in failed)))
+    query = ExecutionPurge(endDate=T0 + timedelta(days=1))
+    found, _ = execution_candidates(store, query, 10)
+    assert {(c.id, c.attempt, c.namespace, c.flow_id) for c in found} == {
+        (i, 1, "company.team", "hello") for i in ("gone", "restarted", "again", "slow")
+    }
+    # The executor accepted "gone"; "restarted" runs again; "again" ended as attempt 2.
+    store.apply(purge(feed, "gone", PurgeRecord(True, all_logs=True)))
+    store.apply(
+        feed.updates(
+            partial(_attempt(header("restarted", state="RUNNING"), 2)),
+            partial(_attempt(header("again", state="FAILED", end=end), 2)),
+        )
+    )
+    attempts = {c.id: c.attempt for c in found}
+    assert purge_fates(store, attempts) == ({"gone"}, {"restarted", "again"})  # "slow": pending
