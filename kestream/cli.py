@@ -162,6 +162,7 @@ def run(
 async def _run(
     flow_yaml: str, others: list[str], inputs: dict[str, str], timeout: float
 ) -> tuple[Execution, list[LogEntry]]:
+    from kestream.kv.store import calls_kv
     from kestream.models.flow import parse_flow
     from kestream.models.ids import new_id
     from kestream.models.inputs import InputValidationError, parse_inputs
@@ -171,8 +172,8 @@ async def _run(
     try:
         flow = parse_flow(flow_yaml)
         inputs, uploads = file_inputs(inputs)
-        scope = scope_of(flow.namespace, flow.id)
-        parse_inputs(flow.inputs, inputs, scope=scope)  # fail fast, before any broker starts
+        if not calls_kv(flow.source):  # fail fast, before any broker starts (kv(): it has none)
+            parse_inputs(flow.inputs, inputs, scope=scope_of(flow.namespace, flow.id))
         for other in others:
             parse_flow(other)
     except (FlowValidationError, InputValidationError, ValueError) as exc:

@@ -47,7 +47,9 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from kestream.executor import events as ev
+from kestream.executor.context import input_variables
 from kestream.executor.flow_registry import FlowRegistry
+from kestream.kv.store import calls_kv, sync_current_store
 from kestream.models.execution import Execution, LogEntry
 from kestream.models.flow import Flow
 from kestream.models.ids import new_id
@@ -249,7 +251,10 @@ class Client:
             raise LookupError(f"Unknown flow '{namespace}.{flow_id}': deploy it first")
         given: dict[str, Any] = dict(inputs or {})
         if validate_inputs:
-            given = parse_inputs(flow.inputs, given, scope=scope_of(namespace, flow_id))
+            if calls_kv(flow.source):
+                await sync_current_store()
+            scope, variables = scope_of(namespace, flow_id), input_variables(flow)
+            given = parse_inputs(flow.inputs, given, scope=scope, variables=variables)
         execution_id = execution_id or new_id()
         created = ev.ExecutionCreated(
             execution_id=execution_id,

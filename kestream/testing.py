@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.admission import SlotTable
+from kestream.executor.context import input_variables
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.replay import replay_event
 from kestream.executor.sla import TIMER_KIND as SLA_TIMER
@@ -121,7 +122,10 @@ class Driver:
         given = dict(inputs or {})
         if validate_inputs:
             scope = scope_of(namespace, flow_id)
-            given = parse_inputs(flow.inputs, given, scope=scope)  # raises, naming each bad one
+            with use_store(self.kv):  # raises, naming each bad input
+                given = parse_inputs(
+                    flow.inputs, given, scope=scope, variables=input_variables(flow)
+                )
         execution_id = new_id()
         self._events.append(
             ev.ExecutionCreated(

@@ -32,8 +32,10 @@ from kestream.api.http import (
 from kestream.api.index.query import QueryError, parse_search_params
 from kestream.api.purge import delete_execution
 from kestream.api.service import ApiService, dump
+from kestream.executor.context import input_variables
 from kestream.executor.replay import ReplayError
 from kestream.executor.restore import RESTARTABLE, RestoreError
+from kestream.kv.store import calls_kv, sync_current_store
 from kestream.models.ids import new_id
 from kestream.models.input_resolution import ResolvedInput, resolve_inputs
 from kestream.models.inputs import InputValidationError
@@ -153,7 +155,10 @@ class ExecutionRoutes:
                 f"Flow '{namespace}.{flow_id}'" + (f" revision {number}" if number else "")
             )
         given = await read_form(request, self.api.max_body)
-        resolved = resolve_inputs(flow.inputs, given, scope=scope_of(flow.namespace, flow.id))
+        if calls_kv(flow.source):
+            await sync_current_store()  # kv() in input templates then reads without waiting
+        scope, variables = scope_of(flow.namespace, flow.id), input_variables(flow)
+        resolved = resolve_inputs(flow.inputs, given, scope=scope, variables=variables)
         inputs = [input_json(one) for one in resolved]
         return json_response({"id": flow.id, "namespace": flow.namespace, "inputs": inputs})
 

@@ -31,9 +31,11 @@ from kestream.api.index.store import LogPage
 from kestream.api.sse import FollowLimit
 from kestream.client import Client
 from kestream.executor import events as ev
+from kestream.executor.context import input_variables
 from kestream.executor.replay import replay_event, replay_state
 from kestream.executor.restore import RestoreError, snapshot_attempt
 from kestream.executor.snapshot import execution_model
+from kestream.kv.store import calls_kv, sync_current_store
 from kestream.models.clock import utc_now
 from kestream.models.execution import Execution, format_instant
 from kestream.models.flow import Flow
@@ -147,8 +149,14 @@ class ApiService:
         every bad one) unless ``validate`` is false, when the executor checks them.
         ``execution_id``: an id chosen before (uploaded files were stored under it).
         """
-        scope = scope_of(flow.namespace, flow.id)
-        typed = parse_inputs(flow.inputs, inputs, scope=scope) if validate else inputs
+        if validate and calls_kv(flow.source):
+            await sync_current_store()  # kv() in input templates then reads without waiting
+        scope, variables = scope_of(flow.namespace, flow.id), input_variables(flow)
+        typed = (
+            parse_inputs(flow.inputs, inputs, scope=scope, variables=variables)
+            if validate
+            else inputs
+        )
         execution_id = execution_id or new_id()
         event = ev.ExecutionCreated(
             execution_id=execution_id,

@@ -42,6 +42,19 @@ def kv_lookup(namespace: str, key: str) -> tuple[bool, Any]:
     return (False, None) if entry is None else (True, entry.value)
 
 
+def input_variables(flow: Any) -> dict[str, Any]:
+    """What a flow's input templates (conditions, templated defaults, a SELECT's
+    ``expression``) see besides the inputs resolved before them, as in Kestra: ``flow``,
+    ``envs``, ``globals`` and ``kv()`` (whose caller synced the store first)."""
+    instance = instance_variables()
+    return {
+        "flow": {"id": flow.id, "namespace": flow.namespace, "revision": flow.revision},
+        "envs": instance.envs,
+        "globals": instance.globals,
+        "@kv": kv_lookup,
+    }
+
+
 def execution_context(
     st: ExecutionState, flow: Any, clock: Clock, cache: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from datetime import datetime
 from typing import Any
 
 from kestream.executor import events as ev
+from kestream.executor.context import input_variables
 from kestream.executor.restore import execution_from_snapshot, state_from_execution, typed_inputs
 from kestream.executor.state import ExecutionState, Group, StateRecord, TaskRunState
 from kestream.models.clock import Clock, utc_now
@@ -84,8 +85,12 @@ def replay_event(
         )
     if task_run_id is not None and all(run.id != task_run_id for run in execution.taskRunList):
         raise ReplayError(f"Execution '{execution.id}' has no task run '{task_run_id}'")
-    scope = scope_of(execution.namespace, execution.flowId)
-    given = parse_inputs(flow.inputs, inputs, scope=scope) if inputs is not None else None
+    scope, variables = scope_of(execution.namespace, execution.flowId), input_variables(flow)
+    given = (
+        parse_inputs(flow.inputs, inputs, scope=scope, variables=variables)
+        if inputs is not None
+        else None
+    )
     return ev.ExecutionCreated(
         execution_id=execution_id,
         namespace=execution.namespace,

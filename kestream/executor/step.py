@@ -34,7 +34,12 @@ from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.admission import Ask, Release
 from kestream.executor.codec import ROOT, encode_plan
-from kestream.executor.context import execution_context, task_run_context, working_directory_of
+from kestream.executor.context import (
+    execution_context,
+    input_variables,
+    task_run_context,
+    working_directory_of,
+)
 from kestream.executor.replay import replay_state
 from kestream.executor.restore import (
     RESTARTABLE,
@@ -339,7 +344,10 @@ class _Step:
             try:
                 given = self.trigger_inputs(event.inputs or {})
                 scope = scope_of(self.st.namespace, self.st.flow_id)
-                self.st.inputs = parse_inputs(self.flow.inputs, given, scope=scope)
+                variables = input_variables(self.flow)
+                self.st.inputs = parse_inputs(
+                    self.flow.inputs, given, scope=scope, variables=variables
+                )
             except (InputValidationError, RenderError) as exc:
                 self.log(None, LogLevel.ERROR, str(exc))
                 self.move_execution(S.FAILED)
@@ -370,7 +378,8 @@ class _Step:
         """Inputs taken as given still see the flow's defaults for the enabled ones left out
         (as Kestra); templated defaults are rendered with the inputs before them."""
         scope = scope_of(self.st.namespace, self.st.flow_id)
-        return fill_defaults(self.flow.inputs, given, scope=scope)
+        variables = input_variables(self.flow)
+        return fill_defaults(self.flow.inputs, given, scope=scope, variables=variables)
 
     # -- flow concurrency (kestream.executor.admission) ------------------------------------
 
@@ -1061,7 +1070,8 @@ class _Step:
         if task.onResume:
             try:
                 scope = scope_of(self.st.namespace, self.st.flow_id)
-                values = parse_inputs(task.onResume, inputs or {}, scope=scope)
+                variables = input_variables(self.flow)
+                values = parse_inputs(task.onResume, inputs or {}, scope=scope, variables=variables)
                 self.set_outputs(tr, {"onResume": values})
             except InputValidationError as exc:
                 self.fail_task_run(tr, str(exc))

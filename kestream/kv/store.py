@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from typing import Protocol
 
@@ -35,6 +35,7 @@ __all__ = [
     "calls_kv",
     "current_store",
     "install_store",
+    "sync_current_store",
     "use_store",
 ]
 
@@ -114,3 +115,10 @@ def current_store() -> KVStore:
             "API roles on a broker, and by kestream.testing"
         )
     return store
+
+
+async def sync_current_store() -> None:
+    """Await one sync of the store in use, so that ``kv()`` then reads it without waiting. A
+    store that is missing or does not answer is left for ``kv()`` to report, naming why."""
+    with suppress(KVUnavailable):
+        await current_store().async_sync()

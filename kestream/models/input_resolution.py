@@ -12,6 +12,9 @@ Kestra resolves inputs one after the other, each seeing the ones resolved before
   must be one of them (unless ``allowCustomValue``), and ``autoSelectFirst`` takes the first
   when there is neither a value nor a default.
 
+Templates also see the variables the caller gives (``flow``, ``envs``, ``globals`` and
+``kv()``: :func:`kestream.executor.context.input_variables`), as Kestra's dynamic dropdowns need.
+
 The inputs named in ``dependsOn`` are resolved first, whatever their place in the list; the flow
 check refuses names that are not inputs and cycles (:func:`dependency_problems`), and a cycle met
 here anyway disables the inputs on it. Every template runs in the template engine's sandbox and
@@ -66,19 +69,26 @@ def resolve_inputs(
     *,
     typed: bool = False,
     scope: str | None = None,
+    variables: Mapping[str, Any] | None = None,
 ) -> list[ResolvedInput]:
     """Resolve every declared input, in declaration order.
 
     ``given`` maps input ids to values (a dotted id may also be given nested, as executions
     carry them). With ``typed``, given values are taken as they are (already parsed); only the
     missing ones get their defaults. ``scope``: the flow SECRET inputs are encrypted for
-    (``kestream.secrets.encryption.scope_of``).
+    (``kestream.secrets.encryption.scope_of``). ``variables``: what templates see besides
+    ``inputs`` (``kestream.executor.context.input_variables``: ``flow``, ``envs``, ``globals``,
+    ``kv()``).
     """
-    return _Resolver(flow_inputs, given, typed, scope).run()
+    return _Resolver(flow_inputs, given, typed, scope, variables).run()
 
 
 def fill_defaults(
-    flow_inputs: Sequence[Input], given: dict[str, Any] | None, *, scope: str | None = None
+    flow_inputs: Sequence[Input],
+    given: dict[str, Any] | None,
+    *,
+    scope: str | None = None,
+    variables: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Inputs taken as given (already typed, or not to be validated) with the defaults of the
     enabled inputs left out added, as Kestra fills them; nothing is refused. ``given`` comes
@@ -86,7 +96,7 @@ def fill_defaults(
     values = given or {}
     if all(_given_value(values, m.id) is not None for m in flow_inputs if _fills(m)):
         return given  # nothing to fill in (the common case: inputs the API already resolved)
-    resolved = resolve_inputs(flow_inputs, values, typed=True, scope=scope)
+    resolved = resolve_inputs(flow_inputs, values, typed=True, scope=scope, variables=variables)
     added = {
         r.model.id: r.value
         for r in resolved
@@ -183,12 +193,14 @@ class _Resolver:
         given: Mapping[str, Any],
         typed: bool,
         scope: str | None,
+        variables: Mapping[str, Any] | None,
     ) -> None:
         self.models = [input_model_for(declared) for declared in flow_inputs]
         self.by_id = {model.id: model for model in self.models}
         self.given = given
         self.typed = typed
         self.scope = scope
+        self.variables = variables or {}
         self.done: dict[str, ResolvedInput] = {}
         self.values: dict[str, Any] = {}  # enabled inputs with a value, in resolution order
         self.active: set[str] = set()
@@ -305,4 +317,4 @@ class _Resolver:
             raise InputValueError(f"unable to render its {what}: {exc}") from None
 
     def _context(self) -> dict[str, Any]:
-        return {"inputs": nest_inputs(self.values)}
+        return {**self.variables, "inputs": nest_inputs(self.values)}

@@ -878,6 +878,7 @@ def parse_inputs(
     given: Mapping[str, Any],
     *,
     scope: str | None = None,
+    variables: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Typed values for the declared inputs, from ``given`` (text or JSON values) and defaults.
 
@@ -887,10 +888,11 @@ def parse_inputs(
     expected an INT, got 'abc'``). Undeclared names in ``given`` are ignored; optional inputs
     with neither a value nor a default are left out. ``scope``: the flow SECRET inputs are
     encrypted for (``kestream.secrets.encryption.scope_of``); needed when the flow has one.
+    ``variables``: what templates see besides ``inputs`` (see ``resolve_inputs``).
     """
     from kestream.models.input_resolution import resolve_inputs
 
-    resolved = resolve_inputs(flow_inputs, given, scope=scope)
+    resolved = resolve_inputs(flow_inputs, given, scope=scope, variables=variables)
     problems = [InputProblem(r.model.id, r.problem) for r in resolved if r.problem is not None]
     if problems:
         raise InputValidationError(problems)

@@ -59,7 +59,7 @@ from kestream.executor.state import ExecutionState
 from kestream.executor.step import Executor, StepResult, UnknownFlow
 from kestream.executor.timers import TimerQueue
 from kestream.expressions import set_render_timeout_ms
-from kestream.kv.store import KVUnavailable, current_store
+from kestream.kv.store import sync_current_store
 from kestream.models.clock import Clock, utc_now
 from kestream.models.state import StateType
 from kestream.runtime import records
@@ -287,10 +287,8 @@ class ExecutorService:
         reads the table without waiting: begun after the batch was read, it holds every write
         acknowledged before its events were sent. A failed sync makes those reads fail, naming
         why. (Timers and held events step with the table as it follows the topic.)"""
-        if not self.registry.calls_kv or not any(batch.values()):
-            return
-        with contextlib.suppress(KVUnavailable):
-            await current_store().async_sync()
+        if self.registry.calls_kv and any(batch.values()):
+            await sync_current_store()
 
     def _step_batch(self, batch: Batch, out: Outbox) -> None:
         """Step every record of the batch, then what time brought (timers, held, ended)."""

@@ -24,7 +24,7 @@ from kestream.executor.context import kv_lookup
 from kestream.executor.events import WorkerResult
 from kestream.executor.sizes import outputs_too_large
 from kestream.expressions import RenderError
-from kestream.kv.store import KVUnavailable, calls_kv, current_store
+from kestream.kv.store import calls_kv, sync_current_store
 from kestream.models.clock import Clock, utc_now
 from kestream.models.state import StateType
 from kestream.models.values import find_unportable, safe_text
@@ -257,10 +257,7 @@ async def _kv_synced(props: dict[str, Any]) -> None:
     the render then reads the store without waiting (:mod:`kestream.kv.store`)."""
     deferred = props.get(SECRETS_KEY) or []
     if any(calls_kv(str(item.get("template", ""))) for item in deferred):
-        try:
-            await current_store().async_sync()
-        except KVUnavailable as exc:
-            raise TaskError(str(exc)) from None
+        await sync_current_store()
 
 
 def _masked(outcome: TaskOutcome, masker: Masker) -> TaskOutcome:
