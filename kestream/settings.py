@@ -189,7 +189,7 @@ class Settings(BaseSettings):
         description="KESTREAM_ENV_VARS_PREFIX: environment variables whose names start with it "
         "are what flows see as envs (ENV_MY_NAME is {{ envs.my_name }}), as Kestra's "
         "kestra.variables.env-vars-prefix; it may be neither empty nor reach KESTREAM_* "
-        "settings.",
+        "settings or SECRET_* variables.",
     )
     globals: dict[str, Any] = Field(
         default_factory=dict,

@@ -8,7 +8,9 @@ lists under ``kestra.variables.globals``.
 In kestream both are set once per process: every role takes them from its settings when it
 connects (``KESTREAM_ENV_VARS_PREFIX``, ``KESTREAM_GLOBALS``), and the broker-free driver's caller
 sets them with :func:`set_instance_variables`. Only variables that start with the prefix are ever
-read, and no prefix may reach kestream's own ``KESTREAM_*`` settings (their passwords and tokens).
+read, and no prefix may reach kestream's own ``KESTREAM_*`` settings (their passwords and tokens)
+nor the ``SECRET_*`` variables ``secret()`` reads: ``envs`` are rendered by the executor and
+travel in Kafka records, where no secret may ever be.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-#: kestream's own settings: never exposed to flows, whatever the prefix.
-_OWN_PREFIX = "KESTREAM_"
+from kestream.secrets.resolver import ENV_PREFIX
+
+#: kestream's own settings and the secrets: never exposed to flows, whatever the prefix.
+_PROTECTED = {"KESTREAM_": "kestream's own KESTREAM_* settings", ENV_PREFIX: "the secrets"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +47,17 @@ class InstanceVariables:
 
 
 def check_env_prefix(prefix: str) -> str:
-    """Refuse a prefix that would expose every variable, or kestream's own settings."""
+    """Refuse a prefix that would expose every variable, kestream's own settings or the
+    secrets (a prefix of theirs, ``S``, or one inside them, ``SECRET_DB``)."""
     if not prefix:
         raise ValueError("the environment prefix for envs cannot be empty")
-    if prefix.upper().startswith(_OWN_PREFIX) or _OWN_PREFIX.startswith(prefix.upper()):
-        raise ValueError(
-            f"the environment prefix for envs cannot be {prefix!r}: it would expose kestream's "
-            "own KESTREAM_* settings to flows"
-        )
+    upper = prefix.upper()
+    for protected, what in _PROTECTED.items():
+        if upper.startswith(protected) or protected.startswith(upper):
+            raise ValueError(
+                f"the environment prefix for envs cannot be {prefix!r}: it would expose {what} "
+                "to flows"
+            )
     return prefix
 
 

@@ -38,6 +38,14 @@ def test_a_prefix_reaching_kestreams_own_settings_is_refused(prefix: str) -> Non
         check_env_prefix(prefix)
 
 
+@pytest.mark.parametrize("prefix", ["SECRET_", "S", "SE", "secret", "SECRET_DB_", "secret_"])
+def test_a_prefix_reaching_the_secrets_is_refused(prefix: str) -> None:
+    """envs are rendered by the executor and travel in Kafka records: no secret may be one."""
+    with pytest.raises(ValueError, match="the secrets"):
+        check_env_prefix(prefix)
+    assert check_env_prefix("SECRETS_OF_ENV_") == "SECRETS_OF_ENV_"  # not one of SECRET_*
+
+
 def test_settings_read_the_prefix_and_the_globals(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KESTREAM_GLOBALS", '{"region": "eu", "limits": {"max": 3}}')
     monkeypatch.setenv("KESTREAM_ENV_VARS_PREFIX", "FLOW_")
