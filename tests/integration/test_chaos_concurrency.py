@@ -121,7 +121,8 @@ async def test_the_limit_holds_when_the_admission_owner_is_killed(
         client = cluster.require_client()
         flow = await client.deploy(FLOW.format(limit=LIMIT, path=effects, seconds=TASK_SECONDS))
         await cluster.start(executor=2, worker=1)
-        async with HistoryWatch(cluster.settings, client.ctx.kind) as watch:
+        watch = HistoryWatch(cluster.settings, client.ctx.kind)
+        async with watch:
             submitted: dict[str, float] = {}
 
             async def submit() -> None:
