@@ -21,7 +21,7 @@ from aiohttp import web
 from kestream.api.handle import ApiHandle
 from kestream.api.http import ApiError, bad_request, json_response, not_found, read_text
 from kestream.kv.store import KVStore, KVUnavailable, current_store
-from kestream.kv.values import KVEntry, KVValueError, check_key, parse_text
+from kestream.kv.values import KVEntry, KVValueError, check_key, check_namespace, parse_text
 from kestream.models.clock import utc_now
 from kestream.models.durations import DurationError, parse_duration
 
@@ -51,11 +51,12 @@ class KVRoutes:
         self.api.tenant(request.match_info["tenant"])
         namespace = request.match_info["namespace"]
         key = request.match_info.get("key", "")
-        if key:
-            try:
+        try:
+            check_namespace(namespace)
+            if key:
                 check_key(key)
-            except KVValueError as exc:
-                raise bad_request(str(exc)) from None
+        except KVValueError as exc:
+            raise bad_request(str(exc)) from None
         return namespace, key
 
     async def list(self, request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from kestream.executor.instance_variables import instance_variables
 from kestream.executor.state import ExecutionState, TaskRunState
 from kestream.expressions import RenderError
 from kestream.kv.store import KVUnavailable, current_store
+from kestream.kv.values import KVValueError, check_namespace
 from kestream.models.clock import Clock
 from kestream.storage.access import ExecutionFiles
 from kestream.tasks.working_directory import WorkingDirectory
@@ -36,8 +37,8 @@ def kv_lookup(namespace: str, key: str) -> tuple[bool, Any]:
     """What ``kv()`` reads: ``(found, value)`` from the process's KV store as it stands, never
     waiting (the caller awaited one ``async_sync`` before rendering: :mod:`kestream.kv.store`)."""
     try:
-        entry = current_store().peek(namespace, key)
-    except KVUnavailable as exc:
+        entry = current_store().peek(check_namespace(namespace), key)
+    except (KVUnavailable, KVValueError) as exc:
         raise RenderError(str(exc)) from None
     return (False, None) if entry is None else (True, entry.value)
 

@@ -23,13 +23,24 @@ from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from kestream.models.durations import DurationError, format_duration, parse_duration
+from kestream.models.ids import NAMESPACE_PATTERN
 
-__all__ = ["KVEntry", "KVType", "KVValueError", "infer_value", "parse_text", "typed_value"]
+__all__ = [
+    "KVEntry",
+    "KVType",
+    "KVValueError",
+    "check_key",
+    "check_namespace",
+    "infer_value",
+    "parse_text",
+    "typed_value",
+]
 
-_KEY = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]*")
+_KEY = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$")
+_NAMESPACE = re.compile(NAMESPACE_PATTERN)
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 
@@ -53,8 +64,8 @@ class KVEntry(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    namespace: str
-    key: str
+    namespace: str = Field(pattern=NAMESPACE_PATTERN)  # never a ``/``: the record key splits
+    key: str = Field(pattern=_KEY.pattern)
     type: KVType
     value: Any
     description: str | None = None
@@ -84,6 +95,14 @@ def check_key(key: str) -> str:
             "(starting with a letter or a digit)"
         )
     return key
+
+
+def check_namespace(namespace: str) -> str:
+    """A flow namespace's rule (lower-case letters, digits, ``.``, ``_``, ``-``): a rendered
+    ``a/b`` would make the record key ``a/b/c`` ambiguous."""
+    if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+        raise KVValueError(f"Namespace '{namespace}' is invalid for the KV store")
+    return namespace
 
 
 def _iso(moment: datetime) -> str:

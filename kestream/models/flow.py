@@ -51,6 +51,7 @@ from kestream.models.conditions import (
     time_condition_for,
 )
 from kestream.models.durations import DurationError, parse_duration
+from kestream.models.ids import NAMESPACE_PATTERN
 from kestream.models.input_resolution import dependency_problems
 from kestream.models.inputs import (
     AnyInput,
@@ -103,7 +104,6 @@ __all__ = [
 _STRICT_FROZEN = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
 FLOW_ID_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$"
-NAMESPACE_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 TRIGGER_ID_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$"
 

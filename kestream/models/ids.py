@@ -1,4 +1,5 @@
-"""Identifiers in Kestra's style: 22-character base62 text from 128 random bits."""
+"""Identifiers in Kestra's style: 22-character base62 text from 128 random bits; the rule a
+namespace follows (here, so that modules below the flow model can check one too)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import hashlib
 import os
 
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+#: Kestra's namespace rule: lower-case letters, digits, ``.``, ``_`` and ``-``.
+NAMESPACE_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 
 
 def new_id() -> str:

@@ -57,7 +57,7 @@ T = TypeVar("T")
 
 
 def kv_key(namespace: str, key: str) -> bytes:
-    """The KV topic's record key (a namespace holds no ``/``)."""
+    """The KV topic's record key (neither part holds a ``/``: :class:`KVEntry` checks both)."""
     return f"{namespace}/{key}".encode()
 
 
@@ -187,7 +187,7 @@ class KVTable:
 
     def _apply(self, record: ConsumerRecord[Any, Any]) -> None:
         raw = record.key.decode("utf-8", "replace") if record.key is not None else ""
-        namespace, _, key = raw.partition("/")
+        namespace, _, key = raw.rpartition("/")  # a key never holds "/"; nor a namespace
         if record.value is None:
             self._entries.pop((namespace, key), None)
             return

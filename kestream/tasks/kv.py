@@ -17,7 +17,15 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator
 
 from kestream.kv.store import KVStore, KVUnavailable, current_store
-from kestream.kv.values import KVEntry, KVType, KVValueError, check_key, infer_value, typed_value
+from kestream.kv.values import (
+    KVEntry,
+    KVType,
+    KVValueError,
+    check_key,
+    check_namespace,
+    infer_value,
+    typed_value,
+)
 from kestream.models.clock import utc_now
 from kestream.models.durations import DurationError, parse_duration
 from kestream.models.state import StateType
@@ -41,6 +49,13 @@ def _text(props: dict[str, Any], name: str) -> str:
     if not isinstance(value, str) or not value:
         raise TaskError(f"'{name}' must render to a non-empty string, got {value!r}")
     return value
+
+
+def _namespace(props: dict[str, Any]) -> str:
+    try:
+        return check_namespace(_text(props, "namespace"))
+    except KVValueError as exc:
+        raise TaskError(str(exc)) from None
 
 
 def _key(props: dict[str, Any]) -> str:
@@ -94,7 +109,7 @@ class Set(_KVTask):
         return value
 
     async def arun(self, props: dict[str, Any], run: RunInfo) -> TaskOutcome:
-        namespace, key = _text(props, "namespace"), _key(props)
+        namespace, key = _namespace(props), _key(props)
         raw = props.get("value")
         named = props.get("kvType")
         if named not in (None, "") and named not in KVType.__members__:
@@ -147,7 +162,7 @@ class Get(_KVTask):
     errorOnMissing: bool | str = False
 
     async def arun(self, props: dict[str, Any], run: RunInfo) -> TaskOutcome:
-        namespace, key = _text(props, "namespace"), _key(props)
+        namespace, key = _namespace(props), _key(props)
         entry = await _store().aget(namespace, key)
         if entry is None and _flag(props, "errorOnMissing", False):
             raise TaskError(f"The key '{key}' does not exist in the namespace '{namespace}'.")
@@ -163,7 +178,7 @@ class GetKeys(_KVTask):
     prefix: str | None = None
 
     async def arun(self, props: dict[str, Any], run: RunInfo) -> TaskOutcome:
-        namespace = _text(props, "namespace")
+        namespace = _namespace(props)
         prefix = props.get("prefix") or ""
         entries = await _store().alist(namespace)
         keys = [entry.key for entry in entries if entry.key.startswith(str(prefix))]
@@ -180,7 +195,7 @@ class Delete(_KVTask):
     errorOnMissing: bool | str = False
 
     async def arun(self, props: dict[str, Any], run: RunInfo) -> TaskOutcome:
-        namespace, key = _text(props, "namespace"), _key(props)
+        namespace, key = _namespace(props), _key(props)
         store = _store()
         found = await store.aget(namespace, key) is not None
         if not found and _flag(props, "errorOnMissing", False):
