@@ -196,6 +196,8 @@ def encode_dynamic(st: ExecutionState) -> dict[str, Any]:
     }
     if st.labels_changed:  # the header's labels are the creation's; these win on recovery
         record["labels"] = st.labels
+    if st.sla_violated:
+        record["sla"] = list(st.sla_violated)
     if st.after is not None:  # the afterExecution tasks run: a short list, kept inline
         record["after"] = {**_group(st.after), "lanes": _lanes(st.after)}
     return record
@@ -335,6 +337,7 @@ def rebuild(
     _rebuild_task_runs(st, execution_id, records, tasks)
     st.created_runs = dyn["created"]
     st.labels_changed = "labels" in dyn
+    st.sla_violated = dict.fromkeys(dyn.get("sla", ()))
     return st
 
 

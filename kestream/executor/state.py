@@ -217,6 +217,9 @@ class ExecutionState:
     after: Group | None = None
     #: The execution this one replays (Kestra's ``parentId``), if it is a replay.
     parent_id: str | None = None
+    #: EXECUTION_ASSERTION SLAs violated at the last check (ids): a violation that lasts is
+    #: logged once, when it begins, not at every step that checks it again.
+    sla_violated: dict[str, None] = field(default_factory=dict)
 
     @property
     def terminal(self) -> bool:

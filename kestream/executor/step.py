@@ -1445,6 +1445,9 @@ class _Step:
         if not has_assertions(self.flow) or self.st.state.current not in _SLA_STATES:
             return False
         violations = assertion_violations(self.flow, self.execution_scope())
+        violated = dict.fromkeys(v.sla.id for v in violations)
+        if violated.keys() != self.st.sla_violated.keys():  # one that ended may begin again
+            self.st.sla_violated = {k: None for k in self.st.sla_violated if k in violated}
         return bool(violations) and self.apply_violations(violations)
 
     def apply_violations(self, violations: list[Violation]) -> bool:
@@ -1454,9 +1457,10 @@ class _Step:
         added = {k: v for k, v in labels.items() if self.st.labels.get(k) != v}
         for violation in violations:
             sla = violation.sla
-            if sla.behavior != "NONE" or not sla.labels or (violation is violations[0] and added):
-                # a NONE with labels is logged once, when it adds them
+            if sla.behavior != "NONE" or sla.id not in self.st.sla_violated:
+                # a NONE violation is logged when it begins, not at each step while it lasts
                 self.log(None, LogLevel.WARN, f"SLA '{sla.id}' violated: {violation.reason}")
+                self.st.sla_violated[sla.id] = None
         if added:
             self.set_labels(added)
         first = violations[0].sla

@@ -168,7 +168,9 @@ TWO_TASKS = """
 """
 
 
-def _assert_flow(assertion: str, behavior: str = "FAIL", labels: str = "") -> str:
+def _assert_flow(
+    assertion: str, behavior: str = "FAIL", labels: str = "", tasks: str | None = None
+) -> str:
     sla = f"""
   - id: check
     type: EXECUTION_ASSERTION
@@ -176,7 +178,7 @@ def _assert_flow(assertion: str, behavior: str = "FAIL", labels: str = "") -> st
     assert: "{assertion}"
 {labels}"""
     inputs = "inputs:\n  - id: value\n    type: STRING\n    defaults: ok\n"
-    return inputs + _flow(sla, TWO_TASKS)
+    return inputs + _flow(sla, TWO_TASKS if tasks is None else tasks)
 
 
 def test_an_assertion_is_checked_after_each_step_and_stops_the_execution() -> None:
@@ -294,3 +296,54 @@ def test_the_max_duration_timer_is_kept_in_the_changelog() -> None:
     back = rebuild("e1", {k: v for k, v in changes if v is not None}, flow.task_index())
     timer = back.timers["sla:0"]
     assert (timer.kind, timer.due) == ("sla", clock() + timedelta(hours=1))
+
+
+def test_a_lasting_violation_with_behavior_none_and_no_labels_is_logged_once() -> None:
+    """A NONE violation that lasts through every step of a ForEach is one line, not one per step."""
+    foreach = """
+  - id: each
+    type: io.kestra.plugin.core.flow.ForEach
+    values: "{{ range(0, 9) }}"
+    tasks:
+      - id: log
+        type: io.kestra.plugin.core.log.Log
+        message: "{{ taskrun.value }}"
+"""
+    with Driver() as driver:
+        driver.deploy(_assert_flow("{{ 1 == 2 }}", behavior="NONE", tasks=foreach))
+        done = driver.start(NS, "sla", {})
+        messages = _messages(driver, done.id)
+    assert done.state.current is S.SUCCESS
+    assert sum("SLA 'check' violated" in m for m in messages) == 1
+
+
+def test_a_violation_that_ends_and_begins_again_is_logged_again() -> None:
+    """Violated after ``a``, kept after ``b``, violated again after ``d``: two lines."""
+    steps = "".join(  # each one a worker's answer: a step of its own
+        f"  - id: {t}\n    type: io.kestra.plugin.scripts.shell.Commands\n"
+        "    taskRunner:\n      type: io.kestra.plugin.core.runner.Process\n"
+        '    commands: ["true"]\n'
+        for t in "abcde"
+    )
+    check = "{{ (outputs.a is not defined or outputs.b is defined) and outputs.d is not defined }}"
+    with Driver() as driver:
+        driver.deploy(_assert_flow(check, behavior="NONE", tasks=steps))
+        done = driver.start(NS, "sla", {})
+        messages = _messages(driver, done.id)
+    assert done.state.current is S.SUCCESS
+    assert sum("SLA 'check' violated" in m for m in messages) == 2
+
+
+def test_the_violated_assertions_are_kept_in_the_changelog() -> None:
+    """An executor that recovers the execution from its changelog does not log again a
+    violation it logged before."""
+    flows = FlowRegistry()
+    flow = flows.put(parse_flow(_assert_flow("{{ 1 == 2 }}", behavior="NONE", tasks=PAUSE)))
+    executor = Executor(flows, clock=ManualClock())
+    step = executor.step(None, ev.ExecutionCreated("e1", NS, "sla", validate_inputs=False))
+    state = step.state
+    assert state is not None and list(state.sla_violated) == ["check"]
+    groups = {"", *(tid for tid, tr in state.task_runs.items() if tr.group is not None)}
+    changes = encode_changes(state, list(state.task_runs), created=True, new_groups=groups)
+    back = rebuild("e1", {k: v for k, v in changes if v is not None}, flow.task_index())
+    assert list(back.sla_violated) == ["check"]
