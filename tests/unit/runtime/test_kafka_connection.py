@@ -154,4 +154,4 @@ async def test_standalone_stops_before_starting_anything_on_secured_settings_alo
     secured = Settings.model_validate({"broker_security_protocol": "SASL_SSL", **SASL})
     supervisor = Supervisor(secured, None)
     assert await supervisor.run() == 2
-    assert supervisor.broker is None and not supervisor.children
+    assert supervisor.broker is None and not supervisor.slots
