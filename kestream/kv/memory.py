@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from kestream.kv.values import KVEntry
@@ -44,3 +44,7 @@ class MemoryKVStore:
 
     async def adelete(self, namespace: str, key: str) -> None:
         self._entries.pop((namespace, key), None)
+
+    async def adelete_many(self, keys: Sequence[tuple[str, str]]) -> None:
+        for namespace, key in keys:
+            self._entries.pop((namespace, key), None)

@@ -21,7 +21,7 @@ at start (:func:`install_store`). Without either, :func:`current_store` raises
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from typing import Protocol
@@ -72,6 +72,11 @@ class KVStore(Protocol):
 
     async def adelete(self, namespace: str, key: str) -> None:
         """Remove a key (nothing happens for a missing one); returns once reads see it."""
+        ...
+
+    async def adelete_many(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Remove ``(namespace, key)`` pairs, all sent before one wait for reads to see them
+        (``PurgeKV``: thousands of expired keys cost one sync, not one each)."""
         ...
 
 

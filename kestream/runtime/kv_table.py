@@ -31,7 +31,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -281,8 +281,21 @@ class KVTable:
         await self.async_sync()
 
     async def adelete(self, namespace: str, key: str) -> None:
-        await self._on_table_loop(self._send(kv_key(namespace, key), None))
+        await self.adelete_many([(namespace, key)])
+
+    async def adelete_many(self, keys: Sequence[tuple[str, str]]) -> None:
+        if not keys:
+            return
+        await self._on_table_loop(self._tombstones([kv_key(ns, key) for ns, key in keys]))
         await self.async_sync()
+
+    async def _tombstones(self, keys: list[bytes]) -> None:
+        """Every tombstone handed to the producer first (it batches them), then all awaited."""
+        producer = self._producer
+        if producer is None:
+            raise KVUnavailable("the KV table is not running")
+        sent = [await producer.send(self.ctx.topics.kv, None, key=key) for key in keys]
+        await asyncio.gather(*sent)
 
     async def _send(self, key: bytes, value: bytes | None) -> None:
         producer = self._producer

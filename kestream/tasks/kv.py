@@ -30,6 +30,7 @@ from kestream.models.clock import utc_now
 from kestream.models.durations import DurationError, parse_duration
 from kestream.models.state import StateType
 from kestream.tasks.base import LogLevel, RunInfo, RunnableTask, TaskError, TaskOutcome
+from kestream.tasks.purge import namespace_matches
 
 __all__ = ["Delete", "Get", "GetKeys", "PurgeKV", "Set"]
 
@@ -239,27 +240,21 @@ class PurgeKV(RunnableTask):
         key_pattern = props.get("keyPattern")
         store = _store()
         now = utc_now()
-        size = 0
-        for entry in await store.aall():
-            if expired_only and not entry.expired(now):
-                continue
-            if not self._namespace_matches(entry.namespace, namespaces, pattern):
-                continue
-            if key_pattern and not fnmatch.fnmatchcase(entry.key, str(key_pattern)):
-                continue
-            await store.adelete(entry.namespace, entry.key)
-            size += 1
-        run.log(LogLevel.INFO, f"Purged {size} KV entries")
-        return TaskOutcome(StateType.SUCCESS, {"size": size})
+        doomed = [
+            (entry.namespace, entry.key)
+            for entry in await store.aall()
+            if not (expired_only and not entry.expired(now))
+            and self._namespace_matches(entry.namespace, namespaces, pattern)
+            and not (key_pattern and not fnmatch.fnmatchcase(entry.key, str(key_pattern)))
+        ]
+        await store.adelete_many(doomed)  # one sync for all of them
+        run.log(LogLevel.INFO, f"Purged {len(doomed)} KV entries")
+        return TaskOutcome(StateType.SUCCESS, {"size": len(doomed)})
 
     def _namespace_matches(self, namespace: str, namespaces: Any, pattern: Any) -> bool:
         if pattern:
             return fnmatch.fnmatchcase(namespace, str(pattern))
         if not namespaces:
             return True
-        for wanted in namespaces:
-            if namespace == wanted or (
-                self.includeChildNamespaces and namespace.startswith(f"{wanted}.")
-            ):
-                return True
-        return False
+        exact = not self.includeChildNamespaces
+        return any(namespace_matches(namespace, str(wanted), exact=exact) for wanted in namespaces)

@@ -72,6 +72,11 @@ async def test_read_your_writes_across_tables_expiry_and_a_late_reader(
         await writer.adelete("kv.test", "cursor")
         await reader.async_sync()
         assert reader.peek("kv.test", "cursor") is None
+        await writer.aput(_entry("one", "1"))
+        await writer.aput(_entry("two", "2"))
+        await writer.adelete_many([("kv.test", "one"), ("kv.test", "two")])  # one sync for both
+        await reader.async_sync()
+        assert reader.peek("kv.test", "one") is None and reader.peek("kv.test", "two") is None
 
         late = KVTable(ctx)
         await late.start()  # reads the whole topic before it answers

@@ -4,6 +4,7 @@ typed values, errors, PurgeKV's filters, and a value carried from one execution 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import timedelta
 
 from kestream.kv.values import KVEntry, KVType
@@ -186,6 +187,42 @@ tasks:
         assert _outputs(execution, "purge_kv") == {"size": 1}
         assert driver.kv.peek("company.team", "AI_live") is None
         assert driver.kv.peek("company.team", "live") is not None
+
+
+def test_purge_kv_deletes_every_key_at_once_and_may_leave_children_alone() -> None:
+    """One ``adelete_many`` (one sync on a broker), never a deletion and a sync per key."""
+    flow = """
+id: purge
+namespace: system
+tasks:
+  - id: purge_kv
+    type: io.kestra.plugin.core.kv.PurgeKV
+    namespaces: [company]
+    includeChildNamespaces: false
+"""
+    with Driver() as driver:
+        expired = timedelta(microseconds=-1)
+        for key in ("a", "b", "c"):
+            _seed(driver, "company", key, "x", expired)
+        _seed(driver, "company.team", "child", "x", expired)
+        calls: list[object] = []
+        many, one = driver.kv.adelete_many, driver.kv.adelete
+
+        async def deleting_many(keys: Sequence[tuple[str, str]]) -> None:
+            calls.append(sorted(keys))
+            await many(keys)
+
+        async def deleting_one(namespace: str, key: str) -> None:
+            calls.append((namespace, key))
+            await one(namespace, key)
+
+        driver.kv.adelete_many = deleting_many  # type: ignore[method-assign]
+        driver.kv.adelete = deleting_one  # type: ignore[method-assign]
+        driver.deploy(flow)
+        execution = driver.start("system", "purge")
+        assert _outputs(execution, "purge_kv") == {"size": 3}
+        assert calls == [[("company", "a"), ("company", "b"), ("company", "c")]]
+        assert [e.key for e in _all(driver)] == ["child"]
 
 
 def _all(driver: Driver) -> list[KVEntry]:
