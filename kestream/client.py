@@ -34,6 +34,7 @@ the latest is never lost); the terminal one is always kept.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import OrderedDict, deque
@@ -301,13 +302,19 @@ class Client:
         event larger than the record limit, before anything is produced; for a creation, the
         limit less the room its updates need for task runs (every one repeats its inputs,
         trigger and labels: :meth:`~kestream.runtime.record_limit.RecordLimit.check_header`).
+        A replay's record also carries the replayed execution's JSON, which travels only in it:
+        the whole record is held to the record limit, its creation part to the header's.
         """
         key = event.execution_id.encode()
         topic = self.ctx.topics.executions
         value = records.encode_event(event)
         limit = self.ctx.record_limit
         if isinstance(event, ev.ExecutionCreated):
-            limit.check_header(value, "the execution's record (inputs, trigger and labels)")
+            header = value
+            if event.replay is not None:
+                limit.check(value, "the replay's record (the replayed execution's JSON)")
+                header = records.encode_event(dataclasses.replace(event, replay=None))
+            limit.check_header(header, "the execution's record (inputs, trigger and labels)")
         else:
             limit.check(value, "the request's record")
         await self._require_producer().send_and_wait(topic, value, key=key)
