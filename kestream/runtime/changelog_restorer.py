@@ -5,6 +5,16 @@ Recovery (a partition assigned to this processor) reads the partition's changelo
 execution in flight (:func:`kestream.executor.codec.rebuild`) and each ended-execution marker.
 One execution whose records cannot be rebuilt is logged and left out; it never stops the others.
 
+A step's changelog records are not written atomically (Kafka transactions are not used), so a
+processor killed while it writes them leaves a prefix of the step. Every step of an execution
+ends with a commit mark: its dynamic record (``<id>#``), or, for the step that ends it, its
+ended marker (``<id>!``). :class:`PartitionRead` holds back an execution's records until its
+next commit mark, so a torn step's prefix is left out and the execution comes back as its last
+whole step left it (the step's event, whose offset was not committed, is replayed). The torn
+records are still the latest of their keys in the topic, and a later commit mark would make
+them count, so the processor writes each such key's value again (or its tombstone) before
+anything else it writes to the partition: :attr:`Recovered.repairs`.
+
 A read that fails (the broker away, a leader moving) is tried again a few times; if it still
 fails, :class:`RecoveryFailed` is raised and the processor stops its process loudly: carrying on
 without the partition's state would drop or replay its executions.
@@ -21,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -39,6 +49,7 @@ from kestream.runtime.kafka import make_consumer
 __all__ = [
     "ChangelogMirror",
     "ChangelogRestorer",
+    "PartitionRead",
     "Recovered",
     "RecoveryFailed",
     "RecoveryStopped",
@@ -92,6 +103,67 @@ class ChangelogMirror:
         return execution_id in self._records
 
 
+class PartitionRead:
+    """One changelog partition folded into the last committed record of each key, by
+    execution (see the module docstring: records after an execution's last commit mark are
+    its torn tail, left out and listed in :attr:`torn`).
+
+    Read from the beginning, a tombstone deletes its key; read from a checkpoint
+    (``tombstones``), it is kept as None, to delete the key from what was known there.
+    """
+
+    def __init__(
+        self, latest: dict[str, ExecutionRecords] | None = None, *, tombstones: bool = False
+    ) -> None:
+        self.latest: dict[str, ExecutionRecords] = {} if latest is None else latest
+        self.tombstones = tombstones
+        self._tails: dict[str, list[tuple[str, Any]]] = {}
+
+    def add(self, rec: ConsumerRecord[Any, Any]) -> None:
+        """Fold one consumer record in; a record no processor could have written (no key, a
+        value that is not JSON) is skipped and logged: one bad record must not stop the
+        recovery of the whole partition."""
+        if (decoded := _decoded(rec)) is not None:
+            self.put(*decoded)
+
+    def put(self, key: str, value: Any) -> None:
+        """Fold one record in (``value`` None: a tombstone)."""
+        execution_id = codec.execution_of(key)
+        if not codec.is_commit_mark(key, value):
+            self._tails.setdefault(execution_id, []).append((key, value))
+            return
+        for held_key, held in self._tails.pop(execution_id, ()):
+            self._apply(execution_id, held_key, held)
+        self._apply(execution_id, key, value)
+
+    @property
+    def torn(self) -> dict[str, list[str]]:
+        """Per execution, the keys written after its last commit mark (a torn step)."""
+        return {e: list(dict.fromkeys(k for k, _ in tail)) for e, tail in self._tails.items()}
+
+    def repairs(self, committed: Mapping[str, ExecutionRecords]) -> list[tuple[str, Any]]:
+        """``(key, value)`` to write again for each key of a torn step: its value in
+        ``committed`` (the execution's records once this read is applied), else a tombstone."""
+        out: list[tuple[str, Any]] = []
+        for execution_id, keys in self.torn.items():
+            log.warning("execution %s: %d changelog records of a step cut short are left out",
+                        execution_id, len(keys))  # fmt: skip
+            recs = committed.get(execution_id) or {}
+            out.extend((key, recs.get(key)) for key in keys)
+        return out
+
+    def _apply(self, execution_id: str, key: str, value: Any) -> None:
+        recs = self.latest.setdefault(execution_id, {})
+        if value is not None:
+            recs[key] = value
+        elif self.tombstones:
+            recs[key] = None
+        else:
+            recs.pop(key, None)
+            if not recs:
+                self.latest.pop(execution_id, None)
+
+
 @dataclass(slots=True)
 class Recovered:
     """What one changelog partition gave back."""
@@ -99,6 +171,9 @@ class Recovered:
     states: list[tuple[ExecutionState, ExecutionRecords]] = field(default_factory=list)
     ended: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     left_out: int = 0
+    #: The committed value (None: a tombstone) of every key a torn step wrote last, to write
+    #: again before anything else (see the module docstring).
+    repairs: list[tuple[str, Any]] = field(default_factory=list)
 
 
 class ChangelogRestorer:
@@ -126,15 +201,16 @@ class ChangelogRestorer:
     async def recover(self, partitions: set[int]) -> tuple[dict[int, Recovered], dict[int, int]]:
         """Rebuild ``partitions`` from their whole changelog (retried, see :meth:`read`);
         returns what each gave back and each one's end offset (the checkpoint it was read to)."""
-        latest, ends = await self.read(partitions)
-        return {p: self.rebuild(p, by_execution) for p, by_execution in latest.items()}, ends
+        reads, ends = await self.read(partitions)
+        return {p: self.rebuild(p, read) for p, read in reads.items()}, ends
 
     async def read(
         self, partitions: set[int], start: dict[int, int] | None = None
-    ) -> tuple[dict[int, dict[str, ExecutionRecords]], dict[int, int]]:
-        """The last record of each key of each changelog partition, by execution, read from
-        ``start[p]`` (a checkpoint: tombstones are kept, as None, to apply to what was known
-        there) or from the beginning; and each partition's end. A failed read is retried;
+    ) -> tuple[dict[int, PartitionRead], dict[int, int]]:
+        """The last committed record of each key of each changelog partition, by execution,
+        read from ``start[p]`` (a checkpoint: tombstones are kept, as None, to apply to what
+        was known there) or from the beginning, with the keys of torn steps
+        (:class:`PartitionRead`); and each partition's end. A failed read is retried;
         :class:`RecoveryFailed` once the attempts are spent, :class:`RecoveryStopped` when
         :attr:`stopping` is set meanwhile."""
         return await self._retried(partitions, lambda: self._read(partitions, start or {}))
@@ -149,13 +225,9 @@ class ChangelogRestorer:
         latest: dict[int, dict[str, Any]] = {p: {} for p in partitions}
 
         def keep(rec: ConsumerRecord[Any, Any]) -> None:
-            try:
-                key = rec.key.decode()
-                value = records.loads(rec.value) if rec.value is not None else None
-            except (AttributeError, UnicodeDecodeError, records.RecordError) as exc:
-                log.error("skipping the unreadable record at %s[%d]@%d: %s",
-                          rec.topic, rec.partition, rec.offset, exc)  # fmt: skip
+            if (decoded := _decoded(rec)) is None:
                 return
+            key, value = decoded
             if value is None:
                 latest[rec.partition].pop(key, None)
             else:
@@ -212,12 +284,12 @@ class ChangelogRestorer:
 
     async def _read(
         self, partitions: set[int], start: dict[int, int]
-    ) -> tuple[dict[int, dict[str, ExecutionRecords]], dict[int, int]]:
+    ) -> tuple[dict[int, PartitionRead], dict[int, int]]:
         ctx = self.ctx
-        latest: dict[int, dict[str, ExecutionRecords]] = {p: {} for p in partitions}
+        reads = {p: PartitionRead(tombstones=p in start) for p in partitions}
 
         def keep(rec: ConsumerRecord[Any, Any]) -> None:
-            _keep_latest(latest[rec.partition], rec, tombstones=rec.partition in start)
+            reads[rec.partition].add(rec)
 
         topic = ctx.topics.changelog
         extra = {"request_timeout_ms": self.request_timeout_ms} if self.request_timeout_ms else {}
@@ -233,12 +305,13 @@ class ChangelogRestorer:
             )
         finally:
             await consumer.stop()
-        return latest, {tp.partition: end for tp, end in ends.items()}
+        return reads, {tp.partition: end for tp, end in ends.items()}
 
-    def rebuild(self, partition: int, by_execution: dict[str, ExecutionRecords]) -> Recovered:
-        """Executions in flight and ended markers from one partition's latest records."""
-        found = Recovered()
-        for execution_id, recs in by_execution.items():
+    def rebuild(self, partition: int, read: PartitionRead) -> Recovered:
+        """Executions in flight and ended markers from one partition's latest committed
+        records, and the repairs of its torn steps."""
+        found = Recovered(repairs=read.repairs(read.latest))
+        for execution_id, recs in read.latest.items():
             marker = recs.get(codec.header_key(execution_id, codec.ENDED))
             if marker is not None:
                 found.ended.append((execution_id, marker))
@@ -267,30 +340,13 @@ class ChangelogRestorer:
             return None
 
 
-def _keep_latest(
-    by_execution: dict[str, ExecutionRecords],
-    rec: ConsumerRecord[Any, Any],
-    *,
-    tombstones: bool = False,
-) -> None:
-    """Keep ``rec`` as its key's latest record; a tombstone deletes the key, or, read from a
-    checkpoint (``tombstones``), is kept as None to delete it from what was known there.
-    A record no processor could have written (no key, a value that is not JSON) is skipped
-    and logged: one bad record must not stop the recovery of the whole partition."""
+def _decoded(rec: ConsumerRecord[Any, Any]) -> tuple[str, Any] | None:
+    """A changelog record's key and JSON value (None: a tombstone); None, logged, for a record
+    no processor could have written (no key, a value that is not JSON)."""
     try:
         key = rec.key.decode()
-        value = records.loads(rec.value) if rec.value is not None else None
+        return key, records.loads(rec.value) if rec.value is not None else None
     except (AttributeError, UnicodeDecodeError, records.RecordError) as exc:
-        log.error("skipping the unreadable changelog record at %s[%d]@%d: %s",
+        log.error("skipping the unreadable record at %s[%d]@%d: %s",
                   rec.topic, rec.partition, rec.offset, exc)  # fmt: skip
-        return
-    execution_id = codec.execution_of(key)
-    recs = by_execution.setdefault(execution_id, {})
-    if value is not None:
-        recs[key] = value
-    elif tombstones:
-        recs[key] = None
-    else:
-        recs.pop(key, None)
-        if not recs:
-            by_execution.pop(execution_id, None)
+        return None

@@ -16,7 +16,10 @@ One cycle, in this order (at-least-once, DESIGN.md section 3):
 
 A crash between 3's two halves replays the batch from a state without its changes: the step
 produces the same commands with the same (derived) ids, and every consumer downstream ignores
-repeats. A crash between 3 and 4 replays events the restored state has already applied: no-ops.
+repeats. A crash in the middle of one step's changelog records leaves that step torn: recovery
+leaves its records out (each step ends with a commit mark) and writes their keys' committed
+values again first (:class:`ChangelogRestorer`), so the replay starts from the last whole step.
+A crash between 3 and 4 replays events the restored state has already applied: no-ops.
 
 One record never stops the processor: whatever fails while it is handled (decoding, stepping,
 routing and encoding its commands, a record the broker refuses) sends it to the dead-letter
@@ -155,6 +158,9 @@ class ExecutorService:
             self.topics, self.limit, self.groups, self.timers, self.ended, self.metrics, clock
         )
         self.parked = ParkedPartitions()
+        #: Changelog records that undo torn steps found at recovery, ``(key, value or None,
+        #: partition)``: written first by the next flush (:class:`ChangelogRestorer`).
+        self._repairs: list[tuple[str, Any, int]] = []
         #: Per changelog partition owned, the offset after the last record it is known to hold
         #: (read at recovery, then acknowledged to this processor): the checkpoint it is parked at.
         self._checkpoints: dict[int, int] = {}
@@ -277,6 +283,7 @@ class ExecutorService:
             await self._sync_kv(batch)
             async with self._lock:
                 out = Outbox()
+                self._take_repairs(out)
                 self._step_batch(batch, out)
                 await self._flush(out)
                 await self._commit(batch)
@@ -313,6 +320,13 @@ class ExecutorService:
         self.failure = exc
         if self.on_failure is not None:
             self.on_failure(exc)
+
+    def _take_repairs(self, out: Outbox) -> None:
+        """The repairs of torn steps go first: before any record of this batch can follow
+        (and commit) the torn ones."""
+        for key, value, partition in self._repairs:
+            out.log(key, value, partition)
+        self._repairs.clear()
 
     def _report(self, batch: Batch, started: float) -> None:
         """Per-batch metrics: events, batch time, held and in-flight executions, lag (the
@@ -619,6 +633,7 @@ class ExecutorService:
             for partition, state in parked.items():
                 self.parked.park(partition, state)
             self._leave_table(leaving)
+            self._repairs = [r for r in self._repairs if r[2] not in gone]  # the next owner's
             self.held.leave(gone)
             self.admission.leave(gone)
             self.owned -= gone
@@ -639,7 +654,10 @@ class ExecutorService:
                 if ends[partition] < parked.checkpoint:  # not the topic it was parked on
                     cold.add(partition)
                     continue
-                restored += self._unpark(partition, parked, deltas[partition])
+                delta = deltas[partition]
+                restored += self._unpark(partition, parked, delta.latest)
+                repairs = delta.repairs(parked.records)  # the records known once merged
+                self._repairs.extend((k, v, partition) for k, v in repairs)
                 self._checkpoints[partition] = ends[partition]
         if cold:
             found_by_partition, ends = await self.restorer.recover(cold)
@@ -650,6 +668,7 @@ class ExecutorService:
                     self._install(partition, st, recs)
                 for _ in range(found.left_out):
                     self.metrics.dead_letter("executor")
+                self._repairs.extend((k, v, partition) for k, v in found.repairs)
                 restored += len(found.states)
             self._checkpoints.update(ends)
         # The admission slots of the same partitions (flow concurrency): read whole, small.

@@ -12,6 +12,7 @@ from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.step import Executor
 from kestream.models.flow import parse_flow
+from kestream.runtime.changelog_restorer import PartitionRead
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.executor_outbox import Outbox
 from kestream.runtime.executor_service import ExecutorService
@@ -46,7 +47,8 @@ def _answer(service: ExecutorService, reads: Reads, latest: dict[int, Any], end:
 
     async def read(partitions: set[int], start: dict[int, int]) -> Any:
         reads.append((set(partitions), dict(start)))
-        return {p: latest.get(p, {}) for p in partitions}, dict.fromkeys(partitions, end)
+        answer = {p: PartitionRead(latest.get(p, {}), tombstones=True) for p in partitions}
+        return answer, dict.fromkeys(partitions, end)
 
     async def read_table(topic: str, partitions: set[int]) -> Any:
         return {p: {} for p in partitions}  # no flow-concurrency slots

@@ -19,7 +19,7 @@ from kestream.executor.snapshot import execution_model
 from kestream.models.flow import parse_flow
 from kestream.models.state import StateType
 from kestream.runtime import command_router, records
-from kestream.runtime.changelog_restorer import ChangelogRestorer, RecoveryFailed
+from kestream.runtime.changelog_restorer import ChangelogRestorer, PartitionRead, RecoveryFailed
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.executor_service import ExecutorService, Outbox, _Rebalance
 from kestream.runtime.metrics import Metrics
@@ -214,7 +214,7 @@ def test_a_recovery_that_fails_once_is_retried() -> None:
         calls.append(1)
         if len(calls) == 1:
             raise kafka_errors.KafkaConnectionError("blip")
-        return {p: {} for p in partitions}, dict.fromkeys(partitions, 0)
+        return {p: PartitionRead() for p in partitions}, dict.fromkeys(partitions, 0)
 
     service.restorer = ChangelogRestorer(service.ctx, service.registry, attempts=3, backoff_s=0)
     service.restorer._read = flaky  # type: ignore[method-assign]
@@ -290,20 +290,20 @@ def test_a_stop_ends_a_recovery_under_way_without_calling_it_a_failure() -> None
 def test_unreadable_changelog_records_are_skipped_not_fatal() -> None:
     from aiokafka.structs import ConsumerRecord
 
-    from kestream.runtime.changelog_restorer import _keep_latest
-
     def rec(offset: int, key: bytes | None, value: bytes | None) -> ConsumerRecord[Any, Any]:
         return ConsumerRecord("changelog", 0, offset, 0, 0, key, value, None, 0, 0, [])
 
-    latest: dict[str, Any] = {}
+    read = PartitionRead()
     for record in (
         rec(0, b"e1", b'{"ns": "a"}'),
         rec(1, None, b"{}"),  # no key
         rec(2, b"e1#", b"\xff not json"),
         rec(3, b"e1/run", b'{"n": 1}'),
+        rec(4, b"e1#", b'{"created": 1}'),  # the step's commit mark
     ):
-        _keep_latest(latest, record)
-    assert latest == {"e1": {"e1": {"ns": "a"}, "e1/run": {"n": 1}}}
+        read.add(record)
+    assert read.latest == {"e1": {"e1": {"ns": "a"}, "e1/run": {"n": 1}, "e1#": {"created": 1}}}
+    assert read.torn == {}
 
 
 SLEEPY = """
