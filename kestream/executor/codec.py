@@ -260,6 +260,15 @@ def tombstones(st: ExecutionState) -> list[tuple[str, None]]:
     return [(key, None) for key in keys]
 
 
+def is_commit_mark(key: str, value: object) -> bool:
+    """Whether the record ``key: value`` is a step's last one: the dynamic record every step
+    that leaves the execution in flight ends with (not its tombstone, one of the end's), or the
+    ended marker or its tombstone (the end, a restart's unmarking, a marker pruned). Records of
+    a step read without its commit mark are a torn write."""
+    head = execution_of(key)
+    return key == head + ENDED or (key == head + DYNAMIC and value is not None)
+
+
 def execution_of(key: str) -> str:
     """The execution id a changelog key belongs to."""
     for sep in ("/", "#", "+", "!"):
@@ -335,7 +344,10 @@ def rebuild(
         for tid, (due, kind, run, attempt) in dyn["timers"].items()
     }
     _rebuild_task_runs(st, execution_id, records, tasks)
-    st.created_runs = dyn["created"]
+    # Never number a new task run like one that has a record (its id is derived from the
+    # number): a guard against records ahead of the dynamic one, which no step writes.
+    numbers = (tr.number for tr in st.task_runs.values())
+    st.created_runs = max(dyn["created"], max(numbers, default=-1) + 1)
     st.labels_changed = "labels" in dyn
     st.sla_violated = dict.fromkeys(dyn.get("sla", ()))
     return st
