@@ -1516,7 +1516,12 @@ class _Step:
         values = {name: getattr(task, name) for name in task.dynamic}
         values = {name: value for name, value in values.items() if value is not None}
         if defer_secrets:  # a job's: texts calling secret() are rendered on the worker
-            return render_properties(values, ctx)
+            props = render_properties(values, ctx)
+            what = f"the variables task '{task.id}' sends with its texts calling secret()"
+            problem = too_large(what, props.get(SECRETS_KEY), self.ex.max_output_bytes)
+            if problem is not None:
+                raise RenderError(problem)
+            return props
         return {name: render_value(value, ctx) for name, value in values.items()}
 
     def timeout_seconds(self, tr: TaskRunState) -> float | None:

@@ -3,12 +3,14 @@
 The executor renders a runnable task's properties before it sends the job (Kafka). A property
 text that calls ``secret(...)`` is not rendered there: :func:`render_properties` leaves ``None``
 in its place and lists it under the job's reserved top-level key :data:`SECRETS_KEY`, with the
-template text and the variables it names (only those: ``outputs`` is sent when the text names
-``outputs``). The worker's runner calls :func:`reveal` right before the task runs: it renders
-each listed text with those variables and a resolver, puts the result in its place, and adds
-every value it resolved to the attempt's :class:`~kestream.secrets.masking.Masker`, which masks
-them in the result's lines, error and outputs. The value exists only in the worker's memory and
-in what the task itself does with it (an HTTP header, a script's environment).
+template text and the variables it names (only those, and of a map only the entries the text
+reads by name: ``outputs.fetch.body`` sends ``outputs`` with ``fetch`` alone). The executor
+refuses a job whose deferred variables do not fit a record, naming the task. The worker's
+runner calls :func:`reveal` right before the task runs: it renders each listed text with those
+variables and a resolver, puts the result in its place, and adds every value it resolved to
+the attempt's :class:`~kestream.secrets.masking.Masker`, which masks them in the result's lines,
+error and outputs. The value exists only in the worker's memory and in what the task itself
+does with it (an HTTP header, a script's environment).
 
 Only the executor writes top-level keys of a job's properties (one per dynamic property), so no
 rendered value can forge :data:`SECRETS_KEY`. Everywhere else the executor renders (flowable
@@ -34,6 +36,8 @@ __all__ = ["SECRETS_KEY", "render_properties", "reveal", "uses_secrets"]
 SECRETS_KEY = "@secrets"
 _CALL = re.compile(r"\bsecret\s*\(")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: One entry read by a fixed name after a variable: ``.entry`` or ``['entry']`` / ``["entry"]``.
+_ENTRY = r"\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*(['\"])([^'\"\]]*)\2\s*\])"
 #: Reserved variables a deferred text may need besides the ones it names.
 _ALWAYS = ("@each_path",)
 
@@ -85,16 +89,37 @@ def _defer(value: Any, ctx: Mapping[str, Any], path: Path, out: list[dict[str, A
 
 
 def _variables(template: str, ctx: Mapping[str, Any]) -> dict[str, Any]:
-    """The variables of ``ctx`` that ``template`` names (a superset is harmless); ``flow``
-    too when it calls ``kv()``, which reads the flow's namespace by default."""
+    """The variables of ``ctx`` that ``template`` names (a superset is harmless), narrowed to
+    the entries it reads (:func:`_narrowed`); ``flow`` too when it calls ``kv()``, which reads
+    the flow's namespace by default."""
     names = set(_NAME.findall(template))
     if calls_kv(template):
         names.add("flow")
-    picked = {key: value for key, value in ctx.items() if key in names and key[:1] != "@"}
+    picked = {
+        key: _narrowed(template, key, value)
+        for key, value in ctx.items()
+        if key in names and key[:1] != "@"
+    }
     for key in _ALWAYS:
         if key in ctx:
             picked[key] = ctx[key]
     return picked
+
+
+def _narrowed(template: str, name: str, value: Any) -> Any:
+    """``value`` (a map) cut to the entries ``template`` reads from ``name`` by a fixed name
+    (``name.entry``, ``name['entry']``); whole when the text uses ``name`` in any other way
+    (``name[i]``, ``name | keys``), which only a render could follow."""
+    if not isinstance(value, Mapping):
+        return value
+    mentions = len(re.findall(rf"\b{re.escape(name)}\b", template))
+    entries = [
+        dotted or quoted
+        for dotted, _, quoted in re.findall(rf"\b{re.escape(name)}{_ENTRY}", template)
+    ]
+    if not mentions or len(entries) != mentions:  # not named (``flow`` for kv()), or not only so
+        return value
+    return {entry: value[entry] for entry in entries if entry in value}
 
 
 def reveal(

@@ -177,6 +177,49 @@ tasks:
     assert ret.outputs == {"value": MASK}
 
 
+NARROW = """
+id: narrow
+namespace: company.team
+tasks:
+  - id: big
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{ range(0, 1500) | join(',') }}"
+  - id: big_too
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{ range(0, 1500) | join(',') }}"
+  - id: small
+    type: io.kestra.plugin.core.debug.Return
+    format: "tiny"
+  - id: call
+    type: io.kestra.plugin.core.log.Log
+    message: "{{ secret('api_token') }} {{ outputs.small.value }} {{ outputs['small'] }}"
+"""
+
+
+def test_a_deferred_text_carries_only_the_outputs_it_reads(driver: Driver) -> None:
+    jobs = _jobs(driver)
+    driver.deploy(NARROW)
+    execution = driver.start("company.team", "narrow", {})
+    assert execution.state.current is StateType.SUCCESS
+    call = next(job for job in jobs if job.task.id == "call")
+    (deferred,) = call.props[SECRETS_KEY]
+    assert deferred["vars"]["outputs"] == {"small": {"value": "tiny"}}  # not the big one
+
+
+def test_deferred_variables_too_large_for_a_record_fail_the_task_naming_it(
+    driver: Driver,
+) -> None:
+    flow = NARROW.replace("{{ outputs.small.value }} {{ outputs['small'] }}", "{{ outputs }}")
+    driver.executor.max_output_bytes = 8 * 1024  # each big output fits, both together do not
+    driver.deploy(flow)
+    execution = driver.start("company.team", "narrow", {})
+    assert execution.state.current is StateType.FAILED
+    messages = [line.message for line in driver.logs(execution.id)]
+    assert any(
+        "the variables task 'call' sends with its texts calling secret()" in m for m in messages
+    )
+
+
 def test_a_failure_message_never_shows_the_value(driver: Driver) -> None:
     flow = """
 id: fails
