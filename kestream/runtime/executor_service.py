@@ -168,6 +168,9 @@ class ExecutorService:
         self.ready = asyncio.Event()
         # -- the loop
         self._lock = asyncio.Lock()
+        #: Bumped by every assignment and revocation: a batch fetched under an older one is
+        #: fetched again (:meth:`_fetch_again`).
+        self._generation = 0
         self._stopping = False
         self._fatal: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
@@ -276,18 +279,36 @@ class ExecutorService:
     async def _loop(self) -> None:
         assert self._consumer is not None
         while not self._stopping:
+            generation = self._generation
             batch = await self._consumer.getmany(timeout_ms=self._poll_ms(), max_records=_BATCH)
             if self._fatal is not None:  # set by a rebalance callback that could not recover
                 raise self._fatal
             started = time.perf_counter()
             await self._sync_kv(batch)
             async with self._lock:
+                if generation != self._generation:
+                    batch = await self._fetch_again(batch)
                 out = Outbox()
                 self._take_repairs(out)
                 self._step_batch(batch, out)
                 await self._flush(out)
                 await self._commit(batch)
             self._report(batch, started)
+
+    async def _fetch_again(self, batch: Batch) -> Batch:
+        """Drop a batch that a rebalance may have overtaken (fetched, in part, before it): its
+        records would be stepped against states recovered since, and its offsets committed
+        over what the partitions' owner meanwhile committed. A partition whose position the
+        assignment reset (to its committed offset) is read from there; one still right after
+        the batch is rewound to the batch's first record, so nothing of it is skipped; one
+        assigned away is its new owner's to read."""
+        consumer = self._consumer
+        assert consumer is not None
+        assignment = consumer.assignment()
+        for tp, recs in batch.items():
+            if recs and tp in assignment and await consumer.position(tp) == recs[-1].offset + 1:
+                consumer.seek(tp, recs[0].offset)
+        return {}
 
     async def _sync_kv(self, batch: Batch) -> None:
         """One KV sync before a batch of records whose steps may render ``kv()``, which then
@@ -592,6 +613,7 @@ class ExecutorService:
         stops the processor (:meth:`_fail`): it is never left to the rebalance callback, which
         would log it and carry on without the state."""
         async with self._lock:
+            self._generation += 1
             new = partitions - self.owned
             if new:
                 try:
@@ -612,6 +634,7 @@ class ExecutorService:
         """Let go of the partitions' executions, held events, timers and ended markers; the
         state of each one is parked at its checkpoint, for a quick recovery if it comes back."""
         async with self._lock:
+            self._generation += 1
             self.ready.clear()
             gone = partitions & self.owned
             now = time.monotonic()

@@ -362,3 +362,62 @@ def test_a_changelog_record_the_broker_refuses_fails_its_execution() -> None:
     assert last["terminal"] and last["execution"]["state"]["current"] == "FAILED"
     written = [(t, v) for t, v in producer.acked if t == service.topics.changelog]
     assert written[-1][1] is not None and b"FAILED" in written[-1][1]  # the ended marker
+
+
+class _OvertakenConsumer:
+    """Returns ``batch`` from a fetch that a rebalance overtakes (partition 0 revoked and
+    assigned back while the fetch is under way), then stops the processor."""
+
+    def __init__(self, service: ExecutorService, batch: dict[TopicPartition, list[Any]]) -> None:
+        self.service, self.batches = service, [batch]
+        self.positions: dict[TopicPartition, int] = {}
+        self.seeks: list[tuple[TopicPartition, int]] = []
+        self.commits: list[Any] = []
+
+    async def getmany(self, **_: Any) -> dict[TopicPartition, list[Any]]:
+        if not self.batches:
+            self.service._stopping = True
+            return {}
+        batch = self.batches.pop()
+        for tp, recs in batch.items():
+            self.positions[tp] = recs[-1].offset + 1
+        await self.service.revoked({0})
+        await self.service.assigned({0})
+        return batch
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.positions)
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.positions[tp]
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+        self.positions[tp] = offset
+
+    async def commit(self, offsets: Any) -> None:
+        self.commits.append(offsets)
+
+    def highwater(self, tp: TopicPartition) -> None:
+        return None
+
+
+def test_a_batch_a_rebalance_overtook_is_fetched_again_not_stepped_or_committed() -> None:
+    from aiokafka.structs import ConsumerRecord
+
+    service = _service(PAUSED)
+
+    async def nothing(partitions: set[int], start: dict[int, int]) -> Any:
+        return {p: PartitionRead() for p in partitions}, dict.fromkeys(partitions, 0)
+
+    service.restorer._read = nothing  # type: ignore[method-assign]
+    service.writer.producer = _Producer(refused=b"")  # type: ignore[assignment]
+    tp = TopicPartition(service.topics.executions, 0)
+    value = records.encode_event(ev.ExecutionCreated("e9", "test.faults", "paused"))
+    rec = ConsumerRecord(tp.topic, 0, 7, 0, 0, b"e9", value, None, 0, 0, [])
+    consumer = _OvertakenConsumer(service, {tp: [rec]})
+    service._consumer = consumer  # type: ignore[assignment]
+    asyncio.run(service._loop())
+    assert "e9" not in service.states  # not stepped against the state recovered meanwhile
+    assert consumer.commits == []  # nor committed over the partition's new start
+    assert consumer.seeks == [(tp, 7)]  # read again from its first record
