@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from kestream.models.instants import instant_text
+
 from .errors import RenderError
 
 MONTHS = [
@@ -284,15 +286,6 @@ def _iso_zone_suffix(value: datetime, zone: Zone) -> str:
     return f"[{zone.zone_id}]" if zone.is_region else ""
 
 
-def _iso_instant(value: datetime) -> str:
-    utc = value.astimezone(UTC)
-    out = utc.strftime("%Y-%m-%dT%H:%M:%S")
-    if utc.microsecond:
-        micros = f"{utc.microsecond:06d}"
-        out += "." + (micros[:3] if micros.endswith("000") else micros)
-    return out + "Z"
-
-
 def _rfc_1123(value: datetime, zone: Zone) -> str:
     offset = format_offset(value, 2, "GMT")
     return format_pattern(value, "EEE, d MMM yyyy HH:mm:ss ", zone) + offset
@@ -318,7 +311,7 @@ ISO_FORMATTERS: dict[str, IsoFn] = {
     "iso_date": lambda v, z: v.date().isoformat() + _iso_offset(v),
     "iso_time": lambda v, z: _iso_local_time(v) + _iso_offset(v),
     "iso_local_date": lambda v, z: v.date().isoformat(),
-    "iso_instant": lambda v, z: _iso_instant(v),
+    "iso_instant": lambda v, z: instant_text(v),
     "iso_local_date_time": lambda v, z: f"{v.date().isoformat()}T{_iso_local_time(v)}",
     "iso_local_time": lambda v, z: _iso_local_time(v),
     "iso_offset_time": lambda v, z: _iso_local_time(v) + _iso_offset(v),

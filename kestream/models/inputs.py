@@ -63,6 +63,7 @@ from pydantic import (
 )
 
 from kestream.models.durations import DurationError, format_duration, parse_duration
+from kestream.models.instants import instant_text, parse_instant
 from kestream.models.values import MAX_DEPTH, UnportableValue, loads_json
 
 #: Unknown properties are errors, as in Kestra; numbers given for text properties become text, as
@@ -180,30 +181,14 @@ def _bool(value: Any) -> bool:
 
 def _datetime(value: Any) -> datetime:
     hint = " (ISO-8601 with a time zone, such as 2024-01-31T10:00:00Z)"
-    parsed = value
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC)
     if isinstance(value, str) and "T" in value.upper():
         try:
-            parsed = datetime.fromisoformat(value)
+            return parse_instant(value, assume_utc=False)
         except ValueError:
-            raise _mismatch("DATETIME", value, hint) from None
-    if not isinstance(parsed, datetime) or parsed.tzinfo is None:
-        raise _mismatch("DATETIME", value, hint)
-    return parsed.astimezone(UTC)
-
-
-def instant_text(moment: datetime) -> str:
-    """Java's ``Instant.toString`` of an aware datetime: UTC, ``Z``, and a fraction only when it is
-    not zero, in groups of three digits (``2024-02-29T12:00:00Z``, ``...12:00:00.500Z``).
-
-    Kestra keeps a DATETIME input as an ``Instant``, and the execution carries it as this text,
-    so this is what ``{{ inputs.when }}`` prints there.
-    """
-    utc = moment.astimezone(UTC)
-    text = utc.replace(tzinfo=None, microsecond=0).isoformat()
-    if utc.microsecond:
-        fraction = f"{utc.microsecond:06d}"
-        text += "." + (fraction[:3] if fraction.endswith("000") else fraction)
-    return text + "Z"
+            pass
+    raise _mismatch("DATETIME", value, hint)
 
 
 def _instant(value: Any) -> str:
@@ -607,7 +592,8 @@ class _Dated(_Bounded):
 
 
 class DateTimeInput(_Dated):
-    """The value is kept as Java's ``Instant`` text (see :func:`instant_text`)."""
+    """The value is kept as Java's ``Instant`` text (:func:`kestream.models.instants.instant_text`:
+    Kestra keeps a DATETIME input as an ``Instant``, so ``{{ inputs.when }}`` prints that)."""
 
     type_names: ClassVar[tuple[InputType, ...]] = (InputType.DATETIME,)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kestream.models import instants
 from kestream.models.ids import derived_id
 from kestream.scheduler.cron import Cron
 
@@ -153,12 +154,11 @@ def parse_instant(value: Any, name: str) -> datetime | None:
     if not isinstance(value, str):
         raise BackfillError(f"backfill '{name}' must be an ISO-8601 date, got {value!r}")
     try:
-        parsed = datetime.fromisoformat(value)
+        return instants.parse_instant(value, assume_utc=False)
+    except instants.NoOffset:
+        raise BackfillError(f"backfill '{name}' needs a UTC offset: {value!r}") from None
     except ValueError:
         raise BackfillError(f"backfill '{name}' is not an ISO-8601 date: {value!r}") from None
-    if parsed.tzinfo is None:
-        raise BackfillError(f"backfill '{name}' needs a UTC offset: {value!r}")
-    return parsed.astimezone(UTC)
 
 
 def parse_backfill_labels(value: Any) -> dict[str, str]:

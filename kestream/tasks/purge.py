@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kestream.models.instants import parse_instant
 from kestream.models.state import StateType
 from kestream.tasks.base import LogLevel, RunInfo, RunnableTask, TaskError, TaskOutcome
 
@@ -57,7 +58,7 @@ def _instant(value: Any) -> datetime | None:
     else:
         text = str(value).strip()
         try:
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            return parse_instant(text)
         except ValueError:
             raise ValueError(f"'{text[:60]}' is not an ISO-8601 date") from None
     if moment.tzinfo is None:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from kestream.api.index.sql import marks
 from kestream.executor.restore import RestoreError, snapshot_attempt
+from kestream.models.instants import parse_instant
 from kestream.models.state import StateType
 from kestream.runtime.records import RecordError
 from kestream.tasks.purge import ExecutionPurge, LogPurge
@@ -115,7 +116,7 @@ def _instant(value: str | datetime) -> datetime:
     """A date the index holds: text in SQLite, a datetime from PostgreSQL."""
     if isinstance(value, datetime):
         return value
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parse_instant(value)
 
 
 def _tombstone(execution_id: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kestream.models import instants
 from kestream.models.durations import DurationError, parse_duration
 from kestream.models.state import StateType
 
@@ -277,16 +278,12 @@ def _split_list(values: Iterable[str]) -> list[str]:
 
 def parse_instant(parameter: str, text: str) -> datetime:
     """An ISO-8601 instant; no offset means UTC. A ``+`` decoded as a space is put back."""
-    raw = text.strip().replace(" ", "+")
     try:
-        moment = datetime.fromisoformat(raw)
+        return instants.parse_instant(text.strip().replace(" ", "+"))
     except ValueError:
         raise QueryError(
             parameter, f"'{text}' is not an ISO-8601 date-time (e.g. 2024-01-31T10:00:00Z)"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
 
 
 def _states(parameter: str, values: Iterable[str]) -> frozenset[StateType]:
