@@ -21,7 +21,9 @@ stages one event's records in their own outbox and drops them all on a failure.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from kestream.executor import codec
 from kestream.executor import commands as cmd
@@ -52,6 +54,13 @@ class Routed:
     refused: list[ev.Event] = field(default_factory=list)
     #: The execution ended: it leaves the state table.
     ended: bool = False
+    #: The step's metrics, counted by :meth:`count` once the whole event is staged (an event
+    #: that fails later is rolled back, and must not have counted).
+    counts: list[Callable[[], None]] = field(default_factory=list)
+
+    def count(self) -> None:
+        for count in self.counts:
+            count()
 
 
 class CommandRouter:
@@ -177,7 +186,8 @@ class CommandRouter:
         routed: Routed,
         runs_before: int,
     ) -> None:
-        self._count(st, change, runs_before)
+        restarted = change.created and st.id in self.ended  # from its snapshot: not a start
+        routed.counts.append(partial(self._count, st, change, runs_before, restarted))
         full = change.terminal or st.state.current is StateType.PAUSED
         for update in update_records(
             st,
@@ -206,15 +216,18 @@ class CommandRouter:
         out.log(key, marker, partition)
         routed.ended = True
 
-    def _count(self, st: ExecutionState, change: cmd.ExecutionChanged, first_new: int) -> None:
-        """Kestra's executor metrics for one step, in O(task runs changed) like the step.
+    def _count(
+        self, st: ExecutionState, change: cmd.ExecutionChanged, first_new: int, restarted: bool
+    ) -> None:
+        """Kestra's executor metrics for one step, in O(task runs changed) like the step. A
+        restart from the snapshot of an ended execution is not a started execution.
 
         A task run counts as created when its number is past the execution's count before the
         step, and as ended when it is listed changed in a terminal state (a restart moves it out
         of that state first, so its next end is a new one).
         """
         metrics, namespace, flow_id = self.metrics, st.namespace, st.flow_id
-        if change.created:
+        if change.created and not restarted:
             metrics.execution_started(namespace, flow_id)
         runs = st.task_runs
         for run_id in change.changed_task_runs:

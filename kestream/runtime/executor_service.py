@@ -74,7 +74,7 @@ from kestream.runtime.changelog_restorer import (
     RecoveryFailed,
     RecoveryStopped,
 )
-from kestream.runtime.command_router import CommandRouter
+from kestream.runtime.command_router import CommandRouter, Routed
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.ended_executions import Ended, EndedExecutions
 from kestream.runtime.executor_outbox import Outbox
@@ -412,7 +412,7 @@ class ExecutorService:
         staged = Outbox()  # all of the event's records, or none of them
         try:
             result = self.executor.step(state, event)
-            refused = self._stage(partition, state, result, staged)
+            routed = self._stage(partition, state, result, staged)
         except UnknownFlow as exc:  # raised before the step changed anything
             self.held.hold(partition, source, event, str(exc), self.clock())
             return
@@ -426,20 +426,21 @@ class ExecutorService:
             )  # fmt: skip
             return
         out.extend(staged)
+        routed.count()
         for key, value in staged.logged:
             self.mirror.put(key, value)
-        for failed in refused:  # after the step's own records, as if a worker had answered
+        for failed in routed.refused:  # after the step's own records, as if a worker answered
             self._apply(partition, failed, out, None)
 
     def _stage(
         self, partition: int, before: ExecutionState | None, result: StepResult, staged: Outbox
-    ) -> list[ev.Event]:
+    ) -> Routed:
         st = result.state
         if st is None:  # a slot granted to an execution that left the table goes back
             for command in result.commands:
                 if isinstance(command, cmd.RequestSlot):
                     self.router.request_slot(command, staged)
-            return []
+            return Routed()
         if before is None:
             self.states[st.id] = st
             self.partition_of[st.id] = partition
@@ -448,7 +449,7 @@ class ExecutorService:
         )
         if routed.ended:
             self._leave_table([st.id])
-        return routed.refused
+        return routed
 
     def _roll_back(self, execution_id: str, existed: bool, ended: Ended | None) -> None:
         """Put the execution back as it was before the failed event: rebuilt from the records
@@ -585,7 +586,7 @@ class ExecutorService:
         st.state.move_execution(StateType.FAILED, self.clock(), "execution")
         change = cmd.ExecutionChanged(execution_id, StateType.FAILED, [], terminal=True)
         staged = Outbox()
-        self._stage(self.partition_of[execution_id], st, StepResult(st, [change]), staged)
+        self._stage(self.partition_of[execution_id], st, StepResult(st, [change]), staged).count()
         out.extend(staged)
 
     # -- commit ----------------------------------------------------------------------------

@@ -421,3 +421,42 @@ def test_a_batch_a_rebalance_overtook_is_fetched_again_not_stepped_or_committed(
     assert "e9" not in service.states  # not stepped against the state recovered meanwhile
     assert consumer.commits == []  # nor committed over the partition's new start
     assert consumer.seeks == [(tp, 7)]  # read again from its first record
+
+
+FAILING = """
+id: failing
+namespace: test.faults
+tasks:
+  - id: boom
+    type: io.kestra.plugin.core.execution.Fail
+"""
+
+
+def test_metrics_count_events_that_apply_and_a_restart_is_not_a_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service = _service(FAILING)
+    labels = {"namespace_id": "test.faults", "flow_id": "failing"}
+
+    def count(name: str, **more: str) -> float:
+        return service.metrics.value(f"kestream_executor_{name}_total", {**labels, **more}) or 0
+
+    def chunking_fails(*args: Any, **kwargs: Any) -> list[bytes]:
+        raise ValueError("cannot chunk")
+
+    created = ev.ExecutionCreated("f1", "test.faults", "failing")
+    monkeypatch.setattr(command_router, "update_records", chunking_fails)
+    service._apply(0, created, Outbox(), ("executions", 0))  # rolled back, dead-lettered
+    assert count("execution_started_count") == 0
+    assert count("taskrun_created_count", task_type="io.kestra.plugin.core.execution.Fail") == 0
+    monkeypatch.undo()
+
+    out = Outbox()
+    service._apply(0, created, out, ("executions", 1))
+    assert count("execution_started_count") == 1
+    assert count("execution_end_count", state="FAILED") == 1
+    updates = [records.loads(v) for t, _, v, _ in out.commands if t == service.topics.updates]
+    snapshot = updates[-1]["execution"]
+    service._apply(0, ev.Restart("f1", snapshot), Outbox(), ("executions", 2))
+    assert count("execution_started_count") == 1  # the same execution, run again
+    assert count("execution_end_count", state="FAILED") == 2
