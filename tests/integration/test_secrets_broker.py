@@ -2,7 +2,9 @@
 environment and a log message, plus a SECRET input, every record of every topic, every file
 under the data directory (the index database with it), the installation's own log and every API
 answer are read back, and neither the values nor their base64 and URL-encoded forms are found.
-The HTTP server the flow calls proves the header did carry the value.
+The HTTP server the flow calls proves the header did carry the value. The script also prints its
+whole environment (where a secret the flow never asked for must not be) and a multi-line secret
+line by line, and a label quotes the SECRET input's encrypted text, which no answer shows.
 """
 
 from __future__ import annotations
@@ -28,6 +30,15 @@ pytestmark = pytest.mark.integration
 
 SECRET = "tok-9f2c/x+y=z"
 INPUT = "input-secret-41d8"
+UNUSED = "never-asked-for-7c1e"  # a worker's secret no flow resolves
+PEM = "\n".join(
+    (
+        "-----BEGIN TEST KEY-----",
+        "MIIEpemLINEone0123456789",
+        "MIIEpemLINEtwo9876543210",
+        "-----END TEST KEY-----",
+    )
+)
 KEY = "an encryption key of 32 chars or more"
 
 
@@ -42,7 +53,11 @@ def _forms(value: str) -> list[str]:
     ]
 
 
-NEEDLES = [form.encode() for value in (SECRET, INPUT) for form in _forms(value)]
+NEEDLES = [
+    form.encode()
+    for value in (SECRET, INPUT, UNUSED, PEM, *PEM.splitlines())
+    for form in _forms(value)
+]
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
@@ -79,6 +94,8 @@ def prefix() -> str:
 def stack(broker: Any, prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {
         "SECRET_API_TOKEN": base64.b64encode(SECRET.encode()).decode(),
+        "SECRET_UNUSED": base64.b64encode(UNUSED.encode()).decode(),
+        "SECRET_PEM": base64.b64encode(PEM.encode()).decode(),
         "KESTREAM_ENCRYPTION_KEY": KEY,
     }
     yield from start_stack(broker.bootstrap, prefix, tmp_path_factory.mktemp("secrets"), env)
@@ -103,9 +120,16 @@ tasks:
     env:
       TOKEN: "{{{{ secret('api_token') }}}}"
       PASSWORD: "{{{{ inputs.password }}}}"
+      PEM: "{{{{ secret('pem') }}}}"
     commands:
       - echo "token=$TOKEN password=$PASSWORD"
       - printf %s "$TOKEN" | base64
+      - printf '%s\\n' "$PEM"
+      - env
+  - id: label
+    type: io.kestra.plugin.core.execution.Labels
+    labels:
+      quoted: "pw={{{{ inputs.password }}}}"
   - id: log
     type: io.kestra.plugin.core.log.Log
     message: "token {{{{ secret('api_token') }}}} and {{{{ inputs.password }}}}"
@@ -165,6 +189,8 @@ def test_a_secret_is_found_nowhere(stack: Stack, server: str, broker: Any, prefi
     messages = [line["message"] for line in logs]
     assert "token ****** and ******" in messages
     assert "token=****** password=******" in messages and "******" in messages
+    assert any(message.startswith("PATH=") for message in messages)  # env ran
+    assert {"key": "quoted", "value": "pw=******"} in execution["labels"]
 
     answers = _answers(stack, execution["id"])
     records = asyncio.run(_dump_topics(broker.bootstrap, prefix))
@@ -180,4 +206,6 @@ def test_a_secret_is_found_nowhere(stack: Stack, server: str, broker: Any, prefi
     ]:
         for needle in NEEDLES:
             assert needle not in haystack, f"{needle!r} found in {where}"
+    assert b"SECRET_" not in answers and b"KESTREAM_" not in answers  # env printed no such name
+    assert b"kestream:enc:v1:" not in answers  # encrypted texts are masked, inside labels too
     assert b"kestream:enc:v1:" in records  # the SECRET input travels encrypted
