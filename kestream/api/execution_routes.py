@@ -36,10 +36,12 @@ from kestream.executor.context import input_variables
 from kestream.executor.replay import ReplayError
 from kestream.executor.restore import RESTARTABLE, RestoreError
 from kestream.kv.store import calls_kv, sync_current_store
+from kestream.models.flow import Flow
 from kestream.models.ids import new_id
 from kestream.models.input_resolution import ResolvedInput, resolve_inputs
 from kestream.models.inputs import InputValidationError
 from kestream.models.state import StateType
+from kestream.runtime.record_limit import RecordTooLarge
 from kestream.secrets.encryption import scope_of
 from kestream.storage.current import remove_execution_files
 
@@ -74,6 +76,13 @@ def execution_url(request: web.Request, execution: dict[str, Any]) -> str:
 
 def current_state(execution: dict[str, Any]) -> StateType:
     return StateType(execution["state"]["current"])
+
+
+async def _forget_uploads(flow: Flow, execution_id: str) -> None:
+    """Delete the files uploaded for an execution that was refused before anything was sent
+    (its inputs, a replay that cannot be made, a record too large): nothing would ever read
+    them, nor delete them with the execution."""
+    await asyncio.to_thread(remove_execution_files, flow.namespace, flow.id, execution_id)
 
 
 class ExecutionRoutes:
@@ -134,8 +143,11 @@ class ExecutionRoutes:
             created = await service.create_execution(
                 flow, inputs, labels, schedule_date=schedule_date, execution_id=execution_id
             )
-        except InputValidationError as exc:
-            raise input_errors(exc) from None
+        except (InputValidationError, RecordTooLarge) as exc:
+            await _forget_uploads(flow, execution_id)
+            if isinstance(exc, InputValidationError):
+                raise input_errors(exc) from None
+            raise
         if wait:
             waited = await service.wait(created["id"], self.api.settings.api_wait_max_s)
             created = waited or created
@@ -249,10 +261,14 @@ class ExecutionRoutes:
                 inputs=inputs,
                 execution_id=execution_id,
             )
-        except InputValidationError as exc:
-            raise input_errors(exc) from None
-        except (ReplayError, RestoreError) as exc:
-            raise invalid(str(exc), [{"path": "taskRunId", "message": str(exc)}]) from None
+        except (InputValidationError, ReplayError, RestoreError, RecordTooLarge) as exc:
+            if inputs is not None:
+                await _forget_uploads(flow, execution_id)
+            if isinstance(exc, InputValidationError):
+                raise input_errors(exc) from None
+            if isinstance(exc, ReplayError | RestoreError):
+                raise invalid(str(exc), [{"path": "taskRunId", "message": str(exc)}]) from None
+            raise
         return json_response(replayed)
 
     async def delete(self, request: web.Request) -> web.Response:

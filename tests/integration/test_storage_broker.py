@@ -181,3 +181,60 @@ def test_a_file_crosses_worker_processes_through_s3_and_the_api_serves_it(
     api.wait_state(other["id"], {"SUCCESS", "FAILED", "WARNING", "KILLED"}, timeout=120)
     assert api.request("DELETE", f"/executions/{execution_id}").status == 204
     assert stored.list(key_folder) == []
+
+
+def _counted(ns: str) -> str:
+    return f"""
+id: counted
+namespace: {ns}
+inputs:
+  - id: doc
+    type: FILE
+  - id: count
+    type: INT
+tasks:
+  - id: show
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ inputs.count }}}}"
+"""
+
+
+def _upload_with(stack: Stack, path: str, content: bytes, count: str | None) -> Any:
+    """``doc`` uploaded, and ``count`` as a field when given."""
+    boundary = uuid.uuid4().hex
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="doc"; filename="doc.txt"\r\n'
+        "Content-Type: text/plain\r\n\r\n"
+    ).encode() + content
+    if count is not None:
+        body += (
+            f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="count"\r\n\r\n{count}'
+        ).encode()
+    body += f"\r\n--{boundary}--\r\n".encode()
+    return stack.request(
+        "POST", path, body, content_type=f"multipart/form-data; boundary={boundary}"
+    )
+
+
+def test_uploads_of_a_refused_execution_or_replay_are_not_left_behind(
+    stack: tuple[Stack, S3Endpoint, str],
+) -> None:
+    api, endpoint, bucket = stack
+    ns = f"it.files.r{uuid.uuid4().hex[:8]}"
+    assert api.post_yaml("/flows", _counted(ns)).status == 200
+    stored = endpoint.storage(bucket, "kestream")
+    executions = f"{ns.replace('.', '/')}/counted/executions/"
+    # A creation whose inputs are refused (count missing) keeps none of its uploads.
+    refused = _upload_with(api, f"/executions/{ns}/counted", b"first", None)
+    assert refused.status == 422, refused.body
+    assert stored.list(executions) == []
+    created = _upload_with(api, f"/executions/{ns}/counted", b"second", "2")
+    assert created.status == 200, created.body
+    execution_id = created.json()["id"]
+    api.wait_state(execution_id, {"SUCCESS", "FAILED", "WARNING", "KILLED"}, timeout=120)
+    kept = stored.list(executions)
+    assert len(kept) == 1 and execution_id in kept[0]
+    # A replay with inputs that are refused: the same.
+    replay = _upload_with(api, f"/executions/{execution_id}/replay-with-inputs", b"third", "x")
+    assert replay.status == 422, replay.body
+    assert stored.list(executions) == kept
