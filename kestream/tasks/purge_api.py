@@ -5,11 +5,20 @@ process keeps its own index, fed from Kafka. So the purge tasks ask one API (``K
 with the API's credentials) to purge; that API picks the executions and lines from its index and
 sends the deletions through Kafka, where every API process's index applies them
 (:mod:`kestream.api.purge`). The counts are what the asked API's index deleted.
+
+The credentials are the API's own (admin) ones: sent over plain ``http`` to another machine,
+anyone on the way reads them. That is refused by no rule here (an installation on a private
+network may do it on purpose), but the worker warns, once, naming the URL: use ``https`` for
+``KESTREAM_API_URL``, or a loopback address.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+from functools import cache
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -22,6 +31,8 @@ EXECUTIONS_PATH = "/executions/purge"
 LOGS_PATH = "/logs/purge"
 #: A purge of many executions is many records and one wait for the index: generous.
 _TIMEOUT_S = 300.0
+
+log = logging.getLogger("kestream.tasks.purge")
 
 
 def api_base(settings: Settings) -> str:
@@ -44,12 +55,39 @@ def _auth_headers(settings: Settings) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
 
 
+def exposes_credentials(url: str) -> bool:
+    """Whether credentials sent to ``url`` cross a network in clear: plain ``http`` to a host
+    that is not this machine's loopback."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "http":
+        return False
+    host = (parts.hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: another machine, as far as this process can tell
+        return True
+
+
+@cache
+def _warn_clear_credentials(base: str) -> None:
+    """Once per URL and process (module docs)."""
+    log.warning(
+        "the purge tasks send the API's credentials to %s over plain http, readable on the "
+        "network: set KESTREAM_API_URL to an https URL (or a loopback address)",
+        base,
+    )
+
+
 class ApiPurger:
     """Purges through the API's purge routes (module docs)."""
 
     def __init__(self, base: str, tenant: str, headers: dict[str, str]) -> None:
         self.root = f"{base}/api/v1/{tenant}"
         self.headers = headers
+        if headers and exposes_credentials(base):
+            _warn_clear_credentials(base)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> ApiPurger:
