@@ -94,6 +94,8 @@ _MAX_POLL_MS = 200
 _BATCH = 2000
 _PRUNE_EVERY = timedelta(minutes=1)
 _WINDOW_LOG_EVERY = timedelta(hours=1)
+#: How long a stop waits for the cycle under way to end (its flush and commit).
+_STOP_GRACE_S = 5.0
 #: Writes of one cycle: the batch's, then up to this many more for what refusals undid.
 _FLUSH_ROUNDS = 3
 
@@ -214,10 +216,15 @@ class ExecutorService:
         self.metrics.executor_threads.inc()
 
     async def stop(self) -> None:
+        """Stop after the cycle under way: cancelled half-way through its flush, it would
+        leave its steps' changelog records torn and its offsets uncommitted, for the next
+        owner to repair and replay. A cycle that does not end within
+        :data:`_STOP_GRACE_S` (the broker away) is cancelled."""
         self._stopping = True
         self.restorer.stopping.set()  # a recovery under way gives up
         task, self._task = self._task, None
         if task is not None:
+            await asyncio.wait({task}, timeout=_STOP_GRACE_S)  # the loop ends after its cycle
             task.cancel()
             self.metrics.executor_threads.dec()
             for share in (self._held_share, self._in_flight_share, self._lag_share):

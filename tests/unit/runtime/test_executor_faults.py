@@ -460,3 +460,61 @@ def test_metrics_count_events_that_apply_and_a_restart_is_not_a_start(
     service._apply(0, ev.Restart("f1", snapshot), Outbox(), ("executions", 2))
     assert count("execution_started_count") == 1  # the same execution, run again
     assert count("execution_end_count", state="FAILED") == 2
+
+
+class _SlowProducer(_Producer):
+    """Acks nothing until ``release`` is set; ``sending`` is set at the first send."""
+
+    def __init__(self) -> None:
+        super().__init__(refused=b"")
+        self.sending, self.release = asyncio.Event(), asyncio.Event()
+
+    async def send(self, topic: str, value: bytes | None, **kwargs: Any) -> asyncio.Future[Any]:
+        self.sending.set()
+        await self.release.wait()
+        return await super().send(topic, value, **kwargs)
+
+    async def stop(self) -> None:
+        return None
+
+
+class _OneBatchConsumer(_OvertakenConsumer):
+    async def getmany(self, **_: Any) -> dict[TopicPartition, list[Any]]:
+        if not self.batches:
+            await asyncio.sleep(0.01)
+            return {}
+        return self.batches.pop()
+
+    async def stop(self) -> None:
+        return None
+
+
+def test_a_stop_lets_the_cycle_under_way_write_its_changelog_and_commit() -> None:
+    from aiokafka.structs import ConsumerRecord
+
+    service = _service(PAUSED)
+    tp = TopicPartition(service.topics.executions, 0)
+    value = records.encode_event(ev.ExecutionCreated("s1", "test.faults", "paused"))
+    consumer = _OneBatchConsumer(service, {tp: [ConsumerRecord(
+        tp.topic, 0, 3, 0, 0, b"s1", value, None, 0, 0, []
+    )]})  # fmt: skip
+    producer = _SlowProducer()
+    service._consumer = consumer  # type: ignore[assignment]
+    service.writer.producer = producer  # type: ignore[assignment]
+
+    async def scenario() -> None:
+        service._task = asyncio.create_task(service._loop())
+        await producer.sending.wait()  # the flush is under way
+        stopping = asyncio.create_task(service.stop())
+        await asyncio.sleep(0.05)
+        producer.release.set()
+        await stopping
+
+    asyncio.run(scenario())
+    reference = Outbox()  # what the step writes to the changelog
+    created = ev.ExecutionCreated("s1", "test.faults", "paused")
+    _service(PAUSED)._apply(0, created, reference, ("executions", 3))
+    logged = [v for t, v in producer.acked if t == service.topics.changelog]
+    assert len(logged) == len(reference.changelog) > 1  # every one, its commit mark last
+    (committed,) = consumer.commits
+    assert committed[tp].offset == 4
