@@ -11,6 +11,8 @@ import json
 import re
 from typing import Any
 
+from .budget import current_budget
+
 Node = tuple[Any, ...]
 
 
@@ -45,10 +47,13 @@ _COMPARISONS = ("==", "!=", "<", "<=", ">", ">=")
 
 
 def tokenize(source: str) -> list[tuple[str, str]]:
-    """(kind, text) tokens of a jq program."""
+    """(kind, text) tokens of a jq program; each one is charged to the render budget in progress,
+    as the template lexer charges its own (a program may be text anyone sent)."""
     tokens: list[tuple[str, str]] = []
+    budget = current_budget()
     pos = 0
     while pos < len(source):
+        budget.spend(1)
         match = _TOKEN_RE.match(source, pos)
         if match is None:
             raise JqError(f"jq syntax error: unexpected character {source[pos]!r}")
@@ -86,11 +91,13 @@ class JqParser:
     def __init__(self, source: str) -> None:
         self.tokens = tokenize(source)
         self.index = 0
+        self.budget = current_budget()
 
     def peek(self) -> tuple[str, str]:
         return self.tokens[self.index]
 
     def next(self) -> tuple[str, str]:
+        self.budget.spend(1)
         token = self.tokens[self.index]
         self.index = min(self.index + 1, len(self.tokens) - 1)
         return token

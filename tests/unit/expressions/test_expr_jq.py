@@ -150,3 +150,21 @@ def test_jq_rejections(program: str, message: str) -> None:
 def test_jq_invalid_json_input() -> None:
     with pytest.raises(RenderError, match="Unable to parse jq value 'not json'"):
         render("{{ 'not json' | jq('.') }}", {})
+
+
+def test_compiling_a_program_sent_as_data_spends_the_render_budget() -> None:
+    """A jq program handed to the filter at run time (an input, a webhook body) is parsed within
+    the render's budget, as template text given to ``render()`` is."""
+    from kestream.expressions import render_timeout_ms, set_render_timeout_ms
+    from kestream.expressions.errors import RenderLimitError
+
+    program = "[" + ",".join(["1"] * 50_000) + "] | length"
+    before = render_timeout_ms()
+    set_render_timeout_ms(1)
+    try:
+        with pytest.raises(RenderLimitError, match="CPU-time budget of 1 ms"):
+            render("{{ 1 | jq(inputs.program) }}", {"inputs": {"program": program}})
+    finally:
+        set_render_timeout_ms(before)
+    small = "[" + ",".join(["1"] * 500) + "] | length"  # within the default budget
+    assert render("{{ 1 | jq(inputs.program) | first }}", {"inputs": {"program": small}}) == "500"
