@@ -555,11 +555,17 @@ class ExecutorService:
     def _undo_refused(self, refused: list[Refusal], out: Outbox) -> None:
         """A refused job's task run fails (as one too large to send does), with the broker's
         reason; a refused changelog record fails its execution, which leaves the table (what
-        memory holds of it is ahead of what the changelog got, so it cannot go on). Other
-        refused commands stay dead-lettered only (the log, and the dead letter, say why)."""
+        memory holds of it is ahead of what the changelog got, so it cannot go on); a refused
+        subflow execution, or a refused answer of one, reaches its parent as a failed subflow
+        (:func:`_parent_answer`). Other refused commands stay dead-lettered only (the log, and
+        the dead letter, say why)."""
         failed: set[str] = set()
         for (topic, key, value, _), reason in refused:
-            if topic == self.topics.changelog:
+            if topic == self.topics.executions:
+                if (answer := _parent_answer(value, reason)) is not None:
+                    event = records.encode_event(answer)
+                    out.send(self.topics.executions, answer.execution_id, event)
+            elif topic == self.topics.changelog:
                 execution_id = codec.execution_of(key)
                 if execution_id not in failed:
                     failed.add(execution_id)
@@ -759,6 +765,28 @@ def _event_bytes(event: ev.Event) -> bytes | None:
         return records.encode_event(event)
     except Exception:  # the dead letter still goes, with its reason
         return None
+
+
+def _parent_answer(value: bytes | None, reason: str) -> ev.SubflowFinished | None:
+    """What the parent of a refused executions-topic record hears instead, so its Subflow task
+    run does not wait for ever: the child that could not be created, or whose answer could not
+    be sent, failed with ``reason``. None for any other record."""
+    try:
+        event = records.decode_event(value)
+    except Exception:  # not an event this processor wrote: nothing waits for it
+        return None
+    if isinstance(event, ev.ExecutionCreated) and event.parent is not None and event.parent.wait:
+        link = event.parent
+        return ev.SubflowFinished(
+            link.execution_id, link.task_run_id, link.attempt, event.execution_id,
+            StateType.FAILED, error=reason,
+        )  # fmt: skip
+    if isinstance(event, ev.SubflowFinished):  # (its outputs or error too large, say)
+        return ev.SubflowFinished(
+            event.execution_id, event.task_run_id, event.attempt, event.child_id,
+            StateType.FAILED, error=reason,
+        )  # fmt: skip
+    return None
 
 
 def _stale_restart(event: ev.Restart, ended_attempt: int) -> bool:

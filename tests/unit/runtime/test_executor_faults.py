@@ -518,3 +518,36 @@ def test_a_stop_lets_the_cycle_under_way_write_its_changelog_and_commit() -> Non
     assert len(logged) == len(reference.changelog) > 1  # every one, its commit mark last
     (committed,) = consumer.commits
     assert committed[tp].offset == 4
+
+
+PARENT = """
+id: parent
+namespace: test.faults
+tasks:
+  - id: call
+    type: io.kestra.plugin.core.flow.Subflow
+    namespace: test.faults
+    flowId: paused
+    wait: true
+"""
+
+
+def test_a_subflow_execution_the_broker_refuses_fails_its_parent_task_run() -> None:
+    service = _service(PAUSED, PARENT)
+    out = Outbox()
+    service._apply(0, ev.ExecutionCreated("p1", "test.faults", "parent"), out, ("executions", 0))
+    (child,) = [v for t, k, v, _ in out.commands if t == service.topics.executions and k != "p1"]
+    assert child is not None
+    producer = _Producer(refused=child)
+    service.writer.producer = producer  # type: ignore[assignment]
+    asyncio.run(service._flush(out))
+    answers = [records.decode_event(v) for t, v in producer.acked if t == service.topics.executions]
+    (answer,) = answers
+    assert isinstance(answer, ev.SubflowFinished) and answer.execution_id == "p1"
+    assert answer.child_state is StateType.FAILED and "MessageSizeTooLarge" in str(answer.error)
+    heard = Outbox()
+    service._apply(0, answer, heard, ("executions", 1))  # the parent hears it, and fails
+    assert "p1" not in service.states and "p1" in service.ended
+    updates = [records.loads(v) for t, _, v, _ in heard.commands if t == service.topics.updates]
+    runs = {tr["taskId"]: tr["state"]["current"] for tr in updates[-1]["execution"]["taskRunList"]}
+    assert updates[-1]["execution"]["state"]["current"] == "FAILED" and runs == {"call": "FAILED"}
