@@ -1,9 +1,10 @@
 """The API's routes on an aiohttp application (faust's web server in the API role).
 
-:func:`install_api` adds every route (flows, executions, webhook, logs, the OpenAPI document)
-and a middleware that answers aiohttp's own errors and unexpected failures (logged with the
-request) as JSON. Every route is behind the server's guard (:mod:`kestream.api.guard`), which
-requires credentials unless the route's OpenAPI entry says otherwise (the webhooks). Requests
+:func:`install_api` adds every route (flows, executions, webhook, logs, the OpenAPI document),
+the web UI's files at ``/ui/`` (:mod:`kestream.api.ui_routes`), and a middleware that answers
+aiohttp's own errors and unexpected failures (logged with the request) as JSON. Every route is
+behind the server's guard (:mod:`kestream.api.guard`), which requires credentials unless the
+route's OpenAPI entry says otherwise (the webhooks) or it is one of the UI's files. Requests
 are counted for ``/metrics`` by the role's metrics middleware.
 """
 
@@ -33,6 +34,7 @@ from kestream.api.openapi import (
 )
 from kestream.api.purge import PurgeRoutes
 from kestream.api.trigger_routes import TriggerRoutes
+from kestream.api.ui_routes import UI_ACCESS, UI_PATHS, ui_routes
 from kestream.api.webhook_routes import WebhookRoutes
 from kestream.runtime.ops_routes import route_pattern
 from kestream.runtime.record_limit import RecordTooLarge
@@ -78,6 +80,8 @@ def install_api(app: web.Application, handle: ApiHandle) -> None:
     app.router.add_routes(served)
     for route in served:
         guard.grant([route.path], route_access(route))
+    app.router.add_routes(ui_routes(handle.settings))
+    guard.grant(UI_PATHS, UI_ACCESS)
     app.middlewares.append(json_errors)
 
 

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from kestream.api.auth import Credentials, bind_refusal, host_is_loopback, is_loopback
 from kestream.api.guard import GUARD, Access
 from kestream.api.openapi import OPERATIONS, openapi_document
+from kestream.api.ui_routes import UI_PATHS
 from kestream.runtime.faust_app import RoleService
 from kestream.settings import Settings
 
@@ -198,7 +199,8 @@ async def test_every_route_of_the_api_role_needs_credentials_but_the_exempt_ones
     guard = app[GUARD]
     routes = served_routes(app)
     exempt = {(m, p) for m, p in routes if guard._access.get(p) is not Access.CREDENTIALS}
-    assert {p for _, p in exempt} == {"/health/live", "/health/ready", WEBHOOK}
+    # The UI's files carry no data (kestream.api.ui_routes): every call they make is guarded.
+    assert {p for _, p in exempt} == {"/health/live", "/health/ready", WEBHOOK, *UI_PATHS}
     assert len(routes) > 25  # the API's routes, their HEAD twins, the document, ops
     for method, path in routes:
         url = concrete(path)

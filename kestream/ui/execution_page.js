@@ -1,0 +1,202 @@
+// @ts-check
+/**
+ * One execution, live: the follow route's frames (each the whole execution) redraw the
+ * header, the task-run tree and the buttons; the logs route's stream appends lines as the
+ * worker writes them, from the chosen level up. Both streams end by themselves once the
+ * execution has ended, and are aborted when the page is left.
+ */
+import { ApiError, call, follow, getJson } from "./api.js";
+import { duration, errorBox, fill, h, isTerminal, jsonBlock, stateBadge, when } from "./dom.js";
+
+const LEVELS = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"];
+
+/**
+ * Task runs as a tree: children (a flowable's runs) under the run that started them.
+ * @param {any[]} runs
+ * @returns {Map<string | null, any[]>} children by parent task-run id (null: the top level)
+ */
+export function byParent(runs) {
+  /** @type {Map<string | null, any[]>} */
+  const children = new Map();
+  const ids = new Set(runs.map((run) => run.id));
+  for (const run of runs) {
+    const parent = run.parentTaskRunId && ids.has(run.parentTaskRunId) ? run.parentTaskRunId : null;
+    const list = children.get(parent) ?? [];
+    list.push(run);
+    children.set(parent, list);
+  }
+  return children;
+}
+
+/** @type {import("./app.js").Page} */
+export function executionPage(root, [id]) {
+  const path = `/executions/${encodeURIComponent(id)}`;
+  const aborter = new AbortController();
+  const header = h("div", { class: "exec-header" });
+  const actions = h("div", { class: "actions" });
+  const status = h("div", { "aria-live": "polite" });
+  const tree = h("div", { class: "tree", id: "task-runs" });
+  const facts = h("div", { class: "facts" });
+  const logs = h("div", { class: "logs", id: "logs", role: "log", "aria-live": "off" });
+  const level = h(
+    "select",
+    { id: "log-level" },
+    LEVELS.map((name) => h("option", { value: name, selected: name === "INFO" }, name)),
+  );
+  fill(
+    root,
+    h("p", {}, h("a", { href: "#/executions" }, "← Executions")),
+    header,
+    actions,
+    status,
+    h("section", { "aria-labelledby": "runs-title" }, h("h2", { id: "runs-title" }, "Task runs"), tree),
+    h("section", { "aria-labelledby": "facts-title" }, h("h2", { id: "facts-title" }, "Inputs, labels, trigger"), facts),
+    h(
+      "section",
+      { "aria-labelledby": "logs-title" },
+      h("div", { class: "row" }, h("h2", { id: "logs-title" }, "Logs"), h("label", { for: "log-level" }, "From level"), level),
+      logs,
+    ),
+  );
+
+  /** @type {Set<string>} task runs whose outputs are open, kept across redraws */
+  const open = new Set();
+
+  /** @param {any} execution */
+  const render = (execution) => {
+    const state = execution.state.current;
+    fill(
+      header,
+      h("h1", {}, `${execution.namespace}.${execution.flowId}`),
+      h(
+        "dl",
+        { class: "inline" },
+        h("dt", {}, "Execution"), h("dd", { class: "mono", id: "execution-id" }, execution.id),
+        h("dt", {}, "State"), h("dd", { id: "execution-state" }, stateBadge(state)),
+        h("dt", {}, "Started"), h("dd", {}, when(execution.state.startDate)),
+        h("dt", {}, "Duration"), h("dd", {}, duration(execution.state.startDate, execution.state.endDate)),
+        h("dt", {}, "Flow"), h("dd", {}, h("a", { href: `#/flows/${encodeURIComponent(execution.namespace)}/${encodeURIComponent(execution.flowId)}` }, `revision ${execution.flowRevision ?? ""}`)),
+      ),
+    );
+    fill(
+      actions,
+      isTerminal(state) ? null : h("button", { type: "button", id: "kill", class: "danger", onclick: () => act("DELETE", "/kill", "Kill requested") }, "Kill"),
+      isTerminal(state) && state !== "SUCCESS"
+        ? h("button", { type: "button", id: "restart", onclick: () => act("POST", "/restart", "Restarted") }, "Restart")
+        : null,
+    );
+    fill(tree, renderRuns(execution.taskRunList ?? [], open));
+    const labels = execution.labels ?? [];
+    fill(
+      facts,
+      h("h3", {}, "Inputs"), execution.inputs && Object.keys(execution.inputs).length ? jsonBlock(execution.inputs) : h("p", { class: "muted" }, "None"),
+      h("h3", {}, "Labels"),
+      labels.length ? h("ul", { class: "labels" }, labels.map((/** @type {any} */ l) => h("li", {}, `${l.key}: ${l.value}`))) : h("p", { class: "muted" }, "None"),
+      h("h3", {}, "Trigger"), execution.trigger ? jsonBlock(execution.trigger) : h("p", { class: "muted" }, "Started by hand (API)"),
+    );
+  };
+
+  /** @param {string} method @param {string} suffix @param {string} done */
+  const act = async (method, suffix, done) => {
+    try {
+      await call(method, path + suffix);
+      fill(status, h("p", { class: "notice" }, done));
+      if (suffix === "/restart") watch();
+    } catch (error) {
+      fill(status, errorBox(/** @type {Error} */ (error).message));
+    }
+  };
+
+  /** @type {AbortController | null} */
+  let executionStream = null;
+  const watch = () => {
+    executionStream?.abort();
+    const controller = new AbortController();
+    aborter.signal.addEventListener("abort", () => controller.abort());
+    executionStream = controller;
+    follow(`${path}/follow`, (_id, data) => {
+      if (data && data.state) render(data);
+    }, controller.signal).catch((error) => fill(status, errorBox(error.message)));
+  };
+
+  /** @type {AbortController | null} */
+  let logStream = null;
+  const watchLogs = () => {
+    logStream?.abort();
+    const controller = new AbortController();
+    aborter.signal.addEventListener("abort", () => controller.abort());
+    logStream = controller;
+    logs.replaceChildren();
+    follow(`/logs/${encodeURIComponent(id)}/follow?minLevel=${level.value}`, (frameId, line) => {
+      if (frameId === "start" || !line || !line.message) return;
+      logs.append(
+        h(
+          "div",
+          { class: `log log-${String(line.level).toLowerCase()}` },
+          h("span", { class: "mono muted" }, when(line.timestamp)),
+          h("span", { class: "level" }, line.level),
+          h("span", { class: "mono" }, line.taskId ?? ""),
+          h("span", { class: "message" }, line.message),
+        ),
+      );
+    }, controller.signal).catch((error) => fill(status, errorBox(error.message)));
+  };
+  level.addEventListener("change", watchLogs);
+
+  getJson(path)
+    .then((execution) => {
+      render(execution);
+      watch();
+      watchLogs();
+    })
+    .catch((error) => {
+      const message = error instanceof ApiError && error.status === 404 ? `Execution ${id} not found` : error.message;
+      fill(root, h("p", {}, h("a", { href: "#/executions" }, "← Executions")), errorBox(message));
+    });
+  return () => aborter.abort();
+}
+
+/**
+ * @param {any[]} runs
+ * @param {Set<string>} open
+ */
+function renderRuns(runs, open) {
+  if (!runs.length) return h("p", { class: "muted" }, "No task run yet.");
+  const children = byParent(runs);
+  /** @param {string | null} parent @returns {HTMLUListElement} */
+  const list = (parent) =>
+    h(
+      "ul",
+      { role: parent === null ? "tree" : "group", "aria-label": parent === null ? "Task runs" : null },
+      (children.get(parent) ?? []).map((run) => {
+        const outputs = run.outputs && Object.keys(run.outputs).length ? run.outputs : null;
+        const details = outputs
+          ? h(
+              "details",
+              { open: open.has(run.id), ontoggle: (/** @type {Event} */ e) => {
+                if (/** @type {HTMLDetailsElement} */ (e.target).open) open.add(run.id);
+                else open.delete(run.id);
+              } },
+              h("summary", {}, "Outputs"),
+              jsonBlock(outputs),
+            )
+          : null;
+        return h(
+          "li",
+          { role: "treeitem", "data-task": run.taskId },
+          h(
+            "div",
+            { class: "run" },
+            h("span", { class: "mono" }, run.taskId),
+            run.value != null ? h("span", { class: "muted" }, `[${run.value}]`) : null,
+            stateBadge(run.state.current),
+            h("span", { class: "muted" }, `${(run.attempts ?? []).length} attempt(s)`),
+            h("span", { class: "muted" }, duration(run.state.startDate, run.state.endDate)),
+          ),
+          details,
+          children.has(run.id) ? list(run.id) : null,
+        );
+      }),
+    );
+  return list(null);
+}

@@ -1,0 +1,163 @@
+"""The web UI in a real browser against a real ``kestream standalone``.
+
+Headless Chromium (:mod:`browser`) logs in through the page's form with the API's credentials,
+watches an execution go from RUNNING to SUCCESS in the executions list without a reload (the
+flow's shell task waits for a file the test creates), opens it and reads its task runs and its
+logs, kills another one from its page, and types a flow with an unknown task type into the
+editor, sees the error marked on its line, fixes it and deploys it. Each page is checked for
+console errors (failed loads and exceptions included).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from api_stack import PASSWORD, USERNAME, Stack, start_stack
+from browser import chromium, console_errors
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+pytestmark = pytest.mark.integration
+
+WAIT_S = 60.0
+
+
+def gated(ns: str, gate: Path) -> str:
+    return f"""\
+id: gated
+namespace: {ns}
+tasks:
+  - id: hello
+    type: io.kestra.plugin.core.log.Log
+    message: hello from the browser test
+  - id: gate
+    type: io.kestra.plugin.scripts.shell.Commands
+    commands:
+      - while [ ! -f {gate} ]; do sleep 0.05; done
+"""
+
+
+def sleepy(ns: str) -> str:
+    return f"""\
+id: sleepy
+namespace: {ns}
+tasks:
+  - id: nap
+    type: io.kestra.plugin.core.flow.Sleep
+    duration: PT10M
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    prefix = f"it.ui.{uuid.uuid4().hex[:10]}."
+    yield from start_stack(broker.bootstrap, prefix, tmp_path_factory.mktemp("ui"))
+
+
+@pytest.fixture
+def driver(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    with chromium(tmp_path / "profile") as browser:
+        yield browser
+
+
+def wait(driver: webdriver.Chrome) -> WebDriverWait[webdriver.Chrome]:
+    return WebDriverWait(driver, WAIT_S)
+
+
+def text_of(driver: webdriver.Chrome, selector: str, text: str) -> None:
+    wait(driver).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, selector), text))
+
+
+def no_console_errors(driver: webdriver.Chrome, page: str) -> None:
+    assert console_errors(driver) == [], f"console errors on {page}"
+
+
+def log_in(driver: webdriver.Chrome, stack: Stack) -> None:
+    driver.get(f"{stack.base}/ui/")
+    wait(driver).until(ec.visibility_of_element_located((By.ID, "username")))
+    driver.find_element(By.ID, "username").send_keys(USERNAME)
+    driver.find_element(By.ID, "password").send_keys(PASSWORD)
+    driver.find_element(By.CSS_SELECTOR, "form.login button[type=submit]").click()
+    text_of(driver, "main h1", "Executions")
+    no_console_errors(driver, "the login page")
+
+
+def test_an_execution_runs_live_then_its_page_shows_runs_and_logs(
+    stack: Stack, driver: webdriver.Chrome, tmp_path: Path
+) -> None:
+    ns = f"it.ui.n{uuid.uuid4().hex[:8]}"
+    gate = tmp_path / "gate"
+    assert stack.post_yaml("/flows", gated(ns, gate)).status == 200
+    log_in(driver, stack)
+
+    started = stack.request("POST", f"/executions/{ns}/gated")
+    assert started.status == 200, started.body
+    execution_id = started.json()["id"]
+    driver.get(f"{stack.base}/ui/#/executions?namespace={ns}")
+    row = f'#executions tr[data-id="{execution_id}"] [data-state]'
+    text_of(driver, row, "RUNNING")
+    text_of(driver, "#total", "1 execution")
+    gate.touch()
+    text_of(driver, row, "SUCCESS")  # the same page, redrawn by its refresh: no reload
+    no_console_errors(driver, "the executions list")
+
+    driver.find_element(By.CSS_SELECTOR, f'#executions tr[data-id="{execution_id}"] a').click()
+    text_of(driver, "#execution-id", execution_id)
+    text_of(driver, "#execution-state", "SUCCESS")
+    text_of(driver, '#task-runs [data-task="gate"]', "SUCCESS")
+    text_of(driver, "#logs", "hello from the browser test")
+    Select(driver.find_element(By.ID, "log-level")).select_by_value("ERROR")
+    wait(driver).until(
+        lambda d: "hello from the browser test" not in d.find_element(By.ID, "logs").text
+    )
+    no_console_errors(driver, "the execution page")
+
+
+def test_kill_from_the_execution_page(stack: Stack, driver: webdriver.Chrome) -> None:
+    ns = f"it.ui.n{uuid.uuid4().hex[:8]}"
+    assert stack.post_yaml("/flows", sleepy(ns)).status == 200
+    execution_id = stack.request("POST", f"/executions/{ns}/sleepy").json()["id"]
+    log_in(driver, stack)
+    driver.get(f"{stack.base}/ui/#/executions/{execution_id}")
+    text_of(driver, "#execution-state", "RUNNING")
+    driver.find_element(By.ID, "kill").click()
+    text_of(driver, "#execution-state", "KILLED")
+    assert stack.wait_state(execution_id, {"KILLED"})["state"]["current"] == "KILLED"
+    wait(driver).until(ec.element_to_be_clickable((By.ID, "restart")))
+    no_console_errors(driver, "the execution page")
+
+
+def test_the_editor_marks_an_error_on_its_line_then_deploys_the_fix(
+    stack: Stack, driver: webdriver.Chrome
+) -> None:
+    ns = f"it.ui.n{uuid.uuid4().hex[:8]}"
+    log_in(driver, stack)
+    driver.get(f"{stack.base}/ui/#/flows/new")
+    source = wait(driver).until(ec.element_to_be_clickable((By.ID, "source")))
+    source.clear()
+    broken = (
+        f"id: typed\nnamespace: {ns}\ntasks:\n  - id: oops\n"
+        "    type: io.kestra.plugin.core.log.Logg\n    message: hi\n"
+    )
+    source.send_keys(broken)
+    wait(driver).until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, '.gutter .marked[data-line="5"]'))
+    )
+    text_of(driver, "#problems", "unknown task type 'io.kestra.plugin.core.log.Logg'")
+
+    source.send_keys("\b" * len("g\n    message: hi\n"), "\n    message: hi\n")
+    wait(driver).until(lambda d: not d.find_elements(By.CSS_SELECTOR, ".gutter .marked"))
+    driver.find_element(By.ID, "save").click()
+    text_of(driver, "main h1", f"{ns}.typed")
+    assert stack.get(f"/flows/{ns}/typed").status == 200
+
+    driver.get(f"{stack.base}/ui/#/flows?namespace={ns}")
+    text_of(driver, "#flows", "typed")
+    text_of(driver, "#total", "1 flow")
+    no_console_errors(driver, "the flow pages")
