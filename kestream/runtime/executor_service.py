@@ -56,6 +56,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from kestream.executor import codec
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
+from kestream.executor.admission import Release
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.restore import snapshot_attempt
 from kestream.executor.state import ExecutionState
@@ -64,7 +65,7 @@ from kestream.executor.timers import TimerQueue
 from kestream.expressions import set_render_timeout_ms
 from kestream.kv.store import sync_current_store
 from kestream.models.clock import Clock, utc_now
-from kestream.models.state import StateType
+from kestream.models.state import IllegalTransition, StateType
 from kestream.runtime import records
 from kestream.runtime.admission_slots import AdmissionSlots
 from kestream.runtime.changelog_restorer import (
@@ -589,17 +590,29 @@ class ExecutorService:
         return str(body["id"]), str(body["run"]), int(body["attempt"])
 
     def _fail_execution(self, execution_id: str, reason: str, out: Outbox) -> None:
-        """End an execution still in the table FAILED, as a terminal step would: its update,
-        its tombstones and its ended marker."""
+        """End an execution still in the table FAILED (KILLED from a state that cannot fail,
+        QUEUED say), as a terminal step would: its update, its tombstones, its ended marker,
+        and its flow-concurrency slot given back."""
         st = self.states.get(execution_id)
         if st is None:
             return  # it ended in the same batch: its end record is what was refused
         log.error("execution %s fails: its changelog record was refused (%s)", execution_id,
                   reason)  # fmt: skip
-        st.state.move_execution(StateType.FAILED, self.clock(), "execution")
-        change = cmd.ExecutionChanged(execution_id, StateType.FAILED, [], terminal=True)
+        end = StateType.FAILED
+        try:
+            st.state.move_execution(end, self.clock(), "execution")
+        except IllegalTransition:
+            end = StateType.KILLED
+            st.state.move_execution(end, self.clock(), "execution")
+        commands: list[cmd.Command] = [cmd.ExecutionChanged(execution_id, end, [], terminal=True)]
+        flow = self.registry.get(st.namespace, st.flow_id, st.revision)
+        if flow is not None and flow.concurrency is not None:
+            back = Release(
+                st.namespace, st.flow_id, st.id, st.attempt_number, flow.concurrency.limit
+            )
+            commands.append(cmd.RequestSlot(back))
         staged = Outbox()
-        self._stage(self.partition_of[execution_id], st, StepResult(st, [change]), staged).count()
+        self._stage(self.partition_of[execution_id], st, StepResult(st, commands), staged).count()
         out.extend(staged)
 
     # -- commit ----------------------------------------------------------------------------

@@ -551,3 +551,38 @@ def test_a_subflow_execution_the_broker_refuses_fails_its_parent_task_run() -> N
     updates = [records.loads(v) for t, _, v, _ in heard.commands if t == service.topics.updates]
     runs = {tr["taskId"]: tr["state"]["current"] for tr in updates[-1]["execution"]["taskRunList"]}
     assert updates[-1]["execution"]["state"]["current"] == "FAILED" and runs == {"call": "FAILED"}
+
+
+LIMITED = """
+id: limited
+namespace: test.faults
+concurrency:
+  limit: 1
+  behavior: QUEUE
+tasks:
+  - id: wait
+    type: io.kestra.plugin.core.flow.Pause
+"""
+
+
+def test_a_queued_execution_whose_changelog_record_is_refused_ends_and_leaves_the_line() -> None:
+    service = _service(LIMITED)
+    out = Outbox()
+    service._apply(0, ev.ExecutionCreated("q1", "test.faults", "limited"), out, ("executions", 0))
+    queued = ev.Admission("q1", "test.faults", "limited", 1, StateType.QUEUED, service.clock())
+    out = Outbox()
+    service._apply(0, queued, out, ("executions", 1))
+    assert service.states["q1"].state.current is StateType.QUEUED
+    dynamic = codec.header_key("q1", codec.DYNAMIC)
+    (refused,) = [v for k, v, _ in out.changelog if k == dynamic]
+    assert refused is not None
+    producer = _Producer(refused=refused)
+    service.writer.producer = producer  # type: ignore[assignment]
+    asyncio.run(service._flush(out))  # QUEUED cannot go to FAILED: it is KILLED
+    assert "q1" not in service.states
+    last = [records.loads(v) for t, v in producer.acked if t == service.topics.updates][-1]
+    assert last["terminal"] and last["execution"]["state"]["current"] == "KILLED"
+    (release,) = [
+        records.loads(v) for t, v in producer.acked if t == service.topics.admissions and v
+    ]
+    assert release["type"] == "release" and release["id"] == "q1"
