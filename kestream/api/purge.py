@@ -37,7 +37,6 @@ from kestream.api.index.purges import (
     execution_attempt,
     execution_candidates,
     line_counts,
-    purge_fates,
     purgeable_lines,
 )
 from kestream.api.service import ApiService
@@ -86,35 +85,31 @@ async def _purge_through_executor(
 ) -> set[str]:
     """Delete ended executions (id -> the attempt the index shows ended) through the executor,
     which refuses any that runs again (:mod:`kestream.runtime.purge_fence`); returns the ids
-    deleted, once this API's index shows each one either deleted or moved on."""
+    deleted, once this API's feed has applied the executor's answer for each one."""
     if not attempts:
         return set()
     value = record.to_value()
-    await service.client.send_records(
-        service.ctx.topics.executions,
-        [
-            (execution_id.encode(), records.encode_event(ev.Purge(execution_id, attempt, value)))
-            for execution_id, attempt in attempts.items()
-        ],
-    )
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + APPLY_WAIT_S
-    pending = dict(attempts)
-    deleted: set[str] = set()
-    while True:
-        gone, moved = await asyncio.to_thread(purge_fates, service.index, pending)
-        deleted |= gone
-        for execution_id in gone | moved:
-            del pending[execution_id]
-        if not pending:
-            return deleted
-        if loop.time() > deadline:
+    answers = service.feed.watch_purges(attempts)
+    try:
+        await service.client.send_records(
+            service.ctx.topics.executions,
+            [
+                (execution_id.encode(), records.encode_event(ev.Purge(execution_id, n, value)))
+                for execution_id, n in attempts.items()
+            ],
+        )
+        try:
+            decided = await asyncio.wait_for(asyncio.gather(*answers.values()), APPLY_WAIT_S)
+        except TimeoutError:
             raise ApiError(
                 503,
-                f"The purge was sent, but this API's index has not shown it applied within "
-                f"{APPLY_WAIT_S:g}s; it will be, unless an execution runs again",
-            )
-        await asyncio.sleep(_POLL_S)
+                f"The purge was sent, but this API's index has not received the executor's "
+                f"answer within {APPLY_WAIT_S:g}s; it will",
+            ) from None
+    finally:
+        service.feed.unwatch_purges(answers)
+    outcomes = zip(answers, decided, strict=True)
+    return {execution_id for execution_id, answer in outcomes if answer.execution}
 
 
 async def delete_execution(service: ApiService, execution: dict[str, Any], *, logs: bool) -> bool:

@@ -14,9 +14,13 @@ every other event of the execution, so the executor sees it in order with any re
   attempt is then stale and ignored, :func:`kestream.runtime.executor_service._stale_restart`)
   and the purge record goes to the logs topic, where every index applies it.
 
-A refused purge sends nothing; the API sees the execution move on in its index and reports it
-as not purged. The fence lasts as long as the ended marker (its retention), far longer than an
-index lags; past it, the index shows the execution deleted and the API refuses its restart.
+A refused purge sends the refusal to the logs topic instead (a purge record that deletes
+nothing, ``{"purge": {"execution": false, "logs": null, "refused": true}}``, the shape of
+:class:`kestream.api.index.purges.PurgeRecord`), so the API that waits learns either answer from
+its feed, in the execution's partition. An execution whose ``afterExecution`` tasks still run is
+refused too (it is still in the state table): the purge is tried again by the next one. The
+fence lasts as long as the ended marker (its retention), far longer than an index lags; past it,
+the index shows the execution deleted and the API refuses its restart.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ from kestream.runtime import records
 from kestream.runtime.ended_executions import EndedExecutions
 from kestream.runtime.executor_outbox import Outbox
 
-__all__ = ["PURGED", "apply_purge_event"]
+__all__ = ["PURGED", "REFUSAL", "apply_purge_event"]
 
 log = logging.getLogger("kestream.executor")
 
 #: The state the ended marker of a purged execution records.
 PURGED = "PURGED"
+#: What the executor answers to a purge it refuses (module docs).
+REFUSAL = {"purge": {"execution": False, "logs": None, "refused": True}}
 
 
 def apply_purge_event(
@@ -49,17 +55,15 @@ def apply_purge_event(
 ) -> bool:
     """Stage the purge's records in ``out`` (module docs); False when it is refused."""
     execution_id = event.execution_id
-    if state is not None:
-        log.info("refusing a purge of %s: it runs again (restarted)", execution_id)
-        return False
     marker = ended.get(execution_id)
-    if marker is not None and marker.attempt > event.attempt:
-        log.info(
-            "refusing a purge of %s: attempt %d ended after the purged attempt %d",
-            execution_id,
-            marker.attempt,
-            event.attempt,
-        )
+    why = None
+    if state is not None:
+        why = "it runs"
+    elif marker is not None and marker.attempt > event.attempt:
+        why = f"attempt {marker.attempt} ended since"
+    if why is not None:
+        log.info("refusing a purge of %s (attempt %d): %s", execution_id, event.attempt, why)
+        out.send(logs_topic, execution_id, records.dumps(REFUSAL))
         return False
     key, value = ended.mark(execution_id, partition, PURGED, event.attempt + 1, now)
     out.log(key, value, partition)

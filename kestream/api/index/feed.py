@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
+from kestream.api.index.purges import PurgeRecord
 from kestream.api.index.store import ApplyResult, Batch, FeedRecord, RecordKind, Store
 from kestream.runtime import records
 from kestream.runtime.aio import cancel_and_wait
@@ -159,6 +160,8 @@ class IndexFeed:
         self.last_error: str | None = None
         #: Next offset applied (or stepped over), per partition.
         self._positions: dict[TopicPartition, int] = {}
+        #: Purges of executions this API waits for the executor to decide (:meth:`watch_purges`).
+        self._purge_watches: dict[str, list[asyncio.Future[PurgeRecord]]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -305,6 +308,43 @@ class IndexFeed:
             )
         for (topic, partition), offset in batch.positions.items():
             self._positions[TopicPartition(topic, partition)] = offset
+        if self._purge_watches:
+            self._settle_purges(batch, {id(record) for record, _ in refused})
+
+    def watch_purges(self, execution_ids: Iterable[str]) -> dict[str, asyncio.Future[PurgeRecord]]:
+        """A future per execution, resolved with the executor's answer to a purge of it once
+        this feed has applied that answer: the purge record that deletes it, or the refusal
+        (:mod:`kestream.runtime.purge_fence`). Watch before sending the purges (so no answer
+        goes unseen), and :meth:`unwatch_purges` after."""
+        loop = asyncio.get_running_loop()
+        futures: dict[str, asyncio.Future[PurgeRecord]] = {}
+        for execution_id in execution_ids:
+            futures[execution_id] = loop.create_future()
+            self._purge_watches.setdefault(execution_id, []).append(futures[execution_id])
+        return futures
+
+    def unwatch_purges(self, futures: Mapping[str, asyncio.Future[PurgeRecord]]) -> None:
+        """Stop watching (answered or not)."""
+        for execution_id, future in futures.items():
+            waiting = self._purge_watches.get(execution_id, [])
+            if future in waiting:
+                waiting.remove(future)
+            if not waiting:
+                self._purge_watches.pop(execution_id, None)
+
+    def _settle_purges(self, batch: Batch, refused: set[int]) -> None:
+        """Answer the watches of the executions whose purge this batch decided (a purge of
+        lines only, by another request, decides nothing: it is not an answer; nor does a record
+        the store refused, ``refused`` holding their ``id()``)."""
+        for record in batch.records:
+            if record.kind is not RecordKind.PURGE or id(record) in refused:
+                continue
+            purge: PurgeRecord = record.value
+            if not (purge.execution or purge.refused):
+                continue
+            for future in self._purge_watches.pop(record.execution_id, []):
+                if not future.done():
+                    future.set_result(purge)
 
     async def _apply(self, batch: Batch) -> list[tuple[FeedRecord, str]]:
         """Apply in a worker thread, retrying until the database is back when it cannot write

@@ -14,9 +14,10 @@ updates partition, leaves it deleted, as :meth:`Store.delete` always has.
 
 A purge that deletes executions does not come straight from the API: it goes to the executor
 as a :class:`~kestream.executor.events.Purge` event, which refuses it for an execution restarted
-since the index saw it ended and otherwise sends the record here
-(:mod:`kestream.runtime.purge_fence`); the API reads the outcome back from its index
-(:func:`purge_fates`).
+since the index saw it ended (sending ``{"purge": {"execution": false, "logs": null, "refused":
+true}}`` instead) and otherwise sends the record here (:mod:`kestream.runtime.purge_fence`); the
+API learns either outcome from its own feed (:meth:`IndexFeed.watch_purges
+<kestream.api.index.feed.IndexFeed.watch_purges>`).
 
 The value is ``{"purge": {"execution": bool, "logs": "all" | {"levels", "startDate",
 "endDate"} | null}}``: a plain JSON object where log records are JSON lists, so the feed tells
@@ -48,7 +49,6 @@ __all__ = [
     "execution_candidates",
     "is_purge_value",
     "line_counts",
-    "purge_fates",
     "purgeable_lines",
 ]
 
@@ -70,6 +70,9 @@ class PurgeRecord:
     all_logs: bool = False
     #: Only the lines these filters pick (levels, dates); ``None`` with ``all_logs`` false: none.
     lines: LogPurge | None = None
+    #: The executor's answer to a purge of the execution it refused (restarted since the index
+    #: saw it ended, :mod:`kestream.runtime.purge_fence`): deletes nothing, tells the API.
+    refused: bool = False
 
     def to_value(self) -> dict[str, Any]:
         logs: Any = None
@@ -82,7 +85,10 @@ class PurgeRecord:
                 "startDate": _iso(self.lines.startDate),
                 "endDate": _iso(self.lines.endDate),
             }
-        return {"purge": {"execution": self.execution, "logs": logs}}
+        body: dict[str, Any] = {"execution": self.execution, "logs": logs}
+        if self.refused:
+            body["refused"] = True
+        return {"purge": body}
 
     @classmethod
     def from_value(cls, value: Any) -> PurgeRecord:
@@ -91,6 +97,8 @@ class PurgeRecord:
         if not isinstance(body, dict) or not isinstance(body.get("execution"), bool):
             raise RecordError("a purge record needs purge.execution (true or false)")
         logs = body.get("logs")
+        if body.get("refused") is True:
+            return cls(False, refused=True)
         if logs is None or logs == "all":
             return cls(body["execution"], all_logs=logs == "all")
         if not isinstance(logs, dict):
@@ -245,35 +253,6 @@ def execution_attempt(execution: dict[str, Any]) -> int:
         return snapshot_attempt(execution)
     except RestoreError:
         return 1
-
-
-def purge_fates(store: Store, attempts: dict[str, int]) -> tuple[set[str], set[str]]:
-    """Of the executions whose purge was sent (id -> the attempt it purges), which the index
-    shows deleted, and which moved on instead (restarted: running, or a later attempt), so the
-    executor refused their purge; the others are still on their way."""
-    if not attempts:
-        return set(), set()
-    ids = list(attempts)
-    with store._reading() as cur:
-        cur.execute(
-            store._sql(
-                f"SELECT id, deleted, state, doc{store.dialect.doc_cast} FROM executions "
-                f"WHERE id IN ({marks(len(ids))})"
-            ),
-            ids,
-        )
-        rows = cur.fetchall()
-    deleted: set[str] = set()
-    moved: set[str] = set()
-    for execution_id, gone, state, doc in rows:
-        key = str(execution_id)
-        if gone:
-            deleted.add(key)
-        elif (
-            not StateType(state).is_terminal or execution_attempt(store._load(doc)) > attempts[key]
-        ):
-            moved.add(key)
-    return deleted, moved
 
 
 def line_counts(store: Store, execution_ids: list[str]) -> dict[str, int]:

@@ -9,7 +9,6 @@ from kestream.api.index.purges import (
     PurgeRecord,
     execution_candidates,
     line_counts,
-    purge_fates,
     purgeable_lines,
 )
 from kestream.api.index.store import Batch, FeedRecord, RecordKind, Store
@@ -191,23 +190,27 @@ def _attempt(execution: dict[str, object], attempt: int) -> dict[str, object]:
     return {**execution, "metadata": {"attemptNumber": attempt}}
 
 
-def test_a_purge_reads_back_which_executions_went_and_which_ran_again(store: Store) -> None:
+def test_candidates_carry_the_attempt_and_the_folder_of_each_execution(store: Store) -> None:
     feed = Feed()
     end = T0 + timedelta(minutes=1)
-    failed = [header(i, state="FAILED", end=end) for i in ("gone", "restarted", "again", "slow")]
-    store.apply(feed.updates(*(partial(_attempt(e, 1)) for e in failed)))
-    query = ExecutionPurge(endDate=T0 + timedelta(days=1))
-    found, _ = execution_candidates(store, query, 10)
-    assert {(c.id, c.attempt, c.namespace, c.flow_id) for c in found} == {
-        (i, 1, "company.team", "hello") for i in ("gone", "restarted", "again", "slow")
-    }
-    # The executor accepted "gone"; "restarted" runs again; "again" ended as attempt 2.
-    store.apply(purge(feed, "gone", PurgeRecord(True, all_logs=True)))
     store.apply(
         feed.updates(
-            partial(_attempt(header("restarted", state="RUNNING"), 2)),
-            partial(_attempt(header("again", state="FAILED", end=end), 2)),
+            partial(_attempt(header("first", state="FAILED", end=end), 1)),
+            partial(_attempt(header("again", state="FAILED", end=end, flow_id="other"), 3)),
         )
     )
-    attempts = {c.id: c.attempt for c in found}
-    assert purge_fates(store, attempts) == ({"gone"}, {"restarted", "again"})  # "slow": pending
+    found, _ = execution_candidates(store, ExecutionPurge(endDate=T0 + timedelta(days=1)), 10)
+    assert {(c.id, c.attempt, c.namespace, c.flow_id) for c in found} == {
+        ("first", 1, "company.team", "hello"),
+        ("again", 3, "company.team", "other"),
+    }
+
+
+def test_the_executors_refusal_deletes_nothing(store: Store) -> None:
+    feed = Feed()
+    store.apply(feed.updates(partial(header("e1", state="FAILED", end=T0))))
+    store.apply(feed.logs("e1", log_line("e1", T0, "INFO", "kept")))
+    refusal = PurgeRecord(False, refused=True)
+    assert PurgeRecord.from_value(refusal.to_value()) == refusal
+    store.apply(purge(feed, "e1", refusal))
+    assert store.get("e1") is not None and messages(store, "e1") == ["kept"]

@@ -18,7 +18,7 @@ from kestream.runtime.changelog_restorer import ChangelogRestorer
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.executor_service import ExecutorService, Outbox
 from kestream.runtime.metrics import Metrics
-from kestream.runtime.purge_fence import PURGED
+from kestream.runtime.purge_fence import PURGED, REFUSAL
 from kestream.runtime.topics import Topics
 from kestream.settings import Settings
 
@@ -98,7 +98,7 @@ def test_a_purge_arriving_after_a_restart_is_refused(service: ExecutorService) -
     _apply(service, ev.Restart("e1", snapshot))
     assert "e1" in service.states  # running again
     out = _apply(service, ev.Purge("e1", 1, RECORD))
-    assert _purge_records(service, out) == [] and out.changelog == []
+    assert _purge_records(service, out) == [REFUSAL] and out.changelog == []
     assert "e1" in service.states
 
 
@@ -110,7 +110,7 @@ def test_a_purge_of_an_attempt_overtaken_by_a_later_end_is_refused(
     marker = service.ended.get("e1")
     assert "e1" not in service.states and marker is not None and marker.attempt == 2
     out = _apply(service, ev.Purge("e1", 1, RECORD))
-    assert _purge_records(service, out) == []
+    assert _purge_records(service, out) == [REFUSAL]
     assert _purge_records(service, _apply(service, ev.Purge("e1", 2, RECORD))) == [RECORD]
 
 
