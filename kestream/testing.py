@@ -52,6 +52,8 @@ T = TypeVar("T")
 
 #: Timers that are no work of their own: what they end waits for them (a pause, an SLA).
 _WAITING_TIMERS = ("pause-delay", "pause-timeout", SLA_TIMER)
+#: How the trigger of a child execution ends: a Subflow's, a ForEachItem batch's.
+_CHILD_TRIGGERS = (".Subflow", "$ForEachItemExecutable")
 
 
 class Driver:
@@ -335,13 +337,14 @@ class Driver:
         return [execution_model(st) for st in self.states.values()]
 
     def children(self, execution_id: str) -> list[Execution]:
-        """Executions started by Subflow tasks of this execution, and theirs (descendants)."""
+        """Executions started by Subflow (and ForEachItem) tasks of this execution, and
+        theirs (descendants)."""
         found: list[Execution] = []
         parents = {execution_id}
         for st in self.states.values():
             trigger = st.trigger or {}
             parent = trigger.get("variables", {}).get("executionId")
-            if trigger.get("type", "").endswith(".Subflow") and parent in parents:
+            if trigger.get("type", "").endswith(_CHILD_TRIGGERS) and parent in parents:
                 parents.add(st.id)
                 found.append(execution_model(st))
         return found

@@ -97,6 +97,12 @@ from kestream.tasks.base import (
 )
 from kestream.tasks.execution import ExecutionUpdate, ExecutionUpdatingTask
 from kestream.tasks.flow import one_lane
+from kestream.tasks.for_each_item import (
+    ITEMS_VARIABLE,
+    ITERATION_VARIABLE,
+    ForEachItemExecutable,
+    batch_child_id,
+)
 from kestream.tasks.loop_until import LoopUntil
 from kestream.tasks.pause import Pause
 from kestream.tasks.subflow import Subflow
@@ -475,6 +481,9 @@ class _Step:
             return
         task = tr.task
         assert isinstance(task, Subflow)
+        if isinstance(task, ForEachItemExecutable):
+            self.batch_finished(tr, task, done)
+            return
         outputs: dict[str, Any] = {"executionId": done.child_id, "state": done.child_state.value}
         if done.outputs is not None:
             outputs["outputs"] = done.outputs
@@ -565,6 +574,10 @@ class _Step:
                     self.commands.append(cmd.KillTask(self.st.id, tr.id))
             if tr.child_execution_id and isinstance(tr.task, Subflow):
                 self.commands.append(cmd.SendEvent(ev.Kill(tr.child_execution_id)))
+            if isinstance(tr.task, ForEachItemExecutable) and tr.outputs and tr.task.wait:
+                for index in range(int(tr.outputs["numberOfBatches"])):
+                    child_id = batch_child_id(self.st.id, tr.id, len(tr.attempts), index)
+                    self.commands.append(cmd.SendEvent(ev.Kill(child_id)))
             if leaves_only:
                 self.unpause(tr)
                 self.cancel_timer(f"loop:{tr.id}")
@@ -1086,16 +1099,32 @@ class _Step:
         props = self.begin_attempt(tr)
         if props is None:
             return
-        namespace, flow_id = str(props["namespace"]), str(props["flowId"])
-        child_flow = self.ex.flows.get(namespace, flow_id, task.revision)
-        if child_flow is None:
-            self.attempt_failed(tr, f"Unable to find the subflow '{namespace}.{flow_id}'")
+        if isinstance(task, ForEachItemExecutable):
+            self.run_batches(tr, task, props)
+            return
+        if not self.subflow_exists(tr, props):
             return
         attempt = len(tr.attempts)
         child_id = derived_id(self.st.id, "subflow", tr.id, attempt)
         tr.child_execution_id = child_id
+        inputs = props.get("inputs") or {}
+        self.commands.append(cmd.CreateExecution(self.child_execution(tr, props, child_id, inputs)))
+        if not task.wait:
+            self.set_outputs(tr, {"executionId": child_id})
+            tr.attempts[-1].move_task_run(S.SUCCESS, self.now, task.id)
+            self.complete(tr, S.SUCCESS)
+
+    def child_execution(
+        self, tr: TaskRunState, props: dict[str, Any], child_id: str, inputs: dict[str, Any]
+    ) -> ev.ExecutionCreated:
+        """The creation of one child execution of the Subflow (or ForEachItem batch) ``tr``,
+        from its rendered ``props`` and the child's ``inputs``."""
+        task = tr.task
+        assert isinstance(task, Subflow)
+        namespace, flow_id = str(props["namespace"]), str(props["flowId"])
+        attempt = len(tr.attempts)
         link = ev.SubflowLink(self.st.id, tr.id, attempt, task.outputs) if task.wait else None
-        created = ev.ExecutionCreated(
+        return ev.ExecutionCreated(
             execution_id=child_id,
             namespace=namespace,
             flow_id=flow_id,
@@ -1103,14 +1132,14 @@ class _Step:
             # SECRET inputs handed on are sealed again for the child, the only flow that may
             # decrypt them there (kestream.secrets.encryption)
             inputs=reseal(
-                props.get("inputs") or {},
+                inputs,
                 scope_of(self.st.namespace, self.st.flow_id),
                 scope_of(namespace, flow_id),
             ),
             labels=self.child_labels(task, props.get("labels")),
             trigger={
                 "id": task.id,
-                "type": Subflow.type_name,
+                "type": task.type_name,
                 "variables": {
                     "executionId": self.st.id,
                     "namespace": self.st.namespace,
@@ -1118,13 +1147,81 @@ class _Step:
                     "flowRevision": self.st.revision,
                 },
             },
+            schedule_date=props.get("scheduleDate"),
             parent=link,
         )
-        self.commands.append(cmd.CreateExecution(created))
-        if not task.wait:
-            self.set_outputs(tr, {"executionId": child_id})
+
+    def subflow_exists(self, tr: TaskRunState, props: dict[str, Any]) -> bool:
+        """Whether the flow the rendered ``props`` name exists; if not, the attempt fails."""
+        namespace, flow_id = str(props["namespace"]), str(props["flowId"])
+        assert isinstance(tr.task, Subflow)
+        if self.ex.flows.get(namespace, flow_id, tr.task.revision) is None:
+            self.attempt_failed(tr, f"Unable to find the subflow '{namespace}.{flow_id}'")
+            return False
+        return True
+
+    def run_batches(
+        self, tr: TaskRunState, task: ForEachItemExecutable, props: dict[str, Any]
+    ) -> None:
+        """ForEachItem: one child execution per batch file, ``taskrun.items`` naming it and
+        ``taskrun.iteration`` numbering it (from 1) while the children's inputs render. No
+        batch: the task run succeeds without outputs."""
+        try:
+            uris = task.batch_uris(props.get("splits"))
+            props["scheduleDate"] = task.schedule_date(props.get("scheduleDate"))
+            ctx = self.context(tr)
+            children = []
+            for number, uri in enumerate(uris, start=1):
+                ctx["taskrun"] = {**ctx["taskrun"], ITEMS_VARIABLE: uri, ITERATION_VARIABLE: number}
+                children.append(render_value(task.inputs, ctx))
+        except (TaskError, RenderError) as exc:
+            self.attempt_failed(tr, str(exc))
+            return
+        if uris and not self.subflow_exists(tr, props):
+            return
+        attempt = len(tr.attempts)
+        for index, inputs in enumerate(children):
+            child_id = batch_child_id(self.st.id, tr.id, attempt, index)
+            self.commands.append(
+                cmd.CreateExecution(self.child_execution(tr, props, child_id, inputs))
+            )
+        if uris:
+            created = len(uris) if task.wait else 0
+            iterations = {"CREATED": created, "RUNNING": 0}
+            if not task.wait:
+                iterations[S.SUCCESS.value] = len(uris)
+            self.set_outputs(tr, {"numberOfBatches": len(uris), "iterations": iterations})
+        if not uris or not task.wait:
             tr.attempts[-1].move_task_run(S.SUCCESS, self.now, task.id)
             self.complete(tr, S.SUCCESS)
+
+    def batch_finished(
+        self, tr: TaskRunState, task: ForEachItemExecutable, done: ev.SubflowFinished
+    ) -> None:
+        """One ForEachItem child ended: count it by its end state and keep its outputs (for
+        the merge task); the last one ends the task run, failed when one failed and
+        ``transmitFailed`` says so."""
+        outputs = tr.outputs or {}
+        iterations = outputs["iterations"]
+        state = S.FAILED if done.error else done.child_state
+        if done.error:
+            self.remember_error(tr, done.error)
+        iterations["CREATED"] -= 1
+        iterations[state.value] = iterations.get(state.value, 0) + 1
+        if done.outputs is not None:
+            outputs.setdefault("outputs", []).append(done.outputs)
+        self.set_outputs(tr, outputs)
+        if iterations["CREATED"] > 0:
+            return
+        ended = [S(name) for name, count in iterations.items() if count and name != "CREATED"]
+        failed = sum(iterations[s.value] for s in ended if s.is_failed)
+        if failed and task.transmitFailed:
+            total = outputs["numberOfBatches"]
+            self.attempt_failed(tr, f"{failed} of the {total} subflow executions failed")
+            return
+        final = S.WARNING if S.WARNING in ended else S.SUCCESS
+        tr.attempts[-1].move_task_run(final, self.now, task.id)
+        self.complete(tr, final)
 
     def child_labels(self, task: Subflow, rendered: Any) -> dict[str, str]:
         labels: dict[str, str] = {}

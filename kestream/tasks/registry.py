@@ -14,6 +14,12 @@ from kestream.tasks.base import Task
 from kestream.tasks.dag import Dag
 from kestream.tasks.execution import Assert, Exit, Labels
 from kestream.tasks.flow import AllowFailure, If, Parallel, Sequential, Switch
+from kestream.tasks.for_each_item import (
+    ForEachItem,
+    ForEachItemExecutable,
+    ForEachItemMergeOutputs,
+    ForEachItemSplit,
+)
 from kestream.tasks.http import Request
 from kestream.tasks.http_download import Download
 from kestream.tasks.kv import Delete as KVDelete
@@ -38,11 +44,13 @@ from kestream.tasks.working_directory import WorkingDirectory
 TASK_CLASSES: tuple[type[Task], ...] = (
     Log, Return, Echo, OutputValues, Fail, Sleep, Pause,
     Sequential, Parallel, If, Switch, AllowFailure, WorkingDirectory,
-    ForEach, EachSequential, EachParallel, Subflow, LoopUntil, Dag,
+    ForEach, EachSequential, EachParallel, Subflow, LoopUntil, Dag, ForEachItem,
     Request, Labels, Assert, Exit, PurgeExecutions, PurgeLogs,
     ShellCommands, ShellScript, PythonCommands, PythonScript,
     KVSet, KVGet, KVGetKeys, KVDelete, PurgeKV,
     Write, Concat, Split, StorageSize, StorageDelete, Download, LocalFiles,
+    # ForEachItem's internal tasks: a worker runs the split and the merge by their type
+    ForEachItemSplit, ForEachItemExecutable, ForEachItemMergeOutputs,
 )  # fmt: skip
 
 

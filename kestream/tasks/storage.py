@@ -70,7 +70,7 @@ class Concat(StorageTask):
     extension: str = ".tmp"
 
     def run_storage(self, props: dict[str, Any], run: RunInfo, storage: Storage) -> dict[str, Any]:
-        uris = _uri_list(props.get("files"))
+        uris = uri_list(props.get("files"), "files")
         keys = [readable_key(run, uri, "files") for uri in uris]
         separator = (props.get("separator") or "").encode("utf-8")
         target = run_files(run).key(new_file_name(str(props.get("extension") or "")))
@@ -244,18 +244,20 @@ def _chunks(storage: Storage, key: str, what: str) -> Iterator[bytes]:
         raise TaskError(f"{what}: the file 'kestra:///{key}' does not exist") from None
 
 
-def _uri_list(value: Any) -> list[str]:
+def uri_list(value: Any, what: str) -> list[str]:
+    """A list of URIs given as a list or as its JSON text (a rendered expression); a single
+    URI is a list of one. TaskError naming the property ``what`` otherwise."""
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
             try:
                 value = orjson.loads(text)
             except orjson.JSONDecodeError as exc:
-                raise TaskError(f"files: invalid JSON list: {exc}") from None
+                raise TaskError(f"{what}: invalid JSON list: {exc}") from None
         else:
             value = [text]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise TaskError("files: expects a list of kestra:// URIs")
+        raise TaskError(f"{what}: expects a list of kestra:// URIs")
     return value
 
 

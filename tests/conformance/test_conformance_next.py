@@ -26,14 +26,24 @@ from conformance_checks import (
     substitute,
 )
 from conformance_corpus import REPO_ROOT, Entry, load_entries
+from conformance_files import (
+    check_child_counts,
+    check_files,
+    input_files,
+    split_checks,
+    store_inputs,
+)
 from conformance_scenarios import DriverBackend, run_scenario
 
+from kestream.executor import events as ev
 from kestream.executor.instance_variables import InstanceVariables, set_instance_variables
 from kestream.kv.values import KVEntry, infer_value
 from kestream.models.clock import utc_now
 from kestream.models.execution import Execution, LogEntry
+from kestream.models.ids import new_id
 from kestream.models.state import StateType
 from kestream.secrets.masking import MASK
+from kestream.storage import Storage, get_storage, using_storage
 from kestream.testing import Driver
 
 ENV_VAR = "KESTREAM_CONFORMANCE_NEXT_DIR"
@@ -44,6 +54,7 @@ BUILT = frozenset(
     | {"kv()", "kv tasks", "secret()"}
     | {"sla", "subflow"}
     | {"concurrency"}
+    | {"ForEachItem"}
 )
 
 
@@ -125,9 +136,14 @@ def runtime(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     set_instance_variables(previous)
 
 
+CORPUS = _corpus()
+#: ``inputFiles`` per entry: stored as the execution's FILE inputs (:mod:`conformance_files`).
+INPUT_FILES = input_files(CORPUS)
+
+
 @pytest.fixture
-def driver() -> Iterator[Driver]:
-    with Driver() as instance:
+def driver(tmp_path: Path) -> Iterator[Driver]:
+    with using_storage(Storage.local(tmp_path / "storage")), Driver() as instance:
         yield instance
 
 
@@ -141,20 +157,17 @@ def test_conformance_next(entry: Entry, driver: Driver) -> None:
     for text in entry.required_texts():
         driver.deploy(text)
     driver.deploy(entry.flow_text())
-    execution = driver.start(
-        entry.namespace,
-        entry.flow_id,
-        entry.inputs,
-        validate_inputs=entry.inputs_validated,
-        labels=entry.labels,
-    )
+    execution = start(entry, driver)
     if execution.state.current is StateType.PAUSED and entry.expect.get("state") != "PAUSED":
         execution = driver.wait(execution.id)  # a Pause that times out or resumes by itself
-    failures = check_next(adapted_expect(entry), execution, driver.logs(execution.id))
+    expect, child_specs, file_checks = split_checks(adapted_expect(entry), entry.children)
+    failures = check_next(expect, execution, driver.logs(execution.id))
+    failures += check_files(file_checks, execution)
     if entry.children:
         children = driver.children(execution.id)
         child_logs = {child.id: driver.logs(child.id) for child in children}
-        failures += check_children(entry.children, children, child_logs, execution.id)
+        failures += check_children(child_specs, children, child_logs, execution.id)
+        failures += check_child_counts(file_checks, children)
     for position, phase in enumerate(entry.phases):
         if phase.get("action") != "restart":
             raise ValueError(f"{entry.case_id()}: phase action {phase.get('action')!r}")
@@ -168,6 +181,32 @@ def test_conformance_next(entry: Entry, driver: Driver) -> None:
         report = "\n".join([f"{entry.case_id()} ({entry.source})", *failures])
         logs = driver.logs(execution.id)
         pytest.fail(report + "\n" + dump_execution(execution, logs), pytrace=False)
+
+
+def start(entry: Entry, driver: Driver) -> Execution:
+    """Start the entry's execution, its ``inputFiles`` stored first under its inputs folder."""
+    files = INPUT_FILES.get(entry.index)
+    if not files:
+        return driver.start(
+            entry.namespace,
+            entry.flow_id,
+            entry.inputs,
+            validate_inputs=entry.inputs_validated,
+            labels=entry.labels,
+        )
+    execution_id = new_id()
+    uris = store_inputs(
+        get_storage(), CORPUS, files, (entry.namespace, entry.flow_id, execution_id)
+    )
+    created = ev.ExecutionCreated(
+        execution_id=execution_id,
+        namespace=entry.namespace,
+        flow_id=entry.flow_id,
+        inputs={**entry.inputs, **uris},
+        validate_inputs=entry.inputs_validated,
+        labels={str(k): str(v) for k, v in (entry.labels or {}).items()},
+    )
+    return driver.submit(created)
 
 
 def _scenario(entry: Entry, driver: Driver) -> None:
