@@ -5,10 +5,10 @@ topic (where it was, why, as much of it as fits), logged and counted.
 
 :class:`RecordWriter` writes a batch's :class:`~kestream.runtime.executor_outbox.Outbox` in its
 order: the commands, waiting for every ack, then the changelog, waiting again. A record the
-broker refuses for what it is (too large for the topic, say: :data:`RECORD_FAULTS`), or that
-cannot be sent at all, goes to the dead-letter topic instead and the rest is written; a
-failure of the broker itself raises, and the processor stops (its partitions' next owner
-replays from the last commit).
+broker refuses for what it is (too large for the topic, say:
+:func:`~kestream.runtime.produce_faults.record_fault`), or that cannot be sent at all, goes
+to the dead-letter topic instead and the rest is written; a failure of the broker itself
+raises, and the processor stops (its partitions' next owner replays from the last commit).
 
 A refused record's step has already been applied in memory, so the writer hands the refused
 records back (:class:`Written`): the processor then fails the task run of a refused job, and
@@ -23,38 +23,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka import errors as kafka_errors
 
 from kestream.executor.sizes import over_limit
 from kestream.runtime import records
 from kestream.runtime.executor_outbox import CommandRecord, Outbox
 from kestream.runtime.metrics import Metrics
+from kestream.runtime.produce_faults import record_fault
 from kestream.runtime.record_limit import RecordLimit
 from kestream.runtime.topics import Topics
 
-__all__ = ["RECORD_FAULTS", "DeadLetters", "RecordWriter", "Refusal", "Written", "record_fault"]
+__all__ = ["DeadLetters", "RecordWriter", "Refusal", "Written"]
 
 log = logging.getLogger("kestream.executor")
-
-#: Broker answers that are about one record, not the broker: that record is dead-lettered.
-RECORD_FAULTS = (
-    kafka_errors.MessageSizeTooLargeError,
-    kafka_errors.RecordTooLargeError,
-    kafka_errors.RecordListTooLargeError,
-    kafka_errors.CorruptRecordException,
-    kafka_errors.InvalidTopicError,
-    kafka_errors.UnsupportedForMessageFormatError,
-    kafka_errors.PolicyViolationError,
-)
-
-
-def record_fault(exc: BaseException) -> bool:
-    """Whether a produce failure is about the record itself (dead-letter it) rather than the
-    broker (stop, a restart replays)."""
-    if isinstance(exc, kafka_errors.KafkaError):
-        return isinstance(exc, RECORD_FAULTS)
-    return isinstance(exc, TypeError | ValueError)  # a value or key the client cannot send
-
 
 Refusal = tuple[CommandRecord, str]
 """A record that was not written (its dead letter was), and why."""

@@ -20,9 +20,12 @@ not finished, where finished means its result (and logs) were acknowledged by th
 worker that dies mid-Sleep therefore loses nothing: the new owner runs the job again. Jobs that
 finished after the last commit may run twice; the executor applies a result once per (task run,
 attempt) (DESIGN.md section 3), so that is harmless. Commits happen every
-:data:`COMMIT_INTERVAL_S`, on partition revocation, and at stop. A result the broker keeps
-refusing never holds the commit point: after a few tries the task run is failed with the
-broker's reason (a small result without logs or outputs) and the partition moves on.
+:data:`COMMIT_INTERVAL_S`, on partition revocation, and at stop. While the broker is away
+a result is sent again (with a capped backoff) until it is acknowledged, so an outage delays
+results but never changes them. A result the broker refuses for what it is (too large for the
+topic, say: :func:`~kestream.runtime.produce_faults.record_fault`) never holds the commit point:
+the task run is failed with the broker's reason (a small result without logs or outputs) and
+the partition moves on.
 
 **Duplicates.** The executor may send a job again after a crash (its ids are derived, so the
 repeat is recognisable). A job whose (execution id, task run id, attempt) is running here, or
@@ -80,6 +83,7 @@ from kestream.runtime.context import BrokerContext
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.log_stream import LogStream
 from kestream.runtime.metrics import Metrics, process_metrics
+from kestream.runtime.produce_faults import record_fault
 from kestream.runtime.topics import ensure_group_topics
 from kestream.tasks.base import RunnableTask
 from kestream.tasks.registry import known_types
@@ -103,9 +107,8 @@ DRAIN_TIMEOUT_S = 10.0
 #: How long a rebalance waits for the running jobs of the partitions it takes away, so that
 #: they end and are committed before another worker reads those partitions.
 REVOKE_GRACE_S = 10.0
-_PRODUCE_ATTEMPTS = 5
 _ERROR_BACKOFF_S = 0.5
-#: The longest pause between two tries of a result that must get through.
+#: The longest pause between two tries of a result that must get through (:func:`_backoff`).
 _MAX_BACKOFF_S = 5.0
 
 JobKey = tuple[str, str, int]  # execution id, task run id, attempt
@@ -619,12 +622,17 @@ class WorkerService:
         self, job: _Job, result: ev.WorkerResult, lines: list[cmd.LogLine]
     ) -> ev.WorkerResult | None:
         """Produce the logs and the result and wait for the acks; the result sent, or ``None``
-        when the worker stops first (the job then runs again on the partition's next owner).
+        when the worker stops, or the job's partition goes to another worker, first (the job
+        then runs again on the partition's next owner).
 
-        A result the broker keeps refusing (:data:`_PRODUCE_ATTEMPTS` tries) is replaced by a
-        FAILED one that names the reason and carries neither logs nor outputs, sent until it is
-        acknowledged: the task run ends, and the partition's commit point moves past the job,
-        instead of the execution waiting for a result that never comes.
+        While the broker is away (a connection lost, a request timed out, a leader moving)
+        the same result is sent again, with a capped backoff, until it is acknowledged: a
+        restart of the broker must not turn a task that succeeded into a failed one. Only a
+        result the broker refuses for what it is (:func:`record_fault`: too large for the
+        topic, an invalid topic, a policy) is replaced by a FAILED one that names the reason
+        and carries neither logs nor outputs, sent until it is acknowledged: the task run ends,
+        and the partition's commit point moves past the job, instead of the execution waiting
+        for a result that can never come.
         """
         producer, topics = self._producer, self.ctx.topics
         assert producer is not None
@@ -636,28 +644,36 @@ class WorkerService:
         if not self.limit.fits(value):  # outputs fit (the runner checks): errors too large
             result = _result_refused(result, job.task_id, len(value), room)
             value = records.encode_event(result)
-        failure: Exception | None = None
-        for attempt in range(1, _PRODUCE_ATTEMPTS + 1):
+        tries = 0
+        while not self._stopping and not job.abandoned:
             try:
                 acks = [await producer.send(topics.logs, part, key=key) for part in logs]
                 acks.append(await producer.send(topics.results, value, key=key))
                 await asyncio.gather(*acks)
                 return result
             except KafkaError as exc:
-                failure = exc
-                log.warning("producing the result of %s failed (%s), try %d", job.key, exc, attempt)
-                await asyncio.sleep(_ERROR_BACKOFF_S * attempt)
-        assert failure is not None
-        failed = _result_unpublishable(result, job.task_id, failure)
+                if record_fault(exc):
+                    return await self._publish_refused(job, result, exc, key)
+                tries += 1
+                log.warning("producing the result of %s failed (%s), try %d", job.key, exc, tries)
+                await asyncio.sleep(_backoff(tries))
+        return None
+
+    async def _publish_refused(
+        self, job: _Job, result: ev.WorkerResult, fault: Exception, key: bytes
+    ) -> ev.WorkerResult | None:
+        """Send the FAILED result that replaces one the broker refused (:meth:`_publish`)."""
+        failed = _result_unpublishable(result, job.task_id, fault)
         log.error("the result of %s cannot be published: %s", job.key, failed.error)
-        if await self._send_until_acked(topics.results, records.encode_event(failed), key):
+        value = records.encode_event(failed)
+        if await self._send_until_acked(self.ctx.topics.results, value, key):
             return failed
         return None
 
-    async def _send_until_acked(self, topic: str, value: bytes, key: bytes) -> bool:
+    async def _send_until_acked(self, topic: str, value: bytes, key: bytes | None) -> bool:
         """Produce one record, retrying with a capped backoff until the broker acknowledges it
-        (``True``) or the worker stops (``False``). Used for the small FAILED result of
-        :meth:`_publish`: only an unreachable broker refuses it, and waiting for the broker is
+        (``True``) or the worker stops (``False``). Used for records that must get through
+        (a FAILED result, a finished job's answer, a dead letter): waiting for the broker is
         then all a worker can do."""
         producer = self._producer
         assert producer is not None
@@ -669,7 +685,7 @@ class WorkerService:
             except KafkaError as exc:
                 tries += 1
                 log.warning("producing to %s failed (%s), try %d", topic, exc, tries)
-                await asyncio.sleep(min(_ERROR_BACKOFF_S * tries, _MAX_BACKOFF_S))
+                await asyncio.sleep(_backoff(tries))
         return False
 
     # -- dead letters --------------------------------------------------------------------------
@@ -689,18 +705,11 @@ class WorkerService:
         self._spawn(self._send_dead_letter(record.key, value, marks))
 
     async def _send_dead_letter(self, key: bytes | None, value: bytes, marks: list[_Mark]) -> None:
-        producer = self._producer
-        assert producer is not None
-        for attempt in range(1, _PRODUCE_ATTEMPTS + 1):
-            try:
-                await producer.send_and_wait(self.ctx.topics.dead_letter, value, key=key)
-            except KafkaError as exc:
-                log.warning("dead-letter produce failed (%s), try %d", exc, attempt)
-                await asyncio.sleep(_ERROR_BACKOFF_S * attempt)
-                continue
+        """Produce a dead letter, then mark its records done: a broker away for a while holds
+        the partition's commit point until it is back, never past a record not yet recorded."""
+        if await self._send_until_acked(self.ctx.topics.dead_letter, value, key):
             for mark in marks:
                 mark.done = True
-            return
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -777,17 +786,22 @@ class WorkerService:
 
 
 def _result_unpublishable(
-    result: ev.WorkerResult, task_id: str, failure: Exception
+    result: ev.WorkerResult, task_id: str, fault: Exception
 ) -> ev.WorkerResult:
-    """The result that replaces one the broker keeps refusing: FAILED, with the broker's reason
-    (and the state the task had reached), without logs or outputs."""
+    """The result that replaces one the broker refuses for what it is: FAILED, with the
+    broker's reason (and the state the task had reached), without logs or outputs."""
     error = (
-        f"the result of task '{task_id}' ({result.state.value}) could not be published after "
-        f"{_PRODUCE_ATTEMPTS} tries: {type(failure).__name__}: {failure}"
+        f"the result of task '{task_id}' ({result.state.value}) was refused by the broker: "
+        f"{type(fault).__name__}: {fault}"
     )
     return ev.WorkerResult(
         result.execution_id, result.task_run_id, result.attempt, StateType.FAILED, error=error
     )
+
+
+def _backoff(tries: int) -> float:
+    """The pause before the next try of a record that must get through: growing, capped."""
+    return min(_ERROR_BACKOFF_S * tries, _MAX_BACKOFF_S)
 
 
 def _result_refused(

@@ -1,6 +1,7 @@
-"""A result the broker keeps refusing never stalls the worker: the task run fails with the
-broker's reason and the partition's commit point moves past the job (broker-free: the service's
-producer is replaced by one that refuses what a real broker would)."""
+"""A result the broker refuses for what it is never stalls the worker: the task run fails with
+the broker's reason and the partition's commit point moves past the job. A broker that is only
+away changes no result: the same result is sent again until it is acknowledged (broker-free:
+the service's producer is replaced by one that refuses what a real broker would)."""
 
 from __future__ import annotations
 
@@ -64,24 +65,60 @@ async def test_a_result_too_large_for_the_broker_fails_the_task_run_and_moves_on
     assert result.error is not None
     assert "MessageSizeTooLargeError" in result.error and "'ret'" in result.error
     assert "SUCCESS" in result.error  # the state the task had reached
-    assert producer.refused == worker_service._PRODUCE_ATTEMPTS
+    assert producer.refused == 1  # the same record would be refused again: not retried
     assert worker._partitions[JOBS].commit_point() == 42
     assert worker.in_flight == 0 and worker.stats["finished"] == 1
 
 
-async def test_the_failed_result_waits_for_a_broker_that_comes_back(
+async def test_a_broker_outage_delays_the_result_without_changing_it(
     service: tuple[WorkerService, Flow],
 ) -> None:
     worker, flow = service
-    # Unreachable for the full tries and three more: the FAILED result gets through on the 4th.
-    producer = RefusingProducer(max_bytes=600, outage=worker_service._PRODUCE_ATTEMPTS + 3)
+    # Unreachable for more tries than the old give-up (5): the result still arrives unchanged.
+    producer = RefusingProducer(max_bytes=10_000, outage=12)
     worker._producer = producer
     await _run(worker, _job_record(flow, "small", offset=7))
 
     (result,) = producer.results()
-    assert result.state is StateType.FAILED
-    assert result.error is not None and "KafkaConnectionError" in result.error
+    assert result.state is StateType.SUCCESS and result.outputs == {"value": "small"}
+    assert producer.refused == 12
     assert worker._partitions[JOBS].commit_point() == 8
+    assert worker.stats["finished"] == 1
+
+
+async def test_a_refused_result_waits_for_a_broker_that_comes_back_with_its_failure(
+    service: tuple[WorkerService, Flow],
+) -> None:
+    worker, flow = service
+    # Refused as too large, then the broker is away for 3 sends of the FAILED result.
+    producer = RefusingProducer(max_bytes=600, outage_after_refusal=3)
+    worker._producer = producer
+    await _run(worker, _job_record(flow, "x" * 2_000, offset=7))
+
+    (result,) = producer.results()
+    assert result.state is StateType.FAILED
+    assert result.error is not None and "MessageSizeTooLargeError" in result.error
+    assert producer.refused == 1 + 3
+    assert worker._partitions[JOBS].commit_point() == 8
+
+
+async def test_a_result_still_unsent_at_stop_leaves_its_record_for_the_next_owner(
+    service: tuple[WorkerService, Flow],
+) -> None:
+    worker, flow = service
+    producer = RefusingProducer(max_bytes=10_000, outage=10**9)  # the broker never comes back
+    worker._producer = producer
+    worker._handle(_job_record(flow, "small", offset=7))
+    (job,) = worker._jobs.values()
+    assert job.task is not None
+    while producer.refused < 3:  # retrying the result
+        await asyncio.sleep(0)
+    worker._stopping = True
+    await asyncio.wait_for(job.task, 10.0)
+
+    assert producer.results() == []
+    assert worker._partitions[JOBS].commit_point() == 7  # the next owner runs the job again
+    assert worker.stats["finished"] == 0
 
 
 async def test_a_result_the_broker_takes_is_sent_as_it_is(

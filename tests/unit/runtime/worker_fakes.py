@@ -30,9 +30,13 @@ class RefusingProducer:
     """Acknowledges a record only when it is at most ``max_bytes`` and no outage is left;
     each refusal is the error a broker would answer."""
 
-    def __init__(self, max_bytes: int = 1_000_000, outage: int = 0) -> None:
+    def __init__(
+        self, max_bytes: int = 1_000_000, outage: int = 0, outage_after_refusal: int = 0
+    ) -> None:
         self.max_bytes = max_bytes
         self.outage = outage  # the next sends refused as if the broker were unreachable
+        #: An outage of this many sends that starts after the first record refused for its size.
+        self.outage_after_refusal = outage_after_refusal
         self.acked: list[tuple[str, bytes]] = []
         self.refused = 0
 
@@ -43,6 +47,7 @@ class RefusingProducer:
             raise KafkaConnectionError("broker unreachable")
         if len(value) > self.max_bytes:
             self.refused += 1
+            self.outage, self.outage_after_refusal = self.outage_after_refusal, 0
             raise MessageSizeTooLargeError(f"{len(value)} bytes")
         self.acked.append((topic, value))
 
