@@ -10,6 +10,7 @@ console errors (failed loads and exceptions included).
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,9 @@ import pytest
 from api_stack import PASSWORD, USERNAME, Stack, start_stack
 from browser import chromium, console_errors
 from selenium import webdriver
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -161,3 +164,65 @@ def test_the_editor_marks_an_error_on_its_line_then_deploys_the_fix(
     text_of(driver, "#flows", "typed")
     text_of(driver, "#total", "1 flow")
     no_console_errors(driver, "the flow pages")
+
+
+def screenshot(driver: webdriver.Chrome, name: str, tmp_path: Path) -> None:
+    """Keep what the page looked like: in ``KESTREAM_UI_SCREENSHOTS`` when set (the README's
+    images come from there: ``docs/ui``), else next to the test's other files."""
+    folder = Path(os.environ.get("KESTREAM_UI_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(folder / f"{name}.png"))
+
+
+def test_the_shell_by_keyboard_in_both_themes_at_desktop_and_phone_widths(
+    stack: Stack, driver: webdriver.Chrome, tmp_path: Path
+) -> None:
+    ns = f"it.ui.n{uuid.uuid4().hex[:8]}"
+    assert stack.post_yaml("/flows", sleepy(ns)).status == 200
+    execution_id = stack.request("POST", f"/executions/{ns}/sleepy").json()["id"]
+    driver.get(f"{stack.base}/ui/")
+    wait(driver).until(ec.visibility_of_element_located((By.ID, "username")))
+    active = driver.switch_to.active_element
+    assert active.get_attribute("id") == "username"  # the form has the focus
+    active.send_keys(USERNAME, Keys.TAB)
+    driver.switch_to.active_element.send_keys(PASSWORD, Keys.ENTER)
+    text_of(driver, "main h1", "Executions")
+    screenshot(driver, "login-then-executions", tmp_path)
+
+    reached: list[str] = []
+    driver.refresh()  # the focus starts at the top of the page, as after a load
+    text_of(driver, "main h1", "Executions")  # still logged in: the tab keeps the credentials
+    for _ in range(8):
+        ActionChains(driver).send_keys(Keys.TAB).perform()
+        reached.append(driver.switch_to.active_element.text)
+        if reached[-1] == "Flows":
+            break
+    assert reached[0] == "Skip to content" and reached[-1] == "Flows", reached
+    ActionChains(driver).send_keys(Keys.ENTER).perform()
+    text_of(driver, "main h1", "Flows")
+    assert driver.find_element(By.CSS_SELECTOR, '[data-nav="flows"]').get_attribute("aria-current")
+
+    def background() -> str:
+        return str(driver.execute_script("return getComputedStyle(document.body).backgroundColor"))
+
+    theme = driver.execute_script("return document.documentElement.dataset.theme")
+    light_or_dark = background()
+    driver.find_element(By.ID, "theme").send_keys(Keys.ENTER)
+    switched = driver.execute_script("return document.documentElement.dataset.theme")
+    assert {theme, switched} == {"light", "dark"}
+    assert background() != light_or_dark
+
+    driver.get(f"{stack.base}/ui/#/executions/{execution_id}")
+    text_of(driver, "#execution-state", "RUNNING")
+    screenshot(driver, f"execution-{switched}-1280", tmp_path)
+    driver.set_window_size(390, 844)
+    for page in (f"#/executions/{execution_id}", f"#/executions?namespace={ns}", "#/flows"):
+        driver.get(f"{stack.base}/ui/{page}")
+        wait(driver).until(ec.presence_of_element_located((By.CSS_SELECTOR, "main h1")))
+        overflow = driver.execute_script(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, f"{page} is wider than a phone's screen by {overflow} px"
+    screenshot(driver, f"flows-{switched}-phone", tmp_path)
+    assert stack.request("DELETE", f"/executions/{execution_id}/kill").status == 202
+    no_console_errors(driver, "the shell")

@@ -6,7 +6,10 @@ tests see the guard's own decision (401) without a broker.
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import AsyncIterator
+from fnmatch import fnmatch
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -74,3 +77,11 @@ async def test_the_api_still_requires_credentials(
 ) -> None:
     reply = await client.get("/api/v1/acme/executions/search")
     assert reply.status == 401
+
+
+def test_every_ui_file_ships_in_the_package() -> None:
+    """An installed kestream (a wheel, not this checkout) has every file the page loads."""
+    project = tomllib.loads((Path(__file__).parents[3] / "pyproject.toml").read_text())
+    globs = project["tool"]["setuptools"]["package-data"]["kestream"]
+    for file in ui_files().iterdir():
+        assert any(fnmatch(f"ui/{file.name}", pattern) for pattern in globs), file.name
