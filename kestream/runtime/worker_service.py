@@ -42,7 +42,10 @@ flow (the new owner will get them again). Jobs still running after the grace kee
 through the rebalance: a partition assigned straight back (the common eager rebalance) finds
 them through the duplicate check and commits them when they end. Those whose partition went to
 another worker are stopped when the new assignment arrives, without a result: the new owner
-runs them again from the committed offset. Before, they ran on both workers at once.
+runs them again from the committed offset. Before, they ran on both workers at once. If such a
+partition comes back before its stopped job has ended, the record fetched again starts a new
+job once the stopped one has ended (never beside it): attached to the stopped job, it was never
+reported and froze the partition's commit point.
 
 **Worker groups.** A worker started with a group (``kestream worker --group KEY``,
 ``KESTREAM_WORKER_GROUP``) reads that group's own jobs topic in the consumer group
@@ -364,8 +367,9 @@ class WorkerService:
             self.metrics.worker_job_thread.dec(self.threads)
         if consumer is not None and consumer.assignment():
             consumer.pause(*consumer.assignment())
-        for job in list(self._held.values()):  # never started: the next owner gets them
-            self._forget(job)
+        for job in list(self._jobs.values()):  # never started: the next owner gets them
+            if job.task is None:
+                self._forget(job)
         await self._drain(drain_timeout)
         await self.log_stream.close()
         if consumer is not None:
@@ -459,8 +463,8 @@ class WorkerService:
         where = (str(body["namespace"]), str(body["flowId"]), int(body["revision"]))
         task_id = str(body["taskId"])
         current = self._jobs.get(key)
-        if current is not None:  # running (or held) here: commit it when that job ends
-            current.marks.append(mark)
+        if current is not None and not current.abandoned:
+            current.marks.append(mark)  # running (or held) here: commit it when that job ends
             self.stats["duplicates"] += 1
             return
         if key in self._finished:
@@ -477,9 +481,25 @@ class WorkerService:
         task_type = body.get("taskType")  # (absent from jobs sent by older executors)
         if task_type is not None and str(task_type) not in self.task_types:
             self._refuse_type(job, str(task_type))
-        elif not self._try_start(job):
-            self._held[key] = job
+        elif current is not None and current.task is not None and not current.task.done():
+            # Its partition went away and came back while the copy stopped then still ends (a
+            # thread cannot be killed at once): run the job anew once that copy has ended, so
+            # the attempt never runs twice here and this record is reported and committed.
+            current.task.add_done_callback(lambda _: self._start_successor(job))
+            self.stats["waiting_abandoned"] += 1
+        else:
+            self._start_or_hold(job)
+
+    def _start_or_hold(self, job: _Job) -> None:
+        if not self._try_start(job):
+            self._held[job.key] = job
             self.stats["held"] += 1
+
+    def _start_successor(self, job: _Job) -> None:
+        """Start a job that waited for the stopped copy of its attempt to end, unless it was
+        let go meanwhile (its partition revoked again, the worker stopping, a kill)."""
+        if self._jobs.get(job.key) is job and not self._stopping:
+            self._start_or_hold(job)
 
     def _try_start(self, job: _Job) -> bool:
         """Start the job if its flow revision is known (``False``: hold it for later)."""
@@ -519,20 +539,25 @@ class WorkerService:
         self._dead_letter(job.record, reason, job.marks)
 
     def _forget(self, job: _Job) -> None:
-        self._jobs.pop(job.key, None)
-        self._held.pop(job.key, None)
+        # By identity: a stopped copy that ends must not take its successor with it.
+        if self._jobs.get(job.key) is job:
+            del self._jobs[job.key]
+        if self._held.get(job.key) is job:
+            del self._held[job.key]
         if self._runs.get(job.key[:2]) is job:
             del self._runs[job.key[:2]]
         self._slot_freed.set()
 
     def _kill(self, execution_id: str, task_run_id: str) -> None:
         job = self._runs.get((execution_id, task_run_id))
-        if self._runner.kill(execution_id, task_run_id):
+        started = job is None or job.task is not None
+        if started and self._runner.kill(execution_id, task_run_id):
             self.stats["killed"] += 1
         elif job is not None and job.task is not None:  # started, not yet in the runner
             job.kill_requested = True
             self.stats["killed"] += 1
-        elif job is not None:  # held for its flow: report it killed without running it
+        elif job is not None:  # not started (held for its flow, or waiting for a stopped
+            # copy to end): report it killed without running it
             self._forget(job)
             result = ev.WorkerResult(
                 job.key[0], job.key[1], job.key[2], StateType.KILLED, error="Task was killed"
@@ -764,8 +789,8 @@ class WorkerService:
         await self._commit(force=True, only=revoked)
         for tp in revoked:
             self._partitions.pop(tp, None)
-        for job in list(self._held.values()):
-            if job.partition in revoked:
+        for job in list(self._jobs.values()):  # not started (held, or after a stopped copy)
+            if job.task is None and job.partition in revoked:
                 self._forget(job)
         log.info("worker: partitions revoked: %s", sorted(tp.partition for tp in revoked))
 

@@ -1,14 +1,17 @@
 """An attempt runs on one worker at a time across a rebalance (broker-free): a revocation lets
 its partitions' running jobs end and commits them before the partitions move; a job still
 running when its partition goes to another worker stops there, unreported; one whose partition
-comes straight back goes on and reports."""
+comes straight back goes on and reports; one whose partition comes back only after the job was
+stopped runs again once the stopped copy has ended."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from aiokafka.structs import ConsumerRecord
 
 from kestream.models.flow import Flow
 from kestream.models.state import StateType
@@ -116,3 +119,75 @@ async def test_a_finished_job_sent_again_is_answered_again_without_running(
     assert producer.acked == [first, first]
     assert worker.stats["started"] == 1 and worker.stats["answered_again"] == 1
     assert worker._partitions[JOBS].commit_point() == 7
+
+
+async def _abandon_and_take_back(
+    worker: WorkerService, flow: Flow, duration: str
+) -> tuple[ConsumerRecord[Any, Any], asyncio.Task[None]]:
+    """Run a job, let its partition go to another worker (the job is stopped) and come back
+    before the stopped job has ended; the record is then fetched again from the commit."""
+    worker.revoke_grace_s = 0.05
+    record = job_record(flow, "nap", {"duration": duration}, offset=5)
+    worker._handle(record)
+    (job,) = worker._jobs.values()
+    assert job.task is not None
+    await worker._on_revoked({JOBS})
+    worker._on_assigned(set())  # the partition went to another worker: the job is stopped
+    await worker._on_revoked(set())
+    worker._on_assigned({JOBS})  # ...and came back before the stopped job has ended
+    assert job.abandoned and not job.task.done()
+    return record, job.task
+
+
+async def test_a_job_whose_partition_comes_back_after_it_was_stopped_runs_again(
+    service: tuple[WorkerService, Flow, RefusingProducer, RecordingConsumer],
+) -> None:
+    """The record fetched again must not attach to the stopped copy (which ends unreported):
+    that lost the job and froze the partition's commit point at its offset."""
+    worker, flow, producer, _ = service
+    record, stopped = await _abandon_and_take_back(worker, flow, "PT0.2S")
+    worker._handle(record)
+    (successor,) = worker._jobs.values()
+    assert successor.task is None  # waits for the stopped copy, never runs beside it
+
+    await asyncio.wait_for(stopped, 5.0)
+    assert successor.task is not None
+    await asyncio.wait_for(successor.task, 5.0)
+
+    (result,) = producer.results()
+    assert result.state is StateType.SUCCESS
+    assert worker._partitions[JOBS].commit_point() == 6
+    assert worker.in_flight == 0 and worker.stats["started"] == 2
+
+
+async def test_a_job_waiting_for_its_stopped_copy_is_let_go_when_its_partition_leaves_again(
+    service: tuple[WorkerService, Flow, RefusingProducer, RecordingConsumer],
+) -> None:
+    worker, flow, producer, _ = service
+    record, stopped = await _abandon_and_take_back(worker, flow, "PT0.2S")
+    worker._handle(record)
+    (successor,) = worker._jobs.values()
+
+    await worker._on_revoked({JOBS})
+    worker._on_assigned(set())
+    await asyncio.wait_for(stopped, 5.0)
+
+    assert successor.task is None and worker.in_flight == 0  # the next owner runs it
+    assert producer.results() == [] and worker.stats["started"] == 1
+
+
+async def test_a_kill_of_a_job_waiting_for_its_stopped_copy_reports_it_killed(
+    service: tuple[WorkerService, Flow, RefusingProducer, RecordingConsumer],
+) -> None:
+    worker, flow, producer, _ = service
+    record, stopped = await _abandon_and_take_back(worker, flow, "PT0.2S")
+    worker._handle(record)
+
+    worker._kill("exec-1", "run-5")
+    await asyncio.wait_for(stopped, 5.0)
+    await asyncio.gather(*worker._side_tasks)
+
+    (result,) = producer.results()
+    assert result.state is StateType.KILLED
+    assert worker.stats["started"] == 1 and worker.in_flight == 0
+    assert worker._partitions[JOBS].commit_point() == 6
