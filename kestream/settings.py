@@ -211,6 +211,15 @@ class Settings(BaseSettings):
         ge=1,
         description="KESTREAM_WORKER_MAX_IN_FLIGHT: cap on task runs in flight per worker.",
     )
+    worker_revoke_grace_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="KESTREAM_WORKER_REVOKE_GRACE_S: how long a rebalance lets a worker's "
+        "running task runs end before it rejoins; the group waits that long, so a worker's "
+        "crash is recovered in about the session timeout plus this (docs/tasks.md, Workers "
+        "and rebalances). 0: no wait (a task run about to end whose partition moves runs "
+        "again on its new worker).",
+    )
     worker_group: str | None = Field(
         default=None,
         pattern=WORKER_GROUP_KEY_PATTERN,

@@ -36,11 +36,13 @@ repeat of a finished one is answered with the result that job produced (kept wit
 a step after a crash, and its replayed state then waits for that answer.
 
 **Rebalances.** An attempt runs on one worker at a time, so its side effects happen once. When
-partitions are revoked the worker waits up to :data:`REVOKE_GRACE_S` for the running jobs of
-those partitions to end, commits what is done, and forgets the jobs that still wait for their
-flow (the new owner will get them again). Jobs still running after the grace keep running
-through the rebalance: a partition assigned straight back (the common eager rebalance) finds
-them through the duplicate check and commits them when they end. Those whose partition went to
+partitions are revoked the worker waits up to ``KESTREAM_WORKER_REVOKE_GRACE_S`` (2 s) for the
+running jobs of those partitions to end, commits what is done, and forgets the jobs that still
+wait for their flow (the new owner will get them again); the whole group waits for the grace,
+so it is short (docs/tasks.md, "Workers and rebalances", says why it cannot be limited to the
+partitions that move). Jobs still running after the grace keep running through the
+rebalance: a partition assigned straight back (the common eager rebalance) finds them through
+the duplicate check and commits them when they end. Those whose partition went to
 another worker are stopped when the new assignment arrives, without a result: the new owner
 runs them again from the committed offset. Before, they ran on both workers at once. If such a
 partition comes back before its stopped job has ended, the record fetched again starts a new
@@ -107,9 +109,6 @@ DEDUP_RESULT_BYTES = 64 * 1024 * 1024
 FETCH_TIMEOUT_MS = 100
 #: Default time :meth:`WorkerService.stop` lets running jobs finish before giving them up.
 DRAIN_TIMEOUT_S = 10.0
-#: How long a rebalance waits for the running jobs of the partitions it takes away, so that
-#: they end and are committed before another worker reads those partitions.
-REVOKE_GRACE_S = 10.0
 _ERROR_BACKOFF_S = 0.5
 #: The longest pause between two tries of a result that must get through (:func:`_backoff`).
 _MAX_BACKOFF_S = 5.0
@@ -264,8 +263,9 @@ class WorkerService:
         self.group_id = f"{settings.topic_prefix}worker{suffix}"
         self.task_types = frozenset(task_types if task_types is not None else known_types())
         self.flow_wait_s = settings.executor_flow_wait_s
-        #: How long a revocation waits for its partitions' running jobs (:data:`REVOKE_GRACE_S`).
-        self.revoke_grace_s = REVOKE_GRACE_S
+        #: How long a revocation waits for its partitions' running jobs
+        #: (``KESTREAM_WORKER_REVOKE_GRACE_S``).
+        self.revoke_grace_s = settings.worker_revoke_grace_s
         #: Counters: received, started, finished, duplicates, killed, refused, dead_lettered,
         #: held.
         self.stats: Counter[str] = Counter()

@@ -39,7 +39,9 @@ tasks:
 async def service() -> AsyncIterator[
     tuple[WorkerService, Flow, RefusingProducer, RecordingConsumer]
 ]:
-    worker, flow = make_worker(FLOW)
+    # A grace shorter than the test jobs that run through a rebalance, from the setting.
+    worker, flow = make_worker(FLOW, worker_revoke_grace_s=0.05)
+    assert worker.revoke_grace_s == 0.05
     producer, consumer = RefusingProducer(), RecordingConsumer()
     worker._producer = producer
     worker._consumer = consumer
@@ -52,6 +54,7 @@ async def test_a_revocation_lets_running_jobs_end_and_commits_them_first(
     service: tuple[WorkerService, Flow, RefusingProducer, RecordingConsumer],
 ) -> None:
     worker, flow, producer, consumer = service
+    worker.revoke_grace_s = 60.0  # far longer than the job: it ends within the grace
     worker._handle(job_record(flow, "nap", {"duration": "PT0.3S"}, offset=5))
     assert worker.in_flight == 1 and not producer.results()
 
@@ -67,7 +70,6 @@ async def test_a_job_whose_partition_goes_elsewhere_stops_unreported(
     service: tuple[WorkerService, Flow, RefusingProducer, RecordingConsumer],
 ) -> None:
     worker, flow, producer, consumer = service
-    worker.revoke_grace_s = 0.05
     worker._handle(job_record(flow, "nap", {"duration": "PT30S"}, offset=5))
     (job,) = worker._jobs.values()
 
@@ -85,7 +87,6 @@ async def test_a_job_whose_partition_comes_back_goes_on_and_reports(
     service: tuple[WorkerService, Flow, RefusingProducer, RecordingConsumer],
 ) -> None:
     worker, flow, producer, _ = service
-    worker.revoke_grace_s = 0.05
     record = job_record(flow, "nap", {"duration": "PT0.5S"}, offset=5)
     worker._handle(record)
     (job,) = worker._jobs.values()
@@ -126,7 +127,6 @@ async def _abandon_and_take_back(
 ) -> tuple[ConsumerRecord[Any, Any], asyncio.Task[None]]:
     """Run a job, let its partition go to another worker (the job is stopped) and come back
     before the stopped job has ended; the record is then fetched again from the commit."""
-    worker.revoke_grace_s = 0.05
     record = job_record(flow, "nap", {"duration": duration}, offset=5)
     worker._handle(record)
     (job,) = worker._jobs.values()
@@ -191,3 +191,27 @@ async def test_a_kill_of_a_job_waiting_for_its_stopped_copy_reports_it_killed(
     assert result.state is StateType.KILLED
     assert worker.stats["started"] == 1 and worker.in_flight == 0
     assert worker._partitions[JOBS].commit_point() == 6
+
+
+async def test_work_fetched_before_a_rebalance_commits_nothing_after_it(
+    service: tuple[WorkerService, Flow, RefusingProducer, RecordingConsumer],
+) -> None:
+    """Offsets after a rebalance come only from records fetched under the new assignment: a
+    job fetched before it that ends after it does not commit its old offset, which another
+    worker may have committed past meanwhile (the record fetched again commits it)."""
+    worker, flow, producer, consumer = service
+    record = job_record(flow, "nap", {"duration": "PT0.2S"}, offset=5)
+    worker._handle(record)
+    (job,) = worker._jobs.values()
+    assert job.task is not None
+    await worker._on_revoked({JOBS})
+    worker._on_assigned({JOBS})
+    await asyncio.wait_for(job.task, 5.0)
+    await worker._commit(force=True)
+
+    assert producer.results()[0].state is StateType.SUCCESS
+    assert consumer.commits == [{JOBS: 5}]  # the revocation's, before the job ended
+    worker._handle(record)  # fetched again from the committed offset: answered, committed
+    await asyncio.gather(*worker._side_tasks)
+    await worker._commit(force=True)
+    assert consumer.commits == [{JOBS: 5}, {JOBS: 6}]

@@ -87,9 +87,10 @@ class RecordingConsumer:
         self.commits.append(dict(offsets))
 
 
-def make_worker(flow_yaml: str) -> tuple[WorkerService, Flow]:
-    """A worker of the group (not owning every partition) with ``flow_yaml`` deployed."""
-    settings = Settings(topic_prefix="t.", partitions=1)
+def make_worker(flow_yaml: str, **settings_fields: Any) -> tuple[WorkerService, Flow]:
+    """A worker of the group (not owning every partition) with ``flow_yaml`` deployed, and
+    ``settings_fields`` set besides the test topics."""
+    settings = Settings(topic_prefix="t.", partitions=1, **settings_fields)
     ctx = BrokerContext(settings, "unused:9092", "tansu", Topics.of(settings))
     registry = FlowRegistry()
     flow = registry.put(parse_flow(flow_yaml))
