@@ -61,10 +61,20 @@ export function executionPage(root, [id]) {
 
   /** @type {Set<string>} task runs whose outputs are open, kept across redraws */
   const open = new Set();
+  const elapsed = h("dd", { id: "execution-duration" });
+  /** @type {any} the execution as last received */
+  let latest = null;
+  let actionsFor = "";
+  // A running execution's duration grows between frames.
+  const ticker = setInterval(() => {
+    if (latest) fill(elapsed, duration(latest.state.startDate, latest.state.endDate));
+  }, 1000);
 
   /** @param {any} execution */
   const render = (execution) => {
+    latest = execution;
     const state = execution.state.current;
+    fill(elapsed, duration(execution.state.startDate, execution.state.endDate));
     fill(
       header,
       h("h1", {}, `${execution.namespace}.${execution.flowId}`),
@@ -74,17 +84,21 @@ export function executionPage(root, [id]) {
         h("dt", {}, "Execution"), h("dd", { class: "mono", id: "execution-id" }, execution.id),
         h("dt", {}, "State"), h("dd", { id: "execution-state" }, stateBadge(state)),
         h("dt", {}, "Started"), h("dd", {}, when(execution.state.startDate)),
-        h("dt", {}, "Duration"), h("dd", {}, duration(execution.state.startDate, execution.state.endDate)),
+        h("dt", {}, "Duration"), elapsed,
         h("dt", {}, "Flow"), h("dd", {}, h("a", { href: `#/flows/${encodeURIComponent(execution.namespace)}/${encodeURIComponent(execution.flowId)}` }, `revision ${execution.flowRevision ?? ""}`)),
       ),
     );
-    fill(
-      actions,
-      isTerminal(state) ? null : h("button", { type: "button", id: "kill", class: "danger", onclick: () => act("DELETE", "/kill", "Kill requested") }, "Kill"),
-      isTerminal(state) && state !== "SUCCESS"
-        ? h("button", { type: "button", id: "restart", onclick: () => act("POST", "/restart", "Restarted") }, "Restart")
-        : null,
-    );
+    // Redrawn only when the state changes, so a focused button keeps the focus between frames.
+    if (actionsFor !== state) {
+      actionsFor = state;
+      fill(
+        actions,
+        isTerminal(state) ? null : h("button", { type: "button", id: "kill", class: "danger", onclick: () => act("DELETE", "/kill", "Kill requested") }, "Kill"),
+        isTerminal(state) && state !== "SUCCESS"
+          ? h("button", { type: "button", id: "restart", onclick: () => act("POST", "/restart", "Restarted") }, "Restart")
+          : null,
+      );
+    }
     fill(tree, renderRuns(execution.taskRunList ?? [], open));
     const labels = execution.labels ?? [];
     fill(
@@ -153,7 +167,10 @@ export function executionPage(root, [id]) {
       const message = error instanceof ApiError && error.status === 404 ? `Execution ${id} not found` : error.message;
       fill(root, h("p", {}, h("a", { href: "#/executions" }, "← Executions")), errorBox(message));
     });
-  return () => aborter.abort();
+  return () => {
+    aborter.abort();
+    clearInterval(ticker);
+  };
 }
 
 /**

@@ -108,6 +108,7 @@ def test_an_execution_runs_live_then_its_page_shows_runs_and_logs(
     text_of(driver, "#total", "1 execution")
     gate.touch()
     text_of(driver, row, "SUCCESS")  # the same page, redrawn by its refresh: no reload
+    screenshot(driver, "executions", tmp_path)
     no_console_errors(driver, "the executions list")
 
     driver.find_element(By.CSS_SELECTOR, f'#executions tr[data-id="{execution_id}"] a').click()
@@ -115,6 +116,7 @@ def test_an_execution_runs_live_then_its_page_shows_runs_and_logs(
     text_of(driver, "#execution-state", "SUCCESS")
     text_of(driver, '#task-runs [data-task="gate"]', "SUCCESS")
     text_of(driver, "#logs", "hello from the browser test")
+    screenshot(driver, "execution", tmp_path)
     Select(driver.find_element(By.ID, "log-level")).select_by_value("ERROR")
     wait(driver).until(
         lambda d: "hello from the browser test" not in d.find_element(By.ID, "logs").text
@@ -137,7 +139,7 @@ def test_kill_from_the_execution_page(stack: Stack, driver: webdriver.Chrome) ->
 
 
 def test_the_editor_marks_an_error_on_its_line_then_deploys_the_fix(
-    stack: Stack, driver: webdriver.Chrome
+    stack: Stack, driver: webdriver.Chrome, tmp_path: Path
 ) -> None:
     ns = f"it.ui.n{uuid.uuid4().hex[:8]}"
     log_in(driver, stack)
@@ -153,6 +155,7 @@ def test_the_editor_marks_an_error_on_its_line_then_deploys_the_fix(
         ec.presence_of_element_located((By.CSS_SELECTOR, '.gutter .marked[data-line="5"]'))
     )
     text_of(driver, "#problems", "unknown task type 'io.kestra.plugin.core.log.Logg'")
+    screenshot(driver, "flow-editor-error", tmp_path)
 
     source.send_keys("\b" * len("g\n    message: hi\n"), "\n    message: hi\n")
     wait(driver).until(lambda d: not d.find_elements(By.CSS_SELECTOR, ".gutter .marked"))
@@ -163,6 +166,7 @@ def test_the_editor_marks_an_error_on_its_line_then_deploys_the_fix(
     driver.get(f"{stack.base}/ui/#/flows?namespace={ns}")
     text_of(driver, "#flows", "typed")
     text_of(driver, "#total", "1 flow")
+    screenshot(driver, "flows", tmp_path)
     no_console_errors(driver, "the flow pages")
 
 
