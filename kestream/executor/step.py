@@ -470,6 +470,9 @@ class _Step:
         tr = self.current_attempt(result.task_run_id, result.attempt)
         if tr is None:
             return
+        if isinstance(tr.task, WorkingDirectory):
+            self.workdir_files_done(tr, result)
+            return
         for line in result.error_logs:
             self.remember_error(tr, line)
         outcome = TaskOutcome(result.state, result.outputs, error=result.error)
@@ -721,17 +724,18 @@ class _Step:
             self.create_child(group, parent, lane, 0)
 
     def finish_group(self, group: Group, parent: TaskRunState | None) -> None:
-        if group.failed:
-            if group.worst is S.KILLED:
-                final = S.KILLED
-            else:
-                final = S.WARNING if group.failure_is_warning else S.FAILED
-        else:
-            final = S.WARNING if group.worst is S.WARNING else S.SUCCESS
+        final = _group_end_state(group)
         if parent is None:
             if self.enforce_assertions():  # their last look before the end state
                 return
             self.end_execution(final, render_outputs=True)
+        elif (
+            not group.failed
+            and isinstance(parent.task, WorkingDirectory)
+            and parent.task.files_task is not None
+            and self.st.state.current is not S.KILLING
+        ):
+            self.workdir_files_job(parent, "collect")  # it ends when they are collected
         else:
             self.complete(parent, final)
 
@@ -948,7 +952,64 @@ class _Step:
         task = tr.task
         assert isinstance(task, FlowableTask)
         self.move(tr, S.RUNNING)
+        if isinstance(task, WorkingDirectory) and task.cache is not None:
+            self.workdir_files_job(tr, "restore")  # the children are planned once it is done
+            return
         self.plan_children(tr, task)
+
+    def workdir_files_job(self, tr: TaskRunState, phase: str) -> None:
+        """A job of the WorkingDirectory ``tr`` itself, in its directory: ``restore`` its cache
+        before the first child, ``collect`` its outputFiles and cache after the last
+        (:mod:`kestream.tasks.working_directory_files`); an attempt of ``tr`` while it runs."""
+        task = tr.task
+        assert isinstance(task, WorkingDirectory) and task.files_task is not None
+        try:
+            workdir = cmd.SharedWorkdir(tr.id, input_files(self.render_props(tr)))
+        except (RenderError, TaskError) as exc:
+            self.fail_flowable(tr, str(exc))
+            return
+        tr.attempts.append(StateRecord.new(S.RUNNING, self.now))
+        self.changed[tr.id] = None
+        self.commands.append(
+            cmd.RunTask(
+                self.st.id,
+                tr.id,
+                len(tr.attempts),
+                self.st.namespace,
+                self.st.flow_id,
+                self.st.revision,
+                task.files_task,
+                {"phase": phase},
+                workdir=workdir,
+                source=self.source_execution(),
+            )
+        )
+
+    def workdir_files_done(self, tr: TaskRunState, result: ev.WorkerResult) -> None:
+        """A WorkingDirectory's own job ended: after ``restore`` its children run; after
+        ``collect`` it ends as its children did, with the ``outputFiles`` output. A failed job
+        fails it."""
+        task = tr.task
+        assert isinstance(task, WorkingDirectory)
+        restored = tr.group is None  # before the first child, the job was the restore
+        for line in result.error_logs:
+            self.remember_error(tr, line)
+        if result.state is not S.SUCCESS:
+            tr.attempts[-1].move_task_run(S.FAILED, self.now, task.id)
+            message = result.error or "the WorkingDirectory's files could not be handled"
+            if restored:  # no child ran; the directory the job made goes too
+                self.commands.append(cmd.ReleaseWorkdir(self.st.id, tr.id, task.worker_group()))
+                self.fail_flowable(tr, message)
+            else:
+                self.fail_task_run(tr, message)
+            return
+        tr.attempts[-1].move_task_run(S.SUCCESS, self.now, task.id)
+        if restored:
+            self.plan_children(tr, task)
+            return
+        self.set_outputs(tr, dict(result.outputs or {}))
+        assert tr.group is not None
+        self.complete(tr, _group_end_state(tr.group))
 
     def plan_children(self, tr: TaskRunState, task: FlowableTask) -> None:
         try:
@@ -1747,6 +1808,15 @@ def _below_any(tr: TaskRunState, ids: set[str]) -> bool:
             return True
         node = node.parent
     return False
+
+
+def _group_end_state(group: Group) -> StateType:
+    """The state a flowable ends in once its lanes (errors and finally included) ended."""
+    if group.failed:
+        if group.worst is S.KILLED:
+            return S.KILLED
+        return S.WARNING if group.failure_is_warning else S.FAILED
+    return S.WARNING if group.worst is S.WARNING else S.SUCCESS
 
 
 def _has_finally(flow: Flow) -> bool:

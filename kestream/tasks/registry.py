@@ -40,6 +40,7 @@ from kestream.tasks.storage import Delete as StorageDelete
 from kestream.tasks.storage import Size as StorageSize
 from kestream.tasks.subflow import Subflow
 from kestream.tasks.working_directory import WorkingDirectory
+from kestream.tasks.working_directory_files import WorkingDirectoryFiles
 
 TASK_CLASSES: tuple[type[Task], ...] = (
     Log, Return, Echo, OutputValues, Fail, Sleep, Pause,
@@ -51,6 +52,7 @@ TASK_CLASSES: tuple[type[Task], ...] = (
     Write, Concat, Split, StorageSize, StorageDelete, Download, LocalFiles,
     # ForEachItem's internal tasks: a worker runs the split and the merge by their type
     ForEachItemSplit, ForEachItemExecutable, ForEachItemMergeOutputs,
+    WorkingDirectoryFiles,  # a WorkingDirectory's cache and outputFiles, on its worker
 )  # fmt: skip
 
 

@@ -15,10 +15,11 @@ The ``errors`` and ``finally`` tasks run in the same directory (it is released a
 restart runs a failed WorkingDirectory again from its first task, in a new directory (the
 executor's ``reopen_working_directories``).
 
+Its own ``cache`` and ``outputFiles`` are handled in the directory by jobs of its own task run,
+before the first child and after the last (:mod:`.working_directory_files`).
+
 Not supported yet, refused when the flow is deployed rather than silently ignored:
-``namespaceFiles`` (set it on the script tasks inside instead), ``cache`` (nothing keeps the
-cached files in between executions), ``outputFiles`` (nothing collects files after the last
-child: give ``outputFiles`` to the child script that writes them).
+``namespaceFiles`` (set it on the script tasks inside instead).
 """
 
 from __future__ import annotations
@@ -27,19 +28,15 @@ import json
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from kestream.tasks.base import AnyTask, ChildPlan, FlowableTask, RunnableTask, Task, TaskError
 from kestream.tasks.flow import one_lane
 from kestream.tasks.worker_group import WorkerGroup
+from kestream.tasks.working_directory_files import Cache, WorkingDirectoryFiles
 
 _REFUSED = {
     "namespaceFiles": "not on WorkingDirectory yet: set namespaceFiles on the script tasks in it",
-    "cache": "kestream has no storage to keep cached files between executions yet",
-    "outputFiles": (
-        "nothing collects the directory's files after the last task yet; "
-        "set 'outputFiles' on the script task that writes them"
-    ),
 }
 
 
@@ -53,6 +50,29 @@ class WorkingDirectory(FlowableTask):
     tasks: list[AnyTask] = Field(min_length=1)
     #: Files written into the directory before the first child runs: ``{name: contents}``.
     inputFiles: dict[str, Any] | str | None = None
+    #: Globs of the files stored after the last child (output ``outputFiles``).
+    outputFiles: list[str] | None = None
+    cache: Cache | None = None
+
+    _files: WorkingDirectoryFiles | None = PrivateAttr(default=None)
+
+    def model_post_init(self, context: Any, /) -> None:
+        if self.outputFiles or self.cache is not None:
+            self._files = WorkingDirectoryFiles.model_validate(
+                {
+                    "id": f"{self.id}_files",
+                    "type": WorkingDirectoryFiles.type_name,
+                    "owner": self.id,
+                    "outputFiles": self.outputFiles,
+                    "cache": self.cache,
+                    "workerGroup": self.worker_group(),  # where the directory is
+                }
+            )
+
+    @property
+    def files_task(self) -> WorkingDirectoryFiles | None:
+        """The task whose jobs restore the cache and collect the files, when there are any."""
+        return self._files
 
     @model_validator(mode="before")
     @classmethod
@@ -90,12 +110,19 @@ class WorkingDirectory(FlowableTask):
     def branches(self) -> list[list[Task]]:
         return [self.tasks]
 
+    def children(self) -> list[Task]:
+        """With the files task, so a worker finds it by id in the flow like any other."""
+        return [*super().children(), *([self._files] if self._files is not None else [])]
+
     def plan(self, props: dict[str, Any]) -> ChildPlan:
         input_files(props)  # a bad value fails the task run before any child runs
         return ChildPlan(one_lane(self.tasks))
 
     def runs_on_workers(self) -> bool:
-        """Whether any child reaches a worker (else there is no directory to release)."""
+        """Whether any child (or its own files job) reaches a worker (else there is no
+        directory to release)."""
+        if self._files is not None:
+            return True
         return next(_worker_tasks(self.tasks + list(self.errors)), None) is not None
 
     def worker_group(self) -> WorkerGroup | None:

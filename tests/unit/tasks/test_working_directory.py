@@ -203,8 +203,6 @@ def test_two_working_directories_do_not_share_files() -> None:
     ("extra", "message"),
     [
         ("namespaceFiles:\n      enabled: true\n", "set namespaceFiles on the script tasks"),
-        ("cache:\n      ttl: PT5M\n      patterns: ['*.txt']\n", "'cache' is not supported"),
-        ("outputFiles:\n      - out.txt\n", "set 'outputFiles' on the script task"),
     ],
 )  # fmt: skip
 def test_unsupported_properties_are_refused_at_deploy(extra: str, message: str) -> None:
