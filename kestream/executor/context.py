@@ -15,6 +15,7 @@ from kestream.kv.store import KVUnavailable, current_store
 from kestream.kv.values import KVValueError, check_namespace
 from kestream.models.clock import Clock
 from kestream.storage.access import ExecutionFiles
+from kestream.tasks.for_each_item import ForEachItem
 from kestream.tasks.working_directory import WorkingDirectory
 
 
@@ -107,6 +108,10 @@ def task_run_context(base: dict[str, Any], tr: TaskRunState) -> dict[str, Any]:
         ctx["workerTaskrun"] = _taskrun(owner)
         if owner.value is not None:
             taskrun.setdefault("value", owner.value)
+    parent = tr.parent
+    if parent is not None and isinstance(parent.task, ForEachItem) and parent.value is not None:
+        # its internal tasks render the ForEachItem's own properties, as the ForEachItem would
+        taskrun.setdefault("value", parent.value)
     ctx["taskrun"] = taskrun
     ctx["@each_path"] = list(tr.path)
     return ctx

@@ -163,7 +163,8 @@ class ForEachItem(FlowableTask):
             {
                 "id": items_id,
                 "type": ForEachItemExecutable.type_name,
-                "splits": f"{{{{ outputs['{split_id}'].uris }}}}",
+                # this iteration's, inside a loop
+                "splits": f"{{{{ currentEachOutput(outputs['{split_id}']).uris }}}}",
                 **self.model_dump(include=_SUBFLOW_PROPERTIES),
             }
         )
@@ -174,7 +175,9 @@ class ForEachItem(FlowableTask):
             {
                 "id": merge_id,
                 "type": ForEachItemMergeOutputs.type_name,
-                "outputs": f"{{{{ outputs['{items_id}'].outputs ?? [] }}}}",
+                "outputs": (
+                    f"{{{{ currentEachOutput(outputs['{items_id}'] ?? {{}}).outputs ?? [] }}}}"
+                ),
             }
         )
         self._internal = [split, executable, merge]

@@ -199,3 +199,37 @@ def test_two_ways_of_batching_are_refused_at_deploy() -> None:
         driver.deploy(
             parent(["a"], "    flowId: child\n    batch:\n      rows: 1\n      bytes: 10\n")
         )
+
+
+def test_inside_a_loop_each_iteration_splits_and_merges_its_own_file(storage: Storage) -> None:
+    flow = """id: looped
+namespace: company.team
+tasks:
+  - id: loop
+    type: io.kestra.plugin.core.flow.ForEach
+    values: ["x", "y"]
+    tasks:
+      - id: write
+        type: io.kestra.plugin.core.storage.Write
+        content: "{{ taskrun.value }}1\\n{{ taskrun.value }}2\\n"
+      - id: each
+        type: io.kestra.plugin.core.flow.ForEachItem
+        items: "{{ outputs.write[taskrun.value].uri }}"
+        namespace: company.team
+        flowId: child
+        inputs:
+          items: "{{ taskrun.items }}"
+          number: "{{ taskrun.iteration }}"
+"""
+    with Driver() as driver:
+        driver.deploy(CHILD)
+        deployed = driver.deploy(flow)
+        execution = driver.start(deployed.namespace, deployed.id)
+    assert execution.state.current is S.SUCCESS
+    merged = [
+        sorted(orjson.loads(line)["rows"] for line in storage.get(parse_uri(uri)).splitlines())
+        for uri in (
+            r.outputs["subflowOutputs"] for r in execution.taskRunList if r.taskId == "each_merge"
+        )
+    ]
+    assert merged == [["x1", "x2"], ["y1", "y2"]]
