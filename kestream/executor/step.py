@@ -577,10 +577,7 @@ class _Step:
                     self.commands.append(cmd.KillTask(self.st.id, tr.id))
             if tr.child_execution_id and isinstance(tr.task, Subflow):
                 self.commands.append(cmd.SendEvent(ev.Kill(tr.child_execution_id)))
-            if isinstance(tr.task, ForEachItemExecutable) and tr.outputs and tr.task.wait:
-                for index in range(int(tr.outputs["numberOfBatches"])):
-                    child_id = batch_child_id(self.st.id, tr.id, len(tr.attempts), index)
-                    self.commands.append(cmd.SendEvent(ev.Kill(child_id)))
+            self.kill_batches(tr)
             if leaves_only:
                 self.unpause(tr)
                 self.cancel_timer(f"loop:{tr.id}")
@@ -1270,7 +1267,15 @@ class _Step:
         iterations["CREATED"] -= 1
         iterations[state.value] = iterations.get(state.value, 0) + 1
         if done.outputs is not None:
-            outputs.setdefault("outputs", []).append(done.outputs)
+            kept = outputs.setdefault("outputs", [])
+            kept.append(done.outputs)
+            problem = outputs_too_large(task.id, outputs, self.ex.max_output_bytes)
+            if problem is not None:  # no record could hold them: stop here, saying why
+                kept.pop()
+                self.set_outputs(tr, outputs)
+                self.kill_batches(tr)
+                self.attempt_failed(tr, f"{problem}; the subflows' outputs are kept inline")
+                return
         self.set_outputs(tr, outputs)
         if iterations["CREATED"] > 0:
             return
@@ -1283,6 +1288,16 @@ class _Step:
         final = S.WARNING if S.WARNING in ended else S.SUCCESS
         tr.attempts[-1].move_task_run(final, self.now, task.id)
         self.complete(tr, final)
+
+    def kill_batches(self, tr: TaskRunState) -> None:
+        """Kill the children of the current attempt of a ForEachItem executable that waits for
+        them (a kill of one that has ended changes nothing)."""
+        task = tr.task
+        if not (isinstance(task, ForEachItemExecutable) and task.wait and tr.outputs):
+            return
+        for index in range(int(tr.outputs["numberOfBatches"])):
+            child_id = batch_child_id(self.st.id, tr.id, len(tr.attempts), index)
+            self.commands.append(cmd.SendEvent(ev.Kill(child_id)))
 
     def child_labels(self, task: Subflow, rendered: Any) -> dict[str, str]:
         labels: dict[str, str] = {}

@@ -233,3 +233,20 @@ tasks:
         )
     ]
     assert merged == [["x1", "x2"], ["y1", "y2"]]
+
+
+def test_outputs_no_record_could_hold_fail_the_task_instead(storage: Storage) -> None:
+    with Driver() as driver:
+        driver.executor.max_output_bytes = 1000  # as a broker's record limit would
+        driver.deploy(CHILD)
+        lines = [f"{n:03d}" + "x" * 100 for n in range(12)]
+        each = "    flowId: child\n    batch:\n      rows: 3\n"
+        flow = driver.deploy(parent(lines, each))
+        execution = driver.start(flow.namespace, flow.id)
+        logs = [line.message for line in driver.logs(execution.id)]
+    items = next(run for run in execution.taskRunList if run.taskId == "each_items")
+    assert execution.state.current is S.FAILED
+    assert items.state.current is S.FAILED
+    assert any("outputs of task 'each_items'" in line for line in logs), logs
+    assert len(orjson.dumps(items.outputs)) <= 1000
+    assert 0 < len(items.outputs["outputs"]) < 4  # the ones that fitted
