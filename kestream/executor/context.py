@@ -15,7 +15,8 @@ from kestream.kv.store import KVUnavailable, current_store
 from kestream.kv.values import KVValueError, check_namespace
 from kestream.models.clock import Clock
 from kestream.storage.access import ExecutionFiles
-from kestream.tasks.for_each_item import ForEachItem
+from kestream.tasks.for_each_item import ITERATION_VARIABLE, ForEachItem
+from kestream.tasks.loops import ForEach
 from kestream.tasks.working_directory import WorkingDirectory
 
 
@@ -129,6 +130,10 @@ def _taskrun(tr: TaskRunState) -> dict[str, Any]:
         taskrun["value"] = tr.value
     if tr.parent is not None:
         taskrun["parentId"] = tr.parent.id
+        if isinstance(tr.parent.task, ForEach) and tr.lane >= 0:
+            # Kestra numbers a ForEach's iterations from 0 for its direct children; each value
+            # is one lane, in the order of the values (EachSequential/EachParallel have none)
+            taskrun[ITERATION_VARIABLE] = tr.lane
     return taskrun
 
 
