@@ -11,11 +11,14 @@ one value in order with ``concurrencyLimit`` values at once and numbers its iter
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import orjson
 import pytest
 
+from kestream.models.clock import ManualClock
 from kestream.models.state import StateType
-from kestream.testing import run
+from kestream.testing import Driver, run
 
 S = StateType
 
@@ -26,8 +29,9 @@ LOOPS: dict[str, tuple[str, str, str]] = {
     "EachParallel-2": ("io.kestra.plugin.core.flow.EachParallel", "value", "concurrent: 2"),
     "ForEach-1": ("io.kestra.plugin.core.flow.ForEach", "values", "concurrencyLimit: 1"),
     "ForEach-0": ("io.kestra.plugin.core.flow.ForEach", "values", "concurrencyLimit: 0"),
+    "ForEach-2": ("io.kestra.plugin.core.flow.ForEach", "values", "concurrencyLimit: 2"),
 }
-FOR_EACH = ("ForEach-1", "ForEach-0")
+FOR_EACH = tuple(kind for kind in LOOPS if kind.startswith("ForEach"))
 
 
 def loop_task(kind: str, task_id: str, values: str, children: str, indent: int) -> str:
@@ -87,7 +91,7 @@ def test_values_and_outputs_keyed_by_value(kind: str, form: str) -> None:
     assert {t.parentTaskRunId for t in children} == {loop.id}
     assert loop.value is None
     after = next(t for t in execution.taskRunList if t.taskId == "after")
-    assert orjson.loads(after.outputs["value"]) == {v: {"value": f"{v}!"} for v in expected}
+    assert orjson.loads((after.outputs or {})["value"]) == {v: {"value": f"{v}!"} for v in expected}
 
 
 def creation_order(kind: str) -> list[tuple[str, str | None]]:
@@ -124,7 +128,7 @@ ITERATION = """\
 @pytest.mark.parametrize("kind", LOOPS)
 def test_taskrun_iteration(kind: str) -> None:
     execution = run(flow(kind, "['a', 'b', 'a', 'c']", ITERATION))
-    got = sorted(t.outputs["value"] for t in execution.taskRunList if t.taskId == "it")
+    got = sorted((t.outputs or {})["value"] for t in execution.taskRunList if t.taskId == "it")
     if kind in FOR_EACH:  # numbered from 0 over the values once duplicates are dropped
         assert got == ["a:0", "b:1", "c:2"]
     else:
@@ -142,7 +146,7 @@ def test_nested_loops_read_the_parent_value(outer: str, inner: str) -> None:
     inner_loop = loop_task(inner, "inner", "[1, 2]", leaf, 6)
     execution = run(flow(outer, "['x', 'y']", inner_loop))
     assert execution.state.current is S.SUCCESS
-    leaves = sorted(t.outputs["value"] for t in execution.taskRunList if t.taskId == "leaf")
+    leaves = sorted((t.outputs or {})["value"] for t in execution.taskRunList if t.taskId == "leaf")
     assert leaves == ["x/1", "x/2", "y/1", "y/2"]
     inner_runs = {t.value for t in execution.taskRunList if t.taskId == "inner"}
     assert inner_runs == {"x", "y"}
@@ -203,3 +207,33 @@ def test_each_parallel_runs_the_other_tasks_of_the_failed_value() -> None:
     # the pairs are independent branches: `next` of the failed value was started with it
     assert runs[("next", "b")] is S.SUCCESS
     assert {runs[("check", v)] for v in "ac"} == {S.SUCCESS}
+
+
+PAUSED_BRANCH = """\
+      - id: hold
+        type: io.kestra.plugin.core.flow.Pause
+        delay: PT10S
+"""
+
+
+@pytest.mark.parametrize(
+    ("kind", "at_once"),
+    [("EachParallel-2", 2), ("ForEach-2", 2), ("EachParallel-0", 5), ("ForEach-0", 5),
+     ("EachSequential", 1), ("ForEach-1", 1)],
+)  # fmt: skip
+def test_concurrency_limit_holds_the_other_values_back(kind: str, at_once: int) -> None:
+    """Five values whose branch pauses 10 s: the limit says how many pause at once, and each
+    pause that ends lets the next value in, in the order of the values."""
+    clock = ManualClock()
+    with Driver(clock=clock) as driver:
+        deployed = driver.deploy(flow(kind, "[1, 2, 3, 4, 5]", PAUSED_BRANCH))
+        execution = driver.start(deployed.namespace, deployed.id)
+        seen: list[list[str | None]] = []
+        while execution.state.current is not S.SUCCESS and len(seen) < 10:
+            holds = [t for t in execution.taskRunList if t.taskId == "hold"]
+            seen.append([t.value for t in holds if t.state.current is S.PAUSED])
+            driver.advance(timedelta(seconds=10))
+            execution = driver.get(execution.id)
+    assert execution.state.current is S.SUCCESS
+    values = ["1", "2", "3", "4", "5"]
+    assert seen == [values[i : i + at_once] for i in range(0, 5, at_once)]
