@@ -9,6 +9,9 @@ import { ApiError, call, follow, getJson } from "./api.js";
 import { duration, errorBox, fill, h, isTerminal, jsonBlock, stateBadge, when } from "./dom.js";
 
 const LEVELS = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"];
+/** The states the restart route accepts. */
+const RESTARTABLE = new Set(["FAILED", "KILLED", "WARNING"]);
+const REOPEN_MS = 500;
 
 /**
  * Task runs as a tree: children (a flowable's runs) under the run that started them.
@@ -94,7 +97,7 @@ export function executionPage(root, [id]) {
       fill(
         actions,
         isTerminal(state) ? null : h("button", { type: "button", id: "kill", class: "danger", onclick: () => act("DELETE", "/kill", "Kill requested") }, "Kill"),
-        isTerminal(state) && state !== "SUCCESS"
+        RESTARTABLE.has(state)
           ? h("button", { type: "button", id: "restart", onclick: () => act("POST", "/restart", "Restarted") }, "Restart")
           : null,
       );
@@ -113,11 +116,38 @@ export function executionPage(root, [id]) {
   /** @param {string} method @param {string} suffix @param {string} done */
   const act = async (method, suffix, done) => {
     try {
-      await call(method, path + suffix);
+      const response = await call(method, path + suffix);
       fill(status, h("p", { class: "notice" }, done));
-      if (suffix === "/restart") watch();
+      if (suffix === "/restart") {
+        const restarted = await response.json();
+        since = ageOf(restarted) + 1;
+        render(restarted);
+        watch();
+        watchLogs();
+      }
     } catch (error) {
       fill(status, errorBox(/** @type {Error} */ (error).message));
+    }
+  };
+
+  /**
+   * After a restart, frames from before it are stale: the API's view of the execution may not
+   * have the restart yet, and then its follow ends at once with the old end. The restart's
+   * answer is the execution as it was, in state RESTARTED; every later frame has one more
+   * entry in its state's history (RESTARTED), and a history only grows.
+   */
+  let since = 0;
+  /** @param {any} execution */
+  const ageOf = (execution) => Number(execution?.state?.histories?.length ?? 0);
+  /**
+   * A stream that ended while the execution is still shown as not ended (the API had not seen
+   * a restart yet) is opened again shortly.
+   * @param {() => void} again
+   * @param {AbortSignal} signal
+   */
+  const reopenIfRunning = (again, signal) => {
+    if (!signal.aborted && latest && !isTerminal(latest.state.current)) {
+      setTimeout(() => signal.aborted || again(), REOPEN_MS);
     }
   };
 
@@ -129,8 +159,10 @@ export function executionPage(root, [id]) {
     aborter.signal.addEventListener("abort", () => controller.abort());
     executionStream = controller;
     follow(`${path}/follow`, (_id, data) => {
-      if (data && data.state) render(data);
-    }, controller.signal).catch((error) => fill(status, errorBox(error.message)));
+      if (data && data.state && ageOf(data) >= since) render(data);
+    }, controller.signal)
+      .then(() => reopenIfRunning(watch, controller.signal))
+      .catch((error) => fill(status, errorBox(error.message)));
   };
 
   /** @type {AbortController | null} */
@@ -153,7 +185,9 @@ export function executionPage(root, [id]) {
           h("span", { class: "message" }, line.message),
         ),
       );
-    }, controller.signal).catch((error) => fill(status, errorBox(error.message)));
+    }, controller.signal)
+      .then(() => reopenIfRunning(watchLogs, controller.signal))
+      .catch((error) => fill(status, errorBox(error.message)));
   };
   level.addEventListener("change", watchLogs);
 

@@ -20,6 +20,7 @@ import pytest
 from api_stack import PASSWORD, USERNAME, Stack, start_stack
 from browser import chromium, console_errors
 from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -74,7 +75,11 @@ def wait(driver: webdriver.Chrome) -> WebDriverWait[webdriver.Chrome]:
 
 
 def text_of(driver: webdriver.Chrome, selector: str, text: str) -> None:
-    wait(driver).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, selector), text))
+    try:
+        wait(driver).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, selector), text))
+    except TimeoutException:
+        page = driver.find_element(By.TAG_NAME, "main").text
+        raise AssertionError(f"{selector} never showed {text!r}; the page:\n{page}") from None
 
 
 def no_console_errors(driver: webdriver.Chrome, page: str) -> None:
@@ -124,7 +129,9 @@ def test_an_execution_runs_live_then_its_page_shows_runs_and_logs(
     no_console_errors(driver, "the execution page")
 
 
-def test_kill_from_the_execution_page(stack: Stack, driver: webdriver.Chrome) -> None:
+def test_kill_then_restart_then_kill_from_the_execution_page(
+    stack: Stack, driver: webdriver.Chrome
+) -> None:
     ns = f"it.ui.n{uuid.uuid4().hex[:8]}"
     assert stack.post_yaml("/flows", sleepy(ns)).status == 200
     execution_id = stack.request("POST", f"/executions/{ns}/sleepy").json()["id"]
@@ -134,7 +141,11 @@ def test_kill_from_the_execution_page(stack: Stack, driver: webdriver.Chrome) ->
     driver.find_element(By.ID, "kill").click()
     text_of(driver, "#execution-state", "KILLED")
     assert stack.wait_state(execution_id, {"KILLED"})["state"]["current"] == "KILLED"
-    wait(driver).until(ec.element_to_be_clickable((By.ID, "restart")))
+    wait(driver).until(ec.element_to_be_clickable((By.ID, "restart"))).click()
+    text_of(driver, "#execution-state", "RUNNING")  # the Sleep's new attempt, followed live
+    text_of(driver, '#task-runs [data-task="nap"]', "2 attempt(s)")
+    wait(driver).until(ec.element_to_be_clickable((By.ID, "kill"))).click()
+    text_of(driver, "#execution-state", "KILLED")
     no_console_errors(driver, "the execution page")
 
 
