@@ -96,6 +96,18 @@ def log_in(driver: webdriver.Chrome, stack: Stack) -> None:
     no_console_errors(driver, "the login page")
 
 
+def filter_executions(driver: webdriver.Chrome, **fields: str) -> None:
+    """Set the list's filter form (selects by value, texts typed) and submit it."""
+    for name, value in fields.items():
+        control = driver.find_element(By.ID, f"f-{name}")
+        if control.tag_name == "select":
+            Select(control).select_by_value(value)
+        else:
+            control.clear()
+            control.send_keys(value)
+    driver.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
+
+
 def test_an_execution_runs_live_then_its_page_shows_runs_and_logs(
     stack: Stack, driver: webdriver.Chrome, tmp_path: Path
 ) -> None:
@@ -114,6 +126,11 @@ def test_an_execution_runs_live_then_its_page_shows_runs_and_logs(
     gate.touch()
     text_of(driver, row, "SUCCESS")  # the same page, redrawn by its refresh: no reload
     screenshot(driver, "executions", tmp_path)
+    filter_executions(driver, state="FAILED")
+    text_of(driver, "#total", "0 executions")
+    filter_executions(driver, state="SUCCESS", range="PT1H", q=execution_id[:8])
+    text_of(driver, "#total", "1 execution")
+    assert f"state=SUCCESS&range=PT1H&q={execution_id[:8]}" in driver.current_url
     no_console_errors(driver, "the executions list")
 
     driver.find_element(By.CSS_SELECTOR, f'#executions tr[data-id="{execution_id}"] a').click()
