@@ -81,7 +81,13 @@ async def test_a_flow_moves_the_counters_and_the_services_become_ready(  # type:
         slept = value("kestream_worker_ended_duration_seconds_sum", {**sleep, **success})
         assert slept is not None and slept >= 0.1
         assert value("kestream_worker_job_running") == 0
-        assert (value("kestream_executor_events_count_total") or 0) >= 2  # creation, result
+        # A batch's events are counted once the batch is written, just after the update the
+        # harness saw: wait for the count of the last one.
+        await eventually(
+            lambda: (value("kestream_executor_events_count_total") or 0) >= 2,  # creation, result
+            10.0,
+            message="the executor counted the creation and the result",
+        )
         assert value("kestream_executor_execution_in_flight") == 0
         assert value("kestream_dead_letter_count_total", {"source": "executor"}) is None
     finally:
