@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -348,18 +348,23 @@ class SchedulerService:
 
     # -- ended executions ---------------------------------------------------------------------
 
-    async def _ended_loop(self) -> None:
-        consumer = self._updates
-        assert consumer is not None
+    @staticmethod
+    async def _batches(consumer: Any, what: str) -> AsyncIterator[Any]:
+        """The non-empty batches of one consumer, forever; a failed fetch is logged and retried."""
         while True:
             try:
                 batch = await consumer.getmany(timeout_ms=_FETCH_TIMEOUT_MS)
             except KafkaError as exc:
-                log.warning("reading execution updates failed (%s); retrying", exc)
+                log.warning("reading %s failed (%s); retrying", what, exc)
                 await asyncio.sleep(_ERROR_BACKOFF_S)
                 continue
-            if not batch:
-                continue
+            if batch:
+                yield batch
+
+    async def _ended_loop(self) -> None:
+        consumer = self._updates
+        assert consumer is not None
+        async for batch in self._batches(consumer, "execution updates"):
             async with self._produce_lock:
                 events: list[ev.ExecutionCreated] = []
                 for recs in batch.values():
@@ -430,15 +435,7 @@ class SchedulerService:
     async def _commands_loop(self) -> None:
         consumer = self._commands
         assert consumer is not None
-        while True:
-            try:
-                batch = await consumer.getmany(timeout_ms=_FETCH_TIMEOUT_MS)
-            except KafkaError as exc:
-                log.warning("reading trigger commands failed (%s); retrying", exc)
-                await asyncio.sleep(_ERROR_BACKOFF_S)
-                continue
-            if not batch:
-                continue
+        async for batch in self._batches(consumer, "trigger commands"):
             async with self._produce_lock:
                 for recs in batch.values():
                     for rec in recs:
