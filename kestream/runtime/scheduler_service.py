@@ -131,6 +131,8 @@ class SchedulerService:
         return {
             "schedules": len(self.schedules),
             "flowTriggers": len(self.flow_triggers),
+            # checked for every ended execution: they name nothing the trigger index keys on
+            "flowTriggersUnindexed": self.flow_triggers.unindexed,
             "ended-executions consumer assigned": self._assigned,
         }
 

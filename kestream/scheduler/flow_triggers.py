@@ -16,6 +16,11 @@ checked as Kestra checks it (its ``FlowTriggerService``):
    under its ``id``, each key of its ``conditions`` one precondition; with several windows, the
    trigger fires once all of them are complete.
 
+The triggers an ended execution is checked against come from an index of what each trigger
+listens to (:mod:`kestream.scheduler.flow_trigger_index`): with thousands of Flow triggers, an
+execution meets only those that name its flow, namespace, namespace prefix or labels, and the
+few that name nothing indexable. They are checked in deployment order, as a full scan would.
+
 The created execution's id is derived from the trigger, the source execution *attempt* and its
 state, so a redelivered "ended" event creates the same execution, which the executor
 recognises, while a PAUSED and the later end of one attempt each start their own.
@@ -23,7 +28,7 @@ recognises, while a PAUSED and the later end of one attempt each start their own
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -45,6 +50,7 @@ from kestream.models.flow import (
 from kestream.models.ids import derived_id
 from kestream.models.state import TERMINAL, StateType
 from kestream.scheduler.executions import trigger_execution
+from kestream.scheduler.flow_trigger_index import RouteIndex, trigger_routes
 from kestream.scheduler.preconditions import (
     EndedExecution,
     PreconditionWindow,
@@ -188,10 +194,12 @@ class FlowTriggerResult:
     removed_windows: list[str] = field(default_factory=list)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # hashed by identity: the route index's items
 class _Listener:
     flow: Flow
     trigger: FlowTrigger
+    #: (the flow's deployment rank, the trigger's place in it): the order of a full scan.
+    order: tuple[int, int]
     windows: list[WindowSpec] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -218,36 +226,72 @@ def _record(
     return True
 
 
+def _deployment_order(listener: _Listener) -> tuple[int, int]:
+    return listener.order
+
+
 class FlowTriggerBook:
     """The deployed Flow triggers and their precondition windows.
 
     Args:
         clock: the time for windows when an ended execution carries no ``end_date``.
+        indexed: look up the triggers an ended execution may concern (the default); False
+            checks every trigger, the reference the index is tested and benchmarked against.
     """
 
-    def __init__(self, clock: Clock = utc_now) -> None:
+    def __init__(self, clock: Clock = utc_now, *, indexed: bool = True) -> None:
         self._clock = clock
+        self._indexed = indexed
         self._by_flow: dict[str, list[_Listener]] = {}
+        #: Per flow uid, its rank in ``_by_flow``'s order (a new rank when it comes back).
+        self._ranks: dict[str, int] = {}
+        self._next_rank = 0
+        self._index: RouteIndex[_Listener] = RouteIndex()
         self._windows: dict[str, PreconditionWindow] = {}
 
     def __len__(self) -> int:
         return sum(len(listeners) for listeners in self._by_flow.values())
 
+    @property
+    def unindexed(self) -> int:
+        """Triggers checked for every ended execution (they name nothing the index keys on)."""
+        return self._index.unrouted
+
     def windows(self) -> Iterator[PreconditionWindow]:
         yield from self._windows.values()
 
+    def _listeners(self, flow: Flow) -> list[_Listener]:
+        if flow.deleted:
+            return []
+        triggers = [t for t in flow.triggers if isinstance(t, FlowTrigger)]
+        if not triggers:
+            return []
+        rank = self._ranks.get(flow.uid)
+        if rank is None:
+            rank = self._ranks[flow.uid] = self._next_rank
+            self._next_rank += 1
+        return [_Listener(flow, t, (rank, n)) for n, t in enumerate(triggers)]
+
+    def _forget(self, uid: str) -> list[_Listener]:
+        gone = self._by_flow.pop(uid, [])
+        self._ranks.pop(uid, None)
+        for listener in gone:
+            self._index.remove(listener)
+        return gone
+
     def sync_flow(self, flow: Flow) -> list[str]:
         """Take a deployed flow's Flow triggers; returns window records made obsolete."""
-        old = {listener.key: listener for listener in self._by_flow.get(flow.uid, [])}
-        listeners = (
-            []
-            if flow.deleted
-            else [_Listener(flow, t) for t in flow.triggers if isinstance(t, FlowTrigger)]
-        )
+        previous = self._by_flow.get(flow.uid, [])
+        old = {listener.key: listener for listener in previous}
+        listeners = self._listeners(flow)
         if listeners:
-            self._by_flow[flow.uid] = listeners
+            for listener in previous:
+                self._index.remove(listener)
+            self._by_flow[flow.uid] = listeners  # an updated flow keeps its place
+            for listener in listeners:
+                self._index.add(listener, trigger_routes(listener.trigger))
         else:
-            self._by_flow.pop(flow.uid, None)
+            self._forget(flow.uid)
         kept = {
             listener.key: _window_definitions(listener.trigger)
             for listener in listeners
@@ -262,7 +306,7 @@ class FlowTriggerBook:
     def remove_flow(self, namespace: str, flow_id: str) -> list[str]:
         """Forget a deleted flow's Flow triggers; returns the window records to delete."""
         removed: list[str] = []
-        for listener in self._by_flow.pop(f"{namespace}/{flow_id}", []):
+        for listener in self._forget(f"{namespace}/{flow_id}"):
             removed.extend(self._drop_windows(listener.key))
         return removed
 
@@ -280,11 +324,16 @@ class FlowTriggerBook:
         """The executions to start because ``ended`` changed state, and the window changes."""
         result = FlowTriggerResult()
         now = ended.end_date or self._clock()
-        for listeners in self._by_flow.values():
-            for listener in listeners:
-                if trigger_accepts(listener.flow, listener.trigger, ended):
-                    self._evaluate(listener, ended, now, result)
+        for listener in self._candidates(ended):
+            if trigger_accepts(listener.flow, listener.trigger, ended):
+                self._evaluate(listener, ended, now, result)
         return result
+
+    def _candidates(self, ended: EndedExecution) -> Iterable[_Listener]:
+        if not self._indexed:
+            return (listener for listeners in self._by_flow.values() for listener in listeners)
+        found = self._index.candidates(ended)
+        return sorted(found, key=_deployment_order) if len(found) > 1 else found
 
     def _evaluate(
         self, listener: _Listener, ended: EndedExecution, now: datetime, result: FlowTriggerResult
