@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kestream.executor.sizes import human_size
-from kestream.executor.snapshot import execution_model, task_run_model
+from kestream.executor.snapshot import execution_json, task_run_json
 from kestream.executor.state import ExecutionState
 from kestream.models.execution import Execution
 from kestream.models.state import StateType
@@ -52,13 +52,14 @@ def update_records(
     its id listed in the record's ``outputsLeftOut``; the changelog keeps them.
     """
     send_all = full or terminal
-    header = execution_model(st, with_task_runs=False).model_dump(mode="json", by_alias=True)
+    header = execution_json(st, with_task_runs=False)
     header.pop("taskRunList", None)
-    ids = list(st.task_runs) if send_all else [r for r in changed if r in st.task_runs]
-    runs = [
-        task_run_model(st, st.task_runs[run_id]).model_dump(mode="json", by_alias=True)
-        for run_id in ids
-    ]
+    task_runs = st.task_runs
+    runs = (
+        [task_run_json(st, tr) for tr in task_runs.values()]
+        if send_all
+        else [task_run_json(st, task_runs[r]) for r in changed if r in task_runs]
+    )
     whole = dumps(
         _update_body(header, runs, first=True, last=True, full=send_all, terminal=terminal)
     )
