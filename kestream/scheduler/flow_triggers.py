@@ -98,20 +98,40 @@ def condition_holds(condition: Condition, ended: EndedExecution) -> bool:
     raise TypeError(f"no evaluation for condition {type(condition).__name__}")
 
 
+@dataclass(frozen=True, slots=True)
+class _Acceptance:
+    """Steps 1-3 of the module's list for one trigger, read from its models once: a scheduler
+    checks the same trigger against every ended execution its index returns."""
+
+    enabled: bool
+    flow: tuple[str, str]
+    states: frozenset[StateType]
+    conditions: tuple[Condition, ...]
+
+    @classmethod
+    def of(cls, flow: Flow, trigger: FlowTrigger) -> _Acceptance:
+        return cls(
+            enabled=not (flow.disabled or trigger.disabled),
+            flow=(flow.namespace, flow.id),
+            states=DEFAULT_STATES if trigger.states is None else frozenset(trigger.states),
+            conditions=tuple(
+                c
+                for c in trigger.condition_models
+                if not isinstance(c, MultipleCondition)  # windowed: step 4
+            ),
+        )
+
+    def __call__(self, ended: EndedExecution) -> bool:
+        if not self.enabled or ended.state not in self.states:
+            return False
+        if self.flow == (ended.namespace, ended.flow_id):
+            return False  # Kestra never lets a flow trigger itself (FlowService.removeUnwanted)
+        return all(condition_holds(c, ended) for c in self.conditions)
+
+
 def trigger_accepts(flow: Flow, trigger: FlowTrigger, ended: EndedExecution) -> bool:
     """Steps 1-3 of the module's list: everything but the preconditions' window."""
-    if flow.disabled or trigger.disabled:
-        return False
-    if (flow.namespace, flow.id) == (ended.namespace, ended.flow_id):
-        return False  # Kestra never lets a flow trigger itself (FlowService.removeUnwanted)
-    states = DEFAULT_STATES if trigger.states is None else trigger.states
-    if ended.state not in states:
-        return False
-    return all(
-        condition_holds(c, ended)
-        for c in trigger.condition_models
-        if not isinstance(c, MultipleCondition)  # windowed: step 4
-    )
+    return _Acceptance.of(flow, trigger)(ended)
 
 
 def _multiple_met(condition: MultipleCondition, ended: EndedExecution) -> list[str]:
@@ -201,9 +221,11 @@ class _Listener:
     #: (the flow's deployment rank, the trigger's place in it): the order of a full scan.
     order: tuple[int, int]
     windows: list[WindowSpec] = field(init=False)
+    accepts: _Acceptance = field(init=False)
 
     def __post_init__(self) -> None:
         self.windows = window_specs(self.trigger)
+        self.accepts = _Acceptance.of(self.flow, self.trigger)
 
     @property
     def key(self) -> str:
@@ -325,7 +347,7 @@ class FlowTriggerBook:
         result = FlowTriggerResult()
         now = ended.end_date or self._clock()
         for listener in self._candidates(ended):
-            if trigger_accepts(listener.flow, listener.trigger, ended):
+            if listener.accepts(ended):
                 self._evaluate(listener, ended, now, result)
         return result
 
