@@ -9,10 +9,16 @@
     python -m bench W1 --rate 6000 --via webhook  # enter through the API's webhook route
     python -m bench W5 --triggers 100000    # the scheduler's loop (bench/w5.py)
     python -m bench W6 --executions 1000000 # the execution index (bench/w6.py)
+    python -m bench W9 --triggers 10000     # Flow triggers, per ended execution (bench/w9_*.py)
+    python -m bench FEED --updates 200000   # the index feed's apply rate (bench/feed.py)
     python -m bench W7 --rate 600           # a shell Commands task (config/bench/w7.yaml)
     python -m bench W7 --rates 600,1200,2400,4800  # where it stops keeping up
     python -m bench W8 --rate 6000          # a function-form Python task (bench/w8_tasks.py)
     python -m bench W8 --rate 6000 --isolation process,thread  # a worker process's cost per task
+    python -m bench W1 --ceiling --duration 30  # raise the rate until it stops keeping up
+    python -m bench idle [--kafka]          # an idle `kestream standalone`, per process (idle.py)
+    python -m bench startup                 # `kestream standalone` to /health/ready (startup.py)
+    python -m bench plot                    # RESULTS.md's data as PNGs in bench/plots (plot.py)
 
 Every rate runs on a fresh broker with kestream's roles as separate processes
 (``KESTREAM_EXECUTOR_STREAM_THREADS`` executors, 0 = one per core, and a worker). The readable
@@ -38,6 +44,9 @@ from bench import harness, report, workloads
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
 
+#: ``--ceiling``'s rates (per minute), tried in turn until one is not kept up.
+CEILING_RATES = (12_000.0, 24_000.0, 36_000.0, 48_000.0, 60_000.0, 72_000.0)
+
 
 def _rates(text: str) -> list[float]:
     return [float(part) for part in text.split(",") if part.strip()]
@@ -53,6 +62,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     rate = parser.add_mutually_exclusive_group()
     rate.add_argument("--rate", type=float, help="executions per minute")
     rate.add_argument("--rates", type=_rates, help="a sweep, e.g. 1000,2000,4000,6000,12000")
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="raise the rate (--rates, default "
+        + ",".join(f"{r:g}" for r in CEILING_RATES)
+        + ") until a run no longer keeps up, then stop; inline tasks on unless --no-inline",
+    )
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of offering per rate")
     parser.add_argument("--json", action="store_true", help="only JSON lines on stdout")
     parser.add_argument(
@@ -84,6 +100,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--w3-timeout", type=float, help="seconds per W3 execution")
     parser.add_argument("--floor", type=Path, help="floor_bench.py's results.jsonl, for ratios")
     parser.add_argument("--write-results", action="store_true", help="merge into bench/RESULTS.md")
+    parser.add_argument(
+        "--plot", action="store_true", help="then draw RESULTS.md's data into bench/plots/*.png"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS_MD, help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", type=Path, help="logs and profiles (default: a /tmp dir)")
     return parser.parse_args(argv)
@@ -92,6 +111,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def _options(args: argparse.Namespace) -> harness.RunOptions:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     broker = "external" if args.broker else "kafka" if args.kafka else "embedded"
+    # The ceiling is the issue's "highest rate kept up (inline on)": on unless said otherwise.
+    inline = True if args.ceiling and args.inline is None else args.inline
     return harness.RunOptions(
         duration_s=args.duration,
         drain_s=args.drain,
@@ -101,7 +122,7 @@ def _options(args: argparse.Namespace) -> harness.RunOptions:
         broker=broker,
         bootstrap=args.broker,
         stream_threads=args.stream_threads,
-        inline=args.inline,
+        inline=inline,
         profile=args.profile,
         via=args.via,
         run_root=args.run_dir or Path("/tmp/kestream-bench") / stamp,
@@ -119,7 +140,8 @@ def _plan(args: argparse.Namespace) -> list[tuple[workloads.Workload, float | No
             if args.w3_big_runs > 0:
                 plan.append((workloads.W3_BIG, None))
             continue
-        rates = [args.rate] if args.rate else args.rates or list(workload.default_rates)
+        default = CEILING_RATES if args.ceiling else workload.default_rates
+        rates = [args.rate] if args.rate else args.rates or list(default)
         variants = [workloads.with_isolation(workload, i) for i in args.isolation or ()]
         plan += [(variant, rate) for variant in variants or [workload] for rate in rates]
     return plan
@@ -147,7 +169,11 @@ def run(args: argparse.Namespace) -> tuple[list[report.Row], int]:
     rows: list[report.Row] = []
     failures = 0
     print(f"logs and profiles: {options.run_root}", file=sys.stderr)
+    #: --ceiling: the workloads (by flow file) that stopped keeping up; their higher rates go.
+    topped: set[str] = set()
     for workload, rate in _plan(args):
+        if workload.flow_file in topped:
+            continue
         label = f"{workload.name} {'' if rate is None else f'{rate:g}/min'}".strip()
         print(f"\n== {label} ({workload.flow_file})", file=sys.stderr, flush=True)
         try:
@@ -155,26 +181,41 @@ def run(args: argparse.Namespace) -> tuple[list[report.Row], int]:
         except Exception as exc:
             failures += 1
             print(f"!! {label} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            if args.ceiling:
+                topped.add(workload.flow_file)
             continue
         rows.append(row)
         _emit(row, args.json, floor)
-    _summary(rows, floor)
+        if args.ceiling and not row.kept_up:
+            topped.add(workload.flow_file)
+    _summary(rows, floor, ceiling=args.ceiling)
     return rows, failures
 
 
-def _summary(rows: list[report.Row], floor: list[dict[str, Any]]) -> None:
+def _summary(rows: list[report.Row], floor: list[dict[str, Any]], ceiling: bool = False) -> None:
     if len(rows) > 1:
         print("\n== all runs\n" + report.markdown_table(rows), file=sys.stderr)
     for line in report.per_iteration_lines(rows):
         print(f"W3 {line}", file=sys.stderr)
     for line in report.ceiling_lines(rows) + report.isolation_lines(rows):
         print(line, file=sys.stderr)
+    if ceiling:
+        for line in report.ceiling_summary(rows):
+            print(line, file=sys.stderr)
     sys.stderr.flush()
 
 
 #: Workloads with a harness of their own (no stack of role processes): W5 the scheduler's
-#: evaluation loop, W6 the execution index.
-DEDICATED = {"W5": "bench.w5", "W6": "bench.w6"}
+#: evaluation loop, W6 the execution index; ``kestream standalone`` idle and start-up; the plots.
+DEDICATED = {
+    "W5": "bench.w5",
+    "W6": "bench.w6",
+    "W9": "bench.w9_flow_triggers",
+    "FEED": "bench.feed",
+    "IDLE": "bench.idle",
+    "STARTUP": "bench.startup",
+    "PLOT": "bench.plot",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         date = time.strftime("%Y-%m-%d %H:%M")
         report.write_results(args.results, rows, report.load_floor(args.floor), command, date)
         print(f"wrote {args.results}", file=sys.stderr)
+    if args.plot:
+        from bench import plot
+
+        plot.draw_and_link(args.results)
     return 1 if failures else 0
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench import reference, workloads
+from bench import reference, system_rows, workloads
 
 if TYPE_CHECKING:
     from bench.harness import Sample
@@ -173,6 +173,7 @@ def rate_row(
     limit = workload.p99_limit_s or math.inf
     kept_up = bool(samples) and completed == len(samples) and p99 is not None and p99 < limit * 1000
     stats["extra"]["submit_lag_p50_ms"] = _ms(percentile(lags, 50)) if lags else None
+    stats["extra"]["cpu_window_s"] = usage.window_s
     if workload.isolation:
         stats["extra"]["isolation"] = workload.isolation
     return Row(
@@ -370,16 +371,21 @@ def cpu_per_execution(row: Row) -> dict[str, float]:
 # -- a sweep: where a workload stops keeping up ----------------------------------------------------
 
 
-def ceiling_lines(rows: Sequence[Row]) -> list[str]:
-    """For each workload swept over several rates (``--rates``), the highest rate it kept up
-    with and the lowest it did not; rows of different brokers, entries or inline switches are
-    separate sweeps."""
+def _sweeps(rows: Sequence[Row]) -> dict[tuple[str, str, bool], list[Row]]:
+    """Rate rows by workload, broker and entry, and inline switch: each group one sweep."""
     sweeps: dict[tuple[str, str, bool], list[Row]] = {}
     for row in rows:
         if row.rate_per_min is not None:
             sweeps.setdefault((row.workload, where(row), row.inline_tasks), []).append(row)
+    return sweeps
+
+
+def ceiling_lines(rows: Sequence[Row]) -> list[str]:
+    """For each workload swept over several rates (``--rates``), the highest rate it kept up
+    with and the lowest it did not; rows of different brokers, entries or inline switches are
+    separate sweeps."""
     lines = []
-    for (name, place, inline), swept in sweeps.items():
+    for (name, place, inline), swept in _sweeps(rows).items():
         if len({r.rate_per_min for r in swept}) < 2:
             continue
         kept = [float(r.rate_per_min or 0) for r in swept if r.kept_up]
@@ -389,6 +395,46 @@ def ceiling_lines(rows: Sequence[Row]) -> list[str]:
         worst = f"stopped keeping up at {min(lost):g}/min" if lost else "no rate tried was too high"
         lines.append(f"{tried}: {best}; {worst}")
     return lines
+
+
+def ceiling_summary(rows: Sequence[Row]) -> list[str]:
+    """``--ceiling``'s verdict per sweep, even of one rate: the highest rate kept up and the
+    first that was not, with their p99; then, per rate, the load generator's CPU, which shares
+    the machine's cores with kestream and the broker (a ceiling it reaches is its own)."""
+    lines = []
+    for (name, place, inline), swept in _sweeps(rows).items():
+        ordered = sorted(swept, key=lambda r: float(r.rate_per_min or 0))
+        kept = [r for r in ordered if r.kept_up]
+        lost = [r for r in ordered if not r.kept_up]
+        head = f"{name} ceiling ({place}, inline {'on' if inline else 'off'}): "
+        best = (
+            f"highest rate kept up {kept[-1].rate_per_min}/min (p99 {_fmt_ms(kept[-1].p99_ms)})"
+            if kept
+            else "no rate tried was kept up"
+        )
+        worst = (
+            f"not kept up at {lost[0].rate_per_min}/min (p99 {_fmt_ms(lost[0].p99_ms)}, "
+            f"backlog {lost[0].backlog_at_end})"
+            if lost
+            else "every rate tried was kept up: try higher --rates"
+        )
+        lines.append(head + best + "; " + worst)
+        for row in ordered:
+            share = loadgen_share(row)
+            if share is not None:
+                lines.append(
+                    f"  {row.rate_per_min}/min: load generator {share:.0f} % of one core "
+                    f"({row.cpu_s['loadgen']:g} s CPU in {row.extra['cpu_window_s']:g} s)"
+                )
+    return lines
+
+
+def loadgen_share(row: Row) -> float | None:
+    """The load generator's CPU over the measured window, in % of one core (None: unknown)."""
+    cpu, window = row.cpu_s.get("loadgen"), row.extra.get("cpu_window_s")
+    if cpu is None or not window:
+        return None
+    return float(cpu) * 100 / float(window)
 
 
 # -- W8: what isolating a Python task in a process costs -------------------------------------------
@@ -559,6 +605,7 @@ _STORED_EXTRA = (
     "seen_p99_ms",
     "not_success",
     "submit_lag_p50_ms",
+    "cpu_window_s",
     "broker",
     "broker_kind",
     "executors",
@@ -576,6 +623,9 @@ class Results:
     commands: list[dict[str, str]] = field(default_factory=list)
     floor: list[dict[str, Any]] = field(default_factory=list)
     notes: str = ""
+    #: ``kestream standalone`` idle and start-up rows (bench/system_rows.py), as stored.
+    idle: list[dict[str, Any]] = field(default_factory=list)
+    startup: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _read_results(path: Path) -> Results:
@@ -593,7 +643,14 @@ def _read_results(path: Path) -> Results:
         commands=data.get("commands", []),
         floor=data.get("floor", []),
         notes=notes_match.group(1).strip() if notes_match else "",
+        idle=data.get("idle", []),
+        startup=data.get("startup", []),
     )
+
+
+def read_results(path: Path) -> Results:
+    """RESULTS.md's data (empty when the file does not exist yet)."""
+    return _read_results(path)
 
 
 def _stored(row: Row, command: str, date: str) -> dict[str, Any]:
@@ -610,28 +667,56 @@ def _row_from_stored(stored: dict[str, Any]) -> Row:
     return Row(**fields)
 
 
+#: A stored row back as a :class:`Row` (for bench/plot.py).
+row_from_stored = _row_from_stored
+
+
 def write_results(
     path: Path,
     rows: Sequence[Row],
     floor: Sequence[dict[str, Any]],
     command: str,
     date: str,
+    *,
+    idle: Sequence[system_rows.IdleRow] = (),
+    startup: Sequence[system_rows.StartupRow] = (),
 ) -> None:
     """Merge this invocation's rows (and floor runs) into RESULTS.md and render it again.
 
     A row replaces an earlier one with the same workload, rate, inline switch, size and broker,
     so re-running one command refreshes its rows; the notes between the notes markers are kept.
+    Idle and start-up rows replace those of the same broker (and data dir state).
     """
     results = _read_results(path)
     keys = {row.key() for row in rows}
     kept = [r for r in results.rows if _row_from_stored(r).key() not in keys]
     results.rows = kept + [_stored(row, command, date) for row in rows]
-    commit = rows[0].commit if rows else git_commit()
+    stamped: list[system_rows.IdleRow | system_rows.StartupRow] = [*idle, *startup]
+    for row in stamped:
+        row.command, row.date = command, date
+    results.idle = system_rows.merge(results.idle, idle)
+    results.startup = system_rows.merge(results.startup, startup)
+    commit = rows[0].commit if rows else stamped[0].commit if stamped else git_commit()
     results.commands = [c for c in results.commands if c["command"] != command]
     results.commands.append({"command": command, "date": date, "commit": commit})
     known = {_floor_key(f) for f in results.floor}
     results.floor += [peer for peer in floor if _floor_key(peer) not in known]
-    path.write_text(render_results(results))
+    path.write_text(render_results(results, plot_files(path)))
+
+
+def rewrite_results(path: Path) -> None:
+    """Render RESULTS.md again from its own data (after the plots were drawn: their links)."""
+    path.write_text(render_results(_read_results(path), plot_files(path)))
+
+
+#: Where ``--plot`` writes its PNGs, beside RESULTS.md.
+PLOTS_DIR = "plots"
+
+
+def plot_files(path: Path) -> list[str]:
+    """The PNGs beside RESULTS.md (``plots/*.png``), as links relative to it."""
+    found = sorted((path.parent / PLOTS_DIR).glob("*.png"))
+    return [f"{PLOTS_DIR}/{png.name}" for png in found]
 
 
 def _floor_key(peer: dict[str, Any]) -> tuple[Any, ...]:
@@ -649,7 +734,7 @@ def _sort_key(row: Row) -> tuple[Any, ...]:
     )
 
 
-def render_results(results: Results) -> str:
+def render_results(results: Results, plots: Sequence[str] = ()) -> str:
     rows = sorted((_row_from_stored(r) for r in results.rows), key=_sort_key)
     out = [
         "# kestream benchmark results",
@@ -673,6 +758,19 @@ def render_results(results: Results) -> str:
     out += ["", "## Commands", "", "| date | commit | command |", "|---|---|---|"]
     out += [f"| {c['date']} | `{c['commit'][:12]}` | `{c['command']}` |" for c in results.commands]
     out += ["", "## Results", "", markdown_table(rows)]
+    ceilings = ceiling_lines(rows)
+    if ceilings:
+        out += ["", "## Highest rate kept up", ""] + [f"- {line}" for line in ceilings]
+    idle = [system_rows.IdleRow.from_json(r) for r in results.idle]
+    if idle:
+        out += ["", "## Idle `kestream standalone`: CPU and RSS per process", ""]
+        out += [system_rows.idle_table(idle)]
+    startup = [system_rows.StartupRow.from_json(r) for r in results.startup]
+    if startup:
+        out += ["", "## `kestream standalone` start to `/health/ready` 200", ""]
+        out += [system_rows.startup_table(startup)]
+    if plots:
+        out += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     out += ["", "## Beside Kestra, the peers and the targets", ""]
     for row in rows:
         out.append(f"- **{row_heading(row)}**")
@@ -684,7 +782,15 @@ def render_results(results: Results) -> str:
     isolation = isolation_lines(rows)
     if isolation:
         out += ["", "## W8: a worker process per task", ""] + [f"- {line}" for line in isolation]
-    data = {"rows": results.rows, "commands": results.commands, "floor": results.floor}
+    data: dict[str, Any] = {
+        "rows": results.rows,
+        "commands": results.commands,
+        "floor": results.floor,
+    }
+    if results.idle:
+        data["idle"] = results.idle
+    if results.startup:
+        data["startup"] = results.startup
     block = ["```json", json.dumps(data, indent=1), "```"]
     out += ["", "## Data", "", _DATA_START, *block, _DATA_END, ""]
     return "\n".join(out)

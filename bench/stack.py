@@ -99,10 +99,19 @@ def cpu_seconds(pid: int) -> float | None:
 
 def peak_rss_mb(pid: int) -> float | None:
     """The process's peak resident set (``VmHWM``) in MB, None once it is gone."""
+    return _status_mb(pid, "VmHWM:")
+
+
+def rss_mb(pid: int) -> float | None:
+    """The process's resident set now (``VmRSS``) in MB, None once it is gone."""
+    return _status_mb(pid, "VmRSS:")
+
+
+def _status_mb(pid: int, key: str) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+            if line.startswith(key):
+                return round(int(line.split()[1]) / 1024, 1)
     except (FileNotFoundError, ProcessLookupError):
         return None
     return None
@@ -153,6 +162,8 @@ class Usage:
     cpu_s: dict[str, float] = field(default_factory=dict)
     rss_mb: dict[str, float] = field(default_factory=dict)
     broker_cpu_s: float | None = None
+    #: Wall seconds of the measured window (mark to this reading): CPU over it is a share.
+    window_s: float | None = None
 
 
 # -- the stack -----------------------------------------------------------------------------------
@@ -180,6 +191,7 @@ class Stack:
         self.partitions = 0
         self._broker_cpu_base = 0.0
         self._own_cpu_base = 0.0
+        self._marked = 0.0
         #: The API role's port, when it runs.
         self.api_port = free_port() if config.api else None
         #: How the client and every role connect: the environment's, until a fresh secured
@@ -239,7 +251,7 @@ class Stack:
             await self.broker.astart()
         self.bootstrap = self.broker.bootstrap
         if self.config.broker == "kafka":
-            await _until_kafka_answers_as_kafka(self.settings)
+            await until_kafka_answers_as_kafka(self.settings)
 
     # -- roles -----------------------------------------------------------------------------------
 
@@ -352,10 +364,11 @@ class Stack:
         if self.broker is not None and self.broker.pid is not None:
             self._broker_cpu_base = cpu_seconds(self.broker.pid) or 0.0
         self._own_cpu_base = own_usage()[0]
+        self._marked = time.monotonic()
 
     def usage(self) -> Usage:
         """CPU since :meth:`mark` and peak RSS, summed over each role's processes."""
-        usage = Usage()
+        usage = Usage(window_s=round(time.monotonic() - self._marked, 2) if self._marked else None)
         for role in self.roles:
             spent = (cpu_seconds(role.proc.pid) or role.cpu_base) - role.cpu_base
             usage.cpu_s[role.role] = round(usage.cpu_s.get(role.role, 0.0) + spent, 2)
@@ -448,7 +461,7 @@ def fresh_kafka_listener(security: SecurityFields) -> SaslSslListener | None:
     return SaslSslListener(username=username, password=password.get_secret_value())
 
 
-async def _until_kafka_answers_as_kafka(settings: Settings) -> None:
+async def until_kafka_answers_as_kafka(settings: Settings) -> None:
     """Wait until a fresh Apache Kafka answers ``InitProducerId``.
 
     Just after start it refuses it for a moment, and kestream's probe then takes it for Tansu

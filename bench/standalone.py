@@ -1,0 +1,254 @@
+"""``kestream standalone`` as a user starts it, seen from outside: launched, ready, its processes.
+
+The idle and start-up rows (bench/idle.py, bench/startup.py) measure the command itself, not the
+bench's own stack of roles (bench/stack.py): the supervisor, the role processes it starts and,
+without ``KESTREAM_BROKER``, the embedded Tansu it starts too. Ready means what an operator
+checks: the API's ``/health/ready`` answers 200 (the API role answers for the whole installation).
+
+The command runs in a session of its own, so stopping it reaches every process of the tree
+(``killpg``), as Ctrl-C in a shell would; its output (the supervisor's and every role's, which
+inherit it) goes to one log, whose lines are stamped with the moment they were read, so that the
+start-up phases are timed whatever the roles' log format says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.stack import cpu_seconds, rss_mb
+from kestream.runtime.embedded_broker import free_port
+
+_POLL_S = 0.1
+_STOP_GRACE_S = 60.0
+#: Names of the processes of the tree, from their command lines.
+_ROLE = re.compile(r"-m kestream\.cli (executor|worker|scheduler|api|standalone)\b")
+#: One process hosting several roles (``kestream roles worker,scheduler,api,executor``).
+_ROLES = re.compile(r"-m kestream\.cli roles (\S+)")
+
+#: Start-up phases, each the first log line that matches (stamped when read), in the order the
+#: command goes through them; a phase whose line never appears is left out of the report.
+PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("broker up", re.compile(r"Tansu ready on")),
+    ("broker state restored", re.compile(r"restored \d+ record")),
+    ("roles spawned", re.compile(r"standalone running:")),
+    # faust's first line in a role process: its imports are done.
+    ("first role imported", re.compile(r"RoleApp\]: Starting")),
+    ("scheduler started", re.compile(r"scheduler started \(broker")),
+    ("api started", re.compile(r"api started \(broker")),
+    ("worker started", re.compile(r"worker started \(broker")),
+    ("first executor started", re.compile(r"executor started \(broker")),
+)
+
+
+@dataclass(slots=True)
+class Launched:
+    """One ``kestream standalone`` process tree and what was read of its log so far."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    started: float
+    #: Seconds after launch at which each phase's line was first read.
+    phases: dict[str, float] = field(default_factory=dict)
+    _offset: int = 0
+
+    @property
+    def ready_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/health/ready"
+
+    def read_log(self) -> None:
+        """Stamp the phases whose lines appeared since the last read."""
+        with contextlib.suppress(OSError), self.log_path.open("rb") as handle:
+            handle.seek(self._offset)
+            chunk = handle.read()
+        if not chunk:
+            return
+        complete = chunk.rfind(b"\n") + 1  # a half-written line waits for the next read
+        self._offset += complete
+        text = chunk[:complete].decode(errors="replace")
+        now = time.monotonic() - self.started
+        for name, pattern in PHASES:
+            if name not in self.phases and pattern.search(text):
+                self.phases[name] = round(now, 2)
+
+
+def standalone_env(
+    environ: Mapping[str, str], data_dir: Path, port: int, broker: str | None
+) -> dict[str, str]:
+    """The command's environment: the user's, minus every ``KESTREAM_*`` setting (a user's broker
+    or topic prefix would change what is measured), plus the data dir, the API port and, for
+    Apache Kafka, its address."""
+    env = {k: v for k, v in environ.items() if not k.startswith("KESTREAM_")}
+    env["KESTREAM_DATA_DIR"] = str(data_dir)
+    env["KESTREAM_WEB_PORT"] = str(port)
+    if broker is not None:
+        env["KESTREAM_BROKER"] = broker
+    return env
+
+
+def launch(data_dir: Path, log_path: Path, broker: str | None = None) -> Launched:
+    """Start ``kestream standalone`` on ``data_dir`` (the embedded broker unless ``broker``)."""
+    port = free_port()
+    env = standalone_env(os.environ, data_dir, port, broker)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log_file:
+        started = time.monotonic()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kestream.cli", "standalone"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Launched(process, port, log_path, started)
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False  # 503 (HTTPError is a URLError), refused, or no answer yet
+
+
+def wait_ready(launched: Launched, timeout_s: float) -> float:
+    """Seconds from launch to the first 200 of ``/health/ready``; the phases read on the way."""
+    deadline = launched.started + timeout_s
+    while time.monotonic() < deadline:
+        if launched.process.poll() is not None:
+            launched.read_log()
+            raise RuntimeError(
+                f"standalone exited with {launched.process.returncode}; see {launched.log_path}"
+            )
+        if _ready(launched.ready_url):
+            elapsed = time.monotonic() - launched.started
+            launched.read_log()
+            return round(elapsed, 2)
+        launched.read_log()
+        time.sleep(_POLL_S)
+    raise TimeoutError(f"standalone not ready after {timeout_s:.0f} s; see {launched.log_path}")
+
+
+def stop(launched: Launched) -> int:
+    """SIGINT to the whole tree (Ctrl-C), then SIGKILL if it is still there after the grace."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(launched.process.pid, signal.SIGINT)
+    try:
+        return launched.process.wait(_STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launched.process.pid, signal.SIGKILL)
+        return launched.process.wait()
+
+
+@contextlib.contextmanager
+def running(data_dir: Path, log_path: Path, broker: str | None = None) -> Iterator[Launched]:
+    """``launch`` ... ``stop``, whatever happens in between."""
+    launched = launch(data_dir, log_path, broker)
+    try:
+        yield launched
+    finally:
+        stop(launched)
+
+
+# -- the process tree ----------------------------------------------------------------------------
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(text.rsplit(")", 1)[1].split()[1])
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it, parents before children."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            parent = _parent(int(entry.name))
+            if parent is not None:
+                children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop(0)
+        found.append(pid)
+        todo += sorted(children.get(pid, []))
+    return found
+
+
+def process_label(cmdline: str) -> str:
+    """What a process of the tree is: ``supervisor``, a role, several roles hosted by one
+    process (``worker+scheduler+api+executor``), ``broker`` (Tansu) or its program's name."""
+    hosting = _ROLES.search(cmdline)
+    if hosting:
+        return "+".join(role for role in hosting.group(1).split(",") if role)
+    found = _ROLE.search(cmdline)
+    if found:
+        return "supervisor" if found.group(1) == "standalone" else found.group(1)
+    program = Path(cmdline.split(" ", 1)[0]).name if cmdline else "?"
+    return "broker" if program == "tansu" else program
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+def name_processes(pids: list[int]) -> dict[int, str]:
+    """A name per process, numbered where a role runs more than once (``executor-1``, ...)."""
+    return number_labels({pid: process_label(_cmdline(pid)) for pid in pids})
+
+
+def number_labels(labels: Mapping[int, str]) -> dict[int, str]:
+    """``labels`` with a number after each that occurs more than once, in the given order."""
+    counts: dict[str, int] = {}
+    for label in labels.values():
+        counts[label] = counts.get(label, 0) + 1
+    seen: dict[str, int] = {}
+    names = {}
+    for pid, label in labels.items():
+        seen[label] = seen.get(label, 0) + 1
+        names[pid] = f"{label}-{seen[label]}" if counts[label] > 1 else label
+    return names
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSample:
+    """One process over a sampling window: CPU as % of one core, resident memory at the end."""
+
+    name: str
+    pid: int
+    cpu_pct: float
+    rss_mb: float
+
+
+def sample(processes: Mapping[int, str], seconds: float) -> list[ProcessSample]:
+    """CPU (user + system) of each process over ``seconds``, and its RSS at the end; a process
+    that exits meanwhile is left out (an idle installation whose roles restart is a finding the
+    log shows)."""
+    before = {pid: cpu_seconds(pid) for pid in processes}
+    start = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - start
+    found = []
+    for pid, name in processes.items():
+        first, last, rss = before[pid], cpu_seconds(pid), rss_mb(pid)
+        if first is None or last is None or rss is None:
+            continue
+        found.append(ProcessSample(name, pid, round((last - first) * 100 / elapsed, 2), rss))
+    return found

@@ -1,0 +1,104 @@
+"""``python -m bench startup``: from launching ``kestream standalone`` to ``/health/ready`` 200.
+
+    python -m bench startup                 # 5 launches on a fresh data dir, 5 restarts
+    python -m bench startup --runs 3 --restarts 3 --write-results
+
+Two figures, each the median of its launches, on the embedded broker: a first start (an empty
+``KESTREAM_DATA_DIR`` every time: topics created, groups joined from nothing) and a restart (the
+data dir of a stopped installation: the broker's state written back before the roles start).
+The phases the log shows on the way (broker up, roles spawned, each role started) are timed
+when their lines appear, and reported as medians; a phase the roles do not log is left out.
+Each launch is stopped (Ctrl-C to its whole tree) before the next one starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench import report, standalone, system_rows
+
+_READY_TIMEOUT_S = 120.0
+RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench startup", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--runs", type=int, default=5, help="launches on a fresh data dir")
+    parser.add_argument("--restarts", type=int, default=5, help="launches on an existing one")
+    parser.add_argument("--json", action="store_true", help="only JSON lines on stdout")
+    parser.add_argument("--write-results", action="store_true", help="merge into bench/RESULTS.md")
+    parser.add_argument("--plot", action="store_true", help="draw bench/plots/*.png afterwards")
+    parser.add_argument("--results", type=Path, default=RESULTS_MD, help=argparse.SUPPRESS)
+    parser.add_argument("--run-dir", type=Path, help="logs and data dirs (default: a /tmp dir)")
+    return parser.parse_args(argv)
+
+
+def launch_once(data_dir: Path, log_path: Path) -> tuple[float, dict[str, float]]:
+    """Seconds to ready and the phases' moments of one launch, stopped afterwards."""
+    with standalone.running(data_dir, log_path) as launched:
+        seconds = standalone.wait_ready(launched, _READY_TIMEOUT_S)
+        return seconds, dict(launched.phases)
+
+
+def series(
+    run_dir: Path, runs: int, restarts: int
+) -> tuple[system_rows.StartupRow | None, system_rows.StartupRow | None]:
+    """``runs`` first starts, each on an empty data dir, then ``restarts`` on the last one's."""
+    commit = report.git_commit()
+    fresh: list[tuple[float, dict[str, float]]] = []
+    data_dir = run_dir / "data-0"
+    for index in range(max(runs, 1 if restarts else 0)):
+        data_dir = run_dir / f"data-{index}"
+        shutil.rmtree(data_dir, ignore_errors=True)
+        fresh.append(launch_once(data_dir, run_dir / f"fresh-{index}.log"))
+        print(f"fresh start {index + 1}: {fresh[-1][0]:.2f} s", file=sys.stderr, flush=True)
+    again = []
+    for index in range(restarts):
+        again.append(launch_once(data_dir, run_dir / f"restart-{index}.log"))
+        print(f"restart {index + 1}: {again[-1][0]:.2f} s", file=sys.stderr, flush=True)
+    return _row("fresh", fresh[:runs], commit), _row("existing", again, commit)
+
+
+def _row(
+    data: str, launches: list[tuple[float, dict[str, float]]], commit: str
+) -> system_rows.StartupRow | None:
+    if not launches:
+        return None
+    return system_rows.StartupRow(
+        broker="embedded",
+        data=data,
+        seconds=[seconds for seconds, _ in launches],
+        commit=commit,
+        phases=system_rows.median_phases([phases for _, phases in launches]),
+    )
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="kestream-bench-startup-"))
+    print(f"logs: {run_dir}", file=sys.stderr, flush=True)
+    rows = [row for row in series(run_dir, args.runs, args.restarts) if row is not None]
+    for row in rows:
+        if args.json:
+            print(json.dumps(row.to_json()), flush=True)
+        print("\n".join(system_rows.print_startup(row)), file=sys.stderr, flush=True)
+    if args.write_results and rows:
+        command = "python -m bench startup " + shlex.join(argv)
+        date = time.strftime("%Y-%m-%d %H:%M")
+        report.write_results(args.results, [], [], command, date, startup=rows)
+        print(f"wrote {args.results}", file=sys.stderr)
+    if args.plot:
+        from bench import plot
+
+        plot.draw_and_link(args.results)
+    return 0
