@@ -125,7 +125,13 @@ class Settings(BaseSettings):
         "(its fetches are not woken by new data), 100 on Kafka.",
     )
     producer_linger_ms: int = Field(
-        default=5, ge=0, description="KESTREAM_PRODUCER_LINGER_MS: batch produces this long."
+        default=0,
+        ge=0,
+        description="KESTREAM_PRODUCER_LINGER_MS: how long every producer (all roles, both "
+        "brokers) holds a record to batch it with later ones. 0: sent at once; records queued "
+        "while a request is in flight still go out together in the next one, so batching under "
+        "load is kept, and each hop saves the linger (5 ms cost W1 with tasks on workers about "
+        "70 ms of p50).",
     )
     session_timeout_ms: int = Field(
         default=10_000, description="KESTREAM_SESSION_TIMEOUT_MS: consumer group session."

@@ -4,8 +4,11 @@ A script's output must be readable while it runs, not only when it ends. The wor
 line to :meth:`LogStream.add` as it comes; every :data:`FLUSH_INTERVAL_S` the lines gathered so
 far go out, one batch per job (records sized by :func:`records.log_records`, keyed by execution
 id like the job's other records, so they stay in order on one partition). When the job ends,
-:meth:`LogStream.take` waits for the batch in flight and hands back the lines not sent yet: they
-go out with the result, and nothing already sent goes again.
+:meth:`LogStream.take` waits for the batch in flight if it holds lines of that job (a job whose
+lines are not in it does not wait) and hands back the lines not sent yet: they go out with the
+result after the ones sent, and nothing already sent goes again. One flush produces every job's
+batch at once and waits for their acknowledgements together: one broker round trip, however
+many jobs log.
 
 A batch the broker refuses is put back in front of the job's next lines and sent again (with the
 next batch, or with the result): lines are produced at least once.
@@ -81,6 +84,8 @@ class LogStream:
         self.max_line_chars = max_line_chars
         self._pending: dict[Hashable, _Pending] = {}
         self._flushing = asyncio.Lock()
+        #: The jobs whose lines the flush under way produces, and that flush's end.
+        self._sending: dict[Hashable, asyncio.Future[None]] = {}
         self._timer: asyncio.Task[None] | None = None
         #: Lines produced while their job ran.
         self.streamed = 0
@@ -107,9 +112,11 @@ class LogStream:
         return (0, 0) if pending is None else (len(pending.lines), pending.chars)
 
     async def take(self, job: Hashable) -> list[LogLine]:
-        """The job's lines not produced yet, once the batch in flight is acknowledged."""
-        async with self._flushing:
-            pending = self._pending.pop(job, None)
+        """The job's lines not produced yet, once its batch in flight (if any) is acknowledged
+        or put back: the job's result, sent after them, never overtakes its own lines."""
+        while (sending := self._sending.get(job)) is not None:
+            await asyncio.shield(sending)
+        pending = self._pending.pop(job, None)
         return [] if pending is None else pending.batch()
 
     def _cut(self, line: LogLine) -> LogLine:
@@ -136,19 +143,39 @@ class LogStream:
             self._timer = None
 
     async def flush(self) -> None:
-        """Produce every queued line now (one batch per job)."""
+        """Produce every queued line now: one batch per job, all sent at once, acknowledged
+        together (one round trip however many jobs logged)."""
         async with self._flushing:
             batches, self._pending = self._pending, {}
-            for job, pending in batches.items():
-                lines = pending.batch()
-                try:
-                    await self._send(pending.namespace, pending.flow_id, lines)
-                except Exception as exc:  # put back: sent again with the next batch or result
-                    log.warning("producing %d log lines failed (%s); retrying", len(lines), exc)
-                    later = self._pending.setdefault(
-                        job, _Pending(pending.namespace, pending.flow_id)
-                    )
-                    later.lines[:0] = lines
-                    later.chars += sum(len(line.message) for line in lines)
-                else:
-                    self.streamed += len(lines)
+            if not batches:
+                return
+            done = asyncio.get_running_loop().create_future()
+            sending = {job: pending.batch() for job, pending in batches.items()}
+            self._sending.update(dict.fromkeys(sending, done))
+            try:
+                outcomes = await asyncio.gather(
+                    *(
+                        self._send(batches[job].namespace, batches[job].flow_id, lines)
+                        for job, lines in sending.items()
+                    ),
+                    return_exceptions=True,
+                )
+                for (job, lines), outcome in zip(sending.items(), outcomes, strict=True):
+                    if isinstance(outcome, BaseException):
+                        self._put_back(job, batches[job], lines, outcome)
+                    else:
+                        self.streamed += len(lines)
+            finally:
+                for job in sending:
+                    self._sending.pop(job, None)
+                done.set_result(None)
+
+    def _put_back(
+        self, job: Hashable, sent: _Pending, lines: list[LogLine], exc: BaseException
+    ) -> None:
+        """A batch the broker did not take goes in front of the job's later lines (sent again
+        with the next batch, or with the result)."""
+        log.warning("producing %d log lines failed (%s); retrying", len(lines), exc)
+        later = self._pending.setdefault(job, _Pending(sent.namespace, sent.flow_id))
+        later.lines[:0] = lines
+        later.chars += sum(len(line.message) for line in lines)

@@ -131,12 +131,12 @@ def producer_options(kind: str) -> dict[str, Any]:
 
     Kafka: idempotent (no duplicates from producer retries), ``acks=all``. Tansu: no
     ``InitProducerId``, so idempotence off, ``acks=1``; kestream's at-least-once design (event
-    ids, dedup in the state) absorbs the rare duplicate. Linger 5 ms batches without adding
-    noticeable latency (DESIGN.md section 5).
+    ids, dedup in the state) absorbs the rare duplicate. The linger is not the broker's choice:
+    :func:`kestream.runtime.kafka.make_producer` takes it from ``KESTREAM_PRODUCER_LINGER_MS``.
     """
     if kind == "tansu":
-        return {"enable_idempotence": False, "acks": 1, "linger_ms": 5}
-    return {"enable_idempotence": True, "acks": "all", "linger_ms": 5}
+        return {"enable_idempotence": False, "acks": 1}
+    return {"enable_idempotence": True, "acks": "all"}
 
 
 def consumer_options(kind: str) -> dict[str, Any]:

@@ -25,9 +25,12 @@ class Sink:
         self.gate.set()
         self.failures = 0
         self.entered = asyncio.Event()
+        #: The flow ids of the batches handed over, acknowledged or not.
+        self.started: list[str] = []
 
     async def send(self, namespace: str, flow_id: str, lines: list[LogLine]) -> None:
         self.entered.set()
+        self.started.append(flow_id)
         await self.gate.wait()
         if self.failures:
             self.failures -= 1
@@ -63,6 +66,63 @@ async def test_take_waits_for_the_batch_in_flight_and_returns_the_rest() -> None
     rest = await taking
     assert [line.message for line in rest] == ["late"]
     assert sink.batches == [("ns", "f", ["sent"])]
+    await stream.close()
+
+
+async def _turns(count: int = 20) -> None:
+    """Let the loop run ``count`` times (no clock involved)."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def test_one_flush_hands_every_jobs_batch_over_before_any_is_acknowledged() -> None:
+    sink = Sink()
+    sink.gate.clear()  # no acknowledgement comes until the gate opens
+    stream = LogStream(sink.send, interval=3600)
+    stream.add("a", "ns", "flow-a", _line("a", "1"))
+    stream.add("b", "ns", "flow-b", _line("b", "2"))
+    flushing = asyncio.ensure_future(stream.flush())
+    await _turns()
+    assert sorted(sink.started) == ["flow-a", "flow-b"]  # one round trip, not one per job
+    sink.gate.set()
+    await flushing
+    assert stream.streamed == 2
+    await stream.close()
+
+
+async def test_take_does_not_wait_for_a_flush_without_the_jobs_lines() -> None:
+    sink = Sink()
+    sink.gate.clear()
+    stream = LogStream(sink.send, interval=3600)
+    stream.add("a", "ns", "f", _line("a", "in flight"))
+    flushing = asyncio.ensure_future(stream.flush())
+    await sink.entered.wait()
+    stream.add("b", "ns", "f", _line("b", "queued"))
+    taking = asyncio.ensure_future(stream.take("b"))
+    await _turns()
+    assert taking.done()  # a's unacknowledged batch does not hold b's result back
+    assert [line.message for line in taking.result()] == ["queued"]
+    sink.gate.set()
+    await flushing
+    await stream.close()
+
+
+async def test_take_waiting_for_a_refused_batch_gets_those_lines_first() -> None:
+    sink = Sink()
+    sink.gate.clear()
+    sink.failures = 1
+    stream = LogStream(sink.send, interval=3600)
+    stream.add("a", "ns", "f", _line("a", "one"))
+    flushing = asyncio.ensure_future(stream.flush())
+    await sink.entered.wait()
+    stream.add("a", "ns", "f", _line("a", "two"))
+    taking = asyncio.ensure_future(stream.take("a"))
+    await _turns()
+    assert not taking.done()
+    sink.gate.set()
+    assert [line.message for line in await taking] == ["one", "two"]
+    assert sink.batches == []
+    await flushing
     await stream.close()
 
 

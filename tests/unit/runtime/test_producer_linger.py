@@ -1,0 +1,41 @@
+"""``KESTREAM_PRODUCER_LINGER_MS`` is the one linger of every producer, on both brokers.
+
+A linger is a wait on the critical path of every hop (the executor's flush, a worker's result),
+so it comes from the setting alone (:func:`make_producer`, which every role's producer is made
+by): the broker kind does not choose it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kestream.runtime.kafka import make_producer
+from kestream.runtime.tansu_compat import producer_options
+from kestream.settings import Settings
+
+KINDS = ("tansu", "kafka")
+# Not a loopback address: no doorbell is set up for a broker no local process can reach.
+BOOTSTRAP = "192.0.2.1:9092"
+
+
+async def _linger_s(settings: Settings, kind: str) -> float:
+    producer = make_producer(settings, BOOTSTRAP, kind)
+    linger: float = producer._message_accumulator._linger_time
+    await producer.stop()  # never started: only closes its client
+    return linger
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_the_default_sends_at_once_on_both_brokers(kind: str) -> None:
+    assert Settings().producer_linger_ms == 0
+    assert await _linger_s(Settings(), kind) == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_the_setting_governs_every_producer(kind: str) -> None:
+    assert await _linger_s(Settings(producer_linger_ms=7), kind) == pytest.approx(0.007)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_broker_kind_does_not_choose_a_linger(kind: str) -> None:
+    assert "linger_ms" not in producer_options(kind)
