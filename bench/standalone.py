@@ -67,8 +67,10 @@ class Launched:
     def ready_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/health/ready"
 
-    def read_log(self) -> None:
-        """Stamp the phases whose lines appeared since the last read."""
+    def read_log(self, at: float | None = None) -> None:
+        """Stamp the phases whose lines appeared since the last read, with the time since launch
+        (or ``at``: the read that follows the first 200 stamps its lines with the moment of the
+        200, so that no phase comes after ready)."""
         with contextlib.suppress(OSError), self.log_path.open("rb") as handle:
             handle.seek(self._offset)
             chunk = handle.read()
@@ -77,7 +79,7 @@ class Launched:
         complete = chunk.rfind(b"\n") + 1  # a half-written line waits for the next read
         self._offset += complete
         text = chunk[:complete].decode(errors="replace")
-        now = time.monotonic() - self.started
+        now = time.monotonic() - self.started if at is None else at
         for name, pattern in PHASES:
             if name not in self.phases and pattern.search(text):
                 self.phases[name] = round(now, 2)
@@ -132,9 +134,9 @@ def wait_ready(launched: Launched, timeout_s: float) -> float:
                 f"standalone exited with {launched.process.returncode}; see {launched.log_path}"
             )
         if _ready(launched.ready_url):
-            elapsed = time.monotonic() - launched.started
-            launched.read_log()
-            return round(elapsed, 2)
+            elapsed = round(time.monotonic() - launched.started, 2)
+            launched.read_log(at=elapsed)
+            return elapsed
         launched.read_log()
         time.sleep(_POLL_S)
     raise TimeoutError(f"standalone not ready after {timeout_s:.0f} s; see {launched.log_path}")
