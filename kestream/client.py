@@ -60,6 +60,7 @@ from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.compacted import read_partitions, topic_partitions
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.context import connect as connect_broker
+from kestream.runtime.event_offload import fit_event
 from kestream.runtime.execution_updates import MergedExecution, merge_update
 from kestream.runtime.flows_table import FlowsTable
 from kestream.runtime.kafka import make_consumer, make_producer
@@ -304,11 +305,16 @@ class Client:
         trigger and labels: :meth:`~kestream.runtime.record_limit.RecordLimit.check_header`).
         A replay's record also carries the replayed execution's JSON, which travels only in it:
         the whole record is held to the record limit, its creation part to the header's.
+        Past ``KESTREAM_OUTPUT_INLINE_MAX_BYTES``, a restart's or replay's snapshot and the
+        largest typed inputs are stored and referenced first (:mod:`.runtime.event_offload`).
         """
         key = event.execution_id.encode()
         topic = self.ctx.topics.executions
         value = records.encode_event(event)
         limit = self.ctx.record_limit
+        threshold = self.ctx.settings.output_inline_max_bytes
+        if 0 < threshold < len(value):  # large snapshots and inputs go to the storage
+            event, value = await asyncio.to_thread(fit_event, event, value, threshold)
         if isinstance(event, ev.ExecutionCreated):
             header = value
             if event.replay is not None:

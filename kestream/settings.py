@@ -116,7 +116,8 @@ class Settings(BaseSettings):
         ge=32 * 1024,
         description="KESTREAM_MAX_RECORD_BYTES: largest record kestream produces; set as "
         "max.message.bytes on the topics it creates on Kafka. The topics' max.message.bytes, "
-        "where the broker tells it, lowers it. Larger step outputs fail their task run.",
+        "where the broker tells it, lowers it. Larger values go to the internal storage "
+        "(KESTREAM_OUTPUT_INLINE_MAX_BYTES).",
     )
     consumer_fetch_max_wait_ms: int | None = Field(
         default=None,
@@ -401,6 +402,14 @@ class Settings(BaseSettings):
     storage_s3_secret_access_key_file: str | None = Field(
         default=None,
         description="KESTREAM_STORAGE_S3_SECRET_ACCESS_KEY_FILE: file holding the S3 secret key.",
+    )
+    output_inline_max_bytes: int = Field(
+        default=64 * 1024,
+        ge=0,
+        description="KESTREAM_OUTPUT_INLINE_MAX_BYTES: task outputs, execution inputs and "
+        "restart snapshots larger than this (encoded) are kept in the internal storage and "
+        "travel as a reference that expressions read transparently; 0: never (larger step "
+        "outputs then fail their task run at the record limit).",
     )
     standalone_durable: bool = Field(
         default=True,

@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from kestream.executor.instance_variables import instance_variables
+from kestream.executor.references import inputs_view, outputs_view, parent_outputs
 from kestream.executor.state import ExecutionState, TaskRunState
 from kestream.expressions import RenderError
 from kestream.kv.store import KVUnavailable, current_store
 from kestream.kv.values import KVValueError, check_namespace
 from kestream.models.clock import Clock
 from kestream.storage.access import ExecutionFiles
+from kestream.storage.offload import unwrap
 from kestream.tasks.for_each_item import ITERATION_VARIABLE, ForEachItem
 from kestream.tasks.loops import ForEach
 from kestream.tasks.working_directory import WorkingDirectory
@@ -63,8 +65,9 @@ def execution_context(
 ) -> dict[str, Any]:
     """Variables shared by every task run of the execution (cached per execution id)."""
     base = cache.get(st.id)
-    if base is not None and base["outputs"] is st.outputs:
+    if base is not None and _current(base["outputs"], st):
         return base
+    files = ExecutionFiles.of(flow.namespace, flow.id, st.id, (st.trigger or {}).get("variables"))
     base = {
         "flow": {"id": flow.id, "namespace": flow.namespace, "revision": st.revision},
         "execution": {
@@ -72,13 +75,11 @@ def execution_context(
             "startDate": st.state.start,
             "originalId": st.original_id,
         },
-        "outputs": st.outputs,
+        "outputs": outputs_view(st.outputs, files) if st.references else st.outputs,
         "labels": nested_labels(st.labels),
         "@error_logs": st.error_logs,
         "@now": clock,
-        "@files": ExecutionFiles.of(
-            flow.namespace, flow.id, st.id, (st.trigger or {}).get("variables")
-        ),
+        "@files": files,
         "@kv": kv_lookup,
     }
     instance = instance_variables()  # ``envs`` and ``globals``, set for the whole process
@@ -87,11 +88,19 @@ def execution_context(
     if flow.variables:
         base["vars"] = flow.variables
     if st.inputs or flow.inputs:
-        base["inputs"] = st.inputs or {}
+        base["inputs"] = inputs_view(st.inputs or {}, files)
     if st.trigger is not None:
         base["trigger"] = st.trigger.get("variables", {})
     cache[st.id] = base
     return base
+
+
+def _current(outputs: Any, st: ExecutionState) -> bool:
+    """Whether a cached context's ``outputs`` is still the state's: the same map, read through
+    references exactly when the execution holds some."""
+    if outputs is st.outputs:
+        return not st.references
+    return st.references and unwrap(outputs) is st.outputs
 
 
 def task_run_context(base: dict[str, Any], tr: TaskRunState) -> dict[str, Any]:
@@ -100,7 +109,7 @@ def task_run_context(base: dict[str, Any], tr: TaskRunState) -> dict[str, Any]:
     ctx["task"] = {"id": tr.task.id, "type": tr.task.type}
     taskrun = _taskrun(tr)
     if tr.parent is not None:
-        parents = _parents(tr)
+        parents = _parents(tr, base["@files"])
         if parents:
             ctx["parents"] = parents
             ctx["parent"] = parents[0]
@@ -145,7 +154,7 @@ def working_directory_of(tr: TaskRunState) -> TaskRunState | None:
     return node
 
 
-def _parents(tr: TaskRunState) -> list[dict[str, Any]]:
+def _parents(tr: TaskRunState, files: ExecutionFiles) -> list[dict[str, Any]]:
     """Ancestors that carry a loop value or outputs, nearest first (Kestra's ``parents``)."""
     parents: list[dict[str, Any]] = []
     node = tr.parent
@@ -154,7 +163,7 @@ def _parents(tr: TaskRunState) -> list[dict[str, Any]]:
         if node.value is not None:
             entry["taskrun"] = {"value": node.value}
         if node.outputs:
-            entry["outputs"] = node.outputs
+            entry["outputs"] = parent_outputs(node.outputs, files)
         if entry:
             parents.append(entry)
         node = node.parent

@@ -20,6 +20,7 @@ from kestream.models.state import (
     StateType,
     check_transition,
 )
+from kestream.storage.offload import holds_references
 from kestream.tasks.base import ChildPlan, FlowableTask, Lane, Task
 
 
@@ -220,6 +221,9 @@ class ExecutionState:
     #: EXECUTION_ASSERTION SLAs violated at the last check (ids): a violation that lasts is
     #: logged once, when it begins, not at every step that checks it again.
     sla_violated: dict[str, None] = field(default_factory=dict)
+    #: Whether a task run's outputs hold a reference to a stored value (set as they are
+    #: merged): expressions then read ``outputs`` through references (:mod:`.references`).
+    references: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -241,3 +245,5 @@ class ExecutionState:
                 child = node[key] = {}
             node, key = child, value
         node[key] = tr.outputs
+        if not self.references and holds_references(tr.outputs):
+            self.references = True

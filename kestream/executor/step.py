@@ -40,6 +40,7 @@ from kestream.executor.context import (
     task_run_context,
     working_directory_of,
 )
+from kestream.executor.references import fit_outputs, outputs_keys
 from kestream.executor.replay import replay_state
 from kestream.executor.restore import (
     RESTARTABLE,
@@ -80,7 +81,9 @@ from kestream.models.state import StateType, worst
 from kestream.models.values import check_portable, find_unportable, safe_text
 from kestream.secrets.deferred import SECRETS_KEY, render_properties
 from kestream.secrets.encryption import holds_sealed, reseal, scope_of
+from kestream.settings import get_settings
 from kestream.storage.access import ExecutionFiles
+from kestream.storage.keys import TaskRunFiles
 from kestream.tasks.base import (
     LOG_LEVEL_ORDER,
     ChildPlan,
@@ -150,6 +153,8 @@ class Executor:
         self.clock = clock
         self.inline_tasks = inline_tasks
         self.max_output_bytes = max_output_bytes
+        #: Outputs larger than this go to the internal storage (:mod:`.references`); 0: never.
+        self.inline_max_bytes = get_settings().output_inline_max_bytes
         self.rng = rng or random.Random()
         self.context_cache: dict[str, dict[str, Any]] = {}
 
@@ -866,16 +871,24 @@ class _Step:
             return None
         return cmd.SharedWorkdir(owner.id, input_files(self.render_props(owner)))
 
+    def task_run_files(self, tr: TaskRunState) -> TaskRunFiles:
+        """The storage folder of ``tr`` (its offloaded outputs, its files)."""
+        return TaskRunFiles(self.st.namespace, self.st.flow_id, self.st.id, tr.task.id, tr.id)
+
     def apply_outcome(self, tr: TaskRunState, outcome: TaskOutcome) -> None:
         unportable = find_unportable(outcome.outputs, "outputs")
         problem: str | None
+        outputs = outcome.outputs
         if unportable is not None:  # it would stop whoever has to write it: the task run fails
             problem = f"Task '{tr.task.id}' outputs cannot be stored: {unportable}"
-        else:  # no record could hold the task run: fail it, unapplied
-            problem = outputs_too_large(tr.task.id, outcome.outputs, self.ex.max_output_bytes)
+        else:  # stored past the inline threshold; no record could hold the rest: fail it
+            outputs, problem = fit_outputs(
+                tr.task.id, outputs, self.ex.max_output_bytes, self.ex.inline_max_bytes,
+                lambda: outputs_keys(self.task_run_files(tr), len(tr.attempts)),
+            )  # fmt: skip
         if outcome.error is not None or outcome.state.is_failed:
-            if outcome.outputs is not None and problem is None:
-                self.set_outputs(tr, outcome.outputs)  # a failed script keeps its exitCode
+            if outputs is not None and problem is None:
+                self.set_outputs(tr, outputs)  # a failed script keeps its exitCode
             self.attempt_failed(tr, outcome.error or f"Task ended in state {outcome.state}")
             return
         if problem is not None:
@@ -889,8 +902,8 @@ class _Step:
         if isinstance(outcome, ExecutionUpdate) and outcome.labels:
             self.set_labels(outcome.labels)
         tr.attempts[-1].move_task_run(outcome.state, self.now, tr.task.id)
-        if outcome.outputs is not None:
-            self.set_outputs(tr, outcome.outputs)
+        if outputs is not None:
+            self.set_outputs(tr, outputs)
         final = outcome.state
         retry = _effective_retry(tr, self.flow)
         if final is S.SUCCESS and attempt > 1 and retry is not None and retry.warningOnRetry:

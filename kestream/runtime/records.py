@@ -26,6 +26,7 @@ from kestream.models.state import StateType
 from kestream.models.values import find_unportable
 from kestream.runtime.record_limit import RecordLimit
 from kestream.settings import Settings
+from kestream.storage.offload import fetch_snapshot
 from kestream.tasks.base import RunnableTask
 
 log = logging.getLogger("kestream.records")
@@ -220,7 +221,7 @@ def _created(body: dict[str, Any]) -> ev.Event:
         original_created=_parse_when(body.get("originalCreated")),
         parent=ev.SubflowLink(*parent) if parent else None,
         parent_id=_optional_text(body.get("parentId"), "parentId"),
-        replay=_replay_from(body.get("replay")),
+        replay=_replay_from(body.get("replay"), body["id"]),
     )
 
 
@@ -230,10 +231,13 @@ def _optional_text(raw: Any, name: str) -> str | None:
     return raw
 
 
-def _replay_from(raw: Any) -> ev.ReplayFrom | None:
-    """A replay's snapshot and task run, checked where the record is read (a dead letter)."""
+def _replay_from(raw: Any, execution_id: str) -> ev.ReplayFrom | None:
+    """A replay's snapshot and task run, checked where the record is read (a dead letter).
+    A snapshot stored in its place (``snapshotUri``, :mod:`.event_offload`) is read here."""
     if raw is None:
         return None
+    if isinstance(raw, dict) and "snapshotUri" in raw and "snapshot" not in raw:
+        raw = {**raw, "snapshot": fetch_snapshot(raw["snapshotUri"], execution_id)}
     if not isinstance(raw, dict) or not isinstance(raw.get("snapshot"), dict):
         raise ValueError("a replay needs the replayed execution's JSON as 'snapshot'")
     snapshot_attempt(raw["snapshot"])  # a RestoreError (a ValueError) -> RecordError
@@ -279,6 +283,8 @@ def _attempt(raw: Any) -> int | None:
 
 def _restart(body: dict[str, Any]) -> ev.Event:
     snapshot = body.get("snapshot")
+    if snapshot is None and "snapshotUri" in body:  # stored in its place (.event_offload)
+        snapshot = fetch_snapshot(body["snapshotUri"], body["id"])
     if snapshot is not None:
         if not isinstance(snapshot, dict):
             raise ValueError("the snapshot must be an execution JSON object")  # -> RecordError

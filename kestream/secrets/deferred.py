@@ -29,6 +29,7 @@ from kestream.expressions import RenderError, render, render_value
 from kestream.kv.store import calls_kv
 from kestream.secrets.masking import Masker
 from kestream.secrets.resolver import SecretError, SecretResolver
+from kestream.storage.offload import as_data
 
 __all__ = ["SECRETS_KEY", "render_properties", "reveal", "uses_secrets"]
 
@@ -96,7 +97,7 @@ def _variables(template: str, ctx: Mapping[str, Any]) -> dict[str, Any]:
     if calls_kv(template):
         names.add("flow")
     picked = {
-        key: _narrowed(template, key, value)
+        key: _narrowed(template, key, as_data(value))  # references travel as references
         for key, value in ctx.items()
         if key in names and key[:1] != "@"
     }

@@ -22,7 +22,7 @@ from typing import Any
 from kestream.executor.commands import LogLine, RunTask
 from kestream.executor.context import kv_lookup
 from kestream.executor.events import WorkerResult
-from kestream.executor.sizes import outputs_too_large
+from kestream.executor.references import fit_outputs, outputs_keys, resolving_variables
 from kestream.expressions import RenderError
 from kestream.kv.store import calls_kv, sync_current_store
 from kestream.models.clock import Clock, utc_now
@@ -33,6 +33,7 @@ from kestream.secrets.encryption import EncryptionError, holds_sealed, scope_of,
 from kestream.secrets.masking import Masker
 from kestream.secrets.resolver import process_resolver
 from kestream.settings import get_settings
+from kestream.storage.access import ExecutionFiles
 from kestream.storage.keys import TaskRunFiles
 from kestream.tasks.base import LOG_LEVEL_ORDER, LogLevel, RunInfo, TaskError, TaskOutcome
 from kestream.tasks.files import readable_key
@@ -58,17 +59,23 @@ class TaskRunner:
         max_output_bytes: int | None = None,
         processes: ProcessPool | None = None,
         workdirs: SharedWorkdirs | None = None,
+        inline_max_bytes: int | None = None,
     ) -> None:
         """``max_output_bytes``: the largest outputs a task run may have (the executor step's
         rule, :mod:`kestream.executor.sizes`); larger ones fail the run here, on the worker,
         so the result is never too large to send. ``processes``: a pool shared with other
         runners (kept open by :meth:`close`); else the runner has its own of ``threads``.
-        ``workdirs``: where the directories of ``WorkingDirectory`` groups are kept."""
+        ``workdirs``: where the directories of ``WorkingDirectory`` groups are kept.
+        ``inline_max_bytes``: outputs larger than this go to the internal storage, a reference
+        in their place (default: ``KESTREAM_OUTPUT_INLINE_MAX_BYTES``; 0: never)."""
         self._pool = ThreadPoolExecutor(max_workers=max(threads, 1), thread_name_prefix="task")
         self._owns_processes = processes is None
         self._processes = ProcessPool(threads) if processes is None else processes
         self._clock = clock
         self.max_output_bytes = max_output_bytes
+        if inline_max_bytes is None:
+            inline_max_bytes = get_settings().output_inline_max_bytes
+        self.inline_max_bytes = inline_max_bytes
         self._running: dict[tuple[str, str], asyncio.Task[Any]] = {}
         self.workdirs = SharedWorkdirs() if workdirs is None else workdirs
 
@@ -89,9 +96,7 @@ class TaskRunner:
         streamed_errors: list[str] = []
         masker = Masker()  # the values of the secrets this attempt resolves
         emit = None if on_line is None else self._emitter(job, on_line, streamed_errors, masker)
-        files = TaskRunFiles(
-            job.namespace, job.flow_id, job.execution_id, job.task.id, job.task_run_id
-        )
+        files = _task_run_files(job)
         info = RunInfo(
             job.execution_id, job.task_run_id, job.attempt, emit=emit, files=files,
             source=job.source,
@@ -191,6 +196,12 @@ class TaskRunner:
         decrypted (:mod:`kestream.secrets.encryption`); their values go to ``masker``."""
         props = job.props
         if SECRETS_KEY in props:
+            files = ExecutionFiles.of(job.namespace, job.flow_id, job.execution_id)
+            deferred = [
+                {**item, "vars": resolving_variables(item["vars"], files)}
+                for item in props[SECRETS_KEY]
+            ]  # stored values read through their references, as on the executor
+            props = {**props, SECRETS_KEY: deferred}
             extra = {"@kv": kv_lookup, "@now": self._clock}
             resolver = partial(process_resolver, get_settings().secrets_file)
             props = reveal(props, resolver, masker, extra)
@@ -242,8 +253,13 @@ class TaskRunner:
         unportable = find_unportable(outcome.outputs, "outputs")
         if unportable is not None:
             problem: str | None = f"Task '{job.task.id}' outputs cannot be stored: {unportable}"
-        else:
-            problem = outputs_too_large(job.task.id, outcome.outputs, self.max_output_bytes)
+        else:  # past the inline threshold they go to the storage (:mod:`.references`)
+            outputs, problem = fit_outputs(
+                job.task.id, outcome.outputs, self.max_output_bytes, self.inline_max_bytes,
+                lambda: outputs_keys(_task_run_files(job), job.attempt),
+            )  # fmt: skip
+            if outputs is not outcome.outputs:
+                outcome = dataclasses.replace(outcome, outputs=outputs)
         if problem is None:
             return outcome
         if outcome.error is None:
@@ -270,6 +286,11 @@ def _masked(outcome: TaskOutcome, masker: Masker) -> TaskOutcome:
         [(level, masker.text(message)) for level, message in outcome.logs],
         None if outcome.error is None else masker.text(outcome.error),
     )
+
+
+def _task_run_files(job: RunTask) -> TaskRunFiles:
+    """The storage folder of the job's task run: its files and its offloaded outputs."""
+    return TaskRunFiles(job.namespace, job.flow_id, job.execution_id, job.task.id, job.task_run_id)
 
 
 def _floor(job: RunTask) -> int:

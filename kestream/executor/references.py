@@ -1,0 +1,230 @@
+"""Large values out of records, and expressions reading through the references left instead.
+
+Writing: :func:`offload` takes a map (a task run's outputs, an execution's inputs) together with
+the bytes its record form already has, so the threshold check is a length comparison on bytes
+someone had to encode anyway (the size guard of :mod:`.sizes`): a map within
+``KESTREAM_OUTPUT_INLINE_MAX_BYTES`` costs nothing more. A larger one has its largest entries
+stored (one file each) until the rest fits, or the whole map when many small entries make it
+large; each stored entry becomes a reference (:mod:`kestream.storage.offload`).
+
+Reading: :func:`outputs_view` / :func:`inputs_view` wrap an execution's variables in a
+:class:`~kestream.storage.offload.Resolving` view when it holds references, so templates (on the
+executor and, for texts calling ``secret()``, on the worker) see values, never references. A
+:class:`ReferenceLoader` fetches them through the execution's file access rule and keeps what it
+read in a cache bounded in bytes. A stored value that is gone fails the render, naming whose
+value it was and its URI.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from kestream.executor.codec import CodecError, decode_value, encode_value
+from kestream.executor.sizes import over_limit, record_json
+from kestream.expressions import RenderError
+from kestream.storage.access import ExecutionFiles, FileAccessError
+from kestream.storage.backend import Storage
+from kestream.storage.current import get_storage
+from kestream.storage.keys import TaskRunFiles
+from kestream.storage.offload import REF_KEY, Resolving, holds_references, outputs_key, store
+
+#: Entries at most this large are never offloaded on their own: their reference (a URI of
+#: ~150 bytes and a size) would save nothing.
+ENTRY_MIN_BYTES = 512
+#: What the cache of loaded values may hold, in stored bytes.
+CACHE_MAX_BYTES = 64 * 1024 * 1024
+
+#: ``key_for(index, name)``: where the entry ``name`` (``index``-th offloaded) is stored;
+#: ``key_for(None, "")``: where the whole map is.
+KeyFor = Callable[[int | None, str], str]
+
+
+def encoded(value: Any) -> bytes:
+    """``value`` in its record form (the changelog codec's tags, as records are written)."""
+    return record_json(encode_value(value))
+
+
+def offload(
+    values: dict[str, Any],
+    size: int,
+    threshold: int,
+    key_for: KeyFor,
+    storage: Storage | None = None,
+    whole: bytes | None = None,
+    *,
+    entries_only: bool = False,
+) -> dict[str, Any] | None:
+    """``values`` with references in place of what was stored, or None when ``size`` (its
+    encoded length, already known) is within ``threshold`` (0: offloading is off).
+
+    ``whole``: ``values`` already encoded, stored as is when the whole map must go.
+    ``entries_only``: never the whole map (an execution's ``inputs``, which templates read
+    by name from the root), only its large entries.
+    """
+    if threshold <= 0 or size <= threshold:
+        return None
+    store_in = storage or get_storage()
+    parts = {name: encoded(value) for name, value in values.items()}
+    out = dict(values)
+    left = size
+    ranked = sorted(parts.items(), key=lambda item: len(item[1]), reverse=True)
+    for index, (name, data) in enumerate(ranked):
+        if left <= threshold or len(data) <= ENTRY_MIN_BYTES:
+            break
+        out[name] = store(store_in, key_for(index, name), data)
+        left -= len(data) - len(encoded(out[name]))
+    if left <= threshold or entries_only:
+        return out
+    data = whole if whole is not None else encoded(values)
+    return store(store_in, key_for(None, ""), data)
+
+
+def outputs_keys(files: TaskRunFiles, attempt: int) -> KeyFor:
+    """Where an attempt's offloaded outputs go: its task run's folder (Kestra's layout)."""
+    return lambda index, name: outputs_key(files, attempt, index, name)
+
+
+def fit_outputs(
+    task_id: str,
+    outputs: dict[str, Any] | None,
+    max_bytes: int | None,
+    threshold: int,
+    keys: Callable[[], KeyFor],
+) -> tuple[dict[str, Any] | None, str | None]:
+    """A task run's outputs as they travel, and why they cannot (None when they can).
+
+    One encoding measures them (the size guard's, which there was before offloading): within
+    ``threshold`` they travel as they are; past it they are offloaded (:func:`offload`); what
+    remains past ``max_bytes`` (:func:`.sizes.outputs_budget` of the record limit; None: no
+    limit) fails the run with :func:`.sizes.over_limit`'s message, as does a storage that
+    cannot take them. ``keys()``: where they go (:func:`outputs_keys`), asked only then.
+    """
+    if outputs is None or (max_bytes is None and threshold <= 0):
+        return outputs, None
+    try:
+        data = encoded(outputs)
+    except (TypeError, ValueError):  # not encodable at all: the portability check says why
+        return outputs, None
+    size = len(data)
+    if 0 < threshold < size:
+        try:
+            stored = offload(outputs, size, threshold, keys(), whole=data)
+        except Exception as exc:  # the storage's own errors (a disk, a network): say which
+            return outputs, f"outputs of task '{task_id}' could not be stored: {exc}"
+        if stored is not None:
+            outputs, size = stored, len(encoded(stored))
+    if max_bytes is not None and size > max_bytes:
+        what = f"outputs of task '{task_id}'"
+        return outputs, over_limit(what, size, max_bytes, plural=True, of="outputs")
+    return outputs, None
+
+
+class ReferenceLoader:
+    """Loads referenced values for renders, keeping the most recent ones (bounded in bytes).
+
+    Stored values never change once written (an attempt writes its own files; an input is
+    written once), so a cached value stays right. The access rule is applied before the cache
+    is asked: a reference is only read for an execution that may read its file.
+    """
+
+    def __init__(self, max_bytes: int = CACHE_MAX_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._cache: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self._held = 0
+        #: Values read from the storage (not from the cache): what tests and metrics count.
+        self.fetched = 0
+
+    def load(
+        self, ref: dict[str, Any], files: ExecutionFiles, what: str, storage: Storage | None = None
+    ) -> Any:
+        uri = ref[REF_KEY]
+        try:
+            key = files.key(uri)
+        except FileAccessError as exc:
+            raise RenderError(f"The value of {what} cannot be read from '{uri}': {exc}") from None
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit[0]
+        try:
+            data = (storage or get_storage()).get(key)
+        except FileNotFoundError:
+            raise RenderError(
+                f"The value of {what} is stored at '{uri}', which is missing from the "
+                "internal storage"
+            ) from None
+        try:
+            value = decode_value(orjson.loads(data))
+        except (orjson.JSONDecodeError, CodecError) as exc:
+            raise RenderError(
+                f"The value of {what} stored at '{uri}' is unreadable: {exc}"
+            ) from None
+        self.fetched += 1
+        self._keep(key, value, len(data))
+        return value
+
+    def _keep(self, key: str, value: Any, size: int) -> None:
+        if size > self.max_bytes:
+            return
+        self._cache[key] = (value, size)
+        self._held += size
+        while self._held > self.max_bytes:
+            _, (_, dropped) = self._cache.popitem(last=False)
+            self._held -= dropped
+
+    def clear(self) -> None:
+        self._cache.clear()
+        self._held = 0
+
+
+#: The process's loader: every executor step and worker render of the process shares it.
+LOADER = ReferenceLoader()
+
+
+def _reader(files: ExecutionFiles) -> Callable[[dict[str, Any], str], Any]:
+    return lambda ref, what: LOADER.load(ref, files, what)
+
+
+def outputs_view(outputs: dict[str, Any], files: ExecutionFiles) -> Resolving:
+    """The ``outputs`` variable of an execution that holds references."""
+    return Resolving(outputs, _reader(files), "task")
+
+
+def inputs_view(inputs: dict[str, Any], files: ExecutionFiles) -> dict[str, Any] | Resolving:
+    """The ``inputs`` variable: ``inputs`` itself, or a view when one of them is stored."""
+    if not holds_references(inputs):
+        return inputs
+    return Resolving(inputs, _reader(files), "input")
+
+
+def resolving_variables(variables: dict[str, Any], files: ExecutionFiles) -> dict[str, Any]:
+    """A job's deferred variables (texts calling ``secret()``, rendered on the worker) with
+    ``outputs``, ``inputs`` and ``parents`` read through references, as on the executor."""
+    out = dict(variables)
+    read = _reader(files)
+    if isinstance(out.get("outputs"), dict):
+        out["outputs"] = Resolving(out["outputs"], read, "task")
+    if isinstance(out.get("inputs"), dict):
+        out["inputs"] = Resolving(out["inputs"], read, "input")
+    if isinstance(out.get("parents"), list):
+        out["parents"] = [_parent_view(entry, read) for entry in out["parents"]]
+    if "parent" in out:
+        out["parent"] = _parent_view(out["parent"], read)
+    return out
+
+
+def _parent_view(entry: Any, read: Callable[[dict[str, Any], str], Any]) -> Any:
+    if isinstance(entry, dict) and holds_references(entry.get("outputs")):
+        return {**entry, "outputs": Resolving(entry["outputs"], read, "task", "a parent task")}
+    return entry
+
+
+def parent_outputs(outputs: dict[str, Any], files: ExecutionFiles) -> Any:
+    """A parent task run's ``outputs`` in ``parents``: a view when it holds references."""
+    if not holds_references(outputs):
+        return outputs
+    return Resolving(outputs, _reader(files), "task", "a parent task")

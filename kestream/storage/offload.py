@@ -1,0 +1,194 @@
+"""Values too large to travel in a record, kept in the internal storage and referenced.
+
+A task run's outputs, an execution's inputs and a restart's snapshot travel inside Kafka
+records, which have a size limit, and every record that repeats them pays for their bytes. Past
+``KESTREAM_OUTPUT_INLINE_MAX_BYTES`` such a value is written to the internal storage, in the
+folder of the execution it belongs to, and a *reference* stands where it was::
+
+    {"@ref": "kestra:///company/team/flow/executions/ID/tasks/t/RUN/_outputs/1/0-body.json",
+     "size": 1834522}
+
+The reference is plain data (the execution JSON the API serves shows it as is); expressions read
+through it (:class:`Resolving`), so ``outputs.t.body`` is the value whatever its size. The files
+live under the execution's folder, so deleting or purging the execution removes them with its
+other files.
+
+Only a map of exactly these two keys, whose ``@ref`` is a ``kestra://`` URI, is a reference. A
+task could output such a map itself; reading through it then reaches only what the execution
+may read anyway (the caller checks the path with :class:`~kestream.storage.access.ExecutionFiles`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import orjson
+
+from kestream.storage.backend import Storage
+from kestream.storage.current import get_storage
+from kestream.storage.keys import (
+    URI_PREFIX,
+    StorageUriError,
+    TaskRunFiles,
+    execution_prefix,
+    input_key,
+    parse_uri,
+    safe_file_name,
+    to_uri,
+)
+
+REF_KEY = "@ref"
+SIZE_KEY = "size"
+#: Folder of a task run's offloaded outputs (inside the task run's own folder).
+OUTPUTS_FOLDER = "_outputs"
+#: Folder of an execution's stored snapshots (restarts, replays), inside its own folder.
+SNAPSHOTS_FOLDER = "_snapshots"
+#: The file name of an offloaded input's value (inside the input's folder).
+INPUT_VALUE_NAME = "_value.json"
+
+
+def reference(uri: str, size: int) -> dict[str, Any]:
+    """The small map that stands for a stored value of ``size`` bytes at ``uri``."""
+    return {REF_KEY: uri, SIZE_KEY: size}
+
+
+def is_reference(value: Any) -> bool:
+    """Whether ``value`` is a reference (see the module doc)."""
+    return (
+        type(value) is dict
+        and len(value) == 2
+        and type(value.get(REF_KEY)) is str
+        and value[REF_KEY].startswith(URI_PREFIX)
+        and type(value.get(SIZE_KEY)) is int
+    )
+
+
+def holds_references(value: Any) -> bool:
+    """Whether ``value`` (a task run's outputs, an execution's inputs) is a reference or has
+    one as an entry: where offloading puts them. O(entries), no deeper."""
+    if type(value) is not dict:
+        return False
+    if REF_KEY in value:
+        return is_reference(value)
+    for entry in value.values():  # a loop, not any(): this runs for every task run's outputs
+        if type(entry) is dict and REF_KEY in entry:
+            return True
+    return False
+
+
+def outputs_key(files: TaskRunFiles, attempt: int, index: int | None, name: str = "") -> str:
+    """Where one offloaded output of an attempt goes (``index``: its rank among the entries
+    offloaded, so two names that slug alike never share a file), or the whole map (None)."""
+    leaf = "outputs.json" if index is None else f"{index}-{safe_file_name(name, 'value')}.json"
+    return files.key(f"{OUTPUTS_FOLDER}/{attempt}/{leaf}")
+
+
+def input_value_key(namespace: str, flow_id: str, execution_id: str, input_id: str) -> str:
+    """Where an offloaded input's value goes (Kestra's folder for that input)."""
+    return input_key(namespace, flow_id, execution_id, input_id, INPUT_VALUE_NAME)
+
+
+def snapshot_key(namespace: str, flow_id: str, execution_id: str, name: str) -> str:
+    """Where a stored snapshot of the execution ``execution_id`` goes (``name``: a file name)."""
+    folder = execution_prefix(namespace, flow_id, execution_id)
+    return f"{folder}{SNAPSHOTS_FOLDER}/{safe_file_name(name)}"
+
+
+def store(storage: Storage, key: str, data: bytes) -> dict[str, Any]:
+    """Write ``data`` (already encoded) under ``key``; the reference to it."""
+    storage.put(key, data)
+    return reference(to_uri(key), len(data))
+
+
+class SnapshotError(ValueError):
+    """A stored snapshot named by a record that cannot be read (the record is refused)."""
+
+
+def fetch_snapshot(uri: Any, execution_id: str, storage: Storage | None = None) -> dict[str, Any]:
+    """The execution JSON a restart or replay record names by ``uri`` instead of carrying it.
+
+    Only a file in the snapshots folder of the execution ``execution_id`` is read: a record
+    cannot make the executor read anything else.
+    """
+    try:
+        key = parse_uri(uri)
+    except StorageUriError as exc:
+        raise SnapshotError(f"the snapshot's URI is not valid: {exc}") from None
+    if f"/executions/{execution_id}/{SNAPSHOTS_FOLDER}/" not in f"/{key}":
+        raise SnapshotError(f"'{uri}' is not a snapshot of execution {execution_id}")
+    try:
+        data = (storage or get_storage()).get(key)
+    except FileNotFoundError:
+        raise SnapshotError(f"the snapshot '{uri}' is missing from the internal storage") from None
+    try:
+        snapshot = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise SnapshotError(f"the snapshot '{uri}' is not JSON: {exc}") from None
+    if not isinstance(snapshot, dict):
+        raise SnapshotError(f"the snapshot '{uri}' is not an execution JSON object")
+    return snapshot
+
+
+class Resolving(Mapping[str, Any]):
+    """A read-only view of a map whose entries may be references, resolved when read.
+
+    Expressions read ``outputs``/``inputs`` through it in the executions that hold references:
+    ``view[key]`` is the value itself (``load(reference, what)`` fetches it; ``what`` names
+    whose value it is for an error, "task 'fetch'"), a nested map is another view, anything else
+    is returned as is. Iterating, ``len`` and ``in`` never load anything. ``raw`` is the map
+    itself, references included: what must travel on (a job's variables) travels in that form.
+    """
+
+    __slots__ = ("_kind", "_load", "_what", "raw")
+
+    def __init__(
+        self,
+        raw: dict[str, Any],
+        load: Callable[[dict[str, Any], str], Any],
+        kind: str,
+        what: str | None = None,
+    ) -> None:
+        self.raw = raw
+        self._load = load
+        self._kind = kind
+        self._what = what
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.raw[key]
+        if type(value) is not dict:
+            return value
+        what = self._what or f"{self._kind} '{key}'"
+        if is_reference(value):
+            return self._load(value, what)
+        return Resolving(value, self._load, self._kind, what)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.raw)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.raw
+
+    def __repr__(self) -> str:
+        return f"Resolving({self.raw!r})"
+
+
+def unwrap(value: Any) -> Any:
+    """``value`` as data: a :class:`Resolving` view's map (references included), else itself."""
+    return value.raw if isinstance(value, Resolving) else value
+
+
+def as_data(value: Any) -> Any:
+    """A template variable as data that can travel (a job's variables): views unwrapped where
+    contexts put them, ``outputs``/``inputs`` themselves and a ``parent``'s (or each of the
+    ``parents``') ``outputs``; anything else as is."""
+    if isinstance(value, Resolving):
+        return value.raw
+    if type(value) is dict and isinstance(value.get("outputs"), Resolving):
+        return {**value, "outputs": value["outputs"].raw}
+    if type(value) is list and any(type(v) is dict and "outputs" in v for v in value):
+        return [as_data(entry) for entry in value]
+    return value
