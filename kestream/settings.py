@@ -134,8 +134,11 @@ class Settings(BaseSettings):
         "load is kept, and each hop saves the linger (5 ms cost W1 with tasks on workers about "
         "70 ms of p50).",
     )
-    session_timeout_ms: int = Field(
-        default=10_000, description="KESTREAM_SESSION_TIMEOUT_MS: consumer group session."
+    session_timeout_ms: int | None = Field(
+        default=None,
+        gt=0,
+        description="KESTREAM_SESSION_TIMEOUT_MS: consumer group session; unset = 3000 on the "
+        "embedded broker (Tansu holds a group's first join for half of it), 10000 on Kafka.",
     )
     heartbeat_interval_ms: int = Field(
         default=1_000, description="KESTREAM_HEARTBEAT_INTERVAL_MS: consumer group heartbeat."
@@ -418,6 +421,14 @@ class Settings(BaseSettings):
         "KESTREAM_DATA_DIR/broker and writes them back into the fresh broker at its next start; "
         "false: memory only, everything is lost when it stops.",
     )
+    standalone_process_per_role: bool = Field(
+        default=False,
+        description="KESTREAM_STANDALONE_PROCESS_PER_ROLE: false: `kestream standalone` runs the "
+        "worker, the scheduler, the API and the first executor in one process (less memory, a "
+        "faster start; a crash of one restarts all four), and each further executor "
+        "(KESTREAM_EXECUTOR_STREAM_THREADS) in its own; true: one process per role instance, "
+        "so a crashing role takes only itself down.",
+    )
     standalone_crash_limit: int = Field(
         default=5,
         ge=1,
@@ -530,6 +541,17 @@ class Settings(BaseSettings):
             # HTTP Basic splits user and password at the first colon: this user could never log in.
             raise ValueError("KESTREAM_API_USERNAME cannot contain ':' (HTTP Basic's separator)")
         return self
+
+    def session_timeout_for(self, kind: str) -> int:
+        """The consumer group session (ms) on a broker of ``kind`` (``tansu`` or ``kafka``).
+
+        Tansu answers a group's first JoinGroup only after half the session timeout, and a
+        rebalance takes about as long again: with Kafka's usual 10 s every role's start waited
+        5 s or more. On the embedded broker the members share one machine, so a short session
+        loses nothing; it also moves a killed member's partitions sooner."""
+        if self.session_timeout_ms is not None:
+            return self.session_timeout_ms
+        return 3_000 if kind == "tansu" else 10_000
 
     @property
     def api_bearer_tokens(self) -> tuple[str, ...]:

@@ -6,6 +6,15 @@ are kestream's own services (:mod:`kestream.runtime.executor_service`, the worke
 aiokafka, hosted by the faust worker: faust's per-event stream machinery costs about ten times a
 plain consumer loop (DESIGN.md section 5), and the executor needs batched reads and its own
 changelog format.
+
+faust's own Kafka side (its consumer, consumer group, producer and table recovery) is off
+(:class:`RoleBoot`): kestream's services open their own clients, and faust's group join alone
+held every role's start back by half a session timeout on the embedded broker.
+
+One process may host several roles (``kestream roles executor,worker,scheduler,api``, what
+``kestream standalone`` starts by default): each role keeps its own parts, health and member
+record; they start side by side, and a failure of any of them ends the process, which the
+supervisor starts again.
 """
 
 from __future__ import annotations
@@ -16,14 +25,14 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import faust
+from faust.app.base import BootStrategy
 from mode import Service
 
 from kestream.api.auth import bind_refusal
 from kestream.api.guard import Access, install_guard
-from kestream.api.handle import ApiHandle
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.plugins.loading import PluginError, load_plugins
 from kestream.runtime.context import BrokerContext, connect
@@ -42,11 +51,29 @@ from kestream.runtime.process import tune_gc
 from kestream.runtime.restarts import expose_supervisor_crashes
 from kestream.settings import SecurityProtocol, Settings, get_settings
 
+if TYPE_CHECKING:  # the API's stack is imported by the processes that host the API only
+    from kestream.api.handle import ApiHandle
+
 log = logging.getLogger("kestream.app")
+
+ROLES = ("executor", "worker", "scheduler", "api")
+
+
+def parse_roles(spec: str) -> tuple[str, ...]:
+    """The roles of a process from ``executor`` or ``executor,worker,scheduler,api``: known
+    roles, each once, in :data:`ROLES` order (the order they are listed in the logs)."""
+    named = [part.strip() for part in spec.split(",") if part.strip()]
+    unknown = sorted(set(named) - set(ROLES))
+    if not named or unknown:
+        raise ValueError(f"unknown role {spec!r} (roles: {', '.join(ROLES)})")
+    if len(named) != len(set(named)):
+        raise ValueError(f"a role is named twice in {spec!r}")
+    return tuple(role for role in ROLES if role in named)
 
 
 def faust_settings(settings: Settings, role: str) -> dict[str, Any]:
-    """faust.App keyword arguments, from kestream's settings only.
+    """faust.App keyword arguments, from kestream's settings only (``role``: one role or a
+    comma-separated list, as :func:`parse_roles` reads it).
 
     Raises SystemExit, before anything listens, when the web server would be open to the
     network (:func:`~kestream.api.auth.bind_refusal`) or no broker is named.
@@ -61,6 +88,7 @@ def faust_settings(settings: Settings, role: str) -> dict[str, Any]:
         )
     servers = ";".join(f"kafka://{server}" for server in settings.broker.split(","))
     options: dict[str, Any] = {
+        # faust opens no Kafka client of its own (RoleBoot), but wants a broker named.
         "broker": servers,
         "datadir": _process_dir(settings, role),
         # Every role serves /metrics and /health on faust's web server: the API on
@@ -68,17 +96,15 @@ def faust_settings(settings: Settings, role: str) -> dict[str, Any]:
         "web_enabled": True,
         "web_bind": settings.web_host,
         "web_host": settings.web_host,
-        "web_port": settings.web_port if role == "api" else free_port(settings.web_host),
+        "web_port": (
+            settings.web_port if "api" in parse_roles(role) else free_port(settings.web_host)
+        ),
         "web_application_options": {"client_max_size": settings.api_max_body_bytes},
         "web_stats_enabled": False,
         "web_graph_enabled": False,
         "web_router_enabled": False,
         "web_tables_enabled": False,
         "web_metrics_enabled": False,
-        "broker_session_timeout": settings.session_timeout_ms / 1000,
-        "broker_heartbeat_interval": settings.heartbeat_interval_ms / 1000,
-        "producer_linger": settings.producer_linger_ms / 1000,
-        "consumer_auto_offset_reset": "earliest",
         "topic_partitions": 1,
     }
     if settings.broker_security_protocol is not SecurityProtocol.PLAINTEXT:
@@ -91,7 +117,7 @@ def _process_dir(settings: Settings, role: str) -> str:
     in the changelog topic), removed when the process exits."""
     base = settings.data_path
     base.mkdir(parents=True, exist_ok=True)
-    path = tempfile.mkdtemp(prefix=f"faust-{role}-", dir=base)
+    path = tempfile.mkdtemp(prefix=f"faust-{role.replace(',', '-')}-", dir=base)
     atexit.register(shutil.rmtree, path, True)
     return path
 
@@ -114,29 +140,61 @@ def _credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(context)
 
 
-class RoleService(Service):
-    """Hosts one of kestream's processors inside a faust worker, with its health and metrics.
+class _HostedRole:
+    """One role of a :class:`RoleService`: its health (what its member record says), its parts
+    and its member publisher."""
 
-    Every role process publishes its status (ready, live, ops port) to the members topic; the API
-    role also reads that topic, so its ``/health/ready`` answers for the whole installation.
+    def __init__(self, role: str, health: Health) -> None:
+        self.role = role
+        self.health = health
+        self.parts: list[Any] = []
+        self.publisher: MemberPublisher | None = None
+
+    async def stop(self) -> None:
+        if self.publisher is not None:
+            await self.publisher.stop()
+        for part in reversed(self.parts):
+            await part.stop()
+
+
+class RoleService(Service):
+    """Hosts kestream's processors of one or more roles inside a faust worker, with their health
+    and metrics.
+
+    Every hosted role publishes its status (ready, live, ops port) to the members topic under its
+    own key; the API role also reads that topic, so its ``/health/ready`` answers for the whole
+    installation. The process's own ``/health/*`` cover every part of every role it hosts.
     """
 
     def __init__(self, role: str, settings: Settings, port: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.role = role
+        self.roles = parse_roles(role)
         self.settings = settings
         self.port = port
-        self.parts: list[Any] = []
         self.metrics = process_metrics()
-        if role == "api":  # the supervisor's crash counts, when standalone started this API
+        if "api" in self.roles:  # the supervisor's crash counts, when standalone started this API
             expose_supervisor_crashes(self.metrics)
         self.monitor = LoopMonitor(metrics=self.metrics)
         self.health = Health(role, [self.monitor])
-        self.board = MemberBoard() if role == "api" else None
-        self.api = ApiHandle(settings) if role == "api" else None
-        self.publisher: MemberPublisher | None = None
+        # One role: its health is the process's. Several: each its own, the process's has all.
+        self.hosted = [
+            _HostedRole(r, self.health if len(self.roles) == 1 else Health(r, [self.monitor]))
+            for r in self.roles
+        ]
+        self.board = MemberBoard() if "api" in self.roles else None
+        self.api: ApiHandle | None = None
+        if "api" in self.roles:
+            from kestream.api.handle import ApiHandle
+
+            self.api = ApiHandle(settings)
         self._routes_installed = False
         self._crashing: asyncio.Future[Any] | None = None
+
+    @property
+    def parts(self) -> list[Any]:
+        """Every started part, role by role, in start order."""
+        return [part for hosted in self.hosted for part in hosted.parts]
 
     def install_routes(self, web_app: Any) -> None:
         """faust's web server is being set up: add /metrics, /health/* and (API) the API.
@@ -165,40 +223,50 @@ class RoleService(Service):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         tune_gc()
         ctx = await connect(self.settings)
-        if ctx.kind == "tansu":
-            from kestream.runtime.tansu_compat import patch_faust_for_tansu
-
-            patch_faust_for_tansu()
         await self.monitor.start()
-        self.parts = await start_role(
-            self.role, ctx, on_failure=self._failed, health=self.health, api=self.api
+        # Side by side: each role's group join and recovery overlaps the others'. If one fails,
+        # the others are let finish starting and are stopped (on_stop), then the error goes on.
+        results = await asyncio.gather(
+            *(self._start_hosted(hosted, ctx) for hosted in self.hosted), return_exceptions=True
         )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         if self.board is not None:
             await self.board.start(ctx)
-        self.publisher = role_publisher(
-            ctx, self.role, self.health, self.parts, port=self.port, metrics=self.metrics
-        )
-        await self.publisher.start()
         log.info(
             "%s started (broker %s, %s); /metrics and /health on http://%s:%d",
-            self.role,
+            " and ".join(self.roles),
             ctx.bootstrap,
             ctx.kind,
             self.settings.web_host,
             self.port,
         )
 
+    async def _start_hosted(self, hosted: _HostedRole, ctx: BrokerContext) -> None:
+        hosted.parts = await start_role(
+            hosted.role, ctx, on_failure=self._failed, health=hosted.health, api=self.api
+        )
+        if hosted.health is not self.health:
+            self.health.add(*hosted.health.parts[1:])  # all but the shared loop monitor
+        hosted.publisher = role_publisher(
+            ctx, hosted.role, hosted.health, hosted.parts, port=self.port, metrics=self.metrics
+        )
+        await hosted.publisher.start()
+
     def _failed(self, exc: BaseException) -> None:
         """A processor failed: crash the faust worker, so the process exits and is replaced."""
         self._crashing = asyncio.ensure_future(self.crash(exc))
 
     async def on_stop(self) -> None:
-        if self.publisher is not None:
-            await self.publisher.stop()
+        for hosted in self.hosted:
+            if hosted.publisher is not None:
+                await hosted.publisher.stop()
+                hosted.publisher = None
         if self.board is not None:
             await self.board.stop()
-        for part in reversed(self.parts):
-            await part.stop()
+        for hosted in reversed(self.hosted):
+            await hosted.stop()
         await self.monitor.stop()
 
 
@@ -333,9 +401,19 @@ async def _start_processor(
     return processor
 
 
+class RoleBoot(BootStrategy):
+    """faust's start-up without its Kafka side: no faust consumer (nor its consumer group, whose
+    first join waits half a session timeout on the embedded broker), producer, topic conductor or
+    table recovery. kestream's services open their own aiokafka clients; faust gives the process
+    model and the web server."""
+
+    enable_kafka = False
+
+
 class RoleApp(faust.App):
     """A faust app that lets its role service add routes when the web server is set up."""
 
+    BootStrategy = RoleBoot
     role_service: RoleService | None = None
 
     def on_webserver_init(self, web: Any) -> None:
@@ -343,21 +421,20 @@ class RoleApp(faust.App):
             self.role_service.install_routes(web.web_app)
 
 
-ROLES = ("executor", "worker", "scheduler", "api")
-
-
 def make_app(role: str, settings: Settings | None = None) -> faust.App:
-    """The faust app of one role (``faust -A topologies.<role> worker`` runs it)."""
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r} (roles: {', '.join(ROLES)})")
+    """The faust app of one role, or of several in one process (``executor,worker,scheduler,api``;
+    ``faust -A topologies.<role> worker`` runs one)."""
+    roles = parse_roles(role)
     settings = settings or get_settings()
     try:
         load_plugins(settings)  # before any flow is read: flows may use the plugins' task types
     except PluginError as exc:
         raise SystemExit(str(exc)) from None
-    options = faust_settings(settings, role)
-    app = RoleApp(f"{settings.topic_prefix}{role}-app", **options)
-    service = RoleService(role, settings, port=options["web_port"])
+    spec = ",".join(roles)
+    options = faust_settings(settings, spec)
+    name = roles[0] if len(roles) == 1 else "roles"
+    app = RoleApp(f"{settings.topic_prefix}{name}-app", **options)
+    service = RoleService(spec, settings, port=options["web_port"])
     app.role_service = service
     # faust accepts an instance too (App._prepare_subservice), though it is typed for classes.
     app.service(cast(Any, service))

@@ -1,9 +1,14 @@
 """``kestream standalone``: one machine, every role, kept running.
 
 Starts the embedded broker when ``KESTREAM_BROKER`` is unset, deploys the flows of a directory,
-then runs one process per role instance (``KESTREAM_EXECUTOR_STREAM_THREADS`` executor processes,
-a worker, the scheduler and the API), each a faust worker as ``kestream executor`` (``worker``,
-``scheduler``, ``api``) would start it.
+then runs the roles: by default one process hosts the worker, the scheduler, the API and the
+first executor (``kestream roles executor,worker,scheduler,api``), and each further executor of
+``KESTREAM_EXECUTOR_STREAM_THREADS`` is a process of its own; with
+``KESTREAM_STANDALONE_PROCESS_PER_ROLE`` one process per role instance, each a faust worker as
+``kestream executor`` (``worker``, ``scheduler``, ``api``) would start it. One process saves the
+memory and start-up time of three interpreters (imports, clients, web server) at the cost of
+crash isolation: a crash of one of its roles restarts all of them, which is what a crash of the
+machine's single worker or scheduler costs anyway.
 
 It supervises them: a role process that exits is started again after a delay that doubles with
 its recent crashes (:class:`~kestream.runtime.restarts.CrashPolicy`), and each crash is logged
@@ -48,19 +53,27 @@ _POLL_S = 0.2
 
 
 def role_command(role: str) -> list[str]:
-    """The command line of one role process."""
+    """The command line of a role process (``role``: one role, or several comma-separated)."""
+    if "," in role:
+        return [sys.executable, "-m", "kestream.cli", "roles", role]
     return [sys.executable, "-m", "kestream.cli", role]
 
 
 @dataclass
 class RoleProcess:
-    """One role instance the supervisor keeps running (``executor-2``: the second executor)."""
+    """One role process the supervisor keeps running (``executor-2``: the second executor;
+    ``role`` names its roles, comma-separated when it hosts several)."""
 
     name: str
     role: str
     policy: CrashPolicy
     process: subprocess.Popen[bytes] | None = None
     start_at: float = 0.0  # monotonic time of the next start, while ``process`` is None
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The roles it hosts: a crash or a restart of the process counts for each of them."""
+        return tuple(self.role.split(","))
 
 
 class _BrokerDied(Exception):
@@ -122,10 +135,11 @@ class Supervisor:
                 self._spawn_all(bootstrap)
                 if first:
                     log.info(
-                        "standalone running: %d executor process(es), a worker, the scheduler "
-                        "and the API (http://%s:%d/api/v1/%s/), broker %s, data in %s. "
-                        "Ctrl-C stops.",
+                        "standalone running: %d executor(s), a worker, the scheduler "
+                        "and the API in %d process(es) (http://%s:%d/api/v1/%s/), broker %s, "
+                        "data in %s. Ctrl-C stops.",
                         self.settings.stream_threads,
+                        len(self.slots),
                         self.settings.web_host,
                         self.settings.web_port,
                         self.settings.tenant,
@@ -222,12 +236,7 @@ class Supervisor:
 
     def _spawn_all(self, bootstrap: str) -> None:
         if not self.slots:
-            executors = self.settings.stream_threads
-            names = [f"executor-{i + 1}" if executors > 1 else "executor" for i in range(executors)]
-            roles = [("executor", n) for n in names] + [
-                (r, r) for r in ("worker", "scheduler", "api")
-            ]
-            self.slots = [RoleProcess(name, role, self._policy()) for role, name in roles]
+            self.slots = [RoleProcess(n, r, self._policy()) for n, r in role_slots(self.settings)]
         for slot in self.slots:
             self._spawn(slot, bootstrap)
 
@@ -259,14 +268,16 @@ class Supervisor:
                 if slot.process is None:
                     if now >= slot.start_at:
                         pid = self._spawn(slot, bootstrap)
-                        self.ledger.restarted(slot.role)
+                        for role in slot.roles:
+                            self.ledger.restarted(role)
                         log.info("%s started again (pid %d)", slot.name, pid)
                     continue
                 code = slot.process.poll()
                 if code is None:
                     continue
                 cause = describe_exit(code)
-                self.ledger.crashed(slot.role, cause)
+                for role in slot.roles:
+                    self.ledger.crashed(role, cause)
                 delay = slot.policy.crashed(now)
                 if delay is None:
                     self.gave_up = slot.name
@@ -328,6 +339,18 @@ class Supervisor:
                 slot.process.wait()
         for slot in self.slots:
             slot.process = None
+
+
+def role_slots(settings: Settings) -> list[tuple[str, str]]:
+    """``(name, roles)`` of each role process standalone runs (see the module doc)."""
+    executors = settings.stream_threads
+    names = [f"executor-{i + 1}" if executors > 1 else "executor" for i in range(executors)]
+    if settings.standalone_process_per_role:
+        others = [(r, r) for r in ("worker", "scheduler", "api")]
+        return [(name, "executor") for name in names] + others
+    shared = ("worker", "scheduler", "api")
+    first = ("+".join((names[0], *shared)), ",".join(("executor", *shared)))
+    return [first, *((name, "executor") for name in names[1:])]
 
 
 def _lock_data_dir(data: Path) -> IO[str] | str:

@@ -2,7 +2,9 @@
 and keeps its state in ``KESTREAM_DATA_DIR`` across stops, kill -9 included.
 
 These tests start the real command (no ``KESTREAM_BROKER``: the embedded Tansu, mirrored into
-the data dir), so they run once, whatever ``--kafka-backend`` says.
+the data dir), so they run once, whatever ``--kafka-backend`` says. Each runs in the default
+layout (the worker, the scheduler, the API and the first executor in one process, the second
+executor in its own) and, where the layout matters, with a process per role too.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ from tests.integration.api_stack import (
 pytestmark = pytest.mark.integration
 
 TERMINAL = {"SUCCESS", "FAILED", "KILLED", "WARNING"}
+
+#: The process that hosts several roles in the default layout, as :func:`_children` names it.
+SHARED = "executor,worker,scheduler,api"
+#: ``KESTREAM_STANDALONE_PROCESS_PER_ROLE`` of each layout.
+LAYOUTS = {"shared": "false", "per-role": "true"}
 
 WORK_FLOW = """
 id: work
@@ -173,8 +180,18 @@ def _metric(stack: Stack, name: str, **labels: str) -> float:
     return 0.0
 
 
-def test_kill_9_of_each_child_under_load_loses_nothing(tmp_path: Path, launched: list) -> None:
-    stack = _start(tmp_path, launched, _env(tmp_path / "data", free_port()), "standalone.log")
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_kill_9_of_each_child_under_load_loses_nothing(
+    tmp_path: Path, launched: list, layout: str
+) -> None:
+    env = _env(tmp_path / "data", free_port(), KESTREAM_STANDALONE_PROCESS_PER_ROLE=LAYOUTS[layout])
+    stack = _start(tmp_path, launched, env, "standalone.log")
+    victims = (
+        ("executor", "worker", "scheduler", "api", "tansu")
+        if layout == "per-role"
+        else (SHARED, "executor", "tansu")
+    )
+    assert sorted(_children(stack)) == sorted(victims)  # the second executor: its own
     _deploy(stack, WORK_FLOW)
     before = [_submit(stack, "work", n=str(i)) for i in range(10)]
     submitted: list[str] = []
@@ -192,7 +209,7 @@ def test_kill_9_of_each_child_under_load_loses_nothing(tmp_path: Path, launched:
     loader.start()
     killed: dict[str, int] = {}
     try:
-        for role in ("executor", "worker", "scheduler", "api", "tansu"):
+        for role in victims:
             victim = _children(stack)[role][0]
             os.kill(victim, signal.SIGKILL)
             killed[role] = victim
@@ -227,10 +244,12 @@ def test_kill_9_of_each_child_under_load_loses_nothing(tmp_path: Path, launched:
     assert stack.process.poll() is None, log
 
 
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_a_role_that_keeps_crashing_stops_standalone_naming_it(
-    tmp_path: Path, launched: list
+    tmp_path: Path, launched: list, layout: str
 ) -> None:
-    """The API's port is taken, so every API process fails at start; the others are fine."""
+    """The API's port is taken, so every API process fails at start; the others are fine (in
+    the shared layout, the process that hosts the API is the one named)."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -240,14 +259,16 @@ def test_a_role_that_keeps_crashing_stops_standalone_naming_it(
             port,
             KESTREAM_STANDALONE_CRASH_LIMIT="3",
             KESTREAM_STANDALONE_CRASH_WINDOW_S="300",
+            KESTREAM_STANDALONE_PROCESS_PER_ROLE=LAYOUTS[layout],
         )
         stack = _launch(tmp_path, env, "standalone.log")
         launched.append(stack)
         code = stack.process.wait(240)
     text = stack.log_path.read_text(errors="replace")
     assert code == 1, text[-3000:]
-    assert "api keeps crashing: 3 crashes within 300 s" in text
-    assert text.count("api process") == 2  # two restarts, the third crash gives up
+    name = "api" if layout == "per-role" else "executor-1+worker+scheduler+api"
+    assert f"{name} keeps crashing: 3 crashes within 300 s" in text
+    assert text.count(f"{name} process") == 2  # two restarts, the third crash gives up
 
 
 def _states(stack: Stack, flow: str) -> list[dict]:
@@ -260,11 +281,15 @@ def _slots(stack: Stack) -> list[str]:
     return sorted(e["trigger"]["variables"]["date"] for e in _states(stack, "tick"))
 
 
-@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9-group"])
+@pytest.mark.parametrize(
+    ("how", "layout"),
+    [(signal.SIGINT, "shared"), (signal.SIGKILL, "shared"), (signal.SIGKILL, "per-role")],
+    ids=["ctrl-c", "kill-9-group", "kill-9-group-per-role"],
+)
 def test_stop_and_start_on_the_same_data_dir_brings_the_state_back(
-    tmp_path: Path, launched: list, how: signal.Signals
+    tmp_path: Path, launched: list, how: signal.Signals, layout: str
 ) -> None:
-    env = _env(tmp_path / "data", free_port())
+    env = _env(tmp_path / "data", free_port(), KESTREAM_STANDALONE_PROCESS_PER_ROLE=LAYOUTS[layout])
     stack = _start(tmp_path, launched, env, "first.log")
     assert f"data in {tmp_path / 'data'}" in stack.log_path.read_text()
     for source in (WORK_FLOW, APPROVAL_FLOW, TICK_FLOW):

@@ -1,0 +1,219 @@
+"""Which processes ``kestream standalone`` runs, what one role process starts, and how a process
+that hosts several roles starts them and reports their health."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kestream.runtime import faust_app
+from kestream.runtime.faust_app import RoleService, make_app, parse_roles
+from kestream.runtime.health import Check, Health
+from kestream.runtime.kafka import make_consumer
+from kestream.runtime.restarts import CrashPolicy
+from kestream.runtime.supervisor import RoleProcess, role_command, role_slots
+from kestream.settings import Settings
+
+SHARED = "executor,worker,scheduler,api"
+
+
+def _settings(tmp_path: Path, **fields: Any) -> Settings:
+    return Settings(broker="127.0.0.1:1", data_dir=str(tmp_path), **fields)
+
+
+# -- the supervisor's layout -------------------------------------------------------------------
+
+
+def test_by_default_one_process_hosts_the_worker_scheduler_api_and_first_executor(
+    tmp_path: Path,
+) -> None:
+    assert role_slots(_settings(tmp_path, executor_stream_threads=1)) == [
+        ("executor+worker+scheduler+api", SHARED)
+    ]
+    # Stream threads still count executor processes: the second is a process of its own.
+    assert role_slots(_settings(tmp_path, executor_stream_threads=3)) == [
+        ("executor-1+worker+scheduler+api", SHARED),
+        ("executor-2", "executor"),
+        ("executor-3", "executor"),
+    ]
+
+
+def test_process_per_role_keeps_every_role_instance_apart(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, executor_stream_threads=2, standalone_process_per_role=True)
+    assert role_slots(settings) == [
+        ("executor-1", "executor"),
+        ("executor-2", "executor"),
+        ("worker", "worker"),
+        ("scheduler", "scheduler"),
+        ("api", "api"),
+    ]
+
+
+def test_a_shared_process_runs_the_roles_command_and_counts_for_each_role() -> None:
+    assert role_command(SHARED) == [sys.executable, "-m", "kestream.cli", "roles", SHARED]
+    assert role_command("executor") == [sys.executable, "-m", "kestream.cli", "executor"]
+    slot = RoleProcess("executor+worker+scheduler+api", SHARED, CrashPolicy(5, 60.0, 30.0))
+    assert slot.roles == ("executor", "worker", "scheduler", "api")
+    assert RoleProcess("executor-2", "executor", CrashPolicy(5, 60.0, 30.0)).roles == ("executor",)
+
+
+def test_roles_are_read_in_a_fixed_order_and_checked() -> None:
+    assert parse_roles("api, worker,executor") == ("executor", "worker", "api")
+    assert parse_roles("scheduler") == ("scheduler",)
+    for bad in ("", "executor,broker", "worker,worker"):
+        with pytest.raises(ValueError):
+            parse_roles(bad)
+
+
+# -- what a role process starts ----------------------------------------------------------------
+
+
+def test_faust_opens_no_kafka_client_of_its_own(tmp_path: Path) -> None:
+    """faust's consumer group join held every role's start back; kestream's services open their
+    own clients, so faust starts its web server and nothing that talks to Kafka."""
+    app = make_app("executor,worker", _settings(tmp_path))
+    started = list(app.boot_strategy.server())
+    started_ids = {id(service) for service in started}  # by identity: some are mappings
+    assert id(app.web) in started_ids
+    for kafka_side in (app.consumer, app.producer, app.topics, app.tables):
+        assert id(kafka_side) not in started_ids, kafka_side
+
+
+def test_the_api_port_goes_to_the_process_that_hosts_the_api(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, web_port=18080)
+    assert faust_app.faust_settings(settings, SHARED)["web_port"] == 18080
+    assert faust_app.faust_settings(settings, "executor")["web_port"] != 18080
+
+
+async def test_the_embedded_broker_gets_a_short_session_kafka_the_usual_one(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path)
+    assert settings.session_timeout_for("tansu") == 3_000
+    assert settings.session_timeout_for("kafka") == 10_000
+    chosen = _settings(tmp_path, session_timeout_ms=7_000)
+    assert chosen.session_timeout_for("tansu") == chosen.session_timeout_for("kafka") == 7_000
+    consumer = make_consumer(settings, "127.0.0.1:1", "tansu", group_id="g")
+    try:
+        assert consumer._session_timeout_ms == 3_000
+    finally:
+        await consumer.stop()
+
+
+# -- a process hosting several roles -----------------------------------------------------------
+
+
+class _Publisher:
+    def __init__(self, role: str, health: Health) -> None:
+        self.role = role
+        self.health = health
+        self.stopped = False
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+class _Part:
+    def __init__(self, role: str, stops: list[str]) -> None:
+        self.role = role
+        self.stops = stops
+
+    async def stop(self) -> None:
+        self.stops.append(self.role)
+
+
+class _Roles:
+    """``start_role`` stand-in: every role waits until all have begun starting (so they can only
+    start side by side), then registers a check that is ready when its flag is set."""
+
+    def __init__(self, roles: tuple[str, ...], failing: str | None = None) -> None:
+        self.begun: set[str] = set()
+        self.all_begun = asyncio.Event()
+        self.roles = roles
+        self.failing = failing
+        self.ready = dict.fromkeys(roles, False)
+        self.stops: list[str] = []
+        self.publishers: list[_Publisher] = []
+
+    async def start_role(
+        self, role: str, ctx: Any, on_failure: Any, *, health: Health, api: Any
+    ) -> list[Any]:
+        self.begun.add(role)
+        if self.begun == set(self.roles):
+            self.all_begun.set()
+        await self.all_begun.wait()
+        if role == self.failing:
+            raise RuntimeError(f"{role} failed to start")
+        health.add(Check(f"{role}-part", lambda: self.ready[role]))
+        return [_Part(role, self.stops)]
+
+    def publisher(
+        self, ctx: Any, role: str, health: Health, parts: list[Any], **kw: Any
+    ) -> _Publisher:
+        publisher = _Publisher(role, health)
+        self.publishers.append(publisher)
+        return publisher
+
+
+@pytest.fixture
+def fake_roles(monkeypatch: pytest.MonkeyPatch) -> Any:
+    def install(roles: tuple[str, ...], failing: str | None = None) -> _Roles:
+        fake = _Roles(roles, failing)
+
+        async def connect(settings: Settings) -> Any:
+            return type("Ctx", (), {"bootstrap": "127.0.0.1:1", "kind": "tansu"})()
+
+        monkeypatch.setattr(faust_app, "connect", connect)
+        monkeypatch.setattr(faust_app, "start_role", fake.start_role)
+        monkeypatch.setattr(faust_app, "role_publisher", fake.publisher)
+        return fake
+
+    return install
+
+
+async def test_hosted_roles_start_side_by_side_each_with_its_own_member_health(
+    tmp_path: Path, fake_roles: Any
+) -> None:
+    fake = fake_roles(("executor", "worker"))
+    service = RoleService("executor,worker", _settings(tmp_path), port=0)
+    await asyncio.wait_for(service.on_start(), 30)  # one after the other would never end
+    try:
+        by_role = {p.role: p.health for p in fake.publishers}
+        assert sorted(by_role) == ["executor", "worker"]
+        assert by_role["executor"] is not by_role["worker"]
+        fake.ready["executor"] = True
+        assert by_role["executor"].ready()[0]
+        assert not by_role["worker"].ready()[0]
+        # The process's own /health/ready covers both roles' parts.
+        ok, details = service.health.ready()
+        assert not ok and {"executor-part", "worker-part"} <= set(details["checks"])
+        fake.ready["worker"] = True
+        assert service.health.ready()[0]
+    finally:
+        await service.on_stop()
+    assert all(p.stopped for p in fake.publishers)
+    assert fake.stops == ["worker", "executor"]
+
+
+async def test_a_role_that_fails_to_start_fails_the_process_and_the_others_stop(
+    tmp_path: Path, fake_roles: Any
+) -> None:
+    fake = fake_roles(("executor", "worker", "api"), failing="worker")
+    service = RoleService("executor,worker,api", _settings(tmp_path), port=0)
+    with pytest.raises(RuntimeError, match="worker failed to start"):
+        await asyncio.wait_for(service.on_start(), 30)
+    await service.on_stop()  # what faust does with a service whose start raised
+    assert sorted(fake.stops) == ["api", "executor"]
+
+
+def test_one_role_keeps_the_process_health_as_its_member_health(tmp_path: Path) -> None:
+    service = RoleService("scheduler", _settings(tmp_path), port=0)
+    assert [h.role for h in service.hosted] == ["scheduler"]
+    assert service.hosted[0].health is service.health
