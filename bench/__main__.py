@@ -16,6 +16,7 @@
     python -m bench W8 --rate 6000          # a function-form Python task (bench/w8_tasks.py)
     python -m bench W8 --rate 6000 --isolation process,thread  # a worker process's cost per task
     python -m bench W1 --ceiling --duration 30  # raise the rate until it stops keeping up
+    python -m bench W1 --ceiling --bisect 2       # ... then narrow it down with two more runs
     python -m bench idle [--kafka]          # an idle `kestream standalone`, per process (idle.py)
     python -m bench startup                 # `kestream standalone` to /health/ready (startup.py)
     python -m bench plot                    # RESULTS.md's data as PNGs in bench/plots (plot.py)
@@ -68,6 +69,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="raise the rate (--rates, default "
         + ",".join(f"{r:g}" for r in CEILING_RATES)
         + ") until a run no longer keeps up, then stop; inline tasks on unless --no-inline",
+    )
+    parser.add_argument(
+        "--bisect",
+        type=int,
+        default=0,
+        metavar="N",
+        help="--ceiling: then N more runs, each halfway between the highest rate kept up and "
+        "the lowest not (to the nearest 1000/min)",
     )
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of offering per rate")
     parser.add_argument("--json", action="store_true", help="only JSON lines on stdout")
@@ -169,11 +178,13 @@ def run(args: argparse.Namespace) -> tuple[list[report.Row], int]:
     rows: list[report.Row] = []
     failures = 0
     print(f"logs and profiles: {options.run_root}", file=sys.stderr)
-    #: --ceiling: the workloads (by flow file) that stopped keeping up; their higher rates go.
-    topped: set[str] = set()
-    for workload, rate in _plan(args):
-        if workload.flow_file in topped:
-            continue
+    #: --ceiling: per workload (flow file), whether each rate tried was kept up; a failed run
+    #: was not. A workload's higher rates go once one was not.
+    outcomes: dict[str, dict[float, bool]] = {}
+    ceilings: dict[str, workloads.Workload] = {}
+
+    def attempt(workload: workloads.Workload, rate: float | None) -> None:
+        nonlocal failures
         label = f"{workload.name} {'' if rate is None else f'{rate:g}/min'}".strip()
         print(f"\n== {label} ({workload.flow_file})", file=sys.stderr, flush=True)
         try:
@@ -181,15 +192,43 @@ def run(args: argparse.Namespace) -> tuple[list[report.Row], int]:
         except Exception as exc:
             failures += 1
             print(f"!! {label} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            if args.ceiling:
-                topped.add(workload.flow_file)
-            continue
-        rows.append(row)
-        _emit(row, args.json, floor)
-        if args.ceiling and not row.kept_up:
-            topped.add(workload.flow_file)
+            row = None
+        if row is not None:
+            rows.append(row)
+            _emit(row, args.json, floor)
+        if args.ceiling and rate is not None:
+            ceilings[workload.flow_file] = workload
+            kept = row is not None and bool(row.kept_up)
+            outcomes.setdefault(workload.flow_file, {})[rate] = kept
+
+    for workload, rate in _plan(args):
+        if not all(outcomes.get(workload.flow_file, {}).values()):
+            continue  # --ceiling: a lower rate was not kept up
+        attempt(workload, rate)
+    for flow_file, workload in ceilings.items():
+        for _ in range(args.bisect):
+            middle = bisect_rate(outcomes[flow_file])
+            if middle is None:
+                break
+            attempt(workload, middle)
     _summary(rows, floor, ceiling=args.ceiling)
     return rows, failures
+
+
+#: ``--bisect`` tries rates on this grid (per minute): finer would be below the noise.
+BISECT_GRID = 1000.0
+
+
+def bisect_rate(outcomes: dict[float, bool]) -> float | None:
+    """The next rate to try between the highest kept up and the lowest not (on the grid), or
+    None when there is no such gap left (or no bound on either side)."""
+    kept = [rate for rate, ok in outcomes.items() if ok]
+    lost = [rate for rate, ok in outcomes.items() if not ok]
+    if not kept or not lost:
+        return None
+    low, high = max(kept), min(lost)
+    middle = round((low + high) / 2 / BISECT_GRID) * BISECT_GRID
+    return middle if low < middle < high else None
 
 
 def _summary(rows: list[report.Row], floor: list[dict[str, Any]], ceiling: bool = False) -> None:

@@ -174,14 +174,16 @@ def startup_table(rows: Sequence[StartupRow]) -> str:
 def print_idle(row: IdleRow) -> list[str]:
     """The readable lines of an idle row (stderr)."""
     out = [f"idle {row.broker}, {row.seconds:g} s after {row.settle_s:g} s settling:"]
+    width = max([14, *(len(p.name) for p in row.processes)])
     out += [
-        f"  {p.name:<14} CPU {p.cpu_pct:6.2f} % of a core   RSS {p.rss_mb:7.1f} MB"
+        f"  {p.name:<{width}} CPU {p.cpu_pct:6.2f} % of a core   RSS {p.rss_mb:7.1f} MB"
         for p in row.processes
     ]
     totals = row.totals()
     for what in ("kestream", "broker", "total"):
+        label = f"= {what}"
         out.append(
-            f"  {what:<14} CPU {totals[f'{what}_cpu_pct']:6.2f} % of a core   "
+            f"  {label:<{width}} CPU {totals[f'{what}_cpu_pct']:6.2f} % of a core   "
             f"RSS {totals[f'{what}_rss_mb']:7.1f} MB"
         )
     return out

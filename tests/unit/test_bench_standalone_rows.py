@@ -167,6 +167,29 @@ def test_ceiling_stops_at_the_first_rate_not_kept_up(monkeypatch: pytest.MonkeyP
     assert lines[1] == "  12000/min: load generator 10 % of one core (4 s CPU in 40 s)"
 
 
+def test_bisection_narrows_the_gap_between_kept_up_and_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tried: list[float] = []
+
+    async def fake_run(workload: workloads.Workload, rate: float, options: object) -> report.Row:
+        tried.append(rate)
+        if rate == 24_000:
+            raise RuntimeError("a role died")  # a failed run counts as not kept up
+        return _rate_row(int(rate), 0.05, 2.0 if rate >= 18_000 else 0.2)
+
+    monkeypatch.setattr(bench_main, "_run_one", fake_run)
+    argv = ("W1", "--ceiling", "--bisect", "3", "--run-dir", "/tmp/unused")
+    rows, failures = bench_main.run(_args(*argv))
+    assert tried == [12_000, 24_000, 18_000, 15_000, 16_000]  # 16 500 rounds to 16 000
+    assert failures == 1
+    assert bench_main.bisect_rate({12_000: True, 13_000: False}) is None  # no gap on the grid
+    assert bench_main.bisect_rate({12_000: True}) is None
+    assert report.ceiling_summary(rows)[0].startswith(
+        "W1 ceiling (embedded, inline on): highest rate kept up 16000/min"
+    )
+
+
 def test_a_ceiling_with_every_rate_kept_up_says_to_go_higher() -> None:
     lines = report.ceiling_summary([_rate_row(12_000, 0.05, 0.2)])
     assert lines[0].endswith("every rate tried was kept up: try higher --rates")
