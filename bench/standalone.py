@@ -86,23 +86,32 @@ class Launched:
 
 
 def standalone_env(
-    environ: Mapping[str, str], data_dir: Path, port: int, broker: str | None
+    environ: Mapping[str, str],
+    data_dir: Path,
+    port: int,
+    broker: str | None,
+    topic_prefix: str | None = None,
 ) -> dict[str, str]:
     """The command's environment: the user's, minus every ``KESTREAM_*`` setting (a user's broker
     or topic prefix would change what is measured), plus the data dir, the API port and, for
-    Apache Kafka, its address."""
+    Apache Kafka, its address and a topic prefix (on a broker that outlives one installation,
+    a new prefix is what makes a fresh one)."""
     env = {k: v for k, v in environ.items() if not k.startswith("KESTREAM_")}
     env["KESTREAM_DATA_DIR"] = str(data_dir)
     env["KESTREAM_WEB_PORT"] = str(port)
     if broker is not None:
         env["KESTREAM_BROKER"] = broker
+    if topic_prefix is not None:
+        env["KESTREAM_TOPIC_PREFIX"] = topic_prefix
     return env
 
 
-def launch(data_dir: Path, log_path: Path, broker: str | None = None) -> Launched:
+def launch(
+    data_dir: Path, log_path: Path, broker: str | None = None, topic_prefix: str | None = None
+) -> Launched:
     """Start ``kestream standalone`` on ``data_dir`` (the embedded broker unless ``broker``)."""
     port = free_port()
-    env = standalone_env(os.environ, data_dir, port, broker)
+    env = standalone_env(os.environ, data_dir, port, broker, topic_prefix)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log_file:
         started = time.monotonic()
@@ -155,9 +164,11 @@ def stop(launched: Launched) -> int:
 
 
 @contextlib.contextmanager
-def running(data_dir: Path, log_path: Path, broker: str | None = None) -> Iterator[Launched]:
+def running(
+    data_dir: Path, log_path: Path, broker: str | None = None, topic_prefix: str | None = None
+) -> Iterator[Launched]:
     """``launch`` ... ``stop``, whatever happens in between."""
-    launched = launch(data_dir, log_path, broker)
+    launched = launch(data_dir, log_path, broker, topic_prefix)
     try:
         yield launched
     finally:

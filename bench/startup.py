@@ -2,10 +2,13 @@
 
     python -m bench startup                 # 5 launches on a fresh data dir, 5 restarts
     python -m bench startup --runs 3 --restarts 3 --write-results
+    python -m bench startup --kafka         # the roles on Apache Kafka (started once, here)
 
-Two figures, each the median of its launches, on the embedded broker: a first start (an empty
-``KESTREAM_DATA_DIR`` every time: topics created, groups joined from nothing) and a restart (the
-data dir of a stopped installation: the broker's state written back before the roles start).
+Two figures, each the median of its launches: a first start (an empty ``KESTREAM_DATA_DIR``
+every time: topics created, groups joined from nothing) and a restart (the data dir of a
+stopped installation: on the embedded broker, its state written back before the roles start).
+With ``--kafka`` one fresh Apache Kafka serves every launch; each first start gets a topic
+prefix of its own (a fresh installation on that cluster), and the restarts reuse the last one's.
 The phases the log shows on the way (broker up, roles spawned, each role started) are timed
 when their lines appear, and reported as medians; a phase the roles do not log is left out.
 Each launch is stopped (Ctrl-C to its whole tree) before the next one starts.
@@ -24,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import report, standalone, system_rows
+from bench.idle import fresh_kafka
 
 _READY_TIMEOUT_S = 120.0
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
@@ -35,6 +39,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--runs", type=int, default=5, help="launches on a fresh data dir")
     parser.add_argument("--restarts", type=int, default=5, help="launches on an existing one")
+    parser.add_argument("--kafka", action="store_true", help="the roles on a fresh Apache Kafka")
     parser.add_argument("--json", action="store_true", help="only JSON lines on stdout")
     parser.add_argument("--write-results", action="store_true", help="merge into bench/RESULTS.md")
     parser.add_argument("--plot", action="store_true", help="draw bench/plots/*.png afterwards")
@@ -43,39 +48,44 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def launch_once(data_dir: Path, log_path: Path) -> tuple[float, dict[str, float]]:
+def launch_once(
+    data_dir: Path, log_path: Path, kafka: str | None = None, prefix: str | None = None
+) -> tuple[float, dict[str, float]]:
     """Seconds to ready and the phases' moments of one launch, stopped afterwards."""
-    with standalone.running(data_dir, log_path) as launched:
+    with standalone.running(data_dir, log_path, kafka, prefix) as launched:
         seconds = standalone.wait_ready(launched, _READY_TIMEOUT_S)
         return seconds, dict(launched.phases)
 
 
 def series(
-    run_dir: Path, runs: int, restarts: int
+    run_dir: Path, runs: int, restarts: int, kafka: str | None = None
 ) -> tuple[system_rows.StartupRow | None, system_rows.StartupRow | None]:
-    """``runs`` first starts, each on an empty data dir, then ``restarts`` on the last one's."""
+    """``runs`` first starts, each on an empty data dir, then ``restarts`` on the last one's
+    (on Kafka, ``kafka``'s address: with a topic prefix per first start)."""
     commit = report.git_commit()
     fresh: list[tuple[float, dict[str, float]]] = []
-    data_dir = run_dir / "data-0"
+    data_dir, prefix = run_dir / "data-0", None
     for index in range(max(runs, 1 if restarts else 0)):
         data_dir = run_dir / f"data-{index}"
+        prefix = f"start{index}." if kafka is not None else None
         shutil.rmtree(data_dir, ignore_errors=True)
-        fresh.append(launch_once(data_dir, run_dir / f"fresh-{index}.log"))
+        fresh.append(launch_once(data_dir, run_dir / f"fresh-{index}.log", kafka, prefix))
         print(f"fresh start {index + 1}: {fresh[-1][0]:.2f} s", file=sys.stderr, flush=True)
     again = []
     for index in range(restarts):
-        again.append(launch_once(data_dir, run_dir / f"restart-{index}.log"))
+        again.append(launch_once(data_dir, run_dir / f"restart-{index}.log", kafka, prefix))
         print(f"restart {index + 1}: {again[-1][0]:.2f} s", file=sys.stderr, flush=True)
-    return _row("fresh", fresh[:runs], commit), _row("existing", again, commit)
+    broker = "embedded" if kafka is None else "kafka"
+    return _row(broker, "fresh", fresh[:runs], commit), _row(broker, "existing", again, commit)
 
 
 def _row(
-    data: str, launches: list[tuple[float, dict[str, float]]], commit: str
+    broker: str, data: str, launches: list[tuple[float, dict[str, float]]], commit: str
 ) -> system_rows.StartupRow | None:
     if not launches:
         return None
     return system_rows.StartupRow(
-        broker="embedded",
+        broker=broker,
         data=data,
         seconds=[seconds for seconds, _ in launches],
         commit=commit,
@@ -87,7 +97,12 @@ def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="kestream-bench-startup-"))
     print(f"logs: {run_dir}", file=sys.stderr, flush=True)
-    rows = [row for row in series(run_dir, args.runs, args.restarts) if row is not None]
+    if args.kafka:
+        with fresh_kafka(run_dir / "kafka") as kafka:
+            found = series(run_dir, args.runs, args.restarts, kafka.bootstrap)
+    else:
+        found = series(run_dir, args.runs, args.restarts)
+    rows = [row for row in found if row is not None]
     for row in rows:
         if args.json:
             print(json.dumps(row.to_json()), flush=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench import __main__ as bench_main
-from bench import plot, report, standalone, system_rows, workloads
+from bench import plot, report, standalone, startup, system_rows, workloads
 from bench.harness import Sample
 from bench.stack import Usage
 
@@ -229,7 +229,34 @@ def test_the_commands_environment_drops_the_users_kestream_settings(tmp_path: Pa
     environ = {"PATH": "/bin", "KESTREAM_BROKER": "far:9092", "KESTREAM_TOPIC_PREFIX": "x."}
     env = standalone.standalone_env(environ, tmp_path, 8181, None)
     assert env == {"PATH": "/bin", "KESTREAM_DATA_DIR": str(tmp_path), "KESTREAM_WEB_PORT": "8181"}
-    assert standalone.standalone_env(environ, tmp_path, 8181, "k:1")["KESTREAM_BROKER"] == "k:1"
+    on_kafka = standalone.standalone_env(environ, tmp_path, 8181, "k:1", "start0.")
+    assert (on_kafka["KESTREAM_BROKER"], on_kafka["KESTREAM_TOPIC_PREFIX"]) == ("k:1", "start0.")
+
+
+def test_restarts_reuse_the_last_first_starts_data_dir_and_topic_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launches: list[tuple[str, str | None, str | None]] = []
+
+    def fake_launch(
+        data_dir: Path, log_path: Path, kafka: str | None = None, prefix: str | None = None
+    ) -> tuple[float, dict[str, float]]:
+        launches.append((data_dir.name, kafka, prefix))
+        return 2.0 + len(launches), {"roles spawned": 0.5}
+
+    monkeypatch.setattr(startup, "launch_once", fake_launch)
+    fresh, existing = startup.series(tmp_path, 2, 1, "k:1")
+    assert launches == [
+        ("data-0", "k:1", "start0."),
+        ("data-1", "k:1", "start1."),
+        ("data-1", "k:1", "start1."),
+    ]
+    assert fresh is not None and existing is not None
+    assert (fresh.broker, fresh.seconds, existing.seconds) == ("kafka", [3.0, 4.0], [5.0])
+    launches.clear()
+    only_restarts = startup.series(tmp_path, 0, 1)
+    assert launches == [("data-0", None, None), ("data-0", None, None)]  # one untimed first start
+    assert only_restarts[0] is None and only_restarts[1] is not None
 
 
 def test_phases_are_stamped_from_complete_log_lines(tmp_path: Path) -> None:
