@@ -48,6 +48,8 @@ PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("api started", re.compile(r"api started \(broker")),
     ("worker started", re.compile(r"worker started \(broker")),
     ("first executor started", re.compile(r"executor started \(broker")),
+    ("worker partitions assigned", re.compile(r"worker: partitions assigned")),
+    ("first executor owns partitions", re.compile(r"executor owns partitions \[\d")),
 )
 
 
