@@ -59,7 +59,12 @@ def _names(text: str) -> list[str]:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("workloads", nargs="+", help="W1-W4, W7 or W8 (several in turn)")
+    parser.add_argument(
+        "workloads",
+        nargs="+",
+        help="W1-W4, W7 or W8 (several in turn); or, first and alone, one of W5, W6, idle, "
+        "startup and plot, each with options of its own (python -m bench idle --help)",
+    )
     rate = parser.add_mutually_exclusive_group()
     rate.add_argument("--rate", type=float, help="executions per minute")
     rate.add_argument("--rates", type=_rates, help="a sweep, e.g. 1000,2000,4000,6000,12000")

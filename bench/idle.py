@@ -44,7 +44,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--kafka", action="store_true", help="the roles on a fresh Apache Kafka")
     parser.add_argument("--json", action="store_true", help="only a JSON line on stdout")
     parser.add_argument("--write-results", action="store_true", help="merge into bench/RESULTS.md")
-    parser.add_argument("--plot", action="store_true", help="draw bench/plots/*.png afterwards")
+    parser.add_argument("--plot", action="store_true", help="then draw RESULTS.md's data as PNGs")
     parser.add_argument("--results", type=Path, default=RESULTS_MD, help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", type=Path, help="logs (default: a /tmp dir)")
     return parser.parse_args(argv)
