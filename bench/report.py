@@ -339,10 +339,9 @@ def print_row(row: Row, floor: Sequence[dict[str, Any]] = ()) -> None:
         f"process(es); logs in {extra.get('run_dir', '?')}",
         file=out,
     )
-    cost = cpu_per_execution(row)
+    cost = cpu_line(row)
     if cost:
-        shown = ", ".join(f"{role} {ms:.2f} ms" for role, ms in cost.items())
-        print(f"  CPU per completed execution: {shown}", file=out)
+        print(f"  {cost}", file=out)
     for line in comparison_lines(row, floor):
         print(f"  {line}", file=out)
     for line in extra.get("role_errors") or []:
@@ -353,6 +352,16 @@ def print_row(row: Row, floor: Sequence[dict[str, Any]] = ()) -> None:
     for role, text in profiles.items():
         print(f"\n  profile of the {role} role (CPU time, measured window only):\n{text}", file=out)
     out.flush()
+
+
+def cpu_line(row: Row) -> str | None:
+    """CPU per completed execution of each role and the broker, and of all of them (the issue's
+    "CPU per W1 execution, all roles + broker"); None where there is none."""
+    cost = cpu_per_execution(row)
+    if not cost:
+        return None
+    shown = ", ".join(f"{role} {ms:.2f} ms" for role, ms in cost.items())
+    return f"CPU per completed execution: {shown}; all {sum(cost.values()):.2f} ms"
 
 
 def cpu_per_execution(row: Row) -> dict[str, float]:
@@ -775,6 +784,9 @@ def render_results(results: Results, plots: Sequence[str] = ()) -> str:
     for row in rows:
         out.append(f"- **{row_heading(row)}**")
         out += [f"  - {line}" for line in comparison_lines(row, results.floor)]
+        cost = cpu_line(row)
+        if cost:
+            out.append(f"  - {cost}")
         out += [f"  - role error: `{line}`" for line in row.extra.get("role_errors") or []]
     per_iteration = per_iteration_lines(rows)
     if per_iteration:

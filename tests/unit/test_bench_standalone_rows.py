@@ -120,6 +120,9 @@ def test_write_results_adds_idle_and_startup_rows_and_keeps_the_rest(tmp_path: P
     assert "| embedded | **everything** | **16.0** | **300** |" in text
     assert "| embedded | fresh | 3 | 3.00 s | 3.10, 2.90, 3.00 | broker up 0.30;" in text
     assert "| embedded | existing | 1 | 2.00 s |" in text
+    # 3 s executor + 1 s worker over 100 completed executions:
+    line = "CPU per completed execution: executor 30.00 ms, worker 10.00 ms; all 40.00 ms"
+    assert text.count(line) == 2
 
 
 def test_results_embed_the_plots_found_beside_them(tmp_path: Path) -> None:
