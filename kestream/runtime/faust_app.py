@@ -24,7 +24,9 @@ import atexit
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import faust
@@ -35,6 +37,7 @@ from kestream.api.auth import bind_refusal
 from kestream.api.guard import Access, install_guard
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.plugins.loading import PluginError, load_plugins
+from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext, connect
 from kestream.runtime.embedded_broker import free_port
 from kestream.runtime.health import Check, Health, LoopMonitor, flows_table_check
@@ -47,7 +50,7 @@ from kestream.runtime.ops_routes import (
     metrics_middleware,
     ops_routes,
 )
-from kestream.runtime.process import tune_gc
+from kestream.runtime.process import process_age_s, tune_gc
 from kestream.runtime.restarts import expose_supervisor_crashes
 from kestream.settings import SecurityProtocol, Settings, get_settings
 
@@ -55,6 +58,9 @@ if TYPE_CHECKING:  # the API's stack is imported by the processes that host the 
     from kestream.api.handle import ApiHandle
 
 log = logging.getLogger("kestream.app")
+
+#: How often a starting process looks whether all its roles are ready, to log when they are.
+_READY_POLL_S = 0.05
 
 ROLES = ("executor", "worker", "scheduler", "api")
 
@@ -140,6 +146,34 @@ def _credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(context)
 
 
+@dataclass
+class StartPhases:
+    """Where a role process's start-up time went (seconds)."""
+
+    #: From the process's start to its role service's: interpreter, imports, faust's start
+    #: (None where the process's age is unknown).
+    booted: float | None
+    #: Identifying the broker and creating the topics.
+    connect: float
+    #: Starting the roles' parts side by side (tables read, consumer groups joined).
+    roles: float
+    #: When the parts were started: what follows is waiting for assignments and recovery.
+    since: float = field(default_factory=time.monotonic)
+
+    def describe(self) -> str:
+        joining = time.monotonic() - self.since
+        spent = self.connect + self.roles + joining
+        phases = [
+            f"broker and topics {self.connect:.2f} s",
+            f"roles' parts and group joins {self.roles:.2f} s",
+            f"then ready after {joining:.2f} s",
+        ]
+        if self.booted is None:
+            return f"{spent:.2f} s after its service started ({', '.join(phases)})"
+        phases.insert(0, f"interpreter, imports and faust {self.booted:.2f} s")
+        return f"{spent + self.booted:.2f} s after the process started ({', '.join(phases)})"
+
+
 class _HostedRole:
     """One role of a :class:`RoleService`: its health (what its member record says), its parts
     and its member publisher."""
@@ -190,6 +224,7 @@ class RoleService(Service):
             self.api = ApiHandle(settings)
         self._routes_installed = False
         self._crashing: asyncio.Future[Any] | None = None
+        self._ready_log: asyncio.Task[None] | None = None
 
     @property
     def parts(self) -> list[Any]:
@@ -222,7 +257,10 @@ class RoleService(Service):
         for noisy in ("faust", "mode", "aiokafka", "kafka"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         tune_gc()
+        booted = process_age_s()  # interpreter, imports and faust's start before this service's
+        began = time.monotonic()
         ctx = await connect(self.settings)
+        connected = time.monotonic()
         await self.monitor.start()
         # Side by side: each role's group join and recovery overlaps the others'. If one fails,
         # the others are let finish starting and are stopped (on_stop), then the error goes on.
@@ -234,6 +272,8 @@ class RoleService(Service):
                 raise result
         if self.board is not None:
             await self.board.start(ctx)
+        phases = StartPhases(booted, connected - began, time.monotonic() - connected)
+        self._ready_log = asyncio.create_task(self._log_when_ready(phases), name="ready-log")
         log.info(
             "%s started (broker %s, %s); /metrics and /health on http://%s:%d",
             " and ".join(self.roles),
@@ -254,11 +294,19 @@ class RoleService(Service):
         )
         await hosted.publisher.start()
 
+    async def _log_when_ready(self, phases: StartPhases) -> None:
+        """Log once how long this process took to be ready (its partitions assigned and state
+        recovered), and where the time went: what start-up measurements read."""
+        while not self.health.ready()[0]:
+            await asyncio.sleep(_READY_POLL_S)
+        log.info("%s ready: %s", " and ".join(self.roles), phases.describe())
+
     def _failed(self, exc: BaseException) -> None:
         """A processor failed: crash the faust worker, so the process exits and is replaced."""
         self._crashing = asyncio.ensure_future(self.crash(exc))
 
     async def on_stop(self) -> None:
+        await cancel_and_wait(self._ready_log)
         for hosted in self.hosted:
             if hosted.publisher is not None:
                 await hosted.publisher.stop()

@@ -4,6 +4,8 @@ that hosts several roles starts them and reports their health."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -179,7 +181,7 @@ def fake_roles(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 async def test_hosted_roles_start_side_by_side_each_with_its_own_member_health(
-    tmp_path: Path, fake_roles: Any
+    tmp_path: Path, fake_roles: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake = fake_roles(("executor", "worker"))
     service = RoleService("executor,worker", _settings(tmp_path), port=0)
@@ -194,8 +196,16 @@ async def test_hosted_roles_start_side_by_side_each_with_its_own_member_health(
         # The process's own /health/ready covers both roles' parts.
         ok, details = service.health.ready()
         assert not ok and {"executor-part", "worker-part"} <= set(details["checks"])
+        ready_log = service._ready_log
+        assert ready_log is not None
+        assert not ready_log.done()  # logged once every role is ready, not before
         fake.ready["worker"] = True
         assert service.health.ready()[0]
+        with caplog.at_level(logging.INFO, logger="kestream.app"):
+            await asyncio.wait_for(ready_log, 30)
+        (line,) = [r.getMessage() for r in caplog.records if " ready: " in r.getMessage()]
+        assert line.startswith("executor and worker ready: ")
+        assert "broker and topics" in line and "then ready after" in line
     finally:
         await service.on_stop()
     assert all(p.stopped for p in fake.publishers)
@@ -217,3 +227,17 @@ def test_one_role_keeps_the_process_health_as_its_member_health(tmp_path: Path) 
     service = RoleService("scheduler", _settings(tmp_path), port=0)
     assert [h.role for h in service.hosted] == ["scheduler"]
     assert service.hosted[0].health is service.health
+
+
+def test_a_process_knows_its_age_from_its_start() -> None:
+    """What the ready line counts from: the process's start, its imports included."""
+    code = (
+        "import time; time.sleep(0.5); "
+        "from kestream.runtime.process import process_age_s; print(process_age_s())"
+    )
+    age = float(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert age >= 0.5
