@@ -25,6 +25,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from kestream.executor.events import SubflowLink
+from kestream.executor.instants import iso_instant
 from kestream.executor.state import (
     Block,
     ExecutionState,
@@ -52,6 +53,10 @@ class CodecError(ValueError):
 ESCAPE = "$esc"
 
 
+#: Types :func:`encode_value` returns as they are (exactly these: a subclass takes the long way).
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def encode_value(value: Any) -> Any:
     """JSON-ready copy of ``value`` with datetimes, dates, times and durations tagged.
 
@@ -59,6 +64,8 @@ def encode_value(value: Any) -> Any:
     ``{"$td": 1e300}``) is wrapped in ``{"$esc": ...}``, so data always comes back as the data
     it was, never as a tag.
     """
+    if type(value) in _PLAIN:  # most values: returned before six isinstance checks
+        return value
     if isinstance(value, dict):
         encoded = {str(k): encode_value(v) for k, v in value.items()}
         if len(encoded) == 1 and next(iter(encoded)).startswith("$"):
@@ -66,12 +73,9 @@ def encode_value(value: Any) -> Any:
         return encoded
     if isinstance(value, list | tuple):
         return [encode_value(v) for v in value]
-    if isinstance(value, datetime):
-        return {"$dt": value.isoformat()}
-    if isinstance(value, date):
-        return {"$d": value.isoformat()}
-    if isinstance(value, time):
-        return {"$t": value.isoformat()}
+    if isinstance(value, date | time):  # (a datetime is a date)
+        tag = "$dt" if isinstance(value, datetime) else "$d" if isinstance(value, date) else "$t"
+        return {tag: value.isoformat()}
     if isinstance(value, timedelta):
         return {"$td": value.total_seconds()}
     return value
@@ -107,7 +111,7 @@ def decode_value(value: Any) -> Any:
 
 
 def _record(state: StateRecord) -> list[Any]:
-    return [state.current.value, [[s.value, d.isoformat()] for s, d in state.history]]
+    return [state.current.value, [[s.value, iso_instant(d)] for s, d in state.history]]
 
 
 def _state(raw: list[Any]) -> StateRecord:

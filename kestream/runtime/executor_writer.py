@@ -122,15 +122,18 @@ class RecordWriter:
                 refused.append((rec, exc))
                 continue
             sent.append((rec, future))
-        results = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
         acks = []
-        for (rec, _), outcome in zip(sent, results, strict=True):
-            if isinstance(outcome, BaseException):
-                if not record_fault(outcome):
-                    raise outcome
-                refused.append((rec, outcome))
-            else:
-                acks.append(outcome)
+        failure: Exception | None = None
+        for rec, future in sent:  # one by one (no gather): acked together, most already done
+            try:
+                acks.append(await future)
+            except Exception as exc:
+                if record_fault(exc):
+                    refused.append((rec, exc))
+                elif failure is None:
+                    failure = exc  # raised once every ack is in, as before
+        if failure is not None:
+            raise failure
         if refused:
             letters = Outbox()
             for rec, why in refused:

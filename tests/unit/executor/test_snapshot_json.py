@@ -14,10 +14,10 @@ import pytest
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
+from kestream.executor.instants import edge_instant, iso_instant
 from kestream.executor.snapshot import (
     execution_json,
     execution_model,
-    instant_json,
     task_run_json,
     task_run_model,
 )
@@ -132,5 +132,19 @@ def test_a_trigger_of_another_shape_goes_through_the_model() -> None:
         datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
     ],
 )
-def test_instant_json_is_format_instant(moment: datetime) -> None:
-    assert instant_json(moment) == format_instant(moment)
+def test_remembered_instants_are_the_formatted_ones(moment: datetime) -> None:
+    for _ in range(2):  # made, then remembered
+        assert edge_instant(moment) == format_instant(moment)
+        assert iso_instant(moment) == moment.isoformat()
+
+
+def test_an_equal_instant_in_another_zone_keeps_its_own_offset() -> None:
+    utc = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+    plus_two = utc.astimezone(timezone(timedelta(hours=2)))
+    assert utc == plus_two
+    assert iso_instant(utc) == "2024-01-02T03:04:05+00:00"
+    assert iso_instant(plus_two) == "2024-01-02T05:04:05+02:00"
+    assert edge_instant(plus_two) == edge_instant(utc) == "2024-01-02T03:04:05.000Z"
+    naive = datetime(2024, 1, 2, 3, 4, 5)
+    assert iso_instant(naive) == naive.isoformat()
+    assert edge_instant(naive) == format_instant(naive)
