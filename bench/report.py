@@ -770,14 +770,7 @@ def render_results(results: Results, plots: Sequence[str] = ()) -> str:
     ceilings = ceiling_lines(rows)
     if ceilings:
         out += ["", "## Highest rate kept up", ""] + [f"- {line}" for line in ceilings]
-    idle = [system_rows.IdleRow.from_json(r) for r in results.idle]
-    if idle:
-        out += ["", "## Idle `kestream standalone`: CPU and RSS per process", ""]
-        out += [system_rows.idle_table(idle)]
-    startup = [system_rows.StartupRow.from_json(r) for r in results.startup]
-    if startup:
-        out += ["", "## `kestream standalone` start to `/health/ready` 200", ""]
-        out += [system_rows.startup_table(startup)]
+    out += _standalone_sections(results)
     if plots:
         out += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     out += ["", "## Beside Kestra, the peers and the targets", ""]
@@ -806,6 +799,24 @@ def render_results(results: Results, plots: Sequence[str] = ()) -> str:
     block = ["```json", json.dumps(data, indent=1), "```"]
     out += ["", "## Data", "", _DATA_START, *block, _DATA_END, ""]
     return "\n".join(out)
+
+
+def _standalone_sections(results: Results) -> list[str]:
+    """The idle and start-up tables of ``kestream standalone`` (bench/system_rows.py)."""
+    out: list[str] = []
+    idle = [system_rows.IdleRow.from_json(r) for r in results.idle]
+    if idle:
+        out += ["", "## Idle `kestream standalone`: CPU and RSS per process", ""]
+        out += [system_rows.idle_table(idle)]
+    startup = [system_rows.StartupRow.from_json(r) for r in results.startup]
+    if startup:
+        out += ["", "## `kestream standalone` start to `/health/ready` 200", ""]
+        out += [system_rows.startup_table(startup)]
+        processes = system_rows.process_table(startup)
+        if processes:
+            out += ["", "Each role process, as it logs its start-up once ready (median s):", ""]
+            out += [processes]
+    return out
 
 
 def _machine() -> str:

@@ -53,6 +53,29 @@ PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
+#: A role process's line once all its roles are ready: how long it took and where the time went
+#: ("executor and worker ready: 3.10 s after the process started (interpreter, imports and
+#: faust 1.20 s, broker and topics 0.30 s, ...)").
+_PROCESS_READY = re.compile(
+    r"\] (?P<roles>[a-z]+(?: and [a-z]+)*) ready: (?P<total>[\d.]+) s after "
+    r"(?:the process|its service) started \((?P<parts>[^)\n]*)\)"
+)
+#: One part: a name without digits (it may hold commas), its seconds.
+_PART = re.compile(r"\s*(?P<name>[^\d]+?) (?P<seconds>\d+(?:\.\d+)?) s(?:,|$)")
+
+
+def process_phases(text: str) -> list[tuple[str, dict[str, float]]]:
+    """Each role process's start-up breakdown in ``text``: its roles (``executor+worker``) and
+    the seconds of each part it names, with ``total``."""
+    found = []
+    for match in _PROCESS_READY.finditer(text):
+        parts = {"total": float(match["total"])}
+        for part in _PART.finditer(match["parts"]):
+            parts[part["name"]] = float(part["seconds"])
+        found.append(("+".join(match["roles"].split(" and ")), parts))
+    return found
+
+
 @dataclass(slots=True)
 class Launched:
     """One ``kestream standalone`` process tree and what was read of its log so far."""
@@ -63,6 +86,9 @@ class Launched:
     started: float
     #: Seconds after launch at which each phase's line was first read.
     phases: dict[str, float] = field(default_factory=dict)
+    #: Where each role process's start-up went, as it logs it once ready (see
+    #: :func:`process_phases`), by the roles it hosts.
+    processes: dict[str, dict[str, float]] = field(default_factory=dict)
     _offset: int = 0
 
     @property
@@ -73,6 +99,7 @@ class Launched:
         """Stamp the phases whose lines appeared since the last read, with the time since launch
         (or ``at``: the read that follows the first 200 stamps its lines with the moment of the
         200, so that no phase comes after ready)."""
+        chunk = b""
         with contextlib.suppress(OSError), self.log_path.open("rb") as handle:
             handle.seek(self._offset)
             chunk = handle.read()
@@ -85,6 +112,12 @@ class Launched:
         for name, pattern in PHASES:
             if name not in self.phases and pattern.search(text):
                 self.phases[name] = round(now, 2)
+        for roles, parts in process_phases(text):
+            name, number = roles, 1
+            while name in self.processes:  # a second process of the same roles (executors)
+                number += 1
+                name = f"{roles}-{number}"
+            self.processes[name] = parts
 
 
 def standalone_env(
@@ -151,6 +184,19 @@ def wait_ready(launched: Launched, timeout_s: float) -> float:
         launched.read_log()
         time.sleep(_POLL_S)
     raise TimeoutError(f"standalone not ready after {timeout_s:.0f} s; see {launched.log_path}")
+
+
+def await_process_lines(launched: Launched, ready_s: float, grace_s: float = 3.0) -> None:
+    """Read the log until every role process of the tree has logged its start-up breakdown, for
+    at most ``grace_s``: a process logs it when it sees itself ready, which may be a poll after
+    the API answered 200. Phases first read meanwhile are stamped ``ready_s``."""
+    names = name_processes(descendants(launched.process.pid)).values()
+    roles = [name for name in names if name != "supervisor" and not name.startswith("broker")]
+    deadline = time.monotonic() + grace_s
+    launched.read_log(at=ready_s)
+    while len(launched.processes) < len(roles) and time.monotonic() < deadline:
+        time.sleep(_POLL_S)
+        launched.read_log(at=ready_s)
 
 
 def stop(launched: Launched) -> int:

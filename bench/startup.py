@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench import report, standalone, system_rows
@@ -48,13 +49,23 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """One launch: seconds to ready, the phases' moments, each role process's breakdown."""
+
+    seconds: float
+    phases: dict[str, float]
+    processes: dict[str, dict[str, float]]
+
+
 def launch_once(
     data_dir: Path, log_path: Path, kafka: str | None = None, prefix: str | None = None
-) -> tuple[float, dict[str, float]]:
-    """Seconds to ready and the phases' moments of one launch, stopped afterwards."""
+) -> Launch:
+    """One launch, stopped afterwards."""
     with standalone.running(data_dir, log_path, kafka, prefix) as launched:
         seconds = standalone.wait_ready(launched, _READY_TIMEOUT_S)
-        return seconds, dict(launched.phases)
+        standalone.await_process_lines(launched, seconds)
+        return Launch(seconds, dict(launched.phases), dict(launched.processes))
 
 
 def series(
@@ -63,33 +74,34 @@ def series(
     """``runs`` first starts, each on an empty data dir, then ``restarts`` on the last one's
     (on Kafka, ``kafka``'s address: with a topic prefix per first start)."""
     commit = report.git_commit()
-    fresh: list[tuple[float, dict[str, float]]] = []
+    fresh: list[Launch] = []
     data_dir, prefix = run_dir / "data-0", None
     for index in range(max(runs, 1 if restarts else 0)):
         data_dir = run_dir / f"data-{index}"
         prefix = f"start{index}." if kafka is not None else None
         shutil.rmtree(data_dir, ignore_errors=True)
         fresh.append(launch_once(data_dir, run_dir / f"fresh-{index}.log", kafka, prefix))
-        print(f"fresh start {index + 1}: {fresh[-1][0]:.2f} s", file=sys.stderr, flush=True)
+        print(f"fresh start {index + 1}: {fresh[-1].seconds:.2f} s", file=sys.stderr, flush=True)
     again = []
     for index in range(restarts):
         again.append(launch_once(data_dir, run_dir / f"restart-{index}.log", kafka, prefix))
-        print(f"restart {index + 1}: {again[-1][0]:.2f} s", file=sys.stderr, flush=True)
+        print(f"restart {index + 1}: {again[-1].seconds:.2f} s", file=sys.stderr, flush=True)
     broker = "embedded" if kafka is None else "kafka"
     return _row(broker, "fresh", fresh[:runs], commit), _row(broker, "existing", again, commit)
 
 
 def _row(
-    broker: str, data: str, launches: list[tuple[float, dict[str, float]]], commit: str
+    broker: str, data: str, launches: list[Launch], commit: str
 ) -> system_rows.StartupRow | None:
     if not launches:
         return None
     return system_rows.StartupRow(
         broker=broker,
         data=data,
-        seconds=[seconds for seconds, _ in launches],
+        seconds=[launch.seconds for launch in launches],
         commit=commit,
-        phases=system_rows.median_phases([phases for _, phases in launches]),
+        phases=system_rows.median_phases([launch.phases for launch in launches]),
+        processes=system_rows.median_processes([launch.processes for launch in launches]),
     )
 
 

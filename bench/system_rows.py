@@ -92,6 +92,8 @@ class StartupRow:
     seconds: list[float]
     commit: str
     phases: dict[str, float] = field(default_factory=dict)
+    #: Each role process's own breakdown, as it logs it once ready (medians; by its roles).
+    processes: dict[str, dict[str, float]] = field(default_factory=dict)
     command: str = ""
     date: str = ""
 
@@ -104,7 +106,7 @@ class StartupRow:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StartupRow:
-        names = ("broker", "data", "seconds", "commit", "phases", "command", "date")
+        names = ("broker", "data", "seconds", "commit", "phases", "processes", "command", "date")
         return cls(**{k: data[k] for k in names if k in data})
 
     def key(self) -> tuple[Any, ...]:
@@ -119,6 +121,19 @@ def median_phases(runs: Sequence[dict[str, float]]) -> dict[str, float]:
             order.setdefault(name, []).append(at)
     medians = {name: round(statistics.median(ats), 2) for name, ats in order.items()}
     return dict(sorted(medians.items(), key=lambda item: item[1]))
+
+
+def median_processes(runs: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Each process's parts, each the median over the runs that logged it."""
+    seen: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        for process, parts in run.items():
+            for part, seconds in parts.items():
+                seen.setdefault(process, {}).setdefault(part, []).append(seconds)
+    return {
+        process: {part: round(statistics.median(values), 2) for part, values in parts.items()}
+        for process, parts in seen.items()
+    }
 
 
 def merge(
@@ -171,6 +186,23 @@ def startup_table(rows: Sequence[StartupRow]) -> str:
     return "\n".join(lines)
 
 
+def process_table(rows: Sequence[StartupRow]) -> str:
+    """Each role process's start-up as it logs it (median s), one line per process; empty when
+    no row has any (roles that do not log it)."""
+    parts = list(dict.fromkeys(p for row in rows for f in row.processes.values() for p in f))
+    if not parts:
+        return ""
+    lines = [
+        "| broker | data dir | process | " + " | ".join(parts) + " |",
+        "|---|---|---|" + "---|" * len(parts),
+    ]
+    for row in rows:
+        for process, figures in row.processes.items():
+            cells = [f"{figures[p]:.2f}" if p in figures else "-" for p in parts]
+            lines.append(f"| {row.broker} | {row.data} | {process} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def print_idle(row: IdleRow) -> list[str]:
     """The readable lines of an idle row (stderr)."""
     out = [f"idle {row.broker}, {row.seconds:g} s after {row.settle_s:g} s settling:"]
@@ -193,5 +225,7 @@ def print_startup(row: StartupRow) -> list[str]:
     median = "-" if row.median_s is None else f"{row.median_s:.2f} s"
     runs = ", ".join(f"{s:.2f}" for s in row.seconds)
     out = [f"start-up {row.broker}, {row.data} data dir: median {median} to ready ({runs})"]
-    out += [f"  {name:<24} {at:6.2f} s" for name, at in row.phases.items()]
+    out += [f"  {name:<30} {at:6.2f} s" for name, at in row.phases.items()]
+    for process, parts in row.processes.items():
+        out.append(f"  {process}: " + ", ".join(f"{p} {s:.2f} s" for p, s in parts.items()))
     return out

@@ -243,9 +243,10 @@ def test_restarts_reuse_the_last_first_starts_data_dir_and_topic_prefix(
 
     def fake_launch(
         data_dir: Path, log_path: Path, kafka: str | None = None, prefix: str | None = None
-    ) -> tuple[float, dict[str, float]]:
+    ) -> startup.Launch:
         launches.append((data_dir.name, kafka, prefix))
-        return 2.0 + len(launches), {"roles spawned": 0.5}
+        worker = {"worker": {"total": float(len(launches))}}
+        return startup.Launch(2.0 + len(launches), {"roles spawned": 0.5}, worker)
 
     monkeypatch.setattr(startup, "launch_once", fake_launch)
     fresh, existing = startup.series(tmp_path, 2, 1, "k:1")
@@ -256,10 +257,46 @@ def test_restarts_reuse_the_last_first_starts_data_dir_and_topic_prefix(
     ]
     assert fresh is not None and existing is not None
     assert (fresh.broker, fresh.seconds, existing.seconds) == ("kafka", [3.0, 4.0], [5.0])
+    assert fresh.processes == {"worker": {"total": 1.5}}  # the median of 1 and 2
     launches.clear()
     only_restarts = startup.series(tmp_path, 0, 1)
     assert launches == [("data-0", None, None), ("data-0", None, None)]  # one untimed first start
     assert only_restarts[0] is None and only_restarts[1] is not None
+
+
+def test_each_role_process_start_up_breakdown_is_read_from_its_ready_line(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "standalone.log"
+    log.write_text(
+        "[2026-12-05 12:15:15,669] [9732] [INFO] executor and worker and api ready: 3.21 s after "
+        "the process started (interpreter, imports and faust 1.50 s, broker and topics 0.20 s, "
+        "roles' parts and group joins 0.80 s, then ready after 0.71 s)\n"
+        "[2026-12-05 12:15:16,001] [9734] [INFO] executor ready: 2.00 s after the process "
+        "started (interpreter, imports and faust 1.40 s, then ready after 0.60 s)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    launched = standalone.Launched(process, 1, log, started=0.0)
+    launched.read_log(at=4.0)
+    assert launched.processes == {
+        "executor+worker+api": {
+            "total": 3.21,
+            "interpreter, imports and faust": 1.5,
+            "broker and topics": 0.2,
+            "roles' parts and group joins": 0.8,
+            "then ready after": 0.71,
+        },
+        "executor": {"total": 2.0, "interpreter, imports and faust": 1.4, "then ready after": 0.6},
+    }
+    row = system_rows.StartupRow("embedded", "fresh", [4.0], "abc", {}, launched.processes)
+    table = system_rows.process_table([row])
+    assert table.splitlines()[0] == (
+        "| broker | data dir | process | total | interpreter, imports and faust "
+        "| broker and topics | roles' parts and group joins | then ready after |"
+    )
+    assert table.splitlines()[3] == "| embedded | fresh | executor | 2.00 | 1.40 | - | - | 0.60 |"
+    assert system_rows.process_table([_startup("fresh", [1.0])]) == ""
 
 
 def test_phases_are_stamped_from_complete_log_lines(tmp_path: Path) -> None:
