@@ -12,14 +12,17 @@ One cycle, in this order (at-least-once, DESIGN.md section 3):
    the held executions whose flow revision appeared, and the ended markers past their bounds;
 3. **flush**: produce the commands (worker jobs, new executions, subflow results, logs, execution
    updates), wait for the broker's acks, only then the changelog records, and wait again;
-4. **commit** the input offsets.
+4. **commit** the input offsets, at most every :data:`COMMIT_EVERY_S` (and at a revocation
+   and a stop): a commit is a broker round trip, as costly as a small batch's steps.
 
 A crash between 3's two halves replays the batch from a state without its changes: the step
 produces the same commands with the same (derived) ids, and every consumer downstream ignores
 repeats. A crash in the middle of one step's changelog records leaves that step torn: recovery
 leaves its records out (each step ends with a commit mark) and writes their keys' committed
 values again first (:class:`ChangelogRestorer`), so the replay starts from the last whole step.
-A crash between 3 and 4 replays events the restored state has already applied: no-ops.
+A crash between 3 and 4 replays events the restored state has already applied: no-ops. Hence
+commits can wait: one every :data:`COMMIT_EVERY_S` only widens what a crash replays (Kafka
+Streams commits every 30 s in the same way).
 
 One record never stops the processor: whatever fails while it is handled (decoding, stepping,
 routing and encoding its commands, a record the broker refuses) sends it to the dead-letter
@@ -99,6 +102,9 @@ _WINDOW_LOG_EVERY = timedelta(hours=1)
 _STOP_GRACE_S = 5.0
 #: Writes of one cycle: the batch's, then up to this many more for what refusals undid.
 _FLUSH_ROUNDS = 3
+#: The input offsets stepped and flushed are committed at most this often (seconds); a
+#: revocation and a stop commit what is left. 0: after every batch.
+COMMIT_EVERY_S = 1.0
 
 Batch = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
 
@@ -178,6 +184,11 @@ class ExecutorService:
         self._fatal: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        #: Per input partition, the offset after the last record flushed but not yet
+        #: committed (:meth:`_commit`); and when the last commit was.
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._committed_at = time.monotonic()
+        self.commit_every_s = COMMIT_EVERY_S
         self._last_prune = clock()
         self._window_logged = self._last_prune - _WINDOW_LOG_EVERY
         self._held_share = self.metrics.share(self.metrics.executor_held)
@@ -300,7 +311,9 @@ class ExecutorService:
                 self._take_repairs(out)
                 self._step_batch(batch, out)
                 await self._flush(out)
-                await self._commit(batch)
+                self._flushed(batch)
+                if self._stopping or time.monotonic() - self._committed_at >= self.commit_every_s:
+                    await self._commit()
             self._report(batch, started)
 
     async def _fetch_again(self, batch: Batch) -> Batch:
@@ -617,19 +630,28 @@ class ExecutorService:
 
     # -- commit ----------------------------------------------------------------------------
 
-    async def _commit(self, batch: Batch) -> None:
-        """Commit what the batch read, but never past an event still held (a crash must
-        replay it)."""
-        if not batch:
+    def _flushed(self, batch: Batch) -> None:
+        """Note what the batch read (stepped and flushed) as to be committed."""
+        uncommitted = self._uncommitted
+        for tp, recs in batch.items():
+            if recs and tp.partition in self.owned:
+                uncommitted[tp] = recs[-1].offset + 1
+
+    async def _commit(self, partitions: set[int] | None = None) -> None:
+        """Commit what the batches read since the last commit (of ``partitions``, default all),
+        but never past an event still held (a crash must replay it)."""
+        self._committed_at = time.monotonic()
+        if not self._uncommitted:
             return
         assert self._consumer is not None
         bounds = self.held.commit_bounds()
         offsets = {}
-        for tp, recs in batch.items():
-            if recs and tp.partition in self.owned:
-                upto = recs[-1].offset + 1
-                bound = bounds.get((tp.topic, tp.partition))
-                offsets[tp] = OffsetAndMetadata(upto if bound is None else min(upto, bound), "")
+        for tp, upto in list(self._uncommitted.items()):
+            if partitions is not None and tp.partition not in partitions:
+                continue
+            del self._uncommitted[tp]
+            bound = bounds.get((tp.topic, tp.partition))
+            offsets[tp] = OffsetAndMetadata(upto if bound is None else min(upto, bound), "")
         if offsets and not self.own_all_partitions:
             await self._consumer.commit(offsets)
 
@@ -664,6 +686,7 @@ class ExecutorService:
             self._generation += 1
             self.ready.clear()
             gone = partitions & self.owned
+            await self._commit_leaving(gone)
             now = time.monotonic()
             parked: dict[int, Parked] = {}
             for partition in gone:
@@ -687,6 +710,18 @@ class ExecutorService:
             self.held.leave(gone)
             self.admission.leave(gone)
             self.owned -= gone
+
+    async def _commit_leaving(self, gone: set[int]) -> None:
+        """Commit what was flushed of partitions leaving, so their next owner does not replay
+        it. A commit the group no longer takes (it has moved on) is left: the next owner
+        replays those events against the changelog's state, where they are no-ops."""
+        try:
+            await self._commit(gone)
+        except Exception as exc:  # the group's generation is gone, the broker away, ...
+            log.warning("could not commit partitions %s at their revocation: %r",
+                        sorted(gone), exc)  # fmt: skip
+        for tp in [tp for tp in self._uncommitted if tp.partition in gone]:
+            del self._uncommitted[tp]
 
     async def _recover(self, partitions: set[int]) -> None:
         """Rebuild the states of ``partitions``: from their parked state and what their
