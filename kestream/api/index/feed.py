@@ -7,16 +7,18 @@ partition the store has never seen. No consumer group, and no committed offsets:
 offsets are written in the same transaction as the data, so they are the only truth, and any
 number of API processes can each keep their own index.
 
-Each fetch (``getmany``, at most ``max_records``) becomes one :class:`Batch`: records are
-decoded and checked here; one that cannot be read is logged, sent to the dead-letter topic with
-the reason (:func:`records.dead_letter_value`) and stepped over. The batch is applied in a worker
-thread (``asyncio.to_thread``: sqlite3 and psycopg block), so the event loop keeps serving HTTP
-while the database writes. A failed apply (database down, disk full) is retried with a back-off,
-never skipped: the consumer does not fetch further until the batch is in. A batch the database
-*refuses* (a value it cannot hold, an index row too large) is split in halves until the records
-it refuses are found (:func:`apply_isolating`); those are logged, sent to the dead-letter topic
-with the database's reason, counted in the health details, and stepped over, so one record
-never stops the index for good.
+Each fetch (``getmany``, at most ``max_records``) becomes one :class:`Batch`: records are decoded
+and checked here; one that cannot be read is logged, sent to the dead-letter topic with the reason
+(:func:`records.dead_letter_value`) and stepped over. The batch is applied in the feed's own thread
+(sqlite3 and psycopg block), so the event loop keeps serving HTTP while the database writes. Its
+own, not the event loop's default pool: the API's index reads run there, and a burst of slow
+searches must not hold the feed's writes back (the index would fall behind the executions it
+lists), nor a long catch-up hold a thread the reads need. A failed apply (database down, disk full)
+is retried with a back-off, never skipped: the consumer does not fetch further until the batch is
+in. A batch the database *refuses* (a value it cannot hold, an index row too large) is split in
+halves until the records it refuses are found (:func:`apply_isolating`); those are logged, sent to
+the dead-letter topic with the database's reason, counted in the health details, and stepped over,
+so one record never stops the index for good.
 
 :attr:`IndexFeed.caught_up` is set once every partition has been applied up to the high
 watermark it had when the feed started (read from a Fetch, :func:`fetch_highwaters`): from then
@@ -28,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -49,6 +53,9 @@ from kestream.runtime.tansu_compat import fetch_highwaters
 __all__ = ["FeedStats", "IndexFeed", "apply_isolating"]
 
 log = logging.getLogger("kestream.index")
+_T = TypeVar("_T")
+#: The name of the feed's database thread (in thread dumps and py-spy).
+THREAD_NAME = "index-feed"
 
 #: Records per fetch, and so per transaction: large enough that a catch-up over millions of
 #: updates is a few hundred transactions, small enough that one takes well under a second.
@@ -67,7 +74,7 @@ def _reason(exc: BaseException) -> str:
 
 def apply_isolating(store: Store, batch: Batch) -> tuple[ApplyResult, list[tuple[FeedRecord, str]]]:
     """Apply ``batch``; when the database refuses it, apply what it takes and return the records
-    it refuses, each with the reason (blocking: run it in a worker thread).
+    it refuses, each with the reason (blocking: the feed runs it in its own thread).
 
     The refused records are found by halves (two transactions per level, so a few bad records
     among thousands cost tens of transactions). A record is only called refused when the
@@ -162,6 +169,15 @@ class IndexFeed:
         self._positions: dict[TopicPartition, int] = {}
         #: Purges of executions this API waits for the executor to decide (:meth:`watch_purges`).
         self._purge_watches: dict[str, list[asyncio.Future[PurgeRecord]]] = {}
+        #: The feed's database thread (module docs); made on first use, ended by :meth:`stop`.
+        self._thread: ThreadPoolExecutor | None = None
+
+    async def _in_thread(self, call: Callable[..., _T], *args: Any) -> _T:
+        """Run a blocking store call in the feed's own thread, one call at a time."""
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, partial(call, *args))
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -175,7 +191,7 @@ class IndexFeed:
             tps = [tp for topic in self._kinds for tp in await topic_partitions(consumer, topic)]
             consumer.assign(tps)
             for topic in self._kinds:
-                stored = await asyncio.to_thread(self.store.offsets, topic)
+                stored = await self._in_thread(self.store.offsets, topic)
                 for tp in (tp for tp in tps if tp.topic == topic):
                     if tp.partition in stored:
                         consumer.seek(tp, stored[tp.partition])
@@ -201,7 +217,7 @@ class IndexFeed:
         with the index file kept; the index is emptied and filled again from the topics."""
         beyond = []
         for topic in self._kinds:
-            stored = await asyncio.to_thread(self.store.offsets, topic)
+            stored = await self._in_thread(self.store.offsets, topic)
             beyond += [
                 tp
                 for tp in tps
@@ -215,13 +231,16 @@ class IndexFeed:
             len(beyond),
             beyond[0],
         )
-        await asyncio.to_thread(self.store.reset)
+        await self._in_thread(self.store.reset)
         return True
 
     async def stop(self) -> None:
         task, self._task = self._task, None
         await cancel_and_wait(task)
         await self._close_clients()
+        thread, self._thread = self._thread, None
+        if thread is not None:  # let a write under way finish before the caller closes the store
+            await asyncio.get_running_loop().run_in_executor(None, thread.shutdown)
 
     async def _close_clients(self) -> None:
         consumer, self._consumer = self._consumer, None
@@ -352,7 +371,7 @@ class IndexFeed:
         delay = _RETRY_FIRST_S
         while True:
             try:
-                result, refused = await asyncio.to_thread(apply_isolating, self.store, batch)
+                result, refused = await self._in_thread(apply_isolating, self.store, batch)
                 break
             except Exception as exc:
                 self.stats.failed_applies += 1
@@ -433,7 +452,7 @@ class IndexFeed:
         if any(self._positions.get(tp, 0) < hw for tp, hw in self._targets.items()):
             return
         if self.maintain_on_catch_up and self.stats.batches:
-            await asyncio.to_thread(self.store.maintain)
+            await self._in_thread(self.store.maintain)
         self.caught_up.set()
         log.info(
             "index feed caught up: %d updates, %d log lines",

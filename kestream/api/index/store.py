@@ -24,7 +24,7 @@ through :meth:`Store._doc` and :meth:`Store._load`, the other user text through
 aside (:func:`kestream.api.index.feed.apply_isolating`).
 
 The API is **synchronous**: sqlite3 and psycopg's sync connections block, so async callers
-(the feed, the HTTP API) run these methods in a worker thread (``asyncio.to_thread``). One
+(the feed in its own thread, the HTTP API with ``asyncio.to_thread``) run them off the loop. One
 writer at a time (a lock); readers never wait for it (SQLite's WAL, PostgreSQL's MVCC), and a
 search's page and count are read from one snapshot.
 """
