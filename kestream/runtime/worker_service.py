@@ -10,7 +10,9 @@ cancel a running attempt, whose result then says KILLED; ``release`` records rem
 the children of a ``WorkingDirectory`` shared (:mod:`kestream.worker.workdirs`).
 
 **Concurrency.** Async tasks (Sleep) await on the loop and take no thread; blocking task code runs
-in a pool of ``threads`` slots (``KESTREAM_WORKER_THREADS``). ``max_in_flight``
+in a pool of ``threads`` slots (``KESTREAM_WORKER_THREADS``). Jobs hand their records to the
+producer one at a time (:meth:`WorkerService._produce`) and wait for the acknowledgements
+together: many jobs ending at once would otherwise all wait on the same full batch. ``max_in_flight``
 (``KESTREAM_WORKER_MAX_IN_FLIGHT``) caps the jobs this process holds (running, or waiting for
 their flow revision): when it is reached the consumer pauses its partitions and fetches again
 only when a job ends.
@@ -20,7 +22,9 @@ not finished, where finished means its result (and logs) were acknowledged by th
 worker that dies mid-Sleep therefore loses nothing: the new owner runs the job again. Jobs that
 finished after the last commit may run twice; the executor applies a result once per (task run,
 attempt) (DESIGN.md section 3), so that is harmless. Commits happen every
-:data:`COMMIT_INTERVAL_S`, on partition revocation, and at stop. While the broker is away
+:data:`COMMIT_INTERVAL_S`, on partition revocation, and at stop; the periodic one runs beside the
+loop, so its round trip never stands between a fetched job and its start (a revocation or the
+stop waits for it, then commits, so commit points never go back). While the broker is away
 a result is sent again (with a capped backoff) until it is acknowledged, so an outage delays
 results but never changes them. A result the broker refuses for what it is (too large for the
 topic, say: :func:`~kestream.runtime.produce_faults.record_fault`) never holds the commit point:
@@ -69,8 +73,9 @@ import logging
 import os
 import socket
 import time
+from asyncio import Future
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -287,6 +292,10 @@ class WorkerService:
         self._side_tasks: set[asyncio.Task[None]] = set()  # dead letters, KILLED results
         self._slot_freed = asyncio.Event()
         self._last_commit = 0.0
+        #: Held while records are handed to the producer (:meth:`_produce`).
+        self._handing_over = asyncio.Lock()
+        #: The periodic commit under way beside the loop (:meth:`_commit_in_background`).
+        self._committing: asyncio.Task[None] | None = None
         self.metrics = metrics if metrics is not None else process_metrics()
         self._pending_share = self.metrics.share(self.metrics.worker_job_pending)
         self._lag_share = self.metrics.share(self.metrics.consumer_lag, "worker")
@@ -432,7 +441,7 @@ class WorkerService:
                     lag += max(0, highwater - recs[-1].offset - 1)
             self._lag_share.report(lag)
         self._pending_share.report(len(self._held))
-        await self._commit()
+        self._commit_in_background()
 
     def _handle(self, record: ConsumerRecord[Any, Any]) -> None:
         tp = TopicPartition(record.topic, record.partition)
@@ -631,12 +640,25 @@ class WorkerService:
 
     async def _send_lines(self, namespace: str, flow_id: str, lines: list[cmd.LogLine]) -> None:
         """Produce lines logged by a running job and wait for the acks (:class:`LogStream`)."""
-        producer = self._producer
-        assert producer is not None
         key = lines[0].execution_id.encode()
         parts = records.log_records(namespace, flow_id, lines, max_bytes=self.limit.value_bytes)
-        acks = [await producer.send(self.ctx.topics.logs, part, key=key) for part in parts]
-        await asyncio.gather(*acks)
+        await asyncio.gather(
+            *await self._produce([(self.ctx.topics.logs, part, key) for part in parts])
+        )
+
+    async def _produce(self, sends: Sequence[tuple[str, bytes, bytes | None]]) -> list[Future[Any]]:
+        """Hand records (topic, value, key) to the producer in order, one caller at a time;
+        returns their acknowledgements, to await outside.
+
+        aiokafka keeps one open batch per partition, and while it is full every caller
+        appending to that partition waits for it to drain, all of them woken at each drain:
+        thousands of jobs ending together with results for one partition (a ForEach's children,
+        keyed by their execution) cost thousands of wake-ups per drain, quadratic in the jobs.
+        Handing over one caller at a time, only that caller waits."""
+        producer = self._producer
+        assert producer is not None
+        async with self._handing_over:
+            return [await producer.send(topic, value, key=key) for topic, value, key in sends]
 
     def _done(self, job: _Job, sent: ev.WorkerResult) -> None:
         self._finished.add(job.key, records.encode_event(sent))
@@ -659,8 +681,7 @@ class WorkerService:
         and the partition's commit point moves past the job, instead of the execution waiting
         for a result that can never come.
         """
-        producer, topics = self._producer, self.ctx.topics
-        assert producer is not None
+        topics = self.ctx.topics
         lines = [*await self.log_stream.take(job.key), *lines]  # queued, not yet produced
         key = result.execution_id.encode()
         room = self.limit.value_bytes
@@ -672,9 +693,9 @@ class WorkerService:
         tries = 0
         while not self._stopping and not job.abandoned:
             try:
-                acks = [await producer.send(topics.logs, part, key=key) for part in logs]
-                acks.append(await producer.send(topics.results, value, key=key))
-                await asyncio.gather(*acks)
+                sends = [(topics.logs, part, key) for part in logs]
+                sends.append((topics.results, value, key))
+                await asyncio.gather(*await self._produce(sends))
                 return result
             except KafkaError as exc:
                 if record_fault(exc):
@@ -700,12 +721,11 @@ class WorkerService:
         (``True``) or the worker stops (``False``). Used for records that must get through
         (a FAILED result, a finished job's answer, a dead letter): waiting for the broker is
         then all a worker can do."""
-        producer = self._producer
-        assert producer is not None
         tries = 0
         while not self._stopping:
             try:
-                await producer.send_and_wait(topic, value, key=key)
+                (ack,) = await self._produce([(topic, value, key)])
+                await ack
                 return True
             except KafkaError as exc:
                 tries += 1
@@ -743,9 +763,25 @@ class WorkerService:
 
     # -- offsets and rebalances -------------------------------------------------------------
 
+    def _commit_in_background(self) -> None:
+        """Start the periodic commit when it is due and none is under way: the loop goes on
+        fetching and starting jobs during its round trip."""
+        if time.monotonic() - self._last_commit < COMMIT_INTERVAL_S:
+            return
+        if self._committing is not None and not self._committing.done():
+            return
+        self._committing = asyncio.create_task(self._commit(), name="worker-commit")
+        self._committing.add_done_callback(_log_failure)
+
     async def _commit(
         self, *, force: bool = False, only: set[TopicPartition] | None = None
     ) -> None:
+        """Commit each partition's commit point. A forced commit (revocation, stop) first
+        waits for the periodic one under way, so a later point is never overwritten by an
+        earlier one answered after it."""
+        running = self._committing
+        if force and running is not None and running is not asyncio.current_task():
+            await asyncio.wait([running])
         now = time.monotonic()
         if not force and now - self._last_commit < COMMIT_INTERVAL_S:
             return
@@ -822,6 +858,12 @@ def _result_unpublishable(
     return ev.WorkerResult(
         result.execution_id, result.task_run_id, result.attempt, StateType.FAILED, error=error
     )
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """Log what a background commit raised past its own handling (a bug): the next one runs."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("worker commit failed", exc_info=exc)
 
 
 def _backoff(tries: int) -> float:

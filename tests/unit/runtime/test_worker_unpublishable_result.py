@@ -16,7 +16,14 @@ from kestream.models.flow import Flow
 from kestream.models.state import StateType
 from kestream.runtime import worker_service
 from kestream.runtime.worker_service import WorkerService
-from tests.unit.runtime.worker_fakes import JOBS, RefusingProducer, close, job_record, make_worker
+from tests.unit.runtime.worker_fakes import (
+    JOBS,
+    DrainingProducer,
+    RefusingProducer,
+    close,
+    job_record,
+    make_worker,
+)
 
 FLOW = """
 id: refuse
@@ -132,3 +139,23 @@ async def test_a_result_the_broker_takes_is_sent_as_it_is(
     (result,) = producer.results()
     assert result.state is StateType.SUCCESS and result.outputs == {"value": "fine"}
     assert producer.refused == 0
+
+
+async def test_jobs_ending_together_hand_their_records_over_one_at_a_time(
+    service: tuple[WorkerService, Flow],
+) -> None:
+    """Every caller waiting in aiokafka's ``send`` for a full batch is woken at each drain:
+    with thousands of results for one partition that was quadratic. The worker hands records
+    over one caller at a time, in the order the jobs ended."""
+    worker, flow = service
+    producer = DrainingProducer()
+    worker._producer = producer
+    for offset in range(40):
+        worker._handle(_job_record(flow, f"r{offset}", offset))
+    running = [job.task for job in worker._jobs.values() if job.task is not None]
+    assert len(running) == 40
+    await asyncio.wait_for(asyncio.gather(*running), 10.0)
+    assert producer.most_inside == 1
+    assert sorted(r.outputs["value"] for r in producer.results()) == sorted(
+        f"r{offset}" for offset in range(40)
+    )

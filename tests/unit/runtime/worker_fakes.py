@@ -77,6 +77,26 @@ class RefusingProducer:
         return found
 
 
+class DrainingProducer(RefusingProducer):
+    """Like aiokafka's producer when a partition's open batch is full: ``send`` waits (for the
+    batch to drain) before it takes the record; counts the callers waiting in it at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = 0
+        self.most_inside = 0
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[Any]:
+        self.inside += 1
+        self.most_inside = max(self.most_inside, self.inside)
+        try:
+            for _ in range(3):
+                await asyncio.sleep(0)
+            return await super().send(topic, value, key)
+        finally:
+            self.inside -= 1
+
+
 class RecordingConsumer:
     """Takes commits and remembers them (the only consumer call a revocation makes)."""
 
@@ -85,6 +105,40 @@ class RecordingConsumer:
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.commits.append(dict(offsets))
+
+
+class FetchingConsumer(RecordingConsumer):
+    """Hands out the batches queued in ``batches`` (one per ``getmany``, nothing once they run
+    out) from :data:`JOBS`; a commit is answered only when ``commit_gate`` is open, like a
+    broker slow to answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[ConsumerRecord[Any, Any]]] = []
+        self.commit_gate = asyncio.Event()
+        self.commit_gate.set()
+        #: Commits asked for, answered or not.
+        self.asked: list[dict[TopicPartition, int]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.asked.append(dict(offsets))
+        await self.commit_gate.wait()
+        await super().commit(offsets)
+
+    async def getmany(
+        self, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[ConsumerRecord[Any, Any]]]:
+        await asyncio.sleep(0)
+        return {JOBS: self.batches.pop(0)} if self.batches else {}
+
+    def assignment(self) -> set[TopicPartition]:
+        return {JOBS}
+
+    def paused(self) -> set[TopicPartition]:
+        return set()
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return None
 
 
 def make_worker(flow_yaml: str, **settings_fields: Any) -> tuple[WorkerService, Flow]:
