@@ -14,13 +14,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from kestream.models.execution import Execution, LogEntry
 from kestream.models.state import StateType
 from kestream.settings import get_settings
+
+if TYPE_CHECKING:  # the models' import is heavy: `standalone` and the roles' start skip it
+    from kestream.models.execution import Execution, LogEntry
 
 app = typer.Typer(
     name="kestream",

@@ -52,6 +52,7 @@ from datetime import timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
@@ -107,6 +108,16 @@ _FLUSH_ROUNDS = 3
 COMMIT_EVERY_S = 1.0
 
 Batch = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
+
+
+def executor_assignors(kind: str) -> tuple[type[AbstractPartitionAssignor], ...]:
+    """The executor group's assignors: range, and round robin as well on Kafka, where a group
+    may still hold members of a version that knew only round robin (aiokafka's default). The
+    embedded broker's groups live no longer than the broker, so they never hold such members,
+    and Tansu needs a second join round for a member offering two protocols."""
+    if kind == "tansu":
+        return (RangePartitionAssignor,)
+    return (RangePartitionAssignor, RoundRobinPartitionAssignor)
 
 
 class ExecutorService:
@@ -211,7 +222,7 @@ class ExecutorService:
             max_poll_records=_BATCH,
             # Same partition numbers of every input to one processor, whatever the number of
             # processors (round robin splits them when it does not divide the partitions).
-            partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
+            partition_assignment_strategy=executor_assignors(self.ctx.kind),
         )
         inputs = [self.topics.executions, self.topics.results, self.topics.admissions]
         if self.own_all_partitions:

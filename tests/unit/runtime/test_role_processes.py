@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from kestream.runtime import faust_app
+from kestream.runtime.executor_service import executor_assignors
 from kestream.runtime.faust_app import RoleService, make_app, parse_roles
 from kestream.runtime.health import Check, Health
 from kestream.runtime.kafka import make_consumer
@@ -241,3 +244,10 @@ def test_a_process_knows_its_age_from_its_start() -> None:
         ).stdout
     )
     assert age >= 0.5
+
+
+def test_the_executor_group_offers_one_protocol_on_the_embedded_broker() -> None:
+    """Tansu needs a second join round for a member offering two protocols (2 s more at the
+    embedded broker's session); on Kafka round robin stays for members of older versions."""
+    assert executor_assignors("tansu") == (RangePartitionAssignor,)
+    assert executor_assignors("kafka") == (RangePartitionAssignor, RoundRobinPartitionAssignor)
