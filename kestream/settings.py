@@ -125,6 +125,22 @@ class Settings(BaseSettings):
         description="KESTREAM_CONSUMER_FETCH_MAX_WAIT_MS: unset = 10 on the embedded broker "
         "(its fetches are not woken by new data), 100 on Kafka.",
     )
+    consumer_idle_after_ms: int = Field(
+        default=2_000,
+        ge=0,
+        description="KESTREAM_CONSUMER_IDLE_AFTER_MS: on the embedded broker, a consumer with "
+        "no records this long pauses its fetching until a producer rings its doorbell or a "
+        "probe is due. Where the doorbell works (the broker on loopback: every client on this "
+        "host) consumers pause 20 ms after the last record or ring. 0 = always poll. Not used "
+        "on Kafka, whose fetches wait for data.",
+    )
+    consumer_idle_probe_max_ms: int = Field(
+        default=2_000,
+        ge=1,
+        description="KESTREAM_CONSUMER_IDLE_PROBE_MAX_MS: a paused consumer fetches once this "
+        "often anyway (without a doorbell the gap doubles from 250 ms up to this): the "
+        "longest delay of a record whose ring was lost.",
+    )
     producer_linger_ms: int = Field(
         default=0,
         ge=0,

@@ -18,6 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from kestream.runtime.fetch_pacing import wake
 from kestream.runtime.tansu_compat import fetch_highwaters
 
 __all__ = [
@@ -99,12 +100,16 @@ async def read_to_end(
 ) -> None:
     """Apply each record of the assigned partitions until every position reaches its end."""
     pending = set(ends)
+    woken = False
     while True:
         for tp in list(pending):
             if await consumer.position(tp) >= ends[tp]:
                 pending.discard(tp)
         if not pending:
             return
+        if not woken:  # records are waiting: a paced consumer fetches them at once
+            wake(consumer)
+            woken = True
         batch = await consumer.getmany(
             *pending, timeout_ms=_FETCH_TIMEOUT_MS, max_records=max_records
         )

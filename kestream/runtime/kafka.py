@@ -12,6 +12,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from kestream.runtime.doorbell import RingingProducer
+from kestream.runtime.fetch_pacing import PacedConsumer, paced_consumer_options, producer_bell
 from kestream.runtime.kafka_connection import client_options
 from kestream.runtime.tansu_compat import consumer_options, producer_options
 from kestream.settings import Settings
@@ -21,7 +23,11 @@ def make_producer(settings: Settings, bootstrap: str, kind: str) -> AIOKafkaProd
     options = producer_options(kind)
     options["linger_ms"] = settings.producer_linger_ms
     options["max_request_size"] = settings.max_record_bytes  # see kestream.runtime.record_limit
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, **options, **client_options(settings))
+    options.update(client_options(settings))
+    bell = producer_bell(settings, bootstrap, kind)  # wakes paced consumers (fetch_pacing)
+    if bell is not None:
+        return RingingProducer(bell, bootstrap_servers=bootstrap, **options)
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, **options)
 
 
 def make_consumer(
@@ -40,6 +46,8 @@ def make_consumer(
     elif kind != "tansu":
         options["fetch_max_wait_ms"] = 100
     options.update(extra)
-    return AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group_id, **options, **client_options(settings)
-    )
+    options.update(client_options(settings))
+    paced = paced_consumer_options(settings, bootstrap, kind)  # idle consumers stop polling
+    if paced:
+        return PacedConsumer(bootstrap_servers=bootstrap, group_id=group_id, **options, **paced)
+    return AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, **options)

@@ -1,0 +1,269 @@
+"""A doorbell between the processes of one host that share a loopback broker.
+
+Tansu does not wake a waiting Fetch when data arrives (``docs/brokers.md``), so a consumer
+only learns of new records by fetching again. :mod:`kestream.runtime.fetch_pacing` lets idle
+consumers stop fetching; this module is how they learn, at once, that records are coming:
+every producer rings a bell naming the topic it sends to, and every consuming process listens.
+
+The embedded broker listens on loopback only, so every client of it runs on this host. The
+bell is a directory of unix datagram sockets, one per listening process, named after the
+broker's address (:func:`doorbell_dir`); a ring is one datagram holding the topic's name, sent
+to every socket there. It is best-effort by design: a lost or late datagram costs a paused
+consumer one probe interval, never a record, since pacing only decides *when* to fetch.
+
+The directory is private to the user (mode 0700, checked): another local user can neither ring
+nor listen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import functools
+import logging
+import os
+import socket
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+log = logging.getLogger("kestream.doorbell")
+
+#: One ring per topic per this many seconds and producer (:class:`Bell`): under load a topic's
+#: consumers are awake anyway, and rings closer together would only cost datagrams.
+RING_EVERY_S = 0.02
+#: How long a producer trusts its list of listening sockets before listing the directory again;
+#: a process that starts listening later hears rings from then on (a probe covers the gap).
+PEERS_TTL_S = 1.0
+_SUFFIX = ".sock"
+_MAX_TOPIC_BYTES = 1024
+# A unix socket's address holds 107 bytes; a socket's name here takes at most 24 of them.
+_MAX_DIR_BYTES = 80
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+Waker = Callable[[str], None]
+
+
+def doorbell_dir(bootstrap: str, base: str | os.PathLike[str] | None = None) -> Path | None:
+    """The doorbell directory of the broker at ``bootstrap``, created private to this user;
+    None when some bootstrap host is not loopback (clients elsewhere could not ring) or the
+    directory cannot be made safely (it exists and is not ours alone)."""
+    hosts = [addr.rsplit(":", 1) for addr in bootstrap.split(",") if addr.strip()]
+    if not hosts or any(len(h) != 2 or h[0].strip() not in _LOOPBACK for h in hosts):
+        return None
+    root = Path(base or os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    top = root / f"kestream-doorbell-{os.getuid()}"
+    name = "_".join(f"{h.strip().strip('[]').replace(':', '.')}-{p.strip()}" for h, p in hosts)
+    path = top / name
+    try:
+        for directory in (top, path):
+            directory.mkdir(mode=0o700, exist_ok=True)
+            info = directory.lstat()
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+                raise PermissionError(f"{directory} is not a directory of this user")
+            if stat.S_IMODE(info.st_mode) & 0o077:
+                raise PermissionError(f"{directory} is open to other users")
+        if len(os.fsencode(path)) > _MAX_DIR_BYTES:
+            raise OSError(f"{path} is too long for a unix socket's address")
+    except OSError as exc:
+        log.warning("no doorbell for %s (%s): idle consumers wake by probing only", bootstrap, exc)
+        return None
+    return path
+
+
+class Doorbell:
+    """This process's listening socket in one doorbell directory, shared by every paced
+    consumer of the process (:meth:`shared`); bound while someone listens, removed after.
+
+    Listeners register the topics they read with a waker; a datagram naming one of those
+    topics calls its wakers (in the event loop, from the socket's reader callback).
+    """
+
+    _shared: dict[tuple[Path, int], Doorbell] = {}
+    _made = 0
+
+    def __init__(self, directory: Path, loop: asyncio.AbstractEventLoop) -> None:
+        self.directory = directory
+        self.loop = loop
+        Doorbell._made += 1
+        self.path = directory / f"{os.getpid()}-{Doorbell._made}{_SUFFIX}"
+        self._wakers: dict[str, set[Waker]] = {}
+        self._sock: socket.socket | None = None
+        self.heard = 0
+
+    @classmethod
+    def shared(cls, directory: Path) -> Doorbell:
+        """The doorbell of ``directory`` for the running event loop."""
+        loop = asyncio.get_running_loop()
+        key = (directory, id(loop))
+        bell = cls._shared.get(key)
+        if bell is None or bell.loop is not loop:
+            bell = cls._shared[key] = cls(directory, loop)
+        return bell
+
+    def listen(self, topics: Iterable[str], waker: Waker) -> None:
+        """Call ``waker(topic)`` when a ring names one of ``topics`` (added to what it had)."""
+        for topic in topics:
+            self._wakers.setdefault(topic, set()).add(waker)
+        if self._sock is None and self._wakers:
+            self._bind()
+
+    def forget(self, waker: Waker) -> None:
+        """Stop calling ``waker``; the socket closes with the last listener."""
+        for topic in list(self._wakers):
+            wakers = self._wakers[topic]
+            wakers.discard(waker)
+            if not wakers:
+                del self._wakers[topic]
+        if not self._wakers:
+            self.close()
+
+    def _bind(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            sock.bind(str(self.path))
+        except OSError as exc:
+            sock.close()
+            log.warning("cannot listen at %s (%s): waking by probing only", self.path, exc)
+            return
+        self._sock = sock
+        self.loop.add_reader(sock.fileno(), self._read)
+
+    def _read(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        while True:
+            try:
+                data = sock.recv(_MAX_TOPIC_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            self.heard += 1
+            topic = data.decode("utf-8", "replace")
+            for waker in tuple(self._wakers.get(topic, ())):
+                waker(topic)
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(sock.fileno())
+        sock.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        key = (self.directory, id(self.loop))
+        if self._shared.get(key) is self:
+            del self._shared[key]
+
+
+class Bell:
+    """Rings a doorbell directory: one datagram per listening socket. Never blocks and never
+    raises: a full or vanished socket is a ring lost, and a socket whose process is gone is
+    removed.
+
+    At most one ring per topic per ``every`` seconds; a ring asked for sooner is not dropped
+    but deferred to the end of that gap, so every record acknowledged is followed by a ring
+    within ``every`` seconds. A listener can therefore stop fetching as soon as a fetch after
+    the last ring it heard comes back empty."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        every: float = RING_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.directory = directory
+        self.every = every
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._deferred: set[str] = set()
+        self._peers: list[str] = []
+        self._peers_at = float("-inf")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+        self.rung = 0
+
+    def ring(self, topic: str) -> None:
+        """Ring for ``topic`` now, or at the end of its gap (needs a running loop then)."""
+        now = self.clock()
+        due = self._last.get(topic, float("-inf")) + self.every
+        if now >= due:
+            self._send(topic, now)
+        elif topic not in self._deferred:
+            self._deferred.add(topic)
+            asyncio.get_running_loop().call_later(due - now, self._ring_deferred, topic)
+
+    def acked(self, topic: str, future: asyncio.Future[Any]) -> None:
+        """A send's done-callback: ring once the broker holds the record (not on a failure)."""
+        if not future.cancelled() and future.exception() is None:
+            self.ring(topic)
+
+    def _ring_deferred(self, topic: str) -> None:
+        self._deferred.discard(topic)
+        self._send(topic, self.clock())
+
+    def _send(self, topic: str, now: float) -> None:
+        self._last[topic] = now
+        if now - self._peers_at >= PEERS_TTL_S:
+            self._peers = self._list_peers()
+            self._peers_at = now
+        data = topic.encode()
+        self.rung += 1
+        for peer in tuple(self._peers):
+            try:
+                self._sock.sendto(data, peer)
+            except (BlockingIOError, InterruptedError):
+                continue  # its queue is full: it is awake already, or a probe wakes it
+            except OSError as exc:
+                if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+                    self._gone(peer, exc.errno == errno.ECONNREFUSED)
+
+    def _list_peers(self) -> list[str]:
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return []
+        return [str(self.directory / n) for n in names if n.endswith(_SUFFIX)]
+
+    def _gone(self, peer: str, stale: bool) -> None:
+        with contextlib.suppress(ValueError):
+            self._peers.remove(peer)
+        if stale:  # bound by a process that exited without removing it
+            with contextlib.suppress(OSError):
+                os.unlink(peer)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class RingingProducer(AIOKafkaProducer):
+    """An aiokafka producer that rings :attr:`bell` for each topic it sends to, once the broker
+    has acknowledged the record: a consumer woken by the ring finds it with its first fetch."""
+
+    def __init__(self, bell: Bell, **options: Any) -> None:
+        super().__init__(**options)
+        self.bell = bell
+
+    async def send(self, topic: str, *args: Any, **kwargs: Any) -> Any:
+        future = await super().send(topic, *args, **kwargs)
+        future.add_done_callback(functools.partial(self.bell.acked, topic))
+        return future
+
+    async def stop(self) -> None:
+        try:
+            await super().stop()
+        finally:
+            self.bell.close()

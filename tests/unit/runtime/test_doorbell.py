@@ -1,0 +1,145 @@
+"""The doorbell (kestream.runtime.doorbell) on real unix datagram sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import socket
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kestream.runtime.doorbell import Bell, Doorbell, doorbell_dir
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A short base directory: a unix socket's address holds 107 bytes, and pytest's own
+    temporary paths are longer than that."""
+    with tempfile.TemporaryDirectory(prefix="db", dir="/tmp") as base:
+        yield Path(base)
+
+
+def test_a_loopback_broker_gets_a_private_directory(tmp_path: Path) -> None:
+    path = doorbell_dir("127.0.0.1:9092", base=tmp_path)
+    assert path is not None and path.is_dir()
+    assert path == doorbell_dir("127.0.0.1:9092", base=tmp_path)
+    assert path != doorbell_dir("127.0.0.1:9093", base=tmp_path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_no_doorbell_for_a_broker_elsewhere_or_a_directory_open_to_others(tmp_path: Path) -> None:
+    assert doorbell_dir("kafka.example:9092", base=tmp_path) is None
+    assert doorbell_dir("127.0.0.1:9092", base=tmp_path / ("d" * 90)) is None, "path too long"
+    assert doorbell_dir("127.0.0.1:9092,10.0.0.5:9092", base=tmp_path) is None
+    top = tmp_path / f"kestream-doorbell-{os.getuid()}"
+    top.mkdir(mode=0o777)
+    top.chmod(0o777)
+    assert doorbell_dir("127.0.0.1:9092", base=tmp_path) is None
+
+
+async def test_a_ring_wakes_the_listeners_of_that_topic_only(tmp_path: Path) -> None:
+    directory = doorbell_dir("127.0.0.1:1", base=tmp_path)
+    assert directory is not None
+    heard: list[tuple[str, str]] = []
+    got = asyncio.Event()
+
+    def waker(name: str):  # type: ignore[no-untyped-def]
+        def wake(topic: str) -> None:
+            heard.append((name, topic))
+            got.set()
+
+        return wake
+
+    door = Doorbell.shared(directory)
+    assert Doorbell.shared(directory) is door, "one socket per process and loop"
+    a, b = waker("a"), waker("b")
+    door.listen(["t1"], a)
+    door.listen(["t2"], b)
+    assert door.path.exists()
+    bell = Bell(directory, every=0.0)
+    bell.ring("t2")
+    await asyncio.wait_for(got.wait(), 10)
+    assert heard == [("b", "t2")]
+    door.forget(a)
+    door.forget(b)
+    assert not door.path.exists(), "the socket goes with its last listener"
+    bell.close()
+
+
+async def test_rings_closer_than_the_gap_are_deferred_to_its_end_not_dropped(
+    tmp_path: Path,
+) -> None:
+    """Every ring asked for is followed by one within the gap: a consumer that paused between
+    two records still hears of the second."""
+    directory = doorbell_dir("127.0.0.1:2", base=tmp_path)
+    assert directory is not None
+    heard: list[str] = []
+    door = Doorbell.shared(directory)
+    door.listen(["t", "u"], heard.append)
+    bell = Bell(directory, every=0.2)
+    bell.ring("t")
+    bell.ring("t")
+    bell.ring("t")
+    bell.ring("u")
+    assert bell.rung == 2, "one ring per topic now, the rest of t's deferred"
+    while len(heard) < 3:
+        await asyncio.sleep(0.01)
+    assert sorted(heard) == ["t", "t", "u"]
+    assert bell.rung == 3, "the deferred rings of t came as one"
+    bell.close()
+    door.close()
+
+
+async def test_a_producer_rings_once_the_broker_acknowledged_the_record(tmp_path: Path) -> None:
+    directory = doorbell_dir("127.0.0.1:5", base=tmp_path)
+    assert directory is not None
+    bell = Bell(directory, every=0.0)
+    sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    sent.add_done_callback(functools.partial(bell.acked, "t"))
+    failed.add_done_callback(functools.partial(bell.acked, "t"))
+    await asyncio.sleep(0)
+    assert bell.rung == 0, "not before the acknowledgement"
+    failed.set_exception(RuntimeError("refused"))
+    sent.set_result(None)
+    await asyncio.sleep(0)
+    assert bell.rung == 1, "a failed send rings nothing"
+    bell.close()
+
+
+async def test_a_socket_left_by_a_dead_process_is_removed(tmp_path: Path) -> None:
+    directory = doorbell_dir("127.0.0.1:3", base=tmp_path)
+    assert directory is not None
+    stale = directory / "999999-dead.sock"
+    orphan = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    orphan.bind(str(stale))
+    orphan.close()  # bound, then its process "exited": the file stays, nobody reads it
+    assert stale.exists()
+    bell = Bell(directory, every=0.0)
+    bell.ring("t")
+    assert not stale.exists()
+    bell.close()
+
+
+@pytest.mark.parametrize("payload", [b"", b"\xff\xfe", b"x" * 5000])
+async def test_odd_datagrams_wake_nobody_and_break_nothing(tmp_path: Path, payload: bytes) -> None:
+    directory = doorbell_dir("127.0.0.1:4", base=tmp_path)
+    assert directory is not None
+    heard: list[str] = []
+    got = asyncio.Event()
+    door = Doorbell.shared(directory)
+    door.listen(["t"], lambda topic: (heard.append(topic), got.set()))
+    sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sender.sendto(payload, str(door.path))
+    sender.sendto(b"t", str(door.path))
+    await asyncio.wait_for(got.wait(), 10)
+    assert heard == ["t"]
+    assert door.heard == 2
+    sender.close()
+    door.close()

@@ -1,0 +1,80 @@
+"""The fetch pacer's decisions (kestream.runtime.fetch_pacing), on a hand-driven clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from kestream.runtime.fetch_pacing import FetchPacer, Pacing, pacing_for
+from kestream.settings import Settings
+
+PACING = Pacing(quiet=2.0, probe_first=0.25, probe_max=1.0, probe_window=0.1)
+
+
+def test_stays_active_while_records_come_and_goes_idle_after_a_quiet_period() -> None:
+    pacer = FetchPacer(PACING, now=0.0)
+    assert not pacer.fetched(1.0, records=False)
+    assert not pacer.fetched(1.5, records=True)  # the quiet period starts again
+    assert not pacer.fetched(3.4, records=False)
+    assert pacer.fetched(3.5, records=False)
+    assert pacer.idle
+    assert pacer.next_probe == pytest.approx(3.75)
+    assert not pacer.fetched(3.6, records=False), "going idle is reported once"
+
+
+def test_probes_with_a_doubling_gap_capped_at_probe_max() -> None:
+    pacer = FetchPacer(PACING, now=0.0)
+    assert pacer.fetched(2.0, records=False)
+    gaps = []
+    now = 2.0
+    for _ in range(5):
+        assert not pacer.wake_if_due(pacer.next_probe - 0.01)
+        gaps.append(round(pacer.next_probe - now, 3))
+        now = pacer.next_probe
+        assert pacer.wake_if_due(now)
+        assert not pacer.idle
+        assert pacer.active_until == pytest.approx(now + PACING.probe_window)
+        now += PACING.probe_window
+        assert pacer.fetched(now, records=False), "an empty probe pauses again"
+    assert gaps == [0.25, 0.5, 1.0, 1.0, 1.0]
+    assert pacer.probes == 5
+
+
+def test_a_ring_wakes_an_idle_pacer_for_a_whole_quiet_period_and_resets_the_gap() -> None:
+    pacer = FetchPacer(PACING, now=0.0)
+    pacer.fetched(2.0, records=False)
+    pacer.wake_if_due(pacer.next_probe)
+    pacer.fetched(pacer.active_until, records=False)
+    assert pacer.gap == 0.5
+    pacer.traffic(10.0)
+    assert not pacer.idle
+    assert pacer.gap == PACING.probe_first
+    assert not pacer.fetched(11.9, records=False)
+    assert pacer.fetched(12.0, records=False)
+
+
+def test_a_ring_while_active_extends_the_active_period() -> None:
+    """A ring for a record on another member's partition still keeps this one fetching: a
+    later ring the producer's rate limit drops can then not be missed."""
+    pacer = FetchPacer(PACING, now=0.0)
+    pacer.traffic(1.9)
+    assert not pacer.fetched(2.5, records=False)
+    assert pacer.fetched(3.9, records=False)
+
+
+def test_sleep_for_is_bounded_by_the_callers_deadline_and_the_next_probe() -> None:
+    pacer = FetchPacer(PACING, now=0.0)
+    pacer.fetched(2.0, records=False)
+    assert pacer.sleep_for(2.0, deadline=2.1) == pytest.approx(0.1)
+    assert pacer.sleep_for(2.0, deadline=5.0) == pytest.approx(0.25)
+    assert pacer.sleep_for(3.0, deadline=5.0) == 0.0
+
+
+def test_pacing_only_on_the_embedded_broker_and_off_with_zero() -> None:
+    settings = Settings(consumer_idle_after_ms=1500, consumer_idle_probe_max_ms=3000)
+    pacing = pacing_for(settings, "tansu")
+    assert pacing is not None
+    assert (pacing.quiet, pacing.probe_max) == (1.5, 3.0)
+    assert pacing_for(settings, "kafka") is None
+    assert pacing_for(Settings(consumer_idle_after_ms=0), "tansu") is None
+    short = pacing_for(Settings(consumer_idle_probe_max_ms=100), "tansu")
+    assert short is not None and short.probe_first == 0.1
