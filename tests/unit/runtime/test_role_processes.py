@@ -98,13 +98,13 @@ async def test_the_embedded_broker_gets_a_short_session_kafka_the_usual_one(
     tmp_path: Path,
 ) -> None:
     settings = _settings(tmp_path)
-    assert settings.session_timeout_for("tansu") == 3_000
+    assert settings.session_timeout_for("tansu") == 4_000
     assert settings.session_timeout_for("kafka") == 10_000
     chosen = _settings(tmp_path, session_timeout_ms=7_000)
     assert chosen.session_timeout_for("tansu") == chosen.session_timeout_for("kafka") == 7_000
     consumer = make_consumer(settings, "127.0.0.1:1", "tansu", group_id="g")
     try:
-        assert consumer._session_timeout_ms == 3_000
+        assert consumer._session_timeout_ms == 4_000
     finally:
         await consumer.stop()
 
