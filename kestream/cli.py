@@ -69,8 +69,17 @@ def _fail(message: str) -> typer.Exit:
 
 
 @app.callback()
-def _load_plugins() -> None:
-    """Every command validates or runs flows: import the task plugins first (docs/tasks.md)."""
+def _load_plugins(ctx: typer.Context) -> None:
+    """Every command validates or runs flows: import the task plugins first (docs/tasks.md).
+
+    Not for ``standalone``: its supervisor reads flows only to deploy ``--flows`` (it loads the
+    plugins then), and each role process loads them itself; the task registry they import is
+    a fifth of the supervisor's memory otherwise."""
+    if ctx.invoked_subcommand != "standalone":
+        _plugins_loaded()
+
+
+def _plugins_loaded() -> None:
     from kestream.plugins.loading import PluginError, load_plugins
 
     try:
@@ -345,6 +354,8 @@ def standalone(
     """Run every role on this machine (broker too if needed) until Ctrl-C."""
     from kestream.runtime.supervisor import Supervisor
 
+    if flows is not None:
+        _plugins_loaded()  # the flows may use the plugins' task types
     _setup_logging()
     code = asyncio.run(Supervisor(get_settings(), flows).run())
     raise typer.Exit(code)

@@ -251,3 +251,30 @@ def test_the_executor_group_offers_one_protocol_on_the_embedded_broker() -> None
     embedded broker's session); on Kafka round robin stays for members of older versions."""
     assert executor_assignors("tansu") == (RangePartitionAssignor,)
     assert executor_assignors("kafka") == (RangePartitionAssignor, RoundRobinPartitionAssignor)
+
+
+@pytest.mark.parametrize("with_flows", [False, True])
+def test_standalone_loads_the_plugins_only_to_deploy_flows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_flows: bool
+) -> None:
+    """The supervisor reads no flow unless ``--flows`` deploys some; the task registry the
+    plugins need is a fifth of its memory. Every other command still loads them first."""
+    from typer.testing import CliRunner
+
+    from kestream import cli
+    from kestream.plugins import loading
+    from kestream.runtime.supervisor import Supervisor
+
+    loads: list[Settings] = []
+    monkeypatch.setattr(loading, "load_plugins", loads.append)
+
+    async def run(self: Supervisor) -> int:
+        return 0
+
+    monkeypatch.setattr(Supervisor, "run", run)
+    args = ["standalone", "--flows", str(tmp_path)] if with_flows else ["standalone"]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    assert len(loads) == (1 if with_flows else 0)
+    assert CliRunner().invoke(cli.app, ["validate", str(tmp_path / "none.yaml")]).exit_code
+    assert len(loads) == (2 if with_flows else 1)
