@@ -10,8 +10,10 @@ from __future__ import annotations
 import calendar
 from datetime import date
 from functools import cache
+from typing import TYPE_CHECKING
 
-import holidays
+if TYPE_CHECKING:  # the package is imported on the first holiday lookup: ~9 MB in every process
+    import holidays
 
 WEEKDAYS = ("MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY")
 _NTH = {"FIRST": 0, "SECOND": 1, "THIRD": 2, "FOURTH": 3}
@@ -41,6 +43,8 @@ def _subdivision(country: str, subdivision: str | None) -> str | None:
 
 @cache
 def _calendar(country: str, subdivision: str | None) -> holidays.HolidayBase:
+    import holidays
+
     try:
         return holidays.country_holidays(country.upper(), subdiv=subdivision)
     except NotImplementedError as exc:  # the package's way of saying "no such calendar"

@@ -278,3 +278,16 @@ def test_standalone_loads_the_plugins_only_to_deploy_flows(
     assert len(loads) == (1 if with_flows else 0)
     assert CliRunner().invoke(cli.app, ["validate", str(tmp_path / "none.yaml")]).exit_code
     assert len(loads) == (2 if with_flows else 1)
+
+
+def test_a_role_process_leaves_the_holiday_calendars_until_a_condition_asks() -> None:
+    """The ``holidays`` package (~9 MB) serves the PublicHoliday condition only."""
+    code = (
+        "import sys; import kestream.runtime.faust_app, kestream.runtime.executor_service, "
+        "kestream.runtime.worker_service, kestream.runtime.scheduler_service, "
+        "kestream.api.service; print('holidays' in sys.modules); "
+        "from datetime import date; from kestream.models.calendar import is_public_holiday; "
+        "print(is_public_holiday(date(2026, 12, 25), 'FR'), 'holidays' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True", "True"]
