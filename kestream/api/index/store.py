@@ -35,7 +35,7 @@ import contextlib
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -82,6 +82,9 @@ LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
 _LEVEL_ALIASES = {"WARNING": "WARN"}
 #: Ids per ``IN (...)`` list: far below SQLite's and PostgreSQL's parameter limits.
 _ID_CHUNK = 500
+#: ``SELECT``\ s joined by ``UNION ALL`` in one statement: one round trip for many executions'
+#: lookups, below SQLite's limit of 500 terms in a compound select.
+_UNION_TERMS = 100
 
 
 def upgrades_in_place(version: int, dialect: Dialect) -> bool:
@@ -607,7 +610,9 @@ class Store(ABC):
         in one microsecond); it is new when the index holds fewer lines of that identity than
         its rank, counting the lines this batch already took. The stored lines compared are
         the execution's lines at the batch's timestamps: one range of the
-        ``(execution_id, timestamp)`` index per execution.
+        ``(execution_id, timestamp)`` index per execution, many executions per statement
+        (:func:`_union_lookups`) since a batch holds the lines of hundreds of executions and
+        each statement is a round trip to PostgreSQL.
         """
         wanted: dict[str, list[tuple[tuple[Any, ...], int, dict[str, Any]]]] = {}
         for record in records:
@@ -616,21 +621,23 @@ class Store(ABC):
                 identity = _line_identity(line)
                 wanted.setdefault(record.execution_id, []).append((identity, ranks[identity], line))
                 ranks[identity] += 1
+        lookups = [
+            (execution_id, stamps[start : start + _ID_CHUNK])
+            for execution_id, lines in wanted.items()
+            for stamps in [sorted({str(line["timestamp"]) for _, _, line in lines})]
+            for start in range(0, len(stamps), _ID_CHUNK)
+        ]
+        held_by: dict[str, Counter[tuple[Any, ...]]] = {}
         doc = f"doc{self.dialect.doc_cast}"
+        for statement, params in _union_lookups(lookups, doc):
+            cur.execute(self._sql(statement), params)
+            for execution_id, text in cur.fetchall():
+                held_by.setdefault(str(execution_id), Counter())[
+                    _line_identity(self._load(text))
+                ] += 1
         fresh: list[tuple[str, dict[str, Any]]] = []
         for execution_id, lines in wanted.items():
-            stamps = sorted({str(line["timestamp"]) for _, _, line in lines})
-            held: Counter[tuple[Any, ...]] = Counter()
-            for start in range(0, len(stamps), _ID_CHUNK):
-                chunk = stamps[start : start + _ID_CHUNK]
-                cur.execute(
-                    self._sql(
-                        f"SELECT {doc} FROM logs WHERE execution_id = ? "
-                        f"AND timestamp IN ({marks(len(chunk))})"
-                    ),
-                    [execution_id, *chunk],
-                )
-                held.update(_line_identity(self._load(row[0])) for row in cur.fetchall())
+            held = held_by.get(execution_id, Counter())
             for identity, rank, line in lines:
                 if rank >= held[identity]:
                     held[identity] = rank + 1
@@ -803,6 +810,27 @@ class Store(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _union_lookups(
+    lookups: Sequence[tuple[str, Sequence[str]]], doc: str
+) -> Iterator[tuple[str, list[Any]]]:
+    """Statements reading the stored lines of ``(execution id, timestamps)`` lookups, as
+    ``(execution_id, doc)`` rows: each lookup one ``SELECT`` (one index range), up to
+    :data:`_UNION_TERMS` of them and about :data:`_ID_CHUNK` parameters per statement."""
+    terms: list[str] = []
+    params: list[Any] = []
+    for execution_id, stamps in lookups:
+        terms.append(
+            f"SELECT execution_id, {doc} FROM logs WHERE execution_id = ? "
+            f"AND timestamp IN ({marks(len(stamps))})"
+        )
+        params += [execution_id, *stamps]
+        if len(terms) == _UNION_TERMS or len(params) >= _ID_CHUNK:
+            yield " UNION ALL ".join(terms), params
+            terms, params = [], []
+    if terms:
+        yield " UNION ALL ".join(terms), params
 
 
 def _line_identity(line: dict[str, Any]) -> tuple[Any, ...]:

@@ -373,6 +373,32 @@ def test_a_log_record_produced_twice_upstream_shows_its_lines_once(store: Store)
     assert messages == ["twice in one millisecond", "twice in one millisecond", "later"]
 
 
+def test_lines_produced_twice_are_recognised_across_many_executions_of_one_batch(
+    store: Store,
+) -> None:
+    """The stored lines of many executions are read together (several per statement, several
+    statements per batch): each execution's lines are told apart from the others'."""
+    feed = Feed()
+    ids = [f"e{n:03d}" for n in range(250)]  # more executions than one statement reads
+    first = Batch()
+    for n, execution_id in enumerate(ids):
+        at = T0 + timedelta(milliseconds=n % 3)  # lines of other executions at the same times
+        first.add(
+            feed.record(RecordKind.LOGS, execution_id, [log_line(execution_id, at, "INFO", "a")])
+        )
+    assert store.apply(first).log_lines == 250
+    again = Batch()
+    for n, execution_id in enumerate(ids):
+        at = T0 + timedelta(milliseconds=n % 3)
+        lines = [log_line(execution_id, at, "INFO", "a")]  # a retried send: already held
+        if n % 2:
+            lines.append(log_line(execution_id, at, "INFO", "b"))  # new
+        again.add(feed.record(RecordKind.LOGS, execution_id, lines))
+    assert store.apply(again).log_lines == 125
+    assert [line["message"] for line in store.logs("e000")] == ["a"]
+    assert [line["message"] for line in store.logs("e249")] == ["a", "b"]
+
+
 def test_log_lines_that_differ_in_identity_are_all_kept(store: Store) -> None:
     """A new attempt, another task run, another level or another time is another line; a
     line of the same identity in another execution is that execution's."""
