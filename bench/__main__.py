@@ -10,7 +10,7 @@
     python -m bench W5 --triggers 100000    # the scheduler's loop (bench/w5.py)
     python -m bench W6 --executions 1000000 # the execution index (bench/w6.py)
     python -m bench W9 --triggers 10000     # Flow triggers, per ended execution (bench/w9_*.py)
-    python -m bench FEED --updates 200000   # the index feed's apply rate (bench/feed.py)
+    python -m bench FEED --executions 20000 # the index feed's apply rate (bench/feed.py)
     python -m bench W7 --rate 600           # a shell Commands task (config/bench/w7.yaml)
     python -m bench W7 --rates 600,1200,2400,4800  # where it stops keeping up
     python -m bench W8 --rate 6000          # a function-form Python task (bench/w8_tasks.py)
