@@ -8,17 +8,18 @@ offsets are written in the same transaction as the data, so they are the only tr
 number of API processes can each keep their own index.
 
 Each fetch (``getmany``, at most ``max_records``) becomes one :class:`Batch`: records are decoded
-and checked here; one that cannot be read is logged, sent to the dead-letter topic with the reason
-(:func:`records.dead_letter_value`) and stepped over. The batch is applied in the feed's own thread
-(sqlite3 and psycopg block), so the event loop keeps serving HTTP while the database writes. Its
-own, not the event loop's default pool: the API's index reads run there, and a burst of slow
-searches must not hold the feed's writes back (the index would fall behind the executions it
-lists), nor a long catch-up hold a thread the reads need. A failed apply (database down, disk full)
-is retried with a back-off, never skipped: the consumer does not fetch further until the batch is
-in. A batch the database *refuses* (a value it cannot hold, an index row too large) is split in
-halves until the records it refuses are found (:func:`apply_isolating`); those are logged, sent to
-the dead-letter topic with the database's reason, counted in the health details, and stepped over,
-so one record never stops the index for good.
+and checked in the feed's thread (:func:`decode_fetched`), off the event loop; one that cannot be
+read is logged, sent to the dead-letter topic with the reason (:func:`records.dead_letter_value`)
+and stepped over. The batch is applied in that thread too (sqlite3 and psycopg block), so the event
+loop keeps serving HTTP while the database writes. Its own, not the event loop's default pool: the
+API's index reads run there, and a burst of slow searches must not hold the feed's writes back (the
+index would fall behind the executions it lists), nor a long catch-up hold a thread the reads need.
+A failed apply (database down, disk full) is retried with a back-off, never skipped: the consumer
+does not fetch further until the batch is in. A batch the database *refuses* (a value it cannot
+hold, an index row too large) is split in halves until the records it refuses are found
+(:func:`apply_isolating`); those are logged, sent to the dead-letter topic with the database's
+reason, counted in the health details, and stepped over, so one record never stops the index for
+good.
 
 :attr:`IndexFeed.caught_up` is set once every partition has been applied up to the high
 watermark it had when the feed started (read from a Fetch, :func:`fetch_highwaters`): from then
@@ -50,7 +51,7 @@ from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.metrics import process_metrics
 from kestream.runtime.tansu_compat import fetch_highwaters
 
-__all__ = ["FeedStats", "IndexFeed", "apply_isolating"]
+__all__ = ["FeedStats", "IndexFeed", "apply_isolating", "decode_fetched"]
 
 log = logging.getLogger("kestream.index")
 _T = TypeVar("_T")
@@ -110,6 +111,32 @@ def _apply_halves(
         store.ping()  # raises when the database, not the record, is the trouble
         refused.append((part[0], _reason(exc)))
         return ApplyResult()
+
+
+_Fetched = Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]]
+_Raw = dict[tuple[str, int, int], ConsumerRecord[Any, Any]]
+
+
+def decode_fetched(
+    kinds: Mapping[str, RecordKind], fetched: _Fetched
+) -> tuple[Batch, list[tuple[ConsumerRecord[Any, Any], str]], _Raw]:
+    """One fetch as a :class:`Batch`, the records that cannot be read (each with the reason;
+    the batch steps over them) and every record by ``(topic, partition, offset)``."""
+    batch = Batch()
+    dead: list[tuple[ConsumerRecord[Any, Any], str]] = []
+    raw: _Raw = {}
+    for tp, recs in fetched.items():
+        kind = kinds[tp.topic]
+        for rec in recs:
+            raw[(tp.topic, tp.partition, rec.offset)] = rec
+            try:
+                batch.add(
+                    FeedRecord.decode(kind, tp.topic, tp.partition, rec.offset, rec.key, rec.value)
+                )
+            except records.RecordError as exc:
+                dead.append((rec, str(exc)))
+                batch.advance(tp.topic, tp.partition, rec.offset)
+    return batch, dead, raw
 
 
 def _report_end(task: asyncio.Task[None]) -> None:
@@ -299,25 +326,9 @@ class IndexFeed:
                 await self._handle(fetched)
             await self._check_caught_up()
 
-    async def _handle(
-        self, fetched: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]]
-    ) -> None:
-        batch = Batch()
-        dead: list[tuple[ConsumerRecord[Any, Any], str]] = []
-        raw: dict[tuple[str, int, int], ConsumerRecord[Any, Any]] = {}
-        for tp, recs in fetched.items():
-            kind = self._kinds[tp.topic]
-            for rec in recs:
-                raw[(tp.topic, tp.partition, rec.offset)] = rec
-                try:
-                    batch.add(
-                        FeedRecord.decode(
-                            kind, tp.topic, tp.partition, rec.offset, rec.key, rec.value
-                        )
-                    )
-                except records.RecordError as exc:
-                    dead.append((rec, str(exc)))
-                    batch.advance(tp.topic, tp.partition, rec.offset)
+    async def _handle(self, fetched: _Fetched) -> None:
+        # Parsing thousands of JSON records takes a while: off the loop that serves HTTP.
+        batch, dead, raw = await self._in_thread(decode_fetched, self._kinds, fetched)
         if dead:
             await self._dead_letter(dead)
         refused = await self._apply(batch)

@@ -14,8 +14,9 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from kestream.api.index.feed import THREAD_NAME, IndexFeed
+from kestream.api.index.feed import THREAD_NAME, IndexFeed, decode_fetched
 from kestream.api.index.sqlite import SQLiteStore
+from kestream.api.index.store import RecordKind
 from kestream.runtime import records
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.topics import Topics
@@ -87,3 +88,14 @@ def test_reads_and_the_feed_do_not_wait_for_each_other(tmp_path: Path) -> None:
         asyncio.run(scenario())
     finally:
         store.close()
+
+
+def test_a_fetch_is_decoded_with_unreadable_records_stepped_over() -> None:
+    topics = Topics.of(Settings(broker="unused:9092"))
+    tp = TopicPartition(topics.updates, 2)
+    fetched = {tp: [_Record(7, b"a", update("a")), _Record(8, b"b", b"{not json")]}
+    batch, dead, raw = decode_fetched({topics.updates: RecordKind.UPDATE}, fetched)
+    assert [(r.execution_id, r.offset) for r in batch.records] == [("a", 7)]
+    assert [(rec.offset, why.startswith("not JSON")) for rec, why in dead] == [(8, True)]
+    assert batch.positions == {(topics.updates, 2): 9}  # past the unreadable one too
+    assert set(raw) == {(topics.updates, 2, 7), (topics.updates, 2, 8)}
