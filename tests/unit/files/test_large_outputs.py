@@ -293,3 +293,41 @@ def test_reading_a_view_loads_only_what_is_read_and_caches_it(storage: Storage) 
     other = outputs_view(outputs, ExecutionFiles("acme.team", "f", "e2"))  # not its folder
     with pytest.raises(Exception, match="didn't belong to the current execution"):
         other["t"]["v"]
+
+
+def test_a_replay_over_the_threshold_carries_the_snapshots_uri_and_runs(storage: Storage) -> None:
+    from kestream.executor.replay import replay_event
+    from kestream.runtime import records
+    from kestream.runtime.event_offload import SNAPSHOT_URI, fit_event
+
+    flow = """id: wide
+namespace: acme.team
+tasks:
+  - id: each
+    type: io.kestra.plugin.core.flow.ForEach
+    values: "{{ range(0, 59) }}"
+    tasks:
+      - id: step
+        type: io.kestra.plugin.core.log.Log
+        message: "{{ taskrun.value == '59' and taskrun.attemptsCount == 0 ? ko : 'ok' }}"
+"""
+    with _driver(inline_tasks=True) as driver:
+        deployed = driver.deploy(flow)
+        failed = driver.start("acme.team", "wide")
+        assert failed.state.current is S.FAILED
+        snapshot = failed.model_dump(mode="json", by_alias=True)
+        (bad,) = [run for run in failed.taskRunList if run.state.current is S.FAILED and run.value]
+        event = replay_event(snapshot, deployed, execution_id="re-1", task_run_id=bad.id)
+        value = records.encode_event(event)
+        _, record = fit_event(event, value, THRESHOLD, storage)
+        body = orjson.loads(record)
+        assert len(record) < THRESHOLD < len(value)
+        assert set(body["replay"]) == {SNAPSHOT_URI, "taskRunId"}
+        assert parse_uri(body["replay"][SNAPSHOT_URI]).startswith(
+            execution_prefix("acme.team", "wide", "re-1") + "_snapshots/"
+        )
+        decoded = records.decode_event(record)
+        assert isinstance(decoded, ev.ExecutionCreated) and decoded.replay is not None
+        assert decoded.replay.snapshot == event.replay.snapshot  # type: ignore[union-attr]
+        replayed = driver.submit(decoded)
+        assert replayed.state.current is S.SUCCESS and replayed.parentId == failed.id
