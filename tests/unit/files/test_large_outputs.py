@@ -170,7 +170,9 @@ tasks:
     )
     with _driver(inline_tasks=False) as driver:
         driver.deploy(flow)
-        done = driver.submit(records.decode_event(record))  # what the executor reads
+        decoded = records.decode_event(record)  # what the executor reads
+        assert isinstance(decoded, ev.ExecutionCreated)
+        done = driver.submit(decoded)
         assert done.state.current is S.SUCCESS
         assert _outputs(done, "use") == {"value": f"{len(BIG)} hi"}
         assert is_reference((done.inputs or {})["doc"])  # the execution JSON shows the reference
@@ -263,7 +265,7 @@ def test_offload_stores_the_largest_entries_first_then_the_whole_map(storage: St
     assert keys == [(0, "big")]
     many = {f"k{i}": "v" * 40 for i in range(100)}  # no entry worth a file: the whole map
     whole = offload(many, len(encoded(many)), THRESHOLD, key_for, storage)
-    assert is_reference(whole) and keys[-1] == (None, "")
+    assert whole is not None and is_reference(whole) and keys[-1] == (None, "")
     assert orjson.loads(storage.get(parse_uri(whole[REF_KEY]))) == many
     assert offload(many, len(encoded(many)), 0, key_for, storage) is None  # 0: off
 
