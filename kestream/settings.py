@@ -135,7 +135,7 @@ class Settings(BaseSettings):
         "on Kafka, whose fetches wait for data.",
     )
     consumer_idle_probe_max_ms: int = Field(
-        default=2_000,
+        default=5_000,
         ge=1,
         description="KESTREAM_CONSUMER_IDLE_PROBE_MAX_MS: a paused consumer fetches once this "
         "often anyway (without a doorbell the gap doubles from 250 ms up to this): the "

@@ -114,6 +114,11 @@ class Doorbell:
         if self._sock is None and self._wakers:
             self._bind()
 
+    @property
+    def listening(self) -> bool:
+        """Whether the socket is bound (rings reach this process)."""
+        return self._sock is not None
+
     def forget(self, waker: Waker) -> None:
         """Stop calling ``waker``; the socket closes with the last listener."""
         for topic in list(self._wakers):

@@ -65,7 +65,7 @@ class Pacing:
     #: The first probe this long after going idle; each empty probe doubles the gap...
     probe_first: float = 0.25
     #: ...up to this.
-    probe_max: float = 2.0
+    probe_max: float = 5.0
     #: A probe keeps fetching this long before pausing again.
     probe_window: float = 0.02
 
@@ -157,6 +157,8 @@ class PacedConsumer(AIOKafkaConsumer):
         self._watch: asyncio.TimerHandle | None = None
         #: How often an idle consumer resumed fetching (a ring, a probe, a new assignment).
         self.wakes = 0
+        #: Called on each ring for one of its topics, for a caller that reads on demand.
+        self.on_ring: Callable[[], None] | None = None
 
     # -- what the caller sees ------------------------------------------------------------
 
@@ -301,6 +303,13 @@ class PacedConsumer(AIOKafkaConsumer):
     def _ring(self, topic: str) -> None:
         self.pacer.traffic(self.clock())
         self._rung.set()
+        if self.on_ring is not None:
+            self.on_ring()
+
+    @property
+    def hears_rings(self) -> bool:
+        """Whether a producer's ring reaches this consumer (a doorbell listens for it)."""
+        return self._doorbell is not None and self._doorbell.listening
 
     def _listen(self, topics: Iterable[str]) -> None:
         self._topics.update(topics)
@@ -323,6 +332,15 @@ class PacedConsumer(AIOKafkaConsumer):
         self._woke_ms = int(time.time() * 1000)
         self._holding = None
         super().resume(*(self.assignment() - self._held_by_caller))
+
+
+def on_ring(consumer: AIOKafkaConsumer, callback: Callable[[], None]) -> bool:
+    """Call ``callback`` when a producer on this host rings for ``consumer``'s topics; False
+    (and nothing set) where no ring can reach it: the caller keeps polling then."""
+    if not isinstance(consumer, PacedConsumer) or not consumer.hears_rings:
+        return False
+    consumer.on_ring = callback
+    return True
 
 
 def wake(consumer: AIOKafkaConsumer) -> None:

@@ -43,6 +43,7 @@ from kestream.kv.values import KVEntry
 from kestream.models.clock import utc_now
 from kestream.runtime.compacted import assign_from_start, read_to_end, topic_partitions
 from kestream.runtime.context import BrokerContext
+from kestream.runtime.fetch_pacing import on_ring
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.tansu_compat import fetch_highwaters
 
@@ -52,6 +53,9 @@ log = logging.getLogger("kestream.kv")
 
 #: How often the table syncs when nobody asks (a value written elsewhere shows up within this).
 FOLLOW_S = 1.0
+#: The same where a write rings this process's doorbell (the embedded broker): the ring starts
+#: a sync at once, and this is the net for a ring lost.
+RUNG_FOLLOW_S = 5.0
 _RETRY_BACKOFF_S = 0.5
 T = TypeVar("T")
 
@@ -72,6 +76,7 @@ class KVTable:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stopping = False
+        self._follow_s = FOLLOW_S
         #: Readers waiting for a sync that begins after their time (monotonic seconds).
         self._waiters: list[tuple[float, concurrent.futures.Future[None]]] = []
         self._consumer: AIOKafkaConsumer | None = None
@@ -123,6 +128,8 @@ class KVTable:
             self._producer = producer
             self._partitions = await topic_partitions(consumer, ctx.topics.kv)
             ends = await assign_from_start(consumer, ctx.topics.kv)
+            if on_ring(consumer, self._wake_up):  # a write elsewhere: sync now, not by polling
+                self._follow_s = RUNG_FOLLOW_S
             await read_to_end(consumer, ends, self._apply)
         except BaseException as exc:
             await self._close()
@@ -166,7 +173,7 @@ class KVTable:
                 continue  # someone asked during that sync: their sync begins now
             wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), FOLLOW_S)
+                await asyncio.wait_for(wake.wait(), self._follow_s)
 
     async def _sync(self) -> None:
         consumer = self._consumer

@@ -1,10 +1,18 @@
-"""The fetch pacer's decisions (kestream.runtime.fetch_pacing), on a hand-driven clock."""
+"""Fetch pacing (kestream.runtime.fetch_pacing): the pacer's decisions on a hand-driven clock,
+and a paced consumer's pauses and rings (real doorbell sockets, no broker)."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
-from kestream.runtime.fetch_pacing import FetchPacer, Pacing, pacing_for
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from kestream.runtime.doorbell import Bell, doorbell_dir
+from kestream.runtime.fetch_pacing import FetchPacer, PacedConsumer, Pacing, on_ring, pacing_for
 from kestream.settings import Settings
 
 PACING = Pacing(quiet=2.0, probe_first=0.25, probe_max=1.0, probe_window=0.1)
@@ -78,3 +86,64 @@ def test_pacing_only_on_the_embedded_broker_and_off_with_zero() -> None:
     assert pacing_for(Settings(consumer_idle_after_ms=0), "tansu") is None
     short = pacing_for(Settings(consumer_idle_probe_max_ms=100), "tansu")
     assert short is not None and short.probe_first == 0.1
+
+
+# -- the consumer's own state, without a broker (assign needs none) ---------------------------
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="fp", dir="/tmp") as base:
+        directory = doorbell_dir("127.0.0.1:7", base=base)
+        assert directory is not None
+        yield directory
+
+
+def _consumer(directory: Path | None) -> PacedConsumer:
+    return PacedConsumer(bootstrap_servers="127.0.0.1:7", pacing=PACING, doorbell=directory)
+
+
+def _all_paused(consumer: PacedConsumer) -> set[TopicPartition]:
+    return set(AIOKafkaConsumer.paused(consumer))
+
+
+async def test_the_callers_pause_outlives_the_idle_pause(short_dir: Path) -> None:
+    consumer = _consumer(short_dir)
+    a, b = TopicPartition("t", 0), TopicPartition("t", 1)
+    consumer.assign([a, b])
+    consumer.pause(a)  # back-pressure, as the worker does
+    consumer._hold()
+    assert consumer.resting and _all_paused(consumer) == {a, b}
+    assert consumer.paused() == {a}, "the caller sees only its own pause"
+    consumer.resume(a)  # the caller lets go while the consumer rests: still resting
+    assert _all_paused(consumer) == {a, b}
+    consumer.pause(a)
+    consumer._release()
+    assert not consumer.resting and _all_paused(consumer) == {a}
+    await consumer.stop()
+
+
+async def test_a_ring_for_its_topic_wakes_a_resting_consumer_and_its_reader(
+    short_dir: Path,
+) -> None:
+    consumer = _consumer(short_dir)
+    consumer.assign([TopicPartition("t", 0)])
+    rung = asyncio.Event()
+    assert on_ring(consumer, rung.set)
+    consumer._hold()
+    consumer.pacer.fetched(consumer.pacer.active_until, records=False)
+    assert consumer.pacer.idle
+    bell = Bell(short_dir, every=0.0)
+    bell.ring("other")
+    bell.ring("t")
+    await asyncio.wait_for(rung.wait(), 10)
+    assert not consumer.pacer.idle, "active again: its next getmany resumes the partitions"
+    bell.close()
+    await consumer.stop()
+
+
+async def test_no_ring_hook_without_a_doorbell() -> None:
+    consumer = _consumer(None)
+    consumer.assign([TopicPartition("t", 0)])
+    assert not on_ring(consumer, lambda: None)
+    await consumer.stop()
