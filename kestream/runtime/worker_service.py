@@ -12,10 +12,10 @@ the children of a ``WorkingDirectory`` shared (:mod:`kestream.worker.workdirs`).
 **Concurrency.** Async tasks (Sleep) await on the loop and take no thread; blocking task code runs
 in a pool of ``threads`` slots (``KESTREAM_WORKER_THREADS``). Jobs hand their records to the
 producer one at a time (:meth:`WorkerService._produce`) and wait for the acknowledgements
-together: many jobs ending at once would otherwise all wait on the same full batch. ``max_in_flight``
-(``KESTREAM_WORKER_MAX_IN_FLIGHT``) caps the jobs this process holds (running, or waiting for
-their flow revision): when it is reached the consumer pauses its partitions and fetches again
-only when a job ends.
+together: many jobs ending at once would otherwise all wait on the same full batch.
+``max_in_flight`` (``KESTREAM_WORKER_MAX_IN_FLIGHT``) caps the jobs this process holds (running,
+or waiting for their flow revision): when it is reached the consumer pauses its partitions and
+fetches again only when a job ends.
 
 **Offsets: at-least-once.** A partition's committed offset never passes a record whose job has
 not finished, where finished means its result (and logs) were acknowledged by the broker. A
