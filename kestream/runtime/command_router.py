@@ -213,7 +213,9 @@ class CommandRouter:
         key, marker = self.ended.mark(
             st.id, partition, st.state.current.value, st.attempt_number, self.clock()
         )
-        out.log(key, marker, partition)
+        # Begun and ended in this step, the execution has no other changelog record: its
+        # marker may ride with the next write's commands (RecordWriter.write).
+        out.log(key, marker, partition, deferrable=change.created)
         routed.ended = True
 
     def _count(

@@ -34,14 +34,21 @@ class Outbox:
     #: Records of the other changelogs the processor keeps (the admission slot table's,
     #: :mod:`kestream.runtime.admission_slots`): written with the changelog, after the commands.
     tables: list[CommandRecord] = field(default_factory=list)
+    #: How many of :attr:`changelog`'s records may wait for the next write: the ended markers
+    #: of executions that began and ended in one step (the step's only changelog record). When
+    #: all of them may, the writer carries them to its next write (``RecordWriter.write``).
+    deferrable: int = 0
 
     def send(self, topic: str, key: str, value: bytes | None, partition: int | None = None) -> None:
         self.commands.append((topic, key, value, partition))
 
-    def log(self, key: str, value: Any, partition: int) -> None:
-        """A changelog record: ``value`` is JSON-ready (encoded here), None a tombstone."""
+    def log(self, key: str, value: Any, partition: int, *, deferrable: bool = False) -> None:
+        """A changelog record: ``value`` is JSON-ready (encoded here), None a tombstone;
+        ``deferrable``: see :attr:`deferrable`."""
         self.changelog.append((key, dumps(value) if value is not None else None, partition))
         self.logged.append((key, value))
+        if deferrable:
+            self.deferrable += 1
 
     def extend(self, other: Outbox) -> None:
         """Take ``other``'s records after this one's (an event's staged records, once whole)."""
@@ -49,3 +56,4 @@ class Outbox:
         self.changelog.extend(other.changelog)
         self.logged.extend(other.logged)
         self.tables.extend(other.tables)
+        self.deferrable += other.deferrable

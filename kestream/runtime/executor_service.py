@@ -83,7 +83,7 @@ from kestream.runtime.command_router import CommandRouter, Routed
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.ended_executions import Ended, EndedExecutions
 from kestream.runtime.executor_outbox import Outbox
-from kestream.runtime.executor_writer import DeadLetters, RecordWriter, Refusal
+from kestream.runtime.executor_writer import DeadLetters, RecordWriter, Refusal, Written
 from kestream.runtime.held_events import HeldEvents
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.metrics import Metrics, process_metrics
@@ -567,8 +567,7 @@ class ExecutorService:
         for _ in range(_FLUSH_ROUNDS):
             await self.groups.create_topics()  # a worker group's first job: its topic first
             written = await self.writer.write(out)
-            for partition, offset in written.checkpoints.items():
-                self._checkpoints[partition] = max(self._checkpoints.get(partition, 0), offset)
+            self._checkpointed(written)
             if not written.refused:
                 return
             out = Outbox()
@@ -576,6 +575,10 @@ class ExecutorService:
             if not (out.commands or out.changelog or out.tables):
                 return
         log.error("records still refused after %d rounds; left dead-lettered", _FLUSH_ROUNDS)
+
+    def _checkpointed(self, written: Written) -> None:
+        for partition, offset in written.checkpoints.items():
+            self._checkpoints[partition] = max(self._checkpoints.get(partition, 0), offset)
 
     def _undo_refused(self, refused: list[Refusal], out: Outbox) -> None:
         """A refused job's task run fails (as one too large to send does), with the broker's
@@ -591,6 +594,8 @@ class ExecutorService:
                     event = records.encode_event(answer)
                     out.send(self.topics.executions, answer.execution_id, event)
             elif topic == self.topics.changelog:
+                if key.endswith(codec.ENDED):  # its execution is over (a marker carried to
+                    continue  # a later write: it may even have been restarted since)
                 execution_id = codec.execution_of(key)
                 if execution_id not in failed:
                     failed.add(execution_id)
@@ -650,8 +655,11 @@ class ExecutorService:
 
     async def _commit(self, partitions: set[int] | None = None) -> None:
         """Commit what the batches read since the last commit (of ``partitions``, default all),
-        but never past an event still held (a crash must replay it)."""
+        but never past an event still held (a crash must replay it), nor past a changelog
+        record the writer carries (written first)."""
         self._committed_at = time.monotonic()
+        if self.writer.carried:  # (a refused one is dead-lettered: nothing to undo)
+            self._checkpointed(await self.writer.write_carried())
         if not self._uncommitted:
             return
         assert self._consumer is not None

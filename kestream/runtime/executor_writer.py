@@ -4,7 +4,12 @@
 topic (where it was, why, as much of it as fits), logged and counted.
 
 :class:`RecordWriter` writes a batch's :class:`~kestream.runtime.executor_outbox.Outbox` in its
-order: the commands, waiting for every ack, then the changelog, waiting again. A record the
+order: the commands, waiting for every ack, then the changelog, waiting again. A batch whose
+only changelog records are the ended markers of executions begun and ended in one step (W1 with
+inline tasks: every batch) skips the second wait: its markers are carried to the next write,
+with whose commands they go (after this batch's commands were acked, before the next batch's
+changelog, as the order requires), or are written before the next offset commit
+(:meth:`RecordWriter.write_carried`), so a commit never passes a marker not written. A record the
 broker refuses for what it is (too large for the topic, say:
 :func:`~kestream.runtime.produce_faults.record_fault`), or that cannot be sent at all, goes
 to the dead-letter topic instead and the rest is written; a failure of the broker itself
@@ -85,22 +90,40 @@ class RecordWriter:
         self.limit = limit
         self.letters = letters
         self.producer: AIOKafkaProducer | None = None
+        #: Changelog records carried to the next write (see the module docstring).
+        self.carried: list[CommandRecord] = []
 
     async def write(self, out: Outbox) -> Written:
-        """Write the commands, then the changelogs; returns, per changelog partition written,
-        the offset after its last record (the checkpoint the partition's state reflects), and
-        the records refused."""
+        """Write the commands (with the changelog records carried from the last write), then
+        the changelogs, unless they may all be carried to the next write; returns, per
+        changelog partition written, the offset after its last record (the checkpoint the
+        partition's state reflects), and the records refused."""
         written = Written()
-        await self.produce(out.commands, written.refused)
         changelog = self.topics.changelog
-        checkpoints = written.checkpoints
-        recs = [(changelog, *r) for r in out.changelog] + out.tables
-        for meta in await self.produce(recs, written.refused):
+        recs, self.carried = out.commands + self.carried, []
+        acks = await self.produce(recs, written.refused)
+        later = [(changelog, *r) for r in out.changelog] + out.tables
+        if out.changelog and out.deferrable == len(out.changelog) and not out.tables:
+            self.carried, later = later, []
+        acks += await self.produce(later, written.refused)
+        self._checkpoints(acks, written)
+        return written
+
+    async def write_carried(self) -> Written:
+        """Write the changelog records carried from the last write, if any (before an offset
+        commit: it must not pass them)."""
+        written = Written()
+        recs, self.carried = self.carried, []
+        self._checkpoints(await self.produce(recs, written.refused), written)
+        return written
+
+    def _checkpoints(self, acks: list[Any], written: Written) -> None:
+        changelog, checkpoints = self.topics.changelog, written.checkpoints
+        for meta in acks:
             if meta.topic == changelog:
                 checkpoints[meta.partition] = max(
                     checkpoints.get(meta.partition, 0), meta.offset + 1
                 )
-        return written
 
     async def produce(
         self, recs: list[CommandRecord], refusals: list[Refusal] | None = None

@@ -132,3 +132,99 @@ def test_a_commit_refused_at_a_revocation_is_left_to_the_next_owner(
     assert consumer.commits == []  # nothing left of partition 0 to commit at the stop
     assert "could not commit partitions [0, 1] at their revocation" in caplog.text
     assert service.owned == set()
+
+
+# -- ended markers carried to the next write -------------------------------------------------
+
+QUICK = """
+id: quick
+namespace: test.faults
+tasks:
+  - id: hello
+    type: io.kestra.plugin.core.log.Log
+    message: hi
+"""
+
+
+def _created(
+    service: ExecutorService, offset: int, execution_id: str, flow: str
+) -> ConsumerRecord[Any, Any]:
+    value = records.encode_event(ev.ExecutionCreated(execution_id, "test.faults", flow))
+    return ConsumerRecord(service.topics.executions, 0, offset, 0, 0, b"", value, None, 0, 0, [])
+
+
+def _record_writes(service: ExecutorService, consumer: _Consumer) -> list[Any]:
+    """What reaches the broker, in order: each produce call's ``(topic, key)`` list (one wait
+    for acks each), and each commit."""
+    writes: list[Any] = []
+    produce = service.writer.produce
+
+    async def recorded(recs: Any, refusals: Any = None) -> Any:
+        if recs:
+            writes.append([(topic, key) for topic, key, _, _ in recs])
+        return await produce(recs, refusals)
+
+    commit = consumer.commit
+
+    async def committed(offsets: Any) -> None:
+        writes.append(("commit", {tp.partition: meta.offset for tp, meta in offsets.items()}))
+        await commit(offsets)
+
+    service.writer.produce = recorded  # type: ignore[method-assign]
+    consumer.commit = committed  # type: ignore[method-assign]
+    return writes
+
+
+def test_markers_of_one_step_executions_ride_with_the_next_write() -> None:
+    service = _service(QUICK)
+    service.commit_every_s = 3600.0
+    tp = TopicPartition(service.topics.executions, 0)
+    first, second = _created(service, 1, "a", "quick"), _created(service, 2, "b", "quick")
+    consumer = _Consumer(service, [{tp: [first]}, {tp: [second]}])
+    writes = _record_writes(service, consumer)
+    _run(service, consumer)
+    changelog = service.topics.changelog
+    # batch 1: its commands alone (one wait for acks); batch 2: its commands, then a's marker
+    # (one wait); the stop: b's marker, then the commit
+    assert len(writes) == 4
+    assert all(topic != changelog for topic, _ in writes[0])
+    assert [key for _, key in writes[0]] == ["a"] * len(writes[0])
+    assert writes[1][-1] == (changelog, "a!")
+    assert all(topic != changelog and key == "b" for topic, key in writes[1][:-1])
+    assert writes[2] == [(changelog, "b!")]
+    assert writes[3] == ("commit", {0: 3})
+
+
+def test_a_batch_with_other_changelog_records_writes_its_markers_in_their_order() -> None:
+    service = _service(QUICK, PAUSED)
+    service.commit_every_s = 3600.0
+    tp = TopicPartition(service.topics.executions, 0)
+    batch = {tp: [_created(service, 1, "a", "quick"), _created(service, 2, "p", "paused")]}
+    consumer = _Consumer(service, [batch])
+    writes = _record_writes(service, consumer)
+    _run(service, consumer)
+    changelog = [w for w in writes if w[0] != "commit" and w[0][0] == service.topics.changelog]
+    (wave,) = changelog  # one changelog wave: the marker first, then the paused one's records
+    assert wave[0] == (service.topics.changelog, "a!")
+    assert [key for _, key in wave[1:]] and all(key.startswith("p") for _, key in wave[1:])
+    assert writes[-1] == ("commit", {0: 3})
+
+
+def test_a_revocation_writes_the_carried_markers_before_its_commit() -> None:
+    service = _service(QUICK)
+    service.commit_every_s = 3600.0
+    tp = TopicPartition(service.topics.executions, 0)
+    consumer = _Consumer(service, [{tp: [_created(service, 4, "a", "quick")]}])
+    writes = _record_writes(service, consumer)
+
+    carried: list[Any] = []
+
+    async def revoke() -> None:
+        carried.extend(key for _, key, _, _ in service.writer.carried)
+        await service.revoked({0, 1})
+
+    consumer.on_fetch[1] = revoke
+    _run(service, consumer)
+    assert carried == ["a!"]  # the marker waited for the next write ...
+    assert writes[1:] == [[(service.topics.changelog, "a!")], ("commit", {0: 5})]  # ... this one
+    assert not service.writer.carried
