@@ -39,6 +39,7 @@ from kestream.models.ids import new_id
 from kestream.models.inputs import parse_inputs
 from kestream.models.state import StateType
 from kestream.plugins.loading import load_plugins
+from kestream.runtime.event_offload import adopted
 from kestream.secrets.encryption import scope_of
 from kestream.settings import get_settings
 from kestream.tasks.purge import PURGER
@@ -431,6 +432,8 @@ class Driver:
         while self._events:
             event = self._events.popleft()
             state = self.states.get(event.execution_id)
+            if state is None and isinstance(event, ev.ExecutionCreated):
+                event = adopted(event)  # a replay's or retry's stored values (in line: a test)
             with use_store(self.kv):  # kv() renders in the step
                 result = self.executor.step(state, event)
             if result.state is not None and state is None:

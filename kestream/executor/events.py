@@ -61,6 +61,9 @@ class ExecutionCreated:
     #: The execution this one replays (Kestra's ``parentId``).
     parent_id: str | None = None
     replay: ReplayFrom | None = None
+    #: The execution a CREATE_NEW_EXECUTION retry replaces: its stored values (references in
+    #: ``inputs``) are copied into this one's folder when it is created.
+    retry_of: str | None = None
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ value it was and its URI.
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -29,14 +30,29 @@ from kestream.expressions import RenderError
 from kestream.storage.access import ExecutionFiles, FileAccessError
 from kestream.storage.backend import Storage
 from kestream.storage.current import get_storage
-from kestream.storage.keys import TaskRunFiles
-from kestream.storage.offload import REF_KEY, Resolving, holds_references, outputs_key, store
+from kestream.storage.keys import TaskRunFiles, to_uri
+from kestream.storage.offload import (
+    REF_KEY,
+    Resolving,
+    holds_references,
+    outputs_key,
+    reference,
+    run_nonce,
+    store,
+)
 
 #: Entries at most this large are never offloaded on their own: their reference (a URI of
 #: ~150 bytes and a size) would save nothing.
 ENTRY_MIN_BYTES = 512
-#: What the cache of loaded values may hold, in stored bytes.
+#: What the cache of loaded values may hold, in decoded bytes (:func:`decoded_size`).
 CACHE_MAX_BYTES = 64 * 1024 * 1024
+#: The largest stored value a render reads (the executor's step and the worker's ``secret()``
+#: texts hold it whole in memory, on the thread that steps): a larger one fails the render.
+#: Tasks that need more read the file itself (``read()``, a task's ``from``).
+READ_MAX_BYTES = 16 * 1024 * 1024
+#: How many times its JSON a decoded map or list weighs in memory (an estimate: Python's
+#: objects for small strings, numbers and containers take several times their text).
+DECODED_FACTOR = 4
 
 #: ``key_for(index, name)``: where the entry ``name`` (``index``-th offloaded) is stored;
 #: ``key_for(None, "")``: where the whole map is.
@@ -71,21 +87,47 @@ def offload(
     parts = {name: encoded(value) for name, value in values.items()}
     out = dict(values)
     left = size
+    planned: list[tuple[str, str, bytes]] = []  # (name, key, data): decided before any write
     ranked = sorted(parts.items(), key=lambda item: len(item[1]), reverse=True)
     for index, (name, data) in enumerate(ranked):
         if left <= threshold or len(data) <= ENTRY_MIN_BYTES:
             break
-        out[name] = store(store_in, key_for(index, name), data)
-        left -= len(data) - len(encoded(out[name]))
-    if left <= threshold or entries_only:
-        return out
-    data = whole if whole is not None else encoded(values)
-    return store(store_in, key_for(None, ""), data)
+        key = key_for(index, name)
+        planned.append((name, key, data))
+        left -= len(data) - len(encoded(reference(to_uri(key), len(data))))
+    if left > threshold and not entries_only:  # the small entries alone keep it large
+        data = whole if whole is not None else encoded(values)
+        return store(store_in, key_for(None, ""), data)  # one write, no entry files
+    for name, key, data in planned:
+        out[name] = store(store_in, key, data)
+    return out
+
+
+def measured(outputs: dict[str, Any] | None) -> bytes | None:
+    """``outputs`` in their record form, what :func:`fit_outputs` measures (None: no outputs,
+    or not encodable)."""
+    if outputs is None:
+        return None
+    try:
+        return encoded(outputs)
+    except (TypeError, ValueError):
+        return None
 
 
 def outputs_keys(files: TaskRunFiles, attempt: int) -> KeyFor:
-    """Where an attempt's offloaded outputs go: its task run's folder (Kestra's layout)."""
-    return lambda index, name: outputs_key(files, attempt, index, name)
+    """Where an attempt's offloaded outputs go: its task run's folder (Kestra's layout), in a
+    folder of this run's own (:func:`~kestream.storage.offload.run_nonce`)."""
+    nonce = run_nonce()
+    return lambda index, name: outputs_key(files, attempt, index, name, nonce)
+
+
+def decoded_size(value: Any, stored: int) -> int:
+    """What ``value`` (decoded from ``stored`` bytes of JSON) takes in memory, estimated."""
+    if type(value) is str or type(value) is bytes:
+        return sys.getsizeof(value)
+    if type(value) is dict or type(value) is list:
+        return stored * DECODED_FACTOR
+    return stored
 
 
 def fit_outputs(
@@ -94,6 +136,7 @@ def fit_outputs(
     max_bytes: int | None,
     threshold: int,
     keys: Callable[[], KeyFor],
+    data: bytes | None = None,
 ) -> tuple[dict[str, Any] | None, str | None]:
     """A task run's outputs as they travel, and why they cannot (None when they can).
 
@@ -102,13 +145,15 @@ def fit_outputs(
     remains past ``max_bytes`` (:func:`.sizes.outputs_budget` of the record limit; None: no
     limit) fails the run with :func:`.sizes.over_limit`'s message, as does a storage that
     cannot take them. ``keys()``: where they go (:func:`outputs_keys`), asked only then.
+    ``data``: ``outputs`` already encoded (:func:`measured`). Past ``threshold`` this writes
+    to the storage: a caller on an event loop runs it in a thread.
     """
     if outputs is None or (max_bytes is None and threshold <= 0):
         return outputs, None
-    try:
-        data = encoded(outputs)
-    except (TypeError, ValueError):  # not encodable at all: the portability check says why
-        return outputs, None
+    if data is None:
+        data = measured(outputs)
+        if data is None:  # not encodable at all: the portability check says why
+            return outputs, None
     size = len(data)
     if 0 < threshold < size:
         try:
@@ -131,8 +176,11 @@ class ReferenceLoader:
     is asked: a reference is only read for an execution that may read its file.
     """
 
-    def __init__(self, max_bytes: int = CACHE_MAX_BYTES) -> None:
+    def __init__(
+        self, max_bytes: int = CACHE_MAX_BYTES, read_max_bytes: int = READ_MAX_BYTES
+    ) -> None:
         self.max_bytes = max_bytes
+        self.read_max_bytes = read_max_bytes
         self._cache: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self._held = 0
         #: Values read from the storage (not from the cache): what tests and metrics count.
@@ -150,8 +198,15 @@ class ReferenceLoader:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit[0]
+        store_in = storage or get_storage()
         try:
-            data = (storage or get_storage()).get(key)
+            size = store_in.size(key)
+            if size > self.read_max_bytes:
+                raise RenderError(
+                    f"The value of {what} stored at '{uri}' is {size} bytes, more than the "
+                    f"{self.read_max_bytes} an expression may read"
+                )
+            data = store_in.get(key)
         except FileNotFoundError:
             raise RenderError(
                 f"The value of {what} is stored at '{uri}', which is missing from the "
@@ -164,7 +219,7 @@ class ReferenceLoader:
                 f"The value of {what} stored at '{uri}' is unreadable: {exc}"
             ) from None
         self.fetched += 1
-        self._keep(key, value, len(data))
+        self._keep(key, value, decoded_size(value, len(data)))
         return value
 
     def _keep(self, key: str, value: Any, size: int) -> None:

@@ -1606,6 +1606,7 @@ class _Step:
             attempt_number=st.attempt_number + 1,
             original_created=st.original_created,
             parent=st.parent_link,
+            retry_of=st.id,
         )
         self.commands.append(cmd.CreateExecution(created))
         self.move_execution(S.RETRIED)

@@ -18,7 +18,9 @@ once they are typed (a creation the executor validates keeps them inline).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 from typing import Any
 
 from kestream.executor import events as ev
@@ -27,8 +29,16 @@ from kestream.executor.restore import snapshot_attempt
 from kestream.runtime import records
 from kestream.storage.backend import Storage
 from kestream.storage.current import get_storage
-from kestream.storage.keys import to_uri
-from kestream.storage.offload import input_value_key, snapshot_key
+from kestream.storage.keys import execution_prefix, to_uri
+from kestream.storage.offload import (
+    StorageUnavailable,
+    adopt_references,
+    holds_references,
+    input_value_key,
+    snapshot_key,
+)
+
+log = logging.getLogger(__name__)
 
 #: The key of a restart or replay record's stored snapshot (in place of ``snapshot``).
 SNAPSHOT_URI = "snapshotUri"
@@ -89,3 +99,76 @@ def _store_snapshot(
     key = snapshot_key(str(owner["namespace"]), str(owner["flowId"]), str(owner["id"]), name)
     (storage or get_storage()).put(key, records.dumps(snapshot))
     return to_uri(key)
+
+
+# -- reading: off the event loop ------------------------------------------------------------
+
+#: Tries of a record whose storage work fails for a reason that may pass (a network error, a
+#: 5xx), and the pause before the second (doubling, capped): about half a minute in all, then
+#: the processor stops and its partitions' next owner reads the record again.
+PREPARE_TRIES = 8
+PREPARE_BACKOFF_S = 0.5
+PREPARE_BACKOFF_MAX_S = 8.0
+
+
+def needs_storage(value: bytes) -> bool:
+    """Whether the record ``value`` names a stored snapshot, or is the creation of a replay or
+    a retry carrying references (their values are copied, :func:`adopted`): a byte search,
+    no decoding, so every other record costs nothing more."""
+    if b'"snapshotUri"' in value:
+        return True
+    return b'"@ref"' in value and (b'"retryOf":"' in value or b'"parentId":"' in value)
+
+
+def adopted(event: ev.ExecutionCreated, storage: Storage | None = None) -> ev.ExecutionCreated:
+    """``event`` (a creation) with the stored values it carries from the execution it comes
+    from (a replay's replayed execution, a CREATE_NEW_EXECUTION retry's predecessor) copied
+    into its own folder, and its references pointing at the copies: the new execution may
+    read them, and a purge of the old one leaves them. Only that execution's folder is
+    copied from, in the same flow: a reference anywhere else stays as it is (the access rule
+    judges it where it is read). Blocking: off the event loop."""
+    source = event.parent_id if event.parent_id is not None else event.retry_of
+    if source is None or source == event.execution_id:
+        return event
+    sources = (execution_prefix(event.namespace, event.flow_id, source),)
+    target = execution_prefix(event.namespace, event.flow_id, event.execution_id)
+    inputs = event.inputs
+    if holds_references(inputs):
+        inputs = adopt_references(inputs, sources, target, storage)
+    replay = event.replay
+    if replay is not None:
+        snapshot = adopt_references(replay.snapshot, sources, target, storage)
+        replay = ev.ReplayFrom(snapshot, replay.task_run_id)
+    if inputs is event.inputs and replay is event.replay:
+        return event
+    return dataclasses.replace(event, inputs=inputs, replay=replay)
+
+
+def prepared_event(value: bytes) -> ev.Event:
+    """The event of the record ``value``, with its storage work done (:func:`needs_storage`):
+    a stored snapshot read, a creation's values adopted. Raises
+    :class:`~kestream.runtime.records.RecordError` for a record to refuse (a missing or
+    foreign snapshot) and :class:`StorageUnavailable` for one to try again. Blocking."""
+    event = records.decode_event(value)
+    if isinstance(event, ev.ExecutionCreated):
+        event = adopted(event)
+    return event
+
+
+async def prepare(value: bytes) -> ev.Event | Exception:
+    """:func:`prepared_event` in a thread, tried again with a growing pause while the storage
+    is unavailable; a record to refuse comes back as its exception (dead-lettered as before).
+    Still unavailable after :data:`PREPARE_TRIES`: :class:`StorageUnavailable` is raised."""
+    delay = PREPARE_BACKOFF_S
+    for attempt in range(1, PREPARE_TRIES + 1):
+        try:
+            return await asyncio.to_thread(prepared_event, value)
+        except StorageUnavailable as exc:
+            if attempt == PREPARE_TRIES:
+                raise
+            log.warning("storage unavailable (try %d of %d): %s", attempt, PREPARE_TRIES, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, PREPARE_BACKOFF_MAX_S)
+        except Exception as exc:  # RecordError, or anything a hostile record provokes
+            return exc
+    raise AssertionError("unreachable")

@@ -82,6 +82,7 @@ from kestream.runtime.changelog_restorer import (
 from kestream.runtime.command_router import CommandRouter, Routed
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.ended_executions import Ended, EndedExecutions
+from kestream.runtime.event_offload import needs_storage, prepare
 from kestream.runtime.executor_outbox import Outbox
 from kestream.runtime.executor_writer import DeadLetters, RecordWriter, Refusal, Written
 from kestream.runtime.held_events import HeldEvents
@@ -165,6 +166,8 @@ class ExecutorService:
         self.partition_of: dict[str, int] = {}
         self.timers = TimerQueue()
         self.held = HeldEvents(timedelta(seconds=settings.executor_flow_wait_s))
+        #: Records of this batch decoded ahead, off the loop (:meth:`_prepare`).
+        self._prepared: dict[tuple[TopicPartition, int], ev.Event | Exception] = {}
         self.ended = EndedExecutions(
             timedelta(hours=settings.executor_ended_retention_h), settings.executor_ended_max
         )
@@ -318,6 +321,7 @@ class ExecutorService:
             async with self._lock:
                 if generation != self._generation:
                     batch = await self._fetch_again(batch)
+                await self._prepare(batch)
                 out = Outbox()
                 self._take_repairs(out)
                 self._step_batch(batch, out)
@@ -349,6 +353,19 @@ class ExecutorService:
         why. (Timers and held events step with the table as it follows the topic.)"""
         if self.registry.calls_kv and any(batch.values()):
             await sync_current_store()
+
+    async def _prepare(self, batch: Batch) -> None:
+        """Decode in a thread the records that need the internal storage (a stored snapshot
+        to read, a replay's or retry's values to copy: :mod:`.event_offload`), so the step
+        that follows never waits on the storage on the event loop."""
+        self._prepared.clear()
+        executions = self.topics.executions
+        for tp, recs in batch.items():
+            if tp.topic != executions or tp.partition not in self.owned:
+                continue
+            for rec in recs:
+                if rec.value is not None and needs_storage(rec.value):
+                    self._prepared[(tp, rec.offset)] = await prepare(rec.value)
 
     def _step_batch(self, batch: Batch, out: Outbox) -> None:
         """Step every record of the batch, then what time brought (timers, held, ended)."""
@@ -408,8 +425,11 @@ class ExecutorService:
     # -- step: one record ------------------------------------------------------------------
 
     def _handle(self, tp: TopicPartition, rec: ConsumerRecord[Any, Any], out: Outbox) -> None:
+        prepared = self._prepared.pop((tp, rec.offset), None)
         try:
-            event = records.decode_event(rec.value)
+            if isinstance(prepared, Exception):
+                raise prepared
+            event = records.decode_event(rec.value) if prepared is None else prepared
         except Exception as exc:  # RecordError, or anything else a hostile record provokes
             self.letters.add(out, tp.topic, tp.partition, rec.offset, rec.key, rec.value, str(exc))
             return

@@ -83,6 +83,7 @@ def event_value(event: ev.Event) -> dict[str, Any]:
             if link is None
             else [link.execution_id, link.task_run_id, link.attempt, link.outputs, link.wait],
             "parentId": event.parent_id,
+            "retryOf": event.retry_of,
             "replay": None
             if event.replay is None
             else {"snapshot": event.replay.snapshot, "taskRunId": event.replay.task_run_id},
@@ -222,6 +223,7 @@ def _created(body: dict[str, Any]) -> ev.Event:
         parent=ev.SubflowLink(*parent) if parent else None,
         parent_id=_optional_text(body.get("parentId"), "parentId"),
         replay=_replay_from(body.get("replay"), body["id"]),
+        retry_of=_optional_text(body.get("retryOf"), "retryOf"),
     )
 
 
@@ -284,7 +286,7 @@ def _attempt(raw: Any) -> int | None:
 def _restart(body: dict[str, Any]) -> ev.Event:
     snapshot = body.get("snapshot")
     if snapshot is None and "snapshotUri" in body:  # stored in its place (.event_offload)
-        snapshot = fetch_snapshot(body["snapshotUri"], body["id"])
+        snapshot = fetch_snapshot(body["snapshotUri"], body["id"], snapshot_of=body["id"])
     if snapshot is not None:
         if not isinstance(snapshot, dict):
             raise ValueError("the snapshot must be an execution JSON object")  # -> RecordError

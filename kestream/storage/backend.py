@@ -7,8 +7,9 @@ listing and deleting go by key prefix. obstore is a thin binding of the Rust ``o
 crate: synchronous and asynchronous calls, no dependency on botocore or on an aiohttp version of
 its own (faust and the API already pin aiohttp).
 
-Callers on an event loop run these calls in a thread (``asyncio.to_thread``); the executor's
-template functions call them directly (they are small, bounded reads).
+Callers on an event loop run these calls in a thread (``asyncio.to_thread``). The exceptions,
+bounded and documented in docs/storage.md: the executor's template functions and its reads of
+stored values while it renders (capped by size), and the outputs of tasks it runs inline.
 
 A missing file is :class:`FileNotFoundError` on every call that reads one.
 """

@@ -20,6 +20,7 @@ may read anyway (the caller checks the path with :class:`~kestream.storage.acces
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -69,19 +70,29 @@ def holds_references(value: Any) -> bool:
     one as an entry: where offloading puts them. O(entries), no deeper."""
     if type(value) is not dict:
         return False
-    if REF_KEY in value:
-        return is_reference(value)
-    for entry in value.values():  # a loop, not any(): this runs for every task run's outputs
+    if REF_KEY in value and is_reference(value):
+        return True
+    for entry in value.values():  # noqa: SIM110 (a loop, not any(): runs for every result)
         if type(entry) is dict and REF_KEY in entry:
             return True
     return False
 
 
-def outputs_key(files: TaskRunFiles, attempt: int, index: int | None, name: str = "") -> str:
+def run_nonce() -> str:
+    """A folder name of its own for one run of a job: a job run twice (redelivered, run again
+    after a rebalance) never overwrites the objects the result applied first refers to."""
+    return secrets.token_hex(6)
+
+
+def outputs_key(
+    files: TaskRunFiles, attempt: int, index: int | None, name: str = "", nonce: str = ""
+) -> str:
     """Where one offloaded output of an attempt goes (``index``: its rank among the entries
-    offloaded, so two names that slug alike never share a file), or the whole map (None)."""
+    offloaded, so two names that slug alike never share a file), or the whole map (None);
+    ``nonce``: the run's own folder (:func:`run_nonce`)."""
     leaf = "outputs.json" if index is None else f"{index}-{safe_file_name(name, 'value')}.json"
-    return files.key(f"{OUTPUTS_FOLDER}/{attempt}/{leaf}")
+    folder = f"{OUTPUTS_FOLDER}/{attempt}/" + (f"{nonce}/" if nonce else "")
+    return files.key(folder + leaf)
 
 
 def input_value_key(namespace: str, flow_id: str, execution_id: str, input_id: str) -> str:
@@ -105,11 +116,22 @@ class SnapshotError(ValueError):
     """A stored snapshot named by a record that cannot be read (the record is refused)."""
 
 
-def fetch_snapshot(uri: Any, execution_id: str, storage: Storage | None = None) -> dict[str, Any]:
+class StorageUnavailable(RuntimeError):
+    """The storage failed for a reason other than a missing file (a network error, a 5xx, a
+    timeout): what it was asked may well succeed later, so the caller retries (not a
+    ValueError: a record that hits it is not malformed)."""
+
+
+def fetch_snapshot(
+    uri: Any, execution_id: str, storage: Storage | None = None, *, snapshot_of: str | None = None
+) -> dict[str, Any]:
     """The execution JSON a restart or replay record names by ``uri`` instead of carrying it.
 
     Only a file in the snapshots folder of the execution ``execution_id`` is read: a record
-    cannot make the executor read anything else.
+    cannot make the executor read anything else; ``snapshot_of``: the id the snapshot must
+    have (a restart's own execution). A missing or malformed snapshot is a
+    :class:`SnapshotError` (the record is refused), any other storage error
+    :class:`StorageUnavailable` (the record is tried again). Blocking: off the event loop.
     """
     try:
         key = parse_uri(uri)
@@ -121,13 +143,64 @@ def fetch_snapshot(uri: Any, execution_id: str, storage: Storage | None = None) 
         data = (storage or get_storage()).get(key)
     except FileNotFoundError:
         raise SnapshotError(f"the snapshot '{uri}' is missing from the internal storage") from None
+    except Exception as exc:  # the store's own errors: a network, a 5xx, a timeout
+        raise StorageUnavailable(f"the snapshot '{uri}' cannot be read now: {exc!r}") from exc
     try:
         snapshot = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise SnapshotError(f"the snapshot '{uri}' is not JSON: {exc}") from None
     if not isinstance(snapshot, dict):
         raise SnapshotError(f"the snapshot '{uri}' is not an execution JSON object")
+    if snapshot_of is not None and snapshot.get("id") != snapshot_of:
+        raise SnapshotError(f"the snapshot '{uri}' is not one of execution {snapshot_of}")
     return snapshot
+
+
+def adopt_references(
+    value: Any, sources: tuple[str, ...], target: str, storage: Storage | None = None
+) -> Any:
+    """``value`` (JSON data: an execution's inputs, a snapshot) with every reference into one
+    of the folders ``sources`` copied into the folder ``target`` (same path below it) and
+    pointing there; anything else as is.
+
+    A replay or a retry that creates a new execution carries values stored in the folder of
+    the execution it comes from, which its own access rule refuses and which a purge of that
+    execution removes: its copies are its own. A copy whose source is gone is left to fail
+    where it is read (the reference points at the missing copy and says so). Storage errors
+    other than a missing file raise :class:`StorageUnavailable`. Blocking: call it off the
+    event loop.
+    """
+    store = storage or get_storage()
+
+    def walk(node: Any) -> Any:
+        if type(node) is dict:
+            if is_reference(node):
+                return _adopted(node, sources, target, store)
+            return {key: walk(entry) for key, entry in node.items()}
+        if type(node) is list:
+            return [walk(entry) for entry in node]
+        return node
+
+    return walk(value)
+
+
+def _adopted(ref: dict[str, Any], sources: tuple[str, ...], target: str, store: Storage) -> Any:
+    try:
+        key = parse_uri(ref[REF_KEY])
+    except StorageUriError:
+        return ref
+    source = next((prefix for prefix in sources if key.startswith(prefix)), None)
+    if source is None:
+        return ref
+    copy = target + key[len(source) :]
+    try:
+        if not store.exists(copy):
+            store.put(copy, store.get(key))
+    except FileNotFoundError:
+        pass
+    except Exception as exc:
+        raise StorageUnavailable(f"'{ref[REF_KEY]}' cannot be copied now: {exc!r}") from exc
+    return reference(to_uri(copy), ref[SIZE_KEY])
 
 
 class Resolving(Mapping[str, Any]):

@@ -22,7 +22,12 @@ from typing import Any
 from kestream.executor.commands import LogLine, RunTask
 from kestream.executor.context import kv_lookup
 from kestream.executor.events import WorkerResult
-from kestream.executor.references import fit_outputs, outputs_keys, resolving_variables
+from kestream.executor.references import (
+    fit_outputs,
+    measured,
+    outputs_keys,
+    resolving_variables,
+)
 from kestream.expressions import RenderError
 from kestream.kv.store import calls_kv, sync_current_store
 from kestream.models.clock import Clock, utc_now
@@ -118,7 +123,11 @@ class TaskRunner:
         finally:
             self._running.pop(key, None)
         outcome.logs[:0] = info.lines  # what the task logged as it ran comes first
-        return self._result(job, _masked(outcome, masker), streamed_errors)
+        outcome = _masked(outcome, masker)
+        data = measured(outcome.outputs) if self.inline_max_bytes > 0 else None
+        if data is not None and len(data) > self.inline_max_bytes:  # a storage write: a thread
+            return await asyncio.to_thread(self._result, job, outcome, streamed_errors, data)
+        return self._result(job, outcome, streamed_errors, data)
 
     def _emitter(
         self,
@@ -225,10 +234,14 @@ class TaskRunner:
         return await self._processes.run(task, job.props, info)
 
     def _result(
-        self, job: RunTask, outcome: TaskOutcome, streamed_errors: list[str]
+        self,
+        job: RunTask,
+        outcome: TaskOutcome,
+        streamed_errors: list[str],
+        data: bytes | None = None,
     ) -> tuple[WorkerResult, list[LogLine]]:
         now: datetime = self._clock()
-        outcome = self._checked_outputs(job, outcome)
+        outcome = self._checked_outputs(job, outcome, data)
         floor = _floor(job)
         lines = [
             _line(job, lvl, msg, now) for lvl, msg in outcome.logs if LOG_LEVEL_ORDER[lvl] >= floor
@@ -246,7 +259,9 @@ class TaskRunner:
         )  # fmt: skip
         return result, lines
 
-    def _checked_outputs(self, job: RunTask, outcome: TaskOutcome) -> TaskOutcome:
+    def _checked_outputs(
+        self, job: RunTask, outcome: TaskOutcome, data: bytes | None = None
+    ) -> TaskOutcome:
         """``outcome`` with outputs the result record can carry: unportable or oversized ones
         fail a successful run; a failed run keeps its own error and loses only the outputs,
         with a WARN line saying why (a size error must not hide why the task failed)."""
@@ -256,7 +271,7 @@ class TaskRunner:
         else:  # past the inline threshold they go to the storage (:mod:`.references`)
             outputs, problem = fit_outputs(
                 job.task.id, outcome.outputs, self.max_output_bytes, self.inline_max_bytes,
-                lambda: outputs_keys(_task_run_files(job), job.attempt),
+                lambda: outputs_keys(_task_run_files(job), job.attempt), data,
             )  # fmt: skip
             if outputs is not outcome.outputs:
                 outcome = dataclasses.replace(outcome, outputs=outputs)

@@ -117,6 +117,46 @@ def test_restart_of_an_execution_over_the_record_limit_through_the_api(
     assert not stored[0].exists()
 
 
+def test_a_replay_reads_copies_of_the_stored_outputs_it_keeps(stack: Stack, workdir: Path) -> None:
+    ns = f"it.large.r{uuid.uuid4().hex[:8]}"
+    flow = f"""
+id: again
+namespace: {ns}
+tasks:
+  - id: big
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{% for i in range(1, {BIG_CHARS // 10}) %}}abcdefghij{{% endfor %}}"
+  - id: flaky
+    type: io.kestra.plugin.core.log.Log
+    message: "{{{{ execution.id == execution.originalId ? ko : 'ok' }}}}"
+  - id: use
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ outputs.big.value | length }}}}"
+"""
+    assert stack.post_yaml("/flows", flow).status == 200
+    started = stack.post_form(f"/executions/{ns}/again", {})
+    assert started.status == 200, started.body
+    failed = _wait_attempt(stack, started.json()["id"], 1)
+    assert failed["state"]["current"] == "FAILED", stack.log_tail()
+    flaky = _run(failed, "flaky")
+    reply = stack.request("POST", f"/executions/{failed['id']}/replay?taskRunId={flaky['id']}")
+    assert reply.status == 200, reply.body
+    replay_id = reply.json()["id"]
+    done = _wait_attempt(stack, replay_id, 2)
+    assert done["state"]["current"] == "SUCCESS", stack.log_tail()
+    _wait_until(lambda: _ran(stack, replay_id, "use"), "the last task run indexed")
+    done = stack.get(f"/executions/{replay_id}").json()
+    assert _run(done, "use")["outputs"] == {"value": str(BIG_CHARS)}
+    ref = _run(done, "big")["outputs"]["value"]
+    assert is_reference(ref) and f"/executions/{replay_id}/" in ref[REF_KEY]
+
+    # deleting the replayed execution leaves the replay's copy
+    assert stack.request("DELETE", f"/executions/{failed['id']}").status == 204
+    _wait_until(lambda: not _files_of(workdir, failed["id"]), "the execution's files removed")
+    download = stack.get(f"/executions/{replay_id}/file?path={ref[REF_KEY]}")
+    assert download.status == 200 and len(download.body) == BIG_CHARS + 2
+
+
 def _steps(stack: Stack, execution_id: str) -> list[dict[str, Any]]:
     execution = stack.get(f"/executions/{execution_id}").json()
     return [run for run in execution["taskRunList"] if run["taskId"] == "step"]

@@ -82,13 +82,23 @@ def test_a_large_output_is_stored_and_read_back_by_expressions(
 def test_the_executors_record_of_an_output_holds_the_reference_not_the_value(
     storage: Storage,
 ) -> None:
+    flow = """id: held
+namespace: acme.team
+tasks:
+  - id: make
+    type: io.kestra.plugin.core.debug.Return
+    format: "{% for i in range(1, 3000) %}abcdefghij{% endfor %}"
+  - id: wait
+    type: io.kestra.plugin.core.flow.Pause
+"""
     with _driver(inline_tasks=False) as driver:
-        driver.deploy(FLOW)
-        done = driver.start("acme.team", "big")
-        state = driver.states.get(done.id)
-        snapshot = done.model_dump(mode="json", by_alias=True)
+        driver.deploy(flow)
+        paused = driver.start("acme.team", "held")
+        assert paused.state.current is S.PAUSED
+        state = driver.states[paused.id]  # still running: its state is there to look at
+        snapshot = paused.model_dump(mode="json", by_alias=True)
         assert len(orjson.dumps(snapshot)) < len(BIG)
-        assert state is None or state.references
+        assert state.references and is_reference(state.outputs["make"]["value"])
 
 
 def test_a_missing_stored_value_fails_the_reading_task_run_naming_task_and_uri(
