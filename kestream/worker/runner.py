@@ -205,7 +205,7 @@ class TaskRunner:
         decrypted (:mod:`kestream.secrets.encryption`); their values go to ``masker``."""
         props = job.props
         if SECRETS_KEY in props:
-            files = ExecutionFiles.of(job.namespace, job.flow_id, job.execution_id)
+            files = ExecutionFiles(job.namespace, job.flow_id, job.execution_id, job.source)
             deferred = [
                 {**item, "vars": resolving_variables(item["vars"], files)}
                 for item in props[SECRETS_KEY]

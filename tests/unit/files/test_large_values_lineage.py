@@ -315,3 +315,40 @@ def test_a_literal_ref_key_does_not_hide_the_other_entries() -> None:
     ref = {REF_KEY: "kestra:///a/b", "size": 3}
     assert holds_references({REF_KEY: 1, "x": ref})
     assert not holds_references({REF_KEY: 1, "x": 2})
+
+
+def test_a_secret_text_on_the_worker_reads_stored_values_of_the_triggering_execution(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker applies the executor's rule: a subflow's job may read its parent's folder."""
+    import base64
+
+    from kestream.executor.commands import RunTask
+    from kestream.secrets.deferred import SECRETS_KEY
+    from kestream.tasks.simple import Return
+    from kestream.worker.runner import TaskRunner
+
+    monkeypatch.setenv("SECRET_TOKEN", base64.b64encode(b"s3cret").decode())
+    key = "acme/team/parent/executions/p1/tasks/make/r/_outputs/1/x/0-value.json"
+    storage.put(key, orjson.dumps(BIG))
+    ref = {REF_KEY: f"kestra:///{key}", "size": len(BIG) + 2}
+    template = "{{ secret('TOKEN') | length }} {{ inputs.doc | length }}"
+    props = {
+        "format": None,
+        SECRETS_KEY: [{"path": ["format"], "template": template, "vars": {"inputs": {"doc": ref}}}],
+    }
+    task = Return(id="use", type=Return.type_name, format=template)
+    job = RunTask(
+        "c1", "tr", 1, "acme.team", "child", 1, task, props, source=("acme.team", "parent", "p1")
+    )
+
+    async def run() -> Any:
+        runner = TaskRunner(threads=1)
+        try:
+            return (await runner.run(job))[0]
+        finally:
+            runner.close()
+
+    result = asyncio.run(run())
+    assert result.state is S.SUCCESS, result.error
+    assert result.outputs == {"value": f"6 {len(BIG)}"}
