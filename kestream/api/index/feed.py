@@ -21,6 +21,14 @@ hold, an index row too large) is split in halves until the records it refuses ar
 reason, counted in the health details, and stepped over, so one record never stops the index for
 good.
 
+An update larger than a record arrives as several (:mod:`kestream.runtime.execution_updates`:
+every record but the last has ``more``), and each carries the execution's fields, its end
+state included. The feed applies an update only once its last record has been read
+(:func:`hold_incomplete`): the records of an update whose rest a fetch has not brought yet wait
+for the next fetch, and the stored offset of their partition stays at the first of them (a
+restart reads them again), so no reader of the index ever sees an execution's end state with
+only part of its task runs (a restart sent from that view would carry an incomplete snapshot).
+
 :attr:`IndexFeed.caught_up` is set once every partition has been applied up to the high
 watermark it had when the feed started (read from a Fetch, :func:`fetch_highwaters`): from then
 on the index answers for everything that happened before the start. The store's statistics
@@ -51,7 +59,7 @@ from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.metrics import process_metrics
 from kestream.runtime.tansu_compat import fetch_highwaters
 
-__all__ = ["FeedStats", "IndexFeed", "apply_isolating", "decode_fetched"]
+__all__ = ["FeedStats", "IndexFeed", "apply_isolating", "decode_fetched", "hold_incomplete"]
 
 log = logging.getLogger("kestream.index")
 _T = TypeVar("_T")
@@ -139,6 +147,56 @@ def decode_fetched(
     return batch, dead, raw
 
 
+def hold_incomplete(
+    batch: Batch, held: Sequence[FeedRecord] = ()
+) -> tuple[Batch, list[FeedRecord]]:
+    """``held`` (the records a previous call kept back) then ``batch``, split into what can be
+    applied now and the update records to keep back for the next fetch.
+
+    Kept back: an execution's update records after its last one without ``more``, when there
+    are any (an update whose last record has not been read yet). The batch to apply moves each
+    partition only up to the first record kept back on it, so the store's offset never passes
+    a record it has not applied; the records after it that are applied now are applied again,
+    in order, after a restart, which leaves the same index.
+    """
+    records = [*held, *batch.records]
+    last_whole: dict[str, int] = {}  # execution -> index of its last record without ``more``
+    last_seen: dict[str, int] = {}
+    for index, record in enumerate(records):
+        if record.kind is RecordKind.UPDATE:
+            last_seen[record.execution_id] = index
+            if not record.value.get("more"):
+                last_whole[record.execution_id] = index
+    waiting = {
+        execution_id
+        for execution_id, index in last_seen.items()
+        if last_whole.get(execution_id, -1) < index
+    }
+    if not waiting:
+        ready = Batch(records, dict(batch.positions))
+        for record in held:
+            ready.advance(record.topic, record.partition, record.offset)
+        return ready, []
+    ready, kept = Batch(), []
+    for index, record in enumerate(records):
+        if (
+            record.kind is RecordKind.UPDATE
+            and record.execution_id in waiting
+            and index > last_whole.get(record.execution_id, -1)
+        ):
+            kept.append(record)
+        else:
+            ready.add(record)
+    for (topic, partition), offset in batch.positions.items():  # dead letters stepped over
+        ready.positions[(topic, partition)] = max(
+            ready.positions.get((topic, partition), 0), offset
+        )
+    for record in kept:  # ...but never past a record kept back
+        key = (record.topic, record.partition)
+        ready.positions[key] = min(ready.positions.get(key, record.offset), record.offset)
+    return ready, kept
+
+
 def _report_end(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error(
@@ -192,12 +250,17 @@ class IndexFeed:
         #: The current batch failed to apply and is being retried (the index falls behind).
         self.retrying = False
         self.last_error: str | None = None
-        #: Next offset applied (or stepped over), per partition.
+        #: Next offset applied (or stepped over, or held for the rest of its update), per
+        #: partition.
         self._positions: dict[TopicPartition, int] = {}
         #: Purges of executions this API waits for the executor to decide (:meth:`watch_purges`).
         self._purge_watches: dict[str, list[asyncio.Future[PurgeRecord]]] = {}
         #: The feed's database thread (module docs); made on first use, ended by :meth:`stop`.
         self._thread: ThreadPoolExecutor | None = None
+        #: Update records read but not applied yet: their update's last record is still to
+        #: come (:func:`hold_incomplete`), with the raw records for a dead letter.
+        self._held: list[FeedRecord] = []
+        self._held_raw: _Raw = {}
 
     async def _in_thread(self, call: Callable[..., _T], *args: Any) -> _T:
         """Run a blocking store call in the feed's own thread, one call at a time."""
@@ -328,15 +391,21 @@ class IndexFeed:
 
     async def _handle(self, fetched: _Fetched) -> None:
         # Parsing thousands of JSON records takes a while: off the loop that serves HTTP.
-        batch, dead, raw = await self._in_thread(decode_fetched, self._kinds, fetched)
+        read, dead, raw = await self._in_thread(decode_fetched, self._kinds, fetched)
         if dead:
             await self._dead_letter(dead)
+        raw.update(self._held_raw)
+        batch, self._held = await self._in_thread(hold_incomplete, read, self._held)
+        self._held_raw = {
+            (r.topic, r.partition, r.offset): raw[(r.topic, r.partition, r.offset)]
+            for r in self._held
+        }
         refused = await self._apply(batch)
         if refused:
             await self._dead_letter(
                 [(raw[(r.topic, r.partition, r.offset)], why) for r, why in refused]
             )
-        for (topic, partition), offset in batch.positions.items():
+        for (topic, partition), offset in read.positions.items():  # held records count as read
             self._positions[TopicPartition(topic, partition)] = offset
         if self._purge_watches:
             self._settle_purges(batch, {id(record) for record, _ in refused})
