@@ -180,10 +180,11 @@ class ExecutionRoutes:
 
     async def kill(self, request: web.Request) -> web.Response:
         """202: the kill is on its way (the execution goes KILLING, then KILLED, its running
-        subflows with it). An ended execution is left as it is: 202 as well, or 409 with
-        ``?isOnKillCascade=false``, as Kestra answers."""
+        subflows with it). An ended execution whose ``afterExecution`` tasks still run keeps its
+        end state; the kill stops them. One that is over is left as it is: 202 as well, or 409
+        with ``?isOnKillCascade=false``, as Kestra answers."""
         service, execution = await self.api.execution_for(request)
-        if current_state(execution).is_terminal:
+        if service.over(execution):
             if not query_flag(request, "isOnKillCascade", default=True):
                 raise ApiError(
                     409,
@@ -299,7 +300,7 @@ class ExecutionRoutes:
     async def follow(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: the execution now, then each change, ``end`` at its last state."""
         service, execution = await self.api.execution_for(request)
-        return await sse.pump(request, _follow_frames(service, execution), service.follows)
+        return await sse.pump(request, follow_frames(service, execution), service.follows)
 
     async def search(self, request: web.Request) -> web.Response:
         """``{results, total}`` for Kestra's ``filters[field][OPERATION]=value`` parameters (and
@@ -313,15 +314,23 @@ class ExecutionRoutes:
         return json_response({"results": results, "total": total})
 
 
-async def _follow_frames(service: ApiService, known: dict[str, Any]) -> AsyncIterator[bytes]:
+async def follow_frames(service: ApiService, known: dict[str, Any]) -> AsyncIterator[bytes]:
     """Kestra's frames: ``start`` (the id), the execution as it is (``progress``), each change
-    (``progress``), and the last state (``end``); an ended execution gets ``end`` at once."""
+    (``progress``), and the last state (``end``); an execution that is over gets ``end`` at
+    once. Over means its ``afterExecution`` tasks have ended too (:meth:`ApiService.over`): the
+    frames while they run show the end state as ``progress``."""
     execution_id = known["id"]
     yield sse.frame({"id": execution_id, "deleted": False}, event_id="start")
-    if current_state(known).is_terminal:
+    if service.over(known):
         yield sse.frame(known, event_id="end")
         return
     yield sse.frame(known, event_id="progress")
+    last: dict[str, Any] | None = None
     async for execution in service.follow(execution_id, known):
-        kind = "end" if execution.state.current.is_terminal else "progress"
-        yield sse.frame(dump(execution), event_id=kind)
+        last = dump(execution)
+        if service.over(last):
+            yield sse.frame(last, event_id="end")
+            return
+        yield sse.frame(last, event_id="progress")
+    if last is not None:  # the executor called it over: its view wins
+        yield sse.frame(last, event_id="end")

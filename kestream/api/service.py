@@ -24,6 +24,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
+from kestream.api.execution_end import is_over
 from kestream.api.index import Store, open_index
 from kestream.api.index.feed import IndexFeed
 from kestream.api.index.query import SearchQuery
@@ -124,6 +125,12 @@ class ApiService:
     def flows(self) -> list[Flow]:
         return self.client.flows.flows()
 
+    def over(self, execution: Mapping[str, Any]) -> bool:
+        """The execution has ended and so have its ``afterExecution`` tasks
+        (:mod:`kestream.api.execution_end`)."""
+        flow = self.flow(execution["namespace"], execution["flowId"], execution.get("flowRevision"))
+        return is_over(execution, flow)
+
     async def deploy(self, source: str) -> Flow:
         return await self.client.deploy(source)
 
@@ -208,7 +215,8 @@ class ApiService:
 
     async def logs_end(self, execution_id: str) -> Mapping[TopicPartition, int] | None:
         """Where the index holds all of an ended execution's lines: the logs topic's high
-        watermarks, taken once the index's own state column says it has ended (None before).
+        watermarks, taken once the index's own state column says it has ended and its
+        ``afterExecution`` tasks have ended too (None before: they log as well).
 
         An execution's lines are produced before its last update (a worker produces a task's
         lines before its result; the executor sends its own with the update), so once the
@@ -223,6 +231,10 @@ class ApiService:
                 return None  # created here, not indexed yet
         elif not StateType(state).is_terminal:
             return None
+        else:  # its afterExecution tasks may still run (and log)
+            indexed = await asyncio.to_thread(self.index.get, execution_id)
+            if indexed is not None and not self.over(indexed):
+                return None
         try:
             return await self.feed.logs_end()
         except KafkaError as exc:  # asked again at the next poll
@@ -331,9 +343,7 @@ class ApiService:
 
     async def follow(self, execution_id: str, known: dict[str, Any]) -> AsyncIterator[Execution]:
         """Each change of the execution, merged, from what the index knows of it to its end."""
-        state = known.get("state", {}).get("current")
-        terminal = state is not None and StateType(state).is_terminal
-        self.client.seed(execution_id, known, terminal=terminal)
+        self.client.seed(execution_id, known, terminal=self.over(known))
         async for execution in self.client.follow(execution_id):
             yield execution
 
