@@ -17,6 +17,7 @@ import yaml
 from aiohttp import web
 from aiokafka.errors import MessageSizeTooLargeError
 
+from kestream.api.cluster_routes import ClusterRoutes
 from kestream.api.execution_routes import ExecutionRoutes
 from kestream.api.file_routes import FileRoutes
 from kestream.api.flow_routes import FlowRoutes
@@ -56,6 +57,7 @@ def api_routes(handle: ApiHandle) -> list[web.RouteDef]:
         *KVRoutes(handle).routes(),
         *NamespaceFileRoutes(handle).routes(),
         *TriggerRoutes(handle).routes(),
+        *ClusterRoutes(handle).routes(),
     ]
     return routes
 

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from kestream.api.http import ApiError, not_found
 from kestream.api.service import ApiService
+from kestream.runtime.members import MemberBoard
 from kestream.runtime.triggers_table import TriggersTable
 from kestream.settings import Settings
 
@@ -23,6 +24,8 @@ class ApiHandle:
     service: ApiService | None = None
     #: The trigger records the triggers API answers from (set when the role starts).
     triggers: TriggersTable | None = None
+    #: The members topic as this process reads it (the cluster route's source).
+    board: MemberBoard | None = None
 
     def get(self) -> ApiService:
         service = self.service

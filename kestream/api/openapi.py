@@ -278,6 +278,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Triggers",
         responses={200: _OK_JSON, 404: _ERRORS[404], 409: (_JSON, "Trigger is not locked")},
     ),
+    ("GET", _T + "/cluster"): Operation(
+        "getCluster",
+        "Cluster",
+        responses={200: _OK_JSON, 503: (_JSON, "The members topic is still being read")},
+    ),
     ("POST", _T + "/triggers/set-disabled/by-triggers"): Operation(
         "disabledTriggersByIds", "Triggers", body=_JSON, responses={200: _OK_JSON}
     ),

@@ -221,7 +221,7 @@ class RoleService(Service):
         if "api" in self.roles:
             from kestream.api.handle import ApiHandle
 
-            self.api = ApiHandle(settings)
+            self.api = ApiHandle(settings, board=self.board)
         self._routes_installed = False
         self._crashing: asyncio.Future[Any] | None = None
         self._ready_log: asyncio.Task[None] | None = None

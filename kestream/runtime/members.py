@@ -32,7 +32,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -87,6 +87,10 @@ class MemberStatus:
     group: str | None = None
     #: The task types a worker can run (built-ins and its plugins); empty for other roles.
     task_types: tuple[str, ...] = ()
+    #: What the cluster page shows of the process (:func:`process_facts`): its health checks'
+    #: public facts (partitions owned, jobs, executions), consumer lag, worker slots and
+    #: dead letters. Numbers only, as the open ``/health`` shows.
+    facts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -115,6 +119,7 @@ class MemberStatus:
                 not_ready=tuple(str(name) for name in body.get("not_ready") or ()),
                 group=str(group) if (group := body.get("group")) is not None else None,
                 task_types=tuple(str(name) for name in body.get("task_types") or ()),
+                facts=facts if isinstance(facts := body.get("facts"), dict) else {},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise records.RecordError(f"bad member status: {type(exc).__name__}: {exc}") from None
@@ -213,11 +218,55 @@ class Roster:
         }
 
 
+#: The label a role's own series carry, where it is not the role's name.
+_OWN_LABEL = {"api": "index"}
+
+
+def process_facts(role: str, checks: dict[str, Any], metrics: Metrics | None) -> dict[str, Any]:
+    """The figures a member publishes for the cluster page (see :attr:`MemberStatus.facts`).
+
+    ``checks`` are its health's checks as ``/health/ready`` shows them (public facts only). From
+    ``metrics``: the role's own records behind the high watermark (the sum over the partitions
+    it reads) and dead letters, and for a worker the jobs running and its thread slots. A
+    process may host several roles (standalone) with one registry: each role's record keeps
+    the series labelled with its own name (the API's dead letters are the index's). Read from
+    the process's own registry: no request, no lock held long.
+    """
+    facts: dict[str, Any] = {"checks": checks}
+    if metrics is None:
+        return facts
+    own = _OWN_LABEL.get(role, role)
+    lag = _samples(metrics.consumer_lag, "consumer")
+    dead = _samples(metrics.dead_letters_total, "source", suffix="_total")
+    facts["consumerLag"] = {k: v for k, v in lag.items() if k == own}
+    facts["deadLetters"] = {k: v for k, v in dead.items() if k == own}
+    if role == "worker":
+        facts["jobsRunning"] = _single(metrics.worker_job_running)
+        facts["slots"] = _single(metrics.worker_job_thread)
+    return facts
+
+
+def _samples(metric: Any, label: str, suffix: str = "") -> dict[str, float]:
+    """One metric's samples by the value of ``label`` (counters: the ``_total`` ones)."""
+    return {
+        sample.labels[label]: sample.value
+        for family in metric.collect()
+        for sample in family.samples
+        if sample.name.endswith(suffix) and label in sample.labels
+    }
+
+
+def _single(metric: Any) -> float:
+    """The value of an unlabelled gauge."""
+    return float(next(s.value for family in metric.collect() for s in family.samples))
+
+
 def _describe(member: MemberStatus, now: float) -> dict[str, Any]:
     out = asdict(member)
     out["key"] = member.key
     out["ageS"] = round(max(0.0, now - member.ts), 3)
     out["not_ready"] = list(member.not_ready)
+    del out["facts"]  # behind credentials, on the cluster route; /health is open
     return out
 
 
@@ -276,12 +325,13 @@ class MemberPublisher:
 
     def status(self) -> MemberStatus:
         """What this process would publish now."""
-        ready, _ = self.health.ready()
+        ready, detail = self.health.ready()
         live, _ = self.health.live()
         not_ready = () if ready else tuple(self.health.not_ready())
+        facts = process_facts(self.role, detail.get("checks", {}), self.metrics)
         return MemberStatus(
             self.role, self.host, self.pid, self.port, ready, live, self.started, self.clock(),
-            not_ready, self.group, self.task_types,
+            not_ready, self.group, self.task_types, facts,
         )  # fmt: skip
 
     async def start(self) -> None:

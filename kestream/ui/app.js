@@ -8,6 +8,7 @@
  * streams are aborted and timers stopped, so a left page never keeps a connection open.
  */
 import { accepts, authorization, basic, setAuthorization, whenUnauthorized } from "./api.js";
+import { clusterPage } from "./cluster_page.js";
 import { errorBox, fill, h } from "./dom.js";
 import { executionPage } from "./execution_page.js";
 import { executionsPage } from "./executions_page.js";
@@ -23,6 +24,7 @@ const ROUTES = [
   [/^\/flows$/, "flows", flowsPage],
   [/^\/flows\/new$/, "flows", (root, _p, q) => flowPage(root, [], q)],
   [/^\/flows\/([^/]+)\/([^/]+)$/, "flows", flowPage],
+  [/^\/cluster$/, "cluster", clusterPage],
 ];
 
 const THEME_KEY = "kestream.theme";

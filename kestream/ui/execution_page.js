@@ -4,9 +4,15 @@
  * header, the task-run tree and the buttons; the logs route's stream appends lines as the
  * worker writes them, from the chosen level up. Both streams end by themselves once the
  * execution has ended, and are aborted when the page is left.
+ *
+ * The same frames move the Gantt timeline (`gantt.js`). A PAUSED execution has a Resume
+ * button with a form generated from its Pause task's `onResume` inputs (read from the flow's
+ * revision the execution runs), sent to the resume route.
  */
 import { ApiError, call, follow, getJson } from "./api.js";
 import { duration, errorBox, fill, h, isTerminal, jsonBlock, stateBadge, when } from "./dom.js";
+import { Gantt } from "./gantt.js";
+import { inputsForm } from "./inputs_form.js";
 
 const LEVELS = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"];
 /** The states the restart route accepts. */
@@ -31,6 +37,26 @@ export function byParent(runs) {
   return children;
 }
 
+/**
+ * The task of `flow` (searched through every flowable's branches) whose id is `taskId`.
+ * @param {any} flow
+ * @param {string} taskId
+ * @returns {any}
+ */
+export function findTask(flow, taskId) {
+  /** @type {any[]} */
+  const stack = [flow];
+  while (stack.length) {
+    const node = stack.pop();
+    if (Array.isArray(node)) stack.push(...node);
+    else if (node && typeof node === "object") {
+      if (node !== flow && node.id === taskId && typeof node.type === "string") return node;
+      stack.push(...Object.values(node));
+    }
+  }
+  return null;
+}
+
 /** @type {import("./app.js").Page} */
 export function executionPage(root, [id]) {
   const path = `/executions/${encodeURIComponent(id)}`;
@@ -41,6 +67,8 @@ export function executionPage(root, [id]) {
   const tree = h("div", { class: "tree", id: "task-runs" });
   const facts = h("div", { class: "facts" });
   const logs = h("div", { class: "logs", id: "logs", role: "log", "aria-live": "off" });
+  const gantt = new Gantt();
+  const resumeBox = h("div", { id: "resume-box" });
   const level = h(
     "select",
     { id: "log-level" },
@@ -51,7 +79,9 @@ export function executionPage(root, [id]) {
     h("p", {}, h("a", { href: "#/executions" }, "← Executions")),
     header,
     actions,
+    resumeBox,
     status,
+    h("section", { "aria-labelledby": "gantt-title" }, h("h2", { id: "gantt-title" }, "Timeline"), gantt.axis, gantt.element),
     h("section", { "aria-labelledby": "runs-title" }, h("h2", { id: "runs-title" }, "Task runs"), tree),
     h("section", { "aria-labelledby": "facts-title" }, h("h2", { id: "facts-title" }, "Inputs, labels, trigger"), facts),
     h(
@@ -70,7 +100,9 @@ export function executionPage(root, [id]) {
   let actionsFor = "";
   // A running execution's duration grows between frames.
   const ticker = setInterval(() => {
-    if (latest) fill(elapsed, duration(latest.state.startDate, latest.state.endDate));
+    if (!latest) return;
+    fill(elapsed, duration(latest.state.startDate, latest.state.endDate));
+    if (!isTerminal(latest.state.current)) gantt.update(latest);
   }, 1000);
 
   /** @param {any} execution */
@@ -100,8 +132,13 @@ export function executionPage(root, [id]) {
         RESTARTABLE.has(state)
           ? h("button", { type: "button", id: "restart", onclick: () => act("POST", "/restart", "Restarted") }, "Restart")
           : null,
+        state === "PAUSED"
+          ? h("button", { type: "button", id: "resume", class: "primary", "aria-controls": "resume-box", onclick: () => openResume(execution) }, "Resume")
+          : null,
       );
+      if (state !== "PAUSED") fill(resumeBox);
     }
+    gantt.update(execution);
     fill(tree, renderRuns(execution.taskRunList ?? [], open));
     const labels = execution.labels ?? [];
     fill(
@@ -111,6 +148,50 @@ export function executionPage(root, [id]) {
       labels.length ? h("ul", { class: "labels" }, labels.map((/** @type {any} */ l) => h("li", {}, `${l.key}: ${l.value}`))) : h("p", { class: "muted" }, "None"),
       h("h3", {}, "Trigger"), execution.trigger ? jsonBlock(execution.trigger) : h("p", { class: "muted" }, "Started by hand (API)"),
     );
+  };
+
+  /**
+   * The Resume form: the paused task's `onResume` inputs (none: a plain confirmation).
+   * @param {any} execution
+   */
+  const openResume = async (execution) => {
+    const paused = (execution.taskRunList ?? []).filter((/** @type {any} */ run) => run.state.current === "PAUSED");
+    /** @type {import("./inputs_form.js").InputDef[]} */
+    let inputs = [];
+    try {
+      const revision = execution.flowRevision ? `?revision=${execution.flowRevision}` : "";
+      const flow = await getJson(`/flows/${encodeURIComponent(execution.namespace)}/${encodeURIComponent(execution.flowId)}${revision}`);
+      inputs = paused.flatMap((/** @type {any} */ run) => findTask(flow, run.taskId)?.onResume ?? []);
+    } catch (error) {
+      fill(resumeBox, errorBox(/** @type {Error} */ (error).message));
+      return;
+    }
+    const form = inputsForm(inputs, "resume");
+    const outcome = h("div", { "aria-live": "polite" });
+    /** @param {SubmitEvent} event */
+    const submit = async (event) => {
+      event.preventDefault();
+      form.showErrors([]);
+      try {
+        await call("POST", `${path}/resume`, form.formData());
+        fill(resumeBox, h("p", { class: "notice" }, "Resumed"));
+      } catch (error) {
+        const rest = error instanceof ApiError ? form.showErrors(error.problems) : [];
+        fill(outcome, errorBox(/** @type {Error} */ (error).message), rest.map((m) => errorBox(m)));
+      }
+    };
+    fill(
+      resumeBox,
+      h(
+        "form",
+        { class: "inputs-form card", id: "resume-form", novalidate: true, onsubmit: submit, "aria-label": "Resume" },
+        h("h2", {}, "Resume"),
+        form.fields.length ? form.fields : h("p", { class: "muted" }, "The Pause asks for no inputs."),
+        h("div", { class: "row" }, h("button", { type: "submit", class: "primary", id: "resume-submit" }, "Resume the execution")),
+        outcome,
+      ),
+    );
+    /** @type {HTMLElement | null} */ (resumeBox.querySelector("input, select, textarea, button"))?.focus();
   };
 
   /** @param {string} method @param {string} suffix @param {string} done */

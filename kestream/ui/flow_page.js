@@ -4,9 +4,14 @@
  * validate route, and each problem it answers is marked on its line in the gutter (its
  * message there and in the list below). Saving deploys through the create or update route.
  * The editor is a plain textarea with a line gutter; syntax highlighting is not done yet.
+ *
+ * A saved flow has an "Execute" form generated from its typed inputs (`inputs_form.js`): it
+ * starts an execution through the create route and opens its page; the API's validation
+ * problems are shown beside the inputs they name.
  */
-import { ApiError, call, getJson } from "./api.js";
+import { ApiError, getJson } from "./api.js";
 import { errorBox, fill, h } from "./dom.js";
+import { inputsForm } from "./inputs_form.js";
 
 const VALIDATE_DELAY_MS = 300;
 const YAML = "application/x-yaml";
@@ -44,6 +49,7 @@ export function flowPage(root, params) {
   });
   const list = h("ul", { id: "problems", class: "problems", "aria-live": "polite" });
   const save = h("button", { type: "button", class: "primary", id: "save" }, existing ? "Save" : "Create");
+  const execute = h("section", { id: "execute", "aria-labelledby": "execute-title" });
   fill(
     root,
     h("p", {}, h("a", { href: "#/flows" }, "← Flows")),
@@ -52,7 +58,43 @@ export function flowPage(root, params) {
     status,
     h("div", { class: "editor" }, gutter, source),
     list,
+    execute,
   );
+
+  /**
+   * The Execute form of the flow as last saved (its inputs as the API declares them).
+   * @param {any} flow
+   */
+  const drawExecute = (flow) => {
+    const form = inputsForm(flow.inputs ?? [], "input");
+    const outcome = h("div", { "aria-live": "polite" });
+    /** @param {SubmitEvent} event */
+    const submit = async (event) => {
+      event.preventDefault();
+      fill(outcome);
+      form.showErrors([]);
+      try {
+        const path = `/executions/${encodeURIComponent(flow.namespace)}/${encodeURIComponent(flow.id)}`;
+        const started = await getJson(path, { method: "POST", body: form.formData() });
+        location.hash = `#/executions/${encodeURIComponent(started.id)}`;
+      } catch (error) {
+        const rest = error instanceof ApiError ? form.showErrors(error.problems) : [];
+        fill(outcome, errorBox(/** @type {Error} */ (error).message), rest.map((m) => errorBox(m)));
+      }
+    };
+    fill(
+      execute,
+      h("h2", { id: "execute-title" }, "Execute"),
+      h(
+        "form",
+        { class: "inputs-form", id: "execute-form", novalidate: true, onsubmit: submit },
+        form.fields.length ? form.fields : h("p", { class: "muted" }, "This flow declares no inputs."),
+        h("div", { class: "row" }, h("button", { type: "submit", class: "primary", id: "execute-submit" }, "Execute")),
+        outcome,
+      ),
+      h("p", { class: "muted hint" }, "Inputs' dependsOn and conditions are not evaluated here: every input is shown, and the API ignores the values of the ones its rules disable."),
+    );
+  };
 
   /** @type {{line: number | null, message: string}[]} */
   let found = [];
@@ -110,6 +152,7 @@ export function flowPage(root, params) {
         ? await getJson(`/flows/${encodeURIComponent(namespace)}/${encodeURIComponent(id)}`, { method: "PUT", body: source.value, headers: { "Content-Type": YAML } })
         : await getJson("/flows", { method: "POST", body: source.value, headers: { "Content-Type": YAML } });
       fill(status, h("p", { class: "notice" }, `Saved revision ${flow.revision}`));
+      if (existing) drawExecute(flow);
       if (!existing) location.hash = `#/flows/${encodeURIComponent(flow.namespace)}/${encodeURIComponent(flow.id)}`;
     } catch (error) {
       const problemsOf = error instanceof ApiError ? error.problems.map((p) => p.message ?? "") : [];
@@ -121,6 +164,7 @@ export function flowPage(root, params) {
     getJson(`/flows/${encodeURIComponent(namespace)}/${encodeURIComponent(id)}?source=true`)
       .then((flow) => {
         source.value = flow.source ?? "";
+        drawExecute(flow);
         drawGutter();
         validate();
       })

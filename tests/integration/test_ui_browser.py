@@ -4,8 +4,11 @@ Headless Chromium (:mod:`browser`) logs in through the page's form with the API'
 watches an execution go from RUNNING to SUCCESS in the executions list without a reload (the
 flow's shell task waits for a file the test creates), opens it and reads its task runs and its
 logs, kills another one from its page, and types a flow with an unknown task type into the
-editor, sees the error marked on its line, fixes it and deploys it. Each page is checked for
-console errors (failed loads and exceptions included).
+editor, sees the error marked on its line, fixes it and deploys it. It starts an execution from
+a flow's Execute form (an input error from the API shown beside its field first), reads a
+Gantt timeline with a retried task and a loop's values, resumes a Pause through the form of its
+``onResume`` inputs, and opens the cluster page. Each page is checked for console errors
+(failed loads and exceptions included).
 """
 
 from __future__ import annotations
@@ -84,6 +87,16 @@ def text_of(driver: webdriver.Chrome, selector: str, text: str) -> None:
 
 def no_console_errors(driver: webdriver.Chrome, page: str) -> None:
     assert console_errors(driver) == [], f"console errors on {page}"
+
+
+def only_the_refusal(driver: webdriver.Chrome, route: str) -> None:
+    """The console's only errors are the browser's own note of the API's 422 on ``route`` (a
+    refusal the page asked for and showed): anything else fails."""
+    errors = console_errors(driver)
+    assert errors, "the browser noted no refusal"
+    for entry in errors:
+        assert entry["source"] == "network", errors
+        assert route in entry["message"] and "422" in entry["message"], errors
 
 
 def log_in(driver: webdriver.Chrome, stack: Stack) -> None:
@@ -261,3 +274,178 @@ def test_the_shell_by_keyboard_in_both_themes_at_desktop_and_phone_widths(
     screenshot(driver, f"flows-{switched}-phone", tmp_path)
     assert stack.request("DELETE", f"/executions/{execution_id}/kill").status == 202
     no_console_errors(driver, "the shell")
+
+
+def typed_inputs(ns: str) -> str:
+    return f"""\
+id: typed
+namespace: {ns}
+inputs:
+  - id: name
+    type: STRING
+  - id: count
+    type: INT
+    defaults: 3
+  - id: loud
+    type: BOOLEAN
+    defaults: true
+  - id: color
+    type: ENUM
+    values: [red, blue]
+    defaults: blue
+  - id: tags
+    type: MULTISELECT
+    values: [a, b, c]
+  - id: at
+    type: DATETIME
+    required: false
+  - id: payload
+    type: JSON
+    defaults: '{{"k": 1}}'
+  - id: upload
+    type: FILE
+    required: false
+tasks:
+  - id: hello
+    type: io.kestra.plugin.core.log.Log
+    message: "hi {{{{ inputs.name }}}} x{{{{ inputs.count }}}} {{{{ inputs.color }}}}"
+"""
+
+
+def retried_loop_paused(ns: str, marker: Path) -> str:
+    return f"""\
+id: approvals
+namespace: {ns}
+tasks:
+  - id: flaky
+    type: io.kestra.plugin.scripts.shell.Commands
+    commands:
+      - test -f {marker} || (touch {marker}; exit 1)
+    retry:
+      type: constant
+      interval: PT0.1S
+      maxAttempt: 2
+  - id: each
+    type: io.kestra.plugin.core.flow.ForEach
+    values: ["x", "y"]
+    tasks:
+      - id: item
+        type: io.kestra.plugin.core.log.Log
+        message: "{{{{ taskrun.value }}}}"
+  - id: approve
+    type: io.kestra.plugin.core.flow.Pause
+    onResume:
+      - id: reason
+        type: STRING
+      - id: approved
+        type: BOOLEAN
+        defaults: true
+  - id: after
+    type: io.kestra.plugin.core.log.Log
+    message: "{{{{ outputs.approve.onResume.reason }}}}"
+"""
+
+
+def test_the_execute_form_from_typed_inputs_shows_an_error_then_starts_one(
+    stack: Stack, driver: webdriver.Chrome, tmp_path: Path
+) -> None:
+    ns = f"it.ui.n{uuid.uuid4().hex[:8]}"
+    assert stack.post_yaml("/flows", typed_inputs(ns)).status == 200
+    log_in(driver, stack)
+    driver.get(f"{stack.base}/ui/#/flows/{ns}/typed")
+    wait(driver).until(ec.presence_of_element_located((By.ID, "input-name")))
+    loud = driver.find_element(By.ID, "input-loud")
+    assert (loud.get_attribute("type"), loud.get_attribute("role")) == ("checkbox", "switch")
+    assert loud.is_selected()  # its default
+    assert driver.find_element(By.ID, "input-count").get_attribute("value") == "3"
+    assert Select(driver.find_element(By.ID, "input-color")).first_selected_option.text == "blue"
+    assert driver.find_element(By.ID, "input-at").get_attribute("type") == "datetime-local"
+    assert driver.find_element(By.ID, "input-upload").get_attribute("type") == "file"
+    assert '"k": 1' in (driver.find_element(By.ID, "input-payload").get_attribute("value") or "")
+    assert "(required)" in driver.find_element(By.CSS_SELECTOR, 'label[for="input-name"]').text
+
+    no_console_errors(driver, "the flow page")
+    driver.find_element(By.ID, "execute-submit").click()  # no name: the API refuses it
+    text_of(driver, '[data-input="name"] .field-error', "Invalid input 'name'")
+    only_the_refusal(driver, f"/executions/{ns}/typed")
+    assert driver.find_element(By.ID, "input-name").get_attribute("aria-invalid") == "true"
+    screenshot(driver, "flow-execute-error", tmp_path)
+
+    driver.find_element(By.ID, "input-name").send_keys("Ada")
+    tags = Select(driver.find_element(By.ID, "input-tags"))
+    tags.select_by_value("a")
+    tags.select_by_value("c")
+    loud.send_keys(Keys.SPACE)  # the switch, by keyboard
+    driver.find_element(By.ID, "execute-submit").click()
+    text_of(driver, "#execution-state", "SUCCESS")  # the new execution's page
+    execution_id = driver.find_element(By.ID, "execution-id").text
+    inputs = stack.get(f"/executions/{execution_id}").json()["inputs"]
+    assert inputs["name"] == "Ada" and inputs["count"] == 3 and inputs["loud"] is False
+    assert inputs["tags"] == ["a", "c"] and inputs["color"] == "blue"
+    assert inputs["payload"] == {"k": 1}
+    text_of(driver, "#logs", "hi Ada x3 blue")
+    no_console_errors(driver, "the execute form")
+
+
+def test_the_gantt_shows_retries_and_loop_values_then_the_pause_resumes_from_its_form(
+    stack: Stack, driver: webdriver.Chrome, tmp_path: Path
+) -> None:
+    ns = f"it.ui.n{uuid.uuid4().hex[:8]}"
+    assert stack.post_yaml("/flows", retried_loop_paused(ns, tmp_path / "tried")).status == 200
+    execution_id = stack.request("POST", f"/executions/{ns}/approvals").json()["id"]
+    log_in(driver, stack)
+    driver.get(f"{stack.base}/ui/#/executions/{execution_id}")
+    text_of(driver, "#execution-state", "PAUSED")
+    flaky = driver.find_element(By.CSS_SELECTOR, '#gantt [data-task="flaky"]')
+    assert flaky.get_attribute("data-attempts") == "2"
+    attempts = flaky.find_elements(By.CSS_SELECTOR, ".gantt-attempt")
+    assert [a.get_attribute("data-state") for a in attempts] == ["FAILED", "SUCCESS"]
+    labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, '#gantt [data-task="item"]')]
+    assert labels == ["item [x]", "item [y]"], labels
+    text_of(driver, '#gantt [data-task="approve"]', "approve")
+    assert (
+        driver.find_element(By.CSS_SELECTOR, '#gantt [data-task="approve"]').get_attribute(
+            "data-state"
+        )
+        == "PAUSED"
+    )
+
+    wait(driver).until(ec.element_to_be_clickable((By.ID, "resume"))).click()
+    reason = wait(driver).until(ec.element_to_be_clickable((By.ID, "resume-reason")))
+    assert driver.switch_to.active_element == reason  # the form takes the focus
+    assert driver.find_element(By.ID, "resume-approved").get_attribute("role") == "switch"
+    screenshot(driver, "execution-gantt-resume", tmp_path)
+    no_console_errors(driver, "the paused execution's page")
+    driver.find_element(By.ID, "resume-submit").click()  # no reason: refused, beside it
+    text_of(driver, '[data-input="reason"] .field-error', "Invalid input 'reason'")
+    only_the_refusal(driver, f"/executions/{execution_id}/resume")
+    reason.send_keys("looks good")
+    driver.find_element(By.ID, "resume-submit").click()
+    text_of(driver, "#execution-state", "SUCCESS")  # followed live
+    text_of(driver, '#gantt [data-task="after"]', "after")
+    outputs = stack.get(f"/executions/{execution_id}").json()["taskRunList"]
+    approve = next(run for run in outputs if run["taskId"] == "approve")
+    assert approve["outputs"]["onResume"] == {"reason": "looks good", "approved": True}
+    no_console_errors(driver, "the execution page's Gantt and Resume")
+
+
+def test_the_cluster_page_shows_each_role_with_its_partitions(
+    stack: Stack, driver: webdriver.Chrome, tmp_path: Path
+) -> None:
+    cluster = stack.get("/cluster").json()
+    assert {m["role"] for m in cluster["members"]} >= {"api", "executor", "worker", "scheduler"}
+    log_in(driver, stack)
+    driver.get(f"{stack.base}/ui/#/cluster")
+    text_of(driver, "#cluster-status", "UP")
+    text_of(driver, '#members tr[data-role="executor"]', "UP")
+    worker = driver.find_element(By.CSS_SELECTOR, '#members tr[data-role="worker"]')
+    assert " / " in worker.find_element(By.CSS_SELECTOR, "[data-slots]").text  # in use / slots
+    assert worker.find_element(By.CSS_SELECTOR, "[data-dead-letters]").text.isdigit()
+    for role in ("executor", "worker"):
+        table = driver.find_element(By.ID, f"partitions-{role}")
+        rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
+        assert len(rows) == cluster["partitions"]
+        assert "unassigned" not in table.text
+    assert not driver.find_elements(By.ID, "memory-only")  # durable by default
+    screenshot(driver, "cluster", tmp_path)
+    no_console_errors(driver, "the cluster page")

@@ -1,0 +1,124 @@
+// @ts-check
+/**
+ * A Gantt timeline of an execution's task runs: one row per task run, its bar from the first
+ * to the last date of its state's history (to now while it runs), with one segment per
+ * attempt (a retry is a new attempt, so retries show as segments side by side), each coloured
+ * by its state. A loop's runs carry their value (`taskrun.value`) and iteration in the label.
+ *
+ * The execution page calls `update` with each frame of its live feed: rows are kept by task
+ * run id and only their bars are moved, so a frame costs a pass over the runs and no rebuild
+ * (the focus and scroll position stay where they are).
+ */
+import { duration, h } from "./dom.js";
+
+/**
+ * The first and last date of a state's history, in ms (the end: `now` when not ended).
+ * @param {any} state
+ * @param {number} now
+ * @param {boolean} ended
+ * @returns {[number, number] | null}
+ */
+export function span(state, now, ended) {
+  const dates = (state?.histories ?? []).map((/** @type {any} */ entry) => Date.parse(entry.date)).filter(Number.isFinite);
+  if (!dates.length) return null;
+  const start = Math.min(...dates);
+  const end = ended ? Math.max(...dates) : Math.max(now, ...dates);
+  return [start, end];
+}
+
+/** @param {any} run */
+export function runLabel(run) {
+  const loop = [
+    run.value != null ? `[${run.value}]` : "",
+    run.iteration != null ? `#${run.iteration}` : "",
+  ].filter(Boolean);
+  return loop.length ? `${run.taskId} ${loop.join(" ")}` : run.taskId;
+}
+
+const ENDED = new Set(["SUCCESS", "WARNING", "FAILED", "KILLED", "CANCELLED", "SKIPPED"]);
+
+export class Gantt {
+  constructor() {
+    this.element = h("ol", { class: "gantt", id: "gantt", "aria-label": "Timeline of the task runs" });
+    this.axis = h("p", { class: "muted gantt-axis", id: "gantt-axis" });
+    /** @type {Map<string, {row: HTMLLIElement, label: HTMLSpanElement, track: HTMLDivElement}>} */
+    this.rows = new Map();
+  }
+
+  /**
+   * Redraw from an execution (a frame of the follow route).
+   * @param {any} execution
+   */
+  update(execution) {
+    const runs = /** @type {any[]} */ (execution.taskRunList ?? []);
+    const now = Date.now();
+    const executionEnded = ENDED.has(execution.state?.current);
+    const whole = span(execution.state, now, executionEnded);
+    let first = whole ? whole[0] : now;
+    let last = whole ? whole[1] : now;
+    /** @type {[any, [number, number] | null][]} */
+    const spans = runs.map((run) => [run, span(run.state, now, ENDED.has(run.state?.current))]);
+    for (const [, s] of spans) {
+      if (!s) continue;
+      first = Math.min(first, s[0]);
+      last = Math.max(last, s[1]);
+    }
+    const total = Math.max(1, last - first);
+    /** @param {number} t */
+    const at = (t) => `${(((t - first) / total) * 100).toFixed(3)}%`;
+    /** @param {[number, number]} s */
+    const width = (s) => `${Math.max(0.3, ((s[1] - s[0]) / total) * 100).toFixed(3)}%`;
+
+    const seen = new Set();
+    for (const [run, s] of spans) {
+      seen.add(run.id);
+      let entry = this.rows.get(run.id);
+      if (!entry) {
+        const label = h("span", { class: "gantt-label mono" });
+        const track = h("div", { class: "gantt-track" });
+        const row = h("li", { class: "gantt-row", tabindex: 0, "data-task": run.taskId, "data-id": run.id }, label, track);
+        entry = { row, label, track };
+        this.rows.set(run.id, entry);
+      }
+      this.element.append(entry.row); // in the runs' order
+      const state = String(run.state?.current ?? "CREATED");
+      const attempts = /** @type {any[]} */ (run.attempts ?? []);
+      const took = duration(run.state?.startDate, run.state?.endDate);
+      entry.label.textContent = runLabel(run);
+      entry.row.dataset.state = state;
+      entry.row.dataset.attempts = String(attempts.length);
+      entry.row.setAttribute("aria-label", `${runLabel(run)}: ${state}, ${attempts.length} attempt(s)${took ? `, ${took}` : ""}`);
+      entry.row.title = `${state} ${took}`;
+      const bar = h("div", { class: `gantt-bar bg-${state.toLowerCase()}` });
+      if (s) {
+        bar.style.left = at(s[0]);
+        bar.style.width = width(s);
+      }
+      const segments = attempts.map((attempt, index) => {
+        const attemptState = String(attempt.state?.current ?? state);
+        const a = span(attempt.state, now, ENDED.has(attemptState));
+        const segment = h("div", {
+          class: `gantt-attempt bg-${attemptState.toLowerCase()}`,
+          "data-attempt": index + 1,
+          "data-state": attemptState,
+          title: `attempt ${index + 1}: ${attemptState}`,
+        });
+        if (a) {
+          segment.style.left = at(a[0]);
+          segment.style.width = width(a);
+        }
+        return segment;
+      });
+      entry.track.replaceChildren(bar, ...segments);
+    }
+    for (const [id, entry] of this.rows) {
+      if (!seen.has(id)) {
+        entry.row.remove();
+        this.rows.delete(id);
+      }
+    }
+    this.axis.textContent = runs.length
+      ? `${new Date(first).toLocaleTimeString()} → ${new Date(last).toLocaleTimeString()} (${duration(new Date(first).toISOString(), new Date(last).toISOString())})`
+      : "No task run yet.";
+  }
+}

@@ -1,0 +1,182 @@
+// @ts-check
+/**
+ * A form generated from typed inputs (a flow's `inputs`, a Pause's `onResume`), as the flow
+ * JSON declares them: each type gets the control a person expects (a switch for a BOOLEAN, a
+ * select of its `values` for an ENUM or SELECT, a file picker for a FILE, a password field for
+ * a SECRET), `defaults` are filled in and required inputs are marked.
+ *
+ * The values are sent as a multipart form, the API's own way to take inputs: every value is
+ * text the server parses by the input's type (a MULTISELECT as a JSON array, a DATETIME as
+ * ISO-8601 in UTC), and a FILE is uploaded. Nothing is checked here beyond what the browser's
+ * controls do: the API validates, and each problem it names (`inputs.<id>`) is shown beside
+ * its field.
+ *
+ * `dependsOn` and input conditions are not evaluated: every input is shown, and the API
+ * ignores the values of inputs its rules disable.
+ */
+import { h } from "./dom.js";
+
+/**
+ * @typedef {{id: string, type: string, required?: boolean, defaults?: any, description?: string,
+ *   displayName?: string, values?: string[], options?: string[], allowCustomValue?: boolean}} InputDef
+ */
+
+/**
+ * A `datetime-local` control's value from an ISO instant (the browser's own time zone).
+ * @param {string} iso
+ */
+function localDateTime(iso) {
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return "";
+  const offset = date.getTimezoneOffset() * 60_000;
+  return new Date(date.getTime() - offset).toISOString().slice(0, 19);
+}
+
+/** @param {unknown} value */
+function text(value) {
+  if (value === null || value === undefined) return "";
+  return typeof value === "string" ? value : JSON.stringify(value, null, 2);
+}
+
+/**
+ * The control of one input (its `name` is the input's id).
+ * @param {InputDef} input
+ * @param {string} id the control's element id
+ * @param {string} describedBy ids of its description and error
+ * @returns {HTMLInputElement | HTMLSelectElement | HTMLTextAreaElement}
+ */
+function control(input, id, describedBy) {
+  const type = input.type.toUpperCase();
+  const required = input.required !== false;
+  const common = { id, name: input.id, "aria-describedby": describedBy, "data-type": type };
+  const value = input.defaults;
+  const choices = input.values ?? input.options ?? [];
+  switch (type) {
+    case "BOOLEAN":
+    case "BOOL":
+      return h("input", { ...common, type: "checkbox", role: "switch", checked: value === true || value === "true" });
+    case "INT":
+    case "FLOAT":
+      return h("input", { ...common, type: "number", step: type === "INT" ? "1" : "any", required, value: text(value) });
+    case "ENUM":
+    case "SELECT":
+      return h(
+        "select",
+        { ...common, required },
+        required && value != null ? null : h("option", { value: "" }, "—"),
+        choices.map((choice) => h("option", { value: choice, selected: choice === value }, choice)),
+      );
+    case "MULTISELECT": {
+      const chosen = new Set(Array.isArray(value) ? value.map(String) : []);
+      return h(
+        "select",
+        { ...common, multiple: true, required, size: Math.min(6, Math.max(2, choices.length)) },
+        choices.map((choice) => h("option", { value: choice, selected: chosen.has(choice) }, choice)),
+      );
+    }
+    case "DATETIME":
+      return h("input", { ...common, type: "datetime-local", step: "1", required, value: value ? localDateTime(String(value)) : "" });
+    case "DATE":
+      return h("input", { ...common, type: "date", required, value: text(value) });
+    case "TIME":
+      return h("input", { ...common, type: "time", step: "1", required, value: text(value) });
+    case "JSON":
+    case "YAML":
+    case "ARRAY":
+      return h("textarea", { ...common, rows: 4, spellcheck: "false", required, class: "mono" }, text(value));
+    case "FILE":
+      return h("input", { ...common, type: "file", required: required && value == null });
+    case "SECRET":
+      return h("input", { ...common, type: "password", autocomplete: "off", required, value: text(value) });
+    case "EMAIL":
+      return h("input", { ...common, type: "email", required, value: text(value) });
+    case "URI":
+      return h("input", { ...common, type: "url", required, value: text(value) });
+    default: // STRING, DURATION and any type to come: text the server parses
+      return h("input", { ...common, type: "text", required, value: text(value) });
+  }
+}
+
+/**
+ * A form of `inputs`; `prefix` keeps its element ids apart from another form's on the page.
+ * @param {InputDef[]} inputs
+ * @param {string} prefix
+ */
+export function inputsForm(inputs, prefix) {
+  /** @type {Map<string, HTMLElement>} error slot by input id */
+  const errors = new Map();
+  /** @type {(HTMLInputElement | HTMLSelectElement | HTMLTextAreaElement)[]} */
+  const controls = [];
+  const fields = inputs.map((input) => {
+    const id = `${prefix}-${input.id}`;
+    const error = h("p", { class: "error field-error", id: `${id}-error`, "aria-live": "polite" });
+    errors.set(input.id, error);
+    const about = input.description ? h("p", { class: "muted hint", id: `${id}-about` }, input.description) : null;
+    const field = control(input, id, about ? `${id}-about ${id}-error` : `${id}-error`);
+    controls.push(field);
+    const required = input.required !== false;
+    return h(
+      "div",
+      { class: "field input-field", "data-input": input.id },
+      h(
+        "label",
+        { for: id },
+        input.displayName || input.id,
+        " ",
+        h("span", { class: "muted mono" }, input.type),
+        required ? h("span", { class: "required", "aria-hidden": "true" }, " *") : null,
+        required ? h("span", { class: "sr-only" }, " (required)") : null,
+      ),
+      field,
+      about,
+      error,
+    );
+  });
+
+  /** The values as the API takes them; an empty optional field is left out. */
+  const formData = () => {
+    const data = new FormData();
+    for (const field of controls) {
+      const type = field.dataset.type ?? "STRING";
+      if (field instanceof HTMLInputElement && field.type === "checkbox") {
+        data.append(field.name, field.checked ? "true" : "false");
+      } else if (field instanceof HTMLInputElement && field.type === "file") {
+        const file = field.files?.[0];
+        if (file) data.append(field.name, file, file.name);
+      } else if (field instanceof HTMLSelectElement && field.multiple) {
+        const chosen = Array.from(field.selectedOptions, (option) => option.value);
+        if (chosen.length) data.append(field.name, JSON.stringify(chosen));
+      } else if (field.value !== "") {
+        const value = type === "DATETIME" ? new Date(field.value).toISOString() : field.value;
+        data.append(field.name, value);
+      }
+    }
+    return data;
+  };
+
+  /**
+   * Show the API's problems beside the fields they name (`inputs.<id>`); the others are
+   * returned for the caller to show.
+   * @param {{message?: string, path?: string}[]} problems
+   * @returns {string[]} messages that name no field of this form
+   */
+  const showErrors = (problems) => {
+    for (const slot of errors.values()) slot.replaceChildren();
+    for (const field of controls) field.removeAttribute("aria-invalid");
+    /** @type {string[]} */
+    const rest = [];
+    for (const problem of problems) {
+      const name = problem.path?.startsWith("inputs.") ? problem.path.slice("inputs.".length) : "";
+      const slot = errors.get(name);
+      if (slot) {
+        slot.append(problem.message ?? "invalid");
+        controls.find((field) => field.name === name)?.setAttribute("aria-invalid", "true");
+      } else {
+        rest.push(problem.message ?? "");
+      }
+    }
+    return rest;
+  };
+
+  return { fields, formData, showErrors };
+}
