@@ -19,10 +19,17 @@ Three loops, so that no one of them can hold up another:
   book, writes the records (each keeps the offset of the last command it took, so a command
   read again after a crash is skipped), and only then commits.
 
-State at start: the triggers topic is read whole (the last record per key wins; tombstones
-delete), then the flows table's flows are synced into the books, which also writes the records
-of new triggers and tombstones those of removed ones. Run one scheduler per installation: a
-second one would fire the same slots with the same ids (harmless, but wasted work).
+High availability: any number of schedulers may run; the one holding the lease
+(:mod:`kestream.runtime.scheduler_lease`) is active and runs the four loops, the others are
+standbys that only follow the triggers topic (:mod:`kestream.runtime.trigger_records`), so a
+takeover reads just its tail. ``/health`` says which (``role``).
+
+Activation (at start, or when the lease moves here): the trigger records are caught up to the
+topic's end, fresh books are built from them (the last record per key wins; tombstones delete),
+the flows table's flows are synced into the books, which also writes the records of new triggers
+and tombstones those of removed ones, then the consumers and loops start. Losing the lease stops
+the loops and flushes the producer before the group moves on (the lease module says why that
+fences a stale active); every fire and record write also checks the lease's term first.
 """
 
 from __future__ import annotations
@@ -45,12 +52,16 @@ from kestream.models.clock import Clock, utc_now
 from kestream.models.flow import Flow
 from kestream.models.state import StateType
 from kestream.runtime import records
+from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext
-from kestream.runtime.flows_table import FlowsTable, assign_from_start
+from kestream.runtime.flows_table import FlowsTable
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.metrics import Metrics, process_metrics
+from kestream.runtime.scheduler_lease import SchedulerLease
+from kestream.runtime.trigger_records import TriggerRecords
 from kestream.scheduler.commands import TriggerCommand
 from kestream.scheduler.flow_triggers import FlowTriggerBook
+from kestream.scheduler.leadership import Leadership, Role
 from kestream.scheduler.monitor import late_triggers
 from kestream.scheduler.preconditions import EndedExecution, PreconditionWindow
 from kestream.scheduler.schedules import ScheduleBook
@@ -65,6 +76,11 @@ MONITOR_EVERY_S = 5.0
 FULL_SYNC_EVERY_S = 5.0
 _FETCH_TIMEOUT_MS = 200
 _ERROR_BACKOFF_S = 0.5
+#: Slots owed for less than this (or three session timeouts, when longer) when a scheduler
+#: activates are delayed by the lease's move, not missed: they fire whatever
+#: ``recoverMissedSchedules`` says. A group hands a killed member's partition on after its
+#: session timeout (Apache Kafka), or up to a few times that (the embedded broker).
+HANDOVER_MIN_S = 30.0
 
 
 def _is_window_key(key: str) -> bool:
@@ -91,12 +107,17 @@ class SchedulerService:
         self.clock = clock
         self.on_failure = on_failure
         self.metrics = metrics or process_metrics()
-        self.schedules = ScheduleBook(
-            clock,
-            backfill_slots=self.settings.scheduler_backfill_slots,
-            backfill_interval=timedelta(milliseconds=self.settings.scheduler_tick_ms),
-        )
+        self.schedules = self._schedule_book()
         self.flow_triggers = FlowTriggerBook(clock)
+        self.leadership = Leadership()
+        self.lease = SchedulerLease(
+            ctx, self.leadership, on_acquired=self._on_acquired, on_lost=self._step_down
+        )
+        self.trigger_records = TriggerRecords(ctx)
+        #: The term the loops run under (see :class:`~kestream.scheduler.leadership.Leadership`).
+        self._term = 0
+        self._activation: asyncio.Task[None] | None = None
+        self._monitor: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
         self._updates: AIOKafkaConsumer | None = None
         self._commands: AIOKafkaConsumer | None = None
@@ -121,14 +142,25 @@ class SchedulerService:
 
     @property
     def is_live(self) -> bool:
-        return self._started and all(not t.done() for t in self._tasks)
+        parts_alive = self.lease.alive and self.trigger_records.alive
+        return self._started and parts_alive and all(not t.done() for t in self._tasks)
 
     @property
     def is_ready(self) -> bool:
-        return self.is_live and self._assigned
+        """A standby is ready (it is doing its job: waiting warm); an active scheduler once its
+        ended-executions consumer holds its partitions."""
+        if not self.is_live:
+            return False
+        return self.leadership.role is Role.STANDBY or (
+            self.leadership.role is Role.ACTIVE and self._assigned
+        )
 
     def health_detail(self) -> dict[str, Any]:
         return {
+            # (an open /health shows facts, not text: one flag per role)
+            "active": self.leadership.role is Role.ACTIVE,
+            "standby": self.leadership.role is Role.STANDBY,
+            "term": self.leadership.term,
             "schedules": len(self.schedules),
             "flowTriggers": len(self.flow_triggers),
             # checked for every ended execution: they name nothing the trigger index keys on
@@ -149,11 +181,63 @@ class SchedulerService:
         ctx = self.ctx
         self._producer = make_producer(ctx.settings, ctx.bootstrap, ctx.kind)
         await self._producer.start()
-        await self._load_state()
-        self._sync_all()
-        self._deletes.update(self.schedules.drop_orphans())
-        await self._flush()
+        await self.trigger_records.start()
         self.table.add_listener(self._flow_changed)
+        self._monitor = asyncio.create_task(
+            self._guard(self._monitor_loop()), name="scheduler-monitor"
+        )
+        await self.lease.start()
+        # Say what this scheduler is before saying it started: the group's first answer, and
+        # when it is the lease, the activation (so "started" means "firing" for a lone one).
+        await self.lease.decided.wait()
+        if self._activation is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._activation)
+        self._started = True
+        log.info(
+            "scheduler started (%s): %d schedule(s), %d flow trigger(s)",
+            self.leadership.role,
+            len(self.schedules),
+            len(self.flow_triggers),
+        )
+
+    async def stop(self) -> None:
+        self._started = False
+        await self._step_down()
+        await self.lease.stop()  # leaves the group: a standby takes over at once
+        await cancel_and_wait(self._monitor)
+        self._monitor = None
+        await self.trigger_records.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    # -- the lease ------------------------------------------------------------------------------
+
+    def _on_acquired(self, term: int) -> None:
+        """The lease moved here: activate in the background (the group's callback must not wait
+        for the other groups' joins)."""
+        self._activation = asyncio.create_task(
+            self._guard(self._activate(term)), name="scheduler-activation"
+        )
+
+    async def _activate(self, term: int) -> None:
+        started = time.monotonic()
+        await self.trigger_records.catch_up()
+        self.schedules = self._schedule_book()
+        self.flow_triggers = FlowTriggerBook(self.clock)
+        self._synced.clear()
+        self._dirty.clear()
+        self._windows.clear()
+        self._deletes.clear()
+        self._term = term
+        self._load_state(self.trigger_records.latest)
+        async with self._produce_lock:
+            self._sync_all()
+            self._last_full_sync = time.monotonic()
+            self._deletes.update(self.schedules.drop_orphans())
+            await self._flush()
+        ctx = self.ctx
         self._updates = make_consumer(
             ctx.settings,
             ctx.bootstrap,
@@ -175,40 +259,66 @@ class SchedulerService:
         )  # fmt: skip
         await self._commands.start()
         self._commands.subscribe([self.topics.trigger_commands])
+        if not self.leadership.activated(term):
+            return  # the lease went while activating: _step_down cleans up
         self._tasks = [
             asyncio.create_task(self._guard(self._tick_loop()), name="scheduler-tick"),
             asyncio.create_task(self._guard(self._ended_loop()), name="scheduler-ended"),
-            asyncio.create_task(self._guard(self._monitor_loop()), name="scheduler-monitor"),
             asyncio.create_task(self._guard(self._commands_loop()), name="scheduler-commands"),
         ]
-        self._started = True
         log.info(
-            "scheduler started: %d schedule(s), %d flow trigger(s)",
+            "scheduler active (term %d) in %.3f s: %d schedule(s), %d flow trigger(s)",
+            term,
+            time.monotonic() - started,
             len(self.schedules),
             len(self.flow_triggers),
         )
 
-    async def stop(self) -> None:
-        self._started = False
-        for task in self._tasks:
+    async def _step_down(self) -> None:
+        """Stop firing: the activation and the loops end, the other groups are left, and what
+        the producer holds is written, all before this returns (the lease's fence)."""
+        self.leadership.release()
+        tasks = [t for t in (self._activation, *self._tasks) if t is not None]
+        self._activation, self._tasks = None, []
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._tasks = []
+        self._assigned = False
         for consumer in (self._updates, self._commands):
             if consumer is not None:
-                await consumer.stop()
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
         self._updates = self._commands = None
         if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+            await self._producer.flush()
+        if tasks:
+            log.info("scheduler standby (term %d ended)", self._term)
+
+    def _holds(self) -> bool:
+        return self.lease.valid(self._term)
+
+    def _schedule_book(self) -> ScheduleBook:
+        # (the session is at most the setting, or Kafka's 10 s when it is unset)
+        session_s = (self.settings.session_timeout_ms or 10_000) / 1000
+        return ScheduleBook(
+            self.clock,
+            backfill_slots=self.settings.scheduler_backfill_slots,
+            backfill_interval=timedelta(milliseconds=self.settings.scheduler_tick_ms),
+            handover=timedelta(seconds=max(HANDOVER_MIN_S, 3 * session_s)),
+        )
 
     async def _guard(self, loop: Any) -> None:
         try:
             await loop
         except asyncio.CancelledError:
             raise
+        except _LeaseLost:
+            # The revocation that follows cancels this loop; until then it stays parked (a
+            # finished loop would read as a dead process).
+            log.info("scheduler: the lease is gone; nothing more is fired")
+            await asyncio.Event().wait()
         except BaseException as exc:
             log.exception("scheduler loop failed")
             if self.on_failure is not None:
@@ -217,24 +327,9 @@ class SchedulerService:
 
     # -- state at start -----------------------------------------------------------------------
 
-    async def _load_state(self) -> None:
-        """Read the triggers topic whole: the last record of each key, tombstones deleting."""
-        ctx = self.ctx
-        consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=None)
-        await consumer.start()
-        latest: dict[str, bytes | None] = {}
-
-        def keep(rec: ConsumerRecord[Any, Any]) -> None:
-            if rec.key is not None:
-                latest[rec.key.decode("utf-8", "replace")] = rec.value
-
-        try:
-            await assign_from_start(consumer, self.topics.triggers, keep)
-        finally:
-            await consumer.stop()
+    def _load_state(self, latest: dict[str, bytes]) -> None:
+        """Feed the books the trigger records (the latest value of each key)."""
         for key, value in latest.items():
-            if value is None:
-                continue
             try:
                 if _is_window_key(key):
                     self.flow_triggers.load_window(PreconditionWindow.from_json(value))
@@ -257,6 +352,8 @@ class SchedulerService:
 
     def _flow_changed(self, flow: Flow) -> None:
         """A flow revision arrived in the flows table (deletions: see FULL_SYNC_EVERY_S)."""
+        if self.leadership.role is not Role.ACTIVE:
+            return  # a standby has no books; an activation syncs every flow
         latest = self.table.latest(flow.namespace, flow.id)
         if latest is not None and latest.revision == flow.revision:
             self._sync(flow)
@@ -284,6 +381,8 @@ class SchedulerService:
         windows, self._windows = self._windows, {}
         deletes, self._deletes = self._deletes, set()
         producer = self._require_producer()
+        if (dirty or windows or deletes) and not self._holds():
+            raise _LeaseLost()
         topic = self.topics.triggers
         acks = []
         for key in sorted(dirty - deletes):
@@ -327,6 +426,8 @@ class SchedulerService:
     async def _emit_fires(self, fires: list[Any]) -> None:
         """Executions first (acknowledged), then the trigger records."""
         producer = self._require_producer()
+        if not self._holds():
+            raise _LeaseLost()
         now = self.clock()
         acks = []
         for fire in fires:
@@ -406,6 +507,8 @@ class SchedulerService:
         if not events:
             return
         producer = self._require_producer()
+        if not self._holds():
+            raise _LeaseLost()
         sized = [(e, self._sized(e)) for e in events]
         acks = [
             await producer.send(self.topics.executions, value, key=e.execution_id.encode())
@@ -496,6 +599,10 @@ def ended_execution(execution: dict[str, Any], clock: Clock) -> EndedExecution:
         flow_revision=execution.get("flowRevision"),
         end_date=datetime.fromisoformat(end) if end else clock(),
     )
+
+
+class _LeaseLost(Exception):
+    """Raised before a write by a loop whose term no longer holds the lease."""
 
 
 class _Assigned(ConsumerRebalanceListener):

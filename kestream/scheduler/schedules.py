@@ -20,9 +20,12 @@ once when a stored record is taken up: ``ALL`` (Kestra's default) fires every mi
 ``recovery_cap`` of them (the latest; a warning says how many were dropped), ``LAST`` only the
 most recent one, ``NONE`` none. A trigger the book has never seen starts at its next slot after
 now: no backfill. While running, a tick that comes late (a slow loop) fires every slot it owes,
-whatever the policy: those were not missed, only delayed. ``lateMaximumDelay`` skips a slot
-owed for longer than that delay. A slot whose ``conditions`` (DayWeek, PublicHoliday, ...) do not
-hold is skipped: no execution, and the trigger moves on to its next slot.
+whatever the policy: those were not missed, only delayed. So do the slots that fell due within
+``handover`` before a record is taken up: a standby taking over from a killed scheduler finds
+them owed because the lease was moving, not because no scheduler ran. ``lateMaximumDelay``
+skips a slot owed for longer than that delay. A slot whose ``conditions`` (DayWeek,
+PublicHoliday, ...) do not hold is skipped: no execution, and the trigger moves on to its next
+slot.
 
 Backfills (:mod:`kestream.scheduler.backfill`) run beside the schedule, paced: a tick fires at
 most ``backfill_slots`` slots of one backfill, then the backfill is due again ``backfill_interval``
@@ -126,6 +129,9 @@ class ScheduleBook:
         recovery_cap: the most missed slots one trigger fires after downtime.
         backfill_slots: the most slots one backfill fires per tick.
         backfill_interval: how long a backfill with slots left waits before its next batch.
+        handover: slots owed for less than this when a record is taken up are delayed, not
+            missed: they fire whatever ``recoverMissedSchedules`` says (the time the lease can
+            take to move from a killed scheduler to a standby).
     """
 
     def __init__(
@@ -136,8 +142,10 @@ class ScheduleBook:
         recovery_cap: int = DEFAULT_RECOVERY_CAP,
         backfill_slots: int = DEFAULT_BACKFILL_SLOTS,
         backfill_interval: timedelta = _SECOND,
+        handover: timedelta = timedelta(0),
     ) -> None:
         self._clock = clock
+        self._handover = handover
         self._backfill_slots = max(1, backfill_slots)
         self._backfill_interval = backfill_interval
         self._default_recovery: Recovery = default_recovery
@@ -324,13 +332,14 @@ class ScheduleBook:
             # the old slots mean nothing for the new schedule, start again from now.
             self._plan(entry, _later(now, last))
             return
-        if owed <= now:
+        missed_until = now - self._handover  # later slots were delayed by a handover
+        if owed <= missed_until:
             policy = entry.trigger.recoverMissedSchedules or self._default_recovery
             if policy == "NONE":
-                self._plan(entry, now)
+                self._plan(entry, _later(missed_until, last))
                 return
             if policy == "LAST":
-                latest = entry.cron.latest_at_or_before(now)
+                latest = entry.cron.latest_at_or_before(missed_until)
                 if latest is not None and (last is None or latest > last):
                     owed = latest
         entry.state = entry.state.evolve(next_execution_date=owed, schedule=entry.schedule)

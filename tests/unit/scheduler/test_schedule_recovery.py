@@ -212,3 +212,22 @@ def test_a_stale_record_loaded_late_does_not_move_the_book_back() -> None:
     )
     assert book.state(KEY) == fire.state
     assert [f.slot for f in book.tick(utc(2025, 1, 1, 10, 2))] == [utc(2025, 1, 1, 10, 2)]
+
+
+@pytest.mark.parametrize(
+    ("policy", "hours"),
+    [("NONE", [14, 15]), ("LAST", [13, 14, 15]), ("ALL", [11, 12, 13, 14, 15])],
+)
+def test_slots_owed_within_the_handover_are_delayed_not_missed(
+    policy: str, hours: list[int]
+) -> None:
+    """Back at 15:30 with a 2 h handover: the slots after 13:30 fire whatever the policy (the
+    lease was moving), the policy decides only for the older ones."""
+    book, clock = down_since_ten(policy, handover=timedelta(hours=2))
+    assert [f.slot.hour for f in book.tick(clock.now)] == hours
+    assert book.next_due() == utc(2025, 1, 1, 16)
+
+
+def test_a_handover_longer_than_the_outage_fires_every_slot_owed() -> None:
+    book, clock = down_since_ten("NONE", handover=timedelta(hours=6))
+    assert [f.slot.hour for f in book.tick(clock.now)] == [11, 12, 13, 14, 15]

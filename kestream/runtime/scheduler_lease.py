@@ -1,0 +1,148 @@
+"""The scheduler's lease: which of several schedulers is the active one.
+
+Every scheduler joins the consumer group ``<prefix>scheduler-lease`` on the one-partition
+trigger-commands topic (any one-partition topic would do; nothing is read from it: the partition
+is paused). The group hands that partition to one member; that member is active, the others are
+standbys. When the active one dies, the group notices after its session timeout
+(``KESTREAM_SESSION_TIMEOUT_MS``) and hands the partition to a standby; a clean stop leaves the
+group and hands it on at once.
+
+Fencing: the group asks every member to give up its partitions before it assigns them again
+(the revocation callback), and waits for the answer. :class:`SchedulerLease` awaits ``on_lost``
+there, and the scheduler stops firing and flushes its producer before returning, so whatever
+the old active wrote is in the log before the new one reads it. A member the group has already
+expelled (its session expired while it was frozen) learns it late; :meth:`SchedulerLease.valid`
+also refuses once the consumer's group generation is no longer the one the partition was assigned
+in. What remains (a frozen process that wakes and fires before its heartbeat fails) can only
+repeat a slot the new active fires too, under the same execution id derived from the slot, which
+the executor drops as a repeat (DESIGN.md section 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from kestream.runtime.aio import cancel_and_wait
+from kestream.runtime.context import BrokerContext
+from kestream.runtime.kafka import make_consumer
+from kestream.scheduler.leadership import Leadership
+
+__all__ = ["SchedulerLease"]
+
+log = logging.getLogger("kestream.scheduler.lease")
+
+_POLL_TIMEOUT_MS = 500
+_ERROR_BACKOFF_S = 0.5
+
+
+class SchedulerLease:
+    """Membership in the lease group, reported to a :class:`Leadership`.
+
+    Args:
+        ctx: the broker and topics.
+        leadership: the state machine to drive.
+        on_acquired: called (not awaited: activation must not hold up the group) with the new
+            term when this scheduler wins the lease.
+        on_lost: awaited inside the revocation callback: when it returns, this scheduler fires
+            nothing more.
+    """
+
+    def __init__(
+        self,
+        ctx: BrokerContext,
+        leadership: Leadership,
+        *,
+        on_acquired: Callable[[int], None],
+        on_lost: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.ctx = ctx
+        self.leadership = leadership
+        self.on_acquired = on_acquired
+        self.on_lost = on_lost
+        self.decided = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._generation: int | None = None
+
+    @property
+    def group_id(self) -> str:
+        return self.ctx.settings.topic("scheduler-lease")
+
+    async def start(self) -> None:
+        """Join the group; :attr:`decided` is set once the group has first answered."""
+        ctx = self.ctx
+        consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=self.group_id)
+        self._consumer = consumer
+        await consumer.start()
+        consumer.subscribe([ctx.topics.trigger_commands], listener=_Listener(self))
+        self._task = asyncio.create_task(self._poll(consumer), name="scheduler-lease")
+
+    async def stop(self) -> None:
+        """Leave the group (a standby takes over at once)."""
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def valid(self, term: int) -> bool:
+        """Does this scheduler still hold the lease of ``term``, as far as it can tell?"""
+        if not self.leadership.holds_or_activating(term):
+            return False
+        return self._generation is None or self._generation == self._current_generation()
+
+    def _current_generation(self) -> int | None:
+        consumer = self._consumer
+        coordinator = getattr(consumer, "_coordinator", None)
+        return getattr(coordinator, "generation", None)
+
+    async def _poll(self, consumer: AIOKafkaConsumer) -> None:
+        """Keep polling: a member that stops polling for ``max.poll.interval`` leaves its group;
+        the partition is paused, so nothing is fetched."""
+        while True:
+            try:
+                await consumer.getmany(timeout_ms=_POLL_TIMEOUT_MS)
+            except KafkaError as exc:
+                log.warning("scheduler lease: poll failed (%s); retrying", exc)
+                await asyncio.sleep(_ERROR_BACKOFF_S)
+
+    async def assigned(self, partitions: list[TopicPartition]) -> None:
+        consumer = self._consumer
+        if consumer is not None and partitions:
+            consumer.pause(*partitions)
+        if not partitions:
+            self.leadership.standby()
+            log.info("scheduler lease: standby (group %s)", self.group_id)
+        else:
+            self._generation = self._current_generation()
+            term = self.leadership.acquire()
+            if term is not None:
+                log.info("scheduler lease: acquired (term %d)", term)
+                self.on_acquired(term)
+        self.decided.set()
+
+    async def revoked(self) -> None:
+        self._generation = None
+        if self.leadership.release():
+            log.info("scheduler lease: revoked; stepping down")
+            await self.on_lost()
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, lease: SchedulerLease) -> None:
+        self.lease = lease
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.lease.revoked()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.lease.assigned(list(assigned))

@@ -1,0 +1,83 @@
+"""The scheduler lease's group callbacks drive the leadership (no broker: the consumer's
+callbacks are called as aiokafka calls them, revocation first, then the new assignment)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import TopicPartition
+
+from kestream.runtime.context import BrokerContext
+from kestream.runtime.scheduler_lease import SchedulerLease
+from kestream.runtime.topics import Topics
+from kestream.scheduler.leadership import Leadership, Role
+from kestream.settings import Settings
+
+
+class _Calls:
+    def __init__(self) -> None:
+        self.acquired: list[int] = []
+        self.lost = 0
+
+    def on_acquired(self, term: int) -> None:
+        self.acquired.append(term)
+
+    async def on_lost(self) -> None:
+        await asyncio.sleep(0)
+        self.lost += 1
+
+
+def _lease() -> tuple[SchedulerLease, Leadership, _Calls]:
+    settings = Settings(broker="localhost:1", topic_prefix="t-")
+    ctx = BrokerContext(settings, "localhost:1", "kafka", Topics.of(settings))
+    leadership, calls = Leadership(), _Calls()
+    lease = SchedulerLease(ctx, leadership, on_acquired=calls.on_acquired, on_lost=calls.on_lost)
+    return lease, leadership, calls
+
+
+TP = TopicPartition("t-trigger-commands", 0)
+
+
+async def test_the_member_given_the_partition_acquires_and_the_others_stand_by() -> None:
+    active, active_state, active_calls = _lease()
+    standby, standby_state, standby_calls = _lease()
+    await active.revoked()
+    await active.assigned([TP])
+    await standby.revoked()
+    await standby.assigned([])
+    assert active_calls.acquired == [1] and active_state.role is Role.ACTIVATING
+    assert standby_calls.acquired == [] and standby_state.role is Role.STANDBY
+    assert active.decided.is_set() and standby.decided.is_set()
+    assert active_state.activated(1)
+    assert active.valid(1) and not standby.valid(0)
+
+
+async def test_revocation_awaits_the_step_down_of_the_holder_only() -> None:
+    lease, leadership, calls = _lease()
+    await lease.revoked()  # the first join revokes nothing held
+    assert calls.lost == 0
+    await lease.assigned([TP])
+    assert leadership.activated(1)
+    await lease.revoked()
+    assert calls.lost == 1
+    assert leadership.role is Role.STANDBY and not lease.valid(1)
+
+
+async def test_a_rebalance_that_hands_the_lease_back_starts_a_new_term() -> None:
+    lease, leadership, calls = _lease()
+    await lease.assigned([TP])
+    assert leadership.activated(1)
+    await lease.revoked()
+    await lease.assigned([TP])
+    assert calls.acquired == [1, 2] and calls.lost == 1
+    assert not lease.valid(1)  # work of the first term cannot write any more
+    assert leadership.activated(2) and lease.valid(2)
+
+
+async def test_a_lease_moved_away_leaves_a_standby() -> None:
+    lease, leadership, calls = _lease()
+    await lease.assigned([TP])
+    assert leadership.activated(1)
+    await lease.revoked()
+    await lease.assigned([])
+    assert leadership.role is Role.STANDBY and calls.lost == 1 and calls.acquired == [1]
