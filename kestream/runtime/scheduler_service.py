@@ -293,6 +293,10 @@ class SchedulerService:
         self._updates = self._commands = None
         if self._producer is not None:
             await self._producer.flush()
+        # A standby owes nothing: its monitoring and health count no trigger (the next
+        # activation builds the books again from the records).
+        self.schedules = self._schedule_book()
+        self.flow_triggers = FlowTriggerBook(self.clock)
         if tasks:
             log.info("scheduler standby (term %d ended)", self._term)
 
