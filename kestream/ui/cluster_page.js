@@ -5,12 +5,55 @@
  * lag (records behind, summed over its partitions: the processes measure it per consumer),
  * a worker's slots in use and the dead letters it wrote; which process owns each partition of
  * the executor's and the worker's topics; and the embedded broker's warning when it keeps
- * everything in memory only.
+ * everything in memory only. Each process's consumer lag and jobs running are drawn as
+ * sparklines of the samples read since the page opened (the last minute).
  */
 import { getJson } from "./api.js";
 import { errorBox, fill, h } from "./dom.js";
 
 const REFRESH_MS = 2000;
+/** Samples kept per process for its sparklines: a minute at one read every two seconds. */
+const SAMPLES = 30;
+const SVG = "http://www.w3.org/2000/svg";
+
+/**
+ * Sorted partitions as ranges: `0–7, 9, 12–15`.
+ * @param {number[]} partitions
+ */
+export function ranges(partitions) {
+  /** @type {string[]} */
+  const out = [];
+  for (let i = 0; i < partitions.length; ) {
+    let j = i;
+    while (j + 1 < partitions.length && partitions[j + 1] === partitions[j] + 1) j++;
+    out.push(i === j ? String(partitions[i]) : `${partitions[i]}–${partitions[j]}`);
+    i = j + 1;
+  }
+  return out.join(", ");
+}
+
+/**
+ * A sparkline of `values` (an SVG polyline scaled to its largest value), with its last value
+ * as text for screen readers and for the eye.
+ * @param {number[]} values
+ * @param {string} what
+ */
+function sparkline(values, what) {
+  const width = 80;
+  const height = 18;
+  const top = Math.max(1, ...values);
+  const step = values.length > 1 ? width / (SAMPLES - 1) : 0;
+  const points = values.map((v, i) => `${(i * step).toFixed(1)},${(height - 1 - (v / top) * (height - 2)).toFixed(1)}`).join(" ");
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("class", "spark");
+  svg.setAttribute("aria-hidden", "true");
+  const line = document.createElementNS(SVG, "polyline");
+  line.setAttribute("points", points);
+  svg.append(line);
+  const last = values.length ? values[values.length - 1] : 0;
+  return h("span", { class: "spark-cell", title: `${what}: last ${values.length} samples, max ${top}` }, svg, ` ${last}`);
+}
 
 /**
  * The partitions a process owns, from its health checks (a check that reports `partitions`).
@@ -90,11 +133,27 @@ export function clusterPage(root) {
   );
   const headline = /** @type {HTMLElement} */ (root.querySelector("#cluster-status"));
   let stopped = false;
+  /** @type {Map<string, {lag: number[], jobs: number[]}>} samples by process key */
+  const history = new Map();
+  /** @param {number[]} list @param {number} value */
+  const push = (list, value) => {
+    list.push(value);
+    if (list.length > SAMPLES) list.shift();
+  };
 
   const load = async () => {
     try {
       const cluster = await getJson("/cluster");
       if (stopped) return;
+      const present = new Set();
+      for (const m of cluster.members) {
+        present.add(m.key);
+        const samples = history.get(m.key) ?? { lag: [], jobs: [] };
+        push(samples.lag, sum(m.consumerLag));
+        push(samples.jobs, Number(m.jobsRunning ?? 0));
+        history.set(m.key, samples);
+      }
+      for (const key of history.keys()) if (!present.has(key)) history.delete(key);
       fill(status);
       fill(headline, health(cluster), cluster.missingRoles?.length ? h("span", { class: "error" }, ` missing: ${cluster.missingRoles.join(", ")}`) : null);
       fill(
@@ -112,7 +171,7 @@ export function clusterPage(root) {
           h(
             "thead",
             {},
-            h("tr", {}, ["Role", "Host", "PID", "Port", "Health", "Partitions", "Consumer lag", "Worker slots in use", "Dead letters", "Up for"].map((name) => h("th", { scope: "col" }, name))),
+            h("tr", {}, ["Role", "Host", "PID", "Port", "Health", "Partitions", "Consumer lag", "Lag, last minute", "Worker slots in use", "Jobs, last minute", "Dead letters", "Up for"].map((name) => h("th", { scope: "col" }, name))),
           ),
           h(
             "tbody",
@@ -126,9 +185,11 @@ export function clusterPage(root) {
                 h("td", { class: "mono" }, String(m.pid)),
                 h("td", { class: "mono" }, m.port == null ? "" : String(m.port)),
                 h("td", {}, health(m), m.notReady?.length ? h("span", { class: "muted" }, ` ${m.notReady.join(", ")}`) : null),
-                h("td", { class: "mono", "data-partitions": "" }, partitionsOf(m).join(", ")),
+                h("td", { class: "mono", "data-partitions": "" }, ranges(partitionsOf(m))),
                 h("td", { "data-lag": "" }, Object.keys(m.consumerLag ?? {}).length ? Object.entries(m.consumerLag).map(([k, v]) => `${k} ${v}`).join(", ") : ""),
+                h("td", {}, Object.keys(m.consumerLag ?? {}).length ? sparkline(history.get(m.key)?.lag ?? [], "consumer lag") : ""),
                 h("td", { "data-slots": "" }, m.slots == null ? "" : `${m.jobsRunning ?? 0} / ${m.slots}`),
+                h("td", {}, m.slots == null ? "" : sparkline(history.get(m.key)?.jobs ?? [], "jobs running")),
                 h("td", { "data-dead-letters": "" }, String(sum(m.deadLetters))),
                 h("td", {}, `${Math.round(m.startedS)} s`),
               ),

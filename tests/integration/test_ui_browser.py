@@ -264,7 +264,8 @@ def test_the_shell_by_keyboard_in_both_themes_at_desktop_and_phone_widths(
     text_of(driver, "#execution-state", "RUNNING")
     screenshot(driver, f"execution-{switched}-1280", tmp_path)
     driver.set_window_size(390, 844)
-    for page in (f"#/executions/{execution_id}", f"#/executions?namespace={ns}", "#/flows"):
+    pages = (f"#/executions/{execution_id}", f"#/executions?namespace={ns}", "#/flows", "#/cluster")
+    for page in pages:
         driver.get(f"{stack.base}/ui/{page}")
         wait(driver).until(ec.presence_of_element_located((By.CSS_SELECTOR, "main h1")))
         overflow = driver.execute_script(
@@ -441,6 +442,7 @@ def test_the_cluster_page_shows_each_role_with_its_partitions(
     worker = driver.find_element(By.CSS_SELECTOR, '#members tr[data-role="worker"]')
     assert " / " in worker.find_element(By.CSS_SELECTOR, "[data-slots]").text  # in use / slots
     assert worker.find_element(By.CSS_SELECTOR, "[data-dead-letters]").text.isdigit()
+    assert worker.find_elements(By.CSS_SELECTOR, "svg.spark polyline")  # lag, jobs running
     for role in ("executor", "worker"):
         table = driver.find_element(By.ID, f"partitions-{role}")
         rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
