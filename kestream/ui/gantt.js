@@ -8,6 +8,9 @@
  * The execution page calls `update` with each frame of its live feed: rows are kept by task
  * run id and only their bars are moved, so a frame costs a pass over the runs and no rebuild
  * (the focus and scroll position stay where they are).
+ *
+ * The timeline is one stop of the Tab key (a roving tabindex): the arrow keys, Home and End
+ * move between its rows, each of which reads its task, state, attempts and duration.
  */
 import { duration, h } from "./dom.js";
 
@@ -43,6 +46,28 @@ export class Gantt {
     this.axis = h("p", { class: "muted gantt-axis", id: "gantt-axis" });
     /** @type {Map<string, {row: HTMLLIElement, label: HTMLSpanElement, track: HTMLDivElement}>} */
     this.rows = new Map();
+    /** The task-run id of the row that takes the focus when the timeline is tabbed into. */
+    this.current = "";
+    this.element.addEventListener("keydown", (event) => this.move(event));
+  }
+
+  /** @param {KeyboardEvent} event */
+  move(event) {
+    const rows = /** @type {HTMLLIElement[]} */ (Array.from(this.element.children));
+    const at = rows.indexOf(/** @type {HTMLLIElement} */ (document.activeElement));
+    if (at < 0) return;
+    const to = { ArrowDown: at + 1, ArrowUp: at - 1, Home: 0, End: rows.length - 1 }[event.key];
+    if (to === undefined || to < 0 || to >= rows.length) return;
+    event.preventDefault();
+    this.focusRow(rows[to]);
+  }
+
+  /** @param {HTMLLIElement} row */
+  focusRow(row) {
+    for (const entry of this.rows.values()) entry.row.tabIndex = -1;
+    row.tabIndex = 0;
+    this.current = row.dataset.id ?? "";
+    row.focus();
   }
 
   /**
@@ -76,7 +101,7 @@ export class Gantt {
       if (!entry) {
         const label = h("span", { class: "gantt-label mono" });
         const track = h("div", { class: "gantt-track" });
-        const row = h("li", { class: "gantt-row", tabindex: 0, "data-task": run.taskId, "data-id": run.id }, label, track);
+        const row = h("li", { class: "gantt-row", tabindex: -1, "data-task": run.taskId, "data-id": run.id }, label, track);
         entry = { row, label, track };
         this.rows.set(run.id, entry);
       }
@@ -116,6 +141,12 @@ export class Gantt {
         entry.row.remove();
         this.rows.delete(id);
       }
+    }
+    const current = this.rows.get(this.current) ?? this.rows.get(runs[0]?.id);
+    if (current && current.row.tabIndex !== 0) {
+      for (const entry of this.rows.values()) entry.row.tabIndex = -1;
+      current.row.tabIndex = 0;
+      this.current = current.row.dataset.id ?? "";
     }
     this.axis.textContent = runs.length
       ? `${new Date(first).toLocaleTimeString()} → ${new Date(last).toLocaleTimeString()} (${duration(new Date(first).toISOString(), new Date(last).toISOString())})`

@@ -411,6 +411,13 @@ def test_the_gantt_shows_retries_and_loop_values_then_the_pause_resumes_from_its
         == "PAUSED"
     )
 
+    tab_stops = driver.find_elements(By.CSS_SELECTOR, '#gantt [tabindex="0"]')
+    assert [row.get_attribute("data-task") for row in tab_stops] == ["flaky"]  # one Tab stop
+    driver.execute_script("arguments[0].focus()", flaky)
+    ActionChains(driver).send_keys(Keys.ARROW_DOWN).perform()
+    assert driver.switch_to.active_element.get_attribute("data-task") == "each"
+    assert "attempt(s)" in (driver.switch_to.active_element.get_attribute("aria-label") or "")
+
     wait(driver).until(ec.element_to_be_clickable((By.ID, "resume"))).click()
     reason = wait(driver).until(ec.element_to_be_clickable((By.ID, "resume-reason")))
     assert driver.switch_to.active_element == reason  # the form takes the focus
