@@ -6,6 +6,7 @@ real :class:`Health` and :class:`Metrics`), so what the route answers is what th
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
@@ -117,3 +118,16 @@ async def test_standalone_on_tansu_without_durability_is_memory_only(
     monkeypatch.delenv(CRASHES_FILE_ENV)
     body = await (await client.get("/api/v1/main/cluster", headers=AUTH)).json()
     assert body["broker"]["memoryOnly"] is False  # a Tansu of one's own: not standalone's
+
+
+async def test_a_process_of_an_older_version_is_listed_without_figures(
+    client: TestClient[web.Request, web.Application], roster: Roster
+) -> None:
+    older = published("scheduler", 3, Metrics(process_collectors=False), [])
+    body = json.loads(older.encode())
+    del body["facts"]  # written before the records carried them
+    roster.apply(older.key, json.dumps(body).encode())
+    reply = await client.get("/api/v1/main/cluster", headers=AUTH)
+    (member,) = (await reply.json())["members"]
+    assert member["role"] == "scheduler" and member["status"] == "UP"
+    assert (member["checks"], member["consumerLag"], member["slots"]) == ({}, {}, None)
