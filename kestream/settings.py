@@ -154,7 +154,9 @@ class Settings(BaseSettings):
         default=None,
         gt=0,
         description="KESTREAM_SESSION_TIMEOUT_MS: consumer group session; unset = 4000 on the "
-        "embedded broker (Tansu holds a group's first join for half of it), 10000 on Kafka.",
+        "embedded broker (Tansu holds a group's first join for half of it), 10000 elsewhere "
+        "(Kafka, a Tansu of one's own). The rebalance timeout is this plus the worker's "
+        "revoke grace, at least 10000.",
     )
     heartbeat_interval_ms: int = Field(
         default=1_000, description="KESTREAM_HEARTBEAT_INTERVAL_MS: consumer group heartbeat."
@@ -558,17 +560,24 @@ class Settings(BaseSettings):
             raise ValueError("KESTREAM_API_USERNAME cannot contain ':' (HTTP Basic's separator)")
         return self
 
-    def session_timeout_for(self, kind: str) -> int:
-        """The consumer group session (ms) on a broker of ``kind`` (``tansu`` or ``kafka``).
+    def session_timeout(self) -> int:
+        """The consumer group session (ms): the setting, else Kafka's usual 10 s.
 
-        Tansu answers a group's first JoinGroup only after half the session timeout, rounded
-        up to whole seconds (measured: 1 s at 2 s, 2 s at 3 s and 4 s, 3 s at 6 s, 5 s at 10 s):
-        with Kafka's usual 10 s every role's start waited 5 s. 4 s joins as fast as 3 s and
-        leaves a member four heartbeats before a busy machine's stall costs it its partitions;
-        it also moves a killed member's partitions sooner."""
-        if self.session_timeout_ms is not None:
-            return self.session_timeout_ms
-        return 4_000 if kind == "tansu" else 10_000
+        On the embedded broker the roles' settings carry 4 s unless one is set
+        (:func:`kestream.runtime.context.for_broker`): Tansu answers a group's first JoinGroup
+        only after half the session timeout, rounded up to whole seconds (measured: 1 s at
+        2 s, 2 s at 3 s and 4 s, 3 s at 6 s, 5 s at 10 s). A Tansu of one's own, like Kafka,
+        may hold members of other machines, whose stalls the longer session absorbs."""
+        return self.session_timeout_ms if self.session_timeout_ms is not None else 10_000
+
+    def rebalance_timeout(self) -> int:
+        """How long (ms) a group waits for its members to rejoin once a rebalance begins: what
+        their revocation does (the worker's revoke grace, its commit, the executor's last
+        flush and commit) must fit. aiokafka's default is the session, 4 s on the embedded
+        broker, less than a worker's grace plus a commit on a busy machine. Tansu's first
+        join does not wait on it (measured: 2 s at 4 s and at 10 s)."""
+        grace_ms = int(self.worker_revoke_grace_s * 1000)
+        return max(10_000, self.session_timeout() + grace_ms)
 
     @property
     def api_bearer_tokens(self) -> tuple[str, ...]:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
@@ -14,3 +17,21 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+#: How many items a long synchronous pass over a batch handles between two turns it gives the
+#: event loop (:func:`paced`): a few milliseconds of work at most.
+YIELD_EVERY = 200
+
+
+async def paced(items: Iterable[T], every: int = YIELD_EVERY) -> AsyncIterator[T]:
+    """``items``, giving the event loop a turn after every ``every`` of them.
+
+    Every role of a shared process runs on one loop, and aiokafka's heartbeats are tasks of
+    that loop: a pass over thousands of records (an executor batch, a changelog rebuild) that
+    never yields delays every other role's heartbeats, fetches and HTTP answers by its length,
+    and long enough costs them their group membership."""
+    for n, item in enumerate(items, 1):
+        yield item
+        if n % every == 0:
+            await asyncio.sleep(0)

@@ -42,6 +42,7 @@ from kestream.executor import codec
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.state import ExecutionState
 from kestream.runtime import records
+from kestream.runtime.aio import paced
 from kestream.runtime.compacted import read_partitions
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.kafka import make_consumer
@@ -202,7 +203,7 @@ class ChangelogRestorer:
         """Rebuild ``partitions`` from their whole changelog (retried, see :meth:`read`);
         returns what each gave back and each one's end offset (the checkpoint it was read to)."""
         reads, ends = await self.read(partitions)
-        return {p: self.rebuild(p, read) for p, read in reads.items()}, ends
+        return {p: await self.rebuild(p, read) for p, read in reads.items()}, ends
 
     async def read(
         self, partitions: set[int], start: dict[int, int] | None = None
@@ -307,11 +308,12 @@ class ChangelogRestorer:
             await consumer.stop()
         return reads, {tp.partition: end for tp, end in ends.items()}
 
-    def rebuild(self, partition: int, read: PartitionRead) -> Recovered:
+    async def rebuild(self, partition: int, read: PartitionRead) -> Recovered:
         """Executions in flight and ended markers from one partition's latest committed
-        records, and the repairs of its torn steps."""
+        records, and the repairs of its torn steps; the event loop gets a turn every few
+        hundred executions (the other roles of the process keep their heartbeats)."""
         found = Recovered(repairs=read.repairs(read.latest))
-        for execution_id, recs in read.latest.items():
+        async for execution_id, recs in paced(read.latest.items()):
             marker = recs.get(codec.header_key(execution_id, codec.ENDED))
             if marker is not None:
                 found.ended.append((execution_id, marker))

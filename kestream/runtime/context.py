@@ -8,9 +8,24 @@ from dataclasses import dataclass
 from kestream.executor.instance_variables import InstanceVariables, set_instance_variables
 from kestream.expressions import set_render_timeout_ms, set_step_render_budget_ms
 from kestream.runtime.record_limit import RecordLimit
-from kestream.runtime.tansu_compat import probe_broker
+from kestream.runtime.tansu_compat import BrokerTraits, probe_broker
 from kestream.runtime.topics import Topics, ensure_topics
 from kestream.settings import Settings
+
+#: The consumer group session on the embedded broker, unless ``KESTREAM_SESSION_TIMEOUT_MS``
+#: is set (:func:`for_broker`).
+EMBEDDED_SESSION_TIMEOUT_MS = 4_000
+
+
+def for_broker(settings: Settings, traits: BrokerTraits) -> Settings:
+    """``settings`` as the roles on this broker use them: on the embedded broker, a 4 s
+    consumer group session unless one is set, for Tansu answers a group's first JoinGroup
+    only after half the session, rounded up to whole seconds (2 s at 4 s, 5 s at 10 s). Its
+    groups hold one machine's processes only; elsewhere (Kafka, a Tansu of one's own, whose
+    groups may hold other machines' members, stalls included) the usual 10 s stays."""
+    if traits.embedded and settings.session_timeout_ms is None:
+        return settings.model_copy(update={"session_timeout_ms": EMBEDDED_SESSION_TIMEOUT_MS})
+    return settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +35,8 @@ class BrokerContext:
     #: "tansu" (the embedded broker: workarounds on) or "kafka".
     kind: str
     topics: Topics
+    #: The broker is kestream's embedded one (:attr:`~.tansu_compat.BrokerTraits.embedded`).
+    embedded: bool = False
     #: The largest record this process produces, learnt at :func:`connect`; unset (a context
     #: built by hand), the setting's.
     learnt_limit: RecordLimit | None = None
@@ -48,5 +65,8 @@ async def connect(settings: Settings, bootstrap: str | None = None) -> BrokerCon
     if not address:
         raise ValueError("no broker: set KESTREAM_BROKER, or start kestream through its CLI")
     traits = await probe_broker(address, settings=settings)
+    settings = for_broker(settings, traits)
     topics, limit = await ensure_topics(settings, address, traits.kind)
-    return BrokerContext(settings, address, traits.kind, topics, limit)
+    return BrokerContext(
+        settings, address, traits.kind, topics, embedded=traits.embedded, learnt_limit=limit
+    )

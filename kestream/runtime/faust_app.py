@@ -14,7 +14,11 @@ held every role's start back by half a session timeout on the embedded broker.
 One process may host several roles (``kestream roles executor,worker,scheduler,api``, what
 ``kestream standalone`` starts by default): each role keeps its own parts, health and member
 record; they start side by side, and a failure of any of them ends the process, which the
-supervisor starts again.
+supervisor starts again: the failure is logged naming the role, and the role is written where
+the supervisor reads it (:func:`~kestream.runtime.restarts.record_failed_role`). A role that
+fails to start fails the process at once (the others' starts are cancelled); at the stop, each
+role's parts are stopped on their own, so that one failing stop skips no other (the worker's
+drain, the executor's last flush).
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 import faust
@@ -40,7 +45,7 @@ from kestream.plugins.loading import PluginError, load_plugins
 from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext, connect
 from kestream.runtime.embedded_broker import free_port
-from kestream.runtime.health import Check, Health, LoopMonitor, flows_table_check
+from kestream.runtime.health import Check, Health, LoopMonitor, RolePart, flows_table_check
 from kestream.runtime.kafka_connection import client_options
 from kestream.runtime.members import MemberBoard, MemberPublisher
 from kestream.runtime.metrics import Metrics, process_metrics
@@ -51,7 +56,7 @@ from kestream.runtime.ops_routes import (
     ops_routes,
 )
 from kestream.runtime.process import process_age_s, tune_gc
-from kestream.runtime.restarts import expose_supervisor_crashes
+from kestream.runtime.restarts import expose_supervisor_crashes, record_failed_role
 from kestream.settings import SecurityProtocol, Settings, get_settings
 
 if TYPE_CHECKING:  # the API's stack is imported by the processes that host the API only
@@ -185,10 +190,20 @@ class _HostedRole:
         self.publisher: MemberPublisher | None = None
 
     async def stop(self) -> None:
-        if self.publisher is not None:
-            await self.publisher.stop()
+        """Stop the publisher, then the parts in reverse start order, each on its own: a part
+        whose stop fails is logged and the next is stopped all the same."""
+        publisher, self.publisher = self.publisher, None
+        if publisher is not None:
+            await _stop_logged(f"the {self.role} role's member publisher", publisher.stop)
         for part in reversed(self.parts):
-            await part.stop()
+            await _stop_logged(f"the {self.role} role's {type(part).__name__}", part.stop)
+
+
+async def _stop_logged(what: str, stop: Callable[[], Awaitable[Any]]) -> None:
+    try:
+        await stop()
+    except Exception:
+        log.exception("stopping %s failed", what)
 
 
 class RoleService(Service):
@@ -262,14 +277,8 @@ class RoleService(Service):
         ctx = await connect(self.settings)
         connected = time.monotonic()
         await self.monitor.start()
-        # Side by side: each role's group join and recovery overlaps the others'. If one fails,
-        # the others are let finish starting and are stopped (on_stop), then the error goes on.
-        results = await asyncio.gather(
-            *(self._start_hosted(hosted, ctx) for hosted in self.hosted), return_exceptions=True
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        # Side by side: each role's group join and recovery overlaps the others'.
+        await self._start_all(ctx)
         if self.board is not None:
             await self.board.start(ctx)
         phases = StartPhases(booted, connected - began, time.monotonic() - connected)
@@ -283,12 +292,42 @@ class RoleService(Service):
             self.port,
         )
 
+    async def _start_all(self, ctx: BrokerContext) -> None:
+        """Start every hosted role at once. The first that fails fails the start without
+        waiting for the others (one may be recovering for long, or hang): their starts are
+        cancelled, each failure is logged naming its role, and the first is raised; what did
+        start is stopped by :meth:`on_stop`."""
+        starts = {
+            asyncio.create_task(self._start_hosted(h, ctx), name=f"start-{h.role}"): h.role
+            for h in self.hosted
+        }
+        try:
+            done, pending = await asyncio.wait(starts, return_when=asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:
+            for task in starts:
+                task.cancel()
+            await asyncio.wait(starts)
+            raise
+        failed = [t for t in done if not t.cancelled() and t.exception() is not None]
+        if not failed:
+            return
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+        failed += [t for t in pending if not t.cancelled() and t.exception() is not None]
+        for task in failed:
+            log.error("the %s role failed to start", starts[task], exc_info=task.exception())
+        record_failed_role(starts[failed[0]])
+        raise cast(BaseException, failed[0].exception())
+
     async def _start_hosted(self, hosted: _HostedRole, ctx: BrokerContext) -> None:
+        on_failure = partial(self._failed, hosted.role)
         hosted.parts = await start_role(
-            hosted.role, ctx, on_failure=self._failed, health=hosted.health, api=self.api
+            hosted.role, ctx, on_failure=on_failure, health=hosted.health, api=self.api
         )
-        if hosted.health is not self.health:
-            self.health.add(*hosted.health.parts[1:])  # all but the shared loop monitor
+        if hosted.health is not self.health:  # all but the shared loop monitor, named by role
+            self.health.add(*(RolePart(hosted.role, p) for p in hosted.health.parts[1:]))
         hosted.publisher = role_publisher(
             ctx, hosted.role, hosted.health, hosted.parts, port=self.port, metrics=self.metrics
         )
@@ -301,20 +340,24 @@ class RoleService(Service):
             await asyncio.sleep(_READY_POLL_S)
         log.info("%s ready: %s", " and ".join(self.roles), phases.describe())
 
-    def _failed(self, exc: BaseException) -> None:
-        """A processor failed: crash the faust worker, so the process exits and is replaced."""
+    def _failed(self, role: str, exc: BaseException) -> None:
+        """A processor of ``role`` failed: say which, and crash the faust worker, so the
+        process exits and is replaced."""
+        log.error("the %s role failed; the process stops", role, exc_info=exc)
+        record_failed_role(role)
         self._crashing = asyncio.ensure_future(self.crash(exc))
 
     async def on_stop(self) -> None:
+        """Stop the API first (no new work comes in), then the other roles side by side: the
+        worker's drain and the executor's last flush overlap, within one stop grace."""
         await cancel_and_wait(self._ready_log)
-        for hosted in self.hosted:
-            if hosted.publisher is not None:
-                await hosted.publisher.stop()
-                hosted.publisher = None
         if self.board is not None:
-            await self.board.stop()
-        for hosted in reversed(self.hosted):
+            await _stop_logged("the member board", self.board.stop)
+        api = [h for h in self.hosted if h.role == "api"]
+        for hosted in api:
             await hosted.stop()
+        others = [h for h in reversed(self.hosted) if h.role != "api"]
+        await asyncio.gather(*(hosted.stop() for hosted in others))
         await self.monitor.stop()
 
 

@@ -105,6 +105,31 @@ class Check:
         return self.detail()
 
 
+@dataclass(slots=True)
+class RolePart:
+    """A part of one role, named ``role.name`` in the health of a process hosting several
+    roles: each role has its own flows table (its ``flows`` check), and the process's checks
+    are keyed by name, so same-named parts would hide each other."""
+
+    role: str
+    part: HealthPart
+
+    @property
+    def health_name(self) -> str:
+        return f"{self.role}.{self.part.health_name}"
+
+    @property
+    def is_live(self) -> bool:
+        return self.part.is_live
+
+    @property
+    def is_ready(self) -> bool:
+        return self.part.is_ready
+
+    def health_detail(self) -> dict[str, Any]:
+        return self.part.health_detail()
+
+
 class LoopMonitor:
     """A heartbeat task on the event loop that measures how late it wakes up.
 

@@ -39,7 +39,8 @@ def make_consumer(
         "auto_offset_reset": "earliest",
         **consumer_options(kind),
     }
-    options["session_timeout_ms"] = settings.session_timeout_for(kind)
+    options["session_timeout_ms"] = settings.session_timeout()
+    options["rebalance_timeout_ms"] = settings.rebalance_timeout()
     options["heartbeat_interval_ms"] = settings.heartbeat_interval_ms
     if settings.consumer_fetch_max_wait_ms is not None:
         options["fetch_max_wait_ms"] = settings.consumer_fetch_max_wait_ms

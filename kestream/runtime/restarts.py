@@ -36,6 +36,9 @@ from kestream.runtime.metrics import PREFIX, Metrics
 
 #: Set by ``kestream standalone`` in its children's environment: the ledger's path.
 CRASHES_FILE_ENV = "KESTREAM_STANDALONE_CRASHES_FILE"
+#: Set by ``kestream standalone`` in each child's environment: where the child writes the role
+#: that failed, so that a process hosting several roles is not blamed as a whole.
+FAILED_ROLE_FILE_ENV = "KESTREAM_STANDALONE_FAILED_ROLE_FILE"
 
 #: The first restart's delay; each further crash within the window doubles it.
 FIRST_DELAY_S = 0.5
@@ -52,6 +55,28 @@ def describe_exit(returncode: int) -> str:
         except ValueError:
             return f"signal {-returncode}"
     return f"exit code {returncode}"
+
+
+def record_failed_role(role: str) -> None:
+    """Tell the supervisor which of this process's roles failed (the first one, when several
+    do: the others' failures usually follow from it); nothing outside ``kestream standalone``."""
+    path = os.environ.get(FAILED_ROLE_FILE_ENV)
+    if not path:
+        return
+    with contextlib.suppress(FileExistsError, OSError), open(path, "x") as out:
+        out.write(role)
+
+
+def take_failed_role(path: Path) -> str | None:
+    """The role a child wrote with :func:`record_failed_role` (None: it wrote none, as when
+    it was killed, or failed outside its roles), removing the file for the next run."""
+    try:
+        role = path.read_text().strip()
+    except OSError:
+        return None
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return role or None
 
 
 @dataclass

@@ -8,7 +8,10 @@ first executor (``kestream roles executor,worker,scheduler,api``), and each furt
 ``kestream executor`` (``worker``, ``scheduler``, ``api``) would start it. One process saves the
 memory and start-up time of three interpreters (imports, clients, web server) at the cost of
 crash isolation: a crash of one of its roles restarts all of them, which is what a crash of the
-machine's single worker or scheduler costs anyway.
+machine's single worker or scheduler costs anyway. The role that failed is named in the log
+and counted alone (the child writes it to a file the supervisor reads after the exit,
+:func:`~kestream.runtime.restarts.record_failed_role`); each role has its own restart budget,
+and a restart counts for every role the process hosts.
 
 It supervises them: a role process that exits is started again after a delay that doubles with
 its recent crashes (:class:`~kestream.runtime.restarts.CrashPolicy`), and each crash is logged
@@ -43,12 +46,23 @@ from typing import IO
 from kestream.runtime.broker_store import BrokerStore
 from kestream.runtime.embedded_broker import EmbeddedBroker, die_with_parent
 from kestream.runtime.kafka_connection import embedded_refusal
-from kestream.runtime.restarts import CRASHES_FILE_ENV, CrashLedger, CrashPolicy, describe_exit
+from kestream.runtime.restarts import (
+    CRASHES_FILE_ENV,
+    FAILED_ROLE_FILE_ENV,
+    CrashLedger,
+    CrashPolicy,
+    describe_exit,
+    take_failed_role,
+)
 from kestream.settings import Settings
 
 log = logging.getLogger("kestream.standalone")
 
-_STOP_GRACE_S = 15.0
+#: How long a child has to stop on SIGTERM before it is killed. A shared process stops its
+#: roles side by side: the worker's drain (10 s for its running tasks, 1 s for those killed),
+#: its bounded commits (3 s for the periodic one, 3 s for its own) and closing its clients;
+#: the executor's last cycle, flush and commit meanwhile (test_role_processes checks the sum).
+_STOP_GRACE_S = 20.0
 _POLL_S = 0.2
 
 
@@ -62,18 +76,41 @@ def role_command(role: str) -> list[str]:
 @dataclass
 class RoleProcess:
     """One role process the supervisor keeps running (``executor-2``: the second executor;
-    ``role`` names its roles, comma-separated when it hosts several)."""
+    ``role`` names its roles, comma-separated when it hosts several), with a crash policy
+    per role."""
 
     name: str
     role: str
-    policy: CrashPolicy
+    policies: dict[str, CrashPolicy]
     process: subprocess.Popen[bytes] | None = None
     start_at: float = 0.0  # monotonic time of the next start, while ``process`` is None
+    #: Where the process writes the role that failed (FAILED_ROLE_FILE_ENV), once spawned.
+    failed_file: Path | None = None
 
     @property
     def roles(self) -> tuple[str, ...]:
-        """The roles it hosts: a crash or a restart of the process counts for each of them."""
+        """The roles it hosts: a restart of the process counts for each of them."""
         return tuple(self.role.split(","))
+
+    def failed_roles(self) -> tuple[str, ...]:
+        """The roles the exit is counted for: the one the process named, else all it hosts
+        (killed, or failed outside its roles: which one is unknown)."""
+        named = take_failed_role(self.failed_file) if self.failed_file is not None else None
+        return (named,) if named in self.roles else self.roles
+
+    def which_failed(self, failed: tuple[str, ...]) -> str:
+        """What a log line adds about the roles of a process hosting several."""
+        if len(self.roles) == 1:
+            return ""
+        if len(failed) == 1:
+            return f" (its {failed[0]} role failed)"
+        return " (which of its roles failed is not known)"
+
+    def describe(self, roles: tuple[str, ...]) -> str:
+        """``the worker role of executor-1+worker+scheduler+api`` or ``executor-2``."""
+        if len(self.roles) > 1 and len(roles) == 1:
+            return f"the {roles[0]} role of {self.name}"
+        return self.name
 
 
 class _BrokerDied(Exception):
@@ -236,14 +273,24 @@ class Supervisor:
 
     def _spawn_all(self, bootstrap: str) -> None:
         if not self.slots:
-            self.slots = [RoleProcess(n, r, self._policy()) for n, r in role_slots(self.settings)]
+            self.slots = [
+                RoleProcess(n, r, {role: self._policy() for role in r.split(",")})
+                for n, r in role_slots(self.settings)
+            ]
         for slot in self.slots:
             self._spawn(slot, bootstrap)
 
     def _spawn(self, slot: RoleProcess, bootstrap: str) -> int:
         """Start ``slot``'s process; its pid."""
         assert self.ledger is not None
-        env = {**os.environ, "KESTREAM_BROKER": bootstrap, CRASHES_FILE_ENV: str(self.ledger.path)}
+        slot.failed_file = self.ledger.path.parent / f"{slot.name}.failed"
+        take_failed_role(slot.failed_file)  # a stale one from a run that did not read it
+        env = {
+            **os.environ,
+            "KESTREAM_BROKER": bootstrap,
+            CRASHES_FILE_ENV: str(self.ledger.path),
+            FAILED_ROLE_FILE_ENV: str(slot.failed_file),
+        }
         process = subprocess.Popen(role_command(slot.role), env=env, preexec_fn=die_with_parent())
         slot.process = process
         return process.pid
@@ -276,26 +323,33 @@ class Supervisor:
                 if code is None:
                     continue
                 cause = describe_exit(code)
-                for role in slot.roles:
+                failed = slot.failed_roles()
+                delays: list[float] = []
+                for role in failed:
                     self.ledger.crashed(role, cause)
-                delay = slot.policy.crashed(now)
-                if delay is None:
-                    self.gave_up = slot.name
-                    log.error(
-                        "%s keeps crashing: %d crashes within %.0f s, the last with %s "
-                        "(its log is above); standalone stops",
-                        slot.name,
-                        slot.policy.recent,
-                        slot.policy.window_s,
-                        cause,
-                    )
-                    return 1
+                    delay = slot.policies[role].crashed(now)
+                    if delay is None:
+                        policy = slot.policies[role]
+                        who = slot.describe(failed)
+                        self.gave_up = role if who != slot.name else slot.name
+                        log.error(
+                            "%s keeps crashing: %d crashes within %.0f s, the last with %s "
+                            "(its log is above); standalone stops",
+                            who,
+                            policy.recent,
+                            policy.window_s,
+                            cause,
+                        )
+                        return 1
+                    delays.append(delay)
+                delay = max(delays)
                 log.error(
-                    "%s process %d exited with %s; starting it again in %.1f s",
+                    "%s process %d exited with %s; starting it again in %.1f s%s",
                     slot.name,
                     slot.process.pid,
                     cause,
                     delay,
+                    slot.which_failed(failed),
                 )
                 slot.process = None
                 slot.start_at = now + delay

@@ -33,6 +33,7 @@ from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.transaction import InitProducerIdRequest
 
+from kestream.runtime.embedded_broker import EMBEDDED_CLUSTER_ID
 from kestream.runtime.kafka_connection import client_options, make_client
 from kestream.settings import Settings
 
@@ -71,6 +72,12 @@ class BrokerTraits:
     idempotent_producer: bool
 
     @property
+    def embedded(self) -> bool:
+        """The broker is kestream's embedded one (its cluster id): its groups hold only the
+        processes of one ``kestream standalone``, all of this version."""
+        return self.cluster_id == EMBEDDED_CLUSTER_ID
+
+    @property
     def end_offsets_exact(self) -> bool:
         """False on Tansu: use :func:`fetch_highwaters` instead of ``end_offsets()``."""
         return self.kind == "kafka"
@@ -104,7 +111,9 @@ async def probe_broker(
     finally:
         await client.close()
     kind: BrokerKind = (
-        "tansu" if cluster_id == TANSU_DEFAULT_CLUSTER_ID or not idempotent else "kafka"
+        "tansu"
+        if cluster_id in (TANSU_DEFAULT_CLUSTER_ID, EMBEDDED_CLUSTER_ID) or not idempotent
+        else "kafka"
     )
     return BrokerTraits(kind=kind, cluster_id=cluster_id, idempotent_producer=idempotent)
 

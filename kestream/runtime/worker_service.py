@@ -114,6 +114,12 @@ DEDUP_RESULT_BYTES = 64 * 1024 * 1024
 FETCH_TIMEOUT_MS = 100
 #: Default time :meth:`WorkerService.stop` lets running jobs finish before giving them up.
 DRAIN_TIMEOUT_S = 10.0
+#: How long :meth:`WorkerService.stop` waits for the jobs it gave up on to end once killed.
+KILLED_WAIT_S = 1.0
+#: The longest a forced commit (revocation, stop) waits for the periodic one under way (then
+#: cancels it), and the stop for its own: on broker loss aiokafka's commit waits for a
+#: coordinator with no end, and would hold the stop (and its process's other roles) with it.
+COMMIT_WAIT_S = 3.0
 _ERROR_BACKOFF_S = 0.5
 #: The longest pause between two tries of a result that must get through (:func:`_backoff`).
 _MAX_BACKOFF_S = 5.0
@@ -296,6 +302,9 @@ class WorkerService:
         self._handing_over = asyncio.Lock()
         #: The periodic commit under way beside the loop (:meth:`_commit_in_background`).
         self._committing: asyncio.Task[None] | None = None
+        #: Partitions being revoked: a periodic commit begun meanwhile leaves them out, for it
+        #: could reach the broker after the revocation, over their next owner's commits.
+        self._revoking: set[TopicPartition] = set()
         self.metrics = metrics if metrics is not None else process_metrics()
         self._pending_share = self.metrics.share(self.metrics.worker_job_pending)
         self._lag_share = self.metrics.share(self.metrics.consumer_lag, "worker")
@@ -382,8 +391,9 @@ class WorkerService:
         await self._drain(drain_timeout)
         await self.log_stream.close()
         if consumer is not None:
+            await self._end_background_commit()
             with contextlib.suppress(Exception):
-                await self._commit(force=True)
+                await asyncio.wait_for(self._commit(force=True), COMMIT_WAIT_S)
             await consumer.stop()
             self._consumer = None
         if self._producer is not None:
@@ -404,7 +414,7 @@ class WorkerService:
                 for job in list(self._jobs.values()):
                     job.abandoned = True
                     self._runner.kill(job.key[0], job.key[1])
-                await asyncio.wait(pending, timeout=1.0)
+                await asyncio.wait(pending, timeout=KILLED_WAIT_S)
         if self._side_tasks:
             await asyncio.wait(list(self._side_tasks), timeout=timeout)
 
@@ -778,10 +788,10 @@ class WorkerService:
     ) -> None:
         """Commit each partition's commit point. A forced commit (revocation, stop) first
         waits for the periodic one under way, so a later point is never overwritten by an
-        earlier one answered after it."""
-        running = self._committing
-        if force and running is not None and running is not asyncio.current_task():
-            await asyncio.wait([running])
+        earlier one answered after it; bounded (:data:`COMMIT_WAIT_S`), after which it is
+        cancelled. A periodic commit leaves out the partitions being revoked."""
+        if force:
+            await self._end_background_commit()
         now = time.monotonic()
         if not force and now - self._last_commit < COMMIT_INTERVAL_S:
             return
@@ -792,7 +802,9 @@ class WorkerService:
         offsets: dict[TopicPartition, int] = {}
         for tp, plog in self._partitions.items():
             point = plog.commit_point()
-            if point is not None and point != plog.committed and (only is None or tp in only):
+            if point is None or point == plog.committed or (only is not None and tp not in only):
+                continue
+            if force or tp not in self._revoking:
                 offsets[tp] = point
         if not offsets:
             return
@@ -805,7 +817,27 @@ class WorkerService:
             if tp in self._partitions:
                 self._partitions[tp].committed = point
 
+    async def _end_background_commit(self) -> None:
+        """Wait for the periodic commit under way, at most :data:`COMMIT_WAIT_S`, then
+        cancel it."""
+        running = self._committing
+        if running is None or running is asyncio.current_task():
+            return
+        _, late = await asyncio.wait([running], timeout=COMMIT_WAIT_S)
+        if late:
+            log.warning("the periodic offset commit did not end in %.0f s; cancelled",
+                        COMMIT_WAIT_S)  # fmt: skip
+            running.cancel()
+            await asyncio.wait([running])
+
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._revoking = set(revoked)
+        try:
+            await self._let_go(revoked)
+        finally:
+            self._revoking = set()
+
+    async def _let_go(self, revoked: set[TopicPartition]) -> None:
         self.assigned.clear()
         self._in_group = False
         running = [

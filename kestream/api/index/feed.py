@@ -330,7 +330,11 @@ class IndexFeed:
         await self._close_clients()
         thread, self._thread = self._thread, None
         if thread is not None:  # let a write under way finish before the caller closes the store
-            await asyncio.get_running_loop().run_in_executor(None, thread.shutdown)
+            # Through the feed's own thread (one worker: the no-op runs after what is under
+            # way), not the default pool, where slow index reads may queue ahead of it; the
+            # thread is idle then, so joining it takes no time.
+            await asyncio.get_running_loop().run_in_executor(thread, _nothing)
+            thread.shutdown()
 
     async def _close_clients(self) -> None:
         consumer, self._consumer = self._consumer, None
@@ -539,3 +543,7 @@ class IndexFeed:
             self.stats.updates,
             self.stats.log_lines,
         )
+
+
+def _nothing() -> None:
+    """What :meth:`IndexFeed.stop` waits for in the feed's thread: the work before it."""

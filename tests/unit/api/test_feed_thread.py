@@ -90,6 +90,31 @@ def test_reads_and_the_feed_do_not_wait_for_each_other(tmp_path: Path) -> None:
         store.close()
 
 
+def test_the_feed_stops_while_slow_reads_hold_the_default_pool(tmp_path: Path) -> None:
+    settings = Settings(broker="unused:9092")
+    topics = Topics.of(settings)
+    store = SQLiteStore(tmp_path / "index.sqlite")
+    feed = IndexFeed(BrokerContext(settings, "unused:9092", "tansu", topics), store)
+    tp = TopicPartition(topics.updates, 0)
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=1))
+        await asyncio.wait_for(feed._handle({tp: [_Record(0, b"a", update("a"))]}), GUARD_S)
+        release = threading.Event()
+        slow_read = asyncio.ensure_future(asyncio.to_thread(release.wait))
+        try:
+            await asyncio.wait_for(feed.stop(), GUARD_S)
+        finally:
+            release.set()
+        await slow_read
+        assert not any(t.name.startswith(THREAD_NAME) for t in threading.enumerate())
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        store.close()
+
+
 def test_a_fetch_is_decoded_with_unreadable_records_stepped_over() -> None:
     topics = Topics.of(Settings(broker="unused:9092"))
     tp = TopicPartition(topics.updates, 2)

@@ -228,3 +228,37 @@ def test_a_revocation_writes_the_carried_markers_before_its_commit() -> None:
     assert carried == ["a!"]  # the marker waited for the next write ...
     assert writes[1:] == [[(service.topics.changelog, "a!")], ("commit", {0: 5})]  # ... this one
     assert not service.writer.carried
+
+
+def test_a_large_batch_gives_the_event_loop_turns_while_it_is_stepped() -> None:
+    """The roles of a shared process share one event loop, aiokafka's heartbeats included:
+    a batch of thousands of records is stepped a few hundred at a time, other tasks running
+    between (the batch still flushed and committed whole, after its last step)."""
+    service = _service(PAUSED)
+    service.commit_every_s = 0.0
+    tp0 = TopicPartition(service.topics.executions, 0)
+    recs = []
+    for n in range(600):
+        value = records.encode_event(ev.ExecutionCreated(f"x{n}", "test.faults", "paused"))
+        recs.append(ConsumerRecord(tp0.topic, 0, n, 0, 0, b"", value, None, 0, 0, []))
+    consumer = _Consumer(service, [{tp0: recs}])
+    seen: list[int] = []  # executions stepped so far, each time another task ran
+
+    async def scenario() -> None:
+        async def other_role() -> None:
+            while True:
+                seen.append(len(service.states))
+                await asyncio.sleep(0)
+
+        other = asyncio.create_task(other_role())
+        try:
+            service._consumer = consumer
+            service.writer.producer = _Producer(refused=b"")
+            await service._loop()
+        finally:
+            other.cancel()
+
+    asyncio.run(scenario())
+    assert len(service.states) == 600
+    assert {200, 400} <= set(seen)  # it ran in the middle of the batch
+    assert consumer.commits == [{tp0: 600}]

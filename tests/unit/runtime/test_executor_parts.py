@@ -3,7 +3,9 @@ events, the ended markers, the changelog mirror and the outbox."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from kestream.executor import codec
 from kestream.executor import events as ev
@@ -13,7 +15,7 @@ from kestream.executor.step import Executor
 from kestream.executor.timers import COMPACT_SLACK, TimerQueue
 from kestream.models.flow import parse_flow
 from kestream.runtime import records
-from kestream.runtime.changelog_restorer import ChangelogMirror, ChangelogRestorer
+from kestream.runtime.changelog_restorer import ChangelogMirror, ChangelogRestorer, PartitionRead
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.ended_executions import EndedExecutions
 from kestream.runtime.executor_outbox import Outbox
@@ -213,3 +215,33 @@ def test_the_mirror_rebuilds_a_state_as_recovery_would() -> None:
     for key, _ in codec.tombstones(st):
         mirror.put(key, None)
     assert "e" not in mirror
+
+
+def test_a_changelog_rebuild_gives_the_event_loop_turns() -> None:
+    """A partition of thousands of executions is rebuilt a few hundred at a time: the other
+    roles of the process (their heartbeats) run between."""
+    settings = Settings(broker="unused:9092")
+    restorer = ChangelogRestorer(
+        BrokerContext(settings, "unused:9092", "tansu", Topics.of(settings)), FlowRegistry()
+    )
+    latest = {f"e{n}": {codec.header_key(f"e{n}", codec.ENDED): {"at": n}} for n in range(500)}
+    seen: list[int] = []
+
+    async def scenario() -> Any:
+        async def other_role() -> None:
+            while True:
+                seen.append(1)
+                await asyncio.sleep(0)
+
+        other = asyncio.create_task(other_role())
+        await asyncio.sleep(0)
+        before = len(seen)
+        try:
+            found = await restorer.rebuild(0, PartitionRead(latest))
+        finally:
+            other.cancel()
+        return found, len(seen) - before
+
+    found, turns = asyncio.run(scenario())
+    assert len(found.ended) == 500
+    assert turns >= 2

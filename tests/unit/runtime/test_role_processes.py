@@ -15,12 +15,15 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from kestream.runtime import faust_app
+from kestream.runtime.context import for_broker
+from kestream.runtime.embedded_broker import EMBEDDED_CLUSTER_ID, EmbeddedBroker
 from kestream.runtime.executor_service import executor_assignors
 from kestream.runtime.faust_app import RoleService, make_app, parse_roles
 from kestream.runtime.health import Check, Health
 from kestream.runtime.kafka import make_consumer
-from kestream.runtime.restarts import CrashPolicy
+from kestream.runtime.restarts import FAILED_ROLE_FILE_ENV
 from kestream.runtime.supervisor import RoleProcess, role_command, role_slots
+from kestream.runtime.tansu_compat import BrokerTraits
 from kestream.settings import Settings
 
 SHARED = "executor,worker,scheduler,api"
@@ -61,9 +64,9 @@ def test_process_per_role_keeps_every_role_instance_apart(tmp_path: Path) -> Non
 def test_a_shared_process_runs_the_roles_command_and_counts_for_each_role() -> None:
     assert role_command(SHARED) == [sys.executable, "-m", "kestream.cli", "roles", SHARED]
     assert role_command("executor") == [sys.executable, "-m", "kestream.cli", "executor"]
-    slot = RoleProcess("executor+worker+scheduler+api", SHARED, CrashPolicy(5, 60.0, 30.0))
+    slot = RoleProcess("executor+worker+scheduler+api", SHARED, {})
     assert slot.roles == ("executor", "worker", "scheduler", "api")
-    assert RoleProcess("executor-2", "executor", CrashPolicy(5, 60.0, 30.0)).roles == ("executor",)
+    assert RoleProcess("executor-2", "executor", {}).roles == ("executor",)
 
 
 def test_roles_are_read_in_a_fixed_order_and_checked() -> None:
@@ -94,17 +97,28 @@ def test_the_api_port_goes_to_the_process_that_hosts_the_api(tmp_path: Path) -> 
     assert faust_app.faust_settings(settings, "executor")["web_port"] != 18080
 
 
-async def test_the_embedded_broker_gets_a_short_session_kafka_the_usual_one(
-    tmp_path: Path,
-) -> None:
+async def test_only_the_embedded_broker_gets_a_short_session(tmp_path: Path) -> None:
+    """A Tansu of one's own keeps the usual 10 s, as Kafka does: its groups may hold other
+    machines' members; the roles on the embedded broker get 4 s, unless one is set."""
     settings = _settings(tmp_path)
-    assert settings.session_timeout_for("tansu") == 4_000
-    assert settings.session_timeout_for("kafka") == 10_000
-    chosen = _settings(tmp_path, session_timeout_ms=7_000)
-    assert chosen.session_timeout_for("tansu") == chosen.session_timeout_for("kafka") == 7_000
-    consumer = make_consumer(settings, "127.0.0.1:1", "tansu", group_id="g")
+    assert settings.session_timeout() == 10_000
+    own = BrokerTraits(kind="tansu", cluster_id="tansu_cluster", idempotent_producer=False)
+    assert for_broker(settings, own).session_timeout() == 10_000
+    embedded = BrokerTraits(kind="tansu", cluster_id=EMBEDDED_CLUSTER_ID, idempotent_producer=False)
+    on_embedded = for_broker(settings, embedded)
+    consumer = make_consumer(on_embedded, "127.0.0.1:1", "tansu", group_id="g")
     try:
         assert consumer._session_timeout_ms == 4_000
+        # The group waits for a worker's revoke grace and commits, not the 4 s session.
+        assert consumer._rebalance_timeout_ms == 10_000
+    finally:
+        await consumer.stop()
+    chosen = _settings(tmp_path, session_timeout_ms=7_000, worker_revoke_grace_s=5.0)
+    assert for_broker(chosen, embedded).session_timeout() == 7_000
+    assert chosen.rebalance_timeout() == 12_000
+    consumer = make_consumer(settings, "127.0.0.1:1", "tansu", group_id="g")
+    try:
+        assert consumer._session_timeout_ms == 10_000
     finally:
         await consumer.stop()
 
@@ -126,38 +140,56 @@ class _Publisher:
 
 
 class _Part:
-    def __init__(self, role: str, stops: list[str]) -> None:
+    def __init__(self, role: str, stops: list[str], fails: bool = False) -> None:
         self.role = role
         self.stops = stops
+        self.fails = fails
 
     async def stop(self) -> None:
         self.stops.append(self.role)
+        if self.fails:
+            raise RuntimeError(f"{self.role} part failed to stop")
 
 
 class _Roles:
     """``start_role`` stand-in: every role waits until all have begun starting (so they can only
     start side by side), then registers a check that is ready when its flag is set."""
 
-    def __init__(self, roles: tuple[str, ...], failing: str | None = None) -> None:
+    def __init__(
+        self,
+        roles: tuple[str, ...],
+        failing: str | None = None,
+        *,
+        hanging: str | None = None,
+        check: str = "{role}-part",
+        failing_stop: str | None = None,
+    ) -> None:
         self.begun: set[str] = set()
         self.all_begun = asyncio.Event()
         self.roles = roles
         self.failing = failing
+        self.hanging = hanging
+        self.check = check
+        self.failing_stop = failing_stop
         self.ready = dict.fromkeys(roles, False)
         self.stops: list[str] = []
         self.publishers: list[_Publisher] = []
+        self.on_failure: dict[str, Any] = {}
 
     async def start_role(
         self, role: str, ctx: Any, on_failure: Any, *, health: Health, api: Any
     ) -> list[Any]:
+        self.on_failure[role] = on_failure
         self.begun.add(role)
-        if self.begun == set(self.roles):
+        if role == self.hanging:  # a start that never ends (a recovery stuck on the broker)
+            await asyncio.Event().wait()
+        if self.begun | {self.hanging} >= set(self.roles):
             self.all_begun.set()
         await self.all_begun.wait()
         if role == self.failing:
             raise RuntimeError(f"{role} failed to start")
-        health.add(Check(f"{role}-part", lambda: self.ready[role]))
-        return [_Part(role, self.stops)]
+        health.add(Check(self.check.format(role=role), lambda: self.ready[role]))
+        return [_Part(role, self.stops), _Part(role, self.stops, fails=role == self.failing_stop)]
 
     def publisher(
         self, ctx: Any, role: str, health: Health, parts: list[Any], **kw: Any
@@ -169,8 +201,8 @@ class _Roles:
 
 @pytest.fixture
 def fake_roles(monkeypatch: pytest.MonkeyPatch) -> Any:
-    def install(roles: tuple[str, ...], failing: str | None = None) -> _Roles:
-        fake = _Roles(roles, failing)
+    def install(roles: tuple[str, ...], failing: str | None = None, **kw: Any) -> _Roles:
+        fake = _Roles(roles, failing, **kw)
 
         async def connect(settings: Settings) -> Any:
             return type("Ctx", (), {"bootstrap": "127.0.0.1:1", "kind": "tansu"})()
@@ -198,7 +230,8 @@ async def test_hosted_roles_start_side_by_side_each_with_its_own_member_health(
         assert not by_role["worker"].ready()[0]
         # The process's own /health/ready covers both roles' parts.
         ok, details = service.health.ready()
-        assert not ok and {"executor-part", "worker-part"} <= set(details["checks"])
+        assert not ok
+        assert {"executor.executor-part", "worker.worker-part"} <= set(details["checks"])
         ready_log = service._ready_log
         assert ready_log is not None
         assert not ready_log.done()  # logged once every role is ready, not before
@@ -212,7 +245,7 @@ async def test_hosted_roles_start_side_by_side_each_with_its_own_member_health(
     finally:
         await service.on_stop()
     assert all(p.stopped for p in fake.publishers)
-    assert fake.stops == ["worker", "executor"]
+    assert sorted(fake.stops) == ["executor", "executor", "worker", "worker"]
 
 
 async def test_a_role_that_fails_to_start_fails_the_process_and_the_others_stop(
@@ -223,7 +256,91 @@ async def test_a_role_that_fails_to_start_fails_the_process_and_the_others_stop(
     with pytest.raises(RuntimeError, match="worker failed to start"):
         await asyncio.wait_for(service.on_start(), 30)
     await service.on_stop()  # what faust does with a service whose start raised
-    assert sorted(fake.stops) == ["api", "executor"]
+    assert sorted(fake.stops) == ["api", "api", "executor", "executor"]
+
+
+async def test_a_role_that_fails_at_once_fails_the_start_without_waiting_for_the_others(
+    tmp_path: Path, fake_roles: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The executor's start never ends (its recovery hangs); the API's fails: the process
+    fails now, naming the API, and the executor's start is cancelled."""
+    fake = fake_roles(("executor", "worker", "api"), failing="api", hanging="executor")
+    service = RoleService("executor,worker,api", _settings(tmp_path), port=0)
+    with (
+        caplog.at_level(logging.ERROR, logger="kestream.app"),
+        pytest.raises(RuntimeError, match="api failed to start"),
+    ):
+        await asyncio.wait_for(service.on_start(), 30)
+    assert "the api role failed to start" in caplog.text
+    await service.on_stop()
+    assert sorted(fake.stops) == ["worker", "worker"]  # the executor had no part yet
+
+
+def test_a_failing_role_is_named_for_the_supervisor(
+    tmp_path: Path, fake_roles: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failed_file = tmp_path / "shared.failed"
+    monkeypatch.setenv(FAILED_ROLE_FILE_ENV, str(failed_file))
+
+    async def scenario() -> None:
+        fake = fake_roles(("executor", "worker"))
+        service = RoleService("executor,worker", _settings(tmp_path), port=0)
+        await asyncio.wait_for(service.on_start(), 30)
+        try:
+            fake.on_failure["worker"](RuntimeError("the worker's loop broke"))
+            fake.on_failure["executor"](RuntimeError("what followed"))
+        finally:
+            await service.on_stop()
+
+    asyncio.run(scenario())
+    slot = RoleProcess("executor+worker", "executor,worker", {}, failed_file=failed_file)
+    assert slot.failed_roles() == ("worker",)  # the first, and once
+    assert slot.failed_roles() == ("executor", "worker")  # nothing named: all of them
+
+
+async def test_a_failing_stop_skips_no_other_role_nor_part(
+    tmp_path: Path, fake_roles: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = fake_roles(("executor", "worker", "api"), failing_stop="api")
+    service = RoleService("executor,worker,api", _settings(tmp_path), port=0)
+    service.board = None  # it reads the members topic: no broker here
+    await asyncio.wait_for(service.on_start(), 30)
+    with caplog.at_level(logging.ERROR, logger="kestream.app"):
+        await service.on_stop()
+    assert sorted(fake.stops) == ["api", "api", "executor", "executor", "worker", "worker"]
+    assert fake.stops[:2] == ["api", "api"]  # the API first: no new work comes in
+    assert "stopping the api role's _Part failed" in caplog.text
+    assert all(p.stopped for p in fake.publishers)
+
+
+async def test_same_named_parts_of_several_roles_each_count(
+    tmp_path: Path, fake_roles: Any
+) -> None:
+    """Every role has a flows table, its check named ``flows``: the process's health keeps
+    them apart, so one role's table still loading keeps the process not ready."""
+    fake = fake_roles(("executor", "worker"), check="flows")
+    service = RoleService("executor,worker", _settings(tmp_path), port=0)
+    await asyncio.wait_for(service.on_start(), 30)
+    try:
+        fake.ready["worker"] = True
+        assert service.health.not_ready() == ["executor.flows"]
+        ok, details = service.health.ready()
+        assert not ok
+        assert {"executor.flows", "worker.flows"} <= set(details["checks"])
+        assert [h.health.not_ready() for h in service.hosted] == [["flows"], []]  # members
+    finally:
+        await service.on_stop()
+
+
+def test_the_stop_grace_covers_the_worker_drain_beside_the_executor_stop() -> None:
+    """A shared process stops the worker and the executor side by side: the supervisor's
+    SIGTERM grace must cover the longer, the worker's drain, the wait for the tasks it kills
+    and its bounded commit, with room to close its clients."""
+    from kestream.runtime import executor_service, supervisor, worker_service
+
+    worker = worker_service.DRAIN_TIMEOUT_S + worker_service.KILLED_WAIT_S
+    worker += 2 * worker_service.COMMIT_WAIT_S  # the periodic commit's, then its own
+    assert max(worker, executor_service._STOP_GRACE_S) + 2.0 <= supervisor._STOP_GRACE_S
 
 
 def test_one_role_keeps_the_process_health_as_its_member_health(tmp_path: Path) -> None:
@@ -246,11 +363,21 @@ def test_a_process_knows_its_age_from_its_start() -> None:
     assert age >= 0.5
 
 
-def test_the_executor_group_offers_one_protocol_on_the_embedded_broker() -> None:
+def test_the_executor_group_offers_one_protocol_on_the_embedded_broker_only() -> None:
     """Tansu needs a second join round for a member offering two protocols (2 s more at the
-    embedded broker's session); on Kafka round robin stays for members of older versions."""
-    assert executor_assignors("tansu") == (RangePartitionAssignor,)
-    assert executor_assignors("kafka") == (RangePartitionAssignor, RoundRobinPartitionAssignor)
+    embedded broker's session); elsewhere (Kafka, a Tansu of one's own) round robin stays,
+    second, for members of older versions that offer nothing else."""
+    assert executor_assignors(embedded=True) == (RangePartitionAssignor,)
+    both = (RangePartitionAssignor, RoundRobinPartitionAssignor)
+    assert executor_assignors(embedded=False) == both
+
+
+def test_the_embedded_broker_is_known_by_its_cluster_id() -> None:
+    assert EMBEDDED_CLUSTER_ID in EmbeddedBroker(port=1)._command()
+    embedded = BrokerTraits(kind="tansu", cluster_id=EMBEDDED_CLUSTER_ID, idempotent_producer=False)
+    assert embedded.embedded
+    own = BrokerTraits(kind="tansu", cluster_id="tansu_cluster", idempotent_producer=False)
+    assert not own.embedded
 
 
 @pytest.mark.parametrize("with_flows", [False, True])

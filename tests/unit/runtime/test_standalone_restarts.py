@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -16,6 +19,7 @@ from kestream.runtime.restarts import (
     describe_exit,
     expose_supervisor_crashes,
 )
+from kestream.runtime.supervisor import RoleProcess, Supervisor
 from kestream.settings import DEFAULT_DATA_DIR, Settings
 
 
@@ -100,3 +104,68 @@ def test_the_data_dir_is_per_user_and_follows_xdg(monkeypatch: pytest.MonkeyPatc
     assert Settings(data_dir="~/elsewhere").data_path == Path.home() / "elsewhere"
     assert Settings(data_dir="/abs").data_path == Path("/abs")
     assert Settings().data_dir == DEFAULT_DATA_DIR
+
+
+class _Exited:
+    """A child process that has exited with ``code`` (what ``Popen.poll`` says); polling it
+    asks the supervisor to stop, so that ``_watch`` makes one pass."""
+
+    def __init__(self, code: int, stop: asyncio.Event) -> None:
+        self.code = code
+        self.pid = 4242
+        self.stop = stop
+
+    def poll(self) -> int:
+        self.stop.set()
+        return self.code
+
+
+def _shared_slot(tmp_path: Path, limit: int) -> RoleProcess:
+    roles = "executor,worker,scheduler,api"
+    policies = {role: CrashPolicy(limit, 300.0, 30.0) for role in roles.split(",")}
+    return RoleProcess("executor+worker+scheduler+api", roles, policies)
+
+
+async def _one_exit(
+    tmp_path: Path, slot: RoleProcess, named: str | None, code: int = 1
+) -> tuple[int, Supervisor]:
+    supervisor = Supervisor(Settings(broker="127.0.0.1:1", data_dir=str(tmp_path)), None)
+    supervisor.ledger = CrashLedger(tmp_path / "crashes.json")
+    supervisor.slots = [slot]
+    slot.failed_file = tmp_path / "shared.failed"
+    if named is not None:
+        slot.failed_file.write_text(named)
+    stop = asyncio.Event()
+    slot.process = cast(Any, _Exited(code, stop))
+    return await supervisor._watch(stop, "127.0.0.1:1"), supervisor
+
+
+async def test_a_crash_of_a_shared_process_counts_for_the_role_that_failed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    slot = _shared_slot(tmp_path, limit=5)
+    with caplog.at_level(logging.ERROR, logger="kestream.standalone"):
+        code, supervisor = await _one_exit(tmp_path, slot, "worker")
+    assert code == 0 and slot.process is None  # restarted after its delay
+    assert supervisor.ledger is not None
+    assert supervisor.ledger.crashes == {"worker": {"exit code 1": 1}}
+    assert [p.recent for p in slot.policies.values()] == [0, 1, 0, 0]
+    assert "(its worker role failed)" in caplog.text
+
+
+async def test_a_role_that_keeps_crashing_in_a_shared_process_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    slot = _shared_slot(tmp_path, limit=1)
+    with caplog.at_level(logging.ERROR, logger="kestream.standalone"):
+        code, supervisor = await _one_exit(tmp_path, slot, "scheduler")
+    assert code == 1
+    assert supervisor.gave_up == "scheduler"
+    assert "the scheduler role of executor+worker+scheduler+api keeps crashing" in caplog.text
+
+
+async def test_a_kill_of_a_shared_process_counts_for_every_role_it_hosts(tmp_path: Path) -> None:
+    slot = _shared_slot(tmp_path, limit=5)
+    _, supervisor = await _one_exit(tmp_path, slot, None, code=-9)
+    assert supervisor.ledger is not None
+    assert sorted(supervisor.ledger.crashes) == ["api", "executor", "scheduler", "worker"]

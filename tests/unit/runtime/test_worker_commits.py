@@ -104,3 +104,59 @@ async def test_a_revocation_commits_after_the_periodic_commit_under_way(
     consumer.commit_gate.set()
     await revoking
     assert consumer.commits == [{JOBS: 0}, {JOBS: 1}, {JOBS: 2}]  # the point never goes back
+
+
+async def test_a_periodic_commit_begun_during_a_revocation_leaves_its_partitions_out(
+    service: tuple[WorkerService, Flow, RefusingProducer, FetchingConsumer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop runs on during the revocation callback: a periodic commit it starts then
+    would reach the broker after the callback, over the partitions' next owner's commits."""
+    worker, flow, _, consumer = service
+    monkeypatch.setattr(worker_service, "COMMIT_INTERVAL_S", 0.0)
+    consumer.batches = [[job_record(flow, "ret", {"format": "a"}, offset=0)]]
+    await worker._iteration()
+    await _finish_jobs(worker)
+    await _turns()
+    consumer.commit_gate.clear()
+    revoking = asyncio.ensure_future(worker._on_revoked({JOBS}))
+    await _turns()
+    assert consumer.asked == [{JOBS: 0}, {JOBS: 1}]  # the revocation's, unanswered
+    worker._commit_in_background()  # the loop's next pass, during the callback
+    await _turns()
+    consumer.commit_gate.set()
+    await revoking
+    await _turns()
+    assert consumer.asked == [{JOBS: 0}, {JOBS: 1}]
+    assert consumer.commits == [{JOBS: 0}, {JOBS: 1}]
+
+
+class _StoppableConsumer(FetchingConsumer):
+    def pause(self, *partitions: object) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
+async def test_the_stop_does_not_wait_on_commits_the_broker_never_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On broker loss aiokafka's commit waits for a coordinator with no end: the stop gives
+    the periodic commit and its own a bounded wait, then goes on (and the process's other
+    roles with it)."""
+    monkeypatch.setattr(worker_service, "COMMIT_INTERVAL_S", 0.0)
+    monkeypatch.setattr(worker_service, "COMMIT_WAIT_S", 0.01)
+    worker, flow = make_worker(FLOW)
+    consumer = _StoppableConsumer()
+    worker._producer = RefusingProducer()
+    worker._consumer = consumer
+    worker._on_assigned({JOBS})
+    consumer.batches = [[job_record(flow, "ret", {"format": "a"}, offset=0)]]
+    consumer.commit_gate.clear()  # the broker is gone: no commit is ever answered
+    await worker._iteration()  # the periodic commit goes out, unanswered
+    await _finish_jobs(worker)
+    await _turns()
+    await asyncio.wait_for(worker.stop(drain_timeout=0.0), 30)
+    assert worker._committing is not None and worker._committing.cancelled()
+    assert consumer.commits == []
