@@ -40,6 +40,17 @@ export function runLabel(run) {
 
 const ENDED = new Set(["SUCCESS", "WARNING", "FAILED", "KILLED", "CANCELLED", "SKIPPED"]);
 
+/**
+ * What an ended run's row is drawn from: it is drawn again only when this changes (a restart
+ * adds to its history and attempts).
+ * @param {any} run
+ * @param {any[]} attempts
+ */
+function signatureOf(run, attempts) {
+  const states = attempts.map((a) => `${a.state?.current}:${a.state?.histories?.length ?? 0}`);
+  return `${run.state?.current}|${run.state?.histories?.length ?? 0}|${runLabel(run)}|${states.join(",")}`;
+}
+
 export class Gantt {
   constructor() {
     this.element = h("ol", { class: "gantt", id: "gantt", "aria-label": "Timeline of the task runs" });
@@ -48,6 +59,10 @@ export class Gantt {
     this.rows = new Map();
     /** The task-run id of the row that takes the focus when the timeline is tabbed into. */
     this.current = "";
+    /** @type {number | null} the instant bars are placed from (ms) */
+    this.origin = null;
+    /** @type {Map<string, string>} what each ended row was drawn from, by task-run id */
+    this.signatures = new Map();
     this.element.addEventListener("keydown", (event) => this.move(event));
   }
 
@@ -71,31 +86,45 @@ export class Gantt {
   }
 
   /**
-   * Redraw from an execution (a frame of the follow route).
+   * Redraw from an execution (a frame of the follow route, or the clock while it runs).
+   *
+   * Bars are placed by CSS from custom properties: each bar's start and length in ms from the
+   * execution's start (`--s`, `--w`), and the timeline's length (`--total`) once on the list.
+   * So when the timeline grows only `--total` changes, and a row is redrawn only when its run
+   * changed or is still running: a frame costs the running rows, not all of them.
    * @param {any} execution
    */
   update(execution) {
     const runs = /** @type {any[]} */ (execution.taskRunList ?? []);
     const now = Date.now();
-    const executionEnded = ENDED.has(execution.state?.current);
-    const whole = span(execution.state, now, executionEnded);
+    const whole = span(execution.state, now, ENDED.has(execution.state?.current));
+    /** @type {[any, [number, number] | null, boolean][]} */
+    const spans = runs.map((run) => {
+      const ended = ENDED.has(run.state?.current);
+      return [run, span(run.state, now, ended), ended];
+    });
     let first = whole ? whole[0] : now;
     let last = whole ? whole[1] : now;
-    /** @type {[any, [number, number] | null][]} */
-    const spans = runs.map((run) => [run, span(run.state, now, ENDED.has(run.state?.current))]);
     for (const [, s] of spans) {
       if (!s) continue;
       first = Math.min(first, s[0]);
       last = Math.max(last, s[1]);
     }
-    const total = Math.max(1, last - first);
-    /** @param {number} t */
-    const at = (t) => `${(((t - first) / total) * 100).toFixed(3)}%`;
-    /** @param {[number, number]} s */
-    const width = (s) => `${Math.max(0.3, ((s[1] - s[0]) / total) * 100).toFixed(3)}%`;
+    if (this.origin === null || first < this.origin) {
+      this.origin = first; // every bar is placed from it: all rows again
+      this.signatures.clear();
+    }
+    const origin = this.origin;
+    this.element.style.setProperty("--total", String(Math.max(1, last - origin)));
+    /** @param {HTMLElement} element @param {[number, number] | null} s */
+    const place = (element, s) => {
+      if (!s) return;
+      element.style.setProperty("--s", String(s[0] - origin));
+      element.style.setProperty("--w", String(s[1] - s[0]));
+    };
 
     const seen = new Set();
-    for (const [run, s] of spans) {
+    for (const [run, s, ended] of spans) {
       seen.add(run.id);
       let entry = this.rows.get(run.id);
       if (!entry) {
@@ -104,10 +133,13 @@ export class Gantt {
         const row = h("li", { class: "gantt-row", tabindex: -1, "data-task": run.taskId, "data-id": run.id }, label, track);
         entry = { row, label, track };
         this.rows.set(run.id, entry);
+        this.element.append(row); // task runs are only ever added after the others
       }
-      this.element.append(entry.row); // in the runs' order
-      const state = String(run.state?.current ?? "CREATED");
       const attempts = /** @type {any[]} */ (run.attempts ?? []);
+      const signature = ended ? signatureOf(run, attempts) : "";
+      if (signature && this.signatures.get(run.id) === signature) continue;
+      this.signatures.set(run.id, signature);
+      const state = String(run.state?.current ?? "CREATED");
       const took = duration(run.state?.startDate, run.state?.endDate);
       entry.label.textContent = runLabel(run);
       entry.row.dataset.state = state;
@@ -115,23 +147,16 @@ export class Gantt {
       entry.row.setAttribute("aria-label", `${runLabel(run)}: ${state}, ${attempts.length} attempt(s)${took ? `, ${took}` : ""}`);
       entry.row.title = `${state} ${took}`;
       const bar = h("div", { class: `gantt-bar bg-${state.toLowerCase()}` });
-      if (s) {
-        bar.style.left = at(s[0]);
-        bar.style.width = width(s);
-      }
+      place(bar, s);
       const segments = attempts.map((attempt, index) => {
         const attemptState = String(attempt.state?.current ?? state);
-        const a = span(attempt.state, now, ENDED.has(attemptState));
         const segment = h("div", {
           class: `gantt-attempt bg-${attemptState.toLowerCase()}`,
           "data-attempt": index + 1,
           "data-state": attemptState,
           title: `attempt ${index + 1}: ${attemptState}`,
         });
-        if (a) {
-          segment.style.left = at(a[0]);
-          segment.style.width = width(a);
-        }
+        place(segment, span(attempt.state, now, ENDED.has(attemptState)));
         return segment;
       });
       entry.track.replaceChildren(bar, ...segments);
@@ -140,6 +165,7 @@ export class Gantt {
       if (!seen.has(id)) {
         entry.row.remove();
         this.rows.delete(id);
+        this.signatures.delete(id);
       }
     }
     const current = this.rows.get(this.current) ?? this.rows.get(runs[0]?.id);
@@ -149,7 +175,7 @@ export class Gantt {
       this.current = current.row.dataset.id ?? "";
     }
     this.axis.textContent = runs.length
-      ? `${new Date(first).toLocaleTimeString()} → ${new Date(last).toLocaleTimeString()} (${duration(new Date(first).toISOString(), new Date(last).toISOString())})`
+      ? `${new Date(origin).toLocaleTimeString()} → ${new Date(last).toLocaleTimeString()} (${duration(new Date(origin).toISOString(), new Date(last).toISOString())})`
       : "No task run yet.";
   }
 }

@@ -401,6 +401,10 @@ def test_the_gantt_shows_retries_and_loop_values_then_the_pause_resumes_from_its
     assert flaky.get_attribute("data-attempts") == "2"
     attempts = flaky.find_elements(By.CSS_SELECTOR, ".gantt-attempt")
     assert [a.get_attribute("data-state") for a in attempts] == ["FAILED", "SUCCESS"]
+    first_try, retry = (a.rect for a in attempts)
+    assert retry["x"] >= first_try["x"] + first_try["width"] - 1  # the retry comes after
+    track = flaky.find_element(By.CSS_SELECTOR, ".gantt-track").rect
+    assert 0 < first_try["width"] < track["width"]
     labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, '#gantt [data-task="item"]')]
     assert labels == ["item [x]", "item [y]"], labels
     text_of(driver, '#gantt [data-task="approve"]', "approve")
