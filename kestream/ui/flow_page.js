@@ -7,7 +7,9 @@
  *
  * A saved flow has an "Execute" form generated from its typed inputs (`inputs_form.js`): it
  * starts an execution through the create route and opens its page; the API's validation
- * problems are shown beside the inputs they name.
+ * problems are shown beside the inputs they name. While it is filled in, a pause sends it to
+ * the inputs' validate route, whose answer hides the inputs `dependsOn` disables and fills the
+ * choices a SELECT's `expression` renders.
  */
 import { ApiError, getJson } from "./api.js";
 import { errorBox, fill, h } from "./dom.js";
@@ -61,6 +63,8 @@ export function flowPage(root, params) {
     execute,
   );
 
+  /** Stops the Execute form's pending validation (when the page is left or redrawn). */
+  let stopResolving = () => {};
   /**
    * The Execute form of the flow as last saved (its inputs as the API declares them).
    * @param {any} flow
@@ -68,14 +72,31 @@ export function flowPage(root, params) {
   const drawExecute = (flow) => {
     const form = inputsForm(flow.inputs ?? [], "input");
     const outcome = h("div", { "aria-live": "polite" });
+    const base = `/executions/${encodeURIComponent(flow.namespace)}/${encodeURIComponent(flow.id)}`;
+    let asked = 0;
+    const resolve = async () => {
+      const mine = ++asked;
+      try {
+        const answer = await getJson(`${base}/validate`, { method: "POST", body: form.formData({ files: false }) });
+        if (mine === asked) form.refresh(answer.inputs ?? []);
+      } catch {
+        // the form stays as declared; the create route says what is wrong
+      }
+    };
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    let pending;
+    const later = () => {
+      clearTimeout(pending);
+      pending = setTimeout(resolve, VALIDATE_DELAY_MS);
+    };
+    stopResolving = () => clearTimeout(pending);
     /** @param {SubmitEvent} event */
     const submit = async (event) => {
       event.preventDefault();
       fill(outcome);
       form.showErrors([]);
       try {
-        const path = `/executions/${encodeURIComponent(flow.namespace)}/${encodeURIComponent(flow.id)}`;
-        const started = await getJson(path, { method: "POST", body: form.formData() });
+        const started = await getJson(base, { method: "POST", body: form.formData() });
         location.hash = `#/executions/${encodeURIComponent(started.id)}`;
       } catch (error) {
         const rest = error instanceof ApiError ? form.showErrors(error.problems) : [];
@@ -87,13 +108,13 @@ export function flowPage(root, params) {
       h("h2", { id: "execute-title" }, "Execute"),
       h(
         "form",
-        { class: "inputs-form", id: "execute-form", novalidate: true, onsubmit: submit },
+        { class: "inputs-form", id: "execute-form", novalidate: true, onsubmit: submit, oninput: later, onchange: later },
         form.fields.length ? form.fields : h("p", { class: "muted" }, "This flow declares no inputs."),
         h("div", { class: "row" }, h("button", { type: "submit", class: "primary", id: "execute-submit" }, "Execute")),
         outcome,
       ),
-      h("p", { class: "muted hint" }, "Inputs' dependsOn and conditions are not evaluated here: every input is shown, and the API ignores the values of the ones its rules disable."),
     );
+    if (form.fields.length) resolve();
   };
 
   /** @type {{line: number | null, message: string}[]} */
@@ -174,5 +195,8 @@ export function flowPage(root, params) {
     drawGutter();
     validate();
   }
-  return () => clearTimeout(timer);
+  return () => {
+    clearTimeout(timer);
+    stopResolving();
+  };
 }

@@ -11,10 +11,11 @@
  * controls do: the API validates, and each problem it names (`inputs.<id>`) is shown beside
  * its field.
  *
- * `dependsOn` and input conditions are not evaluated: every input is shown, and the API
- * ignores the values of inputs its rules disable.
+ * `dependsOn` and computed choices are the API's: the caller sends the form to the validate
+ * route as it changes and hands its answer to `refresh`, which hides the inputs it disables
+ * and replaces a SELECT's choices with the ones its `expression` rendered.
  */
-import { h } from "./dom.js";
+import { fill, h } from "./dom.js";
 
 /**
  * @typedef {{id: string, type: string, required?: boolean, defaults?: any, description?: string,
@@ -107,6 +108,8 @@ export function inputsForm(inputs, prefix) {
   const errors = new Map();
   /** @type {(HTMLInputElement | HTMLSelectElement | HTMLTextAreaElement)[]} */
   const controls = [];
+  /** @type {Map<string, HTMLElement>} field wrapper by input id */
+  const wrappers = new Map();
   const fields = inputs.map((input) => {
     const id = `${prefix}-${input.id}`;
     const error = h("p", { class: "error field-error", id: `${id}-error`, "aria-live": "polite" });
@@ -115,7 +118,7 @@ export function inputsForm(inputs, prefix) {
     const field = control(input, id, about ? `${id}-about ${id}-error` : `${id}-error`);
     controls.push(field);
     const required = input.required !== false;
-    return h(
+    const wrapper = h(
       "div",
       { class: "field input-field", "data-input": input.id },
       h(
@@ -131,17 +134,24 @@ export function inputsForm(inputs, prefix) {
       about,
       error,
     );
+    wrappers.set(input.id, wrapper);
+    return wrapper;
   });
 
-  /** The values as the API takes them; an empty optional field is left out. */
-  const formData = () => {
+  /**
+   * The values as the API takes them; an empty optional field and a disabled input are left
+   * out (and the files, for a validation).
+   * @param {{files?: boolean}} [options]
+   */
+  const formData = ({ files = true } = {}) => {
     const data = new FormData();
     for (const field of controls) {
+      if (field.disabled) continue;
       const type = field.dataset.type ?? "STRING";
       if (field instanceof HTMLInputElement && field.type === "checkbox") {
         data.append(field.name, field.checked ? "true" : "false");
       } else if (field instanceof HTMLInputElement && field.type === "file") {
-        const file = field.files?.[0];
+        const file = files ? field.files?.[0] : undefined;
         if (file) data.append(field.name, file, file.name);
       } else if (field instanceof HTMLSelectElement && field.multiple) {
         const chosen = Array.from(field.selectedOptions, (option) => option.value);
@@ -178,5 +188,33 @@ export function inputsForm(inputs, prefix) {
     return rest;
   };
 
-  return { fields, formData, showErrors };
+  /**
+   * Apply the validate route's answer: an input its `dependsOn` disables is hidden (and not
+   * sent); a SELECT's or MULTISELECT's choices become the ones the API lists, the chosen ones
+   * kept where they still are choices.
+   * @param {{input: InputDef, enabled?: boolean, value?: any}[]} resolved
+   */
+  const refresh = (resolved) => {
+    for (const { input, enabled, value } of resolved) {
+      const wrapper = wrappers.get(input.id);
+      const field = controls.find((c) => c.name === input.id);
+      if (!wrapper || !field) continue;
+      wrapper.hidden = enabled === false;
+      field.disabled = enabled === false;
+      const choices = input.values ?? input.options;
+      if (!(field instanceof HTMLSelectElement) || !choices) continue;
+      const shown = Array.from(field.options, (o) => o.value).filter((v) => v !== "");
+      if (shown.join("\n") === choices.join("\n")) continue;
+      const chosen = new Set(Array.from(field.selectedOptions, (o) => o.value).filter((v) => v !== ""));
+      // Nothing chosen yet: the API's value (a default, or the first with `autoSelectFirst`).
+      if (!chosen.size && value != null) for (const v of [value].flat()) chosen.add(String(v));
+      fill(
+        field,
+        field.multiple ? null : h("option", { value: "" }, "—"),
+        choices.map((choice) => h("option", { value: choice, selected: chosen.has(choice) }, choice)),
+      );
+    }
+  };
+
+  return { fields, formData, showErrors, refresh };
 }

@@ -306,6 +306,18 @@ inputs:
   - id: upload
     type: FILE
     required: false
+  - id: cloud
+    type: SELECT
+    values: [AWS, GCP]
+    defaults: AWS
+  - id: region
+    type: STRING
+    dependsOn:
+      inputs: [cloud]
+      condition: "{{{{ inputs.cloud == 'AWS' }}}}"
+  - id: service
+    type: SELECT
+    expression: "{{{{ {{'AWS': ['ec2', 's3'], 'GCP': ['gce']}}[inputs.cloud] }}}}"
 tasks:
   - id: hello
     type: io.kestra.plugin.core.log.Log
@@ -372,6 +384,18 @@ def test_the_execute_form_from_typed_inputs_shows_an_error_then_starts_one(
     assert driver.find_element(By.ID, "input-name").get_attribute("aria-invalid") == "true"
     screenshot(driver, "flow-execute-error", tmp_path)
 
+    def choices(input_id: str) -> list[str]:
+        options = driver.find_elements(By.CSS_SELECTOR, f"#input-{input_id} option")
+        return [o.get_attribute("value") or "" for o in options if o.get_attribute("value")]
+
+    # The validate route's answer: the choices the expression renders, dependsOn applied.
+    wait(driver).until(lambda _: choices("service") == ["ec2", "s3"])
+    assert driver.find_element(By.ID, "input-region").is_displayed()
+    Select(driver.find_element(By.ID, "input-cloud")).select_by_value("GCP")
+    wait(driver).until(lambda _: choices("service") == ["gce"])
+    assert not driver.find_element(By.ID, "input-region").is_displayed()
+    Select(driver.find_element(By.ID, "input-service")).select_by_value("gce")
+
     driver.find_element(By.ID, "input-name").send_keys("Ada")
     tags = Select(driver.find_element(By.ID, "input-tags"))
     tags.select_by_value("a")
@@ -384,6 +408,7 @@ def test_the_execute_form_from_typed_inputs_shows_an_error_then_starts_one(
     assert inputs["name"] == "Ada" and inputs["count"] == 3 and inputs["loud"] is False
     assert inputs["tags"] == ["a", "c"] and inputs["color"] == "blue"
     assert inputs["payload"] == {"k": 1}
+    assert inputs["cloud"] == "GCP" and inputs["service"] == "gce" and "region" not in inputs
     text_of(driver, "#logs", "hi Ada x3 blue")
     no_console_errors(driver, "the execute form")
 
