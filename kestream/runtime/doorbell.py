@@ -36,13 +36,16 @@ from aiokafka import AIOKafkaProducer
 log = logging.getLogger("kestream.doorbell")
 
 #: One ring per topic per this many seconds and producer (:class:`Bell`): under load a topic's
-#: consumers are awake anyway, and rings closer together would only cost datagrams.
-RING_EVERY_S = 0.02
+#: consumers are awake anyway, and each datagram costs its sender and receiver about 10 us.
+RING_EVERY_S = 0.05
 #: How long a producer trusts its list of listening sockets before listing the directory again;
 #: a process that starts listening later hears rings from then on (a probe covers the gap).
 PEERS_TTL_S = 1.0
 _SUFFIX = ".sock"
 _MAX_TOPIC_BYTES = 1024
+# A ring that finds a socket's queue full is sent again this often, this many times.
+_RESEND_S = 0.002
+_RESEND_TRIES = 50
 # A unix socket's address holds 107 bytes; a socket's name here takes at most 24 of them.
 _MAX_DIR_BYTES = 80
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
@@ -175,8 +178,8 @@ class Doorbell:
 
 class Bell:
     """Rings a doorbell directory: one datagram per listening socket. Never blocks and never
-    raises: a full or vanished socket is a ring lost, and a socket whose process is gone is
-    removed.
+    raises: a full socket is tried again for a while, a vanished one is a ring lost, and a
+    socket whose process is gone is removed.
 
     At most one ring per topic per ``every`` seconds; a ring asked for sooner is not dropped
     but deferred to the end of that gap, so every record acknowledged is followed by a ring
@@ -195,6 +198,7 @@ class Bell:
         self.clock = clock
         self._last: dict[str, float] = {}
         self._deferred: set[str] = set()
+        self._resending: set[tuple[str, str]] = set()
         self._peers: list[str] = []
         self._peers_at = float("-inf")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -225,16 +229,31 @@ class Bell:
         if now - self._peers_at >= PEERS_TTL_S:
             self._peers = self._list_peers()
             self._peers_at = now
-        data = topic.encode()
         self.rung += 1
         for peer in tuple(self._peers):
+            self._deliver(peer, topic)
+
+    def _deliver(self, peer: str, topic: str, tries: int = 0) -> None:
+        try:
+            self._sock.sendto(topic.encode(), peer)
+        except (BlockingIOError, InterruptedError):
+            # Its queue is full (a unix datagram socket holds few, net.unix.max_dgram_qlen):
+            # a burst of rings outran its reader. Try again shortly, then leave it to a probe.
+            if tries >= _RESEND_TRIES or (peer, topic) in self._resending:
+                return
             try:
-                self._sock.sendto(data, peer)
-            except (BlockingIOError, InterruptedError):
-                continue  # its queue is full: it is awake already, or a probe wakes it
-            except OSError as exc:
-                if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-                    self._gone(peer, exc.errno == errno.ECONNREFUSED)
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # rung outside a loop: nothing to try again with
+                return
+            self._resending.add((peer, topic))
+            loop.call_later(_RESEND_S, self._resend, peer, topic, tries)
+        except OSError as exc:
+            if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+                self._gone(peer, exc.errno == errno.ECONNREFUSED)
+
+    def _resend(self, peer: str, topic: str, tries: int) -> None:
+        self._resending.discard((peer, topic))
+        self._deliver(peer, topic, tries + 1)
 
     def _list_peers(self) -> list[str]:
         try:

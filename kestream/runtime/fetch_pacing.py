@@ -68,6 +68,13 @@ class Pacing:
     probe_max: float = 5.0
     #: A probe keeps fetching this long before pausing again.
     probe_window: float = 0.02
+    #: Records in this many fetches in a row, each within ``stream_gap`` of the last: a
+    #: stream, not a burst (the member heartbeats of one process come together)...
+    stream_fetches: int = 4
+    stream_gap: float = 0.1
+    #: ...so the consumer stays awake this long after them, rather than pausing and being
+    #: rung awake between every two batches.
+    stream_quiet: float = 1.0
 
 
 class FetchPacer:
@@ -83,6 +90,8 @@ class FetchPacer:
         self.gap = pacing.probe_first
         self.next_probe = float("inf")
         self.probes = 0
+        self.last_records = float("-inf")
+        self.streak = 0
 
     def traffic(self, now: float, span: float | None = None) -> None:
         """Records came or a ring was heard: active (again) for a quiet period (or ``span``)."""
@@ -94,7 +103,13 @@ class FetchPacer:
     def fetched(self, now: float, records: bool) -> bool:
         """After an active fetch; True when the consumer should go idle now."""
         if records:
-            self.traffic(now)
+            close = now - self.last_records < self.pacing.stream_gap
+            self.streak = self.streak + 1 if close else 1
+            self.last_records = now
+            streaming = self.streak >= self.pacing.stream_fetches
+            self.traffic(
+                now, max(self.pacing.quiet, self.pacing.stream_quiet) if streaming else None
+            )
             return False
         if self.idle or now < self.active_until:
             return False

@@ -147,3 +147,21 @@ async def test_no_ring_hook_without_a_doorbell() -> None:
     consumer.assign([TopicPartition("t", 0)])
     assert not on_ring(consumer, lambda: None)
     await consumer.stop()
+
+
+def test_a_stream_of_records_keeps_the_consumer_awake_longer_than_a_lone_record() -> None:
+    """Under load a consumer would otherwise pause between every two batches and be rung
+    awake again: pause, ring and resume cost more than the fetches they save."""
+    pacing = Pacing(quiet=0.02, stream_fetches=3, stream_gap=0.1, stream_quiet=1.0)
+    pacer = FetchPacer(pacing, now=0.0)
+    assert not pacer.fetched(1.0, records=True)
+    assert pacer.active_until == pytest.approx(1.02), "a lone record: the short quiet period"
+    assert not pacer.fetched(1.05, records=True)
+    assert pacer.active_until == pytest.approx(1.07), "a burst is not a stream yet"
+    assert not pacer.fetched(1.5, records=True)
+    assert pacer.active_until == pytest.approx(1.52), "too far apart: the count starts again"
+    pacer.fetched(1.55, records=True)
+    assert not pacer.fetched(1.6, records=True)
+    assert pacer.active_until == pytest.approx(2.6), "a stream: awake for stream_quiet"
+    assert not pacer.fetched(2.5, records=False)
+    assert pacer.fetched(2.6, records=False)
