@@ -138,7 +138,11 @@ class Doorbell:
             sock.setblocking(False)
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
-            sock.bind(str(self.path))
+            try:
+                sock.bind(str(self.path))
+            except FileNotFoundError:  # the last listener removed the directory meanwhile
+                self.directory.mkdir(mode=0o700, exist_ok=True)
+                sock.bind(str(self.path))
         except OSError as exc:
             sock.close()
             log.warning("cannot listen at %s (%s): waking by probing only", self.path, exc)
@@ -171,6 +175,8 @@ class Doorbell:
         sock.close()
         with contextlib.suppress(OSError):
             self.path.unlink()
+        with contextlib.suppress(OSError):  # the last one out removes the broker's directory
+            self.directory.rmdir()
         key = (self.directory, id(self.loop))
         if self._shared.get(key) is self:
             del self._shared[key]

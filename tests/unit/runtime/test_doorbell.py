@@ -67,8 +67,14 @@ async def test_a_ring_wakes_the_listeners_of_that_topic_only(tmp_path: Path) -> 
     await asyncio.wait_for(got.wait(), 10)
     assert heard == [("b", "t2")]
     door.forget(a)
+    assert door.path.exists()
     door.forget(b)
     assert not door.path.exists(), "the socket goes with its last listener"
+    assert not directory.exists(), "and the broker's directory with the last socket"
+    again = Doorbell.shared(directory)
+    again.listen(["t1"], a)
+    assert again.listening, "a new listener makes the directory again"
+    again.close()
     bell.close()
 
 
