@@ -286,6 +286,29 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", _T + "/triggers/set-disabled/by-triggers"): Operation(
         "disabledTriggersByIds", "Triggers", body=_JSON, responses={200: _OK_JSON}
     ),
+    ("POST", _T + "/triggers/set-disabled"): Operation(
+        "setDisabledTriggers", "Triggers", body=_JSON, responses={200: _OK_JSON}
+    ),
+    ("GET", _T + "/triggers/export/by-query/csv"): Operation(
+        "exportTriggersByQuery",
+        "Triggers",
+        query=(Param("filters[field][OPERATION]"),),
+        responses={200: ("text/csv", "The triggers found, one row each")},
+    ),
+    ("POST", _T + "/triggers/{namespace}/{flowId}/{triggerId}/restart"): Operation(
+        "restartTrigger",
+        "Triggers",
+        responses={200: _OK_JSON, 404: _ERRORS[404], 409: (_JSON, "Not a Schedule trigger")},
+    ),
+    ("DELETE", _T + "/triggers/{namespace}/{flowId}/{triggerId}"): Operation(
+        "deleteTrigger",
+        "Triggers",
+        responses={
+            204: (_JSON, "Deleted"),
+            404: _ERRORS[404],
+            409: (_JSON, "Not a Schedule trigger"),
+        },
+    ),
     ("POST", _T + "/triggers/set-disabled/by-query"): Operation(
         "disabledTriggersByQuery",
         "Triggers",

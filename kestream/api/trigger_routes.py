@@ -1,20 +1,31 @@
 """The triggers API (Kestra 1.x paths and shapes), on the trigger records of the triggers topic.
 
-Reads answer from the :class:`~kestream.runtime.triggers_table.TriggersTable` (each Schedule
-trigger's latest record, with ``date``: the last slot fired, and ``nextExecutionDate``). Changes
-go to the scheduler as commands (:mod:`kestream.scheduler.commands`), which alone writes trigger
-records; the answer is the record as it will be once applied, computed by the same function the
-scheduler applies, and a later read shows it once the scheduler has written it.
+Reads list every trigger of every deployed flow, whatever its kind. A Schedule trigger answers
+with its record from the :class:`~kestream.runtime.triggers_table.TriggersTable` (``date``: the
+last slot fired, ``nextExecutionDate``, its backfill); the other kinds (Flow, Webhook) keep no
+record in kestream (they fire on events, never on time), so their context carries only who they
+are and ``disabled`` as the flow declares it, while ``abstractTrigger`` shows their definition:
+a Flow trigger's ``conditions``, ``preconditions`` and ``states``, a Webhook's ``key`` masked for
+a caller without credentials as the flow routes mask it. Changes apply to Schedule triggers only
+(a bulk action skips the others; a single one answers 409 naming why). They go to the scheduler
+as commands (:mod:`kestream.scheduler.commands`), which alone writes trigger records; the answer
+is the record as it will be once applied, computed by the same function the scheduler applies,
+and a later read shows it once the scheduler has written it.
 
 - ``GET .../triggers/search``: ``{results: [{abstractTrigger, triggerContext}], total}``,
   filtered by ``namespace`` (and its children), ``flowId``, ``triggerId`` or ``q``, as
-  ``filters[field][OPERATION]=`` or the older plain parameters;
+  ``filters[field][OPERATION]=`` or the older plain parameters; ``GET
+  .../triggers/export/by-query/csv``: the same rows as CSV;
 - ``GET .../triggers/{namespace}/{flowId}``: the flow's ``{results: [Trigger], total}``;
   ``GET .../triggers/{namespace}/{flowId}/{triggerId}``: one ``Trigger``;
+- ``POST .../triggers/{namespace}/{flowId}/{triggerId}/restart``: clears the execution the
+  trigger holds, locked or not (Kestra restarts a trigger stuck or failed that way);
+  ``DELETE .../triggers/{namespace}/{flowId}/{triggerId}``: drops the record's state (last fire,
+  backfill, disabled, lock); the scheduler recreates it from the flow, next slot from now (204);
 - ``PUT .../triggers``: a ``Trigger`` body; with ``backfill`` it sets a backfill (``end``
   defaults to now), without it sets ``disabled`` (absent: false, as Kestra);
-- ``POST .../triggers/set-disabled/by-triggers`` (``{triggers, disabled}``) and ``/by-query``
-  (``?disabled=``): ``{count}``;
+- ``POST .../triggers/set-disabled`` and ``/set-disabled/by-triggers`` (``{triggers,
+  disabled}``), ``/set-disabled/by-query`` (``?disabled=``): ``{count}``;
 - ``POST .../triggers/{namespace}/{flowId}/{triggerId}/unlock``, ``/unlock/by-triggers``,
   ``/unlock/by-query``: kestream never holds a trigger while its execution runs, so unlocking
   clears the recorded ``executionId`` and nothing else; 409 "Trigger is not locked" without one;
@@ -24,12 +35,15 @@ scheduler applies, and a later read shows it once the scheduler has written it.
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
+from kestream.api.guard import authenticated
 from kestream.api.handle import ApiHandle
 from kestream.api.http import (
     ApiError,
@@ -40,14 +54,15 @@ from kestream.api.http import (
     query_int,
     read_body,
 )
+from kestream.api.webhook_keys import MASK
 from kestream.models.clock import utc_now
-from kestream.models.flow import Flow, ScheduleTrigger
+from kestream.models.flow import Flow, ScheduleTrigger, Trigger, WebhookTrigger
 from kestream.models.ids import new_id
 from kestream.models.values import UnportableValue, loads_json
 from kestream.runtime.triggers_table import TriggersTable
 from kestream.scheduler.backfill import Backfill, BackfillError
 from kestream.scheduler.commands import Action, CommandError, TriggerCommand, apply_to_state
-from kestream.scheduler.trigger_state import TriggerState, trigger_key
+from kestream.scheduler.trigger_state import TriggerState, split_trigger_key, trigger_key
 
 PREFIX = "/api/v1/{tenant}/triggers"
 
@@ -62,7 +77,9 @@ class TriggerRoutes:
         backfill = PREFIX + "/backfill"
         return [
             web.get(PREFIX + "/search", self.search),
+            web.get(PREFIX + "/export/by-query/csv", self.export_csv),
             web.put(PREFIX, self.update),
+            web.post(PREFIX + "/set-disabled", self.disable_by_triggers),
             web.post(PREFIX + "/set-disabled/by-triggers", self.disable_by_triggers),
             web.post(PREFIX + "/set-disabled/by-query", self.disable_by_query),
             web.post(PREFIX + "/unlock/by-triggers", self.unlock_by_triggers),
@@ -78,42 +95,61 @@ class TriggerRoutes:
             web.post(backfill + "/delete/by-query", self.delete_by_query),
             web.get(PREFIX + "/{namespace}/{flowId}", self.list_flow),
             web.get(PREFIX + "/{namespace}/{flowId}/{triggerId}", self.get),
+            web.delete(PREFIX + "/{namespace}/{flowId}/{triggerId}", self.delete),
             web.post(PREFIX + "/{namespace}/{flowId}/{triggerId}/unlock", self.unlock),
+            web.post(PREFIX + "/{namespace}/{flowId}/{triggerId}/restart", self.restart),
         ]
 
     # -- reading ------------------------------------------------------------------------------
 
     async def search(self, request: web.Request) -> web.Response:
-        """Search for triggers: each with its definition and its record."""
-        table = self._table(request)
+        """Search for triggers of every kind: each with its definition and its context."""
+        rows = self._rows(request, self._matching(request))
         page = query_int(request, "page", 1, low=1, high=1_000_000)
         size = query_int(request, "size", 10, low=1, high=1000)
-        rows = [
-            (state, trigger)
-            for state in self._matching(request, table)
-            if (trigger := self._definition(state)) is not None
-        ]
         start = (page - 1) * size
+        show_keys = authenticated(request)
         results = [
-            {"abstractTrigger": _definition_json(trigger), "triggerContext": self._json(state)}
+            {
+                "abstractTrigger": _definition_json(trigger, show_keys=show_keys),
+                "triggerContext": self._json(state, trigger),
+            }
             for state, trigger in rows[start : start + size]
         ]
         return json_response({"results": results, "total": len(rows)})
 
-    async def list_flow(self, request: web.Request) -> web.Response:
-        """Get all triggers for a flow."""
-        table = self._table(request)
-        namespace, flow_id = request.match_info["namespace"], request.match_info["flowId"]
-        states = sorted(
-            (s for s in table.states() if (s.namespace, s.flow_id) == (namespace, flow_id)),
-            key=lambda s: s.trigger_id,
+    async def export_csv(self, request: web.Request) -> web.Response:
+        """The triggers a query finds, one CSV row each (every page), for a spreadsheet."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for state, trigger in self._rows(request, self._matching(request)):
+            body = self._json(state, trigger)
+            row = {**body, "type": trigger.type, "backfill": state.backfill is not None}
+            writer.writerow(_csv_cell(row[column]) for column in CSV_COLUMNS)
+        return web.Response(
+            text=out.getvalue(),
+            content_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="triggers.csv"'},
         )
-        return json_response({"results": [self._json(s) for s in states], "total": len(states)})
+
+    async def list_flow(self, request: web.Request) -> web.Response:
+        """Get all triggers for a flow, of every kind."""
+        namespace, flow_id = request.match_info["namespace"], request.match_info["flowId"]
+        rows = self._rows(request, lambda s: (s.namespace, s.flow_id) == (namespace, flow_id))
+        page = query_int(request, "page", 1, low=1, high=1_000_000)
+        size = query_int(request, "size", 100, low=1, high=1000)
+        start = (page - 1) * size
+        results = [self._json(s, t) for s, t in rows[start : start + size]]
+        return json_response({"results": results, "total": len(rows)})
 
     async def get(self, request: web.Request) -> web.Response:
-        """Get a trigger."""
-        table = self._table(request)
-        return json_response(self._json(self._state(table, _path_key(request))))
+        """Get a trigger, of any kind."""
+        key = _path_key(request)
+        rows = self._rows(request, lambda s: s.key == key)
+        if not rows:
+            raise not_found(f"Trigger '{key}'")
+        return json_response(self._json(*rows[0]))
 
     # -- changing -----------------------------------------------------------------------------
 
@@ -160,6 +196,23 @@ class TriggerRoutes:
         return json_response(
             self._json(await self._send(table, state, TriggerCommand(key, "unlock")))
         )
+
+    async def restart(self, request: web.Request) -> web.Response:
+        """Restart a trigger: clear the execution it holds, whether it holds one or not."""
+        table = self._table(request)
+        key = _path_key(request)
+        state = self._state(table, key)
+        return json_response(
+            self._json(await self._send(table, state, TriggerCommand(key, "restart")))
+        )
+
+    async def delete(self, request: web.Request) -> web.Response:
+        """Delete a trigger's state; the scheduler recreates it from the flow (204)."""
+        table = self._table(request)
+        key = _path_key(request)
+        state = self._state(table, key)
+        await self._send(table, state, TriggerCommand(key, "delete"))
+        return web.Response(status=204)
 
     async def unlock_by_triggers(self, request: web.Request) -> web.Response:
         """Unlock the given triggers (those not locked are not counted)."""
@@ -215,21 +268,56 @@ class TriggerRoutes:
         return table
 
     def _state(self, table: TriggersTable, key: str) -> TriggerState:
+        """The record a change applies to: a deployed Schedule trigger's (404 for an unknown
+        trigger, 409 for a kind kestream keeps no record of)."""
+        trigger = self._trigger(*split_trigger_key(key))
+        if trigger is not None and not isinstance(trigger, ScheduleTrigger):
+            kind = trigger.type.rsplit(".", 1)[-1]
+            raise ApiError(
+                409,
+                f"Illegal state: trigger '{key}' is a {kind} trigger, which keeps no state in "
+                "kestream (only Schedule triggers do); enable or disable it in the flow "
+                "('disabled: true')",
+            )
         state = table.get(key)
-        if state is None or self._definition(state) is None:
+        if state is None or trigger is None:
             raise not_found(f"Trigger '{key}'")
         return state
 
-    def _definition(self, state: TriggerState) -> ScheduleTrigger | None:
+    def _trigger(self, namespace: str, flow_id: str, trigger_id: str) -> Trigger | None:
         """The trigger in its deployed flow (None: the flow or the trigger is gone)."""
-        flow = self.api.get().flow(state.namespace, state.flow_id)
-        return None if flow is None else _schedule(flow, state.trigger_id)
+        flow = self.api.get().flow(namespace, flow_id)
+        return None if flow is None else _find(flow, trigger_id)
 
-    def _matching(self, request: web.Request, table: TriggersTable) -> list[TriggerState]:
-        match = _trigger_filter(request)
-        states = [s for s in table.states() if match(s)]
-        states.sort(key=lambda s: (s.namespace, s.flow_id, s.trigger_id))
-        return states
+    def _schedule(self, state: TriggerState) -> ScheduleTrigger | None:
+        trigger = self._trigger(state.namespace, state.flow_id, state.trigger_id)
+        return trigger if isinstance(trigger, ScheduleTrigger) else None
+
+    def _matching(self, request: web.Request) -> Callable[[TriggerState], bool]:
+        return _trigger_filter(request)
+
+    def _rows(
+        self, request: web.Request, match: Callable[[TriggerState], bool]
+    ) -> list[tuple[TriggerState, Trigger]]:
+        """Every trigger of the deployed flows ``match`` keeps, with its context: a Schedule
+        trigger's record (a blank one until the scheduler has written it), otherwise a blank
+        context; sorted by namespace, flow and trigger."""
+        table = self._table(request)
+        rows: list[tuple[TriggerState, Trigger]] = []
+        for flow in self.api.get().flows():
+            if flow.deleted:
+                continue
+            for trigger in flow.triggers:
+                blank = TriggerState(
+                    flow.namespace, flow.id, trigger.id,
+                    flow_revision=flow.revision, disabled=trigger.disabled,
+                )  # fmt: skip
+                recorded = table.get(blank.key) if isinstance(trigger, ScheduleTrigger) else None
+                state = recorded or blank
+                if match(state):
+                    rows.append((state, trigger))
+        rows.sort(key=lambda row: (row[0].namespace, row[0].flow_id, row[0].trigger_id))
+        return rows
 
     async def _send(
         self, table: TriggersTable, state: TriggerState, command: TriggerCommand
@@ -250,15 +338,17 @@ class TriggerRoutes:
 
     async def _bulk_by_query(self, request: web.Request, action: Action) -> web.Response:
         table = self._table(request)
-        return await self._bulk(table, [s.key for s in self._matching(request, table)], action)
+        rows = self._rows(request, self._matching(request))
+        keys = [state.key for state, trigger in rows if isinstance(trigger, ScheduleTrigger)]
+        return await self._bulk(table, keys, action)
 
     async def _bulk(self, table: TriggersTable, keys: list[str], action: Action) -> web.Response:
         """Apply ``action`` to each trigger it applies to; ``{count}`` of those."""
         count = 0
         for key in keys:
             state = table.get(key)
-            if state is None or self._definition(state) is None:
-                continue
+            if state is None or self._schedule(state) is None:
+                continue  # unknown, or a kind kestream keeps no record of
             command = TriggerCommand(key, action)
             try:
                 changed = apply_to_state(state, command)
@@ -297,9 +387,10 @@ class TriggerRoutes:
         except ValueError as exc:
             raise ApiError(422, f"Invalid json: {exc}") from None
 
-    def _json(self, state: TriggerState) -> dict[str, Any]:
+    def _json(self, state: TriggerState, trigger: Trigger | None = None) -> dict[str, Any]:
         """Kestra's ``Trigger``: the trigger context with what the scheduler recorded."""
-        trigger = self._definition(state)
+        if trigger is None:
+            trigger = self._trigger(state.namespace, state.flow_id, state.trigger_id)
         return {
             "tenantId": self.api.settings.tenant,
             "namespace": state.namespace,
@@ -321,15 +412,32 @@ def _iso(value: Any) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
-def _definition_json(trigger: ScheduleTrigger) -> dict[str, Any]:
-    return trigger.model_dump(mode="json", by_alias=True, exclude_none=True)
+#: The CSV export's columns, in order: the ``Trigger`` fields a spreadsheet reader sorts on.
+CSV_COLUMNS = (
+    "namespace", "flowId", "triggerId", "type", "date", "nextExecutionDate", "disabled",
+    "executionId", "backfill",
+)  # fmt: skip
 
 
-def _schedule(flow: Flow, trigger_id: str) -> ScheduleTrigger | None:
-    for trigger in flow.triggers:
-        if isinstance(trigger, ScheduleTrigger) and trigger.id == trigger_id:
-            return trigger
-    return None
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _definition_json(trigger: Trigger, *, show_keys: bool) -> dict[str, Any]:
+    """The trigger as the flow declares it (``abstractTrigger``); a Webhook's key masked unless
+    the caller is authenticated, as the flow routes answer it."""
+    body = trigger.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if isinstance(trigger, WebhookTrigger) and not show_keys:
+        body["key"] = MASK
+    return body
+
+
+def _find(flow: Flow, trigger_id: str) -> Trigger | None:
+    return next((t for t in flow.triggers if t.id == trigger_id), None)
 
 
 def _path_key(request: web.Request) -> str:

@@ -687,12 +687,20 @@ class Trigger(BaseModel):
         return self._condition_models
 
 
+_BACKFILL_HINT = (
+    " (deprecated in Kestra): set a backfill through the triggers API instead, "
+    "PUT /api/v1/{tenant}/triggers with the trigger and a 'backfill' "
+    "(start, end, inputs, labels)"
+)
+
+
 class ScheduleTrigger(Trigger):
     """Start an execution on a cron schedule.
 
     ``timezone`` None means UTC in kestream (Kestra uses the server's zone; UTC makes a schedule
     mean the same on every host). ``backfill`` and ``scheduleConditions`` (both deprecated in
-    Kestra) are refused: the scheduler does not run them.
+    Kestra) are refused: the scheduler does not run them. Kestra 1.x sets a backfill through the
+    triggers API (or its UI), which kestream serves; the refusal names that route.
     """
 
     type_names: ClassVar[tuple[str, ...]] = (
@@ -731,7 +739,8 @@ class ScheduleTrigger(Trigger):
     def _not_run(cls, value: Any, info: ValidationInfo) -> Any:
         if value:
             name = info.field_name
-            raise ValueError(f"{_trigger_name(info)}: '{name}' is not supported by kestream")
+            hint = _BACKFILL_HINT if name == "backfill" else ""
+            raise ValueError(f"{_trigger_name(info)}: '{name}' is not supported by kestream{hint}")
         return value
 
 

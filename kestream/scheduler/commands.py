@@ -25,7 +25,7 @@ __all__ = ["Action", "CommandError", "TriggerCommand", "apply_to_state"]
 
 Action = Literal[
     "disable", "enable", "set-backfill", "pause-backfill", "unpause-backfill", "delete-backfill",
-    "unlock",
+    "unlock", "restart", "delete",
 ]  # fmt: skip
 _ACTIONS: tuple[str, ...] = get_args(Action)
 
@@ -78,7 +78,9 @@ def apply_to_state(state: TriggerState, command: TriggerCommand) -> TriggerState
     """The record once ``command`` is applied (the book then plans its next slots).
 
     Raises :class:`CommandError` for a backfill action on a trigger without a backfill and for
-    unlocking a trigger that holds no execution (Kestra's "not locked").
+    unlocking a trigger that holds no execution (Kestra's "not locked"). ``restart`` clears
+    the recorded execution whatever it is (it never refuses); ``delete`` drops everything the
+    record holds, so the trigger starts again as if new (the book plans it from now).
     """
     action = command.action
     if action == "disable":
@@ -90,6 +92,10 @@ def apply_to_state(state: TriggerState, command: TriggerCommand) -> TriggerState
         if backfill is None:
             raise CommandError("set-backfill needs a backfill")
         return state.evolve(backfill=backfill)
+    if action == "restart":
+        return state.evolve(execution_id=None)
+    if action == "delete":
+        return TriggerState(state.namespace, state.flow_id, state.trigger_id)
     if action == "unlock":
         if state.execution_id is None:
             raise CommandError("Trigger is not locked")

@@ -44,6 +44,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from kestream.executor.events import ExecutionCreated
+from kestream.expressions import RenderError, render
 from kestream.models.clock import Clock, utc_now
 from kestream.models.durations import DurationError, parse_duration
 from kestream.models.flow import Flow, ScheduleTrigger
@@ -457,10 +458,11 @@ class ScheduleBook:
         execution_id = backfill_execution_id(
             flow.namespace, flow.id, trigger.id, backfill.id, view.utc_text
         )
+        variables = _variables(view)
         return trigger_execution(
-            flow, trigger, execution_id, _variables(view),
+            flow, trigger, execution_id, variables,
             inputs={**trigger.inputs, **backfill.inputs},
-            labels=dict(backfill.labels),
+            labels=_backfill_labels(entry, backfill, variables),
             schedule_date=slot,
         )  # fmt: skip
 
@@ -489,8 +491,11 @@ class ScheduleBook:
             self.set_disabled(command.key, False)
             return entry.state
         entry.state = changed.evolve(command_offset=offset)
-        if command.action == "set-backfill":
+        if command.action in ("set-backfill", "delete"):
             entry.backfill_wait = None
+        if command.action == "delete" and entry.active:
+            self._plan(entry, self._clock())  # recreated from the flow: its next slot from now
+            return entry.state
         self._index(entry)
         return entry.state
 
@@ -532,6 +537,23 @@ class ScheduleBook:
 def _variables(view: SlotView) -> dict[str, str | None]:
     """A slot's ``trigger.*`` variables."""
     return {"date": view.date, "next": view.next, "previous": view.previous}
+
+
+def _backfill_labels(
+    entry: _Entry, backfill: Backfill, variables: dict[str, str | None]
+) -> dict[str, str]:
+    """The backfill's labels with their values rendered for the slot (``{{ trigger.date }}``,
+    ``{{ flow.id }}``), as Kestra renders them; a value that cannot be rendered is kept as
+    written, with a warning naming the trigger, so the slot still fires."""
+    ctx = condition_context(entry.flow, variables)
+    labels: dict[str, str] = {}
+    for key, value in backfill.labels.items():
+        try:
+            labels[key] = render(value, ctx)
+        except RenderError as exc:
+            log.warning("trigger %s: backfill label %r not rendered: %s", entry.state.key, key, exc)
+            labels[key] = value
+    return labels
 
 
 def _slot_passes(entry: _Entry, view: SlotView) -> bool:
