@@ -244,3 +244,49 @@ def test_unlock_clears_the_recorded_execution(stack: Stack) -> None:
     # Disabled, nothing fires any more: the trigger holds no execution to clear.
     refused = stack.request("POST", unlock)
     assert refused.status == 409 and b"Trigger is not locked" in refused.body
+
+
+def test_every_kind_is_listed_and_restart_delete_and_set_disabled_reach_the_scheduler(
+    stack: Stack,
+) -> None:
+    ns = f"it.triggers.k{uuid.uuid4().hex[:8]}"
+    hook = "  - id: hook\n    type: io.kestra.plugin.core.trigger.Webhook\n    key: k-0123456789\n"
+    source = _flow(ns, "kinds", "*/2 * * * * *", seconds=True) + hook
+    assert stack.post_yaml("/flows", source).status == 200
+    fired = _until("a fire", lambda: (t := _trigger(stack, ns, "kinds")) and t["executionId"] and t)
+
+    found = stack.get(f"/triggers/search?filters[namespace][EQUALS]={ns}").json()
+    assert [r["triggerContext"]["triggerId"] for r in found["results"]] == ["hook", "schedule"]
+    webhook, schedule = found["results"]
+    assert webhook["abstractTrigger"]["key"] == "k-0123456789"  # an authenticated caller
+    assert webhook["triggerContext"]["nextExecutionDate"] is None
+    assert schedule["triggerContext"]["nextExecutionDate"] is not None
+    exported = stack.get(f"/triggers/export/by-query/csv?filters[namespace][EQUALS]={ns}")
+    assert exported.status == 200 and exported.body.decode().count(f"\n{ns},kinds,") == 2
+
+    assert stack.request("DELETE", f"/triggers/{ns}/kinds/schedule", auth=None).status == 401
+    restarted = stack.request("POST", f"/triggers/{ns}/kinds/schedule/restart")
+    assert restarted.status == 200 and restarted.json()["executionId"] is None
+    _until(
+        "the restart applied",
+        lambda: (_trigger(stack, ns, "kinds") or {}).get("executionId") != fired["executionId"],
+    )
+
+    both = [_key(ns, "kinds"), {**_key(ns, "kinds"), "triggerId": "hook"}]
+    disabled = _post(stack, "/triggers/set-disabled", {"triggers": both, "disabled": True})
+    assert disabled.status == 200 and disabled.json() == {"count": 1}  # the Webhook has no state
+    _until("disabled", lambda: (_trigger(stack, ns, "kinds") or {}).get("disabled"))
+    record = _trigger(stack, ns, "kinds")
+    assert record is not None
+    unlock = _post(stack, f"/triggers/unlock/by-query?filters[namespace][EQUALS]={ns}", {})
+    assert unlock.json() == {"count": 1 if record["executionId"] else 0}
+    _until("unlocked", lambda: (_trigger(stack, ns, "kinds") or {}).get("executionId") is None)
+
+    # Deleted, the state is recreated from the flow: enabled again, its next slot from now.
+    assert stack.request("DELETE", f"/triggers/{ns}/kinds/schedule").status == 204
+    _until(
+        "recreated and firing",
+        lambda: (t := _trigger(stack, ns, "kinds")) and not t["disabled"] and t["executionId"],
+    )
+    refused = stack.request("DELETE", f"/triggers/{ns}/kinds/hook")
+    assert refused.status == 409 and b"only Schedule triggers" in refused.body
