@@ -174,6 +174,12 @@ class Settings(BaseSettings):
         description="KESTREAM_EXECUTOR_INLINE_TASKS: run Log, Return, Echo, OutputValues and "
         "Fail inside the executor step (same task runs and logs, fewer broker hops).",
     )
+    local_handoff: bool = Field(
+        default=True,
+        description="KESTREAM_LOCAL_HANDOFF: in a process hosting the executor and the worker "
+        "(standalone), hand each job and result acknowledged by the broker straight to the "
+        "local role owning its partition; the broker copy is still read and deduplicated.",
+    )
     executor_flow_wait_s: float = Field(
         default=30.0,
         gt=0,

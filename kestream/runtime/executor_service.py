@@ -88,6 +88,7 @@ from kestream.runtime.executor_outbox import Outbox
 from kestream.runtime.executor_writer import DeadLetters, RecordWriter, Refusal, Written
 from kestream.runtime.held_events import HeldEvents
 from kestream.runtime.kafka import make_consumer, make_producer
+from kestream.runtime.local_handoff import LocalResults
 from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.parked_partitions import Parked, ParkedPartitions
 from kestream.runtime.purge_fence import apply_purge_event
@@ -191,6 +192,8 @@ class ExecutorService:
         #: (read at recovery, then acknowledged to this processor): the checkpoint it is parked at.
         self._checkpoints: dict[int, int] = {}
         self.owned: set[int] = set()
+        #: Results a worker of this process handed over (:mod:`.local_handoff`).
+        self.local = LocalResults(lambda partition: partition in self.owned and not self._stopping)
         self.ready = asyncio.Event()
         # -- the loop
         self._lock = asyncio.Lock()
@@ -316,7 +319,7 @@ class ExecutorService:
         assert self._consumer is not None
         while not self._stopping:
             generation = self._generation
-            batch = await self._consumer.getmany(timeout_ms=self._poll_ms(), max_records=_BATCH)
+            batch = await self.local.fetch(self._consumer, self._poll_ms(), _BATCH)
             if self._fatal is not None:  # set by a rebalance callback that could not recover
                 raise self._fatal
             started = time.perf_counter()
@@ -328,6 +331,8 @@ class ExecutorService:
                 out = Outbox()
                 self._take_repairs(out)
                 await self._step_batch_paced(batch, out)
+                for partition, event in self.local.take():  # after the fetched records
+                    self._apply(partition, event, out, None)
                 await self._flush(out)
                 self._flushed(batch)
                 if self._stopping or time.monotonic() - self._committed_at >= self.commit_every_s:
@@ -354,7 +359,7 @@ class ExecutorService:
         reads the table without waiting: begun after the batch was read, it holds every write
         acknowledged before its events were sent. A failed sync makes those reads fail, naming
         why. (Timers and held events step with the table as it follows the topic.)"""
-        if self.registry.calls_kv and any(batch.values()):
+        if self.registry.calls_kv and (any(batch.values()) or len(self.local)):
             await sync_current_store()
 
     async def _prepare(self, batch: Batch) -> None:

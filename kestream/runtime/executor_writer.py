@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +93,9 @@ class RecordWriter:
         self.producer: AIOKafkaProducer | None = None
         #: Changelog records carried to the next write (see the module docstring).
         self.carried: list[CommandRecord] = []
+        #: Told of each record the broker acknowledged, with its ack (the local hand-off of
+        #: jobs, :mod:`kestream.runtime.local_handoff`).
+        self.on_acked: Callable[[CommandRecord, Any], None] | None = None
 
     async def write(self, out: Outbox) -> Written:
         """Write the commands (with the changelog records carried from the last write), then
@@ -116,6 +120,11 @@ class RecordWriter:
         recs, self.carried = self.carried, []
         self._checkpoints(await self.produce(recs, written.refused), written)
         return written
+
+    def _acked(self, rec: CommandRecord, meta: Any) -> None:
+        """Tell :attr:`on_acked` (which never raises) of a record acknowledged."""
+        if self.on_acked is not None:
+            self.on_acked(rec, meta)
 
     def _checkpoints(self, acks: list[Any], written: Written) -> None:
         changelog, checkpoints = self.topics.changelog, written.checkpoints
@@ -149,7 +158,8 @@ class RecordWriter:
         failure: Exception | None = None
         for rec, future in sent:  # one by one (no gather): acked together, most already done
             try:
-                acks.append(await future)
+                acks.append(meta := await future)
+                self._acked(rec, meta)
             except Exception as exc:
                 if record_fault(exc):
                     refused.append((rec, exc))

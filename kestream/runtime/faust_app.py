@@ -474,6 +474,7 @@ async def _start_processor(
     on_failure: Callable[[BaseException], None] | None,
 ) -> Any:
     from kestream.runtime.executor_service import ExecutorService
+    from kestream.runtime.local_handoff import connect
     from kestream.runtime.worker_service import WorkerService
 
     processor: Any
@@ -489,6 +490,7 @@ async def _start_processor(
     else:
         raise ValueError(f"unknown role {role!r}")
     await processor.start()
+    connect(ctx, role, processor)  # the executor and worker of one process: local hand-off
     return processor
 
 

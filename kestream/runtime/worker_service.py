@@ -125,6 +125,7 @@ _ERROR_BACKOFF_S = 0.5
 _MAX_BACKOFF_S = 5.0
 
 JobKey = tuple[str, str, int]  # execution id, task run id, attempt
+Where = tuple[str, int, int]  # topic, partition, offset of a record
 
 
 @dataclass(slots=True, eq=False)
@@ -169,15 +170,29 @@ class _RecentKeys:
         self._expiry: OrderedDict[JobKey, float] = OrderedDict()
         self._results: OrderedDict[JobKey, bytes] = OrderedDict()
         self._bytes = 0
+        #: Where the record of a job handed over in this process lies (topic, partition,
+        #: offset), until that broker copy arrives (:mod:`.local_handoff`).
+        self._handed: dict[JobKey, Where] = {}
 
-    def add(self, key: JobKey, result: bytes | None = None) -> None:
+    def add(self, key: JobKey, result: bytes | None = None, handed: Where | None = None) -> None:
         self._expiry.pop(key, None)
         self._expiry[key] = time.monotonic() + self.ttl
         self._drop_result(key)
+        self._handed.pop(key, None)
         if result is not None:
             self._results[key] = result
             self._bytes += len(result)
+        if handed is not None:
+            self._handed[key] = handed
         self._trim()
+
+    def handed_copy(self, key: JobKey, where: Where) -> bool:
+        """Whether the record at ``where`` is the broker copy of the handed-over job ``key``
+        (each copy is recognised once: a later record of the job is a re-send)."""
+        if key in self and self._handed.get(key) == where:
+            del self._handed[key]
+            return True
+        return False
 
     def result(self, key: JobKey) -> bytes | None:
         """The result record ``key`` was answered with, if still kept."""
@@ -202,6 +217,7 @@ class _RecentKeys:
         ):
             key, _ = self._expiry.popitem(last=False)
             self._drop_result(key)
+            self._handed.pop(key, None)
         while self._bytes > self.budget and self._results:
             _, dropped = self._results.popitem(last=False)
             self._bytes -= len(dropped)
@@ -221,6 +237,8 @@ class _Job:
     kill_requested: bool = False
     #: Given up at stop: its result is not produced (the job runs again elsewhere).
     abandoned: bool = False
+    #: Handed over in this process (:meth:`WorkerService.accept_local`): its record's place.
+    handed: Where | None = None
 
     @property
     def partition(self) -> TopicPartition:
@@ -300,6 +318,8 @@ class WorkerService:
         self._last_commit = 0.0
         #: Held while records are handed to the producer (:meth:`_produce`).
         self._handing_over = asyncio.Lock()
+        #: Told of each result acknowledged, with its ack and value (:mod:`.local_handoff`).
+        self.on_result: Callable[[Any, bytes], None] | None = None
         #: The periodic commit under way beside the loop (:meth:`_commit_in_background`).
         self._committing: asyncio.Task[None] | None = None
         #: Partitions being revoked: a periodic commit begun meanwhile leaves them out, for it
@@ -489,7 +509,10 @@ class WorkerService:
         if key in self._finished:
             self.stats["duplicates"] += 1
             answer = self._finished.result(key)
-            if answer is None:
+            if self._finished.handed_copy(key, (record.topic, record.partition, record.offset)):
+                mark.done = True  # the broker copy of a job handed over here: answered already
+                self.stats["handed_copies"] += 1
+            elif answer is None:
                 mark.done = True
             else:  # the executor replayed the step that sent it: it waits for this answer
                 self._spawn(self._answer_again(key, answer, mark))
@@ -508,6 +531,45 @@ class WorkerService:
             self.stats["waiting_abandoned"] += 1
         else:
             self._start_or_hold(job)
+
+    def accept_local(self, record: ConsumerRecord[Any, Any]) -> bool:
+        """Start a ``run`` job the executor of this process just had acknowledged, before its
+        broker copy is fetched (:mod:`.local_handoff`); ``False`` leaves it to that copy.
+
+        Taken only when it can start now: its partition is owned (not being revoked), there is
+        room, the job is not known here yet, and its flow revision and runnable task are known.
+        The job has no offset to commit: its broker copy, when fetched, is attached to it or,
+        once it has finished, marked done without a second result (:meth:`_accept`)."""
+        tp = TopicPartition(record.topic, record.partition)
+        if (
+            self._stopping
+            or record.topic != self.topic
+            or tp not in self._partitions
+            or tp in self._revoking
+            or not self._in_group
+            or self.in_flight >= self.max_in_flight
+        ):
+            return False
+        body = records.loads(record.value)
+        if not isinstance(body, dict) or body.get("type") != "run":
+            return False
+        key: JobKey = (str(body["id"]), str(body["run"]), int(body["attempt"]))
+        if key in self._jobs or key in self._finished:
+            return False
+        where = (str(body["namespace"]), str(body["flowId"]), int(body["revision"]))
+        task_id, task_type = str(body["taskId"]), body.get("taskType")
+        flow = self.registry.get(*where)
+        if task_type is not None and str(task_type) not in self.task_types:
+            return False
+        if flow is None or not isinstance(flow.task_index().get(task_id), RunnableTask):
+            return False
+        job = _Job(key, where, task_id, body, record, [], time.monotonic() + self.flow_wait_s)
+        job.handed = (record.topic, record.partition, record.offset)
+        self._jobs[key] = job
+        self._runs[key[:2]] = job
+        self._start_or_hold(job)
+        self.stats["handed_over"] += 1
+        return True
 
     def _start_or_hold(self, job: _Job) -> None:
         if not self._try_start(job):
@@ -671,7 +733,7 @@ class WorkerService:
             return [await producer.send(topic, value, key=key) for topic, value, key in sends]
 
     def _done(self, job: _Job, sent: ev.WorkerResult) -> None:
-        self._finished.add(job.key, records.encode_event(sent))
+        self._finished.add(job.key, records.encode_event(sent), job.handed)
         for mark in job.marks:
             mark.done = True
 
@@ -705,7 +767,9 @@ class WorkerService:
             try:
                 sends = [(topics.logs, part, key) for part in logs]
                 sends.append((topics.results, value, key))
-                await asyncio.gather(*await self._produce(sends))
+                acks = await asyncio.gather(*await self._produce(sends))
+                if self.on_result is not None:  # durable now: the local executor may take it
+                    self.on_result(acks[-1], value)
                 return result
             except KafkaError as exc:
                 if record_fault(exc):

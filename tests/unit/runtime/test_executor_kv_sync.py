@@ -31,7 +31,8 @@ READS = "id: b\nnamespace: n\ntasks:\n" + LOG + "\"{{ kv('k') }}\""
 
 async def test_one_sync_per_batch_of_records_once_a_flow_calls_kv() -> None:
     registry = FlowRegistry()
-    service: Any = SimpleNamespace(registry=registry)  # _sync_kv reads nothing else
+    # _sync_kv reads nothing else: the flows, and the results handed over in this process
+    service: Any = SimpleNamespace(registry=registry, local=[])
     records = {TopicPartition("executions", 0): [object(), object()]}
     empty: dict[TopicPartition, list[object]] = {TopicPartition("executions", 0): []}
     store = CountingStore()
@@ -44,3 +45,6 @@ async def test_one_sync_per_batch_of_records_once_a_flow_calls_kv() -> None:
         assert store.syncs == 0  # a poll that brought nothing (timers only)
         await ExecutorService._sync_kv(service, records)
         assert store.syncs == 1  # two records, one sync
+        service.local = ["a result handed over by the local worker"]
+        await ExecutorService._sync_kv(service, empty)
+        assert store.syncs == 2  # nothing fetched, but a handed-over result steps

@@ -1,0 +1,212 @@
+"""Records handed between the roles of one process, beside their broker copies.
+
+``kestream standalone`` (``kestream roles executor,worker,...``) hosts the executor and the
+worker in one process. A runnable task then costs four broker hops on the way there and back
+(job produced, job fetched, result produced, result fetched), each a fetch wait on Tansu. With
+``KESTREAM_LOCAL_HANDOFF`` on (the default), the process's :class:`LocalHandoff` cuts the two
+fetches out:
+
+- **executor -> worker.** When the executor's flush has a ``run`` job acknowledged by the broker
+  on a partition of the jobs topic the local worker owns now, the job is handed to that worker,
+  which starts it at once (:meth:`~kestream.runtime.worker_service.WorkerService.accept_local`).
+- **worker -> executor.** When a worker's result is acknowledged on a ``worker-results``
+  partition the local executor owns now, the result's bytes are queued for it
+  (:class:`LocalResults`); its loop wakes from its fetch, and steps them in its next cycle
+  after the fetched records, without offsets (they are not the executor's input: the broker
+  copy is, and it is committed as any record).
+
+**Crash safety.** Three rules keep delivery as it is without the hand-off:
+
+1. *Durable first.* A record is handed over only after the broker acknowledged it, so its
+   broker copy exists whatever happens next. A process killed (``kill -9``) after a hand-off
+   loses only work in memory: its successor reads the broker copies from the committed
+   offsets, as it would have anyway.
+2. *Offsets move only on the broker copy.* The hand-off carries no offset. The worker commits a
+   job's offset only once that record has been fetched and its job's result acknowledged; the
+   executor commits a result's offset only once it fetched and stepped that record (a no-op by
+   then). A crash before either replays the copy.
+3. *Every effect is deduplicated.* The broker copy of a handed-off job reaches a worker that
+   knows the job (by :data:`~kestream.runtime.worker_service.JobKey`): running, its offset waits
+   for it; finished, the finished entry remembers where the handed-off job's record lies
+   (topic, partition, offset), so that record is marked done without a second result, while a
+   copy at another offset (the executor replayed its step after a crash and sent the job again)
+   is answered again, as before. The broker copy of a handed-off result reaches an executor
+   whose state already applied it: results are applied once per (task run, attempt)
+   (:meth:`~kestream.executor.step.Step.current_attempt`), so the copy changes nothing.
+
+The one new duplicate: a job handed off whose broker copy then goes to another worker (the
+partition moved in a rebalance between the two) runs on both. That is the at-least-once case a
+rebalance already allows, and it stays rare: jobs are handed only for partitions the local
+worker owns at that moment, and not while it is being revoked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aiokafka.structs import ConsumerRecord
+
+from kestream.executor import events as ev
+from kestream.runtime import records
+from kestream.runtime.executor_outbox import CommandRecord
+
+if TYPE_CHECKING:
+    from kestream.runtime.context import BrokerContext
+    from kestream.runtime.executor_service import ExecutorService
+    from kestream.runtime.worker_service import WorkerService
+
+__all__ = ["LocalHandoff", "LocalResults", "connect", "handoff_for"]
+
+log = logging.getLogger("kestream.handoff")
+
+
+class _Acked(Protocol):
+    """What an acknowledgement says of where a record went (aiokafka's ``RecordMetadata``)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class LocalResults:
+    """Results handed to one executor, to step in its next cycle; and the fetch that wakes when
+    one arrives. Without hand-offs (:attr:`enabled` false) the fetch is the consumer's own."""
+
+    def __init__(self, owns: Callable[[int], bool]) -> None:
+        self.enabled = False
+        #: Whether the executor owns an input partition now (and is not stopping).
+        self.owns = owns
+        self._queued: list[tuple[int, bytes]] = []
+        self._arrived = asyncio.Event()
+
+    def offer(self, partition: int, value: bytes) -> bool:
+        """Queue a result acknowledged on ``partition`` of the results topic, if owned."""
+        if not self.enabled or not self.owns(partition):
+            return False
+        self._queued.append((partition, value))
+        self._arrived.set()
+        return True
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+    def take(self) -> Iterator[tuple[int, ev.Event]]:
+        """The queued results of partitions still owned, decoded, in arrival order. One that
+        cannot be decoded is skipped: its broker copy is dead-lettered when it is fetched."""
+        queued, self._queued = self._queued, []
+        self._arrived.clear()
+        for partition, value in queued:
+            if not self.owns(partition):
+                continue  # revoked meanwhile: the partition's new owner steps the broker copy
+            try:
+                event = records.decode_event(value)
+            except Exception:
+                continue
+            yield partition, event
+
+    async def fetch(self, consumer: Any, timeout_ms: int, max_records: int) -> dict[Any, Any]:
+        """``consumer.getmany``, ended early (returning what it has, maybe nothing) when a result
+        is handed over meanwhile. Cancelling a ``getmany`` loses no record: aiokafka drains its
+        buffer without awaiting, so a wait cut short leaves the records for the next call."""
+        if not self.enabled:
+            return dict(await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records))
+        if self._queued:
+            timeout_ms = 0
+        fetching = asyncio.ensure_future(
+            consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        )
+        if timeout_ms > 0:
+            arrived = asyncio.ensure_future(self._arrived.wait())
+            try:
+                await asyncio.wait({fetching, arrived}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                arrived.cancel()
+            if not fetching.done():
+                fetching.cancel()
+                await asyncio.wait({fetching})
+                return {} if fetching.cancelled() else dict(fetching.result())
+        return dict(await fetching)
+
+
+class LocalHandoff:
+    """The roles of one process that take records from each other (see the module docs)."""
+
+    def __init__(self) -> None:
+        self.workers: list[WorkerService] = []
+        self.executors: list[LocalResults] = []
+        #: Counters: jobs and results handed over.
+        self.jobs = 0
+        self.results = 0
+
+    def add_worker(self, worker: WorkerService) -> None:
+        """Take the jobs acknowledged on partitions ``worker`` owns; give it the results."""
+        worker.on_result = self.result_acked
+        self.workers.append(worker)
+        for results in self.executors:
+            results.enabled = True
+
+    def add_executor(self, executor: ExecutorService) -> None:
+        """Give ``executor``'s acknowledged jobs to the workers; take the results of its
+        partitions (its fetch races the hand-offs only once a worker shares the process)."""
+        executor.writer.on_acked = self.job_acked
+        executor.local.enabled = bool(self.workers)
+        self.executors.append(executor.local)
+
+    def job_acked(self, rec: CommandRecord, acked: _Acked) -> None:
+        """A record of the executor's flush was acknowledged: hand it to the local worker that
+        owns its partition, if it is a job (the worker checks the topic and the kind)."""
+        _, key, value, _ = rec
+        if value is None or not self.workers:
+            return
+        raw = key.encode()
+        record: ConsumerRecord[Any, Any] = ConsumerRecord(
+            acked.topic, acked.partition, acked.offset, 0, 0, raw, value, None, len(raw),
+            len(value), [],
+        )  # fmt: skip
+        for worker in self.workers:
+            try:
+                taken = worker.accept_local(record)
+            except Exception:  # never the flush's failure: the broker copy runs the job
+                log.exception("handing job %s[%d]@%d over failed", *record[:3])
+                continue
+            if taken:
+                self.jobs += 1
+                return
+
+    def result_acked(self, acked: _Acked, value: bytes) -> None:
+        """A worker's result was acknowledged: queue it for the local executor owning its
+        partition (results are keyed by execution id, as the executor's inputs are)."""
+        for results in self.executors:
+            if results.offer(acked.partition, value):
+                self.results += 1
+                return
+
+
+_HANDOFFS: dict[tuple[str, str], LocalHandoff] = {}
+
+
+def handoff_for(ctx: BrokerContext) -> LocalHandoff | None:
+    """The hand-off shared by the roles of this process on ``ctx``'s broker and topics; None
+    when ``KESTREAM_LOCAL_HANDOFF`` is off."""
+    if not ctx.settings.local_handoff:
+        return None
+    key = (ctx.bootstrap, ctx.settings.topic_prefix)
+    found = _HANDOFFS.get(key)
+    if found is None:
+        found = _HANDOFFS[key] = LocalHandoff()
+    return found
+
+
+def connect(ctx: BrokerContext, role: str, processor: Any) -> None:
+    """Join a role's processor just started to its process's hand-off (if on): the executor's
+    and the worker's; the other roles take no part."""
+    handoff = handoff_for(ctx)
+    if handoff is None:
+        return
+    if role == "executor":
+        handoff.add_executor(processor)
+    elif role == "worker":
+        handoff.add_worker(processor)

@@ -1,0 +1,251 @@
+"""The local hand-off between the executor and the worker of one process (broker-free): a job
+or result is handed over only once acknowledged, and its broker copy, fetched later, is
+recognised: a handed-over job runs and is answered once, a job sent again by a replayed step is
+answered again, and a handed-over result is applied once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord, RecordMetadata
+
+from kestream.executor import events as ev
+from kestream.executor.flow_registry import FlowRegistry
+from kestream.models.flow import Flow, parse_flow
+from kestream.models.state import StateType
+from kestream.runtime import records
+from kestream.runtime.changelog_restorer import ChangelogRestorer
+from kestream.runtime.context import BrokerContext
+from kestream.runtime.executor_service import ExecutorService
+from kestream.runtime.local_handoff import LocalHandoff, LocalResults
+from kestream.runtime.metrics import Metrics
+from kestream.runtime.topics import Topics
+from kestream.runtime.worker_service import WorkerService
+from kestream.settings import Settings
+from tests.unit.runtime.test_executor_faults import _Producer
+from tests.unit.runtime.worker_fakes import (
+    JOBS,
+    FetchingConsumer,
+    RefusingProducer,
+    close,
+    job_record,
+    make_worker,
+)
+
+FLOW = """
+id: two
+namespace: test.handoff
+tasks:
+  - id: first
+    type: io.kestra.plugin.core.debug.Return
+    format: one
+  - id: second
+    type: io.kestra.plugin.core.debug.Return
+    format: two
+"""
+
+
+class AckingProducer(RefusingProducer):
+    """Acknowledges every record with where it went, as a broker does (partition 0)."""
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.acked.append((topic, value))
+        future.set_result(RecordMetadata(topic, 0, None, len(self.acked) - 1, -1, None, 0))
+        return future
+
+
+@pytest.fixture
+async def worker() -> AsyncIterator[tuple[WorkerService, Flow, AckingProducer]]:
+    service, flow = make_worker(FLOW)
+    producer = AckingProducer()
+    service._producer = producer
+    service._consumer = FetchingConsumer()
+    service._on_assigned({JOBS})
+    yield service, flow, producer
+    await close(service)
+
+
+async def _finish(worker: WorkerService) -> None:
+    running = [job.task for job in worker._jobs.values() if job.task is not None]
+    await asyncio.gather(*running)
+    if worker._side_tasks:
+        await asyncio.gather(*worker._side_tasks)
+
+
+async def test_the_broker_copy_of_a_job_handed_over_is_not_answered_again(
+    worker: tuple[WorkerService, Flow, AckingProducer],
+) -> None:
+    service, flow, producer = worker
+    record = job_record(flow, "first", {"format": "one"}, offset=7)
+    assert service.accept_local(record)
+    await _finish(service)
+    assert len(producer.results()) == 1
+    service._handle(record)  # its broker copy, at the offset it was acknowledged at
+    await _finish(service)
+    assert len(producer.results()) == 1
+    assert service.stats["handed_copies"] == 1 and service.stats["started"] == 1
+    assert service._partitions[JOBS].commit_point() == 8  # the copy's offset is done
+
+
+async def test_a_job_sent_again_after_a_finished_hand_off_is_answered_again(
+    worker: tuple[WorkerService, Flow, AckingProducer],
+) -> None:
+    service, flow, producer = worker
+    record = job_record(flow, "first", {"format": "one"}, offset=7, run_id="run-a")
+    assert service.accept_local(record)
+    await _finish(service)
+    service._handle(record)  # the broker copy: done, no answer
+    resent = job_record(flow, "first", {"format": "one"}, offset=9, run_id="run-a")
+    service._handle(resent)  # the executor replayed its step: it waits for this answer
+    await _finish(service)
+    assert [r.task_run_id for r in producer.results()] == ["run-a", "run-a"]
+    assert service.stats["answered_again"] == 1 and service.stats["started"] == 1
+
+
+async def test_a_broker_copy_fetched_while_the_handed_job_runs_waits_for_it(
+    worker: tuple[WorkerService, Flow, AckingProducer],
+) -> None:
+    service, flow, producer = worker
+    record = job_record(flow, "first", {"format": "one"}, offset=3)
+    assert service.accept_local(record)
+    service._handle(record)  # fetched before the job ended: its offset waits for the job
+    assert service._partitions[JOBS].commit_point() == 3
+    await _finish(service)
+    assert len(producer.results()) == 1
+    assert service._partitions[JOBS].commit_point() == 4
+
+
+async def test_a_job_of_a_partition_not_owned_or_already_known_is_not_taken(
+    worker: tuple[WorkerService, Flow, AckingProducer],
+) -> None:
+    service, flow, _ = worker
+    record = job_record(flow, "first", {"format": "one"}, offset=1)
+    elsewhere = ConsumerRecord(
+        JOBS.topic, 1, 1, 0, 0, record.key, record.value, None, 0, len(record.value), []
+    )
+    assert not service.accept_local(elsewhere)  # partition 1 is another worker's
+    service._handle(record)  # fetched first: the job is known, the hand-off comes too late
+    assert not service.accept_local(record)
+    await _finish(service)
+    assert service.stats["started"] == 1 and service.stats["handed_over"] == 0
+
+
+async def test_a_result_queued_for_a_partition_given_up_is_left_to_its_broker_copy() -> None:
+    owned = {0}
+    results = LocalResults(lambda partition: partition in owned)
+    results.enabled = True
+    value = records.encode_event(ev.WorkerResult("e", "r", 1, StateType.SUCCESS))
+    assert results.offer(0, value) and not results.offer(1, value)
+    owned.clear()  # revoked before the next cycle
+    assert list(results.take()) == []
+
+
+async def test_a_fetch_is_cut_short_by_a_result_handed_over() -> None:
+    results = LocalResults(lambda partition: True)
+    results.enabled = True
+
+    class Waiting:
+        async def getmany(self, **_: Any) -> dict[Any, Any]:
+            await asyncio.Event().wait()  # no record for ever
+            return {}
+
+    fetch = asyncio.ensure_future(results.fetch(Waiting(), 60_000, 10))
+    await asyncio.sleep(0)
+    results.offer(0, records.encode_event(ev.WorkerResult("e", "r", 1, StateType.SUCCESS)))
+    assert await fetch == {}
+    assert [event.execution_id for _, event in results.take()] == ["e"]
+
+
+def test_an_execution_runs_through_the_hand_off_and_applies_each_result_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Executor and worker in one process: both jobs are handed over, both results handed back;
+    then the broker copies arrive (results to the executor, jobs to the worker) and change
+    nothing: no job, result or record more."""
+
+    async def empty(self: ChangelogRestorer, topic: str, partitions: set[int]) -> Any:
+        return {p: {} for p in partitions}
+
+    monkeypatch.setattr(ChangelogRestorer, "_read_table", empty)
+    asyncio.run(asyncio.wait_for(_run_through_hand_off(), 60))
+
+
+async def _run_through_hand_off() -> None:
+    settings = Settings(topic_prefix="t.", partitions=1, executor_inline_tasks=False)
+    ctx = BrokerContext(settings, "unused:9092", "tansu", Topics.of(settings))
+    registry = FlowRegistry()
+    registry.put(parse_flow(FLOW))
+    executor = ExecutorService(ctx, registry, metrics=Metrics())
+    executor.owned = {0}
+    written = _Producer(refused=b"")
+    executor.writer.producer = written
+    worker = WorkerService(ctx, registry, threads=1, metrics=Metrics())
+    answers = AckingProducer()
+    worker._producer = answers
+    worker._consumer = FetchingConsumer()
+    worker._on_assigned({JOBS})
+    handoff = LocalHandoff()
+    handoff.add_executor(executor)
+    handoff.add_worker(worker)
+    consumer = _ScriptedConsumer(executor, answers, settings)
+    executor._consumer = consumer
+    try:
+        await executor._loop()
+    finally:
+        await close(worker)
+    jobs = [(t, v) for t, v in written.acked if t == ctx.topics.worker_tasks]
+    assert len(jobs) == 2 and handoff.jobs == 2 and handoff.results == 2
+    assert worker.stats["started"] == 2
+    assert consumer.written_at_copies == len(written.acked)  # the copies wrote nothing
+    assert executor.ended.get("exec-1") is not None  # ended, from the handed-over results
+    for offset, (topic, value) in enumerate(written.acked):  # the jobs' broker copies (1-based)
+        if topic == ctx.topics.worker_tasks:
+            assert value is not None
+            copy = ConsumerRecord(topic, 0, offset + 1, 0, 0, b"", value, None, 0, len(value), [])
+            worker._handle(copy)
+    assert worker.stats["handed_copies"] == 2 and len(answers.results()) == 2
+
+
+class _ScriptedConsumer:
+    """The executor's consumer: the creation, then fetches that wait (cut short by the results
+    handed over) until the execution has ended; then the results' broker copies; then stop."""
+
+    def __init__(self, executor: ExecutorService, answers: AckingProducer, settings: Settings):
+        self.executor, self.answers = executor, answers
+        topics = Topics.of(settings)
+        created = records.encode_event(ev.ExecutionCreated("exec-1", "test.handoff", "two"))
+        self.executions = TopicPartition(topics.executions, 0)
+        self.results = TopicPartition(topics.results, 0)
+        self.batches = [{self.executions: [_record(self.executions, 0, created)]}]
+        self.written_at_copies: int | None = None
+
+    async def getmany(self, **_: Any) -> dict[TopicPartition, list[Any]]:
+        if self.batches:
+            return self.batches.pop(0)
+        if self.written_at_copies is not None:
+            self.executor._stopping = True
+            return {}
+        if "exec-1" not in self.executor.states and self.executor.ended.get("exec-1"):
+            values = [v for t, v in self.answers.acked if t == self.results.topic]
+            self.written_at_copies = len(self.executor.writer.producer.acked)  # type: ignore[union-attr]
+            return {self.results: [_record(self.results, i, v) for i, v in enumerate(values)]}
+        await asyncio.Event().wait()  # nothing on the broker: only a hand-off ends the wait
+        return {}
+
+    async def commit(self, offsets: Any) -> None:
+        pass
+
+    def highwater(self, tp: TopicPartition) -> None:
+        return None
+
+    def assignment(self) -> set[TopicPartition]:
+        return set()
+
+
+def _record(tp: TopicPartition, offset: int, value: bytes) -> ConsumerRecord[Any, Any]:
+    return ConsumerRecord(tp.topic, tp.partition, offset, 0, 0, b"", value, None, 0, 0, [])
