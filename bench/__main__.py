@@ -108,6 +108,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="W8: where its Python task runs, process (the default) and/or thread, e.g. "
         "process,thread (each in turn, then the process's cost per task over the thread)",
     )
+    parser.add_argument(
+        "--layout",
+        choices=("separate", "shared"),
+        default="separate",
+        help="one process per role (default), or the first executor, the worker and the API "
+        "in one process as standalone runs them (jobs and results handed over in process)",
+    )
     parser.add_argument("--drain", type=float, default=20.0, help="extra seconds for a backlog")
     parser.add_argument("--w3-runs", type=int, default=5, help="ForEach 160 executions")
     parser.add_argument("--w3-big-runs", type=int, default=1, help="ForEach 10 000 executions")
@@ -139,6 +146,7 @@ def _options(args: argparse.Namespace) -> harness.RunOptions:
         inline=inline,
         profile=args.profile,
         via=args.via,
+        layout=args.layout,
         run_root=args.run_dir or Path("/tmp/kestream-bench") / stamp,
     )
 

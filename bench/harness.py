@@ -69,6 +69,8 @@ class RunOptions:
     run_root: Path = Path("/tmp/kestream-bench")
     #: "client" (kestream's Python API: a produce) or "webhook" (HTTP to the API role).
     via: str = "client"
+    #: Role processes: "separate" or "shared" (:attr:`StackConfig.layout`).
+    layout: str = "separate"
 
     def stack_config(self, tag: str) -> StackConfig:
         return StackConfig(
@@ -79,6 +81,7 @@ class RunOptions:
             profile=self.profile,
             run_dir=self.run_root / tag,
             api=self.via == "webhook",
+            layout=self.layout,
         )
 
 

@@ -69,7 +69,7 @@ PROFILE_STOP = signal.SIGRTMIN + 4
 #: would do neither.
 _PROFILE_BOOT = f"""
 import cProfile, os, runpy, signal, sys, time
-out, role = sys.argv[1], sys.argv[2]
+out = sys.argv[1]
 profile = cProfile.Profile(time.process_time)
 def start(*_):
     profile.enable()
@@ -79,7 +79,7 @@ def stop(*_):
     os.replace(out + ".part", out)
 signal.signal({int(PROFILE_START)}, start)
 signal.signal({int(PROFILE_STOP)}, stop)
-sys.argv = ["kestream", role]
+sys.argv = ["kestream", *sys.argv[2:]]
 runpy.run_module("kestream.cli", run_name="__main__", alter_sys=True)
 """
 
@@ -140,6 +140,10 @@ class StackConfig:
     run_dir: Path = Path("/tmp")
     #: Also run the API role (submissions through its webhook route).
     api: bool = False
+    #: "separate": one process per role; "shared": the first executor, the worker (and the
+    #: API) in one ``kestream roles`` process, as ``standalone`` runs them, so that jobs and
+    #: results are handed over in process (KESTREAM_LOCAL_HANDOFF); the other executors apart.
+    layout: str = "separate"
 
     def executors(self) -> int:
         return self.stream_threads or (os.cpu_count() or 1)
@@ -281,12 +285,17 @@ class Stack:
         names = ["executor"] * self.config.executors() + ["worker"]
         if self.config.api:
             names.append("api")
+        if self.config.layout == "shared":  # "executor,worker[,api]", then the other executors
+            names = [",".join(names[0:1] + names[self.config.executors() :])]
+            names += ["executor"] * (self.config.executors() - 1)
         for index, role in enumerate(names):
-            log_path = self.config.run_dir / f"{role}-{index}.log"
-            profile = self.config.run_dir / f"{role}-{index}.prof" if self.config.profile else None
-            command = [sys.executable, "-m", "kestream.cli", role]
+            name = role.replace(",", "+")  # "executor+worker-0.log"
+            log_path = self.config.run_dir / f"{name}-{index}.log"
+            profile = self.config.run_dir / f"{name}-{index}.prof" if self.config.profile else None
+            args = ["roles", role] if "," in role else [role]
+            command = [sys.executable, "-m", "kestream.cli", *args]
             if profile is not None:
-                command = [sys.executable, "-c", _PROFILE_BOOT, str(profile), role]
+                command = [sys.executable, "-c", _PROFILE_BOOT, str(profile), *args]
             with open(log_path, "wb") as log_file:
                 proc = subprocess.Popen(
                     command,
@@ -311,10 +320,12 @@ class Stack:
         owned: list[set[int]] = []
         for role in self.roles:
             text = role.log_path.read_text(errors="replace")
-            if role.role in ("worker", "api"):
-                started = _WORKER_ASSIGNED if role.role == "worker" else _API_STARTED
-                if not started.search(text):
-                    return False
+            hosted = role.role.split(",")
+            if "worker" in hosted and not _WORKER_ASSIGNED.search(text):
+                return False
+            if "api" in hosted and not _API_STARTED.search(text):
+                return False
+            if "executor" not in hosted:
                 continue
             claims = _OWNS.findall(text)
             if not claims or not claims[-1].strip():
