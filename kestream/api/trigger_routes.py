@@ -136,7 +136,7 @@ class TriggerRoutes:
     async def list_flow(self, request: web.Request) -> web.Response:
         """Get all triggers for a flow, of every kind."""
         namespace, flow_id = request.match_info["namespace"], request.match_info["flowId"]
-        rows = self._rows(request, lambda s: (s.namespace, s.flow_id) == (namespace, flow_id))
+        rows = self._rows(request, lambda _: True, (namespace, flow_id))
         page = query_int(request, "page", 1, low=1, high=1_000_000)
         size = query_int(request, "size", 100, low=1, high=1000)
         start = (page - 1) * size
@@ -146,7 +146,8 @@ class TriggerRoutes:
     async def get(self, request: web.Request) -> web.Response:
         """Get a trigger, of any kind."""
         key = _path_key(request)
-        rows = self._rows(request, lambda s: s.key == key)
+        info = request.match_info
+        rows = self._rows(request, lambda s: s.key == key, (info["namespace"], info["flowId"]))
         if not rows:
             raise not_found(f"Trigger '{key}'")
         return json_response(self._json(*rows[0]))
@@ -297,24 +298,31 @@ class TriggerRoutes:
         return _trigger_filter(request)
 
     def _rows(
-        self, request: web.Request, match: Callable[[TriggerState], bool]
+        self,
+        request: web.Request,
+        match: Callable[[TriggerState], bool],
+        flow: tuple[str, str] | None = None,
     ) -> list[tuple[TriggerState, Trigger]]:
-        """Every trigger of the deployed flows ``match`` keeps, with its context: a Schedule
-        trigger's record (a blank one until the scheduler has written it), otherwise a blank
-        context; sorted by namespace, flow and trigger."""
+        """Every trigger of the deployed flows (or of the one ``flow`` names) ``match`` keeps,
+        with its context: a Schedule trigger's record (left out until the scheduler has
+        written it, so a change is never answered 404 for a trigger just listed), otherwise a
+        blank context; sorted by namespace, flow and trigger."""
         table = self._table(request)
+        service = self.api.get()
+        flows = service.flows() if flow is None else [service.flow(*flow)]
         rows: list[tuple[TriggerState, Trigger]] = []
-        for flow in self.api.get().flows():
-            if flow.deleted:
+        for flow_ in flows:
+            if flow_ is None or flow_.deleted:
                 continue
-            for trigger in flow.triggers:
+            for trigger in flow_.triggers:
                 blank = TriggerState(
-                    flow.namespace, flow.id, trigger.id,
-                    flow_revision=flow.revision, disabled=trigger.disabled,
+                    flow_.namespace, flow_.id, trigger.id,
+                    flow_revision=flow_.revision, disabled=trigger.disabled,
                 )  # fmt: skip
-                recorded = table.get(blank.key) if isinstance(trigger, ScheduleTrigger) else None
-                state = recorded or blank
-                if match(state):
+                state: TriggerState | None = blank
+                if isinstance(trigger, ScheduleTrigger):
+                    state = table.get(blank.key)
+                if state is not None and match(state):
                     rows.append((state, trigger))
         rows.sort(key=lambda row: (row[0].namespace, row[0].flow_id, row[0].trigger_id))
         return rows

@@ -279,3 +279,17 @@ def test_a_webhook_key_is_shown_to_an_authenticated_caller_only() -> None:
     hook = next(t for t in parse_flow(ORDERS).triggers if t.id == "hook")
     assert _definition_json(hook, show_keys=True)["key"] == "secret-key-0001"
     assert _definition_json(hook, show_keys=False)["key"] == MASK
+
+
+async def test_a_schedule_shows_once_the_scheduler_has_written_its_record() -> None:
+    unrecorded = Table(TriggerState("company.other", "billing", "hourly"))  # no nightly yet
+    handle = ApiHandle(
+        SETTINGS, service=cast(ApiService, Flows(ORDERS, BILLING)), triggers=unrecorded
+    )
+    app = web.Application()
+    install_api(app, handle)
+    async with TestClient(TestServer(app)) as client:
+        body = await _json(client, "GET", T + "/search")
+        ids = [r["triggerContext"]["triggerId"] for r in body["results"]]
+        assert ids == ["hourly", "hook", "upstream"]
+        assert (await client.get(T + "/company.team/orders/nightly")).status == 404
