@@ -112,6 +112,7 @@ class Row:
         broker = self.extra.get("broker", "embedded")
         via = self.extra.get("via", "client")
         isolation = self.extra.get("isolation")
+        layout = self.extra.get("layout", "separate")
         return (
             self.workload,
             self.rate_per_min,
@@ -120,6 +121,7 @@ class Row:
             broker,
             via,
             isolation,
+            layout,
         )
 
     def name(self) -> str:
@@ -314,11 +316,15 @@ def comparison_lines(row: Row, floor: Sequence[dict[str, Any]] = ()) -> list[str
 
 
 def where(row: Row) -> str:
-    """The broker the row ran on (``embedded`` Tansu, ``kafka``) and, unless it was kestream's
-    Python API, the way executions entered (``webhook``)."""
+    """The broker the row ran on (``embedded`` Tansu, ``kafka``), unless it was kestream's
+    Python API the way executions entered (``webhook``), and ``shared`` when the first
+    executor and the worker ran in one process (``--layout shared``, as standalone runs them)."""
     broker = str(row.extra.get("broker", "embedded"))
     via = row.extra.get("via", "client")
-    return broker if via == "client" else f"{broker}, {via}"
+    parts = [broker] if via == "client" else [broker, via]
+    if row.extra.get("layout", "separate") != "separate":
+        parts.append(str(row.extra["layout"]))
+    return ", ".join(parts)
 
 
 def row_heading(row: Row) -> str:
@@ -621,6 +627,7 @@ _STORED_EXTRA = (
     "workers",
     "via",
     "isolation",
+    "layout",
 )
 
 

@@ -522,5 +522,6 @@ def describe(stack: Stack) -> dict[str, Any]:
         "executors": stack.config.executors(),
         "workers": 1,
         "via": "webhook" if stack.config.api else "client",
+        "layout": stack.config.layout,
         "run_dir": str(stack.config.run_dir),
     }

@@ -106,3 +106,13 @@ def test_isolation_rows_are_kept_apart_and_compared_per_task() -> None:
         "worker CPU per execution +50.00 ms (150 -> 200)"
     ]
     assert report.isolation_lines([process]) == []  # nothing to compare with
+
+
+def test_rows_of_the_shared_layout_are_kept_beside_the_separate_ones() -> None:
+    separate = _row(workloads.get("W1"), 6000, 0.040)
+    shared = _row(workloads.get("W1"), 6000, 0.020)
+    shared.extra["layout"] = "shared"
+    assert separate.key() != shared.key()  # RESULTS.md keeps both
+    stored = report._stored(shared, "python -m bench W1 --layout shared", "2026-12-05")
+    assert report._row_from_stored(stored).key() == shared.key()  # read back as written
+    assert (report.where(separate), report.where(shared)) == ("embedded", "embedded, shared")
