@@ -277,9 +277,10 @@ class ExecutionRoutes:
         Kafka, so every API's index drops it (:func:`kestream.api.purge.delete_execution`); it
         no longer lists nor answers. Its stored files go too, unless ``deleteStorage=false``.
         An execution still running is refused with 409: kill it first; so is one restarted
-        after this API's index saw it ended (the executor refuses the deletion)."""
+        after this API's index saw it ended (the executor refuses the deletion). Running means
+        not over: an ended execution whose ``afterExecution`` tasks still run is running too."""
         service, execution = await self.api.execution_for(request)
-        if not current_state(execution).is_terminal:
+        if not service.over(execution):
             raise ApiError(
                 409, f"Illegal state: Execution '{execution['id']}' is still running: kill it first"
             )

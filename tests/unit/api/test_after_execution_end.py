@@ -12,13 +12,17 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import orjson
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from aiokafka import TopicPartition
 
+from kestream.api import execution_routes
 from kestream.api.execution_end import after_execution_running, is_over
 from kestream.api.execution_routes import follow_frames
+from kestream.api.http import ApiError
 from kestream.api.index.feed import IndexFeed
 from kestream.api.index.sqlite import SQLiteStore
 from kestream.api.service import ApiService, dump
@@ -154,6 +158,41 @@ def test_the_kill_route_sends_the_kill_while_after_execution_tasks_run(
 ) -> None:
     assert not service.over(_json(run.during))  # the route sends the kill (202)...
     assert service.over(_json(run.after))  # ...and leaves one that is over as it is
+
+
+class _Handle:
+    """The route's handle, answering with one execution."""
+
+    def __init__(self, service: ApiService, execution: dict[str, object]) -> None:
+        self.service, self.execution = service, execution
+
+    async def execution_for(self, request: object) -> tuple[ApiService, dict[str, object]]:
+        return self.service, self.execution
+
+
+def test_delete_refuses_while_after_execution_tasks_run_and_deletes_once_over(
+    run: _Run, service: ApiService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deleted: list[object] = []
+
+    async def delete_execution(_service: object, execution: dict[str, object], **_: object) -> bool:
+        deleted.append(execution["id"])
+        return True
+
+    monkeypatch.setattr(execution_routes, "delete_execution", delete_execution)
+    request = make_mocked_request("DELETE", f"/api/v1/main/executions/{run.id}?deleteStorage=false")
+
+    async def answer(execution: dict[str, object]) -> int:
+        routes = execution_routes.ExecutionRoutes(cast(Any, _Handle(service, execution)))
+        try:
+            return (await routes.delete(request)).status
+        except ApiError as exc:
+            return exc.status
+
+    assert asyncio.run(answer(_json(run.during))) == 409  # its end state, the Pause running
+    assert deleted == []
+    assert asyncio.run(answer(_json(run.after))) == 204
+    assert deleted == [run.id]
 
 
 def test_the_log_follow_waits_for_the_after_execution_tasks(run: _Run, service: ApiService) -> None:
