@@ -37,7 +37,10 @@ finished within :data:`DEDUP_TTL_S` (at most :data:`DEDUP_MAX` keys remembered),
 a repeat of a running job waits for that job (its offset is committed only when the job ends), a
 repeat of a finished one is answered with the result that job produced (kept within
 :data:`DEDUP_RESULT_BYTES`), without running it: the executor sends a job again when it replays
-a step after a crash, and its replayed state then waits for that answer.
+a step after a crash, and its replayed state then waits for that answer. A job the executor of
+this process handed over (:meth:`WorkerService.accept_local`, :mod:`.local_handoff`) runs before
+its broker copy is fetched; that copy, recognised by its offset, is attached to the running job
+or marked done without an answer, while any other copy of the job is answered again.
 
 **Rebalances.** An attempt runs on one worker at a time, so its side effects happen once. When
 partitions are revoked the worker waits up to ``KESTREAM_WORKER_REVOKE_GRACE_S`` (2 s) for the
