@@ -30,9 +30,9 @@ from aiokafka.errors import KafkaError
 from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.kafka import make_consumer
-from kestream.scheduler.leadership import Leadership
+from kestream.scheduler.leadership import Leadership, Role
 
-__all__ = ["SchedulerLease"]
+__all__ = ["SchedulerLease", "group_generation"]
 
 log = logging.getLogger("kestream.scheduler.lease")
 
@@ -79,6 +79,7 @@ class SchedulerLease:
         consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=self.group_id)
         self._consumer = consumer
         await consumer.start()
+        group_generation(consumer)  # the fence must be readable before this one may hold it
         consumer.subscribe([ctx.topics.trigger_commands], listener=_Listener(self))
         self._task = asyncio.create_task(self._poll(consumer), name="scheduler-lease")
 
@@ -102,8 +103,7 @@ class SchedulerLease:
 
     def _current_generation(self) -> int | None:
         consumer = self._consumer
-        coordinator = getattr(consumer, "_coordinator", None)
-        return getattr(coordinator, "generation", None)
+        return None if consumer is None else group_generation(consumer)
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> None:
         """Keep polling: a member that stops polling for ``max.poll.interval`` leaves its group;
@@ -131,10 +131,30 @@ class SchedulerLease:
         self.decided.set()
 
     async def revoked(self) -> None:
-        self._generation = None
-        if self.leadership.release():
+        if self.leadership.role is not Role.STANDBY:
             log.info("scheduler lease: revoked; stepping down")
-            await self.on_lost()
+            # ``on_lost`` releases the leadership once the batch in flight is written, so that
+            # batch is not refused halfway (the generation still fences it: an expelled member's
+            # is gone); released here too, whatever it did.
+            try:
+                await self.on_lost()
+            finally:
+                self.leadership.release()
+        self._generation = None
+
+
+def group_generation(consumer: AIOKafkaConsumer) -> int:
+    """The consumer's group generation, which aiokafka keeps only privately (its coordinator's
+    ``generation``). Raises rather than guess when a version of aiokafka keeps it elsewhere: a
+    fence that silently reads nothing would let an expelled scheduler keep firing."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    generation = getattr(coordinator, "generation", None)
+    if isinstance(generation, bool) or not isinstance(generation, int):
+        raise RuntimeError(
+            "scheduler lease: this aiokafka keeps no readable group generation"
+            " (consumer._coordinator.generation); the lease cannot be fenced"
+        )
+    return generation
 
 
 class _Listener(ConsumerRebalanceListener):

@@ -81,6 +81,8 @@ _ERROR_BACKOFF_S = 0.5
 #: ``recoverMissedSchedules`` says. A group hands a killed member's partition on after its
 #: session timeout (Apache Kafka), or up to a few times that (the embedded broker).
 HANDOVER_MIN_S = 30.0
+#: The longest a step-down waits for the batch in flight to be written and committed.
+STEP_DOWN_WAIT_S = 10.0
 
 
 def _is_window_key(key: str) -> bool:
@@ -224,7 +226,7 @@ class SchedulerService:
     async def _activate(self, term: int) -> None:
         started = time.monotonic()
         await self.trigger_records.catch_up()
-        self.schedules = self._schedule_book()
+        self.schedules = self._schedule_book(takeover=self.leadership.takeover)
         self.flow_triggers = FlowTriggerBook(self.clock)
         self._synced.clear()
         self._dirty.clear()
@@ -261,6 +263,10 @@ class SchedulerService:
         self._commands.subscribe([self.topics.trigger_commands])
         if not self.leadership.activated(term):
             return  # the lease went while activating: _step_down cleans up
+        # Flows deployed while activating were not synced (the listener syncs an active
+        # scheduler only): the first tick writes what this sync changes.
+        self._sync_all()
+        self._last_full_sync = time.monotonic()
         self._tasks = [
             asyncio.create_task(self._guard(self._tick_loop()), name="scheduler-tick"),
             asyncio.create_task(self._guard(self._ended_loop()), name="scheduler-ended"),
@@ -277,14 +283,28 @@ class SchedulerService:
     async def _step_down(self) -> None:
         """Stop firing: the activation and the loops end, the other groups are left, and what
         the producer holds is written, all before this returns (the lease's fence)."""
-        self.leadership.release()
-        tasks = [t for t in (self._activation, *self._tasks) if t is not None]
-        self._activation, self._tasks = None, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # A batch in flight is finished first (its executions, records and offsets, or none of
+        # them): cancelled between its records and its commit, it would be read again by the
+        # next term and counted twice in the precondition windows. Bounded, so a broker that
+        # stopped answering cannot hold the group's callback forever.
+        locked = False
+        try:
+            await asyncio.wait_for(self._produce_lock.acquire(), STEP_DOWN_WAIT_S)
+            locked = True
+        except TimeoutError:
+            log.warning("scheduler: a batch still waits for the broker; it is abandoned")
+        try:
+            self.leadership.release()
+            tasks = [t for t in (self._activation, *self._tasks) if t is not None]
+            self._activation, self._tasks = None, []
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        finally:
+            if locked:
+                self._produce_lock.release()
         self._assigned = False
         for consumer in (self._updates, self._commands):
             if consumer is not None:
@@ -303,14 +323,18 @@ class SchedulerService:
     def _holds(self) -> bool:
         return self.lease.valid(self._term)
 
-    def _schedule_book(self) -> ScheduleBook:
+    def _schedule_book(self, *, takeover: bool = False) -> ScheduleBook:
+        """A book whose handover window is open only when ``takeover``: slots owed at a cold
+        start (the first assignment of this scheduler: after an outage, a lone one's restart)
+        were missed, and ``recoverMissedSchedules`` decides them."""
         # (the session is at most the setting, or Kafka's 10 s when it is unset)
         session_s = (self.settings.session_timeout_ms or 10_000) / 1000
+        handover = max(HANDOVER_MIN_S, 3 * session_s) if takeover else 0.0
         return ScheduleBook(
             self.clock,
             backfill_slots=self.settings.scheduler_backfill_slots,
             backfill_interval=timedelta(milliseconds=self.settings.scheduler_tick_ms),
-            handover=timedelta(seconds=max(HANDOVER_MIN_S, 3 * session_s)),
+            handover=timedelta(seconds=handover),
         )
 
     async def _guard(self, loop: Any) -> None:
@@ -479,8 +503,9 @@ class SchedulerService:
                         events.extend(self._on_update(rec))
                 await self._send_events(events)
                 await self._flush()
-            offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs}
-            await consumer.commit(offsets)
+                # (under the lock: a step-down sees the batch whole, committed, or not begun)
+                offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs}
+                await consumer.commit(offsets)
 
     def _on_update(self, rec: ConsumerRecord[Any, Any]) -> list[ev.ExecutionCreated]:
         """The executions a stop update starts, and its ``stopAfter`` effect."""

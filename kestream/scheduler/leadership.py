@@ -41,13 +41,21 @@ class Leadership:
         self.decided = False
         #: How many times this scheduler became active.
         self.activations = 0
+        #: Whether the current term took the lease over from a scheduler that held it while this
+        #: one was already in the group (another member, or this one in an earlier term): only
+        #: then are slots owed just before the activation delayed by the lease's move rather
+        #: than missed. A first assignment (a cold start, a lone scheduler's restart, the
+        #: return after an outage) is no takeover.
+        self.takeover = False
 
     def acquire(self) -> int | None:
         """The lease was assigned: a new term, or ``None`` when this scheduler holds it already
         (a group that hands the partition to its holder again changes nothing)."""
-        self.decided = True
         if self.role is not Role.STANDBY:
+            self.decided = True
             return None
+        self.takeover = self.decided
+        self.decided = True
         self.term += 1
         self.role = Role.ACTIVATING
         return self.term

@@ -4,16 +4,24 @@ lease's group callbacks called as aiokafka calls them)."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from kestream.executor.events import ExecutionCreated
+from kestream.models.clock import ManualClock
+from kestream.models.flow import Flow, parse_flow
+from kestream.runtime import scheduler_service
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.flows_table import FlowsTable
+from kestream.runtime.scheduler_lease import group_generation
 from kestream.runtime.scheduler_service import SchedulerService, _LeaseLost
 from kestream.runtime.topics import Topics
+from kestream.scheduler import TriggerState
+from kestream.scheduler.leadership import Role
 from kestream.settings import Settings
 
 TP = TopicPartition("t-trigger-commands", 0)
@@ -96,3 +104,214 @@ async def test_work_of_an_old_term_is_refused_after_the_lease_came_back() -> Non
     with pytest.raises(_LeaseLost):
         await service._send_events([_event()])
     assert producer.sent == []
+
+
+# -- cold start and takeover ------------------------------------------------------------------
+
+FLOW = """
+id: f
+namespace: ns
+tasks:
+  - id: ok
+    type: io.kestra.plugin.core.debug.Return
+    format: ok
+triggers:
+  - id: sched
+    type: io.kestra.plugin.core.trigger.Schedule
+    cron: '0 * * * *'
+    recoverMissedSchedules: NONE
+"""
+
+
+def _fired_ten_seconds_late(service: SchedulerService) -> list[datetime]:
+    """The slots an activation now fires for a record owed since 15:00, at 15:00:10."""
+    book = service._schedule_book(takeover=service.leadership.takeover)
+    book.load_state(
+        TriggerState(
+            "ns",
+            "f",
+            "sched",
+            date=datetime(2025, 1, 1, 14, tzinfo=UTC),
+            next_execution_date=datetime(2025, 1, 1, 15, tzinfo=UTC),
+            schedule="0 * * * *|UTC|m",
+        )
+    )
+    book.sync_flow(parse_flow(FLOW))
+    return [fire.slot for fire in book.tick()]
+
+
+def _clocked_service() -> tuple[SchedulerService, _Producer]:
+    service, producer = _service()
+    service.clock = ManualClock(datetime(2025, 1, 1, 15, 0, 10, tzinfo=UTC))
+    return service, producer
+
+
+async def test_a_cold_start_skips_the_slots_none_skips() -> None:
+    """A first assignment (a lone scheduler's restart, the return after an outage): the slot
+    owed for 10 s was missed, not delayed by a handover."""
+    service, _ = _clocked_service()
+    await _activate(service)
+    assert _fired_ten_seconds_late(service) == []
+
+
+async def test_a_takeover_fires_the_slots_owed_while_the_lease_moved() -> None:
+    for previous in ([], [TP]):  # another member held it, or this one in an earlier term
+        service, _ = _clocked_service()
+        await service.lease.revoked()
+        await service.lease.assigned(previous)
+        await service.lease.revoked()
+        await service.lease.assigned([TP])
+        assert _fired_ten_seconds_late(service) == [datetime(2025, 1, 1, 15, tzinfo=UTC)]
+
+
+# -- a step-down during a batch of ended executions --------------------------------------------
+
+
+class _SlowAcks(_Producer):
+    """Acknowledges only once :attr:`acked` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acked = asyncio.Event()
+
+    async def send(self, topic: str, value: bytes | None, key: bytes | None = None) -> Any:
+        self.sent.append((topic, key))
+        return asyncio.ensure_future(self.acked.wait())
+
+
+class _Updates:
+    """One batch of execution updates, then nothing; records the commits."""
+
+    def __init__(self) -> None:
+        self.batches = [
+            {UPDATES: [ConsumerRecord(UPDATES.topic, 0, 5, 0, 0, b"e1", b"{}", None, 2, 2, [])]}
+        ]
+        self.committed: list[dict[TopicPartition, int]] = []
+
+    async def getmany(self, timeout_ms: int = 0) -> Any:
+        if self.batches:
+            return self.batches.pop()
+        await asyncio.Event().wait()
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.committed.append(offsets)
+
+    async def stop(self) -> None:
+        return None
+
+
+UPDATES = TopicPartition("t-execution-updates", 0)
+
+
+async def test_a_step_down_lets_the_batch_in_flight_commit_what_it_wrote() -> None:
+    """Cancelled between its records and its commit, the batch would be read again by the next
+    term, and its executions counted twice in the precondition windows."""
+    service, _ = _service()
+    producer = _SlowAcks()
+    service._producer = cast(Any, producer)
+    await _activate(service)
+    updates = _Updates()
+    service._updates = cast(Any, updates)
+    service._deletes.add("ns/f/t")  # what the batch writes with its records
+    service._tasks = [asyncio.create_task(service._ended_loop())]
+    while not producer.sent:
+        await asyncio.sleep(0)
+    revoking = asyncio.create_task(service.lease.revoked())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not revoking.done()  # the step-down waits for the batch
+    producer.acked.set()
+    await revoking
+    assert updates.committed == [{UPDATES: 6}]
+    assert service.leadership.role is Role.STANDBY and service._tasks == []
+
+
+# -- the generation fence ---------------------------------------------------------------------
+
+
+class _Coordinator:
+    def __init__(self) -> None:
+        self.generation = 3
+
+
+class _LeaseConsumer:
+    def __init__(self, coordinator: object) -> None:
+        self._coordinator = coordinator
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        return None
+
+
+def test_a_consumer_whose_generation_cannot_be_read_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="cannot be fenced"):
+        group_generation(cast(Any, _LeaseConsumer(object())))
+    assert group_generation(cast(Any, _LeaseConsumer(_Coordinator()))) == 3
+
+
+async def test_the_lease_is_invalid_once_the_group_generation_moved() -> None:
+    service, _ = _service()
+    coordinator = _Coordinator()
+    service.lease._consumer = cast(Any, _LeaseConsumer(coordinator))
+    term = await _activate(service)
+    assert service.lease.valid(term)
+    coordinator.generation = 4  # expelled: the group went on without this member
+    assert not service.lease.valid(term)
+
+
+# -- flows deployed while activating ----------------------------------------------------------
+
+
+class _Table:
+    def __init__(self) -> None:
+        self.by_uid: dict[str, Flow] = {}
+
+    def flows(self) -> list[Flow]:
+        return list(self.by_uid.values())
+
+    def latest(self, namespace: str, flow_id: str) -> Flow | None:
+        return self.by_uid.get(f"{namespace}/{flow_id}")
+
+    def add_listener(self, callback: object) -> None:
+        return None
+
+
+class _GroupConsumer:
+    """A consumer of the scheduler's groups; starting one deploys a flow (as while activating)."""
+
+    def __init__(self, table: _Table) -> None:
+        self.table = table
+
+    async def start(self) -> None:
+        flow = parse_flow(FLOW.replace("id: f\n", "id: late\n"))
+        self.table.by_uid[flow.uid] = flow
+
+    def subscribe(self, topics: list[str], listener: object = None) -> None:
+        return None
+
+    async def getmany(self, timeout_ms: int = 0) -> Any:
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        return None
+
+
+async def test_flows_deployed_while_activating_are_synced_when_active(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    table = _Table()
+    service, _ = _service()
+    service.table = cast(FlowsTable, table)
+    monkeypatch.setattr(scheduler_service, "make_consumer", lambda *a, **k: _GroupConsumer(table))
+
+    async def caught_up() -> None:
+        return None
+
+    monkeypatch.setattr(service.trigger_records, "catch_up", caught_up)
+    await service.lease.revoked()
+    await service.lease.assigned([TP])
+    await service._activate(service.leadership.term)
+    try:
+        assert service.leadership.role is Role.ACTIVE
+        assert service.schedules.state("ns/late/sched") is not None
+    finally:
+        await service._step_down()

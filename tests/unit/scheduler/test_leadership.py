@@ -77,3 +77,15 @@ def test_standby_answer_decides_without_a_term() -> None:
     leadership = Leadership()
     leadership.standby()
     assert leadership.decided and leadership.role is Role.STANDBY and leadership.term == 0
+
+
+def test_only_an_assignment_after_an_earlier_answer_is_a_takeover() -> None:
+    """The first assignment is a cold start; one after a standby answer, or after this
+    scheduler's own earlier term, takes over from a holder that was alive."""
+    cold = Leadership()
+    assert cold.acquire() == 1 and not cold.takeover
+    cold.release()
+    assert cold.acquire() == 2 and cold.takeover
+    standby = Leadership()
+    standby.standby()
+    assert standby.acquire() == 1 and standby.takeover
