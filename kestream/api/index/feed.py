@@ -28,6 +28,9 @@ state included. The feed applies an update only once its last record has been re
 for the next fetch, and the stored offset of their partition stays at the first of them (a
 restart reads them again), so no reader of the index ever sees an execution's end state with
 only part of its task runs (a restart sent from that view would carry an incomplete snapshot).
+The hold is bounded, since a last record can be lost (dead-lettered): the execution's next
+whole update, a dead letter of one of its update records, or more than
+:data:`MAX_HELD_RECORDS` records held applies what is held, with a warning.
 
 :attr:`IndexFeed.caught_up` is set once every partition has been applied up to the high
 watermark it had when the feed started (read from a Fetch, :func:`fetch_highwaters`): from then
@@ -39,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -71,6 +74,9 @@ THREAD_NAME = "index-feed"
 MAX_RECORDS = 5_000
 _FETCH_TIMEOUT_MS = 200
 _RETRY_FIRST_S = 0.5
+#: The most update records held back for their update's last record (:func:`hold_incomplete`):
+#: bounds the memory and how far the stored offset may stay behind when a last record is lost.
+MAX_HELD_RECORDS = 20_000
 _RETRY_MAX_S = 10.0
 #: Longest database reason kept for a dead letter and the log.
 _REASON_MAX = 500
@@ -148,7 +154,11 @@ def decode_fetched(
 
 
 def hold_incomplete(
-    batch: Batch, held: Sequence[FeedRecord] = ()
+    batch: Batch,
+    held: Sequence[FeedRecord] = (),
+    *,
+    release: Collection[str] = (),
+    max_held: int = MAX_HELD_RECORDS,
 ) -> tuple[Batch, list[FeedRecord]]:
     """``held`` (the records a previous call kept back) then ``batch``, split into what can be
     applied now and the update records to keep back for the next fetch.
@@ -158,6 +168,12 @@ def hold_incomplete(
     partition only up to the first record kept back on it, so the store's offset never passes
     a record it has not applied; the records after it that are applied now are applied again,
     in order, after a restart, which leaves the same index.
+
+    A last record may never come (dead-lettered by the executor's writer, or unreadable here),
+    so the hold is bounded: a later whole update of the execution applies the partial one with
+    it (task runs merge by id), the executions in ``release`` (an update record of theirs was
+    dead-lettered) are applied as they are, and past ``max_held`` records kept back every one
+    of them is applied; each with a warning.
     """
     records = [*held, *batch.records]
     last_whole: dict[str, int] = {}  # execution -> index of its last record without ``more``
@@ -172,6 +188,7 @@ def hold_incomplete(
         for execution_id, index in last_seen.items()
         if last_whole.get(execution_id, -1) < index
     }
+    waiting = _still_waiting(waiting, records, last_whole, release, max_held)
     if not waiting:
         ready = Batch(records, dict(batch.positions))
         for record in held:
@@ -195,6 +212,41 @@ def hold_incomplete(
         key = (record.topic, record.partition)
         ready.positions[key] = min(ready.positions.get(key, record.offset), record.offset)
     return ready, kept
+
+
+def _still_waiting(
+    waiting: set[str],
+    records: Sequence[FeedRecord],
+    last_whole: Mapping[str, int],
+    release: Collection[str],
+    max_held: int,
+) -> set[str]:
+    """The executions of ``waiting`` to keep holding: not those in ``release``, and none once
+    more than ``max_held`` records would be held (see :func:`hold_incomplete`)."""
+    for execution_id in sorted(waiting & set(release)):
+        log.warning(
+            "index feed: a record of execution %s's update was dead-lettered; its other"
+            " records are applied as they are",
+            execution_id,
+        )
+    waiting = waiting - set(release)
+    count = sum(
+        1
+        for index, record in enumerate(records)
+        if record.kind is RecordKind.UPDATE
+        and record.execution_id in waiting
+        and index > last_whole.get(record.execution_id, -1)
+    )
+    if count <= max_held:
+        return waiting
+    log.warning(
+        "index feed: %d records of %d unfinished update(s) held (more than %d);"
+        " they are applied as they are",
+        count,
+        len(waiting),
+        max_held,
+    )
+    return set()
 
 
 def _report_end(task: asyncio.Task[None]) -> None:
@@ -399,7 +451,14 @@ class IndexFeed:
         if dead:
             await self._dead_letter(dead)
         raw.update(self._held_raw)
-        batch, self._held = await self._in_thread(hold_incomplete, read, self._held)
+        lost = {
+            rec.key.decode("utf-8", "replace")
+            for rec, _ in dead
+            if rec.key is not None and self._kinds.get(rec.topic) is RecordKind.UPDATE
+        }
+        batch, self._held = await self._in_thread(
+            partial(hold_incomplete, release=lost), read, self._held
+        )
         self._held_raw = {
             (r.topic, r.partition, r.offset): raw[(r.topic, r.partition, r.offset)]
             for r in self._held

@@ -50,6 +50,11 @@ class _Record:
     value: bytes
 
 
+@dataclass
+class _DeadRecord(_Record):
+    topic: str
+
+
 def _ended_update(max_bytes: int) -> tuple[str, int, list[bytes]]:
     """The id, task run count and records of the final update of an execution that failed."""
     with Driver() as driver:
@@ -142,3 +147,55 @@ def test_a_restart_of_the_feed_reads_the_held_records_again(tmp_path: Path) -> N
     assert got is not None and got["state"]["current"] == "FAILED"
     assert len(got["taskRunList"]) == runs
     assert records.loads(values[-1])["terminal"] is True
+
+
+def test_a_dead_lettered_last_record_releases_the_rest_of_its_update(feed: IndexFeed) -> None:
+    """Held forever otherwise: the index never shows the update, and the stored offset stays at
+    its first record (every restart reads a growing tail again)."""
+    execution_id, _, values = _ended_update(max_bytes=4096)
+    tp = TopicPartition(feed.ctx.topics.updates, 0)
+    key = execution_id.encode()
+    fetched = [_Record(offset, key, value) for offset, value in enumerate(values[:-1])]
+    fetched.append(_DeadRecord(len(values) - 1, key, b"{not json", tp.topic))
+    dead: list[int] = []
+
+    async def dead_letter(records: list[tuple[_Record, str]]) -> None:
+        dead.extend(rec.offset for rec, _ in records)
+
+    feed._dead_letter = dead_letter  # type: ignore[method-assign,assignment]
+
+    async def scenario() -> None:
+        await feed._handle({tp: fetched[:-1]})
+        assert feed.store.get(execution_id) is None and len(feed._held) == len(values) - 1
+        await feed._handle({tp: fetched[-1:]})
+
+    asyncio.run(scenario())
+    assert dead == [len(values) - 1]
+    assert feed._held == [] and feed._held_raw == {}
+    assert feed.store.get(execution_id) is not None  # what arrived, without the lost runs
+    assert feed.store.offsets(tp.topic) == {0: len(values)}
+
+
+def test_past_the_cap_held_records_are_applied_as_they_are() -> None:
+    batch = Batch()
+    for record in (_update(1, "a", more=True), _update(2, "b", more=True)):
+        batch.add(record)
+    ready, held = hold_incomplete(batch, max_held=2)
+    assert [r.offset for r in held] == [1, 2]  # at the cap: still held
+    more = Batch()
+    more.add(_update(3, "b", more=True))
+    ready, held = hold_incomplete(more, held, max_held=2)
+    assert held == [] and [r.offset for r in ready.records] == [1, 2, 3]
+    assert ready.positions == {("updates", 0): 4}
+
+
+def test_a_later_whole_update_applies_an_orphaned_partial_one() -> None:
+    batch = Batch()
+    for record in (
+        _update(1, "a", more=True),  # an update whose last record never came
+        _update(2, "a", more=True),  # the next update of the same execution, whole
+        _update(3, "a", more=False),
+    ):
+        batch.add(record)
+    ready, held = hold_incomplete(batch)
+    assert held == [] and [r.offset for r in ready.records] == [1, 2, 3]
