@@ -50,6 +50,12 @@ class SchedulerLease:
             term when this scheduler wins the lease.
         on_lost: awaited inside the revocation callback: when it returns, this scheduler fires
             nothing more.
+        on_standby: awaited when the group answers with no lease for this scheduler.
+
+    A rebalance (a standby joining or leaving) revokes the lease and assigns it again, most
+    often to the same member. :attr:`kept` says, at ``on_acquired``, that this member held it
+    in the generation right before: no other scheduler can have held it in between, so the
+    scheduler may go on with what it had.
     """
 
     def __init__(
@@ -59,11 +65,16 @@ class SchedulerLease:
         *,
         on_acquired: Callable[[int], None],
         on_lost: Callable[[], Awaitable[None]],
+        on_standby: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.ctx = ctx
         self.leadership = leadership
         self.on_acquired = on_acquired
         self.on_lost = on_lost
+        self.on_standby = on_standby
+        #: The lease came back in the generation right after the one this member held it in.
+        self.kept = False
+        self._revoked_generation: int | None = None
         self.decided = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -119,11 +130,20 @@ class SchedulerLease:
         consumer = self._consumer
         if consumer is not None and partitions:
             consumer.pause(*partitions)
+        revoked, self._revoked_generation = self._revoked_generation, None
         if not partitions:
+            self.kept = False
             self.leadership.standby()
             log.info("scheduler lease: standby (group %s)", self.group_id)
+            if self.on_standby is not None:
+                await self.on_standby()
         else:
             self._generation = self._current_generation()
+            self.kept = (
+                revoked is not None
+                and self._generation is not None
+                and self._generation == revoked + 1
+            )
             term = self.leadership.acquire()
             if term is not None:
                 log.info("scheduler lease: acquired (term %d)", term)
@@ -133,6 +153,7 @@ class SchedulerLease:
     async def revoked(self) -> None:
         if self.leadership.role is not Role.STANDBY:
             log.info("scheduler lease: revoked; stepping down")
+            self._revoked_generation = self._generation
             # ``on_lost`` releases the leadership once the batch in flight is written, so that
             # batch is not refused halfway (the generation still fences it: an expelled member's
             # is gone); released here too, whatever it did.

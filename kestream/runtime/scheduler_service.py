@@ -113,7 +113,11 @@ class SchedulerService:
         self.flow_triggers = FlowTriggerBook(clock)
         self.leadership = Leadership()
         self.lease = SchedulerLease(
-            ctx, self.leadership, on_acquired=self._on_acquired, on_lost=self._step_down
+            ctx,
+            self.leadership,
+            on_acquired=self._on_acquired,
+            on_lost=self._suspend,
+            on_standby=self._discard,
         )
         self.trigger_records = TriggerRecords(ctx)
         #: The term the loops run under (see :class:`~kestream.scheduler.leadership.Leadership`).
@@ -137,6 +141,10 @@ class SchedulerService:
         self._produce_lock = asyncio.Lock()
         self._last_full_sync = 0.0
         self._assigned = False
+        #: The books and consumers of a suspended term are kept (see :meth:`_suspend`).
+        self._suspended = False
+        #: A loop of the current term stopped halfway through a batch (the lease went).
+        self._aborted = False
         self._started = False
         self.health_name = "scheduler"
 
@@ -218,13 +226,17 @@ class SchedulerService:
 
     def _on_acquired(self, term: int) -> None:
         """The lease moved here: activate in the background (the group's callback must not wait
-        for the other groups' joins)."""
+        for the other groups' joins), or go on at once when it came straight back."""
+        if self._suspended and self.lease.kept:
+            self._resume(term)
+            return
         self._activation = asyncio.create_task(
             self._guard(self._activate(term)), name="scheduler-activation"
         )
 
     async def _activate(self, term: int) -> None:
         started = time.monotonic()
+        await self._discard()  # what a suspension kept, when another scheduler held the lease
         await self.trigger_records.catch_up()
         self.schedules = self._schedule_book(takeover=self.leadership.takeover)
         self.flow_triggers = FlowTriggerBook(self.clock)
@@ -267,11 +279,7 @@ class SchedulerService:
         # scheduler only): the first tick writes what this sync changes.
         self._sync_all()
         self._last_full_sync = time.monotonic()
-        self._tasks = [
-            asyncio.create_task(self._guard(self._tick_loop()), name="scheduler-tick"),
-            asyncio.create_task(self._guard(self._ended_loop()), name="scheduler-ended"),
-            asyncio.create_task(self._guard(self._commands_loop()), name="scheduler-commands"),
-        ]
+        self._start_loops()
         log.info(
             "scheduler active (term %d) in %.3f s: %d schedule(s), %d flow trigger(s)",
             term,
@@ -281,8 +289,15 @@ class SchedulerService:
         )
 
     async def _step_down(self) -> None:
-        """Stop firing: the activation and the loops end, the other groups are left, and what
-        the producer holds is written, all before this returns (the lease's fence)."""
+        """Stop firing and forget: the loops end, the other groups are left, the books go."""
+        await self._suspend()
+        await self._discard()
+
+    async def _suspend(self) -> None:
+        """Stop firing: the activation and the loops end and what the producer holds is written,
+        all before this returns (the lease's fence). An active scheduler keeps its books and its
+        other groups' consumers: when the group hands the lease back to it in the next
+        generation (a standby joined or left), :meth:`_resume` goes on without rebuilding."""
         # A batch in flight is finished first (its executions, records and offsets, or none of
         # them): cancelled between its records and its commit, it would be read again by the
         # next term and counted twice in the precondition windows. Bounded, so a broker that
@@ -294,6 +309,7 @@ class SchedulerService:
         except TimeoutError:
             log.warning("scheduler: a batch still waits for the broker; it is abandoned")
         try:
+            was_active = self.leadership.role is Role.ACTIVE
             self.leadership.release()
             tasks = [t for t in (self._activation, *self._tasks) if t is not None]
             self._activation, self._tasks = None, []
@@ -305,20 +321,45 @@ class SchedulerService:
         finally:
             if locked:
                 self._produce_lock.release()
+        if self._producer is not None:
+            await self._producer.flush()
+        # Kept only whole: an activation cut short, or a batch abandoned, is rebuilt.
+        self._suspended = was_active and locked and not self._aborted
+        if tasks:
+            log.info("scheduler stopped firing (term %d ended)", self._term)
+
+    async def _discard(self) -> None:
+        """Leave the other groups and drop the books: a standby owes nothing, and its
+        monitoring and health count no trigger (an activation builds them again)."""
+        self._suspended = False
         self._assigned = False
         for consumer in (self._updates, self._commands):
             if consumer is not None:
                 with contextlib.suppress(Exception):
                     await consumer.stop()
         self._updates = self._commands = None
-        if self._producer is not None:
-            await self._producer.flush()
-        # A standby owes nothing: its monitoring and health count no trigger (the next
-        # activation builds the books again from the records).
         self.schedules = self._schedule_book()
         self.flow_triggers = FlowTriggerBook(self.clock)
-        if tasks:
-            log.info("scheduler standby (term %d ended)", self._term)
+
+    def _resume(self, term: int) -> None:
+        """The lease came back in the next generation, no other scheduler having held it: fire
+        again under ``term`` with the kept books and consumers."""
+        self._suspended = False
+        if not self.leadership.activated(term):
+            return
+        self._term = term
+        self._sync_all()  # flows deployed meanwhile (the listener syncs an active one only)
+        self._last_full_sync = time.monotonic()
+        self._start_loops()
+        log.info("scheduler active again (term %d), its books kept", term)
+
+    def _start_loops(self) -> None:
+        self._aborted = False
+        self._tasks = [
+            asyncio.create_task(self._guard(self._tick_loop()), name="scheduler-tick"),
+            asyncio.create_task(self._guard(self._ended_loop()), name="scheduler-ended"),
+            asyncio.create_task(self._guard(self._commands_loop()), name="scheduler-commands"),
+        ]
 
     def _holds(self) -> bool:
         return self.lease.valid(self._term)
@@ -343,6 +384,7 @@ class SchedulerService:
         except asyncio.CancelledError:
             raise
         except _LeaseLost:
+            self._aborted = True  # its books hold what was not written: never kept
             # The revocation that follows cancels this loop; until then it stays parked (a
             # finished loop would read as a dead process).
             log.info("scheduler: the lease is gone; nothing more is fired")
@@ -575,9 +617,9 @@ class SchedulerService:
                     for rec in recs:
                         self._on_command(rec)
                 await self._flush()
+                offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs}
+                await consumer.commit(offsets)
             self._wake.set()  # a backfill or an enabled trigger may be due now
-            offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs}
-            await consumer.commit(offsets)
 
     def _on_command(self, rec: ConsumerRecord[Any, Any]) -> None:
         try:

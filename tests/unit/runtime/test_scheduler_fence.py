@@ -280,6 +280,7 @@ class _GroupConsumer:
 
     def __init__(self, table: _Table) -> None:
         self.table = table
+        self.stopped = False
 
     async def start(self) -> None:
         flow = parse_flow(FLOW.replace("id: f\n", "id: late\n"))
@@ -292,7 +293,7 @@ class _GroupConsumer:
         await asyncio.Event().wait()
 
     async def stop(self) -> None:
-        return None
+        self.stopped = True
 
 
 async def test_flows_deployed_while_activating_are_synced_when_active(
@@ -313,5 +314,54 @@ async def test_flows_deployed_while_activating_are_synced_when_active(
     try:
         assert service.leadership.role is Role.ACTIVE
         assert service.schedules.state("ns/late/sched") is not None
+    finally:
+        await service._step_down()
+
+
+async def test_a_lease_given_back_in_the_next_generation_keeps_the_books_and_consumers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A standby joining or leaving rebalances the lease group: the active one is asked for the
+    lease and most often gets it back. Rebuilt, it would rejoin its other groups and read the
+    ended executions again; kept, it goes on under a new term."""
+    table = _Table()
+    service, _ = _service()
+    service.table = cast(FlowsTable, table)
+    monkeypatch.setattr(scheduler_service, "make_consumer", lambda *a, **k: _GroupConsumer(table))
+
+    async def caught_up() -> None:
+        return None
+
+    monkeypatch.setattr(service.trigger_records, "catch_up", caught_up)
+    del service._on_acquired  # activations run
+    service.lease.on_acquired = service._on_acquired
+    coordinator = _Coordinator()
+    service.lease._consumer = cast(Any, _LeaseConsumer(coordinator))
+
+    async def rebalance(generation: int, partitions: list[TopicPartition]) -> None:
+        await service.lease.revoked()
+        coordinator.generation = generation
+        await service.lease.assigned(partitions)
+        if service._activation is not None:
+            await service._activation
+
+    await rebalance(3, [TP])
+    books, updates = service.schedules, cast(_GroupConsumer, service._updates)
+    assert service.leadership.role is Role.ACTIVE and len(service._tasks) == 3
+    try:
+        await rebalance(4, [TP])  # back in the next generation: kept
+        assert service.leadership.role is Role.ACTIVE and service._term == 2
+        assert service.schedules is books and service._updates is updates
+        assert not updates.stopped and len(service._tasks) == 3
+        assert all(not task.done() for task in service._tasks)
+
+        await rebalance(6, [TP])  # a generation in between: another may have held it
+        assert service.leadership.role is Role.ACTIVE and service._term == 3
+        assert service.schedules is not books and updates.stopped
+        updates = cast(Any, service._updates)
+
+        await rebalance(7, [])  # another member has it: the groups are left at once
+        assert service.leadership.role is Role.STANDBY
+        assert updates.stopped and service._updates is None and service._tasks == []
     finally:
         await service._step_down()
