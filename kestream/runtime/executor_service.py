@@ -331,7 +331,8 @@ class ExecutorService:
                 out = Outbox()
                 self._take_repairs(out)
                 await self._step_batch_paced(batch, out)
-                for partition, event in self.local.take():  # after the fetched records
+                # After the fetched records, a batch at most, yielding as the batch does.
+                async for partition, event in paced(self.local.take(_BATCH)):
                     self._apply(partition, event, out, None)
                 await self._flush(out)
                 self._flushed(batch)

@@ -25,19 +25,23 @@ fetches out:
    job's offset only once that record has been fetched and its job's result acknowledged; the
    executor commits a result's offset only once it fetched and stepped that record (a no-op by
    then). A crash before either replays the copy.
-3. *Every effect is deduplicated.* The broker copy of a handed-off job reaches a worker that
-   knows the job (by :data:`~kestream.runtime.worker_service.JobKey`): running, its offset waits
-   for it; finished, the finished entry remembers where the handed-off job's record lies
-   (topic, partition, offset), so that record is marked done without a second result, while a
-   copy at another offset (the executor replayed its step after a crash and sent the job again)
-   is answered again, as before. The broker copy of a handed-off result reaches an executor
-   whose state already applied it: results are applied once per (task run, attempt)
+3. *Every effect is deduplicated.* The worker keeps each job it was handed, per partition, by
+   the offset of its broker copy until that copy is fetched (apart from its evicting memory of
+   finished jobs, so a late copy is still known): the copy of a running job waits for it, the
+   copy of a finished one is marked done without a second result, while a copy at another
+   offset (the executor replayed its step after a crash and sent the job again) is answered
+   again, as before. The broker copy of a handed-off result reaches an executor whose state
+   already applied it: results are applied once per (task run, attempt)
    (:meth:`~kestream.executor.step.Step.current_attempt`), so the copy changes nothing.
 
-The one new duplicate: a job handed off whose broker copy then goes to another worker (the
-partition moved in a rebalance between the two) runs on both. That is the at-least-once case a
-rebalance already allows, and it stays rare: jobs are handed only for partitions the local
-worker owns at that moment, and not while it is being revoked.
+**What can run twice.** A handed job's offset is committed only once its copy is fetched. So on
+a rebalance (the partition revoked), a stop or a crash, the handed jobs of a partition whose
+copies were not fetched yet run again on the partition's next reader: at-least-once, as for any
+job whose offset was not committed. The worker bounds them: it hands over no more jobs of a
+partition while :data:`~kestream.runtime.worker_service.HANDED_UNFETCHED_MAX` copies of it are
+unfetched, and keeps a share of its slots
+(:data:`~kestream.runtime.worker_service.FETCH_RESERVE_SHARE`) for fetched jobs, so the fetch
+keeps up with the copies and with the jobs of executors in other processes.
 """
 
 from __future__ import annotations
@@ -62,6 +66,10 @@ __all__ = ["LocalHandoff", "LocalResults", "connect", "handoff_for"]
 
 log = logging.getLogger("kestream.handoff")
 
+#: At most this many results wait for one executor; past it a result is left to its broker
+#: copy, so results ending together cannot pile up in memory ahead of the executor's cycles.
+QUEUED_MAX = 4096
+
 
 class _Acked(Protocol):
     """What an acknowledgement says of where a record went (aiokafka's ``RecordMetadata``)."""
@@ -84,7 +92,7 @@ class LocalResults:
 
     def offer(self, partition: int, value: bytes) -> bool:
         """Queue a result acknowledged on ``partition`` of the results topic, if owned."""
-        if not self.enabled or not self.owns(partition):
+        if not self.enabled or len(self._queued) >= QUEUED_MAX or not self.owns(partition):
             return False
         self._queued.append((partition, value))
         self._arrived.set()
@@ -93,11 +101,13 @@ class LocalResults:
     def __len__(self) -> int:
         return len(self._queued)
 
-    def take(self) -> Iterator[tuple[int, ev.Event]]:
-        """The queued results of partitions still owned, decoded, in arrival order. One that
+    def take(self, limit: int) -> Iterator[tuple[int, ev.Event]]:
+        """The first ``limit`` queued results of partitions still owned, decoded, in arrival
+        order (the rest stay queued, for the next cycle, which they end the fetch of). One that
         cannot be decoded is skipped: its broker copy is dead-lettered when it is fetched."""
-        queued, self._queued = self._queued, []
-        self._arrived.clear()
+        queued, self._queued = self._queued[:limit], self._queued[limit:]
+        if not self._queued:
+            self._arrived.clear()
         for partition, value in queued:
             if not self.owns(partition):
                 continue  # revoked meanwhile: the partition's new owner steps the broker copy

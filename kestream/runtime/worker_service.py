@@ -123,12 +123,20 @@ KILLED_WAIT_S = 1.0
 #: cancels it), and the stop for its own: on broker loss aiokafka's commit waits for a
 #: coordinator with no end, and would hold the stop (and its process's other roles) with it.
 COMMIT_WAIT_S = 3.0
+#: At most this many jobs handed over in process (:meth:`WorkerService.accept_local`) per
+#: partition whose broker copies are not fetched yet; past it, that partition's jobs come by
+#: the fetch. Such a job's offset cannot be committed before its copy is fetched, so this
+#: bounds what a rebalance, a stop or a crash can run a second time (:mod:`.local_handoff`),
+#: and keeps copies from piling up ahead of the fetch.
+HANDED_UNFETCHED_MAX = 32
+#: The share of ``max_in_flight`` hand-offs never take: kept for fetched jobs, so the jobs of
+#: executors in other processes on the same partitions are not starved by the local ones.
+FETCH_RESERVE_SHARE = 0.25
 _ERROR_BACKOFF_S = 0.5
 #: The longest pause between two tries of a result that must get through (:func:`_backoff`).
 _MAX_BACKOFF_S = 5.0
 
 JobKey = tuple[str, str, int]  # execution id, task run id, attempt
-Where = tuple[str, int, int]  # topic, partition, offset of a record
 
 
 @dataclass(slots=True, eq=False)
@@ -142,10 +150,15 @@ class _Mark:
 class _PartitionLog:
     """Fetched offsets of one partition, in order; the commit point is the first not done."""
 
-    __slots__ = ("committed", "next_offset", "pending")
+    __slots__ = ("committed", "handed", "next_offset", "pending")
 
     def __init__(self) -> None:
         self.pending: deque[_Mark] = deque()
+        #: Jobs handed over in process by the offset of their broker copy, until that copy is
+        #: fetched (or the partition revoked): kept apart from the evicting finished memory,
+        #: so a copy is recognised however late it comes (at most
+        #: :data:`HANDED_UNFETCHED_MAX`).
+        self.handed: dict[int, _Job] = {}
         self.next_offset: int | None = None
         self.committed: int | None = None
 
@@ -173,29 +186,15 @@ class _RecentKeys:
         self._expiry: OrderedDict[JobKey, float] = OrderedDict()
         self._results: OrderedDict[JobKey, bytes] = OrderedDict()
         self._bytes = 0
-        #: Where the record of a job handed over in this process lies (topic, partition,
-        #: offset), until that broker copy arrives (:mod:`.local_handoff`).
-        self._handed: dict[JobKey, Where] = {}
 
-    def add(self, key: JobKey, result: bytes | None = None, handed: Where | None = None) -> None:
+    def add(self, key: JobKey, result: bytes | None = None) -> None:
         self._expiry.pop(key, None)
         self._expiry[key] = time.monotonic() + self.ttl
         self._drop_result(key)
-        self._handed.pop(key, None)
         if result is not None:
             self._results[key] = result
             self._bytes += len(result)
-        if handed is not None:
-            self._handed[key] = handed
         self._trim()
-
-    def handed_copy(self, key: JobKey, where: Where) -> bool:
-        """Whether the record at ``where`` is the broker copy of the handed-over job ``key``
-        (each copy is recognised once: a later record of the job is a re-send)."""
-        if key in self and self._handed.get(key) == where:
-            del self._handed[key]
-            return True
-        return False
 
     def result(self, key: JobKey) -> bytes | None:
         """The result record ``key`` was answered with, if still kept."""
@@ -220,7 +219,6 @@ class _RecentKeys:
         ):
             key, _ = self._expiry.popitem(last=False)
             self._drop_result(key)
-            self._handed.pop(key, None)
         while self._bytes > self.budget and self._results:
             _, dropped = self._results.popitem(last=False)
             self._bytes -= len(dropped)
@@ -240,8 +238,8 @@ class _Job:
     kill_requested: bool = False
     #: Given up at stop: its result is not produced (the job runs again elsewhere).
     abandoned: bool = False
-    #: Handed over in this process (:meth:`WorkerService.accept_local`): its record's place.
-    handed: Where | None = None
+    #: Its result was acknowledged (:meth:`WorkerService._done`).
+    finished: bool = False
 
     @property
     def partition(self) -> TopicPartition:
@@ -328,6 +326,8 @@ class WorkerService:
         #: Partitions being revoked: a periodic commit begun meanwhile leaves them out, for it
         #: could reach the broker after the revocation, over their next owner's commits.
         self._revoking: set[TopicPartition] = set()
+        #: The slots the fetch under way claimed (``max_records``), 0 between fetches.
+        self._fetch_room = 0
         self.metrics = metrics if metrics is not None else process_metrics()
         self._pending_share = self.metrics.share(self.metrics.worker_job_pending)
         self._lag_share = self.metrics.share(self.metrics.consumer_lag, "worker")
@@ -464,7 +464,11 @@ class WorkerService:
         else:
             if consumer.paused():
                 consumer.resume(*consumer.paused())
-            batch = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=room)
+            self._fetch_room = room  # claimed: hand-offs meanwhile take only other slots
+            try:
+                batch = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=room)
+            finally:
+                self._fetch_room = 0
             lag = 0
             for tp, recs in batch.items():
                 for record in recs:
@@ -478,8 +482,12 @@ class WorkerService:
 
     def _handle(self, record: ConsumerRecord[Any, Any]) -> None:
         tp = TopicPartition(record.topic, record.partition)
-        mark = self._partitions.setdefault(tp, _PartitionLog()).add(record.offset)
+        partition = self._partitions.setdefault(tp, _PartitionLog())
+        mark = partition.add(record.offset)
         self.stats["received"] += 1
+        handed = partition.handed.pop(record.offset, None)
+        if handed is not None and self._handed_copy(handed, mark):
+            return
         try:
             body = records.loads(record.value)
             if not isinstance(body, dict):
@@ -512,10 +520,7 @@ class WorkerService:
         if key in self._finished:
             self.stats["duplicates"] += 1
             answer = self._finished.result(key)
-            if self._finished.handed_copy(key, (record.topic, record.partition, record.offset)):
-                mark.done = True  # the broker copy of a job handed over here: answered already
-                self.stats["handed_copies"] += 1
-            elif answer is None:
+            if answer is None:
                 mark.done = True
             else:  # the executor replayed the step that sent it: it waits for this answer
                 self._spawn(self._answer_again(key, answer, mark))
@@ -535,23 +540,48 @@ class WorkerService:
         else:
             self._start_or_hold(job)
 
+    def _handed_copy(self, job: _Job, mark: _Mark) -> bool:
+        """Take the fetched broker copy of ``job``, handed over here, by its offset: done if the
+        job's result was acknowledged, else waiting for the job still running. ``False`` (the
+        job ended without a result: a failure in the worker) runs the copy as any job."""
+        if job.finished:
+            mark.done = True
+        elif self._jobs.get(job.key) is job and not job.abandoned:
+            job.marks.append(mark)
+        else:
+            return False
+        self.stats["handed_copies"] += 1
+        return True
+
+    def _handoff_room(self) -> bool:
+        """Whether a job handed over may start now: within ``max_in_flight`` counting the
+        slots a fetch under way claimed, and leaving :data:`FETCH_RESERVE_SHARE` of them to
+        fetched jobs."""
+        reserve = int(self.max_in_flight * FETCH_RESERVE_SHARE)
+        return self.in_flight + self._fetch_room < self.max_in_flight - reserve
+
     def accept_local(self, record: ConsumerRecord[Any, Any]) -> bool:
         """Start a ``run`` job the executor of this process just had acknowledged, before its
         broker copy is fetched (:mod:`.local_handoff`); ``False`` leaves it to that copy.
 
         Taken only when it can start now: its partition is owned (not being revoked), there is
-        room, the job is not known here yet, and its flow revision and runnable task are known.
-        The job has no offset to commit: its broker copy, when fetched, is attached to it or,
-        once it has finished, marked done without a second result (:meth:`_accept`)."""
+        room (:meth:`_handoff_room`), fewer than :data:`HANDED_UNFETCHED_MAX` copies of its
+        partition's handed jobs are still unfetched, the job is not known here yet, and its flow
+        revision and runnable task are known. The job has no offset to commit: its broker copy,
+        when fetched, is recognised by its offset (:meth:`_handed_copy`)."""
         tp = TopicPartition(record.topic, record.partition)
+        partition = self._partitions.get(tp)
         if (
             self._stopping
             or record.topic != self.topic
-            or tp not in self._partitions
+            or partition is None
             or tp in self._revoking
             or not self._in_group
-            or self.in_flight >= self.max_in_flight
+            or not self._handoff_room()
         ):
+            return False
+        if len(partition.handed) >= HANDED_UNFETCHED_MAX:
+            self.stats["handoff_refused_unfetched"] += 1
             return False
         body = records.loads(record.value)
         if not isinstance(body, dict) or body.get("type") != "run":
@@ -567,7 +597,7 @@ class WorkerService:
         if flow is None or not isinstance(flow.task_index().get(task_id), RunnableTask):
             return False
         job = _Job(key, where, task_id, body, record, [], time.monotonic() + self.flow_wait_s)
-        job.handed = (record.topic, record.partition, record.offset)
+        partition.handed[record.offset] = job
         self._jobs[key] = job
         self._runs[key[:2]] = job
         self._start_or_hold(job)
@@ -736,7 +766,8 @@ class WorkerService:
             return [await producer.send(topic, value, key=key) for topic, value, key in sends]
 
     def _done(self, job: _Job, sent: ev.WorkerResult) -> None:
-        self._finished.add(job.key, records.encode_event(sent), job.handed)
+        self._finished.add(job.key, records.encode_event(sent))
+        job.finished = True
         for mark in job.marks:
             mark.done = True
 

@@ -21,10 +21,14 @@ from kestream.runtime import records
 from kestream.runtime.changelog_restorer import ChangelogRestorer
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.executor_service import ExecutorService
-from kestream.runtime.local_handoff import LocalHandoff, LocalResults
+from kestream.runtime.local_handoff import QUEUED_MAX, LocalHandoff, LocalResults
 from kestream.runtime.metrics import Metrics
 from kestream.runtime.topics import Topics
-from kestream.runtime.worker_service import WorkerService
+from kestream.runtime.worker_service import (
+    HANDED_UNFETCHED_MAX,
+    WorkerService,
+    _RecentKeys,
+)
 from kestream.settings import Settings
 from tests.unit.runtime.test_executor_faults import _Producer
 from tests.unit.runtime.worker_fakes import (
@@ -120,6 +124,64 @@ async def test_a_broker_copy_fetched_while_the_handed_job_runs_waits_for_it(
     assert service._partitions[JOBS].commit_point() == 4
 
 
+async def test_the_copy_of_a_handed_job_is_recognised_after_the_finished_memory_forgot_it(
+    worker: tuple[WorkerService, Flow, AckingProducer],
+) -> None:
+    service, flow, producer = worker
+    record = job_record(flow, "first", {"format": "one"}, offset=5)
+    assert service.accept_local(record)
+    await _finish(service)
+    service._finished = _RecentKeys()  # evicted (DEDUP_MAX jobs later, or DEDUP_TTL_S later)
+    service._handle(record)
+    await _finish(service)
+    assert len(producer.results()) == 1 and service.stats["started"] == 1
+    assert service.stats["handed_copies"] == 1
+    assert service._partitions[JOBS].commit_point() == 6 and not service._partitions[JOBS].handed
+
+
+async def test_hand_offs_stop_while_too_many_copies_of_a_partition_are_unfetched(
+    worker: tuple[WorkerService, Flow, AckingProducer],
+) -> None:
+    service, flow, _ = worker
+    jobs = [
+        job_record(flow, "first", {"format": "one"}, offset=n, run_id=f"run-{n}")
+        for n in range(HANDED_UNFETCHED_MAX + 1)
+    ]
+    assert all(service.accept_local(record) for record in jobs[:-1])
+    await _finish(service)
+    assert not service.accept_local(jobs[-1])  # all ended, but none of their copies fetched
+    service._handle(jobs[0])  # one copy fetched: room for one more
+    assert service.accept_local(jobs[-1])
+    await _finish(service)
+    assert service.stats["handed_over"] == HANDED_UNFETCHED_MAX + 1
+
+
+async def test_hand_offs_leave_slots_to_fetched_jobs_and_to_the_fetch_under_way(
+    worker: tuple[WorkerService, Flow, AckingProducer],
+) -> None:
+    service, flow, _ = worker
+    service.max_in_flight = 4  # one slot (FETCH_RESERVE_SHARE) kept for fetched jobs
+    jobs = [
+        job_record(flow, "first", {"format": "one"}, offset=n, run_id=f"run-{n}") for n in range(5)
+    ]
+    assert [service.accept_local(record) for record in jobs[:4]] == [True, True, True, False]
+    await _finish(service)
+    service._fetch_room = 2  # a fetch under way may bring two jobs
+    assert service.accept_local(jobs[3]) and not service.accept_local(jobs[4])
+    await _finish(service)
+
+
+async def test_a_handed_copy_is_dropped_with_its_revoked_partition(
+    worker: tuple[WorkerService, Flow, AckingProducer],
+) -> None:
+    service, flow, _ = worker
+    assert service.accept_local(job_record(flow, "first", {"format": "one"}, offset=2))
+    await _finish(service)
+    await service._on_revoked({JOBS})
+    service._on_assigned({JOBS})
+    assert not service._partitions[JOBS].handed
+
+
 async def test_a_job_of_a_partition_not_owned_or_already_known_is_not_taken(
     worker: tuple[WorkerService, Flow, AckingProducer],
 ) -> None:
@@ -142,7 +204,22 @@ async def test_a_result_queued_for_a_partition_given_up_is_left_to_its_broker_co
     value = records.encode_event(ev.WorkerResult("e", "r", 1, StateType.SUCCESS))
     assert results.offer(0, value) and not results.offer(1, value)
     owned.clear()  # revoked before the next cycle
-    assert list(results.take()) == []
+    assert list(results.take(10)) == []
+
+
+async def test_a_cycle_takes_at_most_a_batch_of_results_and_the_queue_is_bounded() -> None:
+    results = LocalResults(lambda partition: True)
+    results.enabled = True
+    values = [
+        records.encode_event(ev.WorkerResult(f"e{n}", "r", 1, StateType.SUCCESS))
+        for n in range(QUEUED_MAX + 1)
+    ]
+    offered = [results.offer(0, value) for value in values]
+    assert offered.count(True) == QUEUED_MAX and not offered[-1]  # left to its broker copy
+    assert [event.execution_id for _, event in results.take(2)] == ["e0", "e1"]
+    assert len(results) == QUEUED_MAX - 2 and results._arrived.is_set()  # the next cycle's
+    assert len(list(results.take(QUEUED_MAX))) == QUEUED_MAX - 2
+    assert not results._arrived.is_set()
 
 
 async def test_a_fetch_is_cut_short_by_a_result_handed_over() -> None:
@@ -158,7 +235,7 @@ async def test_a_fetch_is_cut_short_by_a_result_handed_over() -> None:
     await asyncio.sleep(0)
     results.offer(0, records.encode_event(ev.WorkerResult("e", "r", 1, StateType.SUCCESS)))
     assert await fetch == {}
-    assert [event.execution_id for _, event in results.take()] == ["e"]
+    assert [event.execution_id for _, event in results.take(10)] == ["e"]
 
 
 def test_an_execution_runs_through_the_hand_off_and_applies_each_result_once(
