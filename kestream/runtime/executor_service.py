@@ -263,6 +263,7 @@ class ExecutorService:
                 share.report(0)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self.local.close()
         if self._consumer is not None:
             await self._consumer.stop()
         if self.writer.producer is not None:
@@ -318,8 +319,9 @@ class ExecutorService:
     async def _loop(self) -> None:
         assert self._consumer is not None
         while not self._stopping:
-            generation = self._generation
-            batch = await self.local.fetch(self._consumer, self._poll_ms(), _BATCH)
+            generation, batch = await self.local.fetch(
+                self._consumer, self._poll_ms(), _BATCH, self._generation
+            )
             if self._fatal is not None:  # set by a rebalance callback that could not recover
                 raise self._fatal
             started = time.perf_counter()

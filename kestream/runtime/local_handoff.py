@@ -89,6 +89,9 @@ class LocalResults:
         self.owns = owns
         self._queued: list[tuple[int, bytes]] = []
         self._arrived = asyncio.Event()
+        #: The getmany a handed-over result cut short: its consumer, the generation it began
+        #: in, and its task, awaited again by the next :meth:`fetch`.
+        self._pending: tuple[Any, int, asyncio.Future[Any]] | None = None
 
     def offer(self, partition: int, value: bytes) -> bool:
         """Queue a result acknowledged on ``partition`` of the results topic, if owned."""
@@ -117,28 +120,45 @@ class LocalResults:
                 continue
             yield partition, event
 
-    async def fetch(self, consumer: Any, timeout_ms: int, max_records: int) -> dict[Any, Any]:
-        """``consumer.getmany``, ended early (returning what it has, maybe nothing) when a result
-        is handed over meanwhile. Cancelling a ``getmany`` loses no record: aiokafka drains its
-        buffer without awaiting, so a wait cut short leaves the records for the next call."""
-        if not self.enabled:
-            return dict(await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records))
-        if self._queued:
-            timeout_ms = 0
-        fetching = asyncio.ensure_future(
-            consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        )
-        if timeout_ms > 0:
+    async def fetch(
+        self, consumer: Any, timeout_ms: int, max_records: int, generation: int
+    ) -> tuple[int, dict[Any, Any]]:
+        """``consumer.getmany``, ended early (returning nothing) when a result is handed over
+        meanwhile; with the group generation (the caller's ``generation``) that getmany began
+        in, since its records may have been fetched before a rebalance.
+
+        A getmany cut short is never cancelled: aiokafka's ``fetch_context`` has no
+        ``finally``, so a cancelled getmany would leave the subscription's fetch count up for
+        good, and with it the consumer's max-poll-interval check off. It is kept and awaited
+        again by the next fetch, its records (if any) returned then."""
+        if not self.enabled and self._pending is None:
+            return generation, dict(
+                await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+            )
+        if self._pending is None or self._pending[0] is not consumer:
+            if self._queued:
+                timeout_ms = 0
+            fetching = asyncio.ensure_future(
+                consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+            )
+            self._pending = (consumer, generation, fetching)
+        _, began, fetching = self._pending
+        if not fetching.done() and not self._queued:
             arrived = asyncio.ensure_future(self._arrived.wait())
             try:
                 await asyncio.wait({fetching, arrived}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 arrived.cancel()
-            if not fetching.done():
-                fetching.cancel()
-                await asyncio.wait({fetching})
-                return {} if fetching.cancelled() else dict(fetching.result())
-        return dict(await fetching)
+        if not fetching.done():
+            return generation, {}  # a result arrived: step it; the getmany goes on meanwhile
+        self._pending = None
+        return began, dict(fetching.result())
+
+    def close(self) -> None:
+        """Cancel the getmany kept under way (the consumer is stopping)."""
+        if self._pending is not None:
+            self._pending[2].cancel()
+            self._pending = None
 
 
 class LocalHandoff:

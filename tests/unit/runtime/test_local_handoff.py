@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.consumer.subscription_state import SubscriptionState
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from kestream.executor import events as ev
@@ -222,20 +223,37 @@ async def test_a_cycle_takes_at_most_a_batch_of_results_and_the_queue_is_bounded
     assert not results._arrived.is_set()
 
 
-async def test_a_fetch_is_cut_short_by_a_result_handed_over() -> None:
+class _Fetching:
+    """A consumer whose getmany waits for :meth:`deliver`, inside aiokafka's own
+    ``fetch_context``, as ``AIOKafkaConsumer.getmany`` does."""
+
+    def __init__(self) -> None:
+        self._subscription = SubscriptionState()
+        self.delivered = asyncio.Event()
+        self.calls = 0
+
+    async def getmany(self, **_: Any) -> dict[Any, Any]:
+        self.calls += 1
+        with self._subscription.fetch_context():
+            await self.delivered.wait()
+            return {JOBS: ["record"]}
+
+
+async def test_a_fetch_is_cut_short_by_a_result_handed_over_and_its_getmany_kept() -> None:
     results = LocalResults(lambda partition: True)
     results.enabled = True
-
-    class Waiting:
-        async def getmany(self, **_: Any) -> dict[Any, Any]:
-            await asyncio.Event().wait()  # no record for ever
-            return {}
-
-    fetch = asyncio.ensure_future(results.fetch(Waiting(), 60_000, 10))
+    consumer = _Fetching()
+    fetch = asyncio.ensure_future(results.fetch(consumer, 60_000, 10, 3))
     await asyncio.sleep(0)
     results.offer(0, records.encode_event(ev.WorkerResult("e", "r", 1, StateType.SUCCESS)))
-    assert await fetch == {}
+    assert await fetch == (3, {})
     assert [event.execution_id for _, event in results.take(10)] == ["e"]
+    assert consumer._subscription._fetch_count == 1  # the getmany goes on, not cancelled
+    fetch = asyncio.ensure_future(results.fetch(consumer, 60_000, 10, 4))
+    await asyncio.sleep(0)
+    consumer.delivered.set()
+    assert await fetch == (3, {JOBS: ["record"]})  # from the getmany begun in generation 3
+    assert consumer.calls == 1 and consumer._subscription._fetch_count == 0
 
 
 def test_an_execution_runs_through_the_hand_off_and_applies_each_result_once(
@@ -289,8 +307,9 @@ async def _run_through_hand_off() -> None:
 
 
 class _ScriptedConsumer:
-    """The executor's consumer: the creation, then fetches that wait (cut short by the results
-    handed over) until the execution has ended; then the results' broker copies; then stop."""
+    """The executor's consumer: the creation, then empty polls (a wait cut short by the
+    results handed over) until the execution has ended; then the results' broker copies; then
+    stop."""
 
     def __init__(self, executor: ExecutorService, answers: AckingProducer, settings: Settings):
         self.executor, self.answers = executor, answers
@@ -311,7 +330,7 @@ class _ScriptedConsumer:
             values = [v for t, v in self.answers.acked if t == self.results.topic]
             self.written_at_copies = len(self.executor.writer.producer.acked)  # type: ignore[union-attr]
             return {self.results: [_record(self.results, i, v) for i, v in enumerate(values)]}
-        await asyncio.Event().wait()  # nothing on the broker: only a hand-off ends the wait
+        await asyncio.sleep(0.001)  # nothing on the broker: the poll times out
         return {}
 
     async def commit(self, offsets: Any) -> None:
