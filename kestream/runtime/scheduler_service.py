@@ -326,11 +326,13 @@ class SchedulerService:
         # Kept only whole: an activation cut short, or a batch abandoned, is rebuilt.
         self._suspended = was_active and locked and not self._aborted
         if tasks:
-            log.info("scheduler stopped firing (term %d ended)", self._term)
+            log.info("scheduler paused (term %d ended)", self._term)
 
     async def _discard(self) -> None:
         """Leave the other groups and drop the books: a standby owes nothing, and its
         monitoring and health count no trigger (an activation builds them again)."""
+        if self._updates is not None or self._commands is not None:
+            log.info("scheduler standby (term %d ended)", self._term)
         self._suspended = False
         self._assigned = False
         for consumer in (self._updates, self._commands):
@@ -351,7 +353,7 @@ class SchedulerService:
         self._sync_all()  # flows deployed meanwhile (the listener syncs an active one only)
         self._last_full_sync = time.monotonic()
         self._start_loops()
-        log.info("scheduler active again (term %d), its books kept", term)
+        log.info("scheduler active (term %d): the lease came back, books kept", term)
 
     def _start_loops(self) -> None:
         self._aborted = False
