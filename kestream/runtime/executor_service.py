@@ -88,7 +88,7 @@ from kestream.runtime.executor_outbox import Outbox
 from kestream.runtime.executor_writer import DeadLetters, RecordWriter, Refusal, Written
 from kestream.runtime.held_events import HeldEvents
 from kestream.runtime.kafka import make_consumer, make_producer
-from kestream.runtime.local_handoff import LocalResults
+from kestream.runtime.local_handoff import LocalResults, disconnect
 from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.parked_partitions import Parked, ParkedPartitions
 from kestream.runtime.purge_fence import apply_purge_event
@@ -253,6 +253,7 @@ class ExecutorService:
         owner to repair and replay. A cycle that does not end within
         :data:`_STOP_GRACE_S` (the broker away) is cancelled."""
         self._stopping = True
+        disconnect(self)
         self.restorer.stopping.set()  # a recovery under way gives up
         task, self._task = self._task, None
         if task is not None:

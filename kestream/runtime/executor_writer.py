@@ -122,9 +122,14 @@ class RecordWriter:
         return written
 
     def _acked(self, rec: CommandRecord, meta: Any) -> None:
-        """Tell :attr:`on_acked` (which never raises) of a record acknowledged."""
-        if self.on_acked is not None:
+        """Tell :attr:`on_acked` of a record acknowledged; its failure is logged, never the
+        flush's (the record is durable whatever the hook does)."""
+        if self.on_acked is None:
+            return
+        try:
             self.on_acked(rec, meta)
+        except Exception:
+            log.exception("the hook on the acknowledged record %s failed", meta)
 
     def _checkpoints(self, acks: list[Any], written: Written) -> None:
         changelog, checkpoints = self.topics.changelog, written.checkpoints

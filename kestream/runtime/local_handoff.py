@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from kestream.runtime.executor_service import ExecutorService
     from kestream.runtime.worker_service import WorkerService
 
-__all__ = ["LocalHandoff", "LocalResults", "connect", "handoff_for"]
+__all__ = ["LocalHandoff", "LocalResults", "connect", "disconnect", "handoff_for"]
 
 log = logging.getLogger("kestream.handoff")
 
@@ -185,12 +185,26 @@ class LocalHandoff:
         executor.local.enabled = bool(self.workers)
         self.executors.append(executor.local)
 
+    def remove(self, processor: Any) -> None:
+        """Let a stopping executor or worker go: it takes and gives nothing more, and is no
+        longer referenced (nor are its state tables)."""
+        if processor in self.workers:
+            self.workers.remove(processor)
+            processor.on_result = None
+        local = getattr(processor, "local", None)
+        if local in self.executors:
+            self.executors.remove(local)
+            processor.writer.on_acked = None
+            local.enabled = False
+        for results in self.executors:
+            results.enabled = bool(self.workers)
+
     def job_acked(self, rec: CommandRecord, acked: _Acked) -> None:
         """A record of the executor's flush was acknowledged: hand it to the local worker that
-        owns its partition, if it is a job (the worker checks the topic and the kind)."""
+        owns its partition, if it is a job (the worker checks the kind)."""
         _, key, value, _ = rec
-        if value is None or not self.workers:
-            return
+        if value is None or not any(acked.topic == worker.topic for worker in self.workers):
+            return  # changelog, logs, results...: the cheap common case
         raw = key.encode()
         record: ConsumerRecord[Any, Any] = ConsumerRecord(
             acked.topic, acked.partition, acked.offset, 0, 0, raw, value, None, len(raw),
@@ -228,6 +242,15 @@ def handoff_for(ctx: BrokerContext) -> LocalHandoff | None:
     if found is None:
         found = _HANDOFFS[key] = LocalHandoff()
     return found
+
+
+def disconnect(processor: Any) -> None:
+    """Take a stopping executor or worker out of its process's hand-off (a no-op if it is in
+    none); a hand-off left with no role is dropped."""
+    for key, handoff in list(_HANDOFFS.items()):
+        handoff.remove(processor)
+        if not handoff.workers and not handoff.executors:
+            del _HANDOFFS[key]
 
 
 def connect(ctx: BrokerContext, role: str, processor: Any) -> None:

@@ -91,7 +91,7 @@ from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.sizes import over_limit
 from kestream.models.state import StateType
-from kestream.runtime import records
+from kestream.runtime import local_handoff, records
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.log_stream import LogStream
@@ -399,6 +399,7 @@ class WorkerService:
     async def stop(self, drain_timeout: float = DRAIN_TIMEOUT_S) -> None:
         """Stop fetching, let running jobs finish (bounded), commit what is done, close."""
         self._stopping = True
+        local_handoff.disconnect(self)
         consumer = self._consumer
         if self._task is not None:
             self._task.cancel()
@@ -802,8 +803,7 @@ class WorkerService:
                 sends = [(topics.logs, part, key) for part in logs]
                 sends.append((topics.results, value, key))
                 acks = await asyncio.gather(*await self._produce(sends))
-                if self.on_result is not None:  # durable now: the local executor may take it
-                    self.on_result(acks[-1], value)
+                self._result_acked(acks[-1], value)
                 return result
             except KafkaError as exc:
                 if record_fault(exc):
@@ -812,6 +812,16 @@ class WorkerService:
                 log.warning("producing the result of %s failed (%s), try %d", job.key, exc, tries)
                 await asyncio.sleep(_backoff(tries))
         return None
+
+    def _result_acked(self, acked: Any, value: bytes) -> None:
+        """Tell :attr:`on_result` of a result now durable (the local executor may take it);
+        outside the produce's error handling: its failure must not send the result again."""
+        if self.on_result is None:
+            return
+        try:
+            self.on_result(acked, value)
+        except Exception:  # the broker copy reaches the executor all the same
+            log.exception("handing the result acknowledged at %s over failed", acked)
 
     async def _publish_refused(
         self, job: _Job, result: ev.WorkerResult, fault: Exception, key: bytes

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.models.flow import Flow, parse_flow
 from kestream.models.state import StateType
-from kestream.runtime import records
+from kestream.runtime import local_handoff, records
 from kestream.runtime.changelog_restorer import ChangelogRestorer
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.executor_service import ExecutorService
@@ -181,6 +182,38 @@ async def test_a_handed_copy_is_dropped_with_its_revoked_partition(
     await service._on_revoked({JOBS})
     service._on_assigned({JOBS})
     assert not service._partitions[JOBS].handed
+
+
+async def test_a_failing_result_hook_neither_fails_nor_repeats_the_job(
+    worker: tuple[WorkerService, Flow, AckingProducer],
+) -> None:
+    service, flow, producer = worker
+
+    def failing(acked: Any, value: bytes) -> None:
+        raise RuntimeError("hook failed")
+
+    service.on_result = failing
+    service._handle(job_record(flow, "first", {"format": "one"}, offset=0))
+    await _finish(service)
+    assert len(producer.results()) == 1 and service.stats["finished"] == 1
+    assert service._partitions[JOBS].commit_point() == 1
+
+
+async def test_a_stopping_role_leaves_its_process_hand_off(
+    worker: tuple[WorkerService, Flow, AckingProducer],
+) -> None:
+    service, _, _ = worker
+    local = LocalResults(lambda partition: True)
+    executor: Any = SimpleNamespace(writer=SimpleNamespace(on_acked=None), local=local)
+    handoff = LocalHandoff()
+    handoff.add_executor(executor)
+    handoff.add_worker(service)
+    local_handoff._HANDOFFS[("test", "t.")] = handoff
+    assert local.enabled and service.on_result is not None
+    local_handoff.disconnect(service)
+    assert not local.enabled and service.on_result is None and not handoff.workers
+    local_handoff.disconnect(executor)
+    assert executor.writer.on_acked is None and ("test", "t.") not in local_handoff._HANDOFFS
 
 
 async def test_a_job_of_a_partition_not_owned_or_already_known_is_not_taken(
