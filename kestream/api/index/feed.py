@@ -29,8 +29,9 @@ for the next fetch, and the stored offset of their partition stays at the first 
 restart reads them again), so no reader of the index ever sees an execution's end state with
 only part of its task runs (a restart sent from that view would carry an incomplete snapshot).
 The hold is bounded, since a last record can be lost (dead-lettered): the execution's next
-whole update, a dead letter of one of its update records, or more than
-:data:`MAX_HELD_RECORDS` records held applies what is held, with a warning.
+whole update, a dead letter of one of its update records, a wait longer than
+:data:`MAX_HOLD_S`, or more than :data:`MAX_HELD_RECORDS` records held applies what is held,
+with a warning.
 
 :attr:`IndexFeed.caught_up` is set once every partition has been applied up to the high
 watermark it had when the feed started (read from a Fetch, :func:`fetch_highwaters`): from then
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -77,6 +79,9 @@ _RETRY_FIRST_S = 0.5
 #: The most update records held back for their update's last record (:func:`hold_incomplete`):
 #: bounds the memory and how far the stored offset may stay behind when a last record is lost.
 MAX_HELD_RECORDS = 20_000
+#: The longest an update waits for its last record: the records of one update are written
+#: together, so one still missing after this was lost; what arrived is applied.
+MAX_HOLD_S = 60.0
 _RETRY_MAX_S = 10.0
 #: Longest database reason kept for a dead letter and the log.
 _REASON_MAX = 500
@@ -225,8 +230,7 @@ def _still_waiting(
     more than ``max_held`` records would be held (see :func:`hold_incomplete`)."""
     for execution_id in sorted(waiting & set(release)):
         log.warning(
-            "index feed: a record of execution %s's update was dead-lettered; its other"
-            " records are applied as they are",
+            "index feed: execution %s's update is applied without its lost record(s)",
             execution_id,
         )
     waiting = waiting - set(release)
@@ -312,6 +316,9 @@ class IndexFeed:
         #: Update records read but not applied yet: their update's last record is still to
         #: come (:func:`hold_incomplete`), with the raw records for a dead letter.
         self._held: list[FeedRecord] = []
+        #: When each execution's held records began waiting (:data:`MAX_HOLD_S`).
+        self._held_since: dict[str, float] = {}
+        self._now: Callable[[], float] = time.monotonic
         self._held_raw: _Raw = {}
 
     async def _in_thread(self, call: Callable[..., _T], *args: Any) -> _T:
@@ -441,9 +448,16 @@ class IndexFeed:
                 log.warning("index feed: fetch failed (%s); retrying", exc)
                 await asyncio.sleep(_RETRY_FIRST_S)
                 continue
-            if fetched:
+            if fetched or self._overdue():
                 await self._handle(fetched)
             await self._check_caught_up()
+
+    def _overdue(self) -> set[str]:
+        """The executions whose held records have waited longer than :data:`MAX_HOLD_S`."""
+        if not self._held_since:
+            return set()
+        limit = self._now() - MAX_HOLD_S
+        return {execution_id for execution_id, t in self._held_since.items() if t < limit}
 
     async def _handle(self, fetched: _Fetched) -> None:
         # Parsing thousands of JSON records takes a while: off the loop that serves HTTP.
@@ -456,9 +470,21 @@ class IndexFeed:
             for rec, _ in dead
             if rec.key is not None and self._kinds.get(rec.topic) is RecordKind.UPDATE
         }
+        for execution_id in sorted(self._overdue()):
+            log.warning(
+                "index feed: execution %s's update has waited for its last record for more"
+                " than %.0f s; what arrived is applied as it is",
+                execution_id,
+                MAX_HOLD_S,
+            )
+            lost.add(execution_id)
         batch, self._held = await self._in_thread(
             partial(hold_incomplete, release=lost), read, self._held
         )
+        now = self._now()
+        self._held_since = {
+            r.execution_id: self._held_since.get(r.execution_id, now) for r in self._held
+        }
         self._held_raw = {
             (r.topic, r.partition, r.offset): raw[(r.topic, r.partition, r.offset)]
             for r in self._held

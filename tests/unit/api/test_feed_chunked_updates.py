@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from aiokafka import TopicPartition
 
-from kestream.api.index.feed import IndexFeed, hold_incomplete
+from kestream.api.index.feed import MAX_HOLD_S, IndexFeed, hold_incomplete
 from kestream.api.index.sqlite import SQLiteStore
 from kestream.api.index.store import Batch, FeedRecord, RecordKind
 from kestream.runtime import records
@@ -199,3 +199,30 @@ def test_a_later_whole_update_applies_an_orphaned_partial_one() -> None:
         batch.add(record)
     ready, held = hold_incomplete(batch)
     assert held == [] and [r.offset for r in ready.records] == [1, 2, 3]
+
+
+def test_an_update_whose_last_record_never_comes_is_applied_after_the_longest_wait(
+    feed: IndexFeed,
+) -> None:
+    """Its last record dead-lettered by the executor's writer: nothing on this topic says so."""
+    execution_id, _, values = _ended_update(max_bytes=4096)
+    tp = TopicPartition(feed.ctx.topics.updates, 0)
+    key = execution_id.encode()
+    fetched = [_Record(offset, key, value) for offset, value in enumerate(values[:-1])]
+    now = [1000.0]
+    feed._now = lambda: now[0]
+
+    async def scenario() -> None:
+        await feed._handle({tp: fetched})
+        now[0] += MAX_HOLD_S  # not longer yet: an empty fetch changes nothing
+        assert not feed._overdue()
+        await feed._handle({})
+        assert feed.store.get(execution_id) is None and feed._held
+        now[0] += 1
+        assert feed._overdue() == {execution_id}
+        await feed._handle({})  # (the feed's loop calls this on an empty fetch when overdue)
+
+    asyncio.run(scenario())
+    assert feed._held == [] and feed._held_since == {}
+    assert feed.store.get(execution_id) is not None
+    assert feed.store.offsets(tp.topic) == {0: len(values) - 1}
