@@ -39,9 +39,10 @@ a rebalance (the partition revoked), a stop or a crash, the handed jobs of a par
 copies were not fetched yet run again on the partition's next reader: at-least-once, as for any
 job whose offset was not committed. The worker bounds them: it hands over no more jobs of a
 partition while :data:`~kestream.runtime.worker_service.HANDED_UNFETCHED_MAX` copies of it are
-unfetched, and keeps a share of its slots
-(:data:`~kestream.runtime.worker_service.FETCH_RESERVE_SHARE`) for fetched jobs, so the fetch
-keeps up with the copies and with the jobs of executors in other processes.
+unfetched, and keeps slots for fetched jobs (half the free ones while a fetch is under way,
+:data:`~kestream.runtime.worker_service.FETCH_RESERVE_SHARE` of all between fetches; hand-offs
+never take the worker past ``max_in_flight``), so the fetch keeps up with the copies and with
+the jobs of executors in other processes.
 """
 
 from __future__ import annotations

@@ -465,6 +465,8 @@ class WorkerService:
         else:
             if consumer.paused():
                 consumer.resume(*consumer.paused())
+            if self.on_result is not None:  # in a local hand-off: leave it half the room
+                room -= room // 2
             self._fetch_room = room  # claimed: hand-offs meanwhile take only other slots
             try:
                 batch = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=room)
@@ -556,10 +558,10 @@ class WorkerService:
 
     def _handoff_room(self) -> bool:
         """Whether a job handed over may start now: within ``max_in_flight`` counting the
-        slots a fetch under way claimed, and leaving :data:`FETCH_RESERVE_SHARE` of them to
-        fetched jobs."""
+        slots the fetch under way claimed (half the free ones, :meth:`_iteration`), or between
+        fetches leaving :data:`FETCH_RESERVE_SHARE` of them to fetched jobs."""
         reserve = int(self.max_in_flight * FETCH_RESERVE_SHARE)
-        return self.in_flight + self._fetch_room < self.max_in_flight - reserve
+        return self.in_flight + max(self._fetch_room, reserve) < self.max_in_flight
 
     def accept_local(self, record: ConsumerRecord[Any, Any]) -> bool:
         """Start a ``run`` job the executor of this process just had acknowledged, before its

@@ -2,7 +2,7 @@
 hand-off on (:mod:`kestream.runtime.local_handoff`), on a real broker: executions whose tasks run
 on the worker end in SUCCESS, jobs and results are handed over in process, and every task run
 ran once: one result on the results topic per (task run, attempt), though each handed-over job
-was also fetched from the broker."""
+was also fetched from the broker, its copy recognised by offset."""
 
 from __future__ import annotations
 
@@ -73,6 +73,7 @@ async def test_tasks_on_the_local_worker_run_once_through_the_hand_off(
     await worker.start()
     join_handoff(ctx, "executor", executor)
     join_handoff(ctx, "worker", worker)
+    handoff = handoff_for(ctx)  # (the roles leave it when they stop)
     client = await Client.connect(settings)
     try:
         await asyncio.wait_for(worker.assigned.wait(), 60)
@@ -80,6 +81,7 @@ async def test_tasks_on_the_local_worker_run_once_through_the_hand_off(
         await client.deploy(FLOW)
         ids = [await client.submit("test.handoff", "handed", {"n": n}) for n in range(EXECUTIONS)]
         ended = [await client.wait(execution_id, timeout=120) for execution_id in ids]
+        await asyncio.wait_for(_copies_fetched(worker), 60)
     finally:
         await client.close()
         await worker.stop()
@@ -88,14 +90,22 @@ async def test_tasks_on_the_local_worker_run_once_through_the_hand_off(
     assert [e.state.current.value for e in ended] == ["SUCCESS"] * EXECUTIONS
     outputs = {e.id: e.task_runs("third")[-1].outputs for e in ended}
     assert outputs[ids[3]] == {"value": "3!?"}
-    handoff = handoff_for(ctx)
     assert handoff is not None and handoff.jobs > 0 and handoff.results > 0
+    # Every handed job's broker copy was recognised by the offset its ack gave (Tansu's base
+    # offset plus the record's), not run as a new job.
+    assert worker.stats["handed_copies"] == handoff.jobs
     # Each task run ran once, though its job's broker copy was fetched too.
     assert worker.stats["started"] == EXECUTIONS * TASKS
     results = await _results(settings, EXECUTIONS * TASKS)
     per_attempt = Counter((r.execution_id, r.task_run_id, r.attempt) for r in results)
     assert len(per_attempt) == EXECUTIONS * TASKS
     assert set(per_attempt.values()) == {1}
+
+
+async def _copies_fetched(worker: WorkerService) -> None:
+    """Until the worker has fetched the broker copy of every job handed to it."""
+    while any(partition.handed for partition in worker._partitions.values()):
+        await asyncio.sleep(0.05)
 
 
 async def _results(settings: Settings, expected: int) -> list[ev.WorkerResult]:

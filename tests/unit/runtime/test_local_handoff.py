@@ -168,8 +168,34 @@ async def test_hand_offs_leave_slots_to_fetched_jobs_and_to_the_fetch_under_way(
     ]
     assert [service.accept_local(record) for record in jobs[:4]] == [True, True, True, False]
     await _finish(service)
-    service._fetch_room = 2  # a fetch under way may bring two jobs
+    service._fetch_room = 3  # a fetch under way may bring three jobs: one slot is left
     assert service.accept_local(jobs[3]) and not service.accept_local(jobs[4])
+    await _finish(service)
+
+
+async def test_a_fetch_claims_half_the_free_slots_and_hand_offs_meanwhile_the_rest(
+    worker: tuple[WorkerService, Flow, AckingProducer],
+) -> None:
+    service, flow, _ = worker
+    service.max_in_flight = 8
+    service.on_result = lambda acked, value: None  # in a process's local hand-off
+    jobs = [
+        job_record(flow, "first", {"format": "one"}, offset=n, run_id=f"run-{n}") for n in range(5)
+    ]
+    asked: list[int | None] = []
+    taken: list[bool] = []
+
+    class Claiming(FetchingConsumer):
+        async def getmany(
+            self, timeout_ms: int = 0, max_records: int | None = None
+        ) -> dict[TopicPartition, list[ConsumerRecord[Any, Any]]]:
+            asked.append(max_records)
+            taken.extend(service.accept_local(record) for record in jobs)  # acked meanwhile
+            return {}
+
+    service._consumer = Claiming()
+    await service._iteration()
+    assert asked == [4] and taken == [True, True, True, True, False]  # never past 8 in flight
     await _finish(service)
 
 
