@@ -238,8 +238,10 @@ class _Job:
     kill_requested: bool = False
     #: Given up at stop: its result is not produced (the job runs again elsewhere).
     abandoned: bool = False
-    #: Its result was acknowledged (:meth:`WorkerService._done`).
+    #: Its result, or its dead letter, was acknowledged (:meth:`WorkerService._done`).
     finished: bool = False
+    #: Given up: its dead letter is being sent (:meth:`WorkerService._give_up`).
+    dead_lettering: bool = False
 
     @property
     def partition(self) -> TopicPartition:
@@ -545,12 +547,12 @@ class WorkerService:
 
     def _handed_copy(self, job: _Job, mark: _Mark) -> bool:
         """Take the fetched broker copy of ``job``, handed over here, by its offset: done if the
-        job's result was acknowledged, else waiting for the job still running. ``False`` (the
-        job ended without a result: a failure in the worker) runs the copy as any job."""
+        job's result (or dead letter) was acknowledged, else waiting for it. ``False`` (the job
+        ended without either: a failure in the worker) runs the copy as any job."""
         if job.finished:
             mark.done = True
-        elif self._jobs.get(job.key) is job and not job.abandoned:
-            job.marks.append(mark)
+        elif job.dead_lettering or (self._jobs.get(job.key) is job and not job.abandoned):
+            job.marks.append(mark)  # done with the job's result or dead letter
         else:
             return False
         self.stats["handed_copies"] += 1
@@ -653,7 +655,8 @@ class WorkerService:
 
     def _give_up(self, job: _Job, reason: str) -> None:
         self._forget(job)
-        self._dead_letter(job.record, reason, job.marks)
+        job.dead_lettering = True
+        self._dead_letter(job.record, reason, job.marks, job)
 
     def _forget(self, job: _Job) -> None:
         # By identity: a stopped copy that ends must not take its successor with it.
@@ -856,7 +859,11 @@ class WorkerService:
     # -- dead letters --------------------------------------------------------------------------
 
     def _dead_letter(
-        self, record: ConsumerRecord[Any, Any], reason: str, marks: list[_Mark]
+        self,
+        record: ConsumerRecord[Any, Any],
+        reason: str,
+        marks: list[_Mark],
+        job: _Job | None = None,
     ) -> None:
         log.warning(
             "dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
@@ -867,14 +874,20 @@ class WorkerService:
             record.topic, record.partition, record.offset, record.key, record.value, reason,
             max_bytes=self.limit.value_bytes,
         )  # fmt: skip
-        self._spawn(self._send_dead_letter(record.key, value, marks))
+        self._spawn(self._send_dead_letter(record.key, value, marks, job))
 
-    async def _send_dead_letter(self, key: bytes | None, value: bytes, marks: list[_Mark]) -> None:
-        """Produce a dead letter, then mark its records done: a broker away for a while holds
-        the partition's commit point until it is back, never past a record not yet recorded."""
+    async def _send_dead_letter(
+        self, key: bytes | None, value: bytes, marks: list[_Mark], job: _Job | None = None
+    ) -> None:
+        """Produce a dead letter, then mark its records done (and its ``job`` finished, so the
+        broker copy of a job handed over is not dead-lettered again): a broker away for a while
+        holds the partition's commit point until it is back, never past a record not yet
+        recorded."""
         if await self._send_until_acked(self.ctx.topics.dead_letter, value, key):
             for mark in marks:
                 mark.done = True
+            if job is not None:
+                job.finished = True
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)

@@ -242,6 +242,24 @@ async def test_a_stopping_role_leaves_its_process_hand_off(
     assert executor.writer.on_acked is None and ("test", "t.") not in local_handoff._HANDOFFS
 
 
+async def test_the_copy_of_a_handed_job_given_up_is_not_dead_lettered_again(
+    worker: tuple[WorkerService, Flow, AckingProducer],
+) -> None:
+    service, flow, producer = worker
+    good = job_record(flow, "first", {"format": "one"}, offset=4)
+    body = records.loads(good.value)
+    body["workdir"] = {}  # not a shared directory: the job cannot be decoded
+    value = records.dumps(body)
+    record = ConsumerRecord(JOBS.topic, 0, 4, 0, 0, good.key, value, None, 0, len(value), [])
+    assert service.accept_local(record)
+    await _finish(service)
+    service._handle(record)  # its broker copy
+    await _finish(service)
+    assert service.stats["dead_lettered"] == 1 and service.stats["handed_copies"] == 1
+    assert [t for t, _ in producer.acked] == ["t.dead-letter"]
+    assert service._partitions[JOBS].commit_point() == 5
+
+
 async def test_a_job_of_a_partition_not_owned_or_already_known_is_not_taken(
     worker: tuple[WorkerService, Flow, AckingProducer],
 ) -> None:
