@@ -235,10 +235,14 @@ class _Listener:
 def _record(
     spec: WindowSpec, window: PreconditionWindow, ended: EndedExecution, now: datetime
 ) -> bool:
-    """Note in ``window`` what ``ended`` meets of ``spec``; False when it meets nothing."""
+    """Note in ``window`` what ``ended`` meets of ``spec``; False when it meets nothing or was
+    already counted (a replay: the window stays as it is)."""
+    if window.has_counted(ended):
+        return False
     met = spec.met(ended)
     if not met:
         return False
+    window.count(ended)
     for condition_id in met:
         window.met[condition_id] = now
     window.outputs = deep_merge(window.outputs, dict(ended.outputs or {}))
@@ -386,10 +390,10 @@ class FlowTriggerBook:
             result.events.append(event)
             for spec in listener.windows:
                 if spec.reset_on_success:
-                    touched.discard(spec.id)
-                    record_key = windows[spec.id].record_key
-                    if self._windows.pop(record_key, None) is not None:
-                        result.removed_windows.append(record_key)
+                    # Kept, emptied, with what it counted: a replay of those executions must
+                    # not start the next window.
+                    windows[spec.id].reset()
+                    touched.add(spec.id)
         for spec_id in sorted(touched):
             window = windows[spec_id]
             self._windows[window.record_key] = window

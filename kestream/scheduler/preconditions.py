@@ -34,6 +34,7 @@ from kestream.models.flow import PreconditionFilter, Preconditions, TimeWindow, 
 from kestream.models.state import StateType
 
 __all__ = [
+    "MAX_COUNTED",
     "EndedExecution",
     "PreconditionWindow",
     "WindowSpec",
@@ -205,6 +206,14 @@ class PreconditionWindow:
         start, end: the window (start None for a sliding window).
         met: precondition id -> when it was met (the latest time).
         outputs: the outputs of the executions that met them, merged (the latest wins).
+        counted: the (execution id, attempt) of each ended execution counted in this window,
+            oldest first, so one replayed after a crash (its window record written, its
+            offset not yet committed) changes nothing and fires nothing twice.
+        recent: what the window counted before its last ``resetOnSuccess`` reset, so a replay
+            of the executions that completed it is not counted into the next one.
+
+    Both sets live only as long as the window (a closed window's new one starts empty) and
+    keep at most :data:`MAX_COUNTED` ids, the newest: a replay only covers the batch in flight.
     """
 
     key: str
@@ -213,11 +222,28 @@ class PreconditionWindow:
     end: datetime | None
     met: dict[str, datetime] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
+    counted: dict[tuple[str, int], None] = field(default_factory=dict)
+    recent: dict[tuple[str, int], None] = field(default_factory=dict)
 
     @property
     def record_key(self) -> str:
         """The record's key in the topic: the trigger key and the preconditions id."""
         return f"{self.key}/{self.preconditions_id}"
+
+    def has_counted(self, ended: EndedExecution) -> bool:
+        """Whether ``ended`` (this attempt of it) was already counted, here or before a reset."""
+        identity = (ended.execution_id, ended.attempt)
+        return identity in self.counted or identity in self.recent
+
+    def count(self, ended: EndedExecution) -> None:
+        """Remember ``ended`` as counted, forgetting the oldest beyond :data:`MAX_COUNTED`."""
+        self.counted[(ended.execution_id, ended.attempt)] = None
+        _trim(self.counted)
+
+    def reset(self) -> None:
+        """Start over after firing (``resetOnSuccess``), keeping what was counted as recent."""
+        self.met, self.outputs = {}, {}
+        self.recent, self.counted = self.counted, {}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -227,6 +253,8 @@ class PreconditionWindow:
             "end": None if self.end is None else self.end.isoformat(),
             "met": {k: v.isoformat() for k, v in self.met.items()},
             "outputs": self.outputs,
+            "counted": [list(identity) for identity in self.counted],
+            "recent": [list(identity) for identity in self.recent],
         }
 
     def to_json(self) -> bytes:
@@ -244,11 +272,27 @@ class PreconditionWindow:
                 end=_parse(data.get("end")),
                 met={str(k): _required(_parse(v)) for k, v in dict(data.get("met") or {}).items()},
                 outputs=dict(data.get("outputs") or {}),
+                counted=_identities(data.get("counted")),
+                recent=_identities(data.get("recent")),
             )
         except orjson.JSONDecodeError as exc:
             raise ValueError(f"a precondition window is not valid JSON: {exc}") from None
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"a precondition window has a bad shape: {exc!r}") from None
+
+
+#: The most execution ids a window remembers in ``counted`` (and so in ``recent``).
+MAX_COUNTED = 1024
+
+
+def _trim(identities: dict[tuple[str, int], None]) -> None:
+    while len(identities) > MAX_COUNTED:
+        del identities[next(iter(identities))]
+
+
+def _identities(value: Any) -> dict[tuple[str, int], None]:
+    """Decode ``[[execution id, attempt], ...]``; a record written before these existed has none."""
+    return {(str(execution_id), int(attempt)): None for execution_id, attempt in value or ()}
 
 
 def _parse(value: Any) -> datetime | None:

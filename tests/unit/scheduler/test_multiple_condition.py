@@ -113,8 +113,9 @@ def test_the_docs_example_fires_once_both_flows_succeeded_within_twelve_hours() 
     assert len(fired.events) == 1
     assert fired.events[0].trigger["variables"]["flowId"] == "multiplecondition_flow_b"
     # resetOnSuccess (default): the window starts over, one flow alone fires nothing again.
-    assert fired.removed_windows == [first.windows[0].record_key]
-    assert list(book.windows()) == []
+    (reset,) = fired.windows
+    assert fired.removed_windows == [] and reset.record_key == first.windows[0].record_key
+    assert reset.met == {} and len(reset.recent) == 2 and list(book.windows()) == [reset]
     again = book.on_execution_end(ended(ns, "multiplecondition_flow_b", utc(2025, 1, 1, 4)))
     assert again.events == []
 
@@ -191,7 +192,7 @@ def test_with_preconditions_both_windows_must_be_complete() -> None:
     book.on_execution_end(ended(ns, "multiplecondition_flow_b", utc(2025, 1, 1, 2)))
     assert {w.preconditions_id for w in book.windows()} == {"multiple"}
     fired = book.on_execution_end(ended("other", "c", utc(2025, 1, 1, 3)))
-    assert len(fired.events) == 1 and list(book.windows()) == []
+    assert len(fired.events) == 1 and all(w.met == {} for w in book.windows())
 
 
 def test_a_changed_multiple_condition_starts_its_window_over() -> None:
@@ -260,3 +261,28 @@ def test_what_is_refused_at_deploy(trigger: str, needle: str) -> None:
     assert problems and needle in problems[0].message, problems
     with pytest.raises(FlowValidationError):
         flow_with(trigger)
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_a_replayed_batch_counts_each_upstream_once(reset: bool) -> None:
+    """Replayed ended executions (a crash before the offsets' commit) neither change the
+    MultipleCondition's window nor start another execution, with or without the reset."""
+    source = (
+        DOCS_EXAMPLE
+        if reset
+        else DOCS_EXAMPLE.replace("timeWindow:", "resetOnSuccess: false\n        timeWindow:")
+    )
+    book = book_of(source)
+    ns = "company.team"
+    batch = [
+        ended(ns, "multiplecondition_flow_a", utc(2025, 1, 1, 1)),
+        ended(ns, "multiplecondition_flow_b", utc(2025, 1, 1, 2)),
+    ]
+    assert [len(book.on_execution_end(e).events) for e in batch] == [0, 1]
+    before = [w.to_json() for w in book.windows()]
+    for e in batch:
+        replayed = book.on_execution_end(e)
+        assert replayed.events == [] and replayed.windows == []
+    assert [w.to_json() for w in book.windows()] == before
+    later = book.on_execution_end(ended(ns, "multiplecondition_flow_b", utc(2025, 1, 1, 3)))
+    assert len(later.events) == (0 if reset else 1)

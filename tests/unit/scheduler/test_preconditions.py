@@ -67,7 +67,7 @@ def test_one_upstream_flow_fires_for_each_matching_execution() -> None:
     at = utc(2025, 1, 1, 10)
     prod = {"env": "prod"}
     first = book.on_execution_end(ended("a", at, labels=prod))
-    assert len(first.events) == 1 and first.windows == [] and list(book.windows()) == []
+    assert len(first.events) == 1 and [w.met for w in first.windows] == [{}]
     assert len(book.on_execution_end(ended("a", utc(2025, 1, 1, 11), labels=prod)).events) == 1
     assert book.on_execution_end(ended("a", at, S.FAILED, labels=prod)).events == []
     assert book.on_execution_end(ended("a", at, labels={"env": "dev"})).events == []
@@ -87,7 +87,13 @@ def test_several_flows_fire_once_all_have_ended_in_the_window() -> None:
     variables = event.trigger["variables"]
     assert variables["flowId"] == "b"  # the execution that completed the set
     assert variables["outputs"] == {"x": 1, "y": 2, "m": {"p": 1, "q": 2}}
-    assert done.removed_windows == [f"{KEY}/both"] and list(book.windows()) == []
+    (reset,) = done.windows
+    assert done.removed_windows == [] and list(book.windows()) == [reset]
+    assert reset.met == {} and reset.outputs == {} and reset.counted == {}
+    assert set(reset.recent) == {
+        ("a-2025-01-01T09:00:00+00:00", 1),
+        ("b-2025-01-01T10:00:00+00:00", 1),
+    }
     # reset on success: b alone is not enough again
     assert book.on_execution_end(ended("b", utc(2025, 1, 1, 11))).events == []
 
@@ -225,3 +231,34 @@ def test_changed_preconditions_drop_the_window() -> None:
     )
     assert removed == [f"{KEY}/both"] and list(book.windows()) == []
     assert book.sync_flow(flow_with(trigger(TWO_FLOWS), flow_id="downstream")) == []
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_a_replayed_batch_changes_nothing_and_fires_nothing(reset: bool) -> None:
+    """After a crash between the window records and the offsets' commit, the ended executions
+    are read again: each (execution, attempt) is counted once, whatever the reset."""
+    book = book_for(TWO_FLOWS + f"      resetOnSuccess: {str(reset).lower()}\n")
+    batch = [ended("a", utc(2025, 1, 1, 9)), ended("b", utc(2025, 1, 1, 10))]
+    assert [len(book.on_execution_end(e).events) for e in batch] == [0, 1]
+    before = [w.to_json() for w in book.windows()]
+    restarted = book_for(TWO_FLOWS + f"      resetOnSuccess: {str(reset).lower()}\n")
+    for window in book.windows():
+        restarted.load_window(PreconditionWindow.from_json(window.to_json()))
+    for replaying in (book, restarted):
+        for e in batch:
+            replayed = replaying.on_execution_end(e)
+            assert replayed.events == [] and replayed.windows == []
+        assert [w.to_json() for w in replaying.windows()] == before
+    # A new upstream execution is still counted (and fires at once without the reset).
+    fresh = restarted.on_execution_end(ended("b", utc(2025, 1, 1, 11)))
+    assert len(fresh.events) == (0 if reset else 1)
+
+
+def test_a_window_record_without_counted_ids_loads_as_empty() -> None:
+    stored = (
+        b'{"key": "k", "preconditionsId": "p", "start": null, "end": null,'
+        b' "met": {"c": "2025-01-01T09:00:00+00:00"}, "outputs": {}}'
+    )
+    window = PreconditionWindow.from_json(stored)
+    assert window.counted == {} and window.recent == {} and set(window.met) == {"c"}
+    assert PreconditionWindow.from_json(window.to_json()) == window
