@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 from pydantic_core import to_jsonable_python
@@ -67,11 +68,10 @@ def input_json(resolved: ResolvedInput) -> dict[str, Any]:
 
 
 def execution_url(request: web.Request, execution: dict[str, Any]) -> str:
-    """Where a person looks at the execution: its JSON here (kestream has no UI)."""
-    tenant = request.match_info["tenant"]
-    return str(
-        request.url.with_path(f"/api/v1/{tenant}/executions/{execution['id']}").with_query(None)
-    )
+    """Where a person looks at the execution: its page in the web UI (``/ui/``, whose routes
+    live in the fragment), as Kestra's answer links to its own UI."""
+    page = request.url.with_path("/ui/").with_query(None)
+    return f"{page}#/executions/{quote(execution['id'], safe='')}"
 
 
 def current_state(execution: dict[str, Any]) -> StateType:

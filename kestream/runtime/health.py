@@ -105,18 +105,26 @@ class Check:
         return self.detail()
 
 
+#: Parts every role has (its own flows table, the ``flows`` check): in a process hosting
+#: several roles they are named ``role.name``, since the process's checks are keyed by name and
+#: same-named parts would hide each other. Every other part keeps the name it has in a process
+#: of one role (``index``, ``executor``, ``scheduler``...), so what reads /health sees the same
+#: checks whichever layout runs.
+PER_ROLE_PARTS = frozenset({"flows"})
+
+
 @dataclass(slots=True)
 class RolePart:
-    """A part of one role, named ``role.name`` in the health of a process hosting several
-    roles: each role has its own flows table (its ``flows`` check), and the process's checks
-    are keyed by name, so same-named parts would hide each other."""
+    """A part of one role in the health of a process hosting several roles
+    (:data:`PER_ROLE_PARTS` says which are named after their role)."""
 
     role: str
     part: HealthPart
 
     @property
     def health_name(self) -> str:
-        return f"{self.role}.{self.part.health_name}"
+        name = self.part.health_name
+        return f"{self.role}.{name}" if name in PER_ROLE_PARTS else name
 
     @property
     def is_live(self) -> bool:

@@ -132,7 +132,7 @@ def test_create_with_inputs_and_labels_then_get_search_and_logs(stack: Stack, ns
     assert labels["env"] == "test" and labels["owner"] == "me" and labels["team"] == "data"
     outputs = next(r for r in done["taskRunList"] if r["taskId"] == "out")["outputs"]
     assert outputs == {"values": {"greeting": "Hello Ada x3"}}
-    assert done["url"].endswith(f"/executions/{done['id']}")
+    assert done["url"].endswith(f"/ui/#/executions/{done['id']}")  # its page in the web UI
 
     got = stack.wait_state(done["id"], {"SUCCESS"})
     assert got["flowRevision"] == 1 and len(got["taskRunList"]) == 2

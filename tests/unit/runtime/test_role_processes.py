@@ -231,7 +231,7 @@ async def test_hosted_roles_start_side_by_side_each_with_its_own_member_health(
         # The process's own /health/ready covers both roles' parts.
         ok, details = service.health.ready()
         assert not ok
-        assert {"executor.executor-part", "worker.worker-part"} <= set(details["checks"])
+        assert {"executor-part", "worker-part"} <= set(details["checks"])
         ready_log = service._ready_log
         assert ready_log is not None
         assert not ready_log.done()  # logged once every role is ready, not before
@@ -335,11 +335,14 @@ async def test_same_named_parts_of_several_roles_each_count(
 def test_the_stop_grace_covers_the_worker_drain_beside_the_executor_stop() -> None:
     """A shared process stops the worker and the executor side by side: the supervisor's
     SIGTERM grace must cover the longer, the worker's drain, the wait for the tasks it kills
-    and its bounded commit, with room to close its clients."""
+    and for the records under way, its bounded commit and its producer's bounded close, with
+    room to close its other clients."""
     from kestream.runtime import executor_service, supervisor, worker_service
 
     worker = worker_service.DRAIN_TIMEOUT_S + worker_service.KILLED_WAIT_S
+    worker += worker_service.SIDE_TASKS_WAIT_S  # dead letters, KILLED results past the drain
     worker += 2 * worker_service.COMMIT_WAIT_S  # the periodic commit's, then its own
+    worker += worker_service.PRODUCER_CLOSE_S
     assert max(worker, executor_service._STOP_GRACE_S) + 2.0 <= supervisor._STOP_GRACE_S
 
 
@@ -418,3 +421,16 @@ def test_a_role_process_leaves_the_holiday_calendars_until_a_condition_asks() ->
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True", "True"]
+
+
+def test_only_the_parts_every_role_has_are_named_after_their_role() -> None:
+    """/health reads the same in both layouts: the API's ``index`` and the executor's
+    ``executor`` keep their names in a shared process; only each role's ``flows`` is prefixed."""
+    from kestream.runtime.health import Check, RolePart
+
+    def named(role: str, name: str) -> str:
+        return RolePart(role, Check(name, lambda: True)).health_name
+
+    assert named("api", "index") == "index"
+    assert named("executor", "executor") == "executor"
+    assert (named("api", "flows"), named("worker", "flows")) == ("api.flows", "worker.flows")
