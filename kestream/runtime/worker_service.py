@@ -115,10 +115,18 @@ DEDUP_MAX = 100_000
 DEDUP_RESULT_BYTES = 64 * 1024 * 1024
 #: How long ``getmany`` waits for records when there are none (held jobs are retried as often).
 FETCH_TIMEOUT_MS = 100
-#: Default time :meth:`WorkerService.stop` lets running jobs finish before giving them up.
-DRAIN_TIMEOUT_S = 10.0
+#: Default time :meth:`WorkerService.stop` lets running jobs finish before giving them up; the
+#: results of jobs that finish in it (and dead letters, KILLED results) are still produced.
+DRAIN_TIMEOUT_S = 9.0
 #: How long :meth:`WorkerService.stop` waits for the jobs it gave up on to end once killed.
 KILLED_WAIT_S = 1.0
+#: How long past the drain's deadline :meth:`WorkerService.stop` waits for the dead letters and
+#: KILLED results still being produced, before cancelling them (their records are then not
+#: done: the partition's next owner sees them again).
+SIDE_TASKS_WAIT_S = 0.5
+#: The longest :meth:`WorkerService.stop` waits for the producer to close: aiokafka's close
+#: flushes what is queued, with no end when the broker is gone.
+PRODUCER_CLOSE_S = 1.0
 #: The longest a forced commit (revocation, stop) waits for the periodic one under way (then
 #: cancels it), and the stop for its own: on broker loss aiokafka's commit waits for a
 #: coordinator with no end, and would hold the stop (and its process's other roles) with it.
@@ -311,6 +319,9 @@ class WorkerService:
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        #: Until when (monotonic) a stopping worker still produces results, dead letters and
+        #: answers: the stop's drain deadline (none once stopping without one).
+        self._send_until = 0.0
         self._partitions: dict[TopicPartition, _PartitionLog] = {}
         self._jobs: dict[JobKey, _Job] = {}  # running or held
         self._runs: dict[tuple[str, str], _Job] = {}  # by (execution id, task run id)
@@ -399,7 +410,13 @@ class WorkerService:
                 await asyncio.sleep(_ERROR_BACKOFF_S)
 
     async def stop(self, drain_timeout: float = DRAIN_TIMEOUT_S) -> None:
-        """Stop fetching, let running jobs finish (bounded), commit what is done, close."""
+        """Stop fetching, let running jobs finish (bounded), commit what is done, close.
+
+        Every step is bounded, their sum within the supervisor's SIGTERM grace: the drain
+        (:data:`DRAIN_TIMEOUT_S`, :data:`KILLED_WAIT_S`, :data:`SIDE_TASKS_WAIT_S`), the
+        commits (:data:`COMMIT_WAIT_S` twice) and the producer's close
+        (:data:`PRODUCER_CLOSE_S`)."""
+        self._send_until = time.monotonic() + drain_timeout
         self._stopping = True
         local_handoff.disconnect(self)
         consumer = self._consumer
@@ -423,13 +440,19 @@ class WorkerService:
             await consumer.stop()
             self._consumer = None
         if self._producer is not None:
-            await self._producer.stop()
+            try:
+                await asyncio.wait_for(self._producer.stop(), PRODUCER_CLOSE_S)
+            except TimeoutError:
+                log.warning("the producer did not close in %.0f s; left", PRODUCER_CLOSE_S)
             self._producer = None
         self._runner.close()
         self._pending_share.report(0)
         self._lag_share.report(0)
 
     async def _drain(self, timeout: float) -> None:
+        """Let running jobs finish, up to ``timeout`` (their results are produced meanwhile:
+        :meth:`_may_send`), then give them up; then wait for the dead letters and KILLED
+        results under way, until the same deadline and :data:`SIDE_TASKS_WAIT_S` past it."""
         running = [job.task for job in self._jobs.values() if job.task is not None]
         if running:
             _, pending = await asyncio.wait(running, timeout=timeout)
@@ -442,7 +465,19 @@ class WorkerService:
                     self._runner.kill(job.key[0], job.key[1])
                 await asyncio.wait(pending, timeout=KILLED_WAIT_S)
         if self._side_tasks:
-            await asyncio.wait(list(self._side_tasks), timeout=timeout)
+            left = max(self._send_until - time.monotonic(), 0.0) + SIDE_TASKS_WAIT_S
+            _, late = await asyncio.wait(list(self._side_tasks), timeout=left)
+            if late:
+                log.warning("stopping with %d records not produced; cancelled", len(late))
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+
+    def _may_send(self) -> bool:
+        """Whether records may still be produced: always while running, and while stopping
+        until the drain's deadline, so a job that finishes during the drain reports its result
+        (instead of running again on the partition's next owner)."""
+        return not self._stopping or time.monotonic() < self._send_until
 
     async def __aenter__(self) -> WorkerService:
         await self.start()
@@ -781,8 +816,9 @@ class WorkerService:
         self, job: _Job, result: ev.WorkerResult, lines: list[cmd.LogLine]
     ) -> ev.WorkerResult | None:
         """Produce the logs and the result and wait for the acks; the result sent, or ``None``
-        when the worker stops, or the job's partition goes to another worker, first (the job
-        then runs again on the partition's next owner).
+        when the stop's drain ends (:meth:`_may_send`), or the job is abandoned (its partition
+        gone to another worker, or given up by the stop), first (the job then runs again on
+        the partition's next owner).
 
         While the broker is away (a connection lost, a request timed out, a leader moving)
         the same result is sent again, with a capped backoff, until it is acknowledged: a
@@ -803,7 +839,7 @@ class WorkerService:
             result = _result_refused(result, job.task_id, len(value), room)
             value = records.encode_event(result)
         tries = 0
-        while not self._stopping and not job.abandoned:
+        while not job.abandoned and self._may_send():
             try:
                 sends = [(topics.logs, part, key) for part in logs]
                 sends.append((topics.results, value, key))
@@ -841,11 +877,11 @@ class WorkerService:
 
     async def _send_until_acked(self, topic: str, value: bytes, key: bytes | None) -> bool:
         """Produce one record, retrying with a capped backoff until the broker acknowledges it
-        (``True``) or the worker stops (``False``). Used for records that must get through
-        (a FAILED result, a finished job's answer, a dead letter): waiting for the broker is
-        then all a worker can do."""
+        (``True``) or the stop's drain ends (``False``, :meth:`_may_send`). Used for records
+        that must get through (a FAILED result, a finished job's answer, a dead letter):
+        waiting for the broker is then all a worker can do."""
         tries = 0
-        while not self._stopping:
+        while self._may_send():
             try:
                 (ack,) = await self._produce([(topic, value, key)])
                 await ack
