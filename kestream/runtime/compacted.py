@@ -100,19 +100,19 @@ async def read_to_end(
 ) -> None:
     """Apply each record of the assigned partitions until every position reaches its end."""
     pending = set(ends)
-    woken = False
+    got = False
     while True:
         for tp in list(pending):
             if await consumer.position(tp) >= ends[tp]:
                 pending.discard(tp)
         if not pending:
             return
-        if not woken:  # records are waiting: a paced consumer fetches them at once
+        if not got:  # records are waiting: a paced consumer fetches them at once, until the end
             wake(consumer)
-            woken = True
         batch = await consumer.getmany(
             *pending, timeout_ms=_FETCH_TIMEOUT_MS, max_records=max_records
         )
+        got = any(batch.values())
         for recs in batch.values():
             for rec in recs:
                 apply(rec)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from kestream.executor.instance_variables import InstanceVariables, set_instance_variables
 from kestream.expressions import set_render_timeout_ms, set_step_render_budget_ms
+from kestream.runtime.fetch_pacing import mark_embedded
 from kestream.runtime.record_limit import RecordLimit
 from kestream.runtime.tansu_compat import BrokerTraits, probe_broker
 from kestream.runtime.topics import Topics, ensure_topics
@@ -65,6 +66,8 @@ async def connect(settings: Settings, bootstrap: str | None = None) -> BrokerCon
     if not address:
         raise ValueError("no broker: set KESTREAM_BROKER, or start kestream through its CLI")
     traits = await probe_broker(address, settings=settings)
+    if traits.embedded:  # its consumers are paced and its producers ring (fetch_pacing)
+        mark_embedded(address)
     settings = for_broker(settings, traits)
     topics, limit = await ensure_topics(settings, address, traits.kind)
     return BrokerContext(

@@ -43,9 +43,12 @@ RING_EVERY_S = 0.05
 PEERS_TTL_S = 1.0
 _SUFFIX = ".sock"
 _MAX_TOPIC_BYTES = 1024
-# A ring that finds a socket's queue full is sent again this often, this many times.
+# A ring that finds a socket's queue full is sent again after this long, the gap doubling up
+# to _RESEND_MAX_S, for _RESEND_WINDOW_S; a socket still full then is stalled (a blocked loop):
+# it gets one try per ring, no resends, until a ring gets through again.
 _RESEND_S = 0.002
-_RESEND_TRIES = 50
+_RESEND_MAX_S = 0.05
+_RESEND_WINDOW_S = 0.2
 # A unix socket's address holds 107 bytes; a socket's name here takes at most 24 of them.
 _MAX_DIR_BYTES = 80
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
@@ -203,8 +206,11 @@ class Bell:
         self.every = every
         self.clock = clock
         self._last: dict[str, float] = {}
-        self._deferred: set[str] = set()
-        self._resending: set[tuple[str, str]] = set()
+        self._deferred: dict[str, asyncio.TimerHandle] = {}
+        #: Per listener whose queue was full: the topics to send it again, and its timer.
+        self._owed: dict[str, set[str]] = {}
+        self._resends: dict[str, asyncio.TimerHandle] = {}
+        self._stalled: set[str] = set()
         self._peers: list[str] = []
         self._peers_at = float("-inf")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -218,8 +224,8 @@ class Bell:
         if now >= due:
             self._send(topic, now)
         elif topic not in self._deferred:
-            self._deferred.add(topic)
-            asyncio.get_running_loop().call_later(due - now, self._ring_deferred, topic)
+            loop = asyncio.get_running_loop()
+            self._deferred[topic] = loop.call_later(due - now, self._ring_deferred, topic)
 
     def acked(self, topic: str, future: asyncio.Future[Any]) -> None:
         """A send's done-callback: ring once the broker holds the record (not on a failure)."""
@@ -227,7 +233,7 @@ class Bell:
             self.ring(topic)
 
     def _ring_deferred(self, topic: str) -> None:
-        self._deferred.discard(topic)
+        self._deferred.pop(topic, None)
         self._send(topic, self.clock())
 
     def _send(self, topic: str, now: float) -> None:
@@ -239,27 +245,53 @@ class Bell:
         for peer in tuple(self._peers):
             self._deliver(peer, topic)
 
-    def _deliver(self, peer: str, topic: str, tries: int = 0) -> None:
+    def _deliver(self, peer: str, topic: str) -> None:
+        if peer in self._resends:  # already waiting for room: this topic goes with the rest
+            self._owed[peer].add(topic)
+            return
+        if self._sendto(peer, topic) or peer in self._stalled:
+            return
+        # Its queue is full (a unix datagram socket holds few, net.unix.max_dgram_qlen): a
+        # burst of rings outran its reader. Try again with a growing gap, then stop resending.
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # rung outside a loop: nothing to try again with
+            return
+        self._owed[peer] = {topic}
+        self._resends[peer] = loop.call_later(
+            _RESEND_S, self._resend, peer, _RESEND_S, self.clock() + _RESEND_WINDOW_S
+        )
+
+    def _sendto(self, peer: str, topic: str) -> bool:
+        """One datagram; False when the listener's queue is full."""
         try:
             self._sock.sendto(topic.encode(), peer)
         except (BlockingIOError, InterruptedError):
-            # Its queue is full (a unix datagram socket holds few, net.unix.max_dgram_qlen):
-            # a burst of rings outran its reader. Try again shortly, then leave it to a probe.
-            if tries >= _RESEND_TRIES or (peer, topic) in self._resending:
-                return
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # rung outside a loop: nothing to try again with
-                return
-            self._resending.add((peer, topic))
-            loop.call_later(_RESEND_S, self._resend, peer, topic, tries)
+            return False
         except OSError as exc:
             if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
                 self._gone(peer, exc.errno == errno.ECONNREFUSED)
+            return True  # nobody to resend to
+        self._stalled.discard(peer)  # it reads again
+        return True
 
-    def _resend(self, peer: str, topic: str, tries: int) -> None:
-        self._resending.discard((peer, topic))
-        self._deliver(peer, topic, tries + 1)
+    def _resend(self, peer: str, gap: float, give_up: float) -> None:
+        del self._resends[peer]
+        left = self._owed.pop(peer, set())
+        while left:  # stop at the first that finds the queue still full: one try per resend
+            topic = next(iter(left))
+            if not self._sendto(peer, topic):
+                break
+            left.discard(topic)
+        if not left:
+            return
+        if self.clock() >= give_up:
+            self._stalled.add(peer)  # rings to it are lost now: its probes cover them
+            return
+        gap = min(gap * 2, _RESEND_MAX_S)
+        self._owed[peer] = left
+        loop = asyncio.get_running_loop()
+        self._resends[peer] = loop.call_later(gap, self._resend, peer, gap, give_up)
 
     def _list_peers(self) -> list[str]:
         try:
@@ -276,6 +308,16 @@ class Bell:
                 os.unlink(peer)
 
     def close(self) -> None:
+        """Send the deferred rings now (the records they follow were acknowledged), then
+        stop: the producer is going, and nothing would send them after."""
+        deferred, self._deferred = self._deferred, {}
+        for topic, timer in deferred.items():
+            timer.cancel()
+            self._send(topic, self.clock())
+        for timer in self._resends.values():
+            timer.cancel()
+        self._resends.clear()
+        self._owed.clear()
         self._sock.close()
 
 

@@ -11,8 +11,16 @@ background fetcher, and fetches again only when
   had a record of that topic acknowledged (every client of a loopback broker is on this host);
 - a probe is due (every ``probe_max`` seconds): the net for a ring lost or a producer that
   does not ring;
-- its assignment changed (a rebalance may hand it partitions with records waiting), or its
-  caller knows records are waiting (:meth:`PacedConsumer.wake`, used by table reads).
+- its assignment changed or was handed out again, or its caller moved a position (a seek):
+  records may be waiting there; or its caller knows records are waiting
+  (:meth:`PacedConsumer.wake`, used by table reads), or resumed partitions it had paused.
+
+A ring or wake-up is never dropped: it stays pending until a fetch *sent after it* has been
+answered for every partition the consumer fetches (aiokafka stamps a partition when it handles a
+fetch response, so the second stamp after the ring belongs to a request sent after it). A
+consumer never rests while a ring is pending, nor while a partition's position is behind the
+high watermark its last fetch reported (records fetched and not yet handed to the caller,
+which pausing would drop): a caller busy with a batch finds the next one when it asks.
 
 With the doorbell the quiet period is :data:`RUNG_QUIET_S` (a ring follows every record, so a
 fetch that finds nothing after the last ring is the end of it); without one (a directory that
@@ -26,7 +34,10 @@ loops that do timed work between fetches (timers, retries, ticks) keep their rhy
 
 Partitions the caller pauses itself (back-pressure) stay paused: the consumer tracks them apart
 from its own idle pause. On Apache Kafka fetches wait for data, so pacing is off there
-(:func:`pacing_for`): a consumer there costs one fetch per ``fetch_max_wait_ms`` (100 ms).
+(:func:`pacing_for`): a consumer there costs one fetch per ``fetch_max_wait_ms`` (100 ms). Pacing
+and the doorbell run only on the embedded broker (the one kestream starts,
+:func:`mark_embedded`): clients of a Tansu of one's own may run on other hosts or in containers
+that no ring reaches, so they poll as before.
 """
 
 from __future__ import annotations
@@ -39,7 +50,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from kestream.runtime.doorbell import Bell, Doorbell, doorbell_dir
@@ -132,6 +143,17 @@ class FetchPacer:
         return True
 
 
+#: The bootstrap addresses this process identified as kestream's embedded broker.
+_EMBEDDED: set[str] = set()
+
+
+def mark_embedded(bootstrap: str) -> None:
+    """Record that ``bootstrap`` is kestream's embedded broker (its cluster id, probed by
+    :func:`kestream.runtime.context.connect`): its consumers are paced and its producers ring.
+    Every client of it runs on this host, so every consumer hears every ring."""
+    _EMBEDDED.add(bootstrap)
+
+
 def pacing_for(settings: Settings, kind: str) -> Pacing | None:
     """The pacing of consumers of this broker: None (fetch as aiokafka does) on Kafka, whose
     fetches wait for data, or when ``KESTREAM_CONSUMER_IDLE_AFTER_MS`` is 0."""
@@ -166,9 +188,14 @@ class PacedConsumer(AIOKafkaConsumer):
         self._held_by_caller: set[TopicPartition] = set()
         #: The assignment paused for idleness, None while fetching.
         self._holding: frozenset[TopicPartition] | None = None
-        self._woke_ms = 0
+        #: A ring or wake-up not yet answered by a fetch sent after it (wall-clock ms, the
+        #: clock of aiokafka's stamps), and the first stamp each partition got since.
+        self._pending_ms: int | None = None
+        self._first_stamps: dict[TopicPartition, int] = {}
         self._rung = asyncio.Event()
         self._in_getmany = 0
+        #: The last getmany handed the caller records (it is busy with them, not waiting).
+        self._handed_records = False
         self._watch: asyncio.TimerHandle | None = None
         #: How often an idle consumer resumed fetching (a ring, a probe, a new assignment).
         self.wakes = 0
@@ -181,7 +208,7 @@ class PacedConsumer(AIOKafkaConsumer):
         self, topics: Iterable[str] = (), pattern: str | None = None, listener: Any = None
     ) -> None:
         topics = tuple(topics)
-        super().subscribe(topics, pattern=pattern, listener=listener)
+        super().subscribe(topics, pattern=pattern, listener=_WakingListener(self, listener))
         self._listen(topics)
         self._watch_idle()
 
@@ -189,16 +216,41 @@ class PacedConsumer(AIOKafkaConsumer):
         partitions = list(partitions)
         super().assign(partitions)
         self._listen(tp.topic for tp in partitions)
+        self.wake()  # aiokafka fetches assigned partitions afresh: records may wait there
         self._watch_idle()
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        super().seek(partition, offset)
+        self.wake()  # a rewind (the executor's fetch again) must not wait for a ring
+
+    async def seek_to_beginning(self, *partitions: TopicPartition) -> bool:
+        done: bool = await super().seek_to_beginning(*partitions)
+        self.wake()
+        return done
+
+    async def seek_to_end(self, *partitions: TopicPartition) -> bool:
+        done: bool = await super().seek_to_end(*partitions)
+        self.wake()
+        return done
+
+    async def seek_to_committed(self, *partitions: TopicPartition) -> dict[TopicPartition, int]:
+        committed: dict[TopicPartition, int] = await super().seek_to_committed(*partitions)
+        self.wake()
+        return committed
 
     def pause(self, *partitions: TopicPartition) -> None:
         self._held_by_caller.update(partitions)
         super().pause(*partitions)
 
     def resume(self, *partitions: TopicPartition) -> None:
+        """Let go of the caller's pause; a resting consumer wakes at once if one of them was
+        held (the worker's back-pressure: its jobs were rung for before it paused)."""
+        was_held = not self._held_by_caller.isdisjoint(partitions)
         self._held_by_caller.difference_update(partitions)
         if self._holding is None:
             super().resume(*partitions)
+        elif was_held:
+            self.wake()
 
     def paused(self) -> set[TopicPartition]:
         """The partitions the caller paused (the idle pause is the consumer's own)."""
@@ -213,14 +265,18 @@ class PacedConsumer(AIOKafkaConsumer):
         """Fetch again now: the caller knows records are waiting (a position behind its high
         watermark, say) and will ask for them."""
         self.pacer.traffic(self.clock(), self.pacer.pacing.settle)
+        self._pend()
         self._rung.set()
 
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
     ) -> Batch:
         self._in_getmany += 1
+        self._handed_records = False
         try:
-            return await self._getmany(partitions, timeout_ms, max_records)
+            batch = await self._getmany(partitions, timeout_ms, max_records)
+            self._handed_records = any(batch.values())
+            return batch
         finally:
             self._in_getmany -= 1
             self._watch_idle()
@@ -257,21 +313,54 @@ class PacedConsumer(AIOKafkaConsumer):
                 return batch
 
     def _settle(self, records: bool) -> None:
-        """After a fetch (or none for a while): pause when the pacer says idle. A wake-up
-        whose first fetch the broker has not answered yet waits for that answer first."""
+        """After a fetch (or none for a while): pause when the pacer says idle, unless a ring
+        or wake-up is still unanswered or records wait that the caller has not had yet."""
         now = self.clock()
-        if not records and now >= self.pacer.active_until and not self._answered():
+        if not records and now >= self.pacer.active_until and self._must_fetch():
             self.pacer.traffic(now, self.pacer.pacing.probe_window)
         if self.pacer.fetched(now, records):
             self._hold()
 
-    def _answered(self) -> bool:
+    def _must_fetch(self) -> bool:
         fetching = self.assignment() - self._held_by_caller
-        if not self._woke_ms or not fetching:
+        if not fetching:
+            return False  # the caller holds every partition: nothing to fetch, rest
+        return not self._answered(fetching) or self._behind(fetching)
+
+    def _pend(self) -> None:
+        """A ring or wake-up: pending until a fetch sent after it comes back."""
+        self._pending_ms = int(time.time() * 1000)
+        self._first_stamps.clear()
+
+    def _answered(self, fetching: set[TopicPartition]) -> bool:
+        """Whether every fetched partition got a response to a fetch sent after the pending
+        ring: its second stamp since (the first may answer a request sent before it)."""
+        since = self._pending_ms
+        if since is None:
             return True
         for tp in fetching:
             stamp = self.last_poll_timestamp(tp)
-            if stamp is not None and stamp >= self._woke_ms:
+            if stamp is None or stamp < since:
+                return False
+            first = self._first_stamps.setdefault(tp, stamp)
+            if stamp <= first:
+                return False
+        self._pending_ms = None
+        self._first_stamps.clear()
+        return True
+
+    def _behind(self, fetching: set[TopicPartition]) -> bool:
+        """Whether a partition's position is behind the high watermark its last fetch
+        reported: records fetched (or fetchable) that the caller has not had. Pausing would
+        drop aiokafka's buffer and leave them to the next ring or probe."""
+        assignment = self._subscription.subscription
+        if assignment is None:
+            return False
+        for tp in fetching:
+            state = assignment.assignment.state_value(tp)
+            if state is None or not state.has_valid_position or state.highwater is None:
+                continue
+            if state.position < state.highwater:
                 return True
         return False
 
@@ -291,6 +380,8 @@ class PacedConsumer(AIOKafkaConsumer):
         self._watch = None
         if self._in_getmany or self._holding is not None:
             return  # getmany decides, and arms the watch again when it returns
+        if self._handed_records and self.on_ring is None:
+            return  # busy with a batch: its next getmany decides (and arms the watch again)
         self._settle(records=False)
         self._watch_idle()
 
@@ -317,6 +408,7 @@ class PacedConsumer(AIOKafkaConsumer):
 
     def _ring(self, topic: str) -> None:
         self.pacer.traffic(self.clock())
+        self._pend()
         self._rung.set()
         if self.on_ring is not None:
             self.on_ring()
@@ -344,9 +436,33 @@ class PacedConsumer(AIOKafkaConsumer):
 
     def _release(self) -> None:
         self.wakes += 1
-        self._woke_ms = int(time.time() * 1000)
+        if self._pending_ms is None:  # a probe or a rebalance: it too waits for its answer
+            self._pend()
         self._holding = None
         super().resume(*(self.assignment() - self._held_by_caller))
+
+
+class _WakingListener(ConsumerRebalanceListener):
+    """The caller's rebalance listener, and a wake-up on every assignment: aiokafka fetches
+    the partitions afresh, even when the same ones come back."""
+
+    def __init__(self, consumer: PacedConsumer, inner: Any) -> None:
+        self.consumer = consumer
+        self.inner = inner
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        if self.inner is not None:
+            await _maybe_await(self.inner.on_partitions_revoked(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.consumer.wake()
+        if self.inner is not None:
+            await _maybe_await(self.inner.on_partitions_assigned(assigned))
+
+
+async def _maybe_await(result: Any) -> None:
+    if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+        await result
 
 
 def on_ring(consumer: AIOKafkaConsumer, callback: Callable[[], None]) -> bool:
@@ -366,9 +482,9 @@ def wake(consumer: AIOKafkaConsumer) -> None:
 
 def paced_consumer_options(settings: Settings, bootstrap: str, kind: str) -> dict[str, Any]:
     """The extra keyword arguments of a :class:`PacedConsumer` for this broker; empty when
-    consumers are not paced there (:func:`pacing_for`)."""
+    consumers are not paced there (:func:`pacing_for`) or it is not the embedded broker."""
     pacing = pacing_for(settings, kind)
-    if pacing is None:
+    if pacing is None or bootstrap not in _EMBEDDED:
         return {}
     directory = doorbell_dir(bootstrap)
     if directory is not None:
@@ -383,7 +499,7 @@ def paced_consumer_options(settings: Settings, bootstrap: str, kind: str) -> dic
 def producer_bell(settings: Settings, bootstrap: str, kind: str) -> Bell | None:
     """The bell a producer of this broker rings for the paced consumers on this host; None
     where consumers are not paced or no doorbell directory can be had."""
-    if pacing_for(settings, kind) is None:
+    if pacing_for(settings, kind) is None or bootstrap not in _EMBEDDED:
         return None
     directory = doorbell_dir(bootstrap)
     return Bell(directory) if directory is not None else None

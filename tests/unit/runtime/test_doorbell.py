@@ -176,3 +176,76 @@ async def test_rings_that_find_a_full_queue_are_sent_again(tmp_path: Path) -> No
     assert heard == set(topics)
     bell.close()
     reader.close()
+
+
+async def test_a_deferred_ring_is_sent_when_its_producer_stops(tmp_path: Path) -> None:
+    """A worker stopping with its last results acknowledged: their ring must still go out."""
+    directory = doorbell_dir("127.0.0.1:7", base=tmp_path)
+    assert directory is not None
+    heard: list[str] = []
+    door = Doorbell.shared(directory)
+    door.listen(["t"], heard.append)
+    bell = Bell(directory, every=60.0)
+    bell.ring("t")
+    bell.ring("t")  # within the gap: deferred
+    assert bell.rung == 1
+    bell.close()
+    assert bell.rung == 2, "sent on close, not dropped"
+    while len(heard) < 2:
+        await asyncio.sleep(0.01)
+    assert heard == ["t", "t"]
+    door.close()
+
+
+class _CountingSocket:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sent = 0
+
+    def sendto(self, data: bytes, address: str) -> int:
+        self.sent += 1
+        return self.sock.sendto(data, address)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def test_a_stalled_listener_gets_a_backed_off_resend_then_one_try_per_ring(
+    tmp_path: Path,
+) -> None:
+    """A listener whose loop is blocked must not make a producer resend each topic every
+    2 ms: one timer per listener, a growing gap, then no resends until it reads again."""
+    directory = doorbell_dir("127.0.0.1:8", base=tmp_path)
+    assert directory is not None
+    reader = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    peer = str(directory / "1-1.sock")
+    reader.bind(peer)
+    reader.setblocking(False)
+    bell = Bell(directory, every=0.0)
+    counting = _CountingSocket(bell._sock)
+    bell._sock = counting  # type: ignore[assignment]
+    topics = [f"t{i}" for i in range(40)]
+    for topic in topics:
+        bell.ring(topic)  # nobody reads: the queue fills long before 40
+    rung_sends = counting.sent
+    assert rung_sends < len(topics), "once full, the rest wait with the listener's one timer"
+    assert list(bell._resends) == [peer]
+    for _ in range(1000):
+        if peer in bell._stalled:
+            break
+        await asyncio.sleep(0.005)
+    assert peer in bell._stalled, "given up on after the retry window"
+    resends = counting.sent - rung_sends
+    assert 0 < resends <= 12, f"{resends} resends: one per backed-off try, not per topic"
+    before = counting.sent
+    bell.ring("t0")
+    assert counting.sent == before + 1 and not bell._resends, "stalled: one try, no resends"
+    while True:  # it reads again
+        try:
+            reader.recv(1024)
+        except BlockingIOError:
+            break
+    bell.ring("t1")
+    assert peer not in bell._stalled, "a ring that gets through: it is listened to again"
+    bell.close()
+    reader.close()

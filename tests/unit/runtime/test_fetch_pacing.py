@@ -5,14 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 
+from kestream.runtime.compacted import read_to_end
 from kestream.runtime.doorbell import Bell, doorbell_dir
-from kestream.runtime.fetch_pacing import FetchPacer, PacedConsumer, Pacing, on_ring, pacing_for
+from kestream.runtime.fetch_pacing import (
+    FetchPacer,
+    PacedConsumer,
+    Pacing,
+    mark_embedded,
+    on_ring,
+    paced_consumer_options,
+    pacing_for,
+    producer_bell,
+)
 from kestream.settings import Settings
 
 PACING = Pacing(quiet=2.0, probe_first=0.25, probe_max=1.0, probe_window=0.1)
@@ -115,8 +127,13 @@ async def test_the_callers_pause_outlives_the_idle_pause(short_dir: Path) -> Non
     consumer._hold()
     assert consumer.resting and _all_paused(consumer) == {a, b}
     assert consumer.paused() == {a}, "the caller sees only its own pause"
-    consumer.resume(a)  # the caller lets go while the consumer rests: still resting
-    assert _all_paused(consumer) == {a, b}
+    consumer.pause(b)
+    consumer.resume(b)  # the caller lets go while the consumer rests
+    assert _all_paused(consumer) == {a, b}, "its next getmany resumes the partitions"
+    assert consumer.paused() == {a}
+    consumer._release()
+    assert not consumer.resting and _all_paused(consumer) == {a}
+    consumer._hold()
     consumer.pause(a)
     consumer._release()
     assert not consumer.resting and _all_paused(consumer) == {a}
@@ -165,3 +182,243 @@ def test_a_stream_of_records_keeps_the_consumer_awake_longer_than_a_lone_record(
     assert pacer.active_until == pytest.approx(2.6), "a stream: awake for stream_quiet"
     assert not pacer.fetched(2.5, records=False)
     assert pacer.fetched(2.6, records=False)
+
+
+# -- wake-ups are never lost (a broker stand-in: aiokafka's fetch replaced) -------------------
+
+
+class _Broker:
+    """What the consumer's fetcher sees: records to hand out, and the poll stamps aiokafka
+    would set on each fetch response (``answer``)."""
+
+    def __init__(self) -> None:
+        self.fetches = 0
+        self.records: list[ConsumerRecord[bytes, bytes]] = []
+        self.stamp: int | None = None
+
+    def answer(self) -> None:
+        """A fetch response handled now (a stamp after every earlier one)."""
+        self.stamp = max(int(time.time() * 1000), (self.stamp or 0) + 1)
+
+    def record(self, tp: TopicPartition) -> None:
+        self.records.append(
+            ConsumerRecord(tp.topic, tp.partition, 0, 0, 0, None, b"v", None, 0, 1, [])
+        )
+
+
+@pytest.fixture
+def broker(monkeypatch: pytest.MonkeyPatch) -> _Broker:
+    stand_in = _Broker()
+
+    async def getmany(
+        self: AIOKafkaConsumer, *partitions: TopicPartition, timeout_ms: int = 0, **_: object
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        stand_in.fetches += 1
+        if stand_in.records:
+            taken, stand_in.records = stand_in.records, []
+            return {TopicPartition(taken[0].topic, taken[0].partition): taken}
+        await asyncio.sleep(timeout_ms / 1000)
+        return {}
+
+    monkeypatch.setattr(AIOKafkaConsumer, "getmany", getmany)
+    monkeypatch.setattr(AIOKafkaConsumer, "last_poll_timestamp", lambda self, tp: stand_in.stamp)
+    # aiokafka's seek needs a started fetcher: the position itself does not matter here.
+    monkeypatch.setattr(AIOKafkaConsumer, "seek", lambda self, tp, offset: None)
+    return stand_in
+
+
+class _Clock:
+    """The monotonic clock, moved on by hand (``now += s``) to pass quiet periods."""
+
+    def __init__(self) -> None:
+        self.skew = 0.0
+
+    @property
+    def now(self) -> float:
+        return time.monotonic() + self.skew
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.skew += value - self.now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _paced(clock: _Clock) -> PacedConsumer:
+    pacing = Pacing(quiet=0.02, probe_first=5.0, probe_max=5.0, probe_window=0.02)
+    return PacedConsumer(bootstrap_servers="127.0.0.1:7", pacing=pacing, doorbell=None, clock=clock)
+
+
+async def _rest(consumer: PacedConsumer, clock: _Clock, broker: _Broker) -> None:
+    """Let the consumer go idle: its active period over, and fetches answered until every
+    wake-up is (the consumer sees a stamp when it looks, so the first it sees may be later
+    than the first response)."""
+    for _ in range(3):
+        clock.now += 1  # past the active period, short of the first probe (5 s)
+        broker.answer()
+        consumer._watch_fired()
+        if consumer.resting:
+            return
+    raise AssertionError("the consumer does not rest")
+
+
+async def test_a_ring_heard_while_the_caller_is_busy_with_a_batch_is_fetched_next(
+    broker: _Broker,
+) -> None:
+    clock = _Clock()
+    consumer = _paced(clock)
+    tp = TopicPartition("t", 0)
+    consumer.assign([tp])
+    broker.record(tp)
+    assert await consumer.getmany(timeout_ms=20), "the caller has a batch and works on it"
+    consumer._ring("t")
+    broker.record(tp)
+    for _ in range(3):  # the caller is busy far beyond the quiet period; the fetcher answers
+        clock.now += 10
+        broker.answer()
+        consumer._watch_fired()
+    assert not consumer.resting, "a caller busy with a batch is not paused under it"
+    batch = await consumer.getmany(timeout_ms=20)
+    assert batch.get(tp), "the record rung for while busy comes with the next getmany"
+    await consumer.stop()
+
+
+async def test_a_ring_heard_while_resting_or_unanswered_leads_to_a_fetch(broker: _Broker) -> None:
+    clock = _Clock()
+    consumer = _paced(clock)
+    tp = TopicPartition("t", 0)
+    consumer.assign([tp])
+    assert not await consumer.getmany(timeout_ms=1)
+    await _rest(consumer, clock, broker)
+    consumer._ring("t")
+    clock.now += 1  # its active period passes before the caller asks again
+    consumer._watch_fired()
+    broker.record(tp)
+    assert (await consumer.getmany(timeout_ms=20)).get(tp), "the ring is still pending"
+    assert not await consumer.getmany(timeout_ms=1), "the caller asks again: nothing more"
+    consumer._ring("t")
+    broker.answer()  # a response, maybe to a fetch sent before the ring: not an answer yet
+    clock.now += 1
+    consumer._watch_fired()
+    assert not consumer.resting, "a ring whose answer may not include its record"
+    broker.answer()
+    clock.now += 1
+    consumer._watch_fired()
+    assert consumer.resting, "answered by a fetch sent after the ring: it rests"
+    await consumer.stop()
+
+
+async def test_records_fetched_but_not_yet_taken_keep_the_consumer_fetching(
+    broker: _Broker,
+) -> None:
+    """The caller is busy after an empty getmany; meanwhile the fetcher buffered records
+    (position behind the high watermark): pausing would drop them until the next ring."""
+    clock = _Clock()
+    consumer = _paced(clock)
+    tp = TopicPartition("t", 0)
+    consumer.assign([tp])
+    assert not await consumer.getmany(timeout_ms=1)
+    state = consumer._subscription.subscription.assignment.state_value(tp)
+    state.seek(3)
+    state.highwater = 5
+    for _ in range(3):
+        clock.now += 10
+        broker.answer()
+        consumer._watch_fired()
+    assert not consumer.resting
+    state.seek(5)  # the caller took them
+    await _rest(consumer, clock, broker)
+    await consumer.stop()
+
+
+async def test_the_callers_resume_wakes_a_resting_consumer(broker: _Broker) -> None:
+    """The worker pauses everything when saturated and waits outside getmany; its resume must
+    fetch the jobs rung for before the pause at once, not at the next probe."""
+    clock = _Clock()
+    consumer = _paced(clock)
+    tp = TopicPartition("jobs", 0)
+    consumer.assign([tp])
+    assert not await consumer.getmany(timeout_ms=1)
+    await _rest(consumer, clock, broker)
+    consumer.pause(tp)  # saturated while its consumer rested
+    consumer.resume(*consumer.paused())
+    broker.record(tp)
+    fetched = broker.fetches
+    assert (await consumer.getmany(timeout_ms=20)).get(tp)
+    assert broker.fetches > fetched
+    assert not consumer.resting
+    await consumer.stop()
+
+
+@pytest.mark.parametrize("how", ["seek", "assign", "rebalance"])
+async def test_a_seek_or_the_same_assignment_again_wakes_a_resting_consumer(
+    broker: _Broker, how: str
+) -> None:
+    clock = _Clock()
+    consumer = _paced(clock)
+    tp = TopicPartition("t", 0)
+    if how == "rebalance":
+        consumer.subscribe(["t"])
+        consumer._subscription.assign_from_subscribed({tp})
+    else:
+        consumer.assign([tp])
+    assert not await consumer.getmany(timeout_ms=1)
+    await _rest(consumer, clock, broker)
+    if how == "seek":
+        consumer.seek(tp, 0)  # the executor's fetch again rewinds a batch already rung for
+    elif how == "assign":
+        consumer.assign([tp])
+    else:
+        await consumer._subscription.listener.on_partitions_assigned({tp})
+    broker.record(tp)
+    assert (await consumer.getmany(timeout_ms=20)).get(tp)
+    await consumer.stop()
+
+
+async def test_read_to_end_wakes_the_consumer_until_it_reaches_the_end() -> None:
+    tp = TopicPartition("t", 0)
+
+    class Reader(PacedConsumer):
+        def __init__(self) -> None:
+            super().__init__(
+                bootstrap_servers="127.0.0.1:7", pacing=PACING, doorbell=None, clock=_Clock()
+            )
+            self.at = 0
+            self.empty_batches = 2
+            self.woken = 0
+
+        async def position(self, partition: TopicPartition) -> int:
+            return self.at
+
+        def wake(self) -> None:
+            self.woken += 1
+
+        async def getmany(
+            self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+        ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+            if self.empty_batches:
+                self.empty_batches -= 1
+                return {}
+            self.at = 1
+            return {tp: [ConsumerRecord("t", 0, 0, 0, 0, None, b"v", None, 0, 1, [])]}
+
+    reader = Reader()
+    applied: list[object] = []
+    await read_to_end(reader, {tp: 1}, applied.append)
+    assert len(applied) == 1
+    assert reader.woken == 3, "woken before the first fetch and after each empty one"
+    await reader.stop()
+
+
+def test_pacing_and_the_doorbell_only_on_the_broker_kestream_started(short_dir: Path) -> None:
+    """A Tansu of one's own may have clients on other hosts or in containers that no ring
+    reaches: its consumers keep polling."""
+    settings = Settings()
+    own = "127.0.0.1:29093"
+    assert paced_consumer_options(settings, own, "tansu") == {}
+    assert producer_bell(settings, own, "tansu") is None
+    embedded = "127.0.0.1:29094"
+    mark_embedded(embedded)
+    assert paced_consumer_options(settings, embedded, "tansu")["pacing"] is not None
+    assert paced_consumer_options(settings, embedded, "kafka") == {}
