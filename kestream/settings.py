@@ -130,9 +130,9 @@ class Settings(BaseSettings):
         ge=0,
         description="KESTREAM_CONSUMER_IDLE_AFTER_MS: on the embedded broker, a consumer with "
         "no records this long pauses its fetching until a producer rings its doorbell or a "
-        "probe is due. Where the doorbell works (the broker on loopback: every client on this "
-        "host) consumers pause 20 ms after the last record or ring. 0 = always poll. Not used "
-        "on Kafka, whose fetches wait for data.",
+        "probe is due. Where the doorbell works (every client on this host) consumers pause "
+        "20 ms after the last record or ring. 0 = always poll. Not used on Kafka, whose "
+        "fetches wait for data, nor on a Tansu of one's own (its consumers poll).",
     )
     consumer_idle_probe_max_ms: int = Field(
         default=5_000,
