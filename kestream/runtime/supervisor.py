@@ -45,6 +45,7 @@ from typing import IO
 
 from kestream.runtime.broker_store import BrokerStore
 from kestream.runtime.embedded_broker import EmbeddedBroker, die_with_parent
+from kestream.runtime.fetch_pacing import mark_embedded
 from kestream.runtime.kafka_connection import embedded_refusal
 from kestream.runtime.restarts import (
     CRASHES_FILE_ENV,
@@ -202,6 +203,9 @@ class Supervisor:
             return self.settings.broker
         self.broker = EmbeddedBroker()
         await self.broker.astart()
+        # The broker mirror reads it from this process, not through connect(): mark it here so
+        # the mirror's consumer is paced and rests while nothing is written (fetch_pacing).
+        mark_embedded(self.broker.bootstrap)
         if not self.settings.standalone_durable:
             if (data / "broker" / "topics.json").exists():
                 log.warning("the broker state in %s is left as it is", data / "broker")

@@ -169,3 +169,26 @@ async def test_a_kill_of_a_shared_process_counts_for_every_role_it_hosts(tmp_pat
     _, supervisor = await _one_exit(tmp_path, slot, None, code=-9)
     assert supervisor.ledger is not None
     assert sorted(supervisor.ledger.crashes) == ["api", "executor", "scheduler", "worker"]
+
+
+async def test_the_embedded_broker_standalone_starts_is_marked_so_its_mirror_is_paced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker mirror reads the embedded broker from the supervisor's own process, not
+    through connect(): without the mark its consumer polls a fetch every 50 ms forever (an
+    idle standalone's broker then burns a sixth of a core)."""
+    from kestream.runtime import fetch_pacing
+    from kestream.runtime import supervisor as supervisor_module
+
+    class FakeBroker:
+        bootstrap = "127.0.0.1:39999"
+
+        async def astart(self) -> None:
+            return None
+
+    monkeypatch.setattr(supervisor_module, "EmbeddedBroker", FakeBroker)
+    monkeypatch.setattr(fetch_pacing, "_EMBEDDED", set())
+    settings = Settings(data_dir=str(tmp_path), standalone_durable=False)
+    supervisor = Supervisor(settings, None)
+    assert await supervisor._broker(tmp_path, first=True) == FakeBroker.bootstrap
+    assert fetch_pacing.paced_consumer_options(settings, FakeBroker.bootstrap, "tansu")
