@@ -584,16 +584,36 @@ class _Step:
                 self.commands.append(cmd.SendEvent(ev.Kill(tr.child_execution_id)))
             self.kill_batches(tr)
             if leaves_only:
+                waiting_pause = tr.id in self.st.paused_runs
                 self.unpause(tr)
                 self.cancel_timer(f"loop:{tr.id}")
                 self.cancel_timer(f"retry:{tr.id}")
-                self.complete(tr, S.KILLED)  # its parent goes on through the queue
+                if not ((waiting_loop or waiting_pause) and self.killed_into_finally(tr)):
+                    self.complete(tr, S.KILLED)  # its parent goes on through the queue
                 continue
             tr.state.move_task_run(S.KILLED, self.now, tr.task.id)
             self.changed[tr.id] = None
             killed.append(tr)
         for tr in killed:  # after the kills, which reach the worker first
             self.release_workdir(tr)
+
+    def killed_into_finally(self, tr: TaskRunState) -> bool:
+        """A flowable killed while none of its children run (a LoopUntil waiting for its next
+        iteration, a Pause waiting to be resumed) still runs its own ``finally`` block, then
+        ends KILLED, like one killed through its children. False when it has none."""
+        task = tr.task
+        if not isinstance(task, FlowableTask) or not task.finally_:
+            return False
+        group = tr.group
+        if group is None:  # a Pause plans its children once resumed
+            group = tr.group = plan_group(task, ChildPlan([]))
+            self.new_groups.add(tr.id)
+        if tr.state.current is S.PAUSED:
+            self.move(tr, S.RUNNING)
+        group.failed, group.worst = True, worst(group.worst, S.KILLED)
+        self.group_changed[tr.id] = None
+        self.branches_done(group, tr)  # no loop, no errors once failed by a kill
+        return True
 
     # -- the queue -----------------------------------------------------------------------
 

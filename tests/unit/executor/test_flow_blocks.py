@@ -588,3 +588,100 @@ def test_a_kill_ends_a_loop_waiting_for_its_next_iteration_then_runs_finally() -
     assert done.state.current is S.KILLED
     assert _state(done, "loop") is S.KILLED
     assert _state(done, "cleanup") is S.SUCCESS
+
+
+def _loop_with_finally(type_name: str, *, flow_finally: bool) -> str:
+    """A loop that waits a minute between iterations, with a ``finally`` of its own (and, as a
+    control, one at flow level)."""
+    flow = f"""
+id: loop-finally
+namespace: {NS}
+tasks:
+  - id: loop
+    type: {type_name}
+    condition: "{{{{ outputs.count.value == 'never' }}}}"
+    checkFrequency:
+      interval: PT1M
+    tasks:
+      - id: count
+        type: io.kestra.plugin.core.debug.Return
+        format: "{{{{ outputs.loop.iterationCount }}}}"
+    finally:
+      - id: loop_cleanup
+        type: io.kestra.plugin.core.log.Log
+        message: "loop cleanup while {{{{ execution.state }}}}"
+"""
+    if flow_finally:
+        flow += "finally:\n  - id: cleanup\n    type: io.kestra.plugin.core.debug.Return\n"
+        flow += "    format: x\n"
+    return flow
+
+
+@pytest.mark.parametrize(
+    "type_name", ["io.kestra.plugin.core.flow.LoopUntil", "io.kestra.plugin.core.flow.WaitFor"]
+)
+@pytest.mark.parametrize("flow_finally", [False, True])
+def test_a_kill_between_iterations_runs_the_loops_own_finally(
+    type_name: str, flow_finally: bool
+) -> None:
+    clock = ManualClock()
+    with Driver(clock=clock) as driver:
+        driver.deploy(_loop_with_finally(type_name, flow_finally=flow_finally))
+        waiting = driver.start(NS, "loop-finally")
+        assert waiting.state.current is S.RUNNING  # waiting for the interval
+        assert not _runs(waiting, "loop_cleanup")
+        done = driver.kill(waiting.id)
+        assert not driver.states[waiting.id].timers  # the next iteration will not come
+        driver.advance(timedelta(minutes=2))
+        after = driver.get(waiting.id)
+        messages = [line.message for line in driver.logs(waiting.id)]
+    assert done.state.current is S.KILLED
+    assert _history(done)[-2:] == [S.KILLING, S.KILLED]
+    assert _state(done, "loop") is S.KILLED
+    assert _state(done, "loop_cleanup") is S.SUCCESS
+    assert "loop cleanup while KILLING" in messages
+    assert [run.outputs for run in _runs(after, "count")] == [{"value": "1"}]  # no 2nd iteration
+    if flow_finally:
+        assert _state(done, "cleanup") is S.SUCCESS
+        order = [run.taskId for run in done.taskRunList]
+        assert order.index("loop_cleanup") < order.index("cleanup")
+
+
+PAUSE_WITH_FINALLY = f"""
+id: pause-finally
+namespace: {NS}
+tasks:
+  - id: wait
+    type: io.kestra.plugin.core.flow.Pause
+    delay: PT1M
+    tasks:
+      - id: after_pause
+        type: io.kestra.plugin.core.debug.Return
+        format: never
+    errors:
+      - id: on_error
+        type: io.kestra.plugin.core.debug.Return
+        format: error
+    finally:
+      - id: pause_cleanup
+        type: io.kestra.plugin.core.debug.Return
+        format: "{{{{ execution.state }}}}"
+"""
+
+
+def test_a_kill_during_a_pause_delay_runs_the_pauses_own_finally() -> None:
+    clock = ManualClock()
+    with Driver(clock=clock) as driver:
+        driver.deploy(PAUSE_WITH_FINALLY)
+        paused = driver.start(NS, "pause-finally")
+        assert paused.state.current is S.PAUSED
+        done = driver.kill(paused.id)
+        assert not driver.states[paused.id].timers  # the delay will not resume it
+        driver.advance(timedelta(minutes=2))
+        after = driver.get(paused.id)
+    assert done.state.current is S.KILLED
+    assert _history(done)[-2:] == [S.KILLING, S.KILLED]
+    assert _state(done, "wait") is S.KILLED
+    (cleanup,) = _runs(done, "pause_cleanup")
+    assert cleanup.state.current is S.SUCCESS and cleanup.outputs == {"value": "KILLING"}
+    assert not _runs(after, "after_pause") and not _runs(after, "on_error")  # a kill is no error
