@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from aiokafka import TopicPartition
+
 from kestream.runtime.broker_store import CONSUMER_GROUPS
 
 RUNTIME = Path(__file__).resolve().parents[3] / "kestream"
@@ -30,3 +32,26 @@ def test_every_group_of_the_roles_is_kept() -> None:
     found = _group_names()
     assert {"executor", "worker", "scheduler"} <= found  # the scan itself still sees them
     assert found - {"worker"} <= set(CONSUMER_GROUPS), found
+
+
+def test_offset_snapshots_space_out_while_idle_and_come_back_with_traffic() -> None:
+    """An idle mirror doubles the gap between snapshots of unchanged offsets (up to the cap);
+    a record fetched, or an offset that moved, brings back one a second."""
+    from kestream.runtime.broker_store import (
+        SNAPSHOT_EVERY_S,
+        SNAPSHOT_IDLE_MAX_S,
+        _SnapshotPace,
+    )
+
+    tp = TopicPartition("kestream.executions", 0)
+    pace = _SnapshotPace()
+    offsets = {"executor": {tp: 5}}
+    gaps = [pace.settled(offsets) for _ in range(8)]
+    assert gaps[:4] == [SNAPSHOT_EVERY_S, 2 * SNAPSHOT_EVERY_S, 4 * SNAPSHOT_EVERY_S, 8.0]
+    assert gaps[-1] == SNAPSHOT_IDLE_MAX_S  # capped
+    assert pace.after_fetch(False, 100.0) == 100.0  # an empty fetch changes nothing
+    sooner = pace.after_fetch(True, 1e12)  # records: the next snapshot within a second
+    assert sooner < 1e12 and pace.gap == SNAPSHOT_EVERY_S
+    assert pace.settled(offsets) == SNAPSHOT_EVERY_S  # records were fetched since the last
+    assert pace.settled(offsets) == 2 * SNAPSHOT_EVERY_S
+    assert pace.settled({"executor": {tp: 6}}) == SNAPSHOT_EVERY_S  # an offset moved
