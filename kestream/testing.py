@@ -24,6 +24,7 @@ from kestream.executor import events as ev
 from kestream.executor.admission import SlotTable
 from kestream.executor.context import input_variables
 from kestream.executor.flow_registry import FlowRegistry
+from kestream.executor.references import adopted
 from kestream.executor.replay import replay_event
 from kestream.executor.sla import TIMER_KIND as SLA_TIMER
 from kestream.executor.snapshot import execution_model
@@ -39,7 +40,6 @@ from kestream.models.ids import new_id
 from kestream.models.inputs import parse_inputs
 from kestream.models.state import StateType
 from kestream.plugins.loading import load_plugins
-from kestream.runtime.event_offload import adopted
 from kestream.secrets.encryption import scope_of
 from kestream.settings import get_settings
 from kestream.tasks.purge import PURGER

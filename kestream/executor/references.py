@@ -17,6 +17,7 @@ value it was and its URI.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,16 +25,18 @@ from typing import Any
 
 import orjson
 
+from kestream.executor import events as ev
 from kestream.executor.codec import CodecError, decode_value, encode_value
 from kestream.executor.sizes import over_limit, record_json
 from kestream.expressions import RenderError
 from kestream.storage.access import ExecutionFiles, FileAccessError
 from kestream.storage.backend import Storage
 from kestream.storage.current import get_storage
-from kestream.storage.keys import TaskRunFiles, to_uri
+from kestream.storage.keys import TaskRunFiles, execution_prefix, to_uri
 from kestream.storage.offload import (
     REF_KEY,
     Resolving,
+    adopt_references,
     holds_references,
     outputs_key,
     reference,
@@ -283,3 +286,27 @@ def parent_outputs(outputs: dict[str, Any], files: ExecutionFiles) -> Any:
     if not holds_references(outputs):
         return outputs
     return Resolving(outputs, _reader(files), "task", "a parent task")
+
+
+def adopted(event: ev.ExecutionCreated, storage: Storage | None = None) -> ev.ExecutionCreated:
+    """``event`` (a creation) with the stored values it carries from the execution it comes
+    from (a replay's replayed execution, a CREATE_NEW_EXECUTION retry's predecessor) copied
+    into its own folder, and its references pointing at the copies: the new execution may
+    read them, and a purge of the old one leaves them. Only that execution's folder is
+    copied from, in the same flow: a reference anywhere else stays as it is (the access rule
+    judges it where it is read). Blocking: off the event loop."""
+    source = event.parent_id if event.parent_id is not None else event.retry_of
+    if source is None or source == event.execution_id:
+        return event
+    sources = (execution_prefix(event.namespace, event.flow_id, source),)
+    target = execution_prefix(event.namespace, event.flow_id, event.execution_id)
+    inputs = event.inputs
+    if holds_references(inputs):
+        inputs = adopt_references(inputs, sources, target, storage)
+    replay = event.replay
+    if replay is not None:
+        snapshot = adopt_references(replay.snapshot, sources, target, storage)
+        replay = ev.ReplayFrom(snapshot, replay.task_run_id)
+    if inputs is event.inputs and replay is event.replay:
+        return event
+    return dataclasses.replace(event, inputs=inputs, replay=replay)

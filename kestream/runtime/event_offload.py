@@ -24,16 +24,14 @@ import logging
 from typing import Any
 
 from kestream.executor import events as ev
-from kestream.executor.references import encoded, offload
+from kestream.executor.references import adopted, encoded, offload
 from kestream.executor.restore import snapshot_attempt
 from kestream.runtime import records
 from kestream.storage.backend import Storage
 from kestream.storage.current import get_storage
-from kestream.storage.keys import execution_prefix, to_uri
+from kestream.storage.keys import to_uri
 from kestream.storage.offload import (
     StorageUnavailable,
-    adopt_references,
-    holds_references,
     input_value_key,
     snapshot_key,
 )
@@ -118,30 +116,6 @@ def needs_storage(value: bytes) -> bool:
     if b'"snapshotUri"' in value:
         return True
     return b'"@ref"' in value and (b'"retryOf":"' in value or b'"parentId":"' in value)
-
-
-def adopted(event: ev.ExecutionCreated, storage: Storage | None = None) -> ev.ExecutionCreated:
-    """``event`` (a creation) with the stored values it carries from the execution it comes
-    from (a replay's replayed execution, a CREATE_NEW_EXECUTION retry's predecessor) copied
-    into its own folder, and its references pointing at the copies: the new execution may
-    read them, and a purge of the old one leaves them. Only that execution's folder is
-    copied from, in the same flow: a reference anywhere else stays as it is (the access rule
-    judges it where it is read). Blocking: off the event loop."""
-    source = event.parent_id if event.parent_id is not None else event.retry_of
-    if source is None or source == event.execution_id:
-        return event
-    sources = (execution_prefix(event.namespace, event.flow_id, source),)
-    target = execution_prefix(event.namespace, event.flow_id, event.execution_id)
-    inputs = event.inputs
-    if holds_references(inputs):
-        inputs = adopt_references(inputs, sources, target, storage)
-    replay = event.replay
-    if replay is not None:
-        snapshot = adopt_references(replay.snapshot, sources, target, storage)
-        replay = ev.ReplayFrom(snapshot, replay.task_run_id)
-    if inputs is event.inputs and replay is event.replay:
-        return event
-    return dataclasses.replace(event, inputs=inputs, replay=replay)
 
 
 def prepared_event(value: bytes) -> ev.Event:
