@@ -148,13 +148,17 @@ class Executor:
         inline_tasks: bool = True,
         rng: random.Random | None = None,
         max_output_bytes: int | None = None,
+        inline_max_bytes: int | None = None,
     ) -> None:
         self.flows = flows
         self.clock = clock
         self.inline_tasks = inline_tasks
         self.max_output_bytes = max_output_bytes
         #: Outputs larger than this go to the internal storage (:mod:`.references`); 0: never.
-        self.inline_max_bytes = get_settings().output_inline_max_bytes
+        #: None: the process's KESTREAM_OUTPUT_INLINE_MAX_BYTES.
+        if inline_max_bytes is None:
+            inline_max_bytes = get_settings().output_inline_max_bytes
+        self.inline_max_bytes = inline_max_bytes
         self.rng = rng or random.Random()
         self.context_cache: dict[str, dict[str, Any]] = {}
 

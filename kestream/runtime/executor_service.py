@@ -159,6 +159,7 @@ class ExecutorService:
             clock=clock,
             inline_tasks=settings.executor_inline_tasks,
             max_output_bytes=self.limit.output_bytes,
+            inline_max_bytes=settings.output_inline_max_bytes,
         )
         self.registry = registry
         self.metrics = metrics if metrics is not None else process_metrics()

@@ -312,7 +312,11 @@ class WorkerService:
         #: Set when the group has assigned partitions to this worker (cleared while revoked).
         self.assigned = asyncio.Event()
         self.limit = ctx.record_limit
-        self._runner = TaskRunner(threads=self.threads, max_output_bytes=self.limit.output_bytes)
+        self._runner = TaskRunner(
+            threads=self.threads,
+            max_output_bytes=self.limit.output_bytes,
+            inline_max_bytes=ctx.settings.output_inline_max_bytes,
+        )
         #: Lines tasks log while they run, produced every ~200 ms rather than with the result.
         self.log_stream = LogStream(self._send_lines)
         self._consumer: AIOKafkaConsumer | None = None

@@ -305,7 +305,8 @@ def test_inputs_no_record_can_carry_are_refused_naming_the_input(stack: Stack, n
 
 
 def test_text_inputs_with_nul_and_odd_characters_round_trip(stack: Stack, ns: str) -> None:
-    for text in ("nul\x00inside", "é€😀", "\u2028line\u2029sep", "\ufeffbom", "x" * 100_000):
+    # The last is just under KESTREAM_OUTPUT_INLINE_MAX_BYTES (64 KiB), so it stays inline.
+    for text in ("nul\x00inside", "é€😀", "\u2028line\u2029sep", "\ufeffbom", "x" * 60_000):
         reply = stack.post_form(f"/executions/{ns}/typed?wait=true", {"s": text})
         assert reply.status == 200, reply.body
         done = reply.json()
@@ -313,6 +314,12 @@ def test_text_inputs_with_nul_and_odd_characters_round_trip(stack: Stack, ns: st
         assert done["inputs"]["s"] == text
         fetched = stack.get(f"/executions/{done['id']}").json()
         assert fetched["inputs"]["s"] == text
+    # Over it, the input is stored and the execution carries its reference (docs/storage.md).
+    reply = stack.post_form(f"/executions/{ns}/typed?wait=true", {"s": "x" * 100_000})
+    assert reply.status == 200, reply.body
+    done = reply.json()
+    assert done["state"]["current"] == "SUCCESS", done
+    assert done["inputs"]["s"]["@ref"].startswith("kestra:///"), done["inputs"]
     _alive(stack, ns)
 
 

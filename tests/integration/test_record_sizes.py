@@ -186,6 +186,9 @@ async def stack(
         partitions=2,
         max_record_bytes=LIMIT,
         executor_inline_tasks=request.param,
+        # The record limit itself is under test: large outputs and inputs stay in the records
+        # (with offloading on they go to storage: tests/unit/files, test_large_values_broker).
+        output_inline_max_bytes=0,
     )
     ctx = await connect(settings)
     assert ctx.record_limit.max_bytes == LIMIT
