@@ -25,7 +25,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench import report, workloads
+from bench import report, steady, workloads
 from bench.stack import Stack, StackConfig, Usage, describe, role_errors
 from kestream.client import Client
 from kestream.models.flow import WebhookTrigger, parse_flow
@@ -219,13 +219,18 @@ async def run_rate(workload: workloads.Workload, rate: float, options: RunOption
             else client_submit(client, stack.deployed[workload.flow_file])
         )
         stack.mark()
+        readings = asyncio.create_task(
+            steady.read_during(stack.cpu_now, time.time(), options.duration_s)
+        )
         samples, waits = await offer(client, submit, rate, options.duration_s)
+        first, last = await readings
         window_close, usage = await collect(stack, samples, waits, options.drain_s)
         profiles = await stack.end_profiles()
         where = describe(stack)
     row = report.rate_row(
         workload, rate, options.duration_s, _inline(options), samples, window_close, usage
     )
+    report.add_steady_cost(row, steady.steady_cost(first, last, (s.end for s in samples)))
     row.extra.update(where)
     row.extra["role_errors"] = role_errors(stack)
     if profiles:

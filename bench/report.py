@@ -26,6 +26,7 @@ from bench import reference, system_rows, workloads
 if TYPE_CHECKING:
     from bench.harness import Sample
     from bench.stack import Usage
+    from bench.steady import SteadyCost
 
 #: The fields of a JSON row, in BENCHMARKS.md's order (W3 rows add ``iterations``).
 JSON_FIELDS = (
@@ -105,6 +106,10 @@ class Row:
             body["via"] = self.extra["via"]
         if self.extra.get("isolation"):
             body["isolation"] = self.extra["isolation"]
+        if self.extra.get("steady_cpu_ms"):  # all roles and the broker, while offered
+            body["steady_cpu_ms_per_execution"] = round(
+                sum(self.extra["steady_cpu_ms"].values()), 3
+            )
         return body
 
     def key(self) -> tuple[Any, ...]:
@@ -362,12 +367,33 @@ def print_row(row: Row, floor: Sequence[dict[str, Any]] = ()) -> None:
 
 def cpu_line(row: Row) -> str | None:
     """CPU per completed execution of each role and the broker, and of all of them (the issue's
-    "CPU per W1 execution, all roles + broker"); None where there is none."""
+    "CPU per W1 execution, all roles + broker"), in the steady window while the rate was offered
+    (:mod:`bench.steady`), then over the whole measured window; None where there is none."""
     cost = cpu_per_execution(row)
     if not cost:
         return None
-    shown = ", ".join(f"{role} {ms:.2f} ms" for role, ms in cost.items())
-    return f"CPU per completed execution: {shown}; all {sum(cost.values()):.2f} ms"
+    whole = ", ".join(f"{role} {ms:.2f} ms" for role, ms in cost.items())
+    whole = f"whole run (with start and idle tail): {whole}; all {sum(cost.values()):.2f} ms"
+    steady = row.extra.get("steady_cpu_ms")
+    if not steady:
+        return f"CPU per completed execution, {whole}"
+    shown = ", ".join(f"{role} {ms:.2f} ms" for role, ms in steady.items())
+    window = (
+        f"{row.extra.get('steady_window_s', '?')} s, {row.extra.get('steady_ended', '?')} ended"
+    )
+    return (
+        f"CPU per completed execution, steady ({window}): {shown}; "
+        f"all {sum(steady.values()):.2f} ms; {whole}"
+    )
+
+
+def add_steady_cost(row: Row, cost: SteadyCost | None) -> None:
+    """Keep the steady window's CPU per execution (:mod:`bench.steady`) with the row."""
+    if cost is None:
+        return
+    row.extra["steady_cpu_ms"] = cost.ms
+    row.extra["steady_window_s"] = cost.window_s
+    row.extra["steady_ended"] = cost.ended
 
 
 def cpu_per_execution(row: Row) -> dict[str, float]:
@@ -621,6 +647,9 @@ _STORED_EXTRA = (
     "not_success",
     "submit_lag_p50_ms",
     "cpu_window_s",
+    "steady_cpu_ms",
+    "steady_window_s",
+    "steady_ended",
     "broker",
     "broker_kind",
     "executors",

@@ -377,6 +377,16 @@ class Stack:
         self._own_cpu_base = own_usage()[0]
         self._marked = time.monotonic()
 
+    def cpu_now(self) -> dict[str, float]:
+        """CPU seconds so far of each role (summed over its processes) and of the broker (when
+        this stack started it): the readings of the steady window (:mod:`bench.steady`)."""
+        spent: dict[str, float] = {}
+        for role in self.roles:
+            spent[role.role] = spent.get(role.role, 0.0) + (cpu_seconds(role.proc.pid) or 0.0)
+        if self.broker is not None and self.broker.pid is not None:
+            spent["broker"] = cpu_seconds(self.broker.pid) or 0.0
+        return spent
+
     def usage(self) -> Usage:
         """CPU since :meth:`mark` and peak RSS, summed over each role's processes."""
         usage = Usage(window_s=round(time.monotonic() - self._marked, 2) if self._marked else None)
