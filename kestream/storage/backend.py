@@ -27,6 +27,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 import obstore
 from obstore.store import LocalStore, S3Store
 
+from kestream.storage.durable import durable_file, durable_write
 from kestream.storage.keys import check_relative
 
 if TYPE_CHECKING:
@@ -95,8 +96,11 @@ class Storage:
 
     def put(self, key: str, data: bytes | Path | IO[bytes]) -> int:
         """Store ``data`` (bytes, a file path, or a binary reader, streamed) under ``key``;
-        returns the stored size."""
+        returns the stored size. On a local directory the write is durable (fsync, rename:
+        :mod:`kestream.storage.durable`)."""
         check_relative(key)
+        if self.local_root is not None:
+            return durable_write(self.local_root / key, data)
         if isinstance(data, Path):
             with data.open("rb") as source:
                 obstore.put(self._store, key, source)
@@ -107,8 +111,12 @@ class Storage:
     @contextmanager
     def writer(self, key: str) -> Iterator[Writer]:
         """A stream to write ``key`` piece by piece (buffered, multipart on S3); the file
-        appears when the block ends without an error."""
+        appears when the block ends without an error (durably on a local directory)."""
         check_relative(key)
+        if self.local_root is not None:
+            with durable_file(self.local_root / key) as out:
+                yield out
+            return
         with obstore.open_writer(self._store, key) as stream:
             yield stream
 
