@@ -338,13 +338,17 @@ class PacedConsumer(AIOKafkaConsumer):
         since = self._pending_ms
         if since is None:
             return True
-        for tp in fetching:
+        answered = True
+        for tp in fetching:  # every partition's first stamp noted, not just the first one's
             stamp = self.last_poll_timestamp(tp)
             if stamp is None or stamp < since:
-                return False
+                answered = False
+                continue
             first = self._first_stamps.setdefault(tp, stamp)
             if stamp <= first:
-                return False
+                answered = False
+        if not answered:
+            return False
         self._pending_ms = None
         self._first_stamps.clear()
         return True

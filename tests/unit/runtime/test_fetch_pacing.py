@@ -309,6 +309,27 @@ async def test_a_ring_heard_while_resting_or_unanswered_leads_to_a_fetch(broker:
     await consumer.stop()
 
 
+async def test_a_ring_is_answered_by_two_fetches_whatever_the_partition_count(
+    broker: _Broker,
+) -> None:
+    """Every partition's first stamp after a ring is noted by the same look: a consumer of 16
+    partitions rests after two fetch responses, as one of one partition does (noting one
+    partition per look kept it fetching for 16 of them, every probe and every ring)."""
+    clock = _Clock()
+    consumer = _paced(clock)
+    consumer.assign([TopicPartition("t", p) for p in range(16)])
+    assert not await consumer.getmany(timeout_ms=1)
+    await _rest(consumer, clock, broker)
+    consumer._ring("t")
+    consumer._release()  # the ring's fetch starts
+    for answers in (1, 2):
+        broker.answer()
+        clock.now += 1
+        consumer._watch_fired()
+        assert consumer.resting == (answers == 2), f"after {answers} fetch response(s)"
+    await consumer.stop()
+
+
 async def test_records_fetched_but_not_yet_taken_keep_the_consumer_fetching(
     broker: _Broker,
 ) -> None:
