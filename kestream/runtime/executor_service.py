@@ -335,9 +335,7 @@ class ExecutorService:
                 out = Outbox()
                 self._take_repairs(out)
                 await self._step_batch_paced(batch, out)
-                # After the fetched records, a batch at most, yielding as the batch does.
-                async for partition, event in paced(self.local.take(_BATCH)):
-                    self._apply(partition, event, out, None)
+                await self._step_handed(out)
                 await self._flush(out)
                 self._flushed(batch)
                 if self._stopping or time.monotonic() - self._committed_at >= self.commit_every_s:
@@ -393,6 +391,14 @@ class ExecutorService:
         async for tp, rec in paced(self._owned_records(batch)):
             self._step_record(tp, rec, out)
         self._step_time(out)
+
+    async def _step_handed(self, out: Outbox) -> None:
+        """Step the results a worker of this process handed over (:mod:`.local_handoff`), after
+        the fetched records: a batch at most, yielding as the batch does. Each is stepped as its
+        broker copy would be, from the copy's place: held behind its execution, it holds the
+        commit there; that copy, fetched in a later cycle, is skipped (:meth:`_handle`)."""
+        async for partition, offset, event in paced(self.local.take(_BATCH)):
+            self._apply(partition, event, out, (self.topics.results, offset))
 
     def _owned_records(
         self, batch: Batch
@@ -456,6 +462,8 @@ class ExecutorService:
     # -- step: one record ------------------------------------------------------------------
 
     def _handle(self, tp: TopicPartition, rec: ConsumerRecord[Any, Any], out: Outbox) -> None:
+        if tp.topic == self.topics.results and self.local.stepped_copy(tp.partition, rec.offset):
+            return  # the broker copy of a result handed over and stepped in an earlier cycle
         prepared = self._prepared.pop((tp, rec.offset), None)
         try:
             if isinstance(prepared, Exception):
@@ -779,6 +787,7 @@ class ExecutorService:
             self._repairs = [r for r in self._repairs if r[2] not in gone]  # the next owner's
             self.held.leave(gone)
             self.admission.leave(gone)
+            self.local.forget(gone)
             self.owned -= gone
 
     async def _commit_leaving(self, gone: set[int]) -> None:

@@ -11,9 +11,10 @@ fetches out:
   which starts it at once (:meth:`~kestream.runtime.worker_service.WorkerService.accept_local`).
 - **worker -> executor.** When a worker's result is acknowledged on a ``worker-results``
   partition the local executor owns now, the result's bytes are queued for it
-  (:class:`LocalResults`); its loop wakes from its fetch, and steps them in its next cycle
-  after the fetched records, without offsets (they are not the executor's input: the broker
-  copy is, and it is committed as any record).
+  (:class:`LocalResults`) with the offset the broker gave them; its loop wakes from its fetch,
+  and steps them in its next cycle after the fetched records. The broker copy stays the
+  executor's input, committed as any record; when it is fetched, it is recognised by its
+  offset and not decoded or stepped again (:meth:`LocalResults.stepped_copy`).
 
 **Crash safety.** Three rules keep delivery as it is without the hand-off:
 
@@ -23,16 +24,20 @@ fetches out:
    offsets, as it would have anyway.
 2. *Offsets move only on the broker copy.* The hand-off carries no offset. The worker commits a
    job's offset only once that record has been fetched and its job's result acknowledged; the
-   executor commits a result's offset only once it fetched and stepped that record (a no-op by
-   then). A crash before either replays the copy.
+   executor commits a result's offset only once it fetched that record, in a cycle after the
+   one that stepped the handed result and flushed what it made (a handed result held behind
+   its execution holds the commit at its copy's offset, as a fetched one does). A crash before
+   either replays the copy.
 3. *Every effect is deduplicated.* The worker keeps each job it was handed, per partition, by
    the offset of its broker copy until that copy is fetched (apart from its evicting memory of
    finished jobs, so a late copy is still known): the copy of a running job waits for it, the
    copy of a finished one is marked done without a second result, while a copy at another
    offset (the executor replayed its step after a crash and sent the job again) is answered
    again, as before. The broker copy of a handed-off result reaches an executor whose state
-   already applied it: results are applied once per (task run, attempt)
-   (:meth:`~kestream.executor.step.Step.current_attempt`), so the copy changes nothing.
+   already applied it: it is skipped by its (partition, offset); and were it stepped (fetched in
+   the cycle before the handed result was taken, or after a rebalance), results are applied
+   once per (task run, attempt) (:meth:`~kestream.executor.step.Step.current_attempt`), so the
+   copy would change nothing.
 
 **What can run twice.** A handed job's offset is committed only once its copy is fetched. So on
 a rebalance (the partition revoked), a stop or a crash, the handed jobs of a partition whose
@@ -70,6 +75,10 @@ log = logging.getLogger("kestream.handoff")
 #: At most this many results wait for one executor; past it a result is left to its broker
 #: copy, so results ending together cannot pile up in memory ahead of the executor's cycles.
 QUEUED_MAX = 4096
+#: At most this many handed results stepped whose broker copies are not fetched yet are
+#: remembered per partition (the oldest forgotten first): a forgotten one's copy is stepped,
+#: a no-op, instead of skipped.
+STEPPED_MAX = 4096
 
 
 class _Acked(Protocol):
@@ -88,38 +97,69 @@ class LocalResults:
         self.enabled = False
         #: Whether the executor owns an input partition now (and is not stopping).
         self.owns = owns
-        self._queued: list[tuple[int, bytes]] = []
+        self._queued: list[tuple[int, int, bytes]] = []
+        #: Per partition, the offsets of the broker copies of results stepped here, until each
+        #: is fetched (insertion-ordered, about in offset order: :meth:`stepped_copy`).
+        self._stepped: dict[int, dict[int, None]] = {}
         self._arrived = asyncio.Event()
         #: The getmany a handed-over result cut short: its consumer, the generation it began
         #: in, and its task, awaited again by the next :meth:`fetch`.
         self._pending: tuple[Any, int, asyncio.Future[Any]] | None = None
 
-    def offer(self, partition: int, value: bytes) -> bool:
-        """Queue a result acknowledged on ``partition`` of the results topic, if owned."""
+    def offer(self, partition: int, offset: int, value: bytes) -> bool:
+        """Queue a result acknowledged at ``offset`` of ``partition`` of the results topic, if
+        the partition is owned."""
         if not self.enabled or len(self._queued) >= QUEUED_MAX or not self.owns(partition):
             return False
-        self._queued.append((partition, value))
+        self._queued.append((partition, offset, value))
         self._arrived.set()
         return True
 
     def __len__(self) -> int:
         return len(self._queued)
 
-    def take(self, limit: int) -> Iterator[tuple[int, ev.Event]]:
-        """The first ``limit`` queued results of partitions still owned, decoded, in arrival
-        order (the rest stay queued, for the next cycle, which they end the fetch of). One that
-        cannot be decoded is skipped: its broker copy is dead-lettered when it is fetched."""
+    def take(self, limit: int) -> Iterator[tuple[int, int, ev.Event]]:
+        """The first ``limit`` queued results of partitions still owned, decoded, with their
+        partition and offset, in arrival order (the rest stay queued, for the next cycle, which
+        they end the fetch of). One that cannot be decoded is skipped: its broker copy is
+        dead-lettered when it is fetched.
+
+        The caller steps every result yielded, in the cycle whose flush writes what it made
+        (or holds it behind its execution, with its copy's offset, which holds the commit):
+        its broker copy, fetched in a later cycle, is then skipped (:meth:`stepped_copy`)."""
         queued, self._queued = self._queued[:limit], self._queued[limit:]
         if not self._queued:
             self._arrived.clear()
-        for partition, value in queued:
+        for partition, offset, value in queued:
             if not self.owns(partition):
                 continue  # revoked meanwhile: the partition's new owner steps the broker copy
             try:
                 event = records.decode_event(value)
             except Exception:
                 continue
-            yield partition, event
+            stepped = self._stepped.setdefault(partition, {})
+            stepped[offset] = None
+            if len(stepped) > STEPPED_MAX:
+                del stepped[next(iter(stepped))]
+            yield partition, offset, event
+
+    def stepped_copy(self, partition: int, offset: int) -> bool:
+        """Whether the record fetched at ``offset`` of ``partition`` of the results topic is the
+        broker copy of a result stepped here already (:meth:`take`): then neither decoded nor
+        stepped again. Copies arrive in offset order, so the entries left before it are of
+        copies fetched before their result was taken (stepped then): they are forgotten."""
+        stepped = self._stepped.get(partition)
+        if not stepped:
+            return False
+        found = stepped.pop(offset, False) is None
+        while stepped and (oldest := next(iter(stepped))) < offset:
+            del stepped[oldest]
+        return found
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop what is known of partitions revoked: their copies are their next owner's."""
+        for partition in partitions:
+            self._stepped.pop(partition, None)
 
     async def fetch(
         self, consumer: Any, timeout_ms: int, max_records: int, generation: int
@@ -225,7 +265,7 @@ class LocalHandoff:
         """A worker's result was acknowledged: queue it for the local executor owning its
         partition (results are keyed by execution id, as the executor's inputs are)."""
         for results in self.executors:
-            if results.offer(acked.partition, value):
+            if results.offer(acked.partition, acked.offset, value):
                 self.results += 1
                 return
 

@@ -743,7 +743,7 @@ class WorkerService:
         """Produce the result of a job that did not run (killed while held, or refused)."""
         sent = await self._publish(job, result, [])
         if sent is not None:
-            self._done(job, sent)
+            self._done(job, sent[1])
 
     async def _answer_again(self, key: JobKey, answer: bytes, mark: _Mark) -> None:
         """Produce a finished job's result again, for a copy of the job the executor sent
@@ -771,9 +771,9 @@ class WorkerService:
             seconds = time.monotonic() - started
             sent = None if job.abandoned else await self._publish(job, result, lines)
             if sent is not None:
-                self._done(job, sent)
+                self._done(job, sent[1])
                 self.stats["finished"] += 1
-                self.metrics.job_ended(*labels, sent.state.value, seconds)
+                self.metrics.job_ended(*labels, sent[0].state.value, seconds)
                 counted = True
         except asyncio.CancelledError:
             raise
@@ -810,19 +810,21 @@ class WorkerService:
         async with self._handing_over:
             return [await producer.send(topic, value, key=key) for topic, value, key in sends]
 
-    def _done(self, job: _Job, sent: ev.WorkerResult) -> None:
-        self._finished.add(job.key, records.encode_event(sent))
+    def _done(self, job: _Job, value: bytes) -> None:
+        """Mark ``job``'s records done, and remember it with the result record it was answered
+        with (``value``, as produced: encoded once)."""
+        self._finished.add(job.key, value)
         job.finished = True
         for mark in job.marks:
             mark.done = True
 
     async def _publish(
         self, job: _Job, result: ev.WorkerResult, lines: list[cmd.LogLine]
-    ) -> ev.WorkerResult | None:
-        """Produce the logs and the result and wait for the acks; the result sent, or ``None``
-        when the stop's drain ends (:meth:`_may_send`), or the job is abandoned (its partition
-        gone to another worker, or given up by the stop), first (the job then runs again on
-        the partition's next owner).
+    ) -> tuple[ev.WorkerResult, bytes] | None:
+        """Produce the logs and the result and wait for the acks; the result sent and its
+        record, or ``None`` when the stop's drain ends (:meth:`_may_send`), or the job is
+        abandoned (its partition gone to another worker, or given up by the stop), first (the
+        job then runs again on the partition's next owner).
 
         While the broker is away (a connection lost, a request timed out, a leader moving)
         the same result is sent again, with a capped backoff, until it is acknowledged: a
@@ -849,7 +851,7 @@ class WorkerService:
                 sends.append((topics.results, value, key))
                 acks = await asyncio.gather(*await self._produce(sends))
                 self._result_acked(acks[-1], value)
-                return result
+                return result, value
             except KafkaError as exc:
                 if record_fault(exc):
                     return await self._publish_refused(job, result, exc, key)
@@ -870,13 +872,13 @@ class WorkerService:
 
     async def _publish_refused(
         self, job: _Job, result: ev.WorkerResult, fault: Exception, key: bytes
-    ) -> ev.WorkerResult | None:
+    ) -> tuple[ev.WorkerResult, bytes] | None:
         """Send the FAILED result that replaces one the broker refused (:meth:`_publish`)."""
         failed = _result_unpublishable(result, job.task_id, fault)
         log.error("the result of %s cannot be published: %s", job.key, failed.error)
         value = records.encode_event(failed)
         if await self._send_until_acked(self.ctx.topics.results, value, key):
-            return failed
+            return failed, value
         return None
 
     async def _send_until_acked(self, topic: str, value: bytes, key: bytes | None) -> bool:

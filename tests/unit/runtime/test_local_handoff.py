@@ -22,6 +22,7 @@ from kestream.models.state import StateType
 from kestream.runtime import local_handoff, records
 from kestream.runtime.changelog_restorer import ChangelogRestorer
 from kestream.runtime.context import BrokerContext
+from kestream.runtime.executor_outbox import Outbox
 from kestream.runtime.executor_service import ExecutorService
 from kestream.runtime.local_handoff import QUEUED_MAX, LocalHandoff, LocalResults
 from kestream.runtime.metrics import Metrics
@@ -280,9 +281,10 @@ async def test_a_result_queued_for_a_partition_given_up_is_left_to_its_broker_co
     results = LocalResults(lambda partition: partition in owned)
     results.enabled = True
     value = records.encode_event(ev.WorkerResult("e", "r", 1, StateType.SUCCESS))
-    assert results.offer(0, value) and not results.offer(1, value)
+    assert results.offer(0, 5, value) and not results.offer(1, 5, value)
     owned.clear()  # revoked before the next cycle
     assert list(results.take(10)) == []
+    assert not results.stepped_copy(0, 5)  # never stepped here: its copy is
 
 
 async def test_a_cycle_takes_at_most_a_batch_of_results_and_the_queue_is_bounded() -> None:
@@ -292,9 +294,9 @@ async def test_a_cycle_takes_at_most_a_batch_of_results_and_the_queue_is_bounded
         records.encode_event(ev.WorkerResult(f"e{n}", "r", 1, StateType.SUCCESS))
         for n in range(QUEUED_MAX + 1)
     ]
-    offered = [results.offer(0, value) for value in values]
+    offered = [results.offer(0, offset, value) for offset, value in enumerate(values)]
     assert offered.count(True) == QUEUED_MAX and not offered[-1]  # left to its broker copy
-    assert [event.execution_id for _, event in results.take(2)] == ["e0", "e1"]
+    assert [event.execution_id for _, _, event in results.take(2)] == ["e0", "e1"]
     assert len(results) == QUEUED_MAX - 2 and results._arrived.is_set()  # the next cycle's
     assert len(list(results.take(QUEUED_MAX))) == QUEUED_MAX - 2
     assert not results._arrived.is_set()
@@ -322,9 +324,9 @@ async def test_a_fetch_is_cut_short_by_a_result_handed_over_and_its_getmany_kept
     consumer = _Fetching()
     fetch = asyncio.ensure_future(results.fetch(consumer, 60_000, 10, 3))
     await asyncio.sleep(0)
-    results.offer(0, records.encode_event(ev.WorkerResult("e", "r", 1, StateType.SUCCESS)))
+    results.offer(0, 0, records.encode_event(ev.WorkerResult("e", "r", 1, StateType.SUCCESS)))
     assert await fetch == (3, {})
-    assert [event.execution_id for _, event in results.take(10)] == ["e"]
+    assert [event.execution_id for _, _, event in results.take(10)] == ["e"]
     assert consumer._subscription._fetch_count == 1  # the getmany goes on, not cancelled
     fetch = asyncio.ensure_future(results.fetch(consumer, 60_000, 10, 4))
     await asyncio.sleep(0)
@@ -338,7 +340,7 @@ def test_an_execution_runs_through_the_hand_off_and_applies_each_result_once(
 ) -> None:
     """Executor and worker in one process: both jobs are handed over, both results handed back;
     then the broker copies arrive (results to the executor, jobs to the worker) and change
-    nothing: no job, result or record more."""
+    nothing: no job, result or record more, and the results' copies are not stepped again."""
 
     async def empty(self: ChangelogRestorer, topic: str, partitions: set[int]) -> Any:
         return {p: {} for p in partitions}
@@ -366,10 +368,20 @@ async def _run_through_hand_off() -> None:
     handoff.add_worker(worker)
     consumer = _ScriptedConsumer(executor, answers, settings)
     executor._consumer = consumer
+    stepped: list[ev.Event] = []
+    step = executor.executor.step
+
+    def counting_step(state: Any, event: ev.Event) -> Any:
+        stepped.append(event)
+        return step(state, event)
+
+    setattr(executor.executor, "step", counting_step)  # noqa: B010 (an instance's method)
     try:
         await executor._loop()
     finally:
         await close(worker)
+    assert [type(e).__name__ for e in stepped] == ["ExecutionCreated"] + ["WorkerResult"] * 2
+    assert consumer.copies == 2  # fetched, recognised by their offsets, not stepped
     jobs = [(t, v) for t, v in written.acked if t == ctx.topics.worker_tasks]
     assert len(jobs) == 2 and handoff.jobs == 2 and handoff.results == 2
     assert worker.stats["started"] == 2
@@ -396,6 +408,7 @@ class _ScriptedConsumer:
         self.results = TopicPartition(topics.results, 0)
         self.batches = [{self.executions: [_record(self.executions, 0, created)]}]
         self.written_at_copies: int | None = None
+        self.copies = 0
 
     async def getmany(self, **_: Any) -> dict[TopicPartition, list[Any]]:
         if self.batches:
@@ -404,9 +417,11 @@ class _ScriptedConsumer:
             self.executor._stopping = True
             return {}
         if "exec-1" not in self.executor.states and self.executor.ended.get("exec-1"):
-            values = [v for t, v in self.answers.acked if t == self.results.topic]
+            acked = enumerate(self.answers.acked)  # at the offsets the broker acknowledged
+            copies = [_record(self.results, i, v) for i, (t, v) in acked if t == self.results.topic]
+            self.copies = len(copies)
             self.written_at_copies = len(self.executor.writer.producer.acked)  # type: ignore[union-attr]
-            return {self.results: [_record(self.results, i, v) for i, v in enumerate(values)]}
+            return {self.results: copies}
         await asyncio.sleep(0.001)  # nothing on the broker: the poll times out
         return {}
 
@@ -422,3 +437,68 @@ class _ScriptedConsumer:
 
 def _record(tp: TopicPartition, offset: int, value: bytes) -> ConsumerRecord[Any, Any]:
     return ConsumerRecord(tp.topic, tp.partition, offset, 0, 0, b"", value, None, 0, 0, [])
+
+
+def _result_value(execution_id: str) -> bytes:
+    return records.encode_event(ev.WorkerResult(execution_id, "r", 1, StateType.SUCCESS))
+
+
+async def test_only_the_copies_of_results_stepped_here_are_skipped() -> None:
+    owned = {0, 1}
+    results = LocalResults(lambda partition: partition in owned)
+    results.enabled = True
+    assert results.offer(0, 4, _result_value("e4")) and results.offer(1, 4, _result_value("x"))
+    assert results.offer(0, 6, b"not a result")  # undecodable: its copy is dead-lettered
+    owned.discard(1)  # revoked before the cycle: its copy is the next owner's to step
+    assert [(p, o) for p, o, _ in results.take(10)] == [(0, 4)]
+    assert not results.stepped_copy(0, 3)  # another result's copy
+    assert results.stepped_copy(0, 4)
+    assert not results.stepped_copy(0, 4)  # (fetched again after a rewind: stepped, a no-op)
+    assert not results.stepped_copy(0, 6) and not results.stepped_copy(1, 4)
+
+
+async def test_entries_left_behind_a_fetched_copy_are_forgotten_and_a_revocation_drops_all() -> (
+    None
+):
+    results = LocalResults(lambda partition: True)
+    results.enabled = True
+    for offset in (2, 3, 9):
+        results.offer(0, offset, _result_value(f"e{offset}"))
+    assert len(list(results.take(10))) == 3
+    # Copy 2 was fetched (and stepped) before its handed result was taken: fetching 3 forgets it.
+    assert results.stepped_copy(0, 3) and results._stepped[0] == {9: None}
+    results.forget({0})
+    assert not results.stepped_copy(0, 9)
+
+
+async def test_the_memory_of_stepped_results_is_bounded_per_partition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(local_handoff, "STEPPED_MAX", 2)
+    results = LocalResults(lambda partition: True)
+    results.enabled = True
+    for offset in (1, 2, 3):
+        results.offer(0, offset, _result_value(f"e{offset}"))
+    assert len(list(results.take(10))) == 3
+    assert list(results._stepped[0]) == [2, 3]  # the oldest forgotten: its copy is stepped
+
+
+def test_a_handed_result_held_behind_its_execution_holds_the_commit_at_its_copy() -> None:
+    settings = Settings(topic_prefix="t.", partitions=1, executor_inline_tasks=False)
+    ctx = BrokerContext(settings, "unused:9092", "tansu", Topics.of(settings))
+    executor = ExecutorService(ctx, FlowRegistry(), metrics=Metrics())
+    executor.owned = {0}
+    executor.local.enabled = True
+    created = ev.ExecutionCreated("exec-1", "test.handoff", "unknown")
+    executor.held.hold(0, (ctx.topics.executions, 3), created, "flow unknown", executor.clock())
+    assert executor.local.offer(0, 17, _result_value("exec-1"))
+    asyncio.run(executor._step_handed(Outbox()))
+    bounds = executor.held.commit_bounds()
+    assert bounds[(ctx.topics.results, 0)] == 17  # never committed past the held result's copy
+    # Its copy, fetched later, is skipped: the held result stands for it.
+    results = TopicPartition(ctx.topics.results, 0)
+    executor._handle(results, _record(results, 17, _result_value("exec-1")), Outbox())
+    assert [type(h.event).__name__ for h in executor.held._queues["exec-1"]] == [
+        "ExecutionCreated",
+        "WorkerResult",
+    ]
