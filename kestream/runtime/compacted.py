@@ -23,6 +23,7 @@ from kestream.runtime.tansu_compat import fetch_highwaters
 
 __all__ = [
     "METADATA_TIMEOUT_S",
+    "RecordSink",
     "assign_from_start",
     "reached",
     "read_partitions",

@@ -1,9 +1,9 @@
 """The trigger records, read from the triggers topic as a table, and the way to change them.
 
-The triggers API answers from here: the compacted triggers topic is read whole at start
-(:func:`~kestream.runtime.compacted.assign_from_start`) and then followed, keeping the latest
-record of each Schedule trigger (precondition windows, keyed with a fourth part, are left out;
-tombstones delete). Changes are never written to that topic by the API: only the scheduler
+The triggers API answers from here: the compacted triggers topic is read whole at start and
+then followed (:class:`~kestream.runtime.compacted_follower.CompactedFollower`), keeping the
+latest record of each Schedule trigger (precondition windows, keyed with a fourth part, are left
+out; tombstones delete). Changes are never written to that topic by the API: only the scheduler
 writes trigger records, so :meth:`TriggersTable.send` puts a
 :class:`~kestream.scheduler.commands.TriggerCommand` on the trigger-commands topic for it to
 apply. A record changed that way shows here once the scheduler has written it; until then this
@@ -16,19 +16,16 @@ how the table knows the prediction has been overtaken; one it never sees expires
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
-from kestream.runtime.aio import cancel_and_wait
-from kestream.runtime.compacted import assign_from_start
+from kestream.runtime.compacted_follower import CompactedFollower
 from kestream.runtime.context import BrokerContext
-from kestream.runtime.kafka import make_consumer, make_producer
+from kestream.runtime.kafka import make_producer
 from kestream.scheduler.commands import TriggerCommand
 from kestream.scheduler.trigger_state import TriggerState, split_trigger_key
 
@@ -36,10 +33,8 @@ __all__ = ["TriggersTable"]
 
 log = logging.getLogger("kestream.triggers")
 
-_FETCH_TIMEOUT_MS = 200
 #: How long a sent command's predicted record answers for a trigger whose record has not moved.
 PENDING_TTL_S = 60.0
-_RETRY_BACKOFF_S = 0.5
 
 
 class TriggersTable:
@@ -50,33 +45,29 @@ class TriggersTable:
         self._states: dict[str, TriggerState] = {}
         #: key -> (offset of the command sent, the record it will make, until when to trust it)
         self._pending: dict[str, tuple[int, TriggerState, float]] = {}
-        self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._follower = CompactedFollower(
+            ctx, ctx.topics.triggers, self._apply, name="triggers-table"
+        )
 
     async def start(self) -> None:
         """Read the topic whole, then follow it in the background."""
         ctx = self.ctx
-        consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=None)
         producer = make_producer(ctx.settings, ctx.bootstrap, ctx.kind)
-        self._consumer, self._producer = consumer, producer
+        self._producer = producer
         try:
-            await consumer.start()
             await producer.start()
-            await assign_from_start(consumer, ctx.topics.triggers, self._apply)
+            await self._follower.start()
         except BaseException:
             await self.stop()
             raise
         log.info("triggers table loaded: %d trigger(s)", len(self._states))
-        self._task = asyncio.create_task(self._follow(), name="triggers-table")
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        await cancel_and_wait(task)
-        for client in (self._consumer, self._producer):
-            if client is not None:
-                await client.stop()
-        self._consumer = self._producer = None
+        await self._follower.stop()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -95,20 +86,6 @@ class TriggersTable:
 
     def states(self) -> list[TriggerState]:
         return [state for key in list(self._states) if (state := self.get(key)) is not None]
-
-    async def _follow(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        while True:
-            try:
-                batch = await consumer.getmany(timeout_ms=_FETCH_TIMEOUT_MS)
-            except KafkaError as exc:  # transient broker trouble: keep following
-                log.warning("triggers table: fetch failed (%s); retrying", exc)
-                await asyncio.sleep(_RETRY_BACKOFF_S)
-                continue
-            for recs in batch.values():
-                for record in recs:
-                    self._apply(record)
 
     def _apply(self, record: ConsumerRecord[Any, Any]) -> None:
         if record.key is None:
