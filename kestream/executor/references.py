@@ -32,12 +32,14 @@ from kestream.expressions import RenderError
 from kestream.storage.access import ExecutionFiles, FileAccessError
 from kestream.storage.backend import Storage
 from kestream.storage.current import get_storage
-from kestream.storage.keys import TaskRunFiles, execution_prefix, to_uri
+from kestream.storage.keys import TaskRunFiles, execution_prefix, safe_file_name, to_uri
 from kestream.storage.offload import (
+    OUTPUTS_FOLDER,
     REF_KEY,
     Resolving,
     adopt_references,
     holds_references,
+    is_reference,
     outputs_key,
     reference,
     run_nonce,
@@ -76,17 +78,23 @@ def offload(
     whole: bytes | None = None,
     *,
     entries_only: bool = False,
+    whole_map: bool = False,
 ) -> dict[str, Any] | None:
     """``values`` with references in place of what was stored, or None when ``size`` (its
     encoded length, already known) is within ``threshold`` (0: offloading is off).
 
     ``whole``: ``values`` already encoded, stored as is when the whole map must go.
     ``entries_only``: never the whole map (an execution's ``inputs``, which templates read
-    by name from the root), only its large entries.
+    by name from the root), only its large entries. ``whole_map``: always the whole map, as
+    one reference (outputs handed to a parent task run, which sit one level deeper than a
+    task run's own and are read whole).
     """
     if threshold <= 0 or size <= threshold:
         return None
     store_in = storage or get_storage()
+    if whole_map:
+        data = whole if whole is not None else encoded(values)
+        return store(store_in, key_for(None, ""), data)
     parts = {name: encoded(value) for name, value in values.items()}
     out = dict(values)
     left = size
@@ -140,6 +148,10 @@ def fit_outputs(
     threshold: int,
     keys: Callable[[], KeyFor],
     data: bytes | None = None,
+    *,
+    whole_map: bool = False,
+    entries_only: bool = False,
+    what: str | None = None,
 ) -> tuple[dict[str, Any] | None, str | None]:
     """A task run's outputs as they travel, and why they cannot (None when they can).
 
@@ -148,11 +160,14 @@ def fit_outputs(
     remains past ``max_bytes`` (:func:`.sizes.outputs_budget` of the record limit; None: no
     limit) fails the run with :func:`.sizes.over_limit`'s message, as does a storage that
     cannot take them. ``keys()``: where they go (:func:`outputs_keys`), asked only then.
-    ``data``: ``outputs`` already encoded (:func:`measured`). Past ``threshold`` this writes
-    to the storage: a caller on an event loop runs it in a thread.
+    ``data``: ``outputs`` already encoded (:func:`measured`). ``whole_map``,
+    ``entries_only``: see :func:`offload`. ``what``: how messages name them (by default
+    ``outputs of task '{task_id}'``). Past ``threshold`` this writes to the storage: a caller
+    on an event loop runs it in a thread, or bounds what it writes (docs/storage.md).
     """
     if outputs is None or (max_bytes is None and threshold <= 0):
         return outputs, None
+    what = what or f"outputs of task '{task_id}'"
     if data is None:
         data = measured(outputs)
         if data is None:  # not encodable at all: the portability check says why
@@ -160,13 +175,15 @@ def fit_outputs(
     size = len(data)
     if 0 < threshold < size:
         try:
-            stored = offload(outputs, size, threshold, keys(), whole=data)
+            stored = offload(
+                outputs, size, threshold, keys(), whole=data,
+                entries_only=entries_only, whole_map=whole_map,
+            )  # fmt: skip
         except Exception as exc:  # the storage's own errors (a disk, a network): say which
-            return outputs, f"outputs of task '{task_id}' could not be stored: {exc}"
+            return outputs, f"{what} could not be stored: {exc}"
         if stored is not None:
             outputs, size = stored, len(encoded(stored))
     if max_bytes is not None and size > max_bytes:
-        what = f"outputs of task '{task_id}'"
         return outputs, over_limit(what, size, max_bytes, plural=True, of="outputs")
     return outputs, None
 
@@ -310,3 +327,104 @@ def adopted(event: ev.ExecutionCreated, storage: Storage | None = None) -> ev.Ex
     if inputs is event.inputs and replay is event.replay:
         return event
     return dataclasses.replace(event, inputs=inputs, replay=replay)
+
+
+# -- values the executor gathers itself ------------------------------------------------------
+
+
+def flow_outputs_keys(namespace: str, flow_id: str, execution_id: str) -> KeyFor:
+    """Where a flow's offloaded outputs go: the execution's folder, ``_outputs/flow/``, in a
+    folder of this step's own (an execution that ends again after a restart never overwrites
+    the values its earlier end refers to)."""
+    folder = f"{execution_prefix(namespace, flow_id, execution_id)}{OUTPUTS_FOLDER}/flow/"
+    nonce = run_nonce()
+    return lambda index, name: (
+        folder
+        + (
+            f"{nonce}/outputs.json"
+            if index is None
+            else f"{nonce}/{index}-{safe_file_name(name, 'value')}.json"
+        )
+    )
+
+
+def flow_outputs_view(outputs: dict[str, Any], files: ExecutionFiles) -> dict[str, Any] | Resolving:
+    """``execution.outputs`` (what ``afterExecution`` tasks read): a view when one is stored."""
+    if not holds_references(outputs):
+        return outputs
+    return Resolving(outputs, _reader(files), "flow output")
+
+
+def parent_task_run_files(trigger: Any, task_run_id: str) -> TaskRunFiles | None:
+    """The folder of the parent task run that started an execution (a Subflow's, a ForEachItem
+    batch's), from the execution's ``trigger`` (its ``id`` the parent's task, its variables the
+    parent execution); None when the trigger does not name one."""
+    if not isinstance(trigger, dict):
+        return None
+    variables, task_id = trigger.get("variables"), trigger.get("id")
+    if not isinstance(variables, dict) or not isinstance(task_id, str):
+        return None
+    ids = (variables.get("namespace"), variables.get("flowId"), variables.get("executionId"))
+    if not all(isinstance(part, str) for part in ids):
+        return None
+    return TaskRunFiles(str(ids[0]), str(ids[1]), str(ids[2]), task_id, task_run_id)
+
+
+def outputs_for_parent(
+    outputs: dict[str, Any] | None,
+    parent: TaskRunFiles | None,
+    attempt: int,
+    threshold: int,
+    max_bytes: int | None,
+) -> tuple[dict[str, Any] | None, str | None]:
+    """A child execution's outputs (its flow outputs, or the ``outputs`` its Subflow task
+    renders) as they travel to the parent task run waiting for them, and why they cannot (None
+    when they can).
+
+    Past ``threshold`` they are stored as one file in the *parent* task run's folder
+    (``parent``, :func:`parent_task_run_files`), never the child's: the parent reads them under
+    its own access rule, and a purge of the child leaves them (a purge of the parent removes
+    them). They become one reference, which the parent keeps as its task run's ``outputs``
+    entry (``outputs.sub.outputs`` reads the map, ``outputs.sub.outputs.x`` an entry of it).
+    ``outputs`` must hold values, not references (a reference into the child's folder would
+    break with the child). Writes to the storage past ``threshold``: at most ``max_bytes``
+    (the record budget the map had to fit before), see docs/storage.md.
+    """
+    what = "the subflow's outputs"
+    if parent is None:  # no parent task run named: only the record's size rule applies
+        return fit_outputs("", outputs, max_bytes, 0, _no_keys, what=what)
+    return fit_outputs(
+        parent.task_id, outputs, max_bytes, threshold,
+        lambda: outputs_keys(parent, attempt), whole_map=True, what=what,
+    )  # fmt: skip
+
+
+def _no_keys() -> KeyFor:
+    """Where nothing is offloaded (a threshold of 0): never asked."""
+    raise AssertionError("nothing is offloaded with a threshold of 0")
+
+
+def loaded_values(values: dict[str, Any], files: ExecutionFiles, what: str) -> dict[str, Any]:
+    """``values`` with its entries that are references read (bounded like any render's read):
+    values stored in an execution's own folder, to hand on to another one."""
+    if not holds_references(values):
+        return values
+    view = Resolving(values, _reader(files), what)
+    return {name: view[name] if is_reference(values[name]) else values[name] for name in values}
+
+
+def gathered(
+    items: list[Any], threshold: int, key: Callable[[], str], storage: Storage | None = None
+) -> list[Any]:
+    """A list the executor grows one entry per event (a ForEachItem's children's outputs),
+    kept within ``threshold``: once its record form is past it, the whole list (a reference to
+    the previous spill first, when there was one) is stored as one file at ``key()`` and the
+    list becomes that one reference. Each entry is written once or twice and each write is at
+    most ``threshold`` plus one entry, so n entries cost O(n) bytes of storage, not O(n^2);
+    :func:`kestream.storage.offload.expand_gathered` reads the list back in order."""
+    if threshold <= 0:
+        return items
+    data = encoded(items)
+    if len(data) <= threshold:
+        return items
+    return [store(storage or get_storage(), key(), data)]

@@ -40,7 +40,16 @@ from kestream.executor.context import (
     task_run_context,
     working_directory_of,
 )
-from kestream.executor.references import fit_outputs, outputs_keys
+from kestream.executor.references import (
+    fit_outputs,
+    flow_outputs_keys,
+    flow_outputs_view,
+    gathered,
+    loaded_values,
+    outputs_for_parent,
+    outputs_keys,
+    parent_task_run_files,
+)
 from kestream.executor.replay import replay_state
 from kestream.executor.restore import (
     RESTARTABLE,
@@ -1304,11 +1313,20 @@ class _Step:
         iterations["CREATED"] -= 1
         iterations[state.value] = iterations.get(state.value, 0) + 1
         if done.outputs is not None:
-            kept = outputs.setdefault("outputs", [])
-            kept.append(done.outputs)
-            problem = outputs_too_large(task.id, outputs, self.ex.max_output_bytes)
+            # grown one child at a time: past the inline threshold the list so far is stored
+            # in the task run's folder as one file and stands as one reference (references)
+            kept = [*outputs.get("outputs", []), done.outputs]
+
+            def spill() -> str:
+                return outputs_keys(self.task_run_files(tr), len(tr.attempts))(None, "")
+
+            try:
+                outputs["outputs"] = gathered(kept, self.ex.inline_max_bytes, spill)
+                problem = outputs_too_large(task.id, outputs, self.ex.max_output_bytes)
+            except Exception as exc:  # the storage's own errors (a disk, a network)
+                problem = f"outputs of task '{task.id}' could not be stored: {exc}"
             if problem is not None:  # no record could hold them: stop here, saying why
-                kept.pop()
+                outputs["outputs"] = kept[:-1]
                 self.set_outputs(tr, outputs)
                 self.kill_batches(tr)
                 self.attempt_failed(tr, f"{problem}; the subflows' outputs are kept inline")
@@ -1552,17 +1570,19 @@ class _Step:
         # end is stamped with the time it really happened, not the time the step began.
         self.now = self.ex.clock()
         st = self.st
+        rendered = None
         if render_outputs and final in (S.SUCCESS, S.WARNING) and self.flow.outputs:
             try:
-                st.flow_outputs = self.render_flow_outputs()
+                rendered = self.render_flow_outputs()
+                st.flow_outputs = self.fit_flow_outputs(rendered)
             except (RenderError, ValueError) as exc:
                 self.log(None, LogLevel.ERROR, f"Unable to render the flow outputs: {exc}")
-                final = S.FAILED
+                final, rendered = S.FAILED, None
         if not st.state.current.is_terminal:
             self.move_execution(final)
         for timer_id in list(st.timers):
             self.cancel_timer(timer_id)
-        self.notify_parent()
+        self.notify_parent(rendered)
         if not self.start_after_execution():
             self.terminal = True
 
@@ -1590,24 +1610,47 @@ class _Step:
             for output in self.flow.outputs
         }
         check_portable(outputs, "outputs")  # an UnportableValue is a ValueError: the flow fails
-        problem = too_large("the flow's outputs", outputs, self.ex.max_output_bytes)
-        if problem is not None:  # the execution's records could not hold them
-            raise ValueError(problem)
         return outputs
 
-    def notify_parent(self) -> None:
+    def fit_flow_outputs(self, outputs: dict[str, Any]) -> dict[str, Any]:
+        """The flow's rendered outputs as the execution keeps them: past the inline threshold
+        their largest entries are stored in the execution's folder (``_outputs/flow/``) and
+        referenced (entries only: ``execution.outputs.x`` reads them by name); what no record
+        could hold still fails the flow (a ValueError)."""
+        st = self.st
+        kept, problem = fit_outputs(
+            "", outputs, self.ex.max_output_bytes, self.ex.inline_max_bytes,
+            lambda: flow_outputs_keys(st.namespace, st.flow_id, st.id),
+            entries_only=True, what="the flow's outputs",
+        )  # fmt: skip
+        if problem is not None:  # the execution's records could not hold them
+            raise ValueError(problem)
+        return kept if kept is not None else outputs
+
+    def notify_parent(self, rendered: dict[str, Any] | None = None) -> None:
+        """Tell the parent task run waiting for this execution that it ended, with its outputs
+        (``rendered``: the flow outputs just rendered, as values). Outputs past the inline
+        threshold are stored in the parent task run's folder (:func:`outputs_for_parent`)."""
         link = self.st.parent_link
         if link is None:
             return
-        outputs: dict[str, Any] | None = self.st.flow_outputs
+        outputs: dict[str, Any] | None = rendered
         error = None
-        if link.outputs is not None:
-            base = execution_context(self.st, self.flow, self.ex.clock, self.ex.context_cache)
-            try:
+        base = execution_context(self.st, self.flow, self.ex.clock, self.ex.context_cache)
+        try:
+            if link.outputs is not None:
                 outputs = render_value(link.outputs, base)
                 check_portable(outputs, "outputs")
-            except (RenderError, ValueError) as exc:
-                outputs, error = None, f"Unable to render the subflow outputs: {exc}"
+            elif outputs is None and self.st.flow_outputs is not None:  # ended in an earlier step
+                outputs = loaded_values(self.st.flow_outputs, base["@files"], "flow output")
+        except (RenderError, ValueError) as exc:
+            outputs, error = None, f"Unable to render the subflow outputs: {exc}"
+        parent = parent_task_run_files(self.st.trigger, link.task_run_id)
+        outputs, problem = outputs_for_parent(
+            outputs, parent, link.attempt, self.ex.inline_max_bytes, self.ex.max_output_bytes
+        )
+        if problem is not None:
+            outputs, error = None, error or f"Unable to hand the subflow outputs on: {problem}"
         done = ev.SubflowFinished(
             link.execution_id, link.task_run_id, link.attempt, self.st.id,
             self.st.state.current, outputs, error,
@@ -1715,7 +1758,7 @@ class _Step:
         the shared part."""
         execution = {**base["execution"], "state": self.st.state.current.value}
         if self.st.flow_outputs is not None:
-            execution["outputs"] = self.st.flow_outputs
+            execution["outputs"] = flow_outputs_view(self.st.flow_outputs, base["@files"])
         return execution
 
     def render_props(self, tr: TaskRunState, *, defer_secrets: bool = False) -> dict[str, Any]:

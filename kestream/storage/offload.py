@@ -265,3 +265,25 @@ def as_data(value: Any) -> Any:
     if type(value) is list and any(type(v) is dict and "outputs" in v for v in value):
         return [as_data(entry) for entry in value]
     return value
+
+
+def expand_gathered(items: list[Any], load: Callable[[dict[str, Any]], Any]) -> list[Any]:
+    """The entries of a list the executor gathered (``kestream.executor.references.gathered``),
+    in order: a reference whose value is a list is an earlier spill, read in its place (its own
+    first entry may be the spill before it); a reference to anything else is one entry stored
+    alone (a child's outputs past the threshold), read too. ``load(reference)``: the value.
+    Iterative, so a long chain of spills needs no deep recursion."""
+    out: list[Any] = []
+    pending: list[tuple[list[Any], int]] = [(items, 0)]
+    while pending:
+        entries, index = pending.pop()
+        while index < len(entries):
+            entry = entries[index]
+            index += 1
+            value = load(entry) if is_reference(entry) else entry
+            if is_reference(entry) and type(value) is list:
+                pending.append((entries, index))
+                entries, index = value, 0
+                continue
+            out.append(value)
+    return out

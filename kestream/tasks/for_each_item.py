@@ -28,8 +28,9 @@ from kestream.models.ids import derived_id
 from kestream.models.instants import parse_instant
 from kestream.storage.backend import Storage
 from kestream.storage.keys import to_uri
+from kestream.storage.offload import REF_KEY, expand_gathered
 from kestream.tasks.base import ChildPlan, FlowableTask, RunInfo, Task, TaskError
-from kestream.tasks.files import run_files
+from kestream.tasks.files import readable_key, run_files
 from kestream.tasks.flow import one_lane
 from kestream.tasks.storage import Split, StorageTask, uri_list
 from kestream.tasks.subflow import Subflow
@@ -114,7 +115,11 @@ def batch_child_id(execution_id: str, task_run_id: str, attempt: int, index: int
 
 class ForEachItemMergeOutputs(StorageTask):
     """Write the children's outputs (``outputs``, a JSON list rendered from the executable's
-    output of that name) as JSON lines to one file, ``subflowOutputs``."""
+    output of that name) as JSON lines to one file, ``subflowOutputs``.
+
+    The executor keeps that list within the inline threshold: what it stored on the way (a
+    spill of the list so far, a child's outputs past the threshold) stands as a reference in
+    the executable's folder, read here in order (:func:`expand_gathered`)."""
 
     type_name: ClassVar[str] = f"{_TYPE}$ForEachItemMergeOutputs"
     dynamic: ClassVar[tuple[str, ...]] = ("outputs",)
@@ -128,11 +133,26 @@ class ForEachItemMergeOutputs(StorageTask):
             raise TaskError(f"outputs: invalid JSON list: {exc}") from None
         if not isinstance(children, list):
             raise TaskError("outputs: expects a list of the subflows' outputs")
+        children = expand_gathered(children, lambda ref: _stored_value(run, storage, ref))
         key = run_files(run).key("outputs.ion")
         with storage.writer(key) as out:
             for child in children:
                 out.write(orjson.dumps(child) + b"\n")
         return {"subflowOutputs": to_uri(key)}
+
+
+def _stored_value(run: RunInfo, storage: Storage, ref: dict[str, Any]) -> Any:
+    """The value a reference in the children's outputs names, read under the run's access
+    rule (its own execution's files)."""
+    from kestream.executor.codec import CodecError, decode_value  # the executor imports tasks
+
+    key = readable_key(run, ref[REF_KEY], "outputs")
+    try:
+        return decode_value(orjson.loads(storage.get(key)))
+    except FileNotFoundError:
+        raise TaskError(f"outputs: '{ref[REF_KEY]}' is missing from the internal storage") from None
+    except (orjson.JSONDecodeError, CodecError) as exc:
+        raise TaskError(f"outputs: '{ref[REF_KEY]}' is unreadable: {exc}") from None
 
 
 class ForEachItem(FlowableTask):

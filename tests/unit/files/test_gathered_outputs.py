@@ -1,0 +1,269 @@
+"""Values the executor gathers itself leave the records past the inline threshold too: a
+child's outputs handed to its parent task run (Subflow, ForEachItem), a flow's outputs, and the
+list of a ForEachItem's children's outputs. Through the broker-free driver, on the local and
+the S3 storage."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from kestream.executor.references import LOADER, gathered
+from kestream.models.state import StateType
+from kestream.storage import Storage, execution_prefix, parse_uri
+from kestream.storage.current import remove_execution_files
+from kestream.storage.offload import REF_KEY, expand_gathered, is_reference
+from kestream.testing import Driver
+
+S = StateType
+THRESHOLD = 1024
+BIG_CHARS = 200_000  # a 200 kB output
+
+CHILD = """id: child
+namespace: acme.team
+tasks:
+  - id: make
+    type: io.kestra.plugin.core.debug.Return
+    format: "{% for i in range(1, 20000) %}abcdefghij{% endfor %}"
+outputs:
+  - id: big
+    type: STRING
+    value: "{{ outputs.make.value }}"
+  - id: small
+    type: STRING
+    value: tiny
+"""
+
+PARENT = """id: parent
+namespace: acme.team
+tasks:
+  - id: sub
+    type: io.kestra.plugin.core.flow.Subflow
+    namespace: acme.team
+    flowId: child
+  - id: hold
+    type: io.kestra.plugin.core.flow.Pause
+  - id: use
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{ outputs.sub.outputs.big | length }} {{ outputs.sub.outputs.small }}"
+"""
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> Iterator[None]:
+    LOADER.clear()
+    yield
+    LOADER.clear()
+
+
+def _driver(threshold: int = THRESHOLD) -> Driver:
+    driver = Driver(inline_tasks=False)
+    driver.executor.inline_max_bytes = threshold
+    driver.runner.inline_max_bytes = threshold
+    return driver
+
+
+def _run(execution: Any, task_id: str) -> Any:
+    (run,) = [run for run in execution.taskRunList if run.taskId == task_id]
+    return run
+
+
+def test_a_subflows_large_output_is_stored_under_the_parent_and_outlives_the_child(
+    storage: Storage,
+) -> None:
+    with _driver() as driver:
+        driver.deploy(CHILD)
+        driver.deploy(PARENT)
+        paused = driver.start("acme.team", "parent")
+        assert paused.state.current is S.PAUSED
+        sub = _run(paused, "sub")
+        handed = sub.outputs["outputs"]
+        assert is_reference(handed)  # the parent's record carries a reference, not 200 kB
+        assert len(orjson.dumps(sub.outputs)) < 1000
+        key = parse_uri(handed[REF_KEY])
+        assert key.startswith(
+            execution_prefix("acme.team", "parent", paused.id) + f"tasks/sub/{sub.id}/_outputs/1/"
+        )
+        (child,) = driver.children(paused.id)
+        assert child.state.current is S.SUCCESS
+        # the child's own flow outputs went to its own folder; purging it leaves the parent's
+        assert is_reference((child.outputs or {})["big"])
+        assert remove_execution_files("acme.team", "child", child.id) > 0
+        LOADER.clear()  # nothing read before the purge is served from memory
+        done = driver.resume(paused.id)
+        assert done.state.current is S.SUCCESS, [line.message for line in driver.logs(done.id)]
+        assert _run(done, "use").outputs == {"value": f"{BIG_CHARS} tiny"}
+        assert orjson.loads(storage.get(key))["big"] == "abcdefghij" * 20000
+
+
+def test_a_subflows_rendered_outputs_property_is_stored_under_the_parent(
+    storage: Storage,
+) -> None:
+    """The (deprecated) ``outputs`` property of a Subflow renders in the child: its values go
+    the same way."""
+    parent = PARENT.replace(
+        "    flowId: child\n",
+        "    flowId: child\n    outputs:\n"
+        '      doubled: "{{ outputs.make.value }}{{ outputs.make.value }}"\n',
+    ).replace(
+        "outputs.sub.outputs.big | length }} {{ outputs.sub.outputs.small",
+        "outputs.sub.outputs.doubled | length }} {{ 'x'",
+    )
+    with _driver() as driver:
+        driver.deploy(CHILD)
+        driver.deploy(parent)
+        paused = driver.start("acme.team", "parent")
+        sub = _run(paused, "sub")
+        assert is_reference(sub.outputs["outputs"])
+        assert execution_prefix("acme.team", "parent", paused.id) in sub.outputs["outputs"][REF_KEY]
+        done = driver.resume(paused.id)
+        assert _run(done, "use").outputs == {"value": f"{2 * (BIG_CHARS)} x"}
+
+
+def test_without_a_threshold_the_subflows_outputs_travel_inline(storage: Storage) -> None:
+    with _driver(threshold=0) as driver:
+        driver.deploy(CHILD)
+        driver.deploy(PARENT)
+        paused = driver.start("acme.team", "parent")
+        assert _run(paused, "sub").outputs["outputs"]["big"] == "abcdefghij" * 20000
+        assert storage.list(execution_prefix("acme.team", "parent", paused.id)) == []
+
+
+def test_flow_outputs_are_stored_in_the_executions_folder_and_read_by_after_execution(
+    storage: Storage,
+) -> None:
+    flow = (
+        CHILD
+        + """afterExecution:
+  - id: after
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{ execution.outputs.big | length }} {{ execution.outputs.small }}"
+"""
+    )
+    with _driver() as driver:
+        driver.deploy(flow)
+        done = driver.start("acme.team", "child")
+        assert done.state.current is S.SUCCESS
+        outputs = done.outputs or {}
+        assert outputs["small"] == "tiny" and is_reference(outputs["big"])
+        key = parse_uri(outputs["big"][REF_KEY])
+        assert key.startswith(execution_prefix("acme.team", "child", done.id) + "_outputs/flow/")
+        assert _run(done, "after").outputs == {"value": f"{BIG_CHARS} tiny"}
+
+
+def test_flow_outputs_no_record_could_hold_still_fail_the_execution(storage: Storage) -> None:
+    flow = CHILD.replace(
+        "  - id: small",
+        '  - id: medium\n    type: STRING\n    value: "{{ outputs.make.value | slice(0, 400) }}"'
+        "\n  - id: small",
+    )  # 400 bytes: too small to be stored alone, too large for the record with the reference
+    with _driver() as driver:
+        driver.executor.max_output_bytes = 300  # as a broker's record limit would
+        driver.deploy(flow)
+        done = driver.start("acme.team", "child")
+        logs = [line.message for line in driver.logs(done.id)]
+    assert done.state.current is S.FAILED
+    assert any("the flow's outputs are" in line for line in logs), logs
+
+
+CHILD_ROWS = """id: rows
+namespace: acme.team
+inputs:
+  - id: items
+    type: STRING
+tasks:
+  - id: read
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{ read(inputs.items) | trim }}"
+outputs:
+  - id: row
+    type: STRING
+    value: "{{ outputs.read.value }}"
+"""
+
+
+def _each_parent(lines: list[str]) -> str:
+    content = "\\n".join(lines) + "\\n"
+    return f"""id: many
+namespace: acme.team
+tasks:
+  - id: write
+    type: io.kestra.plugin.core.storage.Write
+    content: "{content}"
+  - id: each
+    type: io.kestra.plugin.core.flow.ForEachItem
+    items: "{{{{ outputs.write.uri }}}}"
+    namespace: acme.team
+    flowId: rows
+    inputs:
+      items: "{{{{ taskrun.items }}}}"
+"""
+
+
+def test_a_for_each_items_gathered_outputs_stay_within_the_threshold_and_merge_whole(
+    storage: Storage,
+) -> None:
+    lines = [f"{n:04d}-" + "r" * 60 for n in range(60)]  # 60 children of ~80 bytes of outputs
+    with _driver() as driver:
+        driver.deploy(CHILD_ROWS)
+        driver.deploy(_each_parent(lines))
+        done = driver.start("acme.team", "many")
+    assert done.state.current is S.SUCCESS
+    items = _run(done, "each_items")
+    kept = items.outputs["outputs"]
+    assert len(orjson.dumps(kept)) <= THRESHOLD  # what every record of it carries
+    assert any(is_reference(entry) for entry in kept)
+    for entry in kept:
+        if is_reference(entry):
+            assert f"tasks/each_items/{items.id}/_outputs/1/" in entry[REF_KEY].replace(
+                "each-items", "each_items"
+            )
+    merged = storage.get(parse_uri(_run(done, "each_merge").outputs["subflowOutputs"]))
+    rows = [orjson.loads(line)["row"] for line in merged.splitlines()]
+    assert sorted(rows) == sorted(lines)  # every child once, none lost in a spill
+
+
+def test_a_for_each_item_childs_outputs_past_the_threshold_are_merged_from_the_parent(
+    storage: Storage,
+) -> None:
+    lines = ["a" * 1500, "b" * 1500, "c"]  # two children whose outputs are stored alone
+    with _driver() as driver:
+        driver.deploy(CHILD_ROWS)
+        driver.deploy(_each_parent(lines))
+        done = driver.start("acme.team", "many")
+        children = driver.children(done.id)
+        for child in children:  # the children's folders go: the parent holds its own copies
+            remove_execution_files("acme.team", "rows", child.id)
+    assert done.state.current is S.SUCCESS
+    merged = storage.get(parse_uri(_run(done, "each_merge").outputs["subflowOutputs"]))
+    assert sorted(orjson.loads(line)["row"] for line in merged.splitlines()) == sorted(lines)
+    prefix = execution_prefix("acme.team", "many", done.id)
+    stored = storage.list(prefix + "tasks/")
+    assert any("/_outputs/" in key for key in stored)
+
+
+def test_gathered_spills_in_order_and_expands_back(storage: Storage) -> None:
+    keys = iter(f"g/spill-{n}.json" for n in range(1000))
+    items: list[Any] = []
+    writes = 0
+    for n in range(200):
+        before = len(storage.list("g"))
+        items = gathered([*items, {"n": n, "pad": "p" * 40}], 300, lambda: next(keys))
+        writes += len(storage.list("g")) - before
+        assert len(orjson.dumps(items)) <= 300 + 60
+    assert 10 < writes < 200  # a write per spill, not per entry
+
+    def load(ref: dict[str, Any]) -> Any:
+        return orjson.loads(storage.get(parse_uri(ref[REF_KEY])))
+
+    assert [entry["n"] for entry in expand_gathered(items, load)] == list(range(200))
+
+
+def test_gathered_is_a_no_op_within_the_threshold_or_when_off(storage: Storage) -> None:
+    small = [{"n": 1}]
+    assert gathered(small, 1024, lambda: "never") is small
+    big = [{"pad": "x" * 5000}]
+    assert gathered(big, 0, lambda: "never") is big
