@@ -57,7 +57,7 @@ PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
 #: ("executor and worker ready: 3.10 s after the process started (interpreter, imports and
 #: faust 1.20 s, broker and topics 0.30 s, ...)").
 _PROCESS_READY = re.compile(
-    r"\] (?P<roles>[a-z]+(?: and [a-z]+)*) ready: (?P<total>[\d.]+) s after "
+    r"[\]:] (?P<roles>[a-z]+(?: and [a-z]+)*) ready: (?P<total>[\d.]+) s after "
     r"(?:the process|its service) started \((?P<parts>[^)\n]*)\)"
 )
 #: One part: a name without digits (it may hold commas), its seconds.

@@ -2,29 +2,72 @@
 
 ``run`` executes one flow and prints what happened; ``standalone`` runs every role on one machine;
 ``executor`` and ``worker`` run one role process (a faust worker); ``validate`` and ``flows deploy``
-manage flows. Exit codes of ``run``: 0 SUCCESS, 1 FAILED or KILLED, 2 WARNING, 3 PAUSED, 4 the
-flow, inputs or broker were unusable (nothing ran).
+manage flows; ``executions`` lists, follows and acts on executions through a running API
+(:mod:`kestream.cli_executions`). Exit codes (:mod:`kestream.cli_output`): 0 SUCCESS, 1 FAILED
+or KILLED, 2 WARNING, 3 PAUSED, 4 the flow, inputs, broker or API were unusable (nothing ran),
+64 the command line is wrong (an unknown option, a missing argument).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
-from kestream.models.state import StateType
+from kestream.cli_executions import executions_app
+from kestream.cli_output import (
+    EXIT_CODES,
+    EXIT_UNUSABLE,
+    EXIT_USAGE,
+    exit_code,
+    follow_progress,
+    print_execution,
+)
+from kestream.cli_output import fail as _fail
+from kestream.cli_output import say as _say
+from kestream.log_format import configure_logging, logging_config
 from kestream.settings import get_settings
 
 if TYPE_CHECKING:  # the models' import is heavy: `standalone` and the roles' start skip it
     from kestream.models.execution import Execution, LogEntry
 
+#: click's usage error (an unknown option, a missing argument), whose base ``BadParameter`` is
+#: the one typer exports (typer bundles its own click).
+_UsageError: type[Exception] = typer.BadParameter.__bases__[0]
+
+
+@contextlib.contextmanager
+def _usage_exit() -> Iterator[None]:
+    try:
+        yield
+    except _UsageError as exc:
+        exc.exit_code = EXIT_USAGE  # type: ignore[attr-defined]
+        raise
+
+
+class _Group(TyperGroup):
+    """The root command: a usage error anywhere below it exits with 64 (``EX_USAGE``), not
+    click's 2, which ``run`` uses for WARNING."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _usage_exit():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _usage_exit():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="kestream",
     help="Kestra-style workflows on Kafka, as a stream topology.",
     no_args_is_help=True,
@@ -33,49 +76,60 @@ app = typer.Typer(
 )
 flows_app = typer.Typer(help="Manage deployed flows.", no_args_is_help=True)
 app.add_typer(flows_app, name="flows")
+app.add_typer(executions_app, name="executions")
 
-EXIT_CODES = {
-    StateType.SUCCESS: 0,
-    StateType.FAILED: 1,
-    StateType.KILLED: 1,
-    StateType.WARNING: 2,
-    StateType.PAUSED: 3,
-}
-EXIT_UNUSABLE = 4
+__all__ = ["EXIT_CODES", "EXIT_UNUSABLE", "EXIT_USAGE", "app", "main"]
 
 log = logging.getLogger("kestream.cli")
 
-
-def _setup_logging(verbose: bool = False) -> None:
-    level = logging.DEBUG if verbose else getattr(logging, get_settings().log_level.upper(), 20)
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    for noisy in ("aiokafka", "faust", "mode", "kafka"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+#: Commands that read no flow: they need no task plugins.
+_WITHOUT_FLOWS = frozenset({"standalone", "executions"})
 
 
-def _say(message: str) -> None:
-    """Progress for people: always on stderr, so ``--json`` keeps stdout clean."""
-    typer.echo(message, err=True)
+def _setup_logging(verbose: bool = False, role: str | None = None) -> None:
+    """``KESTREAM_LOG_FORMAT`` on stderr (:mod:`kestream.log_format`); ``role`` names the
+    process in its lines (None: a CLI command)."""
+    configure_logging(get_settings(), role, verbose=verbose)
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.secho(message, err=True, fg=typer.colors.RED)
-    return typer.Exit(EXIT_UNUSABLE)
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"kestream {version('kestream')}")
+        raise typer.Exit()
+
+
+def _existing(path: Path | None, what: str, *, directory: bool = False) -> Path | None:
+    """``path`` if it is an existing file (``directory``: directory); else exits with 4, as any
+    unusable input does (click's own check exits with its usage code)."""
+    if path is None:
+        return None
+    if not (path.is_dir() if directory else path.is_file()):
+        kind = "directory" if directory else "file"
+        raise _fail(f"{what} {path}: no such {kind}")
+    return path
 
 
 @app.callback()
-def _load_plugins(ctx: typer.Context) -> None:
+def _load_plugins(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Print kestream's version (the installed package's) and exit.",
+        ),
+    ] = False,
+) -> None:
     """Every command validates or runs flows: import the task plugins first (docs/tasks.md).
 
     Not for ``standalone``: its supervisor reads flows only to deploy ``--flows`` (it loads the
     plugins then), and each role process loads them itself; the task registry they import is
-    a fifth of the supervisor's memory otherwise."""
-    if ctx.invoked_subcommand != "standalone":
+    a fifth of the supervisor's memory otherwise. Nor for ``executions``, which asks the API."""
+    if ctx.invoked_subcommand not in _WITHOUT_FLOWS:
         _plugins_loaded()
 
 
@@ -136,7 +190,7 @@ def store_uploads(uploads: dict[str, Path], flow: Any, execution_id: str) -> dic
 
 @app.command()
 def run(
-    flow: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Flow YAML file.")],
+    flow: Annotated[Path, typer.Argument(help="Flow YAML file.")],
     inputs: Annotated[
         list[str] | None,
         typer.Option(
@@ -146,16 +200,15 @@ def run(
             "key=@@text gives the text @text.",
         ),
     ] = None,
-    flows: Annotated[
-        Path | None,
-        typer.Option(file_okay=False, exists=True, help="Directory of flows it may call."),
-    ] = None,
+    flows: Annotated[Path | None, typer.Option(help="Directory of flows it may call.")] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print only the execution JSON on stdout.")
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the end.")] = 600.0,
 ) -> None:
     """Run one execution of FLOW until it ends or pauses, and print what happened."""
+    _existing(flow, "flow")
+    _existing(flows, "--flows", directory=True)
     _setup_logging()
     try:
         given = parse_input_pairs(inputs or [])
@@ -166,8 +219,8 @@ def run(
     if as_json:
         typer.echo(execution.model_dump_json(by_alias=True))
     else:
-        _print_execution(execution, logs)
-    raise typer.Exit(EXIT_CODES.get(execution.state.current, 1))
+        print_execution(execution, logs)
+    raise typer.Exit(exit_code(execution.state.current))
 
 
 async def _run(
@@ -200,44 +253,12 @@ async def _run(
         deployed = await client.deploy(flow_yaml)
         await client.submit(deployed.namespace, deployed.id, inputs, execution_id=execution_id)
         _say(f"execution {execution_id} of {deployed.namespace}.{deployed.id} submitted")
-        execution = await asyncio.wait_for(_follow(client, execution_id), timeout)
+        progress = follow_progress(client.follow(execution_id), until_paused=True)
+        execution = await asyncio.wait_for(progress, timeout)
         elapsed = time.monotonic() - started
         _say(f"execution {execution_id} {execution.state.current} after {elapsed:.2f}s")
         logs = await client.logs(execution_id)
     return execution, logs
-
-
-_DETAILED_CHANGES = 50
-
-
-async def _follow(client: Any, execution_id: str) -> Execution:
-    """Report progress on stderr until the execution's first stop (end, or pause).
-
-    The first task-run changes are printed one by one; past that, a summary at most once a
-    second, so a 10 000-iteration loop does not flood the terminal.
-    """
-    seen: dict[str, StateType] = {}
-    printed, last_summary = 0, 0.0
-    execution: Execution | None = None
-    async for execution in client.follow(execution_id):
-        for task_run in execution.taskRunList:
-            state = task_run.state.current
-            if seen.get(task_run.id) is state:
-                continue
-            seen[task_run.id] = state
-            if printed < _DETAILED_CHANGES and state is not StateType.CREATED:
-                printed += 1
-                value = f" [{task_run.value}]" if task_run.value is not None else ""
-                _say(f"  {task_run.taskId}{value}: {state}")
-        if printed >= _DETAILED_CHANGES and time.monotonic() - last_summary >= 1.0:
-            last_summary = time.monotonic()
-            ended = sum(1 for s in seen.values() if s.is_terminal)
-            _say(f"  ... {ended} of {len(seen)} task runs ended")
-        if execution.state.current.is_terminal or execution.state.current is StateType.PAUSED:
-            return execution
-    if execution is None:
-        raise RuntimeError(f"no update received for execution {execution_id}")
-    return execution
 
 
 class _LocalRuntime:
@@ -306,35 +327,6 @@ class _LocalRuntime:
             await self.broker.astop()
 
 
-def _print_execution(execution: Execution, logs: list[LogEntry]) -> None:
-    state = execution.state
-    where = f"{execution.namespace}.{execution.flowId}, revision {execution.flowRevision}"
-    typer.echo(f"Execution {execution.id} ({where}): {state.current} in {state.duration}")
-    typer.echo("\nTask runs:")
-    depth: dict[str, int] = {}
-    for run_ in execution.taskRunList:
-        level = depth[run_.parentTaskRunId] + 1 if run_.parentTaskRunId in depth else 0
-        depth[run_.id] = level
-        value = f" [{run_.value}]" if run_.value is not None else ""
-        attempts = len(run_.attempts or [])
-        tries = f" ({attempts} attempts)" if attempts > 1 else ""
-        outputs = f"  outputs: {_short(run_.outputs)}" if run_.outputs else ""
-        typer.echo(f"  {'  ' * level}{run_.taskId}{value}: {run_.state.current}{tries}{outputs}")
-    if execution.outputs:
-        typer.echo(f"\nOutputs: {_short(execution.outputs, 400)}")
-    if logs:
-        typer.echo("\nLogs:")
-        for entry in logs:
-            typer.echo(f"  {entry.level:<5} {entry.taskId or '-'}: {entry.message}")
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    import orjson
-
-    text = orjson.dumps(value, default=str).decode()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _flow_files(directory: Path | None) -> list[Path]:
     from kestream.runtime.supervisor import flow_files
 
@@ -346,33 +338,36 @@ def _flow_files(directory: Path | None) -> list[Path]:
 
 @app.command()
 def standalone(
-    flows: Annotated[
-        Path | None,
-        typer.Option(file_okay=False, exists=True, help="Flows to deploy at start."),
-    ] = None,
+    flows: Annotated[Path | None, typer.Option(help="Flows to deploy at start.")] = None,
 ) -> None:
     """Run every role on this machine (broker too if needed) until Ctrl-C."""
     from kestream.runtime.supervisor import Supervisor
 
+    _existing(flows, "--flows", directory=True)
     if flows is not None:
         _plugins_loaded()  # the flows may use the plugins' task types
-    _setup_logging()
+    _setup_logging(role="standalone")
     code = asyncio.run(Supervisor(get_settings(), flows).run())
     raise typer.Exit(code)
 
 
 def _faust_role(role: str) -> None:
-    """Run the faust worker of ``role`` (one role, or several comma-separated)."""
+    """Run the faust worker of ``role`` (one role, or several comma-separated).
+
+    faust's worker sets up logging itself: it is given kestream's (``logging_config``), so its
+    lines and every library's have the process's one format (:mod:`kestream.log_format`), and
+    ``--quiet`` keeps its start-up banner and signal echoes off the terminal; the role logs
+    its own line once ready."""
     from kestream.runtime.faust_app import make_app
 
-    _setup_logging()
+    settings = get_settings()
+    _setup_logging(role=role)
     app_ = make_app(role)
-    # faust configures logging from --loglevel; kestream's own level rules, and RoleService
-    # quietens faust's, mode's and aiokafka's loggers to WARNING once started.
+    app_.conf.logging_config = logging_config(settings, role)
     level = {"DEBUG": "debug", "WARNING": "warn", "ERROR": "error"}.get(
-        get_settings().log_level.upper(), "info"
+        settings.log_level.upper(), "info"
     )
-    sys.argv = [f"kestream {role}", "worker", "--loglevel", level]
+    sys.argv = [f"kestream {role}", "--quiet", "worker", "--loglevel", level]
     app_.main()
 
 
@@ -446,11 +441,13 @@ def api() -> None:
 
 @app.command()
 def validate(
-    files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False)],
+    files: Annotated[list[Path], typer.Argument(help="Flow YAML files.")],
 ) -> None:
     """Check flow files; print every problem with its flow, task and line."""
     from kestream.models.flow import check_flow
 
+    for path in files:
+        _existing(path, "flow")
     bad = 0
     for path in files:
         problems = check_flow(path.read_text(), source_name=str(path))
@@ -466,9 +463,10 @@ def validate(
 
 @flows_app.command("deploy")
 def deploy(
-    directory: Annotated[Path, typer.Argument(file_okay=False, exists=True)],
+    directory: Annotated[Path, typer.Argument(help="Directory of flow YAML files.")],
 ) -> None:
     """Deploy every flow of DIRECTORY to the broker named by KESTREAM_BROKER."""
+    _existing(directory, "flows", directory=True)
     _setup_logging()
     settings = get_settings()
     if not settings.broker:
@@ -486,7 +484,15 @@ def deploy(
 
 
 def main() -> None:
-    app()
+    """The ``kestream`` entry point; settings that cannot be read (a bad ``KESTREAM_*`` value)
+    exit with 4, as other unusable input."""
+    from pydantic import ValidationError
+
+    try:
+        app()
+    except ValidationError as exc:
+        typer.secho(f"kestream's settings are not valid: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(EXIT_UNUSABLE)
 
 
 if __name__ == "__main__":

@@ -493,9 +493,10 @@ class Settings(BaseSettings):
     log_level: str = Field(
         default="INFO", description="KESTREAM_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."
     )
-    log_format: str = Field(
+    log_format: Literal["text", "json"] = Field(
         default="text",
-        description="KESTREAM_LOG_FORMAT: text (readable) or json (json: to come).",
+        description="KESTREAM_LOG_FORMAT: text (readable lines) or json (one JSON object per "
+        "line: time, level, logger, message, role, process); secrets are masked in both.",
     )
 
     @field_validator("env_vars_prefix")

@@ -47,7 +47,9 @@ def api_base(settings: Settings) -> str:
     return f"http://{host}:{settings.web_port}"
 
 
-def _auth_headers(settings: Settings) -> dict[str, str]:
+def auth_headers(settings: Settings) -> dict[str, str]:
+    """The ``Authorization`` header of the API's own credentials (Basic first, else the first
+    bearer token); none without credentials."""
     if settings.api_username is not None and settings.api_password is not None:
         auth = aiohttp.BasicAuth(settings.api_username, settings.api_password.get_secret_value())
         return {"Authorization": auth.encode()}
@@ -92,7 +94,7 @@ class ApiPurger:
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> ApiPurger:
         settings = settings or get_settings()
-        return cls(api_base(settings), settings.tenant, _auth_headers(settings))
+        return cls(api_base(settings), settings.tenant, auth_headers(settings))
 
     async def purge_executions(self, query: ExecutionPurge) -> ExecutionPurgeCounts:
         answer = await self._post(EXECUTIONS_PATH, query.model_dump(mode="json"))

@@ -1,0 +1,280 @@
+"""A small HTTP client of kestream's API (Kestra 1.x routes), for the ``executions`` commands.
+
+It reaches the API at ``KESTREAM_API_URL`` (else ``KESTREAM_WEB_HOST``:``KESTREAM_WEB_PORT``)
+with the API's own credentials, ``KESTREAM_API_USERNAME``/``KESTREAM_API_PASSWORD`` or the
+first of ``KESTREAM_API_TOKENS``: the settings the API itself reads, as the purge tasks do
+(:mod:`kestream.tasks.purge_api`). Credentials sent over plain ``http`` to another machine are
+warned about, once.
+
+Follows read the API's server-sent events (:mod:`kestream.api.sse`) with a parser of their own:
+an execution's frame is one ``data:`` line that may hold megabytes (10 000 task runs), longer
+than aiohttp's line reader accepts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from kestream.settings import Settings
+from kestream.tasks.purge_api import api_base, auth_headers, exposes_credentials
+
+__all__ = ["ApiClient", "ApiError", "SearchFilters", "sse_frames"]
+
+log = logging.getLogger("kestream.api_client")
+
+#: A request that is not a follow: the API answers from its index.
+REQUEST_TIMEOUT_S = 60.0
+CONNECT_TIMEOUT_S = 10.0
+_ERROR_TEXT_MAX = 500
+
+
+class ApiError(Exception):
+    """The API could not be reached, or answered with an error (``status``: None when it could
+    not be reached)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilters:
+    """A listing's filters, as Kestra 1.x's ``filters[field][OPERATION]`` parameters."""
+
+    namespace: str | None = None
+    flow_id: str | None = None
+    states: Sequence[str] = ()
+    labels: Mapping[str, str] | None = None
+    page: int = 1
+    size: int = 25
+
+    def params(self) -> list[tuple[str, str]]:
+        """The query parameters; newest executions first. A namespace matches its children too
+        (``PREFIX``, as Kestra's namespace filter)."""
+        params: list[tuple[str, str]] = []
+        if self.namespace:
+            params.append(("filters[namespace][PREFIX]", self.namespace))
+        if self.flow_id:
+            params.append(("filters[flowId][EQUALS]", self.flow_id))
+        if self.states:
+            params.append(("filters[state][IN]", ",".join(self.states)))
+        for key, value in (self.labels or {}).items():
+            params.append((f"filters[labels][EQUALS][{key}]", value))
+        params += [
+            ("page", str(self.page)),
+            ("size", str(self.size)),
+            ("sort", "state.startDate:desc"),
+        ]
+        return params
+
+
+class ApiClient:
+    """Calls to one API (module docs); use as an async context manager."""
+
+    def __init__(self, base: str, tenant: str, headers: Mapping[str, str]) -> None:
+        self.root = f"{base.rstrip('/')}/api/v1/{quote(tenant, safe='')}"
+        self.headers = dict(headers)
+        self._session: aiohttp.ClientSession | None = None
+        if self.headers and exposes_credentials(base):
+            log.warning(
+                "sending the API's credentials to %s over plain http, readable on the network: "
+                "set KESTREAM_API_URL to an https URL (or a loopback address)",
+                base,
+            )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ApiClient:
+        return cls(api_base(settings), settings.tenant, auth_headers(settings))
+
+    async def __aenter__(self) -> ApiClient:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S)
+        self._session = aiohttp.ClientSession(headers=self.headers, timeout=timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    # -- executions --------------------------------------------------------------------------
+
+    async def search(self, filters: SearchFilters) -> dict[str, Any]:
+        """``{"results": [...], "total": N}``: one page of executions."""
+        answer: dict[str, Any] = await self._json("GET", "/executions/search", filters.params())
+        return answer
+
+    async def execution(self, execution_id: str) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._json("GET", _one(execution_id))
+        return answer
+
+    async def follow(self, execution_id: str) -> AsyncIterator[dict[str, Any]]:
+        """The execution now, then at each change, ending with its last state (``end``)."""
+        async for frame_id, data in self._events(_one(execution_id) + "/follow"):
+            if frame_id in ("progress", "end"):
+                yield orjson.loads(data)
+            if frame_id == "end":
+                return
+
+    async def kill(self, execution_id: str) -> None:
+        await self._send("DELETE", _one(execution_id) + "/kill")
+
+    async def restart(self, execution_id: str) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._json("POST", _one(execution_id) + "/restart")
+        return answer
+
+    async def resume(self, execution_id: str, inputs: Mapping[str, str]) -> None:
+        """Resume a paused execution with the Pause's ``onResume`` inputs (a form)."""
+        form = aiohttp.FormData()
+        for key, value in inputs.items():
+            form.add_field(key, value)
+        await self._send("POST", _one(execution_id) + "/resume", data=form)
+
+    # -- logs --------------------------------------------------------------------------------
+
+    async def logs(self, execution_id: str, min_level: str | None = None) -> list[dict[str, Any]]:
+        """Every log line of the execution, oldest first (the API's pages, one after another)."""
+        path = _logs(execution_id)
+        params = [("minLevel", min_level)] if min_level else []
+        lines: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            async with self._request("GET", path, [*params, ("page", str(page))]) as response:
+                lines += orjson.loads(await response.read())
+                if 'rel="next"' not in response.headers.get("Link", ""):
+                    return lines
+            page += 1
+
+    async def follow_logs(
+        self, execution_id: str, min_level: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The execution's lines, then each new one, until the execution has ended and the API
+        has sent its every line."""
+        params = [("minLevel", min_level)] if min_level else []
+        async for frame_id, data in self._events(_logs(execution_id) + "/follow", params):
+            if frame_id == "progress":
+                yield orjson.loads(data)
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    async def _json(self, method: str, path: str, params: Sequence[tuple[str, str]] = ()) -> Any:
+        async with self._request(method, path, params) as response:
+            return orjson.loads(await response.read())
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> None:
+        async with self._request(method, path, **kwargs):
+            return
+
+    async def _events(
+        self, path: str, params: Sequence[tuple[str, str]] = ()
+    ) -> AsyncIterator[tuple[str, bytes]]:
+        async with self._request("GET", path, params, follow=True) as response:
+            async for frame in sse_frames(response.content.iter_any()):
+                yield frame
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        params: Sequence[tuple[str, str]] = (),
+        *,
+        follow: bool = False,
+        **kwargs: Any,
+    ) -> _Answer:
+        if self._session is None:
+            raise RuntimeError("use the ApiClient as an async context manager")
+        timeout = None if follow else aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+        return _Answer(self._session, method, self.root + path, list(params), timeout, kwargs)
+
+
+class _Answer:
+    """One request as an async context manager: an :class:`ApiError` for what did not work."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: str,
+        params: list[tuple[str, str]],
+        timeout: aiohttp.ClientTimeout | None,
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.session, self.method, self.url = session, method, url
+        self.params, self.timeout, self.kwargs = params, timeout, kwargs
+        self.response: aiohttp.ClientResponse | None = None
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        options = dict(self.kwargs)
+        if self.timeout is not None:
+            options["timeout"] = self.timeout
+        try:
+            response = await self.session.request(
+                self.method, self.url, params=self.params, **options
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ApiError(
+                f"cannot reach the API at {self.url} ({type(exc).__name__}: {exc}); set "
+                "KESTREAM_API_URL to where it listens"
+            ) from None
+        self.response = response
+        if response.status >= 400:
+            text = (await response.text(errors="replace"))[:_ERROR_TEXT_MAX]
+            response.release()
+            raise ApiError(f"the API answered {response.status}: {_message(text)}", response.status)
+        return response
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.response is not None:
+            self.response.release()
+
+
+def _message(text: str) -> str:
+    """The ``message`` of the API's JSON error, else the text as it came."""
+    try:
+        body = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text.strip()
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"]
+    return text.strip()
+
+
+def _one(execution_id: str) -> str:
+    return f"/executions/{quote(execution_id, safe='')}"
+
+
+def _logs(execution_id: str) -> str:
+    return f"/logs/{quote(execution_id, safe='')}"
+
+
+async def sse_frames(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, bytes]]:
+    """``(id, data)`` of each server-sent event frame in a byte stream: comments and frames
+    without data are skipped, several ``data:`` lines of a frame are joined by new lines, and a
+    frame the stream ends in the middle of is dropped (the SSE rules). A long line that comes
+    in many chunks costs its length once, not once per chunk."""
+    pending: list[bytes] = []  # the pieces of the line not ended yet
+    frame_id = ""
+    data: list[bytes] = []
+    async for chunk in chunks:
+        *ended, rest = chunk.split(b"\n")
+        for piece in ended:
+            line = (b"".join(pending) + piece if pending else piece).rstrip(b"\r")
+            pending = []
+            if not line:
+                if data:
+                    yield frame_id, b"\n".join(data)
+                frame_id, data = "", []
+                continue
+            name, _, value = line.partition(b":")
+            value = value.removeprefix(b" ")
+            if name == b"id":
+                frame_id = value.decode("utf-8", "replace")
+            elif name == b"data":
+                data.append(value)
+        if rest:
+            pending.append(rest)
