@@ -10,6 +10,7 @@ execution reads the stored output as a value.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -155,6 +156,95 @@ tasks:
     _wait_until(lambda: not _files_of(workdir, failed["id"]), "the execution's files removed")
     download = stack.get(f"/executions/{replay_id}/file?path={ref[REF_KEY]}")
     assert download.status == 200 and len(download.body) == BIG_CHARS + 2
+
+
+def test_a_subflows_large_outputs_reach_the_parent_through_its_own_folder(
+    stack: Stack, workdir: Path
+) -> None:
+    """A child returning 200 kB (over the record limit) hands its outputs to the parent task run
+    as a reference into the parent's folder; a ForEachItem's gathered outputs spill there too.
+    Deleting the children leaves what the parent reads."""
+    ns = f"it.large.s{uuid.uuid4().hex[:8]}"
+    child = f"""
+id: child
+namespace: {ns}
+inputs:
+  - id: items
+    type: STRING
+    defaults: ""
+tasks:
+  - id: make
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{% for i in range(1, {2 * BIG_CHARS // 10}) %}}abcdefghij{{% endfor %}}"
+outputs:
+  - id: big
+    type: STRING
+    value: "{{{{ outputs.make.value }}}}"
+"""
+    rows = (
+        child.replace("id: child", "id: rows").split("tasks:")[0]
+        + """tasks:
+  - id: read
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{ read(inputs.items) | trim }}"
+outputs:
+  - id: row
+    type: STRING
+    value: "{{ outputs.read.value }}"
+"""
+    )
+    lines = "\\n".join(f"{n:03d}-" + "r" * 300 for n in range(40))
+    parent = f"""
+id: parent
+namespace: {ns}
+tasks:
+  - id: sub
+    type: io.kestra.plugin.core.flow.Subflow
+    namespace: {ns}
+    flowId: child
+  - id: use
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ outputs.sub.outputs.big | length }}}}"
+  - id: write
+    type: io.kestra.plugin.core.storage.Write
+    content: "{lines}\\n"
+  - id: each
+    type: io.kestra.plugin.core.flow.ForEachItem
+    items: "{{{{ outputs.write.uri }}}}"
+    namespace: {ns}
+    flowId: rows
+    inputs:
+      items: "{{{{ taskrun.items }}}}"
+"""
+    for flow in (child, rows, parent):
+        assert stack.post_yaml("/flows", flow).status == 200
+    started = stack.post_form(f"/executions/{ns}/parent", {})
+    assert started.status == 200, started.body
+    execution_id = started.json()["id"]
+    done = _wait_attempt(stack, execution_id, 1)
+    assert done["state"]["current"] == "SUCCESS", stack.log_tail()
+    _wait_until(lambda: _ran(stack, execution_id, "each_merge"), "the merge task run indexed")
+    done = stack.get(f"/executions/{execution_id}").json()
+    assert _run(done, "use")["outputs"] == {"value": str(2 * BIG_CHARS)}
+    handed = _run(done, "sub")["outputs"]["outputs"]
+    assert is_reference(handed) and f"/executions/{execution_id}/tasks/sub/" in handed[REF_KEY]
+    gathered = _run(done, "each_items")["outputs"]["outputs"]
+    assert any(is_reference(entry) for entry in gathered)
+
+    # the children go, with their files; the parent's copies stay and download whole
+    children = stack.get(f"/executions/search?namespace={ns}&size=100").json()["results"]
+    for execution in children:
+        if execution["flowId"] != "parent":
+            assert stack.request("DELETE", f"/executions/{execution['id']}").status == 204
+    for execution in children:
+        if execution["flowId"] != "parent":
+            _wait_until(lambda e=execution: not _files_of(workdir, e["id"]), "child files gone")
+    download = stack.get(f"/executions/{execution_id}/file?path={handed[REF_KEY]}")
+    assert download.status == 200 and len(download.body) > 2 * BIG_CHARS
+    merged = _run(done, "each_merge")["outputs"]["subflowOutputs"]
+    body = stack.get(f"/executions/{execution_id}/file?path={merged}").body
+    rows_merged = sorted(json.loads(line)["row"][:3] for line in body.decode().splitlines())
+    assert rows_merged == [f"{n:03d}" for n in range(40)]  # every child's row, once
 
 
 def _steps(stack: Stack, execution_id: str) -> list[dict[str, Any]]:
