@@ -354,8 +354,9 @@ class Settings(BaseSettings):
     api_url: str | None = Field(
         default=None,
         description="KESTREAM_API_URL: where workers reach the API for the tasks that work on "
-        "its execution index (PurgeExecutions, PurgeLogs), with the API's credentials; unset: "
-        "http://KESTREAM_WEB_HOST:KESTREAM_WEB_PORT (127.0.0.1 for a wildcard host).",
+        "its execution index (PurgeExecutions, PurgeLogs), and `kestream executions` reaches "
+        "it, with the API's credentials; unset: http://KESTREAM_WEB_HOST:KESTREAM_WEB_PORT "
+        "(127.0.0.1 for a wildcard host).",
     )
     kv_sync_timeout_s: float = Field(
         default=10.0,
