@@ -27,7 +27,7 @@ import orjson
 
 from kestream.executor import events as ev
 from kestream.executor.codec import CodecError, decode_value, encode_value
-from kestream.executor.sizes import over_limit, record_json
+from kestream.executor.sizes import human_size, over_limit, record_json
 from kestream.expressions import RenderError
 from kestream.storage.access import ExecutionFiles, FileAccessError
 from kestream.storage.backend import Storage
@@ -55,6 +55,11 @@ CACHE_MAX_BYTES = 64 * 1024 * 1024
 #: texts hold it whole in memory, on the thread that steps): a larger one fails the render.
 #: Tasks that need more read the file itself (``read()``, a task's ``from``).
 READ_MAX_BYTES = 16 * 1024 * 1024
+#: The most the executor writes to the storage for one value while it steps (on its event loop:
+#: outputs of tasks it runs inline, flow outputs, a child's outputs handed to its parent): the
+#: same as a render may read back. A larger value fails where it is made, saying so; measured
+#: stall per value in docs/storage.md.
+STEP_STORE_MAX_BYTES = READ_MAX_BYTES
 #: How many times its JSON a decoded map or list weighs in memory (an estimate: Python's
 #: objects for small strings, numbers and containers take several times their text).
 DECODED_FACTOR = 4
@@ -152,6 +157,7 @@ def fit_outputs(
     whole_map: bool = False,
     entries_only: bool = False,
     what: str | None = None,
+    store_max: int | None = None,
 ) -> tuple[dict[str, Any] | None, str | None]:
     """A task run's outputs as they travel, and why they cannot (None when they can).
 
@@ -163,7 +169,8 @@ def fit_outputs(
     ``data``: ``outputs`` already encoded (:func:`measured`). ``whole_map``,
     ``entries_only``: see :func:`offload`. ``what``: how messages name them (by default
     ``outputs of task '{task_id}'``). Past ``threshold`` this writes to the storage: a caller
-    on an event loop runs it in a thread, or bounds what it writes (docs/storage.md).
+    on an event loop runs it in a thread, or bounds what it writes with ``store_max`` (the
+    executor's step: :data:`STEP_STORE_MAX_BYTES`), past which they fail instead.
     """
     if outputs is None or (max_bytes is None and threshold <= 0):
         return outputs, None
@@ -174,6 +181,11 @@ def fit_outputs(
             return outputs, None
     size = len(data)
     if 0 < threshold < size:
+        if store_max is not None and size > store_max:
+            return outputs, (
+                f"{what} are {human_size(size)}, more than the {human_size(store_max)} the "
+                "executor stores while it steps: run the task on a worker, or write a file"
+            )
         try:
             stored = offload(
                 outputs, size, threshold, keys(), whole=data,
@@ -387,15 +399,15 @@ def outputs_for_parent(
     them). They become one reference, which the parent keeps as its task run's ``outputs``
     entry (``outputs.sub.outputs`` reads the map, ``outputs.sub.outputs.x`` an entry of it).
     ``outputs`` must hold values, not references (a reference into the child's folder would
-    break with the child). Writes to the storage past ``threshold``: at most ``max_bytes``
-    (the record budget the map had to fit before), see docs/storage.md.
+    break with the child). Called in the child's step: writes at most
+    :data:`STEP_STORE_MAX_BYTES`, larger outputs fail the hand-over.
     """
     what = "the subflow's outputs"
     if parent is None:  # no parent task run named: only the record's size rule applies
         return fit_outputs("", outputs, max_bytes, 0, _no_keys, what=what)
     return fit_outputs(
-        parent.task_id, outputs, max_bytes, threshold,
-        lambda: outputs_keys(parent, attempt), whole_map=True, what=what,
+        parent.task_id, outputs, max_bytes, threshold, lambda: outputs_keys(parent, attempt),
+        whole_map=True, what=what, store_max=STEP_STORE_MAX_BYTES,
     )  # fmt: skip
 
 

@@ -41,6 +41,7 @@ from kestream.executor.context import (
     working_directory_of,
 )
 from kestream.executor.references import (
+    STEP_STORE_MAX_BYTES,
     fit_outputs,
     flow_outputs_keys,
     flow_outputs_view,
@@ -918,6 +919,7 @@ class _Step:
             outputs, problem = fit_outputs(
                 tr.task.id, outputs, self.ex.max_output_bytes, self.ex.inline_max_bytes,
                 lambda: outputs_keys(self.task_run_files(tr), len(tr.attempts)),
+                store_max=STEP_STORE_MAX_BYTES,
             )  # fmt: skip
         if outcome.error is not None or outcome.state.is_failed:
             if outputs is not None and problem is None:
@@ -1621,7 +1623,7 @@ class _Step:
         kept, problem = fit_outputs(
             "", outputs, self.ex.max_output_bytes, self.ex.inline_max_bytes,
             lambda: flow_outputs_keys(st.namespace, st.flow_id, st.id),
-            entries_only=True, what="the flow's outputs",
+            entries_only=True, what="the flow's outputs", store_max=STEP_STORE_MAX_BYTES,
         )  # fmt: skip
         if problem is not None:  # the execution's records could not hold them
             raise ValueError(problem)

@@ -267,3 +267,44 @@ def test_gathered_is_a_no_op_within_the_threshold_or_when_off(storage: Storage) 
     assert gathered(small, 1024, lambda: "never") is small
     big = [{"pad": "x" * 5000}]
     assert gathered(big, 0, lambda: "never") is big
+
+
+def test_the_executor_stores_at_most_its_step_bound_and_says_so(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the executor writes while it steps (on its event loop) is bounded: outputs of a task
+    it runs inline past the bound fail that task run; the same task on a worker stores them."""
+    from kestream.executor import step
+
+    monkeypatch.setattr(step, "STEP_STORE_MAX_BYTES", 100_000)
+    flow = CHILD.split("outputs:")[0]
+    driver = Driver(inline_tasks=True)
+    driver.executor.inline_max_bytes = THRESHOLD
+    with driver:
+        driver.deploy(flow)
+        done = driver.start("acme.team", "child")
+        logs = [line.message for line in driver.logs(done.id)]
+    assert done.state.current is S.FAILED
+    assert any(
+        "outputs of task 'make' are 200 kB, more than the 100 kB the executor stores" in line
+        for line in logs
+    ), logs
+    with _driver() as driver:  # on a worker: stored in a thread there, whatever the bound
+        driver.deploy(flow)
+        assert driver.start("acme.team", "child").state.current is S.SUCCESS
+
+
+def test_a_childs_outputs_past_the_step_bound_fail_the_parent_task_run(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kestream.executor import references
+
+    monkeypatch.setattr(references, "STEP_STORE_MAX_BYTES", 100_000)
+    with _driver() as driver:
+        driver.deploy(CHILD)
+        driver.deploy(PARENT)
+        done = driver.start("acme.team", "parent")
+        logs = [line.message for line in driver.logs(done.id)]
+    assert done.state.current is S.FAILED
+    assert _run(done, "sub").state.current is S.FAILED
+    assert any("the subflow's outputs are 200 kB, more than the 100 kB" in x for x in logs)
