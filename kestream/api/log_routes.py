@@ -8,6 +8,10 @@ lines follow, the answer carries ``Link: <...?page=N+1>; rel="next"`` (RFC 8288)
 ``X-Kestream-Truncated: true``; ``?page=`` (from 1) reads the next ones. An execution with fewer
 lines gets exactly Kestra's answer.
 
+``GET .../logs/search`` answers ``{results, total}``: the lines of every execution, newest
+first, filtered by text, namespace, flow, level and dates (:func:`log_search`); the total is
+counted up to :data:`~kestream.api.index.store.LOG_SEARCH_COUNT_MAX`.
+
 The follow stream (frames ``start``, then ``progress`` per line, as Kestra's) reads the lines
 the index received after the last one it sent (a sequence cursor, :meth:`Store.logs_after`: each
 read costs the new lines, not the execution's), every :data:`FOLLOW_POLL_S` when there is
@@ -24,8 +28,10 @@ the process).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -33,11 +39,14 @@ from aiokafka import TopicPartition
 
 from kestream.api import sse
 from kestream.api.handle import ApiHandle
-from kestream.api.http import bad_request, json_response, query_int
-from kestream.api.index.store import LOG_LEVELS, LOG_PAGE, log_level_rank
+from kestream.api.http import bad_request, json_response, query_instant, query_int
+from kestream.api.index.query import MAX_PAGE_SIZE
+from kestream.api.index.store import LOG_LEVELS, LOG_PAGE, LogSearch, log_level_rank
 from kestream.api.service import ApiService
+from kestream.models.durations import DurationError, parse_duration
 
 PREFIX = "/api/v1/{tenant}/logs/{executionId}"
+SEARCH = "/api/v1/{tenant}/logs/search"
 FOLLOW_POLL_S = 0.25
 #: Most lines in one answer of ``GET .../logs/{executionId}`` (then ``Link: rel="next"``).
 LOG_LIST_MAX = 10_000
@@ -83,7 +92,18 @@ class LogRoutes:
         self.api = api
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get(PREFIX + "/follow", self.follow), web.get(PREFIX, self.list)]
+        return [
+            web.get(SEARCH, self.search),  # before PREFIX, whose id would match ``search``
+            web.get(PREFIX + "/follow", self.follow),
+            web.get(PREFIX, self.list),
+        ]
+
+    async def search(self, request: web.Request) -> web.Response:
+        """``GET .../logs/search``: ``{results, total}``, the lines of every execution, newest
+        first (see :func:`log_search`)."""
+        service = self.api.service_for(request)
+        lines, total = await service.search_logs(log_search(request))
+        return json_response({"results": lines, "total": total})
 
     async def list(self, request: web.Request) -> web.Response:
         """One page of at most :data:`LOG_LIST_MAX` lines (see the module doc)."""
@@ -135,6 +155,50 @@ class LogRoutes:
             if end is None:
                 end = await service.logs_end(execution_id)
             await asyncio.sleep(FOLLOW_POLL_S)
+
+
+#: The logs search's parameters: Kestra's plain ones, and the ``filters[field][OP]`` form of
+#: each (the operation is not read: each field has one meaning here).
+_SEARCH_FIELDS = {
+    "q": "q",
+    "namespace": "namespace",
+    "flowId": "flowId",
+    "minLevel": "minLevel",
+    "level": "minLevel",
+    "startDate": "startDate",
+    "endDate": "endDate",
+    "timeRange": "timeRange",
+}
+_FILTER = re.compile(r"^filters\[(\w+)\]\[\w+\]$")
+
+
+def log_search(request: web.Request) -> LogSearch:
+    """The logs search's query: ``q`` (text in the message, any case), ``namespace`` (and its
+    children), ``flowId``, ``minLevel``, ``startDate``/``endDate`` or ``timeRange`` (an
+    ISO-8601 duration back from now), ``page`` and ``size``. Bad values answer 400."""
+    wanted: dict[str, str] = {}
+    for name, value in request.query.items():
+        found = _FILTER.match(name)
+        field = _SEARCH_FIELDS.get(found.group(1) if found else name)
+        if field is not None and value.strip():
+            wanted[field] = value.strip()
+    start = query_instant(request, "startDate") if "startDate" in request.query else None
+    end = query_instant(request, "endDate") if "endDate" in request.query else None
+    if "timeRange" in wanted:
+        try:
+            start = datetime.now(UTC) - parse_duration(wanted["timeRange"])
+        except DurationError as exc:
+            raise bad_request(f"Query parameter 'timeRange': {exc}") from None
+    return LogSearch(
+        text=wanted.get("q"),
+        namespace=wanted.get("namespace"),
+        flow_id=wanted.get("flowId"),
+        min_level=_min_level(wanted.get("minLevel")),
+        start=start,
+        end=end,
+        page=query_int(request, "page", 1, low=1, high=_MAX_PAGE),
+        size=query_int(request, "size", 25, low=1, high=MAX_PAGE_SIZE),
+    )
 
 
 def _min_level(level: str | None) -> str | None:

@@ -194,6 +194,21 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", _T + "/logs/purge"): Operation(
         "purgeLogs", "Logs", body=_JSON, responses={200: _OK_JSON, 422: _ERRORS[422]}
     ),
+    ("GET", _T + "/logs/search"): Operation(
+        "searchLogs",
+        "Logs",
+        query=(
+            Param("q", description="text in the message, in any case"),
+            Param("namespace", description="the namespace and its children"),
+            Param("flowId"),
+            Param("minLevel"),
+            Param("startDate"),
+            Param("endDate"),
+            Param("timeRange", description="an ISO-8601 duration back from now"),
+            *_PAGE,
+        ),
+        responses={200: _OK_JSON},
+    ),
     ("GET", _T + "/logs/{executionId}"): Operation(
         "listLogsFromExecution",
         "Logs",

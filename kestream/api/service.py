@@ -28,7 +28,7 @@ from kestream.api.execution_end import is_over
 from kestream.api.index import Store, open_index
 from kestream.api.index.feed import IndexFeed
 from kestream.api.index.query import SearchQuery
-from kestream.api.index.store import LogPage
+from kestream.api.index.store import LogPage, LogSearch
 from kestream.api.sse import FollowLimit
 from kestream.client import Client
 from kestream.executor import events as ev
@@ -320,6 +320,10 @@ class ApiService:
                 self.index.logs, execution_id, min_level, task_run_id, limit=limit, offset=offset
             )
         )
+
+    async def search_logs(self, query: LogSearch) -> tuple[list[dict[str, Any]], int]:
+        """A page of every execution's lines that ``query`` picks (:meth:`Store.search_logs`)."""
+        return await asyncio.to_thread(self.index.search_logs, query)
 
     async def logs_after(
         self,

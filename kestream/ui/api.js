@@ -127,6 +127,26 @@ export async function call(method, path, body, contentType) {
 }
 
 /**
+ * Save what a route answers as a file the browser downloads (a link to the route cannot be
+ * followed as is: the browser would not send the credentials). The file is named as the
+ * answer's `Content-Disposition` names it, else `fallback`.
+ * @param {string} path
+ * @param {string} fallback
+ */
+export async function download(path, fallback) {
+  const response = await send(path);
+  const named = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition") ?? "");
+  const url = URL.createObjectURL(await response.blob());
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = named ? named[1] : fallback;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+/**
  * Read a server-sent event stream frame by frame until it ends or `signal` aborts.
  * Resolves when the stream ends; an abort resolves quietly.
  * @param {string} path

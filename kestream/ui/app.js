@@ -14,6 +14,7 @@ import { executionPage } from "./execution_page.js";
 import { executionsPage } from "./executions_page.js";
 import { flowPage } from "./flow_page.js";
 import { flowsPage } from "./flows_page.js";
+import { logsPage } from "./logs_page.js";
 
 /** @typedef {(root: HTMLElement, params: string[], query: URLSearchParams) => (() => void)} Page */
 
@@ -24,6 +25,7 @@ const ROUTES = [
   [/^\/flows$/, "flows", flowsPage],
   [/^\/flows\/new$/, "flows", (root, _p, q) => flowPage(root, [], q)],
   [/^\/flows\/([^/]+)\/([^/]+)$/, "flows", flowPage],
+  [/^\/logs$/, "logs", logsPage],
   [/^\/cluster$/, "cluster", clusterPage],
 ];
 

@@ -7,10 +7,17 @@
  *
  * The same frames move the Gantt timeline (`gantt.js`). A PAUSED execution has a Resume
  * button with a form generated from its Pause task's `onResume` inputs (read from the flow's
- * revision the execution runs), sent to the resume route.
+ * revision the execution runs), sent to the resume route. An ended one has a Replay button:
+ * the replay route makes a new execution, from its start or from a chosen task run (the runs
+ * before it are kept), and the page opens it.
+ *
+ * The log lines received are kept, so the search box narrows the ones shown as it is typed
+ * without asking the API again (the follow route has no text filter). Stored files named by
+ * outputs and inputs are download links (`files.js`).
  */
 import { ApiError, call, follow, getJson } from "./api.js";
 import { duration, errorBox, fill, h, isTerminal, jsonBlock, stateBadge, when } from "./dom.js";
+import { fileLinks } from "./files.js";
 import { Gantt } from "./gantt.js";
 import { inputsForm } from "./inputs_form.js";
 
@@ -69,6 +76,8 @@ export function executionPage(root, [id]) {
   const logs = h("div", { class: "logs", id: "logs", role: "log", "aria-live": "off" });
   const gantt = new Gantt();
   const resumeBox = h("div", { id: "resume-box" });
+  const search = h("input", { id: "log-search", type: "search", placeholder: "text in the lines", autocomplete: "off" });
+  const shownCount = h("span", { class: "muted", id: "log-count", "aria-live": "polite" });
   const level = h(
     "select",
     { id: "log-level" },
@@ -87,7 +96,14 @@ export function executionPage(root, [id]) {
     h(
       "section",
       { "aria-labelledby": "logs-title" },
-      h("div", { class: "row" }, h("h2", { id: "logs-title" }, "Logs"), h("label", { for: "log-level" }, "From level"), level),
+      h(
+        "div",
+        { class: "row" },
+        h("h2", { id: "logs-title" }, "Logs"),
+        h("label", { for: "log-level" }, "From level"), level,
+        h("label", { for: "log-search" }, "Search"), search,
+        shownCount,
+      ),
       logs,
     ),
   );
@@ -135,15 +151,20 @@ export function executionPage(root, [id]) {
         state === "PAUSED"
           ? h("button", { type: "button", id: "resume", class: "primary", "aria-controls": "resume-box", onclick: () => openResume(execution) }, "Resume")
           : null,
+        isTerminal(state)
+          ? h("button", { type: "button", id: "replay", "aria-controls": "resume-box", onclick: () => openReplay() }, "Replay")
+          : null,
       );
       if (state !== "PAUSED") fill(resumeBox);
     }
     gantt.update(execution);
-    fill(tree, renderRuns(execution.taskRunList ?? [], open));
+    fill(tree, renderRuns(execution.taskRunList ?? [], open, (value) => fileLinks(execution.id, value, status)));
     const labels = execution.labels ?? [];
+    const hasOutputs = execution.outputs && Object.keys(execution.outputs).length;
     fill(
       facts,
-      h("h3", {}, "Inputs"), execution.inputs && Object.keys(execution.inputs).length ? jsonBlock(execution.inputs) : h("p", { class: "muted" }, "None"),
+      h("h3", {}, "Inputs"), execution.inputs && Object.keys(execution.inputs).length ? [jsonBlock(execution.inputs), fileLinks(execution.id, execution.inputs, status)] : h("p", { class: "muted" }, "None"),
+      hasOutputs ? [h("h3", {}, "Outputs"), jsonBlock(execution.outputs), fileLinks(execution.id, execution.outputs, status)] : null,
       h("h3", {}, "Labels"),
       labels.length ? h("ul", { class: "labels" }, labels.map((/** @type {any} */ l) => h("li", {}, `${l.key}: ${l.value}`))) : h("p", { class: "muted" }, "None"),
       h("h3", {}, "Trigger"), execution.trigger ? jsonBlock(execution.trigger) : h("p", { class: "muted" }, "Started by hand (API)"),
@@ -192,6 +213,57 @@ export function executionPage(root, [id]) {
       ),
     );
     /** @type {HTMLElement | null} */ (resumeBox.querySelector("input, select, textarea, button"))?.focus();
+  };
+
+  /**
+   * The Replay form: from the start, or from one of the task runs (by task, loop value and
+   * state), on the revision the execution ran.
+   */
+  const openReplay = () => {
+    const runs = latest?.taskRunList ?? [];
+    const from = h(
+      "select",
+      { id: "replay-from" },
+      h("option", { value: "" }, "From the start"),
+      runs.map((/** @type {any} */ run) =>
+        h("option", { value: run.id }, `${run.taskId}${run.value != null ? ` [${run.value}]` : ""} (${run.state.current})`),
+      ),
+    );
+    const outcome = h("div", { "aria-live": "polite" });
+    /** @param {SubmitEvent} event */
+    const submit = async (event) => {
+      event.preventDefault();
+      const query = from.value ? `?taskRunId=${encodeURIComponent(from.value)}` : "";
+      try {
+        const replayed = await getJson(`${path}/replay${query}`, { method: "POST" });
+        location.hash = `#/executions/${encodeURIComponent(replayed.id)}`;
+      } catch (error) {
+        fill(outcome, errorBox(/** @type {Error} */ (error).message));
+      }
+    };
+    const cancel = () => {
+      fill(resumeBox);
+      /** @type {HTMLElement | null} */ (actions.querySelector("#replay"))?.focus();
+    };
+    fill(
+      resumeBox,
+      h(
+        "form",
+        { class: "inputs-form card", id: "replay-form", onsubmit: submit, "aria-label": "Replay" },
+        h("h2", {}, "Replay as a new execution"),
+        h("label", { for: "replay-from" }, "Run again"),
+        from,
+        h("p", { class: "muted hint" }, "The task runs before the one chosen keep their outputs; it and everything after run again."),
+        h(
+          "div",
+          { class: "row" },
+          h("button", { type: "submit", class: "primary", id: "replay-submit" }, "Replay"),
+          h("button", { type: "button", onclick: cancel }, "Cancel"),
+        ),
+        outcome,
+      ),
+    );
+    from.focus();
   };
 
   /** @param {string} method @param {string} suffix @param {string} done */
@@ -254,23 +326,33 @@ export function executionPage(root, [id]) {
     aborter.signal.addEventListener("abort", () => controller.abort());
     logStream = controller;
     logs.replaceChildren();
+    lines.length = 0;
+    countShown();
     follow(`/logs/${encodeURIComponent(id)}/follow?minLevel=${level.value}`, (frameId, line) => {
       if (frameId === "start" || !line || !line.message) return;
-      logs.append(
-        h(
-          "div",
-          { class: `log log-${String(line.level).toLowerCase()}` },
-          h("span", { class: "mono muted" }, when(line.timestamp)),
-          h("span", { class: "level" }, line.level),
-          h("span", { class: "mono" }, line.taskId ?? ""),
-          h("span", { class: "message" }, line.message),
-        ),
-      );
+      const row = logLine(line);
+      lines.push({ row, text: `${line.taskId ?? ""} ${line.message}`.toLowerCase() });
+      row.hidden = !matches(lines[lines.length - 1].text);
+      logs.append(row);
+      countShown();
     }, controller.signal)
       .then(() => reopenIfRunning(watchLogs, controller.signal))
       .catch((error) => fill(status, errorBox(error.message)));
   };
   level.addEventListener("change", watchLogs);
+
+  /** @type {{row: HTMLElement, text: string}[]} every line received, with what search reads */
+  const lines = [];
+  /** @param {string} text */
+  const matches = (text) => !search.value.trim() || text.includes(search.value.trim().toLowerCase());
+  const countShown = () => {
+    const shown = lines.filter((line) => !line.row.hidden).length;
+    fill(shownCount, search.value.trim() ? `${shown} of ${lines.length} lines` : "");
+  };
+  search.addEventListener("input", () => {
+    for (const line of lines) line.row.hidden = !matches(line.text);
+    countShown();
+  });
 
   getJson(path)
     .then((execution) => {
@@ -289,10 +371,28 @@ export function executionPage(root, [id]) {
 }
 
 /**
+ * One log line as the execution page and the logs page show it.
+ * @param {any} line
+ * @param {HTMLElement | null} [where] what to show before the task (the logs page: the execution)
+ */
+export function logLine(line, where = null) {
+  return h(
+    "div",
+    { class: `log log-${String(line.level).toLowerCase()}${where ? " with-execution" : ""}` },
+    h("span", { class: "mono muted" }, when(line.timestamp)),
+    h("span", { class: "level" }, line.level),
+    where,
+    h("span", { class: "mono" }, line.taskId ?? ""),
+    h("span", { class: "message" }, line.message),
+  );
+}
+
+/**
  * @param {any[]} runs
  * @param {Set<string>} open
+ * @param {(value: unknown) => HTMLElement | null} files download links for a value's files
  */
-function renderRuns(runs, open) {
+function renderRuns(runs, open, files) {
   if (!runs.length) return h("p", { class: "muted" }, "No task run yet.");
   const children = byParent(runs);
   /** @param {string | null} parent @returns {HTMLUListElement} */
@@ -313,6 +413,7 @@ function renderRuns(runs, open) {
               jsonBlock(outputs),
             )
           : null;
+        const links = outputs ? files(outputs) : null;
         return h(
           "li",
           { role: "treeitem", "data-task": run.taskId },
@@ -326,6 +427,7 @@ function renderRuns(runs, open) {
             h("span", { class: "muted" }, duration(run.state.startDate, run.state.endDate)),
           ),
           details,
+          links,
           children.has(run.id) ? list(run.id) : null,
         );
       }),

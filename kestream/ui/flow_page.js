@@ -3,17 +3,26 @@
  * One flow's YAML source, checked as it is typed: a pause in typing sends the text to the
  * validate route, and each problem it answers is marked on its line in the gutter (its
  * message there and in the list below). Saving deploys through the create or update route.
- * The editor is a plain textarea with a line gutter; syntax highlighting is not done yet.
+ * The editor is a textarea with a line gutter over a highlighted copy of its text
+ * (`yaml_highlight.js`).
  *
  * A saved flow has an "Execute" form generated from its typed inputs (`inputs_form.js`): it
  * starts an execution through the create route and opens its page; the API's validation
  * problems are shown beside the inputs they name. While it is filled in, a pause sends it to
  * the inputs' validate route, whose answer hides the inputs `dependsOn` disables and fills the
  * choices a SELECT's `expression` renders.
+ *
+ * Below it, for a saved flow: a diagram of its tasks (`flow_diagram.js`), its triggers with
+ * their next fire time (the triggers route), and a diff between two of its revisions (each read
+ * from the flow route's `?revision=`; the API has no route listing them, and revisions are
+ * numbered from 1 to the current one).
  */
 import { ApiError, getJson } from "./api.js";
-import { errorBox, fill, h } from "./dom.js";
+import { errorBox, fill, h, when } from "./dom.js";
+import { flowDiagram } from "./flow_diagram.js";
 import { inputsForm } from "./inputs_form.js";
+import { lineDiff } from "./line_diff.js";
+import { highlighted } from "./yaml_highlight.js";
 
 const VALIDATE_DELAY_MS = 300;
 const YAML = "application/x-yaml";
@@ -52,16 +61,130 @@ export function flowPage(root, params) {
   const list = h("ul", { id: "problems", class: "problems", "aria-live": "polite" });
   const save = h("button", { type: "button", class: "primary", id: "save" }, existing ? "Save" : "Create");
   const execute = h("section", { id: "execute", "aria-labelledby": "execute-title" });
+  const overlay = h("pre", { class: "highlight", "aria-hidden": "true" });
+  const diagram = h("section", { "aria-labelledby": "diagram-title" });
+  const triggers = h("section", { "aria-labelledby": "triggers-title" });
+  const revisions = h("section", { "aria-labelledby": "revisions-title" });
   fill(
     root,
     h("p", {}, h("a", { href: "#/flows" }, "← Flows")),
     h("div", { class: "row" }, h("h1", {}, existing ? `${namespace}.${id}` : "New flow"), save,
       existing ? h("a", { class: "button", href: `#/executions?namespace=${encodeURIComponent(namespace)}&flow=${encodeURIComponent(id)}` }, "Executions") : null),
     status,
-    h("div", { class: "editor" }, gutter, source),
+    h("div", { class: "editor" }, gutter, h("div", { class: "code" }, overlay, source)),
     list,
     execute,
+    diagram,
+    triggers,
+    revisions,
   );
+
+  /** @param {any} flow the flow as last saved */
+  const drawSaved = (flow) => {
+    drawExecute(flow);
+    fill(diagram, h("h2", { id: "diagram-title" }, "Diagram"), flowDiagram(flow));
+    drawTriggers(flow);
+    drawRevisions(flow);
+  };
+
+  /**
+   * The flow's declared triggers, with what the scheduler recorded for each.
+   * @param {any} flow
+   */
+  const drawTriggers = async (flow) => {
+    const declared = flow.triggers ?? [];
+    fill(triggers, h("h2", { id: "triggers-title" }, "Triggers"));
+    if (!declared.length) {
+      triggers.append(h("p", { class: "muted" }, "This flow has no triggers."));
+      return;
+    }
+    /** @type {Map<string, any>} */
+    const recorded = new Map();
+    try {
+      const answer = await getJson(`/triggers/${encodeURIComponent(flow.namespace)}/${encodeURIComponent(flow.id)}`);
+      for (const row of answer.results ?? []) recorded.set(row.triggerId, row);
+    } catch (error) {
+      triggers.append(errorBox(/** @type {Error} */ (error).message));
+    }
+    triggers.append(
+      h(
+        "div",
+        { class: "table-wrap" },
+        h(
+          "table",
+          { class: "list", id: "triggers" },
+          h("thead", {}, h("tr", {}, ["Trigger", "Type", "Next fire", "Last fire", "Enabled"].map((c) => h("th", { scope: "col" }, c)))),
+          h(
+            "tbody",
+            {},
+            declared.map((/** @type {any} */ trigger) => {
+              const state = recorded.get(trigger.id);
+              const disabled = Boolean(trigger.disabled || state?.disabled);
+              return h(
+                "tr",
+                { "data-trigger": trigger.id },
+                h("td", { class: "mono" }, trigger.id),
+                h("td", {}, String(trigger.type).slice(String(trigger.type).lastIndexOf(".") + 1)),
+                h("td", { "data-next": state?.nextExecutionDate ?? "" }, state?.nextExecutionDate ? when(state.nextExecutionDate) : h("span", { class: "muted" }, "—")),
+                h("td", {}, state?.date ? when(state.date) : h("span", { class: "muted" }, "—")),
+                h("td", {}, disabled ? "no" : "yes"),
+              );
+            }),
+          ),
+        ),
+      ),
+    );
+  };
+
+  /**
+   * Two revisions side by side as a line diff: the one before the current and the current, or
+   * any two chosen.
+   * @param {any} flow
+   */
+  const drawRevisions = (flow) => {
+    const current = Number(flow.revision) || 1;
+    const numbers = Array.from({ length: current }, (_, i) => current - i);
+    const pick = (/** @type {string} */ which, /** @type {number} */ chosen) =>
+      h("select", { id: `revision-${which}` }, numbers.map((n) => h("option", { value: n, selected: n === chosen }, `revision ${n}`)));
+    const from = pick("from", Math.max(1, current - 1));
+    const to = pick("to", current);
+    const shown = h("div", { id: "revision-diff" });
+    const compare = async () => {
+      const read = (/** @type {string} */ n) =>
+        getJson(`/flows/${encodeURIComponent(flow.namespace)}/${encodeURIComponent(flow.id)}?revision=${n}&source=true`);
+      try {
+        const [before, after] = await Promise.all([read(from.value), read(to.value)]);
+        const lines = lineDiff(before.source ?? "", after.source ?? "");
+        const changed = lines.filter((l) => l.op !== " ").length;
+        fill(
+          shown,
+          h("p", { class: "muted", id: "diff-summary" }, changed ? `${changed} line${changed === 1 ? "" : "s"} changed` : "The same source"),
+          h(
+            "pre",
+            { class: "diff", "aria-label": `Changes from revision ${from.value} to ${to.value}` },
+            lines.map((l) =>
+              h("div", { class: l.op === "+" ? "add" : l.op === "-" ? "del" : null, "data-op": l.op },
+                h("span", { class: "ln", "aria-hidden": "true" }, String(l.old ?? "")),
+                h("span", { class: "ln", "aria-hidden": "true" }, String(l.new ?? "")),
+                `${l.op} ${l.text}`),
+            ),
+          ),
+        );
+      } catch (error) {
+        fill(shown, errorBox(/** @type {Error} */ (error).message));
+      }
+    };
+    from.addEventListener("change", compare);
+    to.addEventListener("change", compare);
+    fill(
+      revisions,
+      h("h2", { id: "revisions-title" }, "Revisions"),
+      h("div", { class: "row" }, h("label", { for: "revision-from" }, "From"), from, h("label", { for: "revision-to" }, "to"), to),
+      shown,
+    );
+    if (current > 1) compare();
+    else fill(shown, h("p", { class: "muted" }, "Only one revision so far."));
+  };
 
   /** Stops the Execute form's pending validation (when the page is left or redrawn). */
   let stopResolving = () => {};
@@ -130,7 +253,14 @@ export function flowPage(root, params) {
         return h("div", { class: message ? "marked" : null, title: message ?? null, "data-line": i + 1 }, String(i + 1));
       }),
     );
+    fill(overlay, highlighted(source.value));
+    follow();
+  };
+  /** The gutter and the highlighted copy scroll with the text. */
+  const follow = () => {
     gutter.scrollTop = source.scrollTop;
+    overlay.scrollTop = source.scrollTop;
+    overlay.scrollLeft = source.scrollLeft;
   };
   const drawProblems = () => {
     fill(
@@ -163,9 +293,7 @@ export function flowPage(root, params) {
     clearTimeout(timer);
     timer = setTimeout(validate, VALIDATE_DELAY_MS);
   });
-  source.addEventListener("scroll", () => {
-    gutter.scrollTop = source.scrollTop;
-  });
+  source.addEventListener("scroll", follow);
 
   save.addEventListener("click", async () => {
     try {
@@ -173,7 +301,7 @@ export function flowPage(root, params) {
         ? await getJson(`/flows/${encodeURIComponent(namespace)}/${encodeURIComponent(id)}`, { method: "PUT", body: source.value, headers: { "Content-Type": YAML } })
         : await getJson("/flows", { method: "POST", body: source.value, headers: { "Content-Type": YAML } });
       fill(status, h("p", { class: "notice" }, `Saved revision ${flow.revision}`));
-      if (existing) drawExecute(flow);
+      if (existing) drawSaved(flow);
       if (!existing) location.hash = `#/flows/${encodeURIComponent(flow.namespace)}/${encodeURIComponent(flow.id)}`;
     } catch (error) {
       const problemsOf = error instanceof ApiError ? error.problems.map((p) => p.message ?? "") : [];
@@ -185,7 +313,7 @@ export function flowPage(root, params) {
     getJson(`/flows/${encodeURIComponent(namespace)}/${encodeURIComponent(id)}?source=true`)
       .then((flow) => {
         source.value = flow.source ?? "";
-        drawExecute(flow);
+        drawSaved(flow);
         drawGutter();
         validate();
       })

@@ -9,11 +9,19 @@ a flow's Execute form (an input error from the API shown beside its field first)
 Gantt timeline with a retried task and a loop's values, resumes a Pause through the form of its
 ``onResume`` inputs, and opens the cluster page. Each page is checked for console errors
 (failed loads and exceptions included).
+
+Then what acts on many or looks across: executions selected in the list (filtered by a label)
+and killed, restarted and deleted in bulk, each effect read back from the API; an execution
+replayed from a chosen task run, its logs searched, and its stored files (a ``kestra://`` URI
+and an output too large to travel inline, stored as a reference) downloaded through their
+links; a flow's diagram, triggers with their next fire time, a diff between its revisions and
+the highlighted editor; and the logs page searching the lines of every execution.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,7 +72,9 @@ tasks:
 @pytest.fixture(scope="module")
 def stack(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     prefix = f"it.ui.{uuid.uuid4().hex[:10]}."
-    yield from start_stack(broker.bootstrap, prefix, tmp_path_factory.mktemp("ui"))
+    # Outputs past 4 KiB leave the record as a stored reference: the execution page links them.
+    limit = {"KESTREAM_OUTPUT_INLINE_MAX_BYTES": "4096"}
+    yield from start_stack(broker.bootstrap, prefix, tmp_path_factory.mktemp("ui"), limit)
 
 
 @pytest.fixture
@@ -264,7 +274,15 @@ def test_the_shell_by_keyboard_in_both_themes_at_desktop_and_phone_widths(
     text_of(driver, "#execution-state", "RUNNING")
     screenshot(driver, f"execution-{switched}-1280", tmp_path)
     driver.set_window_size(390, 844)
-    pages = (f"#/executions/{execution_id}", f"#/executions?namespace={ns}", "#/flows", "#/cluster")
+    assert stack.post_yaml("/flows", flow_with_branches(ns, "words")).status == 200
+    pages = (
+        f"#/executions/{execution_id}",
+        f"#/executions?namespace={ns}",
+        "#/flows",
+        f"#/flows/{ns}/branches",
+        "#/logs",
+        "#/cluster",
+    )
     for page in pages:
         driver.get(f"{stack.base}/ui/{page}")
         wait(driver).until(ec.presence_of_element_located((By.CSS_SELECTOR, "main h1")))
@@ -487,3 +505,337 @@ def test_the_cluster_page_shows_each_role_with_its_partitions(
     assert not driver.find_elements(By.ID, "memory-only")  # durable by default
     screenshot(driver, "cluster", tmp_path)
     no_console_errors(driver, "the cluster page")
+
+
+def labelled_sleep(stack: Stack, ns: str, label: str | None) -> str:
+    query = f"?labels={label}" if label else ""
+    started = stack.request("POST", f"/executions/{ns}/sleepy{query}")
+    assert started.status == 200, started.body
+    execution_id = str(started.json()["id"])
+    stack.wait_state(execution_id, {"RUNNING"})
+    return execution_id
+
+
+def bulk(driver: webdriver.Chrome, action: str, expected: str) -> None:
+    """Press a bulk action's button, confirm it by keyboard, and read its summary."""
+    driver.find_element(By.ID, f"bulk-{action}").click()
+    confirm = wait(driver).until(ec.element_to_be_clickable((By.ID, "bulk-confirm-yes")))
+    assert driver.switch_to.active_element == confirm  # the confirmation takes the focus
+    confirm.send_keys(Keys.ENTER)
+    text_of(driver, "#bulk-result", expected)
+
+
+def test_bulk_kill_restart_and_delete_of_executions_selected_under_a_label_filter(
+    stack: Stack, driver: webdriver.Chrome, tmp_path: Path
+) -> None:
+    ns = f"it.ui.n{uuid.uuid4().hex[:8]}"
+    assert stack.post_yaml("/flows", sleepy(ns)).status == 200
+    tagged = [labelled_sleep(stack, ns, "team:ui") for _ in range(3)]
+    other = labelled_sleep(stack, ns, None)
+    log_in(driver, stack)
+    driver.get(f"{stack.base}/ui/#/executions?namespace={ns}")
+    text_of(driver, "#total", "4 executions")
+    filter_executions(driver, labels="team:ui")
+    text_of(driver, "#total", "3 executions")
+    assert "labels=team%3Aui" in driver.current_url
+    assert not driver.find_elements(By.CSS_SELECTOR, f'#executions tr[data-id="{other}"]')
+
+    select_all = driver.find_element(By.ID, "select-all")
+    select_all.send_keys(Keys.SPACE)  # by keyboard
+    text_of(driver, "#selected-count", "3 selected")
+    row = driver.find_element(By.CSS_SELECTOR, f'#executions tr[data-id="{tagged[0]}"]')
+    wait(driver).until(ec.staleness_of(row))  # redrawn by its refresh: the selection stays
+    assert driver.switch_to.active_element.get_attribute("id") == "select-all"
+    checked = driver.find_elements(By.CSS_SELECTOR, "#executions input[data-select]:checked")
+    assert len(checked) == 3
+    screenshot(driver, "executions-bulk", tmp_path)
+    bulk(driver, "kill", "Kill: 3 kill requested")
+    for execution_id in tagged:
+        stack.wait_state(execution_id, {"KILLED"})
+    assert stack.get(f"/executions/{other}").json()["state"]["current"] == "RUNNING"
+    for execution_id in tagged:
+        text_of(driver, f'#executions tr[data-id="{execution_id}"] [data-state]', "KILLED")
+
+    for execution_id in tagged[:2]:
+        driver.find_element(By.CSS_SELECTOR, f'input[data-select="{execution_id}"]').click()
+    text_of(driver, "#selected-count", "2 selected")
+    bulk(driver, "restart", "Restart: 2 restarted")
+    for execution_id in tagged[:2]:
+        restarted = stack.wait_state(execution_id, {"RUNNING"})
+        assert "RESTARTED" in [h["state"] for h in restarted["state"]["histories"]]
+    assert stack.get(f"/executions/{tagged[2]}").json()["state"]["current"] == "KILLED"
+
+    # A delete of running executions is refused by the API, each counted with its reason.
+    driver.find_element(By.ID, "select-all").click()
+    text_of(driver, "#selected-count", "3 selected")
+    bulk(driver, "delete", "Delete: 1 deleted, 2 refused")
+    text_of(driver, "#bulk-confirm", "still running")
+    assert stack.get(f"/executions/{tagged[2]}").status == 404
+    only_the_refusal_status(driver, 409)
+    text_of(driver, "#selected-count", "2 selected")  # the refused ones stay selected
+    bulk(driver, "kill", "Kill: 2 kill requested")
+    for execution_id in tagged[:2]:
+        stack.wait_state(execution_id, {"KILLED"})
+    # Done: no longer selected (the summary and the selection are drawn together).
+    assert driver.find_element(By.ID, "selected-count").text == ""
+    assert driver.find_element(By.ID, "bulk-delete").get_attribute("disabled") is not None
+    driver.find_element(By.ID, "select-all").click()
+    text_of(driver, "#selected-count", "2 selected")
+    bulk(driver, "delete", "Delete: 2 deleted")
+    for execution_id in tagged[:2]:
+        assert stack.get(f"/executions/{execution_id}").status == 404
+    text_of(driver, "#total", "0 executions")
+    assert stack.request("DELETE", f"/executions/{other}/kill").status == 202
+    no_console_errors(driver, "the executions list's bulk actions")
+
+
+def only_the_refusal_status(driver: webdriver.Chrome, status: int) -> None:
+    """The console's only errors are the browser's notes of refusals with ``status`` that the
+    page asked for and showed."""
+    errors = console_errors(driver)
+    assert errors, "the browser noted no refusal"
+    for entry in errors:
+        assert entry["source"] == "network" and str(status) in entry["message"], errors
+
+
+def steps(ns: str) -> str:
+    return f"""\
+id: steps
+namespace: {ns}
+tasks:
+  - id: first
+    type: io.kestra.plugin.core.log.Log
+    message: apple one
+  - id: second
+    type: io.kestra.plugin.core.log.Log
+    message: banana two
+  - id: file
+    type: io.kestra.plugin.core.storage.Write
+    content: written by the flow
+    extension: .txt
+  - id: big
+    type: io.kestra.plugin.core.debug.Return
+    format: "{"z" * 6000}"
+"""
+
+
+def downloaded(driver: webdriver.Chrome, folder: Path, name: str) -> bytes:
+    """The file Chromium saved in ``folder`` as ``name`` (waited for: it is renamed to its
+    name once whole)."""
+    path = folder / name
+    wait(driver).until(lambda _: path.is_file())
+    return path.read_bytes()
+
+
+def test_replay_from_a_task_run_log_search_and_file_downloads_on_the_execution_page(
+    stack: Stack, driver: webdriver.Chrome, tmp_path: Path
+) -> None:
+    ns = f"it.ui.n{uuid.uuid4().hex[:8]}"
+    assert stack.post_yaml("/flows", steps(ns)).status == 200
+    execution_id = stack.request("POST", f"/executions/{ns}/steps").json()["id"]
+    ended = stack.wait_state(execution_id, {"SUCCESS"})
+    runs = {run["taskId"]: run for run in ended["taskRunList"]}
+    file_uri = runs["file"]["outputs"]["uri"]
+    marker = runs["big"]["outputs"]
+    ref = marker.get("@ref") or marker["value"]["@ref"]  # the whole map, or its one entry
+    assert file_uri.startswith("kestra://") and ref.startswith("kestra://")
+
+    saved = tmp_path / "downloads"
+    saved.mkdir()
+    driver.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(saved)}
+    )
+    log_in(driver, stack)
+    driver.get(f"{stack.base}/ui/#/executions/{execution_id}")
+    text_of(driver, "#logs", "banana two")
+    search = driver.find_element(By.ID, "log-search")
+    search.send_keys("BANANA")
+    text_of(driver, "#log-count", "1 of 2 lines")
+    shown = [
+        e.text for e in driver.find_elements(By.CSS_SELECTOR, "#logs .log") if e.is_displayed()
+    ]
+    assert len(shown) == 1 and "banana two" in shown[0], shown
+    search.clear()
+    search.send_keys(Keys.SPACE, Keys.BACKSPACE)  # an input event with the box empty
+    wait(driver).until(
+        lambda d: (
+            len([e for e in d.find_elements(By.CSS_SELECTOR, "#logs .log") if e.is_displayed()])
+            == 2
+        )
+    )
+
+    link = driver.find_element(
+        By.CSS_SELECTOR, f'#task-runs [data-task="file"] a[data-uri="{file_uri}"]'
+    )
+    assert "/file?path=kestra%3A%2F%2F" in (link.get_attribute("href") or "")
+    link.click()
+    name = file_uri.rsplit("/", 1)[1]
+    assert downloaded(driver, saved, name) == b"written by the flow"
+    big = driver.find_element(By.CSS_SELECTOR, f'#task-runs [data-task="big"] a[data-uri="{ref}"]')
+    big.click()
+    content = downloaded(driver, saved, ref.rsplit("/", 1)[1])
+    assert b"z" * 6000 in content, content[:200]
+    screenshot(driver, "execution-files-logs", tmp_path)
+
+    driver.find_element(By.ID, "replay").click()
+    chosen = wait(driver).until(ec.element_to_be_clickable((By.ID, "replay-from")))
+    assert driver.switch_to.active_element == chosen
+    Select(chosen).select_by_value(runs["second"]["id"])
+    driver.find_element(By.ID, "replay-submit").click()
+    wait(driver).until(lambda d: execution_id not in d.current_url)
+    replay_id = driver.current_url.rsplit("/", 1)[1]
+    text_of(driver, "#execution-id", replay_id)
+    text_of(driver, "#execution-state", "SUCCESS")
+    replayed = stack.wait_state(replay_id, {"SUCCESS"})
+    assert replayed["parentId"] == execution_id
+    frames = stack.events(f"/logs/{replay_id}/follow")  # ends once every line is indexed
+    lines = [line["message"] for frame_id, line in frames if frame_id == "progress"]
+    assert "banana two" in lines and "apple one" not in lines  # first kept, second ran again
+    no_console_errors(driver, "the execution page's replay, search and files")
+
+
+def flow_with_branches(ns: str, message: str) -> str:
+    return f"""\
+id: branches
+namespace: {ns}
+# a comment
+tasks:
+  - id: check
+    type: io.kestra.plugin.core.flow.If
+    condition: "{{{{ 1 == 1 }}}}"
+    then:
+      - id: yes
+        type: io.kestra.plugin.core.log.Log
+        message: {message}
+    else:
+      - id: no
+        type: io.kestra.plugin.core.log.Log
+        message: no
+  - id: after
+    type: io.kestra.plugin.core.log.Log
+    message: done
+errors:
+  - id: alert
+    type: io.kestra.plugin.core.log.Log
+    message: failed
+finally:
+  - id: cleanup
+    type: io.kestra.plugin.core.log.Log
+    message: cleanup
+triggers:
+  - id: hourly
+    type: io.kestra.plugin.core.trigger.Schedule
+    cron: "0 * * * *"
+"""
+
+
+def test_the_flow_page_draws_its_diagram_triggers_revision_diff_and_highlighting(
+    stack: Stack, driver: webdriver.Chrome, tmp_path: Path
+) -> None:
+    ns = f"it.ui.n{uuid.uuid4().hex[:8]}"
+    assert stack.post_yaml("/flows", flow_with_branches(ns, "first words")).status == 200
+    updated = stack.request(
+        "PUT",
+        f"/flows/{ns}/branches",
+        flow_with_branches(ns, "second words"),
+        content_type="application/x-yaml",
+    )
+    assert updated.status == 200 and updated.json()["revision"] == 2
+    deadline = time.monotonic() + WAIT_S
+    while not (trigger := stack.get(f"/triggers/{ns}/branches").json()["results"]):
+        assert time.monotonic() < deadline, "the scheduler never recorded the trigger"
+        time.sleep(0.2)
+    next_fire = trigger[0]["nextExecutionDate"]
+    assert next_fire
+
+    log_in(driver, stack)
+    driver.get(f"{stack.base}/ui/#/flows/{ns}/branches")
+    wait(driver).until(ec.presence_of_element_located((By.ID, "diagram")))
+    lanes = driver.find_elements(By.CSS_SELECTOR, "#diagram [data-lane]")
+    assert [lane.get_attribute("data-lane") for lane in lanes] == ["tasks", "errors", "finally"]
+    check = driver.find_element(By.CSS_SELECTOR, '#diagram [data-lane="tasks"] [data-task="check"]')
+    branches = check.find_elements(By.CSS_SELECTOR, ":scope > .branches > [data-branch]")
+    assert [b.get_attribute("data-branch") for b in branches] == ["then", "else"]
+    assert branches[0].find_element(By.CSS_SELECTOR, '[data-task="yes"]')
+    assert branches[1].find_element(By.CSS_SELECTOR, '[data-task="no"]')
+    main_line = driver.find_elements(By.CSS_SELECTOR, '#diagram [data-lane="tasks"] > ol > li')
+    assert [n.get_attribute("data-task") for n in main_line] == ["check", "after"]
+    assert driver.find_element(By.CSS_SELECTOR, '#diagram [data-lane="errors"] [data-task="alert"]')
+
+    row = driver.find_element(By.CSS_SELECTOR, '#triggers tr[data-trigger="hourly"]')
+    assert row.find_element(By.CSS_SELECTOR, "[data-next]").get_attribute("data-next") == next_fire
+    assert "Schedule" in row.text
+
+    text_of(driver, "#diff-summary", "2 lines changed")
+    removed = driver.find_elements(By.CSS_SELECTOR, '#revision-diff [data-op="-"]')
+    added = driver.find_elements(By.CSS_SELECTOR, '#revision-diff [data-op="+"]')
+    assert ["first words" in e.text for e in removed] == [True]
+    assert ["second words" in e.text for e in added] == [True]
+    Select(driver.find_element(By.ID, "revision-from")).select_by_value("2")
+    text_of(driver, "#diff-summary", "The same source")
+
+    keys = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".highlight .y-key")]
+    assert keys[:3] == ["id", "namespace", "tasks"], keys
+    assert driver.find_element(By.CSS_SELECTOR, ".highlight .y-comment").text == "# a comment"
+    assert driver.find_element(By.CSS_SELECTOR, ".highlight .y-expr").text == "{{ 1 == 1 }}"
+    source = driver.find_element(By.ID, "source")
+    source.send_keys(Keys.CONTROL, Keys.END)
+    source.send_keys("\n# typed")
+    wait(driver).until(
+        lambda d: (
+            "# typed" in [e.text for e in d.find_elements(By.CSS_SELECTOR, ".highlight .y-comment")]
+        )
+    )
+    screenshot(driver, "flow-diagram-revisions", tmp_path)
+    no_console_errors(driver, "the flow page's diagram, triggers and revisions")
+
+
+def logging(ns: str, flow_id: str, token: str) -> str:
+    return f"""\
+id: {flow_id}
+namespace: {ns}
+tasks:
+  - id: say
+    type: io.kestra.plugin.core.log.Log
+    message: "{token} from {flow_id}"
+  - id: quiet
+    type: io.kestra.plugin.core.log.Log
+    level: DEBUG
+    message: "{token} quietly"
+"""
+
+
+def test_the_logs_page_searches_the_lines_of_every_execution(
+    stack: Stack, driver: webdriver.Chrome, tmp_path: Path
+) -> None:
+    ns = f"it.ui.n{uuid.uuid4().hex[:8]}"
+    token = f"needle{uuid.uuid4().hex[:6]}"
+    ids = []
+    for flow_id in ("alpha", "beta"):
+        assert stack.post_yaml("/flows", logging(ns, flow_id, token)).status == 200
+        ids.append(stack.request("POST", f"/executions/{ns}/{flow_id}").json()["id"])
+    for execution_id in ids:
+        stack.wait_state(execution_id, {"SUCCESS"})
+    answer = stack.get(f"/logs/search?q={token.upper()}&namespace={ns}").json()
+    assert answer["total"] == 4  # the route itself: text in any case, every execution
+    assert stack.get("/logs/search?timeRange=soon").status == 400
+    assert stack.get("/logs/search?minLevel=LOUD").status == 400
+
+    log_in(driver, stack)
+    driver.find_element(By.CSS_SELECTOR, '[data-nav="logs"]').click()
+    text_of(driver, "main h1", "Logs")
+    driver.find_element(By.ID, "f-q").send_keys(token)
+    Select(driver.find_element(By.ID, "f-level")).select_by_value("INFO")
+    driver.find_element(By.ID, "f-namespace").send_keys(ns, Keys.ENTER)
+    text_of(driver, "#total", "2 lines")
+    shown = driver.find_element(By.ID, "log-results").text
+    assert f"{token} from alpha" in shown and f"{token} from beta" in shown
+    assert "quietly" not in shown
+    assert f"q={token}" in driver.current_url
+    screenshot(driver, "logs", tmp_path)
+    links = driver.find_elements(By.CSS_SELECTOR, "#log-results a")
+    assert sorted(link.text for link in links) == sorted(ids)
+    target = links[0].text
+    links[0].send_keys(Keys.ENTER)  # by keyboard
+    text_of(driver, "#execution-id", target)
+    no_console_errors(driver, "the logs page")

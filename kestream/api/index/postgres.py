@@ -49,6 +49,7 @@ POSTGRES = Dialect(
     date=_identity,
     no_date=f"'{NO_DATE}'::timestamptz",
     escapes_nul=True,
+    log_message="(l.doc->>'message')",
 )
 
 _C = 'COLLATE "C"'

@@ -68,6 +68,8 @@ class Dialect:
     no_date: str
     #: The engine refuses NUL in text: user text is escaped (:mod:`kestream.api.index.nul`).
     escapes_nul: bool = False
+    #: A log line's message read from its ``l.doc`` (the logs search's text filter).
+    log_message: str = "json_extract(l.doc, '$.message')"
     _cache: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def sql(self, text: str) -> str:

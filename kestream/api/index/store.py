@@ -37,6 +37,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -57,10 +58,12 @@ from kestream.runtime.records import RecordError, loads
 
 __all__ = [
     "LOG_LEVELS",
+    "LOG_SEARCH_COUNT_MAX",
     "ApplyResult",
     "Batch",
     "FeedRecord",
     "LogPage",
+    "LogSearch",
     "RecordKind",
     "Store",
     "log_level_rank",
@@ -77,6 +80,8 @@ SCHEMA_VERSION = 2
 UPGRADED_IN_PLACE = frozenset({1})
 #: Rows a :meth:`Store.logs_after` reads at most: what a follow holds per poll.
 LOG_PAGE = 1_000
+#: The logs search counts its matching lines up to this many (a bounded scan).
+LOG_SEARCH_COUNT_MAX = 10_000
 #: Kestra's log levels, lowest first; ``min_level`` keeps this level and the ones after it.
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
 _LEVEL_ALIASES = {"WARNING": "WARN"}
@@ -229,6 +234,21 @@ class ApplyResult:
             self.log_lines + other.log_lines,
             self.skipped + other.skipped,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class LogSearch:
+    """What the logs search asks for (:meth:`Store.search_logs`): every value already checked."""
+
+    text: str | None = None
+    #: The namespace and its children.
+    namespace: str | None = None
+    flow_id: str | None = None
+    min_level: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    page: int = 1
+    size: int = 25
 
 
 @dataclass(frozen=True, slots=True)
@@ -798,6 +818,54 @@ class Store(ABC):
             and (task_run_id is None or run_id == task_run_id)
         ]
         return LogPage(lines, int(rows[-1][0]) if rows else cursor, len(rows) >= limit)
+
+    def search_logs(self, query: LogSearch) -> tuple[list[dict[str, Any]], int]:
+        """One page of the lines of every execution that ``query`` picks, newest first, and
+        how many there are (counted up to :data:`LOG_SEARCH_COUNT_MAX`: the count is a scan of
+        the matching lines, which must stay bounded on a large index).
+
+        Lines of deleted executions are left out, as the executions are; the text filter is a
+        case-insensitive substring of the message.
+        """
+        clauses = ["NOT e.deleted"]
+        params: list[Any] = []
+        if query.namespace is not None:
+            clauses.append("(e.namespace = ? OR substr(e.namespace, 1, ?) = ?)")
+            params += [query.namespace, len(query.namespace) + 1, query.namespace + "."]
+        if query.flow_id is not None:
+            clauses.append("e.flow_id = ?")
+            params.append(query.flow_id)
+        if query.min_level is not None:
+            clauses.append("l.level >= ?")
+            params.append(log_level_rank(query.min_level))
+        if query.start is not None:
+            clauses.append("l.timestamp >= ?")
+            params.append(self.dialect.date(query.start))
+        if query.end is not None:
+            clauses.append("l.timestamp <= ?")
+            params.append(self.dialect.date(query.end))
+        if query.text:
+            find, message = self.dialect.find, self.dialect.log_message
+            clauses.append(f"{find}(lower({message}), ?) > 0")
+            params.append(self.dialect.text(query.text.lower()))
+        where = " AND ".join(clauses)
+        matching = f"FROM logs l JOIN executions e ON e.id = l.execution_id WHERE {where}"
+        doc = f"l.doc{self.dialect.doc_cast}"
+        with self._reading() as cur:
+            cur.execute(
+                self._sql(
+                    f"SELECT {doc} {matching} "
+                    "ORDER BY l.timestamp DESC, l.seq DESC LIMIT ? OFFSET ?"
+                ),
+                [*params, query.size, (query.page - 1) * query.size],
+            )
+            lines = [self._load(row[0]) for row in cur.fetchall()]
+            cur.execute(
+                self._sql(f"SELECT COUNT(*) FROM (SELECT 1 {matching} LIMIT ?) AS counted"),
+                [*params, LOG_SEARCH_COUNT_MAX],
+            )
+            total = int(cur.fetchone()[0])
+        return lines, total
 
     def count(self) -> int:
         """Executions that are not deleted (a convenience for tests and the benchmark)."""

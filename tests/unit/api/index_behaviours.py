@@ -18,7 +18,14 @@ import orjson
 import pytest
 
 from kestream.api.index.query import parse_search_params
-from kestream.api.index.store import SCHEMA_VERSION, Batch, FeedRecord, RecordKind, Store
+from kestream.api.index.store import (
+    SCHEMA_VERSION,
+    Batch,
+    FeedRecord,
+    LogSearch,
+    RecordKind,
+    Store,
+)
 from kestream.executor.snapshot import execution_model
 from kestream.models.execution import format_instant
 from kestream.runtime import execution_updates, records
@@ -329,6 +336,59 @@ def test_logs_in_time_order_with_level_and_task_run_filters(store: Store) -> Non
     assert store.logs("nope") == []
     with pytest.raises(ValueError, match="unknown log level"):
         store.logs("e1", min_level="LOUD")
+
+
+def test_the_logs_search_filters_every_executions_lines_newest_first(store: Store) -> None:
+    feed = Feed()
+    store.apply(
+        feed.updates(
+            partial(header("e1")),
+            partial(header("e2", namespace="company.team.sub", flow_id="other")),
+            partial(header("e3", namespace="company.teamwork")),
+            partial(header("e4")),
+        )
+    )
+    t = T0
+    store.apply(
+        feed.logs(
+            "e1",
+            log_line("e1", t, "INFO", "Disk FULL on host"),
+            log_line("e1", t + timedelta(seconds=1), "DEBUG", "disk check"),
+        )
+    )
+    store.apply(
+        feed.logs("e2", log_line("e2", t + timedelta(seconds=2), "ERROR", "disk full, giving up"))
+    )
+    store.apply(
+        feed.logs("e3", log_line("e3", t + timedelta(seconds=3), "INFO", "disk full elsewhere"))
+    )
+    store.apply(
+        feed.logs("e4", log_line("e4", t + timedelta(seconds=4), "INFO", "disk full, deleted"))
+    )
+    assert store.delete("e4") is True
+
+    def found(**query: Any) -> tuple[list[str], int]:
+        lines, total = store.search_logs(LogSearch(**query))
+        return [line["message"] for line in lines], total
+
+    everything = ["disk full elsewhere", "disk full, giving up", "disk check", "Disk FULL on host"]
+    assert found() == (everything, 4)  # newest first; the deleted execution's line is gone
+    assert found(text="DISK full") == (
+        ["disk full elsewhere", "disk full, giving up", "Disk FULL on host"],
+        3,
+    )
+    assert found(text="disk full", namespace="company.team") == (
+        ["disk full, giving up", "Disk FULL on host"],
+        2,
+    )  # the namespace and its children, not company.teamwork
+    assert found(flow_id="other") == (["disk full, giving up"], 1)
+    assert found(min_level="WARN") == (["disk full, giving up"], 1)
+    assert found(start=t + timedelta(seconds=1), end=t + timedelta(seconds=2)) == (
+        ["disk full, giving up", "disk check"],
+        2,
+    )
+    assert found(size=2, page=2) == (everything[2:], 4)
+    assert found(text="nowhere") == ([], 0)
 
 
 def test_logs_by_page_keep_time_order_across_pages(store: Store) -> None:
