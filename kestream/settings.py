@@ -180,6 +180,15 @@ class Settings(BaseSettings):
         "(standalone), hand each job and result acknowledged by the broker straight to the "
         "local role owning its partition; the broker copy is still read and deduplicated.",
     )
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        default="at_least_once",
+        description="KESTREAM_PROCESSING_GUARANTEE: how the executor's effects are delivered: "
+        "at_least_once (every consumer downstream ignores a replayed command by its id) or "
+        "exactly_once: on Apache Kafka each executor cycle's commands, changelog records and "
+        "input offsets commit in one transaction per input partition, and every kestream "
+        "consumer reads committed records only. The embedded Tansu has no transactions: there "
+        "it stays at_least_once, with a warning.",
+    )
     executor_flow_wait_s: float = Field(
         default=30.0,
         gt=0,

@@ -3,7 +3,9 @@
 Commands (worker jobs, new executions, events, updates, logs, dead letters) go first, then the
 changelog records of the states the batch changed (DESIGN.md section 3): a crash between the two
 replays the batch from a state without its changes, and its commands carry derived ids that
-every consumer downstream ignores when repeated.
+every consumer downstream ignores when repeated. Under exactly-once the order no longer matters
+(each input partition's records and offsets commit together), but the records are kept apart
+per input partition (:class:`PartitionOutboxes`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from kestream.runtime.records import dumps
 
-__all__ = ["ChangelogRecord", "CommandRecord", "Outbox"]
+__all__ = ["ChangelogRecord", "CommandRecord", "Outbox", "Outboxes", "PartitionOutboxes"]
 
 CommandRecord = tuple[str, str, bytes | None, int | None]
 """``(topic, key, value, partition or None for the key's partition)``."""
@@ -50,6 +52,15 @@ class Outbox:
         if deferrable:
             self.deferrable += 1
 
+    def of(self, partition: int) -> Outbox:
+        """Where the steps of an input partition's events stage their records: this outbox (at
+        least once, a cycle writes its records together; :class:`PartitionOutboxes` keeps
+        them apart)."""
+        return self
+
+    def empty(self) -> bool:
+        return not (self.commands or self.changelog or self.tables)
+
     def extend(self, other: Outbox) -> None:
         """Take ``other``'s records after this one's (an event's staged records, once whole)."""
         self.commands.extend(other.commands)
@@ -57,3 +68,22 @@ class Outbox:
         self.logged.extend(other.logged)
         self.tables.extend(other.tables)
         self.deferrable += other.deferrable
+
+
+@dataclass(slots=True)
+class PartitionOutboxes:
+    """One cycle's records, an outbox per input partition: under exactly-once each partition's
+    records commit in its own transaction, with its input offsets
+    (:mod:`kestream.runtime.executor_transactions`)."""
+
+    parts: dict[int, Outbox] = field(default_factory=dict)
+
+    def of(self, partition: int) -> Outbox:
+        found = self.parts.get(partition)
+        if found is None:
+            found = self.parts[partition] = Outbox()
+        return found
+
+
+Outboxes = Outbox | PartitionOutboxes
+"""A cycle's records: all in one outbox (at least once), or one per input partition."""

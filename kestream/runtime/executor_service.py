@@ -24,6 +24,11 @@ A crash between 3 and 4 replays events the restored state has already applied: n
 commits can wait: one every :data:`COMMIT_EVERY_S` only widens what a crash replays (Kafka
 Streams commits every 30 s in the same way).
 
+Under ``KESTREAM_PROCESSING_GUARANTEE=exactly_once`` on Apache Kafka, 3 and 4 are one step, every
+cycle: each input partition's records (kept apart, :class:`PartitionOutboxes`) and its input
+offsets commit in one transaction (:mod:`kestream.runtime.executor_transactions`). A crash leaves
+nothing of the cycle visible to the read-committed consumers, and the replay produces it once.
+
 One record never stops the processor: whatever fails while it is handled (decoding, stepping,
 routing and encoding its commands, a record the broker refuses) sends it to the dead-letter
 topic with the reason, and the execution's state is rolled back to before the record (rebuilt
@@ -84,13 +89,20 @@ from kestream.runtime.command_router import CommandRouter, Routed
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.ended_executions import Ended, EndedExecutions
 from kestream.runtime.event_offload import needs_storage, prepare
-from kestream.runtime.executor_outbox import Outbox
+from kestream.runtime.executor_outbox import CommandRecord, Outbox, Outboxes, PartitionOutboxes
+from kestream.runtime.executor_transactions import (
+    Fenced,
+    PartitionTransactions,
+    TransactionalProducer,
+    TxnWrite,
+)
 from kestream.runtime.executor_writer import DeadLetters, RecordWriter, Refusal, Written
 from kestream.runtime.held_events import HeldEvents
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.local_handoff import LocalResults, disconnect
 from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.parked_partitions import Parked, ParkedPartitions
+from kestream.runtime.processing_guarantee import exactly_once
 from kestream.runtime.purge_fence import apply_purge_event
 from kestream.runtime.worker_groups import WorkerGroupRouter
 
@@ -224,6 +236,11 @@ class ExecutorService:
         await producer.start()
         self.writer.producer = producer
         group = None if self.own_all_partitions else f"{self.settings.topic_prefix}executor"
+        if group is not None and exactly_once(self.settings, self.ctx.kind):
+            self.writer.transactions = PartitionTransactions(
+                self._transactional_producer, f"{group}-", group
+            )
+            log.info("exactly-once: a transaction per input partition and cycle")
         self._consumer = make_consumer(
             self.settings,
             self.ctx.bootstrap,
@@ -270,7 +287,14 @@ class ExecutorService:
             await self._consumer.stop()
         if self.writer.producer is not None:
             await self.writer.producer.stop()
+        if self.writer.transactions is not None:
+            await self.writer.transactions.stop()
         await self.groups.stop()
+
+    def _transactional_producer(self, transactional_id: str) -> TransactionalProducer:
+        return make_producer(
+            self.settings, self.ctx.bootstrap, self.ctx.kind, transactional_id=transactional_id
+        )
 
     def partitions(self) -> set[int]:
         """The input partitions this processor owns now."""
@@ -332,14 +356,21 @@ class ExecutorService:
                 if generation != self._generation:
                     batch = await self._fetch_again(batch)
                 await self._prepare(batch)
-                out = Outbox()
+                out: Outboxes = PartitionOutboxes() if self.writer.transactions else Outbox()
                 self._take_repairs(out)
                 await self._step_batch_paced(batch, out)
                 await self._step_handed(out)
-                await self._flush(out)
-                self._flushed(batch)
-                if self._stopping or time.monotonic() - self._committed_at >= self.commit_every_s:
-                    await self._commit()
+                if isinstance(out, PartitionOutboxes):  # exactly-once: flush and commit as one
+                    self._flushed(batch)
+                    await self._commit_transactions(out)
+                else:
+                    await self._flush(out)
+                    self._flushed(batch)
+                    if (
+                        self._stopping
+                        or time.monotonic() - self._committed_at >= self.commit_every_s
+                    ):
+                        await self._commit()
             self._report(batch, started)
 
     async def _fetch_again(self, batch: Batch) -> Batch:
@@ -378,13 +409,13 @@ class ExecutorService:
                 if rec.value is not None and needs_storage(rec.value):
                     self._prepared[(tp, rec.offset)] = await prepare(rec.value)
 
-    def _step_batch(self, batch: Batch, out: Outbox) -> None:
+    def _step_batch(self, batch: Batch, out: Outboxes) -> None:
         """Step every record of the batch, then what time brought (timers, held, ended)."""
         for tp, rec in self._owned_records(batch):
             self._step_record(tp, rec, out)
         self._step_time(out)
 
-    async def _step_batch_paced(self, batch: Batch, out: Outbox) -> None:
+    async def _step_batch_paced(self, batch: Batch, out: Outboxes) -> None:
         """:meth:`_step_batch`, giving the event loop a turn every few hundred records (the
         roles sharing this process's loop keep their heartbeats). The cycle's lock is held
         throughout: no rebalance or other cycle comes between the records of a batch."""
@@ -392,13 +423,13 @@ class ExecutorService:
             self._step_record(tp, rec, out)
         self._step_time(out)
 
-    async def _step_handed(self, out: Outbox) -> None:
+    async def _step_handed(self, out: Outboxes) -> None:
         """Step the results a worker of this process handed over (:mod:`.local_handoff`), after
         the fetched records: a batch at most, yielding as the batch does. Each is stepped as its
         broker copy would be, from the copy's place: held behind its execution, it holds the
         commit there; that copy, fetched in a later cycle, is skipped (:meth:`_handle`)."""
         async for partition, offset, event in paced(self.local.take(_BATCH)):
-            self._apply(partition, event, out, (self.topics.results, offset))
+            self._apply(partition, event, out.of(partition), (self.topics.results, offset))
 
     def _owned_records(
         self, batch: Batch
@@ -408,13 +439,15 @@ class ExecutorService:
                 for rec in recs:
                     yield tp, rec
 
-    def _step_record(self, tp: TopicPartition, rec: ConsumerRecord[Any, Any], out: Outbox) -> None:
+    def _step_record(
+        self, tp: TopicPartition, rec: ConsumerRecord[Any, Any], out: Outboxes
+    ) -> None:
         if tp.topic == self.topics.admissions:
-            self.admission.handle(tp.partition, rec, out)
+            self.admission.handle(tp.partition, rec, out.of(tp.partition))
         else:
-            self._handle(tp, rec, out)
+            self._handle(tp, rec, out.of(tp.partition))
 
-    def _step_time(self, out: Outbox) -> None:
+    def _step_time(self, out: Outboxes) -> None:
         now = self.clock()
         self._fire_timers(now, out)
         self._release_held(now, out)
@@ -428,11 +461,11 @@ class ExecutorService:
         if self.on_failure is not None:
             self.on_failure(exc)
 
-    def _take_repairs(self, out: Outbox) -> None:
+    def _take_repairs(self, out: Outboxes) -> None:
         """The repairs of torn steps go first: before any record of this batch can follow
         (and commit) the torn ones."""
         for key, value, partition in self._repairs:
-            out.log(key, value, partition)
+            out.of(partition).log(key, value, partition)
         self._repairs.clear()
 
     def _report(self, batch: Batch, started: float) -> None:
@@ -570,30 +603,29 @@ class ExecutorService:
 
     # -- step: what time brought -----------------------------------------------------------
 
-    def _fire_timers(self, now: Any, out: Outbox) -> None:
+    def _fire_timers(self, now: Any, out: Outboxes) -> None:
         for execution_id, timer_id, due in self.timers.pop_due(now):
             st = self.states.get(execution_id)
             timer = st.timers.get(timer_id) if st is not None else None
             if timer is None or timer.due != due:
                 continue  # cancelled by a step, or the state was rolled back past it
-            self._apply(
-                self.partition_of[execution_id], ev.TimerFired(execution_id, timer_id), out, None
-            )
+            partition = self.partition_of[execution_id]
+            self._apply(partition, ev.TimerFired(execution_id, timer_id), out.of(partition), None)
 
-    def _release_held(self, now: Any, out: Outbox) -> None:
+    def _release_held(self, now: Any, out: Outboxes) -> None:
         if not len(self.held):
             return
         wait = self.settings.executor_flow_wait_s
         for queue in self.held.release(now, self._flow_known):
             for item in queue:
                 if self._flow_known(item.event) or isinstance(item.event, ev.TimerFired):
-                    self._apply(item.partition, item.event, out, item.source)
+                    self._apply(item.partition, item.event, out.of(item.partition), item.source)
                     continue
                 topic, offset = item.source or (self.topics.executions, -1)
                 reason = f"{item.reason}: not deployed within {wait:g}s"
                 self.letters.add(
-                    out, topic, item.partition, offset, item.event.execution_id.encode(),
-                    _event_bytes(item.event), reason,
+                    out.of(item.partition), topic, item.partition, offset,
+                    item.event.execution_id.encode(), _event_bytes(item.event), reason,
                 )  # fmt: skip
 
     def _flow_known(self, event: ev.Event) -> bool:
@@ -602,13 +634,13 @@ class ExecutorService:
             return found is not None
         return True
 
-    def _prune_ended(self, now: Any, out: Outbox) -> None:
+    def _prune_ended(self, now: Any, out: Outboxes) -> None:
         if now - self._last_prune < _PRUNE_EVERY:
             return
         self._last_prune = now
         self.parked.expire(time.monotonic())
         for key, partition in self.ended.prune(now):
-            out.log(key, None, partition)
+            out.of(partition).log(key, None, partition)
         window = self.ended.window(now)
         if window < self.ended.retention and now - self._window_logged >= _WINDOW_LOG_EVERY:
             self._window_logged = now
@@ -715,13 +747,23 @@ class ExecutorService:
     async def _commit(self, partitions: set[int] | None = None) -> None:
         """Commit what the batches read since the last commit (of ``partitions``, default all),
         but never past an event still held (a crash must replay it), nor past a changelog
-        record the writer carries (written first)."""
+        record the writer carries (written first). Under exactly-once every cycle's
+        transactions commit its offsets (:meth:`_commit_transactions`): nothing is left."""
         self._committed_at = time.monotonic()
+        if self.writer.transactions is not None:
+            return
         if self.writer.carried:  # (a refused one is dead-lettered: nothing to undo)
             self._checkpointed(await self.writer.write_carried())
+        offsets = self._take_offsets(partitions)
+        if offsets and not self.own_all_partitions:
+            assert self._consumer is not None
+            await self._consumer.commit(offsets)
+
+    def _take_offsets(self, partitions: set[int] | None) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The offsets to commit of ``partitions`` (default all), taken off what is left to
+        commit; never past an event still held."""
         if not self._uncommitted:
-            return
-        assert self._consumer is not None
+            return {}
         bounds = self.held.commit_bounds()
         offsets = {}
         for tp, upto in list(self._uncommitted.items()):
@@ -730,8 +772,47 @@ class ExecutorService:
             del self._uncommitted[tp]
             bound = bounds.get((tp.topic, tp.partition))
             offsets[tp] = OffsetAndMetadata(upto if bound is None else min(upto, bound), "")
-        if offsets and not self.own_all_partitions:
-            await self._consumer.commit(offsets)
+        return offsets
+
+    async def _commit_transactions(self, out: PartitionOutboxes) -> None:
+        """Exactly-once: each input partition's records (sized, with what the refusals of
+        oversized ones undid: :meth:`_sized`) and its input offsets commit in one transaction
+        (:mod:`~kestream.runtime.executor_transactions`). A failure raises: the processor
+        stops, and nothing of the cycle is visible to the partitions' next owner."""
+        writes: dict[int, TxnWrite] = {}
+        for partition, box in out.parts.items():
+            if not box.empty():
+                writes[partition] = TxnWrite(self._sized(box))
+        for tp, offset in self._take_offsets(None).items():
+            writes.setdefault(tp.partition, TxnWrite()).offsets[tp] = offset
+        self._committed_at = time.monotonic()
+        if not writes:
+            return
+        try:
+            self._checkpointed(await self.writer.write_transactions(writes))
+        except Fenced as exc:
+            log.error(
+                "executor fenced on partition %d (a newer owner took its transactional id); "
+                "stopping: the restart rejoins with no state",
+                exc.partition,
+            )
+            raise
+
+    def _sized(self, out: Outbox) -> list[CommandRecord]:
+        """``out``'s records to commit: a record over the limit is replaced by its dead letter,
+        and what its step counted on is undone (:meth:`_undo_refused`), as a flush does."""
+        kept: list[CommandRecord] = []
+        for _ in range(_FLUSH_ROUNDS):
+            refused: list[Refusal] = []
+            kept += self.writer.sized(self.writer.records_of(out), refused)
+            if not refused:
+                return kept
+            out = Outbox()
+            self._undo_refused(refused, out)
+            if out.empty():
+                return kept
+        log.error("records still refused after %d rounds; left dead-lettered", _FLUSH_ROUNDS)
+        return kept
 
     # -- partitions ----------------------------------------------------------------------
 
@@ -744,6 +825,7 @@ class ExecutorService:
             new = partitions - self.owned
             if new:
                 try:
+                    await self._own_transactions(new)
                     await self._recover(new)
                 except RecoveryStopped:
                     return  # stopping: the partitions' next owner recovers them
@@ -756,6 +838,18 @@ class ExecutorService:
             self.owned = set(partitions)
             self.ready.set()
             log.info("executor owns partitions %s", sorted(self.owned))
+
+    async def _own_transactions(self, partitions: set[int]) -> None:
+        """Exactly-once: take the partitions' transactional ids before their changelogs are
+        read (the former owner's open transactions abort, its producers are fenced); a
+        failure is a recovery's."""
+        if self.writer.transactions is None:
+            return
+        try:
+            await self.writer.transactions.own(partitions)
+        except Exception as exc:
+            raise RecoveryFailed(f"cannot take the transactional ids of {sorted(partitions)}: "
+                                 f"{exc!r}") from exc  # fmt: skip
 
     async def revoked(self, partitions: set[int]) -> None:
         """Let go of the partitions' executions, held events, timers and ended markers; the
@@ -789,6 +883,8 @@ class ExecutorService:
             self.admission.leave(gone)
             self.local.forget(gone)
             self.owned -= gone
+            if self.writer.transactions is not None:
+                await self.writer.transactions.leave(gone)
 
     async def _commit_leaving(self, gone: set[int]) -> None:
         """Commit what was flushed of partitions leaving, so their next owner does not replay

@@ -15,6 +15,10 @@ broker refuses for what it is (too large for the topic, say:
 to the dead-letter topic instead and the rest is written; a failure of the broker itself
 raises, and the processor stops (its partitions' next owner replays from the last commit).
 
+Under exactly-once (:meth:`RecordWriter.write_transactions`) the order and the carrying give way
+to one transaction per input partition, with its input offsets; records are sized before, and a
+record the broker refuses inside a transaction fails the cycle (the processor stops).
+
 A refused record's step has already been applied in memory, so the writer hands the refused
 records back (:class:`Written`): the processor then fails the task run of a refused job, and
 fails the execution of a refused changelog record, in the same cycle, before it commits.
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +37,7 @@ from aiokafka import AIOKafkaProducer
 from kestream.executor.sizes import over_limit
 from kestream.runtime import records
 from kestream.runtime.executor_outbox import CommandRecord, Outbox
+from kestream.runtime.executor_transactions import PartitionTransactions, TxnWrite
 from kestream.runtime.metrics import Metrics
 from kestream.runtime.produce_faults import record_fault
 from kestream.runtime.record_limit import RecordLimit
@@ -91,6 +96,8 @@ class RecordWriter:
         self.limit = limit
         self.letters = letters
         self.producer: AIOKafkaProducer | None = None
+        #: Under exactly-once, the input partitions' transactional producers.
+        self.transactions: PartitionTransactions | None = None
         #: Changelog records carried to the next write (see the module docstring).
         self.carried: list[CommandRecord] = []
         #: Told of each record the broker acknowledged, with its ack (the local hand-off of
@@ -111,6 +118,25 @@ class RecordWriter:
             self.carried, later = later, []
         acks += await self.produce(later, written.refused)
         self._checkpoints(acks, written)
+        return written
+
+    def records_of(self, out: Outbox) -> list[CommandRecord]:
+        """``out``'s records in their order (commands, changelog, other tables), sized
+        (:meth:`sized`) by the caller."""
+        changelog = self.topics.changelog
+        return out.commands + [(changelog, *r) for r in out.changelog] + out.tables
+
+    async def write_transactions(self, writes: Mapping[int, TxnWrite]) -> Written:
+        """Exactly-once: commit each input partition's records and offsets in its transaction
+        (:mod:`kestream.runtime.executor_transactions`); the acknowledged-record hook hears of
+        the records only once they are committed (a local worker must never run a job an
+        aborted transaction took back)."""
+        assert self.transactions is not None, "the writer has no transactional producers"
+        written = Written()
+        acked = await self.transactions.commit(writes)
+        for rec, meta in acked:
+            self._acked(rec, meta)
+        self._checkpoints([meta for _, meta in acked], written)
         return written
 
     async def write_carried(self) -> Written:

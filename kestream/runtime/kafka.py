@@ -15,12 +15,19 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kestream.runtime.doorbell import RingingProducer
 from kestream.runtime.fetch_pacing import PacedConsumer, paced_consumer_options, producer_bell
 from kestream.runtime.kafka_connection import client_options
+from kestream.runtime.processing_guarantee import isolation_level
 from kestream.runtime.tansu_compat import consumer_options, producer_options
 from kestream.settings import Settings
 
 
-def make_producer(settings: Settings, bootstrap: str, kind: str) -> AIOKafkaProducer:
+def make_producer(
+    settings: Settings, bootstrap: str, kind: str, *, transactional_id: str | None = None
+) -> AIOKafkaProducer:
+    """A producer with kestream's defaults; ``transactional_id``: a transactional one (the
+    executor's under exactly-once, :mod:`kestream.runtime.executor_transactions`)."""
     options = producer_options(kind)
+    if transactional_id is not None:
+        options.update(transactional_id=transactional_id, enable_idempotence=True, acks="all")
     options["linger_ms"] = settings.producer_linger_ms
     options["max_request_size"] = settings.max_record_bytes  # see kestream.runtime.record_limit
     options.update(client_options(settings))
@@ -33,10 +40,12 @@ def make_producer(settings: Settings, bootstrap: str, kind: str) -> AIOKafkaProd
 def make_consumer(
     settings: Settings, bootstrap: str, kind: str, *, group_id: str | None, **extra: Any
 ) -> AIOKafkaConsumer:
-    """A consumer with kestream's defaults: manual commits, earliest offsets, short fetch wait."""
+    """A consumer with kestream's defaults: manual commits, earliest offsets, short fetch wait,
+    committed records only under exactly-once."""
     options: dict[str, Any] = {
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
+        "isolation_level": isolation_level(settings, kind),
         **consumer_options(kind),
     }
     options["session_timeout_ms"] = settings.session_timeout()

@@ -1,0 +1,346 @@
+"""Exactly-once cycles of the executor, without a broker: a fake broker keeps transactions as a
+read-committed consumer sees them (a record is visible once its transaction commits; taking a
+transactional id again aborts its open transaction and fences the older producer)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import ProducerFenced
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, RecordMetadata
+
+from kestream.executor import events as ev
+from kestream.runtime import processing_guarantee, records
+from kestream.runtime.executor_outbox import CommandRecord, Outbox, PartitionOutboxes
+from kestream.runtime.executor_service import ExecutorService
+from kestream.runtime.executor_transactions import Fenced, PartitionTransactions, TxnWrite
+from kestream.runtime.kafka import make_consumer, make_producer
+from kestream.settings import Settings
+from tests.unit.runtime.test_executor_commits import _Consumer
+from tests.unit.runtime.test_executor_faults import PAUSED, _Producer, _service
+
+GROUP = "kestream.executor"
+
+
+class TxnBroker:
+    """Transactions as a read-committed consumer sees them."""
+
+    def __init__(self) -> None:
+        self.visible: list[CommandRecord] = []
+        self.offsets: dict[TopicPartition, int] = {}
+        self.epochs: dict[str, int] = {}
+        self.pending: dict[str, tuple[list[CommandRecord], dict[TopicPartition, int]]] = {}
+        self.next_offset: dict[tuple[str, int], int] = {}
+        #: Transactional ids whose next commit the process dies in (before EndTxn).
+        self.die_at_commit: set[str] = set()
+        #: Transactional ids whose sends the broker refuses (the producer lives on).
+        self.refuse_sends: set[str] = set()
+
+    def take(self, transactional_id: str) -> int:
+        """InitProducerId: a new epoch; the id's open transaction is aborted."""
+        self.pending.pop(transactional_id, None)
+        epoch = self.epochs[transactional_id] = self.epochs.get(transactional_id, -1) + 1
+        return epoch
+
+    def visible_of(self, key: str) -> list[CommandRecord]:
+        return [r for r in self.visible if r[1] == key or r[1].startswith(key + "!")]
+
+
+class TxnProducer:
+    def __init__(self, broker: TxnBroker, transactional_id: str) -> None:
+        self.broker, self.id = broker, transactional_id
+        self.epoch: int | None = None
+        self.stopped = False
+        #: Killed in a commit (``die_at_commit``): nothing it does reaches the broker any more.
+        self.dead = False
+        self.calls: list[str] = []
+
+    def _check(self) -> None:
+        if self.broker.epochs.get(self.id) != self.epoch:
+            raise ProducerFenced()
+
+    async def start(self) -> None:
+        self.calls.append("start")
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    async def begin_transaction(self) -> None:
+        if self.epoch is None:
+            self.epoch = self.broker.take(self.id)
+        self._check()
+        self.calls.append("begin")
+        self.broker.pending[self.id] = ([], {})
+
+    async def send(
+        self, topic: str, value: bytes | None, *, key: bytes | None, partition: int | None
+    ) -> asyncio.Future[Any]:
+        self._check()
+        if self.id in self.broker.refuse_sends:
+            raise RuntimeError("the broker refuses the record")
+        assert key is not None
+        self.broker.pending[self.id][0].append((topic, key.decode(), value, partition))
+        where = (topic, partition or 0)
+        offset = self.broker.next_offset[where] = self.broker.next_offset.get(where, -1) + 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        tp = TopicPartition(topic, partition or 0)
+        future.set_result(RecordMetadata(topic, partition or 0, tp, offset, 0, 0, 0))
+        return future
+
+    async def send_offsets_to_transaction(
+        self, offsets: Mapping[TopicPartition, OffsetAndMetadata], group_id: str
+    ) -> None:
+        self._check()
+        assert group_id == GROUP
+        self.broker.pending[self.id][1].update({tp: m.offset for tp, m in offsets.items()})
+
+    async def commit_transaction(self) -> None:
+        self._check()
+        if self.id in self.broker.die_at_commit:
+            self.dead = True
+            raise RuntimeError("killed between produce and commit")
+        recs, offsets = self.broker.pending.pop(self.id)
+        self.broker.visible.extend(recs)
+        self.broker.offsets.update(offsets)
+        self.calls.append("commit")
+
+    async def abort_transaction(self) -> None:
+        if self.dead:
+            raise RuntimeError("the process is gone")
+        self.broker.pending.pop(self.id, None)
+        self.calls.append("abort")
+
+
+def _transactions(broker: TxnBroker) -> tuple[PartitionTransactions, dict[str, TxnProducer]]:
+    made: dict[str, TxnProducer] = {}
+
+    def make(transactional_id: str) -> TxnProducer:
+        made[transactional_id] = TxnProducer(broker, transactional_id)
+        return made[transactional_id]
+
+    return PartitionTransactions(make, f"{GROUP}-", GROUP), made
+
+
+def _eos_service(broker: TxnBroker, partitions: set[int]) -> ExecutorService:
+    service = _service(PAUSED)
+    service.owned = set(partitions)
+    service.writer.producer = _Producer(refused=b"")
+    service.writer.transactions, _ = _transactions(broker)
+    asyncio.run(service.writer.transactions.own(partitions))
+    return service
+
+
+def _created(
+    service: ExecutorService, partition: int, offset: int, execution_id: str, flow: str = "paused"
+) -> tuple[TopicPartition, ConsumerRecord[Any, Any]]:
+    tp = TopicPartition(service.topics.executions, partition)
+    value = records.encode_event(ev.ExecutionCreated(execution_id, "test.faults", flow))
+    return tp, ConsumerRecord(tp.topic, partition, offset, 0, 0, b"", value, None, 0, 0, [])
+
+
+def _batch(*recs: tuple[TopicPartition, ConsumerRecord[Any, Any]]) -> dict[Any, list[Any]]:
+    batch: dict[Any, list[Any]] = {}
+    for tp, rec in recs:
+        batch.setdefault(tp, []).append(rec)
+    return batch
+
+
+def _shape(recs: list[CommandRecord]) -> list[tuple[str, str, int | None]]:
+    """The records' topics, keys and partitions, in their order."""
+    return [(topic, key, partition) for topic, key, _, partition in recs]
+
+
+def _loop(service: ExecutorService, consumer: _Consumer) -> None:
+    service._consumer = consumer
+    asyncio.run(service._loop())
+
+
+# -- the partitions' producers ---------------------------------------------------------------
+
+
+def test_owning_a_partition_takes_its_transactional_id_and_fences_the_former_owner() -> None:
+    broker = TxnBroker()
+    old, _ = _transactions(broker)
+    asyncio.run(old.own({0, 1}))
+    asyncio.run(old.commit({0: TxnWrite([("t", "k", b"1", 0)])}))
+    new, made = _transactions(broker)
+    asyncio.run(new.own({0}))
+    assert sorted(made) == [f"{GROUP}-0"]
+    assert made[f"{GROUP}-0"].calls == ["start", "begin", "commit"]  # the id taken at once
+    with pytest.raises(Fenced) as fenced:
+        asyncio.run(old.commit({0: TxnWrite([("t", "k", b"2", 0)])}))
+    assert fenced.value.partition == 0
+    asyncio.run(old.commit({1: TxnWrite([("t", "k", b"3", 1)])}))  # partition 1 is still its
+    assert [r[2] for r in broker.visible] == [b"1", b"3"]
+
+
+def test_taking_an_id_aborts_the_transaction_its_former_owner_left_open() -> None:
+    broker = TxnBroker()
+    old, _ = _transactions(broker)
+    asyncio.run(old.own({0}))
+    broker.die_at_commit.add(f"{GROUP}-0")
+    with pytest.raises(RuntimeError, match="killed"):
+        asyncio.run(old.commit({0: TxnWrite([("t", "k", b"1", 0)])}))
+    assert broker.pending[f"{GROUP}-0"][0] == [("t", "k", b"1", 0)]  # left open by the kill
+    broker.die_at_commit.clear()
+    new, _ = _transactions(broker)
+    asyncio.run(new.own({0}))
+    assert broker.pending == {} and broker.visible == []
+
+
+def test_a_failed_partition_aborts_alone_and_the_commit_raises() -> None:
+    broker = TxnBroker()
+    txns, made = _transactions(broker)
+    asyncio.run(txns.own({0, 1}))
+    tp = TopicPartition("executions", 1)
+    broker.refuse_sends.add(f"{GROUP}-0")
+    writes = {
+        0: TxnWrite([("t", "a", b"0", 0)]),
+        1: TxnWrite([("t", "b", b"1", 1)], {tp: OffsetAndMetadata(7, "")}),
+    }
+    with pytest.raises(RuntimeError, match="refuses"):
+        asyncio.run(txns.commit(writes))
+    assert made[f"{GROUP}-0"].calls[-1] == "abort" and broker.pending == {}
+    assert broker.visible == [("t", "b", b"1", 1)] and broker.offsets == {tp: 7}
+
+
+def test_leaving_a_partition_stops_its_producer() -> None:
+    txns, made = _transactions(TxnBroker())
+    asyncio.run(txns.own({0, 1}))
+    asyncio.run(txns.leave({1, 5}))
+    assert set(txns.producers) == {0}
+    assert made[f"{GROUP}-1"].stopped and not made[f"{GROUP}-0"].stopped
+
+
+# -- the cycle --------------------------------------------------------------------------------
+
+
+def test_each_partition_commits_its_records_and_offsets_in_its_own_transaction() -> None:
+    broker = TxnBroker()
+    service = _eos_service(broker, {0, 1})
+    a, b = _created(service, 0, 5, "a"), _created(service, 1, 9, "b")
+    consumer = _Consumer(service, [_batch(a, b)])
+    _loop(service, consumer)
+    assert consumer.commits == []  # no offset commit outside the transactions
+    assert broker.offsets == {a[0]: 6, b[0]: 10}
+    changelog = service.topics.changelog
+    for execution_id, partition in (("a", 0), ("b", 1)):
+        logged = [r for r in broker.visible_of(execution_id) if r[0] == changelog]
+        assert logged and {r[3] for r in logged} == {partition}
+    assert set(service._checkpoints) == {0, 1}  # the changelog acks are the checkpoints
+
+
+def test_a_held_event_bounds_the_offsets_its_transaction_commits() -> None:
+    broker = TxnBroker()
+    service = _eos_service(broker, {0})
+    held = _created(service, 0, 3, "h", flow="not-deployed")
+    known = _created(service, 0, 4, "a")
+    _loop(service, _Consumer(service, [_batch(held, known)]))
+    assert "h" in service.held
+    assert broker.offsets == {held[0]: 3}  # a crash must replay the held creation
+    assert broker.visible_of("a")
+
+
+def test_a_kill_between_produce_and_commit_leaves_nothing_seen_twice() -> None:
+    """The cycle dies in partition 0's commit: none of its records are visible, and its new
+    owner, which takes the id, replays the event once; a fault-free run sees the same."""
+    clean = TxnBroker()
+    reference = _eos_service(clean, {0})
+    _loop(reference, _Consumer(reference, [_batch(_created(reference, 0, 5, "a"))]))
+
+    broker = TxnBroker()
+    first = _eos_service(broker, {0, 1})
+    acked: list[CommandRecord] = []
+    first.writer.on_acked = lambda rec, meta: acked.append(rec)
+    broker.die_at_commit.add(f"{GROUP}-0")
+    a, b = _created(first, 0, 5, "a"), _created(first, 1, 9, "b")
+    with pytest.raises(RuntimeError, match="killed"):
+        _loop(first, _Consumer(first, [_batch(a, b)]))
+    assert broker.visible_of("a") == []
+    assert a[0] not in broker.offsets
+    assert all(rec[1] != "a" for rec in acked)  # no local hand-off of an uncommitted job
+
+    broker.die_at_commit.clear()
+    second = _eos_service(broker, {0})  # the next owner: fences the first
+    _loop(second, _Consumer(second, [_batch(a)]))  # replays from the committed offset
+    assert _shape(broker.visible_of("a")) == _shape(clean.visible_of("a"))  # (times differ)
+    assert broker.offsets[a[0]] == 6
+    with pytest.raises(Fenced):  # the first, were it still running, can no longer commit
+        asyncio.run(first.writer.transactions.commit({0: TxnWrite([("t", "a", b"x", 0)])}))  # type: ignore[union-attr]
+
+
+def test_a_fenced_cycle_stops_the_processor_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    broker = TxnBroker()
+    service = _eos_service(broker, {0})
+    _eos_service(broker, {0})  # another member took partition 0
+    with caplog.at_level(logging.ERROR, logger="kestream.executor"), pytest.raises(Fenced):
+        _loop(service, _Consumer(service, [_batch(_created(service, 0, 5, "a"))]))
+    assert "executor fenced on partition 0" in caplog.text
+    assert broker.visible == []
+
+
+def test_a_revocation_leaves_the_partitions_producers() -> None:
+    broker = TxnBroker()
+    service = _eos_service(broker, {0, 1})
+    _loop(service, _Consumer(service, [_batch(_created(service, 0, 5, "a"))]))
+    asyncio.run(service.revoked({1}))
+    assert service.writer.transactions is not None
+    assert set(service.writer.transactions.producers) == {0}
+
+
+def test_an_oversized_record_is_dead_lettered_before_the_transaction() -> None:
+    service = _service(PAUSED)
+    out = Outbox()
+    service._apply(0, ev.ExecutionCreated("e1", "test.faults", "paused"), out, None)
+    out.send(service.topics.updates, "e1", b"x" * (service.limit.value_bytes + 1))
+    kept = service._sized(out)
+    assert all(len(v or b"") <= service.limit.value_bytes for _, _, v, _ in kept)
+    assert any(t == service.topics.dead_letter for t, *_ in kept)
+
+
+def test_partition_outboxes_keep_each_partitions_records_apart() -> None:
+    outs = PartitionOutboxes()
+    outs.of(0).send("t", "a", b"0")
+    outs.of(1).send("t", "b", b"1")
+    outs.of(0).send("t", "c", b"2")
+    assert [k for _, k, _, _ in outs.parts[0].commands] == ["a", "c"]
+    assert [k for _, k, _, _ in outs.parts[1].commands] == ["b"]
+    single = Outbox()
+    assert single.of(0) is single and single.of(3) is single
+
+
+# -- the setting ------------------------------------------------------------------------------
+
+
+def test_exactly_once_holds_on_kafka_and_falls_back_on_tansu_with_a_warning(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(processing_guarantee, "_warned", False)
+    settings = Settings(broker="unused:9092", processing_guarantee="exactly_once")
+    assert processing_guarantee.exactly_once(settings, "kafka")
+    with caplog.at_level(logging.WARNING, logger="kestream.guarantee"):
+        assert not processing_guarantee.exactly_once(settings, "tansu")
+    assert "Tansu has none" in caplog.text
+    assert not processing_guarantee.exactly_once(Settings(broker="unused:9092"), "kafka")
+
+
+def test_clients_read_committed_and_produce_transactionally_under_exactly_once() -> None:
+    eos = Settings(broker="unused:9092", processing_guarantee="exactly_once")
+    alo = Settings(broker="unused:9092")
+
+    async def made() -> tuple[list[str], str | None]:
+        levels = [
+            make_consumer(settings, "unused:9092", kind, group_id=None)._isolation_level
+            for settings, kind in ((eos, "kafka"), (alo, "kafka"), (eos, "tansu"))
+        ]
+        producer = make_producer(eos, "unused:9092", "kafka", transactional_id="x-0")
+        return levels, producer._txn_manager.transactional_id
+
+    levels, transactional_id = asyncio.run(made())
+    assert levels == ["read_committed", "read_uncommitted", "read_uncommitted"]
+    assert transactional_id == "x-0"
