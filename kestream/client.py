@@ -63,6 +63,7 @@ from kestream.runtime.context import connect as connect_broker
 from kestream.runtime.event_offload import fit_event
 from kestream.runtime.execution_updates import MergedExecution, merge_update
 from kestream.runtime.flows_table import FlowsTable
+from kestream.runtime.hand_over import HandOver
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.tansu_compat import fetch_highwaters
 from kestream.secrets.encryption import scope_of
@@ -168,6 +169,10 @@ class Client:
         self.registry = FlowRegistry()
         self.flows = FlowsTable(ctx, self.registry)
         self._producer: AIOKafkaProducer | None = None
+        #: Records go to the producer one caller at a time: submissions at a high rate (the
+        #: API's, a load generator's) would otherwise wake each other at every drain of a full
+        #: batch (:mod:`kestream.runtime.hand_over`).
+        self._hand_over = HandOver()
         self._updates: AIOKafkaConsumer | None = None
         self._follower: asyncio.Task[None] | None = None
         self._watches: OrderedDict[str, _Watch] = OrderedDict()
@@ -323,15 +328,15 @@ class Client:
             limit.check_header(header, "the execution's record (inputs, trigger and labels)")
         else:
             limit.check(value, "the request's record")
-        await self._require_producer().send_and_wait(topic, value, key=key)
+        await self._hand_over.send_and_wait(self._require_producer(), (topic, value, key))
 
     async def send_records(
         self, topic: str, keyed: list[tuple[bytes, bytes]]
     ) -> list[RecordMetadata]:
         """Produce ``(key, value)`` records to one of kestream's topics and wait for every ack
         (the API's purge records, :mod:`kestream.api.purge`); their positions, in order."""
-        producer = self._require_producer()
-        sent = [await producer.send(topic, value, key=key) for key, value in keyed]
+        sends = [(topic, value, key) for key, value in keyed]
+        sent = await self._hand_over.send(self._require_producer(), sends)
         return list(await asyncio.gather(*sent))
 
     def _require_producer(self) -> AIOKafkaProducer:

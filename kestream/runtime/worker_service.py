@@ -93,6 +93,7 @@ from kestream.executor.sizes import over_limit
 from kestream.models.state import StateType
 from kestream.runtime import local_handoff, records
 from kestream.runtime.context import BrokerContext
+from kestream.runtime.hand_over import HandOver
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.log_stream import LogStream
 from kestream.runtime.metrics import Metrics, process_metrics
@@ -334,8 +335,8 @@ class WorkerService:
         self._side_tasks: set[asyncio.Task[None]] = set()  # dead letters, KILLED results
         self._slot_freed = asyncio.Event()
         self._last_commit = 0.0
-        #: Held while records are handed to the producer (:meth:`_produce`).
-        self._handing_over = asyncio.Lock()
+        #: Records go to the producer one caller at a time (:meth:`_produce`).
+        self._hand_over = HandOver()
         #: Told of each result acknowledged, with its ack and value (:mod:`.local_handoff`).
         self.on_result: Callable[[Any, bytes], None] | None = None
         #: The periodic commit under way beside the loop (:meth:`_commit_in_background`).
@@ -348,6 +349,7 @@ class WorkerService:
         self.metrics = metrics if metrics is not None else process_metrics()
         self._pending_share = self.metrics.share(self.metrics.worker_job_pending)
         self._lag_share = self.metrics.share(self.metrics.consumer_lag, "worker")
+        self._partition_lag = self.metrics.partition_lag("worker")
         #: In the group with an assignment (possibly empty: more workers than partitions).
         self._in_group = False
 
@@ -514,13 +516,16 @@ class WorkerService:
             finally:
                 self._fetch_room = 0
             lag = 0
+            behind: dict[int, int] = {}
             for tp, recs in batch.items():
                 for record in recs:
                     self._handle(record)
                 highwater = consumer.highwater(tp) if recs else None
                 if highwater is not None:  # the last fetch's high watermark: no extra request
-                    lag += max(0, highwater - recs[-1].offset - 1)
+                    behind[tp.partition] = max(0, highwater - recs[-1].offset - 1)
+                    lag += behind[tp.partition]
             self._lag_share.report(lag)
+            self._partition_lag.report(behind)
         self._pending_share.report(len(self._held))
         self._commit_in_background()
 
@@ -797,18 +802,12 @@ class WorkerService:
         )
 
     async def _produce(self, sends: Sequence[tuple[str, bytes, bytes | None]]) -> list[Future[Any]]:
-        """Hand records (topic, value, key) to the producer in order, one caller at a time;
-        returns their acknowledgements, to await outside.
-
-        aiokafka keeps one open batch per partition, and while it is full every caller
-        appending to that partition waits for it to drain, all of them woken at each drain:
-        thousands of jobs ending together with results for one partition (a ForEach's children,
-        keyed by their execution) cost thousands of wake-ups per drain, quadratic in the jobs.
-        Handing over one caller at a time, only that caller waits."""
-        producer = self._producer
-        assert producer is not None
-        async with self._handing_over:
-            return [await producer.send(topic, value, key=key) for topic, value, key in sends]
+        """Hand records (topic, value, key) to the producer in order, one caller at a time
+        (:class:`~kestream.runtime.hand_over.HandOver`: thousands of jobs ending together with
+        results for one partition, a ForEach's children, would otherwise wake each other at
+        every drain of its batch); returns their acknowledgements, to await outside."""
+        assert self._producer is not None
+        return await self._hand_over.send(self._producer, sends)
 
     def _done(self, job: _Job, value: bytes) -> None:
         """Mark ``job``'s records done, and remember it with the result record it was answered

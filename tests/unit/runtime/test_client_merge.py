@@ -126,11 +126,25 @@ tasks:
 
 
 class _FakeProducer:
+    """Takes records as aiokafka's producer does: ``send`` may wait (a full batch draining)
+    before it takes the record, and answers with the acknowledgement to await."""
+
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes]] = []
+        self.inside = self.most_inside = 0
 
-    async def send_and_wait(self, topic: str, value: bytes, key: bytes) -> None:
-        self.sent.append((topic, value, key))
+    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[None]:
+        self.inside += 1
+        self.most_inside = max(self.most_inside, self.inside)
+        try:
+            for _ in range(3):
+                await asyncio.sleep(0)
+            self.sent.append((topic, value, key))
+            ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            ack.set_result(None)
+            return ack
+        finally:
+            self.inside -= 1
 
 
 def _client() -> tuple[Client, _FakeProducer]:
@@ -254,3 +268,15 @@ def test_a_large_stop_update_is_chunked_and_stops_only_when_complete() -> None:
         assert merged.stopped is (body is bodies[-1])
     assert merged is not None and len(merged.model().taskRunList) == 451
     assert list(merged.runs) == list(st.task_runs)  # the executor's order, across records
+
+
+async def test_concurrent_submissions_hand_their_records_over_one_at_a_time() -> None:
+    """Callers waiting together in aiokafka's ``send`` for a full batch are all woken at each
+    drain: the client hands records over one caller at a time, in the order they came."""
+    client, producer = _client()
+    client.registry.put(parse_flow(INPUTS_FLOW))
+    ids = await asyncio.gather(
+        *(client.submit("test.client", "typed", {"count": str(n)}) for n in range(20))
+    )
+    assert producer.most_inside == 1
+    assert [key.decode() for _, _, key in producer.sent] == ids

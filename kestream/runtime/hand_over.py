@@ -1,0 +1,40 @@
+"""Records handed to an aiokafka producer one caller at a time.
+
+aiokafka keeps one open batch per partition, and while it is full every caller appending to
+that partition waits in ``send`` for it to drain, all of them woken at each drain: thousands of
+callers producing to one partition together (a ForEach's children ending, keyed by their
+execution; submissions at a high rate) cost thousands of wake-ups per drain, quadratic in the
+callers. Handed over one caller at a time, only that caller waits; the others wait on a lock,
+woken one by one. The acknowledgements are awaited outside, so the callers still wait for the
+broker together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from asyncio import Future
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["HandOver", "Send"]
+
+#: A record to produce: topic, value, key.
+Send = tuple[str, bytes, bytes | None]
+
+
+class HandOver:
+    """One producer's hand-over (see the module docs)."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+
+    async def send(self, producer: Any, sends: Sequence[Send]) -> list[Future[Any]]:
+        """Hand ``sends`` to ``producer`` in order, one caller at a time; returns their
+        acknowledgements, to await outside."""
+        async with self._lock:
+            return [await producer.send(topic, value, key=key) for topic, value, key in sends]
+
+    async def send_and_wait(self, producer: Any, send: Send) -> Any:
+        """Hand one record over (:meth:`send`), then wait for its acknowledgement."""
+        (ack,) = await self.send(producer, [send])
+        return await ack
