@@ -115,6 +115,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="one process per role (default), or the first executor, the worker and the API "
         "in one process as standalone runs them (jobs and results handed over in process)",
     )
+    parser.add_argument(
+        "--count-requests",
+        action="store_true",
+        help="count each process's broker requests and doorbell rings per execution in the "
+        "steady window (perf stat on the sendto tracepoint; bench/requests.py)",
+    )
     parser.add_argument("--drain", type=float, default=20.0, help="extra seconds for a backlog")
     parser.add_argument("--w3-runs", type=int, default=5, help="ForEach 160 executions")
     parser.add_argument("--w3-big-runs", type=int, default=1, help="ForEach 10 000 executions")
@@ -147,6 +153,7 @@ def _options(args: argparse.Namespace) -> harness.RunOptions:
         profile=args.profile,
         via=args.via,
         layout=args.layout,
+        count_requests=args.count_requests,
         run_root=args.run_dir or Path("/tmp/kestream-bench") / stamp,
     )
 

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import aiohttp
 
-from bench import report, steady, workloads
+from bench import report, requests, steady, workloads
+from bench.requests import Sends
 from bench.stack import Stack, StackConfig, Usage, describe, role_errors
 from kestream.client import Client
 from kestream.models.flow import WebhookTrigger, parse_flow
@@ -71,6 +72,8 @@ class RunOptions:
     via: str = "client"
     #: Role processes: "separate" or "shared" (:attr:`StackConfig.layout`).
     layout: str = "separate"
+    #: Count broker requests and doorbell rings per execution (:mod:`bench.requests`).
+    count_requests: bool = False
 
     def stack_config(self, tag: str) -> StackConfig:
         return StackConfig(
@@ -219,11 +222,16 @@ async def run_rate(workload: workloads.Workload, rate: float, options: RunOption
             else client_submit(client, stack.deployed[workload.flow_file])
         )
         stack.mark()
-        readings = asyncio.create_task(
-            steady.read_during(stack.cpu_now, time.time(), options.duration_s)
+        start = time.time()
+        readings = asyncio.create_task(steady.read_during(stack.cpu_now, start, options.duration_s))
+        sends = (
+            asyncio.create_task(_count_sends(stack, start, options.duration_s))
+            if options.count_requests
+            else None
         )
         samples, waits = await offer(client, submit, rate, options.duration_s)
         first, last = await readings
+        counted = await sends if sends is not None else {}
         window_close, usage = await collect(stack, samples, waits, options.drain_s)
         profiles = await stack.end_profiles()
         where = describe(stack)
@@ -231,11 +239,19 @@ async def run_rate(workload: workloads.Workload, rate: float, options: RunOption
         workload, rate, options.duration_s, _inline(options), samples, window_close, usage
     )
     report.add_steady_cost(row, steady.steady_cost(first, last, (s.end for s in samples)))
+    report.add_sends(row, requests.per_execution(counted, row.extra.get("steady_ended", 0)))
     row.extra.update(where)
     row.extra["role_errors"] = role_errors(stack)
     if profiles:
         row.extra["profiles"] = report.profile_summary(profiles, config.run_dir)
     return row
+
+
+async def _count_sends(stack: Stack, start: float, duration_s: float) -> dict[str, Sends]:
+    """Each process's broker requests and doorbell rings over the steady window."""
+    await asyncio.sleep(max(0.0, start + steady.FIRST_AT * duration_s - time.time()))
+    window = (steady.LAST_AT - steady.FIRST_AT) * duration_s
+    return await requests.count_sends(stack.pids(), window)
 
 
 async def run_series(workload: workloads.Workload, options: RunOptions, runs: int) -> report.Row:

@@ -353,6 +353,9 @@ def print_row(row: Row, floor: Sequence[dict[str, Any]] = ()) -> None:
     cost = cpu_line(row)
     if cost:
         print(f"  {cost}", file=out)
+    sends = sends_line(row)
+    if sends:
+        print(f"  {sends}", file=out)
     for line in comparison_lines(row, floor):
         print(f"  {line}", file=out)
     for line in extra.get("role_errors") or []:
@@ -385,6 +388,27 @@ def cpu_line(row: Row) -> str | None:
         f"CPU per completed execution, steady ({window}): {shown}; "
         f"all {sum(steady.values()):.2f} ms; {whole}"
     )
+
+
+def add_sends(row: Row, counts: dict[str, dict[str, float]]) -> None:
+    """Keep the broker requests and doorbell rings per execution (:mod:`bench.requests`)."""
+    if counts:
+        row.extra["sends_per_execution"] = counts
+
+
+def sends_line(row: Row) -> str | None:
+    """Broker requests (the broker's answers under ``broker``) and doorbell rings per execution
+    of each process in the steady window; None when they were not counted."""
+    counts = row.extra.get("sends_per_execution")
+    if not counts:
+        return None
+    parts = []
+    for what in ("requests", "rings"):
+        per = counts.get(what) or {}
+        sent = sum(n for name, n in per.items() if name != "broker")
+        shown = ", ".join(f"{name} {n:g}" for name, n in per.items())
+        parts.append(f"{what} {shown}; sent in all {sent:.2f}")
+    return "per execution (steady window), " + " | ".join(parts)
 
 
 def add_steady_cost(row: Row, cost: SteadyCost | None) -> None:
@@ -650,6 +674,7 @@ _STORED_EXTRA = (
     "steady_cpu_ms",
     "steady_window_s",
     "steady_ended",
+    "sends_per_execution",
     "broker",
     "broker_kind",
     "executors",

@@ -377,6 +377,17 @@ class Stack:
         self._own_cpu_base = own_usage()[0]
         self._marked = time.monotonic()
 
+    def pids(self) -> dict[str, list[int]]:
+        """The processes of the run by name: each role's, the broker's (when this stack started
+        it) and this one (``loadgen``)."""
+        found: dict[str, list[int]] = {}
+        for role in self.roles:
+            found.setdefault(role.role, []).append(role.proc.pid)
+        if self.broker is not None and self.broker.pid is not None:
+            found["broker"] = [self.broker.pid]
+        found["loadgen"] = [os.getpid()]
+        return found
+
     def cpu_now(self) -> dict[str, float]:
         """CPU seconds so far of each role (summed over its processes) and of the broker (when
         this stack started it): the readings of the steady window (:mod:`bench.steady`)."""
