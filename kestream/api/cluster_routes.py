@@ -4,10 +4,10 @@
 records the installation's ``/health/ready`` is computed from, :mod:`kestream.runtime.members`):
 each process that counts (heard from within three heartbeats) with its role, host, pid, health,
 and the figures it publishes with each heartbeat: the partitions it owns (executor, worker), its
-consumer lag (records behind the high watermark, summed over those partitions: the processes
-measure it per consumer, not per partition), a worker's thread slots and jobs running, and its
-dead letters by source. Nothing is asked of the processes themselves, so the page costs one
-read of a table in memory, whatever the size of the installation.
+consumer lag (records behind the high watermark, summed over those partitions) and the same per
+partition number (``partitionLag``, as of its last fetch), a worker's thread slots and jobs
+running, and its dead letters by source. Nothing is asked of the processes themselves, so the
+page costs one read of a table in memory, whatever the size of the installation.
 
 Kestra has no such route (its cluster view is in the Enterprise Edition); the path follows its
 1.x style. It is behind the API's credentials like every route under ``/api/v1``: a process's
@@ -47,6 +47,7 @@ def member_json(member: MemberStatus, now: float) -> dict[str, Any]:
         "heardS": round(max(0.0, now - member.ts), 3),
         "checks": facts.get("checks", {}),
         "consumerLag": facts.get("consumerLag", {}),
+        "partitionLag": facts.get("partitionLag", {}),
         "deadLetters": facts.get("deadLetters", {}),
         "slots": facts.get("slots"),
         "jobsRunning": facts.get("jobsRunning"),

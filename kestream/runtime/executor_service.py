@@ -227,6 +227,7 @@ class ExecutorService:
         self._held_share = self.metrics.share(self.metrics.executor_held)
         self._in_flight_share = self.metrics.share(self.metrics.executor_in_flight)
         self._lag_share = self.metrics.share(self.metrics.consumer_lag, "executor")
+        self._partition_lag = self.metrics.partition_lag("executor")
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -473,15 +474,19 @@ class ExecutorService:
         high watermark of the last fetch minus what this batch reached: no extra request)."""
         assert self._consumer is not None
         events = lag = 0
+        behind: dict[int, int] = {}
         for tp, recs in batch.items():
             if recs:
                 events += len(recs)
                 highwater = self._consumer.highwater(tp)
                 if highwater is not None:
-                    lag += max(0, highwater - recs[-1].offset - 1)
+                    tp_lag = max(0, highwater - recs[-1].offset - 1)
+                    lag += tp_lag
+                    behind[tp.partition] = behind.get(tp.partition, 0) + tp_lag
         if events:
             self.metrics.executor_batch_done(events, time.perf_counter() - started)
         self._lag_share.report(lag)
+        self._partition_lag.report(behind)
         self._held_share.report(len(self.held))
         self._in_flight_share.report(len(self.states))
 

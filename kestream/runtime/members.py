@@ -227,10 +227,10 @@ def process_facts(role: str, checks: dict[str, Any], metrics: Metrics | None) ->
 
     ``checks`` are its health's checks as ``/health/ready`` shows them (public facts only). From
     ``metrics``: the role's own records behind the high watermark (the sum over the partitions
-    it reads) and dead letters, and for a worker the jobs running and its thread slots. A
-    process may host several roles (standalone) with one registry: each role's record keeps
-    the series labelled with its own name (the API's dead letters are the index's). Read from
-    the process's own registry: no request, no lock held long.
+    it reads, and per partition number) and dead letters, and for a worker the jobs running
+    and its thread slots. A process may host several roles (standalone) with one registry:
+    each role's record keeps the series labelled with its own name (the API's dead letters are
+    the index's). Read from the process's own registry: no request, no lock held long.
     """
     facts: dict[str, Any] = {"checks": checks}
     if metrics is None:
@@ -239,6 +239,12 @@ def process_facts(role: str, checks: dict[str, Any], metrics: Metrics | None) ->
     lag = _samples(metrics.consumer_lag, "consumer")
     dead = _samples(metrics.dead_letters_total, "source", suffix="_total")
     facts["consumerLag"] = {k: v for k, v in lag.items() if k == own}
+    facts["partitionLag"] = {
+        sample.labels["partition"]: sample.value
+        for family in metrics.consumer_partition_lag.collect()
+        for sample in family.samples
+        if sample.labels.get("consumer") == own
+    }
     facts["deadLetters"] = {k: v for k, v in dead.items() if k == own}
     if role == "worker":
         facts["jobsRunning"] = _single(metrics.worker_job_running)

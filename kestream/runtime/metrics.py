@@ -79,6 +79,29 @@ class DeltaGauge:
             self._last = value
 
 
+class PartitionLag:
+    """One processor's records behind the high watermark, per partition number (its topics'
+    lags summed: an executor reads three topics with the same partition numbers).
+
+    ``report`` takes a batch's lags: a partition the batch did not reach reads 0, as in the
+    processor's own sum (a fetch that returned nothing from a partition found it caught up).
+    """
+
+    __slots__ = ("_consumer", "_gauge", "_seen")
+
+    def __init__(self, gauge: Any, consumer: str) -> None:
+        self._gauge = gauge
+        self._consumer = consumer
+        self._seen: set[int] = set()
+
+    def report(self, lags: dict[int, int]) -> None:
+        for partition in self._seen - lags.keys():
+            self._gauge.labels(self._consumer, str(partition)).set(0)
+        for partition, lag in lags.items():
+            self._gauge.labels(self._consumer, str(partition)).set(lag)
+        self._seen |= lags.keys()
+
+
 class Metrics:
     """The process's metrics, with one accessor per thing a service records.
 
@@ -237,6 +260,11 @@ class Metrics:
             "Records behind the high watermark on the partitions this process reads",
             ("consumer",),
         )
+        self.consumer_partition_lag = self._gauge(
+            "consumer_partition_lag",
+            "Records behind the high watermark on one partition number this process reads",
+            ("consumer", "partition"),
+        )
         self.loop_lag = self._gauge(
             "event_loop_lag_seconds",
             "How late the event loop's heartbeat woke up last time (a blocked loop shows here)",
@@ -328,6 +356,10 @@ class Metrics:
     def dead_letter(self, source: str) -> None:
         """One record dead-lettered by ``source`` ("executor", "worker", ...)."""
         self._child(self.dead_letters_total, source).inc()
+
+    def partition_lag(self, consumer: str) -> PartitionLag:
+        """A processor's lag per partition (:class:`PartitionLag`), labelled ``consumer``."""
+        return PartitionLag(self.consumer_partition_lag, consumer)
 
     def share(self, gauge: Gauge, *labels: str) -> DeltaGauge:
         """A processor's own share of ``gauge`` (a child, given ``labels``): :class:`DeltaGauge`."""

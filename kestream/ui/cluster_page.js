@@ -2,9 +2,10 @@
 /**
  * The cluster: every role process the API hears from (the cluster route, read again every
  * two seconds while the page is open), with its health, the partitions it owns, its consumer
- * lag (records behind, summed over its partitions: the processes measure it per consumer),
- * a worker's slots in use and the dead letters it wrote; which process owns each partition of
- * the executor's and the worker's topics; and the embedded broker's warning when it keeps
+ * lag (records behind, summed over its partitions), a worker's slots in use and the dead
+ * letters it wrote; which process owns each partition of the executor's and the worker's
+ * topics, with that partition's lag (as of its owner's last fetch); and the embedded broker's
+ * warning when it keeps
  * everything in memory only. Each process's consumer lag and jobs running are drawn as
  * sparklines of the samples read since the page opened (the last minute).
  */
@@ -80,7 +81,8 @@ function health(member) {
 }
 
 /**
- * One table per role that owns partitions: partition, its owner, that owner's lag.
+ * One table per role that owns partitions: partition, its owner, its lag (0 where the owner's
+ * last fetches did not reach it: it held nothing new; empty from a process too old to say).
  * @param {any[]} members
  * @param {number} count the topics' partition count
  */
@@ -97,7 +99,7 @@ function assignments(members, count) {
       h(
         "table",
         { class: "list", id: `partitions-${role}` },
-        h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Partition"), h("th", { scope: "col" }, "Process"), h("th", { scope: "col" }, "Process lag"))),
+        h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Partition"), h("th", { scope: "col" }, "Process"), h("th", { scope: "col" }, "Lag"))),
         h(
           "tbody",
           {},
@@ -108,7 +110,7 @@ function assignments(members, count) {
               { "data-partition": p },
               h("td", {}, String(p)),
               h("td", { class: "mono" }, owner ? `${owner.host}/${owner.pid}` : h("span", { class: "error" }, "unassigned")),
-              h("td", {}, owner ? String(sum(owner.consumerLag)) : ""),
+              h("td", { "data-lag": "" }, owner?.partitionLag ? String(Number(owner.partitionLag[String(p)] ?? 0)) : ""),
             );
           }),
         ),

@@ -502,6 +502,13 @@ def test_the_cluster_page_shows_each_role_with_its_partitions(
         rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
         assert len(rows) == cluster["partitions"]
         assert "unassigned" not in table.text
+        lags = [row.find_element(By.CSS_SELECTOR, "[data-lag]").text for row in rows]
+        assert all(lag.isdigit() for lag in lags), lags  # per partition, from its owner
+    for member in cluster["members"]:
+        if member["role"] in ("executor", "worker"):
+            checks = member["checks"].values()
+            owned = {str(p) for check in checks for p in check.get("partitions", [])}
+            assert set(member["partitionLag"]) <= owned, member
     assert not driver.find_elements(By.ID, "memory-only")  # durable by default
     screenshot(driver, "cluster", tmp_path)
     no_console_errors(driver, "the cluster page")

@@ -77,8 +77,13 @@ async def test_each_process_with_its_partitions_lag_slots_and_dead_letters(
     worker_metrics.worker_job_running.set(3)
     worker_metrics.dead_letter("worker")
     worker_metrics.consumer_lag.labels("executor").set(5)  # another role of its process
+    worker_metrics.partition_lag("executor").report({0: 5})  # the other role's: not shown
+    worker_metrics.partition_lag("worker").report({0: 4, 1: 3})
     executor_metrics = Metrics(process_collectors=False)
     executor_metrics.consumer_lag.labels("executor").set(2)
+    executor_lag = executor_metrics.partition_lag("executor")
+    executor_lag.report({1: 9, 3: 1})
+    executor_lag.report({1: 2})  # a later batch that did not reach 3: caught up
     roster.put(published("worker", 2, worker_metrics, [0, 1]))
     roster.put(published("executor", 1, executor_metrics, [0, 1, 2, 3]))
 
@@ -92,8 +97,10 @@ async def test_each_process_with_its_partitions_lag_slots_and_dead_letters(
     assert (executor["role"], executor["host"], executor["port"]) == ("executor", "h1", 4001)
     assert executor["checks"]["processor"]["partitions"] == [0, 1, 2, 3]
     assert executor["consumerLag"] == {"executor": 2.0} and executor["slots"] is None
+    assert executor["partitionLag"] == {"1": 2.0, "3": 0.0}
     assert worker["checks"]["processor"]["partitions"] == [0, 1]
     assert worker["consumerLag"] == {"worker": 7.0}
+    assert worker["partitionLag"] == {"0": 4.0, "1": 3.0}
     assert (worker["slots"], worker["jobsRunning"]) == (16.0, 3.0)
     assert worker["deadLetters"] == {"worker": 1.0}
 
@@ -131,3 +138,4 @@ async def test_a_process_of_an_older_version_is_listed_without_figures(
     (member,) = (await reply.json())["members"]
     assert member["role"] == "scheduler" and member["status"] == "UP"
     assert (member["checks"], member["consumerLag"], member["slots"]) == ({}, {}, None)
+    assert member["partitionLag"] == {}
