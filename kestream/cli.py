@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from typer.core import TyperGroup
@@ -356,14 +356,23 @@ def _faust_role(role: str) -> None:
 
     faust's worker sets up logging itself: it is given kestream's (``logging_config``), so its
     lines and every library's have the process's one format (:mod:`kestream.log_format`), and
-    ``--quiet`` keeps its start-up banner and signal echoes off the terminal; the role logs
-    its own line once ready."""
+    ``--quiet`` keeps its start-up banner and signal echoes off the terminal, and its worker
+    draws no progress spinner (faust's, on a terminal at level WARNING); the role logs its own
+    line once ready."""
+    import faust
+
     from kestream.runtime.faust_app import make_app
+
+    class _Worker(faust.Worker):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.spinner = None
 
     settings = get_settings()
     _setup_logging(role=role)
     app_ = make_app(role)
     app_.conf.logging_config = logging_config(settings, role)
+    app_.conf.Worker = cast(Any, _Worker)  # faust types the setting as a typing form
     level = {"DEBUG": "debug", "WARNING": "warn", "ERROR": "error"}.get(
         settings.log_level.upper(), "info"
     )

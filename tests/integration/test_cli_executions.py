@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -220,3 +221,25 @@ def test_every_process_logged_json_without_banners_or_secrets(stack: Stack, ns: 
     assert any(" ready: " in e["message"] for e in entries if e["role"] != "standalone")
     assert PASSWORD not in text and TOKEN not in text
     assert "ƒaµS†" not in text
+
+
+def test_default_role_logs_are_readable_lines(broker: Any, tmp_path: Path) -> None:
+    """Without KESTREAM_LOG_FORMAT: every line is kestream's text line (the supervisor's and
+    each role process's, naming its roles and process), none of faust's banner table, from the
+    start to the stop."""
+    prefix = f"it.cli.text.{uuid.uuid4().hex[:10]}."
+    for stack in start_stack(broker.bootstrap, prefix, tmp_path):
+        assert stack.get(stack.base + "/health/ready").status == 200
+    text = stack.log_path.read_text()  # from start to stop (faust echoes signals unless quiet)
+    line = re.compile(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) +"
+        r"(?P<role>[a-z,]+)\[\d+\] [\w.]+: .*"
+    )
+    roles = set()
+    for row in text.splitlines():
+        matched = line.fullmatch(row)
+        assert matched, f"not a kestream log line: {row!r}"
+        roles.add(matched["role"])
+    assert "standalone" in roles and any("api" in role for role in roles)
+    assert re.search(r"\] kestream\.app: .*ready: [\d.]+ s after the process started", text)
+    assert "ƒaµS†" not in text and PASSWORD not in text
