@@ -16,16 +16,19 @@ background fetcher, and fetches again only when
   (:meth:`PacedConsumer.wake`, used by table reads), or resumed partitions it had paused.
 
 A ring or wake-up is never dropped: it stays pending until a fetch *sent after it* has been
-answered for every partition the consumer fetches (aiokafka stamps a partition when it handles a
-fetch response, so the second stamp after the ring belongs to a request sent after it). A
-consumer never rests while a ring is pending, nor while a partition's position is behind the
-high watermark its last fetch reported (records fetched and not yet handed to the caller,
-which pausing would drop): a caller busy with a batch finds the next one when it asks.
+answered for every partition the consumer fetches (the consumer notes when each of its fetch
+requests left and which partitions the response answered). A consumer never rests while a ring
+is pending, nor while a partition's position is behind the high watermark its last fetch
+reported (records fetched and not yet handed to the caller, which pausing would drop): a caller
+busy with a batch finds the next one when it asks.
 
-With the doorbell the quiet period is :data:`RUNG_QUIET_S` (a ring follows every record, so a
-fetch that finds nothing after the last ring is the end of it); without one (a directory that
-cannot be made private) it is ``KESTREAM_CONSUMER_IDLE_AFTER_MS`` and probes start at 250 ms,
-doubling. A consumer whose caller stops calling ``getmany`` (a table read on demand) pauses too.
+With the doorbell the quiet period is :data:`RUNG_QUIET_S`, none: a ring follows every record,
+so the first fetch answered after the last ring that finds nothing is the end of it, and the
+consumer pauses as that response comes in, before aiokafka sends another. A probe, a ring or a
+wake-up thus costs one fetch where nothing waits. Without a doorbell (a directory that cannot be
+made private) the quiet period is ``KESTREAM_CONSUMER_IDLE_AFTER_MS`` and probes start at
+250 ms, doubling. A consumer whose caller stops calling ``getmany`` (a table read on demand)
+pauses too.
 
 Pacing decides only *when* to fetch, never what: positions, commits and the group protocol
 (heartbeats run in aiokafka's coordinator, not in the fetcher) are untouched, so a late wake-up
@@ -43,6 +46,8 @@ that no ring reaches, so they poll as before.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -58,11 +63,14 @@ from kestream.settings import Settings
 
 Batch = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
 
+log = logging.getLogger("kestream.fetch_pacing")
 
-#: With a doorbell, a consumer stays awake this long after records or a ring: rings come after
-#: the broker acknowledged the records (:class:`~kestream.runtime.doorbell.RingingProducer`),
-#: so a fetch or two finds them; then it pauses until the next ring.
-RUNG_QUIET_S = 0.02
+
+#: With a doorbell, a consumer stays awake this long after records or a ring: none. Rings come
+#: after the broker acknowledged the records (:class:`~kestream.runtime.doorbell.RingingProducer`)
+#: and each stays pending until a fetch sent after it is answered, which finds them; then it
+#: pauses until the next ring (a stream of records keeps it awake, :attr:`Pacing.stream_quiet`).
+RUNG_QUIET_S = 0.0
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,9 @@ class Pacing:
     probe_first: float = 0.25
     #: ...up to this.
     probe_max: float = 5.0
-    #: A probe keeps fetching this long before pausing again.
+    #: How long one look for records lasts while a wake-up waits for its answer (or records
+    #: wait for the caller): the consumer checks again after it, and pauses as soon as the
+    #: answer comes.
     probe_window: float = 0.02
     #: Records in this many fetches in a row, each within ``stream_gap`` of the last: a
     #: stream, not a burst (the member heartbeats of one process come together)...
@@ -133,12 +143,13 @@ class FetchPacer:
         return max(0.0, min(deadline, self.next_probe) - now)
 
     def wake_if_due(self, now: float) -> bool:
-        """Idle: True (and active for a probe window) when the probe is due."""
+        """Idle: True when the probe is due (it fetches until its fetch is answered, the
+        consumer's business, and pauses again at once if that finds nothing)."""
         if not self.idle or now < self.next_probe:
             return False
         self.idle = False
         self.probes += 1
-        self.active_until = now + self.pacing.probe_window
+        self.active_until = now
         self.gap = min(self.gap * 2, self.pacing.probe_max)
         return True
 
@@ -188,10 +199,13 @@ class PacedConsumer(AIOKafkaConsumer):
         self._held_by_caller: set[TopicPartition] = set()
         #: The assignment paused for idleness, None while fetching.
         self._holding: frozenset[TopicPartition] | None = None
-        #: A ring or wake-up not yet answered by a fetch sent after it (wall-clock ms, the
-        #: clock of aiokafka's stamps), and the first stamp each partition got since.
-        self._pending_ms: int | None = None
-        self._first_stamps: dict[TopicPartition, int] = {}
+        #: A ring or wake-up not yet answered by a fetch sent after it (:attr:`clock` time)...
+        self._pending_since: float | None = None
+        #: ...and per partition, when the latest fetch request answered for it was sent.
+        self._answer_sent: dict[TopicPartition, float] = {}
+        #: Whether fetch requests are timed (:meth:`_time_fetches`): without it no wake-up is
+        #: ever answered, and the consumer never pauses (it polls, as unpaced ones do).
+        self._timing_fetches = False
         self._rung = asyncio.Event()
         self._in_getmany = 0
         #: The last getmany handed the caller records (it is busy with them, not waiting).
@@ -281,6 +295,10 @@ class PacedConsumer(AIOKafkaConsumer):
             self._in_getmany -= 1
             self._watch_idle()
 
+    async def start(self) -> None:
+        await super().start()
+        self._time_fetches()
+
     async def stop(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
@@ -302,8 +320,11 @@ class PacedConsumer(AIOKafkaConsumer):
                     return {}
                 self._release()
             now = self.clock()
-            # Fetch no longer than the active window, so an empty probe pauses again promptly.
-            until = min(deadline, max(self.pacer.active_until, now))
+            # Fetch no longer than the active window (at least one look), so that a consumer
+            # paused meanwhile (an answer that found nothing) waits for rings, not for records.
+            until = min(
+                deadline, max(self.pacer.active_until, now + self.pacer.pacing.probe_window)
+            )
             batch: Batch = await super().getmany(
                 *partitions, timeout_ms=math.ceil((until - now) * 1000), max_records=max_records
             )
@@ -315,10 +336,9 @@ class PacedConsumer(AIOKafkaConsumer):
     def _settle(self, records: bool) -> None:
         """After a fetch (or none for a while): pause when the pacer says idle, unless a ring
         or wake-up is still unanswered or records wait that the caller has not had yet."""
-        now = self.clock()
-        if not records and now >= self.pacer.active_until and self._must_fetch():
-            self.pacer.traffic(now, self.pacer.pacing.probe_window)
-        if self.pacer.fetched(now, records):
+        if not records and self._must_fetch():
+            return  # looked at again after the next answer, or the next look
+        if self.pacer.fetched(self.clock(), records):
             self._hold()
 
     def _must_fetch(self) -> bool:
@@ -329,29 +349,54 @@ class PacedConsumer(AIOKafkaConsumer):
 
     def _pend(self) -> None:
         """A ring or wake-up: pending until a fetch sent after it comes back."""
-        self._pending_ms = int(time.time() * 1000)
-        self._first_stamps.clear()
+        self._pending_since = self.clock()
 
     def _answered(self, fetching: set[TopicPartition]) -> bool:
         """Whether every fetched partition got a response to a fetch sent after the pending
-        ring: its second stamp since (the first may answer a request sent before it)."""
-        since = self._pending_ms
+        ring or wake-up (one sent before it may have been read before its records were)."""
+        since = self._pending_since
         if since is None:
             return True
-        answered = True
-        for tp in fetching:  # every partition's first stamp noted, not just the first one's
-            stamp = self.last_poll_timestamp(tp)
-            if stamp is None or stamp < since:
-                answered = False
-                continue
-            first = self._first_stamps.setdefault(tp, stamp)
-            if stamp <= first:
-                answered = False
-        if not answered:
+        if any(self._answer_sent.get(tp, -math.inf) <= since for tp in fetching):
             return False
-        self._pending_ms = None
-        self._first_stamps.clear()
+        self._pending_since = None
         return True
+
+    def _time_fetches(self) -> None:
+        """Note when each fetch request leaves and what its response answered, in aiokafka's
+        fetcher (its one method that sends a request and handles the response)."""
+        fetcher: Any = getattr(self, "_fetcher", None)
+        send = getattr(fetcher, "_proc_fetch_request", None)
+        if send is None:
+            log.warning("cannot time this aiokafka's fetches: the consumer never pauses")
+        elif not self._timing_fetches:
+            fetcher._proc_fetch_request = functools.partial(self._timed_fetch, send)
+            self._timing_fetches = True
+
+    async def _timed_fetch(
+        self, send: Callable[..., Any], assignment: Any, node_id: int, request: Any
+    ) -> bool:
+        """One fetch request and its response: each partition whose state the response updated
+        (aiokafka stamps it then) was answered by a request sent at ``sent``. A response that
+        brought nothing while the caller waits in ``getmany`` settles the consumer at once, so
+        that an answered wake-up pauses it before aiokafka sends the next request."""
+        sent = self.clock()
+        partitions = [TopicPartition(t, p[0]) for t, parts in request.topics for p in parts]
+        states = [assignment.state_value(tp) for tp in partitions]
+        before = [None if state is None else state.timestamp for state in states]
+        new_data: bool = await send(assignment, node_id, request)
+        for tp, state, stamp in zip(partitions, states, before, strict=True):
+            # A stamp equal to the one before (two responses in one millisecond) is left
+            # unanswered: one more fetch, never a wake-up taken as answered too soon.
+            if state is not None and state.timestamp is not None and state.timestamp != stamp:
+                self._note_answer(tp, sent)
+        if not new_data and self._in_getmany and self._holding is None:
+            self._settle(records=False)
+        return new_data
+
+    def _note_answer(self, tp: TopicPartition, sent: float) -> None:
+        """``tp`` was answered by a fetch request sent at ``sent``."""
+        self._answer_sent[tp] = max(self._answer_sent.get(tp, -math.inf), sent)
 
     def _behind(self, fetching: set[TopicPartition]) -> bool:
         """Whether a partition's position is behind the high watermark its last fetch
@@ -440,7 +485,7 @@ class PacedConsumer(AIOKafkaConsumer):
 
     def _release(self) -> None:
         self.wakes += 1
-        if self._pending_ms is None:  # a probe or a rebalance: it too waits for its answer
+        if self._pending_since is None:  # a probe or a rebalance: it too waits for its answer
             self._pend()
         self._holding = None
         super().resume(*(self.assignment() - self._held_by_caller))

@@ -4,10 +4,12 @@ and a paced consumer's pauses and rings (real doorbell sockets, no broker)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -52,8 +54,8 @@ def test_probes_with_a_doubling_gap_capped_at_probe_max() -> None:
         now = pacer.next_probe
         assert pacer.wake_if_due(now)
         assert not pacer.idle
-        assert pacer.active_until == pytest.approx(now + PACING.probe_window)
-        now += PACING.probe_window
+        assert pacer.active_until == now, "a probe lasts until its fetch is answered"
+        now += 0.01
         assert pacer.fetched(now, records=False), "an empty probe pauses again"
     assert gaps == [0.25, 0.5, 1.0, 1.0, 1.0]
     assert pacer.probes == 5
@@ -188,17 +190,20 @@ def test_a_stream_of_records_keeps_the_consumer_awake_longer_than_a_lone_record(
 
 
 class _Broker:
-    """What the consumer's fetcher sees: records to hand out, and the poll stamps aiokafka
-    would set on each fetch response (``answer``)."""
+    """What the consumer's fetcher sees: records to hand out, and the fetch responses the
+    fetcher would note for each consumer that fetched (``answer``)."""
 
     def __init__(self) -> None:
         self.fetches = 0
         self.records: list[ConsumerRecord[bytes, bytes]] = []
-        self.stamp: int | None = None
+        self.consumers: list[PacedConsumer] = []
 
-    def answer(self) -> None:
-        """A fetch response handled now (a stamp after every earlier one)."""
-        self.stamp = max(int(time.time() * 1000), (self.stamp or 0) + 1)
+    def answer(self, sent: float | None = None) -> None:
+        """A response, to a fetch request sent at ``sent`` (now by default), for every
+        partition of every consumer."""
+        for consumer in self.consumers:
+            for tp in consumer.assignment():
+                consumer._note_answer(tp, consumer.clock() if sent is None else sent)
 
     def record(self, tp: TopicPartition) -> None:
         self.records.append(
@@ -214,6 +219,8 @@ def broker(monkeypatch: pytest.MonkeyPatch) -> _Broker:
         self: AIOKafkaConsumer, *partitions: TopicPartition, timeout_ms: int = 0, **_: object
     ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
         stand_in.fetches += 1
+        if isinstance(self, PacedConsumer) and self not in stand_in.consumers:
+            stand_in.consumers.append(self)
         if stand_in.records:
             taken, stand_in.records = stand_in.records, []
             return {TopicPartition(taken[0].topic, taken[0].partition): taken}
@@ -221,7 +228,6 @@ def broker(monkeypatch: pytest.MonkeyPatch) -> _Broker:
         return {}
 
     monkeypatch.setattr(AIOKafkaConsumer, "getmany", getmany)
-    monkeypatch.setattr(AIOKafkaConsumer, "last_poll_timestamp", lambda self, tp: stand_in.stamp)
     # aiokafka's seek needs a started fetcher: the position itself does not matter here.
     monkeypatch.setattr(AIOKafkaConsumer, "seek", lambda self, tp, offset: None)
     return stand_in
@@ -251,10 +257,9 @@ def _paced(clock: _Clock) -> PacedConsumer:
 
 
 async def _rest(consumer: PacedConsumer, clock: _Clock, broker: _Broker) -> None:
-    """Let the consumer go idle: its active period over, and fetches answered until every
-    wake-up is (the consumer sees a stamp when it looks, so the first it sees may be later
-    than the first response)."""
-    for _ in range(3):
+    """Let the consumer go idle: its active period over, and a fetch sent after every wake-up
+    answered."""
+    for _ in range(2):
         clock.now += 1  # past the active period, short of the first probe (5 s)
         broker.answer()
         consumer._watch_fired()
@@ -297,8 +302,9 @@ async def test_a_ring_heard_while_resting_or_unanswered_leads_to_a_fetch(broker:
     broker.record(tp)
     assert (await consumer.getmany(timeout_ms=20)).get(tp), "the ring is still pending"
     assert not await consumer.getmany(timeout_ms=1), "the caller asks again: nothing more"
+    before = clock.now
     consumer._ring("t")
-    broker.answer()  # a response, maybe to a fetch sent before the ring: not an answer yet
+    broker.answer(sent=before)  # a response to a fetch sent before the ring
     clock.now += 1
     consumer._watch_fired()
     assert not consumer.resting, "a ring whose answer may not include its record"
@@ -309,24 +315,145 @@ async def test_a_ring_heard_while_resting_or_unanswered_leads_to_a_fetch(broker:
     await consumer.stop()
 
 
-async def test_a_ring_is_answered_by_two_fetches_whatever_the_partition_count(
+async def test_a_ring_is_answered_by_one_fetch_sent_after_it_for_every_partition(
     broker: _Broker,
 ) -> None:
-    """Every partition's first stamp after a ring is noted by the same look: a consumer of 16
-    partitions rests after two fetch responses, as one of one partition does (noting one
-    partition per look kept it fetching for 16 of them, every probe and every ring)."""
+    """A consumer of 16 partitions rests after one response to a fetch sent after the ring,
+    as one of one partition does, and not before every partition was answered."""
     clock = _Clock()
     consumer = _paced(clock)
-    consumer.assign([TopicPartition("t", p) for p in range(16)])
+    partitions = [TopicPartition("t", p) for p in range(16)]
+    consumer.assign(partitions)
     assert not await consumer.getmany(timeout_ms=1)
     await _rest(consumer, clock, broker)
     consumer._ring("t")
     consumer._release()  # the ring's fetch starts
-    for answers in (1, 2):
-        broker.answer()
-        clock.now += 1
-        consumer._watch_fired()
-        assert consumer.resting == (answers == 2), f"after {answers} fetch response(s)"
+    clock.now += 0.001
+    for tp in partitions[:15]:
+        consumer._note_answer(tp, clock.now)
+    clock.now += 1
+    consumer._watch_fired()
+    assert not consumer.resting, "one partition is not answered yet"
+    consumer._note_answer(partitions[15], clock.now)
+    clock.now += 1
+    consumer._watch_fired()
+    assert consumer.resting, "every partition answered by a fetch sent after the ring"
+    await consumer.stop()
+
+
+class _Request:
+    """A fetch request as aiokafka's fetcher holds it: (topic, [(partition, offset, max)])."""
+
+    def __init__(self, *partitions: TopicPartition) -> None:
+        self.topics = [(tp.topic, [(tp.partition, 0, 1 << 20)]) for tp in partitions]
+
+
+class _Response:
+    """aiokafka's sending of one fetch request: held until :meth:`arrive`, which stamps the
+    partitions the response answers, as aiokafka's handling of a response does."""
+
+    def __init__(self, *answered: TopicPartition, records: bool = False) -> None:
+        self.answered = answered
+        self.records = records
+        self.arrived = asyncio.Event()
+
+    def arrive(self) -> None:
+        self.arrived.set()
+
+    async def __call__(self, assignment: Any, node_id: int, request: _Request) -> bool:
+        await self.arrived.wait()
+        for tp in self.answered:
+            state = assignment.state_value(tp)
+            state.timestamp = (state.timestamp or 0) + 1
+        return self.records
+
+
+def _assignment(consumer: PacedConsumer) -> Any:
+    return consumer._subscription.subscription.assignment
+
+
+async def test_a_fetch_sent_before_a_ring_does_not_answer_it(broker: _Broker) -> None:
+    clock = _Clock()
+    consumer = _paced(clock)
+    tp = TopicPartition("t", 0)
+    consumer.assign([tp])
+    assert not await consumer.getmany(timeout_ms=1)
+    await _rest(consumer, clock, broker)
+    early = _Response(tp)
+    in_flight = asyncio.create_task(
+        consumer._timed_fetch(early, _assignment(consumer), 0, _Request(tp))
+    )
+    await asyncio.sleep(0)  # the request leaves
+    clock.now += 0.001
+    consumer._ring("t")
+    consumer._release()
+    early.arrive()
+    await in_flight
+    clock.now += 1
+    consumer._watch_fired()
+    assert not consumer.resting, "answered by a request sent before the ring: not the answer"
+    late = _Response(tp)
+    late.arrive()
+    await consumer._timed_fetch(late, _assignment(consumer), 0, _Request(tp))
+    clock.now += 1
+    consumer._watch_fired()
+    assert consumer.resting, "a request sent after the ring was answered"
+    await consumer.stop()
+
+
+async def test_a_partition_left_out_of_the_response_is_not_answered(broker: _Broker) -> None:
+    clock = _Clock()
+    consumer = _paced(clock)
+    first, second = TopicPartition("t", 0), TopicPartition("t", 1)
+    consumer.assign([first, second])
+    assert not await consumer.getmany(timeout_ms=1)
+    await _rest(consumer, clock, broker)
+    _assignment(consumer).state_value(second).timestamp = 5  # stamped by an earlier response
+    consumer._ring("t")
+    consumer._release()
+    clock.now += 0.001
+    partial = _Response(first)  # an error for the second, or its position moved meanwhile
+    partial.arrive()
+    await consumer._timed_fetch(partial, _assignment(consumer), 0, _Request(first, second))
+    clock.now += 1
+    consumer._watch_fired()
+    assert not consumer.resting
+    await consumer.stop()
+
+
+async def test_an_empty_answer_pauses_a_waiting_consumer_before_the_next_fetch(
+    broker: _Broker,
+) -> None:
+    """A ring's fetch that finds nothing pauses the consumer as its response comes in, while
+    the caller still waits in getmany: aiokafka sends no second fetch for it."""
+    clock = _Clock()
+    consumer = _paced(clock)
+    tp = TopicPartition("t", 0)
+    consumer.assign([tp])
+    assert not await consumer.getmany(timeout_ms=1)
+    await _rest(consumer, clock, broker)
+    consumer._ring("t")
+    waiting = asyncio.create_task(consumer.getmany(timeout_ms=200))
+    await asyncio.sleep(0)  # the caller waits; the ring released the partitions
+    assert not consumer.resting
+    clock.now += 1  # the ring's quiet period passes while the fetch is out
+    empty = _Response(tp)
+    empty.arrive()
+    await consumer._timed_fetch(empty, _assignment(consumer), 0, _Request(tp))
+    assert consumer.resting, "paused by the response itself"
+    assert not waiting.done(), "the caller still waits (for a ring or its deadline)"
+    assert await waiting == {}
+    with_records = _Response(tp, records=True)
+    consumer._ring("t")
+    waiting = asyncio.create_task(consumer.getmany(timeout_ms=200))
+    await asyncio.sleep(0)
+    clock.now += 1
+    with_records.arrive()
+    await consumer._timed_fetch(with_records, _assignment(consumer), 0, _Request(tp))
+    assert not consumer.resting, "a response with records leaves them to the caller"
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
     await consumer.stop()
 
 
