@@ -793,6 +793,7 @@ def test_the_flow_page_draws_its_diagram_triggers_revision_diff_and_highlighting
             "# typed" in [e.text for e in d.find_elements(By.CSS_SELECTOR, ".highlight .y-comment")]
         )
     )
+    driver.execute_script("document.getElementById('diagram').scrollIntoView()")
     screenshot(driver, "flow-diagram-revisions", tmp_path)
     no_console_errors(driver, "the flow page's diagram, triggers and revisions")
 
