@@ -102,6 +102,8 @@ class LocalResults:
         #: is fetched (insertion-ordered, about in offset order: :meth:`stepped_copy`).
         self._stepped: dict[int, dict[int, None]] = {}
         self._arrived = asyncio.Event()
+        #: Counter: broker copies skipped (:meth:`stepped_copy`).
+        self.skipped = 0
         #: The getmany a handed-over result cut short: its consumer, the generation it began
         #: in, and its task, awaited again by the next :meth:`fetch`.
         self._pending: tuple[Any, int, asyncio.Future[Any]] | None = None
@@ -154,6 +156,7 @@ class LocalResults:
         found = stepped.pop(offset, False) is None
         while stepped and (oldest := next(iter(stepped))) < offset:
             del stepped[oldest]
+        self.skipped += found
         return found
 
     def forget(self, partitions: set[int]) -> None:

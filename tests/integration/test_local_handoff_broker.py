@@ -2,7 +2,8 @@
 hand-off on (:mod:`kestream.runtime.local_handoff`), on a real broker: executions whose tasks run
 on the worker end in SUCCESS, jobs and results are handed over in process, and every task run
 ran once: one result on the results topic per (task run, attempt), though each handed-over job
-was also fetched from the broker, its copy recognised by offset."""
+was also fetched from the broker, its copy recognised by offset; and the executor skips the
+broker copies of the results handed back, recognised by offset too."""
 
 from __future__ import annotations
 
@@ -82,6 +83,7 @@ async def test_tasks_on_the_local_worker_run_once_through_the_hand_off(
         ids = [await client.submit("test.handoff", "handed", {"n": n}) for n in range(EXECUTIONS)]
         ended = [await client.wait(execution_id, timeout=120) for execution_id in ids]
         await asyncio.wait_for(_copies_fetched(worker), 60)
+        await asyncio.wait_for(_results_fetched(executor), 60)
     finally:
         await client.close()
         await worker.stop()
@@ -94,6 +96,10 @@ async def test_tasks_on_the_local_worker_run_once_through_the_hand_off(
     # Every handed job's broker copy was recognised by the offset its ack gave (Tansu's base
     # offset plus the record's), not run as a new job.
     assert worker.stats["handed_copies"] == handoff.jobs
+    # The broker copies of the results handed back were recognised by the offsets their acks
+    # gave, and not stepped again (one fetched in the cycle before its result was taken is
+    # stepped: a no-op).
+    assert 0 < executor.local.skipped <= handoff.results
     # Each task run ran once, though its job's broker copy was fetched too.
     assert worker.stats["started"] == EXECUTIONS * TASKS
     results = await _results(settings, EXECUTIONS * TASKS)
@@ -105,6 +111,19 @@ async def test_tasks_on_the_local_worker_run_once_through_the_hand_off(
 async def _copies_fetched(worker: WorkerService) -> None:
     """Until the worker has fetched the broker copy of every job handed to it."""
     while any(partition.handed for partition in worker._partitions.values()):
+        await asyncio.sleep(0.05)
+
+
+async def _results_fetched(executor: ExecutorService) -> None:
+    """Until the executor has fetched every record of the results topic written so far."""
+    consumer = executor._consumer
+    assert consumer is not None
+    while True:
+        tps = [tp for tp in consumer.assignment() if tp.topic == executor.topics.results]
+        ends = await consumer.end_offsets(tps)
+        positions = [await consumer.position(tp) for tp in tps]
+        if all(at >= ends[tp] for at, tp in zip(positions, tps, strict=True)):
+            return
         await asyncio.sleep(0.05)
 
 

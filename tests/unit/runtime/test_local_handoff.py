@@ -455,6 +455,7 @@ async def test_only_the_copies_of_results_stepped_here_are_skipped() -> None:
     assert results.stepped_copy(0, 4)
     assert not results.stepped_copy(0, 4)  # (fetched again after a rewind: stepped, a no-op)
     assert not results.stepped_copy(0, 6) and not results.stepped_copy(1, 4)
+    assert results.skipped == 1
 
 
 async def test_entries_left_behind_a_fetched_copy_are_forgotten_and_a_revocation_drops_all() -> (
