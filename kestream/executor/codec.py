@@ -35,11 +35,14 @@ from kestream.executor.state import (
     Timer,
 )
 from kestream.models.state import StateType
+from kestream.storage.offload import SnapshotError, fetch_plan
 from kestream.tasks.base import Task
 
 HEADER, DYNAMIC, PLAN, ENDED = "", "#", "+", "!"
 #: The name the step uses, in its set of newly planned groups, for the execution's own lanes.
 ROOT = ""
+#: The key of a plan record that stands for a plan stored in the internal storage.
+STORED_PLAN = "stored"
 
 
 class CodecError(ValueError):
@@ -147,7 +150,10 @@ def _lanes(group: Group) -> list[list[list[Any]]]:
 def encode_plan(group: Group) -> dict[str, Any]:
     """A group's plan record: every lane's task ids and values (and a graph's dependencies),
     written once when planned (the step measures it against the record limit before it keeps
-    the group)."""
+    the group); a plan stored past the inline threshold is its reference
+    (``{"stored": {"@ref": ..., "size": n}}``, read back by :func:`rebuild`)."""
+    if group.stored is not None:
+        return {STORED_PLAN: group.stored}
     plan: dict[str, Any] = {"lanes": _lanes(group)}
     if group.depends is not None:
         plan["deps"] = [list(needs) for needs in group.depends]
@@ -285,6 +291,20 @@ def execution_of(key: str) -> str:
 # -- decoding --------------------------------------------------------------------------------
 
 
+def _stored_plan(execution_id: str, plan: dict[str, Any]) -> dict[str, Any]:
+    """A plan record as :func:`encode_plan` wrote it before it was stored: read from the
+    internal storage when the record is a reference (blocking; a storage that cannot answer
+    raises :class:`~kestream.storage.offload.StorageUnavailable`), else ``plan`` itself."""
+    ref = plan.get(STORED_PLAN)
+    if ref is None:
+        return plan
+    try:
+        stored = fetch_plan(ref, execution_id)
+    except SnapshotError as exc:
+        raise CodecError(f"execution {execution_id}: {exc}") from None
+    return {**stored, STORED_PLAN: ref}
+
+
 def _group_from(
     raw: dict[str, Any],
     lanes: list[list[Any]],
@@ -337,7 +357,9 @@ def rebuild(
     )
     root_plan = records.get(header_key(execution_id, PLAN))
     if dyn["root"] is not None and root_plan is not None:
+        root_plan = _stored_plan(execution_id, root_plan)
         st.root = _group_from(dyn["root"], root_plan["lanes"], tasks)
+        st.root.stored = root_plan.get(STORED_PLAN)
     if dyn.get("after") is not None:
         st.after = _group_from(dyn["after"], dyn["after"]["lanes"], tasks)
     st.flow_outputs = decode_value(dyn["outputs"])
@@ -396,7 +418,9 @@ def _rebuild_task_runs(
             plan = records.get(task_run_key(execution_id, run_id, PLAN))
             if plan is None:
                 raise CodecError(f"execution {execution_id}: task run {run_id} lost its plan")
+            plan = _stored_plan(execution_id, plan)
             tr.group = _group_from(raw["g"], plan["lanes"], tasks, plan.get("deps"))
+            tr.group.stored = plan.get(STORED_PLAN)
         st.task_runs[run_id] = tr
         if tr.outputs is not None:
             st.merge_outputs(tr)

@@ -92,6 +92,9 @@ class Group:
     finally_pos: int = -1  # -1: the finally branch has not started
     started: set[int] = field(default_factory=set)
     done: set[int] = field(default_factory=set)
+    #: The reference to the plan's record when it was stored past the inline threshold (a
+    #: ForEach over many values): the changelog's plan record carries it instead of the lanes.
+    stored: dict[str, Any] | None = None
 
     def next_startable(self) -> int | None:
         """The lane to start now, if any (none after a failure, or at the concurrency limit)."""

@@ -61,7 +61,7 @@ from kestream.executor.restore import (
     state_from_execution,
 )
 from kestream.executor.retry import next_attempt_due
-from kestream.executor.sizes import outputs_too_large, plan_too_large, too_large
+from kestream.executor.sizes import outputs_too_large, plan_too_large, record_json, too_large
 from kestream.executor.sla import TIMER_KIND as SLA_TIMER
 from kestream.executor.sla import (
     Violation,
@@ -93,7 +93,9 @@ from kestream.secrets.deferred import SECRETS_KEY, render_properties
 from kestream.secrets.encryption import holds_sealed, reseal, scope_of
 from kestream.settings import get_settings
 from kestream.storage.access import ExecutionFiles
+from kestream.storage.current import get_storage
 from kestream.storage.keys import TaskRunFiles
+from kestream.storage.offload import plan_key, run_nonce, store
 from kestream.tasks.base import (
     LOG_LEVEL_ORDER,
     ChildPlan,
@@ -1063,11 +1065,7 @@ class _Step:
             self.fail_flowable(tr, str(exc))
             return
         group = plan_group(task, plan)
-        # The plan is one changelog record: one no record can hold would be lost, and with it
-        # the execution on the next recovery. The task run fails instead, saying why.
-        problem = plan_too_large(
-            tr.task.id, encode_plan(group), len(plan.lanes), self.ex.max_output_bytes
-        )
+        problem = self.fit_plan(tr, group)
         if problem is not None:
             self.fail_task_run(tr, problem)
             return
@@ -1078,6 +1076,29 @@ class _Step:
         self.fill(group, tr)
         if group.finished:
             self.branches_done(group, tr)
+
+    def fit_plan(self, tr: TaskRunState, group: Group) -> str | None:
+        """Keep the plan record of ``tr``'s new ``group`` small, or say why it cannot be kept.
+
+        The plan is one changelog record, written once (a ForEach's values, one lane each).
+        Past the inline threshold it is stored in the task run's folder (``_plan/``) and the
+        record carries its reference (:func:`.codec.encode_plan`; recovery reads it back).
+        One no record can hold and too large to store would be lost, and with it the
+        execution on the next recovery: the task run fails instead, saying why."""
+        record = encode_plan(group)
+        data = record_json(record)
+        threshold = self.ex.inline_max_bytes
+        if 0 < threshold < len(data) <= STEP_STORE_MAX_BYTES:
+            key = plan_key(self.task_run_files(tr).prefix, len(tr.attempts), run_nonce())
+            try:
+                group.stored = store(get_storage(), key, data)
+            except Exception as exc:  # the storage's own errors (a disk, a network)
+                return f"the lanes planned by task '{tr.task.id}' could not be stored: {exc}"
+            return None
+        limit = self.ex.max_output_bytes
+        if limit is not None and len(data) > limit:
+            return plan_too_large(tr.task.id, record, len(group.lanes), limit)
+        return None
 
     def fail_flowable(self, tr: TaskRunState, message: str) -> None:
         """A flowable fails before any child ran (its plan did not render, a Pause timed out):
@@ -1374,7 +1395,13 @@ class _Step:
         self.created_now = True
         self.changed.update(dict.fromkeys(self.st.task_runs))
         self.new_groups.add(ROOT)
-        self.new_groups.update(t for t, tr in self.st.task_runs.items() if tr.group is not None)
+        for run_id, tr in self.st.task_runs.items():
+            if tr.group is not None:
+                self.new_groups.add(run_id)
+                if tr.group.stored is None:  # planned again from the snapshot: kept small
+                    problem = self.fit_plan(tr, tr.group)
+                    if problem is not None:
+                        self.log(tr, LogLevel.ERROR, problem)
 
     def restart(self) -> None:
         """Restart in place: drop errors-branch runs, give failed task runs a new attempt.

@@ -46,6 +46,7 @@ from kestream.runtime.aio import paced
 from kestream.runtime.compacted import read_partitions
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.kafka import make_consumer
+from kestream.storage.offload import StorageUnavailable
 
 __all__ = [
     "ChangelogMirror",
@@ -337,6 +338,8 @@ class ChangelogRestorer:
             return None
         try:
             return codec.rebuild(execution_id, recs, flow.task_index())
+        except StorageUnavailable:  # a stored plan the storage cannot give now: not a bad record,
+            raise  # the recovery stops and the partition's next owner does it again
         except Exception:  # one bad record must not stop the recovery of every other execution
             log.exception("cannot restore %s from its changelog records; left out", execution_id)
             return None

@@ -21,6 +21,7 @@ may read anyway (the caller checks the path with :class:`~kestream.storage.acces
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -47,6 +48,14 @@ OUTPUTS_FOLDER = "_outputs"
 SNAPSHOTS_FOLDER = "_snapshots"
 #: The file name of an offloaded input's value (inside the input's folder).
 INPUT_VALUE_NAME = "_value.json"
+#: Folder of stored plans (the lanes a flowable planned: a ForEach's values), inside the folder
+#: of the task run that planned them (or the execution's, for its own lanes).
+PLANS_FOLDER = "_plan"
+#: Tries of a stored plan's read when an execution is rebuilt from its changelog, and the pause
+#: before the second (doubling): a storage that does not answer by then stops the recovery
+#: (:class:`StorageUnavailable`), which the partition's next owner does again.
+PLAN_READ_TRIES = 3
+PLAN_READ_BACKOFF_S = 0.2
 
 
 def reference(uri: str, size: int) -> dict[str, Any]:
@@ -106,6 +115,12 @@ def snapshot_key(namespace: str, flow_id: str, execution_id: str, name: str) -> 
     return f"{folder}{SNAPSHOTS_FOLDER}/{safe_file_name(name)}"
 
 
+def plan_key(folder: str, attempt: int, nonce: str) -> str:
+    """Where a plan made by attempt ``attempt`` of a task run (``folder``: its folder, or the
+    execution's for its own lanes) is stored; ``nonce``: the step's own name for it."""
+    return f"{folder}{PLANS_FOLDER}/{attempt}/{safe_file_name(nonce)}.json"
+
+
 def store(storage: Storage, key: str, data: bytes) -> dict[str, Any]:
     """Write ``data`` (already encoded) under ``key``; the reference to it."""
     storage.put(key, data)
@@ -154,6 +169,49 @@ def fetch_snapshot(
     if snapshot_of is not None and snapshot.get("id") != snapshot_of:
         raise SnapshotError(f"the snapshot '{uri}' is not one of execution {snapshot_of}")
     return snapshot
+
+
+def fetch_plan(ref: Any, execution_id: str, storage: Storage | None = None) -> dict[str, Any]:
+    """The plan record a changelog plan record names by ``ref`` (``{"lanes": ..., "deps": ...}``).
+
+    Only a file in a plans folder of the execution ``execution_id`` is read. A missing or
+    malformed plan is a :class:`SnapshotError`; any other storage error is tried again
+    (:data:`PLAN_READ_TRIES`), then raised as :class:`StorageUnavailable`. Blocking.
+    """
+    if not is_reference(ref):
+        raise SnapshotError(f"the stored plan {ref!r} is not a reference")
+    uri = ref[REF_KEY]
+    try:
+        key = parse_uri(uri)
+    except StorageUriError as exc:
+        raise SnapshotError(f"the stored plan's URI is not valid: {exc}") from None
+    if f"/executions/{execution_id}/" not in f"/{key}" or f"/{PLANS_FOLDER}/" not in key:
+        raise SnapshotError(f"'{uri}' is not a stored plan of execution {execution_id}")
+    data = _read_retrying(storage or get_storage(), key, f"the stored plan '{uri}'")
+    try:
+        plan = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise SnapshotError(f"the stored plan '{uri}' is not JSON: {exc}") from None
+    if not isinstance(plan, dict) or not isinstance(plan.get("lanes"), list):
+        raise SnapshotError(f"the stored plan '{uri}' holds no lanes")
+    return plan
+
+
+def _read_retrying(store_in: Storage, key: str, what: str) -> bytes:
+    """``key``'s bytes; a missing file is a :class:`SnapshotError`, any other error is tried
+    again :data:`PLAN_READ_TRIES` times in all, then a :class:`StorageUnavailable`."""
+    delay = PLAN_READ_BACKOFF_S
+    for attempt in range(1, PLAN_READ_TRIES + 1):
+        try:
+            return store_in.get(key)
+        except FileNotFoundError:
+            raise SnapshotError(f"{what} is missing from the internal storage") from None
+        except Exception as exc:  # the store's own errors: a network, a 5xx, a timeout
+            if attempt == PLAN_READ_TRIES:
+                raise StorageUnavailable(f"{what} cannot be read now: {exc!r}") from exc
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
 
 
 def adopt_references(

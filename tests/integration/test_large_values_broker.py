@@ -29,6 +29,7 @@ RECORD_BYTES = 64 * 1024
 INLINE_BYTES = 8 * 1024
 VALUES = 300
 BIG_CHARS = 100_000
+WIDE = 250  # ForEach values of ~300 bytes: a plan past the record limit
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +163,9 @@ def test_a_subflows_large_outputs_reach_the_parent_through_its_own_folder(
     stack: Stack, workdir: Path
 ) -> None:
     """A child returning 200 kB (over the record limit) hands its outputs to the parent task run
-    as a reference into the parent's folder; a ForEachItem's gathered outputs spill there too.
-    Deleting the children leaves what the parent reads."""
+    as a reference into the parent's folder; a ForEachItem's gathered outputs spill there too,
+    and a ForEach's plan of values over the record limit is stored. Deleting the children
+    leaves what the parent reads."""
     ns = f"it.large.s{uuid.uuid4().hex[:8]}"
     child = f"""
 id: child
@@ -194,6 +196,8 @@ outputs:
 """
     )
     lines = "\\n".join(f"{n:03d}-" + "r" * 300 for n in range(40))
+    # a ForEach whose plan (its values, ~300 bytes each) is past the record limit: stored
+    pad, comma = "w" * 296, "{% if not loop.last %},{% endif %}"
     parent = f"""
 id: parent
 namespace: {ns}
@@ -215,6 +219,17 @@ tasks:
     flowId: rows
     inputs:
       items: "{{{{ taskrun.items }}}}"
+  - id: values
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{% for i in range(1, {WIDE}) %}}{{{{ i }}}}-{pad}{comma}{{% endfor %}}"
+  - id: wide
+    type: io.kestra.plugin.core.flow.ForEach
+    values: "{{{{ outputs.values.value | split(',') }}}}"
+    concurrencyLimit: 0
+    tasks:
+      - id: echo
+        type: io.kestra.plugin.core.debug.Return
+        format: "{{{{ taskrun.value | length }}}}"
 """
     for flow in (child, rows, parent):
         assert stack.post_yaml("/flows", flow).status == 200
@@ -228,6 +243,11 @@ tasks:
     assert _run(done, "use")["outputs"] == {"value": str(2 * BIG_CHARS)}
     handed = _run(done, "sub")["outputs"]["outputs"]
     assert is_reference(handed) and f"/executions/{execution_id}/tasks/sub/" in handed[REF_KEY]
+    echoes = [run for run in done["taskRunList"] if run["taskId"] == "echo"]
+    assert sorted(int(r["outputs"]["value"]) for r in echoes) == sorted(
+        len(f"{n}-") + 296 for n in range(1, WIDE + 1)
+    )
+    assert list((workdir / "data" / "storage").rglob(f"*{execution_id}/tasks/wide/*/_plan/*/*"))
     gathered = _run(done, "each_items")["outputs"]["outputs"]
     assert any(is_reference(entry) for entry in gathered)
 

@@ -66,7 +66,8 @@ def _start(flow_yaml: str, budget: int | None, **inputs: Any) -> tuple[Flow, Ste
     flows = FlowRegistry()
     flow = flows.put(parse_flow(flow_yaml))
     created = ev.ExecutionCreated("x", flow.namespace, flow.id, flow.revision, inputs=inputs)
-    result = Executor(flows, max_output_bytes=budget).step(None, created)
+    # the record limit itself: offloading off (a plan past the threshold is stored instead)
+    result = Executor(flows, max_output_bytes=budget, inline_max_bytes=0).step(None, created)
     assert result.state is not None
     return flow, result
 
