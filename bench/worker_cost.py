@@ -39,7 +39,10 @@ from kestream.settings import Settings
 from kestream.tasks.base import RunnableTask
 
 #: W1's jobs and the properties the executor renders for them.
-JOBS = (("concatenate", {"values": {"message": "Hello World"}}), ("log", {"message": "Hello World"}))
+JOBS = (
+    ("concatenate", {"values": {"message": "Hello World"}}),
+    ("log", {"message": "Hello World"}),
+)
 
 
 class _Acking:
