@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import importlib
 import logging
 import shutil
 import tempfile
@@ -55,7 +56,12 @@ from kestream.runtime.ops_routes import (
     metrics_middleware,
     ops_routes,
 )
-from kestream.runtime.process import process_age_s, tune_gc
+from kestream.runtime.process import (
+    broker_on_stdin,
+    process_age_s,
+    read_broker_from_stdin,
+    tune_gc,
+)
 from kestream.runtime.restarts import expose_supervisor_crashes, record_failed_role
 from kestream.settings import SecurityProtocol, Settings, get_settings
 
@@ -494,6 +500,28 @@ async def _start_processor(
     return processor
 
 
+#: What :func:`start_role` imports for each role when it starts it (the API's stack besides).
+_ROLE_MODULES = {
+    "executor": ("kestream.runtime.executor_service", "kestream.runtime.local_handoff"),
+    "worker": ("kestream.runtime.worker_service", "kestream.runtime.local_handoff"),
+    "scheduler": ("kestream.runtime.scheduler_service",),
+    "api": ("kestream.api.service", "kestream.api.app", "kestream.runtime.triggers_table"),
+}
+_COMMON_MODULES = (
+    "kestream.runtime.kv_table",
+    "kestream.runtime.flows_table",
+    "kestream.runtime.secrecy",
+)
+
+
+def preload(roles: tuple[str, ...]) -> None:
+    """Import now what starting ``roles`` will import: what a process does while it waits for
+    its broker (:func:`~kestream.runtime.process.read_broker_from_stdin`), so that its start
+    does not. The modules stay those of its roles: a process without the API skips its stack."""
+    for name in (*_COMMON_MODULES, *(m for role in roles for m in _ROLE_MODULES[role])):
+        importlib.import_module(name)
+
+
 class RoleBoot(BootStrategy):
     """faust's start-up without its Kafka side: no faust consumer (nor its consumer group, whose
     first join waits half a session timeout on the embedded broker), producer, topic conductor or
@@ -518,6 +546,9 @@ def make_app(role: str, settings: Settings | None = None) -> faust.App:
     """The faust app of one role, or of several in one process (``executor,worker,scheduler,api``;
     ``faust -A topologies.<role> worker`` runs one)."""
     roles = parse_roles(role)
+    if settings is None and broker_on_stdin():  # started by standalone before its broker
+        preload(roles)
+        read_broker_from_stdin()
     settings = settings or get_settings()
     try:
         load_plugins(settings)  # before any flow is read: flows may use the plugins' task types

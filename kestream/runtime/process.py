@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 from pathlib import Path
 
 #: Young-generation threshold for processes that hold a large, long-lived state table.
@@ -30,3 +31,35 @@ def process_age_s() -> float | None:
     # Field 22 (starttime, in clock ticks since boot); the command name may hold spaces.
     start_ticks = int(stat.rsplit(")", 1)[1].split()[19])
     return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+
+
+#: Set by ``kestream standalone`` in the environment of the role processes it starts: they are
+#: started while the embedded broker starts (and writes its state back, and the flows of
+#: ``--flows`` are deployed), and read the broker's address from their stdin once that is done.
+#: A role process spends the wait importing what its roles run, rather than starting to import
+#: only once the broker is ready.
+BROKER_ON_STDIN_ENV = "KESTREAM_STANDALONE_BROKER_ON_STDIN"
+
+
+def broker_on_stdin() -> bool:
+    """Was this process started to read its broker's address from stdin?"""
+    return bool(os.environ.get(BROKER_ON_STDIN_ENV))
+
+
+def read_broker_from_stdin() -> str:
+    """Wait for the broker's address on stdin (:data:`BROKER_ON_STDIN_ENV`) and make it this
+    process's ``KESTREAM_BROKER``, so that every reader of the settings sees it; the variable is
+    dropped, so that the processes this one starts (a task's script) do not wait too.
+
+    Exits (code 0) when stdin closes without an address: ``standalone`` stopped before its
+    broker was up, and there is nothing to run.
+    """
+    from kestream.settings import get_settings
+
+    os.environ.pop(BROKER_ON_STDIN_ENV, None)
+    address = sys.stdin.readline().strip()
+    if not address:
+        raise SystemExit(0)
+    os.environ["KESTREAM_BROKER"] = address
+    get_settings.cache_clear()
+    return address

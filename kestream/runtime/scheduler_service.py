@@ -146,6 +146,9 @@ class SchedulerService:
         #: A loop of the current term stopped halfway through a batch (the lease went).
         self._aborted = False
         self._started = False
+        #: The ended-executions and commands consumers were subscribed at start, beside the
+        #: lease (:meth:`_start`), and no term has used them yet.
+        self._early_groups = False
         self.health_name = "scheduler"
 
     # -- health -------------------------------------------------------------------------------
@@ -196,6 +199,14 @@ class SchedulerService:
         self._monitor = asyncio.create_task(
             self._guard(self._monitor_loop()), name="scheduler-monitor"
         )
+        # The ended-executions and commands groups are joined beside the lease's group, not
+        # after the lease is won: a first join waits on the broker (half a session on the
+        # embedded one), and one after the other they doubled a lone scheduler's start. A
+        # standby leaves them as soon as the lease says so (:meth:`_discard`); until then its
+        # join costs the active scheduler one rebalance of those groups, as its lease join
+        # already costs one of the lease group.
+        await self._join_groups()
+        self._early_groups = True
         await self.lease.start()
         # Say what this scheduler is before saying it started: the group's first answer, and
         # when it is the lease, the activation (so "started" means "firing" for a lone one).
@@ -236,7 +247,10 @@ class SchedulerService:
 
     async def _activate(self, term: int) -> None:
         started = time.monotonic()
-        await self._discard()  # what a suspension kept, when another scheduler held the lease
+        if self._early_groups:  # joined at start beside the lease, never read by any term
+            self._early_groups = False
+        else:
+            await self._discard()  # what a suspension kept, when another scheduler held it
         await self.trigger_records.catch_up()
         self.schedules = self._schedule_book(takeover=self.leadership.takeover)
         self.flow_triggers = FlowTriggerBook(self.clock)
@@ -251,6 +265,26 @@ class SchedulerService:
             self._last_full_sync = time.monotonic()
             self._deletes.update(self.schedules.drop_orphans())
             await self._flush()
+        if self._updates is None:
+            await self._join_groups()
+        if not self.leadership.activated(term):
+            return  # the lease went while activating: _step_down cleans up
+        # Flows deployed while activating were not synced (the listener syncs an active
+        # scheduler only): the first tick writes what this sync changes.
+        self._sync_all()
+        self._last_full_sync = time.monotonic()
+        self._start_loops()
+        log.info(
+            "scheduler active (term %d) in %.3f s: %d schedule(s), %d flow trigger(s)",
+            term,
+            time.monotonic() - started,
+            len(self.schedules),
+            len(self.flow_triggers),
+        )
+
+    async def _join_groups(self) -> None:
+        """Subscribe the ended-executions and commands consumers; their groups are joined in
+        the background (:attr:`_assigned` says when the first holds its partitions)."""
         ctx = self.ctx
         self._updates = make_consumer(
             ctx.settings,
@@ -273,20 +307,6 @@ class SchedulerService:
         )  # fmt: skip
         await self._commands.start()
         self._commands.subscribe([self.topics.trigger_commands])
-        if not self.leadership.activated(term):
-            return  # the lease went while activating: _step_down cleans up
-        # Flows deployed while activating were not synced (the listener syncs an active
-        # scheduler only): the first tick writes what this sync changes.
-        self._sync_all()
-        self._last_full_sync = time.monotonic()
-        self._start_loops()
-        log.info(
-            "scheduler active (term %d) in %.3f s: %d schedule(s), %d flow trigger(s)",
-            term,
-            time.monotonic() - started,
-            len(self.schedules),
-            len(self.flow_triggers),
-        )
 
     async def _step_down(self) -> None:
         """Stop firing and forget: the loops end, the other groups are left, the books go."""
@@ -331,9 +351,11 @@ class SchedulerService:
     async def _discard(self) -> None:
         """Leave the other groups and drop the books: a standby owes nothing, and its
         monitoring and health count no trigger (an activation builds them again)."""
-        if self._updates is not None or self._commands is not None:
+        joined = self._updates is not None or self._commands is not None
+        if joined and not self._early_groups:
             log.info("scheduler standby (term %d ended)", self._term)
         self._suspended = False
+        self._early_groups = False
         self._assigned = False
         for consumer in (self._updates, self._commands):
             if consumer is not None:

@@ -1,7 +1,9 @@
 """``kestream standalone``: one machine, every role, kept running.
 
 Starts the embedded broker when ``KESTREAM_BROKER`` is unset, deploys the flows of a directory,
-then runs the roles: by default one process hosts the worker, the scheduler, the API and the
+then runs the roles (their processes are started first and import what they run meanwhile; they
+are given the broker's address on their stdin once it holds its state and the flows are
+deployed): by default one process hosts the worker, the scheduler, the API and the
 first executor (``kestream roles executor,worker,scheduler,api``), and each further executor of
 ``KESTREAM_EXECUTOR_STREAM_THREADS`` is a process of its own; with
 ``KESTREAM_STANDALONE_PROCESS_PER_ROLE`` one process per role instance, each a faust worker as
@@ -47,6 +49,7 @@ from kestream.runtime.broker_store import BrokerStore
 from kestream.runtime.embedded_broker import EmbeddedBroker, die_with_parent
 from kestream.runtime.fetch_pacing import mark_embedded
 from kestream.runtime.kafka_connection import embedded_refusal
+from kestream.runtime.process import BROKER_ON_STDIN_ENV
 from kestream.runtime.restarts import (
     CRASHES_FILE_ENV,
     FAILED_ROLE_FILE_ENV,
@@ -167,10 +170,12 @@ class Supervisor:
         try:
             first = True
             while True:
+                self._spawn_all()  # they import while the broker starts, then wait for it
                 bootstrap = await self._broker(data, first)
                 if first:
                     await self._deploy(bootstrap)
-                self._spawn_all(bootstrap)
+                for slot in self.slots:
+                    _release(slot, bootstrap)
                 if first:
                     log.info(
                         "standalone running: %d executor(s), a worker, the scheduler "
@@ -275,28 +280,42 @@ class Supervisor:
                 flow = await client.deploy(path.read_text())
                 log.info("deployed %s.%s revision %s", flow.namespace, flow.id, flow.revision)
 
-    def _spawn_all(self, bootstrap: str) -> None:
+    def _spawn_all(self) -> None:
+        """Start every role process, to wait for the broker's address (:func:`_release`)."""
         if not self.slots:
             self.slots = [
                 RoleProcess(n, r, {role: self._policy() for role in r.split(",")})
                 for n, r in role_slots(self.settings)
             ]
         for slot in self.slots:
-            self._spawn(slot, bootstrap)
+            if slot.process is None:
+                self._spawn(slot, None)
 
-    def _spawn(self, slot: RoleProcess, bootstrap: str) -> int:
-        """Start ``slot``'s process; its pid."""
+    def _spawn(self, slot: RoleProcess, bootstrap: str | None) -> int:
+        """Start ``slot``'s process; its pid. It reads the broker's address on its stdin
+        (:data:`~kestream.runtime.process.BROKER_ON_STDIN_ENV`): given now when ``bootstrap``
+        is, else by :func:`_release` once the broker is ready. Until then the process imports
+        what its roles run: a start overlaps the broker's start, the write-back of its state
+        and the flows' deployment, rather than following them."""
         assert self.ledger is not None
         slot.failed_file = self.ledger.path.parent / f"{slot.name}.failed"
         take_failed_role(slot.failed_file)  # a stale one from a run that did not read it
         env = {
             **os.environ,
-            "KESTREAM_BROKER": bootstrap,
+            BROKER_ON_STDIN_ENV: "1",
             CRASHES_FILE_ENV: str(self.ledger.path),
             FAILED_ROLE_FILE_ENV: str(slot.failed_file),
         }
-        process = subprocess.Popen(role_command(slot.role), env=env, preexec_fn=die_with_parent())
+        env.pop("KESTREAM_BROKER", None)  # on stdin, once the broker holds its state
+        process = subprocess.Popen(
+            role_command(slot.role),
+            env=env,
+            stdin=subprocess.PIPE,
+            preexec_fn=die_with_parent(),
+        )
         slot.process = process
+        if bootstrap is not None:
+            _release(slot, bootstrap)
         return process.pid
 
     async def _watch(self, stop: asyncio.Event, bootstrap: str) -> int:
@@ -397,6 +416,20 @@ class Supervisor:
                 slot.process.wait()
         for slot in self.slots:
             slot.process = None
+
+
+def _release(slot: RoleProcess, bootstrap: str) -> None:
+    """Give ``slot``'s waiting process the broker's address (once: its stdin is closed after).
+    A process that died meanwhile is left to the watch loop, which restarts it."""
+    pipe = slot.process.stdin if slot.process is not None else None
+    if pipe is None or pipe.closed:
+        return
+    try:
+        pipe.write(f"{bootstrap}\n".encode())
+        pipe.close()
+    except OSError:  # it exited before reading (BrokenPipeError)
+        with contextlib.suppress(OSError):
+            pipe.close()
 
 
 def role_slots(settings: Settings) -> list[tuple[str, str]]:

@@ -18,7 +18,7 @@ from kestream.runtime import scheduler_service
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.flows_table import FlowsTable
 from kestream.runtime.scheduler_lease import group_generation
-from kestream.runtime.scheduler_service import SchedulerService, _LeaseLost
+from kestream.runtime.scheduler_service import SchedulerService, _Assigned, _LeaseLost
 from kestream.runtime.topics import Topics
 from kestream.scheduler import TriggerState
 from kestream.scheduler.leadership import Role
@@ -365,3 +365,108 @@ async def test_a_lease_given_back_in_the_next_generation_keeps_the_books_and_con
         assert updates.stopped and service._updates is None and service._tasks == []
     finally:
         await service._step_down()
+
+
+# -- the groups joined at start ---------------------------------------------------------------
+
+
+class _StartedProducer(_Producer):
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+class _Records:
+    """The trigger records, read to their (empty) end."""
+
+    alive = True
+    latest: dict[str, bytes] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def catch_up(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+def _starting_service(
+    monkeypatch: pytest.MonkeyPatch, lease_answers: list[list[TopicPartition]]
+) -> tuple[SchedulerService, list[_GroupConsumer], list[int]]:
+    """A scheduler whose start runs as in a role process, broker-free: its lease's group answers
+    ``lease_answers[0]`` at the join. Returns it, the group consumers it makes (in order), and
+    how many of them had been made when the lease's join began."""
+    table = _Table()
+    service, _ = _service()
+    service.table = cast(FlowsTable, table)
+    made: list[_GroupConsumer] = []
+
+    def consumer(*args: Any, **kwargs: Any) -> _GroupConsumer:
+        made.append(_GroupConsumer(table))
+        return made[-1]
+
+    monkeypatch.setattr(scheduler_service, "make_consumer", consumer)
+    monkeypatch.setattr(scheduler_service, "make_producer", lambda *a, **k: _StartedProducer())
+    service.trigger_records = cast(Any, _Records())
+    del service._on_acquired  # activations run
+    service.lease.on_acquired = service._on_acquired
+    at_lease: list[int] = []
+
+    async def lease_start() -> None:
+        at_lease.append(len(made))
+        service.lease._consumer = cast(Any, _LeaseConsumer(_Coordinator()))
+        service.lease._task = asyncio.create_task(asyncio.Event().wait())  # its poll loop
+        await service.lease.assigned(lease_answers[0])
+
+    async def lease_stop() -> None:
+        if service.lease._task is not None:
+            service.lease._task.cancel()
+
+    monkeypatch.setattr(service.lease, "start", lease_start)
+    monkeypatch.setattr(service.lease, "stop", lease_stop)
+    return service, made, at_lease
+
+
+async def test_the_groups_are_joined_beside_the_lease_and_kept_by_the_first_term(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One join after the other, a lone scheduler was ready only after two group joins (two
+    times half a session on the embedded broker): its groups now join beside the lease's."""
+    service, made, at_lease = _starting_service(monkeypatch, [[TP]])
+    await service.start()
+    try:
+        assert at_lease == [2]  # both groups were joining when the lease's join began
+        assert service.leadership.role is Role.ACTIVE
+        assert len(made) == 2 and not any(c.stopped for c in made)  # the first term kept them
+        assert service._updates is made[0] and service._commands is made[1]
+        assert len(service._tasks) == 3
+        assert not service.is_ready  # until the ended-executions group has assigned
+        await _Assigned(service).on_partitions_assigned([])
+        assert service.is_ready
+    finally:
+        await service.stop()
+    assert all(c.stopped for c in made)
+
+
+async def test_a_standby_leaves_the_groups_it_joined_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service, made, _ = _starting_service(monkeypatch, [[]])
+    await service.start()
+    try:
+        assert service.leadership.role is Role.STANDBY and service.is_ready
+        assert len(made) == 2 and all(c.stopped for c in made)
+        assert service._updates is None and service._commands is None
+        # The lease moves here later: the groups are joined again, by this term.
+        await service.lease.revoked()
+        await service.lease.assigned([TP])
+        assert service._activation is not None
+        await service._activation
+        assert service.leadership.role is Role.ACTIVE
+        assert len(made) == 4 and service._updates is made[2] and not made[2].stopped
+    finally:
+        await service.stop()
