@@ -64,7 +64,7 @@ def _service() -> tuple[WorkerService, Flow]:
     registry = FlowRegistry()
     flow = registry.put(parse_flow((FLOWS_DIR / "w1.yaml").read_text()))
     service = WorkerService(ctx, registry, threads=1, metrics=Metrics())
-    service._producer = _Acking()  # type: ignore[assignment]
+    service._producer = _Acking()
     service._on_assigned({TopicPartition(service.topic, 0)})
     return service, flow
 
