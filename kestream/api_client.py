@@ -13,8 +13,9 @@ than aiohttp's line reader accepts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -115,11 +116,13 @@ class ApiClient:
 
     async def follow(self, execution_id: str) -> AsyncIterator[dict[str, Any]]:
         """The execution now, then at each change, ending with its last state (``end``)."""
-        async for frame_id, data in self._events(_one(execution_id) + "/follow"):
-            if frame_id in ("progress", "end"):
-                yield orjson.loads(data)
-            if frame_id == "end":
-                return
+        events = self._events(_one(execution_id) + "/follow")
+        async with contextlib.aclosing(events):  # the stream closes with the last state
+            async for frame_id, data in events:
+                if frame_id in ("progress", "end"):
+                    yield orjson.loads(data)
+                if frame_id == "end":
+                    return
 
     async def kill(self, execution_id: str) -> None:
         await self._send("DELETE", _one(execution_id) + "/kill")
@@ -172,12 +175,13 @@ class ApiClient:
 
     async def _events(
         self, path: str, params: Sequence[tuple[str, str]] = ()
-    ) -> AsyncIterator[tuple[str, bytes]]:
+    ) -> AsyncGenerator[tuple[str, bytes], None]:
         async with self._request("GET", path, params, follow=True) as response:
             async for frame in sse_frames(response.content.iter_any()):
                 yield frame
 
-    def _request(
+    @contextlib.asynccontextmanager
+    async def _request(
         self,
         method: str,
         path: str,
@@ -185,52 +189,32 @@ class ApiClient:
         *,
         follow: bool = False,
         **kwargs: Any,
-    ) -> _Answer:
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One request's answer; an :class:`ApiError` for an API that cannot be reached, that
+        answers an error, or whose answer breaks off. A follow has no overall timeout."""
         if self._session is None:
             raise RuntimeError("use the ApiClient as an async context manager")
-        timeout = None if follow else aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-        return _Answer(self._session, method, self.root + path, list(params), timeout, kwargs)
-
-
-class _Answer:
-    """One request as an async context manager: an :class:`ApiError` for what did not work."""
-
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        method: str,
-        url: str,
-        params: list[tuple[str, str]],
-        timeout: aiohttp.ClientTimeout | None,
-        kwargs: dict[str, Any],
-    ) -> None:
-        self.session, self.method, self.url = session, method, url
-        self.params, self.timeout, self.kwargs = params, timeout, kwargs
-        self.response: aiohttp.ClientResponse | None = None
-
-    async def __aenter__(self) -> aiohttp.ClientResponse:
-        options = dict(self.kwargs)
-        if self.timeout is not None:
-            options["timeout"] = self.timeout
+        if not follow:
+            kwargs["timeout"] = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+        url = self.root + path
         try:
-            response = await self.session.request(
-                self.method, self.url, params=self.params, **options
-            )
+            response = await self._session.request(method, url, params=list(params), **kwargs)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ApiError(
-                f"cannot reach the API at {self.url} ({type(exc).__name__}: {exc}); set "
+                f"cannot reach the API at {url} ({type(exc).__name__}: {exc}); set "
                 "KESTREAM_API_URL to where it listens"
             ) from None
-        self.response = response
-        if response.status >= 400:
-            text = (await response.text(errors="replace"))[:_ERROR_TEXT_MAX]
+        try:
+            if response.status >= 400:
+                text = (await response.text(errors="replace"))[:_ERROR_TEXT_MAX]
+                raise ApiError(
+                    f"the API answered {response.status}: {_message(text)}", response.status
+                )
+            yield response
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ApiError(f"the API's answer from {url} broke off ({exc})") from None
+        finally:
             response.release()
-            raise ApiError(f"the API answered {response.status}: {_message(text)}", response.status)
-        return response
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.response is not None:
-            self.response.release()
 
 
 def _message(text: str) -> str:
