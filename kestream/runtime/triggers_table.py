@@ -46,25 +46,26 @@ class TriggersTable:
         #: key -> (offset of the command sent, the record it will make, until when to trust it)
         self._pending: dict[str, tuple[int, TriggerState, float]] = {}
         self._producer: AIOKafkaProducer | None = None
-        self._follower = CompactedFollower(
-            ctx, ctx.topics.triggers, self._apply, name="triggers-table"
-        )
+        self._follower: CompactedFollower | None = None
 
     async def start(self) -> None:
         """Read the topic whole, then follow it in the background."""
         ctx = self.ctx
         producer = make_producer(ctx.settings, ctx.bootstrap, ctx.kind)
-        self._producer = producer
+        follower = CompactedFollower(ctx, ctx.topics.triggers, self._apply, name="triggers-table")
+        self._producer, self._follower = producer, follower
         try:
             await producer.start()
-            await self._follower.start()
+            await follower.start()
         except BaseException:
             await self.stop()
             raise
         log.info("triggers table loaded: %d trigger(s)", len(self._states))
 
     async def stop(self) -> None:
-        await self._follower.stop()
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            await follower.stop()
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()
