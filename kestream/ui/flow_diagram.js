@@ -7,7 +7,8 @@
  *
  * Branches are found by shape, not by task type: a property that holds a list of tasks (objects
  * with an `id` and a `type`), or a map of such lists. So a flowable the diagram was not told
- * about is still drawn with its branches.
+ * about is still drawn with its branches. A Dag's list holds `{task, dependsOn}` entries: its
+ * tasks are drawn with what each depends on.
  */
 import { h } from "./dom.js";
 
@@ -18,6 +19,19 @@ const LANES = [
   ["finally", "Finally"],
   ["afterExecution", "After the execution"],
 ];
+
+/**
+ * The tasks of a list: itself, or the `task` of each entry of a Dag's `{task, dependsOn}`.
+ * @param {unknown} value
+ * @returns {any[] | null}
+ */
+function tasksOf(value) {
+  if (isTaskList(value)) return value;
+  if (Array.isArray(value) && value.length && value.every((entry) => entry && typeof entry === "object" && isTaskList([entry.task]))) {
+    return value.map((entry) => ({ ...entry.task, dependsOn: entry.dependsOn }));
+  }
+  return null;
+}
 
 /** @param {unknown} value @returns {value is any[]} */
 function isTaskList(value) {
@@ -34,7 +48,8 @@ export function branches(task) {
   /** @type {[string, any[]][]} */
   const out = [];
   for (const [key, value] of Object.entries(task)) {
-    if (isTaskList(value)) out.push([key, value]);
+    const tasks = tasksOf(value);
+    if (tasks) out.push([key, tasks]);
     else if (value && typeof value === "object" && !Array.isArray(value)) {
       const named = Object.entries(value);
       if (named.length && named.every(([, list]) => isTaskList(list))) {
@@ -63,7 +78,13 @@ function sequence(tasks) {
       return h(
         "li",
         { class: inner.length ? "node flowable" : "node", "data-task": task.id, "data-type": task.type },
-        h("div", { class: "box", title: task.type }, h("strong", {}, task.id), h("span", { class: "muted" }, shortType(task.type))),
+        h(
+          "div",
+          { class: "box", title: task.type },
+          h("strong", {}, task.id),
+          h("span", { class: "muted" }, shortType(task.type)),
+          Array.isArray(task.dependsOn) && task.dependsOn.length ? h("span", { class: "muted" }, `after ${task.dependsOn.join(", ")}`) : null,
+        ),
         inner.length
           ? h(
               "div",

@@ -721,6 +721,18 @@ tasks:
   - id: after
     type: io.kestra.plugin.core.log.Log
     message: done
+  - id: graph
+    type: io.kestra.plugin.core.flow.Dag
+    tasks:
+      - task:
+          id: d1
+          type: io.kestra.plugin.core.log.Log
+          message: d1
+      - task:
+          id: d2
+          type: io.kestra.plugin.core.log.Log
+          message: d2
+        dependsOn: [d1]
 errors:
   - id: alert
     type: io.kestra.plugin.core.log.Log
@@ -766,7 +778,9 @@ def test_the_flow_page_draws_its_diagram_triggers_revision_diff_and_highlighting
     assert branches[0].find_element(By.CSS_SELECTOR, '[data-task="yes"]')
     assert branches[1].find_element(By.CSS_SELECTOR, '[data-task="no"]')
     main_line = driver.find_elements(By.CSS_SELECTOR, '#diagram [data-lane="tasks"] > ol > li')
-    assert [n.get_attribute("data-task") for n in main_line] == ["check", "after"]
+    assert [n.get_attribute("data-task") for n in main_line] == ["check", "after", "graph"]
+    graph = driver.find_element(By.CSS_SELECTOR, '#diagram [data-task="graph"]')
+    assert "after d1" in graph.find_element(By.CSS_SELECTOR, '[data-task="d2"]').text
     assert driver.find_element(By.CSS_SELECTOR, '#diagram [data-lane="errors"] [data-task="alert"]')
 
     row = driver.find_element(By.CSS_SELECTOR, '#triggers tr[data-trigger="hourly"]')
@@ -826,6 +840,11 @@ def test_the_logs_page_searches_the_lines_of_every_execution(
         stack.wait_state(execution_id, {"SUCCESS"})
     answer = stack.get(f"/logs/search?q={token.upper()}&namespace={ns}").json()
     assert answer["total"] == 4  # the route itself: text in any case, every execution
+    kestra_form = (
+        f"/logs/search?filters[q][EQUALS]={token}&filters[namespace][PREFIX]={ns}"
+        "&filters[level][EQUALS]=INFO&filters[timeRange][EQUALS]=PT1H"
+    )
+    assert stack.get(kestra_form).json()["total"] == 2  # Kestra's filters[...] form: INFO up
     assert stack.get("/logs/search?timeRange=soon").status == 400
     assert stack.get("/logs/search?minLevel=LOUD").status == 400
 
