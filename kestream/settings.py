@@ -161,6 +161,16 @@ class Settings(BaseSettings):
     heartbeat_interval_ms: int = Field(
         default=1_000, description="KESTREAM_HEARTBEAT_INTERVAL_MS: consumer group heartbeat."
     )
+    group_instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="KESTREAM_GROUP_INSTANCE_ID: static group membership on Apache Kafka for "
+        "the executor and the scheduler lease: a process started again with the same id (a "
+        "supervisor's restart, a StatefulSet's pod) takes the dead one's place at once instead "
+        "of waiting for its session. Unique among live processes; standalone derives one per "
+        "child. A clean stop still leaves the group. Not sent to Tansu.",
+    )
 
     # -- executor ----------------------------------------------------------------------------
     executor_stream_threads: int = Field(

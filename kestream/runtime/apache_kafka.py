@@ -23,11 +23,13 @@ Without ``java`` or ``mvn`` (or ``keytool``, for SASL_SSL) it raises :class:`Bro
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import uuid
 from collections.abc import Iterator, Mapping
@@ -286,6 +288,26 @@ class ApacheKafka(BrokerProcess):
         if self.sasl_ssl is None or self.tls is None:
             return None
         return self.sasl_ssl.client_fields(self.tls)
+
+    async def restart(self, *, kill: bool = False) -> None:
+        """Stop the broker process (SIGTERM, or SIGKILL with ``kill``) and start it again on the
+        same ports and log dir, keeping every topic, offset and group: a broker restart as its
+        clients see it (the chaos tests'). :meth:`stop` would remove a temporary work dir. The
+        new process is spawned from the caller's thread, as :meth:`astart` does."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            raise RuntimeError(f"{self} is not running")
+        if kill:
+            await asyncio.to_thread(self._kill_now)
+        else:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(proc.wait, self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                await asyncio.to_thread(self._kill_now)
+        self._close_log()
+        self._spawn()
+        await self._wait_ready()
 
     def _prepare(self) -> None:
         assert self.work_dir is not None and self.libs is not None

@@ -104,6 +104,7 @@ from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.parked_partitions import Parked, ParkedPartitions
 from kestream.runtime.processing_guarantee import exactly_once
 from kestream.runtime.purge_fence import apply_purge_event
+from kestream.runtime.static_membership import static_member, stop_member
 from kestream.runtime.worker_groups import WorkerGroupRouter
 
 __all__ = ["ExecutorService", "Outbox"]
@@ -251,6 +252,7 @@ class ExecutorService:
             # Same partition numbers of every input to one processor, whatever the number of
             # processors (round robin splits them when it does not divide the partitions).
             partition_assignment_strategy=executor_assignors(self.ctx.embedded),
+            **(static_member(self.settings, self.ctx.kind) if group is not None else {}),
         )
         inputs = [self.topics.executions, self.topics.results, self.topics.admissions]
         if self.own_all_partitions:
@@ -285,7 +287,7 @@ class ExecutorService:
                 await task
         self.local.close()
         if self._consumer is not None:
-            await self._consumer.stop()
+            await stop_member(self._consumer)
         if self.writer.producer is not None:
             await self.writer.producer.stop()
         if self.writer.transactions is not None:

@@ -30,6 +30,7 @@ from aiokafka.errors import KafkaError
 from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.kafka import make_consumer
+from kestream.runtime.static_membership import static_member, stop_member
 from kestream.scheduler.leadership import Leadership, Role
 
 __all__ = ["SchedulerLease", "group_generation"]
@@ -87,7 +88,10 @@ class SchedulerLease:
     async def start(self) -> None:
         """Join the group; :attr:`decided` is set once the group has first answered."""
         ctx = self.ctx
-        consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=self.group_id)
+        consumer = make_consumer(
+            ctx.settings, ctx.bootstrap, ctx.kind, group_id=self.group_id,
+            **static_member(ctx.settings, ctx.kind),
+        )  # fmt: skip
         self._consumer = consumer
         await consumer.start()
         group_generation(consumer)  # the fence must be readable before this one may hold it
@@ -100,7 +104,7 @@ class SchedulerLease:
         await cancel_and_wait(task)
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            await consumer.stop()
+            await stop_member(consumer)
 
     @property
     def alive(self) -> bool:

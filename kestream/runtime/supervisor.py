@@ -58,6 +58,7 @@ from kestream.runtime.restarts import (
     describe_exit,
     take_failed_role,
 )
+from kestream.runtime.static_membership import child_instance_id
 from kestream.settings import Settings
 
 log = logging.getLogger("kestream.standalone")
@@ -305,6 +306,8 @@ class Supervisor:
             BROKER_ON_STDIN_ENV: "1",
             CRASHES_FILE_ENV: str(self.ledger.path),
             FAILED_ROLE_FILE_ENV: str(slot.failed_file),
+            # Static membership on Kafka: a restarted child takes its predecessor's partitions.
+            "KESTREAM_GROUP_INSTANCE_ID": child_instance_id(self.settings, slot.name),
         }
         env.pop("KESTREAM_BROKER", None)  # on stdin, once the broker holds its state
         process = subprocess.Popen(

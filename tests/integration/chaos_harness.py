@@ -34,12 +34,13 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -60,6 +61,41 @@ _CLAIMS = {
     "worker": re.compile(r"worker: partitions assigned: \[([\d, ]*)\]"),
 }
 _STARTED = re.compile(r"(executor|worker|scheduler) started \(broker")
+
+
+#: An execution that has not ended this long after its submission (or creation) is stuck, by
+#: broker kind. A killed member's partitions wait for its session timeout (10 s) and a
+#: rebalance; with a kill every 10 s, two kills in a row can take both executors' (or the
+#: survivor's) partitions while the first replacement still starts (about 10 s of Python start
+#: and group join on a busy 2-core machine), so one execution may wait two session timeouts
+#: plus a start. Tansu hands a killed member's partitions on after about 30 s, not 10 (seen in
+#: these runs' logs), so there the same two kills take up to about 70 s.
+STUCK_BOUND_S = {"kafka": 60.0, "tansu": 90.0}
+#: After the load, how long executions still running get to end before they count as lost.
+DRAIN_S = 90.0
+#: The long runs: only with ``-m chaos``, and past the suite's 300 s test timeout (start, load,
+#: kills and the drain of a run that went wrong).
+LONG = (pytest.mark.chaos, pytest.mark.timeout(900))
+
+W1_FLOW = """
+id: chaos_w1
+namespace: chaos
+inputs:
+  - id: name
+    type: STRING
+    defaults: World
+tasks:
+  - id: concatenate
+    type: io.kestra.plugin.core.output.OutputValues
+    values:
+      message: Hello {{{{ inputs.name }}}}
+  - id: log
+    type: io.kestra.plugin.core.log.Log
+    message: "{{{{ outputs.concatenate.values.message }}}}"
+  - id: effect
+    type: chaos.tasks.Effect
+    path: {path}
+"""
 
 
 @dataclass
@@ -101,7 +137,11 @@ class Kill:
 class Cluster:
     """The role processes of one chaos test: start, kill -9, restart, stop."""
 
-    def __init__(self, bootstrap: str, prefix: str, workdir: Path, effects: Path) -> None:
+    def __init__(
+        self, bootstrap: str, prefix: str, workdir: Path, effects: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        self.extra_env = dict(extra_env or {})
         self.bootstrap = bootstrap
         self.prefix = prefix
         self.workdir = workdir
@@ -122,6 +162,7 @@ class Cluster:
             KESTREAM_PLUGINS="chaos_tasks",
             PYTHONPATH=os.pathsep.join([str(MODULES), str(ROOT)]),
         )
+        env.update(self.extra_env)
         return env
 
     async def __aenter__(self) -> Cluster:
@@ -145,10 +186,13 @@ class Cluster:
 
     def spawn(self, name: str, index: int, generation: int = 0) -> Role:
         log_path = self.workdir / f"{name}-{index}.{generation}.log"
+        # One instance id per slot, as standalone's supervisor gives its children: a process
+        # restarted in a slot takes its predecessor's place in the group (Apache Kafka).
+        env = {**self.env(), "KESTREAM_GROUP_INSTANCE_ID": f"{name}-{index}"}
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen(
                 role_command(name),
-                env=self.env(),
+                env=env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 preexec_fn=die_with_parent(),
@@ -457,3 +501,21 @@ def _served_by(kill: Kill, execution_id: str, sent_at: float, partitions: int) -
     if kill.partitions:
         return partition_of(execution_id, partitions) in kill.partitions
     return sent_at > kill.at
+
+
+def report(tally: Tally, record: Callable[[str, object], None]) -> None:
+    """Print the test's row, and record it for the run's summary table."""
+    print(f"\n{tally.table()}")
+    record("chaos", tally.row())
+
+
+async def drain(
+    watch: UpdatesWatch, ids: Callable[[], list[str]], timeout: float = DRAIN_S
+) -> None:
+    """Until every execution of ``ids()`` ended, or ``timeout`` (the rest then count as lost:
+    the tally says which)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(watch.ended(execution_id) for execution_id in ids()):
+            return
+        await asyncio.sleep(0.25)

@@ -28,10 +28,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 from chaos_harness import (
+    DRAIN_S,
+    LONG,
+    STUCK_BOUND_S,
+    W1_FLOW,
     Cluster,
     Tally,
     UpdatesWatch,
+    drain,
     read_effects,
+    report,
     tally_executions,
 )
 
@@ -41,40 +47,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 Record = Callable[[str, object], None]
-
-#: An execution that has not ended this long after its submission (or creation) is stuck, by
-#: broker kind. A killed member's partitions wait for its session timeout (10 s) and a
-#: rebalance; with a kill every 10 s, two kills in a row can take both executors' (or the
-#: survivor's) partitions while the first replacement still starts (about 10 s of Python start
-#: and group join on a busy 2-core machine), so one execution may wait two session timeouts
-#: plus a start. Tansu hands a killed member's partitions on after about 30 s, not 10 (seen in
-#: these runs' logs), so there the same two kills take up to about 70 s.
-STUCK_BOUND_S = {"kafka": 60.0, "tansu": 90.0}
-#: After the load, how long executions still running get to end before they count as lost.
-DRAIN_S = 90.0
-#: The long runs: only with ``-m chaos``, and past the suite's 300 s test timeout (start, load,
-#: kills and the drain of a run that went wrong).
-LONG = (pytest.mark.chaos, pytest.mark.timeout(900))
-
-W1_FLOW = """
-id: chaos_w1
-namespace: chaos
-inputs:
-  - id: name
-    type: STRING
-    defaults: World
-tasks:
-  - id: concatenate
-    type: io.kestra.plugin.core.output.OutputValues
-    values:
-      message: Hello {{{{ inputs.name }}}}
-  - id: log
-    type: io.kestra.plugin.core.log.Log
-    message: "{{{{ outputs.concatenate.values.message }}}}"
-  - id: effect
-    type: chaos.tasks.Effect
-    path: {path}
-"""
 
 SLEEP_FLOW = """
 id: chaos_sleep
@@ -125,21 +97,6 @@ class ScheduleRun:
     kill_every_s: float
 
 
-def _report(tally: Tally, record: Record) -> None:
-    print(f"\n{tally.table()}")
-    record("chaos", tally.row())
-
-
-async def _drain(watch: UpdatesWatch, ids: Callable[[], list[str]], timeout: float) -> None:
-    """Until every execution of ``ids()`` ended, or ``timeout`` (the rest then count as lost:
-    the tally says which)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(watch.ended(execution_id) for execution_id in ids()):
-            return
-        await asyncio.sleep(0.25)
-
-
 # -- executors ------------------------------------------------------------------------------------
 
 
@@ -173,7 +130,7 @@ async def _executor_chaos(
                     cluster.restart(cluster.kill_random("executor", rng))
                     next_kill += load.kill_every_s
             await asyncio.gather(*pending)
-            await _drain(watch, lambda: list(submitted), DRAIN_S)
+            await drain(watch, lambda: list(submitted), DRAIN_S)
             tally = tally_executions(
                 name, broker.backend, submitted, watch, read_effects(effects), cluster.kills,
                 partitions=cluster.settings.partitions, bound_s=STUCK_BOUND_S[broker.kind],
@@ -204,7 +161,7 @@ async def test_kill_a_random_executor_under_w1_load(
     load: ExecutorLoad,
 ) -> None:
     tally = await _executor_chaos(name, broker, topic_prefix, tmp_path, load)
-    _report(tally, record_property)
+    report(tally, record_property)
     tally.assert_clean()
     assert tally.kills >= 2 and len(tally.recoveries) == tally.kills, tally.table()
 
@@ -234,7 +191,7 @@ async def _worker_chaos(
                 await asyncio.sleep(plan.seconds / 2)
                 killed = cluster.kill_random("worker", rng)
                 cluster.restart(killed)
-                await _drain(watch, lambda: list(submitted), DRAIN_S)
+                await drain(watch, lambda: list(submitted), DRAIN_S)
                 await cluster.ready(cluster.live("worker"))
             tally = tally_executions(
                 name, broker.backend, submitted, watch, read_effects(effects), cluster.kills,
@@ -262,7 +219,7 @@ async def test_kill_one_of_two_workers_with_sleeps_in_flight(
     plan: SleepRounds,
 ) -> None:
     tally = await _worker_chaos(name, broker, topic_prefix, tmp_path, plan)
-    _report(tally, record_property)
+    report(tally, record_property)
     tally.assert_clean()
     assert len(tally.recoveries) == tally.kills == plan.rounds, tally.table()
 
@@ -299,7 +256,7 @@ async def _scheduler_chaos(
             (scheduler,) = cluster.live("scheduler")
             scheduler.proc.terminate()  # a graceful stop: no slot after this one is expected
             await asyncio.to_thread(scheduler.proc.wait, 30)
-            await _drain(watch, lambda: list(watch.created), DRAIN_S)
+            await drain(watch, lambda: list(watch.created), DRAIN_S)
             found = read_effects(effects)
             tally = tally_executions(
                 name, broker.backend, dict(watch.created), watch, found, cluster.kills,
@@ -338,7 +295,7 @@ async def test_kill_the_scheduler_while_a_schedule_fires_every_second(
     run: ScheduleRun,
 ) -> None:
     tally, slots = await _scheduler_chaos(name, broker, topic_prefix, tmp_path, run)
-    _report(tally, record_property)
+    report(tally, record_property)
     tally.assert_clean()
     # The kills fell inside the observed slots, so the slots around them were checked.
     assert slots and all(
