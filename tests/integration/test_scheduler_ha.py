@@ -21,14 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from chaos_harness import (
+    DRAIN_S,
     READY_TIMEOUT_S,
+    STUCK_BOUND_S,
     Cluster,
     Role,
     UpdatesWatch,
+    drain,
     read_effects,
     tally_executions,
 )
-from test_chaos import DRAIN_S, SCHEDULE_FLOW, STUCK_BOUND_S, _drain, _slots
+from test_chaos import SCHEDULE_FLOW, _slots
 
 if TYPE_CHECKING:
     from conftest import BrokerHandle
@@ -111,7 +114,7 @@ async def test_the_standby_scheduler_takes_over_after_a_kill_9(
             await asyncio.sleep(3.0)  # slots fired by the new active one
             standby.proc.terminate()  # a graceful stop: no slot after this one is expected
             await asyncio.to_thread(standby.proc.wait, 30)
-            await _drain(watch, lambda: list(watch.created), DRAIN_S)
+            await drain(watch, lambda: list(watch.created), DRAIN_S)
             found = read_effects(effects)
             tally = tally_executions(
                 "scheduler-ha", broker.backend, dict(watch.created), watch, found, [],
