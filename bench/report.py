@@ -376,10 +376,11 @@ def cpu_line(row: Row) -> str | None:
     if not cost:
         return None
     whole = ", ".join(f"{role} {ms:.2f} ms" for role, ms in cost.items())
-    whole = f"whole run (with start and idle tail): {whole}; all {sum(cost.values()):.2f} ms"
+    whole = f"{whole}; all {sum(cost.values()):.2f} ms"
     steady = row.extra.get("steady_cpu_ms")
-    if not steady:
-        return f"CPU per completed execution, {whole}"
+    if not steady:  # (rows taken before the steady window was)
+        return f"CPU per completed execution: {whole}"
+    whole = f"whole run (with start and idle tail): {whole}"
     shown = ", ".join(f"{role} {ms:.2f} ms" for role, ms in steady.items())
     window = (
         f"{row.extra.get('steady_window_s', '?')} s, {row.extra.get('steady_ended', '?')} ended"
