@@ -100,15 +100,12 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-def _existing(path: Path | None, what: str, *, directory: bool = False) -> Path | None:
-    """``path`` if it is an existing file (``directory``: directory); else exits with 4, as any
-    unusable input does (click's own check exits with its usage code)."""
-    if path is None:
-        return None
-    if not (path.is_dir() if directory else path.is_file()):
+def _existing(path: Path | None, what: str, *, directory: bool = False) -> None:
+    """Exits with 4, as any unusable input does, unless ``path`` is None or an existing file
+    (``directory``: directory); click's own check would exit with its usage code."""
+    if path is not None and not (path.is_dir() if directory else path.is_file()):
         kind = "directory" if directory else "file"
         raise _fail(f"{what} {path}: no such {kind}")
-    return path
 
 
 @app.callback()

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import orjson
 import typer
 
-from kestream.api_client import ApiClient, ApiError, SearchFilters
 from kestream.cli_output import exit_code, fail, follow_progress, log_line, print_execution, say
 from kestream.settings import get_settings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported when a command runs: `kestream standalone` and the roles skip them
+    from kestream.api_client import ApiClient
     from kestream.models.execution import Execution, LogEntry
 
 executions_app = typer.Typer(
@@ -46,6 +46,7 @@ LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
 
 def _call(work: Callable[[ApiClient], Awaitable[T]]) -> T:
     """Run ``work`` with a client of the configured API; an :class:`ApiError` exits with 4."""
+    from kestream.api_client import ApiClient, ApiError
 
     async def _with_client() -> T:
         async with ApiClient.from_settings(get_settings()) as client:
@@ -128,6 +129,8 @@ def list_(
         if not sep or not key:
             raise fail(f"--label expects key:value, got {pair!r}")
         labels[key] = value
+    from kestream.api_client import SearchFilters
+
     states = [s.strip().upper() for s in state or []]
     filters = SearchFilters(namespace, flow, states, labels, page, size)
     answer = _call(lambda client: client.search(filters))
