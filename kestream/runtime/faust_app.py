@@ -58,6 +58,7 @@ from kestream.runtime.ops_routes import (
 )
 from kestream.runtime.process import (
     broker_on_stdin,
+    broker_wait_s,
     process_age_s,
     read_broker_from_stdin,
     tune_gc,
@@ -162,7 +163,7 @@ class StartPhases:
     """Where a role process's start-up time went (seconds)."""
 
     #: From the process's start to its role service's: interpreter, imports, faust's start
-    #: (None where the process's age is unknown).
+    #: and any wait for the broker's address (None where the process's age is unknown).
     booted: float | None
     #: Identifying the broker and creating the topics.
     connect: float
@@ -170,6 +171,9 @@ class StartPhases:
     roles: float
     #: When the parts were started: what follows is waiting for assignments and recovery.
     since: float = field(default_factory=time.monotonic)
+    #: Of ``booted``, the wait for the broker's address (standalone's children start before
+    #: its broker: :func:`~kestream.runtime.process.read_broker_from_stdin`).
+    broker_wait: float | None = None
 
     def describe(self) -> str:
         joining = time.monotonic() - self.since
@@ -181,7 +185,10 @@ class StartPhases:
         ]
         if self.booted is None:
             return f"{spent:.2f} s after its service started ({', '.join(phases)})"
-        phases.insert(0, f"interpreter, imports and faust {self.booted:.2f} s")
+        waited = self.broker_wait or 0.0
+        phases.insert(0, f"interpreter, imports and faust {self.booted - waited:.2f} s")
+        if self.broker_wait is not None:
+            phases.insert(1, f"waiting for the broker {waited:.2f} s")
         return f"{spent + self.booted:.2f} s after the process started ({', '.join(phases)})"
 
 
@@ -287,7 +294,9 @@ class RoleService(Service):
         await self._start_all(ctx)
         if self.board is not None:
             await self.board.start(ctx)
-        phases = StartPhases(booted, connected - began, time.monotonic() - connected)
+        phases = StartPhases(
+            booted, connected - began, time.monotonic() - connected, broker_wait=broker_wait_s()
+        )
         self._ready_log = asyncio.create_task(self._log_when_ready(phases), name="ready-log")
         log.info(
             "%s started (broker %s, %s); /metrics and /health on http://%s:%d",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import time
 from pathlib import Path
 
 #: Young-generation threshold for processes that hold a large, long-lived state table.
@@ -41,6 +42,15 @@ def process_age_s() -> float | None:
 BROKER_ON_STDIN_ENV = "KESTREAM_STANDALONE_BROKER_ON_STDIN"
 
 
+_broker_wait_s: float | None = None
+
+
+def broker_wait_s() -> float | None:
+    """How long this process waited for its broker's address (:func:`read_broker_from_stdin`):
+    part of its age at start, not spent starting. ``None`` when it did not wait."""
+    return _broker_wait_s
+
+
 def broker_on_stdin() -> bool:
     """Was this process started to read its broker's address from stdin?"""
     return bool(os.environ.get(BROKER_ON_STDIN_ENV))
@@ -56,10 +66,13 @@ def read_broker_from_stdin() -> str:
     """
     from kestream.settings import get_settings
 
+    global _broker_wait_s
     os.environ.pop(BROKER_ON_STDIN_ENV, None)
+    began = time.monotonic()
     address = sys.stdin.readline().strip()
     if not address:
         raise SystemExit(0)
+    _broker_wait_s = time.monotonic() - began
     os.environ["KESTREAM_BROKER"] = address
     get_settings.cache_clear()
     return address

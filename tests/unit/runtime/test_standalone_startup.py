@@ -12,8 +12,10 @@ from typing import Any, cast
 
 import pytest
 
+from bench.standalone import process_phases
 from kestream.runtime import members, supervisor
 from kestream.runtime.context import BrokerContext
+from kestream.runtime.faust_app import StartPhases
 from kestream.runtime.health import Check, Health
 from kestream.runtime.members import MemberPublisher, MemberStatus
 from kestream.runtime.process import BROKER_ON_STDIN_ENV
@@ -159,3 +161,16 @@ async def test_a_member_looks_at_its_readiness_often_until_it_is_first_ready(
     assert waits == [members.STARTING_CHECK_S] * 2 + [members.CHECK_S] * 2
     assert members.STARTING_CHECK_S < members.CHECK_S
     assert [MemberStatus.decode(v).ready for v in producer.sent] == [False, True]
+
+
+def test_the_ready_line_tells_the_wait_for_the_broker_from_the_imports() -> None:
+    """A child of standalone is older than its start: it waited for the broker. Its ready line
+    (what ``python -m bench startup`` reads) counts the wait apart."""
+    line = StartPhases(booted=1.5, connect=0.1, roles=1.0, broker_wait=0.4).describe()
+    [(roles, parts)] = process_phases(f"[1] [INFO] executor ready: {line}")
+    assert roles == "executor"
+    assert parts["interpreter, imports and faust"] == 1.1
+    assert parts["waiting for the broker"] == 0.4
+    assert parts["broker and topics"] == 0.1
+    without = StartPhases(booted=1.5, connect=0.1, roles=1.0).describe()
+    assert "waiting" not in without and "imports and faust 1.50 s" in without
