@@ -135,7 +135,7 @@ export function executionsPage(root, _params, query) {
   const selectedCount = h("span", { class: "muted", id: "selected-count", "aria-live": "polite" });
   const confirmBox = h("div", { id: "bulk-confirm" });
   const bulkButtons = Object.entries(BULK).map(([name, action]) =>
-    h("button", { type: "button", id: `bulk-${name}`, class: name === "kill" || name === "delete" ? "danger" : null, disabled: true, onclick: () => confirm(name) }, action.label),
+    h("button", { type: "button", id: `bulk-${name}`, class: name === "kill" || name === "delete" ? "danger" : null, disabled: true, onclick: () => askToConfirm(name) }, action.label),
   );
   const selectAll = h("input", { type: "checkbox", id: "select-all", "aria-label": "Select every execution of this page" });
   selectAll.addEventListener("change", () => {
@@ -155,7 +155,7 @@ export function executionsPage(root, _params, query) {
     selectAll.checked = shown.length > 0 && shown.every((id) => selected.has(id));
   };
   /** @param {string} name */
-  const confirm = (name) => {
+  const askToConfirm = (name) => {
     const action = BULK[name];
     const ids = [...selected];
     const cancel = () => {
