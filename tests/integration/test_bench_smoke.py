@@ -40,7 +40,8 @@ def test_a_short_w1_run_prints_one_json_row(tmp_path: Path) -> None:
     lines = done.stdout.splitlines()
     assert len(lines) == 1, done.stdout
     row = json.loads(lines[0])
-    assert set(row) == FIELDS
+    assert set(row) == FIELDS | {"steady_cpu_ms_per_execution"}
+    assert row["steady_cpu_ms_per_execution"] > 0  # every role and the broker, while offered
     assert row["workload"] == "W1" and row["rate_per_min"] == 120
     assert row["completed"] == row["offered"] > 0
     assert row["backlog_at_end"] == 0
