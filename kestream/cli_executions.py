@@ -47,9 +47,13 @@ LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
 def _call(work: Callable[[ApiClient], Awaitable[T]]) -> T:
     """Run ``work`` with a client of the configured API; an :class:`ApiError` exits with 4."""
     from kestream.api_client import ApiClient, ApiError
+    from kestream.log_format import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings)  # the client's warnings, in KESTREAM_LOG_FORMAT
 
     async def _with_client() -> T:
-        async with ApiClient.from_settings(get_settings()) as client:
+        async with ApiClient.from_settings(settings) as client:
             return await work(client)
 
     try:

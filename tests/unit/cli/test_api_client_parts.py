@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
+
+import pytest
 
 from kestream.api.index.query import parse_search_params
 from kestream.api.sse import frame
-from kestream.api_client import SearchFilters, sse_frames
+from kestream.api_client import ApiClient, SearchFilters, sse_frames
 from kestream.models.state import StateType
 
 
@@ -66,3 +69,18 @@ def test_no_filters_is_the_first_page_newest_first() -> None:
     assert not query.texts and not query.states and not query.labels
     assert query.page == 1 and query.size == 25
     assert [(k.field.value, k.descending) for k in query.sort] == [("state.startDate", True)]
+
+
+def test_credentials_in_clear_to_another_machine_are_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    headers = {"Authorization": "Bearer t"}
+    with caplog.at_level(logging.WARNING, logger="kestream.api_client"):
+        ApiClient("http://127.0.0.1:8080", "main", headers)
+        ApiClient("https://kestream.example", "main", headers)
+        ApiClient("http://kestream.example", "main", {})  # nothing to expose
+        assert not caplog.records
+        ApiClient("http://kestream.example:8080", "main", headers)
+    (record,) = caplog.records
+    assert "over plain http" in record.getMessage()
+    assert "http://kestream.example:8080" in record.getMessage()
