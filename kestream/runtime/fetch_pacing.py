@@ -23,11 +23,13 @@ reported (records fetched and not yet handed to the caller, which pausing would 
 busy with a batch finds the next one when it asks.
 
 With the doorbell the quiet period is :data:`RUNG_QUIET_S`, none: a ring follows every record,
-so the first fetch answered after the last ring that finds nothing is the end of it, and the
-consumer pauses as that response comes in, before aiokafka sends another. A probe, a ring or a
-wake-up thus costs one fetch where nothing waits. Without a doorbell (a directory that cannot be
-made private) the quiet period is ``KESTREAM_CONSUMER_IDLE_AFTER_MS`` and probes start at
-250 ms, doubling. A consumer whose caller stops calling ``getmany`` (a table read on demand)
+so once the fetch answering the last ring is in, there is little more to wait for. After records
+the consumer looks once more (records that came meanwhile ring only at the end of the producer's
+:data:`~kestream.runtime.doorbell.RING_EVERY_S`), then pauses as that empty answer comes in,
+before aiokafka sends another fetch: a probe or an empty ring costs one fetch, a ring with
+records two (a stream of them keeps the consumer awake). Without a doorbell (a directory that
+cannot be made private) the quiet period is ``KESTREAM_CONSUMER_IDLE_AFTER_MS`` and probes start
+at 250 ms, doubling. A consumer whose caller stops calling ``getmany`` (a table read on demand)
 pauses too.
 
 Pacing decides only *when* to fetch, never what: positions, commits and the group protocol
@@ -124,14 +126,20 @@ class FetchPacer:
     def fetched(self, now: float, records: bool) -> bool:
         """After an active fetch; True when the consumer should go idle now."""
         if records:
-            close = now - self.last_records < self.pacing.stream_gap
-            self.streak = self.streak + 1 if close else 1
-            self.last_records = now
-            streaming = self.streak >= self.pacing.stream_fetches
-            self.traffic(
-                now, max(self.pacing.quiet, self.pacing.stream_quiet) if streaming else None
-            )
-            return False
+            self.saw_records(now)
+        return self.quiet_over(now)
+
+    def saw_records(self, now: float) -> None:
+        """A fetch brought records: active for a quiet period, longer within a stream."""
+        close = now - self.last_records < self.pacing.stream_gap
+        self.streak = self.streak + 1 if close else 1
+        self.last_records = now
+        streaming = self.streak >= self.pacing.stream_fetches
+        self.traffic(now, max(self.pacing.quiet, self.pacing.stream_quiet) if streaming else None)
+
+    def quiet_over(self, now: float) -> bool:
+        """True (once) when the active period is over: the consumer goes idle now. With no
+        quiet period (a doorbell) that is right after records that are no stream."""
         if self.idle or now < self.active_until:
             return False
         self.idle = True
@@ -336,9 +344,17 @@ class PacedConsumer(AIOKafkaConsumer):
     def _settle(self, records: bool) -> None:
         """After a fetch (or none for a while): pause when the pacer says idle, unless a ring
         or wake-up is still unanswered or records wait that the caller has not had yet."""
-        if not records and self._must_fetch():
+        now = self.clock()
+        if records:
+            self.pacer.saw_records(now)
+            # More may have come meanwhile, rung for within RING_EVERY_S only (a producer's
+            # next job of a chain, say): look once more, with a fetch sent after these.
+            self._pend()
+        if self.pacer.idle or now < self.pacer.active_until:
+            return  # busy (the common case under load: no look at the partitions)
+        if self._must_fetch():
             return  # looked at again after the next answer, or the next look
-        if self.pacer.fetched(self.clock(), records):
+        if self.pacer.quiet_over(now):
             self._hold()
 
     def _must_fetch(self) -> bool:

@@ -457,6 +457,32 @@ async def test_an_empty_answer_pauses_a_waiting_consumer_before_the_next_fetch(
     await consumer.stop()
 
 
+async def test_after_records_a_fetch_sent_after_them_is_answered_before_resting(
+    broker: _Broker,
+) -> None:
+    """A record acknowledged just after the ring that woke the consumer rings only at the end
+    of its producer's ring gap (the next job of a chain): the consumer looks once more."""
+    clock = _Clock()
+    consumer = _paced(clock)
+    tp = TopicPartition("jobs", 0)
+    consumer.assign([tp])
+    assert not await consumer.getmany(timeout_ms=1)
+    await _rest(consumer, clock, broker)
+    consumer._ring("jobs")
+    rung = clock.now
+    clock.now += 0.01
+    broker.record(tp)
+    assert (await consumer.getmany(timeout_ms=20)).get(tp)
+    clock.now += 1  # the quiet period is over
+    broker.answer(sent=rung + 0.005)  # after the ring, before the caller had the records
+    assert not await consumer.getmany(timeout_ms=1)
+    assert not consumer.resting, "no fetch sent after the records was answered yet"
+    broker.answer()
+    assert not await consumer.getmany(timeout_ms=1)
+    assert consumer.resting
+    await consumer.stop()
+
+
 async def test_records_fetched_but_not_yet_taken_keep_the_consumer_fetching(
     broker: _Broker,
 ) -> None:
