@@ -43,9 +43,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from kestream.runtime.broker_store import BrokerStore
 from kestream.runtime.embedded_broker import EmbeddedBroker, die_with_parent
 from kestream.runtime.fetch_pacing import mark_embedded
 from kestream.runtime.kafka_connection import embedded_refusal
@@ -60,6 +59,9 @@ from kestream.runtime.restarts import (
 )
 from kestream.runtime.static_membership import child_instance_id
 from kestream.settings import Settings
+
+if TYPE_CHECKING:  # imported once the role processes are started: they need not wait for it
+    from kestream.runtime.broker_store import BrokerStore
 
 log = logging.getLogger("kestream.standalone")
 
@@ -222,6 +224,8 @@ class Supervisor:
             )
             return self.broker.bootstrap
         if self.store is None:
+            from kestream.runtime.broker_store import BrokerStore
+
             self.store = BrokerStore(self.settings, data / "broker")
         if first:
             log.info("embedded broker state in %s (KESTREAM_DATA_DIR)", self.store.directory)

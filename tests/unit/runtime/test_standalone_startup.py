@@ -174,3 +174,17 @@ def test_the_ready_line_tells_the_wait_for_the_broker_from_the_imports() -> None
     assert parts["broker and topics"] == 0.1
     without = StartPhases(booted=1.5, connect=0.1, roles=1.0).describe()
     assert "waiting" not in without and "imports and faust 1.50 s" in without
+
+
+def test_the_supervisor_starts_the_role_processes_before_importing_the_broker_store() -> None:
+    """What ``standalone`` imports before its children start delays them all: the broker
+    store (and the engine's codec under it) waits until the broker is started."""
+    script = (
+        "import sys, kestream.cli, kestream.runtime.supervisor\n"
+        "print(sorted(m for m in ('kestream.runtime.broker_store', 'kestream.executor.codec')"
+        " if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
