@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import sys
@@ -42,6 +43,13 @@ def process_age_s() -> float | None:
 BROKER_ON_STDIN_ENV = "KESTREAM_STANDALONE_BROKER_ON_STDIN"
 
 
+#: With :data:`BROKER_ON_STDIN_ENV`: the descriptor of a pipe to ``standalone``, which the
+#: process closes once it has imported what its roles run, just before it waits for the
+#: broker. ``standalone`` gives every waiting process the broker's address only when all of them
+#: are there, so that the executors join their group together: one that joined a moment later
+#: would make the group assign its partitions a second time.
+IMPORTED_FD_ENV = "KESTREAM_STANDALONE_IMPORTED_FD"
+
 _broker_wait_s: float | None = None
 
 
@@ -68,6 +76,10 @@ def read_broker_from_stdin() -> str:
 
     global _broker_wait_s
     os.environ.pop(BROKER_ON_STDIN_ENV, None)
+    imported = os.environ.pop(IMPORTED_FD_ENV, None)
+    if imported is not None:
+        with contextlib.suppress(OSError, ValueError):  # standalone is gone: stdin says so
+            os.close(int(imported))
     began = time.monotonic()
     address = sys.stdin.readline().strip()
     if not address:

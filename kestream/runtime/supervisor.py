@@ -48,7 +48,7 @@ from typing import IO, TYPE_CHECKING
 from kestream.runtime.embedded_broker import EmbeddedBroker, die_with_parent
 from kestream.runtime.fetch_pacing import mark_embedded
 from kestream.runtime.kafka_connection import embedded_refusal
-from kestream.runtime.process import BROKER_ON_STDIN_ENV
+from kestream.runtime.process import BROKER_ON_STDIN_ENV, IMPORTED_FD_ENV
 from kestream.runtime.restarts import (
     CRASHES_FILE_ENV,
     FAILED_ROLE_FILE_ENV,
@@ -70,6 +70,8 @@ log = logging.getLogger("kestream.standalone")
 #: its bounded commits (3 s for the periodic one, 3 s for its own) and closing its clients;
 #: the executor's last cycle, flush and commit meanwhile (test_role_processes checks the sum).
 _STOP_GRACE_S = 20.0
+#: The longest the role processes are held back for the slowest of them to import what it runs.
+_IMPORTED_WAIT_S = 60.0
 _POLL_S = 0.2
 
 
@@ -93,6 +95,9 @@ class RoleProcess:
     start_at: float = 0.0  # monotonic time of the next start, while ``process`` is None
     #: Where the process writes the role that failed (FAILED_ROLE_FILE_ENV), once spawned.
     failed_file: Path | None = None
+    #: The read end of the pipe the process closes once it has imported what it runs
+    #: (:data:`~kestream.runtime.process.IMPORTED_FD_ENV`), while it waits for the broker.
+    imported: int | None = None
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -177,6 +182,7 @@ class Supervisor:
                 bootstrap = await self._broker(data, first)
                 if first:
                     await self._deploy(bootstrap)
+                await self._all_imported()
                 for slot in self.slots:
                     _release(slot, bootstrap)
                 if first:
@@ -314,16 +320,49 @@ class Supervisor:
             "KESTREAM_GROUP_INSTANCE_ID": child_instance_id(self.settings, slot.name),
         }
         env.pop("KESTREAM_BROKER", None)  # on stdin, once the broker holds its state
-        process = subprocess.Popen(
-            role_command(slot.role),
-            env=env,
-            stdin=subprocess.PIPE,
-            preexec_fn=die_with_parent(),
-        )
+        imported: tuple[int, int] | None = None
+        if bootstrap is None:
+            imported = os.pipe()
+            env[IMPORTED_FD_ENV] = str(imported[1])
+        try:
+            process = subprocess.Popen(
+                role_command(slot.role),
+                env=env,
+                stdin=subprocess.PIPE,
+                pass_fds=imported[1:] if imported is not None else (),
+                preexec_fn=die_with_parent(),
+            )
+        except BaseException:
+            if imported is not None:
+                os.close(imported[0])
+            raise
+        finally:
+            if imported is not None:
+                os.close(imported[1])
         slot.process = process
+        slot.imported = imported[0] if imported is not None else None
         if bootstrap is not None:
             _release(slot, bootstrap)
         return process.pid
+
+    async def _all_imported(self) -> None:
+        """Wait until every waiting role process has imported what it runs (or exited), at most
+        :data:`_IMPORTED_WAIT_S`: given the broker together, the executors join their group
+        together, where one joining a moment after the others' join was answered would make
+        the group assign the partitions a second time (about 2 s more on the embedded broker).
+        The process hosting the API imports the most, and the installation is ready with it
+        only, so the wait costs the start nothing."""
+        waits = [_closed(slot.imported) for slot in self.slots if slot.imported is not None]
+        for slot in self.slots:
+            slot.imported = None  # each wait closes its end
+        if not waits:
+            return
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), _IMPORTED_WAIT_S)
+        except TimeoutError:
+            log.warning(
+                "a role process has not started within %.0f s; the others go on", _IMPORTED_WAIT_S
+            )
 
     async def _watch(self, stop: asyncio.Event, bootstrap: str) -> int:
         """Restart what exits; 0 on a stop, 1 when a role keeps crashing.
@@ -423,6 +462,23 @@ class Supervisor:
                 slot.process.wait()
         for slot in self.slots:
             slot.process = None
+
+
+async def _closed(fd: int) -> None:
+    """Return once the other end of pipe ``fd`` is closed (or written to); close ``fd``."""
+    loop = asyncio.get_running_loop()
+    readable: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(fd, ready)
+    try:
+        await readable
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
 
 
 def _release(slot: RoleProcess, bootstrap: str) -> None:

@@ -84,28 +84,44 @@ def test_a_waiting_process_imports_what_its_roles_run_and_no_more() -> None:
     )
 
 
-def test_the_role_processes_start_before_the_broker_and_get_its_address_after(
+async def test_the_role_processes_start_before_the_broker_and_get_its_address_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every role process is running, waiting, before the broker's address exists; each gets
-    it once, the broker started; a process started again later gets it at once."""
+    """Every role process is running, waiting, before the broker's address exists; they are
+    given it only once all of them have imported what they run (the executor started slowly
+    here, held by a file), so that the executors join their group together; each gets it
+    once; a process started again later gets it at once."""
     written = tmp_path / "addresses"
     written.mkdir()
+    gate = tmp_path / "gate"
     child = (
-        "import os, sys\n"
+        "import os, sys, time\n"
         "from kestream.runtime.process import read_broker_from_stdin\n"
+        "if sys.argv[1] == 'executor':\n"
+        f"    while not os.path.exists({str(gate)!r}): time.sleep(0.01)  # a slow import\n"
+        f"open(os.path.join({str(tmp_path)!r}, sys.argv[1]), 'w').close()\n"
         "address = read_broker_from_stdin()\n"
         f"open(os.path.join({str(written)!r}, str(os.getpid())), 'w').write(address)\n"
     )
-    monkeypatch.setattr(supervisor, "role_command", lambda role: [sys.executable, "-c", child])
+    monkeypatch.setattr(
+        supervisor, "role_command", lambda role: [sys.executable, "-c", child, role]
+    )
     settings = Settings(data_dir=str(tmp_path), executor_stream_threads=2)
     sup = Supervisor(settings, None)
     sup.ledger = CrashLedger(tmp_path / "standalone" / "crashes.json")
     sup._spawn_all()
     try:
-        assert len(sup.slots) == 2
+        assert [slot.role for slot in sup.slots] == ["executor,worker,scheduler,api", "executor"]
         processes = [slot.process for slot in sup.slots]
-        assert all(p is not None and p.poll() is None for p in processes)  # waiting
+        all_imported = asyncio.ensure_future(sup._all_imported())
+        while not (tmp_path / "executor,worker,scheduler,api").exists():
+            await asyncio.sleep(0.01)
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        assert not all_imported.done()  # the executor process is still importing
+        gate.touch()
+        await all_imported
+        assert all(p is not None and p.poll() is None for p in processes)  # waiting on stdin
         assert list(written.iterdir()) == []
         for slot in sup.slots:
             _release(slot, "127.0.0.1:4242")
@@ -116,6 +132,7 @@ def test_the_role_processes_start_before_the_broker_and_get_its_address_after(
         assert len(list(written.iterdir())) == 2
 
         again = sup._spawn(sup.slots[1], "127.0.0.1:4343")  # a restart: the broker is up
+        assert sup.slots[1].imported is None
         process = sup.slots[1].process
         assert process is not None and process.wait(60) == 0
         assert (written / str(again)).read_text() == "127.0.0.1:4343"
