@@ -5,13 +5,18 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from kestream.runtime.kafka_connection import client_options
-from kestream.runtime.record_limit import RecordLimit, read_topics_max, topic_configs
 from kestream.settings import Settings
+
+if TYPE_CHECKING:
+    # Imported where topics are created: the record limit brings the engine's codec, which the
+    # supervisor (it reads the topic names only) would otherwise hold in memory for nothing.
+    from kestream.runtime.record_limit import RecordLimit
 
 log = logging.getLogger("kestream.topics")
 
@@ -104,6 +109,8 @@ async def ensure_topics(
     ``KESTREAM_MAX_RECORD_BYTES``; topics that already existed keep theirs, so the limit is
     read back from the broker either way.
     """
+    from kestream.runtime.record_limit import RecordLimit, read_topics_max
+
     topics = Topics.of(settings)
     limit = RecordLimit.of(settings)
     specs = topics.specs(settings.partitions)
@@ -143,6 +150,8 @@ async def _create_missing(
     admin: AIOKafkaAdminClient, settings: Settings, kind: str, specs: list[tuple[str, int, bool]]
 ) -> None:
     existing = set(await admin.list_topics())
+    from kestream.runtime.record_limit import topic_configs
+
     record_configs = topic_configs(settings, kind)
     wanted = [
         NewTopic(

@@ -26,13 +26,13 @@ import hashlib
 import os
 import re
 from collections.abc import Callable
-from typing import Any
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING, Any
 
 from kestream.secrets.masking import MASK, Masker
 from kestream.settings import get_settings
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
     "PREFIX",
@@ -58,6 +58,10 @@ class EncryptionError(ValueError):
 
 
 def _cipher(key: str | None) -> AESGCM:
+    # Imported on first use: the library takes 6 MB in every process that imports this module
+    # (each role does), and only flows with SECRET inputs need it.
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     if key is None:
         configured = get_settings().encryption_key
         key = configured.get_secret_value() if configured is not None else None
@@ -93,6 +97,8 @@ def seal(text: str, scope: str, key: str | None = None) -> str:
 def unseal(token: str, scope: str, key: str | None = None) -> str:
     """The value of ``token``; :class:`EncryptionError` when it was sealed for another flow or
     with another key (AES-GCM cannot tell which)."""
+    from cryptography.exceptions import InvalidTag
+
     try:
         raw = base64.urlsafe_b64decode(token[len(PREFIX) :])
         return _cipher(key).decrypt(raw[:_NONCE], raw[_NONCE:], scope.encode()).decode()

@@ -22,16 +22,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import ModuleType
 from typing import IO, TYPE_CHECKING, Any, Protocol
-
-import obstore
-from obstore.store import LocalStore, S3Store
 
 from kestream.storage.durable import durable_file, durable_write
 from kestream.storage.keys import check_relative
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig
+
+
+def _obstore() -> ModuleType:
+    """obstore, imported when a store is first made or used: its Rust library takes 4 MB in
+    every process that imports it, and a role that never touches a file never needs it."""
+    import obstore
+
+    return obstore
+
 
 #: Chunk size of streamed reads and copies.
 CHUNK_BYTES = 1 << 20
@@ -61,6 +68,8 @@ class Storage:
     def local(cls, directory: Path) -> Storage:
         directory.mkdir(parents=True, exist_ok=True)
         root = directory.resolve()
+        from obstore.store import LocalStore
+
         return cls(LocalStore(root, mkdir=True), f"local directory {root}", root)
 
     @classmethod
@@ -88,6 +97,8 @@ class Storage:
             config["endpoint"] = endpoint
             config["virtual_hosted_style_request"] = False
             options["allow_http"] = endpoint.startswith("http://")
+        from obstore.store import S3Store
+
         store = S3Store(bucket, prefix=prefix.strip("/") or None, client_options=options, **config)
         where = f"s3://{bucket}/{prefix.strip('/')}" + (f" at {endpoint}" if endpoint else "")
         return cls(store, where)
@@ -103,9 +114,9 @@ class Storage:
             return durable_write(self.local_root / key, data)
         if isinstance(data, Path):
             with data.open("rb") as source:
-                obstore.put(self._store, key, source)
+                _obstore().put(self._store, key, source)
         else:
-            obstore.put(self._store, key, data)
+            _obstore().put(self._store, key, data)
         return self.size(key)
 
     @contextmanager
@@ -117,26 +128,26 @@ class Storage:
             with durable_file(self.local_root / key) as out:
                 yield out
             return
-        with obstore.open_writer(self._store, key) as stream:
+        with _obstore().open_writer(self._store, key) as stream:
             yield stream
 
     # -- reading -------------------------------------------------------------------------------
 
     def chunks(self, key: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
         """The file's bytes in chunks, never whole in memory."""
-        result = obstore.get(self._store, check_relative(key))
+        result = _obstore().get(self._store, check_relative(key))
         for chunk in result.stream(min_chunk_size=chunk_bytes):
             yield bytes(chunk)
 
     def get(self, key: str) -> bytes:
-        return bytes(obstore.get(self._store, check_relative(key)).bytes())
+        return bytes(_obstore().get(self._store, check_relative(key)).bytes())
 
     def head(self, key: str, length: int) -> bytes:
         """The first ``length`` bytes (fewer for a shorter file): previews."""
         size = self.size(key)
         if size == 0:
             return b""
-        return bytes(obstore.get_range(self._store, key, start=0, end=min(length, size)))
+        return bytes(_obstore().get_range(self._store, key, start=0, end=min(length, size)))
 
     def download(self, key: str, target: Path) -> int:
         """Copy the file to ``target`` (a local path), streamed; returns its size."""
@@ -155,21 +166,21 @@ class Storage:
         return True
 
     def size(self, key: str) -> int:
-        return int(obstore.head(self._store, check_relative(key))["size"])
+        return int(_obstore().head(self._store, check_relative(key))["size"])
 
     def entries(self, prefix: str) -> list[StoredFile]:
         """Every file under the folder ``prefix``, with its size and date, sorted by key."""
         folder = prefix.rstrip("/")
         found = [
             StoredFile(str(meta["path"]), int(meta["size"]), meta["last_modified"])
-            for batch in obstore.list(self._store, prefix=folder or None)
+            for batch in _obstore().list(self._store, prefix=folder or None)
             for meta in batch
         ]
         return sorted(found, key=lambda entry: entry.key)
 
     def stat(self, key: str) -> StoredFile:
         """The file's size and date (:class:`FileNotFoundError` when missing)."""
-        meta = obstore.head(self._store, check_relative(key))
+        meta = _obstore().head(self._store, check_relative(key))
         return StoredFile(key, int(meta["size"]), meta["last_modified"])
 
     def list(self, prefix: str) -> list[str]:
@@ -182,7 +193,7 @@ class Storage:
         """Remove one file; False when there was none."""
         if not self.exists(key):
             return False
-        obstore.delete(self._store, key)
+        _obstore().delete(self._store, key)
         return True
 
     def delete_prefix(self, prefix: str) -> int:
@@ -190,7 +201,7 @@ class Storage:
         folder = check_relative(prefix.rstrip("/"))
         keys = self.list(folder)
         if keys:
-            obstore.delete(self._store, keys)
+            _obstore().delete(self._store, keys)
         if self.local_root is not None:
             shutil.rmtree(self.local_root / folder, ignore_errors=True)
         return len(keys)
