@@ -91,7 +91,6 @@ from kestream.runtime.ended_executions import Ended, EndedExecutions
 from kestream.runtime.event_offload import needs_storage, prepare
 from kestream.runtime.executor_outbox import CommandRecord, Outbox, Outboxes, PartitionOutboxes
 from kestream.runtime.executor_transactions import (
-    Fenced,
     PartitionTransactions,
     TransactionalProducer,
     TxnWrite,
@@ -795,15 +794,24 @@ class ExecutorService:
         self._committed_at = time.monotonic()
         if not writes:
             return
-        try:
-            self._checkpointed(await self.writer.write_transactions(writes))
-        except Fenced as exc:
-            log.error(
-                "executor fenced on partition %d (a newer owner took its transactional id); "
-                "stopping: the restart rejoins with no state",
-                exc.partition,
-            )
-            raise
+        written = await self.writer.write_transactions(writes)
+        self._checkpointed(written)
+        if written.fenced:
+            await self._fenced(written.fenced)
+
+    async def _fenced(self, partitions: set[int]) -> None:
+        """Another member took these partitions' transactional ids: it owns them, and this
+        processor missed the rebalance (a stall past its session, say). Their transactions
+        were not committed, so the state in memory is ahead of their changelog: it is dropped,
+        not parked, and the partitions are left to the group, which assigns them again at
+        this member's rejoin (its next heartbeat learns that the group moved on)."""
+        log.error(
+            "executor fenced on partitions %s: another member took their transactional ids; "
+            "their state is dropped until the group assigns them again",
+            sorted(partitions),
+        )
+        self.ready.clear()
+        await self._let_go(partitions & self.owned, park=False)
 
     def _sized(self, out: Outbox) -> list[CommandRecord]:
         """``out``'s records to commit: a record over the limit is replaced by its dead letter,
@@ -866,32 +874,40 @@ class ExecutorService:
             self.ready.clear()
             gone = partitions & self.owned
             await self._commit_leaving(gone)
-            now = time.monotonic()
-            parked: dict[int, Parked] = {}
-            for partition in gone:
-                checkpoint = self._checkpoints.pop(partition, None)
-                if checkpoint is not None:
-                    parked[partition] = Parked(checkpoint, now)
-            leaving = [e for e, p in self.partition_of.items() if p in gone]
-            for execution_id in leaving:
-                into = parked.get(self.partition_of[execution_id])
-                recs = self.mirror.records_of(execution_id)
-                if into is not None and recs is not None:
-                    into.states[execution_id] = self.states[execution_id]
-                    into.records[execution_id] = recs
-            for execution_id, marker in self.ended.leave(gone).items():
-                if (into := parked.get(marker.partition)) is not None:
-                    into.ended[execution_id] = marker
-            for partition, state in parked.items():
-                self.parked.park(partition, state)
-            self._leave_table(leaving)
-            self._repairs = [r for r in self._repairs if r[2] not in gone]  # the next owner's
-            self.held.leave(gone)
-            self.admission.leave(gone)
-            self.local.forget(gone)
-            self.owned -= gone
-            if self.writer.transactions is not None:
-                await self.writer.transactions.leave(gone)
+            await self._let_go(gone, park=True)
+
+    async def _let_go(self, gone: set[int], *, park: bool) -> None:
+        """Drop the partitions' executions, held events, timers, ended markers, offsets left to
+        commit and transactional producers; with ``park``, each one's state is parked at its
+        checkpoint, for a quick recovery if it comes back."""
+        now = time.monotonic()
+        parked: dict[int, Parked] = {}
+        for partition in gone:
+            checkpoint = self._checkpoints.pop(partition, None)
+            if park and checkpoint is not None:
+                parked[partition] = Parked(checkpoint, now)
+        leaving = [e for e, p in self.partition_of.items() if p in gone]
+        for execution_id in leaving:
+            into = parked.get(self.partition_of[execution_id])
+            recs = self.mirror.records_of(execution_id)
+            if into is not None and recs is not None:
+                into.states[execution_id] = self.states[execution_id]
+                into.records[execution_id] = recs
+        for execution_id, marker in self.ended.leave(gone).items():
+            if (into := parked.get(marker.partition)) is not None:
+                into.ended[execution_id] = marker
+        for partition, state in parked.items():
+            self.parked.park(partition, state)
+        self._leave_table(leaving)
+        self._repairs = [r for r in self._repairs if r[2] not in gone]  # the next owner's
+        self.held.leave(gone)
+        self.admission.leave(gone)
+        self.local.forget(gone)
+        for tp in [tp for tp in self._uncommitted if tp.partition in gone]:
+            del self._uncommitted[tp]
+        self.owned -= gone
+        if self.writer.transactions is not None:
+            await self.writer.transactions.leave(gone)
 
     async def _commit_leaving(self, gone: set[int]) -> None:
         """Commit what was flushed of partitions leaving, so their next owner does not replay

@@ -16,8 +16,9 @@ fences its producer: whatever it then sends or commits fails with ``ProducerFenc
 owner does this before it reads the partition's changelog, so its read-committed recovery never
 waits for a transaction nobody will end.
 
-A fenced producer means another member owns the partition: the processor stops, loudly, and
-its process's restart rejoins the group with no state (:class:`Fenced`).
+A fenced producer means another member owns the partition (:class:`Fenced`): the processor
+drops the partition's state, loudly, and leaves it to the group, which assigns it again when
+this member rejoins.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from kestream.runtime.executor_outbox import CommandRecord
 
-__all__ = ["Fenced", "PartitionTransactions", "TransactionalProducer", "TxnWrite"]
+__all__ = ["Committed", "Fenced", "PartitionTransactions", "TransactionalProducer", "TxnWrite"]
 
 log = logging.getLogger("kestream.executor")
 
@@ -71,6 +72,16 @@ class Fenced(Exception):
             "owns the partition"
         )
         self.partition = partition
+
+
+@dataclass(slots=True)
+class Committed:
+    """What :meth:`PartitionTransactions.commit` did."""
+
+    #: Every record committed, with its ack (``RecordMetadata``).
+    acked: list[tuple[CommandRecord, Any]] = field(default_factory=list)
+    #: The partitions whose producer was fenced: nothing of theirs was committed.
+    fenced: set[int] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -132,23 +143,25 @@ class PartitionTransactions:
     async def stop(self) -> None:
         await self.leave(set(self.producers))
 
-    async def commit(self, writes: Mapping[int, TxnWrite]) -> list[tuple[CommandRecord, Any]]:
-        """Commit each partition's write in its transaction, the partitions side by side;
-        returns every record written with its ack (``RecordMetadata``). A failure aborts the
-        partition's transaction and raises (:class:`Fenced` for a fenced producer): nothing
-        of it is visible, and its offsets are where they were."""
+    async def commit(self, writes: Mapping[int, TxnWrite]) -> Committed:
+        """Commit each partition's write in its transaction, the partitions side by side.
+        A partition whose producer was fenced is reported (:attr:`Committed.fenced`); any
+        other failure aborts the partition's transaction and raises once all are done. Either
+        way nothing of a failed partition is visible, and its offsets are where they were."""
         jobs = [self._commit_one(p, w) for p, w in writes.items() if w.records or w.offsets]
-        acked: list[tuple[CommandRecord, Any]] = []
+        committed = Committed()
         results = await asyncio.gather(*jobs, return_exceptions=True)
         failure: BaseException | None = None
         for result in results:
-            if isinstance(result, BaseException):
+            if isinstance(result, Fenced):
+                committed.fenced.add(result.partition)
+            elif isinstance(result, BaseException):
                 failure = failure or result
             else:
-                acked.extend(result)
+                committed.acked.extend(result)
         if failure is not None:
             raise failure
-        return acked
+        return committed
 
     async def _commit_one(self, partition: int, write: TxnWrite) -> list[tuple[CommandRecord, Any]]:
         producer = self.producers.get(partition)

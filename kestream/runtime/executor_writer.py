@@ -59,6 +59,9 @@ class Written:
     checkpoints: dict[int, int] = field(default_factory=dict)
     #: The records dead-lettered instead of written, in their order.
     refused: list[Refusal] = field(default_factory=list)
+    #: Under exactly-once, the input partitions whose producer was fenced (nothing of theirs
+    #: was committed).
+    fenced: set[int] = field(default_factory=set)
 
 
 class DeadLetters:
@@ -132,11 +135,11 @@ class RecordWriter:
         the records only once they are committed (a local worker must never run a job an
         aborted transaction took back)."""
         assert self.transactions is not None, "the writer has no transactional producers"
-        written = Written()
-        acked = await self.transactions.commit(writes)
-        for rec, meta in acked:
+        committed = await self.transactions.commit(writes)
+        written = Written(fenced=committed.fenced)
+        for rec, meta in committed.acked:
             self._acked(rec, meta)
-        self._checkpoints([meta for _, meta in acked], written)
+        self._checkpoints([meta for _, meta in committed.acked], written)
         return written
 
     async def write_carried(self) -> Written:

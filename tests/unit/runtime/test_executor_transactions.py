@@ -18,7 +18,7 @@ from kestream.executor import events as ev
 from kestream.runtime import processing_guarantee, records
 from kestream.runtime.executor_outbox import CommandRecord, Outbox, PartitionOutboxes
 from kestream.runtime.executor_service import ExecutorService
-from kestream.runtime.executor_transactions import Fenced, PartitionTransactions, TxnWrite
+from kestream.runtime.executor_transactions import PartitionTransactions, TxnWrite
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.settings import Settings
 from tests.unit.runtime.test_executor_commits import _Consumer
@@ -172,10 +172,10 @@ def test_owning_a_partition_takes_its_transactional_id_and_fences_the_former_own
     asyncio.run(new.own({0}))
     assert sorted(made) == [f"{GROUP}-0"]
     assert made[f"{GROUP}-0"].calls == ["start", "begin", "commit"]  # the id taken at once
-    with pytest.raises(Fenced) as fenced:
-        asyncio.run(old.commit({0: TxnWrite([("t", "k", b"2", 0)])}))
-    assert fenced.value.partition == 0
-    asyncio.run(old.commit({1: TxnWrite([("t", "k", b"3", 1)])}))  # partition 1 is still its
+    writes = {0: TxnWrite([("t", "k", b"2", 0)]), 1: TxnWrite([("t", "k", b"3", 1)])}
+    committed = asyncio.run(old.commit(writes))
+    assert committed.fenced == {0}  # partition 1 is still its
+    assert [rec for rec, _ in committed.acked] == [("t", "k", b"3", 1)]
     assert [r[2] for r in broker.visible] == [b"1", b"3"]
 
 
@@ -270,18 +270,33 @@ def test_a_kill_between_produce_and_commit_leaves_nothing_seen_twice() -> None:
     _loop(second, _Consumer(second, [_batch(a)]))  # replays from the committed offset
     assert _shape(broker.visible_of("a")) == _shape(clean.visible_of("a"))  # (times differ)
     assert broker.offsets[a[0]] == 6
-    with pytest.raises(Fenced):  # the first, were it still running, can no longer commit
-        asyncio.run(first.writer.transactions.commit({0: TxnWrite([("t", "a", b"x", 0)])}))  # type: ignore[union-attr]
+    assert first.writer.transactions is not None
+    stale = asyncio.run(first.writer.transactions.commit({0: TxnWrite([("t", "a", b"x", 0)])}))
+    assert stale.fenced == {0}  # the first, were it still running, can no longer commit
+    assert _shape(broker.visible_of("a")) == _shape(clean.visible_of("a"))
 
 
-def test_a_fenced_cycle_stops_the_processor_loudly(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_fenced_partition_is_dropped_and_the_others_commit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A member that missed a rebalance finds, at its commit, that another took partition 0:
+    it drops that partition's state (ahead of its changelog) without parking it, keeps on
+    with partition 1, and stays up for the group to assign partitions again at its rejoin."""
     broker = TxnBroker()
-    service = _eos_service(broker, {0})
+    service = _eos_service(broker, {0, 1})
     _eos_service(broker, {0})  # another member took partition 0
-    with caplog.at_level(logging.ERROR, logger="kestream.executor"), pytest.raises(Fenced):
-        _loop(service, _Consumer(service, [_batch(_created(service, 0, 5, "a"))]))
-    assert "executor fenced on partition 0" in caplog.text
-    assert broker.visible == []
+    a, b = _created(service, 0, 5, "a"), _created(service, 1, 9, "b")
+    c = _created(service, 0, 6, "c")  # fetched after the fencing: not this member's any more
+    with caplog.at_level(logging.ERROR, logger="kestream.executor"):
+        _loop(service, _Consumer(service, [_batch(a, b), _batch(c)]))
+    assert "executor fenced on partitions [0]" in caplog.text
+    assert service.owned == {1} and not service.ready.is_set()
+    assert "a" not in service.states and "c" not in service.states and "b" in service.states
+    assert service.parked.take(0, 0.0) is None  # ahead of its changelog: never parked
+    assert broker.visible_of("a") == [] and broker.visible_of("c") == []
+    assert broker.visible_of("b") and broker.offsets == {b[0]: 10}
+    assert service.writer.transactions is not None
+    assert set(service.writer.transactions.producers) == {1}
 
 
 def test_a_revocation_leaves_the_partitions_producers() -> None:
