@@ -15,6 +15,7 @@
     python -m bench W7 --rates 600,1200,2400,4800  # where it stops keeping up
     python -m bench W8 --rate 6000          # a function-form Python task (bench/w8_tasks.py)
     python -m bench W8 --rate 6000 --isolation process,thread  # a worker process's cost per task
+    python -m bench W1 --rate 6000 --no-inline --count-requests  # requests, rings per execution
     python -m bench W1 --ceiling --duration 30  # raise the rate until it stops keeping up
     python -m bench W1 --ceiling --bisect 2       # ... then narrow it down with two more runs
     python -m bench idle [--kafka]          # an idle `kestream standalone`, per process (idle.py)
