@@ -80,6 +80,10 @@ class SchedulerLease:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._generation: int | None = None
+        #: The member id the lease was assigned to: with static membership a process that took
+        #: this one's instance id holds the same generation, and only the member id (aiokafka
+        #: takes a new one when its heartbeat is refused) tells them apart.
+        self._member_id: str | None = None
 
     @property
     def group_id(self) -> str:
@@ -114,7 +118,11 @@ class SchedulerLease:
         """Does this scheduler still hold the lease of ``term``, as far as it can tell?"""
         if not self.leadership.holds_or_activating(term):
             return False
-        return self._generation is None or self._generation == self._current_generation()
+        if self._generation is None:
+            return True
+        consumer = self._consumer
+        held = (self._generation, self._member_id)
+        return consumer is not None and held == (group_generation(consumer), member_id(consumer))
 
     def _current_generation(self) -> int | None:
         consumer = self._consumer
@@ -143,6 +151,7 @@ class SchedulerLease:
                 await self.on_standby()
         else:
             self._generation = self._current_generation()
+            self._member_id = None if consumer is None else member_id(consumer)
             self.kept = (
                 revoked is not None
                 and self._generation is not None
@@ -180,6 +189,18 @@ def group_generation(consumer: AIOKafkaConsumer) -> int:
             " (consumer._coordinator.generation); the lease cannot be fenced"
         )
     return generation
+
+
+def member_id(consumer: AIOKafkaConsumer) -> str:
+    """The consumer's member id in its group (aiokafka keeps it privately, as the generation);
+    raises when unreadable, for the same reason as :func:`group_generation`."""
+    found = getattr(getattr(consumer, "_coordinator", None), "member_id", None)
+    if not isinstance(found, str):
+        raise RuntimeError(
+            "scheduler lease: this aiokafka keeps no readable member id"
+            " (consumer._coordinator.member_id); the lease cannot be fenced"
+        )
+    return found
 
 
 class _Listener(ConsumerRebalanceListener):

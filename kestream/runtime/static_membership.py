@@ -12,8 +12,12 @@ Two costs, both handled here:
 - aiokafka sends no LeaveGroup for a static member, so a clean stop would leave its partitions
   unserved for a session. :func:`stop_member` leaves explicitly (LeaveGroup by member id,
   which Kafka accepts for a static member) once the caller has committed.
-- Two live processes with one id fence each other. The id is the operator's
-  (``KESTREAM_GROUP_INSTANCE_ID``, one per process), or ``standalone``'s, derived per child.
+- A replacement keeps the group generation, so a fence on the generation alone cannot tell
+  it from the process it replaced: the scheduler lease also compares the member id, which
+  aiokafka renews once the coordinator refuses it. Two live processes given one id replace
+  each other at every heartbeat (measured on Kafka 4.4), so the id must be unique among live
+  processes: the operator's (``KESTREAM_GROUP_INSTANCE_ID``, one per process), or
+  ``standalone``'s, derived per child and restarted only after the child exited.
 
 Only Apache Kafka gets the id. Tansu does honour it (a probe with a 20 s session: a replacement
 with the dead member's id owned its partitions after 13 s, Tansu's delay of a first join, one

@@ -232,6 +232,7 @@ async def test_a_step_down_lets_the_batch_in_flight_commit_what_it_wrote() -> No
 class _Coordinator:
     def __init__(self) -> None:
         self.generation = 3
+        self.member_id = "scheduler-0-a"
 
 
 class _LeaseConsumer:
@@ -255,6 +256,20 @@ async def test_the_lease_is_invalid_once_the_group_generation_moved() -> None:
     term = await _activate(service)
     assert service.lease.valid(term)
     coordinator.generation = 4  # expelled: the group went on without this member
+    assert not service.lease.valid(term)
+
+
+async def test_the_lease_is_invalid_once_another_process_took_its_instance_id() -> None:
+    """Static membership: a process started with this one's group.instance.id replaces it in
+    the same generation; this one's next heartbeat is refused and aiokafka takes a new member
+    id, which is all that tells the two apart."""
+    service, _ = _service()
+    coordinator = _Coordinator()
+    service.lease._consumer = cast(Any, _LeaseConsumer(coordinator))
+    term = await _activate(service)
+    assert service.lease.valid(term)
+    coordinator.member_id = "scheduler-0-b"
+    assert coordinator.generation == 3
     assert not service.lease.valid(term)
 
 
