@@ -37,6 +37,8 @@ from kestream.log_format import configure_logging, logging_config
 from kestream.settings import get_settings
 
 if TYPE_CHECKING:  # the models' import is heavy: `standalone` and the roles' start skip it
+    from pydantic import ValidationError
+
     from kestream.models.execution import Execution, LogEntry
 
 #: click's usage error (an unknown option, a missing argument), whose base ``BadParameter`` is
@@ -497,8 +499,22 @@ def main() -> None:
     try:
         app()
     except ValidationError as exc:
-        typer.secho(f"kestream's settings are not valid: {exc}", err=True, fg=typer.colors.RED)
+        typer.secho(
+            f"kestream's settings are not valid: {settings_errors(exc)}",
+            err=True,
+            fg=typer.colors.RED,
+        )
         sys.exit(EXIT_UNUSABLE)
+
+
+def settings_errors(exc: ValidationError) -> str:
+    """What is wrong with the settings, one ``setting: reason`` per line, without the values
+    given: a value may be a secret, and a before-validator's error holds all of them."""
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join(str(part) for part in error["loc"]) or "settings"
+        lines.append(f"{where}: {error['msg']}")
+    return "\n  " + "\n  ".join(lines)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,11 @@ _SECRET_FILE_FIELDS = (
 class Settings(BaseSettings):
     """All ``KESTREAM_*`` variables, with their defaults. See the README's table."""
 
-    model_config = SettingsConfigDict(env_prefix="KESTREAM_", frozen=True, extra="ignore")
+    #: ``hide_input_in_errors``: a validation error would otherwise quote the raw values, and
+    #: a before-validator's error quotes every setting at once, secrets included.
+    model_config = SettingsConfigDict(
+        env_prefix="KESTREAM_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     # -- broker ----------------------------------------------------------------------------
     broker: str | None = Field(

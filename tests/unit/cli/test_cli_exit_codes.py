@@ -132,3 +132,27 @@ def test_the_entry_point_keeps_the_codes(tmp_path: Path) -> None:
     bad = _kestream("validate", str(tmp_path / "x.yaml"), env=env)
     assert bad.returncode == EXIT_UNUSABLE
     assert "log_format" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_bad_setting_never_prints_a_secret(tmp_path: Path) -> None:
+    """A before-validator's error (both KESTREAM_API_PASSWORD and its _FILE) would quote every
+    setting given, tokens and passwords in clear; the message names the settings only."""
+    secret_file = tmp_path / "password"
+    secret_file.write_text("from-the-file")
+    env = {
+        **os.environ,
+        "KESTREAM_API_TOKENS": "s3cr3tTok-1234",
+        "KESTREAM_API_PASSWORD": "pw-in-clear-99",
+        "KESTREAM_API_PASSWORD_FILE": str(secret_file),
+        "KESTREAM_INDEX_URL": "postgresql://u:dbpass-77@db/kestream",
+    }
+    bad = _kestream("validate", str(tmp_path / "x.yaml"), env=env)
+    assert bad.returncode == EXIT_UNUSABLE
+    assert "KESTREAM_API_PASSWORD and KESTREAM_API_PASSWORD_FILE" in bad.stderr
+    for secret in ("s3cr3tTok-1234", "pw-in-clear-99", "dbpass-77", "from-the-file"):
+        assert secret not in bad.stderr + bad.stdout
+    # A field's own error does not quote its value either (it may be a secret's).
+    env = {**os.environ, "KESTREAM_API_MAX_FOLLOWS": "not-a-number-secret"}
+    bad = _kestream("validate", str(tmp_path / "x.yaml"), env=env)
+    assert bad.returncode == EXIT_UNUSABLE and "api_max_follows" in bad.stderr
+    assert "not-a-number-secret" not in bad.stderr
