@@ -6,8 +6,10 @@ each process that counts (heard from within three heartbeats) with its role, hos
 and the figures it publishes with each heartbeat: the partitions it owns (executor, worker), its
 consumer lag (records behind the high watermark, summed over those partitions) and the same per
 partition number (``partitionLag``, as of its last fetch), a worker's thread slots and jobs
-running, and its dead letters by source. Nothing is asked of the processes themselves, so the
-page costs one read of a table in memory, whatever the size of the installation.
+running, its dead letters by source, and its throughput (per second) and latency percentiles
+(seconds) over the interval since its previous record (:mod:`kestream.runtime.member_rates`).
+Nothing is asked of the processes themselves, so the page costs one read of a table in memory,
+whatever the size of the installation.
 
 Kestra has no such route (its cluster view is in the Enterprise Edition); the path follows its
 1.x style. It is behind the API's credentials like every route under ``/api/v1``: a process's
@@ -51,6 +53,9 @@ def member_json(member: MemberStatus, now: float) -> dict[str, Any]:
         "deadLetters": facts.get("deadLetters", {}),
         "slots": facts.get("slots"),
         "jobsRunning": facts.get("jobsRunning"),
+        "throughput": facts.get("throughput", {}),
+        "latency": facts.get("latency", {}),
+        "windowS": facts.get("windowS"),
     }
 
 

@@ -44,6 +44,7 @@ from kestream.runtime.compacted import assign_from_start, reached
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.health import Health
 from kestream.runtime.kafka import make_consumer, make_producer
+from kestream.runtime.member_rates import RateWindow
 from kestream.runtime.metrics import Metrics
 
 log = logging.getLogger("kestream.members")
@@ -91,8 +92,9 @@ class MemberStatus:
     #: The task types a worker can run (built-ins and its plugins); empty for other roles.
     task_types: tuple[str, ...] = ()
     #: What the cluster page shows of the process (:func:`process_facts`): its health checks'
-    #: public facts (partitions owned, jobs, executions), consumer lag, worker slots and
-    #: dead letters. Numbers only, as the open ``/health`` shows.
+    #: public facts (partitions owned, jobs, executions), consumer lag, worker slots, dead
+    #: letters, and throughput and latency since its last record (:mod:`.member_rates`).
+    #: Numbers only, as the open ``/health`` shows.
     facts: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -316,6 +318,8 @@ class MemberPublisher:
         self.health = health
         self.port = port
         self.metrics = metrics
+        #: Throughput and latency since the last record (:mod:`.member_rates`).
+        self._rates = RateWindow(role, metrics) if metrics is not None else None
         self.interval = interval
         self.check_every = check_every
         self.host = host or socket.gethostname()
@@ -340,6 +344,8 @@ class MemberPublisher:
         live, _ = self.health.live()
         not_ready = () if ready else tuple(self.health.not_ready())
         facts = process_facts(self.role, detail.get("checks", {}), self.metrics)
+        if self._rates is not None:
+            facts.update(self._rates.figures())
         return MemberStatus(
             self.role, self.host, self.pid, self.port, ready, live, self.started, self.clock(),
             not_ready, self.group, self.task_types, facts,

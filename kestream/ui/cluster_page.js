@@ -6,8 +6,11 @@
  * letters it wrote; which process owns each partition of the executor's and the worker's
  * topics, with that partition's lag (as of its owner's last fetch); and the embedded broker's
  * warning when it keeps
- * everything in memory only. Each process's consumer lag and jobs running are drawn as
- * sparklines of the samples read since the page opened (the last minute).
+ * everything in memory only. Each process's consumer lag, jobs running, throughput (an
+ * executor's executions and task runs ended per second, a worker's task runs done) and latency
+ * (p50 and p99 of an executor's step and of a worker's task runs) are drawn as sparklines of
+ * the records read since the page opened (the last minute). Throughput and latency are what
+ * each process measured over the interval between two of its records, from its own metrics.
  */
 import { getJson } from "./api.js";
 import { errorBox, fill, h } from "./dom.js";
@@ -16,6 +19,9 @@ const REFRESH_MS = 2000;
 /** Samples kept per process for its sparklines: a minute at one read every two seconds. */
 const SAMPLES = 30;
 const SVG = "http://www.w3.org/2000/svg";
+/** The throughput and latency sparklines' size: their own table has the room. */
+const WIDE = 160;
+const TALL = 28;
 
 /**
  * Sorted partitions as ranges: `0–7, 9, 12–15`.
@@ -34,27 +40,65 @@ export function ranges(partitions) {
 }
 
 /**
- * A sparkline of `values` (an SVG polyline scaled to its largest value), with its last value
- * as text for screen readers and for the eye.
- * @param {number[]} values
+ * A sparkline of one or more series (SVG polylines scaled together to their largest value; a
+ * `null` sample, a latency with nothing observed, breaks its line), with `label` as text for
+ * screen readers and for the eye.
+ * @param {{values: (number | null)[], kind?: string}[]} series
  * @param {string} what
+ * @param {string} label
+ * @param {number} [width]
+ * @param {number} [height]
  */
-function sparkline(values, what) {
-  const width = 80;
-  const height = 18;
-  const top = Math.max(1, ...values);
-  const step = values.length > 1 ? width / (SAMPLES - 1) : 0;
-  const points = values.map((v, i) => `${(i * step).toFixed(1)},${(height - 1 - (v / top) * (height - 2)).toFixed(1)}`).join(" ");
+function sparkline(series, what, label, width = 80, height = 18) {
+  const numbers = series.flatMap((s) => s.values.filter((v) => v != null));
+  const top = Math.max(1e-9, ...numbers.map(Number));
+  const step = width / (SAMPLES - 1);
   const svg = document.createElementNS(SVG, "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.setAttribute("class", "spark");
+  svg.setAttribute("width", String(width));
+  svg.setAttribute("height", String(height));
   svg.setAttribute("aria-hidden", "true");
-  const line = document.createElementNS(SVG, "polyline");
-  line.setAttribute("points", points);
-  svg.append(line);
-  const last = values.length ? values[values.length - 1] : 0;
-  return h("span", { class: "spark-cell", title: `${what}: last ${values.length} samples, max ${top}` }, svg, ` ${last}`);
+  for (const { values, kind } of series) {
+    /** @type {string[][]} */
+    const runs = [[]];
+    // The newest sample at the right edge: the line grows leftwards as samples come.
+    const first = width - (values.length - 1) * step;
+    values.forEach((v, i) => {
+      if (v == null) runs.push([]);
+      else runs[runs.length - 1].push(`${(first + i * step).toFixed(1)},${(height - 1 - (v / top) * (height - 2)).toFixed(1)}`);
+    });
+    for (const points of runs.filter((run) => run.length)) {
+      const line = document.createElementNS(SVG, "polyline");
+      line.setAttribute("points", points.length > 1 ? points.join(" ") : `${points[0]} ${points[0]}`);
+      if (kind) line.setAttribute("class", kind);
+      svg.append(line);
+    }
+  }
+  const samples = Math.max(0, ...series.map((s) => s.values.length));
+  return h("span", { class: "spark-cell", title: `${what}: last ${samples} samples, max ${round(top)}` }, svg, ` ${label}`);
 }
+
+/** @param {number} value */
+function round(value) {
+  return Number(value.toPrecision(3)).toString();
+}
+
+/**
+ * Seconds as a person reads a latency: `850 µs`, `2.5 ms`, `1.2 s`; `–` for none.
+ * @param {number | null | undefined} seconds
+ */
+export function latencyText(seconds) {
+  if (seconds == null) return "–";
+  if (seconds < 0.001) return `${round(seconds * 1e6)} µs`;
+  if (seconds < 1) return `${round(seconds * 1000)} ms`;
+  return `${round(seconds)} s`;
+}
+
+/** What a role's throughput names mean on the page. */
+const THROUGHPUT = { executions: "executions ended", taskRuns: "task runs done" };
+/** What a role's latency names mean on the page. */
+const LATENCY = { step: "executor step", taskRun: "task run" };
 
 /**
  * The partitions a process owns, from its health checks (a check that reports `partitions`).
@@ -119,25 +163,62 @@ function assignments(members, count) {
   });
 }
 
+/**
+ * A process's throughput: its figures per second over its last record's interval, and their
+ * sparklines (empty for a role that publishes none).
+ * @param {any} member
+ * @param {Record<string, number[]>} samples
+ */
+function throughputCell(member, samples) {
+  const names = Object.keys(member.throughput ?? {});
+  if (!names.length) return "";
+  const label = names.map((name) => `${round(Number(member.throughput[name]))}/s ${THROUGHPUT[/** @type {keyof typeof THROUGHPUT} */ (name)] ?? name}`).join(", ");
+  return sparkline(names.map((name, i) => ({ values: samples[name] ?? [], kind: i ? "second" : "" })), "per second", label, WIDE, TALL);
+}
+
+/**
+ * A process's latency: p50 and p99 over its last record's interval, and their sparklines (the
+ * p99 line over the p50's).
+ * @param {any} member
+ * @param {Record<string, {p50: (number | null)[], p99: (number | null)[]}>} samples
+ */
+function latencyCell(member, samples) {
+  return Object.entries(member.latency ?? {}).map(([name, { p50, p99 }]) => {
+    const series = samples[name] ?? { p50: [], p99: [] };
+    const what = LATENCY[/** @type {keyof typeof LATENCY} */ (name)] ?? name;
+    return h(
+      "div",
+      { "data-latency-of": name },
+      sparkline([{ values: series.p50, kind: "second" }, { values: series.p99 }], `${what} latency, p50 and p99`, `${what} ${latencyText(p50)} / ${latencyText(p99)}`, WIDE, TALL),
+    );
+  });
+}
+
 /** @type {import("./app.js").Page} */
 export function clusterPage(root) {
   const status = h("div", { "aria-live": "polite" });
   const broker = h("div", { id: "broker" });
   const members = h("div", { class: "table-wrap" });
   const partitions = h("div", { id: "partitions" });
+  const activity = h("div", { class: "table-wrap" });
   fill(
     root,
     h("div", { class: "row" }, h("h1", {}, "Cluster"), h("span", { id: "cluster-status" })),
     broker,
     status,
     h("section", { "aria-labelledby": "members-title" }, h("h2", { id: "members-title" }, "Role processes"), members),
+    h("section", { "aria-labelledby": "activity-title" }, h("h2", { id: "activity-title" }, "Throughput and latency"), activity),
     h("section", { "aria-labelledby": "partitions-title" }, h("h2", { id: "partitions-title" }, "Partitions"), partitions),
   );
   const headline = /** @type {HTMLElement} */ (root.querySelector("#cluster-status"));
   let stopped = false;
-  /** @type {Map<string, {lag: number[], jobs: number[]}>} samples by process key */
+  /**
+   * Samples by process key; `record` tells a new heartbeat record from one read again (its
+   * time since the process started), so each record is one sample of its interval's figures.
+   * @type {Map<string, {record: number, lag: number[], jobs: number[], throughput: Record<string, number[]>, latency: Record<string, {p50: (number | null)[], p99: (number | null)[]}>}>}
+   */
   const history = new Map();
-  /** @param {number[]} list @param {number} value */
+  /** @template T @param {T[]} list @param {T} value */
   const push = (list, value) => {
     list.push(value);
     if (list.length > SAMPLES) list.shift();
@@ -150,9 +231,19 @@ export function clusterPage(root) {
       const present = new Set();
       for (const m of cluster.members) {
         present.add(m.key);
-        const samples = history.get(m.key) ?? { lag: [], jobs: [] };
-        push(samples.lag, sum(m.consumerLag));
-        push(samples.jobs, Number(m.jobsRunning ?? 0));
+        const samples = history.get(m.key) ?? { record: NaN, lag: [], jobs: [], throughput: {}, latency: {} };
+        const record = Math.round((m.startedS - m.heardS) * 1000);
+        if (record !== samples.record) {
+          samples.record = record;
+          push(samples.lag, sum(m.consumerLag));
+          push(samples.jobs, Number(m.jobsRunning ?? 0));
+          for (const [name, rate] of Object.entries(m.throughput ?? {})) push((samples.throughput[name] ??= []), Number(rate));
+          for (const [name, { p50, p99 }] of Object.entries(m.latency ?? {})) {
+            const series = (samples.latency[name] ??= { p50: [], p99: [] });
+            push(series.p50, p50);
+            push(series.p99, p99);
+          }
+        }
         history.set(m.key, samples);
       }
       for (const key of history.keys()) if (!present.has(key)) history.delete(key);
@@ -189,15 +280,40 @@ export function clusterPage(root) {
                 h("td", {}, health(m), m.notReady?.length ? h("span", { class: "muted" }, ` ${m.notReady.join(", ")}`) : null),
                 h("td", { class: "mono", "data-partitions": "" }, ranges(partitionsOf(m))),
                 h("td", { "data-lag": "" }, Object.keys(m.consumerLag ?? {}).length ? Object.entries(m.consumerLag).map(([k, v]) => `${k} ${v}`).join(", ") : ""),
-                h("td", {}, Object.keys(m.consumerLag ?? {}).length ? sparkline(history.get(m.key)?.lag ?? [], "consumer lag") : ""),
+                h("td", {}, Object.keys(m.consumerLag ?? {}).length ? sparkline([{ values: history.get(m.key)?.lag ?? [] }], "consumer lag", String(sum(m.consumerLag))) : ""),
                 h("td", { "data-slots": "" }, m.slots == null ? "" : `${m.jobsRunning ?? 0} / ${m.slots}`),
-                h("td", {}, m.slots == null ? "" : sparkline(history.get(m.key)?.jobs ?? [], "jobs running")),
+                h("td", {}, m.slots == null ? "" : sparkline([{ values: history.get(m.key)?.jobs ?? [] }], "jobs running", String(m.jobsRunning ?? 0))),
                 h("td", { "data-dead-letters": "" }, String(sum(m.deadLetters))),
                 h("td", {}, `${Math.round(m.startedS)} s`),
               ),
             ),
           ),
         ),
+      );
+      const busy = cluster.members.filter((/** @type {any} */ m) => Object.keys(m.throughput ?? {}).length || Object.keys(m.latency ?? {}).length);
+      fill(
+        activity,
+        busy.length
+          ? h(
+              "table",
+              { class: "list", id: "activity" },
+              h("thead", {}, h("tr", {}, ["Role", "Process", "Throughput, last minute", "Latency p50 / p99, last minute"].map((name) => h("th", { scope: "col" }, name)))),
+              h(
+                "tbody",
+                {},
+                busy.map((/** @type {any} */ m) =>
+                  h(
+                    "tr",
+                    { "data-role": m.role, "data-key": m.key },
+                    h("td", {}, m.group ? `${m.role} (${m.group})` : m.role),
+                    h("td", { class: "mono" }, `${m.host}/${m.pid}`),
+                    h("td", { "data-throughput": "" }, throughputCell(m, history.get(m.key)?.throughput ?? {})),
+                    h("td", { "data-latency": "" }, latencyCell(m, history.get(m.key)?.latency ?? {})),
+                  ),
+                ),
+              ),
+            )
+          : h("p", { class: "muted" }, "No process has published its throughput yet (each does with its heartbeat after the first)."),
       );
       fill(partitions, assignments(cluster.members, cluster.partitions));
     } catch (error) {

@@ -9,7 +9,8 @@
  * button with a form generated from its Pause task's `onResume` inputs (read from the flow's
  * revision the execution runs), sent to the resume route. An ended one has a Replay button:
  * the replay route makes a new execution, from its start or from a chosen task run (the runs
- * before it are kept), and the page opens it.
+ * before it are kept), with the execution's inputs or with inputs changed in a form of the
+ * flow's inputs (the replay-with-inputs route), and the page opens it.
  *
  * The log lines received are kept, so the search box narrows the ones shown as it is typed
  * without asking the API again (the follow route has no text filter). Stored files named by
@@ -217,10 +218,14 @@ export function executionPage(root, [id]) {
 
   /**
    * The Replay form: from the start, or from one of the task runs (by task, loop value and
-   * state), on the revision the execution ran.
+   * state), on the revision the execution ran. "Change the inputs" adds a form of the flow's
+   * inputs at that revision (`inputs_form.js`), filled with the execution's own values, sent
+   * to the replay-with-inputs route instead (a FILE keeps its stored file unless another is
+   * chosen).
    */
   const openReplay = () => {
-    const runs = latest?.taskRunList ?? [];
+    const execution = latest;
+    const runs = execution?.taskRunList ?? [];
     const from = h(
       "select",
       { id: "replay-from" },
@@ -230,15 +235,48 @@ export function executionPage(root, [id]) {
       ),
     );
     const outcome = h("div", { "aria-live": "polite" });
+    const inputsBox = h("div", { id: "replay-inputs" });
+    const change = h("input", { type: "checkbox", role: "switch", id: "replay-change-inputs", "aria-controls": "replay-inputs" });
+    /** @type {{inputs: import("./inputs_form.js").InputDef[], form: ReturnType<typeof inputsForm>} | null} */
+    let changed = null;
+    change.addEventListener("change", async () => {
+      changed = null;
+      fill(inputsBox);
+      if (!change.checked || !execution) return;
+      try {
+        const revision = execution.flowRevision ? `?revision=${execution.flowRevision}` : "";
+        const flow = await getJson(`/flows/${encodeURIComponent(execution.namespace)}/${encodeURIComponent(execution.flowId)}${revision}`);
+        const given = execution.inputs ?? {};
+        /** @type {import("./inputs_form.js").InputDef[]} */
+        const inputs = (flow.inputs ?? []).map((/** @type {any} */ input) => (input.id in given ? { ...input, defaults: given[input.id] } : input));
+        if (!change.checked) return;
+        changed = { inputs, form: inputsForm(inputs, "replay-input") };
+        fill(inputsBox, changed.form.fields.length ? changed.form.fields : h("p", { class: "muted" }, "The flow has no inputs."));
+      } catch (error) {
+        fill(inputsBox, errorBox(/** @type {Error} */ (error).message));
+      }
+    });
     /** @param {SubmitEvent} event */
     const submit = async (event) => {
       event.preventDefault();
       const query = from.value ? `?taskRunId=${encodeURIComponent(from.value)}` : "";
+      fill(outcome);
       try {
-        const replayed = await getJson(`${path}/replay${query}`, { method: "POST" });
+        let replayed;
+        if (changed) {
+          changed.form.showErrors([]);
+          const body = changed.form.formData();
+          for (const input of changed.inputs) {
+            if (input.type.toUpperCase() === "FILE" && input.defaults != null && !body.has(input.id)) body.append(input.id, String(input.defaults));
+          }
+          replayed = await (await call("POST", `${path}/replay-with-inputs${query}`, body)).json();
+        } else {
+          replayed = await getJson(`${path}/replay${query}`, { method: "POST" });
+        }
         location.hash = `#/executions/${encodeURIComponent(replayed.id)}`;
       } catch (error) {
-        fill(outcome, errorBox(/** @type {Error} */ (error).message));
+        const rest = changed && error instanceof ApiError ? changed.form.showErrors(error.problems) : [];
+        fill(outcome, errorBox(/** @type {Error} */ (error).message), rest.filter(Boolean).map((m) => errorBox(m)));
       }
     };
     const cancel = () => {
@@ -249,11 +287,13 @@ export function executionPage(root, [id]) {
       resumeBox,
       h(
         "form",
-        { class: "inputs-form card", id: "replay-form", onsubmit: submit, "aria-label": "Replay" },
+        { class: "inputs-form card", id: "replay-form", novalidate: true, onsubmit: submit, "aria-label": "Replay" },
         h("h2", {}, "Replay as a new execution"),
         h("label", { for: "replay-from" }, "Run again"),
         from,
         h("p", { class: "muted hint" }, "The task runs before the one chosen keep their outputs; it and everything after run again."),
+        h("label", {}, change, " Change the inputs"),
+        inputsBox,
         h(
           "div",
           { class: "row" },

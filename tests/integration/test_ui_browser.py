@@ -21,6 +21,7 @@ the highlighted editor; and the logs page searching the lines of every execution
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ import pytest
 from api_stack import PASSWORD, USERNAME, Stack, start_stack
 from browser import chromium, console_errors
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -84,7 +85,9 @@ def driver(tmp_path: Path) -> Iterator[webdriver.Chrome]:
 
 
 def wait(driver: webdriver.Chrome) -> WebDriverWait[webdriver.Chrome]:
-    return WebDriverWait(driver, WAIT_S)
+    """Waits that read redrawn elements (a refreshed list, the cluster's tables) try again
+    when an element they found was replaced meanwhile."""
+    return WebDriverWait(driver, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
 
 
 def text_of(driver: webdriver.Chrome, selector: str, text: str) -> None:
@@ -290,7 +293,9 @@ def test_the_shell_by_keyboard_in_both_themes_at_desktop_and_phone_widths(
             "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
         )
         assert overflow <= 0, f"{page} is wider than a phone's screen by {overflow} px"
-    screenshot(driver, f"flows-{switched}-phone", tmp_path)
+        if page == "#/flows":
+            text_of(driver, "#flows", "branches")
+            screenshot(driver, f"flows-{switched}-phone", tmp_path)
     assert stack.request("DELETE", f"/executions/{execution_id}/kill").status == 202
     no_console_errors(driver, "the shell")
 
@@ -510,8 +515,57 @@ def test_the_cluster_page_shows_each_role_with_its_partitions(
             owned = {str(p) for check in checks for p in check.get("partitions", [])}
             assert set(member["partitionLag"]) <= owned, member
     assert not driver.find_elements(By.ID, "memory-only")  # durable by default
+
+    # Work done while the page is open shows in the processes' throughput and latency.
+    ns = f"it.ui.n{uuid.uuid4().hex[:8]}"
+    assert stack.post_yaml("/flows", shell_steps(ns)).status == 200
+    started = [stack.request("POST", f"/executions/{ns}/shell").json()["id"] for _ in range(4)]
+    for execution_id in started:
+        stack.wait_state(execution_id, {"SUCCESS"})
+
+    def shown(role: str, cell: str) -> list[str]:
+        rows = driver.find_elements(By.CSS_SELECTOR, f'#activity tr[data-role="{role}"]')
+        return [row.find_element(By.CSS_SELECTOR, cell).text for row in rows]
+
+    def moved(role: str, rate: str, latency: str) -> bool:
+        rates = shown(role, "[data-throughput]")
+        latencies = shown(role, f'[data-latency-of="{latency}"]')
+        return any(
+            re.search(rf"(?<![\d.])(?!0/s)[\d.]+/s (?:{rate})", text) for text in rates
+        ) and any(re.search(r"\d (µs|ms|s) / [\d.]+ (µs|ms|s)", text) for text in latencies)
+
+    wait(driver).until(lambda _: moved("executor", "task runs done|executions ended", "step"))
+    wait(driver).until(lambda _: moved("worker", "task runs done", "taskRun"))
+    worker = driver.find_element(By.CSS_SELECTOR, '#activity tr[data-role="worker"]')
+    assert worker.find_elements(By.CSS_SELECTOR, "[data-latency] svg.spark polyline")
+
+    def samples_drawn(_: Any) -> bool:  # one point per record read: the work, then its end
+        line = driver.find_element(
+            By.CSS_SELECTOR, '#activity tr[data-role="worker"] [data-throughput] polyline'
+        )
+        return len((line.get_attribute("points") or "").split()) >= 5
+
+    more = [stack.request("POST", f"/executions/{ns}/shell").json()["id"] for _ in range(4)]
+    wait(driver).until(samples_drawn)
+    driver.execute_script("document.getElementById('activity-title').scrollIntoView()")
     screenshot(driver, "cluster", tmp_path)
+    for execution_id in more:
+        stack.wait_state(execution_id, {"SUCCESS"})
     no_console_errors(driver, "the cluster page")
+
+
+def shell_steps(ns: str) -> str:
+    return f"""\
+id: shell
+namespace: {ns}
+tasks:
+  - id: first
+    type: io.kestra.plugin.scripts.shell.Commands
+    commands: ["true"]
+  - id: second
+    type: io.kestra.plugin.scripts.shell.Commands
+    commands: ["true"]
+"""
 
 
 def labelled_sleep(stack: Stack, ns: str, label: str | None) -> str:
@@ -550,11 +604,15 @@ def test_bulk_kill_restart_and_delete_of_executions_selected_under_a_label_filte
     select_all = driver.find_element(By.ID, "select-all")
     select_all.send_keys(Keys.SPACE)  # by keyboard
     text_of(driver, "#selected-count", "3 selected")
-    row = driver.find_element(By.CSS_SELECTOR, f'#executions tr[data-id="{tagged[0]}"]')
-    wait(driver).until(ec.staleness_of(row))  # redrawn by its refresh: the selection stays
-    assert driver.switch_to.active_element.get_attribute("id") == "select-all"
+    # The list redraws its rows every 1.5 s: a row's control that has the focus gets it back.
+    for control in (f'input[data-select="{tagged[1]}"]', f'tr[data-id="{tagged[1]}"] a'):
+        focused = driver.find_element(By.CSS_SELECTOR, f"#executions {control}")
+        driver.execute_script("arguments[0].focus()", focused)
+        wait(driver).until(ec.staleness_of(focused))  # its row redrawn by the refresh
+        redrawn = driver.find_element(By.CSS_SELECTOR, f"#executions {control}")
+        assert driver.switch_to.active_element == redrawn, control
     checked = driver.find_elements(By.CSS_SELECTOR, "#executions input[data-select]:checked")
-    assert len(checked) == 3
+    assert len(checked) == 3  # the selection stays too
     screenshot(driver, "executions-bulk", tmp_path)
     bulk(driver, "kill", "Kill: 3 kill requested")
     for execution_id in tagged:
@@ -785,6 +843,8 @@ def test_the_flow_page_draws_its_diagram_triggers_revision_diff_and_highlighting
     assert ["second words" in e.text for e in added] == [True]
     Select(driver.find_element(By.ID, "revision-from")).select_by_value("2")
     text_of(driver, "#diff-summary", "The same source")
+    Select(driver.find_element(By.ID, "revision-from")).select_by_value("1")
+    text_of(driver, "#diff-summary", "2 lines changed")  # what the screenshot shows
 
     keys = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".highlight .y-key")]
     assert keys[:3] == ["id", "namespace", "tasks"], keys
@@ -798,6 +858,7 @@ def test_the_flow_page_draws_its_diagram_triggers_revision_diff_and_highlighting
             "# typed" in [e.text for e in d.find_elements(By.CSS_SELECTOR, ".highlight .y-comment")]
         )
     )
+    driver.set_window_size(1280, 1800)  # the diagram, the triggers and the diff in one image
     driver.execute_script("document.getElementById('diagram').scrollIntoView()")
     screenshot(driver, "flow-diagram-revisions", tmp_path)
     no_console_errors(driver, "the flow page's diagram, triggers and revisions")
@@ -857,3 +918,80 @@ def test_the_logs_page_searches_the_lines_of_every_execution(
     links[0].send_keys(Keys.ENTER)  # by keyboard
     text_of(driver, "#execution-id", target)
     no_console_errors(driver, "the logs page")
+
+
+def greeting(ns: str) -> str:
+    return f"""\
+id: greet
+namespace: {ns}
+inputs:
+  - id: name
+    type: STRING
+  - id: times
+    type: INT
+    defaults: 1
+  - id: polite
+    type: BOOLEAN
+    defaults: false
+tasks:
+  - id: first
+    type: io.kestra.plugin.core.log.Log
+    message: "first for {{{{ inputs.name }}}}"
+  - id: hello
+    type: io.kestra.plugin.core.log.Log
+    message: "hello {{{{ inputs.name }}}} x{{{{ inputs.times }}}} {{{{ inputs.polite }}}}"
+"""
+
+
+def test_replay_with_changed_inputs_from_a_form_of_the_flows_inputs(
+    stack: Stack, driver: webdriver.Chrome
+) -> None:
+    ns = f"it.ui.n{uuid.uuid4().hex[:8]}"
+    assert stack.post_yaml("/flows", greeting(ns)).status == 200
+    started = stack.post_form(f"/executions/{ns}/greet", {"name": "Ada", "times": "2"})
+    assert started.status == 200, started.body
+    execution_id = started.json()["id"]
+    ended = stack.wait_state(execution_id, {"SUCCESS"})
+    hello = next(run for run in ended["taskRunList"] if run["taskId"] == "hello")
+
+    log_in(driver, stack)
+    driver.get(f"{stack.base}/ui/#/executions/{execution_id}")
+    text_of(driver, "#logs", "hello Ada x2 false")
+    wait(driver).until(ec.element_to_be_clickable((By.ID, "replay"))).click()
+    Select(wait(driver).until(ec.element_to_be_clickable((By.ID, "replay-from")))).select_by_value(
+        hello["id"]
+    )
+    change = driver.find_element(By.ID, "replay-change-inputs")
+    change.send_keys(Keys.SPACE)  # the switch, by keyboard
+    name = wait(driver).until(ec.element_to_be_clickable((By.ID, "replay-input-name")))
+    # Filled with the execution's own values, not the flow's defaults.
+    assert name.get_attribute("value") == "Ada"
+    assert driver.find_element(By.ID, "replay-input-times").get_attribute("value") == "2"
+    polite = driver.find_element(By.ID, "replay-input-polite")
+    assert polite.get_attribute("role") == "switch" and not polite.is_selected()
+    no_console_errors(driver, "the replay form")
+
+    name.clear()  # a required input left empty: the API refuses it, beside the field
+    driver.find_element(By.ID, "replay-submit").click()
+    text_of(driver, '#replay-form [data-input="name"] .field-error', "Invalid input 'name'")
+    assert name.get_attribute("aria-invalid") == "true"
+    only_the_refusal(driver, f"/executions/{execution_id}/replay-with-inputs")
+    assert execution_id in driver.current_url  # nothing was replayed
+
+    name.send_keys("Grace")
+    polite.send_keys(Keys.SPACE)
+    driver.find_element(By.ID, "replay-submit").click()
+    wait(driver).until(lambda d: execution_id not in d.current_url)
+    replay_id = driver.current_url.rsplit("/", 1)[1]
+    text_of(driver, "#execution-id", replay_id)
+    text_of(driver, "#execution-state", "SUCCESS")
+    text_of(driver, "#logs", "hello Grace x2 true")
+    replayed = stack.wait_state(replay_id, {"SUCCESS"})
+    assert replayed["parentId"] == execution_id
+    assert replayed["inputs"] == {"name": "Grace", "times": 2, "polite": True}
+    frames = stack.events(f"/logs/{replay_id}/follow")
+    lines = [line["message"] for frame_id, line in frames if frame_id == "progress"]
+    # Replayed from `hello`: `first` kept from the original (its line not written again).
+    assert "hello Grace x2 true" in lines and not any(m.startswith("first") for m in lines)
+    assert stack.get(f"/executions/{execution_id}").json()["inputs"]["name"] == "Ada"
+    no_console_errors(driver, "the replayed execution's page")

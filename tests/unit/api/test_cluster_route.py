@@ -18,7 +18,14 @@ from pydantic import SecretStr
 from kestream.api.app import install_api
 from kestream.api.handle import ApiHandle
 from kestream.runtime.health import Check, Health
-from kestream.runtime.members import MemberBoard, MemberPublisher, MemberStatus, Roster
+from kestream.runtime.member_rates import RateWindow
+from kestream.runtime.members import (
+    MemberBoard,
+    MemberPublisher,
+    MemberStatus,
+    Roster,
+    process_facts,
+)
 from kestream.runtime.metrics import Metrics
 from kestream.runtime.restarts import CRASHES_FILE_ENV
 from kestream.settings import Settings
@@ -103,6 +110,25 @@ async def test_each_process_with_its_partitions_lag_slots_and_dead_letters(
     assert worker["partitionLag"] == {"0": 4.0, "1": 3.0}
     assert (worker["slots"], worker["jobsRunning"]) == (16.0, 3.0)
     assert worker["deadLetters"] == {"worker": 1.0}
+    assert (executor["throughput"], executor["latency"]) == ({}, {})  # none in a first record
+
+
+async def test_throughput_and_latency_of_the_interval_between_two_records(
+    client: TestClient[web.Request, web.Application], roster: Roster
+) -> None:
+    metrics = Metrics(process_collectors=False)
+    ticks = iter([10.0, 14.0])
+    window = RateWindow("executor", metrics, clock=lambda: next(ticks))
+    for _ in range(8):
+        metrics.execution_ended("n", "f", "SUCCESS", 0.5)
+        metrics.executor_batch_done(1, 0.003)
+    facts = {**process_facts("executor", {}, metrics), **window.figures()}  # 4 s later
+    roster.put(MemberStatus("executor", "h1", 9, None, True, True, NOW, NOW, facts=facts))
+    (member,) = (await (await client.get("/api/v1/main/cluster", headers=AUTH)).json())["members"]
+    assert member["windowS"] == 4.0
+    assert member["throughput"] == {"executions": 2.0, "taskRuns": 0.0}
+    assert 0.0025 < member["latency"]["step"]["p50"] <= 0.005
+    assert 0.0025 < member["latency"]["step"]["p99"] <= 0.005
 
 
 async def test_needs_credentials_and_keeps_the_figures_off_the_open_health(
