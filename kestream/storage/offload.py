@@ -243,22 +243,129 @@ def adopt_references(
 
 
 def _adopted(ref: dict[str, Any], sources: tuple[str, ...], target: str, store: Storage) -> Any:
+    """The reference to ``ref``'s copy in ``target`` (made if it is not there yet), or ``ref``
+    itself when it points outside ``sources``.
+
+    A stored value may hold references itself: a spill of a ForEachItem's gathered list starts
+    with one to the spill before it and holds those to children's outputs stored alone. Such a
+    copy has them rewritten to point at copies of their own (made first), so the new execution
+    reads only its own folder and a purge of the old one breaks nothing. Spills chain one
+    behind the other: the files are walked with a stack of their own, never with recursion."""
+    root = _source_key(ref, sources)
+    if root is None:
+        return ref
+    copies: dict[str, dict[str, Any]] = {}  # source key -> the reference to its copy
+    # (source key, its reference's size, the value read when it holds references, else _UNREAD)
+    pending: list[tuple[str, int, Any]] = [(root, ref[SIZE_KEY], _UNREAD)]
+    walking = {root}
+    while pending:
+        key, size, value = pending[-1]
+        copy = _copy_key(key, sources, target)
+        if value is _UNREAD:
+            value = _copied_or_read(key, copy, size, store, copies)
+            if value is _UNREAD:  # copied as it is (or its copy already there, or gone)
+                pending.pop()
+                walking.discard(key)
+                continue
+            nested: dict[str, int] = {}
+            for node in _references(value):
+                inner = _source_key(node, sources)
+                # a key on the stack already is a cycle (a malformed value): its reference stays
+                if inner is not None and inner not in copies and inner not in walking:
+                    nested[inner] = node[SIZE_KEY]
+            pending[-1] = (key, size, value)
+            if nested:
+                pending.extend((inner, inner_size, _UNREAD) for inner, inner_size in nested.items())
+                walking.update(nested)
+                continue
+        data = orjson.dumps(_rewritten(value, copies))
+        _put_copy(store, copy, data, key)
+        copies[key] = reference(to_uri(copy), len(data))
+        pending.pop()
+        walking.discard(key)
+    return copies[root]
+
+
+#: A value not read yet (JSON has no such value: ``None`` is ``null``).
+_UNREAD: Any = object()
+#: How a stored value that holds references shows it, cheaply looked for before parsing.
+_REF_MARK = orjson.dumps(REF_KEY)
+
+
+def _source_key(ref: dict[str, Any], sources: tuple[str, ...]) -> str | None:
+    """``ref``'s key when it lies in one of the folders ``sources``; else None."""
     try:
         key = parse_uri(ref[REF_KEY])
     except StorageUriError:
-        return ref
-    source = next((prefix for prefix in sources if key.startswith(prefix)), None)
-    if source is None:
-        return ref
-    copy = target + key[len(source) :]
+        return None
+    return key if any(key.startswith(prefix) for prefix in sources) else None
+
+
+def _copy_key(key: str, sources: tuple[str, ...], target: str) -> str:
+    source = next(prefix for prefix in sources if key.startswith(prefix))
+    return target + key[len(source) :]
+
+
+def _copied_or_read(
+    key: str, copy: str, size: int, store: Storage, copies: dict[str, dict[str, Any]]
+) -> Any:
+    """Copy ``key`` to ``copy`` as it is and note the copy's reference in ``copies``, unless it
+    holds references: then its value, to rewrite (:data:`_UNREAD` otherwise). A copy already
+    there is kept (its nested copies were made before it); a source that is gone leaves the
+    reference pointing at the missing copy, to fail where it is read."""
     try:
-        if not store.exists(copy):
-            store.put(copy, store.get(key))
+        if store.exists(copy):
+            copies[key] = reference(to_uri(copy), store.size(copy))
+            return _UNREAD
+        data = store.get(key)
     except FileNotFoundError:
-        pass
+        copies[key] = reference(to_uri(copy), size)
+        return _UNREAD
     except Exception as exc:
-        raise StorageUnavailable(f"'{ref[REF_KEY]}' cannot be copied now: {exc!r}") from exc
-    return reference(to_uri(copy), ref[SIZE_KEY])
+        raise StorageUnavailable(f"'{to_uri(key)}' cannot be copied now: {exc!r}") from exc
+    if _REF_MARK in data:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass  # not a stored value (a file a reference-shaped output names): copied as is
+    _put_copy(store, copy, data, key)
+    copies[key] = reference(to_uri(copy), len(data))
+    return _UNREAD
+
+
+def _put_copy(store: Storage, copy: str, data: bytes, key: str) -> None:
+    try:
+        store.put(copy, data)
+    except Exception as exc:
+        raise StorageUnavailable(f"'{to_uri(key)}' cannot be copied now: {exc!r}") from exc
+
+
+def _references(value: Any) -> Iterator[dict[str, Any]]:
+    """Every reference inside ``value`` (JSON data), depth first."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if type(node) is dict:
+            if is_reference(node):
+                yield node
+            else:
+                stack.extend(node.values())
+        elif type(node) is list:
+            stack.extend(node)
+
+
+def _rewritten(value: Any, copies: dict[str, dict[str, Any]]) -> Any:
+    """``value`` with each reference that has a copy in ``copies`` pointing at it."""
+    if type(value) is dict:
+        if is_reference(value):
+            try:
+                return copies.get(parse_uri(value[REF_KEY]), value)
+            except StorageUriError:
+                return value
+        return {key: _rewritten(entry, copies) for key, entry in value.items()}
+    if type(value) is list:
+        return [_rewritten(entry, copies) for entry in value]
+    return value
 
 
 class Resolving(Mapping[str, Any]):

@@ -15,7 +15,7 @@ from kestream.executor.references import LOADER, gathered
 from kestream.models.state import StateType
 from kestream.storage import Storage, execution_prefix, parse_uri
 from kestream.storage.current import remove_execution_files
-from kestream.storage.offload import REF_KEY, expand_gathered, is_reference
+from kestream.storage.offload import REF_KEY, adopt_references, expand_gathered, is_reference
 from kestream.testing import Driver
 
 S = StateType
@@ -229,20 +229,73 @@ def test_a_for_each_items_gathered_outputs_stay_within_the_threshold_and_merge_w
 def test_a_for_each_item_childs_outputs_past_the_threshold_are_merged_from_the_parent(
     storage: Storage,
 ) -> None:
+    """The children's outputs the parent keeps are its own copies: once the children's files
+    are gone, the merge task run again (a replay from it) still finds every row."""
     lines = ["a" * 1500, "b" * 1500, "c"]  # two children whose outputs are stored alone
     with _driver() as driver:
         driver.deploy(CHILD_ROWS)
         driver.deploy(_each_parent(lines))
         done = driver.start("acme.team", "many")
+        assert done.state.current is S.SUCCESS
         children = driver.children(done.id)
+        reached = _stored_keys(storage, _run(done, "each_items").outputs["outputs"])
+        assert len(reached) == 2
         for child in children:  # the children's folders go: the parent holds its own copies
+            assert not any(
+                key.startswith(execution_prefix("acme.team", "rows", child.id)) for key in reached
+            )
             remove_execution_files("acme.team", "rows", child.id)
-    assert done.state.current is S.SUCCESS
-    merged = storage.get(parse_uri(_run(done, "each_merge").outputs["subflowOutputs"]))
-    assert sorted(orjson.loads(line)["row"] for line in merged.splitlines()) == sorted(lines)
-    prefix = execution_prefix("acme.team", "many", done.id)
-    stored = storage.list(prefix + "tasks/")
-    assert any("/_outputs/" in key for key in stored)
+        LOADER.clear()
+        again = driver.replay(done.id, task_run_id=_run(done, "each_merge").id)
+        logs = [line.message for line in driver.logs(again.id)]
+    assert again.state.current is S.SUCCESS, logs
+    assert sorted(_merged_rows(storage, again)) == sorted(lines)
+
+
+def test_a_replay_from_the_merge_reads_spills_of_its_own_and_outlives_the_original(
+    storage: Storage,
+) -> None:
+    """The gathered list spilled several times: each spill names the one before it. A replay
+    from ``{id}_merge`` gets copies whose references point at its own copies, so it reads only
+    its own folder, and the original's purge breaks nothing."""
+    lines = [f"{n:04d}-" + "r" * 60 for n in range(60)]
+    with _driver() as driver:
+        driver.deploy(CHILD_ROWS)
+        driver.deploy(_each_parent(lines))
+        done = driver.start("acme.team", "many")
+        assert done.state.current is S.SUCCESS
+        again = driver.replay(done.id, task_run_id=_run(done, "each_merge").id)
+        logs = [line.message for line in driver.logs(again.id)]
+        assert again.state.current is S.SUCCESS, logs
+        assert sorted(_merged_rows(storage, again)) == sorted(lines)
+        reached = _stored_keys(storage, _run(again, "each_items").outputs["outputs"])
+        assert len(reached) > 2  # spilled more than twice: spills that name spills
+        own = execution_prefix("acme.team", "many", again.id)
+        assert all(key.startswith(own) for key in reached), reached
+
+        assert remove_execution_files("acme.team", "many", done.id) > 0
+        LOADER.clear()
+        third = driver.replay(again.id, task_run_id=_run(again, "each_merge").id)
+        logs = [line.message for line in driver.logs(third.id)]
+    assert third.state.current is S.SUCCESS, logs
+    assert sorted(_merged_rows(storage, third)) == sorted(lines)
+
+
+def _stored_keys(storage: Storage, entries: list[Any]) -> list[str]:
+    """The keys of every stored value a gathered list reaches, those the spills name too."""
+    keys: list[str] = []
+
+    def load(ref: dict[str, Any]) -> Any:
+        keys.append(parse_uri(ref[REF_KEY]))
+        return orjson.loads(storage.get(keys[-1]))
+
+    expand_gathered(entries, load)
+    return keys
+
+
+def _merged_rows(storage: Storage, execution: Any) -> list[str]:
+    merged = storage.get(parse_uri(_run(execution, "each_merge").outputs["subflowOutputs"]))
+    return [orjson.loads(line)["row"] for line in merged.splitlines()]
 
 
 def test_gathered_spills_in_order_and_expands_back(storage: Storage) -> None:
@@ -260,6 +313,29 @@ def test_gathered_spills_in_order_and_expands_back(storage: Storage) -> None:
         return orjson.loads(storage.get(parse_uri(ref[REF_KEY])))
 
     assert [entry["n"] for entry in expand_gathered(items, load)] == list(range(200))
+
+
+def test_a_long_chain_of_spills_is_adopted_without_recursion() -> None:
+    """Copies for a new execution follow a chain of spills longer than Python's recursion limit,
+    and each copy names the copy before it. In memory: the chain's logic, not a disk's fsyncs."""
+    from obstore.store import MemoryStore
+
+    store = Storage(MemoryStore(), "memory")
+    source, target = "ns/f/executions/old/", "ns/f/executions/new/"
+    keys = iter(f"{source}tasks/t/run/_outputs/1/{n}/outputs.json" for n in range(5000))
+    items: list[Any] = []
+    for n in range(1500):
+        items = gathered([*items, {"n": n}], 40, lambda: next(keys), store)
+    copied = adopt_references(items, (source,), target, store)
+    reached: list[str] = []
+
+    def load(ref: dict[str, Any]) -> Any:
+        reached.append(parse_uri(ref[REF_KEY]))
+        return orjson.loads(store.get(reached[-1]))
+
+    assert [entry["n"] for entry in expand_gathered(copied, load)] == list(range(1500))
+    assert len(reached) > 1000 and all(key.startswith(target) for key in reached)
+    assert adopt_references(items, (source,), target, store) == copied  # copies kept, not redone
 
 
 def test_gathered_is_a_no_op_within_the_threshold_or_when_off(storage: Storage) -> None:
