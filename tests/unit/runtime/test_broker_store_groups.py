@@ -12,7 +12,12 @@ from pathlib import Path
 
 from aiokafka import TopicPartition
 
-from kestream.runtime.broker_store import CONSUMER_GROUPS
+from kestream.runtime.broker_store import (
+    CONSUMER_GROUPS,
+    FOLLOW_WAIT_BUSY_MS,
+    FOLLOW_WAIT_IDLE_MS,
+    follow_wait_ms,
+)
 
 RUNTIME = Path(__file__).resolve().parents[3] / "kestream"
 #: ``group_id=...topic("NAME")`` and ``f"{...topic_prefix}NAME..."`` near a group.
@@ -55,3 +60,12 @@ def test_offset_snapshots_space_out_while_idle_and_come_back_with_traffic() -> N
     assert pace.settled(offsets) == SNAPSHOT_EVERY_S  # records were fetched since the last
     assert pace.settled(offsets) == 2 * SNAPSHOT_EVERY_S
     assert pace.settled({"executor": {tp: 6}}) == SNAPSHOT_EVERY_S  # an offset moved
+
+
+def test_an_idle_mirror_reads_with_long_waits_and_a_busy_one_with_short_ones() -> None:
+    """Records end a read at once (a ring wakes the mirror's paced consumer); an empty read is
+    a turn of the loop for nothing, so an idle mirror waits until its next check is due."""
+    assert follow_wait_ms(1.5, busy=False) == FOLLOW_WAIT_IDLE_MS == 250
+    assert follow_wait_ms(0.1, busy=False) == 100, "the metadata or snapshot check is due"
+    assert follow_wait_ms(-1.0, busy=False) == FOLLOW_WAIT_BUSY_MS, "overdue: a short look"
+    assert follow_wait_ms(1.5, busy=True) == FOLLOW_WAIT_BUSY_MS == 50, "a snapshot waits"

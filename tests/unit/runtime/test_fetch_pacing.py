@@ -18,6 +18,7 @@ from aiokafka.structs import ConsumerRecord
 from kestream.runtime.compacted import read_to_end
 from kestream.runtime.doorbell import Bell, doorbell_dir
 from kestream.runtime.fetch_pacing import (
+    RESTING_FETCHER_WAKE_MS,
     FetchPacer,
     PacedConsumer,
     Pacing,
@@ -583,6 +584,19 @@ async def test_read_to_end_wakes_the_consumer_until_it_reaches_the_end() -> None
     assert len(applied) == 1
     assert reader.woken == 3, "woken before the first fetch and after each empty one"
     await reader.stop()
+
+
+async def test_a_paced_consumers_fetcher_looks_once_a_second_when_nothing_wakes_it() -> None:
+    """aiokafka's fetcher wakes on resumes, assignments and responses; its timeout is only a
+    net, which at aiokafka's 200 ms woke every resting consumer five times a second."""
+    consumer = _paced(_Clock())
+    assert consumer._consumer_timeout == RESTING_FETCHER_WAKE_MS / 1000 == 1.0
+    given = PacedConsumer(
+        bootstrap_servers="127.0.0.1:7", pacing=PACING, doorbell=None, consumer_timeout_ms=300
+    )
+    assert given._consumer_timeout == 0.3, "a caller's own timeout is kept"
+    await consumer.stop()
+    await given.stop()
 
 
 def test_pacing_and_the_doorbell_only_on_the_broker_kestream_started(short_dir: Path) -> None:
