@@ -5,9 +5,10 @@ records the installation's ``/health/ready`` is computed from, :mod:`kestream.ru
 each process that counts (heard from within three heartbeats) with its role, host, pid, health,
 and the figures it publishes with each heartbeat: the partitions it owns (executor, worker), its
 consumer lag (records behind the high watermark, summed over those partitions) and the same per
-partition number (``partitionLag``, as of its last fetch), a worker's thread slots and jobs
-running, its dead letters by source, and its throughput (per second) and latency percentiles
-(seconds) over the interval since its previous record (:mod:`kestream.runtime.member_rates`).
+partition number (``partitionLag``, as of its last fetch), an executor's stream threads, a
+worker's thread slots and jobs running, its dead letters by source, and its throughput (per
+second) and latency percentiles (seconds) over the interval since its previous record
+(:mod:`kestream.runtime.member_rates`).
 Nothing is asked of the processes themselves, so the page costs one read of a table in memory,
 whatever the size of the installation.
 
@@ -53,6 +54,7 @@ def member_json(member: MemberStatus, now: float) -> dict[str, Any]:
         "deadLetters": facts.get("deadLetters", {}),
         "slots": facts.get("slots"),
         "jobsRunning": facts.get("jobsRunning"),
+        "streamThreads": facts.get("streamThreads"),
         "throughput": facts.get("throughput", {}),
         "latency": facts.get("latency", {}),
         "windowS": facts.get("windowS"),

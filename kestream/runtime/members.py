@@ -232,10 +232,11 @@ def process_facts(role: str, checks: dict[str, Any], metrics: Metrics | None) ->
 
     ``checks`` are its health's checks as ``/health/ready`` shows them (public facts only). From
     ``metrics``: the role's own records behind the high watermark (the sum over the partitions
-    it reads, and per partition number) and dead letters, and for a worker the jobs running
-    and its thread slots. A process may host several roles (standalone) with one registry:
-    each role's record keeps the series labelled with its own name (the API's dead letters are
-    the index's). Read from the process's own registry: no request, no lock held long.
+    it reads, and per partition number) and dead letters, for a worker the jobs running and its
+    thread slots, and for an executor its stream threads (executor processors running). A
+    process may host several roles (standalone) with one registry: each role's record keeps the
+    series labelled with its own name (the API's dead letters are the index's). Read from the
+    process's own registry: no request, no lock held long.
     """
     facts: dict[str, Any] = {"checks": checks}
     if metrics is None:
@@ -254,6 +255,8 @@ def process_facts(role: str, checks: dict[str, Any], metrics: Metrics | None) ->
     if role == "worker":
         facts["jobsRunning"] = _single(metrics.worker_job_running)
         facts["slots"] = _single(metrics.worker_job_thread)
+    if role == "executor":
+        facts["streamThreads"] = _single(metrics.executor_threads)
     return facts
 
 

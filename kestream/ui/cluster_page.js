@@ -2,11 +2,10 @@
 /**
  * The cluster: every role process the API hears from (the cluster route, read again every
  * two seconds while the page is open), with its health, the partitions it owns, its consumer
- * lag (records behind, summed over its partitions), a worker's slots in use and the dead
- * letters it wrote; which process owns each partition of the executor's and the worker's
- * topics, with that partition's lag (as of its owner's last fetch); and the embedded broker's
- * warning when it keeps
- * everything in memory only. Each process's consumer lag, jobs running, throughput (an
+ * lag (records behind, summed over its partitions), an executor's stream threads, a worker's
+ * slots in use and the dead letters it wrote; which process owns each partition of the
+ * executor's and the worker's topics, with that partition's lag (as of its owner's last
+ * fetch); and the embedded broker's warning when it keeps everything in memory only. Each process's consumer lag, jobs running, throughput (an
  * executor's executions and task runs ended per second, a worker's task runs done) and latency
  * (p50 and p99 of an executor's step and of a worker's task runs) are drawn as sparklines of
  * the records read since the page opened (the last minute). Throughput and latency are what
@@ -264,7 +263,7 @@ export function clusterPage(root) {
           h(
             "thead",
             {},
-            h("tr", {}, ["Role", "Host", "PID", "Port", "Health", "Partitions", "Consumer lag", "Lag, last minute", "Worker slots in use", "Jobs, last minute", "Dead letters", "Up for"].map((name) => h("th", { scope: "col" }, name))),
+            h("tr", {}, ["Role", "Process", "Health", "Partitions", "Consumer lag", "Stream threads", "Slots in use", "Dead letters", "Up for"].map((name) => h("th", { scope: "col" }, name))),
           ),
           h(
             "tbody",
@@ -274,15 +273,12 @@ export function clusterPage(root) {
                 "tr",
                 { "data-role": m.role, "data-key": m.key },
                 h("td", {}, m.group ? `${m.role} (${m.group})` : m.role),
-                h("td", { class: "mono" }, m.host),
-                h("td", { class: "mono" }, String(m.pid)),
-                h("td", { class: "mono" }, m.port == null ? "" : String(m.port)),
+                h("td", { class: "mono", title: "host/pid, ops port" }, `${m.host}/${m.pid}`, m.port == null ? null : h("span", { class: "muted" }, ` :${m.port}`)),
                 h("td", {}, health(m), m.notReady?.length ? h("span", { class: "muted" }, ` ${m.notReady.join(", ")}`) : null),
                 h("td", { class: "mono", "data-partitions": "" }, ranges(partitionsOf(m))),
-                h("td", { "data-lag": "" }, Object.keys(m.consumerLag ?? {}).length ? Object.entries(m.consumerLag).map(([k, v]) => `${k} ${v}`).join(", ") : ""),
-                h("td", {}, Object.keys(m.consumerLag ?? {}).length ? sparkline([{ values: history.get(m.key)?.lag ?? [] }], "consumer lag", String(sum(m.consumerLag))) : ""),
-                h("td", { "data-slots": "" }, m.slots == null ? "" : `${m.jobsRunning ?? 0} / ${m.slots}`),
-                h("td", {}, m.slots == null ? "" : sparkline([{ values: history.get(m.key)?.jobs ?? [] }], "jobs running", String(m.jobsRunning ?? 0))),
+                h("td", { "data-lag": "" }, Object.keys(m.consumerLag ?? {}).length ? sparkline([{ values: history.get(m.key)?.lag ?? [] }], "consumer lag", Object.entries(m.consumerLag).map(([k, v]) => `${k} ${v}`).join(", ")) : ""),
+                h("td", { "data-stream-threads": "" }, m.streamThreads == null ? "" : String(m.streamThreads)),
+                h("td", { "data-slots": "" }, m.slots == null ? "" : sparkline([{ values: history.get(m.key)?.jobs ?? [] }], "jobs running", `${m.jobsRunning ?? 0} / ${m.slots}`)),
                 h("td", { "data-dead-letters": "" }, String(sum(m.deadLetters))),
                 h("td", {}, `${Math.round(m.startedS)} s`),
               ),

@@ -276,26 +276,46 @@ def test_the_shell_by_keyboard_in_both_themes_at_desktop_and_phone_widths(
     driver.get(f"{stack.base}/ui/#/executions/{execution_id}")
     text_of(driver, "#execution-state", "RUNNING")
     screenshot(driver, f"execution-{switched}-1280", tmp_path)
-    driver.set_window_size(390, 844)
     assert stack.post_yaml("/flows", flow_with_branches(ns, "words")).status == 200
     pages = (
         f"#/executions/{execution_id}",
         f"#/executions?namespace={ns}",
         "#/flows",
         f"#/flows/{ns}/branches",
+        "#/flows/new",
         "#/logs",
         "#/cluster",
     )
-    for page in pages:
-        driver.get(f"{stack.base}/ui/{page}")
-        wait(driver).until(ec.presence_of_element_located((By.CSS_SELECTOR, "main h1")))
-        overflow = driver.execute_script(
-            "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
-        )
-        assert overflow <= 0, f"{page} is wider than a phone's screen by {overflow} px"
-        if page == "#/flows":
-            text_of(driver, "#flows", "branches")
-            screenshot(driver, f"flows-{switched}-phone", tmp_path)
+    # Every page in both themes: no page wider than the screen; at 1280 px no table scrolls
+    # either (on a phone a table may scroll inside its frame).
+    for width, height in ((1280, 900), (390, 844)):
+        driver.set_window_size(width, height)
+        for _ in range(2):
+            shown = driver.execute_script("return document.documentElement.dataset.theme")
+            for page in pages:
+                driver.get(f"{stack.base}/ui/{page}")
+                wait(driver).until(ec.presence_of_element_located((By.CSS_SELECTOR, "main h1")))
+                if page == "#/cluster":
+                    wait(driver).until(
+                        ec.presence_of_element_located((By.CSS_SELECTOR, "#members tbody tr"))
+                    )
+                overflow = driver.execute_script(
+                    "return document.documentElement.scrollWidth"
+                    " - document.documentElement.clientWidth"
+                )
+                assert overflow <= 0, f"{page} is wider than {width} px by {overflow} px"
+                if width == 1280:
+                    scrolling = driver.execute_script(
+                        "return [...document.querySelectorAll('.table-wrap')]"
+                        ".filter((e) => e.scrollWidth > e.clientWidth)"
+                        ".map((e) => `${e.querySelector('table')?.id}: ${e.scrollWidth} px`)"
+                    )
+                    assert scrolling == [], f"{page}: tables wider than 1280 px: {scrolling}"
+                if (width, page, shown) == (390, "#/flows", switched):
+                    text_of(driver, "#flows", "branches")
+                    screenshot(driver, f"flows-{switched}-phone", tmp_path)
+            driver.find_element(By.ID, "theme").send_keys(Keys.ENTER)  # the other theme
+            assert driver.execute_script("return document.documentElement.dataset.theme") != shown
     assert stack.request("DELETE", f"/executions/{execution_id}/kill").status == 202
     no_console_errors(driver, "the shell")
 
@@ -547,7 +567,7 @@ def test_the_cluster_page_shows_each_role_with_its_partitions(
 
     more = [stack.request("POST", f"/executions/{ns}/shell").json()["id"] for _ in range(4)]
     wait(driver).until(samples_drawn)
-    driver.execute_script("document.getElementById('activity-title').scrollIntoView()")
+    driver.set_window_size(1280, 1000)  # the processes and their throughput in one image
     screenshot(driver, "cluster", tmp_path)
     for execution_id in more:
         stack.wait_state(execution_id, {"SUCCESS"})

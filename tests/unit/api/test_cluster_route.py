@@ -88,6 +88,7 @@ async def test_each_process_with_its_partitions_lag_slots_and_dead_letters(
     worker_metrics.partition_lag("worker").report({0: 4, 1: 3})
     executor_metrics = Metrics(process_collectors=False)
     executor_metrics.consumer_lag.labels("executor").set(2)
+    executor_metrics.executor_threads.set(2)
     executor_lag = executor_metrics.partition_lag("executor")
     executor_lag.report({1: 9, 3: 1})
     executor_lag.report({1: 2})  # a later batch that did not reach 3: caught up
@@ -105,6 +106,7 @@ async def test_each_process_with_its_partitions_lag_slots_and_dead_letters(
     assert executor["checks"]["processor"]["partitions"] == [0, 1, 2, 3]
     assert executor["consumerLag"] == {"executor": 2.0} and executor["slots"] is None
     assert executor["partitionLag"] == {"1": 2.0, "3": 0.0}
+    assert executor["streamThreads"] == 2.0 and worker["streamThreads"] is None
     assert worker["checks"]["processor"]["partitions"] == [0, 1]
     assert worker["consumerLag"] == {"worker": 7.0}
     assert worker["partitionLag"] == {"0": 4.0, "1": 3.0}
