@@ -28,10 +28,8 @@ the process).
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -39,11 +37,11 @@ from aiokafka import TopicPartition
 
 from kestream.api import sse
 from kestream.api.handle import ApiHandle
-from kestream.api.http import bad_request, json_response, query_instant, query_int
-from kestream.api.index.query import MAX_PAGE_SIZE
+from kestream.api.http import bad_request, json_response, query_int
+from kestream.api.index.log_query import parse_log_search
+from kestream.api.index.query import MAX_PAGE, QueryError
 from kestream.api.index.store import LOG_LEVELS, LOG_PAGE, LogSearch, log_level_rank
 from kestream.api.service import ApiService
-from kestream.models.durations import DurationError, parse_duration
 
 PREFIX = "/api/v1/{tenant}/logs/{executionId}"
 SEARCH = "/api/v1/{tenant}/logs/search"
@@ -52,7 +50,6 @@ FOLLOW_POLL_S = 0.25
 LOG_LIST_MAX = 10_000
 #: Set to ``true`` on an answer that holds only the first :data:`LOG_LIST_MAX` lines.
 TRUNCATED_HEADER = "X-Kestream-Truncated"
-_MAX_PAGE = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +105,7 @@ class LogRoutes:
     async def list(self, request: web.Request) -> web.Response:
         """One page of at most :data:`LOG_LIST_MAX` lines (see the module doc)."""
         wanted = LogFilter.of(request)
-        page = query_int(request, "page", 1, low=1, high=_MAX_PAGE)
+        page = query_int(request, "page", 1, low=1, high=MAX_PAGE)
         service, execution = await self.api.execution_for(request)
         lines = await service.logs(
             execution["id"],
@@ -157,48 +154,13 @@ class LogRoutes:
             await asyncio.sleep(FOLLOW_POLL_S)
 
 
-#: The logs search's parameters: Kestra's plain ones, and the ``filters[field][OP]`` form of
-#: each (the operation is not read: each field has one meaning here).
-_SEARCH_FIELDS = {
-    "q": "q",
-    "namespace": "namespace",
-    "flowId": "flowId",
-    "minLevel": "minLevel",
-    "level": "minLevel",
-    "startDate": "startDate",
-    "endDate": "endDate",
-    "timeRange": "timeRange",
-}
-_FILTER = re.compile(r"^filters\[(\w+)\]\[\w+\]$")
-
-
 def log_search(request: web.Request) -> LogSearch:
-    """The logs search's query: ``q`` (text in the message, any case), ``namespace`` (and its
-    children), ``flowId``, ``minLevel``, ``startDate``/``endDate`` or ``timeRange`` (an
-    ISO-8601 duration back from now), ``page`` and ``size``. Bad values answer 400."""
-    wanted: dict[str, str] = {}
-    for name, value in request.query.items():
-        found = _FILTER.match(name)
-        field = _SEARCH_FIELDS.get(found.group(1) if found else name)
-        if field is not None and value.strip():
-            wanted[field] = value.strip()
-    start = query_instant(request, "startDate") if "startDate" in request.query else None
-    end = query_instant(request, "endDate") if "endDate" in request.query else None
-    if "timeRange" in wanted:
-        try:
-            start = datetime.now(UTC) - parse_duration(wanted["timeRange"])
-        except DurationError as exc:
-            raise bad_request(f"Query parameter 'timeRange': {exc}") from None
-    return LogSearch(
-        text=wanted.get("q"),
-        namespace=wanted.get("namespace"),
-        flow_id=wanted.get("flowId"),
-        min_level=_min_level(wanted.get("minLevel")),
-        start=start,
-        end=end,
-        page=query_int(request, "page", 1, low=1, high=_MAX_PAGE),
-        size=query_int(request, "size", 25, low=1, high=MAX_PAGE_SIZE),
-    )
+    """The logs search's query (:func:`~kestream.api.index.log_query.parse_log_search`: the
+    plain parameters and Kestra's ``filters[field][OP]`` form); a bad value answers 400."""
+    try:
+        return parse_log_search(request.query)
+    except QueryError as exc:
+        raise bad_request(f"Invalid query filters: {exc}") from None
 
 
 def _min_level(level: str | None) -> str | None:

@@ -18,6 +18,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -66,6 +67,10 @@ class ApiService:
         #: The live follows this process serves at once (``KESTREAM_API_MAX_FOLLOWS``).
         self.follows = FollowLimit(self.settings.api_max_follows)
         self._created: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
+        #: The logs searches' own thread: a search reads up to LOG_SEARCH_SCAN_MAX lines, and
+        #: searches wait for each other here rather than take the threads every other index
+        #: read (pages, follows, the feed's answers) shares.
+        self._log_searches = ThreadPoolExecutor(1, thread_name_prefix="kestream-log-search")
 
     @classmethod
     async def start(cls, ctx: BrokerContext) -> ApiService:
@@ -86,6 +91,7 @@ class ApiService:
     async def stop(self) -> None:
         await self.feed.stop()
         await self.client.close()
+        await asyncio.to_thread(self._log_searches.shutdown, cancel_futures=True)
         await asyncio.to_thread(self.index.close)
 
     @property
@@ -323,7 +329,8 @@ class ApiService:
 
     async def search_logs(self, query: LogSearch) -> tuple[list[dict[str, Any]], int]:
         """A page of every execution's lines that ``query`` picks (:meth:`Store.search_logs`)."""
-        return await asyncio.to_thread(self.index.search_logs, query)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._log_searches, self.index.search_logs, query)
 
     async def logs_after(
         self,

@@ -49,7 +49,9 @@ POSTGRES = Dialect(
     date=_identity,
     no_date=f"'{NO_DATE}'::timestamptz",
     escapes_nul=True,
-    log_message="(l.doc->>'message')",
+    # The C collation, as the text columns: lower() folds ASCII letters only, as SQLite's
+    # and as the search lowers its needle, whatever the database's default locale.
+    log_message="((l.doc->>'message') COLLATE \"C\")",
 )
 
 _C = 'COLLATE "C"'
@@ -98,6 +100,9 @@ _SCHEMA = (
         doc jsonb NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS logs_execution ON logs (execution_id, timestamp, seq)",
     "CREATE INDEX IF NOT EXISTS logs_follow ON logs (execution_id, seq)",
+    # The logs search, newest first. Created at every open, so an index made before it gets it
+    # too (once, with the table locked for writes while it is built).
+    "CREATE INDEX IF NOT EXISTS logs_time ON logs (timestamp, seq)",
     f"CREATE TABLE IF NOT EXISTS namespaces (namespace text {_C} PRIMARY KEY)",
     """CREATE TABLE IF NOT EXISTS feed_offsets (
         topic text NOT NULL,

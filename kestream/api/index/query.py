@@ -51,8 +51,12 @@ __all__ = [
     "TextField",
     "TextFilter",
     "label_pair",
+    "page_number",
+    "param_items",
+    "parse_filter_key",
     "parse_instant",
     "parse_search_params",
+    "time_range_start",
 ]
 
 DEFAULT_PAGE_SIZE = 25
@@ -252,7 +256,7 @@ _KINDS = frozenset({"NORMAL", "TEST", "PLAYGROUND"})
 _SCOPES = frozenset({"USER", "SYSTEM"})
 
 
-def _param_items(params: Any) -> list[tuple[str, list[str]]]:
+def param_items(params: Any) -> list[tuple[str, list[str]]]:
     """``(name, values)`` pairs from a multidict (``getall``) or a mapping of lists or strings."""
     if hasattr(params, "getall"):
         names = list(dict.fromkeys(params.keys()))
@@ -297,11 +301,63 @@ def _states(parameter: str, values: Iterable[str]) -> frozenset[StateType]:
         raise QueryError(parameter, f"unknown state in {names}; states are {known}") from None
 
 
+def time_range_start(parameter: str, text: str, now: datetime) -> datetime:
+    """The start of Kestra's ``timeRange`` (an ISO-8601 duration back from ``now``): a span
+    that is not positive, or reaches before the year 1, is refused."""
+    try:
+        span = parse_duration(text)
+    except DurationError as exc:
+        raise QueryError(parameter, str(exc)) from None
+    if span <= timedelta(0):
+        raise QueryError(parameter, "the time range must be positive")
+    try:
+        return now - span
+    except OverflowError:
+        raise QueryError(parameter, f"the time range '{text}' reaches before the year 1") from None
+
+
+def page_number(parameter: str, text: str) -> int:
+    """``page`` (from 1 to :data:`MAX_PAGE`) or ``size`` (1 to :data:`MAX_PAGE_SIZE`)."""
+    text = text.strip()
+    try:
+        number = int(text)
+    except ValueError:
+        raise QueryError(parameter, f"'{text}' is not a whole number") from None
+    if parameter == "page" and not 1 <= number <= MAX_PAGE:
+        raise QueryError(parameter, f"pages are numbered from 1 to {MAX_PAGE}")
+    if parameter == "size" and not 1 <= number <= MAX_PAGE_SIZE:
+        raise QueryError(parameter, f"the page size must be between 1 and {MAX_PAGE_SIZE}")
+    return number
+
+
 def label_pair(parameter: str, text: str) -> tuple[str, str]:
     key, sep, value = text.partition(":")
     if not sep or not key:
         raise QueryError(parameter, f"'{text}' is not a label as key:value")
     return key, value
+
+
+def parse_filter_key(
+    name: str, ops: Mapping[str, frozenset[Op]], resource: str
+) -> tuple[str, Op, str | None]:
+    """``(field, op, nested key)`` of a ``filters[field][OP]`` (or ``filters[labels][OP][key]``)
+    parameter, whose field and operation ``ops`` allows; a :class:`QueryError` otherwise."""
+    match = _FILTER_KEY.match(name)
+    if match is None:
+        raise QueryError(name, "expected filters[field][OPERATION] or filters[labels][OP][key]")
+    field, op_name, nested = match.groups()
+    if field.lower() in ("and", "or"):
+        raise QueryError(name, "and/or filter groups are not supported; filters are ANDed")
+    if field not in ops:
+        raise QueryError(name, f"unknown field '{field}' for {resource}; fields: {', '.join(ops)}")
+    try:
+        op = Op(op_name)
+    except ValueError:
+        raise QueryError(name, f"unknown operation '{op_name}'") from None
+    if op not in ops[field]:
+        allowed = ", ".join(sorted(o.value for o in ops[field]))
+        raise QueryError(name, f"operation {op} is not supported for {field}; use {allowed}")
+    return field, op, nested
 
 
 class _Builder:
@@ -320,23 +376,7 @@ class _Builder:
     # -- Kestra 1.x filters --------------------------------------------------------------------
 
     def bracket(self, name: str, values: list[str]) -> None:
-        match = _FILTER_KEY.match(name)
-        if match is None:
-            raise QueryError(name, "expected filters[field][OPERATION] or filters[labels][OP][key]")
-        field, op_name, nested = match.groups()
-        if field.lower() in ("and", "or"):
-            raise QueryError(name, "and/or filter groups are not supported; filters are ANDed")
-        if field not in _KESTRA_OPS:
-            raise QueryError(
-                name, f"unknown field '{field}' for executions; fields: {', '.join(_KESTRA_OPS)}"
-            )
-        try:
-            op = Op(op_name)
-        except ValueError:
-            raise QueryError(name, f"unknown operation '{op_name}'") from None
-        if op not in _KESTRA_OPS[field]:
-            allowed = ", ".join(sorted(o.value for o in _KESTRA_OPS[field]))
-            raise QueryError(name, f"operation {op} is not supported for {field}; use {allowed}")
+        field, op, nested = parse_filter_key(name, _KESTRA_OPS, "executions")
         if op in _UNSUPPORTED.get(field, frozenset()):
             raise QueryError(name, f"operation {op} on {field} is not supported by kestream")
         if nested is not None and field != "labels":
@@ -391,16 +431,9 @@ class _Builder:
         self.fields["q"] = text or None
 
     def _time_range(self, name: str, _op: Op, values: list[str], _nested: str | None) -> None:
-        try:
-            span = parse_duration(values[-1])
-        except DurationError as exc:
-            raise QueryError(name, str(exc)) from None
-        if span <= timedelta(0):
-            raise QueryError(name, "the time range must be positive")
+        start = time_range_start(name, values[-1], self.now)
         self.fields["dates"].append(
-            DateFilter(
-                field=DateField.START_DATE, op=Op.GREATER_THAN_OR_EQUAL_TO, value=self.now - span
-            )
+            DateFilter(field=DateField.START_DATE, op=Op.GREATER_THAN_OR_EQUAL_TO, value=start)
         )
 
     def _scope(self, name: str, op: Op, values: list[str], _nested: str | None) -> None:
@@ -473,16 +506,7 @@ class _Builder:
     # -- paging and sorting --------------------------------------------------------------------
 
     def paging(self, name: str, values: list[str]) -> None:
-        text = values[-1].strip()
-        try:
-            number = int(text)
-        except ValueError:
-            raise QueryError(name, f"'{text}' is not a whole number") from None
-        if name == "page" and not 1 <= number <= MAX_PAGE:
-            raise QueryError(name, f"pages are numbered from 1 to {MAX_PAGE}")
-        if name == "size" and not 1 <= number <= MAX_PAGE_SIZE:
-            raise QueryError(name, f"the page size must be between 1 and {MAX_PAGE_SIZE}")
-        self.fields[name] = number
+        self.fields[name] = page_number(name, values[-1])
 
     def sorting(self, name: str, values: list[str]) -> None:
         for item in _split_list(values):
@@ -544,7 +568,7 @@ def parse_search_params(params: Any, *, now: datetime | None = None) -> SearchQu
     (default: the current time). Raises :class:`QueryError` naming the bad parameter.
     """
     builder = _Builder(now or datetime.now(UTC))
-    for name, values in _param_items(params):
+    for name, values in param_items(params):
         if name.startswith("filters["):
             builder.bracket(name, values)
         elif name in ("page", "size"):

@@ -90,6 +90,9 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS logs_execution ON logs (execution_id, timestamp, seq)",
     # seq is the rowid, which every index carries: this one is (execution_id, seq).
     "CREATE INDEX IF NOT EXISTS logs_follow ON logs (execution_id)",
+    # The logs search, newest first (timestamp, then seq: the rowid). Created at every open,
+    # so an index made before it gets it too.
+    "CREATE INDEX IF NOT EXISTS logs_time ON logs (timestamp)",
     "CREATE TABLE IF NOT EXISTS namespaces (namespace TEXT PRIMARY KEY)",
     """CREATE TABLE IF NOT EXISTS feed_offsets (
         topic TEXT NOT NULL,

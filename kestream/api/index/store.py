@@ -59,6 +59,7 @@ from kestream.runtime.records import RecordError, loads
 __all__ = [
     "LOG_LEVELS",
     "LOG_SEARCH_COUNT_MAX",
+    "LOG_SEARCH_SCAN_MAX",
     "ApplyResult",
     "Batch",
     "FeedRecord",
@@ -80,8 +81,16 @@ SCHEMA_VERSION = 2
 UPGRADED_IN_PLACE = frozenset({1})
 #: Rows a :meth:`Store.logs_after` reads at most: what a follow holds per poll.
 LOG_PAGE = 1_000
-#: The logs search counts its matching lines up to this many (a bounded scan).
+#: The logs search counts its matching lines up to this many (a bounded scan), and its pages
+#: end within them.
 LOG_SEARCH_COUNT_MAX = 10_000
+#: A filtered logs search (text, namespace, flow or level) reads at most about this many of
+#: the newest lines of its time window: a filter that matches little would otherwise read
+#: every line of the index. Older matches are found by narrowing the window (``endDate``).
+LOG_SEARCH_SCAN_MAX = 50_000
+#: ``str.lower`` for ASCII letters only, as SQLite's ``lower()`` (and PostgreSQL's under the C
+#: collation) lowers a message: "É" stays "É" on both sides of the comparison.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 #: Kestra's log levels, lowest first; ``min_level`` keeps this level and the ones after it.
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
 _LEVEL_ALIASES = {"WARNING": "WARN"}
@@ -241,8 +250,9 @@ class LogSearch:
     """What the logs search asks for (:meth:`Store.search_logs`): every value already checked."""
 
     text: str | None = None
-    #: The namespace and its children.
+    #: The namespace and its children (only the namespace itself when ``exact_namespace``).
     namespace: str | None = None
+    exact_namespace: bool = False
     flow_id: str | None = None
     min_level: str | None = None
     start: datetime | None = None
@@ -825,11 +835,24 @@ class Store(ABC):
         the matching lines, which must stay bounded on a large index).
 
         Lines of deleted executions are left out, as the executions are; the text filter is a
-        case-insensitive substring of the message.
+        case-insensitive substring of the message (ASCII letters fold, as SQL's ``lower()``).
+        A filtered search reads the newest :data:`LOG_SEARCH_SCAN_MAX` lines of its time
+        window at most (:meth:`_scan_floor`), so that no search reads the whole table.
         """
+        window: list[str] = []
+        window_params: list[Any] = []
+        if query.start is not None:
+            window.append("l.timestamp >= ?")
+            window_params.append(self.dialect.date(query.start))
+        if query.end is not None:
+            window.append("l.timestamp <= ?")
+            window_params.append(self.dialect.date(query.end))
         clauses = ["NOT e.deleted"]
         params: list[Any] = []
-        if query.namespace is not None:
+        if query.namespace is not None and query.exact_namespace:
+            clauses.append("e.namespace = ?")
+            params.append(query.namespace)
+        elif query.namespace is not None:
             clauses.append("(e.namespace = ? OR substr(e.namespace, 1, ?) = ?)")
             params += [query.namespace, len(query.namespace) + 1, query.namespace + "."]
         if query.flow_id is not None:
@@ -838,20 +861,21 @@ class Store(ABC):
         if query.min_level is not None:
             clauses.append("l.level >= ?")
             params.append(log_level_rank(query.min_level))
-        if query.start is not None:
-            clauses.append("l.timestamp >= ?")
-            params.append(self.dialect.date(query.start))
-        if query.end is not None:
-            clauses.append("l.timestamp <= ?")
-            params.append(self.dialect.date(query.end))
         if query.text:
             find, message = self.dialect.find, self.dialect.log_message
             clauses.append(f"{find}(lower({message}), ?) > 0")
-            params.append(self.dialect.text(query.text.lower()))
-        where = " AND ".join(clauses)
-        matching = f"FROM logs l JOIN executions e ON e.id = l.execution_id WHERE {where}"
+            params.append(self.dialect.text(query.text.translate(_ASCII_LOWER)))
+        filtered = len(clauses) > 1
         doc = f"l.doc{self.dialect.doc_cast}"
         with self._reading() as cur:
+            if filtered:
+                floor = self._scan_floor(cur, window, window_params)
+                if floor is not None:
+                    window.append("l.timestamp >= ?")
+                    window_params.append(floor)
+            where = " AND ".join(window + clauses)
+            params = window_params + params
+            matching = f"FROM logs l JOIN executions e ON e.id = l.execution_id WHERE {where}"
             cur.execute(
                 self._sql(
                     f"SELECT {doc} {matching} "
@@ -860,12 +884,29 @@ class Store(ABC):
                 [*params, query.size, (query.page - 1) * query.size],
             )
             lines = [self._load(row[0]) for row in cur.fetchall()]
+            offset = (query.page - 1) * query.size
+            if len(lines) < query.size and (lines or not offset):
+                return lines, offset + len(lines)  # the last page: no second scan to count
             cur.execute(
                 self._sql(f"SELECT COUNT(*) FROM (SELECT 1 {matching} LIMIT ?) AS counted"),
                 [*params, LOG_SEARCH_COUNT_MAX],
             )
             total = int(cur.fetchone()[0])
         return lines, total
+
+    def _scan_floor(self, cur: Cursor, window: list[str], params: list[Any]) -> Any:
+        """The timestamp of the :data:`LOG_SEARCH_SCAN_MAX`-th newest line of the window, or
+        ``None`` when the window holds fewer: read from the ``logs_time`` index alone."""
+        where = f"WHERE {' AND '.join(window)} " if window else ""
+        cur.execute(
+            self._sql(
+                f"SELECT l.timestamp FROM logs l {where}"
+                "ORDER BY l.timestamp DESC, l.seq DESC LIMIT 1 OFFSET ?"
+            ),
+            [*params, LOG_SEARCH_SCAN_MAX - 1],
+        )
+        row = cur.fetchone()
+        return None if row is None else row[0]
 
     def count(self) -> int:
         """Executions that are not deleted (a convenience for tests and the benchmark)."""

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
+from kestream.api.index import store as store_module
 from kestream.api.index.query import parse_search_params
 from kestream.api.index.store import (
     SCHEMA_VERSION,
@@ -389,6 +390,38 @@ def test_the_logs_search_filters_every_executions_lines_newest_first(store: Stor
     )
     assert found(size=2, page=2) == (everything[2:], 4)
     assert found(text="nowhere") == ([], 0)
+
+
+def test_the_logs_search_bounds_what_it_reads(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filtered search reads the newest LOG_SEARCH_SCAN_MAX lines of its window, and counts
+    LOG_SEARCH_COUNT_MAX matches at most; an exact namespace leaves its children out, and
+    the text folds ASCII letters only, as SQL's lower() does the message."""
+    feed = Feed()
+    store.apply(feed.updates(partial(header("e1")), partial(header("e2", namespace="company"))))
+    store.apply(
+        feed.logs(
+            "e1",
+            *(log_line("e1", T0 + timedelta(seconds=i), "INFO", f"Éclair n{i}") for i in range(6)),
+        )
+    )
+    store.apply(feed.logs("e2", log_line("e2", T0 + timedelta(seconds=9), "INFO", "top")))
+
+    def found(**query: Any) -> tuple[list[str], int]:
+        lines, total = store.search_logs(LogSearch(**query))
+        return [line["message"] for line in lines], total
+
+    assert found(text="ÉCLAIR n0") == (["Éclair n0"], 1)
+    assert found(namespace="company", exact_namespace=True) == (["top"], 1)
+    assert found(namespace="company")[1] == 7
+    monkeypatch.setattr(store_module, "LOG_SEARCH_SCAN_MAX", 3)
+    monkeypatch.setattr(store_module, "LOG_SEARCH_COUNT_MAX", 4)
+    assert found(size=2) == (["top", "Éclair n5"], 4)  # 7 lines, counted up to 4
+    assert found(size=2, page=4) == (["Éclair n0"], 7)  # the last page: counted by its lines
+    assert found(text="Éclair") == (["Éclair n5", "Éclair n4"], 2)  # the newest 3 lines only
+    assert found(text="Éclair N0") == ([], 0)
+    assert found(text="Éclair n0", end=T0 + timedelta(seconds=2)) == (["Éclair n0"], 1)
 
 
 def test_logs_by_page_keep_time_order_across_pages(store: Store) -> None:

@@ -174,3 +174,23 @@ def test_a_database_that_cannot_write_is_retried_not_blamed_on_a_record(tmp_path
             blocker.close()
         result, refused = apply_isolating(store, batch)
         assert (result.log_lines, refused) == (1, [])
+
+
+def test_the_logs_search_reads_the_time_index_which_an_older_file_gets(tmp_path: Path) -> None:
+    """Newest first from ``logs_time`` (no sort of every line); a file made before the index
+    existed gets it when it is opened."""
+    path = tmp_path / "index.sqlite"
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("DROP INDEX logs_time")
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as raw:
+        plan = " ".join(
+            str(row[-1])
+            for row in raw.execute(
+                "EXPLAIN QUERY PLAN SELECT l.doc FROM logs l JOIN executions e "
+                "ON e.id = l.execution_id WHERE NOT e.deleted "
+                "ORDER BY l.timestamp DESC, l.seq DESC LIMIT 25"
+            )
+        )
+    assert "logs_time" in plan and "TEMP B-TREE" not in plan, plan
