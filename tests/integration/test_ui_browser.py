@@ -195,6 +195,44 @@ def test_kill_then_restart_then_kill_from_the_execution_page(
     no_console_errors(driver, "the execution page")
 
 
+def fails_once(ns: str, marker: Path) -> str:
+    return f"""\
+id: fails_once
+namespace: {ns}
+tasks:
+  - id: before
+    type: io.kestra.plugin.core.log.Log
+    message: before the failure
+  - id: flaky
+    type: io.kestra.plugin.scripts.shell.Commands
+    commands:
+      - test -f {marker} || (touch {marker}; exit 1)
+"""
+
+
+def test_a_failed_execution_restarted_from_its_page_ends_in_success(
+    stack: Stack, driver: webdriver.Chrome, tmp_path: Path
+) -> None:
+    ns = f"it.ui.n{uuid.uuid4().hex[:8]}"
+    assert stack.post_yaml("/flows", fails_once(ns, tmp_path / "failed")).status == 200
+    execution_id = stack.request("POST", f"/executions/{ns}/fails_once").json()["id"]
+    stack.wait_state(execution_id, {"FAILED"})
+    log_in(driver, stack)
+    driver.get(f"{stack.base}/ui/#/executions/{execution_id}")
+    text_of(driver, "#execution-state", "FAILED")
+    text_of(driver, '#task-runs [data-task="flaky"]', "FAILED")
+    assert not driver.find_elements(By.ID, "kill")  # ended: nothing to kill
+    restart = wait(driver).until(ec.element_to_be_clickable((By.ID, "restart")))
+    restart.send_keys(Keys.ENTER)  # by keyboard
+    text_of(driver, "#execution-state", "SUCCESS")  # the failed task run again, followed live
+    text_of(driver, '#task-runs [data-task="flaky"]', "2 attempt(s)")
+    ended = stack.wait_state(execution_id, {"SUCCESS"})
+    assert "RESTARTED" in [h["state"] for h in ended["state"]["histories"]]
+    before = next(run for run in ended["taskRunList"] if run["taskId"] == "before")
+    assert len(before["attempts"]) == 1  # the task that succeeded was not run again
+    no_console_errors(driver, "the restarted execution's page")
+
+
 def test_the_editor_marks_an_error_on_its_line_then_deploys_the_fix(
     stack: Stack, driver: webdriver.Chrome, tmp_path: Path
 ) -> None:
