@@ -23,8 +23,9 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from kestream.models.state import StateType
 from kestream.settings import Settings
-from kestream.tasks.purge_api import api_base, auth_headers, exposes_credentials
+from kestream.tasks.purge_api import api_base, auth_headers, exposes_credentials, shown_url
 
 __all__ = ["ApiClient", "ApiError", "SearchFilters", "sse_frames"]
 
@@ -83,11 +84,16 @@ class ApiClient:
         self.root = f"{base.rstrip('/')}/api/v1/{quote(tenant, safe='')}"
         self.headers = dict(headers)
         self._session: aiohttp.ClientSession | None = None
+        if self.headers and shown_url(base) != base:
+            raise ApiError(
+                "KESTREAM_API_URL carries a user and password, and the API's credentials are "
+                "set too (KESTREAM_API_PASSWORD or KESTREAM_API_TOKENS): give one"
+            )
         if self.headers and exposes_credentials(base):
             log.warning(
                 "sending the API's credentials to %s over plain http, readable on the network: "
                 "set KESTREAM_API_URL to an https URL (or a loopback address)",
-                base,
+                shown_url(base),
             )
 
     @classmethod
@@ -107,7 +113,16 @@ class ApiClient:
 
     async def search(self, filters: SearchFilters) -> dict[str, Any]:
         """``{"results": [...], "total": N}``: one page of executions."""
-        answer: dict[str, Any] = await self._json("GET", "/executions/search", filters.params())
+        answer = await self._json("GET", "/executions/search", filters.params())
+        if not (
+            isinstance(answer, dict)
+            and isinstance(answer.get("results"), list)
+            and isinstance(answer.get("total"), int)
+        ):
+            raise ApiError(
+                "the API's answer is not what kestream expects (a listing without results and "
+                "total); is KESTREAM_API_URL a kestream API of this version?"
+            )
         return answer
 
     async def execution(self, execution_id: str) -> dict[str, Any]:
@@ -115,14 +130,21 @@ class ApiClient:
         return answer
 
     async def follow(self, execution_id: str) -> AsyncIterator[dict[str, Any]]:
-        """The execution now, then at each change, ending with its last state (``end``)."""
+        """The execution now, then at each change, ending with its last state (``end``).
+
+        A stream that closes without ``end`` (the API restarted, a proxy's idle timeout) is an
+        :class:`ApiError`: the execution has not ended as far as this client knows, and its
+        state then is no answer. Not reconnected: a proxy that cuts every long stream would
+        make a reconnecting follow run forever; a new follow starts from the state as it is.
+        """
         events = self._events(_one(execution_id) + "/follow")
         async with contextlib.aclosing(events):  # the stream closes with the last state
             async for frame_id, data in events:
                 if frame_id in ("progress", "end"):
-                    yield orjson.loads(data)
+                    yield _loads(data, shown_url(self.root))
                 if frame_id == "end":
                     return
+        raise ApiError(_cut_follow(execution_id))
 
     async def kill(self, execution_id: str) -> None:
         await self._send("DELETE", _one(execution_id) + "/kill")
@@ -148,7 +170,7 @@ class ApiClient:
         page = 1
         while True:
             async with self._request("GET", path, [*params, ("page", str(page))]) as response:
-                lines += orjson.loads(await response.read())
+                lines += _loads(await response.read(), shown_url(str(response.url)))
                 if 'rel="next"' not in response.headers.get("Link", ""):
                     return lines
             page += 1
@@ -157,17 +179,22 @@ class ApiClient:
         self, execution_id: str, min_level: str | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         """The execution's lines, then each new one, until the execution has ended and the API
-        has sent its every line."""
+        has sent its every line. The stream has no ``end`` frame: once it closes, the
+        execution's state tells an end from a stream cut short (an :class:`ApiError`)."""
         params = [("minLevel", min_level)] if min_level else []
         async for frame_id, data in self._events(_logs(execution_id) + "/follow", params):
             if frame_id == "progress":
-                yield orjson.loads(data)
+                yield _loads(data, shown_url(self.root))
+        execution = await self.execution(execution_id)
+        current = (execution.get("state") or {}).get("current")
+        if current not in {state.value for state in StateType if state.is_terminal}:
+            raise ApiError(_cut_follow(execution_id))
 
     # -- HTTP --------------------------------------------------------------------------------
 
     async def _json(self, method: str, path: str, params: Sequence[tuple[str, str]] = ()) -> Any:
         async with self._request(method, path, params) as response:
-            return orjson.loads(await response.read())
+            return _loads(await response.read(), shown_url(str(response.url)))
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> None:
         async with self._request(method, path, **kwargs):
@@ -200,6 +227,7 @@ class ApiClient:
         try:
             response = await self._session.request(method, url, params=list(params), **kwargs)
         except (aiohttp.ClientError, TimeoutError) as exc:
+            url = shown_url(url)
             raise ApiError(
                 f"cannot reach the API at {url} ({type(exc).__name__}: {exc}); set "
                 "KESTREAM_API_URL to where it listens"
@@ -212,9 +240,30 @@ class ApiClient:
                 )
             yield response
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ApiError(f"the API's answer from {url} broke off ({exc})") from None
+            raise ApiError(f"the API's answer from {shown_url(url)} broke off ({exc})") from None
         finally:
             response.release()
+
+
+def _loads(data: bytes, where: object) -> Any:
+    """An answer's JSON; an :class:`ApiError` for one that is not (a login page of a proxy,
+    a server that is not kestream's)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        head = data[:80].decode(errors="replace").strip()
+        raise ApiError(
+            f"the answer from {where} is not JSON ({head!r}...): is KESTREAM_API_URL kestream's "
+            "API, not a proxy's login page?"
+        ) from None
+
+
+def _cut_follow(execution_id: str) -> str:
+    return (
+        f"the API closed the follow of execution {execution_id} before it ended (an API "
+        f"restart or a proxy's idle timeout?); follow it again: kestream executions follow "
+        f"{execution_id}"
+    )
 
 
 def _message(text: str) -> str:

@@ -44,8 +44,37 @@ ExecutionId = Annotated[str, typer.Argument(metavar="EXECUTION_ID", help="The ex
 LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
 
 
+# -- option values: checked while the command line is parsed, so a bad one is a usage error (64)
+
+
+def _level(value: str | None) -> str | None:
+    if value is not None and value.upper() not in LEVELS:
+        raise typer.BadParameter(f"--level must be one of {', '.join(LEVELS)}, not {value!r}")
+    return value.upper() if value else None
+
+
+def _label_pairs(values: list[str] | None) -> list[str] | None:
+    for pair in values or []:
+        key, sep, _ = pair.partition(":")
+        if not sep or not key:
+            raise typer.BadParameter(f"--label expects key:value, got {pair!r}")
+    return values
+
+
+def _input_pairs(values: list[str] | None) -> list[str] | None:
+    from kestream.cli import parse_input_pairs
+
+    try:
+        parse_input_pairs(values or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return values
+
+
 def _call(work: Callable[[ApiClient], Awaitable[T]]) -> T:
     """Run ``work`` with a client of the configured API; an :class:`ApiError` exits with 4."""
+    from pydantic import ValidationError
+
     from kestream.api_client import ApiClient, ApiError
     from kestream.log_format import configure_logging
 
@@ -60,6 +89,18 @@ def _call(work: Callable[[ApiClient], Awaitable[T]]) -> T:
         return asyncio.run(_with_client())
     except ApiError as exc:
         raise fail(str(exc)) from None
+    except (ValidationError, KeyError) as exc:
+        # JSON, but not what kestream's API answers (another server, another version).
+        if isinstance(exc, ValidationError):
+            first = exc.errors(include_url=False, include_input=False)[0]
+            where = ".".join(str(part) for part in first["loc"])
+            why = f"{exc.error_count()} field(s) wrong, {where}: {first['msg']}"
+        else:
+            why = f"{type(exc).__name__}: {exc}"
+        raise fail(
+            f"the API's answer is not what kestream expects ({why}); is KESTREAM_API_URL a "
+            "kestream API of this version?"
+        ) from None
 
 
 def _execution(data: dict[str, Any]) -> Execution:
@@ -120,19 +161,17 @@ def list_(
         list[str] | None, typer.Option(help="Only executions in this state (repeat).")
     ] = None,
     label: Annotated[
-        list[str] | None, typer.Option(help="Only executions with this label, key:value (repeat).")
+        list[str] | None,
+        typer.Option(
+            help="Only executions with this label, key:value (repeat).", callback=_label_pairs
+        ),
     ] = None,
     page: Annotated[int, typer.Option(min=1, help="Page, from 1.")] = 1,
     size: Annotated[int, typer.Option(min=1, max=1000, help="Executions per page.")] = 25,
     as_json: JsonOption = False,
 ) -> None:
     """List executions, newest first: one page, and how many match in all."""
-    labels: dict[str, str] = {}
-    for pair in label or []:
-        key, sep, value = pair.partition(":")
-        if not sep or not key:
-            raise fail(f"--label expects key:value, got {pair!r}")
-        labels[key] = value
+    labels = dict(pair.split(":", 1) for pair in label or [])
     from kestream.api_client import SearchFilters
 
     states = [s.strip().upper() for s in state or []]
@@ -175,7 +214,7 @@ def logs(
     execution_id: ExecutionId,
     level: Annotated[
         str | None,
-        typer.Option(help=f"The lowest level shown: {', '.join(LEVELS)}."),
+        typer.Option(help=f"The lowest level shown: {', '.join(LEVELS)}.", callback=_level),
     ] = None,
     follow_: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines until the end.")
@@ -185,9 +224,7 @@ def logs(
     ] = False,
 ) -> None:
     """Print an execution's log lines (with --follow, as they come until it has ended)."""
-    if level is not None and level.upper() not in LEVELS:
-        raise fail(f"--level must be one of {', '.join(LEVELS)}, not {level!r}")
-    min_level = level.upper() if level else None
+    min_level = level
 
     def _print(line: dict[str, Any]) -> None:
         if as_json:
@@ -246,7 +283,12 @@ def resume(
     execution_id: ExecutionId,
     inputs: Annotated[
         list[str] | None,
-        typer.Option("--input", "-i", help="An onResume input of the Pause, key=value (repeat)."),
+        typer.Option(
+            "--input",
+            "-i",
+            help="An onResume input of the Pause, key=value (repeat).",
+            callback=_input_pairs,
+        ),
     ] = None,
     wait: WaitOption = False,
     as_json: JsonOption = False,
@@ -254,10 +296,7 @@ def resume(
     """Resume a paused execution, with the Pause's onResume inputs."""
     from kestream.cli import parse_input_pairs
 
-    try:
-        given = parse_input_pairs(inputs or [])
-    except ValueError as exc:
-        raise fail(str(exc)) from None
+    given = parse_input_pairs(inputs or [])
 
     async def _resume(client: ApiClient) -> int:
         await client.resume(execution_id, given)

@@ -72,13 +72,22 @@ def exposes_credentials(url: str) -> bool:
         return True
 
 
+def shown_url(url: str) -> str:
+    """``url`` without the user and password it may carry (``http://user:pw@host``), for
+    messages and logs."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
 @cache
 def _warn_clear_credentials(base: str) -> None:
     """Once per URL and process (module docs)."""
     log.warning(
         "the purge tasks send the API's credentials to %s over plain http, readable on the "
         "network: set KESTREAM_API_URL to an https URL (or a loopback address)",
-        base,
+        shown_url(base),
     )
 
 
@@ -119,6 +128,6 @@ class ApiPurger:
                 return answer
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TaskError(
-                f"Cannot reach the API at {url} to purge ({type(exc).__name__}: {exc}); "
+                f"Cannot reach the API at {shown_url(url)} to purge ({type(exc).__name__}: {exc}); "
                 "set KESTREAM_API_URL where the workers run"
             ) from None

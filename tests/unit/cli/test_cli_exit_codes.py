@@ -94,9 +94,10 @@ def test_a_wrong_command_line_exits_with_ex_usage(args: list[str]) -> None:
         (["executions", "resume", "E1", "--input", "novalue"], "--input expects key=value"),
     ],
 )
-def test_bad_values_are_unusable_input(args: list[str], says: str) -> None:
+def test_bad_option_values_are_usage_errors(args: list[str], says: str) -> None:
+    """As ``--page 0``: the command line is wrong, 64, checked before the API is called."""
     result = runner.invoke(app, args)
-    assert result.exit_code == EXIT_UNUSABLE
+    assert result.exit_code == EXIT_USAGE
     assert says in result.output
 
 
