@@ -22,12 +22,15 @@ JSON field (escaped as JSON escapes it) never shows.
 
 from __future__ import annotations
 
+import base64
 import logging
 import logging.config
+import os
 import sys
+import threading
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import SecretStr
 from pythonjsonlogger.json import JsonFormatter
@@ -46,22 +49,31 @@ _JSON_RENAMES = {"levelname": "level", "name": "logger"}
 
 
 def secret_values(settings: Settings) -> list[str]:
-    """The secret values of ``settings``: each ``SecretStr`` field, each bearer token apart, and
-    the password inside a URL (the index URL), which a message may show without the rest."""
+    """The secret values of ``settings``: each ``SecretStr`` field, each bearer token apart,
+    the password inside a URL (the index URL; ``KESTREAM_API_URL``'s too), as written and
+    percent-decoded, since a message may show either without the rest, and the API's Basic
+    credentials as the ``Authorization`` header carries them (base64 of ``user:password``)."""
     values: list[str] = list(settings.api_bearer_tokens)
+    urls = [settings.api_url] if settings.api_url else []
     for name in type(settings).model_fields:
         secret = getattr(settings, name)
         if not isinstance(secret, SecretStr):
             continue
         value = secret.get_secret_value()
         values.append(value)
-        if "://" in value:
-            try:
-                password = urlsplit(value).password
-            except ValueError:
-                password = None
-            if password:
-                values.append(password)
+        urls.append(value)
+    for url in urls:
+        if "://" not in url:
+            continue
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
+        if password:
+            values += [password, unquote(password)]
+    if settings.api_username is not None and settings.api_password is not None:
+        pair = f"{settings.api_username}:{settings.api_password.get_secret_value()}"
+        values.append(base64.b64encode(pair.encode()).decode())
     return [value for value in values if value]
 
 
@@ -100,10 +112,34 @@ def _json_formatter(role: str | None) -> logging.Formatter:
 
 
 def make_formatter(settings: Settings, role: str | None) -> logging.Formatter:
-    """The formatter of ``KESTREAM_LOG_FORMAT``, masking the settings' secrets."""
+    """The formatter of ``KESTREAM_LOG_FORMAT``, masking the settings' secrets, and in a
+    worker's process the values ``secret()`` reads too (:func:`task_secret_values`)."""
     json = settings.log_format == "json"
     inner = _json_formatter(role) if json else _text_formatter(role)
-    return MaskingFormatter(inner, secret_values(settings))
+    secrets = secret_values(settings)
+    if role is not None and "worker" in role.split(","):
+        secrets += task_secret_values(settings)
+    return MaskingFormatter(inner, secrets)
+
+
+def task_secret_values(settings: Settings) -> list[str]:
+    """The values of ``secret()`` as the process starts: each ``SECRET_<NAME>`` variable,
+    decoded, and the secrets file's (a file rotated later is not read again here). A task
+    masks its own lines; this masks the worker's (an exception that quotes a rendered value)."""
+    from kestream.secrets.resolver import ENV_PREFIX, SecretError, process_resolver
+
+    try:
+        resolver = process_resolver(settings.secrets_file)
+    except SecretError:
+        return []  # the worker reports the file when a task asks for a secret
+    values = list(resolver.file_values())
+    for name in os.environ:
+        if name.startswith(ENV_PREFIX):
+            try:
+                values.append(resolver.resolve(name.removeprefix(ENV_PREFIX)))
+            except SecretError:
+                continue
+    return values
 
 
 def log_level(settings: Settings, verbose: bool = False) -> int:
@@ -141,12 +177,15 @@ def logging_config(
 def configure_logging(
     settings: Settings, role: str | None = None, *, verbose: bool = False
 ) -> None:
-    """Set up this process's logging (module docs). In JSON, an exception nothing caught is
-    logged too (``CRITICAL``, with its traceback in ``exc_info``), so that a crash reaches the
-    log collector as one object, not as lines of a traceback."""
+    """Set up this process's logging (module docs). Whatever the format, an exception nothing
+    caught (in the main thread or another) and a warning (:mod:`warnings`) are logged too, so
+    they are masked as every line is (Python would print them to stderr as they are); in JSON
+    a crash reaches the log collector as one object (``CRITICAL``, its traceback in
+    ``exc_info``), not as lines of a traceback."""
     logging.config.dictConfig(logging_config(settings, role, verbose=verbose))
-    if settings.log_format == "json":
-        sys.excepthook = log_uncaught
+    logging.captureWarnings(True)
+    sys.excepthook = log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
 
 
 def log_uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
@@ -155,4 +194,16 @@ def log_uncaught(kind: type[BaseException], value: BaseException, tb: TracebackT
         return
     logging.getLogger("kestream").critical(
         "uncaught exception: %s", value, exc_info=(kind, value, tb)
+    )
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None or issubclass(args.exc_type, SystemExit):
+        return  # what threading's own hook ignores
+    name = args.thread.name if args.thread is not None else "a thread"
+    logging.getLogger("kestream").critical(
+        "uncaught exception in %s: %s",
+        name,
+        args.exc_value,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
     )

@@ -42,6 +42,10 @@ class SecretResolver:
     def of(cls, environ: Mapping[str, str], secrets_file: str | None) -> SecretResolver:
         return cls(environ, read_secrets_file(secrets_file) if secrets_file else {})
 
+    def file_values(self) -> list[str]:
+        """The secrets file's values (the worker's log masking)."""
+        return list(self._file.values())
+
     def resolve(self, name: str) -> str:
         key = name.upper()
         if key in self._file:

@@ -9,7 +9,9 @@ import logging
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -129,11 +131,18 @@ def test_secret_values_are_every_secret_setting() -> None:
 @pytest.fixture
 def _restore_logging() -> Iterator[None]:
     root = logging.getLogger()
-    handlers, level, hook = root.handlers[:], root.level, sys.excepthook
+    handlers, level, hook, thread_hook = (
+        root.handlers[:],
+        root.level,
+        sys.excepthook,
+        threading.excepthook,
+    )
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
     sys.excepthook = hook
+    threading.excepthook = thread_hook
+    logging.captureWarnings(False)
 
 
 @pytest.mark.usefixtures("_restore_logging")
@@ -167,3 +176,53 @@ def test_a_crash_is_one_json_object() -> None:
     assert entry["level"] == "CRITICAL"
     assert entry["message"] == f"uncaught exception: crashed holding {MASK}"
     assert "Traceback" in entry["exc_info"] and "crash-token-1" not in entry["exc_info"]
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_crash_a_thread_s_crash_and_a_warning_are_masked(log_format: str) -> None:
+    """Python prints these to stderr itself, past every formatter: they are logged instead."""
+    code = (
+        "import threading, warnings\n"
+        "from kestream.log_format import configure_logging\n"
+        "from kestream.settings import Settings\n"
+        f"settings = Settings(log_format='{log_format}', api_tokens='crash-token-1')\n"
+        "configure_logging(settings, 'api')\n"
+        "warnings.warn('warned holding crash-token-1')\n"
+        "def boom():\n"
+        "    raise ValueError('thread holding crash-token-1')\n"
+        "t = threading.Thread(target=boom, name='side'); t.start(); t.join()\n"
+        "raise RuntimeError('crashed holding crash-token-1')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "crash-token-1" not in done.stderr
+    for said in ("warned holding", "thread holding", "crashed holding", "Traceback"):
+        assert said in done.stderr
+    assert done.stderr.count(MASK) >= 3
+
+
+def test_secret_values_hold_the_forms_a_message_shows() -> None:
+    """A URL's password percent-decoded as well as written (KESTREAM_API_URL's too), and the
+    Basic header's base64 of user:password."""
+    settings = Settings(
+        api_username="admin",
+        api_password="p@ss",
+        index_url="postgresql://u:pa%2Fss99@db/k",
+        api_url="http://cli:url%40pw77@api.example",
+    )
+    values = set(secret_values(settings))
+    assert {"pa%2Fss99", "pa/ss99", "url%40pw77", "url@pw77"} <= values
+    assert base64.b64encode(b"admin:p@ss").decode() in values
+
+
+def test_a_worker_s_lines_mask_the_values_secret_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secrets_file = tmp_path / "secrets.yaml"
+    secrets_file.write_text("DB_PASS: file-secret-42\n")
+    monkeypatch.setenv("SECRET_API_KEY", base64.b64encode(b"env-secret-43").decode())
+    settings = Settings(secrets_file=str(secrets_file))
+    line = f"rendered file-secret-42 and env-secret-43 with {TOKEN}"
+    worker = make_formatter(settings, "executor,worker").format(_record(line))
+    assert "file-secret-42" not in worker and "env-secret-43" not in worker
+    assert "file-secret-42" in make_formatter(settings, "executor").format(_record(line))
