@@ -6,9 +6,15 @@ creations first, then, with tasks on workers, each job's result as a worker woul
 is measured is the process CPU of the steps and of making their records (execution updates,
 changelog records, jobs, logs, metrics); producing, fetching and committing are the broker
 client's and are not. Prints microseconds per execution (the best of ``--repeat`` runs) and the
-records each execution makes.
+records each execution makes, by topic and kind (the changelog's as the writer sends them,
+coalesced: :meth:`~kestream.runtime.executor_outbox.Outbox.coalesce`): the broker's cost is
+per request and per record.
+
+``--workload w3_10000`` runs W3's ForEach of 10 000 iterations instead (one execution, its
+results ``--batch`` per cycle; with tasks on workers, every iteration is a result).
 
     python -m bench.executor_cost [--no-inline] [--executions 3000] [--repeat 5] [--profile]
+    python -m bench.executor_cost --no-inline --workload w3_10000 --executions 1 --batch 500
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ import cProfile
 import gc
 import pstats
 import time
+from collections import Counter
 from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from bench.workloads import FLOWS_DIR
+from kestream.executor import codec
 from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.models.flow import parse_flow
@@ -43,11 +51,11 @@ BATCH = 50
 OUTPUTS = {"values": {"message": "Hello World"}}
 
 
-def _service(inline: bool) -> ExecutorService:
+def _service(inline: bool, workload: str = "w1") -> ExecutorService:
     settings = Settings(broker="unused:9092", executor_inline_tasks=inline)
     ctx = BrokerContext(settings, "unused:9092", "tansu", Topics.of(settings))
     registry = FlowRegistry()
-    registry.put(parse_flow((FLOWS_DIR / "w1.yaml").read_text()))
+    registry.put(parse_flow((FLOWS_DIR / f"{workload}.yaml").read_text()))
     service = ExecutorService(ctx, registry, metrics=Metrics())
     service.owned = set(range(settings.partitions))
     return service
@@ -57,25 +65,41 @@ def _record(topic: str, offset: int, value: bytes) -> ConsumerRecord[Any, Any]:
     return ConsumerRecord(topic, 0, offset, 0, 0, None, value, None, 0, len(value), ())
 
 
+def _kind(topic: str, key: str, value: bytes | None) -> str:
+    """A record's kind for the breakdown: a changelog record's key suffix (header, dynamic,
+    plan, task run, ended marker, or a tombstone of one), else its topic."""
+    if not topic.endswith("changelog"):
+        return topic
+    head = codec.execution_of(key)
+    rest = key[len(head) :]
+    kind = {"": "header", "#": "dynamic", "+": "plan", "!": "ended"}.get(rest)
+    if kind is None:
+        kind = "task run plan" if rest.endswith(codec.PLAN) else "task run"
+    return f"changelog {kind}" + (" tombstone" if value is None else "")
+
+
 def drive(
-    service: ExecutorService, executions: int, profile: cProfile.Profile | None = None
-) -> tuple[float, int, int, int]:
-    """Run ``executions`` W1 executions to their end; return (CPU seconds, events, command
-    records, changelog records)."""
+    service: ExecutorService,
+    executions: int,
+    profile: cProfile.Profile | None = None,
+    batch_size: int = BATCH,
+) -> tuple[float, int, Counter[str]]:
+    """Run ``executions`` executions of the service's flow to their end; return (CPU
+    seconds, events, records by kind)."""
+    (flow,) = service.registry.all()
+    inputs = {"name": "World"} if flow.inputs else None
     created_tp = TopicPartition(service.topics.executions, 0)
     results_tp = TopicPartition(service.topics.results, 0)
     pending: list[tuple[TopicPartition, ConsumerRecord[Any, Any]]] = []
     for offset in range(executions):
-        created = ev.ExecutionCreated(
-            new_id(), "company.team", "benchmark01", None, inputs={"name": "World"}
-        )
+        created = ev.ExecutionCreated(new_id(), flow.namespace, flow.id, None, inputs=inputs)
         pending.append(
             (created_tp, _record(created_tp.topic, offset, records.encode_event(created)))
         )
-    spent, events, commands, changelog = 0.0, 0, 0, 0
-    jobs = service.topics.worker_tasks
+    spent, events, kinds = 0.0, 0, Counter[str]()
+    jobs, changelog = service.topics.worker_tasks, service.topics.changelog
     while pending:
-        chunk, pending = pending[:BATCH], pending[BATCH:]
+        chunk, pending = pending[:batch_size], pending[batch_size:]
         batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
         for tp, rec in chunk:
             batch.setdefault(tp, []).append(rec)
@@ -84,12 +108,13 @@ def drive(
         if profile is not None:
             profile.enable()
         service._step_batch(batch, out)
+        out.coalesce()  # as the writer does
         if profile is not None:
             profile.disable()
         spent += time.process_time() - started
         events += len(chunk)
-        commands += len(out.commands)
-        changelog += len(out.changelog)
+        kinds.update(_kind(topic, key, value) for topic, key, value, _ in out.commands)
+        kinds.update(_kind(changelog, key, value) for key, value, _ in out.changelog)
         for topic, _, value, _ in out.commands:
             if topic == jobs or topic.startswith(jobs + "-"):
                 job = records.loads(value)
@@ -101,7 +126,7 @@ def drive(
                 pending.append((results_tp, _record(results_tp.topic, 0, value)))
     if service.states:
         raise SystemExit(f"{len(service.states)} executions did not end")
-    return spent, events, commands, changelog
+    return spent, events, kinds
 
 
 def main() -> None:
@@ -109,24 +134,30 @@ def main() -> None:
     parser.add_argument("--inline", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--executions", type=int, default=3000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--workload", default="w1", help="a flow of config/bench (w1, w3_10000)")
+    parser.add_argument("--batch", type=int, default=BATCH, help="records per cycle")
     parser.add_argument("--profile", action="store_true", help="cProfile one more run")
     args = parser.parse_args()
     tune_gc()
-    drive(_service(args.inline), 200)  # warm: templates compiled, code paths hot
+    n, inline, workload = args.executions, args.inline, args.workload
+    drive(_service(inline, workload), min(n, 200), batch_size=args.batch)  # warm: code paths hot
     best = float("inf")
     for _ in range(args.repeat):
         gc.collect()
-        spent, events, commands, changelog = drive(_service(args.inline), args.executions)
+        spent, events, kinds = drive(_service(inline, workload), n, batch_size=args.batch)
         best = min(best, spent)
-    n = args.executions
+    changelog = sum(c for kind, c in kinds.items() if kind.startswith("changelog"))
     print(
-        f"W1 executor CPU (inline {'on' if args.inline else 'off'}): "
-        f"{best / n * 1e6:.0f} us per execution; per execution {events / n:.0f} events, "
-        f"{commands / n:.0f} command records, {changelog / n:.0f} changelog records"
+        f"{workload} executor CPU (inline {'on' if inline else 'off'}): "
+        f"{best / n * 1e6:.0f} us per execution; per execution {events / n:.1f} events, "
+        f"{(kinds.total() - changelog) / n:.1f} command records, "
+        f"{changelog / n:.1f} changelog records"
     )
+    for kind, count in sorted(kinds.items()):
+        print(f"  {count / n:8.2f}  {kind}")
     if args.profile:
         profile = cProfile.Profile()
-        drive(_service(args.inline), n, profile)
+        drive(_service(inline, workload), n, profile, args.batch)
         pstats.Stats(profile).sort_stats("tottime").print_stats(30)
 
 

@@ -6,6 +6,11 @@ replays the batch from a state without its changes, and its commands carry deriv
 every consumer downstream ignores when repeated. Under exactly-once the order no longer matters
 (each input partition's records and offsets commit together), but the records are kept apart
 per input partition (:class:`PartitionOutboxes`).
+
+An execution that takes several steps in one cycle (a ForEach's results fetched together, say)
+rewrites some keys in each (its dynamic record always): :meth:`Outbox.coalesce` keeps the last
+record of each key only, where that cannot change what a kill at any point of the write leaves
+(see its docstring).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kestream.executor.codec import execution_of, is_commit_mark
 from kestream.runtime.records import dumps
 
 __all__ = ["ChangelogRecord", "CommandRecord", "Outbox", "Outboxes", "PartitionOutboxes"]
@@ -60,6 +66,51 @@ class Outbox:
 
     def empty(self) -> bool:
         return not (self.commands or self.changelog or self.tables)
+
+    def coalesce(self) -> int:
+        """Drop the changelog records a later record of the same key in this outbox replaces,
+        where no kill in between can tell; returns how many were dropped.
+
+        Recovery folds an execution's records up to its last commit mark
+        (:func:`~kestream.executor.codec.is_commit_mark`) and leaves the rest out, so what a
+        kill leaves of an execution is its records up to one of its commit marks. A record may
+        go when its key is written again before the next commit mark kept: no kept mark lies
+        between the two, so a kill leaves both or neither. The dynamic record, each step's
+        mark, is the usual case: its earlier copies go, and the cycle's steps of the execution
+        commit together (a kill before the last replays them all, their offsets were not
+        committed). A mark that is kept (the ended marker's tombstone of a restart, say)
+        bounds what may go before it.
+
+        The ended markers that may be carried to the next write (:attr:`deferrable`) are the
+        only record of an execution begun and ended in one step; once anything is dropped, the
+        outbox no longer says which remain, and none is carried (a second wait, never a marker
+        lost).
+        """
+        changelog = self.changelog
+        if len(changelog) < 2:
+            return 0
+        keys = [key for key, _, _ in changelog]
+        if len(set(keys)) == len(keys):
+            return 0
+        later: dict[str, set[str]] = {}  # per execution, keys written after, up to a kept mark
+        keep = [False] * len(changelog)
+        for i in range(len(changelog) - 1, -1, -1):
+            key, value, _ = changelog[i]
+            execution_id = execution_of(key)
+            after = later.get(execution_id)
+            if after is None:
+                after = later[execution_id] = set()
+            elif key in after:
+                continue
+            keep[i] = True
+            if is_commit_mark(key, value):
+                after.clear()
+            after.add(key)
+        kept = [rec for rec, k in zip(changelog, keep, strict=True) if k]
+        dropped = len(changelog) - len(kept)
+        self.changelog = kept
+        self.deferrable = 0
+        return dropped
 
     def extend(self, other: Outbox) -> None:
         """Take ``other``'s records after this one's (an event's staged records, once whole)."""

@@ -4,7 +4,9 @@
 topic (where it was, why, as much of it as fits), logged and counted.
 
 :class:`RecordWriter` writes a batch's :class:`~kestream.runtime.executor_outbox.Outbox` in its
-order: the commands, waiting for every ack, then the changelog, waiting again. A batch whose
+order: the commands, waiting for every ack, then the changelog (each key's records that a
+later one replaces dropped, :meth:`~kestream.runtime.executor_outbox.Outbox.coalesce`), waiting
+again. A batch whose
 only changelog records are the ended markers of executions begun and ended in one step (W1 with
 inline tasks: every batch) skips the second wait: its markers are carried to the next write,
 with whose commands they go (after this batch's commands were acked, before the next batch's
@@ -114,6 +116,7 @@ class RecordWriter:
         partition's state reflects), and the records refused."""
         written = Written()
         changelog = self.topics.changelog
+        out.coalesce()
         recs, self.carried = out.commands + self.carried, []
         acks = await self.produce(recs, written.refused)
         later = [(changelog, *r) for r in out.changelog] + out.tables
@@ -125,8 +128,9 @@ class RecordWriter:
 
     def records_of(self, out: Outbox) -> list[CommandRecord]:
         """``out``'s records in their order (commands, changelog, other tables), sized
-        (:meth:`sized`) by the caller."""
+        (:meth:`sized`) by the caller; its changelog coalesced (:meth:`Outbox.coalesce`)."""
         changelog = self.topics.changelog
+        out.coalesce()
         return out.commands + [(changelog, *r) for r in out.changelog] + out.tables
 
     async def write_transactions(self, writes: Mapping[int, TxnWrite]) -> Written:
