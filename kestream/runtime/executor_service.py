@@ -282,6 +282,7 @@ class ExecutorService:
             self.metrics.executor_threads.dec()
             for share in (self._held_share, self._in_flight_share, self._lag_share):
                 share.report(0)
+            self._partition_lag.clear()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.local.close()
@@ -474,20 +475,18 @@ class ExecutorService:
         """Per-batch metrics: events, batch time, held and in-flight executions, lag (the
         high watermark of the last fetch minus what this batch reached: no extra request)."""
         assert self._consumer is not None
-        events = lag = 0
-        behind: dict[int, int] = {}
+        events = 0
+        behind: dict[tuple[str, int], int] = {}
         for tp, recs in batch.items():
             if recs:
                 events += len(recs)
                 highwater = self._consumer.highwater(tp)
                 if highwater is not None:
-                    tp_lag = max(0, highwater - recs[-1].offset - 1)
-                    lag += tp_lag
-                    behind[tp.partition] = behind.get(tp.partition, 0) + tp_lag
+                    behind[tp] = max(0, highwater - recs[-1].offset - 1)
         if events:
             self.metrics.executor_batch_done(events, time.perf_counter() - started)
-        self._lag_share.report(lag)
-        self._partition_lag.report(behind)
+        assigned = self._consumer.assignment()
+        self._lag_share.report(self._partition_lag.report(behind, assigned))
         self._held_share.report(len(self.held))
         self._in_flight_share.report(len(self.states))
 

@@ -83,23 +83,48 @@ class PartitionLag:
     """One processor's records behind the high watermark, per partition number (its topics'
     lags summed: an executor reads three topics with the same partition numbers).
 
-    ``report`` takes a batch's lags: a partition the batch did not reach reads 0, as in the
-    processor's own sum (a fetch that returned nothing from a partition found it caught up).
+    ``report`` takes a batch's lags per ``(topic, partition)`` and the consumer's assignment. A
+    partition the batch did not reach keeps its last known lag (a worker fetching one or two
+    records reaches one partition per batch, while the others may be thousands behind); one
+    never measured is not shown; one no longer assigned is dropped, its series removed.
     """
 
-    __slots__ = ("_consumer", "_gauge", "_seen")
+    __slots__ = ("_children", "_consumer", "_gauge", "_lags")
 
     def __init__(self, gauge: Any, consumer: str) -> None:
         self._gauge = gauge
         self._consumer = consumer
-        self._seen: set[int] = set()
+        self._lags: dict[tuple[str, int], int] = {}
+        self._children: dict[int, Any] = {}
 
-    def report(self, lags: dict[int, int]) -> None:
-        for partition in self._seen - lags.keys():
-            self._gauge.labels(self._consumer, str(partition)).set(0)
-        for partition, lag in lags.items():
-            self._gauge.labels(self._consumer, str(partition)).set(lag)
-        self._seen |= lags.keys()
+    def report(
+        self, batch: Mapping[tuple[str, int], int], assigned: Iterable[tuple[str, int]]
+    ) -> int:
+        """Record ``batch``'s lags; the processor's total lag over its assigned partitions."""
+        owned = set(assigned)
+        for tp in self._lags.keys() - owned:
+            del self._lags[tp]
+        for tp, lag in batch.items():
+            if tp in owned:
+                self._lags[tp] = lag
+        per_partition: dict[int, int] = {}
+        for (_, partition), lag in self._lags.items():
+            per_partition[partition] = per_partition.get(partition, 0) + lag
+        for partition in self._children.keys() - per_partition.keys():
+            del self._children[partition]
+            self._gauge.remove(self._consumer, str(partition))
+        for partition, lag in per_partition.items():
+            child = self._children.get(partition)
+            if child is None:
+                child = self._children[partition] = self._gauge.labels(
+                    self._consumer, str(partition)
+                )
+            child.set(lag)
+        return sum(per_partition.values())
+
+    def clear(self) -> None:
+        """The processor stopped: its series go."""
+        self.report({}, ())
 
 
 class Metrics:

@@ -454,6 +454,7 @@ class WorkerService:
         self._runner.close()
         self._pending_share.report(0)
         self._lag_share.report(0)
+        self._partition_lag.clear()
 
     async def _drain(self, timeout: float) -> None:
         """Let running jobs finish, up to ``timeout`` (their results are produced meanwhile:
@@ -515,17 +516,14 @@ class WorkerService:
                 batch = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=room)
             finally:
                 self._fetch_room = 0
-            lag = 0
-            behind: dict[int, int] = {}
+            behind: dict[tuple[str, int], int] = {}
             for tp, recs in batch.items():
                 for record in recs:
                     self._handle(record)
                 highwater = consumer.highwater(tp) if recs else None
                 if highwater is not None:  # the last fetch's high watermark: no extra request
-                    behind[tp.partition] = max(0, highwater - recs[-1].offset - 1)
-                    lag += behind[tp.partition]
-            self._lag_share.report(lag)
-            self._partition_lag.report(behind)
+                    behind[tp] = max(0, highwater - recs[-1].offset - 1)
+            self._lag_share.report(self._partition_lag.report(behind, consumer.assignment()))
         self._pending_share.report(len(self._held))
         self._commit_in_background()
 

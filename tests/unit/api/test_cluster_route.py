@@ -84,14 +84,15 @@ async def test_each_process_with_its_partitions_lag_slots_and_dead_letters(
     worker_metrics.worker_job_running.set(3)
     worker_metrics.dead_letter("worker")
     worker_metrics.consumer_lag.labels("executor").set(5)  # another role of its process
-    worker_metrics.partition_lag("executor").report({0: 5})  # the other role's: not shown
-    worker_metrics.partition_lag("worker").report({0: 4, 1: 3})
+    worker_metrics.partition_lag("executor").report({("e", 0): 5}, [("e", 0)])  # not shown
+    worker_metrics.partition_lag("worker").report({("j", 0): 4, ("j", 1): 3}, [("j", 0), ("j", 1)])
     executor_metrics = Metrics(process_collectors=False)
     executor_metrics.consumer_lag.labels("executor").set(2)
     executor_metrics.executor_threads.set(2)
     executor_lag = executor_metrics.partition_lag("executor")
-    executor_lag.report({1: 9, 3: 1})
-    executor_lag.report({1: 2})  # a later batch that did not reach 3: caught up
+    owned = [("e", 1), ("e", 3)]
+    executor_lag.report({("e", 1): 9, ("e", 3): 1}, owned)
+    executor_lag.report({("e", 1): 2}, owned)  # a later batch that did not reach 3: as it was
     roster.put(published("worker", 2, worker_metrics, [0, 1]))
     roster.put(published("executor", 1, executor_metrics, [0, 1, 2, 3]))
 
@@ -105,7 +106,7 @@ async def test_each_process_with_its_partitions_lag_slots_and_dead_letters(
     assert (executor["role"], executor["host"], executor["port"]) == ("executor", "h1", 4001)
     assert executor["checks"]["processor"]["partitions"] == [0, 1, 2, 3]
     assert executor["consumerLag"] == {"executor": 2.0} and executor["slots"] is None
-    assert executor["partitionLag"] == {"1": 2.0, "3": 0.0}
+    assert executor["partitionLag"] == {"1": 2.0, "3": 1.0}
     assert executor["streamThreads"] == 2.0 and worker["streamThreads"] is None
     assert worker["checks"]["processor"]["partitions"] == [0, 1]
     assert worker["consumerLag"] == {"worker": 7.0}

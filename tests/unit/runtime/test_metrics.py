@@ -139,3 +139,29 @@ def test_the_process_registry_is_one_and_has_process_collectors() -> None:
     assert process_metrics() is process_metrics()
     names = {f.name for f in text_string_to_metric_families(process_metrics().render()[0].decode())}
     assert "python_info" in names
+
+
+def test_partition_lag_keeps_the_last_known_lag_and_drops_revoked_partitions() -> None:
+    """A worker fetching a record or two reaches one partition per batch: the others keep
+    their lag (not 0, "caught up"); topics of one partition number add up; a revoked
+    partition's series goes, and the total is over the assigned partitions only."""
+    metrics = Metrics(process_collectors=False)
+    lag = metrics.partition_lag("worker")
+
+    def shown() -> dict[str, float]:
+        return {
+            sample.labels["partition"]: sample.value
+            for family in metrics.consumer_partition_lag.collect()
+            for sample in family.samples
+            if sample.labels["consumer"] == "worker"
+        }
+
+    owned = [("jobs", 0), ("jobs", 1), ("jobs", 2), ("other", 1)]
+    assert lag.report({("jobs", 0): 500, ("jobs", 1): 900, ("other", 1): 5}, owned) == 1405
+    assert lag.report({("jobs", 0): 499}, owned) == 1404  # 1 and other-1 as they were
+    assert shown() == {"0": 499.0, "1": 905.0}  # 2 never measured: not shown
+    # Partition 1 revoked (both topics); a batch of another partition may hold it still.
+    assert lag.report({("jobs", 1): 3}, [("jobs", 0), ("jobs", 2)]) == 499
+    assert shown() == {"0": 499.0}
+    lag.clear()
+    assert shown() == {}
