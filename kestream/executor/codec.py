@@ -21,6 +21,7 @@ outputs come back with their types.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -35,7 +36,7 @@ from kestream.executor.state import (
     Timer,
 )
 from kestream.models.state import StateType
-from kestream.storage.offload import SnapshotError, fetch_plan
+from kestream.storage.offload import REF_KEY, SnapshotError, fetch_plan, is_reference
 from kestream.tasks.base import Task
 
 HEADER, DYNAMIC, PLAN, ENDED = "", "#", "+", "!"
@@ -43,6 +44,10 @@ HEADER, DYNAMIC, PLAN, ENDED = "", "#", "+", "!"
 ROOT = ""
 #: The key of a plan record that stands for a plan stored in the internal storage.
 STORED_PLAN = "stored"
+
+#: One execution's stored plans, read before it is rebuilt (off the event loop, tried again
+#: while the storage does not answer), by URI: the plan, or why it is not one.
+StoredPlans = Mapping[str, "dict[str, Any] | SnapshotError"]
 
 
 class CodecError(ValueError):
@@ -291,15 +296,33 @@ def execution_of(key: str) -> str:
 # -- decoding --------------------------------------------------------------------------------
 
 
-def _stored_plan(execution_id: str, plan: dict[str, Any]) -> dict[str, Any]:
-    """A plan record as :func:`encode_plan` wrote it before it was stored: read from the
-    internal storage when the record is a reference (blocking; a storage that cannot answer
-    raises :class:`~kestream.storage.offload.StorageUnavailable`), else ``plan`` itself."""
+def stored_plans(execution_id: str, records: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The references of the plans stored in the internal storage that an execution's latest
+    records name (each plan record written as ``{"stored": ref}``): what :func:`rebuild` reads."""
+    refs: list[dict[str, Any]] = []
+    for key, value in records.items():
+        if key.endswith(PLAN) and key.startswith(execution_id) and type(value) is dict:
+            ref = value.get(STORED_PLAN)
+            if ref is not None:
+                refs.append(ref)
+    return refs
+
+
+def _stored_plan(
+    execution_id: str, plan: dict[str, Any], plans: StoredPlans | None
+) -> dict[str, Any]:
+    """A plan record as :func:`encode_plan` wrote it before it was stored: from ``plans`` when
+    the record is a reference read beforehand, else read now from the internal storage
+    (blocking; a storage that cannot answer raises
+    :class:`~kestream.storage.offload.StorageUnavailable`); ``plan`` itself when not stored."""
     ref = plan.get(STORED_PLAN)
     if ref is None:
         return plan
+    read = plans.get(ref[REF_KEY]) if plans is not None and is_reference(ref) else None
     try:
-        stored = fetch_plan(ref, execution_id)
+        if isinstance(read, SnapshotError):
+            raise read
+        stored = read if read is not None else fetch_plan(ref, execution_id)
     except SnapshotError as exc:
         raise CodecError(f"execution {execution_id}: {exc}") from None
     return {**stored, STORED_PLAN: ref}
@@ -327,11 +350,16 @@ def _group_from(
 
 
 def rebuild(
-    execution_id: str, records: dict[str, dict[str, Any]], tasks: dict[str, Task]
+    execution_id: str,
+    records: dict[str, dict[str, Any]],
+    tasks: dict[str, Task],
+    plans: StoredPlans | None = None,
 ) -> ExecutionState:
     """Build one execution's state from its latest records (``key -> value``, no tombstones).
 
-    ``tasks`` is the flow's task index (every task by id).
+    ``tasks`` is the flow's task index (every task by id); ``plans``: its stored plans
+    (:func:`stored_plans`) read beforehand, so the rebuild itself does no I/O (a stored plan
+    not in it is read here, blocking).
     """
     try:
         head = records[header_key(execution_id)]
@@ -357,7 +385,7 @@ def rebuild(
     )
     root_plan = records.get(header_key(execution_id, PLAN))
     if dyn["root"] is not None and root_plan is not None:
-        root_plan = _stored_plan(execution_id, root_plan)
+        root_plan = _stored_plan(execution_id, root_plan, plans)
         st.root = _group_from(dyn["root"], root_plan["lanes"], tasks)
         st.root.stored = root_plan.get(STORED_PLAN)
     if dyn.get("after") is not None:
@@ -369,7 +397,7 @@ def rebuild(
         tid: Timer(datetime.fromisoformat(due), kind, run, attempt)
         for tid, (due, kind, run, attempt) in dyn["timers"].items()
     }
-    _rebuild_task_runs(st, execution_id, records, tasks)
+    _rebuild_task_runs(st, execution_id, records, tasks, plans)
     # Never number a new task run like one that has a record (its id is derived from the
     # number): a guard against records ahead of the dynamic one, which no step writes.
     numbers = (tr.number for tr in st.task_runs.values())
@@ -384,6 +412,7 @@ def _rebuild_task_runs(
     execution_id: str,
     records: dict[str, dict[str, Any]],
     tasks: dict[str, Task],
+    plans: StoredPlans | None,
 ) -> None:
     prefix = execution_id + "/"
     raw_runs = sorted(
@@ -418,7 +447,7 @@ def _rebuild_task_runs(
             plan = records.get(task_run_key(execution_id, run_id, PLAN))
             if plan is None:
                 raise CodecError(f"execution {execution_id}: task run {run_id} lost its plan")
-            plan = _stored_plan(execution_id, plan)
+            plan = _stored_plan(execution_id, plan, plans)
             tr.group = _group_from(raw["g"], plan["lanes"], tasks, plan.get("deps"))
             tr.group.stored = plan.get(STORED_PLAN)
         st.task_runs[run_id] = tr

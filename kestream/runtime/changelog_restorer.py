@@ -17,7 +17,10 @@ anything else it writes to the partition: :attr:`Recovered.repairs`.
 
 A read that fails (the broker away, a leader moving) is tried again a few times; if it still
 fails, :class:`RecoveryFailed` is raised and the processor stops its process loudly: carrying on
-without the partition's state would drop or replay its executions.
+without the partition's state would drop or replay its executions. The same holds for the plans
+a ForEach stored in the internal storage (:func:`kestream.executor.codec.stored_plans`): they are
+read before the executions are rebuilt, in threads (the event loop never waits on the storage),
+and tried again the same way.
 
 :class:`ChangelogMirror` keeps, for each execution in flight, the records the changelog holds
 for it (written, or about to be by the current batch). It is what an event that failed half-way
@@ -46,7 +49,13 @@ from kestream.runtime.aio import paced
 from kestream.runtime.compacted import read_partitions
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.kafka import make_consumer
-from kestream.storage.offload import StorageUnavailable
+from kestream.storage.offload import (
+    REF_KEY,
+    SnapshotError,
+    StorageUnavailable,
+    fetch_plan,
+    is_reference,
+)
 
 __all__ = [
     "ChangelogMirror",
@@ -63,6 +72,12 @@ T = TypeVar("T")
 
 #: Records of one execution, by changelog key.
 ExecutionRecords = dict[str, Any]
+
+#: Stored plans read at once (each in a thread of its own) while a recovery reads them.
+PLAN_READS_AT_ONCE = 8
+
+#: Stored plans read, by execution, then by URI: the plan, or why it is not one.
+PlansRead = dict[str, dict[str, "dict[str, Any] | SnapshotError"]]
 
 
 class RecoveryFailed(RuntimeError):
@@ -215,13 +230,15 @@ class ChangelogRestorer:
         (:class:`PartitionRead`); and each partition's end. A failed read is retried;
         :class:`RecoveryFailed` once the attempts are spent, :class:`RecoveryStopped` when
         :attr:`stopping` is set meanwhile."""
-        return await self._retried(partitions, lambda: self._read(partitions, start or {}))
+        what = f"the changelog of partitions {sorted(partitions)}"
+        return await self._retried(what, lambda: self._read(partitions, start or {}))
 
     async def read_table(self, topic: str, partitions: set[int]) -> dict[int, dict[str, Any]]:
         """The latest value of each key of the partitions of another changelog ``topic`` (the
         admission slots'), read whole and retried as :meth:`read`; tombstones drop their key,
         and a record that is not JSON is skipped and logged."""
-        return await self._retried(partitions, lambda: self._read_table(topic, partitions))
+        what = f"the changelog of partitions {sorted(partitions)}"
+        return await self._retried(what, lambda: self._read_table(topic, partitions))
 
     async def _read_table(self, topic: str, partitions: set[int]) -> dict[int, dict[str, Any]]:
         latest: dict[int, dict[str, Any]] = {p: {} for p in partitions}
@@ -246,7 +263,9 @@ class ChangelogRestorer:
             await consumer.stop()
         return latest
 
-    async def _retried(self, partitions: set[int], work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    async def _retried(self, what: str, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """``work()``'s result, tried :attr:`attempts` times (``what``: what it reads, for the
+        logs); :class:`RecoveryFailed` once they are spent."""
         delay = self.backoff_s
         for attempt in range(1, self.attempts + 1):
             try:
@@ -256,13 +275,11 @@ class ChangelogRestorer:
             except Exception as exc:
                 if attempt == self.attempts:
                     raise RecoveryFailed(
-                        f"cannot read the changelog of partitions {sorted(partitions)} "
-                        f"after {attempt} attempts: {exc!r}"
+                        f"cannot read {what} after {attempt} attempts: {exc!r}"
                     ) from exc
                 log.warning(
-                    "reading the changelog of partitions %s failed (attempt %d of %d): %r; "
-                    "retrying in %.1fs",
-                    sorted(partitions), attempt, self.attempts, exc, delay,
+                    "reading %s failed (attempt %d of %d): %r; retrying in %.1fs",
+                    what, attempt, self.attempts, exc, delay,
                 )  # fmt: skip
                 await self._unless_stopping(asyncio.sleep(delay))
                 delay *= 2
@@ -312,22 +329,78 @@ class ChangelogRestorer:
     async def rebuild(self, partition: int, read: PartitionRead) -> Recovered:
         """Executions in flight and ended markers from one partition's latest committed
         records, and the repairs of its torn steps; the event loop gets a turn every few
-        hundred executions (the other roles of the process keep their heartbeats)."""
+        hundred executions (the other roles of the process keep their heartbeats). The plans
+        they stored are read first (:meth:`read_plans`)."""
         found = Recovered(repairs=read.repairs(read.latest))
+        plans = await self.read_plans(read.latest)
         async for execution_id, recs in paced(read.latest.items()):
             marker = recs.get(codec.header_key(execution_id, codec.ENDED))
             if marker is not None:
                 found.ended.append((execution_id, marker))
                 continue
-            st = self.rebuild_one(execution_id, recs)
+            st = self.rebuild_one(execution_id, recs, plans.get(execution_id, {}))
             if st is None:
                 found.left_out += 1 if codec.header_key(execution_id) in recs else 0
             else:
                 found.states.append((st, recs))
         return found
 
-    def rebuild_one(self, execution_id: str, recs: ExecutionRecords) -> ExecutionState | None:
-        """One execution from its records; None (logged) when that cannot be done."""
+    async def restore(self, execution_id: str, recs: ExecutionRecords) -> ExecutionState | None:
+        """:meth:`rebuild_one`, its stored plans read first (:meth:`read_plans`)."""
+        plans = await self.read_plans({execution_id: recs})
+        return self.rebuild_one(execution_id, recs, plans.get(execution_id, {}))
+
+    async def read_plans(self, executions: Mapping[str, ExecutionRecords]) -> PlansRead:
+        """The plans stored in the internal storage that the executions in flight among
+        ``executions`` name, by execution: each read in a thread (a few at once), those the
+        storage did not give tried again as a changelog read is (:class:`RecoveryFailed` once
+        the attempts are spent: a recovery never goes on without a plan it has). A plan that is
+        missing or malformed is kept as its :class:`SnapshotError`: its execution is a bad
+        record, left out when rebuilt."""
+        wanted = [
+            (execution_id, ref)
+            for execution_id, recs in executions.items()
+            if codec.header_key(execution_id, codec.ENDED) not in recs
+            for ref in codec.stored_plans(execution_id, recs)
+            if is_reference(ref)
+        ]
+        got: PlansRead = {}
+        if not wanted:
+            return got
+        what = f"{len(wanted)} plans stored in the internal storage"
+        await self._retried(what, lambda: self._read_plans(wanted, got))
+        return got
+
+    async def _read_plans(self, wanted: list[tuple[str, dict[str, Any]]], got: PlansRead) -> None:
+        """Read the plans of ``wanted`` not in ``got`` yet into it; the first storage failure
+        is raised once every one was tried (the next attempt reads only those left)."""
+        left = [(e, ref) for e, ref in wanted if ref[REF_KEY] not in got.get(e, {})]
+        failure: Exception | None = None
+        for start in range(0, len(left), PLAN_READS_AT_ONCE):
+            chunk = left[start : start + PLAN_READS_AT_ONCE]
+            reads = [asyncio.to_thread(fetch_plan, ref, e) for e, ref in chunk]
+            for (execution_id, ref), plan in zip(
+                chunk, await asyncio.gather(*reads, return_exceptions=True), strict=True
+            ):
+                if isinstance(plan, dict | SnapshotError):
+                    got.setdefault(execution_id, {})[ref[REF_KEY]] = plan
+                elif isinstance(plan, Exception):
+                    failure = failure or plan
+                else:  # CancelledError and the like: not the storage's
+                    raise plan
+        if failure is not None:
+            raise failure
+
+    def rebuild_one(
+        self,
+        execution_id: str,
+        recs: ExecutionRecords,
+        plans: codec.StoredPlans | None = None,
+    ) -> ExecutionState | None:
+        """One execution from its records; None (logged) when that cannot be done. ``plans``:
+        its stored plans read beforehand (:meth:`read_plans`); without them they are read here,
+        blocking and once (a roll-back's), and a storage that does not answer raises
+        :class:`~kestream.storage.offload.StorageUnavailable`."""
         head = recs.get(codec.header_key(execution_id))
         if head is None:
             return None  # leftovers of an execution whose end was recorded and later pruned
@@ -337,9 +410,9 @@ class ChangelogRestorer:
                       execution_id, head["ns"], head["flow"], head["rev"])  # fmt: skip
             return None
         try:
-            return codec.rebuild(execution_id, recs, flow.task_index())
-        except StorageUnavailable:  # a stored plan the storage cannot give now: not a bad record,
-            raise  # the recovery stops and the partition's next owner does it again
+            return codec.rebuild(execution_id, recs, flow.task_index(), plans)
+        except StorageUnavailable:  # not a bad record: the caller says what becomes of it
+            raise
         except Exception:  # one bad record must not stop the recovery of every other execution
             log.exception("cannot restore %s from its changelog records; left out", execution_id)
             return None

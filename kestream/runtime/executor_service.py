@@ -105,6 +105,7 @@ from kestream.runtime.processing_guarantee import exactly_once
 from kestream.runtime.purge_fence import apply_purge_event
 from kestream.runtime.static_membership import static_member, stop_member
 from kestream.runtime.worker_groups import WorkerGroupRouter
+from kestream.storage.offload import StorageUnavailable
 
 __all__ = ["ExecutorService", "Outbox"]
 
@@ -588,7 +589,11 @@ class ExecutorService:
         self.executor.forget(execution_id)
         self.timers.forget([execution_id])
         recs = self.mirror.records_of(execution_id) if existed else None
-        st = self.restorer.rebuild_one(execution_id, recs) if recs else None
+        try:
+            st = self.restorer.rebuild_one(execution_id, recs) if recs else None
+        except StorageUnavailable as exc:  # a stored plan it names: its changelog keeps it
+            log.error("execution %s cannot be rebuilt now: %s", execution_id, exc)
+            st = None
         if st is None:
             if existed:
                 log.error("execution %s cannot be rolled back; it leaves the table", execution_id)
@@ -937,7 +942,7 @@ class ExecutorService:
                     cold.add(partition)
                     continue
                 delta = deltas[partition]
-                restored += self._unpark(partition, parked, delta.latest)
+                restored += await self._unpark(partition, parked, delta.latest)
                 repairs = delta.repairs(parked.records)  # the records known once merged
                 self._repairs.extend((k, v, partition) for k, v in repairs)
                 self._checkpoints[partition] = ends[partition]
@@ -964,7 +969,9 @@ class ExecutorService:
             time.perf_counter() - started,
         )
 
-    def _unpark(self, partition: int, parked: Parked, delta: dict[str, ExecutionRecords]) -> int:
+    async def _unpark(
+        self, partition: int, parked: Parked, delta: dict[str, ExecutionRecords]
+    ) -> int:
         """Take a parked partition back, with the changelog records written after its
         checkpoint applied; only the executions those records touch are rebuilt."""
         states, by_execution = parked.states, parked.records
@@ -983,7 +990,7 @@ class ExecutorService:
                     known.pop(key, None)
                 else:
                     known[key] = value
-            st = self.restorer.rebuild_one(execution_id, known) if known else None
+            st = await self.restorer.restore(execution_id, known) if known else None
             if st is None:
                 states.pop(execution_id, None)
                 by_execution.pop(execution_id, None)

@@ -21,7 +21,6 @@ may read anyway (the caller checks the path with :class:`~kestream.storage.acces
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -51,11 +50,6 @@ INPUT_VALUE_NAME = "_value.json"
 #: Folder of stored plans (the lanes a flowable planned: a ForEach's values), inside the folder
 #: of the task run that planned them (or the execution's, for its own lanes).
 PLANS_FOLDER = "_plan"
-#: Tries of a stored plan's read when an execution is rebuilt from its changelog, and the pause
-#: before the second (doubling): a storage that does not answer by then stops the recovery
-#: (:class:`StorageUnavailable`), which the partition's next owner does again.
-PLAN_READ_TRIES = 3
-PLAN_READ_BACKOFF_S = 0.2
 
 
 def reference(uri: str, size: int) -> dict[str, Any]:
@@ -154,12 +148,7 @@ def fetch_snapshot(
         raise SnapshotError(f"the snapshot's URI is not valid: {exc}") from None
     if f"/executions/{execution_id}/{SNAPSHOTS_FOLDER}/" not in f"/{key}":
         raise SnapshotError(f"'{uri}' is not a snapshot of execution {execution_id}")
-    try:
-        data = (storage or get_storage()).get(key)
-    except FileNotFoundError:
-        raise SnapshotError(f"the snapshot '{uri}' is missing from the internal storage") from None
-    except Exception as exc:  # the store's own errors: a network, a 5xx, a timeout
-        raise StorageUnavailable(f"the snapshot '{uri}' cannot be read now: {exc!r}") from exc
+    data = _read(storage or get_storage(), key, f"the snapshot '{uri}'")
     try:
         snapshot = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -175,8 +164,9 @@ def fetch_plan(ref: Any, execution_id: str, storage: Storage | None = None) -> d
     """The plan record a changelog plan record names by ``ref`` (``{"lanes": ..., "deps": ...}``).
 
     Only a file in a plans folder of the execution ``execution_id`` is read. A missing or
-    malformed plan is a :class:`SnapshotError`; any other storage error is tried again
-    (:data:`PLAN_READ_TRIES`), then raised as :class:`StorageUnavailable`. Blocking.
+    malformed plan is a :class:`SnapshotError`, any other storage error a
+    :class:`StorageUnavailable` (read once: the caller decides whether, and how, to try
+    again). Blocking: off the event loop.
     """
     if not is_reference(ref):
         raise SnapshotError(f"the stored plan {ref!r} is not a reference")
@@ -187,7 +177,7 @@ def fetch_plan(ref: Any, execution_id: str, storage: Storage | None = None) -> d
         raise SnapshotError(f"the stored plan's URI is not valid: {exc}") from None
     if f"/executions/{execution_id}/" not in f"/{key}" or f"/{PLANS_FOLDER}/" not in key:
         raise SnapshotError(f"'{uri}' is not a stored plan of execution {execution_id}")
-    data = _read_retrying(storage or get_storage(), key, f"the stored plan '{uri}'")
+    data = _read(storage or get_storage(), key, f"the stored plan '{uri}'")
     try:
         plan = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -197,21 +187,15 @@ def fetch_plan(ref: Any, execution_id: str, storage: Storage | None = None) -> d
     return plan
 
 
-def _read_retrying(store_in: Storage, key: str, what: str) -> bytes:
-    """``key``'s bytes; a missing file is a :class:`SnapshotError`, any other error is tried
-    again :data:`PLAN_READ_TRIES` times in all, then a :class:`StorageUnavailable`."""
-    delay = PLAN_READ_BACKOFF_S
-    for attempt in range(1, PLAN_READ_TRIES + 1):
-        try:
-            return store_in.get(key)
-        except FileNotFoundError:
-            raise SnapshotError(f"{what} is missing from the internal storage") from None
-        except Exception as exc:  # the store's own errors: a network, a 5xx, a timeout
-            if attempt == PLAN_READ_TRIES:
-                raise StorageUnavailable(f"{what} cannot be read now: {exc!r}") from exc
-            time.sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")
+def _read(store_in: Storage, key: str, what: str) -> bytes:
+    """``key``'s bytes: a missing file is a :class:`SnapshotError` (the record naming it is
+    bad), any other error a :class:`StorageUnavailable` (a network, a 5xx, a timeout)."""
+    try:
+        return store_in.get(key)
+    except FileNotFoundError:
+        raise SnapshotError(f"{what} is missing from the internal storage") from None
+    except Exception as exc:  # the store's own errors
+        raise StorageUnavailable(f"{what} cannot be read now: {exc!r}") from exc
 
 
 def adopt_references(

@@ -4,10 +4,13 @@ the local and the S3 storage."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import orjson
 import pytest
+from aiokafka import TopicPartition
 
 from kestream.executor import codec
 from kestream.executor import commands as cmd
@@ -18,7 +21,13 @@ from kestream.executor.step import Executor, StepResult
 from kestream.models.flow import parse_flow
 from kestream.models.state import StateType
 from kestream.runtime import records
-from kestream.storage import Storage, execution_prefix, offload, parse_uri
+from kestream.runtime.changelog_restorer import ChangelogRestorer, PartitionRead, RecoveryFailed
+from kestream.runtime.context import BrokerContext
+from kestream.runtime.executor_service import ExecutorService, Outbox, _Rebalance
+from kestream.runtime.metrics import Metrics
+from kestream.runtime.topics import Topics
+from kestream.settings import Settings
+from kestream.storage import Storage, execution_prefix, offload, parse_uri, using_storage
 from kestream.storage.offload import REF_KEY, StorageUnavailable, is_reference
 from kestream.testing import Driver
 
@@ -115,7 +124,7 @@ def test_a_plan_within_the_threshold_or_with_offloading_off_stays_in_its_record(
 
 
 def test_a_missing_stored_plan_is_a_bad_record_and_an_unavailable_storage_is_not(
-    storage: Storage, monkeypatch: pytest.MonkeyPatch
+    storage: Storage,
 ) -> None:
     flow, result = _step(LANES, THRESHOLD)
     st = result.state
@@ -123,19 +132,153 @@ def test_a_missing_stored_plan_is_a_bad_record_and_an_unavailable_storage_is_not
     ref = _each_run(st).group.stored
     changelog = _changelog(st, result)
 
-    class Down(Storage):
-        def get(self, key: str) -> bytes:
-            raise ConnectionError("the endpoint does not answer")
-
-    monkeypatch.setattr(offload, "PLAN_READ_BACKOFF_S", 0.0)
-    down = Down(storage._store, "down")
     with pytest.raises(StorageUnavailable, match="does not answer"):
-        offload.fetch_plan(ref, st.id, down)
+        offload.fetch_plan(ref, st.id, _Flaky(storage, failures=1))
     with pytest.raises(offload.SnapshotError, match="not a stored plan of execution"):
         offload.fetch_plan(ref, "another", storage)
     storage.delete(parse_uri(ref[REF_KEY]))
     with pytest.raises(codec.CodecError, match="missing"):
         codec.rebuild(st.id, changelog, flow.task_index())
+
+
+class _Flaky(Storage):
+    """``storage`` whose reads fail the first ``failures`` times, as an endpoint that does not
+    answer; records the threads the reads ran on."""
+
+    def __init__(self, storage: Storage, failures: int) -> None:
+        super().__init__(storage._store, "flaky", storage.local_root)
+        self.failures = failures
+        self.threads: list[threading.Thread] = []
+
+    def get(self, key: str) -> bytes:
+        self.threads.append(threading.current_thread())
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("the endpoint does not answer")
+        return super().get(key)
+
+
+def _recovering_service(
+    storage: Storage, failures: int
+) -> tuple[ExecutorService, _Flaky, ExecutionState]:
+    """An executor processor (no broker) whose partition 0's changelog holds a ForEach whose
+    plan is stored, read back through a storage that fails ``failures`` times first."""
+    settings = Settings(broker="unused:9092", executor_inline_tasks=False)
+    ctx = BrokerContext(settings, "unused:9092", "tansu", Topics.of(settings))
+    service = ExecutorService(ctx, FlowRegistry(), metrics=Metrics())
+    flow, result = _step(LANES, THRESHOLD)
+    service.registry.put(parse_flow(EACH % LANES))
+    st = result.state
+    assert st is not None and flow is not None
+    changelog = _changelog(st, result)
+    service.restorer = ChangelogRestorer(ctx, service.registry, attempts=3, backoff_s=0)
+
+    async def read(partitions: set[int], start: dict[int, int]) -> Any:
+        reads = {p: PartitionRead({st.id: dict(changelog)} if p == 0 else {}) for p in partitions}
+        return reads, dict.fromkeys(partitions, 1)
+
+    async def no_slots(topic: str, partitions: set[int]) -> Any:
+        return {p: {} for p in partitions}
+
+    service.restorer._read = read  # type: ignore[method-assign]
+    service.restorer._read_table = no_slots  # type: ignore[method-assign]
+    flaky = _Flaky(storage, failures)
+    return service, flaky, st
+
+
+def test_a_recovery_reads_stored_plans_in_threads_and_tries_them_again(storage: Storage) -> None:
+    service, flaky, st = _recovering_service(storage, failures=2)
+    with using_storage(flaky):
+        asyncio.run(service.assigned({0}))
+    assert service.failure is None and service.owned == {0}
+    rebuilt = service.states[st.id]
+    each = _each_run(rebuilt)
+    assert each.group is not None and len(each.group.lanes) == LANES
+    assert len(flaky.threads) == 3  # two failures, then the read that gave it
+    assert threading.main_thread() not in flaky.threads  # never on the event loop's thread
+
+
+def test_a_parked_partition_taken_back_reads_stored_plans_in_threads_too(
+    storage: Storage,
+) -> None:
+    """A partition that comes back to this processor is rebuilt from its parked state and what
+    its changelog got since: the executions touched are rebuilt, their stored plans read as a
+    cold recovery reads them."""
+    service, flaky, st = _recovering_service(storage, failures=0)
+
+    async def scenario() -> None:  # one loop: the processor's events and locks live on it
+        await service.assigned({0})
+        await service.revoked({0})
+        assert st.id not in service.states
+        flaky.failures = 1
+        with using_storage(flaky):
+            await service.assigned({0})
+
+    asyncio.run(scenario())
+    assert service.failure is None and service.owned == {0}
+    each = _each_run(service.states[st.id])
+    assert each.group is not None and len(each.group.lanes) == LANES
+    assert len(flaky.threads) == 2 and threading.main_thread() not in flaky.threads
+
+
+def test_a_stored_plan_gone_leaves_its_execution_out_and_counts_a_dead_letter(
+    storage: Storage,
+) -> None:
+    """A missing plan is a bad record: the recovery goes on without that execution, logged and
+    counted, and the processor owns the partition."""
+    service, _, st = _recovering_service(storage, failures=0)
+    (key,) = [
+        k for k in storage.list(execution_prefix("acme.team", "each", st.id)) if "/_plan/" in k
+    ]
+    storage.delete(key)
+    asyncio.run(service.assigned({0}))
+    assert service.failure is None and service.owned == {0} and st.id not in service.states
+    counted = service.metrics.registry.get_sample_value(
+        "kestream_dead_letter_count_total", {"source": "executor"}
+    )
+    assert counted == 1
+
+
+def test_a_stored_plan_the_storage_keeps_refusing_stops_the_processor_loudly(
+    storage: Storage,
+) -> None:
+    """Not swallowed by the rebalance callback: the processor fails (its process stops), it
+    does not go on without the partition's executions."""
+    service, flaky, st = _recovering_service(storage, failures=100)
+    failures: list[BaseException] = []
+    service.on_failure = failures.append
+    tps = [TopicPartition(service.topics.executions, 0)]
+    with using_storage(flaky):
+        asyncio.run(_Rebalance(service).on_partitions_assigned(tps))  # never raises into aiokafka
+    assert len(flaky.threads) == 3  # tried as a changelog read is
+    (failure,) = failures
+    assert isinstance(failure, RecoveryFailed) and "does not answer" in str(failure)
+    assert service.failure is failure and service._fatal is failure
+    assert service.owned == set() and st.id not in service.states and not service.ready.is_set()
+
+
+def test_a_roll_back_the_storage_cannot_serve_takes_the_execution_out_of_the_table(
+    storage: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A step that failed half-way is rolled back from the records the changelog holds; a
+    stored plan the storage cannot give then takes the execution out (the changelog keeps it
+    for the next recovery) instead of stopping the processor's loop."""
+    service, flaky, st = _recovering_service(storage, failures=0)
+    asyncio.run(service.assigned({0}))
+    assert st.id in service.states
+    real_step = service.executor.step
+
+    def half_applied(state: Any, event: ev.Event) -> Any:
+        real_step(state, event)
+        raise RuntimeError("engine bug")
+
+    service.executor.step = half_applied  # type: ignore[method-assign]
+    flaky.failures = 1
+    with using_storage(flaky):
+        service._apply(0, ev.Kill(st.id), Outbox(), ("executions", 7))
+    assert st.id not in service.states
+    assert f"execution {st.id} cannot be rebuilt now" in caplog.text
+    assert service.failure is None
 
 
 def test_a_for_each_over_values_past_the_threshold_runs_to_its_end(storage: Storage) -> None:
