@@ -164,15 +164,24 @@ class ApiClient:
 
     async def logs(self, execution_id: str, min_level: str | None = None) -> list[dict[str, Any]]:
         """Every log line of the execution, oldest first (the API's pages, one after another)."""
+        return [line async for line in self.log_lines(execution_id, min_level)]
+
+    async def log_lines(
+        self, execution_id: str, min_level: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The execution's log lines, oldest first, a page read only once the last is taken
+        (an execution's lines are unbounded: a caller that prints them holds one page)."""
         path = _logs(execution_id)
         params = [("minLevel", min_level)] if min_level else []
-        lines: list[dict[str, Any]] = []
         page = 1
         while True:
             async with self._request("GET", path, [*params, ("page", str(page))]) as response:
-                lines += _loads(await response.read(), shown_url(str(response.url)))
-                if 'rel="next"' not in response.headers.get("Link", ""):
-                    return lines
+                lines = _loads(await response.read(), shown_url(str(response.url)))
+                more = 'rel="next"' in response.headers.get("Link", "")
+            for line in lines:
+                yield line
+            if not more:
+                return
             page += 1
 
     async def follow_logs(

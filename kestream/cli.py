@@ -41,9 +41,12 @@ if TYPE_CHECKING:  # the models' import is heavy: `standalone` and the roles' st
 
     from kestream.models.execution import Execution, LogEntry
 
-#: click's usage error (an unknown option, a missing argument), whose base ``BadParameter`` is
-#: the one typer exports (typer bundles its own click).
-_UsageError: type[Exception] = typer.BadParameter.__bases__[0]
+#: click's usage error (an unknown option, a missing argument), found among the bases of the
+#: ``BadParameter`` typer exports: typer bundles its own click (``typer._click``) in recent
+#: versions and uses the installed one in older ones, so neither import path holds for both.
+_UsageError: type[Exception] = next(
+    base for base in typer.BadParameter.__mro__ if base.__name__ == "UsageError"
+)
 
 
 @contextlib.contextmanager

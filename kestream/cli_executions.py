@@ -237,7 +237,7 @@ def logs(
             async for line in client.follow_logs(execution_id, min_level):
                 _print(line)
             return
-        for line in await client.logs(execution_id, min_level):
+        async for line in client.log_lines(execution_id, min_level):
             _print(line)
 
     _call(_logs)

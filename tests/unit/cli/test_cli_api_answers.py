@@ -157,3 +157,30 @@ def test_a_password_in_the_api_url_is_never_printed(
     result = runner.invoke(app, ["executions", "get", "E1"])
     assert result.exit_code == EXIT_UNUSABLE, result.output
     assert "carries a user and password" in result.output and "pw12345" not in result.output
+
+
+def test_logs_are_printed_a_page_at_a_time(serve: Callable[[Routes], int]) -> None:
+    """The first page is printed before the second is read: an error on the second leaves
+    the first on the terminal (all pages were held, then nothing printed)."""
+    line = {
+        "executionId": "E1",
+        "namespace": "company.team",
+        "flowId": "hello",
+        "taskId": "t1",
+        "taskRunId": "r1",
+        "attemptNumber": 1,
+        "level": "INFO",
+        "message": "first page's line",
+        "timestamp": "2026-12-05T10:00:00Z",
+    }
+
+    async def pages(request: web.Request) -> web.Response:
+        if request.query.get("page") == "2":
+            return web.json_response({"message": "index unavailable"}, status=503)
+        following = request.rel_url.update_query(page="2")
+        return web.json_response([line], headers={"Link": f'<{following}>; rel="next"'})
+
+    serve(lambda application: application.router.add_get("/api/v1/main/logs/E1", pages))
+    result = runner.invoke(app, ["executions", "logs", "E1", "--json"])
+    assert result.exit_code == EXIT_UNUSABLE
+    assert "first page's line" in result.output and "503" in result.output

@@ -12,6 +12,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from kestream.cli import app
@@ -157,3 +158,13 @@ def test_a_bad_setting_never_prints_a_secret(tmp_path: Path) -> None:
     bad = _kestream("validate", str(tmp_path / "x.yaml"), env=env)
     assert bad.returncode == EXIT_UNUSABLE and "api_max_follows" in bad.stderr
     assert "not-a-number-secret" not in bad.stderr
+
+
+def test_the_usage_error_is_the_one_typer_raises() -> None:
+    """Whichever click typer uses (its own copy or the installed one)."""
+    from kestream.cli import _UsageError
+
+    assert _UsageError.__name__ == "UsageError"
+    assert issubclass(typer.BadParameter, _UsageError)
+    result = runner.invoke(app, ["run"])  # a missing argument, raised by typer's click
+    assert isinstance(result.exception, SystemExit) and result.exit_code == EXIT_USAGE
