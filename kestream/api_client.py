@@ -25,7 +25,12 @@ import orjson
 
 from kestream.models.state import StateType
 from kestream.settings import Settings
-from kestream.tasks.purge_api import api_base, auth_headers, exposes_credentials, shown_url
+from kestream.tasks.purge_api import (
+    api_base,
+    auth_headers,
+    check_clear_credentials,
+    shown_url,
+)
 
 __all__ = ["ApiClient", "ApiError", "SearchFilters", "sse_frames"]
 
@@ -80,7 +85,9 @@ class SearchFilters:
 class ApiClient:
     """Calls to one API (module docs); use as an async context manager."""
 
-    def __init__(self, base: str, tenant: str, headers: Mapping[str, str]) -> None:
+    def __init__(
+        self, base: str, tenant: str, headers: Mapping[str, str], *, plain_http: bool = False
+    ) -> None:
         self.root = f"{base.rstrip('/')}/api/v1/{quote(tenant, safe='')}"
         self.headers = dict(headers)
         self._session: aiohttp.ClientSession | None = None
@@ -89,16 +96,18 @@ class ApiClient:
                 "KESTREAM_API_URL carries a user and password, and the API's credentials are "
                 "set too (KESTREAM_API_PASSWORD or KESTREAM_API_TOKENS): give one"
             )
-        if self.headers and exposes_credentials(base):
-            log.warning(
-                "sending the API's credentials to %s over plain http, readable on the network: "
-                "set KESTREAM_API_URL to an https URL (or a loopback address)",
-                shown_url(base),
-            )
+        refused = check_clear_credentials(base, self.headers, plain_http)
+        if refused is not None:
+            raise ApiError(refused)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiClient:
-        return cls(api_base(settings), settings.tenant, auth_headers(settings))
+        return cls(
+            api_base(settings),
+            settings.tenant,
+            auth_headers(settings),
+            plain_http=settings.api_plain_http,
+        )
 
     async def __aenter__(self) -> ApiClient:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S)

@@ -53,11 +53,18 @@ def _level(value: str | None) -> str | None:
     return value.upper() if value else None
 
 
-def _label_pairs(values: list[str] | None) -> list[str] | None:
-    for pair in values or []:
-        key, sep, _ = pair.partition(":")
-        if not sep or not key:
-            raise typer.BadParameter(f"--label expects key:value, got {pair!r}")
+def _label_pairs(values: list[str] | None) -> dict[str, str]:
+    """``--label key:value`` as the API reads a label (``query.label_pair``)."""
+    from kestream.api.index.query import QueryError, label_pair
+
+    try:
+        return dict(label_pair("--label", pair) for pair in values or [])
+    except QueryError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _checked_labels(values: list[str] | None) -> list[str] | None:
+    _label_pairs(values)
     return values
 
 
@@ -163,7 +170,7 @@ def list_(
     label: Annotated[
         list[str] | None,
         typer.Option(
-            help="Only executions with this label, key:value (repeat).", callback=_label_pairs
+            help="Only executions with this label, key:value (repeat).", callback=_checked_labels
         ),
     ] = None,
     page: Annotated[int, typer.Option(min=1, help="Page, from 1.")] = 1,
@@ -171,7 +178,7 @@ def list_(
     as_json: JsonOption = False,
 ) -> None:
     """List executions, newest first: one page, and how many match in all."""
-    labels = dict(pair.split(":", 1) for pair in label or [])
+    labels = _label_pairs(label)
     from kestream.api_client import SearchFilters
 
     states = [s.strip().upper() for s in state or []]

@@ -383,6 +383,12 @@ class Settings(BaseSettings):
         "it, with the API's credentials; unset: http://KESTREAM_WEB_HOST:KESTREAM_WEB_PORT "
         "(127.0.0.1 for a wildcard host).",
     )
+    api_plain_http: bool = Field(
+        default=False,
+        description="KESTREAM_API_PLAIN_HTTP: allow sending the API's credentials to "
+        "KESTREAM_API_URL over plain http to another machine (not a loopback address), where "
+        "anyone on the way reads them (a warning is logged); false: refused.",
+    )
     kv_sync_timeout_s: float = Field(
         default=10.0,
         gt=0,

@@ -7,9 +7,10 @@ sends the deletions through Kafka, where every API process's index applies them
 (:mod:`kestream.api.purge`). The counts are what the asked API's index deleted.
 
 The credentials are the API's own (admin) ones: sent over plain ``http`` to another machine,
-anyone on the way reads them. That is refused by no rule here (an installation on a private
-network may do it on purpose), but the worker warns, once, naming the URL: use ``https`` for
-``KESTREAM_API_URL``, or a loopback address.
+anyone on the way reads them. That is refused (:func:`check_clear_credentials`) unless
+``KESTREAM_API_PLAIN_HTTP`` allows it (an installation on a trusted private network), and then
+the process warns, once per URL: use ``https`` for ``KESTREAM_API_URL``, or a loopback address.
+`kestream executions` (:mod:`kestream.api_client`) follows the same rule.
 """
 
 from __future__ import annotations
@@ -81,12 +82,28 @@ def shown_url(url: str) -> str:
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
+def check_clear_credentials(base: str, headers: dict[str, str], allowed: bool) -> str | None:
+    """Why credentials must not go to ``base`` (plain http to another machine, not
+    ``allowed`` by ``KESTREAM_API_PLAIN_HTTP``), or ``None``; warns once when allowed."""
+    if not headers or not exposes_credentials(base):
+        return None
+    if allowed:
+        _warn_clear_credentials(base)
+        return None
+    return (
+        f"refusing to send the API's credentials to {shown_url(base)} over plain http, "
+        "readable on the network: set KESTREAM_API_URL to an https URL (or a loopback "
+        "address), or KESTREAM_API_PLAIN_HTTP=true on a network trusted for it"
+    )
+
+
 @cache
 def _warn_clear_credentials(base: str) -> None:
     """Once per URL and process (module docs)."""
     log.warning(
-        "the purge tasks send the API's credentials to %s over plain http, readable on the "
-        "network: set KESTREAM_API_URL to an https URL (or a loopback address)",
+        "sending the API's credentials to %s over plain http, readable on the network "
+        "(KESTREAM_API_PLAIN_HTTP=true): set KESTREAM_API_URL to an https URL (or a loopback "
+        "address)",
         shown_url(base),
     )
 
@@ -94,16 +111,24 @@ def _warn_clear_credentials(base: str) -> None:
 class ApiPurger:
     """Purges through the API's purge routes (module docs)."""
 
-    def __init__(self, base: str, tenant: str, headers: dict[str, str]) -> None:
+    def __init__(
+        self, base: str, tenant: str, headers: dict[str, str], *, plain_http: bool = False
+    ) -> None:
         self.root = f"{base}/api/v1/{tenant}"
         self.headers = headers
-        if headers and exposes_credentials(base):
-            _warn_clear_credentials(base)
+        refused = check_clear_credentials(base, headers, plain_http)
+        if refused is not None:
+            raise TaskError(refused[0].upper() + refused[1:])
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> ApiPurger:
         settings = settings or get_settings()
-        return cls(api_base(settings), settings.tenant, auth_headers(settings))
+        return cls(
+            api_base(settings),
+            settings.tenant,
+            auth_headers(settings),
+            plain_http=settings.api_plain_http,
+        )
 
     async def purge_executions(self, query: ExecutionPurge) -> ExecutionPurgeCounts:
         answer = await self._post(EXECUTIONS_PATH, query.model_dump(mode="json"))

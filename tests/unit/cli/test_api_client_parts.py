@@ -10,8 +10,9 @@ import pytest
 
 from kestream.api.index.query import parse_search_params
 from kestream.api.sse import frame
-from kestream.api_client import ApiClient, SearchFilters, sse_frames
+from kestream.api_client import ApiClient, ApiError, SearchFilters, sse_frames
 from kestream.models.state import StateType
+from kestream.tasks import purge_api
 
 
 async def _chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
@@ -71,16 +72,19 @@ def test_no_filters_is_the_first_page_newest_first() -> None:
     assert [(k.field.value, k.descending) for k in query.sort] == [("state.startDate", True)]
 
 
-def test_credentials_in_clear_to_another_machine_are_warned_about(
+def test_credentials_in_clear_to_another_machine_are_refused_unless_allowed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     headers = {"Authorization": "Bearer t"}
-    with caplog.at_level(logging.WARNING, logger="kestream.api_client"):
+    with pytest.raises(ApiError, match="KESTREAM_API_PLAIN_HTTP"):
+        ApiClient("http://kestream.example:8080", "main", headers)
+    purge_api._warn_clear_credentials.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="kestream.tasks.purge"):
         ApiClient("http://127.0.0.1:8080", "main", headers)
         ApiClient("https://kestream.example", "main", headers)
         ApiClient("http://kestream.example", "main", {})  # nothing to expose
         assert not caplog.records
-        ApiClient("http://kestream.example:8080", "main", headers)
+        ApiClient("http://kestream.example:8080", "main", headers, plain_http=True)
     (record,) = caplog.records
     assert "over plain http" in record.getMessage()
     assert "http://kestream.example:8080" in record.getMessage()

@@ -90,7 +90,7 @@ def test_a_wrong_command_line_exits_with_ex_usage(args: list[str]) -> None:
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["executions", "list", "--label", "nocolon"], "--label expects key:value"),
+        (["executions", "list", "--label", "nocolon"], "'nocolon' is not a label as key:value"),
         (["executions", "logs", "E1", "--level", "LOUD"], "--level must be one of"),
         (["executions", "resume", "E1", "--input", "novalue"], "--input expects key=value"),
     ],
