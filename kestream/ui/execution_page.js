@@ -220,8 +220,9 @@ export function executionPage(root, [id]) {
    * The Replay form: from the start, or from one of the task runs (by task, loop value and
    * state), on the revision the execution ran. "Change the inputs" adds a form of the flow's
    * inputs at that revision (`inputs_form.js`), filled with the execution's own values, sent
-   * to the replay-with-inputs route instead (a FILE keeps its stored file unless another is
-   * chosen).
+   * to the replay-with-inputs route instead. A FILE keeps its file unless another is chosen:
+   * the page downloads it and uploads it again, since an execution may read only the files
+   * of its own folder (and of the one that started it), not those of the one it replays.
    */
   const openReplay = () => {
     const execution = latest;
@@ -266,8 +267,12 @@ export function executionPage(root, [id]) {
         if (changed) {
           changed.form.showErrors([]);
           const body = changed.form.formData();
+          // A file kept is uploaded again: the new execution may read only its own files.
           for (const input of changed.inputs) {
-            if (input.type.toUpperCase() === "FILE" && input.defaults != null && !body.has(input.id)) body.append(input.id, String(input.defaults));
+            const uri = input.defaults;
+            if (input.type.toUpperCase() !== "FILE" || typeof uri !== "string" || body.has(input.id)) continue;
+            const kept = await call("GET", `${path}/file?path=${encodeURIComponent(uri)}`);
+            body.append(input.id, await kept.blob(), uri.split("/").pop() || input.id);
           }
           replayed = await (await call("POST", `${path}/replay-with-inputs${query}`, body)).json();
         } else {

@@ -991,14 +991,36 @@ inputs:
   - id: polite
     type: BOOLEAN
     defaults: false
+  - id: doc
+    type: FILE
 tasks:
   - id: first
     type: io.kestra.plugin.core.log.Log
     message: "first for {{{{ inputs.name }}}}"
   - id: hello
     type: io.kestra.plugin.core.log.Log
-    message: "hello {{{{ inputs.name }}}} x{{{{ inputs.times }}}} {{{{ inputs.polite }}}}"
+    message: >-
+      hello {{{{ inputs.name }}}} x{{{{ inputs.times }}}} {{{{ inputs.polite }}}}:
+      {{{{ read(inputs.doc) }}}}
 """
+
+
+def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
+    """A ``multipart/form-data`` body of text ``fields`` and uploaded ``files`` (name, bytes)."""
+    boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    ]
+    for key, (filename, content) in files.items():
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"; '
+            f'filename="{filename}"\r\nContent-Type: text/plain\r\n\r\n'
+        )
+        parts.append(head.encode() + content + b"\r\n")
+    return b"".join(
+        parts
+    ) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def test_replay_with_changed_inputs_from_a_form_of_the_flows_inputs(
@@ -1006,15 +1028,20 @@ def test_replay_with_changed_inputs_from_a_form_of_the_flows_inputs(
 ) -> None:
     ns = f"it.ui.n{uuid.uuid4().hex[:8]}"
     assert stack.post_yaml("/flows", greeting(ns)).status == 200
-    started = stack.post_form(f"/executions/{ns}/greet", {"name": "Ada", "times": "2"})
+    body, content_type = multipart(
+        {"name": "Ada", "times": "2"}, {"doc": ("doc.txt", b"the uploaded text")}
+    )
+    started = stack.request("POST", f"/executions/{ns}/greet", body, content_type=content_type)
     assert started.status == 200, started.body
     execution_id = started.json()["id"]
+    doc = started.json()["inputs"]["doc"]
+    assert doc.startswith("kestra://")
     ended = stack.wait_state(execution_id, {"SUCCESS"})
     hello = next(run for run in ended["taskRunList"] if run["taskId"] == "hello")
 
     log_in(driver, stack)
     driver.get(f"{stack.base}/ui/#/executions/{execution_id}")
-    text_of(driver, "#logs", "hello Ada x2 false")
+    text_of(driver, "#logs", "hello Ada x2 false: the uploaded text")
     wait(driver).until(ec.element_to_be_clickable((By.ID, "replay"))).click()
     Select(wait(driver).until(ec.element_to_be_clickable((By.ID, "replay-from")))).select_by_value(
         hello["id"]
@@ -1027,6 +1054,8 @@ def test_replay_with_changed_inputs_from_a_form_of_the_flows_inputs(
     assert driver.find_element(By.ID, "replay-input-times").get_attribute("value") == "2"
     polite = driver.find_element(By.ID, "replay-input-polite")
     assert polite.get_attribute("role") == "switch" and not polite.is_selected()
+    # The stored file is kept unless another is chosen: the picker is not required.
+    assert driver.find_element(By.ID, "replay-input-doc").get_attribute("required") is None
     no_console_errors(driver, "the replay form")
 
     name.clear()  # a required input left empty: the API refuses it, beside the field
@@ -1043,13 +1072,17 @@ def test_replay_with_changed_inputs_from_a_form_of_the_flows_inputs(
     replay_id = driver.current_url.rsplit("/", 1)[1]
     text_of(driver, "#execution-id", replay_id)
     text_of(driver, "#execution-state", "SUCCESS")
-    text_of(driver, "#logs", "hello Grace x2 true")
+    text_of(driver, "#logs", "hello Grace x2 true: the uploaded text")
     replayed = stack.wait_state(replay_id, {"SUCCESS"})
     assert replayed["parentId"] == execution_id
+    # The kept file was uploaded again: the replay reads a copy in its own folder.
+    copy = replayed["inputs"].pop("doc")
     assert replayed["inputs"] == {"name": "Grace", "times": 2, "polite": True}
+    assert f"/executions/{replay_id}/inputs/doc/" in copy and copy != doc
     frames = stack.events(f"/logs/{replay_id}/follow")
     lines = [line["message"] for frame_id, line in frames if frame_id == "progress"]
     # Replayed from `hello`: `first` kept from the original (its line not written again).
-    assert "hello Grace x2 true" in lines and not any(m.startswith("first") for m in lines)
+    assert "hello Grace x2 true: the uploaded text" in lines
+    assert not any(m.startswith("first") for m in lines)
     assert stack.get(f"/executions/{execution_id}").json()["inputs"]["name"] == "Ada"
     no_console_errors(driver, "the replayed execution's page")
