@@ -426,15 +426,24 @@ def loaded_values(values: dict[str, Any], files: ExecutionFiles, what: str) -> d
 
 
 def gathered(
-    items: list[Any], threshold: int, key: Callable[[], str], storage: Storage | None = None
+    items: list[Any],
+    threshold: int,
+    key: Callable[[], str],
+    storage: Storage | None = None,
+    *,
+    size: int | None = None,
 ) -> list[Any]:
     """A list the executor grows one entry per event (a ForEachItem's children's outputs),
     kept within ``threshold``: once its record form is past it, the whole list (a reference to
     the previous spill first, when there was one) is stored as one file at ``key()`` and the
     list becomes that one reference. Each entry is written once or twice and each write is at
     most ``threshold`` plus one entry, so n entries cost O(n) bytes of storage, not O(n^2);
-    :func:`kestream.storage.offload.expand_gathered` reads the list back in order."""
+    :func:`kestream.storage.offload.expand_gathered` reads the list back in order. ``size``:
+    the list's record size when the caller keeps it up to date (the list is then encoded only
+    when it spills)."""
     if threshold <= 0:
+        return items
+    if size is not None and size <= threshold:
         return items
     data = encoded(items)
     if len(data) <= threshold:

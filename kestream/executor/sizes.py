@@ -77,32 +77,50 @@ def human_size(size: int) -> str:
     raise AssertionError("unreachable")
 
 
-def too_large(what: str, value: Any, max_bytes: int | None) -> str | None:
+def size_with(value: dict[str, Any], key: str, entry_size: int) -> int:
+    """:func:`encoded_size` of the map ``value`` whose entry ``key`` is ``entry_size`` bytes
+    (known already): only the other entries are encoded (a compact JSON map adds the quoted
+    key, a colon and, after another entry, a comma)."""
+    rest = {name: entry for name, entry in value.items() if name != key}
+    return encoded_size(rest) + len(record_json(key)) + 1 + entry_size + (1 if rest else 0)
+
+
+def too_large(
+    what: str, value: Any, max_bytes: int | None, *, size: int | None = None
+) -> str | None:
     """Why ``value`` (``what``, plural: "outputs of task 'x'") cannot be stored; None when it
-    fits, or when there is no limit. ``max_bytes``: :func:`outputs_budget` of the limit."""
+    fits, or when there is no limit. ``max_bytes``: :func:`outputs_budget` of the limit;
+    ``size``: ``value``'s encoded size when the caller knows it (nothing is encoded then)."""
     if max_bytes is None or value is None:
         return None
-    try:
-        size = encoded_size(value)
-    except (TypeError, ValueError):  # not encodable at all: the portability check says why
-        return None
+    if size is None:
+        try:
+            size = encoded_size(value)
+        except (TypeError, ValueError):  # not encodable at all: the portability check says why
+            return None
     if size <= max_bytes:
         return None
     return over_limit(what, size, max_bytes, plural=True, of="outputs")
 
 
-def outputs_too_large(task_id: str, outputs: Any, max_bytes: int | None) -> str | None:
+def outputs_too_large(
+    task_id: str, outputs: Any, max_bytes: int | None, *, size: int | None = None
+) -> str | None:
     """:func:`too_large` for a task run's outputs."""
-    return too_large(f"outputs of task '{task_id}'", outputs, max_bytes)
+    return too_large(f"outputs of task '{task_id}'", outputs, max_bytes, size=size)
 
 
-def plan_too_large(task_id: str, plan: Any, lanes: int, max_bytes: int | None) -> str | None:
+def plan_too_large(
+    task_id: str, plan: Any, lanes: int, max_bytes: int | None, *, size: int | None = None
+) -> str | None:
     """Why a flowable's plan record (``plan``, the changelog's form, of ``lanes`` lanes) cannot
     be stored; None when it fits or there is no limit. ``max_bytes``: :func:`outputs_budget`
-    of the limit (each lane's value also travels in its task runs)."""
+    of the limit (each lane's value also travels in its task runs); ``size``: the record's
+    encoded size when the caller knows it."""
     if max_bytes is None:
         return None
-    size = len(record_json(plan))
+    if size is None:
+        size = len(record_json(plan))
     if size <= max_bytes:
         return None
     what = f"the {lanes} lanes planned by task '{task_id}'"

@@ -162,6 +162,10 @@ class TaskRunState:
     child_execution_id: str | None = None
     #: Creation order within the execution (the changelog restores the task run list by it).
     number: int = 0
+    #: A ForEachItem executable's gathered list (``outputs["outputs"]``, that very object) and
+    #: its record size: the next child adds its own size instead of encoding the list again.
+    #: Not in the changelog (worked out once again after a recovery).
+    gathered: tuple[list[Any], int] | None = field(default=None, compare=False, repr=False)
 
     @property
     def errors_branch(self) -> bool:

@@ -61,7 +61,14 @@ from kestream.executor.restore import (
     state_from_execution,
 )
 from kestream.executor.retry import next_attempt_due
-from kestream.executor.sizes import outputs_too_large, plan_too_large, record_json, too_large
+from kestream.executor.sizes import (
+    encoded_size,
+    outputs_too_large,
+    plan_too_large,
+    record_json,
+    size_with,
+    too_large,
+)
 from kestream.executor.sla import TIMER_KIND as SLA_TIMER
 from kestream.executor.sla import (
     Violation,
@@ -1097,7 +1104,7 @@ class _Step:
             return None
         limit = self.ex.max_output_bytes
         if limit is not None and len(data) > limit:
-            return plan_too_large(tr.task.id, record, len(group.lanes), limit)
+            return plan_too_large(tr.task.id, record, len(group.lanes), limit, size=len(data))
         return None
 
     def fail_flowable(self, tr: TaskRunState, message: str) -> None:
@@ -1337,15 +1344,25 @@ class _Step:
         iterations[state.value] = iterations.get(state.value, 0) + 1
         if done.outputs is not None:
             # grown one child at a time: past the inline threshold the list so far is stored
-            # in the task run's folder as one file and stands as one reference (references)
-            kept = [*outputs.get("outputs", []), done.outputs]
+            # in the task run's folder as one file and stands as one reference (references).
+            # Its record size is kept up to date child by child: the list, up to the
+            # threshold, is encoded only when it spills.
+            before = outputs.get("outputs", [])
+            kept = [*before, done.outputs]
 
             def spill() -> str:
                 return outputs_keys(self.task_run_files(tr), len(tr.attempts))(None, "")
 
             try:
-                outputs["outputs"] = gathered(kept, self.ex.inline_max_bytes, spill)
-                problem = outputs_too_large(task.id, outputs, self.ex.max_output_bytes)
+                size = gathered_size(tr, before) + encoded_size(done.outputs) + (1 if before else 0)
+                outputs["outputs"] = gathered(kept, self.ex.inline_max_bytes, spill, size=size)
+                if outputs["outputs"] is not kept:
+                    size = encoded_size(outputs["outputs"])
+                tr.gathered = (outputs["outputs"], size)
+                problem = outputs_too_large(
+                    task.id, outputs, self.ex.max_output_bytes,
+                    size=size_with(outputs, "outputs", size),
+                )  # fmt: skip
             except Exception as exc:  # the storage's own errors (a disk, a network)
                 problem = f"outputs of task '{task.id}' could not be stored: {exc}"
             if problem is not None:  # no record could hold them: stop here, saying why
@@ -1898,6 +1915,15 @@ def _unwanted_slot(answer: ev.Admission, flows: FlowSource) -> list[cmd.Command]
     limit = flow.concurrency.limit if flow is not None and flow.concurrency is not None else 1
     back = Release(answer.namespace, answer.flow_id, answer.execution_id, answer.attempt, limit)
     return [cmd.RequestSlot(back)]
+
+
+def gathered_size(tr: TaskRunState, items: list[Any]) -> int:
+    """The record size of ``items``, a ForEachItem executable's gathered list: as the last step
+    left it (:attr:`TaskRunState.gathered`, when it is that very list), else encoded."""
+    known = tr.gathered
+    if known is not None and known[0] is items:
+        return known[1]
+    return encoded_size(items)
 
 
 def _allowed_away(tr: TaskRunState) -> bool:

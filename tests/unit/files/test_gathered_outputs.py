@@ -281,6 +281,47 @@ def test_a_replay_from_the_merge_reads_spills_of_its_own_and_outlives_the_origin
     assert sorted(_merged_rows(storage, third)) == sorted(lines)
 
 
+@pytest.mark.parametrize("threshold", [0, 1024, 1 << 20])
+def test_the_gathered_list_is_encoded_only_when_it_spills(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch, threshold: int
+) -> None:
+    """Each child's outputs are measured alone and added to the list's known size: within the
+    threshold (or with offloading off) the step never encodes the list for its size checks,
+    and the size it keeps is the list's exact record size."""
+    from kestream.executor import references, sizes
+
+    encodes: list[int] = []
+
+    def counting(real: Any) -> Any:
+        def encode_value(value: Any) -> Any:
+            if type(value) is dict and type(value.get("outputs")) is list:
+                encodes.append(len(value["outputs"]))  # the task run's outputs, list inside
+            elif type(value) is list and len(value) > 1 and type(value[-1]) is dict:
+                encodes.append(len(value))  # the list itself (not a list of batch URIs)
+            return real(value)
+
+        return encode_value
+
+    monkeypatch.setattr(references, "encode_value", counting(references.encode_value))
+    monkeypatch.setattr(sizes, "encode_value", counting(sizes.encode_value))
+    lines = [f"{n:04d}-" + "r" * 60 for n in range(60)]  # ~5 kB of children's outputs
+    with _driver(threshold) as driver:
+        driver.deploy(CHILD_ROWS)
+        driver.deploy(_each_parent(lines))
+        done = driver.start("acme.team", "many")
+        assert done.state.current is S.SUCCESS
+        (items,) = [
+            t for t in driver.states[done.id].task_runs.values() if t.task.id == "each_items"
+        ]
+    spills = sum(
+        1 for key in storage.list("acme/") if "/each-items/" in key and "/_outputs/" in key
+    )
+    assert (spills > 0) == (threshold == 1024)
+    assert len(encodes) == spills, encodes  # one encoding per spill, the spill's own write
+    assert items.gathered is not None and items.gathered[0] is items.outputs["outputs"]
+    assert items.gathered[1] == len(references.encoded(items.outputs["outputs"]))
+
+
 def _stored_keys(storage: Storage, entries: list[Any]) -> list[str]:
     """The keys of every stored value a gathered list reaches, those the spills name too."""
     keys: list[str] = []
