@@ -277,7 +277,8 @@ class Settings(BaseSettings):
         "running task runs end before it rejoins; the group waits that long, so a worker's "
         "crash is recovered in about the session timeout plus this (docs/tasks.md, Workers "
         "and rebalances). 0: no wait (a task run about to end whose partition moves runs "
-        "again on its new worker).",
+        "again on its new worker); 0 on the embedded broker while KESTREAM_SESSION_TIMEOUT_MS "
+        "is unset, for Tansu ends a rebalance after half the session, rejoined or not.",
     )
     worker_group: str | None = Field(
         default=None,
