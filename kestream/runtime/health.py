@@ -37,6 +37,9 @@ log = logging.getLogger("kestream.health")
 HEARTBEAT_S = 0.5
 #: A loop that was blocked longer than this is reported as not live.
 MAX_BLOCK_S = 10.0
+#: Facts of a part's detail that are measurements, not state: they change at every look (the
+#: loop's lag), so a member publishes them with its other news, never as news of their own.
+MEASUREMENTS = frozenset({"lag_s"})
 
 
 @runtime_checkable

@@ -42,25 +42,36 @@ from kestream.runtime import records
 from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.compacted import assign_from_start, reached
 from kestream.runtime.context import BrokerContext
-from kestream.runtime.health import Health
+from kestream.runtime.health import MEASUREMENTS, Health
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.member_rates import RateWindow
 from kestream.runtime.metrics import Metrics
 
 log = logging.getLogger("kestream.members")
 
-#: A member writes its status this often (seconds), and at once when its readiness changes.
+#: A member looks at its whole status this often (seconds) and publishes it if it changed
+#: (its readiness is looked at more often, :data:`CHECK_S`, and published at once).
 HEARTBEAT_S = 2.0
-#: A member silent for this many heartbeats no longer counts.
+#: A member whose status has not changed publishes it again this often all the same: the
+#: keep-alive that tells a silent member from an idle one. Idle, a record every 2 s per role
+#: woke every board of the host into fetches: most of an idle installation's broker requests.
+KEEPALIVE_S = 10.0
+#: A member silent for this many keep-alives no longer counts.
 STALE_BEATS = 3
-#: How often a publisher looks at its own readiness (a change is published at once).
-CHECK_S = 0.2
+#: How long a killed member (no tombstone) still counts: :data:`STALE_BEATS` keep-alives.
+STALE_AFTER_S = STALE_BEATS * KEEPALIVE_S
+#: How often a ready publisher looks at its own readiness (a change is published at once).
+CHECK_S = 1.0
+#: The same while it is not ready (it was ready before): coming back is published sooner.
+NOT_READY_CHECK_S = 0.2
 #: The same, until its process has first been ready: an installation's start waits for that
 #: record (the API's ``/health/ready``), and a look costs a few microseconds.
 STARTING_CHECK_S = 0.02
 #: Roles an installation cannot be ready without.
 REQUIRED_ROLES = ("executor", "worker")
-_FETCH_TIMEOUT_MS = 200
+#: A board's reads wait this long when nothing comes: records end a wait at once, and a stop
+#: cancels it, so a long wait costs no latency, only fewer empty wake-ups of the loop.
+_FETCH_TIMEOUT_MS = 10_000
 _RETRY_BACKOFF_S = 0.5
 
 WallClock = Callable[[], float]
@@ -134,8 +145,8 @@ class Roster:
     """The latest status per member, and the installation's readiness (pure: no I/O).
 
     Args:
-        interval: the members' heartbeat period; members silent for ``STALE_BEATS`` of them no
-            longer count.
+        interval: the members' keep-alive period (:data:`KEEPALIVE_S`): members silent for
+            ``STALE_BEATS`` of them no longer count.
         required_roles: roles that must each have a member that counts.
         clock: wall clock (Unix seconds), injected by tests.
     """
@@ -143,7 +154,7 @@ class Roster:
     def __init__(
         self,
         *,
-        interval: float = HEARTBEAT_S,
+        interval: float = KEEPALIVE_S,
         required_roles: Iterable[str] = REQUIRED_ROLES,
         clock: WallClock = time.time,
     ) -> None:
@@ -293,6 +304,9 @@ class MemberPublisher:
         health: this process's health; its ``ready()`` is what is published.
         port: the process's ops HTTP port, published so tools can find ``/metrics``.
         metrics: if given, its ``kestream_ready`` gauge follows the published readiness.
+        interval: how often the whole status is looked at, and published if it changed.
+        keepalive: how often an unchanged status is published all the same; the boards'
+            :class:`Roster` must count members silent for ``STALE_BEATS`` of these.
         group: a worker's group (``None``: the default workers), published so executors know
             whether the group has a live worker (:meth:`Roster.group_alive`).
         task_types: the task types a worker can run, published for operators.
@@ -307,6 +321,7 @@ class MemberPublisher:
         port: int | None = None,
         metrics: Metrics | None = None,
         interval: float = HEARTBEAT_S,
+        keepalive: float = KEEPALIVE_S,
         check_every: float = CHECK_S,
         host: str | None = None,
         pid: int | None = None,
@@ -324,6 +339,7 @@ class MemberPublisher:
         #: Throughput and latency since the last record (:mod:`.member_rates`).
         self._rates = RateWindow(role, metrics) if metrics is not None else None
         self.interval = interval
+        self.keepalive = max(keepalive, interval)
         self.check_every = check_every
         self.host = host or socket.gethostname()
         self.pid = pid if pid is not None else os.getpid()
@@ -332,7 +348,10 @@ class MemberPublisher:
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
         self._last: tuple[bool, bool, tuple[str, ...]] | None = None
+        #: What the last record said, its time and measurements aside (:func:`_content`).
+        self._last_content: bytes | None = None
         self._last_sent = 0.0
+        self._last_looked = 0.0
         self._failing = False
         #: It has published "ready" once: from then on it looks every ``check_every``.
         self._was_ready = False
@@ -376,12 +395,13 @@ class MemberPublisher:
         finally:
             await producer.stop()
 
-    async def publish(self) -> MemberStatus:
-        """Write the current status now (also what the loop calls)."""
-        status = self.status()
+    async def publish(self, status: MemberStatus | None = None) -> MemberStatus:
+        """Write ``status`` (by default the current one) now (also what the loop calls)."""
+        status = status if status is not None else self.status()
         self._last = (status.ready, status.live, status.not_ready)
+        self._last_content = _content(status)
         self._was_ready = self._was_ready or status.ready
-        self._last_sent = time.monotonic()
+        self._last_sent = self._last_looked = time.monotonic()
         if self.metrics is not None:
             self.metrics.ready_gauge.set(1 if status.ready else 0)
         producer = self._producer
@@ -399,29 +419,79 @@ class MemberPublisher:
             self._failing = False
         return status
 
+    def _next_look(self) -> float:
+        """Seconds to the next look: often until first ready (the installation's start waits
+        for that record), then :attr:`check_every` while ready, sooner while not ready."""
+        if not self._was_ready:
+            return STARTING_CHECK_S
+        ready = self._last is not None and self._last[0]
+        return self.check_every if ready else min(self.check_every, NOT_READY_CHECK_S)
+
+    def _due(self) -> MemberStatus | None:
+        """The status to publish now, or ``None``: a readiness change at once; every
+        :attr:`interval` the whole status if it changed; every :attr:`keepalive` whatever."""
+        ready, _ = self.health.ready()
+        live, _ = self.health.live()
+        now = (ready, live, () if ready else tuple(self.health.not_ready()))
+        if now != self._last:
+            return self.status()
+        clock = time.monotonic()
+        if clock - self._last_looked < self.interval:
+            return None
+        self._last_looked = clock
+        status = self.status()
+        if clock - self._last_sent >= self.keepalive or _content(status) != self._last_content:
+            return status
+        return None
+
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.check_every if self._was_ready else STARTING_CHECK_S)
-            ready, _ = self.health.ready()
-            live, _ = self.health.live()
-            now = (ready, live, () if ready else tuple(self.health.not_ready()))
-            if now != self._last or time.monotonic() - self._last_sent >= self.interval:
-                try:
-                    await self.publish()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # never let the heartbeat die: its silence reads as "gone"
-                    log.exception("members: publishing failed")
-                    await asyncio.sleep(_RETRY_BACKOFF_S)
+            await asyncio.sleep(self._next_look())
+            try:
+                status = self._due()
+                if status is not None:
+                    await self.publish(status)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let the heartbeat die: its silence reads as "gone"
+                log.exception("members: publishing failed")
+                await asyncio.sleep(_RETRY_BACKOFF_S)
+
+
+def _content(status: MemberStatus) -> bytes:
+    """What a status says, its time and measurements aside: an idle member's records differ
+    only in these (the loop's lag jitters by a fraction of a millisecond, a rate window's
+    length by the loop's wake-ups), and publishing them would cost a record every beat."""
+    body = asdict(status)
+    body["ts"] = 0.0
+    facts = dict(status.facts)
+    facts.pop("windowS", None)
+    checks = facts.get("checks")
+    if isinstance(checks, dict):
+        facts["checks"] = {
+            name: {k: v for k, v in check.items() if k not in MEASUREMENTS}
+            if isinstance(check, dict)
+            else check
+            for name, check in checks.items()
+        }
+    body["facts"] = facts
+    return records.dumps(body)
 
 
 class MemberBoard:
-    """Follows the members topic and says whether the installation is ready (the API uses it).
+    """Follows the members topic and says whether the installation is ready (the API uses it;
+    the executor's worker-group router reads its roster).
 
     :meth:`status` is "not ready" until the topic has been read up to the high watermark found at
     start: before that, the board cannot know who is running. ``ctx`` may be given to
     :meth:`start` instead, so the board can exist (and be handed to the HTTP routes) before the
     process has connected to the broker.
+
+    The boards of one process share one reading of the topic (:class:`_MembersFeed`): each
+    record reaches every board's roster, and a board started later is handed the latest record
+    of every member first, which is what reading the topic from its start would leave. A
+    standalone process hosts three or four boards (the API's, its executors' routers); each
+    reading the topic itself fetched three or four times per member record.
     """
 
     def __init__(self, ctx: BrokerContext | None = None, roster: Roster | None = None) -> None:
@@ -429,30 +499,26 @@ class MemberBoard:
         self.roster = roster if roster is not None else Roster()
         #: Set once the topic has been read to the end found at start.
         self.loaded = asyncio.Event()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._feed: _MembersFeed | None = None
 
     async def start(self, ctx: BrokerContext | None = None) -> None:
-        """Read the topic from the beginning in the background (:attr:`loaded` when caught up)."""
+        """Follow the topic from the beginning in the background (:attr:`loaded` when caught
+        up), sharing the process's reading of it."""
         ctx = self.ctx = ctx or self.ctx
         if ctx is None:
             raise ValueError("MemberBoard.start needs a broker context")
-        consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=None)
-        await consumer.start()
-        self._consumer = consumer
-        try:
-            targets = await assign_from_start(consumer, ctx.topics.members)
-        except BaseException:
-            await self.stop()
-            raise
-        self._task = asyncio.create_task(self._run(consumer, targets), name="member-board")
+        key = (asyncio.get_running_loop(), ctx.bootstrap, ctx.topics.members)
+        while self._feed is None:
+            feed = _FEEDS.get(key)
+            if feed is None:
+                feed = _FEEDS[key] = _MembersFeed(ctx, key)
+            if await feed.join(self):
+                self._feed = feed
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        await cancel_and_wait(task)
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            await consumer.stop()
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            await feed.leave(self)
 
     def status(self) -> tuple[bool, dict[str, Any]]:
         """``(ready, details)`` of the whole installation."""
@@ -460,13 +526,84 @@ class MemberBoard:
             return False, {"status": "DOWN", "reason": "reading the members topic"}
         return self.roster.status()
 
+
+_FeedKey = tuple[asyncio.AbstractEventLoop, str, str]
+#: The running feeds by event loop, bootstrap and topic (one per process in practice).
+_FEEDS: dict[_FeedKey, _MembersFeed] = {}
+
+
+class _MembersFeed:
+    """One reading of the members topic without a consumer group, shared by the process's
+    :class:`MemberBoard` s (see there); it stops with its last board."""
+
+    def __init__(self, ctx: BrokerContext, key: _FeedKey) -> None:
+        self.ctx = ctx
+        self.key = key
+        #: The latest record value of every member (tombstoned ones removed): what a board
+        #: that joins later is handed first.
+        self.latest: dict[str, bytes] = {}
+        self.boards: list[MemberBoard] = []
+        self.loaded = False
+        self.closed = False
+        self._lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def join(self, board: MemberBoard) -> bool:
+        """Feed ``board`` from now on (``False``: this feed closed meanwhile, take another)."""
+        async with self._lock:
+            if self.closed:
+                return False
+            if self._consumer is None:
+                await self._open()
+            for key, value in self.latest.items():
+                board.roster.apply(key, value)
+            self.boards.append(board)
+            if self.loaded:
+                board.loaded.set()
+            return True
+
+    async def leave(self, board: MemberBoard) -> None:
+        async with self._lock:
+            if board in self.boards:
+                self.boards.remove(board)
+            if self.boards:
+                return
+            self.closed = True
+            if _FEEDS.get(self.key) is self:
+                del _FEEDS[self.key]
+            task, self._task = self._task, None
+            await cancel_and_wait(task)
+            consumer, self._consumer = self._consumer, None
+            if consumer is not None:
+                await consumer.stop()
+
+    async def _open(self) -> None:
+        ctx = self.ctx
+        consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=None)
+        await consumer.start()
+        try:
+            targets = await assign_from_start(consumer, ctx.topics.members)
+        except BaseException:
+            self.closed = True
+            if _FEEDS.get(self.key) is self:
+                del _FEEDS[self.key]
+            await consumer.stop()
+            raise
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._run(consumer, targets), name="member-board")
+
     async def _run(self, consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int]) -> None:
         while True:
             try:
+                # Looked at before each read too: an empty topic is loaded before any record,
+                # and a read waits up to _FETCH_TIMEOUT_MS when nothing comes.
+                if not self.loaded and await reached(consumer, targets):
+                    self.loaded = True
+                    for board in self.boards:
+                        board.loaded.set()
+                    log.info("members table loaded: %d members", len(self.latest))
                 await self._poll(consumer)
-                if not self.loaded.is_set() and await reached(consumer, targets):
-                    self.loaded.set()
-                    log.info("members table loaded: %d members", len(self.roster.members()))
             except asyncio.CancelledError:
                 raise
             except KafkaError as exc:  # transient broker trouble: keep following
@@ -478,4 +615,9 @@ class MemberBoard:
         for recs in batch.values():
             for record in recs:
                 key = record.key.decode("utf-8", "replace") if record.key is not None else ""
-                self.roster.apply(key, record.value)
+                if record.value is None:
+                    self.latest.pop(key, None)
+                else:
+                    self.latest[key] = record.value
+                for board in self.boards:
+                    board.roster.apply(key, record.value)

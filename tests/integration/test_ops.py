@@ -107,8 +107,9 @@ async def test_the_board_follows_members_and_the_routes_answer(  # type: ignore[
     worker_health = Health("worker", [Check("worker", lambda: True)])
     publishers = [
         MemberPublisher(ctx, "executor", executor_health, port=41_001, interval=BEAT_S,
-                        check_every=0.05, metrics=metrics),
-        MemberPublisher(ctx, "worker", worker_health, port=41_002, interval=BEAT_S),
+                        keepalive=BEAT_S, check_every=0.05, metrics=metrics),
+        MemberPublisher(ctx, "worker", worker_health, port=41_002, interval=BEAT_S,
+                        keepalive=BEAT_S),
     ]  # fmt: skip
     monitor = LoopMonitor(interval=0.05, metrics=metrics)
     api_health = Health("api", [monitor])

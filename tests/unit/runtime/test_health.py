@@ -10,7 +10,7 @@ import pytest
 
 from kestream.runtime import records
 from kestream.runtime.health import Check, Health, HealthPart, LoopMonitor
-from kestream.runtime.members import HEARTBEAT_S, STALE_BEATS, MemberStatus, Roster, member_key
+from kestream.runtime.members import STALE_AFTER_S, MemberStatus, Roster, member_key
 
 
 class FakeClock:
@@ -175,7 +175,7 @@ def test_silent_members_are_ignored_and_tombstones_remove_members() -> None:
         roster.put(status)
     assert not roster.status()[0]
 
-    stale_after = STALE_BEATS * HEARTBEAT_S
+    stale_after = STALE_AFTER_S
     clock.now = 1_000.0 + stale_after + 0.1  # nobody has beaten since: all gone
     assert roster.members() == []
     roster.put(_status("executor", 1, clock.now))

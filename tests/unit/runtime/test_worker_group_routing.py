@@ -12,7 +12,7 @@ from kestream.models.state import StateType
 from kestream.runtime import records
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.executor_service import ExecutorService, Outbox
-from kestream.runtime.members import HEARTBEAT_S, STALE_BEATS, MemberStatus, Roster
+from kestream.runtime.members import STALE_AFTER_S, MemberStatus, Roster
 from kestream.runtime.metrics import Metrics
 from kestream.runtime.topics import Topics
 from kestream.settings import Settings
@@ -116,7 +116,7 @@ def test_a_group_is_alive_while_one_of_its_live_workers_beats() -> None:
     roster.put(executor)
     assert not roster.group_alive("cpu")  # only workers serve groups
 
-    clock.now += STALE_BEATS * HEARTBEAT_S + 0.1  # silent since: gone
+    clock.now += STALE_AFTER_S + 0.1  # silent since: gone
     assert not roster.group_alive("gpu")
     roster.put(_worker(1, clock.now, "gpu"))  # it beats again
     assert roster.group_alive("gpu")
