@@ -318,19 +318,20 @@ def parent_outputs(outputs: dict[str, Any], files: ExecutionFiles) -> Any:
 
 
 def adopted(event: ev.ExecutionCreated, storage: Storage | None = None) -> ev.ExecutionCreated:
-    """``event`` (a creation) with the stored values it carries from the execution it comes
-    from (a replay's replayed execution, a CREATE_NEW_EXECUTION retry's predecessor) copied
-    into its own folder, and its references pointing at the copies: the new execution may
-    read them, and a purge of the old one leaves them. Only that execution's folder is
-    copied from, in the same flow: a reference anywhere else stays as it is (the access rule
-    judges it where it is read). Blocking: off the event loop."""
+    """``event`` (a creation) with the stored values and files it carries from the execution
+    it comes from (a replay's replayed execution, a CREATE_NEW_EXECUTION retry's predecessor)
+    copied into its own folder, and its references and ``kestra://`` URIs pointing at the
+    copies: a FILE input's upload, the files of the task runs a replay keeps, offloaded
+    values. The new execution may read them, and a purge of the old one leaves them. Only
+    that execution's folder is copied from, in the same flow: a URI anywhere else stays as it
+    is (the access rule judges it where it is read). Blocking: off the event loop."""
     source = event.parent_id if event.parent_id is not None else event.retry_of
     if source is None or source == event.execution_id:
         return event
     sources = (execution_prefix(event.namespace, event.flow_id, source),)
     target = execution_prefix(event.namespace, event.flow_id, event.execution_id)
     inputs = event.inputs
-    if holds_references(inputs):
+    if inputs:
         inputs = adopt_references(inputs, sources, target, storage)
     replay = event.replay
     if replay is not None:

@@ -111,11 +111,13 @@ PREPARE_BACKOFF_MAX_S = 8.0
 
 def needs_storage(value: bytes) -> bool:
     """Whether the record ``value`` names a stored snapshot, or is the creation of a replay or
-    a retry carrying references (their values are copied, :func:`adopted`): a byte search,
-    no decoding, so every other record costs nothing more."""
+    a retry carrying references or file URIs (their values and files are copied,
+    :func:`adopted`): a byte search, no decoding, so every other record costs nothing more."""
     if b'"snapshotUri"' in value:
         return True
-    return b'"@ref"' in value and (b'"retryOf":"' in value or b'"parentId":"' in value)
+    return (b'"@ref"' in value or b'"kestra:///' in value) and (
+        b'"retryOf":"' in value or b'"parentId":"' in value
+    )
 
 
 def prepared_event(value: bytes) -> ev.Event:

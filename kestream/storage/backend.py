@@ -131,6 +131,22 @@ class Storage:
         with _obstore().open_writer(self._store, key) as stream:
             yield stream
 
+    def copy(self, source: str, target: str) -> None:
+        """Copy the file ``source`` to ``target`` without holding it in memory: S3 copies it
+        server side, a local directory streams it in chunks (durably). A missing ``source`` is
+        :class:`FileNotFoundError` and leaves no ``target``."""
+        check_relative(source)
+        check_relative(target)
+        if self.local_root is None:
+            _obstore().copy(self._store, source, target)
+            return
+        chunks = self.chunks(source)
+        first = next(chunks, b"")  # a missing source fails here, before the target exists
+        with durable_file(self.local_root / target) as out:
+            out.write(first)
+            for chunk in chunks:
+                out.write(chunk)
+
     # -- reading -------------------------------------------------------------------------------
 
     def chunks(self, key: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:

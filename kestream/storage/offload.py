@@ -201,32 +201,75 @@ def _read(store_in: Storage, key: str, what: str) -> bytes:
 def adopt_references(
     value: Any, sources: tuple[str, ...], target: str, storage: Storage | None = None
 ) -> Any:
-    """``value`` (JSON data: an execution's inputs, a snapshot) with every reference into one
-    of the folders ``sources`` copied into the folder ``target`` (same path below it) and
-    pointing there; anything else as is.
+    """``value`` (JSON data: an execution's inputs, a snapshot) with every reference and
+    every ``kestra://`` URI into one of the folders ``sources`` copied into the folder
+    ``target`` (same path below it) and pointing there; anything else as is.
 
     A replay or a retry that creates a new execution carries values stored in the folder of
-    the execution it comes from, which its own access rule refuses and which a purge of that
-    execution removes: its copies are its own. A copy whose source is gone is left to fail
-    where it is read (the reference points at the missing copy and says so). Storage errors
+    the execution it comes from (references to offloaded values) and files of it (a FILE
+    input's upload, the files its task runs wrote, named by URI wherever they sit: an
+    ``outputFiles`` map, a list, a stored value's entries), which its own access rule refuses
+    and which a purge of that execution removes: its copies are its own. The copies' keys
+    depend only on the source's, and a copy already there is kept, so running this again (a
+    record read again) writes the same keys. Files are copied without being held in memory
+    (:meth:`~kestream.storage.backend.Storage.copy`). A copy whose source is gone is left to
+    fail where it is read (the value points at the missing copy and says so). Storage errors
     other than a missing file raise :class:`StorageUnavailable`. Blocking: call it off the
     event loop.
     """
-    store = storage or get_storage()
-
-    def walk(node: Any) -> Any:
-        if type(node) is dict:
-            if is_reference(node):
-                return _adopted(node, sources, target, store)
-            return {key: walk(entry) for key, entry in node.items()}
-        if type(node) is list:
-            return [walk(entry) for entry in node]
-        return node
-
-    return walk(value)
+    adopt = _Adoption(sources, target, storage or get_storage())
+    return adopt.rewritten(value, adopt.reference)
 
 
-def _adopted(ref: dict[str, Any], sources: tuple[str, ...], target: str, store: Storage) -> Any:
+class _Adoption:
+    """One adoption's copies: what was copied already (each source copied once) and where."""
+
+    def __init__(self, sources: tuple[str, ...], target: str, store: Storage) -> None:
+        self.sources, self.target, self.store = sources, target, store
+        self.files: dict[str, str] = {}  # source key -> the URI of its copy
+        #: How a stored value naming a file of a source shows it, looked for before parsing.
+        self.marks = (_REF_MARK, *(orjson.dumps(to_uri(prefix))[:-1] for prefix in sources))
+
+    def reference(self, ref: dict[str, Any]) -> Any:
+        return _adopted(ref, self)
+
+    def file(self, uri: str) -> str:
+        """The URI of the copy of the file ``uri`` names (made if it is not there yet), or
+        ``uri`` itself when it lies outside the sources."""
+        try:
+            key = parse_uri(uri)
+        except StorageUriError:
+            return uri
+        if not key.startswith(self.sources):
+            return uri
+        copied = self.files.get(key)
+        if copied is None:
+            copy = _copy_key(key, self.sources, self.target)
+            try:
+                if not self.store.exists(copy):
+                    self.store.copy(key, copy)
+            except FileNotFoundError:
+                pass  # gone: the URI names the missing copy, to fail where it is read
+            except Exception as exc:
+                raise StorageUnavailable(f"'{uri}' cannot be copied now: {exc!r}") from exc
+            copied = self.files[key] = to_uri(copy)
+        return copied
+
+    def rewritten(self, value: Any, reference: Callable[[dict[str, Any]], Any]) -> Any:
+        """``value`` with each reference replaced by ``reference(it)`` and each URI by
+        :meth:`file`'s."""
+        if type(value) is dict:
+            if is_reference(value):
+                return reference(value)
+            return {key: self.rewritten(entry, reference) for key, entry in value.items()}
+        if type(value) is list:
+            return [self.rewritten(entry, reference) for entry in value]
+        if type(value) is str and value.startswith(URI_PREFIX):
+            return self.file(value)
+        return value
+
+
+def _adopted(ref: dict[str, Any], adopt: _Adoption) -> Any:
     """The reference to ``ref``'s copy in ``target`` (made if it is not there yet), or ``ref``
     itself when it points outside ``sources``.
 
@@ -234,7 +277,9 @@ def _adopted(ref: dict[str, Any], sources: tuple[str, ...], target: str, store: 
     with one to the spill before it and holds those to children's outputs stored alone. Such a
     copy has them rewritten to point at copies of their own (made first), so the new execution
     reads only its own folder and a purge of the old one breaks nothing. Spills chain one
-    behind the other: the files are walked with a stack of their own, never with recursion."""
+    behind the other: the files are walked with a stack of their own, never with recursion.
+    The URIs of files inside a copied value are copied too (:meth:`_Adoption.file`)."""
+    sources, target, store = adopt.sources, adopt.target, adopt.store
     root = _source_key(ref, sources)
     if root is None:
         return ref
@@ -246,7 +291,7 @@ def _adopted(ref: dict[str, Any], sources: tuple[str, ...], target: str, store: 
         key, size, value = pending[-1]
         copy = _copy_key(key, sources, target)
         if value is _UNREAD:
-            value = _copied_or_read(key, copy, size, store, copies)
+            value = _copied_or_read(key, copy, size, store, copies, adopt.marks)
             if value is _UNREAD:  # copied as it is (or its copy already there, or gone)
                 pending.pop()
                 walking.discard(key)
@@ -262,7 +307,7 @@ def _adopted(ref: dict[str, Any], sources: tuple[str, ...], target: str, store: 
                 pending.extend((inner, inner_size, _UNREAD) for inner, inner_size in nested.items())
                 walking.update(nested)
                 continue
-        data = orjson.dumps(_rewritten(value, copies))
+        data = orjson.dumps(adopt.rewritten(value, lambda node: _copied(node, copies)))
         _put_copy(store, copy, data, key)
         copies[key] = reference(to_uri(copy), len(data))
         pending.pop()
@@ -291,10 +336,16 @@ def _copy_key(key: str, sources: tuple[str, ...], target: str) -> str:
 
 
 def _copied_or_read(
-    key: str, copy: str, size: int, store: Storage, copies: dict[str, dict[str, Any]]
+    key: str,
+    copy: str,
+    size: int,
+    store: Storage,
+    copies: dict[str, dict[str, Any]],
+    marks: tuple[bytes, ...],
 ) -> Any:
     """Copy ``key`` to ``copy`` as it is and note the copy's reference in ``copies``, unless it
-    holds references: then its value, to rewrite (:data:`_UNREAD` otherwise). A copy already
+    holds references or URIs of the sources' files (one of ``marks``): then its value, to
+    rewrite (:data:`_UNREAD` otherwise). A copy already
     there is kept (its nested copies were made before it); a source that is gone leaves the
     reference pointing at the missing copy, to fail where it is read."""
     try:
@@ -307,7 +358,7 @@ def _copied_or_read(
         return _UNREAD
     except Exception as exc:
         raise StorageUnavailable(f"'{to_uri(key)}' cannot be copied now: {exc!r}") from exc
-    if _REF_MARK in data:
+    if any(mark in data for mark in marks):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -338,18 +389,12 @@ def _references(value: Any) -> Iterator[dict[str, Any]]:
             stack.extend(node)
 
 
-def _rewritten(value: Any, copies: dict[str, dict[str, Any]]) -> Any:
-    """``value`` with each reference that has a copy in ``copies`` pointing at it."""
-    if type(value) is dict:
-        if is_reference(value):
-            try:
-                return copies.get(parse_uri(value[REF_KEY]), value)
-            except StorageUriError:
-                return value
-        return {key: _rewritten(entry, copies) for key, entry in value.items()}
-    if type(value) is list:
-        return [_rewritten(entry, copies) for entry in value]
-    return value
+def _copied(ref: dict[str, Any], copies: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The reference to ``ref``'s copy in ``copies``, or ``ref`` when it has none."""
+    try:
+        return copies.get(parse_uri(ref[REF_KEY]), ref)
+    except StorageUriError:
+        return ref
 
 
 class Resolving(Mapping[str, Any]):
