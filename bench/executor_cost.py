@@ -108,7 +108,7 @@ def drive(
         if profile is not None:
             profile.enable()
         service._step_batch(batch, out)
-        out.coalesce()  # as the writer does
+        service.writer.coalesce(out)  # as the writer does before it writes
         if profile is not None:
             profile.disable()
         spent += time.process_time() - started

@@ -195,6 +195,7 @@ class CommandRouter:
             terminal=change.terminal,
             full=full,
             max_bytes=self.limit.value_bytes,
+            bodies=out.update_bodies,
         ):
             out.send(self.topics.updates, st.id, update)
         if not change.terminal:

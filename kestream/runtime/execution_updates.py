@@ -24,9 +24,15 @@ from kestream.executor.snapshot import execution_json, task_run_json
 from kestream.executor.state import ExecutionState
 from kestream.models.execution import Execution
 from kestream.models.state import StateType
-from kestream.runtime.records import DEFAULT_VALUE_BYTES, dumps, loads, pack
+from kestream.runtime.records import DEFAULT_VALUE_BYTES, RecordError, dumps, loads, pack
 
-__all__ = ["MergedExecution", "merge_update", "update_records", "update_values"]
+__all__ = [
+    "MergedExecution",
+    "coalesce_updates",
+    "merge_update",
+    "update_records",
+    "update_values",
+]
 
 log = logging.getLogger("kestream.records")
 
@@ -35,7 +41,13 @@ log = logging.getLogger("kestream.records")
 
 
 def update_records(
-    st: ExecutionState, changed: list[str], *, terminal: bool, full: bool, max_bytes: int
+    st: ExecutionState,
+    changed: list[str],
+    *,
+    terminal: bool,
+    full: bool,
+    max_bytes: int,
+    bodies: dict[int, dict[str, Any]] | None = None,
 ) -> list[bytes]:
     """An execution update as records of at most ``max_bytes``: the execution's own fields
     plus task runs.
@@ -50,6 +62,9 @@ def update_records(
     A task run that cannot share a record with the execution's fields (both large; outputs
     alone never pass the limit, :mod:`kestream.executor.sizes`) travels without its outputs,
     its id listed in the record's ``outputsLeftOut``; the changelog keeps them.
+
+    ``bodies``: where each record's body is kept (by the record's ``id``), for
+    :func:`coalesce_updates` to read instead of decoding the record again.
     """
     send_all = full or terminal
     header = execution_json(st, with_task_runs=False)
@@ -60,10 +75,11 @@ def update_records(
         if send_all
         else [task_run_json(st, task_runs[r]) for r in changed if r in task_runs]
     )
-    whole = dumps(
-        _update_body(header, runs, first=True, last=True, full=send_all, terminal=terminal)
-    )
+    body = _update_body(header, runs, first=True, last=True, full=send_all, terminal=terminal)
+    whole = dumps(body)
     if len(whole) <= max_bytes:  # the usual case: one encoding, one record
+        if bodies is not None:
+            bodies[id(whole)] = body
         return [whole]
     envelope = max(  # the longest shape: "more":false,"terminal":false
         len(dumps(_update_body(header, [], first=first, last=True, full=send_all, terminal=False)))
@@ -88,6 +104,8 @@ def update_records(
                 st.id, chunk[0]["id"], human_size(len(value)),
             )  # fmt: skip
             value = dumps(body)
+        if bodies is not None:
+            bodies[id(value)] = body
         out.append(value)
     return out
 
@@ -129,6 +147,79 @@ def update_values(
         loads(value)
         for value in update_records(st, changed, terminal=terminal, full=full, max_bytes=max_bytes)
     ]
+
+
+_UPDATE_KEYS = frozenset(("more", "terminal", "execution", "full"))
+
+
+def coalesce_updates(
+    values: list[bytes], max_bytes: int, bodies: Mapping[int, dict[str, Any]] | None = None
+) -> list[bytes]:
+    """One execution's update records of one cycle, in their order, as fewer records that
+    leave every reader (:func:`merge_update`) where all of them would.
+
+    An execution stepped several times in a cycle (a ForEach's results fetched together) makes
+    an update per step. Single-record partial updates that follow each other are merged into
+    one (the last one's execution fields, their task runs by id, the latest of each, in the
+    order they first appeared) while the merged record stays within ``max_bytes`` (it is never
+    larger than its parts together). A full update replaces what a reader knows, so the
+    records before it go; it and a split update (``more``) pass as they are, as does a record
+    with ``outputsLeftOut``. A reader sees no state the execution passed within the cycle
+    other than its pauses and its end (full updates). Records that are not all updates
+    (never written by :func:`update_records`) are left as they are. ``bodies``: the records'
+    bodies kept by :func:`update_records` (the others are decoded).
+    """
+    if len(values) < 2 or (decoded := _updates_of(values, bodies or {})) is None:
+        return values
+    out: list[bytes] = []
+    group: list[tuple[bytes, dict[str, Any]]] = []
+    size = 0
+    chained = False  # the record continues a split update
+    for value, body in zip(values, decoded, strict=True):
+        if body["full"] and not chained:
+            out.clear()  # what a reader knew is replaced
+            group.clear()
+        partial = type(body.get("taskRuns")) is list and "outputsLeftOut" not in body
+        if body["full"] or body["more"] or chained or not partial:
+            out.extend(_merged(group))
+            group = []
+            out.append(value)
+            chained = bool(body["more"])
+            continue
+        if group and size + len(value) > max_bytes:
+            out.extend(_merged(group))
+            group = []
+        if not group:
+            size = 0
+        group.append((value, body))
+        size += len(value)
+    out.extend(_merged(group))
+    return out
+
+
+def _updates_of(
+    values: list[bytes], bodies: Mapping[int, dict[str, Any]]
+) -> list[dict[str, Any]] | None:
+    """``values``' bodies (kept in ``bodies``, else decoded), or None unless all are updates."""
+    try:
+        decoded = [bodies.get(id(value)) or loads(value) for value in values]
+    except RecordError:
+        return None
+    if all(type(body) is dict and body.keys() >= _UPDATE_KEYS for body in decoded):
+        return decoded
+    return None
+
+
+def _merged(group: list[tuple[bytes, dict[str, Any]]]) -> list[bytes]:
+    """Partial updates that follow each other as one record: the last one's fields, their task
+    runs by id (the latest of each, in the order they first appeared)."""
+    if len(group) < 2:
+        return [value for value, _ in group]
+    runs: dict[str, Any] = {}
+    for _, body in group:
+        for run in body["taskRuns"]:
+            runs[run["id"]] = run
+    return [dumps({**group[-1][1], "taskRuns": list(runs.values())})]
 
 
 # -- reading ----------------------------------------------------------------------------------

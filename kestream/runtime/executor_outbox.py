@@ -10,7 +10,8 @@ per input partition (:class:`PartitionOutboxes`).
 An execution that takes several steps in one cycle (a ForEach's results fetched together, say)
 rewrites some keys in each (its dynamic record always): :meth:`Outbox.coalesce` keeps the last
 record of each key only, where that cannot change what a kill at any point of the write leaves
-(see its docstring).
+(see its docstring). Its execution updates are coalesced as well
+(:meth:`Outbox.coalesce_updates`): readers merge them into the same execution.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kestream.executor.codec import execution_of, is_commit_mark
+from kestream.runtime.execution_updates import coalesce_updates
 from kestream.runtime.records import dumps
 
 __all__ = ["ChangelogRecord", "CommandRecord", "Outbox", "Outboxes", "PartitionOutboxes"]
@@ -46,6 +48,12 @@ class Outbox:
     #: of executions that began and ended in one step (the step's only changelog record). When
     #: all of them may, the writer carries them to its next write (``RecordWriter.write``).
     deferrable: int = 0
+    #: The bodies of this outbox's update records, by the record's ``id`` (kept by
+    #: :func:`~kestream.runtime.execution_updates.update_records`): what
+    #: :meth:`coalesce_updates` reads instead of decoding. Every id is a record of
+    #: :attr:`commands` (both go together, and outlive nothing of each other), so none is a
+    #: freed object's reused id.
+    update_bodies: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def send(self, topic: str, key: str, value: bytes | None, partition: int | None = None) -> None:
         self.commands.append((topic, key, value, partition))
@@ -112,9 +120,41 @@ class Outbox:
         self.deferrable = 0
         return dropped
 
+    def coalesce_updates(self, topic: str, max_bytes: int) -> int:
+        """Coalesce each execution's records of the updates ``topic``
+        (:func:`~kestream.runtime.execution_updates.coalesce_updates`), put where its last one
+        was; returns how many records fewer. Only an execution with several is decoded."""
+        seen: dict[str, int] = {}  # per execution, the index of its last update record
+        several = False
+        for i, (record_topic, key, _, _) in enumerate(self.commands):
+            if record_topic == topic:
+                several = several or key in seen
+                seen[key] = i
+        if not several:
+            return 0
+        values: dict[str, list[bytes]] = {}
+        for record_topic, key, value, _ in self.commands:
+            if record_topic == topic and value is not None:
+                values.setdefault(key, []).append(value)
+        kept: list[CommandRecord] = []
+        for i, record in enumerate(self.commands):
+            record_topic, key, value, partition = record
+            if record_topic != topic or value is None or len(values.get(key, ())) < 2:
+                kept.append(record)
+            elif seen[key] == i:
+                kept.extend(
+                    (topic, key, merged, partition)
+                    for merged in coalesce_updates(values[key], max_bytes, self.update_bodies)
+                )
+        dropped = len(self.commands) - len(kept)
+        self.commands = kept
+        self.update_bodies.clear()  # some of their records are gone
+        return dropped
+
     def extend(self, other: Outbox) -> None:
         """Take ``other``'s records after this one's (an event's staged records, once whole)."""
         self.commands.extend(other.commands)
+        self.update_bodies.update(other.update_bodies)
         self.changelog.extend(other.changelog)
         self.logged.extend(other.logged)
         self.tables.extend(other.tables)

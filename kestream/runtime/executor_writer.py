@@ -5,8 +5,8 @@ topic (where it was, why, as much of it as fits), logged and counted.
 
 :class:`RecordWriter` writes a batch's :class:`~kestream.runtime.executor_outbox.Outbox` in its
 order: the commands, waiting for every ack, then the changelog (each key's records that a
-later one replaces dropped, :meth:`~kestream.runtime.executor_outbox.Outbox.coalesce`), waiting
-again. A batch whose
+later one replaces dropped, :meth:`~kestream.runtime.executor_outbox.Outbox.coalesce`; an
+execution's updates of the cycle likewise), waiting again. A batch whose
 only changelog records are the ended markers of executions begun and ended in one step (W1 with
 inline tasks: every batch) skips the second wait: its markers are carried to the next write,
 with whose commands they go (after this batch's commands were acked, before the next batch's
@@ -116,7 +116,7 @@ class RecordWriter:
         partition's state reflects), and the records refused."""
         written = Written()
         changelog = self.topics.changelog
-        out.coalesce()
+        self.coalesce(out)
         recs, self.carried = out.commands + self.carried, []
         acks = await self.produce(recs, written.refused)
         later = [(changelog, *r) for r in out.changelog] + out.tables
@@ -128,10 +128,17 @@ class RecordWriter:
 
     def records_of(self, out: Outbox) -> list[CommandRecord]:
         """``out``'s records in their order (commands, changelog, other tables), sized
-        (:meth:`sized`) by the caller; its changelog coalesced (:meth:`Outbox.coalesce`)."""
+        (:meth:`sized`) by the caller; coalesced (:meth:`coalesce`)."""
         changelog = self.topics.changelog
-        out.coalesce()
+        self.coalesce(out)
         return out.commands + [(changelog, *r) for r in out.changelog] + out.tables
+
+    def coalesce(self, out: Outbox) -> None:
+        """Drop what later records of ``out`` replace: its changelog's
+        (:meth:`Outbox.coalesce`) and its execution updates'
+        (:meth:`Outbox.coalesce_updates`)."""
+        out.coalesce()
+        out.coalesce_updates(self.topics.updates, self.limit.value_bytes)
 
     async def write_transactions(self, writes: Mapping[int, TxnWrite]) -> Written:
         """Exactly-once: commit each input partition's records and offsets in its transaction

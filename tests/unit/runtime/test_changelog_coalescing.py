@@ -1,5 +1,6 @@
 """A cycle's changelog records, coalesced (:meth:`Outbox.coalesce`): each key's last record
-only, where a kill anywhere in the write leaves what it left before.
+only, where a kill anywhere in the write leaves what it left before; and its execution updates
+(:meth:`Outbox.coalesce_updates`): fewer records that leave a reader where all of them would.
 
 The cycles here step every event the worker answered so far together (a ForEach of two
 concurrent lanes: several steps of one execution per cycle), as the processor's loop does with a
@@ -14,6 +15,8 @@ from typing import Any
 from kestream.executor import codec
 from kestream.executor import events as ev
 from kestream.models.state import StateType
+from kestream.runtime import records
+from kestream.runtime.execution_updates import MergedExecution, coalesce_updates, merge_update
 from kestream.runtime.executor_outbox import Outbox
 from tests.unit.runtime.test_torn_changelog import (
     Changelog,
@@ -144,3 +147,69 @@ def _cycle_sizes() -> list[int]:
                 answered.add((run_id, attempt))
                 pending.append(ev.WorkerResult(execution_id, run_id, attempt, StateType.SUCCESS))
     return sizes
+
+
+# -- execution updates ------------------------------------------------------------------------
+
+
+def _updates(service: Any, out: Outbox) -> list[bytes]:
+    return [v for t, _, v, _ in out.commands if t == service.topics.updates and v is not None]
+
+
+def _merged(values: list[bytes], current: MergedExecution | None) -> MergedExecution | None:
+    for value in values:
+        current = merge_update(current, records.loads(value))
+    return current
+
+
+def test_a_cycles_updates_coalesced_leave_a_reader_where_each_steps_would() -> None:
+    service = _processor()
+    service.owned = {0}
+    pending: list[ev.Event] = [ev.ExecutionCreated("t1", "test.torn", "torn")]
+    answered: set[tuple[str, int]] = set()
+    one_by_one = coalesced = None
+    sent = kept = 0
+    while pending:
+        cycle, pending = pending, []
+        out = Outbox()
+        for event in cycle:
+            service._apply(0, event, out, ("executions", 0))
+        before = _updates(service, out)
+        service.writer.coalesce(out)
+        after = _updates(service, out)
+        sent, kept = sent + len(before), kept + len(after)
+        one_by_one, coalesced = _merged(before, one_by_one), _merged(after, coalesced)
+        assert one_by_one is not None and coalesced is not None
+        assert coalesced.json() == one_by_one.json()
+        assert (coalesced.terminal, coalesced.complete) == (one_by_one.terminal, True)
+        for execution_id, run_id, attempt in _jobs(service, out):
+            if (run_id, attempt) not in answered:
+                answered.add((run_id, attempt))
+                pending.append(ev.WorkerResult(execution_id, run_id, attempt, StateType.SUCCESS))
+    assert coalesced is not None and coalesced.terminal
+    assert kept < sent
+
+
+def _update(runs: list[str], *, version: int = 0, full: bool = False, more: bool = False) -> bytes:
+    listed = [{"id": r, "v": version} for r in runs]
+    execution: dict[str, Any] = {"id": "x", "v": version}
+    body: dict[str, Any] = {"more": more, "terminal": False}
+    if full:
+        body.update(execution={**execution, "taskRunList": listed}, full=True)
+    else:
+        body.update(execution=execution, taskRuns=listed, full=False)
+    return records.dumps(body)
+
+
+def test_partial_updates_merge_within_the_record_limit_and_a_full_one_replaces_them() -> None:
+    a, b, c = _update(["r1"], version=1), _update(["r2", "r1"], version=2), _update(["r3"])
+    (merged,) = coalesce_updates([a, b, c], 10_000)
+    body = records.loads(merged)
+    assert [r["id"] for r in body["taskRuns"]] == ["r1", "r2", "r3"]
+    assert body["taskRuns"][0]["v"] == 2 and body["execution"]["v"] == 0
+    assert coalesce_updates([a, b, c], len(a) + len(b)) == [records.dumps({**records.loads(b),
+        "taskRuns": [{"id": "r1", "v": 2}, {"id": "r2", "v": 2}]}), c]  # fmt: skip
+    full = _update(["r1", "r2"], version=3, full=True)
+    assert coalesce_updates([a, full, c], 10_000) == [full, c]
+    split = [_update(["r1"], full=True, more=True), _update(["r2"])]  # one update, two records
+    assert coalesce_updates([a, *split], 10_000) == split
