@@ -72,7 +72,12 @@ log = logging.getLogger("kestream.standalone")
 _STOP_GRACE_S = 20.0
 #: The longest the role processes are held back for the slowest of them to import what it runs.
 _IMPORTED_WAIT_S = 60.0
-_POLL_S = 0.2
+#: How long the watch rests when nothing wakes it. A child's exit (SIGCHLD, the broker's too)
+#: and a stop wake it at once, and a restart's due time shortens the rest; what is left to
+#: notice is the broker mirror's failure, which can wait this long. It looked every 0.2 s.
+_WATCH_IDLE_S = 2.0
+#: The same where no SIGCHLD handler can be installed (a loop outside the main thread).
+_POLL_FALLBACK_S = 0.2
 
 
 def role_command(role: str) -> list[str]:
@@ -369,7 +374,23 @@ class Supervisor:
 
         Raises :class:`_BrokerDied` when the embedded broker's process exits."""
         assert self.ledger is not None
+        loop = asyncio.get_running_loop()
+        exited = asyncio.Event()
+        try:
+            loop.add_signal_handler(signal.SIGCHLD, exited.set)
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread: look often
+            return await self._watch_loop(stop, exited, _POLL_FALLBACK_S, bootstrap)
+        try:
+            return await self._watch_loop(stop, exited, _WATCH_IDLE_S, bootstrap)
+        finally:
+            loop.remove_signal_handler(signal.SIGCHLD)
+
+    async def _watch_loop(
+        self, stop: asyncio.Event, exited: asyncio.Event, rest: float, bootstrap: str
+    ) -> int:
+        assert self.ledger is not None
         while not stop.is_set():
+            exited.clear()  # before looking: an exit from now on ends the rest below at once
             broker = self.broker
             if broker is not None and not broker.running:
                 code = broker.returncode
@@ -422,8 +443,8 @@ class Supervisor:
                 )
                 slot.process = None
                 slot.start_at = now + delay
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), _POLL_S)
+            due = [slot.start_at - now for slot in self.slots if slot.process is None]
+            await _first_of(stop, exited, min([rest, *due]))
         return 0
 
     async def _mirror_kept(self, now: float, bootstrap: str) -> bool:
@@ -462,6 +483,16 @@ class Supervisor:
                 slot.process.wait()
         for slot in self.slots:
             slot.process = None
+
+
+async def _first_of(stop: asyncio.Event, exited: asyncio.Event, timeout: float) -> None:
+    """Rest until ``stop`` or ``exited`` is set, at most ``timeout`` seconds."""
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(exited.wait())]
+    try:
+        await asyncio.wait(waits, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 async def _closed(fd: int) -> None:

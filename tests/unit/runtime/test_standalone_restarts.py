@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, cast
 
@@ -192,3 +194,50 @@ async def test_the_embedded_broker_standalone_starts_is_marked_so_its_mirror_is_
     supervisor = Supervisor(settings, None)
     assert await supervisor._broker(tmp_path, first=True) == FakeBroker.bootstrap
     assert fetch_pacing.paced_consumer_options(settings, FakeBroker.bootstrap, "tansu")
+
+
+class _Watched:
+    """A real child process whose ``poll`` tells the test when the supervisor has looked."""
+
+    def __init__(self, looked: asyncio.Event) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+        )
+        self.pid = self.process.pid
+        self.looked = looked
+
+    def poll(self) -> int | None:
+        code = self.process.poll()
+        if code is None:
+            self.looked.set()
+        return code
+
+
+async def test_a_child_that_exits_wakes_the_watch_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch rests between looks; a child's exit (SIGCHLD) ends the rest, so the rest can
+    be long: here an hour, which the exit must cut short for the test to end."""
+    from kestream.runtime import supervisor as supervisor_module
+
+    monkeypatch.setattr(supervisor_module, "_WATCH_IDLE_S", 3600.0)
+    slot = RoleProcess("worker", "worker", {"worker": CrashPolicy(1, 300.0, 30.0)})
+    slot.failed_file = tmp_path / "worker.failed"
+    supervisor = Supervisor(Settings(broker="127.0.0.1:1", data_dir=str(tmp_path)), None)
+    supervisor.ledger = CrashLedger(tmp_path / "crashes.json")
+    supervisor.slots = [slot]
+    looked = asyncio.Event()
+    child = _Watched(looked)
+    slot.process = cast(Any, child)
+    watch = asyncio.create_task(supervisor._watch(asyncio.Event(), "127.0.0.1:1"))
+    try:
+        await looked.wait()  # it looked, found the child running, and rests
+        assert child.process.stdin is not None
+        child.process.stdin.close()  # the child exits
+        code = await asyncio.wait_for(watch, 60.0)  # a guard against a hang, not a timing
+    finally:
+        watch.cancel()
+        child.process.kill()
+        child.process.wait()
+    assert code == 1 and supervisor.gave_up == "worker"  # its one allowed crash
+    assert supervisor.ledger.crashes == {"worker": {"exit code 0": 1}}
