@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError
 from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.compacted import RecordSink, assign_from_start, reached
 from kestream.runtime.context import BrokerContext
-from kestream.runtime.fetch_pacing import wake
+from kestream.runtime.fetch_pacing import reader_wait_ms, wake
 from kestream.runtime.kafka import make_consumer
 from kestream.runtime.tansu_compat import fetch_highwaters
 
@@ -85,7 +85,9 @@ class CompactedFollower:
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             try:
-                batch = await consumer.getmany(timeout_ms=_FETCH_TIMEOUT_MS)
+                # No timed work between reads: a paced consumer's wait ends with its records.
+                wait_ms = reader_wait_ms(consumer, _FETCH_TIMEOUT_MS)
+                batch = await consumer.getmany(timeout_ms=wait_ms)
             except KafkaError as exc:  # transient broker trouble: keep following
                 log.warning("%s: fetch failed (%s); retrying", self.name, exc)
                 await asyncio.sleep(RETRY_BACKOFF_S)

@@ -70,9 +70,15 @@ log = logging.getLogger("kestream.fetch_pacing")
 
 #: How often aiokafka's background fetcher looks at its partitions when nothing wakes it
 #: (``consumer_timeout_ms``; aiokafka's default is 200). A resume, a new assignment, records
-#: taken and every response wake it at once; a resting consumer's fetcher otherwise woke five
-#: times a second for nothing (about a hundred wake-ups a second in a standalone role process).
-RESTING_FETCHER_WAKE_MS = 1_000
+#: taken, a metadata update it waits for and every response wake it at once, so the timeout is
+#: only a net; at 200 ms a resting consumer's fetcher woke five times a second for nothing, at
+#: 1 s once (about twenty wake-ups a second in standalone's shared role process): now no more
+#: often than a resting consumer probes (:attr:`Pacing.probe_max`).
+RESTING_FETCHER_WAKE_MS = 5_000
+#: How long a loop that only reads (no timed work between its fetches) lets a paced consumer's
+#: ``getmany`` wait (:func:`reader_wait_ms`): records, rings and probes end the wait at once,
+#: so a longer one costs no latency, only fewer turns of the loop for nothing.
+READER_WAIT_MS = 5_000
 
 #: With a doorbell, a consumer stays awake this long after records or a ring: none. Rings come
 #: after the broker acknowledged the records (:class:`~kestream.runtime.doorbell.RingingProducer`)
@@ -550,6 +556,13 @@ def wake(consumer: AIOKafkaConsumer) -> None:
     """Tell a paced consumer that records are waiting for it (nothing for any other)."""
     if isinstance(consumer, PacedConsumer):
         consumer.wake()
+
+
+def reader_wait_ms(consumer: AIOKafkaConsumer, timeout_ms: int) -> int:
+    """The ``getmany`` timeout of a loop that only reads: :data:`READER_WAIT_MS` for a paced
+    consumer, ``timeout_ms`` for any other (on Kafka a fetch waits for data itself, and a
+    compacted topic's position may move past a gap with no record to end the wait)."""
+    return max(READER_WAIT_MS, timeout_ms) if isinstance(consumer, PacedConsumer) else timeout_ms
 
 
 def paced_consumer_options(settings: Settings, bootstrap: str, kind: str) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from kestream.runtime import records
 from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.compacted import assign_from_start, read_to_end
 from kestream.runtime.context import BrokerContext
+from kestream.runtime.fetch_pacing import reader_wait_ms
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.tansu_compat import fetch_highwaters
 
@@ -173,7 +174,8 @@ class FlowsTable:
     async def _poll(self) -> None:
         consumer = self._consumer
         assert consumer is not None, "FlowsTable is not started"
-        batch = await consumer.getmany(timeout_ms=_FETCH_TIMEOUT_MS)
+        # No timed work between reads: a paced consumer's wait ends with its records.
+        batch = await consumer.getmany(timeout_ms=reader_wait_ms(consumer, _FETCH_TIMEOUT_MS))
         for recs in batch.values():
             for record in recs:
                 self._apply(record)

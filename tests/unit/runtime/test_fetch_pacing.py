@@ -18,6 +18,7 @@ from aiokafka.structs import ConsumerRecord
 from kestream.runtime.compacted import read_to_end
 from kestream.runtime.doorbell import Bell, doorbell_dir
 from kestream.runtime.fetch_pacing import (
+    READER_WAIT_MS,
     RESTING_FETCHER_WAKE_MS,
     FetchPacer,
     PacedConsumer,
@@ -27,6 +28,7 @@ from kestream.runtime.fetch_pacing import (
     paced_consumer_options,
     pacing_for,
     producer_bell,
+    reader_wait_ms,
 )
 from kestream.settings import Settings
 
@@ -586,11 +588,13 @@ async def test_read_to_end_wakes_the_consumer_until_it_reaches_the_end() -> None
     await reader.stop()
 
 
-async def test_a_paced_consumers_fetcher_looks_once_a_second_when_nothing_wakes_it() -> None:
+async def test_a_paced_consumers_fetcher_looks_as_rarely_as_it_probes_when_nothing_wakes_it() -> (
+    None
+):
     """aiokafka's fetcher wakes on resumes, assignments and responses; its timeout is only a
     net, which at aiokafka's 200 ms woke every resting consumer five times a second."""
     consumer = _paced(_Clock())
-    assert consumer._consumer_timeout == RESTING_FETCHER_WAKE_MS / 1000 == 1.0
+    assert consumer._consumer_timeout == RESTING_FETCHER_WAKE_MS / 1000 == Pacing().probe_max
     given = PacedConsumer(
         bootstrap_servers="127.0.0.1:7", pacing=PACING, doorbell=None, consumer_timeout_ms=300
     )
@@ -610,3 +614,16 @@ def test_pacing_and_the_doorbell_only_on_the_broker_kestream_started(short_dir: 
     mark_embedded(embedded)
     assert paced_consumer_options(settings, embedded, "tansu")["pacing"] is not None
     assert paced_consumer_options(settings, embedded, "kafka") == {}
+
+
+async def test_a_loop_that_only_reads_waits_long_on_a_paced_consumer_only() -> None:
+    """Records, rings and probes end a paced consumer's wait, so a reading loop (the flows
+    table, a compacted follower) need not turn every 200 ms; on any other consumer (Kafka) its
+    own timeout stays, for a compacted topic's position may move with no record to end it."""
+    paced = _paced(_Clock())
+    plain = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:7")
+    assert reader_wait_ms(paced, 200) == READER_WAIT_MS > 200
+    assert reader_wait_ms(paced, READER_WAIT_MS * 2) == READER_WAIT_MS * 2
+    assert reader_wait_ms(plain, 200) == 200
+    await paced.stop()
+    await plain.stop()
