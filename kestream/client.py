@@ -62,6 +62,7 @@ from kestream.runtime.context import BrokerContext
 from kestream.runtime.context import connect as connect_broker
 from kestream.runtime.event_offload import fit_event
 from kestream.runtime.execution_updates import MergedExecution, merge_update
+from kestream.runtime.fetch_pacing import reader_wait_ms
 from kestream.runtime.flows_table import FlowsTable
 from kestream.runtime.hand_over import HandOver
 from kestream.runtime.kafka import make_consumer, make_producer
@@ -474,7 +475,10 @@ class Client:
         assert consumer is not None
         while True:
             try:
-                batch = await consumer.getmany(timeout_ms=_FETCH_TIMEOUT_MS)
+                # No timed work between reads: a paced consumer's wait ends with its records.
+                batch = await consumer.getmany(
+                    timeout_ms=reader_wait_ms(consumer, _FETCH_TIMEOUT_MS)
+                )
             except KafkaError as exc:
                 log.warning("reading execution updates failed (%s); retrying", exc)
                 await asyncio.sleep(_ERROR_BACKOFF_S)

@@ -54,6 +54,7 @@ from kestream.models.state import StateType
 from kestream.runtime import records
 from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext
+from kestream.runtime.fetch_pacing import reader_wait_ms
 from kestream.runtime.flows_table import FlowsTable
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.metrics import Metrics, process_metrics
@@ -547,10 +548,13 @@ class SchedulerService:
 
     @staticmethod
     async def _batches(consumer: Any, what: str) -> AsyncIterator[Any]:
-        """The non-empty batches of one consumer, forever; a failed fetch is logged and retried."""
+        """The non-empty batches of one consumer, forever; a failed fetch is logged and retried.
+        No timed work between reads: a paced consumer's wait ends with its records."""
         while True:
             try:
-                batch = await consumer.getmany(timeout_ms=_FETCH_TIMEOUT_MS)
+                batch = await consumer.getmany(
+                    timeout_ms=reader_wait_ms(consumer, _FETCH_TIMEOUT_MS)
+                )
             except KafkaError as exc:
                 log.warning("reading %s failed (%s); retrying", what, exc)
                 await asyncio.sleep(_ERROR_BACKOFF_S)
