@@ -127,9 +127,14 @@ def replay_state(
     if replay is None:
         raise ReplayError(f"execution {event.execution_id} is not a replay from a task run")
     now = clock()
-    execution = execution_from_snapshot(replay.snapshot)
+    replayed = execution_from_snapshot(replay.snapshot)
+    # rebuilt as the new execution: the flowables planned again read the values stored in the
+    # snapshot, copied into the new execution's own folder (references.adopted)
+    execution = replayed.model_copy(update={"id": event.execution_id})
     first = original if original is not None else flow
-    st, chosen, dropped = _chosen_and_after(execution, first, replay.task_run_id, clock)
+    st, chosen, dropped = _chosen_and_after(
+        execution, first, replay.task_run_id, clock, replayed.id
+    )
     if first is not flow:  # the kept task runs, in the revision to run
         runs = [run for run in execution.taskRunList if run.id not in dropped]
         narrowed = execution.model_copy(
@@ -156,15 +161,15 @@ def replay_state(
 
 
 def _chosen_and_after(
-    execution: Execution, flow: Flow, task_run_id: str, clock: Clock
+    execution: Execution, flow: Flow, task_run_id: str, clock: Clock, replayed_id: str
 ) -> tuple[ExecutionState, TaskRunState, set[str]]:
     """The replayed execution's state on ``flow``, the task run to run again, and the ids of
-    the task runs after it."""
+    the task runs after it (``replayed_id``: its id, for the errors)."""
     execution = execution.model_copy(update={"flowRevision": flow.revision or 1})
     st = state_from_execution(execution, flow, clock=clock)
     chosen = st.task_runs.get(task_run_id)
     if chosen is None:
-        raise ReplayError(f"Execution '{execution.id}' has no task run '{task_run_id}'")
+        raise ReplayError(f"Execution '{replayed_id}' has no task run '{task_run_id}'")
     chosen = _outermost_working_directory(chosen)
     if chosen.in_side_branch:
         raise ReplayError(

@@ -122,6 +122,42 @@ def test_a_replay_reads_the_replayed_executions_stored_outputs_from_copies_of_it
         assert orjson.loads(storage.get(parse_uri(ref[REF_KEY]))) == BIG
 
 
+def test_a_replay_plans_a_for_each_again_over_values_it_reads_from_its_own_copies(
+    storage: Storage,
+) -> None:
+    """The replayed execution's flowables are planned again while its state is rebuilt; a
+    ForEach whose values come from a stored output reads the replay's copy, as the replay."""
+    flow = """id: again
+namespace: acme.team
+tasks:
+  - id: make
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{ range(1, 400) | join(',') }}"
+  - id: each
+    type: io.kestra.plugin.core.flow.ForEach
+    values: "{{ outputs.make.value | split(',') }}"
+    concurrencyLimit: 0
+    tasks:
+      - id: say
+        type: io.kestra.plugin.core.debug.Return
+        format: "{{ taskrun.value }}"
+  - id: last
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{ outputs.say | length }}"
+"""
+    with _driver() as driver:
+        driver.deploy(flow)
+        done = driver.start("acme.team", "again")
+        assert done.state.current is S.SUCCESS
+        assert is_reference(_outputs(done, "make")["value"])
+        (last,) = [run for run in done.taskRunList if run.taskId == "last"]
+        LOADER.clear()
+        replay = driver.wait(driver.replay(done.id, task_run_id=last.id).id)
+        logs = [line.message for line in driver.logs(replay.id)]
+    assert replay.state.current is S.SUCCESS, logs
+    assert _outputs(replay, "last") == {"value": "400"}
+
+
 def test_a_retry_as_a_new_execution_reads_its_stored_inputs_from_copies_of_its_own(
     storage: Storage,
 ) -> None:
