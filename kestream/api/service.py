@@ -296,8 +296,8 @@ class ApiService:
             return await self.submit_event(event, flow)
         ran = event.replay.revision
         original = self.flow(flow.namespace, flow.id, ran) if ran else None
-        # what the executor builds, checked here first
-        state, _ = replay_state(event, flow, original=original)
+        # what the executor builds, checked here first (before the stored values are copied)
+        state, _ = replay_state(event, flow, original=original, copied=False)
         body = dump(execution_model(state))
         await self.client.send(event)
         self._remember(event.execution_id, body)

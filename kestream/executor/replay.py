@@ -114,11 +114,17 @@ def replay_state(
     *,
     original: Flow | None = None,
     clock: Clock = utc_now,
+    copied: bool = True,
 ) -> tuple[ExecutionState, TaskRunState]:
     """The state of a replay from a task run (``event.replay``) on ``flow``, and that task run
     to start. ``original``: the revision the replayed execution ran, when it differs from
     ``flow`` and is still known; what comes after the chosen task run is then found in the
     lanes it had, so only the task runs kept must fit ``flow``.
+
+    The flowables kept are planned again, which may read values the snapshot stores: as the
+    new execution once they were copied into its folder (``copied``, the executor's case:
+    :func:`kestream.executor.references.adopted`), else as the replayed execution (the API's
+    check before the replay is sent).
 
     Raises :class:`ReplayError`, or :class:`~kestream.executor.restore.RestoreError` when the
     kept task runs do not fit ``flow`` (another revision that lacks one of their tasks).
@@ -128,9 +134,7 @@ def replay_state(
         raise ReplayError(f"execution {event.execution_id} is not a replay from a task run")
     now = clock()
     replayed = execution_from_snapshot(replay.snapshot)
-    # rebuilt as the new execution: the flowables planned again read the values stored in the
-    # snapshot, copied into the new execution's own folder (references.adopted)
-    execution = replayed.model_copy(update={"id": event.execution_id})
+    execution = replayed.model_copy(update={"id": event.execution_id}) if copied else replayed
     first = original if original is not None else flow
     st, chosen, dropped = _chosen_and_after(
         execution, first, replay.task_run_id, clock, replayed.id

@@ -30,6 +30,7 @@ INLINE_BYTES = 8 * 1024
 VALUES = 300
 BIG_CHARS = 100_000
 WIDE = 250  # ForEach values of ~300 bytes: a plan past the record limit
+ROWS = 64  # ForEachItem children of ~310 bytes of outputs: a gathered list that spills twice
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +196,7 @@ outputs:
     value: "{{ outputs.read.value }}"
 """
     )
-    lines = "\\n".join(f"{n:03d}-" + "r" * 300 for n in range(40))
+    lines = "\\n".join(f"{n:03d}-" + "r" * 300 for n in range(ROWS))  # spills twice
     # a ForEach whose plan (its values, ~300 bytes each) is past the record limit: stored
     pad, comma = "w" * 296, "{% if not loop.last %},{% endif %}"
     parent = f"""
@@ -250,6 +251,7 @@ tasks:
     assert list((workdir / "data" / "storage").rglob(f"*{execution_id}/tasks/wide/*/_plan/*/*"))
     gathered = _run(done, "each_items")["outputs"]["outputs"]
     assert any(is_reference(entry) for entry in gathered)
+    assert _merged_rows(stack, done) == [f"{n:03d}" for n in range(ROWS)]  # every row, once
 
     # the children go, with their files; the parent's copies stay and download whole
     children = stack.get(f"/executions/search?namespace={ns}&size=100").json()["results"]
@@ -261,10 +263,24 @@ tasks:
             _wait_until(lambda e=execution: not _files_of(workdir, e["id"]), "child files gone")
     download = stack.get(f"/executions/{execution_id}/file?path={handed[REF_KEY]}")
     assert download.status == 200 and len(download.body) > 2 * BIG_CHARS
-    merged = _run(done, "each_merge")["outputs"]["subflowOutputs"]
-    body = stack.get(f"/executions/{execution_id}/file?path={merged}").body
-    rows_merged = sorted(json.loads(line)["row"][:3] for line in body.decode().splitlines())
-    assert rows_merged == [f"{n:03d}" for n in range(40)]  # every child's row, once
+    # the merge runs again once the children are gone (a replay from it, reading copies of
+    # the parent's spills): every row is still there
+    merge = _run(done, "each_merge")
+    reply = stack.request("POST", f"/executions/{execution_id}/replay?taskRunId={merge['id']}")
+    assert reply.status == 200, reply.body
+    replay_id = reply.json()["id"]
+    again = _wait_attempt(stack, replay_id, 2)
+    assert again["state"]["current"] == "SUCCESS", stack.log_tail()
+    _wait_until(lambda: _ran(stack, replay_id, "each_merge"), "the replayed merge indexed")
+    again = stack.get(f"/executions/{replay_id}").json()
+    assert _merged_rows(stack, again) == [f"{n:03d}" for n in range(ROWS)]
+
+
+def _merged_rows(stack: Stack, execution: dict[str, Any]) -> list[str]:
+    """The first characters of each row of the execution's ``{id}_merge`` file, sorted."""
+    merged = _run(execution, "each_merge")["outputs"]["subflowOutputs"]
+    body = stack.get(f"/executions/{execution['id']}/file?path={merged}").body
+    return sorted(json.loads(line)["row"][:3] for line in body.decode().splitlines())
 
 
 def _steps(stack: Stack, execution_id: str) -> list[dict[str, Any]]:
