@@ -466,9 +466,12 @@ def expand_gathered(items: list[Any], load: Callable[[dict[str, Any]], Any]) -> 
     in order: a reference whose value is a list is an earlier spill, read in its place (its own
     first entry may be the spill before it); a reference to anything else is one entry stored
     alone (a child's outputs past the threshold), read too. ``load(reference)``: the value.
-    Iterative, so a long chain of spills needs no deep recursion."""
+    Iterative, so a long chain of spills needs no deep recursion; a spill named twice (a list
+    no executor gathers: a child's outputs shaped as a reference to a spill) is a ValueError,
+    not an endless read."""
     out: list[Any] = []
     pending: list[tuple[list[Any], int]] = [(items, 0)]
+    spills: set[str] = set()
     while pending:
         entries, index = pending.pop()
         while index < len(entries):
@@ -476,6 +479,9 @@ def expand_gathered(items: list[Any], load: Callable[[dict[str, Any]], Any]) -> 
             index += 1
             value = load(entry) if is_reference(entry) else entry
             if is_reference(entry) and type(value) is list:
+                if entry[REF_KEY] in spills:
+                    raise ValueError(f"the spill '{entry[REF_KEY]}' is named twice")
+                spills.add(entry[REF_KEY])
                 pending.append((entries, index))
                 entries, index = value, 0
                 continue

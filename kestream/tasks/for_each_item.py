@@ -133,7 +133,10 @@ class ForEachItemMergeOutputs(StorageTask):
             raise TaskError(f"outputs: invalid JSON list: {exc}") from None
         if not isinstance(children, list):
             raise TaskError("outputs: expects a list of the subflows' outputs")
-        children = expand_gathered(children, lambda ref: _stored_value(run, storage, ref))
+        try:
+            children = expand_gathered(children, lambda ref: _stored_value(run, storage, ref))
+        except ValueError as exc:  # a spill named twice: what a reference-shaped output makes
+            raise TaskError(f"outputs: {exc}") from None
         key = run_files(run).key("outputs.ion")
         with storage.writer(key) as out:
             for child in children:

@@ -380,6 +380,21 @@ def test_a_long_chain_of_spills_is_adopted_without_recursion() -> None:
     assert adopt_references(items, (source,), target, store) == copied  # copies kept, not redone
 
 
+def test_a_spill_named_twice_is_refused_not_read_endlessly() -> None:
+    """A child's outputs shaped as a reference to a spill of the same list make a loop: the
+    merge refuses it instead of reading forever."""
+    loop = {REF_KEY: "kestra:///g/spill.json", "size": 40}
+    reads: list[str] = []
+
+    def load(ref: dict[str, Any]) -> Any:
+        reads.append(ref[REF_KEY])
+        assert len(reads) < 10, "read endlessly"
+        return [{"n": 1}, loop]  # the spill names itself
+
+    with pytest.raises(ValueError, match="named twice"):
+        expand_gathered([loop], load)
+
+
 def test_gathered_is_a_no_op_within_the_threshold_or_when_off(storage: Storage) -> None:
     small = [{"n": 1}]
     assert gathered(small, 1024, lambda: "never") is small
