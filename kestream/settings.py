@@ -443,6 +443,13 @@ class Settings(BaseSettings):
         "unset, KESTREAM_DATA_DIR/storage; a directory (path or file:///path); or "
         "s3://bucket/prefix. Every role (workers, executor, API) must name the same one.",
     )
+    storage_local_fsync: bool = Field(
+        default=True,
+        description="KESTREAM_STORAGE_LOCAL_FSYNC: a local storage directory fsyncs each file "
+        "written and its folder (a file an acknowledged record names survives a power loss; "
+        "about 2 ms per file). false: writes stay atomic, not durable (a ForEachItem's "
+        "thousands of batch files, a disposable machine).",
+    )
     storage_s3_endpoint: str | None = Field(
         default=None,
         description="KESTREAM_STORAGE_S3_ENDPOINT: an S3-compatible server's URL (MinIO, "

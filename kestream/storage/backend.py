@@ -58,19 +58,24 @@ class Writer(Protocol):
 class Storage:
     """Files by key (``ns/flow/executions/...``; see :mod:`kestream.storage.keys`)."""
 
-    def __init__(self, store: Any, description: str, local_root: Path | None = None) -> None:
+    def __init__(
+        self, store: Any, description: str, local_root: Path | None = None, *, fsync: bool = True
+    ) -> None:
         self._store = store
         self.description = description
         #: The directory of a local store: emptied folders are removed with their files.
         self.local_root = local_root
+        #: Whether a local store's writes are ``fsync``-ed (:mod:`kestream.storage.durable`).
+        self.fsync = fsync
 
     @classmethod
-    def local(cls, directory: Path) -> Storage:
+    def local(cls, directory: Path, *, fsync: bool = True) -> Storage:
+        """A local directory; ``fsync``: each write made durable (off: atomic, not durable)."""
         directory.mkdir(parents=True, exist_ok=True)
         root = directory.resolve()
         from obstore.store import LocalStore
 
-        return cls(LocalStore(root, mkdir=True), f"local directory {root}", root)
+        return cls(LocalStore(root, mkdir=True), f"local directory {root}", root, fsync=fsync)
 
     @classmethod
     def s3(
@@ -111,7 +116,7 @@ class Storage:
         :mod:`kestream.storage.durable`)."""
         check_relative(key)
         if self.local_root is not None:
-            return durable_write(self.local_root / key, data)
+            return durable_write(self.local_root / key, data, fsync=self.fsync)
         if isinstance(data, Path):
             with data.open("rb") as source:
                 _obstore().put(self._store, key, source)
@@ -125,7 +130,7 @@ class Storage:
         appears when the block ends without an error (durably on a local directory)."""
         check_relative(key)
         if self.local_root is not None:
-            with durable_file(self.local_root / key) as out:
+            with durable_file(self.local_root / key, fsync=self.fsync) as out:
                 yield out
             return
         with _obstore().open_writer(self._store, key) as stream:
@@ -142,7 +147,7 @@ class Storage:
             return
         chunks = self.chunks(source)
         first = next(chunks, b"")  # a missing source fails here, before the target exists
-        with durable_file(self.local_root / target) as out:
+        with durable_file(self.local_root / target, fsync=self.fsync) as out:
             out.write(first)
             for chunk in chunks:
                 out.write(chunk)

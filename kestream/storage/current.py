@@ -24,8 +24,9 @@ _current: Storage | None = None
 def storage_from_settings(settings: Settings) -> Storage:
     """The storage ``settings`` describe (see the module doc)."""
     url = settings.storage_url
+    fsync = settings.storage_local_fsync
     if not url:
-        return Storage.local(settings.data_path / "storage")
+        return Storage.local(settings.data_path / "storage", fsync=fsync)
     parts = urlsplit(url)
     if parts.scheme == "s3":
         secret = settings.storage_s3_secret_access_key
@@ -38,8 +39,8 @@ def storage_from_settings(settings: Settings) -> Storage:
             secret_access_key=None if secret is None else secret.get_secret_value(),
         )
     if parts.scheme == "file":
-        return Storage.local(Path(parts.path))
-    return Storage.local(Path(url).expanduser())
+        return Storage.local(Path(parts.path), fsync=fsync)
+    return Storage.local(Path(url).expanduser(), fsync=fsync)
 
 
 def remove_execution_files(

@@ -16,7 +16,9 @@ through :func:`durable_write` instead:
 
 A crash before 3 leaves a stray temporary file and no target; after 4 the target is whole.
 The cost per put is measured in docs/storage.md (one ``fsync`` of the file and one or more of
-directories).
+directories). ``fsync=False`` (``KESTREAM_STORAGE_LOCAL_FSYNC=false``) skips steps 2 and 4: the
+rename stays atomic for the processes reading the directory, but a power loss may lose a file
+whose reference was acknowledged.
 """
 
 from __future__ import annotations
@@ -54,28 +56,32 @@ def _make_parents(directory: Path) -> list[Path]:
 
 
 @contextmanager
-def durable_file(target: Path) -> Iterator[IO[bytes]]:
+def durable_file(target: Path, *, fsync: bool = True) -> Iterator[IO[bytes]]:
     """A binary file to write ``target`` through: it replaces ``target`` when the block ends
-    without an error, durably (module doc); on an error the temporary file is removed."""
+    without an error, durably unless ``fsync`` is off (module doc); on an error the temporary
+    file is removed."""
     changed = _make_parents(target.parent)
     temporary = target.with_name(f"{target.name}#{secrets.randbelow(10**12)}")
     try:
         with temporary.open("wb") as out:
             yield out
             out.flush()
-            os.fsync(out.fileno())
+            if fsync:
+                os.fsync(out.fileno())
         os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    for directory in [target.parent, *changed]:
-        fsync_directory(directory)
+    if fsync:
+        for directory in [target.parent, *changed]:
+            fsync_directory(directory)
 
 
-def durable_write(target: Path, data: bytes | Path | IO[bytes]) -> int:
-    """Write ``data`` (bytes, a file's path, a binary reader) to ``target`` durably; its size."""
+def durable_write(target: Path, data: bytes | Path | IO[bytes], *, fsync: bool = True) -> int:
+    """Write ``data`` (bytes, a file's path, a binary reader) to ``target`` durably (unless
+    ``fsync`` is off); its size."""
     written = 0
-    with durable_file(target) as out:
+    with durable_file(target, fsync=fsync) as out:
         if isinstance(data, bytes | bytearray | memoryview):
             written = out.write(data)
         elif isinstance(data, Path):

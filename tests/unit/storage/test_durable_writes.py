@@ -107,3 +107,29 @@ def test_every_source_kind_is_copied_whole(tmp_path: Path) -> None:
     for index, data in enumerate(inputs):
         assert store.put(f"k/{index}", data) == len(big)
         assert store.get(f"k/{index}") == big
+
+
+def test_with_fsync_off_writes_stay_whole_and_nothing_is_synced(
+    tmp_path: Path, synced: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KESTREAM_STORAGE_LOCAL_FSYNC=false: puts, writers and copies rename whole files into
+    place and call no fsync (the default storage from the settings included)."""
+    from kestream.settings import Settings
+    from kestream.storage.current import storage_from_settings
+
+    monkeypatch.setenv("KESTREAM_STORAGE_LOCAL_FSYNC", "false")
+    store = storage_from_settings(Settings(storage_url=str(tmp_path / "s")))
+    assert store.fsync is False
+    store.put("ns/f/executions/e1/a.txt", b"hello")
+    with store.writer("ns/f/executions/e1/b.txt") as out:
+        out.write(b"world")
+    store.copy("ns/f/executions/e1/a.txt", "ns/f/executions/e2/a.txt")
+    assert synced == []
+    assert store.get("ns/f/executions/e2/a.txt") == b"hello"
+    assert sorted(store.list("ns/")) == [
+        "ns/f/executions/e1/a.txt",
+        "ns/f/executions/e1/b.txt",
+        "ns/f/executions/e2/a.txt",
+    ]
+    monkeypatch.delenv("KESTREAM_STORAGE_LOCAL_FSYNC")
+    assert storage_from_settings(Settings(storage_url=str(tmp_path / "s"))).fsync is True
