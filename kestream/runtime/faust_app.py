@@ -45,6 +45,7 @@ from kestream.executor.flow_registry import FlowRegistry
 from kestream.plugins.loading import PluginError, load_plugins
 from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext, connect
+from kestream.runtime.crash_metrics import expose_supervisor_crashes
 from kestream.runtime.embedded_broker import free_port
 from kestream.runtime.health import Check, Health, LoopMonitor, RolePart, flows_table_check
 from kestream.runtime.kafka_connection import client_options
@@ -63,7 +64,7 @@ from kestream.runtime.process import (
     read_broker_from_stdin,
     tune_gc,
 )
-from kestream.runtime.restarts import expose_supervisor_crashes, record_failed_role
+from kestream.runtime.restarts import record_failed_role
 from kestream.settings import SecurityProtocol, Settings, get_settings
 
 if TYPE_CHECKING:  # the API's stack is imported by the processes that host the API only

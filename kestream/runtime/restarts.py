@@ -9,9 +9,10 @@ saying which.
 serves no HTTP and is not on the members topic, and the API role is one of its children (it
 may be the one that crashed). So the supervisor writes its counts to a small JSON file
 (replaced atomically, so a reader never sees half of it) and tells its children where, in
-:data:`CRASHES_FILE_ENV`; the API role registers a :class:`CrashCollector` that reads the
-file at each scrape. That keeps the count current whichever child restarted last, costs
-nothing between scrapes, and needs neither the broker (which may be what crashed) nor a
+:data:`CRASHES_FILE_ENV`; the API role registers a collector that reads the file at each scrape
+(:mod:`kestream.runtime.crash_metrics`, apart so that the supervisor needs no Prometheus
+client). That keeps the count current whichever child restarted last, costs nothing between
+scrapes, and needs neither the broker (which may be what crashed) nor a
 restart of the API to publish a new count. A file next to the data rather than the members
 topic also means the counts of one standalone run stay that run's: the file is made anew at
 each start, as a counter of a new process starts at zero.
@@ -25,14 +26,8 @@ import os
 import signal
 import tempfile
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
-
-from kestream.runtime.metrics import PREFIX, Metrics
 
 #: Set by ``kestream standalone`` in its children's environment: the ledger's path.
 CRASHES_FILE_ENV = "KESTREAM_STANDALONE_CRASHES_FILE"
@@ -137,48 +132,3 @@ class CrashLedger:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-
-
-class CrashCollector(Collector):
-    """Exposes a :class:`CrashLedger` file as ``kestream_standalone_role_crashes_total{role,
-    cause}`` and ``kestream_standalone_role_restarts_total{role}``, read at each scrape."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        try:
-            data = json.loads(self.path.read_bytes())
-        except (OSError, ValueError):
-            data = {}
-        crashes = CounterMetricFamily(
-            PREFIX + "standalone_role_crashes",
-            "Role processes of kestream standalone that exited unasked, by role and cause",
-            labels=("role", "cause"),
-        )
-        for role, by_cause in sorted(data.get("crashes", {}).items()):
-            for cause, count in sorted(by_cause.items()):
-                crashes.add_metric((role, cause), count)
-        restarts = CounterMetricFamily(
-            PREFIX + "standalone_role_restarts",
-            "Role processes kestream standalone started again after a crash, by role",
-            labels=("role",),
-        )
-        for role, count in sorted(data.get("restarts", {}).items()):
-            restarts.add_metric((role,), count)
-        yield crashes
-        yield restarts
-
-    def describe(self) -> Iterator[CounterMetricFamily]:
-        return iter(())
-
-
-def expose_supervisor_crashes(metrics: Metrics) -> bool:
-    """In a child of ``kestream standalone`` (:data:`CRASHES_FILE_ENV` set), add the ledger's
-    counts to ``metrics``; True when it did. A process registers it once."""
-    path = os.environ.get(CRASHES_FILE_ENV)
-    if not path:
-        return False
-    with contextlib.suppress(ValueError):  # already registered in this registry
-        metrics.registry.register(CrashCollector(Path(path)))
-    return True
