@@ -12,13 +12,18 @@ What is counted, per (execution, attempt) (:class:`Tally`):
 
 - **lost**: submitted (acknowledged by the broker), never ended, or ended without the effect its
   task must leave;
-- **doubled**: two different end states, or two effects of one task-run attempt (the
-  ``chaos.tasks.Effect`` task appends one line per attempt; two lines are two effects);
+- **doubled**: two different end states, or two effects of one task of one execution (the
+  ``chaos.tasks.Effect`` task appends one line per attempt, naming its task; no chaos flow
+  retries, so a second line is a second effect, whether under the same attempt, a new attempt
+  number or a task-run id derived again);
 - **stuck**: ended, but later than a bound after its submission;
-- **recovery** of a kill: from the kill to the first end, after it, of an execution whose
-  partition the killed process owned (as its last "owns partitions" / "partitions assigned"
-  log line said): how long those partitions went unserved. For the scheduler, which owns no
-  partition: to the first end of an execution created after the kill.
+- **recovery** of a kill: for each partition the killed process owned (as its last "owns
+  partitions" / "partitions assigned" log line said), from the kill to the first end, after it,
+  of an execution of that partition; the kill's recovery is the worst of those partitions, how
+  long the last of them went unserved (a partition none of whose executions ended after the
+  kill is left out). For the scheduler, which owns no partition: to the first end of an
+  execution created after the kill. The 15 s target is printed in the table, never asserted (a
+  timed assertion would fail on a busy machine for reasons that are not kestream's).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -452,12 +457,14 @@ def tally_executions(
     """Count lost, doubled, stuck and failed executions of ``submitted`` (id -> submit time),
     and each kill's recovery."""
     tally = Tally(test, broker, executions=len(submitted), kills=len(kills), kill_list=kills)
-    per_attempt = Counter((e["execution"], e["taskRun"], e["attempt"]) for e in effects)
+    per_task: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
+    for e in effects:
+        per_task[(e["execution"], e.get("task", ""))].append((e["taskRun"], e["attempt"]))
     with_effect = {e["execution"] for e in effects}
-    for key, count in per_attempt.items():
-        if count > 1:
+    for key, runs in per_task.items():
+        if len(runs) > 1:
             tally.doubled += 1
-            tally.details.append(f"doubled effect {key}: {count} lines")
+            tally.details.append(f"doubled effect {key}: {len(runs)} lines {sorted(runs)}")
     for execution_id, sent_at in submitted.items():
         ends = [(a, seen) for (eid, a), seen in watch.ends.items() if eid == execution_id]
         if not ends:
@@ -482,25 +489,33 @@ def tally_executions(
             tally.stuck += 1
             tally.details.append(f"stuck {execution_id}: ended {first - sent_at:.1f} s after")
     for kill in kills:
-        after = [
-            at
-            for execution_id, sent_at in submitted.items()
-            if _served_by(kill, execution_id, sent_at, partitions)
-            and (at := watch.first_end(execution_id)) is not None
-            and at > kill.at
-        ]
-        if after:
-            tally.recoveries.append(min(after) - kill.at)
+        recovery = _recovery(kill, submitted, watch, partitions)
+        if recovery is not None:
+            tally.recoveries.append(recovery)
     return tally
 
 
-def _served_by(kill: Kill, execution_id: str, sent_at: float, partitions: int) -> bool:
-    """Whether the killed process stood in the execution's way: it owned the execution's
-    partition, or (a process without partitions: the scheduler) the execution was created
-    after the kill."""
-    if kill.partitions:
-        return partition_of(execution_id, partitions) in kill.partitions
-    return sent_at > kill.at
+def _recovery(
+    kill: Kill, submitted: dict[str, float], watch: UpdatesWatch, partitions: int
+) -> float | None:
+    """How long after ``kill`` the last of its partitions was served again: per partition the
+    killed process owned, the first end after the kill; the worst of them. For a process
+    without partitions (the scheduler): the first end of an execution created after the kill.
+    None: nothing it stood in the way of ended after it."""
+    first: dict[int, float] = {}
+    for execution_id, sent_at in submitted.items():
+        if kill.partitions:
+            lane = partition_of(execution_id, partitions)
+            if lane not in kill.partitions:
+                continue
+        elif sent_at <= kill.at:
+            continue
+        else:
+            lane = -1
+        at = watch.first_end(execution_id)
+        if at is not None and at > kill.at:
+            first[lane] = min(at, first.get(lane, at))
+    return max(first.values()) - kill.at if first else None
 
 
 def report(tally: Tally, record: Callable[[str, object], None]) -> None:

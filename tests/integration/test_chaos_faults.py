@@ -111,12 +111,12 @@ async def _broker_restarts(
                     _, hard = plan.pop(0)
                     down = time.time()
                     await kafka.restart(kill=hard)
-                    # The recovery counts from the broker's return: how long kestream's roles
-                    # took to serve again (the broker's own downtime is in the label).
+                    # The recovery counts from the stop, as long as executions waited: the
+                    # broker's own downtime (in the label) plus kestream's return to service.
                     back = time.time()
                     how = "SIGKILL" if hard else "SIGTERM"
                     label = f"broker ({how}, down {back - down:.1f} s)"
-                    cluster.kills.append(Kill(back, label, kafka.pid or 0, every))
+                    cluster.kills.append(Kill(down, label, kafka.pid or 0, every))
 
             count = int(duration * rate / 60)
             await _submit_at(cluster, flow.namespace, flow.id, submitted, count, rate,

@@ -88,3 +88,50 @@ def test_a_scheduler_kill_recovers_at_the_first_execution_created_after_it() -> 
         partitions=4, bound_s=30.0,
     )  # fmt: skip
     assert [round(r, 2) for r in tally.recoveries] == [4.2]
+
+
+def _on(partition: int, prefix: str) -> str:
+    """An execution id whose records go to ``partition``."""
+    return next(
+        f"{prefix}{n}"
+        for n in range(10_000)
+        if partition_of(f"{prefix}{n}", PARTITIONS) == partition
+    )
+
+
+def test_a_kill_recovers_when_its_slowest_partition_is_served_again() -> None:
+    watch = _watch()
+    fast, slow, other = _on(0, "fast"), _on(1, "slow"), _on(2, "other")
+    submitted = {fast: 100.0, slow: 100.0, other: 100.0}
+    _update(watch, fast, "SUCCESS", 111.0, end=True)
+    _update(watch, slow, "SUCCESS", 170.0, end=True)
+    _update(watch, other, "SUCCESS", 200.0, end=True)  # not the killed process's partition
+    kill = Kill(110.0, "executor-0", 1, {0, 1, 3})  # partition 3: no submission, left out
+    effects = [_effect(fast), _effect(slow), _effect(other)]
+    tally = tally_executions(
+        "t", "apache", submitted, watch, effects, [kill], partitions=PARTITIONS, bound_s=300.0
+    )
+    assert tally.recoveries == [60.0]
+
+
+def test_a_second_effect_under_a_new_attempt_or_task_run_id_is_doubled() -> None:
+    watch = _watch()
+    submitted = {"new-attempt": 0.0, "new-run-id": 0.0, "two-tasks": 0.0}
+    for execution_id in submitted:
+        _update(watch, execution_id, "SUCCESS", 1.0, end=True)
+    effects = [
+        _effect("new-attempt", 1),
+        _effect("new-attempt", 2),
+        _effect("new-run-id"),
+        {**_effect("new-run-id"), "taskRun": "derived-again"},
+        {**_effect("two-tasks"), "task": "first"},
+        {**_effect("two-tasks"), "task": "second", "taskRun": "two-tasks-second"},
+    ]
+    tally = tally_executions(
+        "t", "tansu", submitted, watch, effects, [], partitions=PARTITIONS, bound_s=30.0
+    )
+    assert tally.doubled == 2  # "two-tasks" ran each of its two tasks once
+    assert [line.split(":")[0] for line in tally.details] == [
+        "doubled effect ('new-attempt', '')",
+        "doubled effect ('new-run-id', '')",
+    ]
