@@ -63,19 +63,19 @@ def _label_pairs(values: list[str] | None) -> dict[str, str]:
         raise typer.BadParameter(str(exc)) from None
 
 
-def _checked_labels(values: list[str] | None) -> list[str] | None:
+def _checked_labels(values: list[str] | None) -> list[str]:
     _label_pairs(values)
-    return values
+    return list(values or [])
 
 
-def _input_pairs(values: list[str] | None) -> list[str] | None:
+def _input_pairs(values: list[str] | None) -> list[str]:
     from kestream.cli import parse_input_pairs
 
     try:
         parse_input_pairs(values or [])
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    return values
+    return list(values or [])
 
 
 def _call(work: Callable[[ApiClient], Awaitable[T]]) -> T:
