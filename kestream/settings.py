@@ -201,9 +201,9 @@ class Settings(BaseSettings):
         description="KESTREAM_PROCESSING_GUARANTEE: how the executor's effects are delivered: "
         "at_least_once (every consumer downstream ignores a replayed command by its id) or "
         "exactly_once: on Apache Kafka each executor cycle's commands, changelog records and "
-        "input offsets commit in one transaction per input partition, and every kestream "
-        "consumer reads committed records only. The embedded Tansu has no transactions: there "
-        "it stays at_least_once, with a warning.",
+        "input offsets commit in one transaction per input partition. Every kestream consumer "
+        "on Apache Kafka reads committed records only, whatever its own process's setting. The "
+        "embedded Tansu has no transactions: there it stays at_least_once, with a warning.",
     )
     executor_flow_wait_s: float = Field(
         default=30.0,

@@ -36,6 +36,13 @@ def exactly_once(settings: Settings, kind: str) -> bool:
 
 
 def isolation_level(settings: Settings, kind: str) -> str:
-    """What kestream's consumers read: committed records only under exactly-once (an aborted
-    transaction's records, a crashed cycle's, are never seen), else everything written."""
-    return "read_committed" if exactly_once(settings, kind) else "read_uncommitted"
+    """What kestream's consumers read: committed records only on Apache Kafka, whatever this
+    process's own guarantee, since the executors writing the topics may run exactly-once while
+    this process (a worker, the API, a CLI started without the variable) does not: reading
+    uncommitted, it would run jobs of aborted transactions and index ends that never happened.
+    Without transactions it costs nothing (the last stable offset is the high watermark). Tansu
+    has no transactions and reads everything written.
+
+    ``settings`` is kept for the callers' sake (one signature for every client option)."""
+    del settings
+    return "read_uncommitted" if kind == "tansu" else "read_committed"
