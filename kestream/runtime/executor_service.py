@@ -91,6 +91,7 @@ from kestream.runtime.ended_executions import Ended, EndedExecutions
 from kestream.runtime.event_offload import needs_storage, prepare
 from kestream.runtime.executor_outbox import CommandRecord, Outbox, Outboxes, PartitionOutboxes
 from kestream.runtime.executor_transactions import (
+    Fenced,
     PartitionTransactions,
     TransactionalProducer,
     TxnWrite,
@@ -789,6 +790,7 @@ class ExecutorService:
         oversized ones undid: :meth:`_sized`) and its input offsets commit in one transaction
         (:mod:`~kestream.runtime.executor_transactions`). A failure raises: the processor
         stops, and nothing of the cycle is visible to the partitions' next owner."""
+        await self.groups.create_topics()  # a worker group's first job: its topic first
         writes: dict[int, TxnWrite] = {}
         for partition, box in out.parts.items():
             if not box.empty():
@@ -804,18 +806,79 @@ class ExecutorService:
             await self._fenced(written.fenced)
 
     async def _fenced(self, partitions: set[int]) -> None:
-        """Another member took these partitions' transactional ids: it owns them, and this
-        processor missed the rebalance (a stall past its session, say). Their transactions
-        were not committed, so the state in memory is ahead of their changelog: it is dropped,
-        not parked, and the partitions are left to the group, which assigns them again at
-        this member's rejoin (its next heartbeat learns that the group moved on)."""
+        """These partitions' producers were fenced: their transactions were not committed, so
+        the state in memory is ahead of their changelog, and it is dropped, not parked.
+
+        Either another member took their transactional ids (this processor missed a
+        rebalance: a stall past its session, say), and the partitions are left to the group,
+        which assigns them again at this member's rejoin; or the broker timed the transaction
+        out (``INVALID_PRODUCER_EPOCH`` is both), and nobody else will serve them: no
+        rebalance comes while this member stays in the group. A heartbeat later (time for the
+        consumer to learn of a rebalance), partitions still assigned to it and no rejoin
+        pending are taken back in place (:meth:`_reclaim`)."""
         log.error(
-            "executor fenced on partitions %s: another member took their transactional ids; "
-            "their state is dropped until the group assigns them again",
+            "executor fenced on partitions %s: another member took their transactional ids, "
+            "or the broker timed their transactions out; their state is dropped",
             sorted(partitions),
         )
         self.ready.clear()
+        self._generation += 1  # a batch fetched before is fetched again (_fetch_again)
         await self._let_go(partitions & self.owned, park=False)
+        await asyncio.sleep(self.settings.heartbeat_interval_ms / 1000)
+        back = self._still_assigned(partitions)
+        if back:
+            await self._reclaim(back)
+        if self.owned == self._assigned_partitions():
+            self.ready.set()
+
+    def _assigned_partitions(self) -> set[int]:
+        """The input partitions the group assigned to this member, as its consumer knows."""
+        assert self._consumer is not None
+        executions = self.topics.executions
+        return {tp.partition for tp in self._consumer.assignment() if tp.topic == executions}
+
+    def _still_assigned(self, partitions: set[int]) -> set[int]:
+        """Those of ``partitions`` the consumer still holds with no rejoin pending (a rejoin
+        would revoke or assign them: the group decides)."""
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        subscription = getattr(self._consumer, "_subscription", None)
+        if (
+            coordinator is not None
+            and subscription is not None
+            and coordinator.need_rejoin(subscription.subscription)
+        ):
+            return set()
+        return partitions & self._assigned_partitions()
+
+    async def _reclaim(self, partitions: set[int]) -> None:
+        """Take fenced partitions the group still assigns to this member back in place: their
+        transactional ids again, their state from the committed changelog, and the consumer
+        rewound to their committed offsets (the records fetched since are read again). A
+        partition another member took meanwhile fences this claim: it is left to the group.
+        Any other failure stops the processor (the process restarts), never leaving the
+        partitions unserved."""
+        assert self._consumer is not None
+        consumer = self._consumer
+        try:
+            await self._own_transactions(partitions)
+        except RecoveryFailed as exc:
+            if isinstance(exc.__cause__, Fenced):
+                log.error("executor partitions %s are another member's: %s",
+                          sorted(partitions), exc)  # fmt: skip
+                await self._let_go(partitions, park=False)
+                return
+            raise
+        await self._recover(partitions)
+        for tp in consumer.assignment():
+            if tp.partition in partitions:
+                committed = await consumer.committed(tp)
+                if committed is None:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, committed)
+        self.owned |= partitions
+        log.warning("executor took fenced partitions %s back (still assigned to it)",
+                    sorted(partitions))  # fmt: skip
 
     def _sized(self, out: Outbox) -> list[CommandRecord]:
         """``out``'s records to commit: a record over the limit is replaced by its dead letter,

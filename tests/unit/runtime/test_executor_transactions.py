@@ -15,12 +15,14 @@ from aiokafka.errors import ProducerFenced
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, RecordMetadata
 
 from kestream.executor import events as ev
-from kestream.runtime import processing_guarantee, records
+from kestream.runtime import processing_guarantee, records, worker_groups
+from kestream.runtime.changelog_restorer import PartitionRead, RecoveryFailed
 from kestream.runtime.executor_outbox import CommandRecord, Outbox, PartitionOutboxes
 from kestream.runtime.executor_service import ExecutorService
 from kestream.runtime.executor_transactions import PartitionTransactions, TxnWrite
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.settings import Settings
+from kestream.tasks.worker_group import WorkerGroup
 from tests.unit.runtime.test_executor_commits import _Consumer
 from tests.unit.runtime.test_executor_faults import PAUSED, _Producer, _service
 
@@ -297,6 +299,95 @@ def test_a_fenced_partition_is_dropped_and_the_others_commit(
     assert broker.visible_of("b") and broker.offsets == {b[0]: 10}
     assert service.writer.transactions is not None
     assert set(service.writer.transactions.producers) == {1}
+
+
+class _AssignedConsumer(_Consumer):
+    """A consumer the group still assigns ``partitions`` to (no rebalance under way), whose
+    committed offsets are the transactions' and whose seeks are recorded."""
+
+    def __init__(self, service: ExecutorService, broker: TxnBroker, batches: list[Any]) -> None:
+        super().__init__(service, batches)
+        self.broker = broker
+        self.seeks: list[tuple[TopicPartition, int | None]] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(self.service.topics.executions, p) for p in (0, 1)}
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return self.broker.offsets.get(tp)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        self.seeks.extend((tp, None) for tp in tps)
+
+
+def test_a_fenced_partition_still_assigned_is_taken_back_in_place(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The broker timed partition 0's transaction out (a fence with no other owner): the group
+    never moves, so the member takes the partition back itself, its id again, its state from
+    the committed changelog and its records from the committed offset, instead of leaving it
+    unserved until some other member joins or leaves."""
+    broker = TxnBroker()
+    service = _eos_service(broker, {0, 1})
+    service.settings = service.settings.model_copy(update={"heartbeat_interval_ms": 1})
+
+    async def nothing(partitions: set[int], start: dict[int, int]) -> Any:
+        return {p: PartitionRead() for p in partitions}, dict.fromkeys(partitions, 0)
+
+    async def no_table(topic: str, partitions: set[int]) -> dict[int, dict[str, Any]]:
+        return {p: {} for p in partitions}
+
+    service.restorer._read = nothing  # type: ignore[method-assign]
+    service.restorer._read_table = no_table  # type: ignore[method-assign]
+    broker.take(f"{GROUP}-0")  # the transaction timed out: the producer's epoch is stale
+    a, b = _created(service, 0, 5, "a"), _created(service, 1, 9, "b")
+    consumer = _AssignedConsumer(service, broker, [_batch(a, b), _batch(a)])  # a, read again
+    with caplog.at_level(logging.WARNING, logger="kestream.executor"):
+        _loop(service, consumer)
+    assert "took fenced partitions [0] back" in caplog.text
+    assert service.owned == {0, 1} and service.ready.is_set() and service.failure is None
+    assert consumer.seeks == [(a[0], None)]  # nothing committed of 0 yet: from its start
+    assert broker.visible_of("a") and broker.offsets == {a[0]: 6, b[0]: 10}
+    assert service.writer.transactions is not None
+    assert set(service.writer.transactions.producers) == {0, 1}
+
+
+def test_a_fenced_partition_that_cannot_be_recovered_stops_the_processor() -> None:
+    broker = TxnBroker()
+    service = _eos_service(broker, {0, 1})
+    service.settings = service.settings.model_copy(update={"heartbeat_interval_ms": 1})
+
+    async def unreadable(partitions: set[int], start: dict[int, int]) -> Any:
+        raise RecoveryFailed("the changelog cannot be read")
+
+    service.restorer._read = unreadable  # type: ignore[method-assign]
+    broker.take(f"{GROUP}-0")
+    consumer = _AssignedConsumer(service, broker, [_batch(_created(service, 0, 5, "a"))])
+    with pytest.raises(RecoveryFailed):
+        _loop(service, consumer)
+    assert 0 not in service.owned
+
+
+def test_a_worker_groups_topic_is_created_before_the_transaction_that_first_uses_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As a flush does: without it the job would go to a topic the broker auto-creates with
+    its defaults, or (auto-creation off) to none, and the transaction would fail."""
+    broker = TxnBroker()
+    service = _eos_service(broker, {0})
+    created: list[tuple[list[str], int]] = []
+
+    async def ensure(settings: Any, bootstrap: str, kind: str, names: list[str]) -> None:
+        created.append((names, len(broker.visible)))
+
+    monkeypatch.setattr(worker_groups, "ensure_group_topics", ensure)
+    topic = service.groups.topic_for(WorkerGroup(key="gpu"))  # a step routed a job to "gpu"
+    _loop(service, _Consumer(service, [_batch(_created(service, 0, 5, "a"))]))
+    assert created == [([topic], 0)]  # before anything of the cycle was committed
+    assert broker.visible_of("a")
 
 
 def test_a_revocation_leaves_the_partitions_producers() -> None:
