@@ -788,8 +788,10 @@ class ExecutorService:
     async def _commit_transactions(self, out: PartitionOutboxes) -> None:
         """Exactly-once: each input partition's records (sized, with what the refusals of
         oversized ones undid: :meth:`_sized`) and its input offsets commit in one transaction
-        (:mod:`~kestream.runtime.executor_transactions`). A failure raises: the processor
-        stops, and nothing of the cycle is visible to the partitions' next owner."""
+        (:mod:`~kestream.runtime.executor_transactions`). A partition whose records the broker
+        refused is committed again without them (:meth:`_without_refused`). Any other failure
+        raises: the processor stops, and nothing of the cycle is visible to the partitions'
+        next owner."""
         await self.groups.create_topics()  # a worker group's first job: its topic first
         writes: dict[int, TxnWrite] = {}
         for partition, box in out.parts.items():
@@ -798,12 +800,41 @@ class ExecutorService:
         for tp, offset in self._take_offsets(None).items():
             writes.setdefault(tp.partition, TxnWrite()).offsets[tp] = offset
         self._committed_at = time.monotonic()
-        if not writes:
-            return
-        written = await self.writer.write_transactions(writes)
-        self._checkpointed(written)
-        if written.fenced:
-            await self._fenced(written.fenced)
+        fenced: set[int] = set()
+        for _ in range(_FLUSH_ROUNDS):
+            if not writes:
+                break
+            written = await self.writer.write_transactions(writes)
+            self._checkpointed(written)
+            fenced |= written.fenced
+            writes = {
+                partition: self._without_refused(writes[partition], refusals)
+                for partition, refusals in written.refused_in.items()
+            }
+        else:
+            if writes:
+                raise RuntimeError(
+                    f"records of executor partitions {sorted(writes)} still refused after "
+                    f"{_FLUSH_ROUNDS} rounds"
+                )
+        if fenced:
+            await self._fenced(fenced)
+
+    def _without_refused(self, write: TxnWrite, refusals: list[Refusal]) -> TxnWrite:
+        """A partition's write again, after the broker refused some of its records (its
+        transaction aborted): those replaced by their dead letters, with the reason, and what
+        their steps counted on undone (:meth:`_undo_refused`, as a flush does), with the same
+        input offsets: the cycle moves on."""
+        gone = {id(rec) for rec, _ in refusals}
+        out = Outbox()
+        for rec, reason in refusals:
+            topic, key, value, target = rec
+            self.letters.add(
+                out, topic, target if target is not None else -1, -1, key.encode(), value, reason
+            )
+        self._undo_refused(refusals, out)
+        kept = [rec for rec in write.records if id(rec) not in gone]
+        return TxnWrite(kept + self._sized(out), write.offsets)
 
     async def _fenced(self, partitions: set[int]) -> None:
         """These partitions' producers were fenced: their transactions were not committed, so

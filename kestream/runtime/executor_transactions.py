@@ -19,6 +19,11 @@ waits for a transaction nobody will end.
 A fenced producer means another member owns the partition (:class:`Fenced`): the processor
 drops the partition's state, loudly, and leaves it to the group, which assigns it again when
 this member rejoins.
+
+A record the broker refuses for what it is (:func:`~kestream.runtime.produce_faults.record_fault`)
+aborts its partition's transaction, and the refusals are handed back
+(:attr:`Committed.refused`): the processor dead-letters them, undoes what their steps counted on,
+and commits the partition again without them, so one record never stops the processor.
 """
 
 from __future__ import annotations
@@ -35,8 +40,16 @@ from aiokafka.errors import ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
 from kestream.runtime.executor_outbox import CommandRecord
+from kestream.runtime.produce_faults import record_fault
 
-__all__ = ["Committed", "Fenced", "PartitionTransactions", "TransactionalProducer", "TxnWrite"]
+__all__ = [
+    "Committed",
+    "Fenced",
+    "PartitionTransactions",
+    "Refused",
+    "TransactionalProducer",
+    "TxnWrite",
+]
 
 log = logging.getLogger("kestream.executor")
 
@@ -74,6 +87,16 @@ class Fenced(Exception):
         self.partition = partition
 
 
+class Refused(Exception):
+    """The broker refused records of a partition's transaction for what they are: the
+    transaction was aborted (nothing of it is visible)."""
+
+    def __init__(self, partition: int, refusals: list[tuple[CommandRecord, str]]) -> None:
+        super().__init__(f"records of executor partition {partition} refused")
+        self.partition = partition
+        self.refusals = refusals
+
+
 @dataclass(slots=True)
 class Committed:
     """What :meth:`PartitionTransactions.commit` did."""
@@ -82,6 +105,9 @@ class Committed:
     acked: list[tuple[CommandRecord, Any]] = field(default_factory=list)
     #: The partitions whose producer was fenced: nothing of theirs was committed.
     fenced: set[int] = field(default_factory=set)
+    #: Per partition whose transaction was aborted because the broker refused records of it
+    #: for what they are: those records, and why (nothing of the partition was committed).
+    refused: dict[int, list[tuple[CommandRecord, str]]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -145,9 +171,11 @@ class PartitionTransactions:
 
     async def commit(self, writes: Mapping[int, TxnWrite]) -> Committed:
         """Commit each partition's write in its transaction, the partitions side by side.
-        A partition whose producer was fenced is reported (:attr:`Committed.fenced`); any
-        other failure aborts the partition's transaction and raises once all are done. Either
-        way nothing of a failed partition is visible, and its offsets are where they were."""
+        A partition whose producer was fenced is reported (:attr:`Committed.fenced`), and so
+        is one whose records the broker refused (:attr:`Committed.refused`, its transaction
+        aborted); any other failure aborts the partition's transaction and raises once all
+        are done. Either way nothing of a failed partition is visible, and its offsets are
+        where they were."""
         jobs = [self._commit_one(p, w) for p, w in writes.items() if w.records or w.offsets]
         committed = Committed()
         results = await asyncio.gather(*jobs, return_exceptions=True)
@@ -155,6 +183,8 @@ class PartitionTransactions:
         for result in results:
             if isinstance(result, Fenced):
                 committed.fenced.add(result.partition)
+            elif isinstance(result, Refused):
+                committed.refused[result.partition] = result.refusals
             elif isinstance(result, BaseException):
                 failure = failure or result
             else:
@@ -170,12 +200,27 @@ class PartitionTransactions:
         try:
             await producer.begin_transaction()
             sent = []
+            refusals: list[tuple[CommandRecord, str]] = []
             for rec in write.records:
                 topic, key, value, target = rec
-                sent.append((rec, await producer.send(
-                    topic, value, key=key.encode(), partition=target
-                )))  # fmt: skip
-            acked = [(rec, await future) for rec, future in sent]
+                try:
+                    future = await producer.send(topic, value, key=key.encode(), partition=target)
+                except Exception as exc:
+                    if not record_fault(exc):
+                        raise
+                    refusals.append((rec, f"not produced: {exc!r}"))
+                    continue
+                sent.append((rec, future))
+            acked = []
+            for rec, future in sent:
+                try:
+                    acked.append((rec, await future))
+                except Exception as exc:
+                    if not record_fault(exc):
+                        raise
+                    refusals.append((rec, f"not produced: {exc!r}"))
+            if refusals:
+                raise Refused(partition, refusals)
             if write.offsets:
                 await producer.send_offsets_to_transaction(write.offsets, self.group_id)
             await producer.commit_transaction()

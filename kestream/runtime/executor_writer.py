@@ -19,7 +19,9 @@ raises, and the processor stops (its partitions' next owner replays from the las
 
 Under exactly-once (:meth:`RecordWriter.write_transactions`) the order and the carrying give way
 to one transaction per input partition, with its input offsets; records are sized before, and a
-record the broker refuses inside a transaction fails the cycle (the processor stops).
+record the broker refuses inside a transaction aborts its partition's transaction and is handed
+back (:attr:`Written.refused_in`): the processor dead-letters it and commits the partition again
+without it.
 
 A refused record's step has already been applied in memory, so the writer hands the refused
 records back (:class:`Written`): the processor then fails the task run of a refused job, and
@@ -64,6 +66,10 @@ class Written:
     #: Under exactly-once, the input partitions whose producer was fenced (nothing of theirs
     #: was committed).
     fenced: set[int] = field(default_factory=set)
+    #: Under exactly-once, per input partition whose transaction was aborted because the
+    #: broker refused records of it, those records and why (not dead-lettered yet: nothing of
+    #: the partition was committed).
+    refused_in: dict[int, list[Refusal]] = field(default_factory=dict)
 
 
 class DeadLetters:
@@ -147,7 +153,7 @@ class RecordWriter:
         aborted transaction took back)."""
         assert self.transactions is not None, "the writer has no transactional producers"
         committed = await self.transactions.commit(writes)
-        written = Written(fenced=committed.fenced)
+        written = Written(fenced=committed.fenced, refused_in=committed.refused)
         for rec, meta in committed.acked:
             self._acked(rec, meta)
         self._checkpoints([meta for _, meta in committed.acked], written)

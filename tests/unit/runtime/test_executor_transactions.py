@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka import errors as kafka_errors
 from aiokafka.errors import ProducerFenced
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, RecordMetadata
 
@@ -42,6 +43,9 @@ class TxnBroker:
         self.die_at_commit: set[str] = set()
         #: Transactional ids whose sends the broker refuses (the producer lives on).
         self.refuse_sends: set[str] = set()
+        #: (topic, key) of records the broker refuses once for what they are (too large for
+        #: the topic, say): a record fault, the transaction must abort.
+        self.refuse_once: set[tuple[str, str]] = set()
 
     def take(self, transactional_id: str) -> int:
         """InitProducerId: a new epoch; the id's open transaction is aborted."""
@@ -86,6 +90,9 @@ class TxnProducer:
         if self.id in self.broker.refuse_sends:
             raise RuntimeError("the broker refuses the record")
         assert key is not None
+        if (topic, key.decode()) in self.broker.refuse_once:
+            self.broker.refuse_once.discard((topic, key.decode()))
+            raise kafka_errors.MessageSizeTooLargeError("larger than the topic's max.message.bytes")
         self.broker.pending[self.id][0].append((topic, key.decode(), value, partition))
         where = (topic, partition or 0)
         offset = self.broker.next_offset[where] = self.broker.next_offset.get(where, -1) + 1
@@ -388,6 +395,34 @@ def test_a_worker_groups_topic_is_created_before_the_transaction_that_first_uses
     _loop(service, _Consumer(service, [_batch(_created(service, 0, 5, "a"))]))
     assert created == [([topic], 0)]  # before anything of the cycle was committed
     assert broker.visible_of("a")
+
+
+def test_a_record_the_broker_refuses_is_dead_lettered_and_the_cycle_moves_on() -> None:
+    """Refused inside a transaction (a topic whose max.message.bytes is below the setting, say),
+    a record aborts its partition's transaction; the partition is committed again with the
+    record's dead letter, which says why, instead of stopping the processor (whose next owner
+    would replay the same event into the same refusal)."""
+    broker = TxnBroker()
+    service = _eos_service(broker, {0, 1})
+    broker.refuse_once.add((service.topics.updates, "a"))
+    a, b = _created(service, 0, 5, "a"), _created(service, 1, 9, "b")
+    _loop(service, _Consumer(service, [_batch(a, b)]))
+    assert service.failure is None
+    assert broker.offsets == {a[0]: 6, b[0]: 10}  # both partitions' events are done
+    letters = [r for r in broker.visible if r[0] == service.topics.dead_letter]
+    (letter,) = [records.loads(r[2]) for r in letters]
+    assert "MessageSizeTooLargeError" in str(letter)
+    assert not [r for r in broker.visible_of("a") if r[0] == service.topics.updates]
+    assert [r for r in broker.visible_of("a") if r[0] == service.topics.changelog]
+    assert service.writer.transactions is not None
+    assert "abort" in _calls(service, 0) and "abort" not in _calls(service, 1)
+
+
+def _calls(service: ExecutorService, partition: int) -> list[str]:
+    assert service.writer.transactions is not None
+    producer = service.writer.transactions.producers[partition]
+    assert isinstance(producer, TxnProducer)
+    return producer.calls
 
 
 def test_a_revocation_leaves_the_partitions_producers() -> None:
