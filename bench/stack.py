@@ -270,6 +270,10 @@ class Stack:
             "KESTREAM_EXECUTOR_STREAM_THREADS": str(self.config.executors()),
         }
         env.update(plugin_env(os.environ, self.plugin_modules()))
+        # One instance id in the shell (the README asks operators to set one) would be every
+        # executor's: on Kafka they would replace each other in the group at every join. The
+        # roles join as dynamic members, as standalone's children get one id per slot.
+        env.pop("KESTREAM_GROUP_INSTANCE_ID", None)
         if self.config.inline is not None:
             env["KESTREAM_EXECUTOR_INLINE_TASKS"] = "true" if self.config.inline else "false"
         if self.api_port is not None:
