@@ -20,6 +20,8 @@
     python -m bench W1 --ceiling --bisect 2       # ... then narrow it down with two more runs
     python -m bench idle [--kafka]          # an idle `kestream standalone`, per process (idle.py)
     python -m bench startup                 # `kestream standalone` to /health/ready (startup.py)
+    python -m bench ui                      # an execution page of 10 000 task runs (ui_page.py)
+    python -m bench ui-index                # the executions page's queries at 1 M (ui_index.py)
     python -m bench plot                    # RESULTS.md's data as PNGs in bench/plots (plot.py)
 
 Every rate runs on a fresh broker with kestream's roles as separate processes
@@ -274,6 +276,8 @@ DEDICATED = {
     "FEED": "bench.feed",
     "IDLE": "bench.idle",
     "STARTUP": "bench.startup",
+    "UI": "bench.ui_page",
+    "UI-INDEX": "bench.ui_index",
     "PLOT": "bench.plot",
 }
 

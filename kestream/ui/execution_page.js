@@ -1,8 +1,9 @@
 // @ts-check
 /**
  * One execution, live: the follow route's frames (each the whole execution) redraw the
- * header, the task-run tree and the buttons; the logs route's stream appends lines as the
- * worker writes them, from the chosen level up. Both streams end by themselves once the
+ * header and the buttons, and update the task-run tree (`run_tree.js`, virtualised: only the
+ * rows in view exist) and the Gantt; the logs route's stream appends lines as the worker
+ * writes them, from the chosen level up. Both streams end by themselves once the
  * execution has ended, and are aborted when the page is left.
  *
  * The same frames move the Gantt timeline (`gantt.js`). A PAUSED execution has a Resume
@@ -21,29 +22,14 @@ import { duration, errorBox, fill, h, isTerminal, jsonBlock, stateBadge, when } 
 import { fileLinks } from "./files.js";
 import { Gantt } from "./gantt.js";
 import { inputsForm } from "./inputs_form.js";
+import { RunTree } from "./run_tree.js";
 
 const LEVELS = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"];
 /** The states the restart route accepts. */
 const RESTARTABLE = new Set(["FAILED", "KILLED", "WARNING"]);
 const REOPEN_MS = 500;
-
-/**
- * Task runs as a tree: children (a flowable's runs) under the run that started them.
- * @param {any[]} runs
- * @returns {Map<string | null, any[]>} children by parent task-run id (null: the top level)
- */
-export function byParent(runs) {
-  /** @type {Map<string | null, any[]>} */
-  const children = new Map();
-  const ids = new Set(runs.map((run) => run.id));
-  for (const run of runs) {
-    const parent = run.parentTaskRunId && ids.has(run.parentTaskRunId) ? run.parentTaskRunId : null;
-    const list = children.get(parent) ?? [];
-    list.push(run);
-    children.set(parent, list);
-  }
-  return children;
-}
+/** A User Timing mark set once a frame of the ended execution is drawn (bench/ui_page.py). */
+const ENDED_MARK = "kestream:execution:ended";
 
 /**
  * The task of `flow` (searched through every flowable's branches) whose id is `taskId`.
@@ -72,10 +58,12 @@ export function executionPage(root, [id]) {
   const header = h("div", { class: "exec-header" });
   const actions = h("div", { class: "actions" });
   const status = h("div", { "aria-live": "polite" });
-  const tree = h("div", { class: "tree", id: "task-runs" });
   const facts = h("div", { class: "facts" });
   const logs = h("div", { class: "logs", id: "logs", role: "log", "aria-live": "off" });
   const gantt = new Gantt();
+  /** @type {any} the execution as last received */
+  let latest = null;
+  const tree = new RunTree((value) => (latest ? fileLinks(latest.id, value, status) : null));
   const resumeBox = h("div", { id: "resume-box" });
   const search = h("input", { id: "log-search", type: "search", placeholder: "text in the lines", autocomplete: "off" });
   const shownCount = h("span", { class: "muted", id: "log-count", "aria-live": "polite" });
@@ -92,7 +80,7 @@ export function executionPage(root, [id]) {
     resumeBox,
     status,
     h("section", { "aria-labelledby": "gantt-title" }, h("h2", { id: "gantt-title" }, "Timeline"), gantt.axis, gantt.element),
-    h("section", { "aria-labelledby": "runs-title" }, h("h2", { id: "runs-title" }, "Task runs"), tree),
+    h("section", { "aria-labelledby": "runs-title" }, h("h2", { id: "runs-title" }, "Task runs"), tree.element),
     h("section", { "aria-labelledby": "facts-title" }, h("h2", { id: "facts-title" }, "Inputs, labels, trigger"), facts),
     h(
       "section",
@@ -109,11 +97,7 @@ export function executionPage(root, [id]) {
     ),
   );
 
-  /** @type {Set<string>} task runs whose outputs are open, kept across redraws */
-  const open = new Set();
   const elapsed = h("dd", { id: "execution-duration" });
-  /** @type {any} the execution as last received */
-  let latest = null;
   let actionsFor = "";
   // A running execution's duration grows between frames.
   const ticker = setInterval(() => {
@@ -159,7 +143,8 @@ export function executionPage(root, [id]) {
       if (state !== "PAUSED") fill(resumeBox);
     }
     gantt.update(execution);
-    fill(tree, renderRuns(execution.taskRunList ?? [], open, (value) => fileLinks(execution.id, value, status)));
+    tree.update(execution.taskRunList ?? []);
+    if (isTerminal(state) && !performance.getEntriesByName(ENDED_MARK).length) performance.mark(ENDED_MARK);
     const labels = execution.labels ?? [];
     const hasOutputs = execution.outputs && Object.keys(execution.outputs).length;
     fill(
@@ -372,12 +357,15 @@ export function executionPage(root, [id]) {
     logStream = controller;
     logs.replaceChildren();
     lines.length = 0;
+    shown = 0;
     countShown();
     follow(`/logs/${encodeURIComponent(id)}/follow?minLevel=${level.value}`, (frameId, line) => {
       if (frameId === "start" || !line || !line.message) return;
       const row = logLine(line);
-      lines.push({ row, text: `${line.taskId ?? ""} ${line.message}`.toLowerCase() });
-      row.hidden = !matches(lines[lines.length - 1].text);
+      const text = `${line.taskId ?? ""} ${line.message}`.toLowerCase();
+      lines.push({ row, text });
+      row.hidden = !matches(text);
+      if (!row.hidden) shown += 1;
       logs.append(row);
       countShown();
     }, controller.signal)
@@ -388,14 +376,25 @@ export function executionPage(root, [id]) {
 
   /** @type {{row: HTMLElement, text: string}[]} every line received, with what search reads */
   const lines = [];
+  /**
+   * The lines shown, counted as they come: a line streamed in is matched once, alone, so the
+   * search costs each line once (counting them all again per line made a long log quadratic).
+   */
+  let shown = 0;
+  /** The search text, lowercased once per keystroke rather than once per line. */
+  let needle = "";
   /** @param {string} text */
-  const matches = (text) => !search.value.trim() || text.includes(search.value.trim().toLowerCase());
+  const matches = (text) => !needle || text.includes(needle);
   const countShown = () => {
-    const shown = lines.filter((line) => !line.row.hidden).length;
-    fill(shownCount, search.value.trim() ? `${shown} of ${lines.length} lines` : "");
+    shownCount.textContent = needle ? `${shown} of ${lines.length} lines` : "";
   };
   search.addEventListener("input", () => {
-    for (const line of lines) line.row.hidden = !matches(line.text);
+    needle = search.value.trim().toLowerCase();
+    shown = 0;
+    for (const line of lines) {
+      line.row.hidden = !matches(line.text);
+      if (!line.row.hidden) shown += 1;
+    }
     countShown();
   });
 
@@ -430,52 +429,4 @@ export function logLine(line, where = null) {
     h("span", { class: "mono" }, line.taskId ?? ""),
     h("span", { class: "message" }, line.message),
   );
-}
-
-/**
- * @param {any[]} runs
- * @param {Set<string>} open
- * @param {(value: unknown) => HTMLElement | null} files download links for a value's files
- */
-function renderRuns(runs, open, files) {
-  if (!runs.length) return h("p", { class: "muted" }, "No task run yet.");
-  const children = byParent(runs);
-  /** @param {string | null} parent @returns {HTMLUListElement} */
-  const list = (parent) =>
-    h(
-      "ul",
-      { role: parent === null ? "tree" : "group", "aria-label": parent === null ? "Task runs" : null },
-      (children.get(parent) ?? []).map((run) => {
-        const outputs = run.outputs && Object.keys(run.outputs).length ? run.outputs : null;
-        const details = outputs
-          ? h(
-              "details",
-              { open: open.has(run.id), ontoggle: (/** @type {Event} */ e) => {
-                if (/** @type {HTMLDetailsElement} */ (e.target).open) open.add(run.id);
-                else open.delete(run.id);
-              } },
-              h("summary", {}, "Outputs"),
-              jsonBlock(outputs),
-            )
-          : null;
-        const links = outputs ? files(outputs) : null;
-        return h(
-          "li",
-          { role: "treeitem", "data-task": run.taskId },
-          h(
-            "div",
-            { class: "run" },
-            h("span", { class: "mono" }, run.taskId),
-            run.value != null ? h("span", { class: "muted" }, `[${run.value}]`) : null,
-            stateBadge(run.state.current),
-            h("span", { class: "muted" }, `${(run.attempts ?? []).length} attempt(s)`),
-            h("span", { class: "muted" }, duration(run.state.startDate, run.state.endDate)),
-          ),
-          details,
-          links,
-          children.has(run.id) ? list(run.id) : null,
-        );
-      }),
-    );
-  return list(null);
 }

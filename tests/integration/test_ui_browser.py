@@ -1086,3 +1086,88 @@ def test_replay_with_changed_inputs_from_a_form_of_the_flows_inputs(
     assert not any(m.startswith("first") for m in lines)
     assert stack.get(f"/executions/{execution_id}").json()["inputs"]["name"] == "Ada"
     no_console_errors(driver, "the replayed execution's page")
+
+
+def many_runs(ns: str) -> str:
+    return f"""\
+id: many
+namespace: {ns}
+tasks:
+  - id: each
+    type: io.kestra.plugin.core.flow.ForEach
+    values: "{{{{range(1, 300)}}}}"
+    concurrencyLimit: 0
+    tasks:
+      - id: item
+        type: io.kestra.plugin.core.debug.Return
+        format: "{{{{taskrun.value}}}}"
+"""
+
+
+#: The positions (``aria-posinset``) of the task-run rows inside the list's scrolled window.
+_ROWS_IN_VIEW = """
+const view = document.getElementById("task-runs");
+const box = view.getBoundingClientRect();
+return [...view.querySelectorAll("[role=treeitem]")]
+  .filter((row) => {
+    const r = row.getBoundingClientRect();
+    return r.bottom > box.top + 1 && r.top < box.bottom - 1;
+  })
+  .map((row) => Number(row.getAttribute("aria-posinset")))
+  .sort((a, b) => a - b);
+"""
+
+
+def test_the_task_run_list_draws_the_rows_in_view_and_moves_by_keyboard(
+    stack: Stack, driver: webdriver.Chrome
+) -> None:
+    """301 task runs: only the rows in the list's window (and a margin) exist, a scroll shows
+    the rows of where it went, and the keys move the active row, scrolling it into view."""
+    ns = f"it.ui.v{uuid.uuid4().hex[:8]}"
+    assert stack.post_yaml("/flows", many_runs(ns)).status == 200
+    started = stack.request("POST", f"/executions/{ns}/many")
+    assert started.status == 200, started.body
+    execution_id = started.json()["id"]
+    log_in(driver, stack)
+    driver.get(f"{stack.base}/ui/#/executions/{execution_id}")
+    text_of(driver, "#execution-state", "SUCCESS")
+    tree = '#task-runs [role="tree"]'
+    wait(driver).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, tree).get_attribute("data-runs") == "301"
+    )
+    drawn = driver.find_elements(By.CSS_SELECTOR, f"{tree} [role=treeitem]")
+    assert 10 < len(drawn) < 100  # the window and its margins, not 301 rows
+
+    def row(position: int) -> str:
+        return driver.find_element(By.CSS_SELECTOR, f'{tree} [aria-posinset="{position}"]').text
+
+    driver.execute_script(
+        "const v = document.getElementById('task-runs');"
+        "v.scrollTop = (v.scrollHeight - v.clientHeight) / 2;"
+    )
+    wait(driver).until(lambda d: min(d.execute_script(_ROWS_IN_VIEW) or [0]) > 100)
+    shown: list[int] = driver.execute_script(_ROWS_IN_VIEW)
+    assert shown == list(range(shown[0], shown[-1] + 1)) and shown[-1] < 220, shown
+    assert f"[{shown[0] - 1}]" in row(shown[0])  # row n is the ForEach's value n - 1
+
+    listing = driver.find_element(By.CSS_SELECTOR, tree)
+    assert listing.get_attribute("tabindex") == "0"  # one stop of the Tab key
+    driver.execute_script("arguments[0].focus()", listing)
+    listing.send_keys(Keys.END)
+    wait(driver).until(lambda d: 301 in d.execute_script(_ROWS_IN_VIEW))
+    assert listing.get_attribute("aria-activedescendant") == driver.find_element(
+        By.CSS_SELECTOR, f'{tree} [aria-posinset="301"]'
+    ).get_attribute("id")
+    assert "[300]" in row(301)
+    listing.send_keys(Keys.HOME)
+    wait(driver).until(lambda d: 1 in d.execute_script(_ROWS_IN_VIEW))
+    listing.send_keys(Keys.ARROW_DOWN)
+    active = driver.find_element(By.CSS_SELECTOR, f"{tree} .active")
+    assert active.get_attribute("aria-posinset") == "2" and "[1]" in active.text
+    listing.send_keys(Keys.ENTER)  # its outputs, as JSON
+    text_of(driver, f'{tree} [aria-posinset="2"] pre.json', '"value": "1"')
+    assert driver.switch_to.active_element == listing
+    listing.send_keys(Keys.PAGE_DOWN)
+    active = driver.find_element(By.CSS_SELECTOR, f"{tree} .active")
+    assert active.get_attribute("aria-posinset") == "12" and "[11]" in active.text
+    no_console_errors(driver, "the execution page of 301 task runs")

@@ -365,7 +365,10 @@ def _fan_out(plan: _Plan, query: SearchQuery) -> list[int]:
 
 
 def search_sql(
-    query: SearchQuery, dialect: Dialect, namespaces: Sequence[str] | None = None
+    query: SearchQuery,
+    dialect: Dialect,
+    namespaces: Sequence[str] | None = None,
+    count_max: int | None = None,
 ) -> SearchSQL | None:
     """The page and count statements of ``query``; ``None`` when nothing can match.
 
@@ -373,6 +376,8 @@ def search_sql(
     (:func:`matching_namespaces`); needed when :func:`needs_namespaces` says so. The page is
     chosen on indexes alone (ids and sort keys, ``LIMIT``/``OFFSET``), then only its rows'
     documents are read, so a sort or a deep page never drags thousands of documents along.
+    ``count_max`` bounds the count (it stops at that many matches): for filters no index
+    answers, whose count is otherwise a scan of every execution.
     """
     plan = _plan(query, dialect, namespaces)
     if plan is None:
@@ -410,8 +415,12 @@ def search_sql(
     return SearchSQL(
         page=dialect.sql(page),
         page_params=inner_params,
-        count=dialect.sql(f"SELECT COUNT(*) FROM {source} WHERE {where.sql()}"),
-        count_params=list(where.params),
+        count=dialect.sql(
+            f"SELECT COUNT(*) FROM {source} WHERE {where.sql()}"
+            if count_max is None
+            else f"SELECT COUNT(*) FROM (SELECT 1 FROM {source} WHERE {where.sql()} LIMIT ?) c"
+        ),
+        count_params=[*where.params] if count_max is None else [*where.params, count_max],
     )
 
 

@@ -756,6 +756,32 @@ def test_a_page_past_the_end_still_counts(store: Store, population: list[dict[st
     assert total == sum(1 for h in population if h["state"]["current"] == "FAILED")
 
 
+def test_a_text_search_counts_its_matches_up_to_a_bound(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No index answers a substring, so a search with ``q`` stops counting at
+    SEARCH_TEXT_COUNT_MAX matches; its pages are still the newest matches, and a search
+    without text still counts every match."""
+    feed = Feed()
+    store.apply(
+        feed.updates(
+            *(
+                partial(
+                    header(f"e{i:02}", flow_id=f"nightly{i % 2}", start=T0 + timedelta(minutes=i))
+                )
+                for i in range(12)
+            )
+        )
+    )
+    monkeypatch.setattr(store_module, "SEARCH_TEXT_COUNT_MAX", 4)
+    newest_first = {"sort": "state.startDate:desc", "size": "3"}
+    assert search(store, q="nightly1", **newest_first) == (["e11", "e09", "e07"], 4)
+    assert search(store, q="nightly1", page="2", **newest_first) == (["e05", "e03", "e01"], 4)
+    assert search(store, q="e0", **newest_first) == (["e09", "e08", "e07"], 4)
+    assert search(store, q="e1", **newest_first) == (["e11", "e10"], 2)  # under the bound: exact
+    assert search(store, **{"filters[flowId][EQUALS]": "nightly1"}, **newest_first)[1] == 6
+
+
 def test_search_results_are_the_executions_without_task_runs(store: Store) -> None:
     feed = Feed()
     store.apply(feed.updates(full(header("e1", state="SUCCESS"), run("e1", "r1"))))

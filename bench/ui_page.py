@@ -1,0 +1,223 @@
+"""The execution page of a ForEach of 10 000, in headless Chromium: how soon it shows, and scrolls.
+
+    python -m bench ui                 # config/bench/w3_10000.yaml on `kestream standalone`
+    python -m bench ui --json
+
+Starts ``kestream standalone`` (embedded broker, a temp data dir: ``bench/standalone.py``),
+deploys W3's ForEach of 10 000 Log tasks, starts an execution and opens its page at once in
+Debian's Chromium through Selenium (``tests/integration/browser.py``), so the page follows it
+live. The page is opened as its link does (a hash route of the UI already loaded, past its login
+form). Printed, from that moment (the page's own User Timing marks):
+
+- ``first_render_ms``: the first task-run rows drawn;
+- ``complete_ms``: every task run known to the page (10 001 rows) and the execution shown ended;
+- ``longest_task_ms``: the longest main-thread task meanwhile (a page that redraws everything
+  per frame blocks input for that long);
+- the same for the page opened again once the execution has ended (``reload_*``);
+- ``scroll_paint_ms_p50``/``max``: a scroll of the task-run list to a random place, until the
+  next frame is painted with that place's rows (20 scrolls).
+
+Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from bench.report import git_commit, percentile
+from bench.standalone import running, wait_ready
+
+FLOW = Path(__file__).resolve().parent.parent / "config" / "bench" / "w3_10000.yaml"
+RUNS = 10_001  # the ForEach and its 10 000 children
+SCROLLS = 20
+API = "/api/v1/main"
+
+#: Runs in the page until every task run is known and the execution shown ended; answers the
+#: marks' times, and whether it was already so at the first look.
+_UNTIL_COMPLETE = """
+const [runs, done] = [arguments[0], arguments[arguments.length - 1]];
+const mark = (name) => (performance.getEntriesByName(name)[0]?.startTime ?? NaN) - window.__t0;
+const first = performance.now() - window.__t0;
+const look = () => {
+  const list = document.querySelector("#task-runs [role=tree]");
+  const ended = mark("kestream:execution:ended");
+  const drawn = mark("kestream:task-runs:first");
+  if (list && Number(list.dataset.runs) === runs && !Number.isNaN(ended) && !Number.isNaN(drawn)) {
+    const seen = performance.now() - window.__t0;
+    done({ first: drawn, ended, seen, atOnce: seen === first,
+           longest: Math.max(0, ...(window.__longTasks ?? [])) });
+  } else requestAnimationFrame(look);
+};
+look();
+"""
+
+#: Goes to a page of the UI (a hash route, as a link does), from a clean slate of marks; the
+#: main thread's long tasks are watched from then on.
+_GO = """
+performance.clearMarks();
+window.__longTasks = [];
+window.__observer?.disconnect();
+window.__observer = new PerformanceObserver((list) => {
+  for (const entry of list.getEntries()) window.__longTasks.push(entry.duration);
+});
+window.__observer.observe({ type: "longtask" });
+window.__t0 = performance.now();
+location.hash = arguments[0];
+"""
+
+#: One scroll of the task-run list to a fraction of its height; answers the ms until the frame
+#: after the one that drew the rows there (the paint), and the first task shown there.
+_SCROLL = """
+const [fraction, done] = [arguments[0], arguments[arguments.length - 1]];
+const view = document.getElementById("task-runs");
+const began = performance.now();
+view.scrollTop = fraction * (view.scrollHeight - view.clientHeight);
+requestAnimationFrame(() => requestAnimationFrame(() => {
+  const box = view.getBoundingClientRect();
+  const shown = [...view.querySelectorAll("[role=treeitem]")].filter((row) => {
+    const r = row.getBoundingClientRect();
+    return r.bottom > box.top && r.top < box.bottom;
+  });
+  done({ ms: performance.now() - began, rows: shown.length });
+}));
+"""
+
+
+def _post(base: str, path: str, body: bytes, content_type: str) -> Any:
+    request = urllib.request.Request(
+        base + API + path, data=body, method="POST", headers={"Content-Type": content_type}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def _state(base: str, execution_id: str) -> str:
+    with urllib.request.urlopen(f"{base}{API}/executions/{execution_id}", timeout=60) as response:
+        return str(json.loads(response.read())["state"]["current"])
+
+
+def _until_indexed(base: str, execution_id: str, timeout_s: float) -> None:
+    """Wait for the API's index to know the execution (the page asks it first, and a 404 shows
+    "not found"): a user opens a page from a link the index gave."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            _state(base, execution_id)
+            return
+        except urllib.error.HTTPError as error:
+            if error.code != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _open(driver: Any, page: str, runs: int, timeout_s: float) -> dict[str, float]:
+    """Open ``page`` (a hash route) from the page shown, as its link does, and time it."""
+    driver.set_script_timeout(timeout_s)
+    driver.execute_script(_GO, page)
+    seen = driver.execute_async_script(_UNTIL_COMPLETE, runs)
+    complete = max(seen["ended"], seen["first"]) if seen["atOnce"] else seen["seen"]
+    return {
+        "first_render_ms": round(seen["first"], 1),
+        "complete_ms": round(complete, 1),
+        "longest_task_ms": round(seen["longest"], 1),
+    }
+
+
+def run(timeout_s: float) -> dict[str, Any]:
+    from tests.integration.browser import chromium  # the tests' Chromium: the same flags
+
+    with tempfile.TemporaryDirectory(prefix="bench-ui-") as temp:
+        root = Path(temp)
+        with running(root / "data", root / "standalone.log") as launched:
+            wait_ready(launched, timeout_s)
+            base = f"http://127.0.0.1:{launched.port}"
+            flow = _post(base, "/flows", FLOW.read_bytes(), "application/x-yaml")
+            with chromium(root / "profile") as driver:
+                driver.get(f"{base}/ui/")
+                # A server without credentials: the login form is sent empty.
+                driver.find_element(By.CSS_SELECTOR, "form.login button[type=submit]").click()
+                WebDriverWait(driver, timeout_s).until(
+                    lambda d: d.find_elements(By.CSS_SELECTOR, "#executions, #total")
+                )
+                began = time.monotonic()
+                execution = _post(
+                    base,
+                    f"/executions/{flow['namespace']}/{flow['id']}",
+                    b"--x--\r\n",
+                    "multipart/form-data; boundary=x",
+                )
+                _until_indexed(base, execution["id"], timeout_s)
+                page = f"#/executions/{execution['id']}"
+                live = _open(driver, page, RUNS, timeout_s)
+                engine_s = time.monotonic() - began
+                state = _state(base, execution["id"])
+                driver.execute_script("location.hash = '#/executions'")
+                reload = _open(driver, page, RUNS, timeout_s)
+                rng = random.Random(1)
+                scrolls = [
+                    driver.execute_async_script(_SCROLL, rng.random()) for _ in range(SCROLLS)
+                ]
+    timings = sorted(s["ms"] for s in scrolls)
+    return {
+        "workload": "UI",
+        "task_runs": RUNS,
+        "state": state,
+        "execution_s": round(engine_s, 1),
+        **live,
+        **{f"reload_{k}": v for k, v in reload.items()},
+        "scroll_paint_ms_p50": round(percentile(timings, 50), 1),
+        "scroll_paint_ms_max": round(timings[-1], 1),
+        "rows_in_view_min": min(s["rows"] for s in scrolls),
+        "commit": git_commit(),
+    }
+
+
+def format_table(row: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"UI: execution page of a ForEach of 10 000 ({row['task_runs']:,} task runs, "
+            f"{row['state']}, the execution took {row['execution_s']} s)",
+            *(
+                f"  {name}: first rows {row[f'{key}first_render_ms']:.0f} ms, complete "
+                f"{row[f'{key}complete_ms']:.0f} ms, longest main-thread task "
+                f"{row[f'{key}longest_task_ms']:.0f} ms"
+                for name, key in (("live", ""), ("reload", "reload_"))
+            ),
+            f"  scroll to paint: p50 {row['scroll_paint_ms_p50']:.0f} ms, max "
+            f"{row['scroll_paint_ms_max']:.0f} ms "
+            f"({row['rows_in_view_min']} rows in view at least)",
+        ]
+    )
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench ui", description=__doc__)
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds for each wait")
+    parser.add_argument("--json", action="store_true", help="one JSON line on stdout")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    row = run(args.timeout)
+    print(format_table(row), file=sys.stderr)
+    if args.json:
+        print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
