@@ -157,15 +157,17 @@ class Settings(BaseSettings):
     session_timeout_ms: int | None = Field(
         default=None,
         gt=0,
-        description="KESTREAM_SESSION_TIMEOUT_MS: consumer group session; unset = 2000 on the "
-        "embedded broker (Tansu holds a group's first join for half of it, at least 1 s), "
-        "10000 elsewhere (Kafka, a Tansu of one's own). The rebalance timeout is this plus the "
-        "worker's revoke grace, at least 10000.",
+        description="KESTREAM_SESSION_TIMEOUT_MS: consumer group session; unset = 4000 on the "
+        "embedded broker (Tansu holds a group's first join for half of it), 10000 elsewhere "
+        "(Kafka, a Tansu of one's own). A member whose event loop is held up longer than this "
+        "less a heartbeat is expelled. Kafka waits for a rebalance's members up to this plus "
+        "the worker's revoke grace, at least 10000; Tansu ends a rebalance half a session "
+        "after it began, rejoined or not.",
     )
     heartbeat_interval_ms: int = Field(
         default=1_000,
-        description="KESTREAM_HEARTBEAT_INTERVAL_MS: consumer group heartbeat; 500 on the "
-        "embedded broker while KESTREAM_SESSION_TIMEOUT_MS is unset.",
+        description="KESTREAM_HEARTBEAT_INTERVAL_MS: consumer group heartbeat; a member "
+        "learns of a rebalance at its next one.",
     )
     group_instance_id: str | None = Field(
         default=None,
@@ -277,8 +279,10 @@ class Settings(BaseSettings):
         "running task runs end before it rejoins; the group waits that long, so a worker's "
         "crash is recovered in about the session timeout plus this (docs/tasks.md, Workers "
         "and rebalances). 0: no wait (a task run about to end whose partition moves runs "
-        "again on its new worker); 0 on the embedded broker while KESTREAM_SESSION_TIMEOUT_MS "
-        "is unset, for Tansu ends a rebalance after half the session, rejoined or not.",
+        "again on its new worker); 0 on the embedded broker unless this or "
+        "KESTREAM_SESSION_TIMEOUT_MS is set, for Tansu ends a rebalance half a session after it "
+        "began, rejoined or not: there a grace must end within half the session less a "
+        "heartbeat.",
     )
     worker_group: str | None = Field(
         default=None,
@@ -610,7 +614,7 @@ class Settings(BaseSettings):
     def session_timeout(self) -> int:
         """The consumer group session (ms): the setting, else Kafka's usual 10 s.
 
-        On the embedded broker the roles' settings carry 2 s unless one is set
+        On the embedded broker the roles' settings carry 4 s unless one is set
         (:func:`kestream.runtime.context.for_broker`): Tansu answers a group's first JoinGroup
         only after half the session timeout, rounded up to whole seconds (measured: 1 s at
         2 s, 2 s at 3 s and 4 s, 3 s at 6 s, 5 s at 10 s). A Tansu of one's own, like Kafka,
@@ -620,9 +624,9 @@ class Settings(BaseSettings):
     def rebalance_timeout(self) -> int:
         """How long (ms) a group waits for its members to rejoin once a rebalance begins: what
         their revocation does (the worker's revoke grace, its commit, the executor's last
-        flush and commit) must fit. aiokafka's default is the session, 2 s on the embedded
-        broker, less than a worker's grace plus a commit on a busy machine. Tansu's first
-        join does not wait on it (measured: 2 s at 4 s and at 10 s)."""
+        flush and commit) must fit. aiokafka's default is the session, less than a worker's
+        grace plus a commit on a busy machine. Tansu does not wait on it: it answers a
+        group's first join, and ends every rebalance, half a session after it began."""
         grace_ms = int(self.worker_revoke_grace_s * 1000)
         return max(10_000, self.session_timeout() + grace_ms)
 

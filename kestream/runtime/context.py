@@ -15,35 +15,37 @@ from kestream.settings import Settings
 
 #: The consumer group session on the embedded broker, unless ``KESTREAM_SESSION_TIMEOUT_MS``
 #: is set (:func:`for_broker`).
-EMBEDDED_SESSION_TIMEOUT_MS = 2_000
-#: The heartbeat with that session, unless ``KESTREAM_HEARTBEAT_INTERVAL_MS`` is set.
-EMBEDDED_HEARTBEAT_INTERVAL_MS = 500
+EMBEDDED_SESSION_TIMEOUT_MS = 4_000
 
 
 def for_broker(settings: Settings, traits: BrokerTraits) -> Settings:
     """``settings`` as the roles on this broker use them.
 
-    On the embedded broker, unless a session is set, a 2 s consumer group session with a
-    heartbeat every 0.5 s: Tansu answers a group's first JoinGroup only after half the
-    session, rounded up to whole seconds (1 s at 2 s and below, 2 s at 4 s, 5 s at 10 s), and
-    every role's start waits for its joins. A member then stays through 1.5 s of its event loop
-    held up (the longest measured in a shared process: 0.26 s); the heartbeats cost the broker
-    0.05 % of a core more for six idle members than at 1 s. Its groups hold one machine's
-    processes only; elsewhere (Kafka, a Tansu of one's own, whose groups may hold other
-    machines' members, stalls included) the usual 10 s and 1 s stay.
+    On the embedded broker, unless a session is set, a 4 s consumer group session (the
+    heartbeat stays ``KESTREAM_HEARTBEAT_INTERVAL_MS``, 1 s): Tansu answers a group's first
+    JoinGroup only after half the session, rounded up to whole seconds (2 s at 4 s, 5 s at
+    10 s), and every role's start waits for its joins. A shorter session starts the roles
+    sooner (1 s at 2 s) but expels a member whose event loop is held up for more than the
+    session less a heartbeat, and each expulsion costs a rebalance of its groups, the worker's
+    running jobs on a partition that moves, an executor's recovery: on a loaded machine, a
+    full garbage collection or a store's fsync on the loop outlasts 1.5 s. Its groups hold one
+    machine's processes only; elsewhere (Kafka, a Tansu of one's own, whose groups may hold
+    other machines' members, stalls included) the usual 10 s stays.
 
-    With that session a worker's revoke grace is 0 unless one is set: Tansu completes a
-    rebalance half a session after it began (1 s) whether or not every member has rejoined,
-    and hands the partitions of a member still in its grace to another, so a task run went on
-    on the old worker while the new one ran it again (the long worker-kill chaos test: 147 of
-    900 Sleeps had two effects with the 2 s grace). Without the grace the old worker rejoins at
-    its next heartbeat, inside that second, and stops the task runs of the partitions it lost
-    as the new owner starts them."""
+    With that session a worker's revoke grace is 0 unless one is set. Tansu completes a
+    rebalance half a session after it began (2 s) whether or not every member has rejoined,
+    and a member learns of the rebalance only at its next heartbeat (up to 1 s later): what is
+    left for its revocation is about 1 s. A worker still waiting out its grace then misses the
+    rebalance; its partitions go to another worker while its task runs go on, and its late
+    rejoin starts another rebalance (the long worker-kill chaos test on a 2 s session: 147 of
+    900 Sleeps had two effects with the 2 s grace, none without). Without the grace the
+    worker rejoins at once; the task runs of a partition that comes back go on, those of a
+    partition that went to another worker are stopped, unreported, when this worker's new
+    assignment arrives, and run again from the start there (docs/tasks.md, "Workers and
+    rebalances")."""
     if not traits.embedded or settings.session_timeout_ms is not None:
         return settings
     update: dict[str, float] = {"session_timeout_ms": EMBEDDED_SESSION_TIMEOUT_MS}
-    if "heartbeat_interval_ms" not in settings.model_fields_set:
-        update["heartbeat_interval_ms"] = EMBEDDED_HEARTBEAT_INTERVAL_MS
     if "worker_revoke_grace_s" not in settings.model_fields_set:
         update["worker_revoke_grace_s"] = 0.0
     return settings.model_copy(update=update)

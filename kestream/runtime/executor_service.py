@@ -60,6 +60,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.errors import CommitFailedError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from kestream.executor import codec
@@ -765,10 +766,33 @@ class ExecutorService:
             return
         if self.writer.carried:  # (a refused one is dead-lettered: nothing to undo)
             self._checkpointed(await self.writer.write_carried())
+        left = dict(self._uncommitted)
         offsets = self._take_offsets(partitions)
         if offsets and not self.own_all_partitions:
             assert self._consumer is not None
-            await self._consumer.commit(offsets)
+            try:
+                await self._consumer.commit(offsets)
+            except CommitFailedError as exc:
+                self._commit_refused({tp: left[tp] for tp in offsets}, exc)
+
+    def _commit_refused(self, offsets: dict[TopicPartition, int], exc: CommitFailedError) -> None:
+        """The group refused the commit: it has moved on (this member was expelled after a
+        stall past its session, or a rebalance began). A rebalance, not a failure, so the
+        process goes on: aiokafka rejoins, and the revocation that comes first
+        (:meth:`revoked`) commits what it still can, drops what is left of the partitions and
+        parks their state, as at any rebalance. Their next owner (this processor again,
+        perhaps) reads the records since the last commit against the changelog's state,
+        where they are no-ops. Until that revocation the offsets are kept to commit."""
+        self.metrics.commit_failed("executor")
+        log.error(
+            "executor: the consumer group refused the offset commit of partitions %s (%s); "
+            "taken as a rebalance: rejoining, their records since the last commit are read "
+            "again",
+            sorted(tp.partition for tp in offsets),
+            exc.__cause__ or type(exc).__name__,  # aiokafka's own text is a page long
+        )
+        for tp, upto in offsets.items():
+            self._uncommitted.setdefault(tp, upto)
 
     def _take_offsets(self, partitions: set[int] | None) -> dict[TopicPartition, OffsetAndMetadata]:
         """The offsets to commit of ``partitions`` (default all), taken off what is left to

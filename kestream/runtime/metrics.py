@@ -280,6 +280,12 @@ class Metrics:
         self.dead_letters_total = self._counter(
             "dead_letter_count", "Records sent to the dead-letter topic", ("source",)
         )
+        self.commit_failed_total = self._counter(
+            "commit_failed_count",
+            "Offset commits the consumer group refused because it had moved on (an expulsion "
+            "or a rebalance under way): taken as a rebalance, the records are read again",
+            ("consumer",),
+        )
         self.consumer_lag = self._gauge(
             "consumer_lag",
             "Records behind the high watermark on the partitions this process reads",
@@ -381,6 +387,11 @@ class Metrics:
     def dead_letter(self, source: str) -> None:
         """One record dead-lettered by ``source`` ("executor", "worker", ...)."""
         self._child(self.dead_letters_total, source).inc()
+
+    def commit_failed(self, consumer: str) -> None:
+        """One offset commit of ``consumer`` ("executor", "scheduler", ...) that the group
+        refused because it had moved on."""
+        self._child(self.commit_failed_total, consumer).inc()
 
     def partition_lag(self, consumer: str) -> PartitionLag:
         """A processor's lag per partition (:class:`PartitionLag`), labelled ``consumer``."""

@@ -43,6 +43,14 @@ def process_age_s() -> float | None:
 BROKER_ON_STDIN_ENV = "KESTREAM_STANDALONE_BROKER_ON_STDIN"
 
 
+#: Set to "1" by ``kestream standalone`` in the environment of its role processes when it runs
+#: its own embedded broker, whose address only its children get: the scheduler among them is
+#: the only one that broker will see, so it may join its other groups before it has won the
+#: lease (:class:`~kestream.runtime.scheduler_service.SchedulerService`) without taking
+#: partitions from an active one.
+ONLY_SCHEDULER_ENV = "KESTREAM_STANDALONE_ONLY_SCHEDULER"
+
+
 #: With :data:`BROKER_ON_STDIN_ENV`: the descriptor of a pipe to ``standalone``, which the
 #: process closes once it has imported what its roles run, just before it waits for the
 #: broker. ``standalone`` gives every waiting process the broker's address only when all of them

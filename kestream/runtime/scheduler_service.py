@@ -22,7 +22,19 @@ Three loops, so that no one of them can hold up another:
 High availability: any number of schedulers may run; the one holding the lease
 (:mod:`kestream.runtime.scheduler_lease`) is active and runs the four loops, the others are
 standbys that only follow the triggers topic (:mod:`kestream.runtime.trigger_records`), so a
-takeover reads just its tail. ``/health`` says which (``role``).
+takeover reads just its tail. ``/health`` says which (``role``). A standby joins the
+ended-executions and commands groups only once it has won the lease: a member joining them
+would take partitions from the active scheduler for a rebalance, and leave them again in
+another. Only the scheduler of a ``standalone`` on its own embedded broker, which no other
+scheduler can reach (:data:`~kestream.runtime.process.ONLY_SCHEDULER_ENV`), joins them beside
+the lease's group at start, which saves it a group join before it is ready.
+
+A commit the ended-executions or commands group refuses (``CommitFailedError``: it rebalanced
+between the batch and its commit, or expelled this member after a stall) is a rebalance, not a
+failure: aiokafka rejoins, and the batch is read again from the last commit. What it caused is
+harmless to do again: its executions have derived ids (the executor drops repeats), each
+precondition window records the executions it counted, and each trigger record the last
+command it took.
 
 Activation (at start, or when the lease moves here): the trigger records are caught up to the
 topic's end, fresh books are built from them (the last record per key wins; tombstones delete),
@@ -37,13 +49,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from kestream.executor import events as ev
@@ -58,6 +71,7 @@ from kestream.runtime.fetch_pacing import reader_wait_ms
 from kestream.runtime.flows_table import FlowsTable
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.metrics import Metrics, process_metrics
+from kestream.runtime.process import ONLY_SCHEDULER_ENV
 from kestream.runtime.scheduler_lease import SchedulerLease
 from kestream.runtime.trigger_records import TriggerRecords
 from kestream.scheduler.commands import TriggerCommand
@@ -102,7 +116,11 @@ class SchedulerService:
         clock: Clock = utc_now,
         on_failure: Callable[[BaseException], None] | None = None,
         metrics: Metrics | None = None,
+        only_scheduler: bool | None = None,
     ) -> None:
+        """``only_scheduler``: no other scheduler uses this broker, so the ended-executions and
+        commands groups are joined beside the lease's at start (default: what ``standalone``
+        says in :data:`~kestream.runtime.process.ONLY_SCHEDULER_ENV`)."""
         self.ctx = ctx
         self.settings = ctx.settings
         self.topics = ctx.topics
@@ -150,6 +168,9 @@ class SchedulerService:
         #: The ended-executions and commands consumers were subscribed at start, beside the
         #: lease (:meth:`_start`), and no term has used them yet.
         self._early_groups = False
+        if only_scheduler is None:
+            only_scheduler = os.environ.get(ONLY_SCHEDULER_ENV) == "1"
+        self.only_scheduler = only_scheduler
         self.health_name = "scheduler"
 
     # -- health -------------------------------------------------------------------------------
@@ -200,14 +221,14 @@ class SchedulerService:
         self._monitor = asyncio.create_task(
             self._guard(self._monitor_loop()), name="scheduler-monitor"
         )
-        # The ended-executions and commands groups are joined beside the lease's group, not
-        # after the lease is won: a first join waits on the broker (half a session on the
-        # embedded one), and one after the other they doubled a lone scheduler's start. A
-        # standby leaves them as soon as the lease says so (:meth:`_discard`); until then its
-        # join costs the active scheduler one rebalance of those groups, as its lease join
-        # already costs one of the lease group.
-        await self._join_groups()
-        self._early_groups = True
+        # The only scheduler joins the ended-executions and commands groups beside the lease's
+        # group, not after the lease is won: a first join waits on the broker (half a session
+        # on the embedded one), and one after the other they doubled its start. Any other
+        # joins them once active: a standby's join, and its leaving, would each rebalance the
+        # active scheduler's groups (its batch's commit refused, its readiness lost meanwhile).
+        if self.only_scheduler:
+            await self._join_groups()
+            self._early_groups = True
         await self.lease.start()
         # Say what this scheduler is before saying it started: the group's first answer, and
         # when it is the lease, the activation (so "started" means "firing" for a lone one).
@@ -575,7 +596,21 @@ class SchedulerService:
                 await self._flush()
                 # (under the lock: a step-down sees the batch whole, committed, or not begun)
                 offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs}
-                await consumer.commit(offsets)
+                await self._commit(consumer, offsets, "execution updates")
+
+    async def _commit(self, consumer: Any, offsets: dict[TopicPartition, int], what: str) -> None:
+        """Commit a batch whose effects are written; a refusal by a group that has moved on
+        is a rebalance (the module docs say why reading the batch again is harmless)."""
+        try:
+            await consumer.commit(offsets)
+        except CommitFailedError as exc:
+            self.metrics.commit_failed("scheduler")
+            log.error(
+                "scheduler: the consumer group refused the offset commit of the %s read (%s); "
+                "taken as a rebalance: rejoining, the batch is read again",
+                what,
+                exc.__cause__ or type(exc).__name__,  # aiokafka's own text is a page long
+            )
 
     def _on_update(self, rec: ConsumerRecord[Any, Any]) -> list[ev.ExecutionCreated]:
         """The executions a stop update starts, and its ``stopAfter`` effect."""
@@ -646,7 +681,7 @@ class SchedulerService:
                         self._on_command(rec)
                 await self._flush()
                 offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs}
-                await consumer.commit(offsets)
+                await self._commit(consumer, offsets, "trigger commands")
             self._wake.set()  # a backfill or an enabled trigger may be due now
 
     def _on_command(self, rec: ConsumerRecord[Any, Any]) -> None:

@@ -22,7 +22,7 @@ Two costs, both handled here:
 Only Apache Kafka gets the id. Tansu does honour it (a probe with a 20 s session: a replacement
 with the dead member's id owned its partitions after 13 s, Tansu's delay of a first join, one
 without it after 36 s; LeaveGroup by member id is accepted too), but the embedded broker's
-session is 2 s already, and what a group coordinator does with fenced ids under load was only
+session is 4 s already, and what a group coordinator does with fenced ids under load was only
 measured on Kafka.
 """
 

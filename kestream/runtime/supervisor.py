@@ -48,7 +48,7 @@ from typing import IO, TYPE_CHECKING
 from kestream.runtime.embedded_broker import EmbeddedBroker, die_with_parent
 from kestream.runtime.fetch_pacing import mark_embedded
 from kestream.runtime.kafka_connection import embedded_refusal
-from kestream.runtime.process import BROKER_ON_STDIN_ENV, IMPORTED_FD_ENV
+from kestream.runtime.process import BROKER_ON_STDIN_ENV, IMPORTED_FD_ENV, ONLY_SCHEDULER_ENV
 from kestream.runtime.restarts import (
     CRASHES_FILE_ENV,
     FAILED_ROLE_FILE_ENV,
@@ -325,6 +325,9 @@ class Supervisor:
             "KESTREAM_GROUP_INSTANCE_ID": child_instance_id(self.settings, slot.name),
         }
         env.pop("KESTREAM_BROKER", None)  # on stdin, once the broker holds its state
+        env.pop(ONLY_SCHEDULER_ENV, None)
+        if not self.settings.broker:  # its own embedded broker: no other scheduler reaches it
+            env[ONLY_SCHEDULER_ENV] = "1"
         imported: tuple[int, int] | None = None
         if bootstrap is None:
             imported = os.pipe()

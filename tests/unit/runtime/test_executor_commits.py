@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError
 from aiokafka.structs import ConsumerRecord
 
 from kestream.executor import events as ev
@@ -28,6 +29,8 @@ class _Consumer:
         self.fetches = 0
         self.on_fetch: dict[int, Any] = {}
         self.refuse_commits = False
+        #: How many commits to refuse as a group that has moved on (an expulsion).
+        self.expelled_commits = 0
 
     async def getmany(self, **_: Any) -> dict[TopicPartition, list[Any]]:
         if (hook := self.on_fetch.get(self.fetches)) is not None:
@@ -41,6 +44,9 @@ class _Consumer:
     async def commit(self, offsets: Any) -> None:
         if self.refuse_commits:
             raise RuntimeError("the group has moved on")
+        if self.expelled_commits:
+            self.expelled_commits -= 1
+            raise CommitFailedError("the group has already rebalanced")
         self.commits.append({tp: meta.offset for tp, meta in offsets.items()})
 
     def highwater(self, tp: TopicPartition) -> None:
@@ -132,6 +138,45 @@ def test_a_commit_refused_at_a_revocation_is_left_to_the_next_owner(
     assert consumer.commits == []  # nothing left of partition 0 to commit at the stop
     assert "could not commit partitions [0, 1] at their revocation" in caplog.text
     assert service.owned == set()
+
+
+REFUSED = "kestream_commit_failed_count_total"
+
+
+def test_a_commit_the_group_refuses_is_a_rebalance_not_a_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An executor expelled after a stall (or whose commit meets a rebalance) learns it at its
+    next commit: the processor goes on, logs it, counts it, and commits later."""
+    service = _service(PAUSED)
+    service.commit_every_s = 0.0
+    tp0 = TopicPartition(service.topics.executions, 0)
+    consumer = _Consumer(service, [_batch(service, 0, 5, "a"), _batch(service, 0, 6, "b")])
+    consumer.expelled_commits = 1
+    with caplog.at_level(logging.ERROR, logger="kestream.executor"):
+        _run(service, consumer)
+    assert service.failure is None and {"a", "b"} <= service.states.keys()
+    assert consumer.commits == [{tp0: 7}]  # the next commit covers the refused one
+    assert service.metrics.value(REFUSED, {"consumer": "executor"}) == 1.0
+    assert "refused the offset commit of partitions [0]" in caplog.text
+
+
+def test_the_revocation_after_a_refused_commit_commits_what_it_still_can() -> None:
+    """The revocation that follows the refusal (aiokafka rejoins) may still commit in the
+    group's current generation: the refused offsets were kept for it, then dropped."""
+    service = _service(PAUSED)
+    service.commit_every_s = 0.0
+    tp0 = TopicPartition(service.topics.executions, 0)
+    consumer = _Consumer(service, [_batch(service, 0, 5, "a")])
+    consumer.expelled_commits = 1
+
+    async def revoke_all() -> None:
+        await service.revoked({0, 1})
+
+    consumer.on_fetch[1] = revoke_all
+    _run(service, consumer)
+    assert consumer.commits == [{tp0: 6}]
+    assert service.owned == set() and not service._uncommitted
 
 
 # -- ended markers carried to the next write -------------------------------------------------

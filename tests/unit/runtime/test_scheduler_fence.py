@@ -7,24 +7,34 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import orjson
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError
 from aiokafka.structs import ConsumerRecord
 
 from kestream.executor.events import ExecutionCreated
 from kestream.models.clock import ManualClock
 from kestream.models.flow import Flow, parse_flow
 from kestream.runtime import scheduler_service
+from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.flows_table import FlowsTable
+from kestream.runtime.process import ONLY_SCHEDULER_ENV
 from kestream.runtime.scheduler_lease import group_generation
-from kestream.runtime.scheduler_service import SchedulerService, _Assigned, _LeaseLost
+from kestream.runtime.scheduler_service import (
+    SchedulerService,
+    _Assigned,
+    _LeaseLost,
+    ended_execution,
+)
 from kestream.runtime.topics import Topics
 from kestream.scheduler import TriggerState
 from kestream.scheduler.leadership import Role
 from kestream.settings import Settings
 
 TP = TopicPartition("t-trigger-commands", 0)
+REFUSED = "kestream_commit_failed_count_total"
 
 
 class _Producer:
@@ -410,13 +420,17 @@ class _Records:
 
 
 def _starting_service(
-    monkeypatch: pytest.MonkeyPatch, lease_answers: list[list[TopicPartition]]
+    monkeypatch: pytest.MonkeyPatch,
+    lease_answers: list[list[TopicPartition]],
+    *,
+    only_scheduler: bool = True,
 ) -> tuple[SchedulerService, list[_GroupConsumer], list[int]]:
     """A scheduler whose start runs as in a role process, broker-free: its lease's group answers
     ``lease_answers[0]`` at the join. Returns it, the group consumers it makes (in order), and
     how many of them had been made when the lease's join began."""
     table = _Table()
     service, _ = _service()
+    service.only_scheduler = only_scheduler
     service.table = cast(FlowsTable, table)
     made: list[_GroupConsumer] = []
 
@@ -449,8 +463,9 @@ def _starting_service(
 async def test_the_groups_are_joined_beside_the_lease_and_kept_by_the_first_term(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """One join after the other, a lone scheduler was ready only after two group joins (two
-    times half a session on the embedded broker): its groups now join beside the lease's."""
+    """One join after the other, the only scheduler (standalone's, on its own embedded broker)
+    was ready only after two group joins (two times half a session on the embedded broker):
+    its groups join beside the lease's."""
     service, made, at_lease = _starting_service(monkeypatch, [[TP]])
     await service.start()
     try:
@@ -467,9 +482,43 @@ async def test_the_groups_are_joined_beside_the_lease_and_kept_by_the_first_term
     assert all(c.stopped for c in made)
 
 
+def test_only_the_scheduler_of_a_standalone_on_its_own_broker_is_the_only_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Settings(broker="localhost:1", topic_prefix="t-")
+    ctx = BrokerContext(settings, "localhost:1", "kafka", Topics.of(settings))
+    monkeypatch.delenv(ONLY_SCHEDULER_ENV, raising=False)
+    assert not SchedulerService(ctx, cast(FlowsTable, None)).only_scheduler
+    monkeypatch.setenv(ONLY_SCHEDULER_ENV, "1")
+    assert SchedulerService(ctx, cast(FlowsTable, None)).only_scheduler
+
+
+async def test_a_scheduler_that_may_have_peers_joins_the_groups_once_active(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A standby that joined the ended-executions and commands groups at start would take
+    partitions from the active scheduler for a rebalance, and leave them in another: each
+    rebalance refuses the active one's commit of the batch in flight and makes it not ready."""
+    service, made, at_lease = _starting_service(monkeypatch, [[]], only_scheduler=False)
+    await service.start()
+    try:
+        assert at_lease == [0] and made == []  # a standby joins nothing but the lease's group
+        assert service.leadership.role is Role.STANDBY and service.is_ready
+        await service.lease.revoked()
+        await service.lease.assigned([TP])  # the lease moves here: now it joins them
+        assert service._activation is not None
+        await service._activation
+        assert service.leadership.role is Role.ACTIVE
+        assert len(made) == 2 and service._updates is made[0] and not made[0].stopped
+    finally:
+        await service.stop()
+
+
 async def test_a_standby_leaves_the_groups_it_joined_at_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The only scheduler may still start as a standby: its predecessor's member (a crash)
+    holds the lease until its session ends."""
     service, made, _ = _starting_service(monkeypatch, [[]])
     await service.start()
     try:
@@ -485,3 +534,92 @@ async def test_a_standby_leaves_the_groups_it_joined_at_start(
         assert len(made) == 4 and service._updates is made[2] and not made[2].stopped
     finally:
         await service.stop()
+
+
+# -- a commit the group refuses ---------------------------------------------------------------
+
+DOWNSTREAM = """
+id: downstream
+namespace: ns
+tasks:
+  - id: ok
+    type: io.kestra.plugin.core.debug.Return
+    format: ok
+triggers:
+  - id: on-both
+    type: io.kestra.plugin.core.trigger.Flow
+    preconditions:
+      id: both
+      flows:
+        - namespace: ns
+          flowId: a
+        - namespace: ns
+          flowId: b
+"""
+
+
+_EXECUTIONS = [
+    {
+        "id": f"{flow_id}-1",
+        "namespace": "ns",
+        "flowId": flow_id,
+        "state": {"current": "SUCCESS", "endDate": "2025-01-01T09:00:00+00:00"},
+    }
+    for flow_id in ("a", "b")
+]
+
+
+def _ended_update(offset: int, execution: dict[str, Any]) -> ConsumerRecord[Any, Any]:
+    value = orjson.dumps({"full": True, "execution": execution})
+    return ConsumerRecord(UPDATES.topic, 0, offset, 0, 0, b"", value, None, 0, 0, [])
+
+
+class _RebalancingUpdates:
+    """Hands out ``batches``; the first commit is refused as by a group that has moved on, after
+    which (aiokafka rejoins from the last commit) the same batch is read again."""
+
+    def __init__(self, batch: list[ConsumerRecord[Any, Any]]) -> None:
+        self.batches = [{UPDATES: batch}, {UPDATES: batch}]
+        self.tried: list[dict[TopicPartition, int]] = []
+        self.committed: list[dict[TopicPartition, int]] = []
+
+    async def getmany(self, timeout_ms: int = 0) -> Any:
+        if self.batches:
+            return self.batches.pop(0)
+        await asyncio.Event().wait()
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.tried.append(offsets)
+        if len(self.tried) == 1:
+            raise CommitFailedError("the group has already rebalanced")
+        self.committed.append(offsets)
+
+
+async def test_a_refused_commit_is_a_rebalance_and_the_batch_read_again_counts_once() -> None:
+    """Before, the refusal ended the loop and the process (executor, worker and API with it in
+    standalone); the batch read again after the rejoin must fire nothing and count nothing
+    twice in the precondition window."""
+    failures: list[BaseException] = []
+    service, producer = _service()
+    service.on_failure = failures.append
+    await _activate(service)
+    service.flow_triggers.sync_flow(parse_flow(DOWNSTREAM))
+    updates = _RebalancingUpdates([_ended_update(5 + n, e) for n, e in enumerate(_EXECUTIONS)])
+    service._updates = cast(Any, updates)
+    refused_before = service.metrics.value(REFUSED, {"consumer": "scheduler"}) or 0.0
+    loop = asyncio.create_task(service._guard(service._ended_loop()))
+    try:
+        for _ in range(1000):
+            if updates.committed:
+                break
+            await asyncio.sleep(0)
+        assert updates.tried == [{UPDATES: 7}, {UPDATES: 7}] and updates.committed
+        assert not loop.done() and failures == []
+        fired = [key for topic, key in producer.sent if topic == "t-executions"]
+        assert len(fired) == 1  # the batch read again fired nothing more
+        (window,) = service.flow_triggers.windows()  # fired and reset: counted, both
+        assert all(window.has_counted(ended_execution(u, service.clock)) for u in _EXECUTIONS)
+        refused = service.metrics.value(REFUSED, {"consumer": "scheduler"})
+        assert refused == refused_before + 1
+    finally:
+        await cancel_and_wait(loop)
