@@ -1,0 +1,38 @@
+"""The aiokafka internals kestream relies on, checked against the installed aiokafka (CI runs
+the lowest versions pyproject allows too: scripts/test_lowest.sh).
+
+fetch_pacing wraps the fetcher's private ``_proc_fetch_request(assignment, node_id, request)``;
+another signature would raise inside aiokafka's fetcher routine and kill the consumer, so
+pyproject bounds aiokafka below the next minor, and this test says when a bound raised or
+lowered no longer fits. The scheduler and the executor take a refused commit as a rebalance
+by catching ``CommitFailedError``, which aiokafka raises for the group errors below.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.consumer.group_coordinator import GroupCoordinator
+
+PYPROJECT = Path(__file__).resolve().parents[3] / "pyproject.toml"
+
+
+def test_the_fetch_method_fetch_pacing_wraps_has_its_signature() -> None:
+    parameters = list(inspect.signature(Fetcher._proc_fetch_request).parameters)
+    assert parameters == ["self", "assignment", "node_id", "request"]
+    assert inspect.iscoroutinefunction(Fetcher._proc_fetch_request)
+
+
+def test_aiokafka_is_bounded_below_its_next_minor() -> None:
+    (spec,) = re.findall(r'"aiokafka([<>=!~][^"]*)"', PYPROJECT.read_text())
+    assert re.search(r"<\d+\.\d+", spec), spec
+
+
+def test_a_commit_refused_by_the_group_is_a_commit_failed_error() -> None:
+    source = inspect.getsource(GroupCoordinator.commit_offsets)
+    for error in ("UnknownMemberIdError", "IllegalGenerationError", "RebalanceInProgressError"):
+        assert error in source
+    assert "raise Errors.CommitFailedError" in source
