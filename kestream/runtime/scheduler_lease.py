@@ -13,9 +13,10 @@ there, and the scheduler stops firing and flushes its producer before returning,
 the old active wrote is in the log before the new one reads it. A member the group has already
 expelled (its session expired while it was frozen) learns it late; :meth:`SchedulerLease.valid`
 also refuses once the consumer's group generation is no longer the one the partition was assigned
-in. What remains (a frozen process that wakes and fires before its heartbeat fails) can only
-repeat a slot the new active fires too, under the same execution id derived from the slot, which
-the executor drops as a repeat (DESIGN.md section 3).
+in. A member whose group coordination died (another process took its static instance id) steps
+down for good and reports itself dead. What remains (a frozen process that wakes and fires
+before its heartbeat fails) can only repeat a slot the new active fires too, under the same
+execution id derived from the slot, which the executor drops as a repeat (DESIGN.md section 3).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from kestream.runtime.kafka import make_consumer
 from kestream.runtime.static_membership import static_member, stop_member
 from kestream.scheduler.leadership import Leadership, Role
 
-__all__ = ["SchedulerLease", "group_generation"]
+__all__ = ["SchedulerLease", "coordination_failure", "group_generation"]
 
 log = logging.getLogger("kestream.scheduler.lease")
 
@@ -130,13 +131,37 @@ class SchedulerLease:
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> None:
         """Keep polling: a member that stops polling for ``max.poll.interval`` leaves its group;
-        the partition is paused, so nothing is fetched."""
+        the partition is paused, so nothing is fetched. Ends, stepped down, once the consumer's
+        group coordination has died (:meth:`_coordination_died`)."""
         while True:
+            if (died := coordination_failure(consumer)) is not None:
+                await self._coordination_died(died)
+                return
             try:
                 await consumer.getmany(timeout_ms=_POLL_TIMEOUT_MS)
             except KafkaError as exc:
                 log.warning("scheduler lease: poll failed (%s); retrying", exc)
                 await asyncio.sleep(_ERROR_BACKOFF_S)
+
+    async def _coordination_died(self, exc: BaseException) -> None:
+        """The consumer's group coordination ended with ``exc``: no rebalance will reach this
+        member again, and its generation and member id stop changing, so :meth:`valid` cannot
+        tell it lost the lease. The usual cause is another process that took this scheduler's
+        static instance id (``FENCED_INSTANCE_ID``, which aiokafka 0.14 does not know: its
+        SyncGroup raises an unexpected error, which ends the coordination). The scheduler
+        steps down for good and the lease reports itself dead (:attr:`alive`, the health
+        check), so the process is seen as failed and restarted."""
+        log.error(
+            "scheduler lease: the group coordination stopped (%r); another process may have "
+            "taken this scheduler's instance id (KESTREAM_GROUP_INSTANCE_ID). Stepping down",
+            exc,
+        )
+        if self.leadership.role is not Role.STANDBY:
+            try:
+                await self.on_lost()
+            finally:
+                self.leadership.release()
+        self._generation = None
 
     async def assigned(self, partitions: list[TopicPartition]) -> None:
         consumer = self._consumer
@@ -189,6 +214,19 @@ def group_generation(consumer: AIOKafkaConsumer) -> int:
             " (consumer._coordinator.generation); the lease cannot be fenced"
         )
     return generation
+
+
+def coordination_failure(consumer: AIOKafkaConsumer) -> BaseException | None:
+    """How the consumer's group coordination (aiokafka's private coordination task, which
+    joins, syncs and heartbeats) ended, if it did; None while it runs, or where this aiokafka
+    keeps no such task (nothing to read: the lease then relies on :meth:`SchedulerLease.valid`
+    alone)."""
+    task = getattr(getattr(consumer, "_coordinator", None), "_coordination_task", None)
+    if not isinstance(task, asyncio.Future) or not task.done():
+        return None
+    if task.cancelled():
+        return asyncio.CancelledError("the group coordination was cancelled")
+    return task.exception() or RuntimeError("the group coordination ended")
 
 
 def member_id(consumer: AIOKafkaConsumer) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.scheduler_lease import SchedulerLease
@@ -81,3 +82,48 @@ async def test_a_lease_moved_away_leaves_a_standby() -> None:
     await lease.revoked()
     await lease.assigned([])
     assert leadership.role is Role.STANDBY and calls.lost == 1 and calls.acquired == [1]
+
+
+class _DeadCoordinator:
+    """aiokafka's coordinator after its coordination task ended with an error (SyncGroup
+    answered FENCED_INSTANCE_ID, which aiokafka 0.14 raises as an unexpected error)."""
+
+    def __init__(self) -> None:
+        self._coordination_task: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._coordination_task.set_exception(KafkaError("Unexpected error from SyncGroup"))
+        self._coordination_task.exception()  # (retrieved: no "never retrieved" warning)
+        self.generation, self.member_id = 3, "m-1"
+
+
+class _FencedConsumer:
+    """getmany raises the coordination's error each time, as aiokafka's does; after a few
+    polls it gives up with :class:`_StillPolling` (the lease never noticed)."""
+
+    def __init__(self) -> None:
+        self._coordinator = _DeadCoordinator()
+        self.polls = 0
+
+    async def getmany(self, **_: object) -> dict[TopicPartition, list[object]]:
+        self.polls += 1
+        if self.polls > 3:
+            raise _StillPolling
+        raise KafkaError("Unexpected error from SyncGroup")
+
+
+class _StillPolling(Exception):
+    pass
+
+
+async def test_an_active_scheduler_whose_group_coordination_died_steps_down() -> None:
+    """Another process took the active one's instance id: its coordination ends, no
+    rebalance will ever revoke the lease, and the generation it holds stops changing, so the
+    lease must see the dead coordination itself and stop the scheduler firing."""
+    lease, leadership, calls = _lease()
+    await lease.revoked()
+    await lease.assigned([TP])
+    assert leadership.activated(1) and lease.valid(1)
+    consumer = _FencedConsumer()
+    await lease._poll(consumer)  # type: ignore[arg-type]
+    assert calls.lost == 1 and leadership.role is Role.STANDBY
+    assert not lease.valid(1)
+    assert consumer.polls == 0
