@@ -149,8 +149,8 @@ class SchedulerLease:
         tell it lost the lease. The usual cause is another process that took this scheduler's
         static instance id (``FENCED_INSTANCE_ID``, which aiokafka 0.14 does not know: its
         SyncGroup raises an unexpected error, which ends the coordination). The scheduler
-        steps down for good and the lease reports itself dead (:attr:`alive`, the health
-        check), so the process is seen as failed and restarted."""
+        steps down for good and the lease reports itself dead (:attr:`alive`: the health
+        check then says the scheduler is not live, for a liveness probe to restart it)."""
         log.error(
             "scheduler lease: the group coordination stopped (%r); another process may have "
             "taken this scheduler's instance id (KESTREAM_GROUP_INSTANCE_ID). Stepping down",
