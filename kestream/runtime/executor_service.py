@@ -788,7 +788,7 @@ class ExecutorService:
             "executor: the consumer group refused the offset commit of partitions %s (%s); "
             "taken as a rebalance: rejoining, their records since the last commit are read "
             "again",
-            sorted(tp.partition for tp in offsets),
+            sorted({tp.partition for tp in offsets}),
             exc.__cause__ or type(exc).__name__,  # aiokafka's own text is a page long
         )
         for tp, upto in offsets.items():

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, KafkaConnectionError
 from aiokafka.structs import ConsumerRecord
 
 from kestream.executor import events as ev
+from kestream.models.state import StateType
 from kestream.runtime import records
 from kestream.runtime.executor_service import ExecutorService
 from tests.unit.runtime.test_executor_faults import PAUSED, _Producer, _service
@@ -177,6 +178,59 @@ def test_the_revocation_after_a_refused_commit_commits_what_it_still_can() -> No
     _run(service, consumer)
     assert consumer.commits == [{tp0: 6}]
     assert service.owned == set() and not service._uncommitted
+
+
+# -- results handed over by the worker of this process (local_handoff) ------------------------
+
+
+def _handed_result(service: ExecutorService, offset: int) -> TopicPartition:
+    """A result the worker of this process handed over, acknowledged at ``offset``: stepped by
+    the next cycle, after its fetched records; its broker copy is fetched in a later one."""
+    service.local.enabled = True
+    value = records.encode_event(ev.WorkerResult("a", "r", 1, StateType.SUCCESS))
+    assert service.local.offer(0, offset, value)
+    return TopicPartition(service.topics.results, 0)
+
+
+def test_a_flush_failing_after_a_handed_step_leaves_the_copy_uncommitted() -> None:
+    """A crash (here: the broker gone at the flush) between stepping a handed result and
+    flushing it loses only memory: nothing of the cycle, the result's copy included, is
+    committed, so the next owner steps the creation and the copy."""
+    service = _service(PAUSED)
+    service.commit_every_s = 0.0
+    results = _handed_result(service, 17)
+    consumer = _Consumer(service, [_batch(service, 0, 5, "a")])
+    service._consumer = consumer  # type: ignore[assignment]
+    service.writer.producer = _Producer(refused=b"", broken=True)  # type: ignore[assignment]
+    with pytest.raises(KafkaConnectionError):
+        asyncio.run(service._loop())
+    assert consumer.commits == [] and not service.local._queued  # the result was stepped
+    assert results not in service._take_offsets(None)
+
+
+def test_a_refused_commit_after_a_skipped_copy_forgets_the_skip_with_the_partition() -> None:
+    """The copy of a result stepped here is skipped, and its commit refused (the group moved
+    on): the revocation commits what it still can, and forgets which copies were stepped, so
+    the partition's next owner, this processor again included, steps the copy against the
+    state it recovers (a no-op there)."""
+    service = _service(PAUSED)
+    service.commit_every_s = 0.0
+    results = _handed_result(service, 17)
+    copy = ConsumerRecord(results.topic, 0, 17, 0, 0, b"", b"", None, 0, 0, [])
+    consumer = _Consumer(service, [_batch(service, 0, 5, "a"), {results: [copy]}])
+    created = TopicPartition(service.topics.executions, 0)
+
+    async def expelled_then_revoked() -> None:
+        # the copy skipped, and both cycles' commits refused: kept for the revocation
+        assert service._uncommitted == {created: 6, results: 18}
+        await service.revoked({0, 1})
+
+    consumer.expelled_commits = 2  # the first cycle's and the skip's
+    consumer.on_fetch[2] = expelled_then_revoked
+    _run(service, consumer)
+    assert service.local.skipped == 1
+    assert consumer.commits == [{created: 6, results: 18}]  # at the revocation
+    assert not service.local.stepped_copy(0, 17) and service.owned == set()
 
 
 # -- ended markers carried to the next write -------------------------------------------------
