@@ -27,6 +27,7 @@ from kestream.models.state import StateType
 from kestream.runtime.records import DEFAULT_VALUE_BYTES, RecordError, dumps, loads, pack
 
 __all__ = [
+    "KeptUpdate",
     "MergedExecution",
     "coalesce_updates",
     "merge_update",
@@ -40,6 +41,26 @@ log = logging.getLogger("kestream.records")
 # -- writing ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class KeptUpdate:
+    """What :func:`coalesce_updates` needs of one record :func:`update_records` wrote, kept by
+    the record's ``id`` so that it need not decode the record.
+
+    An ``id`` is only unique among live objects: an entry counts only for the very record it
+    was made for (:attr:`value`, compared by identity), so a record dropped or replaced before
+    the coalescing, its id then reused, is decoded rather than taken for another.
+    """
+
+    value: bytes
+    #: The record starts a full update (replace what you know).
+    full: bool
+    #: More records of the same update follow.
+    more: bool
+    #: The body of a single-record partial update, the only kind a merge reads; None for the
+    #: others (full and split updates pass as they are: their task runs are not kept alive).
+    body: dict[str, Any] | None = None
+
+
 def update_records(
     st: ExecutionState,
     changed: list[str],
@@ -47,7 +68,7 @@ def update_records(
     terminal: bool,
     full: bool,
     max_bytes: int,
-    bodies: dict[int, dict[str, Any]] | None = None,
+    bodies: dict[int, KeptUpdate] | None = None,
 ) -> list[bytes]:
     """An execution update as records of at most ``max_bytes``: the execution's own fields
     plus task runs.
@@ -63,8 +84,8 @@ def update_records(
     alone never pass the limit, :mod:`kestream.executor.sizes`) travels without its outputs,
     its id listed in the record's ``outputsLeftOut``; the changelog keeps them.
 
-    ``bodies``: where each record's body is kept (by the record's ``id``), for
-    :func:`coalesce_updates` to read instead of decoding the record again.
+    ``bodies``: where what :func:`coalesce_updates` needs of each record is kept (by the
+    record's ``id``, :class:`KeptUpdate`), so that it need not decode the record again.
     """
     send_all = full or terminal
     header = execution_json(st, with_task_runs=False)
@@ -79,7 +100,7 @@ def update_records(
     whole = dumps(body)
     if len(whole) <= max_bytes:  # the usual case: one encoding, one record
         if bodies is not None:
-            bodies[id(whole)] = body
+            bodies[id(whole)] = KeptUpdate(whole, send_all, False, None if send_all else body)
         return [whole]
     envelope = max(  # the longest shape: "more":false,"terminal":false
         len(dumps(_update_body(header, [], first=first, last=True, full=send_all, terminal=False)))
@@ -105,7 +126,7 @@ def update_records(
             )  # fmt: skip
             value = dumps(body)
         if bodies is not None:
-            bodies[id(value)] = body
+            bodies[id(value)] = KeptUpdate(value, send_all and index == 0, bool(body["more"]))
         out.append(value)
     return out
 
@@ -153,38 +174,45 @@ _UPDATE_KEYS = frozenset(("more", "terminal", "execution", "full"))
 
 
 def coalesce_updates(
-    values: list[bytes], max_bytes: int, bodies: Mapping[int, dict[str, Any]] | None = None
+    values: list[bytes], max_bytes: int, bodies: Mapping[int, KeptUpdate] | None = None
 ) -> list[bytes]:
     """One execution's update records of one cycle, in their order, as fewer records that
-    leave every reader (:func:`merge_update`) where all of them would.
+    leave every reader (:func:`merge_update`) where all of them would, and let every reader
+    see each pause and end.
 
     An execution stepped several times in a cycle (a ForEach's results fetched together) makes
     an update per step. Single-record partial updates that follow each other are merged into
     one (the last one's execution fields, their task runs by id, the latest of each, in the
     order they first appeared) while the merged record stays within ``max_bytes`` (it is never
-    larger than its parts together). A full update replaces what a reader knows, so the
-    records before it go; it and a split update (``more``) pass as they are, as does a record
-    with ``outputsLeftOut``. A reader sees no state the execution passed within the cycle
-    other than its pauses and its end (full updates). Records that are not all updates
-    (never written by :func:`update_records`) are left as they are. ``bodies``: the records'
-    bodies kept by :func:`update_records` (the others are decoded).
+    larger than its parts together). A full update (a pause or an end) is a barrier: it
+    replaces what a reader knows, so the partial records before it (back to the previous full
+    update) go, but every full update stays, each a state readers act on (a Flow trigger
+    listening to PAUSED, :meth:`Client.wait`, a follower). A split update (``more``) passes as
+    it is, as does a record with ``outputsLeftOut``. Records that are not all updates (never
+    written by :func:`update_records`) are left as they are. ``bodies``: what
+    :func:`update_records` kept of the records (the others are decoded).
     """
-    if len(values) < 2 or (decoded := _updates_of(values, bodies or {})) is None:
+    if len(values) < 2 or (shapes := _shapes_of(values, bodies or {})) is None:
         return values
     out: list[bytes] = []
+    barrier = 0  # out[:barrier] are full updates' records, which stay
     group: list[tuple[bytes, dict[str, Any]]] = []
     size = 0
     chained = False  # the record continues a split update
-    for value, body in zip(values, decoded, strict=True):
-        if body["full"] and not chained:
-            out.clear()  # what a reader knew is replaced
-            group.clear()
-        partial = type(body.get("taskRuns")) is list and "outputsLeftOut" not in body
-        if body["full"] or body["more"] or chained or not partial:
+    in_full = False  # the record belongs to a full update
+    for value, (full, more, body) in zip(values, shapes, strict=True):
+        if not chained:
+            in_full = full
+            if full:  # what a reader knew since the last full update is replaced
+                del out[barrier:]
+                group = []
+        if body is None or chained:
             out.extend(_merged(group))
             group = []
             out.append(value)
-            chained = bool(body["more"])
+            chained = more
+            if in_full and not more:
+                barrier = len(out)
             continue
         if group and size + len(value) > max_bytes:
             out.extend(_merged(group))
@@ -197,17 +225,32 @@ def coalesce_updates(
     return out
 
 
-def _updates_of(
-    values: list[bytes], bodies: Mapping[int, dict[str, Any]]
-) -> list[dict[str, Any]] | None:
-    """``values``' bodies (kept in ``bodies``, else decoded), or None unless all are updates."""
-    try:
-        decoded = [bodies.get(id(value)) or loads(value) for value in values]
-    except RecordError:
-        return None
-    if all(type(body) is dict and body.keys() >= _UPDATE_KEYS for body in decoded):
-        return decoded
-    return None
+_Shape = tuple[bool, bool, dict[str, Any] | None]
+"""``(full, more, the body if a merge may read it)`` of one update record."""
+
+
+def _shapes_of(values: list[bytes], bodies: Mapping[int, KeptUpdate]) -> list[_Shape] | None:
+    """``values``' shapes (kept in ``bodies``, else decoded), or None unless all are updates."""
+    shapes: list[_Shape] = []
+    for value in values:
+        kept = bodies.get(id(value))
+        if kept is not None and kept.value is value:
+            shapes.append((kept.full, kept.more, kept.body))
+            continue
+        try:
+            body = loads(value)
+        except RecordError:
+            return None
+        if type(body) is not dict or not body.keys() >= _UPDATE_KEYS:
+            return None
+        full, more = bool(body["full"]), bool(body["more"])
+        mergeable = (
+            not (full or more)
+            and type(body.get("taskRuns")) is list
+            and "outputsLeftOut" not in body
+        )
+        shapes.append((full, more, body if mergeable else None))
+    return shapes
 
 
 def _merged(group: list[tuple[bytes, dict[str, Any]]]) -> list[bytes]:

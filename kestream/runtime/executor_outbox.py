@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kestream.executor.codec import execution_of, is_commit_mark
-from kestream.runtime.execution_updates import coalesce_updates
+from kestream.runtime.execution_updates import KeptUpdate, coalesce_updates
 from kestream.runtime.records import dumps
 
 __all__ = ["ChangelogRecord", "CommandRecord", "Outbox", "Outboxes", "PartitionOutboxes"]
@@ -48,12 +48,12 @@ class Outbox:
     #: of executions that began and ended in one step (the step's only changelog record). When
     #: all of them may, the writer carries them to its next write (``RecordWriter.write``).
     deferrable: int = 0
-    #: The bodies of this outbox's update records, by the record's ``id`` (kept by
-    #: :func:`~kestream.runtime.execution_updates.update_records`): what
-    #: :meth:`coalesce_updates` reads instead of decoding. Every id is a record of
-    #: :attr:`commands` (both go together, and outlive nothing of each other), so none is a
-    #: freed object's reused id.
-    update_bodies: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: What :meth:`coalesce_updates` needs of this outbox's update records, by the record's
+    #: ``id`` (kept by :func:`~kestream.runtime.execution_updates.update_records`), so that it
+    #: need not decode them. An entry counts only for the record it was made for (compared
+    #: by identity), so a record dropped before the coalescing is never taken for another
+    #: that got its id; cleared once the updates are coalesced.
+    update_bodies: dict[int, KeptUpdate] = field(default_factory=dict)
 
     def send(self, topic: str, key: str, value: bytes | None, partition: int | None = None) -> None:
         self.commands.append((topic, key, value, partition))
@@ -123,11 +123,18 @@ class Outbox:
     def coalesce_updates(self, topic: str, max_bytes: int) -> int:
         """Coalesce each execution's records of the updates ``topic``
         (:func:`~kestream.runtime.execution_updates.coalesce_updates`), put where its last one
-        was; returns how many records fewer. Only an execution with several is decoded."""
+        was; returns how many records fewer. Only an execution with several is decoded.
+
+        The coalesced records of an execution take its last record's place, after records of
+        other keys made later in the cycle (jobs, logs, other executions' updates): the order
+        within a key is kept, and every reader of the updates keys by execution (the index,
+        the scheduler, the client; a parent learns of its subflow's end through the executions
+        topic)."""
+        bodies, self.update_bodies = self.update_bodies, {}  # some of their records will go
         seen: dict[str, int] = {}  # per execution, the index of its last update record
         several = False
-        for i, (record_topic, key, _, _) in enumerate(self.commands):
-            if record_topic == topic:
+        for i, (record_topic, key, value, _) in enumerate(self.commands):
+            if record_topic == topic and value is not None:
                 several = several or key in seen
                 seen[key] = i
         if not several:
@@ -144,11 +151,10 @@ class Outbox:
             elif seen[key] == i:
                 kept.extend(
                     (topic, key, merged, partition)
-                    for merged in coalesce_updates(values[key], max_bytes, self.update_bodies)
+                    for merged in coalesce_updates(values[key], max_bytes, bodies)
                 )
         dropped = len(self.commands) - len(kept)
         self.commands = kept
-        self.update_bodies.clear()  # some of their records are gone
         return dropped
 
     def extend(self, other: Outbox) -> None:

@@ -10,22 +10,36 @@ were committed)."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, cast
 
 from kestream.executor import codec
 from kestream.executor import events as ev
+from kestream.models.flow import parse_flow
 from kestream.models.state import StateType
 from kestream.runtime import records
-from kestream.runtime.execution_updates import MergedExecution, coalesce_updates, merge_update
-from kestream.runtime.executor_outbox import Outbox
+from kestream.runtime.context import BrokerContext
+from kestream.runtime.execution_updates import (
+    KeptUpdate,
+    MergedExecution,
+    coalesce_updates,
+    merge_update,
+    update_records,
+)
+from kestream.runtime.executor_outbox import CommandRecord, Outbox
+from kestream.runtime.flows_table import FlowsTable
+from kestream.runtime.scheduler_service import SchedulerService
+from kestream.runtime.topics import Topics
+from kestream.settings import Settings
 from tests.unit.runtime.test_torn_changelog import (
+    FLOW,
     Changelog,
     _jobs,
     _next_owner,
     _no_admission_slots,  # noqa: F401 (an autouse fixture)
     _processor,
     _read,
-    _terminal,
 )
 
 DYN, END = codec.header_key("x", codec.DYNAMIC), codec.header_key("x", codec.ENDED)
@@ -72,88 +86,154 @@ def test_nothing_dropped_leaves_the_carried_markers_alone() -> None:
     assert out.deferrable == 2
 
 
-def _cycles(kill: tuple[int, int] | None = None) -> tuple[dict[str, Any], list[int], Changelog]:
-    """Run the flow to its end, a cycle stepping every event answered so far; ``kill=(cycle,
-    k)``: the processor dies once ``k`` of that cycle's coalesced changelog records are written,
-    and the next owner replays the cycle. Returns the final execution, each cycle's number of
-    records dropped by coalescing, and the changelog."""
-    service = _processor()
+RESTARTED = """
+id: restarted
+namespace: test.torn
+tasks:
+  - id: first
+    type: io.kestra.plugin.core.flow.Sleep
+    duration: PT1S
+  - id: fail
+    type: io.kestra.plugin.core.execution.Fail
+"""
+
+QUICK = """
+id: quick
+namespace: test.torn
+tasks:
+  - id: hello
+    type: io.kestra.plugin.core.log.Log
+    message: hi
+"""
+
+#: Two ForEach executions stepped in the same cycles (t1, t2), one that fails and is restarted
+#: in the cycle it ends in (r1: the ended marker, then its tombstone), and one begun and ended
+#: in a cycle that drops records of the others (q1: its marker may be carried).
+STARTS = [ev.ExecutionCreated(e, "test.torn", f) for e, f in
+          (("t1", "torn"), ("r1", "restarted"), ("t2", "torn"))]  # fmt: skip
+LATER = {2: [ev.ExecutionCreated("q1", "test.torn", "quick")]}
+EXECUTIONS = {"t1", "t2", "r1", "q1"}
+
+
+@dataclass
+class _Run:
+    #: Each execution's last ended JSON.
+    final: dict[str, Any] = field(default_factory=dict)
+    #: Each cycle's number of changelog records dropped by coalescing, and kept.
+    dropped: list[int] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    changelog: Changelog = field(default_factory=list)
+    #: Records of the next owner's repairs that coalescing dropped (a later record replaced).
+    repairs_dropped: int = 0
+    #: Cycles whose markers could have been carried, had nothing been dropped.
+    carried_beside_a_drop: int = 0
+    #: Each cycle's updates, before and after coalescing.
+    updates: list[tuple[list[CommandRecord], list[CommandRecord]]] = field(default_factory=list)
+
+
+FLOWS = (FLOW, RESTARTED, QUICK)
+
+
+def _processor_of_all() -> Any:
+    service = _processor(*FLOWS)
     service.owned = {0}
-    changelog: Changelog = []
-    pending: list[ev.Event] = [ev.ExecutionCreated("t1", "test.torn", "torn")]
+    return service
+
+
+def _step_cycle(service: Any, cycle: list[ev.Event], out: Outbox, offset: int, *,
+                first: bool) -> None:  # fmt: skip
+    """Apply the cycle's events; the first time, r1's first end is followed by its restart in
+    the same cycle (added to ``cycle``, which a replay applies again)."""
+    i = 0
+    while i < len(cycle):
+        service._apply(0, cycle[i], out, ("executions", offset + i))
+        i += 1
+        restarted = any(isinstance(e, ev.Restart) for e in cycle)
+        if first and not restarted and (ended := _ended(service, out).get("r1")) is not None:
+            cycle.insert(i, ev.Restart("r1", ended))
+
+
+def _ended(service: Any, out: Outbox) -> dict[str, Any]:
+    """The executions that ended in ``out``, by id: their last ended JSON."""
+    ended = {}
+    for topic, key, value, _ in out.commands:
+        if topic == service.topics.updates and value is not None:
+            body = records.loads(value)
+            if body["terminal"]:
+                ended[key] = body["execution"]
+    return ended
+
+
+def _cycles(kill: tuple[int, int] | None = None) -> _Run:
+    """Run the executions to their end, a cycle stepping every event answered so far;
+    ``kill=(cycle, k)``: the processor dies once ``k`` of that cycle's coalesced changelog
+    records are written, and the next owner replays the cycle."""
+    service = _processor_of_all()
+    run = _Run()
+    pending: list[ev.Event] = list(STARTS)
     answered: set[tuple[str, int]] = set()
-    dropped: list[int] = []
-    final = None
     offset = 0
     while pending:
         cycle, pending = pending, []
         out = Outbox()
-        for event in cycle:
-            service._apply(0, event, out, ("executions", offset))
-            offset += 1
-        dropped.append(out.coalesce())
+        _step_cycle(service, cycle, out, offset, first=True)
+        offset += len(cycle)
+        deferrable = out.deferrable
+        run.dropped.append(out.coalesce())
+        run.sizes.append(len(out.changelog))
+        if deferrable and run.dropped[-1]:
+            assert out.deferrable == 0  # none carried: the outbox no longer says which
+            run.carried_beside_a_drop += 1
         jobs = _jobs(service, out)
-        if kill is not None and kill[0] == len(dropped) - 1:
-            changelog.extend(_keys(out)[: kill[1]])
-            final = _terminal(service, out) or final
-            service = _next_owner(changelog)
+        before = [r for r in out.commands if r[0] == service.topics.updates]
+        service.writer.coalesce(out)
+        run.updates.append((before, [r for r in out.commands if r[0] == service.topics.updates]))
+        if kill is not None and kill[0] == len(run.dropped) - 1:
+            run.changelog.extend(_keys(out)[: kill[1]])
+            run.final.update(_ended(service, out))
+            service = _next_owner(run.changelog, *FLOWS)
             out = Outbox()
             service._take_repairs(out)
-            for event in cycle:
-                service._apply(0, event, out, ("executions", offset))
+            repairs = list(out.changelog)
+            _step_cycle(service, cycle, out, offset - len(cycle), first=False)
             out.coalesce()
+            run.repairs_dropped += sum(all(r is not k for k in out.changelog) for r in repairs)
             jobs += _jobs(service, out)
-        changelog.extend(_keys(out))
-        final = _terminal(service, out) or final
+        run.changelog.extend(_keys(out))
+        run.final.update(_ended(service, out))
         for execution_id, run_id, attempt in jobs:
             if (run_id, attempt) not in answered:
                 answered.add((run_id, attempt))
                 pending.append(ev.WorkerResult(execution_id, run_id, attempt, StateType.SUCCESS))
-    assert final is not None, "the execution did not end"
-    return final, dropped, changelog
+        pending += LATER.get(len(run.dropped) - 1, [])
+    assert set(run.final) == EXECUTIONS, f"an execution did not end (killed: {kill})"
+    return run
 
 
 def test_a_kill_anywhere_in_a_coalesced_cycle_ends_as_a_run_without_it() -> None:
-    reference, dropped, _ = _cycles()
-    assert reference["state"]["current"] == "SUCCESS"
-    assert len(reference["taskRunList"]) == 1 + 1 + 3 * 2 + 1
-    assert sum(dropped) > 0  # some cycle stepped the execution more than once
-    for cycle, n in enumerate(_cycle_sizes()):
-        for k in range(n + 1):
-            final, _, changelog = _cycles((cycle, k))
-            assert final == reference, f"killed after {k} of {n} records of cycle {cycle}"
-            done = _read(changelog)
-            assert done.torn == {}
-            assert set(done.latest) == {"t1"}
-            assert set(done.latest["t1"]) == {codec.header_key("t1", codec.ENDED)}
-
-
-def _cycle_sizes() -> list[int]:
-    """Each cycle's coalesced changelog records in a run without a kill."""
-    service = _processor()
-    service.owned = {0}
-    pending: list[ev.Event] = [ev.ExecutionCreated("t1", "test.torn", "torn")]
-    answered: set[tuple[str, int]] = set()
-    sizes = []
-    while pending:
-        cycle, pending = pending, []
-        out = Outbox()
-        for event in cycle:
-            service._apply(0, event, out, ("executions", 0))
-        out.coalesce()
-        sizes.append(len(out.changelog))
-        for execution_id, run_id, attempt in _jobs(service, out):
-            if (run_id, attempt) not in answered:
-                answered.add((run_id, attempt))
-                pending.append(ev.WorkerResult(execution_id, run_id, attempt, StateType.SUCCESS))
-    return sizes
+    reference = _cycles()
+    assert {e: x["state"]["current"] for e, x in reference.final.items()} == {
+        "t1": "SUCCESS", "t2": "SUCCESS", "q1": "SUCCESS", "r1": "FAILED"}  # fmt: skip
+    assert reference.final["r1"]["metadata"]["attemptNumber"] == 2  # restarted, failed again
+    assert len(reference.final["t1"]["taskRunList"]) == 1 + 1 + 3 * 2 + 1
+    assert sum(reference.dropped) > 0  # some cycle stepped an execution more than once
+    assert reference.carried_beside_a_drop > 0
+    repairs_dropped = 0
+    for cycle, records_written in enumerate(reference.sizes):
+        for k in range(records_written + 1):
+            killed = _cycles((cycle, k))
+            where = f"killed after {k} of {records_written} records of cycle {cycle}"
+            assert killed.final == reference.final, where
+            done = _read(killed.changelog)
+            assert done.torn == {}, where
+            assert set(done.latest) == EXECUTIONS, where
+            for execution_id, keys in done.latest.items():
+                assert set(keys) == {codec.header_key(execution_id, codec.ENDED)}, where
+            repairs_dropped += killed.repairs_dropped
+    assert repairs_dropped > 0  # some torn write's repair went for a later record of its key
 
 
 # -- execution updates ------------------------------------------------------------------------
-
-
-def _updates(service: Any, out: Outbox) -> list[bytes]:
-    return [v for t, _, v, _ in out.commands if t == service.topics.updates and v is not None]
 
 
 def _merged(values: list[bytes], current: MergedExecution | None) -> MergedExecution | None:
@@ -162,31 +242,35 @@ def _merged(values: list[bytes], current: MergedExecution | None) -> MergedExecu
     return current
 
 
+def _stops(values: list[bytes]) -> list[tuple[str, bool]]:
+    """The full updates' states (the pauses and ends readers act on), in order."""
+    bodies = [records.loads(value) for value in values]
+    return [(b["execution"]["state"]["current"], b["terminal"]) for b in bodies if b["full"]]
+
+
 def test_a_cycles_updates_coalesced_leave_a_reader_where_each_steps_would() -> None:
-    service = _processor()
-    service.owned = {0}
-    pending: list[ev.Event] = [ev.ExecutionCreated("t1", "test.torn", "torn")]
-    answered: set[tuple[str, int]] = set()
-    one_by_one = coalesced = None
+    """Per execution (two interleaved, one ended and restarted in one cycle), a reader of the
+    coalesced updates knows after each cycle what a reader of every update knows, and sees
+    every full update (each end of r1, both attempts)."""
+    one_by_one: dict[str, MergedExecution | None] = {}
+    coalesced: dict[str, MergedExecution | None] = {}
+    stops: dict[str, list[tuple[str, bool]]] = {}
     sent = kept = 0
-    while pending:
-        cycle, pending = pending, []
-        out = Outbox()
-        for event in cycle:
-            service._apply(0, event, out, ("executions", 0))
-        before = _updates(service, out)
-        service.writer.coalesce(out)
-        after = _updates(service, out)
+    for before, after in _cycles().updates:
         sent, kept = sent + len(before), kept + len(after)
-        one_by_one, coalesced = _merged(before, one_by_one), _merged(after, coalesced)
-        assert one_by_one is not None and coalesced is not None
-        assert coalesced.json() == one_by_one.json()
-        assert (coalesced.terminal, coalesced.complete) == (one_by_one.terminal, True)
-        for execution_id, run_id, attempt in _jobs(service, out):
-            if (run_id, attempt) not in answered:
-                answered.add((run_id, attempt))
-                pending.append(ev.WorkerResult(execution_id, run_id, attempt, StateType.SUCCESS))
-    assert coalesced is not None and coalesced.terminal
+        for key in {key for _, key, _, _ in before}:
+            sent_values = [v for _, k, v, _ in before if k == key and v is not None]
+            kept_values = [v for _, k, v, _ in after if k == key and v is not None]
+            assert _stops(kept_values) == _stops(sent_values)
+            stops[key] = stops.get(key, []) + _stops(kept_values)
+            one_by_one[key] = _merged(sent_values, one_by_one.get(key))
+            coalesced[key] = _merged(kept_values, coalesced.get(key))
+            mine, theirs = coalesced[key], one_by_one[key]
+            assert mine is not None and theirs is not None
+            assert mine.json() == theirs.json()
+            assert (mine.terminal, mine.complete) == (theirs.terminal, True)
+    assert all(merged is not None and merged.terminal for merged in coalesced.values())
+    assert stops["r1"] == [("FAILED", True), ("FAILED", True)]
     assert kept < sent
 
 
@@ -213,3 +297,139 @@ def test_partial_updates_merge_within_the_record_limit_and_a_full_one_replaces_t
     assert coalesce_updates([a, full, c], 10_000) == [full, c]
     split = [_update(["r1"], full=True, more=True), _update(["r2"])]  # one update, two records
     assert coalesce_updates([a, *split], 10_000) == split
+
+
+def test_a_full_update_is_a_barrier_every_full_update_stays() -> None:
+    a, b, c = _update(["r1"], version=1), _update(["r2"], version=2), _update(["r3"], version=3)
+    paused = _update(["r1", "r2"], version=4, full=True)
+    ended = _update(["r1", "r2", "r3"], version=5, full=True)
+    assert coalesce_updates([a, paused, b, c, ended], 10_000) == [paused, ended]
+    (merged,) = coalesce_updates([b, c], 10_000)
+    assert coalesce_updates([a, paused, b, c], 10_000) == [paused, merged]
+    split = [_update(["r1"], full=True, more=True), _update(["r2"])]  # one full update
+    assert coalesce_updates([*split, a, ended], 10_000) == [*split, ended]
+    partial_split = [_update(["r1"], more=True), _update(["r2"])]  # one partial update
+    assert coalesce_updates([paused, *partial_split, ended], 10_000) == [paused, ended]
+
+
+def test_kept_bodies_count_only_for_the_record_they_were_made_for() -> None:
+    a, b = _update(["r1"], version=1), _update(["r2"], version=2)
+    other = records.loads(_update(["elsewhere"], version=9))
+    equal = bytes(bytearray(a))  # equal bytes, another object
+    stale = {id(a): KeptUpdate(equal, False, False, other)}
+    (merged,) = coalesce_updates([a, b], 10_000, stale)
+    assert [r["id"] for r in records.loads(merged)["taskRuns"]] == ["r1", "r2"]
+    kept = {id(a): KeptUpdate(a, False, False, other)}  # the very record: its body is read
+    (merged,) = coalesce_updates([a, b], 10_000, kept)
+    assert [r["id"] for r in records.loads(merged)["taskRuns"]] == ["elsewhere", "r2"]
+
+
+def test_bodies_are_kept_only_for_records_a_merge_may_read() -> None:
+    service = _processor()
+    service.owned = {0}
+    out = Outbox()
+    service._apply(0, ev.ExecutionCreated("t1", "test.torn", "torn"), out, ("executions", 0))
+    (job,) = _jobs(service, out)
+    service._apply(0, ev.WorkerResult(*job, StateType.SUCCESS), out, ("executions", 1))
+    st = service.states["t1"]
+    bodies: dict[int, KeptUpdate] = {}
+    changed = list(st.task_runs)
+    (partial,) = update_records(st, changed, terminal=False, full=False, max_bytes=10**6,
+                                bodies=bodies)  # fmt: skip
+    (full,) = update_records(st, changed, terminal=False, full=True, max_bytes=10**6,
+                             bodies=bodies)  # fmt: skip
+    split = update_records(st, changed, terminal=False, full=True, max_bytes=len(full) * 2 // 3,
+                           bodies=bodies)  # fmt: skip
+    assert len(split) > 1
+    assert bodies[id(partial)].value is partial
+    assert bodies[id(partial)].body == records.loads(partial)
+    assert (bodies[id(full)].full, bodies[id(full)].body) == (True, None)
+    assert [(bodies[id(v)].full, bodies[id(v)].more, bodies[id(v)].body) for v in split] == [
+        (i == 0, i < len(split) - 1, None) for i in range(len(split))
+    ]
+
+
+def test_an_executions_last_update_record_a_tombstone_keeps_its_updates() -> None:
+    out = Outbox()
+    a, b = _update(["r1"], version=1), _update(["r2"], version=2)
+    out.send("updates", "x", a)
+    out.send("updates", "x", b)
+    out.send("updates", "x", None)
+    assert out.coalesce_updates("updates", 10_000) == 1
+    (merged,) = coalesce_updates([a, b], 10_000)
+    assert out.commands == [("updates", "x", merged, None), ("updates", "x", None, None)]
+
+
+def test_kept_bodies_are_cleared_even_when_nothing_is_coalesced() -> None:
+    out = Outbox()
+    a = _update(["r1"])
+    out.send("updates", "x", a)
+    out.update_bodies[id(a)] = KeptUpdate(a, False, False, records.loads(a))
+    assert out.coalesce_updates("updates", 10_000) == 0
+    assert out.update_bodies == {}
+
+
+PAUSED_THEN_LOG = """
+id: paused
+namespace: test.torn
+tasks:
+  - id: wait
+    type: io.kestra.plugin.core.flow.Pause
+    delay: PT0S
+  - id: done
+    type: io.kestra.plugin.core.log.Log
+    message: hi
+"""
+
+LISTENER = """
+id: downstream
+namespace: test.torn
+tasks:
+  - id: hello
+    type: io.kestra.plugin.core.log.Log
+    message: hi
+triggers:
+  - id: on-paused
+    type: io.kestra.plugin.core.trigger.Flow
+    states: [PAUSED]
+    conditions:
+      - type: io.kestra.plugin.core.condition.ExecutionFlow
+        namespace: test.torn
+        flowId: paused
+  - id: on-any
+    type: io.kestra.plugin.core.trigger.Flow
+    conditions:
+      - type: io.kestra.plugin.core.condition.ExecutionFlow
+        namespace: test.torn
+        flowId: paused
+"""
+
+
+def test_a_pause_passed_within_the_cycle_still_fires_the_flow_triggers_on_paused() -> None:
+    """A pause whose delay has already passed is resumed in the cycle that paused the
+    execution: its full PAUSED update and its end's are written together, and both must
+    reach the scheduler (which reads only full updates), so a Flow trigger listening to
+    PAUSED starts its execution, as does one listening to the default states for each."""
+    service = _processor(PAUSED_THEN_LOG)
+    service.owned = {0}
+    out = Outbox()
+    service._apply(0, ev.ExecutionCreated("p1", "test.torn", "paused"), out, ("executions", 0))
+    service._step_time(out)
+    service.writer.coalesce(out)
+    updates = _updates_of(service, out)
+    assert _stops(updates) == [("PAUSED", False), ("SUCCESS", True)]
+
+    settings = Settings(broker="localhost:1")
+    ctx = BrokerContext(settings, "localhost:1", "kafka", Topics.of(settings))
+    scheduler = SchedulerService(ctx, cast(FlowsTable, None))
+    scheduler.flow_triggers.sync_flow(parse_flow(LISTENER))
+    fired = [
+        (event.trigger or {}).get("id")
+        for offset, value in enumerate(updates)
+        for event in scheduler._on_update(cast(Any, SimpleNamespace(value=value, offset=offset)))
+    ]
+    assert fired == ["on-paused", "on-any", "on-any"]
+
+
+def _updates_of(service: Any, out: Outbox) -> list[bytes]:
+    return [v for t, _, v, _ in out.commands if t == service.topics.updates and v is not None]

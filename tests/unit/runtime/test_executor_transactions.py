@@ -487,3 +487,45 @@ def test_clients_read_committed_on_kafka_whatever_their_own_guarantee() -> None:
     levels, transactional_id = asyncio.run(made())
     assert levels == ["read_committed", "read_committed", "read_uncommitted"]
     assert transactional_id == "x-0"
+
+
+def test_a_transaction_holds_its_partitions_coalesced_records_in_their_order() -> None:
+    """A creation and a resume in one cycle step the execution twice (paused, then ended):
+    the partition's transaction holds exactly what coalescing left of its outbox (the pause's
+    and the end's full updates both, the dynamic record once), in the outbox's order."""
+    broker = TxnBroker()
+    service = _eos_service(broker, {0})
+    made: list[list[CommandRecord]] = []
+    records_of = service.writer.records_of
+
+    def spied(out: Outbox) -> list[CommandRecord]:
+        before = out.commands + [(service.topics.changelog, *r) for r in out.changelog]
+        made.append(before)
+        after = records_of(out)
+        made.append(after)
+        return after
+
+    service.writer.records_of = spied  # type: ignore[method-assign]
+    tp, created = _created(service, 0, 5, "a")
+    resume = records.encode_event(ev.Resume("a"))
+    resumed = ConsumerRecord(tp.topic, 0, 6, 0, 0, b"", resume, None, 0, 0, [])
+    _loop(service, _Consumer(service, [_batch((tp, created), (tp, resumed))]))
+    before, after = made
+    assert broker.visible == after and broker.offsets == {tp: 7}
+    assert len(after) < len(before)
+    kept = iter(before)  # what stayed is in the outbox's order (merged updates aside)
+    updates = service.topics.updates
+    assert all(any(rec == r for r in kept) for rec in after if rec[0] != updates)
+    states = [
+        (body["full"], body["execution"]["state"]["current"])
+        for topic, _, value, _ in after
+        if topic == updates and value is not None
+        for body in [records.loads(value)]
+    ]
+    assert states == [(True, "PAUSED"), (True, "SUCCESS")]
+    logged = [key for topic, key, _, _ in after if topic == service.topics.changelog]
+    assert (
+        len(logged)
+        == len(set(logged))
+        < len([r for r in before if r[0] == service.topics.changelog])
+    )

@@ -65,11 +65,13 @@ def _no_admission_slots(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ChangelogRestorer, "_read_table", empty)
 
 
-def _processor() -> ExecutorService:
+def _processor(*flows: str) -> ExecutorService:
+    """A processor with inline tasks, ``flows`` deployed (this module's flow by default)."""
     settings = Settings(broker="unused:9092", executor_inline_tasks=True)
     ctx = BrokerContext(settings, "unused:9092", "tansu", Topics.of(settings))
     registry = FlowRegistry()
-    registry.put(parse_flow(FLOW))
+    for flow in flows or (FLOW,):
+        registry.put(parse_flow(flow))
     return ExecutorService(ctx, registry, clock=lambda: NOW, metrics=Metrics())
 
 
@@ -80,9 +82,9 @@ def _read(changelog: Changelog) -> PartitionRead:
     return read
 
 
-def _next_owner(changelog: Changelog) -> ExecutorService:
+def _next_owner(changelog: Changelog, *flows: str) -> ExecutorService:
     """A processor that takes partition 0 over, recovering it from ``changelog``."""
-    service = _processor()
+    service = _processor(*flows)
 
     async def read(partitions: set[int], start: dict[int, int]) -> Any:
         return {0: _read(changelog)}, {0: len(changelog)}
