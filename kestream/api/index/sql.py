@@ -376,8 +376,9 @@ def search_sql(
     (:func:`matching_namespaces`); needed when :func:`needs_namespaces` says so. The page is
     chosen on indexes alone (ids and sort keys, ``LIMIT``/``OFFSET``), then only its rows'
     documents are read, so a sort or a deep page never drags thousands of documents along.
-    ``count_max`` bounds the count (it stops at that many matches): for filters no index
-    answers, whose count is otherwise a scan of every execution.
+    ``count_max`` bounds the count (it stops at that many matches) when filters are checked
+    row by row (a text, labels beside the driving range): that count is otherwise a read of
+    every candidate. A count an index range answers alone stays exact.
     """
     plan = _plan(query, dialect, namespaces)
     if plan is None:
@@ -412,15 +413,17 @@ def search_sql(
         f"SELECT e.doc{dialect.doc_cast} FROM ({inner}) p JOIN executions e ON e.id = p.pid "
         f"ORDER BY {_order_by([f'p.{k}' for k in outer_keys], plan.order)}"
     )
+    row_by_row = bool(query.q or plan.labels)
+    bound = count_max if row_by_row else None
     return SearchSQL(
         page=dialect.sql(page),
         page_params=inner_params,
         count=dialect.sql(
             f"SELECT COUNT(*) FROM {source} WHERE {where.sql()}"
-            if count_max is None
+            if bound is None
             else f"SELECT COUNT(*) FROM (SELECT 1 FROM {source} WHERE {where.sql()} LIMIT ?) c"
         ),
-        count_params=[*where.params] if count_max is None else [*where.params, count_max],
+        count_params=[*where.params] if bound is None else [*where.params, bound],
     )
 
 

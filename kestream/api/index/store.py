@@ -60,7 +60,7 @@ __all__ = [
     "LOG_LEVELS",
     "LOG_SEARCH_COUNT_MAX",
     "LOG_SEARCH_SCAN_MAX",
-    "SEARCH_TEXT_COUNT_MAX",
+    "SEARCH_COUNT_MAX",
     "ApplyResult",
     "Batch",
     "FeedRecord",
@@ -85,10 +85,12 @@ LOG_PAGE = 1_000
 #: The logs search counts its matching lines up to this many (a bounded scan), and its pages
 #: end within them.
 LOG_SEARCH_COUNT_MAX = 10_000
-#: An executions search with a text (``q``) counts its matches up to this many: no index answers
-#: a substring of an id, namespace or flow, so an unbounded count read every execution (0.5 s
-#: and more at a million, when the page itself needs only the newest 25 matches).
-SEARCH_TEXT_COUNT_MAX = 10_000
+#: An executions search whose filters are checked row by row counts its matches up to this many:
+#: a text (``q``; no index answers a substring of an id, namespace or flow), or a label beside
+#: the range an index gives (another label, a namespace, a state). Unbounded, such a count read
+#: every candidate: at a million, 0.5 s and more for a text, 1 s for two labels, when the page
+#: itself needs only the newest 25 matches.
+SEARCH_COUNT_MAX = 10_000
 #: A filtered logs search (text, namespace, flow or level) reads at most about this many of
 #: the newest lines of its time window: a filter that matches little would otherwise read
 #: every line of the index. Older matches are found by narrowing the window (``endDate``).
@@ -749,8 +751,7 @@ class Store(ABC):
             if needs_namespaces(query):
                 cur.execute("SELECT namespace FROM namespaces")
                 namespaces = matching_namespaces(query, (row[0] for row in cur.fetchall()))
-            count_max = SEARCH_TEXT_COUNT_MAX if query.q else None
-            statements = search_sql(query, self.dialect, namespaces, count_max)
+            statements = search_sql(query, self.dialect, namespaces, SEARCH_COUNT_MAX)
             if statements is None:
                 return [], 0
             cur.execute(statements.page, statements.page_params)

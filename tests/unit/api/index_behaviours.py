@@ -756,29 +756,37 @@ def test_a_page_past_the_end_still_counts(store: Store, population: list[dict[st
     assert total == sum(1 for h in population if h["state"]["current"] == "FAILED")
 
 
-def test_a_text_search_counts_its_matches_up_to_a_bound(
+def test_a_search_checked_row_by_row_counts_its_matches_up_to_a_bound(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No index answers a substring, so a search with ``q`` stops counting at
-    SEARCH_TEXT_COUNT_MAX matches; its pages are still the newest matches, and a search
-    without text still counts every match."""
+    """A search whose filters are checked row by row (a text ``q``: no index answers a
+    substring; a label beside another one) stops counting at SEARCH_COUNT_MAX matches; its
+    pages are still the newest matches, and a count an index range answers stays exact."""
     feed = Feed()
     store.apply(
         feed.updates(
             *(
                 partial(
-                    header(f"e{i:02}", flow_id=f"nightly{i % 2}", start=T0 + timedelta(minutes=i))
+                    header(
+                        f"e{i:02}",
+                        flow_id=f"nightly{i % 2}",
+                        start=T0 + timedelta(minutes=i),
+                        labels={"team": "a", "env": "prod" if i % 2 else "dev"},
+                    )
                 )
                 for i in range(12)
             )
         )
     )
-    monkeypatch.setattr(store_module, "SEARCH_TEXT_COUNT_MAX", 4)
+    monkeypatch.setattr(store_module, "SEARCH_COUNT_MAX", 4)
     newest_first = {"sort": "state.startDate:desc", "size": "3"}
     assert search(store, q="nightly1", **newest_first) == (["e11", "e09", "e07"], 4)
     assert search(store, q="nightly1", page="2", **newest_first) == (["e05", "e03", "e01"], 4)
     assert search(store, q="e0", **newest_first) == (["e09", "e08", "e07"], 4)
     assert search(store, q="e1", **newest_first) == (["e11", "e10"], 2)  # under the bound: exact
+    two_labels = {"filters[labels][EQUALS]": ["team:a", "env:prod"]}
+    assert search(store, **two_labels, **newest_first) == (["e11", "e09", "e07"], 4)
+    assert search(store, **{"filters[labels][EQUALS]": "env:prod"}, **newest_first)[1] == 6
     assert search(store, **{"filters[flowId][EQUALS]": "nightly1"}, **newest_first)[1] == 6
 
 
