@@ -52,7 +52,7 @@ tasks:
         format: "{{ taskrun.value }}"
   - id: wait
     type: io.kestra.plugin.core.flow.Pause
-    delay: PT3S
+    delay: PT10S
   - id: after
     type: io.kestra.plugin.core.debug.Return
     format: "{{ outputs.before.value }} {{ outputs.inner.b.value }}"
@@ -196,7 +196,7 @@ async def test_restart_resumes_in_flight_executions_with_their_state(broker, top
         await wait_for(lambda: harness.state_of("delayed") == "SUCCESS", timeout=30)
         resumed_at = datetime.now(UTC)
         # On time: at its due time, or at once when no processor owned it then.
-        due = paused_at + timedelta(seconds=3)
+        due = paused_at + timedelta(seconds=10)
         expected = max(due, ready_at)
         print(
             f"[facts] executor handover took {(ready_at - paused_at).total_seconds():.1f}s; "
