@@ -76,9 +76,13 @@ def selected_backends(config: pytest.Config) -> list[str]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "broker" in metafunc.fixturenames:
-        metafunc.parametrize(
-            "broker", selected_backends(metafunc.config), indirect=True, scope="session"
-        )
+        backends = selected_backends(metafunc.config)
+        # ``@pytest.mark.brokers("apache")``: a test of what only that broker has (transactions,
+        # static membership, a restart with its data on disk) runs on it alone, never skipped.
+        only = metafunc.definition.get_closest_marker("brokers")
+        if only is not None:
+            backends = [name for name in backends if name in only.args]
+        metafunc.parametrize("broker", backends, indirect=True, scope="session")
 
 
 # -- backends ----------------------------------------------------------------------------------

@@ -176,6 +176,9 @@ async def test_kill_a_random_executor_under_w1_load(
         ),
     ],
 )
+# Tansu has no transactions: exactly_once falls back to at_least_once there, which
+# test_kill_a_random_executor_under_w1_load covers.
+@pytest.mark.brokers("apache")
 async def test_kill_a_random_executor_under_exactly_once(
     broker: BrokerHandle,
     topic_prefix: str,
@@ -188,11 +191,6 @@ async def test_kill_a_random_executor_under_exactly_once(
     open transactions are aborted when its partitions' next owner takes their ids. The
     harness's watchers read committed records (every kestream consumer on Kafka does), so an
     aborted end or job is never counted."""
-    if broker.kind == "tansu":
-        pytest.skip(
-            "Tansu has no transactions: exactly_once falls back to at_least_once there, "
-            "which test_kill_a_random_executor_under_w1_load covers"
-        )
     env = {"KESTREAM_PROCESSING_GUARANTEE": "exactly_once"}
     tally = await _executor_chaos(name, broker, topic_prefix, tmp_path, load, env)
     report(tally, record_property)

@@ -150,6 +150,9 @@ async def _broker_restarts(
         ),
     ],
 )
+# Restarts a broker process this session started with its data on disk: Apache Kafka (the
+# embedded Tansu under test keeps its records in memory).
+@pytest.mark.brokers("apache")
 async def test_the_broker_restarted_mid_load(
     broker: BrokerHandle,
     topic_prefix: str,
@@ -160,11 +163,6 @@ async def test_the_broker_restarted_mid_load(
     duration: float,
     restarts: tuple[tuple[float, bool], ...],
 ) -> None:
-    if broker.backend != "apache":
-        pytest.skip(
-            "restarts a broker process this session started with its data on disk: Apache "
-            "Kafka (the embedded Tansu under test keeps its records in memory)"
-        )
     tally = await _broker_restarts(name, broker, topic_prefix, tmp_path, rate, duration, restarts)
     report(tally, record_property)
     tally.assert_clean()

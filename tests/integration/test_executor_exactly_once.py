@@ -65,11 +65,10 @@ async def _terminal_updates(harness: Harness, execution_id: str, isolation: str)
     return len(found)
 
 
+@pytest.mark.brokers("apache")  # Tansu has no transactions: test_tansu_keeps_the_at_least_once_path
 async def test_a_kill_between_produce_and_commit_leaves_no_visible_duplicate(
     broker: Any, topic_prefix: str, tmp_path: Path
 ) -> None:
-    if broker.kind == "tansu":
-        pytest.skip("Tansu has no transactions: test_tansu_keeps_the_at_least_once_path")
     harness = await Harness.open(
         broker.bootstrap, topic_prefix, processing_guarantee="exactly_once"
     )

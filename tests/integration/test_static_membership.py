@@ -21,7 +21,7 @@ from kestream.settings import Settings
 if TYPE_CHECKING:
     from conftest import BrokerHandle
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.brokers("apache")]
 
 Eventually = Callable[..., Awaitable[Any]]
 SESSION_MS = 120_000
@@ -29,8 +29,6 @@ WAIT_S = 60.0
 
 
 async def _context(broker: BrokerHandle, prefix: str) -> BrokerContext:
-    if broker.kind != "kafka":
-        pytest.skip("static membership is sent to Apache Kafka only")
     settings = Settings(
         broker=broker.bootstrap, topic_prefix=prefix, partitions=4,
         session_timeout_ms=SESSION_MS, heartbeat_interval_ms=1_000,
