@@ -59,7 +59,6 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import CommitFailedError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
@@ -128,16 +127,15 @@ COMMIT_EVERY_S = 1.0
 Batch = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
 
 
-def executor_assignors(embedded: bool) -> tuple[type[AbstractPartitionAssignor], ...]:
-    """The executor group's assignors: range first, and round robin second, for a group may
-    still hold members of a version that offered round robin only (aiokafka's default), with
-    which a member offering range only shares no protocol and cannot join (a rolling upgrade,
-    on Kafka or on a Tansu of one's own). The embedded broker's groups live no longer than the
-    broker and hold one standalone's processes, so they never hold such members: there range
-    only, for Tansu needs a second join round (2 s) for a member offering two protocols."""
-    if embedded:
-        return (RangePartitionAssignor,)
-    return (RangePartitionAssignor, RoundRobinPartitionAssignor)
+#: The executor group's assignor: range only, so every input's partition ``p`` goes to one
+#: processor whatever their number, on every broker. aiokafka (up to 0.14 at least,
+#: aio-libs/aiokafka#1168) sends one JoinGroup per assignor offered, each with one more
+#: protocol: Kafka takes a member's second JoinGroup as changed metadata and rebalances again,
+#: and two executors whose joins fell out of step rebalanced each other for ever (one never
+#: finished a join); Tansu held such a member for a second join round. So round robin is not
+#: offered second for members of older versions that offered nothing else: a rolling upgrade
+#: from such a version stops all executors first.
+EXECUTOR_ASSIGNORS: tuple[type[AbstractPartitionAssignor], ...] = (RangePartitionAssignor,)
 
 
 class ExecutorService:
@@ -253,7 +251,7 @@ class ExecutorService:
             max_poll_records=_BATCH,
             # Same partition numbers of every input to one processor, whatever the number of
             # processors (round robin splits them when it does not divide the partitions).
-            partition_assignment_strategy=executor_assignors(self.ctx.embedded),
+            partition_assignment_strategy=EXECUTOR_ASSIGNORS,
             **(static_member(self.settings, self.ctx.kind) if group is not None else {}),
         )
         inputs = [self.topics.executions, self.topics.results, self.topics.admissions]

@@ -45,7 +45,7 @@ from chaos_harness import (
 
 from kestream.executor import events as ev
 from kestream.runtime.context import BrokerContext
-from kestream.runtime.executor_service import executor_assignors
+from kestream.runtime.executor_service import EXECUTOR_ASSIGNORS
 from kestream.runtime.kafka import make_consumer
 from kestream.runtime.tansu_compat import fetch_highwaters
 from kestream.settings import Settings
@@ -179,7 +179,7 @@ async def _reset_group(ctx: BrokerContext, group: str, topics: list[str]) -> int
     settings = ctx.settings
     consumer = make_consumer(
         settings, ctx.bootstrap, ctx.kind, group_id=group,
-        partition_assignment_strategy=executor_assignors(ctx.embedded),
+        partition_assignment_strategy=EXECUTOR_ASSIGNORS,
     )  # fmt: skip
     await consumer.start()
     try:

@@ -11,13 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from kestream.runtime import faust_app
 from kestream.runtime.context import for_broker
 from kestream.runtime.embedded_broker import EMBEDDED_CLUSTER_ID, EmbeddedBroker
-from kestream.runtime.executor_service import executor_assignors
 from kestream.runtime.faust_app import RoleService, make_app, parse_roles
 from kestream.runtime.health import Check, Health
 from kestream.runtime.kafka import make_consumer
@@ -368,15 +365,6 @@ def test_a_process_knows_its_age_from_its_start() -> None:
         ).stdout
     )
     assert age >= 0.5
-
-
-def test_the_executor_group_offers_one_protocol_on_the_embedded_broker_only() -> None:
-    """Tansu needs a second join round for a member offering two protocols (2 s more at the
-    embedded broker's session); elsewhere (Kafka, a Tansu of one's own) round robin stays,
-    second, for members of older versions that offer nothing else."""
-    assert executor_assignors(embedded=True) == (RangePartitionAssignor,)
-    both = (RangePartitionAssignor, RoundRobinPartitionAssignor)
-    assert executor_assignors(embedded=False) == both
 
 
 def test_the_embedded_broker_is_known_by_its_cluster_id() -> None:
