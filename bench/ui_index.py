@@ -62,20 +62,7 @@ def bulk_load(path: Path, executions: int, seed: int) -> float:
                 connection.executemany(
                     "INSERT INTO executions (id, namespace, flow_id, state, start_date, "
                     "end_date, parent_id, labels, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            r.id,
-                            r.namespace,
-                            r.flow_id,
-                            r.state,
-                            r.start_date,
-                            r.end_date,
-                            r.parent_id,
-                            r.signature,
-                            r.doc,
-                        )
-                        for r in rows
-                    ],
+                    [row.columns() for row in rows],
                 )
                 connection.executemany(
                     "INSERT INTO labels (key, value, start_date, execution_id) VALUES (?, ?, ?, ?)",

@@ -368,6 +368,20 @@ class _Row:
             doc=doc(header),
         )
 
+    def columns(self) -> tuple[str | None, ...]:
+        """The values of its ``executions`` row, in the order the INSERTs name the columns."""
+        return (
+            self.id,
+            self.namespace,
+            self.flow_id,
+            self.state,
+            self.start_date,
+            self.end_date,
+            self.parent_id,
+            self.signature,
+            self.doc,
+        )
+
 
 class Store(ABC):
     """The execution index (see the module docs). Backends: SQLite, PostgreSQL.
@@ -533,20 +547,7 @@ class Store(ABC):
                 "start_date = excluded.start_date, end_date = excluded.end_date, "
                 "parent_id = excluded.parent_id, labels = excluded.labels, doc = excluded.doc"
             ),
-            [
-                (
-                    r.id,
-                    r.namespace,
-                    r.flow_id,
-                    r.state,
-                    r.start_date,
-                    r.end_date,
-                    r.parent_id,
-                    r.signature,
-                    r.doc,
-                )
-                for r in rows
-            ],
+            [row.columns() for row in rows],
         )
         cur.executemany(
             self._sql(
