@@ -10,7 +10,10 @@ sees naive wall-clock times here and the mapping to UTC is done with :mod:`zonei
 
 - a wall time that does not exist (spring forward, 02:30 in Europe/Paris) fires at the same
   distance after the jump (03:30 local), as Java's ``ZonedDateTime`` resolves it in Kestra;
-- a wall time that happens twice (fall back) fires once, at its first occurrence.
+  seen from after the gap, the slot before is the last one before it (:meth:`Cron._gap_start`);
+- a wall time that happens twice (fall back) fires once, at its first occurrence: seen from
+  inside the second pass, the slot before is the first pass's last and the slot after is the
+  first one past the repeat (:meth:`Cron._repeat_end`).
 
 A :class:`Cron` is shared by every trigger with the same expression and zone (see
 :func:`compile_cron`), and remembers its last answers: at a minute boundary thousands of due
@@ -20,6 +23,7 @@ one per trigger. It is not thread-safe; the scheduler runs on one thread.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import NamedTuple
@@ -129,7 +133,16 @@ class Cron:
         return slot.astimezone(self.zone)
 
     def _step(self, instant: datetime, *, forward: bool) -> datetime | None:
-        wall = instant.astimezone(self.zone).replace(tzinfo=None)
+        local = instant.astimezone(self.zone)
+        wall = local.replace(tzinfo=None)
+        if local.fold:
+            # The second pass of a repeated hour, whose wall times all fired on the first pass:
+            # both neighbours lie on either side of the whole repeat. From the wall time itself,
+            # every candidate up to the repeat's end maps to its first pass (before ``instant``):
+            # a seconds cron skipped up to 3 600 of them, gave up, and its trigger had no next
+            # slot until its flow was deployed again.
+            end = self._repeat_end(instant)
+            wall = end - _SECOND if forward else end
         it = self._iter
         it.set_current(wall, force=True)
         for _ in range(_MAX_STEPS):
@@ -142,7 +155,53 @@ class Cron:
             slot = candidate.replace(tzinfo=self.zone, fold=0).astimezone(UTC)
             if (slot > instant) if forward else (slot < instant):
                 return slot
+            if not forward and self._missing(candidate):
+                # Backwards into a spring gap: its wall times all map past it (at or after
+                # ``instant``); the slot before is the last one before the gap.
+                it.set_current(self._gap_start(candidate), force=True)
         return None
+
+    def _missing(self, wall: datetime) -> bool:
+        """Whether the wall time does not exist (it is in a spring gap)."""
+        there = wall.replace(tzinfo=self.zone).astimezone(UTC).astimezone(self.zone)
+        return there.replace(tzinfo=None) != wall
+
+    def _repeat_end(self, instant: datetime) -> datetime:
+        """The first wall time after the repeated hour whose second pass ``instant`` is in:
+        where the wall clock passes the reading it had before it fell back."""
+        local = instant.astimezone(self.zone)
+        length = local.replace(fold=0).utcoffset() - local.utcoffset()  # type: ignore[operator]
+        end = self._first_second(instant, instant + length, lambda u: not self.local(u).fold)
+        return self.local(end).replace(tzinfo=None)
+
+    def _gap_start(self, wall: datetime) -> datetime:
+        """The wall time the spring gap ``wall`` is in begins at (the clock's reading as it
+        jumps). A missing wall time read with the offset before the change (``fold=0``) is at
+        or after the change, read with the offset after it (``fold=1``) before it (PEP 495)."""
+        before = wall.replace(tzinfo=self.zone, fold=0)
+        after = wall.replace(tzinfo=self.zone, fold=1)
+        offset = after.utcoffset()
+        change = self._first_second(
+            after.astimezone(UTC),
+            before.astimezone(UTC),
+            lambda u: self.local(u).utcoffset() == offset,
+        )
+        return change.replace(tzinfo=None) + before.utcoffset()  # type: ignore[operator]
+
+    def _first_second(
+        self, low: datetime, high: datetime, past: Callable[[datetime], bool]
+    ) -> datetime:
+        """The first UTC second in ``(low, high]`` for which ``past`` holds, ``past`` being
+        false at ``low``, true at ``high`` and changing once between: the moment a clock
+        change takes effect, bisected (``zoneinfo`` tells no transition times)."""
+        lo, hi = 0, int((high - low).total_seconds())
+        while hi - lo > 1:
+            middle = (lo + hi) // 2
+            if past(low + timedelta(seconds=middle)):
+                hi = middle
+            else:
+                lo = middle
+        return low + timedelta(seconds=hi)
 
 
 def _second_floor(moment: datetime) -> datetime:
