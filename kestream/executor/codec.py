@@ -11,6 +11,11 @@ that a compacted topic keeps exactly what recovery needs:
 - ``<execution id>/<run id>+``  a flowable's planned lanes, written once when planned;
 - ``<execution id>!``           a tombstone marker written last, when the execution ends.
 
+The execution's own lanes (the flow's tasks) have no record: recovery plans them again from
+the flow revision the header names, as the step planned them (the registry keeps every
+revision). ``<execution id>+`` held them in records written before that; such a record is
+still read, and cleared when its execution ends.
+
 When an execution ends, every one of its keys gets a tombstone (``None``), so state stays bounded
 by the executions in flight. Task runs carry their creation number, because compaction reorders
 records: recovery collects an execution's records first, then rebuilds in creation order.
@@ -35,6 +40,7 @@ from kestream.executor.state import (
     TaskRunState,
     Timer,
 )
+from kestream.models.flow import Flow
 from kestream.models.state import StateType
 from kestream.storage.offload import REF_KEY, SnapshotError, fetch_plan, is_reference
 from kestream.tasks.base import Task
@@ -243,15 +249,14 @@ def encode_changes(
     created: bool,
     new_groups: set[str],
 ) -> list[tuple[str, dict[str, Any] | None]]:
-    """The records for one step: headers, changed task runs, and plans of new groups.
+    """The records for one step: headers, changed task runs, and plans of new groups (the
+    execution's own, :data:`ROOT`, is planned again from the flow on recovery: no record).
 
     A task run listed in ``changed`` that no longer exists (dropped by a restart) gets a tombstone.
     """
     out: list[tuple[str, dict[str, Any] | None]] = []
     if created:
         out.append((header_key(st.id), encode_header(st)))
-    if ROOT in new_groups and st.root is not None:
-        out.append((header_key(st.id, PLAN), encode_plan(st.root)))
     for run_id in changed:
         tr = st.task_runs.get(run_id)
         if tr is None:
@@ -267,7 +272,9 @@ def encode_changes(
 
 def tombstones(st: ExecutionState) -> list[tuple[str, None]]:
     """Every key the execution wrote, cleared (it leaves the state table)."""
-    keys = [header_key(st.id), header_key(st.id, DYNAMIC), header_key(st.id, PLAN)]
+    keys = [header_key(st.id), header_key(st.id, DYNAMIC)]
+    if st.root_plan_logged:
+        keys.append(header_key(st.id, PLAN))
     for run_id, tr in st.task_runs.items():
         keys.append(task_run_key(st.id, run_id))
         if tr.group is not None:
@@ -352,15 +359,16 @@ def _group_from(
 def rebuild(
     execution_id: str,
     records: dict[str, dict[str, Any]],
-    tasks: dict[str, Task],
+    flow: Flow,
     plans: StoredPlans | None = None,
 ) -> ExecutionState:
     """Build one execution's state from its latest records (``key -> value``, no tombstones).
 
-    ``tasks`` is the flow's task index (every task by id); ``plans``: its stored plans
+    ``flow`` is the revision the execution runs (its header's); ``plans``: its stored plans
     (:func:`stored_plans`) read beforehand, so the rebuild itself does no I/O (a stored plan
     not in it is read here, blocking).
     """
+    tasks = flow.task_index()
     try:
         head = records[header_key(execution_id)]
         dyn = records[header_key(execution_id, DYNAMIC)]
@@ -384,10 +392,10 @@ def rebuild(
         parent_id=head.get("pid"),
     )
     root_plan = records.get(header_key(execution_id, PLAN))
-    if dyn["root"] is not None and root_plan is not None:
-        root_plan = _stored_plan(execution_id, root_plan, plans)
-        st.root = _group_from(dyn["root"], root_plan["lanes"], tasks)
-        st.root.stored = root_plan.get(STORED_PLAN)
+    st.root_plan_logged = root_plan is not None
+    if dyn["root"] is not None:
+        lanes = root_plan["lanes"] if root_plan is not None else _root_lanes(flow)
+        st.root = _group_from(dyn["root"], lanes, tasks)
     if dyn.get("after") is not None:
         st.after = _group_from(dyn["after"], dyn["after"]["lanes"], tasks)
     st.flow_outputs = decode_value(dyn["outputs"])
@@ -404,7 +412,34 @@ def rebuild(
     st.created_runs = max(dyn["created"], max(numbers, default=-1) + 1)
     st.labels_changed = "labels" in dyn
     st.sla_violated = dict.fromkeys(dyn.get("sla", ()))
+    if st.root is not None and root_plan is None:
+        _check_root_lanes(st)
     return st
+
+
+def _root_lanes(flow: Flow) -> list[list[list[Any]]]:
+    """The execution's own lanes as a plan record holds them: the flow's tasks, as the step
+    plans them (``restore.flow_group``)."""
+    from kestream.tasks.flow import one_lane  # expressions: only the executor rebuilds
+
+    return [[[task.id, value] for task, value in lane] for lane in one_lane(flow.tasks)]
+
+
+def _check_root_lanes(st: ExecutionState) -> None:
+    """Each task run of the execution's own lanes sits where the lanes planned again from the
+    flow put its task: a flow revision whose tasks changed under the same number (two
+    publishers racing) would otherwise resume the execution on other tasks."""
+    assert st.root is not None
+    lanes = st.root.lanes
+    for tr in st.task_runs.values():
+        if tr.parent is not None or tr.block is not Block.TASKS:
+            continue
+        lane = lanes[tr.lane] if 0 <= tr.lane < len(lanes) else ()
+        if not (0 <= tr.pos < len(lane) and lane[tr.pos][0] is tr.task):
+            raise CodecError(
+                f"execution {st.id}: task run {tr.id} ({tr.task.id}) is not where revision "
+                f"{st.revision} of {st.namespace}.{st.flow_id} puts its tasks"
+            )
 
 
 def _rebuild_task_runs(

@@ -231,6 +231,10 @@ class ExecutionState:
     #: Whether a task run's outputs hold a reference to a stored value (set as they are
     #: merged): expressions then read ``outputs`` through references (:mod:`.references`).
     references: bool = False
+    #: Whether the changelog holds a record of the execution's own lanes (``<id>+``, written
+    #: before they were planned again from the flow on recovery): its end clears it
+    #: (:mod:`.codec`).
+    root_plan_logged: bool = False
 
     @property
     def terminal(self) -> bool:

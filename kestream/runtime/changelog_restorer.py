@@ -410,7 +410,7 @@ class ChangelogRestorer:
                       execution_id, head["ns"], head["flow"], head["rev"])  # fmt: skip
             return None
         try:
-            return codec.rebuild(execution_id, recs, flow.task_index(), plans)
+            return codec.rebuild(execution_id, recs, flow, plans)
         except StorageUnavailable:  # not a bad record: the caller says what becomes of it
             raise
         except Exception:  # one bad record must not stop the recovery of every other execution

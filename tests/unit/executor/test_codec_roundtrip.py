@@ -65,7 +65,6 @@ def test_rebuilt_state_equals_live_state_after_every_step(path: Path) -> None:
     flows = FlowRegistry()
     flow = flows.put(parse_flow(path.read_text()))
     executor = Executor(flows, inline_tasks=False)
-    tasks = flow.task_index()
     store: dict[str, Any] = {}
     state: ExecutionState | None = None
     # flows with a ``failed`` input take their failing branch (finally after errors)
@@ -100,7 +99,7 @@ def test_rebuilt_state_equals_live_state_after_every_step(path: Path) -> None:
                 )
             elif isinstance(command, cmd.SetTimer):
                 pending.append(ev.TimerFired("x1", command.timer_id))
-        rebuilt = codec.rebuild("x1", store, tasks)
+        rebuilt = codec.rebuild("x1", store, flow)
         assert _json(rebuilt) == _json(state), f"after step {steps}"
         assert rebuilt.outputs == state.outputs
         assert rebuilt.timers.keys() == state.timers.keys()
@@ -126,3 +125,75 @@ def test_tagged_values_round_trip() -> None:
     }
     encoded = orjson.loads(orjson.dumps(codec.encode_value(value)))
     assert codec.decode_value(encoded) == value
+
+
+TWO_TASKS = """
+id: two
+namespace: codec.test
+tasks:
+  - id: first
+    type: io.kestra.plugin.core.debug.Return
+    format: one
+  - id: second
+    type: io.kestra.plugin.core.debug.Return
+    format: two
+"""
+
+
+def _started(source: str = TWO_TASKS) -> tuple[Any, Executor, ExecutionState, dict[str, Any]]:
+    """A flow, its executor, and an execution of it after its first step, with its records."""
+    flows = FlowRegistry()
+    flow = flows.put(parse_flow(source))
+    executor = Executor(flows, inline_tasks=False)
+    result = executor.step(None, ev.ExecutionCreated("x1", flow.namespace, flow.id, flow.revision))
+    assert result.state is not None
+    store: dict[str, Any] = {}
+    for command in result.commands:
+        if isinstance(command, cmd.ExecutionChanged):
+            _apply(store, codec.encode_changes(
+                result.state, command.changed_task_runs, created=command.created,
+                new_groups=command.planned,
+            ))  # fmt: skip
+    return flow, executor, result.state, store
+
+
+def test_the_executions_own_lanes_have_no_record_and_come_back_from_the_flow() -> None:
+    flow, _, state, store = _started()
+    assert codec.header_key("x1", codec.PLAN) not in store
+    rebuilt = codec.rebuild("x1", store, flow)
+    assert rebuilt.root is not None and state.root is not None
+    assert rebuilt.root.lanes == state.root.lanes
+    assert not rebuilt.root_plan_logged
+    assert codec.header_key("x1", codec.PLAN) not in dict(codec.tombstones(rebuilt))
+
+
+def test_a_root_plan_record_of_an_older_version_is_read_and_cleared_at_the_end() -> None:
+    flow, executor, _, store = _started()
+    root_plan = codec.header_key("x1", codec.PLAN)
+    store[root_plan] = {"lanes": [[["first", None], ["second", None]]]}
+    state = codec.rebuild("x1", store, flow)
+    assert state.root_plan_logged
+    for run in ("first", "second"):
+        (tr,) = [t for t in state.task_runs.values() if t.task.id == run]
+        result = executor.step(state, ev.WorkerResult("x1", tr.id, 1, StateType.SUCCESS, {}))
+        assert result.state is not None
+        state = result.state
+        for command in result.commands:
+            if isinstance(command, cmd.ExecutionChanged) and not command.terminal:
+                _apply(store, codec.encode_changes(
+                    state, command.changed_task_runs, created=False, new_groups=command.planned
+                ))  # fmt: skip
+        if run == "first":  # the steps that go on keep the record, and it is read again
+            assert root_plan in store
+            state = codec.rebuild("x1", store, flow)
+    assert state.state.current is StateType.SUCCESS
+    _apply(store, codec.tombstones(state))
+    assert store == {}
+
+
+def test_a_revision_whose_tasks_moved_under_the_same_number_is_not_resumed() -> None:
+    _, _, _, store = _started()
+    swapped = TWO_TASKS.replace("first", "third").replace("second", "first")
+    moved = parse_flow(swapped.replace("third", "second")).model_copy(update={"revision": 1})
+    with pytest.raises(codec.CodecError, match="not where revision 1"):
+        codec.rebuild("x1", store, moved)

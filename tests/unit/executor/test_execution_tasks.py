@@ -82,7 +82,7 @@ def test_labels_survive_the_changelog_and_later_tasks_see_them() -> None:
     first = executor.step(None, created)
     assert first.state is not None
     (job,) = _write(first.state, first.commands, store)
-    state = codec.rebuild("x1", store, flow.task_index())
+    state = codec.rebuild("x1", store, flow)
     result = executor.step(state, ev.WorkerResult("x1", job.task_run_id, 1, S.SUCCESS, None, None))
     assert result.state is not None
     jobs = _write(result.state, result.commands, store)
@@ -90,14 +90,14 @@ def test_labels_survive_the_changelog_and_later_tasks_see_them() -> None:
     assert jobs[0].props["message"] == "acme/ops"
     # the header keeps the creation's labels; the per-step record carries the new ones
     assert store[codec.header_key("x1")]["labels"] == {"team": "data", "system.correlationId": "x1"}
-    rebuilt = codec.rebuild("x1", store, flow.task_index())
+    rebuilt = codec.rebuild("x1", store, flow)
     assert rebuilt.labels == {"team": "ops", "customer": "acme", "system.correlationId": "x1"}
     assert rebuilt.labels_changed
     done = ev.WorkerResult("x1", jobs[0].task_run_id, 1, S.SUCCESS, None, None)
     end = executor.step(rebuilt, done)
     assert end.state is not None and end.state.state.current is S.SUCCESS
     _write(end.state, end.commands, store)
-    assert codec.rebuild("x1", store, flow.task_index()).labels == end.state.labels
+    assert codec.rebuild("x1", store, flow).labels == end.state.labels
 
 
 def test_an_execution_without_label_changes_writes_no_labels_per_step() -> None:

@@ -267,7 +267,7 @@ def test_a_replayed_state_survives_the_changelog() -> None:
     state, _ = replay_state(event, flow)
     groups = {"", *(tid for tid, tr in state.task_runs.items() if tr.group is not None)}
     changes = encode_changes(state, list(state.task_runs), created=True, new_groups=groups)
-    back = rebuild("r1", {k: v for k, v in changes if v is not None}, flow.task_index())
+    back = rebuild("r1", {k: v for k, v in changes if v is not None}, flow)
     assert back.parent_id == failed.id
     assert back.labels["system.replay"] == "true"
     assert isinstance(event, ev.ExecutionCreated) and event.replay is not None

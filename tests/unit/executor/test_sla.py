@@ -293,7 +293,7 @@ def test_the_max_duration_timer_is_kept_in_the_changelog() -> None:
     assert state is not None
     groups = {"", *(tid for tid, tr in state.task_runs.items() if tr.group is not None)}
     changes = encode_changes(state, list(state.task_runs), created=True, new_groups=groups)
-    back = rebuild("e1", {k: v for k, v in changes if v is not None}, flow.task_index())
+    back = rebuild("e1", {k: v for k, v in changes if v is not None}, flow)
     timer = back.timers["sla:0"]
     assert (timer.kind, timer.due) == ("sla", clock() + timedelta(hours=1))
 
@@ -345,5 +345,5 @@ def test_the_violated_assertions_are_kept_in_the_changelog() -> None:
     assert state is not None and list(state.sla_violated) == ["check"]
     groups = {"", *(tid for tid, tr in state.task_runs.items() if tr.group is not None)}
     changes = encode_changes(state, list(state.task_runs), created=True, new_groups=groups)
-    back = rebuild("e1", {k: v for k, v in changes if v is not None}, flow.task_index())
+    back = rebuild("e1", {k: v for k, v in changes if v is not None}, flow)
     assert list(back.sla_violated) == ["check"]

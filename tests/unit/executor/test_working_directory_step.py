@@ -148,7 +148,7 @@ def test_a_restart_runs_a_failed_working_directory_again_from_its_first_task() -
     assert again.task_run_id not in (first.task_run_id, second.task_run_id)
     assert again.workdir == cmd.SharedWorkdir(owner, {"a.txt": "wd"})
     assert {tr.task.id for tr in st.task_runs.values()} == {"workdir", "first"}
-    rebuilt = codec.rebuild("x1", store, flow.task_index())
+    rebuilt = codec.rebuild("x1", store, flow)
     assert _json(rebuilt) == _json(st)
 
     state = rebuilt

@@ -100,7 +100,7 @@ def test_a_plan_past_the_threshold_is_stored_and_recovery_reads_it_back(
     assert max(len(orjson.dumps(value)) for value in changelog.values()) < BUDGET
     assert len(orjson.loads(storage.get(key))["lanes"]) == LANES
 
-    rebuilt = codec.rebuild(st.id, changelog, flow.task_index())
+    rebuilt = codec.rebuild(st.id, changelog, flow)
     again = rebuilt.task_runs[each.id].group
     assert again is not None and again.stored == each.group.stored
     assert [[(t.id, v) for t, v in lane] for lane in again.lanes] == [
@@ -138,7 +138,7 @@ def test_a_missing_stored_plan_is_a_bad_record_and_an_unavailable_storage_is_not
         offload.fetch_plan(ref, "another", storage)
     storage.delete(parse_uri(ref[REF_KEY]))
     with pytest.raises(codec.CodecError, match="missing"):
-        codec.rebuild(st.id, changelog, flow.task_index())
+        codec.rebuild(st.id, changelog, flow)
 
 
 class _Flaky(Storage):

@@ -125,7 +125,7 @@ def test_a_plan_no_record_can_hold_fails_its_flowable_and_the_execution_stays_re
     assert all(len(value) <= DEFAULT.value_bytes for value in updates)
     # What a new owner of the partition does with those records: the state comes back whole.
     latest = {key: orjson.loads(value) for key, value in changelog.items() if value is not None}
-    rebuilt = codec.rebuild(st.id, latest, flow.task_index())
+    rebuilt = codec.rebuild(st.id, latest, flow)
     assert {tr.task.id: tr.state.current for tr in rebuilt.task_runs.values()} == states
 
 

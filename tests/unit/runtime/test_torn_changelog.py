@@ -222,5 +222,5 @@ def test_the_next_task_run_number_is_past_every_task_run_record() -> None:
     recs[dynamic] = {**recs[dynamic], "created": 0}  # a counter behind its task runs
     flow = service.registry.get("test.torn", "torn", None)
     assert flow is not None
-    st = codec.rebuild("t1", recs, flow.task_index())
+    st = codec.rebuild("t1", recs, flow)
     assert st.created_runs == 1 + max(tr.number for tr in st.task_runs.values())
