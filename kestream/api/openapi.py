@@ -304,6 +304,27 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", _T + "/triggers/set-disabled"): Operation(
         "setDisabledTriggers", "Triggers", body=_JSON, responses={200: _OK_JSON}
     ),
+    ("PUT", _T + "/triggers/set-disabled"): Operation(
+        "disableTriggerById",
+        "Triggers",
+        body=_JSON,
+        responses={
+            200: _OK_JSON,
+            400: (_JSON, "Invalid request"),
+            404: _ERRORS[404],
+            409: (_JSON, "Not a Schedule trigger"),
+        },
+    ),
+    ("DELETE", _T + "/triggers/delete/by-triggers"): Operation(
+        "deleteTriggersByIds", "Triggers", body=_JSON, responses={200: _OK_JSON}
+    ),
+    ("DELETE", _T + "/triggers/delete/by-query"): Operation(
+        "deleteTriggersByQuery",
+        "Triggers",
+        query=(Param("filters[field][OPERATION]"),),
+        body=_JSON,
+        responses={200: _OK_JSON, 400: (_JSON, "Invalid query filters")},
+    ),
     ("GET", _T + "/triggers/export/by-query/csv"): Operation(
         "exportTriggersByQuery",
         "Triggers",

@@ -24,8 +24,13 @@ and a later read shows it once the scheduler has written it.
   backfill, disabled, lock); the scheduler recreates it from the flow, next slot from now (204);
 - ``PUT .../triggers``: a ``Trigger`` body; with ``backfill`` it sets a backfill (``end``
   defaults to now), without it sets ``disabled`` (absent: false, as Kestra);
+- ``PUT .../triggers/set-disabled``: one trigger (``{namespace, flowId, triggerId,
+  disabled}``), answered with the ``Trigger`` as it will be;
 - ``POST .../triggers/set-disabled`` and ``/set-disabled/by-triggers`` (``{triggers,
   disabled}``), ``/set-disabled/by-query`` (``?disabled=``): ``{count}``;
+- ``DELETE .../triggers/delete/by-triggers`` (a list of triggers) and ``/delete/by-query``
+  (the search's filters in the query, or ``{"filters": [{field, operation, value}]}`` as the
+  body): each trigger's state deleted as ``DELETE .../{triggerId}`` does; ``{count}``;
 - ``POST .../triggers/{namespace}/{flowId}/{triggerId}/unlock``, ``/unlock/by-triggers``,
   ``/unlock/by-query``: kestream never holds a trigger while its execution runs, so unlocking
   clears the recorded ``executionId`` and nothing else; 409 "Trigger is not locked" without one;
@@ -79,9 +84,12 @@ class TriggerRoutes:
             web.get(PREFIX + "/search", self.search),
             web.get(PREFIX + "/export/by-query/csv", self.export_csv),
             web.put(PREFIX, self.update),
+            web.put(PREFIX + "/set-disabled", self.set_disabled),
             web.post(PREFIX + "/set-disabled", self.disable_by_triggers),
             web.post(PREFIX + "/set-disabled/by-triggers", self.disable_by_triggers),
             web.post(PREFIX + "/set-disabled/by-query", self.disable_by_query),
+            web.delete(PREFIX + "/delete/by-triggers", self.delete_triggers_by_ids),
+            web.delete(PREFIX + "/delete/by-query", self.delete_triggers_by_query),
             web.post(PREFIX + "/unlock/by-triggers", self.unlock_by_triggers),
             web.post(PREFIX + "/unlock/by-query", self.unlock_by_query),
             web.put(backfill + "/pause", self.pause_backfill),
@@ -173,6 +181,26 @@ class TriggerRoutes:
             command = TriggerCommand(key, "disable" if body.get("disabled") else "enable")
         return json_response(self._json(await self._send(table, state, command)))
 
+    async def set_disabled(self, request: web.Request) -> web.Response:
+        """Disable or enable one trigger."""
+        table = self._table(request)
+        body = await self._body(request)
+        key = _body_key(body)
+        disabled = body.get("disabled")
+        if not isinstance(disabled, bool):
+            raise bad_request(
+                'expected {"namespace", "flowId", "triggerId", "disabled": true|false}'
+            )
+        if body.get("recoverMissedSchedules"):
+            # Refused rather than ignored: the caller asked for slots that would not fire.
+            raise bad_request(
+                "'recoverMissedSchedules' is not supported: an enabled trigger starts at its "
+                "next slot; set a backfill (PUT .../triggers) to run the slots it missed"
+            )
+        state = self._state(table, key)
+        command = TriggerCommand(key, "disable" if disabled else "enable")
+        return json_response(self._json(await self._send(table, state, command)))
+
     async def disable_by_triggers(self, request: web.Request) -> web.Response:
         """Disable or enable the given triggers."""
         table = self._table(request)
@@ -214,6 +242,15 @@ class TriggerRoutes:
         state = self._state(table, key)
         await self._send(table, state, TriggerCommand(key, "delete"))
         return web.Response(status=204)
+
+    async def delete_triggers_by_ids(self, request: web.Request) -> web.Response:
+        """Delete the state of the given triggers (the scheduler recreates each from its flow)."""
+        return await self._bulk_by_triggers(request, "delete")
+
+    async def delete_triggers_by_query(self, request: web.Request) -> web.Response:
+        """Delete the state of the triggers a query finds: the search's filters in the query
+        string, in the body (``{"filters": [{field, operation, value}]}``), or both."""
+        return await self._bulk_by_query(request, "delete", await self._body_filter(request))
 
     async def unlock_by_triggers(self, request: web.Request) -> web.Response:
         """Unlock the given triggers (those not locked are not counted)."""
@@ -344,9 +381,16 @@ class TriggerRoutes:
         table = self._table(request)
         return await self._bulk(table, await self._body_keys(request), action)
 
-    async def _bulk_by_query(self, request: web.Request, action: Action) -> web.Response:
+    async def _bulk_by_query(
+        self,
+        request: web.Request,
+        action: Action,
+        also: Callable[[TriggerState], bool] | None = None,
+    ) -> web.Response:
+        """``action`` on the triggers the query's filters find (and ``also`` keeps)."""
         table = self._table(request)
-        rows = self._rows(request, self._matching(request))
+        match = self._matching(request)
+        rows = self._rows(request, match if also is None else lambda s: match(s) and also(s))
         keys = [state.key for state, trigger in rows if isinstance(trigger, ScheduleTrigger)]
         return await self._bulk(table, keys, action)
 
@@ -379,6 +423,25 @@ class TriggerRoutes:
         if not isinstance(value, dict):
             raise bad_request("expected a JSON object (a Trigger)")
         return value
+
+    async def _body_filter(self, request: web.Request) -> Callable[[TriggerState], bool]:
+        """The filters a request body gives (``{"filters": [{field, operation, value}]}``, the
+        JSON form of the query's ``filters[field][OPERATION]=value``); no body, no filter."""
+        if not request.body_exists:
+            return lambda _: True
+        value = await self._json_body(request)
+        filters = value.get("filters") if isinstance(value, dict) else None
+        if not isinstance(value, dict) or not isinstance(filters, list | None):
+            raise bad_request('expected {"filters": [{"field", "operation", "value"}, ...]}')
+        tests = []
+        for item in filters or []:
+            parts = [item.get(k) if isinstance(item, dict) else None
+                     for k in ("field", "operation", "value")]  # fmt: skip
+            if not all(isinstance(part, str) for part in parts):
+                raise bad_request(f"a filter needs text 'field', 'operation' and 'value': {item}")
+            field, op, text = (str(part) for part in parts)
+            tests.append(_trigger_test(f"filters[{field}][{op}]", field, op, text))
+        return lambda state: all(test(state) for test in tests)
 
     async def _body_keys(self, request: web.Request) -> list[str]:
         value = await self._json_body(request)

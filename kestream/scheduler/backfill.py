@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kestream.expressions import validate_template
 from kestream.models import instants
 from kestream.models.ids import derived_id
 from kestream.scheduler.cron import Cron
@@ -112,7 +113,9 @@ class Backfill:
         next_execution_date: datetime | None,
     ) -> Backfill:
         """A new backfill from a request's ``backfill`` object: ``end`` defaults to ``now``;
-        ``start`` must come before ``end``; labels may not start with ``system.``."""
+        ``start`` must come before ``end``; labels may not start with ``system.``, and their
+        values must be valid templates (rendered for each slot, a syntax error would only show
+        as a label kept as written, one warning per slot)."""
         if not isinstance(data, dict):
             raise BackfillError("'backfill' must be an object with at least a 'start'")
         start = parse_instant(data.get("start"), "start")
@@ -127,6 +130,9 @@ class Backfill:
         reserved = sorted(k for k in labels if k.startswith("system."))
         if reserved:
             raise BackfillError(f"labels starting with 'system.' are reserved: {reserved}")
+        for key, value in labels.items():
+            if (problem := validate_template(value)) is not None:
+                raise BackfillError(f"backfill label '{key}' is not a valid template: {problem}")
         return cls(
             id=backfill_id,
             start=start,

@@ -12,6 +12,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -290,3 +291,46 @@ def test_every_kind_is_listed_and_restart_delete_and_set_disabled_reach_the_sche
     )
     refused = stack.request("DELETE", f"/triggers/{ns}/kinds/hook")
     assert refused.status == 409 and b"only Schedule triggers" in refused.body
+
+
+def test_one_trigger_set_disabled_and_bulk_deletes_reach_the_scheduler(stack: Stack) -> None:
+    ns = f"it.triggers.d{uuid.uuid4().hex[:8]}"
+    for flow_id, cron in (("early", "0 3 * * *"), ("late", "0 4 * * *")):
+        assert stack.post_yaml("/flows", _flow(ns, flow_id, cron)).status == 200
+        _until(f"{flow_id} recorded", partial(_trigger, stack, ns, flow_id))
+
+    def disabled(flow_id: str) -> bool:
+        return bool((_trigger(stack, ns, flow_id) or {}).get("disabled"))
+
+    def planned(flow_id: str) -> bool:
+        record = _trigger(stack, ns, flow_id) or {}
+        return record.get("disabled") is False and record.get("nextExecutionDate") is not None
+
+    one = "/triggers/set-disabled"
+    reply = _put(stack, {**_key(ns, "early"), "disabled": True}, one)
+    assert reply.status == 200, reply.body
+    assert reply.json()["disabled"] is True and reply.json()["nextExecutionDate"] is None
+    _until("early disabled", lambda: disabled("early"))
+    refused = _put(
+        stack, {**_key(ns, "early"), "disabled": False, "recoverMissedSchedules": True}, one
+    )
+    assert refused.status == 400 and b"recoverMissedSchedules" in refused.body
+
+    # Deleted, a state is recreated from the flow: enabled, its next slot planned from now.
+    by_ids = stack.request(
+        "DELETE", "/triggers/delete/by-triggers", json.dumps([_key(ns, "early")]),
+        content_type="application/json",
+    )  # fmt: skip
+    assert by_ids.status == 200 and by_ids.json() == {"count": 1}
+    _until("early recreated", lambda: planned("early"))
+
+    assert _put(stack, {**_key(ns, "late"), "disabled": True}, one).status == 200
+    _until("late disabled", lambda: disabled("late"))
+    body = {"filters": [{"field": "flowId", "operation": "EQUALS", "value": "late"}]}
+    by_query = stack.request(
+        "DELETE", f"/triggers/delete/by-query?filters[namespace][EQUALS]={ns}",
+        json.dumps(body), content_type="application/json",
+    )  # fmt: skip
+    assert by_query.status == 200 and by_query.json() == {"count": 1}
+    _until("late recreated", lambda: planned("late"))
+    assert planned("early")

@@ -275,6 +275,79 @@ async def test_by_query_actions_change_only_what_the_query_finds(
     assert none_left == {"count": 0}
 
 
+async def test_put_set_disabled_changes_one_schedule_and_answers_its_record(
+    client: Client, table: Table
+) -> None:
+    nightly = {"namespace": "company.team", "flowId": "orders", "triggerId": "nightly"}
+    body = await _json(client, "PUT", T + "/set-disabled", json={**nightly, "disabled": True})
+    assert body["triggerId"] == "nightly" and body["disabled"] is True
+    assert body["nextExecutionDate"] is None
+    enabled = await _json(client, "PUT", T + "/set-disabled", json={**nightly, "disabled": False})
+    assert enabled["disabled"] is False
+    assert [(c.key, c.action) for c in table.sent] == [(NIGHTLY, "disable"), (NIGHTLY, "enable")]
+
+    hook = {**nightly, "triggerId": "hook", "disabled": True}
+    for payload, status in (
+        (hook, 409),  # a Webhook keeps no state
+        ({**nightly, "triggerId": "gone", "disabled": True}, 404),
+        (nightly, 400),  # no "disabled"
+        ({**nightly, "disabled": "yes"}, 400),
+        ({**nightly, "disabled": False, "recoverMissedSchedules": True}, 400),
+    ):
+        reply = await client.put(T + "/set-disabled", json=payload)
+        assert reply.status == status, (payload, await reply.text())
+    assert len(table.sent) == 2
+
+
+async def test_bulk_delete_resets_the_schedules_found_by_ids_or_by_query(
+    client: Client, table: Table
+) -> None:
+    triggers = [
+        {"namespace": "company.team", "flowId": "orders", "triggerId": "nightly"},
+        {"namespace": "company.team", "flowId": "orders", "triggerId": "hook"},
+        {"namespace": "company.team", "flowId": "orders", "triggerId": "missing"},
+    ]
+    body = await _json(client, "DELETE", T + "/delete/by-triggers", json=triggers)
+    assert body == {"count": 1}  # the Webhook keeps no state; the missing one is not counted
+    state = table.get(NIGHTLY)
+    assert state is not None and (state.date, state.execution_id) == (None, None)
+    assert [(c.key, c.action) for c in table.sent] == [(NIGHTLY, "delete")]
+
+    other = {"field": "namespace", "operation": "EQUALS", "value": "company.other"}
+    found = await _json(client, "DELETE", T + "/delete/by-query", json={"filters": [other]})
+    assert found == {"count": 1}
+    none = await _json(
+        client, "DELETE", T + "/delete/by-query?filters[flowId][EQUALS]=orders",
+        json={"filters": [other]},
+    )  # fmt: skip
+    assert none == {"count": 0}  # the query's filters and the body's both hold
+    assert [c.key for c in table.sent] == [NIGHTLY, HOURLY]
+
+    for payload in (
+        {"filters": [{"field": "workerId", "operation": "EQUALS", "value": "w"}]},
+        {"filters": [{"field": "namespace"}]},
+        {"filters": "company"},
+        [other],
+    ):
+        reply = await client.delete(T + "/delete/by-query", json=payload)
+        assert reply.status == 400, payload
+    assert len(table.sent) == 2
+
+
+async def test_a_backfill_whose_label_is_not_a_template_is_refused(
+    client: Client, table: Table
+) -> None:
+    labels = [{"key": "slot", "value": "{{ trigger.date "}]
+    body = {
+        "namespace": "company.team", "flowId": "orders", "triggerId": "nightly",
+        "backfill": {"start": "2025-01-01T00:00:00Z", "labels": labels},
+    }  # fmt: skip
+    reply = await client.put(T, json=body)
+    assert reply.status == 400
+    assert "backfill label 'slot' is not a valid template" in (await reply.json())["message"]
+    assert table.sent == []
+
+
 def test_a_webhook_key_is_shown_to_an_authenticated_caller_only() -> None:
     hook = next(t for t in parse_flow(ORDERS).triggers if t.id == "hook")
     assert _definition_json(hook, show_keys=True)["key"] == "secret-key-0001"

@@ -11,7 +11,7 @@ from scheduler_helpers import flow_with, schedule, utc
 from kestream.models.clock import ManualClock
 from kestream.models.validation import FlowValidationError
 from kestream.scheduler import ScheduleBook, trigger_key
-from kestream.scheduler.backfill import Backfill
+from kestream.scheduler.backfill import Backfill, BackfillError
 from kestream.scheduler.commands import TriggerCommand, apply_to_state
 
 KEY = trigger_key("company.team", "f", "sched")
@@ -85,6 +85,30 @@ def test_backfill_labels_are_rendered_for_their_slot() -> None:
     assert fire.event.labels["slot"] == "2025-01-01T10:00:00+00:00"
     assert fire.event.labels["flow"] == "f-rerun"
     assert fire.event.labels["broken"] == "{{ trigger.date | nosuchfilter }}"  # kept as written
+
+
+def test_a_backfill_label_is_rendered_within_the_render_limits() -> None:
+    """A label's template renders as every expression does: over the size limit it fails
+    fast, is kept as written, and the slot still fires."""
+    clock = ManualClock(NOW)
+    book = _book(clock)
+    runaway = "{% for i in range(0, 999999) %}" + "x" * 4096 + "{% endfor %}"
+    backfill = Backfill.requested(
+        {"start": "2025-01-01T10:00:00Z", "labels": {"runaway": runaway}},
+        backfill_id="b1", now=clock.now, next_execution_date=None,
+    )  # fmt: skip
+    book.apply_command(TriggerCommand(KEY, "set-backfill", backfill), 0)
+    fires = book.tick(clock.now)
+    assert [(f.slot.hour, f.backfill) for f in fires] == [(10, True), (11, True), (12, True)]
+    assert all(f.event.labels["runaway"] == runaway for f in fires)
+
+
+def test_a_backfill_label_that_is_not_a_template_is_refused_when_set() -> None:
+    with pytest.raises(BackfillError, match="backfill label 'slot' is not a valid template"):
+        Backfill.requested(
+            {"start": "2025-01-01T10:00:00Z", "labels": {"slot": "{{ trigger.date "}},
+            backfill_id="b1", now=NOW, next_execution_date=None,
+        )  # fmt: skip
 
 
 def test_a_yaml_backfill_is_refused_with_the_api_route_to_use() -> None:
