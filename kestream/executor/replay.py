@@ -28,7 +28,11 @@ execution's state history goes on from the replayed one's, with RESTARTED then R
 
 A task run inside a ``WorkingDirectory`` replays the whole ``WorkingDirectory`` (its directory, and
 the files the tasks before wrote in it, went with its end). A task run of an ``errors``,
-``finally`` or ``afterExecution`` block cannot be chosen: :class:`ReplayError`.
+``finally`` or ``afterExecution`` block cannot be chosen: :class:`ReplayError`, naming the block.
+Kestra's docs speak of replaying from "any chosen task run" without saying what a replay from
+inside these blocks keeps (the task runs of ``tasks`` that ran, all of them? the block's runs
+before it?), so kestream refuses rather than guess; replaying from the task run the block
+followed runs the block again when its turn comes.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from typing import Any
 from kestream.executor import events as ev
 from kestream.executor.context import input_variables
 from kestream.executor.restore import execution_from_snapshot, state_from_execution, typed_inputs
-from kestream.executor.state import ExecutionState, Group, StateRecord, TaskRunState
+from kestream.executor.state import Block, ExecutionState, Group, StateRecord, TaskRunState
 from kestream.models.clock import Clock, utc_now
 from kestream.models.execution import Execution
 from kestream.models.flow import Flow
@@ -177,10 +181,24 @@ def _chosen_and_after(
     chosen = _outermost_working_directory(chosen)
     if chosen.in_side_branch:
         raise ReplayError(
-            f"task run '{chosen.id}' ({chosen.task.id}) runs in an errors, finally or "
-            "afterExecution block: replay from a task run of the flow's tasks"
+            f"Task run '{chosen.id}' (task '{chosen.task.id}') ran in {_side_block(chosen)}: "
+            "a replay starts from a task run of a `tasks` list, never inside an errors, "
+            "finally or afterExecution block; replay from the task run the block followed "
+            "(the one that failed, say), and the block runs again when its turn comes"
         )
     return st, chosen, _after(st, chosen)
+
+
+def _side_block(tr: TaskRunState) -> str:
+    """Which block ``tr`` ran in, for the refusal: the innermost that is not a ``tasks`` list
+    (``the errors block of task 'seq'``, ``the flow's finally block``)."""
+    node: TaskRunState | None = tr
+    while node is not None and node.block is Block.TASKS:
+        node = node.parent
+    assert node is not None  # (tr.in_side_branch)
+    if node.parent is None:
+        return f"the flow's {node.block.value} block"
+    return f"the {node.block.value} block of task '{node.parent.task.id}'"
 
 
 def _take_header(st: ExecutionState, event: ev.ExecutionCreated, now: datetime) -> None:

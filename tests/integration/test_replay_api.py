@@ -121,3 +121,26 @@ def test_replays_that_cannot_be_made_are_refused(stack: Stack) -> None:
     assert stack.request("POST", f"/executions/{failed['id']}/replay?revision=9").status == 404
     bad = stack.post_form(f"/executions/{failed['id']}/replay-with-inputs", {"ok": "maybe"})
     assert bad.status == 422, bad.body
+
+
+def test_a_task_run_of_an_errors_block_is_refused_naming_the_block(stack: Stack) -> None:
+    ns = f"it.replay.n{uuid.uuid4().hex[:8]}"
+    source = _flow(ns) + "errors:\n  - id: on_error\n    type: io.kestra.plugin.core.log.Log\n"
+    assert stack.post_yaml("/flows", source + "    message: failed\n").status == 200
+    failed = stack.wait_state(stack.post_form(f"/executions/{ns}/seq", {}).json()["id"], DONE)
+    assert failed["state"]["current"] == "FAILED"
+    on_error = _run(failed, "on_error")
+
+    refused = stack.request("POST", f"/executions/{failed['id']}/replay?taskRunId={on_error['id']}")
+    assert refused.status == 422, refused.body
+    assert b"ran in the flow's errors block" in refused.body
+    assert b"replay from the task run the block followed" in refused.body
+
+    # From the task run that failed, the errors block runs again when its turn comes.
+    check = _run(failed, "check")
+    again = stack.request("POST", f"/executions/{failed['id']}/replay?taskRunId={check['id']}")
+    assert again.status == 200, again.body
+    done = stack.wait_state(again.json()["id"], DONE)
+    assert done["state"]["current"] == "FAILED"
+    assert _run(done, "on_error")["state"]["current"] == "SUCCESS"
+    assert _run(done, "on_error")["id"] != on_error["id"]

@@ -223,8 +223,53 @@ tasks:
             replay_event(snapshot, flow, execution_id="x", inputs={"ok": "maybe"})
         on_error = _run(failed, "on_error")
         event = replay_event(snapshot, flow, execution_id="x", task_run_id=on_error.id)
-        with pytest.raises(ReplayError, match="errors, finally or afterExecution"):
+        with pytest.raises(ReplayError, match="ran in the flow's errors block: a replay"):
             replay_state(event, flow)
+
+
+def test_a_task_run_of_a_finally_or_after_execution_block_is_refused_naming_it() -> None:
+    """Kestra's docs say a replay starts from "any chosen task run" but not what one started
+    inside these blocks keeps: kestream refuses it, naming the block and where to replay from
+    instead."""
+    source = f"""
+id: blocks
+namespace: {NS}
+tasks:
+  - id: group
+    type: io.kestra.plugin.core.flow.Sequential
+    tasks:
+      - id: inner
+        type: io.kestra.plugin.core.execution.Fail
+    finally:
+      - id: cleanup
+        type: io.kestra.plugin.core.log.Log
+        message: cleaning
+afterExecution:
+  - id: notify
+    type: io.kestra.plugin.core.log.Log
+    message: done
+"""
+    with Driver() as driver:
+        driver.deploy(source)
+        failed = driver.start(NS, "blocks")
+        flow = driver.flows.get(NS, "blocks")
+    assert flow is not None and failed.state.current is S.FAILED
+    snapshot = failed.model_dump(mode="json", by_alias=True)
+    for task_id, block in (
+        ("cleanup", "the finally block of task 'group'"),
+        ("notify", "the flow's afterExecution block"),
+    ):
+        run = _run(failed, task_id)
+        event = replay_event(snapshot, flow, execution_id="x", task_run_id=run.id)
+        with pytest.raises(ReplayError) as refused:
+            replay_state(event, flow)
+        message = str(refused.value)
+        assert f"Task run '{run.id}' (task '{task_id}') ran in {block}" in message
+        assert "replay from the task run the block followed" in message
+    inner = _run(failed, "inner")  # the task run before the blocks replays
+    event = replay_event(snapshot, flow, execution_id="y", task_run_id=inner.id)
+    _, chosen = replay_state(event, flow)
+    assert chosen.task.id == "inner"
 
 
 def test_replay_on_another_revision_runs_the_new_tasks() -> None:
