@@ -122,7 +122,9 @@ class ExecutionChanged:
 
     ``terminal`` is set exactly once per execution attempt (DESIGN.md section 3). ``created``,
     ``counters_changed`` (flowables whose lanes advanced) and ``planned`` (flowables whose lanes
-    were planned in this step) tell the changelog which records to write.
+    were planned in this step) tell the changelog which records to write. ``restored``: created
+    from an ended execution's snapshot by a restart, the same execution again, not a new one
+    (the metrics count no start).
     """
 
     execution_id: str
@@ -132,6 +134,7 @@ class ExecutionChanged:
     created: bool = False
     counters_changed: list[str] = field(default_factory=list)
     planned: set[str] = field(default_factory=set)
+    restored: bool = False
 
 
 Command = (

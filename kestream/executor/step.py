@@ -322,6 +322,7 @@ class _Step:
         #: (the changelog writes a plan once and counters with the task run).
         self.new_groups: set[str] = set()
         self.created_now = False
+        self.restored_now = False
         self.group_changed: dict[str, None] = {}
 
     # -- events --------------------------------------------------------------------------
@@ -1410,6 +1411,7 @@ class _Step:
     def restored(self) -> None:
         """The state was rebuilt from a snapshot: the changelog has none of it, write it all."""
         self.created_now = True
+        self.restored_now = True
         self.changed.update(dict.fromkeys(self.st.task_runs))
         self.new_groups.add(ROOT)
         for run_id, tr in self.st.task_runs.items():
@@ -1902,6 +1904,7 @@ class _Step:
                     created=self.created_now,
                     counters_changed=[k for k in self.group_changed if k not in self.changed],
                     planned=self.new_groups,
+                    restored=self.restored_now,
                 )
             )
         return out

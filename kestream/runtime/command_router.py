@@ -186,8 +186,7 @@ class CommandRouter:
         routed: Routed,
         runs_before: int,
     ) -> None:
-        restarted = change.created and st.id in self.ended  # from its snapshot: not a start
-        routed.counts.append(partial(self._count, st, change, runs_before, restarted))
+        routed.counts.append(partial(self._count, st, change, runs_before))
         full = change.terminal or st.state.current is StateType.PAUSED
         for update in update_records(
             st,
@@ -219,18 +218,18 @@ class CommandRouter:
         out.log(key, marker, partition, deferrable=change.created)
         routed.ended = True
 
-    def _count(
-        self, st: ExecutionState, change: cmd.ExecutionChanged, first_new: int, restarted: bool
-    ) -> None:
+    def _count(self, st: ExecutionState, change: cmd.ExecutionChanged, first_new: int) -> None:
         """Kestra's executor metrics for one step, in O(task runs changed) like the step. A
-        restart from the snapshot of an ended execution is not a started execution.
+        restart from the snapshot of an ended execution is not a started execution, whether or
+        not this executor still remembers that it ended (its marker is pruned after
+        ``KESTREAM_EXECUTOR_ENDED_RETENTION_H``): the step says so (``restored``).
 
         A task run counts as created when its number is past the execution's count before the
         step, and as ended when it is listed changed in a terminal state (a restart moves it out
         of that state first, so its next end is a new one).
         """
         metrics, namespace, flow_id = self.metrics, st.namespace, st.flow_id
-        if change.created and not restarted:
+        if change.created and not change.restored:
             metrics.execution_started(namespace, flow_id)
         runs = st.task_runs
         for run_id in change.changed_task_runs:

@@ -462,6 +462,29 @@ def test_metrics_count_events_that_apply_and_a_restart_is_not_a_start(
     assert count("execution_end_count", state="FAILED") == 2
 
 
+def test_a_restart_is_not_a_start_once_its_ended_marker_is_gone() -> None:
+    """The restart of an execution that ended long ago (its ended marker pruned past
+    ``KESTREAM_EXECUTOR_ENDED_RETENTION_H``, or on an executor that never saw it end): rebuilt
+    from its snapshot, it is written whole like a creation, but it is no new execution."""
+    service = _service(FAILING)
+    labels = {"namespace_id": "test.faults", "flow_id": "failing"}
+
+    def count(name: str, **more: str) -> float:
+        return service.metrics.value(f"kestream_executor_{name}_total", {**labels, **more}) or 0
+
+    out = Outbox()
+    service._apply(0, ev.ExecutionCreated("f2", "test.faults", "failing"), out, ("executions", 0))
+    updates = [records.loads(v) for t, _, v, _ in out.commands if t == service.topics.updates]
+    snapshot = updates[-1]["execution"]
+    assert service.ended.unmark("f2") is not None  # what a prune past the retention does
+    assert "f2" not in service.states and service.ended.get("f2") is None
+    restarted = Outbox()
+    service._apply(0, ev.Restart("f2", snapshot), restarted, ("executions", 1))
+    assert any(key.startswith("f2") for key, _ in restarted.logged)  # written whole again
+    assert count("execution_started_count") == 1
+    assert count("execution_end_count", state="FAILED") == 2
+
+
 class _SlowProducer(_Producer):
     """Acks nothing until ``release`` is set; ``sending`` is set at the first send."""
 
