@@ -64,7 +64,7 @@ from kestream.runtime.process import (
     read_broker_from_stdin,
     tune_gc,
 )
-from kestream.runtime.restarts import record_failed_role
+from kestream.runtime.restarts import RoleStepsDown, record_failed_role
 from kestream.settings import SecurityProtocol, Settings, get_settings
 
 if TYPE_CHECKING:  # the API's stack is imported by the processes that host the API only
@@ -360,7 +360,7 @@ class RoleService(Service):
         """A processor of ``role`` failed: say which, and crash the faust worker, so the
         process exits and is replaced."""
         log.error("the %s role failed; the process stops", role, exc_info=exc)
-        record_failed_role(role)
+        record_failed_role(role, exc.cause if isinstance(exc, RoleStepsDown) else None)
         self._crashing = asyncio.ensure_future(self.crash(exc))
 
     async def on_stop(self) -> None:

@@ -28,6 +28,7 @@ import tempfile
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 #: Set by ``kestream standalone`` in its children's environment: the ledger's path.
 CRASHES_FILE_ENV = "KESTREAM_STANDALONE_CRASHES_FILE"
@@ -52,26 +53,48 @@ def describe_exit(returncode: int) -> str:
     return f"exit code {returncode}"
 
 
-def record_failed_role(role: str) -> None:
+class RoleStepsDown(Exception):
+    """A role that cannot do its job again in this process, though a new one would (a scheduler
+    whose lease's group coordination died: no rebalance reaches it any more). Given to its
+    host's failure callback, it stops the process like any failure, so that the supervisor (or
+    an orchestrator) starts a new one; ``cause`` is what the supervisor counts the exit as."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class FailedRole(NamedTuple):
+    """What a child said of its exit: the role that failed, and a cause when the role gave one
+    (:class:`RoleStepsDown`); else the exit status is the cause."""
+
+    role: str
+    cause: str | None = None
+
+
+def record_failed_role(role: str, cause: str | None = None) -> None:
     """Tell the supervisor which of this process's roles failed (the first one, when several
-    do: the others' failures usually follow from it); nothing outside ``kestream standalone``."""
+    do: the others' failures usually follow from it), and why when ``cause`` says; nothing
+    outside ``kestream standalone``."""
     path = os.environ.get(FAILED_ROLE_FILE_ENV)
     if not path:
         return
     with contextlib.suppress(FileExistsError, OSError), open(path, "x") as out:
-        out.write(role)
+        out.write(role if cause is None else f"{role}\n{cause}")
 
 
-def take_failed_role(path: Path) -> str | None:
-    """The role a child wrote with :func:`record_failed_role` (None: it wrote none, as when
-    it was killed, or failed outside its roles), removing the file for the next run."""
+def take_failed_role(path: Path) -> FailedRole | None:
+    """What a child wrote with :func:`record_failed_role` (None: it wrote nothing, as when it
+    was killed, or failed outside its roles), removing the file for the next run."""
     try:
-        role = path.read_text().strip()
+        lines = path.read_text().splitlines()
     except OSError:
         return None
     with contextlib.suppress(OSError):
         path.unlink()
-    return role or None
+    role = lines[0].strip() if lines else ""
+    cause = lines[1].strip() if len(lines) > 1 else ""
+    return FailedRole(role, cause or None) if role else None
 
 
 @dataclass

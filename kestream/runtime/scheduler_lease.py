@@ -14,7 +14,8 @@ the old active wrote is in the log before the new one reads it. A member the gro
 expelled (its session expired while it was frozen) learns it late; :meth:`SchedulerLease.valid`
 also refuses once the consumer's group generation is no longer the one the partition was assigned
 in. A member whose group coordination died (another process took its static instance id) steps
-down for good and reports itself dead. What remains (a frozen process that wakes and fires
+down for good and reports itself dead, and its process stops, to be started again by its
+supervisor (counted there as ``stepped down``). What remains (a frozen process that wakes and fires
 before its heartbeat fails) can only repeat a slot the new active fires too, under the same
 execution id derived from the slot, which the executor drops as a repeat (DESIGN.md section 3).
 """
@@ -31,14 +32,17 @@ from aiokafka.errors import KafkaError
 from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.kafka import make_consumer
+from kestream.runtime.restarts import RoleStepsDown
 from kestream.runtime.static_membership import static_member, stop_member
 from kestream.scheduler.leadership import Leadership, Role
 
-__all__ = ["SchedulerLease", "coordination_failure", "group_generation"]
+__all__ = ["STEPPED_DOWN", "SchedulerLease", "coordination_failure", "group_generation"]
 
 log = logging.getLogger("kestream.scheduler.lease")
 
 _POLL_TIMEOUT_MS = 500
+#: How ``standalone`` counts the exit of a scheduler whose lease's coordination died.
+STEPPED_DOWN = "stepped down"
 _ERROR_BACKOFF_S = 0.5
 
 
@@ -53,6 +57,9 @@ class SchedulerLease:
         on_lost: awaited inside the revocation callback: when it returns, this scheduler fires
             nothing more.
         on_standby: awaited when the group answers with no lease for this scheduler.
+        on_dead: called (once, after the step-down) with a :class:`RoleStepsDown` when the
+            group coordination died: this process can never hold the lease again, a new one
+            would (its host stops the process, for the supervisor to start another).
 
     A rebalance (a standby joining or leaving) revokes the lease and assigns it again, most
     often to the same member. :attr:`kept` says, at ``on_acquired``, that this member held it
@@ -68,12 +75,14 @@ class SchedulerLease:
         on_acquired: Callable[[int], None],
         on_lost: Callable[[], Awaitable[None]],
         on_standby: Callable[[], Awaitable[None]] | None = None,
+        on_dead: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.ctx = ctx
         self.leadership = leadership
         self.on_acquired = on_acquired
         self.on_lost = on_lost
         self.on_standby = on_standby
+        self.on_dead = on_dead
         #: The lease came back in the generation right after the one this member held it in.
         self.kept = False
         self._revoked_generation: int | None = None
@@ -149,19 +158,30 @@ class SchedulerLease:
         tell it lost the lease. The usual cause is another process that took this scheduler's
         static instance id (``FENCED_INSTANCE_ID``, which aiokafka 0.14 does not know: its
         SyncGroup raises an unexpected error, which ends the coordination). The scheduler
-        steps down for good and the lease reports itself dead (:attr:`alive`: the health
-        check then says the scheduler is not live, for a liveness probe to restart it)."""
+        steps down for good, the lease reports itself dead (:attr:`alive`: the health check
+        then says the scheduler is not live) and tells ``on_dead``, whose host stops the
+        process: a new one joins the group afresh (a process that stayed up not live would
+        wait for a liveness probe that ``standalone`` does not have)."""
         log.error(
             "scheduler lease: the group coordination stopped (%r); another process may have "
             "taken this scheduler's instance id (KESTREAM_GROUP_INSTANCE_ID). Stepping down",
             exc,
         )
-        if self.leadership.role is not Role.STANDBY:
-            try:
-                await self.on_lost()
-            finally:
-                self.leadership.release()
-        self._generation = None
+        try:
+            if self.leadership.role is not Role.STANDBY:
+                try:
+                    await self.on_lost()
+                finally:
+                    self.leadership.release()
+        finally:
+            self._generation = None
+            if self.on_dead is not None:
+                self.on_dead(
+                    RoleStepsDown(
+                        f"the scheduler lease's group coordination stopped ({exc!r})",
+                        cause=STEPPED_DOWN,
+                    )
+                )
 
     async def assigned(self, partitions: list[TopicPartition]) -> None:
         consumer = self._consumer

@@ -112,8 +112,15 @@ class RoleProcess:
     def failed_roles(self) -> tuple[str, ...]:
         """The roles the exit is counted for: the one the process named, else all it hosts
         (killed, or failed outside its roles: which one is unknown)."""
+        return self.failure()[0]
+
+    def failure(self) -> tuple[tuple[str, ...], str | None]:
+        """:meth:`failed_roles`, and the cause the failed role gave (a scheduler that stepped
+        down for good), if it gave one."""
         named = take_failed_role(self.failed_file) if self.failed_file is not None else None
-        return (named,) if named in self.roles else self.roles
+        if named is None or named.role not in self.roles:
+            return self.roles, None
+        return (named.role,), named.cause
 
     def which_failed(self, failed: tuple[str, ...]) -> str:
         """What a log line adds about the roles of a process hosting several."""
@@ -415,8 +422,9 @@ class Supervisor:
                 code = slot.process.poll()
                 if code is None:
                     continue
-                cause = describe_exit(code)
-                failed = slot.failed_roles()
+                status = describe_exit(code)
+                failed, said = slot.failure()
+                cause = said or status  # a role's own reason counts its exit, when it gave one
                 delays: list[float] = []
                 for role in failed:
                     self.ledger.crashed(role, cause)
@@ -437,10 +445,11 @@ class Supervisor:
                     delays.append(delay)
                 delay = max(delays)
                 log.error(
-                    "%s process %d exited with %s; starting it again in %.1f s%s",
+                    "%s process %d exited with %s%s; starting it again in %.1f s%s",
                     slot.name,
                     slot.process.pid,
-                    cause,
+                    status,
+                    "" if said is None else f" ({said})",
                     delay,
                     slot.which_failed(failed),
                 )

@@ -18,7 +18,7 @@ from kestream.runtime.embedded_broker import EMBEDDED_CLUSTER_ID, EmbeddedBroker
 from kestream.runtime.faust_app import RoleService, make_app, parse_roles
 from kestream.runtime.health import Check, Health
 from kestream.runtime.kafka import make_consumer
-from kestream.runtime.restarts import FAILED_ROLE_FILE_ENV
+from kestream.runtime.restarts import FAILED_ROLE_FILE_ENV, RoleStepsDown
 from kestream.runtime.supervisor import RoleProcess, role_command, role_slots
 from kestream.runtime.tansu_compat import BrokerTraits
 from kestream.settings import Settings
@@ -297,6 +297,26 @@ def test_a_failing_role_is_named_for_the_supervisor(
     slot = RoleProcess("executor+worker", "executor,worker", {}, failed_file=failed_file)
     assert slot.failed_roles() == ("worker",)  # the first, and once
     assert slot.failed_roles() == ("executor", "worker")  # nothing named: all of them
+
+
+def test_a_role_that_steps_down_gives_the_supervisor_its_cause(
+    tmp_path: Path, fake_roles: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failed_file = tmp_path / "shared.failed"
+    monkeypatch.setenv(FAILED_ROLE_FILE_ENV, str(failed_file))
+
+    async def scenario() -> None:
+        fake = fake_roles(("executor", "scheduler"))
+        service = RoleService("executor,scheduler", _settings(tmp_path), port=0)
+        await asyncio.wait_for(service.on_start(), 30)
+        try:
+            fake.on_failure["scheduler"](RoleStepsDown("its lease is gone", cause="stepped down"))
+        finally:
+            await service.on_stop()
+
+    asyncio.run(scenario())
+    slot = RoleProcess("executor+scheduler", "executor,scheduler", {}, failed_file=failed_file)
+    assert slot.failure() == (("scheduler",), "stepped down")
 
 
 async def test_a_failing_stop_skips_no_other_role_nor_part(

@@ -21,6 +21,7 @@ from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.flows_table import FlowsTable
 from kestream.runtime.process import ONLY_SCHEDULER_ENV
+from kestream.runtime.restarts import RoleStepsDown
 from kestream.runtime.scheduler_lease import group_generation
 from kestream.runtime.scheduler_service import (
     SchedulerService,
@@ -623,3 +624,20 @@ async def test_a_refused_commit_is_a_rebalance_and_the_batch_read_again_counts_o
         assert refused == refused_before + 1
     finally:
         await cancel_and_wait(loop)
+
+
+async def test_a_scheduler_stepped_down_for_good_stops_its_process() -> None:
+    """Its lease's group coordination died (another process took its instance id): it fires
+    nothing more, reports not live, and hands its host the failure, which stops the process
+    (``standalone``'s supervisor then starts another, counting the exit as stepped down)."""
+    service, producer = _service()
+    failures: list[BaseException] = []
+    service.on_failure = failures.append
+    service._started = True
+    await _activate(service)
+    await service.lease._coordination_died(RuntimeError("FENCED_INSTANCE_ID"))
+    assert service.leadership.role is Role.STANDBY and not service._holds()
+    assert not service.is_live  # the lease's task is not running
+    (exc,) = failures
+    assert isinstance(exc, RoleStepsDown) and exc.cause == "stepped down"
+    assert producer.sent == []

@@ -9,7 +9,8 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from kestream.runtime.context import BrokerContext
-from kestream.runtime.scheduler_lease import SchedulerLease
+from kestream.runtime.restarts import RoleStepsDown
+from kestream.runtime.scheduler_lease import STEPPED_DOWN, SchedulerLease
 from kestream.runtime.topics import Topics
 from kestream.scheduler.leadership import Leadership, Role
 from kestream.settings import Settings
@@ -127,3 +128,22 @@ async def test_an_active_scheduler_whose_group_coordination_died_steps_down() ->
     assert calls.lost == 1 and leadership.role is Role.STANDBY
     assert not lease.valid(1)
     assert consumer.polls == 0
+
+
+async def test_a_lease_whose_group_coordination_died_says_its_process_must_be_replaced() -> None:
+    """Standby or active, a member whose coordination died can never hold the lease again in
+    this process: once stepped down it tells ``on_dead`` (whose host stops the process, for
+    its supervisor to start a new one), once, with the cause standalone counts it under."""
+    for active in (True, False):
+        lease, leadership, calls = _lease()
+        dead: list[BaseException] = []
+        lease.on_dead = dead.append
+        await lease.revoked()
+        await lease.assigned([TP] if active else [])
+        if active:
+            assert leadership.activated(1)
+        await lease._poll(_FencedConsumer())  # type: ignore[arg-type]
+        (exc,) = dead
+        assert isinstance(exc, RoleStepsDown) and exc.cause == STEPPED_DOWN == "stepped down"
+        assert "Unexpected error from SyncGroup" in str(exc)
+        assert calls.lost == (1 if active else 0) and leadership.role is Role.STANDBY

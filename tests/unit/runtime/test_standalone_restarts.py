@@ -123,14 +123,14 @@ def _shared_slot(tmp_path: Path, limit: int) -> RoleProcess:
 
 
 async def _one_exit(
-    tmp_path: Path, slot: RoleProcess, named: str | None, code: int = 1
+    tmp_path: Path, slot: RoleProcess, named: str | None, code: int = 1, cause: str | None = None
 ) -> tuple[int, Supervisor]:
     supervisor = Supervisor(Settings(broker="127.0.0.1:1", data_dir=str(tmp_path)), None)
     supervisor.ledger = CrashLedger(tmp_path / "crashes.json")
     supervisor.slots = [slot]
     slot.failed_file = tmp_path / "shared.failed"
     if named is not None:
-        slot.failed_file.write_text(named)
+        slot.failed_file.write_text(named if cause is None else f"{named}\n{cause}")
     stop = asyncio.Event()
     slot.process = cast(Any, _Exited(code, stop))
     return await supervisor._watch(stop, "127.0.0.1:1"), supervisor
@@ -147,6 +147,22 @@ async def test_a_crash_of_a_shared_process_counts_for_the_role_that_failed(
     assert supervisor.ledger.crashes == {"worker": {"exit code 1": 1}}
     assert [p.recent for p in slot.policies.values()] == [0, 1, 0, 0]
     assert "(its worker role failed)" in caplog.text
+
+
+async def test_a_scheduler_that_stepped_down_is_counted_and_logged_as_such(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A scheduler whose lease can never be its own again stops its process, saying why
+    (record_failed_role's cause): the supervisor restarts it, logs the reason and counts the
+    exit under it rather than under the exit status."""
+    slot = _shared_slot(tmp_path, limit=5)
+    with caplog.at_level(logging.ERROR, logger="kestream.standalone"):
+        code, supervisor = await _one_exit(tmp_path, slot, "scheduler", cause="stepped down")
+    assert code == 0 and slot.process is None  # started again after its delay
+    assert supervisor.ledger is not None
+    assert supervisor.ledger.crashes == {"scheduler": {"stepped down": 1}}
+    assert "exited with exit code 1 (stepped down); starting it again" in caplog.text
+    assert "(its scheduler role failed)" in caplog.text
 
 
 async def test_a_role_that_keeps_crashing_in_a_shared_process_is_named(
