@@ -69,9 +69,7 @@ from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.fetch_pacing import reader_wait_ms
 from kestream.runtime.flows_table import FlowsTable
-from kestream.runtime.compacted import topic_partitions
 from kestream.runtime.kafka import make_consumer, make_producer
-from kestream.runtime.lone_lease import LoneLease
 from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.process import ONLY_SCHEDULER_ENV
 from kestream.runtime.scheduler_lease import SchedulerLease
@@ -133,7 +131,7 @@ class SchedulerService:
         self.schedules = self._schedule_book()
         self.flow_triggers = FlowTriggerBook(clock)
         self.leadership = Leadership()
-        self.lease: SchedulerLease | LoneLease = SchedulerLease(
+        self.lease = SchedulerLease(
             ctx,
             self.leadership,
             on_acquired=self._on_acquired,
@@ -174,10 +172,6 @@ class SchedulerService:
         if only_scheduler is None:
             only_scheduler = os.environ.get(ONLY_SCHEDULER_ENV) == "1"
         self.only_scheduler = only_scheduler
-        if only_scheduler:  # no group to decide anything: held from start (lone_lease's docs)
-            self.lease = LoneLease(
-                self.leadership, on_acquired=self._on_acquired, on_lost=self._suspend
-            )
         self.health_name = "scheduler"
 
     # -- health -------------------------------------------------------------------------------
@@ -335,7 +329,7 @@ class SchedulerService:
             auto_offset_reset="latest" if ctx.kind == "kafka" else "earliest",
         )
         await self._updates.start()
-        await self._follow(self._updates, self.topics.updates, _Assigned(self))
+        self._updates.subscribe([self.topics.updates], listener=_Assigned(self))
         # Commands are read from the topic's start by a new group: each record says which
         # command it took last, so old ones are skipped, and none sent before the first start
         # is lost.
@@ -344,23 +338,7 @@ class SchedulerService:
             group_id=self.settings.topic("scheduler-commands"), auto_offset_reset="earliest",
         )  # fmt: skip
         await self._commands.start()
-        await self._follow(self._commands, self.topics.trigger_commands)
-
-    async def _follow(
-        self, consumer: AIOKafkaConsumer, topic: str, listener: _Assigned | None = None
-    ) -> None:
-        """Read ``topic`` in ``consumer``'s group. The only scheduler of a broker assigns
-        itself every partition instead of joining the group, which has no other member to
-        share them with (:mod:`~kestream.runtime.lone_lease`): no first join to wait for, no
-        heartbeats. Its offsets are committed and read under the group's name all the same, so
-        a restart, or a later start with peers, goes on where it stopped."""
-        if not self.only_scheduler:
-            consumer.subscribe([topic], listener=listener)
-            return
-        partitions = await topic_partitions(consumer, topic)
-        consumer.assign(partitions)
-        if listener is not None:
-            await listener.on_partitions_assigned(partitions)
+        self._commands.subscribe([self.topics.trigger_commands])
 
     async def _step_down(self) -> None:
         """Stop firing and forget: the loops end, the other groups are left, the books go."""
