@@ -209,8 +209,10 @@ class PreconditionWindow:
         counted: the (execution id, attempt) of each ended execution counted in this window,
             oldest first, so one replayed after a crash (its window record written, its
             offset not yet committed) changes nothing and fires nothing twice.
-        recent: what the window counted before its last ``resetOnSuccess`` reset, so a replay
-            of the executions that completed it is not counted into the next one.
+        recent: what the window counted before its ``resetOnSuccess`` resets, every one of
+            them, so a replay of the executions that completed it is not counted into the next
+            completion: a replayed batch may span several resets (it completed the window
+            more than once), and remembering the last one only counted the earlier ones again.
 
     Both sets live only as long as the window (a closed window's new one starts empty) and
     keep at most :data:`MAX_COUNTED` ids, the newest: a replay only covers the batch in flight.
@@ -241,9 +243,11 @@ class PreconditionWindow:
         _trim(self.counted)
 
     def reset(self) -> None:
-        """Start over after firing (``resetOnSuccess``), keeping what was counted as recent."""
+        """Start over after firing (``resetOnSuccess``), adding what was counted to recent."""
         self.met, self.outputs = {}, {}
-        self.recent, self.counted = self.counted, {}
+        self.recent.update(self.counted)
+        _trim(self.recent)
+        self.counted = {}
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -262,3 +262,30 @@ def test_a_window_record_without_counted_ids_loads_as_empty() -> None:
     window = PreconditionWindow.from_json(stored)
     assert window.counted == {} and window.recent == {} and set(window.met) == {"c"}
     assert PreconditionWindow.from_json(window.to_json()) == window
+
+
+def test_a_batch_that_reset_the_window_twice_is_replayed_without_a_count() -> None:
+    """The batch read again after a crash completed the window twice (two resets): the
+    executions of the first completion are remembered too, so none of them is counted into
+    the window a second time, and the replay fires nothing."""
+    book = book_for(TWO_FLOWS + "      resetOnSuccess: true\n")
+    batch = [
+        ended("a", utc(2025, 1, 1, 9)),
+        ended("b", utc(2025, 1, 1, 10)),
+        ended("a", utc(2025, 1, 1, 11)),
+        ended("b", utc(2025, 1, 1, 12)),
+    ]
+    assert [len(book.on_execution_end(e).events) for e in batch] == [0, 1, 0, 1]
+    (window,) = book.windows()
+    assert window.met == {} and window.counted == {}
+    restarted = book_for(TWO_FLOWS + "      resetOnSuccess: true\n")
+    restarted.load_window(PreconditionWindow.from_json(window.to_json()))
+    for replaying in (book, restarted):
+        for e in batch:
+            replayed = replaying.on_execution_end(e)
+            assert replayed.events == [] and replayed.windows == [], e.execution_id
+        (again,) = replaying.windows()
+        assert again.met == {} and again.counted == {}
+    # The next completion needs both upstream flows again.
+    assert restarted.on_execution_end(ended("b", utc(2025, 1, 1, 13))).events == []
+    assert len(restarted.on_execution_end(ended("a", utc(2025, 1, 1, 14))).events) == 1
