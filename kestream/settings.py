@@ -227,6 +227,29 @@ class Settings(BaseSettings):
         "forgotten first, within KESTREAM_EXECUTOR_ENDED_RETENTION_H; at high rates this "
         "count sets the dedup window (a million: about 2.8 h at 6 000 ends per minute).",
     )
+    executor_checkpoint_every_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="KESTREAM_EXECUTOR_CHECKPOINT_EVERY_S: how often an executor reads back "
+        "the changelog partitions it owns and, where enough changed, writes their local "
+        "checkpoint (KESTREAM_DATA_DIR/executor-checkpoints), so a restart reads the "
+        "changelog from there instead of from its beginning; 0: no checkpoints.",
+    )
+    executor_checkpoint_min_records: int = Field(
+        default=1000,
+        ge=1,
+        description="KESTREAM_EXECUTOR_CHECKPOINT_MIN_RECORDS: a partition's checkpoint is "
+        "written again only once this many changelog records were read since the last one "
+        "(and at a clean stop, whatever the count).",
+    )
+    executor_checkpoint_max_age_h: float = Field(
+        default=12.0,
+        gt=0,
+        description="KESTREAM_EXECUTOR_CHECKPOINT_MAX_AGE_H: an older checkpoint is not used "
+        "(a full read instead). Keep it below the changelog topic's delete.retention.ms "
+        "(a day by default): the broker drops a tombstone that long after compacting it, and "
+        "a read from an older checkpoint would miss the deletion.",
+    )
     render_timeout_ms: int = Field(
         default=1000,
         ge=1,

@@ -46,7 +46,9 @@ from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.state import ExecutionState
 from kestream.runtime import records
 from kestream.runtime.aio import paced
-from kestream.runtime.compacted import read_partitions
+from kestream.runtime.changelog_checkpoints import Checkpoint, RawFold, fingerprint
+from kestream.runtime.changelog_fold import ExecutionRecords, PartitionRead, decode_record
+from kestream.runtime.compacted import RecordSink, read_partitions
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.kafka import make_consumer
 from kestream.storage.offload import (
@@ -60,6 +62,7 @@ from kestream.storage.offload import (
 __all__ = [
     "ChangelogMirror",
     "ChangelogRestorer",
+    "ExecutionRecords",
     "PartitionRead",
     "Recovered",
     "RecoveryFailed",
@@ -69,9 +72,6 @@ __all__ = [
 log = logging.getLogger("kestream.executor")
 
 T = TypeVar("T")
-
-#: Records of one execution, by changelog key.
-ExecutionRecords = dict[str, Any]
 
 #: Stored plans read at once (each in a thread of its own) while a recovery reads them.
 PLAN_READS_AT_ONCE = 8
@@ -120,67 +120,6 @@ class ChangelogMirror:
         return execution_id in self._records
 
 
-class PartitionRead:
-    """One changelog partition folded into the last committed record of each key, by
-    execution (see the module docstring: records after an execution's last commit mark are
-    its torn tail, left out and listed in :attr:`torn`).
-
-    Read from the beginning, a tombstone deletes its key; read from a checkpoint
-    (``tombstones``), it is kept as None, to delete the key from what was known there.
-    """
-
-    def __init__(
-        self, latest: dict[str, ExecutionRecords] | None = None, *, tombstones: bool = False
-    ) -> None:
-        self.latest: dict[str, ExecutionRecords] = {} if latest is None else latest
-        self.tombstones = tombstones
-        self._tails: dict[str, list[tuple[str, Any]]] = {}
-
-    def add(self, rec: ConsumerRecord[Any, Any]) -> None:
-        """Fold one consumer record in; a record no processor could have written (no key, a
-        value that is not JSON) is skipped and logged: one bad record must not stop the
-        recovery of the whole partition."""
-        if (decoded := _decoded(rec)) is not None:
-            self.put(*decoded)
-
-    def put(self, key: str, value: Any) -> None:
-        """Fold one record in (``value`` None: a tombstone)."""
-        execution_id = codec.execution_of(key)
-        if not codec.is_commit_mark(key, value):
-            self._tails.setdefault(execution_id, []).append((key, value))
-            return
-        for held_key, held in self._tails.pop(execution_id, ()):
-            self._apply(execution_id, held_key, held)
-        self._apply(execution_id, key, value)
-
-    @property
-    def torn(self) -> dict[str, list[str]]:
-        """Per execution, the keys written after its last commit mark (a torn step)."""
-        return {e: list(dict.fromkeys(k for k, _ in tail)) for e, tail in self._tails.items()}
-
-    def repairs(self, committed: Mapping[str, ExecutionRecords]) -> list[tuple[str, Any]]:
-        """``(key, value)`` to write again for each key of a torn step: its value in
-        ``committed`` (the execution's records once this read is applied), else a tombstone."""
-        out: list[tuple[str, Any]] = []
-        for execution_id, keys in self.torn.items():
-            log.warning("execution %s: %d changelog records of a step cut short are left out",
-                        execution_id, len(keys))  # fmt: skip
-            recs = committed.get(execution_id) or {}
-            out.extend((key, recs.get(key)) for key in keys)
-        return out
-
-    def _apply(self, execution_id: str, key: str, value: Any) -> None:
-        recs = self.latest.setdefault(execution_id, {})
-        if value is not None:
-            recs[key] = value
-        elif self.tombstones:
-            recs[key] = None
-        else:
-            recs.pop(key, None)
-            if not recs:
-                self.latest.pop(execution_id, None)
-
-
 @dataclass(slots=True)
 class Recovered:
     """What one changelog partition gave back."""
@@ -191,6 +130,25 @@ class Recovered:
     #: The committed value (None: a tombstone) of every key a torn step wrote last, to write
     #: again before anything else (see the module docstring).
     repairs: list[tuple[str, Any]] = field(default_factory=list)
+    #: The read's fold over the records' bytes, for the checkpoint follower
+    #: (:meth:`ChangelogRestorer.recover_from`; None from :meth:`ChangelogRestorer.recover`).
+    fold: RawFold | None = None
+    #: Records read from the changelog, and records taken from a local checkpoint.
+    read_records: int = 0
+    checkpoint_records: int = 0
+
+
+@dataclass(slots=True)
+class _FoldedRead:
+    """One partition's read by :meth:`ChangelogRestorer.recover_from`, under way."""
+
+    read: PartitionRead
+    fold: RawFold
+    #: The checkpoint's last record (offset, fingerprint), expected first; None once seen.
+    expect: tuple[int, str] | None = None
+    refused: bool = False
+    read_records: int = 0
+    checkpoint_records: int = 0
 
 
 class ChangelogRestorer:
@@ -221,6 +179,74 @@ class ChangelogRestorer:
         reads, ends = await self.read(partitions)
         return {p: await self.rebuild(p, read) for p, read in reads.items()}, ends
 
+    async def recover_from(
+        self, partitions: set[int], checkpoints: Mapping[int, Checkpoint]
+    ) -> tuple[dict[int, Recovered], dict[int, int]]:
+        """:meth:`recover`, each partition read from its local checkpoint when it has one
+        (:mod:`kestream.runtime.changelog_checkpoints`): the checkpoint's fold goes on over the
+        records after it, which gives what a read from the beginning gives. A checkpoint whose
+        last record the changelog does not hold at its offset (another topic of the same name,
+        truncated, compacted) is logged and the partition read whole. Each partition's fold of
+        the records' bytes comes back too (:attr:`Recovered.fold`), for the follower."""
+        what = f"the changelog of partitions {sorted(partitions)}"
+        reads, ends = await self._retried(what, lambda: self._read_from(partitions, checkpoints))
+        refused = {p for p, r in reads.items() if r.refused}
+        if refused:
+            log.warning("the local checkpoints of partitions %s do not match their changelog "
+                        "(recreated, truncated or compacted); read from the beginning",
+                        sorted(refused))  # fmt: skip
+            again, again_ends = await self._retried(what, lambda: self._read_from(refused, {}))
+            reads.update(again)
+            ends.update(again_ends)
+        found: dict[int, Recovered] = {}
+        for partition, r in reads.items():
+            found[partition] = got = await self.rebuild(partition, r.read)
+            got.fold, got.read_records = r.fold, r.read_records
+            got.checkpoint_records = r.checkpoint_records
+        return found, ends
+
+    async def _read_from(
+        self, partitions: set[int], checkpoints: Mapping[int, Checkpoint]
+    ) -> tuple[dict[int, _FoldedRead], dict[int, int]]:
+        reads: dict[int, _FoldedRead] = {}
+        start: dict[int, int] = {}
+        for p in partitions:
+            cp = checkpoints.get(p)
+            if cp is None:
+                reads[p] = _FoldedRead(PartitionRead(), RawFold())
+                continue
+            try:
+                read = cp.decoded()
+            except records.RecordError as exc:  # the digest matched: a bug, not a torn file
+                log.error("ignoring the local checkpoint of partition %d: %s", p, exc)
+                reads[p] = _FoldedRead(PartitionRead(), RawFold())
+                continue
+            reads[p] = _FoldedRead(read, cp.raw(), (cp.last_offset, cp.last_print))
+            reads[p].checkpoint_records = cp.records()
+            start[p] = cp.last_offset  # that record again: it must be the one folded last
+
+        def keep(rec: ConsumerRecord[Any, Any]) -> None:
+            r = reads[rec.partition]
+            if r.expect is not None:
+                offset, print_ = r.expect
+                r.expect = None
+                if rec.offset != offset or fingerprint(rec.key, rec.value) != print_:
+                    r.refused = True
+                return
+            if r.refused:
+                return
+            r.read_records += 1
+            decoded = decode_record(rec)
+            r.fold.add(rec, decoded is not None)
+            if decoded is not None:
+                r.read.put(*decoded)
+
+        ends = await self._read_with(partitions, start, keep)
+        for r in reads.values():
+            if r.expect is not None:  # the log ends before the checkpoint's last record
+                r.refused = True
+        return reads, ends
+
     async def read(
         self, partitions: set[int], start: dict[int, int] | None = None
     ) -> tuple[dict[int, PartitionRead], dict[int, int]]:
@@ -244,7 +270,7 @@ class ChangelogRestorer:
         latest: dict[int, dict[str, Any]] = {p: {} for p in partitions}
 
         def keep(rec: ConsumerRecord[Any, Any]) -> None:
-            if (decoded := _decoded(rec)) is None:
+            if (decoded := decode_record(rec)) is None:
                 return
             key, value = decoded
             if value is None:
@@ -304,12 +330,19 @@ class ChangelogRestorer:
     async def _read(
         self, partitions: set[int], start: dict[int, int]
     ) -> tuple[dict[int, PartitionRead], dict[int, int]]:
-        ctx = self.ctx
         reads = {p: PartitionRead(tombstones=p in start) for p in partitions}
 
         def keep(rec: ConsumerRecord[Any, Any]) -> None:
             reads[rec.partition].add(rec)
 
+        return reads, await self._read_with(partitions, start, keep)
+
+    async def _read_with(
+        self, partitions: set[int], start: Mapping[int, int], keep: RecordSink
+    ) -> dict[int, int]:
+        """Give ``keep`` each record of the changelog ``partitions``, each from ``start[p]``
+        (default: its beginning), to their ends; returns the ends."""
+        ctx = self.ctx
         topic = ctx.topics.changelog
         extra = {"request_timeout_ms": self.request_timeout_ms} if self.request_timeout_ms else {}
         consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=None, **extra)
@@ -324,7 +357,7 @@ class ChangelogRestorer:
             )
         finally:
             await consumer.stop()
-        return reads, {tp.partition: end for tp, end in ends.items()}
+        return {tp.partition: end for tp, end in ends.items()}
 
     async def rebuild(self, partition: int, read: PartitionRead) -> Recovered:
         """Executions in flight and ended markers from one partition's latest committed
@@ -416,15 +449,3 @@ class ChangelogRestorer:
         except Exception:  # one bad record must not stop the recovery of every other execution
             log.exception("cannot restore %s from its changelog records; left out", execution_id)
             return None
-
-
-def _decoded(rec: ConsumerRecord[Any, Any]) -> tuple[str, Any] | None:
-    """A changelog record's key and JSON value (None: a tombstone); None, logged, for a record
-    no processor could have written (no key, a value that is not JSON)."""
-    try:
-        key = rec.key.decode()
-        return key, records.loads(rec.value) if rec.value is not None else None
-    except (AttributeError, UnicodeDecodeError, records.RecordError) as exc:
-        log.error("skipping the unreadable record at %s[%d]@%d: %s",
-                  rec.topic, rec.partition, rec.offset, exc)  # fmt: skip
-        return None

@@ -78,6 +78,7 @@ from kestream.models.state import IllegalTransition, StateType
 from kestream.runtime import records
 from kestream.runtime.admission_slots import AdmissionSlots
 from kestream.runtime.aio import paced
+from kestream.runtime.changelog_checkpoints import CheckpointFollower, checkpoint_follower
 from kestream.runtime.changelog_restorer import (
     ChangelogMirror,
     ChangelogRestorer,
@@ -199,6 +200,8 @@ class ExecutorService:
             self.topics, self.limit, self.groups, self.timers, self.ended, self.metrics, clock
         )
         self.parked = ParkedPartitions()
+        #: Local checkpoints of the changelog partitions owned (:meth:`start` sets it up).
+        self.checkpoints: CheckpointFollower | None = None
         #: Changelog records that undo torn steps found at recovery, ``(key, value or None,
         #: partition)``: written first by the next flush (:class:`ChangelogRestorer`).
         self._repairs: list[tuple[str, Any, int]] = []
@@ -243,6 +246,9 @@ class ExecutorService:
                 self._transactional_producer, f"{group}-", group
             )
             log.info("exactly-once: a transaction per input partition and cycle")
+        self.checkpoints = checkpoint_follower(self.ctx)
+        if self.checkpoints is not None:
+            await self.checkpoints.start()
         self._consumer = make_consumer(
             self.settings,
             self.ctx.bootstrap,
@@ -287,6 +293,8 @@ class ExecutorService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.local.close()
+        if self.checkpoints is not None:  # the last cycle's records in: a clean close's
+            await self.checkpoints.stop()
         if self._consumer is not None:
             await stop_member(self._consumer)
         if self.writer.producer is not None:
@@ -1018,6 +1026,8 @@ class ExecutorService:
                 into.ended[execution_id] = marker
         for partition, state in parked.items():
             self.parked.park(partition, state)
+        if self.checkpoints is not None:
+            self.checkpoints.leave(gone, now, park=park)
         self._leave_table(leaving)
         self._repairs = [r for r in self._repairs if r[2] not in gone]  # the next owner's
         self.held.leave(gone)
@@ -1062,9 +1072,19 @@ class ExecutorService:
                 repairs = delta.repairs(parked.records)  # the records known once merged
                 self._repairs.extend((k, v, partition) for k, v in repairs)
                 self._checkpoints[partition] = ends[partition]
+                if self.checkpoints is not None:
+                    self.checkpoints.resume(partition, now)
         if cold:
-            found_by_partition, ends = await self.restorer.recover(cold)
+            if self.checkpoints is None:
+                found_by_partition, ends = await self.restorer.recover(cold)
+            else:  # from the local checkpoints where they are valid
+                loaded = await self.checkpoints.load(cold)
+                found_by_partition, ends = await self.restorer.recover_from(cold, loaded)
             for partition, found in found_by_partition.items():
+                if self.checkpoints is not None and found.fold is not None:
+                    self.checkpoints.follow(partition, found.fold)
+                self.metrics.changelog_restored("changelog", found.read_records)
+                self.metrics.changelog_restored("checkpoint", found.checkpoint_records)
                 for execution_id, marker in found.ended:
                     self.ended.restore(execution_id, partition, marker)
                 for st, recs in found.states:

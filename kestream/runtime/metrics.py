@@ -219,6 +219,12 @@ class Metrics:
             "executor_execution_in_flight",
             "Executions in the state tables of this process's executors",
         )
+        self.changelog_restored_records = self._counter(
+            "changelog_restored_records",
+            "Changelog records the Executor's recoveries took, by source: read from the "
+            "changelog topic, or taken from a local checkpoint (KESTREAM_EXECUTOR_CHECKPOINT_*)",
+            ("source",),
+        )
 
     def _define_worker(self) -> None:
         self.worker_job_running = self._gauge(
@@ -383,6 +389,12 @@ class Metrics:
             self.scheduler_late_total.inc(count)
 
     # -- every role --------------------------------------------------------------------------
+
+    def changelog_restored(self, source: str, count: int) -> None:
+        """``count`` changelog records a recovery took from ``source`` ("changelog", or
+        "checkpoint": a local checkpoint file)."""
+        if count:
+            self._child(self.changelog_restored_records, source).inc(count)
 
     def dead_letter(self, source: str) -> None:
         """One record dead-lettered by ``source`` ("executor", "worker", ...)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kestream.executor.state import ExecutionState
-from kestream.runtime.changelog_restorer import ExecutionRecords
+from kestream.runtime.changelog_fold import ExecutionRecords
 from kestream.runtime.ended_executions import Ended
 
 __all__ = ["PARK_MAX_S", "Parked", "ParkedPartitions"]
