@@ -25,9 +25,11 @@ standbys that only follow the triggers topic (:mod:`kestream.runtime.trigger_rec
 takeover reads just its tail. ``/health`` says which (``role``). A standby joins the
 ended-executions and commands groups only once it has won the lease: a member joining them
 would take partitions from the active scheduler for a rebalance, and leave them again in
-another. Only the scheduler of a ``standalone`` on its own embedded broker, which no other
-scheduler can reach (:data:`~kestream.runtime.process.ONLY_SCHEDULER_ENV`), joins them beside
-the lease's group at start, which saves it a group join before it is ready.
+another. The scheduler of a ``standalone`` on its own embedded broker, which no other
+scheduler can reach (:data:`~kestream.runtime.process.ONLY_SCHEDULER_ENV`), joins no group at
+all: it holds the lease from its start (:mod:`kestream.runtime.lone_lease`) and assigns itself
+the partitions of both topics at start, committing their offsets under the groups' names. That
+saves it the first joins before it is ready and three heartbeats a second while it runs.
 
 A commit the ended-executions or commands group refuses (``CommitFailedError``: it rebalanced
 between the batch and its commit, or expelled this member after a stall) is a rebalance, not a
@@ -66,10 +68,12 @@ from kestream.models.flow import Flow
 from kestream.models.state import StateType
 from kestream.runtime import records
 from kestream.runtime.aio import cancel_and_wait
+from kestream.runtime.compacted import topic_partitions
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.fetch_pacing import reader_wait_ms
 from kestream.runtime.flows_table import FlowsTable
 from kestream.runtime.kafka import make_consumer, make_producer
+from kestream.runtime.lone_lease import LoneLease
 from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.process import ONLY_SCHEDULER_ENV
 from kestream.runtime.scheduler_lease import SchedulerLease
@@ -118,9 +122,10 @@ class SchedulerService:
         metrics: Metrics | None = None,
         only_scheduler: bool | None = None,
     ) -> None:
-        """``only_scheduler``: no other scheduler uses this broker, so the ended-executions and
-        commands groups are joined beside the lease's at start (default: what ``standalone``
-        says in :data:`~kestream.runtime.process.ONLY_SCHEDULER_ENV`)."""
+        """``only_scheduler``: no other scheduler uses this broker, so the lease is held from
+        start and the ended-executions and commands topics are assigned, not shared through
+        groups (default: what ``standalone`` says in
+        :data:`~kestream.runtime.process.ONLY_SCHEDULER_ENV`)."""
         self.ctx = ctx
         self.settings = ctx.settings
         self.topics = ctx.topics
@@ -131,7 +136,7 @@ class SchedulerService:
         self.schedules = self._schedule_book()
         self.flow_triggers = FlowTriggerBook(clock)
         self.leadership = Leadership()
-        self.lease = SchedulerLease(
+        self.lease: SchedulerLease | LoneLease = SchedulerLease(
             ctx,
             self.leadership,
             on_acquired=self._on_acquired,
@@ -172,6 +177,10 @@ class SchedulerService:
         if only_scheduler is None:
             only_scheduler = os.environ.get(ONLY_SCHEDULER_ENV) == "1"
         self.only_scheduler = only_scheduler
+        if only_scheduler:  # no group to decide anything: held from start (lone_lease's docs)
+            self.lease = LoneLease(
+                self.leadership, on_acquired=self._on_acquired, on_lost=self._suspend
+            )
         self.health_name = "scheduler"
 
     # -- health -------------------------------------------------------------------------------
@@ -222,10 +231,9 @@ class SchedulerService:
         self._monitor = asyncio.create_task(
             self._guard(self._monitor_loop()), name="scheduler-monitor"
         )
-        # The only scheduler joins the ended-executions and commands groups beside the lease's
-        # group, not after the lease is won: a first join waits on the broker (half a session
-        # on the embedded one), and one after the other they doubled its start. Any other
-        # joins them once active: a standby's join, and its leaving, would each rebalance the
+        # The only scheduler takes the ended-executions and commands partitions at start (by
+        # assignment: no group to join) and holds the lease at once. Any other joins those
+        # groups once active: a standby's join, and its leaving, would each rebalance the
         # active scheduler's groups (its batch's commit refused, its readiness lost meanwhile).
         if self.only_scheduler:
             await self._join_groups()
@@ -329,7 +337,7 @@ class SchedulerService:
             auto_offset_reset="latest" if ctx.kind == "kafka" else "earliest",
         )
         await self._updates.start()
-        self._updates.subscribe([self.topics.updates], listener=_Assigned(self))
+        await self._follow(self._updates, self.topics.updates, _Assigned(self))
         # Commands are read from the topic's start by a new group: each record says which
         # command it took last, so old ones are skipped, and none sent before the first start
         # is lost.
@@ -338,7 +346,23 @@ class SchedulerService:
             group_id=self.settings.topic("scheduler-commands"), auto_offset_reset="earliest",
         )  # fmt: skip
         await self._commands.start()
-        self._commands.subscribe([self.topics.trigger_commands])
+        await self._follow(self._commands, self.topics.trigger_commands)
+
+    async def _follow(
+        self, consumer: AIOKafkaConsumer, topic: str, listener: _Assigned | None = None
+    ) -> None:
+        """Read ``topic`` in ``consumer``'s group. The only scheduler of a broker assigns
+        itself every partition instead of joining the group, which has no other member to
+        share them with (:mod:`~kestream.runtime.lone_lease`): no first join to wait for, no
+        heartbeats. Its offsets are committed and read under the group's name all the same, so
+        a restart, or a later start with peers, goes on where it stopped."""
+        if not self.only_scheduler:
+            consumer.subscribe([topic], listener=listener)
+            return
+        partitions = await topic_partitions(consumer, topic)
+        consumer.assign(partitions)
+        if listener is not None:
+            await listener.on_partitions_assigned(partitions)
 
     async def _step_down(self) -> None:
         """Stop firing and forget: the loops end, the other groups are left, the books go."""

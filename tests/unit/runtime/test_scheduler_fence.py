@@ -25,7 +25,6 @@ from kestream.runtime.restarts import RoleStepsDown
 from kestream.runtime.scheduler_lease import group_generation
 from kestream.runtime.scheduler_service import (
     SchedulerService,
-    _Assigned,
     _LeaseLost,
     ended_execution,
 )
@@ -461,28 +460,6 @@ def _starting_service(
     return service, made, at_lease
 
 
-async def test_the_groups_are_joined_beside_the_lease_and_kept_by_the_first_term(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """One join after the other, the only scheduler (standalone's, on its own embedded broker)
-    was ready only after two group joins (two times half a session on the embedded broker):
-    its groups join beside the lease's."""
-    service, made, at_lease = _starting_service(monkeypatch, [[TP]])
-    await service.start()
-    try:
-        assert at_lease == [2]  # both groups were joining when the lease's join began
-        assert service.leadership.role is Role.ACTIVE
-        assert len(made) == 2 and not any(c.stopped for c in made)  # the first term kept them
-        assert service._updates is made[0] and service._commands is made[1]
-        assert len(service._tasks) == 3
-        assert not service.is_ready  # until the ended-executions group has assigned
-        await _Assigned(service).on_partitions_assigned([])
-        assert service.is_ready
-    finally:
-        await service.stop()
-    assert all(c.stopped for c in made)
-
-
 def test_only_the_scheduler_of_a_standalone_on_its_own_broker_is_the_only_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -511,28 +488,6 @@ async def test_a_scheduler_that_may_have_peers_joins_the_groups_once_active(
         await service._activation
         assert service.leadership.role is Role.ACTIVE
         assert len(made) == 2 and service._updates is made[0] and not made[0].stopped
-    finally:
-        await service.stop()
-
-
-async def test_a_standby_leaves_the_groups_it_joined_at_start(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The only scheduler may still start as a standby: its predecessor's member (a crash)
-    holds the lease until its session ends."""
-    service, made, _ = _starting_service(monkeypatch, [[]])
-    await service.start()
-    try:
-        assert service.leadership.role is Role.STANDBY and service.is_ready
-        assert len(made) == 2 and all(c.stopped for c in made)
-        assert service._updates is None and service._commands is None
-        # The lease moves here later: the groups are joined again, by this term.
-        await service.lease.revoked()
-        await service.lease.assigned([TP])
-        assert service._activation is not None
-        await service._activation
-        assert service.leadership.role is Role.ACTIVE
-        assert len(made) == 4 and service._updates is made[2] and not made[2].stopped
     finally:
         await service.stop()
 
