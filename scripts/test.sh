@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole check, on a fresh machine: install kestream with its test extras into .venv, then run
-# ruff (lint + format), the import contract, mypy, the web UI's type check, and the test suite
+# ruff (lint + format), the import contract, mypy, the web UI's type check, the test suite
 # (unit, conformance, the UI in Chromium, integration on the embedded broker and on a real
-# Apache Kafka started from Maven Central's jars).
+# Apache Kafka started from Maven Central's jars), then the unit tests on the lowest versions
+# pyproject allows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,3 +29,8 @@ echo "== import rules";  lint-imports
 echo "== mypy";          mypy
 echo "== ui types";      scripts/check_ui.sh
 echo "== tests";         pytest -n 2 -rs "$@"
+# pyproject's lower bounds are real: the unit tests again, in a temporary venv holding the lowest
+# versions it allows (scripts/test_lowest.sh). KESTREAM_TEST_LOWEST=0 leaves it out of a local run.
+if [ "${KESTREAM_TEST_LOWEST:-1}" != 0 ]; then
+  echo "== lowest versions"; scripts/test_lowest.sh tests/unit -n 2 -q
+fi

@@ -445,7 +445,11 @@ tasks:
 def test_a_step_of_many_renders_fails_the_task_runs_past_its_deadline() -> None:
     """A ForEach starting every lane in one step: each lane's render stays within its own budget,
     together they pass the step's; the lanes rendered after its deadline fail, saying so."""
-    flow = WIDE_FLOW.replace("MESSAGE", "{{ range(1, 10000) | distinct | length }}")
+    # The values are a literal list, not a template: on a cold or loaded process the step's
+    # deadline may pass before the ForEach has rendered its values, which would start no lane.
+    flow = WIDE_FLOW.replace("MESSAGE", "{{ range(1, 10000) | distinct | length }}").replace(
+        '"{{ range(1, inputs.size) }}"', str(list(range(1, 201)))
+    )
     with Driver() as driver:
         driver.deploy(flow)
         execution = driver.start("test.budget", "wide", {"size": 200})
