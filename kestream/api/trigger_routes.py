@@ -318,9 +318,23 @@ class TriggerRoutes:
                 "('disabled: true')",
             )
         state = table.get(key)
+        if state is None and trigger is not None and self._declared_off(_blank(key)):
+            raise ApiError(
+                409,
+                f"Illegal state: trigger '{key}' is disabled in its flow ('disabled: true' on "
+                "the trigger or the flow), so the scheduler keeps no state for it; enable it "
+                "in the flow",
+            )
         if state is None or trigger is None:
             raise not_found(f"Trigger '{key}'")
         return state
+
+    def _declared_off(self, state: TriggerState) -> bool:
+        """Whether the deployed flow disables the trigger (or itself): then the trigger fires
+        nothing, whatever its record says."""
+        flow = self.api.get().flow(state.namespace, state.flow_id)
+        trigger = None if flow is None else _find(flow, state.trigger_id)
+        return flow is not None and trigger is not None and (flow.disabled or trigger.disabled)
 
     def _trigger(self, namespace: str, flow_id: str, trigger_id: str) -> Trigger | None:
         """The trigger in its deployed flow (None: the flow or the trigger is gone)."""
@@ -343,7 +357,9 @@ class TriggerRoutes:
         """Every trigger of the deployed flows (or of the one ``flow`` names) ``match`` keeps,
         with its context: a Schedule trigger's record (left out until the scheduler has
         written it, so a change is never answered 404 for a trigger just listed), otherwise a
-        blank context; sorted by namespace, flow and trigger."""
+        blank context; sorted by namespace, flow and trigger. A trigger its flow disables (on
+        the trigger or the whole flow) is listed ``disabled``, without a next date: the
+        scheduler plans nothing for it (and writes no record for one it never planned)."""
         table = self._table(request)
         service = self.api.get()
         flows = service.flows() if flow is None else [service.flow(*flow)]
@@ -352,13 +368,16 @@ class TriggerRoutes:
             if flow_ is None or flow_.deleted:
                 continue
             for trigger in flow_.triggers:
+                off = flow_.disabled or trigger.disabled
                 blank = TriggerState(
                     flow_.namespace, flow_.id, trigger.id,
-                    flow_revision=flow_.revision, disabled=trigger.disabled,
+                    flow_revision=flow_.revision, disabled=off,
                 )  # fmt: skip
                 state: TriggerState | None = blank
                 if isinstance(trigger, ScheduleTrigger):
                     state = table.get(blank.key)
+                    if off:
+                        state = _switched_off(state or blank)
                 if state is not None and match(state):
                     rows.append((state, trigger))
         rows.sort(key=lambda row: (row[0].namespace, row[0].flow_id, row[0].trigger_id))
@@ -462,6 +481,8 @@ class TriggerRoutes:
         """Kestra's ``Trigger``: the trigger context with what the scheduler recorded."""
         if trigger is None:
             trigger = self._trigger(state.namespace, state.flow_id, state.trigger_id)
+        if not state.disabled and self._declared_off(state):
+            state = _switched_off(state)  # an answer to a change, as a read would list it
         return {
             "tenantId": self.api.settings.tenant,
             "namespace": state.namespace,
@@ -477,6 +498,11 @@ class TriggerRoutes:
             "evaluateRunningDate": None,
             "workerId": None,
         }
+
+
+def _switched_off(state: TriggerState) -> TriggerState:
+    """``state`` as shown for a trigger its flow disables: nothing is owed."""
+    return state.evolve(disabled=True, next_execution_date=None)
 
 
 def _iso(value: Any) -> str | None:
@@ -505,6 +531,10 @@ def _definition_json(trigger: Trigger, *, show_keys: bool) -> dict[str, Any]:
     if isinstance(trigger, WebhookTrigger) and not show_keys:
         body["key"] = MASK
     return body
+
+
+def _blank(key: str) -> TriggerState:
+    return TriggerState(*split_trigger_key(key))
 
 
 def _find(flow: Flow, trigger_id: str) -> Trigger | None:

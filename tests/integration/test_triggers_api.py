@@ -334,3 +334,11 @@ def test_one_trigger_set_disabled_and_bulk_deletes_reach_the_scheduler(stack: St
     assert by_query.status == 200 and by_query.json() == {"count": 1}
     _until("late recreated", lambda: planned("late"))
     assert planned("early")
+
+    # A trigger its flow disables is listed disabled, with nothing planned (it has no record).
+    off = _flow(ns, "off", "0 5 * * *") + "    disabled: true\n"
+    assert stack.post_yaml("/flows", off).status == 200
+    listed = _until("off listed", partial(_trigger, stack, ns, "off"))
+    assert listed["disabled"] is True and listed["nextExecutionDate"] is None
+    refused = stack.request("POST", f"/triggers/{ns}/off/schedule/restart")
+    assert refused.status == 409 and b"disabled in its flow" in refused.body

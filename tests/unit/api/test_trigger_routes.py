@@ -366,3 +366,63 @@ async def test_a_schedule_shows_once_the_scheduler_has_written_its_record() -> N
         ids = [r["triggerContext"]["triggerId"] for r in body["results"]]
         assert ids == ["hourly", "hook", "upstream"]
         assert (await client.get(T + "/company.team/orders/nightly")).status == 404
+
+
+PAUSED_FLOW = """\
+id: paused
+namespace: company.off
+disabled: true
+tasks:
+  - id: hello
+    type: io.kestra.plugin.core.log.Log
+    message: hi
+triggers:
+  - id: hourly
+    type: io.kestra.plugin.core.trigger.Schedule
+    cron: "0 * * * *"
+  - id: hook
+    type: io.kestra.plugin.core.trigger.Webhook
+    key: secret-key-0002
+"""
+OFF_TRIGGER = """\
+id: quiet
+namespace: company.off
+tasks:
+  - id: hello
+    type: io.kestra.plugin.core.log.Log
+    message: hi
+triggers:
+  - id: never
+    type: io.kestra.plugin.core.trigger.Schedule
+    cron: "0 * * * *"
+    disabled: true
+"""
+
+
+async def test_triggers_their_flow_disables_are_listed_disabled_without_a_next_date() -> None:
+    """The scheduler plans nothing for them: one it never planned has no record (listed all
+    the same), one planned before the flow disabled it keeps a stale next date (not shown)."""
+    planned_before = TriggerState(
+        "company.off", "paused", "hourly", next_execution_date=NEXT, date=LAST
+    )
+    table = Table(planned_before)
+    handle = ApiHandle(
+        SETTINGS, service=cast(ApiService, Flows(PAUSED_FLOW, OFF_TRIGGER)), triggers=table
+    )
+    app = web.Application()
+    install_api(app, handle)
+    async with TestClient(TestServer(app)) as client:
+        body = await _json(client, "GET", T + "/search?filters[namespace][EQUALS]=company.off")
+        contexts = {r["triggerContext"]["triggerId"]: r["triggerContext"] for r in body["results"]}
+        assert sorted(contexts) == ["hook", "hourly", "never"]
+        assert all(c["disabled"] is True for c in contexts.values())
+        assert all(c["nextExecutionDate"] is None for c in contexts.values())
+        assert contexts["hourly"]["date"] == "2025-01-01T02:00:00Z"  # the last fire, kept
+
+        # A change to the record answers it as a read lists it; without a record: 409.
+        unlock = await _json(client, "POST", T + "/company.off/paused/hourly/restart")
+        assert unlock["disabled"] is True and unlock["nextExecutionDate"] is None
+        refused = await client.post(T + "/company.off/quiet/never/restart")
+        assert refused.status == 409
+        assert "disabled in its flow" in (await refused.json())["message"]
+        assert [c.action for c in table.sent] == ["restart"]
