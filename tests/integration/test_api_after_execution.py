@@ -1,9 +1,12 @@
 """On a real broker, through the API's routes: an execution whose afterExecution task still
-runs shows its end state, its follow stays open (``progress``), the kill reaches that task,
-and only then does the follow send ``end``; the execution keeps its end state."""
+runs shows its end state, but it is not over. Its follow stays open (``progress``) and sends
+``end`` once that task has ended; ``?wait=true`` answers then, with the task's run in the
+execution; the kill reaches the task (a Pause, or a script the worker stops) and the execution
+keeps its end state."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from kestream.runtime.executor_service import ExecutorService
 from kestream.runtime.flows_table import FlowsTable
 from kestream.runtime.worker_service import WorkerService
 from kestream.settings import Settings
+from kestream.tasks.scripts.process import group_alive
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +41,39 @@ tasks:
 afterExecution:
   - id: wait
     type: io.kestra.plugin.core.flow.Pause
+"""
+#: The afterExecution script writes the execution's id to ``started``, then waits for the test
+#: to create ``release`` (both in the test's tmp_path).
+GATED = """
+id: after-gated
+namespace: {ns}
+tasks:
+  - id: ok
+    type: io.kestra.plugin.core.debug.Return
+    format: ok
+afterExecution:
+  - id: notify
+    type: io.kestra.plugin.scripts.shell.Commands
+    commands:
+      - echo {{{{ execution.id }}}} > {started}.tmp && mv {started}.tmp {started}
+      - while [ ! -f {release} ]; do sleep 0.05; done
+      - echo "notified {{{{ execution.state }}}}"
+"""
+#: The afterExecution script writes its process group (``$$``: it leads a session of its own)
+#: to ``group``, then sleeps until killed.
+SLEEPS = """
+id: after-sleeps
+namespace: {ns}
+tasks:
+  - id: ok
+    type: io.kestra.plugin.core.debug.Return
+    format: ok
+afterExecution:
+  - id: notify
+    type: io.kestra.plugin.scripts.shell.Commands
+    commands:
+      - echo $$ > {group}.tmp && mv {group}.tmp {group}
+      - sleep 1000
 """
 
 
@@ -61,7 +98,12 @@ async def api(  # type: ignore[no-untyped-def]
     try:
         await eventually(lambda: service.ready, 60.0, message="the index caught up")
         await service.deploy(FLOW)
-        await eventually(lambda: service.flow(NS, "after-waits") is not None, 30.0)
+        await service.deploy(
+            GATED.format(ns=NS, started=tmp_path / "started", release=tmp_path / "release")
+        )
+        await service.deploy(SLEEPS.format(ns=NS, group=tmp_path / "group"))
+        for flow_id in ("after-waits", "after-gated", "after-sleeps"):
+            await eventually(lambda id_=flow_id: service.flow(NS, id_) is not None, 30.0)
         await client.start_server()
         yield client
     finally:
@@ -75,7 +117,8 @@ async def api(  # type: ignore[no-untyped-def]
 async def _frame(stream: ClientResponse) -> tuple[str, dict[str, Any]]:
     kind, data = "", b""
     while True:
-        line = await stream.content.readline()
+        # Bounded: a follow that never ends fails the test instead of holding it for ever.
+        line = await asyncio.wait_for(stream.content.readline(), 120.0)
         assert line, "the stream closed"
         if line.startswith(b"id: "):
             kind = line[4:].strip().decode()
@@ -117,3 +160,68 @@ async def test_follow_and_kill_while_the_after_execution_task_runs(
         return (await api.delete(path + "/kill?isOnKillCascade=false")).status == 409
 
     await eventually(over, 30.0, message="the index has the execution over")
+
+
+def _runs(execution: dict[str, Any]) -> dict[str, str]:
+    return {run["taskId"]: run["state"]["current"] for run in execution.get("taskRunList", [])}
+
+
+async def test_wait_answers_once_the_after_execution_task_has_ended(
+    api: TestClient, eventually: Eventually, tmp_path: Path
+) -> None:
+    """The execution is SUCCESS while its afterExecution script waits for ``release``; the
+    ``?wait=true`` answer comes after it, and holds its ended run."""
+    waiting = asyncio.ensure_future(api.post(f"/api/v1/main/executions/{NS}/after-gated?wait=true"))
+
+    started = tmp_path / "started"
+    await eventually(started.exists, 60.0, message="the afterExecution script started")
+    execution_id = started.read_text().strip()
+
+    async def running() -> bool:
+        got = await (await api.get(f"/api/v1/main/executions/{execution_id}")).json()
+        return got["state"]["current"] == "SUCCESS" and _runs(got).get("notify") == "RUNNING"
+
+    await eventually(running, 30.0, message="the API shows the script running")
+    assert not waiting.done()  # the end state is there, the execution is not over
+    (tmp_path / "release").touch()
+    answer = await waiting
+    assert answer.status == 200, await answer.text()
+    waited = await answer.json()
+    assert waited["id"] == execution_id
+    assert waited["state"]["current"] == "SUCCESS"
+    assert _runs(waited) == {"ok": "SUCCESS", "notify": "SUCCESS"}
+
+
+async def test_the_kill_stops_the_after_execution_script_on_the_worker(
+    api: TestClient, eventually: Eventually, tmp_path: Path
+) -> None:
+    """The kill reaches the afterExecution script running on the worker: its process group
+    stops, its run ends KILLED, the follow then sends ``end``, and the execution stays SUCCESS."""
+    created = await api.post(f"/api/v1/main/executions/{NS}/after-sleeps")
+    assert created.status == 200, await created.text()
+    path = f"/api/v1/main/executions/{(await created.json())['id']}"
+    marker = tmp_path / "group"
+    await eventually(marker.exists, 60.0, message="the afterExecution script started")
+    group = int(marker.read_text())
+    assert group_alive(group)
+
+    async def running() -> bool:
+        got = await (await api.get(path)).json()
+        return got["state"]["current"] == "SUCCESS" and _runs(got).get("notify") == "RUNNING"
+
+    await eventually(running, 30.0, message="the API shows the script running")
+    stream = await api.get(path + "/follow")
+    assert (await _frame(stream))[0] == "start"
+    kind, shown = await _frame(stream)
+    assert (kind, shown["state"]["current"]) == ("progress", "SUCCESS")
+    killed = await api.delete(path + "/kill")
+    assert killed.status == 202, await killed.text()
+    while kind != "end":
+        kind, shown = await _frame(stream)
+    stream.close()
+    assert shown["state"]["current"] == "SUCCESS"
+    assert "KILLING" not in [h["state"] for h in shown["state"]["histories"]]
+    (notify,) = [run for run in shown["taskRunList"] if run["taskId"] == "notify"]
+    assert notify["state"]["current"] == "KILLED"
+    assert notify["attempts"][-1]["state"]["current"] == "KILLED"
+    await eventually(lambda: not group_alive(group), 30.0, message="the worker stopped the script")

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,7 @@ from kestream.models.execution import Execution, TaskRun
 from kestream.models.flow import Flow, parse_flow
 from kestream.models.state import StateType
 from kestream.models.validation import FlowValidationError
+from kestream.tasks.scripts.process import group_alive
 from kestream.testing import Driver
 
 S = StateType
@@ -196,6 +199,65 @@ def test_an_execution_is_over_once_its_after_execution_tasks_are() -> None:
         assert driver.states[running.id].terminal
     assert done.state.current is S.SUCCESS  # the kill reached the afterExecution task only
     assert _state(done, "wait") is S.KILLED
+
+
+def _after_script(marker: Path) -> str:
+    """A flow whose afterExecution task runs on the worker until killed: a shell that writes
+    its process group (``$$``: it leads a session of its own) to ``marker``, then sleeps."""
+    return f"""
+id: after-script
+namespace: {NS}
+tasks:
+  - id: ok
+    type: io.kestra.plugin.core.debug.Return
+    format: ok
+afterExecution:
+  - id: notify
+    type: io.kestra.plugin.scripts.shell.Commands
+    commands:
+      - echo $$ > {marker}.tmp && mv {marker}.tmp {marker}
+      - sleep 1000
+      - echo "never printed"
+"""
+
+
+async def _group_in(marker: Path, within: float = 120.0) -> int:
+    """The process group the script wrote, once it has (it runs in the runner meanwhile)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not marker.exists():
+        assert loop.time() < deadline, "the afterExecution script never started"
+        await asyncio.sleep(0.02)
+    return int(marker.read_text())
+
+
+def test_a_kill_stops_an_after_execution_task_running_on_the_worker(tmp_path: Path) -> None:
+    """The kill reaches the afterExecution task's code (its whole process group stops), its
+    task run ends KILLED, and the execution keeps its end state: no KILLING, no KILLED."""
+    marker = tmp_path / "group"
+    with Driver() as driver:
+        driver.deploy(_after_script(marker))
+
+        async def scenario() -> tuple[Execution, Execution, bool, int]:
+            execution_id = await driver.acreate(NS, "after-script")
+            group = await _group_in(marker)
+            running = driver.get(execution_id)
+            alive = group_alive(group)
+            done = await driver.akill(execution_id)
+            await driver.asettle()  # the killed attempt's own result comes back too
+            return running, done, alive, group
+
+        running, done, alive, group = driver.drive(scenario())
+        messages = [line.message for line in driver.logs(done.id)]
+    assert running.state.current is S.SUCCESS and _state(running, "notify") is S.RUNNING
+    assert alive  # the script ran when the kill came
+    assert not group_alive(group)
+    assert done.state.current is S.SUCCESS
+    assert S.KILLING not in _history(done) and S.KILLED not in _history(done)
+    (notify,) = _runs(done, "notify")
+    assert notify.state.current is S.KILLED
+    assert notify.attempts is not None and notify.attempts[-1].state.current is S.KILLED
+    assert "never printed" not in messages
 
 
 # -- LoopUntil ----------------------------------------------------------------------------------
@@ -645,6 +707,70 @@ def test_a_kill_between_iterations_runs_the_loops_own_finally(
         assert _state(done, "cleanup") is S.SUCCESS
         order = [run.taskId for run in done.taskRunList]
         assert order.index("loop_cleanup") < order.index("cleanup")
+
+
+NESTED_LOOP = f"""
+id: nested-loop
+namespace: {NS}
+tasks:
+  - id: par
+    type: io.kestra.plugin.core.flow.Parallel
+    tasks:
+      - id: seq
+        type: io.kestra.plugin.core.flow.Sequential
+        tasks:
+          - id: loop
+            type: io.kestra.plugin.core.flow.LoopUntil
+            condition: "{{{{ outputs.count.value == 'never' }}}}"
+            checkFrequency:
+              interval: PT1M
+            tasks:
+              - id: count
+                type: io.kestra.plugin.core.debug.Return
+                format: "{{{{ outputs.loop.iterationCount }}}}"
+            finally:
+              - id: loop_cleanup
+                type: io.kestra.plugin.core.log.Log
+                message: "loop cleanup while {{{{ execution.state }}}}"
+        finally:
+          - id: seq_cleanup
+            type: io.kestra.plugin.core.log.Log
+            message: seq cleanup
+      - id: other
+        type: io.kestra.plugin.core.flow.Pause
+finally:
+  - id: cleanup
+    type: io.kestra.plugin.core.log.Log
+    message: flow cleanup
+afterExecution:
+  - id: after
+    type: io.kestra.plugin.core.log.Log
+    message: "after {{{{ execution.state }}}}"
+"""
+
+
+def test_a_kill_runs_a_waiting_loops_finally_first_then_its_parents_outward() -> None:
+    """A LoopUntil waiting between iterations deep in the tree, a Pause beside it: the kill
+    runs the loop's own finally, then its Sequential's, then the flow's, while KILLING; the
+    afterExecution task runs after the KILLED end."""
+    with Driver(clock=ManualClock()) as driver:
+        driver.deploy(NESTED_LOOP)
+        waiting = driver.start(NS, "nested-loop")
+        assert _state(waiting, "loop") is S.RUNNING and _state(waiting, "other") is S.PAUSED
+        done = driver.kill(waiting.id)
+        messages = [line.message for line in driver.logs(waiting.id)]
+    assert done.state.current is S.KILLED
+    assert _history(done)[-2:] == [S.KILLING, S.KILLED]
+    for task_id in ("par", "seq", "loop", "other"):
+        assert _state(done, task_id) is S.KILLED
+    for task_id in ("loop_cleanup", "seq_cleanup", "cleanup", "after"):
+        assert _state(done, task_id) is S.SUCCESS
+    assert messages == [
+        "loop cleanup while KILLING",
+        "seq cleanup",
+        "flow cleanup",
+        "after KILLED",
+    ]
 
 
 PAUSE_WITH_FINALLY = f"""
