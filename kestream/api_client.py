@@ -23,7 +23,6 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from kestream.models.state import StateType
 from kestream.settings import Settings
 from kestream.tasks.purge_api import (
     api_base,
@@ -196,17 +195,28 @@ class ApiClient:
     async def follow_logs(
         self, execution_id: str, min_level: str | None = None
     ) -> AsyncIterator[dict[str, Any]]:
-        """The execution's lines, then each new one, until the execution has ended and the API
-        has sent its every line. The stream has no ``end`` frame: once it closes, the
-        execution's state tells an end from a stream cut short (an :class:`ApiError`)."""
+        """The execution's lines, then each new one, until the execution is over and the API
+        has sent its every line. The stream has no ``end`` frame: once it closes, whether the
+        API calls the execution over (:meth:`over`) tells an end from a stream cut short (an
+        :class:`ApiError`)."""
         params = [("minLevel", min_level)] if min_level else []
         async for frame_id, data in self._events(_logs(execution_id) + "/follow", params):
             if frame_id == "progress":
                 yield _loads(data, shown_url(self.root))
-        execution = await self.execution(execution_id)
-        current = (execution.get("state") or {}).get("current")
-        if current not in {state.value for state in StateType if state.is_terminal}:
+        if not await self.over(execution_id):
             raise ApiError(_cut_follow(execution_id))
+
+    async def over(self, execution_id: str) -> bool:
+        """Whether the API calls the execution over: its end state reached and its
+        ``afterExecution`` tasks ended, which its state alone does not say (they run under
+        it). The API's execution follow answers ``end`` right after ``start`` then, and
+        ``progress`` otherwise; one frame is read, and the stream closed."""
+        events = self._events(_one(execution_id) + "/follow")
+        async with contextlib.aclosing(events):
+            async for frame_id, _ in events:
+                if frame_id != "start":
+                    return frame_id == "end"
+        return False
 
     # -- HTTP --------------------------------------------------------------------------------
 

@@ -57,8 +57,12 @@ def fail(message: str) -> typer.Exit:
 
 
 async def follow_progress(updates: AsyncIterator[Execution], *, until_paused: bool) -> Execution:
-    """Report progress on stderr until the execution ends (or pauses, with ``until_paused``);
-    the execution as it was then.
+    """Report progress on stderr until the execution is over (or pauses, with
+    ``until_paused``); the execution as it was then.
+
+    Over is the updates' own end (:meth:`kestream.Client.follow`, the API's ``end`` frame),
+    not the first end state they show: the ``afterExecution`` tasks run after it, under that
+    state, and the execution printed must hold their task runs.
 
     The first task-run changes are printed one by one; past that, a summary at most once a
     second, so a 10 000-iteration loop does not flood the terminal.
@@ -80,8 +84,7 @@ async def follow_progress(updates: AsyncIterator[Execution], *, until_paused: bo
             last_summary = time.monotonic()
             ended = sum(1 for s in seen.values() if s.is_terminal)
             say(f"  ... {ended} of {len(seen)} task runs ended")
-        current = execution.state.current
-        if current.is_terminal or (until_paused and current is StateType.PAUSED):
+        if until_paused and execution.state.current is StateType.PAUSED:
             return execution
     if execution is None:
         raise RuntimeError("no update received for the execution")

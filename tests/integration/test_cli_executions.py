@@ -12,8 +12,9 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,9 @@ def stack(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
 @pytest.fixture(scope="module")
 def ns(stack: Stack) -> str:
     ns = f"it.cli.n{uuid.uuid4().hex[:8]}"
+    gate = stack.log_path.parent / "gate"
     for source in FLOWS.values():
-        reply = stack.post_yaml("/flows", source.format(ns=ns))
+        reply = stack.post_yaml("/flows", source.format(ns=ns, gate=gate))
         assert reply.status == 200, reply.body
     return ns
 
@@ -85,6 +87,22 @@ tasks:
     type: io.kestra.plugin.core.log.Log
     message: "answer is {{{{ outputs.wait.onResume.answer }}}}"
 """,
+    # The afterExecution script says it started, then waits for the test's release.
+    "notified": """
+id: notified
+namespace: {ns}
+tasks:
+  - id: hello
+    type: io.kestra.plugin.core.log.Log
+    message: hello from notified
+afterExecution:
+  - id: notify
+    type: io.kestra.plugin.scripts.shell.Commands
+    commands:
+      - touch {gate}.started
+      - while [ ! -f {gate}.release ]; do sleep 0.05; done
+      - echo "notified {{{{ execution.state }}}}"
+""",
 }
 
 
@@ -92,6 +110,16 @@ def cli(
     stack: Stack, *args: str, auth: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``kestream executions ARGS`` with the API's URL and (by default) its Basic credentials."""
+    return subprocess.run(
+        [sys.executable, "-m", "kestream.cli", "executions", *args],
+        capture_output=True,
+        text=True,
+        env=_env(stack, auth),
+        timeout=120,
+    )
+
+
+def _env(stack: Stack, auth: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KESTREAM_")}
     env["KESTREAM_API_URL"] = stack.base
     env.update(
@@ -99,13 +127,16 @@ def cli(
         if auth is not None
         else {"KESTREAM_API_USERNAME": USERNAME, "KESTREAM_API_PASSWORD": PASSWORD}
     )
-    return subprocess.run(
-        [sys.executable, "-m", "kestream.cli", "executions", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    return env
+
+
+def _until(condition: Callable[[], bool], timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def start(stack: Stack, ns: str, flow: str) -> str:
@@ -126,6 +157,43 @@ def test_follow_ends_with_the_code_of_the_end_state(stack: Stack, ns: str) -> No
     assert failed.returncode == 1
     assert f"Execution {fails} ({ns}.fails, revision 1): FAILED" in failed.stdout
     assert "broken on purpose" in failed.stdout  # its log lines, as run prints them
+
+
+def test_follow_waits_for_the_after_execution_tasks(stack: Stack, ns: str) -> None:
+    """The execution is SUCCESS while its afterExecution script waits; ``follow`` goes on until
+    the script has ended, and prints the execution with it."""
+    gate = stack.log_path.parent / "gate"
+    started, release = Path(f"{gate}.started"), Path(f"{gate}.release")
+    execution_id = start(stack, ns, "notified")
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "kestream.cli", "executions", "follow", execution_id, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(stack),
+    )
+    try:
+        assert _until(started.exists), "the afterExecution script never started"
+        assert follow.stderr is not None
+        seen: list[
+            str
+        ] = []  # its progress lines, until it has shown the script running (under SUCCESS)
+        while not seen or seen[-1] != "  notify: RUNNING":
+            line = follow.stderr.readline()
+            assert line, f"follow ended first: {seen}"
+            seen.append(line.rstrip("\n"))
+        release.touch()
+        out, err = follow.communicate(timeout=120)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
+    assert follow.returncode == 0, err
+    execution = json.loads(out)
+    runs = {run["taskId"]: run["state"]["current"] for run in execution["taskRunList"]}
+    assert execution["state"]["current"] == "SUCCESS"
+    assert runs == {"hello": "SUCCESS", "notify": "SUCCESS"}
+    assert "notify: SUCCESS" in err  # run's progress lines, after "notify: RUNNING"
 
 
 def test_get_and_logs_print_as_run_does(stack: Stack, ns: str) -> None:

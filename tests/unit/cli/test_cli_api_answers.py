@@ -118,6 +118,103 @@ def test_a_follow_cut_before_the_end_is_unusable_not_failed(
         assert "closed the follow of execution E1 before it ended" in result.output
 
 
+def _ended_with_notify(notify: str) -> dict[str, Any]:
+    """The execution at its end state, its ``afterExecution`` task ``notify`` in ``notify``."""
+    run = {
+        "id": "R1",
+        "executionId": "E1",
+        "namespace": "company.team",
+        "flowId": "hello",
+        "taskId": "notify",
+        "state": {"current": notify, "histories": []},
+    }
+    return {**RUNNING, "state": {"current": "SUCCESS", "histories": []}, "taskRunList": [run]}
+
+
+def _follow_of(*frames: tuple[str, dict[str, Any]]) -> Callable[[web.Request], Any]:
+    async def follow(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(_sse("start", {"id": "E1", "deleted": False}))
+        for frame_id, data in frames:
+            await response.write(_sse(frame_id, data))
+        return response
+
+    return follow
+
+
+def _follow_route(follow: Callable[[web.Request], Any]) -> Routes:
+    def routes(application: web.Application) -> None:
+        application.router.add_get("/api/v1/main/executions/E1/follow", follow)
+
+    return routes
+
+
+def test_a_follow_ends_at_the_end_frame_not_at_the_end_state(
+    serve: Callable[[Routes], int],
+) -> None:
+    """While its afterExecution task runs, the execution shows its end state in ``progress``
+    frames; the follow prints it as the ``end`` frame has it, that task ended."""
+    follow = _follow_of(
+        ("progress", _ended_with_notify("RUNNING")),
+        ("progress", _ended_with_notify("RUNNING")),
+        ("end", _ended_with_notify("SUCCESS")),
+    )
+    serve(_follow_route(follow))
+    result = runner.invoke(app, ["executions", "follow", "E1", "--json"])
+    assert result.exit_code == 0, result.output
+    shown = orjson.loads(result.stdout)
+    assert [run["state"]["current"] for run in shown["taskRunList"]] == ["SUCCESS"]
+
+
+def test_a_follow_cut_while_after_execution_tasks_run_is_unusable(
+    serve: Callable[[Routes], int],
+) -> None:
+    """An end state without the ``end`` frame is not the end: the stream was cut."""
+    follow = _follow_of(("progress", _ended_with_notify("RUNNING")))
+    serve(_follow_route(follow))
+    result = runner.invoke(app, ["executions", "follow", "E1"])
+    assert result.exit_code == EXIT_UNUSABLE, result.output
+    assert "closed the follow of execution E1 before it ended" in result.output
+
+
+def test_a_log_follow_cut_while_after_execution_tasks_run_is_unusable(
+    serve: Callable[[Routes], int],
+) -> None:
+    """The execution shows SUCCESS, but the API does not call it over (its follow answers
+    ``progress``): a log stream that closed then was cut, not ended."""
+    ended = _ended_with_notify("RUNNING")
+
+    async def execution(request: web.Request) -> web.Response:
+        return web.json_response(ended)
+
+    def routes(application: web.Application) -> None:
+        application.router.add_get("/api/v1/main/logs/E1/follow", _cut_logs)
+        application.router.add_get("/api/v1/main/executions/E1", execution)
+        application.router.add_get(
+            "/api/v1/main/executions/E1/follow", _follow_of(("progress", ended))
+        )
+
+    serve(routes)
+    result = runner.invoke(app, ["executions", "logs", "E1", "--follow"])
+    assert result.exit_code == EXIT_UNUSABLE, result.output
+    assert "closed the follow of execution E1 before it ended" in result.output
+
+
+def test_a_log_follow_of_an_execution_that_is_over_ends_well(
+    serve: Callable[[Routes], int],
+) -> None:
+    def routes(application: web.Application) -> None:
+        application.router.add_get("/api/v1/main/logs/E1/follow", _cut_logs)
+        application.router.add_get(
+            "/api/v1/main/executions/E1/follow", _follow_of(("end", _ended_with_notify("SUCCESS")))
+        )
+
+    serve(routes)
+    result = runner.invoke(app, ["executions", "logs", "E1", "--follow"])
+    assert result.exit_code == 0, result.output
+
+
 @pytest.mark.parametrize(
     ("handler", "says"),
     [(_login_page, "is not JSON"), (_not_kestream, "not what kestream expects")],
