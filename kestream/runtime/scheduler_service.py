@@ -16,8 +16,9 @@ Three loops, so that no one of them can hold up another:
   ``KESTREAM_SCHEDULER_LATE_AFTER_S``) into the metrics and the log.
 - **trigger commands**: a consumer group on the trigger-commands topic reads what the triggers
   API asks (disable, enable, set, pause, unpause or delete a backfill, unlock, restart, delete
-  a trigger's state), applies it to the book, writes the records (each keeps the offset of the last command it took, so a command
-  read again after a crash is skipped), and only then commits.
+  a trigger's state), applies it to the book, writes the records (each keeps the offset of the
+  last command it took, so a command read again after a crash is skipped), and only then
+  commits.
 
 High availability: any number of schedulers may run; the one holding the lease
 (:mod:`kestream.runtime.scheduler_lease`) is active and runs the four loops, the others are
