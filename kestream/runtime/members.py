@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import time
@@ -67,6 +68,9 @@ NOT_READY_CHECK_S = 0.2
 #: The same, until its process has first been ready: an installation's start waits for that
 #: record (the API's ``/health/ready``), and a look costs a few microseconds.
 STARTING_CHECK_S = 0.02
+#: A look that wakes this much before a multiple of its period counts as on it (a timer may
+#: fire a hair early): see :func:`_slot`.
+_EARLY_S = 0.001
 #: Roles an installation cannot be ready without.
 REQUIRED_ROLES = ("executor", "worker")
 #: A board's reads wait this long when nothing comes: records end a wait at once, and a stop
@@ -421,11 +425,22 @@ class MemberPublisher:
 
     def _next_look(self) -> float:
         """Seconds to the next look: often until first ready (the installation's start waits
-        for that record), then :attr:`check_every` while ready, sooner while not ready."""
+        for that record), then every :attr:`check_every` while ready, more often while not.
+
+        Looks fall on multiples of their period on the monotonic clock, which every process of
+        a host shares (as do :attr:`interval`'s and :attr:`keepalive`'s, :meth:`_due`): the
+        publishers of one process wake in one turn of its loop, not one each, and the idle
+        keep-alives of every process of the host are written at the same moment, so that each
+        board fetches once for all of them. Spread out, each record rang every board of the
+        host into fetches of its own: most of an idle standalone's broker requests."""
         if not self._was_ready:
-            return STARTING_CHECK_S
-        ready = self._last is not None and self._last[0]
-        return self.check_every if ready else min(self.check_every, NOT_READY_CHECK_S)
+            period = STARTING_CHECK_S
+        elif self._last is not None and self._last[0]:
+            period = self.check_every
+        else:
+            period = min(self.check_every, NOT_READY_CHECK_S)
+        now = time.monotonic()
+        return (_slot(now, period) + 1) * period - now
 
     def _due(self) -> MemberStatus | None:
         """The status to publish now, or ``None``: a readiness change at once; every
@@ -436,11 +451,12 @@ class MemberPublisher:
         if now != self._last:
             return self.status()
         clock = time.monotonic()
-        if clock - self._last_looked < self.interval:
+        if _slot(clock, self.interval) == _slot(self._last_looked, self.interval):
             return None
         self._last_looked = clock
         status = self.status()
-        if clock - self._last_sent >= self.keepalive or _content(status) != self._last_content:
+        keepalive_due = _slot(clock, self.keepalive) != _slot(self._last_sent, self.keepalive)
+        if keepalive_due or _content(status) != self._last_content:
             return status
         return None
 
@@ -456,6 +472,13 @@ class MemberPublisher:
             except Exception:  # never let the heartbeat die: its silence reads as "gone"
                 log.exception("members: publishing failed")
                 await asyncio.sleep(_RETRY_BACKOFF_S)
+
+
+def _slot(ticks: float, period: float) -> int:
+    """Which multiple of ``period`` the monotonic time ``ticks`` is in (one a hair before a
+    multiple, :data:`_EARLY_S`, counts as on it): what lines up the looks and records of every
+    publisher of a host (:meth:`MemberPublisher._next_look`)."""
+    return math.floor((ticks + _EARLY_S) / period)
 
 
 def _content(status: MemberStatus) -> bytes:

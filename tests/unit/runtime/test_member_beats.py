@@ -126,16 +126,57 @@ async def test_a_ready_member_looks_less_often_than_one_that_is_not(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = Clock()
+    clock.now = 1_000.25
     ready = [False]
     publisher, _ = _publisher(
         monkeypatch, clock, Health("executor", [Check("p", lambda: ready[0])])
     )
     await publisher.publish()
-    assert publisher._next_look() == members.STARTING_CHECK_S  # never ready yet
+
+    def next_look_on(period: float) -> bool:
+        """The next look falls on the next multiple of ``period`` (module docs)."""
+        at = clock.now + publisher._next_look()
+        return 0 < at - clock.now <= period and at / period == pytest.approx(round(at / period))
+
+    assert next_look_on(members.STARTING_CHECK_S)  # never ready yet
     ready[0] = True
     await _look(publisher)
-    assert publisher._next_look() == members.CHECK_S
+    assert next_look_on(members.CHECK_S) and publisher._next_look() == pytest.approx(0.75)
     ready[0] = False
     await _look(publisher)
-    assert publisher._next_look() == members.NOT_READY_CHECK_S < members.CHECK_S
+    assert next_look_on(members.NOT_READY_CHECK_S) and members.NOT_READY_CHECK_S < members.CHECK_S
     assert members.CHECK_S * 2 <= members.STALE_AFTER_S  # a change is published long before
+
+
+async def test_the_keepalives_of_members_started_apart_are_written_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Spread out, each member's keep-alive rang every board of the host into fetches of its
+    own; on one grid of the host's monotonic clock they come together, whenever each started."""
+    clock = Clock()
+    publishers: list[tuple[MemberPublisher, _Producer]] = []
+    for started in (1_000.0, 1_003.37, 1_007.91):
+        clock.now = started
+        publisher, producer = _publisher(
+            monkeypatch, clock, Health("executor", [Check("p", lambda: True)])
+        )
+        await publisher.publish()
+        publishers.append((publisher, producer))
+    written: list[list[float]] = [[] for _ in publishers]
+    wakes: set[float] = set()
+    due = [clock.now + p._next_look() for p, _ in publishers]
+    while min(due) < 1_055.0:  # each publisher's loop: sleep to its next look, then look
+        index = min(range(len(due)), key=due.__getitem__)
+        clock.now = due[index]
+        wakes.add(round(clock.now, 6))
+        publisher, producer = publishers[index]
+        sent = len(producer.sent)
+        await _look(publisher)
+        if len(producer.sent) > sent:
+            written[index].append(round(clock.now, 6))
+        due[index] = clock.now + publisher._next_look()
+    assert written[0] and written[0] == written[1] == written[2]
+    assert all(
+        b - a == pytest.approx(members.KEEPALIVE_S) for a, b in itertools.pairwise(written[0])
+    )
+    assert all(w == pytest.approx(round(w)) for w in wakes)  # one wake-up a second, shared
