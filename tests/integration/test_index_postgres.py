@@ -7,13 +7,15 @@ install, where there are none).
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from postgres_fixture import PostgresServer, postgres  # noqa: F401 - the session fixture
 
-from kestream.api.index import open_index
+from kestream.api.index import open_index, text_index
 from kestream.api.index.feed import apply_isolating
 from kestream.api.index.postgres import PostgresStore
 from kestream.api.index.store import Batch, RecordKind, Store
@@ -27,6 +29,7 @@ from tests.unit.api.index_behaviours import (
     header,
     log_line,
     partial,
+    search,
 )
 
 
@@ -82,3 +85,42 @@ def test_a_record_postgres_refuses_is_set_aside_and_the_rest_applied(
     assert store.count() == 11 and store.get("e5") is None
     assert [line["message"] for line in store.logs("e1")] == ["nul \x00 kept"]
     assert store.offsets(UPDATES) == {0: 12}
+
+
+def test_without_pg_trgm_the_text_search_scans_and_says_so(
+    postgres: PostgresServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Where the database cannot create ``pg_trgm`` (not installed, or not allowed), the store
+    opens all the same, logs why, and its text search answers by reading the rows; where it
+    can, the three trigram indexes exist."""
+    url = postgres.create_database()
+    with caplog.at_level(logging.WARNING, logger=text_index.__name__):
+        store = PostgresStore(url)
+    try:
+        with psycopg.connect(url) as raw:
+            available = raw.execute(
+                "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_trgm'"
+            ).fetchone()
+            indexes = {
+                row[0]
+                for row in raw.execute(
+                    "SELECT indexname FROM pg_indexes WHERE indexname LIKE '%_trgm'"
+                ).fetchall()
+            }
+        assert store.text_indexed is bool(available)
+        if available:
+            assert indexes == {
+                "executions_id_trgm",
+                "executions_namespace_trgm",
+                "executions_flow_id_trgm",
+            }
+        else:
+            assert indexes == set()
+            assert "pg_trgm extension cannot be created" in caplog.text
+        feed = Feed(partitions=1)
+        store.apply(feed.updates(partial(header("e1", flow_id="Nightly_Report"))))
+        assert search(store, q="HTLY_r") == (["e1"], 1)
+        assert search(store, q="y%r") == ([], 0)
+    finally:
+        store.close()

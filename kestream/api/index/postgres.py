@@ -22,8 +22,9 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from kestream.api.index.sql import Dialect
+from kestream.api.index.sql import PG_TRGM, Dialect
 from kestream.api.index.store import Cursor, Store
+from kestream.api.index.text_index import pg_text_index
 
 __all__ = ["POSTGRES", "PostgresStore"]
 
@@ -52,6 +53,7 @@ POSTGRES = Dialect(
     # The C collation, as the text columns: lower() folds ASCII letters only, as SQLite's
     # and as the search lowers its needle, whatever the database's default locale.
     log_message="((l.doc->>'message') COLLATE \"C\")",
+    text_index=PG_TRGM,
 )
 
 _C = 'COLLATE "C"'
@@ -134,6 +136,8 @@ class PostgresStore(Store):
         self._readers: list[Any] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        #: Whether ``pg_trgm``'s indexes exist (:mod:`kestream.api.index.text_index`).
+        self.text_indexed = False
         self._writer = self._connect()
         try:
             self._create_schema()
@@ -151,6 +155,7 @@ class PostgresStore(Store):
             # Two processes creating the schema at once would race on the catalog.
             cur.execute("SELECT pg_advisory_xact_lock(7051120913)")
             self._create_tables(cur, _SCHEMA, "drop its tables")
+            self.text_indexed = pg_text_index(cur, self._writer.transaction, self._psycopg.Error)
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Cursor]:

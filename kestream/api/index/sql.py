@@ -44,8 +44,12 @@ from kestream.api.index.query import (
     TextField,
     TextFilter,
 )
+from kestream.api.index.text_index import TEXT_TABLE, fts_phrase, like_pattern
 from kestream.models.state import StateType
 
+#: :attr:`Dialect.text_index` values.
+FTS5_TRIGRAM = "fts5-trigram"
+PG_TRGM = "pg_trgm"
 #: Most branches in a fan-out, and most rows all branches may read (branches x page end).
 FAN_OUT_MAX = 64
 FAN_OUT_ROWS_MAX = 20_000
@@ -70,6 +74,10 @@ class Dialect:
     escapes_nul: bool = False
     #: A log line's message read from its ``l.doc`` (the logs search's text filter).
     log_message: str = "json_extract(l.doc, '$.message')"
+    #: What answers the text search ``q`` (:mod:`kestream.api.index.text_index`): ``None``, a
+    #: scan; :data:`FTS5_TRIGRAM`, SQLite's ``executions_text``; :data:`PG_TRGM`, ``LIKE``
+    #: (which PostgreSQL's trigram indexes answer where they exist).
+    text_index: str | None = None
     _cache: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def sql(self, text: str) -> str:
@@ -251,14 +259,25 @@ class _Where:
         )
 
     def q(self, text: str) -> None:
+        """A case-insensitive substring of the id, namespace or flow id. Where a text index
+        exists it picks the candidates, and each is still checked as the scan checks it, so
+        the answer is the scan's (:mod:`kestream.api.index.text_index`)."""
         needle = self.dialect.text(text.lower())
+        columns = ("e.id", "e.namespace", "e.flow_id")
+        if self.dialect.text_index == PG_TRGM:
+            pattern = like_pattern(needle)
+            self.add(
+                "(" + " OR ".join(f"lower({c}) LIKE ?" for c in columns) + ")",
+                *[pattern] * len(columns),
+            )
+            return
+        phrase = fts_phrase(needle) if self.dialect.text_index == FTS5_TRIGRAM else None
+        if phrase is not None:
+            self.add(f"e.id IN (SELECT id FROM {TEXT_TABLE} WHERE {TEXT_TABLE} MATCH ?)", phrase)
         find = self.dialect.find
         self.add(
-            f"({find}(lower(e.id), ?) > 0 OR {find}(lower(e.namespace), ?) > 0 "
-            f"OR {find}(lower(e.flow_id), ?) > 0)",
-            needle,
-            needle,
-            needle,
+            "(" + " OR ".join(f"{find}(lower({c}), ?) > 0" for c in columns) + ")",
+            *[needle] * len(columns),
         )
 
     @property

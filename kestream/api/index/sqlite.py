@@ -13,13 +13,15 @@ first use; every connection is closed by :meth:`SQLiteStore.close`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from kestream.api.index.sql import Dialect
+from kestream.api.index.sql import FTS5_TRIGRAM, Dialect
 from kestream.api.index.store import Cursor, Store
+from kestream.api.index.text_index import TEXT_TABLE, sqlite_text_index
 from kestream.models.execution import format_instant
 
 __all__ = ["DEFAULT_FILE", "SQLiteStore"]
@@ -35,6 +37,8 @@ _ANALYSIS_LIMIT = 2_000
 SQLITE = Dialect(
     name="sqlite", placeholder="?", find="instr", doc_cast="", date=format_instant, no_date="''"
 )
+#: The same, where the text search is answered by ``executions_text`` (:mod:`.text_index`).
+SQLITE_TEXT_INDEX = dataclasses.replace(SQLITE, text_index=FTS5_TRIGRAM)
 
 #: The listing indexes (name, columns), shared in spirit with the PostgreSQL store.
 _INDEXES = (
@@ -103,7 +107,11 @@ _SCHEMA = (
 
 
 class SQLiteStore(Store):
-    """The execution index in one SQLite file (created with its schema if missing)."""
+    """The execution index in one SQLite file (created with its schema if missing).
+
+    Its text search has an FTS5 trigram index where this SQLite has the tokenizer
+    (:mod:`kestream.api.index.text_index`); :attr:`dialect` says which.
+    """
 
     dialect = SQLITE
 
@@ -139,6 +147,9 @@ class SQLiteStore(Store):
     def _create_schema(self) -> None:
         with self._writing() as cur:
             self._create_tables(cur, _SCHEMA, f"delete {self.path}")
+            if sqlite_text_index(cur, self.path):
+                self.dialect = SQLITE_TEXT_INDEX
+                self._TABLES = (*Store._TABLES, TEXT_TABLE)
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Cursor]:

@@ -462,7 +462,14 @@ class Store(ABC):
     # -- writing ---------------------------------------------------------------------------------
 
     #: Every table the feed fills, emptied by :meth:`reset`.
-    _TABLES = ("logs", "labels", "task_runs", "executions", "namespaces", "feed_offsets")
+    _TABLES: tuple[str, ...] = (
+        "logs",
+        "labels",
+        "task_runs",
+        "executions",
+        "namespaces",
+        "feed_offsets",
+    )
 
     def reset(self) -> None:
         """Forget everything: the topics this index followed are gone (see the feed)."""

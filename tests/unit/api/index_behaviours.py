@@ -7,6 +7,7 @@ store on that test's own database (called again, it reopens the same database).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Callable
@@ -788,6 +789,99 @@ def test_a_search_checked_row_by_row_counts_its_matches_up_to_a_bound(
     assert search(store, **two_labels, **newest_first) == (["e11", "e09", "e07"], 4)
     assert search(store, **{"filters[labels][EQUALS]": "env:prod"}, **newest_first)[1] == 6
     assert search(store, **{"filters[flowId][EQUALS]": "nightly1"}, **newest_first)[1] == 6
+
+
+#: Executions whose id, namespace and flow id exercise the text search: case, letters outside
+#: ASCII (which SQL's ``lower()`` leaves as they are), FTS5's quote, LIKE's wildcards and escape,
+#: and text that exists only across two columns.
+TEXT_ROWS = [
+    ("t01", "Company.Data", "Ingest_Orders"),
+    ("t02", "company.data", "ingest%orders"),
+    ("t03", "ÉQUIPE.Ops", "Nightly\\Report"),
+    ("t04", "équipe.ops", 'say"hello"'),
+    ("t05", "k\u212aelvin.ns", "STRASSE"),
+    ("t06", "straße.ns", "flow 1"),
+    ("T07-Upper", "company.ml", "train"),
+    ("t08", "company.ml", "ingest_orders"),
+]
+#: Needles that match some of those rows, none, or a row only across its columns.
+TEXT_NEEDLES = [
+    *'aAé_%\\"ß',
+    "da",
+    "INGEST_ORDERS",
+    "ingest_",
+    "st%o",
+    "t_o",
+    "équipe",
+    "ÉQUIPE",
+    "Équipe",
+    "\\rep",
+    'y"h',
+    '"',
+    'say"hello"',
+    "kelvin",
+    "\u212aelvin",
+    "strasse",
+    "straße",
+    "w 1",
+    "t07-up",
+    "mldata",
+    "ml.train",
+    "datainge",
+    "nowhere",
+    "%",
+    "_o",
+]
+
+
+def _scan_matches(needle: str, row: tuple[str, str, str]) -> bool:
+    """What the text search means: the lowered needle in an ASCII-lowered column."""
+    lowered = needle.lower()
+    return any(lowered in column.translate(_ASCII_LOWER) for column in row)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def test_the_text_search_answers_as_the_scan_with_and_without_its_index(store: Store) -> None:
+    """Each needle gives the same page and count through the store's text index as through
+    the row-by-row scan (the dialect without it, on the same rows), and both are what the
+    search means: an ASCII-case-insensitive substring of one column."""
+    feed = Feed()
+    store.apply(
+        feed.updates(
+            *(
+                partial(header(i, namespace=ns, flow_id=flow, start=T0 + timedelta(minutes=n)))
+                for n, (i, ns, flow) in enumerate(TEXT_ROWS)
+            )
+        )
+    )
+    indexed = store.dialect
+    assert indexed.text_index is not None
+    scanning = dataclasses.replace(indexed, text_index=None)
+    newest_first = {"sort": "state.startDate:desc", "size": "50"}
+    for needle in TEXT_NEEDLES:
+        expected = [i for i, *rest in reversed(TEXT_ROWS) if _scan_matches(needle, (i, *rest))]
+        got = search(store, q=needle, **newest_first)
+        store.dialect = scanning
+        try:
+            scanned = search(store, q=needle, **newest_first)
+        finally:
+            store.dialect = indexed
+        assert got == scanned == (expected, len(expected)), needle
+
+
+def test_the_text_index_follows_later_writes_of_a_row(store: Store) -> None:
+    """A row written again (a later update, a purge's tombstone, an update after it) is found
+    by its text as it is now, and a deleted one is not listed."""
+    feed = Feed()
+    store.apply(feed.updates(partial(header("e1", flow_id="first"))))
+    store.apply(feed.updates(partial(header("e1", flow_id="second", state="SUCCESS"))))
+    store.apply(feed.updates(partial(header("e2", flow_id="second"))))
+    assert search(store, q="second") == (["e2", "e1"], 2)
+    assert search(store, q="first") == ([], 0)
+    store.delete("e2")
+    assert search(store, q="second") == (["e1"], 1)
 
 
 def test_search_results_are_the_executions_without_task_runs(store: Store) -> None:

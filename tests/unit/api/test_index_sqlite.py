@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -11,11 +13,13 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from kestream.api.index import open_index
+from kestream.api.index import open_index, text_index
 from kestream.api.index.feed import apply_isolating
 from kestream.api.index.postgres import PostgresStore
+from kestream.api.index.sql import FTS5_TRIGRAM
 from kestream.api.index.sqlite import DEFAULT_FILE, SQLiteStore
 from kestream.api.index.store import Batch, RecordKind, Store
+from kestream.api.index.text_index import TEXT_TABLE
 from kestream.settings import Settings
 from tests.unit.api.index_behaviours import *  # noqa: F403
 from tests.unit.api.index_behaviours import (
@@ -26,6 +30,7 @@ from tests.unit.api.index_behaviours import (
     header,
     log_line,
     partial,
+    search,
 )
 
 
@@ -194,3 +199,56 @@ def test_the_logs_search_reads_the_time_index_which_an_older_file_gets(tmp_path:
             )
         )
     assert "logs_time" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def _text_rows(path: Path) -> list[tuple[str, str, str]]:
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        return sorted(raw.execute(f"SELECT id, namespace, flow_id FROM {TEXT_TABLE}").fetchall())
+
+
+def test_a_file_made_before_the_text_index_gets_it_filled_when_opened(tmp_path: Path) -> None:
+    """An index without ``executions_text`` (made by an earlier kestream) gains the table,
+    filled from its rows, and its triggers, when opened; nothing it held is lost."""
+    path = tmp_path / "index.sqlite"
+    feed = Feed()
+    with SQLiteStore(path) as store:
+        store.apply(
+            feed.updates(*(partial(header(f"e{i}", flow_id=f"nightly{i}")) for i in range(3)))
+        )
+        store.apply(feed.logs("e1", log_line("e1", T0, "INFO", "kept")))
+    with contextlib.closing(sqlite3.connect(path)) as raw, raw:
+        raw.execute(f"DROP TABLE {TEXT_TABLE}")
+        raw.execute("DROP TRIGGER executions_text_insert")
+        raw.execute("DROP TRIGGER executions_text_update")
+        raw.execute("DELETE FROM index_meta WHERE key = 'text_index'")
+    with SQLiteStore(path) as store:
+        assert search(store, q="NIGHTLY1") == (["e1"], 1)
+        assert search(store, q="nightly") == (["e2", "e1", "e0"], 3)
+        assert [line["message"] for line in store.logs("e1")] == ["kept"]
+        store.apply(feed.updates(partial(header("e3", flow_id="nightly3"))))
+        assert search(store, q="nightly3") == (["e3"], 1)
+    assert [row[0] for row in _text_rows(path)] == ["e0", "e1", "e2", "e3"]
+
+
+def test_without_the_trigram_tokenizer_the_text_search_scans_and_a_later_open_catches_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where SQLite lacks the tokenizer the store says so, keeps writing (without the
+    triggers) and answers by scanning; a later open with the tokenizer refills the table, so
+    rows written meanwhile are found."""
+    path = tmp_path / "index.sqlite"
+    feed = Feed()
+    with SQLiteStore(path) as store:
+        store.apply(feed.updates(partial(header("e1", flow_id="before"))))
+    monkeypatch.setattr(text_index, "trigram_available", lambda: False)
+    with caplog.at_level(logging.WARNING, logger=text_index.__name__), SQLiteStore(path) as store:
+        assert store.dialect.text_index is None
+        store.apply(feed.updates(partial(header("e2", flow_id="meanwhile"))))
+        assert search(store, q="meanwhile") == (["e2"], 1)
+    assert "no FTS5 trigram tokenizer" in caplog.text
+    assert [row[0] for row in _text_rows(path)] == ["e1"]  # e2 was written without it
+    monkeypatch.undo()
+    with SQLiteStore(path) as store:
+        assert store.dialect.text_index == FTS5_TRIGRAM
+        assert search(store, q="MEANWHILE") == (["e2"], 1)
+    assert [row[0] for row in _text_rows(path)] == ["e1", "e2"]
