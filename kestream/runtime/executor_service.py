@@ -101,6 +101,7 @@ from kestream.runtime.executor_writer import DeadLetters, RecordWriter, Refusal,
 from kestream.runtime.held_events import HeldEvents
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.local_handoff import LocalResults, disconnect
+from kestream.runtime.member_fence import MemberFence
 from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.parked_partitions import Parked, ParkedPartitions
 from kestream.runtime.processing_guarantee import exactly_once
@@ -218,6 +219,10 @@ class ExecutorService:
         #: fetched again (:meth:`_fetch_again`).
         self._generation = 0
         self._stopping = False
+        #: The group membership's last confirmation (:mod:`.member_fence`); None without a group.
+        self.fence: MemberFence | None = None
+        #: A lapsed membership dropped the partitions; the group's next assignment settles them.
+        self._rejoining = False
         self._fatal: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -271,6 +276,8 @@ class ExecutorService:
         else:
             self._consumer.subscribe(inputs, listener=_Rebalance(self))
             await self._consumer.start()
+            self.fence = MemberFence(self.settings.session_timeout() / 1000)
+            self.fence.watch(self._consumer)
         self._task = asyncio.create_task(self._run(), name="executor-loop")
         self.metrics.executor_threads.inc()
 
@@ -367,11 +374,15 @@ class ExecutorService:
             async with self._lock:
                 if generation != self._generation:
                     batch = await self._fetch_again(batch)
+                if await self._lapsed():
+                    continue  # out of the group, maybe: nothing stepped from the state held
                 await self._prepare(batch)
                 out: Outboxes = PartitionOutboxes() if self.writer.transactions else Outbox()
                 self._take_repairs(out)
                 await self._step_batch_paced(batch, out)
                 await self._step_handed(out)
+                if await self._lapsed():
+                    continue  # lapsed while stepping: nothing of the cycle is written
                 if isinstance(out, PartitionOutboxes):  # exactly-once: flush and commit as one
                     self._flushed(batch)
                     await self._commit_transactions(out)
@@ -384,6 +395,32 @@ class ExecutorService:
                     ):
                         await self._commit()
             self._report(batch, started)
+
+    async def _lapsed(self) -> bool:
+        """Whether this member's group membership has lapsed (:mod:`.member_fence`): no
+        heartbeat confirmed it for a whole session, so the group may have handed its partitions
+        on. Then it writes nothing from the state it holds: the partitions' state is dropped
+        (not parked: their new owner may have written their changelog since), their fetching
+        paused, and the group asked to rejoin; its assignment recovers them afresh."""
+        fence = self.fence
+        if fence is None or not fence.lapsed():
+            return False
+        if not self._rejoining:
+            self._rejoining = True
+            gone = set(self.owned)
+            log.error(
+                "executor: no heartbeat has confirmed its group membership for %.1f s (the "
+                "session is %.1f s): the group may have handed its partitions %s on; their "
+                "state is dropped, nothing is written from it, and the member rejoins",
+                fence.silent_for(), fence.session_timeout_s, sorted(gone),
+            )  # fmt: skip
+            self.ready.clear()
+            self._generation += 1
+            await self._let_go(gone, park=False)
+            assert self._consumer is not None
+            self._consumer.pause(*self._consumer.assignment())
+            fence.rejoin()
+        return True
 
     async def _fetch_again(self, batch: Batch) -> Batch:
         """Drop a batch that a rebalance may have overtaken (fetched, in part, before it): its
@@ -965,6 +1002,9 @@ class ExecutorService:
         would log it and carry on without the state."""
         async with self._lock:
             self._generation += 1
+            if self.fence is not None:
+                self.fence.confirm()  # the group has just counted this member in
+                self._rejoining = False
             new = partitions - self.owned
             if new:
                 try:
@@ -1002,7 +1042,9 @@ class ExecutorService:
             self.ready.clear()
             gone = partitions & self.owned
             await self._commit_leaving(gone)
-            await self._let_go(gone, park=True)
+            # Parked for a warm recovery only while the membership holds: a member that lapsed
+            # may have written after another owner, and its checkpoints skip that owner's records.
+            await self._let_go(gone, park=self.fence is None or not self.fence.lapsed())
 
     async def _let_go(self, gone: set[int], *, park: bool) -> None:
         """Drop the partitions' executions, held events, timers, ended markers, offsets left to

@@ -96,6 +96,7 @@ from kestream.runtime.context import BrokerContext
 from kestream.runtime.hand_over import HandOver
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.log_stream import LogStream
+from kestream.runtime.member_fence import MemberFence
 from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.produce_faults import record_fault
 from kestream.runtime.topics import ensure_group_topics
@@ -142,6 +143,8 @@ HANDED_UNFETCHED_MAX = 32
 #: executors in other processes on the same partitions are not starved by the local ones.
 FETCH_RESERVE_SHARE = 0.25
 _ERROR_BACKOFF_S = 0.5
+#: How often the member fence looks whether the group membership lapsed (:meth:`_lapsed`).
+FENCE_LOOK_S = 0.1
 #: The longest pause between two tries of a result that must get through (:func:`_backoff`).
 _MAX_BACKOFF_S = 5.0
 
@@ -352,6 +355,8 @@ class WorkerService:
         self._partition_lag = self.metrics.partition_lag("worker")
         #: In the group with an assignment (possibly empty: more workers than partitions).
         self._in_group = False
+        #: The group membership's last confirmation (:mod:`.member_fence`); None without a group.
+        self.fence: MemberFence | None = None
 
     @property
     def in_flight(self) -> int:
@@ -401,6 +406,9 @@ class WorkerService:
         else:
             self._consumer.subscribe([self.topic], listener=_Rebalance(self))
             await self._consumer.start()
+            self.fence = MemberFence(ctx.settings.session_timeout() / 1000)
+            self.fence.watch(self._consumer)
+            self.fence.guard(self._lapsed, FENCE_LOOK_S)
         self._task = asyncio.create_task(self.run(), name="worker-loop")
         self.metrics.worker_job_thread.inc(self.threads)
 
@@ -425,6 +433,8 @@ class WorkerService:
         self._send_until = time.monotonic() + drain_timeout
         self._stopping = True
         local_handoff.disconnect(self)
+        if self.fence is not None:
+            self.fence.stop()
         consumer = self._consumer
         if self._task is not None:
             self._task.cancel()
@@ -498,6 +508,9 @@ class WorkerService:
     async def _iteration(self) -> None:
         consumer = self._consumer
         assert consumer is not None, "WorkerService is not started"
+        if self.fence is not None and self.fence.tripped:  # until the group answers the rejoin
+            await asyncio.sleep(FETCH_TIMEOUT_MS / 1000)
+            return
         if self._held:
             self._retry_held()
         room = self.max_in_flight - self.in_flight
@@ -1025,19 +1038,46 @@ class WorkerService:
         log.info("worker: partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self.fence is not None:
+            self.fence.confirm()  # the group has just counted this member in
         for job in list(self._jobs.values()):
             if job.task is not None and job.partition not in assigned and not job.abandoned:
                 # Its partition went to another worker, which runs the job again from the
                 # committed offset: stop this copy, unreported, so the attempt runs once.
-                job.abandoned = job.kill_requested = True
-                self._runner.kill(job.key[0], job.key[1])
-                self.stats["abandoned"] += 1
+                self._abandon(job)
         for tp in assigned:
             self._partitions.setdefault(tp, _PartitionLog())
         log.info("worker: partitions assigned: %s", sorted(tp.partition for tp in assigned))
         self._in_group = True
         if assigned:
             self.assigned.set()
+
+    def _abandon(self, job: _Job) -> None:
+        """Stop a running job, unreported: another worker runs it again."""
+        job.abandoned = job.kill_requested = True
+        self._runner.kill(job.key[0], job.key[1])
+        self.stats["abandoned"] += 1
+
+    def _lapsed(self) -> None:
+        """No heartbeat has confirmed this worker's group membership for a whole session (its
+        process was frozen past it, say): its partitions may be another worker's, which runs
+        their jobs again from the committed offsets. Every running job stops at once,
+        unreported, before a task woken with the process takes effect (this runs on the loop's
+        first turn after the wake: :mod:`.member_fence`); fetching stops and the member
+        rejoins; the jobs run again wherever the group assigns their partitions."""
+        fence, consumer = self.fence, self._consumer
+        assert fence is not None and consumer is not None
+        running = [j for j in self._jobs.values() if j.task is not None and not j.abandoned]
+        log.error(
+            "worker: no heartbeat has confirmed its group membership for %.1f s (the session "
+            "is %.1f s): the group may have handed its partitions on; %d running job(s) stop "
+            "unreported, and the member rejoins",
+            fence.silent_for(), fence.session_timeout_s, len(running),
+        )  # fmt: skip
+        for job in running:
+            self._abandon(job)
+        consumer.pause(*consumer.assignment())
+        fence.rejoin()
 
 
 def _result_unpublishable(
