@@ -134,7 +134,7 @@ def time_queries(store: SQLiteStore, repeat: int, seed: int) -> dict[str, dict[s
                 {k: v if isinstance(v, list) else [v] for k, v in params.items()}
             )
             began = time.perf_counter()
-            _page, total = store.search(query)
+            total = store.search(query).total
             timings.append((time.perf_counter() - began) * 1000)
             totals.append(total)
         timings.sort()

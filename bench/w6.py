@@ -261,7 +261,8 @@ def time_queries(store: Store, expected: Expected, seed: int) -> dict[str, dict[
         for params, total in queries:
             began = time.perf_counter()
             query = parse_search_params(params)
-            page, counted = store.search(query)
+            found = store.search(query)
+            page, counted = found.results, found.total
             timings.append((time.perf_counter() - began) * 1000)
             wanted_rows = max(0, min(PAGE_SIZE, total - query.offset))
             ok = ok and counted == total and len(page) == wanted_rows

@@ -23,6 +23,7 @@ from kestream.api.http import (
     bad_request,
     invalid,
     json_response,
+    listing_response,
     not_found,
     parse_labels,
     query_flag,
@@ -305,14 +306,14 @@ class ExecutionRoutes:
 
     async def search(self, request: web.Request) -> web.Response:
         """``{results, total}`` for Kestra's ``filters[field][OPERATION]=value`` parameters (and
-        the older ``namespace=``/``flowId=``/``state=`` ones); the total is counted apart."""
+        the older ``namespace=``/``flowId=``/``state=`` ones); the total is counted apart, and
+        a capped one is said so in a header (:func:`listing_response`)."""
         service = self.api.service_for(request)
         try:
             query = parse_search_params(request.query)
         except QueryError as exc:
             raise bad_request(f"Invalid query filters: {exc}") from None
-        results, total = await service.search(query)
-        return json_response({"results": results, "total": total})
+        return listing_response(await service.search(query))
 
 
 async def follow_frames(service: ApiService, known: dict[str, Any]) -> AsyncIterator[bytes]:

@@ -17,6 +17,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from kestream.api.index.query import QueryError, label_pair, parse_instant
+from kestream.api.index.store import Listing
 from kestream.models.values import UnportableValue, loads_json, safe_text
 from kestream.secrets.encryption import mask_sealed
 
@@ -27,6 +28,21 @@ def json_response(body: Any, status: int = 200) -> web.Response:
     """A JSON response serialised in one orjson pass (datetimes as ISO-8601)."""
     # SECRET inputs' encrypted values show as ****** (kestream.secrets.encryption)
     return web.Response(body=mask_sealed(orjson.dumps(body)), status=status, content_type=JSON)
+
+
+#: Sent, as ``true``, with a search's ``{results, total}`` whose total is a lower bound (the
+#: count stopped at its bound, :class:`~kestream.api.index.store.Listing`): the body keeps
+#: Kestra's shape, and a client that knows the header shows "10000+" instead of "10000".
+TOTAL_CAPPED_HEADER = "X-Kestream-Total-Capped"
+
+
+def listing_response(listing: Listing) -> web.Response:
+    """Kestra's ``{results, total}`` of a search, with :data:`TOTAL_CAPPED_HEADER` when the
+    total is capped."""
+    response = json_response({"results": listing.results, "total": listing.total})
+    if listing.capped:
+        response.headers[TOTAL_CAPPED_HEADER] = "true"
+    return response
 
 
 class ApiError(web.HTTPException):

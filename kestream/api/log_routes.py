@@ -37,7 +37,7 @@ from aiokafka import TopicPartition
 
 from kestream.api import sse
 from kestream.api.handle import ApiHandle
-from kestream.api.http import bad_request, json_response, query_int
+from kestream.api.http import bad_request, json_response, listing_response, query_int
 from kestream.api.index.log_query import parse_log_search
 from kestream.api.index.query import MAX_PAGE, QueryError
 from kestream.api.index.store import LOG_LEVELS, LOG_PAGE, LogSearch, log_level_rank
@@ -99,8 +99,7 @@ class LogRoutes:
         """``GET .../logs/search``: ``{results, total}``, the lines of every execution, newest
         first (see :func:`log_search`)."""
         service = self.api.service_for(request)
-        lines, total = await service.search_logs(log_search(request))
-        return json_response({"results": lines, "total": total})
+        return listing_response(await service.search_logs(log_search(request)))
 
     async def list(self, request: web.Request) -> web.Response:
         """One page of at most :data:`LOG_LIST_MAX` lines (see the module doc)."""

@@ -29,7 +29,7 @@ from kestream.api.execution_end import is_over
 from kestream.api.index import Store, open_index
 from kestream.api.index.feed import IndexFeed
 from kestream.api.index.query import SearchQuery
-from kestream.api.index.store import LogPage, LogSearch
+from kestream.api.index.store import Listing, LogPage, LogSearch
 from kestream.api.sse import FollowLimit
 from kestream.client import Client
 from kestream.executor import events as ev
@@ -308,7 +308,7 @@ class ApiService:
         restart, since an ended execution has left the executor's state (DESIGN.md section 3)."""
         await self.client.send(ev.Restart(snapshot["id"], snapshot=snapshot))
 
-    async def search(self, query: SearchQuery) -> tuple[list[dict[str, Any]], int]:
+    async def search(self, query: SearchQuery) -> Listing:
         return await asyncio.to_thread(self.index.search, query)
 
     async def logs(
@@ -327,7 +327,7 @@ class ApiService:
             )
         )
 
-    async def search_logs(self, query: LogSearch) -> tuple[list[dict[str, Any]], int]:
+    async def search_logs(self, query: LogSearch) -> Listing:
         """A page of every execution's lines that ``query`` picks (:meth:`Store.search_logs`)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._log_searches, self.index.search_logs, query)

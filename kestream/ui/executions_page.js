@@ -228,20 +228,22 @@ export function executionsPage(root, _params, query) {
   let timer;
   const load = async () => {
     try {
-      const answer = await getJson(`/executions/search?${searchQuery(query)}`);
+      const response = await call("GET", `/executions/search?${searchQuery(query)}`);
+      const answer = await response.json();
       if (stopped) return;
       fill(status);
-      render(answer.results, answer.total);
+      // A total the index stopped counting at (X-Kestream-Total-Capped) shows as "10000+".
+      render(answer.results, answer.total, response.headers.get("X-Kestream-Total-Capped") === "true");
     } catch (error) {
       if (!stopped) fill(status, errorBox(/** @type {Error} */ (error).message));
     }
     if (!stopped) timer = setTimeout(load, document.hidden ? REFRESH_MS * 4 : REFRESH_MS);
   };
 
-  /** @param {any[]} results @param {number} count */
-  const render = (results, count) => {
+  /** @param {any[]} results @param {number} count @param {boolean} capped */
+  const render = (results, count, capped) => {
     const pages = Math.max(1, Math.ceil(count / PAGE_SIZE));
-    fill(total, `${count} execution${count === 1 ? "" : "s"}`);
+    fill(total, `${count}${capped ? "+" : ""} execution${count === 1 && !capped ? "" : "s"}`);
     // A redraw replaces the rows: the control that had the focus gets it back in its new row.
     const focused = /** @type {HTMLElement | null} */ (document.activeElement);
     const focusRow = focused && body.contains(focused) ? focused.closest("tr")?.dataset.id : undefined;

@@ -322,6 +322,9 @@ class SearchSQL:
     page_params: list[Any]
     count: str
     count_params: list[Any]
+    #: The count's bound, when it has one: it reads one match past it, so that more matches
+    #: than the bound (a capped total) tell from exactly that many.
+    count_max: int | None = None
 
 
 @dataclass(slots=True)
@@ -395,7 +398,7 @@ def search_sql(
     (:func:`matching_namespaces`); needed when :func:`needs_namespaces` says so. The page is
     chosen on indexes alone (ids and sort keys, ``LIMIT``/``OFFSET``), then only its rows'
     documents are read, so a sort or a deep page never drags thousands of documents along.
-    ``count_max`` bounds the count (it stops at that many matches) when filters are checked
+    ``count_max`` bounds the count (it stops past that many matches) when filters are checked
     row by row (a text, labels beside the driving range): that count is otherwise a read of
     every candidate. A count an index range answers alone stays exact.
     """
@@ -442,7 +445,8 @@ def search_sql(
             if bound is None
             else f"SELECT COUNT(*) FROM (SELECT 1 FROM {source} WHERE {where.sql()} LIMIT ?) c"
         ),
-        count_params=[*where.params] if bound is None else [*where.params, bound],
+        count_params=[*where.params] if bound is None else [*where.params, bound + 1],
+        count_max=bound,
     )
 
 

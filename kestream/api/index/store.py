@@ -64,6 +64,7 @@ __all__ = [
     "ApplyResult",
     "Batch",
     "FeedRecord",
+    "Listing",
     "LogPage",
     "LogSearch",
     "RecordKind",
@@ -266,6 +267,19 @@ class LogSearch:
     end: datetime | None = None
     page: int = 1
     size: int = 25
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """One page of a search (:meth:`Store.search`, :meth:`Store.search_logs`) and its total."""
+
+    results: list[dict[str, Any]]
+    #: How many match; a lower bound when :attr:`capped`.
+    total: int
+    #: The count stopped at its bound (:data:`SEARCH_COUNT_MAX`, :data:`LOG_SEARCH_COUNT_MAX`),
+    #: or a logs search read only the newest lines of its window: more may match. The API says
+    #: so in a header (:data:`kestream.api.http.TOTAL_CAPPED_HEADER`).
+    capped: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -746,14 +760,15 @@ class Store(ABC):
             row = cur.fetchone()
         return str(row[0]) if row is not None else None
 
-    def search(self, query: SearchQuery) -> tuple[list[dict[str, Any]], int]:
+    def search(self, query: SearchQuery) -> Listing:
         """One page of executions (without task runs) and the total that match.
 
         The total comes from its own ``COUNT(*)`` over the same filters, never from fetching
-        rows (BENCHMARKS.md W6), in the same read snapshot as the page.
+        rows (BENCHMARKS.md W6), in the same read snapshot as the page. A count checked row by
+        row stops past :data:`SEARCH_COUNT_MAX`: the total is then that bound, and capped.
         """
         if query.nothing:
-            return [], 0
+            return Listing([], 0)
         with self._reading() as cur:
             namespaces = None
             if needs_namespaces(query):
@@ -761,12 +776,15 @@ class Store(ABC):
                 namespaces = matching_namespaces(query, (row[0] for row in cur.fetchall()))
             statements = search_sql(query, self.dialect, namespaces, SEARCH_COUNT_MAX)
             if statements is None:
-                return [], 0
+                return Listing([], 0)
             cur.execute(statements.page, statements.page_params)
             page = [self._load(row[0]) for row in cur.fetchall()]
             cur.execute(statements.count, statements.count_params)
             total = int(cur.fetchone()[0])
-        return page, total
+        bound = statements.count_max
+        if bound is not None and total > bound:
+            return Listing(page, bound, capped=True)
+        return Listing(page, total)
 
     def logs(
         self,
@@ -844,10 +862,11 @@ class Store(ABC):
         ]
         return LogPage(lines, int(rows[-1][0]) if rows else cursor, len(rows) >= limit)
 
-    def search_logs(self, query: LogSearch) -> tuple[list[dict[str, Any]], int]:
+    def search_logs(self, query: LogSearch) -> Listing:
         """One page of the lines of every execution that ``query`` picks, newest first, and
         how many there are (counted up to :data:`LOG_SEARCH_COUNT_MAX`: the count is a scan of
-        the matching lines, which must stay bounded on a large index).
+        the matching lines, which must stay bounded on a large index). The total is capped
+        when counting stopped at that bound or the window was cut at the newest lines.
 
         Lines of deleted executions are left out, as the executions are; the text filter is a
         case-insensitive substring of the message (ASCII letters fold, as SQL's ``lower()``).
@@ -882,6 +901,7 @@ class Store(ABC):
             params.append(self.dialect.text(query.text.translate(_ASCII_LOWER)))
         filtered = len(clauses) > 1
         doc = f"l.doc{self.dialect.doc_cast}"
+        floor = None
         with self._reading() as cur:
             if filtered:
                 floor = self._scan_floor(cur, window, window_params)
@@ -900,14 +920,18 @@ class Store(ABC):
             )
             lines = [self._load(row[0]) for row in cur.fetchall()]
             offset = (query.page - 1) * query.size
+            cut = floor is not None
             if len(lines) < query.size and (lines or not offset):
-                return lines, offset + len(lines)  # the last page: no second scan to count
+                # The last page: no second scan to count.
+                return Listing(lines, offset + len(lines), capped=cut)
             cur.execute(
                 self._sql(f"SELECT COUNT(*) FROM (SELECT 1 {matching} LIMIT ?) AS counted"),
-                [*params, LOG_SEARCH_COUNT_MAX],
+                [*params, LOG_SEARCH_COUNT_MAX + 1],
             )
             total = int(cur.fetchone()[0])
-        return lines, total
+        if total > LOG_SEARCH_COUNT_MAX:
+            return Listing(lines, LOG_SEARCH_COUNT_MAX, capped=True)
+        return Listing(lines, total, capped=cut)
 
     def _scan_floor(self, cur: Cursor, window: list[str], params: list[Any]) -> Any:
         """The timestamp of the :data:`LOG_SEARCH_SCAN_MAX`-th newest line of the window, or

@@ -153,9 +153,14 @@ def ids(results: list[dict[str, Any]]) -> list[str]:
 
 
 def search(store: Store, **params: Any) -> tuple[list[str], int]:
-    page, total = store.search(parse_search_params(params, now=T0 + timedelta(days=400)))
-    assert all("taskRunList" not in r for r in page)
-    return ids(page), total
+    listing = store.search(parse_search_params(params, now=T0 + timedelta(days=400)))
+    assert all("taskRunList" not in r for r in listing.results)
+    return ids(listing.results), listing.total
+
+
+def capped(store: Store, **params: Any) -> bool:
+    """Whether the search's total is capped (a lower bound)."""
+    return store.search(parse_search_params(params, now=T0 + timedelta(days=400))).capped
 
 
 # -- applying -----------------------------------------------------------------------------------
@@ -370,8 +375,8 @@ def test_the_logs_search_filters_every_executions_lines_newest_first(store: Stor
     assert store.delete("e4") is True
 
     def found(**query: Any) -> tuple[list[str], int]:
-        lines, total = store.search_logs(LogSearch(**query))
-        return [line["message"] for line in lines], total
+        listing = store.search_logs(LogSearch(**query))
+        return [line["message"] for line in listing.results], listing.total
 
     everything = ["disk full elsewhere", "disk full, giving up", "disk check", "Disk FULL on host"]
     assert found() == (everything, 4)  # newest first; the deleted execution's line is gone
@@ -410,8 +415,8 @@ def test_the_logs_search_bounds_what_it_reads(
     store.apply(feed.logs("e2", log_line("e2", T0 + timedelta(seconds=9), "INFO", "top")))
 
     def found(**query: Any) -> tuple[list[str], int]:
-        lines, total = store.search_logs(LogSearch(**query))
-        return [line["message"] for line in lines], total
+        listing = store.search_logs(LogSearch(**query))
+        return [line["message"] for line in listing.results], listing.total
 
     assert found(text="ÉCLAIR n0") == (["Éclair n0"], 1)
     assert found(namespace="company", exact_namespace=True) == (["top"], 1)
@@ -419,8 +424,14 @@ def test_the_logs_search_bounds_what_it_reads(
     monkeypatch.setattr(store_module, "LOG_SEARCH_SCAN_MAX", 3)
     monkeypatch.setattr(store_module, "LOG_SEARCH_COUNT_MAX", 4)
     assert found(size=2) == (["top", "Éclair n5"], 4)  # 7 lines, counted up to 4
+    assert store.search_logs(LogSearch(size=2)).capped
     assert found(size=2, page=4) == (["Éclair n0"], 7)  # the last page: counted by its lines
+    assert not store.search_logs(LogSearch(size=2, page=4)).capped
     assert found(text="Éclair") == (["Éclair n5", "Éclair n4"], 2)  # the newest 3 lines only
+    assert store.search_logs(LogSearch(text="Éclair")).capped  # older lines were not read
+    monkeypatch.setattr(store_module, "LOG_SEARCH_COUNT_MAX", 7)
+    assert found(size=2) == (["top", "Éclair n5"], 7)
+    assert not store.search_logs(LogSearch(size=2)).capped  # exactly the bound: exact
     assert found(text="Éclair N0") == ([], 0)
     assert found(text="Éclair n0", end=T0 + timedelta(seconds=2)) == (["Éclair n0"], 1)
 
@@ -785,10 +796,18 @@ def test_a_search_checked_row_by_row_counts_its_matches_up_to_a_bound(
     assert search(store, q="nightly1", page="2", **newest_first) == (["e05", "e03", "e01"], 4)
     assert search(store, q="e0", **newest_first) == (["e09", "e08", "e07"], 4)
     assert search(store, q="e1", **newest_first) == (["e11", "e10"], 2)  # under the bound: exact
+    assert capped(store, q="nightly1") and capped(store, q="e0")
+    assert not capped(store, q="e1")
+    assert search(store, q="nightly", **newest_first)[1] == 4
     two_labels = {"filters[labels][EQUALS]": ["team:a", "env:prod"]}
     assert search(store, **two_labels, **newest_first) == (["e11", "e09", "e07"], 4)
     assert search(store, **{"filters[labels][EQUALS]": "env:prod"}, **newest_first)[1] == 6
     assert search(store, **{"filters[flowId][EQUALS]": "nightly1"}, **newest_first)[1] == 6
+    assert not capped(store, **{"filters[flowId][EQUALS]": "nightly1"})  # an index range: exact
+    monkeypatch.setattr(store_module, "SEARCH_COUNT_MAX", 6)
+    assert search(store, q="nightly1") == (["e11", "e09", "e07", "e05", "e03", "e01"], 6)
+    assert not capped(store, q="nightly1")  # exactly the bound: exact, not capped
+    assert capped(store, q="nightly")
 
 
 #: Executions whose id, namespace and flow id exercise the text search: case, letters outside
@@ -887,7 +906,7 @@ def test_the_text_index_follows_later_writes_of_a_row(store: Store) -> None:
 def test_search_results_are_the_executions_without_task_runs(store: Store) -> None:
     feed = Feed()
     store.apply(feed.updates(full(header("e1", state="SUCCESS"), run("e1", "r1"))))
-    page, total = store.search(parse_search_params({}))
+    page, total = (found := store.search(parse_search_params({}))).results, found.total
     assert total == 1
     assert page[0]["id"] == "e1" and page[0]["state"]["current"] == "SUCCESS"
     assert "taskRunList" not in page[0]
@@ -974,7 +993,8 @@ def test_text_with_nul_round_trips_through_documents_labels_and_logs(store: Stor
     assert got["taskRunList"][0]["outputs"] == {"value": AWKWARD}
     assert [line["message"] for line in store.logs("e1")] == AWKWARD
     assert [line["message"] for line in store.logs_after("e1").lines] == AWKWARD
-    page, total = store.search(parse_search_params({"labels": "k\x00ey:v\x00al"}))
+    found = store.search(parse_search_params({"labels": "k\x00ey:v\x00al"}))
+    page, total = found.results, found.total
     assert (ids(page), total) == (["e1"], 1)
     assert page[0]["outputs"] == running["outputs"]
     assert search(store, labels="plain:\ufdd0") == (["e1"], 1)
