@@ -25,8 +25,8 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -90,6 +90,16 @@ class PostgresServer:
 
     port: int
     directory: Path
+    #: ``pg_ctl`` with its data directory: ``("stop", "-m", "fast")``, ``("start",)``...
+    control: Callable[..., None] = field(default=lambda *args: None, compare=False, repr=False)
+
+    def stop(self) -> None:
+        """Stop the server as an administrator would (its clients' connections are cut)."""
+        self.control("stop", "-m", "fast", "-w")
+
+    def start(self) -> None:
+        """Start it again on the same port and data."""
+        self.control("start", "-w")
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
@@ -143,9 +153,14 @@ def postgres_server(bin_dir: Path) -> Iterator[PostgresServer]:
     initdb = ["-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C"]
     run(str(bin_dir / "initdb"), *initdb, "--no-sync")
     wait = ["-w", "-t", str(_START_TIMEOUT_S)]
+
+    def control(*args: str) -> None:
+        ctl = [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options]
+        run(*ctl, "-t", str(_START_TIMEOUT_S), *args)
+
     run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, *wait, "start")
     try:
-        yield PostgresServer(port, directory)
+        yield PostgresServer(port, directory, control)
     finally:
         with contextlib.suppress(Exception):
             run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")

@@ -13,9 +13,16 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from postgres_fixture import PostgresServer, postgres  # noqa: F401 - the session fixture
+from postgres_fixture import (  # noqa: F401 - postgres: the session fixture
+    HOW_TO_GET_POSTGRES,
+    PostgresServer,
+    find_postgres_bin,
+    postgres,
+    postgres_server,
+)
 
 from kestream.api.index import open_index, text_index
+from kestream.api.index import postgres as postgres_module
 from kestream.api.index.feed import apply_isolating
 from kestream.api.index.postgres import PostgresStore
 from kestream.api.index.store import Batch, RecordKind, Store
@@ -85,6 +92,58 @@ def test_a_record_postgres_refuses_is_set_aside_and_the_rest_applied(
     assert store.count() == 11 and store.get("e5") is None
     assert [line["message"] for line in store.logs("e1")] == ["nul \x00 kept"]
     assert store.offsets(UPDATES) == {0: 12}
+
+
+def test_the_store_reconnects_after_the_database_restarts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A restart cuts every connection: the statement that meets the loss fails (the feed takes
+    it as transient and retries), and the store replaces every connection at its next use, the
+    ones not yet seen to fail as well. While the server is down, a new connection is tried a
+    bounded number of times, each failure logged, then the error is raised; once it is back,
+    the store works again without being reopened."""
+    bin_dir = find_postgres_bin()
+    if bin_dir is None:
+        pytest.fail(HOW_TO_GET_POSTGRES, pytrace=False)
+    with postgres_server(bin_dir) as server:
+        store = PostgresStore(server.create_database())
+        try:
+            feed = Feed(partitions=1)
+            store.apply(feed.updates(partial(header("e1"))))
+            assert search(store) == (["e1"], 1)  # this thread's reader is open
+
+            server.stop()
+            server.start()
+            with pytest.raises(psycopg.OperationalError) as lost:
+                store.apply(feed.updates(partial(header("e2"))))
+            assert store.is_transient(lost.value)
+            assert "connection to PostgreSQL was lost" in caplog.text
+            # The reader, never used since, is replaced rather than failing once.
+            assert search(store) == (["e1"], 1)
+            store.apply(feed.updates(partial(header("e2"))))
+            assert search(store) == (["e2", "e1"], 2)
+
+            server.stop()
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger=postgres_module.__name__):
+                with pytest.raises(psycopg.OperationalError):
+                    search(store)  # meets the loss
+                with pytest.raises(psycopg.OperationalError):
+                    search(store)  # a new connection, tried and refused
+                tries = [m for m in caplog.messages if "reconnecting the reader" in m]
+                assert len(tries) == postgres_module._RECONNECT_ATTEMPTS - 1, tries
+                assert "still unreachable for the reader after 4 tries" in caplog.text
+                caplog.clear()
+                with pytest.raises(psycopg.OperationalError):
+                    search(store)  # still down: tried again, never given up for good
+                assert "still unreachable for the reader" in caplog.text
+                server.start()
+                assert search(store) == (["e2", "e1"], 2)
+                assert "the reader reconnected" in caplog.text
+            store.apply(feed.updates(partial(header("e3"))))
+            assert search(store) == (["e3", "e2", "e1"], 3)
+        finally:
+            store.close()
 
 
 def test_without_pg_trgm_the_text_search_scans_and_says_so(

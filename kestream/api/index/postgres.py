@@ -9,11 +9,20 @@ and in ``jsonb`` strings, so this dialect escapes it (:mod:`kestream.api.index.n
 Connections: one writer (under the store's lock), one reader per thread; reads run in a
 ``REPEATABLE READ, READ ONLY`` transaction so a page and its count see one snapshot. psycopg is
 an optional dependency (the ``postgres`` extra) imported only when this store is opened.
+
+**Reconnecting.** A restart of the server, or a dropped network, leaves every connection dead.
+Each is replaced where it is next used: a connection psycopg knows is lost (``broken``) or that
+was closed, and every connection opened before one was found lost (the store's *generation*:
+after a restart, the others are dead too, and would otherwise fail one request each). A new
+connection is tried :data:`_RECONNECT_ATTEMPTS` times, pausing between tries, each try logged;
+past them the error is raised, to the feed (which retries the batch) or to the API's request.
+The statement that met the lost connection fails; what follows gets a new one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +37,12 @@ from kestream.api.index.text_index import pg_text_index
 
 __all__ = ["POSTGRES", "PostgresStore"]
 
+log = logging.getLogger(__name__)
+
 _CONNECT_TIMEOUT_S = 30
+#: Tries at a new connection before the error is raised, and the pause after each failed one.
+_RECONNECT_ATTEMPTS = 4
+_RECONNECT_PAUSES_S = (0.25, 1.0, 2.0)
 _VACUUM_PASSES = 5
 _VACUUM_PAUSE_S = 0.5
 #: Share of a table's pages that must be all-visible after :meth:`PostgresStore.maintain`.
@@ -136,9 +150,12 @@ class PostgresStore(Store):
         self._readers: list[Any] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        #: Raised when a connection is found lost: every connection of an older one is replaced.
+        self._generation = 0
         #: Whether ``pg_trgm``'s indexes exist (:mod:`kestream.api.index.text_index`).
         self.text_indexed = False
         self._writer = self._connect()
+        self._writer_generation = 0
         try:
             self._create_schema()
         except BaseException:
@@ -150,6 +167,58 @@ class PostgresStore(Store):
             self.url.get_secret_value(), autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S
         )
 
+    def _stale(self, connection: Any, generation: int) -> bool:
+        return bool(connection.closed or connection.broken or generation < self._generation)
+
+    def _reconnect(self, role: str, old: Any) -> Any:
+        """A new connection in place of ``old`` (closed here), tried a bounded number of times."""
+        with contextlib.suppress(Exception):
+            old.close()
+        for attempt in range(1, _RECONNECT_ATTEMPTS + 1):
+            try:
+                connection = self._connect()
+            except self._psycopg.OperationalError as exc:
+                if attempt == _RECONNECT_ATTEMPTS:
+                    log.error(
+                        "execution index: PostgreSQL still unreachable for the %s after %d "
+                        "tries: %s",
+                        role,
+                        attempt,
+                        _first_line(exc),
+                    )
+                    raise
+                pause = _RECONNECT_PAUSES_S[min(attempt, len(_RECONNECT_PAUSES_S)) - 1]
+                log.warning(
+                    "execution index: reconnecting the %s to PostgreSQL failed (try %d of %d, "
+                    "next in %.2f s): %s",
+                    role,
+                    attempt,
+                    _RECONNECT_ATTEMPTS,
+                    pause,
+                    _first_line(exc),
+                )
+                time.sleep(pause)
+            else:
+                log.info("execution index: the %s reconnected to PostgreSQL", role)
+                return connection
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    @contextlib.contextmanager
+    def _noticing_loss(self, connection: Any) -> Iterator[None]:
+        """Raise the generation when ``connection`` is lost under the block: the server went
+        away, so every other connection is dead as well."""
+        try:
+            yield
+        except BaseException:
+            if connection.broken:
+                generation = self._generation
+                self._generation = generation + 1
+                log.warning(
+                    "execution index: the connection to PostgreSQL was lost; every connection "
+                    "is replaced at its next use"
+                )
+            raise
+
     def _create_schema(self) -> None:
         with self._writing() as cur:
             # Two processes creating the schema at once would race on the catalog.
@@ -157,14 +226,20 @@ class PostgresStore(Store):
             self._create_tables(cur, _SCHEMA, "drop its tables")
             self.text_indexed = pg_text_index(cur, self._writer.transaction, self._psycopg.Error)
 
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[Cursor]:
+    def _live_writer(self) -> Any:
+        """The writer connection, replaced first when it is stale (under the write lock)."""
         if self._closed:
             raise RuntimeError("the execution index is closed")
-        if self._writer.broken:  # the server restarted or the network dropped: the next try
-            self._writer.close()  # gets a new connection instead of failing for good
-            self._writer = self._connect()
-        with self._writer.transaction(), self._writer.cursor() as cur:
+        if self._stale(self._writer, self._writer_generation):
+            generation = self._generation
+            self._writer = self._reconnect("writer", self._writer)
+            self._writer_generation = generation
+        return self._writer
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Cursor]:
+        writer = self._live_writer()
+        with self._noticing_loss(writer), writer.transaction(), writer.cursor() as cur:
             yield cur
 
     def is_transient(self, exc: BaseException) -> bool:
@@ -178,21 +253,29 @@ class PostgresStore(Store):
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Cursor]:
         connection = self._reader()
-        with connection.transaction(), connection.cursor() as cur:
+        with self._noticing_loss(connection), connection.transaction(), connection.cursor() as cur:
             yield cur
 
     def _reader(self) -> Any:
         if self._closed:
             raise RuntimeError("the execution index is closed")
         connection = getattr(self._local, "connection", None)
+        if connection is not None and not self._stale(connection, self._local.generation):
+            return connection
+        generation = self._generation
         if connection is None:
-            psycopg = self._psycopg
             connection = self._connect()
-            connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            connection.read_only = True
-            self._local.connection = connection
+        else:  # kept as this thread's until replaced: a failed try leaves it stale
             with self._readers_lock:
-                self._readers.append(connection)
+                if connection in self._readers:
+                    self._readers.remove(connection)
+            connection = self._reconnect("reader", connection)
+        connection.isolation_level = self._psycopg.IsolationLevel.REPEATABLE_READ
+        connection.read_only = True
+        self._local.connection = connection
+        self._local.generation = generation
+        with self._readers_lock:
+            self._readers.append(connection)
         return connection
 
     def _label_date(self, start_date: str | None) -> str:
@@ -201,18 +284,23 @@ class PostgresStore(Store):
     def maintain(self) -> None:
         """``VACUUM ANALYZE``: fresh statistics, and a visibility map for index-only counts."""
         with self._write_lock:
-            for table in _TABLES:
-                self._writer.execute(f"VACUUM (ANALYZE) {table}")
-            # Counts are index-only only on pages marked all-visible, and a concurrent snapshot
-            # (autovacuum's own ANALYZE after a bulk load) keeps VACUUM from marking the newest
-            # ones: go over the listing tables again until nearly all pages are.
-            for _attempt in range(_VACUUM_PASSES):
-                lagging = [table for table in ("executions", "labels") if not self._visible(table)]
-                if not lagging:
-                    return
-                time.sleep(_VACUUM_PAUSE_S)
-                for table in lagging:
-                    self._writer.execute(f"VACUUM {table}")
+            writer = self._live_writer()
+            with self._noticing_loss(writer):
+                self._vacuum()
+
+    def _vacuum(self) -> None:
+        for table in _TABLES:
+            self._writer.execute(f"VACUUM (ANALYZE) {table}")
+        # Counts are index-only only on pages marked all-visible, and a concurrent snapshot
+        # (autovacuum's own ANALYZE after a bulk load) keeps VACUUM from marking the newest
+        # ones: go over the listing tables again until nearly all pages are.
+        for _attempt in range(_VACUUM_PASSES):
+            lagging = [table for table in ("executions", "labels") if not self._visible(table)]
+            if not lagging:
+                return
+            time.sleep(_VACUUM_PAUSE_S)
+            for table in lagging:
+                self._writer.execute(f"VACUUM {table}")
 
     def _visible(self, table: str) -> bool:
         row = self._writer.execute(
@@ -231,3 +319,8 @@ class PostgresStore(Store):
                 connection.close()
         with self._write_lock:
             self._writer.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
