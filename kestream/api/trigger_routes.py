@@ -25,7 +25,9 @@ and a later read shows it once the scheduler has written it.
 - ``PUT .../triggers``: a ``Trigger`` body; with ``backfill`` it sets a backfill (``end``
   defaults to now), without it sets ``disabled`` (absent: false, as Kestra);
 - ``PUT .../triggers/set-disabled``: one trigger (``{namespace, flowId, triggerId,
-  disabled}``), answered with the ``Trigger`` as it will be;
+  disabled, recoverMissedSchedules}``), answered with the ``Trigger`` as it will be; enabled,
+  it starts at its next slot, or with ``recoverMissedSchedules: true`` also fires the slots
+  missed since its last fire, as its own ``recoverMissedSchedules`` says;
 - ``POST .../triggers/set-disabled`` and ``/set-disabled/by-triggers`` (``{triggers,
   disabled}``), ``/set-disabled/by-query`` (``?disabled=``): ``{count}``;
 - ``DELETE .../triggers/delete/by-triggers`` (a list of triggers) and ``/delete/by-query``
@@ -191,14 +193,15 @@ class TriggerRoutes:
             raise bad_request(
                 'expected {"namespace", "flowId", "triggerId", "disabled": true|false}'
             )
-        if body.get("recoverMissedSchedules"):
-            # Refused rather than ignored: the caller asked for slots that would not fire.
-            raise bad_request(
-                "'recoverMissedSchedules' is not supported: an enabled trigger starts at its "
-                "next slot; set a backfill (PUT .../triggers) to run the slots it missed"
-            )
+        recover = body.get("recoverMissedSchedules")
+        if recover is not None and not isinstance(recover, bool):
+            raise bad_request("'recoverMissedSchedules' must be true or false")
         state = self._state(table, key)
-        command = TriggerCommand(key, "disable" if disabled else "enable")
+        command = (
+            TriggerCommand(key, "disable")
+            if disabled
+            else TriggerCommand(key, "enable", recover=bool(recover))
+        )
         return json_response(self._json(await self._send(table, state, command)))
 
     async def disable_by_triggers(self, request: web.Request) -> web.Response:

@@ -38,16 +38,21 @@ class CommandError(ValueError):
 @dataclass(frozen=True, slots=True)
 class TriggerCommand:
     """``action`` on the trigger ``key`` (``namespace/flowId/triggerId``); ``backfill`` for
-    ``set-backfill``."""
+    ``set-backfill``; ``recover`` for ``enable``: fire the slots missed since the last one
+    fired, as the trigger's ``recoverMissedSchedules`` says (without it an enabled trigger
+    starts at its next slot from now)."""
 
     key: str
     action: Action
     backfill: Backfill | None = None
+    recover: bool = False
 
     def to_json(self) -> bytes:
         body: dict[str, Any] = {"key": self.key, "action": self.action}
         if self.backfill is not None:
             body["backfill"] = self.backfill.to_dict()
+        if self.recover:
+            body["recoverMissedSchedules"] = True
         return orjson.dumps(body)
 
     @classmethod
@@ -71,7 +76,8 @@ class TriggerCommand:
                 backfill = Backfill.from_dict(data.get("backfill"))
             except BackfillError as exc:
                 raise ValueError(f"trigger command: {exc}") from None
-        return cls(key, action, backfill)
+        recover = action == "enable" and data.get("recoverMissedSchedules") is True
+        return cls(key, action, backfill, recover)
 
 
 def apply_to_state(state: TriggerState, command: TriggerCommand) -> TriggerState:

@@ -321,7 +321,16 @@ class ScheduleBook:
             return
         self._adopt(entry, state, self._clock())
 
-    def _adopt(self, entry: _Entry, stored: TriggerState, now: datetime) -> None:
+    def _adopt(
+        self,
+        entry: _Entry,
+        stored: TriggerState,
+        now: datetime,
+        *,
+        handover: timedelta | None = None,
+    ) -> None:
+        """Take up ``stored``: its owed slot, the missed ones as ``recoverMissedSchedules``
+        says; ``handover`` (default: the book's) counts recent slots as delayed, not missed."""
         entry.state = stored.evolve(flow_revision=entry.flow.revision)
         if stored.disabled:
             self._index(entry)
@@ -333,7 +342,8 @@ class ScheduleBook:
             # the old slots mean nothing for the new schedule, start again from now.
             self._plan(entry, _later(now, last))
             return
-        missed_until = now - self._handover  # later slots were delayed by a handover
+        # later slots were delayed by a handover
+        missed_until = now - (self._handover if handover is None else handover)
         if owed <= missed_until:
             policy = entry.trigger.recoverMissedSchedules or self._default_recovery
             if policy == "NONE":
@@ -488,7 +498,7 @@ class ScheduleBook:
             return entry.state
         if command.action == "enable" and entry.state.disabled:
             entry.state = entry.state.evolve(command_offset=offset)
-            self.set_disabled(command.key, False)
+            self.set_disabled(command.key, False, recover=command.recover)
             return entry.state
         entry.state = changed.evolve(command_offset=offset)
         if command.action in ("set-backfill", "delete"):
@@ -520,8 +530,13 @@ class ScheduleBook:
         self.index.remove(key)
         return entry.state
 
-    def set_disabled(self, key: str, disabled: bool) -> TriggerState | None:
-        """Disable or re-enable a trigger by hand; re-enabled, it restarts from now, no backfill."""
+    def set_disabled(
+        self, key: str, disabled: bool, *, recover: bool = False
+    ) -> TriggerState | None:
+        """Disable or re-enable a trigger by hand; re-enabled, it restarts from now (Kestra's
+        default for the API), or with ``recover`` from the slot after the last one it fired,
+        the missed slots then fired as its ``recoverMissedSchedules`` says, as after a
+        scheduler's downtime (a trigger that never fired has nothing to recover)."""
         entry = self._entries.get(key)
         if entry is None or entry.state.disabled == disabled:
             return None
@@ -529,8 +544,15 @@ class ScheduleBook:
         if disabled:
             self.index.remove(key)
             return entry.state
-        if entry.active:
-            self._plan(entry, _later(self._clock(), entry.state.date))
+        if not entry.active:
+            return entry.state
+        last, now = entry.state.date, self._clock()
+        if recover and last is not None:
+            owed = entry.cron.next_after(last)
+            stored = entry.state.evolve(next_execution_date=owed)
+            self._adopt(entry, stored, now, handover=timedelta(0))  # no lease moved here
+        else:
+            self._plan(entry, _later(now, last))
         return entry.state
 
 

@@ -311,10 +311,6 @@ def test_one_trigger_set_disabled_and_bulk_deletes_reach_the_scheduler(stack: St
     assert reply.status == 200, reply.body
     assert reply.json()["disabled"] is True and reply.json()["nextExecutionDate"] is None
     _until("early disabled", lambda: disabled("early"))
-    refused = _put(
-        stack, {**_key(ns, "early"), "disabled": False, "recoverMissedSchedules": True}, one
-    )
-    assert refused.status == 400 and b"recoverMissedSchedules" in refused.body
 
     # Deleted, a state is recreated from the flow: enabled, its next slot planned from now.
     by_ids = stack.request(
@@ -342,3 +338,28 @@ def test_one_trigger_set_disabled_and_bulk_deletes_reach_the_scheduler(stack: St
     assert listed["disabled"] is True and listed["nextExecutionDate"] is None
     refused = stack.request("POST", f"/triggers/{ns}/off/schedule/restart")
     assert refused.status == 409 and b"disabled in its flow" in refused.body
+
+
+def test_enabled_again_with_recovery_the_slots_missed_while_disabled_fire(stack: Stack) -> None:
+    ns = f"it.triggers.r{uuid.uuid4().hex[:8]}"
+    assert (
+        stack.post_yaml("/flows", _flow(ns, "often", "*/2 * * * * *", seconds=True)).status == 200
+    )
+    _until("a fire", lambda: (_trigger(stack, ns, "often") or {}).get("date"))
+    off = _put(stack, {**_key(ns, "often"), "disabled": True}, "/triggers/set-disabled")
+    assert off.status == 200, off.body
+    record = _until("disabled", lambda: (t := _trigger(stack, ns, "often")) and t["disabled"] and t)
+    last = datetime.fromisoformat(record["date"])
+    _until("three slots missed", lambda: datetime.now(UTC) > last + timedelta(seconds=7))
+
+    body = {**_key(ns, "often"), "disabled": False, "recoverMissedSchedules": True}
+    on = _put(stack, body, "/triggers/set-disabled")
+    assert on.status == 200 and on.json()["disabled"] is False
+    missed = {last + timedelta(seconds=2 * n) for n in (1, 2, 3)}
+
+    def dates() -> set[datetime]:
+        query = f"filters[namespace][EQUALS]={ns}&filters[flowId][EQUALS]=often&size=500"
+        found = stack.get("/executions/search?" + query).json()["results"]
+        return {datetime.fromisoformat(e["trigger"]["variables"]["date"]) for e in found}
+
+    _until("the missed slots run", lambda: missed <= dates())

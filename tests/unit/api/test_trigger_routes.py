@@ -284,7 +284,11 @@ async def test_put_set_disabled_changes_one_schedule_and_answers_its_record(
     assert body["nextExecutionDate"] is None
     enabled = await _json(client, "PUT", T + "/set-disabled", json={**nightly, "disabled": False})
     assert enabled["disabled"] is False
-    assert [(c.key, c.action) for c in table.sent] == [(NIGHTLY, "disable"), (NIGHTLY, "enable")]
+    recovering = {**nightly, "disabled": False, "recoverMissedSchedules": True}
+    assert (await client.put(T + "/set-disabled", json=recovering)).status == 200
+    assert [(c.key, c.action, c.recover) for c in table.sent] == [
+        (NIGHTLY, "disable", False), (NIGHTLY, "enable", False), (NIGHTLY, "enable", True),
+    ]  # fmt: skip
 
     hook = {**nightly, "triggerId": "hook", "disabled": True}
     for payload, status in (
@@ -292,11 +296,11 @@ async def test_put_set_disabled_changes_one_schedule_and_answers_its_record(
         ({**nightly, "triggerId": "gone", "disabled": True}, 404),
         (nightly, 400),  # no "disabled"
         ({**nightly, "disabled": "yes"}, 400),
-        ({**nightly, "disabled": False, "recoverMissedSchedules": True}, 400),
+        ({**nightly, "disabled": False, "recoverMissedSchedules": "yes"}, 400),
     ):
         reply = await client.put(T + "/set-disabled", json=payload)
         assert reply.status == status, (payload, await reply.text())
-    assert len(table.sent) == 2
+    assert len(table.sent) == 3
 
 
 async def test_bulk_delete_resets_the_schedules_found_by_ids_or_by_query(

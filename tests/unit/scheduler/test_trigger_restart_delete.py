@@ -66,6 +66,42 @@ def test_delete_recreates_the_trigger_from_the_flow_from_now() -> None:
     assert [(f.slot, f.backfill) for f in fires] == [(utc(2025, 1, 1, 14), False)]
 
 
+@pytest.mark.parametrize(
+    ("recover", "policy", "hours"),
+    [
+        (False, None, []),  # Kestra's default for the API: from the next slot, none missed
+        (True, None, [14, 15, 16]),  # the global default, ALL
+        (True, "LAST", [16]),
+        (True, "NONE", []),
+    ],
+)
+def test_enabled_again_the_missed_slots_fire_only_when_asked(
+    recover: bool, policy: str | None, hours: list[int]
+) -> None:
+    clock = ManualClock(NOW)
+    book = ScheduleBook(clock)
+    props = {} if policy is None else {"recoverMissedSchedules": policy}
+    book.sync_flow(flow_with(schedule("0 * * * *", **props)))
+    _fire_once(book, clock)  # 13:00 fired
+    book.apply_command(TriggerCommand(KEY, "disable"), 0)
+    clock.advance(timedelta(hours=3, minutes=10))  # 14:00, 15:00 and 16:00 missed
+    assert book.tick(clock.now) == []
+    enabled = book.apply_command(TriggerCommand(KEY, "enable", recover=recover), 1)
+    assert enabled is not None and not enabled.disabled
+    fires = book.tick(clock.now)
+    assert [f.slot for f in fires] == [utc(2025, 1, 1, h) for h in hours]
+    state = book.state(KEY)
+    assert state is not None and state.next_execution_date == utc(2025, 1, 1, 17)
+
+
+def test_a_recovering_enable_travels_in_the_command_record() -> None:
+    command = TriggerCommand(KEY, "enable", recover=True)
+    assert TriggerCommand.from_json(command.to_json()) == command
+    plain = TriggerCommand(KEY, "enable")
+    assert b"recoverMissedSchedules" not in plain.to_json()
+    assert TriggerCommand.from_json(plain.to_json()) == plain
+
+
 def test_backfill_labels_are_rendered_for_their_slot() -> None:
     clock = ManualClock(NOW)
     book = _book(clock)
