@@ -117,13 +117,14 @@ async def run(executions: int, tail: int, repeat: int) -> None:
                 size += await asyncio.to_thread(store.write, partition, got.fold)
             wrote = time.perf_counter() - started
             total += await produce(ctx, pattern, tail)
-            with_tail, from_checkpoint, tail_read = [], [], 0
+            with_tail, from_checkpoint, loads, tail_read = [], [], [], 0
             for _ in range(repeat):
                 started = time.perf_counter()
                 await restorer.recover_from(partitions, {})
                 with_tail.append(time.perf_counter() - started)
                 started = time.perf_counter()
                 loaded = {p: cp for p in partitions if (cp := store.load(p)) is not None}
+                loads.append(time.perf_counter() - started)
                 back, _ = await restorer.recover_from(partitions, loaded)
                 from_checkpoint.append(time.perf_counter() - started)
                 tail_read = sum(r.read_records for r in back.values())
@@ -133,7 +134,8 @@ async def run(executions: int, tail: int, repeat: int) -> None:
                   f"{wrote:.2f} s")  # fmt: skip
             print(f"after {tail} more executions ({total} records): full read "
                   f"{statistics.median(with_tail):.2f} s, from the checkpoints "
-                  f"{statistics.median(from_checkpoint):.2f} s "
+                  f"{statistics.median(from_checkpoint):.2f} s, of which "
+                  f"{statistics.median(loads):.2f} s loading the files "
                   f"({tail_read} records read)")  # fmt: skip
         finally:
             await broker.astop()

@@ -65,7 +65,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from kestream.executor import codec
-from kestream.runtime import records
 from kestream.runtime.changelog_fold import PartitionRead, decode_record
 from kestream.runtime.compacted import read_partitions
 from kestream.runtime.context import BrokerContext
@@ -92,8 +91,8 @@ FORMAT_VERSION = 1
 FOLDER = "executor-checkpoints"
 _DIGEST_BYTES = 32
 _LEN = struct.Struct(">I")
-_VALUE_LEN = struct.Struct(">i")  # -1: a tombstone (a held-back record may be one)
-_LATEST, _HELD = b"L", b"H"
+_PART_LEN = struct.Struct(">i")  # -1: no key, or a tombstone
+_LATEST, _HELD = "L", "H"
 #: How long a stop waits for the last read and writes.
 STOP_GRACE_S = 3.0
 
@@ -106,7 +105,7 @@ def fingerprint(key: bytes | None, value: bytes | None) -> str:
     """A record's identity as a checkpoint remembers it: its key and value, hashed."""
     h = hashlib.blake2b(digest_size=16)
     for part in (key, value):
-        h.update(_VALUE_LEN.pack(-1 if part is None else len(part)))
+        h.update(_PART_LEN.pack(-1 if part is None else len(part)))
         h.update(part or b"")
     return h.hexdigest()
 
@@ -144,39 +143,47 @@ class RawFold:
 
 @dataclass(slots=True)
 class Checkpoint:
-    """One partition's checkpoint as read from its file (values still bytes)."""
+    """One partition's checkpoint as read from its file: each value as bytes (the follower's
+    fold) and decoded (the recovery's), both made once by :func:`decode`."""
 
     partition: int
     last_offset: int
     last_print: str
     written_at: float
-    latest: dict[str, dict[str, bytes]]
-    held: dict[str, list[tuple[str, bytes | None]]]
+    #: By execution, by key: (bytes, decoded).
+    latest: dict[str, dict[str, tuple[bytes, Any]]]
+    #: By execution: (key, bytes, decoded), None for a tombstone.
+    held: dict[str, list[tuple[str, bytes | None, Any]]]
 
     def records(self) -> int:
         return sum(len(r) for r in self.latest.values()) + sum(len(t) for t in self.held.values())
 
     def decoded(self) -> PartitionRead:
-        """A fresh fold of the decoded values, to go on from (a recovery read's)."""
+        """A fresh fold of the decoded values, to go on from (a recovery read's: the values
+        go to the one recovery that rebuilds from them; a read retried before that folds
+        into fresh dicts again and leaves the values as they were)."""
         latest = {
-            execution_id: {key: records.loads(value) for key, value in recs.items()}
+            execution_id: {key: pair[1] for key, pair in recs.items()}
             for execution_id, recs in self.latest.items()
         }
         held = {
-            execution_id: [(k, None if v is None else records.loads(v)) for k, v in tail]
+            execution_id: [(key, value) for key, _, value in tail]
             for execution_id, tail in self.held.items()
         }
         return PartitionRead(latest, held=held)
 
     def raw(self) -> RawFold:
         """A fresh fold of the bytes, to go on from (the follower's)."""
-        latest = {e: dict(recs) for e, recs in self.latest.items()}
-        held = {e: list(tail) for e, tail in self.held.items()}
+        latest = {
+            e: {key: pair[0] for key, pair in recs.items()} for e, recs in self.latest.items()
+        }
+        held = {e: [(key, raw) for key, raw, _ in tail] for e, tail in self.held.items()}
         return RawFold(PartitionRead(latest, held=held), self.last_offset, self.last_print)
 
 
 def encode(topic: str, partition: int, fold: RawFold, written_at: float) -> bytes:
-    """A checkpoint file's bytes: magic, header (JSON), entries, digest of all before."""
+    """A checkpoint file's bytes: magic, header (JSON), the entries (one JSON array of
+    ``[kind, key, value]``, each value embedded as the broker stored it), digest of all before."""
     header = orjson.dumps(
         {
             "version": FORMAT_VERSION,
@@ -187,28 +194,25 @@ def encode(topic: str, partition: int, fold: RawFold, written_at: float) -> byte
             "writtenAt": written_at,
         }
     )
-    parts = [MAGIC, _LEN.pack(len(header)), header]
-    for recs in fold.read.latest.values():
-        for key, value in recs.items():
-            _entry(parts, _LATEST, key, value)
-    for tail in fold.read.held.values():
-        for key, value in tail:
-            _entry(parts, _HELD, key, value)
-    body = b"".join(parts)
+    entries: list[tuple[str, str, orjson.Fragment | None]] = [
+        (_LATEST, key, orjson.Fragment(value))
+        for recs in fold.read.latest.values()
+        for key, value in recs.items()
+    ]
+    entries += [
+        (_HELD, key, None if value is None else orjson.Fragment(value))
+        for tail in fold.read.held.values()
+        for key, value in tail
+    ]
+    body = b"".join((MAGIC, _LEN.pack(len(header)), header, orjson.dumps(entries)))
     return body + hashlib.blake2b(body, digest_size=_DIGEST_BYTES).digest()
-
-
-def _entry(parts: list[bytes], kind: bytes, key: str, value: bytes | None) -> None:
-    raw_key = key.encode()
-    parts += (kind, _LEN.pack(len(raw_key)), raw_key)
-    parts.append(_VALUE_LEN.pack(-1 if value is None else len(value)))
-    if value is not None:
-        parts.append(value)
 
 
 def decode(data: bytes, topic: str, partition: int) -> Checkpoint:
     """A checkpoint from its file's bytes; :class:`CheckpointInvalid` when they are not one of
-    ``topic[partition]`` in this version."""
+    ``topic[partition]`` in this version. Its values come decoded (a recovery's fold needs
+    them so: one parse of the whole array, in C) and encoded again (the follower's fold keeps
+    bytes, which nothing can change under it)."""
     if not data.startswith(MAGIC) or len(data) < len(MAGIC) + _LEN.size + _DIGEST_BYTES:
         raise CheckpointInvalid("not a checkpoint file")
     body, digest = data[:-_DIGEST_BYTES], data[-_DIGEST_BYTES:]
@@ -219,9 +223,9 @@ def decode(data: bytes, topic: str, partition: int) -> Checkpoint:
     at += _LEN.size
     try:
         header = orjson.loads(body[at : at + size])
+        entries = orjson.loads(body[at + size :])
     except orjson.JSONDecodeError as exc:
-        raise CheckpointInvalid(f"unreadable header: {exc}") from None
-    at += size
+        raise CheckpointInvalid(f"unreadable: {exc}") from None
     if not isinstance(header, dict) or header.get("version") != FORMAT_VERSION:
         version = header.get("version") if isinstance(header, dict) else None
         raise CheckpointInvalid(f"version {version!r}, this one reads {FORMAT_VERSION}")
@@ -233,26 +237,15 @@ def decode(data: bytes, topic: str, partition: int) -> Checkpoint:
         partition, int(header["lastOffset"]), str(header["lastPrint"]),
         float(header["writtenAt"]), {}, {},
     )  # fmt: skip
-    view = memoryview(body)
-    while at < len(body):
-        kind = body[at : at + 1]
-        (key_len,) = _LEN.unpack_from(body, at + 1)
-        at += 1 + _LEN.size
-        key = bytes(view[at : at + key_len]).decode()
-        at += key_len
-        (value_len,) = _VALUE_LEN.unpack_from(body, at)
-        at += _VALUE_LEN.size
-        value = None if value_len < 0 else bytes(view[at : at + value_len])
-        at += max(value_len, 0)
-        execution_id = codec.execution_of(key)
+    dumps, execution_of = orjson.dumps, codec.execution_of
+    for kind, key, value in entries:
         if kind == _LATEST and value is not None:
-            cp.latest.setdefault(execution_id, {})[key] = value
+            cp.latest.setdefault(execution_of(key), {})[key] = (dumps(value), value)
         elif kind == _HELD:
-            cp.held.setdefault(execution_id, []).append((key, value))
+            raw = None if value is None else dumps(value)
+            cp.held.setdefault(execution_of(key), []).append((key, raw, value))
         else:
             raise CheckpointInvalid(f"malformed entry for {key!r}")
-    if at != len(body):
-        raise CheckpointInvalid("its last entry is cut short")
     return cp
 
 

@@ -44,7 +44,6 @@ from aiokafka.structs import ConsumerRecord
 from kestream.executor import codec
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.state import ExecutionState
-from kestream.runtime import records
 from kestream.runtime.aio import paced
 from kestream.runtime.changelog_checkpoints import Checkpoint, RawFold, fingerprint
 from kestream.runtime.changelog_fold import ExecutionRecords, PartitionRead, decode_record
@@ -215,13 +214,7 @@ class ChangelogRestorer:
             if cp is None:
                 reads[p] = _FoldedRead(PartitionRead(), RawFold())
                 continue
-            try:
-                read = cp.decoded()
-            except records.RecordError as exc:  # the digest matched: a bug, not a torn file
-                log.error("ignoring the local checkpoint of partition %d: %s", p, exc)
-                reads[p] = _FoldedRead(PartitionRead(), RawFold())
-                continue
-            reads[p] = _FoldedRead(read, cp.raw(), (cp.last_offset, cp.last_print))
+            reads[p] = _FoldedRead(cp.decoded(), cp.raw(), (cp.last_offset, cp.last_print))
             reads[p].checkpoint_records = cp.records()
             start[p] = cp.last_offset  # that record again: it must be the one folded last
 
