@@ -288,7 +288,9 @@ class CheckpointStore:
 
     def write(self, partition: int, fold: RawFold) -> int:
         """Write the partition's checkpoint from ``fold``, atomically; its size. Blocking: run
-        it in a thread, while nothing folds into ``fold``."""
+        it in a thread, while nothing folds into ``fold``. The rename alone is what a kill -9
+        needs; the fsyncs keep the file across a power loss (without them a file cut short
+        there fails its digest: a full read, never a wrong state)."""
         data = encode(self.topic, partition, fold, time.time())
         with durable_file(self.path(partition), fsync=self.fsync) as out:
             out.write(data)
@@ -433,10 +435,7 @@ def checkpoint_follower(ctx: BrokerContext) -> CheckpointFollower | None:
     if settings.executor_checkpoint_every_s <= 0:
         return None
     store = CheckpointStore(
-        settings.data_path,
-        ctx.topics.changelog,
-        settings.executor_checkpoint_max_age_h * 3600,
-        fsync=settings.storage_local_fsync,
+        settings.data_path, ctx.topics.changelog, settings.executor_checkpoint_max_age_h * 3600
     )
     return CheckpointFollower(
         ctx,

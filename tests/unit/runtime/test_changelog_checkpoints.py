@@ -454,3 +454,38 @@ def test_a_parked_partition_is_followed_again_from_where_it_was_left(
     cp = follower.store.load(0)
     assert cp is not None and cp.last_offset == len(log) - 1
     assert _values(cp.raw().read) == _values(_raw_fold(log, len(log)).read)
+
+
+# -- the executor ------------------------------------------------------------------------
+
+
+def test_an_executor_recovers_from_its_checkpoint_and_follows_what_it_owns(
+    tmp_path: Path,
+) -> None:
+    """The processor's side: its recovery loads the checkpoint files and reads the tail only,
+    counts both, hands each partition's fold to the follower, which parks it at a revocation
+    and takes it back with the partition."""
+    log = _real_changelogs()[1]
+    service = _processor()
+    settings = Settings(broker="unused:9092", data_dir=str(tmp_path))
+    follower = checkpoint_follower(BrokerContext(settings, "unused:9092", "tansu", service.topics))
+    assert follower is not None
+    service.checkpoints = follower  # what start() sets up (its reads are not started here)
+    follower.store.write(0, _raw_fold(log, len(log) - 2))
+    service.restorer, given = _restorer({0: log})
+    reference, _ = asyncio.run(_restorer({0: log})[0].recover_from({0}, {}))
+    asyncio.run(service.assigned({0}))
+    assert service.failure is None and service.owned == {0}
+    assert len(given) == 3  # the checkpoint's last record again, then the 2 after it
+    assert sorted(service.states) == sorted(st.id for st, _ in reference[0].states)
+    registry = service.metrics.registry
+    sample = "kestream_changelog_restored_records_total"
+    assert registry.get_sample_value(sample, {"source": "changelog"}) == 2
+    loaded = follower.store.load(0)
+    assert loaded is not None
+    assert registry.get_sample_value(sample, {"source": "checkpoint"}) == loaded.records()
+    assert follower.following() == {0}
+    asyncio.run(service.revoked({0}))
+    assert follower.following() == set()
+    asyncio.run(service.assigned({0}))  # back within the park time: the warm path
+    assert follower.following() == {0} and len(given) == 3  # nothing read again
