@@ -4,6 +4,8 @@ Recovery (a partition assigned to this processor) reads the partition's changelo
 (:mod:`kestream.runtime.compacted`), keeps the last record of each key, and rebuilds each
 execution in flight (:func:`kestream.executor.codec.rebuild`) and each ended-execution marker.
 One execution whose records cannot be rebuilt is logged and left out; it never stops the others.
+A partition with a local checkpoint is read from there instead (:meth:`ChangelogRestorer.
+recover_from`, :mod:`kestream.runtime.changelog_checkpoints`): the same fold, gone on with.
 
 A step's changelog records are not written atomically (Kafka transactions are not used), so a
 processor killed while it writes them leaves a prefix of the step. Every step of an execution
