@@ -66,13 +66,15 @@ def _record(topic: str, offset: int, value: bytes) -> ConsumerRecord[Any, Any]:
 
 
 def _kind(topic: str, key: str, value: bytes | None) -> str:
-    """A record's kind for the breakdown: a changelog record's key suffix (header, dynamic,
-    plan, task run, ended marker, or a tombstone of one), else its topic."""
+    """A record's kind for the breakdown: a changelog record's key suffix (header, dynamic or
+    whole, plan, task run, ended marker, or a tombstone of one), else its topic."""
     if not topic.endswith("changelog"):
         return topic
     head = codec.execution_of(key)
     rest = key[len(head) :]
     kind = {"": "header", "#": "dynamic", "+": "plan", "!": "ended"}.get(rest)
+    if kind == "dynamic" and value is not None and codec.WHOLE_HEADER in records.loads(value):
+        kind = "whole"  # the whole execution in its dynamic record
     if kind is None:
         kind = "task run plan" if rest.endswith(codec.PLAN) else "task run"
     return f"changelog {kind}" + (" tombstone" if value is None else "")

@@ -1,7 +1,13 @@
 """The executor state as changelog records, and back.
 
-The changelog carries the change, not the execution (DESIGN.md section 3). Records are keyed so
-that a compacted topic keeps exactly what recovery needs:
+The changelog carries the change, not the execution (DESIGN.md section 3). A small execution
+(W1's two task runs, a few flowables) is one record, rewritten at each step: its dynamic record
+``<execution id>#`` holds the rest too (header, task runs, plans: :func:`encode_whole`), so a
+step costs the broker one record, not one per key it changed. Once that record would pass
+:data:`WHOLE_MAX_BYTES` (or a plan is stored in the internal storage), the execution is written
+apart, for good: the step that outgrows it writes every key below, and each later step only
+what changed. Records written apart are keyed so that a compacted topic keeps exactly what
+recovery needs:
 
 - ``<execution id>``            what never changes (flow, inputs, labels, trigger, parent link);
 - ``<execution id>#``           what changes per step (state, timers, paused runs, root lanes'
@@ -16,9 +22,10 @@ the flow revision the header names, as the step planned them (the registry keeps
 revision). ``<execution id>+`` held them in records written before that; such a record is
 still read, and cleared when its execution ends.
 
-When an execution ends, every one of its keys gets a tombstone (``None``), so state stays bounded
-by the executions in flight. Task runs carry their creation number, because compaction reorders
-records: recovery collects an execution's records first, then rebuilds in creation order.
+When an execution ends, every one of its keys gets a tombstone (``None``) (a whole execution
+has one key), so state stays bounded by the executions in flight. Task runs carry their
+creation number, because compaction reorders records: recovery collects an execution's records
+first, then rebuilds in creation order.
 
 Values are plain JSON-ready dicts; dates, times and durations are tagged so typed inputs and
 outputs come back with their types.
@@ -26,7 +33,7 @@ outputs come back with their types.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -50,6 +57,13 @@ HEADER, DYNAMIC, PLAN, ENDED = "", "#", "+", "!"
 ROOT = ""
 #: The key of a plan record that stands for a plan stored in the internal storage.
 STORED_PLAN = "stored"
+#: Where a whole execution's dynamic record holds its header, task runs and plans.
+WHOLE_HEADER, WHOLE_RUNS, WHOLE_PLANS = "h", "r", "p"
+#: The largest whole execution record (:func:`encode_whole`). It is rewritten at every step,
+#: so it stays small: a few task runs and plans (W1's is about 1.2 kB, W4's ten task runs and
+#: five plans about 4.5 kB); an execution that outgrows it (a ForEach, large outputs) is written
+#: apart, where a step rewrites only what changed.
+WHOLE_MAX_BYTES = 8 * 1024
 
 #: One execution's stored plans, read before it is rebuilt (off the event loop, tried again
 #: while the storage does not answer), by URI: the plan, or why it is not one.
@@ -242,15 +256,88 @@ def encode_task_run(tr: TaskRunState) -> dict[str, Any]:
     }
 
 
+#: A changelog record of a step: key, value (None: a tombstone), and the value's JSON when it
+#: was encoded to be measured (:func:`encode_step`), so that it is not encoded again.
+StepRecord = tuple[str, dict[str, Any] | None, bytes | None]
+
+
+def encode_step(
+    st: ExecutionState,
+    changed: list[str],
+    *,
+    created: bool,
+    new_groups: set[str],
+    whole_max: int,
+) -> list[StepRecord]:
+    """The records for one step (see the module docstring): the whole execution in one record
+    while its JSON fits ``whole_max`` bytes (at most :data:`WHOLE_MAX_BYTES` and the record
+    limit); else, from the step that outgrows it on (it sets ``st.records_apart``), every key
+    once and then only what ``changed`` and ``new_groups`` name (:func:`encode_changes`)."""
+    if not st.records_apart:
+        whole = encode_whole(st) if whole_max > 0 else None
+        if whole is not None:
+            from kestream.executor.sizes import record_json  # (sizes imports this module)
+
+            data = record_json(whole)
+            if len(data) <= whole_max:
+                return [(header_key(st.id, DYNAMIC), whole, data)]
+        st.records_apart = True  # every key once: none was written apart before
+        changed = list(st.task_runs)
+        created = True
+        new_groups = {run_id for run_id, tr in st.task_runs.items() if tr.group is not None}
+    records = _encode_apart(st, changed, created=created, new_groups=new_groups)
+    return [(key, value, None) for key, value in records]
+
+
+def encode_whole(st: ExecutionState) -> dict[str, Any] | None:
+    """The whole execution as its dynamic record: the per-step state, with its header, every
+    task run by id and every flowable's plan by task run id; None when a plan is stored in the
+    internal storage (such an execution is written apart: :func:`stored_plans` reads plan
+    records)."""
+    runs: dict[str, Any] = {}
+    plans: dict[str, Any] = {}
+    for run_id, tr in st.task_runs.items():
+        runs[run_id] = encode_task_run(tr)
+        if tr.group is not None:
+            if tr.group.stored is not None:
+                return None
+            plans[run_id] = encode_plan(tr.group)
+    record = encode_dynamic(st)
+    record[WHOLE_HEADER] = encode_header(st)
+    record[WHOLE_RUNS] = runs
+    if plans:
+        record[WHOLE_PLANS] = plans
+    return record
+
+
 def encode_changes(
     st: ExecutionState,
     changed: list[str],
     *,
     created: bool,
     new_groups: set[str],
+    whole_max: int = 0,
 ) -> list[tuple[str, dict[str, Any] | None]]:
-    """The records for one step: headers, changed task runs, and plans of new groups (the
-    execution's own, :data:`ROOT`, is planned again from the flow on recovery: no record).
+    """:func:`encode_step`'s records without their JSON; ``whole_max`` 0 (the default):
+    written apart from the first step."""
+    return [
+        (key, value)
+        for key, value, _ in encode_step(
+            st, changed, created=created, new_groups=new_groups, whole_max=whole_max
+        )
+    ]
+
+
+def _encode_apart(
+    st: ExecutionState,
+    changed: list[str],
+    *,
+    created: bool,
+    new_groups: set[str],
+) -> list[tuple[str, dict[str, Any] | None]]:
+    """The records of a step of an execution written apart: its header when ``created``, the
+    changed task runs, and plans of new groups (the execution's own, :data:`ROOT`, is planned
+    again from the flow on recovery: no record).
 
     A task run listed in ``changed`` that no longer exists (dropped by a restart) gets a tombstone.
     """
@@ -272,6 +359,8 @@ def encode_changes(
 
 def tombstones(st: ExecutionState) -> list[tuple[str, None]]:
     """Every key the execution wrote, cleared (it leaves the state table)."""
+    if not st.records_apart:
+        return [(header_key(st.id, DYNAMIC), None)]
     keys = [header_key(st.id), header_key(st.id, DYNAMIC)]
     if st.root_plan_logged:
         keys.append(header_key(st.id, PLAN))
@@ -301,6 +390,16 @@ def execution_of(key: str) -> str:
 
 
 # -- decoding --------------------------------------------------------------------------------
+
+
+def header_of(execution_id: str, records: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The header an execution's latest records hold (its flow, revision, inputs...): its own
+    record's when written apart, else the whole record's; None when neither is there."""
+    head = records.get(header_key(execution_id))
+    if head is None:
+        dyn = records.get(header_key(execution_id, DYNAMIC))
+        head = dyn.get(WHOLE_HEADER) if type(dyn) is dict else None
+    return head
 
 
 def stored_plans(execution_id: str, records: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -369,11 +468,12 @@ def rebuild(
     not in it is read here, blocking).
     """
     tasks = flow.task_index()
-    try:
-        head = records[header_key(execution_id)]
-        dyn = records[header_key(execution_id, DYNAMIC)]
-    except KeyError as exc:
-        raise CodecError(f"execution {execution_id}: missing header record {exc}") from None
+    dyn = records.get(header_key(execution_id, DYNAMIC))
+    head = header_of(execution_id, records)
+    if dyn is None or head is None:
+        missing = header_key(execution_id, DYNAMIC if dyn is None else HEADER)
+        raise CodecError(f"execution {execution_id}: missing header record {missing!r}")
+    apart = header_key(execution_id) in records
     parent = head["parent"]
     st = ExecutionState(
         id=execution_id,
@@ -391,6 +491,7 @@ def rebuild(
         state=_state(dyn["state"]),
         parent_id=head.get("pid"),
     )
+    st.records_apart = apart
     root_plan = records.get(header_key(execution_id, PLAN))
     st.root_plan_logged = root_plan is not None
     if dyn["root"] is not None:
@@ -405,7 +506,12 @@ def rebuild(
         tid: Timer(datetime.fromisoformat(due), kind, run, attempt)
         for tid, (due, kind, run, attempt) in dyn["timers"].items()
     }
-    _rebuild_task_runs(st, execution_id, records, tasks, plans)
+    if apart:
+        _rebuild_task_runs(st, execution_id, *_apart_runs(execution_id, records), tasks, plans)
+    else:
+        _rebuild_task_runs(
+            st, execution_id, dyn[WHOLE_RUNS].items(), dyn.get(WHOLE_PLANS, {}), tasks, plans
+        )
     # Never number a new task run like one that has a record (its id is derived from the
     # number): a guard against records ahead of the dynamic one, which no step writes.
     numbers = (tr.number for tr in st.task_runs.values())
@@ -442,22 +548,33 @@ def _check_root_lanes(st: ExecutionState) -> None:
             )
 
 
+def _apart_runs(
+    execution_id: str, records: dict[str, dict[str, Any]]
+) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """The task run records and plan records of an execution written apart, by run id."""
+    prefix = execution_id + "/"
+    runs: list[tuple[str, dict[str, Any]]] = []
+    group_plans: dict[str, dict[str, Any]] = {}
+    for key, value in records.items():
+        if key.startswith(prefix):
+            if key.endswith(PLAN):
+                group_plans[key[len(prefix) : -len(PLAN)]] = value
+            else:
+                runs.append((key[len(prefix) :], value))
+    return runs, group_plans
+
+
 def _rebuild_task_runs(
     st: ExecutionState,
     execution_id: str,
-    records: dict[str, dict[str, Any]],
+    runs: Iterable[tuple[str, dict[str, Any]]],
+    group_plans: Mapping[str, dict[str, Any]],
     tasks: dict[str, Task],
     plans: StoredPlans | None,
 ) -> None:
-    prefix = execution_id + "/"
-    raw_runs = sorted(
-        (
-            (value["n"], key[len(prefix) :], value)
-            for key, value in records.items()
-            if key.startswith(prefix) and not key.endswith(PLAN)
-        ),
-        key=lambda item: item[0],
-    )
+    """The task runs from their records (``runs``: by run id, in any order: compaction
+    reorders them) and their groups' plans (``group_plans``), in creation order."""
+    raw_runs = sorted(((value["n"], run_id, value) for run_id, value in runs), key=lambda r: r[0])
     for number, run_id, raw in raw_runs:
         parent = st.task_runs.get(raw["p"]) if raw["p"] else None
         if raw["p"] and parent is None:
@@ -479,7 +596,7 @@ def _rebuild_task_runs(
             number=number,
         )
         if raw["g"] is not None:
-            plan = records.get(task_run_key(execution_id, run_id, PLAN))
+            plan = group_plans.get(run_id)
             if plan is None:
                 raise CodecError(f"execution {execution_id}: task run {run_id} lost its plan")
             plan = _stored_plan(execution_id, plan, plans)

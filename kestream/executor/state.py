@@ -235,6 +235,10 @@ class ExecutionState:
     #: before they were planned again from the flow on recovery): its end clears it
     #: (:mod:`.codec`).
     root_plan_logged: bool = False
+    #: Whether the changelog holds the execution apart (a record per key: header, task runs,
+    #: plans) rather than whole in its dynamic record: a small execution is one record until
+    #: it outgrows it, then apart for good (:mod:`.codec`).
+    records_apart: bool = False
 
     @property
     def terminal(self) -> bool:

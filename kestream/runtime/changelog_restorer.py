@@ -368,7 +368,7 @@ class ChangelogRestorer:
                 continue
             st = self.rebuild_one(execution_id, recs, plans.get(execution_id, {}))
             if st is None:
-                found.left_out += 1 if codec.header_key(execution_id) in recs else 0
+                found.left_out += 1 if codec.header_of(execution_id, recs) is not None else 0
             else:
                 found.states.append((st, recs))
         return found
@@ -429,7 +429,7 @@ class ChangelogRestorer:
         its stored plans read beforehand (:meth:`read_plans`); without them they are read here,
         blocking and once (a roll-back's), and a storage that does not answer raises
         :class:`~kestream.storage.offload.StorageUnavailable`."""
-        head = recs.get(codec.header_key(execution_id))
+        head = codec.header_of(execution_id, recs)
         if head is None:
             return None  # leftovers of an execution whose end was recorded and later pruned
         flow = self.registry.get(head["ns"], head["flow"], head["rev"])

@@ -202,10 +202,11 @@ class CommandRouter:
                 out.log(key, None, partition)  # restarted from its snapshot: the marker would
                 # hide it from recovery
             changed = change.changed_task_runs + change.counters_changed
-            for key, value in codec.encode_changes(
-                st, changed, created=change.created, new_groups=change.planned
+            whole_max = min(codec.WHOLE_MAX_BYTES, self.limit.value_bytes)
+            for key, value, data in codec.encode_step(
+                st, changed, created=change.created, new_groups=change.planned, whole_max=whole_max
             ):
-                out.log(key, value or None, partition)
+                out.log(key, value or None, partition, data=data)
             return
         if not change.created:  # it has records to clear
             for key, _ in codec.tombstones(st):

@@ -58,10 +58,20 @@ class Outbox:
     def send(self, topic: str, key: str, value: bytes | None, partition: int | None = None) -> None:
         self.commands.append((topic, key, value, partition))
 
-    def log(self, key: str, value: Any, partition: int, *, deferrable: bool = False) -> None:
-        """A changelog record: ``value`` is JSON-ready (encoded here), None a tombstone;
-        ``deferrable``: see :attr:`deferrable`."""
-        self.changelog.append((key, dumps(value) if value is not None else None, partition))
+    def log(
+        self,
+        key: str,
+        value: Any,
+        partition: int,
+        *,
+        deferrable: bool = False,
+        data: bytes | None = None,
+    ) -> None:
+        """A changelog record: ``value`` is JSON-ready (encoded here unless ``data`` is its
+        JSON already), None a tombstone; ``deferrable``: see :attr:`deferrable`."""
+        if value is not None and data is None:
+            data = dumps(value)
+        self.changelog.append((key, data if value is not None else None, partition))
         self.logged.append((key, value))
         if deferrable:
             self.deferrable += 1

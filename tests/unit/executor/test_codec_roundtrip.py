@@ -13,7 +13,7 @@ from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.snapshot import execution_model
-from kestream.executor.state import ExecutionState
+from kestream.executor.state import ExecutionState, Group
 from kestream.executor.step import Executor
 from kestream.models.flow import parse_flow
 from kestream.models.state import StateType
@@ -60,8 +60,14 @@ def _apply(store: dict[str, Any], records: list[tuple[str, dict[str, Any] | None
             store[key] = orjson.loads(orjson.dumps(value))  # as it travels: JSON bytes
 
 
+#: Whole-record budgets: apart from the first step, whole until a few task runs exist (then
+#: apart), whole throughout (the runtime's budget).
+LAYOUTS = {"apart": 0, "outgrown": 2500, "whole": 1 << 20}
+
+
+@pytest.mark.parametrize("whole_max", LAYOUTS.values(), ids=LAYOUTS.keys())
 @pytest.mark.parametrize("path", FLOWS, ids=[path.stem for path in FLOWS])
-def test_rebuilt_state_equals_live_state_after_every_step(path: Path) -> None:
+def test_rebuilt_state_equals_live_state_after_every_step(path: Path, whole_max: int) -> None:
     flows = FlowRegistry()
     flow = flows.put(parse_flow(path.read_text()))
     executor = Executor(flows, inline_tasks=False)
@@ -82,8 +88,12 @@ def test_rebuilt_state_equals_live_state_after_every_step(path: Path) -> None:
             if isinstance(command, cmd.ExecutionChanged):
                 changed = command.changed_task_runs + command.counters_changed
                 _apply(store, codec.encode_changes(
-                    state, changed, created=command.created, new_groups=command.planned
+                    state, changed, created=command.created, new_groups=command.planned,
+                    whole_max=whole_max,
                 ))  # fmt: skip
+                keys = {k for k in store if k != codec.header_key("x1", codec.ENDED)}
+                whole = keys == {codec.header_key("x1", codec.DYNAMIC)}
+                assert whole is not state.records_apart
             elif isinstance(command, cmd.RunTask):
                 failing = "ko" in str(command.props) or command.task.type.endswith(".Fail")
                 ok = not failing or command.attempt >= 4
@@ -197,3 +207,69 @@ def test_a_revision_whose_tasks_moved_under_the_same_number_is_not_resumed() -> 
     moved = parse_flow(swapped.replace("third", "second")).model_copy(update={"revision": 1})
     with pytest.raises(codec.CodecError, match="not where revision 1"):
         codec.rebuild("x1", store, moved)
+
+
+def _step_records(state: ExecutionState, result: Any, whole_max: int) -> list[Any]:
+    out: list[Any] = []
+    for command in result.commands:
+        if isinstance(command, cmd.ExecutionChanged) and not command.terminal:
+            out += codec.encode_step(
+                state, command.changed_task_runs + command.counters_changed,
+                created=command.created, new_groups=command.planned, whole_max=whole_max,
+            )  # fmt: skip
+    return out
+
+
+def test_a_small_execution_is_one_record_per_step_until_it_outgrows_it() -> None:
+    flows = FlowRegistry()
+    flow = flows.put(parse_flow(TWO_TASKS))
+    executor = Executor(flows, inline_tasks=False)
+    dynamic = codec.header_key("x1", codec.DYNAMIC)
+    created = executor.step(None, ev.ExecutionCreated("x1", flow.namespace, flow.id, 1))
+    state = created.state
+    assert state is not None
+    ((key, value, data),) = _step_records(state, created, 1 << 20)
+    assert key == dynamic and not state.records_apart
+    assert data == orjson.dumps(value)  # measured once, and written as it was measured
+    store: dict[str, Any] = {}
+    _apply(store, [(key, value)])
+    assert codec.header_of("x1", store) == codec.encode_header(state)
+    assert _json(codec.rebuild("x1", store, flow)) == _json(state)
+
+    # The next step's whole record would pass the budget: every key is written apart, the
+    # dynamic record last (the step's commit mark), and the execution stays apart.
+    (first,) = state.task_runs.values()
+    result = executor.step(state, ev.WorkerResult("x1", first.id, 1, StateType.SUCCESS, {}))
+    assert result.state is not None
+    state = result.state
+    step = _step_records(state, result, len(data) + 1)
+    assert state.records_apart
+    assert [k for k, _, _ in step] == [
+        codec.header_key("x1"),
+        *(codec.task_run_key("x1", r) for r in state.task_runs),
+        dynamic,
+    ]
+    assert all(d is None for _, _, d in step)
+    _apply(store, [(k, v) for k, v, _ in step])
+    rebuilt = codec.rebuild("x1", store, flow)
+    assert rebuilt.records_apart and _json(rebuilt) == _json(state)
+    _apply(store, codec.tombstones(rebuilt))
+    assert store == {}
+
+
+def test_an_execution_with_a_stored_plan_is_written_apart() -> None:
+    flows = FlowRegistry()
+    flow = flows.put(parse_flow(TWO_TASKS))
+    created = Executor(flows, inline_tasks=False).step(
+        None, ev.ExecutionCreated("x1", flow.namespace, flow.id, 1)
+    )
+    state = created.state
+    assert state is not None and not state.records_apart
+    (tr,) = state.task_runs.values()
+    ref = {"@ref": "kestra:///codec/test/x1/_plan/p.json", "size": 123}
+    tr.group = Group([], 1, [], stored=ref)
+    step = codec.encode_step(state, [], created=False, new_groups=set(), whole_max=1 << 20)
+    records = {k: v for k, v, _ in step}
+    assert state.records_apart
+    assert records[codec.task_run_key("x1", tr.id, codec.PLAN)] == {codec.STORED_PLAN: ref}
+    assert codec.stored_plans("x1", records) == [ref]

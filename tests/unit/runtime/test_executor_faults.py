@@ -512,9 +512,12 @@ class _OneBatchConsumer(_OvertakenConsumer):
         return None
 
 
-def test_a_stop_lets_the_cycle_under_way_write_its_changelog_and_commit() -> None:
+def test_a_stop_lets_the_cycle_under_way_write_its_changelog_and_commit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from aiokafka.structs import ConsumerRecord
 
+    monkeypatch.setattr(codec, "WHOLE_MAX_BYTES", 0)  # a step of several changelog records
     service = _service(PAUSED)
     tp = TopicPartition(service.topics.executions, 0)
     value = records.encode_event(ev.ExecutionCreated("s1", "test.faults", "paused"))

@@ -15,6 +15,7 @@ from aiokafka import errors as kafka_errors
 from aiokafka.errors import ProducerFenced
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, RecordMetadata
 
+from kestream.executor import codec
 from kestream.executor import events as ev
 from kestream.runtime import processing_guarantee, records, worker_groups
 from kestream.runtime.changelog_restorer import PartitionRead, RecoveryFailed
@@ -53,8 +54,9 @@ class TxnBroker:
         epoch = self.epochs[transactional_id] = self.epochs.get(transactional_id, -1) + 1
         return epoch
 
-    def visible_of(self, key: str) -> list[CommandRecord]:
-        return [r for r in self.visible if r[1] == key or r[1].startswith(key + "!")]
+    def visible_of(self, execution_id: str) -> list[CommandRecord]:
+        """The committed records of an execution: its commands and its changelog records."""
+        return [r for r in self.visible if codec.execution_of(r[1]) == execution_id]
 
 
 class TxnProducer:

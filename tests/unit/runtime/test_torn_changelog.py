@@ -163,11 +163,21 @@ def _run(kill: tuple[int, int] | None = None) -> tuple[dict[str, Any], list[int]
     return final, sizes, changelog
 
 
-def test_a_kill_after_any_changelog_record_of_any_step_ends_as_a_run_without_it() -> None:
+#: Whole-record budgets (:data:`codec.WHOLE_MAX_BYTES`): every step apart; whole for two steps,
+#: then the step that outgrows it writes every key (9 records); whole to the end (where the end
+#: is the record's tombstone, then the marker).
+LAYOUTS = {"apart": (0, 13), "outgrown": (2000, 13), "whole": (codec.WHOLE_MAX_BYTES, 2)}
+
+
+@pytest.mark.parametrize(("whole_max", "most"), LAYOUTS.values(), ids=LAYOUTS.keys())
+def test_a_kill_after_any_changelog_record_of_any_step_ends_as_a_run_without_it(
+    whole_max: int, most: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(codec, "WHOLE_MAX_BYTES", whole_max)
     reference, sizes, _ = _run()
     assert reference["state"]["current"] == "SUCCESS"
     assert len(reference["taskRunList"]) == 1 + 1 + 3 * 2 + 1
-    assert max(sizes) >= 4  # steps of several records: there is something to tear
+    assert max(sizes) == most  # steps of several records: there is something to tear
     kills = [(step, k) for step, n in enumerate(sizes) for k in range(n + 1)]
     for step, k in kills:
         final, _, changelog = _run((step, k))
@@ -178,7 +188,10 @@ def test_a_kill_after_any_changelog_record_of_any_step_ends_as_a_run_without_it(
         assert set(done.latest["t1"]) == {codec.header_key("t1", codec.ENDED)}
 
 
-def test_a_torn_step_is_left_out_repaired_and_never_counts_later() -> None:
+def test_a_torn_step_is_left_out_repaired_and_never_counts_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(codec, "WHOLE_MAX_BYTES", 0)  # steps of several records
     service = _processor()
     service.owned = {0}
     out = Outbox()
