@@ -210,7 +210,8 @@ class ExecutionRoutes:
 
     async def restart(self, request: web.Request) -> web.Response:
         """Restart an execution that ended FAILED, KILLED or WARNING: its failed task runs get a
-        new attempt. Answers the execution as restarted."""
+        new attempt. Answers the execution as restarted. One whose ``afterExecution`` tasks
+        still run is not over: 409 until they have ended (the executor leaves it as it is)."""
         service, execution = await self.api.execution_for(request)
         state = current_state(execution)
         if state not in RESTARTABLE:
@@ -218,6 +219,12 @@ class ExecutionRoutes:
                 409,
                 f"Illegal state: Execution '{execution['id']}' is {state.value}: only FAILED, "
                 "KILLED or WARNING executions can be restarted",
+            )
+        if not service.over(execution):
+            raise ApiError(
+                409,
+                f"Illegal state: Execution '{execution['id']}' is {state.value} but its "
+                "afterExecution tasks still run: restart it once they have ended",
             )
         await service.restart(execution)
         restarted = dict(execution)

@@ -1429,9 +1429,13 @@ class _Step:
         allowed failure inside ended WARNING); their lanes are recounted, and the lanes that
         another lane's failure cut short go on where they stopped. A failure that a parent
         turned into SUCCESS (``allowFailure`` with ``allowWarning``) stays as it is.
+
+        An execution whose ``afterExecution`` tasks still run is not over, and is left as it
+        is (the API answers 409): a restart would drop their runs while the worker still runs
+        them, and run them again after the new end.
         """
         st = self.st
-        if st.state.current not in RESTARTABLE or st.root is None:
+        if st.state.current not in RESTARTABLE or st.root is None or not st.terminal:
             return
         self.move_execution(S.RESTARTED)
         st.attempt_number += 1

@@ -44,13 +44,12 @@ afterExecution:
 """
 #: The afterExecution script writes the execution's id to ``started``, then waits for the test
 #: to create ``release`` (both in the test's tmp_path).
+#: ``after-gated`` ends SUCCESS, ``failed-gated`` FAILED.
 GATED = """
-id: after-gated
+id: {id}
 namespace: {ns}
 tasks:
-  - id: ok
-    type: io.kestra.plugin.core.debug.Return
-    format: ok
+  - id: {task}
 afterExecution:
   - id: notify
     type: io.kestra.plugin.scripts.shell.Commands
@@ -59,6 +58,8 @@ afterExecution:
       - while [ ! -f {release} ]; do sleep 0.05; done
       - echo "notified {{{{ execution.state }}}}"
 """
+_RETURNS = "ok\n    type: io.kestra.plugin.core.debug.Return\n    format: ok"
+_FAILS = "broken\n    type: io.kestra.plugin.core.execution.Fail"
 #: The afterExecution script writes its process group (``$$``: it leads a session of its own)
 #: to ``group``, then sleeps until killed.
 SLEEPS = """
@@ -98,11 +99,11 @@ async def api(  # type: ignore[no-untyped-def]
     try:
         await eventually(lambda: service.ready, 60.0, message="the index caught up")
         await service.deploy(FLOW)
-        await service.deploy(
-            GATED.format(ns=NS, started=tmp_path / "started", release=tmp_path / "release")
-        )
+        for gated, task in (("after-gated", _RETURNS), ("failed-gated", _FAILS)):
+            files = {"started": tmp_path / f"{gated}.started", "release": tmp_path / "release"}
+            await service.deploy(GATED.format(ns=NS, id=gated, task=task, **files))
         await service.deploy(SLEEPS.format(ns=NS, group=tmp_path / "group"))
-        for flow_id in ("after-waits", "after-gated", "after-sleeps"):
+        for flow_id in ("after-waits", "after-gated", "failed-gated", "after-sleeps"):
             await eventually(lambda id_=flow_id: service.flow(NS, id_) is not None, 30.0)
         await client.start_server()
         yield client
@@ -173,7 +174,7 @@ async def test_wait_answers_once_the_after_execution_task_has_ended(
     ``?wait=true`` answer comes after it, and holds its ended run."""
     waiting = asyncio.ensure_future(api.post(f"/api/v1/main/executions/{NS}/after-gated?wait=true"))
 
-    started = tmp_path / "started"
+    started = tmp_path / "after-gated.started"
     await eventually(started.exists, 60.0, message="the afterExecution script started")
     execution_id = started.read_text().strip()
 
@@ -225,3 +226,46 @@ async def test_the_kill_stops_the_after_execution_script_on_the_worker(
     assert notify["state"]["current"] == "KILLED"
     assert notify["attempts"][-1]["state"]["current"] == "KILLED"
     await eventually(lambda: not group_alive(group), 30.0, message="the worker stopped the script")
+
+
+async def test_restart_is_refused_until_the_after_execution_task_has_ended(
+    api: TestClient, eventually: Eventually, tmp_path: Path
+) -> None:
+    """A FAILED execution whose afterExecution script runs is not over: its restart answers
+    409 and changes nothing; once the script has ended, the restart runs."""
+    created = await api.post(f"/api/v1/main/executions/{NS}/failed-gated")
+    assert created.status == 200, await created.text()
+    path = f"/api/v1/main/executions/{(await created.json())['id']}"
+    await eventually((tmp_path / "failed-gated.started").exists, 60.0, message="script started")
+
+    async def running() -> bool:
+        got = await (await api.get(path)).json()
+        return got["state"]["current"] == "FAILED" and _runs(got).get("notify") == "RUNNING"
+
+    await eventually(running, 30.0, message="the API shows the script running")
+    refused = await api.post(path + "/restart")
+    assert refused.status == 409, await refused.text()
+    assert "afterExecution tasks still run" in (await refused.json())["message"]
+    (tmp_path / "release").touch()
+
+    async def restarted() -> bool:
+        return (await api.post(path + "/restart")).status == 200
+
+    await eventually(restarted, 60.0, message="the restart once the script has ended")
+    again = await eventually(
+        lambda: _attempt(api, path, 2), 60.0, message="the second attempt ends FAILED again"
+    )
+    assert _runs(again) == {"broken": "FAILED", "notify": "SUCCESS"}  # ran again, released
+
+
+async def _attempt(api: TestClient, path: str, number: int) -> dict[str, Any] | None:
+    """The execution once its attempt ``number`` is over, else None."""
+    stream = await api.get(path + "/follow")
+    try:
+        kind, shown = await _frame(stream)
+        while kind == "start":
+            kind, shown = await _frame(stream)
+    finally:
+        stream.close()
+    over = kind == "end" and shown["metadata"]["attemptNumber"] == number
+    return shown if over else None

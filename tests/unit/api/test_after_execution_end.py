@@ -50,6 +50,18 @@ afterExecution:
 """
 
 
+FAILED_FLOW = f"""
+id: failed-after-waits
+namespace: {NS}
+tasks:
+  - id: broken
+    type: io.kestra.plugin.core.execution.Fail
+afterExecution:
+  - id: wait
+    type: io.kestra.plugin.core.flow.Pause
+"""
+
+
 @dataclass
 class _Record:
     offset: int
@@ -92,6 +104,7 @@ def service(tmp_path: Path) -> ApiService:
     ctx = BrokerContext(settings, "unused:9092", "tansu", Topics.of(settings))
     client = Client(ctx)
     client.registry.put(parse_flow(FLOW))
+    client.registry.put(parse_flow(FAILED_FLOW))
     return ApiService(ctx, client, IndexFeed(ctx, SQLiteStore(tmp_path / "index.sqlite")))
 
 
@@ -193,6 +206,37 @@ def test_delete_refuses_while_after_execution_tasks_run_and_deletes_once_over(
     assert deleted == []
     assert asyncio.run(answer(_json(run.after))) == 204
     assert deleted == [run.id]
+
+
+def test_restart_refuses_while_after_execution_tasks_run_and_restarts_once_over(
+    service: ApiService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Driver() as driver:
+        driver.deploy(FAILED_FLOW)
+        failed = driver.start(NS, "failed-after-waits")
+        during = dump(failed)
+        over = dump(driver.kill(failed.id))
+    assert during["state"]["current"] == over["state"]["current"] == "FAILED"
+    restarted: list[object] = []
+
+    async def restart(execution: dict[str, object]) -> None:
+        restarted.append(execution["id"])
+
+    monkeypatch.setattr(service, "restart", restart)
+    request = make_mocked_request("POST", f"/api/v1/main/executions/{failed.id}/restart")
+
+    async def answer(execution: dict[str, object]) -> tuple[int, str]:
+        routes = execution_routes.ExecutionRoutes(cast(Any, _Handle(service, execution)))
+        try:
+            return (await routes.restart(request)).status, ""
+        except ApiError as exc:
+            return exc.status, str(exc.text)
+
+    status, message = asyncio.run(answer(during))
+    assert status == 409 and "afterExecution tasks still run" in message
+    assert restarted == []
+    assert asyncio.run(answer(over))[0] == 200
+    assert restarted == [failed.id]
 
 
 def test_the_log_follow_waits_for_the_after_execution_tasks(run: _Run, service: ApiService) -> None:

@@ -201,6 +201,38 @@ def test_an_execution_is_over_once_its_after_execution_tasks_are() -> None:
     assert _state(done, "wait") is S.KILLED
 
 
+FAILED_AFTER_WAITS = f"""
+id: failed-after-waits
+namespace: {NS}
+tasks:
+  - id: broken
+    type: io.kestra.plugin.core.execution.Fail
+afterExecution:
+  - id: wait
+    type: io.kestra.plugin.core.flow.Pause
+"""
+
+
+def test_a_restart_waits_until_the_after_execution_tasks_have_ended() -> None:
+    """A FAILED execution whose afterExecution task still runs is not over: a restart then
+    changes nothing (its run is not dropped while it runs); once over, the restart runs."""
+    with Driver() as driver:
+        driver.deploy(FAILED_AFTER_WAITS)
+        failed = driver.start(NS, "failed-after-waits")
+        assert failed.state.current is S.FAILED and _state(failed, "wait") is S.PAUSED
+        still = driver.restart(failed.id)
+        assert not driver.states[failed.id].terminal
+        killed = driver.kill(failed.id)
+        again = driver.restart(failed.id)
+    assert still.state.current is S.FAILED and S.RESTARTED not in _history(still)
+    assert still.metadata.attemptNumber == 1
+    assert [run.state.current for run in _runs(still, "wait")] == [S.PAUSED]
+    assert killed.state.current is S.FAILED and _state(killed, "wait") is S.KILLED
+    assert S.RESTARTED in _history(again) and again.metadata.attemptNumber == 2
+    assert _state(again, "broken") is S.FAILED
+    assert [run.state.current for run in _runs(again, "wait")] == [S.PAUSED]  # ran again
+
+
 def _after_script(marker: Path) -> str:
     """A flow whose afterExecution task runs on the worker until killed: a shell that writes
     its process group (``$$``: it leads a session of its own) to ``marker``, then sleeps."""
