@@ -11,11 +11,17 @@ form). Printed, from that moment (the page's own User Timing marks):
 
 - ``first_render_ms``: the first task-run rows drawn;
 - ``complete_ms``: every task run known to the page (10 001 rows) and the execution shown ended;
+- ``gantt_first_ms``/``gantt_complete_ms``: the first frame painted with a row of the Gantt
+  timeline, and the first with all 10 001 runs known to it (its ``data-runs``);
+- ``logs_first_ms``/``logs_complete_ms``: the same for the log view: a line, then the first
+  frame after its stream ended with every line from INFO up (the page's
+  ``kestream:logs:ended`` mark; ``log_lines``, its ``data-lines``, says how many);
 - ``longest_task_ms``: the longest main-thread task meanwhile (a page that redraws everything
   per frame blocks input for that long);
 - the same for the page opened again once the execution has ended (``reload_*``);
-- ``scroll_paint_ms_p50``/``max``: a scroll of the task-run list to a random place, until the
-  next frame is painted with that place's rows (20 scrolls).
+- ``scroll_paint_ms_p50``/``max`` for each list (``task_runs``, ``gantt``, ``logs``): a scroll
+  of the list to a random place, until the next frame is painted with that place's rows (20
+  scrolls each).
 
 Figures are printed, never asserted.
 """
@@ -44,6 +50,12 @@ FLOW = Path(__file__).resolve().parent.parent / "config" / "bench" / "w3_10000.y
 RUNS = 10_001  # the ForEach and its 10 000 children
 SCROLLS = 20
 API = "/api/v1/main"
+#: The scrolled lists of the page: the element that scrolls, and the selector of its rows.
+LISTS = {
+    "task_runs": ("task-runs", "[role=treeitem]"),
+    "gantt": ("gantt", ".gantt-row"),
+    "logs": ("logs", ".log"),
+}
 
 #: Runs in the page until every task run is known and the execution shown ended; answers the
 #: marks' times, and whether it was already so at the first look.
@@ -55,9 +67,11 @@ const look = () => {
   const list = document.querySelector("#task-runs [role=tree]");
   const ended = mark("kestream:execution:ended");
   const drawn = mark("kestream:task-runs:first");
-  if (list && Number(list.dataset.runs) === runs && !Number.isNaN(ended) && !Number.isNaN(drawn)) {
-    const seen = performance.now() - window.__t0;
-    done({ first: drawn, ended, seen, atOnce: seen === first,
+  const seen = window.__seen;
+  if (list && Number(list.dataset.runs) === runs && !Number.isNaN(ended) && !Number.isNaN(drawn)
+      && seen.ganttComplete !== undefined && seen.logsComplete !== undefined) {
+    const now = performance.now() - window.__t0;
+    done({ first: drawn, ended, seen: now, atOnce: now === first, ...seen,
            longest: Math.max(0, ...(window.__longTasks ?? [])) });
   } else requestAnimationFrame(look);
 };
@@ -65,8 +79,11 @@ look();
 """
 
 #: Goes to a page of the UI (a hash route, as a link does), from a clean slate of marks; the
-#: main thread's long tasks are watched from then on.
+#: main thread's long tasks are watched from then on, and each frame notes when the Gantt and
+#: the log view first showed a row, and when the Gantt first knew every run (``runs``) and the
+#: log view had its whole stream.
 _GO = """
+const [page, runs] = arguments;
 performance.clearMarks();
 window.__longTasks = [];
 window.__observer?.disconnect();
@@ -74,25 +91,49 @@ window.__observer = new PerformanceObserver((list) => {
   for (const entry of list.getEntries()) window.__longTasks.push(entry.duration);
 });
 window.__observer.observe({ type: "longtask" });
-window.__t0 = performance.now();
-location.hash = arguments[0];
+const seen = (window.__seen = {});
+const t0 = (window.__t0 = performance.now());
+const frame = () => {
+  if (window.__seen !== seen) return;  // a later visit watches for itself
+  const now = performance.now() - t0;
+  const gantt = document.getElementById("gantt");
+  const logs = document.getElementById("logs");
+  if (seen.ganttFirst === undefined && gantt?.querySelector(".gantt-row")) seen.ganttFirst = now;
+  if (seen.logsFirst === undefined && logs?.querySelector(".log")) seen.logsFirst = now;
+  if (seen.ganttComplete === undefined && Number(gantt?.dataset.runs) === runs)
+    seen.ganttComplete = now;
+  const streamed = performance.getEntriesByName("kestream:logs:ended").length;
+  if (seen.logsComplete === undefined && streamed) {
+    seen.logsComplete = now;
+    seen.logLines = Number(logs?.dataset.lines);
+  }
+  if (seen.ganttComplete === undefined || seen.logsComplete === undefined)
+    requestAnimationFrame(frame);
+};
+requestAnimationFrame(frame);
+location.hash = page;
 """
 
-#: One scroll of the task-run list to a fraction of its height; answers the ms until the frame
-#: after the one that drew the rows there (the paint), and the first task shown there.
+#: One scroll of a list (the element that scrolls, by id, and its rows' selector) to a fraction
+#: of its height; answers the ms until the frame after the one that drew the rows there (the
+#: paint), and how many rows are in view there.
 _SCROLL = """
-const [fraction, done] = [arguments[0], arguments[arguments.length - 1]];
-const view = document.getElementById("task-runs");
-const began = performance.now();
-view.scrollTop = fraction * (view.scrollHeight - view.clientHeight);
-requestAnimationFrame(() => requestAnimationFrame(() => {
-  const box = view.getBoundingClientRect();
-  const shown = [...view.querySelectorAll("[role=treeitem]")].filter((row) => {
-    const r = row.getBoundingClientRect();
-    return r.bottom > box.top && r.top < box.bottom;
+const [id, rows, fraction, done] = arguments;
+const view = document.getElementById(id);
+const twoFrames = (then) => requestAnimationFrame(() => requestAnimationFrame(then));
+view.scrollIntoView({ block: "nearest" });  // the list on screen first, untimed
+twoFrames(() => {
+  const began = performance.now();
+  view.scrollTop = fraction * (view.scrollHeight - view.clientHeight);
+  twoFrames(() => {
+    const box = view.getBoundingClientRect();
+    const shown = [...view.querySelectorAll(rows)].filter((row) => {
+      const r = row.getBoundingClientRect();
+      return r.bottom > box.top && r.top < box.bottom;
+    });
+    done({ ms: performance.now() - began, rows: shown.length });
   });
-  done({ ms: performance.now() - began, rows: shown.length });
-}));
+});
 """
 
 
@@ -126,14 +167,35 @@ def _until_indexed(base: str, execution_id: str, timeout_s: float) -> None:
 def _open(driver: Any, page: str, runs: int, timeout_s: float) -> dict[str, float]:
     """Open ``page`` (a hash route) from the page shown, as its link does, and time it."""
     driver.set_script_timeout(timeout_s)
-    driver.execute_script(_GO, page)
+    driver.execute_script(_GO, page, runs)
     seen = driver.execute_async_script(_UNTIL_COMPLETE, runs)
     complete = max(seen["ended"], seen["first"]) if seen["atOnce"] else seen["seen"]
     return {
         "first_render_ms": round(seen["first"], 1),
         "complete_ms": round(complete, 1),
+        "gantt_first_ms": round(seen["ganttFirst"], 1),
+        "gantt_complete_ms": round(seen["ganttComplete"], 1),
+        "logs_first_ms": round(seen["logsFirst"], 1),
+        "logs_complete_ms": round(seen["logsComplete"], 1),
+        "log_lines": seen["logLines"],
         "longest_task_ms": round(seen["longest"], 1),
     }
+
+
+def _scrolls(driver: Any) -> dict[str, float]:
+    """Scroll each list to random places (the same places for each list), timing the paint."""
+    out: dict[str, float] = {}
+    for name, (element_id, rows) in LISTS.items():
+        rng = random.Random(1)
+        scrolls = [
+            driver.execute_async_script(_SCROLL, element_id, rows, rng.random())
+            for _ in range(SCROLLS)
+        ]
+        timings = sorted(s["ms"] for s in scrolls)
+        out[f"{name}_scroll_paint_ms_p50"] = round(percentile(timings, 50), 1)
+        out[f"{name}_scroll_paint_ms_max"] = round(timings[-1], 1)
+        out[f"{name}_rows_in_view_min"] = min(s["rows"] for s in scrolls)
+    return out
 
 
 def run(timeout_s: float) -> dict[str, Any]:
@@ -166,11 +228,7 @@ def run(timeout_s: float) -> dict[str, Any]:
                 state = _state(base, execution["id"])
                 driver.execute_script("location.hash = '#/executions'")
                 reload = _open(driver, page, RUNS, timeout_s)
-                rng = random.Random(1)
-                scrolls = [
-                    driver.execute_async_script(_SCROLL, rng.random()) for _ in range(SCROLLS)
-                ]
-    timings = sorted(s["ms"] for s in scrolls)
+                scrolls = _scrolls(driver)
     return {
         "workload": "UI",
         "task_runs": RUNS,
@@ -178,9 +236,7 @@ def run(timeout_s: float) -> dict[str, Any]:
         "execution_s": round(engine_s, 1),
         **live,
         **{f"reload_{k}": v for k, v in reload.items()},
-        "scroll_paint_ms_p50": round(percentile(timings, 50), 1),
-        "scroll_paint_ms_max": round(timings[-1], 1),
-        "rows_in_view_min": min(s["rows"] for s in scrolls),
+        **scrolls,
         "commit": git_commit(),
     }
 
@@ -191,14 +247,21 @@ def format_table(row: dict[str, Any]) -> str:
             f"UI: execution page of a ForEach of 10 000 ({row['task_runs']:,} task runs, "
             f"{row['state']}, the execution took {row['execution_s']} s)",
             *(
-                f"  {name}: first rows {row[f'{key}first_render_ms']:.0f} ms, complete "
-                f"{row[f'{key}complete_ms']:.0f} ms, longest main-thread task "
-                f"{row[f'{key}longest_task_ms']:.0f} ms"
+                f"  {name}: task runs first {row[f'{key}first_render_ms']:.0f} ms, complete "
+                f"{row[f'{key}complete_ms']:.0f} ms; Gantt first "
+                f"{row[f'{key}gantt_first_ms']:.0f} ms, complete "
+                f"{row[f'{key}gantt_complete_ms']:.0f} ms; logs first "
+                f"{row[f'{key}logs_first_ms']:.0f} ms, complete "
+                f"{row[f'{key}logs_complete_ms']:.0f} ms ({row[f'{key}log_lines']:,} lines); "
+                f"longest main-thread task {row[f'{key}longest_task_ms']:.0f} ms"
                 for name, key in (("live", ""), ("reload", "reload_"))
             ),
-            f"  scroll to paint: p50 {row['scroll_paint_ms_p50']:.0f} ms, max "
-            f"{row['scroll_paint_ms_max']:.0f} ms "
-            f"({row['rows_in_view_min']} rows in view at least)",
+            *(
+                f"  {name} scroll to paint: p50 {row[f'{name}_scroll_paint_ms_p50']:.0f} ms, "
+                f"max {row[f'{name}_scroll_paint_ms_max']:.0f} ms "
+                f"({row[f'{name}_rows_in_view_min']} rows in view at least)"
+                for name in LISTS
+            ),
         ]
     )
 

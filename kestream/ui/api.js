@@ -16,6 +16,15 @@ const meta = /** @type {HTMLMetaElement | null} */ (
 const TENANT = meta?.content || "main";
 export const API_BASE = `/api/v1/${encodeURIComponent(TENANT)}`;
 
+/**
+ * A flow's path: its API route under the tenant, and (after `#`) its page's route.
+ * @param {string} namespace
+ * @param {string} id
+ */
+export function flowPath(namespace, id) {
+  return `/flows/${encodeURIComponent(namespace)}/${encodeURIComponent(id)}`;
+}
+
 /** An answer other than 2xx, with the message of Kestra's JSON error body. */
 export class ApiError extends Error {
   /**

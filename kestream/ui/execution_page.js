@@ -1,12 +1,12 @@
 // @ts-check
 /**
  * One execution, live: the follow route's frames (each the whole execution) redraw the
- * header and the buttons, and update the task-run tree (`run_tree.js`, virtualised: only the
- * rows in view exist) and the Gantt; the logs route's stream appends lines as the worker
- * writes them, from the chosen level up. Both streams end by themselves once the
- * execution has ended, and are aborted when the page is left.
- *
- * The same frames move the Gantt timeline (`gantt.js`). A PAUSED execution has a Resume
+ * header and the buttons, and update the task-run tree (`run_tree.js`) and the Gantt timeline
+ * (`gantt.js`); the logs route's stream adds lines to the log view (`log_view.js`) as the
+ * worker writes them, from the chosen level up. The three are virtualised (only the rows in
+ * view exist) and take a frame at the next animation frame. Both streams end by themselves
+ * once the execution has ended, and are aborted when the page is left.
+ * A PAUSED execution has a Resume
  * button with a form generated from its Pause task's `onResume` inputs (read from the flow's
  * revision the execution runs), sent to the resume route. An ended one has a Replay button:
  * the replay route makes a new execution, from its start or from a chosen task run (the runs
@@ -16,20 +16,25 @@
  * The log lines received are kept, so the search box narrows the ones shown as it is typed
  * without asking the API again (the follow route has no text filter). Stored files named by
  * outputs and inputs are download links (`files.js`).
+ *
+ * User Timing marks say when the execution was first drawn ended and when the log stream of
+ * an ended execution was read to its end (bench/ui_page.py reads them).
  */
-import { ApiError, call, follow, getJson } from "./api.js";
+import { ApiError, call, flowPath, follow, getJson } from "./api.js";
 import { duration, errorBox, fill, h, isTerminal, jsonBlock, stateBadge, when } from "./dom.js";
 import { fileLinks } from "./files.js";
 import { Gantt } from "./gantt.js";
 import { inputsForm } from "./inputs_form.js";
+import { LEVELS, LogView } from "./log_view.js";
 import { RunTree } from "./run_tree.js";
 
-const LEVELS = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"];
 /** The states the restart route accepts. */
 const RESTARTABLE = new Set(["FAILED", "KILLED", "WARNING"]);
 const REOPEN_MS = 500;
 /** A User Timing mark set once a frame of the ended execution is drawn (bench/ui_page.py). */
 const ENDED_MARK = "kestream:execution:ended";
+/** A User Timing mark set once the log stream of the ended execution was read to its end. */
+const LOGS_ENDED_MARK = "kestream:logs:ended";
 
 /**
  * The task of `flow` (searched through every flowable's branches) whose id is `taskId`.
@@ -51,6 +56,15 @@ export function findTask(flow, taskId) {
   return null;
 }
 
+/**
+ * The flow at the revision `execution` runs.
+ * @param {any} execution
+ */
+function flowOf(execution) {
+  const revision = execution.flowRevision ? `?revision=${execution.flowRevision}` : "";
+  return getJson(`${flowPath(execution.namespace, execution.flowId)}${revision}`);
+}
+
 /** @type {import("./app.js").Page} */
 export function executionPage(root, [id]) {
   const path = `/executions/${encodeURIComponent(id)}`;
@@ -59,7 +73,7 @@ export function executionPage(root, [id]) {
   const actions = h("div", { class: "actions" });
   const status = h("div", { "aria-live": "polite" });
   const facts = h("div", { class: "facts" });
-  const logs = h("div", { class: "logs", id: "logs", role: "log", "aria-live": "off" });
+  const logs = new LogView();
   const gantt = new Gantt();
   /** @type {any} the execution as last received */
   let latest = null;
@@ -93,7 +107,7 @@ export function executionPage(root, [id]) {
         h("label", { for: "log-search" }, "Search"), search,
         shownCount,
       ),
-      logs,
+      logs.element,
     ),
   );
 
@@ -121,7 +135,7 @@ export function executionPage(root, [id]) {
         h("dt", {}, "State"), h("dd", { id: "execution-state" }, stateBadge(state)),
         h("dt", {}, "Started"), h("dd", {}, when(execution.state.startDate)),
         h("dt", {}, "Duration"), elapsed,
-        h("dt", {}, "Flow"), h("dd", {}, h("a", { href: `#/flows/${encodeURIComponent(execution.namespace)}/${encodeURIComponent(execution.flowId)}` }, `revision ${execution.flowRevision ?? ""}`)),
+        h("dt", {}, "Flow"), h("dd", {}, h("a", { href: `#${flowPath(execution.namespace, execution.flowId)}` }, `revision ${execution.flowRevision ?? ""}`)),
       ),
     );
     // Redrawn only when the state changes, so a focused button keeps the focus between frames.
@@ -166,8 +180,7 @@ export function executionPage(root, [id]) {
     /** @type {import("./inputs_form.js").InputDef[]} */
     let inputs = [];
     try {
-      const revision = execution.flowRevision ? `?revision=${execution.flowRevision}` : "";
-      const flow = await getJson(`/flows/${encodeURIComponent(execution.namespace)}/${encodeURIComponent(execution.flowId)}${revision}`);
+      const flow = await flowOf(execution);
       inputs = paused.flatMap((/** @type {any} */ run) => findTask(flow, run.taskId)?.onResume ?? []);
     } catch (error) {
       fill(resumeBox, errorBox(/** @type {Error} */ (error).message));
@@ -183,8 +196,7 @@ export function executionPage(root, [id]) {
         await call("POST", `${path}/resume`, form.formData());
         fill(resumeBox, h("p", { class: "notice" }, "Resumed"));
       } catch (error) {
-        const rest = error instanceof ApiError ? form.showErrors(error.problems) : [];
-        fill(outcome, errorBox(/** @type {Error} */ (error).message), rest.map((m) => errorBox(m)));
+        form.showFailure(outcome, error);
       }
     };
     fill(
@@ -230,8 +242,7 @@ export function executionPage(root, [id]) {
       fill(inputsBox);
       if (!change.checked || !execution) return;
       try {
-        const revision = execution.flowRevision ? `?revision=${execution.flowRevision}` : "";
-        const flow = await getJson(`/flows/${encodeURIComponent(execution.namespace)}/${encodeURIComponent(execution.flowId)}${revision}`);
+        const flow = await flowOf(execution);
         const given = execution.inputs ?? {};
         /** @type {import("./inputs_form.js").InputDef[]} */
         const inputs = (flow.inputs ?? []).map((/** @type {any} */ input) => (input.id in given ? { ...input, defaults: given[input.id] } : input));
@@ -265,8 +276,8 @@ export function executionPage(root, [id]) {
         }
         location.hash = `#/executions/${encodeURIComponent(replayed.id)}`;
       } catch (error) {
-        const rest = changed && error instanceof ApiError ? changed.form.showErrors(error.problems) : [];
-        fill(outcome, errorBox(/** @type {Error} */ (error).message), rest.filter(Boolean).map((m) => errorBox(m)));
+        if (changed) changed.form.showFailure(outcome, error);
+        else fill(outcome, errorBox(/** @type {Error} */ (error).message));
       }
     };
     const cancel = () => {
@@ -355,46 +366,27 @@ export function executionPage(root, [id]) {
     const controller = new AbortController();
     aborter.signal.addEventListener("abort", () => controller.abort());
     logStream = controller;
-    logs.replaceChildren();
-    lines.length = 0;
-    shown = 0;
+    logs.clear();
     countShown();
     follow(`/logs/${encodeURIComponent(id)}/follow?minLevel=${level.value}`, (frameId, line) => {
       if (frameId === "start" || !line || !line.message) return;
-      const row = logLine(line);
-      const text = `${line.taskId ?? ""} ${line.message}`.toLowerCase();
-      lines.push({ row, text });
-      row.hidden = !matches(text);
-      if (!row.hidden) shown += 1;
-      logs.append(row);
-      countShown();
+      logs.add(line);
+      if (logs.needle) countShown();
     }, controller.signal)
-      .then(() => reopenIfRunning(watchLogs, controller.signal))
+      .then(() => {
+        if (controller.signal.aborted) return;
+        if (latest && isTerminal(latest.state.current)) performance.mark(LOGS_ENDED_MARK);
+        reopenIfRunning(watchLogs, controller.signal);
+      })
       .catch((error) => fill(status, errorBox(error.message)));
   };
   level.addEventListener("change", watchLogs);
 
-  /** @type {{row: HTMLElement, text: string}[]} every line received, with what search reads */
-  const lines = [];
-  /**
-   * The lines shown, counted as they come: a line streamed in is matched once, alone, so the
-   * search costs each line once (counting them all again per line made a long log quadratic).
-   */
-  let shown = 0;
-  /** The search text, lowercased once per keystroke rather than once per line. */
-  let needle = "";
-  /** @param {string} text */
-  const matches = (text) => !needle || text.includes(needle);
   const countShown = () => {
-    shownCount.textContent = needle ? `${shown} of ${lines.length} lines` : "";
+    shownCount.textContent = logs.needle ? `${logs.shown.length} of ${logs.lines.length} lines` : "";
   };
   search.addEventListener("input", () => {
-    needle = search.value.trim().toLowerCase();
-    shown = 0;
-    for (const line of lines) {
-      line.row.hidden = !matches(line.text);
-      if (!line.row.hidden) shown += 1;
-    }
+    logs.search(search.value);
     countShown();
   });
 
@@ -412,21 +404,4 @@ export function executionPage(root, [id]) {
     aborter.abort();
     clearInterval(ticker);
   };
-}
-
-/**
- * One log line as the execution page and the logs page show it.
- * @param {any} line
- * @param {HTMLElement | null} [where] what to show before the task (the logs page: the execution)
- */
-export function logLine(line, where = null) {
-  return h(
-    "div",
-    { class: `log log-${String(line.level).toLowerCase()}${where ? " with-execution" : ""}` },
-    h("span", { class: "mono muted" }, when(line.timestamp)),
-    h("span", { class: "level" }, line.level),
-    where,
-    h("span", { class: "mono" }, line.taskId ?? ""),
-    h("span", { class: "message" }, line.message),
-  );
 }

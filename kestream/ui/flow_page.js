@@ -17,7 +17,7 @@
  * from the flow route's `?revision=`; the API has no route listing them, and revisions are
  * numbered from 1 to the current one).
  */
-import { ApiError, getJson } from "./api.js";
+import { ApiError, flowPath, getJson } from "./api.js";
 import { errorBox, fill, h, when } from "./dom.js";
 import { flowDiagram } from "./flow_diagram.js";
 import { inputsForm } from "./inputs_form.js";
@@ -69,7 +69,7 @@ export function flowPage(root, params) {
     root,
     h("p", {}, h("a", { href: "#/flows" }, "← Flows")),
     h("div", { class: "row" }, h("h1", {}, existing ? `${namespace}.${id}` : "New flow"), save,
-      existing ? h("a", { class: "button", href: `#/executions?namespace=${encodeURIComponent(namespace)}&flow=${encodeURIComponent(id)}` }, "Executions") : null),
+      existing ? h("a", { class: "button", href: `#/executions?${new URLSearchParams({ namespace, flow: id })}` }, "Executions") : null),
     status,
     h("div", { class: "editor" }, gutter, h("div", { class: "code" }, overlay, source)),
     list,
@@ -151,7 +151,7 @@ export function flowPage(root, params) {
     const shown = h("div", { id: "revision-diff" });
     const compare = async () => {
       const read = (/** @type {string} */ n) =>
-        getJson(`/flows/${encodeURIComponent(flow.namespace)}/${encodeURIComponent(flow.id)}?revision=${n}&source=true`);
+        getJson(`${flowPath(flow.namespace, flow.id)}?revision=${n}&source=true`);
       try {
         const [before, after] = await Promise.all([read(from.value), read(to.value)]);
         const lines = lineDiff(before.source ?? "", after.source ?? "");
@@ -222,8 +222,7 @@ export function flowPage(root, params) {
         const started = await getJson(base, { method: "POST", body: form.formData() });
         location.hash = `#/executions/${encodeURIComponent(started.id)}`;
       } catch (error) {
-        const rest = error instanceof ApiError ? form.showErrors(error.problems) : [];
-        fill(outcome, errorBox(/** @type {Error} */ (error).message), rest.map((m) => errorBox(m)));
+        form.showFailure(outcome, error);
       }
     };
     fill(
@@ -298,11 +297,11 @@ export function flowPage(root, params) {
   save.addEventListener("click", async () => {
     try {
       const flow = existing
-        ? await getJson(`/flows/${encodeURIComponent(namespace)}/${encodeURIComponent(id)}`, { method: "PUT", body: source.value, headers: { "Content-Type": YAML } })
+        ? await getJson(flowPath(namespace, id), { method: "PUT", body: source.value, headers: { "Content-Type": YAML } })
         : await getJson("/flows", { method: "POST", body: source.value, headers: { "Content-Type": YAML } });
       fill(status, h("p", { class: "notice" }, `Saved revision ${flow.revision}`));
       if (existing) drawSaved(flow);
-      if (!existing) location.hash = `#/flows/${encodeURIComponent(flow.namespace)}/${encodeURIComponent(flow.id)}`;
+      if (!existing) location.hash = `#${flowPath(flow.namespace, flow.id)}`;
     } catch (error) {
       const problemsOf = error instanceof ApiError ? error.problems.map((p) => p.message ?? "") : [];
       fill(status, errorBox(/** @type {Error} */ (error).message), problemsOf.map((m) => errorBox(m)));
@@ -310,7 +309,7 @@ export function flowPage(root, params) {
   });
 
   if (existing) {
-    getJson(`/flows/${encodeURIComponent(namespace)}/${encodeURIComponent(id)}?source=true`)
+    getJson(`${flowPath(namespace, id)}?source=true`)
       .then((flow) => {
         source.value = flow.source ?? "";
         drawSaved(flow);

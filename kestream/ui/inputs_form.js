@@ -15,7 +15,8 @@
  * route as it changes and hands its answer to `refresh`, which hides the inputs it disables
  * and replaces a SELECT's choices with the ones its `expression` rendered.
  */
-import { fill, h } from "./dom.js";
+import { ApiError } from "./api.js";
+import { errorBox, fill, h } from "./dom.js";
 
 /**
  * @typedef {{id: string, type: string, required?: boolean, defaults?: any, description?: string,
@@ -216,5 +217,16 @@ export function inputsForm(inputs, prefix) {
     }
   };
 
-  return { fields, formData, showErrors, refresh };
+  /**
+   * Say why the API refused the form: each problem that names an input beside it, and the
+   * error's message with the problems that name none in `outcome`.
+   * @param {HTMLElement} outcome
+   * @param {unknown} error
+   */
+  const showFailure = (outcome, error) => {
+    const rest = error instanceof ApiError ? showErrors(error.problems) : [];
+    fill(outcome, errorBox(/** @type {Error} */ (error).message), rest.filter(Boolean).map((m) => errorBox(m)));
+  };
+
+  return { fields, formData, showErrors, showFailure, refresh };
 }

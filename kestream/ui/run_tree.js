@@ -1,11 +1,10 @@
 // @ts-check
 /**
- * The execution page's task-run tree, virtualised: an execution may hold 10 000 task runs (a
- * ForEach of 10 000), and a DOM row for each, rebuilt on every frame of the live feed, froze
- * the page. Here the tree is flattened (children right under the run that started them, one
- * `aria-level` deeper) and only the rows in the scrolled window, plus a margin, exist; they are
- * placed absolutely inside a list as tall as all the rows. A frame costs a pass over the runs
- * to order them, and rebuilds only the shown rows whose run changed.
+ * The execution page's task-run tree, virtualised (`virtual_list.js`): an execution may hold
+ * 10 000 task runs (a ForEach of 10 000). The tree is flattened (children right under the run
+ * that started them, one `aria-level` deeper) and only the rows in the scrolled window, plus a
+ * margin, exist. A frame costs a pass over the runs to order them, and rebuilds only the shown
+ * rows whose run changed.
  *
  * Rows are one line tall, except those whose outputs are open (a `<details>` with the outputs
  * as JSON): their height is measured once drawn and kept by task-run id, so the rows below move
@@ -17,9 +16,8 @@
  * opens or closes its outputs.
  */
 import { duration, h, jsonBlock, stateBadge } from "./dom.js";
+import { VirtualList } from "./virtual_list.js";
 
-/** Rows drawn beyond each edge of the window, so a short scroll shows rows already there. */
-const MARGIN = 20;
 /** A row's height until one is measured (px). */
 const DEFAULT_ROW = 30;
 const PAGE = 10;
@@ -77,19 +75,24 @@ export class RunTree {
     this.element = h("div", { class: "tree", id: "task-runs" }, this.empty, this.list);
     /** @type {{run: any, depth: number}[]} */
     this.rows = [];
-    /** @type {number[]} each row's top (px), and the total height last */
-    this.tops = [0];
-    /** @type {Map<string, number>} measured heights of rows taller than one line */
-    this.heights = new Map();
-    this.rowHeight = DEFAULT_ROW;
-    this.lineMeasured = false;
-    /** @type {Map<string, {item: HTMLLIElement, signature: string}>} drawn rows by task-run id */
-    this.drawn = new Map();
     /** @type {Set<string>} task runs whose outputs are open */
     this.open = new Set();
     this.active = "";
-    this.pending = 0;
-    this.element.addEventListener("scroll", () => this.schedule());
+    this.window = new VirtualList(this.element, this.list, {
+      key: (i) => this.rows[i].run.id,
+      signature: (i) => signatureOf(this.rows[i].run),
+      render: (i) => this.row(this.rows[i].run, this.rows[i].depth, this.open.has(this.rows[i].run.id)),
+      place: (item, i) => {
+        item.setAttribute("aria-posinset", String(i + 1));
+        item.setAttribute("aria-setsize", String(this.rows.length));
+        item.classList.toggle("active", this.rows[i].run.id === this.active);
+      },
+      afterDraw: () => {
+        this.list.setAttribute("aria-activedescendant", this.window.element(this.active) ? `run-${this.active}` : "");
+        // A User Timing mark (seen in the browser's performance tools, and by bench/ui_page.py).
+        if (this.window.drawn.size && !performance.getEntriesByName(FIRST_ROWS_MARK).length) performance.mark(FIRST_ROWS_MARK);
+      },
+    }, { rowHeight: DEFAULT_ROW });
     this.list.addEventListener("keydown", (event) => this.key(event));
   }
 
@@ -103,106 +106,7 @@ export class RunTree {
     this.empty.hidden = this.rows.length > 0;
     this.list.dataset.runs = String(this.rows.length);
     if (!this.rows.some((row) => row.run.id === this.active)) this.active = this.rows[0]?.run.id ?? "";
-    this.layout();
-    this.schedule();
-  }
-
-  /** Each row's top from the row height and the measured heights. */
-  layout() {
-    const tops = new Array(this.rows.length + 1);
-    let top = 0;
-    for (let i = 0; i < this.rows.length; i++) {
-      tops[i] = top;
-      top += this.heights.get(this.rows[i].run.id) ?? this.rowHeight;
-    }
-    tops[this.rows.length] = top;
-    this.tops = tops;
-    this.list.style.height = `${top}px`;
-  }
-
-  schedule() {
-    if (this.pending) return;
-    this.pending = requestAnimationFrame(() => {
-      this.pending = 0;
-      this.draw();
-    });
-  }
-
-  /**
-   * The index of the row at `y` px from the list's top (a binary search over the tops).
-   * @param {number} y
-   */
-  indexAt(y) {
-    let low = 0;
-    let high = this.rows.length - 1;
-    while (low < high) {
-      const middle = (low + high + 1) >> 1;
-      if (this.tops[middle] <= y) low = middle;
-      else high = middle - 1;
-    }
-    return Math.max(0, low);
-  }
-
-  /** Draw the rows in the window and its margins, drop the others, then measure. */
-  draw() {
-    const view = this.element;
-    const offset = this.list.offsetTop;
-    const first = Math.max(0, this.indexAt(view.scrollTop - offset) - MARGIN);
-    const last = Math.min(this.rows.length, this.indexAt(view.scrollTop - offset + view.clientHeight) + 1 + MARGIN);
-    const wanted = new Set();
-    for (let i = first; i < last; i++) {
-      const { run, depth } = this.rows[i];
-      wanted.add(run.id);
-      const signature = signatureOf(run);
-      let entry = this.drawn.get(run.id);
-      if (!entry || entry.signature !== signature) {
-        const item = this.row(run, depth, this.open.has(run.id));
-        if (entry) entry.item.replaceWith(item);
-        else this.list.append(item);
-        entry = { item, signature };
-        this.drawn.set(run.id, entry);
-      }
-      entry.item.style.top = `${this.tops[i]}px`;
-      entry.item.setAttribute("aria-posinset", String(i + 1));
-      entry.item.setAttribute("aria-setsize", String(this.rows.length));
-      entry.item.classList.toggle("active", run.id === this.active);
-    }
-    for (const [id, entry] of this.drawn) {
-      if (!wanted.has(id)) {
-        entry.item.remove();
-        this.drawn.delete(id);
-      }
-    }
-    this.list.setAttribute("aria-activedescendant", this.drawn.has(this.active) ? `run-${this.active}` : "");
-    // A User Timing mark (seen in the browser's performance tools, and by bench/ui_page.py).
-    if (this.drawn.size && !performance.getEntriesByName(FIRST_ROWS_MARK).length) performance.mark(FIRST_ROWS_MARK);
-    this.measure();
-  }
-
-  /** Keep the heights of drawn rows that differ from one line; lay out again if any moved. */
-  measure() {
-    let moved = false;
-    for (const [id, { item }] of this.drawn) {
-      const height = item.offsetHeight;
-      if (!height) continue;
-      if (!this.lineMeasured && !this.open.has(id) && !item.querySelector("details, a")) {
-        this.lineMeasured = true; // the first plain row drawn sets the line height
-        if (height !== this.rowHeight) {
-          this.rowHeight = height;
-          moved = true;
-        }
-      }
-      const known = this.heights.get(id) ?? this.rowHeight;
-      if (Math.abs(known - height) > 1) {
-        if (height === this.rowHeight) this.heights.delete(id);
-        else this.heights.set(id, height);
-        moved = true;
-      }
-    }
-    if (moved) {
-      this.layout();
-      this.schedule();
-    }
+    this.window.resize(this.rows.length);
   }
 
   /**
@@ -223,7 +127,7 @@ export class RunTree {
               if (details.open) this.open.add(run.id);
               else this.open.delete(run.id);
               details.closest("li")?.setAttribute("aria-expanded", String(details.open));
-              this.measure();
+              this.window.measure();
             },
           },
           h("summary", {}, "Outputs"),
@@ -265,23 +169,8 @@ export class RunTree {
   activate(id, reveal = true) {
     this.active = id;
     const index = this.rows.findIndex((row) => row.run.id === id);
-    // Rows not drawn yet have an estimated height: drawing those around the row measures
-    // them and may move it, so it is brought into view again (a few rounds at most).
-    for (let round = 0; round < 3; round++) {
-      const top = this.tops[index];
-      if (reveal && index >= 0) this.reveal(index);
-      this.draw();
-      if (index < 0 || this.tops[index] === top) break;
-    }
-  }
-
-  /** @param {number} index scroll the least that shows this row whole */
-  reveal(index) {
-    const view = this.element;
-    const top = this.tops[index] + this.list.offsetTop;
-    const bottom = this.tops[index + 1] + this.list.offsetTop;
-    if (top < view.scrollTop) view.scrollTop = top;
-    else if (bottom > view.scrollTop + view.clientHeight) view.scrollTop = bottom - view.clientHeight;
+    if (reveal && index >= 0) this.window.reveal(index);
+    else this.window.draw();
   }
 
   /** @param {KeyboardEvent} event */
@@ -296,7 +185,7 @@ export class RunTree {
       return;
     }
     if (event.key === "Enter" || event.key === " ") {
-      const details = this.drawn.get(this.rows[at].run.id)?.item.querySelector("details");
+      const details = this.window.element(this.rows[at].run.id)?.querySelector("details");
       if (!details) return;
       event.preventDefault();
       details.open = !details.open; // its toggle event keeps the choice and measures the row

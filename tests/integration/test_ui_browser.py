@@ -1171,3 +1171,94 @@ def test_the_task_run_list_draws_the_rows_in_view_and_moves_by_keyboard(
     active = driver.find_element(By.CSS_SELECTOR, f"{tree} .active")
     assert active.get_attribute("aria-posinset") == "12" and "[11]" in active.text
     no_console_errors(driver, "the execution page of 301 task runs")
+
+    # The Gantt timeline: the rows of its window only, one Tab stop, moved by the keys.
+    gantt = driver.find_element(By.ID, "gantt")
+    wait(driver).until(lambda _: gantt.get_attribute("data-runs") == "301")
+    assert 10 < len(gantt.find_elements(By.CSS_SELECTOR, ".gantt-row")) < 100
+    stops = gantt.find_elements(By.CSS_SELECTOR, '[tabindex="0"]')
+    assert [row.get_attribute("aria-posinset") for row in stops] == ["1"]
+    driver.execute_script("arguments[0].focus()", stops[0])
+    ActionChains(driver).send_keys(Keys.END).perform()
+    focused = driver.switch_to.active_element
+    assert focused.get_attribute("aria-posinset") == "301"
+    assert focused.get_attribute("aria-label").startswith("item [300]: SUCCESS")
+    assert driver.execute_script(_IN_VIEW, "gantt", focused)  # scrolled to it
+    ActionChains(driver).send_keys(Keys.PAGE_UP).perform()
+    focused = driver.switch_to.active_element
+    assert focused.get_attribute("aria-posinset") == "291" and focused.text == "item [290]"
+    assert gantt.find_elements(By.CSS_SELECTOR, '[tabindex="0"]') == [focused]
+    driver.execute_script("document.getElementById('gantt').scrollTop = 0")
+    wait(driver).until(lambda _: driver.execute_script(_FIRST_IN_VIEW, "gantt", ".gantt-row") == 1)
+    assert focused.get_attribute("aria-posinset") == "291"  # kept drawn, out of view
+    assert driver.switch_to.active_element == focused
+    ActionChains(driver).send_keys(Keys.ARROW_DOWN).perform()
+    assert driver.switch_to.active_element.text == "item [291]"
+    no_console_errors(driver, "the Gantt of 301 task runs")
+
+
+#: Whether an element is inside the scrolled window of the list of this id.
+_IN_VIEW = """
+const box = document.getElementById(arguments[0]).getBoundingClientRect();
+const r = arguments[1].getBoundingClientRect();
+return r.top >= box.top - 1 && r.bottom <= box.bottom + 1;
+"""
+
+#: The position (from 1) of the first row of a list's scrolled window: its `aria-posinset`, or
+#: for log lines the number the test's lines carry.
+_FIRST_IN_VIEW = r"""
+const [id, rows] = arguments;
+const box = document.getElementById(id).getBoundingClientRect();
+const shown = [...document.querySelectorAll(`#${id} ${rows}`)]
+  .filter((row) => row.getBoundingClientRect().bottom > box.top + 1)
+  .sort((a, b) => a.getBoundingClientRect().top - b.getBoundingClientRect().top);
+if (!shown.length) return 0;
+const first = shown[0];
+return Number(first.getAttribute("aria-posinset") ?? /line-(\d+)-end/.exec(first.textContent)[1]);
+"""
+
+
+def many_lines(ns: str) -> str:
+    return f"""\
+id: chatty
+namespace: {ns}
+tasks:
+  - id: talk
+    type: io.kestra.plugin.scripts.shell.Commands
+    commands:
+      - for i in $(seq 1 500); do echo "line-$i-end"; done
+"""
+
+
+def test_the_log_view_draws_the_lines_in_view_follows_the_end_and_searches(
+    stack: Stack, driver: webdriver.Chrome
+) -> None:
+    """500 lines: only those in the view's window (and a margin) exist; the window shows the
+    newest as they come, a scroll shows the lines of where it went, and a search narrows them
+    to the ones that match, counted."""
+    ns = f"it.ui.v{uuid.uuid4().hex[:8]}"
+    assert stack.post_yaml("/flows", many_lines(ns)).status == 200
+    execution_id = stack.request("POST", f"/executions/{ns}/chatty").json()["id"]
+    stack.wait_state(execution_id, {"SUCCESS"})
+    log_in(driver, stack)
+    driver.get(f"{stack.base}/ui/#/executions/{execution_id}")
+    logs = driver.find_element(By.ID, "logs")
+    wait(driver).until(lambda _: logs.get_attribute("data-lines") == "500")
+    text_of(driver, "#logs", "line-500-end")  # the end followed as the lines came
+    assert 10 < len(logs.find_elements(By.CSS_SELECTOR, ".log")) < 100
+    assert "line-1-end" not in logs.text
+
+    driver.execute_script(
+        "const v = arguments[0]; v.scrollTop = (v.scrollHeight - v.clientHeight) / 2;", logs
+    )
+    wait(driver).until(lambda _: 200 < driver.execute_script(_FIRST_IN_VIEW, "logs", ".log") < 300)
+    assert logs.get_attribute("tabindex") == "0"  # scrolled by the keyboard too
+    logs.send_keys(Keys.HOME)
+    wait(driver).until(lambda _: driver.execute_script(_FIRST_IN_VIEW, "logs", ".log") == 1)
+    text_of(driver, "#logs", "line-1-end")
+
+    driver.find_element(By.ID, "log-search").send_keys("LINE-7")  # 7 and 70-79: 11 lines
+    text_of(driver, "#log-count", "11 of 500 lines")
+    shown = [e.text for e in logs.find_elements(By.CSS_SELECTOR, ".log")]
+    assert len(shown) == 11 and all("line-7" in line for line in shown), shown
+    no_console_errors(driver, "the execution page of 500 log lines")

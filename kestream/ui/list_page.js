@@ -1,0 +1,100 @@
+// @ts-check
+/**
+ * What the list pages (executions, flows, logs) share: a filter form whose values live in the
+ * URL's query (so a filtered list is a link, and its fields are filled from the link), the
+ * page number read from it, and the pager under the list.
+ */
+import { fill, h } from "./dom.js";
+
+/** The time ranges a list filters on (ISO-8601 durations back from now, as the API takes). */
+export const RANGES = [
+  ["", "Any time"], ["PT1H", "Last hour"], ["P1D", "Last day"],
+  ["P7D", "Last 7 days"], ["P30D", "Last 30 days"],
+];
+
+/**
+ * The page asked for (from 1).
+ * @param {URLSearchParams} query
+ */
+export function pageOf(query) {
+  return Math.max(1, Number(query.get("page")) || 1);
+}
+
+/**
+ * A labelled field of a filter form.
+ * @param {string} name the query parameter, and the control's id (`f-<name>`)
+ * @param {string} label
+ * @param {HTMLElement} control
+ */
+export function filterField(name, label, control) {
+  return h("div", { class: "field" }, h("label", { for: `f-${name}` }, label), control);
+}
+
+/**
+ * A text filter, filled from the query.
+ * @param {URLSearchParams} query
+ * @param {string} name
+ * @param {string} [placeholder]
+ */
+export function textFilter(query, name, placeholder) {
+  return h("input", { id: `f-${name}`, name, value: query.get(name) ?? "", placeholder });
+}
+
+/**
+ * A select filter of `[value, label]` options, the query's value chosen.
+ * @param {URLSearchParams} query
+ * @param {string} name
+ * @param {string[][]} options
+ */
+export function selectFilter(query, name, options) {
+  return h(
+    "select",
+    { id: `f-${name}`, name },
+    options.map(([value, label]) => h("option", { value, selected: (query.get(name) ?? "") === value }, label)),
+  );
+}
+
+/**
+ * A filter form: sent, its non-empty values become the query of `route` (from page 1).
+ * @param {string} route the list's hash route (`#/executions`)
+ * @param {string} submit the button's text
+ * @param {...HTMLElement} fields
+ */
+export function filterForm(route, submit, ...fields) {
+  /** @param {SubmitEvent} event */
+  const send = (event) => {
+    event.preventDefault();
+    const next = new URLSearchParams();
+    for (const [key, value] of new FormData(/** @type {HTMLFormElement} */ (event.target))) {
+      if (typeof value === "string" && value) next.set(key, value);
+    }
+    location.hash = `${route}?${next}`;
+  };
+  return h("form", { class: "filters", role: "search", onsubmit: send }, fields, h("button", { type: "submit", class: "primary" }, submit));
+}
+
+/**
+ * Draw the pager of a list of `count` items, `size` a page, on page `page`: links to the
+ * pages before and after (the query kept, its page changed).
+ * @param {HTMLElement} pager
+ * @param {string} route
+ * @param {URLSearchParams} query
+ * @param {number} count
+ * @param {number} size
+ */
+export function drawPager(pager, route, query, count, size) {
+  const page = pageOf(query);
+  const pages = Math.max(1, Math.ceil(count / size));
+  /** @param {number} to */
+  const linkTo = (to) => {
+    const next = new URLSearchParams(query);
+    next.set("page", String(to));
+    return `${route}?${next}`;
+  };
+  fill(
+    pager,
+    page > 1 ? h("a", { href: linkTo(page - 1), rel: "prev" }, "Previous") : null,
+    h("span", {}, `Page ${page} of ${pages}`),
+    page < pages ? h("a", { href: linkTo(page + 1), rel: "next" }, "Next") : null,
+  );
+}
