@@ -89,9 +89,10 @@ def _checkpoint(log: Log, upto: int, written_at: float = 1e9) -> Checkpoint:
     return decode(encode(TOPIC, 0, _raw_fold(log, upto), written_at), TOPIC, 0)
 
 
-def _restorer(logs: Mapping[int, Log]) -> tuple[ChangelogRestorer, list[int]]:
-    """A restorer whose changelog partitions are ``logs``; the second value lists the records
-    each read gave."""
+def _restorer(logs: Mapping[int, Log], log_start: int = 0) -> tuple[ChangelogRestorer, list[int]]:
+    """A restorer whose changelog partitions are ``logs``, their records before ``log_start``
+    deleted (a read from before it starts there, as a consumer reset to the earliest offset
+    does); the second value lists the records each read gave."""
     registry = _processor().registry
     settings = Settings(broker="unused:9092")
     ctx = BrokerContext(settings, "unused:9092", "tansu", Topics.of(settings))
@@ -103,7 +104,7 @@ def _restorer(logs: Mapping[int, Log]) -> tuple[ChangelogRestorer, list[int]]:
     ) -> dict[int, int]:
         for p in sorted(partitions):
             log = logs[p]
-            for offset in range(start.get(p, 0), len(log)):
+            for offset in range(max(start.get(p, 0), log_start), len(log)):
                 key, value = log[offset]
                 keep(_rec(offset, key, value, p))
                 given.append(p)
@@ -273,6 +274,19 @@ def test_a_checkpoint_past_the_end_of_the_log_is_refused() -> None:
     full, _ = asyncio.run(restorer.recover_from({0}, {}))
     found, _ = asyncio.run(restorer.recover_from({0}, {0: _checkpoint(log, len(log))}))
     assert _state(found[0]) == _state(full[0]) and found[0].read_records == len(short)
+
+
+def test_a_checkpoint_from_before_the_log_start_is_refused() -> None:
+    """Records deleted before the checkpoint's last one (a retention, a truncation): what lay
+    between the checkpoint and the new start is gone, so the checkpoint cannot be gone on
+    from; the partition is read from where it now starts, as a read from 0 would be."""
+    (log, *_) = _real_changelogs()
+    restorer, given = _restorer({0: log}, log_start=len(log) // 2)
+    full, _ = asyncio.run(restorer.recover_from({0}, {}))
+    given.clear()
+    found, _ = asyncio.run(restorer.recover_from({0}, {0: _checkpoint(log, len(log) // 3)}))
+    assert _state(found[0]) == _state(full[0]) and found[0].checkpoint_records == 0
+    assert found[0].read_records == len(log) - len(log) // 2
 
 
 def test_partitions_with_and_without_checkpoints_recover_together() -> None:
