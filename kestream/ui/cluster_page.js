@@ -124,8 +124,9 @@ function health(member) {
 }
 
 /**
- * One table per role that owns partitions: partition, its owner, its lag (0 where the owner's
- * last fetches did not reach it: it held nothing new; empty from a process too old to say).
+ * One table per role that owns partitions: partition, its owner, its lag as its owner last
+ * measured it (from the records it read there: "—" until it has read one since it was
+ * assigned, and from a process too old to say), never a 0 it did not report.
  * @param {any[]} members
  * @param {number} count the topics' partition count
  */
@@ -153,13 +154,23 @@ function assignments(members, count) {
               { "data-partition": p },
               h("td", {}, String(p)),
               h("td", { class: "mono" }, owner ? `${owner.host}/${owner.pid}` : h("span", { class: "error" }, "unassigned")),
-              h("td", { "data-lag": "" }, owner?.partitionLag ? String(Number(owner.partitionLag[String(p)] ?? 0)) : ""),
+              lagCell(owner?.partitionLag?.[String(p)]),
             );
           }),
         ),
       ),
     );
   });
+}
+
+/**
+ * A partition's lag, or "—" when its owner reported none.
+ * @param {number | undefined} lag
+ */
+function lagCell(lag) {
+  return lag == null
+    ? h("td", { "data-lag": "", title: "not measured yet: no record read from it since it was assigned" }, h("span", { class: "muted" }, "—"))
+    : h("td", { "data-lag": String(Number(lag)) }, String(Number(lag)));
 }
 
 /**

@@ -42,6 +42,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 pytestmark = pytest.mark.integration
 
 WAIT_S = 60.0
+PARTITIONS = 4
 
 
 def gated(ns: str, gate: Path) -> str:
@@ -73,9 +74,13 @@ tasks:
 @pytest.fixture(scope="module")
 def stack(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     prefix = f"it.ui.{uuid.uuid4().hex[:10]}."
-    # Outputs past 4 KiB leave the record as a stored reference: the execution page links them.
-    limit = {"KESTREAM_OUTPUT_INLINE_MAX_BYTES": "4096"}
-    yield from start_stack(broker.bootstrap, prefix, tmp_path_factory.mktemp("ui"), limit)
+    env = {
+        # Outputs past 4 KiB leave the record as a stored reference: the execution page links them.
+        "KESTREAM_OUTPUT_INLINE_MAX_BYTES": "4096",
+        # Few partitions: the cluster test loads every one until each reports its lag.
+        "KESTREAM_PARTITIONS": str(PARTITIONS),
+    }
+    yield from start_stack(broker.bootstrap, prefix, tmp_path_factory.mktemp("ui"), env)
 
 
 @pytest.fixture
@@ -547,11 +552,32 @@ def test_the_gantt_shows_retries_and_loop_values_then_the_pause_resumes_from_its
     no_console_errors(driver, "the execution page's Gantt and Resume")
 
 
+def lag_reported(stack: Stack, role: str) -> set[int]:
+    """The partitions whose lag the processes of ``role`` report (each from its own reads)."""
+    members = stack.get("/cluster").json()["members"]
+    return {int(p) for m in members if m["role"] == role for p in m["partitionLag"]}
+
+
 def test_the_cluster_page_shows_each_role_with_its_partitions(
     stack: Stack, driver: webdriver.Chrome, tmp_path: Path
 ) -> None:
     cluster = stack.get("/cluster").json()
     assert {m["role"] for m in cluster["members"]} >= {"api", "executor", "worker", "scheduler"}
+    assert cluster["partitions"] == PARTITIONS
+    # A partition's lag is measured from the records its owner reads there: executions (each
+    # with a task the worker runs) are started until every partition of both roles has one.
+    ns = f"it.ui.n{uuid.uuid4().hex[:8]}"
+    assert stack.post_yaml("/flows", shell_steps(ns)).status == 200
+    every = set(range(PARTITIONS))
+    deadline = time.monotonic() + 3 * WAIT_S
+    while not all(lag_reported(stack, role) == every for role in ("executor", "worker")):
+        reported = {role: lag_reported(stack, role) for role in ("executor", "worker")}
+        assert time.monotonic() < deadline, f"partitions without a lag reported: {reported}"
+        load = [stack.request("POST", f"/executions/{ns}/shell").json()["id"] for _ in range(4)]
+        for execution_id in load:
+            stack.wait_state(execution_id, {"SUCCESS"})
+        time.sleep(0.5)  # the processes publish their figures with their heartbeats
+
     log_in(driver, stack)
     driver.get(f"{stack.base}/ui/#/cluster")
     text_of(driver, "#cluster-status", "UP")
@@ -560,23 +586,30 @@ def test_the_cluster_page_shows_each_role_with_its_partitions(
     assert " / " in worker.find_element(By.CSS_SELECTOR, "[data-slots]").text  # in use / slots
     assert worker.find_element(By.CSS_SELECTOR, "[data-dead-letters]").text.isdigit()
     assert worker.find_elements(By.CSS_SELECTOR, "svg.spark polyline")  # lag, jobs running
+
+    def lags(role: str) -> list[str]:
+        rows = driver.find_elements(By.CSS_SELECTOR, f"#partitions-{role} tbody tr")
+        return [row.find_element(By.CSS_SELECTOR, "[data-lag]").text for row in rows]
+
     for role in ("executor", "worker"):
-        table = driver.find_element(By.ID, f"partitions-{role}")
-        rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
-        assert len(rows) == cluster["partitions"]
-        assert "unassigned" not in table.text
-        lags = [row.find_element(By.CSS_SELECTOR, "[data-lag]").text for row in rows]
-        assert all(lag.isdigit() for lag in lags), lags  # per partition, from its owner
-    for member in cluster["members"]:
+        assert "unassigned" not in driver.find_element(By.ID, f"partitions-{role}").text
+        # Every partition with the lag its owner measured: a number, never the "—" of none.
+        try:
+            wait(driver).until(
+                lambda _, role=role: (
+                    len(lags(role)) == PARTITIONS and all(lag.isdigit() for lag in lags(role))
+                )
+            )
+        except TimeoutException:
+            raise AssertionError(f"{role} partitions without a lag: {lags(role)}") from None
+    for member in stack.get("/cluster").json()["members"]:
         if member["role"] in ("executor", "worker"):
             checks = member["checks"].values()
             owned = {str(p) for check in checks for p in check.get("partitions", [])}
-            assert set(member["partitionLag"]) <= owned, member
+            assert member["partitionLag"] and set(member["partitionLag"]) <= owned, member
     assert not driver.find_elements(By.ID, "memory-only")  # durable by default
 
     # Work done while the page is open shows in the processes' throughput and latency.
-    ns = f"it.ui.n{uuid.uuid4().hex[:8]}"
-    assert stack.post_yaml("/flows", shell_steps(ns)).status == 200
     started = [stack.request("POST", f"/executions/{ns}/shell").json()["id"] for _ in range(4)]
     for execution_id in started:
         stack.wait_state(execution_id, {"SUCCESS"})
