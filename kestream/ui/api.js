@@ -7,6 +7,11 @@
  *
  * Live updates read the API's server-sent event routes with `fetch` and a stream reader rather
  * than `EventSource`, which cannot send an `Authorization` header.
+ *
+ * Requests are sent without the browser's own credentials (`credentials: "omit"`): the header is
+ * the page's, and a same-origin request that may carry them gets the browser's own login prompt
+ * for the API's `WWW-Authenticate: Basic` answer to a 401 (the request waits on it, unseen in a
+ * headless browser), where the page's login screen should show.
  */
 
 const AUTH_KEY = "kestream.authorization";
@@ -74,7 +79,7 @@ export function basic(username, password) {
  */
 export async function accepts(header) {
   const headers = header ? { Authorization: header } : undefined;
-  const response = await fetch(`${API_BASE}/flows/search?size=1`, { headers });
+  const response = await fetch(`${API_BASE}/flows/search?size=1`, { headers, credentials: "omit" });
   if (response.status === 401) return false;
   if (!response.ok) throw await asError(response);
   return true;
@@ -88,7 +93,7 @@ async function send(path, init = {}) {
   const headers = new Headers(init.headers);
   const header = authorization();
   if (header) headers.set("Authorization", header);
-  const response = await fetch(API_BASE + path, { ...init, headers });
+  const response = await fetch(API_BASE + path, { ...init, headers, credentials: "omit" });
   if (response.status === 401) {
     onUnauthorized();
     throw await asError(response);

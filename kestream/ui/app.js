@@ -60,6 +60,7 @@ logout.addEventListener("click", () => {
 
 whenUnauthorized(() => {
   setAuthorization(null);
+  if (!loggedIn) return; // requests in flight answered 401 too: the login screen shows already
   loggedIn = false;
   route();
 });

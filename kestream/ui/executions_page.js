@@ -10,9 +10,16 @@
  * delete, confirmed first. The API has no route that acts on many executions by id, so each
  * is sent to its own route, a few at a time; what each answered is summed up (an execution in
  * a state the route refuses is counted, with the API's reason, not hidden).
+ *
+ * A 401 ends the session (the login screen shows): the executions not sent yet are not sent,
+ * and they and the one refused with the 401 are counted apart, to send again. A summary the
+ * page could not show (it was left, by that login screen or by a link, before the last answer)
+ * is kept in the tab's `sessionStorage` and shown when the executions page opens next, with
+ * the executions it did not act on selected again.
  */
-import { call, getJson } from "./api.js";
+import { ApiError, call, getJson } from "./api.js";
 import { duration, errorBox, fill, h, stateBadge, when } from "./dom.js";
+import { RANGES, drawPager, filterField, filterForm, pageOf, selectFilter, textFilter } from "./list_page.js";
 
 const REFRESH_MS = 1500;
 const PAGE_SIZE = 25;
@@ -28,10 +35,8 @@ const BULK = {
   restart: { label: "Restart", method: "POST", suffix: "/restart", done: "restarted" },
   delete: { label: "Delete", method: "DELETE", suffix: "", done: "deleted" },
 };
-const RANGES = [
-  ["", "Any time"], ["PT1H", "Last hour"], ["P1D", "Last day"],
-  ["P7D", "Last 7 days"], ["P30D", "Last 30 days"],
-];
+/** Where a bulk action's summary the page could not show waits for the page's next visit. */
+const KEPT_SUMMARY = "kestream.bulk-summary";
 
 /**
  * The search route's query for the page's filters.
@@ -49,7 +54,7 @@ export function searchQuery(query) {
   filter("timeRange", "EQUALS", "range");
   filter("q", "EQUALS", "q");
   for (const pair of labelPairs(query.get("labels") ?? "")) out.append("filters[labels][EQUALS]", pair);
-  out.set("page", query.get("page") || "1");
+  out.set("page", String(pageOf(query)));
   out.set("size", String(PAGE_SIZE));
   out.set("sort", "state.startDate:desc");
   return out;
@@ -88,42 +93,36 @@ export async function eachOf(ids, act, parallel) {
   return failed;
 }
 
+/**
+ * What a bulk action did: the action, the executions it acted on, those the API refused (with
+ * its reason), and those not sent or refused for want of credentials (a 401).
+ * @typedef {{name: string, done: string[], refused: [string, string][], unsent: string[]}} Summary
+ */
+
+/**
+ * A bulk action's summary from what each execution's request threw.
+ * @param {string} name
+ * @param {string[]} ids
+ * @param {Map<string, Error>} failed
+ * @returns {Summary}
+ */
+export function summarise(name, ids, failed) {
+  /** @type {Summary} */
+  const summary = { name, done: [], refused: [], unsent: [] };
+  for (const id of ids) {
+    const error = failed.get(id);
+    if (!error) summary.done.push(id);
+    else if (error instanceof NotSent || (error instanceof ApiError && error.status === 401)) summary.unsent.push(id);
+    else summary.refused.push([id, error.message]);
+  }
+  return summary;
+}
+
+/** An execution of a bulk action left unsent: the session ended (a 401) before its turn. */
+class NotSent extends Error {}
+
 /** @type {import("./app.js").Page} */
 export function executionsPage(root, _params, query) {
-  const page = Math.max(1, Number(query.get("page")) || 1);
-  /** @param {Record<string, string>} changes */
-  const linkTo = (changes) => {
-    const next = new URLSearchParams(query);
-    for (const [key, value] of Object.entries(changes)) {
-      if (value) next.set(key, value);
-      else next.delete(key);
-    }
-    return `#/executions?${next}`;
-  };
-
-  /** @param {string} name @param {string} label @param {HTMLElement} control */
-  const field = (name, label, control) =>
-    h("div", { class: "field" }, h("label", { for: `f-${name}` }, label), control);
-  const text = (/** @type {string} */ name, /** @type {string} */ placeholder) =>
-    h("input", { id: `f-${name}`, name, value: query.get(name) ?? "", placeholder });
-  const select = (/** @type {string} */ name, /** @type {string[][]} */ options) =>
-    h(
-      "select",
-      { id: `f-${name}`, name },
-      options.map(([value, label]) =>
-        h("option", { value, selected: (query.get(name) ?? "") === value }, label),
-      ),
-    );
-
-  /** @param {SubmitEvent} event */
-  const submit = (event) => {
-    event.preventDefault();
-    const form = new FormData(/** @type {HTMLFormElement} */ (event.target));
-    const next = new URLSearchParams();
-    for (const [key, value] of form) if (typeof value === "string" && value) next.set(key, value);
-    location.hash = `#/executions?${next}`;
-  };
-
   const status = h("div", { "aria-live": "polite" });
   const body = h("tbody");
   const total = h("span", { class: "total", id: "total" });
@@ -164,16 +163,23 @@ export function executionsPage(root, _params, query) {
     };
     const go = async () => {
       fill(confirmBox, h("p", { class: "muted" }, `${action.label}: sending ${ids.length}…`));
-      const failed = await eachOf(ids, (id) => call(action.method, `/executions/${encodeURIComponent(id)}${action.suffix}`), BULK_PARALLEL);
-      if (stopped) return;
-      for (const id of ids) if (!failed.has(id)) selected.delete(id);
-      const done = ids.length - failed.size;
-      fill(
-        confirmBox,
-        h("p", { class: failed.size ? "error" : "notice", id: "bulk-result", role: "status" },
-          `${action.label}: ${done} ${action.done}${failed.size ? `, ${failed.size} refused` : ""}`),
-        failed.size ? h("ul", { class: "problems" }, [...failed].map(([id, error]) => h("li", { class: "error" }, h("span", { class: "mono" }, id), `: ${error.message}`))) : null,
-      );
+      let ended = false; // a 401: the session is over, the rest is not sent
+      const failed = await eachOf(ids, async (id) => {
+        if (ended) throw new NotSent("not sent");
+        try {
+          await call(action.method, `/executions/${encodeURIComponent(id)}${action.suffix}`);
+        } catch (error) {
+          if (error instanceof ApiError && error.status === 401) ended = true;
+          throw error;
+        }
+      }, BULK_PARALLEL);
+      const summary = summarise(name, ids, failed);
+      if (stopped) {
+        sessionStorage.setItem(KEPT_SUMMARY, JSON.stringify(summary));
+        return;
+      }
+      for (const id of summary.done) selected.delete(id);
+      showSummary(summary);
       countSelected();
       clearTimeout(timer);
       load();
@@ -188,19 +194,34 @@ export function executionsPage(root, _params, query) {
     );
     yes.focus();
   };
+  /** @param {Summary} summary */
+  const showSummary = ({ name, done, refused, unsent }) => {
+    const action = BULK[name];
+    if (!action) return;
+    const counts = [
+      `${done.length} ${action.done}`,
+      refused.length ? `${refused.length} refused` : "",
+      unsent.length ? `${unsent.length} not sent (the session ended: send them again)` : "",
+    ];
+    fill(
+      confirmBox,
+      h("p", { class: refused.length || unsent.length ? "error" : "notice", id: "bulk-result", role: "status" },
+        `${action.label}: ${counts.filter(Boolean).join(", ")}`),
+      refused.length ? h("ul", { class: "problems" }, refused.map(([id, message]) => h("li", { class: "error" }, h("span", { class: "mono" }, id), `: ${message}`))) : null,
+    );
+  };
   fill(
     root,
     h("h1", {}, "Executions"),
-    h(
-      "form",
-      { class: "filters", onsubmit: submit, role: "search" },
-      field("namespace", "Namespace", text("namespace", "company.team")),
-      field("flow", "Flow", text("flow", "flow id")),
-      field("state", "State", select("state", [["", "Any state"], ...STATES.map((s) => [s, s])])),
-      field("range", "Started", select("range", RANGES)),
-      field("labels", "Labels", text("labels", "key:value")),
-      field("q", "Text", text("q", "id, namespace or flow")),
-      h("button", { type: "submit", class: "primary" }, "Filter"),
+    filterForm(
+      "#/executions",
+      "Filter",
+      filterField("namespace", "Namespace", textFilter(query, "namespace", "company.team")),
+      filterField("flow", "Flow", textFilter(query, "flow", "flow id")),
+      filterField("state", "State", selectFilter(query, "state", [["", "Any state"], ...STATES.map((s) => [s, s])])),
+      filterField("range", "Started", selectFilter(query, "range", RANGES)),
+      filterField("labels", "Labels", textFilter(query, "labels", "key:value")),
+      filterField("q", "Text", textFilter(query, "q", "id, namespace or flow")),
     ),
     h("div", { class: "row bulk", id: "bulk", role: "toolbar", "aria-label": "Selected executions" },
       total, selectedCount, bulkButtons),
@@ -242,7 +263,6 @@ export function executionsPage(root, _params, query) {
 
   /** @param {any[]} results @param {number} count @param {boolean} capped */
   const render = (results, count, capped) => {
-    const pages = Math.max(1, Math.ceil(count / PAGE_SIZE));
     fill(total, `${count}${capped ? "+" : ""} execution${count === 1 && !capped ? "" : "s"}`);
     // A redraw replaces the rows: the control that had the focus gets it back in its new row.
     const focused = /** @type {HTMLElement | null} */ (document.activeElement);
@@ -282,14 +302,18 @@ export function executionsPage(root, _params, query) {
       /** @type {HTMLElement | null | undefined} */ (row?.querySelector(focusWhat))?.focus();
     }
     countSelected();
-    fill(
-      pager,
-      page > 1 ? h("a", { href: linkTo({ page: String(page - 1) }), rel: "prev" }, "Previous") : null,
-      h("span", {}, `Page ${page} of ${pages}`),
-      page < pages ? h("a", { href: linkTo({ page: String(page + 1) }), rel: "next" }, "Next") : null,
-    );
+    drawPager(pager, "#/executions", query, count, PAGE_SIZE);
   };
 
+  // A summary from before a login (or another page): shown, what it did not act on selected.
+  const kept = sessionStorage.getItem(KEPT_SUMMARY);
+  if (kept) {
+    sessionStorage.removeItem(KEPT_SUMMARY);
+    /** @type {Summary} */
+    const summary = JSON.parse(kept);
+    for (const id of [...summary.refused.map(([id]) => id), ...summary.unsent]) selected.add(id);
+    showSummary(summary);
+  }
   load();
   return () => {
     stopped = true;
