@@ -68,6 +68,7 @@ __all__ = [
     "Recovered",
     "RecoveryFailed",
     "RecoveryStopped",
+    "stale_after_end",
 ]
 
 log = logging.getLogger("kestream.executor")
@@ -362,9 +363,11 @@ class ChangelogRestorer:
         found = Recovered(repairs=read.repairs(read.latest))
         plans = await self.read_plans(read.latest)
         async for execution_id, recs in paced(read.latest.items()):
-            marker = recs.get(codec.header_key(execution_id, codec.ENDED))
+            marker_key = codec.header_key(execution_id, codec.ENDED)
+            marker = recs.get(marker_key)
             if marker is not None:
                 found.ended.append((execution_id, marker))
+                found.repairs.extend(stale_after_end(execution_id, recs, marker_key))
                 continue
             st = self.rebuild_one(execution_id, recs, plans.get(execution_id, {}))
             if st is None:
@@ -444,3 +447,22 @@ class ChangelogRestorer:
         except Exception:  # one bad record must not stop the recovery of every other execution
             log.exception("cannot restore %s from its changelog records; left out", execution_id)
             return None
+
+def stale_after_end(
+    execution_id: str, recs: Mapping[str, Any], marker_key: str
+) -> list[tuple[str, None]]:
+    """Tombstones for the state records of an ended execution (its marker is set) written after
+    its end. The step that ends an execution clears every one of its keys, and a restart clears
+    the marker first, so such records come from a member that stepped it from an older state
+    after losing its partition (frozen past its session, woken in the middle of a write: the
+    member fence's one gap, docs/brokers.md). The marker wins: the execution stays ended, and
+    the records are cleared, so that they do not come back as an execution in flight once the
+    marker is pruned."""
+    stale = [key for key, value in recs.items() if key != marker_key and value is not None]
+    if stale:
+        log.warning(
+            "execution %s ended, but %d of its changelog records were written after its end "
+            "(by a member that had lost its partition); they are cleared",
+            execution_id, len(stale),
+        )  # fmt: skip
+    return [(key, None) for key in stale]

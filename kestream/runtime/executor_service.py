@@ -85,6 +85,7 @@ from kestream.runtime.changelog_restorer import (
     ExecutionRecords,
     RecoveryFailed,
     RecoveryStopped,
+    stale_after_end,
 )
 from kestream.runtime.command_router import CommandRouter, Routed
 from kestream.runtime.context import BrokerContext
@@ -1168,6 +1169,14 @@ class ExecutorService:
                     known.pop(key, None)
                 else:
                     known[key] = value
+            if self.ended.get(execution_id) is not None:  # ended: what came after is stale
+                self._repairs.extend(
+                    (key, None, partition)
+                    for key, _ in stale_after_end(execution_id, known, marker_key)
+                )
+                states.pop(execution_id, None)
+                by_execution.pop(execution_id, None)
+                continue
             st = await self.restorer.restore(execution_id, known) if known else None
             if st is None:
                 states.pop(execution_id, None)
