@@ -43,6 +43,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import OffsetAndMetadata
 
 from kestream.runtime.broker_log import PartitionLog, StoredRecord
+from kestream.runtime.fetch_pacing import wake
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.kafka_connection import client_options, make_client
 from kestream.runtime.topics import Topics
@@ -64,11 +65,18 @@ SNAPSHOT_IDLE_MAX_S = 30.0
 #: data): the mirror's lag behind the broker, so what a kill -9 of everything can lose. Tansu's
 #: 10 ms (the roles' value) cost the mirror 5.8 % of a core when idle, 50 ms 2.0 %.
 MIRROR_FETCH_WAIT_MS = 50
+#: How often the topic list is read again (a worker group's jobs topic is made when first
+#: used)...
 TOPICS_EVERY_S = 2.0
+#: ...and how far that gap doubles while the mirror fetches nothing: a new topic is made for
+#: records to come, which follow records of kestream's other topics (the execution that sends
+#: a job to it), and those bring the gap back to :data:`TOPICS_EVERY_S`. Idle, the list was
+#: read every 2 s, a Metadata request of every topic each time.
+TOPICS_IDLE_MAX_S = 30.0
 #: How long one read of the mirror waits when nothing is due: records end it at once (a ring
-#: wakes the paced consumer), and each empty return is a turn of the loop for nothing (the
-#: 50 ms it used to wait were twenty wake-ups a second of an idle supervisor).
-FOLLOW_WAIT_IDLE_MS = 250
+#: wakes the paced consumer), a stop wakes it too, and each empty return is a turn of the loop
+#: for nothing (the 250 ms it waited were four wake-ups a second of an idle supervisor).
+FOLLOW_WAIT_IDLE_MS = 5_000
 #: ...and while a snapshot waits for the files or a stop for its last snapshot.
 FOLLOW_WAIT_BUSY_MS = 50
 _OFFSETS_TIMEOUT_S = 5.0
@@ -107,6 +115,33 @@ class _SnapshotPace:
         return self.gap
 
 
+class _TopicsPace:
+    """The gap between reads of the topic list: doubled (up to :data:`TOPICS_IDLE_MAX_S`)
+    after each read while nothing was fetched since the last, back to :data:`TOPICS_EVERY_S`
+    as soon as a record is fetched."""
+
+    def __init__(self) -> None:
+        self.gap = TOPICS_EVERY_S
+        self._fetched = False
+
+    def after_fetch(self, records: bool, next_read: float) -> float:
+        """When the next read is due after a fetch: sooner if it brought records while the
+        gap had grown."""
+        if not records:
+            return next_read
+        self._fetched = True
+        if self.gap > TOPICS_EVERY_S:
+            self.gap = TOPICS_EVERY_S
+            return min(next_read, time.monotonic() + TOPICS_EVERY_S)
+        return next_read
+
+    def read(self) -> float:
+        """The topic list was read: the wait before the next read."""
+        self.gap = TOPICS_EVERY_S if self._fetched else min(self.gap * 2, TOPICS_IDLE_MAX_S)
+        self._fetched = False
+        return self.gap
+
+
 class RestoreError(RuntimeError):
     """The data dir's records could not be written back as they were (the message says why)."""
 
@@ -138,6 +173,8 @@ class BrokerStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._logs: dict[TopicPartition, PartitionLog] = {}
         self._task: asyncio.Task[None] | None = None
+        #: The mirror's consumer while it runs (:meth:`stop_mirror` wakes it).
+        self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
         self.snapshots = 0  # consistent offset snapshots written since start
         self._readers: dict[str, AIOKafkaConsumer] = {}
@@ -299,6 +336,7 @@ class BrokerStore:
         await consumer.start()
         self._metadata = make_client(self.settings, bootstrap, timeout=10.0)
         await self._metadata.bootstrap()
+        self._consumer = consumer
         self._task = asyncio.create_task(self._follow(consumer), name="broker-mirror")
 
     @property
@@ -322,6 +360,8 @@ class BrokerStore:
         if self._task is None:
             return
         self._stopping.set()
+        if self._consumer is not None:
+            wake(self._consumer)  # out of a long idle read, for the last snapshot
         task, self._task = self._task, None
         if not catch_up:
             task.cancel()
@@ -350,21 +390,19 @@ class BrokerStore:
         assigned: set[TopicPartition] = set()
         final: _Snapshot | None = None
         pace = _SnapshotPace()
+        topics_pace = _TopicsPace()
         try:
             while True:
                 now = time.monotonic()
                 if now >= next_topics:
                     assigned = await self._assign(consumer, assigned)
-                    next_topics = now + TOPICS_EVERY_S
+                    next_topics = now + topics_pace.read()
                 if snapshot is None and (now >= next_snapshot or self._stopping.is_set()):
-                    try:
-                        snapshot = await self._take_snapshot(assigned)
-                    except (TimeoutError, KafkaError) as exc:
-                        log.warning("cannot read the committed offsets (%r); trying again", exc)
+                    snapshot = await self._begin_snapshot(consumer, assigned)
+                    if snapshot is None:
                         next_snapshot = now + SNAPSHOT_EVERY_S
-                    else:
-                        if self._stopping.is_set():
-                            final = snapshot
+                    elif self._stopping.is_set():
+                        final = snapshot
                 if not assigned:  # getmany waits for an assignment that ``assign`` never wakes
                     await asyncio.sleep(0.05)
                     next_topics = 0.0
@@ -374,6 +412,7 @@ class BrokerStore:
                 batch = await consumer.getmany(timeout_ms=follow_wait_ms(due - now, busy))
                 self._write(batch)
                 next_snapshot = pace.after_fetch(bool(batch), next_snapshot)
+                next_topics = topics_pace.after_fetch(bool(batch), next_topics)
                 if snapshot is not None and self._settle(consumer, snapshot, assigned):
                     next_snapshot = time.monotonic() + pace.settled(snapshot.offsets)
                     snapshot = None
@@ -382,11 +421,27 @@ class BrokerStore:
                 elif snapshot is not None:
                     self._warn_if_late(snapshot, assigned)
         finally:
+            if self._consumer is consumer:
+                self._consumer = None
             await consumer.stop()
             await self._metadata.close()
             for reader in self._readers.values():
                 await reader.stop()
             self._readers.clear()
+
+    async def _begin_snapshot(
+        self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]
+    ) -> _Snapshot | None:
+        """Read the committed offsets (None when they cannot be read now); the snapshot then
+        waits for a fetch sent after it, of every partition: the consumer fetches at once,
+        rather than at its next probe (seconds of short reads while idle)."""
+        try:
+            snapshot = await self._take_snapshot(assigned)
+        except (TimeoutError, KafkaError) as exc:
+            log.warning("cannot read the committed offsets (%r); trying again", exc)
+            return None
+        wake(consumer)
+        return snapshot
 
     def _write(self, batch: dict[TopicPartition, list[Any]]) -> None:
         for tp, records in batch.items():

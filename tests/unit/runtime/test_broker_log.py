@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from kestream.runtime import broker_log
 from kestream.runtime.broker_log import PartitionLog, StoredRecord, encode, read_frames
 
 RECORDS = [
@@ -47,3 +50,22 @@ def test_a_corrupt_frame_ends_what_is_read(tmp_path: Path) -> None:
     records, intact = read_frames(frames[0] + bytes(damaged) + frames[2])
     assert records == RECORDS[:1]
     assert intact == len(frames[0])
+
+
+def test_only_a_file_written_since_its_last_sync_is_synced_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every offset snapshot syncs every partition's file: some 200 fsyncs each while idle."""
+    synced: list[int] = []
+    monkeypatch.setattr(broker_log.os, "fsync", synced.append)
+    part = PartitionLog(tmp_path / "0.log")
+    part.sync()  # what an earlier process wrote is synced once
+    part.sync()
+    assert len(synced) == 1
+    part.append(RECORDS[:1])
+    part.sync()
+    part.sync()
+    assert len(synced) == 2
+    part.close()
+    PartitionLog(tmp_path / "0.log").sync()  # opened again: once more
+    assert len(synced) == 3

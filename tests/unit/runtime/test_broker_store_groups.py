@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from aiokafka import TopicPartition
 
 from kestream.runtime.broker_store import (
@@ -65,7 +66,45 @@ def test_offset_snapshots_space_out_while_idle_and_come_back_with_traffic() -> N
 def test_an_idle_mirror_reads_with_long_waits_and_a_busy_one_with_short_ones() -> None:
     """Records end a read at once (a ring wakes the mirror's paced consumer); an empty read is
     a turn of the loop for nothing, so an idle mirror waits until its next check is due."""
-    assert follow_wait_ms(1.5, busy=False) == FOLLOW_WAIT_IDLE_MS == 250
-    assert follow_wait_ms(0.1, busy=False) == 100, "the metadata or snapshot check is due"
+    assert follow_wait_ms(60.0, busy=False) == FOLLOW_WAIT_IDLE_MS == 5_000
+    assert follow_wait_ms(1.5, busy=False) == 1_500, "the metadata or snapshot check is due"
     assert follow_wait_ms(-1.0, busy=False) == FOLLOW_WAIT_BUSY_MS, "overdue: a short look"
     assert follow_wait_ms(1.5, busy=True) == FOLLOW_WAIT_BUSY_MS == 50, "a snapshot waits"
+
+
+def test_the_topic_list_is_read_less_often_while_idle_and_as_often_as_ever_with_traffic() -> None:
+    """Idle, the mirror read every topic's metadata every 2 s; a new topic only matters for
+    records to come, which follow records of the other topics (a job after its execution)."""
+    from kestream.runtime.broker_store import TOPICS_EVERY_S, TOPICS_IDLE_MAX_S, _TopicsPace
+
+    pace = _TopicsPace()
+    gaps = [pace.read() for _ in range(8)]
+    assert gaps[:3] == [2 * TOPICS_EVERY_S, 4 * TOPICS_EVERY_S, 8 * TOPICS_EVERY_S]
+    assert gaps[-1] == TOPICS_IDLE_MAX_S  # capped
+    assert pace.after_fetch(False, 100.0) == 100.0  # an empty fetch changes nothing
+    sooner = pace.after_fetch(True, 1e12)  # records: the next read within TOPICS_EVERY_S
+    assert sooner < 1e12 and pace.gap == TOPICS_EVERY_S
+    assert pace.read() == TOPICS_EVERY_S  # records were fetched since the last read
+    assert pace.read() == 2 * TOPICS_EVERY_S
+
+
+async def test_an_offset_snapshot_wakes_the_resting_mirror_for_the_fetch_it_waits_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot is written once a fetch sent after it has answered every partition; an idle
+    mirror's paced consumer fetched only at its next probe, read by read every 50 ms."""
+    from kestream.runtime.broker_store import BrokerStore, _Snapshot
+    from kestream.runtime.fetch_pacing import PacedConsumer, Pacing
+    from kestream.settings import Settings
+
+    store = BrokerStore(Settings(broker="127.0.0.1:1"), tmp_path)
+
+    async def taken(assigned: set[TopicPartition]) -> _Snapshot:
+        return _Snapshot(1, {})
+
+    monkeypatch.setattr(store, "_take_snapshot", taken)
+    consumer = PacedConsumer(bootstrap_servers="127.0.0.1:1", pacing=Pacing(), doorbell=None)
+    consumer.pacer.quiet_over(consumer.pacer.active_until)  # resting: idle until a probe
+    assert consumer.pacer.idle
+    assert await store._begin_snapshot(consumer, set()) is not None
+    assert not consumer.pacer.idle and consumer._pending_since is not None
