@@ -64,7 +64,6 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from kestream.executor import codec
 from kestream.runtime.changelog_fold import PartitionRead, decode_record
 from kestream.runtime.compacted import read_partitions
 from kestream.runtime.context import BrokerContext
@@ -92,7 +91,6 @@ FOLDER = "executor-checkpoints"
 _DIGEST_BYTES = 32
 _LEN = struct.Struct(">I")
 _PART_LEN = struct.Struct(">i")  # -1: no key, or a tombstone
-_LATEST, _HELD = "L", "H"
 #: How long a stop waits for the last read and writes.
 STOP_GRACE_S = 3.0
 
@@ -112,8 +110,10 @@ def fingerprint(key: bytes | None, value: bytes | None) -> str:
 
 @dataclass(slots=True)
 class RawFold:
-    """One partition's fold over its records' bytes (the values as the broker keeps them, so
-    a checkpoint is written without encoding anything), and the last record folded."""
+    """The follower's fold of one partition, and the last record folded. Its values are the
+    records' bytes as the broker keeps them (or, for what a checkpoint file gave, their JSON
+    as parsed from it: nothing but this fold ever holds those objects), so a checkpoint is
+    written without encoding anything again."""
 
     read: PartitionRead = field(default_factory=PartitionRead)
     last_offset: int = -1
@@ -126,14 +126,16 @@ class RawFold:
         """The next offset to read."""
         return self.last_offset + 1
 
-    def add(self, rec: ConsumerRecord[Any, Any], readable: bool) -> None:
-        """Fold one record in; one no processor could have written (``readable`` false: the
-        recovery read skips it) moves the position only, as it moves the recovery read's."""
+    def add(self, rec: ConsumerRecord[Any, Any], decoded: tuple[str, Any] | None) -> None:
+        """Fold one record in, given its decoding (:func:`decode_record`): one no processor
+        could have written (None: the recovery read skips it) moves the position only, as it
+        moves the recovery read's; one whose JSON is ``null`` is a tombstone, as there."""
         self.last_offset = rec.offset
         self.last_print = fingerprint(rec.key, rec.value)
         self.since += 1
-        if readable:
-            self.read.put(rec.key.decode(), rec.value)
+        if decoded is not None:
+            key, value = decoded
+            self.read.put(key, None if value is None else rec.value)
 
     def records(self) -> int:
         """Records the fold keeps (latest and held back)."""
@@ -143,47 +145,47 @@ class RawFold:
 
 @dataclass(slots=True)
 class Checkpoint:
-    """One partition's checkpoint as read from its file: each value as bytes (the follower's
-    fold) and decoded (the recovery's), both made once by :func:`decode`."""
+    """One partition's checkpoint as read from its file (:func:`decode`)."""
 
     partition: int
     last_offset: int
     last_print: str
     written_at: float
-    #: By execution, by key: (bytes, decoded).
-    latest: dict[str, dict[str, tuple[bytes, Any]]]
-    #: By execution: (key, bytes, decoded), None for a tombstone.
-    held: dict[str, list[tuple[str, bytes | None, Any]]]
+    #: The file's entries (JSON), parsed again for each fold made from them.
+    entries: bytes
+    #: The entries as :func:`decode` parsed them (validating them), for :meth:`decoded`.
+    parsed: dict[str, Any]
 
     def records(self) -> int:
-        return sum(len(r) for r in self.latest.values()) + sum(len(t) for t in self.held.values())
+        latest, held = self.parsed["latest"], self.parsed["held"]
+        return sum(len(r) for r in latest.values()) + sum(len(t) for t in held.values())
 
     def decoded(self) -> PartitionRead:
-        """A fresh fold of the decoded values, to go on from (a recovery read's: the values
-        go to the one recovery that rebuilds from them; a read retried before that folds
-        into fresh dicts again and leaves the values as they were)."""
-        latest = {
-            execution_id: {key: pair[1] for key, pair in recs.items()}
-            for execution_id, recs in self.latest.items()
-        }
-        held = {
-            execution_id: [(key, value) for key, _, value in tail]
-            for execution_id, tail in self.held.items()
-        }
+        """A fold of the decoded values, to go on from (the recovery read's). Its dicts are
+        fresh at each call (a read retried folds into new ones); the values go to the one
+        recovery that rebuilds from them."""
+        latest = {e: dict(recs) for e, recs in self.parsed["latest"].items()}
+        held = {e: [(k, v) for k, v in tail] for e, tail in self.parsed["held"].items()}
         return PartitionRead(latest, held=held)
 
     def raw(self) -> RawFold:
-        """A fresh fold of the bytes, to go on from (the follower's)."""
-        latest = {
-            e: {key: pair[0] for key, pair in recs.items()} for e, recs in self.latest.items()
-        }
-        held = {e: [(key, raw) for key, raw, _ in tail] for e, tail in self.held.items()}
-        return RawFold(PartitionRead(latest, held=held), self.last_offset, self.last_print)
+        """A fold for the follower, of values parsed again from the file: no object in it is
+        shared with the recovery's fold, whose values the rebuilt states may hold."""
+        parsed = orjson.loads(self.entries)
+        held = {e: [(k, v) for k, v in tail] for e, tail in parsed["held"].items()}
+        read = PartitionRead(parsed["latest"], held=held)
+        return RawFold(read, self.last_offset, self.last_print)
+
+
+def _embedded(value: Any) -> Any:
+    """A fold's value as a checkpoint file holds it: bytes embedded as they are."""
+    return orjson.Fragment(value) if isinstance(value, bytes) else value
 
 
 def encode(topic: str, partition: int, fold: RawFold, written_at: float) -> bytes:
-    """A checkpoint file's bytes: magic, header (JSON), the entries (one JSON array of
-    ``[kind, key, value]``, each value embedded as the broker stored it), digest of all before."""
+    """A checkpoint file's bytes: magic, header (JSON), the entries (JSON: ``latest``, by
+    execution and key, and ``held``, by execution, in the fold's order, each value embedded
+    as the broker stored it), digest of all before."""
     header = orjson.dumps(
         {
             "version": FORMAT_VERSION,
@@ -194,25 +196,24 @@ def encode(topic: str, partition: int, fold: RawFold, written_at: float) -> byte
             "writtenAt": written_at,
         }
     )
-    entries: list[tuple[str, str, orjson.Fragment | None]] = [
-        (_LATEST, key, orjson.Fragment(value))
-        for recs in fold.read.latest.values()
-        for key, value in recs.items()
-    ]
-    entries += [
-        (_HELD, key, None if value is None else orjson.Fragment(value))
-        for tail in fold.read.held.values()
-        for key, value in tail
-    ]
-    body = b"".join((MAGIC, _LEN.pack(len(header)), header, orjson.dumps(entries)))
+    latest = {
+        execution_id: {key: _embedded(value) for key, value in recs.items()}
+        for execution_id, recs in fold.read.latest.items()
+    }
+    held = {
+        execution_id: [(key, _embedded(value)) for key, value in tail]
+        for execution_id, tail in fold.read.held.items()
+    }
+    entries = orjson.dumps({"latest": latest, "held": held})
+    body = b"".join((MAGIC, _LEN.pack(len(header)), header, entries))
     return body + hashlib.blake2b(body, digest_size=_DIGEST_BYTES).digest()
 
 
 def decode(data: bytes, topic: str, partition: int) -> Checkpoint:
     """A checkpoint from its file's bytes; :class:`CheckpointInvalid` when they are not one of
-    ``topic[partition]`` in this version. Its values come decoded (a recovery's fold needs
-    them so: one parse of the whole array, in C) and encoded again (the follower's fold keeps
-    bytes, which nothing can change under it)."""
+    ``topic[partition]`` in this version. The entries are parsed in one call each time a
+    fold is made from them (:meth:`Checkpoint.decoded`, :meth:`Checkpoint.raw`): in C, where
+    going through them value by value in Python cost several times as much."""
     if not data.startswith(MAGIC) or len(data) < len(MAGIC) + _LEN.size + _DIGEST_BYTES:
         raise CheckpointInvalid("not a checkpoint file")
     body, digest = data[:-_DIGEST_BYTES], data[-_DIGEST_BYTES:]
@@ -221,9 +222,10 @@ def decode(data: bytes, topic: str, partition: int) -> Checkpoint:
     at = len(MAGIC)
     (size,) = _LEN.unpack_from(body, at)
     at += _LEN.size
+    entries = body[at + size :]
     try:
         header = orjson.loads(body[at : at + size])
-        entries = orjson.loads(body[at + size :])
+        parsed = orjson.loads(entries)
     except orjson.JSONDecodeError as exc:
         raise CheckpointInvalid(f"unreadable: {exc}") from None
     if not isinstance(header, dict) or header.get("version") != FORMAT_VERSION:
@@ -233,20 +235,29 @@ def decode(data: bytes, topic: str, partition: int) -> Checkpoint:
         raise CheckpointInvalid(
             f"it is of {header.get('topic')}[{header.get('partition')}], not {topic}[{partition}]"
         )
-    cp = Checkpoint(
+    if not _well_formed(parsed):
+        raise CheckpointInvalid("malformed entries")
+    return Checkpoint(
         partition, int(header["lastOffset"]), str(header["lastPrint"]),
-        float(header["writtenAt"]), {}, {},
+        float(header["writtenAt"]), entries, parsed,
     )  # fmt: skip
-    dumps, execution_of = orjson.dumps, codec.execution_of
-    for kind, key, value in entries:
-        if kind == _LATEST and value is not None:
-            cp.latest.setdefault(execution_of(key), {})[key] = (dumps(value), value)
-        elif kind == _HELD:
-            raw = None if value is None else dumps(value)
-            cp.held.setdefault(execution_of(key), []).append((key, raw, value))
-        else:
-            raise CheckpointInvalid(f"malformed entry for {key!r}")
-    return cp
+
+
+def _well_formed(parsed: Any) -> bool:
+    """Whether parsed entries have the shape :func:`encode` gives them (a latest value is
+    never null: a tombstone deletes its key)."""
+    if not isinstance(parsed, dict) or set(parsed) != {"latest", "held"}:
+        return False
+    latest, held = parsed["latest"], parsed["held"]
+    if not isinstance(latest, dict) or not isinstance(held, dict):
+        return False
+    for recs in latest.values():
+        if not isinstance(recs, dict) or None in recs.values():
+            return False
+    return all(
+        isinstance(tail, list) and all(isinstance(e, list) and len(e) == 2 for e in tail)
+        for tail in held.values()
+    )
 
 
 class CheckpointStore:
@@ -415,7 +426,7 @@ class CheckpointFollower:
         start = {tp: folds[tp.partition].position for tp in tps}
 
         def keep(rec: ConsumerRecord[Any, Any]) -> None:
-            folds[rec.partition].add(rec, decode_record(rec) is not None)
+            folds[rec.partition].add(rec, decode_record(rec))
 
         await read_partitions(self._consumer, tps, keep, start=start, max_records=10_000)
         # Nothing fetched until the next turn (whose assignment starts them afresh): the

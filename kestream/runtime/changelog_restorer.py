@@ -233,7 +233,7 @@ class ChangelogRestorer:
                 return
             r.read_records += 1
             decoded = decode_record(rec)
-            r.fold.add(rec, decoded is not None)
+            r.fold.add(rec, decoded)
             if decoded is not None:
                 r.read.put(*decoded)
 

@@ -30,7 +30,7 @@ from kestream.runtime.changelog_checkpoints import (
     decode,
     encode,
 )
-from kestream.runtime.changelog_fold import PartitionRead
+from kestream.runtime.changelog_fold import PartitionRead, decode_record
 from kestream.runtime.changelog_restorer import ChangelogRestorer, RecordSink, Recovered
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.topics import Topics
@@ -60,8 +60,8 @@ def _raw_fold(log: Log, upto: int) -> RawFold:
     """The follower's fold of the first ``upto`` records."""
     fold = RawFold()
     for offset, (key, value) in enumerate(log[:upto]):
-        readable = key is not None and (value is None or _json(value))
-        fold.add(_rec(offset, key, value), readable)
+        rec = _rec(offset, key, value)
+        fold.add(rec, decode_record(rec))
     return fold
 
 
@@ -76,8 +76,8 @@ def _json(value: bytes) -> bool:
 def _values(read: PartitionRead) -> Any:
     """A fold of bytes, decoded: what it holds, however its JSON was spelled."""
 
-    def value(raw: bytes | None) -> Any:
-        return None if raw is None else orjson.loads(raw)
+    def value(raw: Any) -> Any:  # bytes read, or JSON a checkpoint file gave
+        return orjson.loads(raw) if isinstance(raw, bytes) else raw
 
     latest = {e: {k: value(v) for k, v in recs.items()} for e, recs in read.latest.items()}
     held = {e: [(k, value(v)) for k, v in tail] for e, tail in read.held.items()}
@@ -154,7 +154,7 @@ def _synthetic(rng: random.Random, length: int) -> Log:
         elif roll < 0.3:  # the marker pruned, or a restart's unmarking
             step = [(f"{e}!".encode(), None)]
         elif roll < 0.33:  # no processor wrote these
-            step = [(None, b"{}"), (f"{e}#".encode(), b"not json")]
+            step = [(None, b"{}"), (f"{e}#".encode(), b"not json"), (f"{e}#".encode(), b"null")]
         else:
             step.append((f"{e}#".encode(), orjson.dumps({"n": len(log)})))
         log.extend(step)
@@ -195,6 +195,7 @@ def test_the_corpus_has_every_kind_of_record() -> None:
         codec.header_key(e, codec.ENDED) in recs for f in folds for e, recs in f.latest.items()
     )
     assert any(v is not None and not _json(v) for log in logs for _, v in log)
+    assert any(v == b"null" for log in logs for _, v in log)  # JSON null: a tombstone
 
 
 # -- recovery ----------------------------------------------------------------------------
