@@ -448,6 +448,7 @@ class ChangelogRestorer:
             log.exception("cannot restore %s from its changelog records; left out", execution_id)
             return None
 
+
 def stale_after_end(
     execution_id: str, recs: Mapping[str, Any], marker_key: str
 ) -> list[tuple[str, None]]:
