@@ -50,6 +50,10 @@ from kestream.models.state import StateType
 #: :attr:`Dialect.text_index` values.
 FTS5_TRIGRAM = "fts5-trigram"
 PG_TRGM = "pg_trgm"
+#: Candidates of SQLite's text index past which a text is *dense*: its page is then found by
+#: walking the listing's order and checking rows (25 matches come soon), not by fetching and
+#: sorting every candidate (:func:`text_probe`).
+TEXT_DENSE = 5_000
 #: Most branches in a fan-out, and most rows all branches may read (branches x page end).
 FAN_OUT_MAX = 64
 FAN_OUT_ROWS_MAX = 20_000
@@ -258,9 +262,9 @@ class _Where:
             self.dialect.text(flt.value),
         )
 
-    def q(self, text: str) -> None:
-        """A case-insensitive substring of the id, namespace or flow id. Where a text index
-        exists it picks the candidates, and each is still checked as the scan checks it, so
+    def q(self, text: str, *, candidates: bool) -> None:
+        """A case-insensitive substring of the id, namespace or flow id. With ``candidates``,
+        SQLite's text index picks the rows, and each is still checked as the scan checks it, so
         the answer is the scan's (:mod:`kestream.api.index.text_index`)."""
         needle = self.dialect.text(text.lower())
         columns = ("e.id", "e.namespace", "e.flow_id")
@@ -271,9 +275,11 @@ class _Where:
                 *[pattern] * len(columns),
             )
             return
-        phrase = fts_phrase(needle) if self.dialect.text_index == FTS5_TRIGRAM else None
+        phrase = _phrase(self.dialect, text) if candidates else None
         if phrase is not None:
-            self.add(f"e.id IN (SELECT id FROM {TEXT_TABLE} WHERE {TEXT_TABLE} MATCH ?)", phrase)
+            self.add(
+                f"e.rowid IN (SELECT rowid FROM {TEXT_TABLE} WHERE {TEXT_TABLE} MATCH ?)", phrase
+            )
         find = self.dialect.find
         self.add(
             "(" + " OR ".join(f"{find}(lower({c}), ?) > 0" for c in columns) + ")",
@@ -294,8 +300,30 @@ def _dot(namespace: str) -> tuple[str, str]:
     return f"{namespace}.", f"{namespace}/"
 
 
-def _rest(query: SearchQuery, dialect: Dialect) -> _Where:
-    """Every filter but namespaces, states and labels."""
+def _phrase(dialect: Dialect, text: str | None) -> str | None:
+    """The FTS5 phrase of SQLite's text index for the text ``q``, or ``None`` where that index
+    cannot answer it (another engine, no index, a needle too short)."""
+    if not text or dialect.text_index != FTS5_TRIGRAM:
+        return None
+    return fts_phrase(text.lower())
+
+
+def text_probe(query: SearchQuery, dialect: Dialect) -> tuple[str, list[Any]] | None:
+    """The statement counting the text index's candidates for ``query``'s text, up to
+    :data:`TEXT_DENSE` (``None`` when no text index answers it): more, and the text is dense
+    (``search_sql(..., text_dense=True)``)."""
+    phrase = _phrase(dialect, query.q)
+    if phrase is None:
+        return None
+    return (
+        f"SELECT COUNT(*) FROM (SELECT 1 FROM {TEXT_TABLE} WHERE {TEXT_TABLE} MATCH ? LIMIT ?) c",
+        [phrase, TEXT_DENSE],
+    )
+
+
+def _rest(query: SearchQuery, dialect: Dialect, *, candidates: bool = False) -> _Where:
+    """Every filter but namespaces, states and labels; ``candidates``: the text index picks
+    the rows of a text (:meth:`_Where.q`)."""
     where = _Where(dialect)
     for text in query.texts:
         if text.field is not TextField.NAMESPACE:
@@ -303,7 +331,7 @@ def _rest(query: SearchQuery, dialect: Dialect) -> _Where:
     for date in query.dates:
         where.date(date)
     if query.q:
-        where.q(query.q)
+        where.q(query.q, candidates=candidates)
     if query.child is ChildFilter.CHILD:
         where.add("e.parent_id IS NOT NULL")
     elif query.child is ChildFilter.MAIN:
@@ -338,7 +366,13 @@ class _Plan:
     order: list[tuple[str, bool]]
 
 
-def _plan(query: SearchQuery, dialect: Dialect, namespaces: Sequence[str] | None) -> _Plan | None:
+def _plan(
+    query: SearchQuery,
+    dialect: Dialect,
+    namespaces: Sequence[str] | None,
+    *,
+    candidates: bool = False,
+) -> _Plan | None:
     """``None`` when nothing can match (an empty namespace or state set)."""
     dims: list[tuple[str, list[str]]] = []
     for column, values in (
@@ -349,7 +383,7 @@ def _plan(query: SearchQuery, dialect: Dialect, namespaces: Sequence[str] | None
             if not values:
                 return None
             dims.append((column, values))
-    rest = _rest(query, dialect)
+    rest = _rest(query, dialect, candidates=candidates)
     by_start = [k.field for k in query.sort] == [SortField.START_DATE]
     positive = [label for label in query.labels if not label.negate]
     drive = positive[0] if positive and by_start and not dims and rest.empty else None
@@ -391,6 +425,8 @@ def search_sql(
     dialect: Dialect,
     namespaces: Sequence[str] | None = None,
     count_max: int | None = None,
+    *,
+    text_dense: bool = False,
 ) -> SearchSQL | None:
     """The page and count statements of ``query``; ``None`` when nothing can match.
 
@@ -401,15 +437,16 @@ def search_sql(
     ``count_max`` bounds the count (it stops past that many matches) when filters are checked
     row by row (a text, labels beside the driving range): that count is otherwise a read of
     every candidate. A count an index range answers alone stays exact.
+
+    A text that SQLite's text index answers is counted from the index's candidates, each
+    joined to its row and checked; its page is picked among them too, unless the text is
+    ``text_dense`` (:func:`text_probe`): then the page walks the listing's order instead.
     """
-    plan = _plan(query, dialect, namespaces)
+    phrase = _phrase(dialect, query.q)
+    plan = _plan(query, dialect, namespaces, candidates=phrase is not None and not text_dense)
     if plan is None:
         return None
-    where = plan.rest.copy()
-    for column, values in plan.dims:
-        where.one_of(column, values)
-    for label in plan.labels:
-        where.label(label)
+    where = _filters(plan)
     if plan.drive is not None:
         # Label rows exist only for executions that are not deleted, and carry the start
         # date: other labels are checked from them, with no join.
@@ -437,17 +474,39 @@ def search_sql(
     )
     row_by_row = bool(query.q or plan.labels)
     bound = count_max if row_by_row else None
+    if phrase is not None:
+        # The candidates' rowids drive (CROSS JOIN keeps them outside), each row read by its
+        # rowid: no read of the index's content, nor of the ids' index.
+        counted = _plan(query, dialect, namespaces)
+        assert counted is not None  # as plan: the same namespaces and states
+        where = _filters(counted)
+        source = f"{TEXT_TABLE} t CROSS JOIN executions e ON e.rowid = t.rowid"
+        where.clauses.insert(0, f"t.{TEXT_TABLE} MATCH ?")
+        where.params.insert(0, phrase)
+        matching = f"SELECT 1 FROM {source} WHERE {where.sql()}"
+    else:
+        matching = f"SELECT 1 FROM {source} WHERE {where.sql()}"
     return SearchSQL(
         page=dialect.sql(page),
         page_params=inner_params,
         count=dialect.sql(
             f"SELECT COUNT(*) FROM {source} WHERE {where.sql()}"
-            if bound is None
-            else f"SELECT COUNT(*) FROM (SELECT 1 FROM {source} WHERE {where.sql()} LIMIT ?) c"
+            if bound is None and phrase is None
+            else f"SELECT COUNT(*) FROM ({matching}{'' if bound is None else ' LIMIT ?'}) c"
         ),
         count_params=[*where.params] if bound is None else [*where.params, bound + 1],
         count_max=bound,
     )
+
+
+def _filters(plan: _Plan) -> _Where:
+    """Every filter of ``plan`` but its driving label, on ``executions e``."""
+    where = plan.rest.copy()
+    for column, values in plan.dims:
+        where.one_of(column, values)
+    for label in plan.labels:
+        where.label(label)
+    return where
 
 
 def _branches(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from kestream.api.index.sql import FTS5_TRIGRAM, Dialect
 from kestream.api.index.store import Cursor, Store
-from kestream.api.index.text_index import TEXT_TABLE, sqlite_text_index
+from kestream.api.index.text_index import sqlite_text_index
 from kestream.models.execution import format_instant
 
 __all__ = ["DEFAULT_FILE", "SQLiteStore"]
@@ -149,7 +149,6 @@ class SQLiteStore(Store):
             self._create_tables(cur, _SCHEMA, f"delete {self.path}")
             if sqlite_text_index(cur, self.path):
                 self.dialect = SQLITE_TEXT_INDEX
-                self._TABLES = (*Store._TABLES, TEXT_TABLE)
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Cursor]:

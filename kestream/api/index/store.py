@@ -47,11 +47,13 @@ from kestream.api.index import nul
 from kestream.api.index.purges import PurgeRecord, apply_purge, is_purge_value
 from kestream.api.index.query import SearchQuery
 from kestream.api.index.sql import (
+    TEXT_DENSE,
     Dialect,
     marks,
     matching_namespaces,
     needs_namespaces,
     search_sql,
+    text_probe,
 )
 from kestream.runtime.execution_updates import MergedExecution, merge_update
 from kestream.runtime.records import RecordError, loads
@@ -774,7 +776,14 @@ class Store(ABC):
             if needs_namespaces(query):
                 cur.execute("SELECT namespace FROM namespaces")
                 namespaces = matching_namespaces(query, (row[0] for row in cur.fetchall()))
-            statements = search_sql(query, self.dialect, namespaces, SEARCH_COUNT_MAX)
+            dense = False
+            probe = text_probe(query, self.dialect)
+            if probe is not None:
+                cur.execute(self._sql(probe[0]), probe[1])
+                dense = int(cur.fetchone()[0]) >= TEXT_DENSE
+            statements = search_sql(
+                query, self.dialect, namespaces, SEARCH_COUNT_MAX, text_dense=dense
+            )
             if statements is None:
                 return Listing([], 0)
             cur.execute(statements.page, statements.page_params)

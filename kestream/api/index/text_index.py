@@ -6,16 +6,19 @@ search reads every row: about 5 s at a million executions when nothing matches. 
 keep a trigram index instead, and the search asks it for candidates, then checks each one with
 the very predicate of the scan, so the results are the scan's, index or not:
 
-- **SQLite**: ``executions_text``, an FTS5 table with the ``trigram`` tokenizer (SQLite 3.34 or
-  later, with FTS5 compiled in: :func:`trigram_available`), filled by triggers on
-  ``executions``, so every write of a row (the feed's upserts, a purge's tombstone, a bulk
-  load) updates it in the same transaction. It holds one row per execution and per (namespace,
-  flow id) it had: a row whose text changes gets a new one, the old one stays (a superset, which
-  the check removes; only tombstones change text, and they are never listed). The search
-  matches the needle as one FTS5 phrase: a phrase of trigrams is a substring, with case folded
-  as Unicode folds it, a superset of SQL's ASCII ``lower()``. A needle shorter than three
-  characters has no trigram: it is checked row by row, as before. Where the trigram tokenizer
-  is missing, the store says so in its log and every search is a scan.
+- **SQLite**: ``executions_text``, an FTS5 index with the ``trigram`` tokenizer (SQLite 3.34 or
+  later, with FTS5 compiled in: :func:`trigram_available`) whose content is ``executions``
+  itself (an external-content table: no copy of the text), keyed by the executions' rowid.
+  Triggers on ``executions`` keep it, so every write of a row (the feed's upserts, a purge's
+  tombstone, a bulk load, a reset) updates it in the same transaction. A search reads only the
+  index's rowids and the rows they name (no index of ids between): 10 000 candidates cost
+  tens of milliseconds. The needle is matched as one FTS5 phrase: a phrase of trigrams is a
+  substring, with case folded as Unicode folds it, a superset of SQL's ASCII ``lower()``. A
+  needle shorter than three characters has no trigram: it is checked row by row, as before.
+  Where the trigram tokenizer is missing, the store says so in its log and every search is a
+  scan. SQLite's documentation allows ``VACUUM`` to renumber the rowids of a table without an
+  ``INTEGER PRIMARY KEY`` (3.40 keeps them); should a tool ever do so, deleting the
+  ``text_index`` row of ``index_meta`` makes the next open rebuild the index.
 - **PostgreSQL**: GIN indexes of ``pg_trgm`` on the lowered columns (:data:`PG_TRGM_INDEXES`),
   used by ``lower(column) LIKE '%needle%'``, which PostgreSQL re-checks itself. Where the
   extension cannot be created (not installed, or not allowed), the store says so in its log;
@@ -23,7 +26,8 @@ the very predicate of the scan, so the results are the scan's, index or not:
 
 An index made before this one gains the table (SQLite) or the indexes (PostgreSQL) when it is
 opened: SQLite's is filled from the rows already there (``index_meta`` records that it is
-complete), and emptied and refilled when a build without the tokenizer wrote rows it missed.
+complete, and in which layout), and rebuilt when a build without the tokenizer wrote rows it
+missed or when it was made in an earlier layout.
 """
 
 from __future__ import annotations
@@ -52,22 +56,31 @@ log = logging.getLogger(__name__)
 
 #: The FTS5 table of SQLite's text index.
 TEXT_TABLE = "executions_text"
-#: ``index_meta`` key whose presence says ``executions_text`` holds every execution's text.
+#: ``index_meta`` key holding the layout of a complete ``executions_text`` (:data:`_LAYOUT`).
 _COMPLETE = "text_index"
-_TRIGGERS = ("executions_text_insert", "executions_text_update")
+_LAYOUT = "fts5-trigram-external"
+_TRIGGERS = ("executions_text_insert", "executions_text_update", "executions_text_delete")
+#: FTS5's own command to forget a row of an external-content table: it needs the row's
+#: indexed values as they were indexed, which a trigger's ``old`` has.
+_FORGET = (
+    f"INSERT INTO {TEXT_TABLE} ({TEXT_TABLE}, rowid, id, namespace, flow_id) "
+    "VALUES ('delete', old.rowid, old.id, old.namespace, old.flow_id);"
+)
+_INDEX = (
+    f"INSERT INTO {TEXT_TABLE} (rowid, id, namespace, flow_id) "
+    "VALUES (new.rowid, new.id, new.namespace, new.flow_id);"
+)
 _SQLITE_SCHEMA = (
-    f"CREATE VIRTUAL TABLE IF NOT EXISTS {TEXT_TABLE} USING fts5("
-    "id, namespace, flow_id, tokenize = 'trigram')",
-    f"""CREATE TRIGGER IF NOT EXISTS executions_text_insert AFTER INSERT ON executions BEGIN
-        INSERT INTO {TEXT_TABLE} (id, namespace, flow_id)
-        VALUES (new.id, new.namespace, new.flow_id);
-    END""",
-    f"""CREATE TRIGGER IF NOT EXISTS executions_text_update
-        AFTER UPDATE OF namespace, flow_id ON executions
-        WHEN new.namespace IS NOT old.namespace OR new.flow_id IS NOT old.flow_id BEGIN
-        INSERT INTO {TEXT_TABLE} (id, namespace, flow_id)
-        VALUES (new.id, new.namespace, new.flow_id);
-    END""",
+    f"CREATE VIRTUAL TABLE IF NOT EXISTS {TEXT_TABLE} USING fts5(id, namespace, flow_id, "
+    "content = 'executions', content_rowid = 'rowid', tokenize = 'trigram')",
+    f"CREATE TRIGGER IF NOT EXISTS executions_text_insert AFTER INSERT ON executions "
+    f"BEGIN {_INDEX} END",
+    "CREATE TRIGGER IF NOT EXISTS executions_text_update "
+    "AFTER UPDATE OF namespace, flow_id ON executions "
+    "WHEN new.namespace IS NOT old.namespace OR new.flow_id IS NOT old.flow_id "
+    f"BEGIN {_FORGET} {_INDEX} END",
+    f"CREATE TRIGGER IF NOT EXISTS executions_text_delete AFTER DELETE ON executions "
+    f"BEGIN {_FORGET} END",
 )
 #: Fewest characters a needle needs for a trigram index to answer it.
 MIN_NEEDLE = 3
@@ -103,22 +116,33 @@ def sqlite_text_index(cur: Cursor, path: object) -> bool:
             path,
             sqlite3.sqlite_version,
         )
-        for trigger in _TRIGGERS:
-            cur.execute(f"DROP TRIGGER IF EXISTS {trigger}")  # fixed names, no input
+        _drop_triggers(cur)
         cur.execute("DELETE FROM index_meta WHERE key = ?", (_COMPLETE,))
         return False
+    cur.execute("SELECT value FROM index_meta WHERE key = ?", (_COMPLETE,))
+    row = cur.fetchone()
+    if row is not None and row[0] == _LAYOUT:
+        for statement in _SQLITE_SCHEMA:  # idempotent: a trigger dropped by hand comes back
+            cur.execute(statement)
+        return True
+    # Missing, incomplete or in another layout: made again from the rows.
+    _drop_triggers(cur)
+    cur.execute(f"DROP TABLE IF EXISTS {TEXT_TABLE}")
     for statement in _SQLITE_SCHEMA:
         cur.execute(statement)
-    cur.execute("SELECT 1 FROM index_meta WHERE key = ?", (_COMPLETE,))
-    if cur.fetchone() is None:
-        cur.execute(f"DELETE FROM {TEXT_TABLE}")
-        cur.execute(
-            f"INSERT INTO {TEXT_TABLE} (id, namespace, flow_id) "
-            "SELECT id, namespace, flow_id FROM executions"
-        )
-        cur.execute("INSERT INTO index_meta (key, value) VALUES (?, 'fts5-trigram')", (_COMPLETE,))
-        log.info("execution index %s: text index built for %d executions", path, cur.rowcount)
+    cur.execute(f"INSERT INTO {TEXT_TABLE} ({TEXT_TABLE}) VALUES ('rebuild')")
+    cur.execute(
+        "INSERT INTO index_meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (_COMPLETE, _LAYOUT),
+    )
+    log.info("execution index %s: text index built from the executions", path)
     return True
+
+
+def _drop_triggers(cur: Cursor) -> None:
+    for trigger in _TRIGGERS:
+        cur.execute(f"DROP TRIGGER IF EXISTS {trigger}")  # fixed names, no input
 
 
 def pg_text_index(

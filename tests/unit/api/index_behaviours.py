@@ -862,10 +862,16 @@ def _scan_matches(needle: str, row: tuple[str, str, str]) -> bool:
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
-def test_the_text_search_answers_as_the_scan_with_and_without_its_index(store: Store) -> None:
+@pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
+def test_the_text_search_answers_as_the_scan_with_and_without_its_index(
+    store: Store, monkeypatch: pytest.MonkeyPatch, dense: bool
+) -> None:
     """Each needle gives the same page and count through the store's text index as through
     the row-by-row scan (the dialect without it, on the same rows), and both are what the
-    search means: an ASCII-case-insensitive substring of one column."""
+    search means: an ASCII-case-insensitive substring of one column. ``dense``: every text
+    with a candidate counts as dense (its page walks the listing's order)."""
+    if dense:
+        monkeypatch.setattr(store_module, "TEXT_DENSE", 1)
     feed = Feed()
     store.apply(
         feed.updates(

@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from kestream.api.index import open_index, text_index
 from kestream.api.index.feed import apply_isolating
 from kestream.api.index.postgres import PostgresStore
+from kestream.api.index.purges import PurgeRecord
 from kestream.api.index.sql import FTS5_TRIGRAM
 from kestream.api.index.sqlite import DEFAULT_FILE, SQLiteStore
 from kestream.api.index.store import Batch, RecordKind, Store
@@ -32,6 +33,7 @@ from tests.unit.api.index_behaviours import (
     partial,
     search,
 )
+from tests.unit.api.purge_behaviours import purge
 
 
 @pytest.fixture
@@ -201,14 +203,52 @@ def test_the_logs_search_reads_the_time_index_which_an_older_file_gets(tmp_path:
     assert "logs_time" in plan and "TEMP B-TREE" not in plan, plan
 
 
-def _text_rows(path: Path) -> list[tuple[str, str, str]]:
+def _text_index_consistent(path: Path) -> bool:
+    """FTS5's own check that ``executions_text`` indexes exactly what ``executions`` holds."""
     with contextlib.closing(sqlite3.connect(path)) as raw:
-        return sorted(raw.execute(f"SELECT id, namespace, flow_id FROM {TEXT_TABLE}").fetchall())
+        try:
+            raw.execute(
+                f"INSERT INTO {TEXT_TABLE} ({TEXT_TABLE}, rank) VALUES ('integrity-check', 1)"
+            )
+        except sqlite3.DatabaseError:
+            return False
+    return True
+
+
+def test_every_write_of_a_row_keeps_the_text_index_exact(tmp_path: Path) -> None:
+    """Inserts, updates that change the text, a purge's tombstone (an insert of a row not read
+    yet, an update of one that was), a delete, and a reset: after each, FTS5's integrity check
+    finds the index as the rows are, and the search answers from it."""
+    path = tmp_path / "index.sqlite"
+    feed = Feed()
+    with SQLiteStore(path) as store:
+        store.apply(
+            feed.updates(*(partial(header(f"e{i}", flow_id=f"nightly{i}")) for i in range(4)))
+        )
+        assert _text_index_consistent(path)
+        store.apply(feed.updates(partial(header("e1", flow_id="weekly"))))
+        assert _text_index_consistent(path)
+        assert search(store, q="weekly") == (["e1"], 1)
+        assert search(store, q="nightly") == (["e3", "e2", "e0"], 3)
+        store.apply(purge(feed, "e2", PurgeRecord(True)))
+        store.apply(purge(feed, "e9", PurgeRecord(True)))  # a tombstone before its updates
+        store.apply(feed.updates(partial(header("e9", flow_id="nightly9"))))
+        assert _text_index_consistent(path)
+        assert search(store, q="nightly") == (["e3", "e0"], 2)
+        store.delete("e3")
+        assert search(store, q="nightly") == (["e0"], 1)
+        store.reset()
+        assert _text_index_consistent(path)
+        assert search(store, q="nightly") == ([], 0)
+        store.apply(feed.updates(partial(header("e5", flow_id="nightly5"))))
+        assert search(store, q="nightly") == (["e5"], 1)
+    assert _text_index_consistent(path)
 
 
 def test_a_file_made_before_the_text_index_gets_it_filled_when_opened(tmp_path: Path) -> None:
-    """An index without ``executions_text`` (made by an earlier kestream) gains the table,
-    filled from its rows, and its triggers, when opened; nothing it held is lost."""
+    """An index without ``executions_text`` (made by an earlier kestream), or with one of an
+    earlier layout, gains the index, filled from its rows, and its triggers, when opened;
+    nothing it held is lost."""
     path = tmp_path / "index.sqlite"
     feed = Feed()
     with SQLiteStore(path) as store:
@@ -218,8 +258,8 @@ def test_a_file_made_before_the_text_index_gets_it_filled_when_opened(tmp_path: 
         store.apply(feed.logs("e1", log_line("e1", T0, "INFO", "kept")))
     with contextlib.closing(sqlite3.connect(path)) as raw, raw:
         raw.execute(f"DROP TABLE {TEXT_TABLE}")
-        raw.execute("DROP TRIGGER executions_text_insert")
-        raw.execute("DROP TRIGGER executions_text_update")
+        for trigger in ("insert", "update", "delete"):
+            raw.execute(f"DROP TRIGGER executions_text_{trigger}")
         raw.execute("DELETE FROM index_meta WHERE key = 'text_index'")
     with SQLiteStore(path) as store:
         assert search(store, q="NIGHTLY1") == (["e1"], 1)
@@ -227,14 +267,23 @@ def test_a_file_made_before_the_text_index_gets_it_filled_when_opened(tmp_path: 
         assert [line["message"] for line in store.logs("e1")] == ["kept"]
         store.apply(feed.updates(partial(header("e3", flow_id="nightly3"))))
         assert search(store, q="nightly3") == (["e3"], 1)
-    assert [row[0] for row in _text_rows(path)] == ["e0", "e1", "e2", "e3"]
+    assert _text_index_consistent(path)
+    with contextlib.closing(sqlite3.connect(path)) as raw, raw:  # an earlier layout's table
+        for trigger in ("insert", "update", "delete"):
+            raw.execute(f"DROP TRIGGER executions_text_{trigger}")
+        raw.execute(f"DROP TABLE {TEXT_TABLE}")
+        raw.execute(f"CREATE VIRTUAL TABLE {TEXT_TABLE} USING fts5(id, tokenize = 'trigram')")
+        raw.execute("UPDATE index_meta SET value = 'fts5-trigram' WHERE key = 'text_index'")
+    with SQLiteStore(path) as store:
+        assert search(store, q="nightly") == (["e3", "e2", "e1", "e0"], 4)
+    assert _text_index_consistent(path)
 
 
 def test_without_the_trigram_tokenizer_the_text_search_scans_and_a_later_open_catches_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Where SQLite lacks the tokenizer the store says so, keeps writing (without the
-    triggers) and answers by scanning; a later open with the tokenizer refills the table, so
+    triggers) and answers by scanning; a later open with the tokenizer rebuilds the index, so
     rows written meanwhile are found."""
     path = tmp_path / "index.sqlite"
     feed = Feed()
@@ -246,9 +295,9 @@ def test_without_the_trigram_tokenizer_the_text_search_scans_and_a_later_open_ca
         store.apply(feed.updates(partial(header("e2", flow_id="meanwhile"))))
         assert search(store, q="meanwhile") == (["e2"], 1)
     assert "no FTS5 trigram tokenizer" in caplog.text
-    assert [row[0] for row in _text_rows(path)] == ["e1"]  # e2 was written without it
+    assert not _text_index_consistent(path)  # e2 was written without it
     monkeypatch.undo()
     with SQLiteStore(path) as store:
         assert store.dialect.text_index == FTS5_TRIGRAM
         assert search(store, q="MEANWHILE") == (["e2"], 1)
-    assert [row[0] for row in _text_rows(path)] == ["e1", "e2"]
+    assert _text_index_consistent(path)
