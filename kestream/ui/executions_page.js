@@ -17,7 +17,7 @@
  * is kept in the tab's `sessionStorage` and shown when the executions page opens next, with
  * the executions it did not act on selected again.
  */
-import { ApiError, call, getJson } from "./api.js";
+import { ApiError, call } from "./api.js";
 import { duration, errorBox, fill, h, stateBadge, when } from "./dom.js";
 import { RANGES, drawPager, filterField, filterForm, pageOf, selectFilter, textFilter } from "./list_page.js";
 

@@ -74,12 +74,14 @@ export class LogView {
     this.count();
   }
 
-  /** Forget every line (the stream is read again, from another level). */
+  /**
+   * Forget every line (the stream is read again, from another level): the next ones are
+   * numbered from 0 again, so nothing drawn or measured of these is kept.
+   */
   clear() {
     this.lines.length = 0;
     this.shown.length = 0;
-    this.rows.heights.clear();
-    this.rows.resize(0);
+    this.rows.reset();
     this.count();
   }
 

@@ -65,8 +65,13 @@ export class VirtualList {
       if (view.scrollTop !== this.ownTop) this.atEnd = this.endInView();
       this.schedule();
     });
-    // A narrower view wraps rows differently: they are measured again.
-    new ResizeObserver(() => this.schedule()).observe(view);
+    // A narrower view wraps rows differently: they are measured again. Once the page that
+    // holds the list is left, the observer lets go of it.
+    const resized = new ResizeObserver(() => {
+      if (view.isConnected) this.schedule();
+      else resized.disconnect();
+    });
+    resized.observe(view);
   }
 
   /**
@@ -136,6 +141,7 @@ export class VirtualList {
   /** Draw the rows in the window and its margins (and the one kept), drop the others, measure. */
   draw() {
     const view = this.view;
+    if (!view.isConnected) return; // its page was left
     if (this.followEnd && this.atEnd) this.scrollTo(view.scrollHeight);
     const offset = this.list.offsetTop;
     const first = Math.max(0, this.indexAt(view.scrollTop - offset) - MARGIN);
@@ -222,6 +228,14 @@ export class VirtualList {
    */
   element(key) {
     return this.drawn.get(key)?.element ?? null;
+  }
+
+  /** No rows any more, and nothing known of those before (their keys may be used again). */
+  reset() {
+    for (const { element } of this.drawn.values()) element.remove();
+    this.drawn.clear();
+    this.heights.clear();
+    this.resize(0);
   }
 
   /** Every row is drawn again at the next frame (what they are drawn from changed as a whole). */

@@ -1279,6 +1279,10 @@ def many_lines(ns: str) -> str:
 id: chatty
 namespace: {ns}
 tasks:
+  - id: hush
+    type: io.kestra.plugin.core.log.Log
+    level: DEBUG
+    message: quiet-first
   - id: talk
     type: io.kestra.plugin.scripts.shell.Commands
     commands:
@@ -1317,4 +1321,14 @@ def test_the_log_view_draws_the_lines_in_view_follows_the_end_and_searches(
     text_of(driver, "#log-count", "11 of 500 lines")
     shown = [e.text for e in logs.find_elements(By.CSS_SELECTOR, ".log")]
     assert len(shown) == 11 and all("line-7" in line for line in shown), shown
+
+    # From DEBUG up: the stream read again from its start, the DEBUG line first.
+    search = driver.find_element(By.ID, "log-search")
+    search.clear()
+    search.send_keys(Keys.SPACE, Keys.BACKSPACE)  # an input event with the box empty
+    Select(driver.find_element(By.ID, "log-level")).select_by_value("DEBUG")
+    wait(driver).until(lambda _: logs.get_attribute("data-lines") == "501")
+    logs.send_keys(Keys.HOME)
+    text_of(driver, "#logs", "quiet-first")
+    assert driver.execute_script(_FIRST_IN_VIEW, "logs", ".log:not(.log-debug)") == 1
     no_console_errors(driver, "the execution page of 500 log lines")
