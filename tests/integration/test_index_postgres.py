@@ -25,7 +25,9 @@ from kestream.api.index import open_index, text_index
 from kestream.api.index import postgres as postgres_module
 from kestream.api.index.feed import apply_isolating
 from kestream.api.index.postgres import PostgresStore
-from kestream.api.index.store import Batch, RecordKind, Store
+from kestream.api.index.query import parse_search_params
+from kestream.api.index.sql import search_sql
+from kestream.api.index.store import SEARCH_COUNT_MAX, Batch, RecordKind, Store
 from kestream.settings import Settings
 from tests.unit.api.index_behaviours import *  # noqa: F403
 from tests.unit.api.index_behaviours import (
@@ -146,37 +148,79 @@ def test_the_store_reconnects_after_the_database_restarts(
             store.close()
 
 
+def _trgm_indexes(url: str) -> set[str]:
+    with psycopg.connect(url) as raw:
+        rows = raw.execute("SELECT indexname FROM pg_indexes WHERE indexname LIKE '%_trgm'")
+        return {str(row[0]) for row in rows.fetchall()}
+
+
+def test_the_text_search_uses_pg_trgm_indexes(postgres: PostgresServer) -> None:  # noqa: F811
+    """As a role allowed to create the extension (here the superuser), the store creates
+    ``pg_trgm`` and one GIN index per column the text looks at, and the planner answers the
+    search's page and count from them (one bitmap scan per column)."""
+    url = postgres.create_database()
+    with psycopg.connect(url) as raw:
+        available = raw.execute(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_trgm'"
+        ).fetchone()
+    if available is None:
+        pytest.fail(f"this PostgreSQL has no pg_trgm: {HOW_TO_GET_POSTGRES}", pytrace=False)
+    store = PostgresStore(url)
+    try:
+        assert store.text_indexed
+        assert _trgm_indexes(url) == {
+            "executions_id_trgm",
+            "executions_namespace_trgm",
+            "executions_flow_id_trgm",
+        }
+        feed = Feed(partitions=1)
+        many = (
+            partial(header(f"e{i:05}", namespace=f"ns{i % 13}.team", flow_id=f"flow{i % 97}"))
+            for i in range(3_000)
+        )
+        store.apply(feed.updates(partial(header("e1", flow_id="Nightly_Report")), *many))
+        store.maintain()  # the statistics the planner weighs the indexes with
+        assert search(store, q="HTLY_r") == (["e1"], 1)
+        assert search(store, q="flow42")[1] == 31
+        statements = search_sql(
+            parse_search_params({"q": "flow42"}), store.dialect, count_max=SEARCH_COUNT_MAX
+        )
+        assert statements is not None
+        with psycopg.connect(url) as raw:
+            explained = [(statements.count, statements.count_params)]
+            explained.append((statements.page, statements.page_params))
+            for statement, params in explained:
+                plan = " ".join(
+                    str(row[0]) for row in raw.execute(f"EXPLAIN {statement}", params).fetchall()
+                )
+                assert all(
+                    f"Bitmap Index Scan on executions_{c}_trgm" in plan
+                    for c in ("id", "namespace", "flow_id")
+                ), plan
+    finally:
+        store.close()
+
+
 def test_without_pg_trgm_the_text_search_scans_and_says_so(
     postgres: PostgresServer,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Where the database cannot create ``pg_trgm`` (not installed, or not allowed), the store
-    opens all the same, logs why, and its text search answers by reading the rows; where it
-    can, the three trigram indexes exist."""
+    """A role that may not create the extension (no CREATE on the database) opens the store
+    all the same: the refusal is logged, no trigram index exists, and the text search answers
+    as it does with them, by reading the rows."""
     url = postgres.create_database()
+    database = url.rsplit("/", 1)[1]
+    role = f"r_{database}"
+    with psycopg.connect(url, autocommit=True) as raw:
+        raw.execute(f'CREATE ROLE "{role}" LOGIN')
+        raw.execute(f'GRANT CREATE ON SCHEMA public TO "{role}"')
+    limited = f"postgresql://{role}@127.0.0.1:{postgres.port}/{database}"
     with caplog.at_level(logging.WARNING, logger=text_index.__name__):
-        store = PostgresStore(url)
+        store = PostgresStore(limited)
     try:
-        with psycopg.connect(url) as raw:
-            available = raw.execute(
-                "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_trgm'"
-            ).fetchone()
-            indexes = {
-                row[0]
-                for row in raw.execute(
-                    "SELECT indexname FROM pg_indexes WHERE indexname LIKE '%_trgm'"
-                ).fetchall()
-            }
-        assert store.text_indexed is bool(available)
-        if available:
-            assert indexes == {
-                "executions_id_trgm",
-                "executions_namespace_trgm",
-                "executions_flow_id_trgm",
-            }
-        else:
-            assert indexes == set()
-            assert "pg_trgm extension cannot be created" in caplog.text
+        assert not store.text_indexed
+        assert "pg_trgm extension cannot be created" in caplog.text
+        assert _trgm_indexes(url) == set()
         feed = Feed(partitions=1)
         store.apply(feed.updates(partial(header("e1", flow_id="Nightly_Report"))))
         assert search(store, q="HTLY_r") == (["e1"], 1)
