@@ -43,7 +43,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import OffsetAndMetadata
 
 from kestream.runtime.broker_log import PartitionLog, StoredRecord
-from kestream.runtime.fetch_pacing import wake
+from kestream.runtime.fetch_pacing import look, wake
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.kafka_connection import client_options, make_client
 from kestream.runtime.topics import Topics
@@ -433,14 +433,15 @@ class BrokerStore:
         self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]
     ) -> _Snapshot | None:
         """Read the committed offsets (None when they cannot be read now); the snapshot then
-        waits for a fetch sent after it, of every partition: the consumer fetches at once,
-        rather than at its next probe (seconds of short reads while idle)."""
+        waits for a fetch sent after it, of every partition: the consumer makes one at once,
+        rather than at its next probe (seconds of short reads while idle), and rests again
+        (a fetch of every partition is the dearest request the broker answers)."""
         try:
             snapshot = await self._take_snapshot(assigned)
         except (TimeoutError, KafkaError) as exc:
             log.warning("cannot read the committed offsets (%r); trying again", exc)
             return None
-        wake(consumer)
+        look(consumer)
         return snapshot
 
     def _write(self, batch: dict[TopicPartition, list[Any]]) -> None:

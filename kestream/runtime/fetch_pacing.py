@@ -484,10 +484,16 @@ class PacedConsumer(AIOKafkaConsumer):
             except TimeoutError:
                 pass
 
-    def _ring(self, topic: str) -> None:
+    def look(self) -> None:
+        """Fetch once now, as a ring makes it: a fetch sent after this call answers every
+        partition, then the consumer rests again (:meth:`wake` keeps it fetching a while, for
+        records known to wait)."""
         self.pacer.traffic(self.clock())
         self._pend()
         self._rung.set()
+
+    def _ring(self, topic: str) -> None:
+        self.look()
         if self.on_ring is not None:
             self.on_ring()
 
@@ -556,6 +562,13 @@ def wake(consumer: AIOKafkaConsumer) -> None:
     """Tell a paced consumer that records are waiting for it (nothing for any other)."""
     if isinstance(consumer, PacedConsumer):
         consumer.wake()
+
+
+def look(consumer: AIOKafkaConsumer) -> None:
+    """Have a paced consumer fetch once now (:meth:`PacedConsumer.look`); nothing for any
+    other, which fetches all the time anyway."""
+    if isinstance(consumer, PacedConsumer):
+        consumer.look()
 
 
 def reader_wait_ms(consumer: AIOKafkaConsumer, timeout_ms: int) -> int:

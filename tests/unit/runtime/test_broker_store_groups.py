@@ -103,8 +103,11 @@ async def test_an_offset_snapshot_wakes_the_resting_mirror_for_the_fetch_it_wait
         return _Snapshot(1, {})
 
     monkeypatch.setattr(store, "_take_snapshot", taken)
-    consumer = PacedConsumer(bootstrap_servers="127.0.0.1:1", pacing=Pacing(), doorbell=None)
+    pacing = Pacing(quiet=0.0)  # as with a doorbell: rest once a look is answered
+    consumer = PacedConsumer(bootstrap_servers="127.0.0.1:1", pacing=pacing, doorbell=None)
     consumer.pacer.quiet_over(consumer.pacer.active_until)  # resting: idle until a probe
     assert consumer.pacer.idle
     assert await store._begin_snapshot(consumer, set()) is not None
-    assert not consumer.pacer.idle and consumer._pending_since is not None
+    assert not consumer.pacer.idle and consumer._pending_since is not None  # one fetch, now
+    # ...and no more: a fetch of every partition is the dearest request the broker answers.
+    assert consumer.pacer.active_until <= consumer.clock()
