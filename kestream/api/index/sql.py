@@ -483,16 +483,13 @@ def search_sql(
         source = f"{TEXT_TABLE} t CROSS JOIN executions e ON e.rowid = t.rowid"
         where.clauses.insert(0, f"t.{TEXT_TABLE} MATCH ?")
         where.params.insert(0, phrase)
-        matching = f"SELECT 1 FROM {source} WHERE {where.sql()}"
-    else:
-        matching = f"SELECT 1 FROM {source} WHERE {where.sql()}"
     return SearchSQL(
         page=dialect.sql(page),
         page_params=inner_params,
         count=dialect.sql(
             f"SELECT COUNT(*) FROM {source} WHERE {where.sql()}"
-            if bound is None and phrase is None
-            else f"SELECT COUNT(*) FROM ({matching}{'' if bound is None else ' LIMIT ?'}) c"
+            if bound is None
+            else f"SELECT COUNT(*) FROM (SELECT 1 FROM {source} WHERE {where.sql()} LIMIT ?) c"
         ),
         count_params=[*where.params] if bound is None else [*where.params, bound + 1],
         count_max=bound,
