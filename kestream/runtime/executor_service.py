@@ -102,7 +102,7 @@ from kestream.runtime.executor_writer import DeadLetters, RecordWriter, Refusal,
 from kestream.runtime.held_events import HeldEvents
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.local_handoff import LocalResults, disconnect
-from kestream.runtime.member_fence import MemberFence
+from kestream.runtime.member_fence import LOOK_EVERY_S, MemberFence
 from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.parked_partitions import Parked, ParkedPartitions
 from kestream.runtime.processing_guarantee import exactly_once
@@ -279,6 +279,7 @@ class ExecutorService:
             await self._consumer.start()
             self.fence = MemberFence(self.settings.session_timeout() / 1000)
             self.fence.watch(self._consumer)
+            self.fence.guard(None, LOOK_EVERY_S)  # (only to tell a freeze from an outage)
         self._task = asyncio.create_task(self._run(), name="executor-loop")
         self.metrics.executor_threads.inc()
 
@@ -289,6 +290,8 @@ class ExecutorService:
         :data:`_STOP_GRACE_S` (the broker away) is cancelled."""
         self._stopping = True
         disconnect(self)
+        if self.fence is not None:
+            self.fence.stop()
         self.restorer.stopping.set()  # a recovery under way gives up
         task, self._task = self._task, None
         if task is not None:

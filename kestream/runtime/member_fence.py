@@ -11,11 +11,18 @@ aiokafka keeps the time of its last answered heartbeat to itself, so :class:`Mem
 it: the *send* time of every heartbeat the coordinator answered without error (its own
 ``_do_heartbeat``, wrapped), and the time of every join (the assignment callback). Membership is
 **confirmed** while the latest of those is younger than the session timeout: the broker counted
-the session from a moment no earlier, so it cannot have expired yet. A member whose membership
-has **lapsed** takes itself as expelled, whether or not the group has said so yet: it writes
-nothing more from what it holds, drops its partitions' state (not parked for a warm recovery:
-another member may have written their changelog since) and asks the group to rejoin, whose next
-assignment recovers them from the changelog.
+the session from a moment no earlier, so it cannot have expired yet.
+
+Membership has **lapsed** when it is unconfirmed for a whole session *and* the process itself
+stood still since the last confirmation, for half a session or more: its event loop did not
+turn (a timer of the fence, :meth:`MemberFence.guard`, notes every turn's time). A freeze is
+what the fence is for; a broker away for as long (a restart) leaves heartbeats unanswered too,
+but the loop turns, and the group, once back, counts its members' sessions afresh: aiokafka's
+own answer (a heartbeat refused, a rejoin) is right there, and jobs killed needlessly would run
+twice. A member whose membership has lapsed takes itself as expelled, whether or not the group
+has said so yet: it writes nothing more from what it holds, drops its partitions' state (not
+parked for a warm recovery: another member may have written their changelog since) and asks the
+group to rejoin, whose next assignment recovers them from the changelog.
 
 What is left: a process frozen in the middle of writing a cycle, after its last look, sends that
 cycle's records once it wakes; the fence keeps it from writing anything more. Exactly-once
@@ -41,11 +48,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["MemberFence"]
+__all__ = ["LOOK_EVERY_S", "MemberFence"]
 
 log = logging.getLogger("kestream.runtime.member_fence")
 
 Clock = Callable[[], float]
+
+#: How often :meth:`MemberFence.guard` looks: short enough that its timer falls due before the
+#: tasks a freeze held up, long enough to cost nothing (ten timer callbacks a second).
+LOOK_EVERY_S = 0.1
 
 
 class MemberFence:
@@ -60,6 +71,10 @@ class MemberFence:
         self._guard: asyncio.TimerHandle | None = None
         #: The lapse was reported to ``guard``'s callback; a confirmation clears it.
         self.tripped = False
+        #: When :meth:`guard` last looked (its timer ran: the loop turned), and the end of the
+        #: last stall it saw (a look later than half a session after the one before).
+        self._looked_at: float | None = None
+        self._stall_ended_at: float | None = None
 
     def watch(self, consumer: Any) -> None:
         """Note the answered heartbeats of ``consumer``'s group coordination (a started group
@@ -95,28 +110,49 @@ class MemberFence:
             self.tripped = False
 
     def lapsed(self) -> bool:
-        """Whether no heartbeat or join has confirmed the membership for a whole session: the
-        group may have expelled this member and handed its partitions on. False before the
-        first join (nothing is assigned yet)."""
+        """Whether no heartbeat or join has confirmed the membership for a whole session and
+        the process stood still meanwhile (see the module docs): the group may have expelled
+        this member and handed its partitions on. False before the first join (nothing is
+        assigned yet)."""
         confirmed = self.confirmed_at
-        return confirmed is not None and self.clock() - confirmed >= self.session_timeout_s
+        now = self.clock()
+        if confirmed is None or now - confirmed < self.session_timeout_s:
+            return False
+        looked, stalled = self._looked_at, self._stall_ended_at
+        if looked is None:  # not guarded: the age alone says it
+            return True
+        if now - looked >= self.stall_s:  # standing still right now (the guard has not run)
+            return True
+        return stalled is not None and stalled > confirmed
+
+    @property
+    def stall_s(self) -> float:
+        """The shortest pause of the loop taken for the process standing still."""
+        return self.session_timeout_s / 2
 
     def silent_for(self) -> float:
         """Seconds since the membership was last confirmed (0 before the first join)."""
         return 0.0 if self.confirmed_at is None else self.clock() - self.confirmed_at
 
-    def guard(self, on_lapse: Callable[[], None], period_s: float) -> None:
-        """Call ``on_lapse`` (synchronously, from a timer of the running loop) once when the
-        membership has lapsed, looking every ``period_s``; again after the next confirmation
-        and lapse. :meth:`stop` ends it."""
+    def guard(self, on_lapse: Callable[[], None] | None, period_s: float) -> None:
+        """Look every ``period_s`` from a timer of the running loop: note the loop's turns
+        (a stall is a look later than :attr:`stall_s` after the one before), and call
+        ``on_lapse`` (synchronously) once when the membership has lapsed; again after the
+        next confirmation and lapse. :meth:`stop` ends it."""
         loop = asyncio.get_running_loop()
 
         def look() -> None:
+            now = self.clock()
+            if self._looked_at is not None and now - self._looked_at >= self.stall_s:
+                self._stall_ended_at = now
             if not self.tripped and self.lapsed():
                 self.tripped = True
-                on_lapse()
+                if on_lapse is not None:
+                    on_lapse()
+            self._looked_at = now
             self._guard = loop.call_later(period_s, look)
 
+        self._looked_at = self.clock()
         self._guard = loop.call_later(period_s, look)
 
     def stop(self) -> None:

@@ -96,7 +96,7 @@ from kestream.runtime.context import BrokerContext
 from kestream.runtime.hand_over import HandOver
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.log_stream import LogStream
-from kestream.runtime.member_fence import MemberFence
+from kestream.runtime.member_fence import LOOK_EVERY_S, MemberFence
 from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.produce_faults import record_fault
 from kestream.runtime.topics import ensure_group_topics
@@ -143,8 +143,6 @@ HANDED_UNFETCHED_MAX = 32
 #: executors in other processes on the same partitions are not starved by the local ones.
 FETCH_RESERVE_SHARE = 0.25
 _ERROR_BACKOFF_S = 0.5
-#: How often the member fence looks whether the group membership lapsed (:meth:`_lapsed`).
-FENCE_LOOK_S = 0.1
 #: The longest pause between two tries of a result that must get through (:func:`_backoff`).
 _MAX_BACKOFF_S = 5.0
 
@@ -408,7 +406,7 @@ class WorkerService:
             await self._consumer.start()
             self.fence = MemberFence(ctx.settings.session_timeout() / 1000)
             self.fence.watch(self._consumer)
-            self.fence.guard(self._lapsed, FENCE_LOOK_S)
+            self.fence.guard(self._lapsed, LOOK_EVERY_S)
         self._task = asyncio.create_task(self.run(), name="worker-loop")
         self.metrics.worker_job_thread.inc(self.threads)
 

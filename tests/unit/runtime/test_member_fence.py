@@ -92,6 +92,31 @@ async def test_answered_heartbeats_confirm_from_their_send_time_and_failed_ones_
     assert not fence.lapsed()
 
 
+async def test_a_broker_away_for_a_session_is_no_lapse_a_freeze_is() -> None:
+    """Heartbeats unanswered for a whole session while the loop turns (the broker restarting)
+    leave the membership to aiokafka; the same silence with the loop held (SIGSTOP) is a
+    lapse, seen at once on waking, before the guard has looked, and by its first look."""
+    fence, _, clock = _fence()
+    lapses: list[float] = []
+    fence.confirm()
+    fence.guard(lambda: lapses.append(clock.now), 0.001)
+    try:
+        for _ in range(50):  # the broker away: the loop turns, the clock runs
+            clock.now += (SESSION_S + 1.0) / 50
+            await asyncio.sleep(0.002)
+        assert clock.now - (fence.confirmed_at or 0) > SESSION_S
+        assert not fence.lapsed() and lapses == []
+        fence.confirm()  # the broker is back: a heartbeat answered
+        clock.now += SESSION_S + 1.0  # frozen: no turn of the loop
+        assert fence.lapsed()  # at once, before any look
+        await asyncio.sleep(0.01)
+        assert fence.lapsed() and lapses == [clock.now] and fence.tripped
+        fence.confirm()  # the rejoin
+        assert not fence.lapsed() and not fence.tripped
+    finally:
+        fence.stop()
+
+
 def test_a_consumer_without_the_heartbeat_call_is_refused() -> None:
     class Bare:
         _coordinator = object()
