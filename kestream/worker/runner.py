@@ -1,11 +1,12 @@
 """Runs one attempt of a runnable task: no Kafka here, a task run in, a result out.
 
 Async tasks (Sleep, scripts, HTTP) are awaited on the event loop and hold no slot while they wait;
-tasks marked ``inline`` (pure rendering, cheap) run directly on the loop. Blocking task code (Python
-tasks' ``def`` functions and classes) runs in a pool of ``threads`` worker processes
-(:mod:`kestream.worker.pool`), where a kill or a timeout stops it; a task with ``isolation =
-"thread"`` runs in a thread pool of as many slots instead, where a kill only sets ``run.killed``.
-Every running attempt can be cancelled by a kill.
+tasks marked ``inline`` (pure rendering, cheap) run directly on the loop, in the caller's own turn
+(:func:`runs_in_one_turn`: nothing can stop them once begun, so they need no task of their own to
+cancel). Blocking task code (Python tasks' ``def`` functions and classes) runs in a pool of
+``threads`` worker processes (:mod:`kestream.worker.pool`), where a kill or a timeout stops it; a
+task with ``isolation = "thread"`` runs in a thread pool of as many slots instead, where a kill
+only sets ``run.killed``. Every other running attempt can be cancelled by a kill.
 """
 
 from __future__ import annotations
@@ -106,28 +107,51 @@ class TaskRunner:
             job.execution_id, job.task_run_id, job.attempt, emit=emit, files=files,
             source=job.source,
         )  # fmt: skip
-        body = asyncio.ensure_future(self._execute(job, info, masker))
-        self._running[key] = body
-        try:
-            outcome = await asyncio.wait_for(asyncio.shield(body), job.timeout_s)
-        except TimeoutError:
-            body.cancel()
-            await asyncio.wait([body], timeout=STOP_WAIT_S)  # its clean-up (a process group)
-            outcome = TaskOutcome(StateType.FAILED, error=f"Task timed out after {job.timeout_s}s")
-        except asyncio.CancelledError:
-            if not body.cancelled():  # this call was cancelled, not the attempt: stop it too
-                body.cancel()
-                await asyncio.wait([body], timeout=STOP_WAIT_S)
-                raise
-            outcome = TaskOutcome(StateType.KILLED, error="Task was killed")
-        finally:
-            self._running.pop(key, None)
+        if runs_in_one_turn(job):
+            outcome = self._execute_now(job, info, masker)
+        else:
+            outcome = await self._attempt(key, job, info, masker)
         outcome.logs[:0] = info.lines  # what the task logged as it ran comes first
         outcome = _masked(outcome, masker)
         data = measured(outcome.outputs) if self.inline_max_bytes > 0 else None
         if data is not None and len(data) > self.inline_max_bytes:  # a storage write: a thread
             return await asyncio.to_thread(self._result, job, outcome, streamed_errors, data)
         return self._result(job, outcome, streamed_errors, data)
+
+    async def _attempt(
+        self, key: tuple[str, str], job: RunTask, info: RunInfo, masker: Masker
+    ) -> TaskOutcome:
+        """The attempt as a task of its own, cancellable by :meth:`kill` and by its timeout."""
+        body = asyncio.ensure_future(self._execute(job, info, masker))
+        self._running[key] = body
+        try:
+            return await asyncio.wait_for(asyncio.shield(body), job.timeout_s)
+        except TimeoutError:
+            body.cancel()
+            await asyncio.wait([body], timeout=STOP_WAIT_S)  # its clean-up (a process group)
+            return TaskOutcome(StateType.FAILED, error=f"Task timed out after {job.timeout_s}s")
+        except asyncio.CancelledError:
+            if not body.cancelled():  # this call was cancelled, not the attempt: stop it too
+                body.cancel()
+                await asyncio.wait([body], timeout=STOP_WAIT_S)
+                raise
+            return TaskOutcome(StateType.KILLED, error="Task was killed")
+        finally:
+            self._running.pop(key, None)
+
+    def _execute_now(self, job: RunTask, info: RunInfo, masker: Masker) -> TaskOutcome:
+        """:meth:`_execute` of a job that :func:`runs_in_one_turn`, run to its end here: it
+        never awaits, so as a task of its own it would end in its first turn all the same, with
+        no moment for a kill or a timeout to come between; only the task, the shield, the
+        timeout's handle and the loop turns between them are saved."""
+        coro = self._execute(job, info, masker)
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            outcome: TaskOutcome = done.value
+            return outcome
+        coro.close()  # awaited after all: a bug of runs_in_one_turn, never a lost attempt
+        raise RuntimeError(f"job {job.task_run_id} awaited; runs_in_one_turn is wrong for it")
 
     def _emitter(
         self,
@@ -281,6 +305,17 @@ class TaskRunner:
             return TaskOutcome(StateType.FAILED, logs=outcome.logs, error=problem)
         note = (LogLevel.WARN, f"{problem}; the failed run's outputs were dropped")
         return TaskOutcome(outcome.state, logs=[*outcome.logs, note], error=outcome.error)
+
+
+def runs_in_one_turn(job: RunTask) -> bool:
+    """Whether the job's attempt never awaits: an ``inline`` task's synchronous ``execute``
+    (Log, OutputValues...) with no shared working directory and no ``secret()`` text to
+    resolve here (the one await before the task, :func:`_kv_synced`). Such an attempt cannot
+    be interrupted once begun, so it runs in the caller's turn of the event loop."""
+    task = job.task
+    return (
+        task.inline and not task.is_async and job.workdir is None and SECRETS_KEY not in job.props
+    )
 
 
 async def _kv_synced(props: dict[str, Any]) -> None:
