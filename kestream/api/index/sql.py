@@ -12,6 +12,16 @@ with ``?`` placeholders; a :class:`Dialect` says what differs. Why the tables lo
 - ``labels`` repeats each execution's start date: "label = value, newest first" is one range of
   ``(key, value, start_date, execution_id)``, its count another, and "has this label" is one
   seek of the same key. Rows exist only for executions that are not deleted.
+
+**Labels.** Sorted by start date, a label filter drives the listing from its range of
+``labels``, in the listing's order. Each positive label's range is first counted up to
+:data:`LABEL_PROBE_MAX` (:func:`label_probes`), and the rarest drives: alone, or beside other
+filters when it has fewer rows than that bound (each of its rows then reads its execution;
+otherwise the listing's index drives and each row seeks the label). Several labels alone are,
+on SQLite, an ``INTERSECT`` of their ranges (``EXCEPT`` a negative label's) in the listing's
+order, which SQLite answers by merging the sorted ranges, one pass over each stopped at the
+page or the count's bound, instead of one seek per row of the driving range. PostgreSQL's
+planner picks its own join for the ``EXISTS`` checks.
 - ``namespaces``: every namespace seen. Namespace filters other than ``EQUALS`` (Kestra's
   ``PREFIX``, ``STARTS_WITH``, ``CONTAINS``...) are resolved against it into a list of
   namespaces first, so they become index lookups instead of scans.
@@ -27,7 +37,7 @@ value (and per namespace x state, while the product stays small), merged and cut
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -57,6 +67,9 @@ TEXT_DENSE = 5_000
 #: Most branches in a fan-out, and most rows all branches may read (branches x page end).
 FAN_OUT_MAX = 64
 FAN_OUT_ROWS_MAX = 20_000
+#: A positive label's rows are counted up to this many to pick the rarest label
+#: (:func:`label_probes`); one under it drives beside other filters, reading its executions.
+LABEL_PROBE_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +95,9 @@ class Dialect:
     #: scan; :data:`FTS5_TRIGRAM`, SQLite's ``executions_text``; :data:`PG_TRGM`, ``LIKE``
     #: (which PostgreSQL's trigram indexes answer where they exist).
     text_index: str | None = None
+    #: Several labels alone are one ``INTERSECT`` of their ranges, sorted: SQLite merges them
+    #: (a ``MERGE (INTERSECT)`` plan) when the compound is ordered and limited.
+    merge_intersect: bool = False
     _cache: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def sql(self, text: str) -> str:
@@ -321,6 +337,31 @@ def text_probe(query: SearchQuery, dialect: Dialect) -> tuple[str, list[Any]] | 
     )
 
 
+def _only_labels(query: SearchQuery) -> bool:
+    """Whether the labels are the query's only filters."""
+    return not (query.texts or query.states or query.dates or query.q or query.child)
+
+
+def _by_start(query: SearchQuery) -> bool:
+    return [k.field for k in query.sort] == [SortField.START_DATE]
+
+
+def label_probes(query: SearchQuery, dialect: Dialect) -> list[tuple[LabelFilter, str, list[Any]]]:
+    """``(label, statement, params)`` counting each positive label's rows up to
+    :data:`LABEL_PROBE_MAX`, when the plan depends on which is rarest (several labels, or a label
+    beside other filters, sorted by start date); the counts go to :func:`search_sql`."""
+    positive = list(dict.fromkeys(label for label in query.labels if not label.negate))
+    if not positive or not _by_start(query) or (len(positive) == 1 and _only_labels(query)):
+        return []
+    statement = dialect.sql(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM labels WHERE key = ? AND value = ? LIMIT ?) c"
+    )
+    return [
+        (label, statement, [dialect.text(label.key), dialect.text(label.value), LABEL_PROBE_MAX])
+        for label in positive
+    ]
+
+
 def _rest(query: SearchQuery, dialect: Dialect, *, candidates: bool = False) -> _Where:
     """Every filter but namespaces, states and labels; ``candidates``: the text index picks
     the rows of a text (:meth:`_Where.q`)."""
@@ -360,10 +401,16 @@ class _Plan:
     rest: _Where
     #: ``(column, values)`` of the namespace and state sets, when filtered.
     dims: list[tuple[str, list[str]]]
+    #: Every label filter but the driving one, the positive ones rarest first.
     labels: list[LabelFilter]
-    #: The label whose index drives the page (only labels filter, sorted by start date).
+    #: The label whose index drives the page (sorted by start date; see the module's doc).
     drive: LabelFilter | None
     order: list[tuple[str, bool]]
+
+    @property
+    def joined(self) -> bool:
+        """A driving label reads its executions (other filters than labels hold)."""
+        return bool(self.dims) or not self.rest.empty
 
 
 def _plan(
@@ -372,8 +419,10 @@ def _plan(
     namespaces: Sequence[str] | None,
     *,
     candidates: bool = False,
+    label_rows: Mapping[LabelFilter, int] | None = None,
 ) -> _Plan | None:
-    """``None`` when nothing can match (an empty namespace or state set)."""
+    """``None`` when nothing can match (an empty namespace or state set). ``label_rows``: the
+    counts of :func:`label_probes`."""
     dims: list[tuple[str, list[str]]] = []
     for column, values in (
         ("e.namespace", _namespaces(query, namespaces)),
@@ -384,9 +433,17 @@ def _plan(
                 return None
             dims.append((column, values))
     rest = _rest(query, dialect, candidates=candidates)
-    by_start = [k.field for k in query.sort] == [SortField.START_DATE]
-    positive = [label for label in query.labels if not label.negate]
-    drive = positive[0] if positive and by_start and not dims and rest.empty else None
+    rows = label_rows or {}
+    # Rarest first; a label not counted is taken as common, and ties keep the query's order.
+    positive = sorted(
+        (label for label in query.labels if not label.negate),
+        key=lambda label: rows.get(label, LABEL_PROBE_MAX),
+    )
+    drive = None
+    if positive and _by_start(query):
+        alone = not dims and rest.empty
+        if alone or rows.get(positive[0], LABEL_PROBE_MAX) < LABEL_PROBE_MAX:
+            drive = positive[0]
     descending = query.sort[0].descending
     if drive is not None:
         order = [("l.start_date", descending), ("l.execution_id", descending)]
@@ -394,7 +451,8 @@ def _plan(
         order = [(_SORT_COLUMNS[k.field], k.descending) for k in query.sort]
         if SortField.ID not in {k.field for k in query.sort}:
             order.append(("e.id", descending))  # the tie-break: pages never overlap
-    labels = [label for label in query.labels if label is not drive]
+    others = positive[1:] if drive is not None else positive
+    labels = [*others, *(label for label in query.labels if label.negate)]
     return _Plan(rest, dims, labels, drive, order)
 
 
@@ -427,6 +485,7 @@ def search_sql(
     count_max: int | None = None,
     *,
     text_dense: bool = False,
+    label_rows: Mapping[LabelFilter, int] | None = None,
 ) -> SearchSQL | None:
     """The page and count statements of ``query``; ``None`` when nothing can match.
 
@@ -441,9 +500,16 @@ def search_sql(
     A text that SQLite's text index answers is counted from the index's candidates, each
     joined to its row and checked; its page is picked among them too, unless the text is
     ``text_dense`` (:func:`text_probe`): then the page walks the listing's order instead.
+    ``label_rows`` are the counts of :func:`label_probes`, which pick the driving label.
     """
     phrase = _phrase(dialect, query.q)
-    plan = _plan(query, dialect, namespaces, candidates=phrase is not None and not text_dense)
+    plan = _plan(
+        query,
+        dialect,
+        namespaces,
+        candidates=phrase is not None and not text_dense,
+        label_rows=label_rows,
+    )
     if plan is None:
         return None
     where = _filters(plan)
@@ -453,8 +519,17 @@ def search_sql(
         source, id_column = "labels l", "l.execution_id"
         where = _Where(dialect, ["l.key = ?", "l.value = ?"])
         where.params = [dialect.text(plan.drive.key), dialect.text(plan.drive.value)]
-        for label in plan.labels:
-            where.label(label, "l.start_date", "l.execution_id")
+        if plan.joined:
+            source = "labels l JOIN executions e ON e.id = l.execution_id"
+            checks = _filters(plan, "l.start_date", "l.execution_id")
+            where.clauses += checks.clauses
+            where.params += checks.params
+        else:
+            merged = _merged_labels(plan, query, dialect, count_max)
+            if merged is not None:
+                return merged
+            for label in plan.labels:
+                where.label(label, "l.start_date", "l.execution_id")
     else:
         source, id_column = "executions e", "e.id"
 
@@ -477,9 +552,11 @@ def search_sql(
     if phrase is not None:
         # The candidates' rowids drive (CROSS JOIN keeps them outside), each row read by its
         # rowid: no read of the index's content, nor of the ids' index.
-        counted = _plan(query, dialect, namespaces)
+        counted = _plan(query, dialect, namespaces, label_rows=label_rows)
         assert counted is not None  # as plan: the same namespaces and states
         where = _filters(counted)
+        if counted.drive is not None:
+            where.label(counted.drive)
         source = f"{TEXT_TABLE} t CROSS JOIN executions e ON e.rowid = t.rowid"
         where.clauses.insert(0, f"t.{TEXT_TABLE} MATCH ?")
         where.params.insert(0, phrase)
@@ -496,14 +573,53 @@ def search_sql(
     )
 
 
-def _filters(plan: _Plan) -> _Where:
-    """Every filter of ``plan`` but its driving label, on ``executions e``."""
+def _filters(plan: _Plan, start: str | None = None, execution: str = "e.id") -> _Where:
+    """Every filter of ``plan`` but its driving label, on ``executions e`` (the labels checked
+    against ``start`` and ``execution``: :meth:`_Where.label`)."""
     where = plan.rest.copy()
     for column, values in plan.dims:
         where.one_of(column, values)
     for label in plan.labels:
-        where.label(label)
+        where.label(label, start, execution)
     return where
+
+
+def _merged_labels(
+    plan: _Plan, query: SearchQuery, dialect: Dialect, count_max: int | None
+) -> SearchSQL | None:
+    """Labels alone, several, on an engine that merges an ordered compound: the driving
+    label's range ``INTERSECT`` each other positive label's, ``EXCEPT`` each negative one's
+    (label rows carry their execution's start date, so a pair ``(start date, id)`` names one
+    execution in every range). The page and the count walk the ranges side by side in the
+    listing's order; ``None`` when that does not apply."""
+    assert plan.drive is not None
+    if not dialect.merge_intersect or not plan.labels:
+        return None
+    member = "SELECT l.execution_id, l.start_date, l.execution_id FROM labels l"
+    parts = [
+        "SELECT l.execution_id AS pid, l.start_date AS s0, l.execution_id AS s1 FROM labels l "
+        "WHERE l.key = ? AND l.value = ?"
+    ]
+    params = [dialect.text(plan.drive.key), dialect.text(plan.drive.value)]
+    # Every INTERSECT before any EXCEPT: the compound reads left to right.
+    for label in sorted(plan.labels, key=lambda label: label.negate):
+        operator = "EXCEPT" if label.negate else "INTERSECT"
+        parts.append(f"{operator} {member} WHERE l.key = ? AND l.value = ?")
+        params += [dialect.text(label.key), dialect.text(label.value)]
+    direction = "DESC" if query.sort[0].descending else "ASC"
+    # Ordered and limited, or SQLite drops the order of a subquery and combines by sorting.
+    compound = f"{' '.join(parts)} ORDER BY s0 {direction}, s1 {direction} LIMIT ?"
+    outer = _order_by(["p.s0", "p.s1"], plan.order)
+    return SearchSQL(
+        page=dialect.sql(
+            f"SELECT e.doc{dialect.doc_cast} FROM ({compound} OFFSET ?) p "
+            f"JOIN executions e ON e.id = p.pid ORDER BY {outer}"
+        ),
+        page_params=[*params, query.size, query.offset],
+        count=dialect.sql(f"SELECT COUNT(*) FROM ({compound}) c"),
+        count_params=[*params, -1 if count_max is None else count_max + 1],
+        count_max=count_max,
+    )
 
 
 def _branches(

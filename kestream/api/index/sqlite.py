@@ -35,7 +35,13 @@ _MMAP_BYTES = 256 * 1024 * 1024
 _ANALYSIS_LIMIT = 2_000
 
 SQLITE = Dialect(
-    name="sqlite", placeholder="?", find="instr", doc_cast="", date=format_instant, no_date="''"
+    name="sqlite",
+    placeholder="?",
+    find="instr",
+    doc_cast="",
+    date=format_instant,
+    no_date="''",
+    merge_intersect=True,
 )
 #: The same, where the text search is answered by ``executions_text`` (:mod:`.text_index`).
 SQLITE_TEXT_INDEX = dataclasses.replace(SQLITE, text_index=FTS5_TRIGRAM)

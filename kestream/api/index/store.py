@@ -45,10 +45,11 @@ import orjson
 
 from kestream.api.index import nul
 from kestream.api.index.purges import PurgeRecord, apply_purge, is_purge_value
-from kestream.api.index.query import SearchQuery
+from kestream.api.index.query import LabelFilter, SearchQuery
 from kestream.api.index.sql import (
     TEXT_DENSE,
     Dialect,
+    label_probes,
     marks,
     matching_namespaces,
     needs_namespaces,
@@ -781,8 +782,17 @@ class Store(ABC):
             if probe is not None:
                 cur.execute(self._sql(probe[0]), probe[1])
                 dense = int(cur.fetchone()[0]) >= TEXT_DENSE
+            label_rows: dict[LabelFilter, int] = {}
+            for label, statement, params in label_probes(query, self.dialect):
+                cur.execute(statement, params)
+                label_rows[label] = int(cur.fetchone()[0])
             statements = search_sql(
-                query, self.dialect, namespaces, SEARCH_COUNT_MAX, text_dense=dense
+                query,
+                self.dialect,
+                namespaces,
+                SEARCH_COUNT_MAX,
+                text_dense=dense,
+                label_rows=label_rows,
             )
             if statements is None:
                 return Listing([], 0)

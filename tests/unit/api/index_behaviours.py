@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from kestream.api.index import sql as sql_module
 from kestream.api.index import store as store_module
 from kestream.api.index.query import parse_search_params
 from kestream.api.index.store import (
@@ -696,6 +697,47 @@ QUERIES: list[tuple[str, dict[str, Any], Predicate]] = [
         {"filters[labels][EQUALS][team]": "z", "filters[state][IN]": "SUCCESS,PAUSED"},
         lambda h: _labels(h)["team"] == "z" and h["state"]["current"] in ("SUCCESS", "PAUSED"),
     ),
+    (
+        "rare label second",
+        {"filters[labels][EQUALS]": ["team:x", "rare:yes"]},
+        lambda h: _labels(h)["team"] == "x" and _labels(h).get("rare") == "yes",
+    ),
+    (
+        "three labels",
+        {"filters[labels][EQUALS]": ["env:p", "team:y", "rare:yes"]},
+        lambda h: _labels(h)["env"] == "p" and _labels(h)["team"] == "y" and "rare" in _labels(h),
+    ),
+    (
+        "labels with a negated one",
+        {"filters[labels][EQUALS]": "env:q", "filters[labels][NOT_EQUALS][team]": "x"},
+        lambda h: _labels(h)["env"] == "q" and _labels(h)["team"] != "x",
+    ),
+    (
+        "a label nobody has",
+        {"filters[labels][EQUALS]": ["env:p", "team:w"]},
+        lambda h: False,
+    ),
+    (
+        "labels, namespace, state and range",
+        {
+            "filters[labels][EQUALS]": ["team:y", "env:p"],
+            "filters[namespace][PREFIX]": "a",
+            "filters[state][NOT_IN]": "KILLED",
+            "filters[startDate][GREATER_THAN_OR_EQUAL_TO]": _MID,
+        },
+        lambda h: (
+            _labels(h)["team"] == "y"
+            and _labels(h)["env"] == "p"
+            and h["namespace"].split(".")[0] == "a"
+            and h["state"]["current"] != "KILLED"
+            and _start(h) >= _MID
+        ),
+    ),
+    (
+        "rare label and range",
+        {"filters[labels][EQUALS]": "rare:yes", "filters[startDate][LESS_THAN]": _LATE},
+        lambda h: "rare" in _labels(h) and _start(h) < _LATE,
+    ),
     ("q", {"q": "A.B"}, lambda h: "a.b" in h["namespace"]),
     ("q on ids", {"filters[q][EQUALS]": "x01"}, lambda h: "x01" in h["id"].lower()),
     ("children", {"filters[childFilter][EQUALS]": "CHILD"}, lambda h: h["parentId"] is not None),
@@ -748,6 +790,32 @@ def test_search_pages_and_counts_match_a_brute_force_scan(
         if len(got) < 9:
             break
     assert seen == expected, name
+
+
+_LABEL_QUERIES = [q for q in QUERIES if any("labels" in key for key in q[1])]
+
+
+@pytest.mark.parametrize("probe_max", [1, 1_000_000], ids=["all-common", "all-rare"])
+@pytest.mark.parametrize(
+    ("name", "params", "predicate"), _LABEL_QUERIES, ids=[q[0] for q in _LABEL_QUERIES]
+)
+def test_label_searches_match_the_scan_whichever_filter_drives(
+    store: Store,
+    population: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    params: dict[str, Any],
+    predicate: Predicate,
+    probe_max: int,
+) -> None:
+    """The bound of the labels' probe decides whether a label beside other filters drives (it
+    is rarer than the bound) or the listing's index does: both plans give the scan's pages."""
+    monkeypatch.setattr(sql_module, "LABEL_PROBE_MAX", probe_max)
+    expected = _expected(population, predicate, ("state.startDate", True))
+    got, total = search(store, **params, size="1000")
+    assert (got, total) == (expected, len(expected)), name
+    got, _ = search(store, **params, page="2", size="7")
+    assert got == expected[7:14], name
 
 
 @pytest.mark.parametrize("sort", ["namespace:asc", "state.current:desc", "state.endDate:desc"])

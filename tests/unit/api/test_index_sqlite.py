@@ -17,8 +17,9 @@ from kestream.api.index import open_index, text_index
 from kestream.api.index.feed import apply_isolating
 from kestream.api.index.postgres import PostgresStore
 from kestream.api.index.purges import PurgeRecord
-from kestream.api.index.sql import FTS5_TRIGRAM
-from kestream.api.index.sqlite import DEFAULT_FILE, SQLiteStore
+from kestream.api.index.query import parse_search_params
+from kestream.api.index.sql import FTS5_TRIGRAM, LABEL_PROBE_MAX, label_probes, search_sql
+from kestream.api.index.sqlite import DEFAULT_FILE, SQLITE, SQLiteStore
 from kestream.api.index.store import Batch, RecordKind, Store
 from kestream.api.index.text_index import TEXT_TABLE
 from kestream.settings import Settings
@@ -301,3 +302,63 @@ def test_without_the_trigram_tokenizer_the_text_search_scans_and_a_later_open_ca
         assert store.dialect.text_index == FTS5_TRIGRAM
         assert search(store, q="MEANWHILE") == (["e2"], 1)
     assert _text_index_consistent(path)
+
+
+def _plan_of(store: SQLiteStore, params: dict[str, Any]) -> tuple[str, str]:
+    """The page's and the count's query plans, as the store would choose them."""
+    query = parse_search_params(params)
+    cur = store._reader().cursor()
+    rows = {}
+    for label, statement, probe_params in label_probes(query, SQLITE):
+        rows[label] = cur.execute(statement, probe_params).fetchone()[0]
+    statements = search_sql(query, SQLITE, None, 100, label_rows=rows)
+    assert statements is not None
+    plans = []
+    for sql, sql_params in (
+        (statements.page, statements.page_params),
+        (statements.count, statements.count_params),
+    ):
+        plan = cur.execute(f"EXPLAIN QUERY PLAN {sql}", sql_params).fetchall()
+        plans.append("\n".join(str(row[3]) for row in plan))
+    return plans[0], plans[1]
+
+
+def test_several_labels_merge_their_ranges_instead_of_seeking_per_row(tmp_path: Path) -> None:
+    """Labels alone: the page and its count merge the labels' sorted ranges (one pass each),
+    a negative label's range too; no correlated seek per row of the driving range."""
+    store = SQLiteStore(tmp_path / "index.sqlite")
+    try:
+        for params in (
+            {"filters[labels][EQUALS]": ["team:a", "env:prod"]},
+            {"filters[labels][EQUALS]": "team:a", "filters[labels][NOT_EQUALS][env]": "dev"},
+        ):
+            for plan in _plan_of(store, params):
+                assert "MERGE (" in plan, plan
+                assert "CORRELATED" not in plan, plan
+    finally:
+        store.close()
+
+
+def test_the_rarest_label_drives_even_beside_other_filters(tmp_path: Path) -> None:
+    """Counted under the probe's bound, a label drives a search with a state: its range is
+    read, and each of its rows reads its execution; a common one leaves the state's index to
+    drive, with a seek of the label per row."""
+    store = SQLiteStore(tmp_path / "index.sqlite")
+    feed = Feed()
+    try:
+        store.apply(
+            feed.updates(
+                *(
+                    partial(header(f"e{i:02}", labels={"team": "a", "env": "prod"}))
+                    for i in range(12)
+                )
+            )
+        )
+        params = {"filters[labels][EQUALS]": ["team:a", "env:prod"], "state": "RUNNING"}
+        page, count = _plan_of(store, params)
+        for plan in (page, count):
+            first = plan.splitlines()[1]
+            assert first.startswith("SEARCH l USING PRIMARY KEY (key=? AND value=?)"), plan
+        assert LABEL_PROBE_MAX > 12
+    finally:
+        store.close()
