@@ -214,9 +214,7 @@ class CommandRouter:
         key, marker = self.ended.mark(
             st.id, partition, st.state.current.value, st.attempt_number, self.clock()
         )
-        # Begun and ended in this step, the execution has no other changelog record: its
-        # marker may ride with the next write's commands (RecordWriter.write).
-        out.log(key, marker, partition, deferrable=change.created)
+        out.log(key, marker, partition)
         routed.ended = True
 
     def _count(self, st: ExecutionState, change: cmd.ExecutionChanged, first_new: int) -> None:

@@ -44,10 +44,6 @@ class Outbox:
     #: Records of the other changelogs the processor keeps (the admission slot table's,
     #: :mod:`kestream.runtime.admission_slots`): written with the changelog, after the commands.
     tables: list[CommandRecord] = field(default_factory=list)
-    #: How many of :attr:`changelog`'s records may wait for the next write: the ended markers
-    #: of executions that began and ended in one step (the step's only changelog record). When
-    #: all of them may, the writer carries them to its next write (``RecordWriter.write``).
-    deferrable: int = 0
     #: What :meth:`coalesce_updates` needs of this outbox's update records, by the record's
     #: ``id`` (kept by :func:`~kestream.runtime.execution_updates.update_records`), so that it
     #: need not decode them. An entry counts only for the record it was made for (compared
@@ -64,17 +60,14 @@ class Outbox:
         value: Any,
         partition: int,
         *,
-        deferrable: bool = False,
         data: bytes | None = None,
     ) -> None:
         """A changelog record: ``value`` is JSON-ready (encoded here unless ``data`` is its
-        JSON already), None a tombstone; ``deferrable``: see :attr:`deferrable`."""
+        JSON already), None a tombstone."""
         if value is not None and data is None:
             data = dumps(value)
         self.changelog.append((key, data if value is not None else None, partition))
         self.logged.append((key, value))
-        if deferrable:
-            self.deferrable += 1
 
     def of(self, partition: int) -> Outbox:
         """Where the steps of an input partition's events stage their records: this outbox (at
@@ -98,11 +91,6 @@ class Outbox:
         commit together (a kill before the last replays them all, their offsets were not
         committed). A mark that is kept (the ended marker's tombstone of a restart, say)
         bounds what may go before it.
-
-        The ended markers that may be carried to the next write (:attr:`deferrable`) are the
-        only record of an execution begun and ended in one step; once anything is dropped, the
-        outbox no longer says which remain, and none is carried (a second wait, never a marker
-        lost).
         """
         changelog = self.changelog
         if len(changelog) < 2:
@@ -127,7 +115,6 @@ class Outbox:
         kept = [rec for rec, k in zip(changelog, keep, strict=True) if k]
         dropped = len(changelog) - len(kept)
         self.changelog = kept
-        self.deferrable = 0
         return dropped
 
     def coalesce_updates(self, topic: str, max_bytes: int) -> int:
@@ -174,7 +161,6 @@ class Outbox:
         self.changelog.extend(other.changelog)
         self.logged.extend(other.logged)
         self.tables.extend(other.tables)
-        self.deferrable += other.deferrable
 
 
 @dataclass(slots=True)

@@ -420,6 +420,7 @@ class ExecutorService:
             )  # fmt: skip
             self.ready.clear()
             self._generation += 1
+            self.writer.drop_carried(gone)  # not written from the state held either
             await self._let_go(gone, park=False)
             assert self._consumer is not None
             self._consumer.pause(*self._consumer.assignment())
@@ -711,12 +712,14 @@ class ExecutorService:
 
     # -- flush -----------------------------------------------------------------------------
 
-    async def _flush(self, out: Outbox) -> None:
-        """Write the batch's records; then undo, in this same cycle, what the steps of records
-        the broker refused counted on (:meth:`_undo_refused`), and write what that made."""
+    async def _flush(self, out: Outbox, *, carry: bool = True) -> None:
+        """Write the batch's records (its changelog carried to the next write, unless not
+        ``carry``); then undo, in this same cycle, what the steps of records the broker refused
+        counted on (:meth:`_undo_refused`), and write what that made, carrying nothing."""
         for _ in range(_FLUSH_ROUNDS):
             await self.groups.create_topics()  # a worker group's first job: its topic first
-            written = await self.writer.write(out)
+            written = await self.writer.write(out, carry=carry)
+            carry = False
             self._checkpointed(written)
             if not written.refused:
                 return
@@ -811,8 +814,8 @@ class ExecutorService:
         self._committed_at = time.monotonic()
         if self.writer.transactions is not None:
             return
-        if self.writer.carried:  # (a refused one is dead-lettered: nothing to undo)
-            self._checkpointed(await self.writer.write_carried())
+        if self.writer.carried:  # what a refused one counted on undone, as in a flush
+            await self._flush(Outbox(), carry=False)
         left = dict(self._uncommitted)
         offsets = self._take_offsets(partitions)
         if offsets and not self.own_all_partitions:
@@ -1046,9 +1049,13 @@ class ExecutorService:
             self.ready.clear()
             gone = partitions & self.owned
             await self._commit_leaving(gone)
+            # Records of theirs still carried were not written (the commit failed): the state
+            # held is ahead of their changelog, and is not parked.
+            unwritten = self.writer.drop_carried(gone)
             # Parked for a warm recovery only while the membership holds: a member that lapsed
             # may have written after another owner, and its checkpoints skip that owner's records.
-            await self._let_go(gone, park=self.fence is None or not self.fence.lapsed())
+            lapsed = self.fence is not None and self.fence.lapsed()
+            await self._let_go(gone, park=not (unwritten or lapsed))
 
     async def _let_go(self, gone: set[int], *, park: bool) -> None:
         """Drop the partitions' executions, held events, timers, ended markers, offsets left to

@@ -6,12 +6,16 @@ topic (where it was, why, as much of it as fits), logged and counted.
 :class:`RecordWriter` writes a batch's :class:`~kestream.runtime.executor_outbox.Outbox` in its
 order: the commands, waiting for every ack, then the changelog (each key's records that a
 later one replaces dropped, :meth:`~kestream.runtime.executor_outbox.Outbox.coalesce`; an
-execution's updates of the cycle likewise), waiting again. A batch whose
-only changelog records are the ended markers of executions begun and ended in one step (W1 with
-inline tasks: every batch) skips the second wait: its markers are carried to the next write,
-with whose commands they go (after this batch's commands were acked, before the next batch's
-changelog, as the order requires), or are written before the next offset commit
-(:meth:`RecordWriter.write_carried`), so a commit never passes a marker not written. A record the
+execution's updates of the cycle likewise). The changelog records (and the other tables') are
+not written at once: they are carried to the next write, with whose commands they go in one
+produce and one wait for acks (after this batch's commands were acked, before the next batch's
+changelog, as the order requires), or are written before the next offset commit (a write
+that carries nothing), so a commit never passes a record not written. A crash
+before they are written is a crash between a batch's commands and its changelog, which
+at-least-once always allowed: the batch's offsets were not committed, and it is replayed from
+the changelog's state (its commands again carry the same derived ids). Records still carried
+for partitions the processor lets go are dropped (:meth:`RecordWriter.drop_carried`): written
+after their next owner took over, they would land over its records. A record the
 broker refuses for what it is (too large for the topic, say:
 :func:`~kestream.runtime.produce_faults.record_fault`), or that cannot be sent at all, goes
 to the dead-letter topic instead and the rest is written; a failure of the broker itself
@@ -109,28 +113,38 @@ class RecordWriter:
         self.producer: AIOKafkaProducer | None = None
         #: Under exactly-once, the input partitions' transactional producers.
         self.transactions: PartitionTransactions | None = None
-        #: Changelog records carried to the next write (see the module docstring).
+        #: Changelog and table records carried to the next write (see the module docstring).
         self.carried: list[CommandRecord] = []
         #: Told of each record the broker acknowledged, with its ack (the local hand-off of
         #: jobs, :mod:`kestream.runtime.local_handoff`).
         self.on_acked: Callable[[CommandRecord, Any], None] | None = None
 
-    async def write(self, out: Outbox) -> Written:
-        """Write the commands (with the changelog records carried from the last write), then
-        the changelogs, unless they may all be carried to the next write; returns, per
-        changelog partition written, the offset after its last record (the checkpoint the
-        partition's state reflects), and the records refused."""
+    async def write(self, out: Outbox, *, carry: bool = True) -> Written:
+        """Write the commands with the changelog and table records carried from the last
+        write, in one produce; ``out``'s changelog and tables are carried to the next write
+        (without ``carry``: written after, waiting again). Returns, per changelog partition
+        written, the offset after its last record (the checkpoint the partition's state
+        reflects), and the records refused."""
         written = Written()
         changelog = self.topics.changelog
         self.coalesce(out)
         recs, self.carried = out.commands + self.carried, []
         acks = await self.produce(recs, written.refused)
         later = [(changelog, *r) for r in out.changelog] + out.tables
-        if out.changelog and out.deferrable == len(out.changelog) and not out.tables:
-            self.carried, later = later, []
-        acks += await self.produce(later, written.refused)
+        if carry:
+            self.carried = later
+        else:
+            acks += await self.produce(later, written.refused)
         self._checkpoints(acks, written)
         return written
+
+    def drop_carried(self, partitions: set[int]) -> bool:
+        """Forget the carried records of ``partitions`` (let go: see the module docstring);
+        whether there were any (their changelog is then behind the state held)."""
+        kept = [rec for rec in self.carried if rec[3] not in partitions]
+        dropped = len(kept) < len(self.carried)
+        self.carried = kept
+        return dropped
 
     def records_of(self, out: Outbox) -> list[CommandRecord]:
         """``out``'s records in their order (commands, changelog, other tables), sized
@@ -157,14 +171,6 @@ class RecordWriter:
         for rec, meta in committed.acked:
             self._acked(rec, meta)
         self._checkpoints([meta for _, meta in committed.acked], written)
-        return written
-
-    async def write_carried(self) -> Written:
-        """Write the changelog records carried from the last write, if any (before an offset
-        commit: it must not pass them)."""
-        written = Written()
-        recs, self.carried = self.carried, []
-        self._checkpoints(await self.produce(recs, written.refused), written)
         return written
 
     def _acked(self, rec: CommandRecord, meta: Any) -> None:

@@ -78,14 +78,6 @@ def test_a_commit_mark_kept_bounds_what_goes_before_it() -> None:
                           (DYN, b'{"d":1}')]  # fmt: skip
 
 
-def test_nothing_dropped_leaves_the_carried_markers_alone() -> None:
-    out = Outbox()
-    out.log(END, {"state": "SUCCESS"}, 0, deferrable=True)
-    out.log(codec.header_key("y", codec.ENDED), {"state": "SUCCESS"}, 0, deferrable=True)
-    assert out.coalesce() == 0
-    assert out.deferrable == 2
-
-
 RESTARTED = """
 id: restarted
 namespace: test.torn
@@ -108,7 +100,7 @@ tasks:
 
 #: Two ForEach executions stepped in the same cycles (t1, t2), one that fails and is restarted
 #: in the cycle it ends in (r1: the ended marker, then its tombstone), and one begun and ended
-#: in a cycle that drops records of the others (q1: its marker may be carried).
+#: in a cycle that drops records of the others (q1).
 STARTS = [ev.ExecutionCreated(e, "test.torn", f) for e, f in
           (("t1", "torn"), ("r1", "restarted"), ("t2", "torn"))]  # fmt: skip
 LATER = {2: [ev.ExecutionCreated("q1", "test.torn", "quick")]}
@@ -125,8 +117,6 @@ class _Run:
     changelog: Changelog = field(default_factory=list)
     #: Records of the next owner's repairs that coalescing dropped (a later record replaced).
     repairs_dropped: int = 0
-    #: Cycles whose markers could have been carried, had nothing been dropped.
-    carried_beside_a_drop: int = 0
     #: Each cycle's updates, before and after coalescing.
     updates: list[tuple[list[CommandRecord], list[CommandRecord]]] = field(default_factory=list)
 
@@ -178,12 +168,8 @@ def _cycles(kill: tuple[int, int] | None = None) -> _Run:
         out = Outbox()
         _step_cycle(service, cycle, out, offset, first=True)
         offset += len(cycle)
-        deferrable = out.deferrable
         run.dropped.append(out.coalesce())
         run.sizes.append(len(out.changelog))
-        if deferrable and run.dropped[-1]:
-            assert out.deferrable == 0  # none carried: the outbox no longer says which
-            run.carried_beside_a_drop += 1
         jobs = _jobs(service, out)
         before = [r for r in out.commands if r[0] == service.topics.updates]
         service.writer.coalesce(out)
@@ -217,7 +203,6 @@ def test_a_kill_anywhere_in_a_coalesced_cycle_ends_as_a_run_without_it() -> None
     assert reference.final["r1"]["metadata"]["attemptNumber"] == 2  # restarted, failed again
     assert len(reference.final["t1"]["taskRunList"]) == 1 + 1 + 3 * 2 + 1
     assert sum(reference.dropped) > 0  # some cycle stepped an execution more than once
-    assert reference.carried_beside_a_drop > 0
     repairs_dropped = 0
     for cycle, records_written in enumerate(reference.sizes):
         for k in range(records_written + 1):

@@ -329,6 +329,54 @@ def test_a_revocation_writes_the_carried_markers_before_its_commit() -> None:
     assert not service.writer.carried
 
 
+def test_each_cycles_changelog_rides_with_the_next_cycles_commands_in_one_produce() -> None:
+    service = _service(PAUSED)
+    service.commit_every_s = 3600.0
+    consumer = _Consumer(service, [_batch(service, 0, 5, "a"), _batch(service, 0, 6, "b")])
+    writes = _record_writes(service, consumer)
+    _run(service, consumer)
+    changelog = service.topics.changelog
+    # batch 1: its commands alone; batch 2: its commands, then a's changelog (one produce, one
+    # wait); the stop: b's changelog, then the commit
+    first, second, last, commit = writes
+    assert {key for _, key in first} == {"a"} and all(t != changelog for t, _ in first)
+    split = next(i for i, (topic, _) in enumerate(second) if topic == changelog)
+    assert {key for _, key in second[:split]} == {"b"}
+    assert second[split:] == [(changelog, "a#")]  # a's whole state: one record
+    assert last == [(changelog, "b#")]
+    assert commit == ("commit", {0: 7})
+
+
+def test_a_revocation_whose_commit_fails_drops_the_carried_records_and_parks_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service = _service(PAUSED)
+    service.commit_every_s = 3600.0
+    consumer = _Consumer(service, [_batch(service, 0, 5, "a")])
+    carried: list[str] = []
+
+    async def revoke() -> None:  # the broker is away when the revocation writes and commits
+        carried.extend(key for _, key, _, _ in service.writer.carried)
+
+        async def away(recs: Any, refusals: Any = None) -> Any:
+            if recs:
+                raise KafkaConnectionError("the broker is away")
+            return []
+
+        service.writer.produce = away  # type: ignore[method-assign]
+        await service.revoked({0})
+
+    consumer.on_fetch[1] = revoke
+    with caplog.at_level(logging.WARNING, "kestream.executor"):
+        _run(service, consumer)
+    assert carried == ["a#"]
+    assert "could not commit partitions [0]" in caplog.text
+    # Written later, the record would land over the partition's next owner's records; and
+    # the state held is ahead of the changelog, so a warm recovery from it would be wrong.
+    assert not service.writer.carried and "a" not in service.states
+    assert service.parked.take(0, 0.0) is None and consumer.commits == []
+
+
 def test_a_large_batch_gives_the_event_loop_turns_while_it_is_stepped() -> None:
     """The roles of a shared process share one event loop, aiokafka's heartbeats included:
     a batch of thousands of records is stepped a few hundred at a time, other tasks running

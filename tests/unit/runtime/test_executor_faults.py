@@ -355,6 +355,8 @@ def test_a_changelog_record_the_broker_refuses_fails_its_execution() -> None:
     producer = _Producer(refused=refused)
     service.writer.producer = producer  # type: ignore[assignment]
     asyncio.run(service._flush(out))
+    assert "e1" in service.states  # its changelog is carried to the next write ...
+    asyncio.run(service._flush(Outbox()))  # ... the next cycle's, which the broker refuses
     # Memory was ahead of the changelog: the execution ends FAILED rather than going on from a
     # state no recovery could rebuild.
     assert "e1" not in service.states and "e1" not in service.mirror
@@ -604,8 +606,9 @@ def test_a_queued_execution_whose_changelog_record_is_refused_ends_and_leaves_th
     assert refused is not None
     producer = _Producer(refused=refused)
     service.writer.producer = producer  # type: ignore[assignment]
-    asyncio.run(service._flush(out))  # QUEUED cannot go to FAILED: it is KILLED
-    assert "q1" not in service.states
+    asyncio.run(service._flush(out))
+    asyncio.run(service._commit())  # carried records first: refused, QUEUED ends KILLED
+    assert "q1" not in service.states and not service.writer.carried
     last = [records.loads(v) for t, v in producer.acked if t == service.topics.updates][-1]
     assert last["terminal"] and last["execution"]["state"]["current"] == "KILLED"
     (release,) = [

@@ -205,6 +205,8 @@ def test_an_executor_woken_past_its_session_steps_nothing_and_writes_nothing() -
     out = Outbox()
     service._apply(0, ev.ExecutionCreated("e1", "test.fence", "sleepy"), out, ("executions", 0))
     assert service.states["e1"].state.current is StateType.RUNNING
+    # its commands were written, its changelog records are carried to the next write
+    service.writer.carried = [(service.topics.changelog, *rec) for rec in out.changelog]
     tp = TopicPartition(service.topics.executions, 0)
     created = records.encode_event(ev.ExecutionCreated("e2", "test.fence", "sleepy"))
     batch = {tp: [ConsumerRecord(tp.topic, 0, 7, 0, 0, b"e2", created, None, 0, 0, [])]}
@@ -214,6 +216,7 @@ def test_an_executor_woken_past_its_session_steps_nothing_and_writes_nothing() -
     clock.now += SESSION_S + 1.0  # frozen: no heartbeat went out
     asyncio.run(service._loop())
     assert service.states == {} and service.owned == set()
+    assert not service.writer.carried  # dropped: never written from the state held
     assert consumer.commits == [] and consumer.paused == consumer.parts
     assert coordinator.rejoins == 1 and not service.ready.is_set()
     assert service.parked.take(0, 0.0) is None  # dropped, not parked
