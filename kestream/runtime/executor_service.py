@@ -11,11 +11,14 @@ One cycle, in this order (at-least-once, DESIGN.md section 3):
 2. **step** each record (:meth:`ExecutorService._step_batch`), then the timers that fell due,
    the held executions whose flow revision appeared, and the ended markers past their bounds;
 3. **flush**: produce the commands (worker jobs, new executions, subflow results, logs, execution
-   updates), wait for the broker's acks, only then the changelog records, and wait again;
+   updates) with the previous cycle's changelog records, and wait for the broker's acks; this
+   cycle's changelog records are carried to the next flush (:mod:`.executor_writer`);
 4. **commit** the input offsets, at most every :data:`COMMIT_EVERY_S` (and at a revocation
-   and a stop): a commit is a broker round trip, as costly as a small batch's steps.
+   and a stop), the carried changelog records written first: a commit is a broker round trip,
+   as costly as a small batch's steps.
 
-A crash between 3's two halves replays the batch from a state without its changes: the step
+A crash between a batch's commands and its changelog replays the batch from a state without its
+changes: the step
 produces the same commands with the same (derived) ids, and every consumer downstream ignores
 repeats. A crash in the middle of one step's changelog records leaves that step torn: recovery
 leaves its records out (each step ends with a commit mark) and writes their keys' committed
