@@ -19,7 +19,7 @@
  */
 import { ApiError, call } from "./api.js";
 import { duration, errorBox, fill, h, stateBadge, when } from "./dom.js";
-import { RANGES, drawPager, filterField, filterForm, pageOf, selectFilter, textFilter } from "./list_page.js";
+import { RANGES, drawPager, filterField, filterForm, pageOf, selectFilter, textFilter, totalCapped, totalText } from "./list_page.js";
 
 const REFRESH_MS = 1500;
 const PAGE_SIZE = 25;
@@ -254,7 +254,7 @@ export function executionsPage(root, _params, query) {
       if (stopped) return;
       fill(status);
       // A total the index stopped counting at (X-Kestream-Total-Capped) shows as "10000+".
-      render(answer.results, answer.total, response.headers.get("X-Kestream-Total-Capped") === "true");
+      render(answer.results, answer.total, totalCapped(response));
     } catch (error) {
       if (!stopped) fill(status, errorBox(/** @type {Error} */ (error).message));
     }
@@ -263,7 +263,7 @@ export function executionsPage(root, _params, query) {
 
   /** @param {any[]} results @param {number} count @param {boolean} capped */
   const render = (results, count, capped) => {
-    fill(total, `${count}${capped ? "+" : ""} execution${count === 1 && !capped ? "" : "s"}`);
+    fill(total, totalText(count, capped, "execution"));
     // A redraw replaces the rows: the control that had the focus gets it back in its new row.
     const focused = /** @type {HTMLElement | null} */ (document.activeElement);
     const focusRow = focused && body.contains(focused) ? focused.closest("tr")?.dataset.id : undefined;
@@ -302,7 +302,7 @@ export function executionsPage(root, _params, query) {
       /** @type {HTMLElement | null | undefined} */ (row?.querySelector(focusWhat))?.focus();
     }
     countSelected();
-    drawPager(pager, "#/executions", query, count, PAGE_SIZE);
+    drawPager(pager, "#/executions", query, count, PAGE_SIZE, capped);
   };
 
   // A summary from before a login (or another page): shown, what it did not act on selected.

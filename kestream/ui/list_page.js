@@ -74,15 +74,36 @@ export function filterForm(route, submit, ...fields) {
 }
 
 /**
+ * Whether a search's total is a lower bound: the index stopped counting at its bound and said
+ * so in the `X-Kestream-Total-Capped` header.
+ * @param {Response} response
+ */
+export function totalCapped(response) {
+  return response.headers.get("X-Kestream-Total-Capped") === "true";
+}
+
+/**
+ * A list's total as shown: "1 line", "3 lines", or "10000+ lines" when capped.
+ * @param {number} count
+ * @param {boolean} capped
+ * @param {string} noun singular; the plural adds an "s"
+ */
+export function totalText(count, capped, noun) {
+  return `${count}${capped ? "+" : ""} ${noun}${count === 1 && !capped ? "" : "s"}`;
+}
+
+/**
  * Draw the pager of a list of `count` items, `size` a page, on page `page`: links to the
- * pages before and after (the query kept, its page changed).
+ * pages before and after (the query kept, its page changed). A `capped` count is a lower
+ * bound, and so is its number of pages ("of 400+").
  * @param {HTMLElement} pager
  * @param {string} route
  * @param {URLSearchParams} query
  * @param {number} count
  * @param {number} size
+ * @param {boolean} [capped]
  */
-export function drawPager(pager, route, query, count, size) {
+export function drawPager(pager, route, query, count, size, capped = false) {
   const page = pageOf(query);
   const pages = Math.max(1, Math.ceil(count / size));
   /** @param {number} to */
@@ -94,7 +115,7 @@ export function drawPager(pager, route, query, count, size) {
   fill(
     pager,
     page > 1 ? h("a", { href: linkTo(page - 1), rel: "prev" }, "Previous") : null,
-    h("span", {}, `Page ${page} of ${pages}`),
+    h("span", {}, `Page ${page} of ${pages}${capped ? "+" : ""}`),
     page < pages ? h("a", { href: linkTo(page + 1), rel: "next" }, "Next") : null,
   );
 }

@@ -4,9 +4,9 @@
  * message, namespace and its children, flow, lowest level, time range), with its total and
  * pages. Each line links to its execution. The filters live in the URL, so a search is a link.
  */
-import { getJson } from "./api.js";
+import { call } from "./api.js";
 import { errorBox, fill, h } from "./dom.js";
-import { RANGES, drawPager, filterField, filterForm, pageOf, selectFilter, textFilter } from "./list_page.js";
+import { RANGES, drawPager, filterField, filterForm, pageOf, selectFilter, textFilter, totalCapped, totalText } from "./list_page.js";
 import { LEVELS, logLine } from "./log_view.js";
 
 const PAGE_SIZE = 50;
@@ -43,10 +43,13 @@ export function logsPage(root, _params, query) {
     if (value) search.set(parameter, value);
   }
   let stopped = false;
-  getJson(`/logs/search?${search}`)
-    .then(({ results, total: count }) => {
+  call("GET", `/logs/search?${search}`)
+    .then(async (response) => {
+      const { results, total: count } = await response.json();
       if (stopped) return;
-      fill(total, `${count} line${count === 1 ? "" : "s"}`);
+      // A total the index stopped counting at (X-Kestream-Total-Capped) shows as "10000+".
+      const capped = totalCapped(response);
+      fill(total, totalText(count, capped, "line"));
       fill(
         lines,
         results.length
@@ -55,7 +58,7 @@ export function logsPage(root, _params, query) {
             )
           : h("p", { class: "muted" }, "No line matches."),
       );
-      drawPager(pager, "#/logs", query, count, PAGE_SIZE);
+      drawPager(pager, "#/logs", query, count, PAGE_SIZE, capped);
     })
     .catch((error) => stopped || fill(status, errorBox(error.message)));
   return () => {
