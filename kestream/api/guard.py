@@ -14,7 +14,8 @@ another origin is refused (403) unless that origin is in ``KESTREAM_API_CORS_ORI
 ``Origin`` is neither this server's own nor listed, or, without ``Origin``, its
 ``Sec-Fetch-Site`` says ``cross-site``. Clients that are not browsers (curl, kestrapy) send
 neither header and are not concerned. CORS preflights are answered for listed origins only, and
-responses to a listed origin carry ``Access-Control-Allow-Origin``.
+responses to a listed origin carry ``Access-Control-Allow-Origin`` and expose kestream's own
+headers (:data:`~kestream.api.http.EXPOSED_HEADERS`, such as the capped-total one).
 
 Without credentials configured, the server is open and bound to loopback
 (:func:`~kestream.api.auth.bind_refusal`); it then also refuses requests whose ``Host`` is not a
@@ -35,7 +36,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from kestream.api.auth import Credentials, host_is_loopback
-from kestream.api.http import ApiError
+from kestream.api.http import EXPOSED_HEADERS, ApiError
 from kestream.runtime.ops_routes import route_pattern
 from kestream.settings import Settings
 
@@ -47,6 +48,7 @@ _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _AUTHENTICATED: Final = web.RequestKey("kestream.authenticated", bool)
 _PREFLIGHT_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE"
 _PREFLIGHT_MAX_AGE_S = "600"
+_EXPOSED = ", ".join(EXPOSED_HEADERS)
 #: Longest part of a caller's ``Origin`` repeated in an error message.
 _ORIGIN_ECHO = 200
 #: Invalid credentials are logged at INFO at most this often (seconds); DEBUG in between.
@@ -118,6 +120,7 @@ class Guard:
         if self._listed(origin):
             response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
             response.headers[hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS] = "true"
+            response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = _EXPOSED
 
     def _listed(self, origin: str) -> bool:
         return origin.strip().rstrip("/").lower() in self.origins

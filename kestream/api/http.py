@@ -34,6 +34,18 @@ def json_response(body: Any, status: int = 200) -> web.Response:
 #: count stopped at its bound, :class:`~kestream.api.index.store.Listing`): the body keeps
 #: Kestra's shape, and a client that knows the header shows "10000+" instead of "10000".
 TOTAL_CAPPED_HEADER = "X-Kestream-Total-Capped"
+#: Set to ``true`` on a log listing that holds only its first lines (``Link: rel="next"``).
+TRUNCATED_HEADER = "X-Kestream-Truncated"
+#: Response headers a page on another listed origin may read (``Access-Control-Expose-Headers``):
+#: a browser hides every header outside the CORS safelist from it otherwise, so a Kestra UI
+#: served elsewhere would show a capped total as exact and a truncated log as whole.
+EXPOSED_HEADERS = (
+    TOTAL_CAPPED_HEADER,
+    TRUNCATED_HEADER,
+    "Content-Disposition",
+    "Link",
+    "Retry-After",
+)
 
 
 def listing_response(listing: Listing) -> web.Response:

@@ -37,7 +37,13 @@ from aiokafka import TopicPartition
 
 from kestream.api import sse
 from kestream.api.handle import ApiHandle
-from kestream.api.http import bad_request, json_response, listing_response, query_int
+from kestream.api.http import (
+    TRUNCATED_HEADER,
+    bad_request,
+    json_response,
+    listing_response,
+    query_int,
+)
 from kestream.api.index.log_query import parse_log_search
 from kestream.api.index.query import MAX_PAGE, QueryError
 from kestream.api.index.store import LOG_LEVELS, LOG_PAGE, LogSearch, log_level_rank
@@ -48,8 +54,6 @@ SEARCH = "/api/v1/{tenant}/logs/search"
 FOLLOW_POLL_S = 0.25
 #: Most lines in one answer of ``GET .../logs/{executionId}`` (then ``Link: rel="next"``).
 LOG_LIST_MAX = 10_000
-#: Set to ``true`` on an answer that holds only the first :data:`LOG_LIST_MAX` lines.
-TRUNCATED_HEADER = "X-Kestream-Truncated"
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from kestream.api.auth import Credentials, bind_refusal, host_is_loopback, is_loopback
 from kestream.api.guard import GUARD, Access
+from kestream.api.http import TOTAL_CAPPED_HEADER, TRUNCATED_HEADER
 from kestream.api.openapi import OPERATIONS, openapi_document
 from kestream.api.ui_routes import UI_PATHS
 from kestream.runtime.faust_app import RoleService
@@ -316,6 +317,9 @@ async def test_listed_origins_get_preflights_and_cors_headers(serve: MakeClient)
     assert post.status == 503
     assert post.headers["Access-Control-Allow-Origin"] == "https://ui.example"
     assert "Origin" in post.headers.getall("Vary")
+    # a page on that origin may read kestream's own headers, such as a capped total's
+    exposed = {h.strip() for h in post.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {TOTAL_CAPPED_HEADER, TRUNCATED_HEADER, "Retry-After"} <= exposed
     anonymous = await client.post(FLOWS, headers={"Origin": "https://ui.example"})
     assert anonymous.status == 401  # a listed origin still needs credentials
 
