@@ -234,7 +234,8 @@ class ExecutionRoutes:
     async def replay(self, request: web.Request) -> web.Response:
         """Replay an ended execution as a new one, from ``?taskRunId=`` (the task runs before
         it are kept) or from its start, on ``?revision=`` (default: its own). Answers the new
-        execution."""
+        execution. One whose ``afterExecution`` tasks still run is refused (409), as a restart
+        is: the replay would copy outputs and files they may still write."""
         return await self._replay(request, None)
 
     async def replay_with_inputs(self, request: web.Request) -> web.Response:
@@ -250,6 +251,12 @@ class ExecutionRoutes:
                 409,
                 f"Illegal state: Execution '{execution['id']}' is {state.value}: only an "
                 "ended execution can be replayed",
+            )
+        if not service.over(execution):  # they may still write the files a replay copies
+            raise ApiError(
+                409,
+                f"Illegal state: Execution '{execution['id']}' is {state.value} but its "
+                "afterExecution tasks still run: replay it once they have ended",
             )
         revision = query_int(request, "revision", 0, low=1, high=10**9) or None
         number = revision or execution["flowRevision"]

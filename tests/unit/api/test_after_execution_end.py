@@ -239,6 +239,32 @@ def test_restart_refuses_while_after_execution_tasks_run_and_restarts_once_over(
     assert restarted == [failed.id]
 
 
+def test_replay_refuses_while_after_execution_tasks_run_and_replays_once_over(
+    run: _Run, service: ApiService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replayed: list[object] = []
+
+    async def replay(execution: dict[str, object], *_: object, **__: object) -> dict[str, object]:
+        replayed.append(execution["id"])
+        return {"id": "new"}
+
+    monkeypatch.setattr(service, "replay", replay)
+    request = make_mocked_request("POST", f"/api/v1/main/executions/{run.id}/replay")
+
+    async def answer(execution: dict[str, object]) -> tuple[int, str]:
+        routes = execution_routes.ExecutionRoutes(cast(Any, _Handle(service, execution)))
+        try:
+            return (await routes.replay(request)).status, ""
+        except ApiError as exc:
+            return exc.status, str(exc.text)
+
+    status, message = asyncio.run(answer(_json(run.during)))  # SUCCESS, the Pause running
+    assert status == 409 and "afterExecution tasks still run" in message
+    assert replayed == []
+    assert asyncio.run(answer(_json(run.after)))[0] == 200
+    assert replayed == [run.id]
+
+
 def test_the_log_follow_waits_for_the_after_execution_tasks(run: _Run, service: ApiService) -> None:
     async def scenario() -> None:
         updates = TopicPartition(service.ctx.topics.updates, 0)
