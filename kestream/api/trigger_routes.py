@@ -417,9 +417,10 @@ class TriggerRoutes:
         return await self._bulk(table, keys, action)
 
     async def _bulk(self, table: TriggersTable, keys: list[str], action: Action) -> web.Response:
-        """Apply ``action`` to each trigger it applies to; ``{count}`` of those."""
+        """Apply ``action`` to each trigger it applies to; ``{count}`` of those. A trigger
+        named twice in a list is sent one command and counted once."""
         count = 0
-        for key in keys:
+        for key in dict.fromkeys(keys):
             state = table.get(key)
             if state is None or self._schedule(state) is None:
                 continue  # unknown, or a kind kestream keeps no record of

@@ -326,6 +326,12 @@ async def test_bulk_delete_resets_the_schedules_found_by_ids_or_by_query(
     )  # fmt: skip
     assert none == {"count": 0}  # the query's filters and the body's both hold
     assert [c.key for c in table.sent] == [NIGHTLY, HOURLY]
+    again = await _json(client, "DELETE", T + "/delete/by-triggers", json=[triggers[0]] * 3)
+    assert again == {"count": 1}  # one trigger named three times: one command
+    assert [c.key for c in table.sent] == [NIGHTLY, HOURLY, NIGHTLY]
+    everything = await _json(client, "DELETE", T + "/delete/by-query")
+    assert everything == {"count": 2}  # no filter: every Schedule trigger, as in Kestra
+    assert [c.key for c in table.sent] == [NIGHTLY, HOURLY, NIGHTLY, HOURLY, NIGHTLY]
 
     for payload in (
         {"filters": [{"field": "workerId", "operation": "EQUALS", "value": "w"}]},
@@ -335,7 +341,7 @@ async def test_bulk_delete_resets_the_schedules_found_by_ids_or_by_query(
     ):
         reply = await client.delete(T + "/delete/by-query", json=payload)
         assert reply.status == 400, payload
-    assert len(table.sent) == 2
+    assert len(table.sent) == 5
 
 
 async def test_a_backfill_whose_label_is_not_a_template_is_refused(
