@@ -115,6 +115,7 @@ from kestream.runtime.purge_fence import apply_purge_event
 from kestream.runtime.static_assignment import Share, executor_share, partitions_of
 from kestream.runtime.static_membership import static_member, stop_member
 from kestream.runtime.worker_groups import WorkerGroupRouter
+from kestream.runtime.write_gate import WriteRefused
 from kestream.storage.offload import StorageUnavailable
 
 __all__ = ["ExecutorService", "Outbox"]
@@ -230,8 +231,6 @@ class ExecutorService:
         #: fetched again (:meth:`_fetch_again`).
         self._generation = 0
         self._stopping = False
-        #: The group membership's last confirmation (:mod:`.member_fence`); None without a group.
-        self.fence: MemberFence | None = None
         #: A lapsed membership dropped the partitions; the group's next assignment settles them.
         self._rejoining = False
         self._fatal: BaseException | None = None
@@ -248,6 +247,16 @@ class ExecutorService:
         self._in_flight_share = self.metrics.share(self.metrics.executor_in_flight)
         self._lag_share = self.metrics.share(self.metrics.consumer_lag, "executor")
         self._partition_lag = self.metrics.partition_lag("executor")
+
+    @property
+    def fence(self) -> MemberFence | None:
+        """The group membership's last confirmation (:mod:`.member_fence`), which the writer's
+        gate consults (:mod:`.write_gate`); None without a group."""
+        return self.writer.gate.fence
+
+    @fence.setter
+    def fence(self, fence: MemberFence | None) -> None:
+        self.writer.gate.fence = fence
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -406,18 +415,23 @@ class ExecutorService:
                 await self._step_handed(out)
                 if await self._lapsed():
                     continue  # lapsed while stepping: nothing of the cycle is written
-                if isinstance(out, PartitionOutboxes):  # exactly-once: flush and commit as one
-                    self._flushed(batch)
-                    await self._commit_transactions(out)
-                else:
-                    await self._flush(out)
-                    self._flushed(batch)
-                    if (
-                        self._stopping
-                        or time.monotonic() - self._committed_at >= self.commit_every_s
-                    ):
-                        await self._commit()
+                try:
+                    await self._write_cycle(batch, out)
+                except WriteRefused as exc:  # the group moved on: nothing more is written
+                    await self._leave_membership(str(exc))
+                    continue
             self._report(batch, started)
+
+    async def _write_cycle(self, batch: Batch, out: Outboxes) -> None:
+        """Flush the cycle's records and commit when due (under exactly-once, as one)."""
+        if isinstance(out, PartitionOutboxes):  # exactly-once: flush and commit as one
+            self._flushed(batch)
+            await self._commit_transactions(out)
+            return
+        await self._flush(out)
+        self._flushed(batch)
+        if self._stopping or time.monotonic() - self._committed_at >= self.commit_every_s:
+            await self._commit()
 
     async def _lapsed(self) -> bool:
         """Whether this member's group membership has lapsed (:mod:`.member_fence`): no
@@ -429,22 +443,31 @@ class ExecutorService:
         if fence is None or not fence.lapsed():
             return False
         if not self._rejoining:
-            self._rejoining = True
-            gone = set(self.owned)
-            log.error(
-                "executor: no heartbeat has confirmed its group membership for %.1f s (the "
-                "session is %.1f s): the group may have handed its partitions %s on; their "
-                "state is dropped, nothing is written from it, and the member rejoins",
-                fence.silent_for(), fence.session_timeout_s, sorted(gone),
-            )  # fmt: skip
-            self.ready.clear()
-            self._generation += 1
-            self.writer.drop_carried(gone)  # not written from the state held either
-            await self._let_go(gone, park=False)
-            assert self._consumer is not None
-            self._consumer.pause(*self._consumer.assignment())
-            fence.rejoin()
+            await self._leave_membership(
+                f"no heartbeat has confirmed its group membership for {fence.silent_for():.1f} s"
+                f" (the session is {fence.session_timeout_s:.1f} s)"
+            )
         return True
+
+    async def _leave_membership(self, why: str) -> None:
+        """The group may have handed this member's partitions on (``why``): their state is
+        dropped (not parked), nothing is written from it, their fetching paused, and the
+        group asked to rejoin; its assignment recovers them afresh."""
+        self._rejoining = True
+        gone = set(self.owned)
+        log.error(
+            "executor: %s: the group may have handed its partitions %s on; their state is "
+            "dropped, nothing is written from it, and the member rejoins",
+            why, sorted(gone),
+        )  # fmt: skip
+        self.ready.clear()
+        self._generation += 1
+        self.writer.drop_carried(gone)  # not written from the state held either
+        await self._let_go(gone, park=False)
+        assert self._consumer is not None
+        self._consumer.pause(*self._consumer.assignment())
+        if self.fence is not None:
+            self.fence.rejoin()
 
     async def _fetch_again(self, batch: Batch) -> Batch:
         """Drop a batch that a rebalance may have overtaken (fetched, in part, before it): its
@@ -839,6 +862,7 @@ class ExecutorService:
         offsets = self._take_offsets(partitions)
         if offsets and not self.own_all_partitions:
             assert self._consumer is not None
+            await self.writer.gate.passing()
             try:
                 await self._consumer.commit(offsets)
             except CommitFailedError as exc:
@@ -1030,6 +1054,7 @@ class ExecutorService:
             self._generation += 1
             if self.fence is not None:
                 self.fence.confirm()  # the group has just counted this member in
+                self.writer.gate.note()  # the generation whose records are written from now
                 self._rejoining = False
             new = partitions - self.owned
             if new:
@@ -1067,14 +1092,20 @@ class ExecutorService:
             self._generation += 1
             self.ready.clear()
             gone = partitions & self.owned
-            await self._commit_leaving(gone)
-            # Records of theirs still carried were not written (the commit failed): the state
-            # held is ahead of their changelog, and is not parked.
+            # Nothing is written or committed once the group may have moved on (the write gate
+            # closed): the carried records would land over the next owner's.
+            closed = self.writer.gate.closed()
+            if closed is None:
+                await self._commit_leaving(gone)
+            else:
+                log.error("executor: %s: nothing of partitions %s is written or committed at "
+                          "their revocation", closed, sorted(gone))  # fmt: skip
+            # Records of theirs still carried were not written (the commit failed, the gate
+            # closed): the state held is ahead of their changelog, and is not parked. Nor is it
+            # once the membership is in doubt: a member that lapsed may have written after
+            # another owner, and its checkpoints skip that owner's records.
             unwritten = self.writer.drop_carried(gone)
-            # Parked for a warm recovery only while the membership holds: a member that lapsed
-            # may have written after another owner, and its checkpoints skip that owner's records.
-            lapsed = self.fence is not None and self.fence.lapsed()
-            await self._let_go(gone, park=not (unwritten or lapsed))
+            await self._let_go(gone, park=not (unwritten or closed is not None))
 
     async def _let_go(self, gone: set[int], *, park: bool) -> None:
         """Drop the partitions' executions, held events, timers, ended markers, offsets left to

@@ -15,7 +15,9 @@ before they are written is a crash between a batch's commands and its changelog,
 at-least-once always allowed: the batch's offsets were not committed, and it is replayed from
 the changelog's state (its commands again carry the same derived ids). Records still carried
 for partitions the processor lets go are dropped (:meth:`RecordWriter.drop_carried`): written
-after their next owner took over, they would land over its records. A record the
+after their next owner took over, they would land over its records. Every produce passes the
+write gate first (:mod:`kestream.runtime.write_gate`), closed while the group may have handed
+the partitions on. A record the
 broker refuses for what it is (too large for the topic, say:
 :func:`~kestream.runtime.produce_faults.record_fault`), or that cannot be sent at all, goes
 to the dead-letter topic instead and the rest is written; a failure of the broker itself
@@ -50,6 +52,7 @@ from kestream.runtime.metrics import Metrics
 from kestream.runtime.produce_faults import record_fault
 from kestream.runtime.record_limit import RecordLimit
 from kestream.runtime.topics import Topics
+from kestream.runtime.write_gate import WriteGate
 
 __all__ = ["DeadLetters", "RecordWriter", "Refusal", "Written"]
 
@@ -118,23 +121,26 @@ class RecordWriter:
         #: Told of each record the broker acknowledged, with its ack (the local hand-off of
         #: jobs, :mod:`kestream.runtime.local_handoff`).
         self.on_acked: Callable[[CommandRecord, Any], None] | None = None
+        #: What every write passes first (:mod:`kestream.runtime.write_gate`); the processor's
+        #: offset commits pass it too.
+        self.gate = WriteGate()
 
     async def write(self, out: Outbox, *, carry: bool = True) -> Written:
         """Write the commands with the changelog and table records carried from the last
         write, in one produce; ``out``'s changelog and tables are carried to the next write
         (without ``carry``: written after, waiting again). Returns, per changelog partition
         written, the offset after its last record (the checkpoint the partition's state
-        reflects), and the records refused."""
+        reflects), and the records refused. When the gate refuses
+        (:class:`~kestream.runtime.write_gate.WriteRefused`), the changelog records not written
+        stay carried: the caller knows the changelog is behind the state held."""
         written = Written()
         changelog = self.topics.changelog
         self.coalesce(out)
-        recs, self.carried = out.commands + self.carried, []
-        acks = await self.produce(recs, written.refused)
-        later = [(changelog, *r) for r in out.changelog] + out.tables
-        if carry:
-            self.carried = later
-        else:
-            acks += await self.produce(later, written.refused)
+        acks = await self.produce(out.commands + self.carried, written.refused)
+        self.carried = [(changelog, *r) for r in out.changelog] + out.tables
+        if not carry:
+            acks += await self.produce(self.carried, written.refused)
+            self.carried = []
         self._checkpoints(acks, written)
         return written
 
@@ -166,6 +172,7 @@ class RecordWriter:
         the records only once they are committed (a local worker must never run a job an
         aborted transaction took back)."""
         assert self.transactions is not None, "the writer has no transactional producers"
+        await self.gate.passing()
         committed = await self.transactions.commit(writes)
         written = Written(fenced=committed.fenced, refused_in=committed.refused)
         for rec, meta in committed.acked:
@@ -196,7 +203,9 @@ class RecordWriter:
     ) -> list[Any]:
         """Produce ``recs`` and wait for every ack; a record the broker refuses for what it
         is goes to the dead-letter topic instead (and to ``refusals``), any other failure
-        raises. Returns the acks (``RecordMetadata``) of the records written."""
+        raises. Returns the acks (``RecordMetadata``) of the records written. Nothing is
+        produced when the gate refuses (raised)."""
+        await self.gate.passing()
         producer = self.producer
         assert producer is not None, "the writer has no producer"
         refused: list[tuple[CommandRecord, BaseException]] = []

@@ -130,6 +130,26 @@ class MemberFence:
         """The shortest pause of the loop taken for the process standing still."""
         return self.session_timeout_s / 2
 
+    def unconfirmed(self) -> bool:
+        """Whether no heartbeat or join has confirmed the membership for a whole session, the
+        process stood still or not (False before the first join): the group may have expelled
+        this member, so nothing is written (:mod:`.write_gate`) until a heartbeat confirms it
+        again or aiokafka learns that it was expelled."""
+        confirmed = self.confirmed_at
+        return confirmed is not None and self.clock() - confirmed >= self.session_timeout_s
+
+    def membership(self) -> tuple[int, str] | None:
+        """aiokafka's generation and member id in the group as it last heard them (None when
+        not watching a coordinator that keeps them). aiokafka resets both when the coordinator
+        answers that it knows neither (``UNKNOWN_MEMBER_ID``, ``ILLEGAL_GENERATION``: this
+        member was expelled) and sets new ones at each join."""
+        coordinator = self._coordinator
+        generation = getattr(coordinator, "generation", None)
+        member_id = getattr(coordinator, "member_id", None)
+        if not isinstance(generation, int) or not isinstance(member_id, str):
+            return None
+        return generation, member_id
+
     def silent_for(self) -> float:
         """Seconds since the membership was last confirmed (0 before the first join)."""
         return 0.0 if self.confirmed_at is None else self.clock() - self.confirmed_at
