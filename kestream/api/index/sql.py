@@ -67,9 +67,13 @@ TEXT_DENSE = 5_000
 #: Most branches in a fan-out, and most rows all branches may read (branches x page end).
 FAN_OUT_MAX = 64
 FAN_OUT_ROWS_MAX = 20_000
+#: The newest rows (in the listing's order) a text no index answers is first checked on
+#: (:func:`text_window`): its page is found there when it has that many matches, and its count
+#: is that window's, a lower bound when the window is full.
+TEXT_WINDOW = 5_000
 #: A positive label's rows are counted up to this many to pick the rarest label
 #: (:func:`label_probes`); one under it drives beside other filters, reading its executions.
-LABEL_PROBE_MAX = 10_000
+LABEL_PROBE_MAX = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,10 @@ class Dialect:
     #: Several labels alone are one ``INTERSECT`` of their ranges, sorted: SQLite merges them
     #: (a ``MERGE (INTERSECT)`` plan) when the compound is ordered and limited.
     merge_intersect: bool = False
+    #: An index holding every column the text ``q`` reads and the start date, which a text no
+    #: index answers reads instead of the rows when it must read them all (:func:`search_sql`'s
+    #: ``covering``): SQLite would otherwise walk the start dates' index and read each row.
+    text_scan_index: str | None = None
     _cache: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def sql(self, text: str) -> str:
@@ -278,12 +286,17 @@ class _Where:
             self.dialect.text(flt.value),
         )
 
-    def q(self, text: str, *, candidates: bool) -> None:
-        """A case-insensitive substring of the id, namespace or flow id. With ``candidates``,
-        SQLite's text index picks the rows, and each is still checked as the scan checks it, so
-        the answer is the scan's (:mod:`kestream.api.index.text_index`)."""
+    def q(
+        self,
+        text: str,
+        *,
+        candidates: bool,
+        columns: Sequence[str] = ("e.id", "e.namespace", "e.flow_id"),
+    ) -> None:
+        """A case-insensitive substring of the id, namespace or flow id (``columns``). With
+        ``candidates``, SQLite's text index picks the rows, and each is still checked as the scan
+        checks it, so the answer is the scan's (:mod:`kestream.api.index.text_index`)."""
         needle = self.dialect.text(text.lower())
-        columns = ("e.id", "e.namespace", "e.flow_id")
         if self.dialect.text_index == PG_TRGM:
             pattern = like_pattern(needle)
             self.add(
@@ -360,6 +373,98 @@ def label_probes(query: SearchQuery, dialect: Dialect) -> list[tuple[LabelFilter
         (label, statement, [dialect.text(label.key), dialect.text(label.value), LABEL_PROBE_MAX])
         for label in positive
     ]
+
+
+def text_scanned(query: SearchQuery, dialect: Dialect) -> bool:
+    """Whether the text ``q`` is checked row by row, no index answering it: a needle shorter
+    than a trigram, or an engine without a text index."""
+    if not query.q:
+        return False
+    return dialect.text_index is None or fts_phrase(query.q.lower()) is None
+
+
+def _covered(query: SearchQuery) -> bool:
+    """Whether every filter and sort key of ``query`` reads columns of
+    :attr:`Dialect.text_scan_index` (namespace, flow id, start date, id)."""
+    return (
+        not (query.states or query.labels or query.child)
+        and all(d.field is DateField.START_DATE for d in query.dates)
+        and all(t.field in (TextField.NAMESPACE, TextField.FLOW_ID) for t in query.texts)
+        and all(
+            k.field in (SortField.START_DATE, SortField.ID, SortField.NAMESPACE, SortField.FLOW_ID)
+            for k in query.sort
+        )
+    )
+
+
+@dataclass(slots=True)
+class TextWindow:
+    """A text no index answers, checked on the newest :attr:`rows` rows of the listing (its
+    other filters applied): the page among them, and ``(rows read, matches)`` of them."""
+
+    page: str
+    page_params: list[Any]
+    count: str
+    count_params: list[Any]
+    rows: int
+
+
+def text_window(
+    query: SearchQuery,
+    dialect: Dialect,
+    namespaces: Sequence[str] | None = None,
+    rows: int | None = None,
+) -> TextWindow | None:
+    """The window of a text no index answers (:func:`text_scanned`), without labels (which
+    drive their own ranges); ``None`` otherwise, or when nothing can match.
+
+    The window is the first ``rows`` rows of the listing's order that pass the other filters,
+    a range of the listing's index. When it holds every such row, its page and count are the
+    answer. When it is full, its page is the answer if it is full too (the newest matches are
+    in it), and its matches are a lower bound of the total; otherwise the page is searched
+    over every row (``search_sql(..., covering=True)``).
+    """
+    if not text_scanned(query, dialect) or query.labels or query.q is None:
+        return None
+    size = TEXT_WINDOW if rows is None else rows
+    # The window is the listing of the other filters, one page of ``size`` rows (fanned out
+    # over namespaces or states as a page is).
+    listing = query.model_copy(update={"q": None, "page": 1, "size": size})
+    plan = _plan(listing, dialect, namespaces)
+    if plan is None:
+        return None
+    keys = ", ".join(f"{column} AS s{i}" for i, (column, _) in enumerate(plan.order))
+    select = (
+        f"SELECT e.id AS pid, {keys}, e.id AS t0, e.namespace AS t1, e.flow_id AS t2 "
+        "FROM executions e"
+    )
+    order = _order_by([column for column, _ in plan.order], plan.order)
+    fanned = _fan_out(plan, listing)
+    if fanned:
+        window, window_params = _branches(plan, fanned, select, order, listing)
+    else:
+        where = _filters(plan)
+        window = f"{select} WHERE {where.sql()} ORDER BY {order} LIMIT ? OFFSET ?"
+        window_params = [*where.params, size, 0]
+    match = _Where(dialect, [])
+    match.q(query.q, candidates=False, columns=("w.t0", "w.t1", "w.t2"))
+    inner_keys = ", ".join(f"w.s{i} AS s{i}" for i in range(len(plan.order)))
+    inner_order = _order_by([f"w.s{i}" for i in range(len(plan.order))], plan.order)
+    outer_order = _order_by([f"p.s{i}" for i in range(len(plan.order))], plan.order)
+    return TextWindow(
+        page=dialect.sql(
+            f"SELECT e.doc{dialect.doc_cast} FROM (SELECT w.pid, {inner_keys} FROM ({window}) w "
+            f"WHERE {match.sql()} ORDER BY {inner_order} LIMIT ? OFFSET ?) p "
+            f"JOIN executions e ON e.id = p.pid ORDER BY {outer_order}"
+        ),
+        page_params=[*window_params, *match.params, query.size, query.offset],
+        count=dialect.sql(
+            f"SELECT COUNT(*), COALESCE(SUM(CASE WHEN {match.sql()} THEN 1 ELSE 0 END), 0) "
+            f"FROM ({window}) w"
+        ),
+        count_params=[*match.params, *window_params],
+        rows=size,
+    )
 
 
 def _rest(query: SearchQuery, dialect: Dialect, *, candidates: bool = False) -> _Where:
@@ -486,6 +591,7 @@ def search_sql(
     *,
     text_dense: bool = False,
     label_rows: Mapping[LabelFilter, int] | None = None,
+    covering: bool = False,
 ) -> SearchSQL | None:
     """The page and count statements of ``query``; ``None`` when nothing can match.
 
@@ -501,6 +607,8 @@ def search_sql(
     joined to its row and checked; its page is picked among them too, unless the text is
     ``text_dense`` (:func:`text_probe`): then the page walks the listing's order instead.
     ``label_rows`` are the counts of :func:`label_probes`, which pick the driving label.
+    ``covering``: a page that must check every row for a text no index answers reads the
+    engine's :attr:`Dialect.text_scan_index` instead of the rows, where its filters allow.
     """
     phrase = _phrase(dialect, query.q)
     plan = _plan(
@@ -532,6 +640,9 @@ def search_sql(
                 where.label(label, "l.start_date", "l.execution_id")
     else:
         source, id_column = "executions e", "e.id"
+        scan_index = dialect.text_scan_index
+        if covering and scan_index and text_scanned(query, dialect) and _covered(query):
+            source = f"executions e INDEXED BY {scan_index}"
 
     keys = ", ".join(f"{column} AS s{i}" for i, (column, _) in enumerate(plan.order))
     outer_keys = [f"s{i}" for i in range(len(plan.order))]

@@ -49,12 +49,14 @@ from kestream.api.index.query import LabelFilter, SearchQuery
 from kestream.api.index.sql import (
     TEXT_DENSE,
     Dialect,
+    TextWindow,
     label_probes,
     marks,
     matching_namespaces,
     needs_namespaces,
     search_sql,
     text_probe,
+    text_window,
 )
 from kestream.runtime.execution_updates import MergedExecution, merge_update
 from kestream.runtime.records import RecordError, loads
@@ -782,6 +784,9 @@ class Store(ABC):
             if probe is not None:
                 cur.execute(self._sql(probe[0]), probe[1])
                 dense = int(cur.fetchone()[0]) >= TEXT_DENSE
+            window = text_window(query, self.dialect, namespaces)
+            if window is not None:
+                return self._search_window(cur, query, namespaces, window)
             label_rows: dict[LabelFilter, int] = {}
             for label, statement, params in label_probes(query, self.dialect):
                 cur.execute(statement, params)
@@ -804,6 +809,34 @@ class Store(ABC):
         if bound is not None and total > bound:
             return Listing(page, bound, capped=True)
         return Listing(page, total)
+
+    def _search_window(
+        self,
+        cur: Cursor,
+        query: SearchQuery,
+        namespaces: list[str] | None,
+        window: TextWindow,
+    ) -> Listing:
+        """A text no index answers, checked on the newest rows first (:func:`text_window`):
+        a page and count of at most :data:`TEXT_WINDOW` rows read, unless the page needs older
+        rows; the total then found is a lower bound (capped) unless the page ends the list."""
+        cur.execute(window.count, window.count_params)
+        read, matches = (int(value) for value in cur.fetchone())
+        cur.execute(window.page, window.page_params)
+        page = [self._load(row[0]) for row in cur.fetchall()]
+        if read < window.rows:  # every row the other filters allow: page and count exact
+            if matches > SEARCH_COUNT_MAX:
+                return Listing(page, SEARCH_COUNT_MAX, capped=True)
+            return Listing(page, matches)
+        if len(page) < query.size:  # the page needs rows older than the window: all of them
+            statements = search_sql(query, self.dialect, namespaces, covering=True)
+            assert statements is not None  # as the window: the same namespaces and states
+            cur.execute(statements.page, statements.page_params)
+            page = [self._load(row[0]) for row in cur.fetchall()]
+            if len(page) < query.size and (page or not query.offset):
+                return Listing(page, query.offset + len(page))  # the list ends on this page
+        total = min(max(matches, query.offset + len(page)), SEARCH_COUNT_MAX)
+        return Listing(page, total, capped=True)
 
     def logs(
         self,

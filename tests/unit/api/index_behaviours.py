@@ -878,6 +878,114 @@ def test_a_search_checked_row_by_row_counts_its_matches_up_to_a_bound(
     assert capped(store, q="nightly")
 
 
+def minutes(count: int) -> timedelta:
+    return timedelta(minutes=count)
+
+
+def test_a_short_text_is_checked_on_the_newest_rows_then_on_all_for_a_page(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A needle no index answers (shorter than a trigram) is first checked on the newest
+    TEXT_WINDOW rows of the listing: a page found there is the answer, with the window's
+    matches as a capped total; a page that needs older rows reads them all, and a page that
+    ends the list has an exact total."""
+    feed = Feed()
+    store.apply(
+        feed.updates(
+            *(
+                partial(header(f"e{i:02}", flow_id=f"nightly{i % 2}", start=T0 + minutes(i)))
+                for i in range(12)
+            )
+        )
+    )
+    monkeypatch.setattr(sql_module, "TEXT_WINDOW", 4)  # e11, e10, e09, e08
+    newest = {"sort": "state.startDate:desc", "size": "3"}
+    assert search(store, q="Y1", **newest) == (["e11", "e09", "e07"], 3)  # 2 in the window
+    assert capped(store, q="y1", **newest)
+    assert search(store, q="y1", page="2", **newest) == (["e05", "e03", "e01"], 6)
+    assert search(store, q="y1", page="3", **newest) == ([], 6)
+    assert capped(store, q="y1", page="3", **newest)
+    assert search(store, q="y1", page="2", size="4") == (["e03", "e01"], 6)  # the end: exact
+    assert not capped(store, q="y1", page="2", size="4")
+    assert search(store, q="zz", **newest) == ([], 0)  # nothing, every row read: exact
+    assert not capped(store, q="zz", **newest)
+    assert search(store, q="e", **newest) == (["e11", "e10", "e09"], 4)  # the window's count
+    assert capped(store, q="e", **newest)
+    oldest = {"sort": "state.startDate:asc", "size": "3"}
+    assert search(store, q="y1", **oldest) == (["e01", "e03", "e05"], 3)
+    with_flow = {"filters[flowId][EQUALS]": "nightly0", **newest}
+    assert search(store, q="0", **with_flow) == (["e10", "e08", "e06"], 4)
+    monkeypatch.setattr(sql_module, "TEXT_WINDOW", 100)  # every row in the window: exact
+    assert search(store, q="y1", **newest) == (["e11", "e09", "e07"], 6)
+    assert not capped(store, q="y1", **newest)
+
+
+_SHORT_NEEDLES = ["b", "x0", "A.", "1", "ow", "zq"]
+_SHORT_FILTERS: list[tuple[str, dict[str, Any], Predicate]] = [
+    ("none", {}, lambda h: True),
+    ("prefix", {"filters[namespace][PREFIX]": "a"}, lambda h: h["namespace"].split(".")[0] == "a"),
+    ("flow", {"filters[flowId][EQUALS]": "flow2"}, lambda h: h["flowId"] == "flow2"),
+    (
+        "states",
+        {"filters[state][IN]": "FAILED,KILLED"},
+        lambda h: h["state"]["current"] in ("FAILED", "KILLED"),
+    ),
+    (
+        "since",
+        {"filters[startDate][GREATER_THAN_OR_EQUAL_TO]": _MID},
+        lambda h: _start(h) >= _MID,
+    ),
+    ("main", {"childFilter": "MAIN"}, lambda h: h["parentId"] is None),
+]
+
+
+def _has_text(h: dict[str, Any], needle: str) -> bool:
+    return any(needle.lower() in h[key].lower() for key in ("id", "namespace", "flowId"))
+
+
+@pytest.mark.parametrize(
+    ("name", "filters", "predicate"), _SHORT_FILTERS, ids=[f[0] for f in _SHORT_FILTERS]
+)
+@pytest.mark.parametrize("descending", [True, False], ids=["newest", "oldest"])
+def test_short_texts_page_as_the_scan_whatever_the_window(
+    store: Store,
+    population: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    filters: dict[str, Any],
+    predicate: Predicate,
+    descending: bool,
+) -> None:
+    """With a window of 5 rows, short needles beside other filters page exactly as the scan
+    does; a total is exact, or capped and then no more than the scan's."""
+    monkeypatch.setattr(sql_module, "TEXT_WINDOW", 5)
+    direction = "desc" if descending else "asc"
+    for needle in _SHORT_NEEDLES:
+        expected = _expected(
+            population,
+            lambda h, n=needle: predicate(h) and _has_text(h, n),  # type: ignore[misc]
+            ("state.startDate", descending),
+        )
+        seen: list[str] = []
+        for page in itertools.count(1):
+            params = {
+                "q": needle,
+                **filters,
+                "page": str(page),
+                "size": "9",
+                "sort": f"state.startDate:{direction}",
+            }
+            got, total = search(store, **params)
+            if capped(store, **params):
+                assert len(seen) + len(got) <= total <= len(expected), (needle, name)
+            else:
+                assert total == len(expected), (needle, name)
+            seen.extend(got)
+            if len(got) < 9:
+                break
+        assert seen == expected, (needle, name)
+
+
 #: Executions whose id, namespace and flow id exercise the text search: case, letters outside
 #: ASCII (which SQL's ``lower()`` leaves as they are), FTS5's quote, LIKE's wildcards and escape,
 #: and text that exists only across two columns.

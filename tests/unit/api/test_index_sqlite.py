@@ -18,8 +18,14 @@ from kestream.api.index.feed import apply_isolating
 from kestream.api.index.postgres import PostgresStore
 from kestream.api.index.purges import PurgeRecord
 from kestream.api.index.query import parse_search_params
-from kestream.api.index.sql import FTS5_TRIGRAM, LABEL_PROBE_MAX, label_probes, search_sql
-from kestream.api.index.sqlite import DEFAULT_FILE, SQLITE, SQLiteStore
+from kestream.api.index.sql import (
+    FTS5_TRIGRAM,
+    LABEL_PROBE_MAX,
+    label_probes,
+    search_sql,
+    text_window,
+)
+from kestream.api.index.sqlite import DEFAULT_FILE, SQLITE, SQLITE_TEXT_INDEX, SQLiteStore
 from kestream.api.index.store import Batch, RecordKind, Store
 from kestream.api.index.text_index import TEXT_TABLE
 from kestream.settings import Settings
@@ -361,4 +367,32 @@ def test_the_rarest_label_drives_even_beside_other_filters(tmp_path: Path) -> No
             assert first.startswith("SEARCH l USING PRIMARY KEY (key=? AND value=?)"), plan
         assert LABEL_PROBE_MAX > 12
     finally:
+        store.close()
+
+
+def test_a_short_text_reads_the_window_by_the_listing_index_and_all_rows_by_a_covering_one(
+    tmp_path: Path,
+) -> None:
+    """A needle no trigram answers: its window is a range of the start dates' index (LIMIT-ed),
+    and a page that needs every row reads the (flow, namespace, start date, id) index, never
+    the rows, while a filter on a column it lacks (the state) reads the rows as before."""
+    store = SQLiteStore(tmp_path / "index.sqlite")
+    cur = store._reader().cursor()
+    try:
+        query = parse_search_params({"q": ["zq"], "filters[namespace][EQUALS]": ["a"]})
+        window = text_window(query, SQLITE)
+        assert window is not None
+        plan = cur.execute(f"EXPLAIN QUERY PLAN {window.count}", window.count_params).fetchall()
+        assert "USE TEMP B-TREE" not in str(plan)
+        full = search_sql(query, SQLITE, covering=True)
+        assert full is not None
+        plan = cur.execute(f"EXPLAIN QUERY PLAN {full.page}", full.page_params).fetchall()
+        assert "COVERING INDEX executions_flow" in str(plan), plan
+        with_state = parse_search_params({"q": ["zq"], "state": ["FAILED"]})
+        full = search_sql(with_state, SQLITE, covering=True)
+        assert full is not None
+        assert "INDEXED BY" not in full.page
+        assert text_window(parse_search_params({"q": ["zqx"]}), SQLITE_TEXT_INDEX) is None
+    finally:
+        cur.close()
         store.close()
