@@ -64,6 +64,41 @@ export function setAuthorization(value) {
 }
 
 /**
+ * Who `header` logs in as, without its secret: the user name of `Basic` credentials, a digest
+ * of any other (a bearer token: enough to tell two apart, too short to stand for one), `""`
+ * without credentials (an open server). What the tab keeps across a login, such as a bulk
+ * action's summary, is shown again only to the same one.
+ * @param {string | null} header
+ */
+export function credentialOwner(header) {
+  if (!header) return "";
+  const basicValue = /^Basic (.*)$/.exec(header)?.[1];
+  if (basicValue !== undefined) {
+    try {
+      const text = new TextDecoder().decode(Uint8Array.from(atob(basicValue), (c) => c.charCodeAt(0)));
+      const colon = text.indexOf(":");
+      if (colon >= 0) return `user:${text.slice(0, colon)}`;
+    } catch {
+      // not base64: told apart by its digest, as a token is
+    }
+  }
+  return `digest:${fnv1a(header)}`;
+}
+
+/**
+ * FNV-1a, 32 bits: a short digest computed without `crypto.subtle` (which a page served over
+ * plain HTTP to another host does not have).
+ * @param {string} text
+ */
+function fnv1a(text) {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    hash = Math.imul(hash ^ text.charCodeAt(i), 0x01000193) >>> 0;
+  }
+  return hash.toString(16).padStart(8, "0");
+}
+
+/**
  * `Basic` credentials as the header carries them (UTF-8, then base64).
  * @param {string} username
  * @param {string} password

@@ -11,7 +11,7 @@ import { accepts, authorization, basic, setAuthorization, whenUnauthorized } fro
 import { clusterPage } from "./cluster_page.js";
 import { errorBox, fill, h } from "./dom.js";
 import { executionPage } from "./execution_page.js";
-import { executionsPage } from "./executions_page.js";
+import { executionsPage, forgetKeptSummary } from "./executions_page.js";
 import { flowPage } from "./flow_page.js";
 import { flowsPage } from "./flows_page.js";
 import { logsPage } from "./logs_page.js";
@@ -54,6 +54,7 @@ themeButton.addEventListener("click", () => {
 
 logout.addEventListener("click", () => {
   setAuthorization(null);
+  forgetKeptSummary(); // not on a 401 (below): that summary is shown after logging in again
   loggedIn = false;
   route();
 });

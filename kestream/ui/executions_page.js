@@ -15,9 +15,10 @@
  * and they and the one refused with the 401 are counted apart, to send again. A summary the
  * page could not show (it was left, by that login screen or by a link, before the last answer)
  * is kept in the tab's `sessionStorage` and shown when the executions page opens next, with
- * the executions it did not act on selected again.
+ * the executions it did not act on selected again: to the same user only (logging out forgets
+ * it; another user's login does not see it), and only if it reads as a summary.
  */
-import { ApiError, call } from "./api.js";
+import { ApiError, authorization, call, credentialOwner } from "./api.js";
 import { duration, errorBox, fill, h, stateBadge, when } from "./dom.js";
 import { RANGES, drawPager, filterField, filterForm, pageOf, selectFilter, textFilter, totalCapped, totalText } from "./list_page.js";
 
@@ -100,6 +101,52 @@ export async function eachOf(ids, act, parallel) {
  */
 
 /**
+ * A summary kept for the executions page's next visit, with who asked for the action
+ * ({@link credentialOwner}).
+ * @typedef {Summary & {owner: string}} KeptSummary
+ */
+
+/** Forget the kept summary (logging out: the next user of the tab must not act on it). */
+export function forgetKeptSummary() {
+  sessionStorage.removeItem(KEPT_SUMMARY);
+}
+
+/**
+ * The kept summary, taken out of `sessionStorage`, if `owner` asked for its action and it
+ * reads as one (the tab's storage is the page's to read, not to trust: anything else is
+ * dropped rather than stopping the page).
+ * @param {string} owner
+ * @returns {Summary | null}
+ */
+export function takeKeptSummary(owner) {
+  const text = sessionStorage.getItem(KEPT_SUMMARY);
+  if (text === null) return null;
+  sessionStorage.removeItem(KEPT_SUMMARY);
+  /** @type {unknown} */
+  let value;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (typeof value !== "object" || value === null) return null;
+  const kept = /** @type {Record<string, unknown>} */ (value);
+  const ids = (/** @type {unknown} */ list) => Array.isArray(list) && list.every((id) => typeof id === "string");
+  const refused = kept.refused;
+  const wellFormed =
+    kept.owner === owner &&
+    typeof kept.name === "string" &&
+    Object.hasOwn(BULK, kept.name) &&
+    ids(kept.done) &&
+    ids(kept.unsent) &&
+    Array.isArray(refused) &&
+    refused.every((pair) => Array.isArray(pair) && pair.length === 2 && ids(pair));
+  if (!wellFormed) return null;
+  const summary = /** @type {KeptSummary} */ (value);
+  return { name: summary.name, done: summary.done, refused: summary.refused, unsent: summary.unsent };
+}
+
+/**
  * A bulk action's summary from what each execution's request threw.
  * @param {string} name
  * @param {string[]} ids
@@ -157,6 +204,7 @@ export function executionsPage(root, _params, query) {
   const askToConfirm = (name) => {
     const action = BULK[name];
     const ids = [...selected];
+    const owner = credentialOwner(authorization()); // a 401 under the action forgets the header
     const cancel = () => {
       fill(confirmBox);
       /** @type {HTMLElement | null} */ (root.querySelector(`#bulk-${name}`))?.focus();
@@ -175,7 +223,9 @@ export function executionsPage(root, _params, query) {
       }, BULK_PARALLEL);
       const summary = summarise(name, ids, failed);
       if (stopped) {
-        sessionStorage.setItem(KEPT_SUMMARY, JSON.stringify(summary));
+        /** @type {KeptSummary} */
+        const kept = { ...summary, owner };
+        sessionStorage.setItem(KEPT_SUMMARY, JSON.stringify(kept));
         return;
       }
       for (const id of summary.done) selected.delete(id);
@@ -306,11 +356,8 @@ export function executionsPage(root, _params, query) {
   };
 
   // A summary from before a login (or another page): shown, what it did not act on selected.
-  const kept = sessionStorage.getItem(KEPT_SUMMARY);
-  if (kept) {
-    sessionStorage.removeItem(KEPT_SUMMARY);
-    /** @type {Summary} */
-    const summary = JSON.parse(kept);
+  const summary = takeKeptSummary(credentialOwner(authorization()));
+  if (summary) {
     for (const id of [...summary.refused.map(([id]) => id), ...summary.unsent]) selected.add(id);
     showSummary(summary);
   }

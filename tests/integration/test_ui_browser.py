@@ -20,6 +20,7 @@ the highlighted editor; and the logs page searching the lines of every execution
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -766,6 +767,35 @@ def test_bulk_kill_restart_and_delete_of_executions_selected_under_a_label_filte
     bulk(driver, "kill", "Kill: 1 kill requested")
     stack.wait_state(other, {"KILLED"})
     no_console_errors(driver, "the bulk action sent again after logging in")
+
+    # A kept summary is this user's only: logging out forgets it, another user's is not
+    # shown, and a value that does not read as one is dropped (the page still shows).
+    def kept_then_opened(value: object) -> None:
+        driver.execute_script(
+            "sessionStorage.setItem('kestream.bulk-summary', arguments[0]);",
+            value if isinstance(value, str) else json.dumps(value),
+        )
+        driver.get(f"{stack.base}/ui/#/executions?namespace={ns}")
+        driver.refresh()
+        text_of(driver, "#total", "1 execution")
+        assert not driver.find_elements(By.ID, "bulk-result")
+        assert driver.find_element(By.ID, "selected-count").text == ""
+
+    mine = {"name": "kill", "done": [], "refused": [], "unsent": [other]}
+    kept_then_opened('{"name": "kill", "refused": [')
+    kept_then_opened({"name": "kill", "done": [], "refused": [[other]], "unsent": []})
+    kept_then_opened({**mine, "owner": "user:someone-else"})
+    driver.execute_script(
+        "sessionStorage.setItem('kestream.bulk-summary', arguments[0]);",
+        json.dumps({**mine, "owner": f"user:{USERNAME}"}),
+    )
+    driver.find_element(By.ID, "logout").click()
+    log_in(driver, stack)  # it lands on the executions page, which shows a kept summary at once
+    assert not driver.find_elements(By.ID, "bulk-result")
+    driver.get(f"{stack.base}/ui/#/executions?namespace={ns}")
+    text_of(driver, "#total", "1 execution")
+    assert driver.find_element(By.ID, "selected-count").text == ""
+    no_console_errors(driver, "the executions page after a kept summary it did not show")
 
 
 def steps(ns: str) -> str:
