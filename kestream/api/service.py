@@ -44,6 +44,7 @@ from kestream.models.flow import Flow
 from kestream.models.ids import new_id
 from kestream.models.inputs import parse_inputs
 from kestream.models.state import StateType
+from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext
 from kestream.secrets.encryption import scope_of
 from kestream.tasks.pause import Pause
@@ -53,6 +54,10 @@ log = logging.getLogger("kestream.api")
 #: Executions this API created, answered from memory until the index has them.
 CREATED_CACHE_MAX = 10_000
 CREATED_CACHE_TTL_S = 60.0
+#: Longest a log follow waits on this API's client for the executor to call an execution over
+#: (its ``afterExecution`` tasks ended) before it reads the index again
+#: (:meth:`ApiService.logs_end`).
+AFTER_EXECUTION_WAIT_S = 30.0
 
 
 class ApiService:
@@ -67,6 +72,10 @@ class ApiService:
         #: The live follows this process serves at once (``KESTREAM_API_MAX_FOLLOWS``).
         self.follows = FollowLimit(self.settings.api_max_follows)
         self._created: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
+        #: Ended executions whose afterExecution tasks a log follow waits for: the client's
+        #: wait for the executor's word that they are over, one per execution, however many
+        #: follows poll it.
+        self._after_execution: dict[str, asyncio.Task[Any]] = {}
         #: The logs searches' own thread: a search reads up to LOG_SEARCH_SCAN_MAX lines, and
         #: searches wait for each other here rather than take the threads every other index
         #: read (pages, follows, the feed's answers) shares.
@@ -89,6 +98,8 @@ class ApiService:
         return cls(ctx, client, feed)
 
     async def stop(self) -> None:
+        for waiting in list(self._after_execution.values()):
+            await cancel_and_wait(waiting)
         await self.feed.stop()
         await self.client.close()
         await asyncio.to_thread(self._log_searches.shutdown, cancel_futures=True)
@@ -237,15 +248,42 @@ class ApiService:
                 return None  # created here, not indexed yet
         elif not StateType(state).is_terminal:
             return None
-        else:  # its afterExecution tasks may still run (and log)
-            indexed = await asyncio.to_thread(self.index.get, execution_id)
-            if indexed is not None and not self.over(indexed):
-                return None
+        elif not await self._after_execution_ended(execution_id):
+            return None  # they may still log
         try:
             return await self.feed.logs_end()
         except KafkaError as exc:  # asked again at the next poll
             log.warning("log follow: the logs topic's end is unknown for now: %s", exc)
             return None
+
+    async def _after_execution_ended(self, execution_id: str) -> bool:
+        """Whether the ``afterExecution`` tasks of an ended execution have ended, as the index
+        has it (its own view decides: the log follow reads its lines).
+
+        Asking means reading the whole execution (every task run: 10 000 of a ForEach). So once
+        the index says they still run, the execution is handed to this API's client, which
+        follows the updates topic: until the executor's update that calls it over arrives (or
+        :data:`AFTER_EXECUTION_WAIT_S` passes), a poll answers False without reading anything.
+        """
+        if execution_id in self._after_execution:
+            return False  # the executor has not called it over yet
+        indexed = await asyncio.to_thread(self.index.get, execution_id)
+        if indexed is None or self.over(indexed):
+            return True
+        self.client.seed(execution_id, indexed, terminal=False)
+        waiting = asyncio.create_task(
+            self.client.wait(execution_id, AFTER_EXECUTION_WAIT_S, until_paused=False)
+        )
+        self._after_execution[execution_id] = waiting
+        waiting.add_done_callback(functools.partial(self._after_execution_waited, execution_id))
+        return False
+
+    def _after_execution_waited(self, execution_id: str, waiting: asyncio.Task[Any]) -> None:
+        """The client's wait has ended (over, or timed out): the next poll reads the index."""
+        if self._after_execution.get(execution_id) is waiting:
+            del self._after_execution[execution_id]
+        if not waiting.cancelled():
+            waiting.exception()  # a TimeoutError: read again, not an error
 
     async def kill(self, execution: dict[str, Any]) -> None:
         """Kill the attempt of ``execution`` the caller saw (a replay cannot kill a restart)."""

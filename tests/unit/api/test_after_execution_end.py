@@ -275,6 +275,44 @@ def test_the_log_follow_waits_for_the_after_execution_tasks(run: _Run, service: 
     asyncio.run(scenario())
 
 
+def test_the_log_follow_reads_the_execution_again_only_once_the_executor_calls_it_over(
+    run: _Run, service: ApiService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[str] = []
+    get = service.index.get
+
+    def counted_get(execution_id: str, **kwargs: bool) -> dict[str, object] | None:
+        reads.append(execution_id)
+        return get(execution_id, **kwargs)
+
+    logs = {TopicPartition(service.ctx.topics.logs, 0): 7}
+
+    async def logs_end() -> dict[TopicPartition, int]:
+        return logs
+
+    monkeypatch.setattr(service.index, "get", counted_get)
+    monkeypatch.setattr(service.feed, "logs_end", logs_end)
+
+    async def scenario() -> None:
+        updates = TopicPartition(service.ctx.topics.updates, 0)
+        await service.feed._handle({updates: [_Record(0, run.id.encode(), run.during)]})
+        for _ in range(5):  # the follow's polls while the afterExecution Pause waits
+            assert await service.logs_end(run.id) is None
+        assert reads == [run.id]  # the whole execution read once, not at every poll
+        await service.feed._handle({updates: [_Record(1, run.id.encode(), run.after)]})
+        service.client._on_update(_Record(1, run.id.encode(), run.after))  # the executor: over
+        marks = None
+        for _ in range(20):  # the client's wait hands over within the loop's next turns
+            marks = await service.logs_end(run.id)
+            if marks is not None:
+                break
+            await asyncio.sleep(0)
+        assert marks == logs
+        assert reads == [run.id, run.id]
+
+    asyncio.run(scenario())
+
+
 def _kind_and_state(frame: bytes) -> tuple[str, str]:
     lines = frame.decode().splitlines()
     kind = next(line[4:] for line in lines if line.startswith("id: "))
