@@ -137,6 +137,19 @@ COMMIT_EVERY_S = 1.0
 Batch = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
 
 
+class ChangelogLayoutRange(RangePartitionAssignor):
+    """Kafka's range assignment under a protocol name that says which changelog layouts the
+    member writes. The versions before the whole-execution record and the lanes left to
+    recovery (:mod:`kestream.executor.codec`) cannot read what this one writes, and offered
+    ``range``: sharing no protocol, their members and this version's cannot be in one group
+    (this version reads theirs: a group of its own takes their changelog over). The one who
+    joins a group the others hold is refused (``INCONSISTENT_GROUP_PROTOCOL``, fatal to
+    aiokafka: its processor stops loudly) instead of taking over partitions whose changelog it
+    cannot read. Renamed again whenever the layouts change that way."""
+
+    name = "range-changelog-2"
+
+
 #: The executor group's assignor: range only, so every input's partition ``p`` goes to one
 #: processor whatever their number, on every broker. aiokafka (up to 0.14 at least,
 #: aio-libs/aiokafka#1168) sends one JoinGroup per assignor offered, each with one more
@@ -145,7 +158,10 @@ Batch = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
 #: finished a join); Tansu held such a member for a second join round. So round robin is not
 #: offered second for members of older versions that offered nothing else: a rolling upgrade
 #: from such a version stops all executors first.
-EXECUTOR_ASSIGNORS: tuple[type[AbstractPartitionAssignor], ...] = (RangePartitionAssignor,)
+#:
+#: The range assignment goes under a protocol name of its own, named after the changelog
+#: layouts its members write (:class:`ChangelogLayoutRange`).
+EXECUTOR_ASSIGNORS: tuple[type[AbstractPartitionAssignor], ...] = (ChangelogLayoutRange,)
 
 
 class ExecutorService:
