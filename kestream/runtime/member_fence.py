@@ -1,7 +1,7 @@
 """Whether a consumer group member may still act for the partitions the group assigned it.
 
 A member the group has expelled (its session expired while the process was frozen: SIGSTOP, a
-paused VM, a loop held for longer than the session) learns it only from its next heartbeat or
+cgroup freeze, a loop held for longer than the session) learns it only from its next heartbeat or
 commit. Until then its consumer goes on fetching records of partitions that are now another
 member's, and whatever it writes from the state it holds lands after what the new owner wrote
 since: changelog records that bring back the state of executions the new owner ended, jobs and
@@ -38,6 +38,10 @@ timer of the event loop. A process woken from a freeze runs its expired timers i
 fell due, and this one falls due often, so it runs on the loop's first turn after the wake, before
 the task woken by a later timer takes its next step: a task cancelled then never takes it (a
 Sleep does not end, its effect does not happen). Work in threads or processes is out of reach.
+
+The clock is the process's monotonic clock: a paused virtual machine's stops too (KVM/QEMU stop
+the guest's clock while it is paused), so a VM paused past its session sees neither silence nor
+a stall and is not fenced; exactly-once on Apache Kafka is the fence for that (docs/brokers.md).
 """
 
 from __future__ import annotations
