@@ -422,7 +422,7 @@ class ExecutorService:
             async with self._lock:
                 if generation != self._generation:
                     batch = await self._fetch_again(batch)
-                if await self._lapsed():
+                if await self._lapsed() or self._rejoining:
                     continue  # out of the group, maybe: nothing stepped from the state held
                 await self._prepare(batch)
                 out: Outboxes = PartitionOutboxes() if self.writer.transactions else Outbox()

@@ -136,10 +136,12 @@ class RecordWriter:
         written = Written()
         changelog = self.topics.changelog
         self.coalesce(out)
-        acks = await self.produce(out.commands + self.carried, written.refused)
+        recs = out.commands + self.carried
+        acks = await self.produce(recs, written.refused) if recs else []  # (no gate to pass)
         self.carried = [(changelog, *r) for r in out.changelog] + out.tables
-        if not carry:
+        if not carry and self.carried:
             acks += await self.produce(self.carried, written.refused)
+        if not carry:
             self.carried = []
         self._checkpoints(acks, written)
         return written

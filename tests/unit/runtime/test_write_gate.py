@@ -180,14 +180,15 @@ def test_an_expulsion_told_by_aiokafka_while_the_loop_turns_is_fenced() -> None:
     generation. The next cycle writes nothing (neither its commands nor the carried changelog),
     commits nothing, drops the state and rejoins; the revocation that follows writes nothing."""
     service, clock, coordinator, producer = _executor()
-    consumer = _GroupConsumer(service, _created(service, "e2", 7))
+    consumer = _GroupConsumer(service, _created(service, "e2", 7), _created(service, "e3", 8))
     service._consumer = consumer
     clock.now += 1.0  # well within the session: no lapse, no doubt
-    coordinator.reset_generation()
+    coordinator.reset_generation()  # (asks aiokafka to rejoin: one)
     asyncio.run(service._loop())
     assert producer.sent == [] and consumer.commits == []
     assert service.states == {} and service.owned == set() and not service.writer.carried
     assert consumer.paused == consumer.parts and not service.ready.is_set()
+    assert coordinator.rejoins == 2  # the executor's own, once: the next batch is not stepped
     assert service.parked.take(0, 0.0) is None
     asyncio.run(service.revoked({0, 1}))
     assert producer.sent == []
@@ -270,3 +271,14 @@ async def test_a_write_held_while_unconfirmed_is_refused_once_aiokafka_says_expe
 def test_without_a_group_the_gate_is_open() -> None:
     assert WriteGate().closed() is None
     asyncio.run(WriteGate().passing())
+
+
+def test_a_cycle_with_nothing_to_write_passes_no_gate() -> None:
+    """An idle cycle neither waits at a closed gate (the executor's lock would be held for
+    nothing) nor is refused: nothing of it could land anywhere."""
+    service, clock, _, producer = _executor()
+    service.writer.carried = []
+    clock.now += SESSION_S + 1.0  # unconfirmed (and, unguarded, lapsed): the gate is closed
+    assert service.writer.gate.closed() is not None
+    written = asyncio.run(service.writer.write(Outbox(), carry=False))
+    assert written.checkpoints == {} and producer.sent == []
