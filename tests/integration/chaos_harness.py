@@ -38,6 +38,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -50,9 +52,13 @@ from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from kestream.client import Client
+from kestream.executor import codec
+from kestream.executor.events import WorkerResult
 from kestream.runtime.embedded_broker import die_with_parent
 from kestream.runtime.kafka import make_consumer
+from kestream.runtime.records import decode_event
 from kestream.runtime.supervisor import role_command
+from kestream.runtime.tansu_compat import fetch_highwaters
 from kestream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +71,7 @@ _CLAIMS = {
     "executor": re.compile(r"executor owns partitions \[([\d, ]*)\]"),
     "worker": re.compile(r"worker: partitions assigned: \[([\d, ]*)\]"),
 }
+_HEALTH = re.compile(r"/metrics and /health on (http://[\w.:\[\]]+)")
 _STARTED = re.compile(r"(executor|worker|scheduler) started \(broker")
 
 
@@ -127,6 +134,23 @@ class Role:
         if not claims:
             return None
         return {int(p) for p in claims[-1].split(",") if p.strip()}
+
+    def health(self) -> dict[str, Any]:
+        """This process's ``/health/live`` details (its address is in its start line)."""
+        found = _HEALTH.search(self.log_path.read_text(errors="replace"))
+        assert found is not None, f"{self.label} logged no health address"
+        try:
+            with urllib.request.urlopen(found.group(1) + "/health/live", timeout=10) as response:
+                body = response.read()
+        except urllib.error.HTTPError as exc:  # 503: not live, the details still say why
+            body = exc.read()
+        details: dict[str, Any] = json.loads(body)
+        return details
+
+    def claims(self) -> int:
+        """How many claims of partitions this process logged so far."""
+        pattern = _CLAIMS[self.name]
+        return len(pattern.findall(self.log_path.read_text(errors="replace")))
 
 
 @dataclass
@@ -251,6 +275,46 @@ class Cluster:
         self.kills.append(kill)
         return kill
 
+    def freeze(self, role: Role) -> Kill:
+        """SIGSTOP ``role`` now (a zombie: alive, but neither heartbeating nor writing until
+        :meth:`thaw`); recorded as a kill, with the partitions it owned then."""
+        partitions = role.claimed() or set()
+        at = time.time()
+        role.proc.send_signal(signal.SIGSTOP)
+        kill = Kill(at, f"{role.label} (SIGSTOP)", role.proc.pid, partitions)
+        self.kills.append(kill)
+        return kill
+
+    def thaw(self, role: Role) -> None:
+        """SIGCONT a role :meth:`freeze` stopped."""
+        role.proc.send_signal(signal.SIGCONT)
+
+    async def taken_over(self, frozen: Role) -> None:
+        """Until the other processes of ``frozen``'s role claim every partition between them:
+        the group has expelled the frozen one and handed its partitions on."""
+        every = set(range(self.settings.partitions))
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            others = [r for r in self.live(frozen.name) if r is not frozen]
+            if set().union(*(r.claimed() or set() for r in others)) == every:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{frozen.label}'s partitions never handed on")
+            await asyncio.sleep(0.2)
+
+    async def reclaimed(self, role: Role, claims_before: int) -> None:
+        """Until ``role`` logged a claim of partitions after its ``claims_before`` first ones
+        (it rejoined its group), and the live processes of its role cover every partition."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while role.claims() <= claims_before or not self._covered():
+            code = role.proc.poll()
+            if code is not None:
+                tail = role.log_path.read_text(errors="replace")[-3000:]
+                raise AssertionError(f"{role.label} exited with {code}:\n{tail}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{role.label} never rejoined its group")
+            await asyncio.sleep(0.2)
+
     def kill_random(self, name: str, rng: random.Random) -> Role:
         role = rng.choice(self.live(name))
         self.kill(role)
@@ -302,6 +366,58 @@ class Cluster:
         finally:
             await consumer.stop()
         path.write_text("\n".join(lines) + "\n")
+
+    async def _read_whole(self, name: str) -> list[Any]:
+        """Every record of the topic ``name`` (a kestream topic of this cluster), in offset
+        order per partition."""
+        settings = self.settings
+        kind = self.require_client().ctx.kind
+        consumer = make_consumer(settings, self.bootstrap, kind, group_id=None)
+        await consumer.start()
+        found: list[Any] = []
+        try:
+            topic = settings.topic(name)
+            parts = [TopicPartition(topic, p) for p in range(settings.partitions)]
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            ends = await fetch_highwaters(consumer, parts)
+            while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+                batch = await consumer.getmany(timeout_ms=500)
+                if not batch:
+                    break
+                found += [r for recs in batch.values() for r in recs]
+        finally:
+            await consumer.stop()
+        return found
+
+    async def stale_states(self, execution_ids: Iterable[str]) -> dict[str, list[str]]:
+        """The executions of ``execution_ids`` (all ended) whose state the changelog still
+        holds: keys whose latest record is not a tombstone, their ended marker aside. An
+        ended execution's keys are all tombstoned by its end; a key alive after that was
+        written by a member that stepped it from an older state (a zombie), and a recovery
+        would load the execution as in flight."""
+        wanted = set(execution_ids)
+        latest: dict[str, bytes | None] = {}
+        for rec in await self._read_whole("executor-state-changelog"):
+            latest[rec.key.decode()] = rec.value
+        stale: dict[str, list[str]] = defaultdict(list)
+        for key, value in latest.items():
+            execution_id = codec.execution_of(key)
+            if execution_id in wanted and value is not None and key != execution_id + codec.ENDED:
+                stale[execution_id].append(key)
+        return dict(stale)
+
+    async def conflicting_results(self) -> dict[tuple[str, str], int]:
+        """Task runs answered by worker-results records that differ, with how many different
+        answers. The same answer twice is by design (a worker answers a job it finished and
+        reads again, after a rebalance, with the record it produced, byte for byte, and the
+        executor applies one result per attempt); two different ones are two outcomes."""
+        answers: dict[tuple[str, str], set[bytes]] = defaultdict(set)
+        for rec in await self._read_whole("worker-results"):
+            event = decode_event(rec.value)
+            if isinstance(event, WorkerResult):
+                answers[(event.execution_id, event.task_run_id)].add(rec.value)
+        return {run: len(values) for run, values in answers.items() if len(values) > 1}
 
     def errors(self, limit: int = 8) -> list[str]:
         """ERROR lines of every role log (a reason to read when a count is off)."""
