@@ -246,9 +246,9 @@ class Settings(BaseSettings):
         default=12.0,
         gt=0,
         description="KESTREAM_EXECUTOR_CHECKPOINT_MAX_AGE_H: an older checkpoint is not used "
-        "(a full read instead). Keep it below the changelog topic's delete.retention.ms "
-        "(a day by default): the broker drops a tombstone that long after compacting it, and "
-        "a read from an older checkpoint would miss the deletion.",
+        "(a full read instead); the changelog topic's delete.retention.ms (a day by default) "
+        "lowers it where the broker reports it: the broker drops a tombstone that long after "
+        "compacting it, and a read from an older checkpoint would miss the deletion.",
     )
     render_timeout_ms: int = Field(
         default=1000,

@@ -47,7 +47,7 @@ from kestream.executor import codec
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.state import ExecutionState
 from kestream.runtime.aio import paced
-from kestream.runtime.changelog_checkpoints import Checkpoint, RawFold, fingerprint
+from kestream.runtime.changelog_checkpoints import Checkpoint, RawFold
 from kestream.runtime.changelog_fold import ExecutionRecords, PartitionRead, decode_record
 from kestream.runtime.compacted import RecordSink, read_partitions
 from kestream.runtime.context import BrokerContext
@@ -146,8 +146,8 @@ class _FoldedRead:
 
     read: PartitionRead
     fold: RawFold
-    #: The checkpoint's last record (offset, fingerprint), expected first; None once seen.
-    expect: tuple[int, str] | None = None
+    #: The checkpoint's last record is expected first (:meth:`RawFold.is_last`); False once seen.
+    expect: bool = False
     refused: bool = False
     read_records: int = 0
     checkpoint_records: int = 0
@@ -210,24 +210,24 @@ class ChangelogRestorer:
     async def _read_from(
         self, partitions: set[int], checkpoints: Mapping[int, Checkpoint]
     ) -> tuple[dict[int, _FoldedRead], dict[int, int]]:
-        reads: dict[int, _FoldedRead] = {}
-        start: dict[int, int] = {}
-        for p in partitions:
-            cp = checkpoints.get(p)
-            if cp is None:
-                reads[p] = _FoldedRead(PartitionRead(), RawFold())
-                continue
-            reads[p] = _FoldedRead(cp.decoded(), cp.raw(), (cp.last_offset, cp.last_print))
-            reads[p].checkpoint_records = cp.records()
-            start[p] = cp.last_offset  # that record again: it must be the one folded last
+        used = {p: cp for p, cp in checkpoints.items() if p in partitions}
+
+        def from_files() -> dict[int, _FoldedRead]:  # parses and copies: not on the event loop
+            reads = {p: _FoldedRead(PartitionRead(), RawFold()) for p in partitions - set(used)}
+            for p, cp in used.items():
+                reads[p] = _FoldedRead(cp.decoded(), cp.raw(), expect=True)
+                reads[p].checkpoint_records = cp.records()
+            return reads
+
+        reads = await asyncio.to_thread(from_files)
+        # Each checkpoint's last record again: it must be the one folded last.
+        start = {p: cp.last_offset for p, cp in used.items()}
 
         def keep(rec: ConsumerRecord[Any, Any]) -> None:
             r = reads[rec.partition]
-            if r.expect is not None:
-                offset, print_ = r.expect
-                r.expect = None
-                if rec.offset != offset or fingerprint(rec.key, rec.value) != print_:
-                    r.refused = True
+            if r.expect:
+                r.expect = False
+                r.refused = not r.fold.is_last(rec)
                 return
             if r.refused:
                 return
@@ -239,7 +239,7 @@ class ChangelogRestorer:
 
         ends = await self._read_with(partitions, start, keep)
         for r in reads.values():
-            if r.expect is not None:  # the log ends before the checkpoint's last record
+            if r.expect:  # the log ends before the checkpoint's last record
                 r.refused = True
         return reads, ends
 

@@ -7,9 +7,13 @@ No broker: the changelog is a list of records, the recovery's broker read answer
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import random
+import threading
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +31,10 @@ from kestream.runtime.changelog_checkpoints import (
     CheckpointStore,
     RawFold,
     checkpoint_follower,
+    checkpoint_scope,
     decode,
     encode,
+    fingerprint,
 )
 from kestream.runtime.changelog_fold import PartitionRead, decode_record
 from kestream.runtime.changelog_restorer import ChangelogRestorer, RecordSink, Recovered
@@ -52,15 +58,17 @@ def _no_admission_slots(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ChangelogRestorer, "_read_table", empty)
 
 
-def _rec(offset: int, key: bytes | None, value: bytes | None, partition: int = 0) -> Any:
-    return ConsumerRecord(TOPIC, partition, offset, 0, 0, key, value, None, 0, 0, [])
+def _rec(
+    offset: int, key: bytes | None, value: bytes | None, partition: int = 0, timestamp: int = 0
+) -> Any:
+    return ConsumerRecord(TOPIC, partition, offset, timestamp, 0, key, value, None, 0, 0, [])
 
 
-def _raw_fold(log: Log, upto: int) -> RawFold:
-    """The follower's fold of the first ``upto`` records."""
+def _raw_fold(log: Log, upto: int, partition: int = 0) -> RawFold:
+    """The follower's fold of the first ``upto`` records of ``partition``."""
     fold = RawFold()
     for offset, (key, value) in enumerate(log[:upto]):
-        rec = _rec(offset, key, value)
+        rec = _rec(offset, key, value, partition)
         fold.add(rec, decode_record(rec))
     return fold
 
@@ -89,10 +97,12 @@ def _checkpoint(log: Log, upto: int, written_at: float = 1e9) -> Checkpoint:
     return decode(encode(TOPIC, 0, _raw_fold(log, upto), written_at), TOPIC, 0)
 
 
-def _restorer(logs: Mapping[int, Log], log_start: int = 0) -> tuple[ChangelogRestorer, list[int]]:
+def _restorer(
+    logs: Mapping[int, Log], log_start: int = 0, timestamp: int = 0
+) -> tuple[ChangelogRestorer, list[int]]:
     """A restorer whose changelog partitions are ``logs``, their records before ``log_start``
     deleted (a read from before it starts there, as a consumer reset to the earliest offset
-    does); the second value lists the records each read gave."""
+    does), each written at ``timestamp``; the second value lists the records each read gave."""
     registry = _processor().registry
     settings = Settings(broker="unused:9092")
     ctx = BrokerContext(settings, "unused:9092", "tansu", Topics.of(settings))
@@ -106,12 +116,25 @@ def _restorer(logs: Mapping[int, Log], log_start: int = 0) -> tuple[ChangelogRes
             log = logs[p]
             for offset in range(max(start.get(p, 0), log_start), len(log)):
                 key, value = log[offset]
-                keep(_rec(offset, key, value, p))
+                keep(_rec(offset, key, value, p, timestamp))
                 given.append(p)
         return {p: len(logs[p]) for p in partitions}
 
     restorer._read_with = read_with  # type: ignore[method-assign]
     return restorer, given
+
+
+def _recover_from(
+    restorer: ChangelogRestorer, partitions: set[int], checkpoints: Mapping[int, Checkpoint]
+) -> tuple[dict[int, Recovered], dict[int, int]]:
+    """``restorer.recover_from`` run to its end, in a loop of its own (the restorer's stop
+    event is made anew in it: the tests run one restorer in several loops)."""
+
+    async def recover() -> tuple[dict[int, Recovered], dict[int, int]]:
+        restorer.stopping = asyncio.Event()
+        return await restorer.recover_from(partitions, checkpoints)
+
+    return asyncio.run(recover())
 
 
 def _state(found: Recovered) -> Any:
@@ -214,14 +237,14 @@ def _real_changelogs() -> list[Log]:
 def test_recovery_from_any_checkpoint_gives_what_a_full_read_gives() -> None:
     for log in _real_changelogs():
         restorer, given = _restorer({0: log})
-        full, ends = asyncio.run(restorer.recover_from({0}, {}))
+        full, ends = _recover_from(restorer, {0}, {})
         assert ends == {0: len(log)} and full[0].read_records == len(log)
         # ... and what the plain recovery gives
         plain, _ = asyncio.run(_plain(restorer, log))
         assert _state(plain[0]) == _state(full[0])
         for upto in range(1, len(log) + 1):
             given.clear()
-            found, _ = asyncio.run(restorer.recover_from({0}, {0: _checkpoint(log, upto)}))
+            found, _ = _recover_from(restorer, {0}, {0: _checkpoint(log, upto)})
             assert _state(found[0]) == _state(full[0]), f"checkpoint after {upto} records"
             assert len(given) == len(log) - upto + 1  # its last record again, then the tail
             assert found[0].read_records == len(log) - upto
@@ -239,11 +262,11 @@ async def _plain(restorer: ChangelogRestorer, log: Log) -> tuple[dict[int, Recov
 def test_the_fold_recovery_hands_over_checkpoints_the_same_state() -> None:
     (log, *_) = _real_changelogs()
     restorer, _ = _restorer({0: log})
-    full, _ = asyncio.run(restorer.recover_from({0}, {}))
+    full, _ = _recover_from(restorer, {0}, {})
     fold = full[0].fold
     assert fold is not None
     again = decode(encode(TOPIC, 0, fold, 1e9), TOPIC, 0)
-    found, _ = asyncio.run(restorer.recover_from({0}, {0: again}))
+    found, _ = _recover_from(restorer, {0}, {0: again})
     assert _state(found[0]) == _state(full[0]) and found[0].read_records == 0
     assert found[0].checkpoint_records == again.records() > 0
 
@@ -253,7 +276,7 @@ def test_a_checkpoint_of_another_log_is_refused_and_the_partition_read_whole(
 ) -> None:
     first, second, *_ = _real_changelogs()
     restorer, given = _restorer({0: second})
-    full, _ = asyncio.run(restorer.recover_from({0}, {}))
+    full, _ = _recover_from(restorer, {0}, {})
     for upto in (1, len(first) // 2, len(first)):
         if upto > len(second):
             continue
@@ -262,7 +285,7 @@ def test_a_checkpoint_of_another_log_is_refused_and_the_partition_read_whole(
         if first[upto - 1] == second[upto - 1]:
             continue  # the same record at that offset: not a different log there
         with caplog.at_level(logging.WARNING, "kestream.executor"):
-            found, _ = asyncio.run(restorer.recover_from({0}, {0: cp}))
+            found, _ = _recover_from(restorer, {0}, {0: cp})
         assert _state(found[0]) == _state(full[0])
         assert found[0].read_records == len(second) and found[0].checkpoint_records == 0
         assert "do not match their changelog" in caplog.text
@@ -272,8 +295,8 @@ def test_a_checkpoint_past_the_end_of_the_log_is_refused() -> None:
     (log, *_) = _real_changelogs()
     short = log[: len(log) // 2]
     restorer, _ = _restorer({0: short})
-    full, _ = asyncio.run(restorer.recover_from({0}, {}))
-    found, _ = asyncio.run(restorer.recover_from({0}, {0: _checkpoint(log, len(log))}))
+    full, _ = _recover_from(restorer, {0}, {})
+    found, _ = _recover_from(restorer, {0}, {0: _checkpoint(log, len(log))})
     assert _state(found[0]) == _state(full[0]) and found[0].read_records == len(short)
 
 
@@ -283,19 +306,78 @@ def test_a_checkpoint_from_before_the_log_start_is_refused() -> None:
     from; the partition is read from where it now starts, as a read from 0 would be."""
     (log, *_) = _real_changelogs()
     restorer, given = _restorer({0: log}, log_start=len(log) // 2)
-    full, _ = asyncio.run(restorer.recover_from({0}, {}))
+    full, _ = _recover_from(restorer, {0}, {})
     given.clear()
-    found, _ = asyncio.run(restorer.recover_from({0}, {0: _checkpoint(log, len(log) // 3)}))
+    found, _ = _recover_from(restorer, {0}, {0: _checkpoint(log, len(log) // 3)})
     assert _state(found[0]) == _state(full[0]) and found[0].checkpoint_records == 0
     assert found[0].read_records == len(log) - len(log) // 2
+
+
+def test_the_fingerprint_tells_where_and_when_a_record_was_written() -> None:
+    """The same key and value are the same bytes each time a tombstone or a step is written
+    again; where and when it was written tell the records apart."""
+    rec = _rec(5, b"e1!", None)
+    assert fingerprint(rec) == fingerprint(_rec(5, b"e1!", None))
+    others = [
+        _rec(5, b"e1!", None, timestamp=1),
+        _rec(5, b"e1!", None, partition=1),
+        dataclasses.replace(rec, topic="other-changelog"),
+        dataclasses.replace(rec, timestamp_type=1),
+        _rec(5, b"e1!", b"null"),
+        _rec(5, b"e2!", None),
+    ]
+    assert len({fingerprint(r) for r in [rec, *others]}) == 1 + len(others)
+
+
+def test_a_checkpoint_whose_last_record_was_written_again_the_same_is_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The log truncated below a checkpoint and written again with the same bytes (a replay
+    of the same executions): only the records' times differ, and the checkpoint, which holds
+    records the new log lost, is refused."""
+    (log, *_) = _real_changelogs()
+    restorer, _ = _restorer({0: log}, timestamp=1)
+    full, _ = _recover_from(restorer, {0}, {})
+    with caplog.at_level(logging.WARNING, "kestream.executor"):
+        found, _ = _recover_from(restorer, {0}, {0: _checkpoint(log, len(log) - 2)})
+    assert "do not match their changelog" in caplog.text
+    assert found[0].checkpoint_records == 0 and found[0].read_records == len(log)
+    assert _state(found[0]) == _state(full[0])
+    assert found[0].fold is not None and not found[0].fold.from_file
+
+
+def test_recovery_makes_its_folds_from_a_checkpoint_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A checkpoint's entries are parsed again and copied for each fold made from them: in a
+    thread, not on the loop that carries every role's heartbeats."""
+    (log, *_) = _real_changelogs()
+    cp = _checkpoint(log, len(log) - 2)
+    on: list[str] = []
+    decoded, raw = Checkpoint.decoded, Checkpoint.raw
+
+    def noting_decoded(self: Checkpoint) -> PartitionRead:
+        on.append(threading.current_thread().name)
+        return decoded(self)
+
+    def noting_raw(self: Checkpoint) -> RawFold:
+        on.append(threading.current_thread().name)
+        return raw(self)
+
+    monkeypatch.setattr(Checkpoint, "decoded", noting_decoded)
+    monkeypatch.setattr(Checkpoint, "raw", noting_raw)
+    restorer, _ = _restorer({0: log})
+    found, _ = _recover_from(restorer, {0}, {0: cp})
+    assert found[0].read_records == 2 and found[0].fold is not None and found[0].fold.from_file
+    assert len(on) == 2 and threading.main_thread().name not in on, on
 
 
 def test_partitions_with_and_without_checkpoints_recover_together() -> None:
     one, two, *_ = _real_changelogs()
     restorer, _ = _restorer({0: one, 1: two})
-    full, _ = asyncio.run(restorer.recover_from({0, 1}, {}))
+    full, _ = _recover_from(restorer, {0, 1}, {})
     cp = _checkpoint(one, len(one) - 3)
-    found, ends = asyncio.run(restorer.recover_from({0, 1}, {0: cp}))
+    found, ends = _recover_from(restorer, {0, 1}, {0: cp})
     assert ends == {0: len(one), 1: len(two)}
     assert _state(found[0]) == _state(full[0]) and _state(found[1]) == _state(full[1])
     assert (found[0].read_records, found[1].read_records) == (3, len(two))
@@ -372,6 +454,87 @@ def test_a_checkpoint_older_than_the_max_age_is_ignored(
     assert "MAX_AGE_H" in caplog.text
 
 
+def test_a_checkpoint_written_in_the_future_is_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A clock set back makes an old file look young: one from the future is refused."""
+    store = _store(tmp_path, max_age_s=3600)
+    store.write(0, _raw_fold(_real_changelogs()[0], 10))
+    written_at = decode(store.path(0).read_bytes(), TOPIC, 0).written_at
+    assert store.load(0, now=written_at - 1) is not None  # within the slack
+    with caplog.at_level(logging.WARNING, "kestream.executor"):
+        assert store.load(0, now=written_at - checkpoints.CLOCK_SLACK_S - 1) is None
+    assert "in the future" in caplog.text
+
+
+def test_the_temporary_files_of_killed_writes_are_swept(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.write(0, _raw_fold(_real_changelogs()[0], 10))
+    stray, fresh = store.directory / "0.ckpt#123456", store.directory / "1.ckpt#654321"
+    for path in (stray, fresh):
+        path.write_bytes(b"half a checkpoint")
+    now = stray.stat().st_mtime + checkpoints.STRAY_AFTER_S + 1
+    os.utime(fresh, (now, now))  # a write under way in another process
+    assert store.sweep(now=now) == 1
+    assert sorted(p.name for p in store.directory.iterdir()) == ["0.ckpt", fresh.name]
+    assert store.load(0) is not None
+
+
+class _Metadata:
+    """A consumer whose broker's Metadata names ``cluster_id``."""
+
+    def __init__(self, cluster_id: str | None) -> None:
+        self._client = self
+        self.cluster_id = cluster_id
+
+    async def force_metadata_update(self) -> bool:
+        return True
+
+    def get_random_node(self) -> int:
+        return 1
+
+    async def send(self, node: int, request: Any) -> Any:
+        return self
+
+
+@pytest.mark.parametrize(
+    ("embedded", "cluster_id", "from_standalone", "durable", "scope"),
+    [
+        (False, "Xq3vN0kLTpaxVb4R0cpfRw", False, True, "Xq3vN0kLTpaxVb4R0cpfRw"),
+        (False, "tansu_cluster", False, True, "tansu_cluster-broker.example_9092"),
+        (False, None, False, True, "cluster-broker.example_9092"),
+        (True, "kestream_embedded", False, True, "embedded-broker.example_9092"),
+        (True, "kestream_embedded", True, True, "standalone"),
+        (True, "kestream_embedded", True, False, "embedded-broker.example_9092"),
+    ],
+)
+def test_checkpoints_are_kept_apart_by_the_broker_they_are_of(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    embedded: bool,
+    cluster_id: str | None,
+    from_standalone: bool,
+    durable: bool,
+    scope: str,
+) -> None:
+    """Two installations on one data dir and topic prefix (``kestream run`` or tests beside a
+    standalone, two clusters) never read or write over each other's files; a durable
+    standalone's broker, on a new port at each start, keeps its files."""
+    settings = Settings(
+        broker="broker.example:9092", data_dir=str(tmp_path), standalone_durable=durable
+    )
+    ctx = BrokerContext(
+        settings, "broker.example:9092", "tansu", Topics.of(settings), embedded=embedded
+    )
+    monkeypatch.setattr(checkpoints, "broker_wait_s", lambda: 0.5 if from_standalone else None)
+    assert asyncio.run(checkpoint_scope(ctx, _Metadata(cluster_id))) == scope
+    follower = checkpoint_follower(ctx)
+    assert follower is not None
+    follower.store.scope = scope
+    topic = ctx.topics.changelog
+    assert follower.store.path(3) == tmp_path / "executor-checkpoints" / scope / topic / "3.ckpt"
+
+
 def test_checkpoints_are_off_at_zero_and_live_under_the_data_dir(tmp_path: Path) -> None:
     settings = Settings(broker="unused:9092", data_dir=str(tmp_path))
     ctx = BrokerContext(settings, "unused:9092", "tansu", Topics.of(settings))
@@ -396,21 +559,39 @@ class _Consumer:
         self.paused = list(tps)
 
 
+@dataclass
+class _Broker:
+    """The changelog a fake follower reads: each partition's records, the offset its log
+    starts at (a read from before it starts there, as a consumer reset to the earliest offset
+    does) and the time its records were written."""
+
+    logs: dict[int, Log]
+    starts: dict[int, int] = field(default_factory=dict)
+    stamps: dict[int, int] = field(default_factory=dict)
+
+
 def _follower(
-    tmp_path: Path, logs: dict[int, Log], monkeypatch: pytest.MonkeyPatch, min_records: int
+    tmp_path: Path,
+    logs: dict[int, Log] | _Broker,
+    monkeypatch: pytest.MonkeyPatch,
+    min_records: int,
 ) -> CheckpointFollower:
-    """A follower whose changelog reads answer from ``logs`` (which the test may extend)."""
+    """A follower whose changelog reads answer from ``logs`` (which the test may change)."""
     settings = Settings(broker="unused:9092", data_dir=str(tmp_path))
     ctx = BrokerContext(settings, "unused:9092", "tansu", Topics.of(settings))
     follower = CheckpointFollower(ctx, _store(tmp_path), every_s=1, min_records=min_records)
+    broker = logs if isinstance(logs, _Broker) else _Broker(logs)
 
     async def read_partitions(
         consumer: Any, tps: list[TopicPartition], keep: RecordSink, *, start: Any, **_: Any
     ) -> dict[TopicPartition, int]:
         for tp in tps:
-            for offset in range(start[tp], len(logs[tp.partition])):
-                keep(_rec(offset, *logs[tp.partition][offset], tp.partition))
-        return {tp: len(logs[tp.partition]) for tp in tps}
+            p = tp.partition
+            log, stamp = broker.logs[p], broker.stamps.get(p, 0)
+            first = start[tp] if start[tp] < len(log) else len(log)  # at or past the end: none
+            for offset in range(max(first, broker.starts.get(p, 0)), len(log)):
+                keep(_rec(offset, *log[offset], p, stamp))
+        return {tp: len(broker.logs[tp.partition]) for tp in tps}
 
     monkeypatch.setattr(checkpoints, "read_partitions", read_partitions)
     follower._consumer = _Consumer()  # read_partitions is the fake
@@ -425,7 +606,7 @@ def test_the_follower_writes_a_checkpoint_once_enough_records_came_and_at_the_en
     logs = {0: log[:half]}
     follower = _follower(tmp_path, logs, monkeypatch, min_records=half)
     restorer, _ = _restorer({0: logs[0]})
-    found, _ = asyncio.run(restorer.recover_from({0}, {}))
+    found, _ = _recover_from(restorer, {0}, {})
     assert found[0].fold is not None
     follower.follow(0, found[0].fold)
     found[0].fold.since = 0  # what recovery read is in no checkpoint yet, counted from here
@@ -441,8 +622,8 @@ def test_the_follower_writes_a_checkpoint_once_enough_records_came_and_at_the_en
     cp = follower.store.load(0)
     assert cp is not None and cp.last_offset == len(log) - 1
     restorer, _ = _restorer({0: log})
-    full, _ = asyncio.run(restorer.recover_from({0}, {}))
-    from_cp, _ = asyncio.run(restorer.recover_from({0}, {0: cp}))
+    full, _ = _recover_from(restorer, {0}, {})
+    from_cp, _ = _recover_from(restorer, {0}, {0: cp})
     assert _state(from_cp[0]) == _state(full[0]) and from_cp[0].read_records == 0
     written = follower.written
     asyncio.run(follower.turn(final=True))
@@ -469,6 +650,97 @@ def test_a_parked_partition_is_followed_again_from_where_it_was_left(
     cp = follower.store.load(0)
     assert cp is not None and cp.last_offset == len(log) - 1
     assert _values(cp.raw().read) == _values(_raw_fold(log, len(log)).read)
+
+
+def _long_log(seed: int = 3) -> Log:
+    return _synthetic(random.Random(seed), 60)
+
+
+def _recreated(broker: _Broker) -> None:
+    broker.logs[0] = _long_log(seed=4)[:40]  # another log, grown past the fold's end
+    broker.stamps[0] = 1
+
+
+def _written_again(broker: _Broker) -> None:
+    broker.stamps[0] = 1  # the same bytes, written again at the same offsets
+
+
+def _cut_short(broker: _Broker) -> None:
+    broker.logs[0] = broker.logs[0][:5]  # truncated below the fold's last record
+
+
+def _emptied(broker: _Broker) -> None:
+    broker.logs[0] = []  # recreated, nothing written yet
+
+
+def _started_past(broker: _Broker) -> None:
+    broker.logs[0] = _long_log()[:30]
+    broker.starts[0] = 25  # its records before 25 deleted: a read from 19 starts at 25
+
+
+@pytest.mark.parametrize(
+    "change", [_recreated, _written_again, _cut_short, _emptied, _started_past]
+)
+def test_the_follower_drops_its_fold_and_file_when_the_log_changes_under_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: Any
+) -> None:
+    """The record the fold took last is read again at each turn: where the log no longer
+    holds it there, what follows is another log's, and folding it onto the fold (or a file
+    written from that) would give the next recovery executions the log lost and lose those
+    it holds. The fold and its file are dropped; the partition is read whole next time."""
+    log = _long_log()
+    broker = _Broker({0: log[:20]})
+    follower = _follower(tmp_path, broker, monkeypatch, min_records=1)
+    follower.follow(0, _raw_fold(broker.logs[0], 20))
+    asyncio.run(follower.turn(final=True))
+    assert follower.written == 1 and follower.store.path(0).exists()
+    change(broker)
+    broker.logs[0] = broker.logs[0] + [(b"late#", b"{}")] * 3  # and it grows on
+    asyncio.run(follower.turn(final=True))
+    assert follower.dropped == 1 and follower.following() == set()
+    assert follower.written == 1 and not follower.store.path(0).exists()
+
+
+def test_the_follower_goes_on_over_the_log_it_folded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same checks let a log that only grew through: its records are folded on."""
+    log = _long_log()
+    broker = _Broker({0: log[:20]}, stamps={0: 7})
+    follower = _follower(tmp_path, broker, monkeypatch, min_records=1)
+    follower.follow(0, RawFold())
+    asyncio.run(follower.turn())  # an empty fold: from the start
+    broker.logs[0] = log
+    asyncio.run(follower.turn())
+    cp = follower.store.load(0)
+    assert follower.dropped == 0 and follower.following() == {0}
+    assert cp is not None and cp.last_offset == len(log) - 1 and follower.written == 2
+    assert _values(cp.raw().read) == _values(_raw_fold(log, len(log)).read)
+
+
+def test_a_refused_checkpoint_file_is_removed_once_its_partition_is_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file the recovery refused (here: ahead of the log's end, as after a write-back of
+    the embedded broker that trails it) goes, not left until enough records come to write
+    it over: a log grown past it again by the same bytes would otherwise pass it. A file the
+    recovery went on from stays."""
+    (log, *_) = _real_changelogs()
+    short = log[: len(log) // 2]
+    follower = _follower(tmp_path, {0: short, 1: log}, monkeypatch, min_records=10**6)
+    follower.store.write(0, _raw_fold(log, len(log)))
+    follower.store.write(1, _raw_fold(log, len(log) - 3, partition=1))
+    loaded = {p: cp for p in (0, 1) if (cp := follower.store.load(p)) is not None}
+    restorer, _ = _restorer({0: short, 1: log})
+    found, _ = _recover_from(restorer, {0, 1}, loaded)
+    assert found[0].checkpoint_records == 0 and found[1].read_records == 3
+    for partition in (0, 1):
+        fold = found[partition].fold
+        assert fold is not None
+        follower.follow(partition, fold)
+    asyncio.run(follower.turn())
+    assert follower.written == 0 and follower.following() == {0, 1}
+    assert not follower.store.path(0).exists() and follower.store.load(1) is not None
 
 
 # -- the executor ------------------------------------------------------------------------
