@@ -72,8 +72,9 @@ no-ops against it, as after any crash.
   the same bytes written again at the same offset (the same executions replayed after a
   truncation, a tombstone of the same key).
 
-Temporary files that a kill left behind (a write before its rename) are removed when the
-follower starts.
+When the follower starts it removes what no recovery can use, under every broker's folder:
+temporary files that a kill left behind (a write before its rename), files past the max age
+(each ``kestream run`` on the embedded broker leaves a folder), and the folders left empty.
 """
 
 from __future__ import annotations
@@ -398,20 +399,33 @@ class CheckpointStore:
             log.warning("cannot remove the checkpoint %s: %r", self.path(partition), exc)
 
     def sweep(self, now: float | None = None) -> int:
-        """Remove the temporary files that writes killed before their rename left (each as
-        large as its partition's state; a crash loop would fill the disk), once older than
-        :data:`STRAY_AFTER_S` (a younger one may be another process's write under way); how
-        many. Blocking."""
+        """Remove, under the checkpoint folder of every broker (not only this store's): the
+        temporary files that writes killed before their rename left (each as large as its
+        partition's state; a crash loop would fill the disk), once older than
+        :data:`STRAY_AFTER_S` (a younger one may be another process's write under way); the
+        files older than the max age, which no recovery uses (those of brokers gone for
+        good: each ``kestream run`` on the embedded broker leaves a folder); then the folders
+        left empty. How many files. Blocking."""
         now = time.time() if now is None else now
         swept = 0
-        for stray in self.directory.glob("*.ckpt#*"):
-            with contextlib.suppress(OSError):  # gone meanwhile: its writer renamed it
-                if now - stray.stat().st_mtime > STRAY_AFTER_S:
-                    stray.unlink()
+        emptied: set[Path] = set()
+        for path in sorted(self.root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):  # gone meanwhile, or a folder written to
+                age = now - path.stat().st_mtime
+                if path.is_dir():
+                    if (path in emptied or age > STRAY_AFTER_S) and not any(path.iterdir()):
+                        path.rmdir()
+                        emptied.add(path.parent)
+                elif (path.suffix == ".ckpt" and age > self.max_age_s + CLOCK_SLACK_S) or (
+                    ".ckpt#" in path.name and age > STRAY_AFTER_S
+                ):
+                    path.unlink()
+                    emptied.add(path.parent)
                     swept += 1
         if swept:
-            log.info("removed %d temporary checkpoint files left by a crash in %s",
-                     swept, self.directory)  # fmt: skip
+            log.info("removed %d checkpoint files no recovery can use (killed writes' "
+                     "temporary files, files past their max age) in %s",
+                     swept, self.root)  # fmt: skip
         return swept
 
 

@@ -467,17 +467,29 @@ def test_a_checkpoint_written_in_the_future_is_ignored(
     assert "in the future" in caplog.text
 
 
-def test_the_temporary_files_of_killed_writes_are_swept(tmp_path: Path) -> None:
-    store = _store(tmp_path)
-    store.write(0, _raw_fold(_real_changelogs()[0], 10))
+def test_the_files_no_recovery_can_use_are_swept(tmp_path: Path) -> None:
+    """Killed writes' temporary files, and files past the max age under any broker's folder
+    (a ``kestream run`` leaves one per embedded broker), go at the follower's start; a young
+    temporary file (another process's write under way) and usable files stay."""
+    store = _store(tmp_path, max_age_s=3600)
+    store.scope = "standalone"
+    fold = _raw_fold(_real_changelogs()[0], 10)
+    store.write(0, fold)
     stray, fresh = store.directory / "0.ckpt#123456", store.directory / "1.ckpt#654321"
     for path in (stray, fresh):
         path.write_bytes(b"half a checkpoint")
     now = stray.stat().st_mtime + checkpoints.STRAY_AFTER_S + 1
     os.utime(fresh, (now, now))  # a write under way in another process
-    assert store.sweep(now=now) == 1
+    gone = CheckpointStore(tmp_path, TOPIC, 3600, scope="embedded-127.0.0.1_40001")
+    kept = CheckpointStore(tmp_path, TOPIC, 3600, scope="embedded-127.0.0.1_40002")
+    gone.write(0, fold)
+    kept.write(0, fold)
+    old = now - 3600 - checkpoints.CLOCK_SLACK_S - 1
+    os.utime(gone.path(0), (old, old))
+    assert store.sweep(now=now) == 2
     assert sorted(p.name for p in store.directory.iterdir()) == ["0.ckpt", fresh.name]
-    assert store.load(0) is not None
+    assert store.load(0) is not None and kept.load(0) is not None
+    assert sorted(p.name for p in store.root.iterdir()) == [kept.scope, "standalone"]
 
 
 class _Metadata:
