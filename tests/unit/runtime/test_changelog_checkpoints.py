@@ -547,6 +547,22 @@ def test_checkpoints_are_kept_apart_by_the_broker_they_are_of(
     assert follower.store.path(3) == tmp_path / "executor-checkpoints" / scope / topic / "3.ckpt"
 
 
+def test_a_broker_whose_metadata_fails_names_the_files_by_its_address(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The executor starts all the same (a longer read at worst, never a failed start)."""
+
+    class Failing(_Metadata):
+        async def send(self, node: int, request: Any) -> Any:
+            raise TimeoutError("no answer")
+
+    settings = Settings(broker="broker.example:9092")
+    ctx = BrokerContext(settings, "broker.example:9092", "kafka", Topics.of(settings))
+    with caplog.at_level(logging.WARNING, "kestream.executor"):
+        scope = asyncio.run(checkpoint_scope(ctx, Failing("ignored")))
+    assert scope == "cluster-broker.example_9092" and "cluster id" in caplog.text
+
+
 def test_checkpoints_are_off_at_zero_and_live_under_the_data_dir(tmp_path: Path) -> None:
     settings = Settings(broker="unused:9092", data_dir=str(tmp_path))
     ctx = BrokerContext(settings, "unused:9092", "tansu", Topics.of(settings))
