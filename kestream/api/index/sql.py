@@ -17,11 +17,13 @@ with ``?`` placeholders; a :class:`Dialect` says what differs. Why the tables lo
 ``labels``, in the listing's order. Each positive label's range is first counted up to
 :data:`LABEL_PROBE_MAX` (:func:`label_probes`), and the rarest drives: alone, or beside other
 filters when it has fewer rows than that bound (each of its rows then reads its execution;
-otherwise the listing's index drives and each row seeks the label). Several labels alone are,
-on SQLite, an ``INTERSECT`` of their ranges (``EXCEPT`` a negative label's) in the listing's
+otherwise the listing's index drives and each row seeks the label). On SQLite, several labels
+alone are an ``INTERSECT`` of their ranges (``EXCEPT`` a negative label's) in the listing's
 order, which SQLite answers by merging the sorted ranges, one pass over each stopped at the
-page or the count's bound, instead of one seek per row of the driving range. PostgreSQL's
-planner picks its own join for the ``EXISTS`` checks.
+page or the count's bound, instead of one seek per row of the driving range; so are labels
+beside one namespace and one state at most (and date or flow filters), merged with that range
+of the listing's index, unless an execution without a start date exists (its label rows say
+``no_date``, its row NULL). PostgreSQL's planner picks its own join for the ``EXISTS`` checks.
 - ``namespaces``: every namespace seen. Namespace filters other than ``EQUALS`` (Kestra's
   ``PREFIX``, ``STARTS_WITH``, ``CONTAINS``...) are resolved against it into a list of
   namespaces first, so they become index lookups instead of scans.
@@ -375,6 +377,15 @@ def label_probes(query: SearchQuery, dialect: Dialect) -> list[tuple[LabelFilter
     ]
 
 
+def undated_probe(query: SearchQuery, dialect: Dialect) -> str | None:
+    """The statement telling whether some execution has no start date, asked where labels
+    beside other filters could be merged with the listing's range (``search_sql``'s
+    ``undated``); one seek of the start dates' index."""
+    if not (dialect.merge_intersect and query.labels and _by_start(query)) or _only_labels(query):
+        return None
+    return "SELECT 1 FROM executions WHERE start_date IS NULL AND NOT deleted LIMIT 1"
+
+
 def text_scanned(query: SearchQuery, dialect: Dialect) -> bool:
     """Whether the text ``q`` is checked row by row, no index answering it: a needle shorter
     than a trigram, or an engine without a text index."""
@@ -592,6 +603,7 @@ def search_sql(
     text_dense: bool = False,
     label_rows: Mapping[LabelFilter, int] | None = None,
     covering: bool = False,
+    undated: bool = True,
 ) -> SearchSQL | None:
     """The page and count statements of ``query``; ``None`` when nothing can match.
 
@@ -609,6 +621,7 @@ def search_sql(
     ``label_rows`` are the counts of :func:`label_probes`, which pick the driving label.
     ``covering``: a page that must check every row for a text no index answers reads the
     engine's :attr:`Dialect.text_scan_index` instead of the rows, where its filters allow.
+    ``undated``: some execution may lack a start date (:func:`undated_probe`).
     """
     phrase = _phrase(dialect, query.q)
     plan = _plan(
@@ -633,12 +646,15 @@ def search_sql(
             where.clauses += checks.clauses
             where.params += checks.params
         else:
-            merged = _merged_labels(plan, query, dialect, count_max)
+            merged = _merged_labels(plan, query, dialect, count_max, undated=undated)
             if merged is not None:
                 return merged
             for label in plan.labels:
                 where.label(label, "l.start_date", "l.execution_id")
     else:
+        merged = _merged_labels(plan, query, dialect, count_max, undated=undated)
+        if merged is not None:
+            return merged
         source, id_column = "executions e", "e.id"
         scan_index = dialect.text_scan_index
         if covering and scan_index and text_scanned(query, dialect) and _covered(query):
@@ -696,22 +712,38 @@ def _filters(plan: _Plan, start: str | None = None, execution: str = "e.id") -> 
 
 
 def _merged_labels(
-    plan: _Plan, query: SearchQuery, dialect: Dialect, count_max: int | None
+    plan: _Plan, query: SearchQuery, dialect: Dialect, count_max: int | None, *, undated: bool
 ) -> SearchSQL | None:
-    """Labels alone, several, on an engine that merges an ordered compound: the driving
-    label's range ``INTERSECT`` each other positive label's, ``EXCEPT`` each negative one's
-    (label rows carry their execution's start date, so a pair ``(start date, id)`` names one
-    execution in every range). The page and the count walk the ranges side by side in the
-    listing's order; ``None`` when that does not apply."""
-    assert plan.drive is not None
+    """Labels on an engine that merges an ordered compound: the driving label's range, or
+    else the listing's range of the other filters (one namespace and state at most, no text),
+    ``INTERSECT`` each other positive label's, ``EXCEPT`` each negative one's (label rows
+    carry their execution's start date, so a pair ``(start date, id)`` names one execution in
+    every range). The page and the count walk the ranges side by side in the listing's order;
+    ``None`` when that does not apply. ``undated``: some execution has no start date, which
+    its label rows spell ``no_date``: the listing's range cannot be merged with them then."""
     if not dialect.merge_intersect or not plan.labels:
         return None
     member = "SELECT l.execution_id, l.start_date, l.execution_id FROM labels l"
-    parts = [
-        "SELECT l.execution_id AS pid, l.start_date AS s0, l.execution_id AS s1 FROM labels l "
-        "WHERE l.key = ? AND l.value = ?"
-    ]
-    params = [dialect.text(plan.drive.key), dialect.text(plan.drive.value)]
+    if plan.drive is not None:
+        parts = [
+            "SELECT l.execution_id AS pid, l.start_date AS s0, l.execution_id AS s1 "
+            "FROM labels l WHERE l.key = ? AND l.value = ?"
+        ]
+        params = [dialect.text(plan.drive.key), dialect.text(plan.drive.value)]
+    else:
+        single = all(len(values) == 1 for _, values in plan.dims)
+        if undated or query.q or not single or not _by_start(query):
+            return None
+        if not any(not label.negate for label in plan.labels):
+            return None  # only negative labels: a seek per row of the range is as good
+        where = plan.rest.copy()
+        for column, values in plan.dims:
+            where.one_of(column, values)
+        parts = [
+            f"SELECT e.id AS pid, e.start_date AS s0, e.id AS s1 FROM executions e "
+            f"WHERE {where.sql()}"
+        ]
+        params = list(where.params)
     # Every INTERSECT before any EXCEPT: the compound reads left to right.
     for label in sorted(plan.labels, key=lambda label: label.negate):
         operator = "EXCEPT" if label.negate else "INTERSECT"

@@ -57,6 +57,7 @@ from kestream.api.index.sql import (
     search_sql,
     text_probe,
     text_window,
+    undated_probe,
 )
 from kestream.runtime.execution_updates import MergedExecution, merge_update
 from kestream.runtime.records import RecordError, loads
@@ -791,6 +792,11 @@ class Store(ABC):
             for label, statement, params in label_probes(query, self.dialect):
                 cur.execute(statement, params)
                 label_rows[label] = int(cur.fetchone()[0])
+            undated = True
+            probe_dates = undated_probe(query, self.dialect)
+            if probe_dates is not None:
+                cur.execute(probe_dates)
+                undated = cur.fetchone() is not None
             statements = search_sql(
                 query,
                 self.dialect,
@@ -798,6 +804,7 @@ class Store(ABC):
                 SEARCH_COUNT_MAX,
                 text_dense=dense,
                 label_rows=label_rows,
+                undated=undated,
             )
             if statements is None:
                 return Listing([], 0)

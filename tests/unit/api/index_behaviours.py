@@ -734,6 +734,28 @@ QUERIES: list[tuple[str, dict[str, Any], Predicate]] = [
         ),
     ),
     (
+        "label, namespace and state",
+        {
+            "filters[labels][EQUALS]": "team:x",
+            "filters[namespace][EQUALS]": "a.b",
+            "filters[state][EQUALS]": "SUCCESS",
+        },
+        lambda h: (
+            _labels(h)["team"] == "x"
+            and h["namespace"] == "a.b"
+            and h["state"]["current"] == "SUCCESS"
+        ),
+    ),
+    (
+        "labels, one negated, and a flow",
+        {
+            "filters[labels][EQUALS]": "env:p",
+            "filters[labels][NOT_EQUALS][team]": "z",
+            "filters[flowId][EQUALS]": "flow1",
+        },
+        lambda h: _labels(h)["env"] == "p" and _labels(h)["team"] != "z" and h["flowId"] == "flow1",
+    ),
+    (
         "rare label and range",
         {"filters[labels][EQUALS]": "rare:yes", "filters[startDate][LESS_THAN]": _LATE},
         lambda h: "rare" in _labels(h) and _start(h) < _LATE,
@@ -816,6 +838,24 @@ def test_label_searches_match_the_scan_whichever_filter_drives(
     assert (got, total) == (expected, len(expected)), name
     got, _ = search(store, **params, page="2", size="7")
     assert got == expected[7:14], name
+
+
+def test_labels_beside_other_filters_find_an_execution_without_a_start_date(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An execution without a start date keeps its label rows under the engine's "no date": a
+    plan that merges the listing's start dates with the labels' would miss it, so it is not
+    used while such an execution exists, whichever label drives."""
+    undated = header("u1", labels={"team": "a"})
+    undated["state"]["startDate"] = None
+    feed = Feed()
+    store.apply(
+        feed.updates(full(undated), full(header("d1", labels={"team": "a"}, start=T0 + minutes(1))))
+    )
+    for probe_max in (1, 1_000_000):
+        monkeypatch.setattr(sql_module, "LABEL_PROBE_MAX", probe_max)
+        got, total = search(store, **{"filters[labels][EQUALS]": "team:a", "state": "RUNNING"})
+        assert sorted(got) == ["d1", "u1"] and total == 2
 
 
 @pytest.mark.parametrize("sort", ["namespace:asc", "state.current:desc", "state.endDate:desc"])
