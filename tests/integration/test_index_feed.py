@@ -121,7 +121,8 @@ async def installation(
 
 
 async def _search(store: Store, **params: Any) -> tuple[list[dict[str, Any]], int]:
-    return await asyncio.to_thread(store.search, parse_search_params(params))
+    listing = await asyncio.to_thread(store.search, parse_search_params(params))
+    return listing.results, listing.total
 
 
 async def _run_all(client: Client) -> tuple[list[str], list[str]]:
