@@ -20,8 +20,8 @@ BOOTSTRAP = "192.0.2.1:9092"
 
 async def _linger_s(settings: Settings, kind: str) -> float:
     producer = make_producer(settings, BOOTSTRAP, kind)
-    # Where aiokafka keeps the linger moved in 0.12 (from the sender to the accumulator); the
-    # lower bound in pyproject is older than that.
+    # Where aiokafka keeps the linger moved in 0.14 (from the sender to the accumulator); the
+    # lower bound in pyproject (0.13) is older than that.
     holder = producer._message_accumulator
     if not hasattr(holder, "_linger_time"):
         holder = producer._sender
