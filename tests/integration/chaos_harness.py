@@ -390,22 +390,30 @@ class Cluster:
             await consumer.stop()
         return found
 
-    async def stale_states(self, execution_ids: Iterable[str]) -> dict[str, list[str]]:
+    async def stale_states(
+        self, execution_ids: Iterable[str]
+    ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         """The executions of ``execution_ids`` (all ended) whose state the changelog still
         holds: keys whose latest record is not a tombstone, their ended marker aside. An
         ended execution's keys are all tombstoned by its end; a key alive after that was
-        written by a member that stepped it from an older state (a zombie), and a recovery
-        would load the execution as in flight."""
+        written by a member that stepped it from an older state (a zombie).
+
+        Two dicts: the executions a recovery would load as in flight (their ended marker is
+        gone), and those whose live keys the ended marker outranks (recovery keeps them ended
+        and clears the keys): records of a flush already handed to the producer when the member
+        froze, which land when it wakes (documented; exactly-once fences them)."""
         wanted = set(execution_ids)
         latest: dict[str, bytes | None] = {}
         for rec in await self._read_whole("executor-state-changelog"):
             latest[rec.key.decode()] = rec.value
-        stale: dict[str, list[str]] = defaultdict(list)
+        alive: dict[str, list[str]] = defaultdict(list)
         for key, value in latest.items():
             execution_id = codec.execution_of(key)
             if execution_id in wanted and value is not None and key != execution_id + codec.ENDED:
-                stale[execution_id].append(key)
-        return dict(stale)
+                alive[execution_id].append(key)
+        stale = {e: keys for e, keys in alive.items() if latest.get(e + codec.ENDED) is None}
+        outranked = {e: keys for e, keys in alive.items() if e not in stale}
+        return stale, outranked
 
     async def conflicting_results(self) -> dict[tuple[str, str], int]:
         """Task runs answered by worker-results records that differ, with how many different

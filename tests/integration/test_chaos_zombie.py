@@ -12,9 +12,12 @@ drops its partitions' state and rejoins, and the partitions settle again.
 
 Counted as in tests/integration/test_chaos.py (lost, doubled, stuck, failed, the recovery from
 the freeze to the first end of each of its partitions), and two counts of what the zombie
-could have written: executions whose state the changelog still holds after their end, or that an
-executor still holds in memory after every execution ended (**stale**, counted as failed), and
-task runs answered with different results (**doubled**).
+could have written: executions whose state the changelog still holds after their end with no
+ended marker to outrank it (a recovery would load them as in flight), or that an executor still
+holds in memory after every execution ended (**stale**, counted as failed), and task runs
+answered with different results (**doubled**). State records that land after an end beside its
+marker (a flush already handed to the producer when the member froze, which the write gate cannot
+take back; recovery keeps such an execution ended and clears them) are listed, not counted.
 """
 
 from __future__ import annotations
@@ -159,9 +162,13 @@ async def _zombie(
                 bound_s=STUCK_BOUND_S[broker.kind] + plan.seconds,
             )  # fmt: skip
             ended = [eid for eid in submitted if watch.ended(eid)]
-            stale = await cluster.stale_states(ended)
+            stale, outranked = await cluster.stale_states(ended)
             tally.failed += len(stale)
             tally.details += [f"stale state of {eid}: {keys[:4]}" for eid, keys in stale.items()]
+            tally.details += [
+                f"state written after the end of {eid}, outranked by its ended marker: {keys[:4]}"
+                for eid, keys in outranked.items()
+            ]
             for executor in cluster.live("executor"):
                 held = executor.health()["checks"]["executor"]["executions"]
                 if held:  # every execution ended: none may still be in flight in a table
