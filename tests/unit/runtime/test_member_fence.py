@@ -24,6 +24,7 @@ from kestream.runtime.member_fence import MemberFence
 from kestream.runtime.metrics import Metrics
 from kestream.runtime.topics import Topics
 from kestream.settings import Settings
+from tests.unit.runtime.executor_fakes import GroupConsumer
 
 SESSION_S = 4.0
 
@@ -154,34 +155,6 @@ class _Producer:
         raise AssertionError(f"a fenced executor wrote to {topic}")
 
 
-class _GroupConsumer:
-    """Hands the executor one batch, then stops it; notes pauses and commits."""
-
-    def __init__(self, service: ExecutorService, batch: dict[TopicPartition, list[Any]]) -> None:
-        self.service, self.batches = service, [batch]
-        self.paused: set[TopicPartition] = set()
-        self.commits: list[Any] = []
-        self.parts = {TopicPartition(service.topics.executions, p) for p in (0, 1)}
-
-    async def getmany(self, **_: Any) -> dict[TopicPartition, list[Any]]:
-        if not self.batches:
-            self.service._stopping = True
-            return {}
-        return self.batches.pop()
-
-    def assignment(self) -> set[TopicPartition]:
-        return set(self.parts)
-
-    def pause(self, *partitions: TopicPartition) -> None:
-        self.paused.update(partitions)
-
-    async def commit(self, offsets: Any) -> None:
-        self.commits.append(offsets)
-
-    def highwater(self, tp: TopicPartition) -> None:
-        return None
-
-
 def _executor() -> tuple[ExecutorService, _Clock, _Coordinator]:
     settings = Settings(broker="unused:9092", executor_inline_tasks=True)
     ctx = BrokerContext(settings, "unused:9092", "tansu", Topics.of(settings))
@@ -210,7 +183,7 @@ def test_an_executor_woken_past_its_session_steps_nothing_and_writes_nothing() -
     tp = TopicPartition(service.topics.executions, 0)
     created = records.encode_event(ev.ExecutionCreated("e2", "test.fence", "sleepy"))
     batch = {tp: [ConsumerRecord(tp.topic, 0, 7, 0, 0, b"e2", created, None, 0, 0, [])]}
-    consumer = _GroupConsumer(service, batch)
+    consumer = GroupConsumer(service, batch)
     service._consumer = consumer
     service.writer.producer = _Producer()
     clock.now += SESSION_S + 1.0  # frozen: no heartbeat went out

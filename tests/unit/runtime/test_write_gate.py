@@ -26,6 +26,7 @@ from kestream.runtime.metrics import Metrics
 from kestream.runtime.topics import Topics
 from kestream.runtime.write_gate import WriteGate, WriteRefused
 from kestream.settings import Settings
+from tests.unit.runtime.executor_fakes import GroupConsumer
 
 SESSION_S = 4.0
 
@@ -91,34 +92,6 @@ class _Producer:
         return done
 
 
-class _GroupConsumer:
-    """Hands the executor the batches given, then stops it; notes pauses and commits."""
-
-    def __init__(self, service: ExecutorService, *batches: dict[TopicPartition, Any]) -> None:
-        self.service, self.batches = service, list(reversed(batches))
-        self.paused: set[TopicPartition] = set()
-        self.commits: list[Any] = []
-        self.parts = {TopicPartition(service.topics.executions, p) for p in (0, 1)}
-
-    async def getmany(self, **_: Any) -> dict[TopicPartition, list[Any]]:
-        if not self.batches:
-            self.service._stopping = True
-            return {}
-        return self.batches.pop()
-
-    def assignment(self) -> set[TopicPartition]:
-        return set(self.parts)
-
-    def pause(self, *partitions: TopicPartition) -> None:
-        self.paused.update(partitions)
-
-    async def commit(self, offsets: Any) -> None:
-        self.commits.append(offsets)
-
-    def highwater(self, tp: TopicPartition) -> None:
-        return None
-
-
 def _executor() -> tuple[ExecutorService, _Clock, _Coordinator, _Producer]:
     """An executor that owns partitions 0 and 1 after a join (the gate noted the generation),
     with execution e1 running and its changelog records carried to the next write."""
@@ -163,7 +136,7 @@ def test_a_lapsed_member_revoked_before_its_loop_looks_writes_nothing() -> None:
     rejoin revokes its partitions before its loop looks at the fence: the revocation writes
     none of the carried records, commits nothing and parks nothing."""
     service, clock, _, producer = _executor()
-    consumer = _GroupConsumer(service)
+    consumer = GroupConsumer(service)
     consumer.parts = set()
     service._consumer = consumer
     service._uncommitted[TopicPartition(service.topics.executions, 0)] = 9
@@ -180,7 +153,7 @@ def test_an_expulsion_told_by_aiokafka_while_the_loop_turns_is_fenced() -> None:
     generation. The next cycle writes nothing (neither its commands nor the carried changelog),
     commits nothing, drops the state and rejoins; the revocation that follows writes nothing."""
     service, clock, coordinator, producer = _executor()
-    consumer = _GroupConsumer(service, _created(service, "e2", 7), _created(service, "e3", 8))
+    consumer = GroupConsumer(service, _created(service, "e2", 7), _created(service, "e3", 8))
     service._consumer = consumer
     clock.now += 1.0  # well within the session: no lapse, no doubt
     coordinator.reset_generation()  # (asks aiokafka to rejoin: one)
@@ -196,7 +169,7 @@ def test_an_expulsion_told_by_aiokafka_while_the_loop_turns_is_fenced() -> None:
 
 def test_a_revocation_with_the_generation_reset_writes_nothing() -> None:
     service, _, coordinator, producer = _executor()
-    service._consumer = _GroupConsumer(service)
+    service._consumer = GroupConsumer(service)
     coordinator.reset_generation()
     asyncio.run(service.revoked({0, 1}))
     assert producer.sent == [] and service.parked.take(0, 0.0) is None
@@ -206,7 +179,7 @@ def test_a_usual_revocation_writes_the_carried_records_commits_and_parks() -> No
     """The gate open (a rebalance the member takes part in): the carried records are written
     before the commit, and the state is parked for a warm recovery."""
     service, _, _, producer = _executor()
-    consumer = _GroupConsumer(service)
+    consumer = GroupConsumer(service)
     service._consumer = consumer
     service._uncommitted[TopicPartition(service.topics.executions, 0)] = 9
     asyncio.run(service.revoked({0, 1}))
