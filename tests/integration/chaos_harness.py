@@ -415,6 +415,21 @@ class Cluster:
         outranked = {e: keys for e, keys in alive.items() if e not in stale}
         return stale, outranked
 
+    async def changelog_history(self, execution_ids: Iterable[str]) -> dict[str, list[str]]:
+        """Every changelog record of each of ``execution_ids``, in offset order, one line each
+        (partition, offset, timestamp, key, value size or ``tombstone``): what to read when a
+        tally names a stale state."""
+        wanted = set(execution_ids)
+        history: dict[str, list[str]] = defaultdict(list)
+        for rec in await self._read_whole("executor-state-changelog"):
+            key = rec.key.decode()
+            if (execution_id := codec.execution_of(key)) in wanted:
+                size = "tombstone" if rec.value is None else f"{len(rec.value)} B"
+                history[execution_id].append(
+                    f"[{rec.partition}]@{rec.offset} t={rec.timestamp} {key!r} {size}"
+                )
+        return history
+
     async def conflicting_results(self) -> dict[tuple[str, str], int]:
         """Task runs answered by worker-results records that differ, with how many different
         answers. The same answer twice is by design (a worker answers a job it finished and

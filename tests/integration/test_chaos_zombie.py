@@ -165,6 +165,11 @@ async def _zombie(
             stale, outranked = await cluster.stale_states(ended)
             tally.failed += len(stale)
             tally.details += [f"stale state of {eid}: {keys[:4]}" for eid, keys in stale.items()]
+            history = await cluster.changelog_history(stale)
+            tally.details += [
+                f"changelog of {eid}:\n  " + "\n  ".join(lines[-30:])
+                for eid, lines in history.items()
+            ]
             tally.details += [
                 f"state written after the end of {eid}, outranked by its ended marker: {keys[:4]}"
                 for eid, keys in outranked.items()
