@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kestream.runtime.doorbell import Bell, Doorbell, doorbell_dir
+from kestream.runtime.doorbell import PEERS_TTL_S, Bell, Doorbell, doorbell_dir
 
 
 @pytest.fixture
@@ -249,3 +249,95 @@ async def test_a_stalled_listener_gets_a_backed_off_resend_then_one_try_per_ring
     assert peer not in bell._stalled, "a ring that gets through: it is listened to again"
     bell.close()
     reader.close()
+
+
+async def test_a_ring_goes_only_to_the_processes_that_listen_to_its_topic(tmp_path: Path) -> None:
+    """Each listener lists its topics beside its socket: a ring costs a datagram and a wake-up
+    only where its topic is read (two "processes" here: two sockets of one directory)."""
+    directory = doorbell_dir("127.0.0.1:9", base=tmp_path)
+    assert directory is not None
+    loop = asyncio.get_running_loop()
+    executor, worker = Doorbell(directory, loop), Doorbell(directory, loop)
+    heard: list[tuple[str, str]] = []
+    executor.listen(["results", "executions"], lambda t: heard.append(("executor", t)))
+    worker.listen(["jobs"], lambda t: heard.append(("worker", t)))
+    assert executor.topics_path.read_text().split() == ["executions", "results"]
+    bell = Bell(directory, every=0.0)
+    for topic in ("jobs", "results", "changelog"):
+        bell.ring(topic)
+    while len(heard) < 2:
+        await asyncio.sleep(0.01)
+    assert sorted(heard) == [("executor", "results"), ("worker", "jobs")]
+    assert (bell.rung, bell.sent) == (3, 2), "no datagram for a topic nobody reads"
+    assert (executor.heard, worker.heard) == (1, 1)
+    worker.forget(next(iter(worker._wakers["jobs"])))
+    assert not worker.topics_path.exists(), "the list goes with its socket"
+    executor.close()
+    assert not executor.topics_path.exists()
+    bell.close()
+
+
+async def test_a_socket_without_a_topic_list_hears_every_ring(tmp_path: Path) -> None:
+    """A listener of a version before the lists (or one that could not write it) is rung for
+    every topic, as before."""
+    directory = doorbell_dir("127.0.0.1:10", base=tmp_path)
+    assert directory is not None
+    reader = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    reader.bind(str(directory / "1-1.sock"))
+    bell = Bell(directory, every=0.0)
+    bell.ring("a")
+    bell.ring("b")
+    assert [reader.recv(1024), reader.recv(1024)] == [b"a", b"b"]
+    assert bell.sent == 2
+    bell.close()
+    reader.close()
+
+
+async def test_a_listener_that_adds_a_topic_is_rung_for_it_once_the_directory_changed(
+    tmp_path: Path,
+) -> None:
+    """The bell reads the lists again when the directory's modification time moves (a list is
+    replaced by a rename there), and at least every PEERS_TTL_S (a change within one tick of
+    the file system's clock leaves that time as it was)."""
+    directory = doorbell_dir("127.0.0.1:11", base=tmp_path)
+    assert directory is not None
+    now = [0.0]
+    bell = Bell(directory, every=0.0, clock=lambda: now[0])
+    door = Doorbell(directory, asyncio.get_running_loop())
+    heard: list[str] = []
+    door.listen(["a"], heard.append)
+    bell.ring("b")
+    assert bell.sent == 0, "not listened to (yet)"
+    listed = directory.stat().st_mtime_ns
+    door.listen(["b"], heard.append)
+    os.utime(directory, ns=(listed, listed))  # the change fell within the clock's tick
+    now[0] = PEERS_TTL_S / 2
+    bell.ring("b")
+    assert bell.sent == 0, "the bell trusts its lists while the directory's time stays"
+    now[0] = PEERS_TTL_S
+    bell.ring("b")
+    assert bell.sent == 1, "read again after PEERS_TTL_S"
+    door.listen(["c"], heard.append)
+    os.utime(directory, ns=(listed + 1, listed + 1))  # the rename moved the directory's time
+    bell.ring("c")
+    assert bell.sent == 2, "read again at once"
+    while len(heard) < 2:
+        await asyncio.sleep(0.01)
+    assert heard == ["b", "c"]
+    door.close()
+    bell.close()
+
+
+async def test_the_topic_list_of_a_dead_process_goes_with_its_socket(tmp_path: Path) -> None:
+    directory = doorbell_dir("127.0.0.1:12", base=tmp_path)
+    assert directory is not None
+    stale = directory / "999999-dead.sock"
+    orphan = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    orphan.bind(str(stale))
+    orphan.close()
+    listed = directory / "999999-dead.topics"
+    listed.write_text("t\n")
+    bell = Bell(directory, every=0.0)
+    bell.ring("t")
+    assert not stale.exists() and not listed.exists()
+    bell.close()
