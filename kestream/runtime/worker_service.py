@@ -56,6 +56,18 @@ partition comes back before its stopped job has ended, the record fetched again 
 job once the stopped one has ended (never beside it): attached to the stopped job, it was never
 reported and froze the partition's commit point.
 
+**A member the group may have expelled** (frozen past its session, cut off from its group
+coordinator, a paused VM) must not report or commit anything for partitions the group has since
+given to another worker, which runs their jobs again. Two pieces, shared with the executor:
+the member fence (:mod:`.member_fence`) stops every running job, unreported, on the loop's first
+turn after a freeze (:meth:`WorkerService._lapsed`), and the member rejoins; the write gate
+(:mod:`.write_gate`) holds every result and commits nothing while the membership is in doubt or
+aiokafka was told of an expulsion. A result held there waits for the gate to open again (a
+heartbeat answered, the next assignment) unless its job is stopped meanwhile: a revocation with
+the gate closed stops the running jobs of its partitions at once (no grace, no commit), and an
+assignment stops those of partitions it does not give back, and every one when the member
+rejoined under a new member id (expelled in between: another worker may have run them).
+
 **Worker groups.** A worker started with a group (``kestream worker --group KEY``,
 ``KESTREAM_WORKER_GROUP``) reads that group's own jobs topic in the consumer group
 ``<prefix>worker-KEY`` (creating the topic if it is the first); the others read ``worker-tasks``.
@@ -100,6 +112,7 @@ from kestream.runtime.member_fence import LOOK_EVERY_S, MemberFence
 from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.produce_faults import record_fault
 from kestream.runtime.topics import ensure_group_topics
+from kestream.runtime.write_gate import WriteGate
 from kestream.tasks.base import RunnableTask
 from kestream.tasks.registry import known_types
 from kestream.worker.runner import TaskRunner
@@ -353,8 +366,18 @@ class WorkerService:
         self._partition_lag = self.metrics.partition_lag("worker")
         #: In the group with an assignment (possibly empty: more workers than partitions).
         self._in_group = False
-        #: The group membership's last confirmation (:mod:`.member_fence`); None without a group.
-        self.fence: MemberFence | None = None
+        #: What every result and offset commit passes first (:mod:`.write_gate`).
+        self.gate = WriteGate(role="worker")
+
+    @property
+    def fence(self) -> MemberFence | None:
+        """The group membership's last confirmation (:mod:`.member_fence`), which the gate
+        consults; None without a group."""
+        return self.gate.fence
+
+    @fence.setter
+    def fence(self, fence: MemberFence | None) -> None:
+        self.gate.fence = fence
 
     @property
     def in_flight(self) -> int:
@@ -581,7 +604,8 @@ class WorkerService:
             if answer is None:
                 mark.done = True
             else:  # the executor replayed the step that sent it: it waits for this answer
-                self._spawn(self._answer_again(key, answer, mark))
+                tp = TopicPartition(record.topic, record.partition)
+                self._spawn(self._answer_again(key, answer, mark, self._revoked_since(tp)))
             return
         job = _Job(key, where, task_id, body, record, [mark], time.monotonic() + self.flow_wait_s)
         self._jobs[key] = job
@@ -635,6 +659,7 @@ class WorkerService:
             or partition is None
             or tp in self._revoking
             or not self._in_group
+            or self.gate.closed() is not None
             or not self._handoff_room()
         ):
             return False
@@ -754,16 +779,20 @@ class WorkerService:
         self.stats["refused"] += 1
 
     async def _report(self, job: _Job, result: ev.WorkerResult) -> None:
-        """Produce the result of a job that did not run (killed while held, or refused)."""
-        sent = await self._publish(job, result, [])
+        """Produce the result of a job that did not run (killed while held, or refused); not
+        once its partition was revoked while the result waited at the gate."""
+        sent = await self._publish(job, result, [], self._revoked_since(job.partition))
         if sent is not None:
             self._done(job, sent[1])
 
-    async def _answer_again(self, key: JobKey, answer: bytes, mark: _Mark) -> None:
+    async def _answer_again(
+        self, key: JobKey, answer: bytes, mark: _Mark, given_up: Callable[[], bool]
+    ) -> None:
         """Produce a finished job's result again, for a copy of the job the executor sent
         after replaying its step (its state then lacks the result it had): the attempt does
-        not run twice, and the executor applies the result once."""
-        if await self._send_until_acked(self.ctx.topics.results, answer, key[0].encode()):
+        not run twice, and the executor applies the result once. Not once ``given_up()``."""
+        topic = self.ctx.topics.results
+        if await self._send_until_acked(topic, answer, key[0].encode(), given_up):
             mark.done = True
             self.stats["answered_again"] += 1
 
@@ -827,12 +856,20 @@ class WorkerService:
             mark.done = True
 
     async def _publish(
-        self, job: _Job, result: ev.WorkerResult, lines: list[cmd.LogLine]
+        self,
+        job: _Job,
+        result: ev.WorkerResult,
+        lines: list[cmd.LogLine],
+        revoked: Callable[[], bool] | None = None,
     ) -> tuple[ev.WorkerResult, bytes] | None:
         """Produce the logs and the result and wait for the acks; the result sent and its
         record, or ``None`` when the stop's drain ends (:meth:`_may_send`), or the job is
-        abandoned (its partition gone to another worker, or given up by the stop), first (the
-        job then runs again on the partition's next owner).
+        abandoned (its partition gone to another worker, or given up by the stop), or
+        ``revoked()`` says so, first (the job then runs again on the partition's next owner).
+
+        Each try passes the write gate first (:mod:`.write_gate`): while the group may have
+        handed the partition on, the result waits, and the job is abandoned if the member lost
+        its partition (:meth:`_let_go`, :meth:`_on_assigned`, :meth:`_lapsed`).
 
         While the broker is away (a connection lost, a request timed out, a leader moving)
         the same result is sent again, with a capped backoff, until it is acknowledged: a
@@ -852,8 +889,14 @@ class WorkerService:
         if not self.limit.fits(value):  # outputs fit (the runner checks): errors too large
             result = _result_refused(result, job.task_id, len(value), room)
             value = records.encode_event(result)
+
+        def given_up() -> bool:
+            return job.abandoned or not self._may_send() or (revoked is not None and revoked())
+
         tries = 0
-        while not job.abandoned and self._may_send():
+        while not given_up():
+            if not await self.gate.passing(given_up):
+                break
             try:
                 sends = [(topics.logs, part, key) for part in logs]
                 sends.append((topics.results, value, key))
@@ -862,7 +905,7 @@ class WorkerService:
                 return result, value
             except KafkaError as exc:
                 if record_fault(exc):
-                    return await self._publish_refused(job, result, exc, key)
+                    return await self._publish_refused(job, result, exc, key, given_up)
                 tries += 1
                 log.warning("producing the result of %s failed (%s), try %d", job.key, exc, tries)
                 await asyncio.sleep(_backoff(tries))
@@ -879,23 +922,37 @@ class WorkerService:
             log.exception("handing the result acknowledged at %s over failed", acked)
 
     async def _publish_refused(
-        self, job: _Job, result: ev.WorkerResult, fault: Exception, key: bytes
+        self,
+        job: _Job,
+        result: ev.WorkerResult,
+        fault: Exception,
+        key: bytes,
+        given_up: Callable[[], bool],
     ) -> tuple[ev.WorkerResult, bytes] | None:
         """Send the FAILED result that replaces one the broker refused (:meth:`_publish`)."""
         failed = _result_unpublishable(result, job.task_id, fault)
         log.error("the result of %s cannot be published: %s", job.key, failed.error)
         value = records.encode_event(failed)
-        if await self._send_until_acked(self.ctx.topics.results, value, key):
+        if await self._send_until_acked(self.ctx.topics.results, value, key, given_up):
             return failed, value
         return None
 
-    async def _send_until_acked(self, topic: str, value: bytes, key: bytes | None) -> bool:
+    async def _send_until_acked(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        given_up: Callable[[], bool] | None = None,
+    ) -> bool:
         """Produce one record, retrying with a capped backoff until the broker acknowledges it
         (``True``) or the stop's drain ends (``False``, :meth:`_may_send`). Used for records
         that must get through (a FAILED result, a finished job's answer, a dead letter):
-        waiting for the broker is then all a worker can do."""
+        waiting for the broker is then all a worker can do. A result (``given_up`` given)
+        passes the write gate first, and is not sent once ``given_up()``."""
         tries = 0
         while self._may_send():
+            if given_up is not None and not await self.gate.passing(given_up):
+                return False
             try:
                 (ack,) = await self._produce([(topic, value, key)])
                 await ack
@@ -939,6 +996,13 @@ class WorkerService:
             if job is not None:
                 job.finished = True
 
+    def _revoked_since(self, tp: TopicPartition) -> Callable[[], bool]:
+        """Whether ``tp`` was revoked since this call (its fetched offsets are not the ones
+        kept now), or the stop's drain ended: a result for it that waits at the write gate is
+        then off (its record is fetched again by the partition's owner)."""
+        plog = self._partitions.get(tp)
+        return lambda: plog is None or self._partitions.get(tp) is not plog or not self._may_send()
+
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self._side_tasks.add(task)
@@ -962,7 +1026,9 @@ class WorkerService:
         """Commit each partition's commit point. A forced commit (revocation, stop) first
         waits for the periodic one under way, so a later point is never overwritten by an
         earlier one answered after it; bounded (:data:`COMMIT_WAIT_S`), after which it is
-        cancelled. A periodic commit leaves out the partitions being revoked."""
+        cancelled. A periodic commit leaves out the partitions being revoked. Nothing is
+        committed while the write gate is closed (:mod:`.write_gate`): the group may have
+        handed the partitions on, and their new owner commits its own points."""
         if force:
             await self._end_background_commit()
         now = time.monotonic()
@@ -972,6 +1038,8 @@ class WorkerService:
         consumer = self._consumer
         if consumer is None or self.own_all_partitions:
             return  # no group: nothing to commit to
+        if self.gate.closed() is not None:  # the partitions may be another member's now
+            return
         offsets: dict[TopicPartition, int] = {}
         for tp, plog in self._partitions.items():
             point = plog.commit_point()
@@ -1011,6 +1079,9 @@ class WorkerService:
             self._revoking = set()
 
     async def _let_go(self, revoked: set[TopicPartition]) -> None:
+        """Let the running jobs of ``revoked`` end (up to the revoke grace), commit what is
+        done; with the write gate closed (expelled, or in doubt), stop them at once instead,
+        unreported, and commit nothing (:meth:`_leave_unreported`)."""
         self.assigned.clear()
         self._in_group = False
         running = [
@@ -1018,7 +1089,8 @@ class WorkerService:
             for job in self._jobs.values()
             if job.task is not None and job.partition in revoked
         ]
-        if running:  # let them end and be committed before another member reads the partitions
+        if running and self.gate.closed() is None:
+            # Let them end and be committed before another member reads the partitions.
             _, pending = await asyncio.wait(running, timeout=self.revoke_grace_s)
             if pending:
                 log.info(
@@ -1027,7 +1099,11 @@ class WorkerService:
                     len(pending),
                     self.revoke_grace_s,
                 )
-        await self._commit(force=True, only=revoked)
+        closed = self.gate.closed()
+        if closed is None:
+            await self._commit(force=True, only=revoked)
+        else:
+            self._leave_unreported(revoked, closed)
         for tp in revoked:
             self._partitions.pop(tp, None)
         for job in list(self._jobs.values()):  # not started (held, or after a stopped copy)
@@ -1035,13 +1111,41 @@ class WorkerService:
                 self._forget(job)
         log.info("worker: partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
+    def _leave_unreported(self, revoked: set[TopicPartition], why: str) -> None:
+        """A revocation with the write gate closed (``why``): the group may already have
+        handed ``revoked`` to another member, which runs their jobs again from the committed
+        offsets. Their running jobs stop now, unreported (a kill stops the task's code), and
+        nothing of them is committed."""
+        running = [
+            job
+            for job in self._jobs.values()
+            if job.task is not None and job.partition in revoked and not job.abandoned
+        ]
+        log.error(
+            "worker: %s: %d running job(s) of partitions %s stop unreported, and nothing of "
+            "them is committed",
+            why, len(running), sorted(tp.partition for tp in revoked),
+        )  # fmt: skip
+        for job in running:
+            self._abandon(job)
+
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        renewed = False
         if self.fence is not None:
             self.fence.confirm()  # the group has just counted this member in
+            renewed = self.gate.note()  # the membership results are written under from now
+        if renewed:
+            log.error(
+                "worker: rejoined its group under a new member id (it was expelled): its "
+                "running jobs stop unreported, for their partitions may have had another owner"
+            )
         for job in list(self._jobs.values()):
-            if job.task is not None and job.partition not in assigned and not job.abandoned:
-                # Its partition went to another worker, which runs the job again from the
-                # committed offset: stop this copy, unreported, so the attempt runs once.
+            if job.task is None or job.abandoned:
+                continue
+            if renewed or job.partition not in assigned:
+                # Its partition went to another worker (now, or while this one was out of the
+                # group), which runs the job again from the committed offset: stop this copy,
+                # unreported, so the attempt runs once.
                 self._abandon(job)
         for tp in assigned:
             self._partitions.setdefault(tp, _PartitionLog())

@@ -1,11 +1,12 @@
-"""The one gate every write of the executor passes: changelog, commands and offsets.
+"""The one gate every write of a group member passes: the executor's changelog, commands and
+offsets; the worker's results and offsets.
 
 A group member that the group may have expelled must write nothing from the state it holds:
 its partitions may have a new owner, and a record written now (a changelog record carried from
-the last cycle, a job, an offset) lands over what that owner wrote since. The member fence
-(:mod:`.member_fence`) says when the process stood still past its session, which is what drops
-the state; the gate is stricter, for a write needs no proof of a freeze, only a doubt. It is
-**closed** while:
+the last cycle, a job, a task run's result, an offset) lands over what that owner wrote since.
+The member fence (:mod:`.member_fence`) says when the process stood still past its session,
+which is what drops the state and stops the worker's running jobs; the gate is stricter, for a
+write needs no proof of a freeze, only a doubt. It is **closed** while:
 
 - the membership has lapsed (:meth:`MemberFence.lapsed`);
 - no heartbeat or join has confirmed the membership for a whole session
@@ -13,16 +14,18 @@ the state; the gate is stricter, for a write needs no proof of a freeze, only a 
   group coordinator only, or a broker away (a restart, when nothing can be written anyway);
 - aiokafka's generation or member id differs from the one noted at the last assignment
   (:meth:`WriteGate.note`): aiokafka resets both when the coordinator answers that it was
-  expelled (a rebalance that timed out while a cycle held the executor, say), and sets new ones
-  at a join. Every record waiting to be written was made under the noted ones: a revocation
-  writes or drops the carried records of the partitions it takes away before the next
-  assignment notes new ones.
+  expelled (a rebalance that timed out while a cycle held the executor, a paused VM whose clock
+  stopped too, say), and sets new ones at a join. Every record waiting to be written was made
+  under the noted ones: a revocation writes or drops the carried records of the partitions it
+  takes away before the next assignment notes new ones.
 
-A write at a closed gate raises :class:`WriteRefused` when the group has said so (generation
-changed, membership lapsed) and waits while the membership is only unconfirmed: a heartbeat
-answered opens it again, one answered with an expulsion refuses. A revocation does not wait (it
-is part of aiokafka's rejoin, which the wait would hold up): it asks :meth:`WriteGate.closed`
-first and then writes nothing.
+A write at a closed gate waits while the membership is only unconfirmed: a heartbeat answered
+opens the gate again. When the group has said more (generation changed, membership lapsed), the
+executor's write raises :class:`WriteRefused` (it then drops the state it would have written
+from); a worker's result waits on (:meth:`WriteGate.passing` with ``given_up``) until the next
+assignment notes the membership, or its job is stopped because the member lost the job's
+partition. A revocation does not wait (it is part of aiokafka's rejoin, which the wait would
+hold up): it asks :meth:`WriteGate.closed` first and then writes and commits nothing.
 
 Records already handed to the producer before the gate closed are beyond it (a cycle's flush
 waiting for acks while the group moves on): exactly-once on Apache Kafka fences those too.
@@ -32,12 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from kestream.runtime.member_fence import LOOK_EVERY_S, MemberFence
 
 __all__ = ["WriteGate", "WriteRefused"]
-
-log = logging.getLogger("kestream.executor")
 
 
 class WriteRefused(Exception):
@@ -45,18 +47,29 @@ class WriteRefused(Exception):
 
 
 class WriteGate:
-    """Whether the executor may write (see the module docs). Always open without a fence (no
-    group: partitions assigned by hand, standalone's fixed shares)."""
+    """Whether a group member may write (see the module docs). Always open without a fence (no
+    group: partitions assigned by hand, standalone's fixed shares). ``role`` names the member
+    in what the gate logs, under its role's logger."""
 
-    def __init__(self, fence: MemberFence | None = None) -> None:
+    def __init__(self, fence: MemberFence | None = None, *, role: str = "executor") -> None:
         self.fence = fence
+        self.role = role
+        self._log = logging.getLogger(f"kestream.{role}")
         #: aiokafka's generation and member id at the last assignment.
         self._noted: tuple[int, str] | None = None
+        #: A writer waiting at the closed gate said so; the first to pass once it opens says
+        #: that too (many of a worker's results wait at once).
+        self._warned = False
 
-    def note(self) -> None:
-        """An assignment has just completed: the membership it was made under."""
-        if self.fence is not None:
-            self._noted = self.fence.membership()
+    def note(self) -> bool:
+        """An assignment has just completed: note the membership it was made under. True when
+        its member id is not the one noted before: the group expelled this member in between,
+        so what it started under the old one may have run on another member meanwhile, even on
+        the partitions assigned back to it."""
+        if self.fence is None:
+            return False
+        before, self._noted = self._noted, self.fence.membership()
+        return before is not None and self._noted is not None and before[1] != self._noted[1]
 
     def closed(self) -> str | None:
         """Why the gate is closed now, or None when it is open."""
@@ -76,18 +89,33 @@ class WriteGate:
             return False
         return self.fence.membership() != self._noted
 
-    async def passing(self) -> None:
-        """Return once the gate is open; raise :class:`WriteRefused` when the group expelled
-        this member (or its membership lapsed) meanwhile."""
+    async def passing(self, given_up: Callable[[], bool] | None = None) -> bool:
+        """Return True once the gate is open (and the write is not given up).
+
+        Without ``given_up`` (the executor, which drops the state its writes come from when
+        expelled), raise :class:`WriteRefused` when the group expelled this member (or its
+        membership lapsed) meanwhile. With it (a worker's result, whose job the worker stops
+        once it learns that it lost the job's partition: at a lapse, at a revocation with the
+        gate closed, at an assignment without the partition or under a new member id), wait
+        through those too, until the next assignment opens the gate, or return False as soon
+        as ``given_up()`` says the write is off."""
         waited = False
         while (why := self.closed()) is not None:
             fence = self.fence
             assert fence is not None
-            if fence.lapsed() or self._changed():
+            if given_up is not None:
+                if given_up():
+                    return False
+            elif fence.lapsed() or self._changed():
+                self._warned = False  # (what comes next is a new closing)
                 raise WriteRefused(why)
-            if not waited:
-                waited = True
-                log.warning("executor: %s; its writes wait for a heartbeat", why)
+            if not self._warned:
+                self._warned = True
+                self._log.warning("%s: %s; its writes wait", self.role, why)
+            waited = True
             await asyncio.sleep(LOOK_EVERY_S)
-        if waited:
-            log.warning("executor: its group membership is confirmed again; writing")
+        if waited and self._warned:
+            self._warned = False
+            self._log.warning("%s: the gate is open again; writing", self.role)
+        # (The assignment that opened it may have given the write up in the same turn.)
+        return given_up is None or not given_up()

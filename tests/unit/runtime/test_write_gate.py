@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.structs import ConsumerRecord
 
 from kestream.executor import events as ev
@@ -26,7 +25,7 @@ from kestream.runtime.metrics import Metrics
 from kestream.runtime.topics import Topics
 from kestream.runtime.write_gate import WriteGate, WriteRefused
 from kestream.settings import Settings
-from tests.unit.runtime.executor_fakes import GroupConsumer
+from tests.unit.runtime.executor_fakes import Clock, Coordinator, GroupConsumer, turns
 
 SESSION_S = 4.0
 
@@ -48,34 +47,6 @@ def _no_admission_slots(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ChangelogRestorer, "_read_table", empty)
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class _Coordinator:
-    """aiokafka's coordinator as the fence sees it: heartbeat, rejoin, generation, member id."""
-
-    def __init__(self) -> None:
-        self.answers: list[bool] = []
-        self.rejoins = 0
-        self.generation = 7
-        self.member_id = "executor-1"
-
-    async def _do_heartbeat(self) -> bool:
-        return self.answers.pop(0)
-
-    def request_rejoin(self) -> None:
-        self.rejoins += 1
-
-    def reset_generation(self) -> None:
-        """What aiokafka does on UNKNOWN_MEMBER_ID or ILLEGAL_GENERATION."""
-        GroupCoordinator.reset_generation(self)
-
-
 class _Ack:
     def __init__(self, topic: str, partition: int | None) -> None:
         self.topic, self.partition, self.offset = topic, partition or 0, 1
@@ -92,7 +63,7 @@ class _Producer:
         return done
 
 
-def _executor() -> tuple[ExecutorService, _Clock, _Coordinator, _Producer]:
+def _executor() -> tuple[ExecutorService, Clock, Coordinator, _Producer]:
     """An executor that owns partitions 0 and 1 after a join (the gate noted the generation),
     with execution e1 running and its changelog records carried to the next write."""
     settings = Settings(broker="unused:9092", executor_inline_tasks=True)
@@ -100,8 +71,8 @@ def _executor() -> tuple[ExecutorService, _Clock, _Coordinator, _Producer]:
     registry = FlowRegistry()
     registry.put(parse_flow(SLEEPY))
     service = ExecutorService(ctx, registry, metrics=Metrics())
-    clock = _Clock()
-    coordinator = _Coordinator()
+    clock = Clock()
+    coordinator = Coordinator()
     service.fence = MemberFence(SESSION_S, clock=clock)
     service.fence.watch(SimpleNamespace(_coordinator=coordinator))
     service.owned = {0, 1}
@@ -125,7 +96,7 @@ def _created(service: ExecutorService, execution_id: str, offset: int) -> dict[T
 def test_aiokafka_resets_the_generation_and_member_id_the_gate_compares() -> None:
     """On UNKNOWN_MEMBER_ID and ILLEGAL_GENERATION aiokafka resets both to values no join
     hands out, so a member told it was expelled differs from what its assignment noted."""
-    coordinator = _Coordinator()
+    coordinator = Coordinator()
     coordinator.reset_generation()
     assert (coordinator.generation, coordinator.member_id) == (-1, "")
     assert coordinator.rejoins == 1
@@ -189,18 +160,11 @@ def test_a_usual_revocation_writes_the_carried_records_commits_and_parks() -> No
     assert parked is not None and "e1" in parked.states
 
 
-async def _turns(clock: _Clock, seconds: float) -> None:
-    """Let ``seconds`` of the fake clock pass while the loop turns (the guard looks)."""
-    for _ in range(int(seconds / 0.5)):
-        clock.now += 0.5
-        await asyncio.sleep(0.02)
-
-
 async def test_writes_wait_while_unconfirmed_and_go_on_once_a_heartbeat_is_answered() -> None:
     """Heartbeats unanswered for a session while the loop turns (a broker restart, a member
     cut off from its coordinator): no lapse, the state is kept, but nothing is written until a
     heartbeat is answered."""
-    clock, coordinator = _Clock(), _Coordinator()
+    clock, coordinator = Clock(), Coordinator()
     fence = MemberFence(SESSION_S, clock=clock)
     fence.watch(SimpleNamespace(_coordinator=coordinator))
     gate = WriteGate(fence)
@@ -208,7 +172,7 @@ async def test_writes_wait_while_unconfirmed_and_go_on_once_a_heartbeat_is_answe
     gate.note()
     fence.guard(None, 0.01)
     try:
-        await _turns(clock, SESSION_S + 1.0)
+        await turns(clock, SESSION_S + 1.0)
         assert not fence.lapsed() and gate.closed() is not None
         passing = asyncio.create_task(gate.passing())
         await asyncio.sleep(0.05)
@@ -222,7 +186,7 @@ async def test_writes_wait_while_unconfirmed_and_go_on_once_a_heartbeat_is_answe
 
 
 async def test_a_write_held_while_unconfirmed_is_refused_once_aiokafka_says_expelled() -> None:
-    clock, coordinator = _Clock(), _Coordinator()
+    clock, coordinator = Clock(), Coordinator()
     fence = MemberFence(SESSION_S, clock=clock)
     fence.watch(SimpleNamespace(_coordinator=coordinator))
     gate = WriteGate(fence)
@@ -230,7 +194,7 @@ async def test_a_write_held_while_unconfirmed_is_refused_once_aiokafka_says_expe
     gate.note()
     fence.guard(None, 0.01)
     try:
-        await _turns(clock, SESSION_S + 1.0)
+        await turns(clock, SESSION_S + 1.0)
         passing = asyncio.create_task(gate.passing())
         await asyncio.sleep(0.05)
         assert not passing.done()

@@ -1,0 +1,199 @@
+"""The worker's write gate: a worker the group may have expelled reports no result and commits
+no offset for partitions the group may have given to another worker (which runs their jobs
+again), and stops the jobs it learns it lost; whether it learns so from aiokafka (an expulsion
+told while its loop kept turning), at a revocation, at a rejoin under a new member id, or from
+heartbeats unanswered for a session (no broker: aiokafka's coordinator and consumer stood in
+for; the jobs are real Sleeps on the worker's runner)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from kestream.models.flow import Flow
+from kestream.runtime import records
+from kestream.runtime.member_fence import MemberFence
+from kestream.runtime.worker_service import WorkerService
+from tests.unit.runtime.executor_fakes import Clock, Coordinator, GroupConsumer, turns
+from tests.unit.runtime.worker_fakes import JOBS, RefusingProducer, close, job_record, make_worker
+
+FLOW = """
+id: naps
+namespace: test.worker
+tasks:
+  - id: nap
+    type: io.kestra.plugin.core.flow.Sleep
+    duration: PT1S
+"""
+
+SESSION_S = 4.0
+
+
+@dataclass
+class Member:
+    worker: WorkerService
+    flow: Flow
+    producer: RefusingProducer
+    consumer: GroupConsumer
+    clock: Clock
+    coordinator: Coordinator
+
+    @property
+    def parts(self) -> set[TopicPartition]:
+        return set(self.consumer.parts)
+
+
+@pytest.fixture
+async def member() -> AsyncIterator[Member]:
+    """A worker of a group that has just joined it (partitions 0 and 1 of its jobs topic; the
+    gate noted the membership), with a long revoke grace: a revocation that waited for a job
+    would let it end."""
+    worker, flow = make_worker(FLOW)
+    worker.revoke_grace_s = 30.0
+    producer, consumer = RefusingProducer(), GroupConsumer(worker)
+    worker._producer = producer
+    worker._consumer = consumer
+    clock, coordinator = Clock(), Coordinator("worker-1")
+    worker.fence = MemberFence(SESSION_S, clock=clock)
+    worker.fence.watch(SimpleNamespace(_coordinator=coordinator))
+    worker._on_assigned(set(consumer.parts))  # the join: confirms, notes the membership
+    worker.fence.guard(worker._lapsed, 0.01)
+    yield Member(worker, flow, producer, consumer, clock, coordinator)
+    worker.fence.stop()
+    await close(worker)
+
+
+def _done_record(offset: int) -> ConsumerRecord[Any, Any]:
+    """A record of :data:`JOBS` done as soon as it is read (a kill of a run not here)."""
+    value = records.dumps({"type": "kill", "id": "gone", "run": "gone"})
+    return ConsumerRecord(JOBS.topic, 0, offset, 0, 0, b"gone", value, None, 4, len(value), [])
+
+
+def _nap(m: Member, seconds: float, offset: int) -> asyncio.Task[None]:
+    """Fetch (hand the worker) a Sleep job of ``seconds``; its task."""
+    m.worker._handle(job_record(m.flow, "nap", {"duration": f"PT{seconds}S"}, offset=offset))
+    (job,) = [j for j in m.worker._jobs.values() if j.record.offset == offset]
+    assert job.task is not None
+    return job.task
+
+
+async def _ran(worker: WorkerService) -> None:
+    """Until no task code runs on the worker's runner (a finished job then waits at the gate
+    for its result, or is reporting it)."""
+    while worker._runner._running:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the result's way to the producer, had the gate let it pass
+
+
+async def test_an_expulsion_told_while_the_loop_turns_stops_the_jobs_and_writes_nothing(
+    member: Member,
+) -> None:
+    """No freeze: the coordinator answered that it does not know the member (cut off from
+    it for longer than the session, a paused VM whose clock stopped too) and aiokafka reset its
+    generation and rejoins. The revocation that comes first stops the running job at once,
+    without waiting the grace (it would end and report meanwhile), and commits nothing, though
+    a record was done; the rejoin under a new member id opens the gate for what comes next."""
+    m = member
+    m.worker._handle(_done_record(3))
+    task = _nap(m, 0.3, 4)
+    m.coordinator.reset_generation()
+    assert m.worker.gate.closed() is not None
+    await m.worker._on_revoked(m.parts)
+    await asyncio.gather(task)
+    assert m.producer.results() == [] and m.consumer.commits == []
+    assert m.worker.stats["abandoned"] == 1 and m.worker.in_flight == 0
+
+    m.coordinator.join("worker-2")
+    m.worker._on_assigned(m.parts)
+    assert m.worker.gate.closed() is None
+    await asyncio.gather(_nap(m, 0.01, 4))  # fetched again from the committed offset
+    assert [r.state.value for r in m.producer.results()] == ["SUCCESS"]
+
+
+async def test_a_result_waits_while_unconfirmed_and_goes_out_once_a_heartbeat_is_answered(
+    member: Member,
+) -> None:
+    """Heartbeats unanswered for a session while the loop turns (a worker cut off from its
+    group coordinator only, a broker restart): no lapse, the job runs on, but its result and
+    the offsets wait; an answered heartbeat lets both through."""
+    m = member
+    await turns(m.clock, SESSION_S + 1.0)
+    fence = m.worker.fence
+    assert fence is not None and not fence.lapsed() and m.worker.gate.closed() is not None
+    task = _nap(m, 0.01, 4)
+    await _ran(m.worker)
+    assert m.producer.results() == [] and not task.done()
+    await m.worker._commit(force=True)
+    assert m.consumer.commits == []
+
+    m.coordinator.answers = [True]
+    await m.coordinator._do_heartbeat()  # (the fence's wrapper)
+    await asyncio.gather(task)
+    assert [r.state.value for r in m.producer.results()] == ["SUCCESS"]
+    await m.worker._commit(force=True)
+    assert m.consumer.commits == [{JOBS: 5}]
+    assert m.worker.stats["abandoned"] == 0
+
+
+async def test_a_job_still_running_when_the_member_rejoins_under_a_new_id_stops_unreported(
+    member: Member,
+) -> None:
+    """A rebalance the worker took part in (the gate open at the revocation, no grace): the
+    job runs through it, as it should when its partition comes back. But the member was
+    expelled during the join and came back under a new member id: another worker may have
+    owned the partition meanwhile and run the job, so this copy stops, unreported, though the
+    partition is assigned back."""
+    m = member
+    m.worker.revoke_grace_s = 0.0
+    task = _nap(m, 0.3, 4)
+    await m.worker._on_revoked(m.parts)
+    assert not task.done()
+    m.coordinator.reset_generation()
+    m.coordinator.join("worker-2")
+    m.worker._on_assigned(m.parts)
+    await asyncio.gather(task)
+    assert m.producer.results() == []
+    assert m.worker.stats["abandoned"] == 1 and m.worker.in_flight == 0
+
+
+@pytest.mark.parametrize("back", [False, True], ids=["moved", "assigned-back"])
+async def test_a_result_ended_between_the_join_and_the_assignment_waits_for_it(
+    member: Member, back: bool
+) -> None:
+    """A rebalance that keeps the member (same member id, the next generation). A job that
+    ends after the join, before the assignment, may be of a partition the new generation gave
+    another worker, which is starting it too: its result waits for the assignment, and goes
+    out only if the partition is this worker's again."""
+    m = member
+    m.worker.revoke_grace_s = 0.0
+    task = _nap(m, 0.05, 4)
+    await m.worker._on_revoked(m.parts)
+    m.coordinator.join()
+    await _ran(m.worker)
+    assert m.producer.results() == []
+    m.worker._on_assigned(m.parts if back else {TopicPartition(JOBS.topic, 1)})
+    await asyncio.gather(task)
+    assert [r.state.value for r in m.producer.results()] == (["SUCCESS"] if back else [])
+    assert m.worker.stats["abandoned"] == (0 if back else 1)
+
+
+async def test_a_lapsed_worker_revoked_commits_nothing(member: Member) -> None:
+    """Frozen past its session (the guard sees the stall): its running job stops, and the
+    revocation of aiokafka's rejoin commits nothing, though a record was done before the
+    freeze; the group may have handed the partition on, and its new owner commits."""
+    m = member
+    m.worker._handle(_done_record(3))
+    task = _nap(m, 30, 4)
+    m.clock.now += SESSION_S + 1.0  # frozen: no heartbeat, no look of the guard
+    await asyncio.gather(task)  # the guard's first look stops it
+    fence = m.worker.fence
+    assert fence is not None and fence.tripped and m.coordinator.rejoins == 1
+    await m.worker._on_revoked(m.parts)
+    assert m.consumer.commits == [] and m.producer.results() == []
