@@ -1121,11 +1121,12 @@ class WorkerService:
             for job in self._jobs.values()
             if job.task is not None and job.partition in revoked and not job.abandoned
         ]
-        log.error(
-            "worker: %s: %d running job(s) of partitions %s stop unreported, and nothing of "
-            "them is committed",
-            why, len(running), sorted(tp.partition for tp in revoked),
-        )  # fmt: skip
+        partitions = sorted(tp.partition for tp in revoked)
+        if running:
+            log.error("worker: %s: %d running job(s) of partitions %s stop unreported, and "
+                      "nothing of them is committed", why, len(running), partitions)  # fmt: skip
+        else:  # (stopped already: a lapse)
+            log.info("worker: %s: nothing of partitions %s is committed", why, partitions)
         for job in running:
             self._abandon(job)
 
