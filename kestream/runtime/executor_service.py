@@ -103,6 +103,7 @@ from kestream.runtime.executor_transactions import (
 )
 from kestream.runtime.executor_writer import DeadLetters, RecordWriter, Refusal, Written
 from kestream.runtime.held_events import HeldEvents
+from kestream.runtime.instance_id_guard import guard_instance_id
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.local_handoff import LocalResults, disconnect
 from kestream.runtime.member_fence import LOOK_EVERY_S, MemberFence
@@ -305,6 +306,8 @@ class ExecutorService:
         else:
             self._consumer.subscribe(inputs, listener=_Rebalance(self))
             await self._consumer.start()
+            # Replaced by a live process with its instance id: stop, never take the id back.
+            guard_instance_id(self._consumer, self._fail)
             self.fence = MemberFence(self.settings.session_timeout() / 1000)
             self.fence.watch(self._consumer)
             self.fence.guard(None, LOOK_EVERY_S)  # (only to tell a freeze from an outage)

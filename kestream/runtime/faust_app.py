@@ -65,6 +65,7 @@ from kestream.runtime.process import (
     tune_gc,
 )
 from kestream.runtime.restarts import RoleStepsDown, record_failed_role
+from kestream.runtime.supervision import supervised_children
 from kestream.settings import SecurityProtocol, Settings, get_settings
 
 if TYPE_CHECKING:  # the API's stack is imported by the processes that host the API only
@@ -273,7 +274,15 @@ class RoleService(Service):
         self._routes_installed = True
         web_app.middlewares.append(metrics_middleware(self.metrics))
         guard = install_guard(web_app, self.settings)
-        web_app.router.add_routes(ops_routes(self.metrics, self.health, self.board))
+        web_app.router.add_routes(
+            # The API answers for the installation, and under standalone for its supervisor.
+            ops_routes(
+                self.metrics,
+                self.health,
+                self.board,
+                supervised_children() if self.board is not None else None,
+            )
+        )
         guard.grant(HEALTH_PATHS, Access.OPEN)
         metrics_access = Access.CREDENTIALS if self.settings.metrics_auth else Access.OPEN
         guard.grant([METRICS_PATH], metrics_access)

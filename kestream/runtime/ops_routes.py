@@ -9,6 +9,10 @@ routes in the API role.
 - ``GET /health/ready``: 200 when this process is ready, and, given a
   :class:`~kestream.runtime.members.MemberBoard` (the API role), when the whole installation is
   ready; else 503. The JSON names the members and which of them are not ready.
+- Under ``kestream standalone`` the API role also answers for the supervisor
+  (:class:`~kestream.runtime.supervision.SupervisedChildren`, ``supervisor`` in the JSON): not
+  ready while a child is down or its replacement not yet ready, naming it and why; not live
+  once the supervisor has given up.
 
 Ports: the API listens on ``KESTREAM_WEB_PORT``; every other role takes an ephemeral port and
 publishes it in its member record. faust refuses ``web_port=0``, so :func:`free_port` asks the
@@ -29,6 +33,7 @@ from kestream.runtime.embedded_broker import free_port
 from kestream.runtime.health import Health
 from kestream.runtime.members import MemberBoard
 from kestream.runtime.metrics import Metrics
+from kestream.runtime.supervision import SupervisedChildren
 
 __all__ = [
     "HEALTH_PATHS",
@@ -54,9 +59,13 @@ def _answer(ok: bool, details: dict[str, Any]) -> web.Response:
 
 
 def ops_routes(
-    metrics: Metrics, health: Health, board: MemberBoard | None = None
+    metrics: Metrics,
+    health: Health,
+    board: MemberBoard | None = None,
+    supervised: SupervisedChildren | None = None,
 ) -> list[web.RouteDef]:
-    """The three routes, bound to this process's metrics, health and (API role) member board."""
+    """The three routes, bound to this process's metrics, health and (API role) member board
+    and, under ``kestream standalone``, its supervisor's report."""
 
     async def get_metrics(_: web.Request) -> web.Response:
         body, content_type = metrics.render()
@@ -64,7 +73,12 @@ def ops_routes(
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def get_live(_: web.Request) -> web.Response:
-        return _answer(*health.live())
+        ok, details = health.live()
+        if supervised is not None:
+            supervisor_ok, details["supervisor"] = supervised.live()
+            ok = ok and supervisor_ok
+            details["status"] = "UP" if ok else "DOWN"
+        return _answer(ok, details)
 
     async def get_ready(_: web.Request) -> web.Response:
         ok, details = health.ready()
@@ -72,6 +86,10 @@ def ops_routes(
             installation_ok, installation = board.status()
             details["installation"] = installation
             ok = ok and installation_ok
+            if supervised is not None:
+                members = board.roster.members() if board.loaded.is_set() else []
+                supervisor_ok, details["supervisor"] = supervised.ready(members)
+                ok = ok and supervisor_ok
             details["status"] = "UP" if ok else "DOWN"
         return _answer(ok, details)
 

@@ -145,13 +145,19 @@ class CrashLedger:
         self._write()
 
     def _write(self) -> None:
-        body = json.dumps({"crashes": self.crashes, "restarts": self.restarts}).encode()
-        fd, tmp = tempfile.mkstemp(prefix=".crashes-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(body)
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_json_atomically(self.path, {"crashes": self.crashes, "restarts": self.restarts})
+
+
+def write_json_atomically(path: Path, body: object) -> None:
+    """Replace ``path`` with ``body`` as JSON in one step: a reader in another process (the
+    API role, at a scrape or a probe) sees the old file or the new one, never half of it."""
+    data = json.dumps(body).encode()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

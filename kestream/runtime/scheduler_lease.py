@@ -13,9 +13,13 @@ there, and the scheduler stops firing and flushes its producer before returning,
 the old active wrote is in the log before the new one reads it. A member the group has already
 expelled (its session expired while it was frozen) learns it late; :meth:`SchedulerLease.valid`
 also refuses once the consumer's group generation is no longer the one the partition was assigned
-in. A member whose group coordination died (another process took its static instance id) steps
-down for good and reports itself dead, and its process stops, to be started again by its
-supervisor (counted there as ``stepped down``). What remains (a frozen process that wakes and fires
+in. A member whose group coordination died steps down for good and reports itself dead, and its
+process stops, to be started again by its supervisor (counted there as ``stepped down``). One
+that another live process replaced by taking its static instance id (two processes given one
+``KESTREAM_GROUP_INSTANCE_ID``) is refused its rejoin (:mod:`.instance_id_guard`): it steps down
+for good too and its process stops with an error naming the id (counted as ``duplicate
+instance id``, which ``standalone`` does not restart), so the two never take the lease from
+each other in turn. What remains (a frozen process that wakes and fires
 before its heartbeat fails) can only repeat a slot the new active fires too, under the same
 execution id derived from the slot, which the executor drops as a repeat (DESIGN.md section 3).
 """
@@ -31,6 +35,7 @@ from aiokafka.errors import KafkaError
 
 from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext
+from kestream.runtime.instance_id_guard import duplicate_in, guard_instance_id
 from kestream.runtime.kafka import make_consumer
 from kestream.runtime.restarts import RoleStepsDown
 from kestream.runtime.static_membership import static_member, stop_member
@@ -109,6 +114,7 @@ class SchedulerLease:
         self._consumer = consumer
         await consumer.start()
         group_generation(consumer)  # the fence must be readable before this one may hold it
+        guard_instance_id(consumer)  # a replaced member never takes its instance id back
         consumer.subscribe([ctx.topics.trigger_commands], listener=_Listener(self))
         self._task = asyncio.create_task(self._poll(consumer), name="scheduler-lease")
 
@@ -161,12 +167,22 @@ class SchedulerLease:
         steps down for good, the lease reports itself dead (:attr:`alive`: the health check
         then says the scheduler is not live) and tells ``on_dead``, whose host stops the
         process: a new one joins the group afresh (a process that stayed up not live would
-        wait for a liveness probe that ``standalone`` does not have)."""
-        log.error(
-            "scheduler lease: the group coordination stopped (%r); another process may have "
-            "taken this scheduler's instance id (KESTREAM_GROUP_INSTANCE_ID). Stepping down",
-            exc,
-        )
+        wait for a liveness probe that ``standalone`` does not have). When another live
+        process took this one's instance id (:mod:`.instance_id_guard`), that is what
+        ``on_dead`` is told: the process stops naming the id, for good."""
+        duplicate = duplicate_in(exc)
+        if duplicate is not None:
+            log.error(
+                "scheduler lease: %s. This scheduler steps down for good and fires nothing more",
+                duplicate,
+            )
+        else:
+            log.error(
+                "scheduler lease: the group coordination stopped (%r); another process may "
+                "have taken this scheduler's instance id (KESTREAM_GROUP_INSTANCE_ID). "
+                "Stepping down",
+                exc,
+            )
         try:
             if self.leadership.role is not Role.STANDBY:
                 try:
@@ -177,7 +193,8 @@ class SchedulerLease:
             self._generation = None
             if self.on_dead is not None:
                 self.on_dead(
-                    RoleStepsDown(
+                    duplicate
+                    or RoleStepsDown(
                         f"the scheduler lease's group coordination stopped ({exc!r})",
                         cause=STEPPED_DOWN,
                     )

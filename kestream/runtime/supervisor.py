@@ -47,6 +47,7 @@ from typing import IO, TYPE_CHECKING
 
 from kestream.runtime.embedded_broker import EmbeddedBroker, die_with_parent
 from kestream.runtime.fetch_pacing import mark_embedded
+from kestream.runtime.instance_id_guard import DUPLICATE_INSTANCE_ID
 from kestream.runtime.kafka_connection import embedded_refusal
 from kestream.runtime.process import BROKER_ON_STDIN_ENV, IMPORTED_FD_ENV, ONLY_SCHEDULER_ENV
 from kestream.runtime.restarts import (
@@ -58,6 +59,7 @@ from kestream.runtime.restarts import (
     take_failed_role,
 )
 from kestream.runtime.static_membership import child_instance_id
+from kestream.runtime.supervision import SUPERVISION_FILE_ENV, SupervisionReport
 from kestream.settings import Settings
 
 if TYPE_CHECKING:  # imported once the role processes are started: they need not wait for it
@@ -76,6 +78,8 @@ _IMPORTED_WAIT_S = 60.0
 #: and a stop wake it at once, and a restart's due time shortens the rest; what is left to
 #: notice is the broker mirror's failure, which can wait this long. It looked every 0.2 s.
 _WATCH_IDLE_S = 2.0
+#: The children's report for the API's /health, in the data dir's ``standalone`` folder.
+CHILDREN = "children.json"
 #: The same where no SIGCHLD handler can be installed (a loop outside the main thread).
 _POLL_FALLBACK_S = 0.2
 
@@ -153,6 +157,8 @@ class Supervisor:
         self.broker: EmbeddedBroker | None = None
         self.store: BrokerStore | None = None
         self.ledger: CrashLedger | None = None
+        #: Each child's state, for the API's /health (:mod:`~kestream.runtime.supervision`).
+        self.report: SupervisionReport | None = None
         #: The role that kept crashing, when that is why it stopped.
         self.gave_up: str | None = None
         self._mirror_policy = self._policy()
@@ -186,6 +192,7 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         self.ledger = CrashLedger(data / "standalone" / "crashes.json")
+        self.report = SupervisionReport(data / "standalone" / CHILDREN)
         broker_policy = self._policy()
         try:
             first = True
@@ -277,6 +284,7 @@ class Supervisor:
         if delay is None:
             log.error("the embedded broker keeps dying (%s); standalone stops", why)
             self.gave_up = "broker"
+            self._report().give_up("the embedded broker", f"it keeps dying ({died.cause})")
             return False
         log.error(
             "%s; stopping the roles, then starting the broker again from %s",
@@ -327,6 +335,7 @@ class Supervisor:
             **os.environ,
             BROKER_ON_STDIN_ENV: "1",
             CRASHES_FILE_ENV: str(self.ledger.path),
+            SUPERVISION_FILE_ENV: str(self._report().path),
             FAILED_ROLE_FILE_ENV: str(slot.failed_file),
             # Static membership on Kafka: a restarted child takes its predecessor's partitions.
             "KESTREAM_GROUP_INSTANCE_ID": child_instance_id(self.settings, slot.name),
@@ -355,6 +364,7 @@ class Supervisor:
             if imported is not None:
                 os.close(imported[1])
         slot.process = process
+        self._report().started(slot.name, slot.roles, process.pid)
         slot.imported = imported[0] if imported is not None else None
         if bootstrap is not None:
             _release(slot, bootstrap)
@@ -424,6 +434,8 @@ class Supervisor:
                     continue
                 status = describe_exit(code)
                 failed, said = slot.failure()
+                if said == DUPLICATE_INSTANCE_ID:
+                    return self._duplicate(slot, failed)
                 cause = said or status  # a role's own reason counts its exit, when it gave one
                 delays: list[float] = []
                 for role in failed:
@@ -433,6 +445,7 @@ class Supervisor:
                         policy = slot.policies[role]
                         who = slot.describe(failed)
                         self.gave_up = role if who != slot.name else slot.name
+                        self._report().give_up(who, f"it keeps crashing ({cause})")
                         log.error(
                             "%s keeps crashing: %d crashes within %.0f s, the last with %s "
                             "(its log is above); standalone stops",
@@ -455,9 +468,37 @@ class Supervisor:
                 )
                 slot.process = None
                 slot.start_at = now + delay
+                self._report().exited(slot.name, slot.roles, status, delay)
             due = [slot.start_at - now for slot in self.slots if slot.process is None]
             await _first_of(stop, exited, min([rest, *due]))
         return 0
+
+    def _report(self) -> SupervisionReport:
+        """The children's report (made by :meth:`run` before any child starts)."""
+        if self.report is None:
+            self.report = SupervisionReport(self.settings.data_path / "standalone" / CHILDREN)
+        return self.report
+
+    def _duplicate(self, slot: RoleProcess, failed: tuple[str, ...]) -> int:
+        """``slot``'s process stopped because another live process joined its consumer group
+        with its instance id (:mod:`~kestream.runtime.instance_id_guard`): started again, it
+        would take the id back from that process, which would stop in turn. Standalone stops,
+        naming the id; 1."""
+        assert self.ledger is not None
+        for role in failed:
+            self.ledger.crashed(role, DUPLICATE_INSTANCE_ID)
+        self.gave_up = slot.name
+        self._report().give_up(slot.name, DUPLICATE_INSTANCE_ID)
+        log.error(
+            "%s stopped: another live process uses its group instance id %r on this broker "
+            "(KESTREAM_GROUP_INSTANCE_ID is shared with another installation). Starting it "
+            "again would take the id back from that process; standalone stops. Give each "
+            "installation its own KESTREAM_GROUP_INSTANCE_ID",
+            slot.name,
+            child_instance_id(self.settings, slot.name),
+        )
+        slot.process = None
+        return 1
 
     async def _mirror_kept(self, now: float, bootstrap: str) -> bool:
         """Start the broker mirror again if it failed (logged, counted as role ``mirror``);
@@ -471,6 +512,7 @@ class Supervisor:
         self.ledger.crashed("mirror", cause)
         if self._mirror_policy.crashed(now) is None:
             self.gave_up = "mirror"
+            self._report().give_up("the broker mirror", f"it keeps failing ({cause})")
             log.error("the broker mirror keeps failing (%r); standalone stops", error)
             return False
         log.error("the broker mirror failed (%r); starting it again", error)

@@ -9,6 +9,11 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from kestream.runtime.context import BrokerContext
+from kestream.runtime.instance_id_guard import (
+    DUPLICATE_INSTANCE_ID,
+    DuplicateInstanceId,
+    InstanceHolder,
+)
 from kestream.runtime.restarts import RoleStepsDown
 from kestream.runtime.scheduler_lease import STEPPED_DOWN, SchedulerLease
 from kestream.runtime.topics import Topics
@@ -89,9 +94,11 @@ class _DeadCoordinator:
     """aiokafka's coordinator after its coordination task ended with an error (SyncGroup
     answered FENCED_INSTANCE_ID, which aiokafka 0.14 raises as an unexpected error)."""
 
-    def __init__(self) -> None:
+    def __init__(self, error: BaseException | None = None) -> None:
         self._coordination_task: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._coordination_task.set_exception(KafkaError("Unexpected error from SyncGroup"))
+        self._coordination_task.set_exception(
+            error or KafkaError("Unexpected error from SyncGroup")
+        )
         self._coordination_task.exception()  # (retrieved: no "never retrieved" warning)
         self.generation, self.member_id = 3, "m-1"
 
@@ -100,8 +107,8 @@ class _FencedConsumer:
     """getmany raises the coordination's error each time, as aiokafka's does; after a few
     polls it gives up with :class:`_StillPolling` (the lease never noticed)."""
 
-    def __init__(self) -> None:
-        self._coordinator = _DeadCoordinator()
+    def __init__(self, error: BaseException | None = None) -> None:
+        self._coordinator = _DeadCoordinator(error)
         self.polls = 0
 
     async def getmany(self, **_: object) -> dict[TopicPartition, list[object]]:
@@ -147,3 +154,25 @@ async def test_a_lease_whose_group_coordination_died_says_its_process_must_be_re
         assert isinstance(exc, RoleStepsDown) and exc.cause == STEPPED_DOWN == "stepped down"
         assert "Unexpected error from SyncGroup" in str(exc)
         assert calls.lost == (1 if active else 0) and leadership.role is Role.STANDBY
+
+
+async def test_a_scheduler_replaced_by_another_live_process_stops_naming_the_instance_id() -> None:
+    """Another live process took the active one's instance id and the rejoin was refused
+    (:mod:`kestream.runtime.instance_id_guard`): it steps down, and ``on_dead`` is told the
+    duplicate itself, whose cause standalone does not restart."""
+    duplicate = DuplicateInstanceId(
+        "scheduler-0", "t-scheduler-lease", InstanceHolder("m", "c", "/h")
+    )
+    try:
+        raise KafkaError(f"Unexpected error during coordination {duplicate!r}") from duplicate
+    except KafkaError as exc:
+        wrapped = exc
+    lease, leadership, calls = _lease()
+    dead: list[BaseException] = []
+    lease.on_dead = dead.append
+    await lease.revoked()
+    await lease.assigned([TP])
+    assert leadership.activated(1)
+    await lease._poll(_FencedConsumer(wrapped))  # type: ignore[arg-type]
+    assert dead == [duplicate] and duplicate.cause == DUPLICATE_INSTANCE_ID
+    assert calls.lost == 1 and leadership.role is Role.STANDBY and not lease.valid(1)
