@@ -55,7 +55,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -97,6 +97,7 @@ from kestream.runtime.event_offload import needs_storage, prepare
 from kestream.runtime.executor_outbox import CommandRecord, Outbox, Outboxes, PartitionOutboxes
 from kestream.runtime.executor_transactions import (
     Fenced,
+    Lost,
     PartitionTransactions,
     TransactionalProducer,
     TxnWrite,
@@ -921,12 +922,14 @@ class ExecutorService:
             writes.setdefault(tp.partition, TxnWrite()).offsets[tp] = offset
         self._committed_at = time.monotonic()
         fenced: set[int] = set()
+        lost: dict[int, Lost] = {}
         for _ in range(_FLUSH_ROUNDS):
             if not writes:
                 break
             written = await self.writer.write_transactions(writes)
             self._checkpointed(written)
             fenced |= written.fenced
+            lost |= written.lost
             writes = {
                 partition: self._without_refused(writes[partition], refusals)
                 for partition, refusals in written.refused_in.items()
@@ -937,8 +940,8 @@ class ExecutorService:
                     f"records of executor partitions {sorted(writes)} still refused after "
                     f"{_FLUSH_ROUNDS} rounds"
                 )
-        if fenced:
-            await self._fenced(fenced)
+        if fenced or lost:
+            await self._fenced(fenced, lost)
 
     def _without_refused(self, write: TxnWrite, refusals: list[Refusal]) -> TxnWrite:
         """A partition's write again, after the broker refused some of its records (its
@@ -956,22 +959,34 @@ class ExecutorService:
         kept = [rec for rec in write.records if id(rec) not in gone]
         return TxnWrite(kept + self._sized(out), write.offsets)
 
-    async def _fenced(self, partitions: set[int]) -> None:
-        """These partitions' producers were fenced: their transactions were not committed, so
-        the state in memory is ahead of their changelog, and it is dropped, not parked.
+    async def _fenced(self, fenced: set[int], lost: Mapping[int, Lost] | None = None) -> None:
+        """These partitions' producers were fenced (``fenced``) or died (``lost``): their
+        transactions were not committed, or (a dead producer's) may yet be, so the state in
+        memory may be ahead of their changelog, and it is dropped, not parked.
 
         Either another member took their transactional ids (this processor missed a
         rebalance: a stall past its session, say), and the partitions are left to the group,
         which assigns them again at this member's rejoin; or the broker timed the transaction
-        out (``INVALID_PRODUCER_EPOCH`` is both), and nobody else will serve them: no
-        rebalance comes while this member stays in the group. A heartbeat later (time for the
-        consumer to learn of a rebalance), partitions still assigned to it and no rejoin
-        pending are taken back in place (:meth:`_reclaim`)."""
-        log.error(
-            "executor fenced on partitions %s: another member took their transactional ids, "
-            "or the broker timed their transactions out; their state is dropped",
-            sorted(partitions),
-        )
+        out (``INVALID_PRODUCER_EPOCH`` is both), or the producer's sender died of a broker
+        restart (:class:`~kestream.runtime.executor_transactions.Lost`), and nobody else will
+        serve them: no rebalance comes while this member stays in the group. A heartbeat later
+        (time for the consumer to learn of a rebalance), partitions still assigned to it and no
+        rejoin pending are taken back in place (:meth:`_reclaim`), with fresh producers."""
+        lost = lost or {}
+        if fenced:
+            log.error(
+                "executor fenced on partitions %s: another member took their transactional "
+                "ids, or the broker timed their transactions out; their state is dropped",
+                sorted(fenced),
+            )
+        if lost:
+            log.warning(
+                "executor: the transactional producers of partitions %s died (%s), not fenced; "
+                "their state is dropped and read again with fresh producers",
+                sorted(lost),
+                "; ".join(sorted({died.why for died in lost.values()})),
+            )
+        partitions = fenced | set(lost)
         self.ready.clear()
         self._generation += 1  # a batch fetched before is fetched again (_fetch_again)
         await self._let_go(partitions & self.owned, park=False)

@@ -20,6 +20,18 @@ A fenced producer means another member owns the partition (:class:`Fenced`): the
 drops the partition's state, loudly, and leaves it to the group, which assigns it again when
 this member rejoins.
 
+A producer can also die without being fenced (:class:`Lost`). aiokafka ends a transactional
+producer's background sender on any error it does not retry, and a broker restart gives it one:
+the connection dropped under a coordinator lookup (``KafkaConnectionError``, raised as "Unexpected
+error during batch delivery"). The producer can then neither commit nor abort (its transaction
+state is fatal) and never recovers. Its partition is still this member's, so the processor
+takes it back in place, as Kafka Streams recreates its producer: a fresh producer takes the same
+transactional id (which aborts the dead one's open transaction, unless the coordinator had begun
+committing it, which then completes), and the partition's state is read again from the
+committed changelog, its events from the committed offsets. Taking an id retries while the
+broker is still away (:meth:`PartitionTransactions.own`). A partition whose producers keep dying
+(:data:`MAX_LOSSES` commits in a row) stops the processor instead of looping.
+
 A record the broker refuses for what it is (:func:`~kestream.runtime.produce_faults.record_fault`)
 aborts its partition's transaction, and the refusals are handed back
 (:attr:`Committed.refused`): the processor dead-letters them, undoes what their steps counted on,
@@ -36,15 +48,17 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiokafka import TopicPartition
-from aiokafka.errors import ProducerFenced
+from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
 from kestream.runtime.executor_outbox import CommandRecord
 from kestream.runtime.produce_faults import record_fault
 
 __all__ = [
+    "MAX_LOSSES",
     "Committed",
     "Fenced",
+    "Lost",
     "PartitionTransactions",
     "Refused",
     "TransactionalProducer",
@@ -52,6 +66,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("kestream.executor")
+
+#: Commits of one partition in a row whose producer died (:class:`Lost`) before the processor
+#: stops: a producer that dies again at once, with a fresh one each time, is not a broker bounce.
+MAX_LOSSES = 3
 
 
 class TransactionalProducer(Protocol):
@@ -87,6 +105,46 @@ class Fenced(Exception):
         self.partition = partition
 
 
+class Lost(Exception):
+    """An input partition's producer died without being fenced: its sender failed for good
+    (see the module docstring); ``cause``, what it died of."""
+
+    def __init__(self, partition: int, cause: BaseException) -> None:
+        chain: list[str] = []  # aiokafka's own text says little: "Unexpected error ..."
+        seen: BaseException | None = cause
+        while seen is not None and len(chain) < 4:
+            chain.append(repr(seen))
+            seen = seen.__cause__ or seen.__context__
+        #: What the producer died of, and what that was raised from.
+        self.why = " from ".join(chain)
+        super().__init__(f"the producer of executor partition {partition} died: {self.why}")
+        self.partition = partition
+        self.cause = cause
+
+
+def sender_failure(producer: TransactionalProducer) -> BaseException | None:
+    """What ``producer``'s background sender died of, if it died (aiokafka's
+    ``AIOKafkaProducer._sender.sender_task``, done with an exception); None while it runs, or
+    for a producer without one. A dead sender's producer fails every call after (its
+    transaction state is fatal): its commit's failure is not the transaction's, and an abort
+    through it is refused or, under ``python -O``, waits for ever."""
+    task = getattr(getattr(producer, "_sender", None), "sender_task", None)
+    if not isinstance(task, asyncio.Future) or not task.done() or task.cancelled():
+        return None
+    return task.exception()
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is a Kafka error worth trying again: the
+    broker away or not ready yet, not a refusal (an authorization, say)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KafkaError) and seen.retriable:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class Refused(Exception):
     """The broker refused records of a partition's transaction for what they are: the
     transaction was aborted (nothing of it is visible)."""
@@ -105,6 +163,10 @@ class Committed:
     acked: list[tuple[CommandRecord, Any]] = field(default_factory=list)
     #: The partitions whose producer was fenced: nothing of theirs was committed.
     fenced: set[int] = field(default_factory=set)
+    #: The partitions whose producer died (:class:`Lost`): their transaction is left to the
+    #: id's next producer (aborted, or completed if the coordinator had begun committing it),
+    #: so their state is read again from the committed changelog.
+    lost: dict[int, Lost] = field(default_factory=dict)
     #: Per partition whose transaction was aborted because the broker refused records of it
     #: for what they are: those records, and why (nothing of the partition was committed).
     refused: dict[int, list[tuple[CommandRecord, str]]] = field(default_factory=dict)
@@ -126,14 +188,23 @@ class PartitionTransactions:
         make_producer: Callable[[str], TransactionalProducer],
         id_prefix: str,
         group_id: str,
+        *,
+        retry_for_s: float = 60.0,
+        backoff_s: float = 0.25,
     ) -> None:
         """``make_producer(transactional_id)``: an unstarted producer; ``id_prefix``: the
         transactional ids' (``<topic prefix>executor-``); ``group_id``: the executor group's,
-        whose offsets the transactions commit."""
+        whose offsets the transactions commit. Taking an id is tried again for
+        ``retry_for_s`` while the broker is away, ``backoff_s`` before the second try, doubling
+        up to 2 s (a restarted Kafka is back within seconds: the wait stays short)."""
         self._make = make_producer
         self.id_prefix = id_prefix
         self.group_id = group_id
+        self.retry_for_s = retry_for_s
+        self.backoff_s = backoff_s
         self.producers: dict[int, TransactionalProducer] = {}
+        #: Per partition, its commits in a row whose producer died (:data:`MAX_LOSSES`).
+        self.losses: dict[int, int] = {}
 
     def transactional_id(self, partition: int) -> str:
         return f"{self.id_prefix}{partition}"
@@ -149,14 +220,30 @@ class PartitionTransactions:
                 raise result
 
     async def _own(self, partition: int) -> None:
-        producer = self._make(self.transactional_id(partition))
-        self.producers[partition] = producer  # (stopped by leave() or stop() if this fails)
-        await producer.start()
-        try:  # an empty transaction: waits for the id (InitProducerId), sends nothing
-            await producer.begin_transaction()
-            await producer.commit_transaction()
-        except ProducerFenced as exc:  # a newer owner already: it is not ours
-            raise Fenced(partition) from exc
+        """Take ``partition``'s id with a fresh producer; tried again while the broker is
+        away (a transient Kafka error: see :meth:`__init__`), any other failure raised."""
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + self.retry_for_s, self.backoff_s
+        while True:
+            producer = self._make(self.transactional_id(partition))
+            self.producers[partition] = producer  # (stopped by leave() or stop() if this fails)
+            try:
+                await producer.start()
+                # An empty transaction: waits for the id (InitProducerId), sends nothing.
+                await producer.begin_transaction()
+                await producer.commit_transaction()
+                return
+            except ProducerFenced as exc:  # a newer owner already: it is not ours
+                raise Fenced(partition) from exc
+            except Exception as exc:
+                if not _transient(exc) or loop.time() + delay > deadline:
+                    raise
+                log.warning("cannot take the transactional id of executor partition %d yet "
+                            "(%r); trying again in %.2f s", partition, exc, delay)  # fmt: skip
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     async def leave(self, partitions: set[int]) -> None:
         """Stop the producers of partitions this processor no longer owns (no transaction is
@@ -171,16 +258,27 @@ class PartitionTransactions:
 
     async def commit(self, writes: Mapping[int, TxnWrite]) -> Committed:
         """Commit each partition's write in its transaction, the partitions side by side.
-        A partition whose producer was fenced is reported (:attr:`Committed.fenced`), and so
-        is one whose records the broker refused (:attr:`Committed.refused`, its transaction
+        A partition whose producer was fenced is reported (:attr:`Committed.fenced`), so is
+        one whose producer died (:attr:`Committed.lost`, up to :data:`MAX_LOSSES` in a row)
+        and one whose records the broker refused (:attr:`Committed.refused`, its transaction
         aborted); any other failure aborts the partition's transaction and raises once all
-        are done. Either way nothing of a failed partition is visible, and its offsets are
-        where they were."""
-        jobs = [self._commit_one(p, w) for p, w in writes.items() if w.records or w.offsets]
+        are done. Either way nothing of a failed partition is visible (a dead producer's
+        transaction is aborted by the id's next producer), and its offsets are where they
+        were."""
+        parts = [p for p, w in writes.items() if w.records or w.offsets]
+        jobs = [self._commit_one(p, writes[p]) for p in parts]
         committed = Committed()
         results = await asyncio.gather(*jobs, return_exceptions=True)
         failure: BaseException | None = None
-        for result in results:
+        for partition, result in zip(parts, results, strict=True):
+            if isinstance(result, Lost):
+                losses = self.losses[partition] = self.losses.get(partition, 0) + 1
+                if losses >= MAX_LOSSES:
+                    failure = failure or result
+                else:
+                    committed.lost[partition] = result
+                continue
+            self.losses.pop(partition, None)
             if isinstance(result, Fenced):
                 committed.fenced.add(result.partition)
             elif isinstance(result, Refused):
@@ -194,40 +292,62 @@ class PartitionTransactions:
         return committed
 
     async def _commit_one(self, partition: int, write: TxnWrite) -> list[tuple[CommandRecord, Any]]:
+        """:meth:`_transact`, its failure told apart: fenced, lost (the producer died), or the
+        transaction's own (aborted, raised)."""
         producer = self.producers.get(partition)
         if producer is None:
             raise RuntimeError(f"executor partition {partition} has no transactional producer")
         try:
-            await producer.begin_transaction()
-            sent = []
-            refusals: list[tuple[CommandRecord, str]] = []
-            for rec in write.records:
-                topic, key, value, target = rec
-                try:
-                    future = await producer.send(topic, value, key=key.encode(), partition=target)
-                except Exception as exc:
-                    if not record_fault(exc):
-                        raise
-                    refusals.append((rec, f"not produced: {exc!r}"))
-                    continue
-                sent.append((rec, future))
-            acked = []
-            for rec, future in sent:
-                try:
-                    acked.append((rec, await future))
-                except Exception as exc:
-                    if not record_fault(exc):
-                        raise
-                    refusals.append((rec, f"not produced: {exc!r}"))
-            if refusals:
-                raise Refused(partition, refusals)
-            if write.offsets:
-                await producer.send_offsets_to_transaction(write.offsets, self.group_id)
-            await producer.commit_transaction()
+            return await self._transact(producer, partition, write)
         except ProducerFenced as exc:
             raise Fenced(partition) from exc
-        except BaseException:
-            with contextlib.suppress(Exception):  # the broker away: its timeout aborts it
-                await producer.abort_transaction()
+        except Exception as exc:
+            died = sender_failure(producer)
+            if isinstance(died, ProducerFenced):  # surfaced as another call's refusal
+                raise Fenced(partition) from exc
+            if died is not None:  # nothing to abort through it: the id's next producer will
+                raise Lost(partition, died) from exc
+            await _abort(producer)
             raise
+        except BaseException:
+            await _abort(producer)
+            raise
+
+    async def _transact(
+        self, producer: TransactionalProducer, partition: int, write: TxnWrite
+    ) -> list[tuple[CommandRecord, Any]]:
+        """Commit ``write`` in one transaction of ``producer``; :class:`Refused` when the broker
+        refused records of it for what they are."""
+        await producer.begin_transaction()
+        sent = []
+        refusals: list[tuple[CommandRecord, str]] = []
+        for rec in write.records:
+            topic, key, value, target = rec
+            try:
+                future = await producer.send(topic, value, key=key.encode(), partition=target)
+            except Exception as exc:
+                if not record_fault(exc):
+                    raise
+                refusals.append((rec, f"not produced: {exc!r}"))
+                continue
+            sent.append((rec, future))
+        acked = []
+        for rec, future in sent:
+            try:
+                acked.append((rec, await future))
+            except Exception as exc:
+                if not record_fault(exc):
+                    raise
+                refusals.append((rec, f"not produced: {exc!r}"))
+        if refusals:
+            raise Refused(partition, refusals)
+        if write.offsets:
+            await producer.send_offsets_to_transaction(write.offsets, self.group_id)
+        await producer.commit_transaction()
         return acked
+
+
+async def _abort(producer: TransactionalProducer) -> None:
+    """Abort ``producer``'s transaction if it can; the broker away, its timeout aborts it."""
+    with contextlib.suppress(Exception):
+        await producer.abort_transaction()

@@ -47,7 +47,7 @@ from aiokafka import AIOKafkaProducer
 from kestream.executor.sizes import over_limit
 from kestream.runtime import records
 from kestream.runtime.executor_outbox import CommandRecord, Outbox
-from kestream.runtime.executor_transactions import PartitionTransactions, TxnWrite
+from kestream.runtime.executor_transactions import Lost, PartitionTransactions, TxnWrite
 from kestream.runtime.metrics import Metrics
 from kestream.runtime.produce_faults import record_fault
 from kestream.runtime.record_limit import RecordLimit
@@ -73,6 +73,10 @@ class Written:
     #: Under exactly-once, the input partitions whose producer was fenced (nothing of theirs
     #: was committed).
     fenced: set[int] = field(default_factory=set)
+    #: Under exactly-once, the input partitions whose producer died without being fenced
+    #: (:class:`~kestream.runtime.executor_transactions.Lost`): whether their transaction
+    #: committed is the broker's to finish, so their state is read again.
+    lost: dict[int, Lost] = field(default_factory=dict)
     #: Under exactly-once, per input partition whose transaction was aborted because the
     #: broker refused records of it, those records and why (not dead-lettered yet: nothing of
     #: the partition was committed).
@@ -176,7 +180,9 @@ class RecordWriter:
         assert self.transactions is not None, "the writer has no transactional producers"
         await self.gate.passing()
         committed = await self.transactions.commit(writes)
-        written = Written(fenced=committed.fenced, refused_in=committed.refused)
+        written = Written(
+            fenced=committed.fenced, lost=committed.lost, refused_in=committed.refused
+        )
         for rec, meta in committed.acked:
             self._acked(rec, meta)
         self._checkpoints([meta for _, meta in committed.acked], written)

@@ -93,11 +93,8 @@ async def _submit_at(
 async def _broker_restarts(
     name: str, broker: BrokerHandle, prefix: str, tmp_path: Path, rate: float, duration: float,
     restarts: tuple[tuple[float, bool], ...], env: dict[str, str] | None = None,
-    supervised: bool = False,
 ) -> Tally:  # fmt: skip
-    """``supervised``: a role process that exits is started again at once, as ``standalone``'s
-    supervisor (or an orchestrator) does, and listed; otherwise an exit counts as a failure
-    (a role must ride the outage out)."""
+    """A role process that exits counts as a failure: a role must ride the outage out."""
     from kestream.runtime.apache_kafka import ApacheKafka
 
     kafka = broker.process
@@ -124,34 +121,15 @@ async def _broker_restarts(
                     label = f"broker ({how}, down {back - down:.1f} s)"
                     cluster.kills.append(Kill(down, label, kafka.pid or 0, every))
 
-            started_again: list[str] = []
-
-            async def supervise() -> None:
-                while True:
-                    for role in [r for r in cluster.roles if r.proc.poll() is not None]:
-                        started_again.append(f"{role.label} (exit {role.proc.returncode})")
-                        cluster.restart(role)
-                    await asyncio.sleep(0.5)
-
-            supervisor = asyncio.create_task(supervise()) if supervised else None
             count = int(duration * rate / 60)
-            try:
-                await _submit_at(cluster, flow.namespace, flow.id, submitted, count, rate,
-                                 restart_when_due)  # fmt: skip
-                await drain(watch, lambda: list(submitted))
-            finally:
-                if supervisor is not None:
-                    supervisor.cancel()
-            if started_again:
-                tally_note = f"roles that exited and were started again: {started_again}"
-                print(f"\n{tally_note}")
+            await _submit_at(cluster, flow.namespace, flow.id, submitted, count, rate,
+                             restart_when_due)  # fmt: skip
+            await drain(watch, lambda: list(submitted))
             tally = tally_executions(
                 name, broker.backend, submitted, watch, read_effects(effects), cluster.kills,
                 partitions=cluster.settings.partitions, bound_s=STUCK_BOUND_S[broker.kind],
             )  # fmt: skip
             tally.details.extend(cluster.errors())
-            if started_again:
-                tally.details.append(tally_note)
             await cluster.dump_records(tally.lost_ids, tmp_path / "lost-records.txt")
             exited = [r.label for r in cluster.roles if r.proc.poll() is not None]
             if exited:  # a role must ride the outage out, not die of it
@@ -226,20 +204,23 @@ async def test_the_broker_restarted_mid_load_under_exactly_once(
     are read again from the committed offsets; the watchers read committed records only, so
     an aborted end or job is never counted, and nothing ends twice or is lost.
 
-    Supervised, unlike the at-least-once restart: a stop that falls on a transaction's offset
-    commit kills aiokafka's transactional sender ("Unexpected error during batch delivery"
-    from its coordinator lookup), and the executor then stops, as exactly-once stops on any
-    failure that is not one record's; its supervisor starts it again and the new process
-    takes the partitions' transactional ids. Riding that out in place is not done yet."""
+    Unsupervised, as the at-least-once restart: every role rides the outage out, and one that
+    exits fails the test. A stop that falls on a transaction's offset commit kills aiokafka's
+    transactional sender ("Unexpected error during batch delivery" from its coordinator
+    lookup); the executor replaces that producer in place (a fresh one for the same
+    transactional id, the partition's state read again), as Kafka Streams does, instead of
+    exiting for a supervisor to start it again."""
     env = {"KESTREAM_PROCESSING_GUARANTEE": "exactly_once"}
     tally = await _broker_restarts(
-        name, broker, topic_prefix, tmp_path, rate, duration, restarts, env, supervised=True
+        name, broker, topic_prefix, tmp_path, rate, duration, restarts, env
     )
     report(tally, record_property)
     tally.assert_clean()
     assert len(tally.recoveries) == tally.kills == len(restarts), tally.table()
     logs = " ".join(p.read_text(errors="replace") for p in tmp_path.glob("executor-*.log"))
     assert "exactly-once: a transaction per input partition and cycle" in logs
+    replaced = logs.count("transactional producers of partitions")
+    print(f"\nexecutor producers replaced in place (the restart fell on a transaction): {replaced}")
 
 
 # -- offsets reset to earliest ----------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,7 +22,12 @@ from kestream.runtime import processing_guarantee, records, worker_groups
 from kestream.runtime.changelog_restorer import PartitionRead, RecoveryFailed
 from kestream.runtime.executor_outbox import CommandRecord, Outbox, PartitionOutboxes
 from kestream.runtime.executor_service import ExecutorService
-from kestream.runtime.executor_transactions import PartitionTransactions, TxnWrite
+from kestream.runtime.executor_transactions import (
+    MAX_LOSSES,
+    Lost,
+    PartitionTransactions,
+    TxnWrite,
+)
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.settings import Settings
 from kestream.tasks.worker_group import WorkerGroup
@@ -44,12 +50,19 @@ class TxnBroker:
         self.die_at_commit: set[str] = set()
         #: Transactional ids whose sends the broker refuses (the producer lives on).
         self.refuse_sends: set[str] = set()
+        #: Transactional ids whose producer's sender dies in its next offsets commit, as
+        #: aiokafka's does when the broker restarts under its coordinator lookup.
+        self.die_in_offsets: set[str] = set()
+        #: What the next takings of an id fail with, in turn (the broker away, say).
+        self.init_errors: list[BaseException] = []
         #: (topic, key) of records the broker refuses once for what they are (too large for
         #: the topic, say): a record fault, the transaction must abort.
         self.refuse_once: set[tuple[str, str]] = set()
 
     def take(self, transactional_id: str) -> int:
         """InitProducerId: a new epoch; the id's open transaction is aborted."""
+        if self.init_errors:
+            raise self.init_errors.pop(0)
         self.pending.pop(transactional_id, None)
         epoch = self.epochs[transactional_id] = self.epochs.get(transactional_id, -1) + 1
         return epoch
@@ -57,6 +70,17 @@ class TxnBroker:
     def visible_of(self, execution_id: str) -> list[CommandRecord]:
         """The committed records of an execution: its commands and its changelog records."""
         return [r for r in self.visible if codec.execution_of(r[1]) == execution_id]
+
+
+def _dropped_lookup() -> kafka_errors.KafkaError:
+    """What aiokafka's sender dies of when the broker drops the connection under its
+    coordinator lookup: the lookup's error, wrapped twice."""
+    dropped = kafka_errors.KafkaConnectionError("Connection at 127.0.0.1:9092 closed")
+    lookup = kafka_errors.KafkaError(repr(dropped))
+    lookup.__cause__ = dropped
+    died = kafka_errors.KafkaError("Unexpected error during batch delivery")
+    died.__cause__ = lookup
+    return died
 
 
 class TxnProducer:
@@ -67,10 +91,21 @@ class TxnProducer:
         #: Killed in a commit (``die_at_commit``): nothing it does reaches the broker any more.
         self.dead = False
         self.calls: list[str] = []
+        #: Where aiokafka keeps its background sender's task (``_sender.sender_task``), which
+        #: ends with the error that killed it (``die_in_offsets``).
+        self._sender = SimpleNamespace(sender_task=asyncio.get_running_loop().create_future())
 
     def _check(self) -> None:
+        died = self._sender.sender_task
+        if died.done():  # as aiokafka's fatal transaction state: every call fails
+            raise AssertionError("Invalid state transition TransactionState.FATAL_ERROR")
         if self.broker.epochs.get(self.id) != self.epoch:
             raise ProducerFenced()
+
+    def _die(self, died: BaseException) -> None:
+        """The sender ends with ``died``, which every call awaiting it then raises."""
+        self._sender.sender_task.set_exception(died)
+        raise died
 
     async def start(self) -> None:
         self.calls.append("start")
@@ -108,6 +143,9 @@ class TxnProducer:
     ) -> None:
         self._check()
         assert group_id == GROUP
+        if self.id in self.broker.die_in_offsets:
+            self.broker.die_in_offsets.discard(self.id)
+            self._die(_dropped_lookup())
         self.broker.pending[self.id][1].update({tp: m.offset for tp, m in offsets.items()})
 
     async def commit_transaction(self) -> None:
@@ -123,18 +161,23 @@ class TxnProducer:
     async def abort_transaction(self) -> None:
         if self.dead:
             raise RuntimeError("the process is gone")
+        if self._sender.sender_task.done():
+            raise AssertionError("Invalid state transition TransactionState.FATAL_ERROR")
         self.broker.pending.pop(self.id, None)
         self.calls.append("abort")
 
 
-def _transactions(broker: TxnBroker) -> tuple[PartitionTransactions, dict[str, TxnProducer]]:
+def _transactions(
+    broker: TxnBroker, **retries: float
+) -> tuple[PartitionTransactions, dict[str, TxnProducer]]:
+    """The transactions, and the last producer made for each id."""
     made: dict[str, TxnProducer] = {}
 
     def make(transactional_id: str) -> TxnProducer:
         made[transactional_id] = TxnProducer(broker, transactional_id)
         return made[transactional_id]
 
-    return PartitionTransactions(make, f"{GROUP}-", GROUP), made
+    return PartitionTransactions(make, f"{GROUP}-", GROUP, **retries), made
 
 
 def _eos_service(broker: TxnBroker, partitions: set[int]) -> ExecutorService:
@@ -218,6 +261,96 @@ def test_a_failed_partition_aborts_alone_and_the_commit_raises() -> None:
         asyncio.run(txns.commit(writes))
     assert made[f"{GROUP}-0"].calls[-1] == "abort" and broker.pending == {}
     assert broker.visible == [("t", "b", b"1", 1)] and broker.offsets == {tp: 7}
+
+
+def _died_in_offsets() -> tuple[TxnBroker, PartitionTransactions, dict[str, TxnProducer]]:
+    """Partitions 0 and 1 owned; partition 0's sender dies in this cycle's offsets commit."""
+    broker = TxnBroker()
+    txns, made = _transactions(broker)
+    asyncio.run(txns.own({0, 1}))
+    broker.die_in_offsets.add(f"{GROUP}-0")
+    return broker, txns, made
+
+
+def _cycle(partition: int, value: bytes, offset: int) -> TxnWrite:
+    tp = TopicPartition("executions", partition)
+    return TxnWrite([("t", "k", value, partition)], {tp: OffsetAndMetadata(offset, "")})
+
+
+def test_a_producer_whose_sender_died_is_lost_and_its_id_taken_again_aborts_its_transaction(
+) -> None:  # fmt: skip
+    """A broker restart under a transaction's offsets commit kills aiokafka's sender: the
+    producer can neither commit nor abort. The partition is reported lost (not fenced, not a
+    failure), the others commit; a fresh producer of the same id aborts what it left open."""
+    broker, txns, made = _died_in_offsets()
+    dead = made[f"{GROUP}-0"]
+    committed = asyncio.run(txns.commit({0: _cycle(0, b"0", 5), 1: _cycle(1, b"1", 9)}))
+    assert set(committed.lost) == {0} and committed.fenced == set()
+    assert "KafkaConnectionError('Connection at 127.0.0.1:9092 closed')" in committed.lost[0].why
+    assert [rec for rec, _ in committed.acked] == [("t", "k", b"1", 1)]
+    assert "abort" not in dead.calls  # nothing to abort through a dead sender
+    assert broker.pending[f"{GROUP}-0"][0] == [("t", "k", b"0", 0)]  # open on the broker
+
+    asyncio.run(txns.leave({0}))
+    asyncio.run(txns.own({0}))
+    assert dead.stopped and made[f"{GROUP}-0"] is not dead
+    assert broker.pending == {}  # aborted by the fresh producer's taking of the id
+    again = asyncio.run(txns.commit({0: _cycle(0, b"0", 5)}))
+    assert again.lost == {} and again.fenced == set()
+    assert [r[2] for r in broker.visible] == [b"1", b"0"]
+    assert broker.offsets == {TopicPartition("executions", 0): 5,
+                              TopicPartition("executions", 1): 9}  # fmt: skip
+
+
+def test_a_sender_that_died_fenced_is_a_fence() -> None:
+    """The sender dies of ProducerFenced (a newer epoch refused its request) while the call
+    awaited fails otherwise: the partition is another member's, not lost."""
+    _, txns, made = _died_in_offsets()
+
+    async def fenced_in_offsets(offsets: Any, group_id: str) -> None:
+        made[f"{GROUP}-0"]._die(ProducerFenced())
+
+    made[f"{GROUP}-0"].send_offsets_to_transaction = fenced_in_offsets  # type: ignore[method-assign]
+    committed = asyncio.run(txns.commit({0: _cycle(0, b"0", 5)}))
+    assert committed.fenced == {0} and committed.lost == {}
+
+
+def test_a_partition_whose_producers_keep_dying_stops_the_processor() -> None:
+    broker = TxnBroker()
+    txns, _ = _transactions(broker)
+    asyncio.run(txns.own({0}))
+    for round_ in range(1, MAX_LOSSES + 1):
+        broker.die_in_offsets.add(f"{GROUP}-0")
+        if round_ < MAX_LOSSES:
+            assert set(asyncio.run(txns.commit({0: _cycle(0, b"0", 5)})).lost) == {0}
+        else:
+            with pytest.raises(Lost):
+                asyncio.run(txns.commit({0: _cycle(0, b"0", 5)}))
+        asyncio.run(txns.leave({0}))
+        asyncio.run(txns.own({0}))
+    assert asyncio.run(txns.commit({0: _cycle(0, b"0", 5)})).lost == {}
+    assert txns.losses == {}  # a commit that went through starts the count again
+
+
+def test_taking_an_id_is_tried_again_while_the_broker_is_away() -> None:
+    broker = TxnBroker()
+    txns, made = _transactions(broker, backoff_s=0.001)
+    away = kafka_errors.KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 1)]")
+    broker.init_errors = [away, kafka_errors.NodeNotReadyError("node 1")]
+    asyncio.run(txns.own({0}))
+    assert broker.epochs == {f"{GROUP}-0": 0} and made[f"{GROUP}-0"].calls[-1] == "commit"
+
+
+def test_taking_an_id_the_broker_refuses_or_past_the_retry_time_fails() -> None:
+    broker = TxnBroker()
+    txns, _ = _transactions(broker, backoff_s=0.001)
+    broker.init_errors = [kafka_errors.TransactionalIdAuthorizationFailed(f"{GROUP}-0")]
+    with pytest.raises(kafka_errors.TransactionalIdAuthorizationFailed):
+        asyncio.run(txns.own({0}))  # not the broker away: at once
+    txns, _ = _transactions(broker, backoff_s=0.001, retry_for_s=0.0)
+    broker.init_errors = [kafka_errors.KafkaConnectionError("away")]
+    with pytest.raises(kafka_errors.KafkaConnectionError):
+        asyncio.run(txns.own({0}))
 
 
 def test_leaving_a_partition_stops_its_producer() -> None:
@@ -362,6 +495,54 @@ def test_a_fenced_partition_still_assigned_is_taken_back_in_place(
     assert broker.visible_of("a") and broker.offsets == {a[0]: 6, b[0]: 10}
     assert service.writer.transactions is not None
     assert set(service.writer.transactions.producers) == {0, 1}
+
+
+def _nothing_to_recover(service: ExecutorService) -> None:
+    """Recovery reads empty changelogs (the unit tests' broker keeps none)."""
+
+    async def nothing(partitions: set[int], start: dict[int, int]) -> Any:
+        return {p: PartitionRead() for p in partitions}, dict.fromkeys(partitions, 0)
+
+    async def no_table(topic: str, partitions: set[int]) -> dict[int, dict[str, Any]]:
+        return {p: {} for p in partitions}
+
+    service.restorer._read = nothing  # type: ignore[method-assign]
+    service.restorer._read_table = no_table  # type: ignore[method-assign]
+
+
+def test_a_producer_killed_by_a_broker_restart_is_replaced_in_place(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Partition 0's sender dies in the cycle's offsets commit (a broker restart): the processor
+    does not stop. It drops the partition's state (its transaction's outcome is the broker's),
+    takes the id with a fresh producer (which aborts the open transaction), reads the state
+    again and the events from the committed offset, and commits the replay once; a fault-free
+    run commits the same records."""
+    clean = TxnBroker()
+    reference = _eos_service(clean, {0})
+    _loop(reference, _Consumer(reference, [_batch(_created(reference, 0, 5, "a"))]))
+
+    broker = TxnBroker()
+    service = _eos_service(broker, {0, 1})
+    service.settings = service.settings.model_copy(update={"heartbeat_interval_ms": 1})
+    _nothing_to_recover(service)
+    assert service.writer.transactions is not None
+    dead = service.writer.transactions.producers[0]
+    broker.die_in_offsets.add(f"{GROUP}-0")
+    a, b = _created(service, 0, 5, "a"), _created(service, 1, 9, "b")
+    consumer = _AssignedConsumer(service, broker, [_batch(a, b), _batch(a)])  # a, read again
+    with caplog.at_level(logging.WARNING, logger="kestream.executor"):
+        _loop(service, consumer)
+    assert "transactional producers of partitions [0] died" in caplog.text
+    assert "KafkaConnectionError" in caplog.text
+    assert "fenced on partitions" not in caplog.text
+    assert service.failure is None and service.owned == {0, 1} and service.ready.is_set()
+    fresh = service.writer.transactions.producers[0]
+    assert isinstance(dead, TxnProducer) and dead.stopped and fresh is not dead
+    assert broker.epochs[f"{GROUP}-0"] == 1  # the id taken again, by this member
+    assert consumer.seeks == [(a[0], None)]  # nothing committed of 0 yet: from its start
+    assert _shape(broker.visible_of("a")) == _shape(clean.visible_of("a"))  # once
+    assert broker.offsets == {a[0]: 6, b[0]: 10} and broker.pending == {}
 
 
 def test_a_fenced_partition_that_cannot_be_recovered_stops_the_processor() -> None:
