@@ -29,6 +29,7 @@ again automatically while the other still runs, it takes the id back and the oth
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -224,6 +225,8 @@ class _Guard:
             except kafka_errors.KafkaError as exc:  # asked again at the next try
                 log.warning("could not ask group %s who holds instance id %r: %s",
                             self.coordinator.group_id, self.instance_id, exc)  # fmt: skip
+                # aiokafka's own failed join waits as long before its next try
+                await asyncio.sleep(getattr(self.coordinator, "_retry_backoff_ms", 100) / 1000)
                 return False
             self.lost = None
         try:
