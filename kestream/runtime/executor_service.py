@@ -305,11 +305,11 @@ class ExecutorService:
             if self._fatal is not None:
                 raise self._fatal
         else:
+            self.fence = MemberFence(self.settings.session_timeout() / 1000)
             self._consumer.subscribe(inputs, listener=_Rebalance(self))
-            await self._consumer.start()
+            await self._consumer.start()  # (the first join: its assignment watches the fence)
             # Replaced by a live process with its instance id: stop, never take the id back.
             guard_instance_id(self._consumer, self._fail)
-            self.fence = MemberFence(self.settings.session_timeout() / 1000)
             self.fence.watch(self._consumer)
             self.fence.guard(None, LOOK_EVERY_S)  # (only to tell a freeze from an outage)
         self._task = asyncio.create_task(self._run(), name="executor-loop")
@@ -1071,7 +1071,7 @@ class ExecutorService:
         async with self._lock:
             self._generation += 1
             if self.fence is not None:
-                self.fence.confirm()  # the group has just counted this member in
+                self.fence.joined(self._consumer)  # the group has just counted this member in
                 self.writer.gate.note()  # the generation whose records are written from now
                 self._rejoining = False
             new = partitions - self.owned

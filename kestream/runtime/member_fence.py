@@ -47,6 +47,7 @@ a stall and is not fenced; exactly-once on Apache Kafka is the fence for that (d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -82,9 +83,12 @@ class MemberFence:
 
     def watch(self, consumer: Any) -> None:
         """Note the answered heartbeats of ``consumer``'s group coordination (a started group
-        consumer). Raises when this aiokafka keeps no heartbeat call to wrap: a fence that
-        silently notes nothing would let an expelled member write."""
+        consumer; again for the same one: nothing). Raises when this aiokafka keeps no
+        heartbeat call to wrap: a fence that silently notes nothing would let an expelled
+        member write."""
         coordinator: Any = getattr(consumer, "_coordinator", None)
+        if coordinator is not None and coordinator is self._coordinator:
+            return
         heartbeat = getattr(coordinator, "_do_heartbeat", None)
         if heartbeat is None or not asyncio.iscoroutinefunction(heartbeat):
             raise RuntimeError(
@@ -103,6 +107,18 @@ class MemberFence:
             return answered
 
         return noted
+
+    def joined(self, consumer: Any) -> None:
+        """A join of ``consumer`` has just completed (its assignment callback): confirm, and
+        watch it if not yet. aiokafka's start of a subscribed consumer waits for the first
+        join, so that join's assignment comes before the caller could watch: its generation
+        and member id would be missed, and the write gate compares later ones with them. (A
+        consumer that cannot be watched is left to :meth:`watch` after the start, which
+        raises: an exception in a rebalance callback is only logged by aiokafka.)"""
+        if self._coordinator is None and getattr(consumer, "_coordinator", None) is not None:
+            with contextlib.suppress(RuntimeError):
+                self.watch(consumer)
+        self.confirm()
 
     def confirm(self, at: float | None = None) -> None:
         """The group counted this member's session from ``at`` (default now): a heartbeat sent

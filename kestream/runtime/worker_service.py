@@ -425,9 +425,9 @@ class WorkerService:
             self._consumer.assign(list(owned))
             self._on_assigned(owned)
         else:
-            self._consumer.subscribe([self.topic], listener=_Rebalance(self))
-            await self._consumer.start()
             self.fence = MemberFence(ctx.settings.session_timeout() / 1000)
+            self._consumer.subscribe([self.topic], listener=_Rebalance(self))
+            await self._consumer.start()  # (the first join: its assignment watches the fence)
             self.fence.watch(self._consumer)
             self.fence.guard(self._lapsed, LOOK_EVERY_S)
         self._task = asyncio.create_task(self.run(), name="worker-loop")
@@ -1133,7 +1133,7 @@ class WorkerService:
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         renewed = False
         if self.fence is not None:
-            self.fence.confirm()  # the group has just counted this member in
+            self.fence.joined(self._consumer)  # the group has just counted this member in
             renewed = self.gate.note()  # the membership results are written under from now
         if renewed:
             log.error(

@@ -27,6 +27,8 @@ class GroupConsumer:
         self.service, self.batches = service, list(reversed(batches))
         self.paused: set[TopicPartition] = set()
         self.commits: list[Any] = []
+        #: aiokafka's group coordination, which a started consumer has (a test sets one).
+        self._coordinator: Any = None
         topic = service.topic if isinstance(service, WorkerService) else service.topics.executions
         self.parts = {TopicPartition(topic, p) for p in (0, 1)}
 

@@ -197,3 +197,23 @@ async def test_a_lapsed_worker_revoked_commits_nothing(member: Member) -> None:
     assert fence is not None and fence.tripped and m.coordinator.rejoins == 1
     await m.worker._on_revoked(m.parts)
     assert m.consumer.commits == [] and m.producer.results() == []
+
+
+async def test_the_first_join_inside_the_consumers_start_notes_the_membership() -> None:
+    """aiokafka's start of a subscribed consumer waits for the first join, so the first
+    assignment comes before the worker can watch the consumer: the fence, made before the
+    start, watches it then, and the gate notes that membership (an expulsion in the first
+    generation closes it)."""
+    worker, _ = make_worker(FLOW)
+    consumer, coordinator = GroupConsumer(worker), Coordinator("worker-1")
+    worker._consumer = consumer
+    worker.fence = MemberFence(SESSION_S, clock=Clock())
+    consumer._coordinator = coordinator  # (created by the start, before its join)
+    worker._on_assigned(set(consumer.parts))
+    heartbeat = coordinator._do_heartbeat
+    worker.fence.watch(consumer)  # after the start: already watching
+    assert coordinator._do_heartbeat is heartbeat
+    assert worker.gate.closed() is None
+    coordinator.reset_generation()
+    assert worker.gate.closed() is not None
+    await close(worker)

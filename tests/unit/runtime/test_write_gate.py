@@ -102,6 +102,24 @@ def test_aiokafka_resets_the_generation_and_member_id_the_gate_compares() -> Non
     assert coordinator.rejoins == 1
 
 
+def test_the_first_join_inside_the_consumers_start_notes_the_generation() -> None:
+    """aiokafka's start of a subscribed consumer waits for the first join, so the executor's
+    first assignment comes before it can watch the consumer: the fence, made before the start,
+    watches it then, and the gate notes that generation (an expulsion in it closes the gate)."""
+    settings = Settings(broker="unused:9092")
+    ctx = BrokerContext(settings, "unused:9092", "tansu", Topics.of(settings))
+    service = ExecutorService(ctx, FlowRegistry(), metrics=Metrics())
+    consumer, coordinator = GroupConsumer(service), Coordinator()
+    service._consumer = consumer
+    service.fence = MemberFence(SESSION_S, clock=Clock())
+    consumer._coordinator = coordinator  # (created by the start, before its join)
+    service.owned = {0, 1}  # (nothing to recover)
+    asyncio.run(service.assigned({0, 1}))
+    assert service.writer.gate.closed() is None
+    coordinator.reset_generation()
+    assert service.writer.gate.closed() is not None
+
+
 def test_a_lapsed_member_revoked_before_its_loop_looks_writes_nothing() -> None:
     """Frozen past its session with a cycle's changelog records carried, it wakes and aiokafka's
     rejoin revokes its partitions before its loop looks at the fence: the revocation writes
