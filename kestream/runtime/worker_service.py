@@ -1135,14 +1135,14 @@ class WorkerService:
         if self.fence is not None:
             self.fence.joined(self._consumer)  # the group has just counted this member in
             renewed = self.gate.note()  # the membership results are written under from now
-        if renewed:
+        running = [j for j in self._jobs.values() if j.task is not None and not j.abandoned]
+        if renewed and running:
             log.error(
-                "worker: rejoined its group under a new member id (it was expelled): its "
-                "running jobs stop unreported, for their partitions may have had another owner"
+                "worker: rejoined its group under a new member id (it was expelled): its %d "
+                "running job(s) stop unreported, for their partitions may have had another owner",
+                len(running),
             )
-        for job in list(self._jobs.values()):
-            if job.task is None or job.abandoned:
-                continue
+        for job in running:
             if renewed or job.partition not in assigned:
                 # Its partition went to another worker (now, or while this one was out of the
                 # group), which runs the job again from the committed offset: stop this copy,
