@@ -55,6 +55,7 @@ from kestream.client import Client
 from kestream.executor import codec
 from kestream.executor.events import WorkerResult
 from kestream.runtime.embedded_broker import die_with_parent
+from kestream.runtime.executor_service import COMMIT_EVERY_S
 from kestream.runtime.kafka import make_consumer
 from kestream.runtime.records import decode_event
 from kestream.runtime.supervisor import role_command
@@ -391,7 +392,7 @@ class Cluster:
         return found
 
     async def stale_states(
-        self, execution_ids: Iterable[str]
+        self, execution_ids: Iterable[str], settle_s: float = 3 * COMMIT_EVERY_S + 2
     ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         """The executions of ``execution_ids`` (all ended) whose state the changelog still
         holds: keys whose latest record is not a tombstone, their ended marker aside. An
@@ -401,8 +402,23 @@ class Cluster:
         Two dicts: the executions a recovery would load as in flight (their ended marker is
         gone), and those whose live keys the ended marker outranks (recovery keeps them ended
         and clears the keys): records of a flush already handed to the producer when the member
-        froze, which land when it wakes (documented; exactly-once fences them)."""
+        froze, which land when it wakes (documented; exactly-once fences them).
+
+        The changelog trails an executor's memory by up to a commit interval: a cycle's records
+        are carried to the next write or offset commit (:mod:`kestream.runtime.executor_writer`),
+        so the executions that ended last may have no end records yet when their update is
+        read. The read is repeated until no execution is stale, for at most ``settle_s``."""
         wanted = set(execution_ids)
+        deadline = time.monotonic() + settle_s
+        while True:
+            stale, outranked = await self._stale_once(wanted)
+            if not stale or time.monotonic() >= deadline:
+                return stale, outranked
+            await asyncio.sleep(0.5)
+
+    async def _stale_once(
+        self, wanted: set[str]
+    ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         latest: dict[str, bytes | None] = {}
         for rec in await self._read_whole("executor-state-changelog"):
             latest[rec.key.decode()] = rec.value

@@ -138,14 +138,18 @@ async def _zombie(
                 _submit_until(cluster, flow.namespace, flow.id, rate, submitted, stop)
             )
             zombie: Role | None = None
+            timeline: list[str] = []
             try:
                 await asyncio.sleep(plan.freeze_after_s)
                 zombie = rng.choice(cluster.live(role))
                 claims = zombie.claims()
                 cluster.freeze(zombie)
+                frozen_at = time.time()
                 await cluster.taken_over(zombie)
                 await asyncio.sleep(plan.hold_s)
                 cluster.thaw(zombie)
+                timeline.append(f"{zombie.label} frozen at {frozen_at:.3f}, woken at "
+                                f"{time.time():.3f}")  # fmt: skip
                 await cluster.reclaimed(zombie, claims)
                 await asyncio.sleep(plan.after_s)
             finally:
@@ -161,6 +165,7 @@ async def _zombie(
                 partitions=cluster.settings.partitions,
                 bound_s=STUCK_BOUND_S[broker.kind] + plan.seconds,
             )  # fmt: skip
+            tally.details += timeline
             ended = [eid for eid in submitted if watch.ended(eid)]
             stale, outranked = await cluster.stale_states(ended)
             tally.failed += len(stale)
@@ -189,6 +194,7 @@ async def _zombie(
             tally.details += [f"{n} different results for {run}" for run, n in conflicting.items()]
             tally.details.extend(cluster.errors())
             await cluster.dump_records(tally.lost_ids, tmp_path / "lost-records.txt")
+            await cluster.dump_records(stale, tmp_path / "stale-records.txt")
     return tally
 
 
