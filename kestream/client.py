@@ -302,8 +302,9 @@ class Client:
         watch.stale = True  # the next wait waits for what this changes
         await self.send(event)
 
-    async def send(self, event: ev.Event) -> None:
-        """Produce one event to the executions topic, keyed by its execution id.
+    async def send(self, event: ev.Event) -> RecordMetadata:
+        """Produce one event to the executions topic, keyed by its execution id; where the
+        broker put it (what the API's durable acknowledgement waits for, :mod:`.mirror_ack`).
 
         Raises :class:`~kestream.runtime.record_limit.RecordTooLarge` (the API's 413) for an
         event larger than the record limit, before anything is produced; for a creation, the
@@ -329,7 +330,10 @@ class Client:
             limit.check_header(header, "the execution's record (inputs, trigger and labels)")
         else:
             limit.check(value, "the request's record")
-        await self._hand_over.send_and_wait(self._require_producer(), (topic, value, key))
+        sent: RecordMetadata = await self._hand_over.send_and_wait(
+            self._require_producer(), (topic, value, key)
+        )
+        return sent
 
     async def send_records(
         self, topic: str, keyed: list[tuple[bytes, bytes]]

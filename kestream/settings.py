@@ -512,6 +512,14 @@ class Settings(BaseSettings):
         "KESTREAM_DATA_DIR/broker and writes them back into the fresh broker at its next start; "
         "false: memory only, everything is lost when it stops.",
     )
+    standalone_ack_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="KESTREAM_STANDALONE_ACK_TIMEOUT_S: with that durability, the API answers an "
+        "execution it creates (or restarts) only once KESTREAM_DATA_DIR/broker holds it, so a "
+        "kill -9 cannot lose it; past this many seconds without the mirror's word (or at once "
+        "when the mirror is down) it answers 503 with the reason instead.",
+    )
     standalone_process_per_role: bool = Field(
         default=False,
         description="KESTREAM_STANDALONE_PROCESS_PER_ROLE: false: `kestream standalone` runs the "

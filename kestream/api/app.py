@@ -37,6 +37,7 @@ from kestream.api.purge import PurgeRoutes
 from kestream.api.trigger_routes import TriggerRoutes
 from kestream.api.ui_routes import UI_ACCESS, UI_PATHS, ui_routes
 from kestream.api.webhook_routes import WebhookRoutes
+from kestream.runtime.mirror_ack import NotDurable
 from kestream.runtime.ops_routes import route_pattern
 from kestream.runtime.record_limit import RecordTooLarge
 
@@ -105,6 +106,12 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         ) from None
     except RecordTooLarge as exc:  # the Client's and the flows table's check of the limit
         raise ApiError(413, f"Request Entity Too Large: {exc}") from None
+    except NotDurable as exc:  # standalone: the mirror did not confirm a creation (mirror_ack)
+        raise ApiError(
+            503,
+            f"The execution was sent but is not known to be safe on disk: {exc}",
+            headers={"Retry-After": "1"},
+        ) from None
     except MessageSizeTooLargeError:
         raise ApiError(
             413,

@@ -24,6 +24,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
 
 from kestream.api.execution_end import is_over
 from kestream.api.index import Store, open_index
@@ -46,6 +47,7 @@ from kestream.models.inputs import parse_inputs
 from kestream.models.state import StateType
 from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext
+from kestream.runtime.mirror_ack import MirrorAck
 from kestream.secrets.encryption import scope_of
 from kestream.tasks.pause import Pause
 
@@ -63,8 +65,17 @@ AFTER_EXECUTION_WAIT_S = 30.0
 class ApiService:
     """Everything the routes act on. Build with :meth:`start`; :meth:`stop` closes it."""
 
-    def __init__(self, ctx: BrokerContext, client: Client, feed: IndexFeed) -> None:
+    def __init__(
+        self,
+        ctx: BrokerContext,
+        client: Client,
+        feed: IndexFeed,
+        mirror_ack: MirrorAck | None = None,
+    ) -> None:
         self.ctx = ctx
+        #: In standalone on its mirrored embedded broker: what a creation waits for before it is
+        #: answered (:meth:`_send_durably`); None elsewhere, where the broker's ack suffices.
+        self.mirror_ack = mirror_ack
         self.settings = ctx.settings
         self.client = client
         self.feed = feed
@@ -95,13 +106,16 @@ class ApiService:
             if store is not None:
                 store.close()
             raise
-        return cls(ctx, client, feed)
+        mirror_ack = MirrorAck.from_environment(ctx.settings.standalone_ack_timeout_s)
+        return cls(ctx, client, feed, mirror_ack)
 
     async def stop(self) -> None:
         for waiting in list(self._after_execution.values()):
             await cancel_and_wait(waiting)
         await self.feed.stop()
         await self.client.close()
+        if self.mirror_ack is not None:
+            await self.mirror_ack.close()
         await asyncio.to_thread(self._log_searches.shutdown, cancel_futures=True)
         await asyncio.to_thread(self.index.close)
 
@@ -197,7 +211,7 @@ class ApiService:
 
     async def submit_event(self, event: ev.ExecutionCreated, flow: Flow) -> dict[str, Any]:
         """Send a prepared creation event (a webhook's); returns the execution as created."""
-        await self.client.send(event)
+        await self._send_durably(event)
         body = created_execution(event, flow)
         self._remember(event.execution_id, body)
         return body
@@ -337,14 +351,25 @@ class ApiService:
         # what the executor builds, checked here first (before the stored values are copied)
         state, _ = replay_state(event, flow, original=original, copied=False)
         body = dump(execution_model(state))
-        await self.client.send(event)
+        await self._send_durably(event)
         self._remember(event.execution_id, body)
         return body
 
     async def restart(self, snapshot: dict[str, Any]) -> None:
         """Restart an ended execution: its last snapshot goes back to the executor with the
         restart, since an ended execution has left the executor's state (DESIGN.md section 3)."""
-        await self.client.send(ev.Restart(snapshot["id"], snapshot=snapshot))
+        await self._send_durably(ev.Restart(snapshot["id"], snapshot=snapshot))
+
+    async def _send_durably(self, event: ev.Event) -> RecordMetadata:
+        """Send an event the caller is told exists once this returns (a creation, a restart):
+        in standalone on its embedded broker, only once the broker mirror's file holds it, as
+        a kill -9 of the memory-only broker would otherwise lose it
+        (:mod:`kestream.runtime.mirror_ack`; raises its ``NotDurable``, the route's 503).
+        Elsewhere the broker's acknowledgement (``acks=all``) is the guarantee."""
+        sent = await self.client.send(event)
+        if self.mirror_ack is not None:
+            await self.mirror_ack.wait(sent.topic, sent.partition, sent.offset)
+        return sent
 
     async def search(self, query: SearchQuery) -> Listing:
         return await asyncio.to_thread(self.index.search, query)

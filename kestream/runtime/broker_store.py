@@ -21,7 +21,10 @@ endpoint with correct conditional writes, which nothing installable from PyPI pr
 
 What is lost on a kill: records the mirror had not written yet (it trails the broker by one
 fetch, milliseconds), and offsets committed after the last snapshot. Both mean work done again:
-delivery is at-least-once and effects are idempotent, as after any role crash.
+delivery is at-least-once and effects are idempotent, as after any role crash. The one record a
+kill must not lose, because a caller was told it exists, is an execution the API created: the
+API answers only once :meth:`BrokerStore.mirrored` says the file holds it
+(:mod:`.mirror_ack`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import OffsetAndMetadata
 
+from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.broker_log import PartitionLog, StoredRecord
 from kestream.runtime.fetch_pacing import look, wake
 from kestream.runtime.kafka import make_consumer, make_producer
@@ -142,6 +146,11 @@ class _TopicsPace:
         return self.gap
 
 
+class MirrorDown(RuntimeError):
+    """The mirror is not running, or stopped before it wrote a record someone waits for (the
+    message says why)."""
+
+
 class RestoreError(RuntimeError):
     """The data dir's records could not be written back as they were (the message says why)."""
 
@@ -183,6 +192,8 @@ class BrokerStore:
         self._group_jobs = topics.group_tasks("")
         self._bootstrap = ""
         self._metadata: AIOKafkaClient
+        #: :meth:`mirrored`'s waits: per partition, the offset each waits for.
+        self._waiters: dict[TopicPartition, list[tuple[int, asyncio.Future[None]]]] = {}
 
     # -- files ---------------------------------------------------------------------------
 
@@ -338,6 +349,50 @@ class BrokerStore:
         await self._metadata.bootstrap()
         self._consumer = consumer
         self._task = asyncio.create_task(self._follow(consumer), name="broker-mirror")
+        self._task.add_done_callback(self._mirror_ended)
+
+    async def mirrored(self, tp: TopicPartition, offset: int) -> None:
+        """Return once the file of ``tp`` holds the record at ``offset`` (written and flushed
+        to the OS: a kill of any process, the broker's included, no longer loses it). Raises
+        :class:`MirrorDown` at once when the mirror is not running, or as soon as it stops
+        before writing the record. Unbounded: the caller bounds the wait."""
+        task = self._task
+        if task is None or task.done():
+            error = self.mirror_error
+            raise MirrorDown(
+                "the broker mirror is not running"
+                + (f" (it failed with {error!r})" if error is not None else "")
+            )
+        if self._log(tp).next_offset > offset:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(tp, []).append((offset, waiter))
+        if self._consumer is not None:
+            wake(self._consumer)  # fetch now, not at the consumer's next probe
+        try:
+            await waiter
+        finally:
+            waiting = self._waiters.get(tp)
+            if waiting is not None:
+                waiting[:] = [(o, w) for o, w in waiting if w is not waiter]
+                if not waiting:
+                    del self._waiters[tp]
+
+    def _mirror_ended(self, task: asyncio.Task[None]) -> None:
+        """Fail every :meth:`mirrored` wait: nothing writes their records any more."""
+        if task.cancelled():
+            reason = "the broker mirror was stopped"
+        else:
+            error = task.exception()
+            reason = (
+                f"the broker mirror failed with {error!r}"
+                if error is not None
+                else "the broker mirror was stopped"
+            )
+        for waiting in self._waiters.values():
+            for _, waiter in waiting:
+                if not waiter.done():
+                    waiter.set_exception(MirrorDown(reason))
 
     @property
     def mirror_error(self) -> BaseException | None:
@@ -386,6 +441,10 @@ class BrokerStore:
 
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
         snapshot: _Snapshot | None = None
+        #: The committed offsets being read, beside the fetches: an OffsetFetch that hangs (a
+        #: group's coordinator being found again, up to 5 s a group) must not hold back the
+        #: writes that the API's creations wait for (mirror_ack).
+        reading: asyncio.Task[_Snapshot | None] | None = None
         next_topics = next_snapshot = 0.0
         assigned: set[TopicPartition] = set()
         final: _Snapshot | None = None
@@ -397,18 +456,21 @@ class BrokerStore:
                 if now >= next_topics:
                     assigned = await self._assign(consumer, assigned)
                     next_topics = now + topics_pace.read()
-                if snapshot is None and (now >= next_snapshot or self._stopping.is_set()):
-                    snapshot = await self._begin_snapshot(consumer, assigned)
+                stopping = self._stopping.is_set()
+                if snapshot is None and reading is None and (now >= next_snapshot or stopping):
+                    reading = asyncio.create_task(self._begin_snapshot(consumer, assigned))
+                if reading is not None and reading.done():
+                    snapshot, reading = reading.result(), None
                     if snapshot is None:
                         next_snapshot = now + SNAPSHOT_EVERY_S
-                    elif self._stopping.is_set():
+                    elif stopping:
                         final = snapshot
                 if not assigned:  # getmany waits for an assignment that ``assign`` never wakes
                     await asyncio.sleep(0.05)
                     next_topics = 0.0
                     continue
                 due = min(next_topics, next_snapshot)
-                busy = snapshot is not None or self._stopping.is_set()
+                busy = snapshot is not None or reading is not None or stopping
                 batch = await consumer.getmany(timeout_ms=follow_wait_ms(due - now, busy))
                 self._write(batch)
                 next_snapshot = pace.after_fetch(bool(batch), next_snapshot)
@@ -421,13 +483,21 @@ class BrokerStore:
                 elif snapshot is not None:
                     self._warn_if_late(snapshot, assigned)
         finally:
-            if self._consumer is consumer:
-                self._consumer = None
-            await consumer.stop()
-            await self._metadata.close()
-            for reader in self._readers.values():
-                await reader.stop()
-            self._readers.clear()
+            await cancel_and_wait(reading)
+            await self._stop_clients(consumer)
+
+    async def _stop_clients(self, consumer: AIOKafkaConsumer) -> None:
+        """Stop the mirror's clients, each whatever the others do: an offsets reader left
+        running would be found by the next mirror (after a broker restart) still asking the
+        dead broker, holding every snapshot for its 5 s timeout."""
+        if self._consumer is consumer:
+            self._consumer = None
+        readers, self._readers = list(self._readers.values()), {}
+        for client in (consumer, self._metadata, *readers):
+            try:
+                await (client.close() if client is self._metadata else client.stop())
+            except Exception as exc:  # one client's failure must not leave the others running
+                log.warning("the broker mirror's client %r stopped with %r", client, exc)
 
     async def _begin_snapshot(
         self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]
@@ -446,12 +516,16 @@ class BrokerStore:
 
     def _write(self, batch: dict[TopicPartition, list[Any]]) -> None:
         for tp, records in batch.items():
-            self._log(tp).append(
+            part = self._log(tp)
+            part.append(
                 [
                     StoredRecord(r.offset, r.timestamp, r.key, r.value, tuple(r.headers or ()))
                     for r in records
                 ]
             )
+            for offset, waiter in self._waiters.get(tp, ()):
+                if offset < part.next_offset and not waiter.done():
+                    waiter.set_result(None)
 
     def _warn_if_late(self, snapshot: _Snapshot, assigned: set[TopicPartition]) -> None:
         """Say once when a snapshot has waited long for the files (a partition that is never
@@ -488,7 +562,6 @@ class BrokerStore:
         return wanted
 
     async def _take_snapshot(self, assigned: set[TopicPartition]) -> _Snapshot:
-        taken_ms = int(time.time() * 1000)
         offsets: dict[str, dict[TopicPartition, int]] = {}
         for group in self._groups({tp.topic for tp in assigned}):
             committed = await self._committed(group, assigned)
@@ -497,7 +570,9 @@ class BrokerStore:
                 for tp, meta in committed.items()
                 if meta.offset >= 0 and self._mirrored_topic(tp.topic)
             }
-        return _Snapshot(taken_ms, offsets)
+        # Once every group's offsets are in: a commit read late in the loop may point past
+        # records produced after the loop began, which only a fetch made after it surely holds.
+        return _Snapshot(int(time.time() * 1000), offsets)
 
     async def _committed(
         self, group: str, partitions: set[TopicPartition]

@@ -49,6 +49,7 @@ from kestream.runtime.embedded_broker import EmbeddedBroker, die_with_parent
 from kestream.runtime.fetch_pacing import mark_embedded
 from kestream.runtime.instance_id_guard import DUPLICATE_INSTANCE_ID
 from kestream.runtime.kafka_connection import embedded_refusal
+from kestream.runtime.mirror_ack import MIRROR_ACK_FD_ENV, MirrorAckServer
 from kestream.runtime.process import BROKER_ON_STDIN_ENV, IMPORTED_FD_ENV, ONLY_SCHEDULER_ENV
 from kestream.runtime.restarts import (
     CRASHES_FILE_ENV,
@@ -162,6 +163,12 @@ class Supervisor:
         #: The role that kept crashing, when that is why it stopped.
         self.gave_up: str | None = None
         self._mirror_policy = self._policy()
+        #: Where the API's creations wait for the mirror (the embedded broker, durable only).
+        self._mirror_acks = (
+            MirrorAckServer(lambda: self.store)
+            if not settings.broker and settings.standalone_durable
+            else None
+        )
 
     def _policy(self) -> CrashPolicy:
         s = self.settings
@@ -225,11 +232,17 @@ class Supervisor:
                         return 1
         finally:
             self._stop_children(graceful=True)
-            if self.store is not None:
-                await self.store.stop_mirror()
+            await self._stop_mirror()
             if self.broker is not None:
                 await self.broker.astop()
             lock.close()
+
+    async def _stop_mirror(self) -> None:
+        """After the roles: the API's waits for the mirror end, then the mirror catches up."""
+        if self._mirror_acks is not None:
+            await self._mirror_acks.close()
+        if self.store is not None:
+            await self.store.stop_mirror()
 
     async def _broker(self, data: Path, first: bool) -> str:
         if self.settings.broker:
@@ -342,18 +355,26 @@ class Supervisor:
         }
         env.pop("KESTREAM_BROKER", None)  # on stdin, once the broker holds its state
         env.pop(ONLY_SCHEDULER_ENV, None)
+        env.pop(MIRROR_ACK_FD_ENV, None)
         if not self.settings.broker:  # its own embedded broker: no other scheduler reaches it
             env[ONLY_SCHEDULER_ENV] = "1"
+        passed: list[int] = []
         imported: tuple[int, int] | None = None
         if bootstrap is None:
             imported = os.pipe()
             env[IMPORTED_FD_ENV] = str(imported[1])
+            passed.append(imported[1])
+        if self._mirror_acks is not None and "api" in slot.roles:
+            # The API's creations are acknowledged once the mirror has them (mirror_ack).
+            acks = self._mirror_acks.pair()
+            env[MIRROR_ACK_FD_ENV] = str(acks)
+            passed.append(acks)
         try:
             process = subprocess.Popen(
                 role_command(slot.role),
                 env=env,
                 stdin=subprocess.PIPE,
-                pass_fds=imported[1:] if imported is not None else (),
+                pass_fds=passed,
                 preexec_fn=die_with_parent(),
             )
         except BaseException:
@@ -361,8 +382,8 @@ class Supervisor:
                 os.close(imported[0])
             raise
         finally:
-            if imported is not None:
-                os.close(imported[1])
+            for fd in passed:
+                os.close(fd)
         slot.process = process
         self._report().started(slot.name, slot.roles, process.pid)
         slot.imported = imported[0] if imported is not None else None
