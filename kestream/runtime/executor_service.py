@@ -11,8 +11,9 @@ One cycle, in this order (at-least-once, DESIGN.md section 3):
 2. **step** each record (:meth:`ExecutorService._step_batch`), then the timers that fell due,
    the held executions whose flow revision appeared, and the ended markers past their bounds;
 3. **flush**: produce the commands (worker jobs, new executions, subflow results, logs, execution
-   updates) with the previous cycle's changelog records, and wait for the broker's acks; this
-   cycle's changelog records are carried to the next flush (:mod:`.executor_writer`);
+   updates) with the earlier cycles' changelog records once they are due, and wait for the
+   broker's acks; this cycle's changelog records are carried to a later flush, where a later
+   step's records of the same keys replace them (:mod:`.executor_writer`);
 4. **commit** the input offsets, at most every :data:`COMMIT_EVERY_S` (and at a revocation
    and a stop), the carried changelog records written first: a commit is a broker round trip,
    as costly as a small batch's steps.

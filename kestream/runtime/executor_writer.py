@@ -7,10 +7,14 @@ topic (where it was, why, as much of it as fits), logged and counted.
 order: the commands, waiting for every ack, then the changelog (each key's records that a
 later one replaces dropped, :meth:`~kestream.runtime.executor_outbox.Outbox.coalesce`; an
 execution's updates of the cycle likewise). The changelog records (and the other tables') are
-not written at once: they are carried to the next write, with whose commands they go in one
-produce and one wait for acks (after this batch's commands were acked, before the next batch's
-changelog, as the order requires), or are written before the next offset commit (a write
-that carries nothing), so a commit never passes a record not written. A crash
+not written at once: they are carried over the next writes for up to :data:`CARRY_S`, then go
+with a write's commands in one produce and one wait for acks (after their batches' commands
+were acked, before the later batches' changelog, as the order requires), or are written with
+a write that has no commands of its own (an idle cycle) or before the next offset commit, so
+a commit never passes a record not written. What is carried is coalesced as one outbox's
+changelog is, so a short execution's records of several cycles shrink to what its last step
+left (W1, tasks on workers: its two whole records, the whole record's tombstone and the ended
+marker become the tombstone and the marker when its three steps fall within one carry). A crash
 before they are written is a crash between a batch's commands and its changelog, which
 at-least-once always allowed: the batch's offsets were not committed, and it is replayed from
 the changelog's state (its commands again carry the same derived ids). Records still carried
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +62,11 @@ from kestream.runtime.write_gate import WriteGate
 __all__ = ["DeadLetters", "RecordWriter", "Refusal", "Written"]
 
 log = logging.getLogger("kestream.executor")
+
+#: How long (seconds) the changelog records of a write may be carried over later writes, where
+#: later steps of their executions replace them (see the module docstring). The offset commit
+#: (every second) writes them anyway; an idle cycle too.
+CARRY_S = 0.25
 
 Refusal = tuple[CommandRecord, str]
 """A record that was not written (its dead letter was), and why."""
@@ -120,8 +130,12 @@ class RecordWriter:
         self.producer: AIOKafkaProducer | None = None
         #: Under exactly-once, the input partitions' transactional producers.
         self.transactions: PartitionTransactions | None = None
-        #: Changelog and table records carried to the next write (see the module docstring).
+        #: Changelog and table records carried to a later write (see the module docstring).
         self.carried: list[CommandRecord] = []
+        #: How long records may be carried, and when the oldest still carried was.
+        self.carry_s = CARRY_S
+        self.clock: Callable[[], float] = time.monotonic
+        self._carried_at: float | None = None
         #: Told of each record the broker acknowledged, with its ack (the local hand-off of
         #: jobs, :mod:`kestream.runtime.local_handoff`).
         self.on_acked: Callable[[CommandRecord, Any], None] | None = None
@@ -130,32 +144,50 @@ class RecordWriter:
         self.gate = WriteGate()
 
     async def write(self, out: Outbox, *, carry: bool = True) -> Written:
-        """Write the commands with the changelog and table records carried from the last
-        write, in one produce; ``out``'s changelog and tables are carried to the next write
-        (without ``carry``: written after, waiting again). Returns, per changelog partition
-        written, the offset after its last record (the checkpoint the partition's state
-        reflects), and the records refused. When the gate refuses
+        """Write the commands, with the changelog and table records carried from earlier
+        writes when they are due (carried :attr:`carry_s` or longer, or this write has no
+        commands), in one produce; ``out``'s changelog and tables are carried to a later write
+        (without ``carry``: everything carried is written after, waiting again). Returns, per
+        changelog partition written, the offset after its last record (the checkpoint the
+        partition's state reflects), and the records refused. When the gate refuses
         (:class:`~kestream.runtime.write_gate.WriteRefused`), the changelog records not written
         stay carried: the caller knows the changelog is behind the state held."""
         written = Written()
         changelog = self.topics.changelog
         self.coalesce(out)
-        recs = out.commands + self.carried
+        now = self.clock()
+        due = not carry or not out.commands or self._carried_for(now) >= self.carry_s
+        recs = out.commands + self.carried if due else out.commands
         acks = await self.produce(recs, written.refused) if recs else []  # (no gate to pass)
-        self.carried = [(changelog, *r) for r in out.changelog] + out.tables
+        if due:
+            self._set_carried([], now)
+        made = [(changelog, *r) for r in out.changelog] + out.tables
+        if made:
+            self._set_carried(_coalesced(changelog, self.carried + made), now)
         if not carry and self.carried:
             acks += await self.produce(self.carried, written.refused)
         if not carry:
-            self.carried = []
+            self._set_carried([], now)
         self._checkpoints(acks, written)
         return written
+
+    def _carried_for(self, now: float) -> float:
+        """How long the oldest record still carried has been (0 with none)."""
+        return 0.0 if self._carried_at is None else now - self._carried_at
+
+    def _set_carried(self, recs: list[CommandRecord], now: float) -> None:
+        if not recs:
+            self._carried_at = None
+        elif self._carried_at is None:
+            self._carried_at = now
+        self.carried = recs
 
     def drop_carried(self, partitions: set[int]) -> bool:
         """Forget the carried records of ``partitions`` (let go: see the module docstring);
         whether there were any (their changelog is then behind the state held)."""
         kept = [rec for rec in self.carried if rec[3] not in partitions]
         dropped = len(kept) < len(self.carried)
-        self.carried = kept
+        self._set_carried(kept, self.clock())
         return dropped
 
     def records_of(self, out: Outbox) -> list[CommandRecord]:
@@ -290,3 +322,20 @@ class RecordWriter:
             )  # fmt: skip
             kept.extend(letter.commands)
         return kept
+
+
+def _coalesced(changelog: str, recs: list[CommandRecord]) -> list[CommandRecord]:
+    """Carried records with what later ones replace dropped: the changelog's by
+    :meth:`Outbox.coalesce` (the carry is written in one produce, as one outbox is), then the
+    other tables' records as they were (each table keeps its own order)."""
+    logged = [
+        (key, value, partition)
+        for topic, key, value, partition in recs
+        if topic == changelog and partition is not None  # (changelog records name theirs)
+    ]
+    if len(logged) < 2 or len(logged) < sum(rec[0] == changelog for rec in recs):
+        return recs
+    out = Outbox(changelog=logged)
+    if not out.coalesce():
+        return recs
+    return [(changelog, *rec) for rec in out.changelog] + [r for r in recs if r[0] != changelog]

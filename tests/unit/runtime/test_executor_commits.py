@@ -16,6 +16,7 @@ from aiokafka.structs import ConsumerRecord
 from kestream.executor import events as ev
 from kestream.models.state import StateType
 from kestream.runtime import records
+from kestream.runtime.executor_outbox import Outbox
 from kestream.runtime.executor_service import ExecutorService
 from tests.unit.runtime.test_executor_faults import PAUSED, _Producer, _service
 
@@ -277,6 +278,7 @@ def _record_writes(service: ExecutorService, consumer: _Consumer) -> list[Any]:
 def test_markers_of_one_step_executions_ride_with_the_next_write() -> None:
     service = _service(QUICK)
     service.commit_every_s = 3600.0
+    service.writer.carry_s = 0.0  # every write takes what earlier ones carried
     tp = TopicPartition(service.topics.executions, 0)
     first, second = _created(service, 1, "a", "quick"), _created(service, 2, "b", "quick")
     consumer = _Consumer(service, [{tp: [first]}, {tp: [second]}])
@@ -332,6 +334,7 @@ def test_a_revocation_writes_the_carried_markers_before_its_commit() -> None:
 def test_each_cycles_changelog_rides_with_the_next_cycles_commands_in_one_produce() -> None:
     service = _service(PAUSED)
     service.commit_every_s = 3600.0
+    service.writer.carry_s = 0.0  # every write takes what earlier ones carried
     consumer = _Consumer(service, [_batch(service, 0, 5, "a"), _batch(service, 0, 6, "b")])
     writes = _record_writes(service, consumer)
     _run(service, consumer)
@@ -409,3 +412,104 @@ def test_a_large_batch_gives_the_event_loop_turns_while_it_is_stepped() -> None:
     assert len(service.states) == 600
     assert {200, 400} <= set(seen)  # it ran in the middle of the batch
     assert consumer.commits == [{tp0: 600}]
+
+
+# -- the changelog carried over several writes ---------------------------------------------------
+
+
+def _w1_cycles(service: ExecutorService) -> list[Outbox]:
+    """The outboxes of W1's three steps with tasks on workers, as the executor makes them: a
+    job or an update with the execution's whole record, then its end (the whole record's
+    tombstone and the ended marker)."""
+    steps: list[list[tuple[str, bytes | None]]] = [
+        [("a#", b"whole-1")],
+        [("a#", b"whole-2")],
+        [("a#", None), ("a!", b"ended")],
+    ]
+    cycles = []
+    for step, changelog in enumerate(steps):
+        out = Outbox()
+        out.send(service.topics.updates, "a", f"update-{step}".encode())
+        for key, value in changelog:
+            out.changelog.append((key, value, 0))
+        cycles.append(out)
+    return cycles
+
+
+def _writes(service: ExecutorService, outs: list[Any], times: list[float]) -> list[Any]:
+    """Write ``outs`` one per write at the given clock times, then write what is left as a
+    commit does; return what reached the broker, each produce's (topic, key, value)."""
+    produced: list[Any] = []
+    produce = service.writer.produce
+
+    async def recorded(recs: Any, refusals: Any = None) -> Any:
+        if recs:
+            produced.append([(topic, key, value) for topic, key, value, _ in recs])
+        return await produce(recs, refusals)
+
+    now = [0.0]
+    service.writer.produce = recorded  # type: ignore[method-assign]
+    service.writer.producer = _Producer(refused=b"")  # type: ignore[assignment]
+    service.writer.clock = lambda: now[0]
+
+    async def run() -> None:
+        for out, at in zip(outs, times, strict=True):
+            now[0] = at
+            await service.writer.write(out)
+        await service.writer.write(Outbox(), carry=False)
+
+    asyncio.run(run())
+    return produced
+
+
+def test_a_short_executions_changelog_of_several_writes_is_written_as_its_end() -> None:
+    """W1's changelog records (tasks on workers): 4 written one write after their step, 2 when
+    its steps fall within one carry (the tombstone and the marker; recovery reads the same)."""
+    service = _service(QUICK)
+    changelog = service.topics.changelog
+    produced = _writes(service, _w1_cycles(service), [0.0, 0.1, 0.2])
+    logged = [(key, value) for wave in produced for topic, key, value in wave if topic == changelog]
+    assert logged == [("a#", None), ("a!", b"ended")]
+    assert len(produced) == 4, "each write's commands in their produce, the carry with the last"
+    service = _service(QUICK)
+    service.writer.carry_s = 0.0
+    produced = _writes(service, _w1_cycles(service), [0.0, 0.1, 0.2])
+    logged = [key for wave in produced for topic, key, _ in wave if topic == changelog]
+    assert logged == ["a#", "a#", "a#", "a!"], "without the carry: each step's records"
+
+
+def test_records_carried_past_their_time_ride_with_the_next_commands() -> None:
+    service = _service(QUICK)
+    changelog = service.topics.changelog
+    carry = service.writer.carry_s
+    first, second, third = _w1_cycles(service)
+    produced = _writes(service, [first, second, third], [0.0, carry, carry + 0.01])
+    # the second write is due (its carry is as old as carry_s): the first step's whole record
+    # goes with its commands; the second's and the end are coalesced into the end
+    assert [(t, k) for t, k, _ in produced[1] if t == changelog] == [(changelog, "a#")]
+    assert [v for t, k, v in produced[1] if t == changelog] == [b"whole-1"]
+    assert [(k, v) for t, k, v in produced[3] if t == changelog] == [("a#", None), ("a!", b"ended")]
+
+
+def test_a_write_without_commands_writes_what_is_carried() -> None:
+    """An idle cycle (its fetch timed out) writes the carry at once, as before."""
+    service = _service(QUICK)
+    changelog = service.topics.changelog
+    first, *_ = _w1_cycles(service)
+    produced = _writes(service, [first, Outbox()], [0.0, 0.01])
+    assert [(t, k) for t, k, _ in produced[1]] == [(changelog, "a#")]
+    assert not service.writer.carried and len(produced) == 2
+
+
+def test_dropping_the_carry_of_a_partition_keeps_the_others() -> None:
+    service = _service(QUICK)
+    writer = service.writer
+    out = Outbox()
+    out.send(service.topics.updates, "a", b"u")
+    out.changelog.extend([("a#", b"x", 0), ("b#", b"y", 1)])
+    writer.producer = _Producer(refused=b"")  # type: ignore[assignment]
+    asyncio.run(writer.write(out))
+    assert [key for _, key, _, _ in writer.carried] == ["a#", "b#"]
+    assert writer.drop_carried({0})
+    assert [key for _, key, _, _ in writer.carried] == ["b#"]
+    assert writer.drop_carried({1}) and writer._carried_for(10.0) == 0.0
