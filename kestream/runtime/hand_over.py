@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from asyncio import Future
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["HandOver", "Send"]
@@ -31,7 +31,21 @@ class HandOver:
     async def send(self, producer: Any, sends: Sequence[Send]) -> list[Future[Any]]:
         """Hand ``sends`` to ``producer`` in order, one caller at a time; returns their
         acknowledgements, to await outside."""
+        acks = await self.send_if(producer, sends, None)
+        assert acks is not None
+        return acks
+
+    async def send_if(
+        self, producer: Any, sends: Sequence[Send], still_wanted: Callable[[], bool] | None
+    ) -> list[Future[Any]] | None:
+        """:meth:`send`, unless ``still_wanted()`` says no once this caller's turn has come
+        (``None``: nothing was handed over). The wait for the turn can be long (every caller
+        before, a full batch while the broker is slow or away), and what the caller decided
+        before it may no longer hold: a worker's result whose job was stopped meanwhile, its
+        partition gone to another worker, must not go out."""
         async with self._lock:
+            if still_wanted is not None and not still_wanted():
+                return None
             return [await producer.send(topic, value, key=key) for topic, value, key in sends]
 
     async def send_and_wait(self, producer: Any, send: Send) -> Any:

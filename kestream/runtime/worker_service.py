@@ -15,7 +15,7 @@ producer one at a time (:meth:`WorkerService._produce`) and wait for the acknowl
 together: many jobs ending at once would otherwise all wait on the same full batch.
 ``max_in_flight`` (``KESTREAM_WORKER_MAX_IN_FLIGHT``) caps the jobs this process holds (running,
 or waiting for their flow revision): when it is reached the consumer pauses its partitions and
-fetches again only when a job ends.
+fetches again only when a job ends (polling meanwhile: :meth:`WorkerService._poll_paused`).
 
 **Offsets: at-least-once.** A partition's committed offset never passes a record whose job has
 not finished, where finished means its result (and logs) were acknowledged by the broker. A
@@ -494,6 +494,7 @@ class WorkerService:
         running = [job.task for job in self._jobs.values() if job.task is not None]
         if running:
             _, pending = await asyncio.wait(running, timeout=timeout)
+            self.gate.wake()  # the drain's deadline: results waiting at the gate give up
             if pending:
                 log.warning(
                     "stopping with %d jobs still running; they will run again", len(pending)
@@ -501,6 +502,7 @@ class WorkerService:
                 for job in list(self._jobs.values()):
                     job.abandoned = True
                     self._runner.kill(job.key[0], job.key[1])
+                self.gate.wake()
                 await asyncio.wait(pending, timeout=KILLED_WAIT_S)
         if self._side_tasks:
             left = max(self._send_until - time.monotonic(), 0.0) + SIDE_TASKS_WAIT_S
@@ -530,13 +532,13 @@ class WorkerService:
         consumer = self._consumer
         assert consumer is not None, "WorkerService is not started"
         if self.fence is not None and self.fence.tripped:  # until the group answers the rejoin
-            await asyncio.sleep(FETCH_TIMEOUT_MS / 1000)
+            await self._poll_paused(consumer, FETCH_TIMEOUT_MS)
             return
         if self._held:
             self._retry_held()
         room = self.max_in_flight - self.in_flight
         if room <= 0:
-            consumer.pause(*consumer.assignment())
+            await self._poll_paused(consumer, 0)
             self._slot_freed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._slot_freed.wait(), FETCH_TIMEOUT_MS / 1000)
@@ -560,6 +562,24 @@ class WorkerService:
             self._lag_share.report(self._partition_lag.report(behind, consumer.assignment()))
         self._pending_share.report(len(self._held))
         self._commit_in_background()
+
+    async def _poll_paused(self, consumer: AIOKafkaConsumer, timeout_ms: int) -> None:
+        """Poll with every assigned partition paused: no job is fetched, but the consumer
+        counts as polling. A worker that takes no job (full, or its membership lapsed until
+        the group answers its rejoin) must still poll: aiokafka leaves the group once
+        ``getmany`` has not been called for ``max_poll_interval_ms`` (300 s), and refuses to
+        rejoin while that lasts; the write gate then stops every running job unreported (a
+        job longer than that on a full worker would never end), and a lapsed worker would
+        never fetch again. Kafka Streams does the same since Kafka 2.3 (KIP-442): its thread
+        keeps calling ``poll`` with the partitions of full buffers paused, so
+        ``max.poll.interval.ms`` keeps its meaning (the processing thread is stuck) instead of
+        being raised past any task, which would hide a stuck loop for as long. Records of
+        partitions a rebalance assigned meanwhile (not paused) are taken as any fetch's."""
+        consumer.pause(*consumer.assignment())
+        batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=1)
+        for recs in batch.values():
+            for record in recs:
+                self._handle(record)
 
     def _handle(self, record: ConsumerRecord[Any, Any]) -> None:
         tp = TopicPartition(record.topic, record.partition)
@@ -847,6 +867,24 @@ class WorkerService:
         assert self._producer is not None
         return await self._hand_over.send(self._producer, sends)
 
+    async def _produce_gated(
+        self,
+        sends: Sequence[tuple[str, bytes, bytes | None]],
+        given_up: Callable[[], bool],
+        held: Callable[[], bool] | None = None,
+    ) -> list[Future[Any]] | None:
+        """:meth:`_produce` for a write that passed the gate: ``None`` (nothing handed over)
+        when, by the time its turn at the producer comes, the write is given up, the gate has
+        closed again or ``held()`` (the caller then waits at the gate again, or gives up)."""
+        assert self._producer is not None
+
+        def still_wanted() -> bool:
+            if given_up() or self.gate.closed() is not None:
+                return False
+            return held is None or not held()
+
+        return await self._hand_over.send_if(self._producer, sends, still_wanted)
+
     def _done(self, job: _Job, value: bytes) -> None:
         """Mark ``job``'s records done, and remember it with the result record it was answered
         with (``value``, as produced: encoded once)."""
@@ -893,14 +931,20 @@ class WorkerService:
         def given_up() -> bool:
             return job.abandoned or not self._may_send() or (revoked is not None and revoked())
 
+        def held() -> bool:  # revoked, until the assignment decides (:meth:`_on_assigned`)
+            return job.partition not in self._partitions
+
         tries = 0
         while not given_up():
-            if not await self.gate.passing(given_up):
+            if not await self.gate.passing(given_up, held):
                 break
             try:
                 sends = [(topics.logs, part, key) for part in logs]
                 sends.append((topics.results, value, key))
-                acks = await asyncio.gather(*await self._produce(sends))
+                handed = await self._produce_gated(sends, given_up, held)
+                if handed is None:
+                    continue  # given up, or the gate closed while it waited for its turn
+                acks = await asyncio.gather(*handed)
                 self._result_acked(acks[-1], value)
                 return result, value
             except KafkaError as exc:
@@ -953,8 +997,14 @@ class WorkerService:
         while self._may_send():
             if given_up is not None and not await self.gate.passing(given_up):
                 return False
+            sends = [(topic, value, key)]
             try:
-                (ack,) = await self._produce([(topic, value, key)])
+                if given_up is None:
+                    (ack,) = await self._produce(sends)
+                elif (handed := await self._produce_gated(sends, given_up)) is None:
+                    continue  # given up, or the gate closed while it waited for its turn
+                else:
+                    (ack,) = handed
                 await ack
                 return True
             except KafkaError as exc:
@@ -1106,6 +1156,7 @@ class WorkerService:
             self._leave_unreported(revoked, closed)
         for tp in revoked:
             self._partitions.pop(tp, None)
+        self.gate.wake()  # results of ``revoked`` waiting at the gate: held, or given up
         for job in list(self._jobs.values()):  # not started (held, or after a stopped copy)
             if job.task is None and job.partition in revoked:
                 self._forget(job)
@@ -1160,6 +1211,7 @@ class WorkerService:
         job.abandoned = job.kill_requested = True
         self._runner.kill(job.key[0], job.key[1])
         self.stats["abandoned"] += 1
+        self.gate.wake()  # its result may wait at the gate: given up now
 
     def _lapsed(self) -> None:
         """No heartbeat has confirmed this worker's group membership for a whole session (its

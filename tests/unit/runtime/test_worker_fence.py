@@ -42,12 +42,20 @@ class _PausingConsumer(RecordingConsumer):
     def __init__(self) -> None:
         super().__init__()
         self.paused_parts: set[TopicPartition] = set()
+        self.polls = 0
 
     def assignment(self) -> set[TopicPartition]:
         return {JOBS}
 
     def pause(self, *partitions: TopicPartition) -> None:
         self.paused_parts.update(partitions)
+
+    async def getmany(self, **_: Any) -> dict[TopicPartition, list[Any]]:
+        """Nothing: only a paused assignment is polled here (the worker keeps polling while
+        it takes no job, or aiokafka leaves the group)."""
+        assert self.paused_parts >= self.assignment()
+        self.polls += 1
+        return {}
 
 
 class _Coordinator:
@@ -112,6 +120,7 @@ async def test_a_job_whose_sleep_ended_while_frozen_stops_unreported(
     assert isinstance(consumer, _PausingConsumer) and consumer.paused_parts == {JOBS}
     await worker._iteration()  # fetches nothing until the group answers the rejoin
     assert worker.in_flight == 0
+    assert consumer.polls == 1  # but polls, paused: aiokafka leaves the group otherwise
 
     worker._on_assigned({JOBS})  # the group's answer: the jobs are fetched again
     assert not worker.fence.tripped

@@ -8,6 +8,7 @@ for; the jobs are real Sleeps on the worker's runner)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -217,3 +218,137 @@ async def test_the_first_join_inside_the_consumers_start_notes_the_membership() 
     coordinator.reset_generation()
     assert worker.gate.closed() is not None
     await close(worker)
+
+
+class _Polls(GroupConsumer):
+    """Counts the polls made with the whole assignment paused (returns nothing)."""
+
+    def __init__(self, service: WorkerService) -> None:
+        super().__init__(service)
+        self.paused_polls = 0
+
+    async def getmany(self, **_: Any) -> dict[TopicPartition, list[Any]]:
+        if self.paused >= self.parts:
+            self.paused_polls += 1
+        return {}
+
+    def paused(self) -> set[TopicPartition]:  # (aiokafka's name; the set is ``paused``)
+        return set()
+
+
+async def test_a_full_worker_keeps_polling_with_its_partitions_paused(member: Member) -> None:
+    """A worker at ``max_in_flight`` fetches no job, but still polls (its partitions paused):
+    aiokafka leaves the group once ``getmany`` is not called for ``max_poll_interval_ms``, and
+    the gate would then stop every running job, unreported."""
+    m = member
+    consumer = _Polls(m.worker)
+    consumer.paused_polls = 0
+    m.worker._consumer = consumer
+    m.worker.max_in_flight = 1
+    task = _nap(m, 30, 4)
+    for _ in range(3):
+        await m.worker._iteration()
+    assert consumer.paused_polls == 3 and m.worker.in_flight == 1
+    assert m.worker.gate.closed() is None and not task.done()
+
+
+async def test_a_lapsed_worker_keeps_polling_until_the_rejoin_is_answered(
+    member: Member,
+) -> None:
+    """Tripped (lapsed, the rejoin asked): nothing is fetched, but the consumer is polled with
+    its partitions paused; aiokafka refuses to rejoin a member idle past
+    ``max_poll_interval_ms``, and the worker would never fetch again."""
+    m = member
+    consumer = _Polls(m.worker)
+    m.worker._consumer = consumer
+    m.clock.now += SESSION_S + 1.0  # frozen
+    await asyncio.sleep(0.05)  # the guard's look trips it
+    fence = m.worker.fence
+    assert fence is not None and fence.tripped
+    await m.worker._iteration()
+    await m.worker._iteration()
+    assert consumer.paused_polls == 2
+
+
+async def test_a_result_ended_after_a_revocation_waits_for_the_assignment(
+    member: Member,
+) -> None:
+    """Between a revocation (the gate open: the job runs through the rebalance) and the
+    JoinGroup answer the gate is still open, but the partition may be going to another
+    worker: a result that ends then waits for the assignment, and goes out only if it gives
+    the partition back."""
+    m = member
+    m.worker.revoke_grace_s = 0.0
+    kept, moved = _nap(m, 0.05, 4), _nap_on(m, 1, 0.05, 5)
+    await m.worker._on_revoked(m.parts)
+    await _ran(m.worker)
+    assert m.producer.results() == [] and not kept.done() and not moved.done()
+    m.coordinator.join()
+    m.worker._on_assigned({TopicPartition(JOBS.topic, 0)})
+    await asyncio.gather(kept, moved)
+    assert [r.state.value for r in m.producer.results()] == ["SUCCESS"]
+    assert m.worker.stats["abandoned"] == 1
+
+
+def _nap_on(m: Member, partition: int, seconds: float, offset: int) -> asyncio.Task[None]:
+    """:func:`_nap` on another partition of :data:`JOBS`'s topic."""
+    record = job_record(m.flow, "nap", {"duration": f"PT{seconds}S"}, offset=offset)
+    record = dataclasses.replace(record, partition=partition)
+    m.worker._handle(record)
+    (job,) = [j for j in m.worker._jobs.values() if j.record.offset == offset]
+    assert job.task is not None and job.partition.partition == partition
+    return job.task
+
+
+async def test_a_result_given_up_while_it_waits_for_the_producer_is_not_sent(
+    member: Member,
+) -> None:
+    """A result past the gate waits for its turn at the producer behind another caller (in
+    ``send`` while a full batch drains, the broker slow). Its job is stopped meanwhile (its
+    partition went to another worker): once its turn comes it is not handed over."""
+    m = member
+    turn = asyncio.Event()
+
+    class _Draining:
+        async def send(self, *_: Any, **__: Any) -> asyncio.Future[Any]:
+            await turn.wait()
+            return asyncio.get_running_loop().create_future()
+
+    first = asyncio.create_task(m.worker._hand_over.send(_Draining(), [("t", b"", None)]))
+    await asyncio.sleep(0)
+    task = _nap(m, 0.01, 4)
+    await _ran(m.worker)  # ended, passed the gate, waiting for its turn
+    assert not task.done() and m.producer.results() == []
+    (job,) = m.worker._jobs.values()
+    m.worker._abandon(job)
+    turn.set()
+    await asyncio.gather(first, task)
+    assert m.producer.results() == []
+
+
+async def test_results_waiting_at_a_closed_gate_wake_together_only_when_it_moves(
+    member: Member,
+) -> None:
+    """Thousands of a worker's results can wait at a closed gate: they wait on one event,
+    not each on a timer of its own, and look again only when the gate or their job moved."""
+    m = member
+    gate = m.worker.gate
+    await turns(m.clock, SESSION_S + 1.0)  # unconfirmed: closed
+    assert gate.closed() is not None
+    looks = [0] * 50
+
+    def given_up(i: int) -> Any:
+        def up() -> bool:
+            looks[i] += 1
+            return False
+
+        return up
+
+    waiting = [asyncio.create_task(gate.passing(given_up(i))) for i in range(50)]
+    for _ in range(5):  # several looks of the gate's timer, which sees nothing move
+        await asyncio.sleep(0.15)
+    assert looks == [1] * 50 and not any(t.done() for t in waiting)
+    m.coordinator.answers = [True]
+    await m.coordinator._do_heartbeat()  # opens the gate: the next look wakes them all
+    assert all(await asyncio.gather(*waiting))
+    assert looks == [2] * 50
