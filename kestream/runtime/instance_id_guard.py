@@ -222,12 +222,15 @@ class _Guard:
         if lost is not None:
             try:
                 self._refuse_if_replaced(lost, await self._holder())
-            except kafka_errors.KafkaError as exc:  # asked again at the next try
-                log.warning("could not ask group %s who holds instance id %r: %s",
-                            self.coordinator.group_id, self.instance_id, exc)  # fmt: skip
-                # aiokafka's own failed join waits as long before its next try
-                await asyncio.sleep(getattr(self.coordinator, "_retry_backoff_ms", 100) / 1000)
-                return False
+            except kafka_errors.KafkaError as exc:
+                if exc.retriable:  # asked again at the next try
+                    await self._retry_later(exc)
+                    return False
+                # Not answered for what it is (an authorization, an error this broker does
+                # not explain): asking again would hold the member out of its group for good.
+                log.error("could not ask group %s who holds instance id %r (%s): it joins "
+                          "again unguarded; a duplicate instance id would not be refused",
+                          self.coordinator.group_id, self.instance_id, exc)  # fmt: skip
             self.lost = None
         try:
             return await self._rejoin(subscription)
@@ -240,12 +243,29 @@ class _Guard:
                 self._refuse_if_replaced(member_id, holder)
             raise
 
+    async def _retry_later(self, exc: kafka_errors.KafkaError) -> None:
+        """A question that failed for now: asked again at aiokafka's next try of the join,
+        after its retry backoff (as its own failed join waits). A coordinator that answered
+        it is not the group's (NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE in the group's
+        body) is marked dead, as aiokafka's JoinGroup does for those codes: the join's loop
+        then looks the coordinator up again, where asking the same broker would not end (a
+        transport error marks it dead already, in aiokafka's ``_send_req``)."""
+        log.warning("could not ask group %s who holds instance id %r: %s",
+                    self.coordinator.group_id, self.instance_id, exc)  # fmt: skip
+        moved = (kafka_errors.NotCoordinatorForGroupError,
+                 kafka_errors.GroupCoordinatorNotAvailableError)  # fmt: skip
+        if isinstance(exc, moved):
+            self.coordinator.coordinator_dead()
+        await asyncio.sleep(getattr(self.coordinator, "_retry_backoff_ms", 100) / 1000)
+
     async def _holder(self) -> InstanceHolder | None:
         try:
             return await instance_holder(
                 self.coordinator, self.coordinator.group_id, self.instance_id
             )
-        except kafka_errors.IncompatibleBrokerVersion:
+        # (a broker whose DescribeGroups stops below v4: aiokafka's request raises the former
+        # for an API it does not list, the latter for versions it lists that do not reach v4)
+        except (kafka_errors.IncompatibleBrokerVersion, NotImplementedError):
             log.warning(
                 "the broker has no DescribeGroups v4: a duplicate instance id of group %s "
                 "cannot be told from an expired session",

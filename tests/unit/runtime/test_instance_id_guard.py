@@ -3,6 +3,7 @@ for aiokafka's group coordinator, with DescribeGroups v4 answers decoded from th
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from kestream.runtime.instance_id_guard import (
     DUPLICATE_INSTANCE_ID,
     DuplicateInstanceId,
     InstanceHolder,
+    _DescribeGroupsRequestV4,
     _DescribeGroupsResponseV4,
     duplicate_in,
     guard_instance_id,
@@ -22,15 +24,37 @@ from kestream.runtime.restarts import RoleStepsDown
 GROUP = "t-scheduler-lease"
 
 
+def _string(text: str | None) -> bytes:
+    """A Kafka protocol STRING (NULLABLE_STRING for None): INT16 length, then UTF-8 bytes."""
+    if text is None:
+        return struct.pack(">h", -1)
+    data = text.encode()
+    return struct.pack(">h", len(data)) + data
+
+
+def _bytes(data: bytes) -> bytes:
+    """A Kafka protocol BYTES: INT32 length, then the bytes."""
+    return struct.pack(">i", len(data)) + data
+
+
+def _answer_bytes(members: list[tuple[str, str | None]], error_code: int = 0) -> bytes:
+    """A DescribeGroups v4 response body for GROUP, assembled by hand from Kafka's message
+    spec (DescribeGroupsResponse.json, non-flexible at v4): throttle_time_ms, then groups
+    [error_code, group_id, group_state, protocol_type, protocol_data, members [member_id,
+    group_instance_id (v4+, nullable), client_id, client_host, member_metadata,
+    member_assignment], authorized_operations]."""
+    body = struct.pack(">i", 0) + struct.pack(">i", 1)
+    body += struct.pack(">h", error_code) + _string(GROUP) + _string("Stable")
+    body += _string("consumer") + _string("range") + struct.pack(">i", len(members))
+    for n, (member_id, instance_id) in enumerate(members):
+        body += _string(member_id) + _string(instance_id) + _string("aiokafka")
+        body += _string(f"/10.0.0.{n}") + _bytes(b"meta") + _bytes(b"")
+    return body + struct.pack(">i", -2147483648)
+
+
 def _answer(members: list[tuple[str, str | None]], error_code: int = 0) -> Any:
-    """A DescribeGroups v4 answer for GROUP, encoded and decoded as it crosses the wire."""
-    struct = _DescribeGroupsResponseV4(
-        0,
-        [(error_code, GROUP, "Stable", "consumer", "range",
-          [(m, i, "aiokafka", f"/10.0.0.{n}", b"", b"") for n, (m, i) in enumerate(members)],
-          -2147483648)],
-    )  # fmt: skip
-    return _DescribeGroupsResponseV4.decode(struct.encode())
+    """A DescribeGroups v4 answer for GROUP as the guard decodes it from the wire."""
+    return _DescribeGroupsResponseV4.decode(_answer_bytes(members, error_code))
 
 
 class _Coordinator:
@@ -44,6 +68,11 @@ class _Coordinator:
         self.answer = answer
         self.asked = 0
         self.joins = 0
+        self.dead = 0
+        self._retry_backoff_ms = 0
+
+    def coordinator_dead(self) -> None:
+        self.dead += 1
 
     def reset_generation(self) -> None:
         self.member_id, self.generation = "", -1
@@ -187,3 +216,53 @@ def test_the_duplicate_is_found_behind_aiokafkas_wrapping() -> None:
     except KafkaError as wrapped:
         assert duplicate_in(wrapped) is duplicate
     assert duplicate_in(KafkaError("other")) is None and duplicate_in(None) is None
+
+
+def test_the_answer_is_read_field_by_field_as_the_spec_orders_them() -> None:
+    """Wire bytes assembled by hand (not by the guard's own schema): a field out of order
+    (the instance id and the client id swapped, say) would name another holder."""
+    answer = _answer([("member-9", "scheduler-0"), ("member-3", None)])
+    assert holder_in(answer, "scheduler-0") == InstanceHolder("member-9", "aiokafka", "/10.0.0.0")
+    assert holder_in(answer, "aiokafka") is None
+
+
+def test_the_question_is_encoded_as_the_spec_orders_it() -> None:
+    """DescribeGroupsRequest v4: groups [STRING], include_authorized_operations BOOLEAN."""
+    encoded = _DescribeGroupsRequestV4([GROUP], False).encode()
+    assert encoded == struct.pack(">i", 1) + _string(GROUP) + b"\x00"
+
+
+@pytest.mark.parametrize("code", [15, 16], ids=["coordinator-not-available", "not-coordinator"])
+async def test_a_coordinator_that_moved_is_marked_dead_and_asked_again(code: int) -> None:
+    """The group's coordinator moved (the answer's group error): the coordinator is marked
+    dead, so aiokafka looks it up again before the next try, which asks the new one."""
+    coordinator = _Coordinator(_answer([], error_code=code))
+    told = _guarded(coordinator)
+    await _joined(coordinator)
+    assert not await coordinator._do_rejoin_group(None)
+    assert coordinator.dead == 1 and coordinator.joins == 1
+    coordinator.answer = _answer([])
+    assert await coordinator._do_rejoin_group(None)
+    assert coordinator.joins == 2 and told == []
+
+
+async def test_a_question_refused_for_good_does_not_hold_the_rejoin() -> None:
+    """Not allowed to describe the group (GROUP_AUTHORIZATION_FAILED in its body, not
+    retriable): asking again would keep the member out of its group for ever; it joins
+    unguarded, with an error logged."""
+    coordinator = _Coordinator(_answer([], error_code=30))
+    told = _guarded(coordinator)
+    await _joined(coordinator)
+    assert await coordinator._do_rejoin_group(None)
+    assert coordinator.joins == 2 and coordinator.asked == 1 and told == []
+
+
+async def test_a_broker_without_describe_groups_v4_joins_unguarded() -> None:
+    """A broker that lists DescribeGroups only below v4 (static membership came with Kafka
+    2.3, v4 with 2.4): aiokafka's request raises NotImplementedError, which must not end the
+    group coordination."""
+    coordinator = _Coordinator(NotImplementedError("no DescribeGroups v4"))
+    told = _guarded(coordinator)
+    await _joined(coordinator)
+    assert await coordinator._do_rejoin_group(None)
+    assert coordinator.joins == 2 and told == []
