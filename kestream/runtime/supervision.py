@@ -21,7 +21,8 @@ crash counts are) and tells the API role where, in :data:`SUPERVISION_FILE_ENV`;
 
 What ``/health`` shows is open to anyone who can reach it, so only the children's names,
 states and exit causes (``signal SIGKILL``, ``exit code 1``, a role's own cause such as
-``duplicate instance id``) are written, never a log line.
+``stepped down``, or ``duplicate instance id`` for the child standalone gave up on) are written,
+never a log line.
 """
 
 from __future__ import annotations
@@ -140,6 +141,10 @@ class SupervisedChildren:
 
 
 def _child_health(child: dict[str, Any], ready_roles: dict[int, set[str]]) -> dict[str, Any]:
+    """One child's part of the readiness: a restarting child is not ready, with the cause it
+    exited with (its role's own, when it gave one); a running one is ready once every role it
+    hosts has a ready member record of its pid (``ready_roles``), for a process that started
+    is not yet one that serves."""
     state = str(child.get("state"))
     if state == RESTARTING:
         cause = child.get("cause") or "an unknown cause"
@@ -161,6 +166,8 @@ def _child_health(child: dict[str, Any], ready_roles: dict[int, set[str]]) -> di
 
 
 def _gave_up(report: dict[str, Any]) -> dict[str, Any]:
+    """``{"gaveUp": why}`` when the supervisor gave up (it stops: neither live nor ready), or
+    nothing; read from the report rather than asked, for the supervisor answers no requests."""
     gave_up = report.get("gaveUp")
     if not isinstance(gave_up, dict):
         return {}

@@ -489,7 +489,7 @@ class Supervisor:
                 )
                 slot.process = None
                 slot.start_at = now + delay
-                self._report().exited(slot.name, slot.roles, status, delay)
+                self._report().exited(slot.name, slot.roles, cause, delay)
             due = [slot.start_at - now for slot in self.slots if slot.process is None]
             await _first_of(stop, exited, min([rest, *due]))
         return 0

@@ -198,6 +198,16 @@ async def test_a_child_that_exited_is_reported_restarting(tmp_path: Path) -> Non
     )
 
 
+async def test_a_child_is_reported_with_the_cause_its_role_gave(tmp_path: Path) -> None:
+    """A role that said why it stopped (a scheduler that stepped down for good) is reported
+    with that cause, not its process's exit code."""
+    slot = _slot("scheduler-1", "scheduler")
+    code, supervisor = await _exit(tmp_path, slot, "scheduler\nstepped down")
+    assert code == 0 and supervisor.report is not None
+    child = supervisor.report.children["scheduler-1"]
+    assert (child["state"], child["cause"]) == ("restarting", "stepped down")
+
+
 async def test_a_child_replaced_through_its_instance_id_stops_standalone(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
