@@ -90,7 +90,7 @@ import socket
 import time
 from asyncio import Future
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -1053,7 +1053,7 @@ class WorkerService:
         plog = self._partitions.get(tp)
         return lambda: plog is None or self._partitions.get(tp) is not plog or not self._may_send()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
@@ -1122,6 +1122,8 @@ class WorkerService:
             await asyncio.wait([running])
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """aiokafka's revocation, before it rejoins (:meth:`_let_go`); a periodic commit
+        begun meanwhile leaves ``revoked`` out (:attr:`_revoking`)."""
         self._revoking = set(revoked)
         try:
             await self._let_go(revoked)
@@ -1134,11 +1136,7 @@ class WorkerService:
         unreported, and commit nothing (:meth:`_leave_unreported`)."""
         self.assigned.clear()
         self._in_group = False
-        running = [
-            job.task
-            for job in self._jobs.values()
-            if job.task is not None and job.partition in revoked
-        ]
+        running = [job.task for job in self._running_jobs(revoked) if job.task is not None]
         if running and self.gate.closed() is None:
             # Let them end and be committed before another member reads the partitions.
             _, pending = await asyncio.wait(running, timeout=self.revoke_grace_s)
@@ -1167,11 +1165,7 @@ class WorkerService:
         handed ``revoked`` to another member, which runs their jobs again from the committed
         offsets. Their running jobs stop now, unreported (a kill stops the task's code), and
         nothing of them is committed."""
-        running = [
-            job
-            for job in self._jobs.values()
-            if job.task is not None and job.partition in revoked and not job.abandoned
-        ]
+        running = self._running_jobs(revoked)
         partitions = sorted(tp.partition for tp in revoked)
         if running:
             log.error("worker: %s: %d running job(s) of partitions %s stop unreported, and "
@@ -1181,12 +1175,30 @@ class WorkerService:
         for job in running:
             self._abandon(job)
 
+    def _running_jobs(self, partitions: set[TopicPartition] | None = None) -> list[_Job]:
+        """The jobs running here and not abandoned (of ``partitions``, or all): those a
+        rebalance or a lapse decides about."""
+        return [
+            job
+            for job in self._jobs.values()
+            if job.task is not None
+            and not job.abandoned
+            and (partitions is None or job.partition in partitions)
+        ]
+
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """The group's assignment (aiokafka's callback, at the end of a join; also the fixed
+        one of ``own_all_partitions``). It confirms the membership and notes it at the write
+        gate, which opens for the results of ``assigned``. A running job whose partition is
+        not in ``assigned`` went to another worker, which runs it again from the committed
+        offset: it stops, unreported. Every running job stops so when the member id changed
+        (:meth:`WriteGate.note`): the group expelled this member in between, so even a
+        partition assigned back may have had another owner meanwhile."""
         renewed = False
         if self.fence is not None:
             self.fence.joined(self._consumer)  # the group has just counted this member in
             renewed = self.gate.note()  # the membership results are written under from now
-        running = [j for j in self._jobs.values() if j.task is not None and not j.abandoned]
+        running = self._running_jobs()
         if renewed and running:
             log.error(
                 "worker: rejoined its group under a new member id (it was expelled): its %d "
@@ -1222,7 +1234,7 @@ class WorkerService:
         rejoins; the jobs run again wherever the group assigns their partitions."""
         fence, consumer = self.fence, self._consumer
         assert fence is not None and consumer is not None
-        running = [j for j in self._jobs.values() if j.task is not None and not j.abandoned]
+        running = self._running_jobs()
         log.error(
             "worker: no heartbeat has confirmed its group membership for %.1f s (the session "
             "is %.1f s): the group may have handed its partitions on; %d running job(s) stop "

@@ -19,7 +19,7 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from kestream.models.flow import Flow
-from kestream.runtime import records
+from kestream.runtime import records, worker_service
 from kestream.runtime.member_fence import MemberFence
 from kestream.runtime.worker_service import WorkerService
 from tests.unit.runtime.executor_fakes import Clock, Coordinator, GroupConsumer, turns
@@ -200,24 +200,60 @@ async def test_a_lapsed_worker_revoked_commits_nothing(member: Member) -> None:
     assert m.consumer.commits == [] and m.producer.results() == []
 
 
-async def test_the_first_join_inside_the_consumers_start_notes_the_membership() -> None:
+class _StartingProducer(RefusingProducer):
+    async def start(self) -> None:
+        pass
+
+
+class _JoiningConsumer(GroupConsumer):
+    """A subscribed consumer whose start waits for the first join, as aiokafka's does: its
+    coordination exists from the start on, and the join's assignment reaches the listener
+    before ``start()`` returns."""
+
+    def __init__(self, service: WorkerService) -> None:
+        super().__init__(service)
+        self.listener: Any = None
+
+    def subscribe(self, topics: list[str], listener: Any) -> None:
+        self.listener = listener
+
+    async def start(self) -> None:
+        self._coordinator = Coordinator("worker-1")
+        await self.listener.on_partitions_assigned(set(self.parts))
+
+    def paused(self) -> set[TopicPartition]:
+        return set()
+
+    async def stop(self) -> None:
+        pass
+
+
+async def test_the_first_join_inside_the_consumers_start_notes_the_membership(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """aiokafka's start of a subscribed consumer waits for the first join, so the first
     assignment comes before the worker can watch the consumer: the fence, made before the
     start, watches it then, and the gate notes that membership (an expulsion in the first
-    generation closes it)."""
+    generation closes it). Driven through :meth:`WorkerService.start`."""
     worker, _ = make_worker(FLOW)
-    consumer, coordinator = GroupConsumer(worker), Coordinator("worker-1")
-    worker._consumer = consumer
-    worker.fence = MemberFence(SESSION_S, clock=Clock())
-    consumer._coordinator = coordinator  # (created by the start, before its join)
-    worker._on_assigned(set(consumer.parts))
-    heartbeat = coordinator._do_heartbeat
-    worker.fence.watch(consumer)  # after the start: already watching
-    assert coordinator._do_heartbeat is heartbeat
-    assert worker.gate.closed() is None
-    coordinator.reset_generation()
-    assert worker.gate.closed() is not None
-    await close(worker)
+    consumer = _JoiningConsumer(worker)
+    worker.max_in_flight = 0  # (the loop only polls, paused)
+    monkeypatch.setattr(worker_service, "make_producer", lambda *_, **__: _StartingProducer())
+    monkeypatch.setattr(worker_service, "make_consumer", lambda *_, **__: consumer)
+    await worker.start()
+    try:
+        coordinator = consumer._coordinator
+        assert worker.fence is not None and worker.fence.confirmed_at is not None
+        assert worker.gate.closed() is None
+        coordinator.reset_generation()  # aiokafka was told of an expulsion
+        assert worker.gate.closed() is not None
+    finally:
+        assert worker.fence is not None
+        worker.fence.stop()
+        worker._stopping = True
+        assert worker._task is not None
+        await worker._task
+        await close(worker)
 
 
 class _Polls(GroupConsumer):
