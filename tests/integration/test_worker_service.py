@@ -248,6 +248,17 @@ async def test_jobs_run_once_and_report_results_and_logs(
     assert worker.stats["duplicates"] == 1 and worker.stats["finished"] == 3 + len(naps)
     assert worker.stats["started"] == 3 + len(naps)
 
+    # A plain rebalance (another worker joins) keeps this member's id: the write gate takes a
+    # new one for an expulsion, and stops every running job (WriteGate.note).
+    coordinator: Any = getattr(worker._consumer, "_coordinator", None)
+    member_id = coordinator.member_id
+    generation = coordinator.generation
+    second = await harness.worker(threads=1)
+    await eventually(second.assigned.is_set, JOIN_S, message="a second worker joined")
+    await eventually(lambda: worker.assigned.is_set() and coordinator.generation > generation,
+                     JOIN_S, message="the first worker assigned again")  # fmt: skip
+    assert coordinator.member_id == member_id
+
 
 async def test_kill_bad_records_and_unknown_revisions(
     harness: Harness, eventually: Eventually
