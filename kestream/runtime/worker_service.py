@@ -155,6 +155,9 @@ HANDED_UNFETCHED_MAX = 32
 #: The share of ``max_in_flight`` hand-offs never take: kept for fetched jobs, so the jobs of
 #: executors in other processes on the same partitions are not starved by the local ones.
 FETCH_RESERVE_SHARE = 0.25
+#: How often a full worker polls its paused consumer (:meth:`WorkerService._poll_paused`):
+#: well within aiokafka's ``max_poll_interval_ms`` (300 s), past which it leaves the group.
+FULL_POLL_EVERY_S = 10.0
 _ERROR_BACKOFF_S = 0.5
 #: The longest pause between two tries of a result that must get through (:func:`_backoff`).
 _MAX_BACKOFF_S = 5.0
@@ -360,6 +363,8 @@ class WorkerService:
         self._revoking: set[TopicPartition] = set()
         #: The slots the fetch under way claimed (``max_records``), 0 between fetches.
         self._fetch_room = 0
+        #: When ``getmany`` last returned (aiokafka's idle clock: :meth:`_poll_paused`).
+        self._polled_at = time.monotonic()
         self.metrics = metrics if metrics is not None else process_metrics()
         self._pending_share = self.metrics.share(self.metrics.worker_job_pending)
         self._lag_share = self.metrics.share(self.metrics.consumer_lag, "worker")
@@ -538,7 +543,8 @@ class WorkerService:
             self._retry_held()
         room = self.max_in_flight - self.in_flight
         if room <= 0:
-            await self._poll_paused(consumer, 0)
+            if time.monotonic() - self._polled_at >= FULL_POLL_EVERY_S:
+                await self._poll_paused(consumer, 0)
             self._slot_freed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._slot_freed.wait(), FETCH_TIMEOUT_MS / 1000)
@@ -552,6 +558,7 @@ class WorkerService:
                 batch = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=room)
             finally:
                 self._fetch_room = 0
+                self._polled_at = time.monotonic()
             behind: dict[tuple[str, int], int] = {}
             for tp, recs in batch.items():
                 for record in recs:
@@ -574,9 +581,17 @@ class WorkerService:
         keeps calling ``poll`` with the partitions of full buffers paused, so
         ``max.poll.interval.ms`` keeps its meaning (the processing thread is stuck) instead of
         being raised past any task, which would hide a stuck loop for as long. Records of
-        partitions a rebalance assigned meanwhile (not paused) are taken as any fetch's."""
+        partitions a rebalance assigned meanwhile (not paused) are taken as any fetch's.
+
+        aiokafka drops what it had fetched ahead for a partition polled while paused (fetched
+        again after the resume), so a full worker polls so only every
+        :data:`FULL_POLL_EVERY_S`: at each turn it would cost the fetch that follows a freed
+        slot a round trip."""
         consumer.pause(*consumer.assignment())
-        batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=1)
+        try:
+            batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=1)
+        finally:
+            self._polled_at = time.monotonic()
         for recs in batch.values():
             for record in recs:
                 self._handle(record)

@@ -21,7 +21,7 @@ from aiokafka.structs import ConsumerRecord
 from kestream.models.flow import Flow
 from kestream.runtime import records, worker_service
 from kestream.runtime.member_fence import MemberFence
-from kestream.runtime.worker_service import WorkerService
+from kestream.runtime.worker_service import FULL_POLL_EVERY_S, WorkerService
 from tests.unit.runtime.executor_fakes import Clock, Coordinator, GroupConsumer, turns
 from tests.unit.runtime.worker_fakes import JOBS, RefusingProducer, close, job_record, make_worker
 
@@ -273,18 +273,22 @@ class _Polls(GroupConsumer):
 
 
 async def test_a_full_worker_keeps_polling_with_its_partitions_paused(member: Member) -> None:
-    """A worker at ``max_in_flight`` fetches no job, but still polls (its partitions paused):
-    aiokafka leaves the group once ``getmany`` is not called for ``max_poll_interval_ms``, and
-    the gate would then stop every running job, unreported."""
+    """A worker at ``max_in_flight`` fetches no job, but still polls (its partitions paused)
+    once :data:`FULL_POLL_EVERY_S` passed since its last poll: aiokafka leaves the group once
+    ``getmany`` is not called for ``max_poll_interval_ms``, and the gate would then stop every
+    running job, unreported. Not at every turn: aiokafka drops what it fetched ahead for a
+    paused partition it is polled for."""
     m = member
     consumer = _Polls(m.worker)
-    consumer.paused_polls = 0
     m.worker._consumer = consumer
     m.worker.max_in_flight = 1
     task = _nap(m, 30, 4)
-    for _ in range(3):
-        await m.worker._iteration()
-    assert consumer.paused_polls == 3 and m.worker.in_flight == 1
+    await m.worker._iteration()
+    assert consumer.paused_polls == 0  # (polled just now: at the worker's start)
+    m.worker._polled_at -= FULL_POLL_EVERY_S
+    await m.worker._iteration()
+    await m.worker._iteration()
+    assert consumer.paused_polls == 1 and m.worker.in_flight == 1
     assert m.worker.gate.closed() is None and not task.done()
 
 
