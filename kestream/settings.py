@@ -528,6 +528,15 @@ class Settings(BaseSettings):
         "(KESTREAM_EXECUTOR_STREAM_THREADS) in its own; true: one process per role instance, "
         "so a crashing role takes only itself down.",
     )
+    standalone_groups: bool = Field(
+        default=False,
+        description="KESTREAM_STANDALONE_GROUPS: false: on its own embedded broker, which only "
+        "its role processes reach, `kestream standalone` gives each executor a fixed share of "
+        "the partitions and the worker all of its own, and its scheduler holds the lease, "
+        "without consumer groups (no group joins to wait for at start, no heartbeats); offsets "
+        "are still committed under the groups' names. true: they use consumer groups as on any "
+        "other broker (for debugging). A broker given in KESTREAM_BROKER always uses groups.",
+    )
     standalone_crash_limit: int = Field(
         default=5,
         ge=1,

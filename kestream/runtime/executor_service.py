@@ -3,7 +3,9 @@
 It reads the co-partitioned ``executions`` and ``worker-results`` topics, keeps the state of the
 executions of its partitions in memory (a table backed by the changelog topic, one changelog
 partition per input partition), runs the pure step for each event, and writes what the step
-commands. ``KESTREAM_EXECUTOR_STREAM_THREADS`` processes run one each, sharing the partitions.
+commands. ``KESTREAM_EXECUTOR_STREAM_THREADS`` processes run one each, sharing the partitions
+(through the group; ``standalone``'s on its own embedded broker by fixed shares, without one:
+:mod:`~kestream.runtime.static_assignment`).
 
 One cycle, in this order (at-least-once, DESIGN.md section 3):
 
@@ -113,6 +115,7 @@ from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.parked_partitions import Parked, ParkedPartitions
 from kestream.runtime.processing_guarantee import exactly_once
 from kestream.runtime.purge_fence import apply_purge_event
+from kestream.runtime.static_assignment import Share, executor_share, partitions_of
 from kestream.runtime.static_membership import static_member, stop_member
 from kestream.runtime.worker_groups import WorkerGroupRouter
 from kestream.runtime.write_gate import WriteRefused
@@ -177,14 +180,18 @@ class ExecutorService:
         on_failure: Callable[[BaseException], None] | None = None,
         metrics: Metrics | None = None,
         route_worker_groups: bool = True,
+        share: Share | None = None,
     ) -> None:
         """``own_all_partitions``: take every partition without a consumer group (a one-shot
         ``kestream run`` on its own embedded broker: nobody to share with, no join to wait for).
+        ``share``: take these partitions without joining the group, committing under its name
+        (default: what ``standalone`` on its own embedded broker says,
+        :mod:`~kestream.runtime.static_assignment`; exactly-once keeps the group).
         ``metrics``: where to count (default: the process's :func:`process_metrics`).
         ``route_worker_groups=False``: send every job to the default workers, whatever its
         ``workerGroup`` (that ``kestream run``, whose own worker is the only one).
         """
-        self.own_all_partitions = own_all_partitions
+        self.own_all_partitions, self.share = own_all_partitions, share or executor_share()
         #: Called once if the processor fails; the host stops the process (see :meth:`_run`).
         self.on_failure = on_failure
         self.failure: BaseException | None = None
@@ -283,6 +290,8 @@ class ExecutorService:
                 self._transactional_producer, f"{group}-", group
             )
             log.info("exactly-once: a transaction per input partition and cycle")
+        if group is None or self.writer.transactions is not None:
+            self.share = None  # no group to commit under; exactly-once's is the group's
         self.checkpoints = checkpoint_follower(self.ctx)
         if self.checkpoints is not None:
             await self.checkpoints.start()
@@ -295,7 +304,7 @@ class ExecutorService:
             # Same partition numbers of every input to one processor, whatever the number of
             # processors (round robin splits them when it does not divide the partitions).
             partition_assignment_strategy=EXECUTOR_ASSIGNORS,
-            **(static_member(self.settings, self.ctx.kind) if group is not None else {}),
+            **(static_member(self.settings, self.ctx.kind) if group and not self.share else {}),
         )
         inputs = [self.topics.executions, self.topics.results, self.topics.admissions]
         if self.own_all_partitions:
@@ -303,6 +312,13 @@ class ExecutorService:
             count = self.settings.partitions
             self._consumer.assign([TopicPartition(t, p) for t in inputs for p in range(count)])
             await self.assigned(set(range(count)))
+            if self._fatal is not None:
+                raise self._fatal
+        elif self.share is not None:  # standalone's: the group's offsets, no member (no fence)
+            await self._consumer.start()
+            taken = await partitions_of(self._consumer, inputs, self.share)
+            self._consumer.assign(taken)
+            await self.assigned({tp.partition for tp in taken})
             if self._fatal is not None:
                 raise self._fatal
         else:

@@ -51,6 +51,19 @@ BROKER_ON_STDIN_ENV = "KESTREAM_STANDALONE_BROKER_ON_STDIN"
 ONLY_SCHEDULER_ENV = "KESTREAM_STANDALONE_ONLY_SCHEDULER"
 
 
+#: Set by ``kestream standalone`` on its own embedded broker in the environment of each process
+#: hosting an executor: ``k/N``, executor ``k`` (from 0) of the ``N`` it runs. That executor
+#: takes its share of the input partitions without the executor group
+#: (:mod:`~kestream.runtime.static_assignment`); a restarted process gets its predecessor's.
+EXECUTOR_SHARE_ENV = "KESTREAM_STANDALONE_EXECUTOR_SHARE"
+
+
+#: Set to "1" by ``kestream standalone`` on its own embedded broker in the environment of the
+#: process hosting its one worker, which takes every jobs partition without the worker group
+#: (:mod:`~kestream.runtime.static_assignment`).
+ONLY_WORKER_ENV = "KESTREAM_STANDALONE_ONLY_WORKER"
+
+
 #: With :data:`BROKER_ON_STDIN_ENV`: the descriptor of a pipe to ``standalone``, which the
 #: process closes once it has imported what its roles run, just before it waits for the
 #: broker. ``standalone`` gives every waiting process the broker's address only when all of them

@@ -50,7 +50,13 @@ from kestream.runtime.fetch_pacing import mark_embedded
 from kestream.runtime.instance_id_guard import DUPLICATE_INSTANCE_ID
 from kestream.runtime.kafka_connection import embedded_refusal
 from kestream.runtime.mirror_ack import MIRROR_ACK_FD_ENV, MirrorAckServer
-from kestream.runtime.process import BROKER_ON_STDIN_ENV, IMPORTED_FD_ENV, ONLY_SCHEDULER_ENV
+from kestream.runtime.process import (
+    BROKER_ON_STDIN_ENV,
+    EXECUTOR_SHARE_ENV,
+    IMPORTED_FD_ENV,
+    ONLY_SCHEDULER_ENV,
+    ONLY_WORKER_ENV,
+)
 from kestream.runtime.restarts import (
     CRASHES_FILE_ENV,
     FAILED_ROLE_FILE_ENV,
@@ -59,6 +65,7 @@ from kestream.runtime.restarts import (
     describe_exit,
     take_failed_role,
 )
+from kestream.runtime.static_assignment import Share
 from kestream.runtime.static_membership import child_instance_id
 from kestream.runtime.supervision import SUPERVISION_FILE_ENV, SupervisionReport
 from kestream.settings import Settings
@@ -354,10 +361,11 @@ class Supervisor:
             "KESTREAM_GROUP_INSTANCE_ID": child_instance_id(self.settings, slot.name),
         }
         env.pop("KESTREAM_BROKER", None)  # on stdin, once the broker holds its state
-        env.pop(ONLY_SCHEDULER_ENV, None)
         env.pop(MIRROR_ACK_FD_ENV, None)
-        if not self.settings.broker:  # its own embedded broker: no other scheduler reaches it
-            env[ONLY_SCHEDULER_ENV] = "1"
+        for name in LONE_ROLE_ENVS:
+            env.pop(name, None)
+        if not self.settings.broker and not self.settings.standalone_groups:
+            env.update(lone_roles_env([(s.name, s.role) for s in self.slots], slot.name))
         passed: list[int] = []
         imported: tuple[int, int] | None = None
         if bootstrap is None:
@@ -611,6 +619,29 @@ def role_slots(settings: Settings) -> list[tuple[str, str]]:
     shared = ("worker", "scheduler", "api")
     first = ("+".join((names[0], *shared)), ",".join(("executor", *shared)))
     return [first, *((name, "executor") for name in names[1:])]
+
+
+#: What :func:`lone_roles_env` may set: each is cleared from a child's environment first.
+LONE_ROLE_ENVS = (ONLY_SCHEDULER_ENV, ONLY_WORKER_ENV, EXECUTOR_SHARE_ENV)
+
+
+def lone_roles_env(slots: list[tuple[str, str]], name: str) -> dict[str, str]:
+    """What tells the roles of process ``name`` (one of ``slots``, ``(name, roles)`` as
+    :func:`role_slots` gives them) that standalone's own embedded broker sees no other process
+    than standalone's: its scheduler holds the lease alone (:mod:`~kestream.runtime.lone_lease`),
+    its worker takes every jobs partition and each executor the share its place among the
+    executors gives it (:mod:`~kestream.runtime.static_assignment`), all without groups. A
+    restart of the process gets the same: it depends on the slot only."""
+    executors = [n for n, roles in slots if "executor" in roles.split(",")]
+    roles = dict(slots)[name].split(",")
+    env: dict[str, str] = {}
+    if "scheduler" in roles:
+        env[ONLY_SCHEDULER_ENV] = "1"
+    if "worker" in roles:
+        env[ONLY_WORKER_ENV] = "1"
+    if "executor" in roles:
+        env[EXECUTOR_SHARE_ENV] = Share(executors.index(name), len(executors)).encode()
+    return env
 
 
 def _lock_data_dir(data: Path) -> IO[str] | str:

@@ -111,6 +111,7 @@ from kestream.runtime.log_stream import LogStream
 from kestream.runtime.member_fence import LOOK_EVERY_S, MemberFence
 from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.produce_faults import record_fault
+from kestream.runtime.static_assignment import only_worker, partitions_of
 from kestream.runtime.topics import ensure_group_topics
 from kestream.runtime.write_gate import WriteGate
 from kestream.tasks.base import RunnableTask
@@ -299,15 +300,20 @@ class WorkerService:
         metrics: Metrics | None = None,
         group: str | None = None,
         task_types: Iterable[str] | None = None,
+        alone: bool | None = None,
     ) -> None:
         """``own_all_partitions``: take every partition without a consumer group, as the executor
         does for a one-shot ``kestream run`` on its own embedded broker (no group join to wait).
+        ``alone``: the only worker its broker sees: every partition is taken without joining
+        the group, and committed under its name (default: what ``standalone`` on its own
+        embedded broker says, :mod:`~kestream.runtime.static_assignment`).
         ``metrics``: where to count (default: the process's :func:`process_metrics`).
         ``group``: the worker group served (default ``KESTREAM_WORKER_GROUP``; unset, the
         default workers). ``task_types``: the types this worker runs (default: every type
         this process knows, :func:`known_types`)."""
         settings = ctx.settings
         self.own_all_partitions = own_all_partitions
+        self.alone = (only_worker() if alone is None else alone) and not own_all_partitions
         self.ctx = ctx
         self.registry = registry
         self.threads = threads if threads is not None else settings.task_threads
@@ -427,6 +433,11 @@ class WorkerService:
             await self._consumer.start()
             count = ctx.settings.partitions
             owned = {TopicPartition(self.topic, p) for p in range(count)}
+            self._consumer.assign(list(owned))
+            self._on_assigned(owned)
+        elif self.alone:  # the group's offsets, no member: nothing to fence (static_assignment)
+            await self._consumer.start()
+            owned = set(await partitions_of(self._consumer, [self.topic]))
             self._consumer.assign(list(owned))
             self._on_assigned(owned)
         else:
