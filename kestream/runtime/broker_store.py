@@ -489,15 +489,25 @@ class BrokerStore:
     async def _stop_clients(self, consumer: AIOKafkaConsumer) -> None:
         """Stop the mirror's clients, each whatever the others do: an offsets reader left
         running would be found by the next mirror (after a broker restart) still asking the
-        dead broker, holding every snapshot for its 5 s timeout."""
+        dead broker, holding every snapshot for its 5 s timeout.
+
+        The stop of a consumer without a group can re-raise the CancelledError of its own
+        fetch task (aiokafka, once its broker is gone): that one is not ours, and the other
+        clients are stopped after it. A cancellation of the mirror itself still ends it."""
         if self._consumer is consumer:
             self._consumer = None
         readers, self._readers = list(self._readers.values()), {}
+        cancelled: asyncio.CancelledError | None = None
         for client in (consumer, self._metadata, *readers):
             try:
                 await (client.close() if client is self._metadata else client.stop())
+            except asyncio.CancelledError as exc:
+                cancelled = exc
             except Exception as exc:  # one client's failure must not leave the others running
                 log.warning("the broker mirror's client %r stopped with %r", client, exc)
+        task = asyncio.current_task()
+        if cancelled is not None and task is not None and task.cancelling():
+            raise cancelled
 
     async def _begin_snapshot(
         self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]

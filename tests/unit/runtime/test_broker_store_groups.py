@@ -7,6 +7,7 @@ consumers would read their topics from the start again after every restart).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -111,3 +112,40 @@ async def test_an_offset_snapshot_wakes_the_resting_mirror_for_the_fetch_it_wait
     assert not consumer.pacer.idle and consumer._pending_since is not None  # one fetch, now
     # ...and no more: a fetch of every partition is the dearest request the broker answers.
     assert consumer.pacer.active_until <= consumer.clock()
+
+
+class _Client:
+    def __init__(self, fails: BaseException | None = None) -> None:
+        self.fails, self.stopped = fails, False
+
+    async def stop(self) -> None:
+        await asyncio.sleep(0)  # a turn of the loop, where a cancellation lands
+        self.stopped = True
+        if self.fails is not None:
+            raise self.fails
+
+    close = stop
+
+
+async def test_a_stopped_mirror_stops_every_client_whatever_one_raises(tmp_path: Path) -> None:
+    """aiokafka's stop of a consumer without a group re-raised its fetch task's CancelledError
+    once the broker was gone: the offset readers after it were left running, and the next
+    mirror (after the broker's restart) asked the dead broker through them for 5 s a group."""
+    from kestream.runtime.broker_store import BrokerStore
+    from kestream.settings import Settings
+
+    store = BrokerStore(Settings(broker="127.0.0.1:1"), tmp_path)
+    consumer = _Client(asyncio.CancelledError())
+    store._metadata = _Client(OSError("gone"))
+    readers = {"g1": _Client(), "g2": _Client()}
+    store._readers = readers
+    await store._stop_clients(consumer)  # not cancelled: goes on
+    assert all(r.stopped for r in readers.values()) and store._readers == {}
+
+    store._readers = {"g3": (reader := _Client())}
+    stopping = asyncio.create_task(store._stop_clients(_Client(asyncio.CancelledError())))
+    await asyncio.sleep(0)
+    stopping.cancel()  # the mirror itself is cancelled meanwhile: that still ends it
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    assert reader.stopped
