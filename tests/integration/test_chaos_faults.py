@@ -90,6 +90,34 @@ async def _submit_at(
 # -- the broker restarted ---------------------------------------------------------------------
 
 
+async def _unstable_partitions(settings: Settings, kind: str) -> list[str]:
+    """The partitions of the topics an execution's end is written to whose last stable offset
+    is behind their high watermark once the load drained: records of a transaction still open,
+    or of one whose commit the broker acknowledged without ever writing its markers (Kafka 4.4
+    does so for a commit it answers during its controlled shutdown). A read-committed reader
+    sees nothing past that offset, so an execution ended there reads as lost although its
+    end was written; the details name them, to tell that from an end never written."""
+    names = ("executions", "worker-tasks", "execution-updates", "executor-state-changelog")
+    every = range(settings.partitions)
+    parts = [TopicPartition(settings.topic(name), p) for name in names for p in every]
+    ends: dict[str, dict[TopicPartition, int]] = {}
+    for level in ("read_committed", "read_uncommitted"):
+        consumer = make_consumer(settings, settings.broker or "", kind, group_id=None,
+                                 isolation_level=level)  # fmt: skip
+        await consumer.start()
+        try:
+            ends[level] = await consumer.end_offsets(parts)
+        finally:
+            await consumer.stop()
+    stable, high = ends["read_committed"], ends["read_uncommitted"]
+    return [
+        f"{tp.topic}[{tp.partition}]: last stable offset {stable[tp]} < high watermark {high[tp]}"
+        " (a transaction open, or committed without its markers)"
+        for tp in parts
+        if stable[tp] < high[tp]
+    ]
+
+
 async def _broker_restarts(
     name: str, broker: BrokerHandle, prefix: str, tmp_path: Path, rate: float, duration: float,
     restarts: tuple[tuple[float, bool], ...], env: dict[str, str] | None = None,
@@ -131,6 +159,8 @@ async def _broker_restarts(
             )  # fmt: skip
             tally.details.extend(cluster.errors())
             await cluster.dump_records(tally.lost_ids, tmp_path / "lost-records.txt")
+            if tally.lost_ids:
+                tally.details += await _unstable_partitions(cluster.settings, client.ctx.kind)
             exited = [r.label for r in cluster.roles if r.proc.poll() is not None]
             if exited:  # a role must ride the outage out, not die of it
                 tally.failed += len(exited)
