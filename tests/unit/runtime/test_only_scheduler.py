@@ -27,6 +27,7 @@ def _child_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: Settin
     sup = Supervisor(settings, None)
     sup.ledger = CrashLedger(tmp_path / "standalone" / "crashes.json")
     slot = supervisor.RoleProcess("scheduler", "scheduler", {})
+    sup.slots = [slot]  # a scheduler of its own (the default layout shares one process)
     try:
         sup._spawn(slot, "127.0.0.1:4242")
         assert slot.process is not None and slot.process.wait(60) == 0
