@@ -1039,7 +1039,14 @@ class ExecutorService:
         rewound to their committed offsets (the records fetched since are read again). A
         partition another member took meanwhile fences this claim: it is left to the group.
         Any other failure stops the processor (the process restarts), never leaving the
-        partitions unserved."""
+        partitions unserved.
+
+        It runs under the cycle lock, which stops every partition meanwhile: a revocation or
+        assignment (which wait on the lock) must not interleave with a half-done reclaim (it
+        would let go of partitions being read, which the reclaim then owns again), and a cycle
+        must not step their records fetched before the rewind. Taking the ids is bounded
+        (``PartitionTransactions.retry_for_s``, 60 s, well within ``max_poll_interval_ms``): a
+        coordinator that never answers stops the processor rather than the group dropping it."""
         assert self._consumer is not None
         consumer = self._consumer
         try:

@@ -221,27 +221,39 @@ class PartitionTransactions:
 
     async def _own(self, partition: int) -> None:
         """Take ``partition``'s id with a fresh producer; tried again while the broker is
-        away (a transient Kafka error: see :meth:`__init__`), any other failure raised."""
+        away (a transient Kafka error: see :meth:`__init__`), any other failure raised.
+
+        Each try is bounded by the time left: aiokafka's ``start()`` waits for the id with no
+        deadline of its own while the broker cannot find or load the transaction coordinator,
+        and the caller holds the processor's cycle lock meanwhile. Past ``retry_for_s`` the
+        taking fails (:class:`TimeoutError` or the last error), and the processor stops."""
         loop = asyncio.get_running_loop()
         deadline, delay = loop.time() + self.retry_for_s, self.backoff_s
         while True:
             producer = self._make(self.transactional_id(partition))
             self.producers[partition] = producer  # (stopped by leave() or stop() if this fails)
+            bound = asyncio.timeout_at(deadline)
             try:
-                await producer.start()
-                # An empty transaction: waits for the id (InitProducerId), sends nothing.
-                await producer.begin_transaction()
-                await producer.commit_transaction()
+                async with bound:
+                    await producer.start()
+                    # An empty transaction: waits for the id (InitProducerId), sends nothing.
+                    await producer.begin_transaction()
+                    await producer.commit_transaction()
                 return
             except ProducerFenced as exc:  # a newer owner already: it is not ours
                 raise Fenced(partition) from exc
             except Exception as exc:
+                if bound.expired():
+                    await _stop(producer)  # half started: its sender still looks for the id
+                    raise TimeoutError(
+                        f"cannot take the transactional id of executor partition {partition} "
+                        f"within {self.retry_for_s:g} s"
+                    ) from exc
                 if not _transient(exc) or loop.time() + delay > deadline:
                     raise
                 log.warning("cannot take the transactional id of executor partition %d yet "
                             "(%r); trying again in %.2f s", partition, exc, delay)  # fmt: skip
-            with contextlib.suppress(Exception):
-                await producer.stop()
+            await _stop(producer)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
@@ -250,8 +262,7 @@ class PartitionTransactions:
         open between cycles)."""
         for partition in sorted(partitions & set(self.producers)):
             producer = self.producers.pop(partition)
-            with contextlib.suppress(Exception):  # fenced already, or the broker away
-                await producer.stop()
+            await _stop(producer)  # fenced already, or the broker away: stopped anyway
 
     async def stop(self) -> None:
         await self.leave(set(self.producers))
@@ -345,6 +356,13 @@ class PartitionTransactions:
             await producer.send_offsets_to_transaction(write.offsets, self.group_id)
         await producer.commit_transaction()
         return acked
+
+
+async def _stop(producer: TransactionalProducer) -> None:
+    """Stop ``producer`` whatever state it is in (fenced, dead, half started, the broker
+    away): nothing of it is needed any more."""
+    with contextlib.suppress(Exception):
+        await producer.stop()
 
 
 async def _abort(producer: TransactionalProducer) -> None:

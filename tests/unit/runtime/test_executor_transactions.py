@@ -353,6 +353,40 @@ def test_taking_an_id_the_broker_refuses_or_past_the_retry_time_fails() -> None:
         asyncio.run(txns.own({0}))
 
 
+class _CoordinatorAway(TxnProducer):
+    """A producer whose start waits for ever, as aiokafka's does while the broker cannot find
+    or load the transaction coordinator (its sender retries FindCoordinator with no deadline);
+    the first ``refusals`` starts fail at once, the broker away."""
+
+    refusals = 1
+
+    async def start(self) -> None:
+        self.calls.append("start")
+        if _CoordinatorAway.refusals:
+            _CoordinatorAway.refusals -= 1
+            raise kafka_errors.KafkaConnectionError("away")
+        await asyncio.Event().wait()
+
+
+def test_taking_an_id_whose_coordinator_never_answers_fails_within_the_retry_time() -> None:
+    """The retry time bounds a start that never returns, a first or a later try's: the taking
+    fails (the processor stops) instead of holding the cycle lock for ever; the half-started
+    producer is stopped."""
+    made: list[TxnProducer] = []
+
+    def make(transactional_id: str) -> TxnProducer:
+        made.append(_CoordinatorAway(TxnBroker(), transactional_id))
+        return made[-1]
+
+    for refusals in (0, 1):
+        _CoordinatorAway.refusals = refusals
+        made.clear()
+        txns = PartitionTransactions(make, f"{GROUP}-", GROUP, retry_for_s=0.2, backoff_s=0.01)
+        with pytest.raises(TimeoutError, match=r"executor partition 3 within 0\.2 s"):
+            asyncio.run(txns.own({3}))
+        assert len(made) == refusals + 1 and all(p.stopped for p in made)
+
+
 def test_leaving_a_partition_stops_its_producer() -> None:
     txns, made = _transactions(TxnBroker())
     asyncio.run(txns.own({0, 1}))
