@@ -7,17 +7,24 @@ topic (where it was, why, as much of it as fits), logged and counted.
 order: the commands, waiting for every ack, then the changelog (each key's records that a
 later one replaces dropped, :meth:`~kestream.runtime.executor_outbox.Outbox.coalesce`; an
 execution's updates of the cycle likewise). The changelog records (and the other tables') are
-not written at once: they are carried over the next writes for up to :data:`CARRY_S`, then go
-with a write's commands in one produce and one wait for acks (after their batches' commands
-were acked, before the later batches' changelog, as the order requires), or are written with
-a write that has no commands of its own (an idle cycle) or before the next offset commit, so
-a commit never passes a record not written. What is carried is coalesced as one outbox's
+not written at once: they are carried over later writes, then go with a write's commands in
+one produce and one wait for acks (after their batches' commands were acked, before the later
+batches' changelog, as the order requires): with the first write at least :data:`CARRY_S`
+after the oldest carried record (so a carry may wait that and one cycle more), with a write
+that has no commands of its own (an idle cycle), and before the next offset commit, so a
+commit never passes a record not written. What is carried is coalesced as one outbox's
 changelog is, so a short execution's records of several cycles shrink to what its last step
 left (W1, tasks on workers: its two whole records, the whole record's tombstone and the ended
 marker become the tombstone and the marker when its three steps fall within one carry). A crash
 before they are written is a crash between a batch's commands and its changelog, which
 at-least-once always allowed: the batch's offsets were not committed, and it is replayed from
-the changelog's state (its commands again carry the same derived ids). Records still carried
+the changelog's state (its commands again carry the same derived ids). A replay sends a step's
+commands again, and a worker runs a job it receives again (a copy at a new offset), so the
+steps whose commands act again (worker jobs, kills and releases, records of the executions
+topic: :meth:`RecordWriter._acts_again`) are carried one write only: their changelog goes with
+the next write whatever its age, and a kill -9 runs again the jobs of the last cycle alone, as
+before there was a carry; the longer carry holds only steps that sent updates and logs, whose
+repeats readers drop. Records still carried
 for partitions the processor lets go are dropped (:meth:`RecordWriter.drop_carried`): written
 after their next owner took over, they would land over its records. Every produce passes the
 write gate first (:mod:`kestream.runtime.write_gate`), closed while the group may have handed
@@ -51,7 +58,7 @@ from aiokafka import AIOKafkaProducer
 
 from kestream.executor.sizes import over_limit
 from kestream.runtime import records
-from kestream.runtime.executor_outbox import CommandRecord, Outbox
+from kestream.runtime.executor_outbox import ChangelogRecord, CommandRecord, Outbox
 from kestream.runtime.executor_transactions import Lost, PartitionTransactions, TxnWrite
 from kestream.runtime.metrics import Metrics
 from kestream.runtime.produce_faults import record_fault
@@ -63,9 +70,10 @@ __all__ = ["DeadLetters", "RecordWriter", "Refusal", "Written"]
 
 log = logging.getLogger("kestream.executor")
 
-#: How long (seconds) the changelog records of a write may be carried over later writes, where
-#: later steps of their executions replace them (see the module docstring). The offset commit
-#: (every second) writes them anyway; an idle cycle too.
+#: How long (seconds) at least the changelog records of a write are carried over later writes,
+#: where later steps of their executions replace them (see the module docstring): the first
+#: write after that takes them, and so do the next offset commit (every second), an idle cycle
+#: and the write after a step whose commands act again (a worker job, say).
 CARRY_S = 0.25
 
 Refusal = tuple[CommandRecord, str]
@@ -127,6 +135,7 @@ class RecordWriter:
         self.topics = topics
         self.limit = limit
         self.letters = letters
+        self._group_jobs = topics.group_tasks("")  # the worker groups' jobs topics' prefix
         self.producer: AIOKafkaProducer | None = None
         #: Under exactly-once, the input partitions' transactional producers.
         self.transactions: PartitionTransactions | None = None
@@ -136,6 +145,9 @@ class RecordWriter:
         self.carry_s = CARRY_S
         self.clock: Callable[[], float] = time.monotonic
         self._carried_at: float | None = None
+        #: Whether the carry holds the changelog of a step whose commands act again when a
+        #: replay sends them again (:meth:`_acts_again`): then the next write takes it.
+        self._carry_acts = False
         #: Told of each record the broker acknowledged, with its ack (the local hand-off of
         #: jobs, :mod:`kestream.runtime.local_handoff`).
         self.on_acked: Callable[[CommandRecord, Any], None] | None = None
@@ -145,18 +157,24 @@ class RecordWriter:
 
     async def write(self, out: Outbox, *, carry: bool = True) -> Written:
         """Write the commands, with the changelog and table records carried from earlier
-        writes when they are due (carried :attr:`carry_s` or longer, or this write has no
-        commands), in one produce; ``out``'s changelog and tables are carried to a later write
-        (without ``carry``: everything carried is written after, waiting again). Returns, per
-        changelog partition written, the offset after its last record (the checkpoint the
-        partition's state reflects), and the records refused. When the gate refuses
+        writes when they are due (carried :attr:`carry_s` or longer, the carry holds a step
+        whose commands act again, or this write has no commands), in one produce; ``out``'s
+        changelog and tables are carried to a later write (without ``carry``: everything
+        carried is written after, waiting again). Returns, per changelog partition written, the
+        offset after its last record (the checkpoint the partition's state reflects), and the
+        records refused. When the gate refuses
         (:class:`~kestream.runtime.write_gate.WriteRefused`), the changelog records not written
         stay carried: the caller knows the changelog is behind the state held."""
         written = Written()
         changelog = self.topics.changelog
         self.coalesce(out)
         now = self.clock()
-        due = not carry or not out.commands or self._carried_for(now) >= self.carry_s
+        due = (
+            not carry
+            or not out.commands
+            or self._carry_acts
+            or self._carried_for(now) >= self.carry_s
+        )
         recs = out.commands + self.carried if due else out.commands
         acks = await self.produce(recs, written.refused) if recs else []  # (no gate to pass)
         if due:
@@ -164,12 +182,22 @@ class RecordWriter:
         made = [(changelog, *r) for r in out.changelog] + out.tables
         if made:
             self._set_carried(_coalesced(changelog, self.carried + made), now)
+            self._carry_acts = self._carry_acts or self._acts_again(out.commands)
         if not carry and self.carried:
             acks += await self.produce(self.carried, written.refused)
         if not carry:
             self._set_carried([], now)
         self._checkpoints(acks, written)
         return written
+
+    def _acts_again(self, commands: list[CommandRecord]) -> bool:
+        """Whether sending ``commands`` again would act again: a worker job, kill or release
+        (a task run twice) or a record of the executions topic (a subflow started twice, an
+        event stepped twice). A replay sends a step's commands again while its changelog is
+        not written, so such a step's changelog goes with the next write (see the module
+        docstring)."""
+        acting, group_jobs = (self.topics.executions, self.topics.worker_tasks), self._group_jobs
+        return any(topic in acting or topic.startswith(group_jobs) for topic, _, _, _ in commands)
 
     def _carried_for(self, now: float) -> float:
         """How long the oldest record still carried has been (0 with none)."""
@@ -178,6 +206,7 @@ class RecordWriter:
     def _set_carried(self, recs: list[CommandRecord], now: float) -> None:
         if not recs:
             self._carried_at = None
+            self._carry_acts = False
         elif self._carried_at is None:
             self._carried_at = now
         self.carried = recs
@@ -326,16 +355,17 @@ class RecordWriter:
 
 def _coalesced(changelog: str, recs: list[CommandRecord]) -> list[CommandRecord]:
     """Carried records with what later ones replace dropped: the changelog's by
-    :meth:`Outbox.coalesce` (the carry is written in one produce, as one outbox is), then the
-    other tables' records as they were (each table keeps its own order)."""
-    logged = [
-        (key, value, partition)
-        for topic, key, value, partition in recs
-        if topic == changelog and partition is not None  # (changelog records name theirs)
-    ]
-    if len(logged) < 2 or len(logged) < sum(rec[0] == changelog for rec in recs):
-        return recs
+    :meth:`Outbox.coalesce` (the carry is written in one produce, as one outbox is), first, then
+    the other tables' records in their order. Only the order within a topic means something:
+    recovery reads each topic on its own."""
+    logged: list[ChangelogRecord] = []
+    tables: list[CommandRecord] = []
+    for rec in recs:
+        topic, key, value, partition = rec
+        if topic == changelog and partition is not None:  # (changelog records name theirs)
+            logged.append((key, value, partition))
+        else:
+            tables.append(rec)
     out = Outbox(changelog=logged)
-    if not out.coalesce():
-        return recs
-    return [(changelog, *rec) for rec in out.changelog] + [r for r in recs if r[0] != changelog]
+    out.coalesce()
+    return [(changelog, *rec) for rec in out.changelog] + tables

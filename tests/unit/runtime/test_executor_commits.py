@@ -513,3 +513,45 @@ def test_dropping_the_carry_of_a_partition_keeps_the_others() -> None:
     assert writer.drop_carried({0})
     assert [key for _, key, _, _ in writer.carried] == ["b#"]
     assert writer.drop_carried({1}) and writer._carried_for(10.0) == 0.0
+
+
+def _step(service: ExecutorService, execution_id: str, topic: str | None) -> Outbox:
+    """A step's outbox: an update, a command to ``topic`` if any, the whole record."""
+    out = Outbox()
+    out.send(service.topics.updates, execution_id, b"update")
+    if topic is not None:
+        out.send(topic, execution_id, b"command")
+    out.changelog.append((f"{execution_id}#", b"whole", 0))
+    return out
+
+
+@pytest.mark.parametrize("acting", ["jobs", "group jobs", "executions"])
+def test_the_changelog_of_a_step_that_sent_jobs_goes_with_the_next_write(acting: str) -> None:
+    """A replay sends a step's jobs (or new executions) again while its changelog is not
+    written: such a step's changelog is carried one write only, so a kill -9 re-runs the jobs
+    of the last cycle alone; steps with updates only are still carried."""
+    service = _service(QUICK)
+    topics, changelog = service.topics, service.topics.changelog
+    topic = {
+        "jobs": topics.worker_tasks,
+        "group jobs": topics.group_tasks("gpu"),
+        "executions": topics.executions,
+    }[acting]
+    steps = [_step(service, "a", topic), _step(service, "b", None), _step(service, "c", None)]
+    produced = _writes(service, steps, [0.0, 0.01, 0.02])
+    logged = [[k for t, k, _ in wave if t == changelog] for wave in produced]
+    assert logged == [[], ["a#"], [], ["b#", "c#"]]
+
+
+def test_carried_records_are_written_changelog_first_then_the_other_tables() -> None:
+    """The carry's order across topics is always the same (each topic's own kept), whether or
+    not coalescing dropped anything."""
+    service = _service(QUICK)
+    table = service.topics.admission_changelog
+    steps = []
+    for execution_id in ("a", "b"):
+        out = _step(service, execution_id, None)
+        out.tables.append((table, f"slot-{execution_id}", b"slot", 0))
+        steps.append(out)
+    produced = _writes(service, steps, [0.0, 0.01])
+    assert [k for _, k, _ in produced[-1]] == ["a#", "b#", "slot-a", "slot-b"]
