@@ -53,14 +53,49 @@ MIRROR_ACK_FD_ENV = "KESTREAM_STANDALONE_MIRROR_ACK_FD"
 #: The longest the supervisor keeps one request open (the API gives up sooner, at its own
 #: bound): a request whose asker is gone must not wait for ever.
 _SERVE_MAX_S = 300.0
+#: The stream's buffer limit; a line is at most this long on the wire.
 _LINE_MAX = 4096
+#: The longest reason the supervisor sends (a mirror failure's repr can be of any length): well
+#: under :data:`_LINE_MAX`, so an answer always fits a line.
+_REASON_MAX = 512
 
 _inherited: int | None = None
 
 
 class NotDurable(Exception):
     """The record was acknowledged by the broker, but is not known to be on disk (why: the
-    message, which the API answers with a 503)."""
+    message, which the API answers with a 503).
+
+    ``execution_id`` names the execution the record created or restarted, set by the API once
+    it knows which record was waited for: the record was sent and usually runs, so the caller
+    is told what to look up instead of sending it again (a second creation)."""
+
+    def __init__(self, reason: str, execution_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.execution_id = execution_id
+
+
+async def _read_line(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
+    """The next line (b"" at the end of the stream) and whether it was longer than
+    :data:`_LINE_MAX`, in which case only its start is returned and the rest is dropped.
+
+    ``readline`` raises on an overlong line after dropping it, seq and all: the one request it
+    answered could then never be told, and a reader that stops there stops every later answer.
+    Keeping the start keeps the seq, so only that request fails."""
+    try:
+        return await reader.readuntil(b"\n"), False
+    except asyncio.IncompleteReadError as exc:  # the stream ended mid-line (or between lines)
+        return exc.partial, False
+    except asyncio.LimitOverrunError as exc:
+        head = (await reader.readexactly(exc.consumed))[:_LINE_MAX]
+    while True:  # drop the rest of the line, a buffer's worth at a time
+        try:
+            await reader.readuntil(b"\n")
+            return head, True
+        except asyncio.IncompleteReadError:
+            return head, True
+        except asyncio.LimitOverrunError as exc:
+            await reader.readexactly(exc.consumed)
 
 
 def inherited_fd() -> int | None:
@@ -132,13 +167,16 @@ class MirrorAck:
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
-            while line := await reader.readline():
-                seq, _, rest = line.decode().rstrip("\n").partition(" ")
-                answer = self._pending.get(int(seq))
+            while True:
+                line, overlong = await _read_line(reader)
+                if not line:
+                    break
+                seq, _, rest = line.decode(errors="replace").rstrip("\n").partition(" ")
+                answer = self._pending.get(int(seq)) if seq.isdigit() else None
                 if answer is None or answer.done():
-                    continue  # its asker gave up
+                    continue  # its asker gave up (or the line is not an answer)
                 status, _, reason = rest.partition(" ")
-                if status == "ok":
+                if status == "ok" and not overlong:
                     answer.set_result(None)
                 else:
                     answer.set_exception(NotDurable(reason or "the broker mirror refused"))
@@ -190,8 +228,14 @@ class MirrorAckServer:
         reader, writer = await asyncio.open_unix_connection(sock=sock, limit=_LINE_MAX)
         asks: set[asyncio.Task[None]] = set()
         try:
-            while line := await reader.readline():
-                ask = asyncio.create_task(self._answer(writer, line.decode()))
+            while True:
+                line, overlong = await _read_line(reader)
+                if not line:
+                    break
+                text = line.decode(errors="replace")
+                if overlong:  # not a request this side sends: answered "down" by its seq
+                    text = text.partition(" ")[0] + " ?"
+                ask = asyncio.create_task(self._answer(writer, text))
                 asks.add(ask)
                 ask.add_done_callback(asks.discard)
         except (ConnectionError, OSError, ValueError) as exc:
@@ -215,7 +259,7 @@ class MirrorAckServer:
             )
             answer = f"{seq} ok\n"
         except Exception as exc:  # every failure is the asker's answer
-            reason = str(exc).replace("\n", " ") or type(exc).__name__
+            reason = (str(exc).replace("\n", " ") or type(exc).__name__)[:_REASON_MAX]
             answer = f"{seq} down {reason}\n"
         with contextlib.suppress(ConnectionError, OSError):
             writer.write(answer.encode())

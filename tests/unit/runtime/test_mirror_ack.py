@@ -5,6 +5,7 @@ The integration test (tests/integration/test_standalone_durable_ack.py) kills a 
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -137,3 +138,43 @@ async def test_no_store_while_the_broker_starts_again_is_an_answer_too() -> None
     finally:
         await ack.close()
         await server.close()
+
+
+async def test_a_long_failure_fails_only_its_request_and_the_socket_keeps_answering() -> None:
+    fake = _Store()
+    server = MirrorAckServer(lambda: fake)  # type: ignore[arg-type,return-value]
+    ack = MirrorAck(server.pair(), timeout_s=5.0)
+    try:
+        fake.broken = "the broker mirror failed with " + "x" * 5000
+        with pytest.raises(NotDurable, match="mirror failed") as failed:
+            await asyncio.wait_for(ack.wait(TP.topic, TP.partition, 0), 2)
+        assert len(str(failed.value)) <= 512  # shortened by the supervisor
+        fake.broken, fake.written = None, 1
+        await asyncio.wait_for(ack.wait(TP.topic, TP.partition, 0), 2)  # still heard
+    finally:
+        await ack.close()
+        await server.close()
+
+
+async def test_an_overlong_answer_line_fails_its_request_alone() -> None:
+    """Whatever the supervisor sends, a line past the stream's limit costs only its request."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ack = MirrorAck(theirs.detach(), timeout_s=5.0)
+    reader, writer = await asyncio.open_unix_connection(sock=ours)
+    try:
+        first = asyncio.create_task(ack.wait(TP.topic, TP.partition, 0))
+        second = asyncio.create_task(ack.wait(TP.topic, TP.partition, 1))
+        asked = [await reader.readline(), await reader.readline()]
+        seqs = sorted(int(line.split()[0]) for line in asked)
+        writer.write(f"{seqs[0]} down {'y' * 20000}\n{seqs[1]} ok\n".encode())
+        done = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 2)
+        failed = [d for d in done if isinstance(d, NotDurable)]
+        assert len(failed) == 1 and done.count(None) == 1
+        assert str(failed[0]).startswith("yyy")
+        third = asyncio.create_task(ack.wait(TP.topic, TP.partition, 2))
+        seq = int((await reader.readline()).split()[0])
+        writer.write(f"{seq} ok\n".encode())
+        await asyncio.wait_for(third, 2)  # the socket still answers
+    finally:
+        await ack.close()
+        writer.close()
