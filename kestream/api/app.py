@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from urllib.parse import quote
 
 import yaml
 from aiohttp import web
@@ -88,6 +89,25 @@ def install_api(app: web.Application, handle: ApiHandle) -> None:
     app.middlewares.append(json_errors)
 
 
+def not_durable(request: web.Request, exc: NotDurable) -> ApiError:
+    """The 503 of a creation or restart that was sent but is not known to be on disk.
+
+    The record is in the broker and usually runs, so a second send would make a second
+    execution: no ``Retry-After``, but the execution's id (``id``, as a created execution's
+    body has it) and its ``Location``, where the caller looks it up instead."""
+    if exc.execution_id is None:
+        return ApiError(503, f"The execution is not known to be safe on disk: {exc}")
+    tenant = quote(request.match_info.get("tenant", "main"), safe="")
+    return ApiError(
+        503,
+        f"The execution {exc.execution_id} was sent but is not known to be safe on disk: "
+        f"{exc}. Look it up (GET its Location) rather than send it again, which would "
+        "create another execution",
+        headers={"Location": f"/api/v1/{tenant}/executions/{quote(exc.execution_id, safe='')}"},
+        fields={"id": exc.execution_id},
+    )
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """aiohttp's own errors (404, 405) and unexpected failures as Kestra's JSON error body.
@@ -107,11 +127,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except RecordTooLarge as exc:  # the Client's and the flows table's check of the limit
         raise ApiError(413, f"Request Entity Too Large: {exc}") from None
     except NotDurable as exc:  # standalone: the mirror did not confirm a creation (mirror_ack)
-        raise ApiError(
-            503,
-            f"The execution was sent but is not known to be safe on disk: {exc}",
-            headers={"Retry-After": "1"},
-        ) from None
+        raise not_durable(request, exc) from None
     except MessageSizeTooLargeError:
         raise ApiError(
             413,

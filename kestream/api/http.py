@@ -73,9 +73,12 @@ class ApiError(web.HTTPException):
         errors: Iterable[Mapping[str, Any]] = (),
         *,
         headers: Mapping[str, str] | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> None:
         self.status_code = status
         body: dict[str, Any] = {"message": safe_text(message)}
+        # beside Kestra's keys: what the caller needs to act on the error (an id to look up)
+        body.update({key: safe_text(value) for key, value in (fields or {}).items()})
         problems = [_safe_problem(error) for error in errors]
         if problems:
             body["_embedded"] = {"errors": problems}

@@ -47,7 +47,7 @@ from kestream.models.inputs import parse_inputs
 from kestream.models.state import StateType
 from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext
-from kestream.runtime.mirror_ack import MirrorAck
+from kestream.runtime.mirror_ack import MirrorAck, NotDurable
 from kestream.secrets.encryption import scope_of
 from kestream.tasks.pause import Pause
 
@@ -360,15 +360,19 @@ class ApiService:
         restart, since an ended execution has left the executor's state (DESIGN.md section 3)."""
         await self._send_durably(ev.Restart(snapshot["id"], snapshot=snapshot))
 
-    async def _send_durably(self, event: ev.Event) -> RecordMetadata:
+    async def _send_durably(self, event: ev.ExecutionCreated | ev.Restart) -> RecordMetadata:
         """Send an event the caller is told exists once this returns (a creation, a restart):
         in standalone on its embedded broker, only once the broker mirror's file holds it, as
         a kill -9 of the memory-only broker would otherwise lose it
-        (:mod:`kestream.runtime.mirror_ack`; raises its ``NotDurable``, the route's 503).
-        Elsewhere the broker's acknowledgement (``acks=all``) is the guarantee."""
+        (:mod:`kestream.runtime.mirror_ack`; raises its ``NotDurable``, naming the execution,
+        the route's 503). Elsewhere the broker's acknowledgement (``acks=all``) is the
+        guarantee."""
         sent = await self.client.send(event)
         if self.mirror_ack is not None:
-            await self.mirror_ack.wait(sent.topic, sent.partition, sent.offset)
+            try:
+                await self.mirror_ack.wait(sent.topic, sent.partition, sent.offset)
+            except NotDurable as exc:
+                raise NotDurable(str(exc), execution_id=event.execution_id) from None
         return sent
 
     async def search(self, query: SearchQuery) -> Listing:
