@@ -5,13 +5,14 @@ transactional id again aborts its open transaction and fences the older producer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka import errors as kafka_errors
 from aiokafka.errors import ProducerFenced
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, RecordMetadata
@@ -27,6 +28,7 @@ from kestream.runtime.executor_transactions import (
     Lost,
     PartitionTransactions,
     TxnWrite,
+    sender_failure,
 )
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.settings import Settings
@@ -313,6 +315,46 @@ def test_a_sender_that_died_fenced_is_a_fence() -> None:
     made[f"{GROUP}-0"].send_offsets_to_transaction = fenced_in_offsets  # type: ignore[method-assign]
     committed = asyncio.run(txns.commit({0: _cycle(0, b"0", 5)}))
     assert committed.fenced == {0} and committed.lost == {}
+
+
+def test_a_dead_sender_of_aiokafkas_own_producer_is_found_and_the_partition_lost() -> None:
+    """``sender_failure`` reads a private attribute of aiokafka's producer: against a real
+    ``AIOKafkaProducer`` (no broker: its sender is started with the id taken, then dies as a
+    broker restart kills it), so a rename in aiokafka fails here instead of turning every
+    dead sender into a stop of the processor."""
+
+    async def run() -> Any:
+        producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", transactional_id="t-0")
+        sender = producer._sender
+        gone = asyncio.Event()
+
+        async def id_taken() -> None:
+            producer._txn_manager.set_pid_and_epoch(1, 0)
+
+        async def routine() -> None:
+            await gone.wait()
+            raise _dropped_lookup()
+
+        sender._maybe_wait_for_pid = id_taken
+        sender._sender_routine = routine
+        assert sender_failure(producer) is None  # not started
+        await sender.start()
+        assert sender_failure(producer) is None  # running
+        await producer.begin_transaction()
+        gone.set()
+        await asyncio.wait([sender.sender_task])
+        txns, _ = _transactions(TxnBroker())
+        txns.producers[0] = producer
+        try:
+            return sender_failure(producer), await txns.commit({0: _cycle(0, b"0", 5)})
+        finally:
+            with contextlib.suppress(Exception):
+                await producer._txn_manager._transaction_waiter
+            await producer.stop()
+
+    died, committed = asyncio.run(run())
+    assert str(died) == "KafkaError: Unexpected error during batch delivery"
+    assert set(committed.lost) == {0} and committed.lost[0].cause is died
 
 
 def test_a_partition_whose_producers_keep_dying_stops_the_processor() -> None:
