@@ -42,8 +42,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -110,13 +111,9 @@ class Lost(Exception):
     (see the module docstring); ``cause``, what it died of."""
 
     def __init__(self, partition: int, cause: BaseException) -> None:
-        chain: list[str] = []  # aiokafka's own text says little: "Unexpected error ..."
-        seen: BaseException | None = cause
-        while seen is not None and len(chain) < 4:
-            chain.append(repr(seen))
-            seen = seen.__cause__ or seen.__context__
-        #: What the producer died of, and what that was raised from.
-        self.why = " from ".join(chain)
+        #: What the producer died of, and what that was raised from (aiokafka's own text
+        #: says little: "Unexpected error during batch delivery").
+        self.why = " from ".join(repr(seen) for seen in itertools.islice(_causes(cause), 4))
         super().__init__(f"the producer of executor partition {partition} died: {self.why}")
         self.partition = partition
         self.cause = cause
@@ -137,12 +134,18 @@ def sender_failure(producer: TransactionalProducer) -> BaseException | None:
 def _transient(exc: BaseException) -> bool:
     """Whether ``exc`` (or what it was raised from) is a Kafka error worth trying again: the
     broker away or not ready yet, not a refusal (an authorization, say)."""
+    return any(isinstance(seen, KafkaError) and seen.retriable for seen in _causes(exc))
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what it was raised from (its cause, else its context), and so on, each
+    once (a cause set by hand can loop back)."""
+    met: set[int] = set()
     seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, KafkaError) and seen.retriable:
-            return True
+    while seen is not None and id(seen) not in met:
+        met.add(id(seen))
+        yield seen
         seen = seen.__cause__ or seen.__context__
-    return False
 
 
 class Refused(Exception):

@@ -28,6 +28,7 @@ from kestream.runtime.executor_transactions import (
     Lost,
     PartitionTransactions,
     TxnWrite,
+    _transient,
     sender_failure,
 )
 from kestream.runtime.kafka import make_consumer, make_producer
@@ -427,6 +428,22 @@ def test_taking_an_id_whose_coordinator_never_answers_fails_within_the_retry_tim
         with pytest.raises(TimeoutError, match=r"executor partition 3 within 0\.2 s"):
             asyncio.run(txns.own({3}))
         assert len(made) == refusals + 1 and all(p.stopped for p in made)
+
+
+def test_a_failure_is_told_by_what_it_was_raised_from_each_cause_once() -> None:
+    """A retriable Kafka error anywhere down the chain makes a failure transient, and a lost
+    producer names the chain; a chain that loops back ends."""
+    died = _dropped_lookup()
+    assert Lost(0, died).why == (
+        "KafkaError('Unexpected error during batch delivery') from KafkaError(\"KafkaConnection"
+        "Error('Connection at 127.0.0.1:9092 closed')\") from KafkaConnectionError('Connection "
+        "at 127.0.0.1:9092 closed')"
+    )
+    assert _transient(died)
+    first, second = RuntimeError("first"), kafka_errors.TransactionalIdAuthorizationFailed("t")
+    first.__cause__, second.__cause__ = second, first
+    assert not _transient(first)
+    assert Lost(0, first).why == f"{first!r} from {second!r}"
 
 
 def test_leaving_a_partition_stops_its_producer() -> None:
