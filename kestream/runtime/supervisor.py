@@ -238,7 +238,7 @@ class Supervisor:
                     if not await self._after_broker_death(died, broker_policy):
                         return 1
         finally:
-            self._stop_children(graceful=True)
+            await self._stop_children(graceful=True)
             await self._stop_mirror()
             if self.broker is not None:
                 await self.broker.astop()
@@ -311,7 +311,7 @@ class Supervisor:
             why,
             self.store.directory,
         )
-        self._stop_children(graceful=False)  # nothing to flush to a dead broker
+        await self._stop_children(graceful=False)  # nothing to flush to a dead broker
         await self.store.stop_mirror(catch_up=False)
         if self.broker is not None:
             await self.broker.astop()
@@ -549,23 +549,30 @@ class Supervisor:
         self.ledger.restarted("mirror")
         return True
 
-    def _stop_children(self, *, graceful: bool) -> None:
+    async def _stop_children(self, *, graceful: bool) -> None:
+        """Stop every child (SIGTERM, SIGKILL past :data:`_STOP_GRACE_S`; SIGKILL at once when
+        not ``graceful``) and reap it. The waits run in threads: this loop runs the broker
+        mirror and the API's durable acknowledgements (:mod:`.mirror_ack`), so a creation the
+        API sent while it stops is still answered rather than left to its timeout."""
         running = [s for s in self.slots if s.process is not None and s.process.poll() is None]
         for slot in running:
             assert slot.process is not None
             slot.process.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
-        for slot in running:
-            assert slot.process is not None
-            try:
-                slot.process.wait(_STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                log.warning(
-                    "%s (pid %d) did not stop in time; killing it", slot.name, slot.process.pid
-                )
-                slot.process.kill()
-                slot.process.wait()
+        await asyncio.gather(
+            *(_reaped(slot.name, slot.process) for slot in running if slot.process)
+        )
         for slot in self.slots:
             slot.process = None
+
+
+async def _reaped(name: str, process: subprocess.Popen[bytes]) -> None:
+    """Wait for a signalled child to exit, killing it past :data:`_STOP_GRACE_S`."""
+    try:
+        await asyncio.to_thread(process.wait, _STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        log.warning("%s (pid %d) did not stop in time; killing it", name, process.pid)
+        process.kill()
+        await asyncio.to_thread(process.wait)
 
 
 async def _first_of(stop: asyncio.Event, exited: asyncio.Event, timeout: float) -> None:

@@ -5,6 +5,7 @@ the active scheduler."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def _child_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: Settin
         sup._spawn(slot, "127.0.0.1:4242")
         assert slot.process is not None and slot.process.wait(60) == 0
     finally:
-        sup._stop_children(graceful=False)
+        asyncio.run(sup._stop_children(graceful=False))
     return seen.read_text()
 
 

@@ -137,7 +137,7 @@ async def test_the_role_processes_start_before_the_broker_and_get_its_address_af
         assert process is not None and process.wait(60) == 0
         assert (written / str(again)).read_text() == "127.0.0.1:4343"
     finally:
-        sup._stop_children(graceful=False)
+        await sup._stop_children(graceful=False)
 
 
 class _Producer:

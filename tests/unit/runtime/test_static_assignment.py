@@ -115,7 +115,7 @@ def test_only_standalone_on_its_own_broker_spares_its_roles_the_groups(
             sup._spawn(slot, "127.0.0.1:1")
             assert slot.process is not None and slot.process.wait(60) == 0
     finally:
-        sup._stop_children(graceful=False)
+        asyncio.run(sup._stop_children(graceful=False))
     given = {s.role: json.loads((tmp_path / f"{s.role}.json").read_text()) for s in sup.slots}
     shares = {roles: env.get(EXECUTOR_SHARE_ENV) for roles, env in given.items()}
     if alone:
