@@ -14,8 +14,9 @@ line, replaced atomically when its topics change); a socket without one hears ev
 record costs a datagram and a wake-up only in the processes that read its topic: in W1 at
 6 000/min the executors, the worker and the load generator had rung each other about 12 times
 per execution, most of it to processes that dropped the ring. It is best-effort by design: a
-lost or late datagram costs a paused consumer one probe interval, never a record, since pacing
-only decides *when* to fetch.
+lost or late datagram costs a paused consumer up to one probe (``probe_max`` of
+:mod:`kestream.runtime.fetch_pacing`, 5 s), never a record, since pacing only decides *when*
+to fetch.
 
 The directory is private to the user (mode 0700, checked): another local user can neither ring
 nor listen.
@@ -159,7 +160,7 @@ class Doorbell:
         topics = frozenset(self._wakers)
         if topics == self._advertised:
             return
-        staging = self.topics_path.with_name(self.topics_path.name + ".new")
+        staging = _staging_path(self.path)
         try:
             staging.write_text("".join(f"{topic}\n" for topic in sorted(topics)), "utf-8")
             os.replace(staging, self.topics_path)
@@ -177,7 +178,7 @@ class Doorbell:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
-            for path in (self.topics_path, self.path):  # left by a process of the same pid
+            for path in _files(self.path):  # left by a process of the same pid
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
             try:
@@ -216,7 +217,7 @@ class Doorbell:
             self.loop.remove_reader(sock.fileno())
         sock.close()
         self._advertised = None
-        for path in (self.topics_path, self.path):  # the list first: never one without its socket
+        for path in _files(self.path):
             with contextlib.suppress(OSError):
                 path.unlink()
         with contextlib.suppress(OSError):  # the last one out removes the broker's directory
@@ -358,7 +359,7 @@ class Bell:
     def _gone(self, peer: str, stale: bool) -> None:
         self._peers = [listener for listener in self._peers if listener[0] != peer]
         if stale:  # bound by a process that exited without removing it
-            for path in (_topics_path(Path(peer)), Path(peer)):
+            for path in _files(Path(peer)):
                 with contextlib.suppress(OSError):
                     path.unlink()
 
@@ -379,6 +380,19 @@ class Bell:
 def _topics_path(socket_path: Path) -> Path:
     """Where the topics the process of ``socket_path`` listens to are listed."""
     return socket_path.with_name(socket_path.name[: -len(_SUFFIX)] + _TOPICS_SUFFIX)
+
+
+def _staging_path(socket_path: Path) -> Path:
+    """Where the process of ``socket_path`` writes its topics before renaming them into
+    place (left behind by a kill between the two)."""
+    topics = _topics_path(socket_path)
+    return topics.with_name(topics.name + ".new")
+
+
+def _files(socket_path: Path) -> tuple[Path, Path, Path]:
+    """The files of a listening socket, in the order they are removed: the list's staging
+    copy, the list, the socket (never a list without its socket)."""
+    return _staging_path(socket_path), _topics_path(socket_path), socket_path
 
 
 def _listened(socket_path: Path) -> frozenset[str] | None:

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from kestream.runtime.doorbell import PEERS_TTL_S, Bell, Doorbell, doorbell_dir
+from kestream.runtime.fetch_pacing import pacing_for
+from kestream.settings import Settings
 
 
 @pytest.fixture
@@ -341,3 +343,34 @@ async def test_the_topic_list_of_a_dead_process_goes_with_its_socket(tmp_path: P
     bell.ring("t")
     assert not stale.exists() and not listed.exists()
     bell.close()
+
+
+async def test_a_list_half_written_by_a_dead_process_goes_with_its_socket(tmp_path: Path) -> None:
+    """A kill between writing a list and renaming it into place leaves its staging copy: it
+    goes with the socket, so the last listener out removes the directory."""
+    directory = doorbell_dir("127.0.0.1:13", base=tmp_path)
+    assert directory is not None
+    stale = directory / "999999-dead.sock"
+    orphan = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    orphan.bind(str(stale))
+    orphan.close()
+    staging = directory / "999999-dead.topics.new"
+    staging.write_text("t\n")
+    door = Doorbell(directory, asyncio.get_running_loop())
+    door.listen(["u"], lambda topic: None)
+    bell = Bell(directory, every=0.0)
+    bell.ring("t")  # no list: the dead process is rung for every topic, and found gone
+    assert not stale.exists() and not staging.exists()
+    door.close()
+    bell.close()
+    assert not directory.exists()
+
+
+def test_a_consumer_whose_topics_changed_stays_awake_while_a_bell_trusts_its_old_lists() -> None:
+    """A ring lost to a list read just before a topic was added (within one tick of the
+    directory's clock, see above) costs nothing: a consumer that adds a topic (an assignment,
+    a subscription) fetches for ``settle`` after it, longer than a bell trusts the lists it
+    read (PEERS_TTL_S), so its next ring, or a fetch, finds the records; else only a probe
+    would, up to ``probe_max`` later."""
+    pacing = pacing_for(Settings(), "tansu")
+    assert pacing is not None and pacing.settle >= PEERS_TTL_S
