@@ -72,14 +72,15 @@ class FailedRole(NamedTuple):
     cause: str | None = None
 
 
-def record_failed_role(role: str, cause: str | None = None) -> None:
+def record_failed_role(role: str, cause: str | None = None, *, path: Path | None = None) -> None:
     """Tell the supervisor which of this process's roles failed (the first one, when several
     do: the others' failures usually follow from it), and why when ``cause`` says; nothing
-    outside ``kestream standalone``."""
-    path = os.environ.get(FAILED_ROLE_FILE_ENV)
-    if not path:
+    outside ``kestream standalone``. ``path``: the child's file, when the supervisor says it
+    for a child that cannot (one it kills as hung)."""
+    where = path or os.environ.get(FAILED_ROLE_FILE_ENV)
+    if not where:
         return
-    with contextlib.suppress(FileExistsError, OSError), open(path, "x") as out:
+    with contextlib.suppress(FileExistsError, OSError), open(where, "x") as out:
         out.write(role if cause is None else f"{role}\n{cause}")
 
 

@@ -29,7 +29,8 @@ What the group gave besides an assignment, and why nothing of it is lost here:
   same data on another broker) too.
 - **Recovery** runs as at a group's assignment: the executor's
   :meth:`~kestream.runtime.executor_service.ExecutorService.assigned` (its checkpoints, its
-  changelog) before its first fetch; the worker's partitions are counted in the same way.
+  changelog) before its first ``getmany`` (aiokafka prefetches from ``assign()`` on: the
+  records wait in its buffer); the worker's partitions are counted in the same way.
 - **Fencing by generation** (the member fence, a commit refused with ``CommitFailedError``, a
   rebalance's revocation) guards against a member the group has moved on from while it still
   writes. That needs a second owner of its partitions, and there is none: the predecessor of a
@@ -38,7 +39,12 @@ What the group gave besides an assignment, and why nothing of it is lost here:
   no commit can be refused for a generation.
 - **Exactly-once** (Apache Kafka only) keeps the executor group: its transactions carry the
   group's offsets, and its fenced-partition handling asks the group what it still assigns.
+  Standalone's own broker (Tansu) cannot run it, so there a share is always taken.
 - **Static membership** is only a group's: nothing to keep across a restart here.
+- **Moving the partitions of a hung member**: a group did it once the member's heartbeats or
+  polls stopped. Here the supervisor kills a process that has published no live member record
+  for a bound and starts it again (:class:`~kestream.runtime.supervision.HangWatch`, where
+  the trade-off is).
 
 Were a second process started by hand against that broker anyway (its address read off the
 log), its partitions would have two owners: both would replay the same events against their

@@ -19,6 +19,18 @@ crash counts are) and tells the API role where, in :data:`SUPERVISION_FILE_ENV`;
   its job, as Kubernetes' liveness means it: restarting the installation would not help. Once
   a role keeps crashing the supervisor gives up, says so here, and stops everything.
 
+- **hung** (:class:`HangWatch`): on its own embedded broker, standalone's executors and worker
+  take their partitions without a consumer group (:mod:`.static_assignment`), so nothing moves
+  the partitions of a process that stopped serving them without exiting (a task's blocking
+  code on its loop, a runaway step): the group used to, once its heartbeats or polls stopped.
+  The supervisor follows the members topic and kills (SIGKILL) a child one of whose roles has
+  not published a live member record for :data:`HUNG_AFTER_S`; it is then started again as
+  any crashed child, its cause ``hung``. The trade-off: a task that holds the worker's loop
+  longer than that costs the process, and its jobs run again (at least once, as after any
+  crash), where a group would have given its partitions to another worker after a session
+  and left it running. A child is judged only from its first record on: a start (imports,
+  recovery) is not cut short.
+
 What ``/health`` shows is open to anyone who can reach it, so only the children's names,
 states and exit causes (``signal SIGKILL``, ``exit code 1``, a role's own cause such as
 ``stepped down``, or ``duplicate instance id`` for the child standalone gave up on) are written,
@@ -32,14 +44,17 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from kestream.runtime.restarts import write_json_atomically
 
 __all__ = [
+    "HUNG",
+    "HUNG_AFTER_S",
     "SUPERVISION_FILE_ENV",
+    "HangWatch",
     "SupervisedChildren",
     "SupervisionReport",
     "supervised_children",
@@ -49,6 +64,14 @@ log = logging.getLogger("kestream.supervision")
 
 #: Set by ``kestream standalone`` in its children's environment: the report's path.
 SUPERVISION_FILE_ENV = "KESTREAM_STANDALONE_CHILDREN_FILE"
+
+#: How long a child's role may go without a live member record before the supervisor kills it
+#: (:class:`HangWatch`). A live member publishes at least every keep-alive (10 s), and at once
+#: when it stops being live (its loop came back after more than 10 s blocked): six keep-alives
+#: leave room for a broker slow to take them.
+HUNG_AFTER_S = 60.0
+#: The cause a child killed as hung is counted with (a fixed word: causes are metric labels).
+HUNG = "hung"
 
 #: A child's states in the report.
 RUNNING = "running"
@@ -87,6 +110,45 @@ class SupervisionReport:
 
     def _write(self) -> None:
         write_json_atomically(self.path, {"children": self.children, "gaveUp": self.gave_up})
+
+
+class HangWatch:
+    """Which children have gone without a live member record for longer than ``bound``
+    (module docs). Pure: fed the members as the supervisor's board has them, and the time.
+
+    Each role of each child is judged from its first record on (whatever it says): from then
+    on, the last live record's time, or that first record's while none was live, must be
+    within ``bound`` of now. A silent member (a blocked loop publishes nothing) keeps its last
+    time, so silence counts as not live.
+    """
+
+    def __init__(self, bound: float = HUNG_AFTER_S, host: str | None = None) -> None:
+        self.bound = bound
+        self.host = host or socket.gethostname()
+        #: The last time each (pid, role) was heard live (or first heard at all).
+        self._live_at: dict[tuple[int, str], float] = {}
+
+    def hung(
+        self, children: Mapping[int, tuple[str, ...]], members: Iterable[Any], now: float
+    ) -> dict[int, tuple[str, float]]:
+        """``{pid: (role, seconds)}`` of the ``children`` (pid: the roles it hosts) with a role
+        not heard live for longer than :attr:`bound`: the first such role, and for how long."""
+        for member in members:
+            key = (member.pid, member.role)
+            if member.host != self.host or member.pid not in children:
+                continue
+            if member.live or key not in self._live_at:
+                self._live_at[key] = max(self._live_at.get(key, member.ts), member.ts)
+        for key in [k for k in self._live_at if k[0] not in children]:
+            del self._live_at[key]  # a child gone: its successor has another pid
+        hung: dict[int, tuple[str, float]] = {}
+        for pid, roles in children.items():
+            for role in roles:
+                since = self._live_at.get((pid, role))
+                if since is not None and now - since > self.bound:
+                    hung[pid] = (role, now - since)
+                    break
+        return hung
 
 
 class SupervisedChildren:

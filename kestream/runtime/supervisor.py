@@ -63,15 +63,22 @@ from kestream.runtime.restarts import (
     CrashLedger,
     CrashPolicy,
     describe_exit,
+    record_failed_role,
     take_failed_role,
 )
 from kestream.runtime.static_assignment import Share
 from kestream.runtime.static_membership import child_instance_id
-from kestream.runtime.supervision import SUPERVISION_FILE_ENV, SupervisionReport
+from kestream.runtime.supervision import (
+    HUNG,
+    SUPERVISION_FILE_ENV,
+    HangWatch,
+    SupervisionReport,
+)
 from kestream.settings import Settings
 
 if TYPE_CHECKING:  # imported once the role processes are started: they need not wait for it
     from kestream.runtime.broker_store import BrokerStore
+    from kestream.runtime.members import MemberBoard
 
 log = logging.getLogger("kestream.standalone")
 
@@ -170,6 +177,12 @@ class Supervisor:
         #: The role that kept crashing, when that is why it stopped.
         self.gave_up: str | None = None
         self._mirror_policy = self._policy()
+        #: Children that stopped being live, on the embedded broker without groups, where no
+        #: group moves their partitions (:class:`~kestream.runtime.supervision.HangWatch`).
+        self._hangs = (
+            HangWatch() if not settings.broker and not settings.standalone_groups else None
+        )
+        self._members: MemberBoard | None = None
         #: Where the API's creations wait for the mirror (the embedded broker, durable only).
         self._mirror_acks = (
             MirrorAckServer(lambda: self.store)
@@ -429,10 +442,61 @@ class Supervisor:
             loop.add_signal_handler(signal.SIGCHLD, exited.set)
         except (RuntimeError, ValueError, NotImplementedError):  # not the main thread: look often
             return await self._watch_loop(stop, exited, _POLL_FALLBACK_S, bootstrap)
+        await self._follow_members(bootstrap)
         try:
             return await self._watch_loop(stop, exited, _WATCH_IDLE_S, bootstrap)
         finally:
             loop.remove_signal_handler(signal.SIGCHLD)
+            if self._members is not None:
+                await self._members.stop()
+                self._members = None
+
+    async def _follow_members(self, bootstrap: str) -> None:
+        """Read the members topic, to kill the children that hung (:meth:`_kill_hung`); only
+        where there is no group to move their partitions."""
+        if self._hangs is None:
+            return
+        from kestream.runtime.context import connect
+        from kestream.runtime.members import MemberBoard
+
+        try:
+            board = MemberBoard(await connect(self.settings, bootstrap))
+            await board.start()
+        except Exception as exc:  # the broker went away meanwhile: the watch will see it
+            log.warning("cannot follow the members topic (%r): no child is judged hung", exc)
+            return
+        self._members = board
+
+    def _kill_hung(self, now: float) -> None:
+        """SIGKILL each executor or worker process one of whose roles has not been live for
+        :data:`~kestream.runtime.supervision.HUNG_AFTER_S`; the watch then starts it again as
+        any child that crashed, the role named and ``hung`` its cause."""
+        if self._hangs is None or self._members is None:
+            return
+        judged = {
+            slot.process.pid: slot
+            for slot in self.slots
+            if slot.process is not None
+            and slot.process.returncode is None
+            and {"executor", "worker"} & set(slot.roles)
+        }
+        children = {pid: slot.roles for pid, slot in judged.items()}
+        for pid, (role, silent) in self._hangs.hung(
+            children, self._members.roster.members(now), now
+        ).items():
+            slot = judged[pid]
+            assert slot.process is not None
+            log.error(
+                "%s (pid %d) has not been live for %.0f s (its %s role: a blocked loop?), and "
+                "no group moves its partitions: killing it, to start it again",
+                slot.name,
+                pid,
+                silent,
+                role,
+            )
+            if slot.failed_file is not None:
+                record_failed_role(role, HUNG, path=slot.failed_file)
+            slot.process.kill()
 
     async def _watch_loop(
         self, stop: asyncio.Event, exited: asyncio.Event, rest: float, bootstrap: str
@@ -450,6 +514,7 @@ class Supervisor:
             now = time.monotonic()
             if not await self._mirror_kept(now, bootstrap):
                 return 1
+            self._kill_hung(time.time())  # member records carry wall-clock times
             for slot in self.slots:
                 if slot.process is None:
                     if now >= slot.start_at:

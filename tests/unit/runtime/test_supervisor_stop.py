@@ -1,6 +1,7 @@
 """What standalone's supervisor does to its children beside restarting the ones that exit: a
 graceful stop that keeps its own loop running (the broker mirror and the API's durable
-acknowledgements run on it)."""
+acknowledgements run on it), and a kill of a child that stopped being live, whose partitions
+no group would move (kestream.runtime.supervision.HangWatch)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from kestream.runtime import supervisor
+from kestream.runtime.members import MemberStatus, Roster
 from kestream.runtime.restarts import CrashLedger
+from kestream.runtime.supervision import HUNG, HangWatch
 from kestream.runtime.supervisor import RoleProcess, Supervisor
 from kestream.settings import Settings
 
@@ -65,3 +68,76 @@ async def test_a_graceful_stop_leaves_the_supervisor_loop_running(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _member(role: str, pid: int, ts: float, *, live: bool = True, host: str = "h") -> MemberStatus:
+    return MemberStatus(role, host, pid, None, True, live, 0.0, ts)
+
+
+def test_a_role_not_heard_live_past_the_bound_is_hung_and_silence_counts() -> None:
+    watch = HangWatch(bound=60.0, host="h")
+    children = {10: ("executor",), 11: ("executor", "worker", "scheduler", "api")}
+    members = [_member("executor", 10, 1000.0), _member("worker", 11, 1000.0)]
+    assert watch.hung(children, members, 1050.0) == {}
+    # pid 10 goes silent (a blocked loop publishes nothing); 11's worker keeps beating
+    members = [_member("executor", 10, 1000.0), _member("worker", 11, 1070.0)]
+    assert watch.hung(children, members, 1070.0) == {10: ("executor", 70.0)}
+    # a record that says not live does not count as heard live
+    members = [_member("worker", 11, 1140.0, live=False)]
+    assert watch.hung(children, members, 1140.0) == {10: ("executor", 140.0), 11: ("worker", 70.0)}
+
+
+def test_a_child_is_judged_from_its_first_record_only_and_only_its_own() -> None:
+    watch = HangWatch(bound=60.0, host="h")
+    children = {10: ("executor",), 12: ("worker",)}
+    members = [
+        _member("executor", 99, 0.0),  # a predecessor's record: not this child's
+        _member("executor", 10, 0.0, host="elsewhere"),
+        _member("worker", 12, 1000.0, live=False),  # never live yet: judged from here
+    ]
+    assert watch.hung(children, members, 1000.0 + 3600) == {12: ("worker", 3600.0)}
+    assert 10 not in watch.hung(children, members, 1e9)  # starting: no record of its own yet
+
+
+class _Board:
+    def __init__(self, roster: Roster) -> None:
+        self.roster = roster
+
+
+def test_the_supervisor_kills_a_hung_executor_and_names_it_hung(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        supervisor,
+        "role_command",
+        lambda role: [sys.executable, "-c", "import time; time.sleep(600)"],
+    )
+    sup = Supervisor(Settings(data_dir=str(tmp_path), standalone_durable=False), None)
+    sup.ledger = CrashLedger(tmp_path / "standalone" / "crashes.json")
+    sup.slots = [RoleProcess("executor-1", "executor", {}), RoleProcess("api", "api", {})]
+    assert sup._hangs is not None
+    sup._hangs.host = "h"
+    try:
+        for slot in sup.slots:
+            sup._spawn(slot, "127.0.0.1:1")
+        executor, api = (slot.process for slot in sup.slots)
+        assert executor is not None and api is not None
+        roster = Roster(clock=lambda: 1000.0)
+        roster.put(_member("executor", executor.pid, 900.0))
+        roster.put(_member("api", api.pid, 900.0))  # an API alone holds no partitions
+        sup._members = _Board(roster)  # type: ignore[assignment]
+        sup._kill_hung(930.0)
+        assert executor.poll() is None  # 30 s: within the bound
+        sup._kill_hung(1000.0)
+        assert executor.wait(60) == -9
+        assert api.poll() is None
+        assert sup.slots[0].failure() == (("executor",), HUNG)
+    finally:
+        asyncio.run(sup._stop_children(graceful=False))
+
+
+def test_with_groups_no_child_is_judged(tmp_path: Path) -> None:
+    grouped = Settings(data_dir=str(tmp_path), standalone_groups=True)
+    elsewhere = Settings(data_dir=str(tmp_path), broker="127.0.0.1:9092")
+    assert Supervisor(grouped, None)._hangs is None
+    assert Supervisor(elsewhere, None)._hangs is None
