@@ -380,15 +380,12 @@ class BrokerStore:
 
     def _mirror_ended(self, task: asyncio.Task[None]) -> None:
         """Fail every :meth:`mirrored` wait: nothing writes their records any more."""
-        if task.cancelled():
-            reason = "the broker mirror was stopped"
-        else:
-            error = task.exception()
-            reason = (
-                f"the broker mirror failed with {error!r}"
-                if error is not None
-                else "the broker mirror was stopped"
-            )
+        error = self._ended_on_its_own(task)
+        reason = (
+            "the broker mirror was stopped"
+            if error is None
+            else f"the broker mirror failed with {error!r}"
+        )
         for waiting in self._waiters.values():
             for _, waiter in waiting:
                 if not waiter.done():
@@ -398,9 +395,22 @@ class BrokerStore:
     def mirror_error(self) -> BaseException | None:
         """Why the mirror stopped on its own (None while it runs, or after :meth:`stop_mirror`)."""
         task = self._task
-        if task is None or not task.done() or task.cancelled():
+        if task is None or not task.done():
             return None
-        return task.exception()
+        return self._ended_on_its_own(task)
+
+    def _ended_on_its_own(self, task: asyncio.Task[None]) -> BaseException | None:
+        """Why the ended mirror ``task`` ended, if nobody stopped it; None if it was stopped.
+
+        :meth:`stop_mirror` and :meth:`restart_mirror` forget the task before they end it, so a
+        task that ended while still the mirror's was not stopped: a failure however it ended,
+        cancelled too (a stray CancelledError out of aiokafka), or the mirror would stay down
+        for good, every creation answered 503, with nothing to start it again."""
+        if task is not self._task:
+            return None
+        if task.cancelled():
+            return MirrorDown("the broker mirror's task was cancelled, not stopped")
+        return task.exception() or MirrorDown("the broker mirror's task ended, not stopped")
 
     async def restart_mirror(self, bootstrap: str) -> None:
         """Start a mirror that failed again, from where the files end (the broker still has

@@ -178,3 +178,28 @@ async def test_an_overlong_answer_line_fails_its_request_alone() -> None:
     finally:
         await ack.close()
         writer.close()
+
+
+async def test_a_mirror_cancelled_by_anything_but_its_stop_is_a_failure(tmp_path: Path) -> None:
+    """So the supervisor starts it again (its watch reads mirror_error), rather than every
+    later creation being answered 503 by a mirror that is done and silent."""
+    store = _store(tmp_path)
+    await _running(store)
+    waiting = asyncio.create_task(store.mirrored(TP, 0))
+    await asyncio.sleep(0)
+    assert store._task is not None and store.mirror_error is None
+    store._task.cancel()  # a stray cancellation (out of aiokafka), not stop_mirror
+    with pytest.raises(MirrorDown, match="cancelled, not stopped"):
+        await asyncio.wait_for(waiting, 1)
+    assert isinstance(store.mirror_error, MirrorDown)
+
+
+async def test_a_stopped_mirror_is_no_failure(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    await _running(store)
+    waiting = asyncio.create_task(store.mirrored(TP, 0))
+    await asyncio.sleep(0)
+    await store.stop_mirror(catch_up=False)
+    with pytest.raises(MirrorDown, match="was stopped"):
+        await asyncio.wait_for(waiting, 1)
+    assert store.mirror_error is None
