@@ -39,6 +39,7 @@ import itertools
 import logging
 import os
 import socket
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -60,6 +61,28 @@ _LINE_MAX = 4096
 _REASON_MAX = 512
 
 _inherited: int | None = None
+#: The sockets this process reads answers on (one per :class:`MirrorAck`), closed in a fork.
+_connections: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+
+def _forget_in_fork() -> None:
+    """In a process forked from this one (the worker's pool of task processes, in the process
+    that also hosts the API), close its copies of the socket pair's end: task code must not read
+    the API's answers, nor keep the socket open once the API process is gone. Detached before
+    closing, so a socket object's finaliser never closes a number reused meanwhile."""
+    global _inherited
+    for sock in list(_connections):
+        if sock.fileno() >= 0:
+            with contextlib.suppress(OSError):
+                os.close(sock.detach())
+    _connections.clear()
+    if _inherited is not None:
+        with contextlib.suppress(OSError):
+            os.close(_inherited)
+        _inherited = None
+
+
+os.register_at_fork(after_in_child=_forget_in_fork)
 
 
 class NotDurable(Exception):
@@ -160,6 +183,7 @@ class MirrorAck:
         async with self._connecting:
             if self._writer is None:
                 sock = socket.socket(fileno=os.dup(self._fd))
+                _connections.add(sock)
                 reader, writer = await asyncio.open_unix_connection(sock=sock, limit=_LINE_MAX)
                 self._reader_task = asyncio.create_task(self._read(reader), name="mirror-ack")
                 self._writer = writer

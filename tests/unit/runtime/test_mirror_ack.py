@@ -5,6 +5,7 @@ The integration test (tests/integration/test_standalone_durable_ack.py) kills a 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,8 +14,15 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
+from kestream.runtime import mirror_ack
 from kestream.runtime.broker_store import BrokerStore, MirrorDown
-from kestream.runtime.mirror_ack import MirrorAck, MirrorAckServer, NotDurable
+from kestream.runtime.mirror_ack import (
+    MIRROR_ACK_FD_ENV,
+    MirrorAck,
+    MirrorAckServer,
+    NotDurable,
+    inherited_fd,
+)
 from kestream.settings import Settings
 
 TP = TopicPartition("kestream.executions", 3)
@@ -203,3 +211,37 @@ async def test_a_stopped_mirror_is_no_failure(tmp_path: Path) -> None:
     with pytest.raises(MirrorDown, match="was stopped"):
         await asyncio.wait_for(waiting, 1)
     assert store.mirror_error is None
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+async def test_a_process_forked_from_the_api_keeps_no_end_of_its_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker's pool forks task processes from the process that also hosts the API."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    monkeypatch.setattr(mirror_ack, "_inherited", None)
+    monkeypatch.setenv(MIRROR_ACK_FD_ENV, str(theirs.detach()))
+    fd = inherited_fd()
+    assert fd is not None
+    ack = MirrorAck(fd, timeout_s=5.0)
+    try:
+        await ack._connect()
+        held = [fd, *(s.fileno() for s in mirror_ack._connections if s.fileno() >= 0)]
+        assert len(held) == 2
+        child = os.fork()
+        if child == 0:  # the forked process: how many of the API's descriptors it still has
+            os._exit(sum(_is_open(f) for f in held))
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert all(_is_open(f) for f in held)  # the API process keeps its own
+    finally:
+        await ack.close()
+        os.close(fd)
+        ours.close()
