@@ -28,8 +28,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import ctypes
-import ctypes.util
 import importlib.resources
 import logging
 import os
@@ -47,15 +45,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
+# re-exported: its callers (the bench, the chaos harness) import it from here
+from kestream.parent_death import die_with_parent as die_with_parent
+
 if TYPE_CHECKING:
     from kestream.settings import Settings
 
 log = logging.getLogger("kestream.broker")
 
 _T = TypeVar("_T")
-
-#: ``PR_SET_PDEATHSIG`` from ``<linux/prctl.h>``.
-_PR_SET_PDEATHSIG = 1
 
 #: Where users go when kestream cannot start a broker by itself.
 BROKER_HELP = (
@@ -114,32 +112,6 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def die_with_parent() -> Callable[[], None] | None:
-    """Build a ``preexec_fn`` that makes the child receive SIGKILL when its parent dies.
-
-    Runs in the forked child before ``exec``. If the parent already died between ``fork`` and
-    ``prctl`` (then the child has been re-parented), the child kills itself instead of leaking.
-    Returns ``None`` where ``prctl`` does not exist (non-Linux); there only ``atexit`` and the
-    context managers protect against orphans.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    libc_name = ctypes.util.find_library("c") or "libc.so.6"
-    try:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-    except OSError:
-        return None
-    prctl = libc.prctl
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
 
 
 def run_checked(

@@ -45,7 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from kestream.runtime.embedded_broker import EmbeddedBroker, die_with_parent
+from kestream.parent_death import die_with_parent
+from kestream.runtime.embedded_broker import EmbeddedBroker
 from kestream.runtime.fetch_pacing import mark_embedded
 from kestream.runtime.instance_id_guard import DUPLICATE_INSTANCE_ID
 from kestream.runtime.kafka_connection import embedded_refusal
@@ -183,6 +184,8 @@ class Supervisor:
             HangWatch() if not settings.broker and not settings.standalone_groups else None
         )
         self._members: MemberBoard | None = None
+        #: The data dir's lock (:func:`_lock_data_dir`), while :meth:`run` holds it.
+        self._data_lock: IO[str] | None = None
         #: Where the API's creations wait for the mirror (the embedded broker, durable only).
         self._mirror_acks = (
             MirrorAckServer(lambda: self.store)
@@ -214,6 +217,7 @@ class Supervisor:
         if isinstance(lock, str):
             log.error("%s", lock)
             return 2
+        self._data_lock = lock
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -256,6 +260,7 @@ class Supervisor:
             if self.broker is not None:
                 await self.broker.astop()
             lock.close()
+            self._data_lock = None
 
     async def _stop_mirror(self) -> None:
         """After the roles: the API's waits for the mirror end, then the mirror catches up."""
@@ -390,12 +395,16 @@ class Supervisor:
             acks = self._mirror_acks.pair()
             env[MIRROR_ACK_FD_ENV] = str(acks)
             passed.append(acks)
+        # Each child holds the data dir's lock too: a supervisor killed outright releases its
+        # own at once, its children (killed by the kernel as it dies) a moment later, and a
+        # new standalone on the same data dir must not start beside them.
+        held = [self._data_lock.fileno()] if self._data_lock is not None else []
         try:
             process = subprocess.Popen(
                 role_command(slot.role),
                 env=env,
                 stdin=subprocess.PIPE,
-                pass_fds=passed,
+                pass_fds=[*passed, *held],
                 preexec_fn=die_with_parent(),
             )
         except BaseException:

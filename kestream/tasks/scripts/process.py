@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kestream.parent_death import die_with_parent
+
 #: Time between SIGTERM and SIGKILL when a process group is stopped.
 TERM_GRACE_S = 2.0
 #: How long to wait for a SIGKILLed group to be gone before giving up on it.
@@ -63,6 +65,8 @@ async def run_process(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
+        # a worker killed outright takes it along: its restarted successor runs the job again
+        preexec_fn=die_with_parent(),
     )
     assert proc.stdout is not None and proc.stderr is not None
     pumps = [

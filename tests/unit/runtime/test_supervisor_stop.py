@@ -15,7 +15,7 @@ from kestream.runtime import supervisor
 from kestream.runtime.members import MemberStatus, Roster
 from kestream.runtime.restarts import CrashLedger
 from kestream.runtime.supervision import HUNG, HangWatch
-from kestream.runtime.supervisor import RoleProcess, Supervisor
+from kestream.runtime.supervisor import RoleProcess, Supervisor, _lock_data_dir
 from kestream.settings import Settings
 
 #: A child that, on SIGTERM, exits only once the file it is given exists.
@@ -141,3 +141,31 @@ def test_with_groups_no_child_is_judged(tmp_path: Path) -> None:
     elsewhere = Settings(data_dir=str(tmp_path), broker="127.0.0.1:9092")
     assert Supervisor(grouped, None)._hangs is None
     assert Supervisor(elsewhere, None)._hangs is None
+
+
+def test_the_data_dir_stays_locked_until_the_last_child_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A supervisor killed outright drops its lock at once, its children a moment later: a new
+    standalone on the same data dir must not start beside them."""
+    monkeypatch.setattr(
+        supervisor,
+        "role_command",
+        lambda role: [sys.executable, "-c", "import time; time.sleep(600)"],
+    )
+    sup = Supervisor(Settings(data_dir=str(tmp_path), standalone_durable=False), None)
+    sup.ledger = CrashLedger(tmp_path / "standalone" / "crashes.json")
+    sup.slots = [RoleProcess("executor-1", "executor", {})]
+    lock = _lock_data_dir(tmp_path)
+    assert not isinstance(lock, str)
+    sup._data_lock = lock
+    try:
+        sup._spawn(sup.slots[0], "127.0.0.1:1")
+        lock.close()  # the supervisor is gone; its child is not yet
+        assert isinstance(_lock_data_dir(tmp_path), str)
+        asyncio.run(sup._stop_children(graceful=False))
+        again = _lock_data_dir(tmp_path)
+        assert not isinstance(again, str)
+        again.close()
+    finally:
+        asyncio.run(sup._stop_children(graceful=False))

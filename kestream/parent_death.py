@@ -1,0 +1,48 @@
+"""A child process that dies with the process that started it (Linux ``PR_SET_PDEATHSIG``).
+
+A kill -9 runs no clean-up: whatever the killed process started lives on unless the kernel
+ends it. ``standalone``'s supervisor gives this to its broker and role processes, and the worker
+to the processes of script tasks: a worker killed with one running would otherwise leave it
+running beside the restarted worker's new attempt of the same job. Here, outside the runtime
+package, as the engine's task code starts processes too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+#: ``PR_SET_PDEATHSIG`` from ``<linux/prctl.h>``.
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """Build a ``preexec_fn`` that makes the child receive SIGKILL when its parent dies.
+
+    Runs in the forked child before ``exec``. If the parent already died between ``fork`` and
+    ``prctl`` (then the child has been re-parented), the child kills itself instead of leaking.
+    Returns ``None`` where ``prctl`` does not exist (non-Linux); there only ``atexit`` and the
+    context managers protect against orphans. The signal is sent when the thread that forked
+    the child ends: build and use it on a thread that lives as long as its process (an event
+    loop's).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    libc_name = ctypes.util.find_library("c") or "libc.so.6"
+    try:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+    except OSError:
+        return None
+    prctl = libc.prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
