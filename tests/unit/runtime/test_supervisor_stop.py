@@ -6,6 +6,8 @@ no group would move (kestream.runtime.supervision.HangWatch)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 
 from kestream.runtime import supervisor
 from kestream.runtime.members import MemberStatus, Roster
+from kestream.runtime.mirror_ack import MIRROR_ACK_FD_ENV
 from kestream.runtime.restarts import CrashLedger
 from kestream.runtime.supervision import HUNG, HangWatch
 from kestream.runtime.supervisor import RoleProcess, Supervisor, _lock_data_dir
@@ -169,3 +172,46 @@ def test_the_data_dir_stays_locked_until_the_last_child_is_gone(
         again.close()
     finally:
         asyncio.run(sup._stop_children(graceful=False))
+
+
+#: A child that writes what it was given of the mirror's socket pair, and exits.
+_TELLS = """
+import json, os, sys
+fd = os.environ.get("KESTREAM_STANDALONE_MIRROR_ACK_FD")
+seen = os.readlink(f"/proc/self/fd/{fd}") if fd is not None else None
+open(sys.argv[1], "w").write(json.dumps({"fd": fd, "seen": seen}))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc/self/fd")
+async def test_only_a_process_hosting_the_api_gets_an_end_of_a_socket_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        supervisor,
+        "role_command",
+        lambda role: [sys.executable, "-c", _TELLS, str(tmp_path / f"{role}.json")],
+    )
+    monkeypatch.setenv(MIRROR_ACK_FD_ENV, "99")  # from the caller's environment: never passed on
+    sup = Supervisor(Settings(data_dir=str(tmp_path), standalone_durable=True), None)
+    assert sup._mirror_acks is not None
+    sup.ledger = CrashLedger(tmp_path / "standalone" / "crashes.json")
+    sup.slots = [RoleProcess("main", "worker,api", {}), RoleProcess("executor-1", "executor", {})]
+    try:
+        for slot in sup.slots:
+            sup._spawn(slot, "127.0.0.1:1")
+            assert slot.process is not None
+            assert await asyncio.to_thread(slot.process.wait, 60) == 0
+        api = json.loads((tmp_path / "worker,api.json").read_text())
+        executor = json.loads((tmp_path / "executor.json").read_text())
+        assert api["fd"] is not None and api["fd"] != "99"
+        assert api["seen"].startswith("socket:")
+        assert executor == {"fd": None, "seen": None}
+        try:  # the parent closed its copy of the child's end once the child had it
+            here = os.readlink(f"/proc/self/fd/{api['fd']}")
+        except OSError:
+            here = None
+        assert here != api["seen"]
+    finally:
+        await sup._stop_children(graceful=False)
+        await sup._mirror_acks.close()
