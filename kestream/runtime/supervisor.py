@@ -456,9 +456,24 @@ class Supervisor:
             return await self._watch_loop(stop, exited, _WATCH_IDLE_S, bootstrap)
         finally:
             loop.remove_signal_handler(signal.SIGCHLD)
-            if self._members is not None:
-                await self._members.stop()
-                self._members = None
+            await self._stop_members()
+
+    async def _stop_members(self) -> None:
+        """Stop following the members topic, whatever its consumer's stop raises: aiokafka's
+        stop of a group-less consumer re-raises its fetch task's CancelledError once the
+        broker is gone (as in ``BrokerStore._stop_clients``), which must not end a watch that
+        is about to start the broker again. Only a cancellation of this task goes on."""
+        board, self._members = self._members, None
+        if board is None:
+            return
+        try:
+            await board.stop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+        except Exception as exc:
+            log.warning("following the members topic stopped with %r", exc)
 
     async def _follow_members(self, bootstrap: str) -> None:
         """Read the members topic, to kill the children that hung (:meth:`_kill_hung`); only

@@ -215,3 +215,20 @@ async def test_only_a_process_hosting_the_api_gets_an_end_of_a_socket_pair(
     finally:
         await sup._stop_children(graceful=False)
         await sup._mirror_acks.close()
+
+
+class _DeadBrokerBoard:
+    """A board whose consumer's stop re-raises its fetch task's cancellation (aiokafka, once
+    the broker is gone)."""
+
+    async def stop(self) -> None:
+        raise asyncio.CancelledError
+
+
+async def test_a_members_board_stopped_on_a_dead_broker_does_not_end_the_watch(
+    tmp_path: Path,
+) -> None:
+    sup = Supervisor(Settings(data_dir=str(tmp_path)), None)
+    sup._members = _DeadBrokerBoard()  # type: ignore[assignment]
+    await sup._stop_members()  # returns: the broker is started again after it
+    assert sup._members is None
