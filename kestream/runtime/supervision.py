@@ -129,20 +129,26 @@ class HangWatch:
         self._live_at: dict[tuple[int, str], float] = {}
 
     def hung(
-        self, children: Mapping[int, tuple[str, ...]], members: Iterable[Any], now: float
+        self,
+        children: Mapping[int, tuple[tuple[str, ...], float]],
+        members: Iterable[Any],
+        now: float,
     ) -> dict[int, tuple[str, float]]:
-        """``{pid: (role, seconds)}`` of the ``children`` (pid: the roles it hosts) with a role
-        not heard live for longer than :attr:`bound`: the first such role, and for how long."""
+        """``{pid: (role, seconds)}`` of the ``children`` (pid: the roles it hosts and when it
+        was started, Unix time) with a role not heard live for longer than :attr:`bound`: the
+        first such role, and for how long. A record older than its pid's child is another
+        process's, one that had the same pid before (the members topic outlives a run)."""
         for member in members:
             key = (member.pid, member.role)
-            if member.host != self.host or member.pid not in children:
+            child = children.get(member.pid)
+            if member.host != self.host or child is None or member.ts < child[1]:
                 continue
             if member.live or key not in self._live_at:
                 self._live_at[key] = max(self._live_at.get(key, member.ts), member.ts)
         for key in [k for k in self._live_at if k[0] not in children]:
             del self._live_at[key]  # a child gone: its successor has another pid
         hung: dict[int, tuple[str, float]] = {}
-        for pid, roles in children.items():
+        for pid, (roles, _) in children.items():
             for role in roles:
                 since = self._live_at.get((pid, role))
                 if since is not None and now - since > self.bound:

@@ -118,6 +118,8 @@ class RoleProcess:
     policies: dict[str, CrashPolicy]
     process: subprocess.Popen[bytes] | None = None
     start_at: float = 0.0  # monotonic time of the next start, while ``process`` is None
+    #: When ``process`` was started (Unix time: member records carry it).
+    started_at: float = 0.0
     #: Where the process writes the role that failed (FAILED_ROLE_FILE_ENV), once spawned.
     failed_file: Path | None = None
     #: The read end of the pipe the process closes once it has imported what it runs
@@ -415,6 +417,7 @@ class Supervisor:
             for fd in passed:
                 os.close(fd)
         slot.process = process
+        slot.started_at = time.time()
         self._report().started(slot.name, slot.roles, process.pid)
         slot.imported = imported[0] if imported is not None else None
         if bootstrap is not None:
@@ -504,7 +507,7 @@ class Supervisor:
             and slot.process.returncode is None
             and {"executor", "worker"} & set(slot.roles)
         }
-        children = {pid: slot.roles for pid, slot in judged.items()}
+        children = {pid: (slot.roles, slot.started_at) for pid, slot in judged.items()}
         for pid, (role, silent) in self._hangs.hung(
             children, self._members.roster.members(now), now
         ).items():

@@ -79,7 +79,7 @@ def _member(role: str, pid: int, ts: float, *, live: bool = True, host: str = "h
 
 def test_a_role_not_heard_live_past_the_bound_is_hung_and_silence_counts() -> None:
     watch = HangWatch(bound=60.0, host="h")
-    children = {10: ("executor",), 11: ("executor", "worker", "scheduler", "api")}
+    children = {10: (("executor",), 900.0), 11: (("executor", "worker", "scheduler", "api"), 900.0)}
     members = [_member("executor", 10, 1000.0), _member("worker", 11, 1000.0)]
     assert watch.hung(children, members, 1050.0) == {}
     # pid 10 goes silent (a blocked loop publishes nothing); 11's worker keeps beating
@@ -92,10 +92,11 @@ def test_a_role_not_heard_live_past_the_bound_is_hung_and_silence_counts() -> No
 
 def test_a_child_is_judged_from_its_first_record_only_and_only_its_own() -> None:
     watch = HangWatch(bound=60.0, host="h")
-    children = {10: ("executor",), 12: ("worker",)}
+    children = {10: (("executor",), 900.0), 12: (("worker",), 900.0)}
     members = [
-        _member("executor", 99, 0.0),  # a predecessor's record: not this child's
-        _member("executor", 10, 0.0, host="elsewhere"),
+        _member("executor", 99, 950.0),  # a predecessor's record: not this child's
+        _member("executor", 10, 950.0, host="elsewhere"),
+        _member("executor", 10, 800.0),  # an earlier run's process that had the same pid
         _member("worker", 12, 1000.0, live=False),  # never live yet: judged from here
     ]
     assert watch.hung(children, members, 1000.0 + 3600) == {12: ("worker", 3600.0)}
@@ -126,6 +127,8 @@ def test_the_supervisor_kills_a_hung_executor_and_names_it_hung(
         executor, api = (slot.process for slot in sup.slots)
         assert executor is not None and api is not None
         roster = Roster(clock=lambda: 1000.0)
+        for slot in sup.slots:
+            slot.started_at = 800.0
         roster.put(_member("executor", executor.pid, 900.0))
         roster.put(_member("api", api.pid, 900.0))  # an API alone holds no partitions
         sup._members = _Board(roster)  # type: ignore[assignment]
