@@ -28,8 +28,26 @@ def die_with_parent() -> Callable[[], None] | None:
     Returns ``None`` where ``prctl`` does not exist (non-Linux); there only ``atexit`` and the
     context managers protect against orphans. The signal is sent when the thread that forked
     the child ends: build and use it on a thread that lives as long as its process (an event
-    loop's).
+    loop's). libc is loaded here, in the parent: a ``preexec_fn`` should do as little as it can.
     """
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+    return lambda: _die_with(prctl, parent)
+
+
+def die_with(parent: int) -> None:
+    """Make this process, forked from ``parent`` and not exec'ing (the worker's task
+    processes), receive SIGKILL when ``parent`` dies, as :func:`die_with_parent` does for a
+    process that execs."""
+    prctl = _prctl()
+    if prctl is not None:
+        _die_with(prctl, parent)
+
+
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl``, or None where there is none (not Linux, no libc found)."""
     if not sys.platform.startswith("linux"):
         return None
     libc_name = ctypes.util.find_library("c") or "libc.so.6"
@@ -37,12 +55,11 @@ def die_with_parent() -> Callable[[], None] | None:
         libc = ctypes.CDLL(libc_name, use_errno=True)
     except OSError:
         return None
-    prctl = libc.prctl
-    parent = os.getpid()
+    prctl: Callable[..., int] = libc.prctl
+    return prctl
 
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGKILL)
 
-    return preexec
+def _die_with(prctl: Callable[..., int], parent: int) -> None:
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect: re-parented
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import ctypes
 import multiprocessing
 import os
 import pickle
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from kestream.models.state import StateType
+from kestream.parent_death import die_with
 from kestream.secrets.environment import forget_secrets
 from kestream.settings import get_settings
 from kestream.tasks.base import LogLevel, RunInfo, RunnableTask, TaskOutcome
@@ -54,7 +54,6 @@ __all__ = ["KILL_GRACE_S", "ProcessPool", "shared_pool"]
 #: How long a child may take to end on SIGTERM before it gets SIGKILL.
 KILL_GRACE_S = 2.0
 _POLL_S = 0.02
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(slots=True)
@@ -401,11 +400,7 @@ def _detach(worker_pid: int, conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to handle
     asyncio.events._set_running_loop(None)
     asyncio.set_event_loop(None)
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != worker_pid:  # the worker died before prctl took effect
-        os._exit(0)
+    die_with(worker_pid)
 
 
 def _release_inherited_pipes(keep: int) -> None:
