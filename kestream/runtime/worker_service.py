@@ -267,6 +267,8 @@ class _Job:
     abandoned: bool = False
     #: Its result, or its dead letter, was acknowledged (:meth:`WorkerService._done`).
     finished: bool = False
+    #: Its task ran to its end here: its effects are done, its result is on its way.
+    ran: bool = False
     #: Given up: its dead letter is being sent (:meth:`WorkerService._give_up`).
     dead_lettering: bool = False
 
@@ -858,12 +860,15 @@ class WorkerService:
             else:
                 result, lines = await self._runner.run(run, on_line=self._line_sink(job))
             seconds = time.monotonic() - started
+            job.ran = ran = not job.abandoned  # ran to its end here, not stopped on the way
             sent = None if job.abandoned else await self._publish(job, result, lines)
             if sent is not None:
                 self._done(job, sent[1])
                 self.stats["finished"] += 1
                 self.metrics.job_ended(*labels, sent[0].state.value, seconds)
                 counted = True
+            elif ran:
+                self._ran_unreported(job, result)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug here must not kill the loop; the job runs again later
@@ -910,6 +915,17 @@ class WorkerService:
             return held is None or not held()
 
         return await self._hand_over.send_if(self._producer, sends, still_wanted)
+
+    def _ran_unreported(self, job: _Job, result: ev.WorkerResult) -> None:
+        """``job`` ran to its end, but its result was not sent: its partition was revoked
+        meanwhile and given to another member, or the stop's drain ended. Its effects are done,
+        so it is remembered with its result (its offsets stay uncommitted): a copy fetched
+        again by this worker, once its partition comes back, is answered with that result
+        instead of running the attempt a second time. A copy fetched by another worker runs
+        there (at-least-once); the logs the run wrote here are not sent."""
+        value = records.encode_event(result)
+        if self.limit.fits(value):
+            self._finished.add(job.key, value)
 
     def _done(self, job: _Job, value: bytes) -> None:
         """Mark ``job``'s records done, and remember it with the result record it was answered
@@ -958,7 +974,11 @@ class WorkerService:
             return job.abandoned or not self._may_send() or (revoked is not None and revoked())
 
         def held() -> bool:  # revoked, until the assignment decides (:meth:`_on_assigned`)
-            return job.partition not in self._partitions
+            # A job that ran is reported at once while the gate is open: its effects are done,
+            # and its answer, applied once by the executor, is what keeps a copy fetched
+            # again from running them a second time (an eager rebalance may hand its partition
+            # to another member meanwhile, which cannot be told to skip it otherwise).
+            return not job.ran and job.partition not in self._partitions
 
         tries = 0
         while not given_up():
@@ -1232,7 +1252,7 @@ class WorkerService:
                 len(running),
             )
         for job in running:
-            if renewed or job.partition not in assigned:
+            if renewed or (job.partition not in assigned and not job.ran):
                 # Its partition went to another worker (now, or while this one was out of the
                 # group), which runs the job again from the committed offset: stop this copy,
                 # unreported, so the attempt runs once.

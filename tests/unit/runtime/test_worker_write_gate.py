@@ -169,9 +169,10 @@ async def test_a_result_ended_between_the_join_and_the_assignment_waits_for_it(
     member: Member, back: bool
 ) -> None:
     """A rebalance that keeps the member (same member id, the next generation). A job that
-    ends after the join, before the assignment, may be of a partition the new generation gave
-    another worker, which is starting it too: its result waits for the assignment, and goes
-    out only if the partition is this worker's again."""
+    ends after the join, before the assignment, waits at the gate (the generation moved) and
+    goes out once the assignment confirms the membership, whether or not its partition is this
+    worker's again: it ran, and its answer is what keeps a copy fetched again from running
+    its effects twice."""
     m = member
     m.worker.revoke_grace_s = 0.0
     task = _nap(m, 0.05, 4)
@@ -181,8 +182,8 @@ async def test_a_result_ended_between_the_join_and_the_assignment_waits_for_it(
     assert m.producer.results() == []
     m.worker._on_assigned(m.parts if back else {TopicPartition(JOBS.topic, 1)})
     await asyncio.gather(task)
-    assert [r.state.value for r in m.producer.results()] == (["SUCCESS"] if back else [])
-    assert m.worker.stats["abandoned"] == (0 if back else 1)
+    assert [r.state.value for r in m.producer.results()] == ["SUCCESS"]
+    assert m.worker.stats["abandoned"] == 0
 
 
 async def test_a_lapsed_worker_revoked_commits_nothing(member: Member) -> None:
@@ -314,20 +315,46 @@ async def test_a_result_ended_after_a_revocation_waits_for_the_assignment(
     member: Member,
 ) -> None:
     """Between a revocation (the gate open: the job runs through the rebalance) and the
-    JoinGroup answer the gate is still open, but the partition may be going to another
-    worker: a result that ends then waits for the assignment, and goes out only if it gives
-    the partition back."""
+    JoinGroup answer the gate is still open: a job that ran to its end then is reported at
+    once, whatever the assignment will decide about its partition (its effects are done)."""
     m = member
     m.worker.revoke_grace_s = 0.0
     kept, moved = _nap(m, 0.05, 4), _nap_on(m, 1, 0.05, 5)
     await m.worker._on_revoked(m.parts)
-    await _ran(m.worker)
-    assert m.producer.results() == [] and not kept.done() and not moved.done()
+    await asyncio.gather(kept, moved)
+    assert [r.state.value for r in m.producer.results()] == ["SUCCESS", "SUCCESS"]
     m.coordinator.join()
     m.worker._on_assigned({TopicPartition(JOBS.topic, 0)})
-    await asyncio.gather(kept, moved)
+    assert m.worker.stats["abandoned"] == 0
+
+
+async def test_a_job_that_ran_while_its_partition_moved_is_answered_not_run_again(
+    member: Member,
+) -> None:
+    """A job that ran to its end but could not be reported (the stop's drain ended while its
+    result waited at a closed gate) is remembered with its result: when its job is fetched
+    again, this worker answers it instead of running the attempt (its effects) twice."""
+    m = member
+    m.worker.revoke_grace_s = 0.0
+    moved = _nap_on(m, 1, 0.05, 5)
+    (job,) = m.worker._jobs.values()
+    await m.worker._on_revoked(m.parts)
+    m.coordinator.join()  # the gate closes until the assignment
+    await _ran(m.worker)
+    job.abandoned = True  # given up while it waited (the stop's drain ended)
+    m.worker.gate.wake()
+    await moved
+    assert m.producer.results() == []
+    await m.worker._on_revoked({TopicPartition(JOBS.topic, 0)})
+    m.coordinator.join()
+    back = {TopicPartition(JOBS.topic, 0), TopicPartition(JOBS.topic, 1)}
+    m.worker._on_assigned(back)  # and came back: its job is fetched again
+    m.worker._handle(job.record)
+    assert job.key not in m.worker._jobs  # answered from memory, not started
+    while not m.producer.results():
+        await asyncio.sleep(0.01)
     assert [r.state.value for r in m.producer.results()] == ["SUCCESS"]
-    assert m.worker.stats["abandoned"] == 1
+    assert m.worker.stats["answered_again"] == 1
 
 
 def _nap_on(m: Member, partition: int, seconds: float, offset: int) -> asyncio.Task[None]:
