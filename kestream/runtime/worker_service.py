@@ -974,10 +974,10 @@ class WorkerService:
             return job.abandoned or not self._may_send() or (revoked is not None and revoked())
 
         def held() -> bool:  # revoked, until the assignment decides (:meth:`_on_assigned`)
-            # A job that ran is reported at once while the gate is open: its effects are done,
-            # and its answer, applied once by the executor, is what keeps a copy fetched
-            # again from running them a second time (an eager rebalance may hand its partition
-            # to another member meanwhile, which cannot be told to skip it otherwise).
+            # A job that ran is reported at once while the gate is open: its effects are done
+            # and its answer ends the task run (the executor applies it once). A copy that the
+            # partition's next owner fetches from the committed offset may still run there
+            # (at-least-once); this worker answers its own copies from memory.
             return not job.ran and job.partition not in self._partitions
 
         tries = 0
