@@ -10,7 +10,6 @@ package, as the engine's task code starts processes too.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 import sys
@@ -47,12 +46,14 @@ def die_with(parent: int) -> None:
 
 
 def _prctl() -> Callable[..., int] | None:
-    """libc's ``prctl``, or None where there is none (not Linux, no libc found)."""
+    """libc's ``prctl``, or None where there is none (not Linux). Looked up among the symbols
+    the process already has (libc is loaded in every Python process), never with
+    ``ctypes.util.find_library``: that runs ``ldconfig`` in a subprocess, which a process
+    just forked from a threaded one (the worker's task processes) must not do."""
     if not sys.platform.startswith("linux"):
         return None
-    libc_name = ctypes.util.find_library("c") or "libc.so.6"
     try:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
         return None
     prctl: Callable[..., int] = libc.prctl
