@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +22,7 @@ import pytest
 
 from kestream.runtime.embedded_broker import free_port
 from tests.integration.api_stack import PASSWORD, USERNAME, Reply, Stack, _wait_ready
+from tests.integration.test_standalone_supervisor import _launch
 
 pytestmark = pytest.mark.integration
 
@@ -70,16 +69,7 @@ def launched() -> Iterator[list[Stack]]:
 
 
 def _start(workdir: Path, env: dict[str, str], launched: list[Stack], name: str) -> Stack:
-    log_path = workdir / name
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "kestream.cli", "standalone"],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    stack = Stack(process, f"http://127.0.0.1:{env['KESTREAM_WEB_PORT']}", "main", log_path)
+    stack = _launch(workdir, env, name)
     launched.append(stack)
     _wait_ready(stack)
     return stack
