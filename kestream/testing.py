@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import contextvars
 from collections import deque
-from collections.abc import Callable, Collection, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -413,7 +413,10 @@ class Driver:
             wait = self._next_timer_wait()
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise TimeoutError(f"Executions still running after {timeout}s")
+                raise TimeoutError(
+                    f"Executions still running after {timeout}s; where the loop's tasks "
+                    f"wait:\n{_stacks(asyncio.all_tasks() - {asyncio.current_task()})}"
+                )
             wait = remaining if wait is None else min(wait, remaining)
             if self._inflight:
                 finished, _ = await asyncio.wait(
@@ -541,3 +544,21 @@ def run(
     return asyncio.run(
         arun(flow_yaml, inputs, flows=flows, validate_inputs=validate_inputs, labels=labels)
     )
+
+
+def _stacks(tasks: Iterable[asyncio.Task[Any]]) -> str:
+    """Where each of ``tasks`` waits, its chain of awaits outermost first: what a test that
+    timed out prints, so that a hang seen once in CI says where it was."""
+    lines = []
+    for task in tasks:
+        lines.append(f"{task.get_name()}:")
+        awaited: Any = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is None:
+                lines.append(f"  awaits {awaited!r}")
+                break
+            code = frame.f_code
+            lines.append(f"  {code.co_filename}:{frame.f_lineno} in {code.co_name}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return "\n".join(lines)

@@ -112,6 +112,7 @@ from kestream.runtime.member_fence import LOOK_EVERY_S, MemberFence
 from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.produce_faults import record_fault
 from kestream.runtime.static_assignment import only_worker, partitions_of
+from kestream.runtime.sticky_assignor import note_generation, sticky_assignor
 from kestream.runtime.topics import ensure_group_topics
 from kestream.runtime.write_gate import WriteGate
 from kestream.tasks.base import RunnableTask
@@ -346,6 +347,8 @@ class WorkerService:
         #: Lines tasks log while they run, produced every ~200 ms rather than with the result.
         self.log_stream = LogStream(self._send_lines)
         self._consumer: AIOKafkaConsumer | None = None
+        #: The group's assignor, a class of this consumer's own (:mod:`.sticky_assignor`).
+        self._assignor = sticky_assignor()
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -430,7 +433,13 @@ class WorkerService:
         self._producer = make_producer(ctx.settings, ctx.bootstrap, ctx.kind)
         await self._producer.start()
         group = None if self.own_all_partitions else self.group_id
-        self._consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.kind, group_id=group)
+        self._consumer = make_consumer(
+            ctx.settings,
+            ctx.bootstrap,
+            ctx.kind,
+            group_id=group,
+            partition_assignment_strategy=(self._assignor,),
+        )
         if self.own_all_partitions:
             await self._consumer.start()
             count = ctx.settings.partitions
@@ -1242,6 +1251,8 @@ class WorkerService:
         partition assigned back may have had another owner meanwhile."""
         renewed = False
         if self.fence is not None:
+            assert self._consumer is not None
+            note_generation(self._assignor, self._consumer)
             self.fence.joined(self._consumer)  # the group has just counted this member in
             renewed = self.gate.note()  # the membership results are written under from now
         running = self._running_jobs()

@@ -57,17 +57,29 @@ async def run_process(
 
     Cancelling the caller stops the whole process group before the cancellation goes on.
     """
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=cwd,
-        env=dict(env),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-        # a worker killed outright takes it along: its restarted successor runs the job again
-        preexec_fn=die_with_parent(),
+    start = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=dict(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            # a worker killed outright takes it along: its restarted successor runs the job again
+            preexec_fn=die_with_parent(),
+        )
     )
+    # A cancellation while asyncio connects the pipes would make it SIGKILL the leader alone and
+    # then wait for pipes that the rest of the group holds: the attempt would never end and its
+    # group would run on. The start is therefore awaited to its end, and the group stopped below.
+    cancelled = False
+    try:
+        proc = await run_to_end(start)
+    except asyncio.CancelledError:
+        if start.cancelled():
+            raise
+        proc, cancelled = start.result(), True
     assert proc.stdout is not None and proc.stderr is not None
     pumps = [
         asyncio.ensure_future(_pump(proc.stdout, False, on_line)),
@@ -95,6 +107,8 @@ async def run_process(
         return code
 
     try:
+        if cancelled:
+            raise asyncio.CancelledError
         await _exited(proc.pid, waiter)
     except asyncio.CancelledError:
         await run_to_end(stop_group(proc.pid))

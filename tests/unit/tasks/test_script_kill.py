@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from kestream.executor.commands import LogLine, RunTask
 from kestream.models.flow import parse_flow
 from kestream.models.state import StateType
 from kestream.tasks.base import RunnableTask
-from kestream.tasks.scripts.process import group_alive, live_members
+from kestream.tasks.scripts.process import group_alive, live_members, run_process
 from kestream.testing import Driver
 from kestream.worker.runner import TaskRunner
 
@@ -214,3 +215,46 @@ async def test_a_kill_ends_the_attempt_despite_a_detached_process_holding_the_ou
     finally:
         _stop(_detached(lines))
         runner.close()
+
+
+def test_a_kill_while_the_process_starts_stops_its_whole_group(tmp_path: Path) -> None:
+    """A kill that comes while asyncio still connects the new process's pipes: asyncio's own
+    clean-up would SIGKILL the leader alone and wait for pipes its background child holds, so
+    the attempt never ended and the child ran on (seen under load: the kill of an
+    afterExecution script hung its test). The start is awaited, then the group stopped."""
+    marker = tmp_path / "child"
+    script = f"sleep 1000 & echo $! > {marker}.tmp && mv {marker}.tmp {marker}; wait"
+
+    async def scenario() -> tuple[int, bool]:
+        attempt = asyncio.ensure_future(
+            run_process(["sh", "-c", script], cwd=tmp_path, env={"PATH": os.defpath},
+                        on_line=lambda text, is_stderr: None)
+        )  # fmt: skip
+        # One loop turn at a time, the loop held between them until the child has started:
+        # the kill comes before the pipes are connected (they take several turns).
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the script never started its child"
+            await asyncio.sleep(0)
+            time.sleep(0.01)
+        child = int(marker.read_text())
+        attempt.cancel()
+        done, _ = await asyncio.wait([attempt], timeout=30)
+        return child, bool(done)
+
+    child, ended = asyncio.run(scenario())
+    try:
+        assert ended, "the killed attempt never ended"
+        assert not _runs(child)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+def _runs(pid: int) -> bool:
+    """Whether ``pid`` runs (not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
