@@ -42,14 +42,28 @@ from the records the changelog holds for it, :class:`ChangelogMirror`). Failures
 one record's (the broker gone mid-flush, a changelog that cannot be read at recovery, after
 retries) stop the processor loudly: its process exits and the partitions' next owner replays.
 
-The parts, each tested on its own: :class:`~kestream.executor.timers.TimerQueue` (shared with
-``kestream.testing.Driver``), :class:`~kestream.runtime.held_events.HeldEvents`,
-:class:`~kestream.runtime.ended_executions.EndedExecutions`,
-:class:`~kestream.runtime.changelog_restorer.ChangelogRestorer` (with the partitions parked at a
-checkpoint by a rebalance, :class:`~kestream.runtime.parked_partitions.ParkedPartitions`) and
-:class:`~kestream.runtime.command_router.CommandRouter`; the flush and the dead letters are
-:mod:`kestream.runtime.executor_writer`'s. The same consumer reads the admissions topic (flow
-concurrency), whose slot tables are :class:`~kestream.runtime.admission_slots.AdmissionSlots`.
+What lives where. This module keeps the cycle, in that order (its sections: the cycle, step,
+flush, commit), the processor's lifecycle and health, and when partitions come and go: the
+rebalance callbacks (:meth:`ExecutorService.assigned`, :meth:`ExecutorService.revoked`, under
+the cycle's lock) and a membership in doubt (lapsed, or its transactional producers fenced).
+The parts it owns, each tested on its own:
+
+- :class:`~kestream.runtime.partition_recovery.PartitionRecovery`: what a partition's state
+  does as it comes and goes: recovered warm from where it was parked
+  (:class:`~kestream.runtime.parked_partitions.ParkedPartitions`) or cold from its changelog
+  (:class:`~kestream.runtime.changelog_restorer.ChangelogRestorer`, from the local checkpoints
+  of :mod:`~kestream.runtime.changelog_checkpoints` where there are some), parked at its
+  changelog checkpoint as it leaves; and the repairs of torn steps found meanwhile;
+- :class:`~kestream.executor.timers.TimerQueue` (shared with ``kestream.testing.Driver``),
+  :class:`~kestream.runtime.held_events.HeldEvents` (events held for a flow revision not
+  deployed yet), :class:`~kestream.runtime.ended_executions.EndedExecutions` (the ended
+  markers);
+- :class:`~kestream.runtime.command_router.CommandRouter`: where a step's commands go;
+- :mod:`~kestream.runtime.executor_writer`: the flush and the dead letters, of the records
+  :mod:`~kestream.runtime.executor_outbox` holds; :mod:`~kestream.runtime.executor_transactions`:
+  exactly-once's transactions;
+- :class:`~kestream.runtime.admission_slots.AdmissionSlots`: the slot tables of the admissions
+  topic (flow concurrency), which the same consumer reads.
 """
 
 from __future__ import annotations
@@ -88,10 +102,8 @@ from kestream.runtime.changelog_checkpoints import CheckpointFollower, checkpoin
 from kestream.runtime.changelog_restorer import (
     ChangelogMirror,
     ChangelogRestorer,
-    ExecutionRecords,
     RecoveryFailed,
     RecoveryStopped,
-    stale_after_end,
 )
 from kestream.runtime.command_router import CommandRouter, Routed
 from kestream.runtime.context import BrokerContext
@@ -105,14 +117,15 @@ from kestream.runtime.executor_transactions import (
     TransactionalProducer,
     TxnWrite,
 )
-from kestream.runtime.executor_writer import DeadLetters, RecordWriter, Refusal, Written
+from kestream.runtime.executor_writer import DeadLetters, RecordWriter, Refusal
 from kestream.runtime.held_events import HeldEvents
 from kestream.runtime.instance_id_guard import guard_instance_id
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.local_handoff import LocalResults, disconnect
 from kestream.runtime.member_fence import LOOK_EVERY_S, MemberFence
 from kestream.runtime.metrics import Metrics, process_metrics
-from kestream.runtime.parked_partitions import Parked, ParkedPartitions
+from kestream.runtime.parked_partitions import ParkedPartitions
+from kestream.runtime.partition_recovery import PartitionRecovery, Repair
 from kestream.runtime.processing_guarantee import exactly_once
 from kestream.runtime.purge_fence import apply_purge_event
 from kestream.runtime.static_assignment import Share, executor_share, partitions_of
@@ -223,7 +236,6 @@ class ExecutorService:
             timedelta(hours=settings.executor_ended_retention_h), settings.executor_ended_max
         )
         self.mirror = ChangelogMirror()
-        self.restorer = ChangelogRestorer(ctx, registry)
         self.letters = DeadLetters(self.topics, self.limit, self.metrics)
         #: Flow concurrency: the slot tables of the admissions partitions owned.
         self.admission = AdmissionSlots(self.topics, self.letters, clock)
@@ -231,15 +243,12 @@ class ExecutorService:
         self.router = CommandRouter(
             self.topics, self.limit, self.groups, self.timers, self.ended, self.metrics, clock
         )
-        self.parked = ParkedPartitions()
-        #: Local checkpoints of the changelog partitions owned (:meth:`start` sets it up).
-        self.checkpoints: CheckpointFollower | None = None
-        #: Changelog records that undo torn steps found at recovery, ``(key, value or None,
-        #: partition)``: written first by the next flush (:class:`ChangelogRestorer`).
-        self._repairs: list[tuple[str, Any, int]] = []
-        #: Per changelog partition owned, the offset after the last record it is known to hold
-        #: (read at recovery, then acknowledged to this processor): the checkpoint it is parked at.
-        self._checkpoints: dict[int, int] = {}
+        #: The partitions' state coming (recovered) and going (parked, released).
+        self.recovery = PartitionRecovery(
+            ctx, registry, states=self.states, partition_of=self.partition_of,
+            mirror=self.mirror, timers=self.timers, ended=self.ended, admission=self.admission,
+            metrics=self.metrics,
+        )  # fmt: skip
         self.owned: set[int] = set()
         #: Results a worker of this process handed over (:mod:`.local_handoff`).
         self.local = LocalResults(lambda partition: partition in self.owned and not self._stopping)
@@ -277,6 +286,41 @@ class ExecutorService:
     def fence(self, fence: MemberFence | None) -> None:
         self.writer.gate.fence = fence
 
+    # -- the parts of :attr:`recovery`, reached through the processor ----------------------
+
+    @property
+    def restorer(self) -> ChangelogRestorer:
+        """Reads the changelog back: at a recovery, and to roll a failed event back."""
+        return self.recovery.restorer
+
+    @restorer.setter
+    def restorer(self, restorer: ChangelogRestorer) -> None:
+        self.recovery.restorer = restorer
+
+    @property
+    def checkpoints(self) -> CheckpointFollower | None:
+        """Local checkpoints of the changelog partitions owned (:meth:`start` sets it up)."""
+        return self.recovery.checkpoints
+
+    @checkpoints.setter
+    def checkpoints(self, checkpoints: CheckpointFollower | None) -> None:
+        self.recovery.checkpoints = checkpoints
+
+    @property
+    def parked(self) -> ParkedPartitions:
+        """The partitions revoked, kept warm for a while at their checkpoint."""
+        return self.recovery.parked
+
+    @property
+    def _checkpoints(self) -> dict[int, int]:
+        """Per changelog partition owned, the checkpoint it would be parked at."""
+        return self.recovery.offsets
+
+    @property
+    def _repairs(self) -> list[Repair]:
+        """The repairs of torn steps the next cycle writes first (:meth:`_take_repairs`)."""
+        return self.recovery.repairs
+
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -292,9 +336,7 @@ class ExecutorService:
             log.info("exactly-once: a transaction per input partition and cycle")
         if group is None or self.writer.transactions is not None:
             self.share = None  # no group to commit under; exactly-once's is the group's
-        self.checkpoints = checkpoint_follower(self.ctx)
-        if self.checkpoints is not None:
-            await self.checkpoints.start()
+        await self.recovery.start(checkpoint_follower(self.ctx))
         self._consumer = make_consumer(
             self.settings,
             self.ctx.bootstrap,
@@ -341,7 +383,7 @@ class ExecutorService:
         disconnect(self)
         if self.fence is not None:
             self.fence.stop()
-        self.restorer.stopping.set()  # a recovery under way gives up
+        self.recovery.give_up()  # a recovery under way gives up
         task, self._task = self._task, None
         if task is not None:
             await asyncio.wait({task}, timeout=_STOP_GRACE_S)  # the loop ends after its cycle
@@ -353,8 +395,7 @@ class ExecutorService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.local.close()
-        if self.checkpoints is not None:  # the last cycle's records in: a clean close's
-            await self.checkpoints.stop()
+        await self.recovery.stop()  # its checkpoints, the last cycle's records in
         if self._consumer is not None:
             await stop_member(self._consumer)
         if self.writer.producer is not None:
@@ -454,42 +495,6 @@ class ExecutorService:
         if self._stopping or time.monotonic() - self._committed_at >= self.commit_every_s:
             await self._commit()
 
-    async def _lapsed(self) -> bool:
-        """Whether this member's group membership has lapsed (:mod:`.member_fence`): no
-        heartbeat confirmed it for a whole session, so the group may have handed its partitions
-        on. Then it writes nothing from the state it holds: the partitions' state is dropped
-        (not parked: their new owner may have written their changelog since), their fetching
-        paused, and the group asked to rejoin; its assignment recovers them afresh."""
-        fence = self.fence
-        if fence is None or not fence.lapsed():
-            return False
-        if not self._rejoining:
-            await self._leave_membership(
-                f"no heartbeat has confirmed its group membership for {fence.silent_for():.1f} s"
-                f" (the session is {fence.session_timeout_s:.1f} s)"
-            )
-        return True
-
-    async def _leave_membership(self, why: str) -> None:
-        """The group may have handed this member's partitions on (``why``): their state is
-        dropped (not parked), nothing is written from it, their fetching paused, and the
-        group asked to rejoin; its assignment recovers them afresh."""
-        self._rejoining = True
-        gone = set(self.owned)
-        log.error(
-            "executor: %s: the group may have handed its partitions %s on; their state is "
-            "dropped, nothing is written from it, and the member rejoins",
-            why, sorted(gone),
-        )  # fmt: skip
-        self.ready.clear()
-        self._generation += 1
-        self.writer.drop_carried(gone)  # not written from the state held either
-        await self._let_go(gone, park=False)
-        assert self._consumer is not None
-        self._consumer.pause(*self._consumer.assignment())
-        if self.fence is not None:
-            self.fence.rejoin()
-
     async def _fetch_again(self, batch: Batch) -> Batch:
         """Drop a batch that a rebalance may have overtaken (fetched, in part, before it): its
         records would be stepped against states recovered since, and its offsets committed
@@ -581,9 +586,7 @@ class ExecutorService:
     def _take_repairs(self, out: Outboxes) -> None:
         """The repairs of torn steps go first: before any record of this batch can follow
         (and commit) the torn ones."""
-        for key, value, partition in self._repairs:
-            out.of(partition).log(key, value, partition)
-        self._repairs.clear()
+        self.recovery.take_repairs(out)
 
     def _report(self, batch: Batch, started: float) -> None:
         """Per-batch metrics: events, batch time, held and in-flight executions, lag (the
@@ -761,7 +764,7 @@ class ExecutorService:
         if now - self._last_prune < _PRUNE_EVERY:
             return
         self._last_prune = now
-        self.parked.expire(time.monotonic())
+        self.recovery.expire(time.monotonic())
         for key, partition in self.ended.prune(now):
             out.of(partition).log(key, None, partition)
         window = self.ended.window(now)
@@ -783,7 +786,7 @@ class ExecutorService:
             await self.groups.create_topics()  # a worker group's first job: its topic first
             written = await self.writer.write(out, carry=carry)
             carry = False
-            self._checkpointed(written)
+            self.recovery.acknowledged(written.checkpoints)
             if not written.refused:
                 return
             out = Outbox()
@@ -791,10 +794,6 @@ class ExecutorService:
             if not (out.commands or out.changelog or out.tables):
                 return
         log.error("records still refused after %d rounds; left dead-lettered", _FLUSH_ROUNDS)
-
-    def _checkpointed(self, written: Written) -> None:
-        for partition, offset in written.checkpoints.items():
-            self._checkpoints[partition] = max(self._checkpoints.get(partition, 0), offset)
 
     def _undo_refused(self, refused: list[Refusal], out: Outbox) -> None:
         """A refused job's task run fails (as one too large to send does), with the broker's
@@ -944,7 +943,7 @@ class ExecutorService:
             if not writes:
                 break
             written = await self.writer.write_transactions(writes)
-            self._checkpointed(written)
+            self.recovery.acknowledged(written.checkpoints)
             fenced |= written.fenced
             lost |= written.lost
             writes = {
@@ -975,6 +974,153 @@ class ExecutorService:
         self._undo_refused(refusals, out)
         kept = [rec for rec in write.records if id(rec) not in gone]
         return TxnWrite(kept + self._sized(out), write.offsets)
+
+    def _sized(self, out: Outbox) -> list[CommandRecord]:
+        """``out``'s records to commit: a record over the limit is replaced by its dead letter,
+        and what its step counted on is undone (:meth:`_undo_refused`), as a flush does."""
+        kept: list[CommandRecord] = []
+        for _ in range(_FLUSH_ROUNDS):
+            refused: list[Refusal] = []
+            kept += self.writer.sized(self.writer.records_of(out), refused)
+            if not refused:
+                return kept
+            out = Outbox()
+            self._undo_refused(refused, out)
+            if out.empty():
+                return kept
+        log.error("records still refused after %d rounds; left dead-lettered", _FLUSH_ROUNDS)
+        return kept
+
+    # -- partitions: assigned, revoked -----------------------------------------------------
+
+    async def assigned(self, partitions: set[int]) -> None:
+        """Recover the new partitions' state, then own them. A recovery that keeps failing
+        stops the processor (:meth:`_fail`): it is never left to the rebalance callback, which
+        would log it and carry on without the state."""
+        async with self._lock:
+            self._generation += 1
+            if self.fence is not None:
+                self.fence.joined(self._consumer)  # the group has just counted this member in
+                self.writer.gate.note()  # the generation whose records are written from now
+                self._rejoining = False
+            new = partitions - self.owned
+            if new:
+                try:
+                    await self._own_transactions(new)
+                    await self._recover(new)
+                except RecoveryStopped:
+                    return  # stopping: the partitions' next owner recovers them
+                except RecoveryFailed as exc:
+                    log.error("executor cannot recover partitions %s; stopping: %s",
+                              sorted(new), exc)  # fmt: skip
+                    self._fatal = exc
+                    self._fail(exc)
+                    return
+            self.owned = set(partitions)
+            self.ready.set()
+            log.info("executor owns partitions %s", sorted(self.owned))
+
+    async def _own_transactions(self, partitions: set[int]) -> None:
+        """Exactly-once: take the partitions' transactional ids before their changelogs are
+        read (the former owner's open transactions abort, its producers are fenced); a
+        failure is a recovery's."""
+        if self.writer.transactions is None:
+            return
+        try:
+            await self.writer.transactions.own(partitions)
+        except Exception as exc:
+            raise RecoveryFailed(f"cannot take the transactional ids of {sorted(partitions)}: "
+                                 f"{exc!r}") from exc  # fmt: skip
+
+    async def revoked(self, partitions: set[int]) -> None:
+        """Let go of the partitions' executions, held events, timers and ended markers; the
+        state of each one is parked at its checkpoint, for a quick recovery if it comes back."""
+        async with self._lock:
+            self._generation += 1
+            self.ready.clear()
+            gone = partitions & self.owned
+            # Nothing is written or committed once the group may have moved on (the write gate
+            # closed): the carried records would land over the next owner's.
+            closed = self.writer.gate.closed()
+            if closed is None:
+                await self._commit_leaving(gone)
+            else:
+                log.error("executor: %s: nothing of partitions %s is written or committed at "
+                          "their revocation", closed, sorted(gone))  # fmt: skip
+            # Records of theirs still carried were not written (the commit failed, the gate
+            # closed): the state held is ahead of their changelog, and is not parked. Nor is it
+            # once the membership is in doubt: a member that lapsed may have written after
+            # another owner, and its checkpoints skip that owner's records.
+            unwritten = self.writer.drop_carried(gone)
+            await self._let_go(gone, park=not (unwritten or closed is not None))
+
+    async def _let_go(self, gone: set[int], *, park: bool) -> None:
+        """Drop the partitions' executions, held events, timers, ended markers, offsets left to
+        commit and transactional producers; with ``park``, each one's state is parked at its
+        checkpoint, for a quick recovery if it comes back (:meth:`PartitionRecovery.release`)."""
+        self._leave_table(self.recovery.release(gone, park=park))
+        self.held.leave(gone)
+        self.admission.leave(gone)
+        self.local.forget(gone)
+        for tp in [tp for tp in self._uncommitted if tp.partition in gone]:
+            del self._uncommitted[tp]
+        self.owned -= gone
+        if self.writer.transactions is not None:
+            await self.writer.transactions.leave(gone)
+
+    async def _commit_leaving(self, gone: set[int]) -> None:
+        """Commit what was flushed of partitions leaving, so their next owner does not replay
+        it. A commit the group no longer takes (it has moved on) is left: the next owner
+        replays those events against the changelog's state, where they are no-ops."""
+        try:
+            await self._commit(gone)
+        except Exception as exc:  # the group's generation is gone, the broker away, ...
+            log.warning("could not commit partitions %s at their revocation: %r",
+                        sorted(gone), exc)  # fmt: skip
+        for tp in [tp for tp in self._uncommitted if tp.partition in gone]:
+            del self._uncommitted[tp]
+
+    async def _recover(self, partitions: set[int]) -> None:
+        """Rebuild the states of ``partitions`` (:meth:`PartitionRecovery.recover`)."""
+        await self.recovery.recover(partitions)
+
+    # -- partitions: a membership in doubt (lapsed, fenced) --------------------------------
+
+    async def _lapsed(self) -> bool:
+        """Whether this member's group membership has lapsed (:mod:`.member_fence`): no
+        heartbeat confirmed it for a whole session, so the group may have handed its partitions
+        on. Then it writes nothing from the state it holds: the partitions' state is dropped
+        (not parked: their new owner may have written their changelog since), their fetching
+        paused, and the group asked to rejoin; its assignment recovers them afresh."""
+        fence = self.fence
+        if fence is None or not fence.lapsed():
+            return False
+        if not self._rejoining:
+            await self._leave_membership(
+                f"no heartbeat has confirmed its group membership for {fence.silent_for():.1f} s"
+                f" (the session is {fence.session_timeout_s:.1f} s)"
+            )
+        return True
+
+    async def _leave_membership(self, why: str) -> None:
+        """The group may have handed this member's partitions on (``why``): their state is
+        dropped (not parked), nothing is written from it, their fetching paused, and the
+        group asked to rejoin; its assignment recovers them afresh."""
+        self._rejoining = True
+        gone = set(self.owned)
+        log.error(
+            "executor: %s: the group may have handed its partitions %s on; their state is "
+            "dropped, nothing is written from it, and the member rejoins",
+            why, sorted(gone),
+        )  # fmt: skip
+        self.ready.clear()
+        self._generation += 1
+        self.writer.drop_carried(gone)  # not written from the state held either
+        await self._let_go(gone, park=False)
+        assert self._consumer is not None
+        self._consumer.pause(*self._consumer.assignment())
+        if self.fence is not None:
+            self.fence.rejoin()
 
     async def _fenced(self, fenced: set[int], lost: Mapping[int, Lost] | None = None) -> None:
         """These partitions' producers were fenced (``fenced``) or died (``lost``): their
@@ -1069,233 +1215,6 @@ class ExecutorService:
         self.owned |= partitions
         log.warning("executor took fenced partitions %s back (still assigned to it)",
                     sorted(partitions))  # fmt: skip
-
-    def _sized(self, out: Outbox) -> list[CommandRecord]:
-        """``out``'s records to commit: a record over the limit is replaced by its dead letter,
-        and what its step counted on is undone (:meth:`_undo_refused`), as a flush does."""
-        kept: list[CommandRecord] = []
-        for _ in range(_FLUSH_ROUNDS):
-            refused: list[Refusal] = []
-            kept += self.writer.sized(self.writer.records_of(out), refused)
-            if not refused:
-                return kept
-            out = Outbox()
-            self._undo_refused(refused, out)
-            if out.empty():
-                return kept
-        log.error("records still refused after %d rounds; left dead-lettered", _FLUSH_ROUNDS)
-        return kept
-
-    # -- partitions ----------------------------------------------------------------------
-
-    async def assigned(self, partitions: set[int]) -> None:
-        """Recover the new partitions' state, then own them. A recovery that keeps failing
-        stops the processor (:meth:`_fail`): it is never left to the rebalance callback, which
-        would log it and carry on without the state."""
-        async with self._lock:
-            self._generation += 1
-            if self.fence is not None:
-                self.fence.joined(self._consumer)  # the group has just counted this member in
-                self.writer.gate.note()  # the generation whose records are written from now
-                self._rejoining = False
-            new = partitions - self.owned
-            if new:
-                try:
-                    await self._own_transactions(new)
-                    await self._recover(new)
-                except RecoveryStopped:
-                    return  # stopping: the partitions' next owner recovers them
-                except RecoveryFailed as exc:
-                    log.error("executor cannot recover partitions %s; stopping: %s",
-                              sorted(new), exc)  # fmt: skip
-                    self._fatal = exc
-                    self._fail(exc)
-                    return
-            self.owned = set(partitions)
-            self.ready.set()
-            log.info("executor owns partitions %s", sorted(self.owned))
-
-    async def _own_transactions(self, partitions: set[int]) -> None:
-        """Exactly-once: take the partitions' transactional ids before their changelogs are
-        read (the former owner's open transactions abort, its producers are fenced); a
-        failure is a recovery's."""
-        if self.writer.transactions is None:
-            return
-        try:
-            await self.writer.transactions.own(partitions)
-        except Exception as exc:
-            raise RecoveryFailed(f"cannot take the transactional ids of {sorted(partitions)}: "
-                                 f"{exc!r}") from exc  # fmt: skip
-
-    async def revoked(self, partitions: set[int]) -> None:
-        """Let go of the partitions' executions, held events, timers and ended markers; the
-        state of each one is parked at its checkpoint, for a quick recovery if it comes back."""
-        async with self._lock:
-            self._generation += 1
-            self.ready.clear()
-            gone = partitions & self.owned
-            # Nothing is written or committed once the group may have moved on (the write gate
-            # closed): the carried records would land over the next owner's.
-            closed = self.writer.gate.closed()
-            if closed is None:
-                await self._commit_leaving(gone)
-            else:
-                log.error("executor: %s: nothing of partitions %s is written or committed at "
-                          "their revocation", closed, sorted(gone))  # fmt: skip
-            # Records of theirs still carried were not written (the commit failed, the gate
-            # closed): the state held is ahead of their changelog, and is not parked. Nor is it
-            # once the membership is in doubt: a member that lapsed may have written after
-            # another owner, and its checkpoints skip that owner's records.
-            unwritten = self.writer.drop_carried(gone)
-            await self._let_go(gone, park=not (unwritten or closed is not None))
-
-    async def _let_go(self, gone: set[int], *, park: bool) -> None:
-        """Drop the partitions' executions, held events, timers, ended markers, offsets left to
-        commit and transactional producers; with ``park``, each one's state is parked at its
-        checkpoint, for a quick recovery if it comes back."""
-        now = time.monotonic()
-        parked: dict[int, Parked] = {}
-        for partition in gone:
-            checkpoint = self._checkpoints.pop(partition, None)
-            if park and checkpoint is not None:
-                parked[partition] = Parked(checkpoint, now)
-        leaving = [e for e, p in self.partition_of.items() if p in gone]
-        for execution_id in leaving:
-            into = parked.get(self.partition_of[execution_id])
-            recs = self.mirror.records_of(execution_id)
-            if into is not None and recs is not None:
-                into.states[execution_id] = self.states[execution_id]
-                into.records[execution_id] = recs
-        for execution_id, marker in self.ended.leave(gone).items():
-            if (into := parked.get(marker.partition)) is not None:
-                into.ended[execution_id] = marker
-        for partition, state in parked.items():
-            self.parked.park(partition, state)
-        if self.checkpoints is not None:
-            self.checkpoints.leave(gone, now, park=park)
-        self._leave_table(leaving)
-        self._repairs = [r for r in self._repairs if r[2] not in gone]  # the next owner's
-        self.held.leave(gone)
-        self.admission.leave(gone)
-        self.local.forget(gone)
-        for tp in [tp for tp in self._uncommitted if tp.partition in gone]:
-            del self._uncommitted[tp]
-        self.owned -= gone
-        if self.writer.transactions is not None:
-            await self.writer.transactions.leave(gone)
-
-    async def _commit_leaving(self, gone: set[int]) -> None:
-        """Commit what was flushed of partitions leaving, so their next owner does not replay
-        it. A commit the group no longer takes (it has moved on) is left: the next owner
-        replays those events against the changelog's state, where they are no-ops."""
-        try:
-            await self._commit(gone)
-        except Exception as exc:  # the group's generation is gone, the broker away, ...
-            log.warning("could not commit partitions %s at their revocation: %r",
-                        sorted(gone), exc)  # fmt: skip
-        for tp in [tp for tp in self._uncommitted if tp.partition in gone]:
-            del self._uncommitted[tp]
-
-    async def _recover(self, partitions: set[int]) -> None:
-        """Rebuild the states of ``partitions``: from their parked state and what their
-        changelog got since (:mod:`kestream.runtime.parked_partitions`), else from the whole
-        changelog partition."""
-        started = time.perf_counter()
-        now = time.monotonic()
-        warm = {p: k for p in partitions if (k := self.parked.take(p, now)) is not None}
-        cold = partitions - set(warm)
-        restored = 0
-        if warm:
-            checkpoints = {p: k.checkpoint for p, k in warm.items()}
-            deltas, ends = await self.restorer.read(set(warm), checkpoints)
-            for partition, parked in warm.items():
-                if ends[partition] < parked.checkpoint:  # not the topic it was parked on
-                    cold.add(partition)
-                    continue
-                delta = deltas[partition]
-                restored += await self._unpark(partition, parked, delta.latest)
-                repairs = delta.repairs(parked.records)  # the records known once merged
-                self._repairs.extend((k, v, partition) for k, v in repairs)
-                self._checkpoints[partition] = ends[partition]
-                if self.checkpoints is not None:
-                    self.checkpoints.resume(partition, now)
-        if cold:
-            if self.checkpoints is None:
-                found_by_partition, ends = await self.restorer.recover(cold)
-            else:  # from the local checkpoints where they are valid
-                loaded = await self.checkpoints.load(cold)
-                found_by_partition, ends = await self.restorer.recover_from(cold, loaded)
-            for partition, found in found_by_partition.items():
-                if self.checkpoints is not None and found.fold is not None:
-                    self.checkpoints.follow(partition, found.fold)
-                self.metrics.changelog_restored("changelog", found.read_records)
-                self.metrics.changelog_restored("checkpoint", found.checkpoint_records)
-                for execution_id, marker in found.ended:
-                    self.ended.restore(execution_id, partition, marker)
-                for st, recs in found.states:
-                    self._install(partition, st, recs)
-                for _ in range(found.left_out):
-                    self.metrics.dead_letter("executor")
-                self._repairs.extend((k, v, partition) for k, v in found.repairs)
-                restored += len(found.states)
-            self._checkpoints.update(ends)
-        # The admission slots of the same partitions (flow concurrency): read whole, small.
-        topic = self.topics.admission_changelog
-        self.admission.install(await self.restorer.read_table(topic, partitions))
-        log.info(
-            "recovered %d executions from partitions %s (%d from their checkpoint) in %.2fs",
-            restored,
-            sorted(partitions),
-            len(partitions) - len(cold),
-            time.perf_counter() - started,
-        )
-
-    async def _unpark(
-        self, partition: int, parked: Parked, delta: dict[str, ExecutionRecords]
-    ) -> int:
-        """Take a parked partition back, with the changelog records written after its
-        checkpoint applied; only the executions those records touch are rebuilt."""
-        states, by_execution = parked.states, parked.records
-        for execution_id, marker in parked.ended.items():
-            self.ended.put(execution_id, marker)
-        for execution_id, recs in delta.items():
-            marker_key = codec.header_key(execution_id, codec.ENDED)
-            known = by_execution.setdefault(execution_id, {})
-            for key, value in recs.items():
-                if key == marker_key:
-                    if value is None:
-                        self.ended.unmark(execution_id)
-                    else:
-                        self.ended.restore(execution_id, partition, value)
-                elif value is None:
-                    known.pop(key, None)
-                else:
-                    known[key] = value
-            if self.ended.get(execution_id) is not None:  # ended: what came after is stale
-                self._repairs.extend(
-                    (key, None, partition)
-                    for key, _ in stale_after_end(execution_id, known, marker_key)
-                )
-                states.pop(execution_id, None)
-                by_execution.pop(execution_id, None)
-                continue
-            st = await self.restorer.restore(execution_id, known) if known else None
-            if st is None:
-                states.pop(execution_id, None)
-                by_execution.pop(execution_id, None)
-            else:
-                states[execution_id] = st
-        for execution_id, st in states.items():
-            self._install(partition, st, by_execution[execution_id])
-        return len(states)
-
-    def _install(self, partition: int, st: ExecutionState, recs: ExecutionRecords) -> None:
-        """Put a recovered execution in the table, with its records and its timers."""
-        self.states[st.id] = st
-        self.partition_of[st.id] = partition
-        self.mirror.load(st.id, recs)
-        for timer_id, timer in st.timers.items():
-            self.timers.set(st.id, timer_id, timer.due)
 
 
 def _event_bytes(event: ev.Event) -> bytes | None:
