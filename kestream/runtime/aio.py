@@ -35,3 +35,12 @@ async def paced(items: Iterable[T], every: int = YIELD_EVERY) -> AsyncIterator[T
         yield item
         if n % every == 0:
             await asyncio.sleep(0)
+
+
+def stray_cancellation() -> bool:
+    """Whether the ``CancelledError`` being handled was not aimed at the current task: it came
+    out of something the task awaited (aiokafka raises its coordination task's end, a
+    cancellation, out of ``getmany``). A service loop that re-raised it ended as if stopped,
+    without a word; it must take it as the failure it is."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0

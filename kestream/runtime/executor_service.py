@@ -97,7 +97,7 @@ from kestream.models.clock import Clock, utc_now
 from kestream.models.state import IllegalTransition, StateType
 from kestream.runtime import records
 from kestream.runtime.admission_slots import AdmissionSlots
-from kestream.runtime.aio import paced
+from kestream.runtime.aio import paced, stray_cancellation
 from kestream.runtime.changelog_checkpoints import CheckpointFollower, checkpoint_follower
 from kestream.runtime.changelog_restorer import (
     ChangelogMirror,
@@ -448,8 +448,13 @@ class ExecutorService:
         """
         try:
             await self._loop()
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            if not stray_cancellation():
+                raise
+            failure = RuntimeError(f"a cancellation not aimed at the loop: {exc!r}")
+            log.exception("executor stream processor failed; stopping it (a restart replays)")
+            self._fail(failure)
+            raise failure from exc
         except Exception as exc:
             log.exception("executor stream processor failed; stopping it (a restart replays)")
             self._fail(exc)

@@ -104,6 +104,7 @@ from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.sizes import over_limit
 from kestream.models.state import StateType
 from kestream.runtime import local_handoff, records
+from kestream.runtime.aio import stray_cancellation
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.hand_over import HandOver
 from kestream.runtime.kafka import make_consumer, make_producer
@@ -466,7 +467,10 @@ class WorkerService:
             try:
                 await self._iteration()
             except asyncio.CancelledError:
-                raise
+                if not stray_cancellation():
+                    raise
+                log.exception("worker loop iteration failed (a cancellation not aimed at it)")
+                await asyncio.sleep(_ERROR_BACKOFF_S)
             except Exception:  # never stop the loop: log, back off, carry on
                 log.exception("worker loop iteration failed")
                 await asyncio.sleep(_ERROR_BACKOFF_S)

@@ -615,3 +615,53 @@ def test_a_queued_execution_whose_changelog_record_is_refused_ends_and_leaves_th
         records.loads(v) for t, v in producer.acked if t == service.topics.admissions and v
     ]
     assert release["type"] == "release" and release["id"] == "q1"
+
+
+def test_a_cancellation_out_of_the_fetch_stops_the_processor_loudly() -> None:
+    """aiokafka raises its coordination task's end out of ``getmany``: when that was a
+    cancellation (a rebalance callback that awaited a cancelled task), the loop took it for its
+    own stop and ended without a word, its partitions held and nothing processed."""
+    service = _service(PAUSED)
+    failures: list[BaseException] = []
+    service.on_failure = failures.append
+
+    async def coordination_ended() -> None:
+        raise asyncio.CancelledError  # not a cancellation of the loop's task
+
+    service._loop = coordination_ended  # type: ignore[method-assign]
+
+    async def run() -> BaseException | None:
+        task = asyncio.create_task(service._run())
+        try:
+            await task
+        except (asyncio.CancelledError, RuntimeError) as exc:
+            return exc
+        return None
+
+    ended = asyncio.run(run())
+    assert isinstance(ended, RuntimeError) and "not aimed at the loop" in str(ended)
+    assert failures == [ended] and service.failure is ended and not service.is_live
+
+
+def test_a_stop_of_the_processor_is_still_a_quiet_cancellation() -> None:
+    service = _service(PAUSED)
+    failures: list[BaseException] = []
+    service.on_failure = failures.append
+
+    async def waits() -> None:
+        await asyncio.Event().wait()
+
+    service._loop = waits  # type: ignore[method-assign]
+
+    async def run() -> bool:
+        task = asyncio.create_task(service._run())
+        await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return True
+        return False
+
+    assert asyncio.run(run())
+    assert failures == [] and service.failure is None
