@@ -132,7 +132,20 @@ SIZE_BOMBS = {
 }
 
 
+@pytest.fixture
+def ample_budget() -> Iterator[None]:
+    """Ten seconds of CPU: a size bomb meets the size limit well before (about a second at
+    most), and a busy machine (the suite on two workers) does not spend the time first."""
+    before = render_timeout_ms()
+    set_render_timeout_ms(10_000)
+    try:
+        yield
+    finally:
+        set_render_timeout_ms(before)
+
+
 @pytest.mark.parametrize("template", list(SIZE_BOMBS.values()), ids=list(SIZE_BOMBS))
+@pytest.mark.usefixtures("ample_budget")
 def test_size_bombs_fail_at_the_size_limit(template: str) -> None:
     message, cpu = _fails(template)
     print(f"failed after {cpu * 1000:.0f} ms of CPU")
