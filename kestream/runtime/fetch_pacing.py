@@ -37,13 +37,6 @@ Pacing decides only *when* to fetch, never what: positions, commits and the grou
 costs latency, never a record. ``getmany`` still returns within the caller's ``timeout_ms``, so
 loops that do timed work between fetches (timers, retries, ticks) keep their rhythm.
 
-While it fetches, a paced consumer spends the fetch wait itself rather than in the broker: it
-asks Tansu to wait 1 ms (:data:`BROKER_WAIT_MS`, the least with which Tansu still answers with
-the records it has) and holds its next request after an empty answer for the rest of
-``fetch_max_wait_ms``, or until a ring or a wake-up (:meth:`PacedConsumer._timed_fetch`). Tansu
-works while a fetch waits and does not answer early when records come, so the records are seen
-as soon, and its CPU per empty fetch falls by 40-50 % (``bench/RESULTS.md``).
-
 Partitions the caller pauses itself (back-pressure) stay paused: the consumer tracks them apart
 from its own idle pause. On Apache Kafka fetches wait for data, so pacing is off there
 (:func:`pacing_for`): a consumer there costs one fetch per ``fetch_max_wait_ms`` (100 ms). Pacing
@@ -55,7 +48,6 @@ that no ring reaches, so they poll as before.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import math
@@ -87,12 +79,6 @@ RESTING_FETCHER_WAKE_MS = 5_000
 #: ``getmany`` wait (:func:`reader_wait_ms`): records, rings and probes end the wait at once,
 #: so a longer one costs no latency, only fewer turns of the loop for nothing.
 READER_WAIT_MS = 5_000
-
-#: aiokafka's ``fetch_max_wait_ms`` when none is given.
-_AIOKAFKA_FETCH_WAIT_MS = 500
-#: The fetch wait a consumer that waits here asks of Tansu: the least with which it answers
-#: with records (with 0 it answers at once, and empty).
-BROKER_WAIT_MS = 1
 
 #: With a doorbell, a consumer stays awake this long after records or a ring: none. Rings come
 #: after the broker acknowledged the records (:class:`~kestream.runtime.doorbell.RingingProducer`)
@@ -222,19 +208,9 @@ class PacedConsumer(AIOKafkaConsumer):
         pacing: Pacing,
         doorbell: Path | None,
         clock: Callable[[], float] = time.monotonic,
-        wait_here: bool = False,
         **options: Any,
     ) -> None:
         options.setdefault("consumer_timeout_ms", RESTING_FETCHER_WAKE_MS)
-        #: With ``wait_here``, the fetch wait is spent here, not in the broker (see
-        #: :meth:`_timed_fetch`): fetches ask the broker to wait as little as it answers with
-        #: records (:data:`BROKER_WAIT_MS`), and an empty answer holds the next fetch for the
-        #: rest of the wait, or until a ring or a wake-up.
-        self.fetch_gap = 0.0
-        wait_ms = options.get("fetch_max_wait_ms", _AIOKAFKA_FETCH_WAIT_MS)
-        if wait_here and wait_ms > BROKER_WAIT_MS:
-            self.fetch_gap = (wait_ms - BROKER_WAIT_MS) / 1000
-            options["fetch_max_wait_ms"] = BROKER_WAIT_MS
         super().__init__(*topics, **options)
         self.clock = clock
         self.pacer = FetchPacer(pacing, clock())
@@ -252,8 +228,6 @@ class PacedConsumer(AIOKafkaConsumer):
         #: ever answered, and the consumer never pauses (it polls, as unpaced ones do).
         self._timing_fetches = False
         self._rung = asyncio.Event()
-        #: Set by a ring or a wake-up: ends the gap after an empty answer (:attr:`fetch_gap`).
-        self._fetch_now = asyncio.Event()
         self._in_getmany = 0
         #: The last getmany handed the caller records (it is busy with them, not waiting).
         self._handed_records = False
@@ -328,7 +302,6 @@ class PacedConsumer(AIOKafkaConsumer):
         self.pacer.traffic(self.clock(), self.pacer.pacing.settle)
         self._pend()
         self._rung.set()
-        self._fetch_now.set()
 
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
@@ -425,9 +398,6 @@ class PacedConsumer(AIOKafkaConsumer):
         send = getattr(fetcher, "_proc_fetch_request", None)
         if send is None:
             log.warning("cannot time this aiokafka's fetches: the consumer never pauses")
-            if self.fetch_gap > 0 and fetcher is not None:  # no gap here: the broker waits
-                fetcher._fetch_max_wait_ms = round(self.fetch_gap * 1000) + BROKER_WAIT_MS
-                self.fetch_gap = 0.0
         elif not self._timing_fetches:
             fetcher._proc_fetch_request = functools.partial(self._timed_fetch, send)
             self._timing_fetches = True
@@ -438,18 +408,8 @@ class PacedConsumer(AIOKafkaConsumer):
         """One fetch request and its response: each partition whose state the response updated
         (aiokafka stamps it then) was answered by a request sent at ``sent``. A response that
         brought nothing while the caller waits in ``getmany`` settles the consumer at once, so
-        that an answered wake-up pauses it before aiokafka sends the next request.
-
-        With a :attr:`fetch_gap`, an empty answer of a consumer still fetching holds the next
-        request (aiokafka sends one per node at a time) for the gap, or until a ring or a
-        wake-up comes: the wait a ``fetch_max_wait_ms`` would spend in the broker, spent here.
-        Tansu does not answer a waiting fetch when records come, so the records are seen as
-        soon (a ring even ends the gap at once), and Tansu does not spend the wait working:
-        an empty fetch of 8 partitions that waits 10 ms cost it 550-570 us of CPU, one that
-        waits 1 ms 310-390 us (``bench/RESULTS.md``), and under load nearly every fetch
-        starts with nothing to read and waits its full time."""
+        that an answered wake-up pauses it before aiokafka sends the next request."""
         sent = self.clock()
-        self._fetch_now.clear()  # this request answers what came before it
         partitions = [TopicPartition(t, p[0]) for t, parts in request.topics for p in parts]
         states = [assignment.state_value(tp) for tp in partitions]
         before = [None if state is None else state.timestamp for state in states]
@@ -461,15 +421,6 @@ class PacedConsumer(AIOKafkaConsumer):
                 self._note_answer(tp, sent)
         if not new_data and self._in_getmany and self._holding is None:
             self._settle(records=False)
-        if not new_data and self.fetch_gap > 0 and self._holding is None:
-            # A stop or a lost assignment cancels the request's task: its answer is in, so it
-            # ends as aiokafka's own request does when cancelled. (The fetcher's ``close``
-            # awaits the cancelled task: a cancellation raised here went on through the
-            # caller's ``stop()``: the executor's recovery, its rebalance callback, then its
-            # loop, which took it for its own cancellation and ended without a word.)
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                async with asyncio.timeout(self.fetch_gap):
-                    await self._fetch_now.wait()
         return new_data
 
     def _note_answer(self, tp: TopicPartition, sent: float) -> None:
@@ -540,7 +491,6 @@ class PacedConsumer(AIOKafkaConsumer):
         self.pacer.traffic(self.clock())
         self._pend()
         self._rung.set()
-        self._fetch_now.set()
 
     def _ring(self, topic: str) -> None:
         self.look()
@@ -641,7 +591,7 @@ def paced_consumer_options(settings: Settings, bootstrap: str, kind: str) -> dic
         pacing = replace(
             pacing, quiet=min(pacing.quiet, RUNG_QUIET_S), probe_first=pacing.probe_max
         )
-    return {"pacing": pacing, "doorbell": directory, "wait_here": True}
+    return {"pacing": pacing, "doorbell": directory}
 
 
 def producer_bell(settings: Settings, bootstrap: str, kind: str) -> Bell | None:

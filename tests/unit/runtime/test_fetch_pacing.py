@@ -9,7 +9,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,7 +18,6 @@ from aiokafka.structs import ConsumerRecord
 from kestream.runtime.compacted import read_to_end
 from kestream.runtime.doorbell import Bell, doorbell_dir
 from kestream.runtime.fetch_pacing import (
-    BROKER_WAIT_MS,
     READER_WAIT_MS,
     RESTING_FETCHER_WAKE_MS,
     FetchPacer,
@@ -629,66 +627,3 @@ async def test_a_loop_that_only_reads_waits_long_on_a_paced_consumer_only() -> N
     assert reader_wait_ms(plain, 200) == 200
     await paced.stop()
     await plain.stop()
-
-
-def _waiting_here(clock: _Clock) -> PacedConsumer:
-    pacing = Pacing(quiet=0.02, probe_first=5.0, probe_max=5.0, probe_window=0.02)
-    return PacedConsumer(
-        bootstrap_servers="127.0.0.1:7", pacing=pacing, doorbell=None, clock=clock,
-        wait_here=True, fetch_max_wait_ms=10,
-    )  # fmt: skip
-
-
-async def test_the_fetch_wait_is_spent_here_and_a_ring_ends_it(broker: _Broker) -> None:
-    """The broker is asked to wait 1 ms; an empty answer holds the next request for the rest
-    of the 10 ms, unless a ring (records acknowledged meanwhile) ends the hold at once."""
-    consumer = _waiting_here(_Clock())
-    assert consumer._fetch_max_wait_ms == BROKER_WAIT_MS  # what its fetcher will ask
-    assert consumer.fetch_gap == pytest.approx(0.009)
-    consumer.fetch_gap = 30.0  # long enough that only a ring can end it within the test
-    tp = TopicPartition("t", 0)
-    consumer.assign([tp])
-    empty = _Response(tp)
-    empty.arrive()
-    held = asyncio.create_task(consumer._timed_fetch(empty, _assignment(consumer), 0, _Request(tp)))
-    await asyncio.sleep(0.05)
-    assert not held.done(), "an empty answer holds the next request"
-    consumer._ring("t")
-    assert await asyncio.wait_for(held, 5) is False
-    with_records = _Response(tp, records=True)
-    with_records.arrive()
-    answered = consumer._timed_fetch(with_records, _assignment(consumer), 0, _Request(tp))
-    assert await asyncio.wait_for(answered, 5) is True, "records: the next request goes at once"
-    await consumer.stop()
-
-
-async def test_a_request_held_after_its_answer_ends_quietly_when_cancelled(
-    broker: _Broker,
-) -> None:
-    """aiokafka's fetcher cancels its requests on a stop or a lost assignment and awaits
-    them: a held request ends as its own do, answered and without raising, or the
-    cancellation reached the caller of ``stop()`` (an executor's recovery, then its loop)."""
-    consumer = _waiting_here(_Clock())
-    consumer.fetch_gap = 30.0
-    tp = TopicPartition("t", 0)
-    consumer.assign([tp])
-    empty = _Response(tp)
-    empty.arrive()
-    held = asyncio.create_task(consumer._timed_fetch(empty, _assignment(consumer), 0, _Request(tp)))
-    await asyncio.sleep(0.05)
-    held.cancel()
-    assert await held is False
-    await consumer.stop()
-
-
-async def test_the_broker_waits_as_before_where_the_fetch_cannot_be_held() -> None:
-    """An aiokafka whose fetcher lacks the method the hold wraps: the broker spends the
-    whole wait again, as without ``wait_here``."""
-    consumer = _waiting_here(_Clock())
-    fetcher = SimpleNamespace(_fetch_max_wait_ms=BROKER_WAIT_MS)
-    consumer._fetcher = fetcher
-    consumer._time_fetches()
-    assert consumer.fetch_gap == 0.0
-    assert fetcher._fetch_max_wait_ms == 10
-    consumer._fetcher = None
-    await consumer.stop()
