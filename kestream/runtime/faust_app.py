@@ -507,7 +507,7 @@ async def _start_processor(
         # Held executions are retried on every loop pass, so no flows-table listener is needed.
         processor = ExecutorService(ctx, registry, on_failure=on_failure)
     elif role == "worker":
-        processor = WorkerService(ctx, registry)
+        processor = WorkerService(ctx, registry, on_failure=on_failure)
     elif role == "scheduler":
         from kestream.runtime.scheduler_service import SchedulerService
 

@@ -112,6 +112,7 @@ from kestream.runtime.log_stream import LogStream
 from kestream.runtime.member_fence import LOOK_EVERY_S, MemberFence
 from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.produce_faults import record_fault
+from kestream.runtime.scheduler_lease import coordination_failure
 from kestream.runtime.static_assignment import only_worker, partitions_of
 from kestream.runtime.sticky_assignor import note_generation, sticky_assignor
 from kestream.runtime.topics import ensure_group_topics
@@ -305,6 +306,7 @@ class WorkerService:
         group: str | None = None,
         task_types: Iterable[str] | None = None,
         alone: bool | None = None,
+        on_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         """``own_all_partitions``: take every partition without a consumer group, as the executor
         does for a one-shot ``kestream run`` on its own embedded broker (no group join to wait).
@@ -314,8 +316,13 @@ class WorkerService:
         ``metrics``: where to count (default: the process's :func:`process_metrics`).
         ``group``: the worker group served (default ``KESTREAM_WORKER_GROUP``; unset, the
         default workers). ``task_types``: the types this worker runs (default: every type
-        this process knows, :func:`known_types`)."""
+        this process knows, :func:`known_types`). ``on_failure``: told when the worker stops
+        for good (its group coordination ended: :meth:`_coordination_ended`), so that its
+        process exits and is replaced."""
         settings = ctx.settings
+        self.on_failure = on_failure
+        #: Why the worker stopped for good, if it did.
+        self.failure: BaseException | None = None
         self.own_all_partitions = own_all_partitions
         self.alone = (only_worker() if alone is None else alone) and not own_all_partitions
         self.ctx = ctx
@@ -469,11 +476,35 @@ class WorkerService:
             except asyncio.CancelledError:
                 if not stray_cancellation():
                     raise
+                if self._coordination_ended():
+                    return
                 log.exception("worker loop iteration failed (a cancellation not aimed at it)")
                 await asyncio.sleep(_ERROR_BACKOFF_S)
-            except Exception:  # never stop the loop: log, back off, carry on
+            except Exception:  # log, back off, carry on: unless nothing can come of it
+                if self._coordination_ended():
+                    return
                 log.exception("worker loop iteration failed")
                 await asyncio.sleep(_ERROR_BACKOFF_S)
+
+    def _coordination_ended(self) -> bool:
+        """Whether aiokafka's group coordination has ended for good (a join the group refused,
+        such as a member offering another assignor: :mod:`.sticky_assignor`; a rebalance
+        callback that raised). Every fetch then raises its end again and the member never
+        rejoins: the worker stops, loudly, no longer live, and :attr:`on_failure` has its
+        process replaced, rather than failing every half second for ever."""
+        consumer = self._consumer
+        if consumer is None or self.fence is None:  # no group: nothing to coordinate
+            return False
+        ended = coordination_failure(consumer)
+        if ended is None:
+            return False
+        failure = RuntimeError(f"the worker's group coordination ended: {ended!r}")
+        failure.__cause__ = ended
+        log.error("worker: %s; the worker stops", failure)
+        self.failure = failure
+        if self.on_failure is not None:
+            self.on_failure(failure)
+        return True
 
     async def stop(self, drain_timeout: float = DRAIN_TIMEOUT_S) -> None:
         """Stop fetching, let running jobs finish (bounded), commit what is done, close.

@@ -77,8 +77,8 @@ async def run_process(
     try:
         proc = await run_to_end(start)
     except asyncio.CancelledError:
-        if start.cancelled():
-            raise
+        if start.cancelled() or start.exception() is not None:
+            raise  # no process to stop: the kill goes on as a kill
         proc, cancelled = start.result(), True
     assert proc.stdout is not None and proc.stderr is not None
     pumps = [
@@ -132,6 +132,10 @@ async def run_to_end(work: Awaitable[T]) -> T:
             if task.done():
                 raise
             cancelled = True
+        except Exception as exc:
+            if cancelled:  # the caller's cancellation goes on, whatever the work's end
+                raise asyncio.CancelledError from exc
+            raise
     if cancelled:
         raise asyncio.CancelledError
     return result

@@ -23,7 +23,7 @@ from kestream.executor.commands import LogLine, RunTask
 from kestream.models.flow import parse_flow
 from kestream.models.state import StateType
 from kestream.tasks.base import RunnableTask
-from kestream.tasks.scripts.process import group_alive, live_members, run_process
+from kestream.tasks.scripts.process import group_alive, live_members, run_process, run_to_end
 from kestream.testing import Driver
 from kestream.worker.runner import TaskRunner
 
@@ -258,3 +258,29 @@ def _runs(pid: int) -> bool:
             return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except OSError:
         return False
+
+
+def test_clean_up_that_fails_after_a_kill_still_ends_as_killed() -> None:
+    """``run_to_end``: a kill that came while the clean-up (or a process's start) was awaited
+    goes on as a kill when that work then fails; the work's error is its cause."""
+
+    async def scenario() -> BaseException:
+        started = asyncio.Event()
+
+        async def failing_work() -> None:
+            started.set()
+            await asyncio.sleep(0.05)
+            raise FileNotFoundError("no such command")
+
+        caller = asyncio.ensure_future(run_to_end(failing_work()))
+        await started.wait()
+        caller.cancel()
+        try:
+            await caller
+        except BaseException as exc:  # what ended it is the assertion
+            return exc
+        raise AssertionError("the caller ended without an error")
+
+    ended = asyncio.run(scenario())
+    assert isinstance(ended, asyncio.CancelledError)
+    assert isinstance(ended.__cause__, FileNotFoundError)
