@@ -493,7 +493,7 @@ class WorkerService:
         rejoins: the worker stops, loudly, no longer live, and :attr:`on_failure` has its
         process replaced, rather than failing every half second for ever."""
         consumer = self._consumer
-        if consumer is None or self.fence is None:  # no group: nothing to coordinate
+        if consumer is None or self.fence is None or self._stopping:  # no group, or its end
             return False
         ended = coordination_failure(consumer)
         if ended is None:
