@@ -134,8 +134,9 @@ SIZE_BOMBS = {
 
 @pytest.fixture
 def ample_budget() -> Iterator[None]:
-    """Ten seconds of CPU: a size bomb meets the size limit well before (about a second at
-    most), and a busy machine (the suite on two workers) does not spend the time first."""
+    """Ten seconds of CPU for the tests of the size limits: a size bomb meets its limit well
+    before (0.7 s of CPU at most here), and a busy machine (the suite on two workers) does not
+    spend the default second first."""
     before = render_timeout_ms()
     set_render_timeout_ms(10_000)
     try:
@@ -153,6 +154,7 @@ def test_size_bombs_fail_at_the_size_limit(template: str) -> None:
     assert "in task 'bomb'" in message
 
 
+@pytest.mark.usefixtures("ample_budget")
 def test_list_size_limit() -> None:
     message, _ = _fails(
         "{% set l = [1] %}{% for i in range(1, 40) %}{% set l = l + l %}{% endfor %}"
@@ -160,6 +162,7 @@ def test_list_size_limit() -> None:
     assert message.startswith("render exceeded its size limit of 1000000 list items in task 'bomb'")
 
 
+@pytest.mark.usefixtures("ample_budget")
 def test_the_limit_passes_through_filters_unchanged() -> None:
     """A filter's failure is prefixed with its name; a spent budget is not, wherever it is met."""
     with pytest.raises(RenderError) as info:
@@ -183,6 +186,7 @@ REPLACE_BOMBS = {
 }
 
 
+@pytest.mark.usefixtures("ample_budget")
 @pytest.mark.parametrize("template", list(REPLACE_BOMBS.values()), ids=list(REPLACE_BOMBS))
 def test_replace_past_the_size_limit_is_refused_before_it_is_built(template: str) -> None:
     ctx = {**CTX, "inputs": {"a": "x" * 4000}}
@@ -222,6 +226,7 @@ def test_a_regex_replace_that_could_pass_the_limit_but_does_not_is_built() -> No
     assert result == "a" * 100_000 + "y" * 200
 
 
+@pytest.mark.usefixtures("ample_budget")
 def test_replace_up_to_the_size_limit_is_allowed() -> None:
     """The computed length is exact: a result of exactly the limit is built, one more is not."""
     ctx = {**CTX, "inputs": {"a": "x" * 1_000_000, "b": "y" * 9}}
@@ -233,6 +238,7 @@ def test_replace_up_to_the_size_limit_is_allowed() -> None:
     assert message.startswith("render exceeded its size limit"), message
 
 
+@pytest.mark.usefixtures("ample_budget")
 def test_without_a_task_the_message_names_the_expression_only() -> None:
     message, _ = _fails("{% set s = range(1, 1000000) | join(',') %}{{ s }}{{ s }}", {})
     assert message.startswith("render exceeded its size limit of 10000000 characters of text (")
