@@ -26,6 +26,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 
+from kestream.runtime.scheduler_lease import group_generation
+
 __all__ = ["note_generation", "sticky_assignor"]
 
 
@@ -42,6 +44,9 @@ def note_generation(assignor: type[AbstractPartitionAssignor], consumer: AIOKafk
     """Tell ``assignor`` the generation of the assignment ``consumer`` just received; it sends
     it with its next join. aiokafka keeps the generation privately: where it cannot be read the
     assignor keeps the default, and a conflict between two claims is settled by member order."""
-    generation = getattr(getattr(consumer, "_coordinator", None), "generation", None)
-    if isinstance(generation, int) and not isinstance(generation, bool) and generation >= 0:
+    try:
+        generation = group_generation(consumer)
+    except RuntimeError:  # this aiokafka keeps it elsewhere
+        return
+    if generation >= 0:
         assignor.generation = generation

@@ -251,15 +251,6 @@ def test_a_kill_while_the_process_starts_stops_its_whole_group(tmp_path: Path) -
             os.kill(child, signal.SIGKILL)
 
 
-def _runs(pid: int) -> bool:
-    """Whether ``pid`` runs (not a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
-
-
 def test_clean_up_that_fails_after_a_kill_still_ends_as_killed() -> None:
     """``run_to_end``: a kill that came while the clean-up (or a process's start) was awaited
     goes on as a kill when that work then fails; the work's error is its cause."""
