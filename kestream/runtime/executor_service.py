@@ -98,10 +98,9 @@ from kestream.models.state import IllegalTransition, StateType
 from kestream.runtime import records
 from kestream.runtime.admission_slots import AdmissionSlots
 from kestream.runtime.aio import paced, stray_cancellation
-from kestream.runtime.changelog_checkpoints import CheckpointFollower, checkpoint_follower
+from kestream.runtime.changelog_checkpoints import checkpoint_follower
 from kestream.runtime.changelog_restorer import (
     ChangelogMirror,
-    ChangelogRestorer,
     RecoveryFailed,
     RecoveryStopped,
 )
@@ -124,8 +123,7 @@ from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.local_handoff import LocalResults, disconnect
 from kestream.runtime.member_fence import LOOK_EVERY_S, MemberFence
 from kestream.runtime.metrics import Metrics, process_metrics
-from kestream.runtime.parked_partitions import ParkedPartitions
-from kestream.runtime.partition_recovery import PartitionRecovery, Repair
+from kestream.runtime.partition_recovery import PartitionRecovery
 from kestream.runtime.processing_guarantee import exactly_once
 from kestream.runtime.purge_fence import apply_purge_event
 from kestream.runtime.static_assignment import Share, executor_share, partitions_of
@@ -286,41 +284,6 @@ class ExecutorService:
     def fence(self, fence: MemberFence | None) -> None:
         self.writer.gate.fence = fence
 
-    # -- the parts of :attr:`recovery`, reached through the processor ----------------------
-
-    @property
-    def restorer(self) -> ChangelogRestorer:
-        """Reads the changelog back: at a recovery, and to roll a failed event back."""
-        return self.recovery.restorer
-
-    @restorer.setter
-    def restorer(self, restorer: ChangelogRestorer) -> None:
-        self.recovery.restorer = restorer
-
-    @property
-    def checkpoints(self) -> CheckpointFollower | None:
-        """Local checkpoints of the changelog partitions owned (:meth:`start` sets it up)."""
-        return self.recovery.checkpoints
-
-    @checkpoints.setter
-    def checkpoints(self, checkpoints: CheckpointFollower | None) -> None:
-        self.recovery.checkpoints = checkpoints
-
-    @property
-    def parked(self) -> ParkedPartitions:
-        """The partitions revoked, kept warm for a while at their checkpoint."""
-        return self.recovery.parked
-
-    @property
-    def _checkpoints(self) -> dict[int, int]:
-        """Per changelog partition owned, the checkpoint it would be parked at."""
-        return self.recovery.offsets
-
-    @property
-    def _repairs(self) -> list[Repair]:
-        """The repairs of torn steps the next cycle writes first (:meth:`_take_repairs`)."""
-        return self.recovery.repairs
-
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -477,7 +440,7 @@ class ExecutorService:
                     continue  # out of the group, maybe: nothing stepped from the state held
                 await self._prepare(batch)
                 out: Outboxes = PartitionOutboxes() if self.writer.transactions else Outbox()
-                self._take_repairs(out)
+                self.recovery.take_repairs(out)  # torn steps' repairs before any new record
                 await self._step_batch_paced(batch, out)
                 await self._step_handed(out)
                 if await self._lapsed():
@@ -587,11 +550,6 @@ class ExecutorService:
         self.failure = exc
         if self.on_failure is not None:
             self.on_failure(exc)
-
-    def _take_repairs(self, out: Outboxes) -> None:
-        """The repairs of torn steps go first: before any record of this batch can follow
-        (and commit) the torn ones."""
-        self.recovery.take_repairs(out)
 
     def _report(self, batch: Batch, started: float) -> None:
         """Per-batch metrics: events, batch time, held and in-flight executions, lag (the
@@ -711,7 +669,7 @@ class ExecutorService:
         self.timers.forget([execution_id])
         recs = self.mirror.records_of(execution_id) if existed else None
         try:
-            st = self.restorer.rebuild_one(execution_id, recs) if recs else None
+            st = self.recovery.restorer.rebuild_one(execution_id, recs) if recs else None
         except StorageUnavailable as exc:  # a stored plan it names: its changelog keeps it
             log.error("execution %s cannot be rebuilt now: %s", execution_id, exc)
             st = None

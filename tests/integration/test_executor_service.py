@@ -298,9 +298,9 @@ async def test_a_changelog_that_cannot_be_read_stops_the_processor_loudly(
     try:
         harness.deploy(W1)
         service = ExecutorService(harness.ctx, harness.registry, on_failure=failures.append)
-        service.restorer.backoff_s = 0.05
-        service.restorer.attempts = 2
-        service.restorer.request_timeout_ms = 3000  # each read fails in seconds, not 40 s
+        service.recovery.restorer.backoff_s = 0.05
+        service.recovery.restorer.attempts = 2
+        service.recovery.restorer.request_timeout_ms = 3000  # each read fails in seconds, not 40 s
         harness.services.append(service)
         await service.start()
         await wait_for(lambda: bool(failures), 60)

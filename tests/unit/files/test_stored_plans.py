@@ -171,7 +171,7 @@ def _recovering_service(
     st = result.state
     assert st is not None and flow is not None
     changelog = _changelog(st, result)
-    service.restorer = ChangelogRestorer(ctx, service.registry, attempts=3, backoff_s=0)
+    service.recovery.restorer = ChangelogRestorer(ctx, service.registry, attempts=3, backoff_s=0)
 
     async def read(partitions: set[int], start: dict[int, int]) -> Any:
         reads = {p: PartitionRead({st.id: dict(changelog)} if p == 0 else {}) for p in partitions}
@@ -180,8 +180,8 @@ def _recovering_service(
     async def no_slots(topic: str, partitions: set[int]) -> Any:
         return {p: {} for p in partitions}
 
-    service.restorer._read = read  # type: ignore[method-assign]
-    service.restorer._read_table = no_slots  # type: ignore[method-assign]
+    service.recovery.restorer._read = read  # type: ignore[method-assign]
+    service.recovery.restorer._read_table = no_slots  # type: ignore[method-assign]
     flaky = _Flaky(storage, failures)
     return service, flaky, st
 

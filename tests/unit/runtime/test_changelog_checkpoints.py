@@ -785,9 +785,9 @@ def test_an_executor_recovers_from_its_checkpoint_and_follows_what_it_owns(
     settings = Settings(broker="unused:9092", data_dir=str(tmp_path))
     follower = checkpoint_follower(BrokerContext(settings, "unused:9092", "tansu", service.topics))
     assert follower is not None
-    service.checkpoints = follower  # what start() sets up (its reads are not started here)
+    service.recovery.checkpoints = follower  # what start() sets up (its reads are not started here)
     follower.store.write(0, _raw_fold(log, len(log) - 2))
-    service.restorer, given = _restorer({0: log})
+    service.recovery.restorer, given = _restorer({0: log})
     reference, _ = asyncio.run(_restorer({0: log})[0].recover_from({0}, {}))
     asyncio.run(service.assigned({0}))
     assert service.failure is None and service.owned == {0}

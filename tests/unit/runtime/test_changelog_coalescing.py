@@ -179,7 +179,7 @@ def _cycles(kill: tuple[int, int] | None = None) -> _Run:
             run.final.update(_ended(service, out))
             service = _next_owner(run.changelog, *FLOWS)
             out = Outbox()
-            service._take_repairs(out)
+            service.recovery.take_repairs(out)
             repairs = list(out.changelog)
             _step_cycle(service, cycle, out, offset - len(cycle), first=False)
             out.coalesce()

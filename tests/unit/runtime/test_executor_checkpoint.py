@@ -53,8 +53,8 @@ def _answer(service: ExecutorService, reads: Reads, latest: dict[int, Any], end:
     async def read_table(topic: str, partitions: set[int]) -> Any:
         return {p: {} for p in partitions}  # no flow-concurrency slots
 
-    service.restorer._read = read  # type: ignore[method-assign]
-    service.restorer._read_table = read_table  # type: ignore[method-assign]
+    service.recovery.restorer._read = read  # type: ignore[method-assign]
+    service.recovery.restorer._read_table = read_table  # type: ignore[method-assign]
 
 
 def _start(service: ExecutorService, execution_id: str, partition: int = 0) -> None:
@@ -66,22 +66,22 @@ def test_a_partition_that_comes_back_is_read_from_its_checkpoint_only() -> None:
     service, reads = _service()
     _start(service, "e1")
     st = service.states["e1"]
-    service._checkpoints[0] = 42  # the changelog offsets this processor wrote up to
+    service.recovery.offsets[0] = 42  # the changelog offsets this processor wrote up to
     asyncio.run(service.revoked({0, 1}))
-    assert service.states == {} and len(service.parked) == 1
+    assert service.states == {} and len(service.recovery.parked) == 1
     _answer(service, reads, {}, end=42)  # nobody wrote to it meanwhile
     asyncio.run(service.assigned({0}))
     assert reads == [({0}, {0: 42})]
     assert service.states["e1"] is st  # the same state: nothing rebuilt
     assert [t for e, t in service.timers.pending() if e == "e1"] == list(st.timers)
-    assert "e1" in service.mirror and service._checkpoints[0] == 42
+    assert "e1" in service.mirror and service.recovery.offsets[0] == 42
 
 
 def test_records_written_meanwhile_are_applied_to_the_parked_partition() -> None:
     service, reads = _service()
     _start(service, "e1")
     _start(service, "e2")
-    service._checkpoints[0] = 10
+    service.recovery.offsets[0] = 10
     asyncio.run(service.revoked({0}))
     # Meanwhile another member ended e1 and started e3 on partition 0.
     ended: dict[str, Any] = {key: None for key, _ in codec.tombstones(_parked(service, "e1"))}
@@ -97,19 +97,19 @@ def test_records_written_meanwhile_are_applied_to_the_parked_partition() -> None
     assert sorted(service.states) == ["e2", "e3"]
     marker = service.ended.get("e1")
     assert marker is not None and marker.attempt == 1
-    assert service._checkpoints[0] == 17
+    assert service.recovery.offsets[0] == 17
 
 
 def _parked(service: ExecutorService, execution_id: str) -> Any:
-    return service.parked._parked[0].states[execution_id]
+    return service.recovery.parked._parked[0].states[execution_id]
 
 
 def test_a_partition_parked_too_long_is_read_whole() -> None:
     service, reads = _service()
     _start(service, "e1")
-    service._checkpoints[0] = 42
+    service.recovery.offsets[0] = 42
     asyncio.run(service.revoked({0}))
-    service.parked.max_age_s = 0.0  # older than allowed by the time it comes back
+    service.recovery.parked.max_age_s = 0.0  # older than allowed by the time it comes back
     _answer(service, reads, {}, end=50)
     asyncio.run(service.assigned({0}))
     assert reads == [({0}, {})]  # from the beginning
@@ -120,7 +120,7 @@ def test_a_partition_never_checkpointed_is_not_parked() -> None:
     service, reads = _service()
     _start(service, "e1", partition=1)
     asyncio.run(service.revoked({1}))
-    assert len(service.parked) == 0
+    assert len(service.recovery.parked) == 0
     _answer(service, reads, {}, end=0)
     asyncio.run(service.assigned({1}))
     assert reads == [({1}, {})]

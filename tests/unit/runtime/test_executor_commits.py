@@ -377,7 +377,7 @@ def test_a_revocation_whose_commit_fails_drops_the_carried_records_and_parks_not
     # Written later, the record would land over the partition's next owner's records; and
     # the state held is ahead of the changelog, so a warm recovery from it would be wrong.
     assert not service.writer.carried and "a" not in service.states
-    assert service.parked.take(0, 0.0) is None and consumer.commits == []
+    assert service.recovery.parked.take(0, 0.0) is None and consumer.commits == []
 
 
 def test_a_large_batch_gives_the_event_loop_turns_while_it_is_stepped() -> None:

@@ -191,8 +191,10 @@ def test_a_recovery_that_keeps_failing_stops_the_processor_loudly() -> None:
         reads.append(set(partitions))
         raise kafka_errors.KafkaConnectionError("broker away")
 
-    service.restorer = ChangelogRestorer(service.ctx, service.registry, attempts=3, backoff_s=0)
-    service.restorer._read = unreadable  # type: ignore[method-assign]
+    service.recovery.restorer = ChangelogRestorer(
+        service.ctx, service.registry, attempts=3, backoff_s=0
+    )
+    service.recovery.restorer._read = unreadable  # type: ignore[method-assign]
     failures: list[BaseException] = []
     service.on_failure = failures.append
     tps = [TopicPartition(service.topics.executions, p) for p in (0, 1)]
@@ -216,8 +218,10 @@ def test_a_recovery_that_fails_once_is_retried() -> None:
             raise kafka_errors.KafkaConnectionError("blip")
         return {p: PartitionRead() for p in partitions}, dict.fromkeys(partitions, 0)
 
-    service.restorer = ChangelogRestorer(service.ctx, service.registry, attempts=3, backoff_s=0)
-    service.restorer._read = flaky  # type: ignore[method-assign]
+    service.recovery.restorer = ChangelogRestorer(
+        service.ctx, service.registry, attempts=3, backoff_s=0
+    )
+    service.recovery.restorer._read = flaky  # type: ignore[method-assign]
     asyncio.run(service.assigned({0}))
     assert len(calls) == 2 and service.owned == {0} and service.ready.is_set()
     assert service.failure is None
@@ -275,7 +279,7 @@ def test_a_stop_ends_a_recovery_under_way_without_calling_it_a_failure() -> None
         started.set()
         await asyncio.sleep(3600)  # a broker that does not answer
 
-    service.restorer._read = slow  # type: ignore[method-assign]
+    service.recovery.restorer._read = slow  # type: ignore[method-assign]
 
     async def scenario() -> None:
         assigning = asyncio.create_task(service.assigned({0}))
@@ -412,7 +416,7 @@ def test_a_batch_a_rebalance_overtook_is_fetched_again_not_stepped_or_committed(
     async def nothing(partitions: set[int], start: dict[int, int]) -> Any:
         return {p: PartitionRead() for p in partitions}, dict.fromkeys(partitions, 0)
 
-    service.restorer._read = nothing  # type: ignore[method-assign]
+    service.recovery.restorer._read = nothing  # type: ignore[method-assign]
     service.writer.producer = _Producer(refused=b"")  # type: ignore[assignment]
     tp = TopicPartition(service.topics.executions, 0)
     value = records.encode_event(ev.ExecutionCreated("e9", "test.faults", "paused"))

@@ -469,7 +469,7 @@ def test_each_partition_commits_its_records_and_offsets_in_its_own_transaction()
     for execution_id, partition in (("a", 0), ("b", 1)):
         logged = [r for r in broker.visible_of(execution_id) if r[0] == changelog]
         assert logged and {r[3] for r in logged} == {partition}
-    assert set(service._checkpoints) == {0, 1}  # the changelog acks are the checkpoints
+    assert set(service.recovery.offsets) == {0, 1}  # the changelog acks are the checkpoints
 
 
 def test_a_held_event_bounds_the_offsets_its_transaction_commits() -> None:
@@ -529,7 +529,7 @@ def test_a_fenced_partition_is_dropped_and_the_others_commit(
     assert "executor fenced on partitions [0]" in caplog.text
     assert service.owned == {1} and not service.ready.is_set()
     assert "a" not in service.states and "c" not in service.states and "b" in service.states
-    assert service.parked.take(0, 0.0) is None  # ahead of its changelog: never parked
+    assert service.recovery.parked.take(0, 0.0) is None  # ahead of its changelog: never parked
     assert broker.visible_of("a") == [] and broker.visible_of("c") == []
     assert broker.visible_of("b") and broker.offsets == {b[0]: 10}
     assert service.writer.transactions is not None
@@ -575,8 +575,8 @@ def test_a_fenced_partition_still_assigned_is_taken_back_in_place(
     async def no_table(topic: str, partitions: set[int]) -> dict[int, dict[str, Any]]:
         return {p: {} for p in partitions}
 
-    service.restorer._read = nothing  # type: ignore[method-assign]
-    service.restorer._read_table = no_table  # type: ignore[method-assign]
+    service.recovery.restorer._read = nothing  # type: ignore[method-assign]
+    service.recovery.restorer._read_table = no_table  # type: ignore[method-assign]
     broker.take(f"{GROUP}-0")  # the transaction timed out: the producer's epoch is stale
     a, b = _created(service, 0, 5, "a"), _created(service, 1, 9, "b")
     consumer = _AssignedConsumer(service, broker, [_batch(a, b), _batch(a)])  # a, read again
@@ -599,8 +599,8 @@ def _nothing_to_recover(service: ExecutorService) -> None:
     async def no_table(topic: str, partitions: set[int]) -> dict[int, dict[str, Any]]:
         return {p: {} for p in partitions}
 
-    service.restorer._read = nothing  # type: ignore[method-assign]
-    service.restorer._read_table = no_table  # type: ignore[method-assign]
+    service.recovery.restorer._read = nothing  # type: ignore[method-assign]
+    service.recovery.restorer._read_table = no_table  # type: ignore[method-assign]
 
 
 def test_a_producer_killed_by_a_broker_restart_is_replaced_in_place(
@@ -646,7 +646,7 @@ def test_a_fenced_partition_that_cannot_be_recovered_stops_the_processor() -> No
     async def unreadable(partitions: set[int], start: dict[int, int]) -> Any:
         raise RecoveryFailed("the changelog cannot be read")
 
-    service.restorer._read = unreadable  # type: ignore[method-assign]
+    service.recovery.restorer._read = unreadable  # type: ignore[method-assign]
     broker.take(f"{GROUP}-0")
     consumer = _AssignedConsumer(service, broker, [_batch(_created(service, 0, 5, "a"))])
     with pytest.raises(RecoveryFailed):

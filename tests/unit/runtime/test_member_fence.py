@@ -192,11 +192,11 @@ def test_an_executor_woken_past_its_session_steps_nothing_and_writes_nothing() -
     assert not service.writer.carried  # dropped: never written from the state held
     assert consumer.commits == [] and consumer.paused == consumer.parts
     assert coordinator.rejoins == 1 and not service.ready.is_set()
-    assert service.parked.take(0, 0.0) is None  # dropped, not parked
+    assert service.recovery.parked.take(0, 0.0) is None  # dropped, not parked
 
     # The group's answer: its revocation parks nothing, its assignment counts as a join.
     asyncio.run(service.revoked({0, 1}))
-    assert service.parked.take(0, 0.0) is None
+    assert service.recovery.parked.take(0, 0.0) is None
     fence = service.fence
     assert fence is not None and fence.lapsed()
     fence.confirm()
@@ -207,7 +207,7 @@ def test_a_revocation_while_the_membership_holds_parks_the_state() -> None:
     """The usual rebalance (not a lapse): the state is parked for a warm recovery."""
     service, _, _ = _executor()
     service._apply(0, ev.ExecutionCreated("e1", "test.fence", "sleepy"), Outbox(), ("x", 0))
-    service._checkpoints[0] = 5
+    service.recovery.offsets[0] = 5
 
     class _Quiet:
         async def commit(self, offsets: Any) -> None:
@@ -215,5 +215,5 @@ def test_a_revocation_while_the_membership_holds_parks_the_state() -> None:
 
     service._consumer = _Quiet()
     asyncio.run(service.revoked({0}))
-    parked = service.parked.take(0, 0.0)
+    parked = service.recovery.parked.take(0, 0.0)
     assert parked is not None and "e1" in parked.states

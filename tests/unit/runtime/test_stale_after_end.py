@@ -68,8 +68,8 @@ def _answer(service: ExecutorService, latest: dict[str, Any], *, tombstones: boo
     async def read_table(topic: str, partitions: set[int]) -> Any:
         return {p: {} for p in partitions}
 
-    service.restorer._read = read  # type: ignore[method-assign]
-    service.restorer._read_table = read_table  # type: ignore[method-assign]
+    service.recovery.restorer._read = read  # type: ignore[method-assign]
+    service.recovery.restorer._read_table = read_table  # type: ignore[method-assign]
 
 
 def test_a_recovery_from_the_whole_changelog_keeps_the_execution_ended() -> None:
@@ -77,7 +77,7 @@ def test_a_recovery_from_the_whole_changelog_keeps_the_execution_ended() -> None
     st = _created(service, "e1")
     stale = _stale(st)
     latest = {"e1": {**stale, codec.header_key("e1", codec.ENDED): MARKER}}
-    found = asyncio.run(service.restorer.rebuild(0, PartitionRead(latest)))
+    found = asyncio.run(service.recovery.restorer.rebuild(0, PartitionRead(latest)))
     assert found.states == [] and [e for e, _ in found.ended] == ["e1"]
     assert sorted(found.repairs) == sorted((key, None) for key in stale)
 
@@ -88,9 +88,9 @@ def test_a_parked_partition_keeps_the_execution_ended_whatever_came_after() -> N
     service = _service()
     service._apply(0, ev.ExecutionCreated("e1", "test.stale", "paused"), Outbox(), ("x", 0))
     st = service.states["e1"]
-    service._checkpoints[0] = 10
+    service.recovery.offsets[0] = 10
     asyncio.run(service.revoked({0}))
-    assert len(service.parked) == 1
+    assert len(service.recovery.parked) == 1
     stale = _stale(st)
     delta: dict[str, Any] = {key: None for key, _ in codec.tombstones(st)}
     delta.update(stale)  # written after the tombstones: the latest of each key
@@ -100,8 +100,10 @@ def test_a_parked_partition_keeps_the_execution_ended_whatever_came_after() -> N
     assert "e1" not in service.states and "e1" not in service.mirror
     marker = service.ended.get("e1")
     assert marker is not None and marker.attempt == 1
-    assert sorted((k, v) for k, v, _ in service._repairs) == sorted((k, None) for k in stale)
-    assert {p for _, _, p in service._repairs} == {0}
+    assert sorted((k, v) for k, v, _ in service.recovery.repairs) == sorted(
+        (k, None) for k in stale
+    )
+    assert {p for _, _, p in service.recovery.repairs} == {0}
 
 
 def test_an_execution_ended_and_restarted_in_the_meantime_comes_back_in_flight() -> None:
@@ -109,11 +111,11 @@ def test_an_execution_ended_and_restarted_in_the_meantime_comes_back_in_flight()
     service = _service()
     service._apply(0, ev.ExecutionCreated("e1", "test.stale", "paused"), Outbox(), ("x", 0))
     st = service.states["e1"]
-    service._checkpoints[0] = 10
+    service.recovery.offsets[0] = 10
     asyncio.run(service.revoked({0}))
     delta: dict[str, Any] = dict(_stale(st))
     delta[codec.header_key("e1", codec.ENDED)] = None  # the restart's unmarking
     _answer(service, {"e1": delta}, tombstones=True)
     asyncio.run(service.assigned({0}))
     assert "e1" in service.states and service.ended.get("e1") is None
-    assert service._repairs == []
+    assert service.recovery.repairs == []

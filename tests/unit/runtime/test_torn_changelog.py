@@ -89,7 +89,7 @@ def _next_owner(changelog: Changelog, *flows: str) -> ExecutorService:
     async def read(partitions: set[int], start: dict[int, int]) -> Any:
         return {0: _read(changelog)}, {0: len(changelog)}
 
-    service.restorer._read = read  # type: ignore[method-assign]
+    service.recovery.restorer._read = read  # type: ignore[method-assign]
     asyncio.run(service.assigned({0}))
     assert service.failure is None
     return service
@@ -148,7 +148,7 @@ def _run(kill: tuple[int, int] | None = None) -> tuple[dict[str, Any], list[int]
             final = _terminal(service, out) or final  # and the index has the update
             service = _next_owner(changelog)
             out = Outbox()
-            service._take_repairs(out)
+            service.recovery.take_repairs(out)
             service._apply(0, event, out, ("executions", step))  # its offset was not committed
             jobs += _jobs(service, out)
         else:
@@ -210,12 +210,12 @@ def test_a_torn_step_is_left_out_repaired_and_never_counts_later(
     owner = _next_owner(torn)
     assert _json(owner, "t1") == before
     repairs = Outbox()
-    owner._take_repairs(repairs)
+    owner.recovery.take_repairs(repairs)
     committed = dict(whole)
     assert [(k, v) for k, v, _ in repairs.changelog] == [
         (k, committed.get(k)) for k, _ in step[:-1]
     ]
-    assert owner._repairs == []
+    assert owner.recovery.repairs == []
 
     # Written first by the next flush, the repairs keep the torn records from counting once a
     # later step's commit mark follows them.

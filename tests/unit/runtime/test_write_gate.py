@@ -80,7 +80,7 @@ def _executor() -> tuple[ExecutorService, Clock, Coordinator, _Producer]:
     out = Outbox()
     service._apply(0, ev.ExecutionCreated("e1", "test.gate", "sleepy"), out, ("executions", 0))
     service.writer.carried = [(service.topics.changelog, *rec) for rec in out.changelog]
-    service._checkpoints[0] = 5
+    service.recovery.offsets[0] = 5
     producer = _Producer()
     service.writer.producer = producer
     return service, clock, coordinator, producer
@@ -133,7 +133,7 @@ def test_a_lapsed_member_revoked_before_its_loop_looks_writes_nothing() -> None:
     asyncio.run(service.revoked({0, 1}))
     assert producer.sent == [] and consumer.commits == []
     assert not service.writer.carried and service.states == {}
-    assert service.parked.take(0, 0.0) is None
+    assert service.recovery.parked.take(0, 0.0) is None
 
 
 def test_an_expulsion_told_by_aiokafka_while_the_loop_turns_is_fenced() -> None:
@@ -151,7 +151,7 @@ def test_an_expulsion_told_by_aiokafka_while_the_loop_turns_is_fenced() -> None:
     assert service.states == {} and service.owned == set() and not service.writer.carried
     assert consumer.paused == consumer.parts and not service.ready.is_set()
     assert coordinator.rejoins == 2  # the executor's own, once: the next batch is not stepped
-    assert service.parked.take(0, 0.0) is None
+    assert service.recovery.parked.take(0, 0.0) is None
     asyncio.run(service.revoked({0, 1}))
     assert producer.sent == []
 
@@ -161,7 +161,7 @@ def test_a_revocation_with_the_generation_reset_writes_nothing() -> None:
     service._consumer = GroupConsumer(service)
     coordinator.reset_generation()
     asyncio.run(service.revoked({0, 1}))
-    assert producer.sent == [] and service.parked.take(0, 0.0) is None
+    assert producer.sent == [] and service.recovery.parked.take(0, 0.0) is None
 
 
 def test_a_usual_revocation_writes_the_carried_records_commits_and_parks() -> None:
@@ -174,7 +174,7 @@ def test_a_usual_revocation_writes_the_carried_records_commits_and_parks() -> No
     asyncio.run(service.revoked({0, 1}))
     assert [key for topic, key, _ in producer.sent if topic == service.topics.changelog]
     assert len(consumer.commits) == 1
-    parked = service.parked.take(0, 0.0)
+    parked = service.recovery.parked.take(0, 0.0)
     assert parked is not None and "e1" in parked.states
 
 
