@@ -970,7 +970,7 @@ class ExecutorService:
             if new:
                 try:
                     await self._own_transactions(new)
-                    await self._recover(new)
+                    await self.recovery.recover(new)
                 except RecoveryStopped:
                     return  # stopping: the partitions' next owner recovers them
                 except RecoveryFailed as exc:
@@ -1040,12 +1040,6 @@ class ExecutorService:
         except Exception as exc:  # the group's generation is gone, the broker away, ...
             log.warning("could not commit partitions %s at their revocation: %r",
                         sorted(gone), exc)  # fmt: skip
-        for tp in [tp for tp in self._uncommitted if tp.partition in gone]:
-            del self._uncommitted[tp]
-
-    async def _recover(self, partitions: set[int]) -> None:
-        """Rebuild the states of ``partitions`` (:meth:`PartitionRecovery.recover`)."""
-        await self.recovery.recover(partitions)
 
     # -- partitions: a membership in doubt (lapsed, fenced) --------------------------------
 
@@ -1167,7 +1161,7 @@ class ExecutorService:
                 await self._let_go(partitions, park=False)
                 return
             raise
-        await self._recover(partitions)
+        await self.recovery.recover(partitions)
         for tp in consumer.assignment():
             if tp.partition in partitions:
                 committed = await consumer.committed(tp)

@@ -21,6 +21,7 @@ from kestream.runtime import executor_service, supervisor, worker_service
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.executor_service import ExecutorService
 from kestream.runtime.metrics import Metrics
+from kestream.runtime.partition_recovery import PartitionRecovery
 from kestream.runtime.process import EXECUTOR_SHARE_ENV, ONLY_SCHEDULER_ENV, ONLY_WORKER_ENV
 from kestream.runtime.restarts import CrashLedger
 from kestream.runtime.static_assignment import Share, executor_share, only_worker
@@ -213,10 +214,10 @@ async def test_an_executor_with_a_share_recovers_and_commits_it_without_joining(
 ) -> None:
     recovered: list[set[int]] = []
 
-    async def recover(self: ExecutorService, partitions: set[int]) -> None:
+    async def recover(self: PartitionRecovery, partitions: set[int]) -> None:
         recovered.append(set(partitions))
 
-    monkeypatch.setattr(ExecutorService, "_recover", recover)
+    monkeypatch.setattr(PartitionRecovery, "recover", recover)
     ctx = _ctx()
     topics = ctx.topics
     service = ExecutorService(
