@@ -33,14 +33,14 @@ the partition moves on.
 
 **Duplicates.** The executor may send a job again after a crash (its ids are derived, so the
 repeat is recognisable). A job whose (execution id, task run id, attempt) is running here, or
-finished within :data:`DEDUP_TTL_S` (at most :data:`DEDUP_MAX` keys remembered), is not run again:
-a repeat of a running job waits for that job (its offset is committed only when the job ends), a
-repeat of a finished one is answered with the result that job produced (kept within
-:data:`DEDUP_RESULT_BYTES`), without running it: the executor sends a job again when it replays
-a step after a crash, and its replayed state then waits for that answer. A job the executor of
-this process handed over (:meth:`WorkerService.accept_local`, :mod:`.local_handoff`) runs before
-its broker copy is fetched; that copy, recognised by its offset, is attached to the running job
-or marked done without an answer, while any other copy of the job is answered again.
+finished recently (:class:`~.worker_jobs.RecentJobs`), is not run again: a repeat of a running
+job waits for that job (its offset is committed only when the job ends), a repeat of a finished
+one is answered with the result that job produced, without running it: the executor sends a job
+again when it replays a step after a crash, and its replayed state then waits for that answer.
+A job the executor of this process handed over (:meth:`WorkerService.accept_local`,
+:mod:`.local_handoff`) runs before its broker copy is fetched; that copy, recognised by its
+offset, is attached to the running job or marked done without an answer, while any other copy
+of the job is answered again.
 
 **Rebalances.** An attempt runs on one worker at a time, so its side effects happen once. When
 partitions are revoked the worker waits up to ``KESTREAM_WORKER_REVOKE_GRACE_S`` (2 s) for the
@@ -89,9 +89,8 @@ import os
 import socket
 import time
 from asyncio import Future
-from collections import Counter, OrderedDict, deque
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -116,6 +115,7 @@ from kestream.runtime.scheduler_lease import coordination_failure
 from kestream.runtime.static_assignment import only_worker, partitions_of
 from kestream.runtime.sticky_assignor import note_generation, sticky_assignor
 from kestream.runtime.topics import ensure_group_topics
+from kestream.runtime.worker_jobs import Job, JobKey, Mark, PartitionLog, RecentJobs
 from kestream.runtime.write_gate import WriteGate
 from kestream.tasks.base import RunnableTask
 from kestream.tasks.registry import known_types
@@ -125,13 +125,6 @@ log = logging.getLogger("kestream.worker")
 
 #: How often done offsets are committed (also on revocation and at stop).
 COMMIT_INTERVAL_S = 0.2
-#: How long a finished job is remembered, so a re-sent copy is not run again.
-DEDUP_TTL_S = 600.0
-#: At most this many finished jobs are remembered (the oldest are forgotten first).
-DEDUP_MAX = 100_000
-#: At most this many bytes of the results of finished jobs are kept, to answer a job the
-#: executor sends again (the oldest results are dropped first; their jobs are still skipped).
-DEDUP_RESULT_BYTES = 64 * 1024 * 1024
 #: How long ``getmany`` waits for records when there are none (held jobs are retried as often).
 FETCH_TIMEOUT_MS = 100
 #: Default time :meth:`WorkerService.stop` lets running jobs finish before giving them up; the
@@ -165,119 +158,6 @@ FULL_POLL_EVERY_S = 10.0
 _ERROR_BACKOFF_S = 0.5
 #: The longest pause between two tries of a result that must get through (:func:`_backoff`).
 _MAX_BACKOFF_S = 5.0
-
-JobKey = tuple[str, str, int]  # execution id, task run id, attempt
-
-
-@dataclass(slots=True, eq=False)
-class _Mark:
-    """One fetched record; ``done`` once its work is acknowledged by the broker."""
-
-    offset: int
-    done: bool = False
-
-
-class _PartitionLog:
-    """Fetched offsets of one partition, in order; the commit point is the first not done."""
-
-    __slots__ = ("committed", "handed", "next_offset", "pending")
-
-    def __init__(self) -> None:
-        self.pending: deque[_Mark] = deque()
-        #: Jobs handed over in process by the offset of their broker copy, until that copy is
-        #: fetched (or the partition revoked): kept apart from the evicting finished memory,
-        #: so a copy is recognised however late it comes (at most
-        #: :data:`HANDED_UNFETCHED_MAX`).
-        self.handed: dict[int, _Job] = {}
-        self.next_offset: int | None = None
-        self.committed: int | None = None
-
-    def add(self, offset: int) -> _Mark:
-        mark = _Mark(offset)
-        self.pending.append(mark)
-        self.next_offset = offset + 1
-        return mark
-
-    def commit_point(self) -> int | None:
-        """The offset to commit (the next record to process after a restart), if any."""
-        while self.pending and self.pending[0].done:
-            self.pending.popleft()
-        return self.pending[0].offset if self.pending else self.next_offset
-
-
-class _RecentKeys:
-    """A bounded set of keys that expire after ``ttl`` seconds (insertion-ordered), each with
-    the result record it was answered with while that fits :data:`DEDUP_RESULT_BYTES`."""
-
-    def __init__(
-        self, ttl: float = DEDUP_TTL_S, limit: int = DEDUP_MAX, budget: int = DEDUP_RESULT_BYTES
-    ) -> None:
-        self.ttl, self.limit, self.budget = ttl, limit, budget
-        self._expiry: OrderedDict[JobKey, float] = OrderedDict()
-        self._results: OrderedDict[JobKey, bytes] = OrderedDict()
-        self._bytes = 0
-
-    def add(self, key: JobKey, result: bytes | None = None) -> None:
-        self._expiry.pop(key, None)
-        self._expiry[key] = time.monotonic() + self.ttl
-        self._drop_result(key)
-        if result is not None:
-            self._results[key] = result
-            self._bytes += len(result)
-        self._trim()
-
-    def result(self, key: JobKey) -> bytes | None:
-        """The result record ``key`` was answered with, if still kept."""
-        return self._results.get(key) if key in self else None
-
-    def _drop_result(self, key: JobKey) -> None:
-        dropped = self._results.pop(key, None)
-        if dropped is not None:
-            self._bytes -= len(dropped)
-
-    def __contains__(self, key: object) -> bool:
-        self._trim()
-        return key in self._expiry
-
-    def __len__(self) -> int:
-        return len(self._expiry)
-
-    def _trim(self) -> None:
-        now = time.monotonic()
-        while self._expiry and (
-            len(self._expiry) > self.limit or next(iter(self._expiry.values())) <= now
-        ):
-            key, _ = self._expiry.popitem(last=False)
-            self._drop_result(key)
-        while self._bytes > self.budget and self._results:
-            _, dropped = self._results.popitem(last=False)
-            self._bytes -= len(dropped)
-
-
-@dataclass(slots=True, eq=False)
-class _Job:
-    key: JobKey
-    #: namespace, flow id, revision
-    where: tuple[str, str, int]
-    task_id: str
-    body: dict[str, Any]
-    record: ConsumerRecord[Any, Any]
-    marks: list[_Mark]
-    deadline: float
-    task: asyncio.Task[None] | None = None
-    kill_requested: bool = False
-    #: Given up at stop: its result is not produced (the job runs again elsewhere).
-    abandoned: bool = False
-    #: Its result, or its dead letter, was acknowledged (:meth:`WorkerService._done`).
-    finished: bool = False
-    #: Its task ran to its end here: its effects are done, its result is on its way.
-    ran: bool = False
-    #: Given up: its dead letter is being sent (:meth:`WorkerService._give_up`).
-    dead_lettering: bool = False
-
-    @property
-    def partition(self) -> TopicPartition:
-        return TopicPartition(self.record.topic, self.record.partition)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -363,11 +243,11 @@ class WorkerService:
         #: Until when (monotonic) a stopping worker still produces results, dead letters and
         #: answers: the stop's drain deadline (none once stopping without one).
         self._send_until = 0.0
-        self._partitions: dict[TopicPartition, _PartitionLog] = {}
-        self._jobs: dict[JobKey, _Job] = {}  # running or held
-        self._runs: dict[tuple[str, str], _Job] = {}  # by (execution id, task run id)
-        self._held: dict[JobKey, _Job] = {}  # waiting for their flow revision
-        self._finished = _RecentKeys()
+        self._partitions: dict[TopicPartition, PartitionLog] = {}
+        self._jobs: dict[JobKey, Job] = {}  # running or held
+        self._runs: dict[tuple[str, str], Job] = {}  # by (execution id, task run id)
+        self._held: dict[JobKey, Job] = {}  # waiting for their flow revision
+        self._finished = RecentJobs()
         self._side_tasks: set[asyncio.Task[None]] = set()  # dead letters, KILLED results
         self._slot_freed = asyncio.Event()
         self._last_commit = 0.0
@@ -655,7 +535,7 @@ class WorkerService:
 
     def _handle(self, record: ConsumerRecord[Any, Any]) -> None:
         tp = TopicPartition(record.topic, record.partition)
-        partition = self._partitions.setdefault(tp, _PartitionLog())
+        partition = self._partitions.setdefault(tp, PartitionLog())
         mark = partition.add(record.offset)
         self.stats["received"] += 1
         handed = partition.handed.pop(record.offset, None)
@@ -681,7 +561,7 @@ class WorkerService:
         except Exception as exc:  # any malformed job (deep, huge numbers...): a dead letter
             self._dead_letter(record, f"bad job record: {type(exc).__name__}: {exc}", [mark])
 
-    def _accept(self, body: dict[str, Any], record: ConsumerRecord[Any, Any], mark: _Mark) -> None:
+    def _accept(self, body: dict[str, Any], record: ConsumerRecord[Any, Any], mark: Mark) -> None:
         key: JobKey = (str(body["id"]), str(body["run"]), int(body["attempt"]))
         where = (str(body["namespace"]), str(body["flowId"]), int(body["revision"]))
         task_id = str(body["taskId"])
@@ -699,7 +579,7 @@ class WorkerService:
                 tp = TopicPartition(record.topic, record.partition)
                 self._spawn(self._answer_again(key, answer, mark, self._revoked_since(tp)))
             return
-        job = _Job(key, where, task_id, body, record, [mark], time.monotonic() + self.flow_wait_s)
+        job = Job(key, where, task_id, body, record, [mark], time.monotonic() + self.flow_wait_s)
         self._jobs[key] = job
         self._runs[key[:2]] = job
         task_type = body.get("taskType")  # (absent from jobs sent by older executors)
@@ -714,7 +594,7 @@ class WorkerService:
         else:
             self._start_or_hold(job)
 
-    def _handed_copy(self, job: _Job, mark: _Mark) -> bool:
+    def _handed_copy(self, job: Job, mark: Mark) -> bool:
         """Take the fetched broker copy of ``job``, handed over here, by its offset: done if the
         job's result (or dead letter) was acknowledged, else waiting for it. ``False`` (the job
         ended without either: a failure in the worker) runs the copy as any job."""
@@ -771,7 +651,7 @@ class WorkerService:
             return False
         if flow is None or not isinstance(flow.task_index().get(task_id), RunnableTask):
             return False
-        job = _Job(key, where, task_id, body, record, [], time.monotonic() + self.flow_wait_s)
+        job = Job(key, where, task_id, body, record, [], time.monotonic() + self.flow_wait_s)
         partition.handed[record.offset] = job
         self._jobs[key] = job
         self._runs[key[:2]] = job
@@ -779,18 +659,18 @@ class WorkerService:
         self.stats["handed_over"] += 1
         return True
 
-    def _start_or_hold(self, job: _Job) -> None:
+    def _start_or_hold(self, job: Job) -> None:
         if not self._try_start(job):
             self._held[job.key] = job
             self.stats["held"] += 1
 
-    def _start_successor(self, job: _Job) -> None:
+    def _start_successor(self, job: Job) -> None:
         """Start a job that waited for the stopped copy of its attempt to end, unless it was
         let go meanwhile (its partition revoked again, the worker stopping, a kill)."""
         if self._jobs.get(job.key) is job and not self._stopping:
             self._start_or_hold(job)
 
-    def _try_start(self, job: _Job) -> bool:
+    def _try_start(self, job: Job) -> bool:
         """Start the job if its flow revision is known (``False``: hold it for later)."""
         (namespace, flow_id, revision), task_id = job.where, job.task_id
         flow = self.registry.get(namespace, flow_id, revision)
@@ -823,12 +703,12 @@ class WorkerService:
                     f"unknown after {self.flow_wait_s:g}s",
                 )
 
-    def _give_up(self, job: _Job, reason: str) -> None:
+    def _give_up(self, job: Job, reason: str) -> None:
         self._forget(job)
         job.dead_lettering = True
         self._dead_letter(job.record, reason, job.marks, job)
 
-    def _forget(self, job: _Job) -> None:
+    def _forget(self, job: Job) -> None:
         # By identity: a stopped copy that ends must not take its successor with it.
         if self._jobs.get(job.key) is job:
             del self._jobs[job.key]
@@ -855,7 +735,7 @@ class WorkerService:
             self._spawn(self._report(job, result))
             self.stats["killed"] += 1
 
-    def _refuse_type(self, job: _Job, task_type: str) -> None:
+    def _refuse_type(self, job: Job, task_type: str) -> None:
         """Fail a job of a type this worker lacks: it cannot be handed to another worker (its
         partition is this worker's), and holding it would hold its execution for ever."""
         group = f"worker group '{self.group}'" if self.group else "the default worker group"
@@ -870,7 +750,7 @@ class WorkerService:
         self._spawn(self._report(job, result))
         self.stats["refused"] += 1
 
-    async def _report(self, job: _Job, result: ev.WorkerResult) -> None:
+    async def _report(self, job: Job, result: ev.WorkerResult) -> None:
         """Produce the result of a job that did not run (killed while held, or refused); not
         once its partition was revoked while the result waited at the gate."""
         sent = await self._publish(job, result, [], self._revoked_since(job.partition))
@@ -878,7 +758,7 @@ class WorkerService:
             self._done(job, sent[1])
 
     async def _answer_again(
-        self, key: JobKey, answer: bytes, mark: _Mark, given_up: Callable[[], bool]
+        self, key: JobKey, answer: bytes, mark: Mark, given_up: Callable[[], bool]
     ) -> None:
         """Produce a finished job's result again, for a copy of the job the executor sent
         after replaying its step (its state then lacks the result it had): the attempt does
@@ -890,7 +770,7 @@ class WorkerService:
 
     # -- running a job -----------------------------------------------------------------------
 
-    async def _execute(self, job: _Job, run: cmd.RunTask) -> None:
+    async def _execute(self, job: Job, run: cmd.RunTask) -> None:
         labels = (job.where[0], job.where[1], run.task.type)
         self.metrics.job_started(*labels)
         started, counted = time.monotonic(), False
@@ -922,7 +802,7 @@ class WorkerService:
                 self.metrics.job_abandoned(*labels)
             self._forget(job)
 
-    def _line_sink(self, job: _Job) -> Callable[[cmd.LogLine], None]:
+    def _line_sink(self, job: Job) -> Callable[[cmd.LogLine], None]:
         namespace, flow_id, _ = job.where
         return lambda line: self.log_stream.add(job.key, namespace, flow_id, line)
 
@@ -960,7 +840,7 @@ class WorkerService:
 
         return await self._hand_over.send_if(self._producer, sends, still_wanted)
 
-    def _ran_unreported(self, job: _Job, result: ev.WorkerResult) -> None:
+    def _ran_unreported(self, job: Job, result: ev.WorkerResult) -> None:
         """``job`` ran to its end, but its result was not sent: its partition was revoked
         meanwhile and given to another member, or the stop's drain ended. Its effects are done,
         so it is remembered with its result (its offsets stay uncommitted): a copy fetched
@@ -971,7 +851,7 @@ class WorkerService:
         if self.limit.fits(value):
             self._finished.add(job.key, value)
 
-    def _done(self, job: _Job, value: bytes) -> None:
+    def _done(self, job: Job, value: bytes) -> None:
         """Mark ``job``'s records done, and remember it with the result record it was answered
         with (``value``, as produced: encoded once)."""
         self._finished.add(job.key, value)
@@ -981,7 +861,7 @@ class WorkerService:
 
     async def _publish(
         self,
-        job: _Job,
+        job: Job,
         result: ev.WorkerResult,
         lines: list[cmd.LogLine],
         revoked: Callable[[], bool] | None = None,
@@ -1057,7 +937,7 @@ class WorkerService:
 
     async def _publish_refused(
         self,
-        job: _Job,
+        job: Job,
         result: ev.WorkerResult,
         fault: Exception,
         key: bytes,
@@ -1109,8 +989,8 @@ class WorkerService:
         self,
         record: ConsumerRecord[Any, Any],
         reason: str,
-        marks: list[_Mark],
-        job: _Job | None = None,
+        marks: list[Mark],
+        job: Job | None = None,
     ) -> None:
         log.warning(
             "dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
@@ -1124,7 +1004,7 @@ class WorkerService:
         self._spawn(self._send_dead_letter(record.key, value, marks, job))
 
     async def _send_dead_letter(
-        self, key: bytes | None, value: bytes, marks: list[_Mark], job: _Job | None = None
+        self, key: bytes | None, value: bytes, marks: list[Mark], job: Job | None = None
     ) -> None:
         """Produce a dead letter, then mark its records done (and its ``job`` finished, so the
         broker copy of a job handed over is not dead-lettered again): a broker away for a while
@@ -1265,7 +1145,7 @@ class WorkerService:
         for job in running:
             self._abandon(job)
 
-    def _running_jobs(self, partitions: set[TopicPartition] | None = None) -> list[_Job]:
+    def _running_jobs(self, partitions: set[TopicPartition] | None = None) -> list[Job]:
         """The jobs running here and not abandoned (of ``partitions``, or all): those a
         rebalance or a lapse decides about."""
         return [
@@ -1304,13 +1184,13 @@ class WorkerService:
                 # unreported, so the attempt runs once.
                 self._abandon(job)
         for tp in assigned:
-            self._partitions.setdefault(tp, _PartitionLog())
+            self._partitions.setdefault(tp, PartitionLog())
         log.info("worker: partitions assigned: %s", sorted(tp.partition for tp in assigned))
         self._in_group = True
         if assigned:
             self.assigned.set()
 
-    def _abandon(self, job: _Job) -> None:
+    def _abandon(self, job: Job) -> None:
         """Stop a running job, unreported: another worker runs it again."""
         job.abandoned = job.kill_requested = True
         self._runner.kill(job.key[0], job.key[1])

@@ -468,7 +468,7 @@ async def test_offsets_reset_beyond_the_dedup_window_runs_ended_executions_again
     creation runs it a second time and it ends a second time. Its task is not run again here
     only because the worker, not restarted, still remembers the finished job (its task-run id
     is the same) and answers with the stored result: in memory, for 10 minutes
-    (``worker_service.DEDUP_TTL_S``). A worker restarted meanwhile, or a reset later than that,
+    (``worker_jobs.DEDUP_TTL_S``). A worker restarted meanwhile, or a reset later than that,
     runs the task again. Raising the window (the count and the age) to cover the topics'
     retention is the defence; this pins the behaviour down."""
     count = 20

@@ -27,11 +27,8 @@ from kestream.runtime.executor_service import ExecutorService
 from kestream.runtime.local_handoff import QUEUED_MAX, LocalHandoff, LocalResults
 from kestream.runtime.metrics import Metrics
 from kestream.runtime.topics import Topics
-from kestream.runtime.worker_service import (
-    HANDED_UNFETCHED_MAX,
-    WorkerService,
-    _RecentKeys,
-)
+from kestream.runtime.worker_jobs import RecentJobs
+from kestream.runtime.worker_service import HANDED_UNFETCHED_MAX, WorkerService
 from kestream.settings import Settings
 from tests.unit.runtime.test_executor_faults import _Producer
 from tests.unit.runtime.worker_fakes import (
@@ -134,7 +131,7 @@ async def test_the_copy_of_a_handed_job_is_recognised_after_the_finished_memory_
     record = job_record(flow, "first", {"format": "one"}, offset=5)
     assert service.accept_local(record)
     await _finish(service)
-    service._finished = _RecentKeys()  # evicted (DEDUP_MAX jobs later, or DEDUP_TTL_S later)
+    service._finished = RecentJobs()  # evicted (DEDUP_MAX jobs later, or DEDUP_TTL_S later)
     service._handle(record)
     await _finish(service)
     assert len(producer.results()) == 1 and service.stats["started"] == 1
