@@ -106,6 +106,7 @@ from kestream.runtime import local_handoff, records
 from kestream.runtime.aio import stray_cancellation
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.hand_over import HandOver
+from kestream.runtime.instance_id_guard import duplicate_in, guard_instance_id
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.log_stream import LogStream
 from kestream.runtime.member_fence import LOOK_EVERY_S, MemberFence
@@ -113,6 +114,7 @@ from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.produce_faults import record_fault
 from kestream.runtime.scheduler_lease import coordination_failure
 from kestream.runtime.static_assignment import only_worker, partitions_of
+from kestream.runtime.static_membership import static_member, stop_member
 from kestream.runtime.sticky_assignor import note_generation, sticky_assignor
 from kestream.runtime.topics import ensure_group_topics
 from kestream.runtime.worker_jobs import Job, JobKey, Mark, PartitionLog, RecentJobs
@@ -321,12 +323,15 @@ class WorkerService:
         self._producer = make_producer(ctx.settings, ctx.bootstrap, ctx.kind)
         await self._producer.start()
         group = None if self.own_all_partitions else self.group_id
+        joins = group is not None and not self.alone
         self._consumer = make_consumer(
             ctx.settings,
             ctx.bootstrap,
             ctx.kind,
             group_id=group,
             partition_assignment_strategy=(self._assignor,),
+            # A restarted worker takes its predecessor's partitions at its first join.
+            **(static_member(ctx.settings, ctx.kind) if joins else {}),
         )
         if self.own_all_partitions:
             await self._consumer.start()
@@ -343,6 +348,8 @@ class WorkerService:
             self.fence = MemberFence(ctx.settings.session_timeout() / 1000)
             self._consumer.subscribe([self.topic], listener=_Rebalance(self))
             await self._consumer.start()  # (the first join: its assignment watches the fence)
+            # Replaced by a live process with its instance id: stop, never take the id back.
+            guard_instance_id(self._consumer, self._fail)
             self.fence.watch(self._consumer)
             self.fence.guard(self._lapsed, LOOK_EVERY_S)
         self._task = asyncio.create_task(self.run(), name="worker-loop")
@@ -378,13 +385,24 @@ class WorkerService:
         ended = coordination_failure(consumer)
         if ended is None:
             return False
-        failure = RuntimeError(f"the worker's group coordination ended: {ended!r}")
-        failure.__cause__ = ended
+        failure: BaseException | None = duplicate_in(ended)  # (the guard told it already)
+        if failure is None:
+            failure = RuntimeError(f"the worker's group coordination ended: {ended!r}")
+            failure.__cause__ = ended
         log.error("worker: %s; the worker stops", failure)
+        self._fail(failure)
+        return True
+
+    def _fail(self, failure: BaseException) -> None:
+        """Stop for good (once): :attr:`on_failure` has the process replaced; a
+        :class:`~.instance_id_guard.DuplicateInstanceId` (another live process took this
+        worker's instance id, and with it its partitions) is told as it is, so ``standalone``
+        does not start this one again to take the id back."""
+        if self.failure is not None:
+            return
         self.failure = failure
         if self.on_failure is not None:
             self.on_failure(failure)
-        return True
 
     async def stop(self, drain_timeout: float = DRAIN_TIMEOUT_S) -> None:
         """Stop fetching, let running jobs finish (bounded), commit what is done, close.
@@ -416,7 +434,7 @@ class WorkerService:
             await self._end_background_commit()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._commit(force=True), COMMIT_WAIT_S)
-            await consumer.stop()
+            await stop_member(consumer)  # a static member too: its partitions move at once
             self._consumer = None
         if self._producer is not None:
             try:

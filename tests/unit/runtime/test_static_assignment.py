@@ -29,6 +29,7 @@ from kestream.runtime.supervisor import RoleProcess, Supervisor, lone_roles_env,
 from kestream.runtime.topics import Topics
 from kestream.runtime.worker_service import WorkerService
 from kestream.settings import Settings
+from tests.unit.runtime.worker_fakes import MadeConsumer, made_consumers
 
 PARTITIONS = 4
 
@@ -132,85 +133,20 @@ def test_only_standalone_on_its_own_broker_spares_its_roles_the_groups(
 # -- the processors, on clients that record what they are asked ------------------------------
 
 
-class _Cluster:
-    def partitions_for_topic(self, topic: str) -> set[int]:
-        return set(range(PARTITIONS))
-
-
-class _Client:
-    async def fetch_all_metadata(self) -> _Cluster:
-        return _Cluster()
-
-
-class _Consumer:
-    """Records how it is asked to read (by group or by assignment) and what it commits."""
-
-    def __init__(self, group_id: str | None, extra: dict[str, Any]) -> None:
-        self.group_id, self.extra = group_id, extra
-        self._client = _Client()
-        self.subscribed: list[str] = []
-        self.assigned: list[TopicPartition] = []
-        self.commits: list[dict[TopicPartition, Any]] = []
-
-    async def start(self) -> None:
-        return None
-
-    def subscribe(self, topics: list[str], listener: object = None) -> None:
-        self.subscribed += topics
-
-    def assign(self, partitions: list[TopicPartition]) -> None:
-        self.assigned = list(partitions)
-
-    def assignment(self) -> set[TopicPartition]:
-        return set(self.assigned)
-
-    def pause(self, *partitions: TopicPartition) -> None:
-        return None
-
-    async def getmany(self, *_: Any, **__: Any) -> dict[TopicPartition, list[Any]]:
-        await asyncio.Event().wait()
-        return {}
-
-    async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
-        self.commits.append(offsets)
-
-    def highwater(self, tp: TopicPartition) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-
-class _Producer:
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-
 def _ctx() -> BrokerContext:
     settings = Settings(broker="unused:9092", topic_prefix="t.", partitions=PARTITIONS)
     return BrokerContext(settings, "unused:9092", "tansu", Topics.of(settings))
 
 
 @pytest.fixture
-def consumers(monkeypatch: pytest.MonkeyPatch) -> list[_Consumer]:
-    made: list[_Consumer] = []
-
-    def make_consumer(*_: Any, group_id: str | None, **extra: Any) -> _Consumer:
-        made.append(_Consumer(group_id, extra))
-        return made[-1]
-
-    for module in (executor_service, worker_service):
-        monkeypatch.setattr(module, "make_consumer", make_consumer)
-        monkeypatch.setattr(module, "make_producer", lambda *_, **__: _Producer())
+def consumers(monkeypatch: pytest.MonkeyPatch) -> list[MadeConsumer]:
+    made = made_consumers(monkeypatch, (executor_service, worker_service), MadeConsumer)
     monkeypatch.setattr(executor_service, "checkpoint_follower", lambda ctx: None)
     return made
 
 
 async def test_an_executor_with_a_share_recovers_and_commits_it_without_joining(
-    consumers: list[_Consumer], monkeypatch: pytest.MonkeyPatch
+    consumers: list[MadeConsumer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recovered: list[set[int]] = []
 
@@ -245,7 +181,7 @@ async def test_an_executor_with_a_share_recovers_and_commits_it_without_joining(
 
 
 async def test_an_executor_without_a_share_joins_its_group(
-    consumers: list[_Consumer], monkeypatch: pytest.MonkeyPatch
+    consumers: list[MadeConsumer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A broker given in KESTREAM_BROKER: no share in the environment, the group as before
     (its member fence and instance id guard need a real consumer: only how it reads is looked
@@ -271,7 +207,7 @@ def test_an_executor_takes_the_share_standalone_gives_it(monkeypatch: pytest.Mon
 
 
 async def test_the_only_worker_takes_every_partition_and_commits_under_its_group(
-    consumers: list[_Consumer], monkeypatch: pytest.MonkeyPatch
+    consumers: list[MadeConsumer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(ONLY_WORKER_ENV, "1")
     ctx = _ctx()

@@ -1,13 +1,16 @@
 """Stand-ins for a worker's broker clients, for broker-free tests of
 :class:`~kestream.runtime.worker_service.WorkerService`: a producer that acknowledges or refuses
 as a broker would, a consumer that records commits, and job records as the executor sends
-them."""
+them. :func:`made_consumers` stands in for a processor's ``make_consumer`` (the executor's too),
+recording how each consumer is made and asked to read."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
+import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord
@@ -178,3 +181,84 @@ async def close(worker: WorkerService) -> None:
             job.task.cancel()
             await asyncio.gather(job.task, return_exceptions=True)
     worker._runner.close()
+
+
+class _Cluster:
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return set(range(MadeConsumer.partitions))
+
+
+class _Client:
+    async def fetch_all_metadata(self) -> _Cluster:
+        return _Cluster()
+
+
+class MadeConsumer:
+    """Records how it is made (its group, the other ``make_consumer`` keywords in ``extra``),
+    how it is asked to read (by group or by assignment) and what it commits; its topics have
+    :attr:`partitions` partitions."""
+
+    partitions = 4
+
+    def __init__(self, group_id: str | None, extra: dict[str, Any]) -> None:
+        self.group_id, self.extra = group_id, extra
+        self._client = _Client()
+        self.subscribed: list[str] = []
+        self.assigned: list[TopicPartition] = []
+        self.commits: list[dict[TopicPartition, Any]] = []
+
+    async def start(self) -> None:
+        return None
+
+    def subscribe(self, topics: list[str], listener: object = None) -> None:
+        self.subscribed += topics
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned = list(partitions)
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.assigned)
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        return None
+
+    async def getmany(self, *_: Any, **__: Any) -> dict[TopicPartition, list[Any]]:
+        await asyncio.Event().wait()
+        return {}
+
+    async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        self.commits.append(offsets)
+
+    def highwater(self, tp: TopicPartition) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+class _IdleProducer:
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+C = TypeVar("C", bound=MadeConsumer)
+
+
+def made_consumers(
+    monkeypatch: pytest.MonkeyPatch, modules: Iterable[Any], consumer: type[C]
+) -> list[C]:
+    """Have ``modules`` make ``consumer``s (and producers that do nothing); the list of those
+    made, in order."""
+    made: list[C] = []
+
+    def make_consumer(*_: Any, group_id: str | None, **extra: Any) -> C:
+        made.append(consumer(group_id, extra))
+        return made[-1]
+
+    for module in modules:
+        monkeypatch.setattr(module, "make_consumer", make_consumer)
+        monkeypatch.setattr(module, "make_producer", lambda *_, **__: _IdleProducer())
+    return made
