@@ -174,10 +174,10 @@ class Settings(BaseSettings):
         min_length=1,
         max_length=200,
         description="KESTREAM_GROUP_INSTANCE_ID: static group membership on Apache Kafka for "
-        "the executor and the scheduler lease: a process started again with the same id (a "
-        "supervisor's restart, a StatefulSet's pod) takes the dead one's place at once instead "
-        "of waiting for its session. Unique among live processes; standalone derives one per "
-        "child. A clean stop still leaves the group. Not sent to Tansu.",
+        "the executor, the worker and the scheduler lease: a process started again with the "
+        "same id (a supervisor's restart, a StatefulSet's pod) takes the dead one's place at "
+        "once instead of waiting for its session. Unique among live processes; standalone "
+        "derives one per child. A clean stop still leaves the group. Not sent to Tansu.",
     )
 
     # -- executor ----------------------------------------------------------------------------

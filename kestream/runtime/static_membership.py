@@ -1,4 +1,4 @@
-"""Static group membership (Kafka's KIP-345) for the executor and the scheduler lease.
+"""Static group membership (Kafka's KIP-345) for the executor, the worker and the scheduler lease.
 
 A member killed with SIGKILL keeps its partitions until its session expires (10 s on Kafka),
 and a member killed while its JoinGroup was pending holds a rebalance for the whole rebalance
@@ -14,10 +14,15 @@ Two costs, both handled here:
   which Kafka accepts for a static member) once the caller has committed.
 - A replacement keeps the group generation, so a fence on the generation alone cannot tell
   it from the process it replaced: the scheduler lease also compares the member id, which
-  aiokafka renews once the coordinator refuses it. Two live processes given one id replace
-  each other at every heartbeat (measured on Kafka 4.4), so the id must be unique among live
-  processes: the operator's (``KESTREAM_GROUP_INSTANCE_ID``, one per process), or
-  ``standalone``'s, derived per child and restarted only after the child exited.
+  aiokafka renews once the coordinator refuses it, as the executor's and the worker's write
+  gate does (:mod:`.write_gate`). The worker's sticky assignor is told the generation of the
+  assignment its replacement receives (:mod:`.sticky_assignor`), the dead member's, which is
+  the group's: its claim at the next rebalance is as current as its predecessor's was. Two
+  live processes given one id replace each other at every heartbeat (measured on Kafka 4.4),
+  so the id must be unique among live processes: the operator's
+  (``KESTREAM_GROUP_INSTANCE_ID``, one per process), or ``standalone``'s, derived per child
+  and restarted only after the child exited. A group keeps its own ids, so the roles of one
+  process (each in its own group, each once: one worker consumer per process) share it.
 
 Only Apache Kafka gets the id. Tansu does honour it (a probe with a 20 s session: a replacement
 with the dead member's id owned its partitions after 13 s, Tansu's delay of a first join, one

@@ -3,8 +3,8 @@
 Static membership hands the process that joins last the place of the one holding the id. The
 replaced one must not take it back (before, each took it back from the other at its next
 heartbeat: both schedulers led in turn, two executors recovered the same partitions over and
-over): it stops, with an error naming the id (kestream.runtime.instance_id_guard), and the
-other goes on alone.
+over; workers, static now too, would run each other's jobs): it stops, with an error naming
+the id (kestream.runtime.instance_id_guard), and the other goes on alone.
 
 For the scheduler, a Schedule fires every second throughout: every slot has exactly one
 execution, and every slot after the replaced scheduler stopped was fired (an execution created)
@@ -124,20 +124,21 @@ async def test_a_scheduler_replaced_through_its_instance_id_stops_and_the_other_
     assert late and all(n == 1 for n in late.values()), late
 
 
-async def test_an_executor_replaced_through_its_instance_id_stops(
-    broker: BrokerHandle, topic_prefix: str, tmp_path: Path
+@pytest.mark.parametrize("role", ["executor", "worker"])
+async def test_a_processor_replaced_through_its_instance_id_stops(
+    broker: BrokerHandle, topic_prefix: str, tmp_path: Path, role: str
 ) -> None:
-    """The executor the same way: the replaced one stops naming the id; the one that joined
-    last keeps every partition."""
+    """The executor and the worker the same way: the replaced one stops naming the id; the
+    one that joined last keeps every partition."""
     effects = tmp_path / "effects.jsonl"
     async with Cluster(broker.bootstrap, topic_prefix, tmp_path, effects) as cluster:
         await cluster.start(executor=1, worker=1)
-        (first,) = cluster.live("executor")
-        second = cluster.spawn("executor", first.index, generation=1)
+        (first,) = cluster.live(role)
+        second = cluster.spawn(role, first.index, generation=1)
         cluster.roles.append(second)
         code = await _stopped(first, second)
         await cluster.ready([second])  # the survivor owns every partition
         assert second.proc.poll() is None
     text = first.log_path.read_text(errors="replace")
     assert code != 0, text[-3000:]
-    assert "with this process's group instance id 'executor-0' and replaced it" in text
+    assert f"with this process's group instance id '{role}-0' and replaced it" in text
