@@ -35,13 +35,14 @@ from aiokafka.errors import KafkaError
 
 from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext
+from kestream.runtime.group_coordinator import coordination_failure, group_generation, member_id
 from kestream.runtime.instance_id_guard import duplicate_in, guard_instance_id
 from kestream.runtime.kafka import make_consumer
 from kestream.runtime.restarts import RoleStepsDown
 from kestream.runtime.static_membership import static_member, stop_member
 from kestream.scheduler.leadership import Leadership, Role
 
-__all__ = ["STEPPED_DOWN", "SchedulerLease", "coordination_failure", "group_generation"]
+__all__ = ["STEPPED_DOWN", "SchedulerLease"]
 
 log = logging.getLogger("kestream.scheduler.lease")
 
@@ -237,45 +238,6 @@ class SchedulerLease:
             finally:
                 self.leadership.release()
         self._generation = None
-
-
-def group_generation(consumer: AIOKafkaConsumer) -> int:
-    """The consumer's group generation, which aiokafka keeps only privately (its coordinator's
-    ``generation``). Raises rather than guess when a version of aiokafka keeps it elsewhere: a
-    fence that silently reads nothing would let an expelled scheduler keep firing."""
-    coordinator = getattr(consumer, "_coordinator", None)
-    generation = getattr(coordinator, "generation", None)
-    if isinstance(generation, bool) or not isinstance(generation, int):
-        raise RuntimeError(
-            "scheduler lease: this aiokafka keeps no readable group generation"
-            " (consumer._coordinator.generation); the lease cannot be fenced"
-        )
-    return generation
-
-
-def coordination_failure(consumer: AIOKafkaConsumer) -> BaseException | None:
-    """How the consumer's group coordination (aiokafka's private coordination task, which
-    joins, syncs and heartbeats) ended, if it did; None while it runs, or where this aiokafka
-    keeps no such task (nothing to read: the lease then relies on :meth:`SchedulerLease.valid`
-    alone)."""
-    task = getattr(getattr(consumer, "_coordinator", None), "_coordination_task", None)
-    if not isinstance(task, asyncio.Future) or not task.done():
-        return None
-    if task.cancelled():
-        return asyncio.CancelledError("the group coordination was cancelled")
-    return task.exception() or RuntimeError("the group coordination ended")
-
-
-def member_id(consumer: AIOKafkaConsumer) -> str:
-    """The consumer's member id in its group (aiokafka keeps it privately, as the generation);
-    raises when unreadable, for the same reason as :func:`group_generation`."""
-    found = getattr(getattr(consumer, "_coordinator", None), "member_id", None)
-    if not isinstance(found, str):
-        raise RuntimeError(
-            "scheduler lease: this aiokafka keeps no readable member id"
-            " (consumer._coordinator.member_id); the lease cannot be fenced"
-        )
-    return found
 
 
 class _Listener(ConsumerRebalanceListener):

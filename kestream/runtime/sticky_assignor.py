@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 
-from kestream.runtime.scheduler_lease import group_generation
+from kestream.runtime.group_coordinator import group_generation
 
 __all__ = ["note_generation", "sticky_assignor"]
 

@@ -105,6 +105,7 @@ from kestream.models.state import StateType
 from kestream.runtime import local_handoff, records
 from kestream.runtime.aio import stray_cancellation
 from kestream.runtime.context import BrokerContext
+from kestream.runtime.group_coordinator import coordination_failure
 from kestream.runtime.hand_over import HandOver
 from kestream.runtime.instance_id_guard import duplicate_in, guard_instance_id
 from kestream.runtime.kafka import make_consumer, make_producer
@@ -112,7 +113,6 @@ from kestream.runtime.log_stream import LogStream
 from kestream.runtime.member_fence import LOOK_EVERY_S, MemberFence
 from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.produce_faults import record_fault
-from kestream.runtime.scheduler_lease import coordination_failure
 from kestream.runtime.static_assignment import only_worker, partitions_of
 from kestream.runtime.static_membership import static_member, stop_member
 from kestream.runtime.sticky_assignor import note_generation, sticky_assignor

@@ -5,7 +5,8 @@ fetch_pacing wraps the fetcher's private ``_proc_fetch_request(assignment, node_
 another signature would raise inside aiokafka's fetcher routine and kill the consumer, so
 pyproject bounds aiokafka below the next minor, and this test says when a bound raised or
 lowered no longer fits. The scheduler and the executor take a refused commit as a rebalance
-by catching ``CommitFailedError``, which aiokafka raises for the group errors below.
+by catching ``CommitFailedError``, which aiokafka raises for the group errors below. The
+membership readers of :mod:`kestream.runtime.group_coordinator` read the coordinator's fields.
 """
 
 from __future__ import annotations
@@ -36,3 +37,11 @@ def test_a_commit_refused_by_the_group_is_a_commit_failed_error() -> None:
     for error in ("UnknownMemberIdError", "IllegalGenerationError", "RebalanceInProgressError"):
         assert error in source
     assert "raise Errors.CommitFailedError" in source
+
+
+def test_the_coordinator_keeps_what_group_coordinator_reads() -> None:
+    """kestream.runtime.group_coordinator reads the generation, the member id and the
+    coordination task off aiokafka's coordinator; the fence and the lease rest on them."""
+    source = inspect.getsource(GroupCoordinator)
+    for field in ("generation", "member_id", "_coordination_task"):
+        assert re.search(rf"self\.{field}\s*[:=]", source), field

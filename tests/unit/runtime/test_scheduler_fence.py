@@ -20,9 +20,9 @@ from kestream.runtime import scheduler_service
 from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.flows_table import FlowsTable
+from kestream.runtime.group_coordinator import group_generation
 from kestream.runtime.process import ONLY_SCHEDULER_ENV
 from kestream.runtime.restarts import RoleStepsDown
-from kestream.runtime.scheduler_lease import group_generation
 from kestream.runtime.scheduler_service import (
     SchedulerService,
     _LeaseLost,
