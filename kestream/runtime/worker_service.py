@@ -932,8 +932,11 @@ class WorkerService:
                 handed = await self._produce_gated(sends, given_up, held)
                 if handed is None:
                     continue  # given up, or the gate closed while it waited for its turn
-                acks = await asyncio.gather(*handed)
-                self._result_acked(acks[-1], value)
+                *log_acks, result_ack = await asyncio.gather(*handed, return_exceptions=True)
+                if isinstance(result_ack, BaseException):
+                    raise result_ack
+                self._logs_refused(job, [e for e in log_acks if isinstance(e, BaseException)])
+                self._result_acked(result_ack, value)
                 return result, value
             except KafkaError as exc:
                 if record_fault(exc):
@@ -942,6 +945,21 @@ class WorkerService:
                 log.warning("producing the result of %s failed (%s), try %d", job.key, exc, tries)
                 await asyncio.sleep(_backoff(tries))
         return None
+
+    def _logs_refused(self, job: Job, failures: list[BaseException]) -> None:
+        """Log lines the broker did not take while it took the result. Refused for what they
+        are (:func:`record_fault`: a policy, an authorization), they are left out, said here:
+        the result stands, and must not be replaced by a FAILED one after its acknowledgement
+        (two answers for one attempt). Any other failure (the broker away) raises, and the
+        whole send is tried again: the executor applies a repeated result once."""
+        for failure in failures:
+            if not record_fault(failure):
+                raise failure
+        if failures:
+            log.error(
+                "%d log record(s) of %s refused by the broker (%s): left out, the result stands",
+                len(failures), job.key, failures[0],
+            )  # fmt: skip
 
     def _result_acked(self, acked: Any, value: bytes) -> None:
         """Tell :attr:`on_result` of a result now durable (the local executor may take it);

@@ -159,3 +159,33 @@ async def test_jobs_ending_together_hand_their_records_over_one_at_a_time(
     assert sorted(r.outputs["value"] for r in producer.results()) == sorted(
         f"r{offset}" for offset in range(40)
     )
+
+
+LOGGING_FLOW = """
+id: refused-logs
+namespace: test.worker
+tasks:
+  - id: say
+    type: io.kestra.plugin.core.log.Log
+    message: "{{ inputs.text }}"
+"""
+
+
+async def test_log_lines_refused_by_the_broker_leave_the_result_as_it_was() -> None:
+    """The logs are refused for what they are (a policy on the logs topic) while the result is
+    taken: the result stands, once, and the partition moves on. Before, the refusal replaced
+    the acknowledged SUCCESS by a FAILED result: two answers for one attempt."""
+    worker, flow = make_worker(LOGGING_FLOW)
+    try:
+        producer = RefusingProducer(refused_topics=frozenset({worker.ctx.topics.logs}))
+        worker._producer = producer
+        await _run(worker, job_record(flow, "say", {"message": "hello"}, offset=7))
+
+        (result,) = producer.results()
+        assert result.state is StateType.SUCCESS
+        assert producer.refused >= 1  # the log record was sent, and refused
+        assert all(topic != worker.ctx.topics.logs for topic, _ in producer.acked)
+        assert worker._partitions[JOBS].commit_point() == 8
+        assert worker.in_flight == 0 and worker.stats["finished"] == 1
+    finally:
+        await close(worker)

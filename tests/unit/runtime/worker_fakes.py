@@ -12,7 +12,12 @@ from typing import Any, TypeVar
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    PolicyViolationError,
+)
 from aiokafka.structs import ConsumerRecord
 
 from kestream.executor import commands as cmd
@@ -34,9 +39,15 @@ class RefusingProducer:
     each refusal is the error a broker would answer."""
 
     def __init__(
-        self, max_bytes: int = 1_000_000, outage: int = 0, outage_after_refusal: int = 0
+        self,
+        max_bytes: int = 1_000_000,
+        outage: int = 0,
+        outage_after_refusal: int = 0,
+        refused_topics: frozenset[str] = frozenset(),
     ) -> None:
         self.max_bytes = max_bytes
+        #: Topics whose every record is refused by a policy (a record fault).
+        self.refused_topics = refused_topics
         self.outage = outage  # the next sends refused as if the broker were unreachable
         #: An outage of this many sends that starts after the first record refused for its size.
         self.outage_after_refusal = outage_after_refusal
@@ -48,6 +59,9 @@ class RefusingProducer:
             self.outage -= 1
             self.refused += 1
             raise KafkaConnectionError("broker unreachable")
+        if topic in self.refused_topics:
+            self.refused += 1
+            raise PolicyViolationError(f"no records on {topic}")
         if len(value) > self.max_bytes:
             self.refused += 1
             self.outage, self.outage_after_refusal = self.outage_after_refusal, 0
