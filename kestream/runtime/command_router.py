@@ -12,8 +12,9 @@ records for one :class:`~kestream.runtime.executor_outbox.Outbox`:
 - flow-concurrency requests (ask for a slot, give it back) to the admissions topic, keyed by
   flow;
 - timers into the :class:`~kestream.executor.timers.TimerQueue`; logs, split by size;
-- an execution's change as update records, its changelog records, Kestra's metrics, and, when
-  it ended, its tombstones and an ended marker.
+- an execution's change: a pause's or an end's update records at once, other changes noted for
+  the cycle's one update (built at the write, :meth:`CommandRouter.partial_update`); its
+  changelog records, Kestra's metrics, and, when it ended, its tombstones and an ended marker.
 
 Anything here may raise (an encoding that fails, a value no record can carry): the processor
 stages one event's records in their own outbox and drops them all on a failure.
@@ -187,16 +188,17 @@ class CommandRouter:
         runs_before: int,
     ) -> None:
         routed.counts.append(partial(self._count, st, change, runs_before))
-        full = change.terminal or st.state.current is StateType.PAUSED
-        for update in update_records(
-            st,
-            change.changed_task_runs,
-            terminal=change.terminal,
-            full=full,
-            max_bytes=self.limit.value_bytes,
-            bodies=out.update_bodies,
-        ):
-            out.send(self.topics.updates, st.id, update)
+        if change.terminal or st.state.current is StateType.PAUSED:
+            updates = update_records(
+                st,
+                change.changed_task_runs,
+                terminal=change.terminal,
+                full=True,
+                max_bytes=self.limit.value_bytes,
+            )
+            out.full_update(self.topics.updates, st.id, updates)
+        else:  # built once for the cycle, at the write (:meth:`partial_update`)
+            out.partial_update(st.id, change.changed_task_runs)
         if not change.terminal:
             if change.created and (key := self.ended.unmark(st.id)) is not None:
                 out.log(key, None, partition)  # restarted from its snapshot: the marker would
@@ -216,6 +218,13 @@ class CommandRouter:
         )
         out.log(key, marker, partition)
         routed.ended = True
+
+    def partial_update(self, st: ExecutionState, changed: list[str]) -> list[bytes]:
+        """The records of the execution's partial update over a cycle: its fields now and the
+        ``changed`` task runs as they are now (:meth:`Outbox.build_updates`)."""
+        return update_records(
+            st, changed, terminal=False, full=False, max_bytes=self.limit.value_bytes
+        )
 
     def _count(self, st: ExecutionState, change: cmd.ExecutionChanged, first_new: int) -> None:
         """Kestra's executor metrics for one step, in O(task runs changed) like the step. A

@@ -1,13 +1,16 @@
 """The execution-updates topic's format: how the executor writes an execution's changes, and
 how every reader (the client, the API's index, tests) merges them back into the execution.
 
-One update is one step's change: the execution's own fields plus the task runs that changed
-(readers merge them by id, so a step costs what it changed). When the execution stops (ends or
-pauses) every task run is sent, so a reader that joins late still gets the whole picture; the
-first record then has ``full`` (replace what you know). An update larger than a record is
-split by encoded size: every record carries the execution's fields, every record but the last
-has ``more``, and only the last carries ``terminal``, so readers act on an update only once it
-is whole.
+One update is what changed in an execution over one executor cycle: its own fields plus the
+task runs that changed (readers merge them by id, so an update costs what it changed). The
+executor builds it once per cycle, from the state at the write
+(:meth:`~kestream.runtime.executor_outbox.Outbox.build_updates`), however many steps the
+execution took. When the execution stops (ends or pauses) every task run is sent, at that
+step, so a reader that joins late still gets the whole picture and every reader sees each
+pause and end; the first record then has ``full`` (replace what you know). An update larger
+than a record is split by encoded size: every record carries the execution's fields, every
+record but the last has ``more``, and only the last carries ``terminal``, so readers act on an
+update only once it is whole.
 
 Writer and readers live together so the format has one home; a reader needs no broker client.
 """
@@ -24,12 +27,10 @@ from kestream.executor.snapshot import execution_json, task_run_json
 from kestream.executor.state import ExecutionState
 from kestream.models.execution import Execution
 from kestream.models.state import StateType
-from kestream.runtime.records import DEFAULT_VALUE_BYTES, RecordError, dumps, loads, pack
+from kestream.runtime.records import DEFAULT_VALUE_BYTES, dumps, loads, pack
 
 __all__ = [
-    "KeptUpdate",
     "MergedExecution",
-    "coalesce_updates",
     "merge_update",
     "update_records",
     "update_values",
@@ -41,26 +42,6 @@ log = logging.getLogger("kestream.records")
 # -- writing ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class KeptUpdate:
-    """What :func:`coalesce_updates` needs of one record :func:`update_records` wrote, kept by
-    the record's ``id`` so that it need not decode the record.
-
-    An ``id`` is only unique among live objects: an entry counts only for the very record it
-    was made for (:attr:`value`, compared by identity), so a record dropped or replaced before
-    the coalescing, its id then reused, is decoded rather than taken for another.
-    """
-
-    value: bytes
-    #: The record starts a full update (replace what you know).
-    full: bool
-    #: More records of the same update follow.
-    more: bool
-    #: The body of a single-record partial update, the only kind a merge reads; None for the
-    #: others (full and split updates pass as they are: their task runs are not kept alive).
-    body: dict[str, Any] | None = None
-
-
 def update_records(
     st: ExecutionState,
     changed: list[str],
@@ -68,13 +49,12 @@ def update_records(
     terminal: bool,
     full: bool,
     max_bytes: int,
-    bodies: dict[int, KeptUpdate] | None = None,
 ) -> list[bytes]:
     """An execution update as records of at most ``max_bytes``: the execution's own fields
     plus task runs.
 
-    Usually the task runs that changed in the step (consumers merge them by id, so a step costs
-    what it changed). When the execution stops (ends or pauses) every task run is sent, so a
+    Usually the task runs that changed (consumers merge them by id, so an update costs what
+    it changed). When the execution stops (ends or pauses) every task run is sent, so a
     reader that joins late still gets the whole picture; the first record then has ``full``
     (replace what you know). Task runs are split across records by their encoded size: every
     record carries the execution's fields, every record but the last has ``more``, and only the
@@ -83,9 +63,6 @@ def update_records(
     A task run that cannot share a record with the execution's fields (both large; outputs
     alone never pass the limit, :mod:`kestream.executor.sizes`) travels without its outputs,
     its id listed in the record's ``outputsLeftOut``; the changelog keeps them.
-
-    ``bodies``: where what :func:`coalesce_updates` needs of each record is kept (by the
-    record's ``id``, :class:`KeptUpdate`), so that it need not decode the record again.
     """
     send_all = full or terminal
     header = execution_json(st, with_task_runs=False)
@@ -99,8 +76,6 @@ def update_records(
     body = _update_body(header, runs, first=True, last=True, full=send_all, terminal=terminal)
     whole = dumps(body)
     if len(whole) <= max_bytes:  # the usual case: one encoding, one record
-        if bodies is not None:
-            bodies[id(whole)] = KeptUpdate(whole, send_all, False, None if send_all else body)
         return [whole]
     envelope = max(  # the longest shape: "more":false,"terminal":false
         len(dumps(_update_body(header, [], first=first, last=True, full=send_all, terminal=False)))
@@ -125,8 +100,6 @@ def update_records(
                 st.id, chunk[0]["id"], human_size(len(value)),
             )  # fmt: skip
             value = dumps(body)
-        if bodies is not None:
-            bodies[id(value)] = KeptUpdate(value, send_all and index == 0, bool(body["more"]))
         out.append(value)
     return out
 
@@ -168,101 +141,6 @@ def update_values(
         loads(value)
         for value in update_records(st, changed, terminal=terminal, full=full, max_bytes=max_bytes)
     ]
-
-
-_UPDATE_KEYS = frozenset(("more", "terminal", "execution", "full"))
-
-
-def coalesce_updates(
-    values: list[bytes], max_bytes: int, bodies: Mapping[int, KeptUpdate] | None = None
-) -> list[bytes]:
-    """One execution's update records of one cycle, in their order, as fewer records that
-    leave every reader (:func:`merge_update`) where all of them would, and let every reader
-    see each pause and end.
-
-    An execution stepped several times in a cycle (a ForEach's results fetched together) makes
-    an update per step. Single-record partial updates that follow each other are merged into
-    one (the last one's execution fields, their task runs by id, the latest of each, in the
-    order they first appeared) while the merged record stays within ``max_bytes`` (it is never
-    larger than its parts together). A full update (a pause or an end) is a barrier: it
-    replaces what a reader knows, so the partial records before it (back to the previous full
-    update) go, but every full update stays, each a state readers act on (a Flow trigger
-    listening to PAUSED, :meth:`Client.wait`, a follower). A split update (``more``) passes as
-    it is, as does a record with ``outputsLeftOut``. Records that are not all updates (never
-    written by :func:`update_records`) are left as they are. ``bodies``: what
-    :func:`update_records` kept of the records (the others are decoded).
-    """
-    if len(values) < 2 or (shapes := _shapes_of(values, bodies or {})) is None:
-        return values
-    out: list[bytes] = []
-    barrier = 0  # out[:barrier] are full updates' records, which stay
-    group: list[tuple[bytes, dict[str, Any]]] = []
-    size = 0
-    chained = False  # the record continues a split update
-    in_full = False  # the record belongs to a full update
-    for value, (full, more, body) in zip(values, shapes, strict=True):
-        if not chained:
-            in_full = full
-            if full:  # what a reader knew since the last full update is replaced
-                del out[barrier:]
-                group = []
-        if body is None or chained:
-            out.extend(_merged(group))
-            group = []
-            out.append(value)
-            chained = more
-            if in_full and not more:
-                barrier = len(out)
-            continue
-        if group and size + len(value) > max_bytes:
-            out.extend(_merged(group))
-            group = []
-        if not group:
-            size = 0
-        group.append((value, body))
-        size += len(value)
-    out.extend(_merged(group))
-    return out
-
-
-_Shape = tuple[bool, bool, dict[str, Any] | None]
-"""``(full, more, the body if a merge may read it)`` of one update record."""
-
-
-def _shapes_of(values: list[bytes], bodies: Mapping[int, KeptUpdate]) -> list[_Shape] | None:
-    """``values``' shapes (kept in ``bodies``, else decoded), or None unless all are updates."""
-    shapes: list[_Shape] = []
-    for value in values:
-        kept = bodies.get(id(value))
-        if kept is not None and kept.value is value:
-            shapes.append((kept.full, kept.more, kept.body))
-            continue
-        try:
-            body = loads(value)
-        except RecordError:
-            return None
-        if type(body) is not dict or not body.keys() >= _UPDATE_KEYS:
-            return None
-        full, more = bool(body["full"]), bool(body["more"])
-        mergeable = (
-            not (full or more)
-            and type(body.get("taskRuns")) is list
-            and "outputsLeftOut" not in body
-        )
-        shapes.append((full, more, body if mergeable else None))
-    return shapes
-
-
-def _merged(group: list[tuple[bytes, dict[str, Any]]]) -> list[bytes]:
-    """Partial updates that follow each other as one record: the last one's fields, their task
-    runs by id (the latest of each, in the order they first appeared)."""
-    if len(group) < 2:
-        return [value for value, _ in group]
-    runs: dict[str, Any] = {}
-    for _, body in group:
-        for run in body["taskRuns"]:
-            runs[run["id"]] = run
-    return [dumps({**group[-1][1], "taskRuns": list(runs.values())})]
 
 
 # -- reading ----------------------------------------------------------------------------------

@@ -10,17 +10,19 @@ per input partition (:class:`PartitionOutboxes`).
 An execution that takes several steps in one cycle (a ForEach's results fetched together, say)
 rewrites some keys in each (its dynamic record always): :meth:`Outbox.coalesce` keeps the last
 record of each key only, where that cannot change what a kill at any point of the write leaves
-(see its docstring). Its execution updates are coalesced as well
-(:meth:`Outbox.coalesce_updates`): readers merge them into the same execution.
+(see its docstring). Its execution update is built once for the cycle, at the write
+(:meth:`Outbox.build_updates`), rather than at each step: a step notes the task runs it changed
+(:meth:`Outbox.partial_update`), and only a pause or an end is written at its step
+(:meth:`Outbox.full_update`), since readers act on each of those.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from kestream.executor.codec import execution_of, is_commit_mark
-from kestream.runtime.execution_updates import KeptUpdate, coalesce_updates
 from kestream.runtime.records import dumps
 
 __all__ = ["ChangelogRecord", "CommandRecord", "Outbox", "Outboxes", "PartitionOutboxes"]
@@ -44,12 +46,11 @@ class Outbox:
     #: Records of the other changelogs the processor keeps (the admission slot table's,
     #: :mod:`kestream.runtime.admission_slots`): written with the changelog, after the commands.
     tables: list[CommandRecord] = field(default_factory=list)
-    #: What :meth:`coalesce_updates` needs of this outbox's update records, by the record's
-    #: ``id`` (kept by :func:`~kestream.runtime.execution_updates.update_records`), so that it
-    #: need not decode them. An entry counts only for the record it was made for (compared
-    #: by identity), so a record dropped before the coalescing is never taken for another
-    #: that got its id; cleared once the updates are coalesced.
-    update_bodies: dict[int, KeptUpdate] = field(default_factory=dict)
+    #: The partial execution updates still to build (:meth:`build_updates`): per execution,
+    #: the task runs its steps changed since its last full update here, in order.
+    partial_updates: dict[str, dict[str, None]] = field(default_factory=dict)
+    #: The executions with a full update here: it replaces the partial updates before it.
+    full_updated: set[str] = field(default_factory=set)
 
     def send(self, topic: str, key: str, value: bytes | None, partition: int | None = None) -> None:
         self.commands.append((topic, key, value, partition))
@@ -75,8 +76,38 @@ class Outbox:
         them apart)."""
         return self
 
+    def partial_update(self, execution_id: str, changed: list[str]) -> None:
+        """A step changed ``changed`` task runs of the execution (its own fields perhaps
+        alone): its update waits for the write, merged with those of its later steps."""
+        runs = self.partial_updates.get(execution_id)
+        if runs is None:
+            runs = self.partial_updates[execution_id] = {}
+        runs.update(dict.fromkeys(changed))
+
+    def full_update(self, topic: str, execution_id: str, values: list[bytes]) -> None:
+        """A pause's or an end's update, written as it is: every reader acts on it, and it
+        replaces what a reader knew, so the partial updates noted before it go."""
+        self.partial_updates.pop(execution_id, None)
+        self.full_updated.add(execution_id)
+        for value in values:
+            self.send(topic, execution_id, value)
+
+    def build_updates(self, topic: str, build: Callable[[str, list[str]], list[bytes]]) -> int:
+        """Send the partial updates noted, one per execution, built by ``build(execution id,
+        changed task runs)`` from the execution's state now (no record for one that left the
+        table: its end's full update says all); returns how many records that made. After
+        every record of this outbox, so after the execution's full updates here: readers key
+        the topic by execution, and the order within a key is kept."""
+        noted, self.partial_updates = self.partial_updates, {}
+        made = 0
+        for execution_id, runs in noted.items():
+            for value in build(execution_id, list(runs)):
+                self.send(topic, execution_id, value)
+                made += 1
+        return made
+
     def empty(self) -> bool:
-        return not (self.commands or self.changelog or self.tables)
+        return not (self.commands or self.changelog or self.tables or self.partial_updates)
 
     def coalesce(self) -> int:
         """Drop the changelog records a later record of the same key in this outbox replaces,
@@ -117,47 +148,14 @@ class Outbox:
         self.changelog = kept
         return dropped
 
-    def coalesce_updates(self, topic: str, max_bytes: int) -> int:
-        """Coalesce each execution's records of the updates ``topic``
-        (:func:`~kestream.runtime.execution_updates.coalesce_updates`), put where its last one
-        was; returns how many records fewer. Only an execution with several is decoded.
-
-        The coalesced records of an execution take its last record's place, after records of
-        other keys made later in the cycle (jobs, logs, other executions' updates): the order
-        within a key is kept, and every reader of the updates keys by execution (the index,
-        the scheduler, the client; a parent learns of its subflow's end through the executions
-        topic)."""
-        bodies, self.update_bodies = self.update_bodies, {}  # some of their records will go
-        seen: dict[str, int] = {}  # per execution, the index of its last update record
-        several = False
-        for i, (record_topic, key, value, _) in enumerate(self.commands):
-            if record_topic == topic and value is not None:
-                several = several or key in seen
-                seen[key] = i
-        if not several:
-            return 0
-        values: dict[str, list[bytes]] = {}
-        for record_topic, key, value, _ in self.commands:
-            if record_topic == topic and value is not None:
-                values.setdefault(key, []).append(value)
-        kept: list[CommandRecord] = []
-        for i, record in enumerate(self.commands):
-            record_topic, key, value, partition = record
-            if record_topic != topic or value is None or len(values.get(key, ())) < 2:
-                kept.append(record)
-            elif seen[key] == i:
-                kept.extend(
-                    (topic, key, merged, partition)
-                    for merged in coalesce_updates(values[key], max_bytes, bodies)
-                )
-        dropped = len(self.commands) - len(kept)
-        self.commands = kept
-        return dropped
-
     def extend(self, other: Outbox) -> None:
         """Take ``other``'s records after this one's (an event's staged records, once whole)."""
         self.commands.extend(other.commands)
-        self.update_bodies.update(other.update_bodies)
+        for execution_id in other.full_updated:
+            self.partial_updates.pop(execution_id, None)
+        self.full_updated |= other.full_updated
+        for execution_id, runs in other.partial_updates.items():
+            self.partial_update(execution_id, list(runs))
         self.changelog.extend(other.changelog)
         self.logged.extend(other.logged)
         self.tables.extend(other.tables)

@@ -237,7 +237,7 @@ class ExecutorService:
         self.letters = DeadLetters(self.topics, self.limit, self.metrics)
         #: Flow concurrency: the slot tables of the admissions partitions owned.
         self.admission = AdmissionSlots(self.topics, self.letters, clock)
-        self.writer = RecordWriter(self.topics, self.limit, self.letters)
+        self.writer = RecordWriter(self.topics, self.limit, self.letters, self._partial_update)
         self.router = CommandRouter(
             self.topics, self.limit, self.groups, self.timers, self.ended, self.metrics, clock
         )
@@ -681,6 +681,21 @@ class ExecutorService:
         self.states[execution_id] = st
         for timer_id, timer in st.timers.items():
             self.timers.set(execution_id, timer_id, timer.due)
+
+    def _partial_update(self, execution_id: str, changed: list[str]) -> list[bytes]:
+        """The execution's partial update of the cycle, from its state at the write (the
+        writer asks, :meth:`Outbox.build_updates`): none once it left the table (its end's full
+        update said all, or it was let go). A state no update can encode was stepped, and its
+        changelog written, all the same: said here, and its next full update (a pause, its
+        end) brings readers up to date."""
+        st = self.states.get(execution_id)
+        if st is None:
+            return []
+        try:
+            return self.router.partial_update(st, changed)
+        except Exception:
+            log.exception("execution %s: its update of this cycle cannot be made", execution_id)
+            return []
 
     def _leave_table(self, execution_ids: list[str]) -> None:
         for execution_id in execution_ids:

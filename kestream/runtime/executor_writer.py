@@ -6,8 +6,9 @@ topic (where it was, why, as much of it as fits), logged and counted.
 :class:`RecordWriter` writes a batch's :class:`~kestream.runtime.executor_outbox.Outbox` in its
 order: the commands, waiting for every ack, then the changelog (each key's records that a
 later one replaces dropped, :meth:`~kestream.runtime.executor_outbox.Outbox.coalesce`; an
-execution's updates of the cycle likewise). The changelog records (and the other tables') are
-not written at once: they are carried over later writes, then go with a write's commands in
+execution's partial updates of the cycle built as one, :meth:`RecordWriter.coalesce`). The
+changelog records (and the other tables') are not written at once: they are carried over
+later writes, then go with a write's commands in
 one produce and one wait for acks (after their batches' commands were acked, before the later
 batches' changelog, as the order requires): with the first write at least :data:`CARRY_S`
 after the oldest carried record (so a carry may wait that and one cycle more), with a write
@@ -131,10 +132,19 @@ class DeadLetters:
 class RecordWriter:
     """Writes a batch's outbox (see the module docstring)."""
 
-    def __init__(self, topics: Topics, limit: RecordLimit, letters: DeadLetters) -> None:
+    def __init__(
+        self,
+        topics: Topics,
+        limit: RecordLimit,
+        letters: DeadLetters,
+        partial_update: Callable[[str, list[str]], list[bytes]],
+    ) -> None:
         self.topics = topics
         self.limit = limit
         self.letters = letters
+        #: The records of an execution's partial update over a cycle, built from its state at
+        #: the write (:meth:`Outbox.build_updates`): by execution id and task runs changed.
+        self.partial_update = partial_update
         self._group_jobs = topics.group_tasks("")  # the worker groups' jobs topics' prefix
         self.producer: AIOKafkaProducer | None = None
         #: Under exactly-once, the input partitions' transactional producers.
@@ -227,11 +237,11 @@ class RecordWriter:
         return out.commands + [(changelog, *r) for r in out.changelog] + out.tables
 
     def coalesce(self, out: Outbox) -> None:
-        """Drop what later records of ``out`` replace: its changelog's
-        (:meth:`Outbox.coalesce`) and its execution updates'
-        (:meth:`Outbox.coalesce_updates`)."""
+        """Make ``out`` ready to write: its partial execution updates built, one per execution
+        (:meth:`Outbox.build_updates`), and its changelog records that later ones replace
+        dropped (:meth:`Outbox.coalesce`)."""
+        out.build_updates(self.topics.updates, self.partial_update)
         out.coalesce()
-        out.coalesce_updates(self.topics.updates, self.limit.value_bytes)
 
     async def write_transactions(self, writes: Mapping[int, TxnWrite]) -> Written:
         """Exactly-once: commit each input partition's records and offsets in its transaction

@@ -1,6 +1,7 @@
 """A cycle's changelog records, coalesced (:meth:`Outbox.coalesce`): each key's last record
-only, where a kill anywhere in the write leaves what it left before; and its execution updates
-(:meth:`Outbox.coalesce_updates`): fewer records that leave a reader where all of them would.
+only, where a kill anywhere in the write leaves what it left before; and its execution updates,
+built once per execution at the write (:meth:`Outbox.build_updates`): fewer records that leave
+a reader where an update per step would.
 
 The cycles here step every event the worker answered so far together (a ForEach of two
 concurrent lanes: several steps of one execution per cycle), as the processor's loop does with a
@@ -20,13 +21,7 @@ from kestream.models.flow import parse_flow
 from kestream.models.state import StateType
 from kestream.runtime import records
 from kestream.runtime.context import BrokerContext
-from kestream.runtime.execution_updates import (
-    KeptUpdate,
-    MergedExecution,
-    coalesce_updates,
-    merge_update,
-    update_records,
-)
+from kestream.runtime.execution_updates import MergedExecution, merge_update
 from kestream.runtime.executor_outbox import CommandRecord, Outbox
 from kestream.runtime.flows_table import FlowsTable
 from kestream.runtime.scheduler_service import SchedulerService
@@ -117,7 +112,7 @@ class _Run:
     changelog: Changelog = field(default_factory=list)
     #: Records of the next owner's repairs that coalescing dropped (a later record replaced).
     repairs_dropped: int = 0
-    #: Each cycle's updates, before and after coalescing.
+    #: Each cycle's updates: as an update per step would make them, and as written.
     updates: list[tuple[list[CommandRecord], list[CommandRecord]]] = field(default_factory=list)
 
 
@@ -131,12 +126,20 @@ def _processor_of_all() -> Any:
 
 
 def _step_cycle(service: Any, cycle: list[ev.Event], out: Outbox, offset: int, *,
-                first: bool) -> None:  # fmt: skip
+                first: bool, per_step: list[CommandRecord] | None = None) -> None:  # fmt: skip
     """Apply the cycle's events; the first time, r1's first end is followed by its restart in
-    the same cycle (added to ``cycle``, which a replay applies again)."""
+    the same cycle (added to ``cycle``, which a replay applies again). ``per_step`` gets the
+    update records each event would make if its update were built right after it."""
     i = 0
     while i < len(cycle):
-        service._apply(0, cycle[i], out, ("executions", offset + i))
+        staged = Outbox()
+        service._apply(0, cycle[i], staged, ("executions", offset + i))
+        if per_step is not None:
+            alone = Outbox()
+            alone.extend(staged)
+            alone.build_updates(service.topics.updates, service.writer.partial_update)
+            per_step += [r for r in alone.commands if r[0] == service.topics.updates]
+        out.extend(staged)
         i += 1
         restarted = any(isinstance(e, ev.Restart) for e in cycle)
         if first and not restarted and (ended := _ended(service, out).get("r1")) is not None:
@@ -166,12 +169,12 @@ def _cycles(kill: tuple[int, int] | None = None) -> _Run:
     while pending:
         cycle, pending = pending, []
         out = Outbox()
-        _step_cycle(service, cycle, out, offset, first=True)
+        before: list[CommandRecord] = []
+        _step_cycle(service, cycle, out, offset, first=True, per_step=before)
         offset += len(cycle)
         run.dropped.append(out.coalesce())
         run.sizes.append(len(out.changelog))
         jobs = _jobs(service, out)
-        before = [r for r in out.commands if r[0] == service.topics.updates]
         service.writer.coalesce(out)
         run.updates.append((before, [r for r in out.commands if r[0] == service.topics.updates]))
         if kill is not None and kill[0] == len(run.dropped) - 1:
@@ -233,6 +236,17 @@ def _stops(values: list[bytes]) -> list[tuple[str, bool]]:
     return [(b["execution"]["state"]["current"], b["terminal"]) for b in bodies if b["full"]]
 
 
+def _settled(value: Any) -> Any:
+    """``value`` without the durations of states still running: the time since they began,
+    as of when the update was built (at each step, or once at the write)."""
+    if isinstance(value, list):
+        return [_settled(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    running = "endDate" in value and value["endDate"] is None
+    return {k: _settled(v) for k, v in value.items() if not (running and k == "duration")}
+
+
 def test_a_cycles_updates_coalesced_leave_a_reader_where_each_steps_would() -> None:
     """Per execution (two interleaved, one ended and restarted in one cycle), a reader of the
     coalesced updates knows after each cycle what a reader of every update knows, and sees
@@ -252,106 +266,51 @@ def test_a_cycles_updates_coalesced_leave_a_reader_where_each_steps_would() -> N
             coalesced[key] = _merged(kept_values, coalesced.get(key))
             mine, theirs = coalesced[key], one_by_one[key]
             assert mine is not None and theirs is not None
-            assert mine.json() == theirs.json()
+            assert _settled(mine.json()) == _settled(theirs.json())
             assert (mine.terminal, mine.complete) == (theirs.terminal, True)
     assert all(merged is not None and merged.terminal for merged in coalesced.values())
     assert stops["r1"] == [("FAILED", True), ("FAILED", True)]
     assert kept < sent
 
 
-def _update(runs: list[str], *, version: int = 0, full: bool = False, more: bool = False) -> bytes:
-    listed = [{"id": r, "v": version} for r in runs]
-    execution: dict[str, Any] = {"id": "x", "v": version}
-    body: dict[str, Any] = {"more": more, "terminal": False}
-    if full:
-        body.update(execution={**execution, "taskRunList": listed}, full=True)
-    else:
-        body.update(execution=execution, taskRuns=listed, full=False)
-    return records.dumps(body)
-
-
-def test_partial_updates_merge_within_the_record_limit_and_a_full_one_replaces_them() -> None:
-    a, b, c = _update(["r1"], version=1), _update(["r2", "r1"], version=2), _update(["r3"])
-    (merged,) = coalesce_updates([a, b, c], 10_000)
-    body = records.loads(merged)
-    assert [r["id"] for r in body["taskRuns"]] == ["r1", "r2", "r3"]
-    assert body["taskRuns"][0]["v"] == 2 and body["execution"]["v"] == 0
-    assert coalesce_updates([a, b, c], len(a) + len(b)) == [records.dumps({**records.loads(b),
-        "taskRuns": [{"id": "r1", "v": 2}, {"id": "r2", "v": 2}]}), c]  # fmt: skip
-    full = _update(["r1", "r2"], version=3, full=True)
-    assert coalesce_updates([a, full, c], 10_000) == [full, c]
-    split = [_update(["r1"], full=True, more=True), _update(["r2"])]  # one update, two records
-    assert coalesce_updates([a, *split], 10_000) == split
-
-
-def test_a_full_update_is_a_barrier_every_full_update_stays() -> None:
-    a, b, c = _update(["r1"], version=1), _update(["r2"], version=2), _update(["r3"], version=3)
-    paused = _update(["r1", "r2"], version=4, full=True)
-    ended = _update(["r1", "r2", "r3"], version=5, full=True)
-    assert coalesce_updates([a, paused, b, c, ended], 10_000) == [paused, ended]
-    (merged,) = coalesce_updates([b, c], 10_000)
-    assert coalesce_updates([a, paused, b, c], 10_000) == [paused, merged]
-    split = [_update(["r1"], full=True, more=True), _update(["r2"])]  # one full update
-    assert coalesce_updates([*split, a, ended], 10_000) == [*split, ended]
-    partial_split = [_update(["r1"], more=True), _update(["r2"])]  # one partial update
-    assert coalesce_updates([paused, *partial_split, ended], 10_000) == [paused, ended]
-
-
-def test_kept_bodies_count_only_for_the_record_they_were_made_for() -> None:
-    a, b = _update(["r1"], version=1), _update(["r2"], version=2)
-    other = records.loads(_update(["elsewhere"], version=9))
-    equal = bytes(bytearray(a))  # equal bytes, another object
-    stale = {id(a): KeptUpdate(equal, False, False, other)}
-    (merged,) = coalesce_updates([a, b], 10_000, stale)
-    assert [r["id"] for r in records.loads(merged)["taskRuns"]] == ["r1", "r2"]
-    kept = {id(a): KeptUpdate(a, False, False, other)}  # the very record: its body is read
-    (merged,) = coalesce_updates([a, b], 10_000, kept)
-    assert [r["id"] for r in records.loads(merged)["taskRuns"]] == ["elsewhere", "r2"]
-
-
-def test_bodies_are_kept_only_for_records_a_merge_may_read() -> None:
-    service = _processor()
-    service.owned = {0}
+def test_partial_updates_are_built_once_per_execution_at_the_write() -> None:
     out = Outbox()
-    service._apply(0, ev.ExecutionCreated("t1", "test.torn", "torn"), out, ("executions", 0))
-    (job,) = _jobs(service, out)
-    service._apply(0, ev.WorkerResult(*job, StateType.SUCCESS), out, ("executions", 1))
-    st = service.states["t1"]
-    bodies: dict[int, KeptUpdate] = {}
-    changed = list(st.task_runs)
-    (partial,) = update_records(st, changed, terminal=False, full=False, max_bytes=10**6,
-                                bodies=bodies)  # fmt: skip
-    (full,) = update_records(st, changed, terminal=False, full=True, max_bytes=10**6,
-                             bodies=bodies)  # fmt: skip
-    split = update_records(st, changed, terminal=False, full=True, max_bytes=len(full) * 2 // 3,
-                           bodies=bodies)  # fmt: skip
-    assert len(split) > 1
-    assert bodies[id(partial)].value is partial
-    assert bodies[id(partial)].body == records.loads(partial)
-    assert (bodies[id(full)].full, bodies[id(full)].body) == (True, None)
-    assert [(bodies[id(v)].full, bodies[id(v)].more, bodies[id(v)].body) for v in split] == [
-        (i == 0, i < len(split) - 1, None) for i in range(len(split))
+    out.partial_update("x", ["r1"])
+    out.send("jobs", "x", b"job")
+    out.partial_update("y", [])
+    out.partial_update("x", ["r2", "r1"])
+    built: list[tuple[str, list[str]]] = []
+
+    def build(execution_id: str, changed: list[str]) -> list[bytes]:
+        built.append((execution_id, changed))
+        return [] if execution_id == "y" else [b"x-update"]  # y left the table
+
+    assert out.build_updates("updates", build) == 1
+    assert built == [("x", ["r1", "r2"]), ("y", [])]
+    assert out.commands == [("jobs", "x", b"job", None), ("updates", "x", b"x-update", None)]
+    assert out.partial_updates == {} and out.build_updates("updates", build) == 0
+
+
+def test_a_full_update_replaces_the_partial_updates_noted_before_it_every_full_stays() -> None:
+    out = Outbox()
+    out.partial_update("x", ["r1"])
+    out.full_update("updates", "x", [b"paused"])
+    out.partial_update("x", ["r2"])
+    staged = Outbox()  # an event's records, staged apart, then taken
+    staged.partial_update("x", ["r3"])
+    staged.full_update("updates", "x", [b"ended-1", b"ended-2"])  # a split full update
+    out.extend(staged)
+    assert out.partial_updates == {} and not out.empty()
+    restarted = Outbox()
+    restarted.partial_update("x", ["r4"])
+    out.extend(restarted)
+    out.build_updates("updates", lambda execution_id, changed: [repr(changed).encode()])
+    assert [value for _, _, value, _ in out.commands] == [
+        b"paused",
+        b"ended-1",
+        b"ended-2",
+        b"['r4']",
     ]
-
-
-def test_an_executions_last_update_record_a_tombstone_keeps_its_updates() -> None:
-    out = Outbox()
-    a, b = _update(["r1"], version=1), _update(["r2"], version=2)
-    out.send("updates", "x", a)
-    out.send("updates", "x", b)
-    out.send("updates", "x", None)
-    assert out.coalesce_updates("updates", 10_000) == 1
-    (merged,) = coalesce_updates([a, b], 10_000)
-    assert out.commands == [("updates", "x", merged, None), ("updates", "x", None, None)]
-
-
-def test_kept_bodies_are_cleared_even_when_nothing_is_coalesced() -> None:
-    out = Outbox()
-    a = _update(["r1"])
-    out.send("updates", "x", a)
-    out.update_bodies[id(a)] = KeptUpdate(a, False, False, records.loads(a))
-    assert out.coalesce_updates("updates", 10_000) == 0
-    assert out.update_bodies == {}
 
 
 PAUSED_THEN_LOG = """
