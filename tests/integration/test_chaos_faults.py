@@ -93,10 +93,11 @@ async def _submit_at(
 async def _unstable_partitions(settings: Settings, kind: str) -> list[str]:
     """The partitions of the topics an execution's end is written to whose last stable offset
     is behind their high watermark once the load drained: records of a transaction still open,
-    or of one whose commit the broker acknowledged without ever writing its markers (Kafka 4.4
-    does so for a commit it answers during its controlled shutdown). A read-committed reader
-    sees nothing past that offset, so an execution ended there reads as lost although its
-    end was written; the details name them, to tell that from an end never written."""
+    or of one the coordinator completed without writing its markers there (Kafka 4.4 skips a
+    partition that has no leader at that moment, as during a single node's restart:
+    KAFKA-20734, docs/brokers.md). A read-committed reader sees nothing past that offset, so
+    an execution ended there reads as lost although its end was written; the details name
+    them, to tell that from an end never written."""
     names = ("executions", "worker-tasks", "execution-updates", "executor-state-changelog")
     every = range(settings.partitions)
     parts = [TopicPartition(settings.topic(name), p) for name in names for p in every]
