@@ -28,17 +28,18 @@ creation number, because compaction reorders records: recovery collects an execu
 first, then rebuilds in creation order.
 
 Values are plain JSON-ready dicts; dates, times and durations are tagged so typed inputs and
-outputs come back with their types.
+outputs come back with their types (:mod:`kestream.executor.value_tags`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import date, datetime, time, timedelta
+from datetime import datetime
 from typing import Any
 
 from kestream.executor.events import SubflowLink
 from kestream.executor.instants import iso_instant
+from kestream.executor.sizes import record_json
 from kestream.executor.state import (
     Block,
     ExecutionState,
@@ -47,6 +48,7 @@ from kestream.executor.state import (
     TaskRunState,
     Timer,
 )
+from kestream.executor.value_tags import CodecError, decode_value, encode_value
 from kestream.models.flow import Flow
 from kestream.models.state import StateType
 from kestream.storage.offload import REF_KEY, SnapshotError, fetch_plan, is_reference
@@ -68,74 +70,6 @@ WHOLE_MAX_BYTES = 8 * 1024
 #: One execution's stored plans, read before it is rebuilt (off the event loop, tried again
 #: while the storage does not answer), by URI: the plan, or why it is not one.
 StoredPlans = Mapping[str, "dict[str, Any] | SnapshotError"]
-
-
-class CodecError(ValueError):
-    """A changelog record that cannot be turned back into state."""
-
-
-# -- tagged values ---------------------------------------------------------------------------
-
-
-#: Wraps a user's map whose only key starts with ``$``, so that it can never be read as a tag.
-ESCAPE = "$esc"
-
-
-#: Types :func:`encode_value` returns as they are (exactly these: a subclass takes the long way).
-_PLAIN = frozenset({str, int, float, bool, type(None)})
-
-
-def encode_value(value: Any) -> Any:
-    """JSON-ready copy of ``value`` with datetimes, dates, times and durations tagged.
-
-    A tag is a map with one ``$``-key. A user's map of that shape (a webhook body
-    ``{"$td": 1e300}``) is wrapped in ``{"$esc": ...}``, so data always comes back as the data
-    it was, never as a tag.
-    """
-    if type(value) in _PLAIN:  # most values: returned before six isinstance checks
-        return value
-    if isinstance(value, dict):
-        encoded = {str(k): encode_value(v) for k, v in value.items()}
-        if len(encoded) == 1 and next(iter(encoded)).startswith("$"):
-            return {ESCAPE: encoded}
-        return encoded
-    if isinstance(value, list | tuple):
-        return [encode_value(v) for v in value]
-    if isinstance(value, date | time):  # (a datetime is a date)
-        tag = "$dt" if isinstance(value, datetime) else "$d" if isinstance(value, date) else "$t"
-        return {tag: value.isoformat()}
-    if isinstance(value, timedelta):
-        return {"$td": value.total_seconds()}
-    return value
-
-
-_TAGS: dict[str, Any] = {
-    "$dt": datetime.fromisoformat,
-    "$d": date.fromisoformat,
-    "$t": time.fromisoformat,
-    "$td": lambda seconds: timedelta(seconds=seconds),
-}
-
-
-def decode_value(value: Any) -> Any:
-    """Inverse of :func:`encode_value`; a malformed tag raises :class:`CodecError`."""
-    if isinstance(value, list):
-        return [decode_value(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if len(value) == 1:
-        ((tag, raw),) = value.items()
-        if tag == ESCAPE:
-            if not isinstance(raw, dict):
-                raise CodecError(f"{ESCAPE} must wrap a map, not {type(raw).__name__}")
-            return {k: decode_value(v) for k, v in raw.items()}
-        decode = _TAGS.get(tag)
-        if decode is not None:
-            try:
-                return decode(raw)
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise CodecError(f"bad {tag} value {str(raw)[:40]!r}: {exc}") from None
-    return {k: decode_value(v) for k, v in value.items()}
 
 
 def _record(state: StateRecord) -> list[Any]:
@@ -276,8 +210,6 @@ def encode_step(
     if not st.records_apart:
         whole = encode_whole(st) if whole_max > 0 else None
         if whole is not None:
-            from kestream.executor.sizes import record_json  # (sizes imports this module)
-
             data = record_json(whole)
             if len(data) <= whole_max:
                 return [(header_key(st.id, DYNAMIC), whole, data)]

@@ -26,8 +26,8 @@ from typing import Any
 import orjson
 
 from kestream.executor import events as ev
-from kestream.executor.codec import CodecError, decode_value, encode_value
 from kestream.executor.sizes import human_size, over_limit, record_json
+from kestream.executor.value_tags import CodecError, decode_value, encode_value
 from kestream.expressions import RenderError
 from kestream.storage.access import ExecutionFiles, FileAccessError
 from kestream.storage.backend import Storage

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from kestream.executor.codec import encode_value
+from kestream.executor.value_tags import encode_value
 
 #: What a task run's record holds besides its outputs (ids, value, state histories, attempts),
 #: at most: the outputs get the rest of the record.

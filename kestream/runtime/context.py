@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from kestream.executor.instance_variables import InstanceVariables, set_instance_variables
-from kestream.expressions import set_render_timeout_ms, set_step_render_budget_ms
 from kestream.runtime.fetch_pacing import mark_embedded
 from kestream.runtime.record_limit import RecordLimit
 from kestream.runtime.tansu_compat import BrokerTraits, probe_broker
@@ -70,20 +68,32 @@ class BrokerContext:
 
 
 async def connect(settings: Settings, bootstrap: str | None = None) -> BrokerContext:
-    """Identify the broker and make sure kestream's topics exist.
-
-    ``bootstrap`` defaults to ``KESTREAM_BROKER``; starting the embedded broker when neither is
-    given is the job of the process that owns it (the CLI or the supervisor), not of each role.
+    """Identify the broker and make sure kestream's topics exist (:func:`reach`), once this
+    process has taken its render budgets, and the ``envs`` and ``globals`` its flows see, from
+    ``settings``.
 
     Every role (executor, worker, scheduler, API, embedded or not) and ``kestream run`` start
-    here, so this is also where the process takes its render budgets, and the ``envs`` and
-    ``globals`` its flows see, from ``settings``.
+    here. The engine's settings are imported here, not with this module, so that a process that
+    runs no flow and only reaches the broker (standalone's supervisor) never imports them.
     """
+    from kestream.executor.instance_variables import InstanceVariables, set_instance_variables
+    from kestream.expressions import set_render_timeout_ms, set_step_render_budget_ms
+
     set_render_timeout_ms(settings.render_timeout_ms)
     set_step_render_budget_ms(settings.step_render_budget_ms)
     set_instance_variables(
         InstanceVariables.from_environ(os.environ, settings.env_vars_prefix, settings.globals)
     )
+    return await reach(settings, bootstrap)
+
+
+async def reach(settings: Settings, bootstrap: str | None = None) -> BrokerContext:
+    """Identify the broker and make sure kestream's topics exist: :func:`connect` for a process
+    that runs no flow (standalone's supervisor, reading the members topic).
+
+    ``bootstrap`` defaults to ``KESTREAM_BROKER``; starting the embedded broker when neither is
+    given is the job of the process that owns it (the CLI or the supervisor), not of each role.
+    """
     address = bootstrap or settings.broker
     if not address:
         raise ValueError("no broker: set KESTREAM_BROKER, or start kestream through its CLI")

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from kestream.runtime.aio import cancel_and_wait
-from kestream.runtime.metrics import Metrics
 
 if TYPE_CHECKING:
     from kestream.runtime.flows_table import FlowsTable
+    from kestream.runtime.metrics import Metrics
 
 log = logging.getLogger("kestream.health")
 

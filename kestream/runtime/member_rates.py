@@ -22,9 +22,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kestream.runtime.metrics import Metrics
+if TYPE_CHECKING:  # a reader of member records (the supervisor) serves no metrics
+    from kestream.runtime.metrics import Metrics
 
 #: Percentiles published for each latency.
 QUANTILES = (0.5, 0.99)

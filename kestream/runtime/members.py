@@ -34,19 +34,21 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from kestream.runtime import records
 from kestream.runtime.aio import cancel_and_wait
 from kestream.runtime.compacted import assign_from_start, reached
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.health import MEASUREMENTS, Health
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.member_rates import RateWindow
-from kestream.runtime.metrics import Metrics
+from kestream.runtime.record_values import RecordError, dumps, loads
+
+if TYPE_CHECKING:  # the supervisor reads members and serves no metrics (prometheus_client)
+    from kestream.runtime.metrics import Metrics
 
 log = logging.getLogger("kestream.members")
 
@@ -117,14 +119,14 @@ class MemberStatus:
         return member_key(self.role, self.host, self.pid)
 
     def encode(self) -> bytes:
-        return records.dumps(asdict(self))
+        return dumps(asdict(self))
 
     @classmethod
     def decode(cls, data: bytes | None) -> MemberStatus:
-        """Parse a record value; raises :class:`records.RecordError` when it is not a status."""
-        body = records.loads(data)
+        """Parse a record value; raises :class:`.RecordError` when it is not a status."""
+        body = loads(data)
         if not isinstance(body, dict):
-            raise records.RecordError("a member status must be a JSON object")
+            raise RecordError("a member status must be a JSON object")
         try:
             port = body.get("port")
             return cls(
@@ -142,7 +144,7 @@ class MemberStatus:
                 facts=facts if isinstance(facts := body.get("facts"), dict) else {},
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise records.RecordError(f"bad member status: {type(exc).__name__}: {exc}") from None
+            raise RecordError(f"bad member status: {type(exc).__name__}: {exc}") from None
 
 
 class Roster:
@@ -176,7 +178,7 @@ class Roster:
             return
         try:
             status = MemberStatus.decode(value)
-        except records.RecordError as exc:  # one bad record never stops the board
+        except RecordError as exc:  # one bad record never stops the board
             log.warning("members: skipping the record of %s: %s", key or "<no key>", exc)
             return
         self._store(key, status)
@@ -498,7 +500,7 @@ def _content(status: MemberStatus) -> bytes:
             for name, check in checks.items()
         }
     body["facts"] = facts
-    return records.dumps(body)
+    return dumps(body)
 
 
 class MemberBoard:

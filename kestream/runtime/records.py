@@ -13,41 +13,22 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
-import orjson
-
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.admission import Ask, Release, SlotRequest
-from kestream.executor.codec import decode_value, encode_value
 from kestream.executor.restore import snapshot_attempt
-from kestream.executor.sizes import human_size, record_json
+from kestream.executor.sizes import human_size
+from kestream.executor.value_tags import decode_value, encode_value
 from kestream.models.execution import format_instant
 from kestream.models.state import StateType
 from kestream.models.values import find_unportable
 from kestream.runtime.record_limit import RecordLimit
+from kestream.runtime.record_values import RecordError, dumps, loads
 from kestream.settings import Settings
 from kestream.storage.offload import fetch_snapshot
 from kestream.tasks.base import RunnableTask
 
 log = logging.getLogger("kestream.records")
-
-
-class RecordError(ValueError):
-    """A record that cannot be understood; ``reason`` goes to the dead-letter topic."""
-
-
-#: Every record's value is written by :func:`kestream.executor.sizes.record_json`, the encoder
-#: the engine measures sizes with.
-dumps: Callable[[Any], bytes] = record_json
-
-
-def loads(data: bytes | None) -> Any:
-    if data is None:
-        raise RecordError("empty record value")
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise RecordError(f"not JSON: {exc}") from None
 
 
 def _when(value: datetime | None) -> str | None:

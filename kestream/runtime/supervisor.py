@@ -483,11 +483,11 @@ class Supervisor:
         where there is no group to move their partitions."""
         if self._hangs is None:
             return
-        from kestream.runtime.context import connect
+        from kestream.runtime.context import reach
         from kestream.runtime.members import MemberBoard
 
         try:
-            board = MemberBoard(await connect(self.settings, bootstrap))
+            board = MemberBoard(await reach(self.settings, bootstrap))
             await board.start()
         except Exception as exc:  # the broker went away meanwhile: the watch will see it
             log.warning("cannot follow the members topic (%r): no child is judged hung", exc)

@@ -8,8 +8,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+#: The engine, and what only the role processes use: about 20 MB of a process's resident memory.
+_ENGINE = (
+    "kestream.executor.codec",
+    "kestream.models.flow",
+    "kestream.expressions",
+    "kestream.runtime.records",
+    "aiohttp",
+    "prometheus_client",
+)
 
 
 def _loaded_after(imports: str, modules: tuple[str, ...]) -> list[str]:
@@ -28,6 +39,8 @@ def _loaded_after(imports: str, modules: tuple[str, ...]) -> list[str]:
         ("import kestream.storage, kestream.storage.offload", ("obstore",)),
         # the supervisor reads topic names; the record limit brings the engine's codec (5 MB)
         ("import kestream.runtime.supervisor", ("kestream.executor.codec", "obstore")),
+        # the supervisor reads member records; the other records' codec is the engine's
+        ("import kestream.runtime.members", _ENGINE),
     ],
 )
 def test_an_idle_process_does_not_import_what_only_some_work_needs(
@@ -48,3 +61,36 @@ def test_the_deferred_libraries_come_with_their_first_use() -> None:
     )
     loaded = _loaded_after(code, ("cryptography", "obstore"))
     assert loaded == ["cryptography", "obstore"]
+
+
+def test_the_supervisor_follows_the_members_topic_without_the_engine(tmp_path: Path) -> None:
+    """standalone's supervisor reads the members topic to kill hung children: it reaches the
+    broker and reads member records, and never imports the engine that its children run (the
+    broker's answers are stubbed: what is checked is what the watch imports)."""
+    code = f"""
+import asyncio, sys
+from kestream.runtime import context, members, supervisor
+from kestream.runtime.topics import Topics
+from kestream.runtime.tansu_compat import BrokerTraits
+from kestream.runtime.embedded_broker import EMBEDDED_CLUSTER_ID
+from kestream.runtime.record_limit import RecordLimit
+from kestream.settings import Settings
+
+async def probe(address, settings):
+    return BrokerTraits("tansu", EMBEDDED_CLUSTER_ID, idempotent_producer=False)
+
+async def ensure(settings, address, kind):
+    return Topics.of(settings), RecordLimit.of(settings)
+
+async def start(self, ctx=None):
+    pass
+
+context.probe_broker, context.ensure_topics, members.MemberBoard.start = probe, ensure, start
+sup = supervisor.Supervisor(Settings(data_dir={str(tmp_path)!r}), None)
+asyncio.run(sup._follow_members("127.0.0.1:1"))
+assert sup._members is not None, "no board"
+print(",".join(m for m in {_ENGINE!r} if m in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
