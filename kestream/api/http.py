@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from kestream.api.index.query import QueryError, label_pair, parse_instant
-from kestream.api.index.store import Listing
 from kestream.models.values import UnportableValue, loads_json, safe_text
 from kestream.secrets.encryption import mask_sealed
+
+if TYPE_CHECKING:
+    from kestream.api.index.store import Listing
 
 JSON = "application/json"
 
@@ -205,6 +206,10 @@ def query_flag(request: web.Request, name: str, default: bool = False) -> bool:
 
 def query_instant(request: web.Request, name: str) -> datetime | None:
     """An ISO-8601 date-time query parameter (no offset: UTC), as the search filters read them."""
+    # Imported here: every role's guard imports this module for its errors, and the index's
+    # package brings its store and SQLite, which only the API's processes use.
+    from kestream.api.index.query import QueryError, parse_instant
+
     raw = request.query.get(name)
     if not raw:
         return None
@@ -229,6 +234,8 @@ def query_int(request: web.Request, name: str, default: int, *, low: int, high: 
 
 def parse_labels(values: Iterable[str], source: str = "labels") -> dict[str, str]:
     """Kestra's ``key:value`` label parameters (repeated), as a dict."""
+    from kestream.api.index.query import QueryError, label_pair  # (see query_instant)
+
     try:
         return dict(label_pair(source, raw) for raw in values)
     except QueryError as exc:

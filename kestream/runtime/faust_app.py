@@ -498,15 +498,19 @@ async def _start_processor(
     table: Any,
     on_failure: Callable[[BaseException], None] | None,
 ) -> Any:
-    from kestream.runtime.executor_service import ExecutorService
+    # Each role's processor only: a process without the worker (an executor alone) skips the
+    # worker's modules, and the scheduler's engine under them.
     from kestream.runtime.local_handoff import connect
-    from kestream.runtime.worker_service import WorkerService
 
     processor: Any
     if role == "executor":
+        from kestream.runtime.executor_service import ExecutorService
+
         # Held executions are retried on every loop pass, so no flows-table listener is needed.
         processor = ExecutorService(ctx, registry, on_failure=on_failure)
     elif role == "worker":
+        from kestream.runtime.worker_service import WorkerService
+
         processor = WorkerService(ctx, registry, on_failure=on_failure)
     elif role == "scheduler":
         from kestream.runtime.scheduler_service import SchedulerService

@@ -94,3 +94,31 @@ print(",".join(m for m in {_ENGINE!r} if m in sys.modules))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_an_executor_process_imports_neither_the_worker_nor_the_api_index() -> None:
+    """A process that hosts an executor alone (standalone's second) starts its processor
+    without the worker's modules (and the scheduler's engine under them), and its ops routes'
+    guard without the API's index (its store, SQLite). Its processor is stubbed: what is
+    checked is what its start imports."""
+    code = """
+import asyncio, sys
+from kestream.runtime import executor_service, faust_app, local_handoff
+
+class Stub:
+    def __init__(self, *args, **kwargs):
+        pass
+
+    async def start(self):
+        pass
+
+executor_service.ExecutorService = Stub
+local_handoff.connect = lambda ctx, role, processor: None
+faust_app.preload(("executor",))
+asyncio.run(faust_app._start_processor("executor", None, None, None, None))
+found = ("kestream.runtime.worker_service", "kestream.scheduler", "kestream.api.index", "sqlite3")
+print(",".join(m for m in found if m in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
