@@ -769,7 +769,7 @@ class ExecutorService:
                 return
             out = Outbox()
             self._undo_refused(written.refused, out)
-            if not (out.commands or out.changelog or out.tables):
+            if out.empty():
                 return
         log.error("records still refused after %d rounds; left dead-lettered", _FLUSH_ROUNDS)
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
+
 from kestream.executor import codec
 from kestream.executor import events as ev
 from kestream.models.flow import parse_flow
@@ -377,3 +379,23 @@ def test_a_pause_passed_within_the_cycle_still_fires_the_flow_triggers_on_paused
 
 def _updates_of(service: Any, out: Outbox) -> list[bytes]:
     return [v for t, _, v, _ in out.commands if t == service.topics.updates and v is not None]
+
+
+def test_no_partial_update_for_an_execution_gone_or_one_that_cannot_be_encoded(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = _processor()
+    service.owned = {0}
+    out = Outbox()
+    service._apply(0, ev.ExecutionCreated("t1", "test.torn", "torn"), out, ("executions", 0))
+    assert list(out.partial_updates) == ["t1"] and _updates_of(service, out) == []  # waits
+    assert service._partial_update("gone", ["r1"]) == []
+    (update,) = service._partial_update("t1", [])
+    assert records.loads(update)["execution"]["id"] == "t1"
+
+    def unencodable(st: Any, changed: list[str]) -> list[bytes]:
+        raise ValueError("no JSON for this")
+
+    monkeypatch.setattr(service.router, "partial_update", unencodable)
+    assert service._partial_update("t1", []) == []
+    assert "t1: its update of this cycle cannot be made" in caplog.text
