@@ -99,6 +99,7 @@ class Outbox:
         every record of this outbox, so after the execution's full updates here: readers key
         the topic by execution, and the order within a key is kept."""
         noted, self.partial_updates = self.partial_updates, {}
+        self.full_updated = set()  # what it replaced is gone: later notes stand
         made = 0
         for execution_id, runs in noted.items():
             for value in build(execution_id, list(runs)):

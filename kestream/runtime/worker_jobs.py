@@ -61,7 +61,7 @@ class PartitionLog:
         #: Jobs handed over in process by the offset of their broker copy, until that copy is
         #: fetched (or the partition revoked): kept apart from the evicting finished memory,
         #: so a copy is recognised however late it comes (at most
-        #: :data:`HANDED_UNFETCHED_MAX`).
+        #: :data:`~kestream.runtime.worker_service.HANDED_UNFETCHED_MAX`).
         self.handed: dict[int, Job] = {}
         self.next_offset: int | None = None
         self.committed: int | None = None

@@ -948,7 +948,7 @@ class WorkerService:
 
     def _logs_refused(self, job: Job, failures: list[BaseException]) -> None:
         """Log lines the broker did not take while it took the result. Refused for what they
-        are (:func:`record_fault`: a policy, an authorization), they are left out, said here:
+        are (:func:`record_fault`: a policy, an invalid topic), they are left out, said here:
         the result stands, and must not be replaced by a FAILED one after its acknowledgement
         (two answers for one attempt). Any other failure (the broker away) raises, and the
         whole send is tried again: the executor applies a repeated result once."""

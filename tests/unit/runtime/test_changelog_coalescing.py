@@ -399,3 +399,13 @@ def test_no_partial_update_for_an_execution_gone_or_one_that_cannot_be_encoded(
     monkeypatch.setattr(service.router, "partial_update", unencodable)
     assert service._partial_update("t1", []) == []
     assert "t1: its update of this cycle cannot be made" in caplog.text
+
+
+def test_a_full_update_built_and_written_replaces_no_later_note() -> None:
+    written = Outbox()
+    written.full_update("updates", "x", [b"ended"])
+    written.build_updates("updates", lambda execution_id, changed: [])
+    later = Outbox()
+    later.partial_update("x", ["r1"])
+    later.extend(written)
+    assert later.partial_updates == {"x": {"r1": None}}
