@@ -156,7 +156,11 @@ class Outbox:
             self.partial_updates.pop(execution_id, None)
         self.full_updated |= other.full_updated
         for execution_id, runs in other.partial_updates.items():
-            self.partial_update(execution_id, list(runs))
+            mine = self.partial_updates.get(execution_id)
+            if mine is None:
+                self.partial_updates[execution_id] = dict(runs)
+            else:
+                mine.update(runs)
         self.changelog.extend(other.changelog)
         self.logged.extend(other.logged)
         self.tables.extend(other.tables)

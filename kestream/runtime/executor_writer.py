@@ -4,36 +4,34 @@
 topic (where it was, why, as much of it as fits), logged and counted.
 
 :class:`RecordWriter` writes a batch's :class:`~kestream.runtime.executor_outbox.Outbox` in its
-order: the commands, waiting for every ack, then the changelog (each key's records that a
-later one replaces dropped, :meth:`~kestream.runtime.executor_outbox.Outbox.coalesce`; an
-execution's partial updates of the cycle built as one, :meth:`RecordWriter.coalesce`). The
-changelog records (and the other tables') are not written at once: they are carried over
-later writes, then go with a write's commands in
-one produce and one wait for acks (after their batches' commands were acked, before the later
-batches' changelog, as the order requires): with the first write at least :data:`CARRY_S`
-after the oldest carried record (so a carry may wait that and one cycle more), with a write
-that has no commands of its own (an idle cycle), and before the next offset commit, so a
-commit never passes a record not written. What is carried is coalesced as one outbox's
-changelog is, so a short execution's records of several cycles shrink to what its last step
-left (W1, tasks on workers: its two whole records, the whole record's tombstone and the ended
-marker become the tombstone and the marker when its three steps fall within one carry). A crash
-before they are written is a crash between a batch's commands and its changelog, which
+order: the commands, waiting for every ack, then the changelog (each key's records that a later
+one replaces dropped, :meth:`~kestream.runtime.executor_outbox.Outbox.coalesce`; an execution's
+partial updates of the cycle built as one, :meth:`RecordWriter.coalesce`). The changelog records
+(and the other tables') are not written at once: they are carried over later writes, then go
+with a write's commands in one produce and one wait for acks (after their batches' commands were
+acked, before the later batches' changelog, as the order requires): with the first write at
+least :data:`CARRY_S` after the oldest carried record (so a carry may wait that and one cycle
+more), with a write that has no commands of its own (an idle cycle), and before the next offset
+commit, so a commit never passes a record not written. What is carried is coalesced as one
+outbox's changelog is, so a short execution's records of several cycles shrink to what its last
+step left (W1, tasks on workers: its two whole records, the whole record's tombstone and the
+ended marker become the tombstone and the marker when its three steps fall within one carry). A
+crash before they are written is a crash between a batch's commands and its changelog, which
 at-least-once always allowed: the batch's offsets were not committed, and it is replayed from
 the changelog's state (its commands again carry the same derived ids). A replay sends a step's
-commands again, and a worker runs a job it receives again (a copy at a new offset), so the
-steps whose commands act again (worker jobs, kills and releases, records of the executions
-topic: :meth:`RecordWriter._acts_again`) are carried one write only: their changelog goes with
-the next write whatever its age, and a kill -9 runs again the jobs of the last cycle alone, as
-before there was a carry; the longer carry holds only steps that sent updates and logs, whose
-repeats readers drop. Records still carried
-for partitions the processor lets go are dropped (:meth:`RecordWriter.drop_carried`): written
-after their next owner took over, they would land over its records. Every produce passes the
-write gate first (:mod:`kestream.runtime.write_gate`), closed while the group may have handed
-the partitions on. A record the
-broker refuses for what it is (too large for the topic, say:
-:func:`~kestream.runtime.produce_faults.record_fault`), or that cannot be sent at all, goes
-to the dead-letter topic instead and the rest is written; a failure of the broker itself
-raises, and the processor stops (its partitions' next owner replays from the last commit).
+commands again, and a worker runs a job it receives again (a copy at a new offset), so the steps
+whose commands act again (worker jobs, kills and releases, records of the executions topic:
+:meth:`RecordWriter._acts_again`) are carried one write only: their changelog goes with the next
+write whatever its age, and a kill -9 runs again the jobs of the last cycle alone, as before
+there was a carry; the longer carry holds only steps that sent updates and logs, whose repeats
+readers drop. Records still carried for partitions the processor lets go are dropped
+(:meth:`RecordWriter.drop_carried`): written after their next owner took over, they would land
+over its records. Every produce passes the write gate first
+(:mod:`kestream.runtime.write_gate`), closed while the group may have handed the partitions on.
+A record the broker refuses for what it is (too large for the topic, say:
+:func:`~kestream.runtime.produce_faults.record_fault`), or that cannot be sent at all, goes to
+the dead-letter topic instead and the rest is written; a failure of the broker itself raises,
+and the processor stops (its partitions' next owner replays from the last commit).
 
 Under exactly-once (:meth:`RecordWriter.write_transactions`) the order and the carrying give way
 to one transaction per input partition, with its input offsets; records are sized before, and a

@@ -1,21 +1,22 @@
 """What aiokafka knows of a consumer's group membership and keeps only privately, read in one
 place: its generation, its member id, and how its coordination task ended.
 
-The scheduler lease fences on the generation and member id, the worker's sticky assignor claims
-partitions under the generation, and the worker and the lease stop when the coordination task
-(joins, syncs, heartbeats) died. aiokafka 0.13 and 0.14 keep these on ``consumer._coordinator``;
-the readers of generation and member id raise rather than guess where a version keeps them
-elsewhere, and tests/unit/runtime/test_aiokafka_internals.py checks the fields against the
-installed aiokafka.
+The scheduler lease fences on the generation and member id, the member fence (and through it the
+write gate) compares them, the worker's sticky assignor claims partitions under the generation,
+and the worker and the lease stop when the coordination task (joins, syncs, heartbeats) died.
+aiokafka 0.13 and 0.14 keep these on ``consumer._coordinator``; the fencing readers of
+generation and member id raise rather than guess where a version keeps them elsewhere, and
+tests/unit/runtime/test_aiokafka_internals.py checks the fields against the installed aiokafka.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-__all__ = ["coordination_failure", "group_generation", "member_id"]
+__all__ = ["coordination_failure", "group_generation", "member_id", "membership"]
 
 
 def group_generation(consumer: AIOKafkaConsumer) -> int:
@@ -56,3 +57,14 @@ def member_id(consumer: AIOKafkaConsumer) -> str:
             " member cannot be fenced"
         )
     return found
+
+
+def membership(coordinator: Any) -> tuple[int, str] | None:
+    """The generation and member id ``coordinator`` (a consumer's ``_coordinator``) last heard,
+    or None where it keeps neither: the member fence only compares them, so it reads leniently
+    where :func:`group_generation` and :func:`member_id` raise."""
+    generation = getattr(coordinator, "generation", None)
+    found = getattr(coordinator, "member_id", None)
+    if not isinstance(generation, int) or not isinstance(found, str):
+        return None
+    return generation, found

@@ -53,6 +53,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from kestream.runtime.group_coordinator import membership
+
 __all__ = ["LOOK_EVERY_S", "MemberFence"]
 
 log = logging.getLogger("kestream.runtime.member_fence")
@@ -163,12 +165,7 @@ class MemberFence:
         not watching a coordinator that keeps them). aiokafka resets both when the coordinator
         answers that it knows neither (``UNKNOWN_MEMBER_ID``, ``ILLEGAL_GENERATION``: this
         member was expelled) and sets new ones at each join."""
-        coordinator = self._coordinator
-        generation = getattr(coordinator, "generation", None)
-        member_id = getattr(coordinator, "member_id", None)
-        if not isinstance(generation, int) or not isinstance(member_id, str):
-            return None
-        return generation, member_id
+        return membership(self._coordinator)
 
     def silent_for(self) -> float:
         """Seconds since the membership was last confirmed (0 before the first join)."""
