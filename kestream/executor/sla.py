@@ -1,8 +1,11 @@
 """A flow's service-level agreements (``sla``), as the step enforces them (Kestra 0.20+).
 
 - ``MAX_DURATION``: a timer in the execution's state (``sla:<n>``, n its place in the list), set
-  when the execution starts running (and again when a restart or a replay sets it running), due
-  ``duration`` later; it fires only if the execution has not ended by then.
+  when the execution asks to run (at its creation, or its scheduled date), due ``duration``
+  later, so the wait for a concurrency slot counts, as it does in Kestra, whose monitor counts
+  from the creation; set again by a restart or a replay, from then (Kestra's still counts from
+  the first creation, and ends at once a restart of an execution older than the duration). It
+  fires only if the execution has not ended by then; one still waiting for its slot ends there.
 - ``EXECUTION_ASSERTION``: the ``assert`` expression is rendered with the execution's variables
   each time the execution changes while it runs (or waits in a pause): when it starts, after each
   step that leaves it running, and once more when its tasks are over, just before it takes its end

@@ -420,7 +420,9 @@ class _Step:
 
     def begin(self) -> None:
         """Start the execution; one of a flow with a concurrency limit asks for a slot first
-        and stays CREATED until the admission answers (:meth:`admitted`)."""
+        and stays CREATED until the admission answers (:meth:`admitted`). Its MAX_DURATION
+        SLAs count from here, the wait for a slot included, as Kestra's count from creation."""
+        self.arm_max_durations()
         if self.flow.concurrency is None:
             self.start_execution()
         else:
@@ -486,7 +488,6 @@ class _Step:
 
     def start_execution(self) -> None:
         self.move_execution(S.RUNNING)
-        self.arm_max_durations()
         self.st.root = flow_group(self.flow)
         self.new_groups.add(ROOT)  # the execution's own lanes were planned
         if self.enforce_assertions():  # their first look, before any task starts
@@ -540,7 +541,9 @@ class _Step:
             return
         if timer.kind == SLA_TIMER:
             violation = duration_violation(self.flow, timer_id)
-            if violation is not None and self.st.state.current in _SLA_STATES:
+            if violation is not None and (
+                self.st.state.current in _SLA_STATES or self.awaiting_slot()
+            ):
                 self.apply_violations([violation])
             return
         tr = self.st.task_runs.get(timer.task_run_id or "")
@@ -1439,6 +1442,7 @@ class _Step:
             return
         self.move_execution(S.RESTARTED)
         st.attempt_number += 1
+        self.arm_max_durations()  # counted again from the restart (Kestra: from the creation)
         if self.flow.concurrency is not None:
             self.ask_slot(queue=True)  # it runs again once it holds a slot (self.rerun)
             return
@@ -1459,6 +1463,7 @@ class _Step:
         """A replay's first step: its state holds what the replayed execution ran before
         ``chosen`` (:func:`~kestream.executor.replay.replay_state`); run ``chosen`` again."""
         self.restored()
+        self.arm_max_durations()
         self.go_on([chosen])
 
     def go_on(self, rerun: list[TaskRunState], emptied: Iterable[TaskRunState] = ()) -> None:
@@ -1475,7 +1480,6 @@ class _Step:
             if tr.group is not None and tr.state.current is S.RUNNING:
                 cut += self.reset_group(tr.group, tr, children.get(tr.id, []))
         self.move_execution(S.RUNNING)
-        self.arm_max_durations()
         for tr in emptied:
             assert tr.group is not None
             self.fill(tr.group, tr)
@@ -1736,7 +1740,8 @@ class _Step:
     # -- SLA (see kestream.executor.sla) ---------------------------------------------------
 
     def arm_max_durations(self) -> None:
-        """Set the MAX_DURATION timers: the execution starts (or starts again) running."""
+        """Set the MAX_DURATION timers: the execution asks to run (it starts, or waits for a
+        concurrency slot), or to run again (a restart, a replay)."""
         for timer_id, duration in max_durations(self.flow):
             self.set_timer(timer_id, Timer(self.now + duration, SLA_TIMER))
 

@@ -9,6 +9,9 @@ Execution::
     CREATED -> RUNNING -> (PAUSED <-> RUNNING) -> SUCCESS | WARNING | FAILED | RETRIED
         any non-terminal -> KILLING -> KILLED
         SUCCESS | WARNING | FAILED | KILLED -> RESTARTED -> RUNNING      (restart in place)
+        CREATED | RESTARTED -> QUEUED -> RUNNING    (a concurrency limit: waits for a slot)
+        CREATED | QUEUED | RESTARTED -> FAILED | CANCELLED    (refused at the limit, or a
+            MAX_DURATION SLA reached while waiting for a slot)
 
 Task run::
 
@@ -58,14 +61,15 @@ _RESTARTABLE = {S.RESTARTED}
 
 EXECUTION_TRANSITIONS: dict[StateType, frozenset[StateType]] = {
     S.CREATED: frozenset({S.RUNNING, S.KILLING, S.KILLED, S.FAILED, S.QUEUED, S.CANCELLED}),
-    S.QUEUED: frozenset({S.RUNNING, S.KILLING, S.KILLED, S.CANCELLED}),
+    # FAILED, CANCELLED: a MAX_DURATION SLA reached while it waits for a concurrency slot
+    S.QUEUED: frozenset({S.RUNNING, S.KILLING, S.KILLED, S.CANCELLED, S.FAILED}),
     S.RUNNING: frozenset(
         {S.PAUSED, S.KILLING, S.KILLED, S.SUCCESS, S.WARNING, S.FAILED, S.RETRIED, S.CANCELLED}
     ),
     S.PAUSED: frozenset(
         {S.RUNNING, S.KILLING, S.KILLED, S.SUCCESS, S.WARNING, S.FAILED, S.RETRIED, S.CANCELLED}
     ),
-    S.RESTARTED: frozenset({S.RUNNING, S.KILLING, S.KILLED, S.QUEUED}),  # QUEUED: a limit
+    S.RESTARTED: frozenset({S.RUNNING, S.KILLING, S.KILLED, S.QUEUED, S.FAILED, S.CANCELLED}),
     S.KILLING: frozenset({S.KILLED}),
     S.SUCCESS: frozenset(_RESTARTABLE),
     S.WARNING: frozenset(_RESTARTABLE),

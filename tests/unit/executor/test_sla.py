@@ -8,6 +8,7 @@ import pytest
 
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
+from kestream.executor.admission import Release
 from kestream.executor.codec import encode_changes, rebuild
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.step import Executor
@@ -154,6 +155,87 @@ def test_restart_sets_the_max_duration_timer_again() -> None:
     assert failed.state.current is S.FAILED
     assert again.state.current is S.FAILED
     assert again.metadata.attemptNumber == 2
+
+
+LIMITED = """
+id: sla
+namespace: test.sla
+concurrency:
+  limit: 1
+sla:
+  - id: late
+    type: MAX_DURATION
+    duration: PT1H
+    labels:
+      sla: miss
+tasks:
+  - id: wait
+    type: io.kestra.plugin.core.flow.Pause
+"""
+
+
+def test_max_duration_counts_the_wait_for_a_concurrency_slot() -> None:
+    """As in Kestra, whose SLA monitor counts from the execution's creation: the time spent
+    QUEUED counts. Queued 40 minutes, the second execution has 20 left once it runs."""
+    clock = ManualClock()
+    with Driver(clock=clock) as driver:
+        driver.deploy(LIMITED)
+        holder = driver.start(NS, "sla")
+        queued = driver.start(NS, "sla")
+        assert queued.state.current is S.QUEUED
+        driver.advance(timedelta(minutes=40))
+        driver.resume(holder.id)
+        assert driver.get(queued.id).state.current is S.PAUSED  # it holds the slot now
+        driver.advance(timedelta(minutes=20))
+        done = driver.get(queued.id)
+    assert _history(done) == [S.CREATED, S.QUEUED, S.RUNNING, S.PAUSED, S.FAILED]
+    assert done.label_map()["sla"] == "miss"
+
+
+def test_max_duration_ends_an_execution_still_waiting_for_its_slot() -> None:
+    """Reached while the execution waits in line, the SLA ends it there (no task run) and its
+    place in line is given back."""
+    flows = FlowRegistry()
+    flows.put(parse_flow(LIMITED))
+    clock = ManualClock()
+    executor = Executor(flows, clock=clock)
+    created = executor.step(None, ev.ExecutionCreated("e1", NS, "sla", validate_inputs=False))
+    timers = [
+        (c.timer_id, c.due - clock()) for c in created.commands if isinstance(c, cmd.SetTimer)
+    ]
+    assert timers == [("sla:0", timedelta(hours=1))]
+    st = created.state
+    assert st is not None
+    executor.step(st, ev.Admission("e1", NS, "sla", 1, S.QUEUED, clock()))
+    assert st.state.current is S.QUEUED
+    clock.advance(timedelta(hours=1))
+    fired = executor.step(st, ev.TimerFired("e1", "sla:0"))
+    assert [h[0] for h in st.state.history] == [S.CREATED, S.QUEUED, S.FAILED]
+    assert not st.task_runs and st.labels["sla"] == "miss"
+    releases = [c.request for c in fired.commands if isinstance(c, cmd.RequestSlot)]
+    assert releases == [Release(NS, "sla", "e1", 1, 1)]
+
+
+def test_a_restart_counts_its_max_duration_from_the_restart_its_wait_included() -> None:
+    """Not from the creation, as Kestra's monitor does, which ends at once a restart of an
+    execution older than the duration: from the restart, the wait for a slot included."""
+    clock = ManualClock()
+    with Driver(clock=clock) as driver:
+        driver.deploy(LIMITED)
+        first = driver.start(NS, "sla")
+        driver.kill(first.id)
+        driver.advance(timedelta(hours=2))
+        holder = driver.start(NS, "sla")
+        restarted = driver.restart(first.id)
+        assert restarted.state.current is S.QUEUED
+        driver.advance(timedelta(minutes=30))
+        driver.resume(holder.id)  # the holder ends before its own SLA
+        assert driver.get(first.id).state.current is S.PAUSED
+        driver.advance(timedelta(minutes=29))
+        assert driver.get(first.id).state.current is S.PAUSED
+        driver.advance(timedelta(minutes=1))
+        again = driver.get(first.id)
+    assert _history(again)[-5:] == [S.RESTARTED, S.QUEUED, S.RUNNING, S.PAUSED, S.FAILED]
 
 
 # -- EXECUTION_ASSERTION --------------------------------------------------------------------
