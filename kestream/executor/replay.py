@@ -14,7 +14,8 @@ Without a task run, the replay runs the whole flow again from its start (a plain
 With one, the event also carries the snapshot and the task run, and the executor builds the new
 state with :func:`replay_state`, the way a restart rebuilds an ended execution from its snapshot
 (:mod:`kestream.executor.restore`), then goes on the way a restart does
-(``_Step.go_on``). What the new execution keeps of the replayed one:
+(``_Step.go_on``), once it has a slot when its flow has a ``concurrency`` limit. What the new
+execution keeps of the replayed one:
 
 - every task run that came before the chosen one, with its state, attempts and outputs, under a
   new id: the ones before it in its lane, the other lanes (a Parallel's, a ForEach's values) and,

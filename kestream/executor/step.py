@@ -472,10 +472,7 @@ class _Step:
         if decision is S.QUEUED:
             self.move_execution(S.QUEUED)
         elif decision is S.RUNNING:
-            if st.root is None:
-                self.start_execution()
-            else:  # a restart that waited for its slot
-                self.rerun()
+            self.run_with_slot()
         else:  # CANCEL or FAIL at the limit
             limit = self.flow.concurrency.limit if self.flow.concurrency else 0
             if decision is S.FAILED:
@@ -485,6 +482,20 @@ class _Step:
                          " is reached")  # fmt: skip
             self.move_execution(decision)
             self.end_execution(decision, render_outputs=False)
+
+    def run_with_slot(self) -> None:
+        """Run what waited for its slot: a new execution starts, a replay runs its chosen task
+        run again (the one task run it holds RESTARTED: an ended execution holds none), a
+        restart runs again."""
+        st = self.st
+        if st.root is None:
+            self.start_execution()
+            return
+        chosen = [tr for tr in st.task_runs.values() if tr.state.current is S.RESTARTED]
+        if chosen:
+            self.go_on(chosen)
+        else:
+            self.rerun()
 
     def start_execution(self) -> None:
         self.move_execution(S.RUNNING)
@@ -577,6 +588,7 @@ class _Step:
         # execution); before it, the queue takes the kill through the finally blocks. One that
         # waits for a concurrency slot runs nothing: it ends at once.
         if self.awaiting_slot():
+            self.kill_running(killing=False)  # a waiting replay's chosen run and its parents
             self.move_execution(S.KILLED)  # nothing of it runs: no KILLING
             self.end_execution(S.KILLED, render_outputs=False)
             return
@@ -1461,9 +1473,14 @@ class _Step:
 
     def replayed(self, chosen: TaskRunState) -> None:
         """A replay's first step: its state holds what the replayed execution ran before
-        ``chosen`` (:func:`~kestream.executor.replay.replay_state`); run ``chosen`` again."""
+        ``chosen`` (:func:`~kestream.executor.replay.replay_state`); run ``chosen`` again. One
+        of a flow with a concurrency limit waits for a slot first, as a restart does (it stays
+        RESTARTED, ``chosen`` too, until :meth:`admitted`)."""
         self.restored()
         self.arm_max_durations()
+        if self.flow.concurrency is not None:
+            self.ask_slot(queue=True)
+            return
         self.go_on([chosen])
 
     def go_on(self, rerun: list[TaskRunState], emptied: Iterable[TaskRunState] = ()) -> None:

@@ -1,7 +1,7 @@
 """Flow ``concurrency`` through the HTTP API of a ``kestream standalone`` on the broker under
 test: QUEUED executions listed by the search's state filter (Kestra's ``filters`` and the older
 ``state=``), a queued one killed without running, and the line moving on as slots free up,
-then a restart that waits for a slot of its own."""
+then a restart and a replay that wait for a slot of their own."""
 
 from __future__ import annotations
 
@@ -89,3 +89,28 @@ def test_queued_executions_are_listed_killed_and_started_in_order(stack: Stack) 
     assert stack.wait_state(second, {"PAUSED"})["state"]["current"] == "PAUSED"
     assert stack.request("DELETE", f"/executions/{second}/kill").status == 202
     assert stack.wait_state(second, DONE)["state"]["current"] == "KILLED"
+
+
+def test_a_replay_from_a_task_run_waits_for_a_slot(stack: Stack) -> None:
+    """A replay from a task run runs its chosen task run only once it holds a slot (it went
+    straight to RUNNING, past the limit, before)."""
+    ns = f"conc.{uuid.uuid4().hex[:8]}"
+    assert stack.post_yaml("/flows", _flow(ns)).status == 200
+    killed = _start(stack, ns)
+    stack.wait_state(killed, {"PAUSED"})
+    assert stack.request("DELETE", f"/executions/{killed}/kill").status == 202
+    ended = stack.wait_state(killed, DONE)
+    (run,) = ended["taskRunList"]
+    holder = _start(stack, ns)
+    stack.wait_state(holder, {"PAUSED"})
+    reply = stack.request("POST", f"/executions/{killed}/replay?taskRunId={run['id']}")
+    assert reply.status == 200, reply.body
+    replay = str(reply.json()["id"])
+    waiting = stack.wait_state(replay, {"QUEUED"})
+    assert _history(waiting)[-3:] == ["KILLED", "RESTARTED", "QUEUED"]
+    assert [r["state"]["current"] for r in waiting["taskRunList"]] == ["RESTARTED"]
+    assert stack.request("POST", f"/executions/{holder}/resume").status == 204
+    running = stack.wait_state(replay, {"PAUSED"})
+    assert _history(running)[-3:] == ["QUEUED", "RUNNING", "PAUSED"]
+    assert stack.request("POST", f"/executions/{replay}/resume").status == 204
+    assert stack.wait_state(replay, DONE)["state"]["current"] == "SUCCESS"

@@ -177,3 +177,43 @@ def test_a_restart_from_a_snapshot_asks_for_a_slot_too() -> None:
         assert history(restarted)[-2:] == ["RESTARTED", "QUEUED"]
         driver.resume(holder.id)
         assert history(driver.get(failed.id))[-3:] == ["QUEUED", "RUNNING", "FAILED"]
+
+
+def _replay_of_failed(driver: Driver) -> tuple[str, Execution]:
+    """A FAILED execution replayed from its failed task run (with ``fail`` false) while
+    another execution holds the only slot: the holder's id and the replay."""
+    driver.deploy(FAILING)
+    failed = driver.start("t", "failing")
+    holder = driver.start("t", "failing", {"fail": False})
+    (maybe,) = [run for run in failed.taskRunList if run.taskId == "maybe"]
+    replay = driver.replay(failed.id, task_run_id=maybe.id, inputs={"fail": False})
+    return holder.id, replay
+
+
+def test_a_replay_from_a_task_run_waits_for_a_slot() -> None:
+    """A replay from a task run is a new execution of the flow: it waits for a slot as a
+    restart does, and runs its chosen task run once it has one."""
+    with Driver() as driver:
+        holder, replay = _replay_of_failed(driver)
+        assert history(replay)[-3:] == ["FAILED", "RESTARTED", "QUEUED"]
+        assert [(run.taskId, run.state.current) for run in replay.taskRunList] == [
+            ("maybe", S.RESTARTED)
+        ]
+        assert driver.slots.holders("t", "failing") == [holder]
+        driver.resume(holder)
+        running = driver.get(replay.id)
+        assert history(running)[-3:] == ["QUEUED", "RUNNING", "PAUSED"]
+        assert driver.slots.holders("t", "failing") == [replay.id]
+        done = driver.resume(replay.id)
+    assert done.state.current is S.SUCCESS
+    assert [run.state.current for run in done.taskRunList] == [S.SUCCESS, S.SUCCESS]
+
+
+def test_a_kill_of_a_replay_waiting_for_its_slot_ends_its_task_runs_too() -> None:
+    with Driver() as driver:
+        holder, replay = _replay_of_failed(driver)
+        killed = driver.kill(replay.id)
+        assert history(killed)[-3:] == ["RESTARTED", "QUEUED", "KILLED"]
+        assert [run.state.current for run in killed.taskRunList] == [S.KILLED]
+        assert driver.slots.queued("t", "failing") == []
+        assert driver.slots.holders("t", "failing") == [holder]
