@@ -137,16 +137,18 @@ class Stack:
 
 
 def start_stack(
-    bootstrap: str, prefix: str, workdir: Path, extra_env: Mapping[str, str] | None = None
+    bootstrap: str | None, prefix: str, workdir: Path, extra_env: Mapping[str, str] | None = None
 ) -> Iterator[Stack]:
-    """Start ``kestream standalone`` on ``bootstrap``; yields once the API says it is ready.
+    """Start ``kestream standalone`` on ``bootstrap`` (None: on its own embedded broker, its
+    data in ``workdir``); yields once the API says it is ready.
 
     ``extra_env`` adds ``KESTREAM_*`` variables (the others come from the process's own environment
     minus every ``KESTREAM_*`` one, so the caller's shell cannot change what is tested)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KESTREAM_")}
+    if bootstrap is not None:
+        env["KESTREAM_BROKER"] = bootstrap
     env.update(
-        KESTREAM_BROKER=bootstrap,
         KESTREAM_TOPIC_PREFIX=prefix,
         KESTREAM_WEB_PORT=str(port),
         KESTREAM_EXECUTOR_STREAM_THREADS="1",

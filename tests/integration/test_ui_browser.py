@@ -26,6 +26,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -644,6 +645,27 @@ def test_the_cluster_page_shows_each_role_with_its_partitions(
     for execution_id in more:
         stack.wait_state(execution_id, {"SUCCESS"})
     no_console_errors(driver, "the cluster page")
+
+
+def test_the_cluster_page_warns_when_the_embedded_broker_is_memory_only(
+    driver: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """A second ``kestream standalone`` of its own, on its embedded broker without durability:
+    the module's stack runs on the broker under test, which has nothing to warn of, so this
+    test runs once, whatever ``--kafka-backend`` says."""
+    env = {"KESTREAM_STANDALONE_DURABLE": "false"}
+    with contextmanager(start_stack)(None, "kestream.", tmp_path, env) as stack:
+        broker = stack.get("/cluster").json()["broker"]
+        assert broker == {"kind": "tansu", "standalone": True, "memoryOnly": True}
+        log_in(driver, stack)
+        driver.find_element(By.CSS_SELECTOR, '[data-nav="cluster"]').click()
+        text_of(driver, "#broker", "tansu (kestream standalone)")
+        warning = wait(driver).until(ec.visibility_of_element_located((By.ID, "memory-only")))
+        assert warning.get_attribute("role") == "alert"  # announced, not only drawn
+        assert "memory-only" in warning.text
+        assert "KESTREAM_STANDALONE_DURABLE=false" in warning.text  # and what to change
+        screenshot(driver, "cluster-memory-only", tmp_path)
+        no_console_errors(driver, "the cluster page of a memory-only standalone")
 
 
 def shell_steps(ns: str) -> str:
