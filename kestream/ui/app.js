@@ -9,7 +9,7 @@
  */
 import { accepts, authorization, basic, setAuthorization, whenUnauthorized } from "./api.js";
 import { clusterPage } from "./cluster_page.js";
-import { errorBox, fill, h } from "./dom.js";
+import { errorBox, failure, fill, h, messageOf } from "./dom.js";
 import { executionPage } from "./execution_page.js";
 import { executionsPage, forgetKeptSummary } from "./executions_page.js";
 import { flowPage } from "./flow_page.js";
@@ -96,7 +96,7 @@ function loginPage() {
         fill(status, errorBox("These credentials are not accepted."));
       }
     } catch (error) {
-      fill(status, errorBox(String(/** @type {Error} */ (error).message)));
+      fill(status, failure(error));
     }
   }
   fill(
@@ -126,7 +126,7 @@ async function route() {
     try {
       loggedIn = await accepts(authorization());
     } catch (error) {
-      fill(main, errorBox(`The API cannot be reached: ${/** @type {Error} */ (error).message}`));
+      fill(main, errorBox(`The API cannot be reached: ${messageOf(error)}`));
       return;
     }
   }

@@ -12,7 +12,7 @@
  * each process measured over the interval between two of its records, from its own metrics.
  */
 import { getJson } from "./api.js";
-import { errorBox, fill, h } from "./dom.js";
+import { failure, fill, h, listTable } from "./dom.js";
 
 const REFRESH_MS = 2000;
 /** Samples kept per process for its sparklines: a minute at one read every two seconds. */
@@ -140,10 +140,9 @@ function assignments(members, count) {
       "div",
       { class: "table-wrap" },
       h("h3", {}, role === "executor" ? "Executor partitions" : "Worker partitions"),
-      h(
-        "table",
-        { class: "list", id: `partitions-${role}` },
-        h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Partition"), h("th", { scope: "col" }, "Process"), h("th", { scope: "col" }, "Lag"))),
+      listTable(
+        `partitions-${role}`,
+        ["Partition", "Process", "Lag"],
         h(
           "tbody",
           {},
@@ -268,14 +267,9 @@ export function clusterPage(root) {
       );
       fill(
         members,
-        h(
-          "table",
-          { class: "list", id: "members" },
-          h(
-            "thead",
-            {},
-            h("tr", {}, ["Role", "Process", "Health", "Partitions", "Consumer lag", "Stream threads", "Slots in use", "Dead letters", "Up for"].map((name) => h("th", { scope: "col" }, name))),
-          ),
+        listTable(
+          "members",
+          ["Role", "Process", "Health", "Partitions", "Consumer lag", "Stream threads", "Slots in use", "Dead letters", "Up for"],
           h(
             "tbody",
             {},
@@ -301,10 +295,9 @@ export function clusterPage(root) {
       fill(
         activity,
         busy.length
-          ? h(
-              "table",
-              { class: "list", id: "activity" },
-              h("thead", {}, h("tr", {}, ["Role", "Process", "Throughput, last minute", "Latency p50 / p99, last minute"].map((name) => h("th", { scope: "col" }, name)))),
+          ? listTable(
+              "activity",
+              ["Role", "Process", "Throughput, last minute", "Latency p50 / p99, last minute"],
               h(
                 "tbody",
                 {},
@@ -324,7 +317,7 @@ export function clusterPage(root) {
       );
       fill(partitions, assignments(cluster.members, cluster.partitions));
     } catch (error) {
-      if (!stopped) fill(status, errorBox(/** @type {Error} */ (error).message));
+      if (!stopped) fill(status, failure(error));
     }
   };
   load();

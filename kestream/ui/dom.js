@@ -3,6 +3,7 @@
  * A small DOM toolkit: elements are built with `h()`, never from HTML strings, so text from the
  * API (a log line, a label) is always text and never markup.
  */
+import { ApiError } from "./api.js";
 
 /** @typedef {string | number | Node | null | undefined | false} Child */
 /** @typedef {Record<string, string | number | boolean | null | undefined | ((event: any) => void)>} Attrs */
@@ -100,4 +101,33 @@ export function jsonBlock(value) {
  */
 export function errorBox(text) {
   return h("p", { class: "error", role: "alert" }, text);
+}
+
+/**
+ * What went wrong, as every page shows it: the error's message, then each problem the API
+ * named (its `_embedded.errors`), or only `problems` where the page showed the others elsewhere
+ * (beside the form fields they name).
+ * @param {unknown} error
+ * @param {string[]} [problems]
+ */
+export function failure(error, problems = error instanceof ApiError ? error.problems.map((p) => p.message ?? "") : []) {
+  return [errorBox(messageOf(error)), ...problems.filter(Boolean).map((text) => errorBox(text))];
+}
+
+/**
+ * An error's message (what a promise rejected with need not be an `Error`).
+ * @param {unknown} error
+ */
+export function messageOf(error) {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * A table of a list: a head of `columns` (a header cell each) over `body`.
+ * @param {string} id
+ * @param {Child[]} columns
+ * @param {HTMLTableSectionElement} body
+ */
+export function listTable(id, columns, body) {
+  return h("table", { class: "list", id }, h("thead", {}, h("tr", {}, columns.map((column) => h("th", { scope: "col" }, column)))), body);
 }

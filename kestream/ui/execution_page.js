@@ -21,7 +21,7 @@
  * an ended execution was read to its end (bench/ui_page.py reads them).
  */
 import { ApiError, call, flowPath, follow, getJson } from "./api.js";
-import { duration, errorBox, fill, h, isTerminal, jsonBlock, stateBadge, when } from "./dom.js";
+import { duration, errorBox, failure, fill, h, isTerminal, jsonBlock, stateBadge, when } from "./dom.js";
 import { fileLinks } from "./files.js";
 import { Gantt } from "./gantt.js";
 import { inputsForm } from "./inputs_form.js";
@@ -183,31 +183,27 @@ export function executionPage(root, [id]) {
       const flow = await flowOf(execution);
       inputs = paused.flatMap((/** @type {any} */ run) => findTask(flow, run.taskId)?.onResume ?? []);
     } catch (error) {
-      fill(resumeBox, errorBox(/** @type {Error} */ (error).message));
+      fill(resumeBox, failure(error));
       return;
     }
     const form = inputsForm(inputs, "resume");
-    const outcome = h("div", { "aria-live": "polite" });
-    /** @param {SubmitEvent} event */
-    const submit = async (event) => {
-      event.preventDefault();
-      form.showErrors([]);
-      try {
-        await call("POST", `${path}/resume`, form.formData());
-        fill(resumeBox, h("p", { class: "notice" }, "Resumed"));
-      } catch (error) {
-        form.showFailure(outcome, error);
-      }
+    /** @param {FormData} data */
+    const send = async (data) => {
+      await call("POST", `${path}/resume`, data);
+      fill(resumeBox, h("p", { class: "notice" }, "Resumed"));
     };
     fill(
       resumeBox,
-      h(
-        "form",
-        { class: "inputs-form card", id: "resume-form", novalidate: true, onsubmit: submit, "aria-label": "Resume" },
+      form.element(
+        {
+          id: "resume-form",
+          submitId: "resume-submit",
+          submit: "Resume the execution",
+          none: "The Pause asks for no inputs.",
+          send,
+          attrs: { class: "inputs-form card", "aria-label": "Resume" },
+        },
         h("h2", {}, "Resume"),
-        form.fields.length ? form.fields : h("p", { class: "muted" }, "The Pause asks for no inputs."),
-        h("div", { class: "row" }, h("button", { type: "submit", class: "primary", id: "resume-submit" }, "Resume the execution")),
-        outcome,
       ),
     );
     /** @type {HTMLElement | null} */ (resumeBox.querySelector("input, select, textarea, button"))?.focus();
@@ -250,7 +246,7 @@ export function executionPage(root, [id]) {
         changed = { inputs, form: inputsForm(inputs, "replay-input") };
         fill(inputsBox, changed.form.fields.length ? changed.form.fields : h("p", { class: "muted" }, "The flow has no inputs."));
       } catch (error) {
-        fill(inputsBox, errorBox(/** @type {Error} */ (error).message));
+        fill(inputsBox, failure(error));
       }
     });
     /** @param {SubmitEvent} event */
@@ -277,7 +273,7 @@ export function executionPage(root, [id]) {
         location.hash = `#/executions/${encodeURIComponent(replayed.id)}`;
       } catch (error) {
         if (changed) changed.form.showFailure(outcome, error);
-        else fill(outcome, errorBox(/** @type {Error} */ (error).message));
+        else fill(outcome, failure(error));
       }
     };
     const cancel = () => {
@@ -320,7 +316,7 @@ export function executionPage(root, [id]) {
         watchLogs();
       }
     } catch (error) {
-      fill(status, errorBox(/** @type {Error} */ (error).message));
+      fill(status, failure(error));
     }
   };
 
@@ -345,40 +341,48 @@ export function executionPage(root, [id]) {
     }
   };
 
-  /** @type {AbortController | null} */
-  let executionStream = null;
-  const watch = () => {
-    executionStream?.abort();
-    const controller = new AbortController();
-    aborter.signal.addEventListener("abort", () => controller.abort());
-    executionStream = controller;
-    follow(`${path}/follow`, (_id, data) => {
-      if (data && data.state && ageOf(data) >= since) render(data);
-    }, controller.signal)
-      .then(() => reopenIfRunning(watch, controller.signal))
-      .catch((error) => fill(status, errorBox(error.message)));
+  /**
+   * What a stream that is opened again is read under: each call aborts the stream the previous
+   * call's signal read, and gives the next one's, aborted with the page too.
+   */
+  const reopened = () => {
+    /** @type {AbortController | null} */
+    let current = null;
+    return () => {
+      current?.abort();
+      const controller = new AbortController();
+      aborter.signal.addEventListener("abort", () => controller.abort());
+      current = controller;
+      return controller.signal;
+    };
   };
 
-  /** @type {AbortController | null} */
-  let logStream = null;
+  const executionStream = reopened();
+  const watch = () => {
+    const signal = executionStream();
+    follow(`${path}/follow`, (_id, data) => {
+      if (data && data.state && ageOf(data) >= since) render(data);
+    }, signal)
+      .then(() => reopenIfRunning(watch, signal))
+      .catch((error) => fill(status, failure(error)));
+  };
+
+  const logStream = reopened();
   const watchLogs = () => {
-    logStream?.abort();
-    const controller = new AbortController();
-    aborter.signal.addEventListener("abort", () => controller.abort());
-    logStream = controller;
+    const signal = logStream();
     logs.clear();
     countShown();
     follow(`/logs/${encodeURIComponent(id)}/follow?minLevel=${level.value}`, (frameId, line) => {
       if (frameId === "start" || !line || !line.message) return;
       logs.add(line);
       if (logs.needle) countShown();
-    }, controller.signal)
+    }, signal)
       .then(() => {
-        if (controller.signal.aborted) return;
+        if (signal.aborted) return;
         if (latest && isTerminal(latest.state.current)) performance.mark(LOGS_ENDED_MARK);
-        reopenIfRunning(watchLogs, controller.signal);
+        reopenIfRunning(watchLogs, signal);
       })
-      .catch((error) => fill(status, errorBox(error.message)));
+      .catch((error) => fill(status, failure(error)));
   };
   level.addEventListener("change", watchLogs);
 

@@ -19,8 +19,8 @@
  * it; another user's login does not see it), and only if it reads as a summary.
  */
 import { ApiError, authorization, call, credentialOwner } from "./api.js";
-import { duration, errorBox, fill, h, stateBadge, when } from "./dom.js";
-import { RANGES, drawPager, filterField, filterForm, pageOf, selectFilter, textFilter, totalCapped, totalText } from "./list_page.js";
+import { duration, fill, h, listTable, stateBadge, when } from "./dom.js";
+import { RANGES, drawSearch, filterField, filterForm, listParts, searchParams, selectFilter, textFilter } from "./list_page.js";
 
 const REFRESH_MS = 1500;
 const PAGE_SIZE = 25;
@@ -36,6 +36,14 @@ const BULK = {
   restart: { label: "Restart", method: "POST", suffix: "/restart", done: "restarted" },
   delete: { label: "Delete", method: "DELETE", suffix: "", done: "deleted" },
 };
+/** The page's filters, and the search route's parameter (Kestra's `filters[...]`) for each. */
+const FILTERS = {
+  namespace: "filters[namespace][PREFIX]",
+  flow: "filters[flowId][EQUALS]",
+  state: "filters[state][IN]",
+  range: "filters[timeRange][EQUALS]",
+  q: "filters[q][EQUALS]",
+};
 /** Where a bulk action's summary the page could not show waits for the page's next visit. */
 const KEPT_SUMMARY = "kestream.bulk-summary";
 
@@ -44,19 +52,8 @@ const KEPT_SUMMARY = "kestream.bulk-summary";
  * @param {URLSearchParams} query
  */
 export function searchQuery(query) {
-  const out = new URLSearchParams();
-  const filter = (/** @type {string} */ field, /** @type {string} */ op, /** @type {string} */ key) => {
-    const value = query.get(key);
-    if (value) out.set(`filters[${field}][${op}]`, value);
-  };
-  filter("namespace", "PREFIX", "namespace");
-  filter("flowId", "EQUALS", "flow");
-  filter("state", "IN", "state");
-  filter("timeRange", "EQUALS", "range");
-  filter("q", "EQUALS", "q");
+  const out = searchParams(query, PAGE_SIZE, FILTERS);
   for (const pair of labelPairs(query.get("labels") ?? "")) out.append("filters[labels][EQUALS]", pair);
-  out.set("page", String(pageOf(query)));
-  out.set("size", String(PAGE_SIZE));
   out.set("sort", "state.startDate:desc");
   return out;
 }
@@ -170,10 +167,8 @@ class NotSent extends Error {}
 
 /** @type {import("./app.js").Page} */
 export function executionsPage(root, _params, query) {
-  const status = h("div", { "aria-live": "polite" });
+  const parts = listParts();
   const body = h("tbody");
-  const total = h("span", { class: "total", id: "total" });
-  const pager = h("nav", { class: "pager", "aria-label": "Pages" });
   /** @type {Set<string>} the ids checked, kept while the list refreshes */
   const selected = new Set();
   /** @type {string[]} the ids on the page as last drawn */
@@ -274,46 +269,24 @@ export function executionsPage(root, _params, query) {
       filterField("q", "Text", textFilter(query, "q", "id, namespace or flow")),
     ),
     h("div", { class: "row bulk", id: "bulk", role: "toolbar", "aria-label": "Selected executions" },
-      total, selectedCount, bulkButtons),
+      parts.total, selectedCount, bulkButtons),
     confirmBox,
-    status,
-    h(
-      "div",
-      { class: "table-wrap" },
-      h(
-        "table",
-        { class: "list", id: "executions" },
-        h(
-          "thead",
-          {},
-          h("tr", {}, h("th", { scope: "col" }, selectAll), ["Id", "Namespace", "Flow", "State", "Started", "Duration"].map((c) => h("th", { scope: "col" }, c))),
-        ),
-        body,
-      ),
-    ),
-    pager,
+    parts.status,
+    h("div", { class: "table-wrap" }, listTable("executions", [selectAll, "Id", "Namespace", "Flow", "State", "Started", "Duration"], body)),
+    parts.pager,
   );
 
   let stopped = false;
   /** @type {ReturnType<typeof setTimeout> | undefined} */
   let timer;
+  const list = { route: "#/executions", query, size: PAGE_SIZE, noun: "execution", stopped: () => stopped };
   const load = async () => {
-    try {
-      const response = await call("GET", `/executions/search?${searchQuery(query)}`);
-      const answer = await response.json();
-      if (stopped) return;
-      fill(status);
-      // A total the index stopped counting at (X-Kestream-Total-Capped) shows as "10000+".
-      render(answer.results, answer.total, totalCapped(response));
-    } catch (error) {
-      if (!stopped) fill(status, errorBox(/** @type {Error} */ (error).message));
-    }
+    await drawSearch(`/executions/search?${searchQuery(query)}`, parts, list, render);
     if (!stopped) timer = setTimeout(load, document.hidden ? REFRESH_MS * 4 : REFRESH_MS);
   };
 
-  /** @param {any[]} results @param {number} count @param {boolean} capped */
-  const render = (results, count, capped) => {
-    fill(total, totalText(count, capped, "execution"));
+  /** @param {any[]} results */
+  const render = (results) => {
     // A redraw replaces the rows: the control that had the focus gets it back in its new row.
     const focused = /** @type {HTMLElement | null} */ (document.activeElement);
     const focusRow = focused && body.contains(focused) ? focused.closest("tr")?.dataset.id : undefined;
@@ -352,7 +325,6 @@ export function executionsPage(root, _params, query) {
       /** @type {HTMLElement | null | undefined} */ (row?.querySelector(focusWhat))?.focus();
     }
     countSelected();
-    drawPager(pager, "#/executions", query, count, PAGE_SIZE, capped);
   };
 
   // A summary from before a login (or another page): shown, what it did not act on selected.

@@ -7,7 +7,7 @@
  * {@link fileLinks}, makes them, so the marker's shape is known in one place.
  */
 import { API_BASE, download } from "./api.js";
-import { errorBox, h } from "./dom.js";
+import { errorBox, h, messageOf } from "./dom.js";
 
 const SCHEME = "kestra://";
 
@@ -67,7 +67,7 @@ export function fileLinks(executionId, value, status) {
       const save = (event) => {
         event.preventDefault();
         download(route, name).catch((error) => {
-          status.replaceChildren(errorBox(`${name}: ${error.message}`));
+          status.replaceChildren(errorBox(`${name}: ${messageOf(error)}`));
         });
       };
       return h(

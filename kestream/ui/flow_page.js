@@ -17,10 +17,11 @@
  * from the flow route's `?revision=`; the API has no route listing them, and revisions are
  * numbered from 1 to the current one).
  */
-import { ApiError, flowPath, getJson } from "./api.js";
-import { errorBox, fill, h, when } from "./dom.js";
+import { flowPath, getJson } from "./api.js";
+import { failure, fill, h, listTable, messageOf, when } from "./dom.js";
 import { flowDiagram } from "./flow_diagram.js";
 import { inputsForm } from "./inputs_form.js";
+import { latestAnswer } from "./latest_answer.js";
 import { lineDiff } from "./line_diff.js";
 import { highlighted } from "./yaml_highlight.js";
 
@@ -104,16 +105,15 @@ export function flowPage(root, params) {
       const answer = await getJson(`/triggers/${encodeURIComponent(flow.namespace)}/${encodeURIComponent(flow.id)}`);
       for (const row of answer.results ?? []) recorded.set(row.triggerId, row);
     } catch (error) {
-      triggers.append(errorBox(/** @type {Error} */ (error).message));
+      triggers.append(...failure(error));
     }
     triggers.append(
       h(
         "div",
         { class: "table-wrap" },
-        h(
-          "table",
-          { class: "list", id: "triggers" },
-          h("thead", {}, h("tr", {}, ["Trigger", "Type", "Next fire", "Last fire", "Enabled"].map((c) => h("th", { scope: "col" }, c)))),
+        listTable(
+          "triggers",
+          ["Trigger", "Type", "Next fire", "Last fire", "Enabled"],
           h(
             "tbody",
             {},
@@ -171,7 +171,7 @@ export function flowPage(root, params) {
           ),
         );
       } catch (error) {
-        fill(shown, errorBox(/** @type {Error} */ (error).message));
+        fill(shown, failure(error));
       }
     };
     from.addEventListener("change", compare);
@@ -186,57 +186,41 @@ export function flowPage(root, params) {
     else fill(shown, h("p", { class: "muted" }, "Only one revision so far."));
   };
 
-  /** Stops the Execute form's pending validation (when the page is left or redrawn). */
+  /** Stops the Execute form's questions (when the page is left or the form drawn again). */
   let stopResolving = () => {};
   /**
    * The Execute form of the flow as last saved (its inputs as the API declares them).
    * @param {any} flow
    */
   const drawExecute = (flow) => {
+    stopResolving();
     const form = inputsForm(flow.inputs ?? [], "input");
-    const outcome = h("div", { "aria-live": "polite" });
     const base = `/executions/${encodeURIComponent(flow.namespace)}/${encodeURIComponent(flow.id)}`;
-    let asked = 0;
-    const resolve = async () => {
-      const mine = ++asked;
-      try {
-        const answer = await getJson(`${base}/validate`, { method: "POST", body: form.formData({ files: false }) });
-        if (mine === asked) form.refresh(answer.inputs ?? []);
-      } catch {
-        // the form stays as declared; the create route says what is wrong
-      }
-    };
-    /** @type {ReturnType<typeof setTimeout> | undefined} */
-    let pending;
-    const later = () => {
-      clearTimeout(pending);
-      pending = setTimeout(resolve, VALIDATE_DELAY_MS);
-    };
-    stopResolving = () => clearTimeout(pending);
-    /** @param {SubmitEvent} event */
-    const submit = async (event) => {
-      event.preventDefault();
-      fill(outcome);
-      form.showErrors([]);
-      try {
-        const started = await getJson(base, { method: "POST", body: form.formData() });
-        location.hash = `#/executions/${encodeURIComponent(started.id)}`;
-      } catch (error) {
-        form.showFailure(outcome, error);
-      }
+    const resolver = latestAnswer(
+      () => getJson(`${base}/validate`, { method: "POST", body: form.formData({ files: false }) }),
+      (answer) => form.refresh(answer.inputs ?? []),
+      () => {}, // the form stays as declared; the create route says what is wrong
+      VALIDATE_DELAY_MS,
+    );
+    stopResolving = resolver.stop;
+    /** @param {FormData} data */
+    const send = async (data) => {
+      const started = await getJson(base, { method: "POST", body: data });
+      location.hash = `#/executions/${encodeURIComponent(started.id)}`;
     };
     fill(
       execute,
       h("h2", { id: "execute-title" }, "Execute"),
-      h(
-        "form",
-        { class: "inputs-form", id: "execute-form", novalidate: true, onsubmit: submit, oninput: later, onchange: later },
-        form.fields.length ? form.fields : h("p", { class: "muted" }, "This flow declares no inputs."),
-        h("div", { class: "row" }, h("button", { type: "submit", class: "primary", id: "execute-submit" }, "Execute")),
-        outcome,
-      ),
+      form.element({
+        id: "execute-form",
+        submitId: "execute-submit",
+        submit: "Execute",
+        none: "This flow declares no inputs.",
+        send,
+        attrs: { oninput: resolver.later, onchange: resolver.later },
+      }),
     );
-    if (form.fields.length) resolve();
+    if (form.fields.length) resolver.now();
   };
 
   /** @type {{line: number | null, message: string}[]} */
@@ -270,27 +254,21 @@ export function flowPage(root, params) {
     );
   };
 
-  let sequence = 0;
-  const validate = async () => {
-    const mine = ++sequence;
-    try {
-      const answer = await getJson("/flows/validate", { method: "POST", body: source.value, headers: { "Content-Type": YAML } });
-      if (mine !== sequence) return; // a newer text is being checked
-      found = (answer ?? []).flatMap((/** @type {any} */ result) => problems(result.constraints));
-    } catch (error) {
-      if (mine !== sequence) return;
-      found = [{ line: null, message: /** @type {Error} */ (error).message }];
-    }
+  /** @param {{line: number | null, message: string}[]} now */
+  const show = (now) => {
+    found = now;
     drawGutter();
     drawProblems();
   };
-
-  /** @type {ReturnType<typeof setTimeout> | undefined} */
-  let timer;
+  const validation = latestAnswer(
+    () => getJson("/flows/validate", { method: "POST", body: source.value, headers: { "Content-Type": YAML } }),
+    (answer) => show((answer ?? []).flatMap((/** @type {any} */ result) => problems(result.constraints))),
+    (error) => show([{ line: null, message: messageOf(error) }]),
+    VALIDATE_DELAY_MS,
+  );
   source.addEventListener("input", () => {
     drawGutter();
-    clearTimeout(timer);
-    timer = setTimeout(validate, VALIDATE_DELAY_MS);
+    validation.later();
   });
   source.addEventListener("scroll", follow);
 
@@ -303,8 +281,7 @@ export function flowPage(root, params) {
       if (existing) drawSaved(flow);
       if (!existing) location.hash = `#${flowPath(flow.namespace, flow.id)}`;
     } catch (error) {
-      const problemsOf = error instanceof ApiError ? error.problems.map((p) => p.message ?? "") : [];
-      fill(status, errorBox(/** @type {Error} */ (error).message), problemsOf.map((m) => errorBox(m)));
+      fill(status, failure(error));
     }
   });
 
@@ -314,16 +291,16 @@ export function flowPage(root, params) {
         source.value = flow.source ?? "";
         drawSaved(flow);
         drawGutter();
-        validate();
+        validation.now();
       })
-      .catch((error) => fill(status, errorBox(error.message)));
+      .catch((error) => fill(status, failure(error)));
   } else {
     source.value = NEW_FLOW;
     drawGutter();
-    validate();
+    validation.now();
   }
   return () => {
-    clearTimeout(timer);
+    validation.stop();
     stopResolving();
   };
 }

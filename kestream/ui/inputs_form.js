@@ -16,7 +16,7 @@
  * and replaces a SELECT's choices with the ones its `expression` rendered.
  */
 import { ApiError } from "./api.js";
-import { errorBox, fill, h } from "./dom.js";
+import { failure, fill, h } from "./dom.js";
 
 /**
  * @typedef {{id: string, type: string, required?: boolean, defaults?: any, description?: string,
@@ -224,9 +224,39 @@ export function inputsForm(inputs, prefix) {
    * @param {unknown} error
    */
   const showFailure = (outcome, error) => {
-    const rest = error instanceof ApiError ? showErrors(error.problems) : [];
-    fill(outcome, errorBox(/** @type {Error} */ (error).message), rest.filter(Boolean).map((m) => errorBox(m)));
+    fill(outcome, failure(error, error instanceof ApiError ? showErrors(error.problems) : []));
   };
 
-  return { fields, formData, showErrors, showFailure, refresh };
+  /**
+   * The form itself: its fields (or the line `none` when it has no inputs), its submit button
+   * and, under it, the outcome. Sent, its values go to `send`; a refusal is shown beside the
+   * fields it names and the rest under the button.
+   * @param {{id: string, submitId: string, submit: string, none: string,
+   *   send: (data: FormData) => Promise<unknown>, attrs?: import("./dom.js").Attrs}} options
+   * @param {...import("./dom.js").Child} before what the form shows above its fields
+   */
+  const element = ({ id, submitId, submit, none, send, attrs = {} }, ...before) => {
+    const outcome = h("div", { "aria-live": "polite" });
+    /** @param {SubmitEvent} event */
+    const onsubmit = async (event) => {
+      event.preventDefault();
+      fill(outcome);
+      showErrors([]);
+      try {
+        await send(formData());
+      } catch (error) {
+        showFailure(outcome, error);
+      }
+    };
+    return h(
+      "form",
+      { class: "inputs-form", id, novalidate: true, onsubmit, ...attrs },
+      before,
+      fields.length ? fields : h("p", { class: "muted" }, none),
+      h("div", { class: "row" }, h("button", { type: "submit", class: "primary", id: submitId }, submit)),
+      outcome,
+    );
+  };
+
+  return { fields, formData, showErrors, showFailure, refresh, element };
 }

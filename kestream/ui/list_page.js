@@ -2,9 +2,11 @@
 /**
  * What the list pages (executions, flows, logs) share: a filter form whose values live in the
  * URL's query (so a filtered list is a link, and its fields are filled from the link), the
- * page number read from it, and the pager under the list.
+ * page number read from it, the search route's page read and drawn with its total, and the
+ * pager under the list.
  */
-import { fill, h } from "./dom.js";
+import { call } from "./api.js";
+import { failure, fill, h } from "./dom.js";
 
 /** The time ranges a list filters on (ISO-8601 durations back from now, as the API takes). */
 export const RANGES = [
@@ -18,6 +20,64 @@ export const RANGES = [
  */
 export function pageOf(query) {
   return Math.max(1, Number(query.get("page")) || 1);
+}
+
+/**
+ * The search route's query for a list's page of `size`: the page asked for, and each filter
+ * of the URL's query that is set, under the route's name for it.
+ * @param {URLSearchParams} query
+ * @param {number} size
+ * @param {Record<string, string>} parameters the route's parameter by the filter's name
+ */
+export function searchParams(query, size, parameters) {
+  const search = new URLSearchParams({ page: String(pageOf(query)), size: String(size) });
+  for (const [key, parameter] of Object.entries(parameters)) {
+    const value = query.get(key);
+    if (value) search.set(parameter, value);
+  }
+  return search;
+}
+
+/**
+ * What every list page has beside its filters and rows: where a failure shows, the total and
+ * the pager.
+ */
+export function listParts() {
+  return {
+    status: h("div", { "aria-live": "polite" }),
+    total: h("span", { class: "total", id: "total" }),
+    pager: h("nav", { class: "pager", "aria-label": "Pages" }),
+  };
+}
+
+/**
+ * @typedef {ReturnType<typeof listParts>} ListParts
+ */
+
+/**
+ * Read a page of a search route (`path`, its query included) and draw it: the total (a lower
+ * bound, "10000+", when the index stopped counting: `X-Kestream-Total-Capped`), the rows
+ * (`draw`, given the results) and the pager; a failure in the status. Nothing is drawn once
+ * `stopped()` (the page was left).
+ * @param {string} path
+ * @param {ListParts} parts
+ * @param {{route: string, query: URLSearchParams, size: number, noun: string, stopped: () => boolean}} list
+ *   the list's hash route, the URL's query, its page size and what it lists (singular)
+ * @param {(results: any[]) => void} draw
+ */
+export async function drawSearch(path, parts, { route, query, size, noun, stopped }, draw) {
+  try {
+    const response = await call("GET", path);
+    const { results, total } = await response.json();
+    if (stopped()) return;
+    const capped = totalCapped(response);
+    fill(parts.status);
+    fill(parts.total, totalText(total, capped, noun));
+    draw(results);
+    drawPager(parts.pager, route, query, total, size, capped);
+  } catch (error) {
+    if (!stopped()) fill(parts.status, failure(error));
+  }
 }
 
 /**

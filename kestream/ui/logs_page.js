@@ -4,9 +4,8 @@
  * message, namespace and its children, flow, lowest level, time range), with its total and
  * pages. Each line links to its execution. The filters live in the URL, so a search is a link.
  */
-import { call } from "./api.js";
-import { errorBox, fill, h } from "./dom.js";
-import { RANGES, drawPager, filterField, filterForm, pageOf, selectFilter, textFilter, totalCapped, totalText } from "./list_page.js";
+import { fill, h } from "./dom.js";
+import { RANGES, drawSearch, filterField, filterForm, listParts, searchParams, selectFilter, textFilter } from "./list_page.js";
 import { LEVELS, logLine } from "./log_view.js";
 
 const PAGE_SIZE = 50;
@@ -15,11 +14,8 @@ const PARAMETERS = { q: "q", namespace: "namespace", flow: "flowId", level: "min
 
 /** @type {import("./app.js").Page} */
 export function logsPage(root, _params, query) {
-  const page = pageOf(query);
-  const status = h("div", { "aria-live": "polite" });
+  const parts = listParts();
   const lines = h("div", { class: "logs logs-page", id: "log-results", role: "log" });
-  const total = h("span", { id: "total" });
-  const pager = h("nav", { class: "pager", "aria-label": "Pages" });
   fill(
     root,
     h("h1", {}, "Logs"),
@@ -32,35 +28,23 @@ export function logsPage(root, _params, query) {
       filterField("level", "From level", selectFilter(query, "level", [["", "Any level"], ...LEVELS.map((l) => [l, l])])),
       filterField("range", "When", selectFilter(query, "range", RANGES)),
     ),
-    h("p", {}, total),
-    status,
+    h("p", {}, parts.total),
+    parts.status,
     lines,
-    pager,
+    parts.pager,
   );
-  const search = new URLSearchParams({ page: String(page), size: String(PAGE_SIZE) });
-  for (const [key, parameter] of Object.entries(PARAMETERS)) {
-    const value = query.get(key);
-    if (value) search.set(parameter, value);
-  }
   let stopped = false;
-  call("GET", `/logs/search?${search}`)
-    .then(async (response) => {
-      const { results, total: count } = await response.json();
-      if (stopped) return;
-      // A total the index stopped counting at (X-Kestream-Total-Capped) shows as "10000+".
-      const capped = totalCapped(response);
-      fill(total, totalText(count, capped, "line"));
-      fill(
-        lines,
-        results.length
-          ? results.map((/** @type {any} */ line) =>
-              logLine(line, h("a", { class: "mono", href: `#/executions/${encodeURIComponent(line.executionId)}`, title: `${line.namespace}.${line.flowId}` }, line.executionId)),
-            )
-          : h("p", { class: "muted" }, "No line matches."),
-      );
-      drawPager(pager, "#/logs", query, count, PAGE_SIZE, capped);
-    })
-    .catch((error) => stopped || fill(status, errorBox(error.message)));
+  const list = { route: "#/logs", query, size: PAGE_SIZE, noun: "line", stopped: () => stopped };
+  drawSearch(`/logs/search?${searchParams(query, PAGE_SIZE, PARAMETERS)}`, parts, list, (results) =>
+    fill(
+      lines,
+      results.length
+        ? results.map((line) =>
+            logLine(line, h("a", { class: "mono", href: `#/executions/${encodeURIComponent(line.executionId)}`, title: `${line.namespace}.${line.flowId}` }, line.executionId)),
+          )
+        : h("p", { class: "muted" }, "No line matches."),
+    ),
+  );
   return () => {
     stopped = true;
   };
