@@ -4,7 +4,6 @@ commands topics (broker-free: consumers that record what they are asked)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, cast
 
 import pytest
@@ -20,44 +19,16 @@ from kestream.runtime.topics import Topics
 from kestream.scheduler.leadership import Leadership, Role
 from kestream.settings import Settings
 from tests.unit.runtime.test_scheduler_fence import _Records, _StartedProducer, _Table
+from tests.unit.runtime.worker_fakes import MadeConsumer, made_consumers
 
 PARTITIONS = {"t-execution-updates": 3, "t-trigger-commands": 1}
 
 
-class _Cluster:
-    def partitions_for_topic(self, topic: str) -> set[int]:
-        return set(range(PARTITIONS[topic]))
+class _Consumer(MadeConsumer):
+    """Its topics have their own partition counts."""
 
-
-class _Client:
-    async def fetch_all_metadata(self) -> _Cluster:
-        return _Cluster()
-
-
-class _Consumer:
-    """Records how it is asked to read: by group (subscribe) or by assignment."""
-
-    def __init__(self, group_id: str | None) -> None:
-        self.group_id = group_id
-        self._client = _Client()
-        self.subscribed: list[str] = []
-        self.assigned: list[TopicPartition] = []
-        self.stopped = False
-
-    async def start(self) -> None:
-        return None
-
-    def subscribe(self, topics: list[str], listener: object = None) -> None:
-        self.subscribed += topics
-
-    def assign(self, partitions: list[TopicPartition]) -> None:
-        self.assigned = list(partitions)
-
-    async def getmany(self, timeout_ms: int = 0) -> Any:
-        await asyncio.Event().wait()
-
-    async def stop(self) -> None:
-        self.stopped = True
+    def partitions_of(self, topic: str) -> int:
+        return PARTITIONS[topic]
 
 
 def _service(
@@ -66,13 +37,7 @@ def _service(
     settings = Settings(broker="localhost:1", topic_prefix="t-")
     ctx = BrokerContext(settings, "localhost:1", "tansu", Topics.of(settings))
     service = SchedulerService(ctx, cast(FlowsTable, _Table()), only_scheduler=only_scheduler)
-    made: list[_Consumer] = []
-
-    def consumer(*args: Any, group_id: str | None = None, **kwargs: Any) -> _Consumer:
-        made.append(_Consumer(group_id))
-        return made[-1]
-
-    monkeypatch.setattr(scheduler_service, "make_consumer", consumer)
+    made = made_consumers(monkeypatch, (scheduler_service,), _Consumer)
     monkeypatch.setattr(scheduler_service, "make_producer", lambda *a, **k: _StartedProducer())
     service.trigger_records = cast(Any, _Records())
     return service, made
@@ -109,7 +74,7 @@ async def test_a_scheduler_that_may_have_peers_keeps_the_groups(
 ) -> None:
     service, _ = _service(monkeypatch, only_scheduler=False)
     assert isinstance(service.lease, SchedulerLease)
-    updates, commands = _Consumer("t-scheduler"), _Consumer("t-scheduler-commands")
+    updates, commands = _Consumer("t-scheduler", {}), _Consumer("t-scheduler-commands", {})
     await service._follow(cast(Any, updates), "t-execution-updates")
     await service._follow(cast(Any, commands), "t-trigger-commands")
     assert updates.subscribed == ["t-execution-updates"] and updates.assigned == []

@@ -198,28 +198,38 @@ async def close(worker: WorkerService) -> None:
 
 
 class _Cluster:
+    def __init__(self, consumer: MadeConsumer) -> None:
+        self.consumer = consumer
+
     def partitions_for_topic(self, topic: str) -> set[int]:
-        return set(range(MadeConsumer.partitions))
+        return set(range(self.consumer.partitions_of(topic)))
 
 
 class _Client:
+    def __init__(self, consumer: MadeConsumer) -> None:
+        self.consumer = consumer
+
     async def fetch_all_metadata(self) -> _Cluster:
-        return _Cluster()
+        return _Cluster(self.consumer)
 
 
 class MadeConsumer:
     """Records how it is made (its group, the other ``make_consumer`` keywords in ``extra``),
-    how it is asked to read (by group or by assignment) and what it commits; its topics have
-    :attr:`partitions` partitions."""
+    how it is asked to read (by group or by assignment), what it commits and whether it was
+    stopped; its topics have :attr:`partitions` partitions (:meth:`partitions_of`)."""
 
     partitions = 4
 
     def __init__(self, group_id: str | None, extra: dict[str, Any]) -> None:
         self.group_id, self.extra = group_id, extra
-        self._client = _Client()
+        self._client = _Client(self)
         self.subscribed: list[str] = []
         self.assigned: list[TopicPartition] = []
         self.commits: list[dict[TopicPartition, Any]] = []
+        self.stopped = False
+
+    def partitions_of(self, topic: str) -> int:
+        return self.partitions
 
     async def start(self) -> None:
         return None
@@ -255,7 +265,7 @@ class _IdleProducer:
         return None
 
     async def stop(self) -> None:
-        return None
+        self.stopped = True
 
 
 C = TypeVar("C", bound=MadeConsumer)
