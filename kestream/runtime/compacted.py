@@ -28,6 +28,7 @@ __all__ = [
     "reached",
     "read_partitions",
     "read_to_end",
+    "seek_starts",
     "topic_partitions",
 ]
 
@@ -79,17 +80,30 @@ async def read_partitions(
     and, given ``apply``, read them to those ends (:func:`read_to_end`). Returns the ends."""
     tps = list(partitions)
     consumer.assign(tps)
-    start = start or {}
-    from_beginning = [tp for tp in tps if tp not in start]
-    if from_beginning:
-        await consumer.seek_to_beginning(*from_beginning)
-    for tp in tps:
-        if tp in start:
-            consumer.seek(tp, start[tp])
+    await seek_starts(consumer, tps, start or {})
     ends = await fetch_highwaters(consumer, tps)
     if apply is not None:
         await read_to_end(consumer, ends, apply, max_records=max_records)
     return ends
+
+
+async def seek_starts(
+    consumer: AIOKafkaConsumer,
+    partitions: Iterable[TopicPartition],
+    start: Mapping[TopicPartition, int | None],
+) -> None:
+    """Seek each of ``partitions`` to ``start[tp]``, those without one (absent or None) to
+    their beginning in one call: each ``seek_to_beginning`` waits for a round of the fetcher's
+    offset lookup (12 ms on the embedded broker), and a new reader may have 32 partitions."""
+    from_beginning = []
+    for tp in partitions:
+        offset = start.get(tp)
+        if offset is None:
+            from_beginning.append(tp)
+        else:
+            consumer.seek(tp, offset)
+    if from_beginning:
+        await consumer.seek_to_beginning(*from_beginning)
 
 
 async def read_to_end(

@@ -105,6 +105,7 @@ from kestream.runtime.changelog_restorer import (
     RecoveryStopped,
 )
 from kestream.runtime.command_router import CommandRouter, Routed
+from kestream.runtime.compacted import seek_starts
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.ended_executions import Ended, EndedExecutions
 from kestream.runtime.event_offload import needs_storage, prepare
@@ -1177,13 +1178,8 @@ class ExecutorService:
                 return
             raise
         await self.recovery.recover(partitions)
-        for tp in consumer.assignment():
-            if tp.partition in partitions:
-                committed = await consumer.committed(tp)
-                if committed is None:
-                    await consumer.seek_to_beginning(tp)
-                else:
-                    consumer.seek(tp, committed)
+        tps = [tp for tp in consumer.assignment() if tp.partition in partitions]
+        await seek_starts(consumer, tps, {tp: await consumer.committed(tp) for tp in tps})
         self.owned |= partitions
         log.warning("executor took fenced partitions %s back (still assigned to it)",
                     sorted(partitions))  # fmt: skip

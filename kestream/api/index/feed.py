@@ -58,7 +58,7 @@ from kestream.api.index.purges import PurgeRecord
 from kestream.api.index.store import ApplyResult, Batch, FeedRecord, RecordKind, Store
 from kestream.runtime import records
 from kestream.runtime.aio import cancel_and_wait
-from kestream.runtime.compacted import topic_partitions
+from kestream.runtime.compacted import seek_starts, topic_partitions
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.metrics import process_metrics
@@ -339,18 +339,11 @@ class IndexFeed:
         try:
             tps = [tp for topic in self._kinds for tp in await topic_partitions(consumer, topic)]
             consumer.assign(tps)
-            unread = []
+            start: dict[TopicPartition, int | None] = {}
             for topic in self._kinds:
                 stored = await self._in_thread(self.store.offsets, topic)
-                for tp in (tp for tp in tps if tp.topic == topic):
-                    if tp.partition in stored:
-                        consumer.seek(tp, stored[tp.partition])
-                    else:
-                        unread.append(tp)
-            # One seek for them all: each waits for a round of the fetcher's offset lookup
-            # (12 ms on the embedded broker), and a new index has 32 partitions to seek.
-            if unread:
-                await consumer.seek_to_beginning(*unread)
+                start |= {tp: stored.get(tp.partition) for tp in tps if tp.topic == topic}
+            await seek_starts(consumer, tps, start)  # the unread ones in one seek
             self._targets = await fetch_highwaters(consumer, tps)
             if await self._topics_replaced(tps):
                 await consumer.seek_to_beginning(*tps)

@@ -544,6 +544,8 @@ class _AssignedConsumer(_Consumer):
         super().__init__(service, batches)
         self.broker = broker
         self.seeks: list[tuple[TopicPartition, int | None]] = []
+        #: The partitions of each ``seek_to_beginning`` call.
+        self.beginnings: list[set[TopicPartition]] = []
 
     def assignment(self) -> set[TopicPartition]:
         return {TopicPartition(self.service.topics.executions, p) for p in (0, 1)}
@@ -556,6 +558,7 @@ class _AssignedConsumer(_Consumer):
 
     async def seek_to_beginning(self, *tps: TopicPartition) -> None:
         self.seeks.extend((tp, None) for tp in tps)
+        self.beginnings.append(set(tps))
 
 
 def test_a_fenced_partition_still_assigned_is_taken_back_in_place(
@@ -588,6 +591,23 @@ def test_a_fenced_partition_still_assigned_is_taken_back_in_place(
     assert broker.visible_of("a") and broker.offsets == {a[0]: 6, b[0]: 10}
     assert service.writer.transactions is not None
     assert set(service.writer.transactions.producers) == {0, 1}
+
+
+def test_partitions_taken_back_with_nothing_committed_are_sought_in_one_call() -> None:
+    """Each ``seek_to_beginning`` waits for a round of the fetcher's offset lookup: the
+    partitions reclaimed together go back to their beginning together."""
+    broker = TxnBroker()
+    service = _eos_service(broker, {0, 1})
+    service.settings = service.settings.model_copy(update={"heartbeat_interval_ms": 1})
+    _nothing_to_recover(service)
+    broker.take(f"{GROUP}-0")  # both transactions timed out: both ids are taken back
+    broker.take(f"{GROUP}-1")
+    a, b = _created(service, 0, 5, "a"), _created(service, 1, 9, "b")
+    consumer = _AssignedConsumer(service, broker, [_batch(a, b), _batch(a, b)])
+    _loop(service, consumer)
+    assert service.owned == {0, 1} and service.failure is None
+    assert consumer.beginnings == [{a[0], b[0]}]
+    assert broker.offsets == {a[0]: 6, b[0]: 10}
 
 
 def _nothing_to_recover(service: ExecutorService) -> None:
