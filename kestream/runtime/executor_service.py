@@ -761,15 +761,26 @@ class ExecutorService:
         """Write the batch's records (its changelog carried to the next write, unless not
         ``carry``); then undo, in this same cycle, what the steps of records the broker refused
         counted on (:meth:`_undo_refused`), and write what that made, carrying nothing."""
-        for _ in range(_FLUSH_ROUNDS):
+        for box, refused in self._refusal_rounds(out):
             await self.groups.create_topics()  # a worker group's first job: its topic first
-            written = await self.writer.write(out, carry=carry)
+            written = await self.writer.write(box, carry=carry)
             carry = False
             self.recovery.acknowledged(written.checkpoints)
-            if not written.refused:
+            refused.extend(written.refused)
+
+    def _refusal_rounds(self, out: Outbox) -> Iterator[tuple[Outbox, list[Refusal]]]:
+        """The rounds of a write whose refused records are undone (:meth:`_undo_refused`) in
+        the same cycle: ``out`` first, then an outbox of what the last round's refusals undid,
+        each with the list its write adds its refusals to; until a round has none or its
+        undoing makes no record, at most :data:`_FLUSH_ROUNDS` (then the refused records are
+        left dead-lettered, said in the log)."""
+        for _ in range(_FLUSH_ROUNDS):
+            refused: list[Refusal] = []
+            yield out, refused
+            if not refused:
                 return
             out = Outbox()
-            self._undo_refused(written.refused, out)
+            self._undo_refused(refused, out)
             if out.empty():
                 return
         log.error("records still refused after %d rounds; left dead-lettered", _FLUSH_ROUNDS)
@@ -958,16 +969,8 @@ class ExecutorService:
         """``out``'s records to commit: a record over the limit is replaced by its dead letter,
         and what its step counted on is undone (:meth:`_undo_refused`), as a flush does."""
         kept: list[CommandRecord] = []
-        for _ in range(_FLUSH_ROUNDS):
-            refused: list[Refusal] = []
-            kept += self.writer.sized(self.writer.records_of(out), refused)
-            if not refused:
-                return kept
-            out = Outbox()
-            self._undo_refused(refused, out)
-            if out.empty():
-                return kept
-        log.error("records still refused after %d rounds; left dead-lettered", _FLUSH_ROUNDS)
+        for box, refused in self._refusal_rounds(out):
+            kept += self.writer.sized(self.writer.records_of(box), refused)
         return kept
 
     # -- partitions: assigned, revoked -----------------------------------------------------
