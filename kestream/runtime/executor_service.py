@@ -686,17 +686,11 @@ class ExecutorService:
     def _partial_update(self, execution_id: str, changed: list[str]) -> list[bytes]:
         """The execution's partial update of the cycle, from its state at the write (the
         writer asks, :meth:`Outbox.build_updates`): none once it left the table (its end's full
-        update said all, or it was let go). A state no update can encode was stepped, and its
-        changelog written, all the same: said here, and its next full update (a pause, its
-        end) brings readers up to date."""
+        update said all, or it was let go). A state no update can encode raises: its steps
+        were applied and their changelog is written, so the writer dead-letters the update
+        with the reason (:meth:`RecordWriter.coalesce`)."""
         st = self.states.get(execution_id)
-        if st is None:
-            return []
-        try:
-            return self.router.partial_update(st, changed)
-        except Exception:
-            log.exception("execution %s: its update of this cycle cannot be made", execution_id)
-            return []
+        return [] if st is None else self.router.partial_update(st, changed)
 
     def _leave_table(self, execution_ids: list[str]) -> None:
         for execution_id in execution_ids:

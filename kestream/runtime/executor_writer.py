@@ -238,7 +238,23 @@ class RecordWriter:
         """Make ``out`` ready to write: its partial execution updates built, one per execution
         (:meth:`Outbox.build_updates`), and its changelog records that later ones replace
         dropped (:meth:`Outbox.coalesce`)."""
-        out.build_updates(self.topics.updates, self.partial_update)
+        updates = self.topics.updates
+
+        def build(execution_id: str, changed: list[str]) -> list[bytes]:
+            """An update that cannot be built (a state no update can encode) is dead-lettered
+            with the reason, as the event of a full update that cannot be is: its steps were
+            applied and their changelog goes, so readers lag behind it until its next full
+            update (a pause, its end), and the dead letter says why."""
+            try:
+                return self.partial_update(execution_id, changed)
+            except Exception as exc:
+                log.exception("execution %s: its update of this cycle cannot be made",
+                              execution_id)  # fmt: skip
+                reason = f"the execution update of the cycle cannot be made: {exc!r}"
+                self.letters.add(out, updates, -1, -1, execution_id.encode(), None, reason)
+                return []
+
+        out.build_updates(updates, build)
         out.coalesce()
 
     async def write_transactions(self, writes: Mapping[int, TxnWrite]) -> Written:

@@ -381,9 +381,11 @@ def _updates_of(service: Any, out: Outbox) -> list[bytes]:
     return [v for t, _, v, _ in out.commands if t == service.topics.updates and v is not None]
 
 
-def test_no_partial_update_for_an_execution_gone_or_one_that_cannot_be_encoded(
+def test_no_partial_update_for_an_execution_gone_a_dead_letter_for_one_not_encodable(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """An update that cannot be built is dead-lettered with the reason, as the event of a
+    full update that cannot be is: its steps' changelog is written all the same."""
     service = _processor()
     service.owned = {0}
     out = Outbox()
@@ -397,7 +399,14 @@ def test_no_partial_update_for_an_execution_gone_or_one_that_cannot_be_encoded(
         raise ValueError("no JSON for this")
 
     monkeypatch.setattr(service.router, "partial_update", unencodable)
-    assert service._partial_update("t1", []) == []
+    service.writer.coalesce(out)
+    assert _updates_of(service, out) == [] and out.changelog  # the steps' changelog goes
+    (letter,) = [v for t, _, v, _ in out.commands if t == service.topics.dead_letter]
+    body = records.loads(letter)
+    assert (body["topic"], body["key"]) == (service.topics.updates, "t1")
+    assert body["reason"] == (
+        "the execution update of the cycle cannot be made: ValueError('no JSON for this')"
+    )
     assert "t1: its update of this cycle cannot be made" in caplog.text
 
 
