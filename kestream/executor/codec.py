@@ -37,6 +37,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from kestream.executor.events import SubflowLink
 from kestream.executor.instants import iso_instant
 from kestream.executor.sizes import record_json
@@ -113,10 +115,27 @@ def encode_plan(group: Group) -> dict[str, Any]:
     (``{"stored": {"@ref": ..., "size": n}}``, read back by :func:`rebuild`)."""
     if group.stored is not None:
         return {STORED_PLAN: group.stored}
+    return _plan(group)
+
+
+def _plan(group: Group) -> dict[str, Any]:
     plan: dict[str, Any] = {"lanes": _lanes(group)}
     if group.depends is not None:
         plan["deps"] = [list(needs) for needs in group.depends]
     return plan
+
+
+def held_plans(st: ExecutionState) -> dict[str, dict[str, Any]]:
+    """The plans of ``st``'s groups stored in the internal storage, by URI, as the storage
+    gives them back (:func:`~kestream.storage.offload.fetch_plan`), from memory: a plan never
+    changes once stored, so a roll-back (the state rebuilt from its records, :func:`rebuild`'s
+    ``plans``) reads the storage only for a plan whose group memory no longer holds."""
+    held: dict[str, dict[str, Any]] = {}
+    for tr in st.task_runs.values():
+        group = tr.group
+        if group is not None and group.stored is not None and is_reference(group.stored):
+            held[group.stored[REF_KEY]] = orjson.loads(record_json(_plan(group)))
+    return held
 
 
 # -- encoding --------------------------------------------------------------------------------

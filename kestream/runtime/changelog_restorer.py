@@ -429,8 +429,9 @@ class ChangelogRestorer:
         plans: codec.StoredPlans | None = None,
     ) -> ExecutionState | None:
         """One execution from its records; None (logged) when that cannot be done. ``plans``:
-        its stored plans read beforehand (:meth:`read_plans`); without them they are read here,
-        blocking and once (a roll-back's), and a storage that does not answer raises
+        its stored plans read beforehand (:meth:`read_plans`), or held in memory (a
+        roll-back's: :func:`~kestream.executor.codec.held_plans`); one not among them is read
+        here, blocking and once, and a storage that does not answer raises
         :class:`~kestream.storage.offload.StorageUnavailable`."""
         head = codec.header_of(execution_id, recs)
         if head is None:

@@ -664,13 +664,18 @@ class ExecutorService:
     def _roll_back(self, execution_id: str, existed: bool, ended: Ended | None) -> None:
         """Put the execution back as it was before the failed event: rebuilt from the records
         the changelog holds for it (nothing of the failed event was staged), or gone if the
-        event created it."""
+        event created it. The plans those records name in the internal storage are taken from
+        the state in memory (:func:`~kestream.executor.codec.held_plans`): a storage that does
+        not answer then cannot take the execution out of the table, and with it the update of
+        its earlier steps in the cycle, whose changelog is written."""
         self.ended.put(execution_id, ended)
         self.executor.forget(execution_id)
         self.timers.forget([execution_id])
         recs = self.mirror.records_of(execution_id) if existed else None
+        held = self.states.get(execution_id)
+        plans = codec.held_plans(held) if held is not None and recs else None
         try:
-            st = self.recovery.restorer.rebuild_one(execution_id, recs) if recs else None
+            st = self.recovery.restorer.rebuild_one(execution_id, recs, plans) if recs else None
         except StorageUnavailable as exc:  # a stored plan it names: its changelog keeps it
             log.error("execution %s cannot be rebuilt now: %s", execution_id, exc)
             st = None

@@ -257,22 +257,64 @@ def test_a_stored_plan_the_storage_keeps_refusing_stops_the_processor_loudly(
     assert service.owned == set() and st.id not in service.states and not service.ready.is_set()
 
 
-def test_a_roll_back_the_storage_cannot_serve_takes_the_execution_out_of_the_table(
-    storage: Storage, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A step that failed half-way is rolled back from the records the changelog holds; a
-    stored plan the storage cannot give then takes the execution out (the changelog keeps it
-    for the next recovery) instead of stopping the processor's loop."""
-    service, flaky, st = _recovering_service(storage, failures=0)
-    asyncio.run(service.assigned({0}))
-    assert st.id in service.states
+def _fail_half_applied(service: ExecutorService, *, drop_groups: bool = False) -> None:
+    """The service's steps apply the event, then raise (an engine bug); with ``drop_groups``
+    they have dropped the groups of the task runs first (as a restart's step would)."""
     real_step = service.executor.step
 
     def half_applied(state: Any, event: ev.Event) -> Any:
         real_step(state, event)
+        if drop_groups:
+            for tr in state.task_runs.values():
+                tr.group = None
         raise RuntimeError("engine bug")
 
     service.executor.step = half_applied  # type: ignore[method-assign]
+
+
+def test_a_roll_back_takes_the_stored_plans_from_memory_and_the_cycles_update_stands(
+    storage: Storage,
+) -> None:
+    """A step that failed half-way is rolled back from the records the changelog holds, the
+    plans they name in the storage taken from the state in memory: a storage that does not
+    answer (nor is read, on the event loop) cannot take the execution out of the table, and
+    the update of the execution's earlier step in the cycle is still written."""
+    service, flaky, st = _recovering_service(storage, failures=0)
+    asyncio.run(service.assigned({0}))
+    first, second = [tr.id for tr in st.task_runs.values() if tr.task.id == "say"][:2]
+    out = Outbox()
+    done = ev.WorkerResult(st.id, first, 1, S.SUCCESS, outputs={"value": "1"})
+    service._apply(0, done, out, ("results", 7))
+    assert st.id in out.partial_updates
+    _fail_half_applied(service)
+    flaky.failures = 1
+    with using_storage(flaky):
+        service._apply(0, ev.WorkerResult(st.id, second, 1, S.SUCCESS), out, ("results", 8))
+    assert st.id in service.states and flaky.threads == []  # the storage was not read
+    rebuilt = service.states[st.id]
+    assert rebuilt.task_runs[first].state.current is S.SUCCESS
+    assert rebuilt.task_runs[second].state.current is S.RUNNING  # the failed step's undone
+    each = _each_run(rebuilt)
+    assert each.group is not None and len(each.group.lanes) == LANES
+    service.writer.coalesce(out)
+    updates = [v for t, k, v, _ in out.commands if t == service.topics.updates and k == st.id]
+    (update,) = updates
+    runs = {run["id"]: run["state"]["current"] for run in records.loads(update)["taskRuns"]}
+    assert runs[first] == "SUCCESS" and second not in runs
+
+
+def test_a_roll_back_the_storage_cannot_serve_takes_the_execution_out_of_the_table(
+    storage: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A step that failed half-way is rolled back from the records the changelog holds; a
+    stored plan neither memory (the step dropped its group) nor the storage can give then
+    takes the execution out (the changelog keeps it for the next recovery) instead of
+    stopping the processor's loop."""
+    service, flaky, st = _recovering_service(storage, failures=0)
+    asyncio.run(service.assigned({0}))
+    assert st.id in service.states
+    _fail_half_applied(service, drop_groups=True)
+
     flaky.failures = 1
     with using_storage(flaky):
         service._apply(0, ev.Kill(st.id), Outbox(), ("executions", 7))
