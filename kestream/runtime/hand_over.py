@@ -36,17 +36,38 @@ class HandOver:
         return acks
 
     async def send_if(
-        self, producer: Any, sends: Sequence[Send], still_wanted: Callable[[], bool] | None
+        self,
+        producer: Any,
+        sends: Sequence[Send],
+        still_wanted: Callable[[], bool] | None,
+        *,
+        refused: Callable[[BaseException], bool] | None = None,
     ) -> list[Future[Any]] | None:
         """:meth:`send`, unless ``still_wanted()`` says no once this caller's turn has come
         (``None``: nothing was handed over). The wait for the turn can be long (every caller
         before, a full batch while the broker is slow or away), and what the caller decided
         before it may no longer hold: a worker's result whose job was stopped meanwhile, its
-        partition gone to another worker, must not go out."""
+        partition gone to another worker, must not go out.
+
+        A record whose hand-over raises what ``refused`` accepts (the client refusing it for
+        what it is before any broker saw it, say) gets that error as its acknowledgement, and
+        the records after it are still handed over: the caller deals with it as with a record
+        the broker refused. Without ``refused`` the error is raised, and nothing after it is
+        handed over."""
         async with self._lock:
             if still_wanted is not None and not still_wanted():
                 return None
-            return [await producer.send(topic, value, key=key) for topic, value, key in sends]
+            acks: list[Future[Any]] = []
+            for topic, value, key in sends:
+                try:
+                    acks.append(await producer.send(topic, value, key=key))
+                except Exception as exc:
+                    if refused is None or not refused(exc):
+                        raise
+                    failed: Future[Any] = asyncio.get_running_loop().create_future()
+                    failed.set_exception(exc)
+                    acks.append(failed)
+            return acks
 
     async def send_and_wait(self, producer: Any, send: Send) -> Any:
         """Hand one record over (:meth:`send`), then wait for its acknowledgement."""

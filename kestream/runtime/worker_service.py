@@ -845,10 +845,13 @@ class WorkerService:
         sends: Sequence[tuple[str, bytes, bytes | None]],
         given_up: Callable[[], bool],
         held: Callable[[], bool] | None = None,
+        refused: Callable[[BaseException], bool] | None = None,
     ) -> list[Future[Any]] | None:
         """:meth:`_produce` for a write that passed the gate: ``None`` (nothing handed over)
         when, by the time its turn at the producer comes, the write is given up, the gate has
-        closed again or ``held()`` (the caller then waits at the gate again, or gives up)."""
+        closed again or ``held()`` (the caller then waits at the gate again, or gives up). A
+        record the client refuses at the hand-over with an error ``refused`` accepts gets it as
+        its acknowledgement (:meth:`HandOver.send_if`)."""
         assert self._producer is not None
 
         def still_wanted() -> bool:
@@ -856,7 +859,7 @@ class WorkerService:
                 return False
             return held is None or not held()
 
-        return await self._hand_over.send_if(self._producer, sends, still_wanted)
+        return await self._hand_over.send_if(self._producer, sends, still_wanted, refused=refused)
 
     def _ran_unreported(self, job: Job, result: ev.WorkerResult) -> None:
         """``job`` ran to its end, but its result was not sent: its partition was revoked
@@ -929,7 +932,7 @@ class WorkerService:
             try:
                 sends = [(topics.logs, part, key) for part in logs]
                 sends.append((topics.results, value, key))
-                handed = await self._produce_gated(sends, given_up, held)
+                handed = await self._produce_gated(sends, given_up, held, record_fault)
                 if handed is None:
                     continue  # given up, or the gate closed while it waited for its turn
                 *log_acks, result_ack = await asyncio.gather(*handed, return_exceptions=True)
@@ -947,11 +950,12 @@ class WorkerService:
         return None
 
     def _logs_refused(self, job: Job, failures: list[BaseException]) -> None:
-        """Log lines the broker did not take while it took the result. Refused for what they
-        are (:func:`record_fault`: a policy, an invalid topic), they are left out, said here:
-        the result stands, and must not be replaced by a FAILED one after its acknowledgement
-        (two answers for one attempt). Any other failure (the broker away) raises, and the
-        whole send is tried again: the executor applies a repeated result once."""
+        """Log lines the broker (or the client, as they were handed over) did not take while
+        it took the result. Refused for what they are (:func:`record_fault`: a policy, an
+        invalid topic, too large), they are left out, said here: the result stands, and must
+        not be replaced by a FAILED one after its acknowledgement (two answers for one
+        attempt). Any other failure (the broker away) raises, and the whole send is tried
+        again: the executor applies a repeated result once."""
         for failure in failures:
             if not record_fault(failure):
                 raise failure

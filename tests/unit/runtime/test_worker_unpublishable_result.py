@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord
 
 from kestream.models.flow import Flow
@@ -189,3 +190,24 @@ async def test_log_lines_refused_by_the_broker_leave_the_result_as_it_was() -> N
         assert worker.in_flight == 0 and worker.stats["finished"] == 1
     finally:
         await close(worker)
+
+
+async def test_a_log_record_the_client_refuses_as_it_is_handed_over_leaves_the_result() -> None:
+    """The client refuses the log record at ``send``, before the result is handed over: the
+    result is sent all the same, and stands. Before, the refusal raised out of the hand-over
+    and the result was replaced by a FAILED one."""
+    worker, flow = make_worker(LOGGING_FLOW)
+    try:
+        too_large = MessageSizeTooLargeError("the log record is too large")
+        producer = RefusingProducer(send_errors={worker.ctx.topics.logs: too_large})
+        worker._producer = producer
+        await _run(worker, job_record(flow, "say", {"message": "hello"}, offset=7))
+
+        (result,) = producer.results()
+        assert result.state is StateType.SUCCESS
+        assert producer.refused >= 1  # (the stream may have tried it first)
+        assert worker._partitions[JOBS].commit_point() == 8
+        assert worker.failure is None
+    finally:
+        await close(worker)
+

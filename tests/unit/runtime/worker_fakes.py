@@ -44,10 +44,15 @@ class RefusingProducer:
         outage: int = 0,
         outage_after_refusal: int = 0,
         refused_topics: frozenset[str] = frozenset(),
+        send_errors: dict[str, KafkaError] | None = None,
     ) -> None:
         self.max_bytes = max_bytes
         #: Topics whose every record is refused by a policy (a record fault).
         self.refused_topics = refused_topics
+        #: Per topic, what ``send`` itself raises for each of its records, before any broker
+        #: saw it (the client's own checks of a record's size; the authorization aiokafka's
+        #: metadata lookup reports).
+        self.send_errors = send_errors or {}
         self.outage = outage  # the next sends refused as if the broker were unreachable
         #: An outage of this many sends that starts after the first record refused for its size.
         self.outage_after_refusal = outage_after_refusal
@@ -69,6 +74,9 @@ class RefusingProducer:
         self.acked.append((topic, value))
 
     async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[Any]:
+        if topic in self.send_errors:
+            self.refused += 1
+            raise self.send_errors[topic]
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:
             self._ack(topic, value)
@@ -257,7 +265,7 @@ class MadeConsumer:
         return None
 
     async def stop(self) -> None:
-        return None
+        self.stopped = True
 
 
 class _IdleProducer:
@@ -265,7 +273,7 @@ class _IdleProducer:
         return None
 
     async def stop(self) -> None:
-        self.stopped = True
+        return None
 
 
 C = TypeVar("C", bound=MadeConsumer)
