@@ -5,13 +5,19 @@ large for the topic, an invalid topic, a policy) will be refused again, so retry
 pointless and it must be dealt with (dead-lettered, or replaced by a failure that says why);
 any other failure (a connection lost, a request timed out, a leader moving) says the broker is
 away for now, and the record is sent again once it is back.
+
+An authorization error (:func:`authorization_fault`: the topic's ACLs refuse this client) is
+neither: every record of the topic is refused until an operator grants it, so sending again
+only spins, and no record is to blame. The role stops, loudly: the executor, as on any failure
+that is not one record's; the worker, once the result of the job whose lines it could not
+write stands.
 """
 
 from __future__ import annotations
 
 from aiokafka import errors as kafka_errors
 
-__all__ = ["RECORD_FAULTS", "record_fault"]
+__all__ = ["AUTHORIZATION_FAULTS", "RECORD_FAULTS", "authorization_fault", "record_fault"]
 
 #: Broker answers that are about one record, not the broker.
 RECORD_FAULTS = (
@@ -31,3 +37,19 @@ def record_fault(exc: BaseException) -> bool:
     if isinstance(exc, kafka_errors.KafkaError):
         return isinstance(exc, RECORD_FAULTS)
     return isinstance(exc, TypeError | ValueError)  # a value or key the client cannot send
+
+
+#: Broker answers that this client may not do what it asked (the ACLs of a topic, a group, the
+#: cluster, a transactional id).
+AUTHORIZATION_FAULTS = (
+    kafka_errors.TopicAuthorizationFailedError,
+    kafka_errors.GroupAuthorizationFailedError,
+    kafka_errors.ClusterAuthorizationFailedError,
+    kafka_errors.TransactionalIdAuthorizationFailed,
+)
+
+
+def authorization_fault(exc: BaseException) -> bool:
+    """Whether a produce failure is the broker refusing this client what it asked (see the
+    module docstring)."""
+    return isinstance(exc, AUTHORIZATION_FAULTS)

@@ -112,7 +112,7 @@ from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.log_stream import LogStream
 from kestream.runtime.member_fence import LOOK_EVERY_S, MemberFence
 from kestream.runtime.metrics import Metrics, process_metrics
-from kestream.runtime.produce_faults import record_fault
+from kestream.runtime.produce_faults import authorization_fault, record_fault
 from kestream.runtime.static_assignment import only_worker, partitions_of
 from kestream.runtime.static_membership import static_member, stop_member
 from kestream.runtime.sticky_assignor import note_generation, sticky_assignor
@@ -932,7 +932,7 @@ class WorkerService:
             try:
                 sends = [(topics.logs, part, key) for part in logs]
                 sends.append((topics.results, value, key))
-                handed = await self._produce_gated(sends, given_up, held, record_fault)
+                handed = await self._produce_gated(sends, given_up, held, _left_out)
                 if handed is None:
                     continue  # given up, or the gate closed while it waited for its turn
                 *log_acks, result_ack = await asyncio.gather(*handed, return_exceptions=True)
@@ -954,16 +954,26 @@ class WorkerService:
         it took the result. Refused for what they are (:func:`record_fault`: a policy, an
         invalid topic, too large), they are left out, said here: the result stands, and must
         not be replaced by a FAILED one after its acknowledgement (two answers for one
-        attempt). Any other failure (the broker away) raises, and the whole send is tried
-        again: the executor applies a repeated result once."""
+        attempt). Refused to this worker (:func:`authorization_fault`: the logs topic's ACLs),
+        they are left out too, and the worker fails, once and loudly (:meth:`_fail`: its
+        process is replaced), as the executor stops on an authorization error on its topics,
+        instead of sending the result again for ever. Any other failure (the broker away)
+        raises, and the whole send is tried again: the executor applies a repeated result
+        once."""
         for failure in failures:
-            if not record_fault(failure):
+            if not _left_out(failure):
                 raise failure
-        if failures:
-            log.error(
-                "%d log record(s) of %s refused by the broker (%s): left out, the result stands",
-                len(failures), job.key, failures[0],
-            )  # fmt: skip
+        if not failures:
+            return
+        log.error(
+            "%d log record(s) of %s refused by the broker (%s): left out, the result stands",
+            len(failures), job.key, failures[0],
+        )  # fmt: skip
+        denied = next((failure for failure in failures if authorization_fault(failure)), None)
+        if denied is not None:
+            failure = RuntimeError(f"the worker may not write to the logs topic: {denied!r}")
+            failure.__cause__ = denied
+            self._fail(failure)
 
     def _result_acked(self, acked: Any, value: bytes) -> None:
         """Tell :attr:`on_result` of a result now durable (the local executor may take it);
@@ -1271,6 +1281,13 @@ def _result_unpublishable(
     return ev.WorkerResult(
         result.execution_id, result.task_run_id, result.attempt, StateType.FAILED, error=error
     )
+
+
+def _left_out(failure: BaseException) -> bool:
+    """Whether a log record that failed so is left out rather than sent again: refused for
+    what it is, or to this worker (:meth:`WorkerService._logs_refused`). The result handed
+    over with the lines, failing so at the hand-over, fails as if the broker had refused it."""
+    return record_fault(failure) or authorization_fault(failure)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.errors import MessageSizeTooLargeError, TopicAuthorizationFailedError
 from aiokafka.structs import ConsumerRecord
 
 from kestream.models.flow import Flow
@@ -211,3 +211,30 @@ async def test_a_log_record_the_client_refuses_as_it_is_handed_over_leaves_the_r
     finally:
         await close(worker)
 
+
+async def test_a_logs_topic_the_worker_may_not_write_fails_it_once_the_results_standing(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An authorization error on the logs topic is no record's fault, and sending again only
+    spins (before, the result was sent again for ever and the partition never moved on): the
+    lines are left out, each result stands, and the worker fails once, loudly, as the executor
+    stops on an authorization error on its topics (its process is replaced)."""
+    monkeypatch.setattr(worker_service, "_ERROR_BACKOFF_S", 0.1)  # a retry loop spins slowly
+    worker, flow = make_worker(LOGGING_FLOW)
+    failures: list[BaseException] = []
+    worker.on_failure = failures.append
+    try:
+        denied = TopicAuthorizationFailedError(worker.ctx.topics.logs)
+        producer = RefusingProducer(send_errors={worker.ctx.topics.logs: denied})
+        worker._producer = producer
+        for offset in (7, 8):
+            await _run(worker, job_record(flow, "say", {"message": "hello"}, offset=offset))
+
+        assert [result.state for result in producer.results()] == [StateType.SUCCESS] * 2
+        assert worker._partitions[JOBS].commit_point() == 9
+        (failure,) = failures
+        assert failure is worker.failure and failure.__cause__ is denied
+        assert "the worker may not write to the logs topic" in str(failure)
+        assert "left out, the result stands" in caplog.text
+    finally:
+        await close(worker)
