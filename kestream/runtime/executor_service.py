@@ -129,6 +129,7 @@ from kestream.runtime.processing_guarantee import exactly_once
 from kestream.runtime.purge_fence import apply_purge_event
 from kestream.runtime.static_assignment import Share, executor_share, partitions_of
 from kestream.runtime.static_membership import static_member, stop_member
+from kestream.runtime.txn_markers import ListedEnds, MarkerHealer
 from kestream.runtime.worker_groups import WorkerGroupRouter
 from kestream.runtime.write_gate import WriteRefused
 from kestream.storage.offload import StorageUnavailable
@@ -263,6 +264,8 @@ class ExecutorService:
         self._fatal: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        #: Exactly-once: closes transactions the broker left without markers (:mod:`.txn_markers`).
+        self.healer: MarkerHealer | None = None
         #: Per input partition, the offset after the last record flushed but not yet
         #: committed (:meth:`_commit`); and when the last commit was.
         self._uncommitted: dict[TopicPartition, int] = {}
@@ -297,6 +300,8 @@ class ExecutorService:
             self.writer.transactions = PartitionTransactions(
                 self._transactional_producer, f"{group}-", group
             )
+            ends = ListedEnds(self.settings, self.ctx.bootstrap, self.ctx.kind)
+            self.healer = MarkerHealer(self.writer.transactions.ledger, ends, self._close_markers)
             log.info("exactly-once: a transaction per input partition and cycle")
         if group is None or self.writer.transactions is not None:
             self.share = None  # no group to commit under; exactly-once's is the group's
@@ -336,6 +341,8 @@ class ExecutorService:
             self.fence.watch(self._consumer)
             self.fence.guard(None, LOOK_EVERY_S)  # (only to tell a freeze from an outage)
         self._task = asyncio.create_task(self._run(), name="executor-loop")
+        if self.healer is not None:
+            self.healer.start()
         self.metrics.executor_threads.inc()
 
     async def stop(self) -> None:
@@ -348,6 +355,8 @@ class ExecutorService:
         if self.fence is not None:
             self.fence.stop()
         self.recovery.give_up()  # a recovery under way gives up
+        if self.healer is not None:
+            await self.healer.stop()
         task, self._task = self._task, None
         if task is not None:
             await asyncio.wait({task}, timeout=_STOP_GRACE_S)  # the loop ends after its cycle
@@ -947,6 +956,32 @@ class ExecutorService:
                 )
         if fenced or lost:
             await self._fenced(fenced, lost)
+
+    async def _close_markers(self, closings: dict[int, set[TopicPartition]]) -> None:
+        """Exactly-once: commit the empty transactions that close, per input partition still
+        owned, the partitions its producer left without markers (:mod:`.txn_markers`), between
+        cycles. A producer fenced or dead meanwhile is handled as in a cycle (a partition that
+        cannot be taken back stops the processor, as there); after another failure the
+        partition's notes are forgotten (as after any transaction not committed), and what it
+        left open waits for its next cycle."""
+        async with self._lock:
+            if self._stopping or self._rejoining:
+                return
+            writes = {p: TxnWrite(markers=tps) for p, tps in closings.items() if p in self.owned}
+            if not writes:
+                return
+            try:
+                written = await self.writer.write_transactions(writes)
+            except Exception as exc:
+                log.warning("executor: closing partitions of %s failed: %r", sorted(writes), exc)
+                return
+            if written.fenced or written.lost:
+                try:
+                    await self._fenced(written.fenced, written.lost)
+                except Exception as exc:  # the loop stops at its next fetch, as after a callback
+                    log.exception("executor cannot take partitions back; stopping")
+                    self._fatal = exc
+                    self._fail(exc)
 
     def _without_refused(self, write: TxnWrite, refusals: list[Refusal]) -> TxnWrite:
         """A partition's write again, after the broker refused some of its records (its

@@ -36,6 +36,11 @@ A record the broker refuses for what it is (:func:`~kestream.runtime.produce_fau
 aborts its partition's transaction, and the refusals are handed back
 (:attr:`Committed.refused`): the processor dead-letters them, undoes what their steps counted on,
 and commits the partition again without them, so one record never stops the processor.
+
+Each producer's committed transactions note where they wrote (:attr:`PartitionTransactions.ledger`):
+a partition the broker left without the transaction's markers (KAFKA-20734) is closed later by
+an empty transaction of the same producer that adds it (:attr:`TxnWrite.markers`), when
+:mod:`kestream.runtime.txn_markers` finds it behind while quiet.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -54,6 +60,8 @@ from aiokafka.structs import OffsetAndMetadata
 
 from kestream.runtime.executor_outbox import CommandRecord
 from kestream.runtime.produce_faults import record_fault
+from kestream.runtime.producer_internals import add_partitions, sender_failure
+from kestream.runtime.txn_markers import MarkerLedger
 
 __all__ = [
     "MAX_LOSSES",
@@ -119,18 +127,6 @@ class Lost(Exception):
         self.cause = cause
 
 
-def sender_failure(producer: TransactionalProducer) -> BaseException | None:
-    """What ``producer``'s background sender died of, if it died (aiokafka's
-    ``AIOKafkaProducer._sender.sender_task``, done with an exception); None while it runs, or
-    for a producer without one. A dead sender's producer fails every call after (its
-    transaction state is fatal): its commit's failure is not the transaction's, and an abort
-    through it is refused or, under ``python -O``, waits for ever."""
-    task = getattr(getattr(producer, "_sender", None), "sender_task", None)
-    if not isinstance(task, asyncio.Future) or not task.done() or task.cancelled():
-        return None
-    return task.exception()
-
-
 def _transient(exc: BaseException) -> bool:
     """Whether ``exc`` (or what it was raised from) is a Kafka error worth trying again: the
     broker away or not ready yet, not a refusal (an authorization, say)."""
@@ -181,6 +177,9 @@ class TxnWrite:
 
     records: list[CommandRecord] = field(default_factory=list)
     offsets: dict[TopicPartition, OffsetAndMetadata] = field(default_factory=dict)
+    #: Partitions added to the transaction without a record, for its marker alone
+    #: (:mod:`kestream.runtime.txn_markers`: closing what the producer left open there).
+    markers: set[TopicPartition] = field(default_factory=set)
 
 
 class PartitionTransactions:
@@ -208,6 +207,9 @@ class PartitionTransactions:
         self.producers: dict[int, TransactionalProducer] = {}
         #: Per partition, its commits in a row whose producer died (:data:`MAX_LOSSES`).
         self.losses: dict[int, int] = {}
+        #: The partitions each producer's committed transactions wrote, to close where the
+        #: broker left them without markers (:mod:`kestream.runtime.txn_markers`).
+        self.ledger = MarkerLedger()
 
     def transactional_id(self, partition: int) -> str:
         return f"{self.id_prefix}{partition}"
@@ -263,6 +265,7 @@ class PartitionTransactions:
     async def leave(self, partitions: set[int]) -> None:
         """Stop the producers of partitions this processor no longer owns (no transaction is
         open between cycles)."""
+        self.ledger.forget(partitions)
         for partition in sorted(partitions & set(self.producers)):
             producer = self.producers.pop(partition)
             await _stop(producer)  # fenced already, or the broker away: stopped anyway
@@ -279,12 +282,13 @@ class PartitionTransactions:
         are done. Either way nothing of a failed partition is visible (a dead producer's
         transaction is aborted by the id's next producer), and its offsets are where they
         were."""
-        parts = [p for p, w in writes.items() if w.records or w.offsets]
+        parts = [p for p, w in writes.items() if w.records or w.offsets or w.markers]
         jobs = [self._commit_one(p, writes[p]) for p in parts]
         committed = Committed()
         results = await asyncio.gather(*jobs, return_exceptions=True)
         failure: BaseException | None = None
         for partition, result in zip(parts, results, strict=True):
+            self._note(partition, result)
             if isinstance(result, Lost):
                 losses = self.losses[partition] = self.losses.get(partition, 0) + 1
                 if losses >= MAX_LOSSES:
@@ -304,6 +308,18 @@ class PartitionTransactions:
         if failure is not None:
             raise failure
         return committed
+
+    def _note(self, partition: int, result: Any) -> None:
+        """Note where a committed transaction wrote; any other end forgets the partition's
+        notes (:class:`~kestream.runtime.txn_markers.MarkerLedger`)."""
+        if isinstance(result, BaseException):
+            self.ledger.forget({partition})
+            return
+        written: dict[TopicPartition, int] = {}
+        for _, meta in result:
+            tp = TopicPartition(meta.topic, meta.partition)
+            written[tp] = max(written.get(tp, -1), meta.offset)
+        self.ledger.committed(partition, written, time.monotonic())
 
     async def _commit_one(self, partition: int, write: TxnWrite) -> list[tuple[CommandRecord, Any]]:
         """:meth:`_transact`, its failure told apart: fenced, lost (the producer died), or the
@@ -333,6 +349,8 @@ class PartitionTransactions:
         """Commit ``write`` in one transaction of ``producer``; :class:`Refused` when the broker
         refused records of it for what they are."""
         await producer.begin_transaction()
+        if write.markers:
+            add_partitions(producer, write.markers)
         sent = []
         refusals: list[tuple[CommandRecord, str]] = []
         for rec in write.records:

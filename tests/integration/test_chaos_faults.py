@@ -50,6 +50,7 @@ from kestream.runtime.context import BrokerContext
 from kestream.runtime.executor_service import EXECUTOR_ASSIGNORS
 from kestream.runtime.kafka import make_consumer
 from kestream.runtime.tansu_compat import fetch_highwaters
+from kestream.runtime.txn_markers import ListedEnds
 from kestream.settings import Settings
 
 if TYPE_CHECKING:
@@ -101,16 +102,11 @@ async def _unstable_partitions(settings: Settings, kind: str) -> list[str]:
     names = ("executions", "worker-tasks", "execution-updates", "executor-state-changelog")
     every = range(settings.partitions)
     parts = [TopicPartition(settings.topic(name), p) for name in names for p in every]
-    ends: dict[str, dict[TopicPartition, int]] = {}
-    for level in ("read_committed", "read_uncommitted"):
-        consumer = make_consumer(settings, settings.broker or "", kind, group_id=None,
-                                 isolation_level=level)  # fmt: skip
-        await consumer.start()
-        try:
-            ends[level] = await consumer.end_offsets(parts)
-        finally:
-            await consumer.stop()
-    stable, high = ends["read_committed"], ends["read_uncommitted"]
+    ends = ListedEnds(settings, settings.broker or "", kind)
+    try:
+        stable, high = await ends.of(set(parts))
+    finally:
+        await ends.stop()
     return [
         f"{tp.topic}[{tp.partition}]: last stable offset {stable[tp]} < high watermark {high[tp]}"
         " (a transaction open, or committed without its markers)"
@@ -252,6 +248,9 @@ async def test_the_broker_restarted_mid_load_under_exactly_once(
     assert "exactly-once: a transaction per input partition and cycle" in logs
     replaced = logs.count("transactional producers of partitions")
     print(f"\nexecutor producers replaced in place (the restart fell on a transaction): {replaced}")
+    closings, level = logs.count("closing them with empty"), logs.count("are closed now")
+    print(f"partitions left without markers closed (kestream.runtime.txn_markers): {closings} "
+          f"closings, {level} partitions closed")  # fmt: skip
 
 
 # -- offsets reset to earliest ----------------------------------------------------------------

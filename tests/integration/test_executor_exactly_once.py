@@ -27,8 +27,9 @@ from executor_harness import Harness, wait_for
 from kestream.executor import events as ev
 from kestream.runtime import records
 from kestream.runtime.compacted import read_partitions
-from kestream.runtime.executor_transactions import PartitionTransactions, TxnWrite, sender_failure
+from kestream.runtime.executor_transactions import PartitionTransactions, TxnWrite
 from kestream.runtime.kafka import make_consumer, make_producer
+from kestream.runtime.producer_internals import sender_failure
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,8 @@ another signature would raise inside aiokafka's fetcher routine and kill the con
 pyproject bounds aiokafka below the next minor, and this test says when a bound raised or
 lowered no longer fits. The scheduler and the executor take a refused commit as a rebalance
 by catching ``CommitFailedError``, which aiokafka raises for the group errors below. The
-membership readers of :mod:`kestream.runtime.group_coordinator` read the coordinator's fields.
+membership readers of :mod:`kestream.runtime.group_coordinator` read the coordinator's fields,
+and :mod:`kestream.runtime.producer_internals` the producer's sender and transaction manager.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import inspect
 import re
 from pathlib import Path
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.consumer.group_coordinator import GroupCoordinator
+from aiokafka.producer.sender import Sender
+from aiokafka.producer.transaction_manager import TransactionManager
 
 PYPROJECT = Path(__file__).resolve().parents[3] / "pyproject.toml"
 
@@ -45,3 +49,15 @@ def test_the_coordinator_keeps_what_group_coordinator_reads() -> None:
     source = inspect.getsource(GroupCoordinator)
     for field in ("generation", "member_id", "_coordination_task"):
         assert re.search(rf"self\.{field}\s*[:=]", source), field
+
+
+def test_the_producer_keeps_what_producer_internals_reads() -> None:
+    """kestream.runtime.producer_internals reads the sender's task (a dead producer told from a
+    fenced one) and adds a partition to a transaction through the transaction manager (a
+    transaction left without its markers closed)."""
+    source = inspect.getsource(AIOKafkaProducer.__init__)
+    for field in ("_sender", "_txn_manager"):
+        assert re.search(rf"self\.{field}\s*=", source), field
+    assert isinstance(Sender.sender_task, property)
+    parameters = list(inspect.signature(TransactionManager.maybe_add_partition_to_txn).parameters)
+    assert parameters == ["self", "tp"]

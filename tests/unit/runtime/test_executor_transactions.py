@@ -29,9 +29,9 @@ from kestream.runtime.executor_transactions import (
     PartitionTransactions,
     TxnWrite,
     _transient,
-    sender_failure,
 )
 from kestream.runtime.kafka import make_consumer, make_producer
+from kestream.runtime.producer_internals import sender_failure
 from kestream.settings import Settings
 from kestream.tasks.worker_group import WorkerGroup
 from tests.unit.runtime.test_executor_commits import _Consumer
@@ -97,6 +97,11 @@ class TxnProducer:
         #: Where aiokafka keeps its background sender's task (``_sender.sender_task``), which
         #: ends with the error that killed it (``die_in_offsets``).
         self._sender = SimpleNamespace(sender_task=asyncio.get_running_loop().create_future())
+        #: Where aiokafka adds a partition to the open transaction without a record.
+        self._txn_manager = SimpleNamespace(maybe_add_partition_to_txn=self._add)
+
+    def _add(self, tp: TopicPartition) -> None:
+        self.calls.append(f"add {tp.topic}[{tp.partition}]")
 
     def _check(self) -> None:
         died = self._sender.sender_task
@@ -373,6 +378,60 @@ def test_a_partition_whose_producers_keep_dying_stops_the_processor() -> None:
         asyncio.run(txns.own({0}))
     assert asyncio.run(txns.commit({0: _cycle(0, b"0", 5)})).lost == {}
     assert txns.losses == {}  # a commit that went through starts the count again
+
+
+def _noted(txns: PartitionTransactions) -> dict[int, set[tuple[str, int]]]:
+    """Per input partition, the partitions its committed transactions wrote (the ledger's)."""
+    return {p: {(tp.topic, tp.partition) for tp in notes} for p, notes in txns.ledger.notes.items()}
+
+
+def test_committed_transactions_note_where_they_wrote_and_any_other_end_forgets() -> None:
+    """Only a partition whose producer's last transaction there committed may be closed with
+    a commit marker (kestream.runtime.txn_markers): an abort, a lost producer or a partition
+    leaving forgets the input partition's notes."""
+    broker = TxnBroker()
+    txns, _ = _transactions(broker)
+    asyncio.run(txns.own({0, 1, 2}))
+    writes = {
+        0: TxnWrite([("t", "a", b"0", 0), ("u", "a", b"0", 3)]),
+        1: TxnWrite([("t", "b", b"1", 1)]),
+        2: TxnWrite([("t", "c", b"2", 2)]),
+    }
+    asyncio.run(txns.commit(writes))
+    assert _noted(txns) == {0: {("t", 0), ("u", 3)}, 1: {("t", 1)}, 2: {("t", 2)}}
+    broker.refuse_sends.add(f"{GROUP}-1")
+    broker.die_in_offsets.add(f"{GROUP}-2")
+    with pytest.raises(RuntimeError, match="refuses"):
+        asyncio.run(txns.commit({1: writes[1], 2: _cycle(2, b"2", 4)}))
+    assert _noted(txns) == {0: {("t", 0), ("u", 3)}}  # 1 aborted, 2's producer died
+    asyncio.run(txns.leave({0}))
+    assert _noted(txns) == {}
+
+
+def test_a_closing_adds_its_partitions_to_an_empty_transaction_and_commits_it() -> None:
+    broker = TxnBroker()
+    txns, made = _transactions(broker)
+    asyncio.run(txns.own({0}))
+    asyncio.run(txns.commit({0: TxnWrite([("t", "a", b"0", 0)])}))
+    closing = TxnWrite(markers={TopicPartition("t", 0), TopicPartition("u", 2)})
+    committed = asyncio.run(txns.commit({0: closing}))
+    assert not committed.acked and not committed.lost and not committed.fenced
+    assert made[f"{GROUP}-0"].calls[-4:] == ["begin", "add t[0]", "add u[2]", "commit"]
+    assert [r[2] for r in broker.visible] == [b"0"]  # no record: the markers alone
+
+
+def test_the_executor_closes_only_partitions_it_still_owns_between_cycles() -> None:
+    broker = TxnBroker()
+    service = _eos_service(broker, {0, 1})
+    assert service.writer.transactions is not None
+    made = service.writer.transactions.producers
+    closings = {0: {TopicPartition("t", 0)}, 5: {TopicPartition("t", 5)}}
+    asyncio.run(service._close_markers(closings))
+    assert made[0].calls[-3:] == ["begin", "add t[0]", "commit"]  # type: ignore[attr-defined]
+    assert made[1].calls == ["start", "begin", "commit"]  # type: ignore[attr-defined]
+    service._stopping = True
+    asyncio.run(service._close_markers(closings))
+    assert made[0].calls.count("add t[0]") == 1  # type: ignore[attr-defined]
 
 
 def test_taking_an_id_is_tried_again_while_the_broker_is_away() -> None:
