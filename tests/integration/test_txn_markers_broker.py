@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -27,7 +28,9 @@ from typing import TYPE_CHECKING
 import pytest
 from aiokafka import TopicPartition
 from chaos_harness import LONG
+from executor_harness import Harness, wait_for
 
+from kestream.executor import events as ev
 from kestream.runtime.context import connect
 from kestream.runtime.executor_transactions import PartitionTransactions, TxnWrite
 from kestream.runtime.kafka import make_producer
@@ -201,3 +204,58 @@ async def test_a_partition_left_without_markers_by_a_restart_is_closed_by_its_pr
     broker: BrokerHandle, topic_prefix: str, record_property: Record, rounds: int
 ) -> None:
     await _restarts(broker, topic_prefix, rounds, record_property)
+
+
+W1 = """
+id: w1
+namespace: test.markers
+tasks:
+  - id: hello
+    type: io.kestra.plugin.core.output.OutputValues
+    values:
+      message: "Hello"
+"""
+
+
+@pytest.mark.brokers("apache")
+async def test_the_executor_looks_at_its_quiet_partitions_and_closes_those_held_back(
+    broker: BrokerHandle, topic_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The executor's own healer, as ``start()`` wires it under exactly-once: the partitions its
+    transactions wrote are looked at once quiet and forgotten, level. A note made to claim a
+    record past a partition's end (as a hang looks to it) is closed with empty transactions of
+    the partition's producer, through the cycle's path (a commit marker each: the high
+    watermark moves, no record), then given up as another producer's."""
+    harness = await Harness.open(
+        broker.bootstrap, topic_prefix, processing_guarantee="exactly_once"
+    )
+    try:
+        harness.deploy(W1)
+        service = await harness.start_executor()
+        await asyncio.wait_for(service.ready.wait(), 60)
+        assert service.healer is not None and service.writer.transactions is not None
+        ledger = service.writer.transactions.ledger
+        ledger.quiet_s = 5.0
+        service.healer.check_every_s = 0.2
+        await harness.send(ev.ExecutionCreated("mk-1", "test.markers", "w1"))
+        await wait_for(lambda: harness.state_of("mk-1") == "SUCCESS", 60)
+        assert ledger.notes  # the last cycle's partitions, noted (not quiet yet)
+        await wait_for(lambda: not ledger.notes, 20)  # looked at, level: forgotten
+        ledger.quiet_s = 1.0
+
+        tp = TopicPartition(harness.ctx.topics.updates, 0)
+        ends = ListedEnds(harness.ctx.settings, harness.ctx.bootstrap, harness.ctx.kind)
+        try:
+            _, high = await ends.of({tp})
+            owner = min(service.owned)
+            with caplog.at_level(logging.WARNING, logger="kestream.executor"):
+                ledger.committed(owner, {tp: high[tp] + 100}, time.monotonic() - 5)
+                await wait_for(lambda: "still held back after 3 closings" in caplog.text, 30)
+            stable, after = await ends.of({tp})
+        finally:
+            await ends.stop()
+        assert (stable[tp], after[tp]) == (high[tp] + 3, high[tp] + 3)  # three markers
+        assert "closing them with empty transactions of executor partitions" in caplog.text
+        assert service.failure is None
+    finally:
+        await harness.close()
