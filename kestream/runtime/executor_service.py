@@ -833,7 +833,7 @@ class ExecutorService:
 
     def _fail_execution(self, execution_id: str, reason: str, out: Outbox) -> None:
         """End an execution still in the table FAILED (KILLED from a state that cannot fail,
-        QUEUED say), as a terminal step would: its update, its tombstones, its ended marker,
+        KILLING say), as a terminal step would: its update, its tombstones, its ended marker,
         and its flow-concurrency slot given back."""
         st = self.states.get(execution_id)
         if st is None:

@@ -611,10 +611,10 @@ def test_a_queued_execution_whose_changelog_record_is_refused_ends_and_leaves_th
     producer = _Producer(refused=refused)
     service.writer.producer = producer  # type: ignore[assignment]
     asyncio.run(service._flush(out))
-    asyncio.run(service._commit())  # carried records first: refused, QUEUED ends KILLED
+    asyncio.run(service._commit())  # carried records first: refused, QUEUED ends FAILED
     assert "q1" not in service.states and not service.writer.carried
     last = [records.loads(v) for t, v in producer.acked if t == service.topics.updates][-1]
-    assert last["terminal"] and last["execution"]["state"]["current"] == "KILLED"
+    assert last["terminal"] and last["execution"]["state"]["current"] == "FAILED"
     (release,) = [
         records.loads(v) for t, v in producer.acked if t == service.topics.admissions and v
     ]
