@@ -71,7 +71,8 @@ FAN_OUT_MAX = 64
 FAN_OUT_ROWS_MAX = 20_000
 #: The newest rows (in the listing's order) a text no index answers is first checked on
 #: (:func:`text_window`): its page is found there when it has that many matches, and its count
-#: is that window's, a lower bound when the window is full.
+#: is that window's, a lower bound when the window is full. A page not found there is looked
+#: for in a wider window of the store's ``SEARCH_SCAN_MAX`` rows.
 TEXT_WINDOW = 5_000
 #: A positive label's rows are counted up to this many to pick the rarest label
 #: (:func:`label_probes`); one under it drives beside other filters, reading its executions.
@@ -104,10 +105,6 @@ class Dialect:
     #: Several labels alone are one ``INTERSECT`` of their ranges, sorted: SQLite merges them
     #: (a ``MERGE (INTERSECT)`` plan) when the compound is ordered and limited.
     merge_intersect: bool = False
-    #: An index holding every column the text ``q`` reads and the start date, which a text no
-    #: index answers reads instead of the rows when it must read them all (:func:`search_sql`'s
-    #: ``covering``): SQLite would otherwise walk the start dates' index and read each row.
-    text_scan_index: str | None = None
     _cache: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def sql(self, text: str) -> str:
@@ -394,20 +391,6 @@ def text_scanned(query: SearchQuery, dialect: Dialect) -> bool:
     return dialect.text_index is None or fts_phrase(query.q.lower()) is None
 
 
-def _covered(query: SearchQuery) -> bool:
-    """Whether every filter and sort key of ``query`` reads columns of
-    :attr:`Dialect.text_scan_index` (namespace, flow id, start date, id)."""
-    return (
-        not (query.states or query.labels or query.child)
-        and all(d.field is DateField.START_DATE for d in query.dates)
-        and all(t.field in (TextField.NAMESPACE, TextField.FLOW_ID) for t in query.texts)
-        and all(
-            k.field in (SortField.START_DATE, SortField.ID, SortField.NAMESPACE, SortField.FLOW_ID)
-            for k in query.sort
-        )
-    )
-
-
 @dataclass(slots=True)
 class TextWindow:
     """A text no index answers, checked on the newest :attr:`rows` rows of the listing (its
@@ -432,8 +415,8 @@ def text_window(
     The window is the first ``rows`` rows of the listing's order that pass the other filters,
     a range of the listing's index. When it holds every such row, its page and count are the
     answer. When it is full, its page is the answer if it is full too (the newest matches are
-    in it), and its matches are a lower bound of the total; otherwise the page is searched
-    over every row (``search_sql(..., covering=True)``).
+    in it), and its matches are a lower bound of the total; otherwise the store reads a wider
+    window, and no more (:data:`kestream.api.index.store.SEARCH_SCAN_MAX`).
     """
     if not text_scanned(query, dialect) or query.labels or query.q is None:
         return None
@@ -602,7 +585,6 @@ def search_sql(
     *,
     text_dense: bool = False,
     label_rows: Mapping[LabelFilter, int] | None = None,
-    covering: bool = False,
     undated: bool = True,
 ) -> SearchSQL | None:
     """The page and count statements of ``query``; ``None`` when nothing can match.
@@ -619,8 +601,6 @@ def search_sql(
     joined to its row and checked; its page is picked among them too, unless the text is
     ``text_dense`` (:func:`text_probe`): then the page walks the listing's order instead.
     ``label_rows`` are the counts of :func:`label_probes`, which pick the driving label.
-    ``covering``: a page that must check every row for a text no index answers reads the
-    engine's :attr:`Dialect.text_scan_index` instead of the rows, where its filters allow.
     ``undated``: some execution may lack a start date (:func:`undated_probe`).
     """
     phrase = _phrase(dialect, query.q)
@@ -656,9 +636,6 @@ def search_sql(
         if merged is not None:
             return merged
         source, id_column = "executions e", "e.id"
-        scan_index = dialect.text_scan_index
-        if covering and scan_index and text_scanned(query, dialect) and _covered(query):
-            source = f"executions e INDEXED BY {scan_index}"
 
     keys = ", ".join(f"{column} AS s{i}" for i, (column, _) in enumerate(plan.order))
     outer_keys = [f"s{i}" for i in range(len(plan.order))]

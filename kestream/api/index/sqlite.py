@@ -42,8 +42,6 @@ SQLITE = Dialect(
     date=format_instant,
     no_date="''",
     merge_intersect=True,
-    # (flow_id, namespace, start_date, id): the columns of the text ``q`` and the listing's.
-    text_scan_index="executions_flow",
 )
 #: The same, where the text search is answered by ``executions_text`` (:mod:`.text_index`).
 SQLITE_TEXT_INDEX = dataclasses.replace(SQLITE, text_index=FTS5_TRIGRAM)

@@ -67,6 +67,7 @@ __all__ = [
     "LOG_SEARCH_COUNT_MAX",
     "LOG_SEARCH_SCAN_MAX",
     "SEARCH_COUNT_MAX",
+    "SEARCH_SCAN_MAX",
     "ApplyResult",
     "Batch",
     "FeedRecord",
@@ -102,6 +103,11 @@ SEARCH_COUNT_MAX = 10_000
 #: the newest lines of its time window: a filter that matches little would otherwise read
 #: every line of the index. Older matches are found by narrowing the window (``endDate``).
 LOG_SEARCH_SCAN_MAX = 50_000
+#: An executions search whose text no index answers (one or two characters) reads at most this
+#: many of the listing's first rows (the newest, by default), as the logs search reads its
+#: newest :data:`LOG_SEARCH_SCAN_MAX` lines: such a text that matches little would otherwise
+#: read every row. Older matches are found by narrowing the search (a date range, a namespace).
+SEARCH_SCAN_MAX = LOG_SEARCH_SCAN_MAX
 #: ``str.lower`` for ASCII letters only, as SQLite's ``lower()`` (and PostgreSQL's under the C
 #: collation) lowers a message: "É" stays "É" on both sides of the comparison.
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -824,26 +830,29 @@ class Store(ABC):
         namespaces: list[str] | None,
         window: TextWindow,
     ) -> Listing:
-        """A text no index answers, checked on the newest rows first (:func:`text_window`):
-        a page and count of at most :data:`TEXT_WINDOW` rows read, unless the page needs older
-        rows; the total then found is a lower bound (capped) unless the page ends the list."""
+        """A text no index answers, checked on the first rows of the listing (the newest, as
+        it sorts by default; :func:`text_window`): its :data:`TEXT_WINDOW` rows first, whose
+        page is the answer when full; else its :data:`SEARCH_SCAN_MAX` rows, as the logs
+        search reads its newest :data:`LOG_SEARCH_SCAN_MAX` lines. Rows past the window are
+        not read, so the page and total are the window's, capped when it was cut."""
+        listing = self._read_window(cur, query, window)
+        if listing.capped and len(listing.results) < query.size:  # the page needs more rows
+            wider = text_window(query, self.dialect, namespaces, rows=SEARCH_SCAN_MAX)
+            assert wider is not None  # as the window: the same filters
+            listing = self._read_window(cur, query, wider)
+        return listing
+
+    def _read_window(self, cur: Cursor, query: SearchQuery, window: TextWindow) -> Listing:
+        """The page and matches of ``window``; capped when it is full (rows past it unread)
+        or its matches pass :data:`SEARCH_COUNT_MAX`. No page is read past its matches."""
         cur.execute(window.count, window.count_params)
         read, matches = (int(value) for value in cur.fetchone())
-        cur.execute(window.page, window.page_params)
-        page = [self._load(row[0]) for row in cur.fetchall()]
-        if read < window.rows:  # every row the other filters allow: page and count exact
-            if matches > SEARCH_COUNT_MAX:
-                return Listing(page, SEARCH_COUNT_MAX, capped=True)
-            return Listing(page, matches)
-        if len(page) < query.size:  # the page needs rows older than the window: all of them
-            statements = search_sql(query, self.dialect, namespaces, covering=True)
-            assert statements is not None  # as the window: the same namespaces and states
-            cur.execute(statements.page, statements.page_params)
+        page: list[dict[str, Any]] = []
+        if matches > query.offset:
+            cur.execute(window.page, window.page_params)
             page = [self._load(row[0]) for row in cur.fetchall()]
-            if len(page) < query.size and (page or not query.offset):
-                return Listing(page, query.offset + len(page))  # the list ends on this page
-        total = min(max(matches, query.offset + len(page)), SEARCH_COUNT_MAX)
-        return Listing(page, total, capped=True)
+        cut = read >= window.rows or matches > SEARCH_COUNT_MAX
+        return Listing(page, min(matches, SEARCH_COUNT_MAX), capped=cut)
 
     def logs(
         self,

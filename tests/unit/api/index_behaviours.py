@@ -922,13 +922,8 @@ def minutes(count: int) -> timedelta:
     return timedelta(minutes=count)
 
 
-def test_a_short_text_is_checked_on_the_newest_rows_then_on_all_for_a_page(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A needle no index answers (shorter than a trigram) is first checked on the newest
-    TEXT_WINDOW rows of the listing: a page found there is the answer, with the window's
-    matches as a capped total; a page that needs older rows reads them all, and a page that
-    ends the list has an exact total."""
+def _twelve_nightlies(store: Store) -> None:
+    """e00..e11, a minute apart (e11 newest), of flows nightly0 (even) and nightly1 (odd)."""
     feed = Feed()
     store.apply(
         feed.updates(
@@ -938,26 +933,63 @@ def test_a_short_text_is_checked_on_the_newest_rows_then_on_all_for_a_page(
             )
         )
     )
+
+
+def test_a_short_text_is_checked_on_the_newest_rows_then_on_a_wider_window_for_a_page(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A needle no index answers (shorter than a trigram) is first checked on the newest
+    TEXT_WINDOW rows of the listing: a page found there is the answer, with the window's
+    matches as a capped total; a page that needs older rows is looked for in the newest
+    SEARCH_SCAN_MAX rows, exact when that window holds every row."""
+    _twelve_nightlies(store)
     monkeypatch.setattr(sql_module, "TEXT_WINDOW", 4)  # e11, e10, e09, e08
     newest = {"sort": "state.startDate:desc", "size": "3"}
-    assert search(store, q="Y1", **newest) == (["e11", "e09", "e07"], 3)  # 2 in the window
-    assert capped(store, q="y1", **newest)
+    assert search(store, q="Y1", **newest) == (["e11", "e09", "e07"], 6)  # every row read
+    assert not capped(store, q="y1", **newest)
     assert search(store, q="y1", page="2", **newest) == (["e05", "e03", "e01"], 6)
     assert search(store, q="y1", page="3", **newest) == ([], 6)
-    assert capped(store, q="y1", page="3", **newest)
-    assert search(store, q="y1", page="2", size="4") == (["e03", "e01"], 6)  # the end: exact
-    assert not capped(store, q="y1", page="2", size="4")
+    assert not capped(store, q="y1", page="3", **newest)
     assert search(store, q="zz", **newest) == ([], 0)  # nothing, every row read: exact
     assert not capped(store, q="zz", **newest)
     assert search(store, q="e", **newest) == (["e11", "e10", "e09"], 4)  # the window's count
     assert capped(store, q="e", **newest)
     oldest = {"sort": "state.startDate:asc", "size": "3"}
-    assert search(store, q="y1", **oldest) == (["e01", "e03", "e05"], 3)
+    assert search(store, q="y1", **oldest) == (["e01", "e03", "e05"], 6)
     with_flow = {"filters[flowId][EQUALS]": "nightly0", **newest}
     assert search(store, q="0", **with_flow) == (["e10", "e08", "e06"], 4)
     monkeypatch.setattr(sql_module, "TEXT_WINDOW", 100)  # every row in the window: exact
     assert search(store, q="y1", **newest) == (["e11", "e09", "e07"], 6)
     assert not capped(store, q="y1", **newest)
+
+
+def test_a_short_text_reads_no_more_than_the_newest_search_scan_max_rows(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the logs search reads its newest LOG_SEARCH_SCAN_MAX lines, a needle no index
+    answers reads the newest SEARCH_SCAN_MAX rows of the listing at most: its pages and total
+    are the matches among them, capped when rows past them were left unread. A needle a
+    trigram index answers (three characters and more) is not bounded."""
+    _twelve_nightlies(store)
+    monkeypatch.setattr(sql_module, "TEXT_WINDOW", 2)  # e11, e10
+    monkeypatch.setattr(store_module, "SEARCH_SCAN_MAX", 8)  # e11 .. e04
+    newest = {"sort": "state.startDate:desc", "size": "3"}
+    assert search(store, q="y1", **newest) == (["e11", "e09", "e07"], 4)
+    assert capped(store, q="y1", **newest)
+    assert search(store, q="y1", page="2", **newest) == (["e05"], 4)  # e03, e01 unread
+    assert capped(store, q="y1", page="2", **newest)
+    assert search(store, q="y1", page="3", **newest) == ([], 4)
+    assert search(store, q="zz", **newest) == ([], 0)  # nothing among the newest 8
+    assert capped(store, q="zz", **newest)
+    assert search(store, q="02", **newest) == ([], 0)  # e02 is older than the window
+    assert capped(store, q="02", **newest)
+    with_flow = {"filters[flowId][EQUALS]": "nightly1", **newest}  # e11, e09 .. e01: 6 rows
+    assert search(store, q="y1", page="2", **with_flow) == (["e05", "e03", "e01"], 6)
+    assert not capped(store, q="y1", page="2", **with_flow)  # every row of the flow read
+    assert search(store, q="ghtly1", page="2", **newest) == (["e05", "e03", "e01"], 6)
+    assert not capped(store, q="ghtly1", **newest)  # a trigram's text: every row
+    monkeypatch.setattr(store_module, "SEARCH_SCAN_MAX", 12)  # every row: exact
+    assert search(store, q="y1", page="2", **newest) == (["e05", "e03", "e01"], 6)
 
 
 _SHORT_NEEDLES = ["b", "x0", "A.", "1", "ow", "zq"]
