@@ -59,6 +59,18 @@ export function searchQuery(query) {
 }
 
 /**
+ * What a capped total of a text of one or two characters leaves unread: no trigram index
+ * answers it, so the API checks the newest 20 000 executions only (beside no label filter,
+ * which reads its own rows); `undefined` for any other search.
+ * @param {URLSearchParams} query
+ */
+export function shortTextHint(query) {
+  const length = [...(query.get("q") ?? "").trim()].length;
+  if (length === 0 || length > 2 || labelPairs(query.get("labels") ?? "").length) return undefined;
+  return "newest 20 000 executions searched: type 3 characters or more to search them all";
+}
+
+/**
  * The `key:value` pairs typed in the labels filter (separated by spaces or commas).
  * @param {string} text
  */
@@ -279,7 +291,7 @@ export function executionsPage(root, _params, query) {
   let stopped = false;
   /** @type {ReturnType<typeof setTimeout> | undefined} */
   let timer;
-  const list = { route: "#/executions", query, size: PAGE_SIZE, noun: "execution", stopped: () => stopped };
+  const list = { route: "#/executions", query, size: PAGE_SIZE, noun: "execution", stopped: () => stopped, cappedHint: shortTextHint(query) };
   const load = async () => {
     await drawSearch(`/executions/search?${searchQuery(query)}`, parts, list, render);
     if (!stopped) timer = setTimeout(load, document.hidden ? REFRESH_MS * 4 : REFRESH_MS);

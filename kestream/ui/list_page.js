@@ -61,18 +61,19 @@ export function listParts() {
  * `stopped()` (the page was left).
  * @param {string} path
  * @param {ListParts} parts
- * @param {{route: string, query: URLSearchParams, size: number, noun: string, stopped: () => boolean}} list
- *   the list's hash route, the URL's query, its page size and what it lists (singular)
+ * @param {{route: string, query: URLSearchParams, size: number, noun: string, stopped: () => boolean, cappedHint?: string}} list
+ *   the list's hash route, the URL's query, its page size and what it lists (singular); what
+ *   a capped total leaves unread, said beside it, when the search's own filters explain it
  * @param {(results: any[]) => void} draw
  */
-export async function drawSearch(path, parts, { route, query, size, noun, stopped }, draw) {
+export async function drawSearch(path, parts, { route, query, size, noun, stopped, cappedHint }, draw) {
   try {
     const response = await call("GET", path);
     const { results, total } = await response.json();
     if (stopped()) return;
     const capped = totalCapped(response);
     fill(parts.status);
-    fill(parts.total, totalText(total, capped, noun));
+    fill(parts.total, totalText(total, capped, noun), capped && cappedHint ? h("span", { class: "muted" }, ` (${cappedHint})`) : null);
     draw(results);
     drawPager(parts.pager, route, query, total, size, capped);
   } catch (error) {

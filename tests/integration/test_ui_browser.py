@@ -1092,6 +1092,15 @@ def test_the_logs_page_searches_the_lines_of_every_execution(
         });"""
     )
     assert capped == ["10000+ lines", True, False, "Page 1 of 200+Next"]
+    # The executions page says why a short text's total is capped: only the newest were read.
+    hints = driver.execute_async_script(
+        """const done = arguments[arguments.length - 1];
+        import("./executions_page.js").then((m) => done(
+          ["q=a1", "q=%20é%20", "q=abc", "q=a1&labels=k:v", ""].map(
+            (query) => m.shortTextHint(new URLSearchParams(query)) ?? null)));"""
+    )
+    short = "newest 20 000 executions searched: type 3 characters or more to search them all"
+    assert hints == [short, short, None, None, None]
     shown = driver.find_element(By.ID, "log-results").text
     assert f"{token} from alpha" in shown and f"{token} from beta" in shown
     assert "quietly" not in shown
