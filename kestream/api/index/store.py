@@ -291,7 +291,7 @@ class Listing:
     #: How many match; a lower bound when :attr:`capped`.
     total: int
     #: The count stopped at its bound (:data:`SEARCH_COUNT_MAX`, :data:`LOG_SEARCH_COUNT_MAX`),
-    #: or a logs search read only the newest lines of its window: more may match. The API says
+    #: or a search read only the newest rows or lines of its window: more may match. The API says
     #: so in a header (:data:`kestream.api.http.TOTAL_CAPPED_HEADER`).
     capped: bool = False
 
