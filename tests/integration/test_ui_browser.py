@@ -1101,6 +1101,25 @@ def test_the_logs_page_searches_the_lines_of_every_execution(
     )
     short = "newest 20 000 executions searched: type 3 characters or more to search them all"
     assert hints == [short, short, None, None, None]
+    drawn = driver.execute_async_script(
+        """const done = arguments[arguments.length - 1];
+        import("./list_page.js").then(async (m) => {
+          const real = window.fetch;
+          const totals = [];
+          for (const capped of [true, false]) {
+            const headers = capped ? {"X-Kestream-Total-Capped": "true"} : {};
+            window.fetch = async () => new Response('{"results": [], "total": 7}', {headers});
+            const parts = m.listParts();
+            const list = {route: "#/executions", query: new URLSearchParams(), size: 25,
+                          noun: "execution", stopped: () => false, cappedHint: "why"};
+            await m.drawSearch("/executions/search", parts, list, () => {});
+            totals.push(parts.total.textContent);
+          }
+          window.fetch = real;
+          done(totals);
+        });"""
+    )
+    assert drawn == ["7+ executions (why)", "7 executions"]
     shown = driver.find_element(By.ID, "log-results").text
     assert f"{token} from alpha" in shown and f"{token} from beta" in shown
     assert "quietly" not in shown
