@@ -5,7 +5,9 @@
   later, so the wait for a concurrency slot counts, as it does in Kestra, whose monitor counts
   from the creation; set again by a restart or a replay, from then (Kestra's still counts from
   the first creation, and ends at once a restart of an execution older than the duration). It
-  fires only if the execution has not ended by then; one still waiting for its slot ends there.
+  fires only if the execution has not ended by then, one still waiting for its slot included
+  (``FAIL`` and ``CANCEL`` end it there; ``NONE`` leaves it waiting). One that asked for its slot
+  before the timer was set at the ask gets it when it runs, from then.
 - ``EXECUTION_ASSERTION``: the ``assert`` expression is rendered with the execution's variables
   each time the execution changes while it runs (or waits in a pause): when it starts, after each
   step that leaves it running, and once more when its tasks are over, just before it takes its end
@@ -55,11 +57,11 @@ def timer_id(index: int) -> str:
     return f"{TIMER_KIND}:{index}"
 
 
-def max_durations(flow: Flow) -> Iterator[tuple[str, timedelta]]:
-    """``(timer id, duration)`` of each MAX_DURATION SLA of the flow."""
+def max_durations(flow: Flow) -> Iterator[tuple[str, str, timedelta]]:
+    """``(timer id, SLA id, duration)`` of each MAX_DURATION SLA of the flow."""
     for index, sla in enumerate(flow.sla):
         if sla.type == "MAX_DURATION" and sla.duration is not None:
-            yield timer_id(index), parse_duration(sla.duration)
+            yield timer_id(index), sla.id, parse_duration(sla.duration)
 
 
 def duration_violation(flow: Flow, fired_timer_id: str) -> Violation | None:

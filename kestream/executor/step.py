@@ -488,6 +488,7 @@ class _Step:
         run again (the one task run it holds RESTARTED: an ended execution holds none), a
         restart runs again."""
         st = self.st
+        self.arm_max_durations(missing_only=True)
         if st.root is None:
             self.start_execution()
             return
@@ -1756,10 +1757,18 @@ class _Step:
 
     # -- SLA (see kestream.executor.sla) ---------------------------------------------------
 
-    def arm_max_durations(self) -> None:
+    def arm_max_durations(self, *, missing_only: bool = False) -> None:
         """Set the MAX_DURATION timers: the execution asks to run (it starts, or waits for a
-        concurrency slot), or to run again (a restart, a replay)."""
-        for timer_id, duration in max_durations(self.flow):
+        concurrency slot), or to run again (a restart, a replay).
+
+        ``missing_only``: when it gets its slot, only the timers it lacks, from then: one
+        that asked before the timers were set at the ask (they were set when it ran) holds
+        none. A timer that fired while it waited (``NONE``: its SLA is marked violated) is not
+        set again, nor is one it holds moved."""
+        held, violated = self.st.timers, self.st.sla_violated
+        for timer_id, sla_id, duration in max_durations(self.flow):
+            if missing_only and (timer_id in held or sla_id in violated):
+                continue
             self.set_timer(timer_id, Timer(self.now + duration, SLA_TIMER))
 
     def check_assertions(self) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -11,7 +11,8 @@ from kestream.executor import events as ev
 from kestream.executor.admission import Release
 from kestream.executor.codec import encode_changes, rebuild
 from kestream.executor.flow_registry import FlowRegistry
-from kestream.executor.step import Executor
+from kestream.executor.state import ExecutionState
+from kestream.executor.step import Executor, StepResult
 from kestream.models.clock import ManualClock
 from kestream.models.execution import Execution
 from kestream.models.flow import parse_flow
@@ -214,6 +215,144 @@ def test_max_duration_ends_an_execution_still_waiting_for_its_slot() -> None:
     assert not st.task_runs and st.labels["sla"] == "miss"
     releases = [c.request for c in fired.commands if isinstance(c, cmd.RequestSlot)]
     assert releases == [Release(NS, "sla", "e1", 1, 1)]
+
+
+def _limited(behavior: str) -> str:
+    return LIMITED.replace("    labels:", f"    behavior: {behavior}\n    labels:")
+
+
+def _queued(executor: Executor, clock: ManualClock) -> ExecutionState:
+    """``e1`` of the LIMITED flow, waiting in line for its slot."""
+    created = executor.step(None, ev.ExecutionCreated("e1", NS, "sla", validate_inputs=False))
+    st = created.state
+    assert st is not None
+    executor.step(st, ev.Admission("e1", NS, "sla", 1, S.QUEUED, clock()))
+    assert st.state.current is S.QUEUED
+    return st
+
+
+def _sla_timers(result: StepResult) -> list[tuple[str, datetime]]:
+    return [(c.timer_id, c.due) for c in result.commands if isinstance(c, cmd.SetTimer)]
+
+
+@pytest.mark.parametrize(("behavior", "final"), [("FAIL", S.FAILED), ("CANCEL", S.CANCELLED)])
+def test_max_duration_ends_an_execution_waiting_for_its_slot_with_its_behavior(
+    behavior: str, final: StateType
+) -> None:
+    flows = FlowRegistry()
+    flows.put(parse_flow(_limited(behavior)))
+    clock = ManualClock()
+    executor = Executor(flows, clock=clock)
+    st = _queued(executor, clock)
+    clock.advance(timedelta(hours=1))
+    executor.step(st, ev.TimerFired("e1", "sla:0"))
+    assert [h[0] for h in st.state.history] == [S.CREATED, S.QUEUED, final]
+    assert st.labels["sla"] == "miss"
+
+
+def test_max_duration_none_leaves_an_execution_waiting_for_its_slot_waiting() -> None:
+    """``NONE`` adds the labels and logs, and the execution keeps its place in line; once it
+    runs, the SLA is not set again (it was violated already)."""
+    flows = FlowRegistry()
+    flows.put(parse_flow(_limited("NONE")))
+    clock = ManualClock()
+    executor = Executor(flows, clock=clock)
+    st = _queued(executor, clock)
+    clock.advance(timedelta(hours=1))
+    fired = executor.step(st, ev.TimerFired("e1", "sla:0"))
+    assert st.state.current is S.QUEUED and st.labels["sla"] == "miss"
+    assert not any(isinstance(c, cmd.RequestSlot) for c in fired.commands)  # still in line
+    emitted = [c.lines for c in fired.commands if isinstance(c, cmd.EmitLogs)]
+    logged = [line.message for lines in emitted for line in lines]
+    assert any("SLA 'late' violated" in message for message in logged)
+    running = executor.step(st, ev.Admission("e1", NS, "sla", 1, S.RUNNING, clock()))
+    assert st.state.current is S.PAUSED
+    assert _sla_timers(running) == [] and "sla:0" not in st.timers
+
+
+def test_an_execution_that_waited_without_its_timer_gets_it_when_it_runs() -> None:
+    """One that asked for its slot before the timer was set at the ask (it was set when the
+    execution ran) holds none: it gets it with its slot, from then; one it holds stays."""
+    flows = FlowRegistry()
+    flows.put(parse_flow(LIMITED))
+    clock = ManualClock()
+    executor = Executor(flows, clock=clock)
+    st = _queued(executor, clock)
+    del st.timers["sla:0"]  # as an older version left it
+    clock.advance(timedelta(hours=2))
+    running = executor.step(st, ev.Admission("e1", NS, "sla", 1, S.RUNNING, clock()))
+    assert st.state.current is S.PAUSED
+    assert _sla_timers(running) == [("sla:0", clock() + timedelta(hours=1))]
+    clock.advance(timedelta(hours=1))
+    executor.step(st, ev.TimerFired("e1", "sla:0"))
+    assert st.state.current is S.FAILED
+
+
+def test_max_duration_ends_a_restart_not_yet_answered_by_the_admission() -> None:
+    """A restart asks for its slot and stays RESTARTED until the admission answers: the SLA
+    falling due there ends it (RESTARTED to FAILED) and gives its place back."""
+    flows = FlowRegistry()
+    flows.put(parse_flow(LIMITED))
+    clock = ManualClock()
+    executor = Executor(flows, clock=clock)
+    created = executor.step(None, ev.ExecutionCreated("e1", NS, "sla", validate_inputs=False))
+    st = created.state
+    assert st is not None
+    executor.step(st, ev.Admission("e1", NS, "sla", 1, S.RUNNING, clock()))
+    executor.step(st, ev.Kill("e1"))
+    assert st.state.current is S.KILLED
+    clock.advance(timedelta(hours=2))
+    restarted = executor.step(st, ev.Restart("e1"))
+    assert st.state.current is S.RESTARTED and _sla_timers(restarted)
+    clock.advance(timedelta(hours=1))
+    fired = executor.step(st, ev.TimerFired("e1", "sla:0"))
+    assert [h[0] for h in st.state.history][-2:] == [S.RESTARTED, S.FAILED]
+    releases = [c.request for c in fired.commands if isinstance(c, cmd.RequestSlot)]
+    assert releases == [Release(NS, "sla", "e1", 2, 1)]
+
+
+REPLAYED = """
+id: sla
+namespace: test.sla
+concurrency:
+  limit: 1
+inputs:
+  - id: fail
+    type: BOOL
+    defaults: true
+sla:
+  - id: late
+    type: MAX_DURATION
+    duration: PT1H
+tasks:
+  - id: block
+    type: io.kestra.plugin.core.flow.Sequential
+    tasks:
+      - id: maybe
+        type: io.kestra.plugin.core.execution.Fail
+        condition: "{{ inputs.fail }}"
+  - id: wait
+    type: io.kestra.plugin.core.flow.Pause
+"""
+
+
+def test_max_duration_ends_a_replay_waiting_for_its_slot_and_its_task_runs() -> None:
+    """A replay from a task run waits for its slot with its chosen run RESTARTED and that
+    run's parents RUNNING: the SLA ends it there, and they end with it."""
+    clock = ManualClock()
+    with Driver(clock=clock) as driver:
+        driver.deploy(REPLAYED)
+        failed = driver.start(NS, "sla")
+        driver.start(NS, "sla", {"fail": False})  # holds the slot
+        (maybe,) = [run for run in failed.taskRunList if run.taskId == "maybe"]
+        replay = driver.replay(failed.id, task_run_id=maybe.id, inputs={"fail": False})
+        assert _history(replay)[-2:] == [S.RESTARTED, S.QUEUED]
+        driver.advance(timedelta(hours=1))
+        ended = driver.get(replay.id)
+        assert driver.slots.queued(NS, "sla") == []
+    assert _history(ended)[-3:] == [S.RESTARTED, S.QUEUED, S.FAILED]
+    runs = {run.taskId: run.state.current for run in ended.taskRunList}
+    assert runs == {"block": S.KILLED, "maybe": S.KILLED}
 
 
 def test_a_restart_counts_its_max_duration_from_the_restart_its_wait_included() -> None:
