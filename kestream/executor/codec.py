@@ -186,6 +186,8 @@ def encode_dynamic(st: ExecutionState) -> dict[str, Any]:
         record["labels"] = st.labels
     if st.sla_violated:
         record["sla"] = list(st.sla_violated)
+    if st.replay_run is not None:
+        record["replay"] = st.replay_run
     if st.after is not None:  # the afterExecution tasks run: a short list, kept inline
         record["after"] = {**_group(st.after), "lanes": _lanes(st.after)}
     return record
@@ -469,6 +471,7 @@ def rebuild(
     st.created_runs = max(dyn["created"], max(numbers, default=-1) + 1)
     st.labels_changed = "labels" in dyn
     st.sla_violated = dict.fromkeys(dyn.get("sla", ()))
+    st.replay_run = dyn.get("replay")
     if st.root is not None and root_plan is None:
         _check_root_lanes(st)
     return st

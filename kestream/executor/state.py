@@ -228,6 +228,9 @@ class ExecutionState:
     #: EXECUTION_ASSERTION SLAs violated at the last check (ids): a violation that lasts is
     #: logged once, when it begins, not at every step that checks it again.
     sla_violated: dict[str, None] = field(default_factory=dict)
+    #: The task run a replay runs again once it holds its concurrency slot (it waits
+    #: RESTARTED, then QUEUED); None once it runs, and for anything but a waiting replay.
+    replay_run: str | None = None
     #: Whether a task run's outputs hold a reference to a stored value (set as they are
     #: merged): expressions then read ``outputs`` through references (:mod:`.references`).
     references: bool = False

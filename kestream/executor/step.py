@@ -485,16 +485,15 @@ class _Step:
 
     def run_with_slot(self) -> None:
         """Run what waited for its slot: a new execution starts, a replay runs its chosen task
-        run again (the one task run it holds RESTARTED: an ended execution holds none), a
-        restart runs again."""
+        run again (``replay_run``, noted by :meth:`replayed`), a restart runs again."""
         st = self.st
         self.arm_max_durations(missing_only=True)
         if st.root is None:
             self.start_execution()
             return
-        chosen = [tr for tr in st.task_runs.values() if tr.state.current is S.RESTARTED]
-        if chosen:
-            self.go_on(chosen)
+        chosen, st.replay_run = st.replay_run, None
+        if chosen is not None:
+            self.go_on([st.task_runs[chosen]])
         else:
             self.rerun()
 
@@ -1455,6 +1454,7 @@ class _Step:
             return
         self.move_execution(S.RESTARTED)
         st.attempt_number += 1
+        st.replay_run = None  # a replay that ended waiting is restarted, not replayed
         self.arm_max_durations()  # counted again from the restart (Kestra: from the creation)
         if self.flow.concurrency is not None:
             self.ask_slot(queue=True)  # it runs again once it holds a slot (self.rerun)
@@ -1480,6 +1480,7 @@ class _Step:
         self.restored()
         self.arm_max_durations()
         if self.flow.concurrency is not None:
+            self.st.replay_run = chosen.id
             self.ask_slot(queue=True)
             return
         self.go_on([chosen])

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from kestream.executor import commands as cmd
 from kestream.executor import events as ev
 from kestream.executor.admission import Release
+from kestream.executor.codec import encode_changes, rebuild
 from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.step import Executor
 from kestream.models.execution import Execution
@@ -207,6 +208,25 @@ def test_a_replay_from_a_task_run_waits_for_a_slot() -> None:
         done = driver.resume(replay.id)
     assert done.state.current is S.SUCCESS
     assert [run.state.current for run in done.taskRunList] == [S.SUCCESS, S.SUCCESS]
+
+
+def test_a_waiting_replay_keeps_its_chosen_run_in_the_changelog() -> None:
+    """What a replay runs again once it has its slot is noted in its state record (not
+    guessed from its RESTARTED task runs), and forgotten once it runs."""
+    with Driver() as driver:
+        holder, replay = _replay_of_failed(driver)
+        st = driver.states[replay.id]
+        (maybe,) = st.task_runs
+        assert st.replay_run == maybe
+        groups = {"", *(tid for tid, tr in st.task_runs.items() if tr.group is not None)}
+        changes = encode_changes(st, list(st.task_runs), created=True, new_groups=groups)
+        flow = driver.flows.get("t", "failing")
+        assert flow is not None
+        back = rebuild(replay.id, {k: v for k, v in changes if v is not None}, flow)
+        assert back.replay_run == maybe
+        driver.resume(holder)
+        assert history(driver.get(replay.id))[-2:] == ["RUNNING", "PAUSED"]
+        assert driver.states[replay.id].replay_run is None
 
 
 def test_a_kill_of_a_replay_waiting_for_its_slot_ends_its_task_runs_too() -> None:
