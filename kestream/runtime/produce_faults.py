@@ -10,7 +10,8 @@ An authorization error (:func:`authorization_fault`: the topic's ACLs refuse thi
 neither: every record of the topic is refused until an operator grants it, so sending again
 only spins, and no record is to blame. The role stops, loudly: the executor, as on any failure
 that is not one record's; the worker, once the result of the job whose lines it could not
-write stands.
+write stands, or at once on its results or dead-letter topic (the job left undone, for its
+partition's next owner).
 """
 
 from __future__ import annotations

@@ -903,7 +903,8 @@ class WorkerService:
         topic, an invalid topic, a policy) is replaced by a FAILED one that names the reason
         and carries neither logs nor outputs, sent until it is acknowledged: the task run ends,
         and the partition's commit point moves past the job, instead of the execution waiting
-        for a result that can never come.
+        for a result that can never come. A results topic the worker may not write fails it
+        (:meth:`_denied`): the job is left for the partition's next owner.
         """
         topics = self.ctx.topics
         lines = [*await self.log_stream.take(job.key), *lines]  # queued, not yet produced
@@ -938,42 +939,50 @@ class WorkerService:
                 *log_acks, result_ack = await asyncio.gather(*handed, return_exceptions=True)
                 if isinstance(result_ack, BaseException):
                     raise result_ack
-                self._logs_refused(job, [e for e in log_acks if isinstance(e, BaseException)])
-                self._result_acked(result_ack, value)
+                failures = [e for e in log_acks if isinstance(e, BaseException)]
+                if (away := next((e for e in failures if not _left_out(e)), None)) is not None:
+                    raise away  # the broker away: the whole send again (applied once)
+                self._result_acked(result_ack, value)  # durable: the local executor first
+                self._logs_refused(job, failures)
                 return result, value
             except KafkaError as exc:
                 if record_fault(exc):
                     return await self._publish_refused(job, result, exc, key, given_up)
+                if authorization_fault(exc):  # the job is not done: the next owner runs it
+                    self._denied(topics.results, exc)
+                    return None
                 tries += 1
                 log.warning("producing the result of %s failed (%s), try %d", job.key, exc, tries)
                 await asyncio.sleep(_backoff(tries))
         return None
 
     def _logs_refused(self, job: Job, failures: list[BaseException]) -> None:
-        """Log lines the broker (or the client, as they were handed over) did not take while
-        it took the result. Refused for what they are (:func:`record_fault`: a policy, an
-        invalid topic, too large), they are left out, said here: the result stands, and must
-        not be replaced by a FAILED one after its acknowledgement (two answers for one
-        attempt). Refused to this worker (:func:`authorization_fault`: the logs topic's ACLs),
-        they are left out too, and the worker fails, once and loudly (:meth:`_fail`: its
-        process is replaced), as the executor stops on an authorization error on its topics,
-        instead of sending the result again for ever. Any other failure (the broker away)
-        raises, and the whole send is tried again: the executor applies a repeated result
-        once."""
-        for failure in failures:
-            if not _left_out(failure):
-                raise failure
+        """Log lines the broker, the client (as they were handed over) or the logs topic's
+        ACLs refused while the result was acknowledged (each :func:`_left_out`). Refused for
+        what they are (:func:`record_fault`: a policy, an invalid topic, too large), they are
+        left out, said here: the result stands, and must not be replaced by a FAILED one after
+        its acknowledgement (two answers for one attempt). Refused to this worker
+        (:func:`authorization_fault`), they are left out too, and the worker fails
+        (:meth:`_denied`) instead of sending the result again for ever."""
         if not failures:
             return
         log.error(
-            "%d log record(s) of %s refused by the broker (%s): left out, the result stands",
+            "%d log record(s) of %s refused (%s): left out, the result stands",
             len(failures), job.key, failures[0],
         )  # fmt: skip
         denied = next((failure for failure in failures if authorization_fault(failure)), None)
         if denied is not None:
-            failure = RuntimeError(f"the worker may not write to the logs topic: {denied!r}")
-            failure.__cause__ = denied
-            self._fail(failure)
+            self._denied(self.ctx.topics.logs, denied)
+
+    def _denied(self, topic: str, denied: BaseException) -> None:
+        """Fail the worker, once and loudly (:meth:`_fail`: its process is replaced), for a
+        topic its user may not write (:func:`authorization_fault`), as the executor stops on
+        an authorization error on its topics: every record of the topic is refused until an
+        operator grants it, so sending again would only spin, the partition's commit point
+        held for ever."""
+        failure = RuntimeError(f"the worker may not write to topic '{topic}': {denied!r}")
+        failure.__cause__ = denied
+        self._fail(failure)
 
     def _result_acked(self, acked: Any, value: bytes) -> None:
         """Tell :attr:`on_result` of a result now durable (the local executor may take it);
@@ -1011,7 +1020,8 @@ class WorkerService:
         """Produce one record, retrying with a capped backoff until the broker acknowledges it
         (``True``) or the stop's drain ends (``False``, :meth:`_may_send`). Used for records
         that must get through (a FAILED result, a finished job's answer, a dead letter):
-        waiting for the broker is then all a worker can do. A result (``given_up`` given)
+        waiting for the broker is then all a worker can do; a topic the worker may not write
+        fails it instead (:meth:`_denied`, ``False``). A result (``given_up`` given)
         passes the write gate first, and is not sent once ``given_up()``."""
         tries = 0
         while self._may_send():
@@ -1028,6 +1038,9 @@ class WorkerService:
                 await ack
                 return True
             except KafkaError as exc:
+                if authorization_fault(exc):
+                    self._denied(topic, exc)
+                    return False
                 tries += 1
                 log.warning("producing to %s failed (%s), try %d", topic, exc, tries)
                 await asyncio.sleep(_backoff(tries))
@@ -1286,7 +1299,8 @@ def _result_unpublishable(
 def _left_out(failure: BaseException) -> bool:
     """Whether a log record that failed so is left out rather than sent again: refused for
     what it is, or to this worker (:meth:`WorkerService._logs_refused`). The result handed
-    over with the lines, failing so at the hand-over, fails as if the broker had refused it."""
+    over with the lines, failing so at the hand-over, fails as the broker's answer would
+    (:meth:`WorkerService._publish`)."""
     return record_fault(failure) or authorization_fault(failure)
 
 

@@ -222,7 +222,9 @@ async def test_a_logs_topic_the_worker_may_not_write_fails_it_once_the_results_s
     monkeypatch.setattr(worker_service, "_ERROR_BACKOFF_S", 0.1)  # a retry loop spins slowly
     worker, flow = make_worker(LOGGING_FLOW)
     failures: list[BaseException] = []
-    worker.on_failure = failures.append
+    order: list[str] = []  # the acknowledged result reaches the local executor first
+    worker.on_failure = lambda failure: (failures.append(failure), order.append("failed"))
+    worker.on_result = lambda acked, value: order.append("handed")
     try:
         denied = TopicAuthorizationFailedError(worker.ctx.topics.logs)
         producer = RefusingProducer(send_errors={worker.ctx.topics.logs: denied})
@@ -232,9 +234,52 @@ async def test_a_logs_topic_the_worker_may_not_write_fails_it_once_the_results_s
 
         assert [result.state for result in producer.results()] == [StateType.SUCCESS] * 2
         assert worker._partitions[JOBS].commit_point() == 9
+        assert order == ["handed", "failed", "handed"]
         (failure,) = failures
         assert failure is worker.failure and failure.__cause__ is denied
-        assert "the worker may not write to the logs topic" in str(failure)
+        assert f"the worker may not write to topic '{worker.ctx.topics.logs}'" in str(failure)
         assert "left out, the result stands" in caplog.text
     finally:
         await close(worker)
+
+
+async def test_a_results_topic_the_worker_may_not_write_fails_it_once_the_job_left_undone(
+    service: tuple[WorkerService, Flow],
+) -> None:
+    """An authorization error on the results topic fails the worker once, as on the logs
+    topic, instead of sending the result again for ever: the job is not done, so the
+    partition's next owner runs it (its commit point stays before it)."""
+    worker, flow = service
+    failures: list[BaseException] = []
+    worker.on_failure = failures.append
+    denied = TopicAuthorizationFailedError(worker.ctx.topics.results)
+    producer = RefusingProducer(send_errors={worker.ctx.topics.results: denied})
+    worker._producer = producer
+    worker._handle(_job_record(flow, "small", offset=7))
+    (job,) = worker._jobs.values()
+    assert job.task is not None
+    await asyncio.wait_for(job.task, 3.0)
+
+    assert producer.results() == [] and producer.refused == 1  # not sent again
+    assert worker._partitions[JOBS].commit_point() == 7
+    (failure,) = failures
+    assert failure is worker.failure and failure.__cause__ is denied
+    assert f"the worker may not write to topic '{worker.ctx.topics.results}'" in str(failure)
+
+
+async def test_a_dead_letter_topic_the_worker_may_not_write_fails_it_once(
+    service: tuple[WorkerService, Flow],
+) -> None:
+    """A record that must get through (:meth:`WorkerService._send_until_acked`: a dead
+    letter, a FAILED result, an answer again) fails the worker on an authorization error
+    rather than being sent again until the stop."""
+    worker, _ = service
+    failures: list[BaseException] = []
+    worker.on_failure = failures.append
+    denied = TopicAuthorizationFailedError(worker.ctx.topics.dead_letter)
+    worker._producer = RefusingProducer(send_errors={worker.ctx.topics.dead_letter: denied})
+    sent = worker._send_until_acked(worker.ctx.topics.dead_letter, b"letter", None)
+
+    assert await asyncio.wait_for(sent, 3.0) is False
+    (failure,) = failures
+    assert failure.__cause__ is denied
