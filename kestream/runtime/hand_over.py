@@ -58,15 +58,18 @@ class HandOver:
             if still_wanted is not None and not still_wanted():
                 return None
             acks: list[Future[Any]] = []
+            failed: list[Future[Any]] = []
             for topic, value, key in sends:
                 try:
                     acks.append(await producer.send(topic, value, key=key))
                 except Exception as exc:
                     if refused is None or not refused(exc):
+                        for ack in failed:  # never returned: read, or asyncio logs them
+                            ack.exception()
                         raise
-                    failed: Future[Any] = asyncio.get_running_loop().create_future()
-                    failed.set_exception(exc)
-                    acks.append(failed)
+                    failed.append(asyncio.get_running_loop().create_future())
+                    failed[-1].set_exception(exc)
+                    acks.append(failed[-1])
             return acks
 
     async def send_and_wait(self, producer: Any, send: Send) -> Any:
