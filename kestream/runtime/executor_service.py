@@ -780,8 +780,9 @@ class ExecutorService:
         """The rounds of a write whose refused records are undone (:meth:`_undo_refused`) in
         the same cycle: ``out`` first, then an outbox of what the last round's refusals undid,
         each with the list its write adds its refusals to; until a round has none or its
-        undoing makes no record, at most :data:`_FLUSH_ROUNDS` (then the refused records are
-        left dead-lettered, said in the log)."""
+        undoing makes no record, at most :data:`_FLUSH_ROUNDS` undoings. The records of the
+        last are written all the same (it changed memory: dropped, memory would be ahead of
+        the changelog), and what that write refuses is left dead-lettered, said in the log."""
         for _ in range(_FLUSH_ROUNDS):
             refused: list[Refusal] = []
             yield out, refused
@@ -791,7 +792,10 @@ class ExecutorService:
             self._undo_refused(refused, out)
             if out.empty():
                 return
-        log.error("records still refused after %d rounds; left dead-lettered", _FLUSH_ROUNDS)
+        refused = []
+        yield out, refused
+        if refused:
+            log.error("records still refused after %d rounds; left dead-lettered", _FLUSH_ROUNDS)
 
     def _undo_refused(self, refused: list[Refusal], out: Outbox) -> None:
         """A refused job's task run fails (as one too large to send does), with the broker's

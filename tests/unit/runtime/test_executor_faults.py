@@ -5,7 +5,7 @@ their partition. The processor runs here without a broker: events go straight to
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiokafka import TopicPartition
@@ -18,7 +18,7 @@ from kestream.executor.flow_registry import FlowRegistry
 from kestream.executor.snapshot import execution_model
 from kestream.models.flow import parse_flow
 from kestream.models.state import StateType
-from kestream.runtime import command_router, records
+from kestream.runtime import command_router, executor_service, records
 from kestream.runtime.changelog_restorer import ChangelogRestorer, PartitionRead, RecoveryFailed
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.executor_service import ExecutorService, Outbox, _Rebalance
@@ -669,3 +669,28 @@ def test_a_stop_of_the_processor_is_still_a_quiet_cancellation() -> None:
 
     assert asyncio.run(run())
     assert failures == [] and service.failure is None
+
+
+def test_the_records_of_the_last_rounds_undoing_are_written_not_dropped(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each round's refusals are undone in memory (:meth:`ExecutorService._undo_refused`);
+    the records the last undoing made are written too, else memory is ahead of the changelog
+    and of the updates, with nothing written. What that last write refuses stays
+    dead-lettered, said in the log."""
+    service = _service(PAUSED)
+    undone: list[int] = []
+
+    def undo(refused: list[Any], out: Outbox) -> None:
+        undone.append(len(undone))
+        out.send("t", "k", b"undo %d" % len(undone))
+
+    monkeypatch.setattr(service, "_undo_refused", undo)
+    written: list[list[Any]] = []
+    for box, refused in service._refusal_rounds(Outbox()):
+        written.append([value for _, _, value, _ in box.commands])
+        refused.append(cast(Any, ("refused", "every time")))
+    rounds = executor_service._FLUSH_ROUNDS
+    assert len(undone) == rounds
+    assert written[-1] == [b"undo %d" % rounds] and len(written) == rounds + 1
+    assert f"still refused after {rounds} rounds" in caplog.text
