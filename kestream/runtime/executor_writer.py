@@ -143,6 +143,9 @@ class RecordWriter:
         #: The records of an execution's partial update over a cycle, built from its state at
         #: the write (:meth:`Outbox.build_updates`): by execution id and task runs changed.
         self.partial_update = partial_update
+        #: Executions whose partial update could not be made and was dead-lettered, not again
+        #: until one is made or a full update is written (:meth:`coalesce`).
+        self._unencodable: set[str] = set()
         self._group_jobs = topics.group_tasks("")  # the worker groups' jobs topics' prefix
         self.producer: AIOKafkaProducer | None = None
         #: Under exactly-once, the input partitions' transactional producers.
@@ -244,16 +247,25 @@ class RecordWriter:
             """An update that cannot be built (a state no update can encode) is dead-lettered
             with the reason, as the event of a full update that cannot be is: its steps were
             applied and their changelog goes, so readers lag behind it until its next full
-            update (a pause, its end), and the dead letter says why."""
+            update (a pause, its end), and the dead letter says why. Once per execution until
+            an update of it is made again: every cycle that touches it would add another."""
             try:
-                return self.partial_update(execution_id, changed)
+                values = self.partial_update(execution_id, changed)
             except Exception as exc:
+                if execution_id in self._unencodable:
+                    log.warning("execution %s: its update of this cycle cannot be made either "
+                                "(dead-lettered once): %r", execution_id, exc)  # fmt: skip
+                    return []
+                self._unencodable.add(execution_id)
                 log.exception("execution %s: its update of this cycle cannot be made",
                               execution_id)  # fmt: skip
                 reason = f"the execution update of the cycle cannot be made: {exc!r}"
                 self.letters.add(out, updates, -1, -1, execution_id.encode(), None, reason)
                 return []
+            self._unencodable.discard(execution_id)
+            return values
 
+        self._unencodable -= out.full_updated  # their full update says all again
         out.build_updates(updates, build)
         out.coalesce()
 

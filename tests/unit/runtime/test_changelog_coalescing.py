@@ -410,6 +410,39 @@ def test_no_partial_update_for_an_execution_gone_a_dead_letter_for_one_not_encod
     assert "t1: its update of this cycle cannot be made" in caplog.text
 
 
+def test_an_update_that_cannot_be_encoded_is_dead_lettered_once_until_one_is_made_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every cycle that touches an execution whose state no update can encode would add a dead
+    letter: it is dead-lettered once, and again only after an update of it was made (a full
+    one, or a partial one again)."""
+    service = _processor()
+    encodable = False
+
+    def partial_update(st: Any, changed: list[str]) -> list[bytes]:
+        if not encodable:
+            raise ValueError("no JSON for this")
+        return [b"update"]
+
+    monkeypatch.setattr(service.router, "partial_update", partial_update)
+    service._apply(0, ev.ExecutionCreated("t1", "test.torn", "torn"), Outbox(), ("executions", 0))
+
+    def letters_of_a_cycle(full: bool = False) -> int:
+        out = Outbox()
+        if full:
+            out.full_update(service.topics.updates, "t1", [b"full"])
+        out.partial_update("t1", ["r1"])
+        service.writer.coalesce(out)
+        return len([v for t, _, v, _ in out.commands if t == service.topics.dead_letter])
+
+    assert [letters_of_a_cycle() for _ in range(3)] == [1, 0, 0]
+    assert letters_of_a_cycle(full=True) == 1  # its full update said all: a new lag
+    encodable = True
+    assert letters_of_a_cycle() == 0
+    encodable = False
+    assert [letters_of_a_cycle() for _ in range(2)] == [1, 0]
+
+
 def test_a_full_update_built_and_written_replaces_no_later_note() -> None:
     written = Outbox()
     written.full_update("updates", "x", [b"ended"])
