@@ -125,16 +125,22 @@ def _plan(group: Group) -> dict[str, Any]:
     return plan
 
 
-def held_plans(st: ExecutionState) -> dict[str, dict[str, Any]]:
-    """The plans of ``st``'s groups stored in the internal storage, by URI, as the storage
-    gives them back (:func:`~kestream.storage.offload.fetch_plan`), from memory: a plan never
+def held_plans(st: ExecutionState, refs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The plans of ``st``'s groups stored in the internal storage that ``refs`` name (the
+    references of the records rebuilt, :func:`stored_plans`), by URI, as the storage gives
+    them back (:func:`~kestream.storage.offload.fetch_plan`), from memory: a plan never
     changes once stored, so a roll-back (the state rebuilt from its records, :func:`rebuild`'s
-    ``plans``) reads the storage only for a plan whose group memory no longer holds."""
+    ``plans``) reads the storage only for a plan whose group memory no longer holds. Only
+    those named are encoded: a stored plan can be MBs."""
+    wanted = {ref[REF_KEY] for ref in refs if is_reference(ref)}
     held: dict[str, dict[str, Any]] = {}
     for tr in st.task_runs.values():
         group = tr.group
-        if group is not None and group.stored is not None and is_reference(group.stored):
-            held[group.stored[REF_KEY]] = orjson.loads(record_json(_plan(group)))
+        if group is None or group.stored is None or not is_reference(group.stored):
+            continue
+        uri = group.stored[REF_KEY]
+        if uri in wanted and uri not in held:
+            held[uri] = orjson.loads(record_json(_plan(group)))
     return held
 
 

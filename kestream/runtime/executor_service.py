@@ -99,6 +99,7 @@ from kestream.runtime import records
 from kestream.runtime.admission_slots import AdmissionSlots
 from kestream.runtime.aio import paced, stray_cancellation
 from kestream.runtime.changelog_checkpoints import checkpoint_follower
+from kestream.runtime.changelog_fold import ExecutionRecords
 from kestream.runtime.changelog_restorer import (
     ChangelogMirror,
     RecoveryFailed,
@@ -682,8 +683,8 @@ class ExecutorService:
         self.timers.forget([execution_id])
         recs = self.mirror.records_of(execution_id) if existed else None
         held = self.states.get(execution_id)
-        plans = codec.held_plans(held) if held is not None and recs else None
         try:
+            plans = None if held is None or not recs else self._held_plans(held, execution_id, recs)
             st = self.recovery.restorer.rebuild_one(execution_id, recs, plans) if recs else None
         except StorageUnavailable as exc:  # a stored plan it names: its changelog keeps it
             log.error("execution %s cannot be rebuilt now: %s", execution_id, exc)
@@ -696,6 +697,20 @@ class ExecutorService:
         self.states[execution_id] = st
         for timer_id, timer in st.timers.items():
             self.timers.set(execution_id, timer_id, timer.due)
+
+    @staticmethod
+    def _held_plans(
+        held: ExecutionState, execution_id: str, recs: ExecutionRecords
+    ) -> codec.StoredPlans | None:
+        """The stored plans ``recs`` name, from memory (:func:`codec.held_plans`); ``None``
+        (each read from the storage instead) when memory cannot give them: a roll-back runs
+        on the error path of a step, and must not raise there."""
+        try:
+            return codec.held_plans(held, codec.stored_plans(execution_id, recs))
+        except Exception:
+            log.exception("execution %s: its stored plans cannot be taken from memory",
+                          execution_id)  # fmt: skip
+            return None
 
     def _partial_update(self, execution_id: str, changed: list[str]) -> list[bytes]:
         """The execution's partial update of the cycle, from its state at the write (the

@@ -303,6 +303,31 @@ def test_a_roll_back_takes_the_stored_plans_from_memory_and_the_cycles_update_st
     assert runs[first] == "SUCCESS" and second not in runs
 
 
+def test_a_roll_back_takes_from_memory_only_the_stored_plans_its_records_name(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stored plan can be MBs: only those the records rebuilt name are encoded from memory,
+    and one that memory cannot give is read from the storage, never raised out of the roll
+    back (it runs on a failed step's error path)."""
+    _, result = _step(LANES, THRESHOLD)
+    st = result.state
+    assert st is not None
+    each = _each_run(st)
+    assert each.group is not None and is_reference(each.group.stored)
+    recs = _changelog(st, result)
+    named = codec.stored_plans(st.id, recs)
+    assert named == [each.group.stored]
+    assert codec.held_plans(st, []) == {}
+    (plan,) = codec.held_plans(st, named).values()
+    assert len(plan["lanes"]) == LANES
+
+    def broken(st: Any, refs: Any) -> Any:
+        raise ValueError("no plan")
+
+    monkeypatch.setattr(codec, "held_plans", broken)
+    assert ExecutorService._held_plans(st, st.id, recs) is None
+
+
 def test_a_roll_back_the_storage_cannot_serve_takes_the_execution_out_of_the_table(
     storage: Storage, caplog: pytest.LogCaptureFixture
 ) -> None:
