@@ -132,6 +132,20 @@ class Stack:
             time.sleep(0.1)
         raise AssertionError(f"execution {execution_id} never reached {states}; last: {last}")
 
+    def wait_logs(self, execution_id: str, message: str, timeout: float = 30.0) -> list[str]:
+        """The execution's log messages once one is ``message``: the index feeds its logs and
+        its updates from two topics, so an execution seen ended may not have its lines yet."""
+        deadline = time.monotonic() + timeout
+        messages: list[str] = []
+        while time.monotonic() < deadline:
+            reply = self.get(f"/logs/{execution_id}")
+            if reply.status == 200:
+                messages = [line["message"] for line in reply.json()]
+                if message in messages:
+                    return messages
+            time.sleep(0.1)
+        raise AssertionError(f"no log line {message!r} for {execution_id}; lines: {messages}")
+
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
 
