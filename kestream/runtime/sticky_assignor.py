@@ -18,25 +18,114 @@ it on each assignment (:func:`note_generation`). Only one assignor is
 offered (aio-libs/aiokafka#1168: each offered assignor is one more JoinGroup, see
 ``EXECUTOR_ASSIGNORS``), so a group's members must all offer it: a worker of an older version
 (round robin) and one of this version cannot share a group; stop the older workers first.
+
+**Where a partition moved from.** The leader also tells each member, in its assignment's user
+data, which of its partitions it takes over from a member still in the group (the claim of the
+newest generation, as the assignment settles it): that member may have task runs of the
+partition that ended after the revocation, whose offsets it could not commit, and it hands the
+partition over (:mod:`.worker_handover`) before the new owner runs any of its jobs. A partition
+whose previous owner left the group (killed, expelled) comes with nothing to wait for.
 """
 
 from __future__ import annotations
 
-from aiokafka import AIOKafkaConsumer
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
 
 from kestream.runtime.group_coordinator import group_generation
 
-__all__ = ["note_generation", "sticky_assignor"]
+__all__ = ["HandingStickyAssignor", "moved_from", "note_generation", "sticky_assignor"]
+
+log = logging.getLogger("kestream.worker")
+
+
+class HandingStickyAssignor(StickyPartitionAssignor):
+    """aiokafka's sticky assignor, whose assignments also say where each partition moved from
+    (see the module docs); :meth:`on_assignment` keeps that in :attr:`handed_from`."""
+
+    #: This member's partitions that came from another live member at its last assignment,
+    #: with that member's id.
+    handed_from: dict[TopicPartition, str] = {}
+
+    @classmethod
+    def assign(
+        cls, cluster: Any, members: Mapping[str, ConsumerProtocolMemberMetadata]
+    ) -> dict[str, ConsumerProtocolMemberAssignment]:
+        result = super().assign(cluster, members)
+        owners = _previous_owners(cls, members)
+        for member, assignment in result.items():
+            moved = [
+                [tp.topic, tp.partition, owner]
+                for tp in assignment.partitions()
+                if (owner := owners.get(tp)) is not None and owner != member
+            ]
+            if moved:
+                data = json.dumps({"from": moved}, separators=(",", ":")).encode()
+                result[member] = ConsumerProtocolMemberAssignment(
+                    assignment.version, assignment.assignment, data
+                )
+        return result
+
+    @classmethod
+    def on_assignment(cls, assignment: ConsumerProtocolMemberAssignment) -> None:
+        super().on_assignment(assignment)
+        cls.handed_from = _moved(assignment.user_data)
+
+
+def _previous_owners(
+    cls: type[StickyPartitionAssignor], members: Mapping[str, ConsumerProtocolMemberMetadata]
+) -> dict[TopicPartition, str]:
+    """Each claimed partition's previous owner among ``members``: the claim of the newest
+    generation (the one the sticky assignment keeps); of two claims of one generation, the
+    first member in id order (a conflict the assignor itself resolves by member order)."""
+    best: dict[TopicPartition, tuple[int, str]] = {}
+    for member in sorted(members):
+        claim = cls.parse_member_metadata(members[member])
+        for tp in claim.partitions:
+            if tp not in best or claim.generation > best[tp][0]:
+                best[tp] = (claim.generation, member)
+    return {tp: member for tp, (_, member) in best.items()}
+
+
+def _moved(user_data: bytes) -> dict[TopicPartition, str]:
+    """The ``from`` list of an assignment's user data; empty when there is none, or when it
+    cannot be read (a leader of another version: nothing is awaited)."""
+    if not user_data:
+        return {}
+    try:
+        moved = json.loads(user_data)["from"]
+        return {TopicPartition(str(t), int(p)): str(owner) for t, p, owner in moved}
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("the assignment's user data cannot be read (%s); no hand-over awaited", exc)
+        return {}
+
+
+def moved_from(assignor: type[AbstractPartitionAssignor]) -> dict[TopicPartition, str]:
+    """The partitions of ``assignor``'s last assignment that came from another live member,
+    with that member's id."""
+    return dict(getattr(assignor, "handed_from", {}))
 
 
 def sticky_assignor() -> type[AbstractPartitionAssignor]:
     """A sticky assignor class whose remembered assignment belongs to one consumer."""
     return type(
         "OwnStickyAssignor",
-        (StickyPartitionAssignor,),
-        {"member_assignment": None, "generation": StickyPartitionAssignor.DEFAULT_GENERATION_ID},
+        (HandingStickyAssignor,),
+        {
+            "member_assignment": None,
+            "generation": StickyPartitionAssignor.DEFAULT_GENERATION_ID,
+            "handed_from": {},
+        },
     )
 
 

@@ -54,7 +54,7 @@ class Mark:
 class PartitionLog:
     """Fetched offsets of one partition, in order; the commit point is the first not done."""
 
-    __slots__ = ("committed", "handed", "next_offset", "pending")
+    __slots__ = ("committed", "first", "handed", "next_offset", "pending")
 
     def __init__(self) -> None:
         self.pending: deque[Mark] = deque()
@@ -65,8 +65,13 @@ class PartitionLog:
         self.handed: dict[int, Job] = {}
         self.next_offset: int | None = None
         self.committed: int | None = None
+        #: The first offset fetched: where the done offsets begin while none is committed
+        #: (:func:`~kestream.runtime.worker_handover.done_ranges`).
+        self.first: int | None = None
 
     def add(self, offset: int) -> Mark:
+        if self.first is None:
+            self.first = offset
         mark = Mark(offset)
         self.pending.append(mark)
         self.next_offset = offset + 1

@@ -54,7 +54,11 @@ another worker are stopped when the new assignment arrives, without a result: th
 runs them again from the committed offset. Before, they ran on both workers at once. If such a
 partition comes back before its stopped job has ended, the record fetched again starts a new
 job once the stopped one has ended (never beside it): attached to the stopped job, it was never
-reported and froze the partition's commit point.
+reported and froze the partition's commit point. A partition that moves between two live
+workers is handed over (:mod:`.worker_handover`): the worker that loses it tells the one that
+gets it which jobs it finished past the committed offset (ended after the revocation, or behind
+one still running), and the new owner starts none of the partition's jobs before it knows, so
+those do not run a second time.
 
 **A member the group may have expelled** (frozen past its session, cut off from its group
 coordinator, a paused VM) must not report or commit anything for partitions the group has since
@@ -105,7 +109,7 @@ from kestream.models.state import StateType
 from kestream.runtime import local_handoff, records
 from kestream.runtime.aio import stray_cancellation
 from kestream.runtime.context import BrokerContext
-from kestream.runtime.group_coordinator import coordination_failure
+from kestream.runtime.group_coordinator import coordination_failure, group_generation, member_id
 from kestream.runtime.hand_over import HandOver
 from kestream.runtime.instance_id_guard import duplicate_in, guard_instance_id
 from kestream.runtime.kafka import make_consumer, make_producer
@@ -115,8 +119,16 @@ from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.produce_faults import authorization_fault, record_fault
 from kestream.runtime.static_assignment import only_worker, partitions_of
 from kestream.runtime.static_membership import static_member, stop_member
-from kestream.runtime.sticky_assignor import note_generation, sticky_assignor
+from kestream.runtime.sticky_assignor import moved_from, note_generation, sticky_assignor
 from kestream.runtime.topics import ensure_group_topics
+from kestream.runtime.worker_handover import (
+    HANDOVER_JOBS_WAIT_S,
+    AwaitedHandovers,
+    Handover,
+    decode_handover,
+    done_ranges,
+    encode_handover,
+)
 from kestream.runtime.worker_jobs import Job, JobKey, Mark, PartitionLog, RecentJobs
 from kestream.runtime.write_gate import WriteGate
 from kestream.tasks.base import RunnableTask
@@ -246,6 +258,12 @@ class WorkerService:
         #: answers: the stop's drain deadline (none once stopping without one).
         self._send_until = 0.0
         self._partitions: dict[TopicPartition, PartitionLog] = {}
+        #: Revoked partitions' fetched offsets, until the next assignment says whether each
+        #: comes back or goes to another member, which is then handed what this worker
+        #: finished of it (:mod:`.worker_handover`).
+        self._revoked_logs: dict[TopicPartition, PartitionLog] = {}
+        #: Partitions taken over from a live member: their jobs wait for its hand-over.
+        self._awaited = AwaitedHandovers()
         self._jobs: dict[JobKey, Job] = {}  # running or held
         self._runs: dict[tuple[str, str], Job] = {}  # by (execution id, task run id)
         self._held: dict[JobKey, Job] = {}  # waiting for their flow revision
@@ -572,6 +590,9 @@ class WorkerService:
             elif kind == "release":  # a WorkingDirectory ended: remove its shared directory
                 self._runner.release_workdir(str(body["id"]), str(body["run"]))
                 mark.done = True
+            elif kind == "handover":  # the partition's previous owner: what it finished
+                self._take_handover(record.topic, decode_handover(body))
+                mark.done = True
             else:
                 raise records.RecordError(f"unknown job type {kind!r}")
         except records.RecordError as exc:
@@ -648,6 +669,7 @@ class WorkerService:
             or record.topic != self.topic
             or partition is None
             or tp in self._revoking
+            or tp in self._awaited
             or not self._in_group
             or self.gate.closed() is not None
             or not self._handoff_room()
@@ -689,7 +711,10 @@ class WorkerService:
             self._start_or_hold(job)
 
     def _try_start(self, job: Job) -> bool:
-        """Start the job if its flow revision is known (``False``: hold it for later)."""
+        """Start the job if its flow revision is known and its partition's hand-over is not
+        awaited (``False``: hold it for later)."""
+        if job.partition in self._awaited:
+            return False
         (namespace, flow_id, revision), task_id = job.where, job.task_id
         flow = self.registry.get(namespace, flow_id, revision)
         if flow is None:
@@ -709,11 +734,18 @@ class WorkerService:
         return True
 
     def _retry_held(self) -> None:
+        for tp, member in self._awaited.expired():
+            log.warning(
+                "worker: no hand-over of partition %d from member %s within %.0f s; its jobs "
+                "run (any that member finished after its revocation run again)",
+                tp.partition, member, self._awaited.wait_s,
+            )  # fmt: skip
+            self._waited_for(tp)
         now = time.monotonic()
         for key, job in list(self._held.items()):
             if self._try_start(job):
                 self._held.pop(key, None)
-            elif now >= job.deadline:
+            elif job.partition not in self._awaited and now >= job.deadline:
                 namespace, flow_id, revision = job.where
                 self._give_up(
                     job,
@@ -1186,7 +1218,10 @@ class WorkerService:
         else:
             self._leave_unreported(revoked, closed)
         for tp in revoked:
-            self._partitions.pop(tp, None)
+            plog = self._partitions.pop(tp, None)
+            if plog is not None and self.fence is not None:  # (in a group: may move)
+                self._revoked_logs[tp] = plog
+        self._awaited.drop(revoked)
         self.gate.wake()  # results of ``revoked`` waiting at the gate: held, or given up
         for job in list(self._jobs.values()):  # not started (held, or after a stopped copy)
             if job.task is None and job.partition in revoked:
@@ -1248,10 +1283,94 @@ class WorkerService:
                 self._abandon(job)
         for tp in assigned:
             self._partitions.setdefault(tp, PartitionLog())
+        self._hand_over_moved(assigned)
         log.info("worker: partitions assigned: %s", sorted(tp.partition for tp in assigned))
         self._in_group = True
         if assigned:
             self.assigned.set()
+
+    def _hand_over_moved(self, assigned: set[TopicPartition]) -> None:
+        """At an assignment: await the hand-over of each partition taken from a live member,
+        and hand over each partition revoked here that went to another member
+        (:mod:`.worker_handover`), both under the generation just joined."""
+        leaving = {tp: plog for tp, plog in self._revoked_logs.items() if tp not in assigned}
+        self._revoked_logs.clear()
+        self._awaited.drop()
+        if self._consumer is None or self.fence is None:
+            return
+        try:
+            generation, member = group_generation(self._consumer), member_id(self._consumer)
+        except RuntimeError as exc:  # this aiokafka keeps them elsewhere: nothing to match
+            log.warning("worker: no partition hand-over (%s)", exc)
+            return
+        for tp, previous in moved_from(self._assignor).items():
+            if tp in assigned:
+                self._awaited.expect(tp, previous, generation)
+        for tp, plog in leaving.items():
+            self._spawn(self._hand_partition_over(tp, plog, generation, member))
+
+    async def _hand_partition_over(
+        self, tp: TopicPartition, plog: PartitionLog, generation: int, member: str
+    ) -> None:
+        """Hand ``tp``, gone to another member, what this worker finished of it: once its jobs
+        here have ended (stopped, or reporting what they ran; at most
+        :data:`HANDOVER_JOBS_WAIT_S`), the offsets done past the committed point, appended to
+        the partition itself, after every job its new owner reads before it."""
+        running = [
+            job.task
+            for job in self._jobs.values()
+            if job.partition == tp and job.task is not None and not job.task.done()
+        ]
+        if running:
+            _, late = await asyncio.wait(running, timeout=HANDOVER_JOBS_WAIT_S)
+            if late:
+                log.warning(
+                    "worker: %d job(s) of partition %d still run after %.0f s; its next owner "
+                    "runs them again", len(late), tp.partition, HANDOVER_JOBS_WAIT_S,
+                )  # fmt: skip
+        handover = Handover(tp.partition, generation, member, done_ranges(plog))
+        assert self._producer is not None
+        try:
+            await self._producer.send_and_wait(
+                tp.topic, encode_handover(handover), partition=tp.partition
+            )
+        except KafkaError as exc:  # its next owner waits its time, then runs them all
+            log.warning("worker: the hand-over of partition %d failed: %s", tp.partition, exc)
+            return
+        self.stats["handed_over_partitions"] += 1
+        log.info(
+            "worker: partition %d handed over to its next owner (generation %d): offsets %s "
+            "finished here", tp.partition, generation, list(handover.done) or "none",
+        )  # fmt: skip
+
+    def _take_handover(self, topic: str, handover: Handover) -> None:
+        """The hand-over of a partition taken from a live member: its held jobs at offsets that
+        member finished are done without running (their results are out); the others start
+        (:meth:`_retry_held`). A hand-over not awaited (another generation's) changes nothing."""
+        if not self._awaited.take(topic, handover):
+            return
+        tp = TopicPartition(topic, handover.partition)
+        finished = 0
+        for job in list(self._held.values()):
+            if job.partition == tp and any(handover.covers(m.offset) for m in job.marks):
+                self._forget(job)  # (a later copy, the executor's after a replay, runs)
+                for mark in job.marks:
+                    mark.done = True
+                finished += 1
+        self.stats["handed_over_jobs"] += finished
+        log.info(
+            "worker: partition %d taken over from member %s: %d job(s) it finished are done",
+            tp.partition, handover.member, finished,
+        )  # fmt: skip
+        self._waited_for(tp)
+
+    def _waited_for(self, tp: TopicPartition) -> None:
+        """The jobs of ``tp`` held for its hand-over may start: their wait for their flow
+        revision counts from now."""
+        deadline = time.monotonic() + self.flow_wait_s
+        for job in self._held.values():
+            if job.partition == tp:
+                job.deadline = deadline
 
     def _abandon(self, job: Job) -> None:
         """Stop a running job, unreported: another worker runs it again."""

@@ -1,6 +1,7 @@
 """The worker group's sticky assignor: a survivor keeps its partitions when a killed worker's
 restart joins, each consumer sends its own last assignment, and a member back from expulsion
-loses its stale claim to the generation the group has since given the partition."""
+loses its stale claim to the generation the group has since given the partition; each
+assignment says which of its partitions come from a member still in the group."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, cast
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
-from kestream.runtime.sticky_assignor import note_generation, sticky_assignor
+from kestream.runtime.sticky_assignor import moved_from, note_generation, sticky_assignor
 
 TOPIC = "worker-tasks"
 PARTITIONS = set(range(16))
@@ -71,3 +72,47 @@ def test_a_stale_claim_loses_to_the_newer_generation() -> None:
         assert _partitions(result["owner"]) <= set(range(8))
         assert _partitions(result["peer"]) <= set(range(8, 16))
         assert len(_partitions(result["expelled"])) == 5  # balance: 16 over 3
+
+
+def test_an_assignment_names_the_live_member_each_moved_partition_comes_from() -> None:
+    survivor, restarted = sticky_assignor(), sticky_assignor()
+    _receive(survivor, sorted(PARTITIONS), generation=5)  # all of them, its peer killed
+    result = survivor.assign(
+        _Cluster(), {"survivor": _member(survivor), "restarted": _member(restarted)}
+    )
+    taken = _partitions(result["restarted"])
+    assert len(taken) == 8
+    restarted.on_assignment(result["restarted"])
+    assert moved_from(restarted) == {TopicPartition(TOPIC, p): "survivor" for p in taken}
+    survivor.on_assignment(result["survivor"])
+    assert moved_from(survivor) == {}  # it kept its own
+
+
+def test_a_partition_whose_owner_left_comes_from_nobody() -> None:
+    survivor, restarted = sticky_assignor(), sticky_assignor()
+    _receive(survivor, list(range(8)), generation=5)  # the other 8 were the killed worker's
+    result = survivor.assign(
+        _Cluster(), {"survivor": _member(survivor), "restarted": _member(restarted)}
+    )
+    restarted.on_assignment(result["restarted"])
+    assert _partitions(result["restarted"]) == set(range(8, 16))
+    assert moved_from(restarted) == {}
+
+
+def test_the_newest_claim_is_where_a_partition_comes_from() -> None:
+    expelled, owner, peer = sticky_assignor(), sticky_assignor(), sticky_assignor()
+    _receive(expelled, sorted(PARTITIONS), generation=3)
+    _receive(owner, list(range(8)), generation=4)
+    _receive(peer, list(range(8, 16)), generation=4)
+    members = {"expelled": expelled, "owner": owner, "peer": peer}
+    result = owner.assign(_Cluster(), {name: _member(a) for name, a in members.items()})
+    expelled.on_assignment(result["expelled"])
+    got = moved_from(expelled)
+    assert set(got) == {TopicPartition(TOPIC, p) for p in _partitions(result["expelled"])}
+    assert set(got.values()) <= {"owner", "peer"}  # never its own stale claim
+
+
+def test_unreadable_user_data_awaits_nothing() -> None:
+    member = sticky_assignor()
+    member.on_assignment(ConsumerProtocolMemberAssignment(0, [(TOPIC, [1])], b"not json"))
+    assert moved_from(member) == {}

@@ -86,7 +86,9 @@ class RefusingProducer:
             future.set_result(None)
         return future
 
-    async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+    async def send_and_wait(
+        self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None
+    ) -> None:
         self._ack(topic, value)
 
     async def stop(self) -> None:

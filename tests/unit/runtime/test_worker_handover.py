@@ -1,0 +1,190 @@
+"""A partition that moves between two live workers is handed over (broker-free): the worker
+that loses it tells the one that gets it which of its jobs it finished after the revocation,
+whose offsets it could not commit, and the new owner runs only the others. Without it the new
+owner read the partition from the committed offset and ran those jobs a second time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka.structs import ConsumerRecord
+
+from kestream.models.flow import Flow
+from kestream.models.state import StateType
+from kestream.runtime.member_fence import MemberFence
+from kestream.runtime.worker_handover import HANDOVER_WAIT_S, AwaitedHandovers, done_ranges
+from kestream.runtime.worker_jobs import PartitionLog
+from kestream.runtime.worker_service import WorkerService
+from tests.unit.runtime.worker_fakes import (
+    JOBS,
+    RecordingConsumer,
+    RefusingProducer,
+    close,
+    job_record,
+    make_worker,
+)
+
+FLOW = """
+id: naps
+namespace: test.worker
+tasks:
+  - id: nap
+    type: io.kestra.plugin.core.flow.Sleep
+    duration: PT1S
+"""
+
+
+class _Coordinator:
+    """What the fence, the write gate and the hand-over read of aiokafka's coordinator."""
+
+    def __init__(self, member_id: str) -> None:
+        self.member_id = member_id
+        self.generation = 1
+
+    async def _do_heartbeat(self) -> bool:
+        return True
+
+    def request_rejoin(self) -> None:
+        pass
+
+
+class _GroupConsumer(RecordingConsumer):
+    def __init__(self, member_id: str) -> None:
+        super().__init__()
+        self._coordinator = _Coordinator(member_id)
+
+
+def _member(name: str) -> tuple[WorkerService, Flow, RefusingProducer, _GroupConsumer]:
+    worker, flow = make_worker(FLOW, worker_revoke_grace_s=0.0)
+    producer, consumer = RefusingProducer(), _GroupConsumer(name)
+    worker._producer = producer
+    worker._consumer = consumer
+    worker.fence = MemberFence(30.0)
+    worker.fence.watch(consumer)
+    return worker, flow, producer, consumer
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[Any, Any]]:
+    old, new = _member("member-old"), _member("member-new")
+    yield old, new
+    for worker, *_ in (old, new):
+        assert worker.fence is not None
+        worker.fence.stop()
+        await close(worker)
+
+
+def _handover_record(producer: RefusingProducer, offset: int) -> ConsumerRecord[Any, Any]:
+    """The hand-over the old owner produced, as the new owner fetches it at ``offset``."""
+    (value,) = [v for topic, v in producer.acked if topic == JOBS.topic]
+    return ConsumerRecord(JOBS.topic, 0, offset, 0, 0, None, value, None, 0, len(value), [])
+
+
+async def _until(condition: Any) -> None:
+    for _ in range(300):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met")
+
+
+async def test_jobs_finished_after_the_revocation_are_not_run_again_by_the_next_owner(
+    pair: tuple[Any, Any],
+) -> None:
+    (old, flow, old_producer, old_consumer), (new, _, new_producer, new_consumer) = pair
+    old._on_assigned({JOBS})  # generation 1: the partition is the old worker's
+    long = job_record(flow, "nap", {"duration": "PT30S"}, offset=5, run_id="long")
+    short = job_record(flow, "nap", {"duration": "PT0.2S"}, offset=6, run_id="short")
+    old._handle(long)
+    old._handle(short)
+
+    await old._on_revoked({JOBS})  # a worker joins: no grace, both still run
+    assert old_consumer.commits == [{JOBS: 5}]
+    await _until(lambda: len(old_producer.results()) == 1)  # the short one ended in limbo
+    (result,) = old_producer.results()
+    assert result.task_run_id == "short" and result.state is StateType.SUCCESS
+
+    old_consumer._coordinator.generation = new_consumer._coordinator.generation = 2
+    new._assignor.handed_from = {JOBS: "member-old"}  # what the leader's assignment says
+    old._on_assigned(set())  # the partition went to the new worker
+    new._on_assigned({JOBS})
+    for record in (long, short):  # the new owner reads from the committed offset
+        new._handle(record)
+    new._retry_held()
+    assert new.stats["started"] == 0  # nothing runs before the hand-over
+
+    await _until(lambda: old.stats["handed_over_partitions"] == 1)
+    handover = orjson.loads(_handover_record(old_producer, 7).value)
+    assert handover == {
+        "type": "handover", "partition": 0, "generation": 2, "member": "member-old",
+        "done": [[6, 7]],
+    }  # fmt: skip
+    assert old.stats["abandoned"] == 1  # the long one stopped there, unreported
+
+    new._handle(_handover_record(old_producer, 7))
+    new._retry_held()
+    assert new.stats["started"] == 1 and new.stats["handed_over_jobs"] == 1
+    (running,) = new._jobs.values()
+    assert running.key[1] == "long"  # the short one's effect is done: it is not run again
+    assert new._partitions[JOBS].commit_point() == 5
+    running.abandoned = True  # (end the test's job)
+    assert new_producer.results() == []
+
+
+async def test_without_a_hand_over_the_jobs_run_after_the_wait(pair: tuple[Any, Any]) -> None:
+    (_, flow, _, _), (new, _, _, _) = pair
+    new._awaited = AwaitedHandovers(wait_s=0.05)
+    new._assignor.handed_from = {JOBS: "member-old"}
+    new._on_assigned({JOBS})
+    new._handle(job_record(flow, "nap", {"duration": "PT30S"}, offset=5))
+    new._retry_held()
+    assert new.stats["started"] == 0
+    await asyncio.sleep(0.1)  # the old owner died before it handed the partition over
+    new._retry_held()
+    assert new.stats["started"] == 1
+    assert HANDOVER_WAIT_S > 3.0  # (the default is longer than the old owner's own wait)
+
+
+async def test_a_hand_over_of_another_generation_is_not_the_one_awaited(
+    pair: tuple[Any, Any],
+) -> None:
+    (_, flow, _, _), (new, _, _, new_consumer) = pair
+    new_consumer._coordinator.generation = 3
+    new._assignor.handed_from = {JOBS: "member-old"}
+    new._on_assigned({JOBS})
+    new._handle(job_record(flow, "nap", {"duration": "PT30S"}, offset=5))
+    stale = orjson.dumps(
+        {"type": "handover", "partition": 0, "generation": 2, "member": "member-old",
+         "done": [[5, 6]]}
+    )  # fmt: skip
+    new._handle(ConsumerRecord(JOBS.topic, 0, 6, 0, 0, None, stale, None, 0, len(stale), []))
+    new._retry_held()
+    assert new.stats["started"] == 0 and new.stats["handed_over_jobs"] == 0
+    assert JOBS in new._awaited
+
+
+async def test_a_partition_from_a_member_that_left_is_not_awaited(pair: tuple[Any, Any]) -> None:
+    (_, flow, _, _), (new, _, _, _) = pair
+    new._assignor.handed_from = {}  # its previous owner left the group (killed)
+    new._on_assigned({JOBS})
+    new._handle(job_record(flow, "nap", {"duration": "PT30S"}, offset=5))
+    assert new.stats["started"] == 1
+
+
+def test_done_ranges_cover_what_was_finished_past_the_committed_point() -> None:
+    plog = PartitionLog()
+    marks = {offset: plog.add(offset) for offset in range(10, 20)}
+    assert done_ranges(plog) == ()  # fetched, none done
+    for offset in (10, 11, 14, 15, 16, 19):
+        marks[offset].done = True
+    assert done_ranges(plog) == ((10, 12), (14, 17), (19, 20))
+    assert plog.commit_point() == 12  # (leaves the pending records from 12 on)
+    plog.committed = 12
+    assert done_ranges(plog) == ((14, 17), (19, 20))
+    plog.committed = 11  # committed before 11 was done: what left pending is still listed
+    assert done_ranges(plog) == ((11, 12), (14, 17), (19, 20))
+    assert done_ranges(PartitionLog()) == ()
