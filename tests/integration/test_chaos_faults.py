@@ -144,7 +144,7 @@ async def _broker_restarts(
                     back = time.time()
                     how = "SIGKILL" if hard else "SIGTERM"
                     label = f"broker ({how}, down {back - down:.1f} s)"
-                    cluster.kills.append(Kill(down, label, kafka.pid or 0, every))
+                    cluster.kills.append(Kill(down, label, kafka.pid or 0, every, "broker"))
 
             count = int(duration * rate / 60)
             await _submit_at(cluster, flow.namespace, flow.id, submitted, count, rate,

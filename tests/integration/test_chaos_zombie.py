@@ -10,14 +10,14 @@ owner has ended since (a recovery would load them as in flight), and a worker's 
 the new owner runs again, would take effect twice. Fenced, it finds itself out of its group,
 drops its partitions' state and rejoins, and the partitions settle again.
 
-Counted as in tests/integration/test_chaos.py (lost, doubled, stuck, failed, the recovery from
-the freeze to the first end of each of its partitions), and two counts of what the zombie
-could have written: executions whose state the changelog still holds after their end with no
-ended marker to outrank it (a recovery would load them as in flight), or that an executor still
-holds in memory after every execution ended (**stale**, counted as failed), and task runs
+Counted as in tests/integration/test_chaos.py (lost, doubled, stuck, failed; from the freeze,
+the takeover of its partitions and their time to the first end), and two counts of what the
+zombie could have written: executions whose state the changelog still holds after their end with
+no ended marker to outrank it (a recovery would load them as in flight), or that an executor
+still holds in memory after every execution ended (**stale**, counted as failed), and task runs
 answered with different results (**doubled**). State records that land after an end beside its
-marker (a flush already handed to the producer when the member froze, which the write gate cannot
-take back; recovery keeps such an execution ended and clears them) are listed, not counted.
+marker (a flush already handed to the producer when the member froze, which the write gate
+cannot take back; recovery keeps such an execution ended and clears them) are listed, not counted.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from chaos_harness import (
     UpdatesWatch,
     drain,
     read_effects,
+    read_starts,
     report,
     tally_executions,
 )
@@ -163,7 +164,7 @@ async def _zombie(
             tally = tally_executions(
                 name, broker.backend, submitted, watch, read_effects(effects), cluster.kills,
                 partitions=cluster.settings.partitions,
-                bound_s=STUCK_BOUND_S[broker.kind] + plan.seconds,
+                bound_s=STUCK_BOUND_S[broker.kind] + plan.seconds, starts=read_starts(effects),
             )  # fmt: skip
             tally.details += timeline
             ended = [eid for eid in submitted if watch.ended(eid)]
@@ -246,4 +247,5 @@ async def test_a_worker_frozen_past_its_session_does_not_run_a_job_twice(
     tally = await _zombie(name, "worker", broker, topic_prefix, tmp_path, plan)
     report(tally, record_property)
     tally.assert_clean()
-    assert len(tally.recoveries) == tally.kills == 1, tally.table()
+    # The frozen worker's Sleeps started again on the other one (its takeover) and ended.
+    assert len(tally.takeovers) == len(tally.recoveries) == tally.kills == 1, tally.table()
