@@ -225,8 +225,10 @@ class ExecutionState:
     after: Group | None = None
     #: The execution this one replays (Kestra's ``parentId``), if it is a replay.
     parent_id: str | None = None
-    #: EXECUTION_ASSERTION SLAs violated at the last check (ids): a violation that lasts is
-    #: logged once, when it begins, not at every step that checks it again.
+    #: SLAs violated in this attempt (ids): EXECUTION_ASSERTIONs at the last check, so that a
+    #: violation that lasts is logged once, when it begins, not at every step that checks it
+    #: again; MAX_DURATIONs with ``NONE`` that fired, so that one is not set again when the
+    #: execution gets its slot. A restart clears them: its attempt is measured again.
     sla_violated: dict[str, None] = field(default_factory=dict)
     #: The task run a replay runs again once it holds its concurrency slot (it waits
     #: RESTARTED, then QUEUED); None once it runs, and for anything but a waiting replay.

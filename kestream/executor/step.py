@@ -1445,6 +1445,10 @@ class _Step:
         another lane's failure cut short go on where they stopped. A failure that a parent
         turned into SUCCESS (``allowFailure`` with ``allowWarning``) stays as it is.
 
+        The new attempt's SLAs are measured again: its MAX_DURATION timers are set from now,
+        and the violations of the attempt before no longer count (a restart from a snapshot
+        starts without them too); the labels they added stay.
+
         An execution whose ``afterExecution`` tasks still run is not over, and is left as it
         is (the API answers 409): a restart would drop their runs while the worker still runs
         them, and run them again after the new end.
@@ -1455,6 +1459,7 @@ class _Step:
         self.move_execution(S.RESTARTED)
         st.attempt_number += 1
         st.replay_run = None  # a replay that ended waiting is restarted, not replayed
+        st.sla_violated = {}  # the attempt before's: this one is measured again
         self.arm_max_durations()  # counted again from the restart (Kestra: from the creation)
         if self.flow.concurrency is not None:
             self.ask_slot(queue=True)  # it runs again once it holds a slot (self.rerun)
@@ -1764,8 +1769,8 @@ class _Step:
 
         ``missing_only``: when it gets its slot, only the timers it lacks, from then: one
         that asked before the timers were set at the ask (they were set when it ran) holds
-        none. A timer that fired while it waited (``NONE``: its SLA is marked violated) is not
-        set again, nor is one it holds moved."""
+        none. A timer that fired while it waited (``NONE``: its SLA is marked violated in this
+        attempt, :meth:`restart` clears the marks) is not set again, nor is one it holds moved."""
         held, violated = self.st.timers, self.st.sla_violated
         for timer_id, sla_id, duration in max_durations(self.flow):
             if missing_only and (timer_id in held or sla_id in violated):

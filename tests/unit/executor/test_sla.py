@@ -568,3 +568,72 @@ def test_the_violated_assertions_are_kept_in_the_changelog() -> None:
     changes = encode_changes(state, list(state.task_runs), created=True, new_groups=groups)
     back = rebuild("e1", {k: v for k, v in changes if v is not None}, flow)
     assert list(back.sla_violated) == ["check"]
+
+
+# -- a restart is measured again ------------------------------------------------------------
+
+
+def test_a_restart_logs_a_none_max_duration_its_own_attempt_misses() -> None:
+    """The first attempt's NONE violation is that attempt's: the restart, waiting in line,
+    misses its own duration, and that is logged too (it was taken as the one that lasted)."""
+    clock = ManualClock()
+    with Driver(clock=clock) as driver:
+        driver.deploy(_limited("NONE"))
+        first = driver.start(NS, "sla")
+        driver.advance(timedelta(hours=1))  # violated while it runs: logged, it goes on
+        driver.kill(first.id)
+        holder = driver.start(NS, "sla")
+        assert driver.restart(first.id).state.current is S.QUEUED
+        driver.advance(timedelta(hours=1))  # violated again, waiting in line
+        waiting = driver.get(first.id)
+        messages = _messages(driver, first.id)
+        driver.kill(holder.id)
+    assert waiting.state.current is S.QUEUED and waiting.metadata.attemptNumber == 2
+    assert sum("SLA 'late' violated" in m for m in messages) == 2
+
+
+def test_a_restart_without_its_timer_gets_it_when_it_runs_after_a_none_violation() -> None:
+    """A restart that waits for its slot holding no timer (as an older version left one that
+    asked before timers were set at the ask) gets it when it runs: the first attempt's NONE
+    violation does not stand for the new attempt's."""
+    flows = FlowRegistry()
+    flows.put(parse_flow(_limited("NONE")))
+    clock = ManualClock()
+    executor = Executor(flows, clock=clock)
+    created = executor.step(None, ev.ExecutionCreated("e1", NS, "sla", validate_inputs=False))
+    st = created.state
+    assert st is not None
+    executor.step(st, ev.Admission("e1", NS, "sla", 1, S.RUNNING, clock()))
+    clock.advance(timedelta(hours=1))
+    executor.step(st, ev.TimerFired("e1", "sla:0"))  # NONE: marked violated, it goes on
+    executor.step(st, ev.Kill("e1"))
+    assert st.state.current is S.KILLED
+    executor.step(st, ev.Restart("e1"))
+    assert st.state.current is S.RESTARTED
+    del st.timers["sla:0"]  # as an older version left it
+    executor.step(st, ev.Admission("e1", NS, "sla", 2, S.QUEUED, clock()))
+    running = executor.step(st, ev.Admission("e1", NS, "sla", 2, S.RUNNING, clock()))
+    assert st.state.current is S.PAUSED
+    assert _sla_timers(running) == [("sla:0", clock() + timedelta(hours=1))]
+
+
+def test_a_restart_clears_the_violations_in_the_changelog_too() -> None:
+    """The restart's state record holds no violation of the attempt before, and its timer: an
+    executor that recovers the restart from its changelog measures it again as well."""
+    flows = FlowRegistry()
+    late = "  - id: late\n    type: MAX_DURATION\n    duration: PT1H\n    behavior: NONE\n"
+    flow = flows.put(parse_flow(_flow(late, PAUSE)))
+    clock = ManualClock()
+    executor = Executor(flows, clock=clock)
+    created = executor.step(None, ev.ExecutionCreated("e1", NS, "sla", validate_inputs=False))
+    st = created.state
+    assert st is not None
+    clock.advance(timedelta(hours=1))
+    executor.step(st, ev.TimerFired("e1", "sla:0"))
+    executor.step(st, ev.Kill("e1"))
+    assert list(st.sla_violated) == ["late"] and st.state.current is S.KILLED
+    executor.step(st, ev.Restart("e1"))
+    groups = {"", *(tid for tid, tr in st.task_runs.items() if tr.group is not None)}
+    changes = encode_changes(st, list(st.task_runs), created=True, new_groups=groups)
+    back = rebuild("e1", {k: v for k, v in changes if v is not None}, flow)
+    assert back.sla_violated == {} and back.timers["sla:0"].due == clock() + timedelta(hours=1)
