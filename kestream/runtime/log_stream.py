@@ -10,8 +10,13 @@ result after the ones sent, and nothing already sent goes again. One flush produ
 batch at once and waits for their acknowledgements together: one broker round trip, however
 many jobs log.
 
-A batch the broker refuses is put back in front of the job's next lines and sent again (with the
-next batch, or with the result): lines are produced at least once.
+A batch the broker does not take while it is away is put back in front of the job's next lines
+and sent again (with the next batch, or with the result): lines are produced at least once. A
+batch refused for good (:func:`~kestream.runtime.produce_faults.permanent_fault`: for what its
+records are, or because the worker may not write the logs topic) would be refused again each
+interval until the job ends: it is left out at once and handed to ``refused``, which deals with
+it as with the lines refused with a job's result (the worker logs it, and fails on an
+authorization).
 
 **Bounded.** A script can print far faster than the broker acknowledges (``yes``, ``cat`` of a
 big file), so what waits for one job is capped: at most ``max_lines`` lines and ``max_chars``
@@ -29,6 +34,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field, replace
 
 from kestream.executor.commands import LogLine
+from kestream.runtime.produce_faults import permanent_fault
 
 log = logging.getLogger("kestream.worker")
 
@@ -43,6 +49,8 @@ MAX_LINE_CHARS = 64 << 10
 
 #: Produces one job's lines and waits for the broker's acknowledgement.
 Send = Callable[[str, str, list[LogLine]], Awaitable[None]]
+#: Told of a job's lines refused for good (the job, the refusals): they are not sent again.
+Refused = Callable[[Hashable, list[BaseException]], None]
 
 
 @dataclass(slots=True)
@@ -66,18 +74,21 @@ class _Pending:
 
 
 class LogStream:
-    """Lines of running jobs, flushed every ``interval`` seconds through ``send``."""
+    """Lines of running jobs, flushed every ``interval`` seconds through ``send``; those
+    refused for good go to ``refused`` (by default only logged)."""
 
     def __init__(
         self,
         send: Send,
         interval: float = FLUSH_INTERVAL_S,
         *,
+        refused: Refused | None = None,
         max_lines: int = MAX_QUEUED_LINES,
         max_chars: int = MAX_QUEUED_CHARS,
         max_line_chars: int = MAX_LINE_CHARS,
     ) -> None:
         self._send = send
+        self._refused = refused or _log_refused
         self.interval = interval
         self.max_lines = max_lines
         self.max_chars = max_chars
@@ -161,7 +172,9 @@ class LogStream:
                     return_exceptions=True,
                 )
                 for (job, lines), outcome in zip(sending.items(), outcomes, strict=True):
-                    if isinstance(outcome, BaseException):
+                    if isinstance(outcome, BaseException) and permanent_fault(outcome):
+                        self._refused(job, [outcome])  # left out: refused again if sent again
+                    elif isinstance(outcome, BaseException):
                         self._put_back(job, batches[job], lines, outcome)
                     else:
                         self.streamed += len(lines)
@@ -179,3 +192,7 @@ class LogStream:
         later = self._pending.setdefault(job, _Pending(sent.namespace, sent.flow_id))
         later.lines[:0] = lines
         later.chars += sum(len(line.message) for line in lines)
+
+
+def _log_refused(job: Hashable, failures: list[BaseException]) -> None:
+    log.error("log lines of %s refused (%s): left out", job, failures[0])

@@ -9,16 +9,25 @@ away for now, and the record is sent again once it is back.
 An authorization error (:func:`authorization_fault`: the topic's ACLs refuse this client) is
 neither: every record of the topic is refused until an operator grants it, so sending again
 only spins, and no record is to blame. The role stops, loudly: the executor, as on any failure
-that is not one record's; the worker, once the result of the job whose lines it could not
-write stands, or at once on its results or dead-letter topic (the job left undone, for its
-partition's next owner).
+that is not one record's; the worker, at the first refusal of the lines a running job logs,
+or once the result of the job whose lines it could not write stands, or at once on its results
+or dead-letter topic (the job left undone, for its partition's next owner).
+
+Either way the refusal is for good (:func:`permanent_fault`): a record refused so is acted on at
+once, never sent again in the hope that it passes.
 """
 
 from __future__ import annotations
 
 from aiokafka import errors as kafka_errors
 
-__all__ = ["AUTHORIZATION_FAULTS", "RECORD_FAULTS", "authorization_fault", "record_fault"]
+__all__ = [
+    "AUTHORIZATION_FAULTS",
+    "RECORD_FAULTS",
+    "authorization_fault",
+    "permanent_fault",
+    "record_fault",
+]
 
 #: Broker answers that are about one record, not the broker.
 RECORD_FAULTS = (
@@ -54,3 +63,10 @@ def authorization_fault(exc: BaseException) -> bool:
     """Whether a produce failure is the broker refusing this client what it asked (see the
     module docstring)."""
     return isinstance(exc, AUTHORIZATION_FAULTS)
+
+
+def permanent_fault(exc: BaseException) -> bool:
+    """Whether a produce failure will come again however often the record is sent: the
+    record's own fault (:func:`record_fault`) or this client's rights
+    (:func:`authorization_fault`), as opposed to the broker being away."""
+    return record_fault(exc) or authorization_fault(exc)

@@ -94,7 +94,7 @@ import socket
 import time
 from asyncio import Future
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -116,7 +116,7 @@ from kestream.runtime.kafka import make_consumer, make_producer
 from kestream.runtime.log_stream import LogStream
 from kestream.runtime.member_fence import LOOK_EVERY_S, MemberFence
 from kestream.runtime.metrics import Metrics, process_metrics
-from kestream.runtime.produce_faults import authorization_fault, record_fault
+from kestream.runtime.produce_faults import authorization_fault, permanent_fault, record_fault
 from kestream.runtime.static_assignment import only_worker, partitions_of
 from kestream.runtime.static_membership import static_member, stop_member
 from kestream.runtime.sticky_assignor import moved_from, note_generation, sticky_assignor
@@ -246,8 +246,9 @@ class WorkerService:
             max_output_bytes=self.limit.output_bytes,
             inline_max_bytes=ctx.settings.output_inline_max_bytes,
         )
-        #: Lines tasks log while they run, produced every ~200 ms rather than with the result.
-        self.log_stream = LogStream(self._send_lines)
+        #: Lines tasks log while they run, produced every ~200 ms rather than with the result;
+        #: those refused for good are dealt with as those sent with a result are.
+        self.log_stream = LogStream(self._send_lines, refused=self._logs_refused)
         self._consumer: AIOKafkaConsumer | None = None
         #: The group's assignor, a class of this consumer's own (:mod:`.sticky_assignor`).
         self._assignor = sticky_assignor()
@@ -965,17 +966,17 @@ class WorkerService:
             try:
                 sends = [(topics.logs, part, key) for part in logs]
                 sends.append((topics.results, value, key))
-                handed = await self._produce_gated(sends, given_up, held, _left_out)
+                handed = await self._produce_gated(sends, given_up, held, permanent_fault)
                 if handed is None:
                     continue  # given up, or the gate closed while it waited for its turn
                 *log_acks, result_ack = await asyncio.gather(*handed, return_exceptions=True)
                 if isinstance(result_ack, BaseException):
                     raise result_ack
                 failures = [e for e in log_acks if isinstance(e, BaseException)]
-                if (away := next((e for e in failures if not _left_out(e)), None)) is not None:
+                if away := next((e for e in failures if not permanent_fault(e)), None):
                     raise away  # the broker away: the whole send again (applied once)
                 self._result_acked(result_ack, value)  # durable: the local executor first
-                self._logs_refused(job, failures)
+                self._logs_refused(job.key, failures)
                 return result, value
             except KafkaError as exc:
                 if record_fault(exc):
@@ -988,20 +989,18 @@ class WorkerService:
                 await asyncio.sleep(_backoff(tries))
         return None
 
-    def _logs_refused(self, job: Job, failures: list[BaseException]) -> None:
-        """Log lines the broker, the client (as they were handed over) or the logs topic's
-        ACLs refused while the result was acknowledged (each :func:`_left_out`). Refused for
-        what they are (:func:`record_fault`: a policy, an invalid topic, too large), they are
-        left out, said here: the result stands, and must not be replaced by a FAILED one after
-        its acknowledgement (two answers for one attempt). Refused to this worker
+    def _logs_refused(self, job: Hashable, failures: list[BaseException]) -> None:
+        """Log lines of ``job`` (its key) refused for good (each :func:`permanent_fault`) by
+        the broker, the client (as they were handed over) or the logs topic's ACLs: while the
+        job runs (:class:`LogStream`), or while its result was acknowledged. Refused for what
+        they are (:func:`record_fault`: a policy, an invalid topic, too large), they are left
+        out, said here: a result stands, and must not be replaced by a FAILED one after its
+        acknowledgement (two answers for one attempt). Refused to this worker
         (:func:`authorization_fault`), they are left out too, and the worker fails
-        (:meth:`_denied`) instead of sending the result again for ever."""
+        (:meth:`_denied`) instead of sending them, or the result, again for ever."""
         if not failures:
             return
-        log.error(
-            "%d log record(s) of %s refused (%s): left out, the result stands",
-            len(failures), job.key, failures[0],
-        )  # fmt: skip
+        log.error("%d log record(s) of %s refused (%s): left out", len(failures), job, failures[0])
         denied = next((failure for failure in failures if authorization_fault(failure)), None)
         if denied is not None:
             self._denied(self.ctx.topics.logs, denied)
@@ -1413,14 +1412,6 @@ def _result_unpublishable(
     return ev.WorkerResult(
         result.execution_id, result.task_run_id, result.attempt, StateType.FAILED, error=error
     )
-
-
-def _left_out(failure: BaseException) -> bool:
-    """Whether a log record that failed so is left out rather than sent again: refused for
-    what it is, or to this worker (:meth:`WorkerService._logs_refused`). The result handed
-    over with the lines, failing so at the hand-over, fails as the broker's answer would
-    (:meth:`WorkerService._publish`)."""
-    return record_fault(failure) or authorization_fault(failure)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

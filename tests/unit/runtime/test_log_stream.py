@@ -7,6 +7,9 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+from aiokafka.errors import PolicyViolationError, TopicAuthorizationFailedError
+
 from kestream.executor.commands import LogLine
 from kestream.runtime.log_stream import LogStream
 from kestream.tasks.scripts.process import run_process
@@ -141,6 +144,38 @@ async def test_a_refused_batch_is_sent_again_before_later_lines() -> None:
     while len(sent()) < 2:
         await asyncio.sleep(0.01)
     assert sent() == ["one", "two"]  # in order, once each
+    await stream.close()
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [TopicAuthorizationFailedError("logs"), PolicyViolationError("no records on logs")],
+    ids=["authorization", "record"],
+)
+async def test_a_batch_refused_for_good_is_left_out_at_once(refusal: BaseException) -> None:
+    """Refused for what it is, or because the worker may not write the topic, a batch would
+    be refused again: it is handed to ``refused`` at once and not sent again, rather than
+    every interval until the job ends."""
+    sends: list[list[str]] = []
+    told: list[tuple[object, list[BaseException]]] = []
+
+    async def send(namespace: str, flow_id: str, lines: list[LogLine]) -> None:
+        sends.append([line.message for line in lines])
+        if len(sends) == 1:
+            raise refusal
+
+    stream = LogStream(send, interval=0.01, refused=lambda job, errors: told.append((job, errors)))
+    stream.add("a", "ns", "f", _line("a", "one"))
+    async with asyncio.timeout(5):  # told in the flush that was refused
+        while not told:
+            await asyncio.sleep(0.01)
+    assert told == [("a", [refusal])]
+    stream.add("a", "ns", "f", _line("a", "two"))
+    async with asyncio.timeout(5):
+        while len(sends) < 2:
+            await asyncio.sleep(0.01)
+    assert sends == [["one"], ["two"]]  # "one" never again
+    assert await stream.take("a") == []
     await stream.close()
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from aiokafka.errors import MessageSizeTooLargeError, TopicAuthorizationFailedError
 from aiokafka.structs import ConsumerRecord
 
+from kestream.executor import commands as cmd
 from kestream.models.flow import Flow
 from kestream.models.state import StateType
 from kestream.runtime import worker_service
@@ -238,8 +240,56 @@ async def test_a_logs_topic_the_worker_may_not_write_fails_it_once_the_results_s
         (failure,) = failures
         assert failure is worker.failure and failure.__cause__ is denied
         assert f"the worker may not write to topic '{worker.ctx.topics.logs}'" in str(failure)
-        assert "left out, the result stands" in caplog.text
+        assert "left out" in caplog.text
     finally:
+        await close(worker)
+
+
+async def test_streamed_lines_the_worker_may_not_write_fail_it_at_once_while_the_job_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Lines a running job logs go out every 0.2 s (:class:`LogStream`): refused to the worker
+    (the logs topic's ACLs), they are left out and the worker fails there, as for the lines
+    that go with a result. Before, they were sent again every 0.2 s until the job ended, and
+    only its result's hand-over failed the worker."""
+    worker, flow = make_worker(LOGGING_FLOW)
+    failures: list[BaseException] = []
+    worker.on_failure = failures.append
+    try:
+        denied = TopicAuthorizationFailedError(worker.ctx.topics.logs)
+        producer = RefusingProducer(send_errors={worker.ctx.topics.logs: denied})
+        worker._producer = producer
+        key = ("exec-1", "run-1", 1)
+        line = cmd.LogLine("exec-1", "run-1", "say", 1, "INFO", "hello", datetime.now(UTC))
+        worker.log_stream.add(key, flow.namespace, flow.id, line)
+        await worker.log_stream.flush()
+
+        (failure,) = failures
+        assert failure is worker.failure and failure.__cause__ is denied
+        assert f"the worker may not write to topic '{worker.ctx.topics.logs}'" in str(failure)
+        assert await worker.log_stream.take(key) == []  # left out, not sent again
+        assert producer.refused == 1 and "left out" in caplog.text
+    finally:
+        await worker.log_stream.close()
+        await close(worker)
+
+
+async def test_streamed_lines_refused_for_what_they_are_are_left_out_at_once() -> None:
+    """A policy on the logs topic refuses them again each time: left out, not sent with the
+    job's result, and the worker goes on (no authorization is in question)."""
+    worker, flow = make_worker(LOGGING_FLOW)
+    try:
+        producer = RefusingProducer(refused_topics=frozenset({worker.ctx.topics.logs}))
+        worker._producer = producer
+        key = ("exec-1", "run-1", 1)
+        line = cmd.LogLine("exec-1", "run-1", "say", 1, "INFO", "hello", datetime.now(UTC))
+        worker.log_stream.add(key, flow.namespace, flow.id, line)
+        await worker.log_stream.flush()
+
+        assert await worker.log_stream.take(key) == []
+        assert producer.refused == 1 and worker.failure is None
+    finally:
+        await worker.log_stream.close()
         await close(worker)
 
 
