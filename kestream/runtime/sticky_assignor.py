@@ -24,7 +24,11 @@ data, which of its partitions it takes over from a member still in the group (th
 newest generation, as the assignment settles it): that member may have task runs of the
 partition that ended after the revocation, whose offsets it could not commit, and it hands the
 partition over (:mod:`.worker_handover`) before the new owner runs any of its jobs. A partition
-whose previous owner left the group (killed, expelled) comes with nothing to wait for.
+whose previous owner left the group (killed, expelled) comes with nothing to wait for. The
+user data names the member it was computed for: on Apache Kafka a worker restarted with a dead
+one's instance id gets the dead one's assignment as it was, without a rebalance, and a hand-over
+that assignment announced was its predecessor's to read (the restarted member, under a new
+member id, awaits none).
 """
 
 from __future__ import annotations
@@ -54,8 +58,9 @@ class HandingStickyAssignor(StickyPartitionAssignor):
     (see the module docs); :meth:`on_assignment` keeps that in :attr:`handed_from`."""
 
     #: This member's partitions that came from another live member at its last assignment,
-    #: with that member's id.
+    #: with that member's id, and the member id that assignment was computed for.
     handed_from: dict[TopicPartition, str] = {}
+    handed_to: str | None = None
 
     @classmethod
     def assign(
@@ -70,7 +75,7 @@ class HandingStickyAssignor(StickyPartitionAssignor):
                 if (owner := owners.get(tp)) is not None and owner != member
             ]
             if moved:
-                data = json.dumps({"from": moved}, separators=(",", ":")).encode()
+                data = json.dumps({"to": member, "from": moved}, separators=(",", ":")).encode()
                 result[member] = ConsumerProtocolMemberAssignment(
                     assignment.version, assignment.assignment, data
                 )
@@ -79,7 +84,7 @@ class HandingStickyAssignor(StickyPartitionAssignor):
     @classmethod
     def on_assignment(cls, assignment: ConsumerProtocolMemberAssignment) -> None:
         super().on_assignment(assignment)
-        cls.handed_from = _moved(assignment.user_data)
+        cls.handed_to, cls.handed_from = _moved(assignment.user_data)
 
 
 def _previous_owners(
@@ -97,22 +102,26 @@ def _previous_owners(
     return {tp: member for tp, (_, member) in best.items()}
 
 
-def _moved(user_data: bytes) -> dict[TopicPartition, str]:
-    """The ``from`` list of an assignment's user data; empty when there is none, or when it
-    cannot be read (a leader of another version: nothing is awaited)."""
+def _moved(user_data: bytes) -> tuple[str | None, dict[TopicPartition, str]]:
+    """The ``to`` and ``from`` of an assignment's user data; nothing when there is none, or
+    when it cannot be read (a leader of another version: nothing is awaited)."""
     if not user_data:
-        return {}
+        return None, {}
     try:
-        moved = json.loads(user_data)["from"]
-        return {TopicPartition(str(t), int(p)): str(owner) for t, p, owner in moved}
+        data = json.loads(user_data)
+        moved = {TopicPartition(str(t), int(p)): str(owner) for t, p, owner in data["from"]}
+        return str(data["to"]), moved
     except (ValueError, KeyError, TypeError) as exc:
         log.warning("the assignment's user data cannot be read (%s); no hand-over awaited", exc)
-        return {}
+        return None, {}
 
 
-def moved_from(assignor: type[AbstractPartitionAssignor]) -> dict[TopicPartition, str]:
+def moved_from(assignor: type[AbstractPartitionAssignor], member: str) -> dict[TopicPartition, str]:
     """The partitions of ``assignor``'s last assignment that came from another live member,
-    with that member's id."""
+    with that member's id; none when that assignment was computed for another member id than
+    ``member`` (a static member's predecessor: see the module docs)."""
+    if getattr(assignor, "handed_to", None) != member:
+        return {}
     return dict(getattr(assignor, "handed_from", {}))
 
 
@@ -125,6 +134,7 @@ def sticky_assignor() -> type[AbstractPartitionAssignor]:
             "member_assignment": None,
             "generation": StickyPartitionAssignor.DEFAULT_GENERATION_ID,
             "handed_from": {},
+            "handed_to": None,
         },
     )
 

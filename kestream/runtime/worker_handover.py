@@ -25,6 +25,12 @@ The fix is a hand-over through the partition itself:
   :data:`HANDOVER_WAIT_S` has passed (the previous owner died on the way: its jobs then run
   again, as they did without a hand-over). Jobs at offsets the record names are done without
   running, and committed; the others start.
+- A partition taken from a member that left is read to its end (as of the fetch) before its
+  jobs start, and every hand-over found on the way is applied. On the embedded broker a
+  rebalance can complete with a dead member still counted: a live worker then hands a partition
+  over to the dead one, and the worker that gets the partition next, from nobody live, would
+  otherwise run the jobs that hand-over names. It costs a fetch's round trip, once per
+  partition gained.
 """
 
 from __future__ import annotations
@@ -120,14 +126,18 @@ def done_ranges(plog: PartitionLog) -> tuple[Range, ...]:
 
 @dataclass(slots=True)
 class _Awaited:
-    member: str
+    #: The previous owner whose hand-over is awaited; ``None``: none, the partition is read to
+    #: its end first.
+    member: str | None
     generation: int
     deadline: float
 
 
 class AwaitedHandovers:
-    """The new owner's side: the partitions whose jobs wait for their previous owner's
-    hand-over, each until its deadline."""
+    """The new owner's side: the partitions whose jobs wait, each until its deadline, for the
+    hand-over of a live previous owner (:meth:`expect`), or, taken from a member that left, to
+    have been read to their end (:meth:`read_to_end`): a hand-over written earlier, for a
+    member that died before reading it, is then found before any of the jobs it names runs."""
 
     def __init__(self, wait_s: float = HANDOVER_WAIT_S) -> None:
         self.wait_s = wait_s
@@ -135,6 +145,9 @@ class AwaitedHandovers:
 
     def expect(self, tp: TopicPartition, member: str, generation: int) -> None:
         self._awaited[tp] = _Awaited(member, generation, time.monotonic() + self.wait_s)
+
+    def read_to_end(self, tp: TopicPartition) -> None:
+        self._awaited[tp] = _Awaited(None, -1, time.monotonic() + self.wait_s)
 
     def __contains__(self, tp: object) -> bool:
         return tp in self._awaited
@@ -144,7 +157,8 @@ class AwaitedHandovers:
 
     def take(self, topic: str, handover: Handover) -> bool:
         """Whether ``handover`` is the one awaited for its partition (then no longer awaited);
-        one of another generation or member (late, or a stale claim's) is not."""
+        one of another generation or member (late, or a stale claim's) is not, though what it
+        names is still done (the caller applies it to the jobs it holds)."""
         tp = TopicPartition(topic, handover.partition)
         awaited = self._awaited.get(tp)
         if awaited is None or (awaited.member, awaited.generation) != (
@@ -155,9 +169,22 @@ class AwaitedHandovers:
         del self._awaited[tp]
         return True
 
-    def expired(self) -> list[tuple[TopicPartition, str]]:
-        """The partitions whose wait has ended without a hand-over (no longer awaited), with
-        the member they waited for."""
+    def reading(self) -> list[TopicPartition]:
+        """The partitions waiting to be read to their end."""
+        return [tp for tp, a in self._awaited.items() if a.member is None]
+
+    def reached_end(self, tp: TopicPartition) -> bool:
+        """``tp`` was read to its end: whether that was what it waited for (then it no longer
+        waits)."""
+        awaited = self._awaited.get(tp)
+        if awaited is None or awaited.member is not None:
+            return False
+        del self._awaited[tp]
+        return True
+
+    def expired(self) -> list[tuple[TopicPartition, str | None]]:
+        """The partitions whose wait has ended without what they waited for (no longer
+        awaited), with the member they waited for (``None``: the end of the partition)."""
         now = time.monotonic()
         late = [(tp, a.member) for tp, a in self._awaited.items() if now >= a.deadline]
         for tp, _ in late:

@@ -513,6 +513,8 @@ class WorkerService:
         if self.fence is not None and self.fence.tripped:  # until the group answers the rejoin
             await self._poll_paused(consumer, FETCH_TIMEOUT_MS)
             return
+        if self._awaited:
+            self._end_overdue_waits()
         if self._held:
             self._retry_held()
         room = self.max_in_flight - self.in_flight
@@ -533,16 +535,46 @@ class WorkerService:
             finally:
                 self._fetch_room = 0
                 self._polled_at = time.monotonic()
-            behind: dict[tuple[str, int], int] = {}
-            for tp, recs in batch.items():
-                for record in recs:
-                    self._handle(record)
-                highwater = consumer.highwater(tp) if recs else None
-                if highwater is not None:  # the last fetch's high watermark: no extra request
-                    behind[tp] = max(0, highwater - recs[-1].offset - 1)
-            self._lag_share.report(self._partition_lag.report(behind, consumer.assignment()))
+            self._take_batch(consumer, batch)
+            if self._awaited.reading():
+                await self._note_read_to_end(consumer)
         self._pending_share.report(len(self._held))
         self._commit_in_background()
+
+    def _take_batch(
+        self,
+        consumer: AIOKafkaConsumer,
+        batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]],
+    ) -> None:
+        """Handle a fetch's records and note each partition's lag."""
+        behind: dict[tuple[str, int], int] = {}
+        for tp, recs in batch.items():
+            for record in recs:
+                self._handle(record)
+            highwater = consumer.highwater(tp) if recs else None
+            if highwater is not None:  # the last fetch's high watermark: no extra request
+                behind[tp] = max(0, highwater - recs[-1].offset - 1)
+        self._lag_share.report(self._partition_lag.report(behind, consumer.assignment()))
+
+    async def _note_read_to_end(self, consumer: AIOKafkaConsumer) -> None:
+        """Partitions waiting to be read to their end (:mod:`.worker_handover`) that now are:
+        their position has reached what the last fetch could read (the last stable offset
+        under read_committed, past the markers of committed transactions; else the high
+        watermark). Their held jobs start at once, not after the next fetch's wait."""
+        assignment = consumer.assignment()
+        read = False
+        for tp in self._awaited.reading():
+            if tp not in assignment:
+                continue
+            stable = consumer.last_stable_offset(tp)
+            end = stable if stable is not None and stable >= 0 else consumer.highwater(tp)
+            if end is None:  # no fetch answered for it yet (nor its position, maybe)
+                continue
+            if await consumer.position(tp) >= end and self._awaited.reached_end(tp):
+                self._waited_for(tp)
+                read = True
+        if read:
+            self._retry_held()
 
     async def _poll_paused(self, consumer: AIOKafkaConsumer, timeout_ms: int) -> None:
         """Poll with every assigned partition paused: no job is fetched, but the consumer
@@ -734,14 +766,23 @@ class WorkerService:
         self.stats["started"] += 1
         return True
 
-    def _retry_held(self) -> None:
+    def _end_overdue_waits(self) -> None:
+        """Partitions whose hand-over (or end) did not come in time: their jobs start."""
         for tp, member in self._awaited.expired():
-            log.warning(
-                "worker: no hand-over of partition %d from member %s within %.0f s; its jobs "
-                "run (any that member finished after its revocation run again)",
-                tp.partition, member, self._awaited.wait_s,
-            )  # fmt: skip
+            if not any(job.partition == tp for job in self._held.values()):
+                continue  # nothing was held for it (a partition with no job yet)
+            if member is None:
+                log.warning("worker: partition %d not read to its end within %.0f s; its jobs "
+                            "run", tp.partition, self._awaited.wait_s)  # fmt: skip
+            else:
+                log.warning(
+                    "worker: no hand-over of partition %d from member %s within %.0f s; its "
+                    "jobs run (any that member finished after its revocation run again)",
+                    tp.partition, member, self._awaited.wait_s,
+                )  # fmt: skip
             self._waited_for(tp)
+
+    def _retry_held(self) -> None:
         now = time.monotonic()
         for key, job in list(self._held.items()):
             if self._try_start(job):
@@ -1293,6 +1334,7 @@ class WorkerService:
         and hand over each partition revoked here that went to another member
         (:mod:`.worker_handover`), both under the generation just joined."""
         leaving = {tp: plog for tp, plog in self._revoked_logs.items() if tp not in assigned}
+        held_before = set(self._revoked_logs)
         self._revoked_logs.clear()
         self._awaited.drop()
         if self._consumer is None or self.fence is None:
@@ -1302,9 +1344,12 @@ class WorkerService:
         except RuntimeError as exc:  # this aiokafka keeps them elsewhere: nothing to match
             log.warning("worker: no partition hand-over (%s)", exc)
             return
-        for tp, previous in moved_from(self._assignor).items():
-            if tp in assigned:
-                self._awaited.expect(tp, previous, generation)
+        moved = moved_from(self._assignor, member)
+        for tp in assigned:
+            if tp in moved:
+                self._awaited.expect(tp, moved[tp], generation)
+            elif tp not in held_before:  # from a member that left, or new to the group
+                self._awaited.read_to_end(tp)
         for tp, plog in leaving.items():
             self._spawn(self._hand_partition_over(tp, plog, generation, member))
 
@@ -1343,12 +1388,11 @@ class WorkerService:
         )  # fmt: skip
 
     def _take_handover(self, topic: str, handover: Handover) -> None:
-        """The hand-over of a partition taken from a live member: its held jobs at offsets that
-        member finished are done without running (their results are out); the others start
-        (:meth:`_retry_held`). A hand-over not awaited (another generation's) changes nothing."""
-        if not self._awaited.take(topic, handover):
-            return
+        """A hand-over read from a partition: its held jobs at offsets the hand-over names are
+        done without running (their results are out), whichever hand-over it is; the one
+        awaited also lets the others start (:meth:`_retry_held`)."""
         tp = TopicPartition(topic, handover.partition)
+        awaited = self._awaited.take(topic, handover)
         finished = 0
         for job in list(self._held.values()):
             if job.partition == tp and any(handover.covers(m.offset) for m in job.marks):
@@ -1357,11 +1401,17 @@ class WorkerService:
                     mark.done = True
                 finished += 1
         self.stats["handed_over_jobs"] += finished
-        log.info(
-            "worker: partition %d taken over from member %s: %d job(s) it finished are done",
-            tp.partition, handover.member, finished,
-        )  # fmt: skip
-        self._waited_for(tp)
+        if awaited:
+            log.info(
+                "worker: partition %d taken over from member %s: %d job(s) it finished are done",
+                tp.partition, handover.member, finished,
+            )  # fmt: skip
+            self._waited_for(tp)
+        elif finished:
+            log.info(
+                "worker: partition %d: %d job(s) an earlier hand-over (member %s, generation %d) "
+                "names are done", tp.partition, finished, handover.member, handover.generation,
+            )  # fmt: skip
 
     def _waited_for(self, tp: TopicPartition) -> None:
         """The jobs of ``tp`` held for its hand-over may start: their wait for their flow

@@ -83,9 +83,25 @@ def test_an_assignment_names_the_live_member_each_moved_partition_comes_from() -
     taken = _partitions(result["restarted"])
     assert len(taken) == 8
     restarted.on_assignment(result["restarted"])
-    assert moved_from(restarted) == {TopicPartition(TOPIC, p): "survivor" for p in taken}
+    assert moved_from(restarted, "restarted") == {
+        TopicPartition(TOPIC, p): "survivor" for p in taken
+    }
     survivor.on_assignment(result["survivor"])
-    assert moved_from(survivor) == {}  # it kept its own
+    assert moved_from(survivor, "survivor") == {}  # it kept its own
+
+
+def test_an_assignment_inherited_by_a_static_members_successor_awaits_nothing() -> None:
+    """On Kafka a process restarted with a dead worker's instance id gets the dead one's
+    assignment as it was, under its own new member id: what that assignment announced was
+    handed over to the predecessor."""
+    survivor, restarted = sticky_assignor(), sticky_assignor()
+    _receive(survivor, sorted(PARTITIONS), generation=5)
+    result = survivor.assign(
+        _Cluster(), {"survivor": _member(survivor), "restarted": _member(restarted)}
+    )
+    successor = sticky_assignor()
+    successor.on_assignment(result["restarted"])
+    assert moved_from(successor, "restarted-again") == {}
 
 
 def test_a_partition_whose_owner_left_comes_from_nobody() -> None:
@@ -96,7 +112,7 @@ def test_a_partition_whose_owner_left_comes_from_nobody() -> None:
     )
     restarted.on_assignment(result["restarted"])
     assert _partitions(result["restarted"]) == set(range(8, 16))
-    assert moved_from(restarted) == {}
+    assert moved_from(restarted, "restarted") == {}
 
 
 def test_the_newest_claim_is_where_a_partition_comes_from() -> None:
@@ -107,7 +123,7 @@ def test_the_newest_claim_is_where_a_partition_comes_from() -> None:
     members = {"expelled": expelled, "owner": owner, "peer": peer}
     result = owner.assign(_Cluster(), {name: _member(a) for name, a in members.items()})
     expelled.on_assignment(result["expelled"])
-    got = moved_from(expelled)
+    got = moved_from(expelled, "expelled")
     assert set(got) == {TopicPartition(TOPIC, p) for p in _partitions(result["expelled"])}
     assert set(got.values()) <= {"owner", "peer"}  # never its own stale claim
 
@@ -115,4 +131,4 @@ def test_the_newest_claim_is_where_a_partition_comes_from() -> None:
 def test_unreadable_user_data_awaits_nothing() -> None:
     member = sticky_assignor()
     member.on_assignment(ConsumerProtocolMemberAssignment(0, [(TOPIC, [1])], b"not json"))
-    assert moved_from(member) == {}
+    assert moved_from(member, "member") == {}

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from kestream.models.flow import Flow
@@ -56,6 +57,39 @@ class _GroupConsumer(RecordingConsumer):
     def __init__(self, member_id: str) -> None:
         super().__init__()
         self._coordinator = _Coordinator(member_id)
+        #: The partition's end at the last fetch (its high watermark), and the position.
+        self.end = 0
+        self.next = 0
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return self.end
+
+    def last_stable_offset(self, tp: TopicPartition) -> int:
+        return -1  # (read_uncommitted)
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.next
+
+    def assignment(self) -> set[TopicPartition]:
+        return {JOBS}
+
+
+async def _fetch(worker: WorkerService, *records: ConsumerRecord[Any, Any], end: int) -> None:
+    """A fetch of ``records`` from :data:`JOBS`, whose end is then ``end``, as the worker's
+    loop takes it."""
+    consumer = worker._consumer
+    assert isinstance(consumer, _GroupConsumer)
+    consumer.end, consumer.next = end, records[-1].offset + 1
+    worker._take_batch(cast(AIOKafkaConsumer, consumer), {JOBS: list(records)})
+    await worker._note_read_to_end(cast(AIOKafkaConsumer, consumer))
+
+
+def _handover(offset: int, generation: int, member: str, done: list[list[int]]) -> Any:
+    value = orjson.dumps(
+        {"type": "handover", "partition": 0, "generation": generation, "member": member,
+         "done": done}
+    )  # fmt: skip
+    return ConsumerRecord(JOBS.topic, 0, offset, 0, 0, None, value, None, 0, len(value), [])
 
 
 def _member(name: str) -> tuple[WorkerService, Flow, RefusingProducer, _GroupConsumer]:
@@ -99,8 +133,8 @@ async def test_jobs_finished_after_the_revocation_are_not_run_again_by_the_next_
     old._on_assigned({JOBS})  # generation 1: the partition is the old worker's
     long = job_record(flow, "nap", {"duration": "PT30S"}, offset=5, run_id="long")
     short = job_record(flow, "nap", {"duration": "PT0.2S"}, offset=6, run_id="short")
-    old._handle(long)
-    old._handle(short)
+    await _fetch(old, long, short, end=7)
+    assert old.stats["started"] == 2
 
     await old._on_revoked({JOBS})  # a worker joins: no grace, both still run
     assert old_consumer.commits == [{JOBS: 5}]
@@ -110,12 +144,11 @@ async def test_jobs_finished_after_the_revocation_are_not_run_again_by_the_next_
 
     old_consumer._coordinator.generation = new_consumer._coordinator.generation = 2
     new._assignor.handed_from = {JOBS: "member-old"}  # what the leader's assignment says
+    new._assignor.handed_to = "member-new"
     old._on_assigned(set())  # the partition went to the new worker
     new._on_assigned({JOBS})
-    for record in (long, short):  # the new owner reads from the committed offset
-        new._handle(record)
-    new._retry_held()
-    assert new.stats["started"] == 0  # nothing runs before the hand-over
+    await _fetch(new, long, short, end=7)  # the new owner reads from the committed offset
+    assert new.stats["started"] == 0  # nothing runs before the hand-over, end or not
 
     await _until(lambda: old.stats["handed_over_partitions"] == 1)
     handover = orjson.loads(_handover_record(old_producer, 7).value)
@@ -125,7 +158,7 @@ async def test_jobs_finished_after_the_revocation_are_not_run_again_by_the_next_
     }  # fmt: skip
     assert old.stats["abandoned"] == 1  # the long one stopped there, unreported
 
-    new._handle(_handover_record(old_producer, 7))
+    await _fetch(new, _handover_record(old_producer, 7), end=8)
     new._retry_held()
     assert new.stats["started"] == 1 and new.stats["handed_over_jobs"] == 1
     (running,) = new._jobs.values()
@@ -139,11 +172,12 @@ async def test_without_a_hand_over_the_jobs_run_after_the_wait(pair: tuple[Any, 
     (_, flow, _, _), (new, _, _, _) = pair
     new._awaited = AwaitedHandovers(wait_s=0.05)
     new._assignor.handed_from = {JOBS: "member-old"}
+    new._assignor.handed_to = "member-new"
     new._on_assigned({JOBS})
-    new._handle(job_record(flow, "nap", {"duration": "PT30S"}, offset=5))
-    new._retry_held()
+    await _fetch(new, job_record(flow, "nap", {"duration": "PT30S"}, offset=5), end=6)
     assert new.stats["started"] == 0
     await asyncio.sleep(0.1)  # the old owner died before it handed the partition over
+    new._end_overdue_waits()
     new._retry_held()
     assert new.stats["started"] == 1
     assert HANDOVER_WAIT_S > 3.0  # (the default is longer than the old owner's own wait)
@@ -155,24 +189,40 @@ async def test_a_hand_over_of_another_generation_is_not_the_one_awaited(
     (_, flow, _, _), (new, _, _, new_consumer) = pair
     new_consumer._coordinator.generation = 3
     new._assignor.handed_from = {JOBS: "member-old"}
+    new._assignor.handed_to = "member-new"
     new._on_assigned({JOBS})
-    new._handle(job_record(flow, "nap", {"duration": "PT30S"}, offset=5))
-    stale = orjson.dumps(
-        {"type": "handover", "partition": 0, "generation": 2, "member": "member-old",
-         "done": [[5, 6]]}
-    )  # fmt: skip
-    new._handle(ConsumerRecord(JOBS.topic, 0, 6, 0, 0, None, stale, None, 0, len(stale), []))
+    job = job_record(flow, "nap", {"duration": "PT30S"}, offset=5)
+    await _fetch(new, job, _handover(6, 2, "member-old", [[3, 5]]), end=7)
     new._retry_held()
     assert new.stats["started"] == 0 and new.stats["handed_over_jobs"] == 0
     assert JOBS in new._awaited
 
 
-async def test_a_partition_from_a_member_that_left_is_not_awaited(pair: tuple[Any, Any]) -> None:
+async def test_a_partition_from_a_member_that_left_is_read_to_its_end_first(
+    pair: tuple[Any, Any],
+) -> None:
     (_, flow, _, _), (new, _, _, _) = pair
     new._assignor.handed_from = {}  # its previous owner left the group (killed)
     new._on_assigned({JOBS})
-    new._handle(job_record(flow, "nap", {"duration": "PT30S"}, offset=5))
-    assert new.stats["started"] == 1
+    await _fetch(new, job_record(flow, "nap", {"duration": "PT30S"}, offset=5), end=10)
+    assert new.stats["started"] == 0  # four records more to read
+    await _fetch(new, job_record(flow, "nap", {"duration": "PT30S"}, offset=9), end=10)
+    assert new.stats["started"] == 2
+
+
+async def test_an_earlier_hand_over_found_on_the_way_is_applied(pair: tuple[Any, Any]) -> None:
+    """On the embedded broker a rebalance can complete with a dead member still counted: a live
+    worker hands a partition over to it, and the next owner gets the partition from nobody
+    live. The hand-over is in its backlog: the jobs it names do not run again."""
+    (_, flow, _, _), (new, _, _, _) = pair
+    new._on_assigned({JOBS})
+    ended = job_record(flow, "nap", {"duration": "PT30S"}, offset=5, run_id="ended")
+    stopped = job_record(flow, "nap", {"duration": "PT30S"}, offset=6, run_id="stopped")
+    await _fetch(new, ended, stopped, _handover(7, 1, "member-dead", [[5, 6]]), end=8)
+    assert new.stats["started"] == 1 and new.stats["handed_over_jobs"] == 1
+    (running,) = new._jobs.values()
+    assert running.key[1] == "stopped"
+    running.abandoned = True
 
 
 def test_done_ranges_cover_what_was_finished_past_the_committed_point() -> None:
