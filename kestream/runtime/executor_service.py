@@ -38,7 +38,10 @@ nothing of the cycle visible to the read-committed consumers, and the replay pro
 One record never stops the processor: whatever fails while it is handled (decoding, stepping,
 routing and encoding its commands, a record the broker refuses) sends it to the dead-letter
 topic with the reason, and the execution's state is rolled back to before the record (rebuilt
-from the records the changelog holds for it, :class:`ChangelogMirror`). Failures that are not
+from the records the changelog holds for it, :class:`ChangelogMirror`). An execution that
+cannot be rebuilt then waits out of the table, its later events held, for the next cycle to
+rebuild it as a recovery does (:mod:`~kestream.runtime.pending_rebuilds`); failing again, the
+processor stops loudly, and the next owner recovers it from the changelog. Failures that are not
 one record's (the broker gone mid-flush, a changelog that cannot be read at recovery, after
 retries) stop the processor loudly: its process exits and the partitions' next owner replays.
 
@@ -56,8 +59,9 @@ The parts it owns, each tested on its own:
   changelog checkpoint as it leaves; and the repairs of torn steps found meanwhile;
 - :class:`~kestream.executor.timers.TimerQueue` (shared with ``kestream.testing.Driver``),
   :class:`~kestream.runtime.held_events.HeldEvents` (events held for a flow revision not
-  deployed yet), :class:`~kestream.runtime.ended_executions.EndedExecutions` (the ended
-  markers);
+  deployed yet, or for their execution's rebuild),
+  :class:`~kestream.runtime.pending_rebuilds.PendingRebuilds` (executions a roll-back could not
+  rebuild), :class:`~kestream.runtime.ended_executions.EndedExecutions` (the ended markers);
 - :class:`~kestream.runtime.command_router.CommandRouter`: where a step's commands go;
 - :mod:`~kestream.runtime.executor_writer`: the flush and the dead letters, of the records
   :mod:`~kestream.runtime.executor_outbox` holds; :mod:`~kestream.runtime.executor_transactions`:
@@ -126,6 +130,7 @@ from kestream.runtime.local_handoff import LocalResults, disconnect
 from kestream.runtime.member_fence import LOOK_EVERY_S, MemberFence
 from kestream.runtime.metrics import Metrics, process_metrics
 from kestream.runtime.partition_recovery import PartitionRecovery
+from kestream.runtime.pending_rebuilds import PendingRebuilds, RebuildFailed
 from kestream.runtime.processing_guarantee import exactly_once
 from kestream.runtime.purge_fence import apply_purge_event
 from kestream.runtime.static_assignment import Share, executor_share, partitions_of
@@ -231,6 +236,8 @@ class ExecutorService:
         self.partition_of: dict[str, int] = {}
         self.timers = TimerQueue()
         self.held = HeldEvents(timedelta(seconds=settings.executor_flow_wait_s))
+        #: Executions a roll-back could not rebuild, out of the table, their events held.
+        self.rebuilds = PendingRebuilds()
         #: Records of this batch decoded ahead, off the loop (:meth:`_prepare`).
         self._prepared: dict[tuple[TopicPartition, int], ev.Event | Exception] = {}
         self.ended = EndedExecutions(
@@ -405,6 +412,7 @@ class ExecutorService:
     def health_detail(self) -> dict[str, Any]:
         detail: dict[str, Any] = {"partitions": sorted(self.owned), "executions": len(self.states)}
         detail["held"] = len(self.held)
+        detail["rebuilding"] = len(self.rebuilds)
         if self.failure is not None:
             detail["failure"] = repr(self.failure)
         return detail
@@ -452,6 +460,7 @@ class ExecutorService:
                 await self._prepare(batch)
                 out: Outboxes = PartitionOutboxes() if self.writer.transactions else Outbox()
                 self.recovery.take_repairs(out)  # torn steps' repairs before any new record
+                await self._rebuild_rolled_back(out)  # before their events held are released
                 await self._step_batch_paced(batch, out)
                 await self._step_handed(out)
                 if await self._lapsed():
@@ -609,7 +618,8 @@ class ExecutorService:
         """Step one event and stage its records; on any failure, roll the execution back to
         before the event and dead-letter the event (see the module docstring)."""
         execution_id = event.execution_id
-        if execution_id in self.held:  # keep this execution's events in order behind the held one
+        # keep this execution's events in order behind the held one, or behind its rebuild
+        if execution_id in self.held or execution_id in self.rebuilds:
             self.held.hold(partition, source, event, "queued", self.clock())
             return
         state = self.states.get(execution_id)
@@ -676,27 +686,71 @@ class ExecutorService:
         the changelog holds for it (nothing of the failed event was staged), or gone if the
         event created it. The plans those records name in the internal storage are taken from
         the state in memory (:func:`~kestream.executor.codec.held_plans`): a storage that does
-        not answer then cannot take the execution out of the table, and with it the update of
-        its earlier steps in the cycle, whose changelog is written."""
+        not answer then cannot stop the rebuild, and with it the update of the execution's
+        earlier steps in the cycle, whose changelog is written. One that cannot be rebuilt
+        waits out of the table for the next cycle's rebuild (:meth:`_await_rebuild`)."""
         self.ended.put(execution_id, ended)
         self.executor.forget(execution_id)
         self.timers.forget([execution_id])
-        recs = self.mirror.records_of(execution_id) if existed else None
+        if not existed:
+            self._leave_table([execution_id])
+            return
+        recs = self.mirror.records_of(execution_id)
         held = self.states.get(execution_id)
+        why = "its changelog records cannot make an execution (logged above)"
         try:
             plans = None if held is None or not recs else self._held_plans(held, execution_id, recs)
             st = self.recovery.restorer.rebuild_one(execution_id, recs, plans) if recs else None
         except StorageUnavailable as exc:  # a stored plan it names: its changelog keeps it
-            log.error("execution %s cannot be rebuilt now: %s", execution_id, exc)
-            st = None
+            st, why = None, str(exc)
         if st is None:
-            if existed:
-                log.error("execution %s cannot be rolled back; it leaves the table", execution_id)
-            self._leave_table([execution_id])
+            self._await_rebuild(execution_id, why if recs else "no changelog records in memory")
             return
         self.states[execution_id] = st
         for timer_id, timer in st.timers.items():
             self.timers.set(execution_id, timer_id, timer.due)
+
+    def _await_rebuild(self, execution_id: str, why: str) -> None:
+        """The execution's roll-back could not rebuild it (``why``): out of the table, its
+        changelog records kept, its later events held (:meth:`_apply`) until the next cycle
+        rebuilds it (:meth:`_rebuild_rolled_back`). Never dropped: its changelog holds it."""
+        log.error("execution %s cannot be rolled back now (%s); its events wait for its rebuild",
+                  execution_id, why)  # fmt: skip
+        self.states.pop(execution_id, None)
+        self.rebuilds.add(execution_id, why)
+
+    async def _rebuild_rolled_back(self, out: Outboxes) -> None:
+        """Rebuild the executions a roll-back could not, before the cycle steps any record, as
+        a recovery does: from the changelog records in memory, the stored plans they name read
+        in threads and tried again on the recovery's backoff
+        (:meth:`ChangelogRestorer.restore`). Back in the table, an execution's events held are
+        released at the cycle's end (:meth:`_release_held`), after its records, which queue
+        behind them, and the partial update it missed is made. One that cannot be rebuilt stops
+        the processor loudly (:class:`RebuildFailed`, its process exits): its partition's next
+        owner recovers it from the changelog and replays the events held, never committed."""
+        for execution_id in self.rebuilds:
+            recs = self.mirror.records_of(execution_id)
+            why = self.rebuilds.reason(execution_id)
+            try:
+                st = await self.recovery.restorer.restore(execution_id, recs) if recs else None
+            except RecoveryStopped:
+                return  # the processor stops: the events held are replayed by the next owner
+            except (RecoveryFailed, StorageUnavailable) as exc:
+                st, why = None, str(exc)
+            if st is None:
+                log.error("execution %s cannot be rebuilt from its changelog records (%s); the "
+                          "processor stops, and its partition's next owner recovers it",
+                          execution_id, why)  # fmt: skip
+                raise RebuildFailed(f"execution {execution_id} cannot be rebuilt from its "
+                                    f"changelog records: {why}")  # fmt: skip
+            assert recs is not None
+            partition = self.partition_of[execution_id]
+            self.recovery.install(partition, st, recs)
+            changed = self.rebuilds.rebuilt(execution_id)
+            if changed:
+                out.of(partition).partial_update(execution_id, changed)
+            log.warning("execution %s rebuilt from its changelog records; its events held "
+                        "follow", execution_id)  # fmt: skip
 
     @staticmethod
     def _held_plans(
@@ -719,6 +773,8 @@ class ExecutorService:
         were applied and their changelog is written, so the writer dead-letters the update
         with the reason (:meth:`RecordWriter.coalesce`)."""
         st = self.states.get(execution_id)
+        if st is None and execution_id in self.rebuilds:  # made once it is rebuilt
+            self.rebuilds.defer_update(execution_id, changed)
         return [] if st is None else self.router.partial_update(st, changed)
 
     def _leave_table(self, execution_ids: list[str]) -> None:
@@ -728,6 +784,7 @@ class ExecutorService:
             self.executor.forget(execution_id)
         self.timers.forget(execution_ids)
         self.mirror.forget(execution_ids)
+        self.rebuilds.forget(execution_ids)
 
     # -- step: what time brought -----------------------------------------------------------
 
@@ -744,7 +801,7 @@ class ExecutorService:
         if not len(self.held):
             return
         wait = self.settings.executor_flow_wait_s
-        for queue in self.held.release(now, self._flow_known):
+        for queue in self.held.release(now, self._flow_known, keep=self.rebuilds):
             for item in queue:
                 if self._flow_known(item.event) or isinstance(item.event, ev.TimerFired):
                     self._apply(item.partition, item.event, out.of(item.partition), item.source)
@@ -834,7 +891,8 @@ class ExecutorService:
                     self._fail_execution(execution_id, reason, out)
             elif (job := self._job_of(topic, value)) is not None:
                 execution_id, run_id, attempt = job
-                if execution_id in self.states and execution_id not in failed:
+                # in the table, or waiting for its rebuild (the result is held behind it)
+                if execution_id in self.partition_of and execution_id not in failed:
                     result = ev.WorkerResult(
                         execution_id, run_id, attempt, StateType.FAILED, error=reason
                     )
@@ -853,8 +911,17 @@ class ExecutorService:
     def _fail_execution(self, execution_id: str, reason: str, out: Outbox) -> None:
         """End an execution still in the table FAILED (KILLED from a state that cannot fail,
         KILLING say), as a terminal step would: its update, its tombstones, its ended marker,
-        and its flow-concurrency slot given back."""
+        and its flow-concurrency slot given back. One waiting for its rebuild stops the
+        processor (:class:`RebuildFailed`)."""
         st = self.states.get(execution_id)
+        if st is None and execution_id in self.rebuilds:
+            # Its records in memory, which a rebuild reads, are ahead of the changelog now:
+            # only a recovery from the changelog can take it back.
+            log.error("execution %s waits for its rebuild and its changelog record was refused "
+                      "(%s); the processor stops, and its partition's next owner recovers it",
+                      execution_id, reason)  # fmt: skip
+            raise RebuildFailed(f"execution {execution_id} cannot be rebuilt: its changelog "
+                                f"record was refused ({reason})")  # fmt: skip
         if st is None:
             return  # it ended in the same batch: its end record is what was refused
         log.error("execution %s fails: its changelog record was refused (%s)", execution_id,

@@ -1,10 +1,15 @@
-"""Events held back until the flow revision they name is known.
+"""Events held back until the flow revision they name is known, or their execution is rebuilt.
 
 An execution can be created for a flow revision this executor has not read yet (deployed a
 moment ago, the flows table a fetch behind). Its events wait here, in order: later events of the
 same execution queue behind the first, so they are never stepped ahead of it. A queue is
 released once its flow is known, or, past ``KESTREAM_EXECUTOR_FLOW_WAIT_S``, its events that
 still name an unknown flow go to the dead-letter topic.
+
+The events of an execution waiting for its rebuild (its roll-back could not rebuild it:
+:mod:`~kestream.runtime.pending_rebuilds`) are held here too, in order: their queue stays,
+whatever its deadline, until the execution is back in the table (``keep`` of
+:meth:`HeldEvents.release`).
 
 Held events belong to the input partition they came from: the committed offset of that
 partition stays below the first of them (a crash replays them), and when the partition is
@@ -13,7 +18,7 @@ revoked they leave with it, so nothing here acts on an execution another member 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -63,11 +68,19 @@ class HeldEvents:
         held = Held(partition, source, event, now + self.wait, reason)
         self._queues.setdefault(event.execution_id, []).append(held)
 
-    def release(self, now: datetime, known: Callable[[ev.Event], bool]) -> list[list[Held]]:
+    def release(
+        self,
+        now: datetime,
+        known: Callable[[ev.Event], bool],
+        keep: Container[str] = frozenset(),
+    ) -> list[list[Held]]:
         """Take out the queues whose first event's flow is ``known`` now, or whose wait is over
-        (the caller steps what is known and dead-letters the rest), oldest hold first."""
+        (the caller steps what is known and dead-letters the rest), oldest hold first; the
+        queues of the executions in ``keep`` (waiting for their rebuild) stay."""
         out: list[list[Held]] = []
         for execution_id, queue in list(self._queues.items()):
+            if execution_id in keep:
+                continue
             first = queue[0]
             if known(first.event) or now >= first.deadline:
                 del self._queues[execution_id]

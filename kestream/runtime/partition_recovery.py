@@ -16,8 +16,9 @@ into :class:`~kestream.runtime.admission_slots.AdmissionSlots`.
 
 **Going** (:meth:`PartitionRecovery.release`): each partition with a known checkpoint is parked
 there, with its executions, their records and its ended markers, unless the state held may be
-ahead of the changelog (``park=False``); the processor then drops the executions from its
-table.
+ahead of the changelog (``park=False``) or lacks one of its executions (out of the table,
+waiting for its rebuild: :mod:`~kestream.runtime.pending_rebuilds`); the processor then drops
+the executions from its table.
 
 **Between**: the changelog offset each partition owned is known to hold (acknowledged by the
 writer, :meth:`PartitionRecovery.acknowledged`), which is the checkpoint it is parked at; and
@@ -155,7 +156,7 @@ class PartitionRecovery:
                 for execution_id, marker in found.ended:
                     self.ended.restore(execution_id, partition, marker)
                 for st, recs in found.states:
-                    self._install(partition, st, recs)
+                    self.install(partition, st, recs)
                 for _ in range(found.left_out):
                     self.metrics.dead_letter("executor")
                 self.repairs.extend((k, v, partition) for k, v in found.repairs)
@@ -208,11 +209,12 @@ class PartitionRecovery:
             else:
                 states[execution_id] = st
         for execution_id, st in states.items():
-            self._install(partition, st, by_execution[execution_id])
+            self.install(partition, st, by_execution[execution_id])
         return len(states)
 
-    def _install(self, partition: int, st: ExecutionState, recs: ExecutionRecords) -> None:
-        """Put a recovered execution in the table, with its records and its timers."""
+    def install(self, partition: int, st: ExecutionState, recs: ExecutionRecords) -> None:
+        """Put a recovered execution in the table, with its records and its timers (also one
+        rebuilt after a roll-back that could not: :mod:`~kestream.runtime.pending_rebuilds`)."""
         self.states[st.id] = st
         self.partition_of[st.id] = partition
         self.mirror.load(st.id, recs)
@@ -233,10 +235,12 @@ class PartitionRecovery:
                 parked[partition] = Parked(checkpoint, now)
         leaving = [e for e, p in self.partition_of.items() if p in gone]
         for execution_id in leaving:
-            into = parked.get(self.partition_of[execution_id])
-            recs = self.mirror.records_of(execution_id)
-            if into is not None and recs is not None:
-                into.states[execution_id] = self.states[execution_id]
+            partition = self.partition_of[execution_id]
+            st, recs = self.states.get(execution_id), self.mirror.records_of(execution_id)
+            if st is None:  # out of the table, waiting for its rebuild: the parked state
+                parked.pop(partition, None)  # would lack it, so the changelog is read again
+            elif (into := parked.get(partition)) is not None and recs is not None:
+                into.states[execution_id] = st
                 into.records[execution_id] = recs
         for execution_id, marker in self.ended.leave(gone).items():
             if (into := parked.get(marker.partition)) is not None:

@@ -25,6 +25,7 @@ from kestream.runtime.changelog_restorer import ChangelogRestorer, PartitionRead
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.executor_service import ExecutorService, Outbox, _Rebalance
 from kestream.runtime.metrics import Metrics
+from kestream.runtime.pending_rebuilds import RebuildFailed
 from kestream.runtime.topics import Topics
 from kestream.settings import Settings
 from kestream.storage import Storage, execution_prefix, offload, parse_uri, using_storage
@@ -328,24 +329,83 @@ def test_a_roll_back_takes_from_memory_only_the_stored_plans_its_records_name(
     assert ExecutorService._held_plans(st, st.id, recs) is None
 
 
-def test_a_roll_back_the_storage_cannot_serve_takes_the_execution_out_of_the_table(
-    storage: Storage, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A step that failed half-way is rolled back from the records the changelog holds; a
-    stored plan neither memory (the step dropped its group) nor the storage can give then
-    takes the execution out (the changelog keeps it for the next recovery) instead of
-    stopping the processor's loop."""
-    service, flaky, st = _recovering_service(storage, failures=0)
-    asyncio.run(service.assigned({0}))
-    assert st.id in service.states
+def _wait_for_rebuild(
+    service: ExecutorService, flaky: _Flaky, st: ExecutionState, out: Outbox
+) -> tuple[str, str]:
+    """A step of ``st`` that fails half-way after an earlier step of the cycle (the first
+    lane's result), rolled back while neither memory (the step dropped its groups) nor the
+    storage (``flaky`` fails once) gives its stored plan: it waits for its rebuild. Returns
+    the first two lanes' task runs."""
+    first, second = [tr.id for tr in st.task_runs.values() if tr.task.id == "say"][:2]
+    service._apply(0, ev.WorkerResult(st.id, first, 1, S.SUCCESS), out, ("results", 6))
+    real_step = service.executor.step
     _fail_half_applied(service, drop_groups=True)
-
     flaky.failures = 1
     with using_storage(flaky):
-        service._apply(0, ev.Kill(st.id), Outbox(), ("executions", 7))
-    assert st.id not in service.states
-    assert f"execution {st.id} cannot be rebuilt now" in caplog.text
+        service._apply(0, ev.Kill(st.id), out, ("executions", 7))
+    service.executor.step = real_step  # type: ignore[method-assign]
+    assert st.id not in service.states and st.id in service.rebuilds
     assert service.failure is None
+    return first, second
+
+
+def test_a_roll_back_the_storage_cannot_serve_waits_for_the_next_cycles_rebuild(
+    storage: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The execution is not taken out of the table for good (its changelog keeps it): its
+    later events are held, and the next cycle rebuilds it as a recovery does, its stored plan
+    read in a thread; its held events then step, and the update of its step before the failed
+    one, which the cycle could not make, is made."""
+    service, flaky, st = _recovering_service(storage, failures=0)
+    out, later = Outbox(), Outbox()
+
+    async def scenario() -> tuple[str, str]:  # one loop: the processor's events live on it
+        await service.assigned({0})
+        first, second = _wait_for_rebuild(service, flaky, st, out)
+        service._apply(0, ev.WorkerResult(st.id, second, 1, S.SUCCESS), out, ("results", 8))
+        assert st.id in service.held  # behind its rebuild
+        service.writer.coalesce(out)
+        with using_storage(flaky):
+            await service._rebuild_rolled_back(later)
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert f"execution {st.id} cannot be rolled back now" in caplog.text
+    assert [k for t, k, _, _ in out.commands if t == service.topics.updates] == []
+    assert flaky.threads[-1] is not threading.main_thread()  # read off the event loop
+    rebuilt = service.states[st.id]
+    each = _each_run(rebuilt)
+    assert each.group is not None and len(each.group.lanes) == LANES
+    assert rebuilt.task_runs[first].state.current is S.SUCCESS
+    service._release_held(service.clock(), later)
+    assert st.id not in service.held
+    assert service.states[st.id].task_runs[second].state.current is S.SUCCESS
+    service.writer.coalesce(later)
+    (update,) = [v for t, k, v, _ in later.commands if t == service.topics.updates and k == st.id]
+    runs = {run["id"]: run["state"]["current"] for run in records.loads(update)["taskRuns"]}
+    assert runs[first] == runs[second] == "SUCCESS"
+
+
+def test_a_rolled_back_execution_the_storage_keeps_refusing_stops_the_processor(
+    storage: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The next cycle's rebuild reads the stored plan as a recovery does, tried again, and then
+    stops the processor loudly, naming the execution: its partition's next owner recovers it
+    from the changelog."""
+    service, flaky, st = _recovering_service(storage, failures=0)
+
+    async def scenario() -> None:
+        await service.assigned({0})
+        _wait_for_rebuild(service, flaky, st, Outbox())
+        flaky.threads.clear()
+        flaky.failures = 100
+        with using_storage(flaky):
+            await service._rebuild_rolled_back(Outbox())
+
+    with pytest.raises(RebuildFailed, match=f"execution {st.id} cannot be rebuilt"):
+        asyncio.run(scenario())
+    assert len(flaky.threads) == 3  # tried as a changelog read is
+    assert f"execution {st.id} cannot be rebuilt from its changelog records" in caplog.text
 
 
 def test_a_for_each_over_values_past_the_threshold_runs_to_its_end(storage: Storage) -> None:

@@ -5,6 +5,7 @@ their partition. The processor runs here without a broker: events go straight to
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, cast
 
 import pytest
@@ -23,8 +24,10 @@ from kestream.runtime.changelog_restorer import ChangelogRestorer, PartitionRead
 from kestream.runtime.context import BrokerContext
 from kestream.runtime.executor_service import ExecutorService, Outbox, _Rebalance
 from kestream.runtime.metrics import Metrics
+from kestream.runtime.pending_rebuilds import RebuildFailed
 from kestream.runtime.topics import Topics
 from kestream.settings import Settings
+from kestream.storage.offload import StorageUnavailable
 
 PAUSED = """
 id: paused
@@ -694,3 +697,136 @@ def test_the_records_of_the_last_rounds_undoing_are_written_not_dropped(
     assert len(undone) == rounds
     assert written[-1] == [b"undo %d" % rounds] and len(written) == rounds + 1
     assert f"still refused after {rounds} rounds" in caplog.text
+
+
+def _failing_steps(service: ExecutorService) -> Any:
+    """The service's steps apply the event, then raise (an engine bug); returns the real step."""
+    real_step = service.executor.step
+
+    def half_applied(state: Any, event: ev.Event) -> Any:
+        real_step(state, event)
+        raise RuntimeError("engine bug")
+
+    service.executor.step = half_applied  # type: ignore[method-assign]
+    return real_step
+
+
+def _failing_rebuilds(service: ExecutorService, times: int) -> list[str]:
+    """The service's rebuilds of an execution from its changelog records raise the first
+    ``times`` times, as a stored plan the internal storage does not give makes them; returns
+    the executions each call was asked for."""
+    restorer = service.recovery.restorer
+    real_rebuild = restorer.rebuild_one
+    calls: list[str] = []
+
+    def flaky(execution_id: str, recs: Any, plans: Any = None) -> Any:
+        calls.append(execution_id)
+        if len(calls) <= times:
+            raise StorageUnavailable("the internal storage does not answer")
+        return real_rebuild(execution_id, recs, plans)
+
+    restorer.rebuild_one = flaky  # type: ignore[method-assign]
+    return calls
+
+
+def test_an_execution_its_roll_back_cannot_rebuild_waits_for_its_rebuild_then_runs_on() -> None:
+    """Never out of the table for good: its later events are held (the commit stays below
+    them), the next cycle rebuilds it from its changelog records, and they step in order."""
+    service = _service(PAUSED)
+    _paused(service)
+    real_step = _failing_steps(service)
+    calls = _failing_rebuilds(service, times=1)
+    out = Outbox()
+    service._apply(0, ev.Resume("e1"), out, ("executions", 5))
+    assert calls == ["e1"] and len(_letters(service, out)) == 1
+    assert "e1" not in service.states and "e1" in service.rebuilds and "e1" in service.mirror
+    assert service.health_detail()["rebuilding"] == 1
+    service.executor.step = real_step  # type: ignore[method-assign]
+    tp = TopicPartition(service.topics.executions, 0)
+    service._apply(0, ev.Resume("e1"), out, (tp.topic, 6))
+    assert "e1" in service.held and "e1" not in service.ended  # not stepped against nothing
+    service._flushed({tp: [_Record(6, b"e1", b"")]})  # type: ignore[list-item]
+    assert service._take_offsets(None)[tp].offset == 6  # a crash replays the held event
+    service._release_held(service.clock(), out)
+    assert "e1" in service.held  # waits for its rebuild, not for a flow revision
+    asyncio.run(service._rebuild_rolled_back(out))  # the next cycle's, which succeeds
+    assert calls == ["e1", "e1"] and "e1" in service.states and "e1" not in service.rebuilds
+    assert _json(service, "e1")["state"]["current"] == "PAUSED"
+    service._release_held(service.clock(), out)
+    assert "e1" not in service.held and "e1" in service.ended  # resumed, and ran to its end
+
+
+class _IdleConsumer(_OneBatchConsumer):
+    """Gives its batches, then nothing; stops the processor after ``idle`` empty fetches."""
+
+    def __init__(self, service: ExecutorService, batch: Any, idle: int = 20) -> None:
+        super().__init__(service, batch)
+        self.idle = idle
+
+    async def getmany(self, **kwargs: Any) -> dict[TopicPartition, list[Any]]:
+        if not self.batches:
+            self.idle -= 1
+            if self.idle <= 0:
+                self.service._stopping = True
+        return await super().getmany(**kwargs)
+
+
+def test_an_execution_that_cannot_be_rebuilt_stops_the_processor_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The next cycle's rebuild fails too: the processor stops (its process exits), naming the
+    execution and why, and its held event was never committed past (the next owner recovers
+    the execution from the changelog and replays it)."""
+    from aiokafka.structs import ConsumerRecord
+
+    service = _service(PAUSED)
+    _paused(service)
+    _failing_steps(service)
+    _failing_rebuilds(service, times=100)
+    service.writer.producer = _Producer(refused=b"")  # type: ignore[assignment]
+    service.commit_every_s = 0
+    failures: list[BaseException] = []
+    service.on_failure = failures.append
+    tp = TopicPartition(service.topics.executions, 0)
+    batch = [
+        ConsumerRecord(tp.topic, 0, offset, 0, 0, b"e1", records.encode_event(e), None, 0, 0, [])
+        for offset, e in ((5, ev.Resume("e1")), (6, ev.Kill("e1")))
+    ]
+    consumer = _IdleConsumer(service, {tp: batch})
+    service._consumer = consumer  # type: ignore[assignment]
+    with pytest.raises(RebuildFailed, match="execution e1 cannot be rebuilt") as raised:
+        asyncio.run(service._run())
+    assert failures == [raised.value] and "does not answer" in str(raised.value)
+    assert "execution e1 cannot be rebuilt from its changelog records" in caplog.text
+    assert [commit[tp].offset for commit in consumer.commits] == [6]  # never past the Kill
+
+
+def test_an_execution_waiting_for_its_rebuild_leaves_with_its_partition_unparked() -> None:
+    """Its entry and its held events go with the partition, and the partition is not parked:
+    its parked state would lack the execution, so it comes back from its changelog."""
+    service = _service(PAUSED)
+    _paused(service)
+    _failing_steps(service)
+    _failing_rebuilds(service, times=100)
+    service._apply(0, ev.Resume("e1"), Outbox(), ("executions", 5))
+    service._apply(0, ev.Kill("e1"), Outbox(), ("executions", 6))
+    service.recovery.offsets[0] = 3  # the changelog checkpoint it would be parked at
+    asyncio.run(service.revoked({0}))
+    assert "e1" not in service.rebuilds and "e1" not in service.held
+    assert "e1" not in service.partition_of and "e1" not in service.mirror
+    assert service.recovery.parked.take(0, time.monotonic()) is None
+
+
+def test_a_refused_changelog_record_of_an_execution_waiting_for_its_rebuild_stops_it() -> None:
+    """Its records in memory are then ahead of the changelog, and no state is left to fail:
+    only a recovery from the changelog can take it back."""
+    service = _service(PAUSED)
+    out = _paused(service)
+    dynamic = codec.header_key("e1", codec.DYNAMIC)
+    (refused,) = [v for k, v, _ in out.changelog if k == dynamic]
+    _failing_steps(service)
+    _failing_rebuilds(service, times=100)
+    service._apply(0, ev.Resume("e1"), out, ("executions", 5))
+    service.writer.producer = _Producer(refused=refused)  # type: ignore[assignment]
+    with pytest.raises(RebuildFailed, match="e1 cannot be rebuilt: its changelog record was"):
+        asyncio.run(service._flush(out, carry=False))

@@ -109,6 +109,17 @@ def test_held_queues_release_when_known_or_expired_and_bound_the_commit() -> Non
     assert queue[0].event == _created("y") and len(held) == 0
 
 
+def test_held_queues_of_executions_waiting_for_their_rebuild_stay_whatever_their_deadline() -> None:
+    held = HeldEvents(timedelta(seconds=30))
+    held.hold(1, ("executions", 7), ev.Resume("x"), "queued", at(0))
+    held.hold(1, ("executions", 8), ev.Kill("y"), "queued", at(0))
+    (queue,) = held.release(at(60), lambda e: True, keep={"x"})  # x waits for its rebuild
+    assert queue[0].event == ev.Kill("y") and "x" in held
+    assert held.commit_bounds() == {("executions", 1): 7}
+    (queue,) = held.release(at(61), lambda e: True)  # rebuilt
+    assert queue[0].event == ev.Resume("x") and len(held) == 0
+
+
 def test_held_events_leave_with_their_partition() -> None:
     held = HeldEvents(timedelta(seconds=30))
     held.hold(1, ("executions", 7), _created("x"), "unknown", at(0))
