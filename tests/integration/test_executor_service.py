@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
@@ -15,6 +16,8 @@ from kestream.runtime import records
 from kestream.runtime.changelog_restorer import RecoveryFailed
 from kestream.runtime.executor_service import ExecutorService
 from kestream.runtime.kafka import make_consumer
+from kestream.runtime.pending_rebuilds import RebuildFailed
+from kestream.storage.offload import StorageUnavailable
 
 pytestmark = pytest.mark.integration
 
@@ -311,5 +314,92 @@ async def test_a_changelog_that_cannot_be_read_stops_the_processor_loudly(
         assert not service.is_live and not service.is_ready and service.owned == set()
         await wait_for(lambda: service._task is not None and service._task.done(), 30)
         assert isinstance(service._task.exception(), RecoveryFailed)  # type: ignore[union-attr]
+    finally:
+        await harness.close()
+
+
+def _resume_fails_once(service: ExecutorService) -> None:
+    """The service's first step of a resume applies it, then raises (an engine bug)."""
+    real_step = service.executor.step
+    failed: list[ev.Event] = []
+
+    def step(state: Any, event: ev.Event) -> Any:
+        result = real_step(state, event)
+        if isinstance(event, ev.Resume) and not failed:
+            failed.append(event)
+            raise RuntimeError("engine bug")
+        return result
+
+    service.executor.step = step  # type: ignore[method-assign]
+
+
+def _rebuilds_fail(service: ExecutorService, times: int) -> None:
+    """The service's first ``times`` rebuilds of an execution from its changelog records fail,
+    as a stored plan the internal storage does not give makes them fail."""
+    restorer = service.recovery.restorer
+    real_rebuild = restorer.rebuild_one
+    left = [times]
+
+    def rebuild(execution_id: str, recs: Any, plans: Any = None) -> Any:
+        if left[0] > 0:
+            left[0] -= 1
+            raise StorageUnavailable("the internal storage does not answer")
+        return real_rebuild(execution_id, recs, plans)
+
+    restorer.rebuild_one = rebuild  # type: ignore[method-assign]
+
+
+async def test_an_execution_its_roll_back_cannot_rebuild_ends_once_rebuilt(
+    broker, topic_prefix
+) -> None:  # type: ignore[no-untyped-def]
+    """A resume whose step raises is dead-lettered, and the roll-back cannot rebuild the
+    execution: it waits, the next resume held behind it, and the next cycle rebuilds it."""
+    harness = await Harness.open(broker.bootstrap, topic_prefix)
+    try:
+        harness.deploy(MANUAL)
+        service = await harness.start_executor()
+        await asyncio.wait_for(service.ready.wait(), 30)
+        await harness.send(_created("rebuilt", "manual"))
+        await wait_for(lambda: harness.state_of("rebuilt") == "PAUSED")
+        _resume_fails_once(service)
+        _rebuilds_fail(service, times=1)
+        await harness.send(ev.Resume("rebuilt"))  # fails, and so does its roll-back
+        await harness.send(ev.Resume("rebuilt"))
+        await wait_for(lambda: harness.state_of("rebuilt") == "SUCCESS")
+        assert service.failure is None and not service.rebuilds
+    finally:
+        await harness.close()
+
+
+async def test_a_roll_back_that_never_rebuilds_stops_the_processor_and_the_next_owner_ends_it(
+    broker, topic_prefix
+) -> None:  # type: ignore[no-untyped-def]
+    """A rebuild that fails again stops the processor loudly, naming the execution; the
+    resume held was never committed, so the next owner recovers the execution from the
+    changelog and runs it to its end."""
+    harness = await Harness.open(broker.bootstrap, topic_prefix)
+    failures: list[BaseException] = []
+    try:
+        harness.deploy(MANUAL)
+        first = ExecutorService(harness.ctx, harness.registry, on_failure=failures.append)
+        harness.services.append(first)
+        await first.start()
+        await asyncio.wait_for(first.ready.wait(), 30)
+        await harness.send(_created("stuck", "manual"))
+        await wait_for(lambda: harness.state_of("stuck") == "PAUSED")
+        _resume_fails_once(first)
+        _rebuilds_fail(first, times=1_000)
+        await harness.send(ev.Resume("stuck"))
+        await harness.send(ev.Resume("stuck"))
+        await wait_for(lambda: bool(failures))
+        (failure,) = failures
+        assert isinstance(failure, RebuildFailed) and "execution stuck" in str(failure)
+        await wait_for(lambda: first._task is not None and first._task.done())
+        assert not first.is_live and harness.state_of("stuck") == "PAUSED"
+        await first.stop()  # as its process exits
+        harness.services.remove(first)
+        second = await harness.start_executor()
+        await wait_for(lambda: harness.state_of("stuck") == "SUCCESS", 60)
+        assert second.failure is None
     finally:
         await harness.close()
