@@ -236,8 +236,6 @@ class ExecutorService:
         self.partition_of: dict[str, int] = {}
         self.timers = TimerQueue()
         self.held = HeldEvents(timedelta(seconds=settings.executor_flow_wait_s))
-        #: Executions a roll-back could not rebuild, out of the table, their events held.
-        self.rebuilds = PendingRebuilds()
         #: Records of this batch decoded ahead, off the loop (:meth:`_prepare`).
         self._prepared: dict[tuple[TopicPartition, int], ev.Event | Exception] = {}
         self.ended = EndedExecutions(
@@ -257,6 +255,8 @@ class ExecutorService:
             mirror=self.mirror, timers=self.timers, ended=self.ended, admission=self.admission,
             metrics=self.metrics,
         )  # fmt: skip
+        #: Executions a roll-back could not rebuild, out of the table, their events held.
+        self.rebuilds = PendingRebuilds(self.recovery)
         self.owned: set[int] = set()
         #: Results a worker of this process handed over (:mod:`.local_handoff`).
         self.local = LocalResults(lambda partition: partition in self.owned and not self._stopping)
@@ -460,7 +460,7 @@ class ExecutorService:
                 await self._prepare(batch)
                 out: Outboxes = PartitionOutboxes() if self.writer.transactions else Outbox()
                 self.recovery.take_repairs(out)  # torn steps' repairs before any new record
-                await self._rebuild_rolled_back(out)  # before their events held are released
+                await self.rebuilds.rebuild(out)  # before any record, which may queue behind
                 await self._step_batch_paced(batch, out)
                 await self._step_handed(out)
                 if await self._lapsed():
@@ -688,7 +688,8 @@ class ExecutorService:
         the state in memory (:func:`~kestream.executor.codec.held_plans`): a storage that does
         not answer then cannot stop the rebuild, and with it the update of the execution's
         earlier steps in the cycle, whose changelog is written. One that cannot be rebuilt
-        waits out of the table for the next cycle's rebuild (:meth:`_await_rebuild`)."""
+        waits out of the table, its events held, for the next cycle's rebuild
+        (:class:`~kestream.runtime.pending_rebuilds.PendingRebuilds`)."""
         self.ended.put(execution_id, ended)
         self.executor.forget(execution_id)
         self.timers.forget([execution_id])
@@ -704,53 +705,11 @@ class ExecutorService:
         except StorageUnavailable as exc:  # a stored plan it names: its changelog keeps it
             st, why = None, str(exc)
         if st is None:
-            self._await_rebuild(execution_id, why if recs else "no changelog records in memory")
+            self.rebuilds.wait(execution_id, why if recs else "no changelog records in memory")
             return
         self.states[execution_id] = st
         for timer_id, timer in st.timers.items():
             self.timers.set(execution_id, timer_id, timer.due)
-
-    def _await_rebuild(self, execution_id: str, why: str) -> None:
-        """The execution's roll-back could not rebuild it (``why``): out of the table, its
-        changelog records kept, its later events held (:meth:`_apply`) until the next cycle
-        rebuilds it (:meth:`_rebuild_rolled_back`). Never dropped: its changelog holds it."""
-        log.error("execution %s cannot be rolled back now (%s); its events wait for its rebuild",
-                  execution_id, why)  # fmt: skip
-        self.states.pop(execution_id, None)
-        self.rebuilds.add(execution_id, why)
-
-    async def _rebuild_rolled_back(self, out: Outboxes) -> None:
-        """Rebuild the executions a roll-back could not, before the cycle steps any record, as
-        a recovery does: from the changelog records in memory, the stored plans they name read
-        in threads and tried again on the recovery's backoff
-        (:meth:`ChangelogRestorer.restore`). Back in the table, an execution's events held are
-        released at the cycle's end (:meth:`_release_held`), after its records, which queue
-        behind them, and the partial update it missed is made. One that cannot be rebuilt stops
-        the processor loudly (:class:`RebuildFailed`, its process exits): its partition's next
-        owner recovers it from the changelog and replays the events held, never committed."""
-        for execution_id in self.rebuilds:
-            recs = self.mirror.records_of(execution_id)
-            why = self.rebuilds.reason(execution_id)
-            try:
-                st = await self.recovery.restorer.restore(execution_id, recs) if recs else None
-            except RecoveryStopped:
-                return  # the processor stops: the events held are replayed by the next owner
-            except (RecoveryFailed, StorageUnavailable) as exc:
-                st, why = None, str(exc)
-            if st is None:
-                log.error("execution %s cannot be rebuilt from its changelog records (%s); the "
-                          "processor stops, and its partition's next owner recovers it",
-                          execution_id, why)  # fmt: skip
-                raise RebuildFailed(f"execution {execution_id} cannot be rebuilt from its "
-                                    f"changelog records: {why}")  # fmt: skip
-            assert recs is not None
-            partition = self.partition_of[execution_id]
-            self.recovery.install(partition, st, recs)
-            changed = self.rebuilds.rebuilt(execution_id)
-            if changed:
-                out.of(partition).partial_update(execution_id, changed)
-            log.warning("execution %s rebuilt from its changelog records; its events held "
-                        "follow", execution_id)  # fmt: skip
 
     @staticmethod
     def _held_plans(

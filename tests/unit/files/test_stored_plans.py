@@ -366,7 +366,7 @@ def test_a_roll_back_the_storage_cannot_serve_waits_for_the_next_cycles_rebuild(
         assert st.id in service.held  # behind its rebuild
         service.writer.coalesce(out)
         with using_storage(flaky):
-            await service._rebuild_rolled_back(later)
+            await service.rebuilds.rebuild(later)
         return first, second
 
     first, second = asyncio.run(scenario())
@@ -400,7 +400,7 @@ def test_a_rolled_back_execution_the_storage_keeps_refusing_stops_the_processor(
         flaky.threads.clear()
         flaky.failures = 100
         with using_storage(flaky):
-            await service._rebuild_rolled_back(Outbox())
+            await service.rebuilds.rebuild(Outbox())
 
     with pytest.raises(RebuildFailed, match=f"execution {st.id} cannot be rebuilt"):
         asyncio.run(scenario())

@@ -749,7 +749,7 @@ def test_an_execution_its_roll_back_cannot_rebuild_waits_for_its_rebuild_then_ru
     assert service._take_offsets(None)[tp].offset == 6  # a crash replays the held event
     service._release_held(service.clock(), out)
     assert "e1" in service.held  # waits for its rebuild, not for a flow revision
-    asyncio.run(service._rebuild_rolled_back(out))  # the next cycle's, which succeeds
+    asyncio.run(service.rebuilds.rebuild(out))  # the next cycle's, which succeeds
     assert calls == ["e1", "e1"] and "e1" in service.states and "e1" not in service.rebuilds
     assert _json(service, "e1")["state"]["current"] == "PAUSED"
     service._release_held(service.clock(), out)
