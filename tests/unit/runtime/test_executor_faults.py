@@ -830,3 +830,31 @@ def test_a_refused_changelog_record_of_an_execution_waiting_for_its_rebuild_stop
     service.writer.producer = _Producer(refused=refused)  # type: ignore[assignment]
     with pytest.raises(RebuildFailed, match="e1 cannot be rebuilt: its changelog record was"):
         asyncio.run(service._flush(out, carry=False))
+
+
+def test_a_refused_job_of_an_execution_waiting_for_its_rebuild_fails_its_run_once_rebuilt() -> None:
+    """The failed result that undoes the refused job is held behind the rebuild, not dropped:
+    the task run would wait for ever for a result that can never come."""
+    service = _service(SLEEPY)
+    out = Outbox()
+    service._apply(0, ev.ExecutionCreated("j1", "test.faults", "sleepy"), out, ("executions", 0))
+    (job,) = [v for t, _, v, _ in out.commands if t == service.topics.worker_tasks]
+    assert job is not None
+    real_step = _failing_steps(service)
+    _failing_rebuilds(service, times=1)
+    service._apply(0, ev.Kill("j1"), out, ("executions", 1))
+    service.executor.step = real_step  # type: ignore[method-assign]
+    service.writer.producer = _Producer(refused=job)  # type: ignore[assignment]
+    asyncio.run(service._flush(out))
+    assert "j1" in service.held and "j1" not in service.ended
+    later = Outbox()
+    asyncio.run(service.rebuilds.rebuild(later))
+    service._release_held(service.clock(), later)
+    assert "j1" in service.ended  # its task run failed: the errors branch ran, then it ended
+    producer = _Producer(refused=b"")
+    service.writer.producer = producer  # type: ignore[assignment]
+    asyncio.run(service._flush(later))
+    last = _updates(service, producer)[-1]
+    assert last["terminal"] and last["execution"]["state"]["current"] == "FAILED"
+    runs = {tr["taskId"]: tr["state"]["current"] for tr in last["execution"]["taskRunList"]}
+    assert runs == {"nap": "FAILED", "said": "SUCCESS"}
