@@ -93,13 +93,22 @@ def encode_handover(handover: Handover) -> bytes:
     )
 
 
-def decode_handover(body: dict[str, Any]) -> Handover:
-    """A ``handover`` job record's body; :class:`RecordError` names what is wrong."""
+def decode_handover(body: dict[str, Any], partition: int) -> Handover:
+    """A ``handover`` job record's body, read from ``partition``; :class:`RecordError` names
+    what is wrong (one that names another partition than its own is refused: a hand-over is
+    appended to the partition it is about)."""
     try:
         done = tuple((int(start), int(end)) for start, end in body["done"])
-        return Handover(int(body["partition"]), int(body["generation"]), str(body["member"]), done)
+        handover = Handover(
+            int(body["partition"]), int(body["generation"]), str(body["member"]), done
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise RecordError(f"bad handover record: {type(exc).__name__}: {exc}") from None
+    if handover.partition != partition:
+        raise RecordError(
+            f"a handover record of partition {handover.partition} read from partition {partition}"
+        )
+    return handover
 
 
 def done_ranges(plog: PartitionLog) -> tuple[Range, ...]:
@@ -169,6 +178,10 @@ class AwaitedHandovers:
         del self._awaited[tp]
         return True
 
+    def partitions(self) -> set[TopicPartition]:
+        """Every partition that waits, for either."""
+        return set(self._awaited)
+
     def reading(self) -> list[TopicPartition]:
         """The partitions waiting to be read to their end."""
         return [tp for tp, a in self._awaited.items() if a.member is None]
@@ -191,9 +204,6 @@ class AwaitedHandovers:
             del self._awaited[tp]
         return late
 
-    def drop(self, partitions: set[TopicPartition] | None = None) -> None:
-        """Stop waiting for ``partitions`` (revoked), or for every partition."""
-        if partitions is None:
-            self._awaited.clear()
-        for tp in partitions or ():
-            self._awaited.pop(tp, None)
+    def drop(self) -> None:
+        """Stop waiting for every partition (a new assignment decides again)."""
+        self._awaited.clear()

@@ -624,7 +624,7 @@ class WorkerService:
                 self._runner.release_workdir(str(body["id"]), str(body["run"]))
                 mark.done = True
             elif kind == "handover":  # the partition's previous owner: what it finished
-                self._take_handover(record.topic, decode_handover(body))
+                self._take_handover(record.topic, decode_handover(body, record.partition))
                 mark.done = True
             else:
                 raise records.RecordError(f"unknown job type {kind!r}")
@@ -1261,7 +1261,6 @@ class WorkerService:
             plog = self._partitions.pop(tp, None)
             if plog is not None and self.fence is not None:  # (in a group: may move)
                 self._revoked_logs[tp] = plog
-        self._awaited.drop(revoked)
         self.gate.wake()  # results of ``revoked`` waiting at the gate: held, or given up
         for job in list(self._jobs.values()):  # not started (held, or after a stopped copy)
             if job.task is None and job.partition in revoked:
@@ -1335,6 +1334,9 @@ class WorkerService:
         (:mod:`.worker_handover`), both under the generation just joined."""
         leaving = {tp: plog for tp, plog in self._revoked_logs.items() if tp not in assigned}
         held_before = set(self._revoked_logs)
+        # A partition that came back while it still waited is read to its end again: what it
+        # waited for may be in its backlog, which is read again from the committed offset.
+        waiting_before = self._awaited.partitions()
         self._revoked_logs.clear()
         self._awaited.drop()
         if self._consumer is None or self.fence is None:
@@ -1348,8 +1350,8 @@ class WorkerService:
         for tp in assigned:
             if tp in moved:
                 self._awaited.expect(tp, moved[tp], generation)
-            elif tp not in held_before:  # from a member that left, or new to the group
-                self._awaited.read_to_end(tp)
+            elif tp not in held_before or tp in waiting_before:  # from a member that left,
+                self._awaited.read_to_end(tp)  # or new to the group, or still waiting
         for tp, plog in leaving.items():
             self._spawn(self._hand_partition_over(tp, plog, generation, member))
 

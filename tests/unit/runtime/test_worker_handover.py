@@ -238,3 +238,34 @@ def test_done_ranges_cover_what_was_finished_past_the_committed_point() -> None:
     plog.committed = 11  # committed before 11 was done: what left pending is still listed
     assert done_ranges(plog) == ((11, 12), (14, 17), (19, 20))
     assert done_ranges(PartitionLog()) == ()
+
+
+async def test_a_hand_over_naming_another_partition_is_a_dead_letter(
+    pair: tuple[Any, Any],
+) -> None:
+    (_, flow, _, _), (new, _, _, _) = pair
+    new._assignor.handed_from = {JOBS: "member-old"}
+    new._assignor.handed_to = "member-new"
+    new._on_assigned({JOBS})
+    other = orjson.dumps(
+        {"type": "handover", "partition": 3, "generation": 1, "member": "member-old",
+         "done": [[5, 6]]}
+    )  # fmt: skip
+    job = job_record(flow, "nap", {"duration": "PT30S"}, offset=5)
+    record = ConsumerRecord(JOBS.topic, 0, 6, 0, 0, None, other, None, 0, len(other), [])
+    await _fetch(new, job, record, end=7)
+    assert new.stats["dead_lettered"] == 1 and new.stats["handed_over_jobs"] == 0
+    assert JOBS in new._awaited  # still waiting for its own partition's
+
+
+async def test_a_partition_back_while_it_waited_is_read_to_its_end_again(
+    pair: tuple[Any, Any],
+) -> None:
+    (_, flow, _, _), (new, _, _, _) = pair
+    new._on_assigned({JOBS})  # gained: read to its end first
+    await new._on_revoked({JOBS})  # revoked before it was
+    new._on_assigned({JOBS})  # and back: its backlog is read again from the committed offset
+    assert new._awaited.reading() == [JOBS]
+    await _fetch(new, job_record(flow, "nap", {"duration": "PT30S"}, offset=5), end=6)
+    assert new.stats["started"] == 1
+    assert not new._awaited
