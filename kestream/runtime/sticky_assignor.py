@@ -92,9 +92,9 @@ def _previous_owners(
 ) -> dict[TopicPartition, str]:
     """Each claimed partition's previous owner among ``members``: the claim of the newest
     generation (the one the sticky assignment keeps); of two claims of one generation, the
-    first member in id order (a conflict the assignor itself resolves by member order)."""
+    first in the order of ``members``, as aiokafka's sticky assignment settles it."""
     best: dict[TopicPartition, tuple[int, str]] = {}
-    for member in sorted(members):
+    for member in members:
         claim = cls.parse_member_metadata(members[member])
         for tp in claim.partitions:
             if tp not in best or claim.generation > best[tp][0]:

@@ -114,22 +114,24 @@ def decode_handover(body: dict[str, Any], partition: int) -> Handover:
 def done_ranges(plog: PartitionLog) -> tuple[Range, ...]:
     """The offsets of ``plog`` whose work is done and that this worker may not have committed:
     from its last committed point (or its first fetch) up to the first record not done, then
-    each later record done. A record leaves ``plog.pending`` only done (its commit point), so
-    what lies before the first pending one is done, committed or not."""
+    each later record done, and the jobs handed over in process that finished before their
+    broker copies were fetched. A record leaves ``plog.pending`` only done (its commit point),
+    so what lies before the first pending one is done, committed or not."""
     start = plog.committed if plog.committed is not None else plog.first
-    if start is None:
-        return ()
     ranges: list[Range] = []
     head = plog.pending[0].offset if plog.pending else plog.next_offset
-    if head is not None and head > start:
+    if start is not None and head is not None and head > start:
         ranges.append((start, head))
-    for mark in plog.pending:
-        if not mark.done:
+    done = {mark.offset for mark in plog.pending if mark.done}
+    # Jobs handed over in process and finished, whose broker copies were not fetched yet.
+    done.update(offset for offset, job in plog.handed.items() if job.finished)
+    for offset in sorted(done):
+        if ranges and ranges[-1][0] <= offset < ranges[-1][1]:
             continue
-        if ranges and ranges[-1][1] == mark.offset:
-            ranges[-1] = (ranges[-1][0], mark.offset + 1)
+        if ranges and ranges[-1][1] == offset:
+            ranges[-1] = (ranges[-1][0], offset + 1)
         else:
-            ranges.append((mark.offset, mark.offset + 1))
+            ranges.append((offset, offset + 1))
     return tuple(ranges)
 
 
@@ -139,7 +141,9 @@ class _Awaited:
     #: its end first.
     member: str | None
     generation: int
-    deadline: float
+    #: When the wait ends; unset until a job is held for it (:meth:`AwaitedHandovers.clock`):
+    #: a partition a full worker cannot fetch yet, or with no job yet, waits with no cost.
+    deadline: float | None = None
 
 
 class AwaitedHandovers:
@@ -151,12 +155,20 @@ class AwaitedHandovers:
     def __init__(self, wait_s: float = HANDOVER_WAIT_S) -> None:
         self.wait_s = wait_s
         self._awaited: dict[TopicPartition, _Awaited] = {}
+        #: A wait ended since the held jobs were last tried: the worker tries them now.
+        self.released = False
 
     def expect(self, tp: TopicPartition, member: str, generation: int) -> None:
-        self._awaited[tp] = _Awaited(member, generation, time.monotonic() + self.wait_s)
+        self._awaited[tp] = _Awaited(member, generation)
 
     def read_to_end(self, tp: TopicPartition) -> None:
-        self._awaited[tp] = _Awaited(None, -1, time.monotonic() + self.wait_s)
+        self._awaited[tp] = _Awaited(None, -1)
+
+    def clock(self, tp: TopicPartition) -> None:
+        """A job of ``tp`` is held for its wait: the wait's time runs from its first one."""
+        awaited = self._awaited.get(tp)
+        if awaited is not None and awaited.deadline is None:
+            awaited.deadline = time.monotonic() + self.wait_s
 
     def __contains__(self, tp: object) -> bool:
         return tp in self._awaited
@@ -199,11 +211,17 @@ class AwaitedHandovers:
         """The partitions whose wait has ended without what they waited for (no longer
         awaited), with the member they waited for (``None``: the end of the partition)."""
         now = time.monotonic()
-        late = [(tp, a.member) for tp, a in self._awaited.items() if now >= a.deadline]
+        late = [
+            (tp, a.member)
+            for tp, a in self._awaited.items()
+            if a.deadline is not None and now >= a.deadline
+        ]
         for tp, _ in late:
             del self._awaited[tp]
         return late
 
-    def drop(self) -> None:
-        """Stop waiting for every partition (a new assignment decides again)."""
-        self._awaited.clear()
+    def keep_only(self, partitions: set[TopicPartition]) -> None:
+        """Stop waiting for every partition but ``partitions`` (at an assignment: those that
+        come back while they wait go on waiting for the same)."""
+        for tp in [tp for tp in self._awaited if tp not in partitions]:
+            del self._awaited[tp]

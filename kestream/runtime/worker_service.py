@@ -517,7 +517,7 @@ class WorkerService:
             self._end_overdue_waits()
         if self._held:
             self._retry_held()
-        room = self.max_in_flight - self.in_flight
+        room = self.max_in_flight - self.in_flight + self._held_for_handover()
         if room <= 0:
             if time.monotonic() - self._polled_at >= FULL_POLL_EVERY_S:
                 await self._poll_paused(consumer, 0)
@@ -555,6 +555,7 @@ class WorkerService:
             if highwater is not None:  # the last fetch's high watermark: no extra request
                 behind[tp] = max(0, highwater - recs[-1].offset - 1)
         self._lag_share.report(self._partition_lag.report(behind, consumer.assignment()))
+        self._start_released()
 
     async def _note_read_to_end(self, consumer: AIOKafkaConsumer) -> None:
         """Partitions waiting to be read to their end (:mod:`.worker_handover`) that now are:
@@ -562,7 +563,6 @@ class WorkerService:
         under read_committed, past the markers of committed transactions; else the high
         watermark). Their held jobs start at once, not after the next fetch's wait."""
         assignment = consumer.assignment()
-        read = False
         for tp in self._awaited.reading():
             if tp not in assignment:
                 continue
@@ -572,8 +572,13 @@ class WorkerService:
                 continue
             if await consumer.position(tp) >= end and self._awaited.reached_end(tp):
                 self._waited_for(tp)
-                read = True
-        if read:
+        self._start_released()
+
+    def _start_released(self) -> None:
+        """Start the held jobs of partitions whose wait ended (:meth:`_waited_for`) now, not
+        after the next fetch's wait."""
+        if self._awaited.released:
+            self._awaited.released = False
             self._retry_held()
 
     async def _poll_paused(self, consumer: AIOKafkaConsumer, timeout_ms: int) -> None:
@@ -747,6 +752,7 @@ class WorkerService:
         """Start the job if its flow revision is known and its partition's hand-over is not
         awaited (``False``: hold it for later)."""
         if job.partition in self._awaited:
+            self._awaited.clock(job.partition)
             return False
         (namespace, flow_id, revision), task_id = job.where, job.task_id
         flow = self.registry.get(namespace, flow_id, revision)
@@ -765,6 +771,15 @@ class WorkerService:
         job.task = asyncio.create_task(self._execute(job, run), name=f"job-{job.key[1]}")
         self.stats["started"] += 1
         return True
+
+    def _held_for_handover(self) -> int:
+        """Jobs held for their partition's hand-over or end (:mod:`.worker_handover`), at most
+        ``max_in_flight``: they take no slot, or a worker they filled would never fetch what
+        they wait for."""
+        if not self._awaited:
+            return 0
+        held = sum(1 for job in self._held.values() if job.partition in self._awaited)
+        return min(held, self.max_in_flight)
 
     def _end_overdue_waits(self) -> None:
         """Partitions whose hand-over (or end) did not come in time: their jobs start."""
@@ -1334,11 +1349,11 @@ class WorkerService:
         (:mod:`.worker_handover`), both under the generation just joined."""
         leaving = {tp: plog for tp, plog in self._revoked_logs.items() if tp not in assigned}
         held_before = set(self._revoked_logs)
-        # A partition that came back while it still waited is read to its end again: what it
-        # waited for may be in its backlog, which is read again from the committed offset.
-        waiting_before = self._awaited.partitions()
+        # A partition that comes back while it still waits goes on waiting for the same (a
+        # live member's hand-over, or its end), read again from the committed offset.
+        still_waiting = self._awaited.partitions() & assigned
         self._revoked_logs.clear()
-        self._awaited.drop()
+        self._awaited.keep_only(still_waiting)
         if self._consumer is None or self.fence is None:
             return
         try:
@@ -1350,8 +1365,8 @@ class WorkerService:
         for tp in assigned:
             if tp in moved:
                 self._awaited.expect(tp, moved[tp], generation)
-            elif tp not in held_before or tp in waiting_before:  # from a member that left,
-                self._awaited.read_to_end(tp)  # or new to the group, or still waiting
+            elif tp not in held_before and tp not in still_waiting:  # from a member that left
+                self._awaited.read_to_end(tp)
         for tp, plog in leaving.items():
             self._spawn(self._hand_partition_over(tp, plog, generation, member))
 
@@ -1397,11 +1412,17 @@ class WorkerService:
         awaited = self._awaited.take(topic, handover)
         finished = 0
         for job in list(self._held.values()):
-            if job.partition == tp and any(handover.covers(m.offset) for m in job.marks):
-                self._forget(job)  # (a later copy, the executor's after a replay, runs)
-                for mark in job.marks:
+            if job.partition != tp or not job.marks:
+                continue
+            for mark in job.marks:
+                if handover.covers(mark.offset):
                     mark.done = True
-                finished += 1
+            job.marks = [mark for mark in job.marks if not mark.done]
+            if job.marks:  # a copy the hand-over does not name (the executor's, sent again)
+                continue
+            self._forget(job)
+            self._finished.add(job.key)  # a copy fetched again (after a rebalance) is done too
+            finished += 1
         self.stats["handed_over_jobs"] += finished
         if awaited:
             log.info(
@@ -1422,6 +1443,7 @@ class WorkerService:
         for job in self._held.values():
             if job.partition == tp:
                 job.deadline = deadline
+        self._awaited.released = True
 
     def _abandon(self, job: Job) -> None:
         """Stop a running job, unreported: another worker runs it again."""

@@ -18,7 +18,7 @@ from kestream.models.flow import Flow
 from kestream.models.state import StateType
 from kestream.runtime.member_fence import MemberFence
 from kestream.runtime.worker_handover import HANDOVER_WAIT_S, AwaitedHandovers, done_ranges
-from kestream.runtime.worker_jobs import PartitionLog
+from kestream.runtime.worker_jobs import Job, PartitionLog
 from kestream.runtime.worker_service import WorkerService
 from tests.unit.runtime.worker_fakes import (
     JOBS,
@@ -237,6 +237,11 @@ def test_done_ranges_cover_what_was_finished_past_the_committed_point() -> None:
     assert done_ranges(plog) == ((14, 17), (19, 20))
     plog.committed = 11  # committed before 11 was done: what left pending is still listed
     assert done_ranges(plog) == ((11, 12), (14, 17), (19, 20))
+    handed = Job(("e", "r", 1), ("n", "f", 1), "t", {}, None, [], 0.0)  # type: ignore[arg-type]
+    plog.handed[21] = handed  # handed over in process, its broker copy not fetched yet
+    assert done_ranges(plog) == ((11, 12), (14, 17), (19, 20))
+    handed.finished = True
+    assert done_ranges(plog) == ((11, 12), (14, 17), (19, 20), (21, 22))
     assert done_ranges(PartitionLog()) == ()
 
 
@@ -269,3 +274,75 @@ async def test_a_partition_back_while_it_waited_is_read_to_its_end_again(
     await _fetch(new, job_record(flow, "nap", {"duration": "PT30S"}, offset=5), end=6)
     assert new.stats["started"] == 1
     assert not new._awaited
+
+
+async def test_jobs_a_hand_over_named_stay_done_when_the_partition_is_read_again(
+    pair: tuple[Any, Any],
+) -> None:
+    """The new owner keeps the partition through a later rebalance while a job it runs holds
+    the commit point: the records after it are read again, and the finished ones the hand-over
+    named do not run then either."""
+    (_, flow, _, _), (new, _, _, _) = pair
+    new._assignor.handed_from = {JOBS: "member-old"}
+    new._assignor.handed_to = "member-new"
+    new._on_assigned({JOBS})
+    long = job_record(flow, "nap", {"duration": "PT30S"}, offset=5, run_id="long")
+    ended = job_record(flow, "nap", {"duration": "PT30S"}, offset=6, run_id="ended")
+    await _fetch(new, long, ended, _handover(7, 1, "member-old", [[6, 7]]), end=8)
+    assert new.stats["started"] == 1
+    await new._on_revoked({JOBS})  # a third worker joins; this one keeps the partition
+    new._assignor.handed_from = {}
+    new._on_assigned({JOBS})
+    await _fetch(new, long, ended, _handover(7, 1, "member-old", [[6, 7]]), end=8)
+    assert new.stats["started"] == 1  # neither the running one nor the finished one again
+    (running,) = new._jobs.values()
+    assert running.key[1] == "long"
+    running.abandoned = True
+
+
+async def test_a_copy_the_hand_over_does_not_name_still_runs(pair: tuple[Any, Any]) -> None:
+    """A job's copy sent again by the executor (after a replay), read before the hand-over at an
+    offset it does not name: the copy runs, so the executor's replayed step gets its answer."""
+    (_, flow, _, _), (new, _, _, _) = pair
+    new._assignor.handed_from = {JOBS: "member-old"}
+    new._assignor.handed_to = "member-new"
+    new._on_assigned({JOBS})
+    first = job_record(flow, "nap", {"duration": "PT30S"}, offset=5, run_id="twice")
+    again = job_record(flow, "nap", {"duration": "PT30S"}, offset=6, run_id="twice")
+    await _fetch(new, first, again, _handover(7, 1, "member-old", [[5, 6]]), end=8)
+    assert new.stats["started"] == 1 and new.stats["handed_over_jobs"] == 0
+    (job,) = new._jobs.values()
+    assert [mark.offset for mark in job.marks] == [6]
+    job.abandoned = True
+
+
+async def test_jobs_held_for_a_hand_over_take_no_slot(pair: tuple[Any, Any]) -> None:
+    (_, flow, _, _), (new, _, _, _) = pair
+    new.max_in_flight = 2
+    new._assignor.handed_from = {JOBS: "member-old"}
+    new._assignor.handed_to = "member-new"
+    new._on_assigned({JOBS})
+    jobs = [job_record(flow, "nap", {"duration": "PT30S"}, offset=o) for o in (5, 6, 7)]
+    await _fetch(new, *jobs, end=8)
+    assert new.in_flight == 3 and new._held_for_handover() == 2
+    # A full worker would stop fetching, and never read the hand-over its jobs wait for.
+    assert new.max_in_flight - new.in_flight + new._held_for_handover() > 0
+
+
+async def test_a_partition_back_while_it_waits_for_a_hand_over_waits_for_the_same(
+    pair: tuple[Any, Any],
+) -> None:
+    (_, flow, _, _), (new, _, _, _) = pair
+    new._assignor.handed_from = {JOBS: "member-old"}
+    new._assignor.handed_to = "member-new"
+    new._on_assigned({JOBS})  # generation 1: waits for member-old's hand-over
+    await new._on_revoked({JOBS})
+    new._consumer._coordinator.generation = 2
+    new._assignor.handed_from = {}  # generation 2: kept, from nobody
+    new._on_assigned({JOBS})
+    job = job_record(flow, "nap", {"duration": "PT30S"}, offset=5)
+    await _fetch(new, job, end=6)  # read to its end: still waiting for the hand-over
+    assert new.stats["started"] == 0
+    await _fetch(new, _handover(6, 1, "member-old", [[3, 5]]), end=7)  # late, for generation 1
+    new._retry_held()
+    assert new.stats["started"] == 1 and not new._awaited
