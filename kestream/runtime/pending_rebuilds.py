@@ -11,7 +11,8 @@ behind it (:class:`~kestream.runtime.held_events.HeldEvents`: in order, the comm
 their partition below the first of them). The processor's next cycle rebuilds it as a recovery
 does, before it steps any record (:meth:`PendingRebuilds.rebuild`); a rebuild that fails again
 stops the processor loudly (:class:`RebuildFailed`), and the partition's next owner recovers
-the execution from the changelog and replays the events held.
+the execution from the changelog and replays the events held. One whose records the rebuild
+reads but cannot rebuild from is left out, as a recovery leaves it out.
 
 Entries leave with their partition (:meth:`PendingRebuilds.forget`, as the processor lets go
 of the partition's executions), as held events do: another member then owns the execution. A
@@ -74,24 +75,37 @@ class PendingRebuilds:
         was out of the table): :meth:`rebuild` notes it again."""
         self._changed.setdefault(execution_id, {}).update(dict.fromkeys(changed))
 
-    async def rebuild(self, out: Outboxes) -> None:
+    async def rebuild(self, out: Outboxes) -> list[str]:
         """Rebuild the executions waiting, as a recovery does: from their changelog records in
         memory, the stored plans they name read in threads and tried again on the recovery's
         backoff (:meth:`ChangelogRestorer.restore`). Back in the table, an execution gets the
         partial update it missed noted in ``out``; the processor then releases its events
         held. One that cannot be rebuilt raises :class:`RebuildFailed`, which stops the
         processor: its partition's next owner recovers it from the changelog and replays its
-        events held, never committed."""
+        events held, never committed. One whose records the rebuild cannot read (a bad
+        record, its flow revision unknown) is left out, as a recovery leaves it out: stopping
+        would end the same way, after recovering every partition. Returns those left out,
+        for the processor to take out of the table (their events held are then stepped
+        against no state, as after such a recovery)."""
         recovery = self.recovery
+        left_out: list[str] = []
         for execution_id in self:
             recs = recovery.mirror.records_of(execution_id)
             why = self._reasons[execution_id]
+            unreadable = False
             try:
                 st = await recovery.restorer.restore(execution_id, recs) if recs else None
+                unreadable = st is None and bool(recs)  # (logged by the restorer)
             except RecoveryStopped:
-                return  # the processor stops: the events held are replayed by the next owner
+                return left_out  # the processor stops: the next owner replays the events held
             except (RecoveryFailed, StorageUnavailable) as exc:
                 st, why = None, str(exc)
+            if unreadable:
+                log.error("execution %s cannot be rebuilt from its changelog records (%s); "
+                          "left out, as a recovery leaves it out", execution_id, why)  # fmt: skip
+                self.forget([execution_id])
+                left_out.append(execution_id)
+                continue
             if st is None or recs is None:
                 log.error("execution %s cannot be rebuilt from its changelog records (%s); the "
                           "processor stops, and its partition's next owner recovers it",
@@ -106,6 +120,7 @@ class PendingRebuilds:
                 out.of(partition).partial_update(execution_id, list(changed))
             log.warning("execution %s rebuilt from its changelog records; its events held "
                         "follow", execution_id)  # fmt: skip
+        return left_out
 
     def forget(self, execution_ids: Iterable[str]) -> None:
         """The executions left the table for good (their partition went: their rebuild is its

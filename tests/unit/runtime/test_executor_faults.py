@@ -756,6 +756,26 @@ def test_an_execution_its_roll_back_cannot_rebuild_waits_for_its_rebuild_then_ru
     assert "e1" not in service.held and "e1" in service.ended  # resumed, and ran to its end
 
 
+def test_an_execution_whose_records_cannot_be_read_is_left_out_as_a_recovery_leaves_it() -> None:
+    """A rebuild that reads the records but cannot rebuild from them (a bad record, its flow
+    revision unknown) ends as a recovery's would: left out, its held events stepped against no
+    state. Stopping the processor would come to the same after recovering every partition."""
+    service = _service(PAUSED)
+    _paused(service)
+    real_step = _failing_steps(service)
+    _failing_rebuilds(service, times=1)
+    out = Outbox()
+    service._apply(0, ev.Resume("e1"), out, ("executions", 5))
+    service.executor.step = real_step  # type: ignore[method-assign]
+    service._apply(0, ev.Resume("e1"), out, ("executions", 6))
+    service.recovery.restorer.rebuild_one = lambda *_: None  # type: ignore[method-assign]
+    left = asyncio.run(service.rebuilds.rebuild(out))
+    assert left == ["e1"] and "e1" not in service.rebuilds
+    service._leave_table(left)
+    service._release_held(service.clock(), out)
+    assert "e1" not in service.held and "e1" not in service.states
+
+
 class _IdleConsumer(_OneBatchConsumer):
     """Gives its batches, then nothing; stops the processor after ``idle`` empty fetches."""
 
