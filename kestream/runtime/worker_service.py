@@ -914,12 +914,17 @@ class WorkerService:
         return lambda line: self.log_stream.add(job.key, namespace, flow_id, line)
 
     async def _send_lines(self, namespace: str, flow_id: str, lines: list[cmd.LogLine]) -> None:
-        """Produce lines logged by a running job and wait for the acks (:class:`LogStream`)."""
+        """Produce lines logged by a running job and wait for the acks (:class:`LogStream`).
+        Of several records' failures, one the broker may take later is raised first: the whole
+        batch is then sent again (the index keeps each line once), rather than dropped with a
+        part refused for good."""
         key = lines[0].execution_id.encode()
         parts = records.log_records(namespace, flow_id, lines, max_bytes=self.limit.value_bytes)
-        await asyncio.gather(
-            *await self._produce([(self.ctx.topics.logs, part, key) for part in parts])
-        )
+        acks = await self._produce([(self.ctx.topics.logs, part, key) for part in parts])
+        outcomes = await asyncio.gather(*acks, return_exceptions=True)
+        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if failures:  # a part the broker may take later makes the batch be sent again
+            raise next((f for f in failures if not permanent_fault(f)), failures[0])
 
     async def _produce(self, sends: Sequence[tuple[str, bytes, bytes | None]]) -> list[Future[Any]]:
         """Hand records (topic, value, key) to the producer in order, one caller at a time

@@ -11,13 +11,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from aiokafka.errors import MessageSizeTooLargeError, TopicAuthorizationFailedError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    MessageSizeTooLargeError,
+    TopicAuthorizationFailedError,
+)
 from aiokafka.structs import ConsumerRecord
 
 from kestream.executor import commands as cmd
 from kestream.models.flow import Flow
 from kestream.models.state import StateType
 from kestream.runtime import worker_service
+from kestream.runtime.record_limit import RECORD_MARGIN, RecordLimit
 from kestream.runtime.worker_service import WorkerService
 from tests.unit.runtime.worker_fakes import (
     JOBS,
@@ -288,6 +293,39 @@ async def test_streamed_lines_refused_for_what_they_are_are_left_out_at_once() -
 
         assert await worker.log_stream.take(key) == []
         assert producer.refused == 1 and worker.failure is None
+    finally:
+        await worker.log_stream.close()
+        await close(worker)
+
+
+async def test_streamed_lines_of_a_part_the_broker_may_take_later_are_kept() -> None:
+    """Lines in two records, one refused for good and one refused while the broker is away:
+    the batch is kept to be sent again (the index keeps each line once), not dropped whole
+    with the part refused for good."""
+    worker, flow = make_worker(LOGGING_FLOW)
+    try:
+        loop = asyncio.get_running_loop()
+        counts: list[int] = []
+
+        async def produce(sends: Any) -> list[asyncio.Future[Any]]:
+            counts.append(len(sends))
+            acks: list[asyncio.Future[Any]] = [loop.create_future() for _ in sends]
+            acks[0].set_exception(MessageSizeTooLargeError("too large"))
+            for ack in acks[1:]:
+                ack.set_exception(KafkaConnectionError("broker away"))
+            return acks
+
+        worker._produce = produce  # type: ignore[method-assign]
+        worker.limit = RecordLimit(RECORD_MARGIN + 400, "test")  # lines in several records
+        key = ("exec-1", "run-1", 1)
+        for n in range(6):
+            line = cmd.LogLine("exec-1", "run-1", "say", 1, "INFO", "x" * 120 + str(n),
+                               datetime.now(UTC))  # fmt: skip
+            worker.log_stream.add(key, flow.namespace, flow.id, line)
+        await worker.log_stream.flush()
+
+        assert counts[0] > 1
+        assert len(await worker.log_stream.take(key)) == 6  # kept, to be sent again
     finally:
         await worker.log_stream.close()
         await close(worker)
