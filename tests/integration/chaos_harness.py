@@ -786,8 +786,12 @@ def _worst_lane(
 
 
 def report(tally: Tally, record: Callable[[str, object], None]) -> None:
-    """Print the test's row, and record it for the run's summary table."""
+    """Print the test's row (and what each broker restart cost the broker itself, which its
+    takeover includes), and record it for the run's summary table."""
     print(f"\n{tally.table()}")
+    restarts = [kill.role for kill in tally.kill_list if kill.kind == "broker"]
+    if restarts:
+        print("broker restarts: " + "; ".join(restarts))
     record("chaos", tally.row())
 
 
