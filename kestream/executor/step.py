@@ -1788,9 +1788,13 @@ class _Step:
         if not has_assertions(self.flow) or self.st.state.current not in _SLA_STATES:
             return False
         violations = assertion_violations(self.flow, self.execution_scope())
-        violated = dict.fromkeys(v.sla.id for v in violations)
-        if violated.keys() != self.st.sla_violated.keys():  # one that ended may begin again
-            self.st.sla_violated = {k: None for k in self.st.sla_violated if k in violated}
+        violated = {v.sla.id for v in violations}
+        # An assertion whose violation ended may begin again (logged again); the marks of the
+        # MAX_DURATION SLAs stay, for this attempt.
+        assertions = {sla.id for sla in self.flow.sla if sla.type == "EXECUTION_ASSERTION"}
+        kept = {k: None for k in self.st.sla_violated if k not in assertions or k in violated}
+        if kept.keys() != self.st.sla_violated.keys():
+            self.st.sla_violated = kept
         return bool(violations) and self.apply_violations(violations)
 
     def apply_violations(self, violations: list[Violation]) -> bool:

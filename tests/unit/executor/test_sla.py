@@ -637,3 +637,32 @@ def test_a_restart_clears_the_violations_in_the_changelog_too() -> None:
     changes = encode_changes(st, list(st.task_runs), created=True, new_groups=groups)
     back = rebuild("e1", {k: v for k, v in changes if v is not None}, flow)
     assert back.sla_violated == {} and back.timers["sla:0"].due == clock() + timedelta(hours=1)
+
+
+def test_an_assertion_step_keeps_a_max_duration_violation_marked() -> None:
+    """The assertions a step finds violated replace the assertions marked, not the
+    MAX_DURATION marks: a NONE duration violation stays the attempt's."""
+    from kestream.executor.sla import timer_id
+
+    sla = """
+  - id: late
+    type: MAX_DURATION
+    behavior: NONE
+    duration: PT1M
+  - id: check
+    type: EXECUTION_ASSERTION
+    behavior: NONE
+    assert: "{{ 1 == 2 }}"
+"""
+    flows = FlowRegistry()
+    flows.put(parse_flow(_flow(sla, PAUSE)))
+    clock = ManualClock()
+    executor = Executor(flows, clock=clock)
+    state = executor.step(None, ev.ExecutionCreated("e1", NS, "sla", validate_inputs=False)).state
+    assert state is not None and list(state.sla_violated) == ["check"]
+    clock.advance(timedelta(minutes=2))
+    state = executor.step(state, ev.TimerFired("e1", timer_id(0))).state
+    assert state is not None and set(state.sla_violated) == {"check", "late"}
+    state = executor.step(state, ev.Resume("e1")).state
+    assert state is not None and state.state.current is S.SUCCESS
+    assert set(state.sla_violated) == {"check", "late"}
