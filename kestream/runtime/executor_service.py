@@ -460,8 +460,8 @@ class ExecutorService:
                 await self._prepare(batch)
                 out: Outboxes = PartitionOutboxes() if self.writer.transactions else Outbox()
                 self.recovery.take_repairs(out)  # torn steps' repairs before any new record
-                # Before any record, which may queue behind; those it cannot rebuild leave.
-                self._leave_table(await self.rebuilds.rebuild(out))
+                if self.rebuilds:  # before any record, which may queue behind them
+                    self._leave_table(await self.rebuilds.rebuild(out))  # (those left out)
                 await self._step_batch_paced(batch, out)
                 await self._step_handed(out)
                 if await self._lapsed():

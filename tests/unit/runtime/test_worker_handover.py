@@ -20,6 +20,7 @@ from kestream.runtime.member_fence import MemberFence
 from kestream.runtime.worker_handover import HANDOVER_WAIT_S, AwaitedHandovers, done_ranges
 from kestream.runtime.worker_jobs import Job, PartitionLog
 from kestream.runtime.worker_service import WorkerService
+from tests.unit.runtime.executor_fakes import Coordinator
 from tests.unit.runtime.worker_fakes import (
     JOBS,
     RecordingConsumer,
@@ -39,24 +40,11 @@ tasks:
 """
 
 
-class _Coordinator:
-    """What the fence, the write gate and the hand-over read of aiokafka's coordinator."""
-
-    def __init__(self, member_id: str) -> None:
-        self.member_id = member_id
-        self.generation = 1
-
-    async def _do_heartbeat(self) -> bool:
-        return True
-
-    def request_rejoin(self) -> None:
-        pass
-
-
 class _GroupConsumer(RecordingConsumer):
     def __init__(self, member_id: str) -> None:
         super().__init__()
-        self._coordinator = _Coordinator(member_id)
+        self._coordinator = Coordinator(member_id)
+        self._coordinator.generation = 1  # the group's first
         #: The partition's end at the last fetch (its high watermark), and the position.
         self.end = 0
         self.next = 0
